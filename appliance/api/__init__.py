@@ -1,0 +1,1 @@
+"""The Restcomm-compatible REST API on aiohttp. Talks to services only."""

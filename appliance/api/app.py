@@ -1,0 +1,132 @@
+"""make_app(services) -> web.Application: both URL prefixes, auth, format, errors.
+
+Request pipeline (api-behaviour.md §2): security -> body length -> format -> handler, where
+handlers call services that apply the role and permission checks. Every ApplianceError is
+rendered here and nowhere else; anything unexpected is logged and answered 500, which the
+test suite (schemathesis included) treats as a bug.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from appliance.api import accounts, applications, clients, numbers, records, system
+from appliance.api.context import SERVICES, ApiServices, Ctx
+from appliance.api.render import message
+from appliance.api.routes import Route, match
+from appliance.errors import ApplianceError, Forbidden, NotFound, TooLarge, Unauthorized
+from appliance.models import API_VERSION, AccountStatus
+
+logger = logging.getLogger(__name__)
+
+PREFIXES = ("restcomm", "api")
+MAX_BODY = 10_000_000  # Restcomm's request filter limit
+ROUTES: list[Route] = [*accounts.ROUTES, *clients.ROUTES, *applications.ROUTES,
+                       *numbers.ROUTES, *records.ROUTES]
+_RECORDING_FILE = re.compile(r"^Accounts/[^/]+/Recordings/(RE[0-9a-zA-Z]{32})\.(wav|mp4)$")
+_UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="Restcomm realm"'}
+
+
+def _error_response(err: ApplianceError, as_json: bool) -> web.Response:
+    if isinstance(err, Unauthorized):
+        return web.Response(status=401, headers=_UNAUTHORIZED_HEADERS)
+    if err.json_message:
+        return web.Response(status=err.status, body=message(err.message, as_json),
+                            content_type="application/json" if as_json else "application/xml")
+    if not err.message:
+        return web.Response(status=err.status)
+    return web.Response(status=err.status, text=err.message, content_type="text/plain")
+
+
+def _basic_credentials(header: str) -> tuple[str, str]:
+    if not header.startswith("Basic "):
+        raise Unauthorized()
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthorized() from None
+    user, sep, secret = decoded.partition(":")
+    if not sep or not user:
+        raise Unauthorized()
+    return user, secret
+
+
+async def _dispatch(request: web.Request, prefix: str, tail: str) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    segments = tail.split("/")
+    as_json = False
+    for i, seg in enumerate(segments):
+        if seg.endswith(".json"):
+            segments[i] = seg[:-5]
+            as_json = True
+    if segments and segments[-1] == "":
+        segments.pop()
+    if not as_json and "json" in request.headers.get("Accept", ""):
+        as_json = True
+    ctx = Ctx(request=request, services=services, as_json=as_json, path={}, prefix=prefix)
+    try:
+        if segments == ["Logout"] and request.method == "GET":
+            return web.Response(status=200)
+        file_match = _RECORDING_FILE.match(tail)
+        if file_match and request.method == "GET":
+            return await system.recording_file(ctx, file_match[1], file_match[2])
+        user, secret = _basic_credentials(request.headers.get("Authorization", ""))
+        actor = await services.accounts.authenticate(user, secret)
+        if actor.status not in (AccountStatus.ACTIVE, AccountStatus.UNINITIALIZED):
+            raise Forbidden("Provided Account is not active")
+        length = request.content_length
+        if length is not None and length > MAX_BODY:
+            raise TooLarge(f"Length larger than {MAX_BODY}")
+        found, values, allowed = match(ROUTES, segments, request.method)
+        if found is None:
+            if allowed:
+                return web.Response(status=405, text="Method not allowed on this resource",
+                                    headers={"Allow": ", ".join(sorted(allowed))})
+            raise NotFound("The requested resource was not found")
+        if actor.status == AccountStatus.UNINITIALIZED and not (
+                found.pattern == ("Accounts", "{A}") and values["A"] in
+                (actor.sid, actor.email_address) and request.method in ("GET", "POST")):
+            raise Forbidden("This account must change its password first: "
+                            f"POST a new Password to /Accounts/{actor.sid}")
+        ctx.actor = actor
+        ctx.path = values
+        return await found.handler(ctx)
+    except ApplianceError as err:
+        if err.status >= 500:
+            logger.error("x %s %s: %s", request.method, request.path, err.message)
+        return _error_response(err, as_json)
+
+
+async def _api(request: web.Request) -> web.StreamResponse:
+    prefix = request.match_info["prefix"]
+    return await _dispatch(request, prefix, request.match_info["tail"])
+
+
+@web.middleware
+async def _guard(request: web.Request,
+                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                 ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        logger.exception("x unhandled error on %s %s", request.method, request.path)
+        return web.Response(status=500, text="Internal error; see the appliance log")
+
+
+def make_app(services: ApiServices, openapi_path: Path | None = None) -> web.Application:
+    app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)
+    app[SERVICES] = services
+    app.router.add_get("/health", system.health)
+    app.router.add_get("/openapi.yaml", system.openapi)
+    prefix_re = "|".join(PREFIXES)
+    app.router.add_route("*", f"/{{prefix:{prefix_re}}}/{API_VERSION}/{{tail:.*}}", _api)
+    return app

@@ -1,0 +1,82 @@
+"""What every API handler receives: the caller, the chosen format and parsed inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiDict, MultiDictProxy, MultiMapping
+
+from appliance.errors import InvalidInput
+from appliance.models import Account
+from appliance.services.accounts import AccountService
+from appliance.services.history import HistoryService
+from appliance.services.provisioning import ProvisioningService
+
+MAX_PARAMS = 200  # form fields per request; Restcomm resources take fewer than 60
+MAX_VALUE = 64 * 1024
+
+
+@dataclasses.dataclass
+class ApiServices:
+    accounts: AccountService
+    provisioning: ProvisioningService
+    history: HistoryService
+    health: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+    public_base: str = ""  # scheme://host:port used for absolute file URIs
+
+
+SERVICES = web.AppKey("services", ApiServices)
+
+
+@dataclasses.dataclass
+class Ctx:
+    request: web.Request
+    services: ApiServices
+    as_json: bool
+    path: Mapping[str, str]
+    prefix: str
+    actor: Account | None = None
+    _form: MultiDictProxy[str] | None = None
+
+    @property
+    def me(self) -> Account:
+        if self.actor is None:
+            raise RuntimeError("route needs authentication")
+        return self.actor
+
+    @property
+    def query(self) -> MultiMapping[str]:
+        return self.request.query
+
+    async def form(self) -> MultiDictProxy[str]:
+        if self._form is None:
+            try:
+                raw = await self.request.post()
+            except (ValueError, UnicodeDecodeError, AssertionError) as err:
+                raise InvalidInput(f"The request body could not be parsed: {err}") from err
+            if len(raw) > MAX_PARAMS:
+                raise InvalidInput(f"Too many parameters (at most {MAX_PARAMS})")
+            values: list[tuple[str, str]] = []
+            for key, value in raw.items():
+                if not isinstance(value, str):
+                    raise InvalidInput(f"{key}: file uploads are not accepted")
+                if len(value) > MAX_VALUE or "\x00" in value:
+                    raise InvalidInput(f"{key}: value is too long or contains NUL")
+                values.append((key, value))
+            self._form = MultiDictProxy(MultiDict(values))
+        return self._form
+
+    async def fields(self, names: Mapping[str, str]) -> dict[str, str]:
+        """Form parameters by their Restcomm names, mapped to snake_case service fields."""
+        form = await self.form()
+        return {field: form[wire] for wire, field in names.items() if wire in form}
+
+    async def operated(self) -> Account:
+        """The `{A}` account of the path, subject to the tree rule."""
+        return await self.services.accounts.resolve_operated(self.me, self.path["A"])
+
+    def raw_path(self) -> str:
+        return self.request.path

@@ -1,0 +1,160 @@
+"""One representation, two encodings: XML (<RestcommResponse>, PascalCase) or JSON (snake_case).
+
+A representation is a list of `F` fields in wire order. Null handling follows
+api-behaviour.md §1.3/§1.4: JSON omits nulls unless the resource keeps them explicitly; XML
+omits URL-ish nulls and writes other nulls as empty elements.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import xml.etree.ElementTree as ET  # noqa: S405 - we only *write* XML here
+from collections.abc import Sequence
+from typing import Any, Union
+
+from appliance.models import Page
+
+Value = Union[str, int, float, bool, None, "Rep", list["Rep"]]
+
+
+@dataclasses.dataclass(frozen=True)
+class F:
+    key: str  # JSON key; "" = XML only
+    tag: str  # XML element; "" = JSON only
+    value: Value
+    xml_null: str = "empty"  # "empty" element or "omit" it
+    json_null: bool = False  # keep an explicit JSON null
+
+
+@dataclasses.dataclass(frozen=True)
+class Rep:
+    tag: str  # XML element name of this object
+    fields: Sequence[F]
+
+
+def to_json_value(rep: Rep) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in rep.fields:
+        if not f.key:
+            continue
+        v = f.value
+        if v is None:
+            if f.json_null:
+                out[f.key] = None
+            continue
+        if isinstance(v, Rep):
+            out[f.key] = to_json_value(v)
+        elif isinstance(v, list):
+            out[f.key] = [to_json_value(r) for r in v]
+        else:
+            out[f.key] = v
+    return out
+
+
+def _xml_text(v: str | int | float | bool) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def to_xml_element(rep: Rep) -> ET.Element:
+    el = ET.Element(rep.tag)
+    for f in rep.fields:
+        if not f.tag:
+            continue
+        v = f.value
+        if v is None:
+            if f.xml_null == "empty":
+                ET.SubElement(el, f.tag)
+            continue
+        if isinstance(v, Rep):
+            child = to_xml_element(v)
+            child.tag = f.tag
+            el.append(child)
+        elif isinstance(v, list):
+            holder = ET.SubElement(el, f.tag)
+            for r in v:
+                holder.append(to_xml_element(r))
+        else:
+            ET.SubElement(el, f.tag).text = _xml_text(v)
+    return el
+
+
+def _xml_bytes(root: ET.Element) -> bytes:
+    ET.indent(root, space="  ")
+    # ElementTree writes "<X />"; Restcomm (XStream) writes "<X/>".
+    return ET.tostring(root, encoding="unicode").replace(" />", "/>").encode()
+
+
+def json_bytes(value: Any) -> bytes:
+    return json.dumps(value, indent=2, ensure_ascii=False).encode()
+
+
+def one(rep: Rep, as_json: bool, wrap: bool = True) -> bytes:
+    if as_json:
+        return json_bytes(to_json_value(rep))
+    el = to_xml_element(rep)
+    if not wrap:
+        return _xml_bytes(el)
+    root = ET.Element("RestcommResponse")
+    root.append(el)
+    return _xml_bytes(root)
+
+
+def many(reps: Sequence[Rep], list_tag: str, as_json: bool) -> bytes:
+    """An unpaged list: a bare JSON array, or <RestcommResponse><Tag>…</Tag>."""
+    if as_json:
+        return json_bytes([to_json_value(r) for r in reps])
+    root = ET.Element("RestcommResponse")
+    holder = ET.SubElement(root, list_tag)
+    for r in reps:
+        holder.append(to_xml_element(r))
+    return _xml_bytes(root)
+
+
+def message(text: str, as_json: bool) -> bytes:
+    """Restcomm's {"message": …} / <RestcommResponse><Message>… error body."""
+    if as_json:
+        return json.dumps({"message": text}).encode()
+    root = ET.Element("RestcommResponse")
+    ET.SubElement(root, "Message").text = text
+    return _xml_bytes(root)
+
+
+def paged(page: Page[Any], reps: Sequence[Rep], *, uri: str, json_key: str, list_tag: str,
+          xml_attributes: bool, as_json: bool) -> bytes:
+    """A paged list with Restcomm's arithmetic (api-behaviour.md §9; D5 and D6 fixed)."""
+    size = page.page_size
+    last = page.num_pages
+    start = page.page * size
+    end = start + len(reps) if page.page == last else start + size - 1
+    first_uri = f"{uri}?Page=0&PageSize={size}"
+    previous_uri = f"{uri}?Page={page.page - 1}&PageSize={size}" if page.page > 0 else None
+    next_uri = None
+    if page.page < last:
+        next_uri = f"{uri}?Page={page.page + 1}&PageSize={size}"
+        if page.items:
+            next_uri += f"&AfterSid={getattr(page.items[-1], 'sid', '')}"
+    last_uri = f"{uri}?Page={last}&PageSize={size}"
+    if as_json:
+        body: dict[str, Any] = {
+            "page": page.page, "num_pages": last, "page_size": size, "total": page.total,
+            "start": str(start), "end": str(end), "uri": uri, "first_page_uri": first_uri,
+            "previous_page_uri": previous_uri, "next_page_uri": next_uri,
+            "last_page_uri": last_uri, json_key: [to_json_value(r) for r in reps],
+        }
+        return json_bytes(body)
+    root = ET.Element("RestcommResponse")
+    holder = ET.SubElement(root, list_tag)
+    if xml_attributes:
+        for name, value in (("page", page.page), ("numpages", last), ("pagesize", size),
+                            ("total", page.total), ("start", start), ("end", end),
+                            ("uri", uri), ("firstpageuri", first_uri),
+                            ("previouspageuri", previous_uri), ("nextpageuri", next_uri),
+                            ("lastpageuri", last_uri)):
+            # An attribute cannot be null; Restcomm writes the text "null".
+            holder.set(name, "null" if value is None else str(value))
+    for r in reps:
+        holder.append(to_xml_element(r))
+    return _xml_bytes(root)

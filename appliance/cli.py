@@ -1,0 +1,96 @@
+"""The `appliance` command: serve, check-config, reset-admin-password."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from appliance import config as config_mod
+from appliance.errors import ApplianceError, ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _config_path(given: Path | None) -> Path | None:
+    if given is not None:
+        return given
+    directory = os.environ.get("CONFIGURATION_DIRECTORY")
+    if directory:
+        candidate = Path(directory.split(":")[0]) / "config.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load(given: Path | None) -> config_mod.Config:
+    try:
+        return config_mod.load(_config_path(given))
+    except ConfigError as err:
+        click.echo(f"appliance: config error: {err.message}", err=True)
+        sys.exit(2)
+
+
+def _setup_logging(level: str) -> None:
+    # One line per event, no timestamp: journald adds its own.
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@click.group()
+@click.version_option(package_name="appliance")
+def main() -> None:
+    """Edge telecom appliance: SIP PBX, GSM gateway and Restcomm REST API."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="TOML configuration file (default: embedded defaults, data in ./var).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
+def serve(config_path: Path | None, log_level: str) -> None:
+    """Run the appliance in the foreground until SIGTERM."""
+    _setup_logging(log_level)
+    cfg = _load(config_path)
+    from appliance.app import serve as run
+
+    try:
+        asyncio.run(run(cfg))
+    except OSError as err:
+        click.echo(f"appliance: cannot start: {err}", err=True)
+        sys.exit(1)
+
+
+@main.command("check-config")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)
+def check_config(config_path: Path | None) -> None:
+    """Parse the configuration and print the effective values."""
+    cfg = _load(config_path)
+    click.echo(repr(cfg))
+
+
+@main.command("reset-admin-password")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)
+def reset_admin_password(config_path: Path | None) -> None:
+    """Console-only: give the administrator a new random password (stop the service first)."""
+    cfg = _load(config_path)
+    from appliance.app import Appliance
+
+    async def run() -> str:
+        appliance = Appliance(cfg)
+        await appliance.store.open()
+        try:
+            return await appliance.accounts.reset_admin_password(cfg.data_dir)
+        finally:
+            await appliance.store.close()
+
+    try:
+        password = asyncio.run(run())
+    except ApplianceError as err:
+        click.echo(f"appliance: {err.message}", err=True)
+        sys.exit(1)
+    click.echo(f"New administrator password written to {cfg.data_dir / 'admin-password'}")
+    click.echo(password)

@@ -1,0 +1,209 @@
+"""Configuration: TOML mapped into frozen dataclasses.
+
+An unknown key or a bad value raises ConfigError naming the key (``sip.listen``), so a typo
+stops start-up instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ConfigError
+
+_E164 = re.compile(r"^\+[1-9][0-9]{4,14}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiConfig:
+    listen: Endpoint = Endpoint("0.0.0.0", 8080)
+    # Restcomm answers 413 above this Content-Length (its request filter uses 10,000,000).
+    max_body_bytes: int = 10_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class SipConfig:
+    listen: Endpoint = Endpoint("0.0.0.0", 5060)
+    domain: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class AdminConfig:
+    email: str = "administrator@company.com"
+    password: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModemConfig:
+    device: str = ""
+    audio_device: str = ""
+    number: str = ""
+    pin: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaConfig:
+    workers: int = 1
+    public_address: str = ""
+    rtp_ports: tuple[int, int] = (10000, 10999)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("var")
+    api: ApiConfig = ApiConfig()
+    sip: SipConfig = SipConfig()
+    admin: AdminConfig = AdminConfig()
+    modem: ModemConfig = ModemConfig()
+    media: MediaConfig = MediaConfig()
+
+
+def _endpoint(key: str, value: Any) -> Endpoint:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string like \"0.0.0.0:8080\", got {value!r}")
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit():
+        raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ConfigError(f"{key}: port {port} is out of range 1-65535")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(f"{key}: {host!r} is not an IP address") from None
+    return Endpoint(host, port)
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _int(key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: {value} is out of range {low}-{high}")
+    return value
+
+
+def _port_range(key: str, value: Any) -> tuple[int, int]:
+    text = _string(key, value)
+    match = re.fullmatch(r"(\d+)-(\d+)", text)
+    if not match:
+        raise ConfigError(f"{key}: expected LOW-HIGH, got {text!r}")
+    low, high = int(match[1]), int(match[2])
+    if not (1024 <= low < high <= 65535) or (high - low) < 3:
+        raise ConfigError(f"{key}: {text!r} must be an even-sized range within 1024-65535")
+    return low, high
+
+
+def _section(name: str, raw: Any, allowed: set[str]) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{name}: expected a table, got {raw!r}")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}: unknown key")
+    return raw
+
+
+def parse(raw: Mapping[str, Any]) -> Config:
+    """Build a Config from a parsed TOML mapping; every missing key takes its default."""
+    top_keys = {"data_dir", "api", "sip", "admin", "modem", "media"}
+    unknown = sorted(set(raw) - top_keys)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key")
+    default = Config()
+
+    api_raw = _section("api", raw.get("api", {}), {"listen", "max_body_bytes"})
+    api = ApiConfig(
+        listen=_endpoint("api.listen", api_raw["listen"]) if "listen" in api_raw
+        else default.api.listen,
+        max_body_bytes=_int("api.max_body_bytes", api_raw.get("max_body_bytes", 10_000_000),
+                            1024, 100_000_000),
+    )
+
+    sip_raw = _section("sip", raw.get("sip", {}), {"listen", "domain"})
+    domain = _string("sip.domain", sip_raw.get("domain", ""))
+    if domain and not re.fullmatch(r"[A-Za-z0-9.\-]+", domain):
+        raise ConfigError(f"sip.domain: {domain!r} is not a host name or address")
+    sip = SipConfig(
+        listen=_endpoint("sip.listen", sip_raw["listen"]) if "listen" in sip_raw
+        else default.sip.listen,
+        domain=domain,
+    )
+
+    admin_raw = _section("admin", raw.get("admin", {}), {"email", "password"})
+    email = _string("admin.email", admin_raw.get("email", default.admin.email)).lower()
+    if not _EMAIL.match(email):
+        raise ConfigError(f"admin.email: {email!r} is not an email address")
+    admin = AdminConfig(email=email, password=_string("admin.password",
+                                                      admin_raw.get("password", "")))
+
+    modem_raw = _section("modem", raw.get("modem", {}), {"device", "audio_device", "number", "pin"})
+    number = _string("modem.number", modem_raw.get("number", ""))
+    if number and not _E164.match(number):
+        raise ConfigError(f"modem.number: {number!r} is not an E.164 number like +15551234567")
+    pin = _string("modem.pin", modem_raw.get("pin", ""))
+    if pin and not re.fullmatch(r"[0-9]{4,8}", pin):
+        raise ConfigError("modem.pin: a SIM PIN is 4 to 8 digits")
+    modem = ModemConfig(
+        device=_string("modem.device", modem_raw.get("device", "")),
+        audio_device=_string("modem.audio_device", modem_raw.get("audio_device", "")),
+        number=number,
+        pin=pin,
+    )
+
+    media_raw = _section("media", raw.get("media", {}),
+                         {"workers", "public_address", "rtp_ports"})
+    public_address = _string("media.public_address", media_raw.get("public_address", ""))
+    if public_address:
+        try:
+            ipaddress.ip_address(public_address)
+        except ValueError:
+            raise ConfigError(
+                f"media.public_address: {public_address!r} is not an IP address") from None
+    media = MediaConfig(
+        workers=_int("media.workers", media_raw.get("workers", 1), 0, 64),
+        public_address=public_address,
+        rtp_ports=_port_range("media.rtp_ports", media_raw["rtp_ports"])
+        if "rtp_ports" in media_raw else default.media.rtp_ports,
+    )
+
+    data_dir = _string("data_dir", raw.get("data_dir", str(default.data_dir)))
+    if not data_dir:
+        raise ConfigError("data_dir: must not be empty")
+    return Config(data_dir=Path(data_dir), api=api, sip=sip, admin=admin, modem=modem,
+                  media=media)
+
+
+def load(path: Path | None) -> Config:
+    """Read PATH (or use the embedded defaults when PATH is None)."""
+    if path is None:
+        return Config()
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    return parse(raw)

@@ -1,0 +1,63 @@
+"""The error tree. Each error names who is at fault and the HTTP status to answer with."""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base of every error the appliance raises on purpose."""
+
+    status = 500
+
+    def __init__(self, message: str = "", *, json_message: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        # Restcomm answers a few errors as {"message": ...} / <Message> instead of plain text.
+        self.json_message = json_message
+
+
+class InvalidInput(ApplianceError):
+    status = 400
+
+
+class Unauthorized(ApplianceError):
+    status = 401
+
+
+class Forbidden(ApplianceError):
+    status = 403
+
+
+class NotFound(ApplianceError):
+    status = 404
+
+
+class MethodNotAllowed(ApplianceError):
+    status = 405
+
+
+class NotAcceptable(ApplianceError):
+    status = 406
+
+
+class Conflict(ApplianceError):
+    status = 409
+
+
+class Gone(ApplianceError):
+    status = 410
+
+
+class PreconditionFailed(ApplianceError):
+    status = 412
+
+
+class TooLarge(ApplianceError):
+    status = 413
+
+
+class Unavailable(ApplianceError):
+    status = 503
+
+
+class ConfigError(ApplianceError):
+    """The configuration file is unreadable or names an unknown key or a bad value."""

@@ -1,0 +1,1 @@
+"""Orchestration: the API and the protocol front ends call these, never the store directly."""

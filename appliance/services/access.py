@@ -1,0 +1,48 @@
+"""Who may do what: the account tree, roles and permission strings (api-behaviour.md §4)."""
+
+from __future__ import annotations
+
+import enum
+
+from appliance.errors import Forbidden
+from appliance.models import Account, AccountStatus
+
+ADMINISTRATOR = "Administrator"
+DEVELOPER = "Developer"
+
+
+class Action(enum.StrEnum):
+    READ = "Read"
+    CREATE = "Create"
+    MODIFY = "Modify"
+    DELETE = "Delete"
+
+
+# The Developer role: everything except sending SMS and writing notifications (Restcomm #1454).
+_DEVELOPER_DENIED = {
+    ("Create", "SmsMessages"), ("Modify", "SmsMessages"), ("Delete", "SmsMessages"),
+    ("Create", "Notifications"), ("Modify", "Notifications"), ("Delete", "Notifications"),
+    ("Create", "Recordings"), ("Modify", "Recordings"),
+}
+
+
+def has_permission(actor: Account, action: Action, resource: str) -> bool:
+    if actor.role == ADMINISTRATOR:
+        return True
+    if actor.role == DEVELOPER:
+        return (str(action), resource) not in _DEVELOPER_DENIED
+    return False
+
+
+def require(actor: Account, action: Action, resource: str) -> None:
+    if not has_permission(actor, action, resource):
+        raise Forbidden(f"Missing permission RestComm:{action}:{resource}")
+
+
+def require_active(actor: Account) -> None:
+    if actor.status not in (AccountStatus.ACTIVE, AccountStatus.UNINITIALIZED):
+        raise Forbidden("Provided Account is not active")
+
+
+def is_super_admin(actor: Account) -> bool:
+    return actor.parent_sid is None and actor.status == AccountStatus.ACTIVE

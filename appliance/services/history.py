@@ -1,0 +1,312 @@
+"""Read access to what happened: CDRs, SMS records, notifications and recordings.
+
+Also the Notifications writer: every error a user should see becomes a row here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import Forbidden, InvalidInput, NotFound
+from appliance.models import (
+    Account,
+    AccountSid,
+    CallRecord,
+    Notification,
+    NotificationSid,
+    Page,
+    Recording,
+    SmsRecord,
+    is_sid_shaped,
+    mint_sid,
+)
+from appliance.queries import Condition, ListQuery
+from appliance.services.access import Action, require
+from appliance.services.ports import StoreProtocol
+from appliance.timefmt import ONE_DAY, parse_filter_date, storage
+
+logger = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 1000  # Twilio's cap; bounds the work one request can ask for.
+MAX_FILTER = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class Paging:
+    page: int = 0
+    page_size: int = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class ListFilters:
+    """Query parameters of a list request, by meaning (the API maps Restcomm's names)."""
+
+    to: str | None = None
+    from_: str | None = None
+    status: str | None = None
+    body: str | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+    parent_call_sid: str | None = None
+    conference_sid: str | None = None
+    call_sid: str | None = None
+    error_code: str | None = None
+    request_url: str | None = None
+    message_text: str | None = None
+    sub_accounts: bool = False
+    sort_by: str | None = None
+    reverse: str | None = None
+
+
+# SortBy field names per resource -> column (api-behaviour.md §8.3, §8.4, §8.8).
+_SORTS = {
+    "calls": {"DateCreated": "date_created", "From": "from", "To": "to",
+              "Direction": "direction", "Status": "status", "Duration": "duration",
+              "Price": "price"},
+    "sms_messages": {"DateCreated": "date_created", "From": "from", "To": "to",
+                     "Direction": "direction", "Status": "status", "Body": "body",
+                     "Price": "price"},
+    "notifications": {"DateCreated": "date_created", "Log": "log", "ErrorCode": "error_code",
+                      "CallSid": "call_sid", "MessageText": "message_text"},
+    "recordings": {"DateCreated": "date_created", "Duration": "duration",
+                   "CallSid": "call_sid"},
+}
+
+
+def parse_paging(page: str | None, page_size: str | None) -> Paging:
+    try:
+        p = int(page) if page not in (None, "") else 0
+        s = int(page_size) if page_size not in (None, "") else 50
+    except (TypeError, ValueError):
+        raise InvalidInput("Page and PageSize must be integers") from None
+    if p < 0:
+        raise InvalidInput("Page must be 0 or more")
+    if not 0 < s <= MAX_PAGE_SIZE:
+        raise InvalidInput(f"PageSize must be between 1 and {MAX_PAGE_SIZE}")
+    return Paging(p, s)
+
+
+def _order(table: str, filters: ListFilters) -> tuple[tuple[str, bool], ...]:
+    if filters.sort_by is not None:
+        field, sep, direction = filters.sort_by.partition(":")
+        if sep and (not field or direction.lower() not in ("asc", "desc")):
+            raise InvalidInput(f"Error parsing the SortBy parameter: {filters.sort_by}",
+                               json_message=True)
+        column = _SORTS[table].get(field.strip())
+        if column is not None:
+            descending = sep != "" and direction.lower() == "desc"
+            if column == "date_created":
+                return ((column, descending),)
+            return ((column, descending), ("date_created", True))
+    if filters.reverse is not None and filters.reverse.lower() == "false":
+        return (("date_created", False),)
+    return (("date_created", True),)
+
+
+def _checked(value: str | None, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_FILTER:
+        raise InvalidInput(f"{name} is longer than {MAX_FILTER} characters")
+    return value
+
+
+def _date(name: str, value: str) -> datetime:
+    parsed = parse_filter_date(value)
+    if parsed is None:
+        raise InvalidInput(f"{name} must be a date like 2024-03-03")
+    return parsed
+
+
+class HistoryService:
+    def __init__(self, store: StoreProtocol, clock: Callable[[], datetime],
+                 scope: Callable[[Account, bool], Awaitable[tuple[str, ...]]]) -> None:
+        self._store = store
+        self._clock = clock
+        # AccountService.scope_sids: the account, plus its descendants for SubAccounts=true.
+        self._scope = scope
+
+    async def _accounts(self, account: Account, filters: ListFilters) -> tuple[str, ...]:
+        return await self._scope(account, filters.sub_accounts)
+
+    @staticmethod
+    def _page_check(page: Page[Any]) -> None:
+        if page.page > page.num_pages:
+            raise InvalidInput("")
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def page_calls(self, actor: Account, account: Account, filters: ListFilters,
+                         paging: Paging) -> Page[CallRecord]:
+        require(actor, Action.READ, "Calls")
+        conditions: list[Condition] = []
+        if to := _checked(filters.to, "To"):
+            conditions.append(Condition("to", "like", "%" + to))
+        if frm := _checked(filters.from_, "From"):
+            conditions.append(Condition("from", "like", "%" + frm))
+        for column, value, name in (("status", filters.status, "Status"),
+                                    ("parent_call_sid", filters.parent_call_sid,
+                                     "ParentCallSid"),
+                                    ("conference_sid", filters.conference_sid,
+                                     "ConferenceSid")):
+            if checked := _checked(value, name):
+                conditions.append(Condition(column, "like", checked))
+        if start := _checked(filters.start_time, "StartTime"):
+            conditions.append(Condition("start_time", ">=", storage(_date("StartTime", start))))
+        if end := _checked(filters.end_time, "EndTime"):
+            conditions.append(Condition("end_time", "<=",
+                                        storage(_date("EndTime", end) + ONE_DAY)))
+        query = ListQuery(account_sids=await self._accounts(account, filters),
+                          conditions=tuple(conditions), order=_order("calls", filters),
+                          page=paging.page, page_size=paging.page_size)
+        page = await self._store.page_calls(query)
+        self._page_check(page)
+        return page
+
+    async def get_call(self, actor: Account, account: Account, sid: str) -> CallRecord:
+        require(actor, Action.READ, "Calls")
+        call = await self._store.get_call(sid) if is_sid_shaped(sid) else None
+        if call is None:
+            raise NotFound(f"The call {sid} was not found")
+        if call.account_sid != account.sid:
+            raise Forbidden("The call belongs to another account")
+        return call
+
+    # -- SMS ---------------------------------------------------------------------------------
+
+    async def page_sms(self, actor: Account, account: Account, filters: ListFilters,
+                       paging: Paging) -> Page[SmsRecord]:
+        require(actor, Action.READ, "SmsMessages")
+        conditions: list[Condition] = []
+        if to := _checked(filters.to, "To"):
+            conditions.append(Condition("to", "like", "%" + to))
+        if frm := _checked(filters.from_, "From"):
+            conditions.append(Condition("from", "like", "%" + frm))
+        if status := _checked(filters.status, "Status"):
+            conditions.append(Condition("status", "like", status))
+        if body := _checked(filters.body, "Body"):
+            conditions.append(Condition("body", "like", f"%{body}%"))
+        if start := _checked(filters.start_time, "StartTime"):
+            conditions.append(Condition("date_created", ">=",
+                                        storage(_date("StartTime", start))))
+        if end := _checked(filters.end_time, "EndTime"):
+            conditions.append(Condition("date_created", "<=",
+                                        storage(_date("EndTime", end) + ONE_DAY)))
+        query = ListQuery(account_sids=await self._accounts(account, filters),
+                          conditions=tuple(conditions), order=_order("sms_messages", filters),
+                          page=paging.page, page_size=paging.page_size)
+        page = await self._store.page_sms(query)
+        self._page_check(page)
+        return page
+
+    async def get_sms(self, actor: Account, account: Account, sid: str) -> SmsRecord:
+        require(actor, Action.READ, "SmsMessages")
+        sms = await self._store.get_sms(sid) if is_sid_shaped(sid, "SM") else None
+        if sms is None:
+            raise NotFound(f"The message {sid} was not found")
+        if sms.account_sid != account.sid:
+            raise Forbidden("The message belongs to another account")
+        return sms
+
+    # -- notifications -------------------------------------------------------------------------
+
+    async def page_notifications(self, actor: Account, account: Account, filters: ListFilters,
+                                 paging: Paging) -> Page[Notification]:
+        require(actor, Action.READ, "Notifications")
+        conditions: list[Condition] = []
+        if start := _checked(filters.start_time, "StartTime"):
+            conditions.append(Condition("date_created", ">=",
+                                        storage(_date("StartTime", start))))
+        if end := _checked(filters.end_time, "EndTime"):
+            conditions.append(Condition("date_created", "<=",
+                                        storage(_date("EndTime", end) + ONE_DAY)))
+        if code := _checked(filters.error_code, "ErrorCode"):
+            if not code.isdigit():
+                raise InvalidInput("ErrorCode must be a number")
+            conditions.append(Condition("error_code", "=", code))
+        if url := _checked(filters.request_url, "RequestUrl"):
+            conditions.append(Condition("request_url", "like", url))
+        if text := _checked(filters.message_text, "MessageText"):
+            conditions.append(Condition("message_text", "like", f"%{text}%"))
+        query = ListQuery(account_sids=await self._accounts(account, filters),
+                          conditions=tuple(conditions), order=_order("notifications", filters),
+                          page=paging.page, page_size=paging.page_size)
+        page = await self._store.page_notifications(query)
+        self._page_check(page)
+        return page
+
+    async def get_notification(self, actor: Account, account: Account, sid: str
+                               ) -> Notification:
+        require(actor, Action.READ, "Notifications")
+        note = await self._store.get_notification(sid) if is_sid_shaped(sid, "NO") else None
+        if note is None:
+            raise NotFound(f"The notification {sid} was not found")
+        if note.account_sid != account.sid:
+            raise Forbidden("The notification belongs to another account")
+        return note
+
+    async def notify(self, account_sid: str, error_code: int, message: str, *,
+                     warning: bool = False, call_sid: str | None = None,
+                     request_url: str = "", request_method: str = "",
+                     request_variables: str = "", response_headers: str = "",
+                     response_body: str = "") -> Notification:
+        """Record an error (or warning) the account's owner should see."""
+        now = self._clock()
+        note = Notification(
+            sid=NotificationSid(mint_sid("NO")), account_sid=AccountSid(account_sid),
+            call_sid=call_sid, log=1 if warning else 0, error_code=error_code,
+            more_info=f"https://www.twilio.com/docs/errors/{error_code}",
+            message_text=message[:4000], message_date=now, request_url=request_url[:2048],
+            request_method=request_method, request_variables=request_variables[:4000],
+            response_headers=response_headers[:4000], response_body=response_body[:4000],
+            date_created=now, date_updated=now)
+        await self._store.insert_notification(note)
+        logger.warning("x notification %s for %s: %s %s", note.sid, account_sid, error_code,
+                       message)
+        return note
+
+    # -- recordings --------------------------------------------------------------------------
+
+    async def page_recordings(self, actor: Account, account: Account, filters: ListFilters,
+                              paging: Paging) -> Page[Recording]:
+        require(actor, Action.READ, "Recordings")
+        conditions: list[Condition] = []
+        if start := _checked(filters.start_time, "StartTime"):
+            conditions.append(Condition("date_created", ">=",
+                                        storage(_date("StartTime", start))))
+        if end := _checked(filters.end_time, "EndTime"):
+            conditions.append(Condition("date_created", "<=",
+                                        storage(_date("EndTime", end) + ONE_DAY)))
+        if call := _checked(filters.call_sid, "CallSid"):
+            conditions.append(Condition("call_sid", "=", call))
+        query = ListQuery(account_sids=await self._accounts(account, filters),
+                          conditions=tuple(conditions), order=_order("recordings", filters),
+                          page=paging.page, page_size=paging.page_size)
+        page = await self._store.page_recordings(query)
+        self._page_check(page)
+        return page
+
+    async def get_recording(self, actor: Account, account: Account, sid: str) -> Recording:
+        require(actor, Action.READ, "Recordings")
+        rec = await self._store.get_recording(sid) if is_sid_shaped(sid, "RE") else None
+        if rec is None:
+            raise NotFound(f"The recording {sid} was not found")
+        if rec.account_sid != account.sid:
+            raise Forbidden("The recording belongs to another account")
+        return rec
+
+    async def delete_recording(self, actor: Account, account: Account, sid: str) -> None:
+        require(actor, Action.DELETE, "Recordings")
+        rec = await self.get_recording(actor, account, sid)
+        await self._store.delete_recording(rec.sid)
+        await asyncio.to_thread(Path(rec.file_path).unlink, missing_ok=True)
+
+    async def recording_path(self, sid: str) -> Path | None:
+        rec = await self._store.get_recording(sid) if is_sid_shaped(sid, "RE") else None
+        return Path(rec.file_path) if rec is not None else None

@@ -1,0 +1,442 @@
+"""Clients, incoming phone numbers and applications of an account.
+
+Fields arrive as snake_case strings (the API maps Restcomm's parameter names); this module
+validates them, applies Restcomm's defaults and rules, and stores models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from appliance import passwords
+from appliance.errors import Conflict, Forbidden, InvalidInput, NotFound
+from appliance.models import (
+    API_VERSION,
+    Account,
+    AccountSid,
+    Application,
+    ApplicationSid,
+    Client,
+    ClientSid,
+    Page,
+    PhoneNumber,
+    PhoneNumberSid,
+    is_sid_shaped,
+    md5_hex,
+    mint_sid,
+)
+from appliance.queries import Condition, ListQuery
+from appliance.services.access import Action, require
+from appliance.services.ports import StoreProtocol
+
+logger = logging.getLogger(__name__)
+
+MAX_NAME = 255
+MAX_URL = 2048
+MAX_LOGIN = 64
+MAX_PASSWORD = 128
+# RFC 2396 userinfo characters minus ":" (it separates user and password in a URI).
+_USERINFO = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'();&=+$,]|%[0-9A-Fa-f]{2})+$")
+_HTTP_METHODS = ("GET", "POST")
+
+
+def _url(field: str, value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_URL:
+        raise InvalidInput(f"{field} is longer than {MAX_URL} characters")
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise InvalidInput(f"{field} must be an http:// or https:// URL")
+    return value
+
+
+def _method(field: str, value: str | None, default: str = "POST") -> str:
+    if value is None or value == "":
+        return default
+    upper = value.upper()
+    if upper not in _HTTP_METHODS:
+        raise InvalidInput(f"{field} must be GET or POST")
+    return upper
+
+
+def _name(field: str, value: str | None, default: str) -> str:
+    if value is None or value == "":
+        return default
+    if len(value) > MAX_NAME:
+        raise InvalidInput(f"{field} is longer than {MAX_NAME} characters")
+    return value
+
+
+def _bool(field: str, value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    lowered = value.lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise InvalidInput(f"{field} must be true or false")
+
+
+def _app_sid(field: str, value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not is_sid_shaped(value, "AP"):
+        raise InvalidInput(f"{field} {value} is not a valid application SID")
+    return value
+
+
+def digest_secrets(login: str, realm: str, password: str) -> tuple[str, str]:
+    """HA1 for MD5 and SHA-256 digest; computed only here, where the plaintext exists."""
+    a1 = f"{login}:{realm}:{password}"
+    return md5_hex(a1), hashlib.sha256(a1.encode()).hexdigest()
+
+
+def normalize_number(raw: str) -> str:
+    """`+` and digits when RAW looks like a phone number; otherwise RAW unchanged."""
+    compact = re.sub(r"[\s\-.()]", "", raw)
+    if re.fullmatch(r"\+?[0-9]{1,15}", compact):
+        return "+" + compact.lstrip("+")
+    return raw
+
+
+class ProvisioningService:
+    def __init__(self, store: StoreProtocol, clock: Callable[[], datetime],
+                 realm: Callable[[], str]) -> None:
+        self._store = store
+        self._clock = clock
+        self._realm = realm
+
+    # -- clients -----------------------------------------------------------------------------
+
+    async def list_clients(self, actor: Account, account: Account) -> list[Client]:
+        require(actor, Action.READ, "Clients")
+        return await self._store.list_clients(account.sid)
+
+    async def get_client(self, actor: Account, account: Account, sid: str) -> Client:
+        require(actor, Action.READ, "Clients")
+        return await self._owned_client(account, sid)
+
+    async def _owned_client(self, account: Account, sid: str) -> Client:
+        client = await self._store.get_client(sid) if is_sid_shaped(sid, "CL") else None
+        if client is None:
+            raise NotFound(f"The client {sid} was not found")
+        if client.account_sid != account.sid:
+            raise Forbidden("The client belongs to another account")
+        return client
+
+    def _check_login(self, login: str | None) -> str:
+        if login is None or login == "":
+            raise InvalidInput("Login can not be null.")
+        if len(login) > MAX_LOGIN or not _USERINFO.match(login) or any(c in login for c in "?=@"):
+            raise InvalidInput(f"Login {login} contains invalid character(s)")
+        return login
+
+    def _check_password(self, password: str, weak_as_json: bool) -> None:
+        if len(password) > MAX_PASSWORD:
+            raise InvalidInput(f"Password is longer than {MAX_PASSWORD} characters")
+        if not passwords.is_strong(password):
+            raise InvalidInput("Password too weak", json_message=weak_as_json)
+
+    @staticmethod
+    def _status(value: str | None, default: int) -> int:
+        # Restcomm silently ignores a non-numeric Status; we only accept its two values.
+        if value is None or value.strip() not in ("0", "1"):
+            return default
+        return int(value.strip())
+
+    async def create_client(self, actor: Account, account: Account,
+                            fields: Mapping[str, str]) -> Client:
+        require(actor, Action.CREATE, "Clients")
+        login = self._check_login(fields.get("login"))
+        password = fields.get("password")
+        if password is None or password == "":
+            raise InvalidInput("Password can not be null.")
+        existing = await self._store.get_client_by_login(login)
+        if existing is not None:
+            if existing.account_sid == account.sid:
+                raise Conflict("A client with the same login already exists in this account.")
+            raise Conflict("A client with the same name was already created by another account. "
+                           "Please, choose a different name and try again.")
+        self._check_password(password, weak_as_json=True)
+        client = self._new_client(account, login, password, fields)
+        await self._store.insert_client(client)
+        logger.info("- client %s (%s) created in %s", client.sid, login, account.sid)
+        return client
+
+    def _new_client(self, account: Account, login: str, password: str,
+                    fields: Mapping[str, str]) -> Client:
+        now = self._clock()
+        realm = self._realm()
+        ha1_md5, ha1_sha256 = digest_secrets(login, realm, password)
+        sid = ClientSid(mint_sid("CL"))
+        push = sid if _bool("IsPushEnabled", fields.get("is_push_enabled"), False) else None
+        return Client(
+            sid=sid, account_sid=account.sid,
+            friendly_name=_name("FriendlyName", fields.get("friendly_name"), login),
+            login=login, status=self._status(fields.get("status"), 1),
+            voice_url=_url("VoiceUrl", fields.get("voice_url")),
+            voice_method=_method("VoiceMethod", fields.get("voice_method")),
+            voice_fallback_url=_url("VoiceFallbackUrl", fields.get("voice_fallback_url")),
+            voice_fallback_method=_method("VoiceFallbackMethod",
+                                          fields.get("voice_fallback_method")),
+            voice_application_sid=_app_sid("VoiceApplicationSid",
+                                           fields.get("voice_application_sid")),
+            push_client_identity=push,
+            api_version=API_VERSION, date_created=now, date_updated=now,
+            ha1_md5=ha1_md5, ha1_sha256=ha1_sha256, realm=realm)
+
+    async def update_client(self, actor: Account, account: Account, sid: str,
+                            fields: Mapping[str, str]) -> Client:
+        require(actor, Action.MODIFY, "Clients")
+        client = await self._owned_client(account, sid)
+        changes: dict[str, Any] = {}
+        if "friendly_name" in fields:
+            changes["friendly_name"] = _name("FriendlyName", fields["friendly_name"],
+                                             client.friendly_name)
+        if "status" in fields:
+            changes["status"] = self._status(fields["status"], client.status)
+        if "password" in fields:
+            self._check_password(fields["password"], weak_as_json=True)
+            realm = self._realm()
+            changes["ha1_md5"], changes["ha1_sha256"] = digest_secrets(
+                client.login, realm, fields["password"])
+            changes["realm"] = realm
+        for key, wire in (("voice_url", "VoiceUrl"), ("voice_fallback_url", "VoiceFallbackUrl")):
+            if key in fields:
+                changes[key] = _url(wire, fields[key])
+        for key, wire in (("voice_method", "VoiceMethod"),
+                          ("voice_fallback_method", "VoiceFallbackMethod")):
+            if key in fields:
+                changes[key] = _method(wire, fields[key], getattr(client, key))
+        if "voice_application_sid" in fields:
+            changes["voice_application_sid"] = _app_sid("VoiceApplicationSid",
+                                                        fields["voice_application_sid"])
+        if "is_push_enabled" in fields:
+            enabled = _bool("IsPushEnabled", fields["is_push_enabled"], False)
+            changes["push_client_identity"] = client.sid if enabled else None
+        updated = dataclasses.replace(client, **changes, date_updated=self._clock())
+        await self._store.update_client(updated)
+        return updated
+
+    async def delete_client(self, actor: Account, account: Account, sid: str) -> None:
+        require(actor, Action.DELETE, "Clients")
+        client = await self._owned_client(account, sid)
+        await self._store.delete_client(client.sid)
+
+    # LinkedClients: the SIP client Restcomm creates with each account (api-behaviour §8.1).
+
+    async def create_linked(self, account: Account, login: str, password: str) -> None:
+        if not _USERINFO.match(login) or len(login) > MAX_LOGIN:
+            logger.info("- no linked client for %s: %r is not a valid login", account.sid, login)
+            return
+        if await self._store.get_client_by_login(login) is not None:
+            return
+        client = self._new_client(account, login, password,
+                                  {"friendly_name": account.friendly_name})
+        await self._store.insert_client(client)
+
+    async def sync_linked(self, account: Account, login: str, password: str | None) -> None:
+        client = await self._store.get_client_by_login(login)
+        if client is None or client.account_sid != account.sid:
+            return
+        changes: dict[str, Any] = {"friendly_name": account.friendly_name}
+        if password is not None:
+            realm = self._realm()
+            changes["ha1_md5"], changes["ha1_sha256"] = digest_secrets(login, realm, password)
+            changes["realm"] = realm
+        await self._store.update_client(
+            dataclasses.replace(client, **changes, date_updated=self._clock()))
+
+    # -- applications ------------------------------------------------------------------------
+
+    async def list_applications(self, actor: Account, account: Account
+                                ) -> list[tuple[Application, list[PhoneNumber]]]:
+        require(actor, Action.READ, "Applications")
+        apps = await self._store.list_applications(account.sid)
+        return [(app, await self._store.numbers_using_application(app.sid)) for app in apps]
+
+    async def get_application(self, actor: Account, account: Account, sid: str
+                              ) -> tuple[Application, list[PhoneNumber]]:
+        require(actor, Action.READ, "Applications")
+        app = await self._owned_application(account, sid)
+        return app, await self._store.numbers_using_application(app.sid)
+
+    async def _owned_application(self, account: Account, sid: str) -> Application:
+        app = await self._store.get_application(sid) if is_sid_shaped(sid, "AP") else None
+        if app is None:
+            raise NotFound(f"The application {sid} was not found")
+        if app.account_sid != account.sid:
+            raise Forbidden("The application belongs to another account")
+        return app
+
+    @staticmethod
+    def _kind(value: str | None, default: str | None) -> str | None:
+        if value is None or value == "":
+            return default
+        if value not in ("voice", "sms", "ussd"):
+            raise InvalidInput("Kind must be voice, sms or ussd")
+        return value
+
+    async def create_application(self, actor: Account, account: Account,
+                                 fields: Mapping[str, str]) -> Application:
+        require(actor, Action.CREATE, "Applications")
+        name = fields.get("friendly_name")
+        if not name:
+            raise InvalidInput("Friendly name can not be null.")
+        now = self._clock()
+        app = Application(
+            sid=ApplicationSid(mint_sid("AP")), account_sid=account.sid,
+            friendly_name=_name("FriendlyName", name, name),
+            voice_caller_id_lookup=_bool("VoiceCallerIdLookup",
+                                         fields.get("voice_caller_id_lookup"), False),
+            rcml_url=_url("RcmlUrl", fields.get("rcml_url")),
+            kind=self._kind(fields.get("kind"), None), api_version=API_VERSION,
+            date_created=now, date_updated=now)
+        await self._store.insert_application(app)
+        return app
+
+    async def update_application(self, actor: Account, account: Account, sid: str,
+                                 fields: Mapping[str, str]) -> Application:
+        require(actor, Action.MODIFY, "Applications")
+        app = await self._owned_application(account, sid)
+        changes: dict[str, Any] = {}
+        if "friendly_name" in fields:
+            changes["friendly_name"] = _name("FriendlyName", fields["friendly_name"],
+                                             app.friendly_name)
+        if "voice_caller_id_lookup" in fields:
+            changes["voice_caller_id_lookup"] = _bool(
+                "VoiceCallerIdLookup", fields["voice_caller_id_lookup"],
+                app.voice_caller_id_lookup)
+        if "rcml_url" in fields:
+            changes["rcml_url"] = _url("RcmlUrl", fields["rcml_url"])
+        if "kind" in fields:
+            changes["kind"] = self._kind(fields["kind"], app.kind)
+        updated = dataclasses.replace(app, **changes, date_updated=self._clock())
+        await self._store.update_application(updated)
+        return updated
+
+    async def delete_application(self, actor: Account, account: Account, sid: str) -> None:
+        # Restcomm checks Modify (not Delete) here and answers 200 even when absent.
+        require(actor, Action.MODIFY, "Applications")
+        app = await self._store.get_application(sid) if is_sid_shaped(sid, "AP") else None
+        if app is None:
+            return
+        if app.account_sid != account.sid:
+            raise Forbidden("The application belongs to another account")
+        await self._store.delete_application(app.sid)
+
+    # -- incoming phone numbers ----------------------------------------------------------------
+
+    async def page_numbers(self, actor: Account, account: Account, phone_number: str | None,
+                           friendly_name: str | None, sort_by_name: bool, reverse: bool,
+                           page: int, page_size: int) -> Page[PhoneNumber]:
+        require(actor, Action.READ, "IncomingPhoneNumbers")
+        conditions = []
+        if phone_number:
+            conditions.append(Condition("phone_number", "like", f"%{phone_number}%"))
+        if friendly_name:
+            conditions.append(Condition("friendly_name", "like", f"%{friendly_name}%"))
+        column = "friendly_name" if sort_by_name else "phone_number"
+        return await self._store.page_numbers(ListQuery(
+            account_sids=(account.sid,), conditions=tuple(conditions),
+            order=((column, reverse),), page=page, page_size=page_size))
+
+    async def get_number(self, actor: Account, account: Account, sid: str) -> PhoneNumber:
+        require(actor, Action.READ, "IncomingPhoneNumbers")
+        return await self._owned_number(account, sid)
+
+    async def _owned_number(self, account: Account, sid: str) -> PhoneNumber:
+        number = await self._store.get_number(sid) if is_sid_shaped(sid, "PN") else None
+        if number is None:
+            raise NotFound(f"The phone number {sid} was not found")
+        if number.account_sid != account.sid:
+            raise Forbidden("The phone number belongs to another account")
+        return number
+
+    async def create_number(self, actor: Account, account: Account,
+                            fields: Mapping[str, str]) -> PhoneNumber:
+        require(actor, Action.CREATE, "IncomingPhoneNumbers")
+        raw = fields.get("phone_number") or fields.get("area_code")
+        if not raw:
+            raise InvalidInput("Phone number can not be null.")
+        if len(raw) > 64 or any(ord(c) < 32 for c in raw):
+            raise InvalidInput("PhoneNumber must be at most 64 printable characters")
+        pure_sip = _bool("isSIP", fields.get("is_sip"), False)
+        number_text = raw if pure_sip else normalize_number(raw)
+        if await self._store.find_number(number_text) is not None:
+            # Restcomm's "number not available" answer: 400 with the bare Twilio code.
+            raise InvalidInput("21452")
+        now = self._clock()
+        values = self._number_values(fields, None)
+        number = PhoneNumber(
+            sid=PhoneNumberSid(mint_sid("PN")), account_sid=AccountSid(account.sid),
+            friendly_name=_name("FriendlyName", fields.get("friendly_name"), number_text),
+            phone_number=number_text, pure_sip=pure_sip, api_version=API_VERSION,
+            date_created=now, date_updated=now, **values)
+        await self._store.insert_number(number)
+        return number
+
+    def _number_values(self, fields: Mapping[str, str], current: PhoneNumber | None
+                       ) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for prefix, wire in (("voice", "Voice"), ("sms", "Sms"), ("ussd", "Ussd")):
+            for key, wire_name, kind in (
+                (f"{prefix}_url", f"{wire}Url", "url"),
+                (f"{prefix}_method", f"{wire}Method", "method"),
+                (f"{prefix}_fallback_url", f"{wire}FallbackUrl", "url"),
+                (f"{prefix}_fallback_method", f"{wire}FallbackMethod", "method"),
+                (f"{prefix}_application_sid", f"{wire}ApplicationSid", "sid"),
+            ):
+                values[key] = self._field(fields, key, wire_name, kind, current)
+        for key, wire_name, kind in (
+            ("status_callback", "StatusCallback", "url"),
+            ("status_callback_method", "StatusCallbackMethod", "method"),
+            ("refer_url", "ReferUrl", "url"), ("refer_method", "ReferMethod", "method"),
+            ("refer_application_sid", "ReferApplicationSid", "sid"),
+        ):
+            values[key] = self._field(fields, key, wire_name, kind, current)
+        for key, wire_name, default in (
+            ("voice_caller_id_lookup", "VoiceCallerIdLookup", False),
+            ("voice_capable", "VoiceCapable", True), ("sms_capable", "SmsCapable", True),
+            ("mms_capable", "MmsCapable", False), ("fax_capable", "FaxCapable", False),
+        ):
+            base = getattr(current, key) if current is not None else default
+            values[key] = _bool(wire_name, fields.get(key), base) if key in fields else base
+        return values
+
+    @staticmethod
+    def _field(fields: Mapping[str, str], key: str, wire_name: str, kind: str,
+               current: PhoneNumber | None) -> Any:
+        base = getattr(current, key) if current is not None else None
+        if key not in fields:
+            return base if (base is not None or kind != "method") else "POST"
+        value = fields[key]
+        if kind == "url":
+            return _url(wire_name, value)
+        if kind == "method":
+            return _method(wire_name, value, base or "POST")
+        return _app_sid(wire_name, value)
+
+    async def update_number(self, actor: Account, account: Account, sid: str,
+                            fields: Mapping[str, str]) -> PhoneNumber:
+        require(actor, Action.MODIFY, "IncomingPhoneNumbers")
+        number = await self._owned_number(account, sid)
+        values = self._number_values(fields, number)
+        if "friendly_name" in fields:
+            values["friendly_name"] = _name("FriendlyName", fields["friendly_name"],
+                                            number.friendly_name)
+        updated = dataclasses.replace(number, **values, date_updated=self._clock())
+        await self._store.update_number(updated)
+        return updated
+
+    async def delete_number(self, actor: Account, account: Account, sid: str) -> None:
+        require(actor, Action.DELETE, "IncomingPhoneNumbers")
+        number = await self._owned_number(account, sid)
+        await self._store.delete_number(number.sid)

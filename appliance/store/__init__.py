@@ -1,0 +1,1 @@
+"""SQLite storage: schema migrations, the one writer thread, and model mapping."""

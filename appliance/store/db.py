@@ -1,0 +1,378 @@
+"""The Store: one SQLite connection owned by one thread, async methods returning models.
+
+Every statement runs on a single-thread executor (datasette's write-thread pattern), so the
+event loop never blocks on disk and there is exactly one writer. WAL + synchronous=FULL: a
+commit is on disk before the caller hears about it, which is what "lose no SMS" rests on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlite_utils import Database
+
+from appliance import models
+from appliance.queries import ListQuery
+from appliance.store import rows, schema
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=5000",
+            "journal_size_limit=4194304")
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: Database | None = None
+        self._thread_id: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> list[str]:
+        """Open the file, set the pragmas and apply pending migrations."""
+        return await self._run(self._open_sync)
+
+    def _open_sync(self) -> list[str]:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self._path), timeout=5.0, check_same_thread=False)
+        db = Database(conn)
+        for pragma in _PRAGMAS:
+            db.execute("PRAGMA " + pragma)
+        self._db = db
+        self._thread_id = threading.get_ident()
+        applied = schema.apply(db)
+        if applied:
+            logger.info("- applied migrations %s", ", ".join(applied))
+        return applied
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._close_sync)
+        self._executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        assert self._db is not None  # noqa: S101 - internal invariant, not peer input
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.conn.close()
+            self._db = None
+
+    async def ping(self) -> bool:
+        """A trivial query through the writer thread: proves the thread and file answer."""
+        return await self._run(lambda: self._conn().execute("SELECT 1").fetchone() == (1,))
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db.conn
+
+    def _database(self) -> Database:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    # -- generic helpers (run on the store thread) ----------------------------------------------
+
+    def _fetch_one(self, sql: str, params: Iterable[Any], convert: Callable[[sqlite3.Row], T]
+                   ) -> T | None:
+        cur = self._conn().execute(sql, tuple(params))
+        cur.row_factory = sqlite3.Row  # type: ignore[assignment]
+        row = cur.fetchone()
+        return convert(row) if row is not None else None
+
+    def _fetch_all(self, sql: str, params: Iterable[Any], convert: Callable[[sqlite3.Row], T]
+                   ) -> list[T]:
+        cur = self._conn().execute(sql, tuple(params))
+        cur.row_factory = sqlite3.Row  # type: ignore[assignment]
+        return [convert(r) for r in cur.fetchall()]
+
+    def _insert(self, table: str, values: Mapping[str, Any]) -> None:
+        columns = ", ".join(f'"{c}"' for c in values)
+        marks = ", ".join("?" for _ in values)
+        with self._database().atomic():
+            self._conn().execute(f'INSERT INTO "{table}" ({columns}) VALUES ({marks})',
+                                 tuple(values.values()))
+
+    def _update(self, table: str, sid: str, values: Mapping[str, Any]) -> None:
+        sets = ", ".join(f'"{c}" = ?' for c in values)
+        with self._database().atomic():
+            self._conn().execute(f'UPDATE "{table}" SET {sets} WHERE sid = ?',
+                                 (*values.values(), sid))
+
+    def _delete(self, table: str, sid: str) -> bool:
+        with self._database().atomic():
+            cur = self._conn().execute(f'DELETE FROM "{table}" WHERE sid = ?', (sid,))
+        return cur.rowcount > 0
+
+    # -- settings ----------------------------------------------------------------------------
+
+    async def get_setting(self, key: str) -> str | None:
+        def run() -> str | None:
+            row = self._conn().execute("SELECT value FROM settings WHERE key = ?",
+                                       (key,)).fetchone()
+            return row[0] if row else None
+        return await self._run(run)
+
+    async def set_setting_if_absent(self, key: str, value: str) -> str:
+        """Store VALUE under KEY unless a value is already there; return the stored one."""
+        def run() -> str:
+            with self._database().atomic():
+                self._conn().execute(
+                    "INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+                    (key, value))
+                row = self._conn().execute("SELECT value FROM settings WHERE key = ?",
+                                           (key,)).fetchone()
+            return str(row[0])
+        return await self._run(run)
+
+    # -- accounts ----------------------------------------------------------------------------
+
+    async def get_account(self, sid: str) -> models.Account | None:
+        return await self._run(self._fetch_one, "SELECT * FROM accounts WHERE sid = ?", (sid,),
+                               rows.account)
+
+    async def find_account(self, key: str) -> models.Account | None:
+        """By email first, then by SID (Basic-auth user lookup order)."""
+        return await self._run(
+            self._fetch_one,
+            "SELECT * FROM accounts WHERE email_address = ? OR sid = ? "
+            "ORDER BY email_address = ? DESC LIMIT 1",
+            (key.lower(), key, key.lower()), rows.account)
+
+    async def find_account_by_any(self, key: str) -> models.Account | None:
+        """By friendly name, then email, then SID (sub-resource path lookup order)."""
+        return await self._run(
+            self._fetch_one,
+            "SELECT *, CASE WHEN friendly_name = ? THEN 0 WHEN email_address = ? THEN 1 "
+            "ELSE 2 END AS rank FROM accounts "
+            "WHERE friendly_name = ? OR email_address = ? OR sid = ? ORDER BY rank LIMIT 1",
+            (key, key.lower(), key, key.lower(), key), rows.account)
+
+    async def child_accounts(self, parent_sid: str) -> list[models.Account]:
+        return await self._run(self._fetch_all,
+                               "SELECT * FROM accounts WHERE parent_sid = ? ORDER BY date_created",
+                               (parent_sid,), rows.account)
+
+    async def insert_account(self, account: models.Account) -> None:
+        await self._run(self._insert, "accounts", rows.account_values(account))
+
+    async def insert_account_with_client(self, account: models.Account,
+                                         client: models.Client | None) -> None:
+        def run() -> None:
+            with self._database().atomic():
+                self._insert("accounts", rows.account_values(account))
+                if client is not None:
+                    self._insert("clients", rows.client_values(client))
+        await self._run(run)
+
+    async def update_account(self, account: models.Account) -> None:
+        await self._run(self._update, "accounts", account.sid, rows.account_values(account))
+
+    async def set_status_recursive(self, sids: list[str], status: str, now: str,
+                                   purge: bool) -> None:
+        """Set STATUS on every SID (children first); with PURGE delete what closing removes."""
+        def run() -> None:
+            conn = self._conn()
+            with self._database().atomic():
+                for sid in sids:
+                    conn.execute("UPDATE accounts SET status = ?, date_updated = ? WHERE sid = ?",
+                                 (status, now, sid))
+                    if purge:
+                        for table in ("notifications", "recordings", "applications",
+                                      "incoming_phone_numbers", "clients"):
+                            conn.execute(f'DELETE FROM "{table}" WHERE account_sid = ?', (sid,))
+        await self._run(run)
+
+    async def all_accounts(self) -> list[models.Account]:
+        return await self._run(self._fetch_all, "SELECT * FROM accounts", (), rows.account)
+
+    # -- clients -----------------------------------------------------------------------------
+
+    async def get_client(self, sid: str) -> models.Client | None:
+        return await self._run(self._fetch_one, "SELECT * FROM clients WHERE sid = ?", (sid,),
+                               rows.client)
+
+    async def get_client_by_login(self, login: str) -> models.Client | None:
+        return await self._run(self._fetch_one, "SELECT * FROM clients WHERE login = ?",
+                               (login,), rows.client)
+
+    async def list_clients(self, account_sid: str) -> list[models.Client]:
+        return await self._run(self._fetch_all,
+                               "SELECT * FROM clients WHERE account_sid = ? ORDER BY date_created",
+                               (account_sid,), rows.client)
+
+    async def insert_client(self, client: models.Client) -> None:
+        await self._run(self._insert, "clients", rows.client_values(client))
+
+    async def update_client(self, client: models.Client) -> None:
+        await self._run(self._update, "clients", client.sid, rows.client_values(client))
+
+    async def delete_client(self, sid: str) -> bool:
+        return await self._run(self._delete, "clients", sid)
+
+    # -- applications ------------------------------------------------------------------------
+
+    async def get_application(self, sid: str) -> models.Application | None:
+        return await self._run(self._fetch_one, "SELECT * FROM applications WHERE sid = ?",
+                               (sid,), rows.application)
+
+    async def list_applications(self, account_sid: str) -> list[models.Application]:
+        return await self._run(
+            self._fetch_all,
+            "SELECT * FROM applications WHERE account_sid = ? ORDER BY date_created",
+            (account_sid,), rows.application)
+
+    async def insert_application(self, app: models.Application) -> None:
+        await self._run(self._insert, "applications", rows.application_values(app))
+
+    async def update_application(self, app: models.Application) -> None:
+        await self._run(self._update, "applications", app.sid, rows.application_values(app))
+
+    async def delete_application(self, sid: str) -> bool:
+        return await self._run(self._delete, "applications", sid)
+
+    async def numbers_using_application(self, app_sid: str) -> list[models.PhoneNumber]:
+        return await self._run(
+            self._fetch_all,
+            "SELECT * FROM incoming_phone_numbers WHERE voice_application_sid = ? "
+            "OR sms_application_sid = ? OR ussd_application_sid = ? ORDER BY phone_number",
+            (app_sid, app_sid, app_sid), rows.phone_number)
+
+    # -- incoming phone numbers ----------------------------------------------------------------
+
+    async def get_number(self, sid: str) -> models.PhoneNumber | None:
+        return await self._run(self._fetch_one,
+                               "SELECT * FROM incoming_phone_numbers WHERE sid = ?", (sid,),
+                               rows.phone_number)
+
+    async def find_number(self, phone_number: str) -> models.PhoneNumber | None:
+        return await self._run(self._fetch_one,
+                               "SELECT * FROM incoming_phone_numbers WHERE phone_number = ?",
+                               (phone_number,), rows.phone_number)
+
+    async def insert_number(self, number: models.PhoneNumber) -> None:
+        await self._run(self._insert, "incoming_phone_numbers", rows.number_values(number))
+
+    async def update_number(self, number: models.PhoneNumber) -> None:
+        await self._run(self._update, "incoming_phone_numbers", number.sid,
+                        rows.number_values(number))
+
+    async def delete_number(self, sid: str) -> bool:
+        return await self._run(self._delete, "incoming_phone_numbers", sid)
+
+    async def page_numbers(self, query: ListQuery) -> models.Page[models.PhoneNumber]:
+        return await self._run(self._page, "incoming_phone_numbers", query, rows.phone_number)
+
+    # -- calls, SMS, notifications, recordings ---------------------------------------------------
+
+    async def insert_call(self, call: models.CallRecord) -> None:
+        await self._run(self._insert, "calls", rows.call_values(call))
+
+    async def insert_calls(self, calls: list[models.CallRecord]) -> None:
+        def run() -> None:
+            conn = self._conn()
+            if not calls:
+                return
+            values = [rows.call_values(c) for c in calls]
+            columns = ", ".join(f'"{c}"' for c in values[0])
+            marks = ", ".join("?" for _ in values[0])
+            with self._database().atomic():
+                conn.executemany(f"INSERT INTO calls ({columns}) VALUES ({marks})",
+                                 [tuple(v.values()) for v in values])
+        await self._run(run)
+
+    async def update_call(self, call: models.CallRecord) -> None:
+        await self._run(self._update, "calls", call.sid, rows.call_values(call))
+
+    async def get_call(self, sid: str) -> models.CallRecord | None:
+        return await self._run(self._fetch_one, "SELECT * FROM calls WHERE sid = ?", (sid,),
+                               rows.call)
+
+    async def page_calls(self, query: ListQuery) -> models.Page[models.CallRecord]:
+        return await self._run(self._page, "calls", query, rows.call)
+
+    async def insert_sms(self, sms: models.SmsRecord) -> None:
+        await self._run(self._insert, "sms_messages", rows.sms_values(sms))
+
+    async def get_sms(self, sid: str) -> models.SmsRecord | None:
+        return await self._run(self._fetch_one, "SELECT * FROM sms_messages WHERE sid = ?",
+                               (sid,), rows.sms)
+
+    async def page_sms(self, query: ListQuery) -> models.Page[models.SmsRecord]:
+        return await self._run(self._page, "sms_messages", query, rows.sms)
+
+    async def insert_notification(self, note: models.Notification) -> None:
+        await self._run(self._insert, "notifications", rows.notification_values(note))
+
+    async def get_notification(self, sid: str) -> models.Notification | None:
+        return await self._run(self._fetch_one, "SELECT * FROM notifications WHERE sid = ?",
+                               (sid,), rows.notification)
+
+    async def page_notifications(self, query: ListQuery) -> models.Page[models.Notification]:
+        return await self._run(self._page, "notifications", query, rows.notification)
+
+    async def insert_recording(self, rec: models.Recording) -> None:
+        await self._run(self._insert, "recordings", rows.recording_values(rec))
+
+    async def get_recording(self, sid: str) -> models.Recording | None:
+        return await self._run(self._fetch_one, "SELECT * FROM recordings WHERE sid = ?",
+                               (sid,), rows.recording)
+
+    async def page_recordings(self, query: ListQuery) -> models.Page[models.Recording]:
+        return await self._run(self._page, "recordings", query, rows.recording)
+
+    async def delete_recording(self, sid: str) -> bool:
+        return await self._run(self._delete, "recordings", sid)
+
+    # -- paging ------------------------------------------------------------------------------
+
+    def _page(self, table: str, query: ListQuery, convert: Callable[[sqlite3.Row], T]
+              ) -> models.Page[T]:
+        allowed = rows.COLUMNS[table]
+        where: list[str] = []
+        params: list[Any] = []
+        marks = ", ".join("?" for _ in query.account_sids)
+        where.append(f"account_sid IN ({marks})")
+        params.extend(query.account_sids)
+        for cond in query.conditions:
+            if cond.column not in allowed or cond.op not in ("like", "=", ">=", "<", "<="):
+                raise ValueError(f"bad condition {cond}")
+            op = "LIKE" if cond.op == "like" else cond.op
+            where.append(f'"{cond.column}" {op} ?')
+            params.append(cond.value)
+        where_sql = " AND ".join(where)
+        conn = self._conn()
+        if not query.conditions and len(query.account_sids) == 1:
+            row = conn.execute("SELECT n FROM row_counts WHERE tbl = ? AND account_sid = ?",
+                               (table, query.account_sids[0])).fetchone()
+            total = int(row[0]) if row else 0
+        else:
+            total = int(conn.execute(f'SELECT COUNT(*) FROM "{table}" WHERE {where_sql}',
+                                     params).fetchone()[0])
+        order_parts = []
+        for column, descending in query.order:
+            if column not in allowed:
+                raise ValueError(f"bad order column {column}")
+            order_parts.append(f'"{column}" {"DESC" if descending else "ASC"}')
+        order_parts.append(f'rowid {"DESC" if query.order and query.order[-1][1] else "ASC"}')
+        sql = (f'SELECT * FROM "{table}" WHERE {where_sql} ORDER BY {", ".join(order_parts)} '
+               "LIMIT ? OFFSET ?")
+        items = self._fetch_all(sql, [*params, query.page_size, query.page * query.page_size],
+                                convert)
+        return models.Page(items=items, total=total, page=query.page, page_size=query.page_size)

@@ -1,0 +1,253 @@
+"""Schema as code: sqlite-utils Migrations, applied at start before the API serves.
+
+Each migration runs in one transaction with its bookkeeping row, so a failure rolls back and
+stays pending. Never edit an applied migration; add a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sqlite_utils import Database, Migrations
+
+migrations = Migrations("appliance")
+
+_CORE = """
+CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE accounts (
+    sid TEXT PRIMARY KEY,
+    parent_sid TEXT REFERENCES accounts(sid),
+    organization_sid TEXT NOT NULL,
+    friendly_name TEXT NOT NULL,
+    email_address TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    role TEXT NOT NULL,
+    auth_token TEXT NOT NULL,
+    date_created TEXT NOT NULL,
+    date_updated TEXT NOT NULL
+);
+CREATE INDEX accounts_parent ON accounts(parent_sid);
+CREATE INDEX accounts_friendly_name ON accounts(friendly_name);
+
+CREATE TABLE clients (
+    sid TEXT PRIMARY KEY,
+    account_sid TEXT NOT NULL REFERENCES accounts(sid),
+    friendly_name TEXT NOT NULL,
+    login TEXT NOT NULL UNIQUE,
+    ha1_md5 TEXT NOT NULL,
+    ha1_sha256 TEXT NOT NULL,
+    realm TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    voice_url TEXT,
+    voice_method TEXT NOT NULL,
+    voice_fallback_url TEXT,
+    voice_fallback_method TEXT NOT NULL,
+    voice_application_sid TEXT,
+    push_client_identity TEXT,
+    api_version TEXT NOT NULL,
+    date_created TEXT NOT NULL,
+    date_updated TEXT NOT NULL
+);
+CREATE INDEX clients_account ON clients(account_sid);
+
+CREATE TABLE applications (
+    sid TEXT PRIMARY KEY,
+    account_sid TEXT NOT NULL REFERENCES accounts(sid),
+    friendly_name TEXT NOT NULL,
+    voice_caller_id_lookup INTEGER NOT NULL,
+    rcml_url TEXT,
+    kind TEXT,
+    api_version TEXT NOT NULL,
+    date_created TEXT NOT NULL,
+    date_updated TEXT NOT NULL
+);
+CREATE INDEX applications_account ON applications(account_sid);
+
+CREATE TABLE incoming_phone_numbers (
+    sid TEXT PRIMARY KEY,
+    account_sid TEXT NOT NULL REFERENCES accounts(sid),
+    friendly_name TEXT NOT NULL,
+    phone_number TEXT NOT NULL,
+    voice_url TEXT, voice_method TEXT NOT NULL,
+    voice_fallback_url TEXT, voice_fallback_method TEXT NOT NULL,
+    status_callback TEXT, status_callback_method TEXT NOT NULL,
+    voice_caller_id_lookup INTEGER NOT NULL,
+    voice_application_sid TEXT,
+    sms_url TEXT, sms_method TEXT NOT NULL,
+    sms_fallback_url TEXT, sms_fallback_method TEXT NOT NULL,
+    sms_application_sid TEXT,
+    ussd_url TEXT, ussd_method TEXT NOT NULL,
+    ussd_fallback_url TEXT, ussd_fallback_method TEXT NOT NULL,
+    ussd_application_sid TEXT,
+    refer_url TEXT, refer_method TEXT NOT NULL,
+    refer_application_sid TEXT,
+    voice_capable INTEGER NOT NULL, sms_capable INTEGER NOT NULL,
+    mms_capable INTEGER NOT NULL, fax_capable INTEGER NOT NULL,
+    pure_sip INTEGER NOT NULL,
+    api_version TEXT NOT NULL,
+    date_created TEXT NOT NULL,
+    date_updated TEXT NOT NULL
+);
+CREATE UNIQUE INDEX numbers_phone_number ON incoming_phone_numbers(phone_number);
+CREATE INDEX numbers_account ON incoming_phone_numbers(account_sid, phone_number);
+
+CREATE TABLE gateways (
+    sid TEXT PRIMARY KEY,
+    friendly_name TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    password TEXT NOT NULL,
+    proxy TEXT NOT NULL,
+    register INTEGER NOT NULL,
+    ttl INTEGER NOT NULL,
+    date_created TEXT NOT NULL,
+    date_updated TEXT NOT NULL
+);
+
+CREATE TABLE calls (
+    sid TEXT PRIMARY KEY,
+    instance_id TEXT,
+    account_sid TEXT NOT NULL,
+    parent_call_sid TEXT,
+    "to" TEXT NOT NULL,
+    "from" TEXT NOT NULL,
+    phone_number_sid TEXT,
+    status TEXT NOT NULL,
+    start_time TEXT,
+    end_time TEXT,
+    duration INTEGER NOT NULL DEFAULT 0,
+    price TEXT,
+    price_unit TEXT NOT NULL DEFAULT 'USD',
+    direction TEXT NOT NULL,
+    answered_by TEXT,
+    api_version TEXT NOT NULL,
+    forwarded_from TEXT,
+    caller_name TEXT,
+    conference_sid TEXT,
+    ring_duration INTEGER,
+    date_created TEXT NOT NULL,
+    date_updated TEXT NOT NULL
+);
+CREATE INDEX calls_account_created ON calls(account_sid, date_created);
+CREATE INDEX calls_parent ON calls(parent_call_sid);
+CREATE INDEX calls_account_status ON calls(account_sid, status, date_created);
+CREATE INDEX calls_account_start ON calls(account_sid, start_time);
+
+CREATE TABLE sms_messages (
+    sid TEXT PRIMARY KEY,
+    account_sid TEXT NOT NULL,
+    "from" TEXT NOT NULL,
+    "to" TEXT NOT NULL,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    error_code INTEGER,
+    error_message TEXT,
+    price TEXT NOT NULL DEFAULT '0',
+    price_unit TEXT NOT NULL DEFAULT 'USD',
+    api_version TEXT NOT NULL,
+    date_sent TEXT,
+    status_callback TEXT,
+    status_callback_method TEXT,
+    date_created TEXT NOT NULL,
+    date_updated TEXT NOT NULL
+);
+CREATE INDEX sms_account_created ON sms_messages(account_sid, date_created);
+CREATE INDEX sms_account_status ON sms_messages(account_sid, status, date_created);
+
+CREATE TABLE recordings (
+    sid TEXT PRIMARY KEY,
+    account_sid TEXT NOT NULL,
+    call_sid TEXT,
+    duration REAL NOT NULL,
+    file_path TEXT NOT NULL,
+    date_created TEXT NOT NULL,
+    date_updated TEXT NOT NULL
+);
+CREATE INDEX recordings_account_created ON recordings(account_sid, date_created);
+CREATE INDEX recordings_call ON recordings(call_sid);
+
+CREATE TABLE notifications (
+    sid TEXT PRIMARY KEY,
+    account_sid TEXT NOT NULL,
+    call_sid TEXT,
+    log INTEGER NOT NULL,
+    error_code INTEGER NOT NULL,
+    more_info TEXT NOT NULL,
+    message_text TEXT NOT NULL,
+    message_date TEXT NOT NULL,
+    request_url TEXT NOT NULL,
+    request_method TEXT NOT NULL,
+    request_variables TEXT NOT NULL,
+    response_headers TEXT NOT NULL,
+    response_body TEXT NOT NULL,
+    date_created TEXT NOT NULL,
+    date_updated TEXT NOT NULL
+);
+CREATE INDEX notifications_account_created ON notifications(account_sid, date_created);
+
+-- Per-account row counts kept by triggers, so an unfiltered page's `total` costs one lookup
+-- instead of a COUNT(*) that grows with the table.
+CREATE TABLE row_counts (
+    tbl TEXT NOT NULL,
+    account_sid TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (tbl, account_sid)
+) WITHOUT ROWID;
+"""
+
+COUNTED_TABLES = ("calls", "sms_messages", "recordings", "notifications",
+                  "incoming_phone_numbers")
+
+
+def _count_triggers(table: str) -> str:
+    return f"""
+CREATE TRIGGER {table}_count_ins AFTER INSERT ON {table} BEGIN
+    INSERT INTO row_counts(tbl, account_sid, n) VALUES ('{table}', NEW.account_sid, 1)
+    ON CONFLICT(tbl, account_sid) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER {table}_count_del AFTER DELETE ON {table} BEGIN
+    UPDATE row_counts SET n = n - 1 WHERE tbl = '{table}' AND account_sid = OLD.account_sid;
+END;
+CREATE TRIGGER {table}_count_move AFTER UPDATE OF account_sid ON {table}
+WHEN OLD.account_sid <> NEW.account_sid BEGIN
+    UPDATE row_counts SET n = n - 1 WHERE tbl = '{table}' AND account_sid = OLD.account_sid;
+    INSERT INTO row_counts(tbl, account_sid, n) VALUES ('{table}', NEW.account_sid, 1)
+    ON CONFLICT(tbl, account_sid) DO UPDATE SET n = n + 1;
+END;
+"""
+
+
+def _run_script(db: Database, script: str) -> None:
+    # executescript() would COMMIT the migration's transaction; run statement by statement.
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        statement += line
+        if statement.strip() and _complete(statement):
+            db.execute(statement)
+            statement = ""
+    if statement.strip():
+        db.execute(statement)
+
+
+def _complete(statement: str) -> bool:
+    return sqlite3.complete_statement(statement)
+
+
+@migrations()
+def m001_core(db: Database) -> None:
+    _run_script(db, _CORE)
+    for table in COUNTED_TABLES:
+        _run_script(db, _count_triggers(table))
+
+
+def apply(db: Database) -> list[str]:
+    """Apply pending migrations; returns the names applied now."""
+    pending = [m.name for m in migrations.pending(db)]
+    migrations.apply(db)
+    return pending
