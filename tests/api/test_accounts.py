@@ -1,0 +1,184 @@
+"""Accounts: the 3-level tree, roles, status, password changes (api-behaviour.md §4, §8.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from tests.conftest import ADMIN_SID, Api
+
+PW = "Pbx-edge-7"
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+async def create(api: Api, email: str, password: str = PW, **extra: str) -> dict[str, object]:
+    status, body, _ = await api.post("Accounts.json", {"EmailAddress": email,
+                                                        "Password": password, **extra})
+    assert status == 200, body
+    return json.loads(body)  # type: ignore[no-any-return]
+
+
+async def test_create_sub_account_shape(api: Api) -> None:
+    acct = await create(api, "Alice@Example.com", FriendlyName="Alice Co")
+    assert acct["sid"] == "AC" + md5("alice@example.com")
+    assert acct["sid"] == "ACc160f8cc69a4f0bf2b0362752353d060"
+    assert acct["email_address"] == "alice@example.com"
+    assert acct["auth_token"] == md5(PW)
+    assert acct["status"] == "active" and acct["type"] == "Full"
+    assert acct["role"] == "Administrator"  # copied from the parent
+    assert list(acct) == ["sid", "organization", "friendly_name", "email_address", "type",
+                          "status", "role", "date_created", "date_updated", "auth_token", "uri",
+                          "subresource_uris"]
+    assert acct["uri"] == f"/2012-04-24/Accounts.json/{acct['sid']}"
+
+
+async def test_new_account_gets_a_linked_client(api: Api) -> None:
+    acct = await create(api, "carol@example.com")
+    child = api.as_user("carol@example.com", PW)
+    status, body, _ = await child.get(f"Accounts/{acct['sid']}/Clients.json")
+    assert status == 200
+    clients = json.loads(body)
+    assert [c["login"] for c in clients] == ["carol"]
+
+
+async def test_create_errors_in_restcomm_order(api: Api) -> None:
+    cases = [
+        ({}, 400, "Email address can not be null."),
+        ({"EmailAddress": "x@example.com"}, 400, "Password can not be null."),
+        ({"EmailAddress": "not-an-email", "Password": PW}, 400,
+         "Provided email address not-an-email is not valid"),
+        ({"EmailAddress": "a=b@example.com", "Password": PW}, 400,
+         "Login a=b contains invalid character(s) "),
+        ({"EmailAddress": "weak@example.com", "Password": "RestComm"}, 400,
+         '{"message": "Password too weak"}'),
+        ({"EmailAddress": "administrator@company.com", "Password": PW}, 409,
+         "The email address used for the new account is already in use."),
+        ({"EmailAddress": "bad@example.com", "Password": PW, "Status": "sleepy"}, 400, None),
+    ]
+    for data, status, text in cases:
+        got_status, body, _ = await api.post("Accounts.json", data)
+        assert got_status == status, (data, body)
+        if text is not None:
+            assert body == text
+
+
+async def test_duplicate_email_is_409(api: Api) -> None:
+    await create(api, "dup@example.com")
+    status, _, _ = await api.post("Accounts.json", {"EmailAddress": "DUP@example.com",
+                                                     "Password": PW})
+    assert status == 409
+
+
+async def test_tree_is_three_levels_deep(api: Api) -> None:
+    await create(api, "child@example.com")
+    child = api.as_user("child@example.com", PW)
+    status, body, _ = await child.post("Accounts.json", {"EmailAddress": "grand@example.com",
+                                                          "Password": PW})
+    assert status == 200, body
+    grand = api.as_user("grand@example.com", PW)
+    status, body, _ = await grand.post("Accounts.json", {"EmailAddress": "great@example.com",
+                                                          "Password": PW})
+    assert status == 400
+    assert json.loads(body) == {"message": "This account is not allowed to have sub-accounts"}
+
+
+async def test_list_returns_direct_children_only(api: Api) -> None:
+    await create(api, "c1@example.com")
+    child = api.as_user("c1@example.com", PW)
+    await child.post("Accounts.json", {"EmailAddress": "g1@example.com", "Password": PW})
+    status, body, _ = await api.get("Accounts.json")
+    assert [a["email_address"] for a in json.loads(body)] == ["c1@example.com"]
+    status, body, _ = await api.get("Accounts")
+    assert "<Accounts>" in body and "c1@example.com" in body
+
+
+async def test_children_cannot_touch_parent_or_siblings(api: Api) -> None:
+    a = await create(api, "a@example.com")
+    b = await create(api, "b@example.com")
+    alice = api.as_user("a@example.com", PW)
+    for path in (f"Accounts/{ADMIN_SID}", f"Accounts/{b['sid']}",
+                 f"Accounts/{ADMIN_SID}/Clients", f"Accounts/{b['sid']}/Clients.json",
+                 f"Accounts/{ADMIN_SID}/Calls.json", f"Accounts/{b['sid']}/SMS/Messages"):
+        status, _, _ = await alice.get(path)
+        assert status == 403, path
+    status, _, _ = await alice.post(f"Accounts/{ADMIN_SID}", {"FriendlyName": "mine"})
+    assert status == 403
+    # The parent reaches into its children's resources.
+    status, _, _ = await api.get(f"Accounts/{a['sid']}/Clients.json")
+    assert status == 200
+
+
+async def test_sub_resources_accept_email_or_friendly_name(api: Api) -> None:
+    acct = await create(api, "named@example.com", FriendlyName="Named Co")
+    for key in ("named@example.com", "Named Co", acct["sid"]):
+        status, body, _ = await api.get(f"Accounts/{key}/Clients.json")
+        assert status == 200, key
+
+
+async def test_password_change_gives_new_token_and_syncs_client(api: Api) -> None:
+    acct = await create(api, "pw@example.com")
+    status, body, _ = await api.post(f"Accounts/{acct['sid']}.json", {"Password": "Admin2024!"})
+    assert status == 200
+    assert json.loads(body)["auth_token"] == md5("Admin2024!")
+    old = api.as_user("pw@example.com", PW)
+    new = api.as_user("pw@example.com", "Admin2024!")
+    assert (await old.get(f"Accounts/{acct['sid']}"))[0] == 401
+    assert (await new.get(f"Accounts/{acct['sid']}"))[0] == 200
+    status, body, _ = await api.post(f"Accounts/{acct['sid']}", {"Password": "office123"})
+    assert status == 400 and "weak" in body
+
+
+async def test_status_change_is_recursive_and_blocks_login(api: Api) -> None:
+    parent = await create(api, "p@example.com")
+    p = api.as_user("p@example.com", PW)
+    status, body, _ = await p.post("Accounts.json", {"EmailAddress": "k@example.com",
+                                                      "Password": PW})
+    kid = json.loads(body)
+    status, body, _ = await api.post(f"Accounts/{parent['sid']}.json", {"Status": "SUSPENDED"})
+    assert status == 200 and json.loads(body)["status"] == "suspended"
+    status, body, _ = await api.get(f"Accounts/{kid['sid']}.json")
+    assert json.loads(body)["status"] == "suspended"
+    status, body, _ = await api.as_user("k@example.com", PW).get(f"Accounts/{kid['sid']}")
+    assert status == 403 and body == "Provided Account is not active"
+    status, _, _ = await api.post(f"Accounts/{parent['sid']}", {"Status": "bogus"})
+    assert status == 400
+
+
+async def test_closed_account_loses_clients_keeps_nothing_editable(api: Api) -> None:
+    acct = await create(api, "close@example.com")
+    status, _, _ = await api.post(f"Accounts/{acct['sid']}", {"Status": "closed"})
+    assert status == 200
+    status, body, _ = await api.get(f"Accounts/{acct['sid']}/Clients.json")
+    assert json.loads(body) == []
+    status, body, _ = await api.post(f"Accounts/{acct['sid']}", {"FriendlyName": "again"})
+    assert status == 400 and body == "Account is closed"
+
+
+async def test_role_rules(api: Api) -> None:
+    await create(api, "dev@example.com", Role="Developer")
+    dev = api.as_user("dev@example.com", PW)
+    status, body, _ = await dev.get("Accounts/dev@example.com.json")
+    assert json.loads(body)["role"] == "Developer"
+    sid = json.loads(body)["sid"]
+    status, body, _ = await dev.post(f"Accounts/{sid}", {"Role": "Administrator"})
+    assert status == 403 and body == "Only Administrator allowed"
+    # A Developer may not write notifications or send SMS (Restcomm #1454), but may read them.
+    status, _, _ = await dev.get(f"Accounts/{sid}/SMS/Messages.json")
+    assert status == 200
+
+
+async def test_uninitialized_account_may_only_set_its_password(api: Api) -> None:
+    acct = await create(api, "new@example.com", Status="uninitialized")
+    user = api.as_user("new@example.com", PW)
+    status, body, _ = await user.get(f"Accounts/{acct['sid']}/Clients.json")
+    assert status == 403 and "password" in body
+    status, body, _ = await user.get(f"Accounts/{acct['sid']}.json")
+    assert status == 200 and json.loads(body)["status"] == "uninitialized"
+    status, body, _ = await user.post(f"Accounts/{acct['sid']}.json", {"Password": "Admin2024!"})
+    assert status == 200 and json.loads(body)["status"] == "active"
+    status, _, _ = await api.as_user("new@example.com", "Admin2024!").get(
+        f"Accounts/{acct['sid']}/Clients.json")
+    assert status == 200

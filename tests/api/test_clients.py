@@ -1,0 +1,132 @@
+"""Clients (api-behaviour.md §8.2) and their digest secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from appliance.app import Appliance
+from tests.conftest import ADMIN_SID, Api
+
+BASE = f"Accounts/{ADMIN_SID}/Clients"
+PW = "Pbx-edge-7"
+
+
+async def make(api: Api, login: str, **extra: str) -> dict[str, str]:
+    status, body, _ = await api.post(f"{BASE}.json", {"Login": login, "Password": PW, **extra})
+    assert status == 200, body
+    return json.loads(body)  # type: ignore[no-any-return]
+
+
+async def test_create_shape_and_no_password(api: Api) -> None:
+    client = await make(api, "alice")
+    assert list(client) == ["sid", "date_created", "date_updated", "account_sid", "api_version",
+                            "friendly_name", "login", "password_algorithm", "status",
+                            "voice_method", "voice_fallback_method", "uri"]
+    assert client["status"] == "1" and client["friendly_name"] == "alice"
+    assert client["password_algorithm"] == "MD5"
+    assert client["uri"] == f"/2012-04-24/{BASE}/{client['sid']}.json"
+    assert "password" not in client
+    status, body, _ = await api.get(f"{BASE}/{client['sid']}")
+    assert "<Password>" not in body and PW not in body
+
+
+async def test_xml_shape_matches_restcomm(api: Api) -> None:
+    client = await make(api, "xmlbob", VoiceUrl="http://127.0.0.1:9/app.xml")
+    status, body, _ = await api.get(f"{BASE}/{client['sid']}")
+    root = ET.fromstring(body)
+    assert root.tag == "RestcommResponse"
+    tags = [child.tag for child in root.find("Client")]  # type: ignore[union-attr]
+    assert tags == ["Sid", "DateCreated", "DateUpdated", "AccountSid", "ApiVersion",
+                    "FriendlyName", "Login", "Password_Algorithm", "Status", "VoiceUrl",
+                    "VoiceMethod", "VoiceFallbackMethod", "Uri"]
+    assert body.startswith("<RestcommResponse>\n  <Client>\n    <Sid>")
+
+
+async def test_ha1_uses_the_sip_realm(api: Api, appliance: Appliance) -> None:
+    client = await make(api, "realmuser")
+    stored = await appliance.store.get_client(client["sid"])
+    assert stored is not None
+    assert stored.realm == "pbx.example.com"
+    expected = hashlib.md5(f"realmuser:pbx.example.com:{PW}".encode()).hexdigest()
+    assert stored.ha1_md5 == expected
+    assert stored.ha1_sha256 == hashlib.sha256(
+        f"realmuser:pbx.example.com:{PW}".encode()).hexdigest()
+
+
+def test_documented_ha1_example() -> None:
+    assert hashlib.md5(b"alice:pbx.example.com:Pbx-edge-7").hexdigest() == \
+        "a3066eabc32ab2a01367eabcced9a251"
+
+
+async def test_list_update_delete(api: Api) -> None:
+    a = await make(api, "one")
+    await make(api, "two")
+    status, body, _ = await api.get(f"{BASE}.json")
+    assert sorted(c["login"] for c in json.loads(body)) == ["one", "two"]
+    status, body, _ = await api.get(f"{BASE}/")  # the seeds' trailing-slash form
+    assert status == 200 and body.count("<Client>") == 2
+    status, body, _ = await api.request("PUT", f"{BASE}/{a['sid']}.json",
+                                        data={"Password": "NewPassword-9", "Status": "0",
+                                              "VoiceUrl": "http://127.0.0.1:9/x",
+                                              "FriendlyName": "Front desk"})
+    updated = json.loads(body)
+    assert status == 200 and updated["status"] == "0" and updated["friendly_name"] == "Front desk"
+    assert updated["voice_url"] == "http://127.0.0.1:9/x"
+    status, body, _ = await api.post(f"{BASE}/{a['sid']}.json", {"VoiceUrl": ""})
+    assert "voice_url" not in json.loads(body)
+    status, body, _ = await api.request("DELETE", f"{BASE}/{a['sid']}")
+    assert status == 200 and body == ""
+    status, _, _ = await api.request("DELETE", f"{BASE}/{a['sid']}")
+    assert status == 404
+    status, _, _ = await api.get(f"{BASE}/{a['sid']}")
+    assert status == 404
+
+
+@pytest.mark.parametrize(("data", "status", "text"), [
+    ({"Password": PW}, 400, "Login can not be null."),
+    ({"Login": "nopw"}, 400, "Password can not be null."),
+    ({"Login": "a@b", "Password": PW}, 400, "Login a@b contains invalid character(s)"),
+    ({"Login": "a?b", "Password": PW}, 400, "Login a?b contains invalid character(s)"),
+    ({"Login": "with space", "Password": PW}, 400, None),
+    ({"Login": "weak", "Password": "test"}, 400, '{"message": "Password too weak"}'),
+    ({"Login": "badurl", "Password": PW, "VoiceUrl": "ftp://x"}, 400, None),
+    ({"Login": "badmethod", "Password": PW, "VoiceMethod": "PATCH"}, 400, None),
+    ({"Login": "badapp", "Password": PW, "VoiceApplicationSid": "junk"}, 400, None),
+    ({"Login": "x" * 65, "Password": PW}, 400, None),
+])
+async def test_create_validation(api: Api, data: dict[str, str], status: int,
+                                 text: str | None) -> None:
+    got, body, _ = await api.post(f"{BASE}.json", data)
+    assert got == status, body
+    if text is not None:
+        assert body == text
+
+
+async def test_duplicate_logins_are_409(api: Api) -> None:
+    await make(api, "dupe")
+    status, body, _ = await api.post(f"{BASE}.json", {"Login": "dupe", "Password": PW})
+    assert status == 409 and body == "A client with the same login already exists in this account."
+    status, body, _ = await api.post("Accounts.json", {"EmailAddress": "other@example.com",
+                                                        "Password": PW})
+    other = api.as_user("other@example.com", PW)
+    sid = json.loads(body)["sid"]
+    status, body, _ = await other.post(f"Accounts/{sid}/Clients.json",
+                                       {"Login": "dupe", "Password": PW})
+    assert status == 409 and body.startswith("A client with the same name was already created")
+
+
+async def test_client_of_another_account_is_403(api: Api) -> None:
+    status, body, _ = await api.post("Accounts.json", {"EmailAddress": "iso@example.com",
+                                                        "Password": PW})
+    sub_sid = json.loads(body)["sid"]
+    mine = await make(api, "adminphone")
+    sub = api.as_user("iso@example.com", PW)
+    status, _, _ = await sub.get(f"Accounts/{sub_sid}/Clients/{mine['sid']}")
+    assert status == 403
+    # The admin, addressing the sub-account path, cannot see its own client there either.
+    status, _, _ = await api.get(f"Accounts/{sub_sid}/Clients/{mine['sid']}")
+    assert status == 403

@@ -1,0 +1,118 @@
+"""IncomingPhoneNumbers (§8.5) and Applications (§8.6)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+from tests.conftest import ADMIN_SID, Api
+
+NUMBERS = f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers"
+APPS = f"Accounts/{ADMIN_SID}/Applications"
+
+
+async def test_seed_example_number(api: Api) -> None:
+    status, body, _ = await api.post(f"{NUMBERS}.json", {
+        "PhoneNumber": "1234", "VoiceUrl": "http://127.0.0.1:8080/restcomm/demos/hello-play.xml"})
+    assert status == 200, body
+    number = json.loads(body)
+    assert number["phone_number"] == "+1234"
+    assert number["voice_url"].endswith("hello-play.xml")
+    assert number["voice_method"] == "POST" and number["sms_method"] == "POST"
+    assert number["voice_fallback_url"] is None  # explicit nulls for numbers
+    assert number["capabilities"] == {"voice_capable": True, "sms_capable": True,
+                                      "mms_capable": False, "fax_capable": False}
+    assert list(number)[:4] == ["sid", "account_sid", "friendly_name", "phone_number"]
+    assert list(number)[-3:] == ["capabilities", "api_version", "uri"]
+
+
+async def test_e164_normalisation_and_duplicates(api: Api) -> None:
+    status, body, _ = await api.post(f"{NUMBERS}.json", {"PhoneNumber": "+1 (555) 123-4567"})
+    assert json.loads(body)["phone_number"] == "+15551234567"
+    status, body, _ = await api.post(f"{NUMBERS}.json", {"PhoneNumber": "15551234567"})
+    assert status == 400 and body == "21452"
+    status, body, _ = await api.post(f"{NUMBERS}.json", {"PhoneNumber": "alice-desk",
+                                                         "isSIP": "true"})
+    assert status == 200 and json.loads(body)["phone_number"] == "alice-desk"
+    status, body, _ = await api.post(f"{NUMBERS}.json", {})
+    assert status == 400 and body == "Phone number can not be null."
+
+
+async def test_local_tollfree_mobile_factories(api: Api) -> None:
+    for i, kind in enumerate(("Local", "TollFree", "Mobile")):
+        status, body, _ = await api.post(f"{NUMBERS}/{kind}.json",
+                                         {"PhoneNumber": f"+1555000000{i}"})
+        assert status == 200, body
+    status, body, _ = await api.get(f"{NUMBERS}/Local.json")
+    assert json.loads(body)["total"] == 3
+    status, body, _ = await api.get(f"{NUMBERS}/AvailableCountries")
+    assert json.loads(body) == ["US"]
+
+
+async def test_update_and_delete_number(api: Api) -> None:
+    status, body, _ = await api.post(f"{NUMBERS}.json", {"PhoneNumber": "+15557654321",
+                                                         "SmsUrl": "http://127.0.0.1:9/sms"})
+    sid = json.loads(body)["sid"]
+    status, body, _ = await api.request("PUT", f"{NUMBERS}/{sid}.json",
+                                        data={"SmsUrl": "", "FriendlyName": "Main line",
+                                              "VoiceCallerIdLookup": "true"})
+    number = json.loads(body)
+    assert number["sms_url"] is None and number["friendly_name"] == "Main line"
+    assert number["voice_caller_id_lookup"] is True
+    status, body, _ = await api.request("DELETE", f"{NUMBERS}/{sid}")
+    assert status == 204
+    status, _, _ = await api.request("DELETE", f"{NUMBERS}/{sid}")
+    assert status == 404
+    status, _, _ = await api.post(f"{NUMBERS}/PN00000000000000000000000000000000",
+                                  {"FriendlyName": "x"})
+    assert status == 404
+
+
+async def test_number_list_filters_and_sorting(api: Api) -> None:
+    for n, name in (("+15550000003", "Zulu"), ("+15550000001", "Alpha"),
+                    ("+15550000002", "Mike")):
+        await api.post(f"{NUMBERS}.json", {"PhoneNumber": n, "FriendlyName": name})
+    status, body, _ = await api.get(f"{NUMBERS}.json")
+    assert [n["phone_number"] for n in json.loads(body)["incomingPhoneNumbers"]] == \
+        ["+15550000001", "+15550000002", "+15550000003"]
+    status, body, _ = await api.get(f"{NUMBERS}.json", params={"SortBy": "FriendlyName",
+                                                                "Reverse": "true"})
+    assert [n["friendly_name"] for n in json.loads(body)["incomingPhoneNumbers"]] == \
+        ["Zulu", "Mike", "Alpha"]
+    status, body, _ = await api.get(f"{NUMBERS}.json", params={"FriendlyName": "ik"})
+    assert [n["friendly_name"] for n in json.loads(body)["incomingPhoneNumbers"]] == ["Mike"]
+    status, body, _ = await api.get(f"{NUMBERS}.json", params={"PhoneNumber": "0003"})
+    assert json.loads(body)["total"] == 1
+    status, body, _ = await api.get(NUMBERS)
+    holder = ET.fromstring(body).find("IncomingPhoneNumbers")
+    assert holder is not None and holder.get("total") == "3"
+    assert holder.get("previouspageuri") == "null"
+
+
+async def test_application_crud_with_bound_numbers(api: Api) -> None:
+    status, body, _ = await api.post(f"{APPS}.json", {})
+    assert status == 400 and body == "Friendly name can not be null."
+    status, body, _ = await api.post(f"{APPS}.json", {"FriendlyName": "IVR", "Kind": "voice",
+                                                      "RcmlUrl": "http://127.0.0.1:9/ivr.xml"})
+    app = json.loads(body)
+    assert list(app) == ["sid", "date_created", "date_updated", "friendly_name", "account_sid",
+                         "api_version", "voice_caller_id_lookup", "uri", "rcml_url", "kind",
+                         "numbers"]
+    status, body, _ = await api.post(f"{NUMBERS}.json", {"PhoneNumber": "+15559990000",
+                                                         "VoiceApplicationSid": app["sid"]})
+    assert status == 200, body
+    status, body, _ = await api.get(f"{APPS}/{app['sid']}.json")
+    got = json.loads(body)
+    assert [n["phone_number"] for n in got["numbers"]] == ["+15559990000"]
+    status, body, _ = await api.post(f"{APPS}/{app['sid']}.json", {"Kind": "sms"})
+    assert json.loads(body)["kind"] == "sms"
+    status, body, _ = await api.post(f"{APPS}/{app['sid']}.json", {"Kind": "fax"})
+    assert status == 400
+    status, body, _ = await api.get(APPS)
+    assert "<Applications>" in body and "<Numbers>" in body
+    status, _, _ = await api.request("DELETE", f"{APPS}/{app['sid']}")
+    assert status == 200
+    status, _, _ = await api.request("DELETE", f"{APPS}/{app['sid']}")
+    assert status == 200  # Restcomm: 200 even when absent
+    status, _, _ = await api.get(f"{APPS}/{app['sid']}")
+    assert status == 404

@@ -1,0 +1,252 @@
+"""Calls, SMS, notifications and recordings lists: paging arithmetic and filters (§8.3, §9)."""
+
+from __future__ import annotations
+
+import json
+import wave
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from appliance.app import Appliance
+from appliance.models import (
+    AccountSid,
+    CallRecord,
+    CallSid,
+    Recording,
+    RecordingSid,
+    SmsRecord,
+    SmsSid,
+    mint_sid,
+)
+from tests.conftest import ADMIN_SID, Api
+
+T0 = datetime(2024, 3, 3, 9, 0, 0, tzinfo=UTC)
+CALLS = f"Accounts/{ADMIN_SID}/Calls"
+
+
+def cdr(i: int, account: str = ADMIN_SID, **kw: object) -> CallRecord:
+    values: dict[str, object] = dict(
+        sid=CallSid(f"ID{'0' * 32}-CA{i:032x}"), instance_id="ID" + "0" * 32,
+        account_sid=AccountSid(account), parent_call_sid=None, to=f"+1555000{i:04d}",
+        from_="alice" if i % 2 else "bob", phone_number_sid=None,
+        status="completed" if i % 3 else "busy", start_time=T0 + timedelta(minutes=i),
+        end_time=T0 + timedelta(minutes=i, seconds=30), duration=30, price=None,
+        price_unit="USD", direction="inbound", answered_by=None, api_version="2012-04-24",
+        forwarded_from=None, caller_name=None, conference_sid=None, ring_duration=3,
+        date_created=T0 + timedelta(minutes=i), date_updated=T0 + timedelta(minutes=i))
+    values.update(kw)
+    return CallRecord(**values)  # type: ignore[arg-type]
+
+
+async def seed_calls(appliance: Appliance, n: int) -> None:
+    await appliance.store.insert_calls([cdr(i) for i in range(n)])
+
+
+@pytest.mark.parametrize(("total", "size", "page", "items", "start", "end", "num_pages",
+                          "has_next"), [
+    (123, 50, 0, 50, 0, 49, 2, True),
+    (123, 50, 2, 23, 100, 123, 2, False),
+    (100, 50, 1, 50, 50, 99, 2, True),
+    (100, 50, 2, 0, 100, 100, 2, False),
+    (0, 50, 0, 0, 0, 0, 0, False),
+])
+async def test_paging_arithmetic(api: Api, appliance: Appliance, total: int, size: int,
+                                 page: int, items: int, start: int, end: int, num_pages: int,
+                                 has_next: bool) -> None:
+    await seed_calls(appliance, total)
+    status, body, _ = await api.get(f"{CALLS}.json", params={"Page": str(page),
+                                                             "PageSize": str(size)})
+    assert status == 200, body
+    got = json.loads(body)
+    assert list(got)[:11] == ["page", "num_pages", "page_size", "total", "start", "end", "uri",
+                              "first_page_uri", "previous_page_uri", "next_page_uri",
+                              "last_page_uri"]
+    assert got["total"] == total and got["num_pages"] == num_pages
+    assert got["start"] == str(start) and got["end"] == str(end)
+    assert len(got["calls"]) == items
+    assert (got["next_page_uri"] is not None) == has_next
+    if has_next:
+        last_sid = got["calls"][-1]["sid"]
+        assert got["next_page_uri"] == (f"/2012-04-24/{CALLS}?Page={page + 1}&PageSize={size}"
+                                        f"&AfterSid={last_sid}")
+    assert got["previous_page_uri"] is (None if page == 0 else got["previous_page_uri"])
+    assert got["last_page_uri"] == f"/2012-04-24/{CALLS}?Page={num_pages}&PageSize={size}"
+
+
+async def test_page_out_of_range_and_bad_sizes(api: Api, appliance: Appliance) -> None:
+    await seed_calls(appliance, 123)
+    status, body, _ = await api.get(f"{CALLS}.json", params={"Page": "3"})
+    assert status == 400 and body == ""
+    for params in ({"PageSize": "0"}, {"PageSize": "x"}, {"Page": "-1"},
+                   {"PageSize": "100000"}):
+        status, _, _ = await api.get(f"{CALLS}.json", params=params)
+        assert status == 400, params
+
+
+async def test_xml_calls_list_carries_attributes(api: Api, appliance: Appliance) -> None:
+    await seed_calls(appliance, 3)
+    status, body, _ = await api.get(CALLS, params={"PageSize": "2"})
+    holder = ET.fromstring(body).find("Calls")
+    assert holder is not None
+    assert holder.get("total") == "3" and holder.get("numpages") == "1"
+    assert holder.get("previouspageuri") == "null"
+    call = holder.find("Call")
+    assert call is not None
+    assert [c.tag for c in call][:4] == ["Sid", "InstanceId", "DateCreated", "DateUpdated"]
+    assert call.findtext("Ring_duration") == "3"
+
+
+async def test_call_json_shape_and_default_order(api: Api, appliance: Appliance) -> None:
+    await seed_calls(appliance, 5)
+    status, body, _ = await api.get(f"{CALLS}.json")
+    calls = json.loads(body)["calls"]
+    assert [c["to"] for c in calls] == [f"+1555000{i:04d}" for i in (4, 3, 2, 1, 0)]
+    one = calls[0]
+    assert "price" not in one and one["duration"] == 30 and one["InstanceId"]
+    assert one["start_time"] == "2024-03-03T09:04:00.000Z"
+    assert one["date_created"] == "Sun, 3 Mar 2024 09:04:00 +0000"
+    status, body, _ = await api.get(f"{CALLS}/{one['sid']}.json")
+    assert status == 200 and json.loads(body)["sid"] == one["sid"]
+
+
+async def test_call_filters(api: Api, appliance: Appliance) -> None:
+    await seed_calls(appliance, 30)
+    await appliance.store.insert_call(cdr(999, parent_call_sid=f"ID{'0' * 32}-CA{1:032x}"))
+
+    async def total(params: dict[str, str]) -> int:
+        status, body, _ = await api.get(f"{CALLS}.json", params=params)
+        assert status == 200, (params, body)
+        return int(json.loads(body)["total"])
+
+    assert await total({}) == 31
+    assert await total({"From": "alice"}) == 16
+    assert await total({"From": "ali"}) == 0  # a suffix match: '%ali'
+    assert await total({"From": "ali%"}) == 16  # the user's own wildcard works
+    assert await total({"To": "0007"}) == 1
+    assert await total({"Status": "busy"}) == 11
+    assert await total({"ParentCallSid": f"ID{'0' * 32}-CA{1:032x}"}) == 1
+    assert await total({"StartTime": "2024-03-03"}) == 31
+    assert await total({"StartTime": "2024-03-04"}) == 0
+    assert await total({"EndTime": "2024-03-02"}) == 0
+    assert await total({"StartTime": "2024-03-03 14:30:07.82"}) == 31  # trailing text ignored
+    status, _, _ = await api.get(f"{CALLS}.json", params={"StartTime": "yesterday"})
+    assert status == 400
+
+
+async def test_call_sorting(api: Api, appliance: Appliance) -> None:
+    await appliance.store.insert_calls([cdr(i, duration=(i * 7) % 5) for i in range(5)])
+    status, body, _ = await api.get(f"{CALLS}.json", params={"SortBy": "Duration:asc"})
+    durations = [c["duration"] for c in json.loads(body)["calls"]]
+    assert durations == sorted(durations)
+    status, body, _ = await api.get(f"{CALLS}.json", params={"Reverse": "false"})
+    assert [c["to"] for c in json.loads(body)["calls"]][0] == "+15550000000"
+    status, body, _ = await api.get(f"{CALLS}.json", params={"SortBy": ":asc"})
+    assert status == 400 and "Error parsing the SortBy parameter" in body
+    status, body, _ = await api.get(f"{CALLS}.json", params={"SortBy": "Duration:sideways"})
+    assert status == 400
+    status, _, _ = await api.get(f"{CALLS}.json", params={"SortBy": "Nonsense"})
+    assert status == 200
+
+
+async def test_sub_accounts_filter_and_isolation(api: Api, appliance: Appliance) -> None:
+    status, body, _ = await api.post("Accounts.json", {"EmailAddress": "sub@example.com",
+                                                        "Password": "Pbx-edge-7"})
+    sub = json.loads(body)["sid"]
+    await appliance.store.insert_calls([cdr(1), cdr(2, account=sub)])
+    status, body, _ = await api.get(f"{CALLS}.json")
+    assert json.loads(body)["total"] == 1
+    status, body, _ = await api.get(f"{CALLS}.json", params={"SubAccounts": "true"})
+    assert json.loads(body)["total"] == 2
+    child = api.as_user("sub@example.com", "Pbx-edge-7")
+    status, body, _ = await child.get(f"Accounts/{sub}/Calls.json")
+    assert json.loads(body)["total"] == 1
+    status, _, _ = await child.get(f"Accounts/{sub}/Calls/{cdr(1).sid}")
+    assert status == 403
+
+
+async def test_sms_list_and_shape(api: Api, appliance: Appliance) -> None:
+    for i in range(3):
+        await appliance.store.insert_sms(SmsRecord(
+            sid=SmsSid(mint_sid("SM")), account_sid=AccountSid(ADMIN_SID), from_="+15550001111",
+            to=f"+1555222000{i}", body=f"hello {i}", status="sent" if i else "failed",
+            direction="outbound-api", error_code=None if i else 30008,
+            error_message=None if i else "Unknown error", price="0", price_unit="USD",
+            api_version="2012-04-24", date_sent=T0, date_created=T0 + timedelta(seconds=i),
+            date_updated=T0))
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json")
+    got = json.loads(body)
+    assert got["total"] == 3 and len(got["messages"]) == 3
+    assert got["uri"] == f"/restcomm/2012-04-24/Accounts/{ADMIN_SID}/SMS/Messages.json"
+    msg = got["messages"][0]
+    assert list(msg)[:10] == ["sid", "date_created", "date_updated", "date_sent",
+                              "account_sid", "from", "to", "body", "status", "direction"]
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json",
+                                    params={"Body": "llo 1"})
+    assert json.loads(body)["total"] == 1
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages",
+                                    prefix="/api")
+    root = ET.fromstring(body)
+    holder = root.find("SMSMessages")
+    assert holder is not None and holder.attrib == {}
+    failed = [m for m in holder if m.findtext("Status") == "failed"][0]
+    assert failed.findtext("Error/ErrorCode") == "30008"
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages/{msg['sid']}.json")
+    assert json.loads(body)["sid"] == msg["sid"]
+
+
+async def test_sending_sms_and_calls_say_not_built(api: Api) -> None:
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/SMS/Messages",
+                                     {"From": "+1", "To": "+2", "Body": "x"})
+    assert status == 405 and "not available" in body
+    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+1", "To": "client:alice",
+                                                       "Url": "http://127.0.0.1:9/x"})
+    assert status == 405 and "not available" in body
+
+
+async def test_notifications_written_by_the_appliance(api: Api, appliance: Appliance) -> None:
+    note = await appliance.history.notify(ADMIN_SID, 11200, "HTTP retrieval failure",
+                                          request_url="http://127.0.0.1:9/app.xml",
+                                          request_method="POST")
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
+    got = json.loads(body)
+    assert got["total"] == 1
+    item = got["notifications"][0]
+    assert item["error_code"] == 11200 and item["log"] == 0
+    assert item["request_url"] == "http://127.0.0.1:9/app.xml"
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Notifications.json",
+                                    params={"ErrorCode": "11200", "MessageText": "retrieval"})
+    assert json.loads(body)["total"] == 1
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Notifications/{note.sid}")
+    assert "<MessageText>HTTP retrieval failure</MessageText>" in body
+
+
+async def test_recordings_metadata_needs_auth_file_does_not(api: Api,
+                                                            appliance: Appliance) -> None:
+    path = api.data_dir / "recordings" / "r.wav"
+    path.parent.mkdir(parents=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x00\x01" * 8000)
+    sid = RecordingSid(mint_sid("RE"))
+    await appliance.store.insert_recording(Recording(
+        sid=sid, account_sid=AccountSid(ADMIN_SID), call_sid=None, duration=1.0,
+        file_path=str(path), date_created=T0, date_updated=T0))
+    base = f"Accounts/{ADMIN_SID}/Recordings"
+    status, body, _ = await api.get(f"{base}/{sid}.json")
+    rec = json.loads(body)
+    assert rec["duration"] == "1.0" and rec["file_uri"].endswith(f"/Recordings/{sid}.wav")
+    status, _, _ = await api.get(f"{base}/{sid}.json", auth=False)
+    assert status == 401
+    async with api.session.get(api.url(f"{base}/{sid}.wav")) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "audio/x-wav"
+        assert (await resp.read())[:4] == b"RIFF"
+    status, _, _ = await api.get(f"{base}/RE{'0' * 32}.wav", auth=False)
+    assert status == 404
+    status, body, _ = await api.get(f"{base}.json")
+    assert json.loads(body)["total"] == 1
+    status, _, _ = await api.request("DELETE", f"{base}/{sid}")
+    assert status == 200 and not path.exists()

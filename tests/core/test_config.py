@@ -1,0 +1,90 @@
+"""The TOML contract of architecture.md: defaults, every key, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.config import Config, Endpoint, load, parse
+from appliance.errors import ConfigError
+
+FULL = """
+data_dir = "/var/lib/appliance"
+[api]
+listen = "127.0.0.1:8081"
+[sip]
+listen = "0.0.0.0:5070"
+domain = "pbx.example.com"
+[admin]
+email = "Boss@Example.com"
+password = "Pbx-edge-7"
+[modem]
+device = "/dev/modem-at"
+audio_device = "/dev/modem-audio"
+number = "+15551234567"
+pin = "1234"
+[media]
+workers = 2
+public_address = "192.0.2.10"
+rtp_ports = "12000-12999"
+"""
+
+
+def test_defaults_without_a_file() -> None:
+    cfg = load(None)
+    assert cfg == Config()
+    assert cfg.data_dir == Path("var")
+    assert cfg.api.listen == Endpoint("0.0.0.0", 8080)
+    assert cfg.sip.listen == Endpoint("0.0.0.0", 5060)
+    assert cfg.admin.email == "administrator@company.com"
+    assert cfg.media.rtp_ports == (10000, 10999)
+
+
+def test_every_documented_key(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(FULL)
+    cfg = load(path)
+    assert cfg.data_dir == Path("/var/lib/appliance")
+    assert cfg.api.listen == Endpoint("127.0.0.1", 8081)
+    assert cfg.sip.domain == "pbx.example.com"
+    assert cfg.admin.email == "boss@example.com"
+    assert cfg.modem.number == "+15551234567"
+    assert cfg.media.workers == 2
+    assert cfg.media.rtp_ports == (12000, 12999)
+
+
+def test_config_is_frozen() -> None:
+    cfg = Config()
+    with pytest.raises(AttributeError):
+        cfg.data_dir = Path("x")  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("raw", "key"), [
+    ({"sip": {"domian": "x"}}, "sip.domian"),
+    ({"colour": 1}, "colour"),
+    ({"api": {"listen": "8080"}}, "api.listen"),
+    ({"api": {"listen": "0.0.0.0:99999"}}, "api.listen"),
+    ({"api": {"listen": "example.com:80"}}, "api.listen"),
+    ({"media": {"workers": "two"}}, "media.workers"),
+    ({"media": {"workers": -1}}, "media.workers"),
+    ({"media": {"rtp_ports": "9000"}}, "media.rtp_ports"),
+    ({"modem": {"number": "5551234"}}, "modem.number"),
+    ({"modem": {"pin": "12a4"}}, "modem.pin"),
+    ({"admin": {"email": "nobody"}}, "admin.email"),
+    ({"media": "fast"}, "media"),
+    ({"data_dir": ""}, "data_dir"),
+])
+def test_bad_values_name_the_key(raw: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(raw)
+    assert err.value.message.startswith(key)
+
+
+def test_broken_toml_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[api\nlisten = 1")
+    with pytest.raises(ConfigError):
+        load(path)
+    with pytest.raises(ConfigError):
+        load(tmp_path / "missing.toml")
