@@ -1,0 +1,386 @@
+"""A fake GSM modem on a pty, speaking AT the way the transcripts in modem.md §4.3 do.
+
+`FakeModem()` opens a pty pair; the driver under test opens `fake.path` (the slave, or the
+symlink `link` that plays the role of `/dev/serial/by-id/...`). A thread serves the master side:
+it echoes until `ATE0`, frames replies with `\\r\\n`, sends the `> ` prompt of `AT+CMGS` without a
+line end and takes the PDU up to Ctrl-Z, keeps an SMS store (+CMTI / +CDSI indications), and
+answers the setup and status commands of the init sequence (modem.md §2.3).
+
+Fault injection (modem.md §4.2): `fail_next_send(500)`, `hang()` (answer nothing until the port
+is re-opened or the modem reboots), `reboot()` (unsolicited RDY; all volatile state reset, echo
+back on), a SIM PIN with an attempt counter, URCs interleaved inside the next response, and
+`unplug()`/`replug()` (the tty disappears and comes back under another name).
+
+Test-side methods may be called from the event-loop thread; writes to the master are locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import select
+import threading
+import time
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CTRL_Z, ESC = 0x1A, 0x1B
+
+# Commands a PIN-locked SIM still answers; everything else gets +CME ERROR: 11 (python-gsmmodem
+# fakemodems.py does the same).
+_PIN_FREE = re.compile(r"^AT(E[01]|Z|\+CMEE=\d|\+CGMI|\+CGMM|\+CGMR|\+CGSN|\+CPIN.*|\+CFUN.*)?$")
+
+
+@dataclass
+class Stored:
+    stat: int  # 0 REC UNREAD, 1 REC READ
+    pdu: str
+
+
+@dataclass
+class FakeState:
+    """Everything a reboot resets (settings live in RAM on a real modem)."""
+
+    echo: bool = True
+    cmee: int = 0
+    cmgf: int = 1
+    cnmi: str = "0,0,0,0,0"
+    reg_n: dict[str, int] = field(default_factory=lambda: {"CREG": 0, "CGREG": 0, "CEREG": 0})
+    fun: int = 1
+    read_mem: str = "ME"
+    sim_ready: bool = True
+
+
+class FakeModem:
+    def __init__(
+        self, *, pin: str | None = None, link: Path | None = None,
+        status_reports: str = "cdsi", ussd_reply: str = "Your balance is 5.00",
+        manufacturer: str = "Quectel", model: str = "EC25",
+    ) -> None:
+        self.pin = pin
+        self.link = link
+        self.status_reports = status_reports  # "cdsi" (stored, ds=2) or "cds" (direct, ds=1)
+        self.ussd_reply = ussd_reply
+        self.manufacturer, self.model = manufacturer, model
+        self.state = FakeState(sim_ready=pin is None)
+        self.store: dict[int, Stored] = {}  # "ME"/"SM" (one store is enough for tests)
+        self.sr_store: dict[int, Stored] = {}
+        self.capacity = 25
+        self.commands: list[str] = []  # every command line received, in order
+        self.sent: list[str] = []  # PDUs submitted with AT+CMGS
+        self.pin_attempts: list[str] = []
+        self.next_mr = 1
+        self.hung = False
+        self.reopens = 0
+        self.reboots = 0
+        self._fail_next_send: int | None = None
+        self._interleave: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.master = -1
+        self.path = ""
+        self._open_pty()
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def _open_pty(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)  # no line discipline: bytes pass through as on a USB tty
+        self.path = os.ttyname(slave)
+        os.close(slave)  # so the master sees EIO whenever the driver has the port closed
+        self.master = master
+        if self.link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.link.unlink()
+            self.link.symlink_to(self.path)
+
+    def start(self) -> FakeModem:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name="fake-modem", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)
+            self._thread = None
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
+
+    def __enter__(self) -> FakeModem:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def unplug(self) -> None:
+        """The USB device disappears: the tty and its by-id link vanish."""
+        self.close()
+        if self.link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.link.unlink()
+
+    def replug(self) -> None:
+        """Re-enumeration: a new tty (another name), the link points at it, fresh boot state."""
+        self.state = FakeState(sim_ready=self.pin is None)
+        self.hung = False
+        self._open_pty()
+        self.start()
+
+    # ---- test controls --------------------------------------------------------------------
+
+    def emit(self, *lines: str) -> None:
+        """Unsolicited lines, now."""
+        self._write("".join(f"\r\n{line}\r\n" for line in lines))
+
+    def interleave_next(self, *lines: str) -> None:
+        """URCs to slip between the lines of the next response (or before the prompt)."""
+        self._interleave.extend(lines)
+
+    def deliver_sms(self, pdu: str, *, notify: bool = True) -> int:
+        """An SMS arrives and is stored; +CMTI follows when CNMI asks for it."""
+        index = self._free_index(self.store)
+        self.store[index] = Stored(0, pdu)
+        if notify and self.state.cnmi.split(",")[1:2] == ["1"]:
+            self.emit(f'+CMTI: "ME",{index}')
+        return index
+
+    def deliver_status_report(self, pdu: str) -> None:
+        if self.status_reports == "cds":
+            self.emit(f"+CDS: {_tpdu_length(pdu)}", pdu)
+            return
+        index = self._free_index(self.sr_store)
+        self.sr_store[index] = Stored(0, pdu)
+        self.emit(f'+CDSI: "SR",{index}')
+
+    def fail_next_send(self, code: int = 500) -> None:
+        self._fail_next_send = code
+
+    def hang(self) -> None:
+        """Stop answering until the port is re-opened or the modem reboots (Huawei CMGL hang)."""
+        self.hung = True
+
+    def reboot(self) -> None:
+        """Unsolicited reboot: RDY and the Quectel boot URCs; volatile settings reset."""
+        self.reboots += 1
+        self.state = FakeState(sim_ready=self.pin is None)
+        self.hung = False
+        sim = "READY" if self.pin is None else "SIM PIN"
+        self.emit("RDY", "+CFUN: 1", f"+CPIN: {sim}", "+QUSIM: 1", "+QIND: SMS DONE")
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.01)
+        return predicate()
+
+    # ---- the serving thread -----------------------------------------------------------------
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            if self.master >= 0:
+                with contextlib.suppress(OSError):
+                    os.write(self.master, text.encode())
+
+    def _serve(self) -> None:
+        buf = bytearray()
+        prompt_for: int | None = None  # TPDU length while collecting a PDU after "> "
+        closed = True
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.02)
+            if not ready:
+                continue
+            try:
+                data = os.read(self.master, 4096)
+            except OSError as err:
+                if err.errno != errno.EIO:
+                    return
+                closed = True  # no slave fd open: the driver closed the port
+                time.sleep(0.005)
+                continue
+            if closed:
+                closed = False
+                self.reopens += 1
+                if self.hung:
+                    self.hung = False  # a re-open (DTR drop / re-enumeration) clears the hang
+                buf.clear()
+                prompt_for = None
+            if self.hung:
+                continue
+            buf += data
+            while buf:
+                if prompt_for is not None:
+                    end = next((i for i, b in enumerate(buf) if b in (CTRL_Z, ESC)), -1)
+                    if end < 0:
+                        break
+                    pdu, terminator = buf[:end].decode().strip(), buf[end]
+                    del buf[:end + 1]
+                    prompt_for = None
+                    if terminator == CTRL_Z:
+                        self._submit(pdu)
+                    continue
+                end = buf.find(b"\r")
+                if end < 0:
+                    break
+                line = buf[:end].decode(errors="replace").strip()
+                del buf[:end + 1]
+                if not line:
+                    continue
+                prompt_for = self._command(line)
+
+    def _reply(self, lines: list[str], final: str = "OK") -> None:
+        out = []
+        for i, line in enumerate(lines):
+            out.append(line)
+            if i == 0 and self._interleave:
+                out += self._interleave
+                self._interleave = []
+        if self._interleave:
+            out = self._interleave + out
+            self._interleave = []
+        self._write("".join(f"\r\n{line}\r\n" for line in out) + f"\r\n{final}\r\n")
+
+    def _error(self, kind: str, code: int) -> None:
+        self._reply([], f"+{kind} ERROR: {code}" if self.state.cmee else "ERROR")
+
+    def _command(self, line: str) -> int | None:
+        self.commands.append(line)
+        if self.state.echo:
+            self._write(line + "\r")
+        cmd = line.upper()
+        if not cmd.startswith("AT"):
+            self._reply([], "ERROR")
+            return None
+        if not self.state.sim_ready and not _PIN_FREE.match(cmd):
+            self._error("CME", 11)
+            return None
+        return self._dispatch(cmd, line)
+
+    def _dispatch(self, cmd: str, line: str) -> int | None:  # noqa: C901 - a command table
+        st = self.state
+        if cmd in ("AT", "ATZ"):
+            self._reply([])
+        elif cmd in ("ATE0", "ATE1"):
+            st.echo = cmd == "ATE1"
+            self._reply([])
+        elif m := re.fullmatch(r"AT\+CMEE=(\d)", cmd):
+            st.cmee = int(m[1])
+            self._reply([])
+        elif cmd == "AT+CGMI":
+            self._reply([self.manufacturer])
+        elif cmd == "AT+CGMM":
+            self._reply([self.model])
+        elif cmd == "AT+CGMR":
+            self._reply(["EC25EFAR06A06M4G"])
+        elif cmd == "AT+CGSN":
+            self._reply(["867962040000001"])
+        elif cmd == "AT+CIMI":
+            self._reply(["234150000000001"])
+        elif cmd == "AT+CPIN?":
+            self._reply(["+CPIN: READY" if st.sim_ready else "+CPIN: SIM PIN"])
+        elif m := re.fullmatch(r'AT\+CPIN="?(\d+)"?', cmd):
+            self._enter_pin(m[1])
+        elif cmd == "AT+CFUN?":
+            self._reply([f"+CFUN: {st.fun}"])
+        elif cmd == "AT+CFUN=1,1":
+            self._reply([])
+            self.reboot()
+        elif m := re.fullmatch(r"AT\+CFUN=(\d)", cmd):
+            st.fun = int(m[1])
+            self._reply([])
+        elif m := re.fullmatch(r"AT\+(CREG|CGREG|CEREG)=(\d)", cmd):
+            st.reg_n[m[1]] = int(m[2])
+            self._reply([])
+        elif m := re.fullmatch(r"AT\+(CREG|CGREG|CEREG)\?", cmd):
+            n = st.reg_n[m[1]]
+            cell = ',"4CA","81DE445",7' if n == 2 else ""
+            self._reply([f"+{m[1]}: {n},1{cell}"])
+        elif cmd == "AT+COPS?":
+            self._reply(['+COPS: 0,0,"Fake Telecom",7'])
+        elif cmd == "AT+CSQ":
+            self._reply(["+CSQ: 21,99"])
+        elif m := re.fullmatch(r"AT\+CMGF=(\d)", cmd):
+            st.cmgf = int(m[1])
+            self._reply([])
+        elif m := re.fullmatch(r'AT\+CPMS="(\w+)".*', cmd):
+            st.read_mem = m[1]
+            used = len(self.sr_store if m[1] == "SR" else self.store)
+            self._reply([f"+CPMS: {used},{self.capacity},{used},{self.capacity},"
+                         f"{used},{self.capacity}"])
+        elif cmd == "AT+CSCA?":
+            self._reply(['+CSCA: "+15550000001",145'])
+        elif m := re.fullmatch(r"AT\+CNMI=([\d,]+)", cmd):
+            st.cnmi = m[1]
+            self._reply([])
+        elif m := re.fullmatch(r"AT\+CMGS=(\d+)", cmd):
+            self._write("".join(f"\r\n{u}\r\n" for u in self._interleave) + "\r\n> ")
+            self._interleave = []
+            return int(m[1])
+        elif m := re.fullmatch(r"AT\+CMGR=(\d+)", cmd):
+            store = self.sr_store if st.read_mem == "SR" else self.store
+            entry = store.get(int(m[1]))
+            if entry is None:
+                self._reply([])
+            else:
+                self._reply([f"+CMGR: {entry.stat},,{_tpdu_length(entry.pdu)}", entry.pdu])
+                entry.stat = 1
+        elif cmd == "AT+CMGL=4":
+            lines = []
+            for index, entry in sorted(self.store.items()):
+                lines += [f"+CMGL: {index},{entry.stat},,{_tpdu_length(entry.pdu)}", entry.pdu]
+            self._reply(lines)
+        elif m := re.fullmatch(r"AT\+CMGD=(\d+)(,0)?", cmd):
+            store = self.sr_store if st.read_mem == "SR" else self.store
+            store.pop(int(m[1]), None)
+            self._reply([])
+        elif m := re.fullmatch(r'AT\+CUSD=1,"([^"]*)"(,\d+)?', line.upper()):
+            self._reply([])
+            self.emit(f'+CUSD: 0,"{self.ussd_reply}",15')
+        elif re.fullmatch(r"AT\+(CSCS=.*|CSMS=\d|CLIP=\d|CMMS=\d|CUSD=[02]|COPS=3,0|CRC=\d)", cmd):
+            self._reply([])
+        else:
+            self._reply([], "ERROR")
+        return None
+
+    def _enter_pin(self, pin: str) -> None:
+        if self.state.sim_ready or self.pin is None:
+            self._reply([], "ERROR")  # SIM800: no PIN set → ERROR (modem.md §4.3)
+            return
+        self.pin_attempts.append(pin)
+        if pin != self.pin:
+            self._error("CME", 16)  # incorrect password
+            return
+        self.state.sim_ready = True
+        self._reply([])
+        self.emit("+CPIN: READY", "+QIND: SMS DONE")
+
+    def _submit(self, pdu: str) -> None:
+        if self._fail_next_send is not None:
+            code, self._fail_next_send = self._fail_next_send, None
+            self._error("CMS", code)
+            return
+        self.sent.append(pdu)
+        mr = self.next_mr
+        self.next_mr = (self.next_mr + 1) % 256
+        self._reply([f"+CMGS: {mr}"])
+
+    @staticmethod
+    def _free_index(store: dict[int, Stored]) -> int:
+        index = 0
+        while index in store:
+            index += 1
+        return index
+
+
+def _tpdu_length(pdu: str) -> int:
+    """The `<length>` of +CMGR/+CMGL/+CDS: TPDU octets, without the SCA (TS 27.005 §3.1)."""
+    return len(pdu) // 2 - 1 - int(pdu[:2], 16)

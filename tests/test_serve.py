@@ -1,0 +1,91 @@
+"""The outside contract: `appliance serve`, config errors, /health, clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import free_port
+
+APPLIANCE = [sys.executable, "-m", "appliance"]
+
+
+def wait_health(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"appliance exited early: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                return json.loads(r.read())  # type: ignore[no-any-return]
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("no /health answer")
+
+
+def test_serve_health_and_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
+    proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE)
+    try:
+        health = wait_health(port, proc)
+        assert health["status"] == "ok"
+        assert health["components"]["store"] == "up"
+        password = (tmp_path / "var" / "admin-password").read_text().strip()
+        assert len(password) >= 20
+        assert oct(os.stat(tmp_path / "var" / "admin-password").st_mode)[-3:] == "600"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        stderr = proc.stderr.read().decode()  # type: ignore[union-attr]
+        assert "appliance stopped" in stderr
+        assert password not in stderr  # no secrets in the log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_unknown_config_key_stops_startup(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[sip]\ndomian = "pbx.example.com"\n')
+    result = subprocess.run([*APPLIANCE, "serve", "--config", str(config)],
+                            capture_output=True, timeout=20)
+    assert result.returncode == 2
+    assert b"sip.domian: unknown key" in result.stderr
+
+
+def test_restart_keeps_data_and_password(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
+    for _ in range(2):
+        proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
+                                stderr=subprocess.PIPE)
+        wait_health(port, proc)
+        first = (tmp_path / "var" / "admin-password").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert (tmp_path / "var" / "admin-password").read_text() == first
+
+
+def test_reset_admin_password_from_the_console(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
+    proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE)
+    wait_health(port, proc)
+    old = (tmp_path / "var" / "admin-password").read_text().strip()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+    result = subprocess.run([*APPLIANCE, "reset-admin-password", "--config", str(config)],
+                            capture_output=True, timeout=20, check=True)
+    new = (tmp_path / "var" / "admin-password").read_text().strip()
+    assert new != old and new.encode() in result.stdout
