@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import signal
 import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -18,9 +21,13 @@ from appliance import __version__
 from appliance.api.app import make_app
 from appliance.api.context import ApiServices
 from appliance.config import Config
+from appliance.errors import ApplianceError
+from appliance.platform import systemd
+from appliance.platform.gpio import Indicators, SystemState, open_indicators
 from appliance.services.accounts import AccountService
 from appliance.services.history import HistoryService
 from appliance.services.provisioning import ProvisioningService
+from appliance.store.backup import backup
 from appliance.store.db import Store
 
 logger = logging.getLogger(__name__)
@@ -45,12 +52,41 @@ def primary_address() -> str:
     return "127.0.0.1"
 
 
+class InstanceLock:
+    """An exclusive lock on the data directory: one appliance per database, no restore under it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "appliance.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ApplianceError(
+                f"another appliance is running on {self.path.parent} (lock {self.path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
 class Appliance:
     """Everything the main process runs, built from one Config."""
 
     def __init__(self, config: Config, clock: Callable[[], datetime] = utc_now) -> None:
         self.config = config
         self.clock = clock
+        self.lock = InstanceLock(config.data_dir)
         self.store = Store(config.data_dir / "appliance.db")
         self.realm = ""
         self.accounts = AccountService(self.store, clock)
@@ -63,6 +99,7 @@ class Appliance:
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
         await self.store.open()
         default_realm = self.config.sip.domain or primary_address()
         stored = await self.store.set_setting_if_absent(REALM_SETTING, default_realm)
@@ -109,27 +146,90 @@ class Appliance:
         components["version"] = __version__
         return store_ok, components
 
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: what is up and where."""
+        modem = "no modem" if not self.config.modem.device else "modem driver not built"
+        return f"API on {self.config.api.listen}; SIP not built; {modem}"
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         await self.store.close()
+        self.lock.release()
         logger.info("- appliance stopped")
 
 
+STATUS_INTERVAL = 15.0
+
+
+def factory_reset(data_dir: Path) -> Path | None:
+    """Keep a timestamped copy of the database, then remove it and the admin password file.
+
+    The next start creates a fresh database with a new random administrator password.
+    """
+    db_path = data_dir / "appliance.db"
+    kept = backup(db_path, data_dir / "backups") if db_path.exists() else None
+    for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm"),
+                 data_dir / "admin-password"):
+        path.unlink(missing_ok=True)
+    logger.warning("- factory reset: database moved to %s", kept)
+    return kept
+
+
+async def _report(appliance: Appliance, indicators: Indicators) -> None:
+    """Keep systemd's STATUS= line and the status LED in step with /health."""
+    while True:
+        ok, _ = await appliance.health()
+        indicators.set_state(SystemState.HEALTHY if ok else SystemState.FAULT)
+        systemd.status(appliance.status_line() if ok else "degraded: " + appliance.status_line())
+        await asyncio.sleep(STATUS_INTERVAL)
+
+
 async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then shut down in order."""
-    appliance = Appliance(config)
-    stop = asyncio.Event()
+    """Run until SIGTERM or SIGINT, then shut down in order.
+
+    A 10-second press of the front-panel button asks for a factory reset: the appliance stops,
+    keeps a copy of the database, and starts again on a fresh one.
+    """
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reset_requested = False
+
+    def request_reset() -> None:
+        nonlocal reset_requested
+        reset_requested = True
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    indicators = open_indicators(config.gpio, on_factory_reset=request_reset,
+                                 address=primary_address)
     try:
-        await appliance.start()
-        await stop.wait()
-        logger.info("- stopping on signal")
+        while True:
+            indicators.set_state(SystemState.BOOTING)
+            appliance = Appliance(config)
+            try:
+                await appliance.start()
+                systemd.ready(appliance.status_line())
+                watchdog = systemd.Watchdog([appliance.store.ping])
+                async with asyncio.TaskGroup() as tasks:
+                    background = [tasks.create_task(watchdog.run()),
+                                  tasks.create_task(_report(appliance, indicators))]
+                    await stop.wait()
+                    for task in background:
+                        task.cancel()
+            finally:
+                systemd.stopping("factory reset" if reset_requested else "stopping")
+                await appliance.stop()
+            if not reset_requested:
+                break
+            factory_reset(config.data_dir)
+            reset_requested = False
+            stop.clear()
+            systemd.reloading()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-        await appliance.stop()
+        indicators.close()

@@ -62,6 +62,9 @@ def serve(config_path: Path | None, log_level: str) -> None:
     except OSError as err:
         click.echo(f"appliance: cannot start: {err}", err=True)
         sys.exit(1)
+    except ApplianceError as err:
+        click.echo(f"appliance: cannot start: {err.message}", err=True)
+        sys.exit(1)
 
 
 @main.command("check-config")
@@ -94,3 +97,45 @@ def reset_admin_password(config_path: Path | None) -> None:
         sys.exit(1)
     click.echo(f"New administrator password written to {cfg.data_dir / 'admin-password'}")
     click.echo(password)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="File or directory (default: <data_dir>/backups/).")
+def backup(config_path: Path | None, output: Path | None) -> None:
+    """Copy the database consistently; safe while the appliance runs."""
+    cfg = _load(config_path)
+    from appliance.store.backup import backup as run_backup
+
+    target = output if output is not None else cfg.data_dir / "backups"
+    try:
+        written = run_backup(cfg.data_dir / "appliance.db", target)
+    except ApplianceError as err:
+        click.echo(f"appliance: {err.message}", err=True)
+        sys.exit(1)
+    click.echo(str(written))
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)
+def restore(source: Path, config_path: Path | None) -> None:
+    """Replace the database with SOURCE (stop the appliance first); the old one is kept."""
+    cfg = _load(config_path)
+    from appliance.app import InstanceLock
+    from appliance.store.backup import restore as run_restore
+
+    lock = InstanceLock(cfg.data_dir)
+    try:
+        lock.acquire()
+        try:
+            kept = run_restore(cfg.data_dir / "appliance.db", source)
+        finally:
+            lock.release()
+    except ApplianceError as err:
+        click.echo(f"appliance: {err.message}", err=True)
+        sys.exit(1)
+    if kept is not None:
+        click.echo(f"previous database kept as {kept}")
+    click.echo(f"restored {source} into {cfg.data_dir / 'appliance.db'}")

@@ -64,6 +64,37 @@ class MediaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GpioConfig:
+    """The ``[gpio]`` section of config.toml. Pins are BCM GPIO numbers; None = not fitted.
+
+    Keys::
+
+        [gpio]
+        enabled = false      # true on a Pi with the LED/button board; false = no GPIO access
+        status_led = 17      # booting: slow blink, healthy: on, fault: fast blink
+        line_led = 27        # on while a gateway is registered or the modem is on the network
+        signal_led = 22      # off: none, blink: weak, on: good signal
+        button = 23          # to GND, internal pull-up; short press: IP octet, hold 10 s: reset
+
+    The defaults match ``firmware-config/config.txt.fragment``, which sets the LED pins low
+    and the button pull-up at boot. Avoid GPIO 14/15 (the UART a modem HAT uses) and 2/3 (I²C).
+    """
+
+    enabled: bool = False
+    status_led: int | None = 17
+    line_led: int | None = 27
+    signal_led: int | None = 22
+    button: int | None = 23
+
+    def pins(self) -> tuple[int, ...]:
+        return tuple(
+            pin
+            for pin in (self.status_led, self.line_led, self.signal_led, self.button)
+            if pin is not None
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("var")
     api: ApiConfig = ApiConfig()
@@ -71,6 +102,7 @@ class Config:
     admin: AdminConfig = AdminConfig()
     modem: ModemConfig = ModemConfig()
     media: MediaConfig = MediaConfig()
+    gpio: GpioConfig = GpioConfig()
 
 
 def _endpoint(key: str, value: Any) -> Endpoint:
@@ -127,7 +159,7 @@ def _section(name: str, raw: Any, allowed: set[str]) -> Mapping[str, Any]:
 
 def parse(raw: Mapping[str, Any]) -> Config:
     """Build a Config from a parsed TOML mapping; every missing key takes its default."""
-    top_keys = {"data_dir", "api", "sip", "admin", "modem", "media"}
+    top_keys = {"data_dir", "api", "sip", "admin", "modem", "media", "gpio"}
     unknown = sorted(set(raw) - top_keys)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key")
@@ -188,11 +220,23 @@ def parse(raw: Mapping[str, Any]) -> Config:
         if "rtp_ports" in media_raw else default.media.rtp_ports,
     )
 
+    gpio_raw = _section("gpio", raw.get("gpio", {}),
+                        {"enabled", "status_led", "line_led", "signal_led", "button"})
+    enabled = gpio_raw.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"gpio.enabled: expected true or false, got {enabled!r}")
+    pins: dict[str, int | None] = {}
+    for key in ("status_led", "line_led", "signal_led", "button"):
+        value = gpio_raw.get(key, getattr(default.gpio, key))
+        # A pin of -1 (or false) means "not fitted"; BCM numbers are 0-27 on a Pi header.
+        pins[key] = None if value in (-1, False) else _int(f"gpio.{key}", value, 0, 27)
+    gpio = GpioConfig(enabled=enabled, **pins)
+
     data_dir = _string("data_dir", raw.get("data_dir", str(default.data_dir)))
     if not data_dir:
         raise ConfigError("data_dir: must not be empty")
     return Config(data_dir=Path(data_dir), api=api, sip=sip, admin=admin, modem=modem,
-                  media=media)
+                  media=media, gpio=gpio)
 
 
 def load(path: Path | None) -> Config:
