@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from appliance.api.app import make_app
 from appliance.api.context import ApiServices
 from appliance.config import Config
 from appliance.errors import ApplianceError
-from appliance.platform import systemd
+from appliance.platform import systemd, tls
 from appliance.platform.gpio import Indicators, SystemState, open_indicators
 from appliance.services.accounts import AccountService
 from appliance.services.history import HistoryService
@@ -111,22 +112,39 @@ class Appliance:
         await self.accounts.load()
         services = ApiServices(accounts=self.accounts, provisioning=self.provisioning,
                                history=self.history, health=self.health,
-                               public_base=self._public_base())
+                               public_base=self._public_base(),
+                               max_body=self.config.api.max_body_bytes)
         app = make_app(services)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         listen = self.config.api.listen
-        site = web.TCPSite(self._runner, listen.host, listen.port, reuse_address=True)
+        site = web.TCPSite(self._runner, listen.host, listen.port, reuse_address=True,
+                           ssl_context=self._tls_context())
         await site.start()
         if self._runner.addresses:
             self.api_address = tuple(self._runner.addresses[0][:2])  # type: ignore[assignment]
         logger.info("- appliance %s: API on %s, data in %s", __version__, listen,
                     self.config.data_dir)
 
+    def _tls_paths(self) -> tuple[Path, Path]:
+        api = self.config.api
+        cert = Path(api.tls_cert) if api.tls_cert else self.config.data_dir / "tls" / "cert.pem"
+        key = Path(api.tls_key) if api.tls_key else self.config.data_dir / "tls" / "key.pem"
+        return cert, key
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.config.api.tls:
+            return None
+        cert, key = self._tls_paths()
+        addresses = sorted({primary_address(), "127.0.0.1"})
+        tls.ensure_certificate(cert, key, addresses)
+        return tls.server_context(cert, key)
+
     def _public_base(self) -> str:
         listen = self.config.api.listen
         host = listen.host if listen.host not in ("0.0.0.0", "::") else primary_address()
-        return f"http://{host}:{listen.port}"
+        scheme = "https" if self.config.api.tls else "http"
+        return f"{scheme}://{host}:{listen.port}"
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         components: dict[str, Any] = {}

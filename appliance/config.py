@@ -34,6 +34,10 @@ class ApiConfig:
     listen: Endpoint = Endpoint("0.0.0.0", 8080)
     # Restcomm answers 413 above this Content-Length (its request filter uses 10,000,000).
     max_body_bytes: int = 10_000_000
+    # HTTPS with a self-signed certificate made on first start (or the files named here).
+    tls: bool = False
+    tls_cert: str = ""  # "" = <data_dir>/tls/cert.pem
+    tls_key: str = ""  # "" = <data_dir>/tls/key.pem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,12 +169,19 @@ def parse(raw: Mapping[str, Any]) -> Config:
         raise ConfigError(f"{unknown[0]}: unknown key")
     default = Config()
 
-    api_raw = _section("api", raw.get("api", {}), {"listen", "max_body_bytes"})
+    api_raw = _section("api", raw.get("api", {}),
+                       {"listen", "max_body_bytes", "tls", "tls_cert", "tls_key"})
+    tls = api_raw.get("tls", False)
+    if not isinstance(tls, bool):
+        raise ConfigError(f"api.tls: expected true or false, got {tls!r}")
     api = ApiConfig(
         listen=_endpoint("api.listen", api_raw["listen"]) if "listen" in api_raw
         else default.api.listen,
         max_body_bytes=_int("api.max_body_bytes", api_raw.get("max_body_bytes", 10_000_000),
                             1024, 100_000_000),
+        tls=tls,
+        tls_cert=_string("api.tls_cert", api_raw.get("tls_cert", "")),
+        tls_key=_string("api.tls_key", api_raw.get("tls_key", "")),
     )
 
     sip_raw = _section("sip", raw.get("sip", {}), {"listen", "domain"})

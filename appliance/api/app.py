@@ -27,7 +27,6 @@ from appliance.models import API_VERSION, AccountStatus
 logger = logging.getLogger(__name__)
 
 PREFIXES = ("restcomm", "api")
-MAX_BODY = 10_000_000  # Restcomm's request filter limit
 ROUTES: list[Route] = [*accounts.ROUTES, *clients.ROUTES, *applications.ROUTES,
                        *numbers.ROUTES, *records.ROUTES]
 _RECORDING_FILE = re.compile(r"^Accounts/[^/]+/Recordings/(RE[0-9a-zA-Z]{32})\.(wav|mp4)$")
@@ -72,18 +71,22 @@ async def _dispatch(request: web.Request, prefix: str, tail: str) -> web.StreamR
         as_json = True
     ctx = Ctx(request=request, services=services, as_json=as_json, path={}, prefix=prefix)
     try:
-        if segments == ["Logout"] and request.method == "GET":
-            return web.Response(status=200)
         file_match = _RECORDING_FILE.match(tail)
-        if file_match and request.method == "GET":
-            return await system.recording_file(ctx, file_match[1], file_match[2])
+        if segments == ["Logout"] or file_match:
+            # Public resources, GET only: any other method is 405 here, before auth.
+            if request.method != "GET":
+                return web.Response(status=405, text="Method not allowed on this resource",
+                                    headers={"Allow": "GET"})
+            if file_match:
+                return await system.recording_file(ctx, file_match[1], file_match[2])
+            return web.Response(status=200)
         user, secret = _basic_credentials(request.headers.get("Authorization", ""))
         actor = await services.accounts.authenticate(user, secret)
         if actor.status not in (AccountStatus.ACTIVE, AccountStatus.UNINITIALIZED):
             raise Forbidden("Provided Account is not active")
         length = request.content_length
-        if length is not None and length > MAX_BODY:
-            raise TooLarge(f"Length larger than {MAX_BODY}")
+        if length is not None and length > services.max_body:
+            raise TooLarge(f"Length larger than {services.max_body}")
         found, values, allowed = match(ROUTES, segments, request.method)
         if found is None:
             if allowed:
@@ -123,7 +126,7 @@ async def _guard(request: web.Request,
 
 
 def make_app(services: ApiServices, openapi_path: Path | None = None) -> web.Application:
-    app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[_guard], client_max_size=services.max_body)
     app[SERVICES] = services
     app.router.add_get("/health", system.health)
     app.router.add_get("/openapi.yaml", system.openapi)

@@ -26,6 +26,7 @@ class ApiServices:
     history: HistoryService
     health: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
     public_base: str = ""  # scheme://host:port used for absolute file URIs
+    max_body: int = 10_000_000  # Restcomm's request filter limit; [api] max_body_bytes
 
 
 SERVICES = web.AppKey("services", ApiServices)
