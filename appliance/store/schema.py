@@ -246,6 +246,20 @@ def m001_core(db: Database) -> None:
         _run_script(db, _count_triggers(table))
 
 
+@migrations()
+def m002_sip_bindings(db: Database) -> None:
+    # Registrar bindings survive a restart: one row per (AoR, contact), the binding as JSON.
+    _run_script(db, """
+CREATE TABLE sip_bindings (
+    aor TEXT NOT NULL,
+    contact TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (aor, contact)
+) WITHOUT ROWID;
+""")
+
+
 def apply(db: Database) -> list[str]:
     """Apply pending migrations; returns the names applied now."""
     pending = [m.name for m in migrations.pending(db)]

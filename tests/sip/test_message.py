@@ -15,6 +15,7 @@ from appliance.sip.message import (
     make_response,
     max_forwards_status,
     parse_message,
+    stamp_received,
     unsupported_extensions,
 )
 
@@ -239,3 +240,18 @@ def test_max_forwards_and_require_helpers() -> None:
     req.add("Proxy-Require", "sec-agree")
     assert unsupported_extensions(req, ["timer"], proxy=False) == ["100rel"]
     assert unsupported_extensions(req, ["timer"], proxy=True) == ["sec-agree"]
+
+
+def test_stamp_received_rewrites_only_the_top_via() -> None:
+    req = parse_request("multi_via.msg")
+    top = stamp_received(req, "198.51.100.99", 40000)
+    assert top.received == "198.51.100.99" and top.rport == 40000
+    vias = req.vias
+    assert vias[0].response_target() == ("198.51.100.99", 40000)
+    assert [v.branch for v in vias] == ["z9hG4bKproxy2", "z9hG4bKproxy1", "z9hG4bKuac"]
+    plain = parse_request("escaped_quotes.msg")  # no rport asked, sent-by == source
+    stamp_received(plain, "192.0.2.10", 5060, force_rport=False)
+    assert plain.top_via is not None and plain.top_via.received is None
+    assert plain.top_via.response_target() == ("192.0.2.10", 5060)
+    stamp_received(plain, "203.0.113.1", 6000, force_rport=False)
+    assert plain.top_via is not None and plain.top_via.response_target() == ("203.0.113.1", 5060)

@@ -1,0 +1,202 @@
+"""What the SIP front door needs from the rest of the appliance.
+
+- `SipDirectory`: credentials and call policy of a Client by its login (the registrar's
+  Directory), and the live registration table the API shows.
+- `CallLog`: one CDR row per call, kept current through its states.
+- `record_message`: a SIP MESSAGE between Clients kept as an SMS row.
+
+The front door (sip.registrar, sip.proxy) calls these; they call the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+from appliance.models import (
+    API_VERSION,
+    AccountSid,
+    AccountStatus,
+    CallRecord,
+    CallSid,
+    CallStatus,
+    SmsRecord,
+    SmsSid,
+    mint_sid,
+)
+from appliance.services.ports import StoreProtocol
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SipUser:
+    """A Client as the registrar and proxy see it."""
+
+    login: str
+    client_sid: str
+    account_sid: str
+    realm: str  # the realm its HA1 was computed with: challenge with this one
+    ha1_md5: str
+    ha1_sha256: str
+    enabled: bool  # Client Status=1 and its account active; False -> 403, never re-challenge
+    voice_url: str | None
+    voice_application_sid: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """One live contact of a Client, as the API shows it."""
+
+    login: str
+    contact: str
+    transport: str
+    source: str  # "ip:port" the REGISTER came from
+    expires_at: datetime
+    user_agent: str = ""
+
+
+class SipDirectory:
+    """Client credentials by login, cached; the cache is dropped on any provisioning change."""
+
+    def __init__(self, store: StoreProtocol) -> None:
+        self._store = store
+        self._cache: dict[str, SipUser | None] = {}
+        self._registrations: dict[str, list[Registration]] = {}
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+
+    async def user(self, login: str) -> SipUser | None:
+        if login in self._cache:
+            return self._cache[login]
+        client = await self._store.get_client_by_login(login)
+        user: SipUser | None = None
+        if client is not None:
+            account = await self._store.get_account(client.account_sid)
+            active = account is not None and account.status == AccountStatus.ACTIVE
+            user = SipUser(login=client.login, client_sid=client.sid,
+                           account_sid=client.account_sid, realm=client.realm,
+                           ha1_md5=client.ha1_md5, ha1_sha256=client.ha1_sha256,
+                           enabled=client.status == 1 and active, voice_url=client.voice_url,
+                           voice_application_sid=client.voice_application_sid)
+        if len(self._cache) > 10_000:  # bound the cache: unknown logins are cached too
+            self._cache.clear()
+        self._cache[login] = user
+        return user
+
+    # The registrar reports every change of a login's contacts here.
+    def set_registrations(self, login: str, registrations: list[Registration]) -> None:
+        if registrations:
+            self._registrations[login] = list(registrations)
+        else:
+            self._registrations.pop(login, None)
+
+    def registrations(self, logins: set[str] | None = None) -> list[Registration]:
+        result = [r for login, regs in self._registrations.items()
+                  if logins is None or login in logins for r in regs]
+        return sorted(result, key=lambda r: (r.login, r.contact))
+
+    def registered_count(self) -> int:
+        return len(self._registrations)
+
+
+class CallLog:
+    """CDRs: a row when a call starts, updated on ringing, answer and end."""
+
+    def __init__(self, store: StoreProtocol, clock: Callable[[], datetime]) -> None:
+        self._store = store
+        self._clock = clock
+        self.instance_id = "ID" + uuid.uuid4().hex
+        self._live: dict[str, CallRecord] = {}
+        self._rang_at: dict[str, datetime] = {}
+        self._answered_at: dict[str, datetime] = {}
+
+    def new_sid(self) -> CallSid:
+        return CallSid(f"{self.instance_id}-{mint_sid('CA')}")
+
+    async def opened(self, *, account_sid: str, from_: str, to: str, direction: str,
+                     sid: CallSid | None = None, parent_call_sid: str | None = None,
+                     phone_number_sid: str | None = None, caller_name: str | None = None,
+                     forwarded_from: str | None = None) -> CallRecord:
+        now = self._clock()
+        record = CallRecord(
+            sid=sid or self.new_sid(), instance_id=self.instance_id,
+            account_sid=AccountSid(account_sid), parent_call_sid=parent_call_sid, to=to,
+            from_=from_, phone_number_sid=phone_number_sid, status=str(CallStatus.QUEUED),
+            start_time=now, end_time=None, duration=0, price=None, price_unit="USD",
+            direction=direction, answered_by=None, api_version=API_VERSION,
+            forwarded_from=forwarded_from, caller_name=caller_name, conference_sid=None,
+            ring_duration=None, date_created=now, date_updated=now)
+        self._live[record.sid] = record
+        await self._store.insert_call(record)
+        return record
+
+    async def _set(self, sid: str, **changes: object) -> CallRecord | None:
+        record = self._live.get(sid)
+        if record is None:
+            return None
+        record = dataclasses.replace(record, **changes, date_updated=self._clock())  # type: ignore[arg-type]
+        self._live[sid] = record
+        await self._store.update_call(record)
+        return record
+
+    async def ringing(self, sid: str) -> None:
+        record = self._live.get(sid)
+        if record is None or record.status != CallStatus.QUEUED:
+            return
+        self._rang_at[sid] = self._clock()
+        await self._set(sid, status=str(CallStatus.RINGING))
+
+    async def answered(self, sid: str) -> None:
+        record = self._live.get(sid)
+        if record is None or record.status not in (CallStatus.QUEUED, CallStatus.RINGING):
+            return
+        now = self._clock()
+        self._answered_at[sid] = now
+        rang = self._rang_at.get(sid)
+        ring = int((now - rang).total_seconds()) if rang else 0
+        await self._set(sid, status=str(CallStatus.IN_PROGRESS), ring_duration=ring)
+
+    async def ended(self, sid: str, status: CallStatus) -> CallRecord | None:
+        """Close the call with STATUS; an answered call always ends `completed`."""
+        record = self._live.pop(sid, None)
+        if record is None:
+            return None
+        now = self._clock()
+        answered = self._answered_at.pop(sid, None)
+        rang = self._rang_at.pop(sid, None)
+        if answered is not None:
+            status = CallStatus.COMPLETED
+            duration = int((now - answered).total_seconds())
+            ring = record.ring_duration
+        else:
+            duration = 0
+            ring = int((now - rang).total_seconds()) if rang else record.ring_duration
+        self._live[sid] = record
+        final = await self._set(sid, status=str(status), end_time=now, duration=duration,
+                                ring_duration=ring)
+        self._live.pop(sid, None)
+        return final
+
+    def live_count(self) -> int:
+        return len(self._live)
+
+
+async def record_message(store: StoreProtocol, clock: Callable[[], datetime], *,
+                         account_sid: str, from_: str, to: str, body: str, status: str,
+                         direction: str = "outbound-call", error_code: int | None = None,
+                         error_message: str | None = None) -> SmsRecord:
+    """Keep a SIP MESSAGE as an SMS row so the SMS API lists it."""
+    now = clock()
+    record = SmsRecord(
+        sid=SmsSid(mint_sid("SM")), account_sid=AccountSid(account_sid), from_=from_, to=to,
+        body=body, status=status, direction=direction, error_code=error_code,
+        error_message=error_message, price="0", price_unit="USD", api_version=API_VERSION,
+        date_sent=now if status in ("sent", "delivered", "received") else None,
+        date_created=now, date_updated=now)
+    await store.insert_sms(record)
+    return record

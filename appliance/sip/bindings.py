@@ -1,0 +1,225 @@
+"""The registrar's location table (RFC 3261 §10.3): contacts per address-of-record.
+
+``Location.register(...)`` applies one REGISTER atomically: every check runs before any
+binding changes, and a failed check raises ``RegistrationError`` carrying the status to
+answer. The checks and their replies:
+
+| Rule | Reply |
+|---|---|
+| ``*`` with other contacts, or without ``Expires: 0`` (§10.3 step 6) | 400 |
+| same Call-ID as a stored binding and CSeq not higher (step 7) | 400 (Kamailio's choice) |
+| an expiry below ``min_expires`` and not 0 | 423 + ``Min-Expires`` |
+| more than ``max_contacts`` bindings would result | 503 |
+
+503 for too many contacts follows Kamailio's "503 Too many registered contacts"; a 403
+reads as "wrong password" to many phones and makes them stop registering altogether.
+
+Expiry precedence: the contact's ``expires`` param, then the ``Expires`` header, then
+``default_expires``; capped at ``max_expires``. Times are the caller's ``now``: use wall-clock
+seconds here, because ``to_dicts``/``from_dicts`` persist absolute expiry times across a
+restart. Contacts are told apart by their URI text (RFC 5626 instance ids are not used).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from appliance.sip.errors import SipError
+from appliance.sip.headers import NameAddr
+
+DEFAULT_EXPIRES = 3600  # RFC 3261 §10.2.1.1 suggests one hour
+MIN_EXPIRES = 60  # RFC 3261 §10.3 step 7 recommends at least 60 s, as Kamailio does
+MAX_EXPIRES = 3600
+MAX_CONTACTS = 10  # Kamailio registrar's max_contacts in our reference setup (sip.md §5.1)
+
+
+class RegistrationError(SipError):
+    """A REGISTER the table refuses; ``status`` is the reply, ``min_expires`` is set for 423."""
+
+    def __init__(self, message: str, status: int, *, min_expires: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.min_expires = min_expires
+
+
+@dataclass
+class Binding:
+    aor: str
+    uri: str  # the contact URI, as the phone sent it
+    expires_at: float
+    call_id: str
+    cseq: int
+    transport: str = "udp"
+    source: tuple[str, int] = ("", 0)  # where the REGISTER came from (NAT-mapped address)
+    connection_id: str | None = None  # the TCP connection to reuse for requests to it
+    q: float | None = None
+    params: list[tuple[str, str | None]] = field(default_factory=list)  # other contact params
+
+    def expires_in(self, now: float) -> int:
+        return max(0, int(self.expires_at - now + 0.5))
+
+    def header_value(self, now: float) -> str:
+        """A Contact value for the 200 OK: the URI with its params and remaining expires."""
+        contact = NameAddr(uri=self.uri, params=list(self.params))
+        contact.set_param("expires", str(self.expires_in(now)))
+        return str(contact)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Binding:
+        source = data.get("source") or ("", 0)
+        return cls(
+            aor=str(data["aor"]),
+            uri=str(data["uri"]),
+            expires_at=float(data["expires_at"]),
+            call_id=str(data["call_id"]),
+            cseq=int(data["cseq"]),
+            transport=str(data.get("transport", "udp")),
+            source=(str(source[0]), int(source[1])),
+            connection_id=data.get("connection_id"),
+            q=data.get("q"),
+            params=[(str(k), None if v is None else str(v)) for k, v in data.get("params", [])],
+        )
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a REGISTER came from, stored with each binding it creates."""
+
+    transport: str = "udp"
+    source: tuple[str, int] = ("", 0)
+    connection_id: str | None = None
+
+
+class Location:
+    def __init__(
+        self,
+        *,
+        default_expires: int = DEFAULT_EXPIRES,
+        min_expires: int = MIN_EXPIRES,
+        max_expires: int = MAX_EXPIRES,
+        max_contacts: int = MAX_CONTACTS,
+    ) -> None:
+        self.default_expires = default_expires
+        self.min_expires = min_expires
+        self.max_expires = max_expires
+        self.max_contacts = max_contacts
+        self._bindings: dict[str, dict[str, Binding]] = {}  # aor -> contact uri -> binding
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._bindings.values())
+
+    def lookup(self, aor: str, now: float) -> list[Binding]:
+        """Live bindings of AOR, highest q first (then most recent)."""
+        live = [b for b in self._bindings.get(aor, {}).values() if b.expires_at > now]
+        return sorted(live, key=lambda b: (-(b.q if b.q is not None else 1.0), -b.expires_at))
+
+    def register(
+        self,
+        aor: str,
+        contacts: list[NameAddr],
+        *,
+        expires_header: int | None,
+        call_id: str,
+        cseq: int,
+        now: float,
+        origin: Origin | None = None,
+    ) -> list[Binding]:
+        """Apply a REGISTER; returns the AoR's bindings afterwards (all of them go in the
+        200 OK). An empty CONTACTS list is a query."""
+        origin = origin or Origin()
+        current = {u: b for u, b in self._bindings.get(aor, {}).items() if b.expires_at > now}
+        if any(c.is_wildcard for c in contacts):
+            if len(contacts) != 1 or expires_header != 0:
+                raise RegistrationError("'Contact: *' needs to be alone with 'Expires: 0'", 400)
+            for binding in current.values():
+                self._check_order(binding, call_id, cseq)
+            self._bindings.pop(aor, None)
+            return []
+
+        updates: dict[str, int] = {}
+        for contact in contacts:
+            expires = self._expiry(contact, expires_header)
+            if 0 < expires < self.min_expires:
+                raise RegistrationError(
+                    f"expires {expires} below {self.min_expires}", 423,
+                    min_expires=self.min_expires,
+                )
+            existing = current.get(contact.uri)
+            if existing is not None:
+                self._check_order(existing, call_id, cseq)
+            updates[contact.uri] = min(expires, self.max_expires)
+
+        result = dict(current)
+        for contact in contacts:
+            expires = updates[contact.uri]
+            if expires == 0:
+                result.pop(contact.uri, None)
+                continue
+            params = [(k, v) for k, v in contact.params if k.lower() not in ("expires", "q")]
+            result[contact.uri] = Binding(
+                aor=aor, uri=contact.uri, expires_at=now + expires, call_id=call_id, cseq=cseq,
+                transport=origin.transport, source=origin.source,
+                connection_id=origin.connection_id, q=contact.q, params=params,
+            )
+        if len(result) > self.max_contacts:
+            raise RegistrationError(f"more than {self.max_contacts} contacts for {aor}", 503)
+        if result:
+            self._bindings[aor] = result
+        else:
+            self._bindings.pop(aor, None)
+        return self.lookup(aor, now)
+
+    def _expiry(self, contact: NameAddr, expires_header: int | None) -> int:
+        if contact.expires is not None:
+            return contact.expires
+        if expires_header is not None:
+            return expires_header
+        return self.default_expires
+
+    @staticmethod
+    def _check_order(binding: Binding, call_id: str, cseq: int) -> None:
+        if binding.call_id == call_id and cseq <= binding.cseq:
+            raise RegistrationError(f"CSeq {cseq} not above {binding.cseq} for {call_id}", 400)
+
+    def remove_connection(self, connection_id: str) -> list[Binding]:
+        """Drop bindings tied to a closed TCP connection (their phone cannot be reached)."""
+        gone: list[Binding] = []
+        for aor in list(self._bindings):
+            contacts = self._bindings[aor]
+            for uri in [u for u, b in contacts.items() if b.connection_id == connection_id]:
+                gone.append(contacts.pop(uri))
+            if not contacts:
+                del self._bindings[aor]
+        return gone
+
+    def expired(self, now: float) -> list[Binding]:
+        """Remove and return every binding whose time is up."""
+        gone: list[Binding] = []
+        for aor in list(self._bindings):
+            contacts = self._bindings[aor]
+            for uri in [u for u, b in contacts.items() if b.expires_at <= now]:
+                gone.append(contacts.pop(uri))
+            if not contacts:
+                del self._bindings[aor]
+        return gone
+
+    def get_timer(self) -> float | None:
+        """When the next binding expires."""
+        times = [b.expires_at for c in self._bindings.values() for b in c.values()]
+        return min(times, default=None)
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        return [b.to_dict() for c in self._bindings.values() for b in c.values()]
+
+    def load(self, items: list[dict[str, Any]], now: float) -> None:
+        """Restore saved bindings; already-expired ones are skipped. Connection ids are
+        cleared: no TCP connection survives a restart, the phone reconnects or re-registers."""
+        for item in items:
+            binding = Binding.from_dict(item)
+            binding.connection_id = None
+            if binding.expires_at > now:
+                self._bindings.setdefault(binding.aor, {})[binding.uri] = binding

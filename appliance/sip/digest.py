@@ -1,0 +1,242 @@
+"""HTTP digest for SIP (RFC 2617, RFC 7616 algorithms, RFC 8760 for SIP): challenges,
+stateless nonces and verification against a stored HA1.
+
+The appliance stores HA1 = H(username ":" realm ":" password) per algorithm, never the
+password, so everything here starts from HA1. ``-sess`` variants derive their session HA1
+from it. The same code serves ``Authorization`` after a 401 (registrar) and
+``Proxy-Authorization`` after a 407 (proxy): only the header names differ, see ``HEADERS``.
+
+Nonces are stateless: ``hex(ts) "." salt "." HMAC(secret, ts "." salt)``. An authentic nonce
+older than ``lifetime`` makes the caller re-challenge with ``stale=true`` (the phone retries
+with the same password, silently); a forged one is simply a failure. Only ``NonceCounts``
+keeps state, to refuse a replayed ``nc``; it is capped and evicts the oldest nonce.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from appliance.sip.headers import DigestCredentials, format_challenge
+
+DEFAULT_NONCE_LIFETIME = 300.0  # seconds; Kamailio auth's nonce_expire default is 300 too
+MAX_CLOCK_SKEW = 5.0  # a nonce "from the future" beyond this is forged
+MAX_TRACKED_NONCES = 10_000  # nc replay memory: ~100 bytes each, ~1 MB worst case
+
+# Challenge status → (challenge header, credentials header).
+HEADERS = {
+    401: ("WWW-Authenticate", "Authorization"),
+    407: ("Proxy-Authenticate", "Proxy-Authorization"),
+}
+
+
+class Algorithm(enum.StrEnum):
+    MD5 = "MD5"
+    MD5_SESS = "MD5-sess"
+    SHA256 = "SHA-256"
+    SHA256_SESS = "SHA-256-sess"
+
+    @property
+    def base(self) -> Algorithm:
+        """The algorithm whose HA1 the appliance stores for this one."""
+        return Algorithm.SHA256 if self.value.startswith("SHA-256") else Algorithm.MD5
+
+    @property
+    def session(self) -> bool:
+        return self.value.endswith("-sess")
+
+
+def parse_algorithm(value: str | None) -> Algorithm | None:
+    if value is None:
+        return Algorithm.MD5  # RFC 2617 §3.2.1: absent means MD5
+    for algorithm in Algorithm:
+        if algorithm.value.lower() == value.lower():
+            return algorithm
+    return None
+
+
+def _h(algorithm: Algorithm, text: str | bytes) -> str:
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    if algorithm.base is Algorithm.SHA256:
+        return hashlib.sha256(data).hexdigest()
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def make_ha1(username: str, realm: str, password: str, algorithm: Algorithm = Algorithm.MD5) -> str:
+    """What provisioning stores for a client: H(username:realm:password)."""
+    return _h(algorithm.base, f"{username}:{realm}:{password}")
+
+
+def compute_response(
+    *,
+    ha1: str,
+    algorithm: Algorithm,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None = None,
+    nc: str | None = None,
+    cnonce: str | None = None,
+    body: bytes = b"",
+) -> str:
+    """The ``response`` value a client computes (RFC 2617 §3.2.2.1, RFC 7616 §3.4.1)."""
+    if algorithm.session:
+        ha1 = _h(algorithm, f"{ha1}:{nonce}:{cnonce or ''}")
+    a2 = f"{method}:{uri}"
+    if qop == "auth-int":
+        a2 += ":" + _h(algorithm, body)
+    ha2 = _h(algorithm, a2)
+    if qop:
+        return _h(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return _h(algorithm, f"{ha1}:{nonce}:{ha2}")
+
+
+class NonceStatus(enum.Enum):
+    VALID = "valid"
+    STALE = "stale"  # ours, but expired: re-challenge with stale=true
+    INVALID = "invalid"  # forged, garbled or from the future
+
+
+class Nonces:
+    """Issues and checks stateless HMAC nonces."""
+
+    def __init__(self, secret: bytes, *, lifetime: float = DEFAULT_NONCE_LIFETIME) -> None:
+        self._secret = secret
+        self.lifetime = lifetime
+
+    def _mac(self, body: str) -> str:
+        return hmac.new(self._secret, body.encode("ascii"), hashlib.sha256).hexdigest()[:32]
+
+    def issue(self, now: float, *, salt: str | None = None) -> str:
+        # The salt makes two challenges in the same second differ, so nc tracking per
+        # nonce does not mix up two phones.
+        body = f"{int(now):x}.{salt if salt is not None else secrets.token_hex(6)}"
+        return f"{body}.{self._mac(body)}"
+
+    def check(self, nonce: str, now: float) -> NonceStatus:
+        ts_text, _, rest = nonce.partition(".")
+        salt, _, mac = rest.partition(".")
+        if not (ts_text and salt and mac) or len(ts_text) > 16:
+            return NonceStatus.INVALID
+        try:
+            ts = int(ts_text, 16)
+        except ValueError:
+            return NonceStatus.INVALID
+        if not hmac.compare_digest(mac.encode(), self._mac(f"{ts_text}.{salt}").encode()):
+            return NonceStatus.INVALID
+        if ts > now + MAX_CLOCK_SKEW:
+            return NonceStatus.INVALID
+        return NonceStatus.STALE if now - ts > self.lifetime else NonceStatus.VALID
+
+
+class NonceCounts:
+    """Remembers the highest ``nc`` seen per nonce; a repeat or lower value is a replay.
+
+    Bounded: past ``cap`` nonces the oldest is forgotten. A replay of a forgotten nonce is
+    then accepted until the nonce itself goes stale, which the lifetime bounds.
+    """
+
+    def __init__(self, cap: int = MAX_TRACKED_NONCES) -> None:
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._cap = cap
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def accept(self, nonce: str, nc: int) -> bool:
+        last = self._seen.get(nonce)
+        if last is not None and nc <= last:
+            return False
+        self._seen[nonce] = nc
+        self._seen.move_to_end(nonce)
+        while len(self._seen) > self._cap:
+            self._seen.popitem(last=False)
+        return True
+
+
+class Verdict(enum.Enum):
+    ACCEPTED = "accepted"
+    STALE = "stale"  # right password, expired nonce: challenge again with stale=true
+    REJECTED = "rejected"  # wrong response, unknown user, forged nonce, replay: a failure
+    MALFORMED = "malformed"  # missing fields, wrong realm, unknown algorithm/qop: 400 or 401
+
+
+@dataclass
+class DigestAuth:
+    """Challenges and checks for one realm."""
+
+    realm: str
+    nonces: Nonces
+    algorithms: Sequence[Algorithm] = (Algorithm.SHA256, Algorithm.MD5)
+    counts: NonceCounts | None = None
+
+    def challenges(self, now: float, *, stale: bool = False) -> list[str]:
+        """Header values for a 401/407: SHA-256 first, then MD5 (RFC 8760 §2.4: many desk
+        phones only know MD5 and take the first challenge they understand)."""
+        nonce = self.nonces.issue(now)
+        return [
+            format_challenge(self.realm, nonce, algorithm=a.value, stale=stale)
+            for a in self.algorithms
+        ]
+
+    def verify(
+        self,
+        creds: DigestCredentials,
+        *,
+        method: str,
+        ha1: str | None,
+        now: float,
+        body: bytes = b"",
+    ) -> Verdict:
+        """Check CREDS for a request with METHOD. HA1 is the stored hash for
+        ``creds.username`` under ``algorithm_of(creds).base``, or None for an unknown user
+        (answered exactly like a wrong password, against user enumeration)."""
+        algorithm = parse_algorithm(creds.params.get("algorithm"))
+        required = ("username", "realm", "nonce", "uri", "response")
+        # A -sess variant is accepted wherever its base is: it derives from the same HA1.
+        if algorithm is None or algorithm.base not in {a.base for a in self.algorithms}:
+            return Verdict.MALFORMED
+        if any(not creds.params.get(name) for name in required) or creds.realm != self.realm:
+            return Verdict.MALFORMED
+        qop = creds.params.get("qop")
+        nc_text, cnonce = creds.params.get("nc"), creds.params.get("cnonce")
+        if algorithm.session and not cnonce:
+            return Verdict.MALFORMED  # a session HA1 is keyed on the client nonce
+        if qop is not None:
+            if qop not in ("auth", "auth-int") or not cnonce or not nc_text:
+                return Verdict.MALFORMED
+            if len(nc_text) != 8 or any(c not in "0123456789abcdefABCDEF" for c in nc_text):
+                return Verdict.MALFORMED
+        nonce = creds.params["nonce"]
+        expected = compute_response(
+            # A dummy HA1 keeps an unknown user's timing the same as a known one's.
+            ha1=ha1 if ha1 is not None else "0" * 32,
+            algorithm=algorithm,
+            method=method,
+            uri=creds.params["uri"],
+            nonce=nonce,
+            qop=qop,
+            nc=nc_text,
+            cnonce=cnonce,
+            body=body,
+        )
+        matches = hmac.compare_digest(expected.encode(), creds.params["response"].lower().encode())
+        status = self.nonces.check(nonce, now)
+        if not matches or ha1 is None or status is NonceStatus.INVALID:
+            return Verdict.REJECTED
+        if status is NonceStatus.STALE:
+            return Verdict.STALE
+        if self.counts is not None and nc_text is not None:
+            if not self.counts.accept(nonce, int(nc_text, 16)):
+                return Verdict.REJECTED
+        return Verdict.ACCEPTED
+
+
+def algorithm_of(creds: DigestCredentials) -> Algorithm | None:
+    """The algorithm CREDS use; its ``.base`` says which stored HA1 to look up."""
+    return parse_algorithm(creds.params.get("algorithm"))

@@ -1,0 +1,101 @@
+"""Cutting a TCP byte stream into SIP messages (RFC 3261 §18.3), bounded.
+
+``StreamFramer.feed(data)`` returns the complete messages (as bytes, for ``parse_message``)
+and keep-alive pings found so far; the rest waits in the buffer. On a stream the header
+block ends at the first blank line and Content-Length is mandatory; a header block or body
+over the limit, or a missing/garbled Content-Length, raises ``FramingError`` and the
+transport must close the connection: once framing is lost, nothing after it can be trusted.
+
+Keep-alives (RFC 5626 §3.5.1): a client pings with CRLFCRLF between messages and the server
+answers with a single CRLF. A lone CRLF (a pong, or the stray CRLFs RFC 3261 §7.5 tells us
+to ignore) is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from appliance.sip.errors import FramingError
+from appliance.sip.message import MAX_MESSAGE
+
+# A header block needs far less than a whole message; Kamailio's default is 64 kB for the
+# whole message, pjsip 4000 bytes. 16 KiB leaves room for long Route sets and
+# Authorization headers while cutting a slow-loris header stream short.
+MAX_HEADER_BLOCK = 16 * 1024
+PONG = b"\r\n"
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """A CRLFCRLF ping: answer it with ``PONG``."""
+
+
+def is_keepalive(datagram: bytes) -> bool:
+    """A UDP datagram made only of CRLFs (a ping; we accept them on UDP too)."""
+    return bool(datagram) and not datagram.strip(b"\r\n")
+
+
+def _content_length(head: bytes) -> int:
+    lengths: set[int] = set()
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"content-length", b"l"):
+            text = value.strip()
+            if not text.isdigit() or len(text) > 10:
+                raise FramingError(f"bad Content-Length {text[:20]!r}")
+            lengths.add(int(text))
+    if not lengths:
+        raise FramingError("no Content-Length on a stream")
+    if len(lengths) > 1:
+        raise FramingError("conflicting Content-Length headers")
+    return lengths.pop()
+
+
+class StreamFramer:
+    """One per TCP connection."""
+
+    def __init__(self, *, max_header: int = MAX_HEADER_BLOCK, max_message: int = MAX_MESSAGE):
+        self._buffer = bytearray()
+        self._max_header = max_header
+        self._max_message = max_message
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes | KeepAlive]:
+        self._buffer += data
+        out: list[bytes | KeepAlive] = []
+        while True:
+            item = self._next()
+            if item is None:
+                return out
+            out.append(item)
+
+    def _next(self) -> bytes | KeepAlive | None:
+        buf = self._buffer
+        # Between messages: CRLFCRLF is a ping, a lone CRLF is skipped. b"\r\n" alone may be
+        # the first half of a ping, so it waits for the next read.
+        while buf[:2] == b"\r\n":
+            if buf[:4] == b"\r\n\r\n":
+                del buf[:4]
+                return KeepAlive()
+            if len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf)):
+                return None  # may still become a ping
+            del buf[:2]
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > self._max_header:
+                raise FramingError(f"no end of headers within {self._max_header} bytes")
+            return None
+        if end > self._max_header:
+            raise FramingError(f"header block of {end} bytes exceeds {self._max_header}")
+        length = _content_length(bytes(buf[:end]))
+        total = end + 4 + length
+        if total > self._max_message:
+            raise FramingError(f"message of {total} bytes exceeds {self._max_message}")
+        if len(buf) < total:
+            return None
+        message = bytes(buf[:total])
+        del buf[:total]
+        return message

@@ -1,0 +1,120 @@
+"""Per-source budgets against scanners and password crackers (sip.md §3).
+
+Two budgets per source address (an IP string; the caller decides whether ports count):
+
+* failed digest authentications: ``max_failures`` within ``failure_window`` seconds ban the
+  source for ``ban_time`` seconds (svcrack found a stock Kamailio's password at once);
+* unauthenticated requests: a token bucket of ``unauthenticated_per_minute`` (svwar/svmap
+  sweeps, REGISTER floods).
+
+What to do with a refused source is the caller's choice: reply 503/403 or drop, and log once.
+Memory is bounded: at most ``max_sources`` records, the least recently seen evicted first.
+A source under attack keeps touching its record, so flooding from other addresses evicts
+quiet sources before it evicts an active ban.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+# fail2ban's asterisk jail defaults are maxretry 5 / findtime 10 min / bantime 10 min.
+MAX_FAILURES = 5
+FAILURE_WINDOW = 600.0
+BAN_TIME = 600.0
+# A desk phone sends a handful of unauthenticated requests a minute (REGISTER before its
+# challenge, OPTIONS); 60 leaves room for a phone rebooting with many lines.
+UNAUTHENTICATED_PER_MINUTE = 60
+MAX_SOURCES = 10_000  # ~200 bytes a record: ~2 MB worst case
+
+
+@dataclass
+class _Record:
+    failures: list[float] = field(default_factory=list)
+    banned_until: float = 0.0
+    tokens: float = -1.0  # -1: bucket not used yet (starts full)
+    refilled_at: float = 0.0
+
+
+class Guard:
+    def __init__(
+        self,
+        *,
+        max_failures: int = MAX_FAILURES,
+        failure_window: float = FAILURE_WINDOW,
+        ban_time: float = BAN_TIME,
+        unauthenticated_per_minute: int = UNAUTHENTICATED_PER_MINUTE,
+        max_sources: int = MAX_SOURCES,
+    ) -> None:
+        self.max_failures = max_failures
+        self.failure_window = failure_window
+        self.ban_time = ban_time
+        self.rate = unauthenticated_per_minute
+        self.max_sources = max_sources
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _record(self, source: str) -> _Record:
+        record = self._records.get(source)
+        if record is None:
+            record = self._records[source] = _Record()
+            while len(self._records) > self.max_sources:
+                self._records.popitem(last=False)
+        else:
+            self._records.move_to_end(source)
+        return record
+
+    def is_banned(self, source: str, now: float) -> bool:
+        record = self._records.get(source)
+        if record is None or record.banned_until <= now:
+            return False
+        self._records.move_to_end(source)
+        return True
+
+    def record_failure(self, source: str, now: float) -> bool:
+        """Count a failed authentication; True when this failure starts a ban."""
+        record = self._record(source)
+        horizon = now - self.failure_window
+        # Only the last max_failures times matter, so the list never grows past that.
+        record.failures = [t for t in record.failures if t > horizon][-self.max_failures + 1 :]
+        record.failures.append(now)
+        if len(record.failures) >= self.max_failures and record.banned_until <= now:
+            record.banned_until = now + self.ban_time
+            record.failures.clear()
+            return True
+        return False
+
+    def record_success(self, source: str) -> None:
+        """A correct password clears the failure count (not an active ban)."""
+        record = self._records.get(source)
+        if record is not None:
+            record.failures.clear()
+
+    def allow_unauthenticated(self, source: str, now: float) -> bool:
+        """Spend one token of SOURCE's unauthenticated budget; False when exhausted."""
+        record = self._record(source)
+        if record.tokens < 0:
+            record.tokens, record.refilled_at = float(self.rate), now
+        elapsed = max(0.0, now - record.refilled_at)
+        record.tokens = min(float(self.rate), record.tokens + elapsed * self.rate / 60.0)
+        record.refilled_at = now
+        if record.tokens < 1.0:
+            return False
+        record.tokens -= 1.0
+        return True
+
+    def sweep(self, now: float) -> int:
+        """Forget records with no ban, no recent failure and a full bucket; returns how many."""
+        horizon = now - self.failure_window
+        idle = [
+            source
+            for source, r in self._records.items()
+            if r.banned_until <= now
+            and not any(t > horizon for t in r.failures)
+            and (r.tokens < 0 or r.tokens + (now - r.refilled_at) * self.rate / 60.0 >= self.rate)
+        ]
+        for source in idle:
+            del self._records[source]
+        return len(idle)

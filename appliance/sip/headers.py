@@ -1,0 +1,402 @@
+"""Typed views over raw header values: parsed only when code touches them.
+
+A ``Message`` keeps each header as its raw text (``message.py``); the functions here turn
+those values into ``Via``, ``NameAddr``, ``CSeq`` and digest parameter objects, and back.
+Every list header accepts both forms RFC 3261 §7.3.1 allows: several comma-separated
+values in one line and repeated lines. Commas inside quoted strings or ``<...>`` never
+split. All parse errors are ``SipParseError`` (400).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from appliance.sip.errors import SipParseError
+from appliance.sip.uri import (
+    Params,
+    SipUri,
+    TelUri,
+    format_params,
+    has_param,
+    param,
+    parse_uri,
+    remove_param,
+    set_param,
+    split_hostport,
+)
+
+MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7: branches of RFC 3261 elements start with it
+
+
+def split_list(value: str) -> list[str]:
+    """Split a header value at top-level commas; empty elements are dropped."""
+    items: list[str] = []
+    start = 0
+    quoted = escaped = False
+    angle = 0
+    for i, ch in enumerate(value):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            angle += 1
+        elif ch == ">" and angle:
+            angle -= 1
+        elif ch == "," and not angle:
+            items.append(value[start:i].strip())
+            start = i + 1
+    items.append(value[start:].strip())
+    return [item for item in items if item]
+
+
+def split_values(values: Iterable[str]) -> list[str]:
+    """Every list element of every line, in order."""
+    return [item for value in values for item in split_list(value)]
+
+
+def _split_semicolons(text: str) -> list[str]:
+    parts: list[str] = []
+    start = 0
+    quoted = escaped = False
+    for i, ch in enumerate(text):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == ";":
+            parts.append(text[start:i])
+            start = i + 1
+    if quoted:
+        raise SipParseError(f"unterminated quoted string in {text!r}")
+    parts.append(text[start:])
+    return parts
+
+
+def parse_params(text: str) -> Params:
+    """``;a=b;c;d="x;y"`` → ``[("a", "b"), ("c", None), ("d", '"x;y"')]`` (values raw)."""
+    params: Params = []
+    for item in _split_semicolons(text):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not name or any(c in name for c in ' \t"<>'):
+            raise SipParseError(f"bad header parameter {item!r}")
+        params.append((name, value.strip() if sep else None))
+    return params
+
+
+def quote(text: str) -> str:
+    """A quoted-string with ``"`` and ``\\`` escaped."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def unquote(text: str) -> str:
+    """Undo ``quote``; a value that is not quoted is returned unchanged."""
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", text[1:-1])
+    return text
+
+
+# --- Via (RFC 3261 §20.42, RFC 3581) ---------------------------------------------------
+
+_VIA_RE = re.compile(
+    r"^\s*([!-~]+?)\s*/\s*([!-~]+?)\s*/\s*([A-Za-z0-9.!%*_+`'~-]+)\s+([^;(]+?)\s*(;.*)?$",
+    re.DOTALL,
+)
+_COMMENT_RE = re.compile(r"\([^)]*\)")
+
+
+@dataclass
+class Via:
+    host: str
+    port: int | None = None
+    transport: str = "UDP"
+    params: Params = field(default_factory=list)
+    protocol: str = "SIP/2.0"
+
+    @classmethod
+    def parse(cls, value: str) -> Via:
+        match = _VIA_RE.match(_COMMENT_RE.sub("", value))
+        if not match:
+            raise SipParseError(f"bad Via {value!r}")
+        name, version, transport, sent_by, params = match.groups()
+        host, port = split_hostport(re.sub(r"\s+", "", sent_by))
+        return cls(
+            host=host,
+            port=port,
+            transport=transport.upper(),
+            params=parse_params(params or ""),
+            protocol=f"{name}/{version}",
+        )
+
+    def param(self, name: str) -> str | None:
+        return param(self.params, name)
+
+    def has_param(self, name: str) -> bool:
+        return has_param(self.params, name)
+
+    def set_param(self, name: str, value: str | None) -> None:
+        set_param(self.params, name, value)
+
+    @property
+    def branch(self) -> str | None:
+        return self.param("branch")
+
+    @property
+    def received(self) -> str | None:
+        return self.param("received")
+
+    @property
+    def maddr(self) -> str | None:
+        return self.param("maddr")
+
+    @property
+    def rport(self) -> int | None:
+        """The filled-in rport, None when absent *or* empty (see ``wants_rport``)."""
+        value = self.param("rport")
+        return int(value) if value and value.isdigit() else None
+
+    @property
+    def wants_rport(self) -> bool:
+        return self.has_param("rport")
+
+    @property
+    def sent_by(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def response_target(self) -> tuple[str, int] | None:
+        """Where a response to this Via goes (RFC 3261 §18.2.2, RFC 3581 §4): ``received``
+        and ``rport`` when filled in, else sent-by. ``maddr`` is ignored and None is
+        returned for a broadcast or multicast target: we never answer those (sip.md §3)."""
+        host = self.received or self.host
+        default = 5061 if self.transport in ("TLS", "WSS") else 5060
+        port = self.rport or self.port or default
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return host, port  # a name: the transport resolves it
+        if ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+            return None
+        return host, port
+
+    def __str__(self) -> str:
+        return f"{self.protocol}/{self.transport} {self.sent_by}{format_params(self.params)}"
+
+
+def parse_vias(values: Iterable[str]) -> list[Via]:
+    return [Via.parse(item) for item in split_values(values)]
+
+
+# --- name-addr / addr-spec (From, To, Contact, Route, Record-Route) --------------------
+
+
+@dataclass
+class NameAddr:
+    """``"Display" <uri>;params`` or a bare addr-spec. ``uri`` is kept as raw text.
+
+    RFC 3261 §20.10: without angle brackets every ``;param`` after the URI belongs to the
+    header, not to the URI; ``str()`` therefore always emits angle brackets when the URI
+    carries parameters or headers of its own.
+    """
+
+    uri: str
+    display: str | None = None
+    params: Params = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, value: str) -> NameAddr:
+        text = value.strip()
+        if text == "*":
+            return cls(uri="*")
+        display: str | None = None
+        if text.startswith('"'):
+            i, escaped = 1, False
+            while i < len(text):
+                ch = text[i]
+                if escaped:
+                    escaped = False
+                elif ch == "\\":
+                    escaped = True
+                elif ch == '"':
+                    break
+                i += 1
+            else:
+                raise SipParseError(f"unterminated display name in {value!r}")
+            display = unquote(text[: i + 1])
+            text = text[i + 1 :].lstrip()
+            if not text.startswith("<"):
+                raise SipParseError(f"quoted display name without <uri> in {value!r}")
+        lt = text.find("<")
+        if lt >= 0:
+            if display is None:
+                display = text[:lt].strip() or None
+            gt = text.find(">", lt)
+            if gt < 0:
+                raise SipParseError(f"unterminated <uri> in {value!r}")
+            uri, rest = text[lt + 1 : gt].strip(), text[gt + 1 :]
+            if rest.strip() and not rest.strip().startswith(";"):
+                raise SipParseError(f"junk after <uri> in {value!r}")
+        else:
+            uri, _, rest = text.partition(";")
+            rest = ";" + rest if rest else ""
+            uri = uri.strip()
+            if " " in uri or "\t" in uri:
+                raise SipParseError(f"bad addr-spec {value!r}")
+        if not uri:
+            raise SipParseError(f"empty URI in {value!r}")
+        return cls(uri=uri, display=display, params=parse_params(rest))
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.uri == "*"
+
+    def parsed_uri(self) -> SipUri | TelUri:
+        return parse_uri(self.uri)
+
+    def param(self, name: str) -> str | None:
+        return param(self.params, name)
+
+    def has_param(self, name: str) -> bool:
+        return has_param(self.params, name)
+
+    def set_param(self, name: str, value: str | None) -> None:
+        set_param(self.params, name, value)
+
+    def remove_param(self, name: str) -> None:
+        remove_param(self.params, name)
+
+    @property
+    def tag(self) -> str | None:
+        return self.param("tag")
+
+    @property
+    def expires(self) -> int | None:
+        """Contact ``expires`` param; None when absent or not a number."""
+        value = self.param("expires")
+        return int(value) if value and value.isdigit() else None
+
+    @property
+    def q(self) -> float | None:
+        value = self.param("q")
+        try:
+            return float(value) if value else None
+        except ValueError:
+            return None
+
+    def __str__(self) -> str:
+        if self.is_wildcard:
+            return "*"
+        text = f"<{self.uri}>"
+        if self.display is not None:
+            text = f"{quote(self.display)} {text}"
+        return text + format_params(self.params)
+
+
+def parse_name_addrs(values: Iterable[str]) -> list[NameAddr]:
+    """Contact, Route and Record-Route lists."""
+    return [NameAddr.parse(item) for item in split_values(values)]
+
+
+# --- CSeq -----------------------------------------------------------------------------
+
+CSEQ_LIMIT = 2**31  # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31
+
+
+@dataclass(frozen=True)
+class CSeq:
+    number: int
+    method: str
+
+    @classmethod
+    def parse(cls, value: str) -> CSeq:
+        parts = value.split()
+        if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
+            raise SipParseError(f"bad CSeq {value!r}")
+        number = int(parts[0])
+        if number >= CSEQ_LIMIT:
+            raise SipParseError(f"CSeq number {number} not below 2**31")
+        return cls(number, parts[1])
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.method}"
+
+
+# --- Digest credentials and challenges (RFC 7616 §3.3-3.4) ------------------------------
+
+
+@dataclass(frozen=True)
+class DigestCredentials:
+    """An ``Authorization``/``Proxy-Authorization`` value; param names lower-cased."""
+
+    params: dict[str, str]
+
+    @classmethod
+    def parse(cls, value: str) -> DigestCredentials:
+        scheme, _, rest = value.strip().partition(" ")
+        if scheme.lower() != "digest":
+            raise SipParseError(f"unsupported auth scheme {scheme!r}")
+        params: dict[str, str] = {}
+        for item in split_list(rest):
+            name, sep, raw = item.partition("=")
+            if not sep or not name.strip():
+                raise SipParseError(f"bad digest parameter {item!r}")
+            key = name.strip().lower()
+            if key in params:
+                raise SipParseError(f"repeated digest parameter {key!r}")
+            params[key] = unquote(raw.strip())
+        return cls(params)
+
+    def get(self, name: str) -> str | None:
+        return self.params.get(name)
+
+    @property
+    def username(self) -> str | None:
+        return self.params.get("username")
+
+    @property
+    def realm(self) -> str | None:
+        return self.params.get("realm")
+
+    @property
+    def nonce(self) -> str | None:
+        return self.params.get("nonce")
+
+    @property
+    def algorithm(self) -> str:
+        return self.params.get("algorithm", "MD5")
+
+
+def format_challenge(
+    realm: str,
+    nonce: str,
+    *,
+    algorithm: str = "MD5",
+    qop: str | None = "auth",
+    stale: bool = False,
+    opaque: str | None = None,
+) -> str:
+    """A ``WWW-Authenticate``/``Proxy-Authenticate`` value."""
+    parts = [f"realm={quote(realm)}", f"nonce={quote(nonce)}"]
+    if opaque is not None:
+        parts.append(f"opaque={quote(opaque)}")
+    if stale:
+        parts.append("stale=true")
+    parts.append(f"algorithm={algorithm}")
+    if qop:
+        parts.append(f"qop={quote(qop)}")
+    return "Digest " + ", ".join(parts)

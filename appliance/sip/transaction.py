@@ -1,0 +1,540 @@
+"""RFC 3261 §17 transactions as pure state machines (with the RFC 6026 Accepted state).
+
+Theory of operation (aioquic style). A transaction never touches a socket or a clock. Feed it
+``receive(msg, now)`` (and, on the server side, ``send(response, now)``); ask ``get_timer()``
+when it next needs waking and call ``handle_timer(now)`` then; after each call drain
+``pop_actions()``: ``Transmit`` (send these bytes to the peer), ``Deliver`` (pass this
+message up to the TU), ``TimedOut`` (Timer B/F/H expired: tell the TU) and ``Terminated``
+(forget the transaction).
+
+Rule 1: every state change goes through a class's ``TRANSITIONS`` table and ``_set_state``.
+Rule 2: an input the table does not list is ignored when a peer sent it (a stray or late
+retransmission) and raises ``SipStateError`` when our own TU asked for it.
+A timer of zero (reliable transports, sip.md §2.3 table) fires on the spot.
+
+The RFC 6026 Accepted state keeps an INVITE transaction alive for 64·T1 after a 2xx so that
+INVITE retransmissions are absorbed (server) and 2xx retransmissions still reach the TU
+(client) instead of being mistaken for new transactions.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from appliance.sip.errors import SipParseError, SipStateError
+from appliance.sip.headers import MAGIC_COOKIE, Via
+from appliance.sip.message import Request, Response, make_response
+
+T1 = 0.5  # RTT estimate (RFC 3261 §17.1.1.1)
+T2 = 4.0  # cap on non-INVITE and response retransmit intervals
+T4 = 5.0  # maximum time a message stays in the network
+TRYING_DELAY = 0.2  # RFC 3261 §17.2.1: 100 Trying if the TU is silent for 200 ms
+
+
+class State(enum.Enum):
+    CALLING = "Calling"
+    TRYING = "Trying"
+    PROCEEDING = "Proceeding"
+    COMPLETED = "Completed"
+    CONFIRMED = "Confirmed"
+    ACCEPTED = "Accepted"
+    TERMINATED = "Terminated"
+
+
+class Input(enum.Enum):
+    PROVISIONAL = "1xx"  # received (client) or sent by the TU (server)
+    SUCCESS = "2xx"
+    FAILURE = "3xx-6xx"
+    REQUEST = "request retransmission"
+    ACK = "ACK"
+    TIMER_A = "A"
+    TIMER_B = "B"
+    TIMER_D = "D"
+    TIMER_E = "E"
+    TIMER_F = "F"
+    TIMER_G = "G"
+    TIMER_H = "H"
+    TIMER_I = "I"
+    TIMER_J = "J"
+    TIMER_K = "K"
+    TIMER_L = "L"
+    TIMER_M = "M"
+    TIMER_TRYING = "100 Trying"
+
+
+@dataclass(frozen=True)
+class Transmit:
+    """Send ``data`` (``bytes(message)``, serialised once) to the peer."""
+
+    message: Request | Response
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Deliver:
+    """Pass ``message`` up to the transaction user."""
+
+    message: Request | Response
+
+
+@dataclass(frozen=True)
+class TimedOut:
+    """Timer B, F or H fired: the TU treats it as a 408 (client) or a lost ACK (server)."""
+
+    timer: Input
+
+
+@dataclass(frozen=True)
+class Terminated:
+    """The transaction is over; remove it from the table."""
+
+
+Action = Transmit | Deliver | TimedOut | Terminated
+Msg = Request | Response | None
+Table = dict[tuple[State, Input], State]
+TransactionKey = tuple[str, ...]
+
+
+def _transmit(message: Request | Response) -> Transmit:
+    return Transmit(message, bytes(message))
+
+
+def response_input(status: int) -> Input:
+    if status < 200:
+        return Input.PROVISIONAL
+    return Input.SUCCESS if status < 300 else Input.FAILURE
+
+
+def _sent_by(via: Via) -> str:
+    return f"{via.host.lower()}:{via.port or ''}"
+
+
+def server_key(request: Request) -> TransactionKey:
+    """RFC 3261 §17.2.3: which server transaction REQUEST belongs to.
+
+    ACK maps to its INVITE; CANCEL keeps its own method and so its own transaction.
+    Without the magic cookie we fall back to the RFC 2543 rule (Request-URI, From tag,
+    Call-ID, CSeq number and top Via), as pjsip does.
+    """
+    top = request.top_via
+    if top is None:
+        raise SipParseError("request without Via")
+    method = "INVITE" if request.method == "ACK" else request.method
+    branch = top.branch
+    if branch and branch.startswith(MAGIC_COOKIE):
+        return ("3261", branch, _sent_by(top), method)
+    cseq = request.cseq
+    return (
+        "2543", request.uri, request.from_.tag or "", request.call_id or "",
+        str(cseq.number), str(top), method,
+    )
+
+
+def client_key(message: Request | Response) -> TransactionKey:
+    """RFC 3261 §17.1.3: top Via branch + CSeq method."""
+    top = message.top_via
+    if top is None or not top.branch:
+        raise SipParseError("no branch in the top Via")
+    return (top.branch, message.cseq.method)
+
+
+@dataclass
+class Timers:
+    """Configurable for tests and for links known to be slow; defaults per RFC 3261."""
+
+    t1: float = T1
+    t2: float = T2
+    t4: float = T4
+
+
+class Transaction:
+    TRANSITIONS: ClassVar[Mapping[tuple[State, Input], State]] = {}
+
+    def __init__(
+        self, request: Request, *, reliable: bool, now: float, timers: Timers | None = None
+    ) -> None:
+        self.request = request
+        self.reliable = reliable
+        self.timers = timers or Timers()
+        self.state = State.TRYING
+        self._deadlines: dict[Input, float] = {}
+        self._actions: list[Action] = []
+
+    # --- the surface the transport and TU use ------------------------------------------
+    def get_timer(self) -> float | None:
+        return min(self._deadlines.values(), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        while self._deadlines:
+            timer, deadline = min(self._deadlines.items(), key=lambda item: item[1])
+            if deadline > now:
+                return
+            del self._deadlines[timer]
+            self._step(timer, now, None)
+
+    def pop_actions(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    @property
+    def terminated(self) -> bool:
+        return self.state is State.TERMINATED
+
+    # --- machinery ---------------------------------------------------------------------
+    def _step(self, event: Input, now: float, message: Msg) -> bool:
+        new = self.TRANSITIONS.get((self.state, event))
+        if new is None:
+            return False
+        old = self.state
+        self._act(event, old, now, message)  # actions first, so Terminated comes last
+        if new is not old:
+            self._set_state(new, now)
+        return True
+
+    def _set_state(self, new: State, now: float) -> None:
+        self.state = new
+        if new is State.TERMINATED:
+            self._deadlines.clear()
+            self._actions.append(Terminated())
+        else:
+            self._enter(new, now)
+
+    def _start(self, timer: Input, delay: float, now: float) -> None:
+        if delay <= 0:
+            self._step(timer, now, None)
+        else:
+            self._deadlines[timer] = now + delay
+
+    def _cancel(self, *timers: Input) -> None:
+        for timer in timers:
+            self._deadlines.pop(timer, None)
+
+    def _act(self, event: Input, old: State, now: float, message: Msg) -> None:
+        raise NotImplementedError
+
+    def _enter(self, state: State, now: float) -> None:
+        """Entry actions: the timers a state starts and stops."""
+
+
+def _table(*rows: tuple[tuple[State, ...], tuple[Input, ...], State]) -> Table:
+    return {(s, i): new for states, inputs, new in rows for s in states for i in inputs}
+
+
+S, I = State, Input  # noqa: E741 - keeps the tables below readable
+
+
+# --- client transactions ----------------------------------------------------------------
+
+
+class ClientTransaction(Transaction):
+    def __init__(
+        self, request: Request, *, reliable: bool, now: float, timers: Timers | None = None
+    ) -> None:
+        super().__init__(request, reliable=reliable, now=now, timers=timers)
+        self.key = client_key(request)
+        self._request_tx = _transmit(request)
+        self._actions.append(self._request_tx)
+
+    def receive(self, response: Response, now: float) -> None:
+        self._step(response_input(response.status), now, response)
+
+
+class InviteClientTransaction(ClientTransaction):
+    TRANSITIONS = _table(
+        ((S.CALLING,), (I.TIMER_A,), S.CALLING),
+        ((S.CALLING,), (I.TIMER_B,), S.TERMINATED),
+        ((S.CALLING, S.PROCEEDING), (I.PROVISIONAL,), S.PROCEEDING),
+        ((S.CALLING, S.PROCEEDING, S.ACCEPTED), (I.SUCCESS,), S.ACCEPTED),
+        ((S.CALLING, S.PROCEEDING, S.COMPLETED), (I.FAILURE,), S.COMPLETED),
+        ((S.COMPLETED,), (I.TIMER_D,), S.TERMINATED),
+        ((S.ACCEPTED,), (I.TIMER_M,), S.TERMINATED),
+    )
+
+    def __init__(
+        self, request: Request, *, reliable: bool, now: float, timers: Timers | None = None
+    ) -> None:
+        super().__init__(request, reliable=reliable, now=now, timers=timers)
+        self.state = State.CALLING
+        self._interval = self.timers.t1
+        if not reliable:
+            self._start(Input.TIMER_A, self._interval, now)
+        self._start(Input.TIMER_B, 64 * self.timers.t1, now)
+
+    def _act(self, event: Input, old: State, now: float, message: Msg) -> None:
+        if event is Input.TIMER_A:  # doubles without a cap: B ends it after 6 retransmits
+            self._actions.append(self._request_tx)
+            self._interval *= 2
+            self._start(Input.TIMER_A, self._interval, now)
+        elif event is Input.TIMER_B:
+            self._actions.append(TimedOut(event))
+        elif event is Input.FAILURE and isinstance(message, Response):
+            if old is not State.COMPLETED:
+                self._actions.append(Deliver(message))
+            self._actions.append(_transmit(make_ack(self.request, message)))
+        elif isinstance(message, Response):
+            self._actions.append(Deliver(message))
+
+    def _enter(self, state: State, now: float) -> None:
+        self._cancel(Input.TIMER_A, Input.TIMER_B)
+        if state is State.COMPLETED:
+            self._start(Input.TIMER_D, 0 if self.reliable else 32.0, now)
+        elif state is State.ACCEPTED:
+            self._start(Input.TIMER_M, 64 * self.timers.t1, now)
+
+
+class NonInviteClientTransaction(ClientTransaction):
+    TRANSITIONS = _table(
+        ((S.TRYING,), (I.TIMER_E,), S.TRYING),
+        ((S.PROCEEDING,), (I.TIMER_E,), S.PROCEEDING),
+        ((S.TRYING, S.PROCEEDING), (I.TIMER_F,), S.TERMINATED),
+        ((S.TRYING, S.PROCEEDING), (I.PROVISIONAL,), S.PROCEEDING),
+        ((S.TRYING, S.PROCEEDING, S.COMPLETED), (I.SUCCESS, I.FAILURE), S.COMPLETED),
+        ((S.COMPLETED,), (I.TIMER_K,), S.TERMINATED),
+    )
+
+    def __init__(
+        self, request: Request, *, reliable: bool, now: float, timers: Timers | None = None
+    ) -> None:
+        super().__init__(request, reliable=reliable, now=now, timers=timers)
+        self._interval = self.timers.t1
+        if not reliable:
+            self._start(Input.TIMER_E, self._interval, now)
+        self._start(Input.TIMER_F, 64 * self.timers.t1, now)
+
+    def _act(self, event: Input, old: State, now: float, message: Msg) -> None:
+        if event is Input.TIMER_E:
+            self._actions.append(self._request_tx)
+            t2 = self.timers.t2
+            self._interval = t2 if old is State.PROCEEDING else min(2 * self._interval, t2)
+            self._start(Input.TIMER_E, self._interval, now)
+        elif event is Input.TIMER_F:
+            self._actions.append(TimedOut(event))
+        elif isinstance(message, Response) and old is not State.COMPLETED:
+            self._actions.append(Deliver(message))
+
+    def _enter(self, state: State, now: float) -> None:
+        if state is State.COMPLETED:
+            self._cancel(Input.TIMER_E, Input.TIMER_F)
+            self._start(Input.TIMER_K, 0 if self.reliable else self.timers.t4, now)
+
+
+# --- server transactions ----------------------------------------------------------------
+
+
+class ServerTransaction(Transaction):
+    def __init__(
+        self, request: Request, *, reliable: bool, now: float, timers: Timers | None = None
+    ) -> None:
+        super().__init__(request, reliable=reliable, now=now, timers=timers)
+        self.key = server_key(request)
+        self.last_response: Transmit | None = None
+        self._actions.append(Deliver(request))
+
+    def receive(self, request: Request, now: float) -> None:
+        """A retransmission of the request (or the ACK) matched to this transaction."""
+        self._step(Input.ACK if request.method == "ACK" else Input.REQUEST, now, request)
+
+    def send(self, response: Response, now: float) -> None:
+        """The TU's response; SipStateError when this state cannot send it."""
+        if not self._step(response_input(response.status), now, response):
+            raise SipStateError(f"cannot send {response.status} in state {self.state.value}")
+
+    def _resend(self) -> None:
+        if self.last_response is not None:
+            self._actions.append(self.last_response)
+
+    def _transmit_response(self, message: Msg) -> None:
+        if isinstance(message, Response):
+            self.last_response = _transmit(message)
+            self._actions.append(self.last_response)
+
+
+class InviteServerTransaction(ServerTransaction):
+    TRANSITIONS = _table(
+        ((S.PROCEEDING,), (I.REQUEST, I.PROVISIONAL, I.TIMER_TRYING), S.PROCEEDING),
+        ((S.PROCEEDING, S.ACCEPTED), (I.SUCCESS,), S.ACCEPTED),
+        ((S.ACCEPTED,), (I.REQUEST, I.ACK), S.ACCEPTED),
+        ((S.ACCEPTED,), (I.TIMER_L,), S.TERMINATED),
+        ((S.PROCEEDING,), (I.FAILURE,), S.COMPLETED),
+        ((S.COMPLETED,), (I.REQUEST, I.TIMER_G), S.COMPLETED),
+        ((S.COMPLETED,), (I.TIMER_H,), S.TERMINATED),
+        ((S.COMPLETED, S.CONFIRMED), (I.ACK,), S.CONFIRMED),
+        ((S.CONFIRMED,), (I.REQUEST,), S.CONFIRMED),
+        ((S.CONFIRMED,), (I.TIMER_I,), S.TERMINATED),
+    )
+
+    def __init__(
+        self,
+        request: Request,
+        *,
+        reliable: bool,
+        now: float,
+        timers: Timers | None = None,
+        auto_trying: bool = True,
+    ) -> None:
+        super().__init__(request, reliable=reliable, now=now, timers=timers)
+        self.state = State.PROCEEDING
+        self._interval = self.timers.t1
+        if auto_trying:
+            self._start(Input.TIMER_TRYING, TRYING_DELAY, now)
+
+    def _act(self, event: Input, old: State, now: float, message: Msg) -> None:
+        if event is Input.TIMER_TRYING:
+            if self.last_response is None:
+                self._transmit_response(make_trying(self.request))
+        elif event in (Input.PROVISIONAL, Input.SUCCESS, Input.FAILURE):
+            self._cancel(Input.TIMER_TRYING)
+            self._transmit_response(message)
+        elif event is Input.REQUEST and old is not State.ACCEPTED:
+            self._resend()  # absorbed in Accepted: the TU retransmits its 2xx itself
+        elif event is Input.TIMER_G:
+            self._resend()
+            self._interval = min(2 * self._interval, self.timers.t2)
+            self._start(Input.TIMER_G, self._interval, now)
+        elif event is Input.TIMER_H:
+            self._actions.append(TimedOut(event))
+        elif event is Input.ACK and old is State.ACCEPTED and message is not None:
+            self._actions.append(Deliver(message))  # RFC 6026 §8.7: ACK for 2xx goes up
+
+    def _enter(self, state: State, now: float) -> None:
+        if state is State.ACCEPTED:
+            self._start(Input.TIMER_L, 64 * self.timers.t1, now)
+        elif state is State.COMPLETED:
+            if not self.reliable:
+                self._start(Input.TIMER_G, self._interval, now)
+            self._start(Input.TIMER_H, 64 * self.timers.t1, now)
+        elif state is State.CONFIRMED:
+            self._cancel(Input.TIMER_G, Input.TIMER_H)
+            self._start(Input.TIMER_I, 0 if self.reliable else self.timers.t4, now)
+
+
+class NonInviteServerTransaction(ServerTransaction):
+    TRANSITIONS = _table(
+        ((S.TRYING,), (I.REQUEST,), S.TRYING),
+        ((S.TRYING, S.PROCEEDING), (I.PROVISIONAL,), S.PROCEEDING),
+        ((S.PROCEEDING,), (I.REQUEST,), S.PROCEEDING),
+        ((S.TRYING, S.PROCEEDING), (I.SUCCESS, I.FAILURE), S.COMPLETED),
+        ((S.COMPLETED,), (I.REQUEST,), S.COMPLETED),
+        ((S.COMPLETED,), (I.TIMER_J,), S.TERMINATED),
+    )
+
+    def _act(self, event: Input, old: State, now: float, message: Msg) -> None:
+        if event is Input.REQUEST:
+            self._resend()  # nothing yet in Trying: the retransmission is just absorbed
+        elif event in (Input.PROVISIONAL, Input.SUCCESS, Input.FAILURE):
+            self._transmit_response(message)
+
+    def _enter(self, state: State, now: float) -> None:
+        if state is State.COMPLETED:
+            self._start(Input.TIMER_J, 0 if self.reliable else 64 * self.timers.t1, now)
+
+
+def server_transaction(
+    request: Request, *, reliable: bool, now: float, timers: Timers | None = None
+) -> ServerTransaction:
+    """The right server transaction for a new request (never for an ACK)."""
+    cls = InviteServerTransaction if request.method == "INVITE" else NonInviteServerTransaction
+    return cls(request, reliable=reliable, now=now, timers=timers)
+
+
+def client_transaction(
+    request: Request, *, reliable: bool, now: float, timers: Timers | None = None
+) -> ClientTransaction:
+    cls = InviteClientTransaction if request.method == "INVITE" else NonInviteClientTransaction
+    return cls(request, reliable=reliable, now=now, timers=timers)
+
+
+# --- messages the transaction layer builds itself --------------------------------------
+
+
+def make_trying(request: Request) -> Response:
+    return make_response(request, 100)
+
+
+def _hop_copy(request: Request, method: str, to: str) -> Request:
+    msg = Request(method=method, uri=request.uri)
+    msg.add("Via", request.values("via")[0])
+    msg.add("Max-Forwards", request.get("max-forwards") or "70")
+    for route in request.get_all("route"):
+        msg.add("Route", route)
+    msg.add("From", request.get("from") or "")
+    msg.add("To", to)
+    msg.add("Call-ID", request.call_id or "")
+    msg.add("CSeq", f"{request.cseq.number} {method}")
+    return msg
+
+
+def make_ack(invite: Request, response: Response) -> Request:
+    """The hop-by-hop ACK for a non-2xx final response (RFC 3261 §17.1.1.3)."""
+    return _hop_copy(invite, "ACK", response.get("to") or "")
+
+
+def make_cancel(invite: Request) -> Request:
+    """CANCEL for a pending INVITE (RFC 3261 §9.1): same Request-URI, top Via and CSeq number."""
+    return _hop_copy(invite, "CANCEL", invite.get("to") or "")
+
+
+# --- the table the transport keeps ------------------------------------------------------
+
+
+@dataclass
+class TransactionTable:
+    """Live transactions by key; the transport asks it for matches and the earliest timer.
+
+    The earliest-timer scan is O(n): fine for the hundreds of transactions a desk-phone
+    appliance has open; a heap would pay off only at thousands.
+    """
+
+    servers: dict[TransactionKey, ServerTransaction] = field(default_factory=dict)
+    clients: dict[TransactionKey, ClientTransaction] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.servers) + len(self.clients)
+
+    def __iter__(self) -> Iterator[Transaction]:
+        yield from self.servers.values()
+        yield from self.clients.values()
+
+    def add(self, txn: ServerTransaction | ClientTransaction) -> None:
+        if isinstance(txn, ServerTransaction):
+            self.servers[txn.key] = txn
+        else:
+            self.clients[txn.key] = txn
+
+    def remove(self, txn: Transaction) -> None:
+        if isinstance(txn, ServerTransaction) and self.servers.get(txn.key) is txn:
+            del self.servers[txn.key]
+        elif isinstance(txn, ClientTransaction) and self.clients.get(txn.key) is txn:
+            del self.clients[txn.key]
+
+    def match_request(self, request: Request) -> ServerTransaction | None:
+        return self.servers.get(server_key(request))
+
+    def match_cancel(self, cancel: Request) -> InviteServerTransaction | None:
+        """The INVITE server transaction a CANCEL targets (RFC 3261 §9.2), if any."""
+        key = server_key(cancel)
+        txn = self.servers.get((*key[:-1], "INVITE"))
+        return txn if isinstance(txn, InviteServerTransaction) else None
+
+    def match_response(self, response: Response) -> ClientTransaction | None:
+        return self.clients.get(client_key(response))
+
+    def get_timer(self) -> float | None:
+        return min((t for t in (x.get_timer() for x in self) if t is not None), default=None)
+
+    def handle_timer(self, now: float) -> list[tuple[Transaction, list[Action]]]:
+        """Fire every due timer; returns each woken transaction's actions and drops the
+        ones that terminated."""
+        woken: list[tuple[Transaction, list[Action]]] = []
+        for txn in list(self):
+            timer = txn.get_timer()
+            if timer is None or timer > now:
+                continue
+            txn.handle_timer(now)
+            woken.append((txn, txn.pop_actions()))
+            if txn.terminated:
+                self.remove(txn)
+        return woken

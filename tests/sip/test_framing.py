@@ -1,0 +1,93 @@
+"""TCP stream framing: keep-alives, Content-Length, limits, arbitrary chunking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance.sip.errors import FramingError
+from appliance.sip.framing import KeepAlive, StreamFramer, is_keepalive
+from appliance.sip.message import parse_message
+
+DATA = Path(__file__).parents[1] / "data" / "sip"
+STREAMABLE = ["register.msg", "invite_sdp.msg", "unknown_headers.msg", "compact.msg"]
+MESSAGES = [(DATA / n).read_bytes() for n in STREAMABLE]
+
+
+def test_messages_and_pings_in_one_read() -> None:
+    framer = StreamFramer()
+    stream = b"\r\n\r\n" + MESSAGES[0] + b"\r\n\r\n" + MESSAGES[1] + b"\r\n"
+    out = framer.feed(stream)
+    assert out == [KeepAlive(), MESSAGES[0], KeepAlive(), MESSAGES[1]]
+    assert framer.buffered == 2  # a lone CRLF waits: it may be half a ping
+    assert framer.feed(b"\r\n") == [KeepAlive()]
+
+
+def test_lone_crlf_before_a_message_is_skipped() -> None:
+    framer = StreamFramer()
+    assert framer.feed(b"\r\n") == []
+    assert framer.feed(MESSAGES[2]) == [MESSAGES[2]]
+    assert framer.buffered == 0
+
+
+def test_split_ping() -> None:
+    framer = StreamFramer()
+    assert framer.feed(b"\r\n\r") == []
+    assert framer.feed(b"\n") == [KeepAlive()]
+
+
+def test_compact_content_length_frames() -> None:
+    assert StreamFramer().feed(MESSAGES[3] + MESSAGES[3]) == [MESSAGES[3], MESSAGES[3]]
+
+
+@settings(max_examples=100)
+@given(st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=40))
+def test_any_chunking_gives_the_same_messages(sizes: list[int]) -> None:
+    stream = b"".join(m + b"\r\n\r\n" for m in MESSAGES)
+    framer = StreamFramer()
+    out: list[bytes | KeepAlive] = []
+    pos = 0
+    for size in sizes * (len(stream) // sum(sizes) + 1):
+        out += framer.feed(stream[pos : pos + size])
+        pos += size
+        if pos >= len(stream):
+            break
+    expected: list[bytes | KeepAlive] = []
+    for m in MESSAGES:
+        expected += [m, KeepAlive()]
+    assert out == expected
+    assert all(isinstance(parse_message(m), object) for m in out if isinstance(m, bytes))
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP h\r\n\r\n",  # no Content-Length
+        b"OPTIONS sip:x SIP/2.0\r\nContent-Length: x\r\n\r\n",
+        b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 1\r\nl: 2\r\n\r\nab",
+    ],
+)
+def test_bad_framing(stream: bytes) -> None:
+    with pytest.raises(FramingError):
+        StreamFramer().feed(stream)
+
+
+def test_limits() -> None:
+    with pytest.raises(FramingError):
+        StreamFramer(max_header=100).feed(b"OPTIONS sip:x SIP/2.0\r\nX: " + b"a" * 200)
+    with pytest.raises(FramingError):
+        StreamFramer(max_header=100).feed(
+            b"OPTIONS sip:x SIP/2.0\r\nX: " + b"a" * 200 + b"\r\n\r\n"
+        )
+    with pytest.raises(FramingError):
+        StreamFramer(max_message=500).feed(b"MESSAGE sip:x SIP/2.0\r\nContent-Length: 1000\r\n\r\n")
+    # Below the limit a partial message just waits.
+    assert StreamFramer().feed(b"OPTIONS sip:x SIP/2.0\r\nX: y") == []
+
+
+def test_udp_keepalive() -> None:
+    assert is_keepalive(b"\r\n\r\n") and is_keepalive(b"\r\n")
+    assert not is_keepalive(b"") and not is_keepalive(MESSAGES[0])

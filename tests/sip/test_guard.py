@@ -1,0 +1,64 @@
+"""Per-source budgets: failure bans and the unauthenticated request rate."""
+
+from __future__ import annotations
+
+from appliance.sip.guard import Guard
+
+IP = "198.51.100.66"
+
+
+def test_ban_after_n_failures_within_the_window() -> None:
+    guard = Guard(max_failures=3, failure_window=60, ban_time=600)
+    assert not guard.record_failure(IP, 0)
+    assert not guard.record_failure(IP, 10)
+    assert guard.record_failure(IP, 20)  # the third failure starts the ban
+    assert guard.is_banned(IP, 20) and guard.is_banned(IP, 619.9)
+    assert not guard.is_banned(IP, 620)
+    assert not guard.is_banned("192.0.2.1", 20)
+
+
+def test_failures_outside_the_window_do_not_add_up() -> None:
+    guard = Guard(max_failures=3, failure_window=60)
+    for t in (0, 50, 100, 150, 200):
+        assert not guard.record_failure(IP, t)
+    assert not guard.is_banned(IP, 200)
+
+
+def test_success_clears_failures() -> None:
+    guard = Guard(max_failures=3)
+    guard.record_failure(IP, 0)
+    guard.record_failure(IP, 1)
+    guard.record_success(IP)
+    assert not guard.record_failure(IP, 2)
+    guard.record_success("never-seen")
+
+
+def test_unauthenticated_rate() -> None:
+    guard = Guard(unauthenticated_per_minute=60)
+    assert all(guard.allow_unauthenticated(IP, 0) for _ in range(60))
+    assert not guard.allow_unauthenticated(IP, 0)
+    assert not guard.allow_unauthenticated(IP, 0.5)
+    assert guard.allow_unauthenticated(IP, 1.5)  # one token per second comes back
+    assert guard.allow_unauthenticated("192.0.2.1", 0)  # per source
+
+
+def test_memory_is_bounded() -> None:
+    guard = Guard(max_sources=100, max_failures=1)
+    guard.record_failure(IP, 0)  # banned
+    for i in range(150):
+        guard.allow_unauthenticated(f"10.0.{i // 256}.{i % 256}", 0)
+        guard.is_banned(IP, 0)  # the attacker keeps knocking: its record stays fresh
+    assert len(guard) == 100
+    assert guard.is_banned(IP, 1)
+
+
+def test_sweep_forgets_idle_sources() -> None:
+    guard = Guard(max_failures=2, failure_window=60, ban_time=100)
+    guard.allow_unauthenticated("a", 0)
+    guard.record_failure("b", 0)
+    guard.record_failure("c", 0)
+    guard.record_failure("c", 1)  # banned until 101
+    assert guard.sweep(30) == 1  # "a": bucket full again; "b" failed recently; "c" banned
+    assert len(guard) == 2
+    assert guard.sweep(200) == 2
+    assert len(guard) == 0
