@@ -57,12 +57,17 @@ class AccountService:
         self._clock = clock
         self._cache: dict[str, Account] = {}
         self.linked: LinkedClients | None = None
+        # Called after any account change (status matters to SIP: a suspended account's
+        # phones are refused).
+        self.on_change: list[Callable[[], None]] = []
 
     async def load(self) -> None:
         self._cache = {a.sid: a for a in await self._store.all_accounts()}
 
     def _remember(self, account: Account) -> Account:
         self._cache[account.sid] = account
+        for callback in self.on_change:
+            callback()
         return account
 
     # -- bootstrap ---------------------------------------------------------------------------

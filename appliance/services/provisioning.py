@@ -112,6 +112,12 @@ class ProvisioningService:
         self._store = store
         self._clock = clock
         self._realm = realm
+        # Called after any change to a Client: the SIP directory drops its cache.
+        self.on_change: list[Callable[[], None]] = []
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
 
     # -- clients -----------------------------------------------------------------------------
 
@@ -167,6 +173,7 @@ class ProvisioningService:
         self._check_password(password, weak_as_json=True)
         client = self._new_client(account, login, password, fields)
         await self._store.insert_client(client)
+        self._changed()
         logger.info("- client %s (%s) created in %s", client.sid, login, account.sid)
         return client
 
@@ -223,12 +230,14 @@ class ProvisioningService:
             changes["push_client_identity"] = client.sid if enabled else None
         updated = dataclasses.replace(client, **changes, date_updated=self._clock())
         await self._store.update_client(updated)
+        self._changed()
         return updated
 
     async def delete_client(self, actor: Account, account: Account, sid: str) -> None:
         require(actor, Action.DELETE, "Clients")
         client = await self._owned_client(account, sid)
         await self._store.delete_client(client.sid)
+        self._changed()
 
     # LinkedClients: the SIP client Restcomm creates with each account (api-behaviour §8.1).
 
@@ -241,6 +250,7 @@ class ProvisioningService:
         client = self._new_client(account, login, password,
                                   {"friendly_name": account.friendly_name})
         await self._store.insert_client(client)
+        self._changed()
 
     async def sync_linked(self, account: Account, login: str, password: str | None) -> None:
         client = await self._store.get_client_by_login(login)
@@ -253,6 +263,7 @@ class ProvisioningService:
             changes["realm"] = realm
         await self._store.update_client(
             dataclasses.replace(client, **changes, date_updated=self._clock()))
+        self._changed()
 
     # -- applications ------------------------------------------------------------------------
 

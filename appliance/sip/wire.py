@@ -1,0 +1,48 @@
+"""The seam between the SIP transport and the SIP services (registrar, proxy).
+
+The transport turns datagrams and TCP streams into `Incoming` messages and hands them to a
+`MessageHandler`; services answer and forward through a `Sender`. Neither side sees sockets
+or the other's internals, so services are tested with a fake Sender and the transport with a
+fake handler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+from appliance.sip.message import Request, Response
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where to send: a transport, an address, and the TCP connection to reuse if any."""
+
+    transport: str  # "udp" or "tcp"
+    host: str
+    port: int
+    connection_id: str | None = None  # reuse this TCP connection (the phone's own) if open
+
+
+@dataclasses.dataclass(frozen=True)
+class Incoming:
+    """A parsed message and where it came from."""
+
+    message: Request | Response
+    transport: str  # "udp" or "tcp"
+    source: tuple[str, int]  # the packet's source address (after NAT)
+    local: tuple[str, int]  # our address it arrived on
+    connection_id: str | None = None  # the TCP connection it arrived on
+
+
+class Sender(Protocol):
+    def send(self, message: Request | Response, target: Target) -> None:
+        """Serialise and send MESSAGE; failures are logged by the transport, never raised."""
+
+
+class MessageHandler(Protocol):
+    async def handle(self, incoming: Incoming) -> None:
+        """Process one message that parsed and passed the transport's checks."""
+
+    def connection_closed(self, connection_id: str) -> None:
+        """A TCP connection went away (bindings tied to it are unreachable)."""
