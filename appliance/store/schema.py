@@ -260,6 +260,65 @@ CREATE TABLE sip_bindings (
 """)
 
 
+@migrations()
+def m003_sms_queue(db: Database) -> None:
+    # The durable SMS pipeline: outbound queue with per-part progress, the raw inbound PDUs
+    # (idempotency key), fragments awaiting reassembly, and pending SmsUrl requests.
+    _run_script(db, """
+CREATE TABLE sms_outbox (
+    sid TEXT PRIMARY KEY,
+    destination TEXT NOT NULL,
+    body TEXT NOT NULL,
+    ucs2 INTEGER NOT NULL,
+    status_report INTEGER NOT NULL,
+    concat_ref INTEGER NOT NULL,
+    x_headers TEXT NOT NULL,
+    state TEXT NOT NULL,
+    parts_total INTEGER NOT NULL DEFAULT 0,
+    parts_done INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL,
+    accepted_at TEXT NOT NULL
+);
+CREATE INDEX sms_outbox_due ON sms_outbox(state, next_attempt_at);
+CREATE TABLE sms_parts (
+    sms_sid TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    mr INTEGER,
+    recipient TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    status_code INTEGER,
+    sent_at TEXT NOT NULL,
+    PRIMARY KEY (sms_sid, part)
+);
+CREATE INDEX sms_parts_mr ON sms_parts(mr, sent_at);
+CREATE TABLE sms_inbox_pdus (
+    idx INTEGER NOT NULL,
+    pdu_sha TEXT NOT NULL,
+    pdu TEXT NOT NULL,
+    sms_sid TEXT,
+    note TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (idx, pdu_sha)
+);
+CREATE TABLE sms_fragments (
+    sender TEXT NOT NULL,
+    ref INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    PRIMARY KEY (sender, ref, total, seq)
+);
+CREATE TABLE sms_inbound_jobs (
+    sid TEXT PRIMARY KEY,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL
+);
+ALTER TABLE sms_messages ADD COLUMN x_headers TEXT;
+""")
+
+
 def apply(db: Database) -> list[str]:
     """Apply pending migrations; returns the names applied now."""
     pending = [m.name for m in migrations.pending(db)]

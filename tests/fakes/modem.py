@@ -6,10 +6,12 @@ it echoes until `ATE0`, frames replies with `\\r\\n`, sends the `> ` prompt of `
 line end and takes the PDU up to Ctrl-Z, keeps an SMS store (+CMTI / +CDSI indications), and
 answers the setup and status commands of the init sequence (modem.md §2.3).
 
-Fault injection (modem.md §4.2): `fail_next_send(500)`, `hang()` (answer nothing until the port
-is re-opened or the modem reboots), `reboot()` (unsolicited RDY; all volatile state reset, echo
-back on), a SIM PIN with an attempt counter, URCs interleaved inside the next response, and
-`unplug()`/`replug()` (the tty disappears and comes back under another name).
+Fault injection (modem.md §4.2): `fail_next_send(500)`; `hang()` (answer nothing until the
+port is re-opened or the modem reboots; a re-open shows as EIO on the master while no slave fd
+is open, so the port must stay closed for a moment, as it does across a USB re-enumeration);
+`reboot()` (unsolicited RDY; all volatile state reset, echo back on); a SIM PIN with an attempt
+counter; URCs interleaved inside the next response; `unplug()`/`replug()` (the tty disappears
+and comes back, possibly under another name).
 
 Test-side methods may be called from the event-loop thread; writes to the master are locked.
 """
@@ -78,6 +80,7 @@ class FakeModem:
         self.reopens = 0
         self.reboots = 0
         self._fail_next_send: int | None = None
+        self._fail_after = 0
         self._interleave: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -160,8 +163,10 @@ class FakeModem:
         self.sr_store[index] = Stored(0, pdu)
         self.emit(f'+CDSI: "SR",{index}')
 
-    def fail_next_send(self, code: int = 500) -> None:
+    def fail_next_send(self, code: int = 500, *, after: int = 0) -> None:
+        """Answer +CMS ERROR <code> to a send, after `after` more sends succeed."""
         self._fail_next_send = code
+        self._fail_after = after
 
     def hang(self) -> None:
         """Stop answering until the port is re-opened or the modem reboots (Huawei CMGL hang)."""
@@ -364,7 +369,9 @@ class FakeModem:
         self.emit("+CPIN: READY", "+QIND: SMS DONE")
 
     def _submit(self, pdu: str) -> None:
-        if self._fail_next_send is not None:
+        if self._fail_next_send is not None and self._fail_after > 0:
+            self._fail_after -= 1
+        elif self._fail_next_send is not None:
             code, self._fail_next_send = self._fail_next_send, None
             self._error("CMS", code)
             return

@@ -78,6 +78,7 @@ def test_pin_hang_and_reboot(fake: FakeModem) -> None:
         assert fake.pin_attempts == ["0000", "1234"]
         fake.hang()
         assert chat(port, "AT", timeout=0.2) == ""
+    time.sleep(0.1)  # the fake notices a re-open only if the port stays closed a moment
     with serial.Serial(fake.path, timeout=0.05) as port:  # re-open clears the hang
         assert "OK" in chat(port, "AT")
         fake.reboot()

@@ -1,0 +1,549 @@
+"""SMS through the GSM modem: the durable outbound queue, inbound store-and-forward, SmsUrl.
+
+Outbound (`send`): the SMS row and its queue entry are committed together before the API
+answers, so an accepted message survives a power cut. One sender task drains the queue part by
+part (each part marked in the store before it reaches the modem); statuses go queued ->
+sending -> sent | failed, then delivered | undelivered from status reports; StatusCallback is
+requested on each final status.
+
+Crash policy (what "never twice" costs): a part that was handed to the modem with no answer
+recorded is *in doubt* -- the modem may already have sent it. Such a message is not resent; it
+is marked failed with error 30008 and a message saying it may have been delivered, and a
+Notification is written. Messages still queued, or stopped between two parts, are sent (or
+continued) after the restart.
+
+Inbound (`on_sms_received`, the driver's callback): the raw PDU and what it produced are
+committed in one transaction before the driver deletes it from the modem; multipart messages
+are reassembled by (sender, reference, total), out of order and with duplicates tolerated;
+parts missing after FRAGMENT_TIMEOUT are released with an "[incomplete]" marker. Then the
+SmsUrl (or SmsApplicationSid's RcmlUrl) of the IncomingPhoneNumber matching the SIM's number
+is requested; SmsFallbackUrl on failure; an <Sms> in the reply is queued as outbound-reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from appliance.errors import Forbidden, InvalidInput, NotFound, Unavailable
+from appliance.gsm.alphabet import MAX_PARTS, Encoding, split_text
+from appliance.gsm.errors import (
+    CmeError,
+    CmsError,
+    CommandError,
+    ModemError,
+    ModemTimeout,
+    ModemUnavailable,
+    PduError,
+    SmsSendError,
+)
+from appliance.gsm.pdu import Concat as PduConcat
+from appliance.gsm.pdu import Deliver, SubmitPdu, decode_sms_pdu, encode_sms_submit
+from appliance.gsm.state import DeliveryReported, ModemEvent, ModemState
+from appliance.gsm.urc import UssdResponse
+from appliance.models import (
+    ADMIN_SID,
+    API_VERSION,
+    Account,
+    AccountSid,
+    SmsRecord,
+    SmsSid,
+    mint_sid,
+)
+from appliance.rcml.parse import RcmlError, parse_document
+from appliance.rcml.verbs import Redirect, Sms, Unsupported
+from appliance.services.access import Action, require
+from appliance.services.history import HistoryService
+from appliance.services.ports import StoreProtocol
+from appliance.store.sms import Callback, Fragment, OutboxItem, SmsStore
+from appliance.timefmt import from_storage, storage
+from appliance.webhooks import WebhookError, Webhooks
+
+logger = logging.getLogger(__name__)
+
+FRAGMENT_TIMEOUT = timedelta(hours=1)  # parts of one message may travel different SMSCs
+RETRY_DELAYS = (5, 15, 60, 300, 900)  # seconds between tries while the modem is away
+MAX_QUEUE_AGE = timedelta(days=2)  # an accepted message that could not go out by then fails
+TRANSIENT_CMS = {38, 41, 42, 47, 331, 332}  # network out of order/congestion/no service
+MAX_TRANSIENT_ATTEMPTS = 3
+MAX_RCML_DOCUMENTS = 10  # redirects and actions followed for one inbound SMS
+REPORT_WINDOW = timedelta(days=3)  # status reports match parts sent within this window
+MAX_BODY_CHARS = 1600
+_PHONE = re.compile(r"^\+?[0-9]{3,20}$")
+
+
+class ModemPort(Protocol):
+    """What messaging needs from the modem driver (gsm.modem.Modem)."""
+
+    @property
+    def state(self) -> ModemState: ...
+
+    async def send_sms(self, parts: Sequence[SubmitPdu], *, tag: str | None = None
+                       ) -> list[int]: ...
+
+    async def ussd(self, request: str) -> UssdResponse: ...
+
+
+class NumberLookup(Protocol):
+    async def find_number(self, phone_number: str) -> object | None: ...
+
+
+def _now_text(clock: Callable[[], datetime]) -> str:
+    return storage(clock())
+
+
+def _error_of(err: ModemError) -> tuple[int, str]:
+    """Twilio-style error code and a message a person can act on."""
+    cause = err.cause if isinstance(err, SmsSendError) else err
+    if isinstance(cause, CmsError):
+        return 30008, f"The modem refused the message: +CMS ERROR {cause.code}: {cause.text}"
+    if isinstance(cause, CmeError):
+        return 30008, f"The modem refused the message: +CME ERROR {cause.code}: {cause.text}"
+    return 30008, f"The modem failed to send the message: {cause}"
+
+
+class MessagingService:
+    def __init__(self, store: StoreProtocol, sms_store: SmsStore, history: HistoryService,
+                 webhooks: Webhooks, clock: Callable[[], datetime], sim_number: str) -> None:
+        self._store = store
+        self._sms = sms_store
+        self._history = history
+        self._webhooks = webhooks
+        self._clock = clock
+        self.sim_number = sim_number
+        self.modem: ModemPort | None = None
+        self._wake = asyncio.Event()
+        self._jobs_wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- API: send -----------------------------------------------------------------------------
+
+    async def send(self, actor: Account, account: Account, *, from_: str | None,
+                   to: str | None, body: str | None, encoding: str | None,
+                   status_callback: str | None, status_callback_method: str | None,
+                   x_headers: Mapping[str, str], direction: str = "outbound-api"
+                   ) -> SmsRecord:
+        require(actor, Action.CREATE, "SmsMessages")
+        if not from_:
+            raise InvalidInput("From can not be null.")
+        if not to:
+            raise InvalidInput("To can not be null.")
+        if body is None or body == "":
+            raise InvalidInput("Body can not be null.")
+        if len(from_) > 64:
+            raise InvalidInput("From is longer than 64 characters")
+        ucs2 = False
+        if encoding:
+            normalised = encoding.upper().replace("-", "_")
+            if normalised not in ("GSM", "UCS_2"):
+                raise InvalidInput(f"Encoding {encoding} is not GSM or UCS-2")
+            ucs2 = normalised == "UCS_2"
+        if to.startswith("client:"):
+            raise InvalidInput("To: delivering SMS to SIP clients is not available in this "
+                               "version; send to a phone number")
+        destination = re.sub(r"[\s\-.()]", "", to)
+        if not _PHONE.match(destination):
+            raise InvalidInput(f"To {to} is not a phone number")
+        self._check_body(body, ucs2)
+        if status_callback and not re.match(r"^https?://", status_callback):
+            raise InvalidInput("StatusCallback must be an http:// or https:// URL")
+        method = (status_callback_method or "POST").upper()
+        if method not in ("GET", "POST"):
+            raise InvalidInput("StatusCallbackMethod must be GET or POST")
+        return await self._enqueue(account.sid, from_, destination, body, ucs2,
+                                   Callback(status_callback, method) if status_callback else None,
+                                   dict(x_headers), direction)
+
+    @staticmethod
+    def _check_body(body: str, ucs2: bool) -> None:
+        if len(body) > MAX_BODY_CHARS:
+            raise InvalidInput(f"Body is longer than {MAX_BODY_CHARS} characters")
+        try:
+            split_text(body, Encoding.UCS2 if ucs2 else None)
+        except PduError:
+            raise InvalidInput(
+                f"Body is too long: at most {MAX_PARTS} parts (1530 GSM-7 characters, or 670 "
+                "characters when it needs UCS-2)") from None
+
+    async def _enqueue(self, account_sid: str, from_: str, destination: str, body: str,
+                       ucs2: bool, callback: Callback | None, x_headers: dict[str, str],
+                       direction: str) -> SmsRecord:
+        now = self._clock()
+        record = SmsRecord(
+            sid=SmsSid(mint_sid("SM")), account_sid=AccountSid(account_sid), from_=from_,
+            to=destination, body=body, status="queued", direction=direction, error_code=None,
+            error_message=None, price="0", price_unit="USD", api_version=API_VERSION,
+            date_sent=None, date_created=now, date_updated=now)
+        await self._sms.enqueue(record, body=body, ucs2=ucs2, status_report=True,
+                                concat_ref=secrets.randbelow(256), x_headers=x_headers,
+                                callback=callback, now=storage(now))
+        logger.info("- SMS %s queued for %s (%d characters)", record.sid, destination, len(body))
+        self._wake.set()
+        return record
+
+    # -- the sender ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for coro in (self._sender(), self._inbound_jobs(), self._fragment_sweeper()):
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def recover(self) -> None:
+        """After a restart: settle what a crash left mid-send (see the module docstring)."""
+        in_doubt, resumed = await self._sms.recover_after_restart()
+        for sid in in_doubt:
+            message = ("Interrupted while the modem was sending this message (power cut or "
+                       "crash); it may have been delivered. Not resent, to avoid a duplicate.")
+            await self._sms.fail(sid, 30008, message, _now_text(self._clock))
+            record = await self._store.get_sms(sid)
+            if record is not None:
+                await self._history.notify(record.account_sid, 30008,
+                                           f"SMS {sid}: {message}", warning=True)
+                await self._status_callback(sid)
+        for sid in resumed:
+            logger.info("- SMS %s resumes after a restart", sid)
+
+    def notify_modem_ready(self) -> None:
+        self._wake.set()
+
+    async def _sender(self) -> None:
+        while True:
+            try:
+                await self._drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one bad message must not stop the queue
+                logger.exception("x SMS sender")
+            next_due = await self._sms.next_due()
+            timeout = 60.0
+            if next_due is not None:
+                timeout = max(0.05, (from_storage(next_due) - self._clock()).total_seconds())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(timeout, 60.0)):
+                    await self._wake.wait()
+
+    async def _drain(self) -> None:
+        while True:
+            due = await self._sms.due(_now_text(self._clock))
+            if not due:
+                return
+            for item in due:
+                await self._send_one(item)
+
+    async def _send_one(self, item: OutboxItem) -> None:
+        modem = self.modem
+        now = self._clock()
+        if modem is None or modem.state.phase.value != "ready":
+            if now - from_storage(item.accepted_at) > MAX_QUEUE_AGE:
+                await self._fail(item, 30008, "The modem was unavailable for too long; the "
+                                              "message was not sent.")
+                return
+            delay = RETRY_DELAYS[min(item.attempts, len(RETRY_DELAYS) - 1)]
+            await self._sms.requeue(item.sid, storage(now + timedelta(seconds=delay)))
+            return
+        encoding, texts = split_text(item.body, Encoding.UCS2 if item.ucs2 else None)
+        total = len(texts)
+        for index in range(item.parts_done, total):
+            concat = PduConcat(item.concat_ref, total, index + 1) if total > 1 else None
+            part = encode_sms_submit(item.destination, texts[index], encoding=encoding,
+                                     concat=concat, status_report=item.status_report)
+            await self._sms.begin_part(item.sid, index, total, item.destination,
+                                       _now_text(self._clock))
+            try:
+                (mr,) = await modem.send_sms([part], tag=f"{item.sid}:{index}")
+            except (ModemUnavailable, SmsSendError, ModemError) as err:
+                await self._part_failed(item, index, err)
+                return
+            last = await self._sms.part_sent(item.sid, index, mr, _now_text(self._clock))
+            if last:
+                logger.info("> SMS %s sent in %d part(s)", item.sid, total)
+                await self._status_callback(item.sid)
+
+    async def _part_failed(self, item: OutboxItem, index: int, err: ModemError) -> None:
+        cause = err.cause if isinstance(err, SmsSendError) else err
+        now = self._clock()
+        if isinstance(cause, ModemUnavailable):
+            # Refused before any byte left: nothing was sent, try again later.
+            delay = RETRY_DELAYS[min(item.attempts, len(RETRY_DELAYS) - 1)]
+            await self._sms.requeue(item.sid, storage(now + timedelta(seconds=delay)))
+            return
+        if isinstance(cause, ModemTimeout):
+            message = (f"The modem did not answer while sending part {index + 1}; it may have "
+                       "been delivered. Not resent, to avoid a duplicate.")
+            await self._fail(item, 30008, message)
+            return
+        if isinstance(cause, CmsError) and cause.code in TRANSIENT_CMS \
+                and item.attempts < MAX_TRANSIENT_ATTEMPTS:
+            delay = RETRY_DELAYS[min(item.attempts, len(RETRY_DELAYS) - 1)]
+            await self._sms.requeue(item.sid, storage(now + timedelta(seconds=delay)))
+            return
+        if isinstance(cause, CmsError | CmeError | CommandError | PduError | ModemError):
+            code, message = _error_of(err)
+            if index > 0:
+                message += f" (part {index + 1} of the message; earlier parts went out)"
+            await self._fail(item, code, message)
+
+    async def _fail(self, item: OutboxItem, code: int, message: str) -> None:
+        await self._sms.fail(item.sid, code, message, _now_text(self._clock))
+        logger.warning("x SMS %s failed: %s", item.sid, message)
+        await self._history.notify(item.account_sid, code, f"SMS {item.sid}: {message}")
+        await self._status_callback(item.sid)
+
+    # -- delivery reports ------------------------------------------------------------------------
+
+    def on_modem_event(self, event: ModemEvent) -> None:
+        if isinstance(event, DeliveryReported):
+            task = asyncio.create_task(self._delivery(event))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif getattr(event, "state", None) is not None and \
+                event.state.phase.value == "ready":  # type: ignore[union-attr]
+            self._wake.set()
+
+    async def _delivery(self, event: DeliveryReported) -> None:
+        outcome = event.outcome.value
+        delivered = None if outcome == "pending" else outcome == "delivered"
+        now = self._clock()
+        digits = "".join(c for c in event.recipient if c.isdigit())
+        changed = await self._sms.delivery_report(event.mr, digits, delivered, event.status,
+                                                  storage(now - REPORT_WINDOW), storage(now))
+        if changed is not None:
+            sid, status = changed
+            logger.info("< SMS %s %s", sid, status)
+            await self._status_callback(sid)
+
+    async def _status_callback(self, sid: str) -> None:
+        callback = await self._sms.callback_of(sid)
+        record = await self._store.get_sms(sid)
+        if callback is None or record is None:
+            return
+        params = {"MessageSid": record.sid, "SmsSid": record.sid, "AccountSid": record.account_sid,
+                  "From": record.from_, "To": record.to, "Body": record.body,
+                  "MessageStatus": record.status, "SmsStatus": record.status,
+                  "ApiVersion": API_VERSION}
+        if record.error_code is not None:
+            params["ErrorCode"] = str(record.error_code)
+        try:
+            await self._webhooks.request(callback.url, callback.method, params)
+        except WebhookError as err:
+            await self._history.notify(record.account_sid, 11200,
+                                       f"SMS {sid} status callback failed: {err.message}",
+                                       warning=True, request_url=callback.url,
+                                       request_method=callback.method)
+
+    # -- inbound -------------------------------------------------------------------------------
+
+    async def on_sms_received(self, pdu: str, index: int | None) -> None:
+        """The driver's callback: returns only once the message is durably stored."""
+        now = self._clock()
+        sha = hashlib.sha256(pdu.upper().encode()).hexdigest()
+        account_sid, to = await self._owner()
+        try:
+            decoded = decode_sms_pdu(pdu)
+        except PduError as err:
+            decoded = None
+            note = f"undecodable: {err}"
+        else:
+            note = "ok"
+        if not isinstance(decoded, Deliver):
+            if decoded is not None:
+                note = f"unexpected {type(decoded).__name__}"
+            record = self._received(account_sid, "unknown", to, "[undecodable message]", now)
+            result = await self._sms.store_inbound(index=index if index is not None else -1,
+                                                   pdu=pdu, pdu_sha=sha, note=note,
+                                                   record=record, fragment=None,
+                                                   now=storage(now))
+            if not result.duplicate:
+                await self._history.notify(account_sid, 30008,
+                                           f"Received an SMS that could not be decoded ({note}); "
+                                           f"the raw PDU is kept (SMS {record.sid})",
+                                           warning=True)
+            return
+        text = decoded.text if decoded.text is not None else "[binary message]"
+        record = self._received(account_sid, decoded.sender, to, text, now)
+        fragment = None
+        concat = decoded.concat
+        if concat is not None and concat.total > 1:
+            fragment = Fragment(decoded.sender, concat.reference, concat.total, concat.seq, text)
+        result = await self._sms.store_inbound(index=index if index is not None else -1,
+                                               pdu=pdu, pdu_sha=sha, note=note, record=record,
+                                               fragment=fragment, now=storage(now))
+        if result.message is not None:
+            logger.info("< SMS %s from %s (%d characters)", result.message.sid,
+                        result.message.from_, len(result.message.body))
+            self._jobs_wake.set()
+
+    def _received(self, account_sid: str, sender: str, to: str, body: str, now: datetime
+                  ) -> SmsRecord:
+        return SmsRecord(
+            sid=SmsSid(mint_sid("SM")), account_sid=AccountSid(account_sid), from_=sender, to=to,
+            body=body, status="received", direction="inbound", error_code=None,
+            error_message=None, price="0", price_unit="USD", api_version=API_VERSION,
+            date_sent=now, date_created=now, date_updated=now)
+
+    async def _owner(self) -> tuple[str, str]:
+        """The account that owns the SIM's number (the admin when no number is provisioned)."""
+        if self.sim_number:
+            number = await self._store.find_number(self.sim_number)
+            if number is not None:
+                return number.account_sid, self.sim_number
+        return ADMIN_SID, self.sim_number or "unknown"
+
+    async def _fragment_sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            try:
+                await self.release_stale_fragments()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                logger.exception("x fragment sweep")
+
+    async def release_stale_fragments(self, age: timedelta = FRAGMENT_TIMEOUT) -> int:
+        now = self._clock()
+        groups = await self._sms.stale_fragment_groups(storage(now - age))
+        account_sid, to = await self._owner()
+        for group in groups:
+            have = {f.seq: f.text for f in group}
+            text = "".join(have.get(seq, "") for seq in range(1, group[0].total + 1))
+            body = f"{text} [incomplete: {len(have)} of {group[0].total} parts]"
+            record = self._received(account_sid, group[0].sender, to, body, now)
+            await self._sms.release_fragments(group, record, storage(now))
+            logger.warning("x SMS %s from %s released incomplete", record.sid, record.from_)
+        if groups:
+            self._jobs_wake.set()
+        return len(groups)
+
+    async def _inbound_jobs(self) -> None:
+        while True:
+            try:
+                for sid, _attempts in await self._sms.due_inbound_jobs(_now_text(self._clock)):
+                    await self._deliver_inbound(sid)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a broken app must not stop inbound delivery
+                logger.exception("x inbound SMS delivery")
+            self._jobs_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30):
+                    await self._jobs_wake.wait()
+
+    async def _deliver_inbound(self, sid: str) -> None:
+        record = await self._store.get_sms(sid)
+        if record is None:
+            await self._sms.finish_inbound_job(sid)
+            return
+        number = await self._store.find_number(record.to) if record.to else None
+        url, method, fallback, fallback_method = None, "POST", None, "POST"
+        if number is not None:
+            if number.sms_application_sid:
+                app = await self._store.get_application(number.sms_application_sid)
+                if app is not None and app.rcml_url:
+                    url, method = app.rcml_url, "POST"
+            if url is None:
+                url, method = number.sms_url, number.sms_method
+            fallback, fallback_method = number.sms_fallback_url, number.sms_fallback_method
+        if not url:
+            await self._sms.finish_inbound_job(sid)
+            return
+        params = {"SmsSid": record.sid, "AccountSid": record.account_sid, "From": record.from_,
+                  "To": record.to, "Body": record.body}
+        await self._run_sms_app(record, url, method, fallback, fallback_method, params)
+        await self._sms.finish_inbound_job(sid)
+
+    async def _run_sms_app(self, record: SmsRecord, url: str, method: str,
+                           fallback: str | None, fallback_method: str,
+                           params: dict[str, str]) -> None:
+        fetched = 0
+        target: tuple[str, str] | None = (url, method)
+        first = True
+        while target is not None and fetched < MAX_RCML_DOCUMENTS:
+            fetched += 1
+            doc_url, doc_method = target
+            target = None
+            try:
+                response = await self._webhooks.request(doc_url, doc_method, params)
+                verbs = parse_document(response.body) if response.body.strip() else []
+            except (WebhookError, RcmlError) as err:
+                code = err.code if isinstance(err, RcmlError) else 11200
+                await self._history.notify(record.account_sid, code,
+                                           f"SMS {record.sid}: {err.message}",
+                                           request_url=doc_url, request_method=doc_method)
+                if first and fallback:
+                    first = False
+                    target = (fallback, fallback_method)
+                continue
+            first = False
+            for verb in verbs:
+                if isinstance(verb, Sms):
+                    if not verb.text:
+                        await self._history.notify(record.account_sid, 14103,
+                                                   f"SMS {record.sid}: <Sms> without a body")
+                        return
+                    to = verb.to or record.from_
+                    try:
+                        reply = await self._enqueue(
+                            record.account_sid, verb.from_ or record.to, to, verb.text,
+                            False, Callback(verb.status_callback, "POST")
+                            if verb.status_callback else None, {}, "outbound-reply")
+                    except InvalidInput as err:
+                        await self._history.notify(record.account_sid, 14101,
+                                                   f"SMS {record.sid}: <Sms> {err.message}")
+                        continue
+                    if verb.action:
+                        params = {**params, "SmsSid": reply.sid, "SmsStatus": "sending"}
+                        target = (verb.action, verb.method)
+                        break
+                elif isinstance(verb, Redirect):
+                    target = (verb.url, verb.method)
+                    break
+                elif isinstance(verb, Unsupported):
+                    await self._history.notify(record.account_sid, 12200,
+                                               f"SMS {record.sid}: <{verb.name}> is not "
+                                               "allowed in an SMS application", warning=True)
+        if target is not None:
+            await self._history.notify(record.account_sid, 12300,
+                                       f"SMS {record.sid}: more than {MAX_RCML_DOCUMENTS} "
+                                       "documents (redirect loop?)")
+
+    # -- USSD and state ------------------------------------------------------------------------
+
+    async def ussd(self, actor: Account, request: str | None) -> UssdResponse:
+        require(actor, Action.CREATE, "UssdPush")
+        if not request:
+            raise InvalidInput("To can not be null.")
+        if not re.fullmatch(r"[0-9*#+]{1,40}", request):
+            raise InvalidInput("To must be a USSD code like *100#")
+        if self.modem is None:
+            raise Unavailable("No modem is configured ([modem] device).")
+        try:
+            return await self.modem.ussd(request)
+        except ModemError as err:
+            raise Unavailable(f"USSD failed: {err}") from err
+
+    def modem_state(self, actor: Account) -> ModemState | None:
+        if actor.parent_sid is not None:
+            raise Forbidden("Only the top-level administrator account may read the modem state")
+        return self.modem.state if self.modem is not None else None
+
+    async def get_outbound(self, sid: str) -> SmsRecord:
+        record = await self._store.get_sms(sid)
+        if record is None:
+            raise NotFound(f"The message {sid} was not found")
+        return record

@@ -1,0 +1,383 @@
+"""The durable SMS pipeline's tables: one transaction per step, so a power cut loses nothing.
+
+Outbound: `enqueue` writes the SMS row and its queue entry together; each part is marked
+`submitting` *before* it goes to the modem and `sent` after, so a restart knows exactly which
+parts are in doubt (handed to the modem, no answer recorded) and never sends those twice.
+Inbound: the raw PDU, keyed on (storage index, PDU hash), is committed together with what it
+produced (an SMS row, or a fragment awaiting its siblings), so re-reading it after a crash
+that came before the modem-side delete is recognised and creates nothing twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from typing import Any
+
+from appliance import models
+from appliance.store import rows
+from appliance.store.db import Store
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxItem:
+    sid: str
+    account_sid: str
+    from_: str
+    destination: str
+    body: str
+    ucs2: bool
+    status_report: bool
+    concat_ref: int
+    x_headers: dict[str, str]
+    parts_total: int
+    parts_done: int
+    attempts: int
+    accepted_at: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Fragment:
+    sender: str
+    reference: int
+    total: int
+    seq: int
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class InboundResult:
+    """What storing one received PDU produced."""
+
+    duplicate: bool = False  # this PDU at this index was already stored
+    message: models.SmsRecord | None = None  # a complete message (single, or the last part)
+
+
+@dataclasses.dataclass(frozen=True)
+class Callback:
+    url: str
+    method: str
+
+
+class SmsStore:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def _conn(self) -> sqlite3.Connection:
+        return self._store._conn()  # noqa: SLF001 - same package: runs on the store thread
+
+    def _atomic(self) -> Any:
+        return self._store._database().atomic()  # noqa: SLF001
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await self._store._run(fn, *args)  # noqa: SLF001
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    async def enqueue(self, record: models.SmsRecord, *, body: str, ucs2: bool,
+                      status_report: bool, concat_ref: int, x_headers: dict[str, str],
+                      callback: Callback | None, now: str) -> None:
+        def run() -> None:
+            values = rows.sms_values(record)
+            values["x_headers"] = json.dumps(x_headers) if x_headers else None
+            if callback is not None:
+                values["status_callback"] = callback.url
+                values["status_callback_method"] = callback.method
+            conn = self._conn()
+            with self._atomic():
+                columns = ", ".join(f'"{c}"' for c in values)
+                marks = ", ".join("?" for _ in values)
+                conn.execute(f"INSERT INTO sms_messages ({columns}) VALUES ({marks})",
+                             tuple(values.values()))
+                conn.execute(
+                    "INSERT INTO sms_outbox (sid, destination, body, ucs2, status_report, "
+                    "concat_ref, x_headers, state, next_attempt_at, accepted_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    (record.sid, record.to, body, int(ucs2), int(status_report), concat_ref,
+                     json.dumps(x_headers), now, now))
+        await self._run(run)
+
+    async def due(self, now: str, limit: int = 20) -> list[OutboxItem]:
+        def run() -> list[OutboxItem]:
+            cur = self._conn().execute(
+                "SELECT o.*, m.account_sid, m.\"from\" FROM sms_outbox o "
+                "JOIN sms_messages m ON m.sid = o.sid "
+                "WHERE o.state = 'queued' AND o.next_attempt_at <= ? "
+                "ORDER BY o.accepted_at LIMIT ?", (now, limit))
+            names = [d[0] for d in cur.description]
+            return [_outbox_item(dict(zip(names, r, strict=True))) for r in cur.fetchall()]
+        result: list[OutboxItem] = await self._run(run)
+        return result
+
+    async def next_due(self) -> str | None:
+        def run() -> str | None:
+            row = self._conn().execute("SELECT MIN(next_attempt_at) FROM sms_outbox "
+                                       "WHERE state = 'queued'").fetchone()
+            return row[0] if row and row[0] else None
+        result: str | None = await self._run(run)
+        return result
+
+    async def queued_count(self) -> int:
+        def run() -> int:
+            return int(self._conn().execute(
+                "SELECT COUNT(*) FROM sms_outbox WHERE state != 'done'").fetchone()[0])
+        result: int = await self._run(run)
+        return result
+
+    async def begin_part(self, sid: str, part: int, total: int, recipient: str,
+                         now: str) -> None:
+        """Mark PART as handed to the modem, before the bytes go out."""
+        def run() -> None:
+            conn = self._conn()
+            with self._atomic():
+                conn.execute("UPDATE sms_outbox SET state = 'submitting', parts_total = ?, "
+                             "attempts = attempts + 1 WHERE sid = ?", (total, sid))
+                conn.execute("INSERT OR REPLACE INTO sms_parts (sms_sid, part, mr, recipient, "
+                             "outcome, sent_at) VALUES (?, ?, NULL, ?, 'submitting', ?)",
+                             (sid, part, recipient, now))
+                conn.execute("UPDATE sms_messages SET status = 'sending', date_updated = ? "
+                             "WHERE sid = ? AND status = 'queued'", (now, sid))
+        await self._run(run)
+
+    async def part_sent(self, sid: str, part: int, mr: int, now: str) -> bool:
+        """Record PART's message reference; True when it was the last part (message sent)."""
+        def run() -> bool:
+            conn = self._conn()
+            with self._atomic():
+                conn.execute("UPDATE sms_parts SET outcome = 'sent', mr = ?, sent_at = ? "
+                             "WHERE sms_sid = ? AND part = ?", (mr, now, sid, part))
+                conn.execute("UPDATE sms_outbox SET parts_done = parts_done + 1 WHERE sid = ?",
+                             (sid,))
+                done, total = conn.execute("SELECT parts_done, parts_total FROM sms_outbox "
+                                           "WHERE sid = ?", (sid,)).fetchone()
+                if done < total:
+                    return False
+                conn.execute("UPDATE sms_outbox SET state = 'done' WHERE sid = ?", (sid,))
+                conn.execute("UPDATE sms_messages SET status = 'sent', date_sent = ?, "
+                             "date_updated = ? WHERE sid = ?", (now, now, sid))
+                return True
+        result: bool = await self._run(run)
+        return result
+
+    async def requeue(self, sid: str, next_attempt_at: str) -> None:
+        """Back to the queue (the modem was not there); parts already sent stay sent."""
+        def run() -> None:
+            with self._atomic():
+                self._conn().execute(
+                    "UPDATE sms_outbox SET state = 'queued', next_attempt_at = ? WHERE sid = ?",
+                    (next_attempt_at, sid))
+                self._conn().execute("DELETE FROM sms_parts WHERE sms_sid = ? "
+                                     "AND outcome = 'submitting'", (sid,))
+        await self._run(run)
+
+    async def fail(self, sid: str, error_code: int, message: str, now: str) -> None:
+        def run() -> None:
+            conn = self._conn()
+            with self._atomic():
+                conn.execute("UPDATE sms_outbox SET state = 'done' WHERE sid = ?", (sid,))
+                conn.execute("UPDATE sms_parts SET outcome = 'failed' WHERE sms_sid = ? "
+                             "AND outcome = 'submitting'", (sid,))
+                conn.execute("UPDATE sms_messages SET status = 'failed', error_code = ?, "
+                             "error_message = ?, date_updated = ? WHERE sid = ?",
+                             (error_code, message, now, sid))
+        await self._run(run)
+
+    async def recover_after_restart(self) -> tuple[list[str], list[str]]:
+        """Sort out what a crash left mid-send.
+
+        Returns (in_doubt, resumed): messages with a part handed to the modem but no answer
+        recorded (never resent: the modem may have sent it), and messages stopped between two
+        parts (back in the queue, to continue with the next part).
+        """
+        def run() -> tuple[list[str], list[str]]:
+            conn = self._conn()
+            in_doubt: list[str] = []
+            resumed: list[str] = []
+            with self._atomic():
+                for (sid,) in conn.execute("SELECT sid FROM sms_outbox "
+                                           "WHERE state = 'submitting'").fetchall():
+                    doubtful = conn.execute("SELECT COUNT(*) FROM sms_parts WHERE sms_sid = ? "
+                                            "AND outcome = 'submitting'", (sid,)).fetchone()[0]
+                    if doubtful:
+                        in_doubt.append(sid)
+                    else:
+                        conn.execute("UPDATE sms_outbox SET state = 'queued' WHERE sid = ?",
+                                     (sid,))
+                        resumed.append(sid)
+            return in_doubt, resumed
+        result: tuple[list[str], list[str]] = await self._run(run)
+        return result
+
+    async def callback_of(self, sid: str) -> Callback | None:
+        def run() -> Callback | None:
+            row = self._conn().execute("SELECT status_callback, status_callback_method FROM "
+                                       "sms_messages WHERE sid = ?", (sid,)).fetchone()
+            if not row or not row[0]:
+                return None
+            return Callback(row[0], row[1] or "POST")
+        result: Callback | None = await self._run(run)
+        return result
+
+    async def delivery_report(self, mr: int, recipient_digits: str, delivered: bool | None,
+                              status_code: int, since: str, now: str) -> tuple[str, str] | None:
+        """Apply a status report to the newest matching part sent after SINCE.
+
+        DELIVERED None = still pending (recorded, no status change). Returns (sid, status) when
+        the message's status changed to delivered or undelivered.
+        """
+        def run() -> tuple[str, str] | None:
+            conn = self._conn()
+            with self._atomic():
+                candidates = conn.execute(
+                    "SELECT sms_sid, part, recipient FROM sms_parts WHERE mr = ? AND sent_at >= ? "
+                    "AND outcome IN ('sent', 'pending') ORDER BY sent_at DESC",
+                    (mr, since)).fetchall()
+                match = next((c for c in candidates
+                              if _digits(c[2]).endswith(recipient_digits[-7:])), None)
+                if match is None:
+                    return None
+                sid, part, _ = match
+                outcome = "pending" if delivered is None else (
+                    "delivered" if delivered else "undelivered")
+                conn.execute("UPDATE sms_parts SET outcome = ?, status_code = ? "
+                             "WHERE sms_sid = ? AND part = ?", (outcome, status_code, sid, part))
+                outcomes = [r[0] for r in conn.execute(
+                    "SELECT outcome FROM sms_parts WHERE sms_sid = ?", (sid,)).fetchall()]
+                total = conn.execute("SELECT parts_total FROM sms_outbox WHERE sid = ?",
+                                     (sid,)).fetchone()[0]
+                if "undelivered" in outcomes:
+                    status = "undelivered"
+                elif len(outcomes) == total and all(o == "delivered" for o in outcomes):
+                    status = "delivered"
+                else:
+                    return None
+                changed = conn.execute(
+                    "UPDATE sms_messages SET status = ?, date_updated = ? WHERE sid = ? "
+                    "AND status != ?", (status, now, sid, status)).rowcount
+                return (sid, status) if changed else None
+        result: tuple[str, str] | None = await self._run(run)
+        return result
+
+    # -- inbound -----------------------------------------------------------------------------
+
+    async def store_inbound(self, *, index: int, pdu: str, pdu_sha: str, note: str,
+                            record: models.SmsRecord | None, fragment: Fragment | None,
+                            now: str) -> InboundResult:
+        """Commit one received PDU and what it produced, or recognise it as already stored.
+
+        RECORD is a complete message (single part or undecodable); FRAGMENT a part of a
+        concatenated one, with RECORD as the template for the message its parts make.
+        """
+        def run() -> InboundResult:
+            conn = self._conn()
+            with self._atomic():
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO sms_inbox_pdus (idx, pdu_sha, pdu, note, received_at) "
+                    "VALUES (?, ?, ?, ?, ?)", (index, pdu_sha, pdu, note, now))
+                if cur.rowcount == 0:
+                    return InboundResult(duplicate=True)
+                message: models.SmsRecord | None = None
+                if fragment is None:
+                    message = record
+                else:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO sms_fragments (sender, ref, total, seq, text, "
+                        "first_seen) VALUES (?, ?, ?, ?, ?, ?)",
+                        (fragment.sender, fragment.reference, fragment.total, fragment.seq,
+                         fragment.text, now))
+                    parts = conn.execute(
+                        "SELECT seq, text FROM sms_fragments WHERE sender = ? AND ref = ? "
+                        "AND total = ? ORDER BY seq",
+                        (fragment.sender, fragment.reference, fragment.total)).fetchall()
+                    if len(parts) == fragment.total and record is not None:
+                        message = dataclasses.replace(record, body="".join(p[1] for p in parts))
+                        conn.execute("DELETE FROM sms_fragments WHERE sender = ? AND ref = ? "
+                                     "AND total = ?",
+                                     (fragment.sender, fragment.reference, fragment.total))
+                if message is not None:
+                    self._insert_received(conn, message, now)
+                    conn.execute("UPDATE sms_inbox_pdus SET sms_sid = ? WHERE idx = ? "
+                                 "AND pdu_sha = ?", (message.sid, index, pdu_sha))
+                return InboundResult(message=message)
+        result: InboundResult = await self._run(run)
+        return result
+
+    @staticmethod
+    def _insert_received(conn: sqlite3.Connection, message: models.SmsRecord, now: str) -> None:
+        values = rows.sms_values(message)
+        columns = ", ".join(f'"{c}"' for c in values)
+        marks = ", ".join("?" for _ in values)
+        conn.execute(f"INSERT INTO sms_messages ({columns}) VALUES ({marks})",
+                     tuple(values.values()))
+        conn.execute("INSERT OR IGNORE INTO sms_inbound_jobs (sid, next_attempt_at) "
+                     "VALUES (?, ?)", (message.sid, now))
+
+    async def stale_fragment_groups(self, older_than: str) -> list[list[Fragment]]:
+        def run() -> list[list[Fragment]]:
+            groups = self._conn().execute(
+                "SELECT sender, ref, total FROM sms_fragments GROUP BY sender, ref, total "
+                "HAVING MIN(first_seen) < ?", (older_than,)).fetchall()
+            result = []
+            for sender, ref, total in groups:
+                parts = self._conn().execute(
+                    "SELECT seq, text FROM sms_fragments WHERE sender = ? AND ref = ? AND "
+                    "total = ? ORDER BY seq", (sender, ref, total)).fetchall()
+                result.append([Fragment(sender, ref, total, seq, text) for seq, text in parts])
+            return result
+        result: list[list[Fragment]] = await self._run(run)
+        return result
+
+    async def release_fragments(self, group: list[Fragment], message: models.SmsRecord,
+                                now: str) -> None:
+        """Store an incomplete message made of GROUP and forget the fragments."""
+        def run() -> None:
+            conn = self._conn()
+            first = group[0]
+            with self._atomic():
+                conn.execute("DELETE FROM sms_fragments WHERE sender = ? AND ref = ? AND "
+                             "total = ?", (first.sender, first.reference, first.total))
+                self._insert_received(conn, message, now)
+        await self._run(run)
+
+    async def due_inbound_jobs(self, now: str, limit: int = 20) -> list[tuple[str, int]]:
+        def run() -> list[tuple[str, int]]:
+            return [(r[0], int(r[1])) for r in self._conn().execute(
+                "SELECT sid, attempts FROM sms_inbound_jobs WHERE next_attempt_at <= ? "
+                "ORDER BY next_attempt_at LIMIT ?", (now, limit)).fetchall()]
+        result: list[tuple[str, int]] = await self._run(run)
+        return result
+
+    async def finish_inbound_job(self, sid: str) -> None:
+        def run() -> None:
+            with self._atomic():
+                self._conn().execute("DELETE FROM sms_inbound_jobs WHERE sid = ?", (sid,))
+        await self._run(run)
+
+    async def retry_inbound_job(self, sid: str, next_attempt_at: str) -> None:
+        def run() -> None:
+            with self._atomic():
+                self._conn().execute("UPDATE sms_inbound_jobs SET attempts = attempts + 1, "
+                                     "next_attempt_at = ? WHERE sid = ?", (next_attempt_at, sid))
+        await self._run(run)
+
+    async def x_headers_of(self, sid: str) -> dict[str, str]:
+        def run() -> dict[str, str]:
+            row = self._conn().execute("SELECT x_headers FROM sms_messages WHERE sid = ?",
+                                       (sid,)).fetchone()
+            return json.loads(row[0]) if row and row[0] else {}
+        result: dict[str, str] = await self._run(run)
+        return result
+
+
+def _digits(number: str) -> str:
+    return "".join(c for c in number if c.isdigit())
+
+
+def _outbox_item(r: dict[str, Any]) -> OutboxItem:
+    return OutboxItem(
+        sid=r["sid"], account_sid=r["account_sid"], from_=r["from"], destination=r["destination"],
+        body=r["body"], ucs2=bool(r["ucs2"]), status_report=bool(r["status_report"]),
+        concat_ref=int(r["concat_ref"]), x_headers=json.loads(r["x_headers"] or "{}"),
+        parts_total=int(r["parts_total"]), parts_done=int(r["parts_done"]),
+        attempts=int(r["attempts"]), accepted_at=r["accepted_at"])
