@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -23,17 +24,30 @@ from appliance.api.app import make_app
 from appliance.api.context import ApiServices
 from appliance.config import Config
 from appliance.errors import ApplianceError
+from appliance.gsm.modem import Modem
+from appliance.gsm.state import ModemSettings
 from appliance.platform import systemd, tls
 from appliance.platform.gpio import Indicators, SystemState, open_indicators
 from appliance.services.accounts import AccountService
 from appliance.services.history import HistoryService
+from appliance.services.messaging import MessagingService
 from appliance.services.provisioning import ProvisioningService
+from appliance.services.telephony import SipDirectory
+from appliance.sip.bindings import Location
+from appliance.sip.frontdoor import FrontDoor
+from appliance.sip.guard import Guard
+from appliance.sip.registrar import Registrar
+from appliance.sip.transport import Transport
 from appliance.store.backup import backup
 from appliance.store.db import Store
+from appliance.store.sms import SmsStore
+from appliance.webhooks import Webhooks
 
 logger = logging.getLogger(__name__)
 
 REALM_SETTING = "sip_realm"
+# The HMAC key of SIP digest nonces, kept so that nonces phones hold survive a restart.
+NONCE_SECRET_SETTING = "sip_nonce_secret"
 
 
 def utc_now() -> datetime:
@@ -94,9 +108,63 @@ class Appliance:
         self.provisioning = ProvisioningService(self.store, clock, lambda: self.realm)
         self.accounts.linked = self.provisioning
         self.history = HistoryService(self.store, clock, self.accounts.scope_sids)
+        self.webhooks = Webhooks()
+        self.messaging = MessagingService(self.store, SmsStore(self.store), self.history,
+                                          self.webhooks, clock, config.modem.number)
+        self.modem: Modem | None = None
+        if config.modem.device:
+            self.modem = Modem(ModemSettings(path=config.modem.device,
+                                             pin=config.modem.pin or None),
+                               on_sms_received=self.messaging.on_sms_received,
+                               on_event=self.messaging.on_modem_event)
+            self.messaging.modem = self.modem
         self.started_at = time.monotonic()
         self._runner: web.AppRunner | None = None
         self.api_address: tuple[str, int] | None = None
+        self._build_sip()
+
+    def _build_sip(self) -> None:
+        """The SIP front door: directory, location table, guard, registrar, dispatcher and
+        the UDP+TCP transport. ``frontdoor.proxy`` stays None until a proxy is plugged in."""
+        sip = self.config.sip
+        self.sip_directory = SipDirectory(self.store)
+        self.provisioning.on_change.append(self.sip_directory.invalidate)
+        self.accounts.on_change.append(self.sip_directory.invalidate)
+        self.location = Location(min_expires=sip.min_expires, max_expires=sip.max_expires,
+                                 max_contacts=sip.max_contacts)
+        self.guard = Guard(max_failures=sip.max_auth_failures, ban_time=sip.ban_seconds,
+                           unauthenticated_per_minute=sip.unauthenticated_per_minute)
+        self.registrar = Registrar(directory=self.sip_directory, location=self.location,
+                                   guard=self.guard, store=self.store, clock=self.wall_clock,
+                                   realm=lambda: self.realm)
+        self.frontdoor = FrontDoor(registrar=self.registrar, guard=self.guard,
+                                   clock=self.wall_clock)
+        wildcard = sip.listen.host in ("0.0.0.0", "::")
+        self.transport = Transport(
+            self.frontdoor, sip.listen.host, sip.listen.port,
+            advertised=primary_address() if wildcard else sip.listen.host,
+            is_blocked=lambda ip: self.guard.is_banned(ip, self.wall_clock()))
+        if sip.domain:
+            self.transport.local_hosts.add(sip.domain.lower())
+        self.frontdoor.sender = self.transport
+        self.sip_error: str | None = "not started"
+
+    def wall_clock(self) -> float:
+        """Seconds since the epoch from the appliance clock (SIP expiry, nonces, bans)."""
+        return self.clock().timestamp()
+
+    async def _start_sip(self) -> None:
+        secret = await self.store.set_setting_if_absent(NONCE_SECRET_SETTING,
+                                                        secrets.token_hex(32))
+        await self.registrar.start(nonce_secret=bytes.fromhex(secret))
+        try:
+            await self.transport.start()
+        except OSError as err:
+            # The API stays up so the configuration can be fixed; /health reports SIP down.
+            self.sip_error = f"cannot listen on {self.config.sip.listen}: {err.strerror or err}"
+            logger.error("x sip %s", self.sip_error)
+            return
+        self.sip_error = None
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -110,10 +178,18 @@ class Appliance:
         await self.accounts.bootstrap_admin(self.config.admin.email, self.config.admin.password,
                                             self.config.data_dir)
         await self.accounts.load()
+        await self._start_sip()
+        await self.webhooks.start()
+        await self.messaging.recover()
+        self.messaging.start()
+        if self.modem is not None:
+            await self.modem.__aenter__()
         services = ApiServices(accounts=self.accounts, provisioning=self.provisioning,
                                history=self.history, health=self.health,
                                public_base=self._public_base(),
-                               max_body=self.config.api.max_body_bytes)
+                               max_body=self.config.api.max_body_bytes,
+                               sip_directory=self.sip_directory,
+                               messaging=self.messaging)
         app = make_app(services)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -156,29 +232,76 @@ class Appliance:
             components["store_error"] = str(err) or type(err).__name__
         components["store"] = "up" if store_ok else "down"
         components["api"] = "up"
-        components["sip"] = "not built in this version"
-        components["modem"] = ("not configured" if not self.config.modem.device
-                               else "configured, driver not built in this version")
+        components["sip"] = "up" if self.sip_error is None else f"down: {self.sip_error}"
+        components["sip_registered_phones"] = self.sip_directory.registered_count()
+        healthy = store_ok and self.sip_error is None
+        if self.modem is None:
+            components["modem"] = "not configured"
+        else:
+            state = self.modem.state
+            components["modem"] = {
+                "phase": state.phase.value,
+                "sim": state.sim.value if state.sim else None,
+                "operator": state.operator,
+                "registration": state.registration.name.lower()
+                if state.registration is not None else None,
+                "signal_rssi": state.signal.rssi if state.signal else None,
+                "signal_dbm": state.signal.dbm if state.signal else None,
+                "last_error": state.last_error,
+            }
+            healthy = healthy and state.phase.value == "ready"
+        components["sms_queue"] = await self.messaging.queue_depth()
         components["media"] = "not built in this version"
         components["uptime_seconds"] = int(time.monotonic() - self.started_at)
         components["version"] = __version__
-        return store_ok, components
+        return healthy, components
 
     def status_line(self) -> str:
         """One line for systemd's STATUS=: what is up and where."""
-        modem = "no modem" if not self.config.modem.device else "modem driver not built"
-        return f"API on {self.config.api.listen}; SIP not built; {modem}"
+        modem = "no modem"
+        if self.modem is not None:
+            state = self.modem.state
+            modem = f"modem {state.phase.value}"
+            if state.signal is not None and state.signal.dbm is not None:
+                modem += f", signal {state.signal.dbm} dBm"
+            if state.operator:
+                modem += f" on {state.operator}"
+        if self.sip_error is None:
+            sip = (f"SIP on {self.config.sip.listen}, "
+                   f"{self.sip_directory.registered_count()} phones registered")
+        else:
+            sip = f"SIP down ({self.sip_error})"
+        return f"API on {self.config.api.listen}; {sip}; {modem}"
+
+    async def wait_modem(self, seconds: float) -> None:
+        """Give a configured modem up to SECONDS to become ready (READY=1 waits for it)."""
+        if self.modem is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.modem.wait_for(lambda st: st.phase.value == "ready")
 
     async def stop(self) -> None:
+        if self.modem is not None:
+            await self.modem.__aexit__(None, None, None)
+        await self.messaging.stop()
+        await self.webhooks.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        # SIP before the store: the transport stops taking messages, the registrar finishes
+        # its binding writes, then the database closes.
+        await self.transport.stop()
+        self.frontdoor.close()
+        await self.registrar.stop()
+        self.sip_error = "stopped"
         await self.store.close()
         self.lock.release()
         logger.info("- appliance stopped")
 
 
 STATUS_INTERVAL = 15.0
+MODEM_READY_WAIT = 30.0  # READY=1 waits this long for a configured modem, then goes ahead
 
 
 def factory_reset(data_dir: Path) -> Path | None:
@@ -229,6 +352,7 @@ async def serve(config: Config) -> None:
             appliance = Appliance(config)
             try:
                 await appliance.start()
+                await appliance.wait_modem(MODEM_READY_WAIT)
                 systemd.ready(appliance.status_line())
                 watchdog = systemd.Watchdog([appliance.store.ping])
                 async with asyncio.TaskGroup() as tasks:

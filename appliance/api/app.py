@@ -17,7 +17,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from appliance.api import accounts, applications, clients, numbers, records, system
+from appliance.api import accounts, applications, clients, messages, numbers, records, system
+from appliance.api.cache import RESPONSE_CACHE, ResponseCache
 from appliance.api.context import SERVICES, ApiServices, Ctx
 from appliance.api.render import message
 from appliance.api.routes import Route, match
@@ -28,7 +29,12 @@ logger = logging.getLogger(__name__)
 
 PREFIXES = ("restcomm", "api")
 ROUTES: list[Route] = [*accounts.ROUTES, *clients.ROUTES, *applications.ROUTES,
-                       *numbers.ROUTES, *records.ROUTES]
+                       *numbers.ROUTES, *records.ROUTES, *messages.ROUTES]
+# The same routes, in the same order, grouped by segment count: match() only ever considers
+# routes as long as the path, so this gives identical results without scanning all of them.
+_ROUTES_BY_LENGTH: dict[int, list[Route]] = {}
+for _route in ROUTES:
+    _ROUTES_BY_LENGTH.setdefault(len(_route.pattern), []).append(_route)
 _RECORDING_FILE = re.compile(r"^Accounts/[^/]+/Recordings/(RE[0-9a-zA-Z]{32})\.(wav|mp4)$")
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="Restcomm realm"'}
 
@@ -40,7 +46,8 @@ def _error_response(err: ApplianceError, as_json: bool) -> web.Response:
         return web.Response(status=err.status, body=message(err.message, as_json),
                             content_type="application/json" if as_json else "application/xml")
     if not err.message:
-        return web.Response(status=err.status)
+        # Still plain text, like every validation error (e.g. a page out of range).
+        return web.Response(status=err.status, text="", content_type="text/plain")
     return web.Response(status=err.status, text=err.message, content_type="text/plain")
 
 
@@ -87,7 +94,8 @@ async def _dispatch(request: web.Request, prefix: str, tail: str) -> web.StreamR
         length = request.content_length
         if length is not None and length > services.max_body:
             raise TooLarge(f"Length larger than {services.max_body}")
-        found, values, allowed = match(ROUTES, segments, request.method)
+        found, values, allowed = match(_ROUTES_BY_LENGTH.get(len(segments), []), segments,
+                                       request.method)
         if found is None:
             if allowed:
                 return web.Response(status=405, text="Method not allowed on this resource",
@@ -128,6 +136,7 @@ async def _guard(request: web.Request,
 def make_app(services: ApiServices, openapi_path: Path | None = None) -> web.Application:
     app = web.Application(middlewares=[_guard], client_max_size=services.max_body)
     app[SERVICES] = services
+    app[RESPONSE_CACHE] = ResponseCache(services.history.data_version)
     app.router.add_get("/health", system.health)
     app.router.add_get("/openapi.yaml", system.openapi)
     prefix_re = "|".join(PREFIXES)

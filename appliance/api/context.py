@@ -9,10 +9,12 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy, MultiMapping
 
+from appliance.api.cache import RESPONSE_CACHE
 from appliance.errors import InvalidInput
 from appliance.models import Account
 from appliance.services.accounts import AccountService
 from appliance.services.history import HistoryService
+from appliance.services.messaging import MessagingService
 from appliance.services.provisioning import ProvisioningService
 
 MAX_PARAMS = 200  # form fields per request; Restcomm resources take fewer than 60
@@ -27,6 +29,7 @@ class ApiServices:
     health: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
     public_base: str = ""  # scheme://host:port used for absolute file URIs
     max_body: int = 10_000_000  # Restcomm's request filter limit; [api] max_body_bytes
+    messaging: MessagingService | None = None  # None: SMS sending is not wired (no modem code)
 
 
 SERVICES = web.AppKey("services", ApiServices)
@@ -81,3 +84,19 @@ class Ctx:
 
     def raw_path(self) -> str:
         return self.request.path
+
+    async def cached(self, build: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The body BUILD renders, reused while the database is unchanged.
+
+        Only for GETs whose body depends on nothing but the caller, the URL (path and query),
+        the format and stored data; errors raised by BUILD are never cached.
+        """
+        cache = self.request.app.get(RESPONSE_CACHE)
+        if cache is None:
+            return await build()
+        key = (self.me, self.request.method, self.request.raw_path, self.as_json)
+        body, version = cache.lookup(key)
+        if body is None:
+            body = await build()
+            cache.store(key, version, body)
+        return body

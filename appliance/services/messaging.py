@@ -218,6 +218,10 @@ class MessagingService:
         for sid in resumed:
             logger.info("- SMS %s resumes after a restart", sid)
 
+    async def queue_depth(self) -> int:
+        """Messages accepted and not yet finished (queued or being sent)."""
+        return await self._sms.queued_count()
+
     def notify_modem_ready(self) -> None:
         self._wake.set()
 
