@@ -1,0 +1,231 @@
+"""SMS end to end: REST API -> durable queue -> modem (a fake on a pty) and back."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from appliance.app import Appliance
+from appliance.gsm.pdu import Concat, Submit, decode_sms_pdu
+from tests.conftest import ADMIN_SID, Api
+from tests.fakes.modem import FakeModem
+from tests.fakes.pdus import deliver_pdu, status_report_pdu
+from tests.sms.conftest import SIM_NUMBER, Hook, until
+
+SMS = f"Accounts/{ADMIN_SID}/SMS/Messages"
+
+
+async def get_sms(api: Api, sid: str) -> dict[str, object]:
+    status, body, _ = await api.get(f"{SMS}/{sid}.json")
+    assert status == 200, body
+    return json.loads(body)  # type: ignore[no-any-return]
+
+
+async def wait_status(api: Api, sid: str, wanted: str, within: float = 10.0) -> dict[str, object]:
+    result: dict[str, object] = {}
+
+    async def check() -> bool:
+        nonlocal result
+        result = await get_sms(api, sid)
+        return result["status"] == wanted
+
+    import asyncio
+    async with asyncio.timeout(within):
+        while not await check():
+            await asyncio.sleep(0.05)
+    return result
+
+
+async def test_send_single_sms(gsm_api: Api, fake: FakeModem) -> None:
+    status, body, _ = await gsm_api.post(f"{SMS}.json", {
+        "From": "+19876543212", "To": "+13216549878", "Body": "This is a test from RestComm",
+        "X-MyCustomHeader-1": "Value1"})
+    assert status == 200, body
+    sms = json.loads(body)
+    assert sms["status"] in ("queued", "sending", "sent")
+    assert sms["direction"] == "outbound-api"
+    final = await wait_status(gsm_api, sms["sid"], "sent")
+    assert final["date_sent"]
+    assert len(fake.sent) == 1
+    submit = decode_sms_pdu(fake.sent[0])
+    assert isinstance(submit, Submit)
+    assert submit.user_data.text == "This is a test from RestComm"
+    assert submit.destination == "+13216549878"
+    assert submit.status_report_request
+
+
+async def test_long_unicode_sms_is_sent_in_parts(gsm_api: Api, fake: FakeModem) -> None:
+    body = "Grüße 😀 " * 20  # 180 characters, needs UCS-2: 3 parts
+    status, text, _ = await gsm_api.post(f"{SMS}.json", {"From": "me", "To": "+447700900123",
+                                                          "Body": body})
+    sid = json.loads(text)["sid"]
+    await wait_status(gsm_api, sid, "sent")
+    parts = [decode_sms_pdu(p) for p in fake.sent]
+    assert len(parts) == 3 and all(isinstance(p, Submit) for p in parts)
+    concat = [p.user_data.concat for p in parts]  # type: ignore[union-attr]
+    assert [c.seq for c in concat if c] == [1, 2, 3]
+    assert len({c.reference for c in concat if c}) == 1
+    assert "".join(p.user_data.text or "" for p in parts) == body  # type: ignore[union-attr]
+
+
+async def test_validation_errors(gsm_api: Api) -> None:
+    cases = [
+        ({}, "From can not be null."),
+        ({"From": "x"}, "To can not be null."),
+        ({"From": "x", "To": "+15551234567"}, "Body can not be null."),
+        ({"From": "x", "To": "+15551234567", "Body": "hi", "Encoding": "EBCDIC"}, None),
+        ({"From": "x", "To": "not a number", "Body": "hi"}, None),
+        ({"From": "x", "To": "+15551234567", "Body": "a" * 1601}, None),
+        ({"From": "x", "To": "+15551234567", "Body": "😀" * 400}, None),
+    ]
+    for data, text in cases:
+        status, body, _ = await gsm_api.post(f"{SMS}.json", data)
+        assert status == 400, (data, body)
+        if text:
+            assert body == text
+
+
+async def test_modem_error_fails_the_message_with_a_notification(
+        gsm_api: Api, fake: FakeModem, hook: Hook) -> None:
+    fake.fail_next_send(500)
+    status, body, _ = await gsm_api.post(f"{SMS}.json", {
+        "From": "me", "To": "+15551234567", "Body": "will fail",
+        "StatusCallback": hook.url("/status")})
+    sid = json.loads(body)["sid"]
+    final = await wait_status(gsm_api, sid, "failed")
+    assert final["error_code"] == 30008
+    assert "+CMS ERROR 500" in str(final["error_message"])
+    await hook.wait(lambda: bool(hook.posts_to("/status")))
+    posted = hook.posts_to("/status")[-1]
+    assert posted["MessageStatus"] == "failed" and posted["MessageSid"] == sid
+    assert posted["ErrorCode"] == "30008"
+    status, body, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
+    assert any(sid in n["message_text"] for n in json.loads(body)["notifications"])
+
+
+async def test_delivery_report_marks_delivered(gsm_api: Api, fake: FakeModem,
+                                               hook: Hook) -> None:
+    status, body, _ = await gsm_api.post(f"{SMS}.json", {
+        "From": "me", "To": "+15557654321", "Body": "report me",
+        "StatusCallback": hook.url("/status")})
+    sid = json.loads(body)["sid"]
+    await wait_status(gsm_api, sid, "sent")
+    mr = fake.next_mr - 1
+    fake.deliver_status_report(status_report_pdu(mr, "+15557654321", 0x00))
+    await wait_status(gsm_api, sid, "delivered")
+    await hook.wait(lambda: any(p["MessageStatus"] == "delivered"
+                                for p in hook.posts_to("/status")))
+
+
+async def test_incoming_sms_requests_smsurl_and_sends_the_reply(
+        gsm_api: Api, fake: FakeModem, hook: Hook) -> None:
+    reply = hook.reply("/sms", "<Response><Sms>Thanks, got it</Sms></Response>")
+    status, body, _ = await gsm_api.post(
+        f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+        {"PhoneNumber": SIM_NUMBER, "SmsUrl": reply})
+    assert status == 200, body
+    fake.deliver_sms(deliver_pdu("+15559990000", "Hello appliance"))
+    await hook.wait(lambda: bool(hook.posts_to("/sms")))
+    request = hook.posts_to("/sms")[0]
+    assert request["From"] == "+15559990000" and request["To"] == SIM_NUMBER
+    assert request["Body"] == "Hello appliance" and request["AccountSid"] == ADMIN_SID
+    await until(lambda: len(fake.sent) == 1)
+    answer = decode_sms_pdu(fake.sent[0])
+    assert isinstance(answer, Submit)
+    assert answer.user_data.text == "Thanks, got it"
+    assert answer.destination == "+15559990000"
+    status, body, _ = await gsm_api.get(f"{SMS}.json")
+    messages = json.loads(body)["messages"]
+    directions = sorted(m["direction"] for m in messages)
+    assert directions == ["inbound", "outbound-reply"]
+    inbound = next(m for m in messages if m["direction"] == "inbound")
+    assert inbound["status"] == "received" and inbound["body"] == "Hello appliance"
+    # Deleted from the modem only after it was stored.
+    await until(lambda: not fake.store)
+
+
+async def test_fallback_url_and_notification_on_failure(gsm_api: Api, fake: FakeModem,
+                                                        hook: Hook) -> None:
+    hook.reply("/broken", "oops", status=500)
+    hook.reply("/fallback", "<Response/>")
+    await gsm_api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                       {"PhoneNumber": SIM_NUMBER, "SmsUrl": hook.url("/broken"),
+                        "SmsFallbackUrl": hook.url("/fallback")})
+    fake.deliver_sms(deliver_pdu("+15559990001", "try the fallback"))
+    await hook.wait(lambda: bool(hook.posts_to("/fallback")))
+    status, body, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
+    notes = json.loads(body)["notifications"]
+    assert any(n["error_code"] == 11200 and n["request_url"].endswith("/broken") for n in notes)
+
+
+async def test_multipart_reassembly_out_of_order_with_duplicates(
+        gsm_api: Api, fake: FakeModem) -> None:
+    parts = ["first part, ", "second part, ", "third part."]
+    pdus = [deliver_pdu("+15551112222", text, concat=Concat(77, 3, i + 1))
+            for i, text in enumerate(parts)]
+    for pdu in (pdus[2], pdus[0], pdus[2], pdus[1]):
+        fake.deliver_sms(pdu)
+
+    async def bodies() -> list[str]:
+        status, body, _ = await gsm_api.get(f"{SMS}.json", params={"Status": "received"})
+        return [m["body"] for m in json.loads(body)["messages"]]
+
+    import asyncio
+    async with asyncio.timeout(10):
+        while await bodies() != ["first part, second part, third part."]:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert await bodies() == ["first part, second part, third part."]
+
+
+async def test_missing_part_is_released_incomplete(gsm_api: Api, gsm_appliance: Appliance,
+                                                   fake: FakeModem) -> None:
+    fake.deliver_sms(deliver_pdu("+15553334444", "only the first", concat=Concat(9, 2, 1)))
+    await until(lambda: not fake.store)
+    released = await gsm_appliance.messaging.release_stale_fragments(timedelta(seconds=-1))
+    assert released == 1
+    status, body, _ = await gsm_api.get(f"{SMS}.json")
+    (msg,) = json.loads(body)["messages"]
+    assert msg["body"].startswith("only the first") and "[incomplete: 1 of 2 parts]" in msg["body"]
+
+
+async def test_undecodable_pdu_is_kept_and_reported(gsm_api: Api, fake: FakeModem) -> None:
+    fake.deliver_sms("0004DEADBEEF")
+    await until(lambda: not fake.store)
+    status, body, _ = await gsm_api.get(f"{SMS}.json")
+    (msg,) = json.loads(body)["messages"]
+    assert msg["body"] == "[undecodable message]"
+    status, body, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
+    assert "could not be decoded" in body
+
+
+async def test_ussd_balance_check(gsm_api: Api) -> None:
+    status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/UssdPush.json",
+                                         {"To": "*100#"})
+    assert status == 200, body
+    got = json.loads(body)
+    assert got["message"] == "Your balance is 5.00" and got["status"] == "completed"
+    status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/UssdPush.json",
+                                         {"To": "rm -rf"})
+    assert status == 400
+
+
+async def test_modem_state_in_api_and_health(gsm_api: Api) -> None:
+    status, body, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/Modem.json")
+    state = json.loads(body)
+    assert state["phase"] == "ready" and state["sim"] == "READY"
+    assert state["manufacturer"] == "Quectel"
+    async with gsm_api.session.get(f"{gsm_api.base}/health") as resp:
+        health = await resp.json()
+    assert resp.status == 200
+    assert health["components"]["modem"]["phase"] == "ready"
+
+
+async def test_developer_role_cannot_send_sms(gsm_api: Api) -> None:
+    status, body, _ = await gsm_api.post("Accounts.json", {
+        "EmailAddress": "dev@example.com", "Password": "Pbx-edge-7", "Role": "Developer"})
+    sid = json.loads(body)["sid"]
+    dev = gsm_api.as_user("dev@example.com", "Pbx-edge-7")
+    status, _, _ = await dev.post(f"Accounts/{sid}/SMS/Messages.json",
+                                  {"From": "a", "To": "+15551234567", "Body": "x"})
+    assert status == 403
