@@ -80,6 +80,7 @@ class FakeModem:
         self.reopens = 0
         self.reboots = 0
         self._fail_next_send: int | None = None
+        self._slow: dict[str, float] = {}  # command prefix -> seconds before the answer
         self._fail_after = 0
         self._interleave: list[str] = []
         self._lock = threading.Lock()
@@ -167,6 +168,18 @@ class FakeModem:
         """Answer +CMS ERROR <code> to a send, after `after` more sends succeed."""
         self._fail_next_send = code
         self._fail_after = after
+
+    def slow_next(self, prefix: str, seconds: float) -> None:
+        """Answer the next command starting with PREFIX (e.g. "AT+CMGD", or "CMGS" for the
+        +CMGS result after the PDU was taken) only after SECONDS: a busy modem, and the window
+        in which a test can kill the host."""
+        self._slow[prefix.upper()] = seconds
+
+    def _pause_for(self, key: str) -> None:
+        for prefix in list(self._slow):
+            if key.startswith(prefix):
+                time.sleep(self._slow.pop(prefix))
+                return
 
     def hang(self) -> None:
         """Stop answering until the port is re-opened or the modem reboots (Huawei CMGL hang)."""
@@ -262,6 +275,7 @@ class FakeModem:
         if self.state.echo:
             self._write(line + "\r")
         cmd = line.upper()
+        self._pause_for(cmd)
         if not cmd.startswith("AT"):
             self._reply([], "ERROR")
             return None
@@ -375,7 +389,8 @@ class FakeModem:
             code, self._fail_next_send = self._fail_next_send, None
             self._error("CMS", code)
             return
-        self.sent.append(pdu)
+        self.sent.append(pdu)  # the modem has it now, whatever happens to the host
+        self._pause_for("CMGS")
         mr = self.next_mr
         self.next_mr = (self.next_mr + 1) % 256
         self._reply([f"+CMGS: {mr}"])

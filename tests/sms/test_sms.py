@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 
@@ -29,7 +30,6 @@ async def wait_status(api: Api, sid: str, wanted: str, within: float = 10.0) -> 
         result = await get_sms(api, sid)
         return result["status"] == wanted
 
-    import asyncio
     async with asyncio.timeout(within):
         while not await check():
             await asyncio.sleep(0.05)
@@ -170,7 +170,6 @@ async def test_multipart_reassembly_out_of_order_with_duplicates(
         status, body, _ = await gsm_api.get(f"{SMS}.json", params={"Status": "received"})
         return [m["body"] for m in json.loads(body)["messages"]]
 
-    import asyncio
     async with asyncio.timeout(10):
         while await bodies() != ["first part, second part, third part."]:
             await asyncio.sleep(0.05)
