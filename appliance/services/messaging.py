@@ -227,6 +227,9 @@ class MessagingService:
 
     async def _sender(self) -> None:
         while True:
+            # Cleared before looking at the queue: a message accepted while we drain sets it
+            # again, so it is never left waiting for the timeout.
+            self._wake.clear()
             try:
                 await self._drain()
             except asyncio.CancelledError:
@@ -237,7 +240,6 @@ class MessagingService:
             timeout = 60.0
             if next_due is not None:
                 timeout = max(0.05, (from_storage(next_due) - self._clock()).total_seconds())
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(timeout, 60.0)):
                     await self._wake.wait()
@@ -436,6 +438,7 @@ class MessagingService:
 
     async def _inbound_jobs(self) -> None:
         while True:
+            self._jobs_wake.clear()
             try:
                 for sid, _attempts in await self._sms.due_inbound_jobs(_now_text(self._clock)):
                     await self._deliver_inbound(sid)
@@ -443,7 +446,6 @@ class MessagingService:
                 raise
             except Exception:  # noqa: BLE001 - a broken app must not stop inbound delivery
                 logger.exception("x inbound SMS delivery")
-            self._jobs_wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(30):
                     await self._jobs_wake.wait()

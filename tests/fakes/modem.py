@@ -73,6 +73,7 @@ class FakeModem:
         self.sr_store: dict[int, Stored] = {}
         self.capacity = 25
         self.commands: list[str] = []  # every command line received, in order
+        self.command_times: list[float] = []  # time.monotonic() when each command arrived
         self.sent: list[str] = []  # PDUs submitted with AT+CMGS
         self.pin_attempts: list[str] = []
         self.next_mr = 1
@@ -272,6 +273,7 @@ class FakeModem:
 
     def _command(self, line: str) -> int | None:
         self.commands.append(line)
+        self.command_times.append(time.monotonic())
         if self.state.echo:
             self._write(line + "\r")
         cmd = line.upper()
