@@ -243,6 +243,21 @@ class Recording:
     date_updated: datetime
 
 
+@dataclasses.dataclass(frozen=True)
+class Gateway:
+    """An upstream SIP provider account the appliance registers to (a trunk)."""
+
+    sid: GatewaySid
+    friendly_name: str
+    user_name: str
+    password: str
+    proxy: str  # host[:port] of the provider's registrar/proxy
+    register: bool
+    ttl: int  # seconds asked for in REGISTER Expires
+    date_created: datetime
+    date_updated: datetime
+
+
 T = TypeVar("T")
 
 
