@@ -1,0 +1,233 @@
+"""Registering to an upstream provider as a UAC (RFC 3261 §10.2), sans-I/O.
+
+One `UpstreamRegistration` per gateway: it builds the REGISTER requests, answers the provider's
+401/407 challenges with digest credentials, refreshes before the binding expires, and backs
+off with jitter after a failure. It reads no clock and draws no random numbers: `now`, the
+jitter factor and fresh tokens (branch, cnonce) are passed in, so every path is a unit test.
+
+Times: a refresh is sent at half the granted expiry (at most 60 s early for long ones); after
+a failure the next try waits 5, 10, 20 … up to 300 s, times a jitter factor in [0.8, 1.2] so
+that many boxes behind one NAT do not retry in step; a 503 with Retry-After is honoured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+
+from appliance.sip.digest import Algorithm, compute_response, make_ha1, parse_algorithm
+from appliance.sip.errors import SipParseError
+from appliance.sip.headers import DigestCredentials, quote
+from appliance.sip.message import Header, Request, Response
+
+BACKOFF = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0)
+REFRESH_MARGIN = 60.0
+MAX_AUTH_ROUNDS = 2  # a second challenge to the same request after our answer = wrong password
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    REGISTERING = "registering"
+    REGISTERED = "registered"
+    FAILED = "failed"  # waiting for the back-off timer
+    UNREGISTERING = "unregistering"
+    STOPPED = "stopped"
+
+
+@dataclasses.dataclass(frozen=True)
+class UpstreamAccount:
+    user: str
+    password: str
+    domain: str  # registrar host as in the Request-URI and AoR
+    expires: int  # seconds asked for
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalAddress:
+    host: str
+    port: int
+    transport: str = "udp"
+
+
+class UpstreamRegistration:
+    def __init__(self, account: UpstreamAccount, local: LocalAddress, *, call_id: str,
+                 from_tag: str, token: Callable[[], str]) -> None:
+        self.account = account
+        self.local = local
+        self.call_id = call_id
+        self.from_tag = from_tag
+        self._token = token
+        self._cseq = 0
+        self._auth_rounds = 0
+        self._failures = 0
+        self._timer: float | None = None
+        self._unregister_after = False
+        self.state = State.IDLE
+        self.last_error: str | None = None
+        self.expires_at: float | None = None
+        self.expires = account.expires
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _request(self, expires: int, authorization: tuple[str, str] | None = None) -> Request:
+        self._cseq += 1
+        acct, local = self.account, self.local
+        aor = f"sip:{acct.user}@{acct.domain}"
+        contact = f"<sip:{acct.user}@{local.host}:{local.port}"
+        contact += ">" if local.transport == "udp" else f";transport={local.transport}>"
+        headers = [
+            Header.make("Via", f"SIP/2.0/{local.transport.upper()} {local.host}:{local.port}"
+                        f";branch=z9hG4bK{self._token()};rport"),
+            Header.make("Max-Forwards", "70"),
+            Header.make("From", f"<{aor}>;tag={self.from_tag}"),
+            Header.make("To", f"<{aor}>"),
+            Header.make("Call-ID", self.call_id),
+            Header.make("CSeq", f"{self._cseq} REGISTER"),
+            Header.make("Contact", contact),
+            Header.make("Expires", str(expires)),
+        ]
+        if authorization is not None:
+            headers.append(Header.make(*authorization))
+        headers.append(Header.make("Content-Length", "0"))
+        return Request(headers=headers, method="REGISTER", uri=f"sip:{acct.domain}")
+
+    def start(self, now: float) -> Request:
+        """Register now (first time, after an update, or when the network came back)."""
+        self.state = State.REGISTERING
+        self._auth_rounds = 0
+        self._timer = None
+        self._unregister_after = False
+        return self._request(self.expires)
+
+    def stop(self, now: float) -> Request | None:
+        """Unregister (Expires: 0) when registered; the object is done afterwards."""
+        self._timer = None
+        if self.state is State.REGISTERED:
+            self.state = State.UNREGISTERING
+            self._auth_rounds = 0
+            return self._request(0)
+        self.state = State.STOPPED
+        return None
+
+    # -- responses and timers ------------------------------------------------------------------
+
+    def on_response(self, response: Response, now: float, jitter: float = 1.0
+                    ) -> Request | None:
+        """Feed a final response to our last REGISTER; returns the next request if any."""
+        if response.status < 200 or self.state not in (State.REGISTERING,
+                                                        State.UNREGISTERING):
+            return None
+        expires = 0 if self.state is State.UNREGISTERING else self.expires
+        if response.status in (401, 407):
+            return self._challenged(response, expires, now, jitter)
+        if 200 <= response.status < 300:
+            if self.state is State.UNREGISTERING:
+                self.state = State.STOPPED
+                self.expires_at = None
+                return None
+            granted = self._granted(response)
+            self.state = State.REGISTERED
+            self.last_error = None
+            self._failures = 0
+            self._auth_rounds = 0
+            self.expires_at = now + granted
+            self._timer = now + max(granted / 2, granted - REFRESH_MARGIN)
+            return None
+        if response.status == 423:
+            minimum = response.get("Min-Expires")
+            if minimum and minimum.strip().isdigit() and int(minimum) > self.expires:
+                self.expires = int(minimum)
+                self._auth_rounds = 0
+                return self._request(self.expires)
+        retry_after = response.get("Retry-After")
+        delay = None
+        if response.status == 503 and retry_after:
+            digits = retry_after.split(";")[0].strip()
+            delay = float(digits) if digits.isdigit() else None
+        self._fail(f"{response.status} {response.reason}".strip(), now, jitter, delay)
+        return None
+
+    def _challenged(self, response: Response, expires: int, now: float, jitter: float
+                    ) -> Request | None:
+        header = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
+        challenges = response.get_all(header)
+        chosen: DigestCredentials | None = None
+        algorithm = Algorithm.MD5
+        for value in challenges:
+            try:
+                creds = DigestCredentials.parse(value)
+            except SipParseError:
+                continue
+            alg = parse_algorithm(creds.params.get("algorithm", "MD5"))
+            if alg is not None and not alg.session:
+                chosen, algorithm = creds, alg
+                break
+        stale = chosen is not None and chosen.params.get("stale", "").lower() == "true"
+        if chosen is None or (self._auth_rounds >= MAX_AUTH_ROUNDS - 1 and not stale):
+            self._fail("authentication rejected: check the gateway's UserName and Password"
+                       if chosen is not None else f"{response.status}: no usable challenge",
+                       now, jitter, None)
+            return None
+        self._auth_rounds += 1
+        realm = chosen.params.get("realm", "")
+        nonce = chosen.params.get("nonce", "")
+        qops = [q.strip() for q in chosen.params.get("qop", "").split(",") if q.strip()]
+        uri = f"sip:{self.account.domain}"
+        ha1 = make_ha1(self.account.user, realm, self.account.password, algorithm)
+        parts = [f"username={quote(self.account.user)}", f"realm={quote(realm)}",
+                 f"nonce={quote(nonce)}", f"uri={quote(uri)}"]
+        if "auth" in qops:
+            cnonce, nc = self._token()[:16], "00000001"
+            response_value = compute_response(ha1=ha1, algorithm=algorithm, method="REGISTER",
+                                              uri=uri, nonce=nonce, qop="auth", nc=nc,
+                                              cnonce=cnonce)
+            parts += ["qop=auth", f"nc={nc}", f"cnonce={quote(cnonce)}"]
+        else:
+            response_value = compute_response(ha1=ha1, algorithm=algorithm, method="REGISTER",
+                                              uri=uri, nonce=nonce)
+        parts += [f"response={quote(response_value)}", f"algorithm={algorithm.value}"]
+        if "opaque" in chosen.params:
+            parts.append(f"opaque={quote(chosen.params['opaque'])}")
+        name = "Authorization" if response.status == 401 else "Proxy-Authorization"
+        return self._request(expires, (name, "Digest " + ", ".join(parts)))
+
+    def _granted(self, response: Response) -> float:
+        """The expiry the provider granted for our contact (its param, then Expires)."""
+        ours = f"{self.local.host}:{self.local.port}"
+        for value in response.values("Contact"):
+            if ours in value and "expires=" in value:
+                text = value.split("expires=", 1)[1].split(";")[0].split(",")[0].strip()
+                if text.isdigit():
+                    return float(int(text))
+        header = response.get("Expires")
+        if header and header.strip().isdigit():
+            return float(int(header))
+        return float(self.expires)
+
+    def on_timeout(self, now: float, jitter: float = 1.0) -> None:
+        """Our REGISTER got no final response (transaction timeout or transport error)."""
+        if self.state is State.UNREGISTERING:
+            self.state = State.STOPPED
+            return
+        self._fail("no answer from the provider", now, jitter, None)
+
+    def _fail(self, reason: str, now: float, jitter: float, delay: float | None) -> None:
+        self.state = State.FAILED
+        self.last_error = reason
+        self.expires_at = None
+        step = BACKOFF[min(self._failures, len(BACKOFF) - 1)]
+        self._failures += 1
+        self._timer = now + (delay if delay is not None else step * jitter)
+
+    def get_timer(self) -> float | None:
+        return self._timer
+
+    def handle_timer(self, now: float) -> Request | None:
+        """The refresh or retry time came: the next REGISTER."""
+        if self._timer is None or now < self._timer:
+            return None
+        self._timer = None
+        if self.state in (State.REGISTERED, State.FAILED):
+            return self.start(now)
+        return None

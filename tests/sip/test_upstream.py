@@ -1,0 +1,146 @@
+"""The upstream (trunk) REGISTER state machine against a registrar built in the test."""
+
+from __future__ import annotations
+
+import itertools
+
+from appliance.sip.digest import Algorithm, DigestAuth, Nonces, Verdict, make_ha1
+from appliance.sip.headers import DigestCredentials
+from appliance.sip.message import Header, Request, Response, make_response, parse_message
+from appliance.sip.upstream import LocalAddress, State, UpstreamAccount, UpstreamRegistration
+
+ACCOUNT = UpstreamAccount(user="office", password="Trunk-pass-1", domain="provider.test",
+                          expires=600)
+LOCAL = LocalAddress("127.0.0.1", 5060)
+
+
+def machine() -> UpstreamRegistration:
+    counter = itertools.count()
+    return UpstreamRegistration(ACCOUNT, LOCAL, call_id="cid-1", from_tag="ft",
+                                token=lambda: f"tok{next(counter):08d}")
+
+
+class Provider:
+    """A registrar that challenges once and then checks the digest, as Kamailio does."""
+
+    def __init__(self, password: str = "Trunk-pass-1", status: int = 401) -> None:
+        self.auth = DigestAuth("provider.test", Nonces(b"k"), algorithms=(Algorithm.MD5,))
+        self.ha1 = make_ha1("office", "provider.test", password)
+        self.status = status
+        self.seen: list[Request] = []
+
+    def answer(self, request: Request, now: float, expires: int = 300) -> Response:
+        wire = parse_message(bytes(request))  # what really crosses the network
+        assert isinstance(wire, Request)
+        self.seen.append(wire)
+        header = "Authorization" if self.status == 401 else "Proxy-Authorization"
+        value = wire.get(header)
+        if value is None:
+            response = make_response(wire, self.status)
+            name = "WWW-Authenticate" if self.status == 401 else "Proxy-Authenticate"
+            for challenge in self.auth.challenges(now):
+                response.headers.append(Header.make(name, challenge))
+            return response
+        verdict = self.auth.verify(DigestCredentials.parse(value), method="REGISTER",
+                                   ha1=self.ha1, now=now)
+        if verdict is not Verdict.ACCEPTED:
+            response = make_response(wire, self.status)
+            name = "WWW-Authenticate" if self.status == 401 else "Proxy-Authenticate"
+            for challenge in self.auth.challenges(now):
+                response.headers.append(Header.make(name, challenge))
+            return response
+        response = make_response(wire, 200)
+        response.headers.append(Header.make("Contact", f"{wire.get('Contact')};expires={expires}"))
+        return response
+
+
+def test_register_with_digest_then_refresh() -> None:
+    reg, provider = machine(), Provider()
+    request = reg.start(0.0)
+    assert request.get("Expires") == "600" and request.uri == "sip:provider.test"
+    follow = reg.on_response(provider.answer(request, 0.0), 0.1)
+    assert follow is not None and "Authorization" in follow
+    assert follow.cseq.number == request.cseq.number + 1
+    assert follow.call_id == request.call_id
+    assert reg.on_response(provider.answer(follow, 0.2), 0.2) is None
+    assert reg.state is State.REGISTERED and reg.expires_at == 300.2
+    assert reg.get_timer() == 0.2 + 240  # granted 300: refresh 60 s early
+    assert reg.handle_timer(100.0) is None
+    refresh = reg.handle_timer(240.2)
+    assert refresh is not None and reg.state is State.REGISTERING
+
+
+def test_proxy_authenticate_is_answered_too() -> None:
+    reg, provider = machine(), Provider(status=407)
+    request = reg.start(0.0)
+    follow = reg.on_response(provider.answer(request, 0.0), 0.0)
+    assert follow is not None and "Proxy-Authorization" in follow
+    reg.on_response(provider.answer(follow, 0.0), 0.0)
+    assert reg.state is State.REGISTERED
+
+
+def test_wrong_password_fails_and_backs_off_with_jitter() -> None:
+    reg, provider = machine(), Provider(password="other")
+    request = reg.start(0.0)
+    follow = reg.on_response(provider.answer(request, 0.0), 0.0)
+    assert follow is not None
+    assert reg.on_response(provider.answer(follow, 0.0), 0.0, jitter=1.2) is None
+    assert reg.state is State.FAILED
+    assert "UserName and Password" in (reg.last_error or "")
+    assert reg.get_timer() == 6.0  # 5 s * 1.2
+    retry = reg.handle_timer(6.0)
+    assert retry is not None and reg.state is State.REGISTERING
+    reg.on_timeout(10.0, jitter=1.0)
+    assert reg.get_timer() == 20.0  # second failure: 10 s
+
+
+def test_timeouts_back_off_up_to_five_minutes_then_recover() -> None:
+    reg, provider = machine(), Provider()
+    now = 0.0
+    reg.start(now)
+    for _ in range(10):
+        reg.on_timeout(now)
+        timer = reg.get_timer()
+        assert timer is not None
+        now = timer
+        reg.handle_timer(now)
+    assert reg.get_timer() is None and reg.state is State.REGISTERING
+    reg.on_timeout(now)
+    assert reg.get_timer() == now + 300.0
+    # The provider is back: the next try registers.
+    request = reg.handle_timer(now + 300.0)
+    assert request is not None
+    follow = reg.on_response(provider.answer(request, now), now)
+    assert follow is not None
+    reg.on_response(provider.answer(follow, now), now)
+    assert reg.state is State.REGISTERED and reg.last_error is None
+
+
+def test_503_retry_after_and_423_min_expires() -> None:
+    reg = machine()
+    request = reg.start(0.0)
+    busy = make_response(request, 503)
+    busy.headers.append(Header.make("Retry-After", "42"))
+    reg.on_response(busy, 1.0)
+    assert reg.get_timer() == 43.0 and reg.last_error == "503 Service Unavailable"
+    request = reg.handle_timer(43.0)
+    assert request is not None
+    brief = make_response(request, 423)
+    brief.headers.append(Header.make("Min-Expires", "1800"))
+    again = reg.on_response(brief, 43.0)
+    assert again is not None and again.get("Expires") == "1800"
+
+
+def test_stop_unregisters_when_registered() -> None:
+    reg, provider = machine(), Provider()
+    request = reg.start(0.0)
+    follow = reg.on_response(provider.answer(request, 0.0), 0.0)
+    assert follow is not None
+    reg.on_response(provider.answer(follow, 0.0), 0.0)
+    bye = reg.stop(10.0)
+    assert bye is not None and bye.get("Expires") == "0"
+    auth = reg.on_response(provider.answer(bye, 10.0), 10.0)
+    assert auth is not None and auth.get("Expires") == "0"
+    reg.on_response(provider.answer(auth, 10.0), 10.0)
+    assert reg.state is State.STOPPED
+    assert machine().stop(0.0) is None
