@@ -1,0 +1,105 @@
+"""What the proxy remembers about a proxied call, and the pure rules it applies to it.
+
+A ``Call`` is one proxied INVITE and, once answered, its dialog(s): enough to route in-dialog
+requests to the far side's NAT address (the phones' Contacts are often private) and to close
+its CDR exactly once. It is keyed by ``(Call-ID, caller's From tag)``; each early or confirmed
+dialog inside it is a callee To tag mapped to where that callee branch is reached. Nothing
+here does I/O or reads a clock: ``sip.proxy`` owns the table, the timers and the CDR writes.
+
+``best_response`` is RFC 3261 §16.7 step 6; ``cdr_status`` maps how a call ended to the
+Restcomm call status (api-behaviour.md §8.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from appliance.models import CallStatus
+from appliance.sip.wire import Target
+
+# A dialog that never sees a BYE (a phone lost power mid-call) is closed after this long
+# without in-dialog traffic; with RFC 4028 session timers the negotiated interval wins.
+MAX_DIALOG_IDLE = 12 * 3600.0
+# After the end of a call we keep it this long (64·T1) so crossing BYEs and retransmissions
+# still find their way instead of drawing a 481.
+LINGER = 32.0
+MAX_DIALOGS_PER_CALL = 20  # early + confirmed dialogs (forked 18x/2xx); 2 × max branches
+
+CallKey = tuple[str, str]  # (Call-ID, caller's From tag)
+
+
+@dataclass
+class Call:
+    call_id: str
+    caller_tag: str
+    caller: Target  # where the caller is reached (its INVITE's source: NAT-safe)
+    deadline: float  # when to forget the call (and close its CDR if still open)
+    cdr_sid: str | None = None
+    callees: dict[str, Target] = field(default_factory=dict)  # callee To tag -> target
+    primary_tag: str | None = None  # the first answered dialog: its BYE ends the CDR
+    answered: bool = False
+    ended: bool = False  # the CDR is closed (or there is none to close)
+
+    @property
+    def key(self) -> CallKey:
+        return (self.call_id, self.caller_tag)
+
+    def add_dialog(self, to_tag: str, target: Target) -> None:
+        if to_tag in self.callees or len(self.callees) < MAX_DIALOGS_PER_CALL:
+            self.callees[to_tag] = target
+
+
+def session_idle_limit(session_expires: str | None) -> float:
+    """How long an answered dialog may stay silent: the RFC 4028 interval plus a grace of
+    64·T1 when one was negotiated, else ``MAX_DIALOG_IDLE``."""
+    if session_expires:
+        value = session_expires.split(";", 1)[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return min(float(value) + LINGER, MAX_DIALOG_IDLE)
+    return MAX_DIALOG_IDLE
+
+
+def _rank(status: int) -> int:
+    # 6xx beats everything, then 2xx, then the lowest class (3xx < 4xx < 5xx).
+    if status >= 600:
+        return 0
+    if 200 <= status < 300:
+        return 1
+    return status // 100
+
+
+def best_response(statuses: Sequence[int]) -> int:
+    """Index of the response to forward among the branches' final STATUSES, in arrival
+    order (RFC 3261 §16.7 step 6: the first of the best class wins)."""
+    if not statuses:
+        raise ValueError("no final responses to choose from")
+    return min(range(len(statuses)), key=lambda i: (_rank(statuses[i]), i))
+
+
+def forwarded_status(status: int) -> int:
+    """RFC 3261 §16.7 step 6: a proxy never forwards a 503 (it would tell the caller that
+    *we* are overloaded): it becomes 500."""
+    return 500 if status == 503 else status
+
+
+# Final statuses that say the callee declined or was busy. 603 Decline is counted as busy,
+# as Twilio and Restcomm report a rejected call (`<Reject>` answers 603 or 486).
+_BUSY = frozenset({486, 600, 603})
+_NO_ANSWER = frozenset({408, 480, 487})
+
+
+def cdr_status(status: int, *, canceled: bool) -> CallStatus:
+    """The CDR status of a call that ended with final STATUS without being answered.
+
+    CANCELED when the caller gave up (its CANCEL), whatever the branches answered;
+    BUSY on 486/600/603; NO_ANSWER on 408/480 and on a 487 we caused ourselves (Timer C);
+    FAILED otherwise (404, 403, 5xx, ...). An answered call always ends COMPLETED.
+    """
+    if canceled:
+        return CallStatus.CANCELED
+    if status in _BUSY:
+        return CallStatus.BUSY
+    if status in _NO_ANSWER:
+        return CallStatus.NO_ANSWER
+    return CallStatus.FAILED

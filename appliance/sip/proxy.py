@@ -1,0 +1,1165 @@
+"""The stateful proxy (RFC 3261 §16): Client → Client calls and MESSAGEs between desk phones.
+
+Theory of operation. The front door hands every request it does not answer itself, and every
+response, to ``Proxy.handle``. The proxy keeps its own ``TransactionTable``: a server
+transaction for each request it handles, a client transaction for each branch it forwards,
+and feeds them ``now`` from the clock it was given. ``run()`` wakes it for the transactions'
+timers, Timer C and dialog clean-up (``get_timer``/``handle_timer`` do the same for tests).
+
+A new out-of-dialog request goes through, in order:
+
+1. Max-Forwards (0 → 483; absent → 70), ``Proxy-Require`` (→ 420);
+2. a method check: INVITE, MESSAGE and OPTIONS are routed; BYE/INFO/UPDATE/PRACK without a
+   To tag → 481; SUBSCRIBE, PUBLISH, NOTIFY, REFER and unknown methods → 501;
+3. digest authentication: no ``Proxy-Authorization`` → 407 with ``Proxy-Authenticate``
+   SHA-256 then MD5 by default (``algorithms``; the composition root passes ``[sip]
+   digest_algorithms``, MD5 first, as SIPp and MD5-only phones read only the first one),
+   realm = the From user's stored realm (the default realm for an unknown user: the very
+   same challenge shape, against enumeration); wrong password → 403 (no re-challenge,
+   api-behaviour.md §11); expired nonce → 407 ``stale=true``; a nonce that is not ours (a
+   restart) → a fresh 407; a disabled Client, or a digest username that differs from the
+   From user → 403;
+4. the caller must be REGISTERED (at least one live binding) → else 403: an unregistered or
+   unauthenticated source reaches nobody (architecture.md "Who handles a call": no toll fraud);
+5. the ``Router`` decides: fork to the callee's contacts, or refuse (404 unknown, 480 known
+   but not registered, 403 no route).
+
+Forking is parallel, to at most ``MAX_BRANCHES`` contacts. Each branch keeps the contact URI
+as Request-URI but is *sent* to the binding's source address and TCP connection (phones
+behind NAT only accept requests there). Every branch gets our Via (fresh ``z9hG4bK`` branch),
+Max-Forwards minus one, and an INVITE gets ``Record-Route: <sip:host:port;lr;transport=x>``
+(two when the transport changes between the legs, RFC 5658), so that in-dialog requests come
+back through us. Credentials for our realm are consumed (RFC 3261 §22.3).
+
+Responses: 100 is absorbed (we sent our own at once); other 1xx are forwarded; every 2xx is
+forwarded at once and the other branches are CANCELled; a 6xx also cancels the others. When
+every branch has a final response and none was a 2xx, the best one (6xx, then 2xx, then the
+lowest class; 503 → 500) goes to the caller. A CANCEL from the caller is matched to the INVITE
+server transaction (none → 481), answered 200, and sent on to each branch that has answered
+provisionally; a branch with no provisional yet is given a local 487 at once and cancelled
+when its provisional arrives (RFC 3261 §9.1 forbids CANCEL before one). Timer C (3 min, reset
+by each provisional) cancels a ringing branch, whose 487 then counts as 408.
+
+In-dialog requests (a To tag) were authenticated when their dialog was created: they are
+forwarded without a challenge when they belong to a call we proxied (else 481, so the proxy is
+no open relay), after popping our own Route entries (loose routing; a strict-routing phone's
+Request-URI that is our Record-Route is replaced by the last Route, §16.4). They are sent to
+the far side's NAT address remembered from the dialog. The ACK for a 2xx is forwarded
+statelessly; the ACK for a non-2xx is absorbed by our server transaction.
+
+CDRs (``CallLog``), one row per authenticated, registered caller's INVITE that reached the
+routing step. Direction ``inbound``: the call came *into* the appliance from a Client, which
+is how Restcomm records the caller's leg of a Client → Client call; ``from`` is the caller's
+bare login and ``to`` the callee's login (or the dialled user when refused). ``queued`` at the
+INVITE, ``ringing`` at the first 18x, ``in-progress`` at the first 2xx, ``completed`` at the
+BYE of the answered dialog (either side; exactly once; duration from answer to BYE). Unanswered
+calls end ``busy`` (486/600/603), ``no-answer`` (408/480, a Timer C 487, and our own 480),
+``canceled`` (the caller's CANCEL) or ``failed`` (404, 403, anything else). A dialog that never
+sees a BYE is closed ``completed`` after ``MAX_DIALOG_IDLE`` (12 h) without in-dialog traffic,
+or after its RFC 4028 session interval.
+
+SIP MESSAGE between Clients is authenticated and routed like INVITE, forked with non-INVITE
+client transactions, and kept as an SMS row through ``record_message``: from = the sender's
+login, to = the recipient's login, direction ``outbound-call`` (what Restcomm's SmsService
+writes for a Client's SIP MESSAGE to another Client), status ``sent`` on a 2xx or ``failed``
+with ``error_code`` = the final status otherwise (404 unknown, 480 not registered).
+TODO(SMS issue): store-and-forward — a MESSAGE to a Client that is not registered, or to a
+number (through the modem), is refused today (480/403) instead of queued for later delivery.
+
+Budgets (style.md habit 6): ``MAX_CONTEXTS`` proxied requests in flight, ``MAX_TRANSACTIONS``
+transactions in all, ``MAX_CALLS`` tracked calls/dialogs, ``MAX_BRANCHES`` per fork. An
+exhausted budget answers 503 (logged once per episode), never grows a table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from appliance.models import CallRecord, CallStatus
+from appliance.sip.dialogs import (
+    LINGER,
+    Call,
+    CallKey,
+    best_response,
+    cdr_status,
+    forwarded_status,
+    session_idle_limit,
+)
+from appliance.sip.digest import (
+    HEADERS,
+    Algorithm,
+    DigestAuth,
+    NonceCounts,
+    Nonces,
+    NonceStatus,
+    Verdict,
+)
+from appliance.sip.digest import algorithm_of as digest_algorithm
+from appliance.sip.errors import SipError, SipParseError, SipStateError
+from appliance.sip.guard import Guard
+from appliance.sip.headers import DigestCredentials, NameAddr, parse_name_addrs
+from appliance.sip.message import (
+    Request,
+    Response,
+    make_response,
+    max_forwards_status,
+    stamp_received,
+    unsupported_extensions,
+)
+from appliance.sip.transaction import (
+    ClientTransaction,
+    Deliver,
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteServerTransaction,
+    ServerTransaction,
+    State,
+    Terminated,
+    TimedOut,
+    Transaction,
+    TransactionTable,
+    Transmit,
+    client_transaction,
+    make_cancel,
+)
+from appliance.sip.uri import SipUri, parse_uri
+from appliance.sip.wire import Incoming, Sender, Target
+
+logger = logging.getLogger(__name__)
+
+# Budgets. A desk-phone office has tens of phones; Kamailio's tm sizes its hash table for
+# far more, but here every entry is a Python object, so the caps are what a Pi should hold.
+MAX_CONTEXTS = 500  # proxied requests in flight (each holds up to MAX_BRANCHES branches)
+MAX_TRANSACTIONS = 4000  # server + client transactions, CANCEL/481 absorbers included
+MAX_CALLS = 1000  # calls and dialogs tracked for routing in-dialog requests and for CDRs
+MAX_BRANCHES = 10  # parallel forks per request: the registrar's max contacts per AoR
+TIMER_C = 180.0  # RFC 3261 §16.6 step 11: "greater than 3 minutes"
+REAP_AFTER = 32.0  # 64·T1: a cancelled branch that stays silent this long is dropped
+DEFAULT_MAX_FORWARDS = 70
+MAX_LOCAL_ADDRESSES = 64  # our own addresses seen in Incoming.local (interfaces, not peers)
+
+ROUTED = frozenset({"INVITE", "MESSAGE", "OPTIONS"})
+DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK", "ACK"})
+CALL_DIRECTION = "inbound"
+MESSAGE_DIRECTION = "outbound-call"
+
+
+# --- what the proxy needs from the rest of the appliance ------------------------------
+
+
+class User(Protocol):
+    """A Client as the proxy sees it (``services.telephony.SipUser`` satisfies it)."""
+
+    @property
+    def login(self) -> str: ...
+    @property
+    def account_sid(self) -> str: ...
+    @property
+    def realm(self) -> str: ...
+    @property
+    def ha1_md5(self) -> str: ...
+    @property
+    def ha1_sha256(self) -> str: ...
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def voice_url(self) -> str | None: ...
+    @property
+    def voice_application_sid(self) -> str | None: ...
+
+
+class Directory(Protocol):
+    async def user(self, login: str) -> User | None: ...
+
+
+class CallLog(Protocol):
+    """CDR writer (``services.telephony.CallLog``)."""
+
+    def new_sid(self) -> str: ...
+    async def opened(self, *, account_sid: str, from_: str, to: str, direction: str,
+                     sid: Any = None) -> CallRecord: ...
+    async def ringing(self, sid: str) -> None: ...
+    async def answered(self, sid: str) -> None: ...
+    async def ended(self, sid: str, status: CallStatus) -> CallRecord | None: ...
+
+
+class MessageLog(Protocol):
+    """Keeps a MESSAGE as an SMS row: ``functools.partial(record_message, store, clock)``."""
+
+    def __call__(self, *, account_sid: str, from_: str, to: str, body: str, status: str,
+                 direction: str = ..., error_code: int | None = ...,
+                 error_message: str | None = ...) -> Awaitable[Any]: ...
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated, enabled Client that sent a request."""
+
+    login: str
+    account_sid: str
+    voice_url: str | None = None
+    voice_application_sid: str | None = None
+
+
+@dataclass(frozen=True)
+class Contact:
+    """One place to fork to: the Request-URI of the branch and where to send it."""
+
+    uri: str
+    target: Target
+
+
+@dataclass(frozen=True)
+class Fork:
+    callee: str  # the callee's login: the CDR's / SMS row's `to`
+    contacts: tuple[Contact, ...]
+
+
+@dataclass(frozen=True)
+class Refuse:
+    status: int
+    reason: str | None = None  # reason phrase; None = the standard one
+
+
+Decision = Fork | Refuse
+
+
+class Router(Protocol):
+    """Where a request of an authenticated Client goes (implemented by services.routing)."""
+
+    def registered(self, login: str, now: float) -> bool:
+        """True when LOGIN has at least one live binding."""
+
+    async def route(self, request: Request, caller: Caller, now: float) -> Decision:
+        """Fork to contacts, or refuse with a status and reason phrase."""
+
+
+# --- per-request state ------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Branch:
+    context: Context
+    request: Request  # as forwarded
+    target: Target
+    txn: ClientTransaction
+    final: Response | None = None  # the final response used for best-response selection
+    provisional: bool = False  # a 1xx arrived: a CANCEL may be sent now
+    cancel_wanted: bool = False  # CANCEL as soon as a provisional arrives
+    cancelled: bool = False  # our CANCEL went out
+    timed_out: bool = False  # Timer C fired: its 487 counts as 408
+    deadline: float | None = None  # Timer C, or the reaping deadline after a CANCEL
+
+    @property
+    def done(self) -> bool:
+        return self.final is not None
+
+
+@dataclass(eq=False)
+class Context:
+    """One proxied request: its server transaction and its branches."""
+
+    request: Request  # as received (Via stamped with received/rport)
+    server: ServerTransaction
+    source: Target  # where responses to the request go
+    local: tuple[str, int]  # our address it arrived on: written in our Via / Record-Route
+    caller: Caller | None = None  # None for in-dialog requests
+    callee: str = ""
+    call: Call | None = None  # the out-of-dialog INVITE's call record
+    branches: list[Branch] = field(default_factory=list)
+    final_sent: bool = False
+    cancelled: bool = False  # the caller sent CANCEL
+
+
+def _token() -> str:
+    return secrets.token_hex(8)
+
+
+def _user_of(name_addr: NameAddr) -> str | None:
+    try:
+        uri = parse_uri(name_addr.uri)
+    except SipParseError:
+        return None
+    return uri.user if isinstance(uri, SipUri) else None
+
+
+class Proxy:
+    """The stateful proxy. A ``wire.MessageHandler`` for everything but REGISTER/OPTIONS."""
+
+    def __init__(
+        self,
+        sender: Sender,
+        directory: Directory,
+        router: Router,
+        calls: CallLog,
+        messages: MessageLog,
+        *,
+        clock: Callable[[], float],
+        realm: Callable[[], str],
+        local_hosts: Collection[str] = (),
+        address: tuple[str, int] | None = None,
+        nonces: Nonces | None = None,
+        guard: Guard | None = None,
+        algorithms: Sequence[Algorithm] = (Algorithm.SHA256, Algorithm.MD5),
+        max_contexts: int = MAX_CONTEXTS,
+        max_transactions: int = MAX_TRANSACTIONS,
+        max_calls: int = MAX_CALLS,
+        max_branches: int = MAX_BRANCHES,
+    ) -> None:
+        """CLOCK gives wall-clock seconds (nonces, binding expiry). Our Via and Record-Route
+        carry the address each request arrived on (``Incoming.local``), or ADDRESS when
+        given. LOCAL_HOSTS (a live collection: the transport's ``local_hosts``) and every
+        address a request arrived on are what "us" means in a Route or a response's Via."""
+        self._sender = sender
+        self._directory = directory
+        self._router = router
+        self._calls = calls
+        self._messages = messages
+        self._clock = clock
+        self.address = address
+        self._realm = realm
+        self._local_hosts = local_hosts
+        self._locals: set[tuple[str, int]] = set()  # addresses requests arrived on
+        if address is not None:
+            self._locals.add((address[0].lower(), address[1]))
+        # Share the registrar's Nonces (persisted secret) so a restart does not turn the
+        # nonces phones cache into failures; an unknown nonce is re-challenged anyway.
+        self.nonces = nonces or Nonces(secrets.token_bytes(32))
+        self._counts = NonceCounts()
+        self._guard = guard
+        self.algorithms = tuple(algorithms)
+        self.max_contexts = max_contexts
+        self.max_transactions = max_transactions
+        self.max_calls = max_calls
+        self.max_branches = max_branches
+        self._table = TransactionTable()
+        self._peers: dict[Transaction, Target] = {}
+        self._branches: dict[Transaction, Branch] = {}  # client transaction -> its branch
+        self._contexts: dict[Transaction, Context] = {}  # server transaction -> its request
+        self._live_calls: dict[CallKey, Call] = {}
+        self._wake = asyncio.Event()
+        self._overloaded = False
+
+    # --- the MessageHandler surface -----------------------------------------------------
+
+    async def handle(self, incoming: Incoming) -> None:
+        now = self._clock()
+        if len(self._locals) < MAX_LOCAL_ADDRESSES:
+            self._locals.add((incoming.local[0].lower(), incoming.local[1]))
+        try:
+            if isinstance(incoming.message, Response):
+                await self._on_response(incoming.message, now)
+            else:
+                await self._on_request(incoming, incoming.message, now)
+        except SipError as err:  # a malformed header the parser let through lazily
+            logger.info("x %s from %s:%s: %s", _describe(incoming.message), *incoming.source, err)
+        finally:
+            self._wake.set()
+
+    def connection_closed(self, connection_id: str) -> None:
+        """Nothing to drop: a branch sent to a closed connection times out (Timer B/F/C)
+        and the transport falls back to the target address where it can."""
+        logger.debug("- connection %s closed", connection_id)
+
+    # --- timers ---------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` next needs to run."""
+        times = [t for t in (self._table.get_timer(),) if t is not None]
+        times += [b.deadline for b in self._branches.values() if b.deadline is not None]
+        times += [c.deadline for c in self._live_calls.values()]
+        return min(times, default=None)
+
+    async def handle_timer(self, now: float) -> None:
+        for txn, actions in self._table.handle_timer(now):
+            await self._drain(txn, actions, now)
+        for branch in [b for b in self._branches.values() if b.deadline is not None]:
+            if branch.deadline is not None and branch.deadline <= now:
+                await self._branch_timer(branch, now)
+        for call in [c for c in self._live_calls.values() if c.deadline <= now]:
+            await self._expire_call(call, now)
+
+    async def run(self) -> None:
+        """Drive the timers until cancelled (the composition root's TaskGroup owns this)."""
+        while True:
+            deadline = self.get_timer()
+            delay = None if deadline is None else max(0.0, deadline - self._clock())
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            try:
+                await self.handle_timer(self._clock())
+            except Exception:  # noqa: BLE001 - one call's bug must not stop every call's timers
+                logger.exception("x proxy timer handling failed")
+
+    # --- counters for /health and tests ------------------------------------------------
+
+    @property
+    def transactions(self) -> int:
+        return len(self._table)
+
+    @property
+    def calls(self) -> int:
+        return len(self._live_calls)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._contexts)
+
+    # --- requests ---------------------------------------------------------------------------
+
+    async def _on_request(self, incoming: Incoming, request: Request, now: float) -> None:
+        if request.method == "ACK":
+            txn = self._table.match_request(request)
+            if txn is not None:  # the ACK for a non-2xx we sent: hop-by-hop, absorbed
+                txn.receive(request, now)
+                await self._drain(txn, txn.pop_actions(), now)
+            else:
+                await self._in_dialog(incoming, request, now)
+            return
+        txn = self._table.match_request(request)
+        if txn is not None:  # a retransmission
+            txn.receive(request, now)
+            await self._drain(txn, txn.pop_actions(), now)
+            return
+        source = self._source(incoming, request)
+        if source is None:
+            return
+        if len(self._table) >= self.max_transactions:
+            self._refuse_stateless(request, source, "transactions")
+            return
+        if request.method == "CANCEL":
+            await self._on_cancel(request, source, now)
+            return
+        server = self._server(request, source, now)
+        if (status := max_forwards_status(request)) is not None:
+            await self._reply(server, status, now=now)
+            return
+        if unsupported := unsupported_extensions(request, (), proxy=True):
+            await self._reply(server, 420, now=now,
+                              headers=[("Unsupported", ", ".join(unsupported))])
+            return
+        if request.to.tag is not None:
+            await self._in_dialog(incoming, request, now, server=server)
+        elif request.method in DIALOG_ONLY:
+            await self._reply(server, 481, now=now)
+        elif request.method not in ROUTED:
+            await self._reply(server, 501, now=now)
+        else:
+            await self._new_request(server, request, source, incoming, now)
+
+    def _source(self, incoming: Incoming, request: Request) -> Target | None:
+        """Stamp received/rport on the top Via and say where responses go (None: nowhere)."""
+        host, port = incoming.source
+        via = stamp_received(request, host, port)
+        if via.response_target() is None:
+            logger.info("x %s with a broadcast/multicast Via: dropped", _describe(request))
+            return None
+        return Target(incoming.transport, host, port, incoming.connection_id)
+
+    def _server(self, request: Request, source: Target, now: float) -> ServerTransaction:
+        reliable = source.transport != "udp"
+        server: ServerTransaction
+        if request.method == "INVITE":
+            server = InviteServerTransaction(request, reliable=reliable, now=now)
+        else:
+            server = NonInviteServerTransaction(request, reliable=reliable, now=now)
+        server.pop_actions()  # the Deliver of the request itself: we hold it already
+        self._table.add(server)
+        self._peers[server] = source
+        return server
+
+    def _refuse_stateless(self, request: Request, source: Target, budget: str) -> None:
+        if not self._overloaded:
+            logger.warning("x budget of %s exhausted: answering 503", budget)
+            self._overloaded = True
+        if request.method != "ACK":
+            response = make_response(request, 503, to_tag=_token())
+            response.add("Retry-After", "5")
+            self._sender.send(response, source)
+
+    # --- new out-of-dialog requests -----------------------------------------------------
+
+    async def _new_request(self, server: ServerTransaction, request: Request, source: Target,
+                           incoming: Incoming, now: float) -> None:
+        caller = await self._authenticate(server, request, incoming, now)
+        if caller is None or server.state not in (State.PROCEEDING, State.TRYING):
+            return  # challenged or refused, or CANCELled while we looked the caller up
+        if not self._router.registered(caller.login, now):
+            logger.info("x %s from %s: caller not registered", request.method, caller.login)
+            await self._reply(server, 403, "Caller Not Registered", now=now)
+            return
+        if self._remaining_foreign_route(request):
+            await self._reply(server, 403, "No Route To A Foreign Proxy", now=now)
+            return
+        if len(self._contexts) >= self.max_contexts or (
+            request.method == "INVITE" and len(self._live_calls) >= self.max_calls
+        ):
+            if not self._overloaded:
+                logger.warning("x budget of proxied requests/calls exhausted: answering 503")
+                self._overloaded = True
+            await self._reply(server, 503, now=now, headers=[("Retry-After", "5")])
+            return
+        self._overloaded = False
+        decision = await self._router.route(request, caller, now)
+        if server.state not in (State.PROCEEDING, State.TRYING):
+            return  # CANCELled meanwhile: 487 already sent
+        context = Context(request=request, server=server, source=source,
+                          local=self._local(incoming), caller=caller)
+        if isinstance(decision, Refuse):
+            context.callee = _user_of(NameAddr(request.uri)) or request.uri
+            logger.info("x %s %s -> %s: %d %s", request.method, caller.login, context.callee,
+                        decision.status, decision.reason or "")
+            await self._reply(server, decision.status, decision.reason, now=now)
+            await self._record_refusal(context, decision.status, decision.reason)
+            return
+        context.callee = decision.callee
+        self._contexts[server] = context
+        if request.method == "INVITE":
+            await self._reply(server, 100, now=now)
+            call = Call(call_id=request.call_id or "", caller_tag=request.from_.tag or "",
+                        caller=source, deadline=now + TIMER_C + 2 * REAP_AFTER,
+                        cdr_sid=self._calls.new_sid())
+            context.call = call
+            self._live_calls[call.key] = call
+        contacts = decision.contacts[: self.max_branches]
+        logger.info("> %s %s -> %s (%d contact%s)", request.method, caller.login,
+                    decision.callee, len(contacts), "" if len(contacts) == 1 else "s")
+        await self._fork(context, contacts, incoming, now, record_route=request.method == "INVITE")
+        if context.call is not None:
+            await self._cdr_open(context)
+
+    async def _authenticate(self, server: ServerTransaction, request: Request,
+                            incoming: Incoming, now: float) -> Caller | None:
+        ip = incoming.source[0]
+        if self._guard is not None and self._guard.is_banned(ip, now):
+            await self._reply(server, 403, now=now)
+            return None
+        from_user = _user_of(request.from_)
+        challenge_header, credentials_header = HEADERS[407]
+        values = request.get_all(credentials_header)
+        if not values:
+            user = await self._directory.user(from_user) if from_user else None
+            await self._challenge(server, user.realm if user else self._realm(), now)
+            return None
+        try:
+            creds = DigestCredentials.parse(values[0])
+        except SipParseError:
+            await self._reply(server, 400, "Bad Proxy-Authorization", now=now)
+            return None
+        username = creds.username or ""
+        user = await self._directory.user(username) if username else None
+        realm = user.realm if user else self._realm()
+        if self.nonces.check(creds.nonce or "", now) is NonceStatus.INVALID:
+            # Not our nonce: forged, or issued before a restart. Challenge afresh, as the
+            # registrar does; a forger learns nothing from it.
+            await self._challenge(server, realm, now)
+            return None
+        auth = DigestAuth(realm, self.nonces, self.algorithms, self._counts)
+        algorithm = digest_algorithm(creds)
+        ha1: str | None = None
+        if user is not None and algorithm is not None:
+            ha1 = user.ha1_sha256 if algorithm.base is Algorithm.SHA256 else user.ha1_md5
+        verdict = auth.verify(creds, method=request.method, ha1=ha1 or None, now=now,
+                              body=request.body)
+        if verdict is Verdict.STALE:
+            await self._challenge(server, realm, now, stale=True)
+            return None
+        if verdict is Verdict.MALFORMED:
+            await self._challenge(server, realm, now)
+            return None
+        if verdict is Verdict.REJECTED or user is None:
+            logger.info("x %s from %s:%s: bad credentials for %r", request.method,
+                        *incoming.source, username)
+            if self._guard is not None and self._guard.record_failure(ip, now):
+                logger.warning("x %s banned after repeated authentication failures", ip)
+            await self._reply(server, 403, now=now)
+            return None
+        if self._guard is not None:
+            self._guard.record_success(ip)
+        if not user.enabled:
+            await self._reply(server, 403, "Client Disabled", now=now)
+            return None
+        if from_user != user.login:
+            await self._reply(server, 403, "From Does Not Match Credentials", now=now)
+            return None
+        return Caller(login=user.login, account_sid=user.account_sid, voice_url=user.voice_url,
+                      voice_application_sid=user.voice_application_sid)
+
+    async def _challenge(self, server: ServerTransaction, realm: str, now: float,
+                         *, stale: bool = False) -> None:
+        auth = DigestAuth(realm, self.nonces, self.algorithms)
+        header = HEADERS[407][0]
+        await self._reply(server, 407, now=now,
+                          headers=[(header, value) for value in auth.challenges(now, stale=stale)])
+
+    # --- forking -------------------------------------------------------------------------
+
+    async def _fork(self, context: Context, contacts: Collection[Contact], incoming: Incoming,
+                    now: float, *, record_route: bool) -> None:
+        for contact in contacts:
+            request = self._branch_request(context.request, contact.uri, incoming.transport,
+                                           contact.target.transport, context.local,
+                                           record_route=record_route)
+            reliable = contact.target.transport != "udp"
+            txn = client_transaction(request, reliable=reliable, now=now)
+            branch = Branch(context=context, request=request, target=contact.target, txn=txn)
+            if isinstance(txn, InviteClientTransaction):
+                branch.deadline = now + TIMER_C
+            context.branches.append(branch)
+            self._table.add(txn)
+            self._peers[txn] = contact.target
+            self._branches[txn] = branch
+            await self._drain(txn, txn.pop_actions(), now)
+
+    def _branch_request(self, original: Request, uri: str, inbound: str, outbound: str,
+                        local: tuple[str, int], *, record_route: bool,
+                        branch: str | None = None) -> Request:
+        request = Request(method=original.method, uri=uri, headers=list(original.headers),
+                          body=original.body)
+        forwards = original.get("max-forwards")
+        hops = int(forwards) - 1 if forwards and forwards.isdigit() else DEFAULT_MAX_FORWARDS
+        request.set("Max-Forwards", str(max(hops, 0)))
+        self._consume_credentials(request)
+        if record_route:
+            request.prepend("Record-Route", _record_route(local, inbound))
+            if inbound != outbound:
+                request.prepend("Record-Route", _record_route(local, outbound))
+        request.prepend("Via", _via(local, outbound, branch))
+        return request
+
+    @staticmethod
+    def _consume_credentials(request: Request) -> None:
+        """Drop the credentials meant for us (RFC 3261 §22.3). No proxy sits between the
+        phones and us, so every Proxy-Authorization line is for our realm."""
+        request.remove("proxy-authorization")
+
+    def _local(self, incoming: Incoming) -> tuple[str, int]:
+        return self.address or incoming.local
+
+    # --- responses -----------------------------------------------------------------------
+
+    async def _on_response(self, response: Response, now: float) -> None:
+        try:
+            txn = self._table.match_response(response)
+        except SipParseError:
+            return
+        if txn is None:
+            await self._stray_response(response)
+            return
+        txn.receive(response, now)
+        await self._drain(txn, txn.pop_actions(), now)
+
+    async def _stray_response(self, response: Response) -> None:
+        """A response no transaction of ours expects. A 2xx to an INVITE whose top Via is
+        ours is forwarded statelessly (a 2xx retransmission after our transaction ended,
+        §16.7 step 1); anything else is dropped."""
+        top = response.top_via
+        if top is None or not self._is_us(top.host, top.port):
+            return
+        if not (200 <= response.status < 300 and response.cseq.method == "INVITE"):
+            return
+        forwarded = _strip_top_via(response)
+        via = forwarded.top_via if forwarded is not None else None
+        where = via.response_target() if via is not None else None
+        if forwarded is not None and via is not None and where is not None:
+            transport = "tcp" if via.transport == "TCP" else "udp"
+            self._sender.send(forwarded, Target(transport, *where))
+
+    async def _branch_response(self, branch: Branch, response: Response, now: float) -> None:
+        context = branch.context
+        status = response.status
+        if status < 200:
+            branch.provisional = True
+            if branch.cancel_wanted and not branch.cancelled:
+                self._send_cancel(branch, now)
+            elif branch.deadline is not None and not branch.cancelled:
+                branch.deadline = now + TIMER_C  # each provisional restarts Timer C
+            if status == 100 or context.final_sent or branch.done:
+                return
+            self._note_dialog(context, branch, response)
+            # Signalling first, CDR second: while the CDR write awaits the store, the 200
+            # may already be here, and a 180 sent after it would be refused by the server
+            # transaction (and would be wrong on the wire).
+            await self._forward_response(context, response, now)
+            if context.call is not None and 180 <= status < 190 and context.call.cdr_sid:
+                await self._cdr(self._calls.ringing, context.call.cdr_sid)
+            return
+        if 200 <= status < 300:
+            first = not context.final_sent
+            if branch.final is None or branch.final.status >= 300:
+                branch.final = response
+            branch.deadline = None
+            self._note_dialog(context, branch, response)
+            context.final_sent = True
+            await self._forward_response(context, response, now)
+            if context.request.method == "INVITE":
+                self._cancel_others(context, branch, now)
+            await self._answered(context, branch, response, now, first=first)
+            self._maybe_done(context)
+            return
+        if branch.done:
+            if branch.deadline is not None and branch.cancelled:
+                branch.deadline = None
+            return  # a late final after our local 487, or a retransmission
+        if branch.timed_out and status == 487:
+            response = _local_response(context.request, 408)
+        branch.final = response
+        branch.deadline = None
+        if status >= 600 and context.request.method == "INVITE":
+            self._cancel_others(context, branch, now)
+        await self._maybe_finish(context, now)
+
+    def _note_dialog(self, context: Context, branch: Branch, response: Response) -> None:
+        if context.call is None:
+            return
+        tag = response.to.tag
+        if tag:
+            context.call.add_dialog(tag, branch.target)
+
+    async def _answered(self, context: Context, branch: Branch, response: Response, now: float,
+                        *, first: bool) -> None:
+        call = context.call
+        if call is not None and not call.answered:
+            call.answered = True
+            call.primary_tag = response.to.tag
+            call.deadline = now + session_idle_limit(response.get("session-expires"))
+            logger.info("- call %s %s -> %s answered", call.call_id, context.caller.login
+                        if context.caller else "?", context.callee)
+            if call.cdr_sid:
+                await self._cdr(self._calls.answered, call.cdr_sid)
+        if first and context.request.method == "MESSAGE":
+            await self._record_message(context, response.status, response.reason)
+
+    async def _maybe_finish(self, context: Context, now: float) -> None:
+        """Send the best final response once every branch has one (§16.7 step 6)."""
+        if context.final_sent:
+            self._maybe_done(context)
+            return
+        if not all(b.done for b in context.branches):
+            return
+        finals = [b.final for b in context.branches if b.final is not None]
+        chosen = finals[best_response([r.status for r in finals])]
+        status = forwarded_status(chosen.status)
+        if status != chosen.status:
+            chosen = _local_response(context.request, status)
+        context.final_sent = True
+        await self._forward_response(context, chosen, now)
+        await self._unanswered(context, chosen.status, chosen.reason, now)
+        self._maybe_done(context)
+
+    async def _unanswered(self, context: Context, status: int, reason: str, now: float) -> None:
+        call = context.call
+        if call is not None and not call.answered:
+            call.deadline = min(call.deadline, now + LINGER)
+            if call.cdr_sid and not call.ended:
+                call.ended = True
+                await self._cdr(self._calls.ended, call.cdr_sid,
+                                cdr_status(status, canceled=context.cancelled))
+        if context.request.method == "MESSAGE":
+            await self._record_message(context, status, reason)
+
+    def _maybe_done(self, context: Context) -> None:
+        if context.final_sent and all(b.done for b in context.branches):
+            self._contexts.pop(context.server, None)
+
+    async def _forward_response(self, context: Context, response: Response, now: float) -> None:
+        if isinstance(response, LocalResponse):
+            forwarded: Response | None = response
+        else:
+            forwarded = _strip_top_via(response)
+        if forwarded is None:
+            return
+        server = context.server
+        if server.terminated:
+            if 200 <= forwarded.status < 300:  # a late 2xx: still end-to-end, send it
+                self._sender.send(forwarded, context.source)
+            return
+        try:
+            server.send(forwarded, now)
+        except SipStateError:
+            # Too late for the transaction: a 2xx to an INVITE after our non-2xx final (a
+            # branch that answered despite its CANCEL) still goes out, end to end; a second
+            # final to a non-INVITE request has nowhere to go.
+            if 200 <= forwarded.status < 300 and context.request.method == "INVITE":
+                self._sender.send(forwarded, context.source)
+            return
+        await self._drain(server, server.pop_actions(), now)
+
+    # --- CANCEL ---------------------------------------------------------------------------
+
+    async def _on_cancel(self, request: Request, source: Target, now: float) -> None:
+        invite = self._table.match_cancel(request)
+        server = self._server(request, source, now)
+        if invite is None:
+            await self._reply(server, 481, now=now)
+            return
+        await self._reply(server, 200, now=now)
+        context = self._contexts.get(invite)
+        if context is None:
+            if invite.state is State.PROCEEDING:  # still being authenticated or routed
+                await self._reply(invite, 487, now=now)
+            return
+        context.cancelled = True
+        logger.info("< CANCEL %s from %s", request.call_id,
+                    context.caller.login if context.caller else "?")
+        for branch in context.branches:
+            self._cancel_branch(branch, now)
+        await self._maybe_finish(context, now)
+
+    def _cancel_others(self, context: Context, winner: Branch, now: float) -> None:
+        for branch in context.branches:
+            if branch is not winner:
+                self._cancel_branch(branch, now)
+
+    def _cancel_branch(self, branch: Branch, now: float) -> None:
+        if branch.done or branch.cancelled or branch.cancel_wanted:
+            return
+        if not isinstance(branch.txn, InviteClientTransaction):
+            return  # a non-INVITE cannot be cancelled usefully: let it complete
+        if branch.provisional:
+            self._send_cancel(branch, now)
+        else:
+            # RFC 3261 §9.1: no CANCEL before a provisional. Count the branch as done with a
+            # local 487 now, and cancel it when (if) its provisional arrives.
+            branch.cancel_wanted = True
+            branch.final = _local_response(branch.context.request, 487)
+            branch.deadline = now + REAP_AFTER
+
+    def _send_cancel(self, branch: Branch, now: float) -> None:
+        branch.cancelled = True
+        branch.deadline = now + REAP_AFTER
+        cancel = make_cancel(branch.request)
+        txn = client_transaction(cancel, reliable=branch.target.transport != "udp", now=now)
+        self._table.add(txn)
+        self._peers[txn] = branch.target
+        for action in txn.pop_actions():
+            if isinstance(action, Transmit):
+                self._sender.send(action.message, branch.target)
+
+    async def _branch_timer(self, branch: Branch, now: float) -> None:
+        branch.deadline = None
+        if branch.cancelled or branch.cancel_wanted:
+            # Cancelled and still silent after 64·T1: give up on it.
+            self._table.remove(branch.txn)
+            self._forget(branch.txn)
+            if branch.final is None:
+                branch.final = _local_response(branch.context.request, 408)
+                await self._maybe_finish(branch.context, now)
+            else:
+                self._maybe_done(branch.context)
+            return
+        if branch.done:
+            return
+        logger.info("x Timer C on %s to %s:%s", branch.request.call_id, branch.target.host,
+                    branch.target.port)
+        branch.timed_out = True
+        if branch.provisional:
+            self._send_cancel(branch, now)
+        else:
+            branch.final = _local_response(branch.context.request, 408)
+            self._table.remove(branch.txn)
+            self._forget(branch.txn)
+            await self._maybe_finish(branch.context, now)
+
+    # --- in-dialog requests ----------------------------------------------------------------
+
+    async def _in_dialog(self, incoming: Incoming, request: Request, now: float,
+                         server: ServerTransaction | None = None) -> None:
+        is_ack = request.method == "ACK"
+        if is_ack and self._source(incoming, request) is None:
+            return
+        if is_ack and max_forwards_status(request) is not None:
+            return  # an ACK gets no response; a looping one just stops here
+        self._pop_own_routes(request)
+        found = self._find_call(request)
+        if found is None:
+            if server is not None:
+                await self._reply(server, 481, now=now)
+            return
+        call, towards_callee = found
+        target = self._remaining_route_target(request)
+        if target is None:
+            to_tag = request.to.tag or ""
+            target = call.callees.get(to_tag) if towards_callee else call.caller
+        if target is None:
+            if server is not None:
+                await self._reply(server, 481, now=now)
+            return
+        if call.answered and not call.ended:
+            call.deadline = max(call.deadline, now + session_idle_limit(
+                request.get("session-expires")))
+        if is_ack or server is None:  # the ACK for a 2xx: end-to-end, forwarded statelessly
+            forwarded = self._branch_request(request, request.uri, incoming.transport,
+                                             target.transport, self._local(incoming),
+                                             record_route=False, branch=_ack_branch(request))
+            self._sender.send(forwarded, target)
+            return
+        source = self._peers.get(server)
+        if source is None:
+            return
+        context = Context(request=request, server=server, source=source,
+                          local=self._local(incoming))
+        self._contexts[server] = context
+        await self._fork(context, [Contact(request.uri, target)], incoming, now,
+                         record_route=False)
+        if request.method == "BYE":
+            await self._bye(call, request, now)
+
+    async def _bye(self, call: Call, request: Request, now: float) -> None:
+        tags = {request.from_.tag, request.to.tag}
+        if not call.answered or call.ended or call.primary_tag not in tags:
+            return
+        call.ended = True
+        call.deadline = now + LINGER
+        logger.info("- call %s ended by BYE from %s", call.call_id, _user_of(request.from_))
+        if call.cdr_sid:
+            await self._cdr(self._calls.ended, call.cdr_sid, CallStatus.COMPLETED)
+
+    def _find_call(self, request: Request) -> tuple[Call, bool] | None:
+        """The call REQUEST belongs to, and whether it travels towards the callee."""
+        call_id = request.call_id or ""
+        from_tag, to_tag = request.from_.tag or "", request.to.tag or ""
+        call = self._live_calls.get((call_id, from_tag))
+        if call is not None:
+            return call, True
+        call = self._live_calls.get((call_id, to_tag))
+        if call is not None:
+            return call, False
+        return None
+
+    def _is_us(self, host: str, port: int | None) -> bool:
+        host, port = host.strip("[]").lower(), port or 5060
+        if (host, port) in self._locals:
+            return True
+        return host in self._local_hosts and any(p == port for _, p in self._locals)
+
+    def _uri_is_us(self, text: str, *, userless: bool = False) -> bool:
+        try:
+            uri = parse_uri(text)
+        except SipParseError:
+            return False
+        if not isinstance(uri, SipUri) or (userless and uri.user is not None):
+            return False
+        return self._is_us(uri.host, uri.port)
+
+    def _pop_own_routes(self, request: Request) -> None:
+        """Loose routing (§16.4): drop our own Route entries from the top. A strict router
+        put our Record-Route in the Request-URI: restore the URI from the last Route."""
+        if self._uri_is_us(request.uri, userless=True) and request.get("route") is not None:
+            routes = parse_name_addrs(request.get_all("route"))
+            if routes:
+                request.uri = routes[-1].uri
+                remaining = [str(r) for r in routes[:-1]]
+                request.remove("route")
+                for value in remaining:
+                    request.add("Route", value)
+        while True:
+            values = request.values("route")
+            if not values:
+                return
+            try:
+                top = NameAddr.parse(values[0])
+            except SipParseError:
+                return
+            if not self._uri_is_us(top.uri):
+                return
+            request.pop_first_value("route")
+
+    def _remaining_foreign_route(self, request: Request) -> bool:
+        self._pop_own_routes(request)
+        return bool(request.values("route"))
+
+    def _remaining_route_target(self, request: Request) -> Target | None:
+        values = request.values("route")
+        if not values:
+            return None
+        try:
+            uri = parse_uri(NameAddr.parse(values[0]).uri)
+        except SipParseError:
+            return None
+        if not isinstance(uri, SipUri):
+            return None
+        return Target(uri.transport or "udp", uri.host.strip("[]"), uri.port or 5060)
+
+    async def _expire_call(self, call: Call, now: float) -> None:
+        self._live_calls.pop(call.key, None)
+        if call.answered and not call.ended:
+            call.ended = True
+            logger.warning("x call %s closed without a BYE after its idle limit", call.call_id)
+            if call.cdr_sid:
+                await self._cdr(self._calls.ended, call.cdr_sid, CallStatus.COMPLETED)
+
+    # --- transactions and sending -----------------------------------------------------------
+
+    async def _drain(self, txn: Transaction, actions: list[Any], now: float) -> None:
+        for action in actions:
+            if isinstance(action, Transmit):
+                target = self._peers.get(txn)
+                if target is not None:
+                    self._sender.send(action.message, target)
+            elif isinstance(action, Deliver):
+                await self._deliver(txn, action.message, now)
+            elif isinstance(action, TimedOut):
+                branch = self._branches.get(txn)
+                if branch is not None and not branch.done:
+                    await self._branch_response(branch, _local_response(
+                        branch.context.request, 408), now)
+            elif isinstance(action, Terminated):
+                self._table.remove(txn)
+                self._forget(txn)
+
+    async def _deliver(self, txn: Transaction, message: Request | Response, now: float) -> None:
+        if isinstance(message, Response):
+            branch = self._branches.get(txn)
+            if branch is not None:
+                await self._branch_response(branch, message, now)
+            return
+        if message.method == "ACK":  # RFC 6026: an ACK for a 2xx reusing the INVITE branch
+            peer = self._peers.get(txn)
+            context = self._contexts.get(txn)
+            local = context.local if context else self.address or ("127.0.0.1", 5060)
+            incoming = Incoming(message, peer.transport if peer else "udp",
+                                (peer.host, peer.port) if peer else ("", 0), local,
+                                peer.connection_id if peer else None)
+            await self._in_dialog(incoming, message, now)
+
+    def _forget(self, txn: Transaction) -> None:
+        self._peers.pop(txn, None)
+        branch = self._branches.pop(txn, None)
+        if branch is not None and branch.final is None:
+            branch.final = _local_response(branch.context.request, 408)
+        self._contexts.pop(txn, None)
+
+    async def _reply(self, server: ServerTransaction, status: int, reason: str | None = None,
+                     *, now: float, headers: Collection[tuple[str, str]] = ()) -> None:
+        response = make_response(server.request, status, reason,
+                                 to_tag=None if status == 100 else _tag_for(server.request))
+        for name, value in headers:
+            response.add(name, value)
+        try:
+            server.send(response, now)
+        except SipStateError:
+            return
+        await self._drain(server, server.pop_actions(), now)
+
+    # --- CDRs and SMS rows ---------------------------------------------------------------
+
+    async def _cdr_open(self, context: Context) -> None:
+        """Write the CDR row. Its sid was minted before the branches went out, and
+        ``CallLog.opened`` registers the row before its first await, so a 180 or 200 that
+        races the INSERT still finds it (the store's single writer keeps the order)."""
+        call, caller = context.call, context.caller
+        if call is None or caller is None:
+            return
+        try:
+            await self._calls.opened(account_sid=caller.account_sid, from_=caller.login,
+                                     to=context.callee, direction=CALL_DIRECTION,
+                                     sid=call.cdr_sid)
+        except Exception:  # noqa: BLE001 - a CDR failure must never break call signalling
+            logger.exception("x CDR for call %s not opened", call.call_id)
+
+    async def _record_refusal(self, context: Context, status: int, reason: str | None) -> None:
+        caller = context.caller
+        if caller is None:
+            return
+        if context.request.method == "MESSAGE":
+            await self._record_message(context, status, reason or "")
+        elif context.request.method == "INVITE":
+            try:
+                record = await self._calls.opened(
+                    account_sid=caller.account_sid, from_=caller.login, to=context.callee,
+                    direction=CALL_DIRECTION)
+                await self._calls.ended(record.sid, cdr_status(status, canceled=False))
+            except Exception:  # noqa: BLE001 - see _cdr_open
+                logger.exception("x CDR for refused call from %s not written", caller.login)
+
+    async def _cdr(self, step: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        try:
+            await step(*args)
+        except Exception:  # noqa: BLE001 - see _cdr_open
+            logger.exception("x CDR update %s%r failed", getattr(step, "__name__", step), args)
+
+    async def _record_message(self, context: Context, status: int, reason: str) -> None:
+        caller = context.caller
+        if caller is None:
+            return
+        ok = 200 <= status < 300
+        try:
+            await self._messages(
+                account_sid=caller.account_sid, from_=caller.login, to=context.callee,
+                body=context.request.body.decode("utf-8", "replace"),
+                status="sent" if ok else "failed", direction=MESSAGE_DIRECTION,
+                error_code=None if ok else status, error_message=None if ok else reason)
+        except Exception:  # noqa: BLE001 - see _cdr_open
+            logger.exception("x SMS row for MESSAGE from %s not written", caller.login)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _hostport(local: tuple[str, int]) -> str:
+    host, port = local
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"{host}:{port}"
+
+
+def _via(local: tuple[str, int], transport: str, branch: str | None = None) -> str:
+    branch = branch or "z9hG4bK" + _token()
+    return f"SIP/2.0/{transport.upper()} {_hostport(local)};branch={branch}"
+
+
+def _record_route(local: tuple[str, int], transport: str) -> str:
+    return f"<sip:{_hostport(local)};lr;transport={transport.lower()}>"
+
+
+def _describe(message: Request | Response) -> str:
+    if isinstance(message, Request):
+        return message.method
+    return f"{message.status} response"
+
+
+def _tag_for(request: Request) -> str:
+    """The To tag of our own responses: derived from the top Via branch, so a request and
+    its retransmissions get the same tag."""
+    top = request.top_via
+    seed = (top.branch if top is not None and top.branch else "") + (request.call_id or "")
+    return hashlib.sha256(seed.encode()).hexdigest()[:16]
+
+
+def _ack_branch(ack: Request) -> str:
+    """A stateless hop's branch (§16.11): derived from the incoming one, so a retransmitted
+    ACK gets the same branch downstream."""
+    top = ack.top_via
+    seed = (top.branch if top is not None and top.branch else "") + (ack.call_id or "")
+    return "z9hG4bK" + hashlib.sha256(seed.encode()).hexdigest()[:20]
+
+
+@dataclass
+class LocalResponse(Response):
+    """A final response we make ourselves in place of a branch's (408, 487, 500): it is
+    addressed to the caller already, so no Via of ours is stripped when it is sent."""
+
+
+def _local_response(request: Request, status: int) -> Response:
+    made = make_response(request, status, to_tag=_tag_for(request))
+    return LocalResponse(headers=made.headers, body=made.body, status=made.status,
+                         reason=made.reason)
+
+
+def _strip_top_via(response: Response) -> Response | None:
+    """A copy of RESPONSE without our Via; None when no Via would be left (§16.7 step 3)."""
+    copy = dataclasses.replace(response, headers=list(response.headers))
+    copy.pop_first_value("via")
+    return copy if copy.values("via") else None

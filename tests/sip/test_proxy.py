@@ -1,0 +1,517 @@
+"""The stateful proxy's signalling (RFC 3261 §16) against fake phones and a fake clock:
+challenge, forwarding edits, refusals, forking, CANCEL, Timer C, loose routing, budgets."""
+
+from __future__ import annotations
+
+from appliance.sip.bindings import Origin
+from appliance.sip.headers import DigestCredentials, NameAddr
+from appliance.sip.message import Request, Response
+from appliance.sip.proxy import TIMER_C
+from appliance.sip.wire import Target
+from tests.sip.proxy_harness import (
+    LOCAL,
+    REALM,
+    SDP,
+    Harness,
+    Phone,
+    authorization,
+    make_user,
+)
+
+ALICE_SRC = ("203.0.113.10", 40000)
+BOB_SRC = ("203.0.113.20", 41000)
+BOB2_SRC = ("203.0.113.21", 42000)
+
+
+def setup() -> tuple[Harness, Phone, Phone]:
+    h = Harness()
+    alice = h.phone("alice", "192.168.1.10", ALICE_SRC)
+    bob = h.phone("bob", "192.168.1.20", BOB_SRC)
+    return h, alice, bob
+
+
+def statuses(h: Harness) -> list[int]:
+    return [m.status for m, _ in h.sender.responses()]
+
+
+# --- challenge and authentication -------------------------------------------------------
+
+
+async def test_invite_without_credentials_gets_407_sha256_then_md5() -> None:
+    h, alice, _ = setup()
+    invite = alice.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>", call_id="c1",
+                           from_tag="t1", body=SDP)
+    await h.send(alice, invite)
+    [(response, target)] = h.sender.take()
+    assert isinstance(response, Response) and response.status == 407
+    assert target == Target("udp", *ALICE_SRC)
+    offers = [DigestCredentials.parse(v) for v in response.get_all("proxy-authenticate")]
+    assert [o.algorithm for o in offers] == ["SHA-256", "MD5"]
+    assert {o.realm for o in offers} == {REALM}
+    assert response.to.tag  # a final response carries a To tag
+    # The caller's ACK for the 407 is absorbed by our server transaction.
+    ack = alice.request("ACK", invite.uri, to=response.get("to") or "", call_id="c1",
+                        from_tag="t1", cseq=1, branch=invite.top_via.branch)  # type: ignore[union-attr]
+    await h.send(alice, ack)
+    assert h.sender.take() == []
+
+
+async def test_unknown_user_gets_the_same_challenge_shape() -> None:
+    h, alice, _ = setup()
+    mallory = Phone("mallory", "192.168.1.66", ("198.51.100.6", 5060))
+    invite = mallory.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>",
+                             call_id="c2", from_tag="t2", body=SDP)
+    await h.send(mallory, invite)
+    [(response, _)] = h.sender.take()
+    assert isinstance(response, Response) and response.status == 407
+    known = alice.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>", call_id="c3",
+                          from_tag="t3", body=SDP)
+    await h.send(alice, known)
+    [(other, _)] = h.sender.take()
+    assert isinstance(other, Response)
+    assert [h_.name for h_ in response.headers] == [h_.name for h_ in other.headers]
+    def shape(r: Response) -> list[list[str]]:
+        return [list(DigestCredentials.parse(v).params) for v in r.get_all("proxy-authenticate")]
+
+    assert shape(response) == shape(other)
+
+
+async def test_authenticated_invite_is_forwarded_with_our_via_rr_and_max_forwards() -> None:
+    h, alice, bob = setup()
+    sent = await h.authenticated(alice, "INVITE", "bob", body=SDP, max_forwards=70)
+    out = h.sender.take()
+    trying = [m for m, t in out if isinstance(m, Response)]
+    assert [r.status for r in trying] == [100]
+    [(forwarded, target)] = [(m, t) for m, t in out if isinstance(m, Request)]
+    assert target == Target("udp", *BOB_SRC)  # bob's NAT address, not his Contact
+    assert forwarded.uri == bob.contact  # the Contact stays the Request-URI
+    vias = forwarded.vias
+    assert (vias[0].host, vias[0].port) == LOCAL and vias[0].transport == "UDP"
+    assert vias[0].branch and vias[0].branch.startswith("z9hG4bK")
+    assert vias[1].host == "192.168.1.10" and vias[1].received == ALICE_SRC[0]
+    assert vias[1].rport == ALICE_SRC[1]
+    assert forwarded.get("max-forwards") == "69"
+    assert forwarded.get_all("record-route") == ["<sip:10.0.0.1:5060;lr;transport=udp>"]
+    assert forwarded.get("proxy-authorization") is None  # consumed
+    assert forwarded.body == SDP and forwarded.call_id == sent.call_id
+
+
+async def test_md5_only_phone_is_accepted() -> None:
+    h, alice, _ = setup()
+    await h.authenticated(alice, "INVITE", "bob", body=SDP, algorithm="MD5")
+    assert len(h.sender.requests("INVITE")) == 1
+
+
+async def test_transport_change_adds_two_record_routes() -> None:
+    h = Harness()
+    alice = h.phone("alice", "192.168.1.10", ALICE_SRC)
+    bob = h.phone("bob", "192.168.1.20", BOB_SRC, transport="tcp", connection_id="conn-7")
+    await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(forwarded, target)] = h.sender.requests("INVITE")
+    assert target == Target("tcp", *BOB_SRC, "conn-7")
+    assert forwarded.get_all("record-route") == [
+        "<sip:10.0.0.1:5060;lr;transport=tcp>", "<sip:10.0.0.1:5060;lr;transport=udp>"]
+    assert forwarded.vias[0].transport == "TCP"
+    assert forwarded.uri == bob.contact
+
+
+async def test_refusals_after_authentication() -> None:
+    h, alice, _ = setup()
+    h.directory.users["carol"] = make_user("carol")  # known, never registered
+    h.directory.users["dave"] = make_user("dave", enabled=False)
+    cases = {"nobody": 404, "carol": 480, "dave": 480, "+15551234567": 403}
+    for callee, status in cases.items():
+        await h.authenticated(alice, "INVITE", callee, body=SDP)
+        assert statuses(h) == [status], callee
+        h.sender.take()
+    assert h.sender.requests() == []
+    # A number has no route yet, and the reason says so.
+    await h.authenticated(alice, "INVITE", "5551234", body=SDP)
+    [(refusal, _)] = h.sender.responses(403)
+    assert refusal.reason == "No Outbound Route"
+
+
+async def test_wrong_password_gets_403_and_no_new_challenge() -> None:
+    h, alice, _ = setup()
+    invite = alice.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>", call_id="w1",
+                           from_tag="t", body=SDP)
+    await h.send(alice, invite)
+    [(challenge, _)] = h.sender.responses(407)
+    h.sender.take()
+    again = alice.request("INVITE", invite.uri, to=f"<sip:bob@{REALM}>", call_id="w1",
+                          from_tag="t", body=SDP, headers=[("Proxy-Authorization", authorization(
+                              invite, challenge, alice, password="wrong"))])
+    await h.send(alice, again)
+    assert statuses(h) == [403]
+
+
+async def test_unregistered_or_disabled_or_impersonating_caller_is_refused() -> None:
+    h = Harness()
+    h.phone("bob", "192.168.1.20", BOB_SRC)
+    ghost = h.phone("ghost", "192.168.1.30", ("203.0.113.30", 5060), register=False)
+    await h.authenticated(ghost, "INVITE", "bob", body=SDP)
+    [(refusal, _)] = h.sender.responses(403)
+    assert refusal.reason == "Caller Not Registered"
+    h.sender.take()
+
+    off = h.phone("off", "192.168.1.31", ("203.0.113.31", 5060), user=make_user("off",
+                                                                               enabled=False))
+    await h.authenticated(off, "INVITE", "bob", body=SDP)
+    assert statuses(h) == [403]
+    h.sender.take()
+
+    # alice's credentials on a request that claims to come from bob
+    alice = h.phone("alice", "192.168.1.10", ALICE_SRC)
+    invite = alice.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>", call_id="i1",
+                           from_tag="t", body=SDP, from_user="bob")
+    await h.send(alice, invite)
+    [(challenge, _)] = h.sender.responses(407)
+    h.sender.take()
+    forged = alice.request("INVITE", invite.uri, to=f"<sip:bob@{REALM}>", call_id="i1",
+                           from_tag="t", body=SDP, from_user="bob", headers=[(
+                               "Proxy-Authorization", authorization(invite, challenge, alice))])
+    await h.send(alice, forged)
+    [(refusal, _)] = h.sender.responses(403)
+    assert refusal.reason == "From Does Not Match Credentials"
+    assert h.sender.requests("INVITE") == []
+
+
+async def test_stale_nonce_is_rechallenged_with_stale_true() -> None:
+    h, alice, _ = setup()
+    invite = alice.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>", call_id="s1",
+                           from_tag="t", body=SDP)
+    await h.send(alice, invite)
+    [(challenge, _)] = h.sender.responses(407)
+    h.sender.take()
+    h.clock.now += 3600  # the nonce is long expired
+    again = alice.request("INVITE", invite.uri, to=f"<sip:bob@{REALM}>", call_id="s1",
+                          from_tag="t", body=SDP, headers=[("Proxy-Authorization", authorization(
+                              invite, challenge, alice))])
+    await h.send(alice, again)
+    [(rechallenge, _)] = h.sender.responses(407)
+    assert all("stale=true" in v for v in rechallenge.get_all("proxy-authenticate"))
+
+
+async def test_max_forwards_zero_gets_483_without_challenge() -> None:
+    h, alice, _ = setup()
+    invite = alice.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>", call_id="m0",
+                           from_tag="t", body=SDP, max_forwards=0)
+    await h.send(alice, invite)
+    assert statuses(h) == [483]
+
+
+async def test_max_forwards_one_is_forwarded_as_zero() -> None:
+    h, alice, _ = setup()
+    await h.authenticated(alice, "INVITE", "bob", body=SDP, max_forwards=1)
+    [(forwarded, _)] = h.sender.requests("INVITE")
+    assert forwarded.get("max-forwards") == "0"
+
+
+async def test_unsupported_methods_and_stray_in_dialog_requests() -> None:
+    h, alice, _ = setup()
+    sub = alice.request("SUBSCRIBE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>", call_id="u1",
+                        from_tag="t", headers=[("Event", "presence")])
+    await h.send(alice, sub)
+    bye = alice.request("BYE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>", call_id="u2",
+                        from_tag="t")
+    await h.send(alice, bye)
+    in_dialog = alice.request("BYE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>;tag=x",
+                              call_id="u3", from_tag="t")
+    await h.send(alice, in_dialog)
+    assert statuses(h) == [501, 481, 481]
+
+
+# --- forking, responses, CANCEL ---------------------------------------------------------
+
+
+async def fork_setup() -> tuple[Harness, Phone, Phone, Phone, Request]:
+    h, alice, bob = setup()
+    bob2 = Phone("bob", "192.168.1.21", BOB2_SRC)
+    h.location.register("bob", [NameAddr.parse(f"<{bob2.contact}>")], expires_header=3600,
+                        call_id="reg-bob-2", cseq=1, now=h.clock.now,
+                        origin=Origin("udp", BOB2_SRC))
+    invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    return h, alice, bob, bob2, invite
+
+
+def branch_for(h: Harness, target: tuple[str, int]) -> Request:
+    [request] = [m for m, t in h.sender.requests("INVITE") if (t.host, t.port) == target]
+    return request
+
+
+async def test_fork_to_two_contacts_200_cancels_the_other() -> None:
+    h, alice, bob, bob2, _ = await fork_setup()
+    to_bob, to_bob2 = branch_for(h, BOB_SRC), branch_for(h, BOB2_SRC)
+    assert to_bob.vias[0].branch != to_bob2.vias[0].branch
+    h.sender.take()
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b1"))
+    await h.send(bob2, bob2.answer(to_bob2, 180, to_tag="b2"))
+    ringing = h.sender.responses(180)
+    assert len(ringing) == 2 and all(t == Target("udp", *ALICE_SRC) for _, t in ringing)
+    assert len(ringing[0][0].vias) == 1  # our Via is gone
+    h.sender.take()
+    await h.send(bob2, bob2.answer(to_bob2, 200, to_tag="b2"))
+    [(ok, ok_target)] = h.sender.responses(200)
+    assert ok_target == Target("udp", *ALICE_SRC) and ok.to.tag == "b2"
+    [(cancel, cancel_target)] = h.sender.requests("CANCEL")
+    assert cancel_target == Target("udp", *BOB_SRC)
+    assert cancel.uri == to_bob.uri and cancel.vias[0].branch == to_bob.vias[0].branch
+    h.sender.take()
+    # bob answers the CANCEL and the INVITE (487): the 487 is ACKed by us, not relayed.
+    await h.send(bob, bob.answer(cancel, 200))
+    await h.send(bob, bob.answer(to_bob, 487, to_tag="b1"))
+    assert h.sender.responses() == []
+    [(ack, ack_target)] = h.sender.requests("ACK")
+    assert ack_target == Target("udp", *BOB_SRC)
+    assert h.proxy.in_flight == 0
+
+
+async def test_cancel_waits_for_a_provisional_before_cancelling_a_branch() -> None:
+    h, alice, bob, bob2, _ = await fork_setup()
+    to_bob, to_bob2 = branch_for(h, BOB_SRC), branch_for(h, BOB2_SRC)
+    h.sender.take()
+    await h.send(bob2, bob2.answer(to_bob2, 200, to_tag="b2"))
+    assert h.sender.requests("CANCEL") == []  # bob never sent a provisional
+    await h.send(bob, bob.answer(to_bob, 100))
+    [(cancel, target)] = h.sender.requests("CANCEL")
+    assert target == Target("udp", *BOB_SRC)
+
+
+async def test_a_second_2xx_is_forwarded_too() -> None:
+    h, alice, bob, bob2, _ = await fork_setup()
+    to_bob, to_bob2 = branch_for(h, BOB_SRC), branch_for(h, BOB2_SRC)
+    h.sender.take()
+    await h.send(bob, bob.answer(to_bob, 200, to_tag="b1"))
+    await h.send(bob2, bob2.answer(to_bob2, 200, to_tag="b2"))
+    assert [r.to.tag for r, _ in h.sender.responses(200)] == ["b1", "b2"]
+
+
+async def test_caller_cancel_gets_200_cancels_branches_and_relays_487() -> None:
+    h, alice, bob = setup()
+    invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(to_bob, _)] = h.sender.requests("INVITE")
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b1"))
+    h.sender.take()
+    cancel = alice.request("CANCEL", invite.uri, to=invite.get("to") or "",
+                           call_id=invite.call_id or "", from_tag="caller-tag",
+                           cseq=invite.cseq.number, branch=invite.top_via.branch)  # type: ignore[union-attr]
+    await h.send(alice, cancel)
+    assert [(r.status, r.cseq.method) for r, _ in h.sender.responses()] == [(200, "CANCEL")]
+    [(downstream, target)] = h.sender.requests("CANCEL")
+    assert target == Target("udp", *BOB_SRC) and downstream.uri == to_bob.uri
+    h.sender.take()
+    await h.send(bob, bob.answer(downstream, 200))
+    await h.send(bob, bob.answer(to_bob, 487, to_tag="b1"))
+    [(relayed, target)] = h.sender.responses(487)
+    assert target == Target("udp", *ALICE_SRC) and relayed.cseq.method == "INVITE"
+    assert len(relayed.vias) == 1
+    # The caller's ACK for the 487 is absorbed.
+    h.sender.take()
+    ack = alice.request("ACK", invite.uri, to=relayed.get("to") or "", call_id=invite.call_id or "",
+                        from_tag="caller-tag", cseq=invite.cseq.number,
+                        branch=invite.top_via.branch)  # type: ignore[union-attr]
+    await h.send(alice, ack)
+    assert h.sender.take() == []
+
+
+async def test_cancel_before_any_provisional_answers_487_at_once() -> None:
+    h, alice, bob = setup()
+    invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(to_bob, _)] = h.sender.requests("INVITE")
+    h.sender.take()
+    cancel = alice.request("CANCEL", invite.uri, to=invite.get("to") or "",
+                           call_id=invite.call_id or "", from_tag="caller-tag",
+                           cseq=invite.cseq.number, branch=invite.top_via.branch)  # type: ignore[union-attr]
+    await h.send(alice, cancel)
+    assert sorted(statuses(h)) == [200, 487]
+    assert h.sender.requests("CANCEL") == []
+    h.sender.take()
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b1"))  # late: now it can be cancelled
+    assert len(h.sender.requests("CANCEL")) == 1
+    assert h.sender.responses() == []
+
+
+async def test_cancel_matching_nothing_gets_481() -> None:
+    h, alice, _ = setup()
+    cancel = alice.request("CANCEL", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>",
+                           call_id="nothing", from_tag="t", cseq=1)
+    await h.send(alice, cancel)
+    assert statuses(h) == [481]
+
+
+async def test_best_response_prefers_6xx_and_turns_503_into_500() -> None:
+    h, alice, bob, bob2, _ = await fork_setup()
+    to_bob, to_bob2 = branch_for(h, BOB_SRC), branch_for(h, BOB2_SRC)
+    h.sender.take()
+    await h.send(bob, bob.answer(to_bob, 486, to_tag="b1"))
+    assert h.sender.responses() == []  # waits for the other branch
+    await h.send(bob2, bob2.answer(to_bob2, 603, to_tag="b2"))
+    assert statuses(h) == [603]
+
+    h, alice, bob, bob2, _ = await fork_setup()
+    to_bob, to_bob2 = branch_for(h, BOB_SRC), branch_for(h, BOB2_SRC)
+    h.sender.take()
+    await h.send(bob, bob.answer(to_bob, 503, to_tag="b1"))
+    await h.send(bob2, bob2.answer(to_bob2, 503, to_tag="b2"))
+    assert statuses(h) == [500]
+
+
+async def test_6xx_cancels_the_other_branches() -> None:
+    h, alice, bob, bob2, _ = await fork_setup()
+    to_bob, to_bob2 = branch_for(h, BOB_SRC), branch_for(h, BOB2_SRC)
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b1"))
+    h.sender.take()
+    await h.send(bob2, bob2.answer(to_bob2, 600, to_tag="b2"))
+    [(cancel, target)] = h.sender.requests("CANCEL")
+    assert target == Target("udp", *BOB_SRC)
+    assert h.sender.responses(600) == []  # sent once bob's branch is over
+    await h.send(bob, bob.answer(to_bob, 487, to_tag="b1"))
+    assert statuses(h) == [600]
+
+
+async def test_timer_c_cancels_a_ringing_branch_and_the_caller_gets_408() -> None:
+    h, alice, bob = setup()
+    await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(to_bob, _)] = h.sender.requests("INVITE")
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b1"))
+    h.sender.take()
+    await h.tick(TIMER_C - 1)
+    assert h.sender.requests("CANCEL") == []
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b1"))  # a provisional restarts Timer C
+    h.sender.take()
+    await h.tick(TIMER_C - 1)
+    assert h.sender.requests("CANCEL") == []
+    await h.tick(2)
+    [(cancel, _)] = h.sender.requests("CANCEL")
+    h.sender.take()
+    await h.send(bob, bob.answer(to_bob, 487, to_tag="b1"))
+    assert statuses(h) == [408]
+
+
+async def test_a_silent_branch_times_out_on_timer_b_with_408() -> None:
+    h, alice, bob = setup()
+    await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    h.sender.take()
+    for _ in range(70):  # Timer A retransmits, then Timer B (32 s) gives up
+        await h.tick(0.5)
+    retransmits = h.sender.requests("INVITE")
+    assert 5 <= len(retransmits) <= 7
+    assert set(statuses(h)) == {408}  # the 408, then Timer G retransmits it until ACKed
+
+
+# --- in-dialog requests ---------------------------------------------------------------------
+
+
+async def established(h: Harness, alice: Phone, bob: Phone) -> tuple[Request, Request, Response]:
+    invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(to_bob, _)] = h.sender.requests("INVITE")
+    ok = bob.answer(to_bob, 200, to_tag="bob-tag")
+    await h.send(bob, ok)
+    h.sender.take()
+    return invite, to_bob, ok
+
+
+async def test_ack_and_bye_follow_the_route_set_to_the_nat_addresses() -> None:
+    h, alice, bob = setup()
+    invite, to_bob, ok = await established(h, alice, bob)
+    route = ok.get_all("record-route")
+    assert route == ["<sip:10.0.0.1:5060;lr;transport=udp>"]
+    to = f"<sip:bob@{REALM}>;tag=bob-tag"
+    ack = alice.request("ACK", bob.contact, to=to, call_id=invite.call_id or "",
+                        from_tag="caller-tag", cseq=invite.cseq.number,
+                        headers=[("Route", r) for r in route])
+    await h.send(alice, ack)
+    [(fwd_ack, target)] = h.sender.requests("ACK")
+    assert target == Target("udp", *BOB_SRC)
+    assert fwd_ack.uri == bob.contact and fwd_ack.get("route") is None
+    assert fwd_ack.get("max-forwards") == "69"
+    h.sender.take()
+    # bob hangs up: his BYE goes to alice's NAT address, through a transaction.
+    bye = bob.request("BYE", alice.contact, to=f"<sip:alice@{REALM}>;tag=caller-tag",
+                      call_id=invite.call_id or "", from_tag="bob-tag",
+                      headers=[("Route", r) for r in route])
+    await h.send(bob, bye)
+    [(fwd_bye, target)] = h.sender.requests("BYE")
+    assert target == Target("udp", *ALICE_SRC) and fwd_bye.uri == alice.contact
+    assert fwd_bye.vias[0].host == LOCAL[0] and fwd_bye.get("route") is None
+    h.sender.take()
+    await h.send(alice, alice.answer(fwd_bye, 200))
+    [(bye_ok, target)] = h.sender.responses(200)
+    assert target == Target("udp", *BOB_SRC) and bye_ok.cseq.method == "BYE"
+
+
+async def test_strict_router_request_uri_is_restored_from_the_last_route() -> None:
+    h, alice, bob = setup()
+    invite, _, ok = await established(h, alice, bob)
+    bye = alice.request("BYE", "sip:10.0.0.1:5060;transport=udp",
+                        to=f"<sip:bob@{REALM}>;tag=bob-tag", call_id=invite.call_id or "",
+                        from_tag="caller-tag", headers=[("Route", f"<{bob.contact}>")])
+    await h.send(alice, bye)
+    [(fwd, target)] = h.sender.requests("BYE")
+    assert fwd.uri == bob.contact and fwd.get("route") is None
+    assert target == Target("udp", *BOB_SRC)
+
+
+async def test_reinvite_in_dialog_needs_no_challenge() -> None:
+    h, alice, bob = setup()
+    invite, _, ok = await established(h, alice, bob)
+    reinvite = alice.request("INVITE", bob.contact, to=f"<sip:bob@{REALM}>;tag=bob-tag",
+                             call_id=invite.call_id or "", from_tag="caller-tag", body=SDP,
+                             headers=[("Route", "<sip:10.0.0.1:5060;lr;transport=udp>")])
+    await h.send(alice, reinvite)
+    [(fwd, target)] = h.sender.requests("INVITE")
+    assert target == Target("udp", *BOB_SRC) and fwd.get("record-route") is None
+    assert h.sender.responses(407) == []
+    h.sender.take()
+    await h.send(bob, bob.answer(fwd, 200, to_tag="bob-tag"))
+    [(ok2, target)] = h.sender.responses(200)
+    assert target == Target("udp", *ALICE_SRC)
+
+
+async def test_in_dialog_request_for_an_unknown_call_gets_481() -> None:
+    h, alice, bob = setup()
+    bye = alice.request("BYE", bob.contact, to=f"<sip:bob@{REALM}>;tag=zzz", call_id="unknown",
+                        from_tag="t", headers=[("Route", "<sip:10.0.0.1:5060;lr>")])
+    await h.send(alice, bye)
+    assert statuses(h) == [481]
+    assert h.sender.requests() == []
+
+
+async def test_retransmitted_invite_is_absorbed_and_2xx_retransmission_forwarded() -> None:
+    h, alice, bob = setup()
+    invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(to_bob, _)] = h.sender.requests("INVITE")
+    h.sender.take()
+    await h.send(alice, invite)  # retransmission: the last response (100) again, no new branch
+    assert h.sender.requests() == [] and statuses(h) == [100]
+    h.sender.take()
+    ok = bob.answer(to_bob, 200, to_tag="bob-tag")
+    await h.send(bob, ok)
+    await h.send(bob, ok)  # bob did not get the ACK yet
+    assert statuses(h) == [200, 200]
+
+
+async def test_response_whose_top_via_is_not_ours_is_dropped() -> None:
+    h, alice, bob = setup()
+    stray = alice.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>", call_id="x",
+                          from_tag="t")
+    await h.send(bob, bob.answer(stray, 200, to_tag="b"))
+    assert h.sender.sent == []
+
+
+async def test_budget_of_requests_in_flight_answers_503() -> None:
+    h, alice, bob = setup()
+    h.proxy.max_contexts = 1
+    await h.authenticated(alice, "INVITE", "bob", body=SDP, from_tag="a")
+    h.sender.take()
+    await h.authenticated(alice, "INVITE", "bob", body=SDP, from_tag="b")
+    assert statuses(h) == [503]
+
+
+async def test_branches_are_capped() -> None:
+    h, alice, bob = setup()
+    h.proxy.max_branches = 1
+    h.location.register("bob", [NameAddr.parse("<sip:bob@192.168.1.99:5060>")],
+                        expires_header=3600, call_id="reg-bob-x", cseq=1, now=h.clock.now)
+    await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    assert len(h.sender.requests("INVITE")) == 1
