@@ -44,6 +44,16 @@ class ApiConfig:
 class SipConfig:
     listen: Endpoint = Endpoint("0.0.0.0", 5060)
     domain: str = ""
+    # Registrar (sip.md §2.3, api-behaviour.md §11): expiry bounds and contacts per Client.
+    min_expires: int = 60
+    max_expires: int = 3600
+    max_contacts: int = 10
+    # Guard (sip.md §3): failed digests before a ban, the ban, unauthenticated requests/min.
+    max_auth_failures: int = 5
+    ban_seconds: int = 600
+    unauthenticated_per_minute: int = 60
+    # Digest challenges of a 401, in order (sip/registrar.py DEFAULT_ALGORITHMS: MD5 first).
+    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +162,16 @@ def _port_range(key: str, value: Any) -> tuple[int, int]:
     return low, high
 
 
+def _algorithms(key: str, value: Any) -> tuple[str, ...]:
+    known = {"md5": "MD5", "sha-256": "SHA-256"}
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list like [\"MD5\", \"SHA-256\"], got {value!r}")
+    names = [known.get(v.lower()) for v in value]
+    if None in names or len(set(names)) != len(names):
+        raise ConfigError(f"{key}: each of MD5 and SHA-256 at most once, got {value!r}")
+    return tuple(n for n in names if n is not None)
+
+
 def _section(name: str, raw: Any, allowed: set[str]) -> Mapping[str, Any]:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{name}: expected a table, got {raw!r}")
@@ -184,7 +204,10 @@ def parse(raw: Mapping[str, Any]) -> Config:
         tls_key=_string("api.tls_key", api_raw.get("tls_key", "")),
     )
 
-    sip_raw = _section("sip", raw.get("sip", {}), {"listen", "domain"})
+    sip_raw = _section("sip", raw.get("sip", {}),
+                       {"listen", "domain", "min_expires", "max_expires", "max_contacts",
+                        "max_auth_failures", "ban_seconds", "unauthenticated_per_minute",
+                        "digest_algorithms"})
     domain = _string("sip.domain", sip_raw.get("domain", ""))
     if domain and not re.fullmatch(r"[A-Za-z0-9.\-]+", domain):
         raise ConfigError(f"sip.domain: {domain!r} is not a host name or address")
@@ -192,18 +215,31 @@ def parse(raw: Mapping[str, Any]) -> Config:
         listen=_endpoint("sip.listen", sip_raw["listen"]) if "listen" in sip_raw
         else default.sip.listen,
         domain=domain,
+        min_expires=_int("sip.min_expires", sip_raw.get("min_expires", 60), 1, 3600),
+        max_expires=_int("sip.max_expires", sip_raw.get("max_expires", 3600), 60, 86400),
+        max_contacts=_int("sip.max_contacts", sip_raw.get("max_contacts", 10), 1, 100),
+        max_auth_failures=_int("sip.max_auth_failures", sip_raw.get("max_auth_failures", 5),
+                               1, 1000),
+        ban_seconds=_int("sip.ban_seconds", sip_raw.get("ban_seconds", 600), 0, 86400 * 7),
+        unauthenticated_per_minute=_int("sip.unauthenticated_per_minute",
+                                        sip_raw.get("unauthenticated_per_minute", 60),
+                                        1, 100_000),
+        digest_algorithms=_algorithms("sip.digest_algorithms",
+                                      sip_raw.get("digest_algorithms", ["MD5", "SHA-256"])),
     )
+    if sip.min_expires > sip.max_expires:
+        raise ConfigError("sip.min_expires: must not exceed sip.max_expires")
 
     admin_raw = _section("admin", raw.get("admin", {}), {"email", "password"})
     email = _string("admin.email", admin_raw.get("email", default.admin.email)).lower()
-    if not _EMAIL.match(email):
+    if not _EMAIL.fullmatch(email):
         raise ConfigError(f"admin.email: {email!r} is not an email address")
     admin = AdminConfig(email=email, password=_string("admin.password",
                                                       admin_raw.get("password", "")))
 
     modem_raw = _section("modem", raw.get("modem", {}), {"device", "audio_device", "number", "pin"})
     number = _string("modem.number", modem_raw.get("number", ""))
-    if number and not _E164.match(number):
+    if number and not _E164.fullmatch(number):
         raise ConfigError(f"modem.number: {number!r} is not an E.164 number like +15551234567")
     pin = _string("modem.pin", modem_raw.get("pin", ""))
     if pin and not re.fullmatch(r"[0-9]{4,8}", pin):

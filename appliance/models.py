@@ -42,7 +42,7 @@ def account_sid_for(email: str) -> AccountSid:
 
 
 def is_sid_shaped(text: str, prefix: str | None = None) -> bool:
-    if not _SID_SHAPE.match(text):
+    if not _SID_SHAPE.fullmatch(text):
         return False
     return prefix is None or text.startswith(prefix)
 

@@ -10,6 +10,7 @@ from appliance.api import render, representations
 from appliance.api.accounts import respond
 from appliance.api.context import Ctx
 from appliance.api.routes import Route, route
+from appliance.errors import InvalidInput
 from appliance.models import API_VERSION
 from appliance.services.history import parse_paging
 
@@ -40,7 +41,7 @@ async def list_numbers(ctx: Ctx) -> web.Response:
         reverse=(q.get("Reverse") or "").lower() == "true",
         page=paging.page, page_size=paging.page_size)
     if page.page > page.num_pages:
-        return web.Response(status=400)
+        raise InvalidInput("")  # out of range: 400 with an empty (plain-text) body
     reps = [representations.phone_number(n, ctx.as_json) for n in page.items]
     uri = f"/{API_VERSION}/Accounts/{account.sid}/IncomingPhoneNumbers"
     return respond(ctx, render.paged(page, reps, uri=uri, json_key="incomingPhoneNumbers",

@@ -25,8 +25,14 @@ def route(methods: str, pattern: str, handler: Handler) -> Route:
 
 def match(routes: list[Route], segments: list[str], method: str
           ) -> tuple[Route | None, dict[str, str], set[str]]:
-    """The route for SEGMENTS and METHOD, its path values, and the methods the path allows."""
+    """The route for SEGMENTS and METHOD, its path values, and the methods the path allows.
+
+    A literal segment wins over a placeholder: `IncomingPhoneNumbers/Local` is not also
+    `IncomingPhoneNumbers/{sid}`, so its `Allow` lists only what /Local supports.
+    """
     allowed: set[str] = set()
+    found: tuple[Route, dict[str, str]] | None = None
+    fewest = len(segments) + 1  # placeholders in the most specific matching pattern
     for r in routes:
         if len(r.pattern) != len(segments):
             continue
@@ -39,7 +45,13 @@ def match(routes: list[Route], segments: list[str], method: str
             elif pat != seg:
                 break
         else:
-            if method in r.methods:
-                return r, values, allowed
+            if len(values) > fewest:
+                continue
+            if len(values) < fewest:
+                fewest, allowed, found = len(values), set(), None
             allowed |= r.methods
+            if found is None and method in r.methods:
+                found = (r, values)
+    if found is not None:
+        return found[0], found[1], allowed
     return None, {}, allowed

@@ -211,7 +211,7 @@ class AccountService:
             raise InvalidInput("Email address can not be null.")
         if password is None or password == "":
             raise InvalidInput("Password can not be null.")
-        if len(email) > MAX_FIELD or not _EMAIL.match(email):
+        if len(email) > MAX_FIELD or not _EMAIL.fullmatch(email):
             raise InvalidInput(f"Provided email address {email} is not valid")
         local = email.split("@", 1)[0]
         if any(c in local for c in "?=@"):

@@ -34,6 +34,7 @@ from appliance.timefmt import ONE_DAY, parse_filter_date, storage
 logger = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 1000  # Twilio's cap; bounds the work one request can ask for.
+MAX_PAGE = 2**31 - 1  # Restcomm's Integer; keeps Page * PageSize within SQLite's INTEGER
 MAX_FILTER = 255
 
 
@@ -87,6 +88,8 @@ def parse_paging(page: str | None, page_size: str | None) -> Paging:
         raise InvalidInput("Page and PageSize must be integers") from None
     if p < 0:
         raise InvalidInput("Page must be 0 or more")
+    if p > MAX_PAGE:
+        raise InvalidInput("")  # past any last page: out of range, 400 with an empty body
     if not 0 < s <= MAX_PAGE_SIZE:
         raise InvalidInput(f"PageSize must be between 1 and {MAX_PAGE_SIZE}")
     return Paging(p, s)
@@ -131,6 +134,10 @@ class HistoryService:
         self._clock = clock
         # AccountService.scope_sids: the account, plus its descendants for SubAccounts=true.
         self._scope = scope
+
+    def data_version(self) -> tuple[int, int] | None:
+        """Changes whenever stored data may have changed (Store.data_version); None if unknown."""
+        return self._store.data_version()
 
     async def _accounts(self, account: Account, filters: ListFilters) -> tuple[str, ...]:
         return await self._scope(account, filters.sub_accounts)

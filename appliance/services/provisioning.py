@@ -140,7 +140,8 @@ class ProvisioningService:
     def _check_login(self, login: str | None) -> str:
         if login is None or login == "":
             raise InvalidInput("Login can not be null.")
-        if len(login) > MAX_LOGIN or not _USERINFO.match(login) or any(c in login for c in "?=@"):
+        if (len(login) > MAX_LOGIN or not _USERINFO.fullmatch(login)
+                or any(c in login for c in "?=@")):
             raise InvalidInput(f"Login {login} contains invalid character(s)")
         return login
 
@@ -242,7 +243,7 @@ class ProvisioningService:
     # LinkedClients: the SIP client Restcomm creates with each account (api-behaviour §8.1).
 
     async def create_linked(self, account: Account, login: str, password: str) -> None:
-        if not _USERINFO.match(login) or len(login) > MAX_LOGIN:
+        if not _USERINFO.fullmatch(login) or len(login) > MAX_LOGIN:
             logger.info("- no linked client for %s: %r is not a valid login", account.sid, login)
             return
         if await self._store.get_client_by_login(login) is not None:

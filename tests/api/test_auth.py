@@ -105,3 +105,16 @@ async def test_wrong_method_is_405(api: Api) -> None:
 
 async def test_basic_header_helper_roundtrip() -> None:
     assert basic("a", "b:c") == "Basic YTpiOmM="
+
+
+async def test_encoded_slash_does_not_reroute(api: Api) -> None:
+    status, _, _ = await api.get(f"Accounts/{ADMIN_SID}%2FClients")
+    assert status == 404
+
+
+async def test_trailing_newline_is_not_a_valid_sid_or_login(api: Api) -> None:
+    status, _, _ = await api.get(f"Accounts/{ADMIN_SID}%0A")
+    assert status == 404
+    status, _, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                  {"Login": "alice\n", "Password": "Pbx-edge-7"})
+    assert status == 400
