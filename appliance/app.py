@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import secrets
@@ -29,17 +30,22 @@ from appliance.gsm.state import ModemSettings
 from appliance.platform import systemd, tls
 from appliance.platform.gpio import Indicators, SystemState, open_indicators
 from appliance.services.accounts import AccountService
+from appliance.services.gateways import GatewayService
 from appliance.services.history import HistoryService
 from appliance.services.messaging import MessagingService
 from appliance.services.provisioning import ProvisioningService
-from appliance.services.telephony import SipDirectory
+from appliance.services.routing import ClientRouter
+from appliance.services.telephony import CallLog, SipDirectory, record_message
 from appliance.sip.bindings import Location
+from appliance.sip.digest import Algorithm
 from appliance.sip.frontdoor import FrontDoor
 from appliance.sip.guard import Guard
+from appliance.sip.proxy import Proxy
 from appliance.sip.registrar import Registrar
 from appliance.sip.transport import Transport
 from appliance.store.backup import backup
 from appliance.store.db import Store
+from appliance.store.gateways import GatewayStore
 from appliance.store.sms import SmsStore
 from appliance.webhooks import Webhooks
 
@@ -109,6 +115,7 @@ class Appliance:
         self.accounts.linked = self.provisioning
         self.history = HistoryService(self.store, clock, self.accounts.scope_sids)
         self.webhooks = Webhooks()
+        self.gateways = GatewayService(GatewayStore(self.store), clock)
         self.messaging = MessagingService(self.store, SmsStore(self.store), self.history,
                                           self.webhooks, clock, config.modem.number)
         self.modem: Modem | None = None
@@ -136,7 +143,8 @@ class Appliance:
                            unauthenticated_per_minute=sip.unauthenticated_per_minute)
         self.registrar = Registrar(directory=self.sip_directory, location=self.location,
                                    guard=self.guard, store=self.store, clock=self.wall_clock,
-                                   realm=lambda: self.realm)
+                                   realm=lambda: self.realm,
+                                   algorithms=[Algorithm(a) for a in sip.digest_algorithms])
         self.frontdoor = FrontDoor(registrar=self.registrar, guard=self.guard,
                                    clock=self.wall_clock)
         wildcard = sip.listen.host in ("0.0.0.0", "::")
@@ -148,6 +156,16 @@ class Appliance:
             self.transport.local_hosts.add(sip.domain.lower())
         self.frontdoor.sender = self.transport
         self.sip_error: str | None = "not started"
+        self.call_log = CallLog(self.store, self.clock)
+        self.router = ClientRouter(self.sip_directory, self.location,
+                                   local_hosts=self.transport.local_hosts)
+        self.proxy = Proxy(self.transport, self.sip_directory, self.router, self.call_log,
+                           functools.partial(record_message, self.store, self.clock),
+                           clock=self.wall_clock, realm=lambda: self.realm,
+                           local_hosts=self.transport.local_hosts, guard=self.guard,
+                           algorithms=[Algorithm(a) for a in sip.digest_algorithms])
+        self.frontdoor.proxy = self.proxy
+        self._proxy_task: asyncio.Task[None] | None = None
 
     def wall_clock(self) -> float:
         """Seconds since the epoch from the appliance clock (SIP expiry, nonces, bans)."""
@@ -157,6 +175,9 @@ class Appliance:
         secret = await self.store.set_setting_if_absent(NONCE_SECRET_SETTING,
                                                         secrets.token_hex(32))
         await self.registrar.start(nonce_secret=bytes.fromhex(secret))
+        self.proxy.nonces = self.registrar.nonces
+        self._proxy_task = asyncio.get_running_loop().create_task(self.proxy.run(),
+                                                                  name="sip proxy timers")
         try:
             await self.transport.start()
         except OSError as err:
@@ -189,7 +210,7 @@ class Appliance:
                                public_base=self._public_base(),
                                max_body=self.config.api.max_body_bytes,
                                sip_directory=self.sip_directory,
-                               messaging=self.messaging)
+                               messaging=self.messaging, gateways=self.gateways)
         app = make_app(services)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -251,6 +272,12 @@ class Appliance:
             }
             healthy = healthy and state.phase.value == "ready"
         components["sms_queue"] = await self.messaging.queue_depth()
+        gateways = {}
+        for gateway in await self.gateways.all():
+            status = self.gateways.status(gateway.sid)
+            gateways[gateway.friendly_name] = {"sid": gateway.sid, "state": status.state,
+                                               "last_error": status.last_error}
+        components["gateways"] = gateways
         components["media"] = "not built in this version"
         components["uptime_seconds"] = int(time.monotonic() - self.started_at)
         components["version"] = __version__
@@ -291,6 +318,11 @@ class Appliance:
             self._runner = None
         # SIP before the store: the transport stops taking messages, the registrar finishes
         # its binding writes, then the database closes.
+        if self._proxy_task is not None:
+            self._proxy_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._proxy_task
+            self._proxy_task = None
         await self.transport.stop()
         self.frontdoor.close()
         await self.registrar.stop()

@@ -53,7 +53,9 @@ class SipConfig:
     ban_seconds: int = 600
     unauthenticated_per_minute: int = 60
     # Digest challenges of a 401, in order (sip/registrar.py DEFAULT_ALGORITHMS: MD5 first).
-    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    # MD5 only by default: SIPp 3.6 and baresip 1.0 (and MD5-only desk-phone firmware) fail
+    # when any SHA-256 challenge is offered. ["SHA-256", "MD5"] enables RFC 8760 SHA-256.
+    digest_algorithms: tuple[str, ...] = ("MD5",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +227,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
                                         sip_raw.get("unauthenticated_per_minute", 60),
                                         1, 100_000),
         digest_algorithms=_algorithms("sip.digest_algorithms",
-                                      sip_raw.get("digest_algorithms", ["MD5", "SHA-256"])),
+                                      sip_raw.get("digest_algorithms", ["MD5"])),
     )
     if sip.min_expires > sip.max_expires:
         raise ConfigError("sip.min_expires: must not exceed sip.max_expires")

@@ -27,7 +27,8 @@ def test_readme_walkthrough(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "var"
     config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{data}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
+    config.write_text(f'data_dir = "{data}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n')
     proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config", str(config)],
                             stderr=subprocess.PIPE)
     try:

@@ -32,7 +32,8 @@ def wait_health(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0)
 def test_serve_health_and_sigterm(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n')
     proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
                             stderr=subprocess.PIPE)
     try:
@@ -64,7 +65,8 @@ def test_unknown_config_key_stops_startup(tmp_path: Path) -> None:
 def test_restart_keeps_data_and_password(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n')
     for _ in range(2):
         proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
                                 stderr=subprocess.PIPE)
@@ -78,7 +80,8 @@ def test_restart_keeps_data_and_password(tmp_path: Path) -> None:
 def test_reset_admin_password_from_the_console(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n')
     proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
                             stderr=subprocess.PIPE)
     wait_health(port, proc)

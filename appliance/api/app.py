@@ -14,10 +14,21 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import unquote
 
 from aiohttp import web
 
-from appliance.api import accounts, applications, clients, messages, numbers, records, system
+from appliance.api import (
+    accounts,
+    applications,
+    clients,
+    gateways,
+    messages,
+    numbers,
+    records,
+    registrations,
+    system,
+)
 from appliance.api.cache import RESPONSE_CACHE, ResponseCache
 from appliance.api.context import SERVICES, ApiServices, Ctx
 from appliance.api.render import message
@@ -29,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 PREFIXES = ("restcomm", "api")
 ROUTES: list[Route] = [*accounts.ROUTES, *clients.ROUTES, *applications.ROUTES,
-                       *numbers.ROUTES, *records.ROUTES, *messages.ROUTES]
+                       *numbers.ROUTES, *records.ROUTES, *messages.ROUTES,
+                       *registrations.ROUTES, *gateways.ROUTES]
 # The same routes, in the same order, grouped by segment count: match() only ever considers
 # routes as long as the path, so this gives identical results without scanning all of them.
 _ROUTES_BY_LENGTH: dict[int, list[Route]] = {}
@@ -117,7 +129,16 @@ async def _dispatch(request: web.Request, prefix: str, tail: str) -> web.StreamR
 
 async def _api(request: web.Request) -> web.StreamResponse:
     prefix = request.match_info["prefix"]
-    return await _dispatch(request, prefix, request.match_info["tail"])
+    # Split the *raw* path, then decode each segment: an encoded "%2F" inside a SID must not
+    # become a path separator and reach another resource.
+    raw = request.rel_url.raw_path
+    marker = f"/{API_VERSION}/"
+    raw_tail = raw.split(marker, 1)[1] if marker in raw else ""
+    segments = [unquote(seg) for seg in raw_tail.split("/")]
+    if any("/" in seg for seg in segments):
+        return web.Response(status=404, text="The requested resource was not found",
+                            content_type="text/plain")
+    return await _dispatch(request, prefix, "/".join(segments))
 
 
 @web.middleware

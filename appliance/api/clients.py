@@ -18,10 +18,12 @@ FIELDS = {
 
 
 async def list_clients(ctx: Ctx) -> web.Response:
-    account = await ctx.operated()
-    clients = await ctx.services.provisioning.list_clients(ctx.me, account)
-    reps = [representations.client(c, ctx.as_json) for c in clients]
-    return respond(ctx, render.many(reps, "Clients", ctx.as_json))
+    async def build() -> bytes:
+        account = await ctx.operated()
+        clients = await ctx.services.provisioning.list_clients(ctx.me, account)
+        reps = [representations.client(c, ctx.as_json) for c in clients]
+        return render.many(reps, "Clients", ctx.as_json)
+    return respond(ctx, await ctx.cached(build))
 
 
 async def create_client(ctx: Ctx) -> web.Response:

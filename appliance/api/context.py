@@ -13,9 +13,11 @@ from appliance.api.cache import RESPONSE_CACHE
 from appliance.errors import InvalidInput
 from appliance.models import Account
 from appliance.services.accounts import AccountService
+from appliance.services.gateways import GatewayService
 from appliance.services.history import HistoryService
 from appliance.services.messaging import MessagingService
 from appliance.services.provisioning import ProvisioningService
+from appliance.services.telephony import SipDirectory
 
 MAX_PARAMS = 200  # form fields per request; Restcomm resources take fewer than 60
 MAX_VALUE = 64 * 1024
@@ -30,6 +32,8 @@ class ApiServices:
     public_base: str = ""  # scheme://host:port used for absolute file URIs
     max_body: int = 10_000_000  # Restcomm's request filter limit; [api] max_body_bytes
     messaging: MessagingService | None = None  # None: SMS sending is not wired (no modem code)
+    gateways: GatewayService | None = None
+    sip_directory: SipDirectory | None = None  # None: no SIP front door (registrations empty)
 
 
 SERVICES = web.AppKey("services", ApiServices)

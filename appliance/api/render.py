@@ -11,15 +11,16 @@ import dataclasses
 import json
 import xml.etree.ElementTree as ET  # noqa: S405 - we only *write* XML here
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 from appliance.models import Page
 
 Value = Union[str, int, float, bool, None, "Rep", list["Rep"]]
 
 
-@dataclasses.dataclass(frozen=True)
-class F:
+class F(NamedTuple):
+    # An immutable record like the Rep below; a NamedTuple because representations build
+    # thousands per list response and a tuple is created at half a frozen dataclass's cost.
     key: str  # JSON key; "" = XML only
     tag: str  # XML element; "" = JSON only
     value: Value

@@ -46,3 +46,10 @@ class MessageHandler(Protocol):
 
     def connection_closed(self, connection_id: str) -> None:
         """A TCP connection went away (bindings tied to it are unreachable)."""
+
+
+def reply_target(incoming: Incoming) -> Target:
+    """Where responses to INCOMING go: the packet's source address (forced rport, RFC 3581)
+    over the transport it came on, on the same TCP connection while it is open."""
+    host, port = incoming.source
+    return Target(incoming.transport, host, port, incoming.connection_id)

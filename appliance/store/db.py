@@ -8,6 +8,7 @@ commit is on disk before the caller hears about it, which is what "lose no SMS" 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import threading
@@ -36,6 +37,9 @@ class Store:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: Database | None = None
         self._thread_id: int | None = None
+        # Change detection for caches on the event-loop thread (see data_version()).
+        self._watch: sqlite3.Connection | None = None
+        self._changes = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -51,6 +55,10 @@ class Store:
             db.execute("PRAGMA " + pragma)
         self._db = db
         self._thread_id = threading.get_ident()
+        # A second connection used only for `PRAGMA data_version` from the event loop: it
+        # never writes and never waits (timeout 0; a busy answer just means "unknown").
+        self._watch = sqlite3.connect(str(self._path), timeout=0, check_same_thread=False,
+                                      isolation_level=None)
         applied = schema.apply(db)
         if applied:
             logger.info("- applied migrations %s", ", ".join(applied))
@@ -63,6 +71,9 @@ class Store:
 
     def _close_sync(self) -> None:
         assert self._db is not None  # noqa: S101 - internal invariant, not peer input
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -75,7 +86,33 @@ class Store:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await loop.run_in_executor(self._executor, self._counted, fn, *args)
+
+    def _counted(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        finally:
+            if self._db is not None:
+                # Rows changed through this connection, committed or not, read on the store
+                # thread so the event loop never touches the writer connection.
+                self._changes = self._db.conn.total_changes
+
+    def data_version(self) -> tuple[int, int] | None:
+        """A value that changes whenever the database content may have changed; None if unknown.
+
+        Cheap and non-blocking, for the event-loop thread. It combines the rows changed
+        through the store's own connection (updated after each store call) with SQLite's
+        `PRAGMA data_version` on a separate connection, which moves on every commit by any
+        other connection: the store's writer and other processes alike.
+        """
+        watch = self._watch
+        if watch is None:
+            return None
+        try:
+            row = watch.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            return None
+        return self._changes, int(row[0])
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -339,6 +376,28 @@ class Store:
 
     async def delete_recording(self, sid: str) -> bool:
         return await self._run(self._delete, "recordings", sid)
+
+    # -- SIP registrar bindings ----------------------------------------------------------------
+
+    async def save_bindings(self, aor: str, bindings: list[dict[str, Any]]) -> None:
+        """Replace the stored contacts of AOR with BINDINGS (Binding.to_dict() values)."""
+        def run() -> None:
+            conn = self._conn()
+            with self._database().atomic():
+                conn.execute("DELETE FROM sip_bindings WHERE aor = ?", (aor,))
+                conn.executemany(
+                    "INSERT INTO sip_bindings(aor, contact, expires_at, data) VALUES (?, ?, ?, ?)",
+                    [(aor, str(b["uri"]), float(b["expires_at"]), json.dumps(b))
+                     for b in bindings])
+        await self._run(run)
+
+    async def load_bindings(self, now: float) -> list[dict[str, Any]]:
+        """Stored bindings that have not expired by NOW (wall-clock seconds)."""
+        def run() -> list[dict[str, Any]]:
+            rows = self._conn().execute(
+                "SELECT data FROM sip_bindings WHERE expires_at > ?", (now,)).fetchall()
+            return [json.loads(r[0]) for r in rows]
+        return await self._run(run)
 
     # -- paging ------------------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ def test_real_appliance_notifies(tmp_path: Path) -> None:
     sock.settimeout(15)
     port = free_port()
     config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n')
     env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config", str(config)],

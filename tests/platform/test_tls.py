@@ -8,14 +8,15 @@ from pathlib import Path
 import aiohttp
 
 from appliance.app import Appliance
-from appliance.config import ApiConfig, Config, Endpoint
+from appliance.config import ApiConfig, Config, Endpoint, SipConfig
 from tests.conftest import ADMIN_SID, basic, free_port
 
 
 async def test_https_with_a_self_signed_certificate(tmp_path: Path) -> None:
     port = free_port()
     config = Config(data_dir=tmp_path / "var",
-                    api=ApiConfig(listen=Endpoint("127.0.0.1", port), tls=True))
+                    api=ApiConfig(listen=Endpoint("127.0.0.1", port), tls=True),
+                    sip=SipConfig(listen=Endpoint("127.0.0.1", free_port())))
     app = Appliance(config)
     await app.start()
     try:

@@ -35,7 +35,8 @@ def _logins(port: int, password: str) -> list[str]:
 def test_backup_online_restore_offline(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n')
     serve = [*APPLIANCE, "serve", "--config", str(config)]
     proc = subprocess.Popen(serve, stderr=subprocess.PIPE)
     try:
@@ -79,14 +80,16 @@ def test_restore_rejects_a_non_database(tmp_path: Path) -> None:
 def test_second_instance_on_same_data_dir_refuses(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n')
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n')
     proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
                             stderr=subprocess.PIPE)
     try:
         wait_health(port, proc)
         other = tmp_path / "other.toml"
         other.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\n'
-                         f'listen = "127.0.0.1:{free_port()}"\n')
+                         f'listen = "127.0.0.1:{free_port()}"\n'
+                         f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n')
         second = subprocess.run([*APPLIANCE, "serve", "--config", str(other)],
                                 capture_output=True, text=True, timeout=30)
         assert second.returncode == 1 and "another appliance is running" in second.stderr

@@ -1,0 +1,333 @@
+"""The front door's dispatcher: the ``MessageHandler`` the transport feeds.
+
+Theory of operation. Every message that parsed comes here. What happens to it:
+
+| Message | Outcome |
+|---|---|
+| from a banned source (``Guard``) | dropped silently (1) |
+| a response | to the proxy, if one is set; else dropped |
+| a retransmission of a request we answered | our last response again |
+| ACK | absorbed by our INVITE transaction; else to the proxy; else dropped |
+| CANCEL matching an INVITE we answered | 200 (nothing left to cancel) |
+| over the unauthenticated budget (2) | 503 + Retry-After, stateless |
+| REGISTER | 420 for an unknown ``Require``; else the registrar |
+| OPTIONS without a user part (for us) | 420 for an unknown ``Require``; else 200 (3) |
+| anything else | 483 at Max-Forwards 0; 420 for an unknown ``Proxy-Require``; else (4) |
+
+(1) Dropping is kinder than 403 against svcrack: it learns nothing and waits on time-outs.
+(2) Per source IP; a source holding a live binding is exempt, so a phone's subscriptions and
+calls never hit it. (3) With ``Allow`` (the proxied methods only once a proxy is set) and
+``Accept``; ``Supported`` only when ``SUPPORTED`` names an option tag (it is empty today).
+(4) The proxy, or **501 Not Implemented** while none is set (an unmatched CANCEL: 481).
+
+Requests we answer ourselves run through a ``transaction`` server transaction, so UDP
+retransmissions are answered from it rather than processed twice (a REGISTER retransmitted
+with the same ``nc`` would otherwise look like a replay) and our non-2xx answers to INVITE are
+retransmitted until ACKed. Requests for the proxy are not touched: the proxy owns their
+transactions.
+
+The proxy slot takes any ``MessageHandler``; ``app.py`` (or the proxy's own wiring) sets
+``frontdoor.proxy``. ``sender`` is the transport, set once it exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+
+from appliance.sip.errors import SipParseError, SipStateError
+from appliance.sip.guard import Guard
+from appliance.sip.message import (
+    Request,
+    Response,
+    make_response,
+    max_forwards_status,
+    unsupported_extensions,
+)
+from appliance.sip.registrar import Registrar
+from appliance.sip.transaction import (
+    ServerTransaction,
+    TransactionTable,
+    Transmit,
+    server_transaction,
+)
+from appliance.sip.uri import SipUri, parse_uri
+from appliance.sip.wire import Incoming, MessageHandler, Sender, Target, reply_target
+
+logger = logging.getLogger(__name__)
+
+# Option tags we implement as a UAS / proxy (Require, Proxy-Require → 420 otherwise).
+SUPPORTED: tuple[str, ...] = ()
+LOCAL_METHODS = ("REGISTER", "OPTIONS")
+PROXIED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "INFO", "NOTIFY", "REFER",
+                   "SUBSCRIBE", "UPDATE", "PRACK")
+ACCEPT = "application/sdp"
+RETRY_AFTER = 60  # seconds, on 503 for an exhausted budget: the bucket refills in a minute
+# Transactions we keep for requests we answer ourselves. Timer J holds a UDP one for 32 s,
+# so this covers ~300 REGISTER/s sustained — 100x a 200-phone office. Past it we still
+# answer, without absorbing retransmissions.
+MAX_LOCAL_TRANSACTIONS = 10_000
+BUDGET_LOG_INTERVAL = 60.0
+MAX_LOGGED_SOURCES = 1000
+
+
+class FrontDoor:
+    def __init__(
+        self,
+        *,
+        registrar: Registrar,
+        guard: Guard,
+        clock: Callable[[], float],
+        sender: Sender | None = None,
+        proxy: MessageHandler | None = None,
+    ) -> None:
+        self.registrar = registrar
+        self.guard = guard
+        self.clock = clock  # wall clock, shared with the registrar and the guard
+        self.sender = sender
+        self.proxy = proxy
+        self._table = TransactionTable()
+        self._targets: dict[tuple[str, ...], Target] = {}
+        self._heap: list[tuple[float, int, ServerTransaction]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._logged: OrderedDict[str, float] = OrderedDict()
+
+    @property
+    def transactions(self) -> int:
+        return len(self._table)
+
+    def allow(self) -> str:
+        methods = LOCAL_METHODS + (PROXIED_METHODS if self.proxy is not None else ())
+        return ", ".join(methods)
+
+    def close(self) -> None:
+        """Stop the transaction timer (at shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # --- MessageHandler -------------------------------------------------------------------
+
+    def connection_closed(self, connection_id: str) -> None:
+        self.registrar.connection_closed(connection_id)
+        if self.proxy is not None:
+            self.proxy.connection_closed(connection_id)
+
+    async def handle(self, incoming: Incoming) -> None:
+        try:
+            await self._handle(incoming)
+        except SipParseError as err:
+            # A header the parser accepted but a typed view cannot read (parsed lazily).
+            message = incoming.message
+            logger.debug("x %s from %s:%d: %s", message.start_line(), *incoming.source, err)
+            if isinstance(message, Request) and message.method != "ACK":
+                self._send(make_response(message, 400, to_tag=_tag()), reply_target(incoming))
+
+    async def _handle(self, incoming: Incoming) -> None:
+        message = incoming.message
+        ip = incoming.source[0]
+        now = self.clock()
+        if self.guard.is_banned(ip, now):
+            return
+        if isinstance(message, Response):
+            if self.proxy is not None:
+                await self.proxy.handle(incoming)
+            return
+        txn = self._table.match_request(message)
+        if txn is not None:  # a retransmission, or the ACK of our non-2xx
+            txn.receive(message, self._now())
+            self._run(txn)
+            return
+        method = message.method
+        if method == "ACK":
+            if self.proxy is not None:
+                await self.proxy.handle(incoming)
+            return
+        if method == "CANCEL":
+            invite = self._table.match_cancel(message)
+            if invite is not None:
+                self._answer(incoming, make_response(message, 200, to_tag=_tag()))
+                return
+        if not self.registrar.is_known_source(ip) and \
+                not self.guard.allow_unauthenticated(ip, now):
+            self._over_budget(incoming, now)
+            return
+        if method == "REGISTER" or (method == "OPTIONS" and _for_us(message)):
+            await self._local(incoming, message)
+        else:
+            await self._forward(incoming, message)
+
+    # --- requests we answer ---------------------------------------------------------------
+
+    async def _local(self, incoming: Incoming, request: Request) -> None:
+        unsupported = unsupported_extensions(request, SUPPORTED, proxy=False)
+        if unsupported:
+            response = make_response(request, 420, to_tag=_tag())
+            response.add("Unsupported", ", ".join(unsupported))
+            self._answer(incoming, response)
+            return
+        if request.method == "OPTIONS":
+            response = make_response(request, 200, to_tag=_tag())
+            response.add("Allow", self.allow())
+            response.add("Accept", ACCEPT)
+            if SUPPORTED:
+                response.add("Supported", ", ".join(SUPPORTED))
+            self._answer(incoming, response)
+            return
+        # Open the transaction before the registrar awaits, so that retransmissions
+        # arriving meanwhile are absorbed.
+        txn = self._open(incoming, request)
+        reply = await self.registrar.handle(incoming)
+        if reply is None:
+            if txn is not None:
+                self._close(txn)
+            return
+        self._respond(incoming, txn, reply)
+
+    async def _forward(self, incoming: Incoming, request: Request) -> None:
+        status = max_forwards_status(request)
+        if status is not None:
+            self._answer(incoming, make_response(request, status, to_tag=_tag()))
+            return
+        unsupported = unsupported_extensions(request, SUPPORTED, proxy=True)
+        if unsupported:
+            response = make_response(request, 420, to_tag=_tag())
+            response.add("Unsupported", ", ".join(unsupported))
+            self._answer(incoming, response)
+            return
+        if self.proxy is not None:
+            await self.proxy.handle(incoming)
+            return
+        if request.method == "CANCEL":
+            self._answer(incoming, make_response(request, 481, to_tag=_tag()))
+            return
+        response = make_response(request, 501, to_tag=_tag())
+        response.add("Allow", self.allow())
+        self._answer(incoming, response)
+
+    def _over_budget(self, incoming: Incoming, now: float) -> None:
+        ip = incoming.source[0]
+        last = self._logged.get(ip)
+        if last is None or now - last >= BUDGET_LOG_INTERVAL:
+            self._logged[ip] = now
+            self._logged.move_to_end(ip)
+            while len(self._logged) > MAX_LOGGED_SOURCES:
+                self._logged.popitem(last=False)
+            logger.warning("x %s over its budget of %d unauthenticated requests a minute",
+                           ip, self.guard.rate)
+        request = incoming.message
+        assert isinstance(request, Request)  # noqa: S101 - only requests reach here
+        response = make_response(request, 503, to_tag=_tag())
+        response.add("Retry-After", str(RETRY_AFTER))
+        # Stateless on purpose: a flood must not fill the transaction table.
+        self._send(response, reply_target(incoming))
+
+    # --- server transactions --------------------------------------------------------------
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _open(self, incoming: Incoming, request: Request) -> ServerTransaction | None:
+        if len(self._table) >= MAX_LOCAL_TRANSACTIONS:
+            return None
+        try:
+            txn = server_transaction(request, reliable=incoming.transport != "udp",
+                                     now=self._now())
+        except SipParseError:
+            return None
+        txn.pop_actions()  # the Deliver of the request: we are the TU
+        self._table.add(txn)
+        self._targets[txn.key] = reply_target(incoming)
+        return txn
+
+    def _answer(self, incoming: Incoming, response: Response) -> None:
+        request = incoming.message
+        assert isinstance(request, Request)  # noqa: S101 - only requests are answered
+        self._respond(incoming, self._open(incoming, request), response)
+
+    def _respond(self, incoming: Incoming, txn: ServerTransaction | None,
+                 response: Response) -> None:
+        if txn is None:
+            self._send(response, reply_target(incoming))
+            return
+        try:
+            txn.send(response, self._now())
+        except SipStateError:
+            logger.exception("x cannot answer %s", response.start_line())
+            self._close(txn)
+            return
+        self._run(txn)
+
+    def _run(self, txn: ServerTransaction) -> None:
+        """Carry out TXN's actions and schedule its next timer."""
+        target = self._targets.get(txn.key)
+        for action in txn.pop_actions():
+            if isinstance(action, Transmit) and target is not None:
+                self._send(action.message, target)
+        if txn.terminated:
+            self._close(txn)
+            return
+        when = txn.get_timer()
+        if when is not None:
+            heapq.heappush(self._heap, (when, next(self._seq), txn))
+            self._arm()
+
+    def _close(self, txn: ServerTransaction) -> None:
+        self._table.remove(txn)
+        if self._table.servers.get(txn.key) is None:
+            self._targets.pop(txn.key, None)
+
+    def _arm(self) -> None:
+        if not self._heap:
+            return
+        when = self._heap[0][0]
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = asyncio.get_running_loop().call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = self._timer_at = None
+        now = self._now()
+        woken: dict[int, ServerTransaction] = {}
+        while self._heap and self._heap[0][0] <= now:
+            _, _, txn = heapq.heappop(self._heap)
+            woken[id(txn)] = txn
+        for txn in woken.values():
+            timer = txn.get_timer()
+            if txn.terminated or timer is None:
+                continue
+            if timer <= now:
+                txn.handle_timer(now)
+                self._run(txn)
+            else:
+                heapq.heappush(self._heap, (timer, next(self._seq), txn))
+        self._arm()
+
+    def _send(self, message: Request | Response, target: Target) -> None:
+        if self.sender is None:
+            logger.warning("x no transport to send %s", message.start_line())
+            return
+        self.sender.send(message, target)
+
+
+def _for_us(request: Request) -> bool:
+    """An OPTIONS for the server itself: a SIP Request-URI without a user part."""
+    try:
+        uri = parse_uri(request.uri)
+    except SipParseError:
+        return False
+    return isinstance(uri, SipUri) and uri.user is None
+
+
+def _tag() -> str:
+    return secrets.token_hex(5)

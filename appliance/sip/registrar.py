@@ -1,0 +1,421 @@
+"""REGISTER (RFC 3261 §10.3, sip.md §2.3, api-behaviour.md §11): digest, bindings, replies.
+
+Theory of operation. ``Registrar.handle(incoming)`` turns one REGISTER into the response to
+send (or None: drop it). The address-of-record is the **Client login**, the To-URI's user
+part (unescaped); the To host is not checked, since an appliance serves one organization
+whose logins are unique. ``Location`` is keyed by that login, so ``location.lookup(login,
+now)`` is how the proxy finds a Client's phones (``aor_of(uri)`` gives the key for a URI).
+
+Authentication, in order:
+
+| Situation | Reply |
+|---|---|
+| no credentials for our realm, or a nonce not ours (1) | 401, a fresh challenge |
+| our nonce, right password, nonce expired | 401 with ``stale=true`` |
+| wrong password, unknown user, username ≠ login, replayed ``nc`` | **403**, a Guard failure |
+| right password, Client disabled or its account not active | **403**, never re-challenged |
+| broken credentials (missing fields, unknown algorithm or qop) | 400 |
+
+(1) Forged, or issued before the nonce secret changed: not the phone's fault, not counted.
+
+- **401, not 407.** api-behaviour.md §11 says Restcomm answers REGISTER with 407
+  Proxy-Authenticate; RFC 3261 §10.3 (and every desk phone) expects a registrar's 401
+  WWW-Authenticate, so that is what we send. Phones answer either, but some only retry on 401.
+- **403 for a bad password** follows api-behaviour.md §11 (Restcomm issue #935: do not
+  re-challenge). The failure is counted per source IP in ``Guard``; after ``max_failures`` the
+  source is banned and the front door drops everything it sends.
+- **No user enumeration** (sip.md §3, svwar): the realm of an unknown login is the
+  appliance realm, the challenge is built by the same code with the same headers, and an
+  unknown login presenting credentials gets the same 403 as a wrong password.
+- Challenges offer MD5 then SHA-256 by default (``DEFAULT_ALGORITHMS`` says why that is
+  not RFC 8760's SHA-256-first), both ``qop="auth"``. Nonces are
+  stateless HMACs (``digest.Nonces``) whose secret the composition root persists, so a
+  restart does not invalidate the nonces phones hold; ``nc`` replays are refused.
+
+Bindings: ``Location.register`` applies the checks (400 for a bad ``*`` or CSeq order, 423 +
+Min-Expires, 503 for too many contacts). The 200 lists every contact with its remaining
+expires, plus a Date header. After each change the AoR's bindings are saved through the
+``BindingStore`` (one snapshot per change, written in order by the store's single thread)
+and published to the Directory for the API. A timer task removes bindings when they expire;
+bindings of a closed TCP connection are removed at once. Times are wall-clock seconds from
+the ``clock`` callable, because expiry times are persisted across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from appliance.services.telephony import Registration, SipUser
+from appliance.sip.bindings import (
+    Binding,
+    Location,
+    Origin,
+    RegistrationError,
+)
+from appliance.sip.digest import (
+    MAX_TRACKED_NONCES,
+    Algorithm,
+    DigestAuth,
+    NonceCounts,
+    Nonces,
+    NonceStatus,
+    Verdict,
+    algorithm_of,
+)
+from appliance.sip.errors import SipParseError
+from appliance.sip.guard import Guard
+from appliance.sip.headers import DigestCredentials, NameAddr, parse_name_addrs
+from appliance.sip.message import Request, Response, make_response
+from appliance.sip.uri import SipUri, parse_uri
+from appliance.sip.wire import Incoming
+
+logger = logging.getLogger(__name__)
+
+# The longest the expiry task sleeps, so that a wall-clock jump (NTP sync at boot on a Pi
+# without an RTC) is noticed within a minute.
+MAX_TIMER_SLEEP = 60.0
+# Failed authentications are logged at warning at most once per source in this interval
+# (svcrack sends hundreds a second); the ban itself is always logged.
+FAILURE_LOG_INTERVAL = 60.0
+MAX_LOGGED_SOURCES = 1000
+# The challenges of a 401, in order. MD5 comes first although RFC 8760 would have the
+# preferred (SHA-256) first: a UA that reads only the first WWW-Authenticate and knows only MD5
+# cannot register otherwise — SIPp 3.6.1 is one ("createAuthHeader: authentication must use
+# MD5 or AKAv1-MD5"), and MD5-only desk-phone firmware behaves alike. [sip] digest_algorithms
+# changes the order (or drops MD5) where every phone speaks SHA-256.
+DEFAULT_ALGORITHMS = (Algorithm.MD5, Algorithm.SHA256)
+
+
+class Directory(Protocol):
+    """What the registrar needs of provisioning (``services.telephony.SipDirectory``)."""
+
+    async def user(self, login: str) -> SipUser | None: ...
+
+    def set_registrations(self, login: str, registrations: list[Registration]) -> None: ...
+
+
+class BindingStore(Protocol):
+    """Persistence of bindings (``store.db.Store``)."""
+
+    async def save_bindings(self, aor: str, bindings: list[dict[str, Any]]) -> None: ...
+
+    async def load_bindings(self, now: float) -> list[dict[str, Any]]: ...
+
+
+def aor_of(uri: str) -> str | None:
+    """The Location key of a SIP URI: its unescaped user part (the Client login)."""
+    try:
+        parsed = parse_uri(uri)
+    except SipParseError:
+        return None
+    if not isinstance(parsed, SipUri) or not parsed.user:
+        return None
+    return parsed.user
+
+
+class Registrar:
+    def __init__(
+        self,
+        *,
+        directory: Directory,
+        location: Location,
+        guard: Guard,
+        store: BindingStore | None,
+        clock: Callable[[], float],
+        realm: Callable[[], str],
+        nonces: Nonces | None = None,
+        algorithms: Sequence[Algorithm] = DEFAULT_ALGORITHMS,
+        timer_cap: float = MAX_TIMER_SLEEP,
+    ) -> None:
+        self.directory = directory
+        self.location = location
+        self.guard = guard
+        self.store = store
+        self.clock = clock
+        self.realm = realm  # the appliance realm: challenges for unknown logins use it
+        self.nonces = nonces or Nonces(secrets.token_bytes(32))
+        self.counts = NonceCounts()
+        self.algorithms = tuple(algorithms)
+        self.timer_cap = timer_cap
+        # Per AoR, what the API shows beside the bindings: User-Agent by contact URI, and
+        # the source IPs (counted over AoRs, for is_known_source). Both follow _publish, so
+        # they hold no more than the location table does.
+        self._user_agents: dict[str, dict[str, str]] = {}
+        self._aor_sources: dict[str, set[str]] = {}
+        self._sources: dict[str, int] = {}
+        self._logged: OrderedDict[str, float] = OrderedDict()
+        # nonce -> (nc, Via branch) of the last request it authenticated: a retransmission of
+        # that very request is not an nc replay, even when the front door had no transaction
+        # left to absorb it (its table is capped).
+        self._last_accepted: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._deadline: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, *, nonce_secret: bytes | None = None) -> None:
+        """Load saved bindings, publish them, and start the expiry timer."""
+        if nonce_secret is not None:
+            self.nonces = Nonces(nonce_secret, lifetime=self.nonces.lifetime)
+        if self.store is not None:
+            now = self.clock()
+            self.location.load(await self.store.load_bindings(now), now)
+            for aor in {b["aor"] for b in self.location.to_dicts()}:
+                self._publish(aor, now)
+            logger.info("- registrar: %d binding(s) restored", len(self.location))
+        self._task = asyncio.get_running_loop().create_task(self._run_timer())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- what the front door asks ---------------------------------------------------------
+
+    def is_known_source(self, ip: str) -> bool:
+        """Whether IP holds a live binding (its phone authenticated): the front door spares
+        it the unauthenticated-request budget."""
+        return ip in self._sources
+
+    def connection_closed(self, connection_id: str) -> None:
+        """Drop the bindings that were reachable only over this TCP connection."""
+        gone = self.location.remove_connection(connection_id)
+        if not gone:
+            return
+        now = self.clock()
+        for aor in {b.aor for b in gone}:
+            logger.info("- %s: contact(s) dropped with TCP connection %s", aor, connection_id)
+            self._changed(aor, now)
+
+    # --- REGISTER -------------------------------------------------------------------------
+
+    async def handle(self, incoming: Incoming) -> Response | None:
+        request = incoming.message
+        if not isinstance(request, Request) or request.method != "REGISTER":
+            return None
+        try:
+            return await self._register(request, incoming)
+        except SipParseError as err:
+            logger.debug("x REGISTER from %s:%d: %s", *incoming.source, err)
+            return self._reply(request, 400, reason=None)
+
+    async def _register(self, request: Request, incoming: Incoming) -> Response | None:
+        now = self.clock()
+        ip = incoming.source[0]
+        login = aor_of(request.to.uri)
+        if login is None:
+            raise SipParseError("To is not a SIP URI with a user part")
+        user = await self.directory.user(login)
+        realm = user.realm if user is not None else self.realm()
+        auth = DigestAuth(realm, self.nonces, self.algorithms, self.counts)
+        creds = self._credentials(request, realm)
+        if creds is None or self.nonces.check(creds.nonce or "", now) is NonceStatus.INVALID:
+            return self._challenge(request, auth, now, stale=False)
+        nonce = creds.nonce or ""
+        top = request.top_via
+        this = (creds.params.get("nc") or "", top.branch or "" if top is not None else "")
+        retransmission = bool(this[1]) and self._last_accepted.get(nonce) == this
+        if retransmission:
+            auth = DigestAuth(realm, self.nonces, self.algorithms, None)  # nc seen: by us
+        algorithm = algorithm_of(creds)
+        if algorithm is None:
+            raise SipParseError(f"unsupported digest algorithm {creds.algorithm!r}")
+        ha1: str | None = None
+        if user is not None and creds.username == login:
+            ha1 = (user.ha1_sha256 if algorithm.base is Algorithm.SHA256 else user.ha1_md5) \
+                or None
+        verdict = auth.verify(creds, method="REGISTER", ha1=ha1, now=now)
+        if verdict is Verdict.MALFORMED:
+            raise SipParseError("malformed digest credentials")
+        if verdict is Verdict.STALE:
+            return self._challenge(request, auth, now, stale=True)
+        if verdict is Verdict.REJECTED:
+            self._failed(ip, login, now)
+            return self._reply(request, 403)
+        self.guard.record_success(ip)
+        self._last_accepted[nonce] = this
+        self._last_accepted.move_to_end(nonce)
+        while len(self._last_accepted) > MAX_TRACKED_NONCES:
+            self._last_accepted.popitem(last=False)
+        assert user is not None  # noqa: S101 - ACCEPTED needs a stored HA1
+        if not user.enabled:
+            logger.info("- %s from %s:%d refused: client disabled or account inactive",
+                        login, *incoming.source)
+            return self._reply(request, 403)
+        if retransmission:  # already applied: answer with the bindings as they are
+            return self._ok(request, self.location.lookup(login, now), now)
+        return await self._bind(request, incoming, login, now)
+
+    @staticmethod
+    def _credentials(request: Request, realm: str) -> DigestCredentials | None:
+        """The Authorization answering our realm (a phone may carry several)."""
+        for value in request.get_all("authorization"):
+            creds = DigestCredentials.parse(value)
+            if creds.realm == realm:
+                return creds
+        return None
+
+    def _challenge(self, request: Request, auth: DigestAuth, now: float, *,
+                   stale: bool) -> Response:
+        response = self._reply(request, 401)
+        for value in auth.challenges(now, stale=stale):
+            response.add("WWW-Authenticate", value)
+        return response
+
+    def _failed(self, ip: str, login: str, now: float) -> None:
+        banned = self.guard.record_failure(ip, now)
+        if banned:
+            logger.warning("x %s banned for %.0f s after %d failed authentications",
+                           ip, self.guard.ban_time, self.guard.max_failures)
+            return
+        last = self._logged.get(ip)
+        if last is None or now - last >= FAILURE_LOG_INTERVAL:
+            self._logged[ip] = now
+            self._logged.move_to_end(ip)
+            while len(self._logged) > MAX_LOGGED_SOURCES:
+                self._logged.popitem(last=False)
+            logger.warning("x REGISTER for %r from %s failed authentication", login, ip)
+
+    def _reply(self, request: Request, status: int, reason: str | None = None) -> Response:
+        return make_response(request, status, reason, to_tag=secrets.token_hex(5))
+
+    async def _bind(self, request: Request, incoming: Incoming, login: str,
+                    now: float) -> Response:
+        contacts = parse_name_addrs(request.get_all("contact"))
+        for contact in contacts:
+            if not contact.is_wildcard:
+                _check_contact(contact)
+        expires_text = request.get("expires")
+        expires_header: int | None = None
+        if expires_text is not None:
+            if not expires_text.isdigit() or len(expires_text) > 10:
+                raise SipParseError(f"bad Expires {expires_text[:20]!r}")
+            expires_header = int(expires_text)
+        origin = Origin(incoming.transport, incoming.source, incoming.connection_id)
+        try:
+            bindings = self.location.register(
+                login, contacts, expires_header=expires_header, call_id=request.call_id or "",
+                cseq=request.cseq.number, now=now, origin=origin)
+        except RegistrationError as err:
+            logger.debug("x REGISTER %s from %s:%d: %s", login, *incoming.source, err)
+            response = self._reply(request, err.status)
+            if err.min_expires is not None:
+                response.add("Min-Expires", str(err.min_expires))
+            return response
+        if contacts:
+            agent = (request.get("user-agent") or "")[:200]
+            agents = self._user_agents.setdefault(login, {})
+            for binding in bindings:
+                if binding.call_id == request.call_id and binding.cseq == request.cseq.number:
+                    agents[binding.uri] = agent
+            logger.info("- %s registered from %s %s:%d: %d contact(s)", login,
+                        incoming.transport, *incoming.source, len(bindings))
+            self._changed(login, now)
+        return self._ok(request, bindings, now)
+
+    def _ok(self, request: Request, bindings: list[Binding], now: float) -> Response:
+        response = self._reply(request, 200)
+        for binding in bindings:
+            response.add("Contact", binding.header_value(now))
+        response.add("Date", email.utils.formatdate(now, usegmt=True))
+        return response
+
+    # --- changes: persist, publish, re-arm ------------------------------------------------
+
+    def _changed(self, aor: str, now: float) -> None:
+        """AOR's bindings changed: publish, persist a snapshot, re-arm the expiry timer."""
+        bindings = self._publish(aor, now)
+        if self.store is not None:
+            snapshot = [b.to_dict() for b in bindings]
+            task = asyncio.get_running_loop().create_task(self._save(aor, snapshot))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        earliest = min((b.expires_at for b in bindings), default=None)
+        if earliest is not None and (self._deadline is None or earliest < self._deadline):
+            self._wake.set()
+
+    async def _save(self, aor: str, snapshot: list[dict[str, Any]]) -> None:
+        assert self.store is not None  # noqa: S101 - checked by the caller
+        try:
+            await self.store.save_bindings(aor, snapshot)
+        except Exception:
+            logger.exception("x saving the bindings of %s failed", aor)
+
+    def _publish(self, aor: str, now: float) -> list[Binding]:
+        bindings = self.location.lookup(aor, now)
+        agents = self._user_agents.pop(aor, {})
+        live = {b.uri: agents.get(b.uri, "") for b in bindings}
+        if live:
+            self._user_agents[aor] = live
+        self._count_sources(aor, {b.source[0] for b in bindings})
+        self.directory.set_registrations(aor, [
+            Registration(
+                login=aor, contact=b.uri, transport=b.transport,
+                source=f"{b.source[0]}:{b.source[1]}",
+                expires_at=datetime.fromtimestamp(b.expires_at, UTC),
+                user_agent=live[b.uri])
+            for b in bindings])
+        return bindings
+
+    def _count_sources(self, aor: str, new: set[str]) -> None:
+        old = self._aor_sources.pop(aor, set())
+        if new:
+            self._aor_sources[aor] = new
+        for ip in old - new:
+            left = self._sources.get(ip, 1) - 1
+            if left > 0:
+                self._sources[ip] = left
+            else:
+                self._sources.pop(ip, None)
+        for ip in new - old:
+            self._sources[ip] = self._sources.get(ip, 0) + 1
+
+    async def flush(self) -> None:
+        """Wait for pending binding writes (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def expire(self) -> list[Binding]:
+        """Remove the bindings whose time is up (the timer task calls this)."""
+        now = self.clock()
+        gone = self.location.expired(now)
+        for aor in {b.aor for b in gone}:
+            logger.info("- %s: registration expired", aor)
+            self._changed(aor, now)
+        return gone
+
+    async def _run_timer(self) -> None:
+        while True:
+            self._deadline = self.location.get_timer()
+            now = self.clock()
+            delay = self.timer_cap if self._deadline is None else self._deadline - now
+            delay = min(max(delay, 0.0), self.timer_cap)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self.expire()
+
+
+def _check_contact(contact: NameAddr) -> None:
+    """A Contact we could later send a request to: a valid sip:/sips: URI."""
+    uri = parse_uri(contact.uri)
+    if not isinstance(uri, SipUri):
+        raise SipParseError(f"Contact {contact.uri[:60]!r} is not a SIP URI")
+    expires = contact.param("expires")
+    if expires is not None and (not expires.isdigit() or len(expires) > 10):
+        raise SipParseError(f"bad Contact expires {expires[:20]!r}")

@@ -1,0 +1,549 @@
+"""asyncio UDP and TCP on one address and port (RFC 3261 §18): bytes ⇄ the sans-I/O core.
+
+Theory of operation. This is the only module of the front door that owns sockets. Every
+datagram, and every message ``framing.StreamFramer`` cuts from a TCP stream, goes through the
+same path:
+
+1. a source the ``is_blocked`` hook names (a banned address) is dropped before parsing;
+2. ``parse_message``; a message that fails gets ``error_response`` (400/416/505/...) when one can
+   be built — a request with a readable Via — and is dropped otherwise (responses, ACKs,
+   messages without a way back);
+3. a request gets ``received``/``rport`` stamped in its top Via (rport forced: phones behind NAT
+   need it even when they do not ask), and is dropped when its top Via names a broadcast or
+   multicast address (we never answer those, sip.md §3);
+4. a response is dropped unless its top Via is ours (``via_is_ours``: our port and one of
+   ``local_hosts``) — only responses to requests the proxy sent can be for us;
+5. the message goes to the ``MessageHandler`` as an ``Incoming``, each in a task this
+   transport owns (at most ``max_pending`` at once; more are dropped and logged).
+
+Oversized messages (over ``Limits.max_message``): when the header block can still be read, a
+request is answered **513 Message Too Large** (RFC 3261 §21.5.14) and otherwise dropped; on
+TCP the connection is closed afterwards, since framing is lost. CRLFCRLF keep-alives are
+answered with CRLF on TCP (RFC 5626 §3.5.1) and ignored on UDP.
+
+``send(message, target)`` (the ``Sender`` seam): UDP goes from our listening socket, so the
+phone sees our well-known port; TCP reuses the connection named in the target, else any open
+connection to that address, else opens one (``connect_timeout``). Sending never raises:
+failures are logged with ``x``. Log lines: ``<`` in, ``>`` out, ``-`` state, ``x`` failure, at
+debug level, showing only start lines — never header values, so never Authorization.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import logging
+import secrets
+import socket
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.sip.errors import FramingError, SipParseError
+from appliance.sip.framing import MAX_HEADER_BLOCK, PONG, KeepAlive, StreamFramer, is_keepalive
+from appliance.sip.headers import Via
+from appliance.sip.message import (
+    MAX_MESSAGE,
+    Request,
+    Response,
+    error_response,
+    make_response,
+    parse_message,
+    stamp_received,
+)
+from appliance.sip.wire import Incoming, MessageHandler, Target
+
+logger = logging.getLogger(__name__)
+
+# --- budgets (sip.md §2.3, style.md habit 6) ---------------------------------------------
+# Kamailio's tcp_max_connections default is 2048 for a whole server; an office appliance
+# serves a few hundred phones with one connection each.
+MAX_TCP_CONNECTIONS = 1024
+# A phone needs one connection; a NAT with a handful of phones behind it a few more. Kamailio
+# has no per-source cap by default; fail2ban-style setups cap at 10-20.
+MAX_TCP_PER_SOURCE = 16
+# A registered phone may stay silent until it re-registers (at most MAX_EXPIRES, 3600 s):
+# its flow must outlive that, or calls to it fail. Kamailio keeps registered flows open the
+# same way (tcp_connection_lifetime extended by the registrar).
+TCP_IDLE_TIMEOUT = 3900.0
+# A connection that has not completed one message in this time is a slow-loris or a scan
+# (aiosmtpd's idle timeout is 300 s for a whole session; a SIP phone sends at once).
+TCP_FIRST_MESSAGE_TIMEOUT = 30.0
+# pjsip gives up a TCP connect after ~5-10 s; a LAN phone answers in milliseconds.
+TCP_CONNECT_TIMEOUT = 5.0
+# A peer that does not read its responses: close it rather than buffer without bound.
+MAX_WRITE_BUFFER = 1024 * 1024
+# Messages being handled at once. At the measured ~3 k digest REGISTER/s a message is done in
+# well under a millisecond, so 1000 in flight means the process is far behind: shed load.
+MAX_PENDING_HANDLERS = 1000
+SWEEP_INTERVAL = 5.0  # how often idle TCP connections are looked for
+MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The transport's budgets; tests shrink them."""
+
+    max_message: int = MAX_MESSAGE
+    max_connections: int = MAX_TCP_CONNECTIONS
+    max_per_source: int = MAX_TCP_PER_SOURCE
+    idle_timeout: float = TCP_IDLE_TIMEOUT
+    first_message_timeout: float = TCP_FIRST_MESSAGE_TIMEOUT
+    connect_timeout: float = TCP_CONNECT_TIMEOUT
+    max_pending: int = MAX_PENDING_HANDLERS
+    sweep_interval: float = SWEEP_INTERVAL
+
+
+def _unreachable(host: str) -> bool:
+    """A destination we never send to: broadcast, multicast or unspecified."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return ip.is_multicast or ip.is_unspecified or ip == _BROADCAST
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _summary(message: Request | Response) -> str:
+    """What a log line shows of a message: its start line and CSeq, nothing else."""
+    return f"{message.start_line()} ({message.get('cseq') or '?'})"
+
+
+def _tag() -> str:
+    return secrets.token_hex(5)
+
+
+def head_reply(head: bytes, status: int) -> Response | None:
+    """A reply to a request of which only the header block is usable (oversized or badly
+    framed): STATUS when the head parses, else whatever ``error_response`` can build."""
+    lines = [
+        line
+        for line in head.split(b"\r\n")
+        if line.partition(b":")[0].strip().lower() not in (b"content-length", b"l")
+    ]
+    probe = b"\r\n".join(lines) + b"\r\nContent-Length: 0\r\n\r\n"
+    try:
+        message = parse_message(probe)
+    except SipParseError as err:
+        return error_response(err, to_tag=_tag())
+    if isinstance(message, Response) or message.method == "ACK":
+        return None
+    return make_response(message, status, to_tag=_tag())
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, owner: Transport) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.owner._datagram(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a phone that went away, mostly.
+        logger.debug("x udp: %s", exc)
+
+
+@dataclass(eq=False)
+class Connection:
+    """One TCP connection, accepted or opened by us."""
+
+    owner: Transport
+    outgoing: bool
+    id: str = ""
+    peer: tuple[str, int] = ("", 0)
+    local: tuple[str, int] = ("", 0)
+    framer: StreamFramer = field(default_factory=StreamFramer)
+    transport: asyncio.Transport | None = None
+    last_activity: float = 0.0
+    messages: int = 0
+    admitted: bool = False
+
+    def write(self, data: bytes) -> bool:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            logger.warning("x tcp %s %s:%d does not read; closing", self.id, *self.peer)
+            transport.abort()
+            return False
+        transport.write(data)
+        return True
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class _Stream(asyncio.Protocol):
+    def __init__(self, owner: Transport, *, outgoing: bool) -> None:
+        self.conn = Connection(owner, outgoing,
+                               framer=StreamFramer(max_message=owner.limits.max_message))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - asyncio's contract
+        self.conn.transport = transport
+        self.conn.owner._admit(self.conn)
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.owner._stream_data(self.conn, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.owner._forget(self.conn)
+
+
+class Transport:
+    """UDP and TCP on HOST:PORT (PORT 0: any free port, the same for both)."""
+
+    def __init__(
+        self,
+        handler: MessageHandler,
+        host: str,
+        port: int,
+        *,
+        limits: Limits | None = None,
+        advertised: str | None = None,
+        is_blocked: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.limits = limits or Limits()
+        # The address we put in Incoming.local (and so in our Vias and Record-Routes) for UDP
+        # on a wildcard address, where the socket cannot tell which address a datagram hit.
+        self.advertised = advertised or (host if host not in _WILDCARDS else "127.0.0.1")
+        self.is_blocked = is_blocked
+        # Hosts that make a response's top Via "ours" (with our port); add names such as
+        # the SIP domain if the proxy writes them in its Vias.
+        self.local_hosts: set[str] = {self.advertised.lower()}
+        if host not in _WILDCARDS:
+            self.local_hosts.add(host.lower())
+        self._udp: asyncio.DatagramTransport | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: dict[str, Connection] = {}
+        self._by_peer: dict[tuple[str, int], Connection] = {}
+        self._per_source: dict[str, int] = {}
+        self._connecting: dict[tuple[str, int], list[bytes]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._shed_logged_at = -1e9
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        attempts = 5 if self.port == 0 else 1
+        for attempt in range(attempts):
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(self.host, self.port))
+            port = int(udp.get_extra_info("sockname")[1])
+            try:
+                self._server = await loop.create_server(
+                    lambda: _Stream(self, outgoing=False), self.host, port, reuse_address=True)
+            except OSError:
+                udp.close()
+                if attempt == attempts - 1:
+                    raise
+                continue
+            self._udp = udp  # type: ignore[assignment]
+            self.port = port
+            break
+        self._stopping = False
+        self._sweeper = loop.create_task(self._sweep())
+        logger.info("- sip listening on %s:%d (udp, tcp)", self.host, self.port)
+
+    async def stop(self) -> None:
+        """Close everything. Handlers are not told about the TCP connections closed here:
+        bindings on them stay stored, the phone reconnects after a restart."""
+        self._stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections.values()):
+            if conn.transport is not None:
+                conn.transport.abort()
+        self._connections.clear()
+        self._by_peer.clear()
+        self._per_source.clear()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._server.wait_closed()
+            self._server = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def connection(self, connection_id: str) -> Connection | None:
+        return self._connections.get(connection_id)
+
+    def via_is_ours(self, via: Via | None) -> bool:
+        if via is None:
+            return False
+        port = via.port or (5061 if via.transport in ("TLS", "WSS") else 5060)
+        return port == self.port and via.host.strip("[]").lower() in self.local_hosts
+
+    # --- receiving ------------------------------------------------------------------------
+
+    def _datagram(self, data: bytes, source: tuple[str, int]) -> None:
+        if self.is_blocked is not None and self.is_blocked(source[0]):
+            return
+        if is_keepalive(data):
+            return  # a CRLF ping on UDP: tolerated, not answered (RFC 5626 uses STUN there)
+        if len(data) > self.limits.max_message:
+            self._oversize(data, "udp", source, None)
+            return
+        self._receive(data, "udp", source, (self.advertised, self.port), None)
+
+    def _oversize(self, data: bytes, transport: str, source: tuple[str, int],
+                  conn_id: str | None) -> None:
+        end = data.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
+        reply = head_reply(data[:end], 513) if end > 0 else None
+        logger.debug("x %s %s:%d: message of %d bytes over %d%s", transport, *source, len(data),
+                     self.limits.max_message, "" if reply else ", dropped")
+        if reply is not None:
+            self.send(reply, Target(transport, source[0], source[1], conn_id))
+
+    def _receive(self, data: bytes, transport: str, source: tuple[str, int],
+                 local: tuple[str, int], conn_id: str | None) -> None:
+        try:
+            message = parse_message(data)
+        except SipParseError as err:
+            reply = error_response(err, to_tag=_tag())
+            logger.debug("x %s %s:%d: %s (%s)", transport, *source, err,
+                         f"answered {err.status}" if reply else "dropped")
+            if reply is not None:
+                self.send(reply, Target(transport, source[0], source[1], conn_id))
+            return
+        if isinstance(message, Request):
+            top = message.top_via
+            if top is None or _unreachable(top.host):
+                logger.debug("x %s %s:%d: Via towards %s; dropped", transport, *source,
+                             top.host if top else "nowhere")
+                return
+            try:
+                stamp_received(message, source[0], source[1], force_rport=True)
+            except SipParseError:
+                return
+        elif not self.via_is_ours(message.top_via):
+            logger.debug("x %s %s:%d: %s for a Via not ours; dropped", transport, *source,
+                         _summary(message))
+            return
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("< %s %s:%d %s", transport, *source, _summary(message))
+        if len(self._tasks) >= self.limits.max_pending:
+            now = asyncio.get_running_loop().time()
+            if now - self._shed_logged_at > 60:
+                self._shed_logged_at = now
+                logger.warning("x sip overloaded: %d messages in progress; dropping",
+                               len(self._tasks))
+            return
+        incoming = Incoming(message, transport, source, local, conn_id)
+        task = asyncio.get_running_loop().create_task(self._dispatch(incoming))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch(self, incoming: Incoming) -> None:
+        try:
+            await self.handler.handle(incoming)
+        except Exception:
+            logger.exception("x handling %s from %s:%d failed",
+                             _summary(incoming.message), *incoming.source)
+
+    # --- TCP connections ------------------------------------------------------------------
+
+    def _admit(self, conn: Connection) -> None:
+        transport = conn.transport
+        assert transport is not None  # noqa: S101 - set by connection_made
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        conn.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        conn.local = (str(local[0]), int(local[1])) if local else ("", 0)
+        conn.last_activity = asyncio.get_running_loop().time()
+        ip = conn.peer[0]
+        blocked = not conn.outgoing and self.is_blocked is not None and self.is_blocked(ip)
+        if (blocked or self._stopping
+                or len(self._connections) >= self.limits.max_connections
+                or self._per_source.get(ip, 0) >= self.limits.max_per_source):
+            if not blocked:
+                logger.warning("x tcp %s:%d refused: %d connections, %d from this source",
+                               *conn.peer, len(self._connections), self._per_source.get(ip, 0))
+            transport.abort()
+            return
+        conn.admitted = True
+        conn.id = f"tcp-{next(self._ids)}"
+        self._connections[conn.id] = conn
+        self._by_peer[conn.peer] = conn
+        self._per_source[ip] = self._per_source.get(ip, 0) + 1
+        if conn.local[0] and conn.local[0] not in _WILDCARDS:
+            self.local_hosts.add(conn.local[0].lower())
+        logger.debug("- tcp %s %s %s:%d", conn.id, "opened to" if conn.outgoing else "from",
+                     *conn.peer)
+
+    def _forget(self, conn: Connection) -> None:
+        if not conn.admitted:
+            return
+        conn.admitted = False
+        self._connections.pop(conn.id, None)
+        if self._by_peer.get(conn.peer) is conn:
+            del self._by_peer[conn.peer]
+        ip = conn.peer[0]
+        left = self._per_source.get(ip, 1) - 1
+        if left > 0:
+            self._per_source[ip] = left
+        else:
+            self._per_source.pop(ip, None)
+        logger.debug("- tcp %s %s:%d closed", conn.id, *conn.peer)
+        if not self._stopping:
+            try:
+                self.handler.connection_closed(conn.id)
+            except Exception:
+                logger.exception("x connection_closed(%s) failed", conn.id)
+
+    def _stream_data(self, conn: Connection, data: bytes) -> None:
+        if not conn.admitted:
+            return
+        conn.last_activity = asyncio.get_running_loop().time()
+        try:
+            items = conn.framer.feed(data)
+        except FramingError as err:
+            # Framing is lost: nothing after this point can be trusted. Answer what can be
+            # answered (513 when the head says the message is too big) and close.
+            end = data.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
+            reply = head_reply(data[:end], 513 if "exceeds" in str(err) else 400) \
+                if end > 0 else None
+            logger.debug("x tcp %s %s:%d: %s; closing", conn.id, *conn.peer, err)
+            if reply is not None:
+                conn.write(bytes(reply))
+            conn.close()
+            return
+        for item in items:
+            if isinstance(item, KeepAlive):
+                conn.write(PONG)
+                continue
+            conn.messages += 1
+            self._receive(item, "tcp", conn.peer, conn.local, conn.id)
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.limits.sweep_interval)
+            now = loop.time()
+            for conn in list(self._connections.values()):
+                fresh = conn.messages == 0 and not conn.outgoing
+                limit = self.limits.first_message_timeout if fresh else self.limits.idle_timeout
+                if now - conn.last_activity > limit:
+                    logger.debug("- tcp %s %s:%d idle for %.0f s; closing", conn.id,
+                                 *conn.peer, now - conn.last_activity)
+                    conn.close()
+
+    # --- sending (the Sender seam) --------------------------------------------------------
+
+    def send(self, message: Request | Response, target: Target) -> None:
+        host = target.host.strip("[]")
+        if _unreachable(host) or not 0 < target.port < 65536:
+            logger.debug("x not sending %s to %s:%d", _summary(message), host, target.port)
+            return
+        data = bytes(message)
+        kind = target.transport.lower()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("> %s %s:%d %s", kind, host, target.port, _summary(message))
+        if kind == "udp":
+            if len(data) > MAX_DATAGRAM:
+                logger.warning("x %s too large for UDP (%d bytes)", _summary(message), len(data))
+            elif _is_ip(host):
+                self._sendto(data, (host, target.port))
+            else:
+                self._spawn(self._resolve_and_send(data, host, target.port))
+        elif kind == "tcp":
+            conn = self._connections.get(target.connection_id or "")
+            if conn is None:
+                conn = self._by_peer.get((host, target.port))
+            if conn is not None and conn.write(data):
+                return
+            self._open_and_send(data, host, target.port)
+        else:
+            logger.warning("x no %s transport for %s", target.transport, _summary(message))
+
+    def _sendto(self, data: bytes, address: tuple[str, int]) -> None:
+        if self._udp is None or self._udp.is_closing():
+            return
+        try:
+            self._udp.sendto(data, address)
+        except (OSError, ValueError) as err:
+            logger.debug("x udp %s:%d: %s", *address, err)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve_and_send(self, data: bytes, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.limits.connect_timeout):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except (OSError, TimeoutError) as err:
+            logger.warning("x cannot resolve %s: %s", host, err)
+            return
+        for info in infos:
+            address = str(info[4][0])
+            if not _unreachable(address):
+                self._sendto(data, (address, port))
+                return
+
+    def _open_and_send(self, data: bytes, host: str, port: int) -> None:
+        key = (host, port)
+        pending = self._connecting.get(key)
+        if pending is not None:  # a connect is under way: queue behind it
+            pending.append(data)
+            return
+        self._connecting[key] = [data]
+        self._spawn(self._connect(key))
+
+    async def _connect(self, key: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.limits.connect_timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: _Stream(self, outgoing=True), key[0], key[1])
+        except (OSError, TimeoutError) as err:
+            dropped = self._connecting.pop(key, [])
+            logger.warning("x tcp connect to %s:%d failed (%s); %d message(s) dropped",
+                           *key, err or type(err).__name__, len(dropped))
+            return
+        pending = self._connecting.pop(key, [])
+        conn = protocol.conn
+        for data in pending:
+            if not conn.write(data):
+                logger.warning("x tcp %s:%d closed before sending", *key)
+                return

@@ -1,0 +1,558 @@
+"""The registrar behind the front door, with a fake Sender, a fake directory and a fake clock.
+
+Digests are computed here with hashlib, independently of ``appliance.sip.digest``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.services.telephony import Registration, SipUser
+from appliance.sip.bindings import Location
+from appliance.sip.digest import Algorithm
+from appliance.sip.frontdoor import FrontDoor
+from appliance.sip.guard import Guard
+from appliance.sip.headers import DigestCredentials
+from appliance.sip.message import Request, Response, parse_message
+from appliance.sip.registrar import Registrar, aor_of
+from appliance.sip.wire import Incoming, Target
+from appliance.store.db import Store
+
+REALM = "pbx.example.com"
+PASSWORD = "Pbx-edge-7"
+PHONE = ("192.0.2.10", 5060)
+T0 = 1_700_000_000.0
+
+
+def ha1(login: str, password: str = PASSWORD, realm: str = REALM, sha: bool = False) -> str:
+    text = f"{login}:{realm}:{password}".encode()
+    return hashlib.sha256(text).hexdigest() if sha else hashlib.md5(text).hexdigest()
+
+
+def user(login: str, *, enabled: bool = True, realm: str = REALM) -> SipUser:
+    return SipUser(login=login, client_sid="CL" + hashlib.md5(login.encode()).hexdigest(),
+                   account_sid="AC" + "0" * 32, realm=realm,
+                   ha1_md5=ha1(login, realm=realm), ha1_sha256=ha1(login, realm=realm, sha=True),
+                   enabled=enabled, voice_url=None, voice_application_sid=None)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeDirectory:
+    def __init__(self, *users: SipUser) -> None:
+        self.users = {u.login: u for u in users}
+        self.published: dict[str, list[Registration]] = {}
+
+    async def user(self, login: str) -> SipUser | None:
+        return self.users.get(login)
+
+    def set_registrations(self, login: str, registrations: list[Registration]) -> None:
+        self.published[login] = list(registrations)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.saved: dict[str, list[dict[str, Any]]] = {}
+        self.writes = 0
+
+    async def save_bindings(self, aor: str, bindings: list[dict[str, Any]]) -> None:
+        self.writes += 1
+        self.saved[aor] = bindings
+
+    async def load_bindings(self, now: float) -> list[dict[str, Any]]:
+        return [b for items in self.saved.values() for b in items if b["expires_at"] > now]
+
+
+class FakeSender:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Request | Response, Target]] = []
+
+    def send(self, message: Request | Response, target: Target) -> None:
+        self.sent.append((message, target))
+
+
+class Harness:
+    def __init__(self, *users: SipUser, store: Any = None, guard: Guard | None = None,
+                 algorithms: tuple[Algorithm, ...] = (Algorithm.MD5, Algorithm.SHA256)) -> None:
+        self.clock = Clock()
+        self.directory = FakeDirectory(*users)
+        self.store = store if store is not None else FakeStore()
+        self.location = Location()
+        self.guard = guard if guard is not None else Guard()
+        self.registrar = Registrar(directory=self.directory, location=self.location,
+                                   guard=self.guard, store=self.store, clock=self.clock,
+                                   realm=lambda: REALM, algorithms=algorithms, timer_cap=0.01)
+        self.sender = FakeSender()
+        self.door = FrontDoor(registrar=self.registrar, guard=self.guard, clock=self.clock,
+                              sender=self.sender)
+
+    async def send(self, request: Request, *, source: tuple[str, int] = PHONE,
+                   transport: str = "udp", connection_id: str | None = None) -> Response | None:
+        before = len(self.sender.sent)
+        await self.door.handle(Incoming(request, transport, source, ("127.0.0.1", 5060),
+                                        connection_id))
+        await self.registrar.flush()
+        new = self.sender.sent[before:]
+        assert len(new) <= 1
+        if not new:
+            return None
+        message = new[0][0]
+        assert isinstance(message, Response)
+        return message
+
+    async def registered(self, login: str = "alice", **kw: Any) -> Response:
+        """The whole dance: REGISTER, 401, REGISTER with credentials; returns the final."""
+        call_id = kw.pop("call_id", "call-" + secrets.token_hex(4))
+        challenge = await self.send(register(login, call_id=call_id, cseq=1, **kw))
+        assert challenge is not None and challenge.status == 401
+        auth = answer(challenge, login, cseq_uri="sip:pbx.example.com")
+        final = await self.send(register(login, call_id=call_id, cseq=2, auth=auth, **kw))
+        assert final is not None
+        return final
+
+
+def register(login: str = "alice", *, call_id: str = "call-1", cseq: int = 1,
+             contacts: tuple[str, ...] = ("<sip:{login}@192.0.2.10:5060>",),
+             expires: int | None = None, auth: str | None = None,
+             extra: tuple[str, ...] = (), branch: str | None = None) -> Request:
+    lines = [
+        "REGISTER sip:pbx.example.com SIP/2.0",
+        f"Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{branch or secrets.token_hex(6)};rport",
+        "Max-Forwards: 70",
+        f"From: <sip:{login}@pbx.example.com>;tag=f{secrets.token_hex(3)}",
+        f"To: <sip:{login}@pbx.example.com>",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} REGISTER",
+        *(f"Contact: {c.format(login=login)}" for c in contacts),
+        *([f"Expires: {expires}"] if expires is not None else []),
+        *([f"Authorization: {auth}"] if auth else []),
+        "User-Agent: Test Phone 1.0",
+        *extra,
+        "Content-Length: 0",
+    ]
+    message = parse_message(("\r\n".join(lines) + "\r\n\r\n").encode())
+    assert isinstance(message, Request)
+    return message
+
+
+def challenges(response: Response) -> list[DigestCredentials]:
+    return [DigestCredentials.parse(v) for v in response.get_all("www-authenticate")]
+
+
+def answer(challenge: Response, login: str, *, password: str = PASSWORD,
+           algorithm: str = "MD5", nc: int = 1, username: str | None = None,
+           cseq_uri: str = "sip:pbx.example.com") -> str:
+    """An Authorization value for CHALLENGE's ALGORITHM entry, computed from scratch."""
+    chosen = next(c for c in challenges(challenge) if c.algorithm == algorithm)
+    realm, nonce = chosen.params["realm"], chosen.params["nonce"]
+
+    def h(text: str) -> str:
+        data = text.encode()
+        return hashlib.sha256(data).hexdigest() if algorithm == "SHA-256" \
+            else hashlib.md5(data).hexdigest()
+
+    name = username or login
+    a1 = h(f"{name}:{realm}:{password}")
+    a2 = h(f"REGISTER:{cseq_uri}")
+    cnonce, nc_text = "0a4f113b", f"{nc:08x}"
+    response = h(f"{a1}:{nonce}:{nc_text}:{cnonce}:auth:{a2}")
+    return (f'Digest username="{name}", realm="{realm}", nonce="{nonce}", uri="{cseq_uri}", '
+            f'response="{response}", algorithm={algorithm}, cnonce="{cnonce}", qop=auth, '
+            f"nc={nc_text}")
+
+
+# --- challenge and authentication ------------------------------------------------------------
+
+
+async def test_challenge_then_200_with_md5() -> None:
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None and challenge.status == 401
+    offered = challenges(challenge)
+    assert [c.algorithm for c in offered] == ["MD5", "SHA-256"]
+    assert all(c.realm == REALM and c.params["qop"] == "auth" for c in offered)
+    assert challenge.to.tag  # a final response carries our To tag
+    ok = await h.send(register("alice", cseq=2, auth=answer(challenge, "alice")))
+    assert ok is not None and ok.status == 200, ok
+    assert ok.get_all("contact") == ["<sip:alice@192.0.2.10:5060>;expires=3600"]
+    assert (ok.get("date") or "").endswith(" GMT")
+    assert [b.uri for b in h.location.lookup("alice", h.clock())] == \
+        ["sip:alice@192.0.2.10:5060"]
+    published = h.directory.published["alice"]
+    assert [(r.contact, r.transport, r.source, r.user_agent) for r in published] == \
+        [("sip:alice@192.0.2.10:5060", "udp", "192.0.2.10:5060", "Test Phone 1.0")]
+    assert h.store.saved["alice"][0]["uri"] == "sip:alice@192.0.2.10:5060"
+
+
+async def test_sha256_digest_is_accepted() -> None:
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    ok = await h.send(register("alice", cseq=2,
+                               auth=answer(challenge, "alice", algorithm="SHA-256")))
+    assert ok is not None and ok.status == 200
+
+
+async def test_algorithm_order_is_configurable() -> None:
+    h = Harness(user("alice"), algorithms=(Algorithm.SHA256, Algorithm.MD5))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    assert [c.algorithm for c in challenges(challenge)] == ["SHA-256", "MD5"]
+
+
+async def test_stale_nonce_gets_a_fresh_challenge_with_stale_true() -> None:
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    h.clock.now += 301  # past the 300 s nonce lifetime
+    again = await h.send(register("alice", cseq=2, auth=answer(challenge, "alice")))
+    assert again is not None and again.status == 401
+    assert all(c.params.get("stale") == "true" for c in challenges(again))
+    assert h.guard._records.get(PHONE[0]) is None or not h.guard._records[PHONE[0]].failures
+    ok = await h.send(register("alice", cseq=3, auth=answer(again, "alice")))
+    assert ok is not None and ok.status == 200
+
+
+async def test_replayed_nc_is_refused_and_a_higher_nc_accepted() -> None:
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    auth = answer(challenge, "alice", nc=1)
+    ok = await h.send(register("alice", cseq=2, auth=auth))
+    assert ok is not None and ok.status == 200
+    replay = await h.send(register("alice", cseq=3, auth=auth))  # new branch, same nc
+    assert replay is not None and replay.status == 403
+    assert not replay.get_all("www-authenticate")
+    ok = await h.send(register("alice", cseq=4, auth=answer(challenge, "alice", nc=2)))
+    assert ok is not None and ok.status == 200
+
+
+async def test_udp_retransmission_is_answered_from_the_transaction() -> None:
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    request = register("alice", cseq=2, auth=answer(challenge, "alice"), branch="retrans1")
+    first = await h.send(request)
+    again = await h.send(register("alice", cseq=2, auth=answer(challenge, "alice"),
+                                  branch="retrans1"))
+    assert first is not None and again is not None
+    assert again.status == 200 and bytes(again) == bytes(first)  # not a "replay" 403
+
+
+async def test_retransmission_without_a_transaction_is_not_a_replay() -> None:
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    auth = answer(challenge, "alice")
+    first = await h.send(register("alice", cseq=2, auth=auth, branch="lost200"))
+    assert first is not None and first.status == 200
+    h.door._table.servers.clear()  # as when the capped table could not keep it
+    again = await h.send(register("alice", cseq=2, auth=auth, branch="lost200"))
+    assert again is not None and again.status == 200
+    replay = await h.send(register("alice", cseq=3, auth=auth, branch="other"))
+    assert replay is not None and replay.status == 403
+
+
+async def test_wrong_password_is_403_without_a_new_challenge() -> None:
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    bad = await h.send(register("alice", cseq=2,
+                                auth=answer(challenge, "alice", password="guess")))
+    assert bad is not None and bad.status == 403
+    assert not bad.get_all("www-authenticate")
+    assert h.guard._records[PHONE[0]].failures  # counted
+    assert "alice" not in h.directory.published
+
+
+async def test_digest_username_must_be_the_aor_user() -> None:
+    h = Harness(user("alice"), user("bob"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    # bob's correct password, presented for alice's AoR
+    bad = await h.send(register("alice", cseq=2,
+                                auth=answer(challenge, "alice", username="bob")))
+    assert bad is not None and bad.status == 403
+
+
+async def test_disabled_client_gets_403_after_a_correct_digest_never_a_challenge() -> None:
+    h = Harness(user("alice", enabled=False))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None and challenge.status == 401  # same as anyone without creds
+    refused = await h.send(register("alice", cseq=2, auth=answer(challenge, "alice")))
+    assert refused is not None and refused.status == 403
+    assert not refused.get_all("www-authenticate")
+    assert len(h.location) == 0
+    assert not h.guard._records[PHONE[0]].failures  # the password was right
+
+
+async def test_unknown_user_gets_the_same_challenge_as_a_known_one() -> None:
+    h = Harness(user("alice"))
+    known = await h.send(register("alice"))
+    unknown = await h.send(register("mallory"))
+    assert known is not None and unknown is not None
+    assert known.status == unknown.status == 401
+
+    def shape(response: Response) -> list[tuple[str, str]]:
+        out = []
+        for header in response.headers:
+            value = header.value
+            if header.name == "www-authenticate":
+                value = re.sub(r'nonce="[^"]*"', 'nonce="N"', value)
+            elif header.name in ("via", "from", "to", "call-id", "cseq"):
+                value = "-"  # echoed from each request
+            out.append((header.wire_name, value))
+        return out
+
+    assert shape(known) == shape(unknown)
+    assert known.reason == unknown.reason
+    # ...and the unknown user presenting credentials gets the wrong-password 403.
+    refused = await h.send(register("mallory", cseq=2, auth=answer(unknown, "mallory")))
+    assert refused is not None and refused.status == 403
+
+
+async def test_challenge_uses_the_realm_stored_for_the_client() -> None:
+    h = Harness(user("alice", realm="10.0.0.5"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    assert {c.realm for c in challenges(challenge)} == {"10.0.0.5"}
+    ok = await h.send(register("alice", cseq=2, auth=answer(challenge, "alice")))
+    assert ok is not None and ok.status == 200
+
+
+async def test_forged_nonce_is_rechallenged_not_counted() -> None:
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    auth = answer(challenge, "alice")
+    forged = re.sub(r'nonce="[^"]*"', 'nonce="12345.abc.deadbeef"', auth)
+    again = await h.send(register("alice", cseq=2, auth=forged))
+    assert again is not None and again.status == 401
+    assert PHONE[0] not in h.guard._records or not h.guard._records[PHONE[0]].failures
+
+
+async def test_garbled_credentials_are_400() -> None:
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    auth = answer(challenge, "alice").replace("qop=auth", "qop=auth-conf")
+    bad = await h.send(register("alice", cseq=2, auth=auth))
+    assert bad is not None and bad.status == 400
+
+
+async def test_ban_after_repeated_failures_drops_the_source() -> None:
+    h = Harness(user("alice"), guard=Guard(max_failures=3, ban_time=600))
+    for attempt in range(3):
+        challenge = await h.send(register("alice", cseq=10 * attempt + 1))
+        assert challenge is not None and challenge.status == 401
+        bad = await h.send(register("alice", cseq=10 * attempt + 2,
+                                    auth=answer(challenge, "alice", password=f"guess{attempt}")))
+        assert bad is not None and bad.status == 403
+    assert h.guard.is_banned(PHONE[0], h.clock())
+    assert await h.send(register("alice", cseq=99)) is None  # silently dropped
+    other = await h.send(register("alice", cseq=1), source=("192.0.2.77", 5060))
+    assert other is not None and other.status == 401  # other sources unaffected
+    h.clock.now += 601
+    assert (await h.send(register("alice", cseq=100))) is not None
+
+
+# --- bindings ----------------------------------------------------------------------------------
+
+
+async def test_interval_too_brief_is_423_with_min_expires() -> None:
+    h = Harness(user("alice"))
+    short = await h.registered(expires=30)
+    assert short.status == 423 and short.get("min-expires") == "60"
+    assert len(h.location) == 0
+
+
+async def test_several_contacts_and_the_200_lists_them_all() -> None:
+    h = Harness(user("alice"))
+    ok = await h.registered(contacts=("<sip:alice@192.0.2.10:5060>;expires=120",
+                                      "<sip:alice@192.0.2.11:5062;transport=tcp>"))
+    assert ok.status == 200
+    assert sorted(ok.get_all("contact")) == [
+        "<sip:alice@192.0.2.10:5060>;expires=120",
+        "<sip:alice@192.0.2.11:5062;transport=tcp>;expires=3600"]
+    # A second phone registering later: the 200 shows the first one too, expires counting down.
+    h.clock.now += 20
+    ok = await h.registered(contacts=("<sip:alice@192.0.2.12:5060>",), call_id="other-phone")
+    assert sorted(ok.get_all("contact")) == [
+        "<sip:alice@192.0.2.10:5060>;expires=100",
+        "<sip:alice@192.0.2.11:5062;transport=tcp>;expires=3580",
+        "<sip:alice@192.0.2.12:5060>;expires=3600"]
+    assert len(h.directory.published["alice"]) == 3
+
+
+async def test_contact_star_removes_everything() -> None:
+    h = Harness(user("alice"))
+    await h.registered(call_id="c-star")
+    assert len(h.location) == 1
+    bad = await h.registered(contacts=("*",), call_id="c-star-2")  # no Expires: 0
+    assert bad.status == 400
+    challenge = await h.send(register("alice", call_id="c-star", cseq=5, contacts=("*",),
+                                      expires=0))
+    assert challenge is not None
+    ok = await h.send(register("alice", call_id="c-star", cseq=6, contacts=("*",), expires=0,
+                               auth=answer(challenge, "alice")))
+    assert ok is not None and ok.status == 200 and not ok.get_all("contact")
+    assert len(h.location) == 0 and h.directory.published["alice"] == []
+    assert h.store.saved["alice"] == []
+
+
+async def test_cseq_must_increase_within_a_call_id() -> None:
+    h = Harness(user("alice"))
+    ok = await h.registered(call_id="same")  # CSeq 1 (401) then 2 (200)
+    assert ok.status == 200
+    challenge = await h.send(register("alice", call_id="same", cseq=1))
+    assert challenge is not None
+    old = await h.send(register("alice", call_id="same", cseq=2,
+                                auth=answer(challenge, "alice", nc=1)))
+    assert old is not None and old.status == 400  # CSeq 2 is not above the stored 2
+
+
+async def test_unregister_one_contact_with_expires_zero() -> None:
+    h = Harness(user("alice"))
+    await h.registered(call_id="u1")
+    ok = await h.registered(call_id="u1x", contacts=("<sip:alice@192.0.2.10:5060>;expires=0",))
+    assert ok.status == 200 and not ok.get_all("contact")
+    assert len(h.location) == 0
+
+
+async def test_a_query_lists_bindings_without_changing_them() -> None:
+    h = Harness(user("alice"))
+    await h.registered(call_id="q1")
+    writes = h.store.writes
+    ok = await h.registered(call_id="q2", contacts=())
+    assert ok.status == 200 and len(ok.get_all("contact")) == 1
+    assert h.store.writes == writes
+
+
+async def test_non_sip_contact_and_bad_expires_are_400() -> None:
+    h = Harness(user("alice"))
+    assert (await h.registered(contacts=("<mailto:alice@example.com>",))).status == 400
+    assert (await h.registered(expires=None, extra=("Expires: soon",))).status == 400
+
+
+async def test_to_without_a_user_is_400() -> None:
+    h = Harness(user("alice"))
+    request = register("alice")
+    request.set("To", "<sip:pbx.example.com>")
+    response = await h.send(request)
+    assert response is not None and response.status == 400
+
+
+async def test_expiry_removes_bindings_publishes_and_persists() -> None:
+    h = Harness(user("alice"))
+    await h.registered(expires=60)
+    assert h.directory.published["alice"]
+    h.clock.now += 59
+    assert h.registrar.expire() == []
+    h.clock.now += 2
+    gone = h.registrar.expire()
+    await h.registrar.flush()
+    assert [b.aor for b in gone] == ["alice"]
+    assert h.directory.published["alice"] == [] and h.store.saved["alice"] == []
+
+
+async def test_the_timer_task_expires_bindings_on_time() -> None:
+    h = Harness(user("alice"))
+    await h.registrar.start()
+    try:
+        await h.registered(expires=60)
+        await asyncio.sleep(0.05)
+        assert len(h.location) == 1
+        h.clock.now += 61
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not len(h.location):
+                break
+        assert len(h.location) == 0 and h.directory.published["alice"] == []
+    finally:
+        await h.registrar.stop()
+
+
+async def test_closed_tcp_connection_drops_its_bindings() -> None:
+    h = Harness(user("alice"))
+    await h.registered(call_id="udp-phone")
+    challenge = await h.send(register("alice", call_id="tcp-phone",
+                                      contacts=("<sip:alice@192.0.2.10:5070;transport=tcp>",)),
+                             transport="tcp", connection_id="tcp-7")
+    assert challenge is not None
+    ok = await h.send(register("alice", call_id="tcp-phone", cseq=2,
+                               contacts=("<sip:alice@192.0.2.10:5070;transport=tcp>",),
+                               auth=answer(challenge, "alice")),
+                      transport="tcp", connection_id="tcp-7")
+    assert ok is not None and len(ok.get_all("contact")) == 2
+    h.door.connection_closed("tcp-7")
+    await h.registrar.flush()
+    assert [b.uri for b in h.location.lookup("alice", h.clock())] == \
+        ["sip:alice@192.0.2.10:5060"]
+    assert [r.contact for r in h.directory.published["alice"]] == ["sip:alice@192.0.2.10:5060"]
+
+
+async def test_bindings_survive_a_new_registrar_on_the_same_store(tmp_path: Path) -> None:
+    store = Store(tmp_path / "appliance.db")
+    await store.open()
+    try:
+        first = Harness(user("alice"), store=store)
+        first.clock.now = __import__("time").time()
+        ok = await first.registered(contacts=("<sip:alice@192.0.2.10:5060>;expires=600",))
+        assert ok.status == 200
+        second = Harness(user("alice"), store=store)
+        second.clock.now = first.clock.now + 100
+        await second.registrar.start()
+        try:
+            bindings = second.location.lookup("alice", second.clock())
+            assert [(b.uri, b.expires_in(second.clock()), b.source) for b in bindings] == \
+                [("sip:alice@192.0.2.10:5060", 500, ("192.0.2.10", 5060))]
+            assert [r.contact for r in second.directory.published["alice"]] == \
+                ["sip:alice@192.0.2.10:5060"]
+            assert second.registrar.is_known_source("192.0.2.10")
+        finally:
+            await second.registrar.stop()
+        third = Harness(user("alice"), store=store)
+        third.clock.now = first.clock.now + 601  # expired meanwhile: not restored
+        await third.registrar.start()
+        await third.registrar.stop()
+        assert len(third.location) == 0
+    finally:
+        await store.close()
+
+
+async def test_nonce_secret_survives_a_restart() -> None:
+    secret = b"k" * 32
+    first = Harness(user("alice"))
+    await first.registrar.start(nonce_secret=secret)
+    await first.registrar.stop()
+    challenge = await first.send(register("alice"))
+    assert challenge is not None
+    second = Harness(user("alice"))
+    await second.registrar.start(nonce_secret=secret)
+    await second.registrar.stop()
+    ok = await second.send(register("alice", cseq=2, auth=answer(challenge, "alice")))
+    assert ok is not None and ok.status == 200
+
+
+@pytest.mark.parametrize(("uri", "aor"), [
+    ("sip:alice@pbx.example.com", "alice"),
+    ("sips:al%69ce@10.0.0.1:5061;transport=tls", "alice"),
+    ("sip:pbx.example.com", None),
+    ("tel:+15551234567", None),
+    ("garbage", None),
+])
+def test_aor_of(uri: str, aor: str | None) -> None:
+    assert aor_of(uri) == aor

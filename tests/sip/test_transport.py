@@ -1,0 +1,394 @@
+"""The UDP+TCP transport over real loopback sockets, with a fake handler; and the broken-message
+corpus sent over UDP to a running appliance's front door."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from appliance.app import Appliance
+from appliance.sip.errors import SipParseError
+from appliance.sip.message import Request, Response, error_response, make_response, parse_message
+from appliance.sip.transport import Limits, Transport
+from appliance.sip.wire import Incoming, Target, reply_target
+
+DATA = Path(__file__).parents[1] / "data" / "sip"
+WAIT = 2.0
+
+
+class Echo:
+    """Answers every request 200 through the transport; records what it saw."""
+
+    def __init__(self) -> None:
+        self.transport: Transport | None = None
+        self.seen: list[Incoming] = []
+        self.closed: list[str] = []
+
+    async def handle(self, incoming: Incoming) -> None:
+        self.seen.append(incoming)
+        message = incoming.message
+        if isinstance(message, Request) and message.method != "ACK":
+            assert self.transport is not None
+            self.transport.send(make_response(message, 200, to_tag="t"), reply_target(incoming))
+
+    def connection_closed(self, connection_id: str) -> None:
+        self.closed.append(connection_id)
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[tuple[Transport, Echo]]:
+    handler = Echo()
+    transport = Transport(handler, "127.0.0.1", 0, limits=Limits(
+        max_message=4000, max_per_source=3, first_message_timeout=0.3, sweep_interval=0.05))
+    handler.transport = transport
+    await transport.start()
+    try:
+        yield transport, handler
+    finally:
+        await transport.stop()
+
+
+def options(port: int, *, via_host: str = "127.0.0.1", branch: str = "z9hG4bKopt1",
+            transport: str = "UDP", body: bytes = b"", extra: str = "") -> bytes:
+    head = (f"OPTIONS sip:127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/{transport} {via_host}:{port};branch={branch}\r\n"
+            "Max-Forwards: 70\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:127.0.0.1>\r\n"
+            f"Call-ID: t-{branch}\r\nCSeq: 1 OPTIONS\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+class UdpPeer:
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port = int(self.sock.getsockname()[1])
+
+    async def send(self, data: bytes, port: int) -> None:
+        await asyncio.get_running_loop().sock_sendto(self.sock, data, ("127.0.0.1", port))
+
+    async def recv(self, wait: float = WAIT) -> bytes | None:
+        try:
+            async with asyncio.timeout(wait):
+                return await asyncio.get_running_loop().sock_recv(self.sock, 65535)
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+async def udp() -> AsyncIterator[UdpPeer]:
+    peer = UdpPeer()
+    yield peer
+    peer.close()
+
+
+def status_of(data: bytes | None) -> int | None:
+    """The status of a response (read from the status line: an error response echoes the
+    peer's broken headers, so it need not parse)."""
+    if data is None:
+        return None
+    version, code, _ = data.split(b"\r\n", 1)[0].split(b" ", 2)
+    assert version == b"SIP/2.0"
+    return int(code)
+
+
+async def read_message(reader: asyncio.StreamReader) -> bytes:
+    async with asyncio.timeout(WAIT):
+        head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() in (b"content-length", b"l"):
+            length = int(value)
+    return head + (await reader.readexactly(length) if length else b"")
+
+
+# --- UDP ---------------------------------------------------------------------------------------
+
+
+async def test_udp_request_is_stamped_and_answered_to_its_source(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    # sent-by says a port nobody listens on: the answer must still reach the real source.
+    await udp.send(options(9, via_host="192.0.2.1"), transport.port)
+    reply = await udp.recv()
+    assert status_of(reply) == 200
+    incoming = handler.seen[0]
+    assert incoming.transport == "udp" and incoming.source == ("127.0.0.1", udp.port)
+    assert incoming.local == ("127.0.0.1", transport.port) and incoming.connection_id is None
+    via = incoming.message.top_via
+    assert via is not None and via.received == "127.0.0.1" and via.rport == udp.port
+
+
+async def test_udp_crlf_ping_is_tolerated(echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    await udp.send(b"\r\n\r\n", transport.port)
+    assert await udp.recv(0.2) is None
+    await udp.send(options(udp.port), transport.port)
+    assert status_of(await udp.recv()) == 200
+
+
+async def test_broken_message_gets_400_and_the_server_still_answers(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    broken = options(udp.port).replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 INVITE")
+    await udp.send(broken, transport.port)
+    assert status_of(await udp.recv()) == 400
+    assert handler.seen == []
+    await udp.send(b"\x00\xffgarbage\r\n\r\n", transport.port)  # no way back: dropped
+    assert await udp.recv(0.2) is None
+    await udp.send(options(udp.port, branch="z9hG4bKafter"), transport.port)
+    assert status_of(await udp.recv()) == 200
+
+
+@pytest.mark.parametrize(("name", "status"), [("bad-505-version.msg", 505),
+                                              ("bad-416-scheme.msg", 416)])
+async def test_version_and_scheme_errors(echo: tuple[Transport, Echo], udp: UdpPeer,
+                                         name: str, status: int) -> None:
+    transport, _ = echo
+    await udp.send((DATA / name).read_bytes(), transport.port)
+    reply = await udp.recv()
+    assert status_of(reply) == status
+    assert b"SIP/3.0" not in (reply or b"")[:20]
+
+
+async def test_oversized_udp_request_gets_513(echo: tuple[Transport, Echo],
+                                              udp: UdpPeer) -> None:
+    transport, handler = echo
+    await udp.send(options(udp.port, body=b"x" * 5000, extra="Content-Type: text/plain\r\n"),
+                   transport.port)
+    assert status_of(await udp.recv()) == 513
+    assert handler.seen == []
+
+
+async def test_response_for_a_via_not_ours_is_dropped(echo: tuple[Transport, Echo],
+                                                      udp: UdpPeer) -> None:
+    transport, handler = echo
+    response = (f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {{host}}:{transport.port};branch=z9hG4bKr\r\n"
+                "From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: r\r\n"
+                "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    await udp.send(response.format(host="192.0.2.99").encode(), transport.port)
+    await udp.send(response.replace(str(transport.port), "5999")
+                   .format(host="127.0.0.1").encode(), transport.port)
+    await asyncio.sleep(0.2)
+    assert handler.seen == []
+    await udp.send(response.format(host="127.0.0.1").encode(), transport.port)
+    await asyncio.sleep(0.2)
+    assert len(handler.seen) == 1 and isinstance(handler.seen[0].message, Response)
+
+
+async def test_broadcast_and_multicast_vias_are_never_answered(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    for host in ("255.255.255.255", "224.0.1.75"):
+        await udp.send(options(5060, via_host=host), transport.port)
+    assert await udp.recv(0.3) is None
+    assert handler.seen == []
+
+
+async def test_blocked_sources_are_ignored(udp: UdpPeer) -> None:
+    handler = Echo()
+    transport = Transport(handler, "127.0.0.1", 0, is_blocked=lambda ip: ip == "127.0.0.1")
+    handler.transport = transport
+    await transport.start()
+    try:
+        await udp.send(options(udp.port), transport.port)
+        assert await udp.recv(0.3) is None
+    finally:
+        await transport.stop()
+
+
+async def test_udp_send_to_a_target(echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, _ = echo
+    request = parse_message(options(transport.port))
+    transport.send(request, Target("udp", "127.0.0.1", udp.port))
+    data = await udp.recv()
+    assert data is not None and data.startswith(b"OPTIONS sip:127.0.0.1 SIP/2.0")
+    transport.send(request, Target("udp", "255.255.255.255", udp.port))  # refused, no raise
+    transport.send(request, Target("udp", "localhost", udp.port))  # a name: resolved first
+    assert await udp.recv() is not None
+
+
+# --- TCP ---------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def tcp(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_tcp_request_answered_on_the_same_connection(
+        echo: tuple[Transport, Echo]) -> None:
+    transport, handler = echo
+    async with tcp(transport.port) as (reader, writer):
+        local_port = writer.get_extra_info("sockname")[1]
+        writer.write(options(local_port, transport="TCP") + options(
+            local_port, transport="TCP", branch="z9hG4bKsecond"))  # two in one segment
+        assert status_of(await read_message(reader)) == 200
+        assert status_of(await read_message(reader)) == 200
+        incoming = handler.seen[0]
+        assert incoming.transport == "tcp" and incoming.connection_id is not None
+        assert transport.connection_count == 1
+        # A request *to* the phone reuses its connection.
+        transport.send(parse_message(options(1, transport="TCP", branch="z9hG4bKout")),
+                       Target("tcp", "127.0.0.1", local_port, incoming.connection_id))
+        data = await read_message(reader)
+        assert data.startswith(b"OPTIONS ")
+    for _ in range(50):
+        if handler.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert handler.closed == [incoming.connection_id]
+    assert transport.connection_count == 0
+
+
+async def test_tcp_keepalive_is_answered_with_crlf(echo: tuple[Transport, Echo]) -> None:
+    transport, _ = echo
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(b"\r\n\r\n")
+        async with asyncio.timeout(WAIT):
+            assert await reader.readexactly(2) == b"\r\n"
+        writer.write(options(5060, transport="TCP"))
+        assert status_of(await read_message(reader)) == 200
+
+
+async def test_tcp_broken_message_gets_400_and_connection_lives(
+        echo: tuple[Transport, Echo]) -> None:
+    transport, _ = echo
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(options(5060, transport="TCP").replace(b"Max-Forwards: 70\r\n", b""))
+        assert status_of(await read_message(reader)) == 400
+        writer.write(options(5060, transport="TCP", branch="z9hG4bKok"))
+        assert status_of(await read_message(reader)) == 200
+
+
+async def test_tcp_oversized_message_gets_513_and_the_connection_closes(
+        echo: tuple[Transport, Echo]) -> None:
+    transport, handler = echo
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(options(5060, transport="TCP", body=b"x" * 5000))
+        assert status_of(await read_message(reader)) == 513
+        async with asyncio.timeout(WAIT):
+            assert await reader.read() == b""  # closed by the server
+    assert handler.seen == []
+
+
+async def test_tcp_garbled_framing_closes_the_connection(echo: tuple[Transport, Echo]) -> None:
+    transport, _ = echo
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(options(5060, transport="TCP").replace(b"Content-Length: 0",
+                                                            b"Content-Length: zero"))
+        assert status_of(await read_message(reader)) == 400
+        async with asyncio.timeout(WAIT):
+            assert await reader.read() == b""
+
+
+async def test_tcp_connections_per_source_are_capped(echo: tuple[Transport, Echo]) -> None:
+    transport, _ = echo
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(3):
+            await stack.enter_async_context(tcp(transport.port))
+        await asyncio.sleep(0.05)
+        assert transport.connection_count == 3
+        reader, writer = await stack.enter_async_context(tcp(transport.port))
+        async with asyncio.timeout(WAIT):
+            with contextlib.suppress(ConnectionError):
+                assert await reader.read() == b""  # refused at once
+        assert transport.connection_count == 3
+
+
+async def test_silent_tcp_connection_times_out(echo: tuple[Transport, Echo]) -> None:
+    transport, _ = echo
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(b"OPTIONS sip:127.0.0.1 SIP/2.0\r\n")  # and then nothing
+        async with asyncio.timeout(WAIT):
+            assert await reader.read() == b""
+    assert transport.connection_count == 0
+
+
+async def test_tcp_send_opens_a_connection_and_reuses_it(echo: tuple[Transport, Echo]) -> None:
+    transport, _ = echo
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+    accepted = 0
+
+    async def phone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await received.put(await read_message(reader))
+
+    server = await asyncio.start_server(phone, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        request = parse_message(options(transport.port, transport="TCP"))
+        transport.send(request, Target("tcp", "127.0.0.1", port))
+        transport.send(request, Target("tcp", "127.0.0.1", port))  # queued behind the connect
+        async with asyncio.timeout(WAIT):
+            assert (await received.get()).startswith(b"OPTIONS")
+            assert (await received.get()).startswith(b"OPTIONS")
+        transport.send(request, Target("tcp", "127.0.0.1", port))
+        async with asyncio.timeout(WAIT):
+            await received.get()
+        assert accepted == 1
+    finally:
+        server.close()
+    transport.send(request, Target("tcp", "127.0.0.1", 9))  # refused: logged, never raised
+
+
+async def test_same_port_for_udp_and_tcp(echo: tuple[Transport, Echo]) -> None:
+    transport, _ = echo
+    with socket.socket() as s:
+        s.settimeout(1)
+        s.connect(("127.0.0.1", transport.port))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, pytest.raises(OSError):
+        s.bind(("127.0.0.1", transport.port))
+
+
+# --- the broken-message corpus against a running appliance -------------------------------------
+
+
+def expected_reply(data: bytes) -> int | None:
+    """The status the file name promises, or None when no reply can be built (no Via, ...)."""
+    try:
+        parse_message(data)
+    except SipParseError as err:
+        reply = error_response(err)
+        return reply.status if reply is not None else None
+    raise AssertionError("a bad-* message parsed")
+
+
+async def test_bad_corpus_over_udp_to_the_front_door(appliance: Appliance) -> None:
+    port = appliance.config.sip.listen.port
+    names = sorted(p.name for p in DATA.glob("bad-*.msg"))
+    assert len(names) >= 20
+    peer = UdpPeer()
+    try:
+        for name in names:
+            data = (DATA / name).read_bytes()
+            promised = int(name.split("-")[1])
+            expected = expected_reply(data)
+            assert expected in (promised, None), name
+            await peer.send(data, port)
+            reply = await peer.recv(WAIT if expected is not None else 0.2)
+            assert status_of(reply) == expected, name
+        # ...and the front door still serves.
+        await peer.send(options(peer.port, branch="z9hG4bKalive"), port)
+        assert status_of(await peer.recv()) == 200
+    finally:
+        peer.close()
