@@ -34,7 +34,7 @@ from appliance.services.gateways import GatewayService
 from appliance.services.history import HistoryService
 from appliance.services.messaging import MessagingService
 from appliance.services.provisioning import ProvisioningService
-from appliance.services.routing import ClientRouter
+from appliance.services.routing import ClientMessenger, ClientRouter, sms_gateway
 from appliance.services.telephony import CallLog, SipDirectory, record_message
 from appliance.sip.bindings import Location
 from appliance.sip.digest import Algorithm
@@ -163,8 +163,15 @@ class Appliance:
                            functools.partial(record_message, self.store, self.clock),
                            clock=self.wall_clock, realm=lambda: self.realm,
                            local_hosts=self.transport.local_hosts, guard=self.guard,
-                           algorithms=[Algorithm(a) for a in sip.digest_algorithms])
+                           algorithms=[Algorithm(a) for a in sip.digest_algorithms],
+                           address=(self.transport.advertised, sip.listen.port))
         self.frontdoor.proxy = self.proxy
+        # SMS <-> Clients: a Client's MESSAGE to a number goes out by the modem; an SMS for a
+        # number whose SmsUrl is client:<login> reaches that Client's phones.
+        self.router.outbound_sms = sms_gateway(self.messaging.send_from_client)
+        self.messaging.client_messenger = ClientMessenger(self.router, self.proxy.send_message,
+                                                          self.wall_clock)
+        self.sip_directory.on_registered.append(lambda _login: self.messaging.client_registered())
         self._proxy_task: asyncio.Task[None] | None = None
 
     def wall_clock(self) -> float:

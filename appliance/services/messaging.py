@@ -91,8 +91,11 @@ class ModemPort(Protocol):
     async def ussd(self, request: str) -> UssdResponse: ...
 
 
-class NumberLookup(Protocol):
-    async def find_number(self, phone_number: str) -> object | None: ...
+class ClientMessenger(Protocol):
+    """Delivers a message to a Client's phones as SIP MESSAGE (services.routing)."""
+
+    async def deliver(self, login: str, from_: str, body: str) -> int | None:
+        """The final SIP status, or None when the Client has no phone registered."""
 
 
 def _now_text(clock: Callable[[], datetime]) -> str:
@@ -119,7 +122,9 @@ class MessagingService:
         self._clock = clock
         self.sim_number = sim_number
         self.modem: ModemPort | None = None
+        self.client_messenger: ClientMessenger | None = None
         self._wake = asyncio.Event()
+        self._wake_clients = False
         self._jobs_wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -145,12 +150,7 @@ class MessagingService:
             if normalised not in ("GSM", "UCS_2"):
                 raise InvalidInput(f"Encoding {encoding} is not GSM or UCS-2")
             ucs2 = normalised == "UCS_2"
-        if to.startswith("client:"):
-            raise InvalidInput("To: delivering SMS to SIP clients is not available in this "
-                               "version; send to a phone number")
-        destination = re.sub(r"[\s\-.()]", "", to)
-        if not _PHONE.match(destination):
-            raise InvalidInput(f"To {to} is not a phone number")
+        destination = await self._destination(to)
         self._check_body(body, ucs2)
         if status_callback and not re.match(r"^https?://", status_callback):
             raise InvalidInput("StatusCallback must be an http:// or https:// URL")
@@ -160,6 +160,34 @@ class MessagingService:
         return await self._enqueue(account.sid, from_, destination, body, ucs2,
                                    Callback(status_callback, method) if status_callback else None,
                                    dict(x_headers), direction)
+
+    async def _destination(self, to: str) -> str:
+        """`client:<login>` for a Client (as `client:alice` or a bare login), else the number."""
+        login = to[len("client:"):] if to.startswith("client:") else None
+        if login is None and not _PHONE.match(re.sub(r"[\s\-.()]", "", to)):
+            login = to
+        if login is not None:
+            if await self._store.get_client_by_login(login) is None:
+                raise InvalidInput(f"To {to} is neither a phone number nor a Client")
+            return f"client:{login}"
+        return re.sub(r"[\s\-.()]", "", to)
+
+    async def send_from_client(self, account_sid: str, login: str, number: str,
+                               body: str) -> SmsRecord:
+        """A Client's SIP MESSAGE to a phone number, queued for the modem."""
+        if not body:
+            raise InvalidInput("Body can not be null.")
+        destination = re.sub(r"[\s\-.()]", "", number)
+        if not _PHONE.match(destination):
+            raise InvalidInput(f"{number} is not a phone number")
+        self._check_body(body, False)
+        return await self._enqueue(account_sid, login, destination, body, False, None, {},
+                                   "outbound-call")
+
+    def client_registered(self) -> None:
+        """A Client registered: messages waiting for it may go now."""
+        self._wake_clients = True
+        self._wake.set()
 
     @staticmethod
     def _check_body(body: str, ucs2: bool) -> None:
@@ -245,6 +273,9 @@ class MessagingService:
                     await self._wake.wait()
 
     async def _drain(self) -> None:
+        if self._wake_clients:
+            self._wake_clients = False
+            await self._sms.make_clients_due(_now_text(self._clock))
         while True:
             due = await self._sms.due(_now_text(self._clock))
             if not due:
@@ -253,6 +284,9 @@ class MessagingService:
                 await self._send_one(item)
 
     async def _send_one(self, item: OutboxItem) -> None:
+        if item.destination.startswith("client:"):
+            await self._send_to_client(item)
+            return
         modem = self.modem
         now = self._clock()
         if modem is None or modem.state.phase.value != "ready":
@@ -280,6 +314,28 @@ class MessagingService:
             if last:
                 logger.info("> SMS %s sent in %d part(s)", item.sid, total)
                 await self._status_callback(item.sid)
+
+    async def _send_to_client(self, item: OutboxItem) -> None:
+        """Deliver as SIP MESSAGE; kept (up to MAX_QUEUE_AGE) until the Client registers."""
+        login = item.destination[len("client:"):]
+        now = self._clock()
+        status = None
+        if self.client_messenger is not None:
+            status = await self.client_messenger.deliver(login, item.from_, item.body)
+        if status is not None and 200 <= status < 300:
+            await self._sms.client_delivered(item.sid, _now_text(self._clock))
+            logger.info("> SMS %s delivered to %s as SIP MESSAGE", item.sid, login)
+            await self._status_callback(item.sid)
+            return
+        if now - from_storage(item.accepted_at) > MAX_QUEUE_AGE:
+            await self._fail(item, 30003, f"{login} did not take the message within "
+                                          f"{MAX_QUEUE_AGE.days} days")
+            return
+        if status is not None and 400 <= status < 500 and status not in (408, 480):
+            await self._fail(item, 30008, f"{login}'s phone refused the message: SIP {status}")
+            return
+        # Not registered, or no answer: wait for a registration (or retry in a while).
+        await self._sms.requeue(item.sid, storage(now + timedelta(minutes=10)))
 
     async def _part_failed(self, item: OutboxItem, index: int, err: ModemError) -> None:
         cause = err.cause if isinstance(err, SmsSendError) else err
@@ -465,6 +521,16 @@ class MessagingService:
             if url is None:
                 url, method = number.sms_url, number.sms_method
             fallback, fallback_method = number.sms_fallback_url, number.sms_fallback_method
+        if url and url.startswith("client:"):
+            try:
+                await self._enqueue(record.account_sid, record.from_, url, record.body, False,
+                                    None, {}, "outbound-api")
+            except InvalidInput as err:
+                await self._history.notify(record.account_sid, 14101,
+                                           f"SMS {record.sid} not forwarded to {url}: "
+                                           f"{err.message}")
+            await self._sms.finish_inbound_job(sid)
+            return
         if not url:
             await self._sms.finish_inbound_job(sid)
             return

@@ -11,6 +11,7 @@ Today one destination exists: another Client, reached by forking to its register
 | a user that is no Client | 404 |
 | a disabled Client, or one without a live binding | 480 |
 | a registered Client | fork to its bindings, highest q first, at most ``max_branches`` |
+| MESSAGE to a number, with an SMS gateway set | handed to it (queued as SMS): 202 |
 
 (1) "Application Calls Not Available Yet": its RCML runs in a media worker, not built yet.
 (2) "No Outbound Route": GSM and trunk routes come later; and we are never a relay to
@@ -25,13 +26,15 @@ Request-URI. The location table is keyed by login, as the registrar fills it.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
+from appliance.errors import InvalidInput
 from appliance.sip.bindings import Location
 from appliance.sip.errors import SipParseError
 from appliance.sip.message import Request
 from appliance.sip.proxy import (
     MAX_BRANCHES,
+    Answer,
     Caller,
     Contact,
     Decision,
@@ -62,6 +65,16 @@ class ClientRouter:
         self._location = location
         self._local_hosts = local_hosts
         self.max_branches = max_branches
+        # Set by the composition root when the modem is there: (caller, number, text) ->
+        # the decision for a Client's MESSAGE to a phone number.
+        self.outbound_sms: Callable[[Caller, str, str], Awaitable[Decision]] | None = None
+
+    def contacts_of(self, login: str, now: float) -> tuple[Contact, ...]:
+        """Where LOGIN's phones are now (empty when not registered)."""
+        return tuple(
+            Contact(uri=b.uri, target=_target(b.uri, b.transport, b.source, b.connection_id))
+            for b in self._location.lookup(login, now)[: self.max_branches]
+        )
 
     def registered(self, login: str, now: float) -> bool:
         return bool(self._location.lookup(login, now))
@@ -83,6 +96,13 @@ class ClientRouter:
         if not uri.user:
             return Refuse(404)
         callee = await self._directory.user(uri.user)
+        if (callee is None and request.method == "MESSAGE" and looks_like_number(uri.user)
+                and self.outbound_sms is not None):
+            content_type = (request.get("Content-Type") or "text/plain").split(";")[0]
+            if content_type.strip().lower() != "text/plain":
+                return Refuse(415, "Only text/plain Can Go Out As SMS")
+            text = request.body.decode("utf-8", errors="replace")
+            return await self.outbound_sms(caller, uri.user, text)
         if callee is None:
             if looks_like_number(uri.user) or not self._is_local(uri.host):
                 return Refuse(403, NO_OUTBOUND_ROUTE)
@@ -109,3 +129,33 @@ def _target(uri: str, transport: str, source: tuple[str, int],
         return Target(contact.transport or transport.lower(), contact.host.strip("[]"),
                       contact.port or 5060)
     return Target(transport.lower(), "", 0)
+
+
+class ClientMessenger:
+    """Delivers an SMS to a Client's phones as a SIP MESSAGE (messaging's ClientMessenger)."""
+
+    def __init__(self, router: ClientRouter, send: Callable[..., Awaitable[int]],
+                 clock: Callable[[], float]) -> None:
+        self._router = router
+        self._send = send  # Proxy.send_message
+        self._clock = clock
+
+    async def deliver(self, login: str, from_: str, body: str) -> int | None:
+        """The final SIP status, or None when LOGIN has no phone registered."""
+        contacts = self._router.contacts_of(login, self._clock())
+        if not contacts:
+            return None
+        return await self._send(contacts, from_user=from_, to_user=login, body=body)
+
+
+def sms_gateway(send_from_client: Callable[[str, str, str, str], Awaitable[object]]
+                ) -> Callable[[Caller, str, str], Awaitable[Decision]]:
+    """Adapt MessagingService.send_from_client to the router's `outbound_sms` hook: a
+    Client's MESSAGE to a phone number is queued as an SMS and answered 202 Accepted."""
+    async def outbound(caller: Caller, number: str, text: str) -> Decision:
+        try:
+            await send_from_client(caller.account_sid, caller.login, number, text)
+        except InvalidInput as err:
+            return Refuse(488, err.message[:100])
+        return Answer(202, "Accepted For Delivery By SMS")
+    return outbound

@@ -66,6 +66,8 @@ class SipDirectory:
         self._store = store
         self._cache: dict[str, SipUser | None] = {}
         self._registrations: dict[str, list[Registration]] = {}
+        # Called with the login when a Client gains a registration (SMS waiting for it).
+        self.on_registered: list[Callable[[str], None]] = []
 
     def invalidate(self) -> None:
         self._cache.clear()
@@ -91,7 +93,11 @@ class SipDirectory:
     # The registrar reports every change of a login's contacts here.
     def set_registrations(self, login: str, registrations: list[Registration]) -> None:
         if registrations:
+            fresh = login not in self._registrations
             self._registrations[login] = list(registrations)
+            if fresh:
+                for callback in self.on_registered:
+                    callback(login)
         else:
             self._registrations.pop(login, None)
 

@@ -106,6 +106,7 @@ from appliance.sip.errors import SipError, SipParseError, SipStateError
 from appliance.sip.guard import Guard
 from appliance.sip.headers import DigestCredentials, NameAddr, parse_name_addrs
 from appliance.sip.message import (
+    Header,
     Request,
     Response,
     make_response,
@@ -228,7 +229,16 @@ class Refuse:
     reason: str | None = None  # reason phrase; None = the standard one
 
 
-Decision = Fork | Refuse
+@dataclass(frozen=True)
+class Answer:
+    """The router took the request itself (e.g. a MESSAGE to a phone number, queued as SMS):
+    answer it with STATUS, nothing is forwarded and no row is written by the proxy."""
+
+    status: int
+    reason: str | None = None
+
+
+Decision = Fork | Refuse | Answer
 
 
 class Router(Protocol):
@@ -346,6 +356,9 @@ class Proxy:
         self._live_calls: dict[CallKey, Call] = {}
         self._wake = asyncio.Event()
         self._overloaded = False
+        # MESSAGEs the appliance itself sends (an SMS delivered to a Client): their client
+        # transactions and the futures that receive the final status.
+        self._originated: dict[Transaction, asyncio.Future[int]] = {}
 
     # --- the MessageHandler surface -----------------------------------------------------
 
@@ -516,6 +529,11 @@ class Proxy:
             return  # CANCELled meanwhile: 487 already sent
         context = Context(request=request, server=server, source=source,
                           local=self._local(incoming), caller=caller)
+        if isinstance(decision, Answer):
+            logger.info("- %s %s taken locally: %d", request.method, caller.login,
+                        decision.status)
+            await self._reply(server, decision.status, decision.reason, now=now)
+            return
         if isinstance(decision, Refuse):
             context.callee = _user_of(NameAddr(request.uri)) or request.uri
             logger.info("x %s %s -> %s: %d %s", request.method, caller.login, context.callee,
@@ -646,6 +664,47 @@ class Proxy:
 
     def _local(self, incoming: Incoming) -> tuple[str, int]:
         return self.address or incoming.local
+
+    # --- MESSAGEs we originate ---------------------------------------------------------
+
+    async def send_message(self, contacts: Collection[Contact], *, from_user: str,
+                           to_user: str, body: str, within: float = 40.0) -> int:
+        """Send BODY as a SIP MESSAGE to each contact in turn until one accepts it.
+
+        Returns the final status: the first 2xx, else the last failure (408 when nobody
+        answered). Used to deliver an SMS to a Client's phones.
+        """
+        if self.address is None:
+            return 503
+        realm = self._realm()
+        status = 480
+        for contact in contacts:
+            now = self._clock()
+            request = Request(method="MESSAGE", uri=contact.uri, headers=[
+                Header.make("Via", _via(self.address, contact.target.transport)),
+                Header.make("Max-Forwards", str(DEFAULT_MAX_FORWARDS)),
+                Header.make("From", f"<sip:{from_user}@{realm}>;tag={_token()}"),
+                Header.make("To", f"<sip:{to_user}@{realm}>"),
+                Header.make("Call-ID", f"{_token()}@{realm}"),
+                Header.make("CSeq", "1 MESSAGE"),
+                Header.make("Content-Type", "text/plain;charset=UTF-8"),
+            ], body=body.encode("utf-8"))
+            txn = client_transaction(request, reliable=contact.target.transport != "udp",
+                                     now=now)
+            future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self._originated[txn] = future
+            self._table.add(txn)
+            self._peers[txn] = contact.target
+            await self._drain(txn, txn.pop_actions(), now)
+            self._wake.set()
+            try:
+                async with asyncio.timeout(within):
+                    status = await future
+            except TimeoutError:
+                status = 408
+            if 200 <= status < 300:
+                return status
+        return status
 
     # --- responses -----------------------------------------------------------------------
 
@@ -1010,6 +1069,10 @@ class Proxy:
                     self._sender.send(action.message, target)
             elif isinstance(action, Deliver):
                 await self._deliver(txn, action.message, now)
+            elif isinstance(action, TimedOut) and txn in self._originated:
+                future = self._originated[txn]
+                if not future.done():
+                    future.set_result(408)
             elif isinstance(action, TimedOut):
                 branch = self._branches.get(txn)
                 if branch is not None and not branch.done:
@@ -1020,6 +1083,11 @@ class Proxy:
                 self._forget(txn)
 
     async def _deliver(self, txn: Transaction, message: Request | Response, now: float) -> None:
+        if isinstance(message, Response) and txn in self._originated:
+            future = self._originated[txn]
+            if message.status >= 200 and not future.done():
+                future.set_result(message.status)
+            return
         if isinstance(message, Response):
             branch = self._branches.get(txn)
             if branch is not None:
@@ -1035,6 +1103,9 @@ class Proxy:
             await self._in_dialog(incoming, message, now)
 
     def _forget(self, txn: Transaction) -> None:
+        future = self._originated.pop(txn, None)
+        if future is not None and not future.done():
+            future.set_result(408)
         self._peers.pop(txn, None)
         branch = self._branches.pop(txn, None)
         if branch is not None and branch.final is None:

@@ -171,6 +171,26 @@ class SmsStore:
                                      "AND outcome = 'submitting'", (sid,))
         await self._run(run)
 
+    async def client_delivered(self, sid: str, now: str) -> None:
+        """A message to a Client was accepted by its phone (a SIP 2xx)."""
+        def run() -> None:
+            conn = self._conn()
+            with self._atomic():
+                conn.execute("UPDATE sms_outbox SET state = 'done', parts_done = 1, "
+                             "parts_total = 1 WHERE sid = ?", (sid,))
+                conn.execute("UPDATE sms_messages SET status = 'sent', date_sent = ?, "
+                             "date_updated = ? WHERE sid = ?", (now, now, sid))
+        await self._run(run)
+
+    async def make_clients_due(self, now: str) -> None:
+        """Messages waiting for a Client's registration become due now."""
+        def run() -> None:
+            with self._atomic():
+                self._conn().execute(
+                    "UPDATE sms_outbox SET next_attempt_at = ? WHERE state = 'queued' AND "
+                    "destination LIKE 'client:%' AND next_attempt_at > ?", (now, now))
+        await self._run(run)
+
     async def fail(self, sid: str, error_code: int, message: str, now: str) -> None:
         def run() -> None:
             conn = self._conn()
@@ -233,8 +253,8 @@ class SmsStore:
                     "SELECT sms_sid, part, recipient FROM sms_parts WHERE mr = ? AND sent_at >= ? "
                     "AND outcome IN ('sent', 'pending') ORDER BY sent_at DESC",
                     (mr, since)).fetchall()
-                match = next((c for c in candidates
-                              if _digits(c[2]).endswith(recipient_digits[-7:])), None)
+                match = next((c for c in candidates if not c[2].startswith("client:")
+                              and _digits(c[2]).endswith(recipient_digits[-7:])), None)
                 if match is None:
                     return None
                 sid, part, _ = match

@@ -1,0 +1,102 @@
+"""SMS and the desk phones: a Client's MESSAGE to a number leaves by the modem, and an SMS for
+a number whose SmsUrl is client:<login> reaches that Client's phone, kept until it registers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from appliance.app import Appliance
+from appliance.gsm.pdu import Submit, decode_sms_pdu
+from tests.conftest import ADMIN_SID, Api
+from tests.fakes.modem import FakeModem
+from tests.fakes.pdus import deliver_pdu
+from tests.sms.conftest import SIM_NUMBER, until
+from tests.sms.sipua import Phone
+
+PW = "Pbx-edge-7"
+
+
+async def phone(api: Api, appliance: Appliance, login: str) -> Phone:
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                     {"Login": login, "Password": PW})
+    assert status == 200, body
+    listen = appliance.config.sip.listen
+    return await Phone(login, PW, (listen.host, listen.port)).start()
+
+
+async def test_client_message_to_a_number_goes_out_by_sms(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem) -> None:
+    alice = await phone(gsm_api, gsm_appliance, "alice")
+    try:
+        assert await alice.register() == 200
+        assert await alice.message("+15557778888", "from my desk phone") == 202
+        await until(lambda: len(fake.sent) == 1)
+        submit = decode_sms_pdu(fake.sent[0])
+        assert isinstance(submit, Submit)
+        assert submit.destination == "+15557778888"
+        assert submit.user_data.text == "from my desk phone"
+        status, body, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json")
+        (sms,) = json.loads(body)["messages"]
+        assert sms["from"] == "alice" and sms["direction"] == "outbound-call"
+    finally:
+        alice.close()
+
+
+async def test_unregistered_phone_cannot_send(gsm_api: Api, gsm_appliance: Appliance,
+                                              fake: FakeModem) -> None:
+    bob = await phone(gsm_api, gsm_appliance, "bob")
+    try:
+        assert await bob.message("+15557778888", "sneaky") == 403
+        await asyncio.sleep(0.3)
+        assert fake.sent == []
+    finally:
+        bob.close()
+
+
+async def test_sms_for_a_client_number_waits_for_its_registration(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem) -> None:
+    status, body, _ = await gsm_api.post(
+        f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+        {"PhoneNumber": SIM_NUMBER, "SmsUrl": "client:carol"})
+    assert status == 200, body
+    carol = await phone(gsm_api, gsm_appliance, "carol")
+    try:
+        fake.deliver_sms(deliver_pdu("+15550009999", "for carol's desk"))
+        await until(lambda: not fake.store)
+        await asyncio.sleep(0.5)
+        assert carol.messages == []  # not registered yet: kept
+
+        async def statuses() -> list[str]:
+            _, text, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json")
+            return sorted(f"{m['direction']}:{m['status']}"
+                          for m in json.loads(text)["messages"])
+
+        assert await statuses() == ["inbound:received", "outbound-api:queued"]
+        assert await carol.register() == 200
+        async with asyncio.timeout(10):
+            await carol.got_message.wait()
+        assert carol.messages == ["for carol's desk"]
+        async with asyncio.timeout(5):
+            while await statuses() != ["inbound:received", "outbound-api:sent"]:
+                await asyncio.sleep(0.05)
+    finally:
+        carol.close()
+
+
+async def test_api_send_to_a_client(gsm_api: Api, gsm_appliance: Appliance) -> None:
+    dave = await phone(gsm_api, gsm_appliance, "dave")
+    try:
+        assert await dave.register() == 200
+        status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/SMS/Messages.json",
+                                             {"From": "+15550001111", "To": "client:dave",
+                                              "Body": "hello dave"})
+        assert status == 200, body
+        async with asyncio.timeout(10):
+            await dave.got_message.wait()
+        assert dave.messages == ["hello dave"]
+        status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/SMS/Messages.json",
+                                             {"From": "x", "To": "nobody", "Body": "hi"})
+        assert status == 400
+    finally:
+        dave.close()
