@@ -43,6 +43,7 @@ from appliance.sip.guard import Guard
 from appliance.sip.proxy import Proxy
 from appliance.sip.registrar import Registrar
 from appliance.sip.transport import Transport
+from appliance.sip.trunk import Trunk
 from appliance.store.backup import backup
 from appliance.store.db import Store
 from appliance.store.gateways import GatewayStore
@@ -172,6 +173,11 @@ class Appliance:
         self.messaging.client_messenger = ClientMessenger(self.router, self.proxy.send_message,
                                                           self.wall_clock)
         self.sip_directory.on_registered.append(lambda _login: self.messaging.client_registered())
+        self.trunk = Trunk(self.transport, clock=self.wall_clock,
+                           local=lambda: (self.transport.advertised, sip.listen.port))
+        self.frontdoor.trunk = self.trunk
+        self.gateways.trunk = self.trunk
+        self._trunk_task: asyncio.Task[None] | None = None
         self._proxy_task: asyncio.Task[None] | None = None
 
     def wall_clock(self) -> float:
@@ -185,6 +191,8 @@ class Appliance:
         self.proxy.nonces = self.registrar.nonces
         self._proxy_task = asyncio.get_running_loop().create_task(self.proxy.run(),
                                                                   name="sip proxy timers")
+        self._trunk_task = asyncio.get_running_loop().create_task(self.trunk.run(),
+                                                                  name="sip trunk timers")
         try:
             await self.transport.start()
         except OSError as err:
@@ -193,6 +201,8 @@ class Appliance:
             logger.error("x sip %s", self.sip_error)
             return
         self.sip_error = None
+        for gateway in await self.gateways.all():
+            self.trunk.apply(gateway)
 
     async def start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -325,6 +335,12 @@ class Appliance:
             self._runner = None
         # SIP before the store: the transport stops taking messages, the registrar finishes
         # its binding writes, then the database closes.
+        await self.trunk.close()
+        if self._trunk_task is not None:
+            self._trunk_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trunk_task
+            self._trunk_task = None
         if self._proxy_task is not None:
             self._proxy_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

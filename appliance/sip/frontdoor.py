@@ -91,6 +91,7 @@ class FrontDoor:
         self.clock = clock  # wall clock, shared with the registrar and the guard
         self.sender = sender
         self.proxy = proxy
+        self.trunk: MessageHandler | None = None  # sip.trunk: upstream registrations
         self._table = TransactionTable()
         self._targets: dict[tuple[str, ...], Target] = {}
         self._heap: list[tuple[float, int, ServerTransaction]] = []
@@ -137,7 +138,10 @@ class FrontDoor:
         if self.guard.is_banned(ip, now):
             return
         if isinstance(message, Response):
-            if self.proxy is not None:
+            # Responses to our own upstream REGISTERs go to the trunk client.
+            if self.trunk is not None and message.cseq.method == "REGISTER":
+                await self.trunk.handle(incoming)
+            elif self.proxy is not None:
                 await self.proxy.handle(incoming)
             return
         txn = self._table.match_request(message)

@@ -1,0 +1,238 @@
+"""The trunk client: keeps every gateway with Register=true registered upstream.
+
+One `UpstreamRegistration` (sip.upstream, pure) per gateway, driven here: requests go out
+through the transport inside non-INVITE client transactions (retransmissions and Timer F),
+responses come back from the front door (a response whose CSeq method is REGISTER), and one
+timer task re-arms from the earliest refresh, retry or transaction timer. Back-off uses a
+random jitter factor so boxes behind one NAT do not retry in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import secrets
+import socket
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from appliance.models import Gateway
+from appliance.services.gateways import GatewayStatus
+from appliance.sip.errors import SipParseError
+from appliance.sip.message import Request, Response
+from appliance.sip.transaction import (
+    ClientTransaction,
+    Deliver,
+    TimedOut,
+    TransactionTable,
+    Transmit,
+    client_transaction,
+)
+from appliance.sip.upstream import LocalAddress, State, UpstreamAccount, UpstreamRegistration
+from appliance.sip.wire import Incoming, Sender, Target
+
+logger = logging.getLogger(__name__)
+
+RESOLVE_TIMEOUT = 5.0
+
+
+@dataclasses.dataclass
+class _Line:
+    gateway: Gateway
+    machine: UpstreamRegistration
+    target: Target | None = None
+    txn: ClientTransaction | None = None
+
+
+def _token() -> str:
+    return secrets.token_hex(8)
+
+
+def _jitter() -> float:
+    return random.uniform(0.8, 1.2)  # noqa: S311 - spreading retries, not a secret
+
+
+class Trunk:
+    def __init__(self, sender: Sender, *, clock: Callable[[], float],
+                 local: Callable[[], tuple[str, int]]) -> None:
+        self._sender = sender
+        self._clock = clock
+        self._local = local  # our advertised address and SIP port
+        self._lines: dict[str, _Line] = {}
+        self._table = TransactionTable()
+        self._by_txn: dict[ClientTransaction, _Line] = {}
+        self._wake = asyncio.Event()
+        self._pending: set[asyncio.Task[None]] = set()
+
+    # -- services.gateways.Trunk -------------------------------------------------------------
+
+    def apply(self, gateway: Gateway) -> None:
+        """A gateway was created or changed: (re)start its registration, or stop it."""
+        old = self._lines.pop(gateway.sid, None)
+        if old is not None:
+            self._stop_line(old)
+        if not gateway.register:
+            return
+        host, port = self._local()
+        machine = UpstreamRegistration(
+            UpstreamAccount(user=gateway.user_name, password=gateway.password,
+                            domain=gateway.proxy.split(":")[0], expires=gateway.ttl),
+            LocalAddress(host, port), call_id=f"{_token()}@{host}", from_tag=_token(),
+            token=_token)
+        line = _Line(gateway, machine)
+        self._lines[gateway.sid] = line
+        self._spawn(self._begin(line))
+
+    def remove(self, sid: str) -> None:
+        line = self._lines.pop(sid, None)
+        if line is not None:
+            self._stop_line(line)
+
+    def status(self, sid: str) -> GatewayStatus:
+        line = self._lines.get(sid)
+        if line is None:
+            return GatewayStatus("disabled")
+        machine = line.machine
+        expires = (datetime.fromtimestamp(machine.expires_at, UTC)
+                   if machine.expires_at is not None else None)
+        return GatewayStatus(machine.state.value, machine.last_error, expires)
+
+    def registered_count(self) -> int:
+        return sum(1 for line in self._lines.values()
+                   if line.machine.state is State.REGISTERED)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Drive refresh, retry and retransmission timers until cancelled."""
+        while True:
+            self._wake.clear()
+            now = self._clock()
+            for txn, actions in self._table.handle_timer(now):
+                line = next((ln for t, ln in self._by_txn.items() if t is txn), None)
+                if line is not None and line.txn is not None:
+                    await self._actions(line, line.txn, list(actions))
+            for line in list(self._lines.values()):
+                request = line.machine.handle_timer(now)
+                if request is not None:
+                    self._spawn(self._send(line, request))
+            timers = [t for t in [self._table.get_timer(),
+                                  *(line.machine.get_timer() for line in self._lines.values())]
+                      if t is not None]
+            delay = max(0.01, min(timers) - self._clock()) if timers else 60.0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(delay, 60.0)):
+                    await self._wake.wait()
+
+    async def close(self) -> None:
+        """Unregister every line (best effort, bounded) and stop."""
+        for line in list(self._lines.values()):
+            self._stop_line(line)
+        self._lines.clear()
+        if self._pending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await asyncio.gather(*self._pending, return_exceptions=True)
+        for task in list(self._pending):
+            task.cancel()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def _begin(self, line: _Line) -> None:
+        await self._send(line, line.machine.start(self._clock()))
+
+    def _stop_line(self, line: _Line) -> None:
+        request = line.machine.stop(self._clock())
+        if request is not None and line.target is not None:
+            self._transmit(line, request)
+
+    async def _resolve(self, line: _Line) -> Target | None:
+        proxy = line.gateway.proxy
+        host, _, port_text = proxy.rpartition(":") if proxy.count(":") == 1 else (proxy, "", "")
+        port = int(port_text) if port_text.isdigit() else 5060
+        try:
+            async with asyncio.timeout(RESOLVE_TIMEOUT):
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+        except (OSError, TimeoutError) as err:
+            line.machine.on_timeout(self._clock(), _jitter())
+            line.machine.last_error = f"cannot resolve {host}: {err}"
+            self._wake.set()
+            return None
+        address = infos[0][4]
+        return Target("udp", str(address[0]), int(address[1]))
+
+    async def _send(self, line: _Line, request: Request) -> None:
+        if self._lines.get(line.gateway.sid) is not line:
+            return  # replaced or removed meanwhile
+        if line.target is None:
+            line.target = await self._resolve(line)
+            if line.target is None:
+                return
+        self._transmit(line, request)
+
+    def _transmit(self, line: _Line, request: Request) -> None:
+        if line.txn is not None:
+            self._table.remove(line.txn)
+            self._by_txn.pop(line.txn, None)
+        now = self._clock()
+        txn = client_transaction(request, reliable=False, now=now)
+        line.txn = txn
+        self._table.add(txn)
+        self._by_txn[txn] = line
+        for action in txn.pop_actions():
+            if isinstance(action, Transmit) and line.target is not None:
+                self._sender.send(action.message, line.target)
+        logger.debug("> REGISTER %s to %s", line.gateway.user_name, line.gateway.proxy)
+        self._wake.set()
+
+    async def _actions(self, line: _Line, txn: ClientTransaction, actions: list[object]
+                       ) -> None:
+        for action in actions:
+            if isinstance(action, Transmit) and line.target is not None:
+                self._sender.send(action.message, line.target)
+            elif isinstance(action, Deliver) and isinstance(action.message, Response):
+                follow = line.machine.on_response(action.message, self._clock(), _jitter())
+                self._log_state(line, action.message.status)
+                if follow is not None:
+                    self._transmit(line, follow)
+            elif isinstance(action, TimedOut):
+                line.machine.on_timeout(self._clock(), _jitter())
+                self._log_state(line, 408)
+        self._wake.set()
+
+    def _log_state(self, line: _Line, status: int) -> None:
+        machine = line.machine
+        if machine.state is State.REGISTERED:
+            logger.info("- gateway %s registered (%d)", line.gateway.friendly_name, status)
+        elif machine.state is State.FAILED:
+            logger.warning("x gateway %s: %s", line.gateway.friendly_name, machine.last_error)
+
+    # -- responses from the front door ---------------------------------------------------------
+
+    async def handle(self, incoming: Incoming) -> None:
+        message = incoming.message
+        if not isinstance(message, Response):
+            return
+        try:
+            txn = self._table.match_response(message)
+        except SipParseError:
+            return
+        if txn is None:
+            return
+        line = self._by_txn.get(txn)
+        txn.receive(message, self._clock())
+        if line is not None:
+            await self._actions(line, txn, list(txn.pop_actions()))
+
+    def connection_closed(self, connection_id: str) -> None:
+        """Trunk lines run over UDP; nothing to do."""
