@@ -42,7 +42,8 @@ async def list_numbers(ctx: Ctx) -> web.Response:
         page=paging.page, page_size=paging.page_size)
     if page.page > page.num_pages:
         raise InvalidInput("")  # out of range: 400 with an empty (plain-text) body
-    reps = [representations.phone_number(n, ctx.as_json) for n in page.items]
+    names = await ctx.services.provisioning.application_names(page.items)
+    reps = [representations.phone_number(n, ctx.as_json, names) for n in page.items]
     uri = f"/{API_VERSION}/Accounts/{account.sid}/IncomingPhoneNumbers"
     return respond(ctx, render.paged(page, reps, uri=uri, json_key="incomingPhoneNumbers",
                                      list_tag="IncomingPhoneNumbers", xml_attributes=True,
@@ -53,14 +54,16 @@ async def create_number(ctx: Ctx) -> web.Response:
     account = await ctx.operated()
     number = await ctx.services.provisioning.create_number(ctx.me, account,
                                                            await ctx.fields(FIELDS))
-    return respond(ctx, render.one(representations.phone_number(number, ctx.as_json),
+    names = await ctx.services.provisioning.application_names([number])
+    return respond(ctx, render.one(representations.phone_number(number, ctx.as_json, names),
                                    ctx.as_json))
 
 
 async def get_number(ctx: Ctx) -> web.Response:
     account = await ctx.operated()
     number = await ctx.services.provisioning.get_number(ctx.me, account, ctx.path["sid"])
-    return respond(ctx, render.one(representations.phone_number(number, ctx.as_json),
+    names = await ctx.services.provisioning.application_names([number])
+    return respond(ctx, render.one(representations.phone_number(number, ctx.as_json, names),
                                    ctx.as_json))
 
 
@@ -70,7 +73,8 @@ async def update_number(ctx: Ctx) -> web.Response:
                                if k not in ("PhoneNumber", "AreaCode", "isSIP")})
     number = await ctx.services.provisioning.update_number(ctx.me, account, ctx.path["sid"],
                                                            fields)
-    return respond(ctx, render.one(representations.phone_number(number, ctx.as_json),
+    names = await ctx.services.provisioning.application_names([number])
+    return respond(ctx, render.one(representations.phone_number(number, ctx.as_json, names),
                                    ctx.as_json))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from appliance.api.render import F, Rep
 from appliance.models import (
     API_VERSION,
@@ -81,7 +83,13 @@ def client(c: Client, as_json: bool) -> Rep:
     ])
 
 
-def phone_number(n: PhoneNumber, as_json: bool) -> Rep:
+def phone_number(n: PhoneNumber, as_json: bool,
+                 app_names: Mapping[str, str] | None = None) -> Rep:
+    """APP_NAMES maps application SIDs to names: `voice_application_name` and
+    `sms_application_name` are added when the number points at an application."""
+    names = app_names or {}
+    voice_name = names.get(n.voice_application_sid) if n.voice_application_sid else None
+    sms_name = names.get(n.sms_application_sid) if n.sms_application_sid else None
     def url(key: str, tag: str, value: str | None) -> F:
         return F(key, tag, value, xml_null="omit", json_null=True)
 
@@ -100,12 +108,14 @@ def phone_number(n: PhoneNumber, as_json: bool) -> Rep:
         val("status_callback_method", "StatusCallbackMethod", n.status_callback_method),
         val("voice_caller_id_lookup", "VoiceCallerIdLookup", n.voice_caller_id_lookup),
         url("voice_application_sid", "VoiceApplicationSid", n.voice_application_sid),
+        F("voice_application_name", "VoiceApplicationName", voice_name, xml_null="omit"),
         val("date_created", "DateCreated", rfc2822(n.date_created)),
         val("date_updated", "DateUpdated", rfc2822(n.date_updated)),
         url("sms_url", "SmsUrl", n.sms_url), val("sms_method", "SmsMethod", n.sms_method),
         url("sms_fallback_url", "SmsFallbackUrl", n.sms_fallback_url),
         val("sms_fallback_method", "SmsFallbackMethod", n.sms_fallback_method),
         url("sms_application_sid", "SmsApplicationSid", n.sms_application_sid),
+        F("sms_application_name", "SmsApplicationName", sms_name, xml_null="omit"),
         url("ussd_url", "UssdUrl", n.ussd_url), val("ussd_method", "UssdMethod", n.ussd_method),
         url("ussd_fallback_url", "UssdFallbackUrl", n.ussd_fallback_url),
         val("ussd_fallback_method", "UssdFallbackMethod", n.ussd_fallback_method),

@@ -346,6 +346,17 @@ class ProvisioningService:
 
     # -- incoming phone numbers ----------------------------------------------------------------
 
+    async def application_names(self, numbers: list[PhoneNumber]) -> dict[str, str]:
+        """Names of the applications these numbers point at (for their representation)."""
+        sids = {s for n in numbers for s in (n.voice_application_sid, n.sms_application_sid)
+                if s}
+        names: dict[str, str] = {}
+        for sid in sids:
+            app = await self._store.get_application(sid)
+            if app is not None:
+                names[sid] = app.friendly_name
+        return names
+
     async def page_numbers(self, actor: Account, account: Account, phone_number: str | None,
                            friendly_name: str | None, sort_by_name: bool, reverse: bool,
                            page: int, page_size: int) -> Page[PhoneNumber]:

@@ -101,6 +101,9 @@ async def test_application_crud_with_bound_numbers(api: Api) -> None:
     status, body, _ = await api.post(f"{NUMBERS}.json", {"PhoneNumber": "+15559990000",
                                                          "VoiceApplicationSid": app["sid"]})
     assert status == 200, body
+    number = json.loads(body)
+    assert number["voice_application_name"] == "IVR"
+    assert "sms_application_name" not in number
     status, body, _ = await api.get(f"{APPS}/{app['sid']}.json")
     got = json.loads(body)
     assert [n["phone_number"] for n in got["numbers"]] == ["+15559990000"]
