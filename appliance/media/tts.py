@@ -1,0 +1,145 @@
+"""Text to speech for ``<Say>``: flite or espeak-ng (+ sox) in a subprocess, cached WAVs.
+
+ecosystem.md §6: flite ``-voice kal`` speaks English natively at 8 kHz mono s16, the
+conference-bridge rate, in ~10 ms per sentence; other languages go through espeak-ng and
+are resampled to 8 kHz by sox. Synthesis runs in subprocesses (never on the loop) under a
+timeout; results are cached under ``cache_dir`` by sha256(engine, voice, language, text),
+written to a temporary name and renamed, so a crash never leaves half a WAV in the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import signal
+import tempfile
+from pathlib import Path
+
+from appliance.media.protocol import MediaError
+
+logger = logging.getLogger(__name__)
+
+MAX_TEXT = 4000  # characters; Restcomm's <Say> limit is the same order (4096)
+TIMEOUT_S = 20.0
+RATE = 8000
+
+FLITE_VOICES = frozenset({"kal", "kal16", "slt", "awb", "rms"})
+_NATIVE_8K = frozenset({"kal"})  # the rest are 16 kHz and go through sox
+_LANG_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+_ESPEAK_VOICE_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*(\+[a-z0-9]{1,12})?$")
+
+
+class TtsError(MediaError):
+    """Synthesis failed: bad input (``status`` 400) or the engine failed (503)."""
+
+
+class TtsInputError(TtsError):
+    status = 400
+
+
+class Tts:
+    def __init__(self, cache_dir: Path, *, timeout: float = TIMEOUT_S, flite: str = "flite",
+                 espeak: str = "espeak-ng", sox: str = "sox") -> None:
+        self.cache_dir = Path(cache_dir)
+        self.timeout = timeout
+        self._flite, self._espeak, self._sox = flite, espeak, sox
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.hits = 0
+        self.misses = 0
+
+    async def synthesize(self, text: str, *, language: str = "en",
+                         voice: str | None = None) -> Path:
+        """Path of an 8 kHz mono 16-bit WAV speaking ``text`` (cached)."""
+        text = text.replace("\x00", "").strip()
+        if not text:
+            raise TtsInputError("nothing to say")
+        if len(text) > MAX_TEXT:
+            raise TtsInputError(f"text longer than {MAX_TEXT} characters")
+        if not _LANG_RE.match(language):
+            raise TtsInputError(f"bad language {language!r}")
+        if language.split("-")[0].lower() == "en" and (voice is None or voice in FLITE_VOICES):
+            engine, voice = "flite", voice or "kal"
+        else:
+            engine, voice = "espeak-ng", voice or language
+            if not _ESPEAK_VOICE_RE.match(voice):
+                raise TtsInputError(f"bad voice {voice!r}")
+        key = hashlib.sha256("\x00".join((engine, voice, language, text)).encode()).hexdigest()
+        path = self.cache_dir / key[:2] / f"{key}.wav"
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:  # two <Say> of the same text synthesise once
+                if _cached(path):
+                    self.hits += 1
+                    return path
+                self.misses += 1
+                await self._make(engine, voice, text, path)
+                return path
+        finally:
+            if not lock.locked():
+                self._locks.pop(key, None)
+
+    async def _make(self, engine: str, voice: str, text: str, path: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=_prepare_dir(self.cache_dir, path),
+                                         prefix=".tts-") as tmp:
+            src, raw, out = _write_text(tmp, text)
+            if engine == "flite":
+                native = voice in _NATIVE_8K
+                await self._run(self._flite, "-voice", voice, "-f", src, "-o",
+                                out if native else raw)
+            else:
+                native = False
+                await self._run(self._espeak, "-v", voice, "-f", src, "-w", raw)
+            if not native:
+                await self._run(self._sox, raw, "-r", str(RATE), "-c", "1", "-b", "16", out)
+            _publish(out, path, engine)
+        logger.info("- tts %s/%s: %d chars -> %s", engine, voice, len(text), path.name)
+
+    async def _run(self, *argv: str) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        except OSError as err:
+            raise TtsError(f"cannot run {argv[0]}: {err}") from err
+        try:
+            async with asyncio.timeout(self.timeout):
+                _, err_out = await proc.communicate()
+        except TimeoutError:
+            raise TtsError(f"{argv[0]} timed out after {self.timeout:.0f} s") from None
+        finally:
+            if proc.returncode is None:  # timed out or cancelled: never leave it running
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # its children too (own session)
+                await asyncio.shield(proc.wait())
+        if proc.returncode != 0:
+            detail = err_out.decode(errors="replace").strip()[:200]
+            raise TtsError(f"{argv[0]} exited {proc.returncode}: {detail}")
+
+
+# Small local file operations, kept out of the coroutines: fast, and not worth a thread.
+
+
+def _prepare_dir(cache_dir: Path, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return cache_dir
+
+
+def _write_text(tmp: str, text: str) -> tuple[str, str, str]:
+    src = os.path.join(tmp, "text.txt")
+    with open(src, "w", encoding="utf-8") as f:
+        f.write(text)  # a file, so no text is ever taken for a command-line option
+    return src, os.path.join(tmp, "raw.wav"), os.path.join(tmp, "out.wav")
+
+
+def _publish(out: str, path: Path, engine: str) -> None:
+    if not os.path.exists(out) or os.path.getsize(out) <= 44:  # 44 = a bare WAV header
+        raise TtsError(f"{engine} produced no audio")
+    os.replace(out, path)
+
+
+def _cached(path: Path) -> bool:
+    return path.is_file()

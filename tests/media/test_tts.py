@@ -1,0 +1,75 @@
+"""Text to speech through the real flite / espeak-ng / sox binaries."""
+
+from __future__ import annotations
+
+import shutil
+import wave
+from pathlib import Path
+
+import pytest
+
+from appliance.media.tts import MAX_TEXT, Tts, TtsError, TtsInputError
+
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or shutil.which("sox") is None,
+    reason="espeak-ng/sox not installed")
+
+
+def wav_format(path: Path) -> tuple[int, int, int, int]:
+    with wave.open(str(path)) as w:
+        return w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
+
+
+@needs_flite
+async def test_flite_8k_and_cache_hit(tmp_path: Path) -> None:
+    tts = Tts(tmp_path)
+    path = await tts.synthesize("Hello, you have reached the appliance.")
+    rate, channels, width, frames = wav_format(path)
+    assert (rate, channels, width) == (8000, 1, 2) and frames > 8000  # > 1 s of speech
+    again = await tts.synthesize("Hello, you have reached the appliance.")
+    assert again == path and (tts.hits, tts.misses) == (1, 1)
+    other = await tts.synthesize("Something else.")
+    assert other != path and tts.misses == 2
+    assert not list(tmp_path.glob(".tts-*"))  # noqa: ASYNC240 - temporary files cleaned up
+
+
+@needs_flite
+async def test_flite_16k_voice_is_resampled(tmp_path: Path) -> None:
+    path = await Tts(tmp_path).synthesize("Testing", voice="slt")
+    assert wav_format(path)[:3] == (8000, 1, 2)
+
+
+@needs_espeak
+async def test_espeak_for_other_languages(tmp_path: Path) -> None:
+    path = await Tts(tmp_path).synthesize("Hola, buenos días", language="es")
+    rate, channels, width, frames = wav_format(path)
+    assert (rate, channels, width) == (8000, 1, 2) and frames > 4000
+
+
+@pytest.mark.parametrize("text, kw", [
+    ("", {}), ("   ", {}), ("x" * (MAX_TEXT + 1), {}),
+    ("hi", {"language": "e n"}), ("hi", {"language": "es", "voice": "../../etc"}),
+])
+async def test_bad_input(tmp_path: Path, text: str, kw: dict[str, str]) -> None:
+    with pytest.raises(TtsInputError) as info:
+        await Tts(tmp_path).synthesize(text, **kw)
+    assert info.value.status == 400
+
+
+@needs_espeak
+async def test_engine_failure_is_typed(tmp_path: Path) -> None:
+    with pytest.raises(TtsError) as info:
+        await Tts(tmp_path).synthesize("hola", language="zz")
+    assert "espeak-ng exited" in str(info.value)
+    with pytest.raises(TtsError):
+        await Tts(tmp_path, flite="/nonexistent/flite").synthesize("hello")
+
+
+async def test_timeout_kills_the_engine(tmp_path: Path) -> None:
+    sleeper = tmp_path / "slow.sh"
+    sleeper.write_text("#!/bin/sh\nsleep 10\n")
+    sleeper.chmod(0o755)
+    with pytest.raises(TtsError) as info:
+        await Tts(tmp_path, flite=str(sleeper), timeout=0.2).synthesize("hello")
+    assert "timed out" in str(info.value)
