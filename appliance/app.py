@@ -9,9 +9,11 @@ import functools
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import ssl
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,9 +29,14 @@ from appliance.config import Config
 from appliance.errors import ApplianceError
 from appliance.gsm.modem import Modem
 from appliance.gsm.state import ModemSettings
+from appliance.media.engine import MediaEngine
+from appliance.media.pool import WorkerPool
+from appliance.media.supervisor import Supervisor, plan_workers
+from appliance.media.tts import Tts
 from appliance.platform import systemd, tls
 from appliance.platform.gpio import Indicators, SystemState, open_indicators
 from appliance.services.accounts import AccountService
+from appliance.services.calls import CallsService
 from appliance.services.gateways import GatewayService
 from appliance.services.history import HistoryService
 from appliance.services.messaging import MessagingService
@@ -179,6 +186,45 @@ class Appliance:
         self.gateways.trunk = self.trunk
         self._trunk_task: asyncio.Task[None] | None = None
         self._proxy_task: asyncio.Task[None] | None = None
+        self._build_media()
+
+    def _build_media(self) -> None:
+        """Media workers and the voice applications on them. ``[media] workers = 0``: no
+        engine, and every call that would run RCML is answered 503."""
+        media = self.config.media
+        self.supervisor: Supervisor | None = None
+        self._media_dir: Path | None = None
+        engine: MediaEngine | None = None
+        if media.workers > 0:
+            # AF_UNIX paths are short (108 bytes): keep the control sockets out of data_dir.
+            self._media_dir = Path(tempfile.mkdtemp(
+                prefix="appliance-media-", dir=os.environ.get("RUNTIME_DIRECTORY") or None))
+            pool = WorkerPool()
+            specs = plan_workers(media.workers, media.rtp_ports, self._media_dir,
+                                 public_address=media.public_address)
+            self.supervisor = Supervisor(specs, on_event=pool.on_worker_event,
+                                         on_worker_down=pool.on_worker_down)
+            pool.attach(self.supervisor)
+            engine = pool
+        self.media_engine = engine
+        self.tts = Tts(self.config.data_dir / "cache" / "tts")
+        sip = self.config.sip
+
+        def worker_ports() -> set[int]:
+            if self.supervisor is None:
+                return set()
+            return {w.spec.sip_port for w in self.supervisor.workers.values()}
+
+        self.calls = CallsService(
+            self.store, self.call_log, self.webhooks, self.clock, engine=engine,
+            notify=self.history.notify,
+            say=lambda text, language: self.tts.synthesize(text, language=language),
+            data_dir=self.config.data_dir, public_base=self._public_base,
+            front_door=lambda: (self.transport.advertised, sip.listen.port),
+            worker_ports=worker_ports)
+        self.router.apps = self.calls.route_invite
+        self.proxy.media_caller = self.calls.media_caller
+        self.calls.send_sms = self.messaging.send_from_client
 
     def wall_clock(self) -> float:
         """Seconds since the epoch from the appliance clock (SIP expiry, nonces, bans)."""
@@ -218,6 +264,11 @@ class Appliance:
         await self.accounts.load()
         await self._start_sip()
         await self.webhooks.start()
+        if self.supervisor is not None:
+            try:
+                await self.supervisor.start()
+            except (TimeoutError, OSError) as err:  # the rest runs; /health says media down
+                logger.error("x media workers not ready: %s", err or type(err).__name__)
         await self.messaging.recover()
         self.messaging.start()
         if self.modem is not None:
@@ -227,7 +278,8 @@ class Appliance:
                                public_base=self._public_base(),
                                max_body=self.config.api.max_body_bytes,
                                sip_directory=self.sip_directory,
-                               messaging=self.messaging, gateways=self.gateways)
+                               messaging=self.messaging, gateways=self.gateways,
+                               calls=self.calls)
         app = make_app(services)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -295,7 +347,12 @@ class Appliance:
             gateways[gateway.friendly_name] = {"sid": gateway.sid, "state": status.state,
                                                "last_error": status.last_error}
         components["gateways"] = gateways
-        components["media"] = "not built in this version"
+        if self.supervisor is None:
+            components["media"] = "no workers ([media] workers = 0): voice apps answer 503"
+        else:
+            up = sum(1 for w in self.supervisor.workers.values() if w.up)
+            components["media"] = {"workers": len(self.supervisor.workers), "up": up,
+                                   "app_calls": self.calls.live_count()}
         components["uptime_seconds"] = int(time.monotonic() - self.started_at)
         components["version"] = __version__
         return healthy, components
@@ -326,6 +383,11 @@ class Appliance:
                 await self.modem.wait_for(lambda st: st.phase.value == "ready")
 
     async def stop(self) -> None:
+        await self.calls.stop()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        if self._media_dir is not None:
+            shutil.rmtree(self._media_dir, ignore_errors=True)
         if self.modem is not None:
             await self.modem.__aexit__(None, None, None)
         await self.messaging.stop()

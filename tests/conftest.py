@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from appliance.app import Appliance
-from appliance.config import ApiConfig, Config, Endpoint, SipConfig
+from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
 
 ADMIN_SID = "ACae6e420f425248d6a26948c17a9e2acf"
 
@@ -67,7 +67,8 @@ async def appliance(tmp_path: Path) -> AsyncIterator[Appliance]:
     config = Config(data_dir=tmp_path / "var",
                     api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
                     sip=SipConfig(listen=Endpoint("127.0.0.1", free_port()),
-                                  domain="pbx.example.com"))
+                                  domain="pbx.example.com"),
+                    media=MediaConfig(workers=0))  # tests/voice starts real workers
     app = Appliance(config)
     await app.start()
     try:

@@ -13,6 +13,7 @@ from appliance.api.cache import RESPONSE_CACHE
 from appliance.errors import InvalidInput
 from appliance.models import Account
 from appliance.services.accounts import AccountService
+from appliance.services.calls import CallsService
 from appliance.services.gateways import GatewayService
 from appliance.services.history import HistoryService
 from appliance.services.messaging import MessagingService
@@ -34,6 +35,7 @@ class ApiServices:
     messaging: MessagingService | None = None  # None: SMS sending is not wired (no modem code)
     gateways: GatewayService | None = None
     sip_directory: SipDirectory | None = None  # None: no SIP front door (registrations empty)
+    calls: CallsService | None = None  # None: calls cannot be placed or modified (405)
 
 
 SERVICES = web.AppKey("services", ApiServices)

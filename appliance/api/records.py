@@ -1,7 +1,7 @@
 """Calls (CDRs), SMS records, notifications and recordings: lists and single records.
 
-Placing calls through the API comes with the voice work; until then that POST answers 405 with
-a message saying so. Sending SMS is in api/messages.py.
+Placing a call (POST /Calls) and modifying a live one (POST /Calls/{sid}) go to
+services.calls (api-behaviour.md §8.3). Sending SMS is in api/messages.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from appliance.api import render, representations
 from appliance.api.accounts import respond
 from appliance.api.context import Ctx
 from appliance.api.routes import Route, route
-from appliance.errors import MethodNotAllowed
+from appliance.errors import InvalidInput, MethodNotAllowed
 from appliance.models import API_VERSION
+from appliance.rcml.runner import App
+from appliance.services.access import Action, require
+from appliance.services.calls import CallsService
 from appliance.services.history import ListFilters, parse_paging
 
 
@@ -57,10 +60,63 @@ async def call_recordings(ctx: Ctx) -> web.Response:
     return respond(ctx, render.many(reps, "Recordings", ctx.as_json))
 
 
+def _calls(ctx: Ctx) -> CallsService:
+    if ctx.services.calls is None:
+        raise MethodNotAllowed("Placing calls is not available: no calls service")
+    return ctx.services.calls
+
+
+def _method(value: str | None, name: str) -> str:
+    method = (value or "POST").upper()
+    if method not in ("GET", "POST"):
+        raise InvalidInput(f"{name} must be GET or POST")
+    return method
+
+
+def _url(value: str | None, name: str) -> str | None:
+    if value is not None and not value.lower().startswith(("http://", "https://")):
+        raise InvalidInput(f"{name} must be an http:// or https:// URL")
+    return value or None
+
+
+def _app(form: dict[str, str]) -> App:
+    url = _url(form["Url"], "Url")
+    assert url is not None
+    return App(url, _method(form.get("Method"), "Method"),
+               _url(form.get("FallbackUrl"), "FallbackUrl"),
+               _method(form.get("FallbackMethod"), "FallbackMethod"),
+               _url(form.get("StatusCallback"), "StatusCallback"),
+               _method(form.get("StatusCallbackMethod"), "StatusCallbackMethod"))
+
+
 async def create_call(ctx: Ctx) -> web.Response:
-    await ctx.operated()
-    raise MethodNotAllowed("Placing calls through the API is not available in this version: "
-                           "the media workers are not built yet.")
+    account = await ctx.operated()
+    require(ctx.me, Action.CREATE, "Calls")
+    form = dict(await ctx.form())
+    for name in ("From", "To", "Url"):
+        if not form.get(name):
+            raise InvalidInput(f"{name} can not be null.")
+    timeout = form.get("Timeout", "60")
+    if not timeout.isdigit() or not 1 <= int(timeout) <= 600:
+        raise InvalidInput("Timeout must be an integer number of seconds (1-600)")
+    record = await _calls(ctx).originate(account.sid, from_=form["From"], to=form["To"],
+                                         app=_app(form), ring_seconds=int(timeout))
+    # A single CDR: XML without the RestcommResponse wrapper (§8.3).
+    return respond(ctx, render.one(representations.call(record, ctx.as_json), ctx.as_json,
+                                   wrap=False))
+
+
+async def modify_call(ctx: Ctx) -> web.Response:
+    account = await ctx.operated()
+    require(ctx.me, Action.MODIFY, "Calls")
+    before = await ctx.services.history.get_call(ctx.me, account, ctx.path["sid"])
+    form = dict(await ctx.form())
+    status = form.get("Status")
+    app = _app(form) if form.get("Url") else None
+    if status is None and app is None:
+        raise InvalidInput("Url or Status is required")
+    await _calls(ctx).modify(before.sid, status=status, app=app)
+    return respond(ctx, render.one(representations.call(before, ctx.as_json), ctx.as_json))
 
 
 async def list_sms(ctx: Ctx) -> web.Response:
@@ -124,6 +180,7 @@ ROUTES: list[Route] = [
     route("GET", "Accounts/{A}/Calls", list_calls),
     route("POST", "Accounts/{A}/Calls", create_call),
     route("GET", "Accounts/{A}/Calls/{sid}", get_call),
+    route("POST", "Accounts/{A}/Calls/{sid}", modify_call),
     route("GET", "Accounts/{A}/Calls/{sid}/Recordings", call_recordings),
     route("GET", "Accounts/{A}/SMS/Messages", list_sms),
     route("GET", "Accounts/{A}/SMS/Messages/{sid}", get_sms),

@@ -5,7 +5,8 @@ Today one destination exists: another Client, reached by forking to its register
 
 | Request | Decision |
 |---|---|
-| INVITE from a caller with a VoiceUrl / VoiceApplicationSid | 403 (1) |
+| INVITE that runs an RCML app (3) | fork to a media worker slot (``apps`` hook), 503 without one |
+| INVITE from a caller with a VoiceUrl / VoiceApplicationSid, no ``apps`` hook | 403 (1) |
 | ``tel:`` URI, or a non-Client user that looks like a number | 403 (2) |
 | a non-Client user at a Request-URI host that is not ours | 403 (2) |
 | a user that is no Client | 404 |
@@ -16,6 +17,11 @@ Today one destination exists: another Client, reached by forking to its register
 (1) "Application Calls Not Available Yet": its RCML runs in a media worker, not built yet.
 (2) "No Outbound Route": GSM and trunk routes come later; and we are never a relay to
 foreign domains.
+(3) ``services.calls.CallsService.route_invite``: the caller has its own VoiceUrl or
+VoiceApplicationSid, or the dialled user is an IncomingPhoneNumber of the caller's account
+with a VoiceUrl/VoiceApplicationSid, or a Client with one. An INVITE a media worker placed
+for ``POST /Calls`` (``Caller.media``) is routed to the Client only, without a CDR (the calls
+service writes the ``outbound-api`` one).
 
 The callee is found by the Request-URI's user part (a Client login; logins are unique on the
 appliance, so the host is not needed to pick the Client). Each contact is reached at the
@@ -68,6 +74,9 @@ class ClientRouter:
         # Set by the composition root when the modem is there: (caller, number, text) ->
         # the decision for a Client's MESSAGE to a phone number.
         self.outbound_sms: Callable[[Caller, str, str], Awaitable[Decision]] | None = None
+        # Set when media workers exist: (request, caller, dialled user, now) -> a Fork to a
+        # worker when the INVITE runs an RCML app, else None.
+        self.apps: Callable[[Request, Caller, str, float], Awaitable[Decision | None]] | None = None
 
     def contacts_of(self, login: str, now: float) -> tuple[Contact, ...]:
         """Where LOGIN's phones are now (empty when not registered)."""
@@ -85,7 +94,8 @@ class ClientRouter:
         return not hosts or host.strip("[]").lower() in {h.lower() for h in hosts}
 
     async def route(self, request: Request, caller: Caller, now: float) -> Decision:
-        if request.method == "INVITE" and (caller.voice_url or caller.voice_application_sid):
+        has_app = bool(caller.voice_url or caller.voice_application_sid)
+        if request.method == "INVITE" and has_app and self.apps is None:
             return Refuse(403, NO_APPLICATIONS)
         try:
             uri = parse_uri(request.uri)
@@ -95,6 +105,10 @@ class ClientRouter:
             return Refuse(403, NO_OUTBOUND_ROUTE)
         if not uri.user:
             return Refuse(404)
+        if request.method == "INVITE" and self.apps is not None and not caller.media:
+            decision = await self.apps(request, caller, uri.user, now)
+            if decision is not None:
+                return decision
         callee = await self._directory.user(uri.user)
         if (callee is None and request.method == "MESSAGE" and looks_like_number(uri.user)
                 and self.outbound_sms is not None):
@@ -116,7 +130,7 @@ class ClientRouter:
             Contact(uri=b.uri, target=_target(b.uri, b.transport, b.source, b.connection_id))
             for b in bindings[: self.max_branches]
         )
-        return Fork(callee=callee.login, contacts=contacts)
+        return Fork(callee=callee.login, contacts=contacts, cdr_sid="" if caller.media else None)
 
 
 def _target(uri: str, transport: str, source: tuple[str, int],

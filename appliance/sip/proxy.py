@@ -185,7 +185,7 @@ class CallLog(Protocol):
 
     def new_sid(self) -> str: ...
     async def opened(self, *, account_sid: str, from_: str, to: str, direction: str,
-                     sid: Any = None) -> CallRecord: ...
+                     sid: Any = None, phone_number_sid: str | None = None) -> CallRecord: ...
     async def ringing(self, sid: str) -> None: ...
     async def answered(self, sid: str) -> None: ...
     async def ended(self, sid: str, status: CallStatus) -> CallRecord | None: ...
@@ -207,6 +207,7 @@ class Caller:
     account_sid: str
     voice_url: str | None = None
     voice_application_sid: str | None = None
+    media: bool = False  # a media worker's INVITE for a leg the calls service dialled
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,12 @@ class Contact:
 class Fork:
     callee: str  # the callee's login: the CDR's / SMS row's `to`
     contacts: tuple[Contact, ...]
+    # Added to every branch (after dropping the caller's own copies): X-Leg-Id to a worker.
+    headers: tuple[tuple[str, str], ...] = ()
+    # The CDR sid to use for an INVITE (the calls service passes its CallSid); "" means
+    # write no CDR (the calls service logs that leg itself).
+    cdr_sid: str | None = None
+    phone_number_sid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -283,6 +290,7 @@ class Context:
     caller: Caller | None = None  # None for in-dialog requests
     callee: str = ""
     call: Call | None = None  # the out-of-dialog INVITE's call record
+    phone_number_sid: str | None = None
     branches: list[Branch] = field(default_factory=list)
     final_sent: bool = False
     cancelled: bool = False  # the caller sent CANCEL
@@ -359,6 +367,8 @@ class Proxy:
         # MESSAGEs the appliance itself sends (an SMS delivered to a Client): their client
         # transactions and the futures that receive the final status.
         self._originated: dict[Transaction, asyncio.Future[int]] = {}
+        # (source, request) -> the Caller of a media worker's INVITE, else None (calls service)
+        self.media_caller: Callable[[tuple[str, int], Request], Caller | None] | None = None
 
     # --- the MessageHandler surface -----------------------------------------------------
 
@@ -505,10 +515,12 @@ class Proxy:
 
     async def _new_request(self, server: ServerTransaction, request: Request, source: Target,
                            incoming: Incoming, now: float) -> None:
-        caller = await self._authenticate(server, request, incoming, now)
+        caller = self.media_caller(incoming.source, request) if self.media_caller else None
+        if caller is None:
+            caller = await self._authenticate(server, request, incoming, now)
         if caller is None or server.state not in (State.PROCEEDING, State.TRYING):
             return  # challenged or refused, or CANCELled while we looked the caller up
-        if not self._router.registered(caller.login, now):
+        if not caller.media and not self._router.registered(caller.login, now):
             logger.info("x %s from %s: caller not registered", request.method, caller.login)
             await self._reply(server, 403, "Caller Not Registered", now=now)
             return
@@ -539,7 +551,8 @@ class Proxy:
             logger.info("x %s %s -> %s: %d %s", request.method, caller.login, context.callee,
                         decision.status, decision.reason or "")
             await self._reply(server, decision.status, decision.reason, now=now)
-            await self._record_refusal(context, decision.status, decision.reason)
+            if not caller.media:
+                await self._record_refusal(context, decision.status, decision.reason)
             return
         context.callee = decision.callee
         self._contexts[server] = context
@@ -547,14 +560,17 @@ class Proxy:
             await self._reply(server, 100, now=now)
             call = Call(call_id=request.call_id or "", caller_tag=request.from_.tag or "",
                         caller=source, deadline=now + TIMER_C + 2 * REAP_AFTER,
-                        cdr_sid=self._calls.new_sid())
+                        cdr_sid=self._calls.new_sid() if decision.cdr_sid is None
+                        else decision.cdr_sid or None)
+            context.phone_number_sid = decision.phone_number_sid
             context.call = call
             self._live_calls[call.key] = call
         contacts = decision.contacts[: self.max_branches]
         logger.info("> %s %s -> %s (%d contact%s)", request.method, caller.login,
                     decision.callee, len(contacts), "" if len(contacts) == 1 else "s")
-        await self._fork(context, contacts, incoming, now, record_route=request.method == "INVITE")
-        if context.call is not None:
+        await self._fork(context, contacts, incoming, now, record_route=request.method == "INVITE",
+                         headers=decision.headers)
+        if context.call is not None and context.call.cdr_sid:
             await self._cdr_open(context)
 
     async def _authenticate(self, server: ServerTransaction, request: Request,
@@ -624,11 +640,16 @@ class Proxy:
     # --- forking -------------------------------------------------------------------------
 
     async def _fork(self, context: Context, contacts: Collection[Contact], incoming: Incoming,
-                    now: float, *, record_route: bool) -> None:
+                    now: float, *, record_route: bool,
+                    headers: Collection[tuple[str, str]] = ()) -> None:
         for contact in contacts:
             request = self._branch_request(context.request, contact.uri, incoming.transport,
                                            contact.target.transport, context.local,
                                            record_route=record_route)
+            if context.caller is not None and not context.caller.media:
+                request.remove("x-leg-id")  # only we name legs towards a media worker
+            for name, value in headers:
+                request.set(name, value)
             reliable = contact.target.transport != "udp"
             txn = client_transaction(request, reliable=reliable, now=now)
             branch = Branch(context=context, request=request, target=contact.target, txn=txn)
@@ -1136,7 +1157,7 @@ class Proxy:
         try:
             await self._calls.opened(account_sid=caller.account_sid, from_=caller.login,
                                      to=context.callee, direction=CALL_DIRECTION,
-                                     sid=call.cdr_sid)
+                                     sid=call.cdr_sid, phone_number_sid=context.phone_number_sid)
         except Exception:  # noqa: BLE001 - a CDR failure must never break call signalling
             logger.exception("x CDR for call %s not opened", call.call_id)
 

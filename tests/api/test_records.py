@@ -197,10 +197,17 @@ async def test_sms_list_and_shape(api: Api, appliance: Appliance) -> None:
     assert json.loads(body)["sid"] == msg["sid"]
 
 
-async def test_placing_calls_says_not_built(api: Api) -> None:
+async def test_placing_calls_without_media_workers_is_503(api: Api) -> None:
+    # The shared fixture runs with [media] workers = 0 (tests/voice has real workers).
     status, body, _ = await api.post(f"{CALLS}.json", {"From": "+1", "To": "client:alice",
                                                        "Url": "http://127.0.0.1:9/x"})
-    assert status == 405 and "not available" in body
+    assert status == 503 and "media workers" in body
+    status, body, _ = await api.post(f"{CALLS}.json", {"To": "client:alice"})
+    assert status == 400 and "From can not be null." in body
+    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+1", "To": "client:alice",
+                                                       "Url": "http://127.0.0.1:9/x",
+                                                       "Timeout": "soon"})
+    assert status == 400 and "Timeout" in body
 
 
 async def test_notifications_written_by_the_appliance(api: Api, appliance: Appliance) -> None:

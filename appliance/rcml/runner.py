@@ -1,0 +1,494 @@
+"""The RCML runner [svc]: runs one voice application on one call leg.
+
+Theory of operation. The pure `Interpreter` decides what happens next; the runner does it
+against the MediaEngine (play, record, collect digits), the webhooks (documents, audio) and
+the store (recordings, notifications), and reports one Result per Action back:
+
+    doc = first document (Url, then FallbackUrl)     -> Interpreter(doc, ...)
+    action = interp.start(now)
+    while not Finished: result = await self._execute(action); action = interp.resume(...)
+
+The leg is answered lazily, before the first verb that needs audio: a document that starts
+with <Reject> refuses the INVITE (603/486) without ever answering it. When the far end hangs
+up, every wait ends at once with `Hungup` and the interpreter gets `CallEnded`.
+
+Events of the leg arrive from the calls service through `LegEvents.put` (the engine's
+subscriber runs on the loop, so a plain asyncio.Queue is enough). Every remote call is
+bounded: webhooks carry their own total timeout, media commands run under COMMAND_TIMEOUT.
+
+Not done (reported, not faked): Record's silence `timeout` (the worker does no voice
+activity detection: a recording ends on finishOnKey, maxLength or hang-up), Gather speech
+input (DTMF only), transcription. <Dial> bridges Clients only (see `dial_client`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import math
+import struct
+import time
+import wave
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from appliance.media.engine import (
+    DtmfReceived,
+    HangupCause,
+    LegChanged,
+    LegId,
+    LegState,
+    MediaEngine,
+    MediaEvent,
+    PlayFinished,
+    RecordFinished,
+)
+from appliance.media.protocol import MediaError
+from appliance.rcml.interpreter import (
+    Action,
+    CallEnded,
+    CollectDigits,
+    DialAction,
+    DialDone,
+    DialStatus,
+    DigitsCollected,
+    DocumentFetched,
+    Done,
+    FetchDocument,
+    FetchFailed,
+    Finished,
+    GatherEnd,
+    HangupAction,
+    Interpreter,
+    PauseAction,
+    PlayAction,
+    RecordAction,
+    RecordingDone,
+    RejectAction,
+    Result,
+    SayAction,
+    SendSms,
+    SmsQueued,
+)
+from appliance.rcml.parse import RcmlError, parse_response
+from appliance.rcml.verbs import Document
+from appliance.webhooks import WebhookError, WebhookResponse
+
+logger = logging.getLogger(__name__)
+
+COMMAND_TIMEOUT = 10.0  # seconds for one media command to be accepted
+PLAY_LIMIT = 3600.0  # a prompt that never reports its end is abandoned after this
+MAX_LOOP = 100  # <Say loop="0"> / <Play loop="0">: "until the call ends", bounded
+MAX_EVENTS = 1000  # queued events per leg (DTMF floods are dropped beyond this)
+MAX_AUDIO = 20 * 1024 * 1024  # a <Play> file larger than this is refused
+FETCH_FAILED = 11200
+PARSE_FAILED = 12100
+MEDIA_FAILED = 11100  # OURS: a media command (play, record) failed on the worker
+
+
+class Hungup(Exception):
+    """The leg ended while the runner waited on it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class App:
+    """Where a call's RCML comes from."""
+
+    url: str
+    method: str = "POST"
+    fallback_url: str | None = None
+    fallback_method: str = "POST"
+    status_callback: str | None = None
+    status_callback_method: str = "POST"
+
+
+@dataclasses.dataclass
+class CallInfo:
+    sid: str
+    account_sid: str
+    from_: str
+    to: str
+    direction: str  # inbound | outbound-api
+    leg: LegId
+    app: App
+    answered: bool = False  # the leg is up (outbound legs start answered)
+    timestamp: str = ""
+
+
+class LegEvents:
+    """The events of one leg, in order; `ended` is sticky."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[MediaEvent] = asyncio.Queue(MAX_EVENTS)
+        self.ended = False
+        self.cause: HangupCause | None = None
+        self.answered = asyncio.Event()
+
+    def put(self, event: MediaEvent) -> None:
+        if isinstance(event, LegChanged):
+            if event.state is LegState.ENDED:
+                self.ended = True
+                self.cause = event.cause
+            elif event.state is LegState.ANSWERED:
+                self.answered.set()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(event)
+
+    async def next(self, seconds: float | None) -> MediaEvent | None:
+        """The next event, None on timeout; Hungup once the leg has ended."""
+        if self.ended and self._queue.empty():
+            raise Hungup
+        try:
+            async with asyncio.timeout(seconds):
+                event = await self._queue.get()
+        except TimeoutError:
+            return None
+        if isinstance(event, LegChanged) and event.state is LegState.ENDED:
+            raise Hungup
+        return event
+
+
+class Fetcher:
+    """What the runner needs from the outside world; `services.calls` fills it in."""
+
+    def __init__(self, *, request: Callable[[str, str, Mapping[str, str]],
+                                            Awaitable[WebhookResponse]],
+                 notify: Callable[..., Awaitable[Any]],
+                 say: Callable[[str, str], Awaitable[Path]],
+                 save_recording: Callable[[CallInfo, Path, float], Awaitable[tuple[str, str]]],
+                 send_sms: Callable[[CallInfo, SendSms], Awaitable[str]],
+                 dial: Callable[[Runner, DialAction], Awaitable[DialDone]] | None,
+                 cache_dir: Path, recordings_dir: Path) -> None:
+        self.request = request
+        self.notify = notify
+        self.say = say
+        self.save_recording = save_recording
+        self.send_sms = send_sms
+        self.dial = dial
+        self.cache_dir = cache_dir
+        self.recordings_dir = recordings_dir
+
+
+class Runner:
+    def __init__(self, call: CallInfo, engine: MediaEngine, events: LegEvents,
+                 out: Fetcher) -> None:
+        self.call = call
+        self.engine = engine
+        self.events = events
+        self.out = out
+        self.redirect_to: App | None = None  # set by a live modification (POST Calls/{sid})
+        self._interrupt = asyncio.Event()
+
+    # -- params ------------------------------------------------------------------------------
+
+    def params(self, status: str) -> dict[str, str]:
+        c = self.call
+        return {"CallSid": c.sid, "AccountSid": c.account_sid, "From": c.from_, "To": c.to,
+                "CallStatus": status, "ApiVersion": "2012-04-24", "Direction": c.direction,
+                "CallerName": "null", "ForwardedFrom": "null", "CallTimestamp": c.timestamp}
+
+    def redirect(self, app: App) -> None:
+        """Live modification: stop what the call does and run APP's RCML."""
+        self.redirect_to = app
+        self._interrupt.set()
+
+    # -- the run -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        app: App | None = self.call.app
+        try:
+            while app is not None:
+                self.redirect_to = None
+                self._interrupt.clear()
+                await self._run_app(app)
+                app = self.redirect_to
+        except Hungup:
+            logger.info("- call %s: far end hung up", self.call.sid)
+        finally:
+            await self._end()
+
+    async def _run_app(self, app: App) -> None:
+        status = "in-progress" if self.call.answered else "ringing"
+        doc = await self._first_document(app, self.params(status))
+        if doc is None:
+            return
+        interp = Interpreter(doc, call_sid=self.call.sid, base_params=self.params(status),
+                             document_url=app.url)
+        action: Action = interp.start(time.time())
+        while not isinstance(action, Finished):
+            await self._warnings(interp)
+            try:
+                result = await self._interruptible(action)
+            except Hungup:
+                result = CallEnded()
+            if result is None:  # redirected by POST Calls/{sid}
+                return
+            if isinstance(result, CallEnded) and not self.events.ended:
+                self.events.ended = True
+            if self.call.answered:
+                interp.update_params({"CallStatus": "in-progress"})
+            action = interp.resume(result, time.time())
+        await self._warnings(interp)
+        if action.error_code is not None:
+            await self._notify(action.error_code, action.message)
+        if self.events.ended:
+            raise Hungup
+
+    async def _interruptible(self, action: Action) -> Result | None:
+        work = asyncio.ensure_future(self._execute(action))
+        stop = asyncio.ensure_future(self._interrupt.wait())
+        try:
+            done, _ = await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if work in done:
+            return work.result()
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
+        with contextlib.suppress(MediaError, TimeoutError):
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                await self.engine.stop_play(self.call.leg)
+        return None
+
+    async def _first_document(self, app: App, params: Mapping[str, str]) -> Document | None:
+        tries = [(app.url, app.method)]
+        if app.fallback_url:
+            tries.append((app.fallback_url, app.fallback_method))
+        for url, method in tries:
+            try:
+                resp = await self.out.request(url, method, params)
+                return parse_response(resp.body, resp.content_type, url)
+            except WebhookError as err:
+                await self._notify(FETCH_FAILED, str(err), url=url, method=method)
+            except RcmlError as err:
+                await self._notify(err.code, f"{url}: {err.message}", url=url, method=method)
+        return None
+
+    async def _end(self) -> None:
+        if self.events.ended:
+            return
+        with contextlib.suppress(MediaError, TimeoutError):
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                if self.call.answered:
+                    await self.engine.hangup(self.call.leg)
+                else:
+                    await self.engine.reject(self.call.leg, code=480)
+
+    async def _warnings(self, interp: Interpreter) -> None:
+        for warning in interp.take_warnings():
+            await self._notify(warning.code, warning.message, warning=True)
+
+    async def _notify(self, code: int, message: str, *, warning: bool = False, url: str = "",
+                      method: str = "") -> None:
+        try:
+            await self.out.notify(self.call.account_sid, code, message, warning=warning,
+                                  call_sid=self.call.sid, request_url=url,
+                                  request_method=method)
+        except Exception:  # noqa: BLE001 - a lost notification must not end the call
+            logger.exception("x notification %s for call %s not written", code, self.call.sid)
+
+    # -- actions -----------------------------------------------------------------------------
+
+    async def _execute(self, action: Action) -> Result:
+        match action:
+            case FetchDocument():
+                return await self._fetch(action)
+            case RejectAction():
+                if not self.call.answered:
+                    await self._cmd(self.engine.reject(self.call.leg, code=action.status))
+                    self.events.ended = True
+                    return CallEnded()
+                await self._cmd(self.engine.hangup(self.call.leg))
+                return CallEnded()
+            case HangupAction():
+                await self._answer()
+                await self._cmd(self.engine.hangup(self.call.leg))
+                self.events.ended = True
+                return CallEnded()
+            case SendSms():
+                try:
+                    return SmsQueued(await self.out.send_sms(self.call, action))
+                except Exception as err:  # noqa: BLE001 - reported, the call goes on
+                    await self._notify(14101, f"<Sms> not queued: {err}")
+                    return Done()
+        await self._answer()
+        match action:
+            case SayAction() | PlayAction() | PauseAction():
+                await self._prompt(action, stop_on_digit=False)
+                return Done()
+            case CollectDigits():
+                return await self._gather(action)
+            case RecordAction():
+                return await self._record(action)
+            case DialAction():
+                if self.out.dial is None:
+                    await self._notify(13214, "<Dial> is not available")
+                    return DialDone(DialStatus.FAILED)
+                return await self.out.dial(self, action)
+        raise AssertionError(f"unhandled action {action!r}")
+
+    async def _cmd(self, command: Awaitable[None]) -> None:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            await command
+
+    async def _answer(self) -> None:
+        if self.call.answered:
+            return
+        await self._cmd(self.engine.answer(self.call.leg))
+        self.call.answered = True
+        # Media commands queue in the worker until the audio is up; wait for the answer
+        # (the ACK) so that a hang-up meanwhile is seen first.
+        while not self.events.answered.is_set():
+            await self.events.next(COMMAND_TIMEOUT)
+
+    async def _fetch(self, action: FetchDocument) -> Result:
+        try:
+            resp = await self.out.request(action.url, action.method, action.params)
+        except WebhookError as err:
+            return FetchFailed(str(err))
+        return DocumentFetched(resp.body, resp.content_type or "text/xml")
+
+    async def _prompt(self, action: SayAction | PlayAction | PauseAction, *,
+                      stop_on_digit: bool) -> str:
+        """Play one prompt; returns the digit that interrupted it ("" if none)."""
+        if isinstance(action, PauseAction):
+            return await self._wait_digit(float(action.seconds), stop_on_digit)
+        try:
+            if isinstance(action, SayAction):
+                path = await self.out.say(action.text, action.language)
+            else:
+                path = await self._audio(action.url)
+        except (MediaError, WebhookError, OSError) as err:
+            code = FETCH_FAILED if isinstance(err, WebhookError) else MEDIA_FAILED
+            await self._notify(code, f"prompt not played: {err}")
+            return ""
+        loop = action.loop if action.loop > 0 else MAX_LOOP
+        await self._cmd(self.engine.play(self.call.leg, str(path), loop=loop))
+        deadline = time.monotonic() + PLAY_LIMIT
+        while True:
+            event = await self.events.next(max(0.0, deadline - time.monotonic()))
+            if event is None:
+                await self._cmd(self.engine.stop_play(self.call.leg))
+                return ""
+            if isinstance(event, PlayFinished):
+                return ""
+            if isinstance(event, DtmfReceived) and stop_on_digit:
+                await self._cmd(self.engine.stop_play(self.call.leg))
+                await self._drain_play()
+                return event.digit
+
+    async def _drain_play(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                while not isinstance(await self.events.next(2.0), PlayFinished | None):
+                    pass
+
+    async def _wait_digit(self, seconds: float, stop_on_digit: bool) -> str:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            event = await self.events.next(left)
+            if isinstance(event, DtmfReceived) and stop_on_digit:
+                return event.digit
+        return ""
+
+    async def _gather(self, action: CollectDigits) -> Result:
+        digits = ""
+        for prompt in action.prompts:
+            digit = await self._prompt(prompt, stop_on_digit=True)
+            if digit:
+                digits = digit
+                break
+        while True:
+            if digits and digits[-1] in action.finish_on_key:
+                return DigitsCollected(digits, GatherEnd.FINISH_KEY)
+            if action.num_digits is not None and len(digits) >= action.num_digits:
+                return DigitsCollected(digits, GatherEnd.NUM_DIGITS)
+            digit = ""
+            try:
+                digit = await self._wait_digit(float(action.timeout), True)
+            except Hungup:
+                return DigitsCollected(digits, GatherEnd.HANGUP)
+            if not digit:
+                return DigitsCollected(digits, GatherEnd.TIMEOUT)
+            digits += digit
+
+    async def _record(self, action: RecordAction) -> Result:
+        if action.play_beep:
+            await self._cmd(self.engine.play(self.call.leg, str(beep(self.out.cache_dir))))
+            await self._wait_for(PlayFinished, 5.0)
+        self.out.recordings_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out.recordings_dir / f"{self.call.sid}-{time.time_ns()}.wav"
+        await self._cmd(self.engine.record(self.call.leg, str(path),
+                                           max_seconds=float(action.max_length)))
+        key, hung_up = "", False
+        finished: RecordFinished | None = None
+        try:
+            while True:
+                event = await self.events.next(None)
+                if isinstance(event, DtmfReceived) and event.digit in action.finish_on_key:
+                    key = event.digit
+                    break
+                if isinstance(event, RecordFinished):
+                    finished = event
+                    break
+        except Hungup:
+            hung_up = True
+        if finished is None and not hung_up:
+            await self._cmd(self.engine.stop_record(self.call.leg))
+            with contextlib.suppress(Hungup):
+                finished = await self._wait_for(RecordFinished, 5.0)
+        if finished is None:
+            await asyncio.sleep(0.5)  # the worker closes the file when the leg ends
+        duration = finished.duration if finished is not None else 0.0
+        url, public = "", None
+        if path.exists():
+            url, sid = await self.out.save_recording(self.call, path, duration)
+            public = url
+            logger.info("- call %s recorded %s (%.1f s)", self.call.sid, sid, duration)
+        return RecordingDone(url=url, duration=duration,
+                             digits="hangup" if hung_up else key, public_url=public)
+
+    async def _wait_for(self, kind: type, seconds: float) -> Any:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            event = await self.events.next(left)
+            if isinstance(event, kind):
+                return event
+        return None
+
+    async def _audio(self, url: str) -> Path:
+        """A <Play> URL as a local file, fetched once (GET) and cached by URL."""
+        key = hashlib.sha256(url.encode()).hexdigest()
+        path = self.out.cache_dir / "play" / key[:2] / f"{key}.wav"
+        if path.is_file():
+            return path
+        resp = await self.out.request(url, "GET", {})
+        if len(resp.body) > MAX_AUDIO:
+            raise WebhookError(f"GET {url}: audio larger than {MAX_AUDIO} bytes")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(resp.body)
+        tmp.replace(path)
+        return path
+
+
+def beep(cache_dir: Path) -> Path:
+    """A 0.4 s 800 Hz beep at 8 kHz, written once."""
+    path = cache_dir / "beep.wav"
+    if not path.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        frames = b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * 800 * i / 8000)))
+                          for i in range(3200))
+        tmp = cache_dir / "beep.wav.part"
+        with wave.open(str(tmp), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(frames)
+        tmp.replace(path)
+    return path

@@ -1,0 +1,480 @@
+"""Voice applications [svc]: the calls that run RCML in a media worker.
+
+Theory of operation (architecture.md "Who handles a call").
+
+Inbound (a registered Client dials a number or Client bound to an RCML app, or a Client with
+its own VoiceUrl/VoiceApplicationSid dials anything): the router asks `route_invite`, which
+resolves the app, reserves a worker slot (`MediaEngine.reserve_incoming`) and answers with a
+`Fork` to the slot's host:port carrying `X-Leg-Id` and the CDR sid. The proxy forwards the
+INVITE there and keeps writing the caller's CDR (direction ``inbound``) exactly as for a
+Client → Client call; the worker's INCOMING event for that leg starts a `Runner` task.
+
+Outbound (`POST /Calls`, `originate`): the CDR (``outbound-api``) is written here; the worker
+dials ``sip:<login>@<front door>`` with `X-Leg-Id`; the proxy accepts that INVITE without a
+challenge only from a worker's own loopback address and only for a leg dialled here
+(`media_caller`), forks it to the Client's registered phones like any call (NAT, TCP
+connections, several phones), and writes no CDR of its own (`Fork.cdr_sid` is empty). Once
+the leg is answered its RCML runs.
+
+Every runner and originating task is owned by `self._tasks` and cancelled by `stop()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import Forbidden, Gone, InvalidInput, NotFound, Unavailable
+from appliance.media.engine import (
+    HangupCause,
+    LegChanged,
+    LegId,
+    LegState,
+    MediaEngine,
+    MediaEvent,
+    NoCapacity,
+)
+from appliance.media.protocol import MediaError
+from appliance.models import CallRecord, CallStatus, Recording, RecordingSid, mint_sid
+from appliance.rcml.interpreter import DialAction, DialDone, DialStatus, SendSms
+from appliance.rcml.runner import App, CallInfo, Fetcher, Hungup, LegEvents, Runner
+from appliance.rcml.verbs import Client
+from appliance.services.ports import StoreProtocol
+from appliance.services.telephony import CallLog
+from appliance.sip.message import Request
+from appliance.sip.proxy import Caller, Contact, Decision, Fork, Refuse
+from appliance.sip.wire import Target
+from appliance.timefmt import iso
+from appliance.webhooks import WebhookError, Webhooks
+
+logger = logging.getLogger(__name__)
+
+MAX_LIVE = 200  # voice-app calls at once (the workers' slots bound it far lower)
+NO_MEDIA = "Voice Applications Unavailable"  # 503 reason: [media] workers = 0, or all down
+DIAL_SECONDS = 10.0  # for the worker to accept a dial command
+RESERVATION_S = 40.0  # a reserved inbound leg whose INVITE never arrives is dropped after this
+
+_EVENTS = ("initiated", "ringing", "answered", "completed")
+_CAUSE_STATUS = {HangupCause.BUSY: CallStatus.BUSY, HangupCause.NO_ANSWER: CallStatus.NO_ANSWER,
+                 HangupCause.REJECTED: CallStatus.BUSY, HangupCause.FAILED: CallStatus.FAILED,
+                 HangupCause.WORKER_DIED: CallStatus.FAILED}
+
+
+@dataclasses.dataclass
+class LiveCall:
+    info: CallInfo
+    events: LegEvents
+    runner: Runner | None = None
+    canceled: bool = False
+
+
+class CallsService:
+    def __init__(self, store: StoreProtocol, call_log: CallLog, webhooks: Webhooks,
+                 clock: Callable[[], datetime], *, engine: MediaEngine | None,
+                 notify: Callable[..., Any], say: Callable[[str, str], Any],
+                 data_dir: Path, public_base: Callable[[], str],
+                 front_door: Callable[[], tuple[str, int]],
+                 worker_ports: Callable[[], set[int]] = set) -> None:
+        self._store = store
+        self._log = call_log
+        self._webhooks = webhooks
+        self._clock = clock
+        self.engine = engine
+        self._notify = notify
+        self._say = say
+        self._data_dir = data_dir
+        self._public_base = public_base
+        self._front_door = front_door
+        self._worker_ports = worker_ports
+        # MessagingService.send_from_client: (account, from, to number, body) -> SmsRecord
+        self.send_sms: Callable[[str, str, str, str], Awaitable[Any]] | None = None
+        self._live: dict[LegId, LiveCall] = {}
+        self._by_sid: dict[str, LiveCall] = {}
+        self._dialled: dict[LegId, str] = {}  # outbound legs -> account sid (media_caller)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None
+
+    # -- composition ---------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fetcher(self) -> Fetcher:
+        return Fetcher(request=self._webhooks.request, notify=self._notify, say=self._say,
+                       save_recording=self._save_recording, send_sms=self._sms,
+                       dial=self._dial,
+                       cache_dir=self._data_dir / "cache",
+                       recordings_dir=self._data_dir / "recordings")
+
+    def _status(self, info: CallInfo, event: str, duration: int | None = None) -> None:
+        """StatusCallback (api-behaviour.md §10.1), fire and forget: initiated, ringing,
+        answered, completed. Each request is its own owned task (order is not guaranteed
+        when the application server is slow)."""
+        url = info.app.status_callback
+        if not url:
+            return
+        params = {"InstanceId": self._log.instance_id, "AccountSid": info.account_sid,
+                  "CallSid": info.sid, "From": info.from_, "To": info.to,
+                  "Direction": info.direction, "CallerName": "null", "ForwardedFrom": "null",
+                  "CallStatus": event, "Timestamp": iso(self._clock()),
+                  "CallbackSource": "call-progress-events",
+                  "SequenceNumber": str(_EVENTS.index(event))}
+        if duration is not None:
+            params["CallDuration"] = str(duration)
+
+        async def post() -> None:
+            try:
+                await self._webhooks.request(url, info.app.status_callback_method, params)
+            except WebhookError as err:
+                logger.info("x call %s: status callback %s failed: %s", info.sid, event, err)
+
+        self._spawn(post(), f"status {info.sid} {event}")
+
+    def live_count(self) -> int:
+        return len(self._by_sid)
+
+    # -- inbound: the router's hook ---------------------------------------------------------
+
+    async def route_invite(self, request: Request, caller: Caller, user: str,
+                           now: float) -> Decision | None:
+        """A Fork to a media worker when this INVITE runs an RCML app; None when it does not
+        (the router goes on with Client routing)."""
+        app, number_sid = await self._app_for(caller, user)
+        if app is None:
+            return None
+        if self.engine is None:
+            return Refuse(503, NO_MEDIA)
+        if len(self._by_sid) >= MAX_LIVE:
+            return Refuse(503, "Too Many Application Calls")
+        try:
+            slot = await self.engine.reserve_incoming()
+        except NoCapacity:
+            return Refuse(503, NO_MEDIA)
+        sid = self._log.new_sid()
+        info = CallInfo(sid=sid, account_sid=caller.account_sid, from_=caller.login, to=user,
+                        direction="inbound", leg=slot.leg, app=app,
+                        timestamp=iso(self._clock()))
+        live = LiveCall(info, LegEvents())
+        self._live[slot.leg] = live
+        self._by_sid[sid] = live
+        # An INVITE that never reaches the worker (caller gone, send failed) frees its entry.
+        asyncio.get_running_loop().call_later(RESERVATION_S, self._unclaimed, live)
+        logger.info("> call %s %s -> %s runs %s on worker %s", sid, caller.login, user,
+                    app.url, slot.worker)
+        target = Target("udp", slot.host, slot.port)
+        return Fork(callee=user, contacts=(Contact(f"sip:{user}@{slot.host}:{slot.port}",
+                                                   target),),
+                    headers=(("X-Leg-Id", slot.leg),), cdr_sid=sid,
+                    phone_number_sid=number_sid)
+
+    async def _app_for(self, caller: Caller, user: str) -> tuple[App | None, str | None]:
+        if caller.voice_url or caller.voice_application_sid:
+            client = await self._store.get_client_by_login(caller.login)
+            if client is not None:
+                return await self._app(client.voice_url, client.voice_method,
+                                       client.voice_fallback_url, client.voice_fallback_method,
+                                       client.voice_application_sid), None
+        number = await self._store.find_number(user)
+        if number is None and user.isdigit():  # numbers are kept in E.164: 1234 -> +1234
+            number = await self._store.find_number("+" + user)
+        if number is not None and number.account_sid == caller.account_sid and (
+                number.voice_url or number.voice_application_sid):
+            app = await self._app(number.voice_url, number.voice_method,
+                                  number.voice_fallback_url, number.voice_fallback_method,
+                                  number.voice_application_sid)
+            if app is not None and number.status_callback:
+                app = dataclasses.replace(app, status_callback=number.status_callback,
+                                          status_callback_method=number.status_callback_method)
+            return app, number.sid
+        client = await self._store.get_client_by_login(user)
+        if client is not None and (client.voice_url or client.voice_application_sid):
+            return await self._app(client.voice_url, client.voice_method,
+                                   client.voice_fallback_url, client.voice_fallback_method,
+                                   client.voice_application_sid), None
+        return None, None
+
+    async def _app(self, url: str | None, method: str, fallback: str | None,
+                   fallback_method: str, application_sid: str | None) -> App | None:
+        if not url and application_sid:
+            application = await self._store.get_application(application_sid)
+            url = application.rcml_url if application is not None else None
+        if not url:
+            return None
+        return App(url, method or "POST", fallback, fallback_method or "POST")
+
+    def _on_event(self, event: MediaEvent) -> None:
+        live = self._live.get(event.leg)
+        if live is None:
+            return
+        live.events.put(event)
+        if isinstance(event, LegChanged):
+            if event.state is LegState.INCOMING and live.runner is None:
+                live.runner = Runner(live.info, self._need_engine(), live.events,
+                                     self._fetcher())
+                self._spawn(self._run_inbound(live, live.runner), f"call {live.info.sid}")
+                self._status(live.info, "initiated")
+            elif event.state is LegState.ENDED and live.runner is None and \
+                    live.info.direction == "inbound":
+                self._forget(live)
+
+    async def _run_inbound(self, live: LiveCall, runner: Runner) -> None:
+        try:
+            await runner.run()
+        except Exception:  # noqa: BLE001 - one app's bug must not take others down
+            logger.exception("x call %s: runner failed", live.info.sid)
+        finally:
+            self._forget(live)
+            self._status(live.info, "completed")
+
+    def _unclaimed(self, live: LiveCall) -> None:
+        if live.runner is None and self._live.get(live.info.leg) is live:
+            logger.info("x call %s: no INVITE reached the media worker", live.info.sid)
+            self._forget(live)
+
+    def _forget(self, live: LiveCall) -> None:
+        self._live.pop(live.info.leg, None)
+        self._by_sid.pop(live.info.sid, None)
+        self._dialled.pop(live.info.leg, None)
+
+    def _need_engine(self) -> MediaEngine:
+        if self.engine is None:
+            raise Unavailable("no media workers: [media] workers = 0")
+        return self.engine
+
+    # -- outbound: POST /Calls ---------------------------------------------------------------
+
+    def media_caller(self, source: tuple[str, int], request: Request) -> Caller | None:
+        """The proxy's trust hook: an INVITE from a worker's loopback SIP port for a leg that
+        `originate` dialled goes through unchallenged (and no other request does)."""
+        leg = LegId(request.get("X-Leg-Id") or "")
+        if (source[0] != "127.0.0.1" or source[1] not in self._worker_ports()
+                or leg not in self._dialled or request.method != "INVITE"):
+            return None
+        return Caller(login="", account_sid=self._dialled[leg], media=True)
+
+    async def originate(self, account_sid: str, *, from_: str, to: str, app: App,
+                        ring_seconds: int) -> CallRecord:
+        engine = self._need_engine()
+        login = await self._client_target(account_sid, to)
+        if len(self._by_sid) >= MAX_LIVE:
+            raise Unavailable("Too many application calls")
+        record = await self._log.opened(account_sid=account_sid, from_=from_, to=to,
+                                        direction="outbound-api")
+        leg = LegId("LG" + mint_sid("CA")[2:])
+        info = CallInfo(sid=record.sid, account_sid=account_sid, from_=from_, to=login,
+                        direction="outbound-api", leg=leg, app=app, answered=True,
+                        timestamp=iso(self._clock()))
+        live = LiveCall(info, LegEvents())
+        self._live[leg] = live
+        self._by_sid[record.sid] = live
+        self._dialled[leg] = account_sid
+        host, port = self._front_door()
+        try:
+            async with asyncio.timeout(DIAL_SECONDS):
+                await engine.dial(f"sip:{login}@{host}:{port}", leg=leg,
+                                  ring_seconds=float(ring_seconds))
+        except (MediaError, TimeoutError) as err:
+            self._forget(live)
+            await self._log.ended(record.sid, CallStatus.FAILED)
+            raise Unavailable(f"The call could not be placed: {err}") from err
+        self._status(info, "initiated")
+        self._spawn(self._run_outbound(live), f"call {record.sid}")
+        return record
+
+    async def _client_target(self, account_sid: str, to: str) -> str:
+        """The Client login TO reaches. Policy: Clients only (``client:alice``, or a sip: URI
+        whose user is a local Client); no other SIP domain and no numbers until a gateway
+        route exists."""
+        target = to.split("?", 1)[0].strip()
+        if target.lower().startswith("client:"):
+            login = target[7:]
+        elif target.lower().startswith(("sip:", "sips:")) or "@" in target:
+            login = target.split(":", 1)[-1].split("@", 1)[0] if "@" in target else ""
+            if not login:
+                raise Forbidden("No route to that SIP URI: only local Clients can be called")
+            client = await self._store.get_client_by_login(login)
+            if client is None:
+                raise Forbidden("No route to that SIP URI: only local Clients can be called")
+        else:
+            raise Forbidden("No outbound route for phone numbers yet")
+        client = await self._store.get_client_by_login(login)
+        if client is None or client.account_sid != account_sid:
+            raise NotFound(f"The client {login} was not found")
+        return client.login
+
+    async def _run_outbound(self, live: LiveCall) -> None:
+        info, status = live.info, CallStatus.FAILED
+        try:
+            while True:
+                event = await live.events.next(None)
+                if isinstance(event, LegChanged) and event.state is LegState.RINGING:
+                    await self._log.ringing(info.sid)
+                    self._status(info, "ringing")
+                elif isinstance(event, LegChanged) and event.state is LegState.ANSWERED:
+                    await self._log.answered(info.sid)
+                    self._status(info, "answered")
+                    break
+            live.runner = Runner(info, self._need_engine(), live.events, self._fetcher())
+            await live.runner.run()
+            status = CallStatus.COMPLETED
+        except Exception as err:  # noqa: BLE001 - Hungup, or a bug: the CDR is closed anyway
+            status = self._end_status(live, err)
+        finally:
+            self._forget(live)
+            final = await self._log.ended(info.sid,
+                                          CallStatus.CANCELED if live.canceled else status)
+            self._status(info, "completed", final.duration if final is not None else 0)
+
+    @staticmethod
+    def _end_status(live: LiveCall, err: BaseException) -> CallStatus:
+        cause = live.events.cause
+        if cause is None:
+            logger.exception("x call %s failed", live.info.sid, exc_info=err)
+            return CallStatus.FAILED
+        return _CAUSE_STATUS.get(cause, CallStatus.COMPLETED)
+
+    # -- POST /Calls/{sid} -------------------------------------------------------------------
+
+    async def modify(self, sid: str, *, status: str | None, app: App | None) -> None:
+        live = self._by_sid.get(sid)
+        if live is None:
+            if await self._store.get_call(sid) is None:
+                raise NotFound(f"The call {sid} was not found")
+            raise Gone("Call is already completed.")
+        engine = self._need_engine()
+        if status is not None:
+            if status not in ("completed", "canceled"):
+                raise InvalidInput("Status must be completed or canceled")
+            if status == "canceled" and live.events.answered.is_set():
+                return  # canceled applies to calls still ringing (Restcomm)
+            live.canceled = status == "canceled"
+            with contextlib.suppress(MediaError, TimeoutError):
+                async with asyncio.timeout(DIAL_SECONDS):
+                    if live.info.answered or live.info.direction != "inbound":
+                        await engine.hangup(live.info.leg)
+                    else:
+                        await engine.reject(live.info.leg, code=487)
+            return
+        if app is not None:
+            if live.runner is None:
+                live.info.app = app  # not running yet: it starts with the new app
+            else:
+                live.runner.redirect(app)
+
+    # -- <Dial><Client> -----------------------------------------------------------------------
+
+    async def _dial(self, runner: Runner, action: DialAction) -> DialDone:
+        """Ring the first <Client> noun through the front door on the caller's worker, bridge
+        on answer, and wait until either side hangs up (or timeLimit). One CDR for the
+        dialled leg, direction ``outbound-dial``, parent = the calling leg."""
+        parent = runner.call
+        nouns = [n for n in action.nouns if isinstance(n, Client)]
+        if not nouns:
+            await self._notify(parent.account_sid, 13214, "<Dial>: only <Client> nouns can be "
+                               "dialled yet (no trunk or GSM route)", call_sid=parent.sid)
+            return DialDone(DialStatus.FAILED)
+        client = await self._store.get_client_by_login(nouns[0].name)
+        if client is None or client.account_sid != parent.account_sid:
+            return DialDone(DialStatus.FAILED)
+        record = await self._log.opened(account_sid=parent.account_sid, from_=parent.from_,
+                                        to=client.login, direction="outbound-dial",
+                                        parent_call_sid=parent.sid)
+        leg = LegId("LG" + mint_sid("CA")[2:])
+        child = LiveCall(CallInfo(sid=record.sid, account_sid=parent.account_sid,
+                                  from_=parent.from_, to=client.login, direction="outbound-dial",
+                                  leg=leg, app=parent.app), LegEvents())
+        self._live[leg] = child
+        self._dialled[leg] = parent.account_sid
+        host, port = self._front_door()
+        engine, answered_at, status = self._need_engine(), 0.0, CallStatus.FAILED
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(DIAL_SECONDS):
+                await engine.dial(f"sip:{client.login}@{host}:{port}", leg=leg,
+                                  ring_seconds=float(action.timeout), near=parent.leg)
+            async with asyncio.timeout(action.timeout + DIAL_SECONDS):
+                while not child.events.answered.is_set():
+                    event = await child.events.next(None)
+                    if isinstance(event, LegChanged) and event.state is LegState.RINGING:
+                        await self._log.ringing(record.sid)
+            await self._log.answered(record.sid)
+            answered_at = loop.time()
+            async with asyncio.timeout(DIAL_SECONDS):
+                await engine.bridge(parent.leg, leg)
+            await self._until_one_ends(runner, child, float(action.time_limit))
+            status = CallStatus.COMPLETED
+        except Hungup:
+            status = _CAUSE_STATUS.get(child.events.cause or HangupCause.NORMAL,
+                                       CallStatus.COMPLETED)
+        except (MediaError, TimeoutError) as err:
+            logger.info("x call %s: <Dial> %s failed: %s", parent.sid, client.login, err)
+            status = CallStatus.NO_ANSWER if isinstance(err, TimeoutError) else status
+        finally:
+            if not child.events.ended:
+                with contextlib.suppress(MediaError, TimeoutError):
+                    async with asyncio.timeout(DIAL_SECONDS):
+                        await engine.hangup(leg)
+            self._forget(child)
+            await self._log.ended(record.sid, status)
+        duration = int(loop.time() - answered_at) if answered_at else 0
+        dial_status = DialStatus.COMPLETED if answered_at else {
+            CallStatus.BUSY: DialStatus.BUSY, CallStatus.NO_ANSWER: DialStatus.NO_ANSWER,
+        }.get(status, DialStatus.FAILED)
+        return DialDone(dial_status, record.sid, duration)
+
+    @staticmethod
+    async def _until_one_ends(runner: Runner, child: LiveCall, limit: float) -> None:
+        async def drain(events: LegEvents) -> None:
+            with contextlib.suppress(Hungup):
+                while True:
+                    await events.next(None)
+
+        waits = [asyncio.ensure_future(drain(runner.events)),
+                 asyncio.ensure_future(drain(child.events))]
+        try:
+            await asyncio.wait(waits, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        if runner.events.ended:
+            raise Hungup
+
+    # -- what the runner saves ---------------------------------------------------------------
+
+    async def _save_recording(self, call: CallInfo, path: Path, duration: float
+                              ) -> tuple[str, str]:
+        now = self._clock()
+        sid = RecordingSid(mint_sid("RE"))
+        final = path.with_name(f"{sid}.wav")
+        await asyncio.to_thread(path.replace, final)
+        await self._store.insert_recording(Recording(
+            sid=sid, account_sid=call.account_sid,  # type: ignore[arg-type]
+            call_sid=call.sid, duration=duration, file_path=str(final), date_created=now,
+            date_updated=now))
+        url = (f"{self._public_base()}/restcomm/2012-04-24/Accounts/{call.account_sid}"
+               f"/Recordings/{sid}.wav")
+        return url, sid
+
+    async def _sms(self, call: CallInfo, sms: SendSms) -> str:
+        if self.send_sms is None:
+            raise Unavailable("SMS cannot be sent")
+        record = await self.send_sms(call.account_sid, sms.from_ or call.to,
+                                     sms.to or call.from_, sms.text)
+        return str(record.sid)
