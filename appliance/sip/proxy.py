@@ -78,6 +78,7 @@ import dataclasses
 import hashlib
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -147,6 +148,7 @@ DEFAULT_MAX_FORWARDS = 70
 MAX_LOCAL_ADDRESSES = 64  # our own addresses seen in Incoming.local (interfaces, not peers)
 
 ROUTED = frozenset({"INVITE", "MESSAGE", "OPTIONS"})
+TIMER_GRANULARITY = 0.05  # seconds between timer scans under load (see Proxy.run)
 DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK", "ACK"})
 CALL_DIRECTION = "inbound"
 MESSAGE_DIRECTION = "outbound-call"
@@ -208,6 +210,9 @@ class Caller:
     voice_url: str | None = None
     voice_application_sid: str | None = None
     media: bool = False  # a media worker's INVITE for a leg the calls service dialled
+    # The sid of the gateway whose provider sent the request (a call to one of our DIDs):
+    # trusted by its source address, never challenged; ``login`` is the caller's number.
+    gateway: str = ""
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,11 @@ class Fork:
     # write no CDR (the calls service logs that leg itself).
     cdr_sid: str | None = None
     phone_number_sid: str | None = None
+    # The CDR's account when it is not the caller's (a provider's call to a DID).
+    account_sid: str | None = None
+    # Forward Proxy-Authorization (a worker's leg to a gateway answers the provider's own
+    # challenge); otherwise credentials are ours and are consumed.
+    keep_credentials: bool = False
 
 
 @dataclass(frozen=True)
@@ -291,6 +301,7 @@ class Context:
     callee: str = ""
     call: Call | None = None  # the out-of-dialog INVITE's call record
     phone_number_sid: str | None = None
+    account_sid: str | None = None  # the CDR's account, when not the caller's
     branches: list[Branch] = field(default_factory=list)
     final_sent: bool = False
     cancelled: bool = False  # the caller sent CANCEL
@@ -369,6 +380,9 @@ class Proxy:
         self._originated: dict[Transaction, asyncio.Future[int]] = {}
         # (source, request) -> the Caller of a media worker's INVITE, else None (calls service)
         self.media_caller: Callable[[tuple[str, int], Request], Caller | None] | None = None
+        # (source, request) -> the Caller of a request from a gateway's provider address
+        # (services wiring: sip.trunk.Trunk.gateway_at), else None.
+        self.gateway_caller: Callable[[tuple[str, int], Request], Caller | None] | None = None
 
     # --- the MessageHandler surface -----------------------------------------------------
 
@@ -410,7 +424,15 @@ class Proxy:
             await self._expire_call(call, now)
 
     async def run(self) -> None:
-        """Drive the timers until cancelled (the composition root's TaskGroup owns this)."""
+        """Drive the timers until cancelled (the composition root's TaskGroup owns this).
+
+        Every message wakes this task so it can see new deadlines, but a scan of the timers
+        costs time in proportion to the live transactions; under load, scans are spaced at
+        least TIMER_GRANULARITY apart, so one scan serves a burst of messages instead of each
+        message paying for its own (which made the cost per call grow with the call rate).
+        SIP's shortest timers (T1 = 500 ms) are far longer than the granularity.
+        """
+        last_scan = float("-inf")
         while True:
             deadline = self.get_timer()
             delay = None if deadline is None else max(0.0, deadline - self._clock())
@@ -420,6 +442,10 @@ class Proxy:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+            since = time.monotonic() - last_scan
+            if since < TIMER_GRANULARITY:
+                await asyncio.sleep(TIMER_GRANULARITY - since)
+            last_scan = time.monotonic()
             try:
                 await self.handle_timer(self._clock())
             except Exception:  # noqa: BLE001 - one call's bug must not stop every call's timers
@@ -516,11 +542,15 @@ class Proxy:
     async def _new_request(self, server: ServerTransaction, request: Request, source: Target,
                            incoming: Incoming, now: float) -> None:
         caller = self.media_caller(incoming.source, request) if self.media_caller else None
+        if caller is None and self.gateway_caller is not None and (
+                self._guard is None or not self._guard.is_banned(incoming.source[0], now)):
+            caller = self.gateway_caller(incoming.source, request)
         if caller is None:
             caller = await self._authenticate(server, request, incoming, now)
         if caller is None or server.state not in (State.PROCEEDING, State.TRYING):
             return  # challenged or refused, or CANCELled while we looked the caller up
-        if not caller.media and not self._router.registered(caller.login, now):
+        if (not caller.media and not caller.gateway
+                and not self._router.registered(caller.login, now)):
             logger.info("x %s from %s: caller not registered", request.method, caller.login)
             await self._reply(server, 403, "Caller Not Registered", now=now)
             return
@@ -561,15 +591,17 @@ class Proxy:
             call = Call(call_id=request.call_id or "", caller_tag=request.from_.tag or "",
                         caller=source, deadline=now + TIMER_C + 2 * REAP_AFTER,
                         cdr_sid=self._calls.new_sid() if decision.cdr_sid is None
-                        else decision.cdr_sid or None)
+                        else decision.cdr_sid or None,
+                        keep_credentials=decision.keep_credentials)
             context.phone_number_sid = decision.phone_number_sid
+            context.account_sid = decision.account_sid
             context.call = call
             self._live_calls[call.key] = call
         contacts = decision.contacts[: self.max_branches]
         logger.info("> %s %s -> %s (%d contact%s)", request.method, caller.login,
                     decision.callee, len(contacts), "" if len(contacts) == 1 else "s")
         await self._fork(context, contacts, incoming, now, record_route=request.method == "INVITE",
-                         headers=decision.headers)
+                         headers=decision.headers, keep_credentials=decision.keep_credentials)
         if context.call is not None and context.call.cdr_sid:
             await self._cdr_open(context)
 
@@ -641,12 +673,14 @@ class Proxy:
 
     async def _fork(self, context: Context, contacts: Collection[Contact], incoming: Incoming,
                     now: float, *, record_route: bool,
-                    headers: Collection[tuple[str, str]] = ()) -> None:
+                    headers: Collection[tuple[str, str]] = (),
+                    keep_credentials: bool = False) -> None:
         for contact in contacts:
             request = self._branch_request(context.request, contact.uri, incoming.transport,
                                            contact.target.transport, context.local,
-                                           record_route=record_route)
-            if context.caller is not None and not context.caller.media:
+                                           record_route=record_route,
+                                           keep_credentials=keep_credentials)
+            if (context.caller is not None and not context.caller.media) or keep_credentials:
                 request.remove("x-leg-id")  # only we name legs towards a media worker
             for name, value in headers:
                 request.set(name, value)
@@ -663,13 +697,14 @@ class Proxy:
 
     def _branch_request(self, original: Request, uri: str, inbound: str, outbound: str,
                         local: tuple[str, int], *, record_route: bool,
-                        branch: str | None = None) -> Request:
+                        branch: str | None = None, keep_credentials: bool = False) -> Request:
         request = Request(method=original.method, uri=uri, headers=list(original.headers),
                           body=original.body)
         forwards = original.get("max-forwards")
         hops = int(forwards) - 1 if forwards and forwards.isdigit() else DEFAULT_MAX_FORWARDS
         request.set("Max-Forwards", str(max(hops, 0)))
-        self._consume_credentials(request)
+        if not keep_credentials:
+            self._consume_credentials(request)
         if record_route:
             request.prepend("Record-Route", _record_route(local, inbound))
             if inbound != outbound:
@@ -982,7 +1017,8 @@ class Proxy:
         if is_ack or server is None:  # the ACK for a 2xx: end-to-end, forwarded statelessly
             forwarded = self._branch_request(request, request.uri, incoming.transport,
                                              target.transport, self._local(incoming),
-                                             record_route=False, branch=_ack_branch(request))
+                                             record_route=False, branch=_ack_branch(request),
+                                             keep_credentials=call.keep_credentials)
             self._sender.send(forwarded, target)
             return
         source = self._peers.get(server)
@@ -992,7 +1028,7 @@ class Proxy:
                           local=self._local(incoming))
         self._contexts[server] = context
         await self._fork(context, [Contact(request.uri, target)], incoming, now,
-                         record_route=False)
+                         record_route=False, keep_credentials=call.keep_credentials)
         if request.method == "BYE":
             await self._bye(call, request, now)
 
@@ -1155,7 +1191,8 @@ class Proxy:
         if call is None or caller is None:
             return
         try:
-            await self._calls.opened(account_sid=caller.account_sid, from_=caller.login,
+            await self._calls.opened(account_sid=context.account_sid or caller.account_sid,
+                                     from_=caller.login,
                                      to=context.callee, direction=CALL_DIRECTION,
                                      sid=call.cdr_sid, phone_number_sid=context.phone_number_sid)
         except Exception:  # noqa: BLE001 - a CDR failure must never break call signalling
@@ -1163,8 +1200,8 @@ class Proxy:
 
     async def _record_refusal(self, context: Context, status: int, reason: str | None) -> None:
         caller = context.caller
-        if caller is None:
-            return
+        if caller is None or not caller.account_sid:
+            return  # e.g. a provider's call to a DID we do not have: no account to log it in
         if context.request.method == "MESSAGE":
             await self._record_message(context, status, reason or "")
         elif context.request.method == "INVITE":
