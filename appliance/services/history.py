@@ -127,6 +127,17 @@ def _date(name: str, value: str) -> datetime:
     return parsed
 
 
+def _time_range(filters: ListFilters, start_column: str, end_column: str) -> list[Condition]:
+    """StartTime/EndTime as Restcomm applies them: from StartTime's day, to the end of
+    EndTime's day (lenient `yyyy-MM-dd`; anything else is 400)."""
+    conditions: list[Condition] = []
+    if start := _checked(filters.start_time, "StartTime"):
+        conditions.append(Condition(start_column, ">=", storage(_date("StartTime", start))))
+    if end := _checked(filters.end_time, "EndTime"):
+        conditions.append(Condition(end_column, "<=", storage(_date("EndTime", end) + ONE_DAY)))
+    return conditions
+
+
 class HistoryService:
     def __init__(self, store: StoreProtocol, clock: Callable[[], datetime],
                  scope: Callable[[Account, bool], Awaitable[tuple[str, ...]]]) -> None:
@@ -164,11 +175,7 @@ class HistoryService:
                                      "ConferenceSid")):
             if checked := _checked(value, name):
                 conditions.append(Condition(column, "like", checked))
-        if start := _checked(filters.start_time, "StartTime"):
-            conditions.append(Condition("start_time", ">=", storage(_date("StartTime", start))))
-        if end := _checked(filters.end_time, "EndTime"):
-            conditions.append(Condition("end_time", "<=",
-                                        storage(_date("EndTime", end) + ONE_DAY)))
+        conditions += _time_range(filters, "start_time", "end_time")
         query = ListQuery(account_sids=await self._accounts(account, filters),
                           conditions=tuple(conditions), order=_order("calls", filters),
                           page=paging.page, page_size=paging.page_size)
@@ -199,12 +206,7 @@ class HistoryService:
             conditions.append(Condition("status", "like", status))
         if body := _checked(filters.body, "Body"):
             conditions.append(Condition("body", "like", f"%{body}%"))
-        if start := _checked(filters.start_time, "StartTime"):
-            conditions.append(Condition("date_created", ">=",
-                                        storage(_date("StartTime", start))))
-        if end := _checked(filters.end_time, "EndTime"):
-            conditions.append(Condition("date_created", "<=",
-                                        storage(_date("EndTime", end) + ONE_DAY)))
+        conditions += _time_range(filters, "date_created", "date_created")
         query = ListQuery(account_sids=await self._accounts(account, filters),
                           conditions=tuple(conditions), order=_order("sms_messages", filters),
                           page=paging.page, page_size=paging.page_size)
@@ -227,12 +229,7 @@ class HistoryService:
                                  paging: Paging) -> Page[Notification]:
         require(actor, Action.READ, "Notifications")
         conditions: list[Condition] = []
-        if start := _checked(filters.start_time, "StartTime"):
-            conditions.append(Condition("date_created", ">=",
-                                        storage(_date("StartTime", start))))
-        if end := _checked(filters.end_time, "EndTime"):
-            conditions.append(Condition("date_created", "<=",
-                                        storage(_date("EndTime", end) + ONE_DAY)))
+        conditions += _time_range(filters, "date_created", "date_created")
         if code := _checked(filters.error_code, "ErrorCode"):
             if not code.isdigit():
                 raise InvalidInput("ErrorCode must be a number")
@@ -284,12 +281,7 @@ class HistoryService:
                               paging: Paging) -> Page[Recording]:
         require(actor, Action.READ, "Recordings")
         conditions: list[Condition] = []
-        if start := _checked(filters.start_time, "StartTime"):
-            conditions.append(Condition("date_created", ">=",
-                                        storage(_date("StartTime", start))))
-        if end := _checked(filters.end_time, "EndTime"):
-            conditions.append(Condition("date_created", "<=",
-                                        storage(_date("EndTime", end) + ONE_DAY)))
+        conditions += _time_range(filters, "date_created", "date_created")
         if call := _checked(filters.call_sid, "CallSid"):
             conditions.append(Condition("call_sid", "=", call))
         query = ListQuery(account_sids=await self._accounts(account, filters),
