@@ -78,6 +78,7 @@ class FakeModem:
         self.pin_attempts: list[str] = []
         self.next_mr = 1
         self.hung = False
+        self.clears_on: str | None = None
         self.reopens = 0
         self.reboots = 0
         self._fail_next_send: int | None = None
@@ -182,9 +183,14 @@ class FakeModem:
                 time.sleep(self._slow.pop(prefix))
                 return
 
-    def hang(self) -> None:
-        """Stop answering until the port is re-opened or the modem reboots (Huawei CMGL hang)."""
+    def hang(self, clears_on: str | None = None) -> None:
+        """Stop answering until the port is re-opened or the modem reboots (Huawei CMGL hang).
+
+        With CLEARS_ON (e.g. "AT+CFUN=0"), a re-open does not help: every line is ignored
+        until one starts with CLEARS_ON, which is then answered normally (a firmware stuck
+        until its radio is cycled, or until a full reset)."""
         self.hung = True
+        self.clears_on = clears_on.upper() if clears_on else None
 
     def reboot(self) -> None:
         """Unsolicited reboot: RDY and the Quectel boot URCs; volatile settings reset."""
@@ -229,11 +235,11 @@ class FakeModem:
             if closed:
                 closed = False
                 self.reopens += 1
-                if self.hung:
+                if self.hung and self.clears_on is None:
                     self.hung = False  # a re-open (DTR drop / re-enumeration) clears the hang
                 buf.clear()
                 prompt_for = None
-            if self.hung:
+            if self.hung and self.clears_on is None:
                 continue
             buf += data
             while buf:
@@ -272,6 +278,10 @@ class FakeModem:
         self._reply([], f"+{kind} ERROR: {code}" if self.state.cmee else "ERROR")
 
     def _command(self, line: str) -> int | None:
+        if self.hung:
+            if self.clears_on is None or not line.upper().startswith(self.clears_on):
+                return None  # stuck: not even an echo
+            self.hung, self.clears_on = False, None
         self.commands.append(line)
         self.command_times.append(time.monotonic())
         if self.state.echo:
