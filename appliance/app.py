@@ -41,7 +41,12 @@ from appliance.services.gateways import GatewayService
 from appliance.services.history import HistoryService
 from appliance.services.messaging import MessagingService
 from appliance.services.provisioning import ProvisioningService
-from appliance.services.routing import ClientMessenger, ClientRouter, sms_gateway
+from appliance.services.routing import (
+    ClientMessenger,
+    ClientRouter,
+    gateway_callers,
+    sms_gateway,
+)
 from appliance.services.telephony import CallLog, SipDirectory, record_message
 from appliance.sip.bindings import Location
 from appliance.sip.digest import Algorithm
@@ -224,6 +229,16 @@ class Appliance:
             worker_ports=worker_ports)
         self.router.apps = self.calls.route_invite
         self.proxy.media_caller = self.calls.media_caller
+        # Outside lines (docs/gateways.md): calls from a gateway's provider to our DIDs, and
+        # calls to numbers out through the [outbound] routes.
+        self.proxy.gateway_caller = gateway_callers(self.trunk.gateway_at)
+        self.router.from_gateway = self.calls.route_gateway_invite
+        self.router.outbound = self.calls.route_outbound
+        self.router.media_legs = self.calls.route_media_leg
+        self.calls.outbound_lines = self.config.outbound.lines_for
+        self.calls.max_outbound = self.config.outbound.max_calls
+        self.calls.gateways = self.gateways.all
+        self.calls.resolve = self.trunk.resolve
         self.calls.send_sms = self.messaging.send_from_client
 
     def wall_clock(self) -> float:

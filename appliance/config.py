@@ -80,6 +80,42 @@ class MediaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class OutboundRoute:
+    """One ``[[outbound.routes]]`` entry: numbers starting with PREFIX leave through LINES,
+    tried in order (the next one on a 5xx, 408 or no answer from the line)."""
+
+    prefix: str = ""  # "" matches every number; the longest matching prefix wins
+    lines: tuple[str, ...] = ()  # "gateway:<FriendlyName>" or "modem"
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboundConfig:
+    """The ``[outbound]`` section: which numbers leave through which line (docs/gateways.md).
+
+    Keys::
+
+        [outbound]
+        max_calls = 4                 # outbound calls at once; more are answered 503
+
+        [[outbound.routes]]
+        prefix = "+1"                 # longest prefix wins; "" = everything
+        lines = ["gateway:provider", "modem"]
+    """
+
+    max_calls: int = 4
+    routes: tuple[OutboundRoute, ...] = ()
+
+    def lines_for(self, number: str) -> tuple[str, ...]:
+        """The lines of the longest route prefix NUMBER starts with (empty: no route)."""
+        best: OutboundRoute | None = None
+        for route in self.routes:
+            if number.startswith(route.prefix) and (
+                    best is None or len(route.prefix) > len(best.prefix)):
+                best = route
+        return best.lines if best is not None else ()
+
+
+@dataclasses.dataclass(frozen=True)
 class GpioConfig:
     """The ``[gpio]`` section of config.toml. Pins are BCM GPIO numbers; None = not fitted.
 
@@ -119,6 +155,7 @@ class Config:
     modem: ModemConfig = ModemConfig()
     media: MediaConfig = MediaConfig()
     gpio: GpioConfig = GpioConfig()
+    outbound: OutboundConfig = OutboundConfig()
 
 
 def _endpoint(key: str, value: Any) -> Endpoint:
@@ -185,7 +222,7 @@ def _section(name: str, raw: Any, allowed: set[str]) -> Mapping[str, Any]:
 
 def parse(raw: Mapping[str, Any]) -> Config:
     """Build a Config from a parsed TOML mapping; every missing key takes its default."""
-    top_keys = {"data_dir", "api", "sip", "admin", "modem", "media", "gpio"}
+    top_keys = {"data_dir", "api", "sip", "admin", "modem", "media", "gpio", "outbound"}
     unknown = sorted(set(raw) - top_keys)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key")
@@ -281,11 +318,48 @@ def parse(raw: Mapping[str, Any]) -> Config:
         pins[key] = None if value in (-1, False) else _int(f"gpio.{key}", value, 0, 27)
     gpio = GpioConfig(enabled=enabled, **pins)
 
+    outbound = _outbound(raw.get("outbound", {}))
+
     data_dir = _string("data_dir", raw.get("data_dir", str(default.data_dir)))
     if not data_dir:
         raise ConfigError("data_dir: must not be empty")
     return Config(data_dir=Path(data_dir), api=api, sip=sip, admin=admin, modem=modem,
-                  media=media, gpio=gpio)
+                  media=media, gpio=gpio, outbound=outbound)
+
+
+_PREFIX = re.compile(r"\+?[0-9*#]{0,32}")
+_LINE = re.compile(r"modem|gateway:[^\x00-\x1f]{1,255}")
+MAX_ROUTES = 100
+
+
+def _outbound(raw: Any) -> OutboundConfig:
+    section = _section("outbound", raw, {"max_calls", "routes"})
+    routes_raw = section.get("routes", [])
+    if not isinstance(routes_raw, list) or len(routes_raw) > MAX_ROUTES:
+        raise ConfigError(f"outbound.routes: expected a list of at most {MAX_ROUTES} tables "
+                          "([[outbound.routes]])")
+    routes: list[OutboundRoute] = []
+    for i, entry in enumerate(routes_raw):
+        key = f"outbound.routes[{i}]"
+        entry = _section(key, entry, {"prefix", "lines"})
+        prefix = _string(f"{key}.prefix", entry.get("prefix", ""))
+        if not _PREFIX.fullmatch(prefix):
+            raise ConfigError(f"{key}.prefix: {prefix!r} is not a number prefix like \"+1\"")
+        if any(r.prefix == prefix for r in routes):
+            raise ConfigError(f"{key}.prefix: {prefix!r} is already routed")
+        lines = entry.get("lines")
+        if (not isinstance(lines, list) or not lines or len(lines) > 16
+                or not all(isinstance(line, str) for line in lines)):
+            raise ConfigError(f"{key}.lines: expected a list like [\"gateway:provider\", "
+                              f"\"modem\"], got {lines!r}")
+        for line in lines:
+            if not _LINE.fullmatch(line):
+                raise ConfigError(f"{key}.lines: {line!r} is neither \"modem\" nor "
+                                  "\"gateway:<FriendlyName>\"")
+        routes.append(OutboundRoute(prefix=prefix, lines=tuple(lines)))
+    return OutboundConfig(max_calls=_int("outbound.max_calls", section.get("max_calls", 4),
+                                         0, 1000),
+                          routes=tuple(routes))
 
 
 def load(path: Path | None) -> Config:

@@ -151,12 +151,15 @@ class MediaEngine(Protocol):
     async def dial(self, uri: str, *, leg: LegId | None = None,
                    headers: Mapping[str, str] | None = None, username: str | None = None,
                    password: str | None = None, ring_seconds: float = 60.0,
-                   near: LegId | None = None) -> LegId:
+                   near: LegId | None = None, proxy: str | None = None) -> LegId:
         """Place a leg; LegChanged events report ringing/answered/ended. NoCapacity if full.
 
         ``near``: put the new leg on the same worker as that leg, so the two can be bridged
         (a bridge or a conference room lives inside one worker). NoCapacity if that worker
         is full.
+
+        ``proxy``: send the INVITE to this outbound proxy (the front door) while its
+        Request-URI stays ``uri`` (a leg to a gateway: the provider's digest covers it).
         """
         ...
 

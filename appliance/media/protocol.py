@@ -103,10 +103,16 @@ class Dial(Command):
     username: str | None = None
     password: str | None = None
     timeout: float = 60.0  # seconds of ringing before the worker gives up (408)
+    # Outbound proxy (``sip:host:port;lr``): the INVITE keeps ``uri`` as its Request-URI
+    # (what a provider's digest covers) but is sent there, i.e. to the front door.
+    proxy: str | None = None
 
     def __post_init__(self) -> None:
         _leg(self.leg)
         _need(self.uri.startswith(("sip:", "sips:")) and len(self.uri) <= 1024, "bad uri")
+        _need(self.proxy is None or (self.proxy.startswith("sip:") and len(self.proxy) <= 256
+                                     and "\r" not in self.proxy and "\n" not in self.proxy),
+              "bad proxy")
         _need(len(self.headers) <= MAX_HEADERS, "too many headers")
         for name, value in self.headers.items():
             _need(bool(_HEADER_NAME_RE.match(name)), f"bad header name {name!r}")

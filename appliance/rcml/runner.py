@@ -126,6 +126,7 @@ class LegEvents:
         self._queue: asyncio.Queue[MediaEvent] = asyncio.Queue(MAX_EVENTS)
         self.ended = False
         self.cause: HangupCause | None = None
+        self.code = 0  # the final SIP status of an ended leg
         self.answered = asyncio.Event()
 
     def put(self, event: MediaEvent) -> None:
@@ -133,6 +134,7 @@ class LegEvents:
             if event.state is LegState.ENDED:
                 self.ended = True
                 self.cause = event.cause
+                self.code = event.code
             elif event.state is LegState.ANSWERED:
                 self.answered.set()
         with contextlib.suppress(asyncio.QueueFull):

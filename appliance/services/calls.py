@@ -25,6 +25,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -41,12 +43,14 @@ from appliance.media.engine import (
     NoCapacity,
 )
 from appliance.media.protocol import MediaError
-from appliance.models import CallRecord, CallStatus, Recording, RecordingSid, mint_sid
+from appliance.models import CallRecord, CallStatus, Gateway, Recording, RecordingSid, mint_sid
 from appliance.rcml.interpreter import DialAction, DialDone, DialStatus, SendSms
 from appliance.rcml.runner import App, CallInfo, Fetcher, Hungup, LegEvents, Runner
-from appliance.rcml.verbs import Client
+from appliance.rcml.verbs import Client, Number
 from appliance.services.ports import StoreProtocol
+from appliance.services.provisioning import normalize_number
 from appliance.services.telephony import CallLog
+from appliance.sip.dialogs import cdr_status
 from appliance.sip.message import Request
 from appliance.sip.proxy import Caller, Contact, Decision, Fork, Refuse
 from appliance.sip.wire import Target
@@ -59,6 +63,9 @@ MAX_LIVE = 200  # voice-app calls at once (the workers' slots bound it far lower
 NO_MEDIA = "Voice Applications Unavailable"  # 503 reason: [media] workers = 0, or all down
 DIAL_SECONDS = 10.0  # for the worker to accept a dial command
 RESERVATION_S = 40.0  # a reserved inbound leg whose INVITE never arrives is dropped after this
+RING_SECONDS = 60.0  # an outbound leg rings this long at most
+SETUP_SECONDS = 15.0  # a line with no 18x and no answer by then is given up (failover)
+UNKNOWN_DID_WARN_S = 60.0  # "calls to an unknown DID" is a warning at most this often
 
 _EVENTS = ("initiated", "ringing", "answered", "completed")
 _CAUSE_STATUS = {HangupCause.BUSY: CallStatus.BUSY, HangupCause.NO_ANSWER: CallStatus.NO_ANSWER,
@@ -72,6 +79,16 @@ class LiveCall:
     events: LegEvents
     runner: Runner | None = None
     canceled: bool = False
+    lines: tuple[str, ...] | None = None  # no app: bridged out through these lines (B2BUA)
+    bridging: bool = False  # the B2BUA task is running
+
+
+def _reject_code(code: int) -> int:
+    """What the caller hears when no line took the call: busy stays busy, a line failure
+    (5xx, 408, nothing tried) is 503, other refusals are passed on."""
+    if code == 408 or 500 <= code <= 599 or not 300 <= code <= 699:
+        return 503
+    return code
 
 
 class CallsService:
@@ -98,6 +115,16 @@ class CallsService:
         self._by_sid: dict[str, LiveCall] = {}
         self._dialled: dict[LegId, str] = {}  # outbound legs -> account sid (media_caller)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Outside lines (set by the composition root): the outbound route's lines for a
+        # number ([outbound] routes), the cap on outbound calls, the gateways and where each
+        # is reached (sip.trunk.Trunk.resolve).
+        self.outbound_lines: Callable[[str], tuple[str, ...]] = lambda _number: ()
+        self.max_outbound = 4
+        self.gateways: Callable[[], Awaitable[list[Gateway]]] | None = None
+        self.resolve: Callable[[Gateway], Awaitable[Target | None]] | None = None
+        self._gateway_legs: dict[LegId, Fork] = {}  # worker legs to a gateway -> their Fork
+        self._outbound: set[str] = set()  # CallSids of the calls going out now
+        self._unknown_warned = -UNKNOWN_DID_WARN_S
         self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None
 
     # -- composition ---------------------------------------------------------------------------
@@ -159,6 +186,12 @@ class CallsService:
         app, number_sid = await self._app_for(caller, user)
         if app is None:
             return None
+        return await self._to_worker(caller.account_sid, caller.login, user, app, number_sid)
+
+    async def _to_worker(self, account_sid: str, from_: str, to: str, app: App | None,
+                         number_sid: str | None, *, lines: tuple[str, ...] = ()) -> Decision:
+        """Reserve a worker slot for an inbound leg and fork the INVITE there. APP runs on
+        it; without an app the worker bridges the call out through LINES (B2BUA)."""
         if self.engine is None:
             return Refuse(503, NO_MEDIA)
         if len(self._by_sid) >= MAX_LIVE:
@@ -168,21 +201,257 @@ class CallsService:
         except NoCapacity:
             return Refuse(503, NO_MEDIA)
         sid = self._log.new_sid()
-        info = CallInfo(sid=sid, account_sid=caller.account_sid, from_=caller.login, to=user,
-                        direction="inbound", leg=slot.leg, app=app,
+        info = CallInfo(sid=sid, account_sid=account_sid, from_=from_, to=to,
+                        direction="inbound", leg=slot.leg, app=app or App(""),
                         timestamp=iso(self._clock()))
-        live = LiveCall(info, LegEvents())
+        live = LiveCall(info, LegEvents(), lines=lines if app is None else None)
         self._live[slot.leg] = live
         self._by_sid[sid] = live
+        if live.lines is not None:
+            self._outbound.add(sid)
         # An INVITE that never reaches the worker (caller gone, send failed) frees its entry.
         asyncio.get_running_loop().call_later(RESERVATION_S, self._unclaimed, live)
-        logger.info("> call %s %s -> %s runs %s on worker %s", sid, caller.login, user,
-                    app.url, slot.worker)
+        logger.info("> call %s %s -> %s %s on worker %s", sid, from_, to,
+                    f"runs {app.url}" if app is not None else f"goes out by {', '.join(lines)}",
+                    slot.worker)
         target = Target("udp", slot.host, slot.port)
-        return Fork(callee=user, contacts=(Contact(f"sip:{user}@{slot.host}:{slot.port}",
-                                                   target),),
+        return Fork(callee=to, contacts=(Contact(f"sip:{to}@{slot.host}:{slot.port}",
+                                                 target),),
                     headers=(("X-Leg-Id", slot.leg),), cdr_sid=sid,
-                    phone_number_sid=number_sid)
+                    phone_number_sid=number_sid, account_sid=account_sid)
+
+    # -- outside lines: calls from a gateway, calls out through the outbound routes ----------
+
+    async def route_gateway_invite(self, request: Request, caller: Caller,
+                                   number: str) -> Decision:
+        """A provider's INVITE to NUMBER (a DID): the IncomingPhoneNumber's app runs on a
+        worker; a number without a voice app, or no such number, is refused 404."""
+        found = await self._match_number(number)
+        if found is None:
+            self._unknown_did(number, caller)
+            return Refuse(404)
+        app = None
+        if found.voice_url or found.voice_application_sid:
+            app = await self._app(found.voice_url, found.voice_method,
+                                  found.voice_fallback_url, found.voice_fallback_method,
+                                  found.voice_application_sid)
+        if app is None:
+            logger.info("x call from gateway %s to %s: the number has no voice application",
+                        caller.gateway, found.phone_number)
+            return Refuse(404, "No Voice Application")
+        if found.status_callback:
+            app = dataclasses.replace(app, status_callback=found.status_callback,
+                                      status_callback_method=found.status_callback_method)
+        return await self._to_worker(found.account_sid, caller.login, found.phone_number, app,
+                                     found.sid)
+
+    async def _match_number(self, dialled: str) -> Any:
+        """api-behaviour.md §8.5 "Matching an inbound call to a number": as given, its
+        E.164 form (US for 10 digits), with the + added or removed."""
+        digits = dialled.lstrip("+")
+        candidates = [dialled, normalize_number(dialled), "+" + digits, digits]
+        if len(digits) == 10 and digits.isdigit():
+            candidates.append("+1" + digits)
+        for candidate in dict.fromkeys(candidates):
+            number = await self._store.find_number(candidate)
+            if number is not None:
+                return number
+        return None
+
+    def _unknown_did(self, number: str, caller: Caller) -> None:
+        logger.info("x call from gateway %s (%s) to %s: no such IncomingPhoneNumber",
+                    caller.gateway, caller.login, number)
+        now = time.monotonic()
+        if now - self._unknown_warned >= UNKNOWN_DID_WARN_S:
+            self._unknown_warned = now
+            logger.warning("x a gateway sends calls to %s, which is no IncomingPhoneNumber here "
+                           "(answered 404; warned at most once a minute)", number)
+
+    async def route_outbound(self, request: Request, caller: Caller, number: str,
+                             now: float) -> Decision | None:
+        """A registered Client's INVITE to a number with no app: a worker answers it and
+        bridges it to the first line of the number's outbound route that takes the call.
+        None when no route covers NUMBER (the router answers 403 No Outbound Route)."""
+        dialled = re.sub(r"[\s\-.()]", "", number)
+        lines = self.outbound_lines(dialled)
+        if not lines:
+            return None
+        if len(self._outbound) >= self.max_outbound:
+            logger.warning("x call %s -> %s: %d outbound calls already ([outbound] max_calls)",
+                           caller.login, dialled, len(self._outbound))
+            return Refuse(503, "Too Many Outbound Calls")
+        return await self._to_worker(caller.account_sid, caller.login, dialled, None, None,
+                                     lines=lines)
+
+    def route_media_leg(self, request: Request) -> Decision | None:
+        """The Fork of a worker's INVITE for a leg dialled to a gateway (None: not one)."""
+        return self._gateway_legs.get(LegId(request.get("X-Leg-Id") or ""))
+
+    async def _run_bridge(self, live: LiveCall) -> None:
+        """The B2BUA: ring the number out (failover along the route), forward ringing as
+        180, answer the caller when the far end answers, bridge, and hang up the other side
+        when one side hangs up."""
+        info, engine = live.info, self._need_engine()
+        child: LiveCall | None = None
+        rang = False
+
+        async def ringing() -> None:
+            nonlocal rang
+            if not rang:
+                rang = True
+                with contextlib.suppress(MediaError, TimeoutError):
+                    async with asyncio.timeout(DIAL_SECONDS):
+                        await engine.answer(info.leg, code=180)
+
+        try:
+            child, code = await self._dial_out(info, live.events, info.to, live.lines or (),
+                                               ring_seconds=RING_SECONDS, near=info.leg,
+                                               on_ringing=ringing)
+            if child is None:
+                if not live.events.ended:
+                    with contextlib.suppress(MediaError, TimeoutError):
+                        async with asyncio.timeout(DIAL_SECONDS):
+                            await engine.reject(info.leg, code=_reject_code(code))
+                return
+            async with asyncio.timeout(DIAL_SECONDS):
+                await engine.answer(info.leg)
+                await engine.bridge(info.leg, child.info.leg)
+            await self._until_either_ends(live.events, child.events, None)
+        except (MediaError, TimeoutError, Hungup) as err:
+            logger.info("x call %s: bridge to %s ended: %s", info.sid, info.to,
+                        err or type(err).__name__)
+        except Exception:  # noqa: BLE001 - one call's bug must not take others down
+            logger.exception("x call %s: bridge failed", info.sid)
+        finally:
+            for leg_live in (live, child):
+                if leg_live is not None and not leg_live.events.ended:
+                    with contextlib.suppress(MediaError, TimeoutError):
+                        async with asyncio.timeout(DIAL_SECONDS):
+                            await engine.hangup(leg_live.info.leg)
+            if child is not None:
+                await self._end_child(child)
+            self._outbound.discard(info.sid)
+            self._forget(live)
+
+    async def _dial_out(self, parent: CallInfo, parent_events: LegEvents, number: str,
+                        lines: tuple[str, ...], *, ring_seconds: float, near: LegId | None,
+                        on_ringing: Callable[[], Awaitable[None]] | None = None,
+                        ) -> tuple[LiveCall | None, int]:
+        """Dial NUMBER through LINES in order until one answers. A line that answers 5xx or
+        408, or gives no sign of life within SETUP_SECONDS, is given up for the next one.
+        Returns the answered child leg (its CDR open, direction outbound-dial), or None and
+        the last final status. Each line tried gets its own child CDR."""
+        engine, code = self._need_engine(), 503
+        gateways = {g.friendly_name: g for g in await self.gateways()} if self.gateways else {}
+        for line in lines:
+            if parent_events.ended:
+                return None, 487
+            if line == "modem":
+                logger.info("- call %s: line modem skipped: GSM voice is not built yet",
+                            parent.sid)
+                continue
+            gateway = gateways.get(line.removeprefix("gateway:"))
+            if gateway is None:
+                logger.warning("x call %s: outbound route line %s: no gateway has that "
+                               "FriendlyName", parent.sid, line)
+                continue
+            target = await self.resolve(gateway) if self.resolve is not None else None
+            if target is None:
+                continue
+            record = await self._log.opened(account_sid=parent.account_sid, from_=parent.from_,
+                                            to=number, direction="outbound-dial",
+                                            parent_call_sid=parent.sid)
+            leg = LegId("LG" + mint_sid("CA")[2:])
+            child = LiveCall(CallInfo(sid=record.sid, account_sid=parent.account_sid,
+                                      from_=parent.from_, to=number, direction="outbound-dial",
+                                      leg=leg, app=parent.app), LegEvents())
+            self._live[leg] = child
+            self._dialled[leg] = parent.account_sid
+            self._gateway_legs[leg] = Fork(
+                callee=number, contacts=(Contact(f"sip:{number}@{gateway.proxy}", target),),
+                cdr_sid="", keep_credentials=True)
+            host, port = self._front_door()
+            logger.info("> call %s: %s out by gateway %s (%s:%s)", parent.sid, number,
+                        gateway.friendly_name, target.host, target.port)
+            try:
+                async with asyncio.timeout(DIAL_SECONDS):
+                    await engine.dial(f"sip:{number}@{gateway.proxy}", leg=leg,
+                                      username=gateway.user_name, password=gateway.password,
+                                      ring_seconds=ring_seconds, near=near,
+                                      proxy=f"sip:{host}:{port};lr")
+                code = await self._until_answered(child, parent_events, on_ringing)
+            except (MediaError, TimeoutError) as err:
+                logger.info("x call %s: gateway %s: %s", parent.sid, gateway.friendly_name, err)
+                code = 503
+            if code == 200:
+                return child, 200
+            await self._end_child(child, code)
+            if parent_events.ended:
+                return None, 487
+            if not (code == 408 or 500 <= code <= 599):
+                return None, code
+            logger.info("x call %s: gateway %s answered %d: trying the next line", parent.sid,
+                        gateway.friendly_name, code)
+        return None, code
+
+    async def _until_answered(self, child: LiveCall, parent_events: LegEvents,
+                              on_ringing: Callable[[], Awaitable[None]] | None) -> int:
+        """200 once CHILD answers, else its final status (408 when it never showed a sign
+        of life within SETUP_SECONDS; 487 when the caller hung up meanwhile)."""
+        loop = asyncio.get_running_loop()
+        setup_until = loop.time() + SETUP_SECONDS
+        alive = False
+        while True:
+            if parent_events.ended:
+                with contextlib.suppress(MediaError, TimeoutError):
+                    async with asyncio.timeout(DIAL_SECONDS):
+                        await self._need_engine().hangup(child.info.leg)
+                return 487
+            if not alive and loop.time() > setup_until:
+                with contextlib.suppress(MediaError, TimeoutError):
+                    async with asyncio.timeout(DIAL_SECONDS):
+                        await self._need_engine().hangup(child.info.leg)
+                return 408
+            try:
+                event = await child.events.next(0.2)
+            except Hungup:
+                return child.events.code or 503
+            if isinstance(event, LegChanged) and event.state is LegState.RINGING:
+                if not alive:
+                    await self._log.ringing(child.info.sid)
+                alive = True
+                if on_ringing is not None:
+                    await on_ringing()
+            elif isinstance(event, LegChanged) and event.state is LegState.ANSWERED:
+                await self._log.answered(child.info.sid)
+                return 200
+
+    async def _end_child(self, child: LiveCall, code: int = 200) -> None:
+        if self._live.get(child.info.leg) is not child:
+            return  # already closed
+        self._forget(child)
+        self._gateway_legs.pop(child.info.leg, None)
+        if child.events.answered.is_set():
+            status = CallStatus.COMPLETED
+        elif code == 487:
+            status = CallStatus.CANCELED
+        else:
+            status = cdr_status(code, canceled=False)
+        await self._log.ended(child.info.sid, status)
+
+    @staticmethod
+    async def _until_either_ends(a: LegEvents, b: LegEvents, limit: float | None) -> None:
+        async def drain(events: LegEvents) -> None:
+            with contextlib.suppress(Hungup):
+                while True:
+                    await events.next(None)
+
+        waits = [asyncio.ensure_future(drain(a)), asyncio.ensure_future(drain(b))]
+        try:
+            await asyncio.wait(waits, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
 
     async def _app_for(self, caller: Caller, user: str) -> tuple[App | None, str | None]:
         if caller.voice_url or caller.voice_application_sid:
@@ -225,13 +494,17 @@ class CallsService:
             return
         live.events.put(event)
         if isinstance(event, LegChanged):
-            if event.state is LegState.INCOMING and live.runner is None:
+            if event.state is LegState.INCOMING and live.lines is not None:
+                if not live.bridging:
+                    live.bridging = True
+                    self._spawn(self._run_bridge(live), f"call {live.info.sid}")
+            elif event.state is LegState.INCOMING and live.runner is None:
                 live.runner = Runner(live.info, self._need_engine(), live.events,
                                      self._fetcher())
                 self._spawn(self._run_inbound(live, live.runner), f"call {live.info.sid}")
                 self._status(live.info, "initiated")
             elif event.state is LegState.ENDED and live.runner is None and \
-                    live.info.direction == "inbound":
+                    not live.bridging and live.info.direction == "inbound":
                 self._forget(live)
 
     async def _run_inbound(self, live: LiveCall, runner: Runner) -> None:
@@ -244,7 +517,7 @@ class CallsService:
             self._status(live.info, "completed")
 
     def _unclaimed(self, live: LiveCall) -> None:
-        if live.runner is None and self._live.get(live.info.leg) is live:
+        if live.runner is None and not live.bridging and self._live.get(live.info.leg) is live:
             logger.info("x call %s: no INVITE reached the media worker", live.info.sid)
             self._forget(live)
 
@@ -252,6 +525,8 @@ class CallsService:
         self._live.pop(live.info.leg, None)
         self._by_sid.pop(live.info.sid, None)
         self._dialled.pop(live.info.leg, None)
+        self._gateway_legs.pop(live.info.leg, None)
+        self._outbound.discard(live.info.sid)
 
     def _need_engine(self) -> MediaEngine:
         if self.engine is None:
@@ -386,9 +661,12 @@ class CallsService:
         dialled leg, direction ``outbound-dial``, parent = the calling leg."""
         parent = runner.call
         nouns = [n for n in action.nouns if isinstance(n, Client)]
+        numbers = [n for n in action.nouns if isinstance(n, Number)]
+        if not nouns and numbers:
+            return await self._dial_number(runner, action, numbers[0].number)
         if not nouns:
-            await self._notify(parent.account_sid, 13214, "<Dial>: only <Client> nouns can be "
-                               "dialled yet (no trunk or GSM route)", call_sid=parent.sid)
+            await self._notify(parent.account_sid, 13214, "<Dial>: only <Client> and <Number> "
+                               "nouns can be dialled yet", call_sid=parent.sid)
             return DialDone(DialStatus.FAILED)
         client = await self._store.get_client_by_login(nouns[0].name)
         if client is None or client.account_sid != parent.account_sid:
@@ -438,6 +716,53 @@ class CallsService:
             CallStatus.BUSY: DialStatus.BUSY, CallStatus.NO_ANSWER: DialStatus.NO_ANSWER,
         }.get(status, DialStatus.FAILED)
         return DialDone(dial_status, record.sid, duration)
+
+    async def _dial_number(self, runner: Runner, action: DialAction, number: str) -> DialDone:
+        """<Dial><Number>: out through the number's outbound route (failover as for a
+        Client's call), bridged on answer; one outbound-dial CDR per line tried."""
+        parent = runner.call
+        dialled = re.sub(r"[\s\-.()]", "", number)
+        lines = self.outbound_lines(dialled)
+        if not lines:
+            await self._notify(parent.account_sid, 13214, f"<Dial>: no outbound route for "
+                               f"{dialled}", call_sid=parent.sid)
+            return DialDone(DialStatus.FAILED)
+        key = f"{parent.sid}/dial"
+        if len(self._outbound) >= self.max_outbound:
+            logger.warning("x call %s: <Dial> %s: %d outbound calls already", parent.sid,
+                           dialled, len(self._outbound))
+            return DialDone(DialStatus.BUSY)
+        self._outbound.add(key)
+        engine, loop = self._need_engine(), asyncio.get_running_loop()
+        child: LiveCall | None = None
+        answered_at, code = 0.0, 503
+        try:
+            child, code = await self._dial_out(parent, runner.events, dialled, lines,
+                                               ring_seconds=float(action.timeout),
+                                               near=parent.leg)
+            if child is not None:
+                answered_at = loop.time()
+                async with asyncio.timeout(DIAL_SECONDS):
+                    await engine.bridge(parent.leg, child.info.leg)
+                await self._until_one_ends(runner, child, float(action.time_limit))
+        except Hungup:
+            pass
+        except (MediaError, TimeoutError) as err:
+            logger.info("x call %s: <Dial> %s failed: %s", parent.sid, dialled, err)
+        finally:
+            self._outbound.discard(key)
+            if child is not None:
+                if not child.events.ended:
+                    with contextlib.suppress(MediaError, TimeoutError):
+                        async with asyncio.timeout(DIAL_SECONDS):
+                            await engine.hangup(child.info.leg)
+                await self._end_child(child)
+        if child is None:
+            status = {486: DialStatus.BUSY, 600: DialStatus.BUSY, 408: DialStatus.NO_ANSWER,
+                      480: DialStatus.NO_ANSWER, 487: DialStatus.CANCELED}.get(
+                          code, DialStatus.FAILED)
+            return DialDone(status)
+        return DialDone(DialStatus.COMPLETED, child.info.sid, int(loop.time() - answered_at))
 
     @staticmethod
     async def _until_one_ends(runner: Runner, child: LiveCall, limit: float) -> None:

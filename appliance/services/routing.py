@@ -12,7 +12,10 @@ Today one destination exists: another Client, reached by forking to its register
 | a user that is no Client | 404 |
 | a disabled Client, or one without a live binding | 480 |
 | a registered Client | fork to its bindings, highest q first, at most ``max_branches`` |
+| INVITE to a number with no app, covered by an outbound route (4) | fork to a worker (B2BUA) |
 | MESSAGE to a number, with an SMS gateway set | handed to it (queued as SMS): 202 |
+| a worker's INVITE for a leg to a gateway (``media_legs``) | forwarded to the gateway as is |
+| a gateway's INVITE (``Caller.gateway``) | by its DID (``from_gateway``): its app, else 404 |
 
 (1) "Application Calls Not Available Yet": its RCML runs in a media worker, not built yet.
 (2) "No Outbound Route": GSM and trunk routes come later; and we are never a relay to
@@ -22,6 +25,9 @@ VoiceApplicationSid, or the dialled user is an IncomingPhoneNumber of the caller
 with a VoiceUrl/VoiceApplicationSid, or a Client with one. An INVITE a media worker placed
 for ``POST /Calls`` (``Caller.media``) is routed to the Client only, without a CDR (the calls
 service writes the ``outbound-api`` one).
+(4) ``services.calls.CallsService.route_outbound`` and docs/gateways.md: the ``[outbound]``
+routes of config.toml; a worker answers the phone and bridges it to the first line that takes
+the call. Without a route: 403 No Outbound Route.
 
 The callee is found by the Request-URI's user part (a Client login; logins are unique on the
 appliance, so the host is not needed to pick the Client). Each contact is reached at the
@@ -35,6 +41,7 @@ import re
 from collections.abc import Awaitable, Callable, Collection
 
 from appliance.errors import InvalidInput
+from appliance.models import Gateway
 from appliance.sip.bindings import Location
 from appliance.sip.errors import SipParseError
 from appliance.sip.message import Request
@@ -51,7 +58,7 @@ from appliance.sip.proxy import (
 from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import Target
 
-NO_OUTBOUND_ROUTE = "No Outbound Route"  # 403 reason: trunk/GSM routes are a later issue
+NO_OUTBOUND_ROUTE = "No Outbound Route"  # 403 reason: no [outbound] route covers the number
 NO_APPLICATIONS = "Application Calls Not Available Yet"  # 403 reason: RCML needs media workers
 _NUMBER = re.compile(r"\+?[0-9*#]{2,32}")
 
@@ -77,6 +84,15 @@ class ClientRouter:
         # Set when media workers exist: (request, caller, dialled user, now) -> a Fork to a
         # worker when the INVITE runs an RCML app, else None.
         self.apps: Callable[[Request, Caller, str, float], Awaitable[Decision | None]] | None = None
+        # Set when media workers exist: (request, caller, number, now) -> the Fork of a
+        # Client's call to a number with no app to a worker that bridges it out through the
+        # outbound routes; None when no route covers the number (403 No Outbound Route).
+        self.outbound: Callable[[Request, Caller, str, float],
+                                Awaitable[Decision | None]] | None = None
+        # (request) -> the Fork of a worker's INVITE for a leg to a gateway, else None.
+        self.media_legs: Callable[[Request], Decision | None] | None = None
+        # (request, caller, dialled number) -> the decision for a gateway's INVITE to a DID.
+        self.from_gateway: Callable[[Request, Caller, str], Awaitable[Decision]] | None = None
 
     def contacts_of(self, login: str, now: float) -> tuple[Contact, ...]:
         """Where LOGIN's phones are now (empty when not registered)."""
@@ -94,6 +110,12 @@ class ClientRouter:
         return not hosts or host.strip("[]").lower() in {h.lower() for h in hosts}
 
     async def route(self, request: Request, caller: Caller, now: float) -> Decision:
+        if caller.gateway:
+            return await self._from_gateway(request, caller)
+        if caller.media and request.method == "INVITE" and self.media_legs is not None:
+            leg = self.media_legs(request)
+            if leg is not None:
+                return leg
         has_app = bool(caller.voice_url or caller.voice_application_sid)
         if request.method == "INVITE" and has_app and self.apps is None:
             return Refuse(403, NO_APPLICATIONS)
@@ -117,6 +139,11 @@ class ClientRouter:
                 return Refuse(415, "Only text/plain Can Go Out As SMS")
             text = request.body.decode("utf-8", errors="replace")
             return await self.outbound_sms(caller, uri.user, text)
+        if (callee is None and request.method == "INVITE" and looks_like_number(uri.user)
+                and self.outbound is not None and not caller.media):
+            decision = await self.outbound(request, caller, uri.user, now)
+            if decision is not None:
+                return decision
         if callee is None:
             if looks_like_number(uri.user) or not self._is_local(uri.host):
                 return Refuse(403, NO_OUTBOUND_ROUTE)
@@ -132,6 +159,30 @@ class ClientRouter:
         )
         return Fork(callee=callee.login, contacts=contacts, cdr_sid="" if caller.media else None)
 
+    async def _from_gateway(self, request: Request, caller: Caller) -> Decision:
+        """A request from a gateway's provider: OPTIONS (keep-alive) is answered 200, an
+        INVITE goes by its DID (``from_gateway``), anything else is not taken."""
+        if request.method == "OPTIONS":
+            return Answer(200)
+        if request.method != "INVITE":
+            return Refuse(403, "Only Calls Are Taken From A Gateway")
+        number = dialled_number(request)
+        if not number or self.from_gateway is None:
+            return Refuse(404)
+        return await self.from_gateway(request, caller, number)
+
+
+def dialled_number(request: Request) -> str:
+    """The DID a provider's INVITE is for: the Request-URI user, else the To user."""
+    for text in (request.uri, request.to.uri):
+        try:
+            uri = parse_uri(text)
+        except SipParseError:
+            continue
+        if isinstance(uri, SipUri) and uri.user:
+            return uri.user
+    return ""
+
 
 def _target(uri: str, transport: str, source: tuple[str, int],
             connection_id: str | None) -> Target:
@@ -143,6 +194,24 @@ def _target(uri: str, transport: str, source: tuple[str, int],
         return Target(contact.transport or transport.lower(), contact.host.strip("[]"),
                       contact.port or 5060)
     return Target(transport.lower(), "", 0)
+
+
+def gateway_callers(gateway_at: Callable[[str, int], Gateway | None]
+                    ) -> Callable[[tuple[str, int], Request], Caller | None]:
+    """The proxy's ``gateway_caller`` hook: a request whose source address is a gateway's
+    provider address (``sip.trunk.Trunk.gateway_at``) comes from that provider, which never
+    authenticates to us; its caller is the From user (the calling number)."""
+    def caller(source: tuple[str, int], request: Request) -> Caller | None:
+        gateway = gateway_at(source[0], source[1])
+        if gateway is None:
+            return None
+        try:
+            uri = parse_uri(request.from_.uri)
+        except SipParseError:
+            uri = None
+        login = (uri.user if isinstance(uri, SipUri) else None) or "anonymous"
+        return Caller(login=login, account_sid="", gateway=gateway.sid)
+    return caller
 
 
 class ClientMessenger:

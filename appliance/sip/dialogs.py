@@ -40,6 +40,7 @@ class Call:
     primary_tag: str | None = None  # the first answered dialog: its BYE ends the CDR
     answered: bool = False
     ended: bool = False  # the CDR is closed (or there is none to close)
+    keep_credentials: bool = False  # a worker's leg to a gateway: its digest is the provider's
 
     @property
     def key(self) -> CallKey:

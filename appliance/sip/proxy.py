@@ -19,6 +19,9 @@ A new out-of-dialog request goes through, in order:
    api-behaviour.md §11); expired nonce → 407 ``stale=true``; a nonce that is not ours (a
    restart) → a fresh 407; a disabled Client, or a digest username that differs from the
    From user → 403;
+   A request whose source address is a registered gateway's provider address
+   (``gateway_caller``) is the provider's: never challenged, its ``Caller.gateway`` set, and
+   the router routes it by its DID only (docs/gateways.md);
 4. the caller must be REGISTERED (at least one live binding) → else 403: an unregistered or
    unauthenticated source reaches nobody (architecture.md "Who handles a call": no toll fraud);
 5. the ``Router`` decides: fork to the callee's contacts, or refuse (404 unknown, 480 known

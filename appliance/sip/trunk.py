@@ -56,6 +56,17 @@ def _jitter() -> float:
     return random.uniform(0.8, 1.2)  # noqa: S311 - spreading retries, not a secret
 
 
+async def _resolve(proxy: str) -> Target:
+    """A gateway's Proxy (host or address, optional :port) as a UDP target."""
+    host, _, port_text = proxy.rpartition(":") if proxy.count(":") == 1 else (proxy, "", "")
+    port = int(port_text) if port_text.isdigit() else 5060
+    async with asyncio.timeout(RESOLVE_TIMEOUT):
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+    address = infos[0][4]
+    return Target("udp", str(address[0]), int(address[1]))
+
+
 class Trunk:
     def __init__(self, sender: Sender, *, clock: Callable[[], float],
                  local: Callable[[], tuple[str, int]]) -> None:
@@ -100,6 +111,28 @@ class Trunk:
         expires = (datetime.fromtimestamp(machine.expires_at, UTC)
                    if machine.expires_at is not None else None)
         return GatewayStatus(machine.state.value, machine.last_error, expires)
+
+    def gateway_at(self, host: str, port: int) -> Gateway | None:
+        """The gateway whose provider address (resolved for its registration) is HOST:PORT:
+        a request from there is the provider's, e.g. a call to one of our DIDs."""
+        for line in self._lines.values():
+            target = line.target
+            if target is not None and target.host == host and target.port == port:
+                return line.gateway
+        return None
+
+    async def resolve(self, gateway: Gateway) -> Target | None:
+        """Where calls to GATEWAY go: its registration's address, else its Proxy resolved now
+        (a gateway with Register=false). None when the name does not resolve."""
+        line = self._lines.get(gateway.sid)
+        if line is not None and line.target is not None and line.gateway == gateway:
+            return line.target
+        try:
+            return await _resolve(gateway.proxy)
+        except (OSError, TimeoutError) as err:
+            logger.warning("x gateway %s: cannot resolve %s: %s", gateway.friendly_name,
+                           gateway.proxy, err)
+            return None
 
     def registered_count(self) -> int:
         return sum(1 for line in self._lines.values()
@@ -156,20 +189,13 @@ class Trunk:
             self._transmit(line, request)
 
     async def _resolve(self, line: _Line) -> Target | None:
-        proxy = line.gateway.proxy
-        host, _, port_text = proxy.rpartition(":") if proxy.count(":") == 1 else (proxy, "", "")
-        port = int(port_text) if port_text.isdigit() else 5060
         try:
-            async with asyncio.timeout(RESOLVE_TIMEOUT):
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+            return await _resolve(line.gateway.proxy)
         except (OSError, TimeoutError) as err:
             line.machine.on_timeout(self._clock(), _jitter())
-            line.machine.last_error = f"cannot resolve {host}: {err}"
+            line.machine.last_error = f"cannot resolve {line.gateway.proxy}: {err}"
             self._wake.set()
             return None
-        address = infos[0][4]
-        return Target("udp", str(address[0]), int(address[1]))
 
     async def _send(self, line: _Line, request: Request) -> None:
         if self._lines.get(line.gateway.sid) is not line:

@@ -88,3 +88,50 @@ def test_broken_toml_is_a_config_error(tmp_path: Path) -> None:
         load(path)
     with pytest.raises(ConfigError):
         load(tmp_path / "missing.toml")
+
+
+OUTBOUND = """
+[outbound]
+max_calls = 2
+[[outbound.routes]]
+prefix = "+1"
+lines = ["gateway:provider", "modem"]
+[[outbound.routes]]
+prefix = ""
+lines = ["gateway:backup"]
+[[outbound.routes]]
+prefix = "+1555"
+lines = ["gateway:local"]
+"""
+
+
+def test_outbound_routes_longest_prefix_wins(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(OUTBOUND)
+    outbound = load(path).outbound
+    assert outbound.max_calls == 2
+    assert [r.prefix for r in outbound.routes] == ["+1", "", "+1555"]
+    assert outbound.lines_for("+15551234567") == ("gateway:local",)
+    assert outbound.lines_for("+12125550100") == ("gateway:provider", "modem")
+    assert outbound.lines_for("0612345678") == ("gateway:backup",)
+    defaults = Config().outbound
+    assert (defaults.max_calls, defaults.routes, defaults.lines_for("+1")) == (4, (), ())
+
+
+@pytest.mark.parametrize(("raw", "key"), [
+    ({"outbound": {"max_call": 1}}, "outbound.max_call"),
+    ({"outbound": {"max_calls": -1}}, "outbound.max_calls"),
+    ({"outbound": {"routes": {"prefix": "+1"}}}, "outbound.routes"),
+    ({"outbound": {"routes": [{"prefix": "+1", "lines": ["gateway:a"], "x": 1}]}},
+     "outbound.routes[0].x"),
+    ({"outbound": {"routes": [{"prefix": "abc", "lines": ["modem"]}]}},
+     "outbound.routes[0].prefix"),
+    ({"outbound": {"routes": [{"prefix": "+1", "lines": []}]}}, "outbound.routes[0].lines"),
+    ({"outbound": {"routes": [{"prefix": "+1", "lines": ["trunk"]}]}},
+     "outbound.routes[0].lines"),
+    ({"outbound": {"routes": [{"lines": ["modem"]}, {"prefix": "", "lines": ["modem"]}]}},
+     "outbound.routes[1].prefix"),
+])
+def test_bad_outbound_values_name_the_key(raw: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        parse(raw)

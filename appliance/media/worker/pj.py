@@ -114,7 +114,7 @@ class PjWorker:
         # Everything below is owned by the pj thread.
         self._ep: Any = None
         self._acc: Any = None
-        self._cred_accs: dict[tuple[str, str], Any] = {}
+        self._cred_accs: dict[tuple[str, str, str], Any] = {}
         self._legs: dict[str, Leg] = {}
         self._dead: list[str] = []
         self._rooms: dict[str, set[str]] = {}
@@ -208,7 +208,8 @@ class PjWorker:
         self._ep = ep
         self._acc = self._pj_account(f"w{s.worker}", None)
 
-    def _pj_account(self, user: str, creds: tuple[str, str] | None) -> Any:
+    def _pj_account(self, user: str, creds: tuple[str, str] | None,
+                    proxy: str | None = None) -> Any:
         s = self.settings
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:{user}@127.0.0.1:{s.sip_port}"
@@ -220,11 +221,13 @@ class PjWorker:
         if s.public_address:
             mt.publicAddress = s.public_address
         acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_DISABLED
+        if proxy:
+            acfg.sipConfig.proxies.append(proxy)  # the front door, for legs to a gateway
         if creds is not None:
             acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", creds[0], 0,
                                                             creds[1]))
         acc = _Account(self)
-        acc.create(acfg, creds is None)
+        acc.create(acfg, creds is None and not proxy)
         return acc
 
     def _pj_drain(self) -> None:
@@ -405,13 +408,15 @@ class PjWorker:
         if self._count() >= self.settings.max_calls:
             raise _Refused("no-slot", f"{self._count()} of {self.settings.max_calls} calls")
         acc = self._acc
-        if cmd.username is not None:
-            key = (cmd.username, cmd.password or "")
+        if cmd.username is not None or cmd.proxy is not None:
+            key = (cmd.username or f"w{self.settings.worker}", cmd.password or "",
+                   cmd.proxy or "")
             acc = self._cred_accs.get(key)
             if acc is None:
                 if len(self._cred_accs) >= _MAX_CRED_ACCOUNTS:
                     raise _Refused("too-many-credentials")
-                acc = self._cred_accs[key] = self._pj_account(cmd.username, key)
+                acc = self._cred_accs[key] = self._pj_account(
+                    key[0], (key[0], key[1]) if cmd.username is not None else None, cmd.proxy)
         leg = Leg(cmd.leg, _Call(self, acc, cmd.leg), outgoing=True,
                    ring_deadline=time.monotonic() + cmd.timeout)
         self._legs[leg.id] = leg  # before makeCall: it may call back synchronously
