@@ -17,10 +17,16 @@ class Route:
     methods: frozenset[str]
     pattern: tuple[str, ...]  # literal segments, or "{name}"
     handler: Handler
+    # Derived from the pattern once, so matching compares only what can differ.
+    literals: tuple[tuple[int, str], ...] = ()
+    params: tuple[tuple[int, str], ...] = ()
 
 
 def route(methods: str, pattern: str, handler: Handler) -> Route:
-    return Route(frozenset(methods.split()), tuple(pattern.split("/")), handler)
+    parts = tuple(pattern.split("/"))
+    return Route(frozenset(methods.split()), parts, handler,
+                 literals=tuple((i, p) for i, p in enumerate(parts) if not p.startswith("{")),
+                 params=tuple((i, p[1:-1]) for i, p in enumerate(parts) if p.startswith("{")))
 
 
 def match(routes: list[Route], segments: list[str], method: str
@@ -33,25 +39,19 @@ def match(routes: list[Route], segments: list[str], method: str
     allowed: set[str] = set()
     found: tuple[Route, dict[str, str]] | None = None
     fewest = len(segments) + 1  # placeholders in the most specific matching pattern
+    count = len(segments)
     for r in routes:
-        if len(r.pattern) != len(segments):
+        if len(r.pattern) != count or len(r.params) > fewest:
             continue
-        values: dict[str, str] = {}
-        for pat, seg in zip(r.pattern, segments, strict=True):
-            if pat.startswith("{"):
-                if not seg:
-                    break
-                values[pat[1:-1]] = seg
-            elif pat != seg:
-                break
-        else:
-            if len(values) > fewest:
-                continue
-            if len(values) < fewest:
-                fewest, allowed, found = len(values), set(), None
-            allowed |= r.methods
-            if found is None and method in r.methods:
-                found = (r, values)
+        if any(segments[i] != lit for i, lit in r.literals):
+            continue
+        if any(not segments[i] for i, _ in r.params):
+            continue
+        if len(r.params) < fewest:
+            fewest, allowed, found = len(r.params), set(), None
+        allowed |= r.methods
+        if found is None and method in r.methods:
+            found = (r, {name: segments[i] for i, name in r.params})
     if found is not None:
         return found[0], found[1], allowed
     return None, {}, allowed

@@ -56,18 +56,33 @@ class AccountService:
         self._store = store
         self._clock = clock
         self._cache: dict[str, Account] = {}
+        self._by_email: dict[str, Account] = {}
+        self._by_name: dict[str, Account] = {}
         self.linked: LinkedClients | None = None
         # Called after any account change (status matters to SIP: a suspended account's
         # phones are refused).
         self.on_change: list[Callable[[], None]] = []
 
     async def load(self) -> None:
-        self._cache = {a.sid: a for a in await self._store.all_accounts()}
+        self._cache, self._by_email, self._by_name = {}, {}, {}
+        for account in await self._store.all_accounts():
+            self._index(account)
 
-    def _remember(self, account: Account) -> Account:
+    def _index(self, account: Account) -> None:
+        # Every account is in memory (the tree is small); these are its lookup keys. The
+        # store stays the truth: load() fills them, every write goes through _remember.
+        old = self._cache.get(account.sid)
+        if old is not None and self._by_name.get(old.friendly_name) is old:
+            del self._by_name[old.friendly_name]
         self._cache[account.sid] = account
-        for callback in self.on_change:
-            callback()
+        self._by_email[account.email_address] = account
+        self._by_name[account.friendly_name] = account
+
+    def _remember(self, account: Account, *, changed: bool = True) -> Account:
+        self._index(account)
+        if changed:
+            for callback in self.on_change:
+                callback()
         return account
 
     # -- bootstrap ---------------------------------------------------------------------------
@@ -113,7 +128,7 @@ class AccountService:
         if account is None:
             account = await self._store.find_account(user)
             if account is not None:
-                self._remember(account)
+                self._remember(account, changed=False)
         if account is None:
             raise Unauthorized()
         token = account.auth_token
@@ -123,11 +138,7 @@ class AccountService:
         return account
 
     def _lookup_cached(self, user: str) -> Account | None:
-        lowered = user.lower()
-        for account in self._cache.values():
-            if account.email_address == lowered:
-                return account
-        return self._cache.get(user)
+        return self._by_email.get(user.lower()) or self._cache.get(user)
 
     # -- tree ---------------------------------------------------------------------------------
 
@@ -136,7 +147,7 @@ class AccountService:
         if cached is not None:
             return cached
         account = await self._store.get_account(sid)
-        return self._remember(account) if account else None
+        return self._remember(account, changed=False) if account else None
 
     async def ancestors(self, account: Account) -> list[Account]:
         chain: list[Account] = []
@@ -170,10 +181,13 @@ class AccountService:
 
     async def resolve_operated(self, actor: Account, key: str) -> Account:
         """The `{AccountSid}` of a sub-resource path: friendly name, email or SID; tree rule."""
-        target = await self._store.find_account_by_any(key)
+        target = (self._by_name.get(key) or self._by_email.get(key.lower())
+                  or self._cache.get(key))
+        if target is None:
+            target = await self._store.find_account_by_any(key)
         if target is None:
             raise NotFound(f"The account {key} was not found")
-        self._remember(target)
+        self._remember(target, changed=False)
         if not await self.is_in_subtree(actor, target):
             raise Forbidden("The account is outside your account tree")
         return target
