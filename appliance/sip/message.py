@@ -118,6 +118,10 @@ class Header:
 class Message:
     headers: list[Header] = field(default_factory=list)
     body: bytes = b""
+    # The parsed top Via and the (immutable) header line it came from: the transport, the
+    # transaction layer and the services each ask for it, and parsing it is not free.
+    _top_via: tuple[Header, Via | None] | None = field(default=None, repr=False,
+                                                        compare=False)
 
     # --- raw header access -------------------------------------------------------------
     def get(self, name: str) -> str | None:
@@ -206,8 +210,16 @@ class Message:
 
     @property
     def top_via(self) -> Via | None:
+        first = next((h for h in self.headers if h.name == "via"), None)
+        if first is None:
+            return None
+        cached = self._top_via
+        if cached is not None and cached[0] is first:
+            return cached[1]
         items = self.values("via")
-        return Via.parse(items[0]) if items else None
+        via = Via.parse(items[0]) if items else None
+        self._top_via = (first, via)
+        return via
 
     @property
     def from_(self) -> NameAddr:
