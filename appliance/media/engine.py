@@ -151,7 +151,8 @@ class MediaEngine(Protocol):
     async def dial(self, uri: str, *, leg: LegId | None = None,
                    headers: Mapping[str, str] | None = None, username: str | None = None,
                    password: str | None = None, ring_seconds: float = 60.0,
-                   near: LegId | None = None, proxy: str | None = None) -> LegId:
+                   near: LegId | None = None, proxy: str | None = None,
+                   from_uri: str | None = None) -> LegId:
         """Place a leg; LegChanged events report ringing/answered/ended. NoCapacity if full.
 
         ``near``: put the new leg on the same worker as that leg, so the two can be bridged
@@ -160,6 +161,9 @@ class MediaEngine(Protocol):
 
         ``proxy``: send the INVITE to this outbound proxy (the front door) while its
         Request-URI stays ``uri`` (a leg to a gateway: the provider's digest covers it).
+
+        ``from_uri``: the INVITE's From (the caller ID a provider sees, ``sip:user@domain``);
+        None: the worker's own address.
         """
         ...
 

@@ -85,7 +85,8 @@ class NullMediaEngine:
     async def dial(self, uri: str, *, leg: LegId | None = None,
                    headers: Mapping[str, str] | None = None, username: str | None = None,
                    password: str | None = None, ring_seconds: float = 60.0,
-                   near: LegId | None = None, proxy: str | None = None) -> LegId:
+                   near: LegId | None = None, proxy: str | None = None,
+                   from_uri: str | None = None) -> LegId:
         self._capacity()
         if near is not None:
             self._state(near)

@@ -122,7 +122,8 @@ class WorkerPool:
     async def dial(self, uri: str, *, leg: LegId | None = None,
                    headers: Mapping[str, str] | None = None, username: str | None = None,
                    password: str | None = None, ring_seconds: float = 60.0,
-                   near: LegId | None = None, proxy: str | None = None) -> LegId:
+                   near: LegId | None = None, proxy: str | None = None,
+                   from_uri: str | None = None) -> LegId:
         if near is not None:
             worker = self._worker_of(near)
             if self._free(worker) <= 0:
@@ -131,7 +132,8 @@ class WorkerPool:
             worker = self._pick()
         leg = leg or new_leg_id()
         cmd = p.Dial(leg=leg, uri=uri, headers=dict(headers or {}), username=username,
-                     password=password, timeout=ring_seconds, proxy=proxy)
+                     password=password, timeout=ring_seconds, proxy=proxy,
+                     from_uri=from_uri)
         self._where[leg] = worker
         try:
             await self._set().request(worker, cmd)

@@ -106,10 +106,17 @@ class Dial(Command):
     # Outbound proxy (``sip:host:port;lr``): the INVITE keeps ``uri`` as its Request-URI
     # (what a provider's digest covers) but is sent there, i.e. to the front door.
     proxy: str | None = None
+    # The From of the INVITE (``sip:user@host``; the caller ID a provider sees). None: the
+    # worker's own account address.
+    from_uri: str | None = None
 
     def __post_init__(self) -> None:
         _leg(self.leg)
         _need(self.uri.startswith(("sip:", "sips:")) and len(self.uri) <= 1024, "bad uri")
+        _need(self.from_uri is None or (self.from_uri.startswith("sip:")
+                                        and len(self.from_uri) <= 256
+                                        and not any(c in self.from_uri for c in "\r\n<>\" ")),
+              "bad from_uri")
         _need(self.proxy is None or (self.proxy.startswith("sip:") and len(self.proxy) <= 256
                                      and "\r" not in self.proxy and "\n" not in self.proxy),
               "bad proxy")
@@ -257,6 +264,34 @@ class ConfLeave(Command):
 
 
 @dataclasses.dataclass(frozen=True)
+class PcmAttach(Command):
+    """Connect a leg's audio to a modem's PCM tty (modem.md §2.9: 8 kHz S16LE mono, 320-byte
+    frames every 20 ms): the tty's audio goes into the call, the call's audio to the tty
+    (paced one frame per 20 ms, silence on underrun). With ``dtmf``, digits found in the tty's
+    audio come back as ``dtmf`` events with method ``inband``. A lost device is an ``error``
+    event ``pcm-lost`` for the leg. Replaces an earlier attachment of the same leg."""
+
+    OP: ClassVar[str] = "pcm_attach"
+    leg: str
+    device: str
+    dtmf: bool = True
+
+    def __post_init__(self) -> None:
+        _leg(self.leg)
+        _need(self.device.startswith("/") and len(self.device) <= 4096
+              and "\x00" not in self.device, "bad device")
+
+
+@dataclasses.dataclass(frozen=True)
+class PcmDetach(Command):
+    OP: ClassVar[str] = "pcm_detach"
+    leg: str
+
+    def __post_init__(self) -> None:
+        _leg(self.leg)
+
+
+@dataclasses.dataclass(frozen=True)
 class Ping(Command):
     OP: ClassVar[str] = "ping"
 
@@ -326,7 +361,7 @@ class DtmfEvent(Event):
     EVENT: ClassVar[str] = "dtmf"
     leg: str
     digit: str
-    method: str = "rfc2833"
+    method: str = "rfc2833"  # rfc2833 | sip-info | inband (found in a PCM tty's audio)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,7 +403,8 @@ class ErrorEvent(Event):
 
 COMMANDS: dict[str, type[Command]] = {
     c.OP: c for c in (Dial, Answer, Reject, Hangup, Play, Stop, RecordStart, RecordStop,
-                      SendDtmf, Bridge, Unbridge, ConfJoin, ConfLeave, Ping, Shutdown)
+                      SendDtmf, Bridge, Unbridge, ConfJoin, ConfLeave, PcmAttach, PcmDetach, Ping,
+                      Shutdown)
 }
 EVENTS: dict[str, type[Event]] = {
     e.EVENT: e for e in (Ready, LegEvent, DtmfEvent, PlayDone, RecordDone, Heartbeat,

@@ -15,6 +15,8 @@ challenge only from a worker's own loopback address and only for a leg dialled h
 (`media_caller`), forks it to the Client's registered phones like any call (NAT, TCP
 connections, several phones), and writes no CDR of its own (`Fork.cdr_sid` is empty). Once
 the leg is answered its RCML runs.
+A number `To` goes out through the outbound routes instead (`_originate_number`, the same
+failover as `<Dial><Number>`), its caller ID set by `caller_id_uri`.
 
 Every runner and originating task is owned by `self._tasks` and cancelled by `stop()`.
 """
@@ -27,6 +29,7 @@ import dataclasses
 import logging
 import re
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +84,31 @@ class LiveCall:
     canceled: bool = False
     lines: tuple[str, ...] | None = None  # no app: bridged out through these lines (B2BUA)
     bridging: bool = False  # the B2BUA task is running
+
+
+_PHONE_RE = re.compile(r"\+?[0-9]{3,20}")
+
+
+def dialable(value: str | None) -> str | None:
+    """VALUE as a phone number (spaces, dashes, dots and brackets removed) when it is one
+    (an optional + and 3-20 digits), else None."""
+    number = re.sub(r"[\s\-.()]", "", value or "")
+    return number if _PHONE_RE.fullmatch(number) else None
+
+
+def caller_id_uri(gateway: Gateway, caller_id: str | None) -> str:
+    """The From of a leg out through GATEWAY (docs/gateways.md "Caller ID"):
+    ``sip:<caller id>@<the gateway's Proxy host>``. The caller ID is CALLER_ID when it is a
+    phone number (``<Dial callerId>``, the From of ``POST /Calls``), else the gateway's
+    UserName: providers accept the account's own identity, often nothing else."""
+    user = dialable(caller_id) or urllib.parse.quote(gateway.user_name,
+                                                    safe="-_.!~*'()&=+$,;?/")
+    proxy = gateway.proxy.strip()
+    if proxy.startswith("["):
+        host = proxy[:proxy.find("]") + 1] or proxy
+    else:
+        host = proxy.rsplit(":", 1)[0] if proxy.count(":") == 1 else proxy
+    return f"sip:{user}@{host}"
 
 
 def _reject_code(code: int) -> int:
@@ -336,16 +364,25 @@ class CallsService:
     async def _dial_out(self, parent: CallInfo, parent_events: LegEvents, number: str,
                         lines: tuple[str, ...], *, ring_seconds: float, near: LegId | None,
                         on_ringing: Callable[[], Awaitable[None]] | None = None,
+                        caller_id: str | None = None, own: LiveCall | None = None,
                         ) -> tuple[LiveCall | None, int]:
         """Dial NUMBER through LINES in order until one answers. A line that answers 5xx or
-        408, or gives no sign of life within SETUP_SECONDS, is given up for the next one.
-        Returns the answered child leg (its CDR open, direction outbound-dial), or None and
-        the last final status. Each line tried gets its own child CDR."""
+        408, or gives no sign of life within SETUP_SECONDS, is given up for the next one;
+        RING_SECONDS bounds the whole (a line gets what is left of it). Returns the answered
+        child leg (its CDR open, direction outbound-dial), or None and the last final
+        status. Each line tried gets its own child CDR; with OWN (``POST /Calls``) each try
+        is a new leg of that call and its CDR is OWN's. The provider sees CALLER_ID
+        (`caller_id_uri`)."""
         engine, code = self._need_engine(), 503
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ring_seconds
         gateways = {g.friendly_name: g for g in await self.gateways()} if self.gateways else {}
         for line in lines:
-            if parent_events.ended:
+            if parent_events.ended or (own is not None and own.canceled):
                 return None, 487
+            if deadline - loop.time() < 1.0:
+                logger.info("- call %s: no ringing time left for line %s", parent.sid, line)
+                break
             if line == "modem":
                 logger.info("- call %s: line modem skipped: GSM voice is not built yet",
                             parent.sid)
@@ -358,34 +395,46 @@ class CallsService:
             target = await self.resolve(gateway) if self.resolve is not None else None
             if target is None:
                 continue
-            record = await self._log.opened(account_sid=parent.account_sid, from_=parent.from_,
-                                            to=number, direction="outbound-dial",
-                                            parent_call_sid=parent.sid)
             leg = LegId("LG" + mint_sid("CA")[2:])
-            child = LiveCall(CallInfo(sid=record.sid, account_sid=parent.account_sid,
-                                      from_=parent.from_, to=number, direction="outbound-dial",
-                                      leg=leg, app=parent.app), LegEvents())
+            if own is None:
+                record = await self._log.opened(
+                    account_sid=parent.account_sid, from_=parent.from_, to=number,
+                    direction="outbound-dial", parent_call_sid=parent.sid)
+                child = LiveCall(CallInfo(sid=record.sid, account_sid=parent.account_sid,
+                                          from_=parent.from_, to=number,
+                                          direction="outbound-dial", leg=leg, app=parent.app),
+                                 LegEvents())
+            else:
+                child = own
+                child.info.leg, child.events = leg, LegEvents()
             self._live[leg] = child
             self._dialled[leg] = parent.account_sid
             self._gateway_legs[leg] = Fork(
                 callee=number, contacts=(Contact(f"sip:{number}@{gateway.proxy}", target),),
                 cdr_sid="", keep_credentials=True)
             host, port = self._front_door()
-            logger.info("> call %s: %s out by gateway %s (%s:%s)", parent.sid, number,
-                        gateway.friendly_name, target.host, target.port)
+            from_uri = caller_id_uri(gateway, caller_id)
+            logger.info("> call %s: %s out by gateway %s (%s:%s) as %s", parent.sid, number,
+                        gateway.friendly_name, target.host, target.port, from_uri)
             try:
                 async with asyncio.timeout(DIAL_SECONDS):
                     await engine.dial(f"sip:{number}@{gateway.proxy}", leg=leg,
                                       username=gateway.user_name, password=gateway.password,
-                                      ring_seconds=ring_seconds, near=near,
-                                      proxy=f"sip:{host}:{port};lr")
+                                      ring_seconds=min(600.0, deadline - loop.time()),
+                                      near=near, proxy=f"sip:{host}:{port};lr",
+                                      from_uri=from_uri)
                 code = await self._until_answered(child, parent_events, on_ringing)
             except (MediaError, TimeoutError) as err:
                 logger.info("x call %s: gateway %s: %s", parent.sid, gateway.friendly_name, err)
                 code = 503
             if code == 200:
                 return child, 200
-            await self._end_child(child, code)
+            if own is None:
+                await self._end_child(child, code)
+            else:  # the call's CDR stays open for the next line
+                self._live.pop(leg, None)
+                self._dialled.pop(leg, None)
+                self._gateway_legs.pop(leg, None)
             if parent_events.ended:
                 return None, 487
             if not (code == 408 or 500 <= code <= 599):
@@ -547,6 +596,10 @@ class CallsService:
     async def originate(self, account_sid: str, *, from_: str, to: str, app: App,
                         ring_seconds: int) -> CallRecord:
         engine = self._need_engine()
+        number = dialable(to)
+        if number is not None:
+            return await self._originate_number(account_sid, from_=from_, number=number,
+                                                app=app, ring_seconds=ring_seconds)
         login = await self._client_target(account_sid, to)
         if len(self._by_sid) >= MAX_LIVE:
             raise Unavailable("Too many application calls")
@@ -588,11 +641,74 @@ class CallsService:
             if client is None:
                 raise Forbidden("No route to that SIP URI: only local Clients can be called")
         else:
-            raise Forbidden("No outbound route for phone numbers yet")
+            raise Forbidden(f"No route to {target}: call client:<login>, a local Client's "
+                            "sip: URI or a phone number")
         client = await self._store.get_client_by_login(login)
         if client is None or client.account_sid != account_sid:
             raise NotFound(f"The client {login} was not found")
         return client.login
+
+    async def _originate_number(self, account_sid: str, *, from_: str, number: str, app: App,
+                                ring_seconds: int) -> CallRecord:
+        """POST /Calls to a number: out through the number's outbound route (failover as
+        for <Dial><Number>), its RCML runs once a line answers. One CDR, outbound-api."""
+        lines = self.outbound_lines(number)
+        if not lines:
+            raise Forbidden(f"No outbound route for {number}: no [[outbound.routes]] prefix "
+                            "covers it")
+        if len(self._by_sid) >= MAX_LIVE:
+            raise Unavailable("Too many application calls")
+        if len(self._outbound) >= self.max_outbound:
+            raise Unavailable(f"Too many outbound calls ({self.max_outbound} at once)")
+        record = await self._log.opened(account_sid=account_sid, from_=from_, to=number,
+                                        direction="outbound-api")
+        leg = LegId("LG" + mint_sid("CA")[2:])  # replaced by each line's leg
+        info = CallInfo(sid=record.sid, account_sid=account_sid, from_=from_, to=number,
+                        direction="outbound-api", leg=leg, app=app, answered=True,
+                        timestamp=iso(self._clock()))
+        live = LiveCall(info, LegEvents())
+        self._by_sid[record.sid] = live
+        self._outbound.add(record.sid)
+        self._status(info, "initiated")
+        self._spawn(self._run_outbound_number(live, lines, float(ring_seconds)),
+                    f"call {record.sid}")
+        return record
+
+    async def _run_outbound_number(self, live: LiveCall, lines: tuple[str, ...],
+                                   ring_seconds: float) -> None:
+        info, status = live.info, CallStatus.FAILED
+        rang = False
+
+        async def ringing() -> None:
+            nonlocal rang
+            if not rang:
+                rang = True
+                self._status(info, "ringing")
+
+        try:
+            answered, code = await self._dial_out(info, LegEvents(), info.to, lines,
+                                                  ring_seconds=ring_seconds, near=None,
+                                                  on_ringing=ringing, caller_id=info.from_,
+                                                  own=live)
+            if answered is None:
+                status = cdr_status(code, canceled=live.canceled)
+                logger.info("x call %s to %s: no line took it (%d)", info.sid, info.to, code)
+                return
+            self._status(info, "answered")
+            live.runner = Runner(info, self._need_engine(), live.events, self._fetcher())
+            await live.runner.run()
+            status = CallStatus.COMPLETED
+        except Exception as err:  # noqa: BLE001 - Hungup, or a bug: the CDR is closed anyway
+            status = self._end_status(live, err)
+        finally:
+            if live.events.answered.is_set() and not live.events.ended:
+                with contextlib.suppress(MediaError, TimeoutError):
+                    async with asyncio.timeout(DIAL_SECONDS):
+                        await self._need_engine().hangup(info.leg)
+            self._forget(live)
+            final = await self._log.ended(info.sid,
+                                          CallStatus.CANCELED if live.canceled else status)
+            self._status(info, "completed", final.duration if final is not None else 0)
 
     async def _run_outbound(self, live: LiveCall) -> None:
         info, status = live.info, CallStatus.FAILED
@@ -739,7 +855,7 @@ class CallsService:
         try:
             child, code = await self._dial_out(parent, runner.events, dialled, lines,
                                                ring_seconds=float(action.timeout),
-                                               near=parent.leg)
+                                               near=parent.leg, caller_id=action.caller_id)
             if child is not None:
                 answered_at = loop.time()
                 async with asyncio.timeout(DIAL_SECONDS):

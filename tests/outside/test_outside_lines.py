@@ -76,6 +76,17 @@ def digest_is_valid(trace: str, user: str, password: str) -> bool:
     return False
 
 
+def invite_froms(trace: str) -> list[str]:
+    """The From URI of each INVITE the provider received (a sipp -trace_msg log)."""
+    froms = []
+    for block in trace.split("INVITE sip:")[1:]:
+        match = re.search(r"^From:\s*(.*?)\s*$", block, re.M)
+        uri = re.search(r"<?(sips?:[^>;]+)", match[1]) if match else None
+        if uri is not None:
+            froms.append(uri[1])
+    return froms
+
+
 async def finished(proc: subprocess.Popen[bytes], seconds: float = 25.0) -> int:
     async with asyncio.timeout(seconds):
         while proc.poll() is None:
@@ -230,6 +241,9 @@ async def test_client_calls_a_number_out_through_a_gateway(outside: Any, tmp_pat
     assert await finished(provider) == 0, provider.stderr.read() if provider.stderr else ""
     # The worker answered the provider's 407 itself, through the front door, unaltered.
     assert digest_is_valid(trace.read_text(), "office", "Trunk-pass-1")
+    # A desk phone's call shows the gateway's own identity, at the provider's domain.
+    froms = invite_froms(trace.read_text())
+    assert froms and set(froms) == {"sip:office@127.0.0.1"}, froms
     calls = await cdrs(api, 2)
     parent = next(c for c in calls if c["direction"] == "inbound")
     child = next(c for c in calls if c["direction"] == "outbound-dial")
@@ -273,14 +287,17 @@ async def test_numbers_without_a_route_are_refused(outside: Any) -> None:
                for e in alice.events), alice.events
 
 
-async def test_rcml_dial_number_goes_out_through_the_route(outside: Any) -> None:
+async def test_rcml_dial_number_goes_out_through_the_route(outside: Any, tmp_path: Path
+                                                          ) -> None:
     appliance, api, rcml, phone, run_sipp = outside
-    rcml.docs["/dial"] = "<Response><Dial><Number>+1 555 123 4567</Number></Dial></Response>"
+    rcml.docs["/dial"] = ('<Response><Dial callerId="+1 (555) 765-4321">'
+                          "<Number>+1 555 123 4567</Number></Dial></Response>")
     status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
                                      {"PhoneNumber": DID, "VoiceUrl": f"{rcml.base}/dial"})
     assert status == 200, body
     port = free_port()
-    provider = run_sipp("provider-uas.xml", port)
+    trace = tmp_path / "provider.log"
+    provider = run_sipp("provider-uas.xml", port, "-trace_msg", "-message_file", str(trace))
     await gateway(api, "provider", port, register=False)
     await asyncio.sleep(0.3)
     sip = appliance.config.sip.listen
@@ -293,3 +310,65 @@ async def test_rcml_dial_number_goes_out_through_the_route(outside: Any) -> None
     child = next(c for c in calls if c["direction"] == "outbound-dial")
     assert (child["to"], child["status"], child["parent_call_sid"]) == (
         "+15551234567", "completed", parent["sid"])
+    # callerId, a phone number, is the From user; the host is the gateway's Proxy host.
+    froms = invite_froms(trace.read_text())
+    assert froms and set(froms) == {"sip:+15557654321@127.0.0.1"}, froms
+
+
+async def test_post_calls_to_a_number_goes_out_through_the_route(outside: Any, tmp_path: Path
+                                                                ) -> None:
+    appliance, api, rcml, _, run_sipp = outside
+    rcml.docs["/api"] = '<Response><Pause length="1"/><Hangup/></Response>'
+    port = free_port()
+    trace = tmp_path / "provider.log"
+    provider = run_sipp("provider-uas.xml", port, "-trace_msg", "-message_file", str(trace))
+    await gateway(api, "provider", port, register=False)
+    await asyncio.sleep(0.3)
+    # A number no route covers stays 403, saying why.
+    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+15557654321",
+                                                      "To": "+4930123456",
+                                                      "Url": f"{rcml.base}/api"})
+    assert status == 403 and "No outbound route for +4930123456" in body, body
+    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+1 555 765 4321",
+                                                      "To": "+1 555 123 4567",
+                                                      "Url": f"{rcml.base}/api",
+                                                      "Timeout": "20"})
+    assert status == 200, body
+    sid = json.loads(body)["sid"]
+    form = await rcml.wait("/api")
+    assert (form["CallSid"], form["Direction"], form["To"]) == (
+        sid, "outbound-api", "+15551234567")
+    assert await finished(provider) == 0, provider.stderr.read() if provider.stderr else ""
+    log = trace.read_text()
+    assert digest_is_valid(log, "office", "Trunk-pass-1")
+    froms = invite_froms(log)
+    assert froms and set(froms) == {"sip:+15557654321@127.0.0.1"}, froms
+    [cdr] = await cdrs(api, 1)
+    assert (cdr["sid"], cdr["direction"], cdr["to"], cdr["status"]) == (
+        sid, "outbound-api", "+15551234567", "completed"), cdr
+
+
+async def test_post_calls_to_a_number_fails_over_and_uses_the_gateway_identity(
+        outside: Any, tmp_path: Path) -> None:
+    appliance, api, rcml, _, run_sipp = outside
+    rcml.docs["/api"] = '<Response><Pause length="1"/><Hangup/></Response>'
+    down_port, up_port = free_port(), free_port()
+    trace = tmp_path / "provider.log"
+    down = run_sipp("provider-uas-503.xml", down_port)
+    up = run_sipp("provider-uas.xml", up_port, "-trace_msg", "-message_file", str(trace))
+    await gateway(api, "down", down_port, register=False)
+    await gateway(api, "provider", up_port, register=False)
+    await asyncio.sleep(0.3)
+    # From is no phone number: the provider sees the gateway's UserName.
+    status, body, _ = await api.post(f"{CALLS}.json", {"From": "client:alice",
+                                                      "To": "+16661234567",
+                                                      "Url": f"{rcml.base}/api"})
+    assert status == 200, body
+    sid = json.loads(body)["sid"]
+    assert await finished(down) == 0, down.stderr.read() if down.stderr else ""
+    assert await finished(up) == 0, up.stderr.read() if up.stderr else ""
+    froms = invite_froms(trace.read_text())
+    assert froms and set(froms) == {"sip:office@127.0.0.1"}, froms
+    [cdr] = await cdrs(api, 1)
+    assert (cdr["sid"], cdr["direction"], cdr["status"]) == (sid, "outbound-api",
+                                                             "completed"), cdr

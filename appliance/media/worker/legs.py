@@ -47,6 +47,8 @@ class Leg:
     ring_deadline: float = 0.0
     end_code: int = 0
     end_reason: str = ""
+    pcm: Any = None  # worker.pcm_port.PcmPort while attached to a modem's PCM tty
+    pcm_link: Any = None  # worker.pcm_tty.PcmLink: the tty thread feeding that port
 
 
 def x_headers(msg: str) -> dict[str, str]:

@@ -31,6 +31,7 @@ from typing import Any
 import pjsua2 as pj
 
 from appliance.media import protocol as p
+from appliance.media.dtmf import DtmfDetector
 from appliance.media.worker.legs import (
     Leg,
     WorkerSettings,
@@ -39,6 +40,8 @@ from appliance.media.worker.legs import (
     wav_seconds,
     x_headers,
 )
+from appliance.media.worker.pcm_port import PcmPort
+from appliance.media.worker.pcm_tty import PcmLink, PcmTty
 
 logger = logging.getLogger(__name__)
 
@@ -395,6 +398,10 @@ class PjWorker:
             leg.room = cmd.room
         elif isinstance(cmd, p.ConfLeave):
             self._pj_conf_leave(leg)
+        elif isinstance(cmd, p.PcmAttach):
+            self._pj_pcm_attach(leg, cmd)
+        elif isinstance(cmd, p.PcmDetach):
+            self._pj_pcm_detach(leg)
         else:
             raise _Refused("unknown-op", cmd.OP)
         return ok
@@ -425,6 +432,10 @@ class PjWorker:
             h = pj.SipHeader()
             h.hName, h.hValue = name, value
             op.txOption.headers.append(h)
+        if cmd.from_uri:
+            # pjsua's per-call From (pjsua_msg_data.local_uri, pjsip >= 2.13): the account
+            # (credentials, proxy, Contact) stays shared, no Account per caller ID.
+            op.txOption.localUri = cmd.from_uri
         try:
             leg.call.makeCall(cmd.uri, op)
         except pj.Error as err:
@@ -522,6 +533,55 @@ class PjWorker:
                 a.media.stopTransmit(b.media)
                 b.media.stopTransmit(a.media)
 
+    def _pj_pcm_attach(self, leg: Leg, cmd: p.PcmAttach) -> None:
+        """The leg's audio ⇄ a modem's PCM tty (modem.md §2.9, sip.md §1.3.1)."""
+        if leg.pcm is not None:
+            self._pj_pcm_detach(leg)
+        try:
+            device = PcmTty(cmd.device)
+        except OSError as err:
+            raise _Refused("bad-device", f"{cmd.device}: {err}") from None
+        self._tokens += 1
+        port = PcmPort()
+        try:
+            port.create(f"pcm-{leg.id}-{self._tokens}")  # port names must be unique
+        except pj.Error as err:
+            device.close()
+            raise _Refused("pj-error", _text(err)) from None
+        leg_id, emit = leg.id, self.emit
+        on_frame = None
+        if cmd.dtmf:
+            detector = DtmfDetector()
+
+            def on_frame(frame: bytes) -> None:  # the link's thread: only the sink is touched
+                for digit in detector.feed(frame):
+                    emit(p.DtmfEvent(leg=leg_id, digit=digit, method="inband"))
+
+        def on_lost(detail: str) -> None:
+            emit(p.ErrorEvent(code="pcm-lost", leg=leg_id, detail=detail))
+
+        link = PcmLink(device, port.downlink, port.uplink, on_frame=on_frame, on_lost=on_lost,
+                       name=f"pcm-{leg_id}"[:15])
+        leg.pcm, leg.pcm_link = port, link.start()
+
+        def transmit() -> None:
+            if leg.pcm is port and leg.media is not None:
+                port.startTransmit(leg.media)
+                leg.media.startTransmit(port)
+
+        self._pj_when_media(leg, transmit)
+
+    def _pj_pcm_detach(self, leg: Leg) -> None:
+        port, link = leg.pcm, leg.pcm_link
+        leg.pcm = leg.pcm_link = None
+        if link is not None:
+            link.stop()
+        if port is not None and leg.media is not None and leg.id not in self._dead:
+            with contextlib.suppress(pj.Error):
+                port.stopTransmit(leg.media)
+                leg.media.stopTransmit(port)
+        del port  # destroyed here, on the pj thread
+
     def _pj_conf_leave(self, leg: Leg) -> None:
         if leg.room is None:
             return
@@ -547,6 +607,8 @@ class PjWorker:
                 self._pj_finish_play(leg, interrupted=True)
             if leg.recorder is not None:
                 self._pj_finish_record(leg, "hangup")
+            if leg.pcm is not None:
+                self._pj_pcm_detach(leg)
             self._pj_conf_leave(leg)
             for other in list(leg.bridged):
                 if other in self._legs:
@@ -572,7 +634,10 @@ class PjWorker:
                 ep.libHandleEvents(_POLL_MS)
                 self._pj_timers()
             for leg in self._legs.values():
+                if leg.pcm_link is not None:
+                    leg.pcm_link.stop()
                 leg.player = leg.recorder = leg.media = leg.call = None
+                leg.pcm = leg.pcm_link = None
             self._legs.clear()
             self._pj_refuse_inbox()
             for acc in [self._acc, *self._cred_accs.values()]:
