@@ -40,6 +40,7 @@ from appliance.services.calls import CallsService
 from appliance.services.gateways import GatewayService
 from appliance.services.history import HistoryService
 from appliance.services.messaging import MessagingService
+from appliance.services.outbound import OutboundProxies
 from appliance.services.provisioning import ProvisioningService
 from appliance.services.routing import (
     ClientMessenger,
@@ -235,7 +236,8 @@ class Appliance:
         self.router.from_gateway = self.calls.route_gateway_invite
         self.router.outbound = self.calls.route_outbound
         self.router.media_legs = self.calls.route_media_leg
-        self.calls.outbound_lines = self.config.outbound.lines_for
+        self.outbound_proxies = OutboundProxies(self.config.outbound)
+        self.calls.outbound_lines = self.outbound_proxies.lines_for
         self.calls.max_outbound = self.config.outbound.max_calls
         self.calls.gateways = self.gateways.all
         self.calls.resolve = self.trunk.resolve
@@ -294,7 +296,7 @@ class Appliance:
                                max_body=self.config.api.max_body_bytes,
                                sip_directory=self.sip_directory,
                                messaging=self.messaging, gateways=self.gateways,
-                               calls=self.calls)
+                               calls=self.calls, outbound=self.outbound_proxies)
         app = make_app(services)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

@@ -25,6 +25,7 @@ from appliance.api import (
     gateways,
     messages,
     numbers,
+    outbound,
     records,
     registrations,
     system,
@@ -41,7 +42,8 @@ logger = logging.getLogger(__name__)
 PREFIXES = ("restcomm", "api")
 ROUTES: list[Route] = [*accounts.ROUTES, *clients.ROUTES, *applications.ROUTES,
                        *numbers.ROUTES, *records.ROUTES, *messages.ROUTES,
-                       *registrations.ROUTES, *gateways.ROUTES]
+                       *registrations.ROUTES, *gateways.ROUTES,
+                       *outbound.ROUTES]
 # The same routes, in the same order, grouped by segment count: match() only ever considers
 # routes as long as the path, so this gives identical results without scanning all of them.
 _ROUTES_BY_LENGTH: dict[int, list[Route]] = {}

@@ -17,6 +17,7 @@ from appliance.services.calls import CallsService
 from appliance.services.gateways import GatewayService
 from appliance.services.history import HistoryService
 from appliance.services.messaging import MessagingService
+from appliance.services.outbound import OutboundProxies
 from appliance.services.provisioning import ProvisioningService
 from appliance.services.telephony import SipDirectory
 
@@ -34,6 +35,7 @@ class ApiServices:
     max_body: int = 10_000_000  # Restcomm's request filter limit; [api] max_body_bytes
     messaging: MessagingService | None = None  # None: SMS sending is not wired (no modem code)
     gateways: GatewayService | None = None
+    outbound: OutboundProxies | None = None
     sip_directory: SipDirectory | None = None  # None: no SIP front door (registrations empty)
     calls: CallsService | None = None  # None: calls cannot be placed or modified (405)
 
