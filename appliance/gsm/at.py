@@ -303,6 +303,39 @@ def ussd(request: str, dcs: int = 15) -> Command:
     return Command(f'AT+CUSD=1,"{request}",{dcs}', timeout=15.0)  # the answer is a +CUSD URC
 
 
+# ---- voice calls (modem.md §2.8) and digital voice audio (§2.9) ------------------------------
+
+LIST_CALLS = Command("AT+CLCC", "+CLCC:")
+ANSWER = Command("ATA", call=True, timeout=20.0)  # NO CARRIER if the caller gave up meanwhile
+HANGUP = Command("AT+CHUP", timeout=10.0)  # never AT+QHUP: it hangs the Quectel EP06 (§2.8)
+HANGUP_ATH = Command("ATH", timeout=10.0)  # fallback; needs AT+CVHU=0 on some modems
+VOICE_HANGUP_MODE = Command("AT+CVHU=0")  # ATH ends voice calls too (SIMCom)
+# Quectel Voice-over-USB: each mode fails while the other is on, so always off first.
+QUECTEL_PCM_OFF = Command("AT+QPCMV=0")
+QUECTEL_PCM_ON = Command("AT+QPCMV=1,0")  # 8 kHz S16LE mono on USB if01, before ATD/ATA
+SIMCOM_PCM_OFF = Command("AT+CPCMREG=0")
+SIMCOM_PCM_ON = Command("AT+CPCMREG=1")  # only once the call is active (~1 s after)
+
+_NUMBER_CHARS = frozenset("0123456789*#")
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+
+def dial(number: str) -> Command:
+    """`ATD<number>;`: the `;` makes it a voice call. Most modems answer OK at once; the call
+    results (NO CARRIER, BUSY, …) are final only while ATD is in flight (Wavecom, ZTE)."""
+    body = number[1:] if number.startswith("+") else number
+    if not 0 < len(body) <= 40 or not set(body) <= _NUMBER_CHARS:
+        raise ValueError(f"not a dialable number: {number!r}")
+    return Command(f"ATD{number};", call=True, timeout=60.0)
+
+
+def send_tone(digit: str) -> Command:
+    """`AT+VTS=<d>`, one digit per command (the quoted string form is not universal)."""
+    if len(digit) != 1 or digit.upper() not in DTMF_DIGITS:
+        raise ValueError(f"not a DTMF digit: {digit!r}")
+    return Command(f"AT+VTS={digit.upper()}", timeout=5.0)
+
+
 def raw(text: str, timeout: float = 10.0) -> Command:
     """A diagnostic command typed by an operator (`appliance modem at …`)."""
     if not text.upper().startswith("AT") or any(c in text for c in "\r\n\x1a\x1b"):

@@ -51,7 +51,10 @@ from appliance.gsm.pdu import (
     decode_status_report,
 )
 from appliance.gsm.state import (
+    CallDtmfReceived,
+    CallStateChanged,
     DeliveryReported,
+    IncomingCall,
     ModemEvent,
     ModemSettings,
     ModemState,
@@ -60,14 +63,20 @@ from appliance.gsm.state import (
     SmsCallback,
     UrcReceived,
     UssdReceived,
+    VoiceAudio,
 )
 from appliance.gsm.urc import (
+    CallEnded,
+    CallEntry,
+    CallerId,
+    DtmfTone,
     IncomingSms,
     MalformedUrc,
     ModemReady,
     Notice,
     RegDomain,
     Registration,
+    Ring,
     SignalQuality,
     SimState,
     SimStatus,
@@ -82,6 +91,9 @@ from appliance.gsm.urc import (
     parse_csq,
     parse_registration,
 )
+from appliance.gsm.voice import Voice
+
+__all__ = ["CallDtmfReceived", "CallStateChanged", "IncomingCall", "Modem", "VoiceAudio"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +127,8 @@ class Modem:
         self._ussd_waiter: asyncio.Future[UssdResponse] | None = None
         self._ussd_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._voice = Voice(self._channel, self._emit, poll_interval=settings.clcc_interval,
+                            pcm_delay=settings.pcm_delay * settings.timeout_scale)
 
     # ---- public surface ---------------------------------------------------------------------
 
@@ -196,6 +210,45 @@ class Modem:
             self._reinit.set()
         return state
 
+    # ---- voice calls (modem.md §2.8, §2.9; the work is in gsm.voice) -------------------------
+
+    @property
+    def voice_audio(self) -> VoiceAudio:
+        """How call audio reaches the host; UNSUPPORTED: dial/answer need audio=False."""
+        return self._voice.audio
+
+    @property
+    def calls(self) -> dict[int, CallEntry]:
+        """The calls as AT+CLCC listed them last, by call id."""
+        return self._voice.calls
+
+    async def dial(self, number: str, *, audio: bool = True) -> int:
+        """A voice call (`ATD<number>;`); the modem's call id. With `audio`, the PCM stream is
+        armed first (VoiceAudioUnsupported on modems without one). Progress and the end come
+        as `CallStateChanged` events."""
+        self._require(Phase.READY)
+        return await self._voice.dial(number, audio=audio)
+
+    async def answer(self, *, audio: bool = True) -> None:
+        """Answer the ringing call (`ATA`), arming the PCM stream first when `audio`."""
+        self._require(Phase.READY)
+        await self._voice.answer(audio=audio)
+
+    async def hangup(self) -> None:
+        """Hang up / reject every call (`AT+CHUP`, falling back to `ATH`)."""
+        self._require(Phase.READY)
+        await self._voice.hangup()
+
+    async def send_dtmf(self, digits: str) -> None:
+        """Send DTMF into the active call (`AT+VTS=<d>` per digit)."""
+        self._require(Phase.READY)
+        await self._voice.send_dtmf(digits)
+
+    async def list_calls(self) -> list[CallEntry]:
+        """AT+CLCC now, applied (events for every change)."""
+        self._require(Phase.READY)
+        return await self._voice.reconcile()
+
     async def command(self, text: str, seconds: float = 10.0) -> list[str]:
         """A raw diagnostic command (`appliance modem at …`): the information lines."""
         return await self._channel.run(at.raw(text, seconds))
@@ -221,6 +274,7 @@ class Modem:
                 elif outcome == "trouble":
                     await self._recover()
         finally:
+            await self._voice.close()
             await self._channel.close()
             self._set(phase=Phase.CLOSED)
 
@@ -334,6 +388,7 @@ class Modem:
         if await self._optional(at.set_indications("2,1,0,2,0")) is None:
             await self._channel.run(at.set_indications("2,1,0,1,0"))  # +CDS direct (§2.3 fallback)
         await self._optional(at.Command("AT+CLIP=1"))
+        await self._voice.setup(manufacturer)
         if (manufacturer or "").lower().startswith("huawei"):
             await self._optional(at.Command("AT^USSDMODE=0"))  # text USSD (§2.7)
         await self.sweep()  # what arrived while we were away (§2.5)
@@ -416,6 +471,9 @@ class Modem:
                 self._urcs.put_nowait(value)
             except asyncio.QueueFull:
                 logger.error("x URC queue full; dropping %s (the sweep will catch up)", value)
+        elif isinstance(value, Ring | CallerId | CallEntry | CallEnded | DtmfTone):
+            self._voice.on_urc(value)
+            self._emit(UrcReceived(value))  # the raw URC too, as before the typed events
         elif isinstance(value, Notice | UnknownUrc | MalformedUrc):
             logger.debug("< ignored %s", value)
         else:

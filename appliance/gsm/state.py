@@ -30,6 +30,8 @@ class ModemSettings:
     reopen_max_delay: float = 30.0  # back-off cap while the device is absent
     sim_ready_timeout: float = 20.0  # after a PIN: wait for +CPIN: READY
     ussd_timeout: float = 30.0  # §2.12: 15–30 s
+    clcc_interval: float = 0.5  # §2.12: AT+CLCC polling while a call is up, 0.5–1 s
+    pcm_delay: float = 1.0  # §2.12: SIM7600 AT+CPCMREG=1 ~1 s after the active state
 
 
 class Phase(enum.Enum):
@@ -89,5 +91,54 @@ class UrcReceived:
     value: UrcValue
 
 
-ModemEvent = ModemStateChanged | DeliveryReported | UssdReceived | UrcReceived
+class CallState(enum.Enum):
+    """A modem call's state: `+CLCC` stat 0..5 (TS 27.007 §7.18), plus ENDED."""
+
+    ACTIVE = 0
+    HELD = 1
+    DIALING = 2
+    ALERTING = 3
+    INCOMING = 4
+    WAITING = 5
+    ENDED = -1
+
+
+class VoiceAudio(enum.Enum):
+    """How the call's audio reaches the host (modem.md §2.9)."""
+
+    QUECTEL_USB = "quectel-qpcmv"  # AT+QPCMV=1,0 before ATD/ATA; PCM on USB if01
+    SIMCOM_USB = "simcom-cpcmreg"  # AT+CPCMREG=1 once active; PCM on USB if04
+    UNSUPPORTED = "unsupported"
+
+
+@dataclass(frozen=True)
+class IncomingCall:
+    """A call is ringing (RING/+CRING then +CLIP, or a new incoming +CLCC entry); once per
+    call. number: None when withheld or unknown; call_id when the modem has listed it."""
+
+    number: str | None
+    call_id: int | None = None
+
+
+@dataclass(frozen=True)
+class CallStateChanged:
+    """A call appeared or changed state; ENDED once it is gone (`reason`: the URC that said
+    so, or "released" when a later AT+CLCC no longer listed it)."""
+
+    call_id: int
+    state: CallState
+    incoming: bool
+    number: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CallDtmfReceived:
+    """A digit the modem itself detected in the downlink (+RXDTMF / +QTONEDET)."""
+
+    digit: str
+
+
+ModemEvent = (ModemStateChanged | DeliveryReported | UssdReceived | UrcReceived | IncomingCall
+              | CallStateChanged | CallDtmfReceived)
 SmsCallback = Callable[[str, "int | None"], Awaitable[None]]

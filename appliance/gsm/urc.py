@@ -175,6 +175,14 @@ class CallEnded:
 
 
 @dataclass(frozen=True)
+class DtmfTone:
+    """A DTMF digit the modem detected in the call's downlink: SIMCom `+RXDTMF: 8` (after
+    `AT+DDET=1`), Quectel `+QTONEDET: 56` (the ASCII *code* of `8`, after `AT+QTONEDET=1`)."""
+
+    digit: str
+
+
+@dataclass(frozen=True)
 class ModemReady:
     """`RDY`: the modem (re)booted; an unsolicited one later means: re-run init (§2.1)."""
 
@@ -215,7 +223,7 @@ class MalformedUrc:
 
 UrcValue = (
     Registration | SignalQuality | SimStatus | IncomingSms | StatusReportStored | SmsDelivered
-    | StatusReportDelivered | UssdResponse | Ring | CallerId | CallEntry | CallEnded
+    | StatusReportDelivered | UssdResponse | Ring | CallerId | CallEntry | CallEnded | DtmfTone
     | ModemReady | FunctionalityChanged | StorageFull | Notice | UnknownUrc | MalformedUrc
 )
 
@@ -230,15 +238,18 @@ _EXACT_NOTICES = frozenset(
 PDU_FOLLOWS = ("+CMT:", "+CDS:")
 # Vendor URC prefixes that we only note (Quectel, SIMCom, ZTE, Wavecom; modem.md §4.3).
 _NOTICE_PREFIXES = (
-    "+QIND:", "+QUSIM:", "+CRING:", "MISSED_CALL:", "+RXDTMF:", "+QTONEDET:", "+ZPASR:",
+    "+QIND:", "+QUSIM:", "+CRING:", "MISSED_CALL:", "+ZPASR:",
     "+ZDONR:", "+WIND:", "+CTZV:", "+CTZE:", "*PSUTTZ:", "+CIEV:", "+CSSI:", "+CSSU:",
     "+CNSMOD:", "+QIURC:", "+CGEV:", "+CUSATP:", "HANGUP:", "+CCWA:",
 )
 URC_PREFIXES = (
     "+CREG:", "+CGREG:", "+CEREG:", "+CSQ:", "+CPIN:", "+CMTI:", "+CDSI:", "+CUSD:", "+CLIP:",
-    "+CLCC:", "+CFUN:", "VOICE CALL: END", "^", *PDU_FOLLOWS, *_NOTICE_PREFIXES,
+    "+CLCC:", "+CFUN:", "VOICE CALL: END", "+RXDTMF:", "+QTONEDET:", "^", *PDU_FOLLOWS,
+    *_NOTICE_PREFIXES,
 )
-_EXACT_URCS = frozenset({"RING", "RDY", "NO CARRIER", *_EXACT_NOTICES})
+# Call results that arrive after ATD's early OK (modem.md §2.8): the call ended.
+CALL_END_LINES = frozenset({"NO CARRIER", "BUSY", "NO ANSWER", "NO DIALTONE"})
+_EXACT_URCS = frozenset({"RING", "RDY", *CALL_END_LINES, *_EXACT_NOTICES})
 
 
 def is_urc_line(line: str) -> bool:
@@ -409,6 +420,19 @@ def parse_clcc(line: str) -> CallEntry:
     return CallEntry(call_id, direction == 1, stat, mode, mpty == 1, number, number_type, alpha)
 
 
+_DTMF_DIGITS = "0123456789*#ABCD"
+
+
+def _dtmf_digit(body: str, *, ascii_code: bool) -> str:
+    text = body.strip().strip('"').strip()
+    if ascii_code:
+        code = _int(text)
+        text = chr(code) if code is not None and 0 < code < 128 else ""
+    if len(text) != 1 or text.upper() not in _DTMF_DIGITS:
+        raise AtParseError(f"not a DTMF digit: {body!r}")
+    return text.upper()
+
+
 def parse_urc(line: str, pdu: str | None = None) -> UrcValue:
     """Turn one unsolicited line (plus the PDU line for `+CMT`/`+CDS`) into a typed value."""
     try:
@@ -422,8 +446,12 @@ def _parse_urc(line: str, pdu: str | None) -> UrcValue:
         return ModemReady()
     if line == "RING":
         return Ring()
-    if line in ("NO CARRIER",) or line.startswith(("VOICE CALL: END", "^CEND:")):
+    if line in CALL_END_LINES or line.startswith(("VOICE CALL: END", "^CEND:")):
         return CallEnded(line)
+    if line.startswith("+RXDTMF:"):
+        return DtmfTone(_dtmf_digit(_after(line, "+RXDTMF:"), ascii_code=False))
+    if line.startswith("+QTONEDET:"):
+        return DtmfTone(_dtmf_digit(_after(line, "+QTONEDET:"), ascii_code=True))
     if line in _EXACT_NOTICES:
         return Notice(line)
     if line.startswith(("+CREG:", "+CGREG:", "+CEREG:")):

@@ -13,16 +13,28 @@ is open, so the port must stay closed for a moment, as it does across a USB re-e
 counter; URCs interleaved inside the next response; `unplug()`/`replug()` (the tty disappears
 and comes back, possibly under another name).
 
+Voice (modem.md §2.8, §2.9): `ATD<n>;` answers OK at once, then the call goes dialing →
+alerting → active as `AT+CLCC` shows (or BUSY / NO ANSWER, per `dial_outcome`); `inject_call()`
+rings (RING + `+CLIP`) until `ATA` or `AT+CHUP`/`ATH`; `remote_hangup()` ends the call with
+`NO CARRIER` (or `VOICE CALL: END`, or nothing, as the SIM7600 with ^DSCI); `AT+VTS` digits are
+recorded in `dtmf_sent`; `emit_dtmf()` sends the vendor's receive-DTMF URC. Quectel
+`AT+QPCMV=1,0` (before ATD/ATA) or SIMCom `AT+CPCMREG=1` (once active) switches the second pty
+(`pcm_path`) on: while a call is active it carries `tone_hz` as 8 kHz S16LE mono, one 320-byte
+frame every 20 ms, and records what the host writes in `pcm_received`.
+
 Test-side methods may be called from the event-loop thread; writes to the master are locked.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
+import math
 import os
 import re
 import select
+import sys
 import threading
 import time
 import tty
@@ -43,6 +55,19 @@ class Stored:
     pdu: str
 
 
+PCM_RATE = 8000
+PCM_FRAME = 320  # bytes: 20 ms of 8 kHz S16LE mono (modem.md §2.9)
+_PCM_KEEP = PCM_RATE * 2 * 60  # at most a minute of received audio
+
+
+@dataclass
+class FakeCall:
+    id: int
+    incoming: bool
+    stat: int  # +CLCC stat: 0 active, 2 dialing, 3 alerting, 4 incoming
+    number: str
+
+
 @dataclass
 class FakeState:
     """Everything a reboot resets (settings live in RAM on a real modem)."""
@@ -61,7 +86,8 @@ class FakeModem:
     def __init__(
         self, *, pin: str | None = None, link: Path | None = None,
         status_reports: str = "cdsi", ussd_reply: str = "Your balance is 5.00",
-        manufacturer: str = "Quectel", model: str = "EC25",
+        manufacturer: str = "Quectel", model: str = "EC25", tone_hz: float = 700.0,
+        answer_after: float = 0.3, dial_outcome: str = "answer",
     ) -> None:
         self.pin = pin
         self.link = link
@@ -88,9 +114,26 @@ class FakeModem:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pcm_thread: threading.Thread | None = None
         self.master = -1
         self.path = ""
+        # Voice.
+        self.tone_hz = tone_hz
+        self.answer_after = answer_after  # seconds from ATD to the far end answering
+        self.dial_outcome = dial_outcome  # "answer", "busy", "no-answer" or "rejected"
+        self.calls: dict[int, FakeCall] = {}
+        self.dialled: list[str] = []
+        self.dtmf_sent: list[str] = []
+        self.audio_on = False  # QPCMV=1,0 / CPCMREG=1
+        self.pcm_frames_sent = 0
+        self.pcm_received = bytearray()
+        self._ringing: threading.Event | None = None
+        self._tone = _tone_second(tone_hz)
+        self._tone_pos = 0
+        self._digits = b""  # one-shot downlink audio that pre-empts the tone
         self._open_pty()
+        self.pcm_master, self.pcm_path = _open_raw_pty()
+        os.set_blocking(self.pcm_master, False)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -109,6 +152,10 @@ class FakeModem:
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, name="fake-modem", daemon=True)
         self._thread.start()
+        if self._pcm_thread is None:
+            self._pcm_thread = threading.Thread(target=self._serve_pcm, name="fake-modem-pcm",
+                                                daemon=True)
+            self._pcm_thread.start()
         return self
 
     def close(self) -> None:
@@ -119,12 +166,21 @@ class FakeModem:
         if self.master >= 0:
             os.close(self.master)
             self.master = -1
+        if self._pcm_thread is not None:
+            self._pcm_thread.join(2)
+            self._pcm_thread = None
 
     def __enter__(self) -> FakeModem:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+        self.close_pcm()
+
+    def close_pcm(self) -> None:
+        if self.pcm_master >= 0:
+            os.close(self.pcm_master)
+            self.pcm_master = -1
 
     def unplug(self) -> None:
         """The USB device disappears: the tty and its by-id link vanish."""
@@ -196,9 +252,58 @@ class FakeModem:
         """Unsolicited reboot: RDY and the Quectel boot URCs; volatile settings reset."""
         self.reboots += 1
         self.state = FakeState(sim_ready=self.pin is None)
+        self.calls.clear()
+        self.audio_on = False
         self.hung = False
         sim = "READY" if self.pin is None else "SIM PIN"
         self.emit("RDY", "+CFUN: 1", f"+CPIN: {sim}", "+QUSIM: 1", "+QIND: SMS DONE")
+
+    # ---- voice test controls ----------------------------------------------------------------
+
+    def inject_call(self, number: str = "+15557654321", *, ring_every: float = 1.0) -> int:
+        """An incoming call: RING and +CLIP now and every RING_EVERY s until it is answered or
+        gone (an empty NUMBER is a withheld caller)."""
+        call = FakeCall(self._free_call_id(), True, 4, number)
+        self.calls[call.id] = call
+        stop = self._ringing = threading.Event()
+
+        def ring() -> None:
+            while not stop.is_set() and self.calls.get(call.id) is call and call.stat == 4:
+                self.emit("RING", f'+CLIP: "{number}",{145 if number.startswith("+") else 129}'
+                          ",,,,0")
+                stop.wait(ring_every)
+
+        threading.Thread(target=ring, name="fake-modem-ring", daemon=True).start()
+        return call.id
+
+    def connect_call(self, number: str = "+15557654321") -> int:
+        """Test shortcut: an active call with the PCM stream on, no AT needed."""
+        call = FakeCall(self._free_call_id(), True, 0, number)
+        self.calls[call.id] = call
+        self.audio_on = True
+        return call.id
+
+    def remote_hangup(self, urc: str | None = "NO CARRIER") -> None:
+        """The far end hangs up; URC None: no end URC at all (SIM7600 with ^DSCI)."""
+        self.calls.clear()
+        self._audio_off_if_idle()
+        if urc:
+            self.emit(urc)
+
+    def emit_dtmf(self, digit: str) -> None:
+        """The modem detected a digit in the downlink: the vendor's URC."""
+        if self.manufacturer.lower().startswith("simcom"):
+            self.emit(f"+RXDTMF: {digit}")
+        else:
+            self.emit(f"+QTONEDET: {ord(digit)}")
+
+    def play_digits(self, digits: str, *, ms: int = 80, gap_ms: int = 80) -> None:
+        """Put DTMF DIGITS into the downlink audio (once), then go back to the tone."""
+        self._digits = _dtmf_audio(digits, ms, gap_ms)
+
+    @property
+    def streaming(self) -> bool:
+        return self.audio_on and any(c.stat == 0 for c in list(self.calls.values()))
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -378,9 +483,140 @@ class FakeModem:
             self.emit(f'+CUSD: 0,"{self.ussd_reply}",15')
         elif re.fullmatch(r"AT\+(CSCS=.*|CSMS=\d|CLIP=\d|CMMS=\d|CUSD=[02]|COPS=3,0|CRC=\d)", cmd):
             self._reply([])
-        else:
+        elif not self._voice(cmd):
             self._reply([], "ERROR")
         return None
+
+    # ---- voice --------------------------------------------------------------------------------
+
+    def _voice(self, cmd: str) -> bool:  # noqa: C901 - a command table
+        simcom = self.manufacturer.lower().startswith("simcom")
+        if m := re.fullmatch(r"ATD([+0-9*#]+);", cmd):
+            if any(c.stat in (0, 2, 3) for c in self.calls.values()):
+                self._reply([], "NO CARRIER")  # one call at a time in this fake
+                return True
+            self.dialled.append(m[1])
+            if self.dial_outcome == "rejected":  # refused before the call was ever listed
+                self._reply([])
+                self.emit("NO CARRIER")
+                return True
+            call = FakeCall(self._free_call_id(), False, 2, m[1])
+            self.calls[call.id] = call
+            self._reply([])  # most modems: OK at once (modem.md §2.8)
+            threading.Thread(target=self._progress, args=(call,), daemon=True).start()
+        elif cmd == "ATA":
+            ringing = [c for c in self.calls.values() if c.incoming and c.stat == 4]
+            if not ringing:
+                self._reply([], "NO CARRIER")
+                return True
+            ringing[0].stat = 0
+            if self._ringing is not None:
+                self._ringing.set()
+            self._reply([])
+            if simcom:
+                self.emit("VOICE CALL: BEGIN")
+        elif cmd in ("AT+CHUP", "ATH", "ATH0"):
+            if self._ringing is not None:
+                self._ringing.set()
+            had = bool(self.calls)
+            self.calls.clear()
+            self._audio_off_if_idle()
+            self._reply([])
+            if had and simcom:
+                self.emit("VOICE CALL: END: 000017")
+        elif cmd == "AT+CLCC":
+            self._reply([f'+CLCC: {c.id},{int(c.incoming)},{c.stat},0,0,"{c.number}",'
+                         f'{145 if c.number.startswith("+") else 129}'
+                         for c in sorted(self.calls.values(), key=lambda c: c.id)])
+        elif m := re.fullmatch(r'AT\+VTS=("?)([0-9A-D*#]+)\1', cmd):
+            if not any(c.stat == 0 for c in self.calls.values()):
+                self._error("CME", 3)  # operation not allowed: no active call
+                return True
+            self.dtmf_sent.append(m[2])
+            self._reply([])
+        elif cmd == "AT+QPCMV=0" and not simcom:
+            self.audio_on = False
+            self._reply([])
+        elif cmd == "AT+QPCMV=1,0" and not simcom:
+            self.audio_on = True
+            self._reply([])
+        elif cmd == "AT+QPCMV?" and not simcom:
+            self._reply([f"+QPCMV: {int(self.audio_on)},0"])
+        elif cmd in ("AT+CPCMREG=0", "AT+CPCMREG=0,0") and simcom:
+            self.audio_on = False
+            self._reply([])
+        elif cmd == "AT+CPCMREG=1" and simcom:
+            if not any(c.stat == 0 for c in self.calls.values()):
+                self._reply([], "ERROR")  # works only once the call is connected (§2.9)
+                return True
+            self.audio_on = True
+            self._reply([])
+        elif cmd in ("AT+CVHU=0", "AT+CLCC=1") or (cmd == "AT+DDET=1" and simcom) or (
+                cmd == "AT+QTONEDET=1" and not simcom):
+            self._reply([])
+        else:
+            return False
+        return True
+
+    def _progress(self, call: FakeCall) -> None:
+        """Dialing → alerting → active (or BUSY / NO ANSWER), as the far end does."""
+        time.sleep(self.answer_after / 3)
+        if self.calls.get(call.id) is not call:
+            return
+        call.stat = 3
+        time.sleep(self.answer_after * 2 / 3)
+        if self.calls.get(call.id) is not call:
+            return
+        if self.dial_outcome == "answer":
+            call.stat = 0
+            if self.manufacturer.lower().startswith("simcom"):
+                self.emit("VOICE CALL: BEGIN")
+            return
+        del self.calls[call.id]
+        self._audio_off_if_idle()
+        self.emit("BUSY" if self.dial_outcome == "busy" else "NO ANSWER")
+
+    def _audio_off_if_idle(self) -> None:
+        if not self.calls and self.manufacturer.lower().startswith("simcom"):
+            self.audio_on = False  # SIMCom: the PCM registration ends with the call
+
+    def _free_call_id(self) -> int:
+        call_id = 1
+        while call_id in self.calls:
+            call_id += 1
+        return call_id
+
+    def _serve_pcm(self) -> None:
+        """One 320-byte tone frame per 20 ms tick while streaming; take whatever the host
+        wrote. Nothing is written while no one has the PCM tty open (EIO on the master)."""
+        tick = time.monotonic()
+        while not self._stop.is_set() and self.pcm_master >= 0:
+            tick += 0.02
+            delay = tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                tick = time.monotonic()  # fell behind (a loaded test host): no burst
+            opened = True
+            try:
+                data = os.read(self.pcm_master, 65536)
+                if self.streaming:
+                    self.pcm_received += data
+                    del self.pcm_received[:-_PCM_KEEP]
+            except BlockingIOError:
+                pass
+            except OSError:
+                opened = False  # EIO: the slave is closed
+            if opened and self.streaming:
+                if self._digits:
+                    frame, self._digits = self._digits[:PCM_FRAME], self._digits[PCM_FRAME:]
+                    frame = frame.ljust(PCM_FRAME, b"\0")
+                else:
+                    frame = self._tone[self._tone_pos:self._tone_pos + PCM_FRAME]
+                    self._tone_pos = (self._tone_pos + PCM_FRAME) % len(self._tone)
+                with contextlib.suppress(OSError):
+                    os.write(self.pcm_master, frame)
+                    self.pcm_frames_sent += 1
 
     def _enter_pin(self, pin: str) -> None:
         if self.state.sim_ready or self.pin is None:
@@ -413,6 +649,42 @@ class FakeModem:
         while index in store:
             index += 1
         return index
+
+
+def _open_raw_pty() -> tuple[int, str]:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    os.close(slave)
+    return master, path
+
+
+def _tone_second(freq: float, amplitude: float = 0.5) -> bytes:
+    """One second of a sine at FREQ, S16LE (an integer frequency loops without a click)."""
+    samples = array.array("h", (int(amplitude * 32767 * math.sin(2 * math.pi * freq * i
+                                                                  / PCM_RATE))
+                                for i in range(PCM_RATE)))
+    if sys.byteorder == "big":
+        samples.byteswap()
+    return samples.tobytes()
+
+
+_DTMF_ROWS, _DTMF_COLS = (697, 770, 852, 941), (1209, 1336, 1477, 1633)
+_DTMF_KEYS = ("123A", "456B", "789C", "*0#D")
+
+
+def _dtmf_audio(digits: str, ms: int, gap_ms: int) -> bytes:
+    out = array.array("h")
+    for digit in digits:
+        r = next(i for i, keys in enumerate(_DTMF_KEYS) if digit in keys)
+        c = _DTMF_KEYS[r].index(digit)
+        out.extend(int(8000 * (math.sin(2 * math.pi * _DTMF_ROWS[r] * i / PCM_RATE)
+                               + math.sin(2 * math.pi * _DTMF_COLS[c] * i / PCM_RATE)))
+                   for i in range(PCM_RATE * ms // 1000))
+        out.extend([0] * (PCM_RATE * gap_ms // 1000))
+    if sys.byteorder == "big":
+        out.byteswap()
+    return out.tobytes()
 
 
 def _tpdu_length(pdu: str) -> int:

@@ -18,6 +18,7 @@ from appliance.gsm.state import (
     ModemEvent,
     ModemSettings,
     ModemState,
+    ModemStateChanged,
     Phase,
 )
 from appliance.gsm.urc import RegStatus, SimState
@@ -229,18 +230,20 @@ async def test_correct_pin(tmp_path: Path) -> None:
             assert state.sim is SimState.READY and fake.pin_attempts == ["1234"]
 
 
+def rungs_seen(harness: Harness) -> list[int]:
+    return [e.state.recovery_rung for e in harness.events if isinstance(e, ModemStateChanged)]
+
+
 async def test_radio_cycle_rung_recovers_a_modem_a_reopen_does_not(
         harness: Harness, modem: Modem) -> None:
-    rungs: list[int] = []
     harness.fake.hang(clears_on="AT+CFUN=0")
     with pytest.raises(ModemTimeout):
         await modem.command("AT+CSQ")
     async with asyncio.timeout(5):
         await modem.wait_for(lambda s: s.phase is Phase.RECOVERING)
     async with asyncio.timeout(10):
-        while modem.state.phase is not Phase.READY or modem.state.recovery_rung:
-            rungs.append(modem.state.recovery_rung)
-            await asyncio.sleep(0.01)
+        await modem.wait_for(lambda s: s.phase is Phase.READY and not s.recovery_rung)
+    rungs = rungs_seen(harness)  # every state change, not a sample that could miss a rung
     assert 3 in rungs and 4 not in rungs  # re-open (rung 2) was not enough; the radio cycle was
     assert "AT+CFUN=0" in harness.fake.commands
     assert await modem.send_sms(encode_sms("+1555", "after the radio cycle"))
@@ -248,16 +251,13 @@ async def test_radio_cycle_rung_recovers_a_modem_a_reopen_does_not(
 
 async def test_reboot_rung_recovers_a_modem_only_a_reset_revives(
         harness: Harness, modem: Modem) -> None:
-    rungs: list[int] = []
     harness.fake.hang(clears_on="AT+CFUN=1,1")
     with pytest.raises(ModemTimeout):
         await modem.command("AT+CSQ")
     async with asyncio.timeout(5):
         await modem.wait_for(lambda s: s.phase is Phase.RECOVERING)
     async with asyncio.timeout(15):
-        while modem.state.phase is not Phase.READY or modem.state.recovery_rung:
-            rungs.append(modem.state.recovery_rung)
-            await asyncio.sleep(0.01)
-    assert 4 in rungs
+        await modem.wait_for(lambda s: s.phase is Phase.READY and not s.recovery_rung)
+    assert 4 in rungs_seen(harness)
     assert "AT+CFUN=1,1" in harness.fake.commands
     assert await modem.send_sms(encode_sms("+1555", "after the reboot"))
