@@ -137,7 +137,7 @@ class Appliance:
             self.modem = Modem(ModemSettings(path=config.modem.device,
                                              pin=config.modem.pin or None),
                                on_sms_received=self.messaging.on_sms_received,
-                               on_event=self.messaging.on_modem_event)
+                               on_event=self._on_modem_event)
             self.messaging.modem = self.modem
         self.started_at = time.monotonic()
         self._runner: web.AppRunner | None = None
@@ -242,6 +242,17 @@ class Appliance:
         self.calls.gateways = self.gateways.all
         self.calls.resolve = self.trunk.resolve
         self.calls.send_sms = self.messaging.send_from_client
+        # GSM voice (docs: "Outside lines" item 4): calls to [modem] number, the modem line.
+        self.calls.modem = self.modem
+        self.calls.modem_audio = self.config.modem.audio_device
+        self.calls.modem_number = self.config.modem.number
+
+    def _on_modem_event(self, event: Any) -> None:
+        """The modem's events go to messaging (SMS, state) and to calls (voice)."""
+        self.messaging.on_modem_event(event)
+        calls = getattr(self, "calls", None)
+        if calls is not None:
+            calls.on_modem_event(event)
 
     def wall_clock(self) -> float:
         """Seconds since the epoch from the appliance clock (SIP expiry, nonces, bans)."""

@@ -37,6 +37,7 @@ class NullMediaEngine:
         self.max_legs = max_legs
         self.legs: dict[LegId, LegState] = {}
         self.rooms: dict[LegId, str] = {}
+        self.pcm: dict[LegId, str] = {}  # legs attached to a modem's PCM tty -> the device
         self.sent_dtmf: list[tuple[LegId, str]] = []  # what send_dtmf was asked to send
         self._handlers: list[Handler] = []
 
@@ -130,8 +131,17 @@ class NullMediaEngine:
         self._state(leg)
         self.rooms.pop(leg, None)
 
+    async def pcm_attach(self, leg: LegId, device: str, *, dtmf: bool = True) -> None:
+        self._state(leg)
+        self.pcm[leg] = device
+
+    async def pcm_detach(self, leg: LegId) -> None:
+        self._state(leg)
+        self.pcm.pop(leg, None)
+
     async def close(self) -> None:
         self.legs.clear()
+        self.pcm.clear()
 
     # ------------------------------------------------------------------ internals
 

@@ -177,6 +177,12 @@ class WorkerPool:
     async def conference_leave(self, leg: LegId) -> None:
         await self._send(leg, p.ConfLeave(leg=leg))
 
+    async def pcm_attach(self, leg: LegId, device: str, *, dtmf: bool = True) -> None:
+        await self._send(leg, p.PcmAttach(leg=leg, device=device, dtmf=dtmf))
+
+    async def pcm_detach(self, leg: LegId) -> None:
+        await self._send(leg, p.PcmDetach(leg=leg))
+
     async def close(self) -> None:
         for handle in self._reserved.values():
             handle.cancel()

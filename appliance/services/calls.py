@@ -36,7 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import Forbidden, Gone, InvalidInput, NotFound, Unavailable
+from appliance.gsm.errors import ModemError
+from appliance.gsm.state import CallState, CallStateChanged, IncomingCall, VoiceAudio
 from appliance.media.engine import (
+    DtmfReceived,
     HangupCause,
     LegChanged,
     LegId,
@@ -69,6 +72,8 @@ RESERVATION_S = 40.0  # a reserved inbound leg whose INVITE never arrives is dro
 RING_SECONDS = 60.0  # an outbound leg rings this long at most
 SETUP_SECONDS = 15.0  # a line with no 18x and no answer by then is given up (failover)
 UNKNOWN_DID_WARN_S = 60.0  # "calls to an unknown DID" is a warning at most this often
+GSM_ACTIVE_S = 15.0  # an answered GSM call must be listed ACTIVE within this
+GSM_COMMAND_S = 20.0  # ATD / ATA / AT+CHUP (the modem's own timeouts are shorter)
 
 _EVENTS = ("initiated", "ringing", "answered", "completed")
 _CAUSE_STATUS = {HangupCause.BUSY: CallStatus.BUSY, HangupCause.NO_ANSWER: CallStatus.NO_ANSWER,
@@ -84,6 +89,24 @@ class LiveCall:
     canceled: bool = False
     lines: tuple[str, ...] | None = None  # no app: bridged out through these lines (B2BUA)
     bridging: bool = False  # the B2BUA task is running
+
+
+@dataclasses.dataclass
+class GsmSession:
+    """The one GSM voice call (the modem carries one at a time) and its worker legs.
+
+    A worker leg is always a SIP call, so the GSM side gets a loopback pair: ``sip_leg``
+    (dialled by a worker, bridged to the caller or running the RCML) calls ``pcm_leg``
+    (a reserved incoming leg on a worker's own loopback port, answered here) and the PCM tty
+    is attached to ``pcm_leg``."""
+
+    number: str
+    states: asyncio.Queue[CallStateChanged] = dataclasses.field(
+        default_factory=asyncio.Queue)
+    ended: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    active: bool = False
+    sip_leg: LegId | None = None
+    pcm_leg: LegId | None = None
 
 
 _PHONE_RE = re.compile(r"\+?[0-9]{3,20}")
@@ -153,6 +176,13 @@ class CallsService:
         self._gateway_legs: dict[LegId, Fork] = {}  # worker legs to a gateway -> their Fork
         self._outbound: set[str] = set()  # CallSids of the calls going out now
         self._unknown_warned = -UNKNOWN_DID_WARN_S
+        # GSM voice (set by the composition root): the modem, its PCM tty ([modem]
+        # audio_device, "" = SMS only) and the SIM's number ([modem] number).
+        self.modem: Any = None
+        self.modem_audio = ""
+        self.modem_number = ""
+        self._gsm: GsmSession | None = None
+        self._pcm_legs: dict[LegId, LegEvents] = {}  # the GSM side of a loopback pair
         self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None
 
     # -- composition ---------------------------------------------------------------------------
@@ -384,8 +414,15 @@ class CallsService:
                 logger.info("- call %s: no ringing time left for line %s", parent.sid, line)
                 break
             if line == "modem":
-                logger.info("- call %s: line modem skipped: GSM voice is not built yet",
-                            parent.sid)
+                child, code = await self._dial_modem(parent, parent_events, number,
+                                                     deadline=deadline, near=near,
+                                                     on_ringing=on_ringing, own=own)
+                if child is not None:
+                    return child, 200
+                if parent_events.ended:
+                    return None, 487
+                logger.info("x call %s: modem line failed (%d): trying the next line",
+                            parent.sid, code)
                 continue
             gateway = gateways.get(line.removeprefix("gateway:"))
             if gateway is None:
@@ -538,6 +575,17 @@ class CallsService:
         return App(url, method or "POST", fallback, fallback_method or "POST")
 
     def _on_event(self, event: MediaEvent) -> None:
+        pcm = self._pcm_legs.get(event.leg)
+        if pcm is not None:
+            pcm.put(event)
+            session = self._gsm
+            if isinstance(event, DtmfReceived) and session is not None and \
+                    session.pcm_leg == event.leg and session.sip_leg is not None:
+                # digits found in the modem's audio belong to the app's (or bridged) leg
+                sip = self._live.get(session.sip_leg)
+                if sip is not None:
+                    sip.events.put(DtmfReceived(session.sip_leg, event.digit))
+            return
         live = self._live.get(event.leg)
         if live is None:
             return
@@ -919,3 +967,253 @@ class CallsService:
         record = await self.send_sms(call.account_sid, sms.from_ or call.to,
                                      sms.to or call.from_, sms.text)
         return str(record.sid)
+
+    # -- GSM voice: calls to the SIM's number, and the ``modem`` outbound line ---------------
+
+    def gsm_ready(self) -> bool:
+        """A modem with a PCM tty and audio support, and media workers to carry the call."""
+        return (self.modem is not None and bool(self.modem_audio) and self.engine is not None
+                and self.modem.voice_audio is not VoiceAudio.UNSUPPORTED)
+
+    def on_modem_event(self, event: Any) -> None:
+        """The modem's call events (app.py fans the modem's on_event out to here)."""
+        if isinstance(event, CallStateChanged):
+            session = self._gsm
+            if session is not None:
+                session.states.put_nowait(event)
+                if event.state is CallState.ACTIVE:
+                    session.active = True
+                elif event.state is CallState.ENDED:  # one GSM call at a time
+                    session.ended.set()
+        elif isinstance(event, IncomingCall):
+            if not self.gsm_ready():
+                logger.info("- GSM call from %s not taken: no [modem] audio_device, no audio "
+                            "support or no media workers", event.number or "unknown")
+                return
+            if self._gsm is not None:
+                logger.info("- GSM call from %s not taken: a GSM call is up already",
+                            event.number or "unknown")
+                return
+            self._gsm = GsmSession(event.number or "")
+            self._spawn(self._run_gsm_inbound(self._gsm), f"gsm call {event.number}")
+
+    async def _modem_hangup(self, session: GsmSession) -> None:
+        if session.ended.is_set():
+            return
+        with contextlib.suppress(ModemError, TimeoutError):
+            async with asyncio.timeout(GSM_COMMAND_S):
+                await self.modem.hangup()
+        session.ended.set()
+
+    async def _until_gsm_active(self, session: GsmSession, parent_events: LegEvents | None,
+                                seconds: float,
+                                on_ringing: Callable[[], Awaitable[None]] | None = None
+                                ) -> int:
+        """200 once the GSM call is ACTIVE, else a final status: 486 busy, 480 no answer,
+        487 the caller left, 408 out of time, 503 any other end."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        rang = False
+        while not session.active:
+            if parent_events is not None and parent_events.ended:
+                return 487
+            if session.ended.is_set():
+                reason = ""
+                while not session.states.empty():
+                    reason = session.states.get_nowait().reason or reason
+                return {"BUSY": 486, "NO ANSWER": 480}.get(reason.upper(), 503)
+            if loop.time() > until:
+                return 408
+            try:
+                async with asyncio.timeout(0.2):
+                    event = await session.states.get()
+            except TimeoutError:
+                continue
+            if event.state is CallState.ENDED:
+                session.states.put_nowait(event)
+                session.ended.set()
+            elif event.state is CallState.ALERTING and not rang:
+                rang = True
+                if on_ringing is not None:
+                    await on_ringing()
+        return 200
+
+    async def _pcm_pair(self, session: GsmSession, sip_leg: LegId,
+                        near: LegId | None) -> None:
+        """Dial SIP_LEG (on NEAR's worker) to a reserved leg on a worker's loopback port,
+        answer that leg and attach the modem's PCM tty to it. Raises MediaError or
+        TimeoutError (the caller tears down)."""
+        engine = self._need_engine()
+        slot = await engine.reserve_incoming()
+        session.pcm_leg = slot.leg
+        events = self._pcm_legs[slot.leg] = LegEvents()
+        async with asyncio.timeout(DIAL_SECONDS):
+            await engine.dial(f"sip:gsm@{slot.host}:{slot.port}", leg=sip_leg,
+                              headers={"X-Leg-Id": slot.leg}, ring_seconds=DIAL_SECONDS,
+                              near=near)
+            session.sip_leg = sip_leg
+            while True:
+                event = await events.next(None)
+                if isinstance(event, LegChanged) and event.state is LegState.INCOMING:
+                    break
+            await engine.answer(slot.leg)
+            await engine.pcm_attach(slot.leg, self.modem_audio, dtmf=True)
+
+    async def _gsm_teardown(self, session: GsmSession) -> None:
+        engine = self._need_engine()
+        for leg in (session.pcm_leg, session.sip_leg):
+            if leg is None:
+                continue
+            with contextlib.suppress(MediaError, TimeoutError):
+                async with asyncio.timeout(DIAL_SECONDS):
+                    if leg == session.pcm_leg:
+                        await engine.pcm_detach(leg)
+                    await engine.hangup(leg)
+        await self._modem_hangup(session)
+        if session.pcm_leg is not None:
+            self._pcm_legs.pop(session.pcm_leg, None)
+        if self._gsm is session:
+            self._gsm = None
+
+    async def _gsm_watch(self, session: GsmSession) -> None:
+        """Until the GSM call or the loopback pair ends; then end the rest."""
+        pcm_events = self._pcm_legs.get(session.pcm_leg or LegId(""))
+
+        async def drain(events: LegEvents | None) -> None:
+            with contextlib.suppress(Hungup):
+                while events is not None:
+                    await events.next(None)
+
+        waits = [asyncio.ensure_future(session.ended.wait()),
+                 asyncio.ensure_future(drain(pcm_events))]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            await self._gsm_teardown(session)
+
+    async def _run_gsm_inbound(self, session: GsmSession) -> None:
+        """An incoming GSM call: the IncomingPhoneNumber of ``[modem] number`` runs its app
+        on the SIP side of a loopback pair whose other leg carries the PCM tty. One CDR,
+        direction inbound, From = the caller's number, To = the SIM's number."""
+        found = await self._match_number(self.modem_number) if self.modem_number else None
+        app = None
+        if found is not None and (found.voice_url or found.voice_application_sid):
+            app = await self._app(found.voice_url, found.voice_method,
+                                  found.voice_fallback_url, found.voice_fallback_method,
+                                  found.voice_application_sid)
+        if found is None or app is None:
+            logger.info("x GSM call from %s rejected: [modem] number %r has no "
+                        "IncomingPhoneNumber with a voice application",
+                        session.number or "unknown", self.modem_number)
+            await self._modem_hangup(session)
+            if self._gsm is session:
+                self._gsm = None
+            return
+        if found.status_callback:
+            app = dataclasses.replace(app, status_callback=found.status_callback,
+                                      status_callback_method=found.status_callback_method)
+        live: LiveCall | None = None
+        status = CallStatus.FAILED
+        record = None
+        try:
+            async with asyncio.timeout(GSM_COMMAND_S):
+                await self.modem.answer()
+            code = await self._until_gsm_active(session, None, GSM_ACTIVE_S)
+            if code != 200:
+                logger.info("x GSM call from %s: not active after answering (%d)",
+                            session.number, code)
+                return
+            record = await self._log.opened(account_sid=found.account_sid,
+                                            from_=session.number or "unknown",
+                                            to=found.phone_number, direction="inbound")
+            leg = LegId("LG" + mint_sid("CA")[2:])
+            info = CallInfo(sid=record.sid, account_sid=found.account_sid,
+                            from_=session.number or "unknown", to=found.phone_number,
+                            direction="inbound", leg=leg, app=app, answered=True,
+                            timestamp=iso(self._clock()))
+            live = LiveCall(info, LegEvents())
+            self._live[leg] = live
+            self._by_sid[record.sid] = live
+            logger.info("> call %s: GSM %s -> %s runs %s", record.sid, info.from_, info.to,
+                        app.url)
+            self._status(info, "initiated")
+            await self._pcm_pair(session, leg, None)
+            async with asyncio.timeout(DIAL_SECONDS):
+                await live.events.answered.wait()
+            await self._log.answered(record.sid)
+            self._status(info, "answered")
+            self._spawn(self._gsm_watch(session), f"gsm watch {record.sid}")
+            live.runner = Runner(info, self._need_engine(), live.events, self._fetcher())
+            await live.runner.run()
+            status = CallStatus.COMPLETED
+        except (ModemError, MediaError, TimeoutError) as err:
+            logger.info("x GSM call from %s failed: %s", session.number, err)
+        except Exception as err:  # noqa: BLE001 - Hungup, or a bug: the CDR is closed anyway
+            status = self._end_status(live, err) if live is not None else CallStatus.FAILED
+        finally:
+            await self._gsm_teardown(session)
+            if live is not None:
+                self._forget(live)
+            if record is not None:
+                final = await self._log.ended(record.sid, status)
+                if live is not None:
+                    self._status(live.info, "completed",
+                                 final.duration if final is not None else 0)
+
+    async def _dial_modem(self, parent: CallInfo, parent_events: LegEvents, number: str, *,
+                          deadline: float, near: LegId | None,
+                          on_ringing: Callable[[], Awaitable[None]] | None,
+                          own: LiveCall | None) -> tuple[LiveCall | None, int]:
+        """The ``modem`` line: ATD<number>; once ACTIVE, a loopback pair whose SIP leg
+        (on NEAR's worker, returned as the answered child) is what the caller bridges to.
+        One GSM call at a time: 503 when the modem is busy or not usable."""
+        if not self.gsm_ready():
+            logger.info("- call %s: line modem skipped: no modem, no [modem] audio_device, "
+                        "or no audio support", parent.sid)
+            return None, 503
+        if self._gsm is not None:
+            logger.info("- call %s: line modem skipped: a GSM call is up already", parent.sid)
+            return None, 503
+        session = self._gsm = GsmSession(number)
+        loop = asyncio.get_running_loop()
+        leg = LegId("LG" + mint_sid("CA")[2:])
+        if own is None:
+            record = await self._log.opened(
+                account_sid=parent.account_sid, from_=parent.from_, to=number,
+                direction="outbound-dial", parent_call_sid=parent.sid)
+            child = LiveCall(CallInfo(sid=record.sid, account_sid=parent.account_sid,
+                                      from_=parent.from_, to=number,
+                                      direction="outbound-dial", leg=leg, app=parent.app),
+                             LegEvents())
+        else:
+            child = own
+            child.info.leg, child.events = leg, LegEvents()
+        self._live[leg] = child
+        logger.info("> call %s: %s out by the modem", parent.sid, number)
+        code = 503
+        try:
+            async with asyncio.timeout(GSM_COMMAND_S):
+                await self.modem.dial(number)
+            code = await self._until_gsm_active(session, parent_events,
+                                                max(1.0, deadline - loop.time()), on_ringing)
+            if code == 200:
+                if own is None:
+                    await self._log.ringing(child.info.sid)
+                await self._pcm_pair(session, leg, near)
+                async with asyncio.timeout(DIAL_SECONDS):
+                    await child.events.answered.wait()
+                await self._log.answered(child.info.sid)
+                self._spawn(self._gsm_watch(session),
+                            f"gsm watch {child.info.sid}")
+                return child, 200
+        except (ModemError, MediaError, TimeoutError) as err:
+            logger.info("x call %s: modem line: %s", parent.sid, err)
+            code = 503
+        await self._gsm_teardown(session)
+        if own is None:
+            await self._end_child(child, code)
+        else:
+            self._live.pop(leg, None)
+        return None, code

@@ -46,7 +46,7 @@ from appliance.gsm.errors import (
 )
 from appliance.gsm.pdu import Concat as PduConcat
 from appliance.gsm.pdu import Deliver, SubmitPdu, decode_sms_pdu, encode_sms_submit
-from appliance.gsm.state import DeliveryReported, ModemEvent, ModemState
+from appliance.gsm.state import DeliveryReported, ModemEvent, ModemState, ModemStateChanged
 from appliance.gsm.urc import UssdResponse
 from appliance.models import (
     ADMIN_SID,
@@ -374,8 +374,7 @@ class MessagingService:
             task = asyncio.create_task(self._delivery(event))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        elif getattr(event, "state", None) is not None and \
-                event.state.phase.value == "ready":  # type: ignore[union-attr]
+        elif isinstance(event, ModemStateChanged) and event.state.phase.value == "ready":
             self._wake.set()
 
     async def _delivery(self, event: DeliveryReported) -> None:

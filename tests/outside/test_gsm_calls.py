@@ -1,0 +1,162 @@
+"""GSM voice end to end: a fake modem on a pty (with its PCM audio pty), a real appliance
+with one pjsua2 media worker, a local application server and a registered pjsua2 test phone.
+
+The GSM side of a call is a loopback pair inside the media worker (services.calls.GsmSession):
+the fake modem's PCM tty is attached to one leg, the app runs on (or the caller is bridged to)
+the other."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from appliance.app import Appliance
+from appliance.config import (
+    ApiConfig,
+    Config,
+    Endpoint,
+    MediaConfig,
+    ModemConfig,
+    OutboundConfig,
+    OutboundRoute,
+    SipConfig,
+)
+from tests.conftest import ADMIN_SID, Api, free_port
+from tests.fakes.modem import FakeModem
+from tests.media.audio import loudest_second, read_samples, rms, tone_share, write_tone
+from tests.outside.test_outside_lines import cdrs
+from tests.voice.test_voice_apps import PHONE, Handset, Rcml
+
+pytest.importorskip("pjsua2")
+
+PASSWORD = "Voice-Test-Pa55word!"
+DOMAIN = "pbx.example.com"
+SIM = "+15550009000"
+CALLER = "+15557654321"
+ROUTES = (OutboundRoute("+1777", ("modem",)),)
+_RTP_BASE = 42000 + (os.getpid() % 50) * 300
+
+
+def pcm_samples(data: bytes) -> array.array[int]:
+    out = array.array("h", data[:len(data) // 2 * 2])
+    if sys.byteorder != "little":
+        out.byteswap()
+    return out
+
+
+async def until(predicate: Callable[[], bool], within: float = 15.0) -> None:
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - state changed by another thread
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def gsm(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[Any]:
+    rcml = Rcml(write_tone(tmp_path / "tone.wav", 1000, 3.0))
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", rcml.handle)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    rcml.base = str(server.make_url("")).rstrip("/")
+    fake = FakeModem(link=tmp_path / "usb-Quectel_EC25-if02-port0", tone_hz=700.0,
+                     answer_after=0.3).start()
+    config = Config(data_dir=tmp_path / "var",
+                    api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
+                    sip=SipConfig(listen=Endpoint("127.0.0.1", free_port()), domain=DOMAIN),
+                    media=MediaConfig(workers=1, rtp_ports=(_RTP_BASE, _RTP_BASE + 99)),
+                    modem=ModemConfig(device=str(fake.link), audio_device=fake.pcm_path,
+                                      number=SIM),
+                    outbound=OutboundConfig(max_calls=2, routes=ROUTES))
+    appliance = Appliance(config)
+    phones: list[Handset] = []
+
+    async def phone(*args: str) -> Handset:
+        sip = appliance.config.sip.listen
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(PHONE), "--rtp-port", str(_RTP_BASE + 200),
+            "--register", f"{sip.host}:{sip.port}", "--password", PASSWORD,
+            "--domain", DOMAIN, *args, stdout=asyncio.subprocess.PIPE)
+        phones.append(Handset(proc))
+        await phones[-1].wait(lambda e: e["event"] == "ready")
+        return phones[-1]
+
+    try:
+        await appliance.start()
+        await appliance.wait_modem(10)
+        password = (config.data_dir / "admin-password").read_text().strip()
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, f"http://127.0.0.1:{config.api.listen.port}", ADMIN_SID,
+                      password, config.data_dir)
+            status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                             {"Login": "alice", "Password": PASSWORD})
+            assert status == 200, body
+            yield appliance, api, rcml, phone, fake
+    finally:
+        for p in phones:
+            if p.proc.returncode is None:
+                p.proc.kill()
+                await p.proc.wait()
+        await appliance.stop()
+        fake.close()
+
+
+async def test_gsm_call_to_the_sim_number_runs_its_app(gsm: Any) -> None:
+    appliance, api, rcml, _, fake = gsm
+    rcml.docs["/gsm"] = '<Response><Play>{base}/tone.wav</Play><Pause length="1"/></Response>'
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                                     {"PhoneNumber": SIM, "VoiceUrl": f"{rcml.base}/gsm"})
+    assert status == 200, body
+    fake.pcm_received.clear()
+    fake.inject_call(CALLER, ring_every=0.3)
+    start = await rcml.wait("/gsm", 15)
+    assert (start["From"], start["To"], start["Direction"]) == (CALLER, SIM, "inbound")
+    assert "ATA" in fake.commands
+    # The app's <Play> reaches the caller: the modem's PCM tty gets a 1 kHz tone.
+    await until(lambda: not fake.calls, 20)  # the app ends, the modem call is hung up
+    samples = pcm_samples(bytes(fake.pcm_received))
+    block = loudest_second(samples, 8000)
+    assert rms(block) > 500, rms(block)
+    assert tone_share(block, 8000, 1000) > 0.5, tone_share(block, 8000, 1000)
+    calls = await cdrs(api, 1)
+    call = calls[0]
+    assert (call["from"], call["to"], call["direction"], call["status"]) == (
+        CALLER, SIM, "inbound", "completed")
+
+
+async def test_gsm_call_without_an_app_is_rejected(gsm: Any) -> None:
+    _, _, rcml, _, fake = gsm
+    fake.inject_call(CALLER, ring_every=0.3)
+    await until(lambda: any(c in ("AT+CHUP", "ATH") for c in fake.commands), 10)
+    assert "ATA" not in fake.commands
+    assert not rcml.got
+
+
+async def test_phone_calls_a_number_out_by_the_modem(gsm: Any, tmp_path: Path) -> None:
+    appliance, api, _, phone, fake = gsm
+    heard = tmp_path / "heard.wav"
+    sip = appliance.config.sip.listen
+    fake.pcm_received.clear()
+    alice = await phone("--user", "alice", "--call", f"sip:+17775551234@{sip.host}:{sip.port}",
+                        "--tone", "1000", "--record", str(heard), "--hold", "3",
+                        "--timeout", "25")
+    await alice.finish()
+    assert any(e.get("state") == "CONFIRMED" for e in alice.events), alice.events
+    assert "ATD+17775551234;" in fake.commands, fake.commands
+    await until(lambda: not fake.calls, 10)  # the phone hung up: so did the modem
+    # The phone hears the fake modem's 700 Hz; the modem gets the phone's 1 kHz.
+    samples, rate = read_samples(heard)
+    block = loudest_second(samples, rate)
+    assert tone_share(block, rate, 700) > 0.5, tone_share(block, rate, 700)
+    sent = loudest_second(pcm_samples(bytes(fake.pcm_received)), 8000)
+    assert tone_share(sent, 8000, 1000) > 0.5, tone_share(sent, 8000, 1000)
+    calls = await cdrs(api, 2)
+    child = next(c for c in calls if c["direction"] == "outbound-dial")
+    assert (child["to"], child["status"]) == ("+17775551234", "completed")
