@@ -1,5 +1,10 @@
 """A pjsua2 test phone, run as its own process (one pjsua2 Endpoint per process).
 
+With ``--register`` it also registers with digest before calling or answering.
+
+``--register HOST:PORT --user U --password P --domain D``: the account is ``sip:U@D``,
+registers at HOST:PORT (``registered`` event with the code) and answers 401/407 challenges.
+
 It calls a SIP URI (``--call``, ``--calls N`` parallel calls) or answers whatever calls it
 (``--answer``); plays a tone into each call (``--tone HZ``), records what it hears
 (``--record PATH``, one file per call: ``PATH`` for call 0, ``PATH.N`` for the others),
@@ -57,11 +62,21 @@ class Phone:
         acfg = pj.AccountConfig()
         port = ep.transportGetInfo(tid).localName.rsplit(":", 1)[1]
         acfg.idUri = f"sip:phone@127.0.0.1:{port}"
+        if a.register:
+            acfg.idUri = f"sip:{a.user}@{a.domain}"
+            acfg.regConfig.registrarUri = f"sip:{a.register}"
+            acfg.regConfig.timeoutSec = 300
+            acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", a.user, 0,
+                                                            a.password))
         acfg.mediaConfig.transportConfig.port = a.rtp_port
         acfg.mediaConfig.transportConfig.portRange = 200
         acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
         self.acc = PhoneAccount(self)
-        self.acc.create(acfg, True)
+        self.acc.create(acfg, not a.register)
+        if a.register:
+            end = time.monotonic() + 10
+            while not self.acc.registered and time.monotonic() < end:
+                ep.libHandleEvents(10)
         say(event="ready", port=int(port))
 
     def run(self) -> None:
@@ -94,6 +109,11 @@ class Phone:
         # libDestroy, or the Call dies afterwards and pjsua asserts (sip.md §1.3 #5).
 
     def stop(self) -> None:
+        if self.args.register:
+            self.acc.setRegistration(False)
+            end = time.monotonic() + 1
+            while time.monotonic() < end and self.acc.registered == 200:
+                self.ep.libHandleEvents(10)
         self.ep.hangupAllCalls()
         end = time.monotonic() + 2
         while self.calls and time.monotonic() < end:
@@ -113,6 +133,11 @@ class PhoneAccount(pj.Account):  # type: ignore[misc]
     def __init__(self, phone: Phone) -> None:
         super().__init__()
         self.phone = phone
+        self.registered = 0
+
+    def onRegState(self, prm: Any) -> None:
+        self.registered = prm.code
+        say(event="registered", code=prm.code)
 
     def onIncomingCall(self, prm: Any) -> None:
         i = len(self.phone.calls)
@@ -203,6 +228,10 @@ def main() -> int:
     ap.add_argument("--dtmf-delay", type=float, default=0.5)
     ap.add_argument("--hold", type=float, default=0.0, help="hang up after N s answered")
     ap.add_argument("--timeout", type=float, default=20.0)
+    ap.add_argument("--register", default="", help="HOST:PORT of the registrar")
+    ap.add_argument("--user", default="")
+    ap.add_argument("--password", default="")
+    ap.add_argument("--domain", default="")
     phone = Phone(ap.parse_args())
     phone.start()
     phone.run()

@@ -1,5 +1,5 @@
 """Voice applications end to end: a real appliance with a real pjsua2 media worker, registered
-pjsua2 test phones (tests/voice/phone.py), and the RCML served by a local aiohttp app.
+pjsua2 test phones (tests/media/phone.py), and the RCML served by a local aiohttp app.
 
 Audio is checked on what the phones record: the 1 kHz <Play>, non-silent <Say>, and the
 phone's own 600 Hz tone in the <Record>ing downloaded from the Recordings API.
@@ -27,7 +27,7 @@ from tests.media.audio import read_samples, rms, tone_share, write_tone
 
 pytest.importorskip("pjsua2")
 
-PHONE = Path(__file__).with_name("phone.py")
+PHONE = Path(__file__).resolve().parents[1] / "media" / "phone.py"
 PASSWORD = "Voice-Test-Pa55word!"
 DOMAIN = "pbx.example.com"
 NUMBER = "+15550001"
