@@ -391,6 +391,25 @@ class CallsService:
             self._outbound.discard(info.sid)
             self._forget(live)
 
+    async def _line_leg(self, parent: CallInfo, number: str, own: LiveCall | None
+                        ) -> tuple[LegId, LiveCall]:
+        """A fresh leg for one outbound line: a child call with its own outbound-dial CDR, or
+        OWN (a POST /Calls record) re-pointed at the new leg; registered as live."""
+        leg = LegId("LG" + mint_sid("CA")[2:])
+        if own is None:
+            record = await self._log.opened(
+                account_sid=parent.account_sid, from_=parent.from_, to=number,
+                direction="outbound-dial", parent_call_sid=parent.sid)
+            child = LiveCall(CallInfo(sid=record.sid, account_sid=parent.account_sid,
+                                      from_=parent.from_, to=number,
+                                      direction="outbound-dial", leg=leg, app=parent.app),
+                             LegEvents())
+        else:
+            child = own
+            child.info.leg, child.events = leg, LegEvents()
+        self._live[leg] = child
+        return leg, child
+
     async def _dial_out(self, parent: CallInfo, parent_events: LegEvents, number: str,
                         lines: tuple[str, ...], *, ring_seconds: float, near: LegId | None,
                         on_ringing: Callable[[], Awaitable[None]] | None = None,
@@ -432,19 +451,7 @@ class CallsService:
             target = await self.resolve(gateway) if self.resolve is not None else None
             if target is None:
                 continue
-            leg = LegId("LG" + mint_sid("CA")[2:])
-            if own is None:
-                record = await self._log.opened(
-                    account_sid=parent.account_sid, from_=parent.from_, to=number,
-                    direction="outbound-dial", parent_call_sid=parent.sid)
-                child = LiveCall(CallInfo(sid=record.sid, account_sid=parent.account_sid,
-                                          from_=parent.from_, to=number,
-                                          direction="outbound-dial", leg=leg, app=parent.app),
-                                 LegEvents())
-            else:
-                child = own
-                child.info.leg, child.events = leg, LegEvents()
-            self._live[leg] = child
+            leg, child = await self._line_leg(parent, number, own)
             self._dialled[leg] = parent.account_sid
             self._gateway_legs[leg] = Fork(
                 callee=number, contacts=(Contact(f"sip:{number}@{gateway.proxy}", target),),
@@ -1178,19 +1185,7 @@ class CallsService:
             return None, 503
         session = self._gsm = GsmSession(number)
         loop = asyncio.get_running_loop()
-        leg = LegId("LG" + mint_sid("CA")[2:])
-        if own is None:
-            record = await self._log.opened(
-                account_sid=parent.account_sid, from_=parent.from_, to=number,
-                direction="outbound-dial", parent_call_sid=parent.sid)
-            child = LiveCall(CallInfo(sid=record.sid, account_sid=parent.account_sid,
-                                      from_=parent.from_, to=number,
-                                      direction="outbound-dial", leg=leg, app=parent.app),
-                             LegEvents())
-        else:
-            child = own
-            child.info.leg, child.events = leg, LegEvents()
-        self._live[leg] = child
+        leg, child = await self._line_leg(parent, number, own)
         logger.info("> call %s: %s out by the modem", parent.sid, number)
         code = 503
         try:
