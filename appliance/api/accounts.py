@@ -11,11 +11,14 @@ from appliance.errors import Forbidden, NotFound
 from appliance.services.access import is_super_admin
 from appliance.services.accounts import AccountChanges
 
+# What aiohttp would build from content_type= and charset=, spelled out once: building it per
+# response is measurable at thousands of requests per second.
+_JSON = {"Content-Type": "application/json; charset=utf-8"}
+_XML = {"Content-Type": "application/xml; charset=utf-8"}
+
 
 def respond(ctx: Ctx, body: bytes, status: int = 200) -> web.Response:
-    return web.Response(body=body, status=status,
-                        content_type="application/json" if ctx.as_json else "application/xml",
-                        charset="utf-8")
+    return web.Response(body=body, status=status, headers=_JSON if ctx.as_json else _XML)
 
 
 async def list_accounts(ctx: Ctx) -> web.Response:

@@ -120,10 +120,16 @@ async def test_sub_resources_accept_email_or_friendly_name(api: Api) -> None:
 
 async def test_password_change_gives_new_token_and_syncs_client(api: Api) -> None:
     acct = await create(api, "pw@example.com")
+    old = api.as_user("pw@example.com", PW)
+    old_by_token = api.as_user(acct["sid"], acct["auth_token"])
+    # Both work (and are remembered as verified) before the change ...
+    assert (await old.get(f"Accounts/{acct['sid']}"))[0] == 200
+    assert (await old_by_token.get(f"Accounts/{acct['sid']}"))[0] == 200
     status, body, _ = await api.post(f"Accounts/{acct['sid']}.json", {"Password": "Admin2024!"})
     assert status == 200
     assert json.loads(body)["auth_token"] == md5("Admin2024!")
-    old = api.as_user("pw@example.com", PW)
+    # ... and neither works after it.
+    assert (await old_by_token.get(f"Accounts/{acct['sid']}"))[0] == 401
     new = api.as_user("pw@example.com", "Admin2024!")
     assert (await old.get(f"Accounts/{acct['sid']}"))[0] == 401
     assert (await new.get(f"Accounts/{acct['sid']}"))[0] == 200
