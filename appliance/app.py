@@ -37,6 +37,7 @@ from appliance.platform import systemd, tls
 from appliance.platform.gpio import Indicators, SystemState, open_indicators
 from appliance.services.accounts import AccountService
 from appliance.services.calls import CallsService
+from appliance.services.conferences import ConferencesService
 from appliance.services.gateways import GatewayService
 from appliance.services.history import HistoryService
 from appliance.services.messaging import MessagingService
@@ -56,8 +57,9 @@ from appliance.sip.guard import Guard
 from appliance.sip.proxy import Proxy
 from appliance.sip.registrar import Registrar
 from appliance.sip.transport import Transport
-from appliance.sip.trunk import Trunk
+from appliance.sip.trunk import Trunk, parse_sources
 from appliance.store.backup import backup
+from appliance.store.conferences import ConferenceStore
 from appliance.store.db import Store
 from appliance.store.gateways import GatewayStore
 from appliance.store.sms import SmsStore
@@ -228,11 +230,16 @@ class Appliance:
             data_dir=self.config.data_dir, public_base=self._public_base,
             front_door=lambda: (self.transport.advertised, sip.listen.port),
             worker_ports=worker_ports)
+        self.conferences = ConferencesService(ConferenceStore(self.store), self.call_log,
+                                              self.clock, engine=engine)
+        self.calls.conferences = self.conferences
         self.router.apps = self.calls.route_invite
         self.proxy.media_caller = self.calls.media_caller
         # Outside lines (docs/gateways.md): calls from a gateway's provider to our DIDs, and
         # calls to numbers out through the [outbound] routes.
         self.proxy.gateway_caller = gateway_callers(self.trunk.gateway_at)
+        self.trunk.sources = {name: parse_sources(pairs)
+                              for name, pairs in self.config.inbound.sources}
         self.router.from_gateway = self.calls.route_gateway_invite
         self.router.outbound = self.calls.route_outbound
         self.router.media_legs = self.calls.route_media_leg
@@ -242,10 +249,15 @@ class Appliance:
         self.calls.gateways = self.gateways.all
         self.calls.resolve = self.trunk.resolve
         self.calls.send_sms = self.messaging.send_from_client
+        # <Dial><Sip> rings only URIs at our own domain/addresses; POST /Calls rings each
+        # registered phone of a Client as its own call.
+        self.calls.local_hosts = lambda: self.transport.local_hosts
+        self.calls.contacts_of = lambda login: self.router.contacts_of(login,
+                                                                       self.wall_clock())
         # GSM voice (docs: "Outside lines" item 4): calls to [modem] number, the modem line.
-        self.calls.modem = self.modem
-        self.calls.modem_audio = self.config.modem.audio_device
-        self.calls.modem_number = self.config.modem.number
+        self.calls.gsm.modem = self.modem
+        self.calls.gsm.audio = self.config.modem.audio_device
+        self.calls.gsm.number = self.config.modem.number
 
     def _on_modem_event(self, event: Any) -> None:
         """The modem's events go to messaging (SMS, state) and to calls (voice)."""
@@ -297,6 +309,7 @@ class Appliance:
                 await self.supervisor.start()
             except (TimeoutError, OSError) as err:  # the rest runs; /health says media down
                 logger.error("x media workers not ready: %s", err or type(err).__name__)
+        await self.conferences.start()
         await self.messaging.recover()
         self.messaging.start()
         if self.modem is not None:
@@ -307,7 +320,8 @@ class Appliance:
                                max_body=self.config.api.max_body_bytes,
                                sip_directory=self.sip_directory,
                                messaging=self.messaging, gateways=self.gateways,
-                               calls=self.calls, outbound=self.outbound_proxies)
+                               calls=self.calls, outbound=self.outbound_proxies,
+                               conferences=self.conferences)
         app = make_app(services)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

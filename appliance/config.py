@@ -116,6 +116,20 @@ class OutboundConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class InboundConfig:
+    """The ``[inbound]`` section: where providers send calls from (docs/gateways.md).
+
+    Keys::
+
+        [inbound.sources]             # per gateway FriendlyName: addresses besides its registrar
+        provider = ["203.0.113.7", "198.51.100.0/24", "192.0.2.10:5080"]
+    """
+
+    # (FriendlyName, ((network, port or None = any), ...)), in the file's order
+    sources: tuple[tuple[str, tuple[tuple[str, int | None], ...]], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class GpioConfig:
     """The ``[gpio]`` section of config.toml. Pins are BCM GPIO numbers; None = not fitted.
 
@@ -156,6 +170,7 @@ class Config:
     media: MediaConfig = MediaConfig()
     gpio: GpioConfig = GpioConfig()
     outbound: OutboundConfig = OutboundConfig()
+    inbound: InboundConfig = InboundConfig()
 
 
 def _endpoint(key: str, value: Any) -> Endpoint:
@@ -222,7 +237,8 @@ def _section(name: str, raw: Any, allowed: set[str]) -> Mapping[str, Any]:
 
 def parse(raw: Mapping[str, Any]) -> Config:
     """Build a Config from a parsed TOML mapping; every missing key takes its default."""
-    top_keys = {"data_dir", "api", "sip", "admin", "modem", "media", "gpio", "outbound"}
+    top_keys = {"data_dir", "api", "sip", "admin", "modem", "media", "gpio", "outbound",
+                "inbound"}
     unknown = sorted(set(raw) - top_keys)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key")
@@ -319,12 +335,13 @@ def parse(raw: Mapping[str, Any]) -> Config:
     gpio = GpioConfig(enabled=enabled, **pins)
 
     outbound = _outbound(raw.get("outbound", {}))
+    inbound = _inbound(raw.get("inbound", {}))
 
     data_dir = _string("data_dir", raw.get("data_dir", str(default.data_dir)))
     if not data_dir:
         raise ConfigError("data_dir: must not be empty")
     return Config(data_dir=Path(data_dir), api=api, sip=sip, admin=admin, modem=modem,
-                  media=media, gpio=gpio, outbound=outbound)
+                  media=media, gpio=gpio, outbound=outbound, inbound=inbound)
 
 
 _PREFIX = re.compile(r"\+?[0-9*#]{0,32}")
@@ -360,6 +377,48 @@ def _outbound(raw: Any) -> OutboundConfig:
     return OutboundConfig(max_calls=_int("outbound.max_calls", section.get("max_calls", 4),
                                          0, 1000),
                           routes=tuple(routes))
+
+
+MAX_SOURCES = 64  # addresses or networks per gateway in [inbound.sources]
+
+
+def _source(key: str, text: Any) -> tuple[str, int | None]:
+    """One provider address: an IP or a network (``/prefix``), optionally with a port
+    (``192.0.2.10:5080``, ``[2001:db8::1]:5060``); as (network, port or None)."""
+    try:
+        if not isinstance(text, str) or len(text) > 64:
+            raise ValueError(text)
+        port: str | None = None
+        if text.startswith("["):
+            address, _, rest = text[1:].partition("]")
+            if rest:
+                port = rest.removeprefix(":") if rest.startswith(":") else "x"
+        elif text.count(":") == 1:
+            address, _, port = text.partition(":")
+        else:
+            address = text
+        network = ipaddress.ip_network(address, strict=False)
+        if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(port)
+    except ValueError:
+        raise ConfigError(f"{key}: {text!r} is not an address like \"203.0.113.7\", "
+                          "\"198.51.100.0/24\" or \"192.0.2.10:5080\"") from None
+    return str(network), int(port) if port is not None else None
+
+
+def _inbound(raw: Any) -> InboundConfig:
+    section = _section("inbound", raw, {"sources"})
+    sources_raw = section.get("sources", {})
+    if not isinstance(sources_raw, dict):
+        raise ConfigError("inbound.sources: expected a table of gateway FriendlyName = "
+                          "[addresses]")
+    sources: list[tuple[str, tuple[tuple[str, int | None], ...]]] = []
+    for name, addresses in sources_raw.items():
+        key = f"inbound.sources.{name}"
+        if not isinstance(addresses, list) or not 0 < len(addresses) <= MAX_SOURCES:
+            raise ConfigError(f"{key}: expected a list of 1-{MAX_SOURCES} addresses")
+        sources.append((name, tuple(_source(key, a) for a in addresses)))
+    return InboundConfig(sources=tuple(sources))
 
 
 def load(path: Path | None) -> Config:

@@ -258,6 +258,45 @@ class Gateway:
     date_updated: datetime
 
 
+ConferenceSid = NewType("ConferenceSid", str)
+
+
+class ConferenceStatus(enum.StrEnum):
+    """Restcomm's conference states (api-behaviour.md §8.8)."""
+
+    RUNNING_MODERATOR_ABSENT = "RUNNING_MODERATOR_ABSENT"  # nobody with startConferenceOnEnter
+    RUNNING_MODERATOR_PRESENT = "RUNNING_MODERATOR_PRESENT"
+    COMPLETED = "COMPLETED"
+
+
+@dataclasses.dataclass(frozen=True)
+class Conference:
+    """A named room of one account, from its first participant to its end."""
+
+    sid: ConferenceSid
+    account_sid: AccountSid
+    friendly_name: str
+    status: ConferenceStatus
+    api_version: str
+    date_created: datetime
+    date_updated: datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class Participant:
+    """One call in a conference; ``connected`` is False once it has left."""
+
+    call_sid: str
+    conference_sid: ConferenceSid
+    account_sid: AccountSid
+    muted: bool
+    start_conference_on_enter: bool
+    end_conference_on_exit: bool
+    connected: bool
+    date_created: datetime
+    date_updated: datetime
+
+
 T = TypeVar("T")
 
 

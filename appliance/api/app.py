@@ -22,6 +22,7 @@ from appliance.api import (
     accounts,
     applications,
     clients,
+    conferences,
     gateways,
     messages,
     numbers,
@@ -33,7 +34,7 @@ from appliance.api import (
 from appliance.api.cache import RESPONSE_CACHE, ResponseCache
 from appliance.api.context import SERVICES, ApiServices, Ctx
 from appliance.api.render import message
-from appliance.api.routes import Route, match
+from appliance.api.routes import Route, Router
 from appliance.errors import ApplianceError, Forbidden, NotFound, TooLarge, Unauthorized
 from appliance.models import API_VERSION, AccountStatus
 
@@ -43,12 +44,8 @@ PREFIXES = ("restcomm", "api")
 ROUTES: list[Route] = [*accounts.ROUTES, *clients.ROUTES, *applications.ROUTES,
                        *numbers.ROUTES, *records.ROUTES, *messages.ROUTES,
                        *registrations.ROUTES, *gateways.ROUTES,
-                       *outbound.ROUTES]
-# The same routes, in the same order, grouped by segment count: match() only ever considers
-# routes as long as the path, so this gives identical results without scanning all of them.
-_ROUTES_BY_LENGTH: dict[int, list[Route]] = {}
-for _route in ROUTES:
-    _ROUTES_BY_LENGTH.setdefault(len(_route.pattern), []).append(_route)
+                       *outbound.ROUTES, *conferences.ROUTES]
+_ROUTER = Router(ROUTES)
 _RECORDING_FILE = re.compile(r"^Accounts/[^/]+/Recordings/(RE[0-9a-zA-Z]{32})\.(wav|mp4)$")
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="Restcomm realm"'}
 
@@ -108,8 +105,7 @@ async def _dispatch(request: web.Request, prefix: str, tail: str) -> web.StreamR
         length = request.content_length
         if length is not None and length > services.max_body:
             raise TooLarge(f"Length larger than {services.max_body}")
-        found, values, allowed = match(_ROUTES_BY_LENGTH.get(len(segments), []), segments,
-                                       request.method)
+        found, values, allowed = _ROUTER.match(segments, request.method)
         if found is None:
             if allowed:
                 return web.Response(status=405, text="Method not allowed on this resource",
@@ -136,6 +132,8 @@ async def _api(request: web.Request) -> web.StreamResponse:
     raw = request.rel_url.raw_path
     marker = f"/{API_VERSION}/"
     raw_tail = raw.split(marker, 1)[1] if marker in raw else ""
+    if "%" not in raw_tail:
+        return await _dispatch(request, prefix, raw_tail)
     segments = [unquote(seg) for seg in raw_tail.split("/")]
     if any("/" in seg for seg in segments):
         return web.Response(status=404, text="The requested resource was not found",

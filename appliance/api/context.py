@@ -14,6 +14,7 @@ from appliance.errors import InvalidInput
 from appliance.models import Account
 from appliance.services.accounts import AccountService
 from appliance.services.calls import CallsService
+from appliance.services.conferences import ConferencesService
 from appliance.services.gateways import GatewayService
 from appliance.services.history import HistoryService
 from appliance.services.messaging import MessagingService
@@ -38,6 +39,7 @@ class ApiServices:
     outbound: OutboundProxies | None = None
     sip_directory: SipDirectory | None = None  # None: no SIP front door (registrations empty)
     calls: CallsService | None = None  # None: calls cannot be placed or modified (405)
+    conferences: ConferencesService | None = None  # None: the Conferences API answers 404
 
 
 SERVICES = web.AppKey("services", ApiServices)
@@ -102,7 +104,8 @@ class Ctx:
         cache = self.request.app.get(RESPONSE_CACHE)
         if cache is None:
             return await build()
-        key = (self.me, self.request.method, self.request.raw_path, self.as_json)
+        # The caller by SID: any change to the account is a write, which empties the cache.
+        key = (self.me.sid, self.request.method, self.request.raw_path, self.as_json)
         body, version = cache.lookup(key)
         if body is None:
             body = await build()

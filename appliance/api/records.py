@@ -12,8 +12,8 @@ from appliance.api import render, representations
 from appliance.api.accounts import respond
 from appliance.api.context import Ctx
 from appliance.api.routes import Route, route
-from appliance.errors import InvalidInput, MethodNotAllowed
-from appliance.models import API_VERSION
+from appliance.errors import Gone, InvalidInput, MethodNotAllowed
+from appliance.models import API_VERSION, CallRecord
 from appliance.rcml.runner import App
 from appliance.services.access import Action, require
 from appliance.services.calls import CallsService
@@ -99,11 +99,30 @@ async def create_call(ctx: Ctx) -> web.Response:
     timeout = form.get("Timeout", "60")
     if not timeout.isdigit() or not 1 <= int(timeout) <= 600:
         raise InvalidInput("Timeout must be an integer number of seconds (1-600)")
-    record = await _calls(ctx).originate(account.sid, from_=form["From"], to=form["To"],
-                                         app=_app(form), ring_seconds=int(timeout))
-    # A single CDR: XML without the RestcommResponse wrapper (§8.3).
-    return respond(ctx, render.one(representations.call(record, ctx.as_json), ctx.as_json,
-                                   wrap=False))
+    _status_callback_events(form.get("StatusCallbackEvent"))
+    # Username/Password (SIP auth towards the target) are accepted and unused: the only SIP
+    # targets are our own Clients (a foreign domain is 403), which need no credentials.
+    records = await _calls(ctx).originate(account.sid, from_=form["From"], to=form["To"],
+                                          app=_app(form), ring_seconds=int(timeout))
+    reps = [representations.call(r, ctx.as_json) for r in records]
+    if len(reps) == 1:  # a single CDR: XML without the RestcommResponse wrapper (§8.3)
+        return respond(ctx, render.one(reps[0], ctx.as_json, wrap=False))
+    return respond(ctx, render.many(reps, "Calls", ctx.as_json))  # one per registered phone
+
+
+CALL_EVENTS = ("initiated", "ringing", "answered", "completed")
+
+
+def _status_callback_events(value: str | None) -> tuple[str, ...]:
+    """StatusCallbackEvent: a comma-separated subset of CALL_EVENTS (400 otherwise). As in
+    Restcomm the events given are *added to* the default, which is all four: every event is
+    sent whatever the value (api-behaviour.md §8.3)."""
+    given = tuple(e.strip().lower() for e in (value or "").split(",") if e.strip())
+    bad = [e for e in given if e not in CALL_EVENTS]
+    if bad or (value is not None and value.strip() and not given):
+        raise InvalidInput("StatusCallbackEvent must be a comma-separated list of "
+                           f"{', '.join(CALL_EVENTS)}: not {', '.join(bad) or value!r}")
+    return tuple(dict.fromkeys(CALL_EVENTS + given))
 
 
 async def modify_call(ctx: Ctx) -> web.Response:
@@ -113,10 +132,30 @@ async def modify_call(ctx: Ctx) -> web.Response:
     form = dict(await ctx.form())
     status = form.get("Status")
     app = _app(form) if form.get("Url") else None
-    if status is None and app is None:
-        raise InvalidInput("Url or Status is required")
-    await _calls(ctx).modify(before.sid, status=status, app=app)
+    mute = form.get("Mute")
+    if status is None and app is None and mute is None:
+        raise InvalidInput("Url, Status or Mute is required")
+    # Every value is checked before anything is done to the call.
+    if status is not None and status not in ("completed", "canceled"):
+        raise InvalidInput("Status must be completed or canceled")
+    if mute is not None and mute.lower() not in ("true", "false"):
+        raise InvalidInput("Mute must be true or false")
+    if mute is not None:
+        await _mute(ctx, before, mute)
+    if status is not None or app is not None:
+        await _calls(ctx).modify(before.sid, status=status, app=app)
     return respond(ctx, render.one(representations.call(before, ctx.as_json), ctx.as_json))
+
+
+async def _mute(ctx: Ctx, call: CallRecord, value: str) -> None:
+    """`Mute=true|false`: a call in a conference is muted there (services.conferences);
+    muting any other call is not built (400)."""
+    conferences = ctx.services.conferences
+    if conferences is not None and await conferences.mute_call(call.sid, value.lower() == "true"):
+        return
+    if call.status not in ("queued", "ringing", "in-progress"):
+        raise Gone("Call is already completed.")
+    raise InvalidInput("Mute applies to a call in a conference only")
 
 
 async def list_sms(ctx: Ctx) -> web.Response:

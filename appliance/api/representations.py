@@ -11,7 +11,9 @@ from appliance.models import (
     Application,
     CallRecord,
     Client,
+    Conference,
     Notification,
+    Participant,
     PhoneNumber,
     Recording,
     SmsRecord,
@@ -239,4 +241,33 @@ def recording(r: Recording, file_base: str, as_json: bool) -> Rep:
         F("uri", "Uri", _uri(f"{BASE}/Accounts/{r.account_sid}/Recordings/{r.sid}", as_json)),
         F("file_uri", "FileUri",
           f"{file_base}/restcomm/{API_VERSION}/Accounts/{r.account_sid}/Recordings/{r.sid}.wav"),
+    ])
+
+
+def conference(c: Conference, as_json: bool) -> Rep:
+    path = f"{BASE}/Accounts/{c.account_sid}/Conferences/{c.sid}"
+    return Rep("Conference", [
+        F("sid", "Sid", c.sid), F("date_created", "DateCreated", rfc2822(c.date_created)),
+        F("date_updated", "DateUpdated", rfc2822(c.date_updated)),
+        F("account_sid", "AccountSid", c.account_sid), F("status", "Status", str(c.status)),
+        F("api_version", "ApiVersion", c.api_version),
+        F("friendly_name", "FriendlyName", c.friendly_name),
+        F("uri", "Uri", _uri(path, as_json)),
+        F("subresource_uris", "SubresourceUris", Rep("SubresourceUris", [
+            F("participants", "Participants", _uri(f"{path}/Participants", as_json))])),
+    ])
+
+
+def participant(p: Participant, as_json: bool) -> Rep:
+    path = (f"{BASE}/Accounts/{p.account_sid}/Conferences/{p.conference_sid}/Participants/"
+            f"{p.call_sid}")
+    return Rep("Participant", [
+        F("call_sid", "CallSid", p.call_sid), F("conference_sid", "ConferenceSid",
+                                                 p.conference_sid),
+        F("date_created", "DateCreated", rfc2822(p.date_created)),
+        F("date_updated", "DateUpdated", rfc2822(p.date_updated)),
+        F("account_sid", "AccountSid", p.account_sid), F("muted", "Muted", p.muted),
+        F("start_conference_on_enter", "StartConferenceOnEnter", p.start_conference_on_enter),
+        F("end_conference_on_exit", "EndConferenceOnExit", p.end_conference_on_exit),
+        F("uri", "Uri", _uri(path, as_json)),
     ])

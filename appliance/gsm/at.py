@@ -310,6 +310,10 @@ ANSWER = Command("ATA", call=True, timeout=20.0)  # NO CARRIER if the caller gav
 HANGUP = Command("AT+CHUP", timeout=10.0)  # never AT+QHUP: it hangs the Quectel EP06 (§2.8)
 HANGUP_ATH = Command("ATH", timeout=10.0)  # fallback; needs AT+CVHU=0 on some modems
 VOICE_HANGUP_MODE = Command("AT+CVHU=0")  # ATH ends voice calls too (SIMCom)
+# TS 27.007 §7.13: "releases all held calls or sets User Determined User Busy (UDUB) for a
+# waiting call": the waiting caller hears busy, the active call goes on (AT+CHUP/ATH would
+# end it too).
+REJECT_WAITING = Command("AT+CHLD=0", timeout=10.0)
 # Quectel Voice-over-USB: each mode fails while the other is on, so always off first.
 QUECTEL_PCM_OFF = Command("AT+QPCMV=0")
 QUECTEL_PCM_ON = Command("AT+QPCMV=1,0")  # 8 kHz S16LE mono on USB if01, before ATD/ATA

@@ -239,6 +239,16 @@ class Modem:
         self._require(Phase.READY)
         await self._voice.hangup()
 
+    @property
+    def dtmf_urc(self) -> bool:
+        """The modem reports DTMF it hears in the call itself (+RXDTMF / +QTONEDET)."""
+        return self._voice.dtmf_urc
+
+    async def reject_waiting(self) -> None:
+        """Refuse a waiting (second) call busy with `AT+CHLD=0`; the active call goes on."""
+        self._require(Phase.READY)
+        await self._voice.reject_waiting()
+
     async def send_dtmf(self, digits: str) -> None:
         """Send DTMF into the active call (`AT+VTS=<d>` per digit)."""
         self._require(Phase.READY)

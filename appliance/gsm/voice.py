@@ -84,6 +84,7 @@ class Voice:
         self._announced = False  # IncomingCall already sent for the call now ringing
         self._audio_wanted = False  # the host armed PCM for the current call(s)
         self._pcm_on = False
+        self.dtmf_urc = False  # the modem reports received DTMF itself (+RXDTMF/+QTONEDET)
         self._end_reason = ""  # the end URC that woke us, for the calls the list dropped
         self._kick = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
@@ -102,10 +103,11 @@ class Voice:
         self.audio = audio_for(manufacturer)
         self._pcm_on = False
         await self._optional(at.VOICE_HANGUP_MODE)
-        if self.audio is VoiceAudio.SIMCOM_USB:
-            await self._optional(at.Command("AT+DDET=1"))  # +RXDTMF (the SIM7000E lacks it)
-        elif self.audio is VoiceAudio.QUECTEL_USB:
-            await self._optional(at.Command("AT+QTONEDET=1"))  # +QTONEDET
+        self.dtmf_urc = False
+        if self.audio is VoiceAudio.SIMCOM_USB:  # +RXDTMF (the SIM7000E lacks it)
+            self.dtmf_urc = await self._optional(at.Command("AT+DDET=1")) is not None
+        elif self.audio is VoiceAudio.QUECTEL_USB:  # +QTONEDET
+            self.dtmf_urc = await self._optional(at.Command("AT+QTONEDET=1")) is not None
         if self._calls:  # after a reboot or re-open: the calls we knew are probably gone
             self._end_reason = "modem restarted"
             with contextlib.suppress(ModemError):
@@ -159,6 +161,12 @@ class Voice:
         except (CommandError, CmeError, CmsError):
             await self._channel.run(at.HANGUP_ATH)
         self._end_reason = "hangup"
+        await self.reconcile()
+
+    async def reject_waiting(self) -> None:
+        """`AT+CHLD=0`: a waiting call is refused busy (UDUB), the active one goes on."""
+        self._end_reason = "busy (call waiting refused)"
+        await self._channel.run(at.REJECT_WAITING)
         await self.reconcile()
 
     async def send_dtmf(self, digits: str) -> None:

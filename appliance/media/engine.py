@@ -112,7 +112,7 @@ class RecordFinished:
     leg: LegId
     file: str
     duration: float
-    reason: str = "stopped"  # stopped | max-seconds | hangup
+    reason: str = "stopped"  # stopped | max-seconds | silence | hangup
     audio: bool = True
 
 
@@ -171,7 +171,12 @@ class MediaEngine(Protocol):
 
     async def stop_play(self, leg: LegId) -> None: ...
 
-    async def record(self, leg: LegId, file: str, *, max_seconds: float = 3600.0) -> None: ...
+    async def record(self, leg: LegId, file: str, *, max_seconds: float = 3600.0,
+                     silence_seconds: float = 0.0) -> None:
+        """Record what LEG hears from its far end into FILE (WAV) until stop_record,
+        MAX_SECONDS, or SILENCE_SECONDS (> 0) without the far end's voice (RecordFinished
+        reason ``silence``)."""
+        ...
 
     async def stop_record(self, leg: LegId) -> None: ...
 
@@ -186,6 +191,10 @@ class MediaEngine(Protocol):
     async def conference_join(self, leg: LegId, room: str) -> None: ...
 
     async def conference_leave(self, leg: LegId) -> None: ...
+
+    async def conference_mute(self, leg: LegId, muted: bool) -> None:
+        """Stop (MUTED) or resume sending LEG's audio into its room; it still hears the room."""
+        ...
 
     async def pcm_attach(self, leg: LegId, device: str, *, dtmf: bool = True) -> None:
         """Connect LEG's audio to a modem's PCM tty DEVICE (both ways); with DTMF, digits

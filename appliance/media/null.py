@@ -37,6 +37,7 @@ class NullMediaEngine:
         self.max_legs = max_legs
         self.legs: dict[LegId, LegState] = {}
         self.rooms: dict[LegId, str] = {}
+        self.muted: set[LegId] = set()  # legs muted in their conference
         self.pcm: dict[LegId, str] = {}  # legs attached to a modem's PCM tty -> the device
         self.sent_dtmf: list[tuple[LegId, str]] = []  # what send_dtmf was asked to send
         self._handlers: list[Handler] = []
@@ -104,7 +105,8 @@ class NullMediaEngine:
     async def stop_play(self, leg: LegId) -> None:
         self._state(leg)
 
-    async def record(self, leg: LegId, file: str, *, max_seconds: float = 3600.0) -> None:
+    async def record(self, leg: LegId, file: str, *, max_seconds: float = 3600.0,
+                     silence_seconds: float = 0.0) -> None:
         self._state(leg)
         self._later(RecordFinished(leg, file, 0.0, "stopped", audio=False))
 
@@ -130,6 +132,13 @@ class NullMediaEngine:
     async def conference_leave(self, leg: LegId) -> None:
         self._state(leg)
         self.rooms.pop(leg, None)
+
+    async def conference_mute(self, leg: LegId, muted: bool) -> None:
+        self._state(leg)
+        if muted:
+            self.muted.add(leg)
+        else:
+            self.muted.discard(leg)
 
     async def pcm_attach(self, leg: LegId, device: str, *, dtmf: bool = True) -> None:
         self._state(leg)
@@ -163,6 +172,7 @@ class NullMediaEngine:
         answered = self._state(leg) is LegState.ANSWERED
         del self.legs[leg]
         self.rooms.pop(leg, None)
+        self.muted.discard(leg)
         self._later(LegChanged(leg, LegState.ENDED, code, reason,
                                HangupCause.from_sip(code, answered)))
 

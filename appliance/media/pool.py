@@ -83,6 +83,7 @@ class WorkerPool:
         self._where: dict[LegId, str] = {}
         self._reserved: dict[LegId, asyncio.TimerHandle] = {}
         self._answered: set[LegId] = set()
+        self._rooms: dict[LegId, str] = {}  # legs in a conference room -> the room
         self._handlers: list[Handler] = []
 
     def attach(self, workers: WorkerSet) -> None:
@@ -153,8 +154,10 @@ class WorkerPool:
     async def stop_play(self, leg: LegId) -> None:
         await self._send(leg, p.Stop(leg=leg))
 
-    async def record(self, leg: LegId, file: str, *, max_seconds: float = 3600.0) -> None:
-        await self._send(leg, p.RecordStart(leg=leg, file=file, max_seconds=max_seconds))
+    async def record(self, leg: LegId, file: str, *, max_seconds: float = 3600.0,
+                     silence_seconds: float = 0.0) -> None:
+        await self._send(leg, p.RecordStart(leg=leg, file=file, max_seconds=max_seconds,
+                                            silence_seconds=silence_seconds))
 
     async def stop_record(self, leg: LegId) -> None:
         await self._send(leg, p.RecordStop(leg=leg))
@@ -172,10 +175,24 @@ class WorkerPool:
         await self._send(leg, p.Unbridge(leg=leg, other=other))
 
     async def conference_join(self, leg: LegId, room: str) -> None:
+        # A room lives inside one worker: a leg on another worker would silently get a room
+        # of its own there, so it is refused instead.
+        worker = self._worker_of(leg)
+        for other, other_room in list(self._rooms.items()):
+            if other not in self._where:
+                del self._rooms[other]  # ended
+            elif other_room == room and other != leg and self._where[other] != worker:
+                raise CommandFailed("not-same-worker", f"room {room} is on worker "
+                                    f"{self._where[other]}, {leg} on {worker}")
         await self._send(leg, p.ConfJoin(leg=leg, room=room))
+        self._rooms[leg] = room
 
     async def conference_leave(self, leg: LegId) -> None:
+        self._rooms.pop(leg, None)
         await self._send(leg, p.ConfLeave(leg=leg))
+
+    async def conference_mute(self, leg: LegId, muted: bool) -> None:
+        await self._send(leg, p.ConfMute(leg=leg, muted=muted))
 
     async def pcm_attach(self, leg: LegId, device: str, *, dtmf: bool = True) -> None:
         await self._send(leg, p.PcmAttach(leg=leg, device=device, dtmf=dtmf))

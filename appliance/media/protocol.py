@@ -191,11 +191,15 @@ class RecordStart(Command):
     leg: str
     file: str
     max_seconds: float = 3600.0
+    # <Record timeout>: this many seconds without the far end's voice end the recording
+    # (record_done reason "silence"); 0 = no silence watch.
+    silence_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         _leg(self.leg)
         _need(0 < len(self.file) <= 4096 and "\x00" not in self.file, "bad file")
         _need(0 < self.max_seconds <= 4 * 3600, "bad max_seconds")
+        _need(0 <= self.silence_seconds <= 4 * 3600, "bad silence_seconds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +262,19 @@ class ConfJoin(Command):
 class ConfLeave(Command):
     OP: ClassVar[str] = "conf_leave"
     leg: str
+
+    def __post_init__(self) -> None:
+        _leg(self.leg)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfMute(Command):
+    """Stop (``muted``) or resume sending the leg's audio into its conference room; the leg
+    still hears the room. Kept across a later ``conf_join`` of the same leg."""
+
+    OP: ClassVar[str] = "conf_mute"
+    leg: str
+    muted: bool = True
 
     def __post_init__(self) -> None:
         _leg(self.leg)
@@ -381,7 +398,7 @@ class RecordDone(Event):
     leg: str
     file: str
     duration: float  # seconds of audio in the file
-    reason: str = "stopped"  # stopped | max-seconds | hangup
+    reason: str = "stopped"  # stopped | max-seconds | silence | hangup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,7 +420,8 @@ class ErrorEvent(Event):
 
 COMMANDS: dict[str, type[Command]] = {
     c.OP: c for c in (Dial, Answer, Reject, Hangup, Play, Stop, RecordStart, RecordStop,
-                      SendDtmf, Bridge, Unbridge, ConfJoin, ConfLeave, PcmAttach, PcmDetach, Ping,
+                      SendDtmf, Bridge, Unbridge, ConfJoin, ConfLeave, ConfMute, PcmAttach,
+                      PcmDetach, Ping,
                       Shutdown)
 }
 EVENTS: dict[str, type[Event]] = {

@@ -240,6 +240,7 @@ class DialDone:
     recording_url: str | None = None
     public_recording_url: str | None = None
     ring_duration: int | None = None
+    conference_sid: str | None = None  # <Dial><Conference>: the conference it was in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -493,6 +494,8 @@ class Interpreter:
             extra["PublicRecordingUrl"] = result.public_recording_url
         if result.ring_duration is not None:
             extra["DialRingDuration"] = str(result.ring_duration)
+        if result.conference_sid is not None:
+            extra["ConferenceSid"] = result.conference_sid  # OURS, as Twilio's conference events
         return self._fetch(dial.action, dial.method, extra)
 
     def _on_sms(self, result: SmsQueued | Done) -> Action:

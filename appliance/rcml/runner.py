@@ -16,9 +16,12 @@ Events of the leg arrive from the calls service through `LegEvents.put` (the eng
 subscriber runs on the loop, so a plain asyncio.Queue is enough). Every remote call is
 bounded: webhooks carry their own total timeout, media commands run under COMMAND_TIMEOUT.
 
-Not done (reported, not faked): Record's silence `timeout` (the worker does no voice
-activity detection: a recording ends on finishOnKey, maxLength or hang-up), Gather speech
-input (DTMF only), transcription. <Dial> bridges Clients only (see `dial_client`).
+A recording ends on finishOnKey, maxLength, hang-up or `timeout` seconds of silence (a
+level watch in the worker, not voice activity detection: any sound above a quiet line's
+noise counts as voice).
+
+Not done (reported, not faked): Gather speech input (DTMF only), transcription.
+<Dial> is `services.dialing`.
 """
 
 from __future__ import annotations
@@ -425,8 +428,11 @@ class Runner:
             await self._wait_for(PlayFinished, 5.0)
         self.out.recordings_dir.mkdir(parents=True, exist_ok=True)
         path = self.out.recordings_dir / f"{self.call.sid}-{time.time_ns()}.wav"
+        # timeout: seconds of the caller's silence end the recording (the worker watches
+        # the level of what the leg receives; RecordFinished reason "silence").
         await self._cmd(self.engine.record(self.call.leg, str(path),
-                                           max_seconds=float(action.max_length)))
+                                           max_seconds=float(action.max_length),
+                                           silence_seconds=float(action.timeout)))
         key, hung_up = "", False
         finished: RecordFinished | None = None
         try:

@@ -14,9 +14,13 @@ dials ``sip:<login>@<front door>`` with `X-Leg-Id`; the proxy accepts that INVIT
 challenge only from a worker's own loopback address and only for a leg dialled here
 (`media_caller`), forks it to the Client's registered phones like any call (NAT, TCP
 connections, several phones), and writes no CDR of its own (`Fork.cdr_sid` is empty). Once
-the leg is answered its RCML runs.
+the leg is answered its RCML runs. A Client with several registered phones gets one such
+call per phone (own CDR, own RCML run): each leg's INVITE is routed to its one phone by the
+Fork `route_media_leg` hands the proxy.
 A number `To` goes out through the outbound routes instead (`_originate_number`, the same
 failover as `<Dial><Number>`), its caller ID set by `caller_id_uri`.
+
+GSM voice (calls to the SIM's number, the ``modem`` line) is `services.gsm_calls`.
 
 Every runner and originating task is owned by `self._tasks` and cancelled by `stop()`.
 """
@@ -30,16 +34,13 @@ import logging
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from appliance.errors import Forbidden, Gone, InvalidInput, NotFound, Unavailable
-from appliance.gsm.errors import ModemError
-from appliance.gsm.state import CallState, CallStateChanged, IncomingCall, VoiceAudio
 from appliance.media.engine import (
-    DtmfReceived,
     HangupCause,
     LegChanged,
     LegId,
@@ -50,9 +51,11 @@ from appliance.media.engine import (
 )
 from appliance.media.protocol import MediaError
 from appliance.models import CallRecord, CallStatus, Gateway, Recording, RecordingSid, mint_sid
-from appliance.rcml.interpreter import DialAction, DialDone, DialStatus, SendSms
+from appliance.rcml.interpreter import DialAction, DialDone, SendSms
 from appliance.rcml.runner import App, CallInfo, Fetcher, Hungup, LegEvents, Runner
-from appliance.rcml.verbs import Client, Number
+from appliance.services.conferences import ConferencesService
+from appliance.services.dialing import Dialer, sip_user
+from appliance.services.gsm_calls import GsmCalls
 from appliance.services.ports import StoreProtocol
 from appliance.services.provisioning import normalize_number
 from appliance.services.telephony import CallLog
@@ -72,8 +75,6 @@ RESERVATION_S = 40.0  # a reserved inbound leg whose INVITE never arrives is dro
 RING_SECONDS = 60.0  # an outbound leg rings this long at most
 SETUP_SECONDS = 15.0  # a line with no 18x and no answer by then is given up (failover)
 UNKNOWN_DID_WARN_S = 60.0  # "calls to an unknown DID" is a warning at most this often
-GSM_ACTIVE_S = 15.0  # an answered GSM call must be listed ACTIVE within this
-GSM_COMMAND_S = 20.0  # ATD / ATA / AT+CHUP (the modem's own timeouts are shorter)
 
 _EVENTS = ("initiated", "ringing", "answered", "completed")
 _CAUSE_STATUS = {HangupCause.BUSY: CallStatus.BUSY, HangupCause.NO_ANSWER: CallStatus.NO_ANSWER,
@@ -89,24 +90,6 @@ class LiveCall:
     canceled: bool = False
     lines: tuple[str, ...] | None = None  # no app: bridged out through these lines (B2BUA)
     bridging: bool = False  # the B2BUA task is running
-
-
-@dataclasses.dataclass
-class GsmSession:
-    """The one GSM voice call (the modem carries one at a time) and its worker legs.
-
-    A worker leg is always a SIP call, so the GSM side gets a loopback pair: ``sip_leg``
-    (dialled by a worker, bridged to the caller or running the RCML) calls ``pcm_leg``
-    (a reserved incoming leg on a worker's own loopback port, answered here) and the PCM tty
-    is attached to ``pcm_leg``."""
-
-    number: str
-    states: asyncio.Queue[CallStateChanged] = dataclasses.field(
-        default_factory=asyncio.Queue)
-    ended: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
-    active: bool = False
-    sip_leg: LegId | None = None
-    pcm_leg: LegId | None = None
 
 
 _PHONE_RE = re.compile(r"\+?[0-9]{3,20}")
@@ -162,6 +145,7 @@ class CallsService:
         self._worker_ports = worker_ports
         # MessagingService.send_from_client: (account, from, to number, body) -> SmsRecord
         self.send_sms: Callable[[str, str, str, str], Awaitable[Any]] | None = None
+        self.conferences: ConferencesService | None = None  # <Dial><Conference>
         self._live: dict[LegId, LiveCall] = {}
         self._by_sid: dict[str, LiveCall] = {}
         self._dialled: dict[LegId, str] = {}  # outbound legs -> account sid (media_caller)
@@ -173,16 +157,18 @@ class CallsService:
         self.max_outbound = 4
         self.gateways: Callable[[], Awaitable[list[Gateway]]] | None = None
         self.resolve: Callable[[Gateway], Awaitable[Target | None]] | None = None
-        self._gateway_legs: dict[LegId, Fork] = {}  # worker legs to a gateway -> their Fork
+        # worker legs to a gateway, or to one phone of a Client (POST /Calls) -> their Fork
+        self._gateway_legs: dict[LegId, Fork] = {}
         self._outbound: set[str] = set()  # CallSids of the calls going out now
         self._unknown_warned = -UNKNOWN_DID_WARN_S
-        # GSM voice (set by the composition root): the modem, its PCM tty ([modem]
-        # audio_device, "" = SMS only) and the SIM's number ([modem] number).
-        self.modem: Any = None
-        self.modem_audio = ""
-        self.modem_number = ""
-        self._gsm: GsmSession | None = None
-        self._pcm_legs: dict[LegId, LegEvents] = {}  # the GSM side of a loopback pair
+        # <Dial> (services.dialing). local_hosts: our SIP domain and addresses (set by the
+        # composition root; empty = every host is ours): a <Dial><Sip> URI elsewhere is
+        # refused. contacts_of: a Client login's registered phones (POST /Calls rings each).
+        self.local_hosts: Callable[[], Collection[str]] = frozenset
+        self.contacts_of: Callable[[str], tuple[Contact, ...]] = lambda _login: ()
+        self._dialer = Dialer(self)
+        # GSM voice (services.gsm_calls; the composition root sets its modem, audio, number)
+        self.gsm = GsmCalls(self)
         self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None
 
     # -- composition ---------------------------------------------------------------------------
@@ -234,6 +220,10 @@ class CallsService:
 
     def live_count(self) -> int:
         return len(self._by_sid)
+
+    def on_modem_event(self, event: Any) -> None:
+        """The modem's call events (app.py fans the modem's on_event out to here)."""
+        self.gsm.on_modem_event(event)
 
     # -- inbound: the router's hook ---------------------------------------------------------
 
@@ -433,7 +423,7 @@ class CallsService:
                 logger.info("- call %s: no ringing time left for line %s", parent.sid, line)
                 break
             if line == "modem":
-                child, code = await self._dial_modem(parent, parent_events, number,
+                child, code = await self.gsm.dial(parent, parent_events, number,
                                                      deadline=deadline, near=near,
                                                      on_ringing=on_ringing, own=own)
                 if child is not None:
@@ -577,22 +567,13 @@ class CallsService:
         if not url and application_sid:
             application = await self._store.get_application(application_sid)
             url = application.rcml_url if application is not None else None
-        if not url:
+        if not url or url.startswith("client:"):  # client:<login>: GSM calls only (gsm_calls)
             return None
         return App(url, method or "POST", fallback, fallback_method or "POST")
 
     def _on_event(self, event: MediaEvent) -> None:
-        pcm = self._pcm_legs.get(event.leg)
-        if pcm is not None:
-            pcm.put(event)
-            session = self._gsm
-            if isinstance(event, DtmfReceived) and session is not None and \
-                    session.pcm_leg == event.leg and session.sip_leg is not None:
-                # digits found in the modem's audio belong to the app's (or bridged) leg
-                sip = self._live.get(session.sip_leg)
-                if sip is not None:
-                    sip.events.put(DtmfReceived(session.sip_leg, event.digit))
-            return
+        if self.gsm.on_media_event(event):
+            return  # the GSM side of a loopback pair (services.gsm_calls)
         live = self._live.get(event.leg)
         if live is None:
             return
@@ -649,15 +630,39 @@ class CallsService:
         return Caller(login="", account_sid=self._dialled[leg], media=True)
 
     async def originate(self, account_sid: str, *, from_: str, to: str, app: App,
-                        ring_seconds: int) -> CallRecord:
+                        ring_seconds: int) -> list[CallRecord]:
+        """POST /Calls. A Client with several registered phones gets one call per phone,
+        each with its own CDR and its own run of the RCML (api-behaviour.md §8.3: the answer
+        is then an array); one phone, or none (the proxy answers 480), one call."""
         engine = self._need_engine()
         number = dialable(to)
         if number is not None:
-            return await self._originate_number(account_sid, from_=from_, number=number,
-                                                app=app, ring_seconds=ring_seconds)
+            return [await self._originate_number(account_sid, from_=from_, number=number,
+                                                 app=app, ring_seconds=ring_seconds)]
         login = await self._client_target(account_sid, to)
-        if len(self._by_sid) >= MAX_LIVE:
+        contacts = self.contacts_of(login)
+        forks: list[Fork | None] = [None]  # the proxy forks the one leg to the Client
+        if len(contacts) > 1:
+            forks = [Fork(callee=login, contacts=(c,), cdr_sid="") for c in contacts]
+        if len(self._by_sid) + len(forks) > MAX_LIVE:
             raise Unavailable("Too many application calls")
+        records: list[CallRecord] = []
+        failure: Unavailable | None = None
+        for fork in forks:
+            try:
+                records.append(await self._originate_leg(engine, account_sid, from_, to, login,
+                                                         app, ring_seconds, fork))
+            except Unavailable as err:  # its CDR is closed failed; the other phones ring
+                failure = failure or err
+        if not records and failure is not None:
+            raise failure
+        return records
+
+    async def _originate_leg(self, engine: MediaEngine, account_sid: str, from_: str, to: str,
+                             login: str, app: App, ring_seconds: int, fork: Fork | None
+                             ) -> CallRecord:
+        """One outbound-api call to LOGIN: through the proxy's fork to all its phones, or
+        with FORK (`route_media_leg`) to the one phone it names."""
         record = await self._log.opened(account_sid=account_sid, from_=from_, to=to,
                                         direction="outbound-api")
         leg = LegId("LG" + mint_sid("CA")[2:])
@@ -668,6 +673,8 @@ class CallsService:
         self._live[leg] = live
         self._by_sid[record.sid] = live
         self._dialled[leg] = account_sid
+        if fork is not None:
+            self._gateway_legs[leg] = fork
         host, port = self._front_door()
         try:
             async with asyncio.timeout(DIAL_SECONDS):
@@ -683,13 +690,14 @@ class CallsService:
 
     async def _client_target(self, account_sid: str, to: str) -> str:
         """The Client login TO reaches. Policy: Clients only (``client:alice``, or a sip: URI
-        whose user is a local Client); no other SIP domain and no numbers until a gateway
-        route exists."""
+        at our own domain or address whose user is a local Client); no other SIP domain (no
+        open relay: numbers go out through the outbound routes)."""
         target = to.split("?", 1)[0].strip()
         if target.lower().startswith("client:"):
             login = target[7:]
         elif target.lower().startswith(("sip:", "sips:")) or "@" in target:
-            login = target.split(":", 1)[-1].split("@", 1)[0] if "@" in target else ""
+            uri = target if target.lower().startswith(("sip:", "sips:")) else f"sip:{target}"
+            login = sip_user(uri, self.local_hosts()) or ""
             if not login:
                 raise Forbidden("No route to that SIP URI: only local Clients can be called")
             client = await self._store.get_client_by_login(login)
@@ -824,116 +832,14 @@ class CallsService:
             else:
                 live.runner.redirect(app)
 
-    # -- <Dial><Client> -----------------------------------------------------------------------
+    # -- <Dial> -------------------------------------------------------------------------------
 
     async def _dial(self, runner: Runner, action: DialAction) -> DialDone:
-        """Ring the first <Client> noun through the front door on the caller's worker, bridge
-        on answer, and wait until either side hangs up (or timeLimit). One CDR for the
-        dialled leg, direction ``outbound-dial``, parent = the calling leg."""
-        parent = runner.call
-        nouns = [n for n in action.nouns if isinstance(n, Client)]
-        numbers = [n for n in action.nouns if isinstance(n, Number)]
-        if not nouns and numbers:
-            return await self._dial_number(runner, action, numbers[0].number)
-        if not nouns:
-            await self._notify(parent.account_sid, 13214, "<Dial>: only <Client> and <Number> "
-                               "nouns can be dialled yet", call_sid=parent.sid)
-            return DialDone(DialStatus.FAILED)
-        client = await self._store.get_client_by_login(nouns[0].name)
-        if client is None or client.account_sid != parent.account_sid:
-            return DialDone(DialStatus.FAILED)
-        record = await self._log.opened(account_sid=parent.account_sid, from_=parent.from_,
-                                        to=client.login, direction="outbound-dial",
-                                        parent_call_sid=parent.sid)
-        leg = LegId("LG" + mint_sid("CA")[2:])
-        child = LiveCall(CallInfo(sid=record.sid, account_sid=parent.account_sid,
-                                  from_=parent.from_, to=client.login, direction="outbound-dial",
-                                  leg=leg, app=parent.app), LegEvents())
-        self._live[leg] = child
-        self._dialled[leg] = parent.account_sid
-        host, port = self._front_door()
-        engine, answered_at, status = self._need_engine(), 0.0, CallStatus.FAILED
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(DIAL_SECONDS):
-                await engine.dial(f"sip:{client.login}@{host}:{port}", leg=leg,
-                                  ring_seconds=float(action.timeout), near=parent.leg)
-            async with asyncio.timeout(action.timeout + DIAL_SECONDS):
-                while not child.events.answered.is_set():
-                    event = await child.events.next(None)
-                    if isinstance(event, LegChanged) and event.state is LegState.RINGING:
-                        await self._log.ringing(record.sid)
-            await self._log.answered(record.sid)
-            answered_at = loop.time()
-            async with asyncio.timeout(DIAL_SECONDS):
-                await engine.bridge(parent.leg, leg)
-            await self._until_one_ends(runner, child, float(action.time_limit))
-            status = CallStatus.COMPLETED
-        except Hungup:
-            status = _CAUSE_STATUS.get(child.events.cause or HangupCause.NORMAL,
-                                       CallStatus.COMPLETED)
-        except (MediaError, TimeoutError) as err:
-            logger.info("x call %s: <Dial> %s failed: %s", parent.sid, client.login, err)
-            status = CallStatus.NO_ANSWER if isinstance(err, TimeoutError) else status
-        finally:
-            if not child.events.ended:
-                with contextlib.suppress(MediaError, TimeoutError):
-                    async with asyncio.timeout(DIAL_SECONDS):
-                        await engine.hangup(leg)
-            self._forget(child)
-            await self._log.ended(record.sid, status)
-        duration = int(loop.time() - answered_at) if answered_at else 0
-        dial_status = DialStatus.COMPLETED if answered_at else {
-            CallStatus.BUSY: DialStatus.BUSY, CallStatus.NO_ANSWER: DialStatus.NO_ANSWER,
-        }.get(status, DialStatus.FAILED)
-        return DialDone(dial_status, record.sid, duration)
-
-    async def _dial_number(self, runner: Runner, action: DialAction, number: str) -> DialDone:
-        """<Dial><Number>: out through the number's outbound route (failover as for a
-        Client's call), bridged on answer; one outbound-dial CDR per line tried."""
-        parent = runner.call
-        dialled = re.sub(r"[\s\-.()]", "", number)
-        lines = self.outbound_lines(dialled)
-        if not lines:
-            await self._notify(parent.account_sid, 13214, f"<Dial>: no outbound route for "
-                               f"{dialled}", call_sid=parent.sid)
-            return DialDone(DialStatus.FAILED)
-        key = f"{parent.sid}/dial"
-        if len(self._outbound) >= self.max_outbound:
-            logger.warning("x call %s: <Dial> %s: %d outbound calls already", parent.sid,
-                           dialled, len(self._outbound))
-            return DialDone(DialStatus.BUSY)
-        self._outbound.add(key)
-        engine, loop = self._need_engine(), asyncio.get_running_loop()
-        child: LiveCall | None = None
-        answered_at, code = 0.0, 503
-        try:
-            child, code = await self._dial_out(parent, runner.events, dialled, lines,
-                                               ring_seconds=float(action.timeout),
-                                               near=parent.leg, caller_id=action.caller_id)
-            if child is not None:
-                answered_at = loop.time()
-                async with asyncio.timeout(DIAL_SECONDS):
-                    await engine.bridge(parent.leg, child.info.leg)
-                await self._until_one_ends(runner, child, float(action.time_limit))
-        except Hungup:
-            pass
-        except (MediaError, TimeoutError) as err:
-            logger.info("x call %s: <Dial> %s failed: %s", parent.sid, dialled, err)
-        finally:
-            self._outbound.discard(key)
-            if child is not None:
-                if not child.events.ended:
-                    with contextlib.suppress(MediaError, TimeoutError):
-                        async with asyncio.timeout(DIAL_SECONDS):
-                            await engine.hangup(child.info.leg)
-                await self._end_child(child)
-        if child is None:
-            status = {486: DialStatus.BUSY, 600: DialStatus.BUSY, 408: DialStatus.NO_ANSWER,
-                      480: DialStatus.NO_ANSWER, 487: DialStatus.CANCELED}.get(
-                          code, DialStatus.FAILED)
-            return DialDone(status)
-        return DialDone(DialStatus.COMPLETED, child.info.sid, int(loop.time() - answered_at))
+        """<Dial>: the nouns are rung in parallel and the first to answer is bridged
+        (services.dialing); a <Conference> is services.conferences'."""
+        if self.conferences is not None and self.conferences.wants(action):
+            return await self.conferences.dial(runner, action)
+        return await self._dialer.dial(runner, action)
 
     @staticmethod
     async def _until_one_ends(runner: Runner, child: LiveCall, limit: float) -> None:
@@ -974,241 +880,3 @@ class CallsService:
         record = await self.send_sms(call.account_sid, sms.from_ or call.to,
                                      sms.to or call.from_, sms.text)
         return str(record.sid)
-
-    # -- GSM voice: calls to the SIM's number, and the ``modem`` outbound line ---------------
-
-    def gsm_ready(self) -> bool:
-        """A modem with a PCM tty and audio support, and media workers to carry the call."""
-        return (self.modem is not None and bool(self.modem_audio) and self.engine is not None
-                and self.modem.voice_audio is not VoiceAudio.UNSUPPORTED)
-
-    def on_modem_event(self, event: Any) -> None:
-        """The modem's call events (app.py fans the modem's on_event out to here)."""
-        if isinstance(event, CallStateChanged):
-            session = self._gsm
-            if session is not None:
-                session.states.put_nowait(event)
-                if event.state is CallState.ACTIVE:
-                    session.active = True
-                elif event.state is CallState.ENDED:  # one GSM call at a time
-                    session.ended.set()
-        elif isinstance(event, IncomingCall):
-            if not self.gsm_ready():
-                logger.info("- GSM call from %s not taken: no [modem] audio_device, no audio "
-                            "support or no media workers", event.number or "unknown")
-                return
-            if self._gsm is not None:
-                logger.info("- GSM call from %s not taken: a GSM call is up already",
-                            event.number or "unknown")
-                return
-            self._gsm = GsmSession(event.number or "")
-            self._spawn(self._run_gsm_inbound(self._gsm), f"gsm call {event.number}")
-
-    async def _modem_hangup(self, session: GsmSession) -> None:
-        if session.ended.is_set():
-            return
-        with contextlib.suppress(ModemError, TimeoutError):
-            async with asyncio.timeout(GSM_COMMAND_S):
-                await self.modem.hangup()
-        session.ended.set()
-
-    async def _until_gsm_active(self, session: GsmSession, parent_events: LegEvents | None,
-                                seconds: float,
-                                on_ringing: Callable[[], Awaitable[None]] | None = None
-                                ) -> int:
-        """200 once the GSM call is ACTIVE, else a final status: 486 busy, 480 no answer,
-        487 the caller left, 408 out of time, 503 any other end."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + seconds
-        rang = False
-        while not session.active:
-            if parent_events is not None and parent_events.ended:
-                return 487
-            if session.ended.is_set():
-                reason = ""
-                while not session.states.empty():
-                    reason = session.states.get_nowait().reason or reason
-                return {"BUSY": 486, "NO ANSWER": 480}.get(reason.upper(), 503)
-            if loop.time() > until:
-                return 408
-            try:
-                async with asyncio.timeout(0.2):
-                    event = await session.states.get()
-            except TimeoutError:
-                continue
-            if event.state is CallState.ENDED:
-                session.states.put_nowait(event)
-                session.ended.set()
-            elif event.state is CallState.ALERTING and not rang:
-                rang = True
-                if on_ringing is not None:
-                    await on_ringing()
-        return 200
-
-    async def _pcm_pair(self, session: GsmSession, sip_leg: LegId,
-                        near: LegId | None) -> None:
-        """Dial SIP_LEG (on NEAR's worker) to a reserved leg on a worker's loopback port,
-        answer that leg and attach the modem's PCM tty to it. Raises MediaError or
-        TimeoutError (the caller tears down)."""
-        engine = self._need_engine()
-        slot = await engine.reserve_incoming()
-        session.pcm_leg = slot.leg
-        events = self._pcm_legs[slot.leg] = LegEvents()
-        async with asyncio.timeout(DIAL_SECONDS):
-            await engine.dial(f"sip:gsm@{slot.host}:{slot.port}", leg=sip_leg,
-                              headers={"X-Leg-Id": slot.leg}, ring_seconds=DIAL_SECONDS,
-                              near=near)
-            session.sip_leg = sip_leg
-            while True:
-                event = await events.next(None)
-                if isinstance(event, LegChanged) and event.state is LegState.INCOMING:
-                    break
-            await engine.answer(slot.leg)
-            await engine.pcm_attach(slot.leg, self.modem_audio, dtmf=True)
-
-    async def _gsm_teardown(self, session: GsmSession) -> None:
-        engine = self._need_engine()
-        for leg in (session.pcm_leg, session.sip_leg):
-            if leg is None:
-                continue
-            with contextlib.suppress(MediaError, TimeoutError):
-                async with asyncio.timeout(DIAL_SECONDS):
-                    if leg == session.pcm_leg:
-                        await engine.pcm_detach(leg)
-                    await engine.hangup(leg)
-        await self._modem_hangup(session)
-        if session.pcm_leg is not None:
-            self._pcm_legs.pop(session.pcm_leg, None)
-        if self._gsm is session:
-            self._gsm = None
-
-    async def _gsm_watch(self, session: GsmSession) -> None:
-        """Until the GSM call or the loopback pair ends; then end the rest."""
-        pcm_events = self._pcm_legs.get(session.pcm_leg or LegId(""))
-
-        async def drain(events: LegEvents | None) -> None:
-            with contextlib.suppress(Hungup):
-                while events is not None:
-                    await events.next(None)
-
-        waits = [asyncio.ensure_future(session.ended.wait()),
-                 asyncio.ensure_future(drain(pcm_events))]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
-            await self._gsm_teardown(session)
-
-    async def _run_gsm_inbound(self, session: GsmSession) -> None:
-        """An incoming GSM call: the IncomingPhoneNumber of ``[modem] number`` runs its app
-        on the SIP side of a loopback pair whose other leg carries the PCM tty. One CDR,
-        direction inbound, From = the caller's number, To = the SIM's number."""
-        found = await self._match_number(self.modem_number) if self.modem_number else None
-        app = None
-        if found is not None and (found.voice_url or found.voice_application_sid):
-            app = await self._app(found.voice_url, found.voice_method,
-                                  found.voice_fallback_url, found.voice_fallback_method,
-                                  found.voice_application_sid)
-        if found is None or app is None:
-            logger.info("x GSM call from %s rejected: [modem] number %r has no "
-                        "IncomingPhoneNumber with a voice application",
-                        session.number or "unknown", self.modem_number)
-            await self._modem_hangup(session)
-            if self._gsm is session:
-                self._gsm = None
-            return
-        if found.status_callback:
-            app = dataclasses.replace(app, status_callback=found.status_callback,
-                                      status_callback_method=found.status_callback_method)
-        live: LiveCall | None = None
-        status = CallStatus.FAILED
-        record = None
-        try:
-            async with asyncio.timeout(GSM_COMMAND_S):
-                await self.modem.answer()
-            code = await self._until_gsm_active(session, None, GSM_ACTIVE_S)
-            if code != 200:
-                logger.info("x GSM call from %s: not active after answering (%d)",
-                            session.number, code)
-                return
-            record = await self._log.opened(account_sid=found.account_sid,
-                                            from_=session.number or "unknown",
-                                            to=found.phone_number, direction="inbound")
-            leg = LegId("LG" + mint_sid("CA")[2:])
-            info = CallInfo(sid=record.sid, account_sid=found.account_sid,
-                            from_=session.number or "unknown", to=found.phone_number,
-                            direction="inbound", leg=leg, app=app, answered=True,
-                            timestamp=iso(self._clock()))
-            live = LiveCall(info, LegEvents())
-            self._live[leg] = live
-            self._by_sid[record.sid] = live
-            logger.info("> call %s: GSM %s -> %s runs %s", record.sid, info.from_, info.to,
-                        app.url)
-            self._status(info, "initiated")
-            await self._pcm_pair(session, leg, None)
-            async with asyncio.timeout(DIAL_SECONDS):
-                await live.events.answered.wait()
-            await self._log.answered(record.sid)
-            self._status(info, "answered")
-            self._spawn(self._gsm_watch(session), f"gsm watch {record.sid}")
-            live.runner = Runner(info, self._need_engine(), live.events, self._fetcher())
-            await live.runner.run()
-            status = CallStatus.COMPLETED
-        except (ModemError, MediaError, TimeoutError) as err:
-            logger.info("x GSM call from %s failed: %s", session.number, err)
-        except Exception as err:  # noqa: BLE001 - Hungup, or a bug: the CDR is closed anyway
-            status = self._end_status(live, err) if live is not None else CallStatus.FAILED
-        finally:
-            await self._gsm_teardown(session)
-            if live is not None:
-                self._forget(live)
-            if record is not None:
-                final = await self._log.ended(record.sid, status)
-                if live is not None:
-                    self._status(live.info, "completed",
-                                 final.duration if final is not None else 0)
-
-    async def _dial_modem(self, parent: CallInfo, parent_events: LegEvents, number: str, *,
-                          deadline: float, near: LegId | None,
-                          on_ringing: Callable[[], Awaitable[None]] | None,
-                          own: LiveCall | None) -> tuple[LiveCall | None, int]:
-        """The ``modem`` line: ATD<number>; once ACTIVE, a loopback pair whose SIP leg
-        (on NEAR's worker, returned as the answered child) is what the caller bridges to.
-        One GSM call at a time: 503 when the modem is busy or not usable."""
-        if not self.gsm_ready():
-            logger.info("- call %s: line modem skipped: no modem, no [modem] audio_device, "
-                        "or no audio support", parent.sid)
-            return None, 503
-        if self._gsm is not None:
-            logger.info("- call %s: line modem skipped: a GSM call is up already", parent.sid)
-            return None, 503
-        session = self._gsm = GsmSession(number)
-        loop = asyncio.get_running_loop()
-        leg, child = await self._line_leg(parent, number, own)
-        logger.info("> call %s: %s out by the modem", parent.sid, number)
-        code = 503
-        try:
-            async with asyncio.timeout(GSM_COMMAND_S):
-                await self.modem.dial(number)
-            code = await self._until_gsm_active(session, parent_events,
-                                                max(1.0, deadline - loop.time()), on_ringing)
-            if code == 200:
-                if own is None:
-                    await self._log.ringing(child.info.sid)
-                await self._pcm_pair(session, leg, near)
-                async with asyncio.timeout(DIAL_SECONDS):
-                    await child.events.answered.wait()
-                await self._log.answered(child.info.sid)
-                self._spawn(self._gsm_watch(session),
-                            f"gsm watch {child.info.sid}")
-                return child, 200
-        except (ModemError, MediaError, TimeoutError) as err:
-            logger.info("x call %s: modem line: %s", parent.sid, err)
-            code = 503
-        await self._gsm_teardown(session)
-        if own is None:
-            await self._end_child(child, code)
-        else:
-            self._live.pop(leg, None)
-        return None, code

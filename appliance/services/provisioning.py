@@ -441,11 +441,12 @@ class ProvisioningService:
         if key not in fields:
             return base if (base is not None or kind != "method") else "POST"
         value = fields[key]
-        if key == "sms_url" and value.startswith("client:"):
-            # An SMS to this number is delivered to that Client's phones (docs/sms.md).
+        if key in ("sms_url", "voice_url") and value.startswith("client:"):
+            # An SMS to this number is delivered to that Client's phones (docs/sms.md); a
+            # GSM call to the SIM's number rings them (docs/gateways.md).
             login = value[len("client:"):]
             if not _USERINFO.fullmatch(login) or len(login) > MAX_LOGIN:
-                raise InvalidInput(f"SmsUrl {value}: not a valid Client login")
+                raise InvalidInput(f"{wire_name} {value}: not a valid Client login")
             return value
         if kind == "url":
             return _url(wire_name, value)

@@ -14,7 +14,7 @@ Today one destination exists: another Client, reached by forking to its register
 | a registered Client | fork to its bindings, highest q first, at most ``max_branches`` |
 | INVITE to a number with no app, covered by an outbound route (4) | fork to a worker (B2BUA) |
 | MESSAGE to a number, with an SMS gateway set | handed to it (queued as SMS): 202 |
-| a worker's INVITE for a leg to a gateway (``media_legs``) | forwarded to the gateway as is |
+| a worker's INVITE for a leg to a gateway or one Client phone (``media_legs``) | sent there |
 | a gateway's INVITE (``Caller.gateway``) | by its DID (``from_gateway``): its app, else 404 |
 
 (1) "Application Calls Not Available Yet": its RCML runs in a media worker, not built yet.

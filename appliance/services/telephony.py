@@ -167,6 +167,11 @@ class CallLog:
         ring = int((now - rang).total_seconds()) if rang else 0
         await self._set(sid, status=str(CallStatus.IN_PROGRESS), ring_duration=ring)
 
+    async def conference(self, sid: str, conference_sid: str) -> None:
+        """The live call joined the conference CONFERENCE_SID (its CDR's ConferenceSid)."""
+        if sid in self._live:
+            await self._set(sid, conference_sid=conference_sid)
+
     async def ended(self, sid: str, status: CallStatus) -> CallRecord | None:
         """Close the call with STATUS; an answered call always ends `completed`."""
         record = self._live.pop(sid, None)

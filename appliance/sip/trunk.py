@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import random
 import secrets
@@ -38,6 +39,7 @@ from appliance.sip.wire import Incoming, Sender, Target
 logger = logging.getLogger(__name__)
 
 RESOLVE_TIMEOUT = 5.0
+MAX_PROVIDER_ADDRESSES = 16  # addresses kept per registrar name (a hostile DNS answer is big)
 
 
 @dataclasses.dataclass
@@ -45,6 +47,7 @@ class _Line:
     gateway: Gateway
     machine: UpstreamRegistration
     target: Target | None = None
+    addresses: tuple[Target, ...] = ()  # every address the Proxy name resolved to
     txn: ClientTransaction | None = None
 
 
@@ -56,15 +59,31 @@ def _jitter() -> float:
     return random.uniform(0.8, 1.2)  # noqa: S311 - spreading retries, not a secret
 
 
-async def _resolve(proxy: str) -> Target:
-    """A gateway's Proxy (host or address, optional :port) as a UDP target."""
+async def _resolve_all(proxy: str) -> tuple[Target, ...]:
+    """A gateway's Proxy (host or address, optional :port) as UDP targets: every address
+    the name resolves to (providers publish several for one registrar name)."""
     host, _, port_text = proxy.rpartition(":") if proxy.count(":") == 1 else (proxy, "", "")
     port = int(port_text) if port_text.isdigit() else 5060
     async with asyncio.timeout(RESOLVE_TIMEOUT):
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
-    address = infos[0][4]
-    return Target("udp", str(address[0]), int(address[1]))
+    targets = (Target("udp", str(info[4][0]), int(info[4][1])) for info in infos)
+    return tuple(dict.fromkeys(targets))[:MAX_PROVIDER_ADDRESSES]
+
+
+async def _resolve(proxy: str) -> Target:
+    """A gateway's Proxy as one UDP target (the first address)."""
+    return (await _resolve_all(proxy))[0]
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_sources(pairs: tuple[tuple[str, int | None], ...]
+                  ) -> tuple[tuple[Network, int | None], ...]:
+    """``[inbound.sources]`` entries as validated by the config parser (network text, port
+    or None = any port) as networks."""
+    return tuple((ipaddress.ip_network(text, strict=False), port) for text, port in pairs)
 
 
 class Trunk:
@@ -74,6 +93,10 @@ class Trunk:
         self._clock = clock
         self._local = local  # our advertised address and SIP port
         self._lines: dict[str, _Line] = {}
+        self._gateways: dict[str, Gateway] = {}  # every gateway, Register or not, by sid
+        # [inbound.sources]: gateway FriendlyName -> the networks (and ports) its provider
+        # sends calls from besides its registrar (docs/gateways.md "Calls from the provider")
+        self.sources: dict[str, tuple[tuple[Network, int | None], ...]] = {}
         self._table = TransactionTable()
         self._by_txn: dict[ClientTransaction, _Line] = {}
         self._wake = asyncio.Event()
@@ -83,6 +106,7 @@ class Trunk:
 
     def apply(self, gateway: Gateway) -> None:
         """A gateway was created or changed: (re)start its registration, or stop it."""
+        self._gateways[gateway.sid] = gateway
         old = self._lines.pop(gateway.sid, None)
         if old is not None:
             self._stop_line(old)
@@ -99,6 +123,7 @@ class Trunk:
         self._spawn(self._begin(line))
 
     def remove(self, sid: str) -> None:
+        self._gateways.pop(sid, None)
         line = self._lines.pop(sid, None)
         if line is not None:
             self._stop_line(line)
@@ -113,12 +138,25 @@ class Trunk:
         return GatewayStatus(machine.state.value, machine.last_error, expires)
 
     def gateway_at(self, host: str, port: int) -> Gateway | None:
-        """The gateway whose provider address (resolved for its registration) is HOST:PORT:
-        a request from there is the provider's, e.g. a call to one of our DIDs."""
+        """The gateway whose provider sends from HOST:PORT: a request from there is the
+        provider's, e.g. a call to one of our DIDs. Its provider addresses are the
+        registrar's (any address its Proxy name resolved to, at the Proxy's port; gateways
+        with Register=true) and the networks ``[inbound.sources]`` lists for its
+        FriendlyName (any gateway; a listed port must match, else any port)."""
         for line in self._lines.values():
-            target = line.target
-            if target is not None and target.host == host and target.port == port:
+            if any(t.host == host and t.port == port
+                   for t in (line.addresses or ((line.target,) if line.target else ()))):
                 return line.gateway
+        if not self.sources:
+            return None
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        for gateway in self._gateways.values():
+            for network, want in self.sources.get(gateway.friendly_name, ()):
+                if address in network and (want is None or want == port):
+                    return gateway
         return None
 
     async def resolve(self, gateway: Gateway) -> Target | None:
@@ -190,8 +228,9 @@ class Trunk:
 
     async def _resolve(self, line: _Line) -> Target | None:
         try:
-            return await _resolve(line.gateway.proxy)
-        except (OSError, TimeoutError) as err:
+            line.addresses = await _resolve_all(line.gateway.proxy)
+            return line.addresses[0]
+        except (OSError, TimeoutError, IndexError) as err:
             line.machine.on_timeout(self._clock(), _jitter())
             line.machine.last_error = f"cannot resolve {line.gateway.proxy}: {err}"
             self._wake.set()

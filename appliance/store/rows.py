@@ -178,4 +178,7 @@ COLUMNS: dict[str, frozenset[str]] = {
     "notifications": frozenset({"date_created", "error_code", "request_url", "message_text",
                                 "log", "call_sid"}),
     "recordings": frozenset({"date_created", "duration", "call_sid"}),
+    "conferences": frozenset({"status", "friendly_name", "date_created", "date_updated"}),
+    "conference_participants": frozenset({"conference_sid", "call_sid", "connected",
+                                          "date_created"}),
 }

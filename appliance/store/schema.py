@@ -319,6 +319,40 @@ ALTER TABLE sms_messages ADD COLUMN x_headers TEXT;
 """)
 
 
+@migrations()
+def m004_conferences(db: Database) -> None:
+    # Conferences (<Dial><Conference>) and who was in them; the calls row of a participant
+    # also carries the conference's sid (calls.conference_sid, there since m001).
+    _run_script(db, """
+CREATE TABLE conferences (
+    sid TEXT PRIMARY KEY,
+    account_sid TEXT NOT NULL,
+    friendly_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    api_version TEXT NOT NULL,
+    date_created TEXT NOT NULL,
+    date_updated TEXT NOT NULL
+);
+CREATE INDEX conferences_account_created ON conferences(account_sid, date_created);
+CREATE INDEX conferences_account_status ON conferences(account_sid, status, date_created);
+CREATE INDEX conferences_account_name ON conferences(account_sid, friendly_name);
+CREATE TABLE conference_participants (
+    conference_sid TEXT NOT NULL,
+    call_sid TEXT NOT NULL,
+    account_sid TEXT NOT NULL,
+    muted INTEGER NOT NULL,
+    start_conference_on_enter INTEGER NOT NULL,
+    end_conference_on_exit INTEGER NOT NULL,
+    connected INTEGER NOT NULL,
+    date_created TEXT NOT NULL,
+    date_updated TEXT NOT NULL,
+    PRIMARY KEY (conference_sid, call_sid)
+);
+CREATE INDEX conference_participants_call ON conference_participants(call_sid);
+""")
+    _run_script(db, _count_triggers("conferences"))
+
+
 def apply(db: Database) -> list[str]:
     """Apply pending migrations; returns the names applied now."""
     pending = [m.name for m in migrations.pending(db)]

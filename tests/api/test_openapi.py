@@ -56,11 +56,15 @@ from appliance.models import (
     AccountSid,
     CallRecord,
     CallSid,
+    Conference,
+    ConferenceSid,
+    ConferenceStatus,
     Recording,
     RecordingSid,
     SmsRecord,
     SmsSid,
 )
+from appliance.store.conferences import ConferenceStore
 from tests.conftest import ADMIN_SID, free_port
 
 T = TypeVar("T")
@@ -195,16 +199,21 @@ def _seed(server: BackgroundAppliance, data_dir: Path) -> None:
             await appliance.store.insert_sms(s)
         for r in recordings:
             await appliance.store.insert_recording(r)
+        await ConferenceStore(appliance.store).insert(conference)
         notes = [await appliance.history.notify(ADMIN_SID, 11200, f"seeded error {i}",
                                                 call_sid=calls[0].sid,
                                                 request_url="http://example.com/rcml")
                  for i in range(2)]
         return [n.sid for n in notes]
 
+    conference = Conference(sid=ConferenceSid(_sid("CF")), account_sid=account,
+                            friendly_name="seeded room", status=ConferenceStatus.COMPLETED,
+                            api_version=API_VERSION, date_created=now, date_updated=now)
     notifications = server.run(insert())
     SEEDS.keep = {"ClientSid": clients[0], "ApplicationSid": apps[0],
                   "PhoneNumberSid": numbers[0], "CallSid": calls[0].sid, "SmsSid": sms[0].sid,
-                  "NotificationSid": notifications[0], "RecordingSid": recordings[0].sid}
+                  "NotificationSid": notifications[0], "RecordingSid": recordings[0].sid,
+                  "ConferenceSid": conference.sid}
     SEEDS.spare = {"ClientSid": clients[1:], "ApplicationSid": apps[1:],
                    "PhoneNumberSid": numbers[1:], "RecordingSid": [r.sid for r in recordings[1:]]}
 
@@ -311,7 +320,9 @@ def test_seeded_resources_are_reachable(running: BackgroundAppliance) -> None:
     for path in (f"Clients/{SEEDS.keep['ClientSid']}.json", f"Calls/{SEEDS.keep['CallSid']}.json",
                  f"SMS/Messages/{SEEDS.keep['SmsSid']}.json",
                  f"Notifications/{SEEDS.keep['NotificationSid']}.json",
-                 f"Recordings/{SEEDS.keep['RecordingSid']}.json"):
+                 f"Recordings/{SEEDS.keep['RecordingSid']}.json",
+                 f"Conferences/{SEEDS.keep['ConferenceSid']}.json",
+                 f"Conferences/{SEEDS.keep['ConferenceSid']}/Participants.json"):
         resp = requests.get(f"{api}/{path}", auth=auth, timeout=10)
         assert resp.status_code == 200, (path, resp.text)
     resp = requests.get(f"{api}/Recordings/{SEEDS.keep['RecordingSid']}.wav", timeout=10)

@@ -135,3 +135,27 @@ def test_outbound_routes_longest_prefix_wins(tmp_path: Path) -> None:
 def test_bad_outbound_values_name_the_key(raw: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         parse(raw)
+
+
+def test_inbound_sources(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[inbound.sources]\nprovider = ["203.0.113.7", "198.51.100.0/24", '
+                    '"192.0.2.10:5080", "[2001:db8::1]:5060"]\n"my trunk" = ["2001:db8::/32"]\n')
+    assert load(path).inbound.sources == (
+        ("provider", (("203.0.113.7/32", None), ("198.51.100.0/24", None),
+                      ("192.0.2.10/32", 5080), ("2001:db8::1/128", 5060))),
+        ("my trunk", (("2001:db8::/32", None),)))
+    assert Config().inbound.sources == ()
+
+
+@pytest.mark.parametrize(("raw", "key"), [
+    ({"inbound": {"source": {}}}, "inbound.source"),
+    ({"inbound": {"sources": ["1.2.3.4"]}}, "inbound.sources"),
+    ({"inbound": {"sources": {"p": []}}}, "inbound.sources.p"),
+    ({"inbound": {"sources": {"p": ["provider.example"]}}}, "inbound.sources.p"),
+    ({"inbound": {"sources": {"p": ["1.2.3.4:0"]}}}, "inbound.sources.p"),
+    ({"inbound": {"sources": {"p": ["1.2.3.4/33"]}}}, "inbound.sources.p"),
+])
+def test_bad_inbound_values_name_the_key(raw: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        parse(raw)

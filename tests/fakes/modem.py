@@ -17,7 +17,8 @@ Voice (modem.md §2.8, §2.9): `ATD<n>;` answers OK at once, then the call goes 
 alerting → active as `AT+CLCC` shows (or BUSY / NO ANSWER, per `dial_outcome`); `inject_call()`
 rings (RING + `+CLIP`) until `ATA` or `AT+CHUP`/`ATH`; `remote_hangup()` ends the call with
 `NO CARRIER` (or `VOICE CALL: END`, or nothing, as the SIM7600 with ^DSCI); `AT+VTS` digits are
-recorded in `dtmf_sent`; `emit_dtmf()` sends the vendor's receive-DTMF URC. Quectel
+recorded in `dtmf_sent`; `emit_dtmf()` sends the vendor's receive-DTMF URC (`dtmf_urc=False`:
+a modem without one); a call injected while another is up waits (`+CCWA`) until `AT+CHLD=0`. Quectel
 `AT+QPCMV=1,0` (before ATD/ATA) or SIMCom `AT+CPCMREG=1` (once active) switches the second pty
 (`pcm_path`) on: while a call is active it carries `tone_hz` as 8 kHz S16LE mono, one 320-byte
 frame every 20 ms, and records what the host writes in `pcm_received`.
@@ -87,7 +88,7 @@ class FakeModem:
         self, *, pin: str | None = None, link: Path | None = None,
         status_reports: str = "cdsi", ussd_reply: str = "Your balance is 5.00",
         manufacturer: str = "Quectel", model: str = "EC25", tone_hz: float = 700.0,
-        answer_after: float = 0.3, dial_outcome: str = "answer",
+        answer_after: float = 0.3, dial_outcome: str = "answer", dtmf_urc: bool = True,
     ) -> None:
         self.pin = pin
         self.link = link
@@ -121,9 +122,11 @@ class FakeModem:
         self.tone_hz = tone_hz
         self.answer_after = answer_after  # seconds from ATD to the far end answering
         self.dial_outcome = dial_outcome  # "answer", "busy", "no-answer" or "rejected"
+        self.dtmf_urc = dtmf_urc  # False: AT+QTONEDET=1 / AT+DDET=1 answer ERROR
         self.calls: dict[int, FakeCall] = {}
         self.dialled: list[str] = []
         self.dtmf_sent: list[str] = []
+        self.refused_waiting: list[str] = []  # numbers of waiting calls AT+CHLD=0 refused
         self.audio_on = False  # QPCMV=1,0 / CPCMREG=1
         self.pcm_frames_sent = 0
         self.pcm_received = bytearray()
@@ -262,15 +265,23 @@ class FakeModem:
 
     def inject_call(self, number: str = "+15557654321", *, ring_every: float = 1.0) -> int:
         """An incoming call: RING and +CLIP now and every RING_EVERY s until it is answered or
-        gone (an empty NUMBER is a withheld caller)."""
-        call = FakeCall(self._free_call_id(), True, 4, number)
+        gone (an empty NUMBER is a withheld caller). While another call is up it is a waiting
+        call instead (+CLCC stat 5): `+CCWA: "<number>",145,1` every RING_EVERY s, until
+        `AT+CHLD=0` refuses it (recorded in `refused_waiting`)."""
+        waiting = any(c.stat in (0, 2, 3) for c in self.calls.values())
+        call = FakeCall(self._free_call_id(), True, 5 if waiting else 4, number)
         self.calls[call.id] = call
-        stop = self._ringing = threading.Event()
+        stop = threading.Event()
+        if not waiting:
+            self._ringing = stop
+        toa = 145 if number.startswith("+") else 129
 
         def ring() -> None:
-            while not stop.is_set() and self.calls.get(call.id) is call and call.stat == 4:
-                self.emit("RING", f'+CLIP: "{number}",{145 if number.startswith("+") else 129}'
-                          ",,,,0")
+            while not stop.is_set() and self.calls.get(call.id) is call and call.stat in (4, 5):
+                if call.stat == 5:
+                    self.emit(f'+CCWA: "{number}",{toa},1')
+                else:
+                    self.emit("RING", f'+CLIP: "{number}",{toa},,,,0')
                 stop.wait(ring_every)
 
         threading.Thread(target=ring, name="fake-modem-ring", daemon=True).start()
@@ -524,6 +535,12 @@ class FakeModem:
             self._reply([])
             if had and simcom:
                 self.emit("VOICE CALL: END: 000017")
+        elif cmd == "AT+CHLD=0":
+            waiting = [c for c in self.calls.values() if c.stat == 5]
+            for c in waiting:  # UDUB: the waiting caller hears busy; the active call goes on
+                del self.calls[c.id]
+                self.refused_waiting.append(c.number)
+            self._reply([])
         elif cmd == "AT+CLCC":
             self._reply([f'+CLCC: {c.id},{int(c.incoming)},{c.stat},0,0,"{c.number}",'
                          f'{145 if c.number.startswith("+") else 129}'
@@ -551,9 +568,10 @@ class FakeModem:
                 return True
             self.audio_on = True
             self._reply([])
-        elif cmd in ("AT+CVHU=0", "AT+CLCC=1") or (cmd == "AT+DDET=1" and simcom) or (
-                cmd == "AT+QTONEDET=1" and not simcom):
+        elif cmd in ("AT+CVHU=0", "AT+CLCC=1"):
             self._reply([])
+        elif (cmd == "AT+DDET=1" and simcom) or (cmd == "AT+QTONEDET=1" and not simcom):
+            self._reply([], "OK" if self.dtmf_urc else "ERROR")
         else:
             return False
         return True

@@ -9,6 +9,8 @@ It calls a SIP URI (``--call``, ``--calls N`` parallel calls) or answers whateve
 (``--answer``); plays a tone into each call (``--tone HZ``), records what it hears
 (``--record PATH``, one file per call: ``PATH`` for call 0, ``PATH.N`` for the others),
 sends RFC 2833 digits (``--dtmf``), hangs up after ``--hold`` seconds of answered audio.
+``--tone-seconds S`` stops the tone after S seconds (silence after it). ``--answer-after S``
+rings (180) and answers S seconds later; a negative S rings until the caller gives up.
 One JSON object per line on stdout: ``ready`` (sip port), ``state`` (call, state, code),
 ``dtmf`` (digit), ``done``.
 """
@@ -144,8 +146,11 @@ class PhoneAccount(pj.Account):  # type: ignore[misc]
         call = PhoneCall(self.phone, self, i, prm.callId)
         self.phone.calls.append(call)
         op = pj.CallOpParam()
-        op.statusCode = 200
+        delay = self.phone.args.answer_after
+        op.statusCode = 180 if delay else 200
         call.answer(op)
+        if delay > 0:
+            call.answer_at = time.monotonic() + delay
 
 
 class PhoneCall(pj.Call):  # type: ignore[misc]
@@ -157,6 +162,7 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         self.phone = phone
         self.index = index
         self.answered_at = 0.0
+        self.answer_at = 0.0  # --answer-after: when to send the 200
         self.dtmf_sent = False
         self.tone: Any = None
         self.recorder: Any = None
@@ -182,11 +188,12 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
                     self.tone = pj.ToneGenerator()
                     self.tone.createToneGenerator(8000, 1)
                     td = pj.ToneDesc()
-                    td.freq1, td.freq2, td.on_msec, td.off_msec = a.tone, 0, 10000, 0
+                    on_ms = int(a.tone_seconds * 1000) if a.tone_seconds else 10000
+                    td.freq1, td.freq2, td.on_msec, td.off_msec = a.tone, 0, on_ms, 0
                     td.volume = 0
                     tv = pj.ToneDescVector()
                     tv.append(td)
-                    self.tone.play(tv, True)
+                    self.tone.play(tv, not a.tone_seconds)
                     self.tone.startTransmit(am)
                 if a.record and self.recorder is None:
                     self.recorder = pj.AudioMediaRecorder()
@@ -199,6 +206,11 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
 
     def tick(self, now: float) -> None:
         a = self.phone.args
+        if self.answer_at and now >= self.answer_at:
+            self.answer_at = 0.0
+            op = pj.CallOpParam()
+            op.statusCode = 200
+            self.answer(op)
         if not self.answered_at:
             return
         if a.dtmf and not self.dtmf_sent and now - self.answered_at >= a.dtmf_delay:
@@ -223,6 +235,9 @@ def main() -> int:
     ap.add_argument("--once", action="store_true", help="with --answer: exit after one call")
     ap.add_argument("--header", action="append", default=[], help="Name:value; {i} = index")
     ap.add_argument("--tone", type=int, default=0)
+    ap.add_argument("--tone-seconds", type=float, default=0.0, help="then silence")
+    ap.add_argument("--answer-after", type=float, default=0.0,
+                    help="ring, answer after N s (negative: never)")
     ap.add_argument("--record", default="")
     ap.add_argument("--dtmf", default="")
     ap.add_argument("--dtmf-delay", type=float, default=0.5)

@@ -204,3 +204,21 @@ async def test_unsubscribe_and_failing_handler() -> None:
     unsubscribe()
     pool.on_worker_event("a", p.DtmfEvent(leg="A", digit="2"))
     assert [e.digit for e in events if isinstance(e, DtmfReceived)] == ["1", "1", "2"]
+
+
+async def test_a_conference_room_stays_on_one_worker() -> None:
+    pool, ws, _ = make()
+    a1, b1, a2 = [await pool.reserve_incoming() for _ in range(3)]
+    assert (a1.worker, b1.worker, a2.worker) == ("a", "b", "a")
+    await pool.conference_join(a1.leg, "CFroom")
+    await pool.conference_join(a2.leg, "CFroom")
+    with pytest.raises(CommandFailed) as err:
+        await pool.conference_join(b1.leg, "CFroom")  # the room is on worker a
+    assert err.value.code == "not-same-worker"
+    await pool.conference_join(b1.leg, "CFother")
+    await pool.conference_mute(a2.leg, True)
+    assert [c for _, c in ws.sent][-1] == p.ConfMute(leg=a2.leg, muted=True)
+    await pool.conference_leave(a1.leg)
+    await pool.conference_leave(a2.leg)
+    await pool.conference_join(b1.leg, "CFroom")  # empty now: anywhere
+    await pool.close()

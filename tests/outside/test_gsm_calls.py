@@ -60,14 +60,15 @@ async def until(predicate: Callable[[], bool], within: float = 15.0) -> None:
 
 
 @pytest.fixture
-async def gsm(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[Any]:
+async def gsm(tmp_path: Path, aiohttp_server: Any, request: pytest.FixtureRequest
+              ) -> AsyncIterator[Any]:
     rcml = Rcml(write_tone(tmp_path / "tone.wav", 1000, 3.0))
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", rcml.handle)
     server = await aiohttp_server(app, host="127.0.0.1")
     rcml.base = str(server.make_url("")).rstrip("/")
     fake = FakeModem(link=tmp_path / "usb-Quectel_EC25-if02-port0", tone_hz=700.0,
-                     answer_after=0.3).start()
+                     answer_after=0.3, **getattr(request, "param", {})).start()
     config = Config(data_dir=tmp_path / "var",
                     api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
                     sip=SipConfig(listen=Endpoint("127.0.0.1", free_port()), domain=DOMAIN),
@@ -160,3 +161,87 @@ async def test_phone_calls_a_number_out_by_the_modem(gsm: Any, tmp_path: Path) -
     calls = await cdrs(api, 2)
     child = next(c for c in calls if c["direction"] == "outbound-dial")
     assert (child["to"], child["status"]) == ("+17775551234", "completed")
+
+
+async def number_app(api: Api, voice_url: str) -> None:
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                                     {"PhoneNumber": SIM, "VoiceUrl": voice_url})
+    assert status == 200, body
+
+
+GATHER = ('<Response><Gather numDigits="3" timeout="10" action="{base}/digits"/>'
+          '</Response>')
+
+
+async def test_modem_dtmf_reaches_a_gather(gsm: Any) -> None:
+    """The modem's own detector (+QTONEDET, the ASCII code of the digit) feeds <Gather>."""
+    _, api, rcml, _, fake = gsm
+    rcml.docs["/gsm"] = GATHER
+    await number_app(api, f"{rcml.base}/gsm")
+    fake.inject_call(CALLER, ring_every=0.3)
+    await rcml.wait("/gsm", 15)
+    await asyncio.sleep(1.0)  # the loopback pair is up and <Gather> listens
+    for digit in "4*7":
+        fake.emit_dtmf(digit)
+        await asyncio.sleep(0.15)
+    form = await rcml.wait("/digits", 10)
+    assert form["Digits"] == "4*7", form
+
+
+@pytest.mark.parametrize("gsm", [{"dtmf_urc": False}], indirect=True)
+async def test_in_band_dtmf_reaches_a_gather(gsm: Any) -> None:
+    """A modem without a DTMF URC: the worker's Goertzel detector finds the tones in the
+    PCM stream (and only then: with a URC the two would count each digit twice)."""
+    _, api, rcml, _, fake = gsm
+    rcml.docs["/gsm"] = GATHER
+    await number_app(api, f"{rcml.base}/gsm")
+    fake.inject_call(CALLER, ring_every=0.3)
+    await rcml.wait("/gsm", 15)
+    await asyncio.sleep(1.0)
+    fake.play_digits("159")
+    form = await rcml.wait("/digits", 10)
+    assert form["Digits"] == "159", form
+
+
+async def test_a_second_gsm_call_is_refused_busy(gsm: Any) -> None:
+    """Call waiting: the second caller gets busy (AT+CHLD=0), the first call goes on."""
+    _, api, rcml, _, fake = gsm
+    rcml.docs["/gsm"] = '<Response><Pause length="3"/></Response>'
+    await number_app(api, f"{rcml.base}/gsm")
+    fake.inject_call(CALLER, ring_every=0.3)
+    await rcml.wait("/gsm", 15)
+    second = "+15551112222"
+    fake.inject_call(second, ring_every=0.3)
+    await until(lambda: fake.refused_waiting == [second], 10)
+    assert any(c.number == CALLER and c.stat == 0 for c in fake.calls.values())
+    assert not any(c in ("AT+CHUP", "ATH") for c in fake.commands)
+    await until(lambda: not fake.calls, 15)  # the app ends: the first call is hung up
+    calls = {c["from"]: c for c in await cdrs(api, 2)}
+    assert (calls[second]["status"], calls[second]["to"]) == ("busy", SIM)
+    assert calls[CALLER]["status"] == "completed"
+
+
+async def test_gsm_call_to_a_number_routed_to_a_client(gsm: Any, tmp_path: Path) -> None:
+    """VoiceUrl=client:alice: alice's phone rings while the GSM call rings; ATA only once
+    she answers; audio both ways; her RFC 2833 digit reaches the modem as AT+VTS."""
+    _, api, _, phone, fake = gsm
+    await number_app(api, "client:alice")
+    heard = tmp_path / "alice.wav"
+    alice = await phone("--user", "alice", "--answer", "--once", "--tone", "1000",
+                        "--record", str(heard), "--hold", "3", "--dtmf", "5",
+                        "--dtmf-delay", "1.5", "--timeout", "25")
+    fake.pcm_received.clear()
+    fake.inject_call(CALLER, ring_every=0.3)
+    await alice.finish()
+    assert any(e.get("state") == "CONFIRMED" for e in alice.events), alice.events
+    assert "ATA" in fake.commands
+    await until(lambda: not fake.calls, 10)  # alice hung up: so did the modem
+    samples, rate = read_samples(heard)
+    block = loudest_second(samples, rate)
+    assert tone_share(block, rate, 700) > 0.5, tone_share(block, rate, 700)
+    sent = loudest_second(pcm_samples(bytes(fake.pcm_received)), 8000)
+    assert tone_share(sent, 8000, 1000) > 0.5, tone_share(sent, 8000, 1000)
+    assert fake.dtmf_sent == ["5"], fake.dtmf_sent
+    [call] = await cdrs(api, 1)
+    assert (call["from"], call["to"], call["direction"], call["status"]) == (
+        CALLER, SIM, "inbound", "completed")

@@ -25,7 +25,8 @@ def note(account: str) -> Notification:
 
 async def test_migrations_apply_once_and_pragmas_hold(tmp_path: Path) -> None:
     store = Store(tmp_path / "a.db")
-    assert await store.open() == ["m001_core", "m002_sip_bindings", "m003_sms_queue"]
+    assert await store.open() == ["m001_core", "m002_sip_bindings", "m003_sms_queue",
+                                  "m004_conferences"]
     await store.close()
     store = Store(tmp_path / "a.db")
     assert await store.open() == []

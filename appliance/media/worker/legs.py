@@ -42,8 +42,12 @@ class Leg:
     rec_file: str = ""
     rec_started: float = 0.0
     rec_deadline: float = 0.0
+    rec_silence: float = 0.0  # seconds without voice that end the recording (0: not watched)
+    rec_heard: float = 0.0  # monotonic time voice was last heard (or the recording began)
+    rec_checked: float = 0.0  # monotonic time of the last level check
     bridged: set[str] = dataclasses.field(default_factory=set)
     room: str | None = None
+    muted: bool = False  # in a room: the leg's audio is not sent to the other members
     ring_deadline: float = 0.0
     end_code: int = 0
     end_reason: str = ""

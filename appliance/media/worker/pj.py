@@ -49,6 +49,14 @@ _POLL_MS = 10  # libHandleEvents wait: bounds command latency at ~10 ms
 _TEARDOWN_S = 3.0  # how long shutdown waits for BYEs to complete
 _MAX_CRED_ACCOUNTS = 4  # PJSUA_MAX_ACC is 8: the default account plus a few credential sets
 _WAV_CLOSE_S = 1.0  # longest wait for pjmedia to finalise a recording's WAV header
+# Silence watch of <Record timeout>. pjsua2 names levels from the device's side: on a call's
+# AudioMedia, getTxLevel() is what the far end sends into the bridge (pjsua's rx_level; the
+# pjsua2 getRxLevel() is what we send it). The value is pjmedia's average of the last frame
+# on a u-law scale, rescaled to 0-100 (0 = digital silence, 5 ~ an average of 100 of 32767,
+# 10 ~ 300, 19 ~ 1000). Above VOICE_LEVEL counts as voice: a quiet line's noise stays under
+# it, speech and tones are far above.
+_VOICE_LEVEL = 10
+_LEVEL_EVERY_S = 0.05  # how often the level is read while recording (a frame is 20 ms)
 
 Sink = Callable[[p.Event], None]
 
@@ -266,10 +274,27 @@ class PjWorker:
         for leg in list(self._legs.values()):
             if leg.recorder is not None and now >= leg.rec_deadline:
                 self._pj_finish_record(leg, "max-seconds")
+            elif leg.recorder is not None and leg.rec_silence > 0:
+                self._pj_silence_watch(leg, now)
             if leg.ring_deadline and not leg.answered and now >= leg.ring_deadline:
                 leg.ring_deadline = 0.0
                 leg.end_code, leg.end_reason = 408, "Request Timeout"
                 self._pj_hangup(leg, 0)
+
+    def _pj_silence_watch(self, leg: Leg, now: float) -> None:
+        """End LEG's recording once its far end has been quiet for ``rec_silence`` s."""
+        if now - leg.rec_checked < _LEVEL_EVERY_S:
+            return
+        leg.rec_checked = now
+        if leg.media is not None and leg.id not in self._dead:
+            try:
+                level = int(leg.media.getTxLevel())  # the far end's level (see above)
+            except pj.Error:
+                level = 0
+            if level > _VOICE_LEVEL:
+                leg.rec_heard = now
+        if now - leg.rec_heard >= leg.rec_silence:
+            self._pj_finish_record(leg, "silence")
 
     # ------------------------------------------------------------------ callbacks
 
@@ -393,11 +418,13 @@ class PjWorker:
             self._pj_conf_leave(leg)
             members = self._rooms.setdefault(cmd.room, set())
             for m in members:
-                self._pj_connect(leg, self._legs[m], bridge=False)
+                self._pj_conf_link(leg, self._legs[m])
             members.add(leg.id)
             leg.room = cmd.room
         elif isinstance(cmd, p.ConfLeave):
             self._pj_conf_leave(leg)
+        elif isinstance(cmd, p.ConfMute):
+            self._pj_conf_mute(leg, cmd.muted)
         elif isinstance(cmd, p.PcmAttach):
             self._pj_pcm_attach(leg, cmd)
         elif isinstance(cmd, p.PcmDetach):
@@ -494,6 +521,7 @@ class PjWorker:
         now = time.monotonic()
         leg.recorder, leg.rec_file = recorder, cmd.file
         leg.rec_started, leg.rec_deadline = now, now + cmd.max_seconds
+        leg.rec_silence, leg.rec_heard, leg.rec_checked = cmd.silence_seconds, now, now
 
         def transmit() -> None:
             if leg.recorder is recorder:
@@ -582,14 +610,58 @@ class PjWorker:
                 leg.media.stopTransmit(port)
         del port  # destroyed here, on the pj thread
 
+    def _pj_conf_link(self, a: Leg, b: Leg) -> None:
+        """Room members hear each other: a full mesh of one-way links, none from a muted leg."""
+
+        def link() -> None:
+            if a.id in self._legs and b.id in self._legs and a.media is not None:
+                if not a.muted:
+                    a.media.startTransmit(b.media)
+                if not b.muted:
+                    b.media.startTransmit(a.media)
+
+        self._pj_when_media(a, lambda: self._pj_when_media(b, link))
+
+    def _pj_conf_mute(self, leg: Leg, muted: bool) -> None:
+        if leg.muted == muted:
+            return
+        leg.muted = muted
+        if leg.room is None:
+            return
+        for m in self._rooms.get(leg.room, set()) - {leg.id}:
+            other = self._legs[m]
+
+            def apply(other: Leg = other) -> None:
+                if leg.id not in self._legs or other.id not in self._legs:
+                    return
+                if leg.room != other.room or leg.muted != muted:
+                    return  # changed again meanwhile
+                if muted:
+                    with contextlib.suppress(pj.Error):
+                        leg.media.stopTransmit(other.media)
+                else:
+                    leg.media.startTransmit(other.media)
+
+            def when_both(apply: Callable[[], None] = apply, other: Leg = other) -> None:
+                self._pj_when_media(other, apply)
+
+            self._pj_when_media(leg, when_both)
+
     def _pj_conf_leave(self, leg: Leg) -> None:
         if leg.room is None:
             return
         members = self._rooms.get(leg.room, set())
         members.discard(leg.id)
-        if leg.id not in self._dead:
+        if leg.id not in self._dead and leg.media is not None:
             for m in members:
-                self._pj_disconnect(leg, self._legs[m])
+                other = self._legs[m].media
+                if other is None:
+                    continue
+                # One direction at a time: a muted leg's way out was never connected.
+                with contextlib.suppress(pj.Error):
+                    leg.media.stopTransmit(other)
+                with contextlib.suppress(pj.Error):
+                    other.stopTransmit(leg.media)
         if not members:
             self._rooms.pop(leg.room, None)
         leg.room = None

@@ -1,0 +1,284 @@
+"""RCML <Dial> [svc]: ring every noun at once, bridge the first to answer.
+
+Theory of operation. Each noun of a <Dial> becomes a *branch*, run as its own task:
+
+- ``<Client>alice``: one leg from the caller's worker to ``sip:alice@<front door>``; the
+  proxy forks it to alice's registered phones.
+- ``<Sip>sip:alice@<our domain or address></Sip>``: the same, when ``alice`` is a Client of
+  the account.
+- ``<Sip>`` to any other domain: refused with Notification 13214. No open relay: a
+  document must not place calls on the office's bill to anywhere; calls leave only through
+  the outbound routes, which a ``<Number>`` takes.
+- ``<Number>``: out through the number's outbound route with failover
+  (``CallsService._dial_out``).
+
+Every leg is placed on the caller's worker (``near``), so the winner can be bridged there.
+The first branch to answer wins: it is bridged to the caller and the others are cancelled
+(their legs hung up, their child CDRs closed ``canceled``). ``timeout`` bounds the ringing of
+every branch. Without a winner, DialCallStatus is ``canceled`` when the caller left, else
+``no-answer`` when any branch rang out, else ``busy`` when any was busy, else ``failed``.
+``DialCallSid`` is the winner's CDR (or, with a single Client/Sip noun, its unanswered CDR).
+
+A branch is cancelled through its own `LegEvents` whose ``ended`` flag is set: that is what
+``_until_answered``/``_dial_out`` already poll for the caller's hang-up.
+
+`Dialer` is a part of `CallsService` kept in its own module for size: it works on the
+service's legs, CDRs and outbound lines directly (its underscored members).
+
+Not built: the nouns' ``url`` (screening), ``statusCallback*`` and ``<Sip>`` credentials
+(they only matter for a foreign domain, which is refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import re
+from collections.abc import Callable, Collection, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from appliance.media.engine import LegId
+from appliance.media.protocol import MediaError
+from appliance.models import mint_sid
+from appliance.rcml.interpreter import DialAction, DialDone, DialStatus
+from appliance.rcml.runner import CallInfo, Hungup, LegEvents, Runner
+from appliance.rcml.verbs import Conference, DialNoun, Number, Sip
+
+if TYPE_CHECKING:
+    from appliance.services.calls import CallsService, LiveCall
+
+logger = logging.getLogger(__name__)
+
+DIAL_SECONDS = 10.0  # for the worker to accept a command
+POLL_S = 0.2  # how often the dial loop looks at the caller's leg
+NO_ROUTE = 13214  # Notification: a noun that cannot be dialled
+
+Ring = Callable[[LegEvents], Coroutine[Any, Any, tuple["LiveCall | None", int]]]
+
+
+@dataclasses.dataclass
+class _Branch:
+    noun: DialNoun
+    ring: Ring
+    cancel: LegEvents = dataclasses.field(default_factory=LegEvents)
+    sid: str | None = None  # its child CDR, when it has exactly one (Client/Sip)
+
+
+def dial_status(codes: list[int], caller_left: bool) -> DialStatus:
+    """DialCallStatus of a <Dial> nobody answered, from the branches' final SIP codes."""
+    if caller_left or (codes and all(c == 487 for c in codes)):
+        return DialStatus.CANCELED
+    if any(c in (408, 480, 487) for c in codes):
+        return DialStatus.NO_ANSWER
+    if any(c in (486, 600) for c in codes):
+        return DialStatus.BUSY
+    return DialStatus.FAILED
+
+
+def sip_user(uri: str, local_hosts: Collection[str]) -> str | None:
+    """The user part of a sip:/sips: URI at one of LOCAL_HOSTS (any host when the set is
+    empty), else None (a foreign domain, or no user)."""
+    m = re.fullmatch(r"sips?:([^@;?]+)@(\[[^\]]+\]|[^:;?]+)(?::\d+)?(?:[;?].*)?", uri.strip(),
+                     re.IGNORECASE)
+    if m is None:
+        return None
+    host = m.group(2).strip("[]").lower()
+    if local_hosts and host not in {h.lower() for h in local_hosts}:
+        return None
+    return m.group(1)
+
+
+class Dialer:
+    """<Dial> for the calls service (which owns the legs, CDRs and outbound lines)."""
+
+    def __init__(self, calls: CallsService) -> None:
+        self._calls = calls
+
+    async def dial(self, runner: Runner, action: DialAction) -> DialDone:
+        parent = runner.call
+        branches: list[_Branch] = []
+        for noun in action.nouns:
+            branch = await self._branch(runner, action, noun)
+            if branch is not None:
+                branches.append(branch)
+        if not branches:
+            return DialDone(DialStatus.FAILED)
+        winner, codes = await self._race(runner, branches, float(action.timeout))
+        if winner is None:
+            sids = [b.sid for b in branches]
+            single = sids[0] if len(sids) == 1 else None
+            return DialDone(dial_status(codes, runner.events.ended), single)
+        return await self._bridge(runner, action, winner, parent)
+
+    async def _branch(self, runner: Runner, action: DialAction, noun: DialNoun
+                      ) -> _Branch | None:
+        """The branch that rings NOUN, or None (a Notification says why)."""
+        calls, parent = self._calls, runner.call
+        if isinstance(noun, Number):
+            return await self._number_branch(runner, action, noun)
+        if isinstance(noun, Conference):
+            await calls._notify(parent.account_sid, NO_ROUTE, "<Dial><Conference> is not "
+                               "available here", call_sid=parent.sid)
+            return None
+        if isinstance(noun, Sip):
+            login = sip_user(noun.uri, calls.local_hosts())
+            if login is None:
+                await calls._notify(parent.account_sid, NO_ROUTE, f"<Dial><Sip>{noun.uri}: "
+                                   "only this appliance's Clients can be dialled by SIP URI "
+                                   "(no relay to other domains)", call_sid=parent.sid)
+                return None
+        else:
+            login = noun.name  # a Client
+        client = await calls._store.get_client_by_login(login)
+        if client is None or client.account_sid != parent.account_sid:
+            await calls._notify(parent.account_sid, NO_ROUTE, f"<Dial>: no Client {login} in "
+                               "this account", call_sid=parent.sid)
+            return None
+        record = await calls._log.opened(account_sid=parent.account_sid, from_=parent.from_,
+                                             to=client.login, direction="outbound-dial",
+                                             parent_call_sid=parent.sid)
+
+        async def ring(cancel: LegEvents) -> tuple[LiveCall | None, int]:
+            return await self._ring_client(parent, client.login, record.sid, action, cancel)
+
+        return _Branch(noun, ring, sid=record.sid)
+
+    async def _ring_client(self, parent: CallInfo, login: str, sid: str, action: DialAction,
+                           cancel: LegEvents) -> tuple[LiveCall | None, int]:
+        from appliance.services.calls import LiveCall  # here: calls imports this module
+
+        calls = self._calls
+        leg = LegId("LG" + mint_sid("CA")[2:])
+        child = LiveCall(CallInfo(sid=sid, account_sid=parent.account_sid, from_=parent.from_,
+                                  to=login, direction="outbound-dial", leg=leg, app=parent.app),
+                         LegEvents())
+        calls._live[leg] = child
+        calls._dialled[leg] = parent.account_sid  # media_caller lets its INVITE through
+        host, port = calls._front_door()
+        try:
+            async with asyncio.timeout(DIAL_SECONDS):
+                await calls._need_engine().dial(f"sip:{login}@{host}:{port}", leg=leg,
+                                               ring_seconds=float(action.timeout),
+                                               near=parent.leg)
+            code = await calls._until_answered(child, cancel, None)
+        except (MediaError, TimeoutError) as err:
+            logger.info("x call %s: <Dial> %s: %s", parent.sid, login, err)
+            code = 503
+        if code == 200:
+            return child, 200
+        await calls._end_child(child, code)
+        return None, code
+
+    async def _number_branch(self, runner: Runner, action: DialAction, noun: Number
+                             ) -> _Branch | None:
+        calls, parent = self._calls, runner.call
+        dialled = re.sub(r"[\s\-.()]", "", noun.number)
+        lines = calls.outbound_lines(dialled)
+        if not lines:
+            await calls._notify(parent.account_sid, NO_ROUTE, f"<Dial>: no outbound route for "
+                               f"{dialled}", call_sid=parent.sid)
+            return None
+
+        async def ring(cancel: LegEvents) -> tuple[LiveCall | None, int]:
+            key = f"{parent.sid}/dial/{mint_sid('CA')[2:10]}"
+            if len(calls._outbound) >= calls.max_outbound:
+                logger.warning("x call %s: <Dial> %s: %d outbound calls already",
+                               parent.sid, dialled, calls.max_outbound)
+                return None, 486
+            calls._outbound.add(key)
+            try:
+                child, code = await calls._dial_out(parent, cancel, dialled, lines,
+                                                   ring_seconds=float(action.timeout),
+                                                   near=parent.leg,
+                                                   caller_id=action.caller_id)
+            finally:
+                calls._outbound.discard(key)
+            if child is not None and noun.send_digits:
+                with contextlib.suppress(MediaError, TimeoutError):
+                    async with asyncio.timeout(DIAL_SECONDS):
+                        await calls._need_engine().send_dtmf(child.info.leg, noun.send_digits)
+            return child, code
+
+        return _Branch(noun, ring)
+
+    async def _race(self, runner: Runner, branches: list[_Branch], ring_s: float
+                    ) -> tuple[LiveCall | None, list[int]]:
+        """Run every branch; the first answered child wins, the rest are cancelled.
+        Returns the winner (None if nobody answered) and the losers' final codes."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + ring_s + 2 * DIAL_SECONDS  # the branches time out first
+        pending = {loop.create_task(b.ring(b.cancel), name=f"dial {runner.call.sid}")
+                   for b in branches}
+        winner: LiveCall | None = None
+        codes: list[int] = []
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, timeout=POLL_S,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    child, code = self._outcome(task, runner.call.sid)
+                    if child is None:
+                        codes.append(code)
+                    elif winner is None:
+                        winner = child
+                        logger.info("- call %s: <Dial> %s answered", runner.call.sid,
+                                    child.info.to)
+                    else:  # answered just after the winner: it is not wanted
+                        await self._drop(child)
+                if winner is not None or runner.events.ended or loop.time() > give_up:
+                    for b in branches:
+                        b.cancel.ended = True
+        finally:
+            for b in branches:
+                b.cancel.ended = True
+            if pending:
+                await asyncio.wait(pending)
+                for task in pending:
+                    child, code = self._outcome(task, runner.call.sid)
+                    if child is None:
+                        codes.append(code)
+                    elif winner is None and not runner.events.ended:
+                        winner = child
+                    else:
+                        await self._drop(child)
+        return winner, codes
+
+    @staticmethod
+    def _outcome(task: asyncio.Task[tuple[LiveCall | None, int]], sid: str
+                 ) -> tuple[LiveCall | None, int]:
+        try:
+            return task.result()
+        except Exception:  # noqa: BLE001 - one branch's bug must not lose the others
+            logger.exception("x call %s: a <Dial> branch failed", sid)
+            return None, 503
+
+    async def _drop(self, child: LiveCall) -> None:
+        """Hang up an answered child that lost the race; its CDR ends completed."""
+        with contextlib.suppress(MediaError, TimeoutError):
+            async with asyncio.timeout(DIAL_SECONDS):
+                await self._calls._need_engine().hangup(child.info.leg)
+        await self._calls._end_child(child)
+
+    async def _bridge(self, runner: Runner, action: DialAction, child: LiveCall,
+                      parent: CallInfo) -> DialDone:
+        calls, engine = self._calls, self._calls._need_engine()
+        loop = asyncio.get_running_loop()
+        answered_at = loop.time()
+        try:
+            async with asyncio.timeout(DIAL_SECONDS):
+                await engine.bridge(parent.leg, child.info.leg)
+            await calls._until_one_ends(runner, child, float(action.time_limit))
+        except Hungup:
+            pass
+        except (MediaError, TimeoutError) as err:
+            logger.info("x call %s: <Dial> bridge to %s failed: %s", parent.sid,
+                        child.info.to, err)
+        finally:
+            if not child.events.ended:
+                with contextlib.suppress(MediaError, TimeoutError):
+                    async with asyncio.timeout(DIAL_SECONDS):
+                        await engine.hangup(child.info.leg)
+            await calls._end_child(child)
+        return DialDone(DialStatus.COMPLETED, child.info.sid, int(loop.time() - answered_at))
