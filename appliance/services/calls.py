@@ -55,7 +55,7 @@ from appliance.rcml.interpreter import DialAction, DialDone, SendSms
 from appliance.rcml.runner import App, CallInfo, Fetcher, Hungup, LegEvents, Runner
 from appliance.services.conferences import ConferencesService
 from appliance.services.dialing import Dialer, sip_user
-from appliance.services.gsm_calls import GsmCalls
+from appliance.services.gsm_calls import GsmCalls, client_login
 from appliance.services.ports import StoreProtocol
 from appliance.services.provisioning import normalize_number
 from appliance.services.telephony import CallLog
@@ -89,6 +89,7 @@ class LiveCall:
     runner: Runner | None = None
     canceled: bool = False
     lines: tuple[str, ...] | None = None  # no app: bridged out through these lines (B2BUA)
+    client: str | None = None  # no app: bridged to this Client's phones (a DID's client:)
     bridging: bool = False  # the B2BUA task is running
 
 
@@ -237,9 +238,11 @@ class CallsService:
         return await self._to_worker(caller.account_sid, caller.login, user, app, number_sid)
 
     async def _to_worker(self, account_sid: str, from_: str, to: str, app: App | None,
-                         number_sid: str | None, *, lines: tuple[str, ...] = ()) -> Decision:
+                         number_sid: str | None, *, lines: tuple[str, ...] = (),
+                         client: str | None = None) -> Decision:
         """Reserve a worker slot for an inbound leg and fork the INVITE there. APP runs on
-        it; without an app the worker bridges the call out through LINES (B2BUA)."""
+        it; without an app the worker bridges the call (B2BUA) to CLIENT's phones, or else
+        out through LINES."""
         if self.engine is None:
             return Refuse(503, NO_MEDIA)
         if len(self._by_sid) >= MAX_LIVE:
@@ -252,15 +255,17 @@ class CallsService:
         info = CallInfo(sid=sid, account_sid=account_sid, from_=from_, to=to,
                         direction="inbound", leg=slot.leg, app=app or App(""),
                         timestamp=iso(self._clock()))
-        live = LiveCall(info, LegEvents(), lines=lines if app is None else None)
+        live = LiveCall(info, LegEvents(), lines=lines if app is None else None,
+                        client=client if app is None else None)
         self._live[slot.leg] = live
         self._by_sid[sid] = live
         if live.lines is not None:
             self._outbound.add(sid)
         # An INVITE that never reaches the worker (caller gone, send failed) frees its entry.
         asyncio.get_running_loop().call_later(RESERVATION_S, self._unclaimed, live)
-        logger.info("> call %s %s -> %s %s on worker %s", sid, from_, to,
-                    f"runs {app.url}" if app is not None else f"goes out by {', '.join(lines)}",
+        how = (f"runs {app.url}" if app is not None else f"rings Client {client}" if client
+               else f"goes out by {', '.join(lines)}")
+        logger.info("> call %s %s -> %s %s on worker %s", sid, from_, to, how,
                     slot.worker)
         target = Target("udp", slot.host, slot.port)
         return Fork(callee=to, contacts=(Contact(f"sip:{to}@{slot.host}:{slot.port}",
@@ -278,6 +283,16 @@ class CallsService:
         if found is None:
             self._unknown_did(number, caller)
             return Refuse(404)
+        login = client_login(found.voice_url)
+        if login is not None:
+            client = await self._store.get_client_by_login(login)
+            if client is None or client.account_sid != found.account_sid:
+                logger.info("x call from gateway %s to %s: %s names no Client of the "
+                            "number's account", caller.gateway, found.phone_number,
+                            found.voice_url)
+                return Refuse(404, "No Such Client")
+            return await self._to_worker(found.account_sid, caller.login, found.phone_number,
+                                         None, found.sid, client=client.login)
         app = None
         if found.voice_url or found.voice_application_sid:
             app = await self._app(found.voice_url, found.voice_method,
@@ -352,9 +367,12 @@ class CallsService:
                         await engine.answer(info.leg, code=180)
 
         try:
-            child, code = await self._dial_out(info, live.events, info.to, live.lines or (),
-                                               ring_seconds=RING_SECONDS, near=info.leg,
-                                               on_ringing=ringing)
+            if live.client is not None:
+                child, code = await self._ring_local(info, live.events, live.client, ringing)
+            else:
+                child, code = await self._dial_out(info, live.events, info.to,
+                                                   live.lines or (), ring_seconds=RING_SECONDS,
+                                                   near=info.leg, on_ringing=ringing)
             if child is None:
                 if not live.events.ended:
                     with contextlib.suppress(MediaError, TimeoutError):
@@ -380,6 +398,36 @@ class CallsService:
                 await self._end_child(child)
             self._outbound.discard(info.sid)
             self._forget(live)
+
+    async def _ring_local(self, parent: CallInfo, parent_events: LegEvents, login: str,
+                          on_ringing: Callable[[], Awaitable[None]]
+                          ) -> tuple[LiveCall | None, int]:
+        """Ring Client LOGIN's phones from PARENT's worker (the front door forks to each);
+        the answered child leg (an outbound-dial CDR), or None and the final status."""
+        record = await self._log.opened(account_sid=parent.account_sid, from_=parent.from_,
+                                        to=login, direction="outbound-dial",
+                                        parent_call_sid=parent.sid)
+        leg = LegId("LG" + mint_sid("CA")[2:])
+        child = LiveCall(CallInfo(sid=record.sid, account_sid=parent.account_sid,
+                                  from_=parent.from_, to=login, direction="outbound-dial",
+                                  leg=leg, app=parent.app), LegEvents())
+        self._live[leg] = child
+        self._dialled[leg] = parent.account_sid  # media_caller lets its INVITE through
+        host, port = self._front_door()
+        caller = dialable(parent.from_) or "anonymous"
+        try:
+            async with asyncio.timeout(DIAL_SECONDS):
+                await self._need_engine().dial(f"sip:{login}@{host}:{port}", leg=leg,
+                                               ring_seconds=RING_SECONDS, near=parent.leg,
+                                               from_uri=f"sip:{caller}@{host}")
+            code = await self._until_answered(child, parent_events, on_ringing)
+        except (MediaError, TimeoutError) as err:
+            logger.info("x call %s: ringing Client %s: %s", parent.sid, login, err)
+            code = 503
+        if code == 200:
+            return child, 200
+        await self._end_child(child, code)
+        return None, code
 
     async def _line_leg(self, parent: CallInfo, number: str, own: LiveCall | None
                         ) -> tuple[LegId, LiveCall]:
@@ -567,7 +615,7 @@ class CallsService:
         if not url and application_sid:
             application = await self._store.get_application(application_sid)
             url = application.rcml_url if application is not None else None
-        if not url or url.startswith("client:"):  # client:<login>: GSM calls only (gsm_calls)
+        if not url or url.startswith("client:"):  # client:<login>: no app (route_*_invite)
             return None
         return App(url, method or "POST", fallback, fallback_method or "POST")
 
@@ -579,7 +627,8 @@ class CallsService:
             return
         live.events.put(event)
         if isinstance(event, LegChanged):
-            if event.state is LegState.INCOMING and live.lines is not None:
+            if event.state is LegState.INCOMING and (live.lines is not None
+                                                      or live.client is not None):
                 if not live.bridging:
                     live.bridging = True
                     self._spawn(self._run_bridge(live), f"call {live.info.sid}")

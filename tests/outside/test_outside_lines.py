@@ -200,6 +200,35 @@ async def test_provider_calls_a_did_with_an_app(outside: Any) -> None:
     assert cdr["sid"] == form["CallSid"] and cdr["phone_number_sid"]
 
 
+async def test_provider_calls_a_did_routed_to_a_client(outside: Any) -> None:
+    """VoiceUrl=client:alice: the provider's call rings alice's phone, is answered only when
+    she answers, and leaves a parent CDR and an outbound-dial child to alice."""
+    appliance, api, _, phone, run_sipp = outside
+    for number, target in ((DID, "client:alice"), ("+15550004321", "client:nobody")):
+        status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                                         {"PhoneNumber": number, "VoiceUrl": target})
+        assert status == 200, body
+    alice = await phone("--user", "alice", "--answer", "--once", "--timeout", "20")
+    await alice.wait(lambda e: e["event"] == "registered" and e["code"] == 200)
+    port = await registered_provider(api, run_sipp)
+    sip = appliance.config.sip.listen
+    call = run_sipp("provider-uac.xml", port, f"{sip.host}:{sip.port}", "-s", DID)
+    assert await finished(call) == 0, call.stderr.read() if call.stderr else ""
+    await alice.finish()
+    assert any(e.get("state") == "CONFIRMED" for e in alice.events), alice.events
+    calls = await cdrs(api, 2)
+    parent = next(c for c in calls if c["direction"] == "inbound")
+    child = next(c for c in calls if c["direction"] == "outbound-dial")
+    assert (parent["from"], parent["to"], parent["status"]) == (
+        "+15559876543", DID, "completed")
+    assert (child["to"], child["status"], child["parent_call_sid"]) == (
+        "alice", "completed", parent["sid"])
+    # A client: target that names no Client of the account is refused like a DID without an app.
+    refused = run_sipp("provider-uac-refused.xml", port, f"{sip.host}:{sip.port}",
+                       "-s", "+15550004321")
+    assert await finished(refused) == 0, refused.stderr.read() if refused.stderr else ""
+
+
 async def test_provider_calls_unknown_dids_and_strangers_are_challenged(
         outside: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     appliance, api, rcml, _, run_sipp = outside
