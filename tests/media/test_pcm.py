@@ -76,3 +76,23 @@ async def test_detach_bad_device_and_inband_dtmf(worker: Worker, phones, modem: 
     await worker.cmd(p.PcmDetach(leg="GSM2"))  # idempotent
     await worker.leg("ended", "GSM2", seconds=10)
     await phone.finish()
+
+
+def test_a_backlog_drains_to_the_high_water_mark_and_no_further() -> None:
+    import collections
+
+    from appliance.media.worker.pcm_tty import HIGH_WATER, next_frame
+
+    queue: collections.deque[bytes] = collections.deque(maxlen=10)
+    queue.extend(bytes([i]) * 320 for i in range(10))  # a burst after a stall: 200 ms queued
+    played = []
+    for tick in range(12):
+        frame = next_frame(queue)
+        played.append(frame[0] if frame is not None else None)
+        if tick >= 4:
+            queue.append(bytes([100 + tick]) * 320)  # steady arrival again, one per tick
+    # Skips one frame per tick while above the mark, then plays every frame in order.
+    assert played[:4] == [1, 3, 5, 7]
+    assert len(queue) <= HIGH_WATER + 1
+    assert played[-3:] == sorted(played[-3:]) and None not in played[-3:]
+    assert next_frame(collections.deque()) is None

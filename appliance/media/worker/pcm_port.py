@@ -3,8 +3,8 @@
 Created and destroyed on the pj thread; its two callbacks run on the conference-bridge clock
 thread and only pop/append bounded deques (no per-sample Python, no I/O):
 
-* ``onFrameRequested`` (bridge pulls 20 ms towards the call): the next frame from the modem,
-  or silence on underrun;
+* ``onFrameRequested`` (bridge pulls 20 ms towards the call): the next frame from the modem
+  (`pcm_tty.next_frame`: a backlog is drained), or silence on underrun;
 * ``onFrameReceived`` (bridge pushes 20 ms from the call): appended for the modem, read with
   the ctypes fast path (~5 µs instead of ~500 µs for ``bytes(frame.buf)``).
 
@@ -19,6 +19,8 @@ import logging
 from typing import Any
 
 import pjsua2 as pj
+
+from appliance.media.worker.pcm_tty import next_frame
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +79,8 @@ class PcmPort(pj.AudioMediaPort):  # type: ignore[misc]
         self.createPort(name, fmt)
 
     def onFrameRequested(self, frame: Any) -> None:
-        try:
-            data = self.downlink.popleft()
-        except IndexError:
+        data = next_frame(self.downlink)
+        if data is None:
             self.underruns += 1
             data = SILENCE
         frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO

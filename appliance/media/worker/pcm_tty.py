@@ -9,6 +9,10 @@ A deque's append/popleft is atomic, so the two threads share nothing else.
   callback sees each frame too (in-band DTMF detection), on this thread.
 * Uplink (call → modem): exactly one frame per 20 ms tick, driven by the clock rather than by
   data arrival; silence when the call side has nothing (§2.9 "uplink pacing").
+* Both consumers take frames through `next_frame`: a queue that a burst after a stall left
+  above HIGH_WATER frames is drained one extra frame per tick down to it, so the delay a
+  stall adds does not stay for the rest of the call (the deques' bound alone would keep it at
+  up to 200 ms).
 """
 
 from __future__ import annotations
@@ -30,6 +34,18 @@ FRAME_BYTES = 320  # 20 ms of 8 kHz S16LE mono
 FRAME_SECONDS = 0.02
 SILENCE = bytes(FRAME_BYTES)
 MAX_READ = 16 * FRAME_BYTES
+HIGH_WATER = 3  # frames queued beyond this are surplus delay: one is skipped per tick
+
+
+def next_frame(queue: collections.deque[bytes]) -> bytes | None:
+    """The frame to play now from QUEUE (None on underrun), skipping one queued frame when
+    more than HIGH_WATER wait, so a backlog drains at twice the pace down to HIGH_WATER."""
+    try:
+        if len(queue) > HIGH_WATER:
+            queue.popleft()
+        return queue.popleft()
+    except IndexError:  # the other thread drained it meanwhile
+        return None
 
 
 class PcmTty:
@@ -124,7 +140,7 @@ class PcmLink:
                         self._read()
                     continue
                 self._read()
-                frame = self.uplink.popleft() if self.uplink else None
+                frame = next_frame(self.uplink)
                 if frame is None or len(frame) != self.device.frame_bytes:
                     self.underruns += frame is None
                     frame = SILENCE if frame is None else frame[:FRAME_BYTES].ljust(
