@@ -118,14 +118,29 @@ async def _dispatch(request: web.Request, prefix: str, tail: str) -> web.StreamR
                             f"POST a new Password to /Accounts/{actor.sid}")
         ctx.actor = actor
         ctx.path = values
-        return await found.handler(ctx)
+        response = await found.handler(ctx)
+        if ctx.cached_at is not None and response.status == 200 and request.method == "GET" \
+                and isinstance(response, web.Response) and isinstance(response.body, bytes):
+            request.app[RESPONSE_CACHE].remember_answer(
+                _answer_key(request), ctx.cached_at, response.body,
+                {"Content-Type": response.headers["Content-Type"]})
+        return response
     except ApplianceError as err:
         if err.status >= 500:
             logger.error("x %s %s: %s", request.method, request.path, err.message)
         return _error_response(err, as_json)
 
 
+def _answer_key(request: web.Request) -> tuple[str | None, str, str | None]:
+    headers = request.headers
+    return headers.get("Authorization"), request.raw_path, headers.get("Accept")
+
+
 async def _api(request: web.Request) -> web.StreamResponse:
+    if request.method == "GET" and request.content_length is None:
+        answer = request.app[RESPONSE_CACHE].answered(_answer_key(request))
+        if answer is not None:
+            return web.Response(body=answer[0], headers=answer[1])
     prefix = request.match_info["prefix"]
     # Split the *raw* path, then decode each segment: an encoded "%2F" inside a SID must not
     # become a path separator and reach another resource.

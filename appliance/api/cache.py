@@ -9,7 +9,7 @@ it could have seen; a hit skips the store thread and the rendering entirely.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 
 from aiohttp import web
 
@@ -17,6 +17,7 @@ Version = Hashable
 
 MAX_BYTES = 8 * 1024 * 1024  # all bodies together; an edge box has little memory to spare
 MAX_BODY = 1024 * 1024  # larger bodies are rebuilt each time
+MAX_ANSWERS = 256  # whole responses (their bodies are the cached ones, shared, not copies)
 
 
 class ResponseCache:
@@ -28,6 +29,8 @@ class ResponseCache:
         self._at: Version | None = None
         self._bodies: OrderedDict[Hashable, bytes] = OrderedDict()
         self._size = 0
+        # Whole responses by (Authorization, raw path, Accept): see `answered`.
+        self._answers: dict[Hashable, tuple[bytes, Mapping[str, str]]] = {}
 
     def lookup(self, key: Hashable) -> tuple[bytes | None, Version | None]:
         """The cached body for KEY (or None) and the version to store a new one under."""
@@ -36,6 +39,7 @@ class ResponseCache:
             return None, None
         if version != self._at:
             self._bodies.clear()
+            self._answers.clear()
             self._size = 0
             self._at = version
             return None, version
@@ -43,6 +47,27 @@ class ResponseCache:
         if body is not None:
             self._bodies.move_to_end(key)
         return body, version
+
+    def answered(self, request_key: Hashable) -> tuple[bytes, Mapping[str, str]] | None:
+        """The whole 200 response (body, headers) a request with the same credentials, raw
+        path and Accept header got in the current version, or None.
+
+        Such a request would pass the same authentication (a password, token or status
+        change is a write, which empties the cache) and reach the same handler with the same
+        inputs, so it can skip both: the path a script polling a list takes."""
+        version = self._version()
+        if version is None or version != self._at:
+            return None
+        return self._answers.get(request_key)
+
+    def remember_answer(self, request_key: Hashable, version: Version | None, body: bytes,
+                        headers: Mapping[str, str]) -> None:
+        """Keep a 200 response whose body was cached under VERSION (see `answered`)."""
+        if version is None or version != self._at or len(body) > self._max_body:
+            return
+        if len(self._answers) >= MAX_ANSWERS:
+            self._answers.clear()
+        self._answers[request_key] = (body, headers)
 
     def store(self, key: Hashable, version: Version | None, body: bytes) -> None:
         """Keep BODY for KEY if VERSION (from lookup) is still the current epoch."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -54,6 +54,7 @@ class Ctx:
     prefix: str
     actor: Account | None = None
     _form: MultiDictProxy[str] | None = None
+    cached_at: Hashable | None = None  # set by cached(): the body's data version
 
     @property
     def me(self) -> Account:
@@ -110,4 +111,5 @@ class Ctx:
         if body is None:
             body = await build()
             cache.store(key, version, body)
+        self.cached_at = version
         return body

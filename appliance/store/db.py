@@ -12,6 +12,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +32,13 @@ _PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_tim
             "journal_size_limit=4194304")
 
 
+# How often data_version() asks SQLite about commits by other connections. The store's own
+# writes are seen at once (through total_changes); other processes do not write while the
+# appliance serves (restore takes the instance lock), so a short delay there costs nothing,
+# and not asking on every API request saves a query per request.
+FOREIGN_POLL = 0.05
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -40,6 +48,8 @@ class Store:
         # Change detection for caches on the event-loop thread (see data_version()).
         self._watch: sqlite3.Connection | None = None
         self._changes = 0
+        self._foreign: int | None = None
+        self._foreign_read_at = -FOREIGN_POLL
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -103,16 +113,21 @@ class Store:
         Cheap and non-blocking, for the event-loop thread. It combines the rows changed
         through the store's own connection (updated after each store call) with SQLite's
         `PRAGMA data_version` on a separate connection, which moves on every commit by any
-        other connection: the store's writer and other processes alike.
+        other connection: the store's writer and other processes alike (read at most every
+        FOREIGN_POLL seconds).
         """
         watch = self._watch
         if watch is None:
             return None
-        try:
-            row = watch.execute("PRAGMA data_version").fetchone()
-        except sqlite3.Error:
-            return None
-        return self._changes, int(row[0])
+        now = time.monotonic()
+        if self._foreign is None or now - self._foreign_read_at >= FOREIGN_POLL:
+            try:
+                row = watch.execute("PRAGMA data_version").fetchone()
+            except sqlite3.Error:
+                self._foreign = None
+                return None
+            self._foreign, self._foreign_read_at = int(row[0]), now
+        return self._changes, self._foreign
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
