@@ -156,8 +156,7 @@ class MediaEngine(Protocol):
         """Place a leg; LegChanged events report ringing/answered/ended. NoCapacity if full.
 
         ``near``: put the new leg on the same worker as that leg, so the two can be bridged
-        (a bridge or a conference room lives inside one worker). NoCapacity if that worker
-        is full.
+        (a bridge lives inside one worker). NoCapacity if that worker is full.
 
         ``proxy``: send the INVITE to this outbound proxy (the front door) while its
         Request-URI stays ``uri`` (a leg to a gateway: the provider's digest covers it).
@@ -188,7 +187,10 @@ class MediaEngine(Protocol):
 
     async def unbridge(self, leg: LegId, other: LegId) -> None: ...
 
-    async def conference_join(self, leg: LegId, room: str) -> None: ...
+    async def conference_join(self, leg: LegId, room: str) -> None:
+        """Into ROOM (created on first use). Members on different workers hear each other
+        through a link that holds a call slot on both: NoCapacity when none is free."""
+        ...
 
     async def conference_leave(self, leg: LegId) -> None: ...
 

@@ -23,10 +23,11 @@ Every member has a `wake` event: whatever changes its fate (the conference start
 ending, a DELETE) sets it, and the member's own task does the media work, so each leg's
 commands come from one task only.
 
-A room lives in one worker (`engine.conference_join` refuses a leg on another worker): with
-`[media] workers` > 1 a call placed on another worker than the room cannot join (its Dial
-fails, with a notification). Recovery: conferences left running by a stop or a crash are
-closed at start (`start`).
+With `[media] workers` > 1 the members of a room may sit on several workers: the engine
+links the room's worker to a satellite room on each other worker with a leg pair
+(`media.pool`), invisible here (no participant, no CDR). A link takes a call slot on both
+workers; when none is free the join fails (the Dial fails, with a notification).
+Recovery: conferences left running by a stop or a crash are closed at start (`start`).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ MAX_CONFERENCES = 100  # live conferences at once (the workers' slots bound it f
 MAX_FILTER = 255
 # Notification codes. OURS: Twilio has no code for these.
 CONFERENCE_FULL = 13240  # maxParticipants reached
-CONFERENCE_FAILED = 13241  # the room could not be joined (another worker, worker gone)
+CONFERENCE_FAILED = 13241  # the room could not be joined (no slot for a link, worker gone)
 WAIT_AUDIO = 13242  # waitUrl is not audio, or could not be fetched
 
 _SORTS = {"DateCreated": "date_created", "DateUpdated": "date_updated",

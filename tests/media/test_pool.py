@@ -206,19 +206,130 @@ async def test_unsubscribe_and_failing_handler() -> None:
     assert [e.digit for e in events if isinstance(e, DtmfReceived)] == ["1", "1", "2"]
 
 
-async def test_a_conference_room_stays_on_one_worker() -> None:
-    pool, ws, _ = make()
-    a1, b1, a2 = [await pool.reserve_incoming() for _ in range(3)]
-    assert (a1.worker, b1.worker, a2.worker) == ("a", "b", "a")
+class LinkingSet(FakeSet):
+    """Acts out the workers' side of a conference link: a Dial with X-Leg-Id to a worker's
+    port arrives there as an incoming leg; a Hangup ends both legs (the BYE)."""
+
+    def __init__(self, pool: WorkerPool, **workers: Handle) -> None:
+        super().__init__(**workers)
+        self.pool = pool
+        self.arrive = True
+        self.peer: dict[str, tuple[str, str]] = {}  # leg -> (its worker, the other leg)
+
+    async def request(self, worker: str, cmd: p.Command, *, seconds: float = 5.0) -> p.Reply:
+        reply = await super().request(worker, cmd, seconds=seconds)
+        loop = asyncio.get_running_loop()
+        if isinstance(cmd, p.Dial) and "X-Leg-Id" in cmd.headers:
+            far = cmd.headers["X-Leg-Id"]
+            port = int(cmd.uri.rsplit(":", 1)[1])
+            home = next(w for w, h in self.handles.items() if h.spec.sip_port == port)
+            self.peer[cmd.leg], self.peer[far] = (worker, far), (home, cmd.leg)
+            if self.arrive:
+                loop.call_soon(self.pool.on_worker_event, home,
+                               p.LegEvent(leg=far, state="incoming"))
+        elif isinstance(cmd, p.Hangup) and cmd.leg in self.peer:
+            other_worker, other = self.peer.pop(cmd.leg)
+            self.peer.pop(other, None)
+            for w, leg in ((worker, cmd.leg), (other_worker, other)):
+                loop.call_soon(self.pool.on_worker_event, w,
+                               p.LegEvent(leg=leg, state="ended", code=200))
+        return reply
+
+
+def make_linking(max_calls: int = 4) -> tuple[WorkerPool, LinkingSet, list[MediaEvent]]:
+    pool = WorkerPool()
+    ws = LinkingSet(pool, a=Handle(Spec(5071, max_calls)), b=Handle(Spec(5072, max_calls)))
+    pool.attach(ws)
+    events: list[MediaEvent] = []
+    pool.subscribe(events.append)
+    return pool, ws, events
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_conference_room_links_another_worker() -> None:
+    pool, ws, events = make_linking()
+    a1, b1, a2, b2 = [await pool.reserve_incoming() for _ in range(4)]
+    assert [s.worker for s in (a1, b1, a2, b2)] == ["a", "b", "a", "b"]
     await pool.conference_join(a1.leg, "CFroom")
     await pool.conference_join(a2.leg, "CFroom")
-    with pytest.raises(CommandFailed) as err:
-        await pool.conference_join(b1.leg, "CFroom")  # the room is on worker a
-    assert err.value.code == "not-same-worker"
-    await pool.conference_join(b1.leg, "CFother")
-    await pool.conference_mute(a2.leg, True)
-    assert [c for _, c in ws.sent][-1] == p.ConfMute(leg=a2.leg, muted=True)
+    assert pool.links() == {}
+    ws.sent.clear()
+    await pool.conference_join(b1.leg, "CFroom")  # the room lives on a: b gets a link
+    assert list(pool.links()) == [("CFroom", "b")]
+    [(near, far)] = pool.links().values()
+    assert [(w, c) for w, c in ws.sent] == [
+        ("b", p.Dial(leg=near, uri="sip:link@127.0.0.1:5071", headers={"X-Leg-Id": far},
+                     timeout=5.0)),
+        ("a", p.Answer(leg=far)),
+        ("a", p.ConfJoin(leg=far, room="CFroom")),
+        ("b", p.ConfJoin(leg=near, room="CFroom")),
+        ("b", p.ConfJoin(leg=b1.leg, room="CFroom"))]
+    assert pool.load() == {"a": 3, "b": 3}  # the link holds a slot on each side
+    ws.sent.clear()
+    await pool.conference_join(b2.leg, "CFroom")  # the same link serves it
+    await pool.conference_mute(b2.leg, True)
+    assert ws.sent == [("b", p.ConfJoin(leg=b2.leg, room="CFroom")),
+                       ("b", p.ConfMute(leg=b2.leg, muted=True))]
+    await pool.conference_leave(b1.leg)
+    assert pool.links() != {}
+    # The last member on b hangs up: the link goes, both its slots come back.
+    pool.on_worker_event("b", p.LegEvent(leg=b2.leg, state="ended", code=200))
+    await settle()
+    assert pool.links() == {}
+    assert ("b", p.Hangup(leg=near)) in ws.sent
+    assert pool.load() == {"a": 2, "b": 1}
+    # Link legs never reach the subscribers (no call, no CDR).
+    assert {e.leg for e in events} <= {a1.leg, a2.leg, b1.leg, b2.leg}
+    await pool.close()
+
+
+async def test_a_link_needs_a_free_slot_on_both_workers() -> None:
+    pool, ws, _ = make_linking(max_calls=2)
+    a1, b1, a2 = [await pool.reserve_incoming() for _ in range(3)]
+    await pool.conference_join(a1.leg, "CFroom")
+    with pytest.raises(NoCapacity):
+        await pool.conference_join(b1.leg, "CFroom")  # a is full: no room for a link
+    assert pool.links() == {} and pool.load() == {"a": 2, "b": 1}
+    await pool.conference_join(b1.leg, "CFother")  # a room of its own on b
     await pool.conference_leave(a1.leg)
-    await pool.conference_leave(a2.leg)
-    await pool.conference_join(b1.leg, "CFroom")  # empty now: anywhere
+    await pool.conference_join(b1.leg, "CFroom")  # empty now: it lives on b
+    assert pool.links() == {}
+    await pool.close()
+
+
+async def test_a_link_that_never_arrives_fails_and_frees_its_slots(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("appliance.media.pool.LINK_S", 0.05)
+    pool, ws, _ = make_linking()
+    a1, b1 = [await pool.reserve_incoming() for _ in range(2)]
+    await pool.conference_join(a1.leg, "CFroom")
+    ws.arrive = False
+    with pytest.raises(CommandFailed) as err:
+        await pool.conference_join(b1.leg, "CFroom")
+    assert err.value.code == "link-failed"
+    await settle()
+    assert pool.links() == {} and pool.load() == {"a": 1, "b": 1}
+    await pool.close()
+
+
+async def test_a_dead_home_worker_breaks_the_link() -> None:
+    pool, ws, events = make_linking()
+    a1, b1 = [await pool.reserve_incoming() for _ in range(2)]
+    await pool.conference_join(a1.leg, "CFroom")
+    await pool.conference_join(b1.leg, "CFroom")
+    [(near, far)] = pool.links().values()
+    ws.handles["a"].up = False
+    pool.on_worker_down("a")
+    await settle()
+    assert pool.links() == {}
+    assert ("b", p.Hangup(leg=near)) in ws.sent
+    assert [e.leg for e in events if isinstance(e, LegChanged)] == [a1.leg]
+    assert pool.load() == {"a": 0, "b": 1}
+    b2 = await pool.reserve_incoming()
+    await pool.conference_join(b2.leg, "CFroom")  # the room lives on b now
+    assert pool.links() == {}
     await pool.close()

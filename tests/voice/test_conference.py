@@ -116,3 +116,67 @@ async def test_two_phones_in_a_conference(voice: Any, tmp_path: Path) -> None:
     # Bob heard alice's 1000 Hz.
     samples, rate = read_samples(heard_b)
     assert best_share(list(samples), rate, 1000) > 0.5
+
+
+@pytest.mark.parametrize("voice", [2], indirect=True)
+async def test_a_conference_spans_two_media_workers(voice: Any, tmp_path: Path) -> None:
+    """Alice's call lands on worker 0, bob's on worker 1 (the pool spreads calls): the room
+    on worker 0 is linked to a satellite on worker 1 by a leg pair, and they hear each
+    other; a muted bob reaches nobody; the link goes with the last participant on 1 (no
+    CDR, no participant for its legs)."""
+    appliance, api, rcml, phone = voice
+    pool = appliance.media_engine
+    rcml.docs["/conf"] = ('<Response><Dial><Conference>room 2</Conference></Dial>'
+                          '</Response>')
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                                     {"PhoneNumber": NUMBER, "VoiceUrl": f"{rcml.base}/conf"})
+    assert status == 200, body
+    sip = appliance.config.sip.listen
+    target = f"sip:{NUMBER}@{sip.host}:{sip.port}"
+    heard_a, heard_b = tmp_path / "alice.wav", tmp_path / "bob.wav"
+    alice = await phone("--user", "alice", "--call", target, "--record", str(heard_a),
+                        "--tone", "1000", "--timeout", "30")
+    base = f"Accounts/{ADMIN_SID}/Conferences"
+    listed = await poll(api, f"{base}.json", lambda d: d["conferences"])
+    cf = listed["conferences"][0]["sid"]
+    await poll(api, f"{base}/{cf}/Participants.json", lambda d: len(d["participants"]) == 1)
+    bob = await phone("--user", "bob", "--call", target, "--record", str(heard_b),
+                      "--tone", "600", "--timeout", "30")
+    parts = await poll(api, f"{base}/{cf}/Participants.json",
+                       lambda d: len(d["participants"]) == 2)
+    async with asyncio.timeout(5):
+        while not pool.links():  # the participant on worker 1 comes through a link
+            await asyncio.sleep(0.05)
+    assert pool.load() == {"0": 2, "1": 2}  # a call and a link leg on each worker
+    got = {form["From"]: form["CallSid"] for path, form in rcml.got if path == "/conf"}
+    assert {p["call_sid"] for p in parts["participants"]} == set(got.values())
+
+    await asyncio.sleep(2.5)  # both talk
+    status, body, _ = await api.post(f"{base}/{cf}/Participants/{got['bob']}.json",
+                                     {"Muted": "true"})
+    assert status == 200, body
+    await asyncio.sleep(2.5)  # alice hears nothing from bob now
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Calls/{got['alice']}.json",
+                                     {"Status": "completed"})
+    assert status == 200, body
+    await alice.finish()
+    await poll(api, f"{base}/{cf}/Participants.json", lambda d: len(d["participants"]) == 1)
+    assert pool.links() != {}  # bob is still on worker 1
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Calls/{got['bob']}.json",
+                                     {"Status": "completed"})
+    assert status == 200, body
+    await bob.finish()
+    await poll(api, f"{base}/{cf}.json", lambda d: d["status"] == "COMPLETED")
+    async with asyncio.timeout(5):
+        while pool.links() or any(pool.load().values()):  # the link went with bob
+            await asyncio.sleep(0.1)
+    calls = json.loads((await api.get(f"Accounts/{ADMIN_SID}/Calls.json"))[1])
+    assert {c["sid"] for c in calls["calls"]} == set(got.values())  # link legs: no CDR
+
+    samples, rate = read_samples(heard_a)
+    a = list(samples)
+    assert best_share(a[:-3 * rate], rate, 600) > 0.5
+    tail = a[-int(2.0 * rate):-int(0.5 * rate)]
+    assert rms(tail) < 100, rms(tail)
+    samples, rate = read_samples(heard_b)
+    assert best_share(list(samples), rate, 1000) > 0.5

@@ -1,6 +1,7 @@
 """services.conferences on the NullMediaEngine and a real store (no pjsua2): waiting for the
 moderator, joining the room, mute, removal, endConferenceOnExit, hang-up, maxParticipants,
-and the Dial action's parameters through the interpreter."""
+and the Dial action's parameters through the interpreter. Then the same service over a
+WorkerPool of two fake workers: a conference linked across workers."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import Any
 import pytest
 
 from appliance.errors import NotFound
-from appliance.media.engine import LegId, MediaEvent
+from appliance.media import protocol as p
+from appliance.media.engine import LegId, MediaEngine, MediaEvent
 from appliance.media.null import NullMediaEngine
+from appliance.media.pool import WorkerPool
 from appliance.models import Account, AccountSid, AccountStatus, ConferenceStatus
 from appliance.rcml.interpreter import (
     DialAction,
@@ -32,6 +35,7 @@ from appliance.store.conferences import ConferenceStore
 from appliance.store.db import Store
 from appliance.webhooks import WebhookResponse
 from tests.media.audio import write_tone
+from tests.media.test_pool import Handle, LinkingSet, Spec
 
 ACCOUNT = AccountSid("AC" + "1" * 32)
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -62,19 +66,22 @@ class World:
         self.notes.append(code)
 
     async def runner(self, name: str) -> Runner:
-        async def no(*args: Any) -> Any:
-            raise AssertionError("not expected")
-
         leg = LegId(f"LG{name}")
         self.events[leg] = LegEvents()
         self.engine.simulate_incoming(leg)
         await self.engine.answer(leg)
+        return self._runner(name, leg, self.engine)
+
+    def _runner(self, name: str, leg: LegId, engine: MediaEngine) -> Runner:
+        async def no(*args: Any) -> Any:
+            raise AssertionError("not expected")
+
         out = Fetcher(request=self.request, notify=self.notify, say=no, save_recording=no,
                       send_sms=no, dial=None, cache_dir=self.tmp / "cache",
                       recordings_dir=self.tmp / "rec")
         info = CallInfo(sid=f"CA{name}", account_sid=ACCOUNT, from_=name, to="+1555",
                         direction="inbound", leg=leg, app=App("http://app/"), answered=True)
-        return Runner(info, self.engine, self.events[leg], out)
+        return Runner(info, engine, self.events[leg], out)
 
     def dial(self, runner: Runner, noun: Conference) -> asyncio.Task[DialDone]:
         return asyncio.ensure_future(self.service.dial(runner, DialAction((noun,))))
@@ -174,3 +181,69 @@ def test_the_dial_action_gets_the_conference() -> None:
     assert fetch.params["DialCallStatus"] == "completed"
     assert fetch.params["DialCallSid"] == "null"
     assert (fetch.params["DialCallDuration"], fetch.params["ConferenceSid"]) == ("7", "CFx")
+
+
+class PoolWorld(World):
+    """The service over a WorkerPool of two fake workers (a, b) that act out links."""
+
+    def __init__(self, tmp: Path, store: Store, max_calls: int) -> None:
+        super().__init__(tmp, store)
+        self.pool = WorkerPool()
+        self.workers = LinkingSet(self.pool, a=Handle(Spec(5071, max_calls)),
+                                  b=Handle(Spec(5072, max_calls)))
+        self.pool.attach(self.workers)
+        self.pool.subscribe(self._event)
+        self.service = ConferencesService(ConferenceStore(store), CallLog(store, lambda: NOW),
+                                          lambda: NOW, engine=self.pool)
+
+    async def on(self, name: str, worker: str) -> Runner:
+        slot = await self.pool.reserve_incoming(LegId(f"LG{name}"))
+        assert slot.worker == worker
+        self.events[slot.leg] = LegEvents()
+        self.pool.on_worker_event(worker, p.LegEvent(leg=slot.leg, state="incoming"))
+        return self._runner(name, slot.leg, self.pool)
+
+
+async def test_a_conference_linked_across_workers(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a.db")
+    await store.open()
+    world = PoolWorld(tmp_path, store, max_calls=2)
+    svc, pool = world.service, world.pool
+    try:
+        alice, bob, carol = [await world.on(n, w) for n, w in
+                             (("alice", "a"), ("bob", "b"), ("carol", "a"))]
+        first = world.dial(alice, Conference("room"))
+        second = world.dial(carol, Conference("room"))
+        await until(lambda: len(world.workers.sent) >= 2)
+        # Worker a is full: no slot for a link, so bob (on b) cannot join.
+        refused = await asyncio.wait_for(world.dial(bob, Conference("room")), 3)
+        assert refused.status is DialStatus.FAILED and world.notes == [13241]
+        assert pool.links() == {}
+        [conf] = (await svc.page(ADMIN, ADMIN, ConferenceFilters(), 0, 50)).items
+        await svc.remove(ADMIN, ADMIN, conf.sid, "CAcarol")
+        assert (await asyncio.wait_for(second, 3)).status is DialStatus.COMPLETED
+        pool.on_worker_event("a", p.LegEvent(leg=carol.call.leg, state="ended", code=200))
+        # A slot is free on a now: bob joins through a link, which is no participant.
+        third = world.dial(bob, Conference("room"))
+        await until(lambda: bool(pool.links()))
+        assert list(pool.links()) == [(conf.sid, "b")]
+        assert pool.load() == {"a": 2, "b": 2}  # alice, link | bob, link
+        await until(lambda: ("b", p.ConfJoin(leg=bob.call.leg, room=conf.sid))
+                    in world.workers.sent)
+        page = await svc.page_participants(ADMIN, ADMIN, conf.sid, 0, 50)
+        assert [x.call_sid for x in page.items] == ["CAalice", "CAbob"]
+        await svc.set_muted(ADMIN, ADMIN, conf.sid, "CAbob", True)
+        assert ("b", p.ConfMute(leg=bob.call.leg, muted=True)) in world.workers.sent
+        # Bob hangs up: the last one on b, so the link goes and its slots come back.
+        pool.on_worker_event("b", p.LegEvent(leg=bob.call.leg, state="ended", code=200))
+        with pytest.raises(Hungup):
+            await asyncio.wait_for(third, 3)
+        await until(lambda: not pool.links() and pool.load() == {"a": 1, "b": 0})
+        assert (await svc.get(ADMIN, ADMIN, conf.sid)).status is \
+            ConferenceStatus.RUNNING_MODERATOR_PRESENT
+        await svc.remove(ADMIN, ADMIN, conf.sid, "CAalice")
+        assert (await asyncio.wait_for(first, 3)).status is DialStatus.COMPLETED
+        assert (await svc.get(ADMIN, ADMIN, conf.sid)).status is ConferenceStatus.COMPLETED
+    finally:
+        await pool.close()
+        await store.close()

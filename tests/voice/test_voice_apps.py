@@ -87,8 +87,11 @@ class Handset:
 
 
 @pytest.fixture
-async def voice(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[tuple[Appliance, Api,
-                                                                           Rcml, Any]]:
+async def voice(tmp_path: Path, aiohttp_server: Any,
+                request: pytest.FixtureRequest) -> AsyncIterator[tuple[Appliance, Api,
+                                                                       Rcml, Any]]:
+    # Media workers: 1, or what an indirect parametrization asks for.
+    workers = int(getattr(request, "param", 1))
     rcml = Rcml(write_tone(tmp_path / "tone.wav", 1000, 2.0))
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", rcml.handle)
@@ -97,7 +100,8 @@ async def voice(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[tuple[Appl
     config = Config(data_dir=tmp_path / "var",
                     api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
                     sip=SipConfig(listen=Endpoint("127.0.0.1", free_port()), domain=DOMAIN),
-                    media=MediaConfig(workers=1, rtp_ports=(_RTP_BASE, _RTP_BASE + 99)))
+                    media=MediaConfig(workers=workers,
+                                      rtp_ports=(_RTP_BASE, _RTP_BASE + 99)))
     appliance = Appliance(config)
     await appliance.start()
     started: list[Handset] = []
