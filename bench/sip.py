@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/sip.py [--duration 10] [--users 1000] [--rates 100,200,300,...]
                                   [--hold-ms 500] [--only appliance|kamailio]
-                                  [--profile FILE.prof] [--keep]
+                                  [--profile FILE.prof] [--settle 45] [--keep]
 
 Needs sipp (Debian ``sip-tester``) and Kamailio (``apt-get install -y kamailio``; this script
 installs nothing and stops with that hint when ``kamailio`` is missing, unless
@@ -22,8 +22,10 @@ b. **Calls through the proxy.** Two users register from two sipp ports; a sipp U
    INVITE -> 407 -> ACK, INVITE with Proxy-Authorization -> 180 -> 200 -> ACK, hold, BYE -> 200.
    A rate is sustained when every call succeeded and the run did not fall behind (it ended
    within 3 s of rate x time + hold). Stepping stops at the first rate not sustained.
-c. **Memory.** The appliance main process's VmRSS right after start-up (no Client, no load)
-   and again after the load; for Kamailio, the sum of RSS and of PSS over its processes.
+c. **Memory.** The appliance main process's VmRSS right after start-up (no Client, no load),
+   again right after the load, and ``--settle`` seconds later, once the transactions and
+   calls that linger 64·T1 after they end are gone; for Kamailio, the sum of RSS and of PSS
+   over its processes.
 
 The appliance is started as ``python -m appliance serve --config <tmp>/config.toml`` with a
 temporary data dir and free loopback ports; N Clients are created through the REST API first.
@@ -649,7 +651,8 @@ def verdict(ok: bool) -> str:
 def print_report(args: argparse.Namespace, reg: dict[str, RegisterFigures],
                  calls: dict[str, list[CallStep]], idle_rss: float | None,
                  loaded_rss: float | None, kam_mem: tuple[int, float, float] | None,
-                 cdrs: int | None, provision_s: float | None) -> None:
+                 cdrs: int | None, provision_s: float | None,
+                 settled_rss: float | None = None) -> None:
     print()
     print(f"SIP front door benchmark, loopback, {os.cpu_count()} CPUs shared with sipp and "
           f"anything else running; {args.duration:g} s per measurement")
@@ -696,7 +699,9 @@ def print_report(args: argparse.Namespace, reg: dict[str, RegisterFigures],
     print("c. Memory")
     if idle_rss is not None:
         print(f"appliance main process VmRSS: {idle_rss:.1f} MB idle after start-up, "
-              f"{loaded_rss or 0:.1f} MB after the load")
+              f"{loaded_rss or 0:.1f} MB after the load"
+              + (f", {settled_rss:.1f} MB {args.settle:g} s later (lingering state gone)"
+                 if settled_rss is not None else ""))
     if kam_mem is not None:
         print(f"kamailio: {kam_mem[0]} processes, sum RSS {kam_mem[1]:.1f} MB, sum PSS "
               f"{kam_mem[2]:.1f} MB after the load")
@@ -733,6 +738,9 @@ def print_report(args: argparse.Namespace, reg: dict[str, RegisterFigures],
         print(f"{'appliance idle RSS after start-up, MB':<48} {idle_rss:>12.1f} "
               f"{'<= ' + str(TARGET_IDLE_RSS_MB):>10}  {verdict(idle_rss <= TARGET_IDLE_RSS_MB)}")
         print(f"{'(appliance RSS after the load, MB)':<48} {loaded_rss or 0:>12.1f}")
+        if settled_rss is not None:
+            print(f"{f'(appliance RSS {args.settle:g} s after the load, MB)':<48} "
+                  f"{settled_rss:>12.1f}")
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -759,6 +767,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", choices=("appliance", "kamailio"))
     parser.add_argument("--profile", type=Path, help="run the appliance under cProfile")
     parser.add_argument("--log-level", default="info", help="the appliance's --log-level")
+    parser.add_argument("--settle", type=float, default=45.0,
+                        help="seconds to wait after the load before measuring the settled RSS "
+                             "(finished transactions and calls linger 64*T1 = 32 s); 0: skip")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
@@ -779,7 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     users = [(login_of(i), password_of(i)) for i in range(args.users)]
     reg: dict[str, RegisterFigures] = {}
     calls: dict[str, list[CallStep]] = {}
-    idle_rss = loaded_rss = None
+    idle_rss = loaded_rss = settled_rss = None
     kam_mem = None
     cdrs = provision_s = None
     workdir = Path(tempfile.mkdtemp(prefix="bench-sip-"))
@@ -812,6 +823,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 wait_idle(appliance.pids(), limit=10)
                 loaded_rss = appliance.rss_mb()
                 cdrs = appliance.completed_cdrs()
+                if args.settle > 0:
+                    print(f"  RSS {loaded_rss:.1f} MB after the load; waiting {args.settle:g} s "
+                          "for lingering transactions and calls to end", flush=True)
+                    time.sleep(args.settle)
+                    wait_idle(appliance.pids(), limit=10)
+                    settled_rss = appliance.rss_mb()
         if args.only != "appliance":
             assert kamailio is not None  # noqa: S101
             (workdir / "kamailio").mkdir()
@@ -835,7 +852,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    print_report(args, reg, calls, idle_rss, loaded_rss, kam_mem, cdrs, provision_s)
+    print_report(args, reg, calls, idle_rss, loaded_rss, kam_mem, cdrs, provision_s,
+                 settled_rss)
     return 0
 
 

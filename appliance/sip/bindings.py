@@ -22,7 +22,7 @@ restart. Contacts are told apart by their URI text (RFC 5626 instance ids are no
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.sip.errors import SipError
@@ -66,7 +66,12 @@ class Binding:
         return str(contact)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """What ``dataclasses.asdict`` gives (same keys, order and values), built directly:
+        ``asdict`` deep-copies field by field, and the registrar writes many of these."""
+        return {"aor": self.aor, "uri": self.uri, "expires_at": self.expires_at,
+                "call_id": self.call_id, "cseq": self.cseq, "transport": self.transport,
+                "source": tuple(self.source), "connection_id": self.connection_id,
+                "q": self.q, "params": [tuple(p) for p in self.params]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Binding:

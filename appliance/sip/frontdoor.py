@@ -42,6 +42,7 @@ from collections.abc import Callable
 
 from appliance.sip.errors import SipParseError, SipStateError
 from appliance.sip.guard import Guard
+from appliance.sip.memory import BurstTrimmer
 from appliance.sip.message import (
     Request,
     Response,
@@ -99,6 +100,7 @@ class FrontDoor:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._logged: OrderedDict[str, float] = OrderedDict()
+        self._trimmer = BurstTrimmer()  # gives memory back once a REGISTER burst has drained
 
     @property
     def transactions(self) -> int:
@@ -316,6 +318,7 @@ class FrontDoor:
             else:
                 heapq.heappush(self._heap, (timer, next(self._seq), txn))
         self._arm()
+        self._trimmer.observe(len(self._table))
 
     def _send(self, message: Request | Response, target: Target) -> None:
         if self.sender is None:

@@ -9,6 +9,7 @@ split. All parse errors are ``SipParseError`` (400).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -33,6 +34,11 @@ MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7: branches of RFC 3261 elements st
 
 def split_list(value: str) -> list[str]:
     """Split a header value at top-level commas; empty elements are dropped."""
+    if "," not in value:  # one element whatever the quoting: the common case
+        value = value.strip()
+        return [value] if value else []
+    if '"' not in value and "<" not in value:  # no quoting: every comma splits
+        return [item for item in (part.strip() for part in value.split(",")) if item]
     items: list[str] = []
     start = 0
     quoted = escaped = False
@@ -64,6 +70,8 @@ def split_values(values: Iterable[str]) -> list[str]:
 
 
 def _split_semicolons(text: str) -> list[str]:
+    if '"' not in text:  # no quoted strings: every semicolon splits
+        return text.split(";")
     parts: list[str] = []
     start = 0
     quoted = escaped = False
@@ -108,8 +116,12 @@ def quote(text: str) -> str:
 def unquote(text: str) -> str:
     """Undo ``quote``; a value that is not quoted is returned unchanged."""
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", text[1:-1])
+        inner = text[1:-1]
+        return _UNESCAPE_RE.sub(r"\1", inner) if "\\" in inner else inner
     return text
+
+
+_UNESCAPE_RE = re.compile(r"\\(.)")
 
 
 # --- Via (RFC 3261 §20.42, RFC 3581) ---------------------------------------------------
@@ -119,6 +131,7 @@ _VIA_RE = re.compile(
     re.DOTALL,
 )
 _COMMENT_RE = re.compile(r"\([^)]*\)")
+_SPACE_RE = re.compile(r"\s+")
 
 
 @dataclass
@@ -131,18 +144,9 @@ class Via:
 
     @classmethod
     def parse(cls, value: str) -> Via:
-        match = _VIA_RE.match(_COMMENT_RE.sub("", value))
-        if not match:
-            raise SipParseError(f"bad Via {value!r}")
-        name, version, transport, sent_by, params = match.groups()
-        host, port = split_hostport(re.sub(r"\s+", "", sent_by))
-        return cls(
-            host=host,
-            port=port,
-            transport=transport.upper(),
-            params=parse_params(params or ""),
-            protocol=f"{name}/{version}",
-        )
+        host, port, transport, params, protocol = _via_fields(value)
+        return cls(host=host, port=port, transport=transport, params=list(params),
+                   protocol=protocol)
 
     def param(self, name: str) -> str | None:
         return param(self.params, name)
@@ -186,16 +190,40 @@ class Via:
         host = self.received or self.host
         default = 5061 if self.transport in ("TLS", "WSS") else 5060
         port = self.rport or self.port or default
-        try:
-            ip = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            return host, port  # a name: the transport resolves it
-        if ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        if _never_answered(host.strip("[]")):
             return None
-        return host, port
+        return host, port  # an address, or a name the transport resolves
 
     def __str__(self) -> str:
         return f"{self.protocol}/{self.transport} {self.sent_by}{format_params(self.params)}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _never_answered(host: str) -> bool:
+    """A broadcast or multicast address (a name is not)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255")
+
+
+# Parses by value, cached: the responses of one transaction carry the same Vias, and the
+# messages of one dialog the same From and To. Each caller gets its own mutable object built
+# from the cached immutable fields; errors are not cached. Bounded (the values come off the
+# wire): a value not seen recently is simply parsed again.
+_PARSE_CACHE = 4096
+
+
+@functools.lru_cache(maxsize=_PARSE_CACHE)
+def _via_fields(value: str) -> tuple[str, int | None, str, tuple[tuple[str, str | None], ...],
+                                     str]:
+    match = _VIA_RE.match(_COMMENT_RE.sub("", value) if "(" in value else value)
+    if not match:
+        raise SipParseError(f"bad Via {value!r}")
+    name, version, transport, sent_by, params = match.groups()
+    host, port = split_hostport(_SPACE_RE.sub("", sent_by))
+    return host, port, transport.upper(), tuple(parse_params(params or "")), f"{name}/{version}"
 
 
 def parse_vias(values: Iterable[str]) -> list[Via]:
@@ -220,6 +248,11 @@ class NameAddr:
 
     @classmethod
     def parse(cls, value: str) -> NameAddr:
+        uri, display, params = _name_addr_fields(value)
+        return cls(uri=uri, display=display, params=list(params))
+
+    @classmethod
+    def _parse(cls, value: str) -> NameAddr:
         text = value.strip()
         if text == "*":
             return cls(uri="*")
@@ -307,6 +340,12 @@ class NameAddr:
         return text + format_params(self.params)
 
 
+@functools.lru_cache(maxsize=_PARSE_CACHE)
+def _name_addr_fields(value: str) -> tuple[str, str | None, tuple[tuple[str, str | None], ...]]:
+    parsed = NameAddr._parse(value)
+    return parsed.uri, parsed.display, tuple(parsed.params)
+
+
 def parse_name_addrs(values: Iterable[str]) -> list[NameAddr]:
     """Contact, Route and Record-Route lists."""
     return [NameAddr.parse(item) for item in split_values(values)]
@@ -323,6 +362,7 @@ class CSeq:
     method: str
 
     @classmethod
+    @functools.lru_cache(maxsize=_PARSE_CACHE)  # noqa: B019 - a bounded cache of immutables
     def parse(cls, value: str) -> CSeq:
         parts = value.split()
         if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
@@ -339,6 +379,9 @@ class CSeq:
 # --- Digest credentials and challenges (RFC 7616 §3.3-3.4) ------------------------------
 
 
+_DIGEST_ITEM_RE = re.compile(r'(?:[^,"]|"[^"]*")+')
+
+
 @dataclass(frozen=True)
 class DigestCredentials:
     """An ``Authorization``/``Proxy-Authorization`` value; param names lower-cased."""
@@ -351,7 +394,13 @@ class DigestCredentials:
         if scheme.lower() != "digest":
             raise SipParseError(f"unsupported auth scheme {scheme!r}")
         params: dict[str, str] = {}
-        for item in split_list(rest):
+        # No '<' and no backslash, balanced quotes: quoted strings cannot hide a comma in any
+        # other way, so one regex finds the same elements as split_list's character walk.
+        if "<" in rest or "\\" in rest or rest.count('"') % 2:
+            items = split_list(rest)
+        else:
+            items = [i for i in (m.strip() for m in _DIGEST_ITEM_RE.findall(rest)) if i]
+        for item in items:
             name, sep, raw = item.partition("=")
             if not sep or not name.strip():
                 raise SipParseError(f"bad digest parameter {item!r}")

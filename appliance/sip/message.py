@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
 
 from appliance.sip.errors import SipParseError
 from appliance.sip.headers import CSeq, NameAddr, Via, parse_vias, split_list
@@ -84,9 +85,23 @@ REASONS = {
 }
 
 
+# Spellings seen -> canonical name. Bounded: header names come off the wire, so past the cap
+# new spellings are just not remembered (a slower path, never a growing table).
+_CANONICAL: dict[str, str] = {}
+_MAX_CACHED_NAMES = 512
+
+
 def canonical_name(name: str) -> str:
-    lname = name.strip().lower()
-    return COMPACT_FORMS.get(lname, lname)
+    canon = _CANONICAL.get(name)
+    if canon is None:
+        lname = name.strip().lower()
+        canon = COMPACT_FORMS.get(lname, lname)
+        if len(_CANONICAL) < _MAX_CACHED_NAMES:
+            _CANONICAL[name] = canon
+    return canon
+
+
+_V = TypeVar("_V")
 
 
 def _encode(text: str) -> bytes:
@@ -94,8 +109,10 @@ def _encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
+    """One header line. A tuple (immutable, and the cheapest object Python builds: a message
+    has a dozen of these and the parser makes them for every datagram)."""
+
     name: str  # canonical, lower-case, compact form expanded
     value: str  # unfolded, surrounding whitespace stripped
     wire_name: str = ""
@@ -108,7 +125,7 @@ class Header:
         wire = name if name != name.lower() else _WIRE_NAMES.get(canon, name)
         return cls(canon, value, wire)
 
-    def __bytes__(self) -> bytes:
+    def __bytes__(self) -> bytes:  # type: ignore[override]  # tuple has no __bytes__ to keep
         if self.raw is not None:
             return self.raw
         return _encode(f"{self.wire_name}: {self.value}")
@@ -121,7 +138,13 @@ class Message:
     # The parsed top Via and the (immutable) header line it came from: the transport, the
     # transaction layer and the services each ask for it, and parsing it is not free.
     _top_via: tuple[Header, Via | None] | None = field(default=None, repr=False,
-                                                        compare=False)
+                                                        compare=False, init=False)
+    # Typed views of single-valued headers (CSeq, From, To, ...), each with the header line it
+    # was parsed from: a view is reused only while that very line is still the first of its
+    # name, so edits through any path (set, remove, a new headers list) are always seen.
+    # Views are shared: treat them as read-only (copy a NameAddr before changing it).
+    _views: dict[str, tuple[Header, Any]] | None = field(default=None, repr=False,
+                                                         compare=False, init=False)
 
     # --- raw header access -------------------------------------------------------------
     def get(self, name: str) -> str | None:
@@ -192,17 +215,41 @@ class Message:
             return items[0]
         return None
 
-    # --- typed views (parsed on access) ------------------------------------------------
+    # --- typed views (parsed on access, cached per header line) -------------------------
+    def first(self, name: str) -> Header | None:
+        """The first NAME line (canonical name), or None."""
+        for header in self.headers:
+            if header.name == name:
+                return header
+        return None
+
+    def view(self, name: str, parse: Callable[[str], _V]) -> _V | None:
+        """PARSE applied to the first NAME line's value (canonical NAME), cached; None when
+        there is no such line. Parse errors propagate and are not cached."""
+        header = self.first(name)
+        if header is None:
+            return None
+        views = self._views
+        if views is None:
+            views = self._views = {}
+        else:
+            cached = views.get(name)
+            if cached is not None and cached[0] is header:
+                return cached[1]  # type: ignore[no-any-return]
+        parsed = parse(header.value)
+        views[name] = (header, parsed)
+        return parsed
+
     @property
     def call_id(self) -> str | None:
         return self.get("call-id")
 
     @property
     def cseq(self) -> CSeq:
-        value = self.get("cseq")
-        if value is None:
+        cseq = self.view("cseq", CSeq.parse)
+        if cseq is None:
             raise SipParseError("missing CSeq")
-        return CSeq.parse(value)
+        return cseq
 
     @property
     def vias(self) -> list[Via]:
@@ -210,13 +257,13 @@ class Message:
 
     @property
     def top_via(self) -> Via | None:
-        first = next((h for h in self.headers if h.name == "via"), None)
+        first = self.first("via")
         if first is None:
             return None
         cached = self._top_via
         if cached is not None and cached[0] is first:
             return cached[1]
-        items = self.values("via")
+        items = split_list(first.value) or self.values("via")
         via = Via.parse(items[0]) if items else None
         self._top_via = (first, via)
         return via
@@ -236,25 +283,31 @@ class Message:
     def __bytes__(self) -> bytes:
         length = str(len(self.body))
         lines = [_encode(self.start_line())]
+        append = lines.append
         wrote_length = False
         for header in self.headers:
+            raw = header.raw
             if header.name == "content-length":
                 if wrote_length:
                     continue
                 wrote_length = True
-                if header.value != length or header.raw is None:
-                    header = Header("content-length", length, header.wire_name or "Content-Length")
-            lines.append(bytes(header))
+                if header.value != length or raw is None:
+                    raw = _encode(f"{header.wire_name or 'Content-Length'}: {length}")
+            if raw is None:
+                raw = _encode(f"{header.wire_name}: {header.value}")
+            append(raw)
         if not wrote_length:
-            lines.append(_encode(f"Content-Length: {length}"))
-        return b"\r\n".join(lines) + b"\r\n\r\n" + self.body
+            append(_encode(f"Content-Length: {length}"))
+        append(b"")
+        append(self.body)
+        return b"\r\n".join(lines)
 
 
 def _name_addr(msg: Message, name: str) -> NameAddr:
-    value = msg.get(name)
-    if value is None:
+    parsed = msg.view(name, NameAddr.parse)
+    if parsed is None:
         raise SipParseError(f"missing {name} header")
-    return NameAddr.parse(value)
+    return parsed
 
 
 @dataclass
@@ -262,6 +315,9 @@ class Request(Message):
     method: str = ""
     uri: str = ""
     version: str = VERSION
+    # transaction.server_key's cache: the top Via it was computed from, and the key.
+    _server_key: tuple[Any, tuple[str, ...]] | None = field(default=None, repr=False,
+                                                            compare=False, init=False)
 
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"
@@ -288,6 +344,41 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
     if lf >= 0:  # bare-LF messages: tolerated, as most stacks do
         return data[:lf], data[lf + 2 :]
     raise SipParseError("no blank line after the headers")
+
+
+# The text before a header line's colon -> (canonical name, wire name), for names already
+# checked once. Bounded like _CANONICAL: the names come off the wire.
+_HEADER_NAMES: dict[str, tuple[str, str]] = {}
+
+
+def _read_block(block: bytes) -> list[Header]:
+    """The header lines of BLOCK (start line excluded) as ``Header`` values.
+
+    The common shape — CRLF line ends, no folding — takes a fast path: one split, one decode
+    per line and a name already checked once. Anything else goes through ``_read_headers``,
+    the general reader; both give the same headers.
+    """
+    if not block:
+        return []
+    if (block[:1] in (b" ", b"\t") or b"\n " in block or b"\n\t" in block
+            or block.count(b"\n") != block.count(b"\r\n") or block.endswith(b"\r")):
+        return _read_headers(block.split(b"\n"))
+    headers: list[Header] = []
+    append = headers.append
+    names = _HEADER_NAMES
+    for line in block.split(b"\r\n"):
+        text = line.decode("utf-8", "surrogateescape")
+        name, colon, value = text.partition(":")
+        known = names.get(name) if colon else None
+        if known is None:
+            wire = name.rstrip(" \t")
+            if not colon or not wire or not set(wire) <= _TOKEN_CHARS:
+                raise SipParseError(f"bad header line {text[:40]!r}", headers=_pairs(headers))
+            known = (canonical_name(wire), wire)
+            if len(names) < _MAX_CACHED_NAMES:
+                names[name] = known
+        append(Header(known[0], value.strip(), known[1], line))
+    return headers
 
 
 def _read_headers(lines: list[bytes]) -> list[Header]:
@@ -343,7 +434,7 @@ def parse_message(data: bytes) -> Request | Response:
         msg, deferred = _parse_request_line(start_line)
     method = msg.method if isinstance(msg, Request) else None
     try:
-        msg.headers = _read_headers(block.split(b"\n") if block else [])
+        msg.headers = _read_block(block)
         if deferred is not None:
             raise deferred
         msg.body = _body(msg, rest)
@@ -442,6 +533,40 @@ _REQUEST_RULES = (
 
 
 def _validate(msg: Message) -> None:
+    """The sanity table, in its order, computed in one pass over the headers (the table
+    above stays the reference: ``_validate_by_table`` applies it rule by rule)."""
+    counts: dict[str, int] = {}
+    for header in msg.headers:
+        counts[header.name] = counts.get(header.name, 0) + 1
+    request = isinstance(msg, Request)
+    if any(n not in counts for n in _REQUIRED):
+        raise SipParseError(_COMMON_RULES[0][0])
+    if any(counts.get(n, 0) > 1 for n in _SINGLE):
+        raise SipParseError(_COMMON_RULES[1][0])
+    if _cseq_bad(msg):
+        raise SipParseError(_COMMON_RULES[2][0])
+    try:
+        vias = msg.vias
+    except SipParseError:
+        vias = []
+    if not vias:
+        raise SipParseError(_COMMON_RULES[3][0])
+    if request:
+        if "max-forwards" not in counts:
+            raise SipParseError(_REQUEST_RULES[4][0])
+        if _max_forwards_bad(msg):
+            raise SipParseError(_REQUEST_RULES[5][0])
+    first = msg.first("via")
+    if first is not None and split_list(first.value):
+        msg._top_via = (first, vias[0])  # the same parse top_via would make
+    for name in ("from", "to"):
+        _name_addr(msg, name)
+
+
+_REQUIRED = ("to", "from", "call-id", "cseq", "via")
+
+
+def _validate_by_table(msg: Message) -> None:
     rules = _REQUEST_RULES if isinstance(msg, Request) else _COMMON_RULES
     for rule, broken in rules:
         if broken(msg):
@@ -475,8 +600,32 @@ def make_response(
     request: Request, status: int, reason: str | None = None, *, to_tag: str | None = None
 ) -> Response:
     """A response with Via(s), From, To (+ TO_TAG unless it has one, or for 100), Call-ID and
-    CSeq copied from REQUEST (RFC 3261 §8.2.6.2). Add Contact/Date/etc. on the result."""
-    return _response_from(_pairs(request.headers), status, reason, to_tag)
+    CSeq copied from REQUEST (RFC 3261 §8.2.6.2). Add Contact/Date/etc. on the result.
+
+    The same result as ``_response_from`` over the request's pairs, built straight from its
+    headers (and its cached To view): this runs for every request we answer."""
+    resp = Response(status=status, reason=reason or REASONS.get(status, ""))
+    headers = resp.headers
+    tag = to_tag if status != 100 else None
+    first_to = True
+    for header in request.headers:
+        name = header.name
+        if name not in _COPIED_WIRE:
+            continue
+        value = header.value
+        if name == "to" and tag is not None:
+            # The first To line's parse is cached on the request; later ones are rare.
+            to = request.to if first_to else NameAddr.parse(value)
+            first_to = False
+            if to.tag is None:
+                to = NameAddr(to.uri, to.display, list(to.params))  # the view is shared
+                to.set_param("tag", tag)
+                value = str(to)
+        headers.append(Header(name, value, _COPIED_WIRE[name]))
+    return resp
+
+
+_COPIED_WIRE = {name: _WIRE_NAMES[name] for name in _COPIED}
 
 
 def error_response(err: SipParseError, *, to_tag: str | None = None) -> Response | None:
@@ -506,14 +655,34 @@ def stamp_received(request: Request, host: str, port: int, *, force_rport: bool 
     if top is None:
         raise SipParseError("request without Via")
     use_rport = top.wants_rport or force_rport
+    if use_rport and top.received == host and top.param("rport") == str(port):
+        return top  # stamped already (the transport did, the proxy asks again): unchanged
     # RFC 3581 §4: with rport, received is added even when it equals sent-by.
     if use_rport or top.host.strip("[]").lower() != host.strip("[]").lower():
         top.set_param("received", host)
     if use_rport:
         top.set_param("rport", str(port))
-    request.pop_first_value("via")
-    request.prepend("via", str(top))
+    _replace_top_via(request, top)
     return top
+
+
+def _replace_top_via(request: Request, top: Via) -> None:
+    """``pop_first_value("via")`` then ``prepend("via", str(top))``, in one pass over the
+    headers for the usual case of a first Via line holding a single element."""
+    headers = request.headers
+    index = next((i for i, h in enumerate(headers) if h.name == "via"), None)
+    first = headers[index] if index is not None else None
+    items = split_list(first.value) if first is not None else []
+    if index is None or first is None or len(items) != 1:
+        request.pop_first_value("via")
+        request.prepend("via", str(top))
+        return
+    del headers[index]
+    # prepend: above the first remaining Via line, or at the very top when none is left
+    at = next((i for i in range(index, len(headers)) if headers[i].name == "via"), 0)
+    new = Header("via", str(top), "Via")
+    headers.insert(at, new)
+    request._top_via = (new, top)
 
 
 def max_forwards_status(request: Request) -> int | None:

@@ -79,6 +79,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import heapq
+import itertools
 import logging
 import secrets
 import time
@@ -109,6 +111,7 @@ from appliance.sip.digest import algorithm_of as digest_algorithm
 from appliance.sip.errors import SipError, SipParseError, SipStateError
 from appliance.sip.guard import Guard
 from appliance.sip.headers import DigestCredentials, NameAddr, parse_name_addrs
+from appliance.sip.memory import BurstTrimmer
 from appliance.sip.message import (
     Header,
     Request,
@@ -133,6 +136,7 @@ from appliance.sip.transaction import (
     Transmit,
     client_transaction,
     make_cancel,
+    stub,
 )
 from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import Incoming, Sender, Target
@@ -141,9 +145,14 @@ logger = logging.getLogger(__name__)
 
 # Budgets. A desk-phone office has tens of phones; Kamailio's tm sizes its hash table for
 # far more, but here every entry is a Python object, so the caps are what a Pi should hold.
+# What is tracked outlives the call: an INVITE-to-BYE call leaves ~3 transactions for 64·T1
+# (32 s: Timers L, M and J) and 2 for T4 (5 s), and its Call lingers LINGER (32 s) after
+# the BYE. 300 calls/s thus keeps ~30,000 transactions and ~10,000 calls; the caps leave
+# room for that. A finished transaction or call keeps only what it still needs (see
+# ``_trim``), a few hundred bytes.
 MAX_CONTEXTS = 500  # proxied requests in flight (each holds up to MAX_BRANCHES branches)
-MAX_TRANSACTIONS = 4000  # server + client transactions, CANCEL/481 absorbers included
-MAX_CALLS = 1000  # calls and dialogs tracked for routing in-dialog requests and for CDRs
+MAX_TRANSACTIONS = 40_000  # server + client transactions, CANCEL/481 absorbers included
+MAX_CALLS = 15_000  # calls and dialogs tracked for routing in-dialog requests and for CDRs
 MAX_BRANCHES = 10  # parallel forks per request: the registrar's max contacts per AoR
 TIMER_C = 180.0  # RFC 3261 §16.6 step 11: "greater than 3 minutes"
 REAP_AFTER = 32.0  # 64·T1: a cancelled branch that stays silent this long is dropped
@@ -376,6 +385,10 @@ class Proxy:
         self._branches: dict[Transaction, Branch] = {}  # client transaction -> its branch
         self._contexts: dict[Transaction, Context] = {}  # server transaction -> its request
         self._live_calls: dict[CallKey, Call] = {}
+        self._trimmer = BurstTrimmer()  # gives memory back once a burst has drained
+        # Branch and Call deadlines: a heap of (deadline, seq, item), see _arm.
+        self._deadlines: list[tuple[float, int, Branch | Call]] = []
+        self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._overloaded = False
         # MESSAGEs the appliance itself sends (an SMS delivered to a Client): their client
@@ -413,18 +426,57 @@ class Proxy:
     def get_timer(self) -> float | None:
         """When ``handle_timer`` next needs to run."""
         times = [t for t in (self._table.get_timer(),) if t is not None]
-        times += [b.deadline for b in self._branches.values() if b.deadline is not None]
-        times += [c.deadline for c in self._live_calls.values()]
+        if self._deadlines:
+            times.append(self._deadlines[0][0])
         return min(times, default=None)
+
+    def _arm(self, item: Branch | Call) -> None:
+        """Note ITEM's deadline (Timer C, reaping, call expiry) after setting it. Entries are
+        checked when due (``handle_timer``): one made stale by a later change is skipped or
+        moved, so only a deadline brought *earlier* strictly needs this; every change calls it."""
+        if item.deadline is not None:
+            heapq.heappush(self._deadlines, (item.deadline, next(self._seq), item))
+            if len(self._deadlines) > 2 * (len(self._branches) + len(self._live_calls)) + 1024:
+                self._prune_deadlines()
+
+    def _prune_deadlines(self) -> None:
+        """Drop entries of forgotten branches and calls, and of deadlines that moved: they
+        would otherwise hold whole finished calls until their old deadline (Timer C, 3 min)."""
+        def live(item: Branch | Call) -> bool:
+            if isinstance(item, Branch):
+                return self._branches.get(item.txn) is item
+            return self._live_calls.get(item.key) is item
+
+        kept: dict[int, tuple[float, int, Branch | Call]] = {}
+        for _, seq, item in self._deadlines:
+            if item.deadline is not None and live(item):
+                kept[id(item)] = (item.deadline, seq, item)  # one entry each, at its deadline
+        self._deadlines = list(kept.values())
+        heapq.heapify(self._deadlines)
 
     async def handle_timer(self, now: float) -> None:
         for txn, actions in self._table.handle_timer(now):
             await self._drain(txn, actions, now)
-        for branch in [b for b in self._branches.values() if b.deadline is not None]:
-            if branch.deadline is not None and branch.deadline <= now:
-                await self._branch_timer(branch, now)
-        for call in [c for c in self._live_calls.values() if c.deadline <= now]:
-            await self._expire_call(call, now)
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, item = heapq.heappop(heap)
+            if isinstance(item, Branch):
+                if self._branches.get(item.txn) is not item or item.deadline is None:
+                    continue
+                if item.deadline > now:
+                    self._arm(item)
+                    continue
+                await self._branch_timer(item, now)
+            else:
+                if self._live_calls.get(item.key) is not item:
+                    continue
+                if item.deadline > now:
+                    self._arm(item)
+                    continue
+                await self._expire_call(item, now)
+        if len(heap) > 2 * (len(self._branches) + len(self._live_calls)) + 1024:
+            self._prune_deadlines()  # after a burst: let go of what finished calls left
+        self._trimmer.observe(len(self._table) + len(self._live_calls))
 
     async def run(self) -> None:
         """Drive the timers until cancelled (the composition root's TaskGroup owns this).
@@ -600,9 +652,11 @@ class Proxy:
             context.account_sid = decision.account_sid
             context.call = call
             self._live_calls[call.key] = call
+            self._arm(call)
         contacts = decision.contacts[: self.max_branches]
-        logger.info("> %s %s -> %s (%d contact%s)", request.method, caller.login,
-                    decision.callee, len(contacts), "" if len(contacts) == 1 else "s")
+        # Per call: this and "answered" at debug, the end of the call at info (one line).
+        logger.debug("> %s %s -> %s (%d contact%s)", request.method, caller.login,
+                     decision.callee, len(contacts), "" if len(contacts) == 1 else "s")
         await self._fork(context, contacts, incoming, now, record_route=request.method == "INVITE",
                          headers=decision.headers, keep_credentials=decision.keep_credentials)
         if context.call is not None and context.call.cdr_sid:
@@ -692,6 +746,7 @@ class Proxy:
             branch = Branch(context=context, request=request, target=contact.target, txn=txn)
             if isinstance(txn, InviteClientTransaction):
                 branch.deadline = now + TIMER_C
+                self._arm(branch)
             context.branches.append(branch)
             self._table.add(txn)
             self._peers[txn] = contact.target
@@ -852,8 +907,9 @@ class Proxy:
             call.answered = True
             call.primary_tag = response.to.tag
             call.deadline = now + session_idle_limit(response.get("session-expires"))
-            logger.info("- call %s %s -> %s answered", call.call_id, context.caller.login
-                        if context.caller else "?", context.callee)
+            self._arm(call)
+            logger.debug("- call %s %s -> %s answered", call.call_id, context.caller.login
+                         if context.caller else "?", context.callee)
             if call.cdr_sid:
                 await self._cdr(self._calls.answered, call.cdr_sid)
         if first and context.request.method == "MESSAGE":
@@ -880,6 +936,7 @@ class Proxy:
         call = context.call
         if call is not None and not call.answered:
             call.deadline = min(call.deadline, now + LINGER)
+            self._arm(call)
             if call.cdr_sid and not call.ended:
                 call.ended = True
                 await self._cdr(self._calls.ended, call.cdr_sid,
@@ -889,7 +946,8 @@ class Proxy:
 
     def _maybe_done(self, context: Context) -> None:
         if context.final_sent and all(b.done for b in context.branches):
-            self._contexts.pop(context.server, None)
+            if self._contexts.pop(context.server, None) is not None:
+                _trim(context)
 
     async def _forward_response(self, context: Context, response: Response, now: float) -> None:
         if isinstance(response, LocalResponse):
@@ -953,10 +1011,12 @@ class Proxy:
             branch.cancel_wanted = True
             branch.final = _local_response(branch.context.request, 487)
             branch.deadline = now + REAP_AFTER
+            self._arm(branch)
 
     def _send_cancel(self, branch: Branch, now: float) -> None:
         branch.cancelled = True
         branch.deadline = now + REAP_AFTER
+        self._arm(branch)
         cancel = make_cancel(branch.request)
         txn = client_transaction(cancel, reliable=branch.target.transport != "udp", now=now)
         self._table.add(txn)
@@ -1041,6 +1101,7 @@ class Proxy:
             return
         call.ended = True
         call.deadline = now + LINGER
+        self._arm(call)
         logger.info("- call %s ended by BYE from %s", call.call_id, _user_of(request.from_))
         if call.cdr_sid:
             await self._cdr(self._calls.ended, call.cdr_sid, CallStatus.COMPLETED)
@@ -1288,6 +1349,19 @@ def _local_response(request: Request, status: int) -> Response:
     made = make_response(request, status, to_tag=_tag_for(request))
     return LocalResponse(headers=made.headers, body=made.body, status=made.status,
                          reason=made.reason)
+
+
+def _trim(context: Context) -> None:
+    """A finished request's context stays reachable from its branches while their client
+    transactions linger (64·T1 after a 2xx, for 2xx retransmissions): keep of its messages
+    only what that still reads (the method, the identifying headers, the final statuses),
+    not whole INVITEs and 200s with their bodies."""
+    context.request = stub(context.request, ())  # its method is all that is read now
+    for branch in context.branches:
+        branch.request = stub(branch.request)  # a late 1xx may still call for a CANCEL
+        final = branch.final
+        if final is not None and final.headers:
+            branch.final = Response(status=final.status, reason=final.reason)
 
 
 def _strip_top_via(response: Response) -> Response | None:

@@ -34,11 +34,20 @@ Authentication, in order:
 
 Bindings: ``Location.register`` applies the checks (400 for a bad ``*`` or CSeq order, 423 +
 Min-Expires, 503 for too many contacts). The 200 lists every contact with its remaining
-expires, plus a Date header. After each change the AoR's bindings are saved through the
-``BindingStore`` (one snapshot per change, written in order by the store's single thread)
-and published to the Directory for the API. A timer task removes bindings when they expire;
-bindings of a closed TCP connection are removed at once. Times are wall-clock seconds from
-the ``clock`` callable, because expiry times are persisted across restarts.
+expires, plus a Date header. After each change the AoR's bindings are published to the
+Directory for the API at once, and saved through the ``BindingStore`` **write-behind**: the
+changed AoRs are marked, and at most ``flush_interval`` (1 s) later one store call writes the
+current snapshot of every marked AoR in one transaction (``flush()`` does it at once; ``stop()``
+does it last). A phone refreshing its binding every minute thus costs no write of its own, and
+a burst of REGISTERs costs one commit per second instead of one each. What a power cut can
+lose is the last second of binding changes: a phone whose binding is lost is unreachable only
+until its next REGISTER (bindings are a cache of what phones keep telling us, unlike SMS).
+A timer task removes bindings when they expire; bindings of a closed TCP connection are
+removed at once. Times are wall-clock seconds from the ``clock`` callable, because expiry
+times are persisted across restarts.
+
+Logging: a REGISTER that adds or removes a contact is logged at info; a refresh of the same
+contacts only at debug (a 200-phone office re-registers a few times a second all day).
 """
 
 from __future__ import annotations
@@ -92,6 +101,8 @@ MAX_LOGGED_SOURCES = 1000
 # MD5 or AKAv1-MD5"), and MD5-only desk-phone firmware behaves alike. [sip] digest_algorithms
 # changes the order (or drops MD5) where every phone speaks SHA-256.
 DEFAULT_ALGORITHMS = (Algorithm.MD5, Algorithm.SHA256)
+# Write-behind of bindings (see the module docstring): the longest a change waits for disk.
+FLUSH_INTERVAL = 1.0
 
 
 class Directory(Protocol):
@@ -105,7 +116,9 @@ class Directory(Protocol):
 class BindingStore(Protocol):
     """Persistence of bindings (``store.db.Store``)."""
 
-    async def save_bindings(self, aor: str, bindings: list[dict[str, Any]]) -> None: ...
+    async def save_bindings(self, snapshots: dict[str, list[dict[str, Any]]]) -> None:
+        """Replace the stored bindings of each AoR in SNAPSHOTS (an empty list: none left)."""
+
 
     async def load_bindings(self, now: float) -> list[dict[str, Any]]: ...
 
@@ -134,6 +147,7 @@ class Registrar:
         nonces: Nonces | None = None,
         algorithms: Sequence[Algorithm] = DEFAULT_ALGORITHMS,
         timer_cap: float = MAX_TIMER_SLEEP,
+        flush_interval: float = FLUSH_INTERVAL,
     ) -> None:
         self.directory = directory
         self.location = location
@@ -145,6 +159,10 @@ class Registrar:
         self.counts = NonceCounts()
         self.algorithms = tuple(algorithms)
         self.timer_cap = timer_cap
+        self.flush_interval = flush_interval
+        self._dirty: set[str] = set()  # AoRs changed since their last write
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._date: tuple[int, str] = (-1, "")  # the Date header of the current second
         # Per AoR, what the API shows beside the bindings: User-Agent by contact URI, and
         # the source IPs (counted over AoRs, for is_known_source). Both follow _publish, so
         # they hold no more than the location table does.
@@ -176,13 +194,13 @@ class Registrar:
         self._task = asyncio.get_running_loop().create_task(self._run_timer())
 
     async def stop(self) -> None:
+        """Stop the expiry timer and write every binding change still pending."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush()
 
     # --- what the front door asks ---------------------------------------------------------
 
@@ -319,11 +337,15 @@ class Registrar:
         if contacts:
             agent = (request.get("user-agent") or "")[:200]
             agents = self._user_agents.setdefault(login, {})
+            # The contacts published before this REGISTER: the same ones again is a refresh.
+            refresh = {b.uri for b in bindings} == agents.keys()
             for binding in bindings:
                 if binding.call_id == request.call_id and binding.cseq == request.cseq.number:
                     agents[binding.uri] = agent
-            logger.info("- %s registered from %s %s:%d: %d contact(s)", login,
-                        incoming.transport, *incoming.source, len(bindings))
+            level = logging.DEBUG if refresh else logging.INFO
+            if logger.isEnabledFor(level):
+                logger.log(level, "- %s registered from %s %s:%d: %d contact(s)", login,
+                           incoming.transport, *incoming.source, len(bindings))
             self._changed(login, now)
         return self._ok(request, bindings, now)
 
@@ -331,29 +353,47 @@ class Registrar:
         response = self._reply(request, 200)
         for binding in bindings:
             response.add("Contact", binding.header_value(now))
-        response.add("Date", email.utils.formatdate(now, usegmt=True))
+        second = int(now)
+        if self._date[0] != second:
+            self._date = (second, email.utils.formatdate(second, usegmt=True))
+        response.add("Date", self._date[1])
         return response
 
     # --- changes: persist, publish, re-arm ------------------------------------------------
 
     def _changed(self, aor: str, now: float) -> None:
-        """AOR's bindings changed: publish, persist a snapshot, re-arm the expiry timer."""
+        """AOR's bindings changed: publish, mark for the next write, re-arm the expiry timer."""
         bindings = self._publish(aor, now)
         if self.store is not None:
-            snapshot = [b.to_dict() for b in bindings]
-            task = asyncio.get_running_loop().create_task(self._save(aor, snapshot))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._dirty.add(aor)
+            if self._flush_timer is None:
+                self._flush_timer = asyncio.get_running_loop().call_later(
+                    self.flush_interval, self._flush_due)
         earliest = min((b.expires_at for b in bindings), default=None)
         if earliest is not None and (self._deadline is None or earliest < self._deadline):
             self._wake.set()
 
-    async def _save(self, aor: str, snapshot: list[dict[str, Any]]) -> None:
-        assert self.store is not None  # noqa: S101 - checked by the caller
+    def _flush_due(self) -> None:
+        self._flush_timer = None
+        task = asyncio.get_running_loop().create_task(self._write())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self) -> None:
+        """Write the current bindings of every marked AoR, in one store call."""
+        if self.store is None or not self._dirty:
+            return
+        aors, self._dirty = self._dirty, set()
+        now = self.clock()
+        # Taken now, on the loop: later changes mark their AoR again for the next write,
+        # and the store's single thread keeps writes in the order they were asked for.
+        snapshots = {aor: [b.to_dict() for b in self.location.lookup(aor, now)]
+                     for aor in aors}
         try:
-            await self.store.save_bindings(aor, snapshot)
+            await self.store.save_bindings(snapshots)
         except Exception:
-            logger.exception("x saving the bindings of %s failed", aor)
+            logger.exception("x saving the bindings of %d AoR(s) failed", len(snapshots))
+            self._dirty |= aors - self._dirty  # tried again with the next write
 
     def _publish(self, aor: str, now: float) -> list[Binding]:
         bindings = self.location.lookup(aor, now)
@@ -385,7 +425,14 @@ class Registrar:
             self._sources[ip] = self._sources.get(ip, 0) + 1
 
     async def flush(self) -> None:
-        """Wait for pending binding writes (tests, shutdown)."""
+        """Write the pending binding changes now and wait for every write (tests, shutdown)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._dirty:
+            task = asyncio.get_running_loop().create_task(self._write())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 

@@ -15,12 +15,20 @@ A timer of zero (reliable transports, sip.md §2.3 table) fires on the spot.
 The RFC 6026 Accepted state keeps an INVITE transaction alive for 64·T1 after a 2xx so that
 INVITE retransmissions are absorbed (server) and 2xx retransmissions still reach the TU
 (client) instead of being mistaken for new transactions.
+
+Lingering is cheap: a transaction that only waits for its last timer (Completed, Accepted,
+Confirmed) keeps of its request the method, the URI and the headers a response, an ACK or
+a CANCEL copy (``stub``), not the body and the rest; an INVITE server in Accepted drops its
+last response too (nothing resends it). A proxy at a few hundred calls/s holds tens of
+thousands of these. ``TransactionTable`` keeps their timers in a heap.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+import heapq
+import itertools
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -65,12 +73,25 @@ class Input(enum.Enum):
     TIMER_TRYING = "100 Trying"
 
 
-@dataclass(frozen=True)
 class Transmit:
-    """Send ``data`` (``bytes(message)``, serialised once) to the peer."""
+    """Send ``message`` to the peer. ``data`` is its wire form, serialised on first use and
+    kept for retransmissions (the transport serialises what it sends itself, so a message
+    sent once is serialised once)."""
 
-    message: Request | Response
-    data: bytes
+    __slots__ = ("message", "_data")
+
+    def __init__(self, message: Request | Response, data: bytes | None = None) -> None:
+        self.message = message
+        self._data = data
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = bytes(self.message)
+        return self._data
+
+    def __repr__(self) -> str:
+        return f"Transmit({self.message.start_line()!r})"
 
 
 @dataclass(frozen=True)
@@ -98,8 +119,12 @@ Table = dict[tuple[State, Input], State]
 TransactionKey = tuple[str, ...]
 
 
+# The headers ``_hop_copy`` (an ACK or a CANCEL) and ``make_response`` read.
+STUB_HEADERS = frozenset({"via", "max-forwards", "route", "from", "to", "call-id", "cseq"})
+
+
 def _transmit(message: Request | Response) -> Transmit:
-    return Transmit(message, bytes(message))
+    return Transmit(message)
 
 
 def response_input(status: int) -> Input:
@@ -125,7 +150,15 @@ def server_key(request: Request) -> TransactionKey:
     method = "INVITE" if request.method == "ACK" else request.method
     branch = top.branch
     if branch and branch.startswith(MAGIC_COOKIE):
-        return ("3261", branch, _sent_by(top), method)
+        # Cached on the request with the Via object it came from: the table lookup and the
+        # new transaction both need it. Nothing edits a Via's branch or sent-by in place
+        # (stamp_received only adds received/rport, which the key does not use).
+        cached = request._server_key
+        if cached is not None and cached[0] is top and cached[1][3] == method:
+            return cached[1]
+        key = ("3261", branch, _sent_by(top), method)
+        request._server_key = (top, key)
+        return key
     cseq = request.cseq
     return (
         "2543", request.uri, request.from_.tag or "", request.call_id or "",
@@ -150,6 +183,9 @@ class Timers:
     t4: float = T4
 
 
+_DEFAULT_TIMERS = Timers()  # shared: nothing changes a transaction's Timers after creation
+
+
 class Transaction:
     TRANSITIONS: ClassVar[Mapping[tuple[State, Input], State]] = {}
 
@@ -158,10 +194,11 @@ class Transaction:
     ) -> None:
         self.request = request
         self.reliable = reliable
-        self.timers = timers or Timers()
+        self.timers = timers or _DEFAULT_TIMERS
         self.state = State.TRYING
         self._deadlines: dict[Input, float] = {}
         self._actions: list[Action] = []
+        self._table: TransactionTable | None = None  # the table holding it (its timer heap)
 
     # --- the surface the transport and TU use ------------------------------------------
     def get_timer(self) -> float | None:
@@ -207,6 +244,8 @@ class Transaction:
             self._step(timer, now, None)
         else:
             self._deadlines[timer] = now + delay
+            if self._table is not None:
+                self._table.schedule(self)
 
     def _cancel(self, *timers: Input) -> None:
         for timer in timers:
@@ -217,6 +256,14 @@ class Transaction:
 
     def _enter(self, state: State, now: float) -> None:
         """Entry actions: the timers a state starts and stops."""
+
+    def _release(self, keep: Collection[str] = STUB_HEADERS) -> None:
+        """The transaction only lingers from here on (absorbing retransmissions until a
+        timer ends it, up to 64·T1): keep of the request its method and URI, plus the KEEP
+        headers (by default enough for ``make_response``, ``make_ack`` and ``make_cancel``),
+        so that thousands of lingering transactions cost a few hundred bytes each rather
+        than whole messages with their bodies. Its key is already computed."""
+        self.request = stub(self.request, keep)
 
 
 def _table(*rows: tuple[tuple[State, ...], tuple[Input, ...], State]) -> Table:
@@ -283,6 +330,14 @@ class InviteClientTransaction(ClientTransaction):
             self._start(Input.TIMER_D, 0 if self.reliable else 32.0, now)
         elif state is State.ACCEPTED:
             self._start(Input.TIMER_M, 64 * self.timers.t1, now)
+        if state is State.COMPLETED:  # a retransmitted final is ACKed again: make_ack
+            self._release()
+        elif state is State.ACCEPTED:  # the ACK for a 2xx is the TU's: nothing is built here
+            self._release(())
+
+    def _release(self, keep: Collection[str] = STUB_HEADERS) -> None:
+        super()._release(keep)
+        self._request_tx = Transmit(self.request)  # Timer A is over: never sent again
 
 
 class NonInviteClientTransaction(ClientTransaction):
@@ -319,6 +374,11 @@ class NonInviteClientTransaction(ClientTransaction):
         if state is State.COMPLETED:
             self._cancel(Input.TIMER_E, Input.TIMER_F)
             self._start(Input.TIMER_K, 0 if self.reliable else self.timers.t4, now)
+            self._release(())  # nothing is built from a finished non-INVITE client request
+
+    def _release(self, keep: Collection[str] = STUB_HEADERS) -> None:
+        super()._release(keep)
+        self._request_tx = Transmit(self.request)  # Timer E is over: never sent again
 
 
 # --- server transactions ----------------------------------------------------------------
@@ -400,7 +460,11 @@ class InviteServerTransaction(ServerTransaction):
             self._actions.append(Deliver(message))  # RFC 6026 §8.7: ACK for 2xx goes up
 
     def _enter(self, state: State, now: float) -> None:
+        if state is not State.PROCEEDING:
+            self._release()
         if state is State.ACCEPTED:
+            # Nothing is resent from here: the TU retransmits its 2xx itself (RFC 6026).
+            self.last_response = None
             self._start(Input.TIMER_L, 64 * self.timers.t1, now)
         elif state is State.COMPLETED:
             if not self.reliable:
@@ -429,6 +493,7 @@ class NonInviteServerTransaction(ServerTransaction):
 
     def _enter(self, state: State, now: float) -> None:
         if state is State.COMPLETED:
+            self._release()
             self._start(Input.TIMER_J, 0 if self.reliable else 64 * self.timers.t1, now)
 
 
@@ -448,6 +513,12 @@ def client_transaction(
 
 
 # --- messages the transaction layer builds itself --------------------------------------
+
+
+def stub(request: Request, keep: Collection[str] = STUB_HEADERS) -> Request:
+    """REQUEST's method and URI with only its KEEP headers (shared, not copied), no body."""
+    return Request(method=request.method, uri=request.uri, version=request.version,
+                   headers=[h for h in request.headers if h.name in keep])
 
 
 def make_trying(request: Request) -> Response:
@@ -484,12 +555,19 @@ def make_cancel(invite: Request) -> Request:
 class TransactionTable:
     """Live transactions by key; the transport asks it for matches and the earliest timer.
 
-    The earliest-timer scan is O(n): fine for the hundreds of transactions a desk-phone
-    appliance has open; a heap would pay off only at thousands.
+    Timers are kept in a heap of (deadline, seq, transaction). ``add`` schedules a new
+    transaction, and a transaction in the table schedules itself whenever it starts a timer
+    (the only way a deadline can come earlier). Entries are checked when they reach the top
+    (a removed transaction, or a timer that moved, is skipped), so ``get_timer`` is O(1) and
+    ``handle_timer`` O(log n) per due timer, whatever the number of live transactions (a
+    proxy at a few hundred calls/s keeps tens of thousands for 64·T1).
     """
 
     servers: dict[TransactionKey, ServerTransaction] = field(default_factory=dict)
     clients: dict[TransactionKey, ClientTransaction] = field(default_factory=dict)
+    _heap: list[tuple[float, int, Transaction]] = field(default_factory=list, repr=False)
+    _scheduled: dict[Transaction, float] = field(default_factory=dict, repr=False)
+    _seq: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
     def __len__(self) -> int:
         return len(self.servers) + len(self.clients)
@@ -503,12 +581,41 @@ class TransactionTable:
             self.servers[txn.key] = txn
         else:
             self.clients[txn.key] = txn
+        txn._table = self
+        self.schedule(txn)
 
     def remove(self, txn: Transaction) -> None:
         if isinstance(txn, ServerTransaction) and self.servers.get(txn.key) is txn:
             del self.servers[txn.key]
         elif isinstance(txn, ClientTransaction) and self.clients.get(txn.key) is txn:
             del self.clients[txn.key]
+        else:
+            return
+        txn._table = None
+        self._scheduled.pop(txn, None)
+        if len(self._heap) > 2 * len(self._scheduled) + 1024:
+            self._prune()  # an owner with its own timers (the front door) never pops them
+
+    def _live(self, txn: Transaction) -> bool:
+        if isinstance(txn, ServerTransaction):
+            return self.servers.get(txn.key) is txn
+        return isinstance(txn, ClientTransaction) and self.clients.get(txn.key) is txn
+
+    def schedule(self, txn: Transaction) -> None:
+        """Note TXN's next timer (after anything that may have changed it)."""
+        when = txn.get_timer()
+        if when is None or self._scheduled.get(txn) == when or not self._live(txn):
+            return
+        self._scheduled[txn] = when
+        heapq.heappush(self._heap, (when, next(self._seq), txn))
+        if len(self._heap) > 2 * len(self._scheduled) + 1024:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Drop the entries of removed transactions and moved timers (their owner may never
+        ask for the timers: the front door keeps its own)."""
+        self._heap = [e for e in self._heap if self._scheduled.get(e[2]) == e[0]]
+        heapq.heapify(self._heap)
 
     def match_request(self, request: Request) -> ServerTransaction | None:
         return self.servers.get(server_key(request))
@@ -523,18 +630,34 @@ class TransactionTable:
         return self.clients.get(client_key(response))
 
     def get_timer(self) -> float | None:
-        return min((t for t in (x.get_timer() for x in self) if t is not None), default=None)
+        heap = self._heap
+        while heap:
+            when, _, txn = heap[0]
+            if self._scheduled.get(txn) == when:
+                return when
+            heapq.heappop(heap)  # removed, or its timer moved (and was scheduled again)
+        return None
 
     def handle_timer(self, now: float) -> list[tuple[Transaction, list[Action]]]:
         """Fire every due timer; returns each woken transaction's actions and drops the
         ones that terminated."""
         woken: list[tuple[Transaction, list[Action]]] = []
-        for txn in list(self):
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, txn = heapq.heappop(heap)
+            if self._scheduled.get(txn) != when:
+                continue  # stale entry
+            del self._scheduled[txn]
             timer = txn.get_timer()
-            if timer is None or timer > now:
+            if timer is None:
                 continue
-            txn.handle_timer(now)
-            woken.append((txn, txn.pop_actions()))
+            if timer <= now:
+                txn.handle_timer(now)
+                woken.append((txn, txn.pop_actions()))
             if txn.terminated:
                 self.remove(txn)
+            else:
+                self.schedule(txn)
+        if len(heap) > 2 * len(self._scheduled) + 1024:
+            self._prune()
         return woken

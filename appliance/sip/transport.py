@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import itertools
 import logging
 import secrets
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,12 @@ MAX_WRITE_BUFFER = 1024 * 1024
 # well under a millisecond, so 1000 in flight means the process is far behind: shed load.
 MAX_PENDING_HANDLERS = 1000
 SWEEP_INTERVAL = 5.0  # how often idle TCP connections are looked for
+# The UDP socket's receive buffer. Linux's default (rmem_default, 208 KiB) holds ~300
+# messages: a 100 ms stall of the loop (a full GC, a burst) at a few thousand messages a
+# second overflows it, and every drop costs a retransmission 500 ms later. Kamailio raises
+# its UDP buffers the same way (udp_rcvbuf / probing up to rmem_max). The kernel caps this
+# at net.core.rmem_max without an error.
+UDP_RECEIVE_BUFFER = 2 * 1024 * 1024
 MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4
 
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
@@ -97,8 +104,10 @@ class Limits:
     connect_timeout: float = TCP_CONNECT_TIMEOUT
     max_pending: int = MAX_PENDING_HANDLERS
     sweep_interval: float = SWEEP_INTERVAL
+    udp_receive_buffer: int = UDP_RECEIVE_BUFFER
 
 
+@functools.lru_cache(maxsize=1024)
 def _unreachable(host: str) -> bool:
     """A destination we never send to: broadcast, multicast or unspecified."""
     try:
@@ -108,12 +117,44 @@ def _unreachable(host: str) -> bool:
     return ip.is_multicast or ip.is_unspecified or ip == _BROADCAST
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return False
     return True
+
+
+class _Resume:
+    """Awaitable going on with CORO, a coroutine started by hand (``coro.send(None)``) and
+    suspended on WAITING: the Task awaiting this waits on whatever CORO waits on, and a
+    cancellation or error thrown into the Task is thrown into CORO, as if the Task had run
+    CORO from its start."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self._coro = coro
+        self._waiting = waiting
+
+    def __await__(self) -> Generator[Any, None, None]:
+        coro, waiting = self._coro, self._waiting
+        while True:
+            try:
+                yield waiting
+            except BaseException as exc:  # noqa: BLE001 - handed on to CORO, which decides
+                try:
+                    waiting = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting = coro.send(None)
+            except StopIteration:
+                return
+
+
+async def _resumed(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    await _Resume(coro, waiting)
 
 
 def _summary(message: Request | Response) -> str:
@@ -260,6 +301,11 @@ class Transport:
                 continue
             self._udp = udp  # type: ignore[assignment]
             self.port = port
+            sock = udp.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                    self.limits.udp_receive_buffer)
             break
         self._stopping = False
         self._sweeper = loop.create_task(self._sweep())
@@ -368,7 +414,16 @@ class Transport:
                                len(self._tasks))
             return
         incoming = Incoming(message, transport, source, local, conn_id)
-        task = asyncio.get_running_loop().create_task(self._dispatch(incoming))
+        # Eager start (what asyncio.eager_task_factory does from Python 3.12 on): run the
+        # handler here up to its first suspension. Most messages (a REGISTER from a Client
+        # already cached, a proxied response) finish without suspending and then cost no
+        # Task and no trip round the loop; one that suspends goes on in a Task, as before.
+        coro = self._dispatch(incoming)
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        task = asyncio.get_running_loop().create_task(_resumed(coro, waiting))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

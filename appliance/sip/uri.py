@@ -80,7 +80,7 @@ def remove_param(params: Params, name: str) -> None:
 
 
 def format_params(params: Params) -> str:
-    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
+    return "".join([f";{k}" if v is None else f";{k}={v}" for k, v in params])
 
 
 def _parse_uri_params(text: str) -> Params:
@@ -175,11 +175,19 @@ class TelUri:
 def uri_scheme(text: str) -> str | None:
     """The lower-cased scheme of TEXT, or None when it has none."""
     scheme, sep, _ = text.partition(":")
-    if not sep or not scheme or not scheme[0].isalpha():
+    if not sep or not scheme:
+        return None
+    lower = scheme.lower()
+    if lower in SCHEMES:  # letters only: the checks below pass (the common case, fast)
+        return lower
+    if not scheme[0].isalpha():
         return None
     if not all(c.isalnum() or c in "+-." for c in scheme):
         return None
     return scheme.lower()
+
+
+_ILLEGAL_RE = re.compile('[ \t\r\n<>"]')
 
 
 def parse_uri(text: str) -> SipUri | TelUri:
@@ -190,7 +198,7 @@ def parse_uri(text: str) -> SipUri | TelUri:
     if scheme not in SCHEMES:
         raise SipParseError(f"unsupported URI scheme {scheme!r}", 416)
     rest = text[len(scheme) + 1 :]
-    if any(c in rest for c in " \t\r\n<>\""):
+    if _ILLEGAL_RE.search(rest):
         raise SipParseError(f"illegal character in URI {text!r}")
     if scheme == "tel":
         number, _, params = rest.partition(";")

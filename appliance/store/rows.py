@@ -169,6 +169,19 @@ def recording_values(rec: models.Recording) -> dict[str, Any]:
     return values
 
 
+def _stored_columns(model: type, leave_out: tuple[str, ...] = ()) -> str:
+    names = [f.name for f in dataclasses.fields(model) if f.name not in leave_out]
+    return ", ".join('"from"' if name == "from_" else f'"{name}"' for name in names)
+
+
+# Stored records, for renderers that format lists straight from the table (api/listing.py):
+# the select list giving a model's values in its field order, as stored (timestamps in
+# storage() text, no conversion at all). Clients leave out the digest secrets, which are the
+# model's last fields, so the positions of the others are still the model's.
+CALL_STORED = _stored_columns(models.CallRecord)
+CLIENT_STORED = _stored_columns(models.Client, leave_out=("ha1_md5", "ha1_sha256", "realm"))
+
+
 COLUMNS: dict[str, frozenset[str]] = {
     "calls": frozenset({"to", "from", "status", "start_time", "end_time", "parent_call_sid",
                         "conference_sid", "date_created", "direction", "duration", "price"}),

@@ -168,3 +168,15 @@ def test_persistence_survives_a_restart() -> None:
             cseq=1,
             now=1100.0,
         )
+
+
+def test_to_dict_is_what_asdict_gives() -> None:
+    import dataclasses
+
+    binding = Binding(aor="alice", uri="sip:alice@192.0.2.10", expires_at=1.5, call_id="c",
+                      cseq=3, transport="tcp", source=("192.0.2.10", 5070),
+                      connection_id="tcp-1", q=0.5, params=[("+sip.instance", '"<x>"'),
+                                                            ("lr", None)])
+    assert binding.to_dict() == dataclasses.asdict(binding)
+    assert list(binding.to_dict()) == list(dataclasses.asdict(binding))
+    assert json.dumps(binding.to_dict()) == json.dumps(dataclasses.asdict(binding))

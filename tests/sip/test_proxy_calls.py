@@ -16,7 +16,7 @@ import pytest
 
 from appliance.app import Appliance
 from appliance.config import ApiConfig, Config, Endpoint, SipConfig
-from appliance.models import CallRecord
+from appliance.models import CallRecord, CallStatus
 from appliance.sip.bindings import Origin
 from appliance.sip.headers import NameAddr
 from appliance.sip.message import Request
@@ -499,3 +499,64 @@ async def test_baresip_phones_call_each_other_through_the_proxy(
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+# --- CDR group commit ----------------------------------------------------------------------------
+
+
+class BatchingStore:
+    """A store with ``write_calls``: records every batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[str], list[str]]] = []
+        self.rows: dict[str, CallRecord] = {}
+
+    async def write_calls(self, inserts: list[CallRecord], updates: list[CallRecord]) -> None:
+        await asyncio.sleep(0.01)  # a commit takes time: changes queue behind it
+        self.batches.append(([r.status for r in inserts], [r.status for r in updates]))
+        for record in inserts:
+            assert record.sid not in self.rows
+            self.rows[record.sid] = record
+        for record in updates:
+            assert record.sid in self.rows
+            self.rows[record.sid] = record
+
+
+async def test_cdr_changes_of_concurrent_calls_share_commits() -> None:
+    from datetime import UTC, datetime
+
+    from appliance.services.telephony import CallLog
+
+    store = BatchingStore()
+    log = CallLog(store, lambda: datetime(2025, 1, 1, tzinfo=UTC))  # type: ignore[arg-type]
+
+    async def call(n: int) -> None:
+        record = await log.opened(account_sid="AC" + "1" * 32, from_=f"a{n}", to="bob",
+                                  direction="inbound")
+        assert record.sid in store.rows  # committed when opened() returns
+        await asyncio.gather(log.ringing(record.sid), log.answered(record.sid))
+        final = await log.ended(record.sid, CallStatus.COMPLETED)
+        assert final is not None and store.rows[record.sid] == final
+
+    await asyncio.gather(*(call(n) for n in range(20)))
+    assert [r.status for r in store.rows.values()] == ["completed"] * 20
+    # 20 calls x 4 changes in far fewer commits; ringing + in-progress of a row coalesce.
+    assert len(store.batches) <= 6
+    assert sum(len(i) + len(u) for i, u in store.batches) <= 60
+
+
+async def test_a_failed_cdr_commit_reaches_every_waiter() -> None:
+    from datetime import UTC, datetime
+
+    from appliance.services.telephony import CallLog
+
+    class Broken(BatchingStore):
+        async def write_calls(self, inserts: list[CallRecord],
+                              updates: list[CallRecord]) -> None:
+            raise OSError("disk I/O error")
+
+    log = CallLog(Broken(), lambda: datetime(2025, 1, 1, tzinfo=UTC))  # type: ignore[arg-type]
+    results = await asyncio.gather(
+        *(log.opened(account_sid="AC" + "1" * 32, from_="a", to="b", direction="inbound")
+          for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(r, OSError) for r in results)

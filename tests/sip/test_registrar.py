@@ -68,9 +68,9 @@ class FakeStore:
         self.saved: dict[str, list[dict[str, Any]]] = {}
         self.writes = 0
 
-    async def save_bindings(self, aor: str, bindings: list[dict[str, Any]]) -> None:
+    async def save_bindings(self, snapshots: dict[str, list[dict[str, Any]]]) -> None:
         self.writes += 1
-        self.saved[aor] = bindings
+        self.saved.update(snapshots)
 
     async def load_bindings(self, now: float) -> list[dict[str, Any]]:
         return [b for items in self.saved.values() for b in items if b["expires_at"] > now]
@@ -556,3 +556,60 @@ async def test_nonce_secret_survives_a_restart() -> None:
 ])
 def test_aor_of(uri: str, aor: str | None) -> None:
     assert aor_of(uri) == aor
+
+
+# --- write-behind of bindings ----------------------------------------------------------------
+
+
+class Registrations:
+    """A Harness whose writes are not flushed after each message (as in production)."""
+
+    def __init__(self, *users: SipUser, flush_interval: float = 0.05) -> None:
+        self.h = Harness(*users)
+        self.h.registrar.flush_interval = flush_interval
+
+    async def register(self, login: str) -> None:
+        h = self.h
+        await h.door.handle(Incoming(register(login, call_id=f"c-{login}"), "udp", PHONE,
+                                     ("127.0.0.1", 5060)))
+        challenge = h.sender.sent[-1][0]
+        assert isinstance(challenge, Response) and challenge.status == 401
+        auth = answer(challenge, login, cseq_uri="sip:pbx.example.com")
+        await h.door.handle(Incoming(register(login, call_id=f"c-{login}", cseq=2, auth=auth),
+                                     "udp", PHONE, ("127.0.0.1", 5060)))
+        assert h.sender.sent[-1][0].status == 200  # type: ignore[union-attr]
+
+
+async def test_binding_changes_are_written_behind_in_one_batch() -> None:
+    r = Registrations(user("alice"), user("bob"))
+    await r.register("alice")
+    await r.register("bob")
+    assert r.h.store.writes == 0  # published at once, written later
+    assert r.h.directory.published["alice"] and r.h.directory.published["bob"]
+    await asyncio.sleep(0.2)
+    assert r.h.store.writes == 1
+    assert sorted(r.h.store.saved) == ["alice", "bob"]
+    assert r.h.store.saved["bob"][0]["uri"] == "sip:bob@192.0.2.10:5060"
+
+
+async def test_stop_writes_pending_binding_changes() -> None:
+    r = Registrations(user("alice"), flush_interval=60)
+    await r.register("alice")
+    assert r.h.store.writes == 0
+    await r.h.registrar.stop()
+    assert r.h.store.writes == 1 and r.h.store.saved["alice"]
+
+
+async def test_a_failed_write_is_tried_again_with_the_next_one() -> None:
+    class FailingOnce(FakeStore):
+        async def save_bindings(self, snapshots: dict[str, list[dict[str, Any]]]) -> None:
+            if not self.writes:
+                self.writes += 1
+                raise OSError("disk full")
+            await super().save_bindings(snapshots)
+
+    h = Harness(user("alice"), store=FailingOnce())
+    await h.registered()  # flush() after each message: the first write fails
+    assert "alice" not in h.store.saved
+    await h.registrar.flush()
+    assert h.store.saved["alice"]

@@ -95,7 +95,8 @@ async def test_sipp_registers_over_udp(appliance: Appliance, api: Api, tmp_path:
     assert reg["contact"].startswith("sip:alice@127.0.0.1:") and reg["transport"] == "udp"
     assert reg["source"].startswith("127.0.0.1:") and 3590 <= reg["expires"] <= 3600
     assert reg["user_agent"] == "sipp-register-test"
-    # The binding is persisted too.
+    # The binding is persisted too (written behind, within a second; flush() writes it now).
+    await appliance.registrar.flush()
     stored = await appliance.store.load_bindings(appliance.wall_clock())
     assert [b["aor"] for b in stored] == ["alice"]
 

@@ -26,6 +26,7 @@ from appliance.sip.transaction import (
     Transaction,
     TransactionTable,
     Transmit,
+    client_key,
     client_transaction,
     make_cancel,
     server_key,
@@ -450,3 +451,38 @@ def test_transition_tables_render(cls: type[Transaction]) -> None:
     rows = [f"{s.value} --{i.value}--> {n.value}" for (s, i), n in cls.TRANSITIONS.items()]
     assert rows and all(" --" in r for r in rows)
     assert not any(s is State.TERMINATED for s, _ in cls.TRANSITIONS)
+
+
+def test_finished_transactions_keep_only_what_identifies_them() -> None:
+    link = Link(server_tu=reply(200))
+    invite = request("INVITE")
+    invite.body = b"v=0\r\n" * 100
+    invite.add("User-Agent", "Phone 1.0")
+    client = link.start(invite)
+    server = next(iter(link.server.servers.values()))
+    assert state(client) is State.ACCEPTED and state(server) is State.ACCEPTED
+    assert server.request.body == b"" and server.request.get("user-agent") is None
+    assert server.request.method == "INVITE" and server.request.call_id == invite.call_id
+    assert server.last_response is None  # Accepted resends nothing itself (RFC 6026)
+    assert client.request.body == b"" and client.request.method == "INVITE"
+    assert client.key == client_key(invite)
+
+
+def test_timer_heap_stays_bounded_and_fires_in_order() -> None:
+    table = TransactionTable()
+    txns = []
+    for n in range(3000):
+        txn = server_transaction(request("OPTIONS", branch=f"z9hG4bK{n}"), reliable=False,
+                                 now=float(n))
+        table.add(txn)
+        txn.send(make_response(txn.request, 200), float(n))  # Timer J: n + 32
+        txns.append(txn)
+    assert table.get_timer() == pytest.approx(32.0)
+    woken = table.handle_timer(1032.0)
+    assert [t for t, _ in woken] == txns[:1001]  # in deadline order
+    assert len(table) == 1999
+    for txn in txns[1001:2500]:
+        table.remove(txn)
+    table.handle_timer(1033.0)
+    assert len(table._heap) <= 2 * len(table) + 1024
+    assert table.get_timer() == pytest.approx(2500 + 32.0)

@@ -392,3 +392,64 @@ async def test_bad_corpus_over_udp_to_the_front_door(appliance: Appliance) -> No
         assert status_of(await peer.recv()) == 200
     finally:
         peer.close()
+
+
+# --- eager dispatch ------------------------------------------------------------------------------
+
+
+class Slow(Echo):
+    """Answers after awaiting: the transport has to go on with the handler in a Task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.cancelled = 0
+
+    async def handle(self, incoming: Incoming) -> None:
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        await asyncio.sleep(0)
+        await super().handle(incoming)
+
+
+async def test_a_handler_that_suspends_is_resumed_in_a_task(udp: UdpPeer) -> None:
+    handler = Slow()
+    transport = Transport(handler, "127.0.0.1", 0)
+    handler.transport = transport
+    await transport.start()
+    try:
+        await udp.send(options(udp.port), transport.port)
+        await udp.send(options(udp.port, branch="z9hG4bKopt2"), transport.port)
+        assert await udp.recv(0.2) is None  # both wait on the event
+        assert len(transport._tasks) == 2
+        handler.release.set()
+        assert status_of(await udp.recv()) == 200
+        assert status_of(await udp.recv()) == 200
+        assert len(handler.seen) == 2
+    finally:
+        await transport.stop()
+
+
+async def test_stopping_cancels_a_suspended_handler(udp: UdpPeer) -> None:
+    handler = Slow()
+    transport = Transport(handler, "127.0.0.1", 0)
+    handler.transport = transport
+    await transport.start()
+    await udp.send(options(udp.port), transport.port)
+    for _ in range(100):
+        if transport._tasks:
+            break
+        await asyncio.sleep(0.01)
+    await transport.stop()
+    assert handler.cancelled == 1 and not transport._tasks
+
+
+async def test_a_handler_that_never_suspends_needs_no_task(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    await udp.send(options(udp.port), transport.port)
+    assert status_of(await udp.recv()) == 200
+    assert not transport._tasks
