@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from appliance.api import render, representations
+from appliance.api import listing, render, representations
 from appliance.api.accounts import respond
 from appliance.api.context import Ctx
 from appliance.api.routes import Route, route
@@ -20,9 +20,9 @@ FIELDS = {
 async def list_clients(ctx: Ctx) -> web.Response:
     async def build() -> bytes:
         account = await ctx.operated()
-        clients = await ctx.services.provisioning.list_clients(ctx.me, account)
-        reps = [representations.client(c, ctx.as_json) for c in clients]
-        return render.many(reps, "Clients", ctx.as_json)
+        rows = await ctx.services.provisioning.list_clients_stored(ctx.me, account)
+        # What render.many makes of representations.client, from the stored rows (listing.py).
+        return listing.clients(rows, ctx.as_json)
     return respond(ctx, await ctx.cached(build))
 
 

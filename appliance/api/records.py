@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from appliance.api import render, representations
+from appliance.api import listing, render, representations
 from appliance.api.accounts import respond
 from appliance.api.context import Ctx
 from appliance.api.routes import Route, route
@@ -36,11 +36,11 @@ async def list_calls(ctx: Ctx) -> web.Response:
     async def build() -> bytes:
         account = await ctx.operated()
         paging = parse_paging(ctx.query.get("Page"), ctx.query.get("PageSize"))
-        page = await ctx.services.history.page_calls(ctx.me, account, _filters(ctx), paging)
-        reps = [representations.call(c, ctx.as_json) for c in page.items]
-        uri = f"/{API_VERSION}/Accounts/{account.sid}/Calls"
-        return render.paged(page, reps, uri=uri, json_key="calls", list_tag="Calls",
-                            xml_attributes=True, as_json=ctx.as_json)
+        page = await ctx.services.history.page_calls_stored(ctx.me, account, _filters(ctx),
+                                                            paging)
+        # What render.paged makes of representations.call, from the stored rows (listing.py).
+        return listing.calls_page(page, uri=f"/{API_VERSION}/Accounts/{account.sid}/Calls",
+                                  as_json=ctx.as_json)
     return respond(ctx, await ctx.cached(build))
 
 

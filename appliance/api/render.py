@@ -177,37 +177,46 @@ def message(text: str, as_json: bool) -> bytes:
     return _xml_bytes(root)
 
 
-def paged(page: Page[Any], reps: Sequence[Rep], *, uri: str, json_key: str, list_tag: str,
-          xml_attributes: bool, as_json: bool) -> bytes:
-    """A paged list with Restcomm's arithmetic (api-behaviour.md §9; D5 and D6 fixed)."""
+def page_fields(page: Page[Any], uri: str, count: int, last_sid: object) -> dict[str, Any]:
+    """The paging fields of a list, by JSON key and in wire order, with Restcomm's arithmetic
+    (api-behaviour.md §9; D5 and D6 fixed). COUNT is the number of items on this page and
+    LAST_SID the SID of its last item (unused when COUNT is 0)."""
     size = page.page_size
     last = page.num_pages
     start = page.page * size
-    end = start + len(reps) if page.page == last else start + size - 1
-    first_uri = f"{uri}?Page=0&PageSize={size}"
-    previous_uri = f"{uri}?Page={page.page - 1}&PageSize={size}" if page.page > 0 else None
+    end = start + count if page.page == last else start + size - 1
     next_uri = None
     if page.page < last:
         next_uri = f"{uri}?Page={page.page + 1}&PageSize={size}"
-        if page.items:
-            next_uri += f"&AfterSid={getattr(page.items[-1], 'sid', '')}"
-    last_uri = f"{uri}?Page={last}&PageSize={size}"
+        if count:
+            next_uri += f"&AfterSid={last_sid}"
+    return {
+        "page": page.page, "num_pages": last, "page_size": size, "total": page.total,
+        "start": str(start), "end": str(end), "uri": uri,
+        "first_page_uri": f"{uri}?Page=0&PageSize={size}",
+        "previous_page_uri": (f"{uri}?Page={page.page - 1}&PageSize={size}"
+                              if page.page > 0 else None),
+        "next_page_uri": next_uri, "last_page_uri": f"{uri}?Page={last}&PageSize={size}",
+    }
+
+
+# The XML attribute for each of page_fields' keys, in the same order.
+XML_PAGE_ATTRIBUTES = ("page", "numpages", "pagesize", "total", "start", "end", "uri",
+                       "firstpageuri", "previouspageuri", "nextpageuri", "lastpageuri")
+
+
+def paged(page: Page[Any], reps: Sequence[Rep], *, uri: str, json_key: str, list_tag: str,
+          xml_attributes: bool, as_json: bool) -> bytes:
+    """A paged list with Restcomm's arithmetic (api-behaviour.md §9; D5 and D6 fixed)."""
+    fields = page_fields(page, uri, len(reps),
+                         getattr(page.items[-1], "sid", "") if page.items else "")
     if as_json:
-        body: dict[str, Any] = {
-            "page": page.page, "num_pages": last, "page_size": size, "total": page.total,
-            "start": str(start), "end": str(end), "uri": uri, "first_page_uri": first_uri,
-            "previous_page_uri": previous_uri, "next_page_uri": next_uri,
-            "last_page_uri": last_uri, json_key: [to_json_value(r) for r in reps],
-        }
+        body: dict[str, Any] = {**fields, json_key: [to_json_value(r) for r in reps]}
         return json_bytes(body)
     root = ET.Element("RestcommResponse")
     holder = ET.SubElement(root, list_tag)
     if xml_attributes:
-        for name, value in (("page", page.page), ("numpages", last), ("pagesize", size),
-                            ("total", page.total), ("start", start), ("end", end),
-                            ("uri", uri), ("firstpageuri", first_uri),
-                            ("previouspageuri", previous_uri), ("nextpageuri", next_uri),
-                            ("lastpageuri", last_uri)):
+        for name, value in zip(XML_PAGE_ATTRIBUTES, fields.values(), strict=True):
             # An attribute cannot be null; Restcomm writes the text "null".
             holder.set(name, "null" if value is None else str(value))
     for r in reps:

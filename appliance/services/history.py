@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,23 @@ class HistoryService:
 
     async def page_calls(self, actor: Account, account: Account, filters: ListFilters,
                          paging: Paging) -> Page[CallRecord]:
+        page = await self._store.page_calls(await self._calls_query(actor, account, filters,
+                                                                    paging))
+        self._page_check(page)
+        return page
+
+    async def page_calls_stored(self, actor: Account, account: Account, filters: ListFilters,
+                                paging: Paging) -> Page[Sequence[Any]]:
+        """page_calls with each CDR as its stored values in CallRecord field order,
+        timestamps as storage text (Store.page_calls_stored): for list renderers that need
+        no models."""
+        page = await self._store.page_calls_stored(await self._calls_query(actor, account,
+                                                                           filters, paging))
+        self._page_check(page)
+        return page
+
+    async def _calls_query(self, actor: Account, account: Account, filters: ListFilters,
+                           paging: Paging) -> ListQuery:
         require(actor, Action.READ, "Calls")
         conditions: list[Condition] = []
         if to := _checked(filters.to, "To"):
@@ -176,12 +193,9 @@ class HistoryService:
             if checked := _checked(value, name):
                 conditions.append(Condition(column, "like", checked))
         conditions += _time_range(filters, "start_time", "end_time")
-        query = ListQuery(account_sids=await self._accounts(account, filters),
-                          conditions=tuple(conditions), order=_order("calls", filters),
-                          page=paging.page, page_size=paging.page_size)
-        page = await self._store.page_calls(query)
-        self._page_check(page)
-        return page
+        return ListQuery(account_sids=await self._accounts(account, filters),
+                         conditions=tuple(conditions), order=_order("calls", filters),
+                         page=paging.page, page_size=paging.page_size)
 
     async def get_call(self, actor: Account, account: Account, sid: str) -> CallRecord:
         require(actor, Action.READ, "Calls")

@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -124,6 +124,13 @@ class ProvisioningService:
     async def list_clients(self, actor: Account, account: Account) -> list[Client]:
         require(actor, Action.READ, "Clients")
         return await self._store.list_clients(account.sid)
+
+    async def list_clients_stored(self, actor: Account, account: Account
+                                  ) -> list[Sequence[Any]]:
+        """list_clients with each Client as its stored values in model field order, without
+        the digest secrets and with timestamps as storage text (Store.list_clients_stored)."""
+        require(actor, Action.READ, "Clients")
+        return await self._store.list_clients_stored(account.sid)
 
     async def get_client(self, actor: Account, account: Account, sid: str) -> Client:
         require(actor, Action.READ, "Clients")
