@@ -402,25 +402,37 @@ class CallsService:
     async def _ring_local(self, parent: CallInfo, parent_events: LegEvents, login: str,
                           on_ringing: Callable[[], Awaitable[None]]
                           ) -> tuple[LiveCall | None, int]:
-        """Ring Client LOGIN's phones from PARENT's worker (the front door forks to each);
-        the answered child leg (an outbound-dial CDR), or None and the final status."""
+        """A provider's call to a ``client:`` DID: ring Client LOGIN's phones with the
+        caller's number as From (an outbound-dial child CDR)."""
         record = await self._log.opened(account_sid=parent.account_sid, from_=parent.from_,
                                         to=login, direction="outbound-dial",
                                         parent_call_sid=parent.sid)
+        host, _ = self._front_door()
+        caller = dialable(parent.from_) or "anonymous"
+        return await self.ring_client(parent, login, record.sid, ring_seconds=RING_SECONDS,
+                                      cancel=parent_events, on_ringing=on_ringing,
+                                      from_uri=f"sip:{caller}@{host}")
+
+    async def ring_client(self, parent: CallInfo, login: str, sid: str, *,
+                          ring_seconds: float, cancel: LegEvents,
+                          on_ringing: Callable[[], Awaitable[None]] | None = None,
+                          from_uri: str | None = None) -> tuple[LiveCall | None, int]:
+        """Ring Client LOGIN's phones from PARENT's worker (the front door forks to each) as
+        child call SID, until one answers, RING_SECONDS pass or CANCEL ends: the answered
+        child leg, or None and the final status (the child CDR then closed)."""
         leg = LegId("LG" + mint_sid("CA")[2:])
-        child = LiveCall(CallInfo(sid=record.sid, account_sid=parent.account_sid,
-                                  from_=parent.from_, to=login, direction="outbound-dial",
-                                  leg=leg, app=parent.app), LegEvents())
+        child = LiveCall(CallInfo(sid=sid, account_sid=parent.account_sid, from_=parent.from_,
+                                  to=login, direction="outbound-dial", leg=leg,
+                                  app=parent.app), LegEvents())
         self._live[leg] = child
         self._dialled[leg] = parent.account_sid  # media_caller lets its INVITE through
         host, port = self._front_door()
-        caller = dialable(parent.from_) or "anonymous"
         try:
             async with asyncio.timeout(DIAL_SECONDS):
                 await self._need_engine().dial(f"sip:{login}@{host}:{port}", leg=leg,
-                                               ring_seconds=RING_SECONDS, near=parent.leg,
-                                               from_uri=f"sip:{caller}@{host}")
-            code = await self._until_answered(child, parent_events, on_ringing)
+                                               ring_seconds=ring_seconds, near=parent.leg,
+                                               from_uri=from_uri)
+            code = await self._until_answered(child, cancel, on_ringing)
         except (MediaError, TimeoutError) as err:
             logger.info("x call %s: ringing Client %s: %s", parent.sid, login, err)
             code = 503

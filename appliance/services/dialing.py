@@ -39,7 +39,6 @@ import re
 from collections.abc import Callable, Collection, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from appliance.media.engine import LegId
 from appliance.media.protocol import MediaError
 from appliance.models import mint_sid
 from appliance.rcml.interpreter import DialAction, DialDone, DialStatus
@@ -141,35 +140,10 @@ class Dialer:
                                              parent_call_sid=parent.sid)
 
         async def ring(cancel: LegEvents) -> tuple[LiveCall | None, int]:
-            return await self._ring_client(parent, client.login, record.sid, action, cancel)
+            return await calls.ring_client(parent, client.login, record.sid,
+                                           ring_seconds=float(action.timeout), cancel=cancel)
 
         return _Branch(noun, ring, sid=record.sid)
-
-    async def _ring_client(self, parent: CallInfo, login: str, sid: str, action: DialAction,
-                           cancel: LegEvents) -> tuple[LiveCall | None, int]:
-        from appliance.services.calls import LiveCall  # here: calls imports this module
-
-        calls = self._calls
-        leg = LegId("LG" + mint_sid("CA")[2:])
-        child = LiveCall(CallInfo(sid=sid, account_sid=parent.account_sid, from_=parent.from_,
-                                  to=login, direction="outbound-dial", leg=leg, app=parent.app),
-                         LegEvents())
-        calls._live[leg] = child
-        calls._dialled[leg] = parent.account_sid  # media_caller lets its INVITE through
-        host, port = calls._front_door()
-        try:
-            async with asyncio.timeout(DIAL_SECONDS):
-                await calls._need_engine().dial(f"sip:{login}@{host}:{port}", leg=leg,
-                                               ring_seconds=float(action.timeout),
-                                               near=parent.leg)
-            code = await calls._until_answered(child, cancel, None)
-        except (MediaError, TimeoutError) as err:
-            logger.info("x call %s: <Dial> %s: %s", parent.sid, login, err)
-            code = 503
-        if code == 200:
-            return child, 200
-        await calls._end_child(child, code)
-        return None, code
 
     async def _number_branch(self, runner: Runner, action: DialAction, noun: Number
                              ) -> _Branch | None:
