@@ -50,7 +50,15 @@ from appliance.media.engine import (
     NoCapacity,
 )
 from appliance.media.protocol import MediaError
-from appliance.models import CallRecord, CallStatus, Gateway, Recording, RecordingSid, mint_sid
+from appliance.models import (
+    CallRecord,
+    CallStatus,
+    Gateway,
+    PhoneNumber,
+    Recording,
+    RecordingSid,
+    mint_sid,
+)
 from appliance.rcml.interpreter import DialAction, DialDone, SendSms
 from appliance.rcml.runner import App, CallInfo, Fetcher, Hungup, LegEvents, Runner
 from appliance.services.conferences import ConferencesService
@@ -58,7 +66,7 @@ from appliance.services.dialing import Dialer, sip_user
 from appliance.services.gsm_calls import GsmCalls, client_login
 from appliance.services.ports import StoreProtocol
 from appliance.services.provisioning import normalize_number
-from appliance.services.telephony import CallLog
+from appliance.services.telephony import CallLog, SipDirectory
 from appliance.sip.dialogs import cdr_status
 from appliance.sip.message import Request
 from appliance.sip.proxy import Caller, Contact, Decision, Fork, Refuse
@@ -158,6 +166,9 @@ class CallsService:
         self.max_outbound = 4
         self.gateways: Callable[[], Awaitable[list[Gateway]]] | None = None
         self.resolve: Callable[[Gateway], Awaitable[Target | None]] | None = None
+        # The SIP front door's cached view of Clients and numbers (set by the composition
+        # root); without it every lookup reads the store.
+        self.directory: SipDirectory | None = None
         # worker legs to a gateway, or to one phone of a Client (POST /Calls) -> their Fork
         self._gateway_legs: dict[LegId, Fork] = {}
         self._outbound: set[str] = set()  # CallSids of the calls going out now
@@ -316,7 +327,7 @@ class CallsService:
         if len(digits) == 10 and digits.isdigit():
             candidates.append("+1" + digits)
         for candidate in dict.fromkeys(candidates):
-            number = await self._store.find_number(candidate)
+            number = await self._find_number(candidate)
             if number is not None:
                 return number
         return None
@@ -597,15 +608,18 @@ class CallsService:
                 task.cancel()
 
     async def _app_for(self, caller: Caller, user: str) -> tuple[App | None, str | None]:
+        # The caller's and the callee's app fields come from the SIP directory's cache (the
+        # caller's are on CALLER already), numbers too: a plain Client-to-Client call makes
+        # no store query here. Only a call that does run an app reads the full row.
         if caller.voice_url or caller.voice_application_sid:
             client = await self._store.get_client_by_login(caller.login)
             if client is not None:
                 return await self._app(client.voice_url, client.voice_method,
                                        client.voice_fallback_url, client.voice_fallback_method,
                                        client.voice_application_sid), None
-        number = await self._store.find_number(user)
+        number = await self._find_number(user)
         if number is None and user.isdigit():  # numbers are kept in E.164: 1234 -> +1234
-            number = await self._store.find_number("+" + user)
+            number = await self._find_number("+" + user)
         if number is not None and number.account_sid == caller.account_sid and (
                 number.voice_url or number.voice_application_sid):
             app = await self._app(number.voice_url, number.voice_method,
@@ -615,12 +629,21 @@ class CallsService:
                 app = dataclasses.replace(app, status_callback=number.status_callback,
                                           status_callback_method=number.status_callback_method)
             return app, number.sid
+        if self.directory is not None:
+            callee = await self.directory.user(user)
+            if callee is None or not (callee.voice_url or callee.voice_application_sid):
+                return None, None
         client = await self._store.get_client_by_login(user)
         if client is not None and (client.voice_url or client.voice_application_sid):
             return await self._app(client.voice_url, client.voice_method,
                                    client.voice_fallback_url, client.voice_fallback_method,
                                    client.voice_application_sid), None
         return None, None
+
+    async def _find_number(self, phone_number: str) -> PhoneNumber | None:
+        if self.directory is not None:
+            return await self.directory.number(phone_number)
+        return await self._store.find_number(phone_number)
 
     async def _app(self, url: str | None, method: str, fallback: str | None,
                    fallback_method: str, application_sid: str | None) -> App | None:

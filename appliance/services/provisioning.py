@@ -112,7 +112,8 @@ class ProvisioningService:
         self._store = store
         self._clock = clock
         self._realm = realm
-        # Called after any change to a Client: the SIP directory drops its cache.
+        # Called after any change to a Client or an IncomingPhoneNumber: the SIP directory
+        # drops its caches.
         self.on_change: list[Callable[[], None]] = []
 
     def _changed(self) -> None:
@@ -411,6 +412,7 @@ class ProvisioningService:
             phone_number=number_text, pure_sip=pure_sip, api_version=API_VERSION,
             date_created=now, date_updated=now, **values)
         await self._store.insert_number(number)
+        self._changed()
         return number
 
     def _number_values(self, fields: Mapping[str, str], current: PhoneNumber | None
@@ -471,9 +473,11 @@ class ProvisioningService:
                                             number.friendly_name)
         updated = dataclasses.replace(number, **values, date_updated=self._clock())
         await self._store.update_number(updated)
+        self._changed()
         return updated
 
     async def delete_number(self, actor: Account, account: Account, sid: str) -> None:
         require(actor, Action.DELETE, "IncomingPhoneNumbers")
         number = await self._owned_number(account, sid)
         await self._store.delete_number(number.sid)
+        self._changed()

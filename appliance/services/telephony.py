@@ -24,6 +24,7 @@ from appliance.models import (
     CallRecord,
     CallSid,
     CallStatus,
+    PhoneNumber,
     SmsRecord,
     SmsSid,
     mint_sid,
@@ -61,21 +62,29 @@ class Registration:
 
 
 class SipDirectory:
-    """Client credentials by login, cached; the cache is dropped on any provisioning change."""
+    """Client credentials by login and IncomingPhoneNumbers by number, cached; the caches
+    are dropped on any provisioning change (Clients, numbers, accounts)."""
 
     def __init__(self, store: StoreProtocol) -> None:
         self._store = store
         self._cache: dict[str, SipUser | None] = {}
+        self._numbers: dict[str, PhoneNumber | None] = {}
+        # Bumped by invalidate: an answer read from the store before a change is not cached.
+        self._generation = 0
         self._registrations: dict[str, list[Registration]] = {}
         # Called with the login when a Client gains a registration (SMS waiting for it).
         self.on_registered: list[Callable[[str], None]] = []
 
     def invalidate(self) -> None:
-        self._cache.clear()
+        # New dicts, not clear(): a dict never shrinks, and these can hold 10,000 entries.
+        self._cache = {}
+        self._numbers = {}
+        self._generation += 1
 
     async def user(self, login: str) -> SipUser | None:
         if login in self._cache:
             return self._cache[login]
+        generation = self._generation
         client = await self._store.get_client_by_login(login)
         user: SipUser | None = None
         if client is not None:
@@ -86,10 +95,25 @@ class SipDirectory:
                            ha1_md5=client.ha1_md5, ha1_sha256=client.ha1_sha256,
                            enabled=client.status == 1 and active, voice_url=client.voice_url,
                            voice_application_sid=client.voice_application_sid)
+        if generation != self._generation:
+            return user  # provisioning changed meanwhile: the answer may be stale already
         if len(self._cache) > 10_000:  # bound the cache: unknown logins are cached too
-            self._cache.clear()
+            self._cache = {}
         self._cache[login] = user
         return user
+
+    async def number(self, phone_number: str) -> PhoneNumber | None:
+        """The IncomingPhoneNumber PHONE_NUMBER (as stored), or None; cached like `user`."""
+        if phone_number in self._numbers:
+            return self._numbers[phone_number]
+        generation = self._generation
+        number = await self._store.find_number(phone_number)
+        if generation != self._generation:
+            return number
+        if len(self._numbers) > 10_000:  # unknown numbers (any dialled user) are cached too
+            self._numbers = {}
+        self._numbers[phone_number] = number
+        return number
 
     # The registrar reports every change of a login's contacts here.
     def set_registrations(self, login: str, registrations: list[Registration]) -> None:

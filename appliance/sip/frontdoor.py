@@ -100,7 +100,8 @@ class FrontDoor:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._logged: OrderedDict[str, float] = OrderedDict()
-        self._trimmer = BurstTrimmer()  # gives memory back once a REGISTER burst has drained
+        # Gives memory back once a REGISTER burst has drained.
+        self._trimmer = BurstTrimmer(before=self._shrink)
 
     @property
     def transactions(self) -> int:
@@ -319,6 +320,11 @@ class FrontDoor:
                 heapq.heappush(self._heap, (timer, next(self._seq), txn))
         self._arm()
         self._trimmer.observe(len(self._table))
+
+    def _shrink(self) -> None:
+        """Recreate the tables that grew during a burst (a dict never shrinks)."""
+        self._table.compact()
+        self._targets = dict(self._targets)
 
     def _send(self, message: Request | Response, target: Target) -> None:
         if self.sender is None:

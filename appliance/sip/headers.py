@@ -226,6 +226,14 @@ def _via_fields(value: str) -> tuple[str, int | None, str, tuple[tuple[str, str 
     return host, port, transport.upper(), tuple(parse_params(params or "")), f"{name}/{version}"
 
 
+def clear_parse_caches() -> None:
+    """Empty the by-value parse caches (after a burst: their entries, allocated late in the
+    load, would otherwise pin the memory pages around them until pushed out)."""
+    _via_fields.cache_clear()
+    _name_addr_fields.cache_clear()
+    CSeq.parse.cache_clear()
+
+
 def parse_vias(values: Iterable[str]) -> list[Via]:
     return [Via.parse(item) for item in split_values(values)]
 

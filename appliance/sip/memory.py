@@ -20,6 +20,8 @@ import gc
 import logging
 from collections.abc import Callable
 
+from appliance.sip.headers import clear_parse_caches
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,16 +40,22 @@ _TRIM = _malloc_trim()
 
 
 def trim() -> None:
-    """Collect garbage, then hand free heap pages back to the kernel (glibc only)."""
+    """Empty the SIP parse caches, collect garbage, then hand free heap pages back to the
+    kernel (glibc only)."""
+    clear_parse_caches()
     gc.collect()
     if _TRIM is not None:
         _TRIM(0)
 
 
 class BurstTrimmer:
-    def __init__(self, *, threshold: int = 2000, fraction: float = 0.1) -> None:
+    def __init__(self, *, threshold: int = 2000, fraction: float = 0.1,
+                 before: Callable[[], None] | None = None) -> None:
         self.threshold = threshold
         self.fraction = fraction
+        # Run before each trim: the owner recreates its big dicts (a dict never shrinks,
+        # and one sized for a burst's tens of thousands of entries stays that size).
+        self.before = before
         self._peak = 0
 
     def observe(self, live: int) -> bool:
@@ -59,6 +67,8 @@ class BurstTrimmer:
         if self._peak >= self.threshold and live <= self._peak * self.fraction:
             logger.debug("- burst of %d drained to %d: trimming memory", self._peak, live)
             self._peak = live
+            if self.before is not None:
+                self.before()
             trim()
             return True
         return False

@@ -385,7 +385,8 @@ class Proxy:
         self._branches: dict[Transaction, Branch] = {}  # client transaction -> its branch
         self._contexts: dict[Transaction, Context] = {}  # server transaction -> its request
         self._live_calls: dict[CallKey, Call] = {}
-        self._trimmer = BurstTrimmer()  # gives memory back once a burst has drained
+        # Gives memory back once a burst has drained.
+        self._trimmer = BurstTrimmer(before=self._shrink)
         # Branch and Call deadlines: a heap of (deadline, seq, item), see _arm.
         self._deadlines: list[tuple[float, int, Branch | Call]] = []
         self._seq = itertools.count()
@@ -477,6 +478,15 @@ class Proxy:
         if len(heap) > 2 * (len(self._branches) + len(self._live_calls)) + 1024:
             self._prune_deadlines()  # after a burst: let go of what finished calls left
         self._trimmer.observe(len(self._table) + len(self._live_calls))
+
+    def _shrink(self) -> None:
+        """Recreate the tables that grew during a burst (a dict never shrinks)."""
+        self._table.compact()
+        self._peers = dict(self._peers)
+        self._branches = dict(self._branches)
+        self._contexts = dict(self._contexts)
+        self._live_calls = dict(self._live_calls)
+        self._originated = dict(self._originated)
 
     async def run(self) -> None:
         """Drive the timers until cancelled (the composition root's TaskGroup owns this).

@@ -113,6 +113,26 @@ class Terminated:
     """The transaction is over; remove it from the table."""
 
 
+@dataclass(eq=False)
+class SentResponse(Response):
+    """A final response already sent, kept as its wire bytes only: what a lingering server
+    transaction resends when the request is retransmitted (no header objects, no body)."""
+
+    wire: bytes = b""
+
+    def __bytes__(self) -> bytes:
+        return self.wire
+
+
+def sent(transmit: Transmit) -> Transmit:
+    """TRANSMIT's response reduced to a ``SentResponse`` (status, reason and bytes)."""
+    message = transmit.message
+    if isinstance(message, SentResponse) or not isinstance(message, Response):
+        return transmit
+    data = transmit.data
+    return Transmit(SentResponse(status=message.status, reason=message.reason, wire=data), data)
+
+
 Action = Transmit | Deliver | TimedOut | Terminated
 Msg = Request | Response | None
 Table = dict[tuple[State, Input], State]
@@ -188,6 +208,8 @@ _DEFAULT_TIMERS = Timers()  # shared: nothing changes a transaction's Timers aft
 
 class Transaction:
     TRANSITIONS: ClassVar[Mapping[tuple[State, Input], State]] = {}
+    # Slots: tens of thousands linger at a few hundred calls/s; no per-instance dict.
+    __slots__ = ("request", "reliable", "timers", "state", "_deadlines", "_actions", "_table")
 
     def __init__(
         self, request: Request, *, reliable: bool, now: float, timers: Timers | None = None
@@ -277,6 +299,8 @@ S, I = State, Input  # noqa: E741 - keeps the tables below readable
 
 
 class ClientTransaction(Transaction):
+    __slots__ = ("key", "_request_tx")
+
     def __init__(
         self, request: Request, *, reliable: bool, now: float, timers: Timers | None = None
     ) -> None:
@@ -290,6 +314,7 @@ class ClientTransaction(Transaction):
 
 
 class InviteClientTransaction(ClientTransaction):
+    __slots__ = ("_interval",)
     TRANSITIONS = _table(
         ((S.CALLING,), (I.TIMER_A,), S.CALLING),
         ((S.CALLING,), (I.TIMER_B,), S.TERMINATED),
@@ -341,6 +366,7 @@ class InviteClientTransaction(ClientTransaction):
 
 
 class NonInviteClientTransaction(ClientTransaction):
+    __slots__ = ("_interval",)
     TRANSITIONS = _table(
         ((S.TRYING,), (I.TIMER_E,), S.TRYING),
         ((S.PROCEEDING,), (I.TIMER_E,), S.PROCEEDING),
@@ -385,6 +411,8 @@ class NonInviteClientTransaction(ClientTransaction):
 
 
 class ServerTransaction(Transaction):
+    __slots__ = ("key", "last_response")
+
     def __init__(
         self, request: Request, *, reliable: bool, now: float, timers: Timers | None = None
     ) -> None:
@@ -411,8 +439,14 @@ class ServerTransaction(Transaction):
             self.last_response = _transmit(message)
             self._actions.append(self.last_response)
 
+    def _release(self, keep: Collection[str] = STUB_HEADERS) -> None:
+        super()._release(keep)
+        if self.last_response is not None:  # from here on only resent: its bytes will do
+            self.last_response = sent(self.last_response)
+
 
 class InviteServerTransaction(ServerTransaction):
+    __slots__ = ("_interval",)
     TRANSITIONS = _table(
         ((S.PROCEEDING,), (I.REQUEST, I.PROVISIONAL, I.TIMER_TRYING), S.PROCEEDING),
         ((S.PROCEEDING, S.ACCEPTED), (I.SUCCESS,), S.ACCEPTED),
@@ -476,6 +510,7 @@ class InviteServerTransaction(ServerTransaction):
 
 
 class NonInviteServerTransaction(ServerTransaction):
+    __slots__ = ()
     TRANSITIONS = _table(
         ((S.TRYING,), (I.REQUEST,), S.TRYING),
         ((S.TRYING, S.PROCEEDING), (I.PROVISIONAL,), S.PROCEEDING),
@@ -493,7 +528,9 @@ class NonInviteServerTransaction(ServerTransaction):
 
     def _enter(self, state: State, now: float) -> None:
         if state is State.COMPLETED:
-            self._release()
+            # Nothing is built from a finished non-INVITE request any more (no response may
+            # follow the final one): it resends its final response's bytes and matches by key.
+            self._release(())
             self._start(Input.TIMER_J, 0 if self.reliable else 64 * self.timers.t1, now)
 
 
@@ -595,6 +632,13 @@ class TransactionTable:
         self._scheduled.pop(txn, None)
         if len(self._heap) > 2 * len(self._scheduled) + 1024:
             self._prune()  # an owner with its own timers (the front door) never pops them
+
+    def compact(self) -> None:
+        """Recreate the dicts (they never shrink) and the heap after a burst has drained."""
+        self.servers = dict(self.servers)
+        self.clients = dict(self.clients)
+        self._scheduled = dict(self._scheduled)
+        self._prune()
 
     def _live(self, txn: Transaction) -> bool:
         if isinstance(txn, ServerTransaction):

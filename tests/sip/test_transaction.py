@@ -19,6 +19,7 @@ from appliance.sip.transaction import (
     InviteServerTransaction,
     NonInviteClientTransaction,
     NonInviteServerTransaction,
+    SentResponse,
     ServerTransaction,
     State,
     Terminated,
@@ -244,6 +245,50 @@ def test_non_invite_server_absorbs_retransmissions_with_last_response() -> None:
     assert link.sends("c2s") == 2 and link.sends("s2c", 200) == 2
     assert len(link.events("server", Deliver)) == 1  # the TU saw the request once
     assert len(link.events("client", Deliver)) == 1
+
+
+def test_a_finished_non_invite_server_keeps_only_bytes_and_resends_them() -> None:
+    req = request("BYE")
+    server = server_transaction(req, reliable=False, now=0.0)
+    server.pop_actions()
+    final = make_response(req, 200, to_tag="srv")
+    final.body = b"x" * 100
+    final.add("Content-Type", "text/plain")
+    server.send(final, 0.0)
+    [first] = server.pop_actions()
+    assert isinstance(first, Transmit) and first.message is final  # sent as built
+    # Lingering: the request is a stub without headers, the response only its bytes.
+    assert server.request.headers == [] and server.request.method == "BYE"
+    assert server.last_response is not None
+    assert isinstance(server.last_response.message, SentResponse)
+    assert server.last_response.message.headers == []
+    server.receive(request("BYE"), 1.0)  # a retransmission: the same bytes again
+    [again] = server.pop_actions()
+    assert isinstance(again, Transmit) and again.data == bytes(final) == bytes(again.message)
+    assert again.message.start_line() == "SIP/2.0 200 OK"
+
+
+def test_ack_for_a_4xx_is_absorbed_by_the_finished_invite_server() -> None:
+    req = request("INVITE")
+    server = server_transaction(req, reliable=False, now=0.0)
+    server.pop_actions()
+    server.send(make_response(req, 486, to_tag="srv"), 0.0)
+    server.pop_actions()
+    assert server.last_response is not None
+    assert isinstance(server.last_response.message, SentResponse)
+    server.receive(request("INVITE"), 0.2)  # retransmitted INVITE: the 486 again
+    [again] = server.pop_actions()
+    assert isinstance(again, Transmit) and parse_message(again.data).start_line() == (
+        "SIP/2.0 486 Busy Here")
+    table = TransactionTable()
+    table.add(server)
+    ack = request("ACK")
+    assert table.match_request(ack) is server
+    server.receive(ack, 0.3)
+    assert server.pop_actions() == []  # absorbed: not delivered, nothing sent
+    assert state(server) is State.CONFIRMED
+    table.compact()  # recreated after a burst: still found
+    assert table.match_request(request("INVITE")) is server
 
 
 def test_non_invite_server_provisional_then_final() -> None:
