@@ -166,8 +166,10 @@ class ConferencesService:
         joined_at = 0.0
         logger.info("> call %s enters conference %s (%s)", call.sid, room.record.sid, noun.name)
         try:
-            await self._store.save_participant(member.record)
+            # The CDR's ConferenceSid first: once the participant is listed, Calls filtered by
+            # ConferenceSid must list its call too (CDR writes may wait for a shared commit).
             await self._log.conference(call.sid, room.record.sid)
+            await self._store.save_participant(member.record)
             if noun.start_conference_on_enter and not room.started:
                 await self._set_status(room, ConferenceStatus.RUNNING_MODERATOR_PRESENT)
                 for other in room.members.values():
