@@ -61,7 +61,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -272,13 +272,25 @@ def sipp_base(port: int, scenario: str, local_port: int, workdir: Path, name: st
             "-trace_stat", "-fd", "1", "-stf", str(workdir / f"{name}-stat.csv")]
 
 
+# --pin: the server under test on CPU 0, the sipp load generators on CPU 1, so the two do not
+# compete for the same core (on the appliance's own box no load generator runs).
+PIN: dict[str, set[int]] = {}
+
+
+def _pinned(role: str) -> Callable[[], None] | None:
+    cpus = PIN.get(role)
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def start_sipp(args: list[str], workdir: Path, name: str) -> subprocess.Popen[bytes]:
     for suffix in ("-errors.log", "-stat.csv"):
         (workdir / f"{name}{suffix}").unlink(missing_ok=True)
     out = (workdir / f"{name}.out").open("wb")
     try:
         return subprocess.Popen(args, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, preexec_fn=_pinned("load"))
     finally:
         out.close()
 
@@ -390,7 +402,8 @@ class ApplianceServer(Server):
             self.proc = subprocess.Popen(
                 [*python, "-m", "appliance", "serve", "--config", str(self.config),
                  "--log-level", self.log_level],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_pinned("server"))
         finally:
             log.close()
         deadline = time.monotonic() + 30
@@ -496,7 +509,8 @@ class KamailioServer(Server):
         try:
             self.proc = subprocess.Popen(self.command(), cwd=self.workdir,
                                          stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_pinned("server"))
         finally:
             log.close()
         if not sip_ping(self.port) or self.proc.poll() is not None:
@@ -654,8 +668,9 @@ def print_report(args: argparse.Namespace, reg: dict[str, RegisterFigures],
                  cdrs: int | None, provision_s: float | None,
                  settled_rss: float | None = None) -> None:
     print()
-    print(f"SIP front door benchmark, loopback, {os.cpu_count()} CPUs shared with sipp and "
-          f"anything else running; {args.duration:g} s per measurement")
+    where = ("the server under test pinned to CPU 0, sipp to CPU 1 (--pin)" if PIN else
+             f"{os.cpu_count()} CPUs shared with sipp and anything else running")
+    print(f"SIP front door benchmark, loopback, {where}; {args.duration:g} s per measurement")
     print(f"appliance: python -m appliance serve (log level {args.log_level}); [sip] "
           f"max_auth_failures = {MAX_AUTH_FAILURES}, unauthenticated_per_minute = "
           f"{UNAUTHENTICATED_PER_MINUTE} (raised so the single-source load generator is "
@@ -771,7 +786,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds to wait after the load before measuring the settled RSS "
                              "(finished transactions and calls linger 64*T1 = 32 s); 0: skip")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--pin", action="store_true",
+                        help="server under test on CPU 0, sipp on CPU 1 (needs 2 CPUs)")
     args = parser.parse_args(argv)
+    if args.pin:
+        if len(os.sched_getaffinity(0)) < 2:
+            parser.error("--pin needs at least 2 CPUs")
+        PIN.update(server={0}, load={1})
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
     if args.duration <= 0 or args.duration > 60 or not rates or args.users < 1:
         parser.error("--duration must be in (0, 60], --rates and --users non-empty")
