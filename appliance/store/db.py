@@ -272,15 +272,6 @@ class Store:
     async def insert_account(self, account: models.Account) -> None:
         await self._run(self._insert, "accounts", rows.account_values(account))
 
-    async def insert_account_with_client(self, account: models.Account,
-                                         client: models.Client | None) -> None:
-        def run() -> None:
-            with self._database().atomic():
-                self._insert("accounts", rows.account_values(account))
-                if client is not None:
-                    self._insert("clients", rows.client_values(client))
-        await self._run(run)
-
     async def update_account(self, account: models.Account) -> None:
         await self._run(self._update, "accounts", account.sid, rows.account_values(account))
 
