@@ -94,6 +94,9 @@ def _split_semicolons(text: str) -> list[str]:
     return parts
 
 
+_NOT_IN_PARAM_NAME = frozenset(' \t"<>')  # characters a parameter name may not hold
+
+
 def parse_params(text: str) -> Params:
     """``;a=b;c;d="x;y"`` → ``[("a", "b"), ("c", None), ("d", '"x;y"')]`` (values raw)."""
     params: Params = []
@@ -102,7 +105,7 @@ def parse_params(text: str) -> Params:
             continue
         name, sep, value = item.partition("=")
         name = name.strip()
-        if not name or any(c in name for c in ' \t"<>'):
+        if not name or not _NOT_IN_PARAM_NAME.isdisjoint(name):
             raise SipParseError(f"bad header parameter {item!r}")
         params.append((name, value.strip() if sep else None))
     return params

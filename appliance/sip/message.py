@@ -539,7 +539,7 @@ def _validate(msg: Message) -> None:
     for header in msg.headers:
         counts[header.name] = counts.get(header.name, 0) + 1
     request = isinstance(msg, Request)
-    if any(n not in counts for n in _REQUIRED):
+    if not counts.keys() >= _REQUIRED_SET:
         raise SipParseError(_COMMON_RULES[0][0])
     if any(counts.get(n, 0) > 1 for n in _SINGLE):
         raise SipParseError(_COMMON_RULES[1][0])
@@ -564,6 +564,7 @@ def _validate(msg: Message) -> None:
 
 
 _REQUIRED = ("to", "from", "call-id", "cseq", "via")
+_REQUIRED_SET = frozenset(_REQUIRED)
 
 
 def _validate_by_table(msg: Message) -> None:
