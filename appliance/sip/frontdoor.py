@@ -277,7 +277,7 @@ class FrontDoor:
         target = self._targets.get(txn.key)
         for action in txn.pop_actions():
             if isinstance(action, Transmit) and target is not None:
-                self._send(action.message, target)
+                self._send(action.message, target, action.data)
         if txn.terminated:
             self._close(txn)
             return
@@ -326,11 +326,12 @@ class FrontDoor:
         self._table.compact()
         self._targets = dict(self._targets)
 
-    def _send(self, message: Request | Response, target: Target) -> None:
+    def _send(self, message: Request | Response, target: Target,
+              data: bytes | None = None) -> None:
         if self.sender is None:
             logger.warning("x no transport to send %s", message.start_line())
             return
-        self.sender.send(message, target)
+        self.sender.send(message, target, data)
 
 
 def _for_us(request: Request) -> bool:

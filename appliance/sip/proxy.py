@@ -1197,7 +1197,7 @@ class Proxy:
             if isinstance(action, Transmit):
                 target = self._peers.get(txn)
                 if target is not None:
-                    self._sender.send(action.message, target)
+                    self._sender.send(action.message, target, action.data)
             elif isinstance(action, Deliver):
                 await self._deliver(txn, action.message, now)
             elif isinstance(action, TimedOut) and txn in self._originated:

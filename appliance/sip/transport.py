@@ -523,12 +523,13 @@ class Transport:
 
     # --- sending (the Sender seam) --------------------------------------------------------
 
-    def send(self, message: Request | Response, target: Target) -> None:
+    def send(self, message: Request | Response, target: Target, data: bytes | None = None) -> None:
         host = target.host.strip("[]")
         if _unreachable(host) or not 0 < target.port < 65536:
             logger.debug("x not sending %s to %s:%d", _summary(message), host, target.port)
             return
-        data = bytes(message)
+        if data is None:
+            data = bytes(message)
         kind = target.transport.lower()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("> %s %s:%d %s", kind, host, target.port, _summary(message))

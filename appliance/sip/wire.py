@@ -36,8 +36,9 @@ class Incoming:
 
 
 class Sender(Protocol):
-    def send(self, message: Request | Response, target: Target) -> None:
-        """Serialise and send MESSAGE; failures are logged by the transport, never raised."""
+    def send(self, message: Request | Response, target: Target, data: bytes | None = None) -> None:
+        """Send MESSAGE, serialised unless DATA (its wire form, from a transaction that keeps
+        it for retransmissions) is given; failures are logged by the transport, never raised."""
 
 
 class MessageHandler(Protocol):

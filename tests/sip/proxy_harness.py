@@ -48,8 +48,8 @@ class FakeSender:
     def __init__(self) -> None:
         self.sent: list[tuple[Request | Response, Target]] = []
 
-    def send(self, message: Request | Response, target: Target) -> None:
-        bytes(message)  # must serialise
+    def send(self, message: Request | Response, target: Target, data: bytes | None = None) -> None:
+        assert data is None or data == bytes(message)  # must serialise, the same either way
         self.sent.append((message, target))
 
     def take(self) -> list[tuple[Request | Response, Target]]:

@@ -80,7 +80,8 @@ class FakeSender:
     def __init__(self) -> None:
         self.sent: list[tuple[Request | Response, Target]] = []
 
-    def send(self, message: Request | Response, target: Target) -> None:
+    def send(self, message: Request | Response, target: Target, data: bytes | None = None) -> None:
+        assert data is None or data == bytes(message)
         self.sent.append((message, target))
 
 
