@@ -53,6 +53,7 @@ from appliance.media.protocol import MediaError
 from appliance.models import (
     CallRecord,
     CallStatus,
+    Client,
     Gateway,
     PhoneNumber,
     Recording,
@@ -62,7 +63,7 @@ from appliance.models import (
 from appliance.rcml.interpreter import DialAction, DialDone, SendSms
 from appliance.rcml.runner import App, CallInfo, Fetcher, Hungup, LegEvents, Runner
 from appliance.services.conferences import ConferencesService
-from appliance.services.dialing import Dialer, sip_user
+from appliance.services.dialing import Dialer, sip_user, until_either_ends
 from appliance.services.gsm_calls import GsmCalls, client_login
 from appliance.services.ports import StoreProtocol
 from appliance.services.provisioning import normalize_number
@@ -296,8 +297,8 @@ class CallsService:
             return Refuse(404)
         login = client_login(found.voice_url)
         if login is not None:
-            client = await self._store.get_client_by_login(login)
-            if client is None or client.account_sid != found.account_sid:
+            client = await self.account_client(found.account_sid, login)
+            if client is None:
                 logger.info("x call from gateway %s to %s: %s names no Client of the "
                             "number's account", caller.gateway, found.phone_number,
                             found.voice_url)
@@ -365,7 +366,7 @@ class CallsService:
         """The B2BUA: ring the number out (failover along the route), forward ringing as
         180, answer the caller when the far end answers, bridge, and hang up the other side
         when one side hangs up."""
-        info, engine = live.info, self._need_engine()
+        info, engine = live.info, self.need_engine()
         child: LiveCall | None = None
         rang = False
 
@@ -393,7 +394,7 @@ class CallsService:
             async with asyncio.timeout(DIAL_SECONDS):
                 await engine.answer(info.leg)
                 await engine.bridge(info.leg, child.info.leg)
-            await self._until_either_ends(live.events, child.events, None)
+            await until_either_ends(live.events, child.events, None)
         except (MediaError, TimeoutError, Hungup) as err:
             logger.info("x call %s: bridge to %s ended: %s", info.sid, info.to,
                         err or type(err).__name__)
@@ -406,7 +407,7 @@ class CallsService:
                         async with asyncio.timeout(DIAL_SECONDS):
                             await engine.hangup(leg_live.info.leg)
             if child is not None:
-                await self._end_child(child)
+                await self.end_child(child)
             self._outbound.discard(info.sid)
             self._forget(live)
 
@@ -415,12 +416,10 @@ class CallsService:
                           ) -> tuple[LiveCall | None, int]:
         """A provider's call to a ``client:`` DID: ring Client LOGIN's phones with the
         caller's number as From (an outbound-dial child CDR)."""
-        record = await self._log.opened(account_sid=parent.account_sid, from_=parent.from_,
-                                        to=login, direction="outbound-dial",
-                                        parent_call_sid=parent.sid)
+        sid = await self.open_child_cdr(parent, login)
         host, _ = self._front_door()
         caller = dialable(parent.from_) or "anonymous"
-        return await self.ring_client(parent, login, record.sid, ring_seconds=RING_SECONDS,
+        return await self.ring_client(parent, login, sid, ring_seconds=RING_SECONDS,
                                       cancel=parent_events, on_ringing=on_ringing,
                                       from_uri=f"sip:{caller}@{host}")
 
@@ -440,7 +439,7 @@ class CallsService:
         host, port = self._front_door()
         try:
             async with asyncio.timeout(DIAL_SECONDS):
-                await self._need_engine().dial(f"sip:{login}@{host}:{port}", leg=leg,
+                await self.need_engine().dial(f"sip:{login}@{host}:{port}", leg=leg,
                                                ring_seconds=ring_seconds, near=parent.leg,
                                                from_uri=from_uri)
             code = await self._until_answered(child, cancel, on_ringing)
@@ -449,7 +448,7 @@ class CallsService:
             code = 503
         if code == 200:
             return child, 200
-        await self._end_child(child, code)
+        await self.end_child(child, code)
         return None, code
 
     async def _line_leg(self, parent: CallInfo, number: str, own: LiveCall | None
@@ -458,10 +457,8 @@ class CallsService:
         OWN (a POST /Calls record) re-pointed at the new leg; registered as live."""
         leg = LegId("LG" + mint_sid("CA")[2:])
         if own is None:
-            record = await self._log.opened(
-                account_sid=parent.account_sid, from_=parent.from_, to=number,
-                direction="outbound-dial", parent_call_sid=parent.sid)
-            child = LiveCall(CallInfo(sid=record.sid, account_sid=parent.account_sid,
+            sid = await self.open_child_cdr(parent, number)
+            child = LiveCall(CallInfo(sid=sid, account_sid=parent.account_sid,
                                       from_=parent.from_, to=number,
                                       direction="outbound-dial", leg=leg, app=parent.app),
                              LegEvents())
@@ -483,7 +480,7 @@ class CallsService:
         status. Each line tried gets its own child CDR; with OWN (``POST /Calls``) each try
         is a new leg of that call and its CDR is OWN's. The provider sees CALLER_ID
         (`caller_id_uri`)."""
-        engine, code = self._need_engine(), 503
+        engine, code = self.need_engine(), 503
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ring_seconds
         gateways = {g.friendly_name: g for g in await self.gateways()} if self.gateways else {}
@@ -535,7 +532,7 @@ class CallsService:
             if code == 200:
                 return child, 200
             if own is None:
-                await self._end_child(child, code)
+                await self.end_child(child, code)
             else:  # the call's CDR stays open for the next line
                 self._live.pop(leg, None)
                 self._dialled.pop(leg, None)
@@ -559,12 +556,12 @@ class CallsService:
             if parent_events.ended:
                 with contextlib.suppress(MediaError, TimeoutError):
                     async with asyncio.timeout(DIAL_SECONDS):
-                        await self._need_engine().hangup(child.info.leg)
+                        await self.need_engine().hangup(child.info.leg)
                 return 487
             if not alive and loop.time() > setup_until:
                 with contextlib.suppress(MediaError, TimeoutError):
                     async with asyncio.timeout(DIAL_SECONDS):
-                        await self._need_engine().hangup(child.info.leg)
+                        await self.need_engine().hangup(child.info.leg)
                 return 408
             try:
                 event = await child.events.next(0.2)
@@ -580,7 +577,10 @@ class CallsService:
                 await self._log.answered(child.info.sid)
                 return 200
 
-    async def _end_child(self, child: LiveCall, code: int = 200) -> None:
+    async def end_child(self, child: LiveCall, code: int = 200) -> None:
+        """Close a child leg: its CDR ends completed once it was answered, else with CODE's
+        status (487: canceled), and it is forgotten. A child already closed is left alone,
+        since a <Dial> race loser or a bridge may be ended from two places."""
         if self._live.get(child.info.leg) is not child:
             return  # already closed
         self._forget(child)
@@ -592,20 +592,6 @@ class CallsService:
         else:
             status = cdr_status(code, canceled=False)
         await self._log.ended(child.info.sid, status)
-
-    @staticmethod
-    async def _until_either_ends(a: LegEvents, b: LegEvents, limit: float | None) -> None:
-        async def drain(events: LegEvents) -> None:
-            with contextlib.suppress(Hungup):
-                while True:
-                    await events.next(None)
-
-        waits = [asyncio.ensure_future(drain(a)), asyncio.ensure_future(drain(b))]
-        try:
-            await asyncio.wait(waits, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
 
     async def _app_for(self, caller: Caller, user: str) -> tuple[App | None, str | None]:
         # The caller's and the callee's app fields come from the SIP directory's cache (the
@@ -668,7 +654,7 @@ class CallsService:
                     live.bridging = True
                     self._spawn(self._run_bridge(live), f"call {live.info.sid}")
             elif event.state is LegState.INCOMING and live.runner is None:
-                live.runner = Runner(live.info, self._need_engine(), live.events,
+                live.runner = Runner(live.info, self.need_engine(), live.events,
                                      self._fetcher())
                 self._spawn(self._run_inbound(live, live.runner), f"call {live.info.sid}")
                 self._status(live.info, "initiated")
@@ -697,7 +683,10 @@ class CallsService:
         self._gateway_legs.pop(live.info.leg, None)
         self._outbound.discard(live.info.sid)
 
-    def _need_engine(self) -> MediaEngine:
+    def need_engine(self) -> MediaEngine:
+        """The media engine for a leg about to be placed, answered or bridged; Unavailable
+        (503) when there is none ([media] workers = 0), the answer every voice path gives
+        then."""
         if self.engine is None:
             raise Unavailable("no media workers: [media] workers = 0")
         return self.engine
@@ -718,7 +707,7 @@ class CallsService:
         """POST /Calls. A Client with several registered phones gets one call per phone,
         each with its own CDR and its own run of the RCML (api-behaviour.md §8.3: the answer
         is then an array); one phone, or none (the proxy answers 480), one call."""
-        engine = self._need_engine()
+        engine = self.need_engine()
         number = dialable(to)
         if number is not None:
             return [await self._originate_number(account_sid, from_=from_, number=number,
@@ -772,6 +761,14 @@ class CallsService:
         self._spawn(self._run_outbound(live), f"call {record.sid}")
         return record
 
+    async def account_client(self, account_sid: str, login: str) -> Client | None:
+        """Client LOGIN when it belongs to ACCOUNT_SID, else None: a document, a number or
+        POST /Calls reaches its own account's Clients only."""
+        client = await self._store.get_client_by_login(login)
+        if client is None or client.account_sid != account_sid:
+            return None
+        return client
+
     async def _client_target(self, account_sid: str, to: str) -> str:
         """The Client login TO reaches. Policy: Clients only (``client:alice``, or a sip: URI
         at our own domain or address whose user is a local Client); no other SIP domain (no
@@ -790,8 +787,8 @@ class CallsService:
         else:
             raise Forbidden(f"No route to {target}: call client:<login>, a local Client's "
                             "sip: URI or a phone number")
-        client = await self._store.get_client_by_login(login)
-        if client is None or client.account_sid != account_sid:
+        client = await self.account_client(account_sid, login)
+        if client is None:
             raise NotFound(f"The client {login} was not found")
         return client.login
 
@@ -842,7 +839,7 @@ class CallsService:
                 logger.info("x call %s to %s: no line took it (%d)", info.sid, info.to, code)
                 return
             self._status(info, "answered")
-            live.runner = Runner(info, self._need_engine(), live.events, self._fetcher())
+            live.runner = Runner(info, self.need_engine(), live.events, self._fetcher())
             await live.runner.run()
             status = CallStatus.COMPLETED
         except Exception as err:  # noqa: BLE001 - Hungup, or a bug: the CDR is closed anyway
@@ -851,7 +848,7 @@ class CallsService:
             if live.events.answered.is_set() and not live.events.ended:
                 with contextlib.suppress(MediaError, TimeoutError):
                     async with asyncio.timeout(DIAL_SECONDS):
-                        await self._need_engine().hangup(info.leg)
+                        await self.need_engine().hangup(info.leg)
             self._forget(live)
             final = await self._log.ended(info.sid,
                                           CallStatus.CANCELED if live.canceled else status)
@@ -869,7 +866,7 @@ class CallsService:
                     await self._log.answered(info.sid)
                     self._status(info, "answered")
                     break
-            live.runner = Runner(info, self._need_engine(), live.events, self._fetcher())
+            live.runner = Runner(info, self.need_engine(), live.events, self._fetcher())
             await live.runner.run()
             status = CallStatus.COMPLETED
         except Exception as err:  # noqa: BLE001 - Hungup, or a bug: the CDR is closed anyway
@@ -896,7 +893,7 @@ class CallsService:
             if await self._store.get_call(sid) is None:
                 raise NotFound(f"The call {sid} was not found")
             raise Gone("Call is already completed.")
-        engine = self._need_engine()
+        engine = self.need_engine()
         if status is not None:
             if status not in ("completed", "canceled"):
                 raise InvalidInput("Status must be completed or canceled")
@@ -925,22 +922,34 @@ class CallsService:
             return await self.conferences.dial(runner, action)
         return await self._dialer.dial(runner, action)
 
-    @staticmethod
-    async def _until_one_ends(runner: Runner, child: LiveCall, limit: float) -> None:
-        async def drain(events: LegEvents) -> None:
-            with contextlib.suppress(Hungup):
-                while True:
-                    await events.next(None)
+    async def open_child_cdr(self, parent: CallInfo, to: str) -> str:
+        """Open the CDR of a leg that PARENT places to TO and return its CallSid: each leg a
+        call places has its own CDR (direction outbound-dial, ParentCallSid = PARENT's),
+        answered or not, for DialCallSid and Calls?ParentCallSid to name."""
+        record = await self._log.opened(account_sid=parent.account_sid, from_=parent.from_,
+                                        to=to, direction="outbound-dial",
+                                        parent_call_sid=parent.sid)
+        return record.sid
 
-        waits = [asyncio.ensure_future(drain(runner.events)),
-                 asyncio.ensure_future(drain(child.events))]
+    async def dial_number(self, parent: CallInfo, cancel: LegEvents, number: str,
+                          lines: tuple[str, ...], *, ring_seconds: float,
+                          caller_id: str | None) -> tuple[LiveCall | None, int]:
+        """<Dial><Number>: NUMBER out through LINES with failover (as `route_outbound`),
+        from PARENT's worker so the answered child can be bridged there; CANCEL ending stops
+        it. While it rings it counts among the [outbound] max_calls calls going out, like
+        every other outbound call: 486 when that many are out already."""
+        key = f"{parent.sid}/dial/{mint_sid('CA')[2:10]}"
+        if len(self._outbound) >= self.max_outbound:
+            logger.warning("x call %s: <Dial> %s: %d outbound calls already",
+                           parent.sid, number, self.max_outbound)
+            return None, 486
+        self._outbound.add(key)
         try:
-            await asyncio.wait(waits, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            return await self._dial_out(parent, cancel, number, lines,
+                                        ring_seconds=ring_seconds, near=parent.leg,
+                                        caller_id=caller_id)
         finally:
-            for task in waits:
-                task.cancel()
-        if runner.events.ended:
-            raise Hungup
+            self._outbound.discard(key)
 
     # -- what the runner saves ---------------------------------------------------------------
 

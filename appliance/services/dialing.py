@@ -10,7 +10,7 @@ Theory of operation. Each noun of a <Dial> becomes a *branch*, run as its own ta
   document must not place calls on the office's bill to anywhere; calls leave only through
   the outbound routes, which a ``<Number>`` takes.
 - ``<Number>``: out through the number's outbound route with failover
-  (``CallsService._dial_out``).
+  (``CallsService.dial_number``).
 
 Every leg is placed on the caller's worker (``near``), so the winner can be bridged there.
 The first branch to answer wins: it is bridged to the caller and the others are cancelled
@@ -20,10 +20,12 @@ every branch. Without a winner, DialCallStatus is ``canceled`` when the caller l
 ``DialCallSid`` is the winner's CDR (or, with a single Client/Sip noun, its unanswered CDR).
 
 A branch is cancelled through its own `LegEvents` whose ``ended`` flag is set: that is what
-``_until_answered``/``_dial_out`` already poll for the caller's hang-up.
+``ring_client``/``dial_number`` already poll for the caller's hang-up.
 
-`Dialer` is a part of `CallsService` kept in its own module for size: it works on the
-service's legs, CDRs and outbound lines directly (its underscored members).
+`Dialer` is the <Dial> part of `CallsService`, kept in its own module for size. The service
+owns the legs, CDRs and outbound lines; the Dialer goes through its public operations
+(`account_client`, `open_child_cdr`, `ring_client`, `dial_number`, `end_child`) and the
+runner's own notifier, as `services.conferences` does.
 
 Not built: the nouns' ``url`` (screening), ``statusCallback*`` and ``<Sip>`` credentials
 (they only matter for a foreign domain, which is refused).
@@ -40,7 +42,6 @@ from collections.abc import Callable, Collection, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from appliance.media.protocol import MediaError
-from appliance.models import mint_sid
 from appliance.rcml.interpreter import DialAction, DialDone, DialStatus
 from appliance.rcml.runner import CallInfo, Hungup, LegEvents, Runner
 from appliance.rcml.verbs import Conference, DialNoun, Number, Sip
@@ -89,6 +90,22 @@ def sip_user(uri: str, local_hosts: Collection[str]) -> str | None:
     return m.group(1)
 
 
+async def until_either_ends(a: LegEvents, b: LegEvents, limit: float | None) -> None:
+    """Until leg A or leg B ends, or LIMIT seconds pass: how long a bridge of the two lasts.
+    The events either leg receives meanwhile are consumed (a bridged leg has no runner)."""
+    async def drain(events: LegEvents) -> None:
+        with contextlib.suppress(Hungup):
+            while True:
+                await events.next(None)
+
+    waits = [asyncio.ensure_future(drain(a)), asyncio.ensure_future(drain(b))]
+    try:
+        await asyncio.wait(waits, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+
+
 class Dialer:
     """<Dial> for the calls service (which owns the legs, CDRs and outbound lines)."""
 
@@ -117,33 +134,32 @@ class Dialer:
         calls, parent = self._calls, runner.call
         if isinstance(noun, Number):
             return await self._number_branch(runner, action, noun)
+        notify = runner.out.notify
         if isinstance(noun, Conference):
-            await calls._notify(parent.account_sid, NO_ROUTE, "<Dial><Conference> is not "
-                               "available here", call_sid=parent.sid)
+            await notify(parent.account_sid, NO_ROUTE, "<Dial><Conference> is not "
+                         "available here", call_sid=parent.sid)
             return None
         if isinstance(noun, Sip):
             login = sip_user(noun.uri, calls.local_hosts())
             if login is None:
-                await calls._notify(parent.account_sid, NO_ROUTE, f"<Dial><Sip>{noun.uri}: "
-                                   "only this appliance's Clients can be dialled by SIP URI "
-                                   "(no relay to other domains)", call_sid=parent.sid)
+                await notify(parent.account_sid, NO_ROUTE, f"<Dial><Sip>{noun.uri}: "
+                             "only this appliance's Clients can be dialled by SIP URI "
+                             "(no relay to other domains)", call_sid=parent.sid)
                 return None
         else:
             login = noun.name  # a Client
-        client = await calls._store.get_client_by_login(login)
-        if client is None or client.account_sid != parent.account_sid:
-            await calls._notify(parent.account_sid, NO_ROUTE, f"<Dial>: no Client {login} in "
-                               "this account", call_sid=parent.sid)
+        client = await calls.account_client(parent.account_sid, login)
+        if client is None:
+            await notify(parent.account_sid, NO_ROUTE, f"<Dial>: no Client {login} in "
+                         "this account", call_sid=parent.sid)
             return None
-        record = await calls._log.opened(account_sid=parent.account_sid, from_=parent.from_,
-                                             to=client.login, direction="outbound-dial",
-                                             parent_call_sid=parent.sid)
+        sid = await calls.open_child_cdr(parent, client.login)
 
         async def ring(cancel: LegEvents) -> tuple[LiveCall | None, int]:
-            return await calls.ring_client(parent, client.login, record.sid,
+            return await calls.ring_client(parent, client.login, sid,
                                            ring_seconds=float(action.timeout), cancel=cancel)
 
-        return _Branch(noun, ring, sid=record.sid)
+        return _Branch(noun, ring, sid=sid)
 
     async def _number_branch(self, runner: Runner, action: DialAction, noun: Number
                              ) -> _Branch | None:
@@ -151,28 +167,18 @@ class Dialer:
         dialled = re.sub(r"[\s\-.()]", "", noun.number)
         lines = calls.outbound_lines(dialled)
         if not lines:
-            await calls._notify(parent.account_sid, NO_ROUTE, f"<Dial>: no outbound route for "
-                               f"{dialled}", call_sid=parent.sid)
+            await runner.out.notify(parent.account_sid, NO_ROUTE, f"<Dial>: no outbound route "
+                                    f"for {dialled}", call_sid=parent.sid)
             return None
 
         async def ring(cancel: LegEvents) -> tuple[LiveCall | None, int]:
-            key = f"{parent.sid}/dial/{mint_sid('CA')[2:10]}"
-            if len(calls._outbound) >= calls.max_outbound:
-                logger.warning("x call %s: <Dial> %s: %d outbound calls already",
-                               parent.sid, dialled, calls.max_outbound)
-                return None, 486
-            calls._outbound.add(key)
-            try:
-                child, code = await calls._dial_out(parent, cancel, dialled, lines,
-                                                   ring_seconds=float(action.timeout),
-                                                   near=parent.leg,
-                                                   caller_id=action.caller_id)
-            finally:
-                calls._outbound.discard(key)
+            child, code = await calls.dial_number(parent, cancel, dialled, lines,
+                                                  ring_seconds=float(action.timeout),
+                                                  caller_id=action.caller_id)
             if child is not None and noun.send_digits:
                 with contextlib.suppress(MediaError, TimeoutError):
                     async with asyncio.timeout(DIAL_SECONDS):
-                        await calls._need_engine().send_dtmf(child.info.leg, noun.send_digits)
+                        await calls.need_engine().send_dtmf(child.info.leg, noun.send_digits)
             return child, code
 
         return _Branch(noun, ring)
@@ -232,20 +238,18 @@ class Dialer:
         """Hang up an answered child that lost the race; its CDR ends completed."""
         with contextlib.suppress(MediaError, TimeoutError):
             async with asyncio.timeout(DIAL_SECONDS):
-                await self._calls._need_engine().hangup(child.info.leg)
-        await self._calls._end_child(child)
+                await self._calls.need_engine().hangup(child.info.leg)
+        await self._calls.end_child(child)
 
     async def _bridge(self, runner: Runner, action: DialAction, child: LiveCall,
                       parent: CallInfo) -> DialDone:
-        calls, engine = self._calls, self._calls._need_engine()
+        calls, engine = self._calls, self._calls.need_engine()
         loop = asyncio.get_running_loop()
         answered_at = loop.time()
         try:
             async with asyncio.timeout(DIAL_SECONDS):
                 await engine.bridge(parent.leg, child.info.leg)
-            await calls._until_one_ends(runner, child, float(action.time_limit))
-        except Hungup:
-            pass
+            await until_either_ends(runner.events, child.events, float(action.time_limit))
         except (MediaError, TimeoutError) as err:
             logger.info("x call %s: <Dial> bridge to %s failed: %s", parent.sid,
                         child.info.to, err)
@@ -254,5 +258,5 @@ class Dialer:
                 with contextlib.suppress(MediaError, TimeoutError):
                     async with asyncio.timeout(DIAL_SECONDS):
                         await engine.hangup(child.info.leg)
-            await calls._end_child(child)
+            await calls.end_child(child)
         return DialDone(DialStatus.COMPLETED, child.info.sid, int(loop.time() - answered_at))

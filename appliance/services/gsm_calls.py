@@ -50,6 +50,7 @@ from appliance.media.engine import DtmfReceived, LegChanged, LegId, LegState, Me
 from appliance.media.protocol import MediaError
 from appliance.models import CallStatus, mint_sid
 from appliance.rcml.runner import App, CallInfo, Hungup, LegEvents, Runner
+from appliance.services.dialing import until_either_ends
 from appliance.timefmt import iso
 
 if TYPE_CHECKING:
@@ -246,7 +247,7 @@ class GsmCalls:
         """Dial SIP_LEG (on NEAR's worker) to a reserved leg on a worker's loopback port,
         answer that leg and attach the modem's PCM tty to it. Raises MediaError or
         TimeoutError (the caller tears down)."""
-        engine = self._calls._need_engine()
+        engine = self._calls.need_engine()
         slot = await engine.reserve_incoming()
         session.pcm_leg = slot.leg
         session.peer_leg = near
@@ -265,7 +266,7 @@ class GsmCalls:
             await engine.pcm_attach(slot.leg, self.audio, dtmf=not self.modem.dtmf_urc)
 
     async def _teardown(self, session: GsmSession) -> None:
-        engine = self._calls._need_engine()
+        engine = self._calls.need_engine()
         for leg in (session.pcm_leg, session.sip_leg):
             if leg is None:
                 continue
@@ -358,7 +359,7 @@ class GsmCalls:
             await calls._log.answered(record.sid)
             calls._status(info, "answered")
             calls._spawn(self._watch(session), f"gsm watch {record.sid}")
-            live.runner = Runner(info, calls._need_engine(), live.events, calls._fetcher())
+            live.runner = Runner(info, calls.need_engine(), live.events, calls._fetcher())
             await live.runner.run()
             status = CallStatus.COMPLETED
         except (ModemError, MediaError, TimeoutError) as err:
@@ -388,7 +389,7 @@ class GsmCalls:
         caller to the SIM's number: completed, busy, no-answer or canceled (the mobile
         caller gave up)."""
         calls = self._calls
-        engine = calls._need_engine()
+        engine = calls.need_engine()
         caller = session.number or "unknown"
         client = await calls._store.get_client_by_login(login)
         if client is None or client.account_sid != found.account_sid:
@@ -438,7 +439,7 @@ class GsmCalls:
                 await gsm.events.answered.wait()
                 await engine.bridge(leg, gsm_leg)
             calls._spawn(self._watch(session), f"gsm watch {record.sid}")
-            await calls._until_either_ends(phone.events, gsm.events, None)
+            await until_either_ends(phone.events, gsm.events, None)
         except (ModemError, MediaError, TimeoutError) as err:
             logger.info("x GSM call from %s to Client %s failed: %s", caller, login, err)
         finally:
@@ -513,7 +514,7 @@ class GsmCalls:
             code = 503
         await self._teardown(session)
         if own is None:
-            await calls._end_child(child, code)
+            await calls.end_child(child, code)
         else:
             calls._live.pop(leg, None)
         return None, code
