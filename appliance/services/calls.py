@@ -22,6 +22,13 @@ failover as `<Dial><Number>`), its caller ID set by `caller_id_uri`.
 
 GSM voice (calls to the SIM's number, the ``modem`` line) is `services.gsm_calls`.
 
+`services.dialing` (<Dial>) and `services.gsm_calls` are parts of this service kept in their
+own modules for size. They use its public operations only, so the tables below stay this
+module's to change: the live-call table (`track_call`, `track_leg`, `live_call`, `forget`),
+the legs a call places (`open_child_cdr`, `ring_client`, `dial_client`, `dial_number`,
+`line_leg`, `end_line`, `end_child`), and `spawn`, `need_engine`, `match_number`,
+`number_app`, `account_client`, `post_status`, `run_app`.
+
 Every runner and originating task is owned by `self._tasks` and cancelled by `stop()`.
 """
 
@@ -100,6 +107,16 @@ class LiveCall:
     lines: tuple[str, ...] | None = None  # no app: bridged out through these lines (B2BUA)
     client: str | None = None  # no app: bridged to this Client's phones (a DID's client:)
     bridging: bool = False  # the B2BUA task is running
+
+    def final_status(self, err: BaseException) -> CallStatus:
+        """The CDR status of a call whose run ended with ERR: the leg's hang-up cause when
+        it ended (busy, no-answer, failed, else completed); with no cause ERR is a bug,
+        logged with its traceback, and the call failed."""
+        cause = self.events.cause
+        if cause is None:
+            logger.exception("x call %s failed", self.info.sid, exc_info=err)
+            return CallStatus.FAILED
+        return _CAUSE_STATUS.get(cause, CallStatus.COMPLETED)
 
 
 _PHONE_RE = re.compile(r"\+?[0-9]{3,20}")
@@ -181,7 +198,7 @@ class CallsService:
         self.contacts_of: Callable[[str], tuple[Contact, ...]] = lambda _login: ()
         self._dialer = Dialer(self)
         # GSM voice (services.gsm_calls; the composition root sets its modem, audio, number)
-        self.gsm = GsmCalls(self)
+        self.gsm = GsmCalls(self, call_log, clock)
         self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None
 
     # -- composition ---------------------------------------------------------------------------
@@ -195,7 +212,10 @@ class CallsService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def spawn(self, coro: Any, name: str) -> None:
+        """Run CORO as a task this service owns until it ends: `stop` cancels and awaits
+        every one, so no call's task (runner, bridge, callback, GSM watcher) outlives the
+        service or is lost (a bare create_task may be garbage-collected mid-call)."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -207,10 +227,11 @@ class CallsService:
                        cache_dir=self._data_dir / "cache",
                        recordings_dir=self._data_dir / "recordings")
 
-    def _status(self, info: CallInfo, event: str, duration: int | None = None) -> None:
+    def post_status(self, info: CallInfo, event: str, duration: int | None = None) -> None:
         """StatusCallback (api-behaviour.md §10.1), fire and forget: initiated, ringing,
         answered, completed. Each request is its own owned task (order is not guaranteed
-        when the application server is slow)."""
+        when the application server is slow), so a slow application server never holds up
+        the call itself."""
         url = info.app.status_callback
         if not url:
             return
@@ -229,7 +250,7 @@ class CallsService:
             except WebhookError as err:
                 logger.info("x call %s: status callback %s failed: %s", info.sid, event, err)
 
-        self._spawn(post(), f"status {info.sid} {event}")
+        self.spawn(post(), f"status {info.sid} {event}")
 
     def live_count(self) -> int:
         return len(self._by_sid)
@@ -291,7 +312,7 @@ class CallsService:
                                    number: str) -> Decision:
         """A provider's INVITE to NUMBER (a DID): the IncomingPhoneNumber's app runs on a
         worker; a number without a voice app, or no such number, is refused 404."""
-        found = await self._match_number(number)
+        found = await self.match_number(number)
         if found is None:
             self._unknown_did(number, caller)
             return Refuse(404)
@@ -305,22 +326,15 @@ class CallsService:
                 return Refuse(404, "No Such Client")
             return await self._to_worker(found.account_sid, caller.login, found.phone_number,
                                          None, found.sid, client=client.login)
-        app = None
-        if found.voice_url or found.voice_application_sid:
-            app = await self._app(found.voice_url, found.voice_method,
-                                  found.voice_fallback_url, found.voice_fallback_method,
-                                  found.voice_application_sid)
+        app = await self.number_app(found)
         if app is None:
             logger.info("x call from gateway %s to %s: the number has no voice application",
                         caller.gateway, found.phone_number)
             return Refuse(404, "No Voice Application")
-        if found.status_callback:
-            app = dataclasses.replace(app, status_callback=found.status_callback,
-                                      status_callback_method=found.status_callback_method)
         return await self._to_worker(found.account_sid, caller.login, found.phone_number, app,
                                      found.sid)
 
-    async def _match_number(self, dialled: str) -> Any:
+    async def match_number(self, dialled: str) -> PhoneNumber | None:
         """api-behaviour.md §8.5 "Matching an inbound call to a number": as given, its
         E.164 form (US for 10 digits), with the + added or removed."""
         digits = dialled.lstrip("+")
@@ -332,6 +346,20 @@ class CallsService:
             if number is not None:
                 return number
         return None
+
+    async def number_app(self, number: PhoneNumber) -> App | None:
+        """The RCML app that calls to NUMBER run, carrying NUMBER's StatusCallback; None
+        when it has none (neither VoiceUrl nor VoiceApplicationSid, or a ``client:<login>``
+        VoiceUrl, which rings that Client instead). One rule for calls from a Client, from
+        a gateway and from the GSM modem."""
+        if not (number.voice_url or number.voice_application_sid):
+            return None
+        app = await self._app(number.voice_url, number.voice_method, number.voice_fallback_url,
+                              number.voice_fallback_method, number.voice_application_sid)
+        if app is not None and number.status_callback:
+            app = dataclasses.replace(app, status_callback=number.status_callback,
+                                      status_callback_method=number.status_callback_method)
+        return app
 
     def _unknown_did(self, number: str, caller: Caller) -> None:
         logger.info("x call from gateway %s (%s) to %s: no such IncomingPhoneNumber",
@@ -409,7 +437,7 @@ class CallsService:
             if child is not None:
                 await self.end_child(child)
             self._outbound.discard(info.sid)
-            self._forget(live)
+            self.forget(live)
 
     async def _ring_local(self, parent: CallInfo, parent_events: LegEvents, login: str,
                           on_ringing: Callable[[], Awaitable[None]]
@@ -417,31 +445,26 @@ class CallsService:
         """A provider's call to a ``client:`` DID: ring Client LOGIN's phones with the
         caller's number as From (an outbound-dial child CDR)."""
         sid = await self.open_child_cdr(parent, login)
-        host, _ = self._front_door()
-        caller = dialable(parent.from_) or "anonymous"
         return await self.ring_client(parent, login, sid, ring_seconds=RING_SECONDS,
                                       cancel=parent_events, on_ringing=on_ringing,
-                                      from_uri=f"sip:{caller}@{host}")
+                                      from_user=dialable(parent.from_) or "anonymous")
 
     async def ring_client(self, parent: CallInfo, login: str, sid: str, *,
                           ring_seconds: float, cancel: LegEvents,
                           on_ringing: Callable[[], Awaitable[None]] | None = None,
-                          from_uri: str | None = None) -> tuple[LiveCall | None, int]:
+                          from_user: str | None = None) -> tuple[LiveCall | None, int]:
         """Ring Client LOGIN's phones from PARENT's worker (the front door forks to each) as
         child call SID, until one answers, RING_SECONDS pass or CANCEL ends: the answered
-        child leg, or None and the final status (the child CDR then closed)."""
+        child leg, or None and the final status (the child CDR then closed). FROM_USER: as
+        for `dial_client`."""
         leg = LegId("LG" + mint_sid("CA")[2:])
         child = LiveCall(CallInfo(sid=sid, account_sid=parent.account_sid, from_=parent.from_,
                                   to=login, direction="outbound-dial", leg=leg,
                                   app=parent.app), LegEvents())
         self._live[leg] = child
-        self._dialled[leg] = parent.account_sid  # media_caller lets its INVITE through
-        host, port = self._front_door()
         try:
-            async with asyncio.timeout(DIAL_SECONDS):
-                await self.need_engine().dial(f"sip:{login}@{host}:{port}", leg=leg,
-                                               ring_seconds=ring_seconds, near=parent.leg,
-                                               from_uri=from_uri)
+            await self.dial_client(leg, parent.account_sid, login, ring_seconds=ring_seconds,
+                                   near=parent.leg, from_user=from_user)
             code = await self._until_answered(child, cancel, on_ringing)
         except (MediaError, TimeoutError) as err:
             logger.info("x call %s: ringing Client %s: %s", parent.sid, login, err)
@@ -451,7 +474,23 @@ class CallsService:
         await self.end_child(child, code)
         return None, code
 
-    async def _line_leg(self, parent: CallInfo, number: str, own: LiveCall | None
+    async def dial_client(self, leg: LegId, account_sid: str, login: str, *,
+                          ring_seconds: float, near: LegId | None = None,
+                          from_user: str | None = None) -> None:
+        """Place LEG (on NEAR's worker) to Client LOGIN through our own SIP front door, which
+        forks it to each of the Client's registered phones like any call (NAT, TCP, several
+        phones); the proxy lets the worker's INVITE in unchallenged as ACCOUNT_SID's
+        (`media_caller`). The phones see ``FROM_USER@<front door host>`` as From (the
+        worker's own identity without it). Raises MediaError or TimeoutError."""
+        self._dialled[leg] = account_sid  # media_caller lets its INVITE through
+        host, port = self._front_door()
+        from_uri = f"sip:{from_user}@{host}" if from_user is not None else None
+        async with asyncio.timeout(DIAL_SECONDS):
+            await self.need_engine().dial(f"sip:{login}@{host}:{port}", leg=leg,
+                                          ring_seconds=ring_seconds, near=near,
+                                          from_uri=from_uri)
+
+    async def line_leg(self, parent: CallInfo, number: str, own: LiveCall | None
                         ) -> tuple[LegId, LiveCall]:
         """A fresh leg for one outbound line: a child call with its own outbound-dial CDR, or
         OWN (a POST /Calls record) re-pointed at the new leg; registered as live."""
@@ -509,7 +548,7 @@ class CallsService:
             target = await self.resolve(gateway) if self.resolve is not None else None
             if target is None:
                 continue
-            leg, child = await self._line_leg(parent, number, own)
+            leg, child = await self.line_leg(parent, number, own)
             self._dialled[leg] = parent.account_sid
             self._gateway_legs[leg] = Fork(
                 callee=number, contacts=(Contact(f"sip:{number}@{gateway.proxy}", target),),
@@ -531,12 +570,7 @@ class CallsService:
                 code = 503
             if code == 200:
                 return child, 200
-            if own is None:
-                await self.end_child(child, code)
-            else:  # the call's CDR stays open for the next line
-                self._live.pop(leg, None)
-                self._dialled.pop(leg, None)
-                self._gateway_legs.pop(leg, None)
+            await self.end_line(leg, child, code, own)
             if parent_events.ended:
                 return None, 487
             if not (code == 408 or 500 <= code <= 599):
@@ -544,6 +578,18 @@ class CallsService:
             logger.info("x call %s: gateway %s answered %d: trying the next line", parent.sid,
                         gateway.friendly_name, code)
         return None, code
+
+    async def end_line(self, leg: LegId, child: LiveCall, code: int, own: LiveCall | None
+                       ) -> None:
+        """LEG (from `line_leg`) did not take the call; CODE is its final status. A child
+        call's CDR is closed; OWN's (POST /Calls) stays open for the next line, only the leg
+        is dropped."""
+        if own is None:
+            await self.end_child(child, code)
+        else:
+            self._live.pop(leg, None)
+            self._dialled.pop(leg, None)
+            self._gateway_legs.pop(leg, None)
 
     async def _until_answered(self, child: LiveCall, parent_events: LegEvents,
                               on_ringing: Callable[[], Awaitable[None]] | None) -> int:
@@ -583,7 +629,7 @@ class CallsService:
         since a <Dial> race loser or a bridge may be ended from two places."""
         if self._live.get(child.info.leg) is not child:
             return  # already closed
-        self._forget(child)
+        self.forget(child)
         self._gateway_legs.pop(child.info.leg, None)
         if child.events.answered.is_set():
             status = CallStatus.COMPLETED
@@ -608,13 +654,7 @@ class CallsService:
             number = await self._find_number("+" + user)
         if number is not None and number.account_sid == caller.account_sid and (
                 number.voice_url or number.voice_application_sid):
-            app = await self._app(number.voice_url, number.voice_method,
-                                  number.voice_fallback_url, number.voice_fallback_method,
-                                  number.voice_application_sid)
-            if app is not None and number.status_callback:
-                app = dataclasses.replace(app, status_callback=number.status_callback,
-                                          status_callback_method=number.status_callback_method)
-            return app, number.sid
+            return await self.number_app(number), number.sid
         if self.directory is not None:
             callee = await self.directory.user(user)
             if callee is None or not (callee.voice_url or callee.voice_application_sid):
@@ -652,15 +692,15 @@ class CallsService:
                                                       or live.client is not None):
                 if not live.bridging:
                     live.bridging = True
-                    self._spawn(self._run_bridge(live), f"call {live.info.sid}")
+                    self.spawn(self._run_bridge(live), f"call {live.info.sid}")
             elif event.state is LegState.INCOMING and live.runner is None:
                 live.runner = Runner(live.info, self.need_engine(), live.events,
                                      self._fetcher())
-                self._spawn(self._run_inbound(live, live.runner), f"call {live.info.sid}")
-                self._status(live.info, "initiated")
+                self.spawn(self._run_inbound(live, live.runner), f"call {live.info.sid}")
+                self.post_status(live.info, "initiated")
             elif event.state is LegState.ENDED and live.runner is None and \
                     not live.bridging and live.info.direction == "inbound":
-                self._forget(live)
+                self.forget(live)
 
     async def _run_inbound(self, live: LiveCall, runner: Runner) -> None:
         try:
@@ -668,15 +708,42 @@ class CallsService:
         except Exception:  # noqa: BLE001 - one app's bug must not take others down
             logger.exception("x call %s: runner failed", live.info.sid)
         finally:
-            self._forget(live)
-            self._status(live.info, "completed")
+            self.forget(live)
+            self.post_status(live.info, "completed")
+
+    async def run_app(self, live: LiveCall) -> None:
+        """Run LIVE's RCML app on its leg to the end (Hungup if the leg ends first). The
+        runner is kept on LIVE meanwhile, so that POST /Calls/{sid} can redirect it."""
+        live.runner = Runner(live.info, self.need_engine(), live.events, self._fetcher())
+        await live.runner.run()
 
     def _unclaimed(self, live: LiveCall) -> None:
         if live.runner is None and not live.bridging and self._live.get(live.info.leg) is live:
             logger.info("x call %s: no INVITE reached the media worker", live.info.sid)
-            self._forget(live)
+            self.forget(live)
 
-    def _forget(self, live: LiveCall) -> None:
+    def track_leg(self, info: CallInfo) -> LiveCall:
+        """A live leg: the engine's events for INFO.leg go to the returned LiveCall's events
+        (LegEvents) until it is forgotten."""
+        live = LiveCall(info, LegEvents())
+        self._live[info.leg] = live
+        return live
+
+    def track_call(self, info: CallInfo) -> LiveCall:
+        """A live call: `track_leg`, and listed by its sid, so POST /Calls/{sid} can end or
+        redirect it and it counts in `live_count` (MAX_LIVE)."""
+        live = self.track_leg(info)
+        self._by_sid[info.sid] = live
+        return live
+
+    def live_call(self, leg: LegId) -> LiveCall | None:
+        """The live call or leg on LEG, None once it is forgotten: how an event that does
+        not come from the engine (a digit the GSM modem heard) reaches that leg."""
+        return self._live.get(leg)
+
+    def forget(self, live: LiveCall) -> None:
+        """LIVE's call or leg is over: its events are no longer routed, it is no longer
+        listed, trusted or counted as outbound. Its CDR is the caller's to close."""
         self._live.pop(live.info.leg, None)
         self._by_sid.pop(live.info.sid, None)
         self._dialled.pop(live.info.leg, None)
@@ -754,11 +821,11 @@ class CallsService:
                 await engine.dial(f"sip:{login}@{host}:{port}", leg=leg,
                                   ring_seconds=float(ring_seconds))
         except (MediaError, TimeoutError) as err:
-            self._forget(live)
+            self.forget(live)
             await self._log.ended(record.sid, CallStatus.FAILED)
             raise Unavailable(f"The call could not be placed: {err}") from err
-        self._status(info, "initiated")
-        self._spawn(self._run_outbound(live), f"call {record.sid}")
+        self.post_status(info, "initiated")
+        self.spawn(self._run_outbound(live), f"call {record.sid}")
         return record
 
     async def account_client(self, account_sid: str, login: str) -> Client | None:
@@ -813,8 +880,8 @@ class CallsService:
         live = LiveCall(info, LegEvents())
         self._by_sid[record.sid] = live
         self._outbound.add(record.sid)
-        self._status(info, "initiated")
-        self._spawn(self._run_outbound_number(live, lines, float(ring_seconds)),
+        self.post_status(info, "initiated")
+        self.spawn(self._run_outbound_number(live, lines, float(ring_seconds)),
                     f"call {record.sid}")
         return record
 
@@ -827,7 +894,7 @@ class CallsService:
             nonlocal rang
             if not rang:
                 rang = True
-                self._status(info, "ringing")
+                self.post_status(info, "ringing")
 
         try:
             answered, code = await self._dial_out(info, LegEvents(), info.to, lines,
@@ -838,21 +905,20 @@ class CallsService:
                 status = cdr_status(code, canceled=live.canceled)
                 logger.info("x call %s to %s: no line took it (%d)", info.sid, info.to, code)
                 return
-            self._status(info, "answered")
-            live.runner = Runner(info, self.need_engine(), live.events, self._fetcher())
-            await live.runner.run()
+            self.post_status(info, "answered")
+            await self.run_app(live)
             status = CallStatus.COMPLETED
         except Exception as err:  # noqa: BLE001 - Hungup, or a bug: the CDR is closed anyway
-            status = self._end_status(live, err)
+            status = live.final_status(err)
         finally:
             if live.events.answered.is_set() and not live.events.ended:
                 with contextlib.suppress(MediaError, TimeoutError):
                     async with asyncio.timeout(DIAL_SECONDS):
                         await self.need_engine().hangup(info.leg)
-            self._forget(live)
+            self.forget(live)
             final = await self._log.ended(info.sid,
                                           CallStatus.CANCELED if live.canceled else status)
-            self._status(info, "completed", final.duration if final is not None else 0)
+            self.post_status(info, "completed", final.duration if final is not None else 0)
 
     async def _run_outbound(self, live: LiveCall) -> None:
         info, status = live.info, CallStatus.FAILED
@@ -861,29 +927,20 @@ class CallsService:
                 event = await live.events.next(None)
                 if isinstance(event, LegChanged) and event.state is LegState.RINGING:
                     await self._log.ringing(info.sid)
-                    self._status(info, "ringing")
+                    self.post_status(info, "ringing")
                 elif isinstance(event, LegChanged) and event.state is LegState.ANSWERED:
                     await self._log.answered(info.sid)
-                    self._status(info, "answered")
+                    self.post_status(info, "answered")
                     break
-            live.runner = Runner(info, self.need_engine(), live.events, self._fetcher())
-            await live.runner.run()
+            await self.run_app(live)
             status = CallStatus.COMPLETED
         except Exception as err:  # noqa: BLE001 - Hungup, or a bug: the CDR is closed anyway
-            status = self._end_status(live, err)
+            status = live.final_status(err)
         finally:
-            self._forget(live)
+            self.forget(live)
             final = await self._log.ended(info.sid,
                                           CallStatus.CANCELED if live.canceled else status)
-            self._status(info, "completed", final.duration if final is not None else 0)
-
-    @staticmethod
-    def _end_status(live: LiveCall, err: BaseException) -> CallStatus:
-        cause = live.events.cause
-        if cause is None:
-            logger.exception("x call %s failed", live.info.sid, exc_info=err)
-            return CallStatus.FAILED
-        return _CAUSE_STATUS.get(cause, CallStatus.COMPLETED)
+            self.post_status(info, "completed", final.duration if final is not None else 0)
 
     # -- POST /Calls/{sid} -------------------------------------------------------------------
 

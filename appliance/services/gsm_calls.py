@@ -26,7 +26,7 @@ underrun: `media.worker.pcm_port`, `media.worker.pcm_tty`).
   become ``AT+VTS``.
 
 Every modem command and media command sits in `asyncio.timeout`; every task is owned by the
-calls service (`CallsService._spawn`).
+calls service (`CallsService.spawn`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from appliance.gsm.errors import ModemError
@@ -49,12 +50,14 @@ from appliance.gsm.state import (
 from appliance.media.engine import DtmfReceived, LegChanged, LegId, LegState, MediaEvent
 from appliance.media.protocol import MediaError
 from appliance.models import CallStatus, mint_sid
-from appliance.rcml.runner import App, CallInfo, Hungup, LegEvents, Runner
+from appliance.rcml.runner import App, CallInfo, Hungup, LegEvents
 from appliance.services.dialing import until_either_ends
 from appliance.timefmt import iso
 
 if TYPE_CHECKING:
+    from appliance.models import PhoneNumber
     from appliance.services.calls import CallsService, LiveCall
+    from appliance.services.telephony import CallLog
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +92,17 @@ def client_login(voice_url: str | None) -> str | None:
 
 
 class GsmCalls:
-    """The GSM half of `services.calls.CallsService` (its friend: it uses the service's
-    call table, CDR log, engine and task set)."""
+    """The GSM half of `services.calls.CallsService`. It writes the CDRs of its calls
+    itself (CALL_LOG); for the rest it goes through the service's public operations: the
+    live-call table (`track_call`, `track_leg`, `live_call`, `forget`, `line_leg`,
+    `end_line`), the media engine, the task set, number lookup, status callbacks and RCML
+    runs."""
 
-    def __init__(self, calls: CallsService) -> None:
+    def __init__(self, calls: CallsService, call_log: CallLog,
+                 clock: Callable[[], datetime]) -> None:
         self._calls = calls
+        self._log = call_log
+        self._clock = clock
         # Set by the composition root: the modem, its PCM tty ([modem] audio_device,
         # "" = SMS only) and the SIM's number ([modem] number).
         self.modem: Any = None
@@ -125,15 +134,15 @@ class GsmCalls:
         elif isinstance(event, IncomingCall):
             if session is not None:
                 if event.call_id is None or event.call_id != session.call_id:
-                    self._calls._spawn(self._refuse_waiting(event),
-                                       f"gsm refuse {event.number}")
+                    self._calls.spawn(self._refuse_waiting(event),
+                                      f"gsm refuse {event.number}")
                 return
             if not self.ready():
                 logger.info("- GSM call from %s not taken: no [modem] audio_device, no audio "
                             "support or no media workers", event.number or "unknown")
                 return
             session = self._session = GsmSession(event.number or "", call_id=event.call_id)
-            self._calls._spawn(self._run_inbound(session), f"gsm call {event.number}")
+            self._calls.spawn(self._run_inbound(session), f"gsm call {event.number}")
         elif isinstance(event, CallDtmfReceived):
             if session is not None and session.active and session.sip_leg is not None:
                 self._to_sip_leg(session, event.digit)
@@ -163,12 +172,12 @@ class GsmCalls:
             return True
         if isinstance(event, DtmfReceived) and session is not None and session.active and \
                 event.leg == session.peer_leg:
-            self._calls._spawn(self._send_dtmf(event.digit), f"gsm dtmf {event.digit}")
+            self._calls.spawn(self._send_dtmf(event.digit), f"gsm dtmf {event.digit}")
         return False
 
     def _to_sip_leg(self, session: GsmSession, digit: str) -> None:
         """A GSM-side digit belongs to the app's (or bridged) SIP leg: a <Gather> gets it."""
-        sip = self._calls._live.get(session.sip_leg or LegId(""))
+        sip = self._calls.live_call(session.sip_leg or LegId(""))
         if sip is not None:
             logger.debug("< GSM DTMF %s", digit)
             sip.events.put(DtmfReceived(sip.info.leg, digit))
@@ -192,9 +201,9 @@ class GsmCalls:
                 await self.modem.reject_waiting()
         except (ModemError, TimeoutError) as err:
             logger.warning("x waiting GSM call not refused: %s", err)
-        found = await self._calls._match_number(self.number) if self.number else None
+        found = await self._calls.match_number(self.number) if self.number else None
         if found is not None:
-            log = self._calls._log
+            log = self._log
             record = await log.opened(account_sid=found.account_sid,
                                       from_=event.number or "unknown", to=found.phone_number,
                                       direction="inbound", phone_number_sid=found.sid)
@@ -307,16 +316,12 @@ class GsmCalls:
         Client its VoiceUrl names. One CDR, direction inbound, From = the caller's number,
         To = the SIM's number."""
         calls = self._calls
-        found = await calls._match_number(self.number) if self.number else None
+        found = await calls.match_number(self.number) if self.number else None
         login = client_login(found.voice_url) if found is not None else None
         if found is not None and login is not None:
             await self._run_to_client(session, found, login)
             return
-        app = None
-        if found is not None and (found.voice_url or found.voice_application_sid):
-            app = await calls._app(found.voice_url, found.voice_method,
-                                   found.voice_fallback_url, found.voice_fallback_method,
-                                   found.voice_application_sid)
+        app = await calls.number_app(found) if found is not None else None
         if found is None or app is None:
             logger.info("x GSM call from %s rejected: [modem] number %r has no "
                         "IncomingPhoneNumber with a voice application or client:<login>",
@@ -325,9 +330,6 @@ class GsmCalls:
             if self._session is session:
                 self._session = None
             return
-        if found.status_callback:
-            app = dataclasses.replace(app, status_callback=found.status_callback,
-                                      status_callback_method=found.status_callback_method)
         live: LiveCall | None = None
         status = CallStatus.FAILED
         record = None
@@ -339,51 +341,43 @@ class GsmCalls:
                 logger.info("x GSM call from %s: not active after answering (%d)",
                             session.number, code)
                 return
-            record = await calls._log.opened(account_sid=found.account_sid,
-                                             from_=session.number or "unknown",
-                                             to=found.phone_number, direction="inbound",
-                                             phone_number_sid=found.sid)
+            record = await self._log.opened(account_sid=found.account_sid,
+                                            from_=session.number or "unknown",
+                                            to=found.phone_number, direction="inbound",
+                                            phone_number_sid=found.sid)
             leg = LegId("LG" + mint_sid("CA")[2:])
             info = CallInfo(sid=record.sid, account_sid=found.account_sid,
                             from_=session.number or "unknown", to=found.phone_number,
                             direction="inbound", leg=leg, app=app, answered=True,
-                            timestamp=iso(calls._clock()))
-            live = self._live(info)
-            calls._by_sid[record.sid] = live
+                            timestamp=iso(self._clock()))
+            live = calls.track_call(info)
             logger.info("> call %s: GSM %s -> %s runs %s", record.sid, info.from_, info.to,
                         app.url)
-            calls._status(info, "initiated")
+            calls.post_status(info, "initiated")
             await self._pcm_pair(session, leg, None)
             async with asyncio.timeout(DIAL_SECONDS):
                 await live.events.answered.wait()
-            await calls._log.answered(record.sid)
-            calls._status(info, "answered")
-            calls._spawn(self._watch(session), f"gsm watch {record.sid}")
-            live.runner = Runner(info, calls.need_engine(), live.events, calls._fetcher())
-            await live.runner.run()
+            await self._log.answered(record.sid)
+            calls.post_status(info, "answered")
+            calls.spawn(self._watch(session), f"gsm watch {record.sid}")
+            await calls.run_app(live)
             status = CallStatus.COMPLETED
         except (ModemError, MediaError, TimeoutError) as err:
             logger.info("x GSM call from %s failed: %s", session.number, err)
         except Exception as err:  # noqa: BLE001 - Hungup, or a bug: the CDR is closed anyway
-            status = calls._end_status(live, err) if live is not None else CallStatus.FAILED
+            status = live.final_status(err) if live is not None else CallStatus.FAILED
         finally:
             await self._teardown(session)
             if live is not None:
-                calls._forget(live)
+                calls.forget(live)
             if record is not None:
-                final = await calls._log.ended(record.sid, status)
+                final = await self._log.ended(record.sid, status)
                 if live is not None:
-                    calls._status(live.info, "completed",
-                                  final.duration if final is not None else 0)
+                    calls.post_status(live.info, "completed",
+                                      final.duration if final is not None else 0)
 
-    def _live(self, info: CallInfo) -> LiveCall:
-        from appliance.services.calls import LiveCall  # noqa: PLC0415 - calls imports us
-
-        live = LiveCall(info, LegEvents())
-        self._calls._live[info.leg] = live
-        return live
-
-    async def _run_to_client(self, session: GsmSession, found: Any, login: str) -> None:
+    async def _run_to_client(self, session: GsmSession, found: PhoneNumber, login: str
+                             ) -> None:
         """``VoiceUrl=client:<login>``: ring the Client's phones while the GSM call rings;
         when one answers, answer the GSM call (ATA) and bridge. CDR ``inbound`` from the
         caller to the SIM's number: completed, busy, no-answer or canceled (the mobile
@@ -391,35 +385,30 @@ class GsmCalls:
         calls = self._calls
         engine = calls.need_engine()
         caller = session.number or "unknown"
-        client = await calls._store.get_client_by_login(login)
-        if client is None or client.account_sid != found.account_sid:
+        client = await calls.account_client(found.account_sid, login)
+        if client is None:
             logger.info("x GSM call from %s rejected: %s names no Client of the number's "
                         "account", caller, found.voice_url)
             await self._hangup_modem(session)
             if self._session is session:
                 self._session = None
             return
-        record = await calls._log.opened(account_sid=found.account_sid, from_=caller,
-                                         to=found.phone_number, direction="inbound",
-                                         phone_number_sid=found.sid)
+        record = await self._log.opened(account_sid=found.account_sid, from_=caller,
+                                        to=found.phone_number, direction="inbound",
+                                        phone_number_sid=found.sid)
         leg = LegId("LG" + mint_sid("CA")[2:])
-        phone = self._live(CallInfo(sid=record.sid, account_sid=found.account_sid,
-                                    from_=caller, to=found.phone_number,
-                                    direction="inbound", leg=leg, app=App(""),
-                                    timestamp=iso(calls._clock())))
-        calls._by_sid[record.sid] = phone
-        calls._dialled[leg] = found.account_sid  # the proxy lets this worker INVITE through
+        phone = calls.track_call(CallInfo(sid=record.sid, account_sid=found.account_sid,
+                                          from_=caller, to=found.phone_number,
+                                          direction="inbound", leg=leg, app=App(""),
+                                          timestamp=iso(self._clock())))
         gsm: LiveCall | None = None
         status = CallStatus.FAILED
-        host, port = calls._front_door()
         logger.info("> call %s: GSM %s -> %s rings Client %s", record.sid, caller,
                     found.phone_number, login)
         try:
-            async with asyncio.timeout(DIAL_SECONDS):
-                await engine.dial(f"sip:{client.login}@{host}:{port}", leg=leg,
-                                  ring_seconds=CLIENT_RING_S,
-                                  from_uri=f"sip:{caller if caller != 'unknown' else 'anonymous'}"
-                                           f"@{host}")
+            await calls.dial_client(leg, found.account_sid, client.login,
+                                    ring_seconds=CLIENT_RING_S,
+                                    from_user=caller if caller != "unknown" else "anonymous")
             status = await self._until_phone_answers(session, phone, record.sid)
             if status is not CallStatus.IN_PROGRESS:
                 return
@@ -428,17 +417,17 @@ class GsmCalls:
             if await self._until_active(session, phone.events, GSM_ACTIVE_S) != 200:
                 status = CallStatus.CANCELED
                 return
-            await calls._log.answered(record.sid)
+            await self._log.answered(record.sid)
             status = CallStatus.COMPLETED
             gsm_leg = LegId("LG" + mint_sid("CA")[2:])
-            gsm = self._live(CallInfo(sid=record.sid, account_sid=found.account_sid,
-                                      from_=caller, to=login, direction="outbound-dial",
-                                      leg=gsm_leg, app=App("")))
+            gsm = calls.track_leg(CallInfo(sid=record.sid, account_sid=found.account_sid,
+                                           from_=caller, to=login, direction="outbound-dial",
+                                           leg=gsm_leg, app=App("")))
             await self._pcm_pair(session, gsm_leg, leg)
             async with asyncio.timeout(DIAL_SECONDS):
                 await gsm.events.answered.wait()
                 await engine.bridge(leg, gsm_leg)
-            calls._spawn(self._watch(session), f"gsm watch {record.sid}")
+            calls.spawn(self._watch(session), f"gsm watch {record.sid}")
             await until_either_ends(phone.events, gsm.events, None)
         except (ModemError, MediaError, TimeoutError) as err:
             logger.info("x GSM call from %s to Client %s failed: %s", caller, login, err)
@@ -450,8 +439,8 @@ class GsmCalls:
             await self._teardown(session)
             for live in (phone, gsm):
                 if live is not None:
-                    calls._forget(live)
-            await calls._log.ended(record.sid, status)
+                    calls.forget(live)
+            await self._log.ended(record.sid, status)
 
     async def _until_phone_answers(self, session: GsmSession, phone: LiveCall,
                                    sid: str) -> CallStatus:
@@ -470,7 +459,7 @@ class GsmCalls:
                 code = phone.events.code
                 return CallStatus.BUSY if code in (486, 600, 603) else CallStatus.NO_ANSWER
             if isinstance(event, LegChanged) and event.state is LegState.RINGING:
-                await self._calls._log.ringing(sid)
+                await self._log.ringing(sid)
         return CallStatus.IN_PROGRESS
 
     # -- outgoing: the ``modem`` line --------------------------------------------------------
@@ -492,7 +481,7 @@ class GsmCalls:
             return None, 503
         session = self._session = GsmSession(number, incoming=False)
         loop = asyncio.get_running_loop()
-        leg, child = await calls._line_leg(parent, number, own)
+        leg, child = await calls.line_leg(parent, number, own)
         logger.info("> call %s: %s out by the modem", parent.sid, number)
         code = 503
         try:
@@ -502,19 +491,16 @@ class GsmCalls:
                                             max(1.0, deadline - loop.time()), on_ringing)
             if code == 200:
                 if own is None:
-                    await calls._log.ringing(child.info.sid)
+                    await self._log.ringing(child.info.sid)
                 await self._pcm_pair(session, leg, near)
                 async with asyncio.timeout(DIAL_SECONDS):
                     await child.events.answered.wait()
-                await calls._log.answered(child.info.sid)
-                calls._spawn(self._watch(session), f"gsm watch {child.info.sid}")
+                await self._log.answered(child.info.sid)
+                calls.spawn(self._watch(session), f"gsm watch {child.info.sid}")
                 return child, 200
         except (ModemError, MediaError, TimeoutError) as err:
             logger.info("x call %s: modem line: %s", parent.sid, err)
             code = 503
         await self._teardown(session)
-        if own is None:
-            await calls.end_child(child, code)
-        else:
-            calls._live.pop(leg, None)
+        await calls.end_line(leg, child, code, own)
         return None, code
