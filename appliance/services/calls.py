@@ -41,7 +41,7 @@ import logging
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -383,8 +383,10 @@ class CallsService:
             logger.warning("x call %s -> %s: %d outbound calls already ([outbound] max_calls)",
                            caller.login, dialled, len(self._outbound))
             return Refuse(503, "Too Many Outbound Calls")
-        return await self._to_worker(caller.account_sid, caller.login, dialled, None, None,
-                                     lines=lines)
+        # Counted from the check on: _to_worker awaits before the call holds its own place.
+        with self._outbound_place():
+            return await self._to_worker(caller.account_sid, caller.login, dialled, None,
+                                         None, lines=lines)
 
     def route_media_leg(self, request: Request) -> Decision | None:
         """The Fork of a worker's INVITE for a leg dialled to a gateway (None: not one)."""
@@ -859,6 +861,17 @@ class CallsService:
             raise NotFound(f"The client {login} was not found")
         return client.login
 
+    @contextlib.contextmanager
+    def _outbound_place(self) -> Iterator[None]:
+        """Hold a place under ``max_outbound`` while a call that passed the check awaits
+        something before it is counted itself: concurrent requests cannot all slip in."""
+        key = f"pending/{mint_sid('CA')}"
+        self._outbound.add(key)
+        try:
+            yield
+        finally:
+            self._outbound.discard(key)
+
     async def _originate_number(self, account_sid: str, *, from_: str, number: str, app: App,
                                 ring_seconds: int) -> CallRecord:
         """POST /Calls to a number: out through the number's outbound route (failover as
@@ -871,8 +884,9 @@ class CallsService:
             raise Unavailable("Too many application calls")
         if len(self._outbound) >= self.max_outbound:
             raise Unavailable(f"Too many outbound calls ({self.max_outbound} at once)")
-        record = await self._log.opened(account_sid=account_sid, from_=from_, to=number,
-                                        direction="outbound-api")
+        with self._outbound_place():  # counted from the check on, across the CDR's write
+            record = await self._log.opened(account_sid=account_sid, from_=from_, to=number,
+                                            direction="outbound-api")
         leg = LegId("LG" + mint_sid("CA")[2:])  # replaced by each line's leg
         info = CallInfo(sid=record.sid, account_sid=account_sid, from_=from_, to=number,
                         direction="outbound-api", leg=leg, app=app, answered=True,

@@ -306,6 +306,23 @@ async def test_failover_to_the_next_line_on_503(outside: Any) -> None:
     assert all(c["parent_call_sid"] == parent["sid"] for c in children)
 
 
+async def test_outbound_calls_at_once_are_capped_even_when_requested_together(outside: Any
+                                                                             ) -> None:
+    """[outbound] max_calls (2 here) holds when the requests arrive together: each one is
+    counted from its check on, not only once its CDR is written (an await later)."""
+    appliance, api, rcml, _, _ = outside
+    rcml.docs["/api"] = "<Response><Hangup/></Response>"
+    silent = free_port()  # nothing answers there: the calls that got out keep ringing
+    await gateway(api, "provider", silent, register=False)
+    form = {"From": "+15557654321", "To": "+15551234567", "Url": f"{rcml.base}/api",
+            "Timeout": "30"}
+    answers = await asyncio.gather(*(api.post(f"{CALLS}.json", dict(form)) for _ in range(8)))
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses == [200, 200] + [503] * 6, answers
+    refused = [body for status, body, _ in answers if status == 503]
+    assert all("Too many outbound calls (2 at once)" in body for body in refused), refused
+
+
 async def test_numbers_without_a_route_are_refused(outside: Any) -> None:
     appliance, api, _, phone, _ = outside
     sip = appliance.config.sip.listen
