@@ -70,7 +70,7 @@ from appliance.models import (
 from appliance.rcml.interpreter import DialAction, DialDone, SendSms
 from appliance.rcml.runner import App, CallInfo, Fetcher, Hungup, LegEvents, Runner
 from appliance.services.conferences import ConferencesService
-from appliance.services.dialing import Dialer, sip_user, until_either_ends
+from appliance.services.dialing import DIAL_SECONDS, Dialer, sip_user, until_either_ends
 from appliance.services.gsm_calls import GsmCalls, client_login
 from appliance.services.ports import StoreProtocol
 from appliance.services.provisioning import normalize_number
@@ -86,7 +86,6 @@ logger = logging.getLogger(__name__)
 
 MAX_LIVE = 200  # voice-app calls at once (the workers' slots bound it far lower)
 NO_MEDIA = "Voice Applications Unavailable"  # 503 reason: [media] workers = 0, or all down
-DIAL_SECONDS = 10.0  # for the worker to accept a dial command
 RESERVATION_S = 40.0  # a reserved inbound leg whose INVITE never arrives is dropped after this
 RING_SECONDS = 60.0  # an outbound leg rings this long at most
 SETUP_SECONDS = 15.0  # a line with no 18x and no answer by then is given up (failover)

@@ -51,8 +51,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DIAL_SECONDS = 10.0  # for the worker to accept a command
 POLL_S = 0.2  # how often the dial loop looks at the caller's leg
+DIAL_SECONDS = 10.0  # for a media worker to accept a command (every voice service waits this)
 NO_ROUTE = 13214  # Notification: a noun that cannot be dialled
 
 Ring = Callable[[LegEvents], Coroutine[Any, Any, tuple["LiveCall | None", int]]]

@@ -51,7 +51,7 @@ from appliance.media.engine import DtmfReceived, LegChanged, LegId, LegState, Me
 from appliance.media.protocol import MediaError
 from appliance.models import CallStatus, mint_sid
 from appliance.rcml.runner import App, CallInfo, Hungup, LegEvents
-from appliance.services.dialing import until_either_ends
+from appliance.services.dialing import DIAL_SECONDS, until_either_ends
 from appliance.timefmt import iso
 
 if TYPE_CHECKING:
@@ -63,7 +63,6 @@ logger = logging.getLogger(__name__)
 
 GSM_ACTIVE_S = 15.0  # an answered GSM call must be listed ACTIVE within this
 GSM_COMMAND_S = 20.0  # ATD / ATA / AT+CHUP / AT+CHLD (the modem's own timeouts are shorter)
-DIAL_SECONDS = 10.0  # for a worker to accept a command (as services.calls)
 CLIENT_RING_S = 60.0  # a GSM call handed to a Client rings its phones this long at most
 CLIENT_URL = "client:"  # VoiceUrl pseudo-URL: the number's calls ring that Client (as SmsUrl)
 

@@ -1,7 +1,7 @@
 """GSM voice end to end: a fake modem on a pty (with its PCM audio pty), a real appliance
 with one pjsua2 media worker, a local application server and a registered pjsua2 test phone.
 
-The GSM side of a call is a loopback pair inside the media worker (services.calls.GsmSession):
+The GSM side of a call is a loopback pair inside the media worker (services.gsm_calls.GsmSession):
 the fake modem's PCM tty is attached to one leg, the app runs on (or the caller is bridged to)
 the other."""
 
