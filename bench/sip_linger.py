@@ -34,7 +34,7 @@ import linecache
 import sys
 import tracemalloc
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sized
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,7 @@ def _sizes(owner: object, names: dict[str, str]) -> list[str]:
     sizes = []
     for label, name in names.items():
         table = getattr(owner, name, None)
-        if table is not None:
+        if isinstance(table, Sized):
             sizes.append(f"{label} {len(table)}")
     return sizes
 
