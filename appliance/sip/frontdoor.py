@@ -33,8 +33,6 @@ The proxy slot takes any ``MessageHandler``; ``app.py`` (or the proxy's own wiri
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import secrets
 from collections import OrderedDict
@@ -52,13 +50,15 @@ from appliance.sip.message import (
 )
 from appliance.sip.registrar import Registrar
 from appliance.sip.transaction import (
+    Action,
     ServerTransaction,
+    Transaction,
     TransactionTable,
     Transmit,
     server_transaction,
 )
 from appliance.sip.uri import SipUri, parse_uri
-from appliance.sip.wire import Incoming, MessageHandler, Sender, Target, reply_target
+from appliance.sip.wire import Incoming, MessageHandler, Sender, Target, Targets, reply_target
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +93,10 @@ class FrontDoor:
         self.sender = sender
         self.proxy = proxy
         self.trunk: MessageHandler | None = None  # sip.trunk: upstream registrations
+        # Transactions keep where their responses go (``peer``) and their timers (the
+        # table's heap): nothing here is per transaction.
         self._table = TransactionTable()
-        self._targets: dict[tuple[str, ...], Target] = {}
-        self._heap: list[tuple[float, int, ServerTransaction]] = []
-        self._seq = itertools.count()
+        self._targets = Targets()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._logged: OrderedDict[str, float] = OrderedDict()
@@ -250,8 +250,8 @@ class FrontDoor:
         except SipParseError:
             return None
         txn.pop_actions()  # the Deliver of the request: we are the TU
+        txn.peer = self._targets.share(reply_target(incoming))
         self._table.add(txn)
-        self._targets[txn.key] = reply_target(incoming)
         return txn
 
     def _answer(self, incoming: Incoming, response: Response) -> None:
@@ -273,28 +273,26 @@ class FrontDoor:
         self._run(txn)
 
     def _run(self, txn: ServerTransaction) -> None:
-        """Carry out TXN's actions and schedule its next timer."""
-        target = self._targets.get(txn.key)
-        for action in txn.pop_actions():
-            if isinstance(action, Transmit) and target is not None:
-                self._send(action.message, target, action.data)
+        """Carry out TXN's actions and make sure its next timer will fire."""
+        self._carry_out(txn, txn.pop_actions())
         if txn.terminated:
             self._close(txn)
             return
-        when = txn.get_timer()
-        if when is not None:
-            heapq.heappush(self._heap, (when, next(self._seq), txn))
-            self._arm()
+        self._arm()
+
+    def _carry_out(self, txn: Transaction, actions: list[Action]) -> None:
+        target = txn.peer
+        for action in actions:
+            if isinstance(action, Transmit) and target is not None:
+                self._send(action.message, target, action.data)
 
     def _close(self, txn: ServerTransaction) -> None:
         self._table.remove(txn)
-        if self._table.servers.get(txn.key) is None:
-            self._targets.pop(txn.key, None)
 
     def _arm(self) -> None:
-        if not self._heap:
+        when = self._table.get_timer()
+        if when is None:
             return
-        when = self._heap[0][0]
         if self._timer is not None and self._timer_at is not None and self._timer_at <= when:
             return
         if self._timer is not None:
@@ -304,27 +302,15 @@ class FrontDoor:
 
     def _fire(self) -> None:
         self._timer = self._timer_at = None
-        now = self._now()
-        woken: dict[int, ServerTransaction] = {}
-        while self._heap and self._heap[0][0] <= now:
-            _, _, txn = heapq.heappop(self._heap)
-            woken[id(txn)] = txn
-        for txn in woken.values():
-            timer = txn.get_timer()
-            if txn.terminated or timer is None:
-                continue
-            if timer <= now:
-                txn.handle_timer(now)
-                self._run(txn)
-            else:
-                heapq.heappush(self._heap, (timer, next(self._seq), txn))
+        for txn, actions in self._table.handle_timer(self._now()):
+            self._carry_out(txn, actions)  # the table has dropped those that terminated
         self._arm()
         self._trimmer.observe(len(self._table))
 
     def _shrink(self) -> None:
         """Recreate the tables that grew during a burst (a dict never shrinks)."""
         self._table.compact()
-        self._targets = dict(self._targets)
+        self._targets.clear()
 
     def _send(self, message: Request | Response, target: Target,
               data: bytes | None = None) -> None:

@@ -16,11 +16,15 @@ The RFC 6026 Accepted state keeps an INVITE transaction alive for 64·T1 after a
 INVITE retransmissions are absorbed (server) and 2xx retransmissions still reach the TU
 (client) instead of being mistaken for new transactions.
 
-Lingering is cheap: a transaction that only waits for its last timer (Completed, Accepted,
-Confirmed) keeps of its request the method, the URI and the headers a response, an ACK or
-a CANCEL copy (``stub``), not the body and the rest; an INVITE server in Accepted drops its
-last response too (nothing resends it). A proxy at a few hundred calls/s holds tens of
-thousands of these. ``TransactionTable`` keeps their timers in a heap.
+Lingering is cheap: a proxy at a few hundred calls/s holds tens of thousands of transactions
+that only wait for their last timer (Completed, Accepted, Confirmed), so such a transaction is
+reduced to what can still happen to it: its key, state and deadline, the bytes of the final
+response it resends (not the response), and of its request only the headers it may still
+build a message from (``stub``): an INVITE client in Completed ACKs a retransmitted final
+(``make_ack``), a UAS core in Accepted may build its 2xx retransmissions from ``request``
+(``keep_request=False`` when the TU never does, as a proxy). Anything else keeps no request at
+all: ``request`` is then a bare request of its method (read from its key), made when asked
+for. ``TransactionTable`` keeps their timers in a heap, one entry per transaction.
 """
 
 from __future__ import annotations
@@ -28,13 +32,15 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+import sys
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from appliance.sip.errors import SipParseError, SipStateError
 from appliance.sip.headers import MAGIC_COOKIE, Via
 from appliance.sip.message import Request, Response, make_response
+from appliance.sip.wire import Target
 
 T1 = 0.5  # RTT estimate (RFC 3261 §17.1.1.1)
 T2 = 4.0  # cap on non-INVITE and response retransmit intervals
@@ -123,14 +129,15 @@ class SentResponse(Response):
     def __bytes__(self) -> bytes:
         return self.wire
 
-
-def sent(transmit: Transmit) -> Transmit:
-    """TRANSMIT's response reduced to a ``SentResponse`` (status, reason and bytes)."""
-    message = transmit.message
-    if isinstance(message, SentResponse) or not isinstance(message, Response):
-        return transmit
-    data = transmit.data
-    return Transmit(SentResponse(status=message.status, reason=message.reason, wire=data), data)
+    @classmethod
+    def of(cls, wire: bytes) -> SentResponse:
+        """The response whose wire form is WIRE (as we serialised it), read from its status
+        line: what a lingering transaction that kept only the bytes hands out to resend."""
+        end = wire.find(b"\r\n")
+        line = wire[: end if end >= 0 else len(wire)].decode("utf-8", "surrogateescape")
+        version, _, rest = line.partition(" ")
+        code, _, reason = rest.partition(" ")
+        return cls(status=int(code), reason=reason, version=version, wire=wire)
 
 
 Action = Transmit | Deliver | TimedOut | Terminated
@@ -154,7 +161,9 @@ def response_input(status: int) -> Input:
 
 
 def _sent_by(via: Via) -> str:
-    return f"{via.host.lower()}:{via.port or ''}"
+    # Interned (mortal strings: freed with the last key that uses them), like the methods in
+    # the keys: a phone's transactions all share one copy instead of one per key.
+    return sys.intern(f"{via.host.lower()}:{via.port or ''}")
 
 
 def server_key(request: Request) -> TransactionKey:
@@ -167,7 +176,7 @@ def server_key(request: Request) -> TransactionKey:
     top = request.top_via
     if top is None:
         raise SipParseError("request without Via")
-    method = "INVITE" if request.method == "ACK" else request.method
+    method = "INVITE" if request.method == "ACK" else sys.intern(request.method)
     branch = top.branch
     if branch and branch.startswith(MAGIC_COOKIE):
         # Cached on the request with the Via object it came from: the table lookup and the
@@ -191,7 +200,7 @@ def client_key(message: Request | Response) -> TransactionKey:
     top = message.top_via
     if top is None or not top.branch:
         raise SipParseError("no branch in the top Via")
-    return (top.branch, message.cseq.method)
+    return (top.branch, sys.intern(message.cseq.method))
 
 
 @dataclass
@@ -209,40 +218,90 @@ _DEFAULT_TIMERS = Timers()  # shared: nothing changes a transaction's Timers aft
 class Transaction:
     TRANSITIONS: ClassVar[Mapping[tuple[State, Input], State]] = {}
     # Slots: tens of thousands linger at a few hundred calls/s; no per-instance dict.
-    __slots__ = ("request", "reliable", "timers", "state", "_deadlines", "_actions", "_table")
+    __slots__ = ("_request", "reliable", "timers", "state", "_timer", "_deadline", "_more",
+                 "_actions", "_table", "_queued", "peer")
 
     def __init__(
         self, request: Request, *, reliable: bool, now: float, timers: Timers | None = None
     ) -> None:
-        self.request = request
+        # The request; None once nothing is built from it any more (see ``request``).
+        self._request: Request | None = request
         self.reliable = reliable
         self.timers = timers or _DEFAULT_TIMERS
         self.state = State.TRYING
-        self._deadlines: dict[Input, float] = {}
-        self._actions: list[Action] = []
+        # Pending timers in the order they were first started (``_deadlines``): the first in
+        # two slots, any others in a flat (timer, deadline, ...) tuple. At most two are
+        # pending at a time and a lingering transaction has one: no dict, no tuple for it.
+        self._timer: Input | None = None
+        self._deadline: float | None = None
+        self._more: tuple[Any, ...] = ()
+        # Shared empty tuple until there is something to hand out (most of a lingering
+        # transaction's life): an empty list per transaction would cost more than its state.
+        self._actions: list[Action] | tuple[()] = ()
         self._table: TransactionTable | None = None  # the table holding it (its timer heap)
+        self._queued: float | None = None  # the deadline of its entry in that table's heap
+        # Where the TU sends this transaction's messages. Kept here for the TU (one slot
+        # instead of a TU dict keyed by transaction); the transaction itself never reads it.
+        self.peer: Target | None = None
 
     # --- the surface the transport and TU use ------------------------------------------
+    @property
+    def request(self) -> Request:
+        """The request, or once the transaction keeps none (see ``_release``) a request of
+        its method alone (no URI, headers or body), made on each access."""
+        request = self._request
+        if request is not None:
+            return request
+        return Request(method=self._method)
+
+    @property
+    def _method(self) -> str:
+        raise NotImplementedError
+
     def get_timer(self) -> float | None:
-        return min(self._deadlines.values(), default=None)
+        if self._more:
+            return min(self._deadline, *self._more[1::2])  # type: ignore[no-any-return]
+        return self._deadline
 
     def handle_timer(self, now: float) -> None:
-        while self._deadlines:
-            timer, deadline = min(self._deadlines.items(), key=lambda item: item[1])
-            if deadline > now:
+        while deadlines := self._deadlines:
+            # The earliest; on a tie the first started, as min() over a dict's items gives.
+            at = min(range(1, len(deadlines), 2), key=deadlines.__getitem__)
+            if deadlines[at] > now:
                 return
-            del self._deadlines[timer]
-            self._step(timer, now, None)
+            self._deadlines = deadlines[: at - 1] + deadlines[at + 1 :]
+            self._step(deadlines[at - 1], now, None)
 
     def pop_actions(self) -> list[Action]:
-        actions, self._actions = self._actions, []
-        return actions
+        actions, self._actions = self._actions, ()
+        return actions if isinstance(actions, list) else []
 
     @property
     def terminated(self) -> bool:
         return self.state is State.TERMINATED
 
     # --- machinery ---------------------------------------------------------------------
+    @property
+    def _deadlines(self) -> tuple[Any, ...]:
+        """The pending timers as a flat (timer, deadline, timer, deadline, ...) tuple."""
+        if self._timer is None:
+            return ()
+        return (self._timer, self._deadline, *self._more)
+
+    @_deadlines.setter
+    def _deadlines(self, deadlines: tuple[Any, ...]) -> None:
+        if deadlines:
+            self._timer, self._deadline, self._more = deadlines[0], deadlines[1], deadlines[2:]
+        else:
+            self._timer = self._deadline = None
+            self._more = ()
+
+    def _emit(self, action: Action) -> None:
+        if self._actions:
+            self._actions.append(action)  # type: ignore[union-attr]
+        else:
+            self._actions = [action]
+
     def _step(self, event: Input, now: float, message: Msg) -> bool:
         new = self.TRANSITIONS.get((self.state, event))
         if new is None:
@@ -256,22 +315,32 @@ class Transaction:
     def _set_state(self, new: State, now: float) -> None:
         self.state = new
         if new is State.TERMINATED:
-            self._deadlines.clear()
-            self._actions.append(Terminated())
+            self._deadlines = ()
+            self._emit(Terminated())
         else:
             self._enter(new, now)
 
     def _start(self, timer: Input, delay: float, now: float) -> None:
         if delay <= 0:
             self._step(timer, now, None)
+            return
+        deadline = now + delay
+        deadlines = self._deadlines
+        for at in range(0, len(deadlines), 2):
+            if deadlines[at] is timer:  # restarted: keeps its place, as in a dict
+                self._deadlines = deadlines[: at + 1] + (deadline,) + deadlines[at + 2 :]
+                break
         else:
-            self._deadlines[timer] = now + delay
-            if self._table is not None:
-                self._table.schedule(self)
+            self._deadlines = (*deadlines, timer, deadline)
+        if self._table is not None:
+            self._table.schedule(self)
 
     def _cancel(self, *timers: Input) -> None:
-        for timer in timers:
-            self._deadlines.pop(timer, None)
+        deadlines = self._deadlines
+        if any(deadlines[at] in timers for at in range(0, len(deadlines), 2)):
+            self._deadlines = tuple(
+                item for at in range(0, len(deadlines), 2) if deadlines[at] not in timers
+                for item in deadlines[at : at + 2])
 
     def _act(self, event: Input, old: State, now: float, message: Msg) -> None:
         raise NotImplementedError
@@ -284,8 +353,10 @@ class Transaction:
         timer ends it, up to 64·T1): keep of the request its method and URI, plus the KEEP
         headers (by default enough for ``make_response``, ``make_ack`` and ``make_cancel``),
         so that thousands of lingering transactions cost a few hundred bytes each rather
-        than whole messages with their bodies. Its key is already computed."""
-        self.request = stub(self.request, keep)
+        than whole messages with their bodies. Without KEEP nothing is built from the
+        request any more and none is kept (its method is in its key). Its key is already
+        computed."""
+        self._request = stub(self.request, keep) if keep else None
 
 
 def _table(*rows: tuple[tuple[State, ...], tuple[Input, ...], State]) -> Table:
@@ -306,11 +377,23 @@ class ClientTransaction(Transaction):
     ) -> None:
         super().__init__(request, reliable=reliable, now=now, timers=timers)
         self.key = client_key(request)
-        self._request_tx = _transmit(request)
-        self._actions.append(self._request_tx)
+        self._request_tx: Transmit | None = _transmit(request)  # None once never resent
+        self._emit(self._request_tx)
+
+    @property
+    def _method(self) -> str:
+        return self.key[1]
 
     def receive(self, response: Response, now: float) -> None:
         self._step(response_input(response.status), now, response)
+
+    def _retransmit(self) -> None:
+        if self._request_tx is not None:
+            self._emit(self._request_tx)
+
+    def _release(self, keep: Collection[str] = STUB_HEADERS) -> None:
+        super()._release(keep)
+        self._request_tx = None  # Timer A/E is over: never sent again
 
 
 class InviteClientTransaction(ClientTransaction):
@@ -337,17 +420,17 @@ class InviteClientTransaction(ClientTransaction):
 
     def _act(self, event: Input, old: State, now: float, message: Msg) -> None:
         if event is Input.TIMER_A:  # doubles without a cap: B ends it after 6 retransmits
-            self._actions.append(self._request_tx)
+            self._retransmit()
             self._interval *= 2
             self._start(Input.TIMER_A, self._interval, now)
         elif event is Input.TIMER_B:
-            self._actions.append(TimedOut(event))
+            self._emit(TimedOut(event))
         elif event is Input.FAILURE and isinstance(message, Response):
             if old is not State.COMPLETED:
-                self._actions.append(Deliver(message))
-            self._actions.append(_transmit(make_ack(self.request, message)))
+                self._emit(Deliver(message))
+            self._emit(_transmit(make_ack(self.request, message)))
         elif isinstance(message, Response):
-            self._actions.append(Deliver(message))
+            self._emit(Deliver(message))
 
     def _enter(self, state: State, now: float) -> None:
         self._cancel(Input.TIMER_A, Input.TIMER_B)
@@ -359,10 +442,6 @@ class InviteClientTransaction(ClientTransaction):
             self._release()
         elif state is State.ACCEPTED:  # the ACK for a 2xx is the TU's: nothing is built here
             self._release(())
-
-    def _release(self, keep: Collection[str] = STUB_HEADERS) -> None:
-        super()._release(keep)
-        self._request_tx = Transmit(self.request)  # Timer A is over: never sent again
 
 
 class NonInviteClientTransaction(ClientTransaction):
@@ -387,14 +466,14 @@ class NonInviteClientTransaction(ClientTransaction):
 
     def _act(self, event: Input, old: State, now: float, message: Msg) -> None:
         if event is Input.TIMER_E:
-            self._actions.append(self._request_tx)
+            self._retransmit()
             t2 = self.timers.t2
             self._interval = t2 if old is State.PROCEEDING else min(2 * self._interval, t2)
             self._start(Input.TIMER_E, self._interval, now)
         elif event is Input.TIMER_F:
-            self._actions.append(TimedOut(event))
+            self._emit(TimedOut(event))
         elif isinstance(message, Response) and old is not State.COMPLETED:
-            self._actions.append(Deliver(message))
+            self._emit(Deliver(message))
 
     def _enter(self, state: State, now: float) -> None:
         if state is State.COMPLETED:
@@ -402,24 +481,33 @@ class NonInviteClientTransaction(ClientTransaction):
             self._start(Input.TIMER_K, 0 if self.reliable else self.timers.t4, now)
             self._release(())  # nothing is built from a finished non-INVITE client request
 
-    def _release(self, keep: Collection[str] = STUB_HEADERS) -> None:
-        super()._release(keep)
-        self._request_tx = Transmit(self.request)  # Timer E is over: never sent again
-
 
 # --- server transactions ----------------------------------------------------------------
 
 
 class ServerTransaction(Transaction):
-    __slots__ = ("key", "last_response")
+    __slots__ = ("key", "_last")
 
     def __init__(
         self, request: Request, *, reliable: bool, now: float, timers: Timers | None = None
     ) -> None:
         super().__init__(request, reliable=reliable, now=now, timers=timers)
         self.key = server_key(request)
-        self.last_response: Transmit | None = None
-        self._actions.append(Deliver(request))
+        # The last response sent; once the transaction only lingers, its bytes alone (all a
+        # retransmission needs; ``last_response`` wraps them again when asked).
+        self._last: Transmit | bytes | None = None
+        self._emit(Deliver(request))
+
+    @property
+    def _method(self) -> str:
+        return self.key[-1]
+
+    @property
+    def last_response(self) -> Transmit | None:
+        last = self._last
+        if isinstance(last, bytes):
+            return Transmit(SentResponse.of(last), last)
+        return last
 
     def receive(self, request: Request, now: float) -> None:
         """A retransmission of the request (or the ACK) matched to this transaction."""
@@ -431,22 +519,23 @@ class ServerTransaction(Transaction):
             raise SipStateError(f"cannot send {response.status} in state {self.state.value}")
 
     def _resend(self) -> None:
-        if self.last_response is not None:
-            self._actions.append(self.last_response)
+        last = self.last_response
+        if last is not None:
+            self._emit(last)
 
     def _transmit_response(self, message: Msg) -> None:
         if isinstance(message, Response):
-            self.last_response = _transmit(message)
-            self._actions.append(self.last_response)
+            self._last = last = _transmit(message)
+            self._emit(last)
 
     def _release(self, keep: Collection[str] = STUB_HEADERS) -> None:
         super()._release(keep)
-        if self.last_response is not None:  # from here on only resent: its bytes will do
-            self.last_response = sent(self.last_response)
+        if isinstance(self._last, Transmit):  # from here on only resent: its bytes will do
+            self._last = self._last.data
 
 
 class InviteServerTransaction(ServerTransaction):
-    __slots__ = ("_interval",)
+    __slots__ = ("_interval", "_keep_request")
     TRANSITIONS = _table(
         ((S.PROCEEDING,), (I.REQUEST, I.PROVISIONAL, I.TIMER_TRYING), S.PROCEEDING),
         ((S.PROCEEDING, S.ACCEPTED), (I.SUCCESS,), S.ACCEPTED),
@@ -468,16 +557,21 @@ class InviteServerTransaction(ServerTransaction):
         now: float,
         timers: Timers | None = None,
         auto_trying: bool = True,
+        keep_request: bool = True,
     ) -> None:
+        """KEEP_REQUEST: keep the headers of the request a 2xx copies while in Accepted (a
+        UAS core builds its 2xx retransmissions from ``request``); False when the TU never
+        builds a response after its first 2xx (a proxy forwards the 2xx it receives)."""
         super().__init__(request, reliable=reliable, now=now, timers=timers)
         self.state = State.PROCEEDING
         self._interval = self.timers.t1
+        self._keep_request = keep_request
         if auto_trying:
             self._start(Input.TIMER_TRYING, TRYING_DELAY, now)
 
     def _act(self, event: Input, old: State, now: float, message: Msg) -> None:
         if event is Input.TIMER_TRYING:
-            if self.last_response is None:
+            if self._last is None:
                 self._transmit_response(make_trying(self.request))
         elif event in (Input.PROVISIONAL, Input.SUCCESS, Input.FAILURE):
             self._cancel(Input.TIMER_TRYING)
@@ -489,18 +583,22 @@ class InviteServerTransaction(ServerTransaction):
             self._interval = min(2 * self._interval, self.timers.t2)
             self._start(Input.TIMER_G, self._interval, now)
         elif event is Input.TIMER_H:
-            self._actions.append(TimedOut(event))
+            self._emit(TimedOut(event))
         elif event is Input.ACK and old is State.ACCEPTED and message is not None:
-            self._actions.append(Deliver(message))  # RFC 6026 §8.7: ACK for 2xx goes up
+            self._emit(Deliver(message))  # RFC 6026 §8.7: ACK for 2xx goes up
 
     def _enter(self, state: State, now: float) -> None:
-        if state is not State.PROCEEDING:
-            self._release()
         if state is State.ACCEPTED:
             # Nothing is resent from here: the TU retransmits its 2xx itself (RFC 6026).
-            self.last_response = None
+            self._last = None
+            self._release(STUB_HEADERS if self._keep_request else ())
             self._start(Input.TIMER_L, 64 * self.timers.t1, now)
-        elif state is State.COMPLETED:
+            return
+        if state is not State.PROCEEDING:
+            # Completed and Confirmed resend the final's bytes and absorb the ACK by key:
+            # nothing is built from the request any more.
+            self._release(())
+        if state is State.COMPLETED:
             if not self.reliable:
                 self._start(Input.TIMER_G, self._interval, now)
             self._start(Input.TIMER_H, 64 * self.timers.t1, now)
@@ -592,19 +690,23 @@ def make_cancel(invite: Request) -> Request:
 class TransactionTable:
     """Live transactions by key; the transport asks it for matches and the earliest timer.
 
-    Timers are kept in a heap of (deadline, seq, transaction). ``add`` schedules a new
-    transaction, and a transaction in the table schedules itself whenever it starts a timer
-    (the only way a deadline can come earlier). Entries are checked when they reach the top
-    (a removed transaction, or a timer that moved, is skipped), so ``get_timer`` is O(1) and
-    ``handle_timer`` O(log n) per due timer, whatever the number of live transactions (a
-    proxy at a few hundred calls/s keeps tens of thousands for 64·T1).
+    Timers are kept in a heap of (deadline, seq, transaction), with at most one live entry
+    per transaction (its ``_queued`` deadline): ``add`` schedules a new transaction, and a
+    transaction in the table schedules itself whenever it starts a timer. An entry is pushed
+    only when that brings the transaction's next timer before the entry it has; a timer that
+    moved later is found when the entry comes up, and the entry moved then. So a transaction
+    that changes state does not leave a second entry behind for 64·T1. Entries of removed
+    transactions are counted as stale, skipped when they reach the top, and dropped all at once
+    when they make up a quarter of the heap (each holds a finished transaction). ``get_timer``
+    is O(1) and ``handle_timer`` O(log n) per due timer (amortised), whatever the number of
+    live transactions (a proxy at a few hundred calls/s keeps tens of thousands for 64·T1).
     """
 
     servers: dict[TransactionKey, ServerTransaction] = field(default_factory=dict)
     clients: dict[TransactionKey, ClientTransaction] = field(default_factory=dict)
     _heap: list[tuple[float, int, Transaction]] = field(default_factory=list, repr=False)
-    _scheduled: dict[Transaction, float] = field(default_factory=dict, repr=False)
     _seq: Iterator[int] = field(default_factory=itertools.count, repr=False)
+    _stale: int = field(default=0, repr=False)  # heap entries of no live transaction
 
     def __len__(self) -> int:
         return len(self.servers) + len(self.clients)
@@ -619,6 +721,9 @@ class TransactionTable:
         else:
             self.clients[txn.key] = txn
         txn._table = self
+        if txn._queued is not None:  # an entry from before: from here on stale
+            txn._queued = None
+            self._stale += 1
         self.schedule(txn)
 
     def remove(self, txn: Transaction) -> None:
@@ -629,15 +734,15 @@ class TransactionTable:
         else:
             return
         txn._table = None
-        self._scheduled.pop(txn, None)
-        if len(self._heap) > 2 * len(self._scheduled) + 1024:
-            self._prune()  # an owner with its own timers (the front door) never pops them
+        if txn._queued is not None:
+            txn._queued = None
+            self._stale += 1
+            self._maybe_prune()
 
     def compact(self) -> None:
         """Recreate the dicts (they never shrink) and the heap after a burst has drained."""
         self.servers = dict(self.servers)
         self.clients = dict(self.clients)
-        self._scheduled = dict(self._scheduled)
         self._prune()
 
     def _live(self, txn: Transaction) -> bool:
@@ -648,18 +753,37 @@ class TransactionTable:
     def schedule(self, txn: Transaction) -> None:
         """Note TXN's next timer (after anything that may have changed it)."""
         when = txn.get_timer()
-        if when is None or self._scheduled.get(txn) == when or not self._live(txn):
+        if when is None or not self._live(txn):
             return
-        self._scheduled[txn] = when
+        queued = txn._queued
+        if queued is not None:
+            if queued <= when:
+                return  # its entry comes up first, and is moved on then
+            self._stale += 1
+        txn._queued = when
         heapq.heappush(self._heap, (when, next(self._seq), txn))
-        if len(self._heap) > 2 * len(self._scheduled) + 1024:
+        self._maybe_prune()
+
+    def _unqueue_stale(self) -> None:
+        self._stale = max(self._stale - 1, 0)
+
+    def _maybe_prune(self) -> None:
+        if self._stale > 1024 and 4 * self._stale > len(self._heap):
             self._prune()
 
     def _prune(self) -> None:
-        """Drop the entries of removed transactions and moved timers (their owner may never
-        ask for the timers: the front door keeps its own)."""
-        self._heap = [e for e in self._heap if self._scheduled.get(e[2]) == e[0]]
-        heapq.heapify(self._heap)
+        """Drop the stale entries: their transactions may be long finished (and their
+        owner may never ask for the timers: the front door's own heap did not)."""
+        kept: list[tuple[float, int, Transaction]] = []
+        seen: set[int] = set()
+        for entry in self._heap:
+            txn = entry[2]
+            if txn._queued == entry[0] and id(txn) not in seen and self._live(txn):
+                seen.add(id(txn))
+                kept.append(entry)
+        heapq.heapify(kept)
+        self._heap = kept
+        self._stale = 0
 
     def match_request(self, request: Request) -> ServerTransaction | None:
         return self.servers.get(server_key(request))
@@ -677,9 +801,16 @@ class TransactionTable:
         heap = self._heap
         while heap:
             when, _, txn = heap[0]
-            if self._scheduled.get(txn) == when:
-                return when
-            heapq.heappop(heap)  # removed, or its timer moved (and was scheduled again)
+            if txn._queued == when and self._live(txn):
+                actual = txn.get_timer()
+                if actual == when:
+                    return when
+                heapq.heappop(heap)  # its timer moved later (or went): move the entry
+                txn._queued = None
+                self.schedule(txn)
+                continue
+            heapq.heappop(heap)  # removed, or superseded by an earlier entry
+            self._unqueue_stale()
         return None
 
     def handle_timer(self, now: float) -> list[tuple[Transaction, list[Action]]]:
@@ -689,9 +820,10 @@ class TransactionTable:
         heap = self._heap
         while heap and heap[0][0] <= now:
             when, _, txn = heapq.heappop(heap)
-            if self._scheduled.get(txn) != when:
-                continue  # stale entry
-            del self._scheduled[txn]
+            if txn._queued != when or not self._live(txn):
+                self._unqueue_stale()
+                continue
+            txn._queued = None
             timer = txn.get_timer()
             if timer is None:
                 continue
@@ -702,6 +834,4 @@ class TransactionTable:
                 self.remove(txn)
             else:
                 self.schedule(txn)
-        if len(heap) > 2 * len(self._scheduled) + 1024:
-            self._prune()
         return woken

@@ -14,7 +14,7 @@ from typing import Protocol
 from appliance.sip.message import Request, Response
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # slots: lingering transactions keep one each
 class Target:
     """Where to send: a transport, an address, and the TCP connection to reuse if any."""
 
@@ -24,7 +24,7 @@ class Target:
     connection_id: str | None = None  # reuse this TCP connection (the phone's own) if open
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Incoming:
     """A parsed message and where it came from."""
 
@@ -47,6 +47,28 @@ class MessageHandler(Protocol):
 
     def connection_closed(self, connection_id: str) -> None:
         """A TCP connection went away (bindings tied to it are unreachable)."""
+
+
+class Targets:
+    """One Target object per peer, shared by whatever refers to that peer (a phone's
+    lingering transactions and calls: tens of thousands at a few hundred calls/s) instead of
+    one per request. Bounded: emptied when full."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._known: dict[Target, Target] = {}
+        self._limit = limit
+
+    def share(self, target: Target) -> Target:
+        """The Target equal to TARGET already shared, else TARGET (shared from now on)."""
+        known = self._known.get(target)
+        if known is None:
+            if len(self._known) >= self._limit:
+                self._known = {}
+            self._known[target] = known = target
+        return known
+
+    def clear(self) -> None:
+        self._known = {}  # a new dict: one sized for a burst would stay that size
 
 
 def reply_target(incoming: Incoming) -> Target:

@@ -11,6 +11,8 @@ import pytest
 from appliance.sip.errors import SipStateError
 from appliance.sip.message import Request, Response, make_response, parse_message
 from appliance.sip.transaction import (
+    T4,
+    TRYING_DELAY,
     Action,
     ClientTransaction,
     Deliver,
@@ -531,3 +533,106 @@ def test_timer_heap_stays_bounded_and_fires_in_order() -> None:
     table.handle_timer(1033.0)
     assert len(table._heap) <= 2 * len(table) + 1024
     assert table.get_timer() == pytest.approx(2500 + 32.0)
+
+
+# --- lingering transactions keep only what can still happen to them ------------------------
+
+
+def test_a_confirmed_invite_server_keeps_bytes_resends_them_and_absorbs_acks() -> None:
+    req = request("INVITE")
+    req.body = b"v=0\r\n" * 50
+    server = InviteServerTransaction(req, reliable=False, now=0.0)
+    table = TransactionTable()
+    table.add(server)
+    server.pop_actions()
+    busy = make_response(req, 486, to_tag="srv")
+    server.send(busy, 0.0)
+    [first] = server.pop_actions()
+    assert isinstance(first, Transmit) and first.message is busy
+    wire = bytes(busy)
+    server.receive(request("ACK"), 0.1)
+    assert server.pop_actions() == [] and state(server) is State.CONFIRMED
+    # Nothing of the INVITE is kept (its method is in the key), only the 486's bytes.
+    assert server.request.headers == [] and server.request.body == b""
+    assert server.request.method == "INVITE" and server.key == server_key(req)
+    assert server._last == wire
+    server.receive(request("INVITE"), 0.2)  # a late retransmission: the same bytes
+    [again] = server.pop_actions()
+    assert isinstance(again, Transmit) and again.data == wire and bytes(again.message) == wire
+    assert isinstance(again.message, SentResponse)
+    assert (again.message.status, again.message.reason) == (486, "Busy Here")
+    server.receive(request("ACK"), 0.3)  # and more ACKs are absorbed
+    assert server.pop_actions() == []
+    assert table.match_request(request("ACK")) is server
+    assert [t for t, _ in table.handle_timer(0.1 + T4)] == [server]  # Timer I
+    assert len(table) == 0
+
+
+def test_a_failed_invite_client_acks_a_retransmitted_final_from_its_stub() -> None:
+    link = Link(server_tu=reply(486))
+    client = link.start(request("INVITE"))
+    assert state(client) is State.COMPLETED
+    first = next(m for _, d, m in link.wire if isinstance(m, Request) and m.method == "ACK")
+    # The stub keeps what an ACK copies, nothing else (no body, no Contact).
+    assert {h.name for h in client.request.headers} <= {
+        "via", "max-forwards", "route", "from", "to", "call-id", "cseq"}
+    client.receive(make_response(request("INVITE"), 486, to_tag="srv"), link.now)
+    actions = client.pop_actions()
+    [again] = [a for a in actions if isinstance(a, Transmit)]
+    assert not [a for a in actions if isinstance(a, Deliver)]  # not delivered twice
+    assert again.data == bytes(first)
+
+
+def test_finished_non_invite_and_accepted_invite_clients_keep_no_request() -> None:
+    options = NonInviteClientTransaction(request("OPTIONS"), reliable=False, now=0.0)
+    options.receive(make_response(request("OPTIONS"), 200, to_tag="t"), 0.0)
+    invite = InviteClientTransaction(request("INVITE"), reliable=False, now=0.0)
+    invite.receive(make_response(request("INVITE"), 200, to_tag="t"), 0.0)
+    for txn, method in ((options, "OPTIONS"), (invite, "INVITE")):
+        assert txn._request is None and txn._request_tx is None
+        assert txn.request.method == method and txn.request.headers == []
+    invite.pop_actions()
+    invite.receive(make_response(request("INVITE"), 200, to_tag="t"), 1.0)
+    assert [type(a) for a in invite.pop_actions()] == [Deliver]  # 2xx retransmission: to TU
+
+
+def test_an_accepted_invite_server_keeps_its_stub_unless_the_tu_never_builds_a_2xx() -> None:
+    for keep in (True, False):
+        server = InviteServerTransaction(request("INVITE"), reliable=False, now=0.0,
+                                         keep_request=keep)
+        server.send(make_response(server.request, 200, to_tag="srv"), 0.0)
+        assert state(server) is State.ACCEPTED and server.last_response is None
+        assert (server.request.call_id is not None) is keep
+        server.pop_actions()
+        server.receive(request("INVITE"), 0.1)  # absorbed either way
+        assert server.pop_actions() == []
+        server.send(make_response(request("INVITE"), 200, to_tag="srv"), 0.2)  # TU's resend
+        assert [type(a) for a in server.pop_actions()] == [Transmit]
+
+
+def test_a_transaction_has_one_timer_entry_whatever_its_state_changes() -> None:
+    table = TransactionTable()
+    server = InviteServerTransaction(request("INVITE"), reliable=False, now=0.0)
+    table.add(server)
+    assert table.get_timer() == pytest.approx(TRYING_DELAY)
+    server.send(make_response(server.request, 404, to_tag="srv"), 0.1)  # G at 0.6, H at 32.1
+    server.receive(request("ACK"), 0.2)  # I at 5.2
+    assert len(table._heap) == 1  # the 100 Trying entry, moved when it comes up
+    assert table.get_timer() == pytest.approx(0.2 + T4)  # exact: the entry was moved
+    assert len(table._heap) == 1
+    assert table.handle_timer(5.1) == [] and len(table) == 1
+    assert [t for t, _ in table.handle_timer(5.2)] == [server] and len(table) == 0
+
+
+def test_entries_of_removed_transactions_are_pruned() -> None:
+    table = TransactionTable()
+    txns = [server_transaction(request("OPTIONS", branch=f"z9hG4bK{n}"), reliable=False, now=0)
+            for n in range(5000)]
+    for txn in txns:
+        table.add(txn)
+        txn.send(make_response(txn.request, 200), 0.0)
+    assert len(table._heap) == 5000
+    for txn in txns:
+        table.remove(txn)
+    assert len(table._heap) < 1500  # stale entries do not hold 32 s of finished transactions
+    assert table.get_timer() is None and table._heap == []
