@@ -86,7 +86,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from appliance.models import CallRecord, CallStatus
 from appliance.sip.dialogs import (
@@ -139,7 +139,7 @@ from appliance.sip.transaction import (
     stub,
 )
 from appliance.sip.uri import SipUri, parse_uri
-from appliance.sip.wire import Incoming, Sender, Target
+from appliance.sip.wire import Incoming, Sender, Target, Targets
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class MessageLog(Protocol):
                  error_message: str | None = ...) -> Awaitable[Any]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Caller:
     """The authenticated, enabled Client that sent a request."""
 
@@ -283,7 +283,7 @@ class Router(Protocol):
 # --- per-request state ------------------------------------------------------------------
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Branch:
     context: Context
     request: Request  # as forwarded
@@ -301,7 +301,7 @@ class Branch:
         return self.final is not None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Context:
     """One proxied request: its server transaction and its branches."""
 
@@ -317,6 +317,15 @@ class Context:
     branches: list[Branch] = field(default_factory=list)
     final_sent: bool = False
     cancelled: bool = False  # the caller sent CANCEL
+
+
+class Late(NamedTuple):
+    """What a 2xx retransmission on a finished request's INVITE branch still needs: the
+    server transaction and the caller to forward it to, and the call to note its dialog in."""
+
+    server: ServerTransaction
+    source: Target
+    call: Call | None
 
 
 def _token() -> str:
@@ -380,15 +389,21 @@ class Proxy:
         self.max_transactions = max_transactions
         self.max_calls = max_calls
         self.max_branches = max_branches
+        # Each transaction's peer (where its messages go) is its ``peer`` slot.
         self._table = TransactionTable()
-        self._peers: dict[Transaction, Target] = {}
         self._branches: dict[Transaction, Branch] = {}  # client transaction -> its branch
+        # An answered INVITE's client transaction lingering in Accepted once its request is
+        # over (its Branch and Context are dropped): what a 2xx retransmission still needs.
+        self._late: dict[Transaction, Late] = {}
         self._contexts: dict[Transaction, Context] = {}  # server transaction -> its request
         self._live_calls: dict[CallKey, Call] = {}
+        self._targets = Targets()  # peers' Targets, shared by their transactions and calls
         # Gives memory back once a burst has drained.
         self._trimmer = BurstTrimmer(before=self._shrink)
-        # Branch and Call deadlines: a heap of (deadline, seq, item), see _arm.
-        self._deadlines: list[tuple[float, int, Branch | Call]] = []
+        # Branch and Call deadlines: a heap of (deadline, seq, item), see _arm. A branch's
+        # entry names its client transaction, not the Branch: an entry left behind (Timer C
+        # of an answered branch) then holds no Branch and Context until it is pruned.
+        self._deadlines: list[tuple[float, int, Transaction | Call]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._overloaded = False
@@ -432,58 +447,65 @@ class Proxy:
         return min(times, default=None)
 
     def _arm(self, item: Branch | Call) -> None:
-        """Note ITEM's deadline (Timer C, reaping, call expiry) after setting it. Entries are
-        checked when due (``handle_timer``): one made stale by a later change is skipped or
-        moved, so only a deadline brought *earlier* strictly needs this; every change calls it."""
+        """Note ITEM's deadline (Timer C, reaping, call expiry) after bringing it earlier.
+        Entries are checked when due (``handle_timer``): one made stale by a later change is
+        skipped or moved, so a deadline that moves later needs no call."""
         if item.deadline is not None:
-            heapq.heappush(self._deadlines, (item.deadline, next(self._seq), item))
-            if len(self._deadlines) > 2 * (len(self._branches) + len(self._live_calls)) + 1024:
+            key = item.txn if isinstance(item, Branch) else item
+            heapq.heappush(self._deadlines, (item.deadline, next(self._seq), key))
+            if self._deadlines_overgrown():
                 self._prune_deadlines()
+
+    def _deadlines_overgrown(self) -> bool:
+        live = len(self._branches) + len(self._live_calls)
+        return len(self._deadlines) > live + live // 2 + 1024
 
     def _prune_deadlines(self) -> None:
         """Drop entries of forgotten branches and calls, and of deadlines that moved: they
-        would otherwise hold whole finished calls until their old deadline (Timer C, 3 min)."""
-        def live(item: Branch | Call) -> bool:
-            if isinstance(item, Branch):
-                return self._branches.get(item.txn) is item
-            return self._live_calls.get(item.key) is item
-
-        kept: dict[int, tuple[float, int, Branch | Call]] = {}
-        for _, seq, item in self._deadlines:
-            if item.deadline is not None and live(item):
-                kept[id(item)] = (item.deadline, seq, item)  # one entry each, at its deadline
+        would otherwise hold finished calls until their old deadline (Timer C, 3 min)."""
+        kept: dict[int, tuple[float, int, Transaction | Call]] = {}
+        for _, seq, key in self._deadlines:
+            if isinstance(key, Call):
+                deadline = key.deadline if self._live_calls.get(key.key) is key else None
+            else:
+                branch = self._branches.get(key)
+                deadline = branch.deadline if branch is not None else None
+            if deadline is not None:
+                kept[id(key)] = (deadline, seq, key)  # one entry each, at its deadline
         self._deadlines = list(kept.values())
         heapq.heapify(self._deadlines)
 
     async def handle_timer(self, now: float) -> None:
         for txn, actions in self._table.handle_timer(now):
             await self._drain(txn, actions, now)
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, _, item = heapq.heappop(heap)
-            if isinstance(item, Branch):
-                if self._branches.get(item.txn) is not item or item.deadline is None:
+        # self._deadlines, not a local: a prune (in _arm) replaces the list.
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, key = heapq.heappop(self._deadlines)
+            if isinstance(key, Call):
+                if self._live_calls.get(key.key) is not key:
                     continue
-                if item.deadline > now:
-                    self._arm(item)
+                if key.deadline > now:
+                    self._arm(key)
                     continue
-                await self._branch_timer(item, now)
+                await self._expire_call(key, now)
             else:
-                if self._live_calls.get(item.key) is not item:
+                branch = self._branches.get(key)
+                if branch is None or branch.deadline is None:
                     continue
-                if item.deadline > now:
-                    self._arm(item)
+                if branch.deadline > now:
+                    self._arm(branch)
                     continue
-                await self._expire_call(item, now)
-        if len(heap) > 2 * (len(self._branches) + len(self._live_calls)) + 1024:
+                await self._branch_timer(branch, now)
+        if self._deadlines_overgrown():
             self._prune_deadlines()  # after a burst: let go of what finished calls left
         self._trimmer.observe(len(self._table) + len(self._live_calls))
 
     def _shrink(self) -> None:
         """Recreate the tables that grew during a burst (a dict never shrinks)."""
         self._table.compact()
-        self._peers = dict(self._peers)
         self._branches = dict(self._branches)
+        self._late = dict(self._late)
+        self._targets.clear()
         self._contexts = dict(self._contexts)
         self._live_calls = dict(self._live_calls)
         self._originated = dict(self._originated)
@@ -579,18 +601,20 @@ class Proxy:
         if via.response_target() is None:
             logger.info("x %s with a broadcast/multicast Via: dropped", _describe(request))
             return None
-        return Target(incoming.transport, host, port, incoming.connection_id)
+        return self._targets.share(Target(incoming.transport, host, port, incoming.connection_id))
 
     def _server(self, request: Request, source: Target, now: float) -> ServerTransaction:
         reliable = source.transport != "udp"
         server: ServerTransaction
         if request.method == "INVITE":
-            server = InviteServerTransaction(request, reliable=reliable, now=now)
+            # We forward the 2xx we get and never build one: nothing to keep once answered.
+            server = InviteServerTransaction(request, reliable=reliable, now=now,
+                                             keep_request=False)
         else:
             server = NonInviteServerTransaction(request, reliable=reliable, now=now)
         server.pop_actions()  # the Deliver of the request itself: we hold it already
+        server.peer = source
         self._table.add(server)
-        self._peers[server] = source
         return server
 
     def _refuse_stateless(self, request: Request, source: Target, budget: str) -> None:
@@ -751,15 +775,16 @@ class Proxy:
                 request.remove("x-leg-id")  # only we name legs towards a media worker
             for name, value in headers:
                 request.set(name, value)
-            reliable = contact.target.transport != "udp"
+            target = self._targets.share(contact.target)
+            reliable = target.transport != "udp"
             txn = client_transaction(request, reliable=reliable, now=now)
-            branch = Branch(context=context, request=request, target=contact.target, txn=txn)
+            branch = Branch(context=context, request=request, target=target, txn=txn)
             if isinstance(txn, InviteClientTransaction):
                 branch.deadline = now + TIMER_C
                 self._arm(branch)
             context.branches.append(branch)
+            txn.peer = target
             self._table.add(txn)
-            self._peers[txn] = contact.target
             self._branches[txn] = branch
             await self._drain(txn, txn.pop_actions(), now)
 
@@ -817,8 +842,8 @@ class Proxy:
                                      now=now)
             future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._originated[txn] = future
+            txn.peer = contact.target
             self._table.add(txn)
-            self._peers[txn] = contact.target
             await self._drain(txn, txn.pop_actions(), now)
             self._wake.set()
             try:
@@ -916,8 +941,11 @@ class Proxy:
         if call is not None and not call.answered:
             call.answered = True
             call.primary_tag = response.to.tag
-            call.deadline = now + session_idle_limit(response.get("session-expires"))
-            self._arm(call)
+            deadline = now + session_idle_limit(response.get("session-expires"))
+            earlier = deadline < call.deadline
+            call.deadline = deadline
+            if earlier:  # a later one is found when its current entry comes up
+                self._arm(call)
             logger.debug("- call %s %s -> %s answered", call.call_id, context.caller.login
                          if context.caller else "?", context.callee)
             if call.cdr_sid:
@@ -957,19 +985,47 @@ class Proxy:
     def _maybe_done(self, context: Context) -> None:
         if context.final_sent and all(b.done for b in context.branches):
             if self._contexts.pop(context.server, None) is not None:
-                _trim(context)
+                for branch in context.branches:
+                    self._settle(branch)
+                if any(self._branches.get(b.txn) is b for b in context.branches):
+                    _trim(context)  # a branch still waits for its final: it keeps the context
+
+    def _settle(self, branch: Branch) -> None:
+        """BRANCH's request is over: keep for its client transaction only what can still
+        happen to it, so that its Branch and Context (and all they hold) go.
+
+        An INVITE branch in Accepted may still deliver 2xx retransmissions, which go to the
+        caller (``_late_response``); a transaction in Completed absorbs what comes (an INVITE
+        one ACKs a retransmitted final itself, to its ``peer``). A branch still waiting for
+        its real final (after a local 487 or 408) or with a deadline (reaping) keeps its
+        Branch until then."""
+        txn = branch.txn
+        if (self._branches.get(txn) is not branch or not branch.done
+                or branch.deadline is not None):
+            return
+        if txn.state is State.ACCEPTED:
+            context = branch.context
+            self._late[txn] = Late(context.server, context.source, context.call)
+        elif txn.state not in (State.COMPLETED, State.TERMINATED):
+            return
+        del self._branches[txn]
 
     async def _forward_response(self, context: Context, response: Response, now: float) -> None:
+        await self._forward(context.server, context.source, context.request.method, response,
+                            now)
+
+    async def _forward(self, server: ServerTransaction, source: Target, method: str,
+                       response: Response, now: float) -> None:
+        """RESPONSE to a METHOD request, through its SERVER transaction to SOURCE."""
         if isinstance(response, LocalResponse):
             forwarded: Response | None = response
         else:
             forwarded = _strip_top_via(response)
         if forwarded is None:
             return
-        server = context.server
         if server.terminated:
             if 200 <= forwarded.status < 300:  # a late 2xx: still end-to-end, send it
-                self._sender.send(forwarded, context.source)
+                self._sender.send(forwarded, source)
             return
         try:
             server.send(forwarded, now)
@@ -977,10 +1033,22 @@ class Proxy:
             # Too late for the transaction: a 2xx to an INVITE after our non-2xx final (a
             # branch that answered despite its CANCEL) still goes out, end to end; a second
             # final to a non-INVITE request has nowhere to go.
-            if 200 <= forwarded.status < 300 and context.request.method == "INVITE":
-                self._sender.send(forwarded, context.source)
+            if 200 <= forwarded.status < 300 and method == "INVITE":
+                self._sender.send(forwarded, source)
             return
         await self._drain(server, server.pop_actions(), now)
+
+    async def _late_response(self, txn: Transaction, late: Late, response: Response,
+                             now: float) -> None:
+        """A 2xx retransmission (the only response an INVITE client transaction delivers in
+        Accepted) on a branch whose request is over: what ``_branch_response`` does with a
+        2xx then (the branches are all done and the call answered already), i.e. note its
+        dialog and forward it to the caller."""
+        if late.call is not None:
+            tag = response.to.tag
+            if tag and txn.peer is not None:  # the branch's target
+                late.call.add_dialog(tag, txn.peer)
+        await self._forward(late.server, late.source, "INVITE", response, now)
 
     # --- CANCEL ---------------------------------------------------------------------------
 
@@ -1029,8 +1097,8 @@ class Proxy:
         self._arm(branch)
         cancel = make_cancel(branch.request)
         txn = client_transaction(cancel, reliable=branch.target.transport != "udp", now=now)
+        txn.peer = branch.target
         self._table.add(txn)
-        self._peers[txn] = branch.target
         for action in txn.pop_actions():
             if isinstance(action, Transmit):
                 self._sender.send(action.message, branch.target)
@@ -1079,7 +1147,7 @@ class Proxy:
         target = self._remaining_route_target(request)
         if target is None:
             to_tag = request.to.tag or ""
-            target = call.callees.get(to_tag) if towards_callee else call.caller
+            target = call.callee(to_tag) if towards_callee else call.caller
         if target is None:
             if server is not None:
                 await self._reply(server, 481, now=now)
@@ -1094,7 +1162,7 @@ class Proxy:
                                              keep_credentials=call.keep_credentials)
             self._sender.send(forwarded, target)
             return
-        source = self._peers.get(server)
+        source = server.peer
         if source is None:
             return
         context = Context(request=request, server=server, source=source,
@@ -1195,7 +1263,7 @@ class Proxy:
     async def _drain(self, txn: Transaction, actions: list[Any], now: float) -> None:
         for action in actions:
             if isinstance(action, Transmit):
-                target = self._peers.get(txn)
+                target = txn.peer
                 if target is not None:
                     self._sender.send(action.message, target, action.data)
             elif isinstance(action, Deliver):
@@ -1223,9 +1291,15 @@ class Proxy:
             branch = self._branches.get(txn)
             if branch is not None:
                 await self._branch_response(branch, message, now)
+                if self._contexts.get(branch.context.server) is not branch.context:
+                    self._settle(branch)  # its request was over already
+                return
+            late = self._late.get(txn)
+            if late is not None:
+                await self._late_response(txn, late, message, now)
             return
         if message.method == "ACK":  # RFC 6026: an ACK for a 2xx reusing the INVITE branch
-            peer = self._peers.get(txn)
+            peer = txn.peer
             context = self._contexts.get(txn)
             local = context.local if context else self.address or ("127.0.0.1", 5060)
             incoming = Incoming(message, peer.transport if peer else "udp",
@@ -1237,7 +1311,7 @@ class Proxy:
         future = self._originated.pop(txn, None)
         if future is not None and not future.done():
             future.set_result(408)
-        self._peers.pop(txn, None)
+        self._late.pop(txn, None)
         branch = self._branches.pop(txn, None)
         if branch is not None and branch.final is None:
             branch.final = _local_response(branch.context.request, 408)
