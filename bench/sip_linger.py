@@ -204,14 +204,16 @@ async def _measure(label: str, run: Callable[[int], Awaitable[None]], count: int
     _show(label, before, after, count, top=args.top, depth=args.depth)
     unit = "call" if "call" in label else "exchange"
     if args.keep_caches:
-        print(f"  of which the parse caches: {_freed(after, clear_parse_caches) / count:,.0f} "
+        print(f"  of which the parse caches: {_freed(clear_parse_caches) / count:,.0f} "
               f"bytes per {unit} (bounded: 4,096 entries each; emptied after a burst)")
-    print(f"  of which digest nonce counts: {_freed(after, forget_nonces) / count:,.0f} bytes "
+    print(f"  of which digest nonce counts: {_freed(forget_nonces) / count:,.0f} bytes "
           f"per {unit} (bounded: digest.MAX_TRACKED_NONCES nonces)")
 
 
-def _freed(before: tracemalloc.Snapshot, drop: Callable[[], None]) -> float:
-    """Bytes the traced heap shrinks by, from BEFORE, when DROP has run (and gc after it)."""
+def _freed(drop: Callable[[], None]) -> float:
+    """Bytes the traced heap shrinks by when DROP has run (and gc after it)."""
+    gc.collect()
+    before = tracemalloc.take_snapshot()
     drop()
     gc.collect()
     now = tracemalloc.take_snapshot().filter_traces(_FILTERS)
