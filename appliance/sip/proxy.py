@@ -601,7 +601,7 @@ class Proxy:
         if via.response_target() is None:
             logger.info("x %s with a broadcast/multicast Via: dropped", _describe(request))
             return None
-        return self._targets.share(Target(incoming.transport, host, port, incoming.connection_id))
+        return self._targets.get(incoming.transport, host, port, incoming.connection_id)
 
     def _server(self, request: Request, source: Target, now: float) -> ServerTransaction:
         reliable = source.transport != "udp"

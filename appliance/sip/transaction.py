@@ -325,22 +325,30 @@ class Transaction:
             self._step(timer, now, None)
             return
         deadline = now + delay
-        deadlines = self._deadlines
-        for at in range(0, len(deadlines), 2):
-            if deadlines[at] is timer:  # restarted: keeps its place, as in a dict
-                self._deadlines = deadlines[: at + 1] + (deadline,) + deadlines[at + 2 :]
-                break
+        if self._timer is None or (self._timer is timer and not self._more):
+            self._timer, self._deadline = timer, deadline  # the usual case: one timer
         else:
-            self._deadlines = (*deadlines, timer, deadline)
+            deadlines = self._deadlines
+            for at in range(0, len(deadlines), 2):
+                if deadlines[at] is timer:  # restarted: keeps its place, as in a dict
+                    self._deadlines = deadlines[: at + 1] + (deadline,) + deadlines[at + 2 :]
+                    break
+            else:
+                self._deadlines = (*deadlines, timer, deadline)
         if self._table is not None:
             self._table.schedule(self)
 
     def _cancel(self, *timers: Input) -> None:
+        if self._timer is None:
+            return
+        if not self._more:
+            if self._timer in timers:
+                self._timer = self._deadline = None
+            return
         deadlines = self._deadlines
-        if any(deadlines[at] in timers for at in range(0, len(deadlines), 2)):
-            self._deadlines = tuple(
-                item for at in range(0, len(deadlines), 2) if deadlines[at] not in timers
-                for item in deadlines[at : at + 2])
+        self._deadlines = tuple(
+            item for at in range(0, len(deadlines), 2) if deadlines[at] not in timers
+            for item in deadlines[at : at + 2])
 
     def _act(self, event: Input, old: State, now: float, message: Msg) -> None:
         raise NotImplementedError

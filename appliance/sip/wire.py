@@ -55,16 +55,30 @@ class Targets:
     one per request. Bounded: emptied when full."""
 
     def __init__(self, limit: int = 4096) -> None:
-        self._known: dict[Target, Target] = {}
+        # Keyed by a plain tuple of the fields: hashed and compared in C, where the
+        # dataclass's own __hash__/__eq__ would run Python code on every lookup.
+        self._known: dict[tuple[str, str, int, str | None], Target] = {}
         self._limit = limit
 
-    def share(self, target: Target) -> Target:
-        """The Target equal to TARGET already shared, else TARGET (shared from now on)."""
-        known = self._known.get(target)
+    def get(self, transport: str, host: str, port: int,
+            connection_id: str | None = None) -> Target:
+        """The shared Target with these fields (made on first use)."""
+        key = (transport, host, port, connection_id)
+        known = self._known.get(key)
         if known is None:
             if len(self._known) >= self._limit:
                 self._known = {}
-            self._known[target] = known = target
+            self._known[key] = known = Target(transport, host, port, connection_id)
+        return known
+
+    def share(self, target: Target) -> Target:
+        """The shared Target equal to TARGET (TARGET itself when it is the first)."""
+        key = (target.transport, target.host, target.port, target.connection_id)
+        known = self._known.get(key)
+        if known is None:
+            if len(self._known) >= self._limit:
+                self._known = {}
+            self._known[key] = known = target
         return known
 
     def clear(self) -> None:
