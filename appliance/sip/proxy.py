@@ -149,7 +149,7 @@ logger = logging.getLogger(__name__)
 # (32 s: Timers L, M and J) and 2 for T4 (5 s), and its Call lingers LINGER (32 s) after
 # the BYE. 300 calls/s thus keeps ~30,000 transactions and ~10,000 calls; the caps leave
 # room for that. A finished transaction or call keeps only what it still needs (see
-# ``_trim``), a few hundred bytes.
+# ``_settle`` and sip.transaction): ~4 KB for a whole call (bench/sip_linger.py).
 MAX_CONTEXTS = 500  # proxied requests in flight (each holds up to MAX_BRANCHES branches)
 MAX_TRANSACTIONS = 40_000  # server + client transactions, CANCEL/481 absorbers included
 MAX_CALLS = 15_000  # calls and dialogs tracked for routing in-dialog requests and for CDRs
@@ -447,9 +447,9 @@ class Proxy:
         return min(times, default=None)
 
     def _arm(self, item: Branch | Call) -> None:
-        """Note ITEM's deadline (Timer C, reaping, call expiry) after bringing it earlier.
-        Entries are checked when due (``handle_timer``): one made stale by a later change is
-        skipped or moved, so a deadline that moves later needs no call."""
+        """Note ITEM's deadline (Timer C, reaping, call expiry) after setting it. Entries are
+        checked when due (``handle_timer``): one made stale by a later change is skipped or
+        moved, so only a deadline brought *earlier* strictly needs this."""
         if item.deadline is not None:
             key = item.txn if isinstance(item, Branch) else item
             heapq.heappush(self._deadlines, (item.deadline, next(self._seq), key))
@@ -941,11 +941,8 @@ class Proxy:
         if call is not None and not call.answered:
             call.answered = True
             call.primary_tag = response.to.tag
-            deadline = now + session_idle_limit(response.get("session-expires"))
-            earlier = deadline < call.deadline
-            call.deadline = deadline
-            if earlier:  # a later one is found when its current entry comes up
-                self._arm(call)
+            call.deadline = now + session_idle_limit(response.get("session-expires"))
+            self._arm(call)
             logger.debug("- call %s %s -> %s answered", call.call_id, context.caller.login
                          if context.caller else "?", context.callee)
             if call.cdr_sid:

@@ -698,23 +698,22 @@ def make_cancel(invite: Request) -> Request:
 class TransactionTable:
     """Live transactions by key; the transport asks it for matches and the earliest timer.
 
-    Timers are kept in a heap of (deadline, seq, transaction), with at most one live entry
-    per transaction (its ``_queued`` deadline): ``add`` schedules a new transaction, and a
-    transaction in the table schedules itself whenever it starts a timer. An entry is pushed
-    only when that brings the transaction's next timer before the entry it has; a timer that
-    moved later is found when the entry comes up, and the entry moved then. So a transaction
-    that changes state does not leave a second entry behind for 64·T1. Entries of removed
-    transactions are counted as stale, skipped when they reach the top, and dropped all at once
-    when they make up a quarter of the heap (each holds a finished transaction). ``get_timer``
-    is O(1) and ``handle_timer`` O(log n) per due timer (amortised), whatever the number of
-    live transactions (a proxy at a few hundred calls/s keeps tens of thousands for 64·T1).
+    Timers are kept in a heap of (deadline, seq, transaction). ``add`` schedules a new
+    transaction, and a transaction in the table schedules itself whenever it starts a timer
+    (the only way a deadline can come earlier). Its latest entry is the live one (its
+    ``_queued`` deadline, a slot rather than a dict entry per transaction); entries it left
+    behind and those of removed transactions are stale: counted, skipped when they reach the
+    top, and dropped all at once when they make up a quarter of the heap (an entry holds its
+    transaction, finished or not, until its deadline). So ``get_timer`` is O(1) and
+    ``handle_timer`` O(log n) per due timer (amortised), whatever the number of live
+    transactions (a proxy at a few hundred calls/s keeps tens of thousands for 64·T1).
     """
 
     servers: dict[TransactionKey, ServerTransaction] = field(default_factory=dict)
     clients: dict[TransactionKey, ClientTransaction] = field(default_factory=dict)
     _heap: list[tuple[float, int, Transaction]] = field(default_factory=list, repr=False)
     _seq: Iterator[int] = field(default_factory=itertools.count, repr=False)
-    _stale: int = field(default=0, repr=False)  # heap entries of no live transaction
+    _stale: int = field(default=0, repr=False)  # heap entries that are no _queued one
 
     def __len__(self) -> int:
         return len(self.servers) + len(self.clients)
@@ -729,9 +728,6 @@ class TransactionTable:
         else:
             self.clients[txn.key] = txn
         txn._table = self
-        if txn._queued is not None:  # an entry from before: from here on stale
-            txn._queued = None
-            self._stale += 1
         self.schedule(txn)
 
     def remove(self, txn: Transaction) -> None:
@@ -764,10 +760,10 @@ class TransactionTable:
         if when is None or not self._live(txn):
             return
         queued = txn._queued
+        if queued == when:
+            return
         if queued is not None:
-            if queued <= when:
-                return  # its entry comes up first, and is moved on then
-            self._stale += 1
+            self._stale += 1  # superseded
         txn._queued = when
         heapq.heappush(self._heap, (when, next(self._seq), txn))
         self._maybe_prune()
@@ -782,15 +778,16 @@ class TransactionTable:
     def _prune(self) -> None:
         """Drop the stale entries: their transactions may be long finished (and their
         owner may never ask for the timers: the front door's own heap did not)."""
-        kept: list[tuple[float, int, Transaction]] = []
-        seen: set[int] = set()
+        kept: dict[int, tuple[float, int, Transaction]] = {}
         for entry in self._heap:
             txn = entry[2]
-            if txn._queued == entry[0] and id(txn) not in seen and self._live(txn):
-                seen.add(id(txn))
-                kept.append(entry)
-        heapq.heapify(kept)
-        self._heap = kept
+            if txn._queued == entry[0]:
+                # A deadline that came back has two such entries: the first one would fire.
+                first = kept.get(id(txn))
+                if first is None or entry[1] < first[1]:
+                    kept[id(txn)] = entry
+        self._heap = list(kept.values())
+        heapq.heapify(self._heap)
         self._stale = 0
 
     def match_request(self, request: Request) -> ServerTransaction | None:
@@ -809,15 +806,9 @@ class TransactionTable:
         heap = self._heap
         while heap:
             when, _, txn = heap[0]
-            if txn._queued == when and self._live(txn):
-                actual = txn.get_timer()
-                if actual == when:
-                    return when
-                heapq.heappop(heap)  # its timer moved later (or went): move the entry
-                txn._queued = None
-                self.schedule(txn)
-                continue
-            heapq.heappop(heap)  # removed, or superseded by an earlier entry
+            if txn._queued == when:
+                return when
+            heapq.heappop(heap)  # removed, or its timer moved (and was scheduled again)
             self._unqueue_stale()
         return None
 
@@ -828,7 +819,7 @@ class TransactionTable:
         heap = self._heap
         while heap and heap[0][0] <= now:
             when, _, txn = heapq.heappop(heap)
-            if txn._queued != when or not self._live(txn):
+            if txn._queued != when:
                 self._unqueue_stale()
                 continue
             txn._queued = None

@@ -610,18 +610,26 @@ def test_an_accepted_invite_server_keeps_its_stub_unless_the_tu_never_builds_a_2
         assert [type(a) for a in server.pop_actions()] == [Transmit]
 
 
-def test_a_transaction_has_one_timer_entry_whatever_its_state_changes() -> None:
+def test_superseded_timer_entries_never_fire_and_are_pruned() -> None:
     table = TransactionTable()
     server = InviteServerTransaction(request("INVITE"), reliable=False, now=0.0)
     table.add(server)
     assert table.get_timer() == pytest.approx(TRYING_DELAY)
     server.send(make_response(server.request, 404, to_tag="srv"), 0.1)  # G at 0.6, H at 32.1
     server.receive(request("ACK"), 0.2)  # I at 5.2
-    assert len(table._heap) == 1  # the 100 Trying entry, moved when it comes up
-    assert table.get_timer() == pytest.approx(0.2 + T4)  # exact: the entry was moved
-    assert len(table._heap) == 1
+    assert table.get_timer() == pytest.approx(0.2 + T4)  # 100 Trying and G: superseded
     assert table.handle_timer(5.1) == [] and len(table) == 1
     assert [t for t, _ in table.handle_timer(5.2)] == [server] and len(table) == 0
+    many = []
+    for n in range(3000):  # each leaves two superseded entries behind
+        txn = InviteServerTransaction(request("INVITE", branch=f"z9hG4bK{n}"), reliable=False,
+                                      now=0.0)
+        table.add(txn)
+        txn.send(make_response(txn.request, 404, to_tag="srv"), 0.1)
+        txn.receive(request("ACK", branch=f"z9hG4bK{n}"), 0.2)
+        many.append(txn)
+    assert len(table._heap) < 3000 + 3000 // 2 + 1024
+    assert [t for t, _ in table.handle_timer(5.2)] == many  # in the order they were started
 
 
 def test_entries_of_removed_transactions_are_pruned() -> None:
