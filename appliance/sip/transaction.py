@@ -24,7 +24,7 @@ build a message from (``stub``): an INVITE client in Completed ACKs a retransmit
 (``make_ack``), a UAS core in Accepted may build its 2xx retransmissions from ``request``
 (``keep_request=False`` when the TU never does, as a proxy). Anything else keeps no request at
 all: ``request`` is then a bare request of its method (read from its key), made when asked
-for. ``TransactionTable`` keeps their timers in a heap, one entry per transaction.
+for. ``TransactionTable`` keeps their timers in a heap, with no dict per transaction.
 """
 
 from __future__ import annotations
@@ -776,8 +776,8 @@ class TransactionTable:
             self._prune()
 
     def _prune(self) -> None:
-        """Drop the stale entries: their transactions may be long finished (and their
-        owner may never ask for the timers: the front door's own heap did not)."""
+        """Drop the stale entries: each holds its transaction, long finished perhaps, until
+        its deadline comes up (or for ever, in a table whose timers nobody handles)."""
         kept: dict[int, tuple[float, int, Transaction]] = {}
         for entry in self._heap:
             txn = entry[2]
