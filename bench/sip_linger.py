@@ -18,7 +18,9 @@ and the BYE's 200). The figure is tracemalloc's growth of the traced heap over C
 (after a warm-up, after ``gc.collect()``), divided by CALLS; the top allocations are grouped
 by source line (``--depth N``: by traceback of N frames). The by-value parse caches of
 ``sip.headers`` (bounded, emptied after a burst) are emptied before both snapshots unless
-``--keep-caches``; their share is printed separately.
+``--keep-caches``; their share is printed separately, as is that of the digest nc-replay
+tables (``digest.NonceCounts`` and the registrar's, bounded at MAX_TRACKED_NONCES), which
+grow by one nonce per challenge and are counted in the figure.
 
 REGISTERs (``--registers``, 0 to skip) go through the front door and the registrar of
 ``tests/sip/test_registrar.py``: 100 users, each REGISTER -> 401 -> REGISTER with
