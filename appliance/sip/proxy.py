@@ -154,6 +154,7 @@ MAX_CONTEXTS = 500  # proxied requests in flight (each holds up to MAX_BRANCHES 
 MAX_TRANSACTIONS = 40_000  # server + client transactions, CANCEL/481 absorbers included
 MAX_CALLS = 15_000  # calls and dialogs tracked for routing in-dialog requests and for CDRs
 MAX_BRANCHES = 10  # parallel forks per request: the registrar's max contacts per AoR
+IN_DIALOG_RESERVE = 0.1  # of MAX_TRANSACTIONS, kept for in-dialog requests (a BYE must pass)
 TIMER_C = 180.0  # RFC 3261 §16.6 step 11: "greater than 3 minutes"
 REAP_AFTER = 32.0  # 64·T1: a cancelled branch that stays silent this long is dropped
 DEFAULT_MAX_FORWARDS = 70
@@ -571,7 +572,7 @@ class Proxy:
         source = self._source(incoming, request)
         if source is None:
             return
-        if len(self._table) >= self.max_transactions:
+        if len(self._table) >= self._transaction_cap(request):
             self._refuse_stateless(request, source, "transactions")
             return
         if request.method == "CANCEL":
@@ -593,6 +594,15 @@ class Proxy:
             await self._reply(server, 501, now=now)
         else:
             await self._new_request(server, request, source, incoming, now)
+
+    def _transaction_cap(self, request: Request) -> int:
+        """How full the table may be for REQUEST to be let in. New requests leave the last
+        IN_DIALOG_RESERVE of it to in-dialog ones (with a To tag: BYE, re-INVITE, ...): when
+        finished calls fill the table under load, the calls in progress can still end, and
+        their CDRs close at the right time instead of at the idle limit."""
+        if request.to.tag is not None:
+            return self.max_transactions
+        return self.max_transactions - max(1, int(self.max_transactions * IN_DIALOG_RESERVE))
 
     def _source(self, incoming: Incoming, request: Request) -> Target | None:
         """Stamp received/rport on the top Via and say where responses go (None: nowhere)."""

@@ -160,3 +160,64 @@ async def test_a_peer_has_one_target_for_all_its_transactions() -> None:
     await start(h, alice)
     servers = list(h.proxy._table.servers.values())
     assert len(servers) == 2 and servers[0].peer is servers[1].peer
+
+
+async def whole_call(h: Harness, alice: Phone, bob: Phone, n: int) -> str:
+    """One INVITE -> 407 -> ACK, INVITE -> 180 -> 200 -> ACK, BYE -> 200 call (call-ID N):
+    "completed", or which request was refused and with what ("INVITE 503", "BYE 503")."""
+    uri, call_id, tag = f"sip:bob@{REALM}", f"cap-{n}", f"a{n}"
+
+    def refused(method: str) -> str:
+        return f"{method} {' '.join(str(r.status) for r, _ in h.sender.responses())}"
+
+    h.sender.take()
+    first = alice.request("INVITE", uri, to=f"<{uri}>", call_id=call_id, from_tag=tag, body=SDP)
+    await h.send(alice, first)
+    challenges = h.sender.responses(407)
+    if not challenges:
+        return refused("INVITE")
+    challenge = challenges[0][0]
+    await h.send(alice, alice.request("ACK", uri, to=challenge.get("to") or "", call_id=call_id,
+                                      from_tag=tag, cseq=first.cseq.number,
+                                      branch=first.top_via.branch))  # type: ignore[union-attr]
+    h.sender.take()
+    invite = alice.request("INVITE", uri, to=f"<{uri}>", call_id=call_id, from_tag=tag,
+                           body=SDP, headers=[("Proxy-Authorization",
+                                               authorization(first, challenge, alice))])
+    await h.send(alice, invite)
+    forwarded = h.sender.requests("INVITE")
+    if not forwarded:
+        return refused("INVITE")
+    to_bob = forwarded[0][0]
+    await h.send(bob, bob.answer(to_bob, 180, to_tag=f"b{n}"))
+    await h.send(bob, bob.answer(to_bob, 200, to_tag=f"b{n}"))
+    to = f"<{uri}>;tag=b{n}"
+    await h.send(alice, alice.request("ACK", bob.contact, to=to, call_id=call_id, from_tag=tag,
+                                      cseq=invite.cseq.number, headers=[ROUTE]))
+    h.sender.take()
+    await h.send(alice, alice.request("BYE", bob.contact, to=to, call_id=call_id, from_tag=tag,
+                                      headers=[ROUTE]))
+    byes = h.sender.requests("BYE")
+    if not byes:
+        return refused("BYE")
+    await h.send(bob, bob.answer(byes[0][0], 200))
+    return "completed"
+
+
+async def test_finished_calls_fill_the_budget_only_until_their_timers_end() -> None:
+    """Lingering transactions count against the transaction budget (503 once it is full) and
+    leave it when their last timer fires: then calls go through again. New calls are refused
+    first: the last tenth of the budget is kept for in-dialog requests, so a call let in can
+    still be hung up."""
+    h, alice, bob = setup()
+    h.proxy.max_transactions = 12  # 1 of them kept for in-dialog requests
+    outcomes = [await whole_call(h, alice, bob, n) for n in range(8)]
+    assert outcomes[:2] == ["completed"] * 2, outcomes
+    assert "INVITE 503" in outcomes and "BYE 503" not in outcomes, outcomes
+    # Checked for each new request; the branches of the last one let in may go past it.
+    assert h.proxy.transactions <= 12 + h.proxy.max_branches
+    await h.tick(5.1)  # Timers I and K: the challenged INVITEs and the BYEs' client side
+    await h.tick(32.1)  # Timers J, L and M: everything else (64·T1)
+    assert h.proxy.transactions == 0 and h.proxy.calls == 0
+    assert await whole_call(h, alice, bob, 99) == "completed"
+
