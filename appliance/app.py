@@ -243,13 +243,13 @@ class Appliance:
         self.trunk.sources = {name: parse_sources(pairs)
                               for name, pairs in self.config.inbound.sources}
         self.router.from_gateway = self.calls.route_gateway_invite
-        self.router.outbound = self.calls.route_outbound
+        self.router.outbound = self.calls.outbound.route
         self.router.media_legs = self.calls.route_media_leg
         self.outbound_proxies = OutboundProxies(self.config.outbound)
-        self.calls.outbound_lines = self.outbound_proxies.lines_for
-        self.calls.max_outbound = self.config.outbound.max_calls
-        self.calls.gateways = self.gateways.all
-        self.calls.resolve = self.trunk.resolve
+        self.calls.outbound.lines_for = self.outbound_proxies.lines_for
+        self.calls.outbound.max_calls = self.config.outbound.max_calls
+        self.calls.outbound.gateways = self.gateways.all
+        self.calls.outbound.resolve = self.trunk.resolve
         self.calls.send_sms = self.messaging.send_from_client
         # <Dial><Sip> rings only URIs at our own domain/addresses; POST /Calls rings each
         # registered phone of a Client as its own call.

@@ -17,17 +17,25 @@ connections, several phones), and writes no CDR of its own (`Fork.cdr_sid` is em
 the leg is answered its RCML runs. A Client with several registered phones gets one such
 call per phone (own CDR, own RCML run): each leg's INVITE is routed to its one phone by the
 Fork `route_media_leg` hands the proxy.
-A number `To` goes out through the outbound routes instead (`_originate_number`, the same
-failover as `<Dial><Number>`), its caller ID set by `caller_id_uri`.
+A number `To` goes out through the outbound routes instead (`services.outbound_calls`).
+
+Outside lines (docs/gateways.md): a provider's call to a DID is routed here
+(`route_gateway_invite`) like a Client's, to the number's app on a worker; a number with a
+``client:<login>`` VoiceUrl, or a Client's call to a number with no app, is bridged by a
+worker instead (the B2BUA), which `services.outbound_calls` runs, together with every call
+out through the outbound routes and the ``[outbound] max_calls`` count.
 
 GSM voice (calls to the SIM's number, the ``modem`` line) is `services.gsm_calls`.
 
-`services.dialing` (<Dial>) and `services.gsm_calls` are parts of this service kept in their
-own modules for size. They use its public operations only, so the tables below stay this
-module's to change: the live-call table (`track_call`, `track_leg`, `live_call`, `forget`),
-the legs a call places (`open_child_cdr`, `ring_client`, `dial_client`, `dial_number`,
-`line_leg`, `end_line`, `end_child`), and `spawn`, `need_engine`, `match_number`,
-`number_app`, `account_client`, `post_status`, `run_app`.
+`services.dialing` (<Dial>), `services.gsm_calls` and `services.outbound_calls` are parts of
+this service kept in their own modules for size. They use its public operations only, so
+the tables below stay this module's to change: the live-call table (`track_call`,
+`track_leg`, `list_call`, `live_call`, `forget`, `need_room`), the legs a call places
+(`open_child_cdr`, `ring_client`, `dial_client`, `line_leg`, `admit_leg`, `until_answered`,
+`end_line`, `end_child`), and `to_worker`, `spawn`, `need_engine`, `match_number`,
+`number_app`, `account_client`, `post_status`, `run_app`. Of the outbound part the service
+calls `bridge`, `originate` and the count (`hold`, `release`); the composition root wires
+its `route` to the router.
 
 Every runner and originating task is owned by `self._tasks` and cancelled by `stop()`.
 """
@@ -38,10 +46,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
 import time
-import urllib.parse
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,7 +67,6 @@ from appliance.models import (
     CallRecord,
     CallStatus,
     Client,
-    Gateway,
     PhoneNumber,
     Recording,
     RecordingSid,
@@ -70,8 +75,9 @@ from appliance.models import (
 from appliance.rcml.interpreter import DialAction, DialDone, SendSms
 from appliance.rcml.runner import App, CallInfo, Fetcher, Hungup, LegEvents, Runner
 from appliance.services.conferences import ConferencesService
-from appliance.services.dialing import DIAL_SECONDS, Dialer, sip_user, until_either_ends
+from appliance.services.dialing import DIAL_SECONDS, Dialer, sip_user
 from appliance.services.gsm_calls import GsmCalls, client_login
+from appliance.services.outbound_calls import OutboundCalls, dialable
 from appliance.services.ports import StoreProtocol
 from appliance.services.provisioning import normalize_number
 from appliance.services.telephony import CallLog, SipDirectory
@@ -87,7 +93,6 @@ logger = logging.getLogger(__name__)
 MAX_LIVE = 200  # voice-app calls at once (the workers' slots bound it far lower)
 NO_MEDIA = "Voice Applications Unavailable"  # 503 reason: [media] workers = 0, or all down
 RESERVATION_S = 40.0  # a reserved inbound leg whose INVITE never arrives is dropped after this
-RING_SECONDS = 60.0  # an outbound leg rings this long at most
 SETUP_SECONDS = 15.0  # a line with no 18x and no answer by then is given up (failover)
 UNKNOWN_DID_WARN_S = 60.0  # "calls to an unknown DID" is a warning at most this often
 
@@ -118,39 +123,6 @@ class LiveCall:
         return _CAUSE_STATUS.get(cause, CallStatus.COMPLETED)
 
 
-_PHONE_RE = re.compile(r"\+?[0-9]{3,20}")
-
-
-def dialable(value: str | None) -> str | None:
-    """VALUE as a phone number (spaces, dashes, dots and brackets removed) when it is one
-    (an optional + and 3-20 digits), else None."""
-    number = re.sub(r"[\s\-.()]", "", value or "")
-    return number if _PHONE_RE.fullmatch(number) else None
-
-
-def caller_id_uri(gateway: Gateway, caller_id: str | None) -> str:
-    """The From of a leg out through GATEWAY (docs/gateways.md "Caller ID"):
-    ``sip:<caller id>@<the gateway's Proxy host>``. The caller ID is CALLER_ID when it is a
-    phone number (``<Dial callerId>``, the From of ``POST /Calls``), else the gateway's
-    UserName: providers accept the account's own identity, often nothing else."""
-    user = dialable(caller_id) or urllib.parse.quote(gateway.user_name,
-                                                    safe="-_.!~*'()&=+$,;?/")
-    proxy = gateway.proxy.strip()
-    if proxy.startswith("["):
-        host = proxy[:proxy.find("]") + 1] or proxy
-    else:
-        host = proxy.rsplit(":", 1)[0] if proxy.count(":") == 1 else proxy
-    return f"sip:{user}@{host}"
-
-
-def _reject_code(code: int) -> int:
-    """What the caller hears when no line took the call: busy stays busy, a line failure
-    (5xx, 408, nothing tried) is 503, other refusals are passed on."""
-    if code == 408 or 500 <= code <= 599 or not 300 <= code <= 699:
-        return 503
-    return code
-
-
 class CallsService:
     def __init__(self, store: StoreProtocol, call_log: CallLog, webhooks: Webhooks,
                  clock: Callable[[], datetime], *, engine: MediaEngine | None,
@@ -176,19 +148,11 @@ class CallsService:
         self._by_sid: dict[str, LiveCall] = {}
         self._dialled: dict[LegId, str] = {}  # outbound legs -> account sid (media_caller)
         self._tasks: set[asyncio.Task[None]] = set()
-        # Outside lines (set by the composition root): the outbound route's lines for a
-        # number ([outbound] routes), the cap on outbound calls, the gateways and where each
-        # is reached (sip.trunk.Trunk.resolve).
-        self.outbound_lines: Callable[[str], tuple[str, ...]] = lambda _number: ()
-        self.max_outbound = 4
-        self.gateways: Callable[[], Awaitable[list[Gateway]]] | None = None
-        self.resolve: Callable[[Gateway], Awaitable[Target | None]] | None = None
         # The SIP front door's cached view of Clients and numbers (set by the composition
         # root); without it every lookup reads the store.
         self.directory: SipDirectory | None = None
         # worker legs to a gateway, or to one phone of a Client (POST /Calls) -> their Fork
         self._gateway_legs: dict[LegId, Fork] = {}
-        self._outbound: set[str] = set()  # CallSids of the calls going out now
         self._unknown_warned = -UNKNOWN_DID_WARN_S
         # <Dial> (services.dialing). local_hosts: our SIP domain and addresses (set by the
         # composition root; empty = every host is ours): a <Dial><Sip> URI elsewhere is
@@ -198,6 +162,9 @@ class CallsService:
         self._dialer = Dialer(self)
         # GSM voice (services.gsm_calls; the composition root sets its modem, audio, number)
         self.gsm = GsmCalls(self, call_log, clock)
+        # Calls out through the outbound routes, and the B2BUA (services.outbound_calls; the
+        # composition root sets its routes, max_calls, gateways and resolver)
+        self.outbound = OutboundCalls(self, call_log, clock, front_door)
         self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None
 
     # -- composition ---------------------------------------------------------------------------
@@ -267,9 +234,9 @@ class CallsService:
         app, number_sid = await self._app_for(caller, user)
         if app is None:
             return None
-        return await self._to_worker(caller.account_sid, caller.login, user, app, number_sid)
+        return await self.to_worker(caller.account_sid, caller.login, user, app, number_sid)
 
-    async def _to_worker(self, account_sid: str, from_: str, to: str, app: App | None,
+    async def to_worker(self, account_sid: str, from_: str, to: str, app: App | None,
                          number_sid: str | None, *, lines: tuple[str, ...] = (),
                          client: str | None = None) -> Decision:
         """Reserve a worker slot for an inbound leg and fork the INVITE there. APP runs on
@@ -292,7 +259,7 @@ class CallsService:
         self._live[slot.leg] = live
         self._by_sid[sid] = live
         if live.lines is not None:
-            self._outbound.add(sid)
+            self.outbound.hold(sid)
         # An INVITE that never reaches the worker (caller gone, send failed) frees its entry.
         asyncio.get_running_loop().call_later(RESERVATION_S, self._unclaimed, live)
         how = (f"runs {app.url}" if app is not None else f"rings Client {client}" if client
@@ -305,7 +272,7 @@ class CallsService:
                     headers=(("X-Leg-Id", slot.leg),), cdr_sid=sid,
                     phone_number_sid=number_sid, account_sid=account_sid)
 
-    # -- outside lines: calls from a gateway, calls out through the outbound routes ----------
+    # -- outside lines: calls from a gateway (calls out: services.outbound_calls) ------------
 
     async def route_gateway_invite(self, request: Request, caller: Caller,
                                    number: str) -> Decision:
@@ -323,15 +290,15 @@ class CallsService:
                             "number's account", caller.gateway, found.phone_number,
                             found.voice_url)
                 return Refuse(404, "No Such Client")
-            return await self._to_worker(found.account_sid, caller.login, found.phone_number,
-                                         None, found.sid, client=client.login)
+            return await self.to_worker(found.account_sid, caller.login, found.phone_number,
+                                        None, found.sid, client=client.login)
         app = await self.number_app(found)
         if app is None:
             logger.info("x call from gateway %s to %s: the number has no voice application",
                         caller.gateway, found.phone_number)
             return Refuse(404, "No Voice Application")
-        return await self._to_worker(found.account_sid, caller.login, found.phone_number, app,
-                                     found.sid)
+        return await self.to_worker(found.account_sid, caller.login, found.phone_number, app,
+                                    found.sid)
 
     async def match_number(self, dialled: str) -> PhoneNumber | None:
         """api-behaviour.md §8.5 "Matching an inbound call to a number": as given, its
@@ -369,86 +336,11 @@ class CallsService:
             logger.warning("x a gateway sends calls to %s, which is no IncomingPhoneNumber here "
                            "(answered 404; warned at most once a minute)", number)
 
-    async def route_outbound(self, request: Request, caller: Caller, number: str,
-                             now: float) -> Decision | None:
-        """A registered Client's INVITE to a number with no app: a worker answers it and
-        bridges it to the first line of the number's outbound route that takes the call.
-        None when no route covers NUMBER (the router answers 403 No Outbound Route)."""
-        dialled = re.sub(r"[\s\-.()]", "", number)
-        lines = self.outbound_lines(dialled)
-        if not lines:
-            return None
-        if len(self._outbound) >= self.max_outbound:
-            logger.warning("x call %s -> %s: %d outbound calls already ([outbound] max_calls)",
-                           caller.login, dialled, len(self._outbound))
-            return Refuse(503, "Too Many Outbound Calls")
-        # Counted from the check on: _to_worker awaits before the call holds its own place.
-        with self._outbound_place():
-            return await self._to_worker(caller.account_sid, caller.login, dialled, None,
-                                         None, lines=lines)
-
     def route_media_leg(self, request: Request) -> Decision | None:
         """The Fork of a worker's INVITE for a leg dialled to a gateway (None: not one)."""
         return self._gateway_legs.get(LegId(request.get("X-Leg-Id") or ""))
 
-    async def _run_bridge(self, live: LiveCall) -> None:
-        """The B2BUA: ring the number out (failover along the route), forward ringing as
-        180, answer the caller when the far end answers, bridge, and hang up the other side
-        when one side hangs up."""
-        info, engine = live.info, self.need_engine()
-        child: LiveCall | None = None
-        rang = False
-
-        async def ringing() -> None:
-            nonlocal rang
-            if not rang:
-                rang = True
-                with contextlib.suppress(MediaError, TimeoutError):
-                    async with asyncio.timeout(DIAL_SECONDS):
-                        await engine.answer(info.leg, code=180)
-
-        try:
-            if live.client is not None:
-                child, code = await self._ring_local(info, live.events, live.client, ringing)
-            else:
-                child, code = await self._dial_out(info, live.events, info.to,
-                                                   live.lines or (), ring_seconds=RING_SECONDS,
-                                                   near=info.leg, on_ringing=ringing)
-            if child is None:
-                if not live.events.ended:
-                    with contextlib.suppress(MediaError, TimeoutError):
-                        async with asyncio.timeout(DIAL_SECONDS):
-                            await engine.reject(info.leg, code=_reject_code(code))
-                return
-            async with asyncio.timeout(DIAL_SECONDS):
-                await engine.answer(info.leg)
-                await engine.bridge(info.leg, child.info.leg)
-            await until_either_ends(live.events, child.events, None)
-        except (MediaError, TimeoutError, Hungup) as err:
-            logger.info("x call %s: bridge to %s ended: %s", info.sid, info.to,
-                        err or type(err).__name__)
-        except Exception:  # noqa: BLE001 - one call's bug must not take others down
-            logger.exception("x call %s: bridge failed", info.sid)
-        finally:
-            for leg_live in (live, child):
-                if leg_live is not None and not leg_live.events.ended:
-                    with contextlib.suppress(MediaError, TimeoutError):
-                        async with asyncio.timeout(DIAL_SECONDS):
-                            await engine.hangup(leg_live.info.leg)
-            if child is not None:
-                await self.end_child(child)
-            self._outbound.discard(info.sid)
-            self.forget(live)
-
-    async def _ring_local(self, parent: CallInfo, parent_events: LegEvents, login: str,
-                          on_ringing: Callable[[], Awaitable[None]]
-                          ) -> tuple[LiveCall | None, int]:
-        """A provider's call to a ``client:`` DID: ring Client LOGIN's phones with the
-        caller's number as From (an outbound-dial child CDR)."""
-        sid = await self.open_child_cdr(parent, login)
-        return await self.ring_client(parent, login, sid, ring_seconds=RING_SECONDS,
-                                      cancel=parent_events, on_ringing=on_ringing,
-                                      from_user=dialable(parent.from_) or "anonymous")
+    # -- the legs a call places --------------------------------------------------------------
 
     async def ring_client(self, parent: CallInfo, login: str, sid: str, *,
                           ring_seconds: float, cancel: LegEvents,
@@ -466,7 +358,7 @@ class CallsService:
         try:
             await self.dial_client(leg, parent.account_sid, login, ring_seconds=ring_seconds,
                                    near=parent.leg, from_user=from_user)
-            code = await self._until_answered(child, cancel, on_ringing)
+            code = await self.until_answered(child, cancel, on_ringing)
         except (MediaError, TimeoutError) as err:
             logger.info("x call %s: ringing Client %s: %s", parent.sid, login, err)
             code = 503
@@ -483,7 +375,7 @@ class CallsService:
         phones); the proxy lets the worker's INVITE in unchallenged as ACCOUNT_SID's
         (`media_caller`). The phones see ``FROM_USER@<front door host>`` as From (the
         worker's own identity without it). Raises MediaError or TimeoutError."""
-        self._dialled[leg] = account_sid  # media_caller lets its INVITE through
+        self.admit_leg(leg, account_sid)  # media_caller lets its INVITE through
         host, port = self._front_door()
         from_uri = f"sip:{from_user}@{host}" if from_user is not None else None
         async with asyncio.timeout(DIAL_SECONDS):
@@ -508,78 +400,6 @@ class CallsService:
         self._live[leg] = child
         return leg, child
 
-    async def _dial_out(self, parent: CallInfo, parent_events: LegEvents, number: str,
-                        lines: tuple[str, ...], *, ring_seconds: float, near: LegId | None,
-                        on_ringing: Callable[[], Awaitable[None]] | None = None,
-                        caller_id: str | None = None, own: LiveCall | None = None,
-                        ) -> tuple[LiveCall | None, int]:
-        """Dial NUMBER through LINES in order until one answers. A line that answers 5xx or
-        408, or gives no sign of life within SETUP_SECONDS, is given up for the next one;
-        RING_SECONDS bounds the whole (a line gets what is left of it). Returns the answered
-        child leg (its CDR open, direction outbound-dial), or None and the last final
-        status. Each line tried gets its own child CDR; with OWN (``POST /Calls``) each try
-        is a new leg of that call and its CDR is OWN's. The provider sees CALLER_ID
-        (`caller_id_uri`)."""
-        engine, code = self.need_engine(), 503
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ring_seconds
-        gateways = {g.friendly_name: g for g in await self.gateways()} if self.gateways else {}
-        for line in lines:
-            if parent_events.ended or (own is not None and own.canceled):
-                return None, 487
-            if deadline - loop.time() < 1.0:
-                logger.info("- call %s: no ringing time left for line %s", parent.sid, line)
-                break
-            if line == "modem":
-                child, code = await self.gsm.dial(parent, parent_events, number,
-                                                     deadline=deadline, near=near,
-                                                     on_ringing=on_ringing, own=own)
-                if child is not None:
-                    return child, 200
-                if parent_events.ended:
-                    return None, 487
-                logger.info("x call %s: modem line failed (%d): trying the next line",
-                            parent.sid, code)
-                continue
-            gateway = gateways.get(line.removeprefix("gateway:"))
-            if gateway is None:
-                logger.warning("x call %s: outbound route line %s: no gateway has that "
-                               "FriendlyName", parent.sid, line)
-                continue
-            target = await self.resolve(gateway) if self.resolve is not None else None
-            if target is None:
-                continue
-            leg, child = await self.line_leg(parent, number, own)
-            self._dialled[leg] = parent.account_sid
-            self._gateway_legs[leg] = Fork(
-                callee=number, contacts=(Contact(f"sip:{number}@{gateway.proxy}", target),),
-                cdr_sid="", keep_credentials=True)
-            host, port = self._front_door()
-            from_uri = caller_id_uri(gateway, caller_id)
-            logger.info("> call %s: %s out by gateway %s (%s:%s) as %s", parent.sid, number,
-                        gateway.friendly_name, target.host, target.port, from_uri)
-            try:
-                async with asyncio.timeout(DIAL_SECONDS):
-                    await engine.dial(f"sip:{number}@{gateway.proxy}", leg=leg,
-                                      username=gateway.user_name, password=gateway.password,
-                                      ring_seconds=min(600.0, deadline - loop.time()),
-                                      near=near, proxy=f"sip:{host}:{port};lr",
-                                      from_uri=from_uri)
-                code = await self._until_answered(child, parent_events, on_ringing)
-            except (MediaError, TimeoutError) as err:
-                logger.info("x call %s: gateway %s: %s", parent.sid, gateway.friendly_name, err)
-                code = 503
-            if code == 200:
-                return child, 200
-            await self.end_line(leg, child, code, own)
-            if parent_events.ended:
-                return None, 487
-            if not (code == 408 or 500 <= code <= 599):
-                return None, code
-            logger.info("x call %s: gateway %s answered %d: trying the next line", parent.sid,
-                        gateway.friendly_name, code)
-        return None, code
-
     async def end_line(self, leg: LegId, child: LiveCall, code: int, own: LiveCall | None
                        ) -> None:
         """LEG (from `line_leg`) did not take the call; CODE is its final status. A child
@@ -592,7 +412,7 @@ class CallsService:
             self._dialled.pop(leg, None)
             self._gateway_legs.pop(leg, None)
 
-    async def _until_answered(self, child: LiveCall, parent_events: LegEvents,
+    async def until_answered(self, child: LiveCall, parent_events: LegEvents,
                               on_ringing: Callable[[], Awaitable[None]] | None) -> int:
         """200 once CHILD answers, else its final status (408 when it never showed a sign
         of life within SETUP_SECONDS; 487 when the caller hung up meanwhile)."""
@@ -693,7 +513,7 @@ class CallsService:
                                                       or live.client is not None):
                 if not live.bridging:
                     live.bridging = True
-                    self.spawn(self._run_bridge(live), f"call {live.info.sid}")
+                    self.spawn(self.outbound.bridge(live), f"call {live.info.sid}")
             elif event.state is LegState.INCOMING and live.runner is None:
                 live.runner = Runner(live.info, self.need_engine(), live.events,
                                      self._fetcher())
@@ -737,6 +557,27 @@ class CallsService:
         self._by_sid[info.sid] = live
         return live
 
+    def list_call(self, info: CallInfo) -> LiveCall:
+        """A live call listed by its sid only (POST /Calls/{sid}, `live_count`): no leg's
+        events reach it until `line_leg` gives it one (a call that goes out line by line)."""
+        live = LiveCall(info, LegEvents())
+        self._by_sid[info.sid] = live
+        return live
+
+    def need_room(self, calls: int = 1) -> None:
+        """Unavailable (503) unless CALLS more live calls fit under MAX_LIVE."""
+        if len(self._by_sid) + calls > MAX_LIVE:
+            raise Unavailable("Too many application calls")
+
+    def admit_leg(self, leg: LegId, account_sid: str, fork: Fork | None = None) -> None:
+        """A worker's INVITE for LEG goes through the front door unchallenged as
+        ACCOUNT_SID's (`media_caller`), and with FORK to where FORK says (`route_media_leg`:
+        a gateway, or one phone of a Client) rather than to the callee's phones; until LEG
+        is forgotten or ended (`end_line`, `end_child`)."""
+        self._dialled[leg] = account_sid
+        if fork is not None:
+            self._gateway_legs[leg] = fork
+
     def live_call(self, leg: LegId) -> LiveCall | None:
         """The live call or leg on LEG, None once it is forgotten: how an event that does
         not come from the engine (a digit the GSM modem heard) reaches that leg."""
@@ -749,7 +590,7 @@ class CallsService:
         self._by_sid.pop(live.info.sid, None)
         self._dialled.pop(live.info.leg, None)
         self._gateway_legs.pop(live.info.leg, None)
-        self._outbound.discard(live.info.sid)
+        self.outbound.release(live.info.sid)
 
     def need_engine(self) -> MediaEngine:
         """The media engine for a leg about to be placed, answered or bridged; Unavailable
@@ -778,15 +619,14 @@ class CallsService:
         engine = self.need_engine()
         number = dialable(to)
         if number is not None:
-            return [await self._originate_number(account_sid, from_=from_, number=number,
-                                                 app=app, ring_seconds=ring_seconds)]
+            return [await self.outbound.originate(account_sid, from_=from_, number=number,
+                                                  app=app, ring_seconds=ring_seconds)]
         login = await self._client_target(account_sid, to)
         contacts = self.contacts_of(login)
         forks: list[Fork | None] = [None]  # the proxy forks the one leg to the Client
         if len(contacts) > 1:
             forks = [Fork(callee=login, contacts=(c,), cdr_sid="") for c in contacts]
-        if len(self._by_sid) + len(forks) > MAX_LIVE:
-            raise Unavailable("Too many application calls")
+        self.need_room(len(forks))
         records: list[CallRecord] = []
         failure: Unavailable | None = None
         for fork in forks:
@@ -813,9 +653,7 @@ class CallsService:
         live = LiveCall(info, LegEvents())
         self._live[leg] = live
         self._by_sid[record.sid] = live
-        self._dialled[leg] = account_sid
-        if fork is not None:
-            self._gateway_legs[leg] = fork
+        self.admit_leg(leg, account_sid, fork)
         host, port = self._front_door()
         try:
             async with asyncio.timeout(DIAL_SECONDS):
@@ -859,79 +697,6 @@ class CallsService:
         if client is None:
             raise NotFound(f"The client {login} was not found")
         return client.login
-
-    @contextlib.contextmanager
-    def _outbound_place(self) -> Iterator[None]:
-        """Hold a place under ``max_outbound`` while a call that passed the check awaits
-        something before it is counted itself: concurrent requests cannot all slip in."""
-        key = f"pending/{mint_sid('CA')}"
-        self._outbound.add(key)
-        try:
-            yield
-        finally:
-            self._outbound.discard(key)
-
-    async def _originate_number(self, account_sid: str, *, from_: str, number: str, app: App,
-                                ring_seconds: int) -> CallRecord:
-        """POST /Calls to a number: out through the number's outbound route (failover as
-        for <Dial><Number>), its RCML runs once a line answers. One CDR, outbound-api."""
-        lines = self.outbound_lines(number)
-        if not lines:
-            raise Forbidden(f"No outbound route for {number}: no [[outbound.routes]] prefix "
-                            "covers it")
-        if len(self._by_sid) >= MAX_LIVE:
-            raise Unavailable("Too many application calls")
-        if len(self._outbound) >= self.max_outbound:
-            raise Unavailable(f"Too many outbound calls ({self.max_outbound} at once)")
-        with self._outbound_place():  # counted from the check on, across the CDR's write
-            record = await self._log.opened(account_sid=account_sid, from_=from_, to=number,
-                                            direction="outbound-api")
-        leg = LegId("LG" + mint_sid("CA")[2:])  # replaced by each line's leg
-        info = CallInfo(sid=record.sid, account_sid=account_sid, from_=from_, to=number,
-                        direction="outbound-api", leg=leg, app=app, answered=True,
-                        timestamp=iso(self._clock()))
-        live = LiveCall(info, LegEvents())
-        self._by_sid[record.sid] = live
-        self._outbound.add(record.sid)
-        self.post_status(info, "initiated")
-        self.spawn(self._run_outbound_number(live, lines, float(ring_seconds)),
-                    f"call {record.sid}")
-        return record
-
-    async def _run_outbound_number(self, live: LiveCall, lines: tuple[str, ...],
-                                   ring_seconds: float) -> None:
-        info, status = live.info, CallStatus.FAILED
-        rang = False
-
-        async def ringing() -> None:
-            nonlocal rang
-            if not rang:
-                rang = True
-                self.post_status(info, "ringing")
-
-        try:
-            answered, code = await self._dial_out(info, LegEvents(), info.to, lines,
-                                                  ring_seconds=ring_seconds, near=None,
-                                                  on_ringing=ringing, caller_id=info.from_,
-                                                  own=live)
-            if answered is None:
-                status = cdr_status(code, canceled=live.canceled)
-                logger.info("x call %s to %s: no line took it (%d)", info.sid, info.to, code)
-                return
-            self.post_status(info, "answered")
-            await self.run_app(live)
-            status = CallStatus.COMPLETED
-        except Exception as err:  # noqa: BLE001 - Hungup, or a bug: the CDR is closed anyway
-            status = live.final_status(err)
-        finally:
-            if live.events.answered.is_set() and not live.events.ended:
-                with contextlib.suppress(MediaError, TimeoutError):
-                    async with asyncio.timeout(DIAL_SECONDS):
-                        await self.need_engine().hangup(info.leg)
-            self.forget(live)
-            final = await self._log.ended(info.sid,
-                                          CallStatus.CANCELED if live.canceled else status)
-            self.post_status(info, "completed", final.duration if final is not None else 0)
 
     async def _run_outbound(self, live: LiveCall) -> None:
         info, status = live.info, CallStatus.FAILED
@@ -1000,26 +765,6 @@ class CallsService:
                                         to=to, direction="outbound-dial",
                                         parent_call_sid=parent.sid)
         return record.sid
-
-    async def dial_number(self, parent: CallInfo, cancel: LegEvents, number: str,
-                          lines: tuple[str, ...], *, ring_seconds: float,
-                          caller_id: str | None) -> tuple[LiveCall | None, int]:
-        """<Dial><Number>: NUMBER out through LINES with failover (as `route_outbound`),
-        from PARENT's worker so the answered child can be bridged there; CANCEL ending stops
-        it. While it rings it counts among the [outbound] max_calls calls going out, like
-        every other outbound call: 486 when that many are out already."""
-        key = f"{parent.sid}/dial/{mint_sid('CA')[2:10]}"
-        if len(self._outbound) >= self.max_outbound:
-            logger.warning("x call %s: <Dial> %s: %d outbound calls already",
-                           parent.sid, number, self.max_outbound)
-            return None, 486
-        self._outbound.add(key)
-        try:
-            return await self._dial_out(parent, cancel, number, lines,
-                                        ring_seconds=ring_seconds, near=parent.leg,
-                                        caller_id=caller_id)
-        finally:
-            self._outbound.discard(key)
 
     # -- what the runner saves ---------------------------------------------------------------
 

@@ -10,7 +10,7 @@ Theory of operation. Each noun of a <Dial> becomes a *branch*, run as its own ta
   document must not place calls on the office's bill to anywhere; calls leave only through
   the outbound routes, which a ``<Number>`` takes.
 - ``<Number>``: out through the number's outbound route with failover
-  (``CallsService.dial_number``).
+  (``OutboundCalls.dial_number``, `services.outbound_calls`).
 
 Every leg is placed on the caller's worker (``near``), so the winner can be bridged there.
 The first branch to answer wins: it is bridged to the caller and the others are cancelled
@@ -24,8 +24,9 @@ A branch is cancelled through its own `LegEvents` whose ``ended`` flag is set: t
 
 `Dialer` is the <Dial> part of `CallsService`, kept in its own module for size. The service
 owns the legs, CDRs and outbound lines; the Dialer goes through its public operations
-(`account_client`, `open_child_cdr`, `ring_client`, `dial_number`, `end_child`) and the
-runner's own notifier, as `services.conferences` does.
+(`account_client`, `open_child_cdr`, `ring_client`, `end_child`, and its outbound part's
+`lines_for` and `dial_number`) and the runner's own notifier, as `services.conferences`
+does.
 
 Not built: the nouns' ``url`` (screening), ``statusCallback*`` and ``<Sip>`` credentials
 (they only matter for a foreign domain, which is refused).
@@ -165,16 +166,16 @@ class Dialer:
                              ) -> _Branch | None:
         calls, parent = self._calls, runner.call
         dialled = re.sub(r"[\s\-.()]", "", noun.number)
-        lines = calls.outbound_lines(dialled)
+        lines = calls.outbound.lines_for(dialled)
         if not lines:
             await runner.out.notify(parent.account_sid, NO_ROUTE, f"<Dial>: no outbound route "
                                     f"for {dialled}", call_sid=parent.sid)
             return None
 
         async def ring(cancel: LegEvents) -> tuple[LiveCall | None, int]:
-            child, code = await calls.dial_number(parent, cancel, dialled, lines,
-                                                  ring_seconds=float(action.timeout),
-                                                  caller_id=action.caller_id)
+            child, code = await calls.outbound.dial_number(
+                parent, cancel, dialled, lines, ring_seconds=float(action.timeout),
+                caller_id=action.caller_id)
             if child is not None and noun.send_digits:
                 with contextlib.suppress(MediaError, TimeoutError):
                     async with asyncio.timeout(DIAL_SECONDS):

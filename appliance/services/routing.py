@@ -25,7 +25,7 @@ VoiceApplicationSid, or the dialled user is an IncomingPhoneNumber of the caller
 with a VoiceUrl/VoiceApplicationSid, or a Client with one. An INVITE a media worker placed
 for ``POST /Calls`` (``Caller.media``) is routed to the Client only, without a CDR (the calls
 service writes the ``outbound-api`` one).
-(4) ``services.calls.CallsService.route_outbound`` and docs/gateways.md: the ``[outbound]``
+(4) ``services.outbound_calls.OutboundCalls.route`` and docs/gateways.md: the ``[outbound]``
 routes of config.toml; a worker answers the phone and bridges it to the first line that takes
 the call. Without a route: 403 No Outbound Route.
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from appliance.models import Gateway, GatewaySid
-from appliance.services.calls import caller_id_uri, dialable
+from appliance.services.outbound_calls import caller_id_uri, dialable
 
 
 def gw(proxy: str = "sip.provider.example:5060", user: str = "office") -> Gateway:
