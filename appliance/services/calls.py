@@ -258,7 +258,7 @@ class CallsService:
                         client=client if app is None else None)
         self._live[slot.leg] = live
         self._by_sid[sid] = live
-        if live.lines is not None:
+        if live.lines:  # out by a route's lines; ringing a Client (no lines) is not going out
             self.outbound.hold(sid)
         # An INVITE that never reaches the worker (caller gone, send failed) frees its entry.
         asyncio.get_running_loop().call_later(RESERVATION_S, self._unclaimed, live)

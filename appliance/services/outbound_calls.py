@@ -118,6 +118,11 @@ class OutboundCalls:
 
     # -- the [outbound] max_calls count ------------------------------------------------------
 
+    @property
+    def going_out(self) -> int:
+        """How many calls count against ``max_calls`` now."""
+        return len(self._outbound)
+
     def hold(self, sid: str) -> None:
         """Call SID counts among the calls going out until `release`."""
         self._outbound.add(sid)

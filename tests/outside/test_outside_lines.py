@@ -30,6 +30,7 @@ from appliance.config import (
     OutboundRoute,
     SipConfig,
 )
+from appliance.sip.proxy import Fork
 from tests.conftest import ADMIN_SID, Api, free_port
 from tests.media.audio import write_tone
 from tests.voice.test_voice_apps import PHONE, Handset, Rcml
@@ -227,6 +228,22 @@ async def test_provider_calls_a_did_routed_to_a_client(outside: Any) -> None:
     refused = run_sipp("provider-uac-refused.xml", port, f"{sip.host}:{sip.port}",
                        "-s", "+15550004321")
     assert await finished(refused) == 0, refused.stderr.read() if refused.stderr else ""
+
+
+async def test_only_calls_out_by_a_route_count_against_max_calls(outside: Any) -> None:
+    """A provider's call that rings a Client (a client: DID) takes a worker slot but does
+    not go out, so it must not take one of the [outbound] max_calls places from the desk
+    phones; a call out by a route's lines does."""
+    appliance, *_ = outside
+    calls = appliance.calls
+    ringing = await calls.to_worker(ADMIN_SID, "+15559876543", DID, None, None,
+                                    client="alice")
+    assert isinstance(ringing, Fork), ringing
+    assert calls.outbound.going_out == 0
+    out = await calls.to_worker(ADMIN_SID, "alice", "+15551234567", None, None,
+                                lines=("gateway:provider",))
+    assert isinstance(out, Fork), out
+    assert calls.outbound.going_out == 1
 
 
 async def test_provider_calls_unknown_dids_and_strangers_are_challenged(
