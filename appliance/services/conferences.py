@@ -41,7 +41,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from appliance.errors import Forbidden, InvalidInput, NotFound
+from appliance.errors import Forbidden, NotFound
 from appliance.media.engine import LegId, MediaEngine
 from appliance.media.protocol import MediaError
 from appliance.models import (
@@ -61,9 +61,10 @@ from appliance.rcml.interpreter import DialAction, DialDone, DialStatus
 from appliance.rcml.runner import MAX_AUDIO, Hungup, LegEvents, Runner, beep
 from appliance.rcml.verbs import Conference as ConferenceNoun
 from appliance.services.access import Action, require
+from appliance.services.list_filters import check_page, checked, filter_date, sort_order
 from appliance.services.telephony import CallLog
 from appliance.store.conferences import ConferenceStore
-from appliance.timefmt import parse_filter_date, storage
+from appliance.timefmt import storage
 from appliance.webhooks import WebhookError
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,6 @@ logger = logging.getLogger(__name__)
 COMMAND_S = 10.0  # one media command
 KICK_WAIT_S = 5.0  # DELETE waits this long for the participant to be out
 MAX_CONFERENCES = 100  # live conferences at once (the workers' slots bound it far lower)
-MAX_FILTER = 255
 # Notification codes. OURS: Twilio has no code for these.
 CONFERENCE_FULL = 13240  # maxParticipants reached
 CONFERENCE_FAILED = 13241  # the room could not be joined (no slot for a link, worker gone)
@@ -368,22 +368,19 @@ class ConferencesService:
                    page: int, page_size: int) -> Page[Conference]:
         require(actor, Action.READ, "Conferences")
         conditions: list[Condition] = []
-        if status := _checked(filters.status, "Status"):
+        if status := checked(filters.status, "Status"):
             conditions.append(Condition("status", "like", status))
-        if name := _checked(filters.friendly_name, "FriendlyName"):
+        if name := checked(filters.friendly_name, "FriendlyName"):
             conditions.append(Condition("friendly_name", "like", name))
         for column, value, label in (("date_created", filters.date_created, "DateCreated"),
                                      ("date_updated", filters.date_updated, "DateUpdated")):
-            if text := _checked(value, label):
-                day = parse_filter_date(text)
-                if day is None:
-                    raise InvalidInput(f"{label} must be a date like 2024-03-03")
-                conditions.append(Condition(column, ">=", storage(day)))
+            if text := checked(value, label):
+                conditions.append(Condition(column, ">=", storage(filter_date(label, text))))
         query = ListQuery(account_sids=(account.sid,), conditions=tuple(conditions),
-                          order=_order(filters.sort_by), page=page, page_size=page_size)
+                          order=sort_order(filters.sort_by, _SORTS) or (("date_created", True),),
+                          page=page, page_size=page_size)
         result = await self._store.page(query)
-        if result.page > result.num_pages:
-            raise InvalidInput("")  # out of range: 400 with an empty body (§9)
+        check_page(result)
         return result
 
     async def get(self, actor: Account, account: Account, sid: str) -> Conference:
@@ -399,8 +396,7 @@ class ConferencesService:
                                 page_size: int) -> Page[Participant]:
         conf = await self.get(actor, account, sid)
         result = await self._store.page_participants(account.sid, conf.sid, page, page_size)
-        if result.page > result.num_pages:
-            raise InvalidInput("")
+        check_page(result)
         return result
 
     async def get_participant(self, actor: Account, account: Account, sid: str,
@@ -459,25 +455,4 @@ class ConferencesService:
                 await member.gone.wait()
 
 
-def _checked(value: str | None, name: str) -> str | None:
-    if not value:
-        return None
-    if len(value) > MAX_FILTER:
-        raise InvalidInput(f"{name} is longer than {MAX_FILTER} characters")
-    return value
-
-
-def _order(sort_by: str | None) -> tuple[tuple[str, bool], ...]:
-    if sort_by is not None:
-        field, sep, direction = sort_by.partition(":")
-        if sep and (not field or direction.lower() not in ("asc", "desc")):
-            raise InvalidInput(f"Error parsing the SortBy parameter: {sort_by}",
-                               json_message=True)
-        column = _SORTS.get(field.strip())
-        if column is not None:
-            descending = sep != "" and direction.lower() == "desc"
-            if column == "date_created":
-                return ((column, descending),)
-            return ((column, descending), ("date_created", True))
-    return (("date_created", True),)
 

@@ -28,14 +28,14 @@ from appliance.models import (
 )
 from appliance.queries import Condition, ListQuery
 from appliance.services.access import Action, require
+from appliance.services.list_filters import Order, check_page, checked, filter_date, sort_order
 from appliance.services.ports import StoreProtocol
-from appliance.timefmt import ONE_DAY, parse_filter_date, storage
+from appliance.timefmt import ONE_DAY, storage
 
 logger = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 1000  # Twilio's cap; bounds the work one request can ask for.
 MAX_PAGE = 2**31 - 1  # Restcomm's Integer; keeps Page * PageSize within SQLite's INTEGER
-MAX_FILTER = 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,46 +95,24 @@ def parse_paging(page: str | None, page_size: str | None) -> Paging:
     return Paging(p, s)
 
 
-def _order(table: str, filters: ListFilters) -> tuple[tuple[str, bool], ...]:
-    if filters.sort_by is not None:
-        field, sep, direction = filters.sort_by.partition(":")
-        if sep and (not field or direction.lower() not in ("asc", "desc")):
-            raise InvalidInput(f"Error parsing the SortBy parameter: {filters.sort_by}",
-                               json_message=True)
-        column = _SORTS[table].get(field.strip())
-        if column is not None:
-            descending = sep != "" and direction.lower() == "desc"
-            if column == "date_created":
-                return ((column, descending),)
-            return ((column, descending), ("date_created", True))
+def _order(table: str, filters: ListFilters) -> Order:
+    order = sort_order(filters.sort_by, _SORTS[table])
+    if order is not None:
+        return order
     if filters.reverse is not None and filters.reverse.lower() == "false":
         return (("date_created", False),)
     return (("date_created", True),)
-
-
-def _checked(value: str | None, name: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if len(value) > MAX_FILTER:
-        raise InvalidInput(f"{name} is longer than {MAX_FILTER} characters")
-    return value
-
-
-def _date(name: str, value: str) -> datetime:
-    parsed = parse_filter_date(value)
-    if parsed is None:
-        raise InvalidInput(f"{name} must be a date like 2024-03-03")
-    return parsed
 
 
 def _time_range(filters: ListFilters, start_column: str, end_column: str) -> list[Condition]:
     """StartTime/EndTime as Restcomm applies them: from StartTime's day, to the end of
     EndTime's day (lenient `yyyy-MM-dd`; anything else is 400)."""
     conditions: list[Condition] = []
-    if start := _checked(filters.start_time, "StartTime"):
-        conditions.append(Condition(start_column, ">=", storage(_date("StartTime", start))))
-    if end := _checked(filters.end_time, "EndTime"):
-        conditions.append(Condition(end_column, "<=", storage(_date("EndTime", end) + ONE_DAY)))
+    if start := checked(filters.start_time, "StartTime"):
+        conditions.append(Condition(start_column, ">=", storage(filter_date("StartTime", start))))
+    if end := checked(filters.end_time, "EndTime"):
+        last_day = filter_date("EndTime", end)
+        conditions.append(Condition(end_column, "<=", storage(last_day + ONE_DAY)))
     return conditions
 
 
@@ -153,18 +131,13 @@ class HistoryService:
     async def _accounts(self, account: Account, filters: ListFilters) -> tuple[str, ...]:
         return await self._scope(account, filters.sub_accounts)
 
-    @staticmethod
-    def _page_check(page: Page[Any]) -> None:
-        if page.page > page.num_pages:
-            raise InvalidInput("")
-
     # -- calls -------------------------------------------------------------------------------
 
     async def page_calls(self, actor: Account, account: Account, filters: ListFilters,
                          paging: Paging) -> Page[CallRecord]:
         page = await self._store.page_calls(await self._calls_query(actor, account, filters,
                                                                     paging))
-        self._page_check(page)
+        check_page(page)
         return page
 
     async def page_calls_stored(self, actor: Account, account: Account, filters: ListFilters,
@@ -174,24 +147,24 @@ class HistoryService:
         no models."""
         page = await self._store.page_calls_stored(await self._calls_query(actor, account,
                                                                            filters, paging))
-        self._page_check(page)
+        check_page(page)
         return page
 
     async def _calls_query(self, actor: Account, account: Account, filters: ListFilters,
                            paging: Paging) -> ListQuery:
         require(actor, Action.READ, "Calls")
         conditions: list[Condition] = []
-        if to := _checked(filters.to, "To"):
+        if to := checked(filters.to, "To"):
             conditions.append(Condition("to", "like", "%" + to))
-        if frm := _checked(filters.from_, "From"):
+        if frm := checked(filters.from_, "From"):
             conditions.append(Condition("from", "like", "%" + frm))
         for column, value, name in (("status", filters.status, "Status"),
                                     ("parent_call_sid", filters.parent_call_sid,
                                      "ParentCallSid"),
                                     ("conference_sid", filters.conference_sid,
                                      "ConferenceSid")):
-            if checked := _checked(value, name):
-                conditions.append(Condition(column, "like", checked))
+            if text := checked(value, name):
+                conditions.append(Condition(column, "like", text))
         conditions += _time_range(filters, "start_time", "end_time")
         return ListQuery(account_sids=await self._accounts(account, filters),
                          conditions=tuple(conditions), order=_order("calls", filters),
@@ -212,20 +185,20 @@ class HistoryService:
                        paging: Paging) -> Page[SmsRecord]:
         require(actor, Action.READ, "SmsMessages")
         conditions: list[Condition] = []
-        if to := _checked(filters.to, "To"):
+        if to := checked(filters.to, "To"):
             conditions.append(Condition("to", "like", "%" + to))
-        if frm := _checked(filters.from_, "From"):
+        if frm := checked(filters.from_, "From"):
             conditions.append(Condition("from", "like", "%" + frm))
-        if status := _checked(filters.status, "Status"):
+        if status := checked(filters.status, "Status"):
             conditions.append(Condition("status", "like", status))
-        if body := _checked(filters.body, "Body"):
+        if body := checked(filters.body, "Body"):
             conditions.append(Condition("body", "like", f"%{body}%"))
         conditions += _time_range(filters, "date_created", "date_created")
         query = ListQuery(account_sids=await self._accounts(account, filters),
                           conditions=tuple(conditions), order=_order("sms_messages", filters),
                           page=paging.page, page_size=paging.page_size)
         page = await self._store.page_sms(query)
-        self._page_check(page)
+        check_page(page)
         return page
 
     async def get_sms(self, actor: Account, account: Account, sid: str) -> SmsRecord:
@@ -244,19 +217,19 @@ class HistoryService:
         require(actor, Action.READ, "Notifications")
         conditions: list[Condition] = []
         conditions += _time_range(filters, "date_created", "date_created")
-        if code := _checked(filters.error_code, "ErrorCode"):
+        if code := checked(filters.error_code, "ErrorCode"):
             if not code.isdigit():
                 raise InvalidInput("ErrorCode must be a number")
             conditions.append(Condition("error_code", "=", code))
-        if url := _checked(filters.request_url, "RequestUrl"):
+        if url := checked(filters.request_url, "RequestUrl"):
             conditions.append(Condition("request_url", "like", url))
-        if text := _checked(filters.message_text, "MessageText"):
+        if text := checked(filters.message_text, "MessageText"):
             conditions.append(Condition("message_text", "like", f"%{text}%"))
         query = ListQuery(account_sids=await self._accounts(account, filters),
                           conditions=tuple(conditions), order=_order("notifications", filters),
                           page=paging.page, page_size=paging.page_size)
         page = await self._store.page_notifications(query)
-        self._page_check(page)
+        check_page(page)
         return page
 
     async def get_notification(self, actor: Account, account: Account, sid: str
@@ -296,13 +269,13 @@ class HistoryService:
         require(actor, Action.READ, "Recordings")
         conditions: list[Condition] = []
         conditions += _time_range(filters, "date_created", "date_created")
-        if call := _checked(filters.call_sid, "CallSid"):
+        if call := checked(filters.call_sid, "CallSid"):
             conditions.append(Condition("call_sid", "=", call))
         query = ListQuery(account_sids=await self._accounts(account, filters),
                           conditions=tuple(conditions), order=_order("recordings", filters),
                           page=paging.page, page_size=paging.page_size)
         page = await self._store.page_recordings(query)
-        self._page_check(page)
+        check_page(page)
         return page
 
     async def get_recording(self, actor: Account, account: Account, sid: str) -> Recording:
