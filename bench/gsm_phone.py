@@ -18,22 +18,24 @@ from __future__ import annotations
 import argparse
 import array
 import gc
-import json
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pjsua2 as pj
 
-RATE = 8000
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.media.phone import say, start_endpoint  # noqa: E402
+
+RATE = 8000  # the test phones' Endpoint clock (start_endpoint)
 FRAME_SAMPLES = 160
 THRESHOLD = 2000  # |sample| above this is a burst (the tone is at half scale, 16384)
 QUIET_FRAMES = 5  # a burst starts only after this many quiet frames (100 ms)
-
-
-def say(**kw: Any) -> None:
-    print(json.dumps(kw), flush=True)
 
 
 def burst_frame() -> bytes:
@@ -127,26 +129,7 @@ def main() -> int:
     ap.add_argument("--offset", type=float, default=0.25)
     a = ap.parse_args()
 
-    ep = pj.Endpoint()
-    ep.libCreate()
-    cfg = pj.EpConfig()
-    cfg.uaConfig.threadCnt = 0
-    cfg.uaConfig.mainThreadOnly = True
-    cfg.logConfig.level = 0
-    cfg.logConfig.consoleLevel = 0
-    cfg.medConfig.clockRate = RATE
-    cfg.medConfig.sndClockRate = RATE
-    cfg.medConfig.channelCount = 1
-    cfg.medConfig.noVad = True
-    cfg.medConfig.ecTailLen = 0
-    ep.libInit(cfg)
-    t = pj.TransportConfig()
-    t.boundAddress = "127.0.0.1"
-    ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, t)
-    ep.libStart()
-    ep.audDevManager().setNullDev()
-    for info in ep.codecEnum2():
-        ep.codecSetPriority(info.codecId, 255 if info.codecId.startswith("PCMU/") else 0)
+    ep, _ = start_endpoint()  # RATE is its 8 kHz
     acfg = pj.AccountConfig()
     acfg.idUri = f"sip:{a.user}@{a.domain}"
     acfg.regConfig.registrarUri = f"sip:{a.register}"

@@ -31,6 +31,35 @@ def say(**kw: Any) -> None:
     print(json.dumps(kw), flush=True)
 
 
+def start_endpoint(sip_port: int = 0) -> tuple[pj.Endpoint, int]:
+    """A started pjsua2 Endpoint as the test phones use one: driven from this thread
+    (``libHandleEvents``), silent, 8 kHz mono without VAD or echo canceller, a null sound
+    device, PCMU only, UDP on 127.0.0.1:SIP_PORT (0: any free port). Returns the Endpoint
+    and its transport's id. Also used by bench/gsm_phone.py."""
+    ep = pj.Endpoint()
+    ep.libCreate()
+    cfg = pj.EpConfig()
+    cfg.uaConfig.threadCnt = 0
+    cfg.uaConfig.mainThreadOnly = True
+    cfg.logConfig.level = 0
+    cfg.logConfig.consoleLevel = 0
+    cfg.medConfig.clockRate = 8000
+    cfg.medConfig.sndClockRate = 8000
+    cfg.medConfig.channelCount = 1
+    cfg.medConfig.noVad = True
+    cfg.medConfig.ecTailLen = 0
+    ep.libInit(cfg)
+    transport = pj.TransportConfig()
+    transport.port = sip_port
+    transport.boundAddress = "127.0.0.1"
+    tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, transport)
+    ep.libStart()
+    ep.audDevManager().setNullDev()
+    for info in ep.codecEnum2():
+        ep.codecSetPriority(info.codecId, 255 if info.codecId.startswith("PCMU/") else 0)
+    return ep, tid
+
+
 class Phone:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -40,27 +69,8 @@ class Phone:
 
     def start(self) -> None:
         a = self.args
-        self.ep = ep = pj.Endpoint()
-        ep.libCreate()
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
-        cfg.logConfig.level = 0
-        cfg.logConfig.consoleLevel = 0
-        cfg.medConfig.clockRate = 8000
-        cfg.medConfig.sndClockRate = 8000
-        cfg.medConfig.channelCount = 1
-        cfg.medConfig.noVad = True
-        cfg.medConfig.ecTailLen = 0
-        ep.libInit(cfg)
-        t = pj.TransportConfig()
-        t.port = a.sip_port
-        t.boundAddress = "127.0.0.1"
-        tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, t)
-        ep.libStart()
-        ep.audDevManager().setNullDev()
-        for info in ep.codecEnum2():
-            ep.codecSetPriority(info.codecId, 255 if info.codecId.startswith("PCMU/") else 0)
+        ep, tid = start_endpoint(a.sip_port)
+        self.ep = ep
         acfg = pj.AccountConfig()
         port = ep.transportGetInfo(tid).localName.rsplit(":", 1)[1]
         acfg.idUri = f"sip:phone@127.0.0.1:{port}"
