@@ -133,8 +133,9 @@ class OutboundCalls:
 
     @contextlib.contextmanager
     def _place(self) -> Iterator[None]:
-        """Hold a place under ``max_calls`` while a call that passed the check awaits
-        something before it is counted itself: concurrent requests cannot all slip in."""
+        """Hold a place under ``max_calls`` from the check on: until the call is counted
+        by its own sid (concurrent requests cannot all slip in), or, for a <Dial><Number>
+        child, while it rings."""
         key = f"pending/{mint_sid('CA')}"
         self._outbound.add(key)
         try:
@@ -209,8 +210,7 @@ class OutboundCalls:
                             await engine.hangup(leg_live.info.leg)
             if child is not None:
                 await calls.end_child(child)
-            self._outbound.discard(info.sid)
-            calls.forget(live)
+            calls.forget(live)  # which also releases its place among the calls going out
 
     async def _ring_local(self, parent: CallInfo, parent_events: LegEvents, login: str,
                           on_ringing: Callable[[], Awaitable[None]]
@@ -231,18 +231,14 @@ class OutboundCalls:
         PARENT's worker so the answered child can be bridged there; CANCEL ending stops it.
         While it rings it counts among the [outbound] max_calls calls going out, like every
         other outbound call: 486 when that many are out already."""
-        key = f"{parent.sid}/dial/{mint_sid('CA')[2:10]}"
         if len(self._outbound) >= self.max_calls:
             logger.warning("x call %s: <Dial> %s: %d outbound calls already",
                            parent.sid, number, self.max_calls)
             return None, 486
-        self._outbound.add(key)
-        try:
+        with self._place():
             return await self._dial_out(parent, cancel, number, lines,
                                         ring_seconds=ring_seconds, near=parent.leg,
                                         caller_id=caller_id)
-        finally:
-            self._outbound.discard(key)
 
     # -- POST /Calls to a number -------------------------------------------------------------
 
