@@ -1,5 +1,6 @@
-"""The UDP+TCP transport over real loopback sockets, with a fake handler; and the broken-message
-corpus sent over UDP to a running appliance's front door."""
+"""The UDP+TCP transport over real loopback sockets, with a fake handler (and, for a full send
+buffer and an ICMP error, which loopback does not produce, a stand-in for its UDP socket); and
+the broken-message corpus sent over UDP to a running appliance's front door."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from appliance.app import Appliance
+from appliance.sip import transport as transport_module
 from appliance.sip.errors import SipParseError
 from appliance.sip.message import Request, Response, error_response, make_response, parse_message
-from appliance.sip.transport import Limits, Transport
+from appliance.sip.transport import UDP_READ_BATCH, Limits, Transport
 from appliance.sip.wire import Incoming, Target, reply_target
 
 DATA = Path(__file__).parents[1] / "data" / "sip"
@@ -216,6 +219,189 @@ async def test_udp_send_to_a_target(echo: tuple[Transport, Echo], udp: UdpPeer) 
     transport.send(request, Target("udp", "255.255.255.255", udp.port))  # refused, no raise
     transport.send(request, Target("udp", "localhost", udp.port))  # a name: resolved first
     assert await udp.recv() is not None
+
+
+# --- UDP under load: bursts, a full send buffer, ICMP errors -----------------------------------
+
+
+def branch_of(data: bytes | None) -> str | None:
+    """The branch of a message's top Via (responses echo the request's)."""
+    if data is None:
+        return None
+    via = parse_message(data).top_via
+    return via.branch if via is not None else None
+
+
+async def test_a_burst_of_udp_requests_is_all_answered(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    count = 200  # several wake-ups' worth of the transport's read batch
+    assert count > 4 * UDP_READ_BATCH
+    udp.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sent = [f"z9hG4bKburst{i}" for i in range(count)]
+    for branch in sent:  # all queued in the kernel before the transport reads any
+        udp.sock.sendto(options(udp.port, branch=branch), ("127.0.0.1", transport.port))
+    answered = []
+    for _ in range(count):
+        reply = await udp.recv()
+        assert status_of(reply) == 200
+        answered.append(branch_of(reply))
+    assert sorted(answered) == sorted(sent)
+    assert len(handler.seen) == count
+
+
+async def test_a_udp_flood_does_not_hold_up_a_tcp_phone(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    udp.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    async with tcp(transport.port) as (reader, writer):
+        local_port = writer.get_extra_info("sockname")[1]
+        writer.write(options(local_port, transport="TCP", branch="z9hG4bKtcp1"))
+        assert status_of(await read_message(reader)) == 200  # connected and admitted
+        flood = 200
+        for i in range(flood):  # queued in the kernel before the transport reads any...
+            udp.sock.sendto(options(udp.port, branch=f"z9hG4bKflood{i}"),
+                            ("127.0.0.1", transport.port))
+        writer.write(options(local_port, transport="TCP", branch="z9hG4bKtcp2"))  # ...so is this
+        assert status_of(await read_message(reader)) == 200
+        branches = [incoming.message.top_via.branch for incoming in handler.seen
+                    if incoming.message.top_via is not None]
+        # Handled after at most one read batch of the flood, not after all of it.
+        assert branches.index("z9hG4bKtcp2") <= 1 + UDP_READ_BATCH
+        for _ in range(flood):
+            assert status_of(await udp.recv()) == 200
+
+
+class FullSendBuffer:
+    """Stands in for the transport's UDP socket with a send buffer full for the next FULL
+    calls of ``sendto`` (BlockingIOError, nothing sent); the rest goes to the real socket.
+    Faked because loopback never fills a UDP send buffer: the kernel hands each datagram to
+    the receiving socket (or drops it) within ``sendto``."""
+
+    def __init__(self, sock: socket.socket, full: int) -> None:
+        self.sock = sock
+        self.full = full
+        self.calls = 0
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
+        self.calls += 1
+        if self.full > 0:
+            self.full -= 1
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return self.sock.sendto(data, address)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+async def receive_branches(udp: UdpPeer, count: int) -> list[str | None]:
+    return [branch_of(await udp.recv()) for _ in range(count)]
+
+
+async def test_udp_sends_wait_for_a_full_send_buffer_in_order(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, _ = echo
+    real = transport._udp
+    assert real is not None
+    sock = FullSendBuffer(real, full=1)
+    transport._udp = sock  # type: ignore[assignment]
+    target = Target("udp", "127.0.0.1", udp.port)
+
+    def send(branch: str) -> None:
+        transport.send(parse_message(options(transport.port, branch=branch)), target)
+
+    # The first finds the buffer full; the others queue behind it, though there is room again.
+    for i in range(1, 6):
+        send(f"z9hG4bKq{i}")
+    assert await receive_branches(udp, 5) == [f"z9hG4bKq{i}" for i in range(1, 6)]
+    # Still full at the first tries to flush: the queue waits on.
+    sock.full = 3
+    for i in range(6, 9):
+        send(f"z9hG4bKq{i}")
+    assert await receive_branches(udp, 3) == [f"z9hG4bKq{i}" for i in range(6, 9)]
+    # All sent: the transport no longer waits for the socket to be writable (no busy loop)...
+    assert not asyncio.get_running_loop().remove_writer(real.fileno())
+    # ...and sends straight away again.
+    calls = sock.calls
+    send("z9hG4bKq9")
+    assert sock.calls == calls + 1
+    assert await receive_branches(udp, 1) == ["z9hG4bKq9"]
+
+
+async def test_udp_send_queue_is_bounded_and_dropped_on_stop(
+        udp: UdpPeer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport_module, "UDP_SEND_QUEUE", 3)
+    handler = Echo()
+    transport = Transport(handler, "127.0.0.1", 0)
+    handler.transport = transport
+    await transport.start()
+    try:
+        assert transport._udp is not None
+        transport._udp = FullSendBuffer(transport._udp, full=1)  # type: ignore[assignment]
+        for i in range(1, 6):
+            transport.send(parse_message(options(transport.port, branch=f"z9hG4bKb{i}")),
+                           Target("udp", "127.0.0.1", udp.port))
+        assert await receive_branches(udp, 3) == ["z9hG4bKb1", "z9hG4bKb2", "z9hG4bKb3"]
+        assert await udp.recv(0.2) is None  # the 4th and 5th found the queue full
+        # Stopped with datagrams waiting: they are dropped, and nothing goes out after.
+        transport._udp.full = 1000  # type: ignore[attr-defined]
+        transport.send(parse_message(options(transport.port, branch="z9hG4bKb6")),
+                       Target("udp", "127.0.0.1", udp.port))
+    finally:
+        await transport.stop()
+    transport.send(parse_message(options(transport.port, branch="z9hG4bKb7")),
+                   Target("udp", "127.0.0.1", udp.port))
+    assert await udp.recv(0.2) is None
+
+
+class Refusing:
+    """Stands in for the transport's UDP socket, whose next REFUSALS ``recvfrom`` calls raise
+    what Linux raises for an ICMP port unreachable where it reports one (a connected socket,
+    or IP_RECVERR); the rest go to the real socket."""
+
+    def __init__(self, sock: socket.socket, refusals: int) -> None:
+        self.sock = sock
+        self.refusals = refusals
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise ConnectionRefusedError(111, "Connection refused")
+        return self.sock.recvfrom(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+async def test_icmp_port_unreachable_does_not_stop_udp(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, _ = echo
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        # A phone that went away: a request to a closed port draws ICMP port unreachable.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+            gone.bind(("127.0.0.1", 0))
+            closed = int(gone.getsockname()[1])
+        transport.send(parse_message(options(transport.port, branch="z9hG4bKgone")),
+                       Target("udp", "127.0.0.1", closed))
+        await asyncio.sleep(0.05)
+        await udp.send(options(udp.port, branch="z9hG4bKi1"), transport.port)
+        assert branch_of(await udp.recv()) == "z9hG4bKi1"
+        # Linux does not report that error on an unconnected socket such as ours: make
+        # recvfrom raise it, as other kernels (and IP_RECVERR) do.
+        assert transport._udp is not None
+        refusing = Refusing(transport._udp, refusals=2)
+        transport._udp = refusing  # type: ignore[assignment]
+        await udp.send(options(udp.port, branch="z9hG4bKi2"), transport.port)
+        assert branch_of(await udp.recv()) == "z9hG4bKi2"
+        assert refusing.refusals == 0
+        await udp.send(options(udp.port, branch="z9hG4bKi3"), transport.port)
+        assert branch_of(await udp.recv()) == "z9hG4bKi3"
+        assert errors == []  # nothing escaped into the loop
+    finally:
+        loop.set_exception_handler(None)
 
 
 # --- TCP ---------------------------------------------------------------------------------------
