@@ -6,8 +6,8 @@ through asyncio's server and ``Protocol`` machinery. UDP does not: the transport
 non-blocking socket watched with ``loop.add_reader``; each wake-up reads datagrams with
 ``recvfrom`` until the socket is empty or ``UDP_READ_BATCH`` are read, and answers go out
 with ``sendto`` on the spot. asyncio's ``DatagramTransport`` reads one datagram per trip round
-the loop and wraps each call in its own checks: a trivial UDP responder on it measured ~4
-times the CPU per message of one built this way. Every datagram, and every
+the loop and wraps each call in its own checks: a trivial UDP responder on it measured over
+three times the CPU per message of one built this way. Every datagram, and every
 message ``framing.StreamFramer`` cuts from a TCP stream, goes through the same path:
 
 1. a source the ``is_blocked`` hook names (a banned address) is dropped before parsing;
