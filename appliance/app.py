@@ -168,7 +168,8 @@ class Appliance:
         self.transport = Transport(
             self.frontdoor, sip.listen.host, sip.listen.port,
             advertised=primary_address() if wildcard else sip.listen.host,
-            is_blocked=lambda ip: self.guard.is_banned(ip, self.wall_clock()))
+            is_blocked=lambda ip: self.guard.is_banned(ip, self.wall_clock()),
+            quick=self.frontdoor.quick)
         if sip.domain:
             self.transport.local_hosts.add(sip.domain.lower())
         self.frontdoor.sender = self.transport

@@ -81,6 +81,13 @@ class SipDirectory:
         self._numbers = {}
         self._generation += 1
 
+    def cached_user(self, login: str) -> tuple[bool, SipUser | None]:
+        """(True, the user) when LOGIN's answer is cached, else (False, None): the SIP quick
+        path answers only from the cache."""
+        if login in self._cache:
+            return True, self._cache[login]
+        return False, None
+
     async def user(self, login: str) -> SipUser | None:
         if login in self._cache:
             return self._cache[login]

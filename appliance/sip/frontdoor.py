@@ -48,6 +48,7 @@ from appliance.sip.message import (
     max_forwards_status,
     unsupported_extensions,
 )
+from appliance.sip.register_view import PlainRegister
 from appliance.sip.registrar import Registrar
 from appliance.sip.transaction import (
     Action,
@@ -123,6 +124,22 @@ class FrontDoor:
         self.registrar.connection_closed(connection_id)
         if self.proxy is not None:
             self.proxy.connection_closed(connection_id)
+
+    def quick(self, data: bytes, source: tuple[str, int]) -> bytes | None:
+        """The reply to DATA, a UDP datagram from SOURCE, when it is a plain REGISTER
+        (``register_view``) that needs nothing the general path has: no transaction of
+        ours holds it, its source is within its budget and its Client is cached. None: give
+        DATA to the general path, which answers it exactly as this would have."""
+        view = PlainRegister.parse(data, source)
+        if view is None:
+            return None
+        ip = source[0]
+        now = self.clock()
+        if (self.guard.is_banned(ip, now) or self._table.holds(view.key)
+                or (not self.registrar.is_known_source(ip)
+                    and not self.guard.allow_unauthenticated(ip, now))):
+            return None
+        return self.registrar.answer_plain(view, source, now)
 
     async def handle(self, incoming: Incoming) -> None:
         try:

@@ -59,6 +59,7 @@ import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -83,6 +84,7 @@ from appliance.sip.errors import SipParseError
 from appliance.sip.guard import Guard
 from appliance.sip.headers import DigestCredentials, NameAddr, parse_name_addrs
 from appliance.sip.message import Request, Response, make_response
+from appliance.sip.register_view import PlainRegister, RegisterFields, fields_of
 from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import Incoming
 
@@ -105,10 +107,22 @@ DEFAULT_ALGORITHMS = (Algorithm.MD5, Algorithm.SHA256)
 FLUSH_INTERVAL = 1.0
 
 
+@dataclass(slots=True)
+class Reply:
+    """What the registrar answers, before it is rendered for either path."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
 class Directory(Protocol):
     """What the registrar needs of provisioning (``services.telephony.SipDirectory``)."""
 
     async def user(self, login: str) -> SipUser | None: ...
+
+    def cached_user(self, login: str) -> tuple[bool, SipUser | None]:
+        """(True, what ``user`` would return) when that is known without waiting, else
+        (False, None)."""
 
     def set_registrations(self, login: str, registrations: list[Registration]) -> None: ...
 
@@ -225,27 +239,51 @@ class Registrar:
         request = incoming.message
         if not isinstance(request, Request) or request.method != "REGISTER":
             return None
+        now = self.clock()
         try:
-            return await self._register(request, incoming)
+            login = aor_of(request.to.uri)
+            if login is None:
+                raise SipParseError("To is not a SIP URI with a user part")
+            fields = fields_of(request, login)
+            user = await self.directory.user(login)
+            origin = Origin(incoming.transport, incoming.source, incoming.connection_id)
+            reply = self.decide(fields, user, origin, now)
         except SipParseError as err:
             logger.debug("x REGISTER from %s:%d: %s", *incoming.source, err)
-            return self._reply(request, 400, reason=None)
+            reply = Reply(400)
+        response = make_response(request, reply.status, to_tag=secrets.token_hex(5))
+        for name, value in reply.headers:
+            response.add(name, value)
+        return response
 
-    async def _register(self, request: Request, incoming: Incoming) -> Response | None:
-        now = self.clock()
-        ip = incoming.source[0]
-        login = aor_of(request.to.uri)
-        if login is None:
-            raise SipParseError("To is not a SIP URI with a user part")
-        user = await self.directory.user(login)
+    def answer_plain(self, view: PlainRegister, source: tuple[str, int],
+                     now: float) -> bytes | None:
+        """The reply to a plain REGISTER over UDP read by the quick path, or None when its
+        Client is not in the directory's cache (the general path awaits the store)."""
+        login = view.fields.login
+        known, user = self.directory.cached_user(login or "")
+        if not known:
+            return None
+        try:
+            reply = self.decide(view.fields, user, Origin("udp", source, None), now)
+        except SipParseError as err:
+            logger.debug("x REGISTER from %s:%d: %s", *source, err)
+            reply = Reply(400)
+        return view.reply(reply.status, reply.headers, to_tag=secrets.token_hex(5))
+
+    def decide(self, fields: RegisterFields, user: SipUser | None, origin: Origin,
+               now: float) -> Reply:
+        """The answer to a REGISTER for FIELDS.login (USER: its Client, or None when there is
+        none). Raises SipParseError for a request to answer 400."""
+        ip = origin.source[0]
+        login = fields.login or ""
         realm = user.realm if user is not None else self.realm()
         auth = DigestAuth(realm, self.nonces, self.algorithms, self.counts)
-        creds = self._credentials(request, realm)
+        creds = self._credentials(fields.authorizations, realm)
         if creds is None or self.nonces.check(creds.nonce or "", now) is NonceStatus.INVALID:
-            return self._challenge(request, auth, now, stale=False)
+            return self._challenge(auth, now, stale=False)
         nonce = creds.nonce or ""
-        top = request.top_via
-        this = (creds.params.get("nc") or "", top.branch or "" if top is not None else "")
+        this = (creds.params.get("nc") or "", fields.branch)
         retransmission = bool(this[1]) and self._last_accepted.get(nonce) == this
         if retransmission:
             auth = DigestAuth(realm, self.nonces, self.algorithms, None)  # nc seen: by us
@@ -260,10 +298,10 @@ class Registrar:
         if verdict is Verdict.MALFORMED:
             raise SipParseError("malformed digest credentials")
         if verdict is Verdict.STALE:
-            return self._challenge(request, auth, now, stale=True)
+            return self._challenge(auth, now, stale=True)
         if verdict is Verdict.REJECTED:
             self._failed(ip, login, now)
-            return self._reply(request, 403)
+            return Reply(403)
         self.guard.record_success(ip)
         self._last_accepted[nonce] = this
         self._last_accepted.move_to_end(nonce)
@@ -272,27 +310,25 @@ class Registrar:
         assert user is not None  # noqa: S101 - ACCEPTED needs a stored HA1
         if not user.enabled:
             logger.info("- %s from %s:%d refused: client disabled or account inactive",
-                        login, *incoming.source)
-            return self._reply(request, 403)
+                        login, *origin.source)
+            return Reply(403)
         if retransmission:  # already applied: answer with the bindings as they are
-            return self._ok(request, self.location.lookup(login, now), now)
-        return await self._bind(request, incoming, login, now)
+            return self._ok(self.location.lookup(login, now), now)
+        return self._bind(fields, origin, login, now)
 
     @staticmethod
-    def _credentials(request: Request, realm: str) -> DigestCredentials | None:
+    def _credentials(values: Sequence[str], realm: str) -> DigestCredentials | None:
         """The Authorization answering our realm (a phone may carry several)."""
-        for value in request.get_all("authorization"):
+        for value in values:
             creds = DigestCredentials.parse(value)
             if creds.realm == realm:
                 return creds
         return None
 
-    def _challenge(self, request: Request, auth: DigestAuth, now: float, *,
-                   stale: bool) -> Response:
-        response = self._reply(request, 401)
-        for value in auth.challenges(now, stale=stale):
-            response.add("WWW-Authenticate", value)
-        return response
+    @staticmethod
+    def _challenge(auth: DigestAuth, now: float, *, stale: bool) -> Reply:
+        return Reply(401, [("WWW-Authenticate", value)
+                           for value in auth.challenges(now, stale=stale)])
 
     def _failed(self, ip: str, login: str, now: float) -> None:
         banned = self.guard.record_failure(ip, now)
@@ -308,56 +344,47 @@ class Registrar:
                 self._logged.popitem(last=False)
             logger.warning("x REGISTER for %r from %s failed authentication", login, ip)
 
-    def _reply(self, request: Request, status: int, reason: str | None = None) -> Response:
-        return make_response(request, status, reason, to_tag=secrets.token_hex(5))
-
-    async def _bind(self, request: Request, incoming: Incoming, login: str,
-                    now: float) -> Response:
-        contacts = parse_name_addrs(request.get_all("contact"))
+    def _bind(self, fields: RegisterFields, origin: Origin, login: str, now: float) -> Reply:
+        contacts = parse_name_addrs(fields.contacts)
         for contact in contacts:
             if not contact.is_wildcard:
                 _check_contact(contact)
-        expires_text = request.get("expires")
+        expires_text = fields.expires
         expires_header: int | None = None
         if expires_text is not None:
             if not expires_text.isdigit() or len(expires_text) > 10:
                 raise SipParseError(f"bad Expires {expires_text[:20]!r}")
             expires_header = int(expires_text)
-        origin = Origin(incoming.transport, incoming.source, incoming.connection_id)
         try:
             bindings = self.location.register(
-                login, contacts, expires_header=expires_header, call_id=request.call_id or "",
-                cseq=request.cseq.number, now=now, origin=origin)
+                login, contacts, expires_header=expires_header, call_id=fields.call_id,
+                cseq=fields.cseq, now=now, origin=origin)
         except RegistrationError as err:
-            logger.debug("x REGISTER %s from %s:%d: %s", login, *incoming.source, err)
-            response = self._reply(request, err.status)
-            if err.min_expires is not None:
-                response.add("Min-Expires", str(err.min_expires))
-            return response
+            logger.debug("x REGISTER %s from %s:%d: %s", login, *origin.source, err)
+            return Reply(err.status, [("Min-Expires", str(err.min_expires))]
+                         if err.min_expires is not None else [])
         if contacts:
-            agent = (request.get("user-agent") or "")[:200]
+            agent = fields.user_agent[:200]
             agents = self._user_agents.setdefault(login, {})
             # The contacts published before this REGISTER: the same ones again is a refresh.
             refresh = {b.uri for b in bindings} == agents.keys()
             for binding in bindings:
-                if binding.call_id == request.call_id and binding.cseq == request.cseq.number:
+                if binding.call_id == fields.call_id and binding.cseq == fields.cseq:
                     agents[binding.uri] = agent
             level = logging.DEBUG if refresh else logging.INFO
             if logger.isEnabledFor(level):
                 logger.log(level, "- %s registered from %s %s:%d: %d contact(s)", login,
-                           incoming.transport, *incoming.source, len(bindings))
+                           origin.transport, *origin.source, len(bindings))
             self._changed(login, now)
-        return self._ok(request, bindings, now)
+        return self._ok(bindings, now)
 
-    def _ok(self, request: Request, bindings: list[Binding], now: float) -> Response:
-        response = self._reply(request, 200)
-        for binding in bindings:
-            response.add("Contact", binding.header_value(now))
+    def _ok(self, bindings: list[Binding], now: float) -> Reply:
+        headers = [("Contact", binding.header_value(now)) for binding in bindings]
         second = int(now)
         if self._date[0] != second:
             self._date = (second, email.utils.formatdate(second, usegmt=True))
-        response.add("Date", self._date[1])
-        return response
+        headers.append(("Date", self._date[1]))
+        return Reply(200, headers)
 
     # --- changes: persist, publish, re-arm ------------------------------------------------
 

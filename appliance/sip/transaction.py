@@ -793,6 +793,10 @@ class TransactionTable:
     def match_request(self, request: Request) -> ServerTransaction | None:
         return self.servers.get(server_key(request))
 
+    def holds(self, key: TransactionKey) -> bool:
+        """Whether a server transaction with KEY (``server_key``) is alive."""
+        return key in self.servers
+
     def match_cancel(self, cancel: Request) -> InviteServerTransaction | None:
         """The INVITE server transaction a CANCEL targets (RFC 3261 §9.2), if any."""
         key = server_key(cancel)

@@ -263,8 +263,12 @@ class Transport:
         limits: Limits | None = None,
         advertised: str | None = None,
         is_blocked: Callable[[str], bool] | None = None,
+        quick: Callable[[bytes, tuple[str, int]], bytes | None] | None = None,
     ) -> None:
         self.handler = handler
+        # A UDP datagram's reply without parsing it into a message, or None to parse it
+        # (``FrontDoor.quick``: the common REGISTER).
+        self.quick = quick
         self.host = host
         self.port = port
         self.limits = limits or Limits()
@@ -433,6 +437,18 @@ class Transport:
         if len(data) > self.limits.max_message:
             self._oversize(data, "udp", source, None)
             return
+        if self.quick is not None and data[:9] == b"REGISTER ":
+            try:
+                reply = self.quick(data, source)
+            except Exception:
+                logger.exception("x quick REGISTER from %s:%d failed; dropped", *source)
+                return
+            if reply is not None:
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("< udp %s:%d REGISTER answered %s", *source,
+                                 reply[8:reply.find(b"\r\n")].decode(errors="replace"))
+                self._sendto(reply, source)
+                return
         self._receive(data, "udp", source, (self.advertised, self.port), None)
 
     def _oversize(self, data: bytes, transport: str, source: tuple[str, int],

@@ -59,6 +59,9 @@ class FakeDirectory:
     async def user(self, login: str) -> SipUser | None:
         return self.users.get(login)
 
+    def cached_user(self, login: str) -> tuple[bool, SipUser | None]:
+        return True, self.users.get(login)
+
     def set_registrations(self, login: str, registrations: list[Registration]) -> None:
         self.published[login] = list(registrations)
 

@@ -1,0 +1,205 @@
+"""What the registrar reads of a REGISTER, from a parsed ``Request`` or straight from a
+datagram's bytes (the quick path), and the bytes of a reply built from those same bytes.
+
+Theory of operation. Almost every REGISTER an office sees is one shape: a phone on the LAN
+refreshing one Contact over UDP, with a handful of well-known headers, often twice in a row
+(the 401 challenge, then the answer). Through the general path such a pair costs ~0.3 ms of
+CPU: two full parses with validation, a server transaction each, two ``Response`` objects
+serialised. ``PlainRegister.parse`` reads that one shape directly from the bytes and answers
+None for anything else, which then takes the general path as before — so the quick path is
+an optimisation of the common case, never a second dialect:
+
+- accepted: ``REGISTER sip:... SIP/2.0``; CRLF line ends, no folding, ASCII only; one Via
+  (``SIP/2.0/UDP`` IPv4 sent-by, an RFC 3261 ``branch``, optional ``rport``, nothing else);
+  Max-Forwards, From, To (without a tag), Call-ID, CSeq, exactly one Contact (one plain
+  ``<sip:...>`` value), and optionally Expires, Authorization (one), Content-Length 0 and the
+  informative headers in ``_PASSIVE``; each header once, by its full name; no body.
+- anything else (compact or unknown header names, Require, Route, Path, several Contacts or
+  Vias, a ``*`` Contact, a tagged To, TCP, IPv6, non-ASCII display names, a body, an
+  out-of-range number...) is None.
+
+``RegisterFields`` is what the registrar's decision needs, whichever way it was read, so both
+paths share every rule (digest, nonces, Guard, bindings). The reply is rendered as
+``make_response`` renders it: the stamped top Via (``received`` and a forced ``rport``, as
+the transport stamps every request), From, To with our tag, Call-ID and CSeq copied, then the
+registrar's headers. ``tests/sip/test_register_view.py`` checks, message by message, that
+both paths answer the same bytes (tags, nonces and Date aside) and leave the same state.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from appliance.sip.errors import SipParseError
+from appliance.sip.message import REASONS, Request
+
+MAGIC_COOKIE = "z9hG4bK"
+# Headers a REGISTER may carry that the registrar never reads and the reply does not echo
+# (User-Agent is read: it is shown with the registration in the API).
+_PASSIVE = frozenset({"allow", "supported", "accept", "accept-encoding", "accept-language",
+                      "allow-events", "organization", "user-agent"})
+_READ = frozenset({"via", "max-forwards", "from", "to", "call-id", "cseq", "contact",
+                   "expires", "authorization", "content-length"})
+_REQUIRED = frozenset({"via", "max-forwards", "from", "to", "call-id", "cseq", "contact"})
+_KNOWN = _READ | _PASSIVE
+
+_TOKEN = r"[A-Za-z0-9.!%*_+`'~-]+"
+_PARAMS = rf"(?:;{_TOKEN}(?:={_TOKEN})?)"
+_VIA = re.compile(rf"SIP/2\.0/UDP (\d{{1,3}}(?:\.\d{{1,3}}){{3}})(?::(\d{{1,5}}))?({_PARAMS}+)")
+# A name-addr in angle brackets, an optional quoted display name without escapes, and
+# header parameters made of token characters only.
+_NAME_ADDR = re.compile(rf'(?:"[^"\\]*" )?<(sip:[^<>\s"\\,]+)>({_PARAMS}*)')
+# The user part the registrar keys bindings by, when it needs no unescaping.
+_AOR_USER = re.compile(r"sip:([A-Za-z0-9._~+-]+)@[A-Za-z0-9.-]+(?::\d{1,5})?(?:[;?][^<>]*)?")
+_CALL_ID = re.compile(r"[!-~]+")
+_CSEQ = re.compile(r"(\d{1,9}) REGISTER")
+_REQUEST_URI = re.compile(r"sip:[!-~]+")
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterFields:
+    """What the registrar decides on. LOGIN is the To-URI's user part (None: the To is not
+    a SIP URI with a user); CONTACTS and AUTHORIZATIONS are the raw header values."""
+
+    login: str | None
+    authorizations: Sequence[str]
+    branch: str
+    contacts: Sequence[str]
+    expires: str | None
+    call_id: str
+    cseq: int
+    user_agent: str
+
+
+def fields_of(request: Request, login: str | None) -> RegisterFields:
+    """The fields of a REGISTER the general parser read (LOGIN: its To user)."""
+    top = request.top_via
+    return RegisterFields(
+        login=login,
+        authorizations=request.get_all("authorization"),
+        branch=(top.branch or "") if top is not None else "",
+        contacts=request.get_all("contact"),
+        expires=request.get("expires"),
+        call_id=request.call_id or "",
+        cseq=request.cseq.number,
+        user_agent=request.get("user-agent") or "",
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _answerable(host: str) -> bool:
+    """A sent-by the general path would answer: a valid IPv4 address, not multicast,
+    broadcast or unspecified."""
+    try:
+        ip = ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return not (ip.is_multicast or ip.is_unspecified
+                or ip == ipaddress.IPv4Address("255.255.255.255"))
+
+
+@dataclass(frozen=True, slots=True)
+class PlainRegister:
+    """A REGISTER of the common shape (see the module docstring), as read from its bytes."""
+
+    fields: RegisterFields
+    via_host: str
+    via_port: int | None
+    key: tuple[str, str, str, str]  # its server transaction key (transaction.server_key)
+    head: bytes  # the stamped Via, From, To-up-to-the-tag, as the reply copies them
+    tail: bytes  # Call-ID and CSeq lines of the reply
+
+    @classmethod
+    def parse(cls, data: bytes, source: tuple[str, int]) -> PlainRegister | None:
+        """DATA as a plain REGISTER received from SOURCE, or None for any other shape."""
+        if not data.startswith(b"REGISTER sip:"):
+            return None
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end + 4 != len(data):
+            return None
+        try:
+            text = data[:end].decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        start, _, block = text.partition("\r\n")
+        request_line = start.split(" ")
+        if (len(request_line) != 3 or request_line[2] != "SIP/2.0"
+                or not _REQUEST_URI.fullmatch(request_line[1])):
+            return None
+        found: dict[str, str] = {}
+        for line in block.split("\r\n"):
+            name, colon, value = line.partition(":")
+            key = name.lower()
+            if not colon or key in found or key not in _KNOWN or "\r" in line or "\n" in line:
+                return None
+            found[key] = value.strip()  # what the general parser keeps of a value
+        if not found.keys() >= _REQUIRED or found.get("content-length", "0") != "0":
+            return None
+        return cls._build(found, source)
+
+    @classmethod
+    def _build(cls, found: dict[str, str], source: tuple[str, int]) -> PlainRegister | None:
+        via = _VIA.fullmatch(found["via"])
+        if via is None or not _answerable(via.group(1)):
+            return None
+        host, port_text, params = via.groups()
+        port = int(port_text) if port_text else None
+        if port is not None and not 0 < port < 65536:
+            return None
+        branch, rport, rest = "", False, []
+        for param in params[1:].split(";"):
+            name, _, value = param.partition("=")
+            if name == "branch" and not branch and value.startswith(MAGIC_COOKIE):
+                branch = value
+                rest.append(param)
+            elif param == "rport" and not rport:
+                rport = True
+                rest.append(f"rport={source[1]}")
+            else:
+                return None  # received, maddr, ttl, a second branch...: the general path
+        if not branch:
+            return None
+        stamped = ";".join(rest) + f";received={source[0]}"
+        if not rport:
+            stamped += f";rport={source[1]}"
+        sent_by = host if port is None else f"{host}:{port}"
+        from_, to = _NAME_ADDR.fullmatch(found["from"]), _NAME_ADDR.fullmatch(found["to"])
+        contact = _NAME_ADDR.fullmatch(found["contact"])
+        if from_ is None or to is None or contact is None or to.group(2):
+            return None
+        max_forwards, expires = found["max-forwards"], found.get("expires")
+        if not (max_forwards.isdigit() and len(max_forwards) <= 10):
+            return None
+        if expires is not None and not (expires.isdigit() and len(expires) <= 10):
+            return None
+        cseq = _CSEQ.fullmatch(found["cseq"])
+        call_id = found["call-id"]
+        user = _AOR_USER.fullmatch(to.group(1))
+        if cseq is None or not _CALL_ID.fullmatch(call_id) or user is None:
+            return None
+        authorization = found.get("authorization")
+        fields = RegisterFields(
+            login=user.group(1),
+            authorizations=(authorization,) if authorization is not None else (),
+            branch=branch, contacts=(found["contact"],), expires=expires, call_id=call_id,
+            cseq=int(cseq.group(1)), user_agent=found.get("user-agent", ""))
+        head = (f"Via: SIP/2.0/UDP {sent_by};{stamped}\r\nFrom: {found['from']}\r\n"
+                f"To: {found['to']};tag=").encode()
+        tail = f"\r\nCall-ID: {call_id}\r\nCSeq: {found['cseq']}\r\n".encode()
+        key = ("3261", branch, f"{host}:{port or ''}", "REGISTER")
+        return cls(fields, host, port, key, head, tail)
+
+    def reply(self, status: int, headers: Sequence[tuple[str, str]], *, to_tag: str) -> bytes:
+        """The bytes of the response STATUS carrying HEADERS, as ``make_response`` would
+        build it with TO_TAG (which must be a token)."""
+        reason = REASONS.get(status)
+        if reason is None:
+            raise SipParseError(f"no reason phrase for {status}")
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        return b"".join((f"SIP/2.0 {status} {reason}\r\n".encode(), self.head,
+                         to_tag.encode(), self.tail, extra.encode("utf-8", "surrogateescape"),
+                         b"Content-Length: 0\r\n\r\n"))
