@@ -32,7 +32,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from appliance.sip.errors import SipParseError
 from appliance.sip.message import REASONS, Request
@@ -60,8 +60,7 @@ _CSEQ = re.compile(r"(\d{1,9}) REGISTER")
 _REQUEST_URI = re.compile(r"sip:[!-~]+")
 
 
-@dataclass(frozen=True, slots=True)
-class RegisterFields:
+class RegisterFields(NamedTuple):
     """What the registrar decides on. LOGIN is the To-URI's user part (None: the To is not
     a SIP URI with a user); CONTACTS and AUTHORIZATIONS are the raw header values."""
 
@@ -102,8 +101,7 @@ def _answerable(host: str) -> bool:
                 or ip == ipaddress.IPv4Address("255.255.255.255"))
 
 
-@dataclass(frozen=True, slots=True)
-class PlainRegister:
+class PlainRegister(NamedTuple):
     """A REGISTER of the common shape (see the module docstring), as read from its bytes."""
 
     fields: RegisterFields

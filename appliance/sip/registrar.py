@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import logging
 import secrets
 from collections import OrderedDict
@@ -487,9 +488,20 @@ class Registrar:
 
 def _check_contact(contact: NameAddr) -> None:
     """A Contact we could later send a request to: a valid sip:/sips: URI."""
-    uri = parse_uri(contact.uri)
+    problem = _contact_problem(contact.uri, contact.param("expires"))
+    if problem is not None:
+        raise SipParseError(problem)
+
+
+@functools.lru_cache(maxsize=1024)
+def _contact_problem(uri_text: str, expires: str | None) -> str | None:
+    # Cached by value: a phone refreshes the same Contact all day.
+    try:
+        uri = parse_uri(uri_text)
+    except SipParseError as err:
+        return str(err)
     if not isinstance(uri, SipUri):
-        raise SipParseError(f"Contact {contact.uri[:60]!r} is not a SIP URI")
-    expires = contact.param("expires")
+        return f"Contact {uri_text[:60]!r} is not a SIP URI"
     if expires is not None and (not expires.isdigit() or len(expires) > 10):
-        raise SipParseError(f"bad Contact expires {expires[:20]!r}")
+        return f"bad Contact expires {expires[:20]!r}"
+    return None
