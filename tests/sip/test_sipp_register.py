@@ -95,6 +95,10 @@ async def test_sipp_registers_over_udp(appliance: Appliance, api: Api, tmp_path:
     assert reg["contact"].startswith("sip:alice@127.0.0.1:") and reg["transport"] == "udp"
     assert reg["source"].startswith("127.0.0.1:") and 3590 <= reg["expires"] <= 3600
     assert reg["user_agent"] == "sipp-register-test"
+    # The first REGISTER found alice outside the directory's cache and took the general path
+    # (a server transaction); the answer to the challenge took the quick path, which keeps
+    # none (register_view).
+    assert appliance.frontdoor.transactions == 1
     # The binding is persisted too (written behind, within a second; flush() writes it now).
     await appliance.registrar.flush()
     stored = await appliance.store.load_bindings(appliance.wall_clock())

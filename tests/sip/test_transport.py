@@ -210,6 +210,35 @@ async def test_blocked_sources_are_ignored(udp: UdpPeer) -> None:
         await transport.stop()
 
 
+async def test_udp_register_taken_by_the_quick_hook_skips_the_handler(udp: UdpPeer) -> None:
+    """A REGISTER the quick hook answers is sent its bytes and never reaches the handler;
+    one it declines (None), and any other method, is parsed and handled as usual."""
+    handler = Echo()
+    asked: list[tuple[bytes, tuple[str, int]]] = []
+
+    def quick(data: bytes, source: tuple[str, int]) -> bytes | None:
+        asked.append((data, source))
+        return b"SIP/2.0 299 Quick\r\n\r\n" if b"quick-me" in data else None
+
+    transport = Transport(handler, "127.0.0.1", 0, quick=quick)
+    handler.transport = transport
+    await transport.start()
+    try:
+        register = options(udp.port).replace(b"OPTIONS", b"REGISTER")
+        await udp.send(register.replace(b"Call-ID: t-", b"Call-ID: quick-me-"), transport.port)
+        assert await udp.recv() == b"SIP/2.0 299 Quick\r\n\r\n"
+        assert handler.seen == [] and asked[0][1] == ("127.0.0.1", udp.port)
+        await udp.send(register, transport.port)
+        assert status_of(await udp.recv()) == 200
+        await udp.send(options(udp.port), transport.port)
+        assert status_of(await udp.recv()) == 200
+        assert [m.message.start_line().split()[0] for m in handler.seen] == ["REGISTER",
+                                                                          "OPTIONS"]
+        assert len(asked) == 2  # OPTIONS is never offered to the hook
+    finally:
+        await transport.stop()
+
+
 async def test_udp_send_to_a_target(echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
     transport, _ = echo
     request = parse_message(options(transport.port))
