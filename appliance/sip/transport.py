@@ -11,6 +11,9 @@ three times the CPU per message of one built this way. Every datagram, and every
 message ``framing.StreamFramer`` cuts from a TCP stream, goes through the same path:
 
 1. a source the ``is_blocked`` hook names (a banned address) is dropped before parsing;
+   a UDP datagram that starts ``REGISTER`` is first offered to the ``quick`` hook
+   (``FrontDoor.quick``), which answers the common shape straight from its bytes and
+   declines (None) everything else, which then goes on below;
 2. ``parse_message``; a message that fails gets ``error_response`` (400/416/505/...) when one can
    be built — a request with a readable Via — and is dropped otherwise (responses, ACKs,
    messages without a way back);
@@ -19,8 +22,9 @@ message ``framing.StreamFramer`` cuts from a TCP stream, goes through the same p
    multicast address (we never answer those, sip.md §3);
 4. a response is dropped unless its top Via is ours (``via_is_ours``: our port and one of
    ``local_hosts``) — only responses to requests the proxy sent can be for us;
-5. the message goes to the ``MessageHandler`` as an ``Incoming``, each in a task this
-   transport owns (at most ``max_pending`` at once; more are dropped and logged).
+5. the message goes to the ``MessageHandler`` as an ``Incoming``; the handler runs at once up
+   to its first suspension, and only one that suspends goes on in a task this transport
+   owns (at most ``max_pending`` at once; more are dropped and logged).
 
 Oversized messages (over ``Limits.max_message``): when the header block can still be read, a
 request is answered **513 Message Too Large** (RFC 3261 §21.5.14) and otherwise dropped; on
