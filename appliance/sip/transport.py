@@ -687,9 +687,15 @@ class Transport:
 
     async def _resolve_and_send(self, data: bytes, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
+        # Only addresses our one UDP socket can send to: a provider's name that resolves to
+        # IPv6 first must still reach its IPv4 address from an IPv4 socket (and an IPv6
+        # socket gets IPv4 addresses v4-mapped).
+        family = self._udp.family if self._udp is not None else socket.AF_UNSPEC
+        flags = socket.AI_V4MAPPED if family == socket.AF_INET6 else 0
         try:
             async with asyncio.timeout(self.limits.connect_timeout):
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+                infos = await loop.getaddrinfo(host, port, family=family,
+                                               type=socket.SOCK_DGRAM, flags=flags)
         except (OSError, TimeoutError) as err:
             logger.warning("x cannot resolve %s: %s", host, err)
             return

@@ -250,6 +250,30 @@ async def test_udp_send_to_a_target(echo: tuple[Transport, Echo], udp: UdpPeer) 
     assert await udp.recv() is not None
 
 
+async def test_udp_send_to_a_name_that_resolves_to_ipv6_first(
+        echo: tuple[Transport, Echo], udp: UdpPeer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A provider whose name has an AAAA record listed first is still reached from the IPv4
+    socket. This machine's resolver has no such name, so the loop's getaddrinfo is replaced by
+    one answering like a dual-stack DNS entry (and honouring the family asked for)."""
+    transport, _ = echo
+    loop = asyncio.get_running_loop()
+    asked: list[int] = []
+
+    async def dual_stack(host: str, port: int, *, family: int = 0, type: int = 0,
+                         proto: int = 0, flags: int = 0) -> list[Any]:
+        asked.append(family)
+        v6 = (socket.AF_INET6, type, 17, "", ("::1", port, 0, 0))
+        v4 = (socket.AF_INET, type, 17, "", ("127.0.0.1", port))
+        return [info for info in (v6, v4) if family in (0, info[0])]
+
+    monkeypatch.setattr(loop, "getaddrinfo", dual_stack)
+    request = parse_message(options(transport.port))
+    transport.send(request, Target("udp", "sip.provider.example", udp.port))
+    data = await udp.recv()
+    assert data is not None and data.startswith(b"OPTIONS sip:127.0.0.1 SIP/2.0")
+    assert asked == [socket.AF_INET]
+
+
 # --- UDP under load: bursts, a full send buffer, ICMP errors -----------------------------------
 
 
