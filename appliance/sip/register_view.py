@@ -79,9 +79,9 @@ def fields_of(request: Request, login: str | None) -> RegisterFields:
     top = request.top_via
     return RegisterFields(
         login=login,
-        authorizations=request.get_all("authorization"),
+        authorizations=tuple(request.get_all("authorization")),
         branch=(top.branch or "") if top is not None else "",
-        contacts=request.get_all("contact"),
+        contacts=tuple(request.get_all("contact")),
         expires=request.get("expires"),
         call_id=request.call_id or "",
         cseq=request.cseq.number,

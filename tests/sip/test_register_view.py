@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance.services.telephony import SipUser
 from appliance.sip.digest import Nonces
-from appliance.sip.message import Request, parse_message, stamp_received
-from appliance.sip.register_view import PlainRegister
+from appliance.sip.message import Request, make_response, parse_message, stamp_received
+from appliance.sip.register_view import PlainRegister, fields_of
+from appliance.sip.registrar import aor_of
 from appliance.sip.wire import Incoming
 from tests.sip.test_registrar import PASSWORD, REALM, Harness, user
 
@@ -412,3 +415,48 @@ async def test_a_source_over_its_unauthenticated_budget_is_left_to_the_general_p
     reply = await side.send(PLAIN)  # where the general path answers 503 and logs it
     assert reply is not None and status(reply) == 503
     side.h.door.close()
+
+
+# --- fuzzed: whatever the quick reader accepts, it reads as the general parser does ------
+
+SEEDS = [
+    PLAIN,
+    Phone("bob", via="SIP/2.0/UDP 10.1.2.3;rport;branch={branch}",
+          to='"Bob B" <sip:{login}@pbx.example.com>', extra=()).register(expires=None),
+    Phone("carol", contact="<sip:{login}@10.0.0.7:5070;transport=udp>;expires=120").register(
+        auth='Digest username="carol", realm="pbx.example.com", nonce="1.2.3", '
+             'uri="sip:pbx.example.com", response="00", qop=auth, nc=00000001, cnonce="x"'),
+]
+MUTATIONS = [b"\r\n", b"\r\n ", b":", b";", b",", b'"', b"<", b">", b" ", b"\t", b"\x00",
+             b"\xff", b"%", b"=", b"/", b"Via: ", b"Contact: ", b"l: 0", b"tag=", b"rport",
+             b"branch=z9hG4bK", b"SIP/2.0/UDP ", b"Expires: ", b"0"]
+
+
+@st.composite
+def mutated_register(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(min_value=1, max_value=4))):
+        pos = draw(st.integers(min_value=0, max_value=len(data)))
+        action = draw(st.sampled_from(["insert", "delete", "replace"]))
+        if action == "insert":
+            data[pos:pos] = draw(st.sampled_from(MUTATIONS) | st.binary(min_size=1, max_size=3))
+        elif action == "delete":
+            del data[pos : pos + draw(st.integers(min_value=1, max_value=8))]
+        elif pos < len(data):
+            data[pos] = draw(st.integers(min_value=0, max_value=255))
+    return bytes(data)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_register())
+def test_what_the_quick_reader_accepts_the_general_parser_reads_alike(data: bytes) -> None:
+    view = PlainRegister.parse(data, PHONE)  # never raises: a view or None
+    if view is None:
+        return
+    request = parse_message(data)  # accepted by the quick reader: valid for the general one
+    assert isinstance(request, Request) and request.method == "REGISTER"
+    login = aor_of(request.to.uri)
+    assert fields_of(request, login) == view.fields
+    stamp_received(request, *PHONE, force_rport=True)
+    general = bytes(make_response(request, 401, to_tag="T"))
+    assert view.reply(401, [], to_tag="T") == general
