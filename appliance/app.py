@@ -232,7 +232,7 @@ class Appliance:
             data_dir=self.config.data_dir, public_base=self._public_base,
             front_door=lambda: (self.transport.advertised, sip.listen.port),
             worker_ports=worker_ports)
-        self.calls.directory = self.sip_directory
+        self.calls.apps.directory = self.sip_directory
         self.conferences = ConferencesService(ConferenceStore(self.store), self.call_log,
                                               self.clock, engine=engine)
         self.calls.conferences = self.conferences

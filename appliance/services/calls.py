@@ -4,10 +4,11 @@ Theory of operation (architecture.md "Who handles a call").
 
 Inbound (a registered Client dials a number or Client bound to an RCML app, or a Client with
 its own VoiceUrl/VoiceApplicationSid dials anything): the router asks `route_invite`, which
-resolves the app, reserves a worker slot (`MediaEngine.reserve_incoming`) and answers with a
-`Fork` to the slot's host:port carrying `X-Leg-Id` and the CDR sid. The proxy forwards the
-INVITE there and keeps writing the caller's CDR (direction ``inbound``) exactly as for a
-Client → Client call; the worker's INCOMING event for that leg starts a `Runner` task.
+resolves the app (`services.call_apps`), reserves a worker slot
+(`MediaEngine.reserve_incoming`) and answers with a `Fork` to the slot's host:port carrying
+`X-Leg-Id` and the CDR sid. The proxy forwards the INVITE there and keeps writing the
+caller's CDR (direction ``inbound``) exactly as for a Client → Client call; the worker's
+INCOMING event for that leg starts a `Runner` task.
 
 Outbound (`POST /Calls`, `originate`): the CDR (``outbound-api``) is written here; the worker
 dials ``sip:<login>@<front door>`` with `X-Leg-Id`; the proxy accepts that INVITE without a
@@ -32,10 +33,13 @@ this service kept in their own modules for size. They use its public operations 
 the tables below stay this module's to change: the live-call table (`track_call`,
 `track_leg`, `list_call`, `live_call`, `forget`, `need_room`), the legs a call places
 (`open_child_cdr`, `ring_client`, `dial_client`, `line_leg`, `admit_leg`, `until_answered`,
-`end_line`, `end_child`), and `to_worker`, `spawn`, `need_engine`, `match_number`,
-`number_app`, `account_client`, `post_status`, `run_app`. Of the outbound part the service
-calls `bridge`, `originate` and the count (`hold`, `release`); the composition root wires
-its `route` to the router.
+`end_line`, `end_child`), and `to_worker`, `spawn`, `need_engine`, `post_status`,
+`run_app`. Of the outbound part the service calls `bridge`, `originate` and the count
+(`hold`, `release`); the composition root wires its `route` to the router.
+
+Which app a call runs is `services.call_apps` (``apps``, an `AppResolver`: `app_for`,
+`match_number`, `number_app`, `account_client`, `unknown_did`). It only reads the store
+and the SIP directory, so it needs none of the tables; the service and its parts ask it.
 
 Every runner and originating task is owned by `self._tasks` and cancelled by `stop()`.
 """
@@ -46,7 +50,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from pathlib import Path
@@ -66,21 +69,19 @@ from appliance.media.protocol import MediaError
 from appliance.models import (
     CallRecord,
     CallStatus,
-    Client,
-    PhoneNumber,
     Recording,
     RecordingSid,
     mint_sid,
 )
 from appliance.rcml.interpreter import DialAction, DialDone, SendSms
 from appliance.rcml.runner import App, CallInfo, Fetcher, Hungup, LegEvents, Runner
+from appliance.services.call_apps import AppResolver
 from appliance.services.conferences import ConferencesService
 from appliance.services.dialing import DIAL_SECONDS, Dialer, sip_user
 from appliance.services.gsm_calls import GsmCalls, client_login
 from appliance.services.outbound_calls import OutboundCalls, dialable
 from appliance.services.ports import StoreProtocol
-from appliance.services.provisioning import normalize_number
-from appliance.services.telephony import CallLog, SipDirectory
+from appliance.services.telephony import CallLog
 from appliance.sip.dialogs import cdr_status
 from appliance.sip.message import Request
 from appliance.sip.proxy import Caller, Contact, Decision, Fork, Refuse
@@ -94,7 +95,6 @@ MAX_LIVE = 200  # voice-app calls at once (the workers' slots bound it far lower
 NO_MEDIA = "Voice Applications Unavailable"  # 503 reason: [media] workers = 0, or all down
 RESERVATION_S = 40.0  # a reserved inbound leg whose INVITE never arrives is dropped after this
 SETUP_SECONDS = 15.0  # a line with no 18x and no answer by then is given up (failover)
-UNKNOWN_DID_WARN_S = 60.0  # "calls to an unknown DID" is a warning at most this often
 
 _EVENTS = ("initiated", "ringing", "answered", "completed")
 _CAUSE_STATUS = {HangupCause.BUSY: CallStatus.BUSY, HangupCause.NO_ANSWER: CallStatus.NO_ANSWER,
@@ -148,12 +148,10 @@ class CallsService:
         self._by_sid: dict[str, LiveCall] = {}
         self._dialled: dict[LegId, str] = {}  # outbound legs -> account sid (media_caller)
         self._tasks: set[asyncio.Task[None]] = set()
-        # The SIP front door's cached view of Clients and numbers (set by the composition
-        # root); without it every lookup reads the store.
-        self.directory: SipDirectory | None = None
+        # Which app a call runs (services.call_apps; the composition root sets its directory)
+        self.apps = AppResolver(store)
         # worker legs to a gateway, or to one phone of a Client (POST /Calls) -> their Fork
         self._gateway_legs: dict[LegId, Fork] = {}
-        self._unknown_warned = -UNKNOWN_DID_WARN_S
         # <Dial> (services.dialing). local_hosts: our SIP domain and addresses (set by the
         # composition root; empty = every host is ours): a <Dial><Sip> URI elsewhere is
         # refused. contacts_of: a Client login's registered phones (POST /Calls rings each).
@@ -231,7 +229,7 @@ class CallsService:
                            now: float) -> Decision | None:
         """A Fork to a media worker when this INVITE runs an RCML app; None when it does not
         (the router goes on with Client routing)."""
-        app, number_sid = await self._app_for(caller, user)
+        app, number_sid = await self.apps.app_for(caller, user)
         if app is None:
             return None
         return await self.to_worker(caller.account_sid, caller.login, user, app, number_sid)
@@ -278,13 +276,13 @@ class CallsService:
                                    number: str) -> Decision:
         """A provider's INVITE to NUMBER (a DID): the IncomingPhoneNumber's app runs on a
         worker; a number without a voice app, or no such number, is refused 404."""
-        found = await self.match_number(number)
+        found = await self.apps.match_number(number)
         if found is None:
-            self._unknown_did(number, caller)
+            self.apps.unknown_did(number, caller)
             return Refuse(404)
         login = client_login(found.voice_url)
         if login is not None:
-            client = await self.account_client(found.account_sid, login)
+            client = await self.apps.account_client(found.account_sid, login)
             if client is None:
                 logger.info("x call from gateway %s to %s: %s names no Client of the "
                             "number's account", caller.gateway, found.phone_number,
@@ -292,49 +290,13 @@ class CallsService:
                 return Refuse(404, "No Such Client")
             return await self.to_worker(found.account_sid, caller.login, found.phone_number,
                                         None, found.sid, client=client.login)
-        app = await self.number_app(found)
+        app = await self.apps.number_app(found)
         if app is None:
             logger.info("x call from gateway %s to %s: the number has no voice application",
                         caller.gateway, found.phone_number)
             return Refuse(404, "No Voice Application")
         return await self.to_worker(found.account_sid, caller.login, found.phone_number, app,
                                     found.sid)
-
-    async def match_number(self, dialled: str) -> PhoneNumber | None:
-        """api-behaviour.md §8.5 "Matching an inbound call to a number": as given, its
-        E.164 form (US for 10 digits), with the + added or removed."""
-        digits = dialled.lstrip("+")
-        candidates = [dialled, normalize_number(dialled), "+" + digits, digits]
-        if len(digits) == 10 and digits.isdigit():
-            candidates.append("+1" + digits)
-        for candidate in dict.fromkeys(candidates):
-            number = await self._find_number(candidate)
-            if number is not None:
-                return number
-        return None
-
-    async def number_app(self, number: PhoneNumber) -> App | None:
-        """The RCML app that calls to NUMBER run, carrying NUMBER's StatusCallback; None
-        when it has none (neither VoiceUrl nor VoiceApplicationSid, or a ``client:<login>``
-        VoiceUrl, which rings that Client instead). One rule for calls from a Client, from
-        a gateway and from the GSM modem."""
-        if not (number.voice_url or number.voice_application_sid):
-            return None
-        app = await self._app(number.voice_url, number.voice_method, number.voice_fallback_url,
-                              number.voice_fallback_method, number.voice_application_sid)
-        if app is not None and number.status_callback:
-            app = dataclasses.replace(app, status_callback=number.status_callback,
-                                      status_callback_method=number.status_callback_method)
-        return app
-
-    def _unknown_did(self, number: str, caller: Caller) -> None:
-        logger.info("x call from gateway %s (%s) to %s: no such IncomingPhoneNumber",
-                    caller.gateway, caller.login, number)
-        now = time.monotonic()
-        if now - self._unknown_warned >= UNKNOWN_DID_WARN_S:
-            self._unknown_warned = now
-            logger.warning("x a gateway sends calls to %s, which is no IncomingPhoneNumber here "
-                           "(answered 404; warned at most once a minute)", number)
 
     def route_media_leg(self, request: Request) -> Decision | None:
         """The Fork of a worker's INVITE for a leg dialled to a gateway (None: not one)."""
@@ -459,47 +421,6 @@ class CallsService:
         else:
             status = cdr_status(code, canceled=False)
         await self._log.ended(child.info.sid, status)
-
-    async def _app_for(self, caller: Caller, user: str) -> tuple[App | None, str | None]:
-        # The caller's and the callee's app fields come from the SIP directory's cache (the
-        # caller's are on CALLER already), numbers too: a plain Client-to-Client call makes
-        # no store query here. Only a call that does run an app reads the full row.
-        if caller.voice_url or caller.voice_application_sid:
-            client = await self._store.get_client_by_login(caller.login)
-            if client is not None:
-                return await self._app(client.voice_url, client.voice_method,
-                                       client.voice_fallback_url, client.voice_fallback_method,
-                                       client.voice_application_sid), None
-        number = await self._find_number(user)
-        if number is None and user.isdigit():  # numbers are kept in E.164: 1234 -> +1234
-            number = await self._find_number("+" + user)
-        if number is not None and number.account_sid == caller.account_sid and (
-                number.voice_url or number.voice_application_sid):
-            return await self.number_app(number), number.sid
-        if self.directory is not None:
-            callee = await self.directory.user(user)
-            if callee is None or not (callee.voice_url or callee.voice_application_sid):
-                return None, None
-        client = await self._store.get_client_by_login(user)
-        if client is not None and (client.voice_url or client.voice_application_sid):
-            return await self._app(client.voice_url, client.voice_method,
-                                   client.voice_fallback_url, client.voice_fallback_method,
-                                   client.voice_application_sid), None
-        return None, None
-
-    async def _find_number(self, phone_number: str) -> PhoneNumber | None:
-        if self.directory is not None:
-            return await self.directory.number(phone_number)
-        return await self._store.find_number(phone_number)
-
-    async def _app(self, url: str | None, method: str, fallback: str | None,
-                   fallback_method: str, application_sid: str | None) -> App | None:
-        if not url and application_sid:
-            application = await self._store.get_application(application_sid)
-            url = application.rcml_url if application is not None else None
-        if not url or url.startswith("client:"):  # client:<login>: no app (route_*_invite)
-            return None
-        return App(url, method or "POST", fallback, fallback_method or "POST")
 
     def _on_event(self, event: MediaEvent) -> None:
         if self.gsm.on_media_event(event):
@@ -667,14 +588,6 @@ class CallsService:
         self.spawn(self._run_outbound(live), f"call {record.sid}")
         return record
 
-    async def account_client(self, account_sid: str, login: str) -> Client | None:
-        """Client LOGIN when it belongs to ACCOUNT_SID, else None: a document, a number or
-        POST /Calls reaches its own account's Clients only."""
-        client = await self._store.get_client_by_login(login)
-        if client is None or client.account_sid != account_sid:
-            return None
-        return client
-
     async def _client_target(self, account_sid: str, to: str) -> str:
         """The Client login TO reaches. Policy: Clients only (``client:alice``, or a sip: URI
         at our own domain or address whose user is a local Client); no other SIP domain (no
@@ -693,7 +606,7 @@ class CallsService:
         else:
             raise Forbidden(f"No route to {target}: call client:<login>, a local Client's "
                             "sip: URI or a phone number")
-        client = await self.account_client(account_sid, login)
+        client = await self.apps.account_client(account_sid, login)
         if client is None:
             raise NotFound(f"The client {login} was not found")
         return client.login

@@ -24,9 +24,9 @@ A branch is cancelled through its own `LegEvents` whose ``ended`` flag is set: t
 
 `Dialer` is the <Dial> part of `CallsService`, kept in its own module for size. The service
 owns the legs, CDRs and outbound lines; the Dialer goes through its public operations
-(`account_client`, `open_child_cdr`, `ring_client`, `end_child`, and its outbound part's
-`lines_for` and `dial_number`) and the runner's own notifier, as `services.conferences`
-does.
+(`open_child_cdr`, `ring_client`, `end_child`, its app part's `account_client`
+(`services.call_apps`) and its outbound part's `lines_for` and `dial_number`) and the
+runner's own notifier, as `services.conferences` does.
 
 Not built: the nouns' ``url`` (screening), ``statusCallback*`` and ``<Sip>`` credentials
 (they only matter for a foreign domain, which is refused).
@@ -149,7 +149,7 @@ class Dialer:
                 return None
         else:
             login = noun.name  # a Client
-        client = await calls.account_client(parent.account_sid, login)
+        client = await calls.apps.account_client(parent.account_sid, login)
         if client is None:
             await notify(parent.account_sid, NO_ROUTE, f"<Dial>: no Client {login} in "
                          "this account", call_sid=parent.sid)

@@ -94,8 +94,8 @@ class GsmCalls:
     """The GSM half of `services.calls.CallsService`. It writes the CDRs of its calls
     itself (CALL_LOG); for the rest it goes through the service's public operations: the
     live-call table (`track_call`, `track_leg`, `live_call`, `forget`, `line_leg`,
-    `end_line`), the media engine, the task set, number lookup, status callbacks and RCML
-    runs."""
+    `end_line`), the media engine, the task set, number lookup (its ``apps``,
+    `services.call_apps`), status callbacks and RCML runs."""
 
     def __init__(self, calls: CallsService, call_log: CallLog,
                  clock: Callable[[], datetime]) -> None:
@@ -200,7 +200,7 @@ class GsmCalls:
                 await self.modem.reject_waiting()
         except (ModemError, TimeoutError) as err:
             logger.warning("x waiting GSM call not refused: %s", err)
-        found = await self._calls.match_number(self.number) if self.number else None
+        found = await self._calls.apps.match_number(self.number) if self.number else None
         if found is not None:
             log = self._log
             record = await log.opened(account_sid=found.account_sid,
@@ -315,12 +315,12 @@ class GsmCalls:
         Client its VoiceUrl names. One CDR, direction inbound, From = the caller's number,
         To = the SIM's number."""
         calls = self._calls
-        found = await calls.match_number(self.number) if self.number else None
+        found = await calls.apps.match_number(self.number) if self.number else None
         login = client_login(found.voice_url) if found is not None else None
         if found is not None and login is not None:
             await self._run_to_client(session, found, login)
             return
-        app = await calls.number_app(found) if found is not None else None
+        app = await calls.apps.number_app(found) if found is not None else None
         if found is None or app is None:
             logger.info("x GSM call from %s rejected: [modem] number %r has no "
                         "IncomingPhoneNumber with a voice application or client:<login>",
@@ -384,7 +384,7 @@ class GsmCalls:
         calls = self._calls
         engine = calls.need_engine()
         caller = session.number or "unknown"
-        client = await calls.account_client(found.account_sid, login)
+        client = await calls.apps.account_client(found.account_sid, login)
         if client is None:
             logger.info("x GSM call from %s rejected: %s names no Client of the number's "
                         "account", caller, found.voice_url)

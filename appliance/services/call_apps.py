@@ -1,0 +1,142 @@
+"""Which app a call runs [svc]: the RCML app of a Client's or a provider's call.
+
+Theory of operation (architecture.md "Who handles a call", api-behaviour.md §8.5). A call
+runs an RCML app when the calling Client has its own VoiceUrl or VoiceApplicationSid
+(whatever it dials), when it dials an IncomingPhoneNumber of its account that has one, or a
+Client that has one (`app_for`, for the router's hook `CallsService.route_invite`). A
+dialled number is matched as given, in E.164 and with the + added or removed
+(`match_number`), and what a number's calls run is one rule (`number_app`) for calls from a
+Client, from a gateway (`CallsService.route_gateway_invite`) and from the GSM modem
+(`services.gsm_calls`). A VoiceApplicationSid stands for its Application's RcmlUrl; a
+``client:<login>`` VoiceUrl is no app (that Client's phones ring instead), and a number, a
+document or POST /Calls reaches only its own account's Clients (`account_client`).
+
+Lookups go through the SIP front door's cached view of Clients and numbers (`directory`, a
+`SipDirectory` set by the composition root) when there is one, so that a plain
+Client-to-Client call makes no store query here; only a call that does run an app reads
+the full row.
+
+`AppResolver` is the app-resolving part of `services.calls.CallsService` (its ``apps``),
+kept in its own module for size. It only reads (the store, the directory) and decides
+nothing about legs, CDRs or workers, so it needs none of the service's tables; the
+service and its other parts (`services.dialing`, `services.gsm_calls`,
+`services.api_calls`) ask it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from appliance.models import Client, PhoneNumber
+from appliance.rcml.runner import App
+from appliance.services.ports import StoreProtocol
+from appliance.services.provisioning import normalize_number
+from appliance.services.telephony import SipDirectory
+from appliance.sip.proxy import Caller
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN_DID_WARN_S = 60.0  # "calls to an unknown DID" is a warning at most this often
+
+
+class AppResolver:
+    """Which RCML app a call runs, and which Client a number or a document reaches (see the
+    module docstring)."""
+
+    def __init__(self, store: StoreProtocol) -> None:
+        self._store = store
+        # The SIP front door's cached view of Clients and numbers (set by the composition
+        # root); without it every lookup reads the store.
+        self.directory: SipDirectory | None = None
+        self._unknown_warned = -UNKNOWN_DID_WARN_S
+
+    async def app_for(self, caller: Caller, user: str) -> tuple[App | None, str | None]:
+        """The app that CALLER's INVITE to USER runs and the sid of the number it reached
+        (None when no number), or (None, None) when it runs none."""
+        # The caller's and the callee's app fields come from the SIP directory's cache (the
+        # caller's are on CALLER already), numbers too: a plain Client-to-Client call makes
+        # no store query here. Only a call that does run an app reads the full row.
+        if caller.voice_url or caller.voice_application_sid:
+            client = await self._store.get_client_by_login(caller.login)
+            if client is not None:
+                return await self._app(client.voice_url, client.voice_method,
+                                       client.voice_fallback_url, client.voice_fallback_method,
+                                       client.voice_application_sid), None
+        number = await self._find_number(user)
+        if number is None and user.isdigit():  # numbers are kept in E.164: 1234 -> +1234
+            number = await self._find_number("+" + user)
+        if number is not None and number.account_sid == caller.account_sid and (
+                number.voice_url or number.voice_application_sid):
+            return await self.number_app(number), number.sid
+        if self.directory is not None:
+            callee = await self.directory.user(user)
+            if callee is None or not (callee.voice_url or callee.voice_application_sid):
+                return None, None
+        client = await self._store.get_client_by_login(user)
+        if client is not None and (client.voice_url or client.voice_application_sid):
+            return await self._app(client.voice_url, client.voice_method,
+                                   client.voice_fallback_url, client.voice_fallback_method,
+                                   client.voice_application_sid), None
+        return None, None
+
+    async def match_number(self, dialled: str) -> PhoneNumber | None:
+        """api-behaviour.md §8.5 "Matching an inbound call to a number": as given, its
+        E.164 form (US for 10 digits), with the + added or removed."""
+        digits = dialled.lstrip("+")
+        candidates = [dialled, normalize_number(dialled), "+" + digits, digits]
+        if len(digits) == 10 and digits.isdigit():
+            candidates.append("+1" + digits)
+        for candidate in dict.fromkeys(candidates):
+            number = await self._find_number(candidate)
+            if number is not None:
+                return number
+        return None
+
+    async def number_app(self, number: PhoneNumber) -> App | None:
+        """The RCML app that calls to NUMBER run, carrying NUMBER's StatusCallback; None
+        when it has none (neither VoiceUrl nor VoiceApplicationSid, or a ``client:<login>``
+        VoiceUrl, which rings that Client instead). One rule for calls from a Client, from
+        a gateway and from the GSM modem."""
+        if not (number.voice_url or number.voice_application_sid):
+            return None
+        app = await self._app(number.voice_url, number.voice_method, number.voice_fallback_url,
+                              number.voice_fallback_method, number.voice_application_sid)
+        if app is not None and number.status_callback:
+            app = dataclasses.replace(app, status_callback=number.status_callback,
+                                      status_callback_method=number.status_callback_method)
+        return app
+
+    async def account_client(self, account_sid: str, login: str) -> Client | None:
+        """Client LOGIN when it belongs to ACCOUNT_SID, else None: a document, a number or
+        POST /Calls reaches its own account's Clients only."""
+        client = await self._store.get_client_by_login(login)
+        if client is None or client.account_sid != account_sid:
+            return None
+        return client
+
+    def unknown_did(self, number: str, caller: Caller) -> None:
+        """A provider's call (CALLER) to NUMBER, which is no IncomingPhoneNumber: logged,
+        and warned about at most once every UNKNOWN_DID_WARN_S."""
+        logger.info("x call from gateway %s (%s) to %s: no such IncomingPhoneNumber",
+                    caller.gateway, caller.login, number)
+        now = time.monotonic()
+        if now - self._unknown_warned >= UNKNOWN_DID_WARN_S:
+            self._unknown_warned = now
+            logger.warning("x a gateway sends calls to %s, which is no IncomingPhoneNumber here "
+                           "(answered 404; warned at most once a minute)", number)
+
+    async def _find_number(self, phone_number: str) -> PhoneNumber | None:
+        if self.directory is not None:
+            return await self.directory.number(phone_number)
+        return await self._store.find_number(phone_number)
+
+    async def _app(self, url: str | None, method: str, fallback: str | None,
+                   fallback_method: str, application_sid: str | None) -> App | None:
+        if not url and application_sid:
+            application = await self._store.get_application(application_sid)
+            url = application.rcml_url if application is not None else None
+        if not url or url.startswith("client:"):  # client:<login>: no app (route_*_invite)
+            return None
+        return App(url, method or "POST", fallback, fallback_method or "POST")
