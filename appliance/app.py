@@ -255,8 +255,8 @@ class Appliance:
         # <Dial><Sip> rings only URIs at our own domain/addresses; POST /Calls rings each
         # registered phone of a Client as its own call.
         self.calls.local_hosts = lambda: self.transport.local_hosts
-        self.calls.contacts_of = lambda login: self.router.contacts_of(login,
-                                                                       self.wall_clock())
+        self.calls.api_calls.contacts_of = lambda login: self.router.contacts_of(
+            login, self.wall_clock())
         # GSM voice (docs: "Outside lines" item 4): calls to [modem] number, the modem line.
         self.calls.gsm.modem = self.modem
         self.calls.gsm.audio = self.config.modem.audio_device

@@ -102,8 +102,9 @@ async def create_call(ctx: Ctx) -> web.Response:
     _status_callback_events(form.get("StatusCallbackEvent"))
     # Username/Password (SIP auth towards the target) are accepted and unused: the only SIP
     # targets are our own Clients (a foreign domain is 403), which need no credentials.
-    records = await _calls(ctx).originate(account.sid, from_=form["From"], to=form["To"],
-                                          app=_app(form), ring_seconds=int(timeout))
+    records = await _calls(ctx).api_calls.originate(
+        account.sid, from_=form["From"], to=form["To"], app=_app(form),
+        ring_seconds=int(timeout))
     reps = [representations.call(r, ctx.as_json) for r in records]
     if len(reps) == 1:  # a single CDR: XML without the RestcommResponse wrapper (§8.3)
         return respond(ctx, render.one(reps[0], ctx.as_json, wrap=False))

@@ -10,15 +10,11 @@ resolves the app (`services.call_apps`), reserves a worker slot
 caller's CDR (direction ``inbound``) exactly as for a Client → Client call; the worker's
 INCOMING event for that leg starts a `Runner` task.
 
-Outbound (`POST /Calls`, `originate`): the CDR (``outbound-api``) is written here; the worker
-dials ``sip:<login>@<front door>`` with `X-Leg-Id`; the proxy accepts that INVITE without a
-challenge only from a worker's own loopback address and only for a leg dialled here
-(`media_caller`), forks it to the Client's registered phones like any call (NAT, TCP
-connections, several phones), and writes no CDR of its own (`Fork.cdr_sid` is empty). Once
-the leg is answered its RCML runs. A Client with several registered phones gets one such
-call per phone (own CDR, own RCML run): each leg's INVITE is routed to its one phone by the
-Fork `route_media_leg` hands the proxy.
-A number `To` goes out through the outbound routes instead (`services.outbound_calls`).
+Outbound (`POST /Calls`) is `services.api_calls`: a worker dials the Client through our own
+front door, which lets that INVITE in unchallenged only from a worker's loopback address and
+only for a leg admitted here (`admit_leg`, `media_caller`), and sends a leg meant for one of
+the Client's phones there by the Fork `route_media_leg` hands the proxy. A number `To` goes
+out through the outbound routes instead (`services.outbound_calls`).
 
 Outside lines (docs/gateways.md): a provider's call to a DID is routed here
 (`route_gateway_invite`) like a Client's, to the number's app on a worker; a number with a
@@ -28,14 +24,16 @@ out through the outbound routes and the ``[outbound] max_calls`` count.
 
 GSM voice (calls to the SIM's number, the ``modem`` line) is `services.gsm_calls`.
 
-`services.dialing` (<Dial>), `services.gsm_calls` and `services.outbound_calls` are parts of
-this service kept in their own modules for size. They use its public operations only, so
-the tables below stay this module's to change: the live-call table (`track_call`,
-`track_leg`, `list_call`, `live_call`, `forget`, `need_room`), the legs a call places
-(`open_child_cdr`, `ring_client`, `dial_client`, `line_leg`, `admit_leg`, `until_answered`,
-`end_line`, `end_child`), and `to_worker`, `spawn`, `need_engine`, `post_status`,
-`run_app`. Of the outbound part the service calls `bridge`, `originate` and the count
-(`hold`, `release`); the composition root wires its `route` to the router.
+`services.dialing` (<Dial>), `services.gsm_calls`, `services.outbound_calls` and
+`services.api_calls` (POST /Calls) are parts of this service kept in their own modules for
+size. They use its public operations only, so the tables below stay this module's to
+change: the live-call table (`track_call`, `track_leg`, `list_call`, `live_call`, `forget`,
+`need_room`), the legs a call places (`open_child_cdr`, `ring_client`, `dial_client`,
+`line_leg`, `admit_leg`, `until_answered`, `end_line`, `end_child`), and `to_worker`,
+`spawn`, `need_engine`, `local_hosts`, `post_status`, `run_app`. Of the outbound part the
+service calls `bridge` and the count (`hold`, `release`), its POST /Calls part calls
+`originate`; the composition root wires its `route` to the router. The API places calls
+through ``api_calls.originate``.
 
 Which app a call runs is `services.call_apps` (``apps``, an `AppResolver`: `app_for`,
 `match_number`, `number_app`, `account_client`, `unknown_did`). It only reads the store
@@ -55,7 +53,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import Forbidden, Gone, InvalidInput, NotFound, Unavailable
+from appliance.errors import Gone, InvalidInput, NotFound, Unavailable
 from appliance.media.engine import (
     HangupCause,
     LegChanged,
@@ -67,7 +65,6 @@ from appliance.media.engine import (
 )
 from appliance.media.protocol import MediaError
 from appliance.models import (
-    CallRecord,
     CallStatus,
     Recording,
     RecordingSid,
@@ -75,11 +72,12 @@ from appliance.models import (
 )
 from appliance.rcml.interpreter import DialAction, DialDone, SendSms
 from appliance.rcml.runner import App, CallInfo, Fetcher, Hungup, LegEvents, Runner
+from appliance.services.api_calls import ApiCalls
 from appliance.services.call_apps import AppResolver
 from appliance.services.conferences import ConferencesService
-from appliance.services.dialing import DIAL_SECONDS, Dialer, sip_user
+from appliance.services.dialing import DIAL_SECONDS, Dialer
 from appliance.services.gsm_calls import GsmCalls, client_login
-from appliance.services.outbound_calls import OutboundCalls, dialable
+from appliance.services.outbound_calls import OutboundCalls
 from appliance.services.ports import StoreProtocol
 from appliance.services.telephony import CallLog
 from appliance.sip.dialogs import cdr_status
@@ -154,15 +152,16 @@ class CallsService:
         self._gateway_legs: dict[LegId, Fork] = {}
         # <Dial> (services.dialing). local_hosts: our SIP domain and addresses (set by the
         # composition root; empty = every host is ours): a <Dial><Sip> URI elsewhere is
-        # refused. contacts_of: a Client login's registered phones (POST /Calls rings each).
+        # refused, and so is a POST /Calls one (services.api_calls).
         self.local_hosts: Callable[[], Collection[str]] = frozenset
-        self.contacts_of: Callable[[str], tuple[Contact, ...]] = lambda _login: ()
         self._dialer = Dialer(self)
         # GSM voice (services.gsm_calls; the composition root sets its modem, audio, number)
         self.gsm = GsmCalls(self, call_log, clock)
         # Calls out through the outbound routes, and the B2BUA (services.outbound_calls; the
         # composition root sets its routes, max_calls, gateways and resolver)
         self.outbound = OutboundCalls(self, call_log, clock, front_door)
+        # POST /Calls (services.api_calls; the composition root sets its contacts_of)
+        self.api_calls = ApiCalls(self, store, call_log, clock, front_door)
         self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None
 
     # -- composition ---------------------------------------------------------------------------
@@ -521,117 +520,16 @@ class CallsService:
             raise Unavailable("no media workers: [media] workers = 0")
         return self.engine
 
-    # -- outbound: POST /Calls ---------------------------------------------------------------
+    # -- the legs the workers dial: the proxy's trust hook ----------------------------------
 
     def media_caller(self, source: tuple[str, int], request: Request) -> Caller | None:
         """The proxy's trust hook: an INVITE from a worker's loopback SIP port for a leg that
-        `originate` dialled goes through unchallenged (and no other request does)."""
+        `admit_leg` admitted goes through unchallenged (and no other request does)."""
         leg = LegId(request.get("X-Leg-Id") or "")
         if (source[0] != "127.0.0.1" or source[1] not in self._worker_ports()
                 or leg not in self._dialled or request.method != "INVITE"):
             return None
         return Caller(login="", account_sid=self._dialled[leg], media=True)
-
-    async def originate(self, account_sid: str, *, from_: str, to: str, app: App,
-                        ring_seconds: int) -> list[CallRecord]:
-        """POST /Calls. A Client with several registered phones gets one call per phone,
-        each with its own CDR and its own run of the RCML (api-behaviour.md §8.3: the answer
-        is then an array); one phone, or none (the proxy answers 480), one call."""
-        engine = self.need_engine()
-        number = dialable(to)
-        if number is not None:
-            return [await self.outbound.originate(account_sid, from_=from_, number=number,
-                                                  app=app, ring_seconds=ring_seconds)]
-        login = await self._client_target(account_sid, to)
-        contacts = self.contacts_of(login)
-        forks: list[Fork | None] = [None]  # the proxy forks the one leg to the Client
-        if len(contacts) > 1:
-            forks = [Fork(callee=login, contacts=(c,), cdr_sid="") for c in contacts]
-        self.need_room(len(forks))
-        records: list[CallRecord] = []
-        failure: Unavailable | None = None
-        for fork in forks:
-            try:
-                records.append(await self._originate_leg(engine, account_sid, from_, to, login,
-                                                         app, ring_seconds, fork))
-            except Unavailable as err:  # its CDR is closed failed; the other phones ring
-                failure = failure or err
-        if not records and failure is not None:
-            raise failure
-        return records
-
-    async def _originate_leg(self, engine: MediaEngine, account_sid: str, from_: str, to: str,
-                             login: str, app: App, ring_seconds: int, fork: Fork | None
-                             ) -> CallRecord:
-        """One outbound-api call to LOGIN: through the proxy's fork to all its phones, or
-        with FORK (`route_media_leg`) to the one phone it names."""
-        record = await self._log.opened(account_sid=account_sid, from_=from_, to=to,
-                                        direction="outbound-api")
-        leg = LegId("LG" + mint_sid("CA")[2:])
-        info = CallInfo(sid=record.sid, account_sid=account_sid, from_=from_, to=login,
-                        direction="outbound-api", leg=leg, app=app, answered=True,
-                        timestamp=iso(self._clock()))
-        live = LiveCall(info, LegEvents())
-        self._live[leg] = live
-        self._by_sid[record.sid] = live
-        self.admit_leg(leg, account_sid, fork)
-        host, port = self._front_door()
-        try:
-            async with asyncio.timeout(DIAL_SECONDS):
-                await engine.dial(f"sip:{login}@{host}:{port}", leg=leg,
-                                  ring_seconds=float(ring_seconds))
-        except (MediaError, TimeoutError) as err:
-            self.forget(live)
-            await self._log.ended(record.sid, CallStatus.FAILED)
-            raise Unavailable(f"The call could not be placed: {err}") from err
-        self.post_status(info, "initiated")
-        self.spawn(self._run_outbound(live), f"call {record.sid}")
-        return record
-
-    async def _client_target(self, account_sid: str, to: str) -> str:
-        """The Client login TO reaches. Policy: Clients only (``client:alice``, or a sip: URI
-        at our own domain or address whose user is a local Client); no other SIP domain (no
-        open relay: numbers go out through the outbound routes)."""
-        target = to.split("?", 1)[0].strip()
-        if target.lower().startswith("client:"):
-            login = target[7:]
-        elif target.lower().startswith(("sip:", "sips:")) or "@" in target:
-            uri = target if target.lower().startswith(("sip:", "sips:")) else f"sip:{target}"
-            login = sip_user(uri, self.local_hosts()) or ""
-            if not login:
-                raise Forbidden("No route to that SIP URI: only local Clients can be called")
-            client = await self._store.get_client_by_login(login)
-            if client is None:
-                raise Forbidden("No route to that SIP URI: only local Clients can be called")
-        else:
-            raise Forbidden(f"No route to {target}: call client:<login>, a local Client's "
-                            "sip: URI or a phone number")
-        client = await self.apps.account_client(account_sid, login)
-        if client is None:
-            raise NotFound(f"The client {login} was not found")
-        return client.login
-
-    async def _run_outbound(self, live: LiveCall) -> None:
-        info, status = live.info, CallStatus.FAILED
-        try:
-            while True:
-                event = await live.events.next(None)
-                if isinstance(event, LegChanged) and event.state is LegState.RINGING:
-                    await self._log.ringing(info.sid)
-                    self.post_status(info, "ringing")
-                elif isinstance(event, LegChanged) and event.state is LegState.ANSWERED:
-                    await self._log.answered(info.sid)
-                    self.post_status(info, "answered")
-                    break
-            await self.run_app(live)
-            status = CallStatus.COMPLETED
-        except Exception as err:  # noqa: BLE001 - Hungup, or a bug: the CDR is closed anyway
-            status = live.final_status(err)
-        finally:
-            self.forget(live)
-            final = await self._log.ended(info.sid,
-                                          CallStatus.CANCELED if live.canceled else status)
-            self.post_status(info, "completed", final.duration if final is not None else 0)
 
     # -- POST /Calls/{sid} -------------------------------------------------------------------
 
