@@ -64,9 +64,7 @@ class AppResolver:
                 return await self._app(client.voice_url, client.voice_method,
                                        client.voice_fallback_url, client.voice_fallback_method,
                                        client.voice_application_sid), None
-        number = await self._find_number(user)
-        if number is None and user.isdigit():  # numbers are kept in E.164: 1234 -> +1234
-            number = await self._find_number("+" + user)
+        number = await self.match_number(user)
         if number is not None and number.account_sid == caller.account_sid and (
                 number.voice_url or number.voice_application_sid):
             return await self.number_app(number), number.sid
@@ -85,9 +83,11 @@ class AppResolver:
         """api-behaviour.md §8.5 "Matching an inbound call to a number": as given, its
         E.164 form (US for 10 digits), with the + added or removed."""
         digits = dialled.lstrip("+")
-        candidates = [dialled, normalize_number(dialled), "+" + digits, digits]
-        if len(digits) == 10 and digits.isdigit():
-            candidates.append("+1" + digits)
+        candidates = [dialled, normalize_number(dialled)]
+        if digits.isdigit():  # a login ("bob") has no other form to try
+            candidates += ["+" + digits, digits]
+            if len(digits) == 10:
+                candidates.append("+1" + digits)
         for candidate in dict.fromkeys(candidates):
             number = await self._find_number(candidate)
             if number is not None:

@@ -88,3 +88,20 @@ async def test_without_a_directory_the_store_answers() -> None:
     assert await resolver.app_for(caller, "bob") == (None, None)
     assert await resolver.app_for(caller, "bob") == (None, None)
     assert store.queries == [("number", "bob"), ("client", "bob")] * 2
+
+
+async def test_a_client_dialling_a_did_in_national_form_reaches_its_app() -> None:
+    """api-behaviour.md §8.5: a Client's call matches a number as a provider's or the
+    modem's does (as given, US E.164, + added or removed), so a desk phone dialling the
+    office's own DID as 10 digits runs its app instead of going out."""
+    store = CountingStore()
+    store.numbers["+15551234567"] = Row(
+        sid="PN1", account_sid=ACCOUNT, voice_url="http://app.example/rcml",
+        voice_method="POST", voice_fallback_url=None, voice_fallback_method="POST",
+        voice_application_sid=None, status_callback=None)
+    resolver = app_resolver(store, SipDirectory(store))  # type: ignore[arg-type]
+    caller = Caller(login="alice", account_sid=ACCOUNT)
+    for dialled in ("5551234567", "15551234567", "+15551234567"):
+        app, number_sid = await resolver.app_for(caller, dialled)
+        assert app is not None and app.url == "http://app.example/rcml", dialled
+        assert number_sid == "PN1"
