@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from appliance.errors import Forbidden, NotFound, Unavailable
+from appliance.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from appliance.media.engine import LegChanged, LegId, LegState
 from appliance.media.protocol import MediaError
 from appliance.models import CallRecord, CallStatus, mint_sid
@@ -124,7 +124,9 @@ class ApiCalls:
         open relay: numbers go out through the outbound routes)."""
         target = to.split("?", 1)[0].strip()
         if target.lower().startswith("client:"):
-            login = target[7:]
+            login = target[7:].strip()
+            if not login:
+                raise InvalidInput("To client: names no Client (client:<login>)")
         elif target.lower().startswith(("sip:", "sips:")) or "@" in target:
             uri = target if target.lower().startswith(("sip:", "sips:")) else f"sip:{target}"
             login = sip_user(uri, self._calls.local_hosts()) or ""
