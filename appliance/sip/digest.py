@@ -21,12 +21,15 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from appliance.sip.headers import DigestCredentials, format_challenge
 
 DEFAULT_NONCE_LIFETIME = 300.0  # seconds; Kamailio auth's nonce_expire default is 300 too
 MAX_CLOCK_SKEW = 5.0  # a nonce "from the future" beyond this is forged
 MAX_TRACKED_NONCES = 10_000  # nc replay memory: ~100 bytes each, ~1 MB worst case
+
+_T = TypeVar("_T")
 
 # Challenge status → (challenge header, credentials header).
 HEADERS = {
@@ -149,11 +152,41 @@ class Nonces:
         return ts
 
 
+def nonce_time(nonce: str) -> int | None:
+    """The issue time written in NONCE, unchecked (None when there is none): only for
+    forgetting what was kept about nonces that are stale by now."""
+    ts_text = nonce.partition(".")[0]
+    if not ts_text or len(ts_text) > 16:
+        return None
+    try:
+        return int(ts_text, 16)
+    except ValueError:
+        return None
+
+
+def forget_stale(table: OrderedDict[str, _T], before: float) -> OrderedDict[str, _T]:
+    """TABLE, keyed by nonce in the order the nonces were last used, without its oldest
+    entries whose nonce was issued before BEFORE. A stale nonce is re-challenged before
+    anything kept about it is read, so nothing is lost. Returns TABLE itself, or a new
+    smaller copy when most of it went (a dict never shrinks)."""
+    dropped = 0
+    while table:
+        nonce = next(iter(table))
+        issued = nonce_time(nonce)
+        if issued is not None and issued >= before:
+            break
+        del table[nonce]
+        dropped += 1
+    return OrderedDict(table) if dropped > len(table) else table
+
+
 class NonceCounts:
     """Remembers the highest ``nc`` seen per nonce; a repeat or lower value is a replay.
 
     Bounded: past ``cap`` nonces the oldest is forgotten. A replay of a forgotten nonce is
-    then accepted until the nonce itself goes stale, which the lifetime bounds.
+    then accepted until the nonce itself goes stale, which the lifetime bounds. Nonces gone
+    stale are forgotten by ``forget_stale`` (the owner's timer), so that the table empties
+    once a burst of challenges is over.
     """
 
     def __init__(self, cap: int = MAX_TRACKED_NONCES) -> None:
@@ -172,6 +205,10 @@ class NonceCounts:
         while len(self._seen) > self._cap:
             self._seen.popitem(last=False)
         return True
+
+    def forget_stale(self, before: float) -> None:
+        """Forget the nonces issued before BEFORE (see the module's ``forget_stale``)."""
+        self._seen = forget_stale(self._seen, before)
 
 
 class Verdict(enum.Enum):

@@ -162,6 +162,9 @@ MAX_LOCAL_ADDRESSES = 64  # our own addresses seen in Incoming.local (interfaces
 
 ROUTED = frozenset({"INVITE", "MESSAGE", "OPTIONS"})
 TIMER_GRANULARITY = 0.05  # seconds between timer scans under load (see Proxy.run)
+# The longest the timer task sleeps with nothing due, so that what is kept about stale
+# nonces is let go of while the proxy is idle too.
+IDLE_WAKE = 60.0
 DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK", "ACK"})
 CALL_DIRECTION = "inbound"
 MESSAGE_DIRECTION = "outbound-call"
@@ -523,7 +526,8 @@ class Proxy:
         last_scan = float("-inf")
         while True:
             deadline = self.get_timer()
-            delay = None if deadline is None else max(0.0, deadline - self._clock())
+            delay = IDLE_WAKE if deadline is None else \
+                min(max(0.0, deadline - self._clock()), IDLE_WAKE)
             self._wake.clear()
             try:
                 async with asyncio.timeout(delay):
@@ -538,6 +542,11 @@ class Proxy:
                 await self.handle_timer(self._clock())
             except Exception:  # noqa: BLE001 - one call's bug must not stop every call's timers
                 logger.exception("x proxy timer handling failed")
+            self.forget_stale_nonces()
+
+    def forget_stale_nonces(self) -> None:
+        """Let go of the nc-replay table's stale nonces (the timer task does this)."""
+        self._counts.forget_stale(self._clock() - self.nonces.lifetime)
 
     # --- counters for /health and tests ------------------------------------------------
 

@@ -80,6 +80,7 @@ from appliance.sip.digest import (
     NonceStatus,
     Verdict,
     algorithm_of,
+    forget_stale,
 )
 from appliance.sip.errors import SipParseError
 from appliance.sip.guard import Guard
@@ -484,6 +485,15 @@ class Registrar:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
             self.expire()
+            self.forget_stale_nonces()
+
+    def forget_stale_nonces(self) -> None:
+        """Let go of what the nc-replay and retransmission tables keep about nonces gone
+        stale (the timer does this at least every ``timer_cap``): after a burst of
+        REGISTERs they empty within two nonce lifetimes instead of staying at their cap."""
+        before = self.clock() - self.nonces.lifetime
+        self.counts.forget_stale(before)
+        self._last_accepted = forget_stale(self._last_accepted, before)
 
 
 def _check_contact(contact: NameAddr) -> None:

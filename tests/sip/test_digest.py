@@ -210,6 +210,21 @@ def test_nonce_counts_are_bounded() -> None:
     assert not counts.accept("d", 1)
 
 
+def test_stale_nonces_are_forgotten_oldest_first() -> None:
+    nonces = Nonces(SECRET)
+    counts = NonceCounts()
+    old = [nonces.issue(1000.0 + i) for i in range(3)]
+    fresh = nonces.issue(2000.0)
+    for nonce in (*old, fresh):
+        assert counts.accept(nonce, 1)
+    counts.forget_stale(1002.0)  # issued before: the first two
+    assert len(counts) == 2
+    assert counts.accept(old[0], 1)  # forgotten (it is stale: verify never gets here)
+    assert not counts.accept(fresh, 1)  # still remembered: a replay
+    counts.forget_stale(1e9)
+    assert len(counts) == 0
+
+
 def test_challenges_sha256_first_and_stale(auth: DigestAuth) -> None:
     values = auth.challenges(0, stale=True)
     assert [DigestCredentials.parse(v).algorithm for v in values] == ["SHA-256", "MD5"]

@@ -244,6 +244,19 @@ async def test_replayed_nc_is_refused_and_a_higher_nc_accepted() -> None:
     assert ok is not None and ok.status == 200
 
 
+async def test_what_is_kept_about_nonces_goes_once_they_are_stale() -> None:
+    h = Harness(*(user(f"u{i}") for i in range(20)))
+    for i in range(20):
+        assert (await h.registered(f"u{i}")).status == 200
+    assert len(h.registrar.counts) == 20 and len(h.registrar._last_accepted) == 20
+    h.registrar.forget_stale_nonces()  # nothing stale yet
+    assert len(h.registrar.counts) == 20
+    h.clock.now += h.registrar.nonces.lifetime + 1
+    h.registrar.forget_stale_nonces()
+    assert len(h.registrar.counts) == 0 and len(h.registrar._last_accepted) == 0
+    assert (await h.registered("u0")).status == 200  # and phones register as before
+
+
 async def test_udp_retransmission_is_answered_from_the_transaction() -> None:
     h = Harness(user("alice"))
     challenge = await h.send(register("alice"))
