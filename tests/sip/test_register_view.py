@@ -203,6 +203,27 @@ async def test_challenge_then_200_then_refresh_are_the_same_bytes() -> None:
     pair.close()
 
 
+async def test_unregistering_with_expires_zero_is_the_same() -> None:
+    pair = Pair(user("alice"))
+    phones = phone_pair()
+    await dance(pair, phones)
+    assert pair.quick.state("alice")[0]  # registered on both sides (compared in dance)
+    challenges: dict[bool, bytes] = {}
+    for side in (pair.quick, pair.general):
+        reply = await side.send(phones[side.name].register(expires=0))
+        assert reply is not None and status(reply) == 401
+        challenges[side.quick] = reply
+
+    def bye(side: Side) -> bytes:
+        return phones[side.name].register(
+            auth=authorization(challenges[side.quick], "alice"), expires=0)
+
+    reply = await pair.both(bye, "alice")
+    assert status(reply) == 200 and b"Contact:" not in reply
+    assert pair.quick.state("alice")[0] == []
+    pair.close()
+
+
 async def test_retransmitted_final_register_gets_the_same_200() -> None:
     pair = Pair(user("alice"))
     _, final = await dance(pair, phone_pair())
