@@ -97,30 +97,28 @@ class Bench:
         """Seconds of CPU for PAIRS REGISTER pairs through PATH (phone side not counted)."""
         handle = self.general if path == "general" else self.quick
         spent = 0.0
+
+        async def timed(data: bytes) -> bytes:
+            nonlocal spent
+            started = time.process_time()
+            if profiler:
+                profiler.enable()
+            reply = await handle(data)
+            if profiler:
+                profiler.disable()
+            spent += time.process_time() - started
+            return reply
+
         for _ in range(pairs):
             self.n += 1
             login = self.logins[self.n % len(self.logins)]
             call_id = f"{path}-{self.n}"
-            first = register(login, call_id, 1, f"{self.n}a")
-            started = time.process_time()
-            if profiler:
-                profiler.enable()
-            challenge = await handle(first)
-            if profiler:
-                profiler.disable()
-            spent += time.process_time() - started
+            challenge = await timed(register(login, call_id, 1, f"{self.n}a"))
             parsed = parse_message(challenge)
             if not isinstance(parsed, Response) or parsed.status != 401:
                 raise RuntimeError(f"expected a 401, got {challenge[:40]!r}")
             auth = answer(parsed, login, password=PASSWORD, cseq_uri="sip:127.0.0.1:5060")
-            second = register(login, call_id, 2, f"{self.n}b", auth)
-            started = time.process_time()
-            if profiler:
-                profiler.enable()
-            final = await handle(second)
-            if profiler:
-                profiler.disable()
-            spent += time.process_time() - started
+            final = await timed(register(login, call_id, 2, f"{self.n}b", auth))
             if not final.startswith(b"SIP/2.0 200 "):
                 raise RuntimeError(f"expected a 200, got {final[:40]!r}")
             if self.n % 500 == 0:

@@ -127,7 +127,6 @@ def mask(data: bytes | None) -> bytes | None:
     return re.sub(rb'nonce="[0-9a-f]+\.[0-9a-f]+\.[0-9a-f]+"', b'nonce="NONCE"', data)
 
 
-Step = Callable[["Pair"], Any]
 
 
 class Pair:
@@ -161,16 +160,24 @@ def status(reply: bytes) -> int:
     return int(reply.split(b" ", 2)[1])
 
 
+async def challenged(pair: Pair, phones: dict[str, Phone], **register: Any
+                     ) -> dict[bool, bytes]:
+    """Each side's 401 to its phone's first REGISTER (REGISTER keywords), by side.quick;
+    the same but for the nonce."""
+    challenges: dict[bool, bytes] = {}
+    for side in (pair.quick, pair.general):
+        reply = await side.send(phones[side.name].register(**register))
+        assert reply is not None and status(reply) == 401
+        challenges[side.quick] = reply
+    assert mask(challenges[True]) == mask(challenges[False])
+    return challenges
+
+
 async def dance(pair: Pair, phones: dict[str, Phone], login: str = "alice", **auth: Any
                 ) -> tuple[bytes, bytes]:
     """REGISTER, 401, REGISTER with credentials, on both sides (each phone answers its own
     side's nonce)."""
-    challenges: dict[bool, bytes] = {}
-    for side in (pair.quick, pair.general):
-        reply = await side.send(phones[side.name].register())
-        assert reply is not None
-        challenges[side.quick] = reply
-    assert mask(challenges[True]) == mask(challenges[False])
+    challenges = await challenged(pair, phones)
     branch = secrets.token_hex(6)
 
     def second(side: Side) -> bytes:
@@ -208,11 +215,7 @@ async def test_unregistering_with_expires_zero_is_the_same() -> None:
     phones = phone_pair()
     await dance(pair, phones)
     assert pair.quick.state("alice")[0]  # registered on both sides (compared in dance)
-    challenges: dict[bool, bytes] = {}
-    for side in (pair.quick, pair.general):
-        reply = await side.send(phones[side.name].register(expires=0))
-        assert reply is not None and status(reply) == 401
-        challenges[side.quick] = reply
+    challenges = await challenged(pair, phones, expires=0)
 
     def bye(side: Side) -> bytes:
         return phones[side.name].register(
@@ -267,10 +270,7 @@ async def test_sha256_is_accepted() -> None:
 async def test_too_brief_expires_is_423_with_min_expires() -> None:
     pair = Pair(user("alice"))
     phones = phone_pair()
-    challenge_q = await pair.quick.send(phones["q"].register(expires=5))
-    challenge_g = await pair.general.send(phones["g"].register(expires=5))
-    assert challenge_q is not None and challenge_g is not None
-    challenges = {True: challenge_q, False: challenge_g}
+    challenges = await challenged(pair, phones, expires=5)
     branch = secrets.token_hex(6)
 
     def second(side: Side) -> bytes:
@@ -303,11 +303,8 @@ async def test_other_common_shapes_answer_the_same(shape: dict[str, Any]) -> Non
 async def test_stale_nonce_is_rechallenged_with_stale_true() -> None:
     pair = Pair(user("alice"))
     phones = phone_pair()
-    challenge_q = await pair.quick.send(phones["q"].register())
-    challenge_g = await pair.general.send(phones["g"].register())
-    assert challenge_q is not None and challenge_g is not None
+    challenges = await challenged(pair, phones)
     pair.advance(3600)
-    challenges = {True: challenge_q, False: challenge_g}
 
     def late(side: Side) -> bytes:
         phone = phones[side.name]
@@ -321,10 +318,7 @@ async def test_stale_nonce_is_rechallenged_with_stale_true() -> None:
 async def test_replayed_nc_with_a_new_branch_is_403() -> None:
     pair = Pair(user("alice"))
     phones = phone_pair()
-    challenge_q = await pair.quick.send(phones["q"].register())
-    challenge_g = await pair.general.send(phones["g"].register())
-    assert challenge_q is not None and challenge_g is not None
-    challenges = {True: challenge_q, False: challenge_g}
+    challenges = await challenged(pair, phones)
 
     def answer(side: Side) -> bytes:
         phone = phones[side.name]
