@@ -4,10 +4,12 @@ Theory of operation. ``Registrar.handle(incoming)`` turns one REGISTER into the 
 send (or None: drop it); ``answer_plain`` does the same for the common REGISTER over UDP that
 the front door's quick path reads straight from its bytes (``register_view``). Both read the
 request into ``RegisterFields`` and call ``decide``, so every rule below holds for both; only
-the reading and the writing of the reply differ. The address-of-record is the **Client login**, the To-URI's user
-part (unescaped); the To host is not checked, since an appliance serves one organization
-whose logins are unique. ``Location`` is keyed by that login, so ``location.lookup(login,
-now)`` is how the proxy finds a Client's phones (``aor_of(uri)`` gives the key for a URI).
+the reading and the writing of the reply differ.
+
+The address-of-record is the **Client login**, the To-URI's user part (unescaped); the To
+host is not checked, since an appliance serves one organization whose logins are unique.
+``Location`` is keyed by that login, so ``location.lookup(login, now)`` is how the proxy
+finds a Client's phones (``aor_of(uri)`` gives the key for a URI).
 
 Authentication, in order:
 
