@@ -36,7 +36,7 @@ from appliance.models import CallRecord, CallStatus, mint_sid
 from appliance.rcml.runner import App, CallInfo
 from appliance.services.dialing import DIAL_SECONDS, sip_user
 from appliance.services.outbound_calls import dialable
-from appliance.sip.proxy import Contact, Fork
+from appliance.sip.proxy_ports import Contact, Fork
 from appliance.timefmt import iso
 
 if TYPE_CHECKING:

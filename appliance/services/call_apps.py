@@ -34,7 +34,7 @@ from appliance.rcml.runner import App
 from appliance.services.ports import StoreProtocol
 from appliance.services.provisioning import normalize_number
 from appliance.services.telephony import SipDirectory
-from appliance.sip.proxy import Caller
+from appliance.sip.proxy_ports import Caller
 
 logger = logging.getLogger(__name__)
 

@@ -82,7 +82,7 @@ from appliance.services.ports import StoreProtocol
 from appliance.services.telephony import CallLog
 from appliance.sip.dialogs import cdr_status
 from appliance.sip.message import Request
-from appliance.sip.proxy import Caller, Contact, Decision, Fork, Refuse
+from appliance.sip.proxy_ports import Caller, Contact, Decision, Fork, Refuse
 from appliance.sip.wire import Target
 from appliance.timefmt import iso
 from appliance.webhooks import WebhookError, Webhooks

@@ -50,7 +50,7 @@ from appliance.models import CallRecord, CallStatus, Gateway, mint_sid
 from appliance.rcml.runner import App, CallInfo, Hungup, LegEvents
 from appliance.services.dialing import DIAL_SECONDS, until_either_ends
 from appliance.sip.dialogs import cdr_status
-from appliance.sip.proxy import Caller, Contact, Decision, Fork, Refuse
+from appliance.sip.proxy_ports import Caller, Contact, Decision, Fork, Refuse
 from appliance.timefmt import iso
 
 if TYPE_CHECKING:

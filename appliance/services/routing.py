@@ -45,8 +45,8 @@ from appliance.models import Gateway
 from appliance.sip.bindings import Location
 from appliance.sip.errors import SipParseError
 from appliance.sip.message import Request
-from appliance.sip.proxy import (
-    MAX_BRANCHES,
+from appliance.sip.proxy import MAX_BRANCHES
+from appliance.sip.proxy_ports import (
     Answer,
     Caller,
     Contact,

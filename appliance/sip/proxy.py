@@ -86,9 +86,9 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
-from appliance.models import CallRecord, CallStatus
+from appliance.models import CallStatus
 from appliance.sip.dialogs import (
     LINGER,
     Call,
@@ -120,6 +120,16 @@ from appliance.sip.message import (
     max_forwards_status,
     stamp_received,
     unsupported_extensions,
+)
+from appliance.sip.proxy_ports import (
+    Answer,
+    Caller,
+    CallLog,
+    Contact,
+    Directory,
+    MessageLog,
+    Refuse,
+    Router,
 )
 from appliance.sip.transaction import (
     ClientTransaction,
@@ -168,120 +178,6 @@ IDLE_WAKE = 60.0
 DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK", "ACK"})
 CALL_DIRECTION = "inbound"
 MESSAGE_DIRECTION = "outbound-call"
-
-
-# --- what the proxy needs from the rest of the appliance ------------------------------
-
-
-class User(Protocol):
-    """A Client as the proxy sees it (``services.telephony.SipUser`` satisfies it)."""
-
-    @property
-    def login(self) -> str: ...
-    @property
-    def account_sid(self) -> str: ...
-    @property
-    def realm(self) -> str: ...
-    @property
-    def ha1_md5(self) -> str: ...
-    @property
-    def ha1_sha256(self) -> str: ...
-    @property
-    def enabled(self) -> bool: ...
-    @property
-    def voice_url(self) -> str | None: ...
-    @property
-    def voice_application_sid(self) -> str | None: ...
-
-
-class Directory(Protocol):
-    async def user(self, login: str) -> User | None: ...
-
-
-class CallLog(Protocol):
-    """CDR writer (``services.telephony.CallLog``)."""
-
-    def new_sid(self) -> str: ...
-    async def opened(self, *, account_sid: str, from_: str, to: str, direction: str,
-                     sid: Any = None, phone_number_sid: str | None = None) -> CallRecord: ...
-    async def ringing(self, sid: str) -> None: ...
-    async def answered(self, sid: str) -> None: ...
-    async def ended(self, sid: str, status: CallStatus) -> CallRecord | None: ...
-
-
-class MessageLog(Protocol):
-    """Keeps a MESSAGE as an SMS row: ``functools.partial(record_message, store, clock)``."""
-
-    def __call__(self, *, account_sid: str, from_: str, to: str, body: str, status: str,
-                 direction: str = ..., error_code: int | None = ...,
-                 error_message: str | None = ...) -> Awaitable[Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """The authenticated, enabled Client that sent a request."""
-
-    login: str
-    account_sid: str
-    voice_url: str | None = None
-    voice_application_sid: str | None = None
-    media: bool = False  # a media worker's INVITE for a leg the calls service dialled
-    # The sid of the gateway whose provider sent the request (a call to one of our DIDs):
-    # trusted by its source address, never challenged; ``login`` is the caller's number.
-    gateway: str = ""
-
-
-@dataclass(frozen=True)
-class Contact:
-    """One place to fork to: the Request-URI of the branch and where to send it."""
-
-    uri: str
-    target: Target
-
-
-@dataclass(frozen=True)
-class Fork:
-    callee: str  # the callee's login: the CDR's / SMS row's `to`
-    contacts: tuple[Contact, ...]
-    # Added to every branch (after dropping the caller's own copies): X-Leg-Id to a worker.
-    headers: tuple[tuple[str, str], ...] = ()
-    # The CDR sid to use for an INVITE (the calls service passes its CallSid); "" means
-    # write no CDR (the calls service logs that leg itself).
-    cdr_sid: str | None = None
-    phone_number_sid: str | None = None
-    # The CDR's account when it is not the caller's (a provider's call to a DID).
-    account_sid: str | None = None
-    # Forward Proxy-Authorization (a worker's leg to a gateway answers the provider's own
-    # challenge); otherwise credentials are ours and are consumed.
-    keep_credentials: bool = False
-
-
-@dataclass(frozen=True)
-class Refuse:
-    status: int
-    reason: str | None = None  # reason phrase; None = the standard one
-
-
-@dataclass(frozen=True)
-class Answer:
-    """The router took the request itself (e.g. a MESSAGE to a phone number, queued as SMS):
-    answer it with STATUS, nothing is forwarded and no row is written by the proxy."""
-
-    status: int
-    reason: str | None = None
-
-
-Decision = Fork | Refuse | Answer
-
-
-class Router(Protocol):
-    """Where a request of an authenticated Client goes (implemented by services.routing)."""
-
-    def registered(self, login: str, now: float) -> bool:
-        """True when LOGIN has at least one live binding."""
-
-    async def route(self, request: Request, caller: Caller, now: float) -> Decision:
-        """Fork to contacts, or refuse with a status and reason phrase."""
 
 
 # --- per-request state ------------------------------------------------------------------

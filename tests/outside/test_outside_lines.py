@@ -30,7 +30,7 @@ from appliance.config import (
     OutboundRoute,
     SipConfig,
 )
-from appliance.sip.proxy import Fork
+from appliance.sip.proxy_ports import Fork
 from tests.conftest import ADMIN_SID, Api, free_port
 from tests.media.audio import write_tone
 from tests.voice.test_voice_apps import PHONE, Handset, Rcml

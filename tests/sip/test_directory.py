@@ -7,7 +7,7 @@ from typing import Any
 
 from appliance.services.call_apps import AppResolver
 from appliance.services.telephony import SipDirectory
-from appliance.sip.proxy import Caller
+from appliance.sip.proxy_ports import Caller
 
 ACCOUNT = "AC" + "1" * 32
 

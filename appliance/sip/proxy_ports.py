@@ -1,0 +1,131 @@
+"""What the proxy needs from the rest of the appliance, and what its router answers.
+
+``sip.proxy`` is a service but the appliance's other services sit above it: they look Clients
+up (``Directory``, ``User``), write CDRs and SMS rows (``CallLog``, ``MessageLog``) and decide
+where a call goes (``Router``, implemented by ``services.routing``). These Protocols and the
+frozen records crossing them (``Caller`` in, a ``Decision`` of ``Fork``/``Refuse``/``Answer``
+out) are declared here, low, so that the services import them without importing the proxy
+(style.md §3.1: dependencies that point up go through a Protocol declared low). Pure
+declarations: nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from appliance.models import CallRecord, CallStatus
+from appliance.sip.message import Request
+from appliance.sip.wire import Target
+
+
+class User(Protocol):
+    """A Client as the proxy sees it (``services.telephony.SipUser`` satisfies it)."""
+
+    @property
+    def login(self) -> str: ...
+    @property
+    def account_sid(self) -> str: ...
+    @property
+    def realm(self) -> str: ...
+    @property
+    def ha1_md5(self) -> str: ...
+    @property
+    def ha1_sha256(self) -> str: ...
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def voice_url(self) -> str | None: ...
+    @property
+    def voice_application_sid(self) -> str | None: ...
+
+
+class Directory(Protocol):
+    async def user(self, login: str) -> User | None: ...
+
+
+class CallLog(Protocol):
+    """CDR writer (``services.telephony.CallLog``)."""
+
+    def new_sid(self) -> str: ...
+    async def opened(self, *, account_sid: str, from_: str, to: str, direction: str,
+                     sid: Any = None, phone_number_sid: str | None = None) -> CallRecord: ...
+    async def ringing(self, sid: str) -> None: ...
+    async def answered(self, sid: str) -> None: ...
+    async def ended(self, sid: str, status: CallStatus) -> CallRecord | None: ...
+
+
+class MessageLog(Protocol):
+    """Keeps a MESSAGE as an SMS row: ``functools.partial(record_message, store, clock)``."""
+
+    def __call__(self, *, account_sid: str, from_: str, to: str, body: str, status: str,
+                 direction: str = ..., error_code: int | None = ...,
+                 error_message: str | None = ...) -> Awaitable[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated, enabled Client that sent a request."""
+
+    login: str
+    account_sid: str
+    voice_url: str | None = None
+    voice_application_sid: str | None = None
+    media: bool = False  # a media worker's INVITE for a leg the calls service dialled
+    # The sid of the gateway whose provider sent the request (a call to one of our DIDs):
+    # trusted by its source address, never challenged; ``login`` is the caller's number.
+    gateway: str = ""
+
+
+@dataclass(frozen=True)
+class Contact:
+    """One place to fork to: the Request-URI of the branch and where to send it."""
+
+    uri: str
+    target: Target
+
+
+@dataclass(frozen=True)
+class Fork:
+    callee: str  # the callee's login: the CDR's / SMS row's `to`
+    contacts: tuple[Contact, ...]
+    # Added to every branch (after dropping the caller's own copies): X-Leg-Id to a worker.
+    headers: tuple[tuple[str, str], ...] = ()
+    # The CDR sid to use for an INVITE (the calls service passes its CallSid); "" means
+    # write no CDR (the calls service logs that leg itself).
+    cdr_sid: str | None = None
+    phone_number_sid: str | None = None
+    # The CDR's account when it is not the caller's (a provider's call to a DID).
+    account_sid: str | None = None
+    # Forward Proxy-Authorization (a worker's leg to a gateway answers the provider's own
+    # challenge); otherwise credentials are ours and are consumed.
+    keep_credentials: bool = False
+
+
+@dataclass(frozen=True)
+class Refuse:
+    status: int
+    reason: str | None = None  # reason phrase; None = the standard one
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The router took the request itself (e.g. a MESSAGE to a phone number, queued as SMS):
+    answer it with STATUS, nothing is forwarded and no row is written by the proxy."""
+
+    status: int
+    reason: str | None = None
+
+
+Decision = Fork | Refuse | Answer
+
+
+class Router(Protocol):
+    """Where a request of an authenticated Client goes (implemented by services.routing)."""
+
+    def registered(self, login: str, now: float) -> bool:
+        """True when LOGIN has at least one live binding."""
+
+    async def route(self, request: Request, caller: Caller, now: float) -> Decision:
+        """Fork to contacts, or refuse with a status and reason phrase."""
