@@ -77,16 +77,13 @@ exhausted budget answers 503 (logged once per episode), never grows a table.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import hashlib
 import heapq
 import itertools
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from appliance.models import CallStatus
 from appliance.sip.dialogs import (
@@ -109,6 +106,22 @@ from appliance.sip.digest import (
 )
 from appliance.sip.digest import algorithm_of as digest_algorithm
 from appliance.sip.errors import SipError, SipParseError, SipStateError
+from appliance.sip.forwarding import (
+    Branch,
+    Context,
+    Late,
+    LocalResponse,
+    ack_branch,
+    describe,
+    local_response,
+    make_record_route,
+    make_via,
+    strip_top_via,
+    tag_for,
+    token,
+    trim,
+    user_of,
+)
 from appliance.sip.guard import Guard
 from appliance.sip.headers import DigestCredentials, NameAddr, parse_name_addrs
 from appliance.sip.memory import BurstTrimmer
@@ -132,7 +145,6 @@ from appliance.sip.proxy_ports import (
     Router,
 )
 from appliance.sip.transaction import (
-    ClientTransaction,
     Deliver,
     InviteClientTransaction,
     InviteServerTransaction,
@@ -146,7 +158,6 @@ from appliance.sip.transaction import (
     Transmit,
     client_transaction,
     make_cancel,
-    stub,
 )
 from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import Incoming, Sender, Target, Targets
@@ -178,66 +189,6 @@ IDLE_WAKE = 60.0
 DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK", "ACK"})
 CALL_DIRECTION = "inbound"
 MESSAGE_DIRECTION = "outbound-call"
-
-
-# --- per-request state ------------------------------------------------------------------
-
-
-@dataclass(eq=False, slots=True)
-class Branch:
-    context: Context
-    request: Request  # as forwarded
-    target: Target
-    txn: ClientTransaction
-    final: Response | None = None  # the final response used for best-response selection
-    provisional: bool = False  # a 1xx arrived: a CANCEL may be sent now
-    cancel_wanted: bool = False  # CANCEL as soon as a provisional arrives
-    cancelled: bool = False  # our CANCEL went out
-    timed_out: bool = False  # Timer C fired: its 487 counts as 408
-    deadline: float | None = None  # Timer C, or the reaping deadline after a CANCEL
-
-    @property
-    def done(self) -> bool:
-        return self.final is not None
-
-
-@dataclass(eq=False, slots=True)
-class Context:
-    """One proxied request: its server transaction and its branches."""
-
-    request: Request  # as received (Via stamped with received/rport)
-    server: ServerTransaction
-    source: Target  # where responses to the request go
-    local: tuple[str, int]  # our address it arrived on: written in our Via / Record-Route
-    caller: Caller | None = None  # None for in-dialog requests
-    callee: str = ""
-    call: Call | None = None  # the out-of-dialog INVITE's call record
-    phone_number_sid: str | None = None
-    account_sid: str | None = None  # the CDR's account, when not the caller's
-    branches: list[Branch] = field(default_factory=list)
-    final_sent: bool = False
-    cancelled: bool = False  # the caller sent CANCEL
-
-
-class Late(NamedTuple):
-    """What a 2xx retransmission on a finished request's INVITE branch still needs: the
-    server transaction and the caller to forward it to, and the call to note its dialog in."""
-
-    server: ServerTransaction
-    source: Target
-    call: Call | None
-
-
-def _token() -> str:
-    return secrets.token_hex(8)
-
-
-def _user_of(name_addr: NameAddr) -> str | None:
-    try:
-        uri = parse_uri(name_addr.uri)
-    except SipParseError:
-        return None
-    return uri.user if isinstance(uri, SipUri) else None
 
 
 class Proxy:
@@ -328,7 +279,7 @@ class Proxy:
             else:
                 await self._on_request(incoming, incoming.message, now)
         except SipError as err:  # a malformed header the parser let through lazily
-            logger.info("x %s from %s:%s: %s", _describe(incoming.message), *incoming.source, err)
+            logger.info("x %s from %s:%s: %s", describe(incoming.message), *incoming.source, err)
         finally:
             self._wake.set()
 
@@ -514,7 +465,7 @@ class Proxy:
         host, port = incoming.source
         via = stamp_received(request, host, port)
         if via.response_target() is None:
-            logger.info("x %s with a broadcast/multicast Via: dropped", _describe(request))
+            logger.info("x %s with a broadcast/multicast Via: dropped", describe(request))
             return None
         return self._targets.get(incoming.transport, host, port, incoming.connection_id)
 
@@ -537,7 +488,7 @@ class Proxy:
             logger.warning("x budget of %s exhausted: answering 503", budget)
             self._overloaded = True
         if request.method != "ACK":
-            response = make_response(request, 503, to_tag=_token())
+            response = make_response(request, 503, to_tag=token())
             response.add("Retry-After", "5")
             self._sender.send(response, source)
 
@@ -581,7 +532,7 @@ class Proxy:
             await self._reply(server, decision.status, decision.reason, now=now)
             return
         if isinstance(decision, Refuse):
-            context.callee = _user_of(NameAddr(request.uri)) or request.uri
+            context.callee = user_of(NameAddr(request.uri)) or request.uri
             logger.info("x %s %s -> %s: %d %s", request.method, caller.login, context.callee,
                         decision.status, decision.reason or "")
             await self._reply(server, decision.status, decision.reason, now=now)
@@ -617,7 +568,7 @@ class Proxy:
         if self._guard is not None and self._guard.is_banned(ip, now):
             await self._reply(server, 403, now=now)
             return None
-        from_user = _user_of(request.from_)
+        from_user = user_of(request.from_)
         challenge_header, credentials_header = HEADERS[407]
         values = request.get_all(credentials_header)
         if not values:
@@ -714,10 +665,10 @@ class Proxy:
         if not keep_credentials:
             self._consume_credentials(request)
         if record_route:
-            request.prepend("Record-Route", _record_route(local, inbound))
+            request.prepend("Record-Route", make_record_route(local, inbound))
             if inbound != outbound:
-                request.prepend("Record-Route", _record_route(local, outbound))
-        request.prepend("Via", _via(local, outbound, branch))
+                request.prepend("Record-Route", make_record_route(local, outbound))
+        request.prepend("Via", make_via(local, outbound, branch))
         return request
 
     @staticmethod
@@ -745,11 +696,11 @@ class Proxy:
         for contact in contacts:
             now = self._clock()
             request = Request(method="MESSAGE", uri=contact.uri, headers=[
-                Header.make("Via", _via(self.address, contact.target.transport)),
+                Header.make("Via", make_via(self.address, contact.target.transport)),
                 Header.make("Max-Forwards", str(DEFAULT_MAX_FORWARDS)),
-                Header.make("From", f"<sip:{from_user}@{realm}>;tag={_token()}"),
+                Header.make("From", f"<sip:{from_user}@{realm}>;tag={token()}"),
                 Header.make("To", f"<sip:{to_user}@{realm}>"),
-                Header.make("Call-ID", f"{_token()}@{realm}"),
+                Header.make("Call-ID", f"{token()}@{realm}"),
                 Header.make("CSeq", "1 MESSAGE"),
                 Header.make("Content-Type", "text/plain;charset=UTF-8"),
             ], body=body.encode("utf-8"))
@@ -792,7 +743,7 @@ class Proxy:
             return
         if not (200 <= response.status < 300 and response.cseq.method == "INVITE"):
             return
-        forwarded = _strip_top_via(response)
+        forwarded = strip_top_via(response)
         via = forwarded.top_via if forwarded is not None else None
         where = via.response_target() if via is not None else None
         if forwarded is not None and via is not None and where is not None:
@@ -836,7 +787,7 @@ class Proxy:
                 branch.deadline = None
             return  # a late final after our local 487, or a retransmission
         if branch.timed_out and status == 487:
-            response = _local_response(context.request, 408)
+            response = local_response(context.request, 408)
         branch.final = response
         branch.deadline = None
         if status >= 600 and context.request.method == "INVITE":
@@ -876,7 +827,7 @@ class Proxy:
         chosen = finals[best_response([r.status for r in finals])]
         status = forwarded_status(chosen.status)
         if status != chosen.status:
-            chosen = _local_response(context.request, status)
+            chosen = local_response(context.request, status)
         context.final_sent = True
         await self._forward_response(context, chosen, now)
         await self._unanswered(context, chosen.status, chosen.reason, now)
@@ -900,7 +851,7 @@ class Proxy:
                 for branch in context.branches:
                     self._settle(branch)
                 if any(self._branches.get(b.txn) is b for b in context.branches):
-                    _trim(context)  # a branch still waits for its final: it keeps the context
+                    trim(context)  # a branch still waits for its final: it keeps the context
 
     def _settle(self, branch: Branch) -> None:
         """BRANCH's request is over: keep for its client transaction only what can still
@@ -932,7 +883,7 @@ class Proxy:
         if isinstance(response, LocalResponse):
             forwarded: Response | None = response
         else:
-            forwarded = _strip_top_via(response)
+            forwarded = strip_top_via(response)
         if forwarded is None:
             return
         if server.terminated:
@@ -999,7 +950,7 @@ class Proxy:
             # RFC 3261 §9.1: no CANCEL before a provisional. Count the branch as done with a
             # local 487 now, and cancel it when (if) its provisional arrives.
             branch.cancel_wanted = True
-            branch.final = _local_response(branch.context.request, 487)
+            branch.final = local_response(branch.context.request, 487)
             branch.deadline = now + REAP_AFTER
             self._arm(branch)
 
@@ -1022,7 +973,7 @@ class Proxy:
             self._table.remove(branch.txn)
             self._forget(branch.txn)
             if branch.final is None:
-                branch.final = _local_response(branch.context.request, 408)
+                branch.final = local_response(branch.context.request, 408)
                 await self._maybe_finish(branch.context, now)
             else:
                 self._maybe_done(branch.context)
@@ -1035,7 +986,7 @@ class Proxy:
         if branch.provisional:
             self._send_cancel(branch, now)
         else:
-            branch.final = _local_response(branch.context.request, 408)
+            branch.final = local_response(branch.context.request, 408)
             self._table.remove(branch.txn)
             self._forget(branch.txn)
             await self._maybe_finish(branch.context, now)
@@ -1070,7 +1021,7 @@ class Proxy:
         if is_ack or server is None:  # the ACK for a 2xx: end-to-end, forwarded statelessly
             forwarded = self._branch_request(request, request.uri, incoming.transport,
                                              target.transport, self._local(incoming),
-                                             record_route=False, branch=_ack_branch(request),
+                                             record_route=False, branch=ack_branch(request),
                                              keep_credentials=call.keep_credentials)
             self._sender.send(forwarded, target)
             return
@@ -1092,7 +1043,7 @@ class Proxy:
         call.ended = True
         call.deadline = now + LINGER
         self._arm(call)
-        logger.info("- call %s ended by BYE from %s", call.call_id, _user_of(request.from_))
+        logger.info("- call %s ended by BYE from %s", call.call_id, user_of(request.from_))
         if call.cdr_sid:
             await self._cdr(self._calls.ended, call.cdr_sid, CallStatus.COMPLETED)
 
@@ -1187,7 +1138,7 @@ class Proxy:
             elif isinstance(action, TimedOut):
                 branch = self._branches.get(txn)
                 if branch is not None and not branch.done:
-                    await self._branch_response(branch, _local_response(
+                    await self._branch_response(branch, local_response(
                         branch.context.request, 408), now)
             elif isinstance(action, Terminated):
                 self._table.remove(txn)
@@ -1226,13 +1177,13 @@ class Proxy:
         self._late.pop(txn, None)
         branch = self._branches.pop(txn, None)
         if branch is not None and branch.final is None:
-            branch.final = _local_response(branch.context.request, 408)
+            branch.final = local_response(branch.context.request, 408)
         self._contexts.pop(txn, None)
 
     async def _reply(self, server: ServerTransaction, status: int, reason: str | None = None,
                      *, now: float, headers: Collection[tuple[str, str]] = ()) -> None:
         response = make_response(server.request, status, reason,
-                                 to_tag=None if status == 100 else _tag_for(server.request))
+                                 to_tag=None if status == 100 else tag_for(server.request))
         for name, value in headers:
             response.add(name, value)
         try:
@@ -1292,76 +1243,3 @@ class Proxy:
                 error_code=None if ok else status, error_message=None if ok else reason)
         except Exception:  # noqa: BLE001 - see _cdr_open
             logger.exception("x SMS row for MESSAGE from %s not written", caller.login)
-
-
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def _hostport(local: tuple[str, int]) -> str:
-    host, port = local
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # an IPv6 address
-    return f"{host}:{port}"
-
-
-def _via(local: tuple[str, int], transport: str, branch: str | None = None) -> str:
-    branch = branch or "z9hG4bK" + _token()
-    return f"SIP/2.0/{transport.upper()} {_hostport(local)};branch={branch}"
-
-
-def _record_route(local: tuple[str, int], transport: str) -> str:
-    return f"<sip:{_hostport(local)};lr;transport={transport.lower()}>"
-
-
-def _describe(message: Request | Response) -> str:
-    if isinstance(message, Request):
-        return message.method
-    return f"{message.status} response"
-
-
-def _tag_for(request: Request) -> str:
-    """The To tag of our own responses: derived from the top Via branch, so a request and
-    its retransmissions get the same tag."""
-    top = request.top_via
-    seed = (top.branch if top is not None and top.branch else "") + (request.call_id or "")
-    return hashlib.sha256(seed.encode()).hexdigest()[:16]
-
-
-def _ack_branch(ack: Request) -> str:
-    """A stateless hop's branch (§16.11): derived from the incoming one, so a retransmitted
-    ACK gets the same branch downstream."""
-    top = ack.top_via
-    seed = (top.branch if top is not None and top.branch else "") + (ack.call_id or "")
-    return "z9hG4bK" + hashlib.sha256(seed.encode()).hexdigest()[:20]
-
-
-@dataclass
-class LocalResponse(Response):
-    """A final response we make ourselves in place of a branch's (408, 487, 500): it is
-    addressed to the caller already, so no Via of ours is stripped when it is sent."""
-
-
-def _local_response(request: Request, status: int) -> Response:
-    made = make_response(request, status, to_tag=_tag_for(request))
-    return LocalResponse(headers=made.headers, body=made.body, status=made.status,
-                         reason=made.reason)
-
-
-def _trim(context: Context) -> None:
-    """A finished request's context stays reachable from its branches while their client
-    transactions linger (64·T1 after a 2xx, for 2xx retransmissions): keep of its messages
-    only what that still reads (the method, the identifying headers, the final statuses),
-    not whole INVITEs and 200s with their bodies."""
-    context.request = stub(context.request, ())  # its method is all that is read now
-    for branch in context.branches:
-        branch.request = stub(branch.request)  # a late 1xx may still call for a CANCEL
-        final = branch.final
-        if final is not None and final.headers:
-            branch.final = Response(status=final.status, reason=final.reason)
-
-
-def _strip_top_via(response: Response) -> Response | None:
-    """A copy of RESPONSE without our Via; None when no Via would be left (§16.7 step 3)."""
-    copy = dataclasses.replace(response, headers=list(response.headers))
-    copy.pop_first_value("via")
-    return copy if copy.values("via") else None

@@ -1,0 +1,166 @@
+"""What the proxy keeps about a request it forwards, and the pure rules for each hop.
+
+A ``Context`` is one proxied request: its server transaction, where responses to it go, and
+a ``Branch`` per contact it was forked to (the request as forwarded, its client transaction,
+its Timer C or reaping deadline, and whether it was cancelled). ``Late`` is what an answered
+INVITE branch still needs once its request is over: a 2xx retransmission goes to the caller.
+
+The helpers make what a forwarded hop carries: our Via (``make_via``, a fresh ``z9hG4bK``
+branch, or one derived from the incoming ACK's for a stateless hop, ``ack_branch``), our
+Record-Route (``make_record_route``), the To tag of our own responses (``tag_for``, stable
+across retransmissions), a final response we make in place of a branch's (``local_response``),
+and a response with our Via taken off (``strip_top_via``). ``trim`` lets a finished request
+keep only what a lingering branch still reads.
+
+Kept apart from ``sip.proxy`` (which owns the tables, the timers and the I/O) because none of
+this does I/O, logs or reads a clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from appliance.sip.dialogs import Call
+from appliance.sip.errors import SipParseError
+from appliance.sip.headers import NameAddr
+from appliance.sip.message import Request, Response, make_response
+from appliance.sip.proxy_ports import Caller
+from appliance.sip.transaction import ClientTransaction, ServerTransaction, stub
+from appliance.sip.uri import SipUri, parse_uri
+from appliance.sip.wire import Target
+
+# --- per-request state ------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class Branch:
+    context: Context
+    request: Request  # as forwarded
+    target: Target
+    txn: ClientTransaction
+    final: Response | None = None  # the final response used for best-response selection
+    provisional: bool = False  # a 1xx arrived: a CANCEL may be sent now
+    cancel_wanted: bool = False  # CANCEL as soon as a provisional arrives
+    cancelled: bool = False  # our CANCEL went out
+    timed_out: bool = False  # Timer C fired: its 487 counts as 408
+    deadline: float | None = None  # Timer C, or the reaping deadline after a CANCEL
+
+    @property
+    def done(self) -> bool:
+        return self.final is not None
+
+
+@dataclass(eq=False, slots=True)
+class Context:
+    """One proxied request: its server transaction and its branches."""
+
+    request: Request  # as received (Via stamped with received/rport)
+    server: ServerTransaction
+    source: Target  # where responses to the request go
+    local: tuple[str, int]  # our address it arrived on: written in our Via / Record-Route
+    caller: Caller | None = None  # None for in-dialog requests
+    callee: str = ""
+    call: Call | None = None  # the out-of-dialog INVITE's call record
+    phone_number_sid: str | None = None
+    account_sid: str | None = None  # the CDR's account, when not the caller's
+    branches: list[Branch] = field(default_factory=list)
+    final_sent: bool = False
+    cancelled: bool = False  # the caller sent CANCEL
+
+
+class Late(NamedTuple):
+    """What a 2xx retransmission on a finished request's INVITE branch still needs: the
+    server transaction and the caller to forward it to, and the call to note its dialog in."""
+
+    server: ServerTransaction
+    source: Target
+    call: Call | None
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def token() -> str:
+    return secrets.token_hex(8)
+
+
+def user_of(name_addr: NameAddr) -> str | None:
+    try:
+        uri = parse_uri(name_addr.uri)
+    except SipParseError:
+        return None
+    return uri.user if isinstance(uri, SipUri) else None
+
+
+def hostport(local: tuple[str, int]) -> str:
+    host, port = local
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"{host}:{port}"
+
+
+def make_via(local: tuple[str, int], transport: str, branch: str | None = None) -> str:
+    branch = branch or "z9hG4bK" + token()
+    return f"SIP/2.0/{transport.upper()} {hostport(local)};branch={branch}"
+
+
+def make_record_route(local: tuple[str, int], transport: str) -> str:
+    return f"<sip:{hostport(local)};lr;transport={transport.lower()}>"
+
+
+def describe(message: Request | Response) -> str:
+    if isinstance(message, Request):
+        return message.method
+    return f"{message.status} response"
+
+
+def tag_for(request: Request) -> str:
+    """The To tag of our own responses: derived from the top Via branch, so a request and
+    its retransmissions get the same tag."""
+    top = request.top_via
+    seed = (top.branch if top is not None and top.branch else "") + (request.call_id or "")
+    return hashlib.sha256(seed.encode()).hexdigest()[:16]
+
+
+def ack_branch(ack: Request) -> str:
+    """A stateless hop's branch (§16.11): derived from the incoming one, so a retransmitted
+    ACK gets the same branch downstream."""
+    top = ack.top_via
+    seed = (top.branch if top is not None and top.branch else "") + (ack.call_id or "")
+    return "z9hG4bK" + hashlib.sha256(seed.encode()).hexdigest()[:20]
+
+
+@dataclass
+class LocalResponse(Response):
+    """A final response we make ourselves in place of a branch's (408, 487, 500): it is
+    addressed to the caller already, so no Via of ours is stripped when it is sent."""
+
+
+def local_response(request: Request, status: int) -> Response:
+    made = make_response(request, status, to_tag=tag_for(request))
+    return LocalResponse(headers=made.headers, body=made.body, status=made.status,
+                         reason=made.reason)
+
+
+def trim(context: Context) -> None:
+    """A finished request's context stays reachable from its branches while their client
+    transactions linger (64·T1 after a 2xx, for 2xx retransmissions): keep of its messages
+    only what that still reads (the method, the identifying headers, the final statuses),
+    not whole INVITEs and 200s with their bodies."""
+    context.request = stub(context.request, ())  # its method is all that is read now
+    for branch in context.branches:
+        branch.request = stub(branch.request)  # a late 1xx may still call for a CANCEL
+        final = branch.final
+        if final is not None and final.headers:
+            branch.final = Response(status=final.status, reason=final.reason)
+
+
+def strip_top_via(response: Response) -> Response | None:
+    """A copy of RESPONSE without our Via; None when no Via would be left (§16.7 step 3)."""
+    copy = dataclasses.replace(response, headers=list(response.headers))
+    copy.pop_first_value("via")
+    return copy if copy.values("via") else None
