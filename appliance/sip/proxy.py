@@ -123,7 +123,7 @@ from appliance.sip.forwarding import (
     user_of,
 )
 from appliance.sip.guard import Guard
-from appliance.sip.headers import DigestCredentials, NameAddr, parse_name_addrs
+from appliance.sip.headers import DigestCredentials, NameAddr
 from appliance.sip.memory import BurstTrimmer
 from appliance.sip.message import (
     Header,
@@ -144,6 +144,12 @@ from appliance.sip.proxy_ports import (
     Refuse,
     Router,
 )
+from appliance.sip.routeset import (
+    is_us,
+    pop_own_routes,
+    remaining_foreign_route,
+    remaining_route_target,
+)
 from appliance.sip.transaction import (
     Deliver,
     InviteClientTransaction,
@@ -159,7 +165,6 @@ from appliance.sip.transaction import (
     client_transaction,
     make_cancel,
 )
-from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import Incoming, Sender, Target, Targets
 
 logger = logging.getLogger(__name__)
@@ -509,7 +514,7 @@ class Proxy:
             logger.info("x %s from %s: caller not registered", request.method, caller.login)
             await self._reply(server, 403, "Caller Not Registered", now=now)
             return
-        if self._remaining_foreign_route(request):
+        if remaining_foreign_route(request, self._locals, self._local_hosts):
             await self._reply(server, 403, "No Route To A Foreign Proxy", now=now)
             return
         if len(self._contexts) >= self.max_contexts or (
@@ -739,7 +744,7 @@ class Proxy:
         ours is forwarded statelessly (a 2xx retransmission after our transaction ended,
         §16.7 step 1); anything else is dropped."""
         top = response.top_via
-        if top is None or not self._is_us(top.host, top.port):
+        if top is None or not is_us(top.host, top.port, self._locals, self._local_hosts):
             return
         if not (200 <= response.status < 300 and response.cseq.method == "INVITE"):
             return
@@ -1000,14 +1005,14 @@ class Proxy:
             return
         if is_ack and max_forwards_status(request) is not None:
             return  # an ACK gets no response; a looping one just stops here
-        self._pop_own_routes(request)
+        pop_own_routes(request, self._locals, self._local_hosts)
         found = self._find_call(request)
         if found is None:
             if server is not None:
                 await self._reply(server, 481, now=now)
             return
         call, towards_callee = found
-        target = self._remaining_route_target(request)
+        target = remaining_route_target(request)
         if target is None:
             to_tag = request.to.tag or ""
             target = call.callee(to_tag) if towards_callee else call.caller
@@ -1058,60 +1063,6 @@ class Proxy:
         if call is not None:
             return call, False
         return None
-
-    def _is_us(self, host: str, port: int | None) -> bool:
-        host, port = host.strip("[]").lower(), port or 5060
-        if (host, port) in self._locals:
-            return True
-        return host in self._local_hosts and any(p == port for _, p in self._locals)
-
-    def _uri_is_us(self, text: str, *, userless: bool = False) -> bool:
-        try:
-            uri = parse_uri(text)
-        except SipParseError:
-            return False
-        if not isinstance(uri, SipUri) or (userless and uri.user is not None):
-            return False
-        return self._is_us(uri.host, uri.port)
-
-    def _pop_own_routes(self, request: Request) -> None:
-        """Loose routing (§16.4): drop our own Route entries from the top. A strict router
-        put our Record-Route in the Request-URI: restore the URI from the last Route."""
-        if self._uri_is_us(request.uri, userless=True) and request.get("route") is not None:
-            routes = parse_name_addrs(request.get_all("route"))
-            if routes:
-                request.uri = routes[-1].uri
-                remaining = [str(r) for r in routes[:-1]]
-                request.remove("route")
-                for value in remaining:
-                    request.add("Route", value)
-        while True:
-            values = request.values("route")
-            if not values:
-                return
-            try:
-                top = NameAddr.parse(values[0])
-            except SipParseError:
-                return
-            if not self._uri_is_us(top.uri):
-                return
-            request.pop_first_value("route")
-
-    def _remaining_foreign_route(self, request: Request) -> bool:
-        self._pop_own_routes(request)
-        return bool(request.values("route"))
-
-    def _remaining_route_target(self, request: Request) -> Target | None:
-        values = request.values("route")
-        if not values:
-            return None
-        try:
-            uri = parse_uri(NameAddr.parse(values[0]).uri)
-        except SipParseError:
-            return None
-        if not isinstance(uri, SipUri):
-            return None
-        return Target(uri.transport or "udp", uri.host.strip("[]"), uri.port or 5060)
 
     async def _expire_call(self, call: Call, now: float) -> None:
         self._live_calls.pop(call.key, None)

@@ -1,0 +1,86 @@
+"""The route set of a request that comes back through us (RFC 3261 §16.4, §16.12).
+
+Every INVITE we fork carries our Record-Route, so the in-dialog requests of its dialog arrive
+with our own entries at the top of their Route set. ``pop_own_routes`` drops them (loose
+routing); a strict-routing phone puts our Record-Route in the Request-URI instead, which is
+replaced by the last Route. What is left decides the request: an out-of-dialog request with a
+foreign Route is refused (``remaining_foreign_route``, the proxy is no open relay), an
+in-dialog one goes where its next Route points (``remaining_route_target``).
+
+"Us" is every address requests arrived on plus the host names the transport calls local:
+the proxy keeps those (a live collection) and passes them in. Pure functions, apart from the
+proxy so they can be read and tested alone: no I/O, no logging, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from appliance.sip.errors import SipParseError
+from appliance.sip.headers import NameAddr, parse_name_addrs
+from appliance.sip.message import Request
+from appliance.sip.uri import SipUri, parse_uri
+from appliance.sip.wire import Target
+
+
+def is_us(host: str, port: int | None, addresses: Collection[tuple[str, int]],
+          hosts: Collection[str]) -> bool:
+    host, port = host.strip("[]").lower(), port or 5060
+    if (host, port) in addresses:
+        return True
+    return host in hosts and any(p == port for _, p in addresses)
+
+
+def uri_is_us(text: str, addresses: Collection[tuple[str, int]], hosts: Collection[str],
+              *, userless: bool = False) -> bool:
+    try:
+        uri = parse_uri(text)
+    except SipParseError:
+        return False
+    if not isinstance(uri, SipUri) or (userless and uri.user is not None):
+        return False
+    return is_us(uri.host, uri.port, addresses, hosts)
+
+
+def pop_own_routes(request: Request, addresses: Collection[tuple[str, int]],
+                   hosts: Collection[str]) -> None:
+    """Loose routing (§16.4): drop our own Route entries from the top. A strict router
+    put our Record-Route in the Request-URI: restore the URI from the last Route."""
+    if uri_is_us(request.uri, addresses, hosts, userless=True) and request.get("route") is not None:
+        routes = parse_name_addrs(request.get_all("route"))
+        if routes:
+            request.uri = routes[-1].uri
+            remaining = [str(r) for r in routes[:-1]]
+            request.remove("route")
+            for value in remaining:
+                request.add("Route", value)
+    while True:
+        values = request.values("route")
+        if not values:
+            return
+        try:
+            top = NameAddr.parse(values[0])
+        except SipParseError:
+            return
+        if not uri_is_us(top.uri, addresses, hosts):
+            return
+        request.pop_first_value("route")
+
+
+def remaining_foreign_route(request: Request, addresses: Collection[tuple[str, int]],
+                            hosts: Collection[str]) -> bool:
+    pop_own_routes(request, addresses, hosts)
+    return bool(request.values("route"))
+
+
+def remaining_route_target(request: Request) -> Target | None:
+    values = request.values("route")
+    if not values:
+        return None
+    try:
+        uri = parse_uri(NameAddr.parse(values[0]).uri)
+    except SipParseError:
+        return None
+    if not isinstance(uri, SipUri):
+        return None
+    return Target(uri.transport or "udp", uri.host.strip("[]"), uri.port or 5060)
