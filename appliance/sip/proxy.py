@@ -50,24 +50,11 @@ Request-URI that is our Record-Route is replaced by the last Route, §16.4). The
 the far side's NAT address remembered from the dialog. The ACK for a 2xx is forwarded
 statelessly; the ACK for a non-2xx is absorbed by our server transaction.
 
-CDRs (``CallLog``), one row per authenticated, registered caller's INVITE that reached the
-routing step. Direction ``inbound``: the call came *into* the appliance from a Client, which
-is how Restcomm records the caller's leg of a Client → Client call; ``from`` is the caller's
-bare login and ``to`` the callee's login (or the dialled user when refused). ``queued`` at the
-INVITE, ``ringing`` at the first 18x, ``in-progress`` at the first 2xx, ``completed`` at the
-BYE of the answered dialog (either side; exactly once; duration from answer to BYE). Unanswered
-calls end ``busy`` (486/600/603), ``no-answer`` (408/480, a Timer C 487, and our own 480),
-``canceled`` (the caller's CANCEL) or ``failed`` (404, 403, anything else). A dialog that never
-sees a BYE is closed ``completed`` after ``MAX_DIALOG_IDLE`` (12 h) without in-dialog traffic,
-or after its RFC 4028 session interval.
-
-SIP MESSAGE between Clients is authenticated and routed like INVITE, forked with non-INVITE
-client transactions, and kept as an SMS row through ``record_message``: from = the sender's
-login, to = the recipient's login, direction ``outbound-call`` (what Restcomm's SmsService
-writes for a Client's SIP MESSAGE to another Client), status ``sent`` on a 2xx or ``failed``
-with ``error_code`` = the final status otherwise (404 unknown, 480 not registered).
-TODO(SMS issue): store-and-forward — a MESSAGE to a Client that is not registered, or to a
-number (through the modem), is refused today (480/403) instead of queued for later delivery.
+CDRs (``CallLog``) and SMS rows (``MessageLog``): what is written when is in ``sip.records``.
+SIP MESSAGE between Clients is authenticated and routed like INVITE and forked with
+non-INVITE client transactions. TODO(SMS issue): store-and-forward — a MESSAGE to a Client
+that is not registered, or to a number (through the modem), is refused today (480/403)
+instead of queued for later delivery.
 
 Budgets (style.md habit 6): ``MAX_CONTEXTS`` proxied requests in flight, ``MAX_TRANSACTIONS``
 transactions in all, ``MAX_CALLS`` tracked calls/dialogs, ``MAX_BRANCHES`` per fork. An
@@ -82,7 +69,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from appliance.models import CallStatus
@@ -144,6 +131,7 @@ from appliance.sip.proxy_ports import (
     Refuse,
     Router,
 )
+from appliance.sip.records import cdr, cdr_open, record_message, record_refusal
 from appliance.sip.routeset import (
     is_us,
     pop_own_routes,
@@ -192,8 +180,6 @@ TIMER_GRANULARITY = 0.05  # seconds between timer scans under load (see Proxy.ru
 # nonces is let go of while the proxy is idle too.
 IDLE_WAKE = 60.0
 DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK", "ACK"})
-CALL_DIRECTION = "inbound"
-MESSAGE_DIRECTION = "outbound-call"
 
 
 class Proxy:
@@ -542,7 +528,8 @@ class Proxy:
                         decision.status, decision.reason or "")
             await self._reply(server, decision.status, decision.reason, now=now)
             if not caller.media:
-                await self._record_refusal(context, decision.status, decision.reason)
+                await record_refusal(self._calls, self._messages, context, decision.status,
+                                     decision.reason)
             return
         context.callee = decision.callee
         self._contexts[server] = context
@@ -565,7 +552,7 @@ class Proxy:
         await self._fork(context, contacts, incoming, now, record_route=request.method == "INVITE",
                          headers=decision.headers, keep_credentials=decision.keep_credentials)
         if context.call is not None and context.call.cdr_sid:
-            await self._cdr_open(context)
+            await cdr_open(self._calls, context)
 
     async def _authenticate(self, server: ServerTransaction, request: Request,
                             incoming: Incoming, now: float) -> Caller | None:
@@ -772,7 +759,7 @@ class Proxy:
             # transaction (and would be wrong on the wire).
             await self._forward_response(context, response, now)
             if context.call is not None and 180 <= status < 190 and context.call.cdr_sid:
-                await self._cdr(self._calls.ringing, context.call.cdr_sid)
+                await cdr(self._calls.ringing, context.call.cdr_sid)
             return
         if 200 <= status < 300:
             first = not context.final_sent
@@ -817,9 +804,9 @@ class Proxy:
             logger.debug("- call %s %s -> %s answered", call.call_id, context.caller.login
                          if context.caller else "?", context.callee)
             if call.cdr_sid:
-                await self._cdr(self._calls.answered, call.cdr_sid)
+                await cdr(self._calls.answered, call.cdr_sid)
         if first and context.request.method == "MESSAGE":
-            await self._record_message(context, response.status, response.reason)
+            await record_message(self._messages, context, response.status, response.reason)
 
     async def _maybe_finish(self, context: Context, now: float) -> None:
         """Send the best final response once every branch has one (§16.7 step 6)."""
@@ -845,10 +832,10 @@ class Proxy:
             self._arm(call)
             if call.cdr_sid and not call.ended:
                 call.ended = True
-                await self._cdr(self._calls.ended, call.cdr_sid,
-                                cdr_status(status, canceled=context.cancelled))
+                await cdr(self._calls.ended, call.cdr_sid,
+                          cdr_status(status, canceled=context.cancelled))
         if context.request.method == "MESSAGE":
-            await self._record_message(context, status, reason)
+            await record_message(self._messages, context, status, reason)
 
     def _maybe_done(self, context: Context) -> None:
         if context.final_sent and all(b.done for b in context.branches):
@@ -1050,7 +1037,7 @@ class Proxy:
         self._arm(call)
         logger.info("- call %s ended by BYE from %s", call.call_id, user_of(request.from_))
         if call.cdr_sid:
-            await self._cdr(self._calls.ended, call.cdr_sid, CallStatus.COMPLETED)
+            await cdr(self._calls.ended, call.cdr_sid, CallStatus.COMPLETED)
 
     def _find_call(self, request: Request) -> tuple[Call, bool] | None:
         """The call REQUEST belongs to, and whether it travels towards the callee."""
@@ -1070,7 +1057,7 @@ class Proxy:
             call.ended = True
             logger.warning("x call %s closed without a BYE after its idle limit", call.call_id)
             if call.cdr_sid:
-                await self._cdr(self._calls.ended, call.cdr_sid, CallStatus.COMPLETED)
+                await cdr(self._calls.ended, call.cdr_sid, CallStatus.COMPLETED)
 
     # --- transactions and sending -----------------------------------------------------------
 
@@ -1142,55 +1129,3 @@ class Proxy:
         except SipStateError:
             return
         await self._drain(server, server.pop_actions(), now)
-
-    # --- CDRs and SMS rows ---------------------------------------------------------------
-
-    async def _cdr_open(self, context: Context) -> None:
-        """Write the CDR row. Its sid was minted before the branches went out, and
-        ``CallLog.opened`` registers the row before its first await, so a 180 or 200 that
-        races the INSERT still finds it (the store's single writer keeps the order)."""
-        call, caller = context.call, context.caller
-        if call is None or caller is None:
-            return
-        try:
-            await self._calls.opened(account_sid=context.account_sid or caller.account_sid,
-                                     from_=caller.login,
-                                     to=context.callee, direction=CALL_DIRECTION,
-                                     sid=call.cdr_sid, phone_number_sid=context.phone_number_sid)
-        except Exception:  # noqa: BLE001 - a CDR failure must never break call signalling
-            logger.exception("x CDR for call %s not opened", call.call_id)
-
-    async def _record_refusal(self, context: Context, status: int, reason: str | None) -> None:
-        caller = context.caller
-        if caller is None or not caller.account_sid:
-            return  # e.g. a provider's call to a DID we do not have: no account to log it in
-        if context.request.method == "MESSAGE":
-            await self._record_message(context, status, reason or "")
-        elif context.request.method == "INVITE":
-            try:
-                record = await self._calls.opened(
-                    account_sid=caller.account_sid, from_=caller.login, to=context.callee,
-                    direction=CALL_DIRECTION)
-                await self._calls.ended(record.sid, cdr_status(status, canceled=False))
-            except Exception:  # noqa: BLE001 - see _cdr_open
-                logger.exception("x CDR for refused call from %s not written", caller.login)
-
-    async def _cdr(self, step: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        try:
-            await step(*args)
-        except Exception:  # noqa: BLE001 - see _cdr_open
-            logger.exception("x CDR update %s%r failed", getattr(step, "__name__", step), args)
-
-    async def _record_message(self, context: Context, status: int, reason: str) -> None:
-        caller = context.caller
-        if caller is None:
-            return
-        ok = 200 <= status < 300
-        try:
-            await self._messages(
-                account_sid=caller.account_sid, from_=caller.login, to=context.callee,
-                body=context.request.body.decode("utf-8", "replace"),
-                status="sent" if ok else "failed", direction=MESSAGE_DIRECTION,
-                error_code=None if ok else status, error_message=None if ok else reason)
-        except Exception:  # noqa: BLE001 - see _cdr_open
-            logger.exception("x SMS row for MESSAGE from %s not written", caller.login)

@@ -1,0 +1,93 @@
+"""The rows the proxy writes: a CDR per call and an SMS row per MESSAGE.
+
+CDRs (``CallLog``), one row per authenticated, registered caller's INVITE that reached the
+routing step. Direction ``inbound``: the call came *into* the appliance from a Client, which
+is how Restcomm records the caller's leg of a Client → Client call; ``from`` is the caller's
+bare login and ``to`` the callee's login (or the dialled user when refused). ``queued`` at the
+INVITE, ``ringing`` at the first 18x, ``in-progress`` at the first 2xx, ``completed`` at the
+BYE of the answered dialog (either side; exactly once; duration from answer to BYE). Unanswered
+calls end ``busy`` (486/600/603), ``no-answer`` (408/480, a Timer C 487, and our own 480),
+``canceled`` (the caller's CANCEL) or ``failed`` (404, 403, anything else). A dialog that never
+sees a BYE is closed ``completed`` after ``MAX_DIALOG_IDLE`` (12 h) without in-dialog traffic,
+or after its RFC 4028 session interval.
+
+A SIP MESSAGE between Clients is kept as an SMS row through ``record_message``: from = the
+sender's login, to = the recipient's login, direction ``outbound-call`` (what Restcomm's
+SmsService writes for a Client's SIP MESSAGE to another Client), status ``sent`` on a 2xx or
+``failed`` with ``error_code`` = the final status otherwise (404 unknown, 480 not registered).
+
+A failed write is logged, never raised: a CDR failure must never break call signalling.
+Apart from ``sip.proxy`` because it is bookkeeping, not SIP: plain functions given the
+``CallLog``/``MessageLog`` the proxy holds (not a core module: it logs).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from appliance.sip.dialogs import cdr_status
+from appliance.sip.forwarding import Context
+from appliance.sip.proxy_ports import CallLog, MessageLog
+
+logger = logging.getLogger(__name__)
+
+CALL_DIRECTION = "inbound"
+MESSAGE_DIRECTION = "outbound-call"
+
+
+async def cdr_open(calls: CallLog, context: Context) -> None:
+    """Write the CDR row. Its sid was minted before the branches went out, and
+    ``CallLog.opened`` registers the row before its first await, so a 180 or 200 that
+    races the INSERT still finds it (the store's single writer keeps the order)."""
+    call, caller = context.call, context.caller
+    if call is None or caller is None:
+        return
+    try:
+        await calls.opened(account_sid=context.account_sid or caller.account_sid,
+                           from_=caller.login,
+                           to=context.callee, direction=CALL_DIRECTION,
+                           sid=call.cdr_sid, phone_number_sid=context.phone_number_sid)
+    except Exception:  # noqa: BLE001 - a CDR failure must never break call signalling
+        logger.exception("x CDR for call %s not opened", call.call_id)
+
+
+async def record_refusal(calls: CallLog, messages: MessageLog, context: Context, status: int,
+                         reason: str | None) -> None:
+    caller = context.caller
+    if caller is None or not caller.account_sid:
+        return  # e.g. a provider's call to a DID we do not have: no account to log it in
+    if context.request.method == "MESSAGE":
+        await record_message(messages, context, status, reason or "")
+    elif context.request.method == "INVITE":
+        try:
+            record = await calls.opened(
+                account_sid=caller.account_sid, from_=caller.login, to=context.callee,
+                direction=CALL_DIRECTION)
+            await calls.ended(record.sid, cdr_status(status, canceled=False))
+        except Exception:  # noqa: BLE001 - see cdr_open
+            logger.exception("x CDR for refused call from %s not written", caller.login)
+
+
+async def cdr(step: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    try:
+        await step(*args)
+    except Exception:  # noqa: BLE001 - see cdr_open
+        logger.exception("x CDR update %s%r failed", getattr(step, "__name__", step), args)
+
+
+async def record_message(messages: MessageLog, context: Context, status: int,
+                         reason: str) -> None:
+    caller = context.caller
+    if caller is None:
+        return
+    ok = 200 <= status < 300
+    try:
+        await messages(
+            account_sid=caller.account_sid, from_=caller.login, to=context.callee,
+            body=context.request.body.decode("utf-8", "replace"),
+            status="sent" if ok else "failed", direction=MESSAGE_DIRECTION,
+            error_code=None if ok else status, error_message=None if ok else reason)
+    except Exception:  # noqa: BLE001 - see cdr_open
+        logger.exception("x SMS row for MESSAGE from %s not written", caller.login)
