@@ -11,14 +11,9 @@ A new out-of-dialog request goes through, in order:
 1. Max-Forwards (0 → 483; absent → 70), ``Proxy-Require`` (→ 420);
 2. a method check: INVITE, MESSAGE and OPTIONS are routed; BYE/INFO/UPDATE/PRACK without a
    To tag → 481; SUBSCRIBE, PUBLISH, NOTIFY, REFER and unknown methods → 501;
-3. digest authentication: no ``Proxy-Authorization`` → 407 with ``Proxy-Authenticate``
-   SHA-256 then MD5 by default (``algorithms``; the composition root passes ``[sip]
-   digest_algorithms``, MD5 first, as SIPp and MD5-only phones read only the first one),
-   realm = the From user's stored realm (the default realm for an unknown user: the very
-   same challenge shape, against enumeration); wrong password → 403 (no re-challenge,
-   api-behaviour.md §11); expired nonce → 407 ``stale=true``; a nonce that is not ours (a
-   restart) → a fresh 407; a disabled Client, or a digest username that differs from the
-   From user → 403;
+3. digest authentication (``sip.proxy_auth``: 407 challenges, 403 for bad credentials, a
+   disabled Client or a From user that is not the digest username; nonces shared with the
+   registrar, algorithms from ``[sip] digest_algorithms``);
    A request whose source address is a registered gateway's provider address
    (``gateway_caller``) is the provider's: never challenged, its ``Caller.gateway`` set, and
    the router routes it by its DID only (docs/gateways.md);
@@ -82,16 +77,7 @@ from appliance.sip.dialogs import (
     forwarded_status,
     session_idle_limit,
 )
-from appliance.sip.digest import (
-    HEADERS,
-    Algorithm,
-    DigestAuth,
-    NonceCounts,
-    Nonces,
-    NonceStatus,
-    Verdict,
-)
-from appliance.sip.digest import algorithm_of as digest_algorithm
+from appliance.sip.digest import Algorithm, NonceCounts, Nonces
 from appliance.sip.errors import SipError, SipParseError, SipStateError
 from appliance.sip.forwarding import (
     Branch,
@@ -110,7 +96,7 @@ from appliance.sip.forwarding import (
     user_of,
 )
 from appliance.sip.guard import Guard
-from appliance.sip.headers import DigestCredentials, NameAddr
+from appliance.sip.headers import NameAddr
 from appliance.sip.memory import BurstTrimmer
 from appliance.sip.message import (
     Header,
@@ -121,6 +107,7 @@ from appliance.sip.message import (
     stamp_received,
     unsupported_extensions,
 )
+from appliance.sip.proxy_auth import ProxyAuth
 from appliance.sip.proxy_ports import (
     Answer,
     Caller,
@@ -210,7 +197,6 @@ class Proxy:
         given. LOCAL_HOSTS (a live collection: the transport's ``local_hosts``) and every
         address a request arrived on are what "us" means in a Route or a response's Via."""
         self._sender = sender
-        self._directory = directory
         self._router = router
         self._calls = calls
         self._messages = messages
@@ -221,12 +207,12 @@ class Proxy:
         self._locals: set[tuple[str, int]] = set()  # addresses requests arrived on
         if address is not None:
             self._locals.add((address[0].lower(), address[1]))
+        self._guard = guard
         # Share the registrar's Nonces (persisted secret) so a restart does not turn the
         # nonces phones cache into failures; an unknown nonce is re-challenged anyway.
-        self.nonces = nonces or Nonces(secrets.token_bytes(32))
-        self._counts = NonceCounts()
-        self._guard = guard
-        self.algorithms = tuple(algorithms)
+        self._auth = ProxyAuth(directory, realm=realm, reply=self._reply,
+                               nonces=nonces or Nonces(secrets.token_bytes(32)), guard=guard,
+                               algorithms=algorithms)
         self.max_contexts = max_contexts
         self.max_transactions = max_transactions
         self.max_calls = max_calls
@@ -384,7 +370,32 @@ class Proxy:
 
     def forget_stale_nonces(self) -> None:
         """Let go of the nc-replay table's stale nonces (the timer task does this)."""
-        self._counts.forget_stale(self._clock() - self.nonces.lifetime)
+        self._auth.forget_stale(self._clock())
+
+    # --- digest state, kept on the ProxyAuth (sip.proxy_auth) ---------------------------
+
+    @property
+    def nonces(self) -> Nonces:
+        """The digest nonces; the composition root shares the registrar's."""
+        return self._auth.nonces
+
+    @nonces.setter
+    def nonces(self, nonces: Nonces) -> None:
+        self._auth.nonces = nonces
+
+    @property
+    def algorithms(self) -> tuple[Algorithm, ...]:
+        """The digest algorithms challenged with, in order."""
+        return self._auth.algorithms
+
+    @property
+    def _counts(self) -> NonceCounts:
+        """The nc-replay table (tests and bench/sip_linger.py look at it)."""
+        return self._auth.counts
+
+    @_counts.setter
+    def _counts(self, counts: NonceCounts) -> None:
+        self._auth.counts = counts
 
     # --- counters for /health and tests ------------------------------------------------
 
@@ -492,7 +503,7 @@ class Proxy:
                 self._guard is None or not self._guard.is_banned(incoming.source[0], now)):
             caller = self.gateway_caller(incoming.source, request)
         if caller is None:
-            caller = await self._authenticate(server, request, incoming, now)
+            caller = await self._auth.authenticate(server, request, incoming, now)
         if caller is None or server.state not in (State.PROCEEDING, State.TRYING):
             return  # challenged or refused, or CANCELled while we looked the caller up
         if (not caller.media and not caller.gateway
@@ -553,70 +564,6 @@ class Proxy:
                          headers=decision.headers, keep_credentials=decision.keep_credentials)
         if context.call is not None and context.call.cdr_sid:
             await cdr_open(self._calls, context)
-
-    async def _authenticate(self, server: ServerTransaction, request: Request,
-                            incoming: Incoming, now: float) -> Caller | None:
-        ip = incoming.source[0]
-        if self._guard is not None and self._guard.is_banned(ip, now):
-            await self._reply(server, 403, now=now)
-            return None
-        from_user = user_of(request.from_)
-        challenge_header, credentials_header = HEADERS[407]
-        values = request.get_all(credentials_header)
-        if not values:
-            user = await self._directory.user(from_user) if from_user else None
-            await self._challenge(server, user.realm if user else self._realm(), now)
-            return None
-        try:
-            creds = DigestCredentials.parse(values[0])
-        except SipParseError:
-            await self._reply(server, 400, "Bad Proxy-Authorization", now=now)
-            return None
-        username = creds.username or ""
-        user = await self._directory.user(username) if username else None
-        realm = user.realm if user else self._realm()
-        if self.nonces.check(creds.nonce or "", now) is NonceStatus.INVALID:
-            # Not our nonce: forged, or issued before a restart. Challenge afresh, as the
-            # registrar does; a forger learns nothing from it.
-            await self._challenge(server, realm, now)
-            return None
-        auth = DigestAuth(realm, self.nonces, self.algorithms, self._counts)
-        algorithm = digest_algorithm(creds)
-        ha1: str | None = None
-        if user is not None and algorithm is not None:
-            ha1 = user.ha1_sha256 if algorithm.base is Algorithm.SHA256 else user.ha1_md5
-        verdict = auth.verify(creds, method=request.method, ha1=ha1 or None, now=now,
-                              body=request.body)
-        if verdict is Verdict.STALE:
-            await self._challenge(server, realm, now, stale=True)
-            return None
-        if verdict is Verdict.MALFORMED:
-            await self._challenge(server, realm, now)
-            return None
-        if verdict is Verdict.REJECTED or user is None:
-            logger.info("x %s from %s:%s: bad credentials for %r", request.method,
-                        *incoming.source, username)
-            if self._guard is not None and self._guard.record_failure(ip, now):
-                logger.warning("x %s banned after repeated authentication failures", ip)
-            await self._reply(server, 403, now=now)
-            return None
-        if self._guard is not None:
-            self._guard.record_success(ip)
-        if not user.enabled:
-            await self._reply(server, 403, "Client Disabled", now=now)
-            return None
-        if from_user != user.login:
-            await self._reply(server, 403, "From Does Not Match Credentials", now=now)
-            return None
-        return Caller(login=user.login, account_sid=user.account_sid, voice_url=user.voice_url,
-                      voice_application_sid=user.voice_application_sid)
-
-    async def _challenge(self, server: ServerTransaction, realm: str, now: float,
-                         *, stale: bool = False) -> None:
-        auth = DigestAuth(realm, self.nonces, self.algorithms)
-        header = HEADERS[407][0]
-        await self._reply(server, 407, now=now,
-                          headers=[(header, value) for value in auth.challenges(now, stale=stale)])
 
     # --- forking -------------------------------------------------------------------------
 

@@ -1,0 +1,137 @@
+"""How the proxy authenticates the caller of a new out-of-dialog request (RFC 3261 §22.3).
+
+No ``Proxy-Authorization`` → 407 with ``Proxy-Authenticate`` SHA-256 then MD5 by default
+(``algorithms``; the composition root passes ``[sip] digest_algorithms``, MD5 first, as SIPp
+and MD5-only phones read only the first one), realm = the From user's stored realm (the
+default realm for an unknown user: the very same challenge shape, against enumeration); wrong
+password → 403 (no re-challenge, api-behaviour.md §11); expired nonce → 407 ``stale=true``; a
+nonce that is not ours (a restart) → a fresh 407; a disabled Client, or a digest username that
+differs from the From user → 403. A banned source (``Guard``) → 403 before anything else;
+failures and successes are reported to the guard.
+
+``ProxyAuth`` is owned by the proxy (one per proxy, not per request): it holds the nonces
+(shared with the registrar), the nc-replay counts, the algorithms and the realm, and answers
+through the proxy's own reply function, so the responses and their order are the proxy's.
+Not a core module: it logs and looks users up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Sequence
+from typing import Protocol
+
+from appliance.sip.digest import (
+    HEADERS,
+    Algorithm,
+    DigestAuth,
+    NonceCounts,
+    Nonces,
+    NonceStatus,
+    Verdict,
+)
+from appliance.sip.digest import algorithm_of as digest_algorithm
+from appliance.sip.errors import SipParseError
+from appliance.sip.forwarding import user_of
+from appliance.sip.guard import Guard
+from appliance.sip.headers import DigestCredentials
+from appliance.sip.message import Request
+from appliance.sip.proxy_ports import Caller, Directory
+from appliance.sip.transaction import ServerTransaction
+from appliance.sip.wire import Incoming
+
+logger = logging.getLogger(__name__)
+
+
+class Reply(Protocol):
+    """The proxy's ``_reply``: answer SERVER's request with STATUS (and HEADERS)."""
+
+    async def __call__(self, server: ServerTransaction, status: int, reason: str | None = None,
+                       *, now: float, headers: Collection[tuple[str, str]] = ()) -> None: ...
+
+
+class ProxyAuth:
+    """Digest authentication of the proxy's callers; see the module docstring."""
+
+    def __init__(self, directory: Directory, *, realm: Callable[[], str], reply: Reply,
+                 nonces: Nonces, guard: Guard | None,
+                 algorithms: Sequence[Algorithm]) -> None:
+        """REALM gives the default realm (for users without a stored one, and unknown ones);
+        REPLY sends the proxy's responses."""
+        self._directory = directory
+        self._realm = realm
+        self._reply = reply
+        self.nonces = nonces
+        self.counts = NonceCounts()
+        self._guard = guard
+        self.algorithms = tuple(algorithms)
+
+    async def authenticate(self, server: ServerTransaction, request: Request,
+                           incoming: Incoming, now: float) -> Caller | None:
+        """The authenticated caller of REQUEST, or None once it was challenged or refused."""
+        ip = incoming.source[0]
+        if self._guard is not None and self._guard.is_banned(ip, now):
+            await self._reply(server, 403, now=now)
+            return None
+        from_user = user_of(request.from_)
+        challenge_header, credentials_header = HEADERS[407]
+        values = request.get_all(credentials_header)
+        if not values:
+            user = await self._directory.user(from_user) if from_user else None
+            await self.challenge(server, user.realm if user else self._realm(), now)
+            return None
+        try:
+            creds = DigestCredentials.parse(values[0])
+        except SipParseError:
+            await self._reply(server, 400, "Bad Proxy-Authorization", now=now)
+            return None
+        username = creds.username or ""
+        user = await self._directory.user(username) if username else None
+        realm = user.realm if user else self._realm()
+        if self.nonces.check(creds.nonce or "", now) is NonceStatus.INVALID:
+            # Not our nonce: forged, or issued before a restart. Challenge afresh, as the
+            # registrar does; a forger learns nothing from it.
+            await self.challenge(server, realm, now)
+            return None
+        auth = DigestAuth(realm, self.nonces, self.algorithms, self.counts)
+        algorithm = digest_algorithm(creds)
+        ha1: str | None = None
+        if user is not None and algorithm is not None:
+            ha1 = user.ha1_sha256 if algorithm.base is Algorithm.SHA256 else user.ha1_md5
+        verdict = auth.verify(creds, method=request.method, ha1=ha1 or None, now=now,
+                              body=request.body)
+        if verdict is Verdict.STALE:
+            await self.challenge(server, realm, now, stale=True)
+            return None
+        if verdict is Verdict.MALFORMED:
+            await self.challenge(server, realm, now)
+            return None
+        if verdict is Verdict.REJECTED or user is None:
+            logger.info("x %s from %s:%s: bad credentials for %r", request.method,
+                        *incoming.source, username)
+            if self._guard is not None and self._guard.record_failure(ip, now):
+                logger.warning("x %s banned after repeated authentication failures", ip)
+            await self._reply(server, 403, now=now)
+            return None
+        if self._guard is not None:
+            self._guard.record_success(ip)
+        if not user.enabled:
+            await self._reply(server, 403, "Client Disabled", now=now)
+            return None
+        if from_user != user.login:
+            await self._reply(server, 403, "From Does Not Match Credentials", now=now)
+            return None
+        return Caller(login=user.login, account_sid=user.account_sid, voice_url=user.voice_url,
+                      voice_application_sid=user.voice_application_sid)
+
+    async def challenge(self, server: ServerTransaction, realm: str, now: float,
+                        *, stale: bool = False) -> None:
+        """Answer 407 with a ``Proxy-Authenticate`` per algorithm for REALM."""
+        auth = DigestAuth(realm, self.nonces, self.algorithms)
+        header = HEADERS[407][0]
+        await self._reply(server, 407, now=now,
+                          headers=[(header, value) for value in auth.challenges(now, stale=stale)])
+
+    def forget_stale(self, now: float) -> None:
+        """Let go of the nc-replay table's nonces that are stale at NOW."""
+        self.counts.forget_stale(now - self.nonces.lifetime)
