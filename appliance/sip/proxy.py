@@ -4,7 +4,8 @@ Theory of operation. The front door hands every request it does not answer itsel
 response, to ``Proxy.handle``. The proxy keeps its own ``TransactionTable``: a server
 transaction for each request it handles, a client transaction for each branch it forwards,
 and feeds them ``now`` from the clock it was given. ``run()`` wakes it for the transactions'
-timers, Timer C and dialog clean-up (``get_timer``/``handle_timer`` do the same for tests).
+timers, Timer C and dialog clean-up (``get_timer``/``handle_timer`` do the same for tests);
+the branch and call deadlines are kept in a heap, ``sip.deadlines``.
 
 A new out-of-dialog request goes through, in order:
 
@@ -59,8 +60,6 @@ exhausted budget answers 503 (logged once per episode), never grows a table.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import secrets
 import time
@@ -68,6 +67,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from appliance.models import CallStatus
+from appliance.sip.deadlines import Deadlines
 from appliance.sip.dialogs import (
     LINGER,
     Call,
@@ -228,11 +228,8 @@ class Proxy:
         self._targets = Targets()  # peers' Targets, shared by their transactions and calls
         # Gives memory back once a burst has drained.
         self._trimmer = BurstTrimmer(before=self._shrink)
-        # Branch and Call deadlines: a heap of (deadline, seq, item), see _arm. A branch's
-        # entry names its client transaction, not the Branch: an entry left behind (Timer C
-        # of an answered branch) then holds no Branch and Context until it is pruned.
-        self._deadlines: list[tuple[float, int, Transaction | Call]] = []
-        self._seq = itertools.count()
+        # Branch and Call deadlines (Timer C, reaping, call expiry), see sip.deadlines.
+        self._deadlines = Deadlines(deadline_of=self._deadline_of, live=self._tracked)
         self._wake = asyncio.Event()
         self._overloaded = False
         # MESSAGEs the appliance itself sends (an SMS delivered to a Client): their client
@@ -269,51 +266,31 @@ class Proxy:
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` next needs to run."""
-        times = [t for t in (self._table.get_timer(),) if t is not None]
-        if self._deadlines:
-            times.append(self._deadlines[0][0])
+        times = [t for t in (self._table.get_timer(), self._deadlines.earliest())
+                 if t is not None]
         return min(times, default=None)
 
-    def _arm(self, item: Branch | Call) -> None:
-        """Note ITEM's deadline (Timer C, reaping, call expiry) after setting it. Entries are
-        checked when due (``handle_timer``): one made stale by a later change is skipped or
-        moved, so only a deadline brought *earlier* strictly needs this."""
-        if item.deadline is not None:
-            key = item.txn if isinstance(item, Branch) else item
-            heapq.heappush(self._deadlines, (item.deadline, next(self._seq), key))
-            if self._deadlines_overgrown():
-                self._prune_deadlines()
+    def _tracked(self) -> int:
+        """How many branches and calls the deadline heap may hold entries for."""
+        return len(self._branches) + len(self._live_calls)
 
-    def _deadlines_overgrown(self) -> bool:
-        live = len(self._branches) + len(self._live_calls)
-        return len(self._deadlines) > live + live // 2 + 1024
-
-    def _prune_deadlines(self) -> None:
-        """Drop entries of forgotten branches and calls, and of deadlines that moved: they
-        would otherwise hold finished calls until their old deadline (Timer C, 3 min)."""
-        kept: dict[int, tuple[float, int, Transaction | Call]] = {}
-        for _, seq, key in self._deadlines:
-            if isinstance(key, Call):
-                deadline = key.deadline if self._live_calls.get(key.key) is key else None
-            else:
-                branch = self._branches.get(key)
-                deadline = branch.deadline if branch is not None else None
-            if deadline is not None:
-                kept[id(key)] = (deadline, seq, key)  # one entry each, at its deadline
-        self._deadlines = list(kept.values())
-        heapq.heapify(self._deadlines)
+    def _deadline_of(self, key: Transaction | Call) -> float | None:
+        """The current deadline of a live branch (by its client transaction) or call, else
+        None: what a pruned deadline heap keeps."""
+        if isinstance(key, Call):
+            return key.deadline if self._live_calls.get(key.key) is key else None
+        branch = self._branches.get(key)
+        return branch.deadline if branch is not None else None
 
     async def handle_timer(self, now: float) -> None:
         for txn, actions in self._table.handle_timer(now):
             await self._drain(txn, actions, now)
-        # self._deadlines, not a local: a prune (in _arm) replaces the list.
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, key = heapq.heappop(self._deadlines)
+        while (key := self._deadlines.pop_due(now)) is not None:
             if isinstance(key, Call):
                 if self._live_calls.get(key.key) is not key:
                     continue
                 if key.deadline > now:
-                    self._arm(key)
+                    self._deadlines.arm(key)
                     continue
                 await self._expire_call(key, now)
             else:
@@ -321,11 +298,11 @@ class Proxy:
                 if branch is None or branch.deadline is None:
                     continue
                 if branch.deadline > now:
-                    self._arm(branch)
+                    self._deadlines.arm(branch)
                     continue
                 await self._branch_timer(branch, now)
-        if self._deadlines_overgrown():
-            self._prune_deadlines()  # after a burst: let go of what finished calls left
+        if self._deadlines.overgrown():
+            self._deadlines.prune()  # after a burst: let go of what finished calls left
         self._trimmer.observe(len(self._table) + len(self._live_calls))
 
     def _shrink(self) -> None:
@@ -555,7 +532,7 @@ class Proxy:
             context.account_sid = decision.account_sid
             context.call = call
             self._live_calls[call.key] = call
-            self._arm(call)
+            self._deadlines.arm(call)
         contacts = decision.contacts[: self.max_branches]
         # Per call: this and "answered" at debug, the end of the call at info (one line).
         logger.debug("> %s %s -> %s (%d contact%s)", request.method, caller.login,
@@ -586,7 +563,7 @@ class Proxy:
             branch = Branch(context=context, request=request, target=target, txn=txn)
             if isinstance(txn, InviteClientTransaction):
                 branch.deadline = now + TIMER_C
-                self._arm(branch)
+                self._deadlines.arm(branch)
             context.branches.append(branch)
             txn.peer = target
             self._table.add(txn)
@@ -747,7 +724,7 @@ class Proxy:
             call.answered = True
             call.primary_tag = response.to.tag
             call.deadline = now + session_idle_limit(response.get("session-expires"))
-            self._arm(call)
+            self._deadlines.arm(call)
             logger.debug("- call %s %s -> %s answered", call.call_id, context.caller.login
                          if context.caller else "?", context.callee)
             if call.cdr_sid:
@@ -776,7 +753,7 @@ class Proxy:
         call = context.call
         if call is not None and not call.answered:
             call.deadline = min(call.deadline, now + LINGER)
-            self._arm(call)
+            self._deadlines.arm(call)
             if call.cdr_sid and not call.ended:
                 call.ended = True
                 await cdr(self._calls.ended, call.cdr_sid,
@@ -891,12 +868,12 @@ class Proxy:
             branch.cancel_wanted = True
             branch.final = local_response(branch.context.request, 487)
             branch.deadline = now + REAP_AFTER
-            self._arm(branch)
+            self._deadlines.arm(branch)
 
     def _send_cancel(self, branch: Branch, now: float) -> None:
         branch.cancelled = True
         branch.deadline = now + REAP_AFTER
-        self._arm(branch)
+        self._deadlines.arm(branch)
         cancel = make_cancel(branch.request)
         txn = client_transaction(cancel, reliable=branch.target.transport != "udp", now=now)
         txn.peer = branch.target
@@ -981,7 +958,7 @@ class Proxy:
             return
         call.ended = True
         call.deadline = now + LINGER
-        self._arm(call)
+        self._deadlines.arm(call)
         logger.info("- call %s ended by BYE from %s", call.call_id, user_of(request.from_))
         if call.cdr_sid:
             await cdr(self._calls.ended, call.cdr_sid, CallStatus.COMPLETED)

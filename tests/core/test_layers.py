@@ -21,6 +21,7 @@ CORE = {
     "appliance.sip.bindings", "appliance.sip.guard", "appliance.sip.errors",
     "appliance.sip.wire", "appliance.sip.dialogs", "appliance.sip.register_view",
     "appliance.sip.proxy_ports", "appliance.sip.forwarding", "appliance.sip.routeset",
+    "appliance.sip.deadlines",
     "appliance.gsm.pdu", "appliance.gsm.at", "appliance.gsm.urc", "appliance.gsm.alphabet",
     "appliance.gsm.errors", "appliance.gsm.state",
     "appliance.rcml.verbs", "appliance.rcml.parse", "appliance.rcml.interpreter",
