@@ -151,7 +151,7 @@ def proxy_state(proxy: Proxy) -> str:
     parts = [f"transactions {len(table)}", f"contexts {proxy.in_flight}",
              f"calls {proxy.calls}"]
     parts += _sizes(proxy, {"branches": "_branches", "late branches": "_late",
-                            "peers": "_peers", "deadlines": "_deadlines"})
+                            "targets": "_targets", "deadlines": "_deadlines"})
     parts += _sizes(table, {"timer heap": "_heap", "scheduled": "_scheduled"})
     return ", ".join(parts) + "\n    " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
 
