@@ -202,6 +202,20 @@ class Via:
 
 
 @functools.lru_cache(maxsize=1024)
+def unreachable(host: str) -> bool:
+    """A destination never sent to or answered: a broadcast, multicast or unspecified
+    address (a name is not; IPv6 may come in brackets)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return ip.is_multicast or ip.is_unspecified or ip == _BROADCAST
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+@functools.lru_cache(maxsize=1024)
 def _never_answered(host: str) -> bool:
     """A broadcast or multicast address (a name is not)."""
     try:

@@ -35,9 +35,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from appliance.sip.errors import SipParseError
+from appliance.sip.headers import MAGIC_COOKIE, unreachable
 from appliance.sip.message import REASONS, Request
+from appliance.sip.transaction import TransactionKey, rfc3261_key
 
-MAGIC_COOKIE = "z9hG4bK"
 # Headers a REGISTER may carry that the registrar never reads and the reply does not echo
 # (User-Agent is read: it is shown with the registration in the API).
 _PASSIVE = frozenset({"allow", "supported", "accept", "accept-encoding", "accept-language",
@@ -91,23 +92,20 @@ def fields_of(request: Request, login: str | None) -> RegisterFields:
 
 @functools.lru_cache(maxsize=1024)
 def _answerable(host: str) -> bool:
-    """A sent-by the general path would answer: a valid IPv4 address, not multicast,
-    broadcast or unspecified."""
+    """A sent-by the general path would answer: a valid IPv4 address that is not
+    ``unreachable`` (the transport drops requests from those)."""
     try:
-        ip = ipaddress.IPv4Address(host)
+        ipaddress.IPv4Address(host)
     except ValueError:
         return False
-    return not (ip.is_multicast or ip.is_unspecified
-                or ip == ipaddress.IPv4Address("255.255.255.255"))
+    return not unreachable(host)
 
 
 class PlainRegister(NamedTuple):
     """A REGISTER of the common shape (see the module docstring), as read from its bytes."""
 
     fields: RegisterFields
-    via_host: str
-    via_port: int | None
-    key: tuple[str, str, str, str]  # its server transaction key (transaction.server_key)
+    key: TransactionKey  # its server transaction key (transaction.server_key)
     head: bytes  # the stamped Via, From, To-up-to-the-tag, as the reply copies them
     tail: bytes  # Call-ID and CSeq lines of the reply
 
@@ -188,8 +186,8 @@ class PlainRegister(NamedTuple):
         head = (f"Via: SIP/2.0/UDP {sent_by};{stamped}\r\nFrom: {found['from']}\r\n"
                 f"To: {found['to']};tag=").encode()
         tail = f"\r\nCall-ID: {call_id}\r\nCSeq: {found['cseq']}\r\n".encode()
-        key = ("3261", branch, f"{host}:{port or ''}", "REGISTER")
-        return cls(fields, host, port, key, head, tail)
+        key = rfc3261_key(branch, host, port, "REGISTER")
+        return cls(fields, key, head, tail)
 
     def reply(self, status: int, headers: Sequence[tuple[str, str]], *, to_tag: str) -> bytes:
         """The bytes of the response STATUS carrying HEADERS, as ``make_response`` would

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from appliance.sip.errors import SipParseError, SipStateError
-from appliance.sip.headers import MAGIC_COOKIE, Via
+from appliance.sip.headers import MAGIC_COOKIE
 from appliance.sip.message import Request, Response, make_response
 from appliance.sip.wire import Target
 
@@ -160,10 +160,13 @@ def response_input(status: int) -> Input:
     return Input.SUCCESS if status < 300 else Input.FAILURE
 
 
-def _sent_by(via: Via) -> str:
-    # Interned (mortal strings: freed with the last key that uses them), like the methods in
-    # the keys: a phone's transactions all share one copy instead of one per key.
-    return sys.intern(f"{via.host.lower()}:{via.port or ''}")
+def rfc3261_key(branch: str, host: str, port: int | None, method: str) -> TransactionKey:
+    """The server transaction key of a request whose top Via has an RFC 3261 BRANCH (the
+    magic cookie) and sent-by HOST:PORT (``server_key``; the REGISTER quick path builds it
+    from the bytes)."""
+    # sent-by interned (mortal strings: freed with the last key that uses them), like the
+    # methods in the keys: a phone's transactions all share one copy instead of one per key.
+    return ("3261", branch, sys.intern(f"{host.lower()}:{port or ''}"), method)
 
 
 def server_key(request: Request) -> TransactionKey:
@@ -185,7 +188,7 @@ def server_key(request: Request) -> TransactionKey:
         cached = request._server_key
         if cached is not None and cached[0] is top and cached[1][3] == method:
             return cached[1]
-        key = ("3261", branch, _sent_by(top), method)
+        key = rfc3261_key(branch, top.host, top.port, method)
         request._server_key = (top, key)
         return key
     cseq = request.cseq

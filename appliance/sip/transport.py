@@ -57,7 +57,7 @@ from typing import Any
 
 from appliance.sip.errors import FramingError, SipParseError
 from appliance.sip.framing import MAX_HEADER_BLOCK, PONG, KeepAlive, StreamFramer, is_keepalive
-from appliance.sip.headers import Via
+from appliance.sip.headers import Via, unreachable
 from appliance.sip.message import (
     MAX_MESSAGE,
     Request,
@@ -111,7 +111,6 @@ UDP_READ_BATCH = 32
 UDP_SEND_QUEUE = 1024
 UDP_BUFFER_SIZE = 65536  # recvfrom size: any datagram, IPv4 or IPv6 (65527)
 
-_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 _WILDCARDS = ("0.0.0.0", "::", "")
 
 
@@ -128,16 +127,6 @@ class Limits:
     max_pending: int = MAX_PENDING_HANDLERS
     sweep_interval: float = SWEEP_INTERVAL
     udp_receive_buffer: int = UDP_RECEIVE_BUFFER
-
-
-@functools.lru_cache(maxsize=1024)
-def _unreachable(host: str) -> bool:
-    """A destination we never send to: broadcast, multicast or unspecified."""
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return ip.is_multicast or ip.is_unspecified or ip == _BROADCAST
 
 
 @functools.lru_cache(maxsize=1024)
@@ -477,7 +466,7 @@ class Transport:
             return
         if isinstance(message, Request):
             top = message.top_via
-            if top is None or _unreachable(top.host):
+            if top is None or unreachable(top.host):
                 logger.debug("x %s %s:%d: Via towards %s; dropped", transport, *source,
                              top.host if top else "nowhere")
                 return
@@ -610,7 +599,7 @@ class Transport:
 
     def send(self, message: Request | Response, target: Target, data: bytes | None = None) -> None:
         host = target.host.strip("[]")
-        if _unreachable(host) or not 0 < target.port < 65536:
+        if unreachable(host) or not 0 < target.port < 65536:
             logger.debug("x not sending %s to %s:%d", _summary(message), host, target.port)
             return
         if data is None:
@@ -701,7 +690,7 @@ class Transport:
             return
         for info in infos:
             address = str(info[4][0])
-            if not _unreachable(address):
+            if not unreachable(address):
                 self._sendto(data, (address, port))
                 return
 
