@@ -229,7 +229,7 @@ async def calls(args: argparse.Namespace) -> None:
         await call(h, alice, bob, n)
 
     def forget_nonces() -> None:
-        h.proxy._counts = NonceCounts()
+        h.proxy._auth.counts = NonceCounts()
 
     await _measure("proxy call", run, args.calls, lambda: proxy_state(h.proxy), forget_nonces,
                    args)

@@ -77,7 +77,7 @@ from appliance.sip.dialogs import (
     forwarded_status,
     session_idle_limit,
 )
-from appliance.sip.digest import Algorithm, NonceCounts, Nonces
+from appliance.sip.digest import Algorithm, Nonces
 from appliance.sip.errors import SipError, SipParseError, SipStateError
 from appliance.sip.forwarding import (
     Branch,
@@ -359,20 +359,6 @@ class Proxy:
     @nonces.setter
     def nonces(self, nonces: Nonces) -> None:
         self._auth.nonces = nonces
-
-    @property
-    def algorithms(self) -> tuple[Algorithm, ...]:
-        """The digest algorithms challenged with, in order."""
-        return self._auth.algorithms
-
-    @property
-    def _counts(self) -> NonceCounts:
-        """The nc-replay table (tests and bench/sip_linger.py look at it)."""
-        return self._auth.counts
-
-    @_counts.setter
-    def _counts(self, counts: NonceCounts) -> None:
-        self._auth.counts = counts
 
     # --- counters for /health and tests ------------------------------------------------
 

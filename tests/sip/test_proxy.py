@@ -100,12 +100,12 @@ async def test_the_proxy_forgets_stale_nonces() -> None:
     h, alice, _ = setup()
     await h.authenticated(alice, "INVITE", "bob", body=SDP, algorithm="MD5")
     proxy = h.proxy
-    assert len(proxy._counts) == 1
+    assert len(proxy._auth.counts) == 1
     proxy.forget_stale_nonces()  # still fresh
-    assert len(proxy._counts) == 1
+    assert len(proxy._auth.counts) == 1
     h.clock.now += proxy.nonces.lifetime + 1
     proxy.forget_stale_nonces()
-    assert len(proxy._counts) == 0
+    assert len(proxy._auth.counts) == 0
 
 
 async def test_md5_only_phone_is_accepted() -> None:

@@ -237,13 +237,6 @@ async def test_retransmitted_final_register_gets_the_same_200() -> None:
     pair.close()
 
 
-async def test_wrong_password_is_403_and_counted_on_both_paths() -> None:
-    pair = Pair(user("alice"))
-    challenge, final = await dance(pair, phone_pair(), password="not-it")
-    assert status(final) == 403
-    pair.close()
-
-
 async def test_unknown_user_and_wrong_username_are_403() -> None:
     pair = Pair(user("alice"))
     challenge, final = await dance(pair, phone_pair("mallory"), login="mallory")
@@ -253,17 +246,16 @@ async def test_unknown_user_and_wrong_username_are_403() -> None:
     pair.close()
 
 
-async def test_disabled_client_is_403() -> None:
-    pair = Pair(user("alice", enabled=False))
-    _, final = await dance(pair, phone_pair())
-    assert status(final) == 403
-    pair.close()
-
-
-async def test_sha256_is_accepted() -> None:
-    pair = Pair(user("alice"))
-    _, final = await dance(pair, phone_pair(), algorithm="SHA-256")
-    assert status(final) == 200
+@pytest.mark.parametrize(("enabled", "auth", "expected"), [
+    (True, {"password": "not-it"}, 403),
+    (False, {}, 403),
+    (True, {"algorithm": "SHA-256"}, 200),
+], ids=["wrong-password", "disabled-client", "sha256"])
+async def test_final_answer_is_the_same(enabled: bool, auth: dict[str, str],
+                                        expected: int) -> None:
+    pair = Pair(user("alice", enabled=enabled))
+    _, final = await dance(pair, phone_pair(), **auth)
+    assert status(final) == expected
     pair.close()
 
 
