@@ -61,6 +61,8 @@ class Binding:
 
     def header_value(self, now: float) -> str:
         """A Contact value for the 200 OK: the URI with its params and remaining expires."""
+        if not self.params:  # what the general case below gives, for the usual Contact
+            return f"<{self.uri}>;expires={self.expires_in(now)}"
         contact = NameAddr(uri=self.uri, params=list(self.params))
         contact.set_param("expires", str(self.expires_in(now)))
         return str(contact)

@@ -15,6 +15,7 @@ keeps state, to refuse a replayed ``nc``; it is capped and evicts the oldest non
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import secrets
@@ -47,18 +48,20 @@ class Algorithm(enum.StrEnum):
     @property
     def base(self) -> Algorithm:
         """The algorithm whose HA1 the appliance stores for this one."""
-        return _BASES[self.name]
+        return _BASES[self]
 
     @property
     def session(self) -> bool:
-        return self.name in _SESSIONS
+        return self in _SESSIONS
 
 
-# Looked up by member name: Enum.value goes through a descriptor, slow on every REGISTER.
-_BASES = {a.name: Algorithm.SHA256 if a.value.startswith("SHA-256") else Algorithm.MD5
-          for a in Algorithm}
-_SESSIONS = frozenset(a.name for a in Algorithm if a.value.endswith("-sess"))
-_BY_VALUE = {a.value.lower(): a for a in Algorithm}
+# Looked up by member (a str, hashed once): Enum.name and .value go through a descriptor
+# written in Python, slow on every REGISTER.
+_BASES = {a: Algorithm.SHA256 if a.startswith("SHA-256") else Algorithm.MD5 for a in Algorithm}
+_SESSIONS = frozenset(a for a in Algorithm if a.endswith("-sess"))
+_BY_VALUE = {a.lower(): a for a in Algorithm}
+_HEX = frozenset("0123456789abcdefABCDEF")
+_REQUIRED = ("username", "realm", "nonce", "uri", "response")
 
 
 def parse_algorithm(value: str | None) -> Algorithm | None:
@@ -232,7 +235,7 @@ class DigestAuth:
         phones only know MD5 and take the first challenge they understand)."""
         nonce = self.nonces.issue(now)
         return [
-            format_challenge(self.realm, nonce, algorithm=a.value, stale=stale)
+            format_challenge(self.realm, nonce, algorithm=str(a), stale=stale)
             for a in self.algorithms
         ]
 
@@ -248,23 +251,26 @@ class DigestAuth:
         """Check CREDS for a request with METHOD. HA1 is the stored hash for
         ``creds.username`` under ``algorithm_of(creds).base``, or None for an unknown user
         (answered exactly like a wrong password, against user enumeration)."""
-        algorithm = parse_algorithm(creds.params.get("algorithm"))
-        required = ("username", "realm", "nonce", "uri", "response")
+        params = creds.params
+        algorithm = parse_algorithm(params.get("algorithm"))
         # A -sess variant is accepted wherever its base is: it derives from the same HA1.
-        if algorithm is None or algorithm.base not in {a.base for a in self.algorithms}:
+        if algorithm is None or _BASES[algorithm] not in _bases(tuple(self.algorithms)):
             return Verdict.MALFORMED
-        if any(not creds.params.get(name) for name in required) or creds.realm != self.realm:
+        for name in _REQUIRED:
+            if not params.get(name):
+                return Verdict.MALFORMED
+        if params["realm"] != self.realm:
             return Verdict.MALFORMED
-        qop = creds.params.get("qop")
-        nc_text, cnonce = creds.params.get("nc"), creds.params.get("cnonce")
-        if algorithm.session and not cnonce:
+        qop = params.get("qop")
+        nc_text, cnonce = params.get("nc"), params.get("cnonce")
+        if algorithm in _SESSIONS and not cnonce:
             return Verdict.MALFORMED  # a session HA1 is keyed on the client nonce
         if qop is not None:
             if qop not in ("auth", "auth-int") or not cnonce or not nc_text:
                 return Verdict.MALFORMED
-            if len(nc_text) != 8 or any(c not in "0123456789abcdefABCDEF" for c in nc_text):
+            if len(nc_text) != 8 or not _HEX.issuperset(nc_text):
                 return Verdict.MALFORMED
-        nonce = creds.params["nonce"]
+        nonce = params["nonce"]
         expected = compute_response(
             # A dummy HA1 keeps an unknown user's timing the same as a known one's.
             ha1=ha1 if ha1 is not None else "0" * 32,
@@ -287,6 +293,12 @@ class DigestAuth:
             if not self.counts.accept(nonce, int(nc_text, 16)):
                 return Verdict.REJECTED
         return Verdict.ACCEPTED
+
+
+@functools.lru_cache(maxsize=16)
+def _bases(algorithms: Sequence[Algorithm]) -> frozenset[Algorithm]:
+    """The stored HA1s (their algorithms) that ALGORITHMS are checked against."""
+    return frozenset(_BASES[a] for a in algorithms)
 
 
 def algorithm_of(creds: DigestCredentials) -> Algorithm | None:

@@ -405,6 +405,9 @@ class CSeq:
 
 
 _DIGEST_ITEM_RE = re.compile(r'(?:[^,"]|"[^"]*")+')
+_DIGEST_PAIR = r'([A-Za-z0-9_.!%*+`\'~-]+)[ \t]*=[ \t]*("[^"\\]*"|[^\s,"=\\]+)'
+_DIGEST_PAIR_RE = re.compile(_DIGEST_PAIR)
+_DIGEST_LIST_RE = re.compile(rf"[ \t]*{_DIGEST_PAIR}[ \t]*(?:,[ \t]*{_DIGEST_PAIR}[ \t]*)*")
 
 
 @dataclass(frozen=True)
@@ -423,6 +426,15 @@ class DigestCredentials:
         # other way, so one regex finds the same elements as split_list's character walk.
         if "<" in rest or "\\" in rest or rest.count('"') % 2:
             items = split_list(rest)
+        elif _DIGEST_LIST_RE.fullmatch(rest):
+            # The shape every phone sends (name=token or name="quoted", commas between):
+            # read in one pass, the same params as the general loop below.
+            for name, raw in _DIGEST_PAIR_RE.findall(rest):
+                key = name.lower()
+                if key in params:
+                    raise SipParseError(f"repeated digest parameter {key!r}")
+                params[key] = raw[1:-1] if raw[:1] == '"' else raw
+            return cls(params)
         else:
             items = [i for i in (m.strip() for m in _DIGEST_ITEM_RE.findall(rest)) if i]
         for item in items:

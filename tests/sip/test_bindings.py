@@ -180,3 +180,12 @@ def test_to_dict_is_what_asdict_gives() -> None:
     assert binding.to_dict() == dataclasses.asdict(binding)
     assert list(binding.to_dict()) == list(dataclasses.asdict(binding))
     assert json.dumps(binding.to_dict()) == json.dumps(dataclasses.asdict(binding))
+
+
+def test_header_value_of_a_plain_contact_is_its_name_addr_with_expires() -> None:
+    loc = Location()
+    b = register(loc, "<sip:1001@192.0.2.10:5060;transport=udp>")[0]
+    general = NameAddr(uri=b.uri)
+    general.set_param("expires", str(b.expires_in(1100.0)))
+    assert b.header_value(1100.0) == str(general) == (
+        "<sip:1001@192.0.2.10:5060;transport=udp>;expires=3500")

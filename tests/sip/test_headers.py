@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.sip.errors import SipParseError
 from appliance.sip.headers import (
@@ -15,6 +17,7 @@ from appliance.sip.headers import (
     parse_params,
     parse_vias,
     split_list,
+    unquote,
 )
 
 
@@ -124,6 +127,48 @@ def test_digest_credentials() -> None:
     for bad in ("Basic Ym9iOnB3", 'Digest username="a", username="b"', "Digest novalue"):
         with pytest.raises(SipParseError):
             DigestCredentials.parse(bad)
+
+
+def _digest_by_split_list(value: str) -> dict[str, str] | None:
+    """The general reading of a digest value (split_list, then name=value items): what
+    every shortcut in DigestCredentials.parse must agree with. None: a SipParseError."""
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() != "digest":
+        return None
+    params: dict[str, str] = {}
+    for item in split_list(rest):
+        name, sep, raw = item.partition("=")
+        key = name.strip().lower()
+        if not sep or not key or key in params:
+            return None
+        params[key] = unquote(raw.strip())
+    return params
+
+
+_DIGEST_CHARS = st.sampled_from(list('ab=,"\\ \t<>-_.:@Z9'))
+_DIGEST_NAMES = st.sampled_from(["username", "realm", "nonce", "uri", "response", "nc",
+                                 "qop", "cnonce", "algorithm", "Realm", "x y", ""])
+_DIGEST_VALUES = st.one_of(
+    st.text(_DIGEST_CHARS, max_size=8),
+    st.text(_DIGEST_CHARS, max_size=8).map(lambda t: f'"{t}"'),
+    st.sampled_from(['"sip:127.0.0.1:5060"', "00000001", "auth", "MD5", '"n, with comma"']))
+_DIGEST_ITEMS = st.tuples(_DIGEST_NAMES, st.sampled_from(["=", " = ", "=\t", ""]),
+                          _DIGEST_VALUES).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_DIGEST_ITEMS, max_size=6),
+       st.sampled_from([",", ", ", " ,", ",,", ",\t"]),
+       st.sampled_from(["Digest ", "Digest  ", "digest "]))
+def test_digest_credentials_read_as_the_general_reading(
+        items: list[str], separator: str, scheme: str) -> None:
+    value = scheme + separator.join(items)
+    expected = _digest_by_split_list(value)
+    try:
+        got: dict[str, str] | None = DigestCredentials.parse(value).params
+    except SipParseError:
+        got = None
+    assert got == expected
 
 
 def test_format_challenge() -> None:
