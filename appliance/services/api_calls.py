@@ -68,12 +68,14 @@ class ApiCalls:
         each with its own CDR and its own run of the RCML (api-behaviour.md §8.3: the answer
         is then an array); one phone, or none (the proxy answers 480), one call."""
         calls = self._calls
-        engine = calls.need_engine()
         number = dialable(to)
         if number is not None:
             return [await calls.outbound.originate(account_sid, from_=from_, number=number,
                                                    app=app, ring_seconds=ring_seconds)]
+        # A To that reaches nobody is the request's fault (4xx) even while no media worker
+        # runs; only a call that could be placed gets the 503.
         login = await self._client_target(account_sid, to)
+        engine = calls.need_engine()
         contacts = self.contacts_of(login)
         forks: list[Fork | None] = [None]  # the proxy forks the one leg to the Client
         if len(contacts) > 1:

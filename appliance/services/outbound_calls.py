@@ -251,6 +251,7 @@ class OutboundCalls:
         if not lines:
             raise Forbidden(f"No outbound route for {number}: no [[outbound.routes]] prefix "
                             "covers it")
+        calls.need_engine()  # after the route check: a number nobody can reach is a 403
         calls.need_room()
         if len(self._outbound) >= self.max_calls:
             raise Unavailable(f"Too many outbound calls ({self.max_calls} at once)")

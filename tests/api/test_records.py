@@ -199,6 +199,16 @@ async def test_sms_list_and_shape(api: Api, appliance: Appliance) -> None:
 
 async def test_placing_calls_without_media_workers_is_503(api: Api) -> None:
     # The shared fixture runs with [media] workers = 0 (tests/voice has real workers).
+    # A To that reaches nobody is answered as such first: the 503 is for a placeable call.
+    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+1", "To": "client:alice",
+                                                       "Url": "http://127.0.0.1:9/x"})
+    assert status == 404 and "alice was not found" in body
+    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+1", "To": "+15550100",
+                                                       "Url": "http://127.0.0.1:9/x"})
+    assert status == 403 and "No outbound route" in body
+    status, _, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                  {"Login": "alice", "Password": "Secret-pass-1"})
+    assert status == 200
     status, body, _ = await api.post(f"{CALLS}.json", {"From": "+1", "To": "client:alice",
                                                        "Url": "http://127.0.0.1:9/x"})
     assert status == 503 and "media workers" in body
