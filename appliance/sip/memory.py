@@ -19,6 +19,7 @@ import ctypes.util
 import gc
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from appliance.sip.headers import clear_parse_caches
 
@@ -48,12 +49,21 @@ def trim() -> None:
         _TRIM(0)
 
 
+def compact(table: dict[Any, Any]) -> None:
+    """Shrink TABLE to the size of what it holds now (a dict never gives back the room a
+    burst made it grow). In place, not replaced by a copy: its owner may have handed the very
+    same dict to its collaborators."""
+    live = dict(table)
+    table.clear()
+    table.update(live)
+
+
 class BurstTrimmer:
     def __init__(self, *, threshold: int = 2000, fraction: float = 0.1,
                  before: Callable[[], None] | None = None) -> None:
         self.threshold = threshold
         self.fraction = fraction
-        # Run before each trim: the owner recreates its big dicts (a dict never shrinks,
+        # Run before each trim: the owner shrinks its big dicts (a dict never shrinks by itself,
         # and one sized for a burst's tens of thousands of entries stays that size).
         self.before = before
         self._peak = 0

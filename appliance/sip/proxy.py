@@ -97,7 +97,7 @@ from appliance.sip.forwarding import (
 )
 from appliance.sip.guard import Guard
 from appliance.sip.headers import NameAddr
-from appliance.sip.memory import BurstTrimmer
+from appliance.sip.memory import BurstTrimmer, compact
 from appliance.sip.message import (
     Header,
     Request,
@@ -306,14 +306,14 @@ class Proxy:
         self._trimmer.observe(len(self._table) + len(self._live_calls))
 
     def _shrink(self) -> None:
-        """Recreate the tables that grew during a burst (a dict never shrinks)."""
+        """Shrink the tables that grew during a burst (a dict never shrinks), in place."""
         self._table.compact()
-        self._branches = dict(self._branches)
-        self._late = dict(self._late)
+        compact(self._branches)
+        compact(self._late)
         self._targets.clear()
-        self._contexts = dict(self._contexts)
-        self._live_calls = dict(self._live_calls)
-        self._originated = dict(self._originated)
+        compact(self._contexts)
+        compact(self._live_calls)
+        compact(self._originated)
 
     async def run(self) -> None:
         """Drive the timers until cancelled (the composition root's TaskGroup owns this).
