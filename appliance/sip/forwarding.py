@@ -2,7 +2,8 @@
 
 A ``Context`` is one proxied request: its server transaction, where responses to it go, and
 a ``Branch`` per contact it was forked to (the request as forwarded, its client transaction,
-its Timer C or reaping deadline, and whether it was cancelled). ``Late`` is what an answered
+its Timer C or reaping deadline, ``TIMER_C`` and ``REAP_AFTER``, and whether it was
+cancelled). ``Late`` is what an answered
 INVITE branch still needs once its request is over: a 2xx retransmission goes to the caller.
 
 The helpers make what a forwarded hop carries: our Via (``make_via``, a fresh ``z9hG4bK``
@@ -34,6 +35,10 @@ from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import Target
 
 # --- per-request state ------------------------------------------------------------------
+
+# A branch's deadline (``Branch.deadline``): Timer C while it rings, reaping once cancelled.
+TIMER_C = 180.0  # RFC 3261 §16.6 step 11: "greater than 3 minutes"
+REAP_AFTER = 32.0  # 64·T1: a cancelled branch that stays silent this long is dropped
 
 
 @dataclass(eq=False, slots=True)

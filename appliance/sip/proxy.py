@@ -30,14 +30,14 @@ Max-Forwards minus one, and an INVITE gets ``Record-Route: <sip:host:port;lr;tra
 (two when the transport changes between the legs, RFC 5658), so that in-dialog requests come
 back through us. Credentials for our realm are consumed (RFC 3261 §22.3).
 
-Responses: 100 is absorbed (we sent our own at once); other 1xx are forwarded; every 2xx is
-forwarded at once and the other branches are CANCELled; a 6xx also cancels the others. When
-every branch has a final response and none was a 2xx, the best one (6xx, then 2xx, then the
-lowest class; 503 → 500) goes to the caller. A CANCEL from the caller is matched to the INVITE
-server transaction (none → 481), answered 200, and sent on to each branch that has answered
-provisionally; a branch with no provisional yet is given a local 487 at once and cancelled
-when its provisional arrives (RFC 3261 §9.1 forbids CANCEL before one). Timer C (3 min, reset
-by each provisional) cancels a ringing branch, whose 487 then counts as 408.
+Responses go to ``sip.responses``: what each branch's responses do (forwarded, absorbed, the
+best final chosen once every branch has one, the other branches CANCELled after a 2xx or a
+6xx) and what a finished request keeps for its lingering branches. A CANCEL from the caller is
+matched to the INVITE server transaction (none → 481), answered 200, and sent on to each
+branch that has answered provisionally; a branch with no provisional yet is given a local 487
+at once and cancelled when its provisional arrives (RFC 3261 §9.1 forbids CANCEL before one).
+Timer C (3 min, reset by each provisional) cancels a ringing branch, whose 487 then counts as
+408.
 
 In-dialog requests (a To tag) were authenticated when their dialog was created: they are
 forwarded without a challenge when they belong to a call we proxied (else 481, so the proxy is
@@ -72,27 +72,23 @@ from appliance.sip.dialogs import (
     LINGER,
     Call,
     CallKey,
-    best_response,
-    cdr_status,
-    forwarded_status,
     session_idle_limit,
 )
 from appliance.sip.digest import Algorithm, Nonces
-from appliance.sip.errors import SipError, SipParseError, SipStateError
+from appliance.sip.errors import SipError, SipStateError
 from appliance.sip.forwarding import (
+    REAP_AFTER,
+    TIMER_C,
     Branch,
     Context,
     Late,
-    LocalResponse,
     ack_branch,
     describe,
     local_response,
     make_record_route,
     make_via,
-    strip_top_via,
     tag_for,
     token,
-    trim,
     user_of,
 )
 from appliance.sip.guard import Guard
@@ -118,9 +114,9 @@ from appliance.sip.proxy_ports import (
     Refuse,
     Router,
 )
-from appliance.sip.records import cdr, cdr_open, record_message, record_refusal
+from appliance.sip.records import cdr, cdr_open, record_refusal
+from appliance.sip.responses import Responses
 from appliance.sip.routeset import (
-    is_us,
     pop_own_routes,
     remaining_foreign_route,
     remaining_route_target,
@@ -138,7 +134,6 @@ from appliance.sip.transaction import (
     TransactionTable,
     Transmit,
     client_transaction,
-    make_cancel,
 )
 from appliance.sip.wire import Incoming, Sender, Target, Targets
 
@@ -150,14 +145,12 @@ logger = logging.getLogger(__name__)
 # (32 s: Timers L, M and J) and 2 for T4 (5 s), and its Call lingers LINGER (32 s) after
 # the BYE. 300 calls/s thus keeps ~30,000 transactions and ~10,000 calls; the caps leave
 # room for that. A finished transaction or call keeps only what it still needs (see
-# ``_settle`` and sip.transaction): ~4 KB for a whole call (bench/sip_linger.py).
+# ``Responses.settle`` and sip.transaction): ~4 KB for a whole call (bench/sip_linger.py).
 MAX_CONTEXTS = 500  # proxied requests in flight (each holds up to MAX_BRANCHES branches)
 MAX_TRANSACTIONS = 40_000  # server + client transactions, CANCEL/481 absorbers included
 MAX_CALLS = 15_000  # calls and dialogs tracked for routing in-dialog requests and for CDRs
 MAX_BRANCHES = 10  # parallel forks per request: the registrar's max contacts per AoR
 IN_DIALOG_RESERVE = 0.1  # of MAX_TRANSACTIONS, kept for in-dialog requests (a BYE must pass)
-TIMER_C = 180.0  # RFC 3261 §16.6 step 11: "greater than 3 minutes"
-REAP_AFTER = 32.0  # 64·T1: a cancelled branch that stays silent this long is dropped
 DEFAULT_MAX_FORWARDS = 70
 MAX_LOCAL_ADDRESSES = 64  # our own addresses seen in Incoming.local (interfaces, not peers)
 
@@ -230,6 +223,12 @@ class Proxy:
         self._trimmer = BurstTrimmer(before=self._shrink)
         # Branch and Call deadlines (Timer C, reaping, call expiry), see sip.deadlines.
         self._deadlines = Deadlines(deadline_of=self._deadline_of, live=self._tracked)
+        # The response side (sip.responses) works on these same tables.
+        self._responses = Responses(sender=sender, table=self._table, deadlines=self._deadlines,
+                                    calls=calls, messages=messages, contexts=self._contexts,
+                                    branches=self._branches, late=self._late,
+                                    addresses=self._locals, local_hosts=local_hosts,
+                                    drain=self._drain)
         self._wake = asyncio.Event()
         self._overloaded = False
         # MESSAGEs the appliance itself sends (an SMS delivered to a Client): their client
@@ -249,7 +248,7 @@ class Proxy:
             self._locals.add((incoming.local[0].lower(), incoming.local[1]))
         try:
             if isinstance(incoming.message, Response):
-                await self._on_response(incoming.message, now)
+                await self._responses.on_response(incoming.message, now)
             else:
                 await self._on_request(incoming, incoming.message, now)
         except SipError as err:  # a malformed header the parser let through lazily
@@ -623,198 +622,6 @@ class Proxy:
                 return status
         return status
 
-    # --- responses -----------------------------------------------------------------------
-
-    async def _on_response(self, response: Response, now: float) -> None:
-        try:
-            txn = self._table.match_response(response)
-        except SipParseError:
-            return
-        if txn is None:
-            await self._stray_response(response)
-            return
-        txn.receive(response, now)
-        await self._drain(txn, txn.pop_actions(), now)
-
-    async def _stray_response(self, response: Response) -> None:
-        """A response no transaction of ours expects. A 2xx to an INVITE whose top Via is
-        ours is forwarded statelessly (a 2xx retransmission after our transaction ended,
-        §16.7 step 1); anything else is dropped."""
-        top = response.top_via
-        if top is None or not is_us(top.host, top.port, self._locals, self._local_hosts):
-            return
-        if not (200 <= response.status < 300 and response.cseq.method == "INVITE"):
-            return
-        forwarded = strip_top_via(response)
-        via = forwarded.top_via if forwarded is not None else None
-        where = via.response_target() if via is not None else None
-        if forwarded is not None and via is not None and where is not None:
-            transport = "tcp" if via.transport == "TCP" else "udp"
-            self._sender.send(forwarded, Target(transport, *where))
-
-    async def _branch_response(self, branch: Branch, response: Response, now: float) -> None:
-        context = branch.context
-        status = response.status
-        if status < 200:
-            branch.provisional = True
-            if branch.cancel_wanted and not branch.cancelled:
-                self._send_cancel(branch, now)
-            elif branch.deadline is not None and not branch.cancelled:
-                branch.deadline = now + TIMER_C  # each provisional restarts Timer C
-            if status == 100 or context.final_sent or branch.done:
-                return
-            self._note_dialog(context, branch, response)
-            # Signalling first, CDR second: while the CDR write awaits the store, the 200
-            # may already be here, and a 180 sent after it would be refused by the server
-            # transaction (and would be wrong on the wire).
-            await self._forward_response(context, response, now)
-            if context.call is not None and 180 <= status < 190 and context.call.cdr_sid:
-                await cdr(self._calls.ringing, context.call.cdr_sid)
-            return
-        if 200 <= status < 300:
-            first = not context.final_sent
-            if branch.final is None or branch.final.status >= 300:
-                branch.final = response
-            branch.deadline = None
-            self._note_dialog(context, branch, response)
-            context.final_sent = True
-            await self._forward_response(context, response, now)
-            if context.request.method == "INVITE":
-                self._cancel_others(context, branch, now)
-            await self._answered(context, branch, response, now, first=first)
-            self._maybe_done(context)
-            return
-        if branch.done:
-            if branch.deadline is not None and branch.cancelled:
-                branch.deadline = None
-            return  # a late final after our local 487, or a retransmission
-        if branch.timed_out and status == 487:
-            response = local_response(context.request, 408)
-        branch.final = response
-        branch.deadline = None
-        if status >= 600 and context.request.method == "INVITE":
-            self._cancel_others(context, branch, now)
-        await self._maybe_finish(context, now)
-
-    def _note_dialog(self, context: Context, branch: Branch, response: Response) -> None:
-        if context.call is None:
-            return
-        tag = response.to.tag
-        if tag:
-            context.call.add_dialog(tag, branch.target)
-
-    async def _answered(self, context: Context, branch: Branch, response: Response, now: float,
-                        *, first: bool) -> None:
-        call = context.call
-        if call is not None and not call.answered:
-            call.answered = True
-            call.primary_tag = response.to.tag
-            call.deadline = now + session_idle_limit(response.get("session-expires"))
-            self._deadlines.arm(call)
-            logger.debug("- call %s %s -> %s answered", call.call_id, context.caller.login
-                         if context.caller else "?", context.callee)
-            if call.cdr_sid:
-                await cdr(self._calls.answered, call.cdr_sid)
-        if first and context.request.method == "MESSAGE":
-            await record_message(self._messages, context, response.status, response.reason)
-
-    async def _maybe_finish(self, context: Context, now: float) -> None:
-        """Send the best final response once every branch has one (§16.7 step 6)."""
-        if context.final_sent:
-            self._maybe_done(context)
-            return
-        if not all(b.done for b in context.branches):
-            return
-        finals = [b.final for b in context.branches if b.final is not None]
-        chosen = finals[best_response([r.status for r in finals])]
-        status = forwarded_status(chosen.status)
-        if status != chosen.status:
-            chosen = local_response(context.request, status)
-        context.final_sent = True
-        await self._forward_response(context, chosen, now)
-        await self._unanswered(context, chosen.status, chosen.reason, now)
-        self._maybe_done(context)
-
-    async def _unanswered(self, context: Context, status: int, reason: str, now: float) -> None:
-        call = context.call
-        if call is not None and not call.answered:
-            call.deadline = min(call.deadline, now + LINGER)
-            self._deadlines.arm(call)
-            if call.cdr_sid and not call.ended:
-                call.ended = True
-                await cdr(self._calls.ended, call.cdr_sid,
-                          cdr_status(status, canceled=context.cancelled))
-        if context.request.method == "MESSAGE":
-            await record_message(self._messages, context, status, reason)
-
-    def _maybe_done(self, context: Context) -> None:
-        if context.final_sent and all(b.done for b in context.branches):
-            if self._contexts.pop(context.server, None) is not None:
-                for branch in context.branches:
-                    self._settle(branch)
-                if any(self._branches.get(b.txn) is b for b in context.branches):
-                    trim(context)  # a branch still waits for its final: it keeps the context
-
-    def _settle(self, branch: Branch) -> None:
-        """BRANCH's request is over: keep for its client transaction only what can still
-        happen to it, so that its Branch and Context (and all they hold) go.
-
-        An INVITE branch in Accepted may still deliver 2xx retransmissions, which go to the
-        caller (``_late_response``); a transaction in Completed absorbs what comes (an INVITE
-        one ACKs a retransmitted final itself, to its ``peer``). A branch still waiting for
-        its real final (after a local 487 or 408) or with a deadline (reaping) keeps its
-        Branch until then."""
-        txn = branch.txn
-        if (self._branches.get(txn) is not branch or not branch.done
-                or branch.deadline is not None):
-            return
-        if txn.state is State.ACCEPTED:
-            context = branch.context
-            self._late[txn] = Late(context.server, context.source, context.call)
-        elif txn.state not in (State.COMPLETED, State.TERMINATED):
-            return
-        del self._branches[txn]
-
-    async def _forward_response(self, context: Context, response: Response, now: float) -> None:
-        await self._forward(context.server, context.source, context.request.method, response,
-                            now)
-
-    async def _forward(self, server: ServerTransaction, source: Target, method: str,
-                       response: Response, now: float) -> None:
-        """RESPONSE to a METHOD request, through its SERVER transaction to SOURCE."""
-        if isinstance(response, LocalResponse):
-            forwarded: Response | None = response
-        else:
-            forwarded = strip_top_via(response)
-        if forwarded is None:
-            return
-        if server.terminated:
-            if 200 <= forwarded.status < 300:  # a late 2xx: still end-to-end, send it
-                self._sender.send(forwarded, source)
-            return
-        try:
-            server.send(forwarded, now)
-        except SipStateError:
-            # Too late for the transaction: a 2xx to an INVITE after our non-2xx final (a
-            # branch that answered despite its CANCEL) still goes out, end to end; a second
-            # final to a non-INVITE request has nowhere to go.
-            if 200 <= forwarded.status < 300 and method == "INVITE":
-                self._sender.send(forwarded, source)
-            return
-        await self._drain(server, server.pop_actions(), now)
-
-    async def _late_response(self, txn: Transaction, late: Late, response: Response,
-                             now: float) -> None:
-        """A 2xx retransmission (the only response an INVITE client transaction delivers in
-        Accepted) on a branch whose request is over: what ``_branch_response`` does with a
-        2xx then (the branches are all done and the call answered already), i.e. note its
-        dialog and forward it to the caller."""
-        if late.call is not None:
-            tag = response.to.tag
-            if tag and txn.peer is not None:  # the branch's target
-                late.call.add_dialog(tag, txn.peer)
-        await self._forward(late.server, late.source, "INVITE", response, now)
-
     # --- CANCEL ---------------------------------------------------------------------------
 
     async def _on_cancel(self, request: Request, source: Target, now: float) -> None:
@@ -833,40 +640,8 @@ class Proxy:
         logger.info("< CANCEL %s from %s", request.call_id,
                     context.caller.login if context.caller else "?")
         for branch in context.branches:
-            self._cancel_branch(branch, now)
-        await self._maybe_finish(context, now)
-
-    def _cancel_others(self, context: Context, winner: Branch, now: float) -> None:
-        for branch in context.branches:
-            if branch is not winner:
-                self._cancel_branch(branch, now)
-
-    def _cancel_branch(self, branch: Branch, now: float) -> None:
-        if branch.done or branch.cancelled or branch.cancel_wanted:
-            return
-        if not isinstance(branch.txn, InviteClientTransaction):
-            return  # a non-INVITE cannot be cancelled usefully: let it complete
-        if branch.provisional:
-            self._send_cancel(branch, now)
-        else:
-            # RFC 3261 §9.1: no CANCEL before a provisional. Count the branch as done with a
-            # local 487 now, and cancel it when (if) its provisional arrives.
-            branch.cancel_wanted = True
-            branch.final = local_response(branch.context.request, 487)
-            branch.deadline = now + REAP_AFTER
-            self._deadlines.arm(branch)
-
-    def _send_cancel(self, branch: Branch, now: float) -> None:
-        branch.cancelled = True
-        branch.deadline = now + REAP_AFTER
-        self._deadlines.arm(branch)
-        cancel = make_cancel(branch.request)
-        txn = client_transaction(cancel, reliable=branch.target.transport != "udp", now=now)
-        txn.peer = branch.target
-        self._table.add(txn)
-        for action in txn.pop_actions():
-            if isinstance(action, Transmit):
-                self._sender.send(action.message, branch.target)
+            self._responses.cancel_branch(branch, now)
+        await self._responses.maybe_finish(context, now)
 
     async def _branch_timer(self, branch: Branch, now: float) -> None:
         branch.deadline = None
@@ -876,9 +651,9 @@ class Proxy:
             self._forget(branch.txn)
             if branch.final is None:
                 branch.final = local_response(branch.context.request, 408)
-                await self._maybe_finish(branch.context, now)
+                await self._responses.maybe_finish(branch.context, now)
             else:
-                self._maybe_done(branch.context)
+                self._responses.maybe_done(branch.context)
             return
         if branch.done:
             return
@@ -886,12 +661,12 @@ class Proxy:
                     branch.target.port)
         branch.timed_out = True
         if branch.provisional:
-            self._send_cancel(branch, now)
+            self._responses.send_cancel(branch, now)
         else:
             branch.final = local_response(branch.context.request, 408)
             self._table.remove(branch.txn)
             self._forget(branch.txn)
-            await self._maybe_finish(branch.context, now)
+            await self._responses.maybe_finish(branch.context, now)
 
     # --- in-dialog requests ----------------------------------------------------------------
 
@@ -986,7 +761,7 @@ class Proxy:
             elif isinstance(action, TimedOut):
                 branch = self._branches.get(txn)
                 if branch is not None and not branch.done:
-                    await self._branch_response(branch, local_response(
+                    await self._responses.branch_response(branch, local_response(
                         branch.context.request, 408), now)
             elif isinstance(action, Terminated):
                 self._table.remove(txn)
@@ -1001,13 +776,13 @@ class Proxy:
         if isinstance(message, Response):
             branch = self._branches.get(txn)
             if branch is not None:
-                await self._branch_response(branch, message, now)
+                await self._responses.branch_response(branch, message, now)
                 if self._contexts.get(branch.context.server) is not branch.context:
-                    self._settle(branch)  # its request was over already
+                    self._responses.settle(branch)  # its request was over already
                 return
             late = self._late.get(txn)
             if late is not None:
-                await self._late_response(txn, late, message, now)
+                await self._responses.late_response(txn, late, message, now)
             return
         if message.method == "ACK":  # RFC 6026: an ACK for a 2xx reusing the INVITE branch
             peer = txn.peer

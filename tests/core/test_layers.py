@@ -32,6 +32,13 @@ IO_MODULES = {"asyncio", "socket", "selectors", "threading", "sqlite3", "subproc
               "logging", "aiohttp", "serial", "sqlite_utils", "pjsua2", "gpiozero", "os"}
 # Third-party packages a core module may use, each in one place only.
 CORE_THIRD_PARTY = {"appliance.rcml.parse": {"defusedxml"}, "appliance.media.dtmf": {"numpy"}}
+# What was split out of sip.proxy: the proxy owns these (collaborators, ports, pure rules), so
+# none of them may import it back (no cycle, no re-export through the proxy).
+PROXY_PARTS = {
+    "appliance.sip.proxy_ports", "appliance.sip.forwarding", "appliance.sip.routeset",
+    "appliance.sip.records", "appliance.sip.proxy_auth", "appliance.sip.deadlines",
+    "appliance.sip.responses",
+}
 ROOTS = {"appliance.app", "appliance.cli", "appliance.__main__",
          "appliance.media.worker.__main__"}
 WORKER = "appliance.media.worker"
@@ -92,6 +99,12 @@ def test_core_modules_import_no_io_and_nothing_above_them(module: str) -> None:
                    if top(n) not in sys.stdlib_module_names and top(n) != "appliance"}
     assert third_party <= CORE_THIRD_PARTY.get(module, set()), \
         f"{module} imports {sorted(third_party)}"
+
+
+def test_what_was_split_out_of_the_proxy_does_not_import_it() -> None:
+    assert PROXY_PARTS <= MODULES.keys(), sorted(PROXY_PARTS - MODULES.keys())
+    bad = sorted(module for module in PROXY_PARTS if "appliance.sip.proxy" in MODULES[module])
+    assert not bad, f"{bad} import sip.proxy, which owns them"
 
 
 def test_the_api_talks_to_services_never_to_the_store_or_a_driver() -> None:

@@ -4,9 +4,9 @@ challenge, forwarding edits, refusals, forking, CANCEL, Timer C, loose routing, 
 from __future__ import annotations
 
 from appliance.sip.bindings import Origin
+from appliance.sip.forwarding import TIMER_C
 from appliance.sip.headers import DigestCredentials, NameAddr
 from appliance.sip.message import Request, Response
-from appliance.sip.proxy import TIMER_C
 from appliance.sip.wire import Target
 from tests.sip.proxy_harness import (
     LOCAL,

@@ -18,9 +18,9 @@ from appliance.app import Appliance
 from appliance.config import ApiConfig, Config, Endpoint, SipConfig
 from appliance.models import CallRecord, CallStatus
 from appliance.sip.bindings import Origin
+from appliance.sip.forwarding import TIMER_C
 from appliance.sip.headers import NameAddr
 from appliance.sip.message import Request
-from appliance.sip.proxy import TIMER_C
 from tests.conftest import ADMIN_SID, Api, free_port
 from tests.sip.proxy_harness import REALM, SDP, Harness, Phone, make_user
 

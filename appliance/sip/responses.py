@@ -1,0 +1,321 @@
+"""What the responses to a forked request's branches do (RFC 3261 §16.7), and the CANCELs
+they cause.
+
+Theory of operation. The proxy hands every response to ``on_response``. One that no client
+transaction of ours expects is dropped, unless it is a 2xx to an INVITE whose top Via is ours:
+that one is forwarded statelessly (a 2xx retransmission after our transaction ended, §16.7
+step 1). The rest reach ``branch_response`` through the branch's client transaction.
+
+100 is absorbed (we sent our own at once); other 1xx are forwarded; every 2xx is forwarded at
+once and the other branches are CANCELled; a 6xx also cancels the others. When every branch
+has a final response and none was a 2xx, the best one (6xx, then 2xx, then the lowest class;
+503 → 500) goes to the caller (``maybe_finish``). A branch with no provisional yet cannot be
+CANCELled (RFC 3261 §9.1): ``cancel_branch`` gives it a local 487 at once and cancels it when
+its provisional arrives; a cancelled branch gets a reaping deadline (``sip.cancel``).
+
+Once the caller has its final and every branch is done, the request is over (``maybe_done``):
+each branch's client transaction keeps only what can still happen to it (``settle``), so that
+its Branch and Context go; an answered INVITE branch leaves a ``Late``, through which a 2xx
+retransmission still reaches the caller (``late_response``). The CDR steps (ringing, answered,
+ended unanswered) and a MESSAGE's SMS row are written here, after the signalling
+(``sip.records``).
+
+``Responses`` is owned by the proxy, not a mixin: it is handed the proxy's tables (the very
+same dicts), its sender and its ``drain`` (which runs a transaction's actions and brings the
+responses back here). Not a core module: it logs and writes records.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, TypeAlias
+
+from appliance.sip.deadlines import Deadlines
+from appliance.sip.dialogs import (
+    LINGER,
+    best_response,
+    cdr_status,
+    forwarded_status,
+    session_idle_limit,
+)
+from appliance.sip.errors import SipParseError, SipStateError
+from appliance.sip.forwarding import (
+    REAP_AFTER,
+    TIMER_C,
+    Branch,
+    Context,
+    Late,
+    LocalResponse,
+    local_response,
+    strip_top_via,
+    trim,
+)
+from appliance.sip.message import Response
+from appliance.sip.proxy_ports import CallLog, MessageLog
+from appliance.sip.records import cdr, record_message
+from appliance.sip.routeset import is_us
+from appliance.sip.transaction import (
+    InviteClientTransaction,
+    ServerTransaction,
+    State,
+    Transaction,
+    TransactionTable,
+    Transmit,
+    client_transaction,
+    make_cancel,
+)
+from appliance.sip.wire import Sender, Target
+
+# The proxy's log lines keep the proxy's logger name: moving code between modules changes no log.
+logger = logging.getLogger("appliance.sip.proxy")
+
+# The proxy's ``_drain``: run a transaction's actions (send, deliver, time out, forget).
+Drain: TypeAlias = Callable[[Transaction, list[Any], float], Awaitable[None]]
+
+
+class Responses:
+    """The response side of the proxy; see the module docstring."""
+
+    def __init__(self, *, sender: Sender, table: TransactionTable, deadlines: Deadlines,
+                 calls: CallLog, messages: MessageLog, contexts: dict[Transaction, Context],
+                 branches: dict[Transaction, Branch], late: dict[Transaction, Late],
+                 addresses: Collection[tuple[str, int]], local_hosts: Collection[str],
+                 drain: Drain) -> None:
+        """CONTEXTS, BRANCHES and LATE are the proxy's own tables; ADDRESSES and
+        LOCAL_HOSTS (live collections) are what "us" means in a response's Via."""
+        self._sender = sender
+        self._table = table
+        self._deadlines = deadlines
+        self._calls = calls
+        self._messages = messages
+        self._contexts = contexts
+        self._branches = branches
+        self._late = late
+        self._locals = addresses
+        self._local_hosts = local_hosts
+        self._drain = drain
+
+    async def on_response(self, response: Response, now: float) -> None:
+        try:
+            txn = self._table.match_response(response)
+        except SipParseError:
+            return
+        if txn is None:
+            await self._stray_response(response)
+            return
+        txn.receive(response, now)
+        await self._drain(txn, txn.pop_actions(), now)
+
+    async def _stray_response(self, response: Response) -> None:
+        """A response no transaction of ours expects. A 2xx to an INVITE whose top Via is
+        ours is forwarded statelessly (a 2xx retransmission after our transaction ended,
+        §16.7 step 1); anything else is dropped."""
+        top = response.top_via
+        if top is None or not is_us(top.host, top.port, self._locals, self._local_hosts):
+            return
+        if not (200 <= response.status < 300 and response.cseq.method == "INVITE"):
+            return
+        forwarded = strip_top_via(response)
+        via = forwarded.top_via if forwarded is not None else None
+        where = via.response_target() if via is not None else None
+        if forwarded is not None and via is not None and where is not None:
+            transport = "tcp" if via.transport == "TCP" else "udp"
+            self._sender.send(forwarded, Target(transport, *where))
+
+    async def branch_response(self, branch: Branch, response: Response, now: float) -> None:
+        context = branch.context
+        status = response.status
+        if status < 200:
+            branch.provisional = True
+            if branch.cancel_wanted and not branch.cancelled:
+                self.send_cancel(branch, now)
+            elif branch.deadline is not None and not branch.cancelled:
+                branch.deadline = now + TIMER_C  # each provisional restarts Timer C
+            if status == 100 or context.final_sent or branch.done:
+                return
+            self._note_dialog(context, branch, response)
+            # Signalling first, CDR second: while the CDR write awaits the store, the 200
+            # may already be here, and a 180 sent after it would be refused by the server
+            # transaction (and would be wrong on the wire).
+            await self._forward_response(context, response, now)
+            if context.call is not None and 180 <= status < 190 and context.call.cdr_sid:
+                await cdr(self._calls.ringing, context.call.cdr_sid)
+            return
+        if 200 <= status < 300:
+            first = not context.final_sent
+            if branch.final is None or branch.final.status >= 300:
+                branch.final = response
+            branch.deadline = None
+            self._note_dialog(context, branch, response)
+            context.final_sent = True
+            await self._forward_response(context, response, now)
+            if context.request.method == "INVITE":
+                self.cancel_others(context, branch, now)
+            await self._answered(context, branch, response, now, first=first)
+            self.maybe_done(context)
+            return
+        if branch.done:
+            if branch.deadline is not None and branch.cancelled:
+                branch.deadline = None
+            return  # a late final after our local 487, or a retransmission
+        if branch.timed_out and status == 487:
+            response = local_response(context.request, 408)
+        branch.final = response
+        branch.deadline = None
+        if status >= 600 and context.request.method == "INVITE":
+            self.cancel_others(context, branch, now)
+        await self.maybe_finish(context, now)
+
+    def _note_dialog(self, context: Context, branch: Branch, response: Response) -> None:
+        if context.call is None:
+            return
+        tag = response.to.tag
+        if tag:
+            context.call.add_dialog(tag, branch.target)
+
+    async def _answered(self, context: Context, branch: Branch, response: Response, now: float,
+                        *, first: bool) -> None:
+        call = context.call
+        if call is not None and not call.answered:
+            call.answered = True
+            call.primary_tag = response.to.tag
+            call.deadline = now + session_idle_limit(response.get("session-expires"))
+            self._deadlines.arm(call)
+            logger.debug("- call %s %s -> %s answered", call.call_id, context.caller.login
+                         if context.caller else "?", context.callee)
+            if call.cdr_sid:
+                await cdr(self._calls.answered, call.cdr_sid)
+        if first and context.request.method == "MESSAGE":
+            await record_message(self._messages, context, response.status, response.reason)
+
+    async def maybe_finish(self, context: Context, now: float) -> None:
+        """Send the best final response once every branch has one (§16.7 step 6)."""
+        if context.final_sent:
+            self.maybe_done(context)
+            return
+        if not all(b.done for b in context.branches):
+            return
+        finals = [b.final for b in context.branches if b.final is not None]
+        chosen = finals[best_response([r.status for r in finals])]
+        status = forwarded_status(chosen.status)
+        if status != chosen.status:
+            chosen = local_response(context.request, status)
+        context.final_sent = True
+        await self._forward_response(context, chosen, now)
+        await self._unanswered(context, chosen.status, chosen.reason, now)
+        self.maybe_done(context)
+
+    async def _unanswered(self, context: Context, status: int, reason: str, now: float) -> None:
+        call = context.call
+        if call is not None and not call.answered:
+            call.deadline = min(call.deadline, now + LINGER)
+            self._deadlines.arm(call)
+            if call.cdr_sid and not call.ended:
+                call.ended = True
+                await cdr(self._calls.ended, call.cdr_sid,
+                          cdr_status(status, canceled=context.cancelled))
+        if context.request.method == "MESSAGE":
+            await record_message(self._messages, context, status, reason)
+
+    def maybe_done(self, context: Context) -> None:
+        if context.final_sent and all(b.done for b in context.branches):
+            if self._contexts.pop(context.server, None) is not None:
+                for branch in context.branches:
+                    self.settle(branch)
+                if any(self._branches.get(b.txn) is b for b in context.branches):
+                    trim(context)  # a branch still waits for its final: it keeps the context
+
+    def settle(self, branch: Branch) -> None:
+        """BRANCH's request is over: keep for its client transaction only what can still
+        happen to it, so that its Branch and Context (and all they hold) go.
+
+        An INVITE branch in Accepted may still deliver 2xx retransmissions, which go to the
+        caller (``late_response``); a transaction in Completed absorbs what comes (an INVITE
+        one ACKs a retransmitted final itself, to its ``peer``). A branch still waiting for
+        its real final (after a local 487 or 408) or with a deadline (reaping) keeps its
+        Branch until then."""
+        txn = branch.txn
+        if (self._branches.get(txn) is not branch or not branch.done
+                or branch.deadline is not None):
+            return
+        if txn.state is State.ACCEPTED:
+            context = branch.context
+            self._late[txn] = Late(context.server, context.source, context.call)
+        elif txn.state not in (State.COMPLETED, State.TERMINATED):
+            return
+        del self._branches[txn]
+
+    async def _forward_response(self, context: Context, response: Response, now: float) -> None:
+        await self._forward(context.server, context.source, context.request.method, response,
+                            now)
+
+    async def _forward(self, server: ServerTransaction, source: Target, method: str,
+                       response: Response, now: float) -> None:
+        """RESPONSE to a METHOD request, through its SERVER transaction to SOURCE."""
+        if isinstance(response, LocalResponse):
+            forwarded: Response | None = response
+        else:
+            forwarded = strip_top_via(response)
+        if forwarded is None:
+            return
+        if server.terminated:
+            if 200 <= forwarded.status < 300:  # a late 2xx: still end-to-end, send it
+                self._sender.send(forwarded, source)
+            return
+        try:
+            server.send(forwarded, now)
+        except SipStateError:
+            # Too late for the transaction: a 2xx to an INVITE after our non-2xx final (a
+            # branch that answered despite its CANCEL) still goes out, end to end; a second
+            # final to a non-INVITE request has nowhere to go.
+            if 200 <= forwarded.status < 300 and method == "INVITE":
+                self._sender.send(forwarded, source)
+            return
+        await self._drain(server, server.pop_actions(), now)
+
+    async def late_response(self, txn: Transaction, late: Late, response: Response,
+                            now: float) -> None:
+        """A 2xx retransmission (the only response an INVITE client transaction delivers in
+        Accepted) on a branch whose request is over: what ``branch_response`` does with a
+        2xx then (the branches are all done and the call answered already), i.e. note its
+        dialog and forward it to the caller."""
+        if late.call is not None:
+            tag = response.to.tag
+            if tag and txn.peer is not None:  # the branch's target
+                late.call.add_dialog(tag, txn.peer)
+        await self._forward(late.server, late.source, "INVITE", response, now)
+
+    # --- the CANCELs a response calls for (and sip.cancel's) -----------------------------
+
+    def cancel_others(self, context: Context, winner: Branch, now: float) -> None:
+        for branch in context.branches:
+            if branch is not winner:
+                self.cancel_branch(branch, now)
+
+    def cancel_branch(self, branch: Branch, now: float) -> None:
+        if branch.done or branch.cancelled or branch.cancel_wanted:
+            return
+        if not isinstance(branch.txn, InviteClientTransaction):
+            return  # a non-INVITE cannot be cancelled usefully: let it complete
+        if branch.provisional:
+            self.send_cancel(branch, now)
+        else:
+            # RFC 3261 §9.1: no CANCEL before a provisional. Count the branch as done with a
+            # local 487 now, and cancel it when (if) its provisional arrives.
+            branch.cancel_wanted = True
+            branch.final = local_response(branch.context.request, 487)
+            branch.deadline = now + REAP_AFTER
+            self._deadlines.arm(branch)
+
+    def send_cancel(self, branch: Branch, now: float) -> None:
+        branch.cancelled = True
+        branch.deadline = now + REAP_AFTER
+        self._deadlines.arm(branch)
+        cancel = make_cancel(branch.request)
+        txn = client_transaction(cancel, reliable=branch.target.transport != "udp", now=now)
+        txn.peer = branch.target
+        self._table.add(txn)
+        for action in txn.pop_actions():
+            if isinstance(action, Transmit):
+                self._sender.send(action.message, branch.target)
