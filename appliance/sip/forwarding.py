@@ -3,8 +3,9 @@
 A ``Context`` is one proxied request: its server transaction, where responses to it go, and
 a ``Branch`` per contact it was forked to (the request as forwarded, its client transaction,
 its Timer C or reaping deadline, ``TIMER_C`` and ``REAP_AFTER``, and whether it was
-cancelled). ``Late`` is what an answered
-INVITE branch still needs once its request is over: a 2xx retransmission goes to the caller.
+cancelled). ``Late`` is what an answered INVITE branch still needs once its request is over:
+a 2xx retransmission goes to the caller. ``Reply`` is the proxy's way of answering a request,
+as its collaborators are handed it.
 
 The helpers make what a forwarded hop carries: our Via (``make_via``, a fresh ``z9hG4bK``
 branch, or one derived from the incoming ACK's for a stateless hop, ``ack_branch``), our
@@ -22,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from appliance.sip.dialogs import Call
 from appliance.sip.errors import SipParseError
@@ -75,6 +77,14 @@ class Context:
     branches: list[Branch] = field(default_factory=list)
     final_sent: bool = False
     cancelled: bool = False  # the caller sent CANCEL
+
+
+class Reply(Protocol):
+    """The proxy's ``_reply``, as its collaborators are handed it: answer SERVER's request
+    with STATUS (and HEADERS)."""
+
+    async def __call__(self, server: ServerTransaction, status: int, reason: str | None = None,
+                       *, now: float, headers: Collection[tuple[str, str]] = ()) -> None: ...
 
 
 class Late(NamedTuple):

@@ -32,12 +32,9 @@ back through us. Credentials for our realm are consumed (RFC 3261 §22.3).
 
 Responses go to ``sip.responses``: what each branch's responses do (forwarded, absorbed, the
 best final chosen once every branch has one, the other branches CANCELled after a 2xx or a
-6xx) and what a finished request keeps for its lingering branches. A CANCEL from the caller is
-matched to the INVITE server transaction (none → 481), answered 200, and sent on to each
-branch that has answered provisionally; a branch with no provisional yet is given a local 487
-at once and cancelled when its provisional arrives (RFC 3261 §9.1 forbids CANCEL before one).
-Timer C (3 min, reset by each provisional) cancels a ringing branch, whose 487 then counts as
-408.
+6xx) and what a finished request keeps for its lingering branches. The caller's CANCEL, Timer
+C (3 min, reset by each provisional) and the reaping of cancelled branches are in
+``sip.cancel``.
 
 In-dialog requests (a To tag) were authenticated when their dialog was created: they are
 forwarded without a challenge when they belong to a call we proxied (else 481, so the proxy is
@@ -67,6 +64,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from appliance.models import CallStatus
+from appliance.sip.cancel import Cancels
 from appliance.sip.deadlines import Deadlines
 from appliance.sip.dialogs import (
     LINGER,
@@ -229,6 +227,10 @@ class Proxy:
                                     branches=self._branches, late=self._late,
                                     addresses=self._locals, local_hosts=local_hosts,
                                     drain=self._drain)
+        # The caller's CANCEL, Timer C and reaping (sip.cancel).
+        self._cancels = Cancels(table=self._table, responses=self._responses,
+                                contexts=self._contexts, server=self._server, reply=self._reply,
+                                forget=self._forget)
         self._wake = asyncio.Event()
         self._overloaded = False
         # MESSAGEs the appliance itself sends (an SMS delivered to a Client): their client
@@ -299,7 +301,7 @@ class Proxy:
                 if branch.deadline > now:
                     self._deadlines.arm(branch)
                     continue
-                await self._branch_timer(branch, now)
+                await self._cancels.branch_timer(branch, now)
         if self._deadlines.overgrown():
             self._deadlines.prune()  # after a burst: let go of what finished calls left
         self._trimmer.observe(len(self._table) + len(self._live_calls))
@@ -396,7 +398,7 @@ class Proxy:
             self._refuse_stateless(request, source, "transactions")
             return
         if request.method == "CANCEL":
-            await self._on_cancel(request, source, now)
+            await self._cancels.on_cancel(request, source, now)
             return
         server = self._server(request, source, now)
         if (status := max_forwards_status(request)) is not None:
@@ -621,52 +623,6 @@ class Proxy:
             if 200 <= status < 300:
                 return status
         return status
-
-    # --- CANCEL ---------------------------------------------------------------------------
-
-    async def _on_cancel(self, request: Request, source: Target, now: float) -> None:
-        invite = self._table.match_cancel(request)
-        server = self._server(request, source, now)
-        if invite is None:
-            await self._reply(server, 481, now=now)
-            return
-        await self._reply(server, 200, now=now)
-        context = self._contexts.get(invite)
-        if context is None:
-            if invite.state is State.PROCEEDING:  # still being authenticated or routed
-                await self._reply(invite, 487, now=now)
-            return
-        context.cancelled = True
-        logger.info("< CANCEL %s from %s", request.call_id,
-                    context.caller.login if context.caller else "?")
-        for branch in context.branches:
-            self._responses.cancel_branch(branch, now)
-        await self._responses.maybe_finish(context, now)
-
-    async def _branch_timer(self, branch: Branch, now: float) -> None:
-        branch.deadline = None
-        if branch.cancelled or branch.cancel_wanted:
-            # Cancelled and still silent after 64·T1: give up on it.
-            self._table.remove(branch.txn)
-            self._forget(branch.txn)
-            if branch.final is None:
-                branch.final = local_response(branch.context.request, 408)
-                await self._responses.maybe_finish(branch.context, now)
-            else:
-                self._responses.maybe_done(branch.context)
-            return
-        if branch.done:
-            return
-        logger.info("x Timer C on %s to %s:%s", branch.request.call_id, branch.target.host,
-                    branch.target.port)
-        branch.timed_out = True
-        if branch.provisional:
-            self._responses.send_cancel(branch, now)
-        else:
-            branch.final = local_response(branch.context.request, 408)
-            self._table.remove(branch.txn)
-            self._forget(branch.txn)
-            await self._responses.maybe_finish(branch.context, now)
 
     # --- in-dialog requests ----------------------------------------------------------------
 

@@ -18,8 +18,7 @@ Not a core module: it logs and looks users up.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
 
 from appliance.sip.digest import (
     HEADERS,
@@ -32,7 +31,7 @@ from appliance.sip.digest import (
 )
 from appliance.sip.digest import algorithm_of as digest_algorithm
 from appliance.sip.errors import SipParseError
-from appliance.sip.forwarding import user_of
+from appliance.sip.forwarding import Reply, user_of
 from appliance.sip.guard import Guard
 from appliance.sip.headers import DigestCredentials
 from appliance.sip.message import Request
@@ -41,13 +40,6 @@ from appliance.sip.transaction import ServerTransaction
 from appliance.sip.wire import Incoming
 
 logger = logging.getLogger(__name__)
-
-
-class Reply(Protocol):
-    """The proxy's ``_reply``: answer SERVER's request with STATUS (and HEADERS)."""
-
-    async def __call__(self, server: ServerTransaction, status: int, reason: str | None = None,
-                       *, now: float, headers: Collection[tuple[str, str]] = ()) -> None: ...
 
 
 class ProxyAuth:
