@@ -7,12 +7,14 @@ cancelled). ``Late`` is what an answered INVITE branch still needs once its requ
 a 2xx retransmission goes to the caller. ``Reply`` is the proxy's way of answering a request,
 as its collaborators are handed it.
 
-The helpers make what a forwarded hop carries: our Via (``make_via``, a fresh ``z9hG4bK``
-branch, or one derived from the incoming ACK's for a stateless hop, ``ack_branch``), our
-Record-Route (``make_record_route``), the To tag of our own responses (``tag_for``, stable
-across retransmissions), a final response we make in place of a branch's (``local_response``),
-and a response with our Via taken off (``strip_top_via``). ``trim`` lets a finished request
-keep only what a lingering branch still reads.
+The helpers make what a forwarded hop carries: the request as sent to one contact
+(``branch_request``: Max-Forwards minus one, our realm's credentials consumed,
+``consume_credentials``), our Via (``make_via``, a fresh ``z9hG4bK`` branch, or one derived
+from the incoming ACK's for a stateless hop, ``ack_branch``), our Record-Route
+(``make_record_route``), the To tag of our own responses (``tag_for``, stable across
+retransmissions), a final response we make in place of a branch's (``local_response``), and a
+response with our Via taken off (``strip_top_via``). ``trim`` lets a finished request keep
+only what a lingering branch still reads.
 
 Kept apart from ``sip.proxy`` (which owns the tables, the timers and the I/O) because none of
 this does I/O, logs or reads a clock.
@@ -37,6 +39,8 @@ from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import Target
 
 # --- per-request state ------------------------------------------------------------------
+
+DEFAULT_MAX_FORWARDS = 70  # a request without Max-Forwards (RFC 3261 §16.6 step 3)
 
 # A branch's deadline (``Branch.deadline``): Timer C while it rings, reaping once cancelled.
 TIMER_C = 180.0  # RFC 3261 §16.6 step 11: "greater than 3 minutes"
@@ -125,6 +129,33 @@ def make_via(local: tuple[str, int], transport: str, branch: str | None = None) 
 
 def make_record_route(local: tuple[str, int], transport: str) -> str:
     return f"<sip:{hostport(local)};lr;transport={transport.lower()}>"
+
+
+def branch_request(original: Request, uri: str, inbound: str, outbound: str,
+                   local: tuple[str, int], *, record_route: bool,
+                   branch: str | None = None, keep_credentials: bool = False) -> Request:
+    """ORIGINAL as forwarded to URI (§16.6): Max-Forwards minus one, our credentials
+    consumed unless KEEP_CREDENTIALS, our Record-Route (two when the transport changes from
+    INBOUND to OUTBOUND) if RECORD_ROUTE, and our Via, on a fresh branch unless BRANCH."""
+    request = Request(method=original.method, uri=uri, headers=list(original.headers),
+                      body=original.body)
+    forwards = original.get("max-forwards")
+    hops = int(forwards) - 1 if forwards and forwards.isdigit() else DEFAULT_MAX_FORWARDS
+    request.set("Max-Forwards", str(max(hops, 0)))
+    if not keep_credentials:
+        consume_credentials(request)
+    if record_route:
+        request.prepend("Record-Route", make_record_route(local, inbound))
+        if inbound != outbound:
+            request.prepend("Record-Route", make_record_route(local, outbound))
+    request.prepend("Via", make_via(local, outbound, branch))
+    return request
+
+
+def consume_credentials(request: Request) -> None:
+    """Drop the credentials meant for us (RFC 3261 §22.3). No proxy sits between the
+    phones and us, so every Proxy-Authorization line is for our realm."""
+    request.remove("proxy-authorization")
 
 
 def describe(message: Request | Response) -> str:

@@ -75,15 +75,16 @@ from appliance.sip.dialogs import (
 from appliance.sip.digest import Algorithm, Nonces
 from appliance.sip.errors import SipError, SipStateError
 from appliance.sip.forwarding import (
+    DEFAULT_MAX_FORWARDS,
     REAP_AFTER,
     TIMER_C,
     Branch,
     Context,
     Late,
     ack_branch,
+    branch_request,
     describe,
     local_response,
-    make_record_route,
     make_via,
     tag_for,
     token,
@@ -149,7 +150,6 @@ MAX_TRANSACTIONS = 40_000  # server + client transactions, CANCEL/481 absorbers 
 MAX_CALLS = 15_000  # calls and dialogs tracked for routing in-dialog requests and for CDRs
 MAX_BRANCHES = 10  # parallel forks per request: the registrar's max contacts per AoR
 IN_DIALOG_RESERVE = 0.1  # of MAX_TRANSACTIONS, kept for in-dialog requests (a BYE must pass)
-DEFAULT_MAX_FORWARDS = 70
 MAX_LOCAL_ADDRESSES = 64  # our own addresses seen in Incoming.local (interfaces, not peers)
 
 ROUTED = frozenset({"INVITE", "MESSAGE", "OPTIONS"})
@@ -536,7 +536,7 @@ class Proxy:
                     headers: Collection[tuple[str, str]] = (),
                     keep_credentials: bool = False) -> None:
         for contact in contacts:
-            request = self._branch_request(context.request, contact.uri, incoming.transport,
+            request = branch_request(context.request, contact.uri, incoming.transport,
                                            contact.target.transport, context.local,
                                            record_route=record_route,
                                            keep_credentials=keep_credentials)
@@ -556,29 +556,6 @@ class Proxy:
             self._table.add(txn)
             self._branches[txn] = branch
             await self._drain(txn, txn.pop_actions(), now)
-
-    def _branch_request(self, original: Request, uri: str, inbound: str, outbound: str,
-                        local: tuple[str, int], *, record_route: bool,
-                        branch: str | None = None, keep_credentials: bool = False) -> Request:
-        request = Request(method=original.method, uri=uri, headers=list(original.headers),
-                          body=original.body)
-        forwards = original.get("max-forwards")
-        hops = int(forwards) - 1 if forwards and forwards.isdigit() else DEFAULT_MAX_FORWARDS
-        request.set("Max-Forwards", str(max(hops, 0)))
-        if not keep_credentials:
-            self._consume_credentials(request)
-        if record_route:
-            request.prepend("Record-Route", make_record_route(local, inbound))
-            if inbound != outbound:
-                request.prepend("Record-Route", make_record_route(local, outbound))
-        request.prepend("Via", make_via(local, outbound, branch))
-        return request
-
-    @staticmethod
-    def _consume_credentials(request: Request) -> None:
-        """Drop the credentials meant for us (RFC 3261 §22.3). No proxy sits between the
-        phones and us, so every Proxy-Authorization line is for our realm."""
-        request.remove("proxy-authorization")
 
     def _local(self, incoming: Incoming) -> tuple[str, int]:
         return self.address or incoming.local
@@ -652,7 +629,7 @@ class Proxy:
             call.deadline = max(call.deadline, now + session_idle_limit(
                 request.get("session-expires")))
         if is_ack or server is None:  # the ACK for a 2xx: end-to-end, forwarded statelessly
-            forwarded = self._branch_request(request, request.uri, incoming.transport,
+            forwarded = branch_request(request, request.uri, incoming.transport,
                                              target.transport, self._local(incoming),
                                              record_route=False, branch=ack_branch(request),
                                              keep_credentials=call.keep_credentials)
