@@ -537,9 +537,9 @@ class Proxy:
                     keep_credentials: bool = False) -> None:
         for contact in contacts:
             request = branch_request(context.request, contact.uri, incoming.transport,
-                                           contact.target.transport, context.local,
-                                           record_route=record_route,
-                                           keep_credentials=keep_credentials)
+                                     contact.target.transport, context.local,
+                                     record_route=record_route,
+                                     keep_credentials=keep_credentials)
             if (context.caller is not None and not context.caller.media) or keep_credentials:
                 request.remove("x-leg-id")  # only we name legs towards a media worker
             for name, value in headers:
