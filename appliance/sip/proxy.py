@@ -36,12 +36,10 @@ best final chosen once every branch has one, the other branches CANCELled after 
 C (3 min, reset by each provisional) and the reaping of cancelled branches are in
 ``sip.cancel``.
 
-In-dialog requests (a To tag) were authenticated when their dialog was created: they are
-forwarded without a challenge when they belong to a call we proxied (else 481, so the proxy is
-no open relay), after popping our own Route entries (loose routing; a strict-routing phone's
-Request-URI that is our Record-Route is replaced by the last Route, §16.4). They are sent to
-the far side's NAT address remembered from the dialog. The ACK for a 2xx is forwarded
-statelessly; the ACK for a non-2xx is absorbed by our server transaction.
+In-dialog requests (a To tag) go to ``sip.in_dialog``: forwarded without a challenge when
+they belong to a call we proxied (else 481), by loose routing, to the far side's NAT address;
+the BYE of the answered dialog ends the call. The ACK for a non-2xx is absorbed by our server
+transaction.
 
 CDRs (``CallLog``) and SMS rows (``MessageLog``): what is written when is in ``sip.records``.
 SIP MESSAGE between Clients is authenticated and routed like INVITE and forked with
@@ -63,14 +61,11 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from appliance.models import CallStatus
 from appliance.sip.cancel import Cancels
 from appliance.sip.deadlines import Deadlines
 from appliance.sip.dialogs import (
-    LINGER,
     Call,
     CallKey,
-    session_idle_limit,
 )
 from appliance.sip.digest import Algorithm, Nonces
 from appliance.sip.errors import SipError, SipStateError
@@ -81,7 +76,6 @@ from appliance.sip.forwarding import (
     Branch,
     Context,
     Late,
-    ack_branch,
     branch_request,
     describe,
     local_response,
@@ -92,6 +86,7 @@ from appliance.sip.forwarding import (
 )
 from appliance.sip.guard import Guard
 from appliance.sip.headers import NameAddr
+from appliance.sip.in_dialog import InDialog
 from appliance.sip.memory import BurstTrimmer, compact
 from appliance.sip.message import (
     Header,
@@ -113,12 +108,10 @@ from appliance.sip.proxy_ports import (
     Refuse,
     Router,
 )
-from appliance.sip.records import cdr, cdr_open, record_refusal
+from appliance.sip.records import cdr_open, record_refusal
 from appliance.sip.responses import Responses
 from appliance.sip.routeset import (
-    pop_own_routes,
     remaining_foreign_route,
-    remaining_route_target,
 )
 from appliance.sip.transaction import (
     Deliver,
@@ -231,6 +224,12 @@ class Proxy:
         self._cancels = Cancels(table=self._table, responses=self._responses,
                                 contexts=self._contexts, server=self._server, reply=self._reply,
                                 forget=self._forget)
+        # In-dialog requests and the calls they belong to (sip.in_dialog).
+        self._in_dialog = InDialog(sender=sender, deadlines=self._deadlines, calls=calls,
+                                   contexts=self._contexts, live_calls=self._live_calls,
+                                   addresses=self._locals, local_hosts=local_hosts,
+                                   source=self._source, local=self._local, reply=self._reply,
+                                   fork=self._fork)
         self._wake = asyncio.Event()
         self._overloaded = False
         # MESSAGEs the appliance itself sends (an SMS delivered to a Client): their client
@@ -293,7 +292,7 @@ class Proxy:
                 if key.deadline > now:
                     self._deadlines.arm(key)
                     continue
-                await self._expire_call(key, now)
+                await self._in_dialog.expire_call(key, now)
             else:
                 branch = self._branches.get(key)
                 if branch is None or branch.deadline is None:
@@ -384,7 +383,7 @@ class Proxy:
                 txn.receive(request, now)
                 await self._drain(txn, txn.pop_actions(), now)
             else:
-                await self._in_dialog(incoming, request, now)
+                await self._in_dialog.forward(incoming, request, now)
             return
         txn = self._table.match_request(request)
         if txn is not None:  # a retransmission
@@ -409,7 +408,7 @@ class Proxy:
                               headers=[("Unsupported", ", ".join(unsupported))])
             return
         if request.to.tag is not None:
-            await self._in_dialog(incoming, request, now, server=server)
+            await self._in_dialog.forward(incoming, request, now, server=server)
         elif request.method in DIALOG_ONLY:
             await self._reply(server, 481, now=now)
         elif request.method not in ROUTED:
@@ -601,82 +600,6 @@ class Proxy:
                 return status
         return status
 
-    # --- in-dialog requests ----------------------------------------------------------------
-
-    async def _in_dialog(self, incoming: Incoming, request: Request, now: float,
-                         server: ServerTransaction | None = None) -> None:
-        is_ack = request.method == "ACK"
-        if is_ack and self._source(incoming, request) is None:
-            return
-        if is_ack and max_forwards_status(request) is not None:
-            return  # an ACK gets no response; a looping one just stops here
-        pop_own_routes(request, self._locals, self._local_hosts)
-        found = self._find_call(request)
-        if found is None:
-            if server is not None:
-                await self._reply(server, 481, now=now)
-            return
-        call, towards_callee = found
-        target = remaining_route_target(request)
-        if target is None:
-            to_tag = request.to.tag or ""
-            target = call.callee(to_tag) if towards_callee else call.caller
-        if target is None:
-            if server is not None:
-                await self._reply(server, 481, now=now)
-            return
-        if call.answered and not call.ended:
-            call.deadline = max(call.deadline, now + session_idle_limit(
-                request.get("session-expires")))
-        if is_ack or server is None:  # the ACK for a 2xx: end-to-end, forwarded statelessly
-            forwarded = branch_request(request, request.uri, incoming.transport,
-                                             target.transport, self._local(incoming),
-                                             record_route=False, branch=ack_branch(request),
-                                             keep_credentials=call.keep_credentials)
-            self._sender.send(forwarded, target)
-            return
-        source = server.peer
-        if source is None:
-            return
-        context = Context(request=request, server=server, source=source,
-                          local=self._local(incoming))
-        self._contexts[server] = context
-        await self._fork(context, [Contact(request.uri, target)], incoming, now,
-                         record_route=False, keep_credentials=call.keep_credentials)
-        if request.method == "BYE":
-            await self._bye(call, request, now)
-
-    async def _bye(self, call: Call, request: Request, now: float) -> None:
-        tags = {request.from_.tag, request.to.tag}
-        if not call.answered or call.ended or call.primary_tag not in tags:
-            return
-        call.ended = True
-        call.deadline = now + LINGER
-        self._deadlines.arm(call)
-        logger.info("- call %s ended by BYE from %s", call.call_id, user_of(request.from_))
-        if call.cdr_sid:
-            await cdr(self._calls.ended, call.cdr_sid, CallStatus.COMPLETED)
-
-    def _find_call(self, request: Request) -> tuple[Call, bool] | None:
-        """The call REQUEST belongs to, and whether it travels towards the callee."""
-        call_id = request.call_id or ""
-        from_tag, to_tag = request.from_.tag or "", request.to.tag or ""
-        call = self._live_calls.get((call_id, from_tag))
-        if call is not None:
-            return call, True
-        call = self._live_calls.get((call_id, to_tag))
-        if call is not None:
-            return call, False
-        return None
-
-    async def _expire_call(self, call: Call, now: float) -> None:
-        self._live_calls.pop(call.key, None)
-        if call.answered and not call.ended:
-            call.ended = True
-            logger.warning("x call %s closed without a BYE after its idle limit", call.call_id)
-            if call.cdr_sid:
-                await cdr(self._calls.ended, call.cdr_sid, CallStatus.COMPLETED)
-
     # --- transactions and sending -----------------------------------------------------------
 
     async def _drain(self, txn: Transaction, actions: list[Any], now: float) -> None:
@@ -724,7 +647,7 @@ class Proxy:
             incoming = Incoming(message, peer.transport if peer else "udp",
                                 (peer.host, peer.port) if peer else ("", 0), local,
                                 peer.connection_id if peer else None)
-            await self._in_dialog(incoming, message, now)
+            await self._in_dialog.forward(incoming, message, now)
 
     def _forget(self, txn: Transaction) -> None:
         future = self._originated.pop(txn, None)
