@@ -187,7 +187,8 @@ class Appliance:
         # SMS <-> Clients: a Client's MESSAGE to a number goes out by the modem; an SMS for a
         # number whose SmsUrl is client:<login> reaches that Client's phones.
         self.router.outbound_sms = sms_gateway(self.messaging.send_from_client)
-        self.messaging.client_messenger = ClientMessenger(self.router, self.proxy.send_message,
+        self.messaging.client_messenger = ClientMessenger(self.router,
+                                                          self.proxy.messenger.send_message,
                                                           self.wall_clock)
         self.sip_directory.on_registered.append(lambda _login: self.messaging.client_registered())
         self.trunk = Trunk(self.transport, clock=self.wall_clock,

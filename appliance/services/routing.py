@@ -220,7 +220,7 @@ class ClientMessenger:
     def __init__(self, router: ClientRouter, send: Callable[..., Awaitable[int]],
                  clock: Callable[[], float]) -> None:
         self._router = router
-        self._send = send  # Proxy.send_message
+        self._send = send  # sip.messenger.Messenger.send_message
         self._clock = clock
 
     async def deliver(self, login: str, from_: str, body: str) -> int | None:

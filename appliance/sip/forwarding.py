@@ -4,8 +4,9 @@ A ``Context`` is one proxied request: its server transaction, where responses to
 a ``Branch`` per contact it was forked to (the request as forwarded, its client transaction,
 its Timer C or reaping deadline, ``TIMER_C`` and ``REAP_AFTER``, and whether it was
 cancelled). ``Late`` is what an answered INVITE branch still needs once its request is over:
-a 2xx retransmission goes to the caller. ``Reply`` is the proxy's way of answering a request,
-as its collaborators are handed it.
+a 2xx retransmission goes to the caller. ``Reply`` and ``Drain`` are the proxy's ways of
+answering a request and of running a transaction's actions, as its collaborators are handed
+them.
 
 The helpers make what a forwarded hop carries: the request as sent to one contact
 (``branch_request``: Max-Forwards minus one, our realm's credentials consumed,
@@ -25,16 +26,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 from appliance.sip.dialogs import Call
 from appliance.sip.errors import SipParseError
 from appliance.sip.headers import NameAddr
 from appliance.sip.message import Request, Response, make_response
 from appliance.sip.proxy_ports import Caller
-from appliance.sip.transaction import ClientTransaction, ServerTransaction, stub
+from appliance.sip.transaction import ClientTransaction, ServerTransaction, Transaction, stub
 from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import Target
 
@@ -81,6 +82,10 @@ class Context:
     branches: list[Branch] = field(default_factory=list)
     final_sent: bool = False
     cancelled: bool = False  # the caller sent CANCEL
+
+
+# The proxy's ``_drain``: run a transaction's actions (send, deliver, time out, forget).
+Drain: TypeAlias = Callable[[Transaction, list[Any], float], Awaitable[None]]
 
 
 class Reply(Protocol):

@@ -43,7 +43,8 @@ transaction.
 
 CDRs (``CallLog``) and SMS rows (``MessageLog``): what is written when is in ``sip.records``.
 SIP MESSAGE between Clients is authenticated and routed like INVITE and forked with
-non-INVITE client transactions. TODO(SMS issue): store-and-forward — a MESSAGE to a Client
+non-INVITE client transactions; the appliance's own MESSAGEs (an SMS delivered to a Client)
+are sent by ``sip.messenger``. TODO(SMS issue): store-and-forward — a MESSAGE to a Client
 that is not registered, or to a number (through the modem), is refused today (480/403)
 instead of queued for later delivery.
 
@@ -70,7 +71,6 @@ from appliance.sip.dialogs import (
 from appliance.sip.digest import Algorithm, Nonces
 from appliance.sip.errors import SipError, SipStateError
 from appliance.sip.forwarding import (
-    DEFAULT_MAX_FORWARDS,
     REAP_AFTER,
     TIMER_C,
     Branch,
@@ -79,7 +79,6 @@ from appliance.sip.forwarding import (
     branch_request,
     describe,
     local_response,
-    make_via,
     tag_for,
     token,
     user_of,
@@ -89,7 +88,6 @@ from appliance.sip.headers import NameAddr
 from appliance.sip.in_dialog import InDialog
 from appliance.sip.memory import BurstTrimmer, compact
 from appliance.sip.message import (
-    Header,
     Request,
     Response,
     make_response,
@@ -97,6 +95,7 @@ from appliance.sip.message import (
     stamp_received,
     unsupported_extensions,
 )
+from appliance.sip.messenger import Messenger
 from appliance.sip.proxy_auth import ProxyAuth
 from appliance.sip.proxy_ports import (
     Answer,
@@ -232,9 +231,12 @@ class Proxy:
                                    fork=self._fork)
         self._wake = asyncio.Event()
         self._overloaded = False
-        # MESSAGEs the appliance itself sends (an SMS delivered to a Client): their client
-        # transactions and the futures that receive the final status.
+        # MESSAGEs the appliance itself sends (an SMS delivered to a Client, sip.messenger):
+        # their client transactions and the futures that receive the final status.
         self._originated: dict[Transaction, asyncio.Future[int]] = {}
+        self.messenger = Messenger(table=self._table, originated=self._originated,
+                                   drain=self._drain, wake=self._wake, address=address,
+                                   realm=realm, clock=clock)
         # (source, request) -> the Caller of a media worker's INVITE, else None (calls service)
         self.media_caller: Callable[[tuple[str, int], Request], Caller | None] | None = None
         # (source, request) -> the Caller of a request from a gateway's provider address
@@ -558,47 +560,6 @@ class Proxy:
 
     def _local(self, incoming: Incoming) -> tuple[str, int]:
         return self.address or incoming.local
-
-    # --- MESSAGEs we originate ---------------------------------------------------------
-
-    async def send_message(self, contacts: Collection[Contact], *, from_user: str,
-                           to_user: str, body: str, within: float = 40.0) -> int:
-        """Send BODY as a SIP MESSAGE to each contact in turn until one accepts it.
-
-        Returns the final status: the first 2xx, else the last failure (408 when nobody
-        answered). Used to deliver an SMS to a Client's phones.
-        """
-        if self.address is None:
-            return 503
-        realm = self._realm()
-        status = 480
-        for contact in contacts:
-            now = self._clock()
-            request = Request(method="MESSAGE", uri=contact.uri, headers=[
-                Header.make("Via", make_via(self.address, contact.target.transport)),
-                Header.make("Max-Forwards", str(DEFAULT_MAX_FORWARDS)),
-                Header.make("From", f"<sip:{from_user}@{realm}>;tag={token()}"),
-                Header.make("To", f"<sip:{to_user}@{realm}>"),
-                Header.make("Call-ID", f"{token()}@{realm}"),
-                Header.make("CSeq", "1 MESSAGE"),
-                Header.make("Content-Type", "text/plain;charset=UTF-8"),
-            ], body=body.encode("utf-8"))
-            txn = client_transaction(request, reliable=contact.target.transport != "udp",
-                                     now=now)
-            future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            self._originated[txn] = future
-            txn.peer = contact.target
-            self._table.add(txn)
-            await self._drain(txn, txn.pop_actions(), now)
-            self._wake.set()
-            try:
-                async with asyncio.timeout(within):
-                    status = await future
-            except TimeoutError:
-                status = 408
-            if 200 <= status < 300:
-                return status
-        return status
 
     # --- transactions and sending -----------------------------------------------------------
 

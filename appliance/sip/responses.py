@@ -28,8 +28,7 @@ responses back here). Not a core module: it logs and writes records.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection
-from typing import Any, TypeAlias
+from collections.abc import Collection
 
 from appliance.sip.deadlines import Deadlines
 from appliance.sip.dialogs import (
@@ -45,6 +44,7 @@ from appliance.sip.forwarding import (
     TIMER_C,
     Branch,
     Context,
+    Drain,
     Late,
     LocalResponse,
     local_response,
@@ -69,9 +69,6 @@ from appliance.sip.wire import Sender, Target
 
 # The proxy's log lines keep the proxy's logger name: moving code between modules changes no log.
 logger = logging.getLogger("appliance.sip.proxy")
-
-# The proxy's ``_drain``: run a transaction's actions (send, deliver, time out, forget).
-Drain: TypeAlias = Callable[[Transaction, list[Any], float], Awaitable[None]]
 
 
 class Responses:

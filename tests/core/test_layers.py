@@ -38,6 +38,7 @@ PROXY_PARTS = {
     "appliance.sip.proxy_ports", "appliance.sip.forwarding", "appliance.sip.routeset",
     "appliance.sip.records", "appliance.sip.proxy_auth", "appliance.sip.deadlines",
     "appliance.sip.responses", "appliance.sip.cancel", "appliance.sip.in_dialog",
+    "appliance.sip.messenger",
 }
 ROOTS = {"appliance.app", "appliance.cli", "appliance.__main__",
          "appliance.media.worker.__main__"}
