@@ -5,7 +5,9 @@ response, to ``Proxy.handle``. The proxy keeps its own ``TransactionTable``: a s
 transaction for each request it handles, a client transaction for each branch it forwards,
 and feeds them ``now`` from the clock it was given. ``run()`` wakes it for the transactions'
 timers, Timer C and dialog clean-up (``get_timer``/``handle_timer`` do the same for tests);
-the branch and call deadlines are kept in a heap, ``sip.deadlines``.
+the branch and call deadlines are kept in a heap, ``sip.deadlines``. The proxy owns its tables
+(requests in flight, branches, calls); the parts split off it are collaborators it owns and
+hands the very same dicts to, which is why ``_shrink`` compacts them in place.
 
 A new out-of-dialog request goes through, in order:
 
@@ -25,10 +27,11 @@ A new out-of-dialog request goes through, in order:
 
 Forking is parallel, to at most ``MAX_BRANCHES`` contacts. Each branch keeps the contact URI
 as Request-URI but is *sent* to the binding's source address and TCP connection (phones
-behind NAT only accept requests there). Every branch gets our Via (fresh ``z9hG4bK`` branch),
-Max-Forwards minus one, and an INVITE gets ``Record-Route: <sip:host:port;lr;transport=x>``
-(two when the transport changes between the legs, RFC 5658), so that in-dialog requests come
-back through us. Credentials for our realm are consumed (RFC 3261 §22.3).
+behind NAT only accept requests there). Every branch (``forwarding.branch_request``) gets our
+Via (fresh ``z9hG4bK`` branch), Max-Forwards minus one, and an INVITE gets ``Record-Route:
+<sip:host:port;lr;transport=x>`` (two when the transport changes between the legs, RFC 5658),
+so that in-dialog requests come back through us. Credentials for our realm are consumed (RFC
+3261 §22.3).
 
 Responses go to ``sip.responses``: what each branch's responses do (forwarded, absorbed, the
 best final chosen once every branch has one, the other branches CANCELled after a 2xx or a
@@ -64,10 +67,7 @@ from typing import Any
 
 from appliance.sip.cancel import Cancels
 from appliance.sip.deadlines import Deadlines
-from appliance.sip.dialogs import (
-    Call,
-    CallKey,
-)
+from appliance.sip.dialogs import Call, CallKey
 from appliance.sip.digest import Algorithm, Nonces
 from appliance.sip.errors import SipError, SipStateError
 from appliance.sip.forwarding import (
@@ -109,9 +109,7 @@ from appliance.sip.proxy_ports import (
 )
 from appliance.sip.records import cdr_open, record_refusal
 from appliance.sip.responses import Responses
-from appliance.sip.routeset import (
-    remaining_foreign_route,
-)
+from appliance.sip.routeset import remaining_foreign_route
 from appliance.sip.transaction import (
     Deliver,
     InviteClientTransaction,
