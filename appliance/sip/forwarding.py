@@ -2,9 +2,9 @@
 
 A ``Context`` is one proxied request: its server transaction, where responses to it go, and
 a ``Branch`` per contact it was forked to (the request as forwarded, its client transaction,
-its Timer C or reaping deadline, ``TIMER_C`` and ``REAP_AFTER``, and whether it was
-cancelled). ``Late`` is what an answered INVITE branch still needs once its request is over:
-a 2xx retransmission goes to the caller. ``Reply`` and ``Drain`` are the proxy's ways of
+its deadline: Timer C, ``TIMER_C``, or reaping once cancelled, ``REAP_AFTER``; and whether it
+was cancelled). ``Late`` is what an answered INVITE branch still needs once its request is
+over: a 2xx retransmission goes to the caller. ``Reply`` and ``Drain`` are the proxy's ways of
 answering a request and of running a transaction's actions, as its collaborators are handed
 them.
 

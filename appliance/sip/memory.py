@@ -9,7 +9,8 @@ after a trim is what long-lived objects (bindings, caches) pin down in partly us
 
 ``BurstTrimmer`` decides when: after the number of live items it is told about has risen
 past ``threshold`` and then fallen below ``fraction`` of its peak. It costs a few
-milliseconds each time, a few times per burst at most.
+milliseconds each time, a few times per burst at most. Before it trims, the owner shrinks its
+big dicts, in place where others hold them too (``compact``).
 """
 
 from __future__ import annotations
