@@ -257,7 +257,10 @@ class Responses:
         if forwarded is None:
             return
         if server.terminated:
-            if 200 <= forwarded.status < 300:  # a late 2xx: still end-to-end, send it
+            # A late 2xx to an INVITE is still end to end: send it. A second final to a
+            # non-INVITE (another phone of a forked MESSAGE, after a TCP server transaction
+            # ended with the first) stays here (RFC 3261 §16.7 step 5).
+            if 200 <= forwarded.status < 300 and method == "INVITE":
                 self._sender.send(forwarded, source)
             return
         try:

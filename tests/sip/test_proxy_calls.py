@@ -198,6 +198,25 @@ async def test_message_is_relayed_to_every_contact_and_recorded_sent() -> None:
     assert row.account_sid == h.directory.users["alice"].account_sid
 
 
+async def test_a_second_final_to_a_forked_message_stays_with_the_proxy() -> None:
+    # Over TCP the server transaction ends with its final response (Timer J is 0): a 200
+    # from the other phone afterwards must not reach the caller (RFC 3261 §16.7 step 5 has
+    # only the first final to a non-INVITE forwarded; only an INVITE's 2xx goes end to end).
+    h = Harness()
+    alice = h.phone("alice", "192.168.1.10", ALICE_SRC, transport="tcp", connection_id="c-a")
+    bob = h.phone("bob", "192.168.1.20", BOB_SRC)
+    bob2 = h.phone("bob", "192.168.1.21", ("203.0.113.21", 42000))
+    await h.authenticated(alice, "MESSAGE", "bob", body=b"hi")
+    [(first, _), (second, _)] = h.sender.requests("MESSAGE")
+    h.sender.take()
+    await h.send(bob, bob.answer(first, 200, to_tag="m1"))
+    await h.tick(0.5)
+    await h.send(bob2, bob2.answer(second, 200, to_tag="m2"))
+    assert [r.get("to") for r, _ in h.sender.responses()] == [
+        f"<sip:bob@{REALM}>;tag=m1"]
+    assert [row.status for row in h.store.sms] == ["sent"]
+
+
 async def test_message_failure_is_recorded_with_its_status() -> None:
     h, alice, bob = setup()
     await h.authenticated(alice, "MESSAGE", "bob", body=b"hi")
