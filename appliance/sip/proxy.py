@@ -139,7 +139,7 @@ MAX_CONTEXTS = 500  # proxied requests in flight (each holds up to MAX_BRANCHES 
 MAX_TRANSACTIONS = 40_000  # server + client transactions, CANCEL/481 absorbers included
 MAX_CALLS = 15_000  # calls and dialogs tracked for routing in-dialog requests and for CDRs
 MAX_BRANCHES = 10  # parallel forks per request: the registrar's max contacts per AoR
-IN_DIALOG_RESERVE = 0.1  # of MAX_TRANSACTIONS, kept for in-dialog requests (a BYE must pass)
+IN_DIALOG_RESERVE = 0.1  # of MAX_TRANSACTIONS, kept for in-dialog requests and CANCELs
 MAX_LOCAL_ADDRESSES = 64  # our own addresses seen in Incoming.local (interfaces, not peers)
 
 ROUTED = frozenset({"INVITE", "MESSAGE", "OPTIONS"})
@@ -418,10 +418,11 @@ class Proxy:
 
     def _transaction_cap(self, request: Request) -> int:
         """How full the table may be for REQUEST to be let in. New requests leave the last
-        IN_DIALOG_RESERVE of it to in-dialog ones (with a To tag: BYE, re-INVITE, ...): when
-        finished calls fill the table under load, the calls in progress can still end, and
-        their CDRs close at the right time instead of at the idle limit."""
-        if request.to.tag is not None:
+        IN_DIALOG_RESERVE of it to in-dialog ones (with a To tag: BYE, re-INVITE, ...) and to
+        CANCELs: when finished calls fill the table under load, the calls in progress can
+        still end, ringing ones be hung up, and their CDRs close at the right time instead
+        of at the idle limit."""
+        if request.to.tag is not None or request.method == "CANCEL":
             return self.max_transactions
         return self.max_transactions - max(1, int(self.max_transactions * IN_DIALOG_RESERVE))
 

@@ -298,6 +298,28 @@ async def test_a_second_2xx_is_forwarded_too() -> None:
     assert [r.to.tag for r, _ in h.sender.responses(200)] == ["b1", "b2"]
 
 
+async def test_a_cancel_may_use_the_reserve_kept_for_in_dialog_requests() -> None:
+    # With the table full for new requests, the caller can still hang up a ringing call:
+    # a CANCEL ends a transaction, like the BYE the reserve is kept for.
+    h, alice, bob = setup()
+    invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(to_bob, _)] = h.sender.requests("INVITE")
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b1"))
+    h.proxy.max_transactions = h.proxy.transactions + 1  # the last one kept in reserve
+    h.sender.take()
+    message = alice.request("MESSAGE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>",
+                            call_id="m", from_tag="t", body=b"hi")
+    await h.send(alice, message)
+    assert [r.status for r, _ in h.sender.responses()] == [503]  # a new request: refused
+    h.sender.take()
+    cancel = alice.request("CANCEL", invite.uri, to=invite.get("to") or "",
+                           call_id=invite.call_id or "", from_tag="caller-tag",
+                           cseq=invite.cseq.number, branch=invite.top_via.branch)  # type: ignore[union-attr]
+    await h.send(alice, cancel)
+    assert [(r.status, r.cseq.method) for r, _ in h.sender.responses()] == [(200, "CANCEL")]
+    assert len(h.sender.requests("CANCEL")) == 1
+
+
 async def test_caller_cancel_gets_200_cancels_branches_and_relays_487() -> None:
     h, alice, bob = setup()
     invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
