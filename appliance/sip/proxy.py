@@ -497,6 +497,8 @@ class Proxy:
                         decision.status)
             await self._reply(server, decision.status, decision.reason, now=now)
             return
+        if not isinstance(decision, Refuse) and not decision.contacts:
+            decision = Refuse(480)  # a route to nobody: the caller still gets a final
         if isinstance(decision, Refuse):
             context.callee = user_of(NameAddr(request.uri)) or request.uri
             logger.info("x %s %s -> %s: %d %s", request.method, caller.login, context.callee,

@@ -7,6 +7,7 @@ from appliance.sip.bindings import Origin
 from appliance.sip.forwarding import TIMER_C
 from appliance.sip.headers import DigestCredentials, NameAddr
 from appliance.sip.message import Request, Response
+from appliance.sip.proxy_ports import Caller, Fork
 from appliance.sip.wire import Target
 from tests.sip.proxy_harness import (
     LOCAL,
@@ -249,6 +250,24 @@ async def fork_setup() -> tuple[Harness, Phone, Phone, Phone, Request]:
 def branch_for(h: Harness, target: tuple[str, int]) -> Request:
     [request] = [m for m, t in h.sender.requests("INVITE") if (t.host, t.port) == target]
     return request
+
+
+async def test_a_route_to_no_phone_is_answered_480() -> None:
+    # A router that finds the callee but none of its phones: the caller gets a final
+    # response, and nothing is left in flight.
+    h, alice, _ = setup()
+
+    class NoPhones:
+        def registered(self, login: str, now: float) -> bool:
+            return True
+
+        async def route(self, request: Request, caller: Caller, now: float) -> Fork:
+            return Fork(callee="bob", contacts=())
+
+    h.proxy._router = NoPhones()  # type: ignore[assignment]
+    await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    assert [r.status for r, _ in h.sender.responses() if r.status >= 200] == [480]
+    assert h.proxy.in_flight == 0 and h.sender.requests("INVITE") == []
 
 
 async def test_fork_to_two_contacts_200_cancels_the_other() -> None:
