@@ -234,10 +234,10 @@ class DigestAuth:
         """Header values for a 401/407: SHA-256 first, then MD5 (RFC 8760 §2.4: many desk
         phones only know MD5 and take the first challenge they understand)."""
         nonce = self.nonces.issue(now)
-        return [
-            format_challenge(self.realm, nonce, algorithm=str(a), stale=stale)
-            for a in self.algorithms
-        ]
+        if '"' in nonce or "\\" in nonce:  # not one of ours (a test's salt): quote it
+            return [format_challenge(self.realm, nonce, algorithm=str(a), stale=stale)
+                    for a in self.algorithms]
+        return [nonce.join(_challenge_template(self.realm, a, stale)) for a in self.algorithms]
 
     def verify(
         self,
@@ -293,6 +293,19 @@ class DigestAuth:
             if not self.counts.accept(nonce, int(nc_text, 16)):
                 return Verdict.REJECTED
         return Verdict.ACCEPTED
+
+
+_NONCE_MARK = '"\x00"'  # a quoted nonce no nonce of ours can be
+
+
+@functools.lru_cache(maxsize=64)
+def _challenge_template(realm: str, algorithm: Algorithm, stale: bool) -> tuple[str, str]:
+    """A challenge's value for REALM, ALGORITHM and STALE, split where its nonce goes:
+    ``nonce.join(template)`` is ``format_challenge`` with that nonce (one without quotes
+    or backslashes). The last mark is the nonce's: only fixed text comes after it."""
+    before, _, after = format_challenge(realm, _NONCE_MARK[1:-1], algorithm=str(algorithm),
+                                        stale=stale).rpartition(_NONCE_MARK)
+    return before + '"', '"' + after
 
 
 @functools.lru_cache(maxsize=16)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.sip.digest import (
     HEADERS,
@@ -16,7 +18,7 @@ from appliance.sip.digest import (
     compute_response,
     make_ha1,
 )
-from appliance.sip.headers import DigestCredentials
+from appliance.sip.headers import DigestCredentials, format_challenge
 from appliance.sip.message import Request
 
 REALM = "pbx.example.com"
@@ -232,6 +234,28 @@ def test_challenges_sha256_first_and_stale(auth: DigestAuth) -> None:
     assert parsed.params["stale"] == "true" and parsed.params["qop"] == "auth"
     assert auth.nonces.check(parsed.params["nonce"], 0) is NonceStatus.VALID
     assert "stale" not in DigestCredentials.parse(auth.challenges(0)[1]).params
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.sampled_from(list('ab."\\\x00 ,=')), max_size=8),
+       st.sampled_from(["", '"', "\\", "\x00", '"\x00"']), st.booleans())
+def test_challenges_are_format_challenge_with_the_nonce(realm: str, salt_extra: str,
+                                                        stale: bool) -> None:
+    # The challenge values are built from cached templates: each must be exactly what
+    # format_challenge gives for the nonce issued, whatever the realm and the salt.
+    nonces = Nonces(SECRET)
+    issued: list[str] = []
+    real_issue = nonces.issue
+
+    def issue(now: float, *, salt: str | None = None) -> str:
+        issued.append(real_issue(now, salt=f"s{salt_extra}"))
+        return issued[-1]
+
+    nonces.issue = issue  # type: ignore[method-assign]
+    auth = DigestAuth(realm, nonces, (Algorithm.MD5, Algorithm.SHA256_SESS))
+    values = auth.challenges(7.0, stale=stale)
+    assert values == [format_challenge(realm, issued[0], algorithm=a, stale=stale)
+                      for a in ("MD5", "SHA-256-sess")]
 
 
 def test_proxy_authorization_flow(auth: DigestAuth) -> None:
