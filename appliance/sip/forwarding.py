@@ -33,9 +33,10 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 from appliance.sip.dialogs import Call
 from appliance.sip.errors import SipParseError
 from appliance.sip.headers import NameAddr
+from appliance.sip.hop import stub
 from appliance.sip.message import Request, Response, make_response
 from appliance.sip.proxy_ports import Caller
-from appliance.sip.transaction import ClientTransaction, ServerTransaction, Transaction, stub
+from appliance.sip.transaction import ClientTransaction, ServerTransaction, Transaction
 from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import Target
 

@@ -315,7 +315,7 @@ class Request(Message):
     method: str = ""
     uri: str = ""
     version: str = VERSION
-    # transaction.server_key's cache: the top Via it was computed from, and the key.
+    # transaction_keys.server_key's cache: the top Via it was computed from, and the key.
     _server_key: tuple[Any, tuple[str, ...]] | None = field(default=None, repr=False,
                                                             compare=False, init=False)
 

@@ -37,7 +37,7 @@ from typing import NamedTuple
 from appliance.sip.errors import SipParseError
 from appliance.sip.headers import MAGIC_COOKIE, unreachable
 from appliance.sip.message import REASONS, Request
-from appliance.sip.transaction import TransactionKey, rfc3261_key
+from appliance.sip.transaction_keys import TransactionKey, rfc3261_key
 
 # Headers a REGISTER may carry that the registrar never reads and the reply does not echo
 # (User-Agent is read: it is shown with the registration in the API).
@@ -105,7 +105,7 @@ class PlainRegister(NamedTuple):
     """A REGISTER of the common shape (see the module docstring), as read from its bytes."""
 
     fields: RegisterFields
-    key: TransactionKey  # its server transaction key (transaction.server_key)
+    key: TransactionKey  # its server transaction key (transaction_keys.server_key)
     head: bytes  # the stamped Via, From, To-up-to-the-tag, as the reply copies them
     tail: bytes  # Call-ID and CSeq lines of the reply
 

@@ -51,6 +51,7 @@ from appliance.sip.forwarding import (
     strip_top_via,
     trim,
 )
+from appliance.sip.hop import make_cancel
 from appliance.sip.message import Response
 from appliance.sip.proxy_ports import CallLog, MessageLog
 from appliance.sip.records import cdr, record_message
@@ -63,7 +64,6 @@ from appliance.sip.transaction import (
     TransactionTable,
     Transmit,
     client_transaction,
-    make_cancel,
 )
 from appliance.sip.wire import Sender, Target
 

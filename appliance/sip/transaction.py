@@ -25,6 +25,9 @@ build a message from (``stub``): an INVITE client in Completed ACKs a retransmit
 (``keep_request=False`` when the TU never does, as a proxy). Anything else keeps no request at
 all: ``request`` is then a bare request of its method (read from its key), made when asked
 for. ``TransactionTable`` keeps their timers in a heap, with no dict per transaction.
+
+Their keys are in ``sip.transaction_keys``, the messages they build (``stub``, ``make_trying``,
+``make_ack``) in ``sip.hop``.
 """
 
 from __future__ import annotations
@@ -32,14 +35,14 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-import sys
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from appliance.sip.errors import SipParseError, SipStateError
-from appliance.sip.headers import MAGIC_COOKIE
-from appliance.sip.message import Request, Response, make_response
+from appliance.sip.errors import SipStateError
+from appliance.sip.hop import STUB_HEADERS, make_ack, make_trying, stub
+from appliance.sip.message import Request, Response
+from appliance.sip.transaction_keys import TransactionKey, client_key, server_key
 from appliance.sip.wire import Target
 
 T1 = 0.5  # RTT estimate (RFC 3261 §17.1.1.1)
@@ -143,11 +146,6 @@ class SentResponse(Response):
 Action = Transmit | Deliver | TimedOut | Terminated
 Msg = Request | Response | None
 Table = dict[tuple[State, Input], State]
-TransactionKey = tuple[str, ...]
-
-
-# The headers ``_hop_copy`` (an ACK or a CANCEL) and ``make_response`` read.
-STUB_HEADERS = frozenset({"via", "max-forwards", "route", "from", "to", "call-id", "cseq"})
 
 
 def _transmit(message: Request | Response) -> Transmit:
@@ -158,52 +156,6 @@ def response_input(status: int) -> Input:
     if status < 200:
         return Input.PROVISIONAL
     return Input.SUCCESS if status < 300 else Input.FAILURE
-
-
-def rfc3261_key(branch: str, host: str, port: int | None, method: str) -> TransactionKey:
-    """The server transaction key of a request whose top Via has an RFC 3261 BRANCH (the
-    magic cookie) and sent-by HOST:PORT (``server_key``; the REGISTER quick path builds it
-    from the bytes)."""
-    # sent-by interned (mortal strings: freed with the last key that uses them), like the
-    # methods in the keys: a phone's transactions all share one copy instead of one per key.
-    return ("3261", branch, sys.intern(f"{host.lower()}:{port or ''}"), method)
-
-
-def server_key(request: Request) -> TransactionKey:
-    """RFC 3261 §17.2.3: which server transaction REQUEST belongs to.
-
-    ACK maps to its INVITE; CANCEL keeps its own method and so its own transaction.
-    Without the magic cookie we fall back to the RFC 2543 rule (Request-URI, From tag,
-    Call-ID, CSeq number and top Via), as pjsip does.
-    """
-    top = request.top_via
-    if top is None:
-        raise SipParseError("request without Via")
-    method = "INVITE" if request.method == "ACK" else sys.intern(request.method)
-    branch = top.branch
-    if branch and branch.startswith(MAGIC_COOKIE):
-        # Cached on the request with the Via object it came from: the table lookup and the
-        # new transaction both need it. Nothing edits a Via's branch or sent-by in place
-        # (stamp_received only adds received/rport, which the key does not use).
-        cached = request._server_key
-        if cached is not None and cached[0] is top and cached[1][3] == method:
-            return cached[1]
-        key = rfc3261_key(branch, top.host, top.port, method)
-        request._server_key = (top, key)
-        return key
-    cseq = request.cseq
-    return (
-        "2543", request.uri, request.from_.tag or "", request.call_id or "",
-        str(cseq.number), str(top), method,
-    )
-
-
-def client_key(message: Request | Response) -> TransactionKey:
-    """RFC 3261 §17.1.3: top Via branch + CSeq method."""
-    top = message.top_via
-    if top is None or not top.branch:
-        raise SipParseError("no branch in the top Via")
-    return (top.branch, sys.intern(message.cseq.method))
 
 
 @dataclass
@@ -656,42 +608,6 @@ def client_transaction(
 ) -> ClientTransaction:
     cls = InviteClientTransaction if request.method == "INVITE" else NonInviteClientTransaction
     return cls(request, reliable=reliable, now=now, timers=timers)
-
-
-# --- messages the transaction layer builds itself --------------------------------------
-
-
-def stub(request: Request, keep: Collection[str] = STUB_HEADERS) -> Request:
-    """REQUEST's method and URI with only its KEEP headers (shared, not copied), no body."""
-    return Request(method=request.method, uri=request.uri, version=request.version,
-                   headers=[h for h in request.headers if h.name in keep])
-
-
-def make_trying(request: Request) -> Response:
-    return make_response(request, 100)
-
-
-def _hop_copy(request: Request, method: str, to: str) -> Request:
-    msg = Request(method=method, uri=request.uri)
-    msg.add("Via", request.values("via")[0])
-    msg.add("Max-Forwards", request.get("max-forwards") or "70")
-    for route in request.get_all("route"):
-        msg.add("Route", route)
-    msg.add("From", request.get("from") or "")
-    msg.add("To", to)
-    msg.add("Call-ID", request.call_id or "")
-    msg.add("CSeq", f"{request.cseq.number} {method}")
-    return msg
-
-
-def make_ack(invite: Request, response: Response) -> Request:
-    """The hop-by-hop ACK for a non-2xx final response (RFC 3261 §17.1.1.3)."""
-    return _hop_copy(invite, "ACK", response.get("to") or "")
-
-
-def make_cancel(invite: Request) -> Request:
-    """CANCEL for a pending INVITE (RFC 3261 §9.1): same Request-URI, top Via and CSeq number."""
-    return _hop_copy(invite, "CANCEL", invite.get("to") or "")
 
 
 # --- the table the transport keeps ------------------------------------------------------

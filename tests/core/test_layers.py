@@ -21,7 +21,7 @@ CORE = {
     "appliance.sip.bindings", "appliance.sip.guard", "appliance.sip.errors",
     "appliance.sip.wire", "appliance.sip.dialogs", "appliance.sip.register_view",
     "appliance.sip.proxy_ports", "appliance.sip.forwarding", "appliance.sip.routeset",
-    "appliance.sip.deadlines",
+    "appliance.sip.deadlines", "appliance.sip.transaction_keys", "appliance.sip.hop",
     "appliance.gsm.pdu", "appliance.gsm.at", "appliance.gsm.urc", "appliance.gsm.alphabet",
     "appliance.gsm.errors", "appliance.gsm.state",
     "appliance.rcml.verbs", "appliance.rcml.parse", "appliance.rcml.interpreter",
@@ -40,6 +40,9 @@ PROXY_PARTS = {
     "appliance.sip.responses", "appliance.sip.cancel", "appliance.sip.in_dialog",
     "appliance.sip.messenger",
 }
+# What was split out of sip.transaction, in import order: each imports only those before it.
+TRANSACTION_PARTS = ["appliance.sip.transaction_keys", "appliance.sip.hop",
+                     "appliance.sip.transaction"]
 ROOTS = {"appliance.app", "appliance.cli", "appliance.__main__",
          "appliance.media.worker.__main__"}
 WORKER = "appliance.media.worker"
@@ -106,6 +109,14 @@ def test_what_was_split_out_of_the_proxy_does_not_import_it() -> None:
     assert PROXY_PARTS <= MODULES.keys(), sorted(PROXY_PARTS - MODULES.keys())
     bad = sorted(module for module in PROXY_PARTS if "appliance.sip.proxy" in MODULES[module])
     assert not bad, f"{bad} import sip.proxy, which owns them"
+
+
+def test_what_was_split_out_of_the_transactions_imports_only_what_comes_before_it() -> None:
+    assert set(TRANSACTION_PARTS) <= MODULES.keys(), sorted(set(TRANSACTION_PARTS) - MODULES.keys())
+    bad = {module: sorted(MODULES[module] & set(TRANSACTION_PARTS[at:]))
+           for at, module in enumerate(TRANSACTION_PARTS)
+           if MODULES[module] & set(TRANSACTION_PARTS[at:])}
+    assert not bad, f"{bad}: the transaction modules would import each other in a cycle"
 
 
 def test_the_api_talks_to_services_never_to_the_store_or_a_driver() -> None:

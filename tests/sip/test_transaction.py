@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from appliance.sip.errors import SipStateError
+from appliance.sip.hop import make_cancel
 from appliance.sip.message import Request, Response, make_response, parse_message
 from appliance.sip.transaction import (
     T4,
@@ -29,12 +30,10 @@ from appliance.sip.transaction import (
     Transaction,
     TransactionTable,
     Transmit,
-    client_key,
     client_transaction,
-    make_cancel,
-    server_key,
     server_transaction,
 )
+from appliance.sip.transaction_keys import client_key, server_key
 
 ServerTu = Callable[["Link", ServerTransaction, Request], None]
 
