@@ -28,7 +28,8 @@ from collections.abc import Callable
 from appliance.sip.forwarding import Branch, Context, Reply, local_response
 from appliance.sip.message import Request
 from appliance.sip.responses import Responses
-from appliance.sip.transaction import ServerTransaction, State, Transaction, TransactionTable
+from appliance.sip.transaction import ServerTransaction, State, Transaction
+from appliance.sip.transaction_table import TransactionTable
 from appliance.sip.wire import Target
 
 # The proxy's log lines keep the proxy's logger name: moving code between modules changes no log.

@@ -54,10 +54,10 @@ from appliance.sip.transaction import (
     Action,
     ServerTransaction,
     Transaction,
-    TransactionTable,
     Transmit,
     server_transaction,
 )
+from appliance.sip.transaction_table import TransactionTable
 from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import Incoming, MessageHandler, Sender, Target, Targets, reply_target
 

@@ -22,7 +22,8 @@ from collections.abc import Callable, Collection
 from appliance.sip.forwarding import DEFAULT_MAX_FORWARDS, Drain, make_via, token
 from appliance.sip.message import Header, Request
 from appliance.sip.proxy_ports import Contact
-from appliance.sip.transaction import Transaction, TransactionTable, client_transaction
+from appliance.sip.transaction import Transaction, client_transaction
+from appliance.sip.transaction_table import TransactionTable
 
 
 class Messenger:

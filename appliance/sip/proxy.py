@@ -120,10 +120,10 @@ from appliance.sip.transaction import (
     Terminated,
     TimedOut,
     Transaction,
-    TransactionTable,
     Transmit,
     client_transaction,
 )
+from appliance.sip.transaction_table import TransactionTable
 from appliance.sip.wire import Incoming, Sender, Target, Targets
 
 logger = logging.getLogger(__name__)

@@ -61,10 +61,10 @@ from appliance.sip.transaction import (
     ServerTransaction,
     State,
     Transaction,
-    TransactionTable,
     Transmit,
     client_transaction,
 )
+from appliance.sip.transaction_table import TransactionTable
 from appliance.sip.wire import Sender, Target
 
 # The proxy's log lines keep the proxy's logger name: moving code between modules changes no log.

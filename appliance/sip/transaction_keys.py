@@ -6,8 +6,9 @@ cookie); a client transaction by its top Via branch and CSeq method (``client_ke
 ``rfc3261_key`` builds a server key from those parts, as the REGISTER quick path reads them
 from the bytes (``sip.register_view``).
 
-Kept apart from the state machines (``sip.transaction``, each computing its key when created,
-and their ``TransactionTable`` matching messages by key): the quick path needs nothing else.
+Kept apart from the state machines (``sip.transaction``, each computing its key when created)
+and the table matching messages by key (``sip.transaction_table``): both need the keys, and
+the quick path needs nothing else.
 """
 
 from __future__ import annotations

@@ -29,10 +29,10 @@ from appliance.sip.transaction import (
     ClientTransaction,
     Deliver,
     TimedOut,
-    TransactionTable,
     Transmit,
     client_transaction,
 )
+from appliance.sip.transaction_table import TransactionTable
 from appliance.sip.upstream import LocalAddress, State, UpstreamAccount, UpstreamRegistration
 from appliance.sip.wire import Incoming, Sender, Target
 

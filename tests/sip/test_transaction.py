@@ -28,12 +28,12 @@ from appliance.sip.transaction import (
     Terminated,
     TimedOut,
     Transaction,
-    TransactionTable,
     Transmit,
     client_transaction,
     server_transaction,
 )
 from appliance.sip.transaction_keys import client_key, server_key
+from appliance.sip.transaction_table import TransactionTable
 
 ServerTu = Callable[["Link", ServerTransaction, Request], None]
 
