@@ -712,7 +712,7 @@ class Transport:
         except (OSError, TimeoutError) as err:
             dropped = self._connecting.pop(key, [])
             logger.warning("x tcp connect to %s:%d failed (%s); %d message(s) dropped",
-                           *key, err or type(err).__name__, len(dropped))
+                           *key, str(err) or type(err).__name__, len(dropped))
             return
         pending = self._connecting.pop(key, [])
         conn = protocol.conn

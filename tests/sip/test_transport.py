@@ -590,6 +590,23 @@ async def test_tcp_send_opens_a_connection_and_reuses_it(echo: tuple[Transport, 
     transport.send(request, Target("tcp", "127.0.0.1", 9))  # refused: logged, never raised
 
 
+async def test_a_tcp_connect_that_times_out_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    transport = Transport(Echo(), "127.0.0.1", 0, limits=Limits(connect_timeout=0.0))
+    await transport.start()
+    try:
+        request = parse_message(options(transport.port, transport="TCP"))
+        with caplog.at_level("WARNING", logger="appliance.sip.transport"):
+            transport.send(request, Target("tcp", "127.0.0.1", 9))
+            for _ in range(50):
+                if "connect" in caplog.text:
+                    break
+                await asyncio.sleep(0.01)
+        assert "tcp connect to 127.0.0.1:9 failed (TimeoutError); 1 message(s) dropped" \
+            in caplog.text
+    finally:
+        await transport.stop()
+
+
 async def test_same_port_for_udp_and_tcp(echo: tuple[Transport, Echo]) -> None:
     transport, _ = echo
     with socket.socket() as s:
