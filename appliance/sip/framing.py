@@ -3,8 +3,11 @@
 ``StreamFramer.feed(data)`` returns the complete messages (as bytes, for ``parse_message``)
 and keep-alive pings found so far; the rest waits in the buffer. On a stream the header
 block ends at the first blank line and Content-Length is mandatory; a header block or body
-over the limit, or a missing/garbled Content-Length, raises ``FramingError`` and the
-transport must close the connection: once framing is lost, nothing after it can be trusted.
+over the limit, or a missing/garbled Content-Length, raises ``FramingLost`` (a
+``FramingError``) and the transport must close the connection: once framing is lost, nothing
+after it can be trusted. What came before it can: the exception carries the messages framed
+earlier in the same read (to be handled first) and the start of the bytes that could not be
+framed (whose head the transport answers 400 or 513), not the start of the read.
 
 Keep-alives (RFC 5626 §3.5.1): a client pings with CRLFCRLF between messages and the server
 answers with a single CRLF. A lone CRLF (a pong, or the stray CRLFs RFC 3261 §7.5 tells us
@@ -28,6 +31,17 @@ PONG = b"\r\n"
 @dataclass(frozen=True)
 class KeepAlive:
     """A CRLFCRLF ping: answer it with ``PONG``."""
+
+
+class FramingLost(FramingError):
+    """Framing lost partway through a read: FRAMED came complete before the fault, REST is
+    the start of what could not be framed (at most a header block's worth)."""
+
+    def __init__(self, cause: FramingError, framed: list[bytes | KeepAlive], rest: bytes
+                 ) -> None:
+        super().__init__(str(cause))
+        self.framed = framed
+        self.rest = rest
 
 
 def is_keepalive(datagram: bytes) -> bool:
@@ -67,7 +81,11 @@ class StreamFramer:
         self._buffer += data
         out: list[bytes | KeepAlive] = []
         while True:
-            item = self._next()
+            try:
+                item = self._next()
+            except FramingError as err:
+                rest = bytes(self._buffer[: self._max_header + 4])
+                raise FramingLost(err, out, rest) from err
             if item is None:
                 return out
             out.append(item)

@@ -55,8 +55,15 @@ from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.sip.errors import FramingError, SipParseError
-from appliance.sip.framing import MAX_HEADER_BLOCK, PONG, KeepAlive, StreamFramer, is_keepalive
+from appliance.sip.errors import SipParseError
+from appliance.sip.framing import (
+    MAX_HEADER_BLOCK,
+    PONG,
+    FramingLost,
+    KeepAlive,
+    StreamFramer,
+    is_keepalive,
+)
 from appliance.sip.headers import Via, unreachable
 from appliance.sip.message import (
     MAX_MESSAGE,
@@ -564,17 +571,22 @@ class Transport:
         conn.last_activity = asyncio.get_running_loop().time()
         try:
             items = conn.framer.feed(data)
-        except FramingError as err:
-            # Framing is lost: nothing after this point can be trusted. Answer what can be
-            # answered (513 when the head says the message is too big) and close.
-            end = data.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
-            reply = head_reply(data[:end], 513 if "exceeds" in str(err) else 400) \
+        except FramingLost as err:
+            # Framing is lost: nothing after this point can be trusted. The messages before
+            # it are handled; the one it is in is answered if its head can be (513 when the
+            # head says the message is too big), and the connection closes.
+            self._stream_items(conn, err.framed)
+            end = err.rest.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
+            reply = head_reply(err.rest[:end], 513 if "exceeds" in str(err) else 400) \
                 if end > 0 else None
             logger.debug("x tcp %s %s:%d: %s; closing", conn.id, *conn.peer, err)
             if reply is not None:
                 conn.write(bytes(reply))
             conn.close()
             return
+        self._stream_items(conn, items)
+
+    def _stream_items(self, conn: Connection, items: list[bytes | KeepAlive]) -> None:
         for item in items:
             if isinstance(item, KeepAlive):
                 conn.write(PONG)

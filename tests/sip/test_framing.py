@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.sip.errors import FramingError
-from appliance.sip.framing import KeepAlive, StreamFramer, is_keepalive
+from appliance.sip.framing import FramingLost, KeepAlive, StreamFramer, is_keepalive
 from appliance.sip.message import parse_message
 
 DATA = Path(__file__).parents[1] / "data" / "sip"
@@ -73,6 +73,16 @@ def test_any_chunking_gives_the_same_messages(sizes: list[int]) -> None:
 def test_bad_framing(stream: bytes) -> None:
     with pytest.raises(FramingError):
         StreamFramer().feed(stream)
+
+
+def test_framing_lost_keeps_what_came_before_it() -> None:
+    broken = b"OPTIONS sip:y SIP/2.0\r\nCall-ID: bad\r\nContent-Length: x\r\n\r\n"
+    framer = StreamFramer()
+    with pytest.raises(FramingLost) as caught:
+        framer.feed(MESSAGES[0] + b"\r\n\r\n" + broken + MESSAGES[1])
+    assert caught.value.framed == [MESSAGES[0], KeepAlive()]
+    assert caught.value.rest.startswith(broken)
+    assert isinstance(caught.value, FramingError)
 
 
 def test_limits() -> None:

@@ -537,6 +537,25 @@ async def test_tcp_garbled_framing_closes_the_connection(echo: tuple[Transport, 
             assert await reader.read() == b""
 
 
+async def test_tcp_framing_lost_after_a_good_message_answers_both(
+        echo: tuple[Transport, Echo]) -> None:
+    # One read holds a good OPTIONS and then one whose Content-Length is garbled: the good
+    # one is handled and answered, the 400 answers the broken one (its own Call-ID), and
+    # the connection closes.
+    transport, handler = echo
+    good = options(5060, transport="TCP", branch="z9hG4bKgood")
+    broken = options(5060, transport="TCP", branch="z9hG4bKbad").replace(
+        b"Content-Length: 0", b"Content-Length: zero")
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(good + broken)
+        first, second = await read_message(reader), await read_message(reader)
+        assert (status_of(first), status_of(second)) == (200, 400)
+        assert b"Call-ID: t-z9hG4bKgood" in first and b"Call-ID: t-z9hG4bKbad" in second
+        async with asyncio.timeout(WAIT):
+            assert await reader.read() == b""
+    assert [i.message.call_id for i in handler.seen] == ["t-z9hG4bKgood"]
+
+
 async def test_tcp_connections_per_source_are_capped(echo: tuple[Transport, Echo]) -> None:
     transport, _ = echo
     async with contextlib.AsyncExitStack() as stack:
