@@ -222,6 +222,14 @@ class Responses:
                     self.settle(branch)
                 if any(self._branches.get(b.txn) is b for b in context.branches):
                     trim(context)  # a branch still waits for its final: it keeps the context
+                else:
+                    # Nothing reaches the context or its branches any more, but they refer
+                    # to each other (branch.context, context.branches): left as a cycle,
+                    # the whole request (messages, headers) waits for the collector, which
+                    # under load means seconds and megabytes. Every branch is done and the
+                    # final was sent, so a handler still holding the context reads the
+                    # same from an empty list (nothing to cancel, nothing to wait for).
+                    context.branches.clear()
 
     def settle(self, branch: Branch) -> None:
         """BRANCH's request is over: keep for its client transaction only what can still

@@ -3,8 +3,10 @@ compact state, which still answers every retransmission as the full state did.""
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
+from appliance.sip.forwarding import Branch, Context
 from appliance.sip.message import Request, Response
 from appliance.sip.transaction import State
 from appliance.sip.wire import Target
@@ -109,6 +111,36 @@ async def test_a_finished_call_keeps_compact_state_that_still_answers_retransmis
     for _ in range(4):  # Timers K, I (T4), then J, L, M and the call (64·T1)
         await h.tick(10)
     assert (proxy.transactions, proxy.calls, len(proxy._late)) == (0, 0, 0)
+
+
+async def test_a_finished_request_is_freed_at_once_not_left_to_the_collector() -> None:
+    # A request's Context and its Branches refer to each other; left as a cycle once the
+    # request is over, they and the messages they hold would wait for the collector, which
+    # under load runs seconds apart (bench/README.md, "SIP benchmark", fifth round).
+    h, alice, bob = setup()
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds stays in gc.garbage
+    try:
+        call = await start(h, alice)
+        await h.send(bob, bob.answer(call.to_bob, 180, to_tag="b1"))
+        await h.send(bob, bob.answer(call.to_bob, 200, to_tag="b1"))
+        to = f"<sip:bob@{REALM}>;tag=b1"
+        await h.send(alice, alice.request("ACK", bob.contact, to=to, call_id="linger-1",
+                                          from_tag="a1", cseq=call.invite.cseq.number,
+                                          headers=[ROUTE]))
+        await h.send(alice, alice.request("BYE", bob.contact, to=to, call_id="linger-1",
+                                          from_tag="a1", headers=[ROUTE]))
+        [(bye_fwd, _)] = h.sender.requests("BYE")
+        await h.send(bob, bob.answer(bye_fwd, 200))
+        assert h.proxy.in_flight == 0 and h.proxy._branches == {}
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if isinstance(o, Context | Branch)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
 
 
 async def test_a_refused_call_still_acks_a_retransmitted_final_and_absorbs_the_callers_ack(
