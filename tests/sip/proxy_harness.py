@@ -146,6 +146,13 @@ class Phone:
         assert isinstance(message, Request)
         return message
 
+    def cancel(self, invite: Request) -> Request:
+        """This phone's CANCEL of INVITE, which it sent (RFC 3261 §9.1: same branch)."""
+        assert invite.top_via is not None
+        return self.request("CANCEL", invite.uri, to=invite.get("to") or "",
+                            call_id=invite.call_id or "", from_tag=invite.from_.tag or "",
+                            cseq=invite.cseq.number, branch=invite.top_via.branch)
+
     def answer(self, request: Request, status: int, *, to_tag: str | None = None,
                headers: list[tuple[str, str]] | None = None) -> Response:
         """This phone's response to REQUEST (as the proxy forwarded it)."""

@@ -331,9 +331,7 @@ async def test_a_cancel_may_use_the_reserve_kept_for_in_dialog_requests() -> Non
     await h.send(alice, message)
     assert [r.status for r, _ in h.sender.responses()] == [503]  # a new request: refused
     h.sender.take()
-    cancel = alice.request("CANCEL", invite.uri, to=invite.get("to") or "",
-                           call_id=invite.call_id or "", from_tag="caller-tag",
-                           cseq=invite.cseq.number, branch=invite.top_via.branch)  # type: ignore[union-attr]
+    cancel = alice.cancel(invite)
     await h.send(alice, cancel)
     assert [(r.status, r.cseq.method) for r, _ in h.sender.responses()] == [(200, "CANCEL")]
     assert len(h.sender.requests("CANCEL")) == 1
@@ -345,9 +343,7 @@ async def test_caller_cancel_gets_200_cancels_branches_and_relays_487() -> None:
     [(to_bob, _)] = h.sender.requests("INVITE")
     await h.send(bob, bob.answer(to_bob, 180, to_tag="b1"))
     h.sender.take()
-    cancel = alice.request("CANCEL", invite.uri, to=invite.get("to") or "",
-                           call_id=invite.call_id or "", from_tag="caller-tag",
-                           cseq=invite.cseq.number, branch=invite.top_via.branch)  # type: ignore[union-attr]
+    cancel = alice.cancel(invite)
     await h.send(alice, cancel)
     assert [(r.status, r.cseq.method) for r, _ in h.sender.responses()] == [(200, "CANCEL")]
     [(downstream, target)] = h.sender.requests("CANCEL")
@@ -372,9 +368,7 @@ async def test_cancel_before_any_provisional_answers_487_at_once() -> None:
     invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
     [(to_bob, _)] = h.sender.requests("INVITE")
     h.sender.take()
-    cancel = alice.request("CANCEL", invite.uri, to=invite.get("to") or "",
-                           call_id=invite.call_id or "", from_tag="caller-tag",
-                           cseq=invite.cseq.number, branch=invite.top_via.branch)  # type: ignore[union-attr]
+    cancel = alice.cancel(invite)
     await h.send(alice, cancel)
     assert sorted(statuses(h)) == [200, 487]
     assert h.sender.requests("CANCEL") == []

@@ -109,9 +109,7 @@ async def test_cdr_canceled_by_the_caller() -> None:
     h, alice, bob = setup()
     sent, to_bob = await invite(h, alice)
     await h.send(bob, bob.answer(to_bob, 180, to_tag="b"))
-    cancel = alice.request("CANCEL", sent.uri, to=sent.get("to") or "", call_id=sent.call_id or "",
-                           from_tag="caller-tag", cseq=sent.cseq.number,
-                           branch=sent.top_via.branch)  # type: ignore[union-attr]
+    cancel = alice.cancel(sent)
     await h.send(alice, cancel)
     [(downstream, _)] = h.sender.requests("CANCEL")
     await h.send(bob, bob.answer(downstream, 200))
