@@ -1,7 +1,10 @@
 """Who handles a request from an authenticated Client: the proxy's ``Router``.
 
-Today one destination exists: another Client, reached by forking to its registered phones
-(architecture.md "Who handles a call", first row). The decisions, in order:
+A request goes to another Client (forked to its registered phones), to a media worker (an
+RCML app, or a call to a number bridged out through the outbound routes), or out as an SMS
+(a MESSAGE to a number); a gateway's INVITE goes by its DID (architecture.md "Who handles a
+call"). The hooks for all but the first are set by the composition root. The decisions, in
+order:
 
 | Request | Decision |
 |---|---|
@@ -17,9 +20,11 @@ Today one destination exists: another Client, reached by forking to its register
 | a worker's INVITE for a leg to a gateway or one Client phone (``media_legs``) | sent there |
 | a gateway's INVITE (``Caller.gateway``) | by its DID (``from_gateway``): its app, else 404 |
 
-(1) "Application Calls Not Available Yet": its RCML runs in a media worker, not built yet.
-(2) "No Outbound Route": GSM and trunk routes come later; and we are never a relay to
-foreign domains.
+(1) "Application Calls Not Available Yet": only a router without the ``apps`` hook (unit tests
+of the proxy); the appliance always sets it, and its calls service answers 503 when no media
+worker runs.
+(2) "No Outbound Route": no ``[outbound]`` route covers the number (docs/gateways.md); and
+we are never a relay to foreign domains.
 (3) ``services.calls.CallsService.route_invite``: the caller has its own VoiceUrl or
 VoiceApplicationSid, or the dialled user is an IncomingPhoneNumber of the caller's account
 with a VoiceUrl/VoiceApplicationSid, or a Client with one. An INVITE a media worker placed
@@ -59,7 +64,7 @@ from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import Target
 
 NO_OUTBOUND_ROUTE = "No Outbound Route"  # 403 reason: no [outbound] route covers the number
-NO_APPLICATIONS = "Application Calls Not Available Yet"  # 403 reason: RCML needs media workers
+NO_APPLICATIONS = "Application Calls Not Available Yet"  # 403 reason: no apps hook (1)
 _NUMBER = re.compile(r"\+?[0-9*#]{2,32}")
 
 

@@ -47,9 +47,9 @@ transaction.
 CDRs (``CallLog``) and SMS rows (``MessageLog``): what is written when is in ``sip.records``.
 SIP MESSAGE between Clients is authenticated and routed like INVITE and forked with
 non-INVITE client transactions; the appliance's own MESSAGEs (an SMS delivered to a Client)
-are sent by ``sip.messenger``. TODO(SMS issue): store-and-forward — a MESSAGE to a Client
-that is not registered, or to a number (through the modem), is refused today (480/403)
-instead of queued for later delivery.
+are sent by ``sip.messenger``. A MESSAGE to a number goes out as an SMS through the router
+(202, ``services.routing``); one to a Client with no registered phone is refused 480, not
+stored (an SMS from the network to a Client is kept until it registers: ``services.messaging``).
 
 Budgets (style.md habit 6): ``MAX_CONTEXTS`` proxied requests in flight, ``MAX_TRANSACTIONS``
 transactions in all, ``MAX_CALLS`` tracked calls/dialogs, ``MAX_BRANCHES`` per fork. An
