@@ -61,9 +61,7 @@ class AppResolver:
         if caller.voice_url or caller.voice_application_sid:
             client = await self._store.get_client_by_login(caller.login)
             if client is not None:
-                return await self._app(client.voice_url, client.voice_method,
-                                       client.voice_fallback_url, client.voice_fallback_method,
-                                       client.voice_application_sid), None
+                return await self._client_app(client), None
         number = await self.match_number(user)
         if number is not None and number.account_sid == caller.account_sid and (
                 number.voice_url or number.voice_application_sid):
@@ -74,9 +72,7 @@ class AppResolver:
                 return None, None
         client = await self._store.get_client_by_login(user)
         if client is not None and (client.voice_url or client.voice_application_sid):
-            return await self._app(client.voice_url, client.voice_method,
-                                   client.voice_fallback_url, client.voice_fallback_method,
-                                   client.voice_application_sid), None
+            return await self._client_app(client), None
         return None, None
 
     async def match_number(self, dialled: str) -> PhoneNumber | None:
@@ -131,6 +127,10 @@ class AppResolver:
         if self.directory is not None:
             return await self.directory.number(phone_number)
         return await self._store.find_number(phone_number)
+
+    async def _client_app(self, client: Client) -> App | None:
+        return await self._app(client.voice_url, client.voice_method, client.voice_fallback_url,
+                               client.voice_fallback_method, client.voice_application_sid)
 
     async def _app(self, url: str | None, method: str, fallback: str | None,
                    fallback_method: str, application_sid: str | None) -> App | None:

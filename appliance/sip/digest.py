@@ -314,6 +314,12 @@ def _bases(algorithms: Sequence[Algorithm]) -> frozenset[Algorithm]:
     return frozenset(_BASES[a] for a in algorithms)
 
 
+def stored_ha1(algorithm: Algorithm, *, md5: str, sha256: str) -> str | None:
+    """Of a Client's stored HA1s, the one ALGORITHM's responses are checked against (None
+    when it is empty)."""
+    return (sha256 if _BASES[algorithm] is Algorithm.SHA256 else md5) or None
+
+
 def algorithm_of(creds: DigestCredentials) -> Algorithm | None:
     """The algorithm CREDS use; its ``.base`` says which stored HA1 to look up."""
     return parse_algorithm(creds.params.get("algorithm"))

@@ -28,6 +28,7 @@ from appliance.sip.digest import (
     Nonces,
     NonceStatus,
     Verdict,
+    stored_ha1,
 )
 from appliance.sip.digest import algorithm_of as digest_algorithm
 from appliance.sip.errors import SipParseError
@@ -89,8 +90,8 @@ class ProxyAuth:
         algorithm = digest_algorithm(creds)
         ha1: str | None = None
         if user is not None and algorithm is not None:
-            ha1 = user.ha1_sha256 if algorithm.base is Algorithm.SHA256 else user.ha1_md5
-        verdict = auth.verify(creds, method=request.method, ha1=ha1 or None, now=now,
+            ha1 = stored_ha1(algorithm, md5=user.ha1_md5, sha256=user.ha1_sha256)
+        verdict = auth.verify(creds, method=request.method, ha1=ha1, now=now,
                               body=request.body)
         if verdict is Verdict.STALE:
             await self.challenge(server, realm, now, stale=True)

@@ -86,6 +86,7 @@ from appliance.sip.digest import (
     Verdict,
     algorithm_of,
     forget_stale,
+    stored_ha1,
 )
 from appliance.sip.errors import SipParseError
 from appliance.sip.guard import Guard
@@ -299,8 +300,7 @@ class Registrar:
             raise SipParseError(f"unsupported digest algorithm {creds.algorithm!r}")
         ha1: str | None = None
         if user is not None and creds.username == login:
-            ha1 = (user.ha1_sha256 if algorithm.base is Algorithm.SHA256 else user.ha1_md5) \
-                or None
+            ha1 = stored_ha1(algorithm, md5=user.ha1_md5, sha256=user.ha1_sha256)
         verdict = auth.verify(creds, method="REGISTER", ha1=ha1, now=now)
         if verdict is Verdict.MALFORMED:
             raise SipParseError("malformed digest credentials")
