@@ -370,7 +370,8 @@ class Server:
 class ApplianceServer(Server):
     name = "appliance"
 
-    def __init__(self, workdir: Path, *, profile: Path | None, log_level: str) -> None:
+    def __init__(self, workdir: Path, *, profile: Path | None, log_level: str,
+                 env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.api_port = free_port()
@@ -392,6 +393,7 @@ class ApplianceServer(Server):
         ]))
         self.proc: subprocess.Popen[bytes] | None = None
         self.password = ""
+        self.env = {**os.environ, **(env or {})}
 
     def start(self) -> None:
         python = [sys.executable]
@@ -403,7 +405,7 @@ class ApplianceServer(Server):
                 [*python, "-m", "appliance", "serve", "--config", str(self.config),
                  "--log-level", self.log_level],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_pinned("server"))
+                env=self.env, preexec_fn=_pinned("server"))
         finally:
             log.close()
         deadline = time.monotonic() + 30
@@ -786,6 +788,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds to wait after the load before measuring the settled RSS "
                              "(finished transactions and calls linger 64*T1 = 32 s); 0: skip")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the appliance process only "
+                             "(e.g. an allocator to compare); may be repeated")
     parser.add_argument("--pin", action="store_true",
                         help="server under test on CPU 0, sipp on CPU 1 (needs 2 CPUs)")
     args = parser.parse_args(argv)
@@ -794,6 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--pin needs at least 2 CPUs")
         PIN.update(server={0}, load={1})
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
+    server_env = dict(item.partition("=")[::2] for item in args.server_env)
     if args.duration <= 0 or args.duration > 60 or not rates or args.users < 1:
         parser.error("--duration must be in (0, 60], --rates and --users non-empty")
 
@@ -821,7 +827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.only != "kamailio":
             (workdir / "appliance").mkdir()
             appliance = ApplianceServer(workdir / "appliance", profile=args.profile,
-                                        log_level=args.log_level)
+                                        log_level=args.log_level, env=server_env)
             with running(appliance):
                 print(f"appliance: starting on SIP {HOST}:{appliance.port}, API "
                       f"{HOST}:{appliance.api_port}", flush=True)
