@@ -13,7 +13,8 @@ A branch's deadline (``Branch.deadline``, kept in the proxy's ``sip.deadlines`` 
 due in ``branch_timer``. While the branch rings it is Timer C (``TIMER_C``, 3 min, reset by
 each provisional): the branch is cancelled, and its 487 then counts as 408; one without a
 provisional yet gets a local 408 and is dropped. Once cancelled, it is the reaping deadline
-(``REAP_AFTER``, 64·T1): a branch still silent is dropped, its final a 408 if it had none.
+(``REAP_AFTER``, 64·T1): a branch still silent is dropped, its final a 487 if it had none
+and the caller cancelled (a 408 after Timer C), and the caller gets the best final then.
 
 ``Cancels`` is owned by the proxy, not a mixin: it cancels branches and finishes their
 request through the proxy's ``Responses``, and answers through the proxy's reply and server
@@ -75,14 +76,16 @@ class Cancels:
     async def branch_timer(self, branch: Branch, now: float) -> None:
         branch.deadline = None
         if branch.cancelled or branch.cancel_wanted:
-            # Cancelled and still silent after 64·T1: give up on it.
+            # Cancelled and still silent after 64·T1: give up on it (§9.1). Its final is set
+            # before ``forget`` (which would make it a 408): the caller's own CANCEL ends in
+            # 487 Request Terminated, Timer C in 408; either way the caller gets a final now.
+            if branch.final is None:
+                context = branch.context
+                status = 487 if context.cancelled and not branch.timed_out else 408
+                branch.final = local_response(context.request, status)
             self._table.remove(branch.txn)
             self._forget(branch.txn)
-            if branch.final is None:
-                branch.final = local_response(branch.context.request, 408)
-                await self._responses.maybe_finish(branch.context, now)
-            else:
-                self._responses.maybe_done(branch.context)
+            await self._responses.maybe_finish(branch.context, now)
             return
         if branch.done:
             return

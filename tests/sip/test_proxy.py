@@ -4,7 +4,7 @@ challenge, forwarding edits, refusals, forking, CANCEL, Timer C, loose routing, 
 from __future__ import annotations
 
 from appliance.sip.bindings import Origin
-from appliance.sip.forwarding import TIMER_C
+from appliance.sip.forwarding import REAP_AFTER, TIMER_C
 from appliance.sip.headers import DigestCredentials, NameAddr
 from appliance.sip.message import Request, Response
 from appliance.sip.proxy_ports import Caller, Fork
@@ -433,6 +433,40 @@ async def test_timer_c_cancels_a_ringing_branch_and_the_caller_gets_408() -> Non
     h.sender.take()
     await h.send(bob, bob.answer(to_bob, 487, to_tag="b1"))
     assert statuses(h) == [408]
+
+
+async def test_timer_c_on_a_branch_that_ignores_our_cancel_still_answers_the_caller_408() -> None:
+    # The phone rang, then went away: no 487 to our CANCEL. Once the cancelled branch is
+    # reaped (64·T1) the caller must still get a final response, not ring forever.
+    h, alice, bob = setup()
+    await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(to_bob, _)] = h.sender.requests("INVITE")
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b1"))
+    h.sender.take()
+    await h.tick(TIMER_C + 1)
+    assert len(h.sender.requests("CANCEL")) == 1
+    h.sender.take()
+    await h.tick(REAP_AFTER + 1)
+    [(final, target)] = [(r, t) for r, t in h.sender.responses() if r.status >= 200]
+    assert (final.status, final.cseq.method) == (408, "INVITE")
+    assert target == Target("udp", *ALICE_SRC)
+    assert h.proxy.in_flight == 0
+
+
+async def test_caller_cancel_of_a_branch_that_never_answers_it_still_ends_in_487() -> None:
+    h, alice, bob = setup()
+    invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(to_bob, _)] = h.sender.requests("INVITE")
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b1"))
+    h.sender.take()
+    await h.send(alice, alice.cancel(invite))
+    assert len(h.sender.requests("CANCEL")) == 1
+    h.sender.take()
+    await h.tick(REAP_AFTER + 1)
+    [(final, target)] = [(r, t) for r, t in h.sender.responses() if r.status >= 200]
+    assert (final.status, final.cseq.method) == (487, "INVITE")
+    assert target == Target("udp", *ALICE_SRC)
+    assert h.proxy.in_flight == 0
 
 
 async def test_a_silent_branch_times_out_on_timer_b_with_408() -> None:
