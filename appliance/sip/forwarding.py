@@ -13,8 +13,9 @@ The helpers make what a forwarded hop carries: the request as sent to one contac
 ``consume_credentials``), our Via (``make_via``, a fresh ``z9hG4bK`` branch, or one derived
 from the incoming ACK's for a stateless hop, ``ack_branch``), our Record-Route
 (``make_record_route``), the To tag of our own responses (``tag_for``, stable across
-retransmissions), a final response we make in place of a branch's (``local_response``), and a
-response with our Via taken off (``strip_top_via``). ``trim`` lets a finished request keep
+retransmissions), a final response we make in place of a branch's (``local_response``), the
+chosen 401/407 with every branch's challenges (``with_challenges``), and a response with our
+Via taken off (``strip_top_via``). ``trim`` lets a finished request keep
 only what a lingering branch still reads.
 
 Kept apart from ``sip.proxy`` (which owns the tables, the timers and the I/O) because none of
@@ -209,6 +210,26 @@ def trim(context: Context) -> None:
         final = branch.final
         if final is not None and final.headers:
             branch.final = Response(status=final.status, reason=final.reason)
+
+
+CHALLENGES = ("www-authenticate", "proxy-authenticate")
+
+
+def with_challenges(chosen: Response, finals: Collection[Response]) -> Response:
+    """CHOSEN, when it is a 401 or 407, with the challenges of every other 401/407 among
+    FINALS added unmodified (RFC 3261 §16.7 step 7): each phone of a forked call may want
+    its own credentials, and the caller can only answer the ones it sees. Else CHOSEN."""
+    if chosen.status not in (401, 407):
+        return chosen
+    extra = [(name, value) for other in finals
+             if other is not chosen and other.status in (401, 407)
+             for name in CHALLENGES for value in other.get_all(name)]
+    if not extra:
+        return chosen
+    merged = dataclasses.replace(chosen, headers=list(chosen.headers))
+    for name, value in extra:
+        merged.add(name, value)
+    return merged
 
 
 def strip_top_via(response: Response) -> Response | None:

@@ -9,7 +9,8 @@ step 1). The rest reach ``branch_response`` through the branch's client transact
 100 is absorbed (we sent our own at once); other 1xx are forwarded; every 2xx is forwarded at
 once and the other branches are CANCELled; a 6xx also cancels the others. When every branch
 has a final response and none was a 2xx, the best one (6xx, then 2xx, then the lowest class;
-503 → 500) goes to the caller (``maybe_finish``). A branch with no provisional yet cannot be
+503 → 500; a 401/407 carrying the challenges of every 401/407 branch) goes to the caller
+(``maybe_finish``). A branch with no provisional yet cannot be
 CANCELled (RFC 3261 §9.1): ``cancel_branch`` gives it a local 487 at once and cancels it when
 its provisional arrives; a cancelled branch gets a reaping deadline (``sip.cancel``).
 
@@ -50,6 +51,7 @@ from appliance.sip.forwarding import (
     local_response,
     strip_top_via,
     trim,
+    with_challenges,
 )
 from appliance.sip.hop import make_cancel
 from appliance.sip.message import Response
@@ -198,6 +200,7 @@ class Responses:
         status = forwarded_status(chosen.status)
         if status != chosen.status:
             chosen = local_response(context.request, status)
+        chosen = with_challenges(chosen, finals)
         context.final_sent = True
         await self._forward_response(context, chosen, now)
         await self._unanswered(context, chosen.status, chosen.reason, now)

@@ -403,6 +403,25 @@ async def test_best_response_prefers_6xx_and_turns_503_into_500() -> None:
     assert statuses(h) == [500]
 
 
+async def test_challenges_of_every_401_and_407_branch_go_upstream_together() -> None:
+    # Two phones of one user each want credentials (RFC 3261 §16.7 step 7): the caller gets
+    # one response carrying both challenges, so it can answer both in one retry.
+    h, alice, bob, bob2, _ = await fork_setup()
+    to_bob, to_bob2 = branch_for(h, BOB_SRC), branch_for(h, BOB2_SRC)
+    h.sender.take()
+    www = 'Digest realm="bob-phone", nonce="n1", algorithm=MD5'
+    proxy_auth = 'Digest realm="bob2-phone", nonce="n2", algorithm=MD5'
+    await h.send(bob, bob.answer(to_bob, 401, to_tag="b1",
+                                 headers=[("WWW-Authenticate", www)]))
+    await h.send(bob2, bob2.answer(to_bob2, 407, to_tag="b2",
+                                   headers=[("Proxy-Authenticate", proxy_auth)]))
+    [(final, target)] = h.sender.responses()
+    assert final.status == 401 and target == Target("udp", *ALICE_SRC)
+    assert final.get_all("www-authenticate") == [www]
+    assert final.get_all("proxy-authenticate") == [proxy_auth]
+    assert len(final.vias) == 1
+
+
 async def test_6xx_cancels_the_other_branches() -> None:
     h, alice, bob, bob2, _ = await fork_setup()
     to_bob, to_bob2 = branch_for(h, BOB_SRC), branch_for(h, BOB2_SRC)
