@@ -88,12 +88,18 @@ def _rank(status: int) -> int:
     return status // 100
 
 
+# RFC 3261 §16.7 step 6: within 4xx, a response that tells the caller how to retry
+# (credentials, another body type, fewer extensions, more digits) SHOULD win.
+_ACTIONABLE = frozenset({401, 407, 415, 420, 484})
+
+
 def best_response(statuses: Sequence[int]) -> int:
-    """Index of the response to forward among the branches' final STATUSES, in arrival
-    order (RFC 3261 §16.7 step 6: the first of the best class wins)."""
+    """Index of the response to forward among the branches' final STATUSES, in branch
+    order (RFC 3261 §16.7 step 6: the best class, within 4xx an actionable one, first)."""
     if not statuses:
         raise ValueError("no final responses to choose from")
-    return min(range(len(statuses)), key=lambda i: (_rank(statuses[i]), i))
+    return min(range(len(statuses)),
+               key=lambda i: (_rank(statuses[i]), statuses[i] not in _ACTIONABLE, i))
 
 
 def forwarded_status(status: int) -> int:

@@ -403,6 +403,17 @@ async def test_best_response_prefers_6xx_and_turns_503_into_500() -> None:
     assert statuses(h) == [500]
 
 
+async def test_among_4xx_a_response_the_caller_can_act_on_is_preferred() -> None:
+    # RFC 3261 §16.7 step 6: a 401/407/415/420/484 tells the caller how to retry; a 486
+    # from the other phone would hide it.
+    h, alice, bob, bob2, _ = await fork_setup()
+    to_bob, to_bob2 = branch_for(h, BOB_SRC), branch_for(h, BOB2_SRC)
+    h.sender.take()
+    await h.send(bob, bob.answer(to_bob, 486, to_tag="b1"))
+    await h.send(bob2, bob2.answer(to_bob2, 484, to_tag="b2"))
+    assert statuses(h) == [484]
+
+
 async def test_challenges_of_every_401_and_407_branch_go_upstream_together() -> None:
     # Two phones of one user each want credentials (RFC 3261 §16.7 step 7): the caller gets
     # one response carrying both challenges, so it can answer both in one retry.
