@@ -205,6 +205,30 @@ async def test_stale_nonce_is_rechallenged_with_stale_true() -> None:
     assert all("stale=true" in v for v in rechallenge.get_all("proxy-authenticate"))
 
 
+async def invite_with(h: Harness, alice: Phone, uri: str, route: str) -> list[Request]:
+    """ALICE's authenticated INVITE with Request-URI URI and a Route: what was forwarded."""
+    to = f"<sip:bob@{REALM}>"
+    first = alice.request("INVITE", uri, to=to, call_id="r1", from_tag="t", body=SDP,
+                          headers=[("Route", route)])
+    await h.send(alice, first)
+    [(challenge, _)] = h.sender.responses(407)
+    h.sender.take()
+    second = alice.request("INVITE", uri, to=to, call_id="r1", from_tag="t", body=SDP, headers=[
+        ("Route", route), ("Proxy-Authorization", authorization(first, challenge, alice))])
+    await h.send(alice, second)
+    return [m for m, _ in h.sender.requests("INVITE")]
+
+
+async def test_route_preprocessing_pops_our_route_and_undoes_a_strict_router() -> None:
+    # §16.4: our own Route entry is popped; a strict router upstream put our address in
+    # the Request-URI and the real target in the last Route: the URI is restored from it.
+    for uri, route in ((f"sip:bob@{REALM}", "<sip:10.0.0.1:5060;lr>"),
+                       ("sip:10.0.0.1:5060;lr", f"<sip:bob@{REALM}>")):
+        h, alice, bob = setup()
+        [forwarded] = await invite_with(h, alice, uri, route)
+        assert forwarded.uri == bob.contact and forwarded.get("route") is None
+
+
 async def test_max_forwards_zero_gets_483_without_challenge() -> None:
     h, alice, _ = setup()
     invite = alice.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>", call_id="m0",
@@ -577,6 +601,86 @@ async def test_reinvite_in_dialog_needs_no_challenge() -> None:
     await h.send(bob, bob.answer(fwd, 200, to_tag="bob-tag"))
     [(ok2, target)] = h.sender.responses(200)
     assert target == Target("udp", *ALICE_SRC)
+
+
+async def test_the_callees_reinvite_and_its_ack_go_to_the_callers_nat_address() -> None:
+    h, alice, bob = setup()
+    invite, _, ok = await established(h, alice, bob)
+    route = ok.get_all("record-route")
+    to_alice = f"<sip:alice@{REALM}>;tag=caller-tag"
+    reinvite = bob.request("INVITE", alice.contact, to=to_alice, call_id=invite.call_id or "",
+                           from_tag="bob-tag", body=SDP, headers=[("Route", r) for r in route])
+    await h.send(bob, reinvite)
+    [(fwd, target)] = h.sender.requests("INVITE")
+    assert target == Target("udp", *ALICE_SRC) and fwd.uri == alice.contact
+    assert fwd.get("route") is None and h.sender.responses(407) == []
+    h.sender.take()
+    await h.send(alice, alice.answer(fwd, 200, to_tag="caller-tag"))
+    [(ok2, target)] = h.sender.responses(200)
+    assert target == Target("udp", *BOB_SRC) and ok2.cseq.method == "INVITE"
+    h.sender.take()
+    ack = bob.request("ACK", alice.contact, to=to_alice, call_id=invite.call_id or "",
+                      from_tag="bob-tag", cseq=reinvite.cseq.number,
+                      headers=[("Route", r) for r in route])
+    await h.send(bob, ack)
+    [(fwd_ack, target)] = h.sender.requests("ACK")
+    assert target == Target("udp", *ALICE_SRC) and fwd_ack.get("route") is None
+
+
+async def test_in_dialog_requests_pop_both_record_routes_of_a_transport_change() -> None:
+    # RFC 5658: a UDP caller and a TCP callee see our two entries in their route sets; each
+    # side's request pops both and goes out on the other side's transport.
+    h = Harness()
+    alice = h.phone("alice", "192.168.1.10", ALICE_SRC)
+    bob = h.phone("bob", "192.168.1.20", BOB_SRC, transport="tcp", connection_id="conn-7")
+    invite, _, ok = await established(h, alice, bob)
+    record_route = ok.get_all("record-route")
+    assert len(record_route) == 2
+    ack = alice.request("ACK", bob.contact, to=f"<sip:bob@{REALM}>;tag=bob-tag",
+                        call_id=invite.call_id or "", from_tag="caller-tag",
+                        cseq=invite.cseq.number,
+                        headers=[("Route", r) for r in reversed(record_route)])
+    await h.send(alice, ack)
+    [(fwd_ack, target)] = h.sender.requests("ACK")
+    assert target == Target("tcp", *BOB_SRC, "conn-7")
+    assert fwd_ack.get("route") is None and fwd_ack.vias[0].transport == "TCP"
+    h.sender.take()
+    bye = bob.request("BYE", alice.contact, to=f"<sip:alice@{REALM}>;tag=caller-tag",
+                      call_id=invite.call_id or "", from_tag="bob-tag",
+                      headers=[("Route", r) for r in record_route])
+    await h.send(bob, bye)
+    [(fwd_bye, target)] = h.sender.requests("BYE")
+    assert target == Target("udp", *ALICE_SRC)
+    assert fwd_bye.get("route") is None and fwd_bye.vias[0].transport == "UDP"
+    h.sender.take()
+    await h.send(alice, alice.answer(fwd_bye, 200))
+    [(_, target)] = h.sender.responses(200)
+    assert target == Target("tcp", *BOB_SRC, "conn-7")
+
+
+async def test_an_in_dialog_request_out_of_hops_gets_483() -> None:
+    h, alice, bob = setup()
+    invite, _, _ = await established(h, alice, bob)
+    bye = alice.request("BYE", bob.contact, to=f"<sip:bob@{REALM}>;tag=bob-tag",
+                        call_id=invite.call_id or "", from_tag="caller-tag", max_forwards=0,
+                        headers=[("Route", "<sip:10.0.0.1:5060;lr;transport=udp>")])
+    await h.send(alice, bye)
+    assert statuses(h) == [483] and h.sender.requests() == []
+
+
+async def test_a_route_beyond_ours_in_a_dialog_is_followed() -> None:
+    # A route set with another proxy after us (loose routing, §16.6 step 7): the request
+    # goes to that proxy with its Route entry left in place.
+    h, alice, bob = setup()
+    invite, _, _ = await established(h, alice, bob)
+    bye = alice.request("BYE", bob.contact, to=f"<sip:bob@{REALM}>;tag=bob-tag",
+                        call_id=invite.call_id or "", from_tag="caller-tag", headers=[
+                            ("Route", "<sip:10.0.0.1:5060;lr;transport=udp>"),
+                            ("Route", "<sip:198.51.100.9:5070;lr>")])
+    await h.send(alice, bye)
+    [(fwd, target)] = h.sender.requests("BYE")
+    assert target == Target("udp", "198.51.100.9", 5070)
+    assert fwd.get_all("route") == ["<sip:198.51.100.9:5070;lr>"] and fwd.uri == bob.contact
 
 
 async def test_in_dialog_request_for_an_unknown_call_gets_481() -> None:
