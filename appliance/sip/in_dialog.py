@@ -6,7 +6,8 @@ by Call-ID and the caller's From tag, in either direction), else answered 481, s
 is no open relay. Our own Route entries are popped first (loose routing; a strict-routing
 phone's Request-URI that is our Record-Route is replaced by the last Route, §16.4,
 ``sip.routeset``); the request then goes where its next Route points, or else to the far
-side's NAT address remembered from the dialog. The ACK for a 2xx is forwarded statelessly
+side's NAT address remembered from the dialog (a next hop without ``;lr`` is a strict router:
+its URI becomes the Request-URI, §16.6 step 6). The ACK for a 2xx is forwarded statelessly
 (on a branch derived from its own, so a retransmission gets the same one); any other request
 gets a Context and a single branch, like a new request without Record-Route.
 
@@ -33,7 +34,11 @@ from appliance.sip.forwarding import Context, Reply, ack_branch, branch_request,
 from appliance.sip.message import Request, max_forwards_status
 from appliance.sip.proxy_ports import CallLog, Contact
 from appliance.sip.records import cdr
-from appliance.sip.routeset import pop_own_routes, remaining_route_target
+from appliance.sip.routeset import (
+    pop_own_routes,
+    remaining_route_target,
+    route_to_strict_next_hop,
+)
 from appliance.sip.transaction import ServerTransaction, Transaction
 from appliance.sip.wire import Incoming, Sender, Target
 
@@ -89,7 +94,9 @@ class InDialog:
             return
         call, towards_callee = found
         target = remaining_route_target(request)
-        if target is None:
+        if target is not None:
+            route_to_strict_next_hop(request)
+        else:
             to_tag = request.to.tag or ""
             target = call.callee(to_tag) if towards_callee else call.caller
         if target is None:

@@ -5,7 +5,8 @@ with our own entries at the top of their Route set. ``pop_own_routes`` drops the
 routing); a strict-routing phone puts our Record-Route in the Request-URI instead, which is
 replaced by the last Route. What is left decides the request: an out-of-dialog request with a
 foreign Route is refused (``remaining_foreign_route``, the proxy is no open relay), an
-in-dialog one goes where its next Route points (``remaining_route_target``).
+in-dialog one goes where its next Route points (``remaining_route_target``), in the form a
+strict router expects when that Route has no ``lr`` (``route_to_strict_next_hop``).
 
 "Us" is every address requests arrived on plus the host names the transport calls local:
 the proxy keeps those (a live collection) and passes them in. Pure functions, apart from the
@@ -84,3 +85,24 @@ def remaining_route_target(request: Request) -> Target | None:
     if not isinstance(uri, SipUri):
         return None
     return Target(uri.transport or "udp", uri.host.strip("[]"), uri.port or 5060)
+
+
+def route_to_strict_next_hop(request: Request) -> None:
+    """§16.6 step 6: when the next Route has no ``lr`` it names an RFC 2543 strict router,
+    which routes on the Request-URI: move that Route into the Request-URI and the
+    Request-URI to the end of the Route set. Loose next hops leave REQUEST as it is."""
+    values = request.values("route")
+    if not values:
+        return
+    try:
+        routes = parse_name_addrs(request.get_all("route"))
+        uri = parse_uri(routes[0].uri)
+    except (SipParseError, IndexError):
+        return
+    if not isinstance(uri, SipUri) or uri.has_param("lr"):
+        return
+    remaining = [str(r) for r in routes[1:]] + [f"<{request.uri}>"]
+    request.uri = routes[0].uri
+    request.remove("route")
+    for value in remaining:
+        request.add("Route", value)

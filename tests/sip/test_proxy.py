@@ -683,6 +683,23 @@ async def test_a_route_beyond_ours_in_a_dialog_is_followed() -> None:
     assert fwd.get_all("route") == ["<sip:198.51.100.9:5070;lr>"] and fwd.uri == bob.contact
 
 
+async def test_a_strict_router_beyond_ours_gets_the_request_uri_it_expects() -> None:
+    # §16.6 step 6: a next hop without ;lr is an RFC 2543 strict router; it routes on the
+    # Request-URI, so its own URI goes there and the real target becomes the last Route.
+    h, alice, bob = setup()
+    invite, _, _ = await established(h, alice, bob)
+    bye = alice.request("BYE", bob.contact, to=f"<sip:bob@{REALM}>;tag=bob-tag",
+                        call_id=invite.call_id or "", from_tag="caller-tag", headers=[
+                            ("Route", "<sip:10.0.0.1:5060;lr;transport=udp>"),
+                            ("Route", "<sip:198.51.100.9:5070>"),
+                            ("Route", "<sip:198.51.100.10;lr>")])
+    await h.send(alice, bye)
+    [(fwd, target)] = h.sender.requests("BYE")
+    assert target == Target("udp", "198.51.100.9", 5070)
+    assert fwd.uri == "sip:198.51.100.9:5070"
+    assert fwd.get_all("route") == ["<sip:198.51.100.10;lr>", f"<{bob.contact}>"]
+
+
 async def test_in_dialog_request_for_an_unknown_call_gets_481() -> None:
     h, alice, bob = setup()
     bye = alice.request("BYE", bob.contact, to=f"<sip:bob@{REALM}>;tag=zzz", call_id="unknown",
