@@ -119,6 +119,8 @@ class InDialog:
         context = Context(request=request, server=server, source=source,
                           local=self._local(incoming))
         self._contexts[server] = context
+        if request.method == "INVITE":  # a re-INVITE: 100 at once, as for the first INVITE
+            await self._reply(server, 100, now=now)
         await self._fork(context, [Contact(request.uri, target)], incoming, now,
                          record_route=False, keep_credentials=call.keep_credentials)
         if request.method == "BYE":

@@ -603,6 +603,21 @@ async def test_reinvite_in_dialog_needs_no_challenge() -> None:
     assert target == Target("udp", *ALICE_SRC)
 
 
+async def test_a_reinvite_gets_100_trying_as_soon_as_it_is_forwarded() -> None:
+    # As for the first INVITE (sip.md §2.3): the phone stops retransmitting at once,
+    # without waiting for the server transaction's own 200 ms timer.
+    h, alice, bob = setup()
+    invite, _, _ = await established(h, alice, bob)
+    reinvite = alice.request("INVITE", bob.contact, to=f"<sip:bob@{REALM}>;tag=bob-tag",
+                             call_id=invite.call_id or "", from_tag="caller-tag", body=SDP,
+                             headers=[("Route", "<sip:10.0.0.1:5060;lr;transport=udp>")])
+    await h.send(alice, reinvite)
+    [(trying, target)] = h.sender.responses()
+    assert (trying.status, trying.cseq.number) == (100, reinvite.cseq.number)
+    assert target == Target("udp", *ALICE_SRC)
+    assert len(h.sender.requests("INVITE")) == 1
+
+
 async def test_the_callees_reinvite_and_its_ack_go_to_the_callers_nat_address() -> None:
     h, alice, bob = setup()
     invite, _, ok = await established(h, alice, bob)
