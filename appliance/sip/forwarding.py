@@ -48,6 +48,10 @@ DEFAULT_MAX_FORWARDS = 70  # a request without Max-Forwards (RFC 3261 §16.6 ste
 # A branch's deadline (``Branch.deadline``): Timer C while it rings, reaping once cancelled.
 TIMER_C = 180.0  # RFC 3261 §16.6 step 11: "greater than 3 minutes"
 REAP_AFTER = 32.0  # 64·T1: a cancelled branch that stays silent this long is dropped
+# How long an unanswered call is kept after its INVITE or its latest provisional: Timer C,
+# then a CANCEL's reaping, with room to spare. A phone may ring for many minutes by sending a
+# 180 every minute (RFC 3261 §13.3.1.1); its call must outlive that, or its BYE draws a 481.
+RINGING_LIFETIME = TIMER_C + 2 * REAP_AFTER
 
 
 @dataclass(eq=False, slots=True)

@@ -71,7 +71,7 @@ from appliance.sip.dialogs import Call, CallKey
 from appliance.sip.digest import Algorithm, Nonces
 from appliance.sip.errors import SipError, SipStateError
 from appliance.sip.forwarding import (
-    REAP_AFTER,
+    RINGING_LIFETIME,
     TIMER_C,
     Branch,
     Context,
@@ -513,7 +513,7 @@ class Proxy:
         if request.method == "INVITE":
             await self._reply(server, 100, now=now)
             call = Call(call_id=request.call_id or "", caller_tag=request.from_.tag or "",
-                        caller=source, deadline=now + TIMER_C + 2 * REAP_AFTER,
+                        caller=source, deadline=now + RINGING_LIFETIME,
                         cdr_sid=self._calls.new_sid() if decision.cdr_sid is None
                         else decision.cdr_sid or None,
                         keep_credentials=decision.keep_credentials)

@@ -42,6 +42,7 @@ from appliance.sip.dialogs import (
 from appliance.sip.errors import SipParseError, SipStateError
 from appliance.sip.forwarding import (
     REAP_AFTER,
+    RINGING_LIFETIME,
     TIMER_C,
     Branch,
     Context,
@@ -131,6 +132,10 @@ class Responses:
                 self.send_cancel(branch, now)
             elif branch.deadline is not None and not branch.cancelled:
                 branch.deadline = now + TIMER_C  # each provisional restarts Timer C
+                call = context.call
+                if call is not None and not call.answered and not context.final_sent:
+                    # ... and keeps the call known as long (pushed later: no re-arm needed)
+                    call.deadline = max(call.deadline, now + RINGING_LIFETIME)
             if status == 100 or context.final_sent or branch.done:
                 return
             self._note_dialog(context, branch, response)

@@ -489,6 +489,28 @@ async def test_timer_c_cancels_a_ringing_branch_and_the_caller_gets_408() -> Non
     assert statuses(h) == [408]
 
 
+async def test_a_call_answered_after_ringing_for_minutes_can_still_be_hung_up() -> None:
+    # RFC 3261 §13.3.1.1: a phone that rings for long sends a 180 every minute to keep
+    # Timer C from firing. The call must stay known for as long, or its BYE draws a 481.
+    h, alice, bob = setup()
+    invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(to_bob, _)] = h.sender.requests("INVITE")
+    for _ in range(6):
+        await h.send(bob, bob.answer(to_bob, 180, to_tag="b1"))
+        await h.tick(60)
+    ok = bob.answer(to_bob, 200, to_tag="b1")
+    await h.send(bob, ok)
+    h.sender.take()
+    bye = alice.request("BYE", bob.contact, to=f"<sip:bob@{REALM}>;tag=b1",
+                        call_id=invite.call_id or "", from_tag="caller-tag",
+                        headers=[("Route", r) for r in ok.get_all("record-route")])
+    await h.send(alice, bye)
+    [(_, target)] = h.sender.requests("BYE")
+    assert target == Target("udp", *BOB_SRC) and h.sender.responses() == []
+    [cdr] = h.store.calls.values()
+    assert cdr.status == "completed"
+
+
 async def test_timer_c_on_a_branch_that_ignores_our_cancel_still_answers_the_caller_408() -> None:
     # The phone rang, then went away: no 487 to our CANCEL. Once the cancelled branch is
     # reaped (64·T1) the caller must still get a final response, not ring forever.
