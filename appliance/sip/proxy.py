@@ -215,7 +215,6 @@ class Proxy:
         self._responses = Responses(sender=sender, table=self._table, deadlines=self._deadlines,
                                     calls=calls, messages=messages, contexts=self._contexts,
                                     branches=self._branches, late=self._late,
-                                    addresses=self._locals, local_hosts=local_hosts,
                                     drain=self._drain)
         # The caller's CANCEL, Timer C and reaping (sip.cancel).
         self._cancels = Cancels(table=self._table, responses=self._responses,

@@ -2,9 +2,9 @@
 they cause.
 
 Theory of operation. The proxy hands every response to ``on_response``. One that no client
-transaction of ours expects is dropped, unless it is a 2xx to an INVITE whose top Via is ours:
-that one is forwarded statelessly (a 2xx retransmission after our transaction ended, §16.7
-step 1). The rest reach ``branch_response`` through the branch's client transaction.
+transaction of ours expects is dropped, a 2xx too (RFC 6026: an INVITE branch's Accepted
+state carries the 2xx retransmissions). The rest reach ``branch_response`` through the
+branch's client transaction.
 
 100 is absorbed (we sent our own at once); other 1xx are forwarded; every 2xx is forwarded at
 once and the other branches are CANCELled; a 6xx also cancels the others. When every branch
@@ -29,7 +29,6 @@ responses back here). Not a core module: it logs and writes records.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
 
 from appliance.sip.deadlines import Deadlines
 from appliance.sip.dialogs import (
@@ -58,7 +57,6 @@ from appliance.sip.hop import make_cancel
 from appliance.sip.message import Response
 from appliance.sip.proxy_ports import CallLog, MessageLog
 from appliance.sip.records import cdr, record_message
-from appliance.sip.routeset import is_us
 from appliance.sip.transaction import (
     InviteClientTransaction,
     ServerTransaction,
@@ -80,10 +78,8 @@ class Responses:
     def __init__(self, *, sender: Sender, table: TransactionTable, deadlines: Deadlines,
                  calls: CallLog, messages: MessageLog, contexts: dict[Transaction, Context],
                  branches: dict[Transaction, Branch], late: dict[Transaction, Late],
-                 addresses: Collection[tuple[str, int]], local_hosts: Collection[str],
                  drain: Drain) -> None:
-        """CONTEXTS, BRANCHES and LATE are the proxy's own tables; ADDRESSES and
-        LOCAL_HOSTS (live collections) are what "us" means in a response's Via."""
+        """CONTEXTS, BRANCHES and LATE are the proxy's own tables."""
         self._sender = sender
         self._table = table
         self._deadlines = deadlines
@@ -92,8 +88,6 @@ class Responses:
         self._contexts = contexts
         self._branches = branches
         self._late = late
-        self._locals = addresses
-        self._local_hosts = local_hosts
         self._drain = drain
 
     async def on_response(self, response: Response, now: float) -> None:
@@ -102,26 +96,15 @@ class Responses:
         except SipParseError:
             return
         if txn is None:
-            await self._stray_response(response)
+            # RFC 6026 (updating §16.7 step 1): a response no client transaction of ours
+            # expects is not forwarded, not even a 2xx. The INVITE branch's Accepted state
+            # (Timer M, 64·T1) already carries every retransmission its callee may send;
+            # a stateless relay would let anyone who puts our Via on top of a forged
+            # response have us send it wherever its next Via points.
+            logger.debug("x %d response matching no transaction: dropped", response.status)
             return
         txn.receive(response, now)
         await self._drain(txn, txn.pop_actions(), now)
-
-    async def _stray_response(self, response: Response) -> None:
-        """A response no transaction of ours expects. A 2xx to an INVITE whose top Via is
-        ours is forwarded statelessly (a 2xx retransmission after our transaction ended,
-        §16.7 step 1); anything else is dropped."""
-        top = response.top_via
-        if top is None or not is_us(top.host, top.port, self._locals, self._local_hosts):
-            return
-        if not (200 <= response.status < 300 and response.cseq.method == "INVITE"):
-            return
-        forwarded = strip_top_via(response)
-        via = forwarded.top_via if forwarded is not None else None
-        where = via.response_target() if via is not None else None
-        if forwarded is not None and via is not None and where is not None:
-            transport = "tcp" if via.transport == "TCP" else "udp"
-            self._sender.send(forwarded, Target(transport, *where))
 
     async def branch_response(self, branch: Branch, response: Response, now: float) -> None:
         context = branch.context

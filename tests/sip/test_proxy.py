@@ -768,6 +768,30 @@ async def test_response_whose_top_via_is_not_ours_is_dropped() -> None:
     assert h.sender.sent == []
 
 
+async def test_a_2xx_with_our_via_but_no_transaction_of_ours_is_not_relayed() -> None:
+    # RFC 6026 (updating RFC 3261 §16.7): a response that matches no client transaction is
+    # not forwarded. Our Via is public: a forged 200 with it on top and a victim's Via below
+    # would otherwise make us send whatever it carries to whoever it names.
+    h, alice, bob = setup()
+    forged = alice.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>", call_id="x",
+                           from_tag="t")
+    forged.prepend("Via", "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKnotours")
+    await h.send(bob, bob.answer(forged, 200, to_tag="b"))
+    assert h.sender.sent == []
+
+
+async def test_2xx_retransmissions_reach_the_caller_for_64_t1_after_the_call_is_set_up() -> None:
+    # What the stateless relay of 2xx was for: the INVITE branch's Accepted state (Timer M,
+    # 64·T1) still forwards the callee's retransmissions while it has no ACK.
+    h, alice, bob = setup()
+    invite, to_bob, ok = await established(h, alice, bob)
+    for _ in range(6):
+        await h.tick(5)
+        await h.send(bob, ok)
+    assert statuses(h) == [200] * 6
+    assert {t for _, t in h.sender.responses()} == {Target("udp", *ALICE_SRC)}
+
+
 async def test_budget_of_requests_in_flight_answers_503() -> None:
     h, alice, bob = setup()
     h.proxy.max_contexts = 1
