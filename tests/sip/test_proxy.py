@@ -237,6 +237,18 @@ async def test_max_forwards_zero_gets_483_without_challenge() -> None:
     assert statuses(h) == [483]
 
 
+async def test_unknown_proxy_require_gets_420_with_unsupported_before_any_challenge() -> None:
+    # The front door checks this too; the proxy does on its own (§16.3 step 5) and names
+    # the options it lacks.
+    h, alice, bob = setup()
+    invite = alice.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>", call_id="pr",
+                           from_tag="t", body=SDP, headers=[("Proxy-Require", "sec-agree, foo")])
+    await h.send(alice, invite)
+    [(refusal, _)] = h.sender.responses()
+    assert refusal.status == 420 and refusal.get("unsupported") == "sec-agree, foo"
+    assert h.sender.requests() == []
+
+
 async def test_max_forwards_one_is_forwarded_as_zero() -> None:
     h, alice, _ = setup()
     await h.authenticated(alice, "INVITE", "bob", body=SDP, max_forwards=1)
