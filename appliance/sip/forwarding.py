@@ -15,8 +15,8 @@ from the incoming ACK's for a stateless hop, ``ack_branch``), our Record-Route
 (``make_record_route``), the To tag of our own responses (``tag_for``, stable across
 retransmissions), a final response we make in place of a branch's (``local_response``), the
 chosen 401/407 with every branch's challenges (``with_challenges``), and a response with our
-Via taken off (``strip_top_via``). ``trim`` lets a finished request keep
-only what a lingering branch still reads.
+Via taken off (``strip_top_via``). ``trim`` lets a finished request keep only what a lingering
+branch still reads.
 
 Kept apart from ``sip.proxy`` (which owns the tables, the timers and the I/O) because none of
 this does I/O, logs or reads a clock.

@@ -10,9 +10,9 @@ branch's client transaction.
 once and the other branches are CANCELled; a 6xx also cancels the others. When every branch
 has a final response and none was a 2xx, the best one (6xx, then 2xx, then the lowest class;
 503 → 500; a 401/407 carrying the challenges of every 401/407 branch) goes to the caller
-(``maybe_finish``). A branch with no provisional yet cannot be
-CANCELled (RFC 3261 §9.1): ``cancel_branch`` gives it a local 487 at once and cancels it when
-its provisional arrives; a cancelled branch gets a reaping deadline (``sip.cancel``).
+(``maybe_finish``). A branch with no provisional yet cannot be CANCELled (RFC 3261 §9.1):
+``cancel_branch`` gives it a local 487 at once and cancels it when its provisional arrives;
+a cancelled branch gets a reaping deadline (``sip.cancel``).
 
 Once the caller has its final and every branch is done, the request is over (``maybe_done``):
 each branch's client transaction keeps only what can still happen to it (``settle``), so that
