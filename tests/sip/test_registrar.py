@@ -630,3 +630,202 @@ async def test_a_failed_write_is_tried_again_with_the_next_one() -> None:
     assert "alice" not in h.store.saved
     await h.registrar.flush()
     assert h.store.saved["alice"]
+
+
+# --- RFC 3261 §10.3 steps 6-8, as a phone sees them --------------------------------------------
+
+
+def contacts_of(h: Harness) -> list[tuple[str, int]]:
+    now = h.clock()
+    return sorted((b.uri, b.expires_in(now)) for b in h.location.lookup("alice", now))
+
+
+async def test_star_with_another_contact_is_400_and_changes_nothing() -> None:
+    h = Harness(user("alice"))
+    await h.registered(call_id="keep")
+    bad = await h.registered(call_id="keep-2", contacts=("*", "<sip:alice@192.0.2.99>"),
+                             expires=0)
+    assert bad.status == 400
+    assert contacts_of(h) == [("sip:alice@192.0.2.10:5060", 3600)]
+
+
+async def test_star_with_the_same_call_id_and_a_cseq_not_higher_fails() -> None:
+    h = Harness(user("alice"))
+    await h.registered(call_id="same")  # stored with CSeq 2
+    challenge = await h.send(register("alice", call_id="other", cseq=1, contacts=("*",),
+                                      expires=0))
+    assert challenge is not None
+    # the phone's own Call-ID again, CSeq 2: not above the stored 2 (§10.3 step 6)
+    old = await h.send(register("alice", call_id="same", cseq=2, contacts=("*",), expires=0,
+                                auth=answer(challenge, "alice", nc=1)))
+    assert old is not None and old.status == 400
+    assert contacts_of(h) == [("sip:alice@192.0.2.10:5060", 3600)]
+    assert h.directory.published["alice"]
+
+
+async def test_star_with_another_call_id_removes_every_binding() -> None:
+    h = Harness(user("alice"))
+    await h.registered(call_id="p1", contacts=("<sip:alice@192.0.2.10:5060>",))
+    await h.registered(call_id="p2", contacts=("<sip:alice@192.0.2.11:5060>",))
+    ok = await h.registered(call_id="p3", contacts=("*",), expires=0)
+    assert ok.status == 200 and not ok.get_all("contact")
+    assert contacts_of(h) == [] and h.directory.published["alice"] == []
+
+
+async def test_same_call_id_lower_cseq_fails_and_leaves_the_binding_alone() -> None:
+    h = Harness(user("alice"))
+    await h.registered(call_id="c7", expires=600)  # CSeq 2
+    h.clock.now += 10
+    challenge = await h.send(register("alice", call_id="x", cseq=1))
+    assert challenge is not None
+    late = await h.send(register("alice", call_id="c7", cseq=1, expires=0,
+                                 auth=answer(challenge, "alice")))
+    assert late is not None and late.status == 400  # a delayed older REGISTER: not applied
+    assert contacts_of(h) == [("sip:alice@192.0.2.10:5060", 590)]
+
+
+async def test_another_call_id_replaces_the_binding_of_the_same_contact() -> None:
+    h = Harness(user("alice"))
+    await h.registered(call_id="before-reboot", expires=600)
+    h.clock.now += 10
+    ok = await h.registered(call_id="after-reboot", expires=300)
+    assert ok.status == 200
+    assert ok.get_all("contact") == ["<sip:alice@192.0.2.10:5060>;expires=300"]
+    assert [b.call_id for b in h.location.lookup("alice", h.clock())] == ["after-reboot"]
+
+
+async def test_too_many_contacts_in_one_register_applies_none_of_them() -> None:
+    h = Harness(user("alice"))
+    h.location.max_contacts = 3
+    await h.registered(call_id="a", contacts=("<sip:alice@10.0.0.1>", "<sip:alice@10.0.0.2>"))
+    full = await h.registered(call_id="b", contacts=("<sip:alice@10.0.0.3>",
+                                                     "<sip:alice@10.0.0.4>"))
+    assert full.status == 503 and not full.get_all("contact")
+    assert [uri for uri, _ in contacts_of(h)] == ["sip:alice@10.0.0.1", "sip:alice@10.0.0.2"]
+    assert len(h.directory.published["alice"]) == 2
+    # Removing one in the same REGISTER makes room: counted after the whole request.
+    ok = await h.registered(call_id="c", contacts=("<sip:alice@10.0.0.1>;expires=0",
+                                                   "<sip:alice@10.0.0.3>",
+                                                   "<sip:alice@10.0.0.4>"))
+    assert ok.status == 200 and len(ok.get_all("contact")) == 3
+
+
+async def test_expires_zero_on_one_contact_among_several() -> None:
+    h = Harness(user("alice"))
+    await h.registered(call_id="m1", contacts=("<sip:alice@10.0.0.1>", "<sip:alice@10.0.0.2>"))
+    ok = await h.registered(call_id="m2", contacts=("<sip:alice@10.0.0.1>;expires=0",
+                                                    "<sip:alice@10.0.0.3>"), expires=600)
+    assert ok.status == 200
+    assert sorted(ok.get_all("contact")) == ["<sip:alice@10.0.0.2>;expires=3600",
+                                             "<sip:alice@10.0.0.3>;expires=600"]
+
+
+async def test_contact_expires_beats_the_expires_header() -> None:
+    h = Harness(user("alice"))
+    ok = await h.registered(contacts=("<sip:alice@10.0.0.1>;expires=120",
+                                      "<sip:alice@10.0.0.2>"), expires=600)
+    assert sorted(ok.get_all("contact")) == ["<sip:alice@10.0.0.1>;expires=120",
+                                             "<sip:alice@10.0.0.2>;expires=600"]
+    # ...also when the header alone would be too brief or would unregister
+    ok = await h.registered(contacts=("<sip:alice@10.0.0.1>;expires=300",), expires=0)
+    assert ok.status == 200 and "<sip:alice@10.0.0.1>;expires=300" in ok.get_all("contact")
+
+
+async def test_an_expiry_above_the_maximum_is_lowered_and_the_200_says_so() -> None:
+    h = Harness(user("alice"))
+    ok = await h.registered(expires=86400)
+    assert ok.get_all("contact") == ["<sip:alice@192.0.2.10:5060>;expires=3600"]
+    ok = await h.registered(contacts=("<sip:alice@10.0.0.1>;expires=4294967295",))
+    assert "<sip:alice@10.0.0.1>;expires=3600" in ok.get_all("contact")
+
+
+async def test_423_names_min_expires_for_a_too_brief_contact_param() -> None:
+    h = Harness(user("alice"))
+    await h.registered(call_id="k")
+    short = await h.registered(call_id="k2", contacts=("<sip:alice@10.0.0.1>;expires=10",
+                                                       "<sip:alice@10.0.0.2>"))
+    assert short.status == 423 and short.get("min-expires") == "60"
+    assert [uri for uri, _ in contacts_of(h)] == ["sip:alice@192.0.2.10:5060"]
+
+
+async def test_a_query_answers_remaining_expires_and_changes_nothing() -> None:
+    h = Harness(user("alice"))
+    await h.registered(call_id="q1", expires=600)
+    h.clock.now += 100
+    published = list(h.directory.published["alice"])
+    ok = await h.registered(call_id="q1-query", contacts=(), expires=0)  # Expires alone: a query
+    assert ok.status == 200
+    assert ok.get_all("contact") == ["<sip:alice@192.0.2.10:5060>;expires=500"]
+    assert h.directory.published["alice"] == published
+    assert contacts_of(h) == [("sip:alice@192.0.2.10:5060", 500)]
+
+
+async def test_unknown_require_on_register_is_420_before_any_challenge() -> None:
+    h = Harness(user("alice"))
+    bad = await h.send(register("alice", extra=("Require: sec-agree",)))
+    assert bad is not None and bad.status == 420 and bad.get("unsupported") == "sec-agree"
+    assert not bad.get_all("www-authenticate")
+
+
+async def test_credentials_for_another_realm_are_not_ours_a_fresh_challenge() -> None:
+    # A Client whose HA1 was made with its own (account's) realm: a phone answering with the
+    # appliance realm holds credentials for another realm, which is not a failed password.
+    h = Harness(user("alice", realm="branch.example.com"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    assert {c.realm for c in challenges(challenge)} == {"branch.example.com"}
+    wrong = answer(challenge, "alice").replace('realm="branch.example.com"', f'realm="{REALM}"')
+    again = await h.send(register("alice", cseq=2, auth=wrong))
+    assert again is not None and again.status == 401
+    assert {c.realm for c in challenges(again)} == {"branch.example.com"}
+    assert PHONE[0] not in h.guard._records or not h.guard._records[PHONE[0]].failures
+    assert len(h.location) == 0
+
+
+@pytest.mark.parametrize("drop", ["nc", "cnonce"])
+async def test_qop_auth_without_nc_or_cnonce_is_400(drop: str) -> None:
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    auth = re.sub(rf',\s*{drop}=("[^"]*"|[^,]*)', "", answer(challenge, "alice"))
+    bad = await h.send(register("alice", cseq=2, auth=auth))
+    assert bad is not None and bad.status == 400 and len(h.location) == 0
+
+
+async def test_unknown_digest_algorithm_is_400() -> None:
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    auth = answer(challenge, "alice").replace("algorithm=MD5", "algorithm=SHA-512-256")
+    bad = await h.send(register("alice", cseq=2, auth=auth))
+    assert bad is not None and bad.status == 400 and len(h.location) == 0
+
+
+async def test_a_nonce_gone_stale_over_a_restart_is_rechallenged_with_stale_true() -> None:
+    secret = b"r" * 32
+    first = Harness(user("alice"))
+    await first.registrar.start(nonce_secret=secret)
+    await first.registrar.stop()
+    challenge = await first.send(register("alice"))
+    assert challenge is not None
+    second = Harness(user("alice"))
+    second.clock.now += 400  # the appliance was down longer than a nonce lives
+    await second.registrar.start(nonce_secret=secret)
+    await second.registrar.stop()
+    again = await second.send(register("alice", cseq=2, auth=answer(challenge, "alice")))
+    assert again is not None and again.status == 401
+    assert [c.params.get("stale") for c in challenges(again)] == ["true", "true"]
+    assert PHONE[0] not in second.guard._records or \
+        not second.guard._records[PHONE[0]].failures
+
+
+async def test_a_nonce_of_another_instance_is_a_fresh_challenge_not_a_failure() -> None:
+    first = Harness(user("alice"))
+    challenge = await first.send(register("alice"))
+    assert challenge is not None
+    second = Harness(user("alice"))  # another secret: another appliance, or a lost key
+    again = await second.send(register("alice", cseq=2, auth=answer(challenge, "alice")))
+    assert again is not None and again.status == 401
+    assert all("stale" not in c.params for c in challenges(again))
+    assert PHONE[0] not in second.guard._records or \
+        not second.guard._records[PHONE[0]].failures
