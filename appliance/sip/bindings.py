@@ -60,10 +60,13 @@ class Binding:
         return max(0, int(self.expires_at - now + 0.5))
 
     def header_value(self, now: float) -> str:
-        """A Contact value for the 200 OK: the URI with its params and remaining expires."""
-        if not self.params:  # what the general case below gives, for the usual Contact
+        """A Contact value for the 200 OK: the URI with its params, its q-value (a phone
+        checks the 200 for what it asked) and remaining expires."""
+        if not self.params and self.q is None:  # the general case below, for the usual one
             return f"<{self.uri}>;expires={self.expires_in(now)}"
         contact = NameAddr(uri=self.uri, params=list(self.params))
+        if self.q is not None:
+            contact.set_param("q", qvalue_text(self.q))
         contact.set_param("expires", str(self.expires_in(now)))
         return str(contact)
 
@@ -90,6 +93,11 @@ class Binding:
             q=data.get("q"),
             params=[(str(k), None if v is None else str(v)) for k, v in data.get("params", [])],
         )
+
+
+def qvalue_text(q: float) -> str:
+    """Q as RFC 3261 writes a qvalue (``0.5``, ``1``), at most three decimals."""
+    return f"{q:.3f}".rstrip("0").rstrip(".")
 
 
 @dataclass(frozen=True)

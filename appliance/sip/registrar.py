@@ -38,7 +38,8 @@ Authentication, in order:
   restart does not invalidate the nonces phones hold; ``nc`` replays are refused.
 
 Bindings: ``Location.register`` applies the checks (400 for a bad ``*`` or CSeq order, 423 +
-Min-Expires, 503 for too many contacts). The 200 lists every contact with its remaining
+Min-Expires, 503 for too many contacts; 400 for a Contact that is not a SIP URI or whose
+expires or q is not RFC 3261's). The 200 lists every contact with its q-value and remaining
 expires, plus a Date header. After each change the AoR's bindings are published to the
 Directory for the API at once, and saved through the ``BindingStore`` **write-behind**: the
 changed AoRs are marked, and at most ``flush_interval`` (1 s) later one store call writes the
@@ -62,6 +63,7 @@ import contextlib
 import email.utils
 import functools
 import logging
+import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -111,6 +113,7 @@ MAX_LOGGED_SOURCES = 1000
 # MD5 or AKAv1-MD5"), and MD5-only desk-phone firmware behaves alike. [sip] digest_algorithms
 # changes the order (or drops MD5) where every phone speaks SHA-256.
 DEFAULT_ALGORITHMS = (Algorithm.MD5, Algorithm.SHA256)
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 # Write-behind of bindings (see the module docstring): the longest a change waits for disk.
 FLUSH_INTERVAL = 1.0
 
@@ -503,13 +506,13 @@ class Registrar:
 
 def _check_contact(contact: NameAddr) -> None:
     """A Contact we could later send a request to: a valid sip:/sips: URI."""
-    problem = _contact_problem(contact.uri, contact.param("expires"))
+    problem = _contact_problem(contact.uri, contact.param("expires"), contact.param("q"))
     if problem is not None:
         raise SipParseError(problem)
 
 
 @functools.lru_cache(maxsize=1024)
-def _contact_problem(uri_text: str, expires: str | None) -> str | None:
+def _contact_problem(uri_text: str, expires: str | None, q: str | None) -> str | None:
     # Cached by value: a phone refreshes the same Contact all day.
     try:
         uri = parse_uri(uri_text)
@@ -519,4 +522,8 @@ def _contact_problem(uri_text: str, expires: str | None) -> str | None:
         return f"Contact {uri_text[:60]!r} is not a SIP URI"
     if expires is not None and (not expires.isdigit() or len(expires) > 10):
         return f"bad Contact expires {expires[:20]!r}"
+    # RFC 3261 §20.10 qvalue; float() alone would take "nan", "inf" or "7", which break the
+    # proxy's ordering of contacts (Kamailio answers 400 "Invalid q value" alike).
+    if q is not None and not _QVALUE.fullmatch(q):
+        return f"bad Contact q {q[:20]!r}"
     return None

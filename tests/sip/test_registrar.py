@@ -829,3 +829,24 @@ async def test_a_nonce_of_another_instance_is_a_fresh_challenge_not_a_failure() 
     assert all("stale" not in c.params for c in challenges(again))
     assert PHONE[0] not in second.guard._records or \
         not second.guard._records[PHONE[0]].failures
+
+
+async def test_the_200_keeps_each_contacts_q_value() -> None:
+    h = Harness(user("alice"))
+    ok = await h.registered(contacts=("<sip:alice@10.0.0.1>;q=0.5",
+                                      "<sip:alice@10.0.0.2>;q=1.0;+sip.instance=\"<urn:x>\"",
+                                      "<sip:alice@10.0.0.3>"))
+    assert ok.get_all("contact") == [
+        '<sip:alice@10.0.0.2>;+sip.instance="<urn:x>";q=1;expires=3600',
+        "<sip:alice@10.0.0.3>;expires=3600",
+        "<sip:alice@10.0.0.1>;q=0.5;expires=3600"]
+    # ...and in the answer to a later query, which reads the stored bindings
+    ok = await h.registered(call_id="query", contacts=())
+    assert "<sip:alice@10.0.0.1>;q=0.5;expires=3600" in ok.get_all("contact")
+
+
+@pytest.mark.parametrize("q", ["nan", "7", "-1", "1.5", "0.1234", "inf"])
+async def test_a_q_value_outside_rfc_3261_is_400(q: str) -> None:
+    h = Harness(user("alice"))
+    bad = await h.registered(contacts=(f"<sip:alice@10.0.0.1>;q={q}",))
+    assert bad.status == 400 and len(h.location) == 0
