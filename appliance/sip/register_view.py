@@ -63,7 +63,8 @@ _REQUEST_URI = re.compile(r"sip:[!-~]+")
 
 class RegisterFields(NamedTuple):
     """What the registrar decides on. LOGIN is the To-URI's user part (None: the To is not
-    a SIP URI with a user); CONTACTS and AUTHORIZATIONS are the raw header values."""
+    a SIP URI with a user); CONTACTS and AUTHORIZATIONS are the raw header values;
+    REQUEST_URI is the request line's, which a digest ``uri`` must name."""
 
     login: str | None
     authorizations: Sequence[str]
@@ -73,6 +74,7 @@ class RegisterFields(NamedTuple):
     call_id: str
     cseq: int
     user_agent: str
+    request_uri: str
 
 
 def fields_of(request: Request, login: str | None) -> RegisterFields:
@@ -87,6 +89,7 @@ def fields_of(request: Request, login: str | None) -> RegisterFields:
         call_id=request.call_id or "",
         cseq=request.cseq.number,
         user_agent=request.get("user-agent") or "",
+        request_uri=request.uri,
     )
 
 
@@ -135,10 +138,11 @@ class PlainRegister(NamedTuple):
             found[key] = value.strip()  # what the general parser keeps of a value
         if not found.keys() >= _REQUIRED or found.get("content-length", "0") != "0":
             return None
-        return cls._build(found, source)
+        return cls._build(found, source, request_line[1])
 
     @classmethod
-    def _build(cls, found: dict[str, str], source: tuple[str, int]) -> PlainRegister | None:
+    def _build(cls, found: dict[str, str], source: tuple[str, int],
+               request_uri: str) -> PlainRegister | None:
         via = _VIA.fullmatch(found["via"])
         if via is None or not _answerable(via.group(1)):
             return None
@@ -182,7 +186,8 @@ class PlainRegister(NamedTuple):
             login=user.group(1),
             authorizations=(authorization,) if authorization is not None else (),
             branch=branch, contacts=(found["contact"],), expires=expires, call_id=call_id,
-            cseq=int(cseq.group(1)), user_agent=found.get("user-agent", ""))
+            cseq=int(cseq.group(1)), user_agent=found.get("user-agent", ""),
+            request_uri=request_uri)
         head = (f"Via: SIP/2.0/UDP {sent_by};{stamped}\r\nFrom: {found['from']}\r\n"
                 f"To: {found['to']};tag=").encode()
         tail = f"\r\nCall-ID: {call_id}\r\nCSeq: {found['cseq']}\r\n".encode()

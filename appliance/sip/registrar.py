@@ -19,9 +19,10 @@ Authentication, in order:
 | our nonce, right password, nonce expired | 401 with ``stale=true`` |
 | wrong password, unknown user, username ≠ login, replayed ``nc`` | **403**, a Guard failure |
 | right password, Client disabled or its account not active | **403**, never re-challenged |
-| broken credentials (missing fields, unknown algorithm or qop) | 400 |
+| broken credentials (missing fields, unknown algorithm or qop, foreign ``uri``) (2) | 400 |
 
 (1) Forged, or issued before the nonce secret changed: not the phone's fault, not counted.
+(2) A digest ``uri`` that is not the Request-URI by RFC 3261 §19.1.4 (RFC 7616 §3.4.6).
 
 - **401, not 407.** api-behaviour.md §11 says Restcomm answers REGISTER with 407
   Proxy-Authenticate; RFC 3261 §10.3 (and every desk phone) expects a registrar's 401
@@ -95,7 +96,7 @@ from appliance.sip.guard import Guard
 from appliance.sip.headers import DigestCredentials, NameAddr, parse_name_addrs
 from appliance.sip.message import Request, Response, make_response
 from appliance.sip.register_view import PlainRegister, RegisterFields, fields_of
-from appliance.sip.uri import SipUri, parse_uri
+from appliance.sip.uri import SipUri, parse_uri, same_uri
 from appliance.sip.wire import Incoming
 
 logger = logging.getLogger(__name__)
@@ -301,6 +302,11 @@ class Registrar:
         algorithm = algorithm_of(creds)
         if algorithm is None:
             raise SipParseError(f"unsupported digest algorithm {creds.algorithm!r}")
+        # RFC 7616 §3.4.6: the digest must be for this request's resource (the proxy could
+        # otherwise be handed a response computed for another one); a mismatch is 400, not
+        # a failed password.
+        if not same_uri(creds.params.get("uri") or "", fields.request_uri):
+            raise SipParseError("digest uri is not the Request-URI")
         ha1: str | None = None
         if user is not None and creds.username == login:
             ha1 = stored_ha1(algorithm, md5=user.ha1_md5, sha256=user.ha1_sha256)

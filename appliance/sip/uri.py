@@ -247,3 +247,36 @@ def parse_sip_uri(text: str) -> SipUri:
     if not isinstance(uri, SipUri):
         raise SipParseError(f"not a SIP URI: {text!r}", 416)
     return uri
+
+
+# RFC 3261 §19.1.4: these URI parameters must match even when only one URI carries them;
+# any other parameter counts only when both carry it.
+_ALWAYS_COMPARED = frozenset({"user", "ttl", "method", "maddr"})
+
+
+def same_uri(first: str, second: str) -> bool:
+    """Whether two URI texts name the same resource by RFC 3261 §19.1.4: scheme and host
+    case-insensitive, user and password exact, the port explicit or absent in both,
+    parameters compared as that section says, headers all equal. A text that does not
+    parse equals only itself."""
+    if first == second:
+        return True
+    try:
+        a, b = parse_uri(first), parse_uri(second)
+    except SipParseError:
+        return False
+    if not isinstance(a, SipUri) or not isinstance(b, SipUri):
+        return False
+    if (a.scheme.lower(), a.user, a.password, a.host.lower(), a.port) != \
+            (b.scheme.lower(), b.user, b.password, b.host.lower(), b.port):
+        return False
+    params_a = {k.lower(): (v or "").lower() for k, v in a.params}
+    params_b = {k.lower(): (v or "").lower() for k, v in b.params}
+    for name in params_a.keys() | params_b.keys():
+        if name in params_a and name in params_b:
+            if params_a[name] != params_b[name]:
+                return False
+        elif name in _ALWAYS_COMPARED:
+            return False
+    return sorted((k.lower(), v) for k, v in a.headers) == \
+        sorted((k.lower(), v) for k, v in b.headers)

@@ -467,3 +467,17 @@ def test_what_the_quick_reader_accepts_the_general_parser_reads_alike(data: byte
     stamp_received(request, *PHONE, force_rport=True)
     general = bytes(make_response(request, 401, to_tag="T"))
     assert view.reply(401, [], to_tag="T") == general
+
+
+async def test_a_digest_uri_other_than_the_request_uri_is_400_on_both_paths() -> None:
+    pair = Pair(user("alice"))
+    phones = phone_pair()
+    challenges = await challenged(pair, phones)
+
+    def send(side: Side) -> bytes:
+        auth = authorization(challenges[side.quick], "alice")
+        return phones[side.name].register(auth=auth.replace(
+            'uri="sip:pbx.example.com"', 'uri="sip:other.example.com"'))
+
+    assert status(await pair.both(send, "alice")) == 400
+    pair.close()

@@ -850,3 +850,28 @@ async def test_a_q_value_outside_rfc_3261_is_400(q: str) -> None:
     h = Harness(user("alice"))
     bad = await h.registered(contacts=(f"<sip:alice@10.0.0.1>;q={q}",))
     assert bad.status == 400 and len(h.location) == 0
+
+
+async def test_a_digest_uri_other_than_the_request_uri_is_400() -> None:
+    # RFC 7616 §3.4.6 (RFC 2617 §3.2.2.5): the digest covers the resource of the request
+    # line; a response computed for another URI is not this request's, right password or not.
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    auth = answer(challenge, "alice", cseq_uri="sip:other.example.com")
+    bad = await h.send(register("alice", cseq=2, auth=auth))
+    assert bad is not None and bad.status == 400
+    assert len(h.location) == 0 and "alice" not in h.directory.published
+    assert PHONE[0] not in h.guard._records or not h.guard._records[PHONE[0]].failures
+
+
+@pytest.mark.parametrize("uri", ["sip:PBX.example.com", "sip:pbx.example.com;transport=UDP"])
+async def test_a_digest_uri_equal_to_the_request_uri_by_rfc_3261_rules_is_accepted(
+        uri: str) -> None:
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    request = register("alice", cseq=2, auth=answer(challenge, "alice", cseq_uri=uri))
+    request.uri = "sip:pbx.example.com;transport=udp" if "transport" in uri else request.uri
+    ok = await h.send(request)
+    assert ok is not None and ok.status == 200

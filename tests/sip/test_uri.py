@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.sip.errors import SipParseError
-from appliance.sip.uri import SipUri, TelUri, parse_sip_uri, parse_uri
+from appliance.sip.uri import SipUri, TelUri, parse_sip_uri, parse_uri, same_uri
 
 ROUND_TRIP = [
     "sip:pbx.example.com",
@@ -86,3 +86,24 @@ def test_parse_sip_uri_refuses_tel() -> None:
     with pytest.raises(SipParseError) as info:
         parse_sip_uri("tel:+1")
     assert info.value.status == 416
+
+
+@pytest.mark.parametrize(("first", "second", "same"), [
+    ("sip:pbx.example.com", "sip:pbx.example.com", True),
+    ("sip:PBX.Example.com", "sip:pbx.example.com", True),
+    ("SIP:alice@pbx.example.com", "sip:alice@pbx.example.com", True),
+    ("sip:%61lice@pbx.example.com", "sip:alice@pbx.example.com", True),
+    ("sip:pbx.example.com;transport=UDP", "sip:pbx.example.com;transport=udp", True),
+    ("sip:pbx.example.com;transport=udp", "sip:pbx.example.com", True),  # only in one
+    ("sip:Alice@pbx.example.com", "sip:alice@pbx.example.com", False),  # user exact
+    ("sip:pbx.example.com:5060", "sip:pbx.example.com", False),  # explicit default port
+    ("sip:pbx.example.com;transport=tcp", "sip:pbx.example.com;transport=udp", False),
+    ("sip:pbx.example.com;maddr=10.0.0.1", "sip:pbx.example.com", False),
+    ("sips:pbx.example.com", "sip:pbx.example.com", False),
+    ("sip:other.example.com", "sip:pbx.example.com", False),
+    ("garbage", "sip:pbx.example.com", False),
+    ("garbage", "garbage", True),
+])
+def test_same_uri_follows_rfc_3261_comparison(first: str, second: str, same: bool) -> None:
+    assert same_uri(first, second) is same
+    assert same_uri(second, first) is same
