@@ -9,7 +9,9 @@ from it. The same code serves ``Authorization`` after a 401 (registrar) and
 Nonces are stateless: ``hex(ts) "." salt "." HMAC(secret, ts "." salt)``. An authentic nonce
 older than ``lifetime`` makes the caller re-challenge with ``stale=true`` (the phone retries
 with the same password, silently); a forged one is simply a failure. Only ``NonceCounts``
-keeps state, to refuse a replayed ``nc``; it is capped and evicts the oldest nonce.
+keeps state, to refuse a replayed ``nc``; it is capped and evicts the oldest nonce. A digest
+without qop (hence without nc) is accepted, as sip.md §2.3 asks, but once per nonce: its
+second use is answered like an expired nonce.
 """
 
 from __future__ import annotations
@@ -216,7 +218,7 @@ class NonceCounts:
 
 class Verdict(enum.Enum):
     ACCEPTED = "accepted"
-    STALE = "stale"  # right password, expired nonce: challenge again with stale=true
+    STALE = "stale"  # right password, expired (or used, without qop) nonce: stale=true
     REJECTED = "rejected"  # wrong response, unknown user, forged nonce, replay: a failure
     MALFORMED = "malformed"  # missing fields, wrong realm, unknown algorithm/qop: 400 or 401
 
@@ -289,8 +291,14 @@ class DigestAuth:
             return Verdict.REJECTED
         if status is NonceStatus.STALE:
             return Verdict.STALE
-        if self.counts is not None and nc_text is not None:
-            if not self.counts.accept(nonce, int(nc_text, 16)):
+        if self.counts is not None:
+            if nc_text is None:
+                # No qop (RFC 2069 phones): no nc tells the phone from someone replaying what
+                # it sent, and the digest does not cover the Contact. Such a nonce serves one
+                # request; its next use is re-challenged (the password was right).
+                if not self.counts.accept(nonce, 0):
+                    return Verdict.STALE
+            elif not self.counts.accept(nonce, int(nc_text, 16)):
                 return Verdict.REJECTED
         return Verdict.ACCEPTED
 

@@ -16,7 +16,7 @@ Authentication, in order:
 | Situation | Reply |
 |---|---|
 | no credentials for our realm, or a nonce not ours (1) | 401, a fresh challenge |
-| our nonce, right password, nonce expired | 401 with ``stale=true`` |
+| our nonce, right password, nonce expired (or used already, without qop) | 401 ``stale=true`` |
 | wrong password, unknown user, username ≠ login, replayed ``nc`` | **403**, a Guard failure |
 | right password, Client disabled or its account not active | **403**, never re-challenged |
 | broken credentials (missing fields, unknown algorithm or qop, foreign ``uri``) (2) | 400 |

@@ -142,6 +142,17 @@ def test_accepts_the_right_password(
     assert verdict is expected
 
 
+def test_without_qop_a_nonce_is_good_for_one_request(auth: DigestAuth) -> None:
+    nonce = auth.nonces.issue(10.0)
+    creds = credentials(auth, 10.0, qop=None, nonce=nonce)
+    assert check(auth, creds, 10.0) is Verdict.ACCEPTED
+    assert check(auth, creds, 11.0) is Verdict.STALE  # a replay, or an RFC 2069 phone
+    other = credentials(auth, 10.0, qop=None, nonce=nonce, password="guess")
+    assert check(auth, other, 11.0) is Verdict.REJECTED  # a wrong password stays a failure
+    without_counts = DigestAuth(REALM, auth.nonces)
+    assert check(without_counts, creds, 11.0) is Verdict.ACCEPTED
+
+
 def test_auth_int_covers_the_body(auth: DigestAuth) -> None:
     nonce = auth.nonces.issue(0)
     ha1 = STORED[Algorithm.MD5]

@@ -875,3 +875,43 @@ async def test_a_digest_uri_equal_to_the_request_uri_by_rfc_3261_rules_is_accept
     request.uri = "sip:pbx.example.com;transport=udp" if "transport" in uri else request.uri
     ok = await h.send(request)
     assert ok is not None and ok.status == 200
+
+
+def rfc2069_answer(challenge: Response, login: str, uri: str = "sip:pbx.example.com") -> str:
+    """An MD5 Authorization without qop (RFC 2069 style), as some old phones send."""
+    nonce = challenges(challenge)[0].params["nonce"]
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    response = md5(f"{md5(f'{login}:{REALM}:{PASSWORD}')}:{nonce}:{md5('REGISTER:' + uri)}")
+    return (f'Digest username="{login}", realm="{REALM}", nonce="{nonce}", uri="{uri}", '
+            f'response="{response}", algorithm=MD5')
+
+
+async def test_without_qop_a_nonce_authenticates_one_register_only() -> None:
+    # sip.md §2.3 accepts a digest without qop (old phones), which RFC 2617 §3.2.2 would not
+    # once qop="auth" was offered. Without nc nothing tells a replay from the phone, and the
+    # digest does not cover the Contact: anyone who saw one such REGISTER could bind their
+    # own address to the Client for the nonce's lifetime. So each nonce serves one request;
+    # the next use is re-challenged with stale=true (the password was right).
+    h = Harness(user("alice"))
+    challenge = await h.send(register("alice", call_id="old-phone"))
+    assert challenge is not None
+    auth = rfc2069_answer(challenge, "alice")
+    ok = await h.send(register("alice", call_id="old-phone", cseq=2, auth=auth, branch="r1"))
+    assert ok is not None and ok.status == 200
+    h.door._table.servers.clear()  # its retransmission is still answered alike
+    again = await h.send(register("alice", call_id="old-phone", cseq=2, auth=auth, branch="r1"))
+    assert again is not None and again.status == 200
+    replay = await h.send(register("alice", call_id="attacker", cseq=1, auth=auth,
+                                   contacts=("<sip:alice@203.0.113.66:5060>",)))
+    assert replay is not None and replay.status == 401
+    assert [c.params.get("stale") for c in challenges(replay)] == ["true", "true"]
+    assert [b.uri for b in h.location.lookup("alice", h.clock())] == \
+        ["sip:alice@192.0.2.10:5060"]
+    assert PHONE[0] not in h.guard._records or not h.guard._records[PHONE[0]].failures
+    # the old phone itself, refreshing with its cached nonce, answers the new challenge
+    refresh = await h.send(register("alice", call_id="old-phone", cseq=4,
+                                    auth=rfc2069_answer(replay, "alice")))
+    assert refresh is not None and refresh.status == 200
