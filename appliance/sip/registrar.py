@@ -196,10 +196,11 @@ class Registrar:
         self._aor_sources: dict[str, set[str]] = {}
         self._sources: dict[str, int] = {}
         self._logged: OrderedDict[str, float] = OrderedDict()
-        # nonce -> (nc, Via branch) of the last request it authenticated: a retransmission of
-        # that very request is not an nc replay, even when the front door had no transaction
-        # left to absorb it (its table is capped).
-        self._last_accepted: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        # nonce -> (nc, Via branch) of the last request it authenticated, and the refusal it
+        # got (None: it was applied). A retransmission of that very request is not an nc
+        # replay, even when no transaction absorbs it (the quick path keeps none, and the
+        # front door's table is capped), and it gets the same answer.
+        self._last_accepted: OrderedDict[str, tuple[str, str, Reply | None]] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._deadline: float | None = None
@@ -296,7 +297,8 @@ class Registrar:
             return self._challenge(auth, now, stale=False)
         nonce = creds.nonce or ""
         this = (creds.params.get("nc") or "", fields.branch)
-        retransmission = bool(this[1]) and self._last_accepted.get(nonce) == this
+        last = self._last_accepted.get(nonce)
+        retransmission = bool(this[1]) and last is not None and last[:2] == this
         if retransmission:
             auth = DigestAuth(realm, self.nonces, self.algorithms, None)  # nc seen: by us
         algorithm = algorithm_of(creds)
@@ -319,18 +321,30 @@ class Registrar:
             self._failed(ip, login, now)
             return Reply(403)
         self.guard.record_success(ip)
-        self._last_accepted[nonce] = this
-        self._last_accepted.move_to_end(nonce)
-        while len(self._last_accepted) > MAX_TRACKED_NONCES:
-            self._last_accepted.popitem(last=False)
         assert user is not None  # noqa: S101 - ACCEPTED needs a stored HA1
         if not user.enabled:
             logger.info("- %s from %s:%d refused: client disabled or account inactive",
                         login, *origin.source)
             return Reply(403)
-        if retransmission:  # already applied: answer with the bindings as they are
-            return self._ok(self.location.lookup(login, now), now)
-        return self._bind(fields, origin, login, now)
+        if retransmission:
+            assert last is not None  # noqa: S101 - a retransmission has a last request
+            if last[2] is not None:  # refused (423, 400...): refused again
+                return last[2]
+            return self._ok(self.location.lookup(login, now), now)  # the bindings as they are
+        try:
+            reply = self._bind(fields, origin, login, now)
+        except SipParseError:
+            self._accepted(nonce, this, Reply(400))
+            raise
+        self._accepted(nonce, this, None if reply.status == 200 else reply)
+        return reply
+
+    def _accepted(self, nonce: str, this: tuple[str, str], refusal: Reply | None) -> None:
+        """Remember the request NONCE last authenticated (THIS: its nc and branch)."""
+        self._last_accepted[nonce] = (*this, refusal)
+        self._last_accepted.move_to_end(nonce)
+        while len(self._last_accepted) > MAX_TRACKED_NONCES:
+            self._last_accepted.popitem(last=False)
 
     @staticmethod
     def _credentials(values: Sequence[str], realm: str) -> DigestCredentials | None:

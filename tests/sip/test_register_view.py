@@ -481,3 +481,20 @@ async def test_a_digest_uri_other_than_the_request_uri_is_400_on_both_paths() ->
 
     assert status(await pair.both(send, "alice")) == 400
     pair.close()
+
+
+@pytest.mark.parametrize("contact", ["<sip:{login}@192.0.2.10:5062>;expires=5",
+                                     "<sip:{login}@192.0.2.10:5062>;q=7"],
+                         ids=["423", "400"])
+async def test_a_retransmitted_refused_register_is_refused_again(contact: str) -> None:
+    # The quick path keeps no transaction: it must not take the retransmission of an
+    # authenticated REGISTER it refused for one it applied (a 200 would tell the phone it
+    # is registered while it is not).
+    pair = Pair(user("alice"))
+    phones = phone_pair(contact=contact)
+    _, refused = await dance(pair, phones)
+    assert status(refused) in (400, 423)
+    again = await pair.both(lambda side: side.last, "alice")
+    assert mask(again) == mask(refused)
+    assert pair.quick.state("alice")[0] == []
+    pair.close()
