@@ -7,11 +7,15 @@ import json
 import socket
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
 
 from appliance.app import Appliance
+from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
 from appliance.services.telephony import Registration
 from appliance.sip.message import Response, parse_message
-from tests.conftest import ADMIN_SID, Api
+from tests.conftest import ADMIN_SID, Api, free_port
 from tests.sip.test_registrar import answer, register
 
 PW = "Pbx-edge-7"
@@ -25,7 +29,8 @@ async def make_client(api: Api, login: str, account: str = ADMIN_SID) -> str:
     return str(json.loads(body)["sid"])
 
 
-async def sip_register(appliance: Appliance, login: str) -> Response:
+async def sip_register(appliance: Appliance, login: str, expires: int | None = None
+                       ) -> Response:
     """REGISTER over real UDP, answering the challenge with a digest computed in the test."""
     loop = asyncio.get_running_loop()
     port = appliance.config.sip.listen.port
@@ -37,7 +42,7 @@ async def sip_register(appliance: Appliance, login: str) -> Response:
         for cseq in (1, 2):
             auth = answer(reply, login) if reply is not None else None
             request = register(login, call_id=f"api-{login}", cseq=cseq, contacts=(contact,),
-                               auth=auth)
+                               auth=auth, expires=expires)
             await loop.sock_sendto(sock, bytes(request), ("127.0.0.1", port))
             async with asyncio.timeout(2):
                 message = parse_message(await loop.sock_recv(sock, 65535))
@@ -116,3 +121,56 @@ async def test_expired_entries_are_not_shown(api: Api, appliance: Appliance) -> 
 async def test_method_not_allowed(api: Api) -> None:
     status, _, headers = await api.post(f"{BASE}.json", {"x": "y"})
     assert status == 405 and headers["Allow"] == "GET"  # type: ignore[index]
+
+
+async def test_a_binding_survives_a_restart_and_then_expires_on_time(tmp_path: Path) -> None:
+    # The appliance's clock runs OFFSET from the real one (the API reads the real one).
+    offset = [timedelta(seconds=-100)]  # the phone registered 100 s ago...
+    config = Config(data_dir=tmp_path / "var",
+                    api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
+                    sip=SipConfig(listen=Endpoint("127.0.0.1", free_port()),
+                                  domain="pbx.example.com"),
+                    media=MediaConfig(workers=0))
+
+    async def listed(session: aiohttp.ClientSession) -> list[dict[str, object]]:
+        status, body, _ = await admin(session).get(f"{BASE}.json")
+        assert status == 200
+        return list(json.loads(body))
+
+    def admin(session: aiohttp.ClientSession) -> Api:
+        password = (config.data_dir / "admin-password").read_text().strip()
+        return Api(session, f"http://127.0.0.1:{config.api.listen.port}", ADMIN_SID,
+                   password, config.data_dir)
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + offset[0]
+
+    first = Appliance(config, clock=clock)
+    await first.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            await make_client(admin(session), "alice")
+        assert (await sip_register(first, "alice", expires=600)).status == 200
+    finally:
+        await first.stop()
+    offset[0] = timedelta(0)  # ...and the appliance was down since
+    second = Appliance(config, clock=clock)
+    await second.start()
+    session = aiohttp.ClientSession()
+    try:
+        regs = await listed(session)
+        assert [r["login"] for r in regs] == ["alice"]
+        assert 498 <= int(str(regs[0]["expires"])) <= 500
+        assert (await second.health())[1]["sip_registered_phones"] == 1
+        offset[0] = timedelta(seconds=501)
+        second.registrar._wake.set()  # as its timer would at the expiry time
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not second.sip_directory.registrations():
+                break
+        assert await listed(session) == []
+        assert (await second.health())[1]["sip_registered_phones"] == 0
+        assert len(second.location) == 0
+    finally:
+        await session.close()
+        await second.stop()

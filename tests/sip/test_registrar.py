@@ -915,3 +915,18 @@ async def test_without_qop_a_nonce_authenticates_one_register_only() -> None:
     refresh = await h.send(register("alice", call_id="old-phone", cseq=4,
                                     auth=rfc2069_answer(replay, "alice")))
     assert refresh is not None and refresh.status == 200
+
+
+async def test_failed_authentications_and_the_ban_are_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness(user("alice"), guard=Guard(max_failures=3, ban_time=120))
+    caplog.set_level("WARNING", logger="appliance.sip.registrar")
+    for attempt in range(3):
+        challenge = await h.send(register("alice", cseq=10 * attempt + 1))
+        assert challenge is not None
+        await h.send(register("alice", cseq=10 * attempt + 2,
+                              auth=answer(challenge, "alice", password=f"guess{attempt}")))
+    messages = [r.getMessage() for r in caplog.records]
+    # one line for the failures (svcrack sends hundreds a second), one for the ban
+    assert messages == [f"x REGISTER for 'alice' from {PHONE[0]} failed authentication",
+                        f"x {PHONE[0]} banned for 120 s after 3 failed authentications"]
