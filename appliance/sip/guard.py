@@ -3,7 +3,10 @@
 Two budgets per source address (an IP string; the caller decides whether ports count):
 
 * failed digest authentications: ``max_failures`` within ``failure_window`` seconds ban the
-  source for ``ban_time`` seconds (svcrack found a stock Kamailio's password at once);
+  source for ``ban_time`` seconds (svcrack found a stock Kamailio's password at once). Each
+  failure is noted with the login it tried; a correct password clears only that login's
+  failures, so that holding one Client's password does not reset the count of guesses at
+  another's;
 * unauthenticated requests: a token bucket of ``unauthenticated_per_minute`` (svwar/svmap
   sweeps, REGISTER floods).
 
@@ -30,7 +33,7 @@ MAX_SOURCES = 10_000  # ~200 bytes a record: ~2 MB worst case
 
 @dataclass
 class _Record:
-    failures: list[float] = field(default_factory=list)
+    failures: list[tuple[float, str]] = field(default_factory=list)  # (time, login)
     banned_until: float = 0.0
     tokens: float = -1.0  # -1: bucket not used yet (starts full)
     refilled_at: float = 0.0
@@ -73,24 +76,26 @@ class Guard:
         self._records.move_to_end(source)
         return True
 
-    def record_failure(self, source: str, now: float) -> bool:
-        """Count a failed authentication; True when this failure starts a ban."""
+    def record_failure(self, source: str, now: float, login: str = "") -> bool:
+        """Count a failed authentication for LOGIN; True when this failure starts a ban."""
         record = self._record(source)
         horizon = now - self.failure_window
         # Only the last max_failures times matter, so the list never grows past that.
-        record.failures = [t for t in record.failures if t > horizon][-self.max_failures + 1 :]
-        record.failures.append(now)
+        record.failures = [f for f in record.failures
+                           if f[0] > horizon][-self.max_failures + 1 :]
+        record.failures.append((now, login))
         if len(record.failures) >= self.max_failures and record.banned_until <= now:
             record.banned_until = now + self.ban_time
             record.failures.clear()
             return True
         return False
 
-    def record_success(self, source: str) -> None:
-        """A correct password clears the failure count (not an active ban)."""
+    def record_success(self, source: str, login: str = "") -> None:
+        """A correct password for LOGIN clears the failures counted for LOGIN (not those
+        for other logins, nor an active ban)."""
         record = self._records.get(source)
-        if record is not None:
-            record.failures.clear()
+        if record is not None and record.failures:
+            record.failures = [f for f in record.failures if f[1] != login]
 
     def allow_unauthenticated(self, source: str, now: float) -> bool:
         """Spend one token of SOURCE's unauthenticated budget; False when exhausted."""
@@ -112,7 +117,7 @@ class Guard:
             source
             for source, r in self._records.items()
             if r.banned_until <= now
-            and not any(t > horizon for t in r.failures)
+            and not any(t > horizon for t, _ in r.failures)
             and (r.tokens < 0 or r.tokens + (now - r.refilled_at) * self.rate / 60.0 >= self.rate)
         ]
         for source in idle:

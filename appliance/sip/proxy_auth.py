@@ -102,12 +102,12 @@ class ProxyAuth:
         if verdict is Verdict.REJECTED or user is None:
             logger.info("x %s from %s:%s: bad credentials for %r", request.method,
                         *incoming.source, username)
-            if self._guard is not None and self._guard.record_failure(ip, now):
+            if self._guard is not None and self._guard.record_failure(ip, now, username):
                 logger.warning("x %s banned after repeated authentication failures", ip)
             await self._reply(server, 403, now=now)
             return None
         if self._guard is not None:
-            self._guard.record_success(ip)
+            self._guard.record_success(ip, username)
         if not user.enabled:
             await self._reply(server, 403, "Client Disabled", now=now)
             return None

@@ -320,7 +320,7 @@ class Registrar:
         if verdict is Verdict.REJECTED:
             self._failed(ip, login, now)
             return Reply(403)
-        self.guard.record_success(ip)
+        self.guard.record_success(ip, login)
         assert user is not None  # noqa: S101 - ACCEPTED needs a stored HA1
         if not user.enabled:
             logger.info("- %s from %s:%d refused: client disabled or account inactive",
@@ -361,7 +361,7 @@ class Registrar:
                            for value in auth.challenges(now, stale=stale)])
 
     def _failed(self, ip: str, login: str, now: float) -> None:
-        banned = self.guard.record_failure(ip, now)
+        banned = self.guard.record_failure(ip, now, login)
         if banned:
             logger.warning("x %s banned for %.0f s after %d failed authentications",
                            ip, self.guard.ban_time, self.guard.max_failures)

@@ -33,6 +33,19 @@ def test_success_clears_failures() -> None:
     guard.record_success("never-seen")
 
 
+def test_success_clears_only_the_failures_of_its_own_login() -> None:
+    guard = Guard(max_failures=3)
+    guard.record_failure(IP, 0, "boss")
+    guard.record_failure(IP, 1, "boss")
+    guard.record_success(IP, "mallory")  # a password the cracker holds
+    assert guard.record_failure(IP, 2, "boss")
+    other = Guard(max_failures=3)
+    other.record_failure(IP, 0, "alice")
+    other.record_failure(IP, 1, "alice")
+    other.record_success(IP, "alice")
+    assert not other.record_failure(IP, 2, "alice")
+
+
 def test_unauthenticated_rate() -> None:
     guard = Guard(unauthenticated_per_minute=60)
     assert all(guard.allow_unauthenticated(IP, 0) for _ in range(60))

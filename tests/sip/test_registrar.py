@@ -930,3 +930,36 @@ async def test_failed_authentications_and_the_ban_are_logged(
     # one line for the failures (svcrack sends hundreds a second), one for the ban
     assert messages == [f"x REGISTER for 'alice' from {PHONE[0]} failed authentication",
                         f"x {PHONE[0]} banned for 120 s after 3 failed authentications"]
+
+
+async def test_a_success_for_one_client_does_not_reset_failures_for_another() -> None:
+    # A cracker holding one Client's password (a phone's config page, a former employee)
+    # must not keep its guesses at another Client's under the ban threshold by
+    # registering its own Client between them.
+    h = Harness(user("alice"), user("mallory"), guard=Guard(max_failures=3, ban_time=600))
+    for attempt in range(2):
+        challenge = await h.send(register("alice", call_id=f"g{attempt}"))
+        assert challenge is not None
+        bad = await h.send(register("alice", call_id=f"g{attempt}", cseq=2,
+                                    auth=answer(challenge, "alice", password=f"guess{attempt}")))
+        assert bad is not None and bad.status == 403
+        assert (await h.registered("mallory", call_id=f"m{attempt}")).status == 200
+    challenge = await h.send(register("alice", call_id="g2"))
+    assert challenge is not None
+    await h.send(register("alice", call_id="g2", cseq=2,
+                          auth=answer(challenge, "alice", password="guess2")))
+    assert h.guard.is_banned(PHONE[0], h.clock())
+    assert await h.send(register("alice", call_id="g3")) is None
+
+
+async def test_a_success_clears_that_clients_own_failures() -> None:
+    # A phone that sent a wrong password once (a typo being fixed) is not banned later.
+    h = Harness(user("alice"), guard=Guard(max_failures=3, ban_time=600))
+    for attempt in range(4):
+        challenge = await h.send(register("alice", call_id=f"t{attempt}"))
+        assert challenge is not None
+        bad = await h.send(register("alice", call_id=f"t{attempt}", cseq=2,
+                                    auth=answer(challenge, "alice", password="typo")))
+        assert bad is not None and bad.status == 403
+        assert (await h.registered("alice", call_id=f"ok{attempt}")).status == 200
+    assert not h.guard.is_banned(PHONE[0], h.clock())
