@@ -117,7 +117,7 @@ class Side:
         now = self.h.clock()
         return ([b.to_dict() for b in self.h.location.lookup(login, now)],
                 self.h.directory.published.get(login),
-                self.h.guard.failures if hasattr(self.h.guard, "failures") else None)
+                {ip: (r.failures, r.banned_until) for ip, r in self.h.guard._records.items()})
 
 
 def mask(data: bytes | None) -> bytes | None:
