@@ -963,3 +963,43 @@ async def test_a_success_clears_that_clients_own_failures() -> None:
         assert bad is not None and bad.status == 403
         assert (await h.registered("alice", call_id=f"ok{attempt}")).status == 200
     assert not h.guard.is_banned(PHONE[0], h.clock())
+
+
+async def test_the_to_host_is_not_checked_the_login_is_the_aor() -> None:
+    # Deliberately not RFC 3261 §10.3 steps 1 and 5 (Request-URI domain, 404 for an AoR not
+    # of it): the appliance serves one organization whose logins are unique, and a 404 would
+    # tell svwar which logins exist. The challenge's realm is the Client's stored one.
+    h = Harness(user("alice"))
+    request = register("alice", call_id="elsewhere")
+    request.set("To", "<sip:alice@elsewhere.example.org>")
+    challenge = await h.send(request)
+    assert challenge is not None and challenge.status == 401
+    assert {c.realm for c in challenges(challenge)} == {REALM}
+    request = register("alice", call_id="elsewhere", cseq=2, auth=answer(challenge, "alice"))
+    request.set("To", "<sip:alice@elsewhere.example.org>")
+    ok = await h.send(request)
+    assert ok is not None and ok.status == 200 and len(h.location) == 1
+
+
+async def test_a_tcp_binding_refreshed_over_a_new_connection_outlives_the_old_one() -> None:
+    # sip.md §2.3: requests to a TCP phone reuse its own connection; with the connection gone
+    # it cannot be reached (a NATed phone accepts nothing else), so the binding goes at once
+    # (test_closed_tcp_connection_drops_its_bindings). Registered again over a new
+    # connection, it follows that one. Idle connections are kept past MAX_EXPIRES.
+    h = Harness(user("alice"))
+    contact = ("<sip:alice@192.0.2.10:5070;transport=tcp>",)
+    for cseq, conn in ((1, "k1"), (3, "k2")):
+        challenge = await h.send(register("alice", call_id="t", cseq=cseq, contacts=contact),
+                                 transport="tcp", connection_id=conn)
+        assert challenge is not None
+        ok = await h.send(register("alice", call_id="t", cseq=cseq + 1, contacts=contact,
+                                   auth=answer(challenge, "alice")),
+                          transport="tcp", connection_id=conn)
+        assert ok is not None and ok.status == 200
+    h.door.connection_closed("k1")
+    await h.registrar.flush()
+    assert [(b.uri, b.connection_id) for b in h.location.lookup("alice", h.clock())] == \
+        [("sip:alice@192.0.2.10:5070;transport=tcp", "k2")]
+    h.door.connection_closed("k2")
+    await h.registrar.flush()
+    assert len(h.location) == 0 and h.directory.published["alice"] == []
