@@ -57,7 +57,7 @@ from appliance.sip.frontdoor import FrontDoor
 from appliance.sip.guard import Guard
 from appliance.sip.proxy import Proxy
 from appliance.sip.registrar import Registrar
-from appliance.sip.transport import Transport
+from appliance.sip.transport import Limits, Transport, idle_timeout_for
 from appliance.sip.trunk import Trunk, parse_sources
 from appliance.store.backup import backup
 from appliance.store.conferences import ConferenceStore
@@ -169,7 +169,8 @@ class Appliance:
             self.frontdoor, sip.listen.host, sip.listen.port,
             advertised=primary_address() if wildcard else sip.listen.host,
             is_blocked=lambda ip: self.guard.is_banned(ip, self.wall_clock()),
-            quick=self.frontdoor.quick)
+            quick=self.frontdoor.quick,
+            limits=Limits(idle_timeout=idle_timeout_for(sip.max_expires)))
         if sip.domain:
             self.transport.local_hosts.add(sip.domain.lower())
         self.frontdoor.sender = self.transport

@@ -85,10 +85,12 @@ MAX_TCP_CONNECTIONS = 1024
 # A phone needs one connection; a NAT with a handful of phones behind it a few more. Kamailio
 # has no per-source cap by default; fail2ban-style setups cap at 10-20.
 MAX_TCP_PER_SOURCE = 16
-# A registered phone may stay silent until it re-registers (at most MAX_EXPIRES, 3600 s):
+# A registered phone may stay silent until it re-registers (at most [sip] max_expires, 3600 s
+# by default; idle_timeout_for follows a larger one):
 # its flow must outlive that, or calls to it fail. Kamailio keeps registered flows open the
 # same way (tcp_connection_lifetime extended by the registrar).
 TCP_IDLE_TIMEOUT = 3900.0
+IDLE_MARGIN = 300.0  # past the registration's end: the phone's re-REGISTER may come late
 # A connection that has not completed one message in this time is a slow-loris or a scan
 # (aiosmtpd's idle timeout is 300 s for a whole session; a SIP phone sends at once).
 TCP_FIRST_MESSAGE_TIMEOUT = 30.0
@@ -119,6 +121,12 @@ UDP_SEND_QUEUE = 1024
 UDP_BUFFER_SIZE = 65536  # recvfrom size: any datagram, IPv4 or IPv6 (65527)
 
 _WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def idle_timeout_for(max_expires: float) -> float:
+    """The TCP idle timeout when registrations last up to MAX_EXPIRES seconds (``[sip]
+    max_expires`` may exceed the default 3600): a silent registered phone keeps its flow."""
+    return max(TCP_IDLE_TIMEOUT, max_expires + IDLE_MARGIN)
 
 
 @dataclass(frozen=True)

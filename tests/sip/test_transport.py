@@ -728,3 +728,20 @@ async def test_a_handler_that_never_suspends_needs_no_task(
     await udp.send(options(udp.port), transport.port)
     assert status_of(await udp.recv()) == 200
     assert not transport._tasks
+
+
+@pytest.mark.parametrize("max_expires", [3600, 7200, 86400])
+def test_idle_registered_tcp_flows_outlive_the_longest_registration(
+        tmp_path: Path, max_expires: int) -> None:
+    # A phone registered over TCP may stay silent until it re-registers; if its idle
+    # connection were closed first, its bindings would go with it (registrar
+    # connection_closed) and it could not be called for the rest of its registration.
+    from appliance.app import Appliance
+    from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
+
+    config = Config(data_dir=tmp_path / "var",
+                    api=ApiConfig(listen=Endpoint("127.0.0.1", 0)),
+                    sip=SipConfig(listen=Endpoint("127.0.0.1", 0), max_expires=max_expires),
+                    media=MediaConfig(workers=0))
+    limits = Appliance(config).transport.limits
+    assert limits.idle_timeout > max_expires + 60
