@@ -55,6 +55,7 @@ class Binding:
     connection_id: str | None = None  # the TCP connection to reuse for requests to it
     q: float | None = None
     params: list[tuple[str, str | None]] = field(default_factory=list)  # other contact params
+    user_agent: str = ""  # of the REGISTER that made it, shown in the API (kept over a restart)
 
     def expires_in(self, now: float) -> int:
         return max(0, int(self.expires_at - now + 0.5))
@@ -76,7 +77,8 @@ class Binding:
         return {"aor": self.aor, "uri": self.uri, "expires_at": self.expires_at,
                 "call_id": self.call_id, "cseq": self.cseq, "transport": self.transport,
                 "source": tuple(self.source), "connection_id": self.connection_id,
-                "q": self.q, "params": [tuple(p) for p in self.params]}
+                "q": self.q, "params": [tuple(p) for p in self.params],
+                "user_agent": self.user_agent}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Binding:
@@ -92,6 +94,7 @@ class Binding:
             connection_id=data.get("connection_id"),
             q=data.get("q"),
             params=[(str(k), None if v is None else str(v)) for k, v in data.get("params", [])],
+            user_agent=str(data.get("user_agent") or ""),
         )
 
 
@@ -142,9 +145,11 @@ class Location:
         cseq: int,
         now: float,
         origin: Origin | None = None,
+        user_agent: str = "",
     ) -> list[Binding]:
         """Apply a REGISTER; returns the AoR's bindings afterwards (all of them go in the
-        200 OK). An empty CONTACTS list is a query."""
+        200 OK). An empty CONTACTS list is a query. USER_AGENT goes with the bindings it
+        makes or refreshes."""
         origin = origin or Origin()
         current = {u: b for u, b in self._bindings.get(aor, {}).items() if b.expires_at > now}
         if any(c.is_wildcard for c in contacts):
@@ -179,6 +184,7 @@ class Location:
                 aor=aor, uri=contact.uri, expires_at=now + expires, call_id=call_id, cseq=cseq,
                 transport=origin.transport, source=origin.source,
                 connection_id=origin.connection_id, q=contact.q, params=params,
+                user_agent=user_agent,
             )
         if len(result) > self.max_contacts:
             raise RegistrationError(f"more than {self.max_contacts} contacts for {aor}", 503)

@@ -189,10 +189,11 @@ class Registrar:
         self._dirty: set[str] = set()  # AoRs changed since their last write
         self._flush_timer: asyncio.TimerHandle | None = None
         self._date: tuple[int, str] = (-1, "")  # the Date header of the current second
-        # Per AoR, what the API shows beside the bindings: User-Agent by contact URI, and
-        # the source IPs (counted over AoRs, for is_known_source). Both follow _publish, so
-        # they hold no more than the location table does.
-        self._user_agents: dict[str, dict[str, str]] = {}
+        # Per AoR, the contact URIs last published (a REGISTER of the same ones is a refresh,
+        # logged at debug only), and the source IPs (counted over AoRs, for
+        # is_known_source). Both follow _publish, so they hold no more than the location
+        # table does.
+        self._published: dict[str, frozenset[str]] = {}
         self._aor_sources: dict[str, set[str]] = {}
         self._sources: dict[str, int] = {}
         self._logged: OrderedDict[str, float] = OrderedDict()
@@ -388,19 +389,13 @@ class Registrar:
         try:
             bindings = self.location.register(
                 login, contacts, expires_header=expires_header, call_id=fields.call_id,
-                cseq=fields.cseq, now=now, origin=origin)
+                cseq=fields.cseq, now=now, origin=origin, user_agent=fields.user_agent[:200])
         except RegistrationError as err:
             logger.debug("x REGISTER %s from %s:%d: %s", login, *origin.source, err)
             return Reply(err.status, [("Min-Expires", str(err.min_expires))]
                          if err.min_expires is not None else [])
         if contacts:
-            agent = fields.user_agent[:200]
-            agents = self._user_agents.setdefault(login, {})
-            # The contacts published before this REGISTER: the same ones again is a refresh.
-            refresh = {b.uri for b in bindings} == agents.keys()
-            for binding in bindings:
-                if binding.call_id == fields.call_id and binding.cseq == fields.cseq:
-                    agents[binding.uri] = agent
+            refresh = {b.uri for b in bindings} == self._published.get(login, frozenset())
             level = logging.DEBUG if refresh else logging.INFO
             if logger.isEnabledFor(level):
                 logger.log(level, "- %s registered from %s %s:%d: %d contact(s)", login,
@@ -454,17 +449,17 @@ class Registrar:
 
     def _publish(self, aor: str, now: float) -> list[Binding]:
         bindings = self.location.lookup(aor, now)
-        agents = self._user_agents.pop(aor, {})
-        live = {b.uri: agents.get(b.uri, "") for b in bindings}
-        if live:
-            self._user_agents[aor] = live
+        if bindings:
+            self._published[aor] = frozenset(b.uri for b in bindings)
+        else:
+            self._published.pop(aor, None)
         self._count_sources(aor, {b.source[0] for b in bindings})
         self.directory.set_registrations(aor, [
             Registration(
                 login=aor, contact=b.uri, transport=b.transport,
                 source=f"{b.source[0]}:{b.source[1]}",
                 expires_at=datetime.fromtimestamp(b.expires_at, UTC),
-                user_agent=live[b.uri])
+                user_agent=b.user_agent)
             for b in bindings])
         return bindings
 

@@ -159,7 +159,7 @@ async def test_a_binding_survives_a_restart_and_then_expires_on_time(tmp_path: P
     session = aiohttp.ClientSession()
     try:
         regs = await listed(session)
-        assert [r["login"] for r in regs] == ["alice"]
+        assert [(r["login"], r["user_agent"]) for r in regs] == [("alice", "Test Phone 1.0")]
         assert 498 <= int(str(regs[0]["expires"])) <= 500
         assert (await second.health())[1]["sip_registered_phones"] == 1
         offset[0] = timedelta(seconds=501)

@@ -1003,3 +1003,13 @@ async def test_a_tcp_binding_refreshed_over_a_new_connection_outlives_the_old_on
     h.door.connection_closed("k2")
     await h.registrar.flush()
     assert len(h.location) == 0 and h.directory.published["alice"] == []
+
+
+async def test_the_user_agent_shown_with_a_registration_survives_a_restart() -> None:
+    first = Harness(user("alice"))
+    await first.registered(extra=())  # User-Agent: Test Phone 1.0
+    second = Harness(user("alice"), store=first.store)
+    await second.registrar.start()
+    await second.registrar.stop()
+    assert [(r.contact, r.user_agent) for r in second.directory.published["alice"]] == \
+        [("sip:alice@192.0.2.10:5060", "Test Phone 1.0")]
