@@ -305,10 +305,11 @@ class Registrar:
         algorithm = algorithm_of(creds)
         if algorithm is None:
             raise SipParseError(f"unsupported digest algorithm {creds.algorithm!r}")
-        # RFC 7616 §3.4.6: the digest must be for this request's resource (the proxy could
-        # otherwise be handed a response computed for another one); a mismatch is 400, not
-        # a failed password.
-        if not same_uri(creds.params.get("uri") or "", fields.request_uri):
+        # RFC 7616 §3.4.6: the digest must be for this request's resource; a mismatch is
+        # 400, not a failed password. "host" and "host:5060" are taken for the same
+        # resource here (§19.1.4 would not), so that a phone writing its port in one place
+        # only is not locked out for a difference of no consequence.
+        if not same_uri(creds.params.get("uri") or "", fields.request_uri, default_port=True):
             raise SipParseError("digest uri is not the Request-URI")
         ha1: str | None = None
         if user is not None and creds.username == login:

@@ -254,11 +254,12 @@ def parse_sip_uri(text: str) -> SipUri:
 _ALWAYS_COMPARED = frozenset({"user", "ttl", "method", "maddr"})
 
 
-def same_uri(first: str, second: str) -> bool:
+def same_uri(first: str, second: str, *, default_port: bool = False) -> bool:
     """Whether two URI texts name the same resource by RFC 3261 §19.1.4: scheme and host
     case-insensitive, user and password exact, the port explicit or absent in both,
     parameters compared as that section says, headers all equal. A text that does not
-    parse equals only itself."""
+    parse equals only itself. DEFAULT_PORT: an absent port equals the scheme's default
+    (5060, 5061 for sips), which §19.1.4 does not allow."""
     if first == second:
         return True
     try:
@@ -267,8 +268,14 @@ def same_uri(first: str, second: str) -> bool:
         return False
     if not isinstance(a, SipUri) or not isinstance(b, SipUri):
         return False
-    if (a.scheme.lower(), a.user, a.password, a.host.lower(), a.port) != \
-            (b.scheme.lower(), b.user, b.password, b.host.lower(), b.port):
+    if (a.scheme.lower(), a.user, a.password, a.host.lower()) != \
+            (b.scheme.lower(), b.user, b.password, b.host.lower()):
+        return False
+    if default_port:
+        default = 5061 if a.scheme.lower() == "sips" else 5060
+        if (a.port or default) != (b.port or default):
+            return False
+    elif a.port != b.port:
         return False
     params_a = {k.lower(): (v or "").lower() for k, v in a.params}
     params_b = {k.lower(): (v or "").lower() for k, v in b.params}

@@ -107,3 +107,11 @@ def test_parse_sip_uri_refuses_tel() -> None:
 def test_same_uri_follows_rfc_3261_comparison(first: str, second: str, same: bool) -> None:
     assert same_uri(first, second) is same
     assert same_uri(second, first) is same
+
+
+def test_same_uri_with_default_ports() -> None:
+    assert same_uri("sip:pbx.example.com", "sip:pbx.example.com:5060", default_port=True)
+    assert same_uri("sips:pbx.example.com:5061", "sips:pbx.example.com", default_port=True)
+    assert not same_uri("sip:pbx.example.com:5061", "sip:pbx.example.com", default_port=True)
+    assert not same_uri("sips:pbx.example.com:5060", "sips:pbx.example.com",
+                        default_port=True)
