@@ -206,6 +206,13 @@ def parse_uri(text: str) -> SipUri | TelUri:
             raise SipParseError("tel URI without a number")
         return TelUri(number=number, params=_parse_uri_params(params))
 
+    # userinfo first: a user may hold "?" and ";" (RFC 3261 §25.1 user-unreserved, RFC 4475
+    # §3.1.1.2), but neither a user nor a password may hold "@", so the first one ends it.
+    user = password = None
+    userinfo: str | None = None
+    at = rest.find("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1 :]
     rest, qmark, header_text = rest.partition("?")
     headers: list[tuple[str, str]] = []
     if qmark:
@@ -214,10 +221,7 @@ def parse_uri(text: str) -> SipUri | TelUri:
             if not name:
                 raise SipParseError(f"empty URI header name in {text!r}")
             headers.append((name, value))
-    user = password = None
-    at = rest.rfind("@")
-    if at >= 0:
-        userinfo, rest = rest[:at], rest[at + 1 :]
+    if userinfo is not None:
         if ":" in userinfo:
             raw_user, raw_password = userinfo.split(":", 1)
             password = unescape(raw_password)

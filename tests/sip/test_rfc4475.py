@@ -146,6 +146,18 @@ def test_3_1_1_2_intmeth_the_whole_token_and_word_alphabets() -> None:
     assert msg.get("max-forwards") == "255"
 
 
+def test_3_1_1_2_intmeth_a_user_part_may_hold_question_marks_and_semicolons() -> None:
+    msg = request("intmeth")
+    user = "1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"
+    ruri = parse_uri(msg.uri)
+    assert isinstance(ruri, SipUri)
+    assert (ruri.user, ruri.host) == (user, "example.com")
+    assert ruri.password == "&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"
+    assert ruri.params == [] and ruri.headers == []
+    to = parse_uri(msg.to.uri)
+    assert isinstance(to, SipUri) and (to.user, to.host, to.headers) == (user, "example.com", [])
+
+
 def test_3_1_1_3_esc01_escapes_are_undone_once_and_only_in_users() -> None:
     msg = request("esc01")
     ruri = parse_uri(msg.uri)
