@@ -461,8 +461,14 @@ def _parse_status_line(line: str) -> Response:
 
 def _parse_request_line(line: str) -> tuple[Request, SipParseError | None]:
     parts = line.split(" ")
-    if len(parts) != 3 or not parts[0] or not set(parts[0]) <= _TOKEN_CHARS:
+    if not parts[0] or not set(parts[0]) <= _TOKEN_CHARS:
         raise SipParseError(f"bad request line {line[:60]!r}")
+    if len(parts) != 3:
+        # A method, then SPs in the wrong places: LWS inside the Request-URI, several SPs
+        # between the elements, SPs after the version (RFC 4475 §3.1.2.8-10). Still a
+        # request: read its headers, so that it gets its 400 like any other bad request.
+        request = Request(method=parts[0], uri=" ".join(parts[1:-1]), version=parts[-1])
+        return request, SipParseError(f"bad request line {line[:60]!r}")
     method, uri, version = parts
     request = Request(method=method, uri=uri, version=version)
     if version.upper() != VERSION:  # case-insensitive (RFC 3261 §7.1)

@@ -262,6 +262,10 @@ REJECTED = {
     "ltgtruri": (400, 400),
     "badvers": (505, 505),
     "mismatch01": (400, 400),
+    # SPs where the request line has none, or more than one: a 400, to the Via.
+    "lwsruri": (400, 400),
+    "lwsstart": (400, 400),
+    "trws": (400, 400),
     # The RFC prefers 501 for an unknown method whose CSeq disagrees; 400 is "also acceptable"
     # and is what our sanity table says for every CSeq mismatch (sip.md §2.3).
     "mismatch02": (400, 400),
