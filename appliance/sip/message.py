@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from appliance.sip.errors import SipParseError
-from appliance.sip.headers import CSeq, NameAddr, Via, parse_vias, split_list
+from appliance.sip.headers import CSeq, NameAddr, Via, parse_vias, split_list, split_values
 from appliance.sip.uri import SCHEMES, uri_scheme
 
 # The largest message we accept on any transport. pjsip caps packets at 4000 bytes
@@ -640,9 +640,13 @@ def error_response(err: SipParseError, *, to_tag: str | None = None) -> Response
     a response or an ACK gets no reply, and without a readable Via there is nowhere to go."""
     if err.method is None or err.method == "ACK":
         return None
+    # Only the top Via must be readable: the reply goes back to the source address, and a
+    # broken Via further down (RFC 4475 §3.1.2.1 badinv01) is the sender's to see echoed.
+    vias = split_values(v for n, v in err.headers if n == "via")
+    if not vias:
+        return None
     try:
-        if not parse_vias(v for n, v in err.headers if n == "via"):
-            return None
+        Via.parse(vias[0])
     except SipParseError:
         return None
     try:

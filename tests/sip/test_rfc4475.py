@@ -254,6 +254,8 @@ def test_3_1_1_12_and_13_reason_phrases_utf8_and_empty() -> None:
 
 # name -> (status of the SipParseError, status of the reply we can build or None: dropped)
 REJECTED = {
+    # Empty Via and Contact parameters, an empty second Via: a 400, to the readable top Via.
+    "badinv01": (400, 400),
     "clerr": (400, 400),  # Content-Length past the end of the datagram
     "ncl": (400, 400),
     "scalar02": (400, 400),  # CSeq over 2**31 (the RFC names the CSeq as the reason for 400)
