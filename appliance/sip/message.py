@@ -478,6 +478,11 @@ def _parse_request_line(line: str) -> tuple[Request, SipParseError | None]:
         return request, SipParseError(f"bad Request-URI {uri[:60]!r}")
     if scheme not in SCHEMES:
         return request, SipParseError(f"unsupported URI scheme {scheme!r}", 416)
+    if "?" in uri and scheme != "tel" and "?" in uri.rpartition("@")[2]:
+        # Headers have no place in a Request-URI (RFC 3261 §19.1.5); refusing them is what
+        # RFC 4475 §3.1.2.11 (escruri) suggests, and they never reach a forwarded request.
+        # (A "?" before the "@" is part of the user: RFC 4475 §3.1.1.2.)
+        return request, SipParseError(f"headers in the Request-URI {uri[:60]!r}")
     return request, None
 
 

@@ -58,7 +58,9 @@ _NAME_ADDR = re.compile(rf'(?:"[^"\\]*" )?<(sip:[^<>\s"\\,]+)>({_PARAMS}*)')
 _AOR_USER = re.compile(r"sip:([A-Za-z0-9._~+-]+)@[A-Za-z0-9.-]+(?::\d{1,5})?(?:[;?][^<>]*)?")
 _CALL_ID = re.compile(r"[!-~]+")
 _CSEQ = re.compile(r"(\d{1,9}) REGISTER")
-_REQUEST_URI = re.compile(r"sip:[!-~]+")
+# No "?": headers in a Request-URI are refused by the general parser (a "?" in a user part
+# is not, but no phone registers with one; the general path reads those).
+_REQUEST_URI = re.compile(r"sip:[!->@-~]+")
 
 
 class RegisterFields(NamedTuple):

@@ -26,10 +26,11 @@ from appliance.app import Appliance
 from appliance.sip.errors import SipParseError
 from appliance.sip.headers import NameAddr, parse_name_addrs
 from appliance.sip.message import Request, Response, error_response, parse_message
+from appliance.sip.register_view import PlainRegister
 from appliance.sip.uri import SipUri, parse_uri, unescape
 from tests.sip.proxy_harness import Harness as ProxyHarness
 from tests.sip.test_frontdoor import FakeProxy
-from tests.sip.test_registrar import Harness, answer, user
+from tests.sip.test_registrar import PHONE, Harness, answer, register, user
 from tests.sip.test_transport import WAIT, UdpPeer, options, status_of
 
 DATA = Path(__file__).parents[1] / "data" / "sip" / "rfc4475"
@@ -268,6 +269,8 @@ REJECTED = {
     "lwsruri": (400, 400),
     "lwsstart": (400, 400),
     "trws": (400, 400),
+    # Escaped headers in the Request-URI: refused, as the RFC suggests, rather than ignored.
+    "escruri": (400, 400),
     # The RFC prefers 501 for an unknown method whose CSeq disagrees; 400 is "also acceptable"
     # and is what our sanity table says for every CSeq mismatch (sip.md §2.3).
     "mismatch02": (400, 400),
@@ -483,3 +486,13 @@ async def test_the_whole_corpus_over_udp_to_the_front_door(appliance: Appliance)
         assert await final_replies(peer, alive, WAIT) == [200]  # ...and it still serves
     finally:
         peer.close()
+
+
+def test_the_register_quick_path_leaves_request_uri_headers_to_the_parser() -> None:
+    plain = bytes(register("alice"))
+    assert PlainRegister.parse(plain, PHONE) is not None
+    with_headers = plain.replace(b"REGISTER sip:pbx.example.com ",
+                                 b"REGISTER sip:pbx.example.com?Route=%3Csip:x%3E ")
+    assert PlainRegister.parse(with_headers, PHONE) is None  # the general parser: 400
+    with pytest.raises(SipParseError):
+        parse_message(with_headers)
