@@ -303,10 +303,14 @@ class NameAddr:
         if lt >= 0:
             if display is None:
                 display = text[:lt].strip() or None
+                if display is not None and not _unquoted_display_ok(display):
+                    raise SipParseError(f"unquoted display name with separators in {value!r}")
             gt = text.find(">", lt)
             if gt < 0:
                 raise SipParseError(f"unterminated <uri> in {value!r}")
-            uri, rest = text[lt + 1 : gt].strip(), text[gt + 1 :]
+            uri, rest = text[lt + 1 : gt], text[gt + 1 :]
+            if uri != uri.strip():  # LAQUOT/RAQUOT take no inner LWS (RFC 4475 §3.1.2.14)
+                raise SipParseError(f"whitespace inside <uri> in {value!r}")
             if rest.strip() and not rest.strip().startswith(";"):
                 raise SipParseError(f"junk after <uri> in {value!r}")
         else:
@@ -315,6 +319,10 @@ class NameAddr:
             uri = uri.strip()
             if " " in uri or "\t" in uri:
                 raise SipParseError(f"bad addr-spec {value!r}")
+            if "?" in uri:
+                # An addr-spec with headers must be in <> (RFC 3261 §20.10; RFC 4475
+                # §3.1.2.13 regbadct): without them there is no telling where it ends.
+                raise SipParseError(f"addr-spec with headers outside <> in {value!r}")
         if not uri:
             raise SipParseError(f"empty URI in {value!r}")
         return cls(uri=uri, display=display, params=parse_params(rest))
@@ -363,6 +371,20 @@ class NameAddr:
         if self.display is not None:
             text = f"{quote(self.display)} {text}"
         return text + format_params(self.params)
+
+
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                         "-.!%*_+`'~")
+_UNQUOTED_DISPLAY_OK = _TOKEN_CHARS | frozenset(" \t")
+
+
+def _unquoted_display_ok(display: str) -> bool:
+    """Unquoted, a display name is tokens and LWS (RFC 3261 §25.1): a comma or a colon in it
+    is ambiguous, and refused (RFC 4475 §3.1.2.15 baddn). Deliberately lenient on non-ASCII
+    characters: some UAs send UTF-8 names unquoted, and those leave no doubt where the name
+    ends."""
+    return _UNQUOTED_DISPLAY_OK.issuperset(display) or all(
+        ord(ch) > 127 for ch in display if ch not in _UNQUOTED_DISPLAY_OK)
 
 
 @functools.lru_cache(maxsize=_PARSE_CACHE)

@@ -271,6 +271,10 @@ REJECTED = {
     "trws": (400, 400),
     # Escaped headers in the Request-URI: refused, as the RFC suggests, rather than ignored.
     "escruri": (400, 400),
+    # Whitespace inside <>, separators in an unquoted display name: refused, the RFC's
+    # "reasonable" choice; a proxy must not pass either on, and we cannot fix them up safely.
+    "badaspec": (400, 400),
+    "baddn": (400, 400),
     # The RFC prefers 501 for an unknown method whose CSeq disagrees; 400 is "also acceptable"
     # and is what our sanity table says for every CSeq mismatch (sip.md §2.3).
     "mismatch02": (400, 400),
@@ -312,6 +316,27 @@ def test_3_3_8_multi01_repeated_single_value_headers_are_refused() -> None:
     with pytest.raises(SipParseError) as info:
         parse_message(fixed)
     assert "single-valued header appears twice" in str(info.value)
+
+
+def test_name_addr_syntax_behind_badaspec_baddn_and_regbadct() -> None:
+    for bad in ('"Watson, Thomas" < sip:t.watson@example.org >', "<sip:a@b.example.com >",
+                "Bell, Alexander <sip:a.g.bell@example.com>;tag=43", 'Mr "X" <sip:x@y>',
+                "sip:user@example.com?Route=%3Csip:sip.example.com%3E"):
+        with pytest.raises(SipParseError):
+            NameAddr.parse(bad)
+    # What stays accepted: tokens unquoted, anything quoted, headers inside <>, and (our
+    # leniency) a UTF-8 name left unquoted.
+    assert NameAddr.parse("token1~` token2'+_ <sip:a@b>").display == "token1~` token2'+_"
+    assert NameAddr.parse('"Bell, Alexander" <sip:a@b>').display == "Bell, Alexander"
+    assert NameAddr.parse("<sip:u@example.com?Route=%3Csip:x%3E>").uri == \
+        "sip:u@example.com?Route=%3Csip:x%3E"
+    assert NameAddr.parse("Jürgen Müller <sip:jm@example.com>").display == "Jürgen Müller"
+
+
+def test_3_1_2_13_regbadct_contact_is_refused_when_read() -> None:
+    msg = request("regbadct")  # Contact is read by the registrar, not the parser
+    with pytest.raises(SipParseError):
+        parse_name_addrs(msg.get_all("contact"))
 
 
 def test_3_1_2_12_baddate_is_accepted_on_purpose() -> None:
