@@ -291,6 +291,9 @@ class Registrar:
         none). Raises SipParseError for a request to answer 400."""
         ip = origin.source[0]
         login = fields.login or ""
+        # A Contact that cannot be read makes the request malformed: 400 before any challenge
+        # (RFC 4475 §3.1.2.13). Syntax alone decides it, so it tells nothing about users.
+        parse_name_addrs(fields.contacts)
         realm = user.realm if user is not None else self.realm()
         auth = DigestAuth(realm, self.nonces, self.algorithms, self.counts)
         creds = self._credentials(fields.authorizations, realm)

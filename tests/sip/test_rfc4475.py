@@ -397,6 +397,13 @@ async def test_3_3_4_unksm2_a_register_for_a_non_sip_aor_is_400() -> None:
     assert reply is not None and reply.status == 400
 
 
+async def test_3_1_2_13_regbadct_is_400_not_a_challenge() -> None:
+    # "It is reasonable for an element receiving this request to respond with a 400": we do,
+    # before asking for credentials (the Contact cannot be read, whoever sends it).
+    reply = await door_reply("regbadct", h=Harness(user("user")))
+    assert reply is not None and reply.status == 400
+
+
 async def test_3_3_10_bcast_a_stray_response_is_not_forwarded_anywhere() -> None:
     h = ProxyHarness()
     phone = h.phone("alice", "192.168.1.10", ("192.0.2.10", 5060))
@@ -466,6 +473,7 @@ OVER_UDP: dict[str, int | None] = {
     "zeromf": 483,
     "bext01": 420,
     "unksm2": 400,
+    "regbadct": 400,
     "unreason": None,  # responses to requests we never sent: the top Via is not ours
     "noreason": None,
     "bcast": None,
