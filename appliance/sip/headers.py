@@ -432,6 +432,12 @@ _DIGEST_PAIR_RE = re.compile(_DIGEST_PAIR)
 _DIGEST_LIST_RE = re.compile(rf"[ \t]*{_DIGEST_PAIR}[ \t]*(?:,[ \t]*{_DIGEST_PAIR}[ \t]*)*")
 
 
+def is_digest(value: str) -> bool:
+    """Whether an Authorization-style VALUE uses the Digest scheme (the only one we read:
+    credentials in another scheme are as good as none, RFC 4475 §3.3.7)."""
+    return value.strip().partition(" ")[0].lower() == "digest"
+
+
 @dataclass(frozen=True)
 class DigestCredentials:
     """An ``Authorization``/``Proxy-Authorization`` value; param names lower-cased."""

@@ -34,7 +34,7 @@ from appliance.sip.digest import algorithm_of as digest_algorithm
 from appliance.sip.errors import SipParseError
 from appliance.sip.forwarding import Reply, user_of
 from appliance.sip.guard import Guard
-from appliance.sip.headers import DigestCredentials
+from appliance.sip.headers import DigestCredentials, is_digest
 from appliance.sip.message import Request
 from appliance.sip.proxy_ports import Caller, Directory
 from appliance.sip.transaction import ServerTransaction
@@ -68,7 +68,9 @@ class ProxyAuth:
             return None
         from_user = user_of(request.from_)
         challenge_header, credentials_header = HEADERS[407]
-        values = request.get_all(credentials_header)
+        # Credentials in a scheme other than Digest are as good as none: challenge them
+        # (RFC 4475 §3.3.7 asks this of a registrar; the same holds for a proxy).
+        values = [v for v in request.get_all(credentials_header) if is_digest(v)]
         if not values:
             user = await self._directory.user(from_user) if from_user else None
             await self.challenge(server, user.realm if user else self._realm(), now)

@@ -93,7 +93,7 @@ from appliance.sip.digest import (
 )
 from appliance.sip.errors import SipParseError
 from appliance.sip.guard import Guard
-from appliance.sip.headers import DigestCredentials, NameAddr, parse_name_addrs
+from appliance.sip.headers import DigestCredentials, NameAddr, is_digest, parse_name_addrs
 from appliance.sip.message import Request, Response, make_response
 from appliance.sip.register_view import PlainRegister, RegisterFields, fields_of
 from appliance.sip.uri import SipUri, parse_uri, same_uri
@@ -353,8 +353,12 @@ class Registrar:
 
     @staticmethod
     def _credentials(values: Sequence[str], realm: str) -> DigestCredentials | None:
-        """The Authorization answering our realm (a phone may carry several)."""
+        """The Authorization answering our realm (a phone may carry several). Credentials in
+        a scheme other than Digest are skipped: a new challenge answers them (RFC 4475
+        §3.3.7), not a 400."""
         for value in values:
+            if not is_digest(value):
+                continue
             creds = DigestCredentials.parse(value)
             if creds.realm == realm:
                 return creds

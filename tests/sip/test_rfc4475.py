@@ -404,6 +404,14 @@ async def test_3_1_2_13_regbadct_is_400_not_a_challenge() -> None:
     assert reply is not None and reply.status == 400
 
 
+async def test_3_3_7_regaut01_an_unknown_authorization_scheme_gets_a_digest_challenge() -> None:
+    # "A registrar that does care about challenge-response authentication will reject this
+    # request with a 401, issuing a new challenge with a scheme it understands."
+    reply = await door_reply("regaut01", h=Harness(user("j.user")))
+    assert reply is not None and reply.status == 401
+    assert all(v.startswith("Digest ") for v in reply.get_all("www-authenticate"))
+
+
 async def test_3_3_10_bcast_a_stray_response_is_not_forwarded_anywhere() -> None:
     h = ProxyHarness()
     phone = h.phone("alice", "192.168.1.10", ("192.0.2.10", 5060))
@@ -474,6 +482,7 @@ OVER_UDP: dict[str, int | None] = {
     "bext01": 420,
     "unksm2": 400,
     "regbadct": 400,
+    "regaut01": 401,
     "unreason": None,  # responses to requests we never sent: the top Via is not ours
     "noreason": None,
     "bcast": None,
@@ -529,3 +538,15 @@ def test_the_register_quick_path_leaves_request_uri_headers_to_the_parser() -> N
     assert PlainRegister.parse(with_headers, PHONE) is None  # the general parser: 400
     with pytest.raises(SipParseError):
         parse_message(with_headers)
+
+
+async def test_3_3_7_the_proxy_challenges_an_unknown_proxy_authorization_scheme_too() -> None:
+    h = ProxyHarness()
+    alice = h.phone("alice", "192.168.1.10", ("192.0.2.10", 5060))
+    h.phone("bob", "192.168.1.11", ("192.0.2.11", 5060))
+    invite = alice.request("INVITE", "sip:bob@pbx.example.com", to="<sip:bob@pbx.example.com>",
+                           call_id="regaut-proxy", from_tag="a1",
+                           headers=[("Proxy-Authorization",
+                                     "NoOneKnowsThisScheme opaque-data=here")])
+    await h.send(alice, invite)
+    assert [r.status for r, _ in h.sender.responses() if r.status >= 200] == [407]
