@@ -32,6 +32,15 @@ from appliance.sip.uri import (
 MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7: branches of RFC 3261 elements start with it
 
 
+def is_rfc3261_branch(branch: str | None) -> bool:
+    """A branch that identifies a transaction on its own: the magic cookie *and* something
+    after it. The bare cookie claims RFC 3261 but identifies nothing, so such requests fall
+    back to the RFC 2543 key (RFC 4475 §3.2.1 badbranch): two of them from one phone must
+    not be taken for retransmissions of each other."""
+    return branch is not None and len(branch) > len(MAGIC_COOKIE) and \
+        branch.startswith(MAGIC_COOKIE)
+
+
 def split_list(value: str) -> list[str]:
     """Split a header value at top-level commas; empty elements are dropped."""
     if "," not in value:  # one element whatever the quoting: the common case

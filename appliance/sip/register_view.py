@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from appliance.sip.errors import SipParseError
-from appliance.sip.headers import MAGIC_COOKIE, unreachable
+from appliance.sip.headers import is_rfc3261_branch, unreachable
 from appliance.sip.message import REASONS, Request
 from appliance.sip.transaction_keys import TransactionKey, rfc3261_key
 
@@ -155,7 +155,7 @@ class PlainRegister(NamedTuple):
         branch, rport, rest = "", False, []
         for param in params[1:].split(";"):
             name, _, value = param.partition("=")
-            if name == "branch" and not branch and value.startswith(MAGIC_COOKIE):
+            if name == "branch" and not branch and is_rfc3261_branch(value):
                 branch = value
                 rest.append(param)
             elif param == "rport" and not rport:

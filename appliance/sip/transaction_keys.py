@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from appliance.sip.errors import SipParseError
-from appliance.sip.headers import MAGIC_COOKIE
+from appliance.sip.headers import is_rfc3261_branch
 from appliance.sip.message import Request, Response
 
 TransactionKey = tuple[str, ...]
@@ -43,7 +43,7 @@ def server_key(request: Request) -> TransactionKey:
         raise SipParseError("request without Via")
     method = "INVITE" if request.method == "ACK" else sys.intern(request.method)
     branch = top.branch
-    if branch and branch.startswith(MAGIC_COOKIE):
+    if branch is not None and is_rfc3261_branch(branch):
         # Cached on the request with the Via object it came from: the table lookup and the
         # new transaction both need it. Nothing edits a Via's branch or sent-by in place
         # (stamp_received only adds received/rport, which the key does not use).

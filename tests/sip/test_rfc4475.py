@@ -412,6 +412,26 @@ async def test_3_3_7_regaut01_an_unknown_authorization_scheme_gets_a_digest_chal
     assert all(v.startswith("Digest ") for v in reply.get_all("www-authenticate"))
 
 
+async def test_3_2_1_badbranch_a_bare_magic_cookie_identifies_no_transaction() -> None:
+    # "could fall back to the RFC 2543-style transaction identifier": we do, so a second
+    # request from the same phone with the same bare branch is a request of its own, not a
+    # retransmission to be answered with the first one's response.
+    h = Harness()
+    first = await h.send(request("badbranch"))
+    second_raw = load("badbranch").replace(b"CSeq: 8 OPTIONS", b"CSeq: 9 OPTIONS")
+    second_raw = second_raw.replace(b"badbranch.sadonfo23i420jv0as0derf3j3n", b"badbranch.2")
+    second = parse_message(second_raw)
+    assert isinstance(second, Request)
+    again = await h.send(second)
+    assert first is not None and again is not None
+    assert (first.call_id, again.call_id) == ("badbranch.sadonfo23i420jv0as0derf3j3n",
+                                              "badbranch.2")
+    assert again.cseq.number == 9
+    # A true retransmission (same request again) is still absorbed by its transaction.
+    retransmitted = await h.send(request("badbranch"))
+    assert retransmitted is not None and bytes(retransmitted) == bytes(first)
+
+
 async def test_3_3_10_bcast_a_stray_response_is_not_forwarded_anywhere() -> None:
     h = ProxyHarness()
     phone = h.phone("alice", "192.168.1.10", ("192.0.2.10", 5060))
