@@ -27,11 +27,12 @@ from appliance.sip.errors import SipParseError
 from appliance.sip.headers import NameAddr, parse_name_addrs
 from appliance.sip.message import Request, Response, error_response, parse_message
 from appliance.sip.register_view import PlainRegister
+from appliance.sip.transport import Transport
 from appliance.sip.uri import SipUri, parse_uri, unescape
 from tests.sip.proxy_harness import Harness as ProxyHarness
 from tests.sip.test_frontdoor import FakeProxy
 from tests.sip.test_registrar import PHONE, Harness, answer, register, user
-from tests.sip.test_transport import WAIT, UdpPeer, options, status_of
+from tests.sip.test_transport import WAIT, Echo, UdpPeer, options, read_message, status_of, tcp
 
 DATA = Path(__file__).parents[1] / "data" / "sip" / "rfc4475"
 
@@ -570,3 +571,32 @@ async def test_3_3_7_the_proxy_challenges_an_unknown_proxy_authorization_scheme_
                                      "NoOneKnowsThisScheme opaque-data=here")])
     await h.send(alice, invite)
     assert [r.status for r, _ in h.sender.responses() if r.status >= 200] == [407]
+
+
+# --- over TCP: framing that cannot be trusted closes the connection -------------------------------
+
+
+@pytest.mark.parametrize("name", ["mcl01", "ncl"])
+async def test_over_tcp_a_content_length_we_cannot_trust_is_400_then_close(name: str) -> None:
+    # §3.3.9: "If a request like this arrives over TCP, the framing error is not recoverable,
+    # and the connection should be closed." The same holds for §3.1.2.3's -999.
+    handler = Echo()
+    transport = Transport(handler, "127.0.0.1", 0)
+    handler.transport = transport
+    await transport.start()
+    try:
+        await framing_lost(transport, handler, name)
+    finally:
+        await transport.stop()
+
+
+async def framing_lost(transport: Transport, handler: Echo, name: str) -> None:
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(load(name))
+        assert status_of(await read_message(reader)) == 400
+        async with asyncio.timeout(WAIT):
+            assert await reader.read() == b""  # closed by us
+    assert handler.seen == []
+    async with tcp(transport.port) as (reader, writer):  # and the next phone is served
+        writer.write(options(5060, transport="TCP", branch="z9hG4bKnext"))
+        assert status_of(await read_message(reader)) == 200
