@@ -293,7 +293,7 @@ class Registrar:
         login = fields.login or ""
         # A Contact that cannot be read makes the request malformed: 400 before any challenge
         # (RFC 4475 §3.1.2.13). Syntax alone decides it, so it tells nothing about users.
-        parse_name_addrs(fields.contacts)
+        contacts = parse_name_addrs(fields.contacts)
         realm = user.realm if user is not None else self.realm()
         auth = DigestAuth(realm, self.nonces, self.algorithms, self.counts)
         creds = self._credentials(fields.authorizations, realm)
@@ -337,7 +337,7 @@ class Registrar:
                 return last[2]
             return self._ok(self.location.lookup(login, now), now)  # the bindings as they are
         try:
-            reply = self._bind(fields, origin, login, now)
+            reply = self._bind(fields, contacts, origin, login, now)
         except SipParseError:
             self._accepted(nonce, this, Reply(400))
             raise
@@ -383,8 +383,8 @@ class Registrar:
                 self._logged.popitem(last=False)
             logger.warning("x REGISTER for %r from %s failed authentication", login, ip)
 
-    def _bind(self, fields: RegisterFields, origin: Origin, login: str, now: float) -> Reply:
-        contacts = parse_name_addrs(fields.contacts)
+    def _bind(self, fields: RegisterFields, contacts: list[NameAddr], origin: Origin, login: str,
+              now: float) -> Reply:
         for contact in contacts:
             if not contact.is_wildcard:
                 _check_contact(contact)
