@@ -441,16 +441,20 @@ async def test_3_3_10_bcast_a_stray_response_is_not_forwarded_anywhere() -> None
     assert h.sender.sent == []
 
 
-async def registered(h: Harness, name: str, login: str, cseq_line: bytes) -> Response:
-    """Send message NAME as a phone would: take the 401, answer it, return the final."""
-    raw = load(name)
-    challenge = await h.send(request(name))
+async def registered(h: Harness, name: str, login: str, cseq_line: bytes, *,
+                     raw: bytes | None = None) -> Response:
+    """Send message NAME (or RAW) as a phone would: take the 401, answer it, return the
+    final."""
+    raw = raw if raw is not None else load(name)
+    first = parse_message(raw)
+    assert isinstance(first, Request)
+    challenge = await h.send(first)
     assert challenge is not None and challenge.status == 401
     auth = answer(challenge, login, cseq_uri="sip:example.com")
     number, method = cseq_line.split(b" ")[1:]
     # A new transaction: the next CSeq and a new branch.
     again = raw.replace(cseq_line, b"CSeq: %d %s" % (int(number) + 1, method))
-    again = again.replace(b";branch=z9hG4bKkdjuw", b";branch=z9hG4bKkdjuw-2")
+    again = re.sub(rb";branch=([^;\r]+)", rb";branch=\1-2", again, count=1)
     head, _, body = again.partition(b"\r\n\r\n")
     second = parse_message(head + b"\r\nAuthorization: " + auth.encode() + b"\r\n\r\n" + body)
     assert isinstance(second, Request)
@@ -483,6 +487,25 @@ async def test_3_3_14_regescrt_a_contact_with_an_escaped_header_is_kept_as_sent(
     uri = "sip:user@example.com?Route=%3Csip:sip.example.com%3E"
     assert [b.uri for b in h.location.lookup("user", h.clock())] == [uri]
     assert ok.values("contact")[0].startswith(f"<{uri}>")
+
+
+async def test_3_1_2_4_scalar02_the_other_overlarge_values_on_their_own() -> None:
+    # With its CSeq put right: Max-Forwards 300 is let through (the RFC: "could choose to
+    # process the request as if the field were absent"), and the Expires and Contact expires
+    # over 2**32 are refused with 400 once the phone has authenticated. Deliberately stricter
+    # than the RFC's "could treat them as if they contained the default values": a phone
+    # sending those is broken, and a 400 says so where a silent 3600 would not.
+    raw = load("scalar02").replace(b"CSeq: 36893488147419103232 REGISTER",
+                                   b"CSeq: 1 REGISTER")
+    h = Harness(user("user"))
+    final = await registered(h, "scalar02", "user", b"CSeq: 1 REGISTER", raw=raw)
+    assert final.status == 400
+    assert h.location.lookup("user", h.clock()) == []
+    # The expiry values are the cause: in range, the same REGISTER binds.
+    sane = raw.replace(b"Expires: 1" + b"0" * 100, b"Expires: 600").replace(
+        b";expires=280297596632815", b";expires=600").replace(b"scalar02.", b"scalar02b.")
+    h = Harness(user("user"))
+    assert (await registered(h, "scalar02", "user", b"CSeq: 1 REGISTER", raw=sane)).status == 200
 
 
 async def test_3_1_1_8_dblreq_one_register_one_answer() -> None:
