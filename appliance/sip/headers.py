@@ -30,6 +30,9 @@ from appliance.sip.uri import (
 )
 
 MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7: branches of RFC 3261 elements start with it
+# RFC 3261 §25.1 token: methods, header names, unquoted display-name words.
+TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                        "-.!%*_+`'~")
 
 
 def is_rfc3261_branch(branch: str | None) -> bool:
@@ -382,9 +385,7 @@ class NameAddr:
         return text + format_params(self.params)
 
 
-_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-                         "-.!%*_+`'~")
-_UNQUOTED_DISPLAY_OK = _TOKEN_CHARS | frozenset(" \t")
+_UNQUOTED_DISPLAY_OK = TOKEN_CHARS | frozenset(" \t")
 
 
 def _unquoted_display_ok(display: str) -> bool:

@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from appliance.sip.errors import SipParseError
-from appliance.sip.headers import CSeq, NameAddr, Via, parse_vias, split_list, split_values
+from appliance.sip.headers import (
+    TOKEN_CHARS,
+    CSeq,
+    NameAddr,
+    Via,
+    parse_vias,
+    split_list,
+    split_values,
+)
 from appliance.sip.uri import SCHEMES, uri_scheme
 
 # The largest message we accept on any transport. pjsip caps packets at 4000 bytes
@@ -68,7 +76,6 @@ _WIRE_NAMES = {
 
 # Headers that may appear at most once (RFC 3261 §7.3.1: only list headers may repeat).
 _SINGLE = ("from", "to", "call-id", "cseq", "max-forwards", "content-length")
-_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 
 REASONS = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
@@ -372,7 +379,7 @@ def _read_block(block: bytes) -> list[Header]:
         known = names.get(name) if colon else None
         if known is None:
             wire = name.rstrip(" \t")
-            if not colon or not wire or not set(wire) <= _TOKEN_CHARS:
+            if not colon or not wire or not set(wire) <= TOKEN_CHARS:
                 raise SipParseError(f"bad header line {text[:40]!r}", headers=_pairs(headers))
             known = (canonical_name(wire), wire)
             if len(names) < _MAX_CACHED_NAMES:
@@ -391,7 +398,7 @@ def _read_headers(lines: list[bytes]) -> list[Header]:
         first = raw_lines[0].decode("utf-8", "surrogateescape")
         name, colon, value = first.partition(":")
         wire = name.rstrip(" \t")
-        if not colon or not wire or not set(wire) <= _TOKEN_CHARS:
+        if not colon or not wire or not set(wire) <= TOKEN_CHARS:
             raise SipParseError(f"bad header line {first[:40]!r}", headers=_pairs(headers))
         parts = [value.strip()]
         parts += [r.decode("utf-8", "surrogateescape").strip() for r in raw_lines[1:]]
@@ -461,7 +468,7 @@ def _parse_status_line(line: str) -> Response:
 
 def _parse_request_line(line: str) -> tuple[Request, SipParseError | None]:
     parts = line.split(" ")
-    if not parts[0] or not set(parts[0]) <= _TOKEN_CHARS:
+    if not parts[0] or not set(parts[0]) <= TOKEN_CHARS:
         raise SipParseError(f"bad request line {line[:60]!r}")
     if len(parts) != 3:
         # A method, then SPs in the wrong places: LWS inside the Request-URI, several SPs
@@ -478,7 +485,7 @@ def _parse_request_line(line: str) -> tuple[Request, SipParseError | None]:
         return request, SipParseError(f"bad Request-URI {uri[:60]!r}")
     if scheme not in SCHEMES:
         return request, SipParseError(f"unsupported URI scheme {scheme!r}", 416)
-    if "?" in uri and scheme != "tel" and "?" in uri.rpartition("@")[2]:
+    if "?" in uri and scheme != "tel" and "?" in uri.split("@", 1)[-1]:
         # Headers have no place in a Request-URI (RFC 3261 §19.1.5); refusing them is what
         # RFC 4475 §3.1.2.11 (escruri) suggests, and they never reach a forwarded request.
         # (A "?" before the "@" is part of the user: RFC 4475 §3.1.1.2.)

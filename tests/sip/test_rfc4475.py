@@ -574,6 +574,16 @@ async def test_the_whole_corpus_over_udp_to_the_front_door(appliance: Appliance)
         peer.close()
 
 
+def test_3_1_2_11_escruri_headers_in_the_request_uri_wherever_the_at_signs_are() -> None:
+    raw = load("escruri")
+    for uri in (b"sip:example.com?Route=x", b"sip:user@example.com?Route=%3Csip:a@b%3E",
+                b"sip:user@example.com?Subject=lunch@noon"):
+        with pytest.raises(SipParseError) as info:
+            parse_message(raw.replace(b"sip:user@example.com?Route=%3Csip:example.com%3E",
+                                      uri, 1))
+        assert info.value.status == 400 and "headers" in str(info.value)
+
+
 def test_the_register_quick_path_leaves_request_uri_headers_to_the_parser() -> None:
     plain = bytes(register("alice"))
     assert PlainRegister.parse(plain, PHONE) is not None
