@@ -385,16 +385,17 @@ class NameAddr:
         return text + format_params(self.params)
 
 
-_UNQUOTED_DISPLAY_OK = TOKEN_CHARS | frozenset(" \t")
+# Characters that give an unquoted display name a second reading: a list separator, a quote,
+# the start of params or of a URI scheme.
+_DISPLAY_AMBIGUOUS = frozenset(',";:')
 
 
 def _unquoted_display_ok(display: str) -> bool:
-    """Unquoted, a display name is tokens and LWS (RFC 3261 §25.1): a comma or a colon in it
-    is ambiguous, and refused (RFC 4475 §3.1.2.15 baddn). Deliberately lenient on non-ASCII
-    characters: some UAs send UTF-8 names unquoted, and those leave no doubt where the name
-    ends."""
-    return _UNQUOTED_DISPLAY_OK.issuperset(display) or all(
-        ord(ch) > 127 for ch in display if ch not in _UNQUOTED_DISPLAY_OK)
+    """Unquoted, RFC 3261 §25.1 allows tokens and LWS only. We refuse just what makes the
+    value ambiguous — a comma (RFC 4475 §3.1.2.15 baddn), a quote, a semicolon or a colon —
+    and let the rest through: phones do send "John (Desk) <sip:...>", "bob@office <sip:...>"
+    or UTF-8 names unquoted, and where such a name ends is never in doubt."""
+    return _DISPLAY_AMBIGUOUS.isdisjoint(display)
 
 
 @functools.lru_cache(maxsize=_PARSE_CACHE)

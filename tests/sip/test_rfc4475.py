@@ -332,6 +332,12 @@ def test_name_addr_syntax_behind_badaspec_baddn_and_regbadct() -> None:
     assert NameAddr.parse("<sip:u@example.com?Route=%3Csip:x%3E>").uri == \
         "sip:u@example.com?Route=%3Csip:x%3E"
     assert NameAddr.parse("Jürgen Müller <sip:jm@example.com>").display == "Jürgen Müller"
+    # Stricter than the RFC would only hurt: names phones really send unquoted.
+    for display in ("John (Desk)", "bob@office", "Front/Desk #2", "Ann [sales]"):
+        assert NameAddr.parse(f"{display} <sip:a@b>").display == display
+    for ambiguous in ("Ann: sales", "Ann;sales"):
+        with pytest.raises(SipParseError):
+            NameAddr.parse(f"{ambiguous} <sip:a@b>")
 
 
 def test_3_1_2_13_regbadct_contact_is_refused_when_read() -> None:
