@@ -103,8 +103,11 @@ class StreamFramer:
             del buf[:2]
         end = buf.find(b"\r\n\r\n")
         if end < 0:
-            if len(buf) > self._max_header:
-                raise FramingError(f"no end of headers within {self._max_header} bytes")
+            # A head longer than the message limit belongs to no acceptable message: when
+            # max_message is the smaller, it, not max_header, bounds a connection's buffer.
+            limit = min(self._max_header, self._max_message)
+            if len(buf) > limit:
+                raise FramingError(f"no end of headers within {limit} bytes")
             return None
         if end > self._max_header:
             raise FramingError(f"header block of {end} bytes exceeds {self._max_header}")

@@ -101,3 +101,64 @@ def test_limits() -> None:
 def test_udp_keepalive() -> None:
     assert is_keepalive(b"\r\n\r\n") and is_keepalive(b"\r\n")
     assert not is_keepalive(b"") and not is_keepalive(MESSAGES[0])
+
+
+# --- what a peer's byte stream can do (the transport audit) ----------------------------------
+
+STREAM = b"\r\n\r\n".join([MESSAGES[0], MESSAGES[1], MESSAGES[3]]) + b"\r\n\r\n"
+FRAMED: list[bytes | KeepAlive] = [MESSAGES[0], KeepAlive(), MESSAGES[1], KeepAlive(),
+                                   MESSAGES[3], KeepAlive()]
+
+
+def test_a_stream_split_at_every_point_gives_the_same_messages() -> None:
+    """Every place one read can end and the next begin: inside a start line, a header name,
+    the blank line, the body, a ping, between two messages."""
+    for cut in range(1, len(STREAM)):
+        framer = StreamFramer()
+        out = framer.feed(STREAM[:cut]) + framer.feed(STREAM[cut:])
+        assert out == FRAMED, cut
+        assert framer.buffered == 0
+
+
+def test_a_stream_fed_one_byte_at_a_time() -> None:
+    framer = StreamFramer()
+    out: list[bytes | KeepAlive] = []
+    for i in range(len(STREAM)):
+        out += framer.feed(STREAM[i : i + 1])
+    assert out == FRAMED and framer.buffered == 0
+
+
+def test_several_messages_and_pings_in_one_read() -> None:
+    assert StreamFramer().feed(STREAM) == FRAMED
+
+
+def test_missing_content_length_on_a_stream_loses_framing_at_that_message() -> None:
+    """RFC 3261 §20.14: Content-Length is mandatory on a stream; without it the end of the
+    body cannot be known. The transport answers REST's head 400 and closes."""
+    bare = b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bKnocl\r\n\r\n"
+    with pytest.raises(FramingLost) as caught:
+        StreamFramer().feed(MESSAGES[0] + bare + MESSAGES[1])
+    assert caught.value.framed == [MESSAGES[0]]
+    assert caught.value.rest.startswith(bare)
+    assert "no Content-Length" in str(caught.value)
+
+
+def test_a_content_length_over_the_limit_fails_before_the_body_arrives() -> None:
+    head = b"MESSAGE sip:x SIP/2.0\r\nContent-Length: 999999999\r\n\r\n"
+    with pytest.raises(FramingLost, match="exceeds"):
+        StreamFramer(max_message=4000).feed(head)
+
+
+def test_a_head_that_never_ends_is_bounded_by_the_smaller_limit() -> None:
+    """Fed a byte at a time, a header block without its blank line is given up as soon as it
+    passes the header limit, or the message limit when that is smaller: the framer never
+    buffers more than that for one connection."""
+    for max_header, max_message in ((100, 4000), (4000, 300)):
+        framer = StreamFramer(max_header=max_header, max_message=max_message)
+        limit = min(max_header, max_message)
+        endless = b"OPTIONS sip:x SIP/2.0\r\n" + b"X: y\r\n" * 2000
+        with pytest.raises(FramingLost, match="no end of headers"):
+            for i in range(len(endless)):
+                framer.feed(endless[i : i + 1])
+                assert framer.buffered <= limit
+        assert framer.buffered == limit + 1
