@@ -1,0 +1,536 @@
+"""The transport as a phone, a NAT and an attacker see it: real sockets on 127.0.0.1, each test
+asserting what the peer receives (or that it receives nothing). The helpers and the ``echo``
+transport (answers every request 200, small limits) come from test_transport.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+
+from appliance.sip import transport as transport_module
+from appliance.sip.message import Request, make_response, parse_message
+from appliance.sip.transport import Limits, Transport
+from appliance.sip.wire import Incoming, Target, reply_target
+from tests.sip import test_transport
+from tests.sip.test_transport import (
+    WAIT,
+    Echo,
+    Slow,
+    UdpPeer,
+    options,
+    read_message,
+    status_of,
+    tcp,
+)
+
+# The fixtures of test_transport.py, shared by name.
+echo = test_transport.echo
+udp = test_transport.udp
+
+
+def top_via_of(data: bytes | None) -> str:
+    """The raw top Via line of a message (a response echoes the stamped request's)."""
+    assert data is not None
+    return next(line for line in data.split(b"\r\n")
+                if line.lower().startswith(b"via:")).decode()
+
+
+async def closed_by_server(reader: asyncio.StreamReader, wait: float = WAIT) -> bool:
+    """Whether the server closes the connection (EOF or reset) within WAIT, reading and
+    discarding whatever comes first."""
+    try:
+        async with asyncio.timeout(wait):
+            while await reader.read(65536):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
+
+
+async def until(condition: object, wait: float = WAIT) -> None:
+    """Wait until CONDITION() is true (polled), failing after WAIT."""
+    assert callable(condition)
+    async with asyncio.timeout(wait):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+# --- one port, two transports ----------------------------------------------------------------
+
+
+async def test_udp_and_tcp_are_answered_on_the_same_port(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    await udp.send(options(udp.port), transport.port)
+    assert status_of(await udp.recv()) == 200
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(options(5060, transport="TCP", branch="z9hG4bKsame"))
+        assert status_of(await read_message(reader)) == 200
+    assert [i.transport for i in handler.seen] == ["udp", "tcp"]
+    assert {i.local[1] for i in handler.seen} == {transport.port}
+
+
+# --- TCP framing as the peer sees it -----------------------------------------------------------
+
+
+async def test_tcp_without_content_length_gets_400_then_the_connection_closes(
+        echo: tuple[Transport, Echo]) -> None:
+    transport, handler = echo
+    bare = options(5060, transport="TCP").replace(b"Content-Length: 0\r\n", b"")
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(bare)
+        reply = await read_message(reader)
+        assert status_of(reply) == 400 and b"Call-ID: t-z9hG4bKopt1" in reply
+        assert await closed_by_server(reader)
+    assert handler.seen == []
+    await until(lambda: transport.connection_count == 0)
+
+
+async def test_tcp_content_length_over_the_limit_gets_513_without_waiting_for_the_body(
+        echo: tuple[Transport, Echo]) -> None:
+    transport, handler = echo
+    huge = options(5060, transport="TCP").replace(b"Content-Length: 0",
+                                                  b"Content-Length: 900000000")
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(huge)  # the head only: the body never comes
+        assert status_of(await read_message(reader)) == 513
+        assert await closed_by_server(reader)
+    assert handler.seen == []
+
+
+async def test_tcp_head_that_never_ends_is_cut_off_and_closed(
+        echo: tuple[Transport, Echo]) -> None:
+    """Header lines without the blank line: the server stops buffering at the message limit
+    (4000 bytes here) and closes, without waiting for the first-message timeout."""
+    transport, handler = echo
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(b"OPTIONS sip:127.0.0.1 SIP/2.0\r\n" + b"X-Pad: aaaaaaaaaa\r\n" * 300)
+        assert await closed_by_server(reader, 0.25)  # before first_message_timeout (0.3 s)
+    assert handler.seen == []
+
+
+async def test_tcp_stream_split_across_segments_is_framed(
+        echo: tuple[Transport, Echo]) -> None:
+    """Two requests (one with a body) and a ping cut at many points into separate segments
+    (Nagle off, a pause between writes): both are answered, the ping with CRLF."""
+    transport, handler = echo
+    body = b"v=0\r\n"
+    stream = (options(5060, transport="TCP", branch="z9hG4bKs1") + b"\r\n\r\n"
+              + options(5060, transport="TCP", branch="z9hG4bKs2", body=body,
+                        extra="Content-Type: application/sdp\r\n"))
+    async with tcp(transport.port) as (reader, writer):
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for start in range(0, len(stream), 37):
+            writer.write(stream[start : start + 37])
+            await writer.drain()
+            await asyncio.sleep(0.002)
+        first = await read_message(reader)
+        async with asyncio.timeout(WAIT):
+            assert await reader.readexactly(2) == b"\r\n"
+        second = await read_message(reader)
+    assert (status_of(first), status_of(second)) == (200, 200)
+    assert [i.message.body for i in handler.seen] == [b"", body]
+
+
+async def test_tcp_several_messages_and_pings_in_one_segment(
+        echo: tuple[Transport, Echo]) -> None:
+    transport, handler = echo
+    one = options(5060, transport="TCP", branch="z9hG4bKm1")
+    two = options(5060, transport="TCP", branch="z9hG4bKm2", body=b"hello",
+                  extra="Content-Type: text/plain\r\n")
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(b"\r\n\r\n" + one + b"\r\n\r\n" + two + one.replace(b"m1", b"m3"))
+        async with asyncio.timeout(WAIT):
+            assert await reader.readexactly(2) == b"\r\n"
+        first = await read_message(reader)
+        async with asyncio.timeout(WAIT):
+            assert await reader.readexactly(2) == b"\r\n"
+        rest = [await read_message(reader), await read_message(reader)]
+    assert [status_of(m) for m in [first, *rest]] == [200, 200, 200]
+    assert [i.message.call_id for i in handler.seen] == ["t-z9hG4bKm1", "t-z9hG4bKm2",
+                                                          "t-z9hG4bKm3"]
+    assert handler.seen[1].message.body == b"hello"
+
+
+async def test_tcp_ping_is_answered_with_exactly_one_crlf(
+        echo: tuple[Transport, Echo]) -> None:
+    transport, _ = echo
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(options(5060, transport="TCP"))
+        assert status_of(await read_message(reader)) == 200
+        writer.write(b"\r\n\r\n")
+        async with asyncio.timeout(WAIT):
+            assert await reader.read(100) == b"\r\n"
+        with contextlib.suppress(TimeoutError):  # and nothing after it
+            async with asyncio.timeout(0.2):
+                assert await reader.read(100) == b""
+        writer.write(b"\r\n")  # half a ping (or a pong sent back): no answer yet...
+        await asyncio.sleep(0.05)
+        writer.write(b"\r\n")  # ...the other half: one answer
+        async with asyncio.timeout(WAIT):
+            assert await reader.read(100) == b"\r\n"
+
+
+# --- UDP framing -------------------------------------------------------------------------------
+
+
+async def test_udp_body_shorter_than_content_length_gets_400(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    short = options(udp.port, body=b"12345", extra="Content-Type: text/plain\r\n")
+    await udp.send(short.replace(b"Content-Length: 5", b"Content-Length: 50"), transport.port)
+    assert status_of(await udp.recv()) == 400
+    assert handler.seen == []
+
+
+async def test_udp_bytes_beyond_content_length_are_ignored(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    message = options(udp.port, body=b"12345", extra="Content-Type: text/plain\r\n")
+    await udp.send(message + b"trailing junk\r\n", transport.port)
+    assert status_of(await udp.recv()) == 200
+    assert handler.seen[0].message.body == b"12345"
+
+
+async def test_udp_lone_crlf_is_tolerated(echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    for ping in (b"\r\n", b"\r\n\r\n", b"\r\n\r\n\r\n\r\n"):
+        await udp.send(ping, transport.port)
+    assert await udp.recv(0.2) is None
+    await udp.send(options(udp.port), transport.port)
+    assert status_of(await udp.recv()) == 200
+    assert len(handler.seen) == 1
+
+
+# --- Via: received, rport, who gets answered ---------------------------------------------------
+
+
+async def test_rport_asked_for_is_filled_and_received_added(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    """RFC 3581 §4: rport in the request is filled with the source port in the response, and
+    received is added even though sent-by is the source address."""
+    transport, _ = echo
+    request = options(udp.port).replace(b";branch=z9hG4bKopt1", b";rport;branch=z9hG4bKopt1")
+    await udp.send(request, transport.port)
+    via = top_via_of(await udp.recv())
+    assert f";rport={udp.port}" in via and ";received=127.0.0.1" in via
+
+
+async def test_rport_is_forced_when_not_asked_for(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    """Deliberately beyond RFC 3581 (sip.md "Via, received, rport"): phones behind NAT need
+    rport without asking, so it is always filled, and with it received."""
+    transport, _ = echo
+    await udp.send(options(udp.port), transport.port)
+    via = top_via_of(await udp.recv())
+    assert f";rport={udp.port}" in via and ";received=127.0.0.1" in via
+
+
+async def test_received_is_added_when_sent_by_is_a_name(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, _ = echo
+    await udp.send(options(udp.port, via_host="phone.example.com"), transport.port)
+    via = top_via_of(await udp.recv())
+    assert via.startswith(f"Via: SIP/2.0/UDP phone.example.com:{udp.port};")
+    assert ";received=127.0.0.1" in via
+
+
+async def test_ipv6_literal_in_via_on_an_ipv4_socket_is_answered_to_the_source(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    for host in ("[2001:db8::10]", "[::1]"):
+        await udp.send(options(5060, via_host=host, branch=f"z9hG4bK6{len(host)}"),
+                       transport.port)
+        reply = await udp.recv()
+        assert status_of(reply) == 200
+        via = top_via_of(reply)
+        assert f"{host}:5060" in via and ";received=127.0.0.1" in via
+        assert f";rport={udp.port}" in via
+    assert len(handler.seen) == 2
+
+
+async def test_a_multicast_via_over_tcp_is_not_answered(echo: tuple[Transport, Echo]) -> None:
+    transport, handler = echo
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(options(5060, via_host="239.1.2.3", transport="TCP"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.3):
+                assert await reader.read(100) == b""
+    assert handler.seen == []
+
+
+async def test_a_response_over_tcp_for_a_via_not_ours_is_dropped(
+        echo: tuple[Transport, Echo]) -> None:
+    transport, handler = echo
+    response = (f"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP {{host}}:{transport.port};branch=z9hG4bKt"
+                "\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: r\r\n"
+                "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    async with tcp(transport.port) as (_, writer):
+        writer.write(response.format(host="192.0.2.7").encode())
+        writer.write(response.format(host="127.0.0.1").encode())
+        await until(lambda: len(handler.seen) == 1)
+        await asyncio.sleep(0.1)
+    assert len(handler.seen) == 1 and handler.seen[0].message.top_via is not None
+    assert handler.seen[0].message.top_via.host == "127.0.0.1"
+
+
+# --- oversized datagrams -----------------------------------------------------------------------
+
+
+async def test_oversized_udp_without_a_readable_head_is_dropped(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    endless = b"OPTIONS sip:127.0.0.1 SIP/2.0\r\n" + b"X-Pad: a\r\n" * 2000  # no blank line
+    await udp.send(endless, transport.port)
+    await udp.send(b"\x00\xff" * 3000, transport.port)
+    assert await udp.recv(0.3) is None
+    assert handler.seen == []
+
+
+async def test_oversized_udp_response_is_dropped(echo: tuple[Transport, Echo],
+                                                  udp: UdpPeer) -> None:
+    transport, handler = echo
+    response = (f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:{transport.port};branch=z9hG4bKo"
+                "\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: o\r\n"
+                "CSeq: 1 OPTIONS\r\nContent-Length: 6000\r\n\r\n").encode() + b"x" * 6000
+    await udp.send(response, transport.port)
+    assert await udp.recv(0.3) is None
+    assert handler.seen == []
+
+
+# --- limits a peer controls --------------------------------------------------------------------
+
+
+async def test_total_tcp_connections_are_capped() -> None:
+    handler = Echo()
+    transport = Transport(handler, "127.0.0.1", 0, limits=Limits(max_connections=2))
+    handler.transport = transport
+    await transport.start()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(2):
+                await stack.enter_async_context(tcp(transport.port))
+            await until(lambda: transport.connection_count == 2)
+            reader, writer = await stack.enter_async_context(tcp(transport.port))
+            writer.write(options(5060, transport="TCP"))
+            assert await closed_by_server(reader)  # refused at once, unanswered
+            assert transport.connection_count == 2
+        await until(lambda: transport.connection_count == 0)
+        async with tcp(transport.port) as (reader, writer):  # room again
+            writer.write(options(5060, transport="TCP"))
+            assert status_of(await read_message(reader)) == 200
+    finally:
+        await transport.stop()
+
+
+async def test_a_phone_pinging_between_messages_is_not_a_slowloris(
+        echo: tuple[Transport, Echo]) -> None:
+    """Keep-alives and complete messages spread over longer than first_message_timeout keep a
+    connection open: only a message left incomplete for that long closes it."""
+    transport, _ = echo
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(options(5060, transport="TCP"))
+        assert status_of(await read_message(reader)) == 200
+        for _ in range(5):  # 0.6 s in all
+            await asyncio.sleep(0.12)
+            writer.write(b"\r\n\r\n")
+            async with asyncio.timeout(WAIT):
+                assert await reader.readexactly(2) == b"\r\n"
+        writer.write(options(5060, transport="TCP", branch="z9hG4bKlater"))
+        assert status_of(await read_message(reader)) == 200
+
+
+async def test_a_connection_idle_after_a_message_is_closed_by_the_idle_timeout() -> None:
+    handler = Echo()
+    transport = Transport(handler, "127.0.0.1", 0, limits=Limits(
+        idle_timeout=0.3, first_message_timeout=5.0, sweep_interval=0.05))
+    handler.transport = transport
+    await transport.start()
+    try:
+        async with tcp(transport.port) as (reader, writer):
+            writer.write(options(5060, transport="TCP"))
+            assert status_of(await read_message(reader)) == 200
+            opened = asyncio.get_running_loop().time()
+            assert await closed_by_server(reader)
+            assert asyncio.get_running_loop().time() - opened >= 0.3
+        await until(lambda: handler.closed != [])
+    finally:
+        await transport.stop()
+
+
+async def test_a_peer_that_does_not_read_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Responses pile up for a peer that never reads: past MAX_WRITE_BUFFER queued in the
+    process the connection is aborted instead of buffering without bound."""
+    monkeypatch.setattr(transport_module, "MAX_WRITE_BUFFER", 64 * 1024)
+    handler = Echo()
+    transport = Transport(handler, "127.0.0.1", 0)
+    handler.transport = transport
+    await transport.start()
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", transport.port))
+        try:
+            writer_request = options(5060, transport="TCP")
+            await asyncio.get_running_loop().sock_sendall(sock, writer_request)
+            await until(lambda: len(handler.seen) == 1)
+            conn_id = handler.seen[0].connection_id
+            big = parse_message(options(5060, transport="TCP", body=b"x" * 60000,
+                                        extra="Content-Type: text/plain\r\n"))
+            for _ in range(400):  # 24 MB: more than any kernel buffer on loopback
+                if transport.connection_count == 0:
+                    break
+                transport.send(big, Target("tcp", "127.0.0.1", 1, conn_id))
+                await asyncio.sleep(0)
+            await until(lambda: handler.closed == [conn_id])
+        finally:
+            sock.close()
+    finally:
+        await transport.stop()
+
+
+async def test_a_connection_reset_mid_message_is_forgotten(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    transport, handler = echo
+    sock = socket.socket()
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", transport.port))
+    await loop.sock_sendall(sock, options(5060, transport="TCP")[:60])
+    await until(lambda: transport.connection_count == 1)
+    # SO_LINGER 0: close() sends RST instead of FIN.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    await until(lambda: transport.connection_count == 0)
+    assert len(handler.closed) == 1 and handler.seen == []
+    await udp.send(options(udp.port), transport.port)  # and the server still serves
+    assert status_of(await udp.recv()) == 200
+
+
+# --- sending to a phone over TCP -------------------------------------------------------------
+
+
+class Listener:
+    """A TCP server on 127.0.0.1 standing for a phone's listening port: what it receives,
+    on how many connections."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[bytes] = asyncio.Queue()
+        self.accepted = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> Listener:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self.server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            while True:
+                await self.received.put(await read_message(reader))
+
+    async def get(self) -> bytes:
+        async with asyncio.timeout(WAIT):
+            return await self.received.get()
+
+
+async def test_a_request_for_a_closed_connection_opens_one_to_the_target_address(
+        echo: tuple[Transport, Echo]) -> None:
+    """The connection a Target names is gone: the request goes on a new connection to the
+    Target's address (what the proxy relies on; the registrar has dropped the bindings on
+    that connection, so new calls to the phone get 480 instead)."""
+    transport, handler = echo
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(options(5060, transport="TCP"))
+        assert status_of(await read_message(reader)) == 200
+    await until(lambda: handler.closed != [])
+    gone = handler.closed[0]
+    assert transport.connection(gone) is None
+    async with Listener() as phone:
+        request = parse_message(options(transport.port, transport="TCP", branch="z9hG4bKnew"))
+        transport.send(request, Target("tcp", "127.0.0.1", phone.port, gone))
+        assert (await phone.get()).startswith(b"OPTIONS ")
+        assert phone.accepted == 1
+
+
+class Late(Echo):
+    """Answers each request only once told to: the peer can go away in between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[Incoming] = []
+
+    async def handle(self, incoming: Incoming) -> None:
+        self.seen.append(incoming)
+        self.pending.append(incoming)
+
+    def answer_all(self) -> None:
+        assert self.transport is not None
+        for incoming in self.pending:
+            message = incoming.message
+            assert isinstance(message, Request)
+            self.transport.send(make_response(message, 200, to_tag="t"), reply_target(incoming))
+        self.pending.clear()
+
+
+@pytest.fixture
+async def late() -> AsyncIterator[tuple[Transport, Late]]:
+    handler = Late()
+    transport = Transport(handler, "127.0.0.1", 0, limits=Limits(connect_timeout=1.0))
+    handler.transport = transport
+    await transport.start()
+    try:
+        yield transport, handler
+    finally:
+        await transport.stop()
+
+
+async def test_a_response_goes_back_on_the_connection_the_request_came_on(
+        late: tuple[Transport, Late]) -> None:
+    transport, handler = late
+    async with Listener() as phone, tcp(transport.port) as (reader, writer):
+        writer.write(options(phone.port, transport="TCP"))
+        await until(lambda: len(handler.pending) == 1)
+        handler.answer_all()
+        assert status_of(await read_message(reader)) == 200
+        assert phone.accepted == 0
+
+
+async def test_a_response_over_udp_goes_to_the_source_not_the_via(
+        late: tuple[Transport, Late], udp: UdpPeer) -> None:
+    transport, handler = late
+    await udp.send(options(9, via_host="192.0.2.1"), transport.port)
+    await until(lambda: len(handler.pending) == 1)
+    handler.answer_all()
+    assert status_of(await udp.recv()) == 200
+
+
+async def test_a_slow_handler_still_answers_after_the_peer_left(udp: UdpPeer) -> None:
+    """Smoke test for the Slow handler used above: nothing raises when the answer comes
+    after the peer's connection has gone and no listener is at the Via's address."""
+    handler = Slow()
+    transport = Transport(handler, "127.0.0.1", 0, limits=Limits(connect_timeout=0.5))
+    handler.transport = transport
+    await transport.start()
+    try:
+        async with tcp(transport.port) as (_, writer):
+            writer.write(options(9, transport="TCP"))
+            await until(lambda: bool(transport._tasks))
+        handler.release.set()
+        await until(lambda: not transport._tasks)
+    finally:
+        await transport.stop()
