@@ -77,6 +77,13 @@ class StreamFramer:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def mid_message(self) -> bool:
+        """Whether the buffer holds the start of a message (not just what may become a
+        ping): the transport times how long a message takes to complete from here."""
+        buf = self._buffer
+        return bool(buf) and not (len(buf) < 4 and b"\r\n\r\n".startswith(bytes(buf)))
+
     def feed(self, data: bytes) -> list[bytes | KeepAlive]:
         self._buffer += data
         out: list[bytes | KeepAlive] = []

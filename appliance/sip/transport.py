@@ -92,7 +92,10 @@ MAX_TCP_PER_SOURCE = 16
 TCP_IDLE_TIMEOUT = 3900.0
 IDLE_MARGIN = 300.0  # past the registration's end: the phone's re-REGISTER may come late
 # A connection that has not completed one message in this time is a slow-loris or a scan
-# (aiosmtpd's idle timeout is 300 s for a whole session; a SIP phone sends at once).
+# (aiosmtpd's idle timeout is 300 s for a whole session; a SIP phone sends at once). The same
+# time bounds every later message from its first byte to its last: a phone writes a message
+# in one go, and only whole messages (and pings) count as activity for TCP_IDLE_TIMEOUT —
+# else a byte every few seconds would hold a connection open for ever.
 TCP_FIRST_MESSAGE_TIMEOUT = 30.0
 # pjsip gives up a TCP connect after ~5-10 s; a LAN phone answers in milliseconds.
 TCP_CONNECT_TIMEOUT = 5.0
@@ -222,7 +225,9 @@ class Connection:
     local: tuple[str, int] = ("", 0)
     framer: StreamFramer = field(default_factory=StreamFramer)
     transport: asyncio.Transport | None = None
-    last_activity: float = 0.0
+    opened_at: float = 0.0
+    last_activity: float = 0.0  # the last whole message or ping (not any byte)
+    message_started: float | None = None  # when the framer's partial message began
     messages: int = 0
     admitted: bool = False
 
@@ -532,7 +537,7 @@ class Transport:
         local = transport.get_extra_info("sockname")
         conn.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         conn.local = (str(local[0]), int(local[1])) if local else ("", 0)
-        conn.last_activity = asyncio.get_running_loop().time()
+        conn.opened_at = conn.last_activity = asyncio.get_running_loop().time()
         ip = conn.peer[0]
         blocked = not conn.outgoing and self.is_blocked is not None and self.is_blocked(ip)
         if (blocked or self._stopping
@@ -576,7 +581,6 @@ class Transport:
     def _stream_data(self, conn: Connection, data: bytes) -> None:
         if not conn.admitted:
             return
-        conn.last_activity = asyncio.get_running_loop().time()
         try:
             items = conn.framer.feed(data)
         except FramingLost as err:
@@ -592,6 +596,13 @@ class Transport:
                 conn.write(bytes(reply))
             conn.close()
             return
+        now = asyncio.get_running_loop().time()
+        if items:
+            conn.last_activity = now
+        if not conn.framer.mid_message:
+            conn.message_started = None
+        elif items or conn.message_started is None:  # a new message began in this read
+            conn.message_started = now
         self._stream_items(conn, items)
 
     def _stream_items(self, conn: Connection, items: list[bytes | KeepAlive]) -> None:
@@ -607,13 +618,19 @@ class Transport:
         while True:
             await asyncio.sleep(self.limits.sweep_interval)
             now = loop.time()
+            slow = self.limits.first_message_timeout
             for conn in list(self._connections.values()):
-                fresh = conn.messages == 0 and not conn.outgoing
-                limit = self.limits.first_message_timeout if fresh else self.limits.idle_timeout
-                if now - conn.last_activity > limit:
-                    logger.debug("- tcp %s %s:%d idle for %.0f s; closing", conn.id,
-                                 *conn.peer, now - conn.last_activity)
-                    conn.close()
+                started = conn.message_started
+                if started is not None and now - started > slow:
+                    why = "a message incomplete for %.0f s" % (now - started)
+                elif conn.messages == 0 and not conn.outgoing and now - conn.opened_at > slow:
+                    why = "no message in %.0f s" % (now - conn.opened_at)
+                elif now - conn.last_activity > self.limits.idle_timeout:
+                    why = "idle for %.0f s" % (now - conn.last_activity)
+                else:
+                    continue
+                logger.debug("- tcp %s %s:%d %s; closing", conn.id, *conn.peer, why)
+                conn.close()
 
     # --- sending (the Sender seam) --------------------------------------------------------
 

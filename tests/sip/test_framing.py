@@ -162,3 +162,17 @@ def test_a_head_that_never_ends_is_bounded_by_the_smaller_limit() -> None:
                 framer.feed(endless[i : i + 1])
                 assert framer.buffered <= limit
         assert framer.buffered == limit + 1
+
+
+def test_mid_message_tells_a_started_message_from_a_ping_in_the_making() -> None:
+    framer = StreamFramer()
+    assert not framer.mid_message
+    for part in (b"\r", b"\n", b"\r"):  # the start of a ping: not a message yet
+        framer.feed(part)
+        assert not framer.mid_message
+    framer.feed(b"\n")
+    assert not framer.mid_message and framer.buffered == 0
+    framer.feed(MESSAGES[0][:10])
+    assert framer.mid_message
+    assert framer.feed(MESSAGES[0][10:]) == [MESSAGES[0]]
+    assert not framer.mid_message

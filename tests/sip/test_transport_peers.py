@@ -330,6 +330,51 @@ async def test_total_tcp_connections_are_capped() -> None:
         await transport.stop()
 
 
+async def test_slowloris_dripping_a_head_is_closed_by_the_first_message_timeout(
+        echo: tuple[Transport, Echo]) -> None:
+    """A byte every 50 ms keeps the connection busy but never completes a message: it is
+    closed once first_message_timeout (0.3 s) has passed since it opened, not since its
+    last byte."""
+    transport, handler = echo
+    head = options(5060, transport="TCP")
+    async with tcp(transport.port) as (reader, writer):
+        opened = asyncio.get_running_loop().time()
+        closed = False
+        for byte in head[:40]:
+            writer.write(bytes([byte]))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            if await closed_by_server(reader, 0.05):
+                closed = True
+                break
+        assert closed
+        assert asyncio.get_running_loop().time() - opened < 1.0
+    assert handler.seen == []
+
+
+async def test_slowloris_after_a_first_message_is_closed_too(
+        echo: tuple[Transport, Echo]) -> None:
+    """A connection that sent one good request and then drips the next is timed from that
+    next message's first byte: the long idle timeout does not cover a message in progress."""
+    transport, handler = echo
+    head = options(5060, transport="TCP", branch="z9hG4bKdrip")
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(options(5060, transport="TCP"))
+        assert status_of(await read_message(reader)) == 200
+        started = asyncio.get_running_loop().time()
+        closed = False
+        for byte in head[:40]:
+            writer.write(bytes([byte]))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            if await closed_by_server(reader, 0.05):
+                closed = True
+                break
+        assert closed
+        assert asyncio.get_running_loop().time() - started < 1.0
+    assert len(handler.seen) == 1
+
+
 async def test_a_phone_pinging_between_messages_is_not_a_slowloris(
         echo: tuple[Transport, Echo]) -> None:
     """Keep-alives and complete messages spread over longer than first_message_timeout keep a
