@@ -15,8 +15,8 @@ message ``framing.StreamFramer`` cuts from a TCP stream, goes through the same p
    (``FrontDoor.quick``), which answers the common shape straight from its bytes and
    declines (None) everything else, which then goes on below;
 2. ``parse_message``; a message that fails gets ``error_response`` (400/416/505/...) when one can
-   be built — a request with a readable Via — and is dropped otherwise (responses, ACKs,
-   messages without a way back);
+   be built — a request with a readable Via that is not broadcast or multicast — and is
+   dropped otherwise (responses, ACKs, messages without a way back);
 3. a request gets ``received``/``rport`` stamped in its top Via (rport forced: phones behind NAT
    need it even when they do not ask), and is dropped when its top Via names a broadcast or
    multicast address (we never answer those, sip.md §3);
@@ -194,6 +194,19 @@ def _summary(message: Request | Response) -> str:
 
 def _tag() -> str:
     return secrets.token_hex(5)
+
+
+def _answerable(reply: Response | None) -> Response | None:
+    """REPLY, or None when its top Via names a broadcast, multicast or unspecified address:
+    a request with such a Via is never answered (sip.md §3), and the error reply (400, 513)
+    to one that failed to parse or to frame is no exception."""
+    if reply is None:
+        return None
+    try:
+        top = reply.top_via
+    except SipParseError:
+        return None
+    return reply if top is not None and not unreachable(top.host) else None
 
 
 def head_reply(head: bytes, status: int) -> Response | None:
@@ -467,7 +480,7 @@ class Transport:
     def _oversize(self, data: bytes, transport: str, source: tuple[str, int],
                   conn_id: str | None) -> None:
         end = data.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
-        reply = head_reply(data[:end], 513) if end > 0 else None
+        reply = _answerable(head_reply(data[:end], 513)) if end > 0 else None
         logger.debug("x %s %s:%d: message of %d bytes over %d%s", transport, *source, len(data),
                      self.limits.max_message, "" if reply else ", dropped")
         if reply is not None:
@@ -478,7 +491,7 @@ class Transport:
         try:
             message = parse_message(data)
         except SipParseError as err:
-            reply = error_response(err, to_tag=_tag())
+            reply = _answerable(error_response(err, to_tag=_tag()))
             logger.debug("x %s %s:%d: %s (%s)", transport, *source, err,
                          f"answered {err.status}" if reply else "dropped")
             if reply is not None:
@@ -589,8 +602,8 @@ class Transport:
             # head says the message is too big), and the connection closes.
             self._stream_items(conn, err.framed)
             end = err.rest.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
-            reply = head_reply(err.rest[:end], 513 if "exceeds" in str(err) else 400) \
-                if end > 0 else None
+            status = 513 if "exceeds" in str(err) else 400
+            reply = _answerable(head_reply(err.rest[:end], status)) if end > 0 else None
             logger.debug("x tcp %s %s:%d: %s; closing", conn.id, *conn.peer, err)
             if reply is not None:
                 conn.write(bytes(reply))

@@ -256,6 +256,25 @@ async def test_ipv6_literal_in_via_on_an_ipv4_socket_is_answered_to_the_source(
     assert len(handler.seen) == 2
 
 
+@pytest.mark.parametrize("host", ["255.255.255.255", "224.0.1.75", "[ff02::1]", "0.0.0.0"])
+async def test_a_broken_request_with_a_broadcast_or_multicast_via_is_not_answered(
+        echo: tuple[Transport, Echo], udp: UdpPeer, host: str) -> None:
+    """sip.md §3: a Via towards a broadcast or multicast address is never answered — an
+    error reply (400 for a bad CSeq, 513 for an oversized message) included."""
+    transport, handler = echo
+    broken = options(5060, via_host=host).replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 INVITE")
+    await udp.send(broken, transport.port)
+    await udp.send(options(5060, via_host=host, body=b"x" * 5000,
+                           extra="Content-Type: text/plain\r\n"), transport.port)
+    assert await udp.recv(0.3) is None
+    async with tcp(transport.port) as (reader, writer):
+        writer.write(options(5060, via_host=host, transport="TCP").replace(
+            b"Content-Length: 0", b"Content-Length: zero"))
+        assert await closed_by_server(reader)  # and no 400 before the close
+        assert reader.at_eof()
+    assert handler.seen == []
+
+
 async def test_a_multicast_via_over_tcp_is_not_answered(echo: tuple[Transport, Echo]) -> None:
     transport, handler = echo
     async with tcp(transport.port) as (reader, writer):
