@@ -35,7 +35,9 @@ answered with CRLF on TCP (RFC 5626 §3.5.1) and ignored on UDP.
 phone sees our well-known port; when the kernel's send buffer is full the datagram waits, in
 order, in a queue of at most ``UDP_SEND_QUEUE`` that ``loop.add_writer`` flushes (beyond
 that, datagrams are dropped and logged). TCP reuses the connection named in the target, else
-any open connection to that address, else opens one (``connect_timeout``). Sending never raises:
+any open connection to that address, else opens one (``connect_timeout``); a response whose
+request's connection has closed goes to its Via instead (received, sent-by port: RFC 3261
+§18.2.2), down a connection open to there or a new one. Sending never raises:
 failures are logged with ``x``. Log lines: ``<`` in, ``>`` out, ``-`` state, ``x`` failure, at
 debug level, showing only start lines — never header values, so never Authorization.
 """
@@ -207,6 +209,22 @@ def _answerable(reply: Response | None) -> Response | None:
     except SipParseError:
         return None
     return reply if top is not None and not unreachable(top.host) else None
+
+
+def _response_address(response: Response) -> tuple[str, int] | None:
+    """Where RESPONSE goes over TCP once the connection its request came on has closed
+    (RFC 3261 §18.2.2): the top Via's ``received`` address (else its sent-by host) at the
+    sent-by port, 5060 when none is given. Not ``rport``: RFC 3581 §4 applies it to
+    unreliable transports only — over TCP it is the closed connection's ephemeral port,
+    where nothing listens. None when there is no Via to go by."""
+    try:
+        top = response.top_via
+    except SipParseError:
+        return None
+    if top is None:
+        return None
+    host = (top.received or top.host).strip("[]")
+    return None if unreachable(host) else (host, top.port or 5060)
 
 
 def head_reply(head: bytes, status: int) -> Response | None:
@@ -670,7 +688,17 @@ class Transport:
                 conn = self._by_peer.get((host, target.port))
             if conn is not None and conn.write(data):
                 return
-            self._open_and_send(data, host, target.port)
+            port = target.port
+            if isinstance(message, Response):  # its request's connection has closed
+                address = _response_address(message)
+                if address is None:
+                    logger.debug("x no Via to send %s to", _summary(message))
+                    return
+                host, port = address
+                conn = self._by_peer.get(address)
+                if conn is not None and conn.write(data):
+                    return
+            self._open_and_send(data, host, port)
         else:
             logger.warning("x no %s transport for %s", target.transport, _summary(message))
 

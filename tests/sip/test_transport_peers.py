@@ -574,6 +574,41 @@ async def test_a_response_goes_back_on_the_connection_the_request_came_on(
         assert phone.accepted == 0
 
 
+async def test_a_response_whose_connection_closed_goes_to_received_and_the_sent_by_port(
+        late: tuple[Transport, Late]) -> None:
+    """RFC 3261 §18.2.2: the request's connection closed before the answer: a new connection
+    to the Via's received address and sent-by port (where the phone listens), not to the
+    closed connection's source port (rport: RFC 3581 applies it to UDP only)."""
+    transport, handler = late
+    async with Listener() as phone:
+        async with tcp(transport.port) as (_, writer):
+            writer.write(options(phone.port, via_host="phone.example.com", transport="TCP"))
+            await until(lambda: len(handler.pending) == 1)
+        await until(lambda: transport.connection_count == 0)
+        handler.answer_all()
+        reply = await phone.get()
+        assert status_of(reply) == 200 and b"Call-ID: t-z9hG4bKopt1" in reply
+        assert phone.accepted == 1
+
+
+async def test_a_closed_connection_is_answered_on_another_connection_to_the_via(
+        late: tuple[Transport, Late]) -> None:
+    """When a connection to the Via's address is already open (the phone reconnected from
+    its listening port), the response goes down it."""
+    transport, handler = late
+    async with Listener() as phone:
+        async with tcp(transport.port) as (_, writer):
+            writer.write(options(phone.port, transport="TCP"))
+            await until(lambda: len(handler.pending) == 1)
+        await until(lambda: transport.connection_count == 0)
+        request = parse_message(options(transport.port, transport="TCP", branch="z9hG4bKup"))
+        transport.send(request, Target("tcp", "127.0.0.1", phone.port))  # opens one
+        assert (await phone.get()).startswith(b"OPTIONS ")
+        handler.answer_all()
+        assert status_of(await phone.get()) == 200
+        assert phone.accepted == 1
+
+
 async def test_a_response_over_udp_goes_to_the_source_not_the_via(
         late: tuple[Transport, Late], udp: UdpPeer) -> None:
     transport, handler = late
