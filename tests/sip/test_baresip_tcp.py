@@ -100,3 +100,48 @@ async def test_baresip_phones_call_each_other_over_tcp(md5_appliance: Any,  # no
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_tcp_phone_whose_connection_closed_is_unavailable(
+        md5_appliance: Any, tmp_path: Path) -> None:  # noqa: F811
+    """bob registered over TCP, then his process dies: the kernel closes his connection, the
+    registrar drops the binding that lived on it (the transport cannot reach a NATed phone
+    any other way), and alice's call to bob gets 480 at once instead of a connection attempt
+    to bob's old source port and a timeout."""
+    appliance = md5_appliance
+    proxy, task = attach_proxy(appliance)
+    password = (appliance.config.data_dir / "admin-password").read_text().strip()
+    listen = appliance.config.api.listen
+    session = aiohttp.ClientSession()
+    api = Api(session, f"http://{listen.host}:{listen.port}", ADMIN_SID, password,
+              appliance.config.data_dir)
+    server = appliance.transport.address
+    for login in ("alice", "bob"):
+        await create_client(api, login)
+    alice = TcpBaresip(tmp_path / "alice", "alice", server)
+    bob = TcpBaresip(tmp_path / "bob", "bob", server, auto_answer=True)
+    try:
+        for phone in (alice, bob):
+            await phone.start()
+        async with asyncio.timeout(10):
+            while not all(appliance.location.lookup(login, appliance.wall_clock())
+                          for login in ("alice", "bob")):
+                await asyncio.sleep(0.1)
+        connections = appliance.transport.connection_count
+        assert bob.process is not None
+        bob.process.kill()  # no un-REGISTER: only the connection going away tells
+        await bob.process.wait()
+        async with asyncio.timeout(5):
+            while appliance.location.lookup("bob", appliance.wall_clock()):
+                await asyncio.sleep(0.05)
+        assert appliance.transport.connection_count == connections - 1
+        await alice.command("dial", f"sip:bob@{server[0]}:{server[1]}")
+        closed = await alice.wait_event("CALL_CLOSED", limit=5)
+        assert str(closed.get("param", "")).startswith("480 "), closed
+    finally:
+        await session.close()
+        for phone in (alice, bob):
+            await phone.stop()
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
