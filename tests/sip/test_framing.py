@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from appliance.sip import framing
 from appliance.sip.errors import FramingError
 from appliance.sip.framing import FramingLost, KeepAlive, StreamFramer, is_keepalive
 from appliance.sip.message import parse_message
@@ -176,3 +177,24 @@ def test_mid_message_tells_a_started_message_from_a_ping_in_the_making() -> None
     assert framer.mid_message
     assert framer.feed(MESSAGES[0][10:]) == [MESSAGES[0]]
     assert not framer.mid_message
+
+
+def test_a_message_trickling_in_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A head and body sent a byte at a time: the head's Content-Length is parsed once, not
+    once per read (a slow-loris would otherwise buy a header parse per byte it sends)."""
+    parsed: list[bytes] = []
+    real = framing._content_length
+
+    def counting(head: bytes) -> int:
+        parsed.append(head)
+        return real(head)
+
+    monkeypatch.setattr(framing, "_content_length", counting)
+    message = MESSAGES[1]  # INVITE with an SDP body
+    framer = StreamFramer()
+    out: list[bytes | KeepAlive] = []
+    for stream in (message, b"\r\n\r\n" + message):
+        for i in range(len(stream)):
+            out += framer.feed(stream[i : i + 1])
+    assert out == [message, KeepAlive(), message]
+    assert len(parsed) == 2
