@@ -651,13 +651,16 @@ class Transport:
             now = loop.time()
             slow = self.limits.first_message_timeout
             for conn in list(self._connections.values()):
-                started = conn.message_started
-                if started is not None and now - started > slow:
-                    why = "a message incomplete for %.0f s" % (now - started)
-                elif conn.messages == 0 and not conn.outgoing and now - conn.opened_at > slow:
-                    why = "no message in %.0f s" % (now - conn.opened_at)
+                # A peer's first message is due within `slow` of its connecting, any later
+                # one within `slow` of its first byte; idleness counts only between messages.
+                fresh = conn.messages == 0 and not conn.outgoing
+                since = conn.opened_at if fresh else conn.message_started
+                if since is not None:
+                    if now - since <= slow:
+                        continue
+                    why = f"no whole message in {now - since:.0f} s"
                 elif now - conn.last_activity > self.limits.idle_timeout:
-                    why = "idle for %.0f s" % (now - conn.last_activity)
+                    why = f"idle for {now - conn.last_activity:.0f} s"
                 else:
                     continue
                 logger.debug("- tcp %s %s:%d %s; closing", conn.id, *conn.peer, why)

@@ -429,6 +429,28 @@ async def test_a_connection_idle_after_a_message_is_closed_by_the_idle_timeout()
         await transport.stop()
 
 
+async def test_a_message_in_progress_is_not_cut_by_the_idle_timeout() -> None:
+    """Idleness is counted between messages only: a message that starts near the end of the
+    idle time has first_message_timeout to complete, even past the idle timeout."""
+    handler = Echo()
+    transport = Transport(handler, "127.0.0.1", 0, limits=Limits(
+        idle_timeout=0.3, first_message_timeout=1.0, sweep_interval=0.05))
+    handler.transport = transport
+    await transport.start()
+    try:
+        async with tcp(transport.port) as (reader, writer):
+            writer.write(options(5060, transport="TCP"))
+            assert status_of(await read_message(reader)) == 200
+            await asyncio.sleep(0.2)
+            second = options(5060, transport="TCP", branch="z9hG4bKslow")
+            writer.write(second[:30])
+            await asyncio.sleep(0.4)  # 0.6 s since the last whole message
+            writer.write(second[30:])
+            assert status_of(await read_message(reader)) == 200
+    finally:
+        await transport.stop()
+
+
 async def test_a_peer_that_does_not_read_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Responses pile up for a peer that never reads: past MAX_WRITE_BUFFER queued in the
     process the connection is aborted instead of buffering without bound."""
