@@ -256,6 +256,18 @@ async def test_ipv6_literal_in_via_on_an_ipv4_socket_is_answered_to_the_source(
     assert len(handler.seen) == 2
 
 
+async def test_sending_to_an_ipv6_address_from_the_ipv4_socket_is_refused_quietly(
+        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+    """A binding or Via with an IPv6 literal, on an appliance listening on IPv4: the
+    datagram cannot go, which is logged, never raised; the socket keeps serving."""
+    transport, _ = echo
+    request = parse_message(options(transport.port, branch="z9hG4bKv6out"))
+    for host in ("::1", "[2001:db8::10]"):
+        transport.send(request, Target("udp", host, 5060))
+    await udp.send(options(udp.port), transport.port)
+    assert status_of(await udp.recv()) == 200
+
+
 @pytest.mark.parametrize("host", ["255.255.255.255", "224.0.1.75", "[ff02::1]", "0.0.0.0"])
 async def test_a_broken_request_with_a_broadcast_or_multicast_via_is_not_answered(
         echo: tuple[Transport, Echo], udp: UdpPeer, host: str) -> None:
@@ -423,7 +435,7 @@ async def test_a_connection_idle_after_a_message_is_closed_by_the_idle_timeout()
             assert status_of(await read_message(reader)) == 200
             opened = asyncio.get_running_loop().time()
             assert await closed_by_server(reader)
-            assert asyncio.get_running_loop().time() - opened >= 0.3
+            assert asyncio.get_running_loop().time() - opened >= 0.25  # not at once
         await until(lambda: handler.closed != [])
     finally:
         await transport.stop()
@@ -640,9 +652,11 @@ async def test_a_response_over_udp_goes_to_the_source_not_the_via(
     assert status_of(await udp.recv()) == 200
 
 
-async def test_a_slow_handler_still_answers_after_the_peer_left(udp: UdpPeer) -> None:
-    """Smoke test for the Slow handler used above: nothing raises when the answer comes
-    after the peer's connection has gone and no listener is at the Via's address."""
+async def test_an_answer_after_the_peer_left_with_nobody_at_its_via_is_dropped(
+        udp: UdpPeer) -> None:
+    """The handler answers after the peer's connection has gone and nothing listens at the
+    Via's address: the connect fails, which is logged, never raised, and the transport
+    serves on."""
     handler = Slow()
     transport = Transport(handler, "127.0.0.1", 0, limits=Limits(connect_timeout=0.5))
     handler.transport = transport
@@ -653,5 +667,7 @@ async def test_a_slow_handler_still_answers_after_the_peer_left(udp: UdpPeer) ->
             await until(lambda: bool(transport._tasks))
         handler.release.set()
         await until(lambda: not transport._tasks)
+        await udp.send(options(udp.port), transport.port)
+        assert status_of(await udp.recv()) == 200
     finally:
         await transport.stop()
