@@ -35,7 +35,8 @@ answered with CRLF on TCP (RFC 5626 §3.5.1) and ignored on UDP.
 phone sees our well-known port; when the kernel's send buffer is full the datagram waits, in
 order, in a queue of at most ``UDP_SEND_QUEUE`` that ``loop.add_writer`` flushes (beyond
 that, datagrams are dropped and logged). TCP reuses the connection named in the target, else
-any open connection to that address, else opens one (``connect_timeout``); a response whose
+any open connection to that address, else opens one (``connect_timeout``; connects under way
+count with connections against ``max_per_source``); a response whose
 request's connection has closed goes to its Via instead (received, sent-by port: RFC 3261
 §18.2.2), down a connection open to there or a new one. Sending never raises:
 failures are logged with ``x``. Log lines: ``<`` in, ``>`` out, ``-`` state, ``x`` failure, at
@@ -336,6 +337,7 @@ class Transport:
         self._by_peer: dict[tuple[str, int], Connection] = {}
         self._per_source: dict[str, int] = {}
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
+        self._connecting_to: dict[str, int] = {}  # connects under way, by host
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._sweeper: asyncio.Task[None] | None = None
@@ -781,21 +783,36 @@ class Transport:
         if pending is not None:  # a connect is under way: queue behind it
             pending.append(data)
             return
+        # Peers choose where some of our connects go (a response's Via sent-by port once
+        # their connection has closed): per host, connects under way and connections open
+        # share max_per_source, so one host cannot hold many connects (up to
+        # connect_timeout each) and, through them, the handler slots (max_pending).
+        busy = self._per_source.get(host, 0) + self._connecting_to.get(host, 0)
+        if busy >= self.limits.max_per_source:
+            logger.warning("x tcp to %s:%d: %d connections there already; dropped", *key, busy)
+            return
         self._connecting[key] = [data]
+        self._connecting_to[host] = self._connecting_to.get(host, 0) + 1
         self._spawn(self._connect(key))
 
     async def _connect(self, key: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.limits.connect_timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: _Stream(self, outgoing=True), key[0], key[1])
+            try:
+                async with asyncio.timeout(self.limits.connect_timeout):
+                    _, protocol = await loop.create_connection(
+                        lambda: _Stream(self, outgoing=True), key[0], key[1])
+            finally:  # connected, failed or cancelled (stop): the connect is over
+                pending = self._connecting.pop(key, [])
+                left = self._connecting_to.get(key[0], 1) - 1
+                if left > 0:
+                    self._connecting_to[key[0]] = left
+                else:
+                    self._connecting_to.pop(key[0], None)
         except (OSError, TimeoutError) as err:
-            dropped = self._connecting.pop(key, [])
             logger.warning("x tcp connect to %s:%d failed (%s); %d message(s) dropped",
-                           *key, str(err) or type(err).__name__, len(dropped))
+                           *key, str(err) or type(err).__name__, len(pending))
             return
-        pending = self._connecting.pop(key, [])
         conn = protocol.conn
         for data in pending:
             if not conn.write(data):

@@ -9,6 +9,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -669,5 +670,48 @@ async def test_an_answer_after_the_peer_left_with_nobody_at_its_via_is_dropped(
         await until(lambda: not transport._tasks)
         await udp.send(options(udp.port), transport.port)
         assert status_of(await udp.recv()) == 200
+    finally:
+        await transport.stop()
+
+
+async def test_connects_to_one_host_are_capped_like_its_connections(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A peer whose connection closed chooses, through its Vias' sent-by ports, where our
+    responses' connects go. Connects to one host under way (each up to connect_timeout
+    against a host that drops SYNs) count with its connections against max_per_source;
+    beyond it messages are dropped and logged. Loopback answers every connect at once, so
+    the loop's create_connection is replaced by one that hangs until released."""
+    handler = Echo()
+    transport = Transport(handler, "127.0.0.1", 0, limits=Limits(max_per_source=3))
+    handler.transport = transport
+    await transport.start()
+    loop = asyncio.get_running_loop()
+    release = asyncio.Event()
+    tried: list[int] = []
+
+    async def hanging(factory: Any, host: str, port: int, **_: Any) -> Any:
+        tried.append(port)
+        await release.wait()
+        raise ConnectionRefusedError(111, "refused")
+
+    try:
+        monkeypatch.setattr(loop, "create_connection", hanging)
+        with caplog.at_level("WARNING", logger="appliance.sip.transport"):
+            for port in range(20000, 20010):
+                response = parse_message(
+                    f"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 127.0.0.1:{port};branch=z9hG4bKc"
+                    f"{port}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: c\r\n"
+                    "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n".encode())
+                transport.send(response, Target("tcp", "127.0.0.1", 1, "tcp-gone"))
+            await asyncio.sleep(0.05)
+        assert tried == [20000, 20001, 20002]
+        assert "3 connections there already; dropped" in caplog.text
+        release.set()
+        await until(lambda: not transport._tasks)
+        monkeypatch.undo()  # the real create_connection: room again
+        async with Listener() as phone:
+            request = parse_message(options(transport.port, transport="TCP"))
+            transport.send(request, Target("tcp", "127.0.0.1", phone.port))
+            assert (await phone.get()).startswith(b"OPTIONS ")
     finally:
         await transport.stop()
