@@ -715,3 +715,30 @@ async def test_connects_to_one_host_are_capped_like_its_connections(
             assert (await phone.get()).startswith(b"OPTIONS ")
     finally:
         await transport.stop()
+
+
+async def test_stop_leaves_no_connect_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect under way when the transport stops is cancelled and forgotten: after a
+    restart, a message to that address starts a new connect instead of queueing behind
+    the dead one."""
+    transport = Transport(Echo(), "127.0.0.1", 0)
+    await transport.start()
+    loop = asyncio.get_running_loop()
+    tried: list[int] = []
+
+    async def hanging(factory: Any, host: str, port: int, **_: Any) -> Any:
+        tried.append(port)
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(loop, "create_connection", hanging)
+    request = parse_message(options(transport.port, transport="TCP"))
+    transport.send(request, Target("tcp", "127.0.0.1", 20000))
+    await asyncio.sleep(0.01)
+    await transport.stop()
+    await transport.start()
+    try:
+        transport.send(request, Target("tcp", "127.0.0.1", 20000))
+        await asyncio.sleep(0.01)
+        assert tried == [20000, 20000]
+    finally:
+        await transport.stop()
