@@ -125,6 +125,9 @@ UDP_READ_BATCH = 32
 # SIP over UDP retransmits.
 UDP_SEND_QUEUE = 1024
 UDP_BUFFER_SIZE = 65536  # recvfrom size: any datagram, IPv4 or IPv6 (65527)
+# A warning a peer can cause at will (a refused connection) is logged at most this often,
+# with a count: a connect loop must not write a line per attempt to the SD card.
+WARNING_INTERVAL = 60.0
 
 _WILDCARDS = ("0.0.0.0", "::", "")
 
@@ -246,6 +249,21 @@ def head_reply(head: bytes, status: int) -> Response | None:
     return make_response(message, status, to_tag=_tag())
 
 
+@dataclass
+class _Throttle:
+    """How often one peer-caused warning happened, and whether it is due to be logged."""
+
+    count: int = 0
+    logged_at: float = -1e9
+
+    def due(self, now: float) -> bool:
+        self.count += 1
+        if now - self.logged_at < WARNING_INTERVAL:
+            return False
+        self.logged_at = now
+        return True
+
+
 @dataclass(eq=False)
 class Connection:
     """One TCP connection, accepted or opened by us."""
@@ -343,6 +361,8 @@ class Transport:
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
         self._shed_logged_at = -1e9
+        self._refusals = _Throttle()  # connections refused at the limits
+        self._connect_drops = _Throttle()  # messages dropped at the per-host connect cap
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -576,9 +596,10 @@ class Transport:
         if (blocked or self._stopping
                 or len(self._connections) >= self.limits.max_connections
                 or self._per_source.get(ip, 0) >= self.limits.max_per_source):
-            if not blocked:
-                logger.warning("x tcp %s:%d refused: %d connections, %d from this source",
-                               *conn.peer, len(self._connections), self._per_source.get(ip, 0))
+            if not blocked and self._refusals.due(conn.opened_at):
+                logger.warning("x tcp %s:%d refused: %d connections, %d from this source "
+                               "(%d refused so far)", *conn.peer, len(self._connections),
+                               self._per_source.get(ip, 0), self._refusals.count)
             transport.abort()
             return
         conn.admitted = True
@@ -789,7 +810,9 @@ class Transport:
         # connect_timeout each) and, through them, the handler slots (max_pending).
         busy = self._per_source.get(host, 0) + self._connecting_to.get(host, 0)
         if busy >= self.limits.max_per_source:
-            logger.warning("x tcp to %s:%d: %d connections there already; dropped", *key, busy)
+            if self._connect_drops.due(asyncio.get_running_loop().time()):
+                logger.warning("x tcp to %s:%d: %d connections there already; dropped "
+                               "(%d so far)", *key, busy, self._connect_drops.count)
             return
         self._connecting[key] = [data]
         self._connecting_to[host] = self._connecting_to.get(host, 0) + 1

@@ -362,6 +362,23 @@ async def test_total_tcp_connections_are_capped() -> None:
         await transport.stop()
 
 
+async def test_a_connect_loop_at_the_limit_is_logged_once(
+        echo: tuple[Transport, Echo], caplog: pytest.LogCaptureFixture) -> None:
+    """Connections refused at the per-source cap (3 here) are each a warning a peer can
+    cause at will: logged once a minute with a count, not a line per attempt."""
+    transport, _ = echo
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(3):
+            await stack.enter_async_context(tcp(transport.port))
+        await until(lambda: transport.connection_count == 3)
+        with caplog.at_level("WARNING", logger="appliance.sip.transport"):
+            for _ in range(10):
+                reader, _writer = await stack.enter_async_context(tcp(transport.port))
+                assert await closed_by_server(reader)
+        assert caplog.text.count(" refused: ") == 1
+        assert "(1 refused so far)" in caplog.text
+
+
 async def test_slowloris_dripping_a_head_is_closed_by_the_first_message_timeout(
         echo: tuple[Transport, Echo]) -> None:
     """A byte every 50 ms keeps the connection busy but never completes a message: it is
@@ -705,7 +722,7 @@ async def test_connects_to_one_host_are_capped_like_its_connections(
                 transport.send(response, Target("tcp", "127.0.0.1", 1, "tcp-gone"))
             await asyncio.sleep(0.05)
         assert tried == [20000, 20001, 20002]
-        assert "3 connections there already; dropped" in caplog.text
+        assert caplog.text.count("3 connections there already; dropped") == 1  # not 7
         release.set()
         await until(lambda: not transport._tasks)
         monkeypatch.undo()  # the real create_connection: room again
