@@ -28,19 +28,23 @@ message ``framing.StreamFramer`` cuts from a TCP stream, goes through the same p
 
 Oversized messages (over ``Limits.max_message``): when the header block can still be read, a
 request is answered **513 Message Too Large** (RFC 3261 §21.5.14) and otherwise dropped; on
-TCP the connection is closed afterwards, since framing is lost. CRLFCRLF keep-alives are
-answered with CRLF on TCP (RFC 5626 §3.5.1) and ignored on UDP.
+TCP the connection is closed afterwards, since framing is lost (as it is without a readable
+Content-Length: 400, then closed). Error replies, like any other, never go to a request whose
+Via is broadcast or multicast. CRLFCRLF keep-alives are answered with CRLF on TCP (RFC 5626
+§3.5.1) and ignored on UDP. A TCP peer must complete its first message within
+``first_message_timeout`` of connecting, and each later one within it of its first byte;
+between messages a connection may idle for ``idle_timeout``.
 
 ``send(message, target)`` (the ``Sender`` seam): UDP goes from our listening socket, so the
 phone sees our well-known port; when the kernel's send buffer is full the datagram waits, in
 order, in a queue of at most ``UDP_SEND_QUEUE`` that ``loop.add_writer`` flushes (beyond
 that, datagrams are dropped and logged). TCP reuses the connection named in the target, else
 any open connection to that address, else opens one (``connect_timeout``; connects under way
-count with connections against ``max_per_source``); a response whose
-request's connection has closed goes to its Via instead (received, sent-by port: RFC 3261
-§18.2.2), down a connection open to there or a new one. Sending never raises:
-failures are logged with ``x``. Log lines: ``<`` in, ``>`` out, ``-`` state, ``x`` failure, at
-debug level, showing only start lines — never header values, so never Authorization.
+count with connections against ``max_per_source``). A response whose request's connection
+has closed goes to its Via instead (received, sent-by port: RFC 3261 §18.2.2), down a
+connection open to there or a new one. Sending never raises: failures are logged with ``x``.
+Log lines: ``<`` in, ``>`` out, ``-`` state, ``x`` failure, at debug level, showing only start
+lines — never header values, so never Authorization.
 """
 
 from __future__ import annotations
