@@ -182,11 +182,15 @@ async def test_tcp_ping_is_answered_with_exactly_one_crlf(
 # --- UDP framing -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("length", [b"6", b"50", b"999999999999", b"-1"])
 async def test_udp_body_shorter_than_content_length_gets_400(
-        echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
+        echo: tuple[Transport, Echo], udp: UdpPeer, length: bytes) -> None:
+    """RFC 3261 §18.3: on a datagram, a body shorter than Content-Length (however large it
+    claims to be) is a 400, as is a Content-Length that is no number."""
     transport, handler = echo
     short = options(udp.port, body=b"12345", extra="Content-Type: text/plain\r\n")
-    await udp.send(short.replace(b"Content-Length: 5", b"Content-Length: 50"), transport.port)
+    await udp.send(short.replace(b"Content-Length: 5", b"Content-Length: " + length),
+                   transport.port)
     assert status_of(await udp.recv()) == 400
     assert handler.seen == []
 
