@@ -665,6 +665,11 @@ class Transport:
 
     def _stream_items(self, conn: Connection, items: list[bytes | KeepAlive]) -> None:
         for item in items:
+            if conn.transport is None or conn.transport.is_closing():
+                # Closed while handling an earlier message of this read (it would not read
+                # our answers): the rest is not handled, or its answers would each open a
+                # connection to the Via (RFC 3261 §18.2.2) of a peer we gave up on.
+                return
             if isinstance(item, KeepAlive):
                 conn.write(PONG)
                 continue
@@ -719,7 +724,11 @@ class Transport:
             if conn is not None and conn.write(data):
                 return
             port = target.port
-            if isinstance(message, Response):  # its request's connection has closed
+            if isinstance(message, Response):
+                if conn is not None:  # closing, by us (it does not read) or by the peer
+                    logger.debug("x tcp %s closing; %s dropped", conn.id, _summary(message))
+                    return
+                # Its request's connection has closed and is forgotten.
                 address = _response_address(message)
                 if address is None:
                     logger.debug("x no Via to send %s to", _summary(message))

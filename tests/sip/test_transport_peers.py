@@ -763,3 +763,21 @@ async def test_stop_leaves_no_connect_behind(monkeypatch: pytest.MonkeyPatch) ->
         assert tried == [20000, 20000]
     finally:
         await transport.stop()
+
+
+async def test_messages_after_the_connection_was_given_up_are_not_handled(
+        echo: tuple[Transport, Echo], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five requests in one segment from a peer whose first answer finds its write buffer
+    over the limit (here: any answer at all): the connection is aborted, and the other four
+    are neither handled nor answered on new connections."""
+    transport, handler = echo
+    monkeypatch.setattr(transport_module, "MAX_WRITE_BUFFER", -1)
+    async with Listener() as phone:
+        burst = b"".join(options(phone.port, transport="TCP", branch=f"z9hG4bKgu{i}")
+                         for i in range(5))
+        async with tcp(transport.port) as (reader, writer):
+            writer.write(burst)
+            assert await closed_by_server(reader)
+        await asyncio.sleep(0.1)
+        assert len(handler.seen) == 1
+        assert phone.accepted == 0
