@@ -307,6 +307,7 @@ class Appliance:
         await self.accounts.bootstrap_admin(self.config.admin.email, self.config.admin.password,
                                             self.config.data_dir)
         await self.accounts.load()
+        await self.call_log.close_leftovers()
         await self._start_sip()
         await self.webhooks.start()
         if self.supervisor is not None:
@@ -458,6 +459,9 @@ class Appliance:
         await self.transport.stop()
         self.frontdoor.close()
         await self.registrar.stop()
+        closed = await self.call_log.close_all()
+        if closed:
+            logger.info("- %d calls still open are closed", closed)
         self.sip_error = "stopped"
         await self.store.close()
         self.lock.release()

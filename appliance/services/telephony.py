@@ -300,6 +300,41 @@ class CallLog:
     def live_count(self) -> int:
         return len(self._live)
 
+    # A call open when the appliance stops is closed then, or at the next start after a
+    # crash: no CDR stays queued/ringing/in-progress for ever in the Calls list. The phones
+    # of a Client → Client call may well go on talking (their media does not pass through
+    # us), but the BYE that would have ended the CDR finds no call to close any more.
+
+    async def close_all(self) -> int:
+        """At a clean stop: close every call still open, as `ended` does: an answered call
+        `completed` with its duration so far, any other `failed`; returns how many."""
+        sids = list(self._live)
+        for sid in sids:
+            await self.ended(sid, CallStatus.FAILED)
+        return len(sids)
+
+    async def close_leftovers(self) -> int:
+        """At start, before any call: close the CDRs a crash left open, ending now (the
+        moment the crash ended is not known). In progress: `completed`, its duration
+        counted from the answer (its last update); not answered yet: `failed`, duration 0.
+        Returns how many."""
+        now = self._clock()
+        closed = []
+        for record in await self._store.open_calls():
+            if record.sid in self._live:
+                continue  # a call of this run
+            if record.status == CallStatus.IN_PROGRESS:
+                status = CallStatus.COMPLETED
+                duration = max(0, int((now - record.date_updated).total_seconds()))
+            else:
+                status, duration = CallStatus.FAILED, 0
+            closed.append(dataclasses.replace(record, status=str(status), end_time=now,
+                                              duration=duration, date_updated=now))
+        if closed:
+            await self._commit([], closed)
+            logger.info("- %d calls left open by the last run are closed", len(closed))
+        return len(closed)
+
 
 async def record_message(store: StoreProtocol, clock: Callable[[], datetime], *,
                          account_sid: str, from_: str, to: str, body: str, status: str,

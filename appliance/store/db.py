@@ -420,6 +420,11 @@ class Store:
         if inserts or updates:
             await self._run(run)
 
+    async def open_calls(self) -> list[models.CallRecord]:
+        """The CDRs not closed yet (no end time): after a crash, those the last run left."""
+        return await self._run(self._fetch_all, "SELECT * FROM calls WHERE end_time IS NULL",
+                               (), rows.call)
+
     async def update_call(self, call: models.CallRecord) -> None:
         await self._run(self._update, "calls", call.sid, rows.call_values(call))
 
