@@ -25,6 +25,7 @@ def _filters(ctx: Ctx) -> ListFilters:
     return ListFilters(
         to=q.get("To"), from_=q.get("From"), status=q.get("Status"), body=q.get("Body"),
         start_time=q.get("StartTime"), end_time=q.get("EndTime"),
+        started_from=q.get("StartTime>"), started_until=q.get("StartTime<"),
         parent_call_sid=q.get("ParentCallSid"), conference_sid=q.get("ConferenceSid"),
         call_sid=q.get("CallSid"), error_code=q.get("ErrorCode"),
         request_url=q.get("RequestUrl"), message_text=q.get("MessageText"),

@@ -54,6 +54,10 @@ class ListFilters:
     body: str | None = None
     start_time: str | None = None
     end_time: str | None = None
+    # Twilio's inequality forms, which Restcomm's docs list too: ``StartTime>=day`` and
+    # ``StartTime<=day`` (a query string splits them into ``StartTime>``/``StartTime<``).
+    started_from: str | None = None
+    started_until: str | None = None
     parent_call_sid: str | None = None
     conference_sid: str | None = None
     call_sid: str | None = None
@@ -166,6 +170,12 @@ class HistoryService:
             if text := checked(value, name):
                 conditions.append(Condition(column, "like", text))
         conditions += _time_range(filters, "start_time", "end_time")
+        if since := checked(filters.started_from, "StartTime>="):
+            conditions.append(Condition("start_time", ">=",
+                                        storage(filter_date("StartTime>=", since))))
+        if until := checked(filters.started_until, "StartTime<="):
+            last_day = filter_date("StartTime<=", until)  # the whole day, as EndTime
+            conditions.append(Condition("start_time", "<", storage(last_day + ONE_DAY)))
         return ListQuery(account_sids=await self._accounts(account, filters),
                          conditions=tuple(conditions), order=_order("calls", filters),
                          page=paging.page, page_size=paging.page_size)

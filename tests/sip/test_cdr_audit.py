@@ -3,6 +3,7 @@ APIs: each outcome of a Client → Client call and of a SIP MESSAGE, and what a 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,13 @@ import pytest
 from appliance.app import Appliance
 from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
 from appliance.models import AccountSid, CallRecord, CallSid, CallStatus
+from appliance.services.telephony import CallLog, record_message
+from appliance.sip.bindings import Origin
+from appliance.sip.headers import NameAddr
+from appliance.sip.message import Request
+from appliance.sip.proxy import Proxy
 from tests.conftest import ADMIN_SID, Api, free_port
+from tests.sip.proxy_harness import REALM, SDP, Harness, Phone, make_user
 
 T0 = datetime(2026, 3, 3, 9, 0, 0, tzinfo=UTC)
 CALLS = f"Accounts/{ADMIN_SID}/Calls"
@@ -122,3 +129,111 @@ async def test_a_clean_stop_closes_the_calls_in_progress_at_the_stop(tmp_path: P
         assert (listed["carol"]["status"], listed["carol"]["duration"]) == ("failed", 0)
     finally:
         await second.stop()
+
+
+# --- calls through the proxy, read back through the Calls API -----------------------------
+
+ALICE_SRC = ("203.0.113.10", 40000)
+BOB_SRC = ("203.0.113.20", 41000)
+
+
+def on_store(app: Appliance) -> tuple[Harness, Phone, Phone]:
+    """The in-process harness, its CDRs and SMS rows written to APP's database."""
+    h = Harness()
+    h.call_log = CallLog(app.store, h.clock.datetime)
+    h.proxy = Proxy(h.sender, h.directory, h.router, h.call_log,
+                    functools.partial(record_message, app.store, h.clock.datetime),
+                    clock=h.clock, realm=lambda: REALM, local_hosts={REALM})
+    alice = h.phone("alice", "192.168.1.10", ALICE_SRC,
+                    user=make_user("alice", account_sid=ADMIN_SID))
+    bob = h.phone("bob", "192.168.1.20", BOB_SRC, user=make_user("bob", account_sid=ADMIN_SID))
+    return h, alice, bob
+
+
+async def call(h: Harness, alice: Phone, bob: Phone, *finals: int, talk: float = 0,
+               callee: str = "bob") -> Request:
+    """Alice calls CALLEE; bob rings for 5 s then answers FINALS[0] (a 200 is talked TALK
+    seconds and hung up by alice)."""
+    sent = await h.authenticated(alice, "INVITE", callee, body=SDP)
+    forwarded = h.sender.requests("INVITE")
+    h.sender.take()
+    if not forwarded:
+        return sent
+    [(to_bob, _)] = forwarded
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b"))
+    h.clock.now += 5
+    for status in finals:
+        await h.send(bob, bob.answer(to_bob, status, to_tag="b"))
+    if finals == (200,):
+        h.clock.now += talk
+        bye = alice.request("BYE", bob.contact, to=f"<sip:bob@{REALM}>;tag=b",
+                            call_id=sent.call_id or "", from_tag="caller-tag",
+                            headers=[("Route", "<sip:10.0.0.1:5060;lr;transport=udp>")])
+        await h.send(alice, bye)
+    h.clock.now += 60
+    return sent
+
+
+async def test_the_calls_api_lists_what_the_proxy_recorded(api: Api,
+                                                          appliance: Appliance) -> None:
+    h, alice, bob = on_store(appliance)
+    await call(h, alice, bob, 200, talk=42)
+    await call(h, alice, bob, 486)
+    await call(h, alice, bob, 480)
+    await call(h, alice, bob, 403)
+    await call(h, alice, bob, 503)
+    await call(h, alice, bob, callee="nobody")
+    h.clock.now += 2 * 86400  # two days later, the phones registered again
+    for phone in (alice, bob):
+        h.location.register(phone.login, [NameAddr.parse(f"<{phone.contact}>")],
+                            expires_header=3600, call_id=f"reg-{phone.login}", cseq=2,
+                            now=h.clock.now, origin=Origin("udp", phone.source))
+    await call(h, alice, bob, 200, talk=7)
+    status, body, _ = await api.get(f"{CALLS}.json")
+    assert status == 200, body
+    got = json.loads(body)
+    rows = [(c["from"], c["to"], c["status"], c["duration"], c["direction"])
+            for c in got["calls"]]
+    assert rows == [  # newest first
+        ("alice", "bob", "completed", 7, "inbound"),
+        ("alice", "nobody", "failed", 0, "inbound"),
+        ("alice", "bob", "failed", 0, "inbound"),
+        ("alice", "bob", "failed", 0, "inbound"),
+        ("alice", "bob", "no-answer", 0, "inbound"),
+        ("alice", "bob", "busy", 0, "inbound"),
+        ("alice", "bob", "completed", 42, "inbound"),
+    ]
+    first = got["calls"][-1]
+    assert first["account_sid"] == ADMIN_SID and "parent_call_sid" not in first
+    # StartTime is the INVITE, EndTime the BYE: ring time is in between, not in Duration.
+    assert first["start_time"] == "2023-11-14T22:13:20.000Z"
+    assert first["end_time"] == "2023-11-14T22:14:07.000Z"
+    assert first["ring_duration"] == 5
+
+    async def listed(params: dict[str, str]) -> list[str]:
+        status, body, _ = await api.get(f"{CALLS}.json", params=params)
+        assert status == 200, (params, body)
+        return [c["status"] for c in json.loads(body)["calls"]]
+
+    assert await listed({"To": "nobody"}) == ["failed"]
+    assert await listed({"From": "alice", "Status": "completed"}) == ["completed"] * 2
+    assert await listed({"Status": "busy"}) == ["busy"]
+    assert len(await listed({"StartTime": "2023-11-14"})) == 7
+    assert await listed({"StartTime": "2023-11-16"}) == ["completed"]
+    assert len(await listed({"EndTime": "2023-11-14"})) == 6
+    # Twilio's inequality forms, which Restcomm's docs show: StartTime>= and StartTime<=.
+    status, body, _ = await api.get(f"{CALLS}.json?StartTime>=2023-11-16")
+    assert [c["duration"] for c in json.loads(body)["calls"]] == [7]
+    status, body, _ = await api.get(f"{CALLS}.json?StartTime<=2023-11-14")
+    assert len(json.loads(body)["calls"]) == 6
+    status, _, _ = await api.get(f"{CALLS}.json?StartTime<=yesterday")
+    assert status == 400
+    # Paging: three pages of 3, the next page named by the last sid of this one.
+    status, body, _ = await api.get(f"{CALLS}.json", params={"PageSize": "3"})
+    page = json.loads(body)
+    assert (page["total"], page["num_pages"], page["end"]) == (7, 2, "2")
+    assert page["next_page_uri"].endswith(
+        f"?Page=1&PageSize=3&AfterSid={page['calls'][-1]['sid']}")
+    status, body, _ = await api.get(f"{CALLS}.json", params={"PageSize": "3", "Page": "2"})
+    last = json.loads(body)
+    assert len(last["calls"]) == 1 and last["next_page_uri"] is None
