@@ -14,7 +14,9 @@ or after its RFC 4028 session interval.
 A SIP MESSAGE between Clients is kept as an SMS row through ``record_message``: from = the
 sender's login, to = the recipient's login, direction ``outbound-call`` (what Restcomm's
 SmsService writes for a Client's SIP MESSAGE to another Client), status ``sent`` on a 2xx or
-``failed`` with ``error_code`` = the final status otherwise (404 unknown, 480 not registered).
+``failed`` with ``error_code`` = the final status otherwise (404 unknown, 480 not registered,
+408 when no phone answered). Only a text/plain MESSAGE is a row (``message_text``): others
+are relayed all the same, but an "is typing" notice is nobody's SMS.
 
 A failed write is logged, never raised: a CDR failure must never break call signalling.
 Apart from ``sip.proxy`` because it is bookkeeping, not SIP: plain functions given the
@@ -77,16 +79,39 @@ async def cdr(step: Callable[..., Awaitable[Any]], *args: Any) -> None:
         logger.exception("x CDR update %s%r failed", getattr(step, "__name__", step), args)
 
 
+def message_text(content_type: str | None, body: bytes) -> str | None:
+    """The text a MESSAGE carries, None when it is no text/plain (an "is typing" notice,
+    RFC 3994, or a delivery notice, RFC 5438: relayed, but nobody's SMS). No Content-Type is
+    text/plain (an empty MESSAGE has none). The body is decoded by its charset parameter,
+    UTF-8 by default (RFC 3428 §9) and for a charset Python does not know, any byte it
+    cannot decode replaced, never refused: it was relayed already."""
+    media, *params = (content_type or "text/plain").split(";")
+    if media.strip().lower() != "text/plain":
+        return None
+    charset = "utf-8"
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"'):
+            charset = value.strip().strip('"')
+    try:
+        return body.decode(charset, "replace")
+    except LookupError:
+        return body.decode("utf-8", "replace")
+
+
 async def record_message(messages: MessageLog, context: Context, status: int,
                          reason: str) -> None:
     caller = context.caller
     if caller is None:
         return
+    text = message_text(context.request.get("Content-Type"), context.request.body)
+    if text is None:
+        return
     ok = 200 <= status < 300
     try:
         await messages(
             account_sid=caller.account_sid, from_=caller.login, to=context.callee,
-            body=context.request.body.decode("utf-8", "replace"),
+            body=text,
             status="sent" if ok else "failed", direction=MESSAGE_DIRECTION,
             error_code=None if ok else status, error_message=None if ok else reason)
     except Exception:  # noqa: BLE001 - see cdr_open

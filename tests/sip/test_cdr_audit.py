@@ -21,7 +21,7 @@ from appliance.sip.headers import NameAddr
 from appliance.sip.message import Request
 from appliance.sip.proxy import Proxy
 from tests.conftest import ADMIN_SID, Api, free_port
-from tests.sip.proxy_harness import REALM, SDP, Harness, Phone, make_user
+from tests.sip.proxy_harness import REALM, SDP, Harness, Phone, authorization, make_user
 
 T0 = datetime(2026, 3, 3, 9, 0, 0, tzinfo=UTC)
 CALLS = f"Accounts/{ADMIN_SID}/Calls"
@@ -237,3 +237,251 @@ async def test_the_calls_api_lists_what_the_proxy_recorded(api: Api,
     status, body, _ = await api.get(f"{CALLS}.json", params={"PageSize": "3", "Page": "2"})
     last = json.loads(body)
     assert len(last["calls"]) == 1 and last["next_page_uri"] is None
+
+
+# --- each outcome of a Client → Client call, as its CDR shows it --------------------------
+
+
+def harness() -> tuple[Harness, Phone, Phone]:
+    h = Harness()
+    return (h, h.phone("alice", "192.168.1.10", ALICE_SRC),
+            h.phone("bob", "192.168.1.20", BOB_SRC))
+
+
+def only_cdr(h: Harness) -> CallRecord:
+    [record] = h.store.calls.values()
+    return record
+
+
+def second_phone(h: Harness) -> Phone:
+    bob2 = Phone("bob", "192.168.1.21", ("203.0.113.21", 42000))
+    h.location.register("bob", [NameAddr.parse(f"<{bob2.contact}>")], expires_header=3600,
+                        call_id="reg-bob-2", cseq=1, now=h.clock.now,
+                        origin=Origin("udp", bob2.source))
+    return bob2
+
+
+def sent_to(h: Harness, phone: Phone, method: str = "INVITE") -> Request:
+    [request] = [m for m, t in h.sender.requests(method) if (t.host, t.port) == phone.source]
+    return request
+
+
+async def test_forked_call_answered_by_one_phone_is_one_cdr() -> None:
+    h, alice, bob = harness()
+    bob2 = second_phone(h)
+    sent = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    to_bob, to_bob2 = sent_to(h, bob), sent_to(h, bob2)
+    h.sender.take()
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b1"))
+    await h.send(bob2, bob2.answer(to_bob2, 180, to_tag="b2"))
+    h.clock.now += 4
+    await h.send(bob2, bob2.answer(to_bob2, 200, to_tag="b2"))
+    cancel = sent_to(h, bob, "CANCEL")
+    await h.send(bob, bob.answer(cancel, 200))
+    await h.send(bob, bob.answer(to_bob, 487, to_tag="b1"))  # the other phone stops ringing
+    assert (only_cdr(h).status, only_cdr(h).to) == ("in-progress", "bob")
+    h.clock.now += 30
+    bye = bob2.request("BYE", alice.contact, to=f"<sip:alice@{REALM}>;tag=caller-tag",
+                       call_id=sent.call_id or "", from_tag="b2",
+                       headers=[("Route", "<sip:10.0.0.1:5060;lr;transport=udp>")])
+    await h.send(bob2, bye)
+    cdr = only_cdr(h)
+    assert (cdr.status, cdr.duration, cdr.ring_duration) == ("completed", 30, 4)
+
+
+@pytest.mark.parametrize(("status", "expected"), [(403, "failed"), (503, "failed"),
+                                                  (488, "failed"), (604, "failed")])
+async def test_other_refusals_by_the_phone_are_failed(status: int, expected: str) -> None:
+    h, alice, bob = harness()
+    await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    to_bob = sent_to(h, bob)
+    await h.send(bob, bob.answer(to_bob, status, to_tag="b"))
+    assert (only_cdr(h).status, only_cdr(h).duration) == (expected, 0)
+    assert only_cdr(h).end_time is not None
+
+
+async def test_forked_call_one_phone_busy_the_other_answers() -> None:
+    h, alice, bob = harness()
+    bob2 = second_phone(h)
+    await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    to_bob, to_bob2 = sent_to(h, bob), sent_to(h, bob2)
+    await h.send(bob, bob.answer(to_bob, 486, to_tag="b1"))
+    await h.send(bob2, bob2.answer(to_bob2, 200, to_tag="b2"))
+    assert only_cdr(h).status == "in-progress"
+
+
+async def test_canceled_before_the_phone_rang() -> None:
+    h, alice, bob = harness()
+    sent = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    to_bob = sent_to(h, bob)
+    await h.send(alice, alice.cancel(sent))
+    assert only_cdr(h).status in ("queued", "canceled")
+    await h.send(bob, bob.answer(to_bob, 100))
+    await h.send(bob, bob.answer(to_bob, 487, to_tag="b"))
+    assert (only_cdr(h).status, only_cdr(h).duration) == ("canceled", 0)
+    assert [r.status for r, _ in h.sender.responses() if r.status >= 200][-1] == 487
+
+
+async def test_a_cancel_crossing_the_answer_leaves_the_call_answered() -> None:
+    h, alice, bob = harness()
+    sent = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    to_bob = sent_to(h, bob)
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b"))
+    await h.send(bob, bob.answer(to_bob, 200, to_tag="b"))
+    await h.send(alice, alice.cancel(sent))
+    assert only_cdr(h).status == "in-progress"
+
+
+async def test_a_phone_that_never_answers_is_no_answer() -> None:
+    h, alice, bob = harness()
+    await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    for _ in range(40):  # Timer B (64·T1): not even a 100 Trying from the phone
+        await h.tick(1)
+    # (retransmitted to alice, who does not ACK it here)
+    assert {r.status for r, _ in h.sender.responses() if r.status >= 200} == {408}
+    assert only_cdr(h).status == "no-answer"
+
+
+async def test_no_cdr_for_a_caller_who_never_authenticates_or_is_not_registered() -> None:
+    # A challenge (407) the phone gives up on, a wrong password, an unregistered or a
+    # disabled Client: refused before routing, so no call is listed (as Twilio lists none
+    # for a SIP request its domain refuses): strangers cannot fill the Calls list.
+    h, alice, _ = harness()
+    invite = alice.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>",
+                           call_id="gives-up", from_tag="t", body=SDP)
+    await h.send(alice, invite)
+    assert [r.status for r, _ in h.sender.responses()] == [407]
+    ghost = h.phone("ghost", "192.168.1.30", ("203.0.113.30", 5060), register=False)
+    await h.authenticated(ghost, "INVITE", "bob", body=SDP)
+    off = h.phone("off", "192.168.1.31", ("203.0.113.31", 5060),
+                  user=make_user("off", enabled=False))
+    await h.authenticated(off, "INVITE", "bob", body=SDP)
+    await h.tick(60)
+    assert h.store.calls == {}
+
+
+# --- SIP MESSAGE between Clients, as its SMS row shows it ---------------------------------
+
+
+async def message(h: Harness, phone: Phone, callee: str, body: bytes,
+                  content_type: str | None = "text/plain") -> Request:
+    """PHONE sends a MESSAGE to CALLEE with BODY and CONTENT_TYPE (None: no Content-Type),
+    answering the 407 first. Returns the authenticated MESSAGE as sent."""
+    uri = f"sip:{callee}@{REALM}"
+
+    def build(headers: list[tuple[str, str]]) -> Request:
+        request = phone.request("MESSAGE", uri, to=f"<{uri}>", call_id=call_id,
+                                from_tag="m-tag", body=body, headers=headers)
+        if content_type is None:
+            request.remove("Content-Type")
+        else:
+            request.set("Content-Type", content_type)
+        return request
+
+    call_id = f"msg-{len(h.store.sms)}-{h.clock.now}"
+    first = build([])
+    await h.send(phone, first)
+    [(challenge, _)] = h.sender.responses(407)
+    h.sender.take()
+    second = build([("Proxy-Authorization", authorization(first, challenge, phone))])
+    await h.send(phone, second)
+    return second
+
+
+async def test_a_retransmitted_message_is_relayed_and_recorded_once() -> None:
+    h, alice, bob = harness()
+    sent = await message(h, alice, "bob", b"hello")
+    await h.send(alice, sent)  # retransmitted before bob answers
+    [(relayed, _)] = h.sender.requests("MESSAGE")
+    await h.send(bob, bob.answer(relayed, 200, to_tag="m"))
+    await h.send(alice, sent)  # and after: the 200 is sent again, nothing else
+    await h.tick(0.5)
+    await h.send(alice, sent)
+    assert len(h.sender.requests("MESSAGE")) == 1
+    assert {r.status for r, _ in h.sender.responses()} == {200}
+    assert [(r.body, r.status) for r in h.store.sms] == [("hello", "sent")]
+
+
+async def test_a_message_nobody_answers_is_failed_408() -> None:
+    h, alice, _ = harness()
+    await message(h, alice, "bob", b"anyone?")
+    for _ in range(40):  # Timer F (64·T1)
+        await h.tick(1)
+    assert [r.status for r, _ in h.sender.responses() if r.status >= 200] == [408]
+    [row] = h.store.sms
+    assert (row.status, row.error_code, row.date_sent) == ("failed", 408, None)
+
+
+async def test_an_empty_message_is_relayed_and_recorded_with_an_empty_body() -> None:
+    h, alice, bob = harness()
+    await message(h, alice, "bob", b"", content_type=None)
+    [(relayed, _)] = h.sender.requests("MESSAGE")
+    assert relayed.body == b""
+    await h.send(bob, bob.answer(relayed, 200, to_tag="m"))
+    assert [(r.body, r.status) for r in h.store.sms] == [("", "sent")]
+
+
+async def test_a_long_utf8_message_is_relayed_and_recorded_whole() -> None:
+    h = Harness()
+    alice = h.phone("alice", "192.168.1.10", ALICE_SRC, transport="tcp", connection_id="c-a")
+    bob = h.phone("bob", "192.168.1.20", BOB_SRC, transport="tcp", connection_id="c-b")
+    text = "Grüße aus Zürich — 東京 ☕ " * 200  # ~7 KB, more than an SMS, far less than 64 KB
+    await message(h, alice, "bob", text.encode(), "text/plain;charset=UTF-8")
+    [(relayed, _)] = h.sender.requests("MESSAGE")
+    assert relayed.body == text.encode()
+    await h.send(bob, bob.answer(relayed, 200, to_tag="m"))
+    assert [r.body for r in h.store.sms] == [text]
+
+
+async def test_a_message_in_another_charset_is_recorded_as_its_text() -> None:
+    h, alice, bob = harness()
+    await message(h, alice, "bob", "Café à 13h ?".encode("latin-1"),
+                  "text/plain; charset=ISO-8859-1")
+    [(relayed, _)] = h.sender.requests("MESSAGE")
+    assert relayed.body == "Café à 13h ?".encode("latin-1")  # relayed untouched
+    await h.send(bob, bob.answer(relayed, 200, to_tag="m"))
+    assert [r.body for r in h.store.sms] == ["Café à 13h ?"]
+
+
+async def test_a_message_that_is_not_text_is_relayed_but_not_listed_as_sms() -> None:
+    # Phones send "is typing" notifications (RFC 3994) and delivery notices (RFC 5438) as
+    # MESSAGEs too: they go to the other phone, which may understand them, but they are no
+    # text anyone sent, so the SMS list does not show them.
+    h, alice, bob = harness()
+    composing = (b'<?xml version="1.0" encoding="UTF-8"?>\n<isComposing xmlns="urn:ietf:'
+                 b'params:xml:ns:im-iscomposing"><state>active</state></isComposing>')
+    await message(h, alice, "bob", composing, "application/im-iscomposing+xml")
+    [(relayed, _)] = h.sender.requests("MESSAGE")
+    assert relayed.body == composing
+    await h.send(bob, bob.answer(relayed, 200, to_tag="m"))
+    await message(h, alice, "nobody", composing, "application/im-iscomposing+xml")
+    assert h.store.sms == []
+
+
+async def test_the_sms_api_lists_what_the_proxy_recorded(api: Api,
+                                                        appliance: Appliance) -> None:
+    h, alice, bob = on_store(appliance)
+    await message(h, alice, "bob", "Lunch at 1? ☕".encode())
+    [(relayed, _)] = h.sender.requests("MESSAGE")
+    h.sender.take()
+    await h.send(bob, bob.answer(relayed, 200, to_tag="m"))
+    h.clock.now += 60
+    await message(h, alice, "nobody", b"hello?")
+    h.clock.now += 60
+    await message(h, alice, "bob", b"ping")
+    [(relayed, _)] = h.sender.requests("MESSAGE")
+    await h.send(bob, bob.answer(relayed, 486, to_tag="m"))
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json")
+    assert status == 200, body
+    rows = json.loads(body)["messages"]
+    assert [(m["from"], m["to"], m["body"], m["status"], m["direction"], m.get("error_code"))
+            for m in rows] == [
+        ("alice", "bob", "ping", "failed", "outbound-call", 486),
+        ("alice", "nobody", "hello?", "failed", "outbound-call", 404),
+        ("alice", "bob", "Lunch at 1? ☕", "sent", "outbound-call", None)]
+    assert rows[2]["date_sent"] == "2023-11-14T22:13:20.000Z"
+    assert rows[2]["account_sid"] == ADMIN_SID
+    assert "date_sent" not in rows[0]  # never sent: no DateSent (nulls are omitted)
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json",
+                                    params={"To": "bob", "Status": "sent"})
+    assert [m["body"] for m in json.loads(body)["messages"]] == ["Lunch at 1? ☕"]
