@@ -3,11 +3,14 @@ APIs: each outcome of a Client → Client call and of a SIP MESSAGE, and what a 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,6 +25,7 @@ from appliance.sip.message import Request
 from appliance.sip.proxy import Proxy
 from tests.conftest import ADMIN_SID, Api, free_port
 from tests.sip.proxy_harness import REALM, SDP, Harness, Phone, authorization, make_user
+from tests.sip.test_proxy_calls import attach_proxy, create_client, sipp, sipp_args, udp_port
 
 T0 = datetime(2026, 3, 3, 9, 0, 0, tzinfo=UTC)
 CALLS = f"Accounts/{ADMIN_SID}/Calls"
@@ -485,3 +489,47 @@ async def test_the_sms_api_lists_what_the_proxy_recorded(api: Api,
     status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json",
                                     params={"To": "bob", "Status": "sent"})
     assert [m["body"] for m in json.loads(body)["messages"]] == ["Lunch at 1? ☕"]
+
+
+# --- real peers (SIPp) through the running appliance ---------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) is not installed")
+async def test_sipp_busy_call_and_retransmitted_message_as_the_apis_list_them(
+        appliance: Any, api: Api) -> None:
+    proxy, task = attach_proxy(appliance)
+    try:
+        server = appliance.transport.address
+        for login in ("alice", "bob"):
+            await create_client(api, login)
+        alice_port, bob_port = udp_port(), udp_port()
+        for login, port in (("alice", alice_port), ("bob", bob_port)):
+            code, out = await sipp(*sipp_args("register.xml", server, port, login))
+            assert code == 0, out
+
+        async def through(uac: str, uas: str) -> None:
+            answering = asyncio.create_task(sipp(*sipp_args(uas, server, bob_port, "bob"),
+                                                 limit=40))
+            await asyncio.sleep(0.5)
+            code, out = await sipp(*sipp_args(uac, server, alice_port, "alice", "bob"),
+                                   limit=40)
+            uas_code, uas_out = await answering
+            assert code == 0, out
+            assert uas_code == 0, uas_out
+
+        await through("proxy-uac-busy.xml", "proxy-uas-busy.xml")
+        await through("message-uac.xml", "message-uas.xml")
+        status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Calls.json")
+        assert status == 200, body
+        assert [(c["from"], c["to"], c["status"], c["duration"]) for c in
+                json.loads(body)["calls"]] == [("alice", "bob", "busy", 0)]
+        status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json")
+        assert status == 200, body
+        assert [(m["from"], m["to"], m["body"], m["status"], m["direction"]) for m in
+                json.loads(body)["messages"]] == [
+            # the body as sent, with the line end sipp puts after it
+            ("alice", "bob", "Grüße, café à 13h? ☕\r\n", "sent", "outbound-call")]
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
