@@ -142,6 +142,9 @@ class SipDirectory:
         return len(self._registrations)
 
 
+# The statuses of a call not over yet.
+_OPEN = frozenset({CallStatus.QUEUED, CallStatus.RINGING, CallStatus.IN_PROGRESS})
+
 # CDR group commit (CallLog): a batch that follows the previous commit by less than BUSY_GAP
 # waits COMMIT_WINDOW for more changes. Signalling never waits for a CDR (the proxy sends
 # first and records after); only the recording task and callers awaiting it do.
@@ -321,8 +324,8 @@ class CallLog:
         now = self._clock()
         closed = []
         for record in await self._store.open_calls():
-            if record.sid in self._live:
-                continue  # a call of this run
+            if record.sid in self._live or record.status not in _OPEN:
+                continue  # a call of this run, or a closed one (legacy rows) left as it is
             if record.status == CallStatus.IN_PROGRESS:
                 status = CallStatus.COMPLETED
                 duration = max(0, int((now - record.date_updated).total_seconds()))

@@ -91,7 +91,8 @@ async def test_a_crash_leaves_no_call_open_for_ever(tmp_path: Path) -> None:
     await first.start()
     await first.store.insert_calls([leftover(1, CallStatus.IN_PROGRESS, "bob"),
                                     leftover(2, CallStatus.RINGING, "carol"),
-                                    leftover(3, CallStatus.QUEUED, "dave")])
+                                    leftover(3, CallStatus.QUEUED, "dave"),
+                                    leftover(4, CallStatus.BUSY, "erin")])  # a legacy row
     await first.stop()
     clock.now = T0 + timedelta(minutes=5)
     second = Appliance(first.config, clock=clock)
@@ -99,7 +100,8 @@ async def test_a_crash_leaves_no_call_open_for_ever(tmp_path: Path) -> None:
     try:
         listed = await calls_listed(second)
         assert {to: c["status"] for to, c in listed.items()} == {
-            "bob": "completed", "carol": "failed", "dave": "failed"}
+            "bob": "completed", "carol": "failed", "dave": "failed", "erin": "busy"}
+        assert "end_time" not in listed["erin"]  # a closed call is left as it is
         # Ended when the appliance came back; answered at its last update (T0 + 10 s).
         assert listed["bob"]["end_time"] == "2026-03-03T09:05:00.000Z"
         assert listed["bob"]["duration"] == 290
@@ -533,3 +535,32 @@ async def test_sipp_busy_call_and_retransmitted_message_as_the_apis_list_them(
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_calls_api_follows_a_call_as_it_goes(api: Api, appliance: Appliance) -> None:
+    h, alice, bob = on_store(appliance)
+
+    async def seen() -> tuple[str, ...]:
+        status, body, _ = await api.get(f"{CALLS}.json")
+        assert status == 200, body
+        [row] = json.loads(body)["calls"]
+        status, body, _ = await api.get(f"{CALLS}/{row['sid']}.json")
+        assert status == 200, body
+        one = json.loads(body)
+        assert one["status"] == row["status"]
+        return one["status"], one["duration"], "end_time" in one
+
+    sent = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(to_bob, _)] = h.sender.requests("INVITE")
+    assert await seen() == ("queued", 0, False)
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b"))
+    assert await seen() == ("ringing", 0, False)
+    h.clock.now += 3
+    await h.send(bob, bob.answer(to_bob, 200, to_tag="b"))
+    assert await seen() == ("in-progress", 0, False)
+    h.clock.now += 20
+    bye = bob.request("BYE", alice.contact, to=f"<sip:alice@{REALM}>;tag=caller-tag",
+                      call_id=sent.call_id or "", from_tag="b",
+                      headers=[("Route", "<sip:10.0.0.1:5060;lr;transport=udp>")])
+    await h.send(bob, bye)
+    assert await seen() == ("completed", 20, True)
