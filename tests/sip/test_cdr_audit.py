@@ -497,7 +497,7 @@ async def test_the_sms_api_lists_what_the_proxy_recorded(api: Api,
 
 
 @pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) is not installed")
-async def test_sipp_busy_call_and_retransmitted_message_as_the_apis_list_them(
+async def test_sipp_busy_canceled_call_and_retransmitted_message_as_the_apis_list_them(
         appliance: Any, api: Api) -> None:
     proxy, task = attach_proxy(appliance)
     try:
@@ -516,15 +516,17 @@ async def test_sipp_busy_call_and_retransmitted_message_as_the_apis_list_them(
             code, out = await sipp(*sipp_args(uac, server, alice_port, "alice", "bob"),
                                    limit=40)
             uas_code, uas_out = await answering
-            assert code == 0, out
             assert uas_code == 0, uas_out
+            assert code == 0, out
 
         await through("proxy-uac-busy.xml", "proxy-uas-busy.xml")
+        await through("proxy-uac-cancel.xml", "proxy-uas-cancel.xml")
         await through("message-uac.xml", "message-uas.xml")
         status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Calls.json")
         assert status == 200, body
         assert [(c["from"], c["to"], c["status"], c["duration"]) for c in
-                json.loads(body)["calls"]] == [("alice", "bob", "busy", 0)]
+                json.loads(body)["calls"]] == [("alice", "bob", "canceled", 0),
+                                               ("alice", "bob", "busy", 0)]
         status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json")
         assert status == 200, body
         assert [(m["from"], m["to"], m["body"], m["status"], m["direction"]) for m in
