@@ -566,3 +566,15 @@ async def test_the_calls_api_follows_a_call_as_it_goes(api: Api, appliance: Appl
                       headers=[("Route", "<sip:10.0.0.1:5060;lr;transport=udp>")])
     await h.send(bob, bye)
     assert await seen() == ("completed", 20, True)
+
+
+async def test_a_retransmitted_invite_is_one_call() -> None:
+    h, alice, bob = harness()
+    sent = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    await h.send(alice, sent)  # UDP: the phone did not hear our 100 Trying in time
+    to_bob = sent_to(h, bob)
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b"))
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b"))
+    await h.send(alice, sent)
+    await h.send(bob, bob.answer(to_bob, 486, to_tag="b"))
+    assert [(r.status, r.to) for r in h.store.calls.values()] == [("busy", "bob")]
