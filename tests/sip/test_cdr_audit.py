@@ -578,3 +578,24 @@ async def test_a_retransmitted_invite_is_one_call() -> None:
     await h.send(alice, sent)
     await h.send(bob, bob.answer(to_bob, 486, to_tag="b"))
     assert [(r.status, r.to) for r in h.store.calls.values()] == [("busy", "bob")]
+
+
+async def test_two_phones_answering_at_once_is_still_one_call() -> None:
+    # Both 200s go to alice (RFC 3261 §16.7: 2xx end to end); her phone keeps the first and
+    # hangs the second up at once. The call is the first dialog: its BYE ends the CDR.
+    h, alice, bob = harness()
+    bob2 = second_phone(h)
+    sent = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    to_bob, to_bob2 = sent_to(h, bob), sent_to(h, bob2)
+    await h.send(bob, bob.answer(to_bob, 200, to_tag="b1"))
+    await h.send(bob2, bob2.answer(to_bob2, 200, to_tag="b2"))
+    route = [("Route", "<sip:10.0.0.1:5060;lr;transport=udp>")]
+    await h.send(alice, alice.request("BYE", bob2.contact, to=f"<sip:bob@{REALM}>;tag=b2",
+                                      call_id=sent.call_id or "", from_tag="caller-tag",
+                                      headers=route))
+    assert only_cdr(h).status == "in-progress"
+    h.clock.now += 15
+    await h.send(alice, alice.request("BYE", bob.contact, to=f"<sip:bob@{REALM}>;tag=b1",
+                                      call_id=sent.call_id or "", from_tag="caller-tag",
+                                      headers=route))
+    assert (only_cdr(h).status, only_cdr(h).duration) == ("completed", 15)
