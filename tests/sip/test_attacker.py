@@ -1,0 +1,428 @@
+"""SIPVicious and a toll-fraud caller against a running appliance (sip.md §3).
+
+Every test here plays an attacker over UDP on loopback against the real front door (the
+appliance of ``tests/conftest.py``, with its own config where a budget matters) and asserts
+what the attacker sees: ``svmap`` learns no product, version or OS; ``svwar`` gets the same
+bytes for a real extension, a disabled one and one that does not exist (apart from tags,
+nonces and branches); ``svcrack`` is banned, on the registrar and on the proxy alike; a
+stranger reaches nothing outside (407 before anything else); floods get 503 or silence;
+broadcast and multicast Vias get nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from appliance.app import Appliance
+from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
+from tests.conftest import ADMIN_SID, Api, free_port
+
+PASSWORD = "Pbx-edge-7"
+WAIT = 1.0
+DOMAIN = "pbx.example.com"
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, **sip: object) -> AsyncIterator[tuple[Appliance, Api]]:
+    """An appliance on loopback with SIP settings SIP, and Clients alice (enabled) and
+    carol (disabled)."""
+    base = SipConfig(listen=Endpoint("127.0.0.1", free_port()), domain=DOMAIN)
+    config = Config(data_dir=tmp_path / "var",
+                    api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
+                    sip=replace(base, **sip),  # type: ignore[arg-type]
+                    media=MediaConfig(workers=0))
+    app = Appliance(config)
+    await app.start()
+    password = (config.data_dir / "admin-password").read_text().strip()
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, f"http://127.0.0.1:{config.api.listen.port}", ADMIN_SID,
+                      password, config.data_dir)
+            for login in ("alice", "carol"):
+                status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                                 {"Login": login, "Password": PASSWORD})
+                assert status == 200, body
+                if login == "carol":
+                    sid = json.loads(body)["sid"]
+                    status, body, _ = await api.post(
+                        f"Accounts/{ADMIN_SID}/Clients/{sid}.json", {"Status": "0"})
+                    assert status == 200, body
+            yield app, api
+    finally:
+        await app.stop()
+
+
+class Attacker:
+    """A UDP socket on a loopback address of its own (127.0.0.x: one source IP each)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.server = port
+        self.host = host
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.setblocking(False)
+        self.port = int(self.sock.getsockname()[1])
+
+    def close(self) -> None:
+        self.sock.close()
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendto(self.sock, data, ("127.0.0.1", self.server))
+
+    async def recv(self, wait: float = WAIT) -> bytes | None:
+        try:
+            async with asyncio.timeout(wait):
+                return await asyncio.get_running_loop().sock_recv(self.sock, 65535)
+        except TimeoutError:
+            return None
+
+    async def ask(self, data: bytes, wait: float = WAIT) -> bytes | None:
+        """The first final response to DATA (by Call-ID), or None when none comes."""
+        call_id = _call_id(data)
+        await self.send(data)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait
+        while (left := end - loop.time()) > 0:
+            reply = await self.recv(left)
+            if reply is None:
+                return None
+            if _call_id(reply) == call_id and _status(reply) >= 200:
+                return reply
+        return None
+
+    def request(self, method: str, user: str | None, *, from_user: str = "alice",
+                to_user: str | None = None, ruri: str | None = None,
+                extra: tuple[str, ...] = (), body: bytes = b"", via_host: str | None = None,
+                call_id: str | None = None, cseq: int = 1) -> bytes:
+        uri = ruri or (f"sip:{user}@{DOMAIN}" if user else f"sip:{DOMAIN}")
+        to = to_user if to_user is not None else (user or from_user)
+        head = (f"{method} {uri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {via_host or self.host}:{self.port}"
+                f";branch=z9hG4bK{secrets.token_hex(8)};rport\r\n"
+                "Max-Forwards: 70\r\n"
+                f'From: "sipvicious" <sip:{from_user}@{DOMAIN}>;tag={secrets.token_hex(4)}\r\n'
+                f"To: <sip:{to}@{DOMAIN}>\r\n"
+                f"Call-ID: {call_id or secrets.token_hex(8)}\r\n"
+                f"CSeq: {cseq} {method}\r\n"
+                f"Contact: <sip:{from_user}@{self.host}:{self.port}>\r\n"
+                "User-Agent: friendly-scanner\r\n"
+                + "".join(f"{line}\r\n" for line in extra)
+                + f"Content-Length: {len(body)}\r\n\r\n")
+        return head.encode() + body
+
+
+def _call_id(data: bytes) -> bytes | None:
+    match = re.search(rb"\r\n(?:Call-ID|i) *: *([^\r]*)\r\n", data, re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+def _status(data: bytes) -> int:
+    first = data.split(b"\r\n", 1)[0].split(b" ")
+    return int(first[1]) if first[0] == b"SIP/2.0" else 0
+
+
+def normalized(data: bytes | None) -> bytes:
+    """DATA without what differs by chance: tags, nonces, branches, Call-ID, ports, users."""
+    assert data is not None, "no reply"
+    text = re.sub(rb"tag=[^;>\r\s,]+", b"tag=T", data)
+    text = re.sub(rb'nonce="[^"]*"', b'nonce="N"', text)
+    text = re.sub(rb"branch=[^;\r\s,]+", b"branch=B", text)
+    text = re.sub(rb"rport=\d+", b"rport=P", text)
+    text = re.sub(rb"127\.0\.0\.1:\d+", b"127.0.0.1:P", text)
+    text = re.sub(rb"(?m)^(Call-ID|i) *:.*$", b"Call-ID: C", text, flags=re.IGNORECASE)
+    # The user asked for appears where the request had it (To, Request-URI): not a leak.
+    return re.sub(rb"sip:(alice|carol|zed)@", b"sip:USER@", text)
+
+
+def challenge_answer(reply: bytes, login: str, method: str, uri: str,
+                     password: str = PASSWORD) -> tuple[str, str]:
+    """(header name, value) answering the digest challenge in REPLY (MD5, qop=auth)."""
+    name = "Authorization" if _status(reply) == 401 else "Proxy-Authorization"
+    realm = re.search(rb'realm="([^"]*)"', reply)
+    nonce = re.search(rb'nonce="([^"]*)"', reply)
+    assert realm and nonce
+    r, n = realm.group(1).decode(), nonce.group(1).decode()
+
+    def h(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 - SIP digest is MD5
+
+    cnonce, nc = "0a4f113b", "00000001"
+    response = h(f"{h(f'{login}:{r}:{password}')}:{n}:{nc}:{cnonce}:auth:{h(f'{method}:{uri}')}")
+    return name, (f'Digest username="{login}", realm="{r}", nonce="{n}", uri="{uri}", '
+                  f'response="{response}", algorithm=MD5, cnonce="{cnonce}", qop=auth, nc={nc}')
+
+
+# --- svmap: nothing to fingerprint -------------------------------------------------------------
+
+FINGERPRINTS = re.compile(rb"appliance|python|asyncio|pjsua|pjsip|linux|debian|raspb|"
+                          rb"restcomm|kamailio|(?<![\d.])\d+\.\d+\.\d+(?![\d.])", re.IGNORECASE)
+
+
+def assert_anonymous(reply: bytes | None) -> None:
+    assert reply is not None
+    head, _, body = reply.partition(b"\r\n\r\n")
+    names = {line.split(b":")[0].strip().lower() for line in head.split(b"\r\n")[1:]}
+    assert not names & {b"server", b"user-agent", b"warning", b"organization"}, head
+    assert body == b"", body
+    status_line = head.split(b"\r\n")[0]
+    assert not FINGERPRINTS.search(status_line), status_line
+    # No header we wrote names a product or version (only what the probe sent is echoed).
+    ours = [line for line in head.split(b"\r\n")[1:] if not line.lower().startswith(
+        (b"via", b"from", b"to", b"call-id", b"cseq", b"contact"))]
+    assert not any(FINGERPRINTS.search(line) for line in ours), ours
+
+
+async def test_svmap_learns_no_product_version_or_os(tmp_path: Path) -> None:
+    async with running(tmp_path) as (app, _):
+        a = Attacker(app.config.sip.listen.port)
+        try:
+            probes = {
+                "OPTIONS": a.request("OPTIONS", None),
+                "REGISTER": a.request("REGISTER", "alice", to_user="alice"),
+                "INVITE": a.request("INVITE", "alice"),
+                "MESSAGE": a.request("MESSAGE", "+15551234", body=b"hi",
+                                     extra=("Content-Type: text/plain",)),
+                "SUBSCRIBE": a.request("SUBSCRIBE", "alice", extra=("Event: presence",)),
+                "420": a.request("OPTIONS", None, extra=("Require: sec-agree",)),
+                "483": a.request("INVITE", "alice").replace(b"Max-Forwards: 70",
+                                                             b"Max-Forwards: 0"),
+                "400": a.request("OPTIONS", None).replace(b"CSeq: 1 OPTIONS", b"CSeq: x"),
+                "416": a.request("OPTIONS", None).replace(b"OPTIONS sip:", b"OPTIONS foo:", 1),
+                "505": a.request("OPTIONS", None).replace(b" SIP/2.0\r\n", b" SIP/7.0\r\n", 1),
+            }
+            for name, probe in probes.items():
+                reply = await a.ask(probe)
+                assert reply is not None, name
+                if name.isdigit():
+                    assert _status(reply) == int(name), (name, reply)
+                assert_anonymous(reply)
+            # 513 needs more than a datagram holds: over TCP.
+            reader, writer = await asyncio.open_connection("127.0.0.1", a.server)
+            try:
+                writer.write(a.request("OPTIONS", None, body=b"x" * 70_000).replace(
+                    b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+                assert _status(head) == 513
+                assert_anonymous(head)
+            finally:
+                writer.close()
+        finally:
+            a.close()
+
+
+# --- svwar: the same bytes for every extension ------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["REGISTER", "INVITE", "OPTIONS", "MESSAGE", "SUBSCRIBE"])
+async def test_svwar_gets_the_same_reply_for_known_disabled_and_unknown_extensions(
+        tmp_path: Path, method: str) -> None:
+    async with running(tmp_path) as (app, _):
+        a = Attacker(app.config.sip.listen.port)
+        try:
+            replies = []
+            for user in ("alice", "carol", "zed"):
+                # svwar writes the extension into To and From alike (and the Request-URI).
+                extra = ("Event: presence",) if method == "SUBSCRIBE" else ()
+                probe = a.request(method, user, from_user=user, to_user=user, extra=extra)
+                replies.append(normalized(await a.ask(probe)))
+            assert replies[0] == replies[1] == replies[2], replies
+            if method in ("INVITE", "MESSAGE", "OPTIONS"):
+                assert _status(replies[0]) == 407
+            elif method == "REGISTER":
+                assert _status(replies[0]) == 401
+        finally:
+            a.close()
+
+
+@pytest.mark.parametrize("method", ["REGISTER", "INVITE", "MESSAGE"])
+async def test_a_wrong_password_and_an_unknown_user_are_the_same_403(
+        tmp_path: Path, method: str) -> None:
+    async with running(tmp_path) as (app, _):
+        a = Attacker(app.config.sip.listen.port)
+        try:
+            replies = []
+            for user in ("alice", "carol", "zed"):
+                target = None if method == "REGISTER" else "bob"
+                uri = f"sip:{DOMAIN}" if target is None else f"sip:{target}@{DOMAIN}"
+                call_id = secrets.token_hex(8)
+                first = await a.ask(a.request(method, target, from_user=user,
+                                              to_user=user if target is None else target,
+                                              call_id=call_id))
+                assert first is not None
+                name, value = challenge_answer(first, user, method, uri, password="guess")
+                reply = await a.ask(a.request(method, target, from_user=user,
+                                              to_user=user if target is None else target,
+                                              call_id=call_id, cseq=2,
+                                              extra=(f"{name}: {value}",)))
+                assert reply is not None and _status(reply) == 403, reply
+                replies.append(normalized(reply))
+            assert replies[0] == replies[1] == replies[2], replies
+        finally:
+            a.close()
+
+
+# --- svcrack: banned after N failures, on every method, for a while ---------------------------
+
+
+async def crack(a: Attacker, method: str, guesses: int) -> list[int | None]:
+    """GUESSES wrong passwords for alice by METHOD (REGISTER: the registrar; INVITE: the
+    proxy's 407 path); the status of each answer (None: dropped)."""
+    target = None if method == "REGISTER" else "bob"
+    uri = f"sip:{DOMAIN}" if target is None else f"sip:{target}@{DOMAIN}"
+    statuses: list[int | None] = []
+    for guess in range(guesses):
+        call_id = secrets.token_hex(8)
+        first = await a.ask(a.request(method, target, call_id=call_id,
+                                      to_user="alice" if target is None else target))
+        if first is None:
+            statuses.append(None)
+            continue
+        name, value = challenge_answer(first, "alice", method, uri, password=f"guess{guess}")
+        reply = await a.ask(a.request(method, target, call_id=call_id, cseq=2,
+                                      to_user="alice" if target is None else target,
+                                      extra=(f"{name}: {value}",)))
+        statuses.append(None if reply is None else _status(reply))
+    return statuses
+
+
+@pytest.mark.parametrize("method", ["REGISTER", "INVITE"])
+async def test_svcrack_is_banned_on_every_method_logged_once_and_freed_on_time(
+        tmp_path: Path, method: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with running(tmp_path, max_auth_failures=3, ban_seconds=600) as (app, _):
+        now = [app.wall_clock()]
+        app.wall_clock = lambda: now[0]  # type: ignore[method-assign]
+        for part in (app.guard, app.registrar, app.frontdoor):
+            if hasattr(part, "clock"):
+                part.clock = app.wall_clock
+        app.proxy._clock = app.wall_clock  # noqa: SLF001 - the same clock everywhere
+        a = Attacker(app.config.sip.listen.port, "127.0.0.5")
+        office = Attacker(app.config.sip.listen.port, "127.0.0.6")
+        try:
+            with caplog.at_level(logging.INFO):
+                assert await crack(a, method, 3) == [403, 403, 403]
+                # Banned: nothing at all comes back, whatever the method.
+                assert await crack(a, method, 2) == [None, None]
+                for probe in (a.request("OPTIONS", None), a.request("REGISTER", "alice"),
+                              a.request("INVITE", "alice"), a.request("MESSAGE", "alice"),
+                              a.request("SUBSCRIBE", "alice")):
+                    assert await a.ask(probe, wait=0.3) is None
+            bans = [r for r in caplog.records if "banned" in r.getMessage()]
+            assert len(bans) == 1, [r.getMessage() for r in bans]
+            # Another address (the office's phones) is served meanwhile.
+            assert _status(await office.ask(office.request("OPTIONS", None)) or b"") == 200
+            now[0] += 599
+            assert await a.ask(a.request("OPTIONS", None), wait=0.3) is None
+            now[0] += 2
+            assert _status(await a.ask(a.request("OPTIONS", None)) or b"") == 200
+        finally:
+            a.close()
+            office.close()
+
+
+def test_many_crackers_are_held_in_bounded_memory() -> None:
+    from appliance.sip.guard import Guard
+
+    guard = Guard(max_failures=2, ban_time=600, max_sources=1000)
+    for n in range(50_000):
+        guard.record_failure(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 0.0, "alice")
+        guard.allow_unauthenticated(f"172.16.{n >> 8 & 255}.{n & 255}", 0.0)
+    assert len(guard) <= 1000
+
+
+# --- toll fraud: a stranger reaches nothing ------------------------------------------------
+
+
+async def test_a_stranger_gets_407_for_every_way_out(tmp_path: Path) -> None:
+    async with running(tmp_path) as (app, api):
+        a = Attacker(app.config.sip.listen.port)
+        try:
+            probes = [
+                a.request("INVITE", "+15551234567"),  # PSTN through the modem or a trunk
+                a.request("INVITE", "0015551234567"),
+                a.request("INVITE", None, ruri="tel:+15551234567", to_user="+15551234567"),
+                a.request("INVITE", None, ruri="sip:+15551234567@sip.provider.example",
+                          to_user="+15551234567"),  # a trunk's domain
+                a.request("INVITE", None, ruri="sip:bob@evil.example.com"),  # open relay
+                a.request("INVITE", None, ruri="sip:alice@203.0.113.9:5060"),  # another host
+                a.request("INVITE", "alice",
+                          extra=("Route: <sip:evil.example.com;lr>",)),  # a foreign Route
+                a.request("INVITE", "alice", extra=(
+                    f"Route: <sip:127.0.0.1:{a.server};lr>",
+                    "Route: <sip:gw.evil.example.com;lr>")),
+                a.request("MESSAGE", "+15551234567", body=b"spam",
+                          extra=("Content-Type: text/plain",)),  # SMS out through the modem
+                a.request("OPTIONS", "+15551234567"),
+            ]
+            for probe in probes:
+                reply = await a.ask(probe)
+                assert reply is not None and _status(reply) == 407, (probe, reply)
+        finally:
+            a.close()
+        for listing, key in (("SMS/Messages", "messages"), ("Calls", "calls")):
+            status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/{listing}.json")
+            assert status == 200 and json.loads(body)[key] == [], body  # nothing went out
+
+
+# --- floods: the unauthenticated budget --------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["OPTIONS", "REGISTER", "INVITE"])
+async def test_a_flood_from_one_source_is_cut_to_its_budget(tmp_path: Path, kind: str) -> None:
+    async with running(tmp_path, unauthenticated_per_minute=5) as (app, _):
+        a = Attacker(app.config.sip.listen.port, "127.0.0.7")
+        other = Attacker(app.config.sip.listen.port, "127.0.0.8")
+        make: dict[str, Callable[[], bytes]] = {
+            "OPTIONS": lambda: a.request("OPTIONS", None),
+            "REGISTER": lambda: a.request("REGISTER", "alice"),
+            "INVITE": lambda: a.request("INVITE", "alice"),
+            "malformed": lambda: a.request("OPTIONS", None).replace(b"CSeq: 1 OPTIONS",
+                                                                     b"CSeq: x"),
+        }
+        try:
+            statuses = [_status(r) if (r := await a.ask(make[kind](), wait=0.3)) else None
+                        for _ in range(8)]
+            answered = [s for s in statuses if s is not None and s != 503]
+            assert len(answered) <= 5, statuses
+            assert statuses[-1] in (503, None), statuses
+            # Another source still gets its answer.
+            assert _status(await other.ask(other.request("OPTIONS", None)) or b"") == 200
+        finally:
+            a.close()
+            other.close()
+
+
+# --- broadcast and multicast Vias ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["255.255.255.255", "224.0.1.75", "239.1.2.3", "0.0.0.0"])
+@pytest.mark.parametrize("kind", ["OPTIONS", "REGISTER", "INVITE"])
+async def test_a_broadcast_or_multicast_via_is_never_answered(
+        tmp_path: Path, via: str, kind: str) -> None:
+    async with running(tmp_path) as (app, _):
+        a = Attacker(app.config.sip.listen.port)
+        try:
+            probe = {
+                "OPTIONS": a.request("OPTIONS", None, via_host=via),
+                "REGISTER": a.request("REGISTER", "alice", via_host=via),
+                "INVITE": a.request("INVITE", "alice", via_host=via),
+                "malformed": a.request("OPTIONS", None, via_host=via).replace(
+                    b"CSeq: 1 OPTIONS", b"CSeq: x"),
+                "505": a.request("OPTIONS", None, via_host=via).replace(
+                    b" SIP/2.0\r\n", b" SIP/7.0\r\n", 1),
+            }[kind]
+            assert await a.ask(probe, wait=0.3) is None
+        finally:
+            a.close()
