@@ -28,6 +28,7 @@ from appliance.sip.headers import (
     parse_vias,
     split_list,
     split_values,
+    unreachable,
 )
 from appliance.sip.uri import SCHEMES, uri_scheme
 
@@ -649,7 +650,9 @@ _COPIED_WIRE = {name: _WIRE_NAMES[name] for name in _COPIED}
 
 def error_response(err: SipParseError, *, to_tag: str | None = None) -> Response | None:
     """Best-effort reply to a request that failed to parse, or None when none can be sent:
-    a response or an ACK gets no reply, and without a readable Via there is nowhere to go."""
+    a response or an ACK gets no reply, and without a readable Via there is nowhere to go.
+    Nor does a top Via naming a broadcast, multicast or unspecified address: such requests
+    are never answered, broken or not (sip.md §3; the transport drops the well-formed ones)."""
     if err.method is None or err.method == "ACK":
         return None
     # Only the top Via must be readable: the reply goes back to the source address, and a
@@ -658,8 +661,10 @@ def error_response(err: SipParseError, *, to_tag: str | None = None) -> Response
     if not vias:
         return None
     try:
-        Via.parse(vias[0])
+        top = Via.parse(vias[0])
     except SipParseError:
+        return None
+    if unreachable(top.host):
         return None
     try:
         return _response_from(err.headers, err.status, None, to_tag)

@@ -250,6 +250,9 @@ def head_reply(head: bytes, status: int) -> Response | None:
         return error_response(err, to_tag=_tag())
     if isinstance(message, Response) or message.method == "ACK":
         return None
+    top = message.top_via
+    if top is None or unreachable(top.host):
+        return None  # a broadcast or multicast Via: never answered (sip.md §3)
     return make_response(message, status, to_tag=_tag())
 
 

@@ -408,7 +408,7 @@ async def test_a_flood_from_one_source_is_cut_to_its_budget(tmp_path: Path, kind
 
 
 @pytest.mark.parametrize("via", ["255.255.255.255", "224.0.1.75", "239.1.2.3", "0.0.0.0"])
-@pytest.mark.parametrize("kind", ["OPTIONS", "REGISTER", "INVITE"])
+@pytest.mark.parametrize("kind", ["OPTIONS", "REGISTER", "INVITE", "malformed", "505"])
 async def test_a_broadcast_or_multicast_via_is_never_answered(
         tmp_path: Path, via: str, kind: str) -> None:
     async with running(tmp_path) as (app, _):
@@ -424,5 +424,15 @@ async def test_a_broadcast_or_multicast_via_is_never_answered(
                     b" SIP/2.0\r\n", b" SIP/7.0\r\n", 1),
             }[kind]
             assert await a.ask(probe, wait=0.3) is None
+            if kind == "OPTIONS":  # and not when it is too big for us either
+                reader, writer = await asyncio.open_connection("127.0.0.1", a.server)
+                try:
+                    writer.write(a.request("OPTIONS", None, via_host=via,
+                                           body=b"x" * 70_000).replace(b"SIP/2.0/UDP",
+                                                                       b"SIP/2.0/TCP"))
+                    with pytest.raises((TimeoutError, asyncio.IncompleteReadError)):
+                        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.3)
+                finally:
+                    writer.close()
         finally:
             a.close()
