@@ -170,6 +170,7 @@ class Appliance:
             advertised=primary_address() if wildcard else sip.listen.host,
             is_blocked=lambda ip: self.guard.is_banned(ip, self.wall_clock()),
             quick=self.frontdoor.quick,
+            may_answer=self.frontdoor.may_answer,
             limits=Limits(idle_timeout=idle_timeout_for(sip.max_expires)))
         if sip.domain:
             self.transport.local_hosts.add(sip.domain.lower())

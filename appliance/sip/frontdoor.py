@@ -13,12 +13,14 @@ Theory of operation. Every message that parsed comes here. What happens to it:
 | REGISTER | 420 for an unknown ``Require``; else the registrar |
 | OPTIONS without a user part (for us) | 420 for an unknown ``Require``; else 200 (3) |
 | anything else | 483 at Max-Forwards 0; 420 for an unknown ``Proxy-Require``; else (4) |
+| a request that failed to parse | the transport's 400/416/505/513 within budget (2) (5) |
 
 (1) Dropping is kinder than 403 against svcrack: it learns nothing and waits on time-outs.
 (2) Per source IP; a source holding a live binding is exempt, so a phone's subscriptions and
 calls never hit it. (3) With ``Allow`` (the proxied methods only once a proxy is set) and
 ``Accept``; ``Supported`` only when ``SUPPORTED`` names an option tag (it is empty today).
 (4) The proxy, or **501 Not Implemented** while none is set (an unmatched CANCEL: 481).
+(5) ``may_answer``, the transport's hook: past the budget the broken request is dropped.
 
 Requests we answer ourselves run through a ``transaction`` server transaction, so UDP
 retransmissions are answered from it rather than processed twice (a REGISTER retransmitted
@@ -141,6 +143,16 @@ class FrontDoor:
             return None
         return self.registrar.answer_plain(view, source, now)
 
+    def may_answer(self, ip: str) -> bool:
+        """Whether IP may have the error reply to a message that failed to parse (the
+        transport's hook): a broken request spends the unauthenticated budget like any
+        other, and past it is dropped (logged as the 503s are)."""
+        now = self.clock()
+        if self.registrar.is_known_source(ip) or self.guard.allow_unauthenticated(ip, now):
+            return True
+        self._log_over_budget(ip, now)
+        return False
+
     async def handle(self, incoming: Incoming) -> None:
         try:
             await self._handle(incoming)
@@ -237,7 +249,15 @@ class FrontDoor:
         self._answer(incoming, response)
 
     def _over_budget(self, incoming: Incoming, now: float) -> None:
-        ip = incoming.source[0]
+        self._log_over_budget(incoming.source[0], now)
+        request = incoming.message
+        assert isinstance(request, Request)  # noqa: S101 - only requests reach here
+        response = make_response(request, 503, to_tag=_tag())
+        response.add("Retry-After", str(RETRY_AFTER))
+        # Stateless on purpose: a flood must not fill the transaction table.
+        self._send(response, reply_target(incoming))
+
+    def _log_over_budget(self, ip: str, now: float) -> None:
         last = self._logged.get(ip)
         if last is None or now - last >= BUDGET_LOG_INTERVAL:
             self._logged[ip] = now
@@ -246,12 +266,6 @@ class FrontDoor:
                 self._logged.popitem(last=False)
             logger.warning("x %s over its budget of %d unauthenticated requests a minute",
                            ip, self.guard.rate)
-        request = incoming.message
-        assert isinstance(request, Request)  # noqa: S101 - only requests reach here
-        response = make_response(request, 503, to_tag=_tag())
-        response.add("Retry-After", str(RETRY_AFTER))
-        # Stateless on purpose: a flood must not fill the transaction table.
-        self._send(response, reply_target(incoming))
 
     # --- server transactions --------------------------------------------------------------
 

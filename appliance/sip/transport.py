@@ -15,8 +15,9 @@ message ``framing.StreamFramer`` cuts from a TCP stream, goes through the same p
    (``FrontDoor.quick``), which answers the common shape straight from its bytes and
    declines (None) everything else, which then goes on below;
 2. ``parse_message``; a message that fails gets ``error_response`` (400/416/505/...) when one can
-   be built — a request with a readable Via that is not broadcast or multicast — and is
-   dropped otherwise (responses, ACKs, messages without a way back);
+   be built — a request with a readable Via that is not broadcast or multicast — and the
+   ``may_answer`` hook lets its source have one (its unauthenticated budget), and is dropped
+   otherwise (responses, ACKs, messages without a way back, floods);
 3. a request gets ``received``/``rport`` stamped in its top Via (rport forced: phones behind NAT
    need it even when they do not ask), and is dropped when its top Via names a broadcast or
    multicast address (we never answer those, sip.md §3);
@@ -334,8 +335,13 @@ class Transport:
         advertised: str | None = None,
         is_blocked: Callable[[str], bool] | None = None,
         quick: Callable[[bytes, tuple[str, int]], bytes | None] | None = None,
+        may_answer: Callable[[str], bool] | None = None,
     ) -> None:
         self.handler = handler
+        # Whether a source may have the error reply (400, 513...) to a message that never
+        # reached the handler; False drops it (``FrontDoor.may_answer``: the unauthenticated
+        # budget, which a flood of broken requests must spend like any other).
+        self.may_answer = may_answer
         # A UDP datagram's reply without parsing it into a message, or None to parse it
         # (``FrontDoor.quick``: the common REGISTER).
         self.quick = quick
@@ -528,6 +534,8 @@ class Transport:
                   conn_id: str | None) -> None:
         end = data.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
         reply = _answerable(head_reply(data[:end], 513)) if end > 0 else None
+        if reply is not None and self.may_answer is not None and not self.may_answer(source[0]):
+            reply = None
         logger.debug("x %s %s:%d: message of %d bytes over %d%s", transport, *source, len(data),
                      self.limits.max_message, "" if reply else ", dropped")
         if reply is not None:
@@ -539,6 +547,9 @@ class Transport:
             message = parse_message(data)
         except SipParseError as err:
             reply = _answerable(error_response(err, to_tag=_tag()))
+            if (reply is not None and self.may_answer is not None
+                    and not self.may_answer(source[0])):
+                reply = None
             logger.debug("x %s %s:%d: %s (%s)", transport, *source, err,
                          f"answered {err.status}" if reply else "dropped")
             if reply is not None:
@@ -653,7 +664,7 @@ class Transport:
             status = 513 if "exceeds" in str(err) else 400
             reply = _answerable(head_reply(err.rest[:end], status)) if end > 0 else None
             logger.debug("x tcp %s %s:%d: %s; closing", conn.id, *conn.peer, err)
-            if reply is not None:
+            if reply is not None and (self.may_answer is None or self.may_answer(conn.peer[0])):
                 conn.write(bytes(reply))
             conn.close()
             return

@@ -379,7 +379,7 @@ async def test_a_stranger_gets_407_for_every_way_out(tmp_path: Path) -> None:
 # --- floods: the unauthenticated budget --------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["OPTIONS", "REGISTER", "INVITE"])
+@pytest.mark.parametrize("kind", ["OPTIONS", "REGISTER", "INVITE", "malformed"])
 async def test_a_flood_from_one_source_is_cut_to_its_budget(tmp_path: Path, kind: str) -> None:
     async with running(tmp_path, unauthenticated_per_minute=5) as (app, _):
         a = Attacker(app.config.sip.listen.port, "127.0.0.7")
