@@ -203,3 +203,29 @@ async def test_shutdown_with_a_live_call(worker: Worker, phones) -> None:
     assert [e.leg for e in ended] == [leg]
     assert worker.events.of(p.RecordDone)[0].reason == "hangup"
     await phone.finish()
+
+
+async def test_a_worker_call_carries_no_product_name(worker: Worker) -> None:
+    # The worker's INVITEs go out through the front door to a provider (the trunk) and its
+    # answers reach phones: svmap must not learn what we run from them (sip.md §3).
+    import re
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    try:
+        port = sock.getsockname()[1]
+        await worker.cmd(p.Dial(leg="CAfp", uri=f"sip:+15551234@127.0.0.1:{port}",
+                                timeout=1.0))
+        async with asyncio.timeout(5):
+            invite = await asyncio.get_running_loop().sock_recv(sock, 65535)
+        head = invite.split(b"\r\n\r\n", 1)[0]
+        assert head.startswith(b"INVITE ")
+        names = {line.split(b":")[0].strip().lower() for line in head.split(b"\r\n")[1:]}
+        assert not names & {b"user-agent", b"server", b"organization"}, head
+        version = rb"(?<![\d.])\d+\.\d+\.\d+(?![\d.])"
+        assert not re.search(rb"appliance|pjsua|pjsip|linux|" + version, head, re.IGNORECASE), head
+        await worker.leg("ended", "CAfp", seconds=6)
+    finally:
+        sock.close()

@@ -194,7 +194,10 @@ class PjWorker:
         # One slot above our cap, so a call beyond it reaches onIncomingCall and gets our 503
         # (pjsua's own refusal is 486). The PyPI wheel clamps this to 4 (sip.md §1.3 #1).
         cfg.uaConfig.maxCalls = s.max_calls + 1
-        cfg.uaConfig.userAgent = f"appliance-media/{s.worker}"
+        # No User-Agent (pjsua adds none when this is empty): the legs we place reach the
+        # provider through the trunk and our answers reach phones, and svmap must not
+        # learn from them what we run (sip.md §3, "Hygiene").
+        cfg.uaConfig.userAgent = ""
         cfg.logConfig.level = s.log_level
         cfg.logConfig.consoleLevel = s.log_level
         cfg.logConfig.msgLogging = 0
