@@ -27,7 +27,14 @@ import aiohttp
 import pytest
 
 from appliance.app import Appliance
-from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
+from appliance.config import (
+    ApiConfig,
+    Config,
+    Endpoint,
+    InboundConfig,
+    MediaConfig,
+    SipConfig,
+)
 from tests.conftest import ADMIN_SID, Api, free_port
 
 PASSWORD = "Pbx-edge-7"
@@ -36,14 +43,15 @@ DOMAIN = "pbx.example.com"
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, **sip: object) -> AsyncIterator[tuple[Appliance, Api]]:
+async def running(tmp_path: Path, inbound: InboundConfig | None = None,
+                  **sip: object) -> AsyncIterator[tuple[Appliance, Api]]:
     """An appliance on loopback with SIP settings SIP, and Clients alice (enabled) and
     carol (disabled)."""
     base = SipConfig(listen=Endpoint("127.0.0.1", free_port()), domain=DOMAIN)
     config = Config(data_dir=tmp_path / "var",
                     api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
                     sip=replace(base, **sip),  # type: ignore[arg-type]
-                    media=MediaConfig(workers=0))
+                    media=MediaConfig(workers=0), inbound=inbound or InboundConfig())
     app = Appliance(config)
     await app.start()
     password = (config.data_dir / "admin-password").read_text().strip()
@@ -374,6 +382,73 @@ async def test_a_stranger_gets_407_for_every_way_out(tmp_path: Path) -> None:
         for listing, key in (("SMS/Messages", "messages"), ("Calls", "calls")):
             status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/{listing}.json")
             assert status == 200 and json.loads(body)[key] == [], body  # nothing went out
+
+
+async def authenticated(a: Attacker, method: str, user: str | None, *, ruri: str | None = None,
+                        extra: tuple[str, ...] = (), body: bytes = b"") -> bytes | None:
+    """METHOD from alice (right password), answering the challenge it gets first."""
+    call_id = secrets.token_hex(8)
+    uri = ruri or (f"sip:{user}@{DOMAIN}" if user else f"sip:{DOMAIN}")
+    to = "alice" if method == "REGISTER" else None
+    first = await a.ask(a.request(method, user, ruri=ruri, call_id=call_id, extra=extra,
+                                  body=body, to_user=to))
+    assert first is not None and _status(first) in (401, 407), first
+    name, value = challenge_answer(first, "alice", method, uri)
+    return await a.ask(a.request(method, user, ruri=ruri, call_id=call_id, cseq=2, body=body,
+                                 to_user=to, extra=(*extra, f"{name}: {value}")))
+
+
+async def test_a_registered_client_goes_out_only_where_routes_say(tmp_path: Path) -> None:
+    """The office's own phone, with its right password: no [outbound] route is configured,
+    so no number goes out, and no foreign domain or foreign proxy is relayed to."""
+    async with running(tmp_path) as (app, _):
+        phone = Attacker(app.config.sip.listen.port, "127.0.0.9")
+        try:
+            ok = await authenticated(phone, "REGISTER", None)
+            assert ok is not None and _status(ok) == 200, ok
+            for user, ruri, extra in (
+                ("+15551234567", None, ()),
+                (None, "sip:+15551234567@sip.provider.example", ()),
+                (None, "tel:+15551234567", ()),
+                (None, "sip:bob@evil.example.com", ()),
+                ("alice", None, ("Route: <sip:evil.example.com;lr>",)),
+            ):
+                reply = await authenticated(phone, "INVITE", user, ruri=ruri, extra=extra)
+                assert reply is not None and _status(reply) == 403, (user, ruri, reply)
+        finally:
+            phone.close()
+
+
+async def test_the_trunk_address_reaches_our_dids_only_even_spoofed(tmp_path: Path) -> None:
+    """A request from a provider's listed address is taken unchallenged (providers do not
+    authenticate to us), so whoever spoofs that address over UDP gets what the provider
+    gets: calls to our DIDs, nothing out (no number, no Client, no SMS, no relay)."""
+    sources = (("provider", (("127.0.0.2/32", None),)),)
+    async with running(tmp_path, InboundConfig(sources=sources)) as (app, api):
+        status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Management/Gateways.json", {
+            "FriendlyName": "provider", "UserName": "office", "Password": "Trunk-pass-1",
+            "Proxy": f"127.0.0.1:{free_port()}", "Register": "false", "TTL": "600"})
+        assert status == 200, body
+        spoofer = Attacker(app.config.sip.listen.port, "127.0.0.2")
+        stranger = Attacker(app.config.sip.listen.port, "127.0.0.3")
+        try:
+            for who, probe, expected in (
+                (spoofer, spoofer.request("INVITE", "+15551234567",
+                                          from_user="+33612345678"), 404),
+                (spoofer, spoofer.request("INVITE", None, ruri="sip:+15551234567@gw.example.net",
+                                          from_user="+33612345678"), 404),
+                (spoofer, spoofer.request("INVITE", "alice", from_user="+33612345678"), 404),
+                (spoofer, spoofer.request("MESSAGE", "+15551234567", body=b"spam",
+                                          extra=("Content-Type: text/plain",)), 403),
+                (stranger, stranger.request("INVITE", "+15551234567"), 407),
+            ):
+                reply = await who.ask(probe)
+                assert reply is not None and _status(reply) == expected, (probe, reply)
+        finally:
+            spoofer.close()
+            stranger.close()
+        status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json")
+        assert status == 200 and json.loads(body)["messages"] == [], body
 
 
 # --- floods: the unauthenticated budget --------------------------------------------------------
