@@ -63,11 +63,17 @@ class Registration:
 
 class SipDirectory:
     """Client credentials by login and IncomingPhoneNumbers by number, cached; the caches
-    are dropped on any provisioning change (Clients, numbers, accounts)."""
+    are dropped on any provisioning change (Clients, numbers, accounts).
+
+    Every Client is read at once (two queries) on the first lookup after a change, so that
+    any login, known or not, is then answered from memory: a scanner guessing extensions
+    (svwar, sip.md §3) cannot tell a real one by its answer taking a store query on one path
+    only (an unknown login used to cost a query every time, a registered phone's none)."""
 
     def __init__(self, store: StoreProtocol) -> None:
         self._store = store
-        self._cache: dict[str, SipUser | None] = {}
+        self._users: dict[str, SipUser] | None = None  # every Client, by login
+        self._loading: asyncio.Task[dict[str, SipUser]] | None = None
         self._numbers: dict[str, PhoneNumber | None] = {}
         # Bumped by invalidate: an answer read from the store before a change is not cached.
         self._generation = 0
@@ -77,37 +83,53 @@ class SipDirectory:
 
     def invalidate(self) -> None:
         # New dicts, not clear(): a dict never shrinks, and these can hold 10,000 entries.
-        self._cache = {}
+        self._users = None
+        self._loading = None
         self._numbers = {}
         self._generation += 1
 
     def cached_user(self, login: str) -> tuple[bool, SipUser | None]:
-        """(True, the user) when LOGIN's answer is cached, else (False, None): the SIP quick
-        path answers only from the cache."""
-        if login in self._cache:
-            return True, self._cache[login]
+        """(True, the user) when the Clients are loaded, else (False, None): the SIP quick
+        path answers only from memory."""
+        if self._users is not None:
+            return True, self._users.get(login)
         return False, None
 
     async def user(self, login: str) -> SipUser | None:
-        if login in self._cache:
-            return self._cache[login]
-        generation = self._generation
-        client = await self._store.get_client_by_login(login)
-        user: SipUser | None = None
-        if client is not None:
-            account = await self._store.get_account(client.account_sid)
-            active = account is not None and account.status == AccountStatus.ACTIVE
-            user = SipUser(login=client.login, client_sid=client.sid,
-                           account_sid=client.account_sid, realm=client.realm,
-                           ha1_md5=client.ha1_md5, ha1_sha256=client.ha1_sha256,
-                           enabled=client.status == 1 and active, voice_url=client.voice_url,
-                           voice_application_sid=client.voice_application_sid)
-        if generation != self._generation:
-            return user  # provisioning changed meanwhile: the answer may be stale already
-        if len(self._cache) > 10_000:  # bound the cache: unknown logins are cached too
-            self._cache = {}
-        self._cache[login] = user
-        return user
+        users = self._users
+        if users is None:
+            users = await self._load()
+        return users.get(login)
+
+    async def _load(self) -> dict[str, SipUser]:
+        """Every Client, read once for all concurrent lookups (in a task of its own, so a
+        lookup cancelled meanwhile does not cancel the others')."""
+        if self._loading is None:
+            self._loading = asyncio.get_running_loop().create_task(
+                self._read(self._generation))
+        return await asyncio.shield(self._loading)
+
+    async def _read(self, generation: int) -> dict[str, SipUser]:
+        try:
+            users = await self._read_users()
+        finally:
+            if generation == self._generation:
+                self._loading = None  # done (or failed: the next lookup reads again)
+        if generation == self._generation:
+            self._users = users  # else provisioning changed meanwhile: not kept
+        return users
+
+    async def _read_users(self) -> dict[str, SipUser]:
+        active = {a.sid for a in await self._store.all_accounts()
+                  if a.status == AccountStatus.ACTIVE}
+        return {
+            client.login: SipUser(
+                login=client.login, client_sid=client.sid, account_sid=client.account_sid,
+                realm=client.realm, ha1_md5=client.ha1_md5, ha1_sha256=client.ha1_sha256,
+                enabled=client.status == 1 and client.account_sid in active,
+                voice_url=client.voice_url, voice_application_sid=client.voice_application_sid)
+            for client in await self._store.all_clients()
+        }
 
     async def number(self, phone_number: str) -> PhoneNumber | None:
         """The IncomingPhoneNumber PHONE_NUMBER (as stored), or None; cached like `user`."""

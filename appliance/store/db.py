@@ -303,6 +303,10 @@ class Store:
         return await self._run(self._fetch_one, "SELECT * FROM clients WHERE login = ?",
                                (login,), rows.client)
 
+    async def all_clients(self) -> list[models.Client]:
+        """Every Client of every account (the SIP directory reads them at once)."""
+        return await self._run(self._fetch_all, "SELECT * FROM clients", (), rows.client)
+
     async def list_clients(self, account_sid: str) -> list[models.Client]:
         return await self._run(self._fetch_all,
                                "SELECT * FROM clients WHERE account_sid = ? ORDER BY date_created",

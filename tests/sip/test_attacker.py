@@ -282,6 +282,40 @@ async def test_a_wrong_password_and_an_unknown_user_are_the_same_403(
             a.close()
 
 
+async def test_an_unknown_extension_costs_no_more_store_lookups_than_a_known_one(
+        tmp_path: Path) -> None:
+    """svwar's timing class: every login, known or not, is answered from the directory
+    without the store once the directory is loaded (no query on one path only)."""
+    async with running(tmp_path) as (app, _):
+        store = app.store
+        calls: list[str] = []
+        real = store.get_client_by_login
+
+        async def counting(login: str) -> object:
+            calls.append(login)
+            return await real(login)
+
+        store.get_client_by_login = counting  # type: ignore[method-assign]
+        loads = 0
+        real_all = store.all_clients
+
+        async def counting_all() -> object:
+            nonlocal loads
+            loads += 1
+            return await real_all()
+
+        store.all_clients = counting_all  # type: ignore[method-assign]
+        a = Attacker(app.config.sip.listen.port)
+        try:
+            for user in ("alice", "zed", "yves", "carol", "xavier"):
+                assert await a.ask(a.request("REGISTER", user, from_user=user)) is not None
+                assert await a.ask(a.request("INVITE", "bob", from_user=user)) is not None
+            assert calls == []  # not one per-login query, for any of them
+            assert loads == 1  # the directory read every Client once
+        finally:
+            a.close()
+
+
 # --- svcrack: banned after N failures, on every method, for a while ---------------------------
 
 

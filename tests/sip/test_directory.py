@@ -3,6 +3,7 @@ services.call_apps): a plain Client-to-Client call costs no store query beyond i
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from appliance.services.call_apps import AppResolver
@@ -28,6 +29,14 @@ class CountingStore:
                        voice_application_sid=None)
             for login in ("alice", "bob")}
         self.numbers: dict[str, Any] = {}
+
+    async def all_clients(self) -> list[Any]:
+        self.queries.append(("clients", "*"))
+        return list(self.clients.values())
+
+    async def all_accounts(self) -> list[Any]:
+        self.queries.append(("accounts", "*"))
+        return [Row(sid=ACCOUNT, status="active")]
 
     async def get_client_by_login(self, login: str) -> Any:
         self.queries.append(("client", login))
@@ -59,10 +68,26 @@ async def test_client_to_client_calls_read_the_store_once_then_never() -> None:
     for _ in range(3):
         assert await resolver.app_for(caller, "bob") == (None, None)
         assert await resolver.app_for(caller, "12345") == (None, None)
-    # "12345" was new: its number lookups (as dialled and in E.164) and its Client lookup
-    # happen once; "bob" needs nothing more.
-    assert store.queries[first:] == [("number", "12345"), ("number", "+12345"),
-                                     ("client", "12345")]
+    # "12345" was new: its number lookups (as dialled and in E.164) happen once; whether it
+    # is a Client is known from memory (every Client was read at once); "bob" needs nothing.
+    assert store.queries[first:] == [("number", "12345"), ("number", "+12345")]
+
+
+async def test_any_login_known_or_not_is_answered_from_memory_after_one_read() -> None:
+    """svwar's timing class (sip.md §3): no store query on one path only."""
+    store = CountingStore()
+    directory = SipDirectory(store)  # type: ignore[arg-type]
+    assert directory.cached_user("alice") == (False, None)
+    users = await asyncio.gather(*(directory.user(login) for login in ("alice", "zed")))
+    assert [u.login if u else None for u in users] == ["alice", None]
+    assert store.queries == [("accounts", "*"), ("clients", "*")]  # one read for both
+    for login in ("bob", "yves", "xavier", "alice"):
+        await directory.user(login)
+        assert directory.cached_user(login)[0]
+    assert store.queries == [("accounts", "*"), ("clients", "*")]
+    directory.invalidate()  # a provisioning change: read again, once
+    assert await directory.user("zed") is None
+    assert store.queries[2:] == [("accounts", "*"), ("clients", "*")]
 
 
 async def test_a_provisioning_change_drops_the_cached_numbers() -> None:
