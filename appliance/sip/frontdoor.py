@@ -146,8 +146,12 @@ class FrontDoor:
     def may_answer(self, ip: str) -> bool:
         """Whether IP may have the error reply to a message that failed to parse (the
         transport's hook): a broken request spends the unauthenticated budget like any
-        other, and past it is dropped (logged as the 503s are)."""
+        other, and past it is dropped (logged as the 503s are). A banned source gets
+        nothing: on a TCP connection it opened before its ban, its broken requests reach
+        the transport's error path without the transport's own ban check."""
         now = self.clock()
+        if self.guard.is_banned(ip, now):
+            return False
         if self.registrar.is_known_source(ip) or self.guard.allow_unauthenticated(ip, now):
             return True
         self._log_over_budget(ip, now)

@@ -231,6 +231,17 @@ async def test_svmap_learns_no_product_version_or_os(tmp_path: Path) -> None:
             a.close()
 
 
+def test_the_trunk_registers_upstream_without_naming_what_we_run() -> None:
+    from appliance.sip.upstream import LocalAddress, UpstreamAccount, UpstreamRegistration
+
+    machine = UpstreamRegistration(
+        UpstreamAccount(user="office", password="Trunk-pass-1", domain="sip.provider.example",
+                        expires=600),
+        LocalAddress("192.0.2.1", 5060), call_id="c1", from_tag="f1", token=lambda: "t1")
+    data = bytes(machine.start(0.0))
+    assert_anonymous(b"SIP/2.0 200 OK\r\n" + data.split(b"\r\n", 1)[1])
+
+
 # --- svwar: the same bytes for every extension ------------------------------------------------
 
 
@@ -372,6 +383,31 @@ async def test_svcrack_is_banned_on_every_method_logged_once_and_freed_on_time(
         finally:
             a.close()
             office.close()
+
+
+async def test_a_ban_silences_a_tcp_connection_opened_before_it(tmp_path: Path) -> None:
+    """svcrack over TCP keeps its connection: once banned, nothing on it is answered, not
+    even the 400 of a broken request."""
+    async with running(tmp_path) as (app, _):
+        a = Attacker(app.config.sip.listen.port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", a.server)
+        try:
+            def broken() -> bytes:
+                return a.request("OPTIONS", None).replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP") \
+                    .replace(b"CSeq: 1 OPTIONS", b"CSeq: x")
+
+            writer.write(broken())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+            assert _status(head) == 400
+            for n in range(app.guard.max_failures):
+                app.guard.record_failure("127.0.0.1", app.wall_clock(), f"guess{n}")
+            writer.write(broken())
+            writer.write(a.request("OPTIONS", None).replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5)
+        finally:
+            writer.close()
+            a.close()
 
 
 def test_many_crackers_are_held_in_bounded_memory() -> None:
