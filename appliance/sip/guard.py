@@ -11,15 +11,19 @@ Two budgets per source address (an IP string; the caller decides whether ports c
   sweeps, REGISTER floods).
 
 What to do with a refused source is the caller's choice: reply 503/403 or drop, and log once.
-Memory is bounded: at most ``max_sources`` records, the least recently seen evicted first.
-A source under attack keeps touching its record, so flooding from other addresses evicts
-quiet sources before it evicts an active ban.
+Memory is bounded: at most ``max_sources`` records, the least recently seen evicted first,
+except that a record holding a ban or failures is passed over for one of the
+``EVICTION_SCAN`` oldest that holds neither. A source under attack keeps touching its record;
+and a cracker who falls quiet while it sweeps OPTIONS from spoofed addresses (one cheap
+packet each) does not wipe its own ban or failure count that way: only records that
+themselves hold failures (a spoofed failed digest each) can push it out.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import islice
 
 # fail2ban's asterisk jail defaults are maxretry 5 / findtime 10 min / bantime 10 min.
 MAX_FAILURES = 5
@@ -29,6 +33,7 @@ BAN_TIME = 600.0
 # challenge, OPTIONS); 60 leaves room for a phone rebooting with many lines.
 UNAUTHENTICATED_PER_MINUTE = 60
 MAX_SOURCES = 10_000  # ~200 bytes a record: ~2 MB worst case
+EVICTION_SCAN = 16  # oldest records looked at for one without a ban or failures
 
 
 @dataclass
@@ -59,15 +64,24 @@ class Guard:
     def __len__(self) -> int:
         return len(self._records)
 
-    def _record(self, source: str) -> _Record:
+    def _record(self, source: str, now: float) -> _Record:
         record = self._records.get(source)
         if record is None:
             record = self._records[source] = _Record()
             while len(self._records) > self.max_sources:
-                self._records.popitem(last=False)
+                self._evict(now)
         else:
             self._records.move_to_end(source)
         return record
+
+    def _evict(self, now: float) -> None:
+        """Drop one of the oldest records: the first without a ban or failures among the
+        EVICTION_SCAN oldest, else the oldest."""
+        for source, record in islice(self._records.items(), EVICTION_SCAN):
+            if not record.failures and record.banned_until <= now:
+                del self._records[source]
+                return
+        self._records.popitem(last=False)
 
     def is_banned(self, source: str, now: float) -> bool:
         record = self._records.get(source)
@@ -78,7 +92,7 @@ class Guard:
 
     def record_failure(self, source: str, now: float, login: str = "") -> bool:
         """Count a failed authentication for LOGIN; True when this failure starts a ban."""
-        record = self._record(source)
+        record = self._record(source, now)
         horizon = now - self.failure_window
         # Only the last max_failures times matter, so the list never grows past that.
         record.failures = [f for f in record.failures
@@ -99,7 +113,7 @@ class Guard:
 
     def allow_unauthenticated(self, source: str, now: float) -> bool:
         """Spend one token of SOURCE's unauthenticated budget; False when exhausted."""
-        record = self._record(source)
+        record = self._record(source, now)
         if record.tokens < 0:
             record.tokens, record.refilled_at = float(self.rate), now
         elapsed = max(0.0, now - record.refilled_at)

@@ -75,3 +75,19 @@ def test_sweep_forgets_idle_sources() -> None:
     assert len(guard) == 2
     assert guard.sweep(200) == 2
     assert len(guard) == 0
+
+
+def test_a_quiet_cracker_cannot_sweep_its_ban_or_failures_away() -> None:
+    # svcrack falls quiet and sweeps OPTIONS from spoofed addresses (one packet each) to
+    # push its record out of the bounded table: its ban and its failure count stay.
+    guard = Guard(max_sources=100, max_failures=3, ban_time=600)
+    guard.record_failure("203.0.113.1", 0)
+    guard.record_failure("203.0.113.1", 0)
+    guard.record_failure("203.0.113.1", 0)  # banned
+    guard.record_failure("203.0.113.2", 0)
+    guard.record_failure("203.0.113.2", 0)  # one guess short of a ban
+    for i in range(10_000):
+        guard.allow_unauthenticated(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 1)
+    assert len(guard) <= 100
+    assert guard.is_banned("203.0.113.1", 2)
+    assert guard.record_failure("203.0.113.2", 2)  # its third failure: banned
