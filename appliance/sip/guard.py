@@ -6,7 +6,9 @@ Two budgets per source address (an IP string; the caller decides whether ports c
   source for ``ban_time`` seconds (svcrack found a stock Kamailio's password at once). Each
   failure is noted with the login it tried; a correct password clears only that login's
   failures, so that holding one Client's password does not reset the count of guesses at
-  another's;
+  another's. Addresses ``exempt`` names (the providers' addresses, whose calls are taken without a
+  digest) are never counted: a failed digest sent with a provider's address spoofed as its
+  source must not ban the provider and so cut the office's inbound calls;
 * unauthenticated requests: a token bucket of ``unauthenticated_per_minute`` (svwar/svmap
   sweeps, REGISTER floods).
 
@@ -22,6 +24,7 @@ themselves hold failures (a spoofed failed digest each) can push it out.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -60,6 +63,8 @@ class Guard:
         self.rate = unauthenticated_per_minute
         self.max_sources = max_sources
         self._records: OrderedDict[str, _Record] = OrderedDict()
+        # Sources whose failures are never counted (set by the composition root).
+        self.exempt: Callable[[str], bool] | None = None
 
     def __len__(self) -> int:
         return len(self._records)
@@ -92,6 +97,8 @@ class Guard:
 
     def record_failure(self, source: str, now: float, login: str = "") -> bool:
         """Count a failed authentication for LOGIN; True when this failure starts a ban."""
+        if self.exempt is not None and self.exempt(source):
+            return False
         record = self._record(source, now)
         horizon = now - self.failure_window
         # Only the last max_failures times matter, so the list never grows past that.

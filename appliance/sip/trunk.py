@@ -159,6 +159,24 @@ class Trunk:
                     return gateway
         return None
 
+    def is_provider(self, host: str) -> bool:
+        """Whether HOST is one of a gateway's provider addresses, at any port (the Guard's
+        exemption: a failed digest from there is a spoof or the provider's own mistake,
+        and banning it would cut the office's inbound calls)."""
+        for line in self._lines.values():
+            if any(t.host == host
+                   for t in (line.addresses or ((line.target,) if line.target else ()))):
+                return True
+        if not self.sources:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network
+                   for gateway in self._gateways.values()
+                   for network, _ in self.sources.get(gateway.friendly_name, ()))
+
     async def resolve(self, gateway: Gateway) -> Target | None:
         """Where calls to GATEWAY go: its registration's address, else its Proxy resolved now
         (a gateway with Register=false). None when the name does not resolve."""

@@ -256,7 +256,9 @@ async def test_svwar_gets_the_same_reply_for_known_disabled_and_unknown_extensio
                 # svwar writes the extension into To and From alike (and the Request-URI).
                 extra = ("Event: presence",) if method == "SUBSCRIBE" else ()
                 probe = a.request(method, user, from_user=user, to_user=user, extra=extra)
-                replies.append(normalized(await a.ask(probe)))
+                reply = await a.ask(probe)
+                assert_anonymous(reply)
+                replies.append(normalized(reply))
             assert replies[0] == replies[1] == replies[2], replies
             if method in ("INVITE", "MESSAGE", "OPTIONS"):
                 assert _status(replies[0]) == 407
@@ -287,6 +289,7 @@ async def test_a_wrong_password_and_an_unknown_user_are_the_same_403(
                                               call_id=call_id, cseq=2,
                                               extra=(f"{name}: {value}",)))
                 assert reply is not None and _status(reply) == 403, reply
+                assert_anonymous(reply)
                 replies.append(normalized(reply))
             assert replies[0] == replies[1] == replies[2], replies
         finally:
@@ -519,6 +522,27 @@ async def test_the_trunk_address_reaches_our_dids_only_even_spoofed(tmp_path: Pa
             stranger.close()
         status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json")
         assert status == 200 and json.loads(body)["messages"] == [], body
+
+
+async def test_failed_digests_from_a_provider_address_do_not_ban_the_provider(
+        tmp_path: Path) -> None:
+    """Whoever spoofs the provider's address (UDP) with wrong passwords must not get the
+    provider banned: the office's inbound calls would stop for the ban's length."""
+    sources = (("provider", (("127.0.0.2/32", None),)),)
+    async with running(tmp_path, InboundConfig(sources=sources),
+                       max_auth_failures=3) as (app, api):
+        status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Management/Gateways.json", {
+            "FriendlyName": "provider", "UserName": "office", "Password": "Trunk-pass-1",
+            "Proxy": f"127.0.0.1:{free_port()}", "Register": "false", "TTL": "600"})
+        assert status == 200, body
+        spoofed = Attacker(app.config.sip.listen.port, "127.0.0.2")
+        try:
+            assert await crack(spoofed, "REGISTER", 4) == [403] * 4
+            reply = await spoofed.ask(spoofed.request("INVITE", "+15551234567",
+                                                      from_user="+33612345678"))
+            assert reply is not None and _status(reply) == 404  # still the provider's answer
+        finally:
+            spoofed.close()
 
 
 # --- floods: the unauthenticated budget --------------------------------------------------------

@@ -91,3 +91,13 @@ def test_a_quiet_cracker_cannot_sweep_its_ban_or_failures_away() -> None:
     assert len(guard) <= 100
     assert guard.is_banned("203.0.113.1", 2)
     assert guard.record_failure("203.0.113.2", 2)  # its third failure: banned
+
+
+def test_exempt_sources_are_never_counted_nor_banned() -> None:
+    guard = Guard(max_failures=2)
+    guard.exempt = lambda ip: ip == "198.51.100.7"  # a provider's address
+    for now in range(5):
+        assert not guard.record_failure("198.51.100.7", now)
+    assert not guard.is_banned("198.51.100.7", 5)
+    guard.record_failure(IP, 0)
+    assert guard.record_failure(IP, 1)  # everyone else still is
