@@ -207,19 +207,6 @@ def _tag() -> str:
     return secrets.token_hex(5)
 
 
-def _answerable(reply: Response | None) -> Response | None:
-    """REPLY, or None when its top Via names a broadcast, multicast or unspecified address:
-    a request with such a Via is never answered (sip.md §3), and the error reply (400, 513)
-    to one that failed to parse or to frame is no exception."""
-    if reply is None:
-        return None
-    try:
-        top = reply.top_via
-    except SipParseError:
-        return None
-    return reply if top is not None and not unreachable(top.host) else None
-
-
 def _response_address(response: Response) -> tuple[str, int] | None:
     """Where RESPONSE goes over TCP once the connection its request came on has closed
     (RFC 3261 §18.2.2): the top Via's ``received`` address (else its sent-by host) at the
@@ -251,7 +238,10 @@ def head_reply(head: bytes, status: int) -> Response | None:
         return error_response(err, to_tag=_tag())
     if isinstance(message, Response) or message.method == "ACK":
         return None
-    top = message.top_via
+    try:
+        top = message.top_via
+    except SipParseError:
+        return None  # no Via to answer along
     if top is None or unreachable(top.host):
         return None  # a broadcast or multicast Via: never answered (sip.md §3)
     return make_response(message, status, to_tag=_tag())
@@ -533,23 +523,26 @@ class Transport:
     def _oversize(self, data: bytes, transport: str, source: tuple[str, int],
                   conn_id: str | None) -> None:
         end = data.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
-        reply = _answerable(head_reply(data[:end], 513)) if end > 0 else None
-        if reply is not None and self.may_answer is not None and not self.may_answer(source[0]):
-            reply = None
+        reply = self._error_reply(head_reply(data[:end], 513) if end > 0 else None, source[0])
         logger.debug("x %s %s:%d: message of %d bytes over %d%s", transport, *source, len(data),
                      self.limits.max_message, "" if reply else ", dropped")
         if reply is not None:
             self.send(reply, Target(transport, source[0], source[1], conn_id))
+
+    def _error_reply(self, reply: Response | None, ip: str) -> Response | None:
+        """REPLY, the error reply to a message that never reached the handler (400, 513...;
+        ``error_response`` and ``head_reply`` build none for a broadcast or multicast Via),
+        when IP may have it (``may_answer``), else None."""
+        if reply is None or (self.may_answer is not None and not self.may_answer(ip)):
+            return None
+        return reply
 
     def _receive(self, data: bytes, transport: str, source: tuple[str, int],
                  local: tuple[str, int], conn_id: str | None) -> None:
         try:
             message = parse_message(data)
         except SipParseError as err:
-            reply = _answerable(error_response(err, to_tag=_tag()))
-            if (reply is not None and self.may_answer is not None
-                    and not self.may_answer(source[0])):
-                reply = None
+            reply = self._error_reply(error_response(err, to_tag=_tag()), source[0])
             logger.debug("x %s %s:%d: %s (%s)", transport, *source, err,
                          f"answered {err.status}" if reply else "dropped")
             if reply is not None:
@@ -662,9 +655,10 @@ class Transport:
             self._stream_items(conn, err.framed)
             end = err.rest.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
             status = 513 if "exceeds" in str(err) else 400
-            reply = _answerable(head_reply(err.rest[:end], status)) if end > 0 else None
+            reply = self._error_reply(head_reply(err.rest[:end], status) if end > 0 else None,
+                                      conn.peer[0])
             logger.debug("x tcp %s %s:%d: %s; closing", conn.id, *conn.peer, err)
-            if reply is not None and (self.may_answer is None or self.may_answer(conn.peer[0])):
+            if reply is not None:
                 conn.write(bytes(reply))
             conn.close()
             return
