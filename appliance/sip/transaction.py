@@ -543,6 +543,10 @@ class InviteServerTransaction(ServerTransaction):
         if event is Input.TIMER_TRYING:
             if self._last is None:
                 self._transmit_response(make_trying(self.request))
+        elif old is State.ACCEPTED and event is Input.SUCCESS and message is not None:
+            # The TU's own 2xx retransmission: sent, not kept (Accepted resends nothing, and
+            # a 2xx with its SDP held for 64·T1 per call is what lingering must not cost).
+            self._emit(_transmit(message))
         elif event in (Input.PROVISIONAL, Input.SUCCESS, Input.FAILURE):
             self._cancel(Input.TIMER_TRYING)
             self._transmit_response(message)

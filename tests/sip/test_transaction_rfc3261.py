@@ -302,6 +302,23 @@ def test_a_2xx_sends_the_server_to_accepted_absorbing_invites_until_timer_l() ->
     assert run(txn, 1.0 + 64 * T1) == [(1.0 + 64 * T1, Terminated())]
 
 
+def test_the_tu_resending_its_2xx_in_accepted_is_sent_not_kept() -> None:
+    invite = request("INVITE")
+    txn = InviteServerTransaction(invite, reliable=False, now=0.0, keep_request=False)
+    txn.pop_actions()
+    txn.send(response(invite, 200), 0.0)
+    txn.pop_actions()
+    again = response(invite, 200)
+    again.body = b"v=0\r\n" * 100
+    txn.send(again, 0.5)
+    [tx] = txn.pop_actions()
+    assert isinstance(tx, Transmit) and tx.message is again
+    # Accepted resends nothing itself: the 2xx (with its SDP) is not held for 32 s.
+    assert txn.last_response is None and txn._last is None
+    txn.receive(request("INVITE"), 1.0)
+    assert txn.pop_actions() == []
+
+
 # --- server non-INVITE (§17.2.2) --------------------------------------------------------
 
 
