@@ -59,6 +59,7 @@ from appliance.sip.proxy_ports import CallLog, MessageLog
 from appliance.sip.records import cdr, record_message
 from appliance.sip.transaction import (
     InviteClientTransaction,
+    NonInviteServerTransaction,
     ServerTransaction,
     State,
     Transaction,
@@ -184,6 +185,12 @@ class Responses:
         if not all(b.done for b in context.branches):
             return
         finals = [b.final for b in context.branches if b.final is not None]
+        if context.request.method != "INVITE":
+            # RFC 4320 §4.2: never a 408 to a non-INVITE; with no other final, no answer.
+            finals = [r for r in finals if r.status != 408]
+            if not finals:
+                await self._abandon(context, now)
+                return
         chosen = finals[best_response([r.status for r in finals])]
         status = forwarded_status(chosen.status)
         if status != chosen.status:
@@ -192,6 +199,21 @@ class Responses:
         context.final_sent = True
         await self._forward_response(context, chosen, now)
         await self._unanswered(context, chosen.status, chosen.reason, now)
+        self.maybe_done(context)
+
+    async def _abandon(self, context: Context, now: float) -> None:
+        """Every branch of a non-INVITE timed out: the caller gets nothing (RFC 4320), its
+        server transaction absorbs the last retransmissions and ends; recorded as a 408."""
+        context.final_sent = True
+        server = context.server
+        if isinstance(server, NonInviteServerTransaction) and not server.terminated:
+            try:
+                server.abandon(now)
+            except SipStateError:
+                pass  # answered already (nothing else sends on it, but never raise here)
+            else:
+                await self._drain(server, server.pop_actions(), now)
+        await self._unanswered(context, 408, "Request Timeout", now)
         self.maybe_done(context)
 
     async def _unanswered(self, context: Context, status: int, reason: str, now: float) -> None:

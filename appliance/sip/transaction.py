@@ -589,8 +589,20 @@ class NonInviteServerTransaction(ServerTransaction):
         ((S.PROCEEDING,), (I.REQUEST,), S.PROCEEDING),
         ((S.TRYING, S.PROCEEDING), (I.SUCCESS, I.FAILURE), S.COMPLETED),
         ((S.COMPLETED,), (I.REQUEST,), S.COMPLETED),
-        ((S.COMPLETED,), (I.TIMER_J,), S.TERMINATED),
+        # Timer J ends an abandoned transaction too (``abandon``: no final at all).
+        ((S.TRYING, S.PROCEEDING, S.COMPLETED), (I.TIMER_J,), S.TERMINATED),
     )
+
+    def abandon(self, now: float) -> None:
+        """The TU will send no final response: RFC 4320 §4.2 forbids a 408 to a non-INVITE
+        (the client's Timer F has fired, or is about to). Retransmissions still in flight are
+        absorbed silently (no provisional resent) until Timer J ends the transaction, so they
+        are not taken for new requests."""
+        if self.state not in (State.TRYING, State.PROCEEDING):
+            raise SipStateError(f"cannot abandon in state {self.state.value}")
+        self._last = None
+        self._release(())
+        self._start(Input.TIMER_J, 0 if self.reliable else 64 * self.timers.t1, now)
 
     def _act(self, event: Input, old: State, now: float, message: Msg) -> None:
         if event is Input.REQUEST:

@@ -226,6 +226,38 @@ async def test_message_failure_is_recorded_with_its_status() -> None:
     assert (row.status, row.error_code) == ("failed", 415)
 
 
+async def test_a_message_nobody_answers_gets_no_408_rfc4320() -> None:
+    # RFC 4320 §4.2: a transaction-stateful element never sends 408 to a non-INVITE; the
+    # caller's own Timer F has fired by then. Its retransmissions still in flight are
+    # absorbed (not forked again), and the server transaction ends after Timer J.
+    h, alice, bob = setup()
+    message = await h.authenticated(alice, "MESSAGE", "bob", body=b"hi")
+    h.sender.take()
+    for _ in range(66):  # Timer E retransmits to bob, Timer F (32 s) gives up
+        await h.tick(0.5)
+    assert h.sender.responses() == []
+    assert h.proxy.in_flight == 0
+    h.sender.take()  # the MESSAGE's retransmissions to bob
+    await h.send(alice, message)  # a late retransmission: neither answered nor forwarded
+    assert h.sender.take() == []
+    [row] = h.store.sms
+    assert (row.status, row.error_code) == ("failed", 408)
+    await h.tick(64 * 0.5)
+    assert h.proxy.transactions == 0
+
+
+async def test_a_forked_message_answered_by_one_phone_only_gets_that_answer() -> None:
+    h, alice, _ = setup()
+    bob2 = h.phone("bob", "192.168.1.21", ("203.0.113.21", 42000))
+    await h.authenticated(alice, "MESSAGE", "bob", body=b"hi")
+    [_first, (second, _)] = h.sender.requests("MESSAGE")
+    h.sender.take()
+    await h.send(bob2, bob2.answer(second, 488, to_tag="m2"))  # the first branch stays silent
+    for _ in range(66):
+        await h.tick(0.5)
+    assert [r.status for r, _ in h.sender.responses()] == [488]  # not the other's 408
+
+
 async def test_message_to_unknown_or_unregistered_users() -> None:
     h, alice, _ = setup()
     h.directory.users["carol"] = make_user("carol")  # known, never registered

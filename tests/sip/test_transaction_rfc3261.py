@@ -409,3 +409,24 @@ def test_finished_transactions_leave_the_table_and_its_timer_heap() -> None:
     assert {id(t) for t, _ in woken} == {id(t) for t in txns}
     assert len(table) == 0 and table.get_timer() is None and table._heap == []
     assert all(t.get_timer() is None for t in txns)
+
+
+# --- RFC 4320: no 408 to a non-INVITE --------------------------------------------------------
+
+
+@pytest.mark.parametrize("reliable", [False, True])
+def test_an_abandoned_non_invite_absorbs_retransmissions_silently_until_timer_j(
+        reliable: bool) -> None:
+    req = request("MESSAGE")
+    txn = NonInviteServerTransaction(req, reliable=reliable, now=0.0)
+    txn.pop_actions()
+    txn.send(response(req, 100, tag=None), 0.1)
+    txn.pop_actions()
+    txn.abandon(32.0)  # the TU's branch timed out: it sends nothing, not even a 408
+    if reliable:
+        assert txn.pop_actions() == [Terminated()]
+        return
+    assert txn.pop_actions() == [] and txn.last_response is None
+    txn.receive(request("MESSAGE"), 32.1)
+    assert txn.pop_actions() == []  # neither the 100 again nor the TU
+    assert run(txn, 100) == [(32.0 + 64 * T1, Terminated())]
