@@ -224,7 +224,14 @@ class FrontDoor:
         # Open the transaction before the registrar awaits, so that retransmissions
         # arriving meanwhile are absorbed.
         txn = self._open(incoming, request)
-        reply = await self.registrar.handle(incoming)
+        try:
+            reply = await self.registrar.handle(incoming)
+        except Exception:
+            # Not left in Trying, which has no timer: it would absorb the phone's
+            # retransmissions unanswered and hold its table slot for ever. A 500 instead
+            # (RFC 3261 §21.5.1), resent to retransmissions until Timer J ends it.
+            self._respond(incoming, txn, make_response(request, 500, to_tag=_tag()))
+            raise
         if reply is None:
             if txn is not None:
                 self._close(txn)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+import pytest
+
 from appliance.sip.guard import Guard
 from appliance.sip.message import Request, Response, parse_message
 from appliance.sip.wire import Incoming
@@ -199,3 +201,23 @@ async def test_wrong_password_over_the_door_is_403_then_registered_with_the_righ
     assert bad is not None and bad.status == 403
     ok = await h.registered("alice", call_id="again")
     assert ok.status == 200
+
+
+async def test_a_failing_registrar_leaves_no_transaction_behind() -> None:
+    # The transaction opened before the registrar awaits has no timer in Trying: were it
+    # left there, it would absorb the phone's retransmissions unanswered and stay for ever.
+    h = Harness()
+
+    async def broken(incoming: Incoming) -> Response | None:
+        raise RuntimeError("store gone")
+
+    h.registrar.handle = broken  # type: ignore[method-assign]
+    reg = register(branch="broken")
+    with pytest.raises(RuntimeError):
+        await h.send(reg)
+    assert h.door.transactions == 1  # it lingers only to answer retransmissions: Timer J
+    [(answer_, _)] = h.sender.sent
+    assert isinstance(answer_, Response) and answer_.status == 500
+    again = await h.send(register(branch="broken"))
+    assert again is not None and bytes(again) == bytes(answer_)
+    h.door.close()
