@@ -253,8 +253,26 @@ class Proxy:
                 await self._on_request(incoming, incoming.message, now)
         except SipError as err:  # a malformed header the parser let through lazily
             logger.info("x %s from %s:%s: %s", describe(incoming.message), *incoming.source, err)
+        except Exception:
+            if isinstance(incoming.message, Request):
+                await self._failed(incoming.message, now)
+            raise
         finally:
             self._wake.set()
+
+    async def _failed(self, request: Request, now: float) -> None:
+        """REQUEST's handling raised: a server transaction of ours that it left unanswered
+        and with no branch to answer it (Trying and Proceeding have no timer) answers 500
+        (RFC 3261 §21.5.1) instead of staying in the table for ever."""
+        if request.method == "ACK":
+            return  # no transaction of its own (match_request would give its INVITE's)
+        try:
+            server = self._table.match_request(request)
+        except SipError:
+            return
+        if server is not None and server not in self._contexts and \
+                server.state in (State.TRYING, State.PROCEEDING):
+            await self._reply(server, 500, now=now)
 
     def connection_closed(self, connection_id: str) -> None:
         """Nothing to drop: a branch sent to a closed connection times out (Timer B/F/C)

@@ -557,6 +557,28 @@ async def test_caller_cancel_of_a_branch_that_never_answers_it_still_ends_in_487
     assert h.proxy.in_flight == 0
 
 
+async def test_a_request_the_proxy_fails_on_is_answered_500_not_left_in_its_table() -> None:
+    # A server transaction has no timer in Proceeding (after its 100) or Trying: left there
+    # by an exception it would swallow the caller's retransmissions and stay for ever.
+    h, alice, _ = setup()
+
+    async def broken(*args: object) -> Fork:
+        raise RuntimeError("router bug")
+
+    h.router.route = broken  # type: ignore[method-assign,assignment]
+    for method in ("INVITE", "MESSAGE"):
+        try:
+            await h.authenticated(alice, method, "bob", body=SDP)
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("the router's error is not swallowed")
+        assert statuses(h) == [500]
+        h.sender.take()
+    await h.tick(64 * 0.5 + 1)  # Timers H (no ACK in this test) and J
+    assert h.proxy.transactions == 0
+
+
 async def test_a_silent_branch_times_out_on_timer_b_with_408() -> None:
     h, alice, bob = setup()
     await h.authenticated(alice, "INVITE", "bob", body=SDP)
