@@ -4,8 +4,9 @@ Theory of operation (aioquic style). A transaction never touches a socket or a c
 ``receive(msg, now)`` (and, on the server side, ``send(response, now)``); ask ``get_timer()``
 when it next needs waking and call ``handle_timer(now)`` then; after each call drain
 ``pop_actions()``: ``Transmit`` (send these bytes to the peer), ``Deliver`` (pass this
-message up to the TU), ``TimedOut`` (Timer B/F/H expired: tell the TU) and ``Terminated``
-(forget the transaction).
+message up to the TU), ``TimedOut`` (Timer B/F/H expired: tell the TU), ``TransportFailed``
+(what the owner reported with ``transport_error``: tell the TU) and ``Terminated`` (forget
+the transaction).
 
 Rule 1: every state change goes through a class's ``TRANSITIONS`` table and ``_set_state``.
 Rule 2: an input the table does not list is ignored when a peer sent it (a stray or late
@@ -80,6 +81,7 @@ class Input(enum.Enum):
     TIMER_L = "L"
     TIMER_M = "M"
     TIMER_TRYING = "100 Trying"
+    TRANSPORT_ERROR = "transport error"  # reported by the owner (§17.1.4, §17.2.4)
 
 
 class Transmit:
@@ -118,6 +120,13 @@ class TimedOut:
 
 
 @dataclass(frozen=True)
+class TransportFailed:
+    """A message of this transaction could not be sent (RFC 3261 §17.1.4, §17.2.4): a
+    client's TU treats it as a 503 (§16.9 for a proxy); the transaction is over, except an
+    INVITE server in Accepted, which still absorbs retransmissions (RFC 6026)."""
+
+
+@dataclass(frozen=True)
 class Terminated:
     """The transaction is over; remove it from the table."""
 
@@ -143,7 +152,7 @@ class SentResponse(Response):
         return cls(status=int(code), reason=reason, version=version, wire=wire)
 
 
-Action = Transmit | Deliver | TimedOut | Terminated
+Action = Transmit | Deliver | TimedOut | TransportFailed | Terminated
 Msg = Request | Response | None
 Table = dict[tuple[State, Input], State]
 
@@ -233,6 +242,13 @@ class Transaction:
                 return
             self._deadlines = deadlines[: at - 1] + deadlines[at + 1 :]
             self._step(deadlines[at - 1], now, None)
+
+    def transport_error(self, now: float) -> None:
+        """The transport could not send what this transaction handed out (its owner knows:
+        the transaction never touches one). Reported to the TU; then, in most states, over."""
+        if (self.state, Input.TRANSPORT_ERROR) in self.TRANSITIONS:
+            self._emit(TransportFailed())
+            self._step(Input.TRANSPORT_ERROR, now, None)
 
     def pop_actions(self) -> list[Action]:
         actions, self._actions = self._actions, ()
@@ -376,6 +392,8 @@ class InviteClientTransaction(ClientTransaction):
         ((S.CALLING, S.PROCEEDING, S.COMPLETED), (I.FAILURE,), S.COMPLETED),
         ((S.COMPLETED,), (I.TIMER_D,), S.TERMINATED),
         ((S.ACCEPTED,), (I.TIMER_M,), S.TERMINATED),
+        # Nothing is sent in Accepted: no transport error there.
+        ((S.CALLING, S.PROCEEDING, S.COMPLETED), (I.TRANSPORT_ERROR,), S.TERMINATED),
     )
 
     def __init__(
@@ -423,6 +441,7 @@ class NonInviteClientTransaction(ClientTransaction):
         ((S.TRYING, S.PROCEEDING), (I.PROVISIONAL,), S.PROCEEDING),
         ((S.TRYING, S.PROCEEDING, S.COMPLETED), (I.SUCCESS, I.FAILURE), S.COMPLETED),
         ((S.COMPLETED,), (I.TIMER_K,), S.TERMINATED),
+        ((S.TRYING, S.PROCEEDING, S.COMPLETED), (I.TRANSPORT_ERROR,), S.TERMINATED),
     )
 
     def __init__(
@@ -517,6 +536,9 @@ class InviteServerTransaction(ServerTransaction):
         ((S.COMPLETED, S.CONFIRMED), (I.ACK,), S.CONFIRMED),
         ((S.CONFIRMED,), (I.REQUEST,), S.CONFIRMED),
         ((S.CONFIRMED,), (I.TIMER_I,), S.TERMINATED),
+        ((S.PROCEEDING, S.COMPLETED, S.CONFIRMED), (I.TRANSPORT_ERROR,), S.TERMINATED),
+        # A 2xx retransmission the TU sent failed: Accepted still absorbs the INVITE's.
+        ((S.ACCEPTED,), (I.TRANSPORT_ERROR,), S.ACCEPTED),
     )
 
     def __init__(
@@ -591,6 +613,7 @@ class NonInviteServerTransaction(ServerTransaction):
         ((S.COMPLETED,), (I.REQUEST,), S.COMPLETED),
         # Timer J ends an abandoned transaction too (``abandon``: no final at all).
         ((S.TRYING, S.PROCEEDING, S.COMPLETED), (I.TIMER_J,), S.TERMINATED),
+        ((S.TRYING, S.PROCEEDING, S.COMPLETED), (I.TRANSPORT_ERROR,), S.TERMINATED),
     )
 
     def abandon(self, now: float) -> None:

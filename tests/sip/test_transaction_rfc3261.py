@@ -27,6 +27,7 @@ from appliance.sip.transaction import (
     Timers,
     Transaction,
     Transmit,
+    TransportFailed,
 )
 from appliance.sip.transaction_keys import server_key
 from appliance.sip.transaction_table import TransactionTable
@@ -430,3 +431,54 @@ def test_an_abandoned_non_invite_absorbs_retransmissions_silently_until_timer_j(
     txn.receive(request("MESSAGE"), 32.1)
     assert txn.pop_actions() == []  # neither the 100 again nor the TU
     assert run(txn, 100) == [(32.0 + 64 * T1, Terminated())]
+
+
+# --- transport errors (§17.1.4, §17.2.4) ----------------------------------------------------
+
+
+def test_a_transport_error_is_reported_to_the_tu_and_ends_the_transaction() -> None:
+    invite, options = request("INVITE"), request("OPTIONS")
+    clients: list[Transaction] = [
+        InviteClientTransaction(invite, reliable=False, now=0.0),
+        NonInviteClientTransaction(options, reliable=False, now=0.0),
+    ]
+    for txn in clients:
+        txn.pop_actions()
+        txn.transport_error(0.1)
+        assert txn.pop_actions() == [TransportFailed(), Terminated()]
+        assert txn.get_timer() is None and run(txn, 100) == []
+    # The ACK of a failure could not be sent: reported too.
+    failed = InviteClientTransaction(invite, reliable=False, now=0.0)
+    failed.receive(response(invite, 486), 0.1)
+    failed.pop_actions()
+    failed.transport_error(0.1)
+    assert failed.pop_actions() == [TransportFailed(), Terminated()]
+    servers: list[Transaction] = [
+        InviteServerTransaction(invite, reliable=False, now=0.0),
+        NonInviteServerTransaction(options, reliable=False, now=0.0),
+    ]
+    for server in servers:
+        assert isinstance(server, InviteServerTransaction | NonInviteServerTransaction)
+        server.pop_actions()
+        server.send(response(server.request, 404), 0.1)
+        server.pop_actions()
+        server.transport_error(0.1)
+        assert server.pop_actions() == [TransportFailed(), Terminated()]
+        assert server.get_timer() is None
+
+
+def test_a_transport_error_in_accepted_is_reported_and_retransmissions_still_absorbed() -> None:
+    invite = request("INVITE")
+    server = InviteServerTransaction(invite, reliable=False, now=0.0)
+    server.pop_actions()
+    server.send(response(invite, 200), 0.1)
+    server.pop_actions()
+    server.transport_error(0.1)
+    assert server.pop_actions() == [TransportFailed()] and state(server) is State.ACCEPTED
+    server.receive(request("INVITE"), 0.2)
+    assert server.pop_actions() == []
+    client = InviteClientTransaction(invite, reliable=False, now=0.0)
+    client.receive(response(invite, 200), 0.1)
+    client.pop_actions()
+    client.transport_error(0.2)  # it sends nothing in Accepted: nothing to report
+    assert client.pop_actions() == [] and state(client) is State.ACCEPTED
