@@ -121,6 +121,7 @@ from appliance.sip.transaction import (
     TimedOut,
     Transaction,
     Transmit,
+    TransportFailed,
     client_transaction,
 )
 from appliance.sip.transaction_table import TransactionTable
@@ -585,19 +586,24 @@ class Proxy:
         for action in actions:
             if isinstance(action, Transmit):
                 target = txn.peer
-                if target is not None:
-                    self._sender.send(action.message, target, action.data)
+                if target is not None and \
+                        self._sender.send(action.message, target, action.data) is False:
+                    txn.transport_error(now)  # reported to us, the TU, by what follows
+                    await self._drain(txn, txn.pop_actions(), now)
             elif isinstance(action, Deliver):
                 await self._deliver(txn, action.message, now)
-            elif isinstance(action, TimedOut) and txn in self._originated:
-                future = self._originated[txn]
-                if not future.done():
-                    future.set_result(408)
-            elif isinstance(action, TimedOut):
+            elif isinstance(action, TimedOut | TransportFailed):
+                # A branch that timed out got a 408; one that could not be sent to, a 503
+                # (§16.9), which the caller sees as 500 (§16.7 step 6).
+                status = 408 if isinstance(action, TimedOut) else 503
+                future = self._originated.get(txn)
                 branch = self._branches.get(txn)
-                if branch is not None and not branch.done:
+                if future is not None:
+                    if not future.done():
+                        future.set_result(status)
+                elif branch is not None and not branch.done:
                     await self._responses.branch_response(branch, local_response(
-                        branch.context.request, 408), now)
+                        branch.context.request, status), now)
             elif isinstance(action, Terminated):
                 self._table.remove(txn)
                 self._forget(txn)

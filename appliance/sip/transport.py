@@ -708,11 +708,14 @@ class Transport:
 
     # --- sending (the Sender seam) --------------------------------------------------------
 
-    def send(self, message: Request | Response, target: Target, data: bytes | None = None) -> None:
+    def send(self, message: Request | Response, target: Target, data: bytes | None = None) -> bool:
+        """Send MESSAGE (see ``wire.Sender``). False when it certainly did not go out (RFC
+        3261 §18: its transaction reports a transport error to its TU); True when it went,
+        or may yet go (a name to resolve, a connect under way)."""
         host = target.host.strip("[]")
         if unreachable(host) or not 0 < target.port < 65536:
             logger.debug("x not sending %s to %s:%d", _summary(message), host, target.port)
-            return
+            return False
         if data is None:
             data = bytes(message)
         kind = target.transport.lower()
@@ -721,54 +724,58 @@ class Transport:
         if kind == "udp":
             if len(data) > MAX_DATAGRAM:
                 logger.warning("x %s too large for UDP (%d bytes)", _summary(message), len(data))
-            elif _is_ip(host):
-                self._sendto(data, (host, target.port))
-            else:
-                self._spawn(self._resolve_and_send(data, host, target.port))
+                return False
+            if _is_ip(host):
+                return self._sendto(data, (host, target.port))
+            self._spawn(self._resolve_and_send(data, host, target.port))
+            return True
         elif kind == "tcp":
             conn = self._connections.get(target.connection_id or "")
             if conn is None:
                 conn = self._by_peer.get((host, target.port))
             if conn is not None and conn.write(data):
-                return
+                return True
             port = target.port
             if isinstance(message, Response):
                 if conn is not None:  # closing, by us (it does not read) or by the peer
                     logger.debug("x tcp %s closing; %s dropped", conn.id, _summary(message))
-                    return
+                    return False
                 # Its request's connection has closed and is forgotten.
                 address = _response_address(message)
                 if address is None:
                     logger.debug("x no Via to send %s to", _summary(message))
-                    return
+                    return False
                 host, port = address
                 conn = self._by_peer.get(address)
                 if conn is not None and conn.write(data):
-                    return
-            self._open_and_send(data, host, port)
-        else:
-            logger.warning("x no %s transport for %s", target.transport, _summary(message))
+                    return True
+            return self._open_and_send(data, host, port)
+        logger.warning("x no %s transport for %s", target.transport, _summary(message))
+        return False
 
-    def _sendto(self, data: bytes, address: tuple[str, int]) -> None:
+    def _sendto(self, data: bytes, address: tuple[str, int]) -> bool:
+        """Whether the datagram went out or waits in the queue (False: it never will)."""
         sock = self._udp
         if sock is None:
-            return
+            return False
         if self._udp_queue:  # older datagrams wait for room: go behind them
-            self._queue_datagram(data, address)
-            return
+            return self._queue_datagram(data, address)
         try:
             sock.sendto(data, address)
         except (BlockingIOError, InterruptedError):
-            self._queue_datagram(data, address)
+            queued = self._queue_datagram(data, address)
             assert self._loop is not None  # noqa: S101 - set by start() with self._udp
             self._loop.add_writer(sock.fileno(), self._udp_writable)
+            return queued
         except (OSError, ValueError) as err:
             logger.debug("x udp %s:%d: %s", *address, err)
+            return False
+        return True
 
-    def _queue_datagram(self, data: bytes, address: tuple[str, int]) -> None:
+    def _queue_datagram(self, data: bytes, address: tuple[str, int]) -> bool:
         if len(self._udp_queue) < UDP_SEND_QUEUE:
             self._udp_queue.append((data, address))
-            return
+            return True
         self._udp_dropped += 1
         assert self._loop is not None  # noqa: S101 - set by start() with self._udp
         now = self._loop.time()
@@ -776,6 +783,7 @@ class Transport:
             self._udp_drop_logged_at = now
             logger.warning("x udp send buffer full and %d datagrams queued; %d dropped so far",
                            len(self._udp_queue), self._udp_dropped)
+        return False
 
     def _udp_writable(self) -> None:
         """Room in the UDP socket's send buffer: send what waits, oldest first."""
@@ -819,12 +827,13 @@ class Transport:
                 self._sendto(data, (address, port))
                 return
 
-    def _open_and_send(self, data: bytes, host: str, port: int) -> None:
+    def _open_and_send(self, data: bytes, host: str, port: int) -> bool:
+        """Connect to HOST:PORT and send DATA there: False when no connect is allowed."""
         key = (host, port)
         pending = self._connecting.get(key)
         if pending is not None:  # a connect is under way: queue behind it
             pending.append(data)
-            return
+            return True
         # Peers choose where some of our connects go (a response's Via sent-by port once
         # their connection has closed): per host, connects under way and connections open
         # share max_per_source, so one host cannot hold many connects (up to
@@ -834,10 +843,11 @@ class Transport:
             if self._connect_drops.due(asyncio.get_running_loop().time()):
                 logger.warning("x tcp to %s:%d: %d connections there already; dropped "
                                "(%d so far)", *key, busy, self._connect_drops.count)
-            return
+            return False
         self._connecting[key] = [data]
         self._connecting_to[host] = self._connecting_to.get(host, 0) + 1
         self._spawn(self._connect(key))
+        return True
 
     async def _connect(self, key: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()

@@ -36,9 +36,12 @@ class Incoming:
 
 
 class Sender(Protocol):
-    def send(self, message: Request | Response, target: Target, data: bytes | None = None) -> None:
+    def send(self, message: Request | Response, target: Target,
+             data: bytes | None = None) -> bool | None:
         """Send MESSAGE, serialised unless DATA (its wire form, from a transaction that keeps
-        it for retransmissions) is given; failures are logged by the transport, never raised."""
+        it for retransmissions) is given; failures are logged by the transport, never raised.
+        False when MESSAGE certainly did not go out (its transaction then reports a transport
+        error to its TU, RFC 3261 §17.1.4); True or None otherwise (it went, or may yet)."""
 
 
 class MessageHandler(Protocol):

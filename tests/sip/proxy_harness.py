@@ -47,10 +47,14 @@ class Clock:
 class FakeSender:
     def __init__(self) -> None:
         self.sent: list[tuple[Request | Response, Target]] = []
+        # (host, port) the transport fails to send to (recorded as sent, reported False).
+        self.failing: set[tuple[str, int]] = set()
 
-    def send(self, message: Request | Response, target: Target, data: bytes | None = None) -> None:
+    def send(self, message: Request | Response, target: Target, data: bytes | None = None
+             ) -> bool:
         assert data is None or data == bytes(message)  # must serialise, the same either way
         self.sent.append((message, target))
+        return (target.host, target.port) not in self.failing
 
     def take(self) -> list[tuple[Request | Response, Target]]:
         sent, self.sent = self.sent, []

@@ -579,6 +579,20 @@ async def test_a_request_the_proxy_fails_on_is_answered_500_not_left_in_its_tabl
     assert h.proxy.transactions == 0
 
 
+async def test_a_branch_the_transport_cannot_send_to_counts_as_503() -> None:
+    # RFC 3261 §17.1.4 / §16.9: the transport error goes up as a 503 at once (the caller
+    # sees 500, §16.7 step 6) instead of Timer B's 408 32 s later.
+    h, alice, _ = setup()
+    h.sender.failing.add(BOB_SRC)
+    for method in ("INVITE", "MESSAGE"):
+        await h.authenticated(alice, method, "bob", body=SDP)
+        assert [s for s in statuses(h) if s != 100] == [500]
+        assert len(h.sender.requests(method)) == 1  # not retransmitted
+        h.sender.take()
+    await h.tick(1.0)
+    assert h.sender.requests() == [] and h.proxy.in_flight == 0
+
+
 async def test_a_silent_branch_times_out_on_timer_b_with_408() -> None:
     h, alice, bob = setup()
     await h.authenticated(alice, "INVITE", "bob", body=SDP)

@@ -242,11 +242,18 @@ async def test_udp_register_taken_by_the_quick_hook_skips_the_handler(udp: UdpPe
 async def test_udp_send_to_a_target(echo: tuple[Transport, Echo], udp: UdpPeer) -> None:
     transport, _ = echo
     request = parse_message(options(transport.port))
-    transport.send(request, Target("udp", "127.0.0.1", udp.port))
+    assert transport.send(request, Target("udp", "127.0.0.1", udp.port)) is True
     data = await udp.recv()
     assert data is not None and data.startswith(b"OPTIONS sip:127.0.0.1 SIP/2.0")
-    transport.send(request, Target("udp", "255.255.255.255", udp.port))  # refused, no raise
-    transport.send(request, Target("udp", "localhost", udp.port))  # a name: resolved first
+    # Refused, no raise: False, so that its transaction reports a transport error.
+    assert transport.send(request, Target("udp", "255.255.255.255", udp.port)) is False
+    assert transport.send(request, Target("udp", "127.0.0.1", 0)) is False
+    assert transport.send(request, Target("sctp", "127.0.0.1", udp.port)) is False
+    big = parse_message(options(transport.port))
+    big.body = b"x" * 70_000
+    assert transport.send(big, Target("udp", "127.0.0.1", udp.port)) is False
+    # A name: resolved first, so not known to fail yet.
+    assert transport.send(request, Target("udp", "localhost", udp.port)) is True
     assert await udp.recv() is not None
 
 
