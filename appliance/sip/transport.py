@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import functools
 import ipaddress
 import itertools
@@ -754,28 +755,31 @@ class Transport:
         return False
 
     def _sendto(self, data: bytes, address: tuple[str, int]) -> bool:
-        """Whether the datagram went out or waits in the queue (False: it never will)."""
+        """False when the datagram cannot go to ADDRESS (no socket, an error from the
+        kernel). One queued, or dropped from a full queue, counts as sent: congestion is
+        loss, which retransmissions recover, not a transport error that would end its
+        transaction."""
         sock = self._udp
         if sock is None:
             return False
         if self._udp_queue:  # older datagrams wait for room: go behind them
-            return self._queue_datagram(data, address)
+            self._queue_datagram(data, address)
+            return True
         try:
             sock.sendto(data, address)
         except (BlockingIOError, InterruptedError):
-            queued = self._queue_datagram(data, address)
+            self._queue_datagram(data, address)
             assert self._loop is not None  # noqa: S101 - set by start() with self._udp
             self._loop.add_writer(sock.fileno(), self._udp_writable)
-            return queued
         except (OSError, ValueError) as err:
             logger.debug("x udp %s:%d: %s", *address, err)
-            return False
+            return err.errno == errno.ENOBUFS if isinstance(err, OSError) else False
         return True
 
-    def _queue_datagram(self, data: bytes, address: tuple[str, int]) -> bool:
+    def _queue_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         if len(self._udp_queue) < UDP_SEND_QUEUE:
             self._udp_queue.append((data, address))
-            return True
+            return
         self._udp_dropped += 1
         assert self._loop is not None  # noqa: S101 - set by start() with self._udp
         now = self._loop.time()
@@ -783,7 +787,6 @@ class Transport:
             self._udp_drop_logged_at = now
             logger.warning("x udp send buffer full and %d datagrams queued; %d dropped so far",
                            len(self._udp_queue), self._udp_dropped)
-        return False
 
     def _udp_writable(self) -> None:
         """Room in the UDP socket's send buffer: send what waits, oldest first."""
