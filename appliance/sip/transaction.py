@@ -616,6 +616,13 @@ class NonInviteServerTransaction(ServerTransaction):
         ((S.TRYING, S.PROCEEDING, S.COMPLETED), (I.TRANSPORT_ERROR,), S.TERMINATED),
     )
 
+    def send(self, response: Response, now: float) -> None:
+        """As ``ServerTransaction.send``; a provisional other than 100 is refused too (RFC
+        4320 §4.1: it would stop nothing, the client's Timer F runs regardless)."""
+        if 100 < response.status < 200:
+            raise SipStateError(f"no {response.status} to a non-INVITE (RFC 4320)")
+        super().send(response, now)
+
     def abandon(self, now: float) -> None:
         """The TU will send no final response: RFC 4320 §4.2 forbids a 408 to a non-INVITE
         (the client's Timer F has fired, or is about to). Retransmissions still in flight are

@@ -258,6 +258,17 @@ async def test_a_forked_message_answered_by_one_phone_only_gets_that_answer() ->
     assert [r.status for r, _ in h.sender.responses()] == [488]  # not the other's 408
 
 
+async def test_a_provisional_other_than_100_to_a_message_is_not_forwarded_rfc4320() -> None:
+    h, alice, bob = setup()
+    await h.authenticated(alice, "MESSAGE", "bob", body=b"hi")
+    [(relayed, _)] = h.sender.requests("MESSAGE")
+    h.sender.take()
+    await h.send(bob, bob.answer(relayed, 180, to_tag="m"))
+    assert h.sender.take() == []
+    await h.send(bob, bob.answer(relayed, 200, to_tag="m"))
+    assert [r.status for r, _ in h.sender.responses()] == [200]
+
+
 async def test_message_to_unknown_or_unregistered_users() -> None:
     h, alice, _ = setup()
     h.directory.users["carol"] = make_user("carol")  # known, never registered

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from appliance.sip.errors import SipStateError
 from appliance.sip.hop import make_cancel
 from appliance.sip.message import Request, Response, make_response
 from appliance.sip.transaction import (
@@ -482,3 +483,15 @@ def test_a_transport_error_in_accepted_is_reported_and_retransmissions_still_abs
     client.pop_actions()
     client.transport_error(0.2)  # it sends nothing in Accepted: nothing to report
     assert client.pop_actions() == [] and state(client) is State.ACCEPTED
+
+
+def test_a_non_invite_gets_no_provisional_but_100_rfc4320() -> None:
+    req = request("MESSAGE")
+    txn = NonInviteServerTransaction(req, reliable=False, now=0.0)
+    txn.pop_actions()
+    for status in (180, 183, 199):
+        with pytest.raises(SipStateError):
+            txn.send(response(req, status), 0.1)
+    assert txn.pop_actions() == [] and state(txn) is State.TRYING
+    txn.send(response(req, 100, tag=None), 0.2)
+    assert kinds(txn.pop_actions()) == ["Transmit"] and state(txn) is State.PROCEEDING
