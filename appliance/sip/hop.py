@@ -28,7 +28,12 @@ def stub(request: Request, keep: Collection[str] = STUB_HEADERS) -> Request:
 
 
 def make_trying(request: Request) -> Response:
-    return make_response(request, 100)
+    """100 Trying for REQUEST, with its Timestamp if any (RFC 3261 §8.2.6.1: MUST)."""
+    response = make_response(request, 100)
+    timestamp = request.get("timestamp")
+    if timestamp is not None:
+        response.add("Timestamp", timestamp)
+    return response
 
 
 def _hop_copy(request: Request, method: str, to: str) -> Request:

@@ -85,6 +85,7 @@ from appliance.sip.forwarding import (
 )
 from appliance.sip.guard import Guard
 from appliance.sip.headers import NameAddr
+from appliance.sip.hop import make_trying
 from appliance.sip.in_dialog import InDialog
 from appliance.sip.memory import BurstTrimmer, compact
 from appliance.sip.message import (
@@ -646,8 +647,8 @@ class Proxy:
 
     async def _reply(self, server: ServerTransaction, status: int, reason: str | None = None,
                      *, now: float, headers: Collection[tuple[str, str]] = ()) -> None:
-        response = make_response(server.request, status, reason,
-                                 to_tag=None if status == 100 else tag_for(server.request))
+        response = make_trying(server.request) if status == 100 else \
+            make_response(server.request, status, reason, to_tag=tag_for(server.request))
         for name, value in headers:
             response.add(name, value)
         try:

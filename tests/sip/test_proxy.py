@@ -97,6 +97,23 @@ async def test_authenticated_invite_is_forwarded_with_our_via_rr_and_max_forward
     assert forwarded.body == SDP and forwarded.call_id == sent.call_id
 
 
+async def test_the_proxys_100_trying_copies_the_timestamp() -> None:
+    # RFC 3261 §8.2.6.1: a 100 carries the request's Timestamp (the caller's RTT estimate).
+    h, alice, _ = setup()
+    uri, to = f"sip:bob@{REALM}", f"<sip:bob@{REALM}>"
+    first = alice.request("INVITE", uri, to=to, call_id="ts", from_tag="t", body=SDP)
+    await h.send(alice, first)
+    [(challenge, _)] = h.sender.responses(407)
+    h.sender.take()
+    invite = alice.request("INVITE", uri, to=to, call_id="ts", from_tag="t", body=SDP,
+                           headers=[("Timestamp", "100.5"), ("Proxy-Authorization",
+                                                           authorization(first, challenge,
+                                                                         alice))])
+    await h.send(alice, invite)
+    [(trying, _)] = h.sender.responses(100)
+    assert trying.get("timestamp") == "100.5"
+
+
 async def test_the_proxy_forgets_stale_nonces() -> None:
     h, alice, _ = setup()
     await h.authenticated(alice, "INVITE", "bob", body=SDP, algorithm="MD5")

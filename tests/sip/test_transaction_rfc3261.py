@@ -495,3 +495,12 @@ def test_a_non_invite_gets_no_provisional_but_100_rfc4320() -> None:
     assert txn.pop_actions() == [] and state(txn) is State.TRYING
     txn.send(response(req, 100, tag=None), 0.2)
     assert kinds(txn.pop_actions()) == ["Transmit"] and state(txn) is State.PROCEEDING
+
+
+def test_the_100_trying_copies_the_timestamp() -> None:
+    invite = request("INVITE")
+    invite.add("Timestamp", "54.3 0.1")
+    txn = InviteServerTransaction(invite, reliable=False, now=0.0)
+    txn.pop_actions()
+    [(_, trying)] = run(txn, TRYING_DELAY)
+    assert isinstance(trying, Transmit) and trying.message.get("timestamp") == "54.3 0.1"
