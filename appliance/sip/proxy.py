@@ -150,6 +150,8 @@ TIMER_GRANULARITY = 0.05  # seconds between timer scans under load (see Proxy.ru
 # nonces is let go of while the proxy is idle too.
 IDLE_WAKE = 60.0
 DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK", "ACK"})
+# What a transaction reports when it could not reach its peer (built once, not per action).
+_FAILED = (TimedOut, TransportFailed)
 
 
 class Proxy:
@@ -593,7 +595,7 @@ class Proxy:
                     await self._drain(txn, txn.pop_actions(), now)
             elif isinstance(action, Deliver):
                 await self._deliver(txn, action.message, now)
-            elif isinstance(action, TimedOut | TransportFailed):
+            elif isinstance(action, _FAILED):
                 # A branch that timed out got a 408; one that could not be sent to, a 503
                 # (§16.9), which the caller sees as 500 (§16.7 step 6).
                 status = 408 if isinstance(action, TimedOut) else 503
