@@ -27,6 +27,12 @@ build a message from (``stub``): an INVITE client in Completed ACKs a retransmit
 all: ``request`` is then a bare request of its method (read from its key), made when asked
 for. ``TransactionTable`` keeps their timers in a heap, with no dict per transaction.
 
+Where this differs from RFC 3261's figures, on purpose: an INVITE server in Confirmed answers
+a late INVITE retransmission with its final's bytes again (the figure only absorbs ACKs; the
+client's Completed state ACKs it again, which is absorbed); Timer D is 32 s whatever T1 (the
+RFC's "at least 32 s"); a non-INVITE server the TU ``abandon``s (RFC 4320: no 408) lingers
+for Timer J with no final; the RFC 2543 key leaves out the To tag, as pjsip does.
+
 This module holds the machines and their actions only. Their keys are in
 ``sip.transaction_keys``, the messages they build (``stub``, ``make_trying``, ``make_ack``) in
 ``sip.hop``, and the table that matches messages to them and keeps their timers in
