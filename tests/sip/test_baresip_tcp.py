@@ -11,8 +11,10 @@ takes a few seconds; skipped when baresip is not installed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +46,11 @@ class TcpBaresip(Baresip):
             f";regint=600{answer}\n")
 
 
-async def test_baresip_phones_call_each_other_over_tcp(md5_appliance: Any,  # noqa: F811
-                                                       tmp_path: Path) -> None:
-    appliance = md5_appliance
+@contextlib.asynccontextmanager
+async def tcp_phones(appliance: Any, tmp_path: Path) -> AsyncIterator[
+        tuple[Api, TcpBaresip, TcpBaresip, tuple[str, int]]]:
+    """The proxy attached, Clients alice and bob created through the API, and their baresip
+    phones registered over TCP (bob answers by himself): (api, alice, bob, SIP address)."""
     proxy, task = attach_proxy(appliance)
     password = (appliance.config.data_dir / "admin-password").read_text().strip()
     listen = appliance.config.api.listen
@@ -65,6 +69,20 @@ async def test_baresip_phones_call_each_other_over_tcp(md5_appliance: Any,  # no
             while not all(appliance.location.lookup(login, appliance.wall_clock())
                           for login in ("alice", "bob")):
                 await asyncio.sleep(0.1)
+        yield api, alice, bob, server
+    finally:
+        await session.close()
+        for phone in (alice, bob):
+            await phone.stop()
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_baresip_phones_call_each_other_over_tcp(md5_appliance: Any,  # noqa: F811
+                                                       tmp_path: Path) -> None:
+    appliance = md5_appliance
+    async with tcp_phones(appliance, tmp_path) as (api, alice, bob, server):
         for login in ("alice", "bob"):
             [binding] = appliance.location.lookup(login, appliance.wall_clock())
             assert binding.transport == "tcp", binding
@@ -93,13 +111,6 @@ async def test_baresip_phones_call_each_other_over_tcp(md5_appliance: Any,  # no
             await phone.stop()
             log = (phone.home / "baresip.log").read_text(errors="replace")
             assert "incoming rtp for 'audio' established" in log, phone.login
-    finally:
-        await session.close()
-        for phone in (alice, bob):
-            await phone.stop()
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_tcp_phone_whose_connection_closed_is_unavailable(
@@ -109,24 +120,7 @@ async def test_a_tcp_phone_whose_connection_closed_is_unavailable(
     any other way), and alice's call to bob gets 480 at once instead of a connection attempt
     to bob's old source port and a timeout."""
     appliance = md5_appliance
-    proxy, task = attach_proxy(appliance)
-    password = (appliance.config.data_dir / "admin-password").read_text().strip()
-    listen = appliance.config.api.listen
-    session = aiohttp.ClientSession()
-    api = Api(session, f"http://{listen.host}:{listen.port}", ADMIN_SID, password,
-              appliance.config.data_dir)
-    server = appliance.transport.address
-    for login in ("alice", "bob"):
-        await create_client(api, login)
-    alice = TcpBaresip(tmp_path / "alice", "alice", server)
-    bob = TcpBaresip(tmp_path / "bob", "bob", server, auto_answer=True)
-    try:
-        for phone in (alice, bob):
-            await phone.start()
-        async with asyncio.timeout(10):
-            while not all(appliance.location.lookup(login, appliance.wall_clock())
-                          for login in ("alice", "bob")):
-                await asyncio.sleep(0.1)
+    async with tcp_phones(appliance, tmp_path) as (_, alice, bob, server):
         connections = appliance.transport.connection_count
         assert bob.process is not None
         bob.process.kill()  # no un-REGISTER: only the connection going away tells
@@ -138,10 +132,3 @@ async def test_a_tcp_phone_whose_connection_closed_is_unavailable(
         await alice.command("dial", f"sip:bob@{server[0]}:{server[1]}")
         closed = await alice.wait_event("CALL_CLOSED", limit=5)
         assert str(closed.get("param", "")).startswith("480 "), closed
-    finally:
-        await session.close()
-        for phone in (alice, bob):
-            await phone.stop()
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
