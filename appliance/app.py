@@ -181,7 +181,8 @@ class Appliance:
                                    local_hosts=self.transport.local_hosts)
         self.proxy = Proxy(self.transport, self.sip_directory, self.router, self.call_log,
                            functools.partial(record_message, self.store, self.clock),
-                           clock=self.wall_clock, realm=lambda: self.realm,
+                           clock=self.wall_clock, timer_clock=self.timer_clock,
+                           realm=lambda: self.realm,
                            local_hosts=self.transport.local_hosts, guard=self.guard,
                            algorithms=[Algorithm(a) for a in sip.digest_algorithms],
                            address=(self.transport.advertised, sip.listen.port))
@@ -276,6 +277,11 @@ class Appliance:
     def wall_clock(self) -> float:
         """Seconds since the epoch from the appliance clock (SIP expiry, nonces, bans)."""
         return self.clock().timestamp()
+
+    def timer_clock(self) -> float:
+        """Monotonic seconds (the event loop's) for the proxy's timers and call deadlines:
+        NTP steps the wall clock of this RTC-less box by hours at boot, this one never."""
+        return asyncio.get_running_loop().time()
 
     async def _start_sip(self) -> None:
         secret = await self.store.set_setting_if_absent(NONCE_SECRET_SETTING,

@@ -94,7 +94,8 @@ async def _no_message(**_: Any) -> None:
 def proxy_harness() -> tuple[Harness, Phone, Phone]:
     h = Harness()
     h.proxy = Proxy(h.sender, h.directory, h.router, NullCallLog(), _no_message,
-                    clock=h.clock, realm=lambda: REALM, local_hosts={REALM})
+                    clock=h.clock, timer_clock=h.clock.monotonic, realm=lambda: REALM,
+                    local_hosts={REALM})
     alice = h.phone("alice", "192.168.1.10", ("203.0.113.10", 40000))
     bob = h.phone("bob", "192.168.1.20", ("203.0.113.20", 41000))
     return h, alice, bob

@@ -3,11 +3,20 @@
 Theory of operation. The front door hands every request it does not answer itself, and every
 response, to ``Proxy.handle``. The proxy keeps its own ``TransactionTable``: a server
 transaction for each request it handles, a client transaction for each branch it forwards,
-and feeds them ``now`` from the clock it was given. ``run()`` wakes it for the transactions'
+and feeds them ``now`` from its timer clock. ``run()`` wakes it for the transactions'
 timers, Timer C and dialog clean-up (``get_timer``/``handle_timer`` do the same for tests);
 the branch and call deadlines are kept in a heap, ``sip.deadlines``. The proxy owns its tables
 (requests in flight, branches, calls); the parts split off it are collaborators it owns and
 hands the very same dicts to, which is why ``_shrink`` compacts them in place.
+
+Two clocks. Every duration (the transactions' Timers A–M, Timer C, reaping, a call's ringing,
+idle and linger deadlines, the session interval) runs on the *timer* clock, a monotonic one
+(the event loop's by default, as the front door's transactions): the appliance has no RTC and
+its wall clock is stepped by NTP after boot, by hours or days, forward or back, which must
+neither expire every call at once nor stall every timer. The *wall* clock is for what must
+mean the same after a restart: digest nonces (HMAC-stamped, checked across restarts), the
+registrar's bindings (persisted absolute expiry) and the guard's bans, which the front door
+and registrar read on the wall clock too. CDR times come from ``CallLog``'s own clock.
 
 A new out-of-dialog request goes through, in order:
 
@@ -154,6 +163,11 @@ DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK", "ACK"})
 _FAILED = (TimedOut, TransportFailed)
 
 
+def _loop_time() -> float:
+    """The running event loop's monotonic time: the default timer clock."""
+    return asyncio.get_running_loop().time()
+
+
 class Proxy:
     """The stateful proxy. A ``wire.MessageHandler`` for everything but REGISTER/OPTIONS."""
 
@@ -167,6 +181,7 @@ class Proxy:
         *,
         clock: Callable[[], float],
         realm: Callable[[], str],
+        timer_clock: Callable[[], float] | None = None,
         local_hosts: Collection[str] = (),
         address: tuple[str, int] | None = None,
         nonces: Nonces | None = None,
@@ -177,7 +192,9 @@ class Proxy:
         max_calls: int = MAX_CALLS,
         max_branches: int = MAX_BRANCHES,
     ) -> None:
-        """CLOCK gives wall-clock seconds (nonces, binding expiry). Our Via and Record-Route
+        """CLOCK gives wall-clock seconds (nonces, binding expiry, the guard's bans);
+        TIMER_CLOCK monotonic seconds for every timer and deadline (default: the running
+        event loop's time, as the front door's transactions use). Our Via and Record-Route
         carry the address each request arrived on (``Incoming.local``), or ADDRESS when
         given. LOCAL_HOSTS (a live collection: the transport's ``local_hosts``) and every
         address a request arrived on are what "us" means in a Route or a response's Via."""
@@ -186,6 +203,7 @@ class Proxy:
         self._calls = calls
         self._messages = messages
         self._clock = clock
+        self._timer_clock = timer_clock or _loop_time
         self.address = address
         self._realm = realm
         self._local_hosts = local_hosts
@@ -237,7 +255,7 @@ class Proxy:
         self._originated: dict[Transaction, asyncio.Future[int]] = {}
         self.messenger = Messenger(table=self._table, originated=self._originated,
                                    drain=self._drain, wake=self._wake, address=address,
-                                   realm=realm, clock=clock)
+                                   realm=realm, clock=self._timer_clock)
         # (source, request) -> the Caller of a media worker's INVITE, else None (calls service)
         self.media_caller: Callable[[tuple[str, int], Request], Caller | None] | None = None
         # (source, request) -> the Caller of a request from a gateway's provider address
@@ -247,7 +265,7 @@ class Proxy:
     # --- the MessageHandler surface -----------------------------------------------------
 
     async def handle(self, incoming: Incoming) -> None:
-        now = self._clock()
+        now = self._timer_clock()
         if len(self._locals) < MAX_LOCAL_ADDRESSES:
             self._locals.add((incoming.local[0].lower(), incoming.local[1]))
         try:
@@ -349,7 +367,7 @@ class Proxy:
         while True:
             deadline = self.get_timer()
             delay = IDLE_WAKE if deadline is None else \
-                min(max(0.0, deadline - self._clock()), IDLE_WAKE)
+                min(max(0.0, deadline - self._timer_clock()), IDLE_WAKE)
             self._wake.clear()
             try:
                 async with asyncio.timeout(delay):
@@ -361,13 +379,14 @@ class Proxy:
                 await asyncio.sleep(TIMER_GRANULARITY - since)
             last_scan = time.monotonic()
             try:
-                await self.handle_timer(self._clock())
+                await self.handle_timer(self._timer_clock())
             except Exception:  # noqa: BLE001 - one call's bug must not stop every call's timers
                 logger.exception("x proxy timer handling failed")
             self.forget_stale_nonces()
 
     def forget_stale_nonces(self) -> None:
-        """Let go of the nc-replay table's stale nonces (the timer task does this)."""
+        """Let go of the nc-replay table's stale nonces (the timer task does this); nonces
+        are stamped with the wall clock, so their staleness is read on it."""
         self._auth.forget_stale(self._clock())
 
     # --- digest state, kept on the ProxyAuth (sip.proxy_auth) ---------------------------
@@ -483,16 +502,19 @@ class Proxy:
 
     async def _new_request(self, server: ServerTransaction, request: Request, source: Target,
                            incoming: Incoming, now: float) -> None:
+        # NOW (timer clock) drives the transactions and the call's deadlines; WALL is for
+        # what is kept across restarts: nonces, bindings, bans (see the module docstring).
+        wall = self._clock()
         caller = self.media_caller(incoming.source, request) if self.media_caller else None
         if caller is None and self.gateway_caller is not None and (
-                self._guard is None or not self._guard.is_banned(incoming.source[0], now)):
+                self._guard is None or not self._guard.is_banned(incoming.source[0], wall)):
             caller = self.gateway_caller(incoming.source, request)
         if caller is None:
-            caller = await self._auth.authenticate(server, request, incoming, now)
+            caller = await self._auth.authenticate(server, request, incoming, now, wall=wall)
         if caller is None or server.state not in (State.PROCEEDING, State.TRYING):
             return  # challenged or refused, or CANCELled while we looked the caller up
         if (not caller.media and not caller.gateway
-                and not self._router.registered(caller.login, now)):
+                and not self._router.registered(caller.login, wall)):
             logger.info("x %s from %s: caller not registered", request.method, caller.login)
             await self._reply(server, 403, "Caller Not Registered", now=now)
             return
@@ -508,7 +530,7 @@ class Proxy:
             await self._reply(server, 503, now=now, headers=[("Retry-After", "5")])
             return
         self._overloaded = False
-        decision = await self._router.route(request, caller, now)
+        decision = await self._router.route(request, caller, wall)
         if server.state not in (State.PROCEEDING, State.TRYING):
             return  # CANCELled meanwhile: 487 already sent
         context = Context(request=request, server=server, source=source,

@@ -12,6 +12,9 @@ failures and successes are reported to the guard.
 ``ProxyAuth`` is owned by the proxy (one per proxy, not per request): it holds the nonces
 (shared with the registrar), the nc-replay counts, the algorithms and the realm, and answers
 through the proxy's own reply function, so the responses and their order are the proxy's.
+It is given two times: ``now``, the proxy's timer clock, for the transaction it replies on,
+and ``wall``, the wall clock, for the nonces (HMAC-stamped, valid across a restart) and the
+guard (whose bans the front door and registrar read on the wall clock too).
 Not a core module: it logs and looks users up.
 """
 
@@ -60,10 +63,11 @@ class ProxyAuth:
         self.algorithms = tuple(algorithms)
 
     async def authenticate(self, server: ServerTransaction, request: Request,
-                           incoming: Incoming, now: float) -> Caller | None:
-        """The authenticated caller of REQUEST, or None once it was challenged or refused."""
+                           incoming: Incoming, now: float, *, wall: float) -> Caller | None:
+        """The authenticated caller of REQUEST, or None once it was challenged or refused.
+        NOW is the timer clock (the replies), WALL the wall clock (nonces, the guard)."""
         ip = incoming.source[0]
-        if self._guard is not None and self._guard.is_banned(ip, now):
+        if self._guard is not None and self._guard.is_banned(ip, wall):
             await self._reply(server, 403, now=now)
             return None
         from_user = user_of(request.from_)
@@ -73,7 +77,8 @@ class ProxyAuth:
         values = [v for v in request.get_all(credentials_header) if is_digest(v)]
         if not values:
             user = await self._directory.user(from_user) if from_user else None
-            await self.challenge(server, user.realm if user else self._realm(), now)
+            await self.challenge(server, user.realm if user else self._realm(), now,
+                                 wall=wall)
             return None
         try:
             creds = DigestCredentials.parse(values[0])
@@ -83,28 +88,28 @@ class ProxyAuth:
         username = creds.username or ""
         user = await self._directory.user(username) if username else None
         realm = user.realm if user else self._realm()
-        if self.nonces.check(creds.nonce or "", now) is NonceStatus.INVALID:
+        if self.nonces.check(creds.nonce or "", wall) is NonceStatus.INVALID:
             # Not our nonce: forged, or issued before a restart. Challenge afresh, as the
             # registrar does; a forger learns nothing from it.
-            await self.challenge(server, realm, now)
+            await self.challenge(server, realm, now, wall=wall)
             return None
         auth = DigestAuth(realm, self.nonces, self.algorithms, self.counts)
         algorithm = digest_algorithm(creds)
         ha1: str | None = None
         if user is not None and algorithm is not None:
             ha1 = stored_ha1(algorithm, md5=user.ha1_md5, sha256=user.ha1_sha256)
-        verdict = auth.verify(creds, method=request.method, ha1=ha1, now=now,
+        verdict = auth.verify(creds, method=request.method, ha1=ha1, now=wall,
                               body=request.body)
         if verdict is Verdict.STALE:
-            await self.challenge(server, realm, now, stale=True)
+            await self.challenge(server, realm, now, wall=wall, stale=True)
             return None
         if verdict is Verdict.MALFORMED:
-            await self.challenge(server, realm, now)
+            await self.challenge(server, realm, now, wall=wall)
             return None
         if verdict is Verdict.REJECTED or user is None:
             logger.info("x %s from %s:%s: bad credentials for %r", request.method,
                         *incoming.source, username)
-            if self._guard is not None and self._guard.record_failure(ip, now, username):
+            if self._guard is not None and self._guard.record_failure(ip, wall, username):
                 logger.warning("x %s banned after repeated authentication failures", ip)
             await self._reply(server, 403, now=now)
             return None
@@ -120,13 +125,14 @@ class ProxyAuth:
                       voice_application_sid=user.voice_application_sid)
 
     async def challenge(self, server: ServerTransaction, realm: str, now: float,
-                        *, stale: bool = False) -> None:
-        """Answer 407 with a ``Proxy-Authenticate`` per algorithm for REALM."""
+                        *, wall: float, stale: bool = False) -> None:
+        """Answer 407 with a ``Proxy-Authenticate`` per algorithm for REALM, its nonces
+        stamped with WALL."""
         auth = DigestAuth(realm, self.nonces, self.algorithms)
         header = HEADERS[407][0]
         await self._reply(server, 407, now=now,
-                          headers=[(header, value) for value in auth.challenges(now, stale=stale)])
+                          headers=[(header, value) for value in auth.challenges(wall, stale=stale)])
 
     def forget_stale(self, now: float) -> None:
-        """Let go of the nc-replay table's nonces that are stale at NOW."""
+        """Let go of the nc-replay table's nonces that are stale at NOW (wall clock)."""
         self.counts.forget_stale(now - self.nonces.lifetime)

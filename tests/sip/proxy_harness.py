@@ -1,6 +1,11 @@
 """A proxy wired to fakes: a recording Sender, a dict Directory, a real Location and Router,
 the real CallLog over a recording store, and a clock that only moves when a test says so.
 
+The clock has two readings, as the appliance has: the wall clock (``clock.now``: nonces,
+bindings, CDR times) and the monotonic timer clock (``clock.monotonic()``: the proxy's
+transactions and deadlines). Moving ``clock.now`` is time passing and moves both; ``step``
+is NTP stepping the wall clock alone.
+
 `Phone` plays a desk phone behind NAT: its Contact names a private address, its packets come
 from a public `source`. Messages are built as text and parsed, so every request the proxy sees
 has been through `parse_message` as on the wire.
@@ -33,12 +38,28 @@ SDP = (b"v=0\r\no=- 1 1 IN IP4 192.168.1.10\r\ns=-\r\nc=IN IP4 192.168.1.10\r\nt
 _ids = itertools.count(1)
 
 
+# Where the timer clock starts: far from NOW, so that a wall time fed to a timer (or the
+# reverse) is way off and shows.
+MONOTONIC_START = 1_000.0
+
+
 class Clock:
     def __init__(self, now: float = NOW) -> None:
         self.now = now
+        self._start = now
+        self._stepped = 0.0  # what NTP steps added to the wall clock
 
     def __call__(self) -> float:
         return self.now
+
+    def monotonic(self) -> float:
+        """The timer clock: the time that passed, not the wall clock's steps."""
+        return MONOTONIC_START + (self.now - self._start) - self._stepped
+
+    def step(self, seconds: float) -> None:
+        """An NTP step of the wall clock by SECONDS (either way): no time passes."""
+        self.now += seconds
+        self._stepped += seconds
 
     def datetime(self) -> datetime:
         return datetime.fromtimestamp(self.now, UTC)
@@ -207,7 +228,8 @@ class Harness:
         self.call_log = CallLog(self.store, self.clock.datetime)  # type: ignore[arg-type]
         messages = functools.partial(record_message, self.store, self.clock.datetime)
         self.proxy = Proxy(self.sender, self.directory, self.router, self.call_log, messages,
-                           clock=self.clock, realm=lambda: REALM, local_hosts={REALM})
+                           clock=self.clock, timer_clock=self.clock.monotonic,
+                           realm=lambda: REALM, local_hosts={REALM})
 
     def phone(self, login: str, host: str, source: tuple[str, int], *, transport: str = "udp",
               register: bool = True, user: SipUser | None = None,
@@ -226,7 +248,7 @@ class Harness:
 
     async def tick(self, seconds: float) -> None:
         self.clock.now += seconds
-        await self.proxy.handle_timer(self.clock.now)
+        await self.proxy.handle_timer(self.clock.monotonic())
 
     async def authenticated(self, phone: Phone, method: str, callee: str, *,
                             call_id: str | None = None, from_tag: str = "caller-tag",

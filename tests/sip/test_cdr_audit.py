@@ -149,7 +149,8 @@ def on_store(app: Appliance) -> tuple[Harness, Phone, Phone]:
     h.call_log = CallLog(app.store, h.clock.datetime)
     h.proxy = Proxy(h.sender, h.directory, h.router, h.call_log,
                     functools.partial(record_message, app.store, h.clock.datetime),
-                    clock=h.clock, realm=lambda: REALM, local_hosts={REALM})
+                    clock=h.clock, timer_clock=h.clock.monotonic, realm=lambda: REALM,
+                    local_hosts={REALM})
     alice = h.phone("alice", "192.168.1.10", ALICE_SRC,
                     user=make_user("alice", account_sid=ADMIN_SID))
     bob = h.phone("bob", "192.168.1.20", BOB_SRC, user=make_user("bob", account_sid=ADMIN_SID))
