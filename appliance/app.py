@@ -194,7 +194,7 @@ class Appliance:
                                                           self.proxy.messenger.send_message,
                                                           self.wall_clock)
         self.sip_directory.on_registered.append(lambda _login: self.messaging.client_registered())
-        self.trunk = Trunk(self.transport, clock=self.wall_clock,
+        self.trunk = Trunk(self.transport, clock=self.timer_clock, wall_clock=self.wall_clock,
                            local=lambda: (self.transport.advertised, sip.listen.port))
         self.frontdoor.trunk = self.trunk
         self.guard.exempt = self.trunk.is_provider  # a spoofed provider is never banned

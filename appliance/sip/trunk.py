@@ -17,6 +17,7 @@ import logging
 import random
 import secrets
 import socket
+import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -88,9 +89,16 @@ def parse_sources(pairs: tuple[tuple[str, int | None], ...]
 
 class Trunk:
     def __init__(self, sender: Sender, *, clock: Callable[[], float],
-                 local: Callable[[], tuple[str, int]]) -> None:
+                 local: Callable[[], tuple[str, int]],
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        """CLOCK is monotonic seconds: it drives the retransmissions, refreshes and retries,
+        which a step of the wall clock (NTP, on a box without an RTC) must neither fire all
+        at once nor stall (a stalled refresh lets the provider registration lapse and the
+        office's inbound calls with it). WALL_CLOCK only dates a registration's expiry for
+        the API."""
         self._sender = sender
         self._clock = clock
+        self._wall_clock = wall_clock
         self._local = local  # our advertised address and SIP port
         self._lines: dict[str, _Line] = {}
         self._gateways: dict[str, Gateway] = {}  # every gateway, Register or not, by sid
@@ -133,7 +141,8 @@ class Trunk:
         if line is None:
             return GatewayStatus("disabled")
         machine = line.machine
-        expires = (datetime.fromtimestamp(machine.expires_at, UTC)
+        expires = (datetime.fromtimestamp(
+                       self._wall_clock() + machine.expires_at - self._clock(), UTC)
                    if machine.expires_at is not None else None)
         return GatewayStatus(machine.state.value, machine.last_error, expires)
 
