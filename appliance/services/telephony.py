@@ -161,7 +161,9 @@ class SipDirectory:
         return sorted(result, key=lambda r: (r.login, r.contact))
 
     def registered_count(self) -> int:
-        return len(self._registrations)
+        """Registered phones: live contacts over all Clients (/health, the status line). A
+        Client with a desk phone and a softphone counts two."""
+        return sum(len(regs) for regs in self._registrations.values())
 
 
 # The statuses of a call not over yet.

@@ -217,6 +217,14 @@ class Location:
                 del self._bindings[aor]
         return gone
 
+    def remove(self, aor: str) -> list[Binding]:
+        """Drop every binding of AOR (its Client was deleted or may no longer register)."""
+        return list(self._bindings.pop(aor, {}).values())
+
+    def aors(self) -> list[str]:
+        """The AoRs holding bindings (expired ones not swept yet included)."""
+        return list(self._bindings)
+
     def expired(self, now: float) -> list[Binding]:
         """Remove and return every binding whose time is up."""
         gone: list[Binding] = []

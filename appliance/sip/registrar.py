@@ -50,8 +50,10 @@ a burst of REGISTERs costs one commit per second instead of one each. What a pow
 lose is the last second of binding changes: a phone whose binding is lost is unreachable only
 until its next REGISTER (bindings are a cache of what phones keep telling us, unlike SMS).
 A timer task removes bindings when they expire; bindings of a closed TCP connection are
-removed at once. Times are wall-clock seconds from the ``clock`` callable, because expiry
-times are persisted across restarts.
+removed at once, and so are those of a Client deleted or disabled (or whose account stops
+being active): ``revoke``, which the composition root runs after each provisioning change.
+Times are wall-clock seconds from the ``clock`` callable, because expiry times are persisted
+across restarts.
 
 Logging: a REGISTER that adds or removes a contact is logged at info; a refresh of the same
 contacts only at debug (a 200-phone office re-registers a few times a second all day).
@@ -465,7 +467,7 @@ class Registrar:
         self.directory.set_registrations(aor, [
             Registration(
                 login=aor, contact=b.uri, transport=b.transport,
-                source=f"{b.source[0]}:{b.source[1]}",
+                source=_host_port(*b.source),
                 expires_at=datetime.fromtimestamp(b.expires_at, UTC),
                 user_agent=b.user_agent)
             for b in bindings])
@@ -496,6 +498,24 @@ class Registrar:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def revoke(self) -> list[Binding]:
+        """Remove the bindings of every login the directory no longer lets register: its
+        Client deleted or disabled, or its account not active. Such a binding could not be
+        refreshed (the next REGISTER gets 403), and kept until it expires it would still be
+        listed by the API and, worse, be forked to if a new Client took the login."""
+        gone: list[Binding] = []
+        for aor in self.location.aors():
+            user = await self.directory.user(aor)
+            if user is not None and user.enabled:
+                continue
+            removed = self.location.remove(aor)
+            if removed:
+                logger.info("- %s: %d contact(s) dropped: the client is deleted or disabled",
+                            aor, len(removed))
+                self._changed(aor, self.clock())
+                gone += removed
+        return gone
+
     def expire(self) -> list[Binding]:
         """Remove the bindings whose time is up (the timer task calls this)."""
         now = self.clock()
@@ -525,6 +545,11 @@ class Registrar:
         before = self.clock() - self.nonces.lifetime
         self.counts.forget_stale(before)
         self._last_accepted = forget_stale(self._last_accepted, before)
+
+
+def _host_port(host: str, port: int) -> str:
+    """HOST:PORT as a URI writes it: an IPv6 address in brackets, so the port stays apart."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _check_contact(contact: NameAddr) -> None:

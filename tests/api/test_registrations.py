@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import re
 import socket
 import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,17 +32,19 @@ async def make_client(api: Api, login: str, account: str = ADMIN_SID) -> str:
     return str(json.loads(body)["sid"])
 
 
-async def sip_register(appliance: Appliance, login: str, expires: int | None = None
-                       ) -> Response:
-    """REGISTER over real UDP, answering the challenge with a digest computed in the test."""
+async def sip_register(appliance: Appliance, login: str, expires: int | None = None, *,
+                       local_port: int = 0, first_cseq: int = 1) -> Response:
+    """REGISTER over real UDP, answering the challenge with a digest computed in the test.
+    LOCAL_PORT (0: any) is the phone's port and contact; FIRST_CSEQ lets the same phone
+    (Call-ID) register again."""
     loop = asyncio.get_running_loop()
     port = appliance.config.sip.listen.port
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", local_port))
         sock.setblocking(False)
         contact = f"<sip:{login}@127.0.0.1:{sock.getsockname()[1]}>"
         reply: Response | None = None
-        for cseq in (1, 2):
+        for cseq in (first_cseq, first_cseq + 1):
             auth = answer(reply, login) if reply is not None else None
             request = register(login, call_id=f"api-{login}", cseq=cseq, contacts=(contact,),
                                auth=auth, expires=expires)
@@ -174,3 +179,157 @@ async def test_a_binding_survives_a_restart_and_then_expires_on_time(tmp_path: P
     finally:
         await session.close()
         await second.stop()
+
+
+# --- the audit: what an office admin and a security reviewer see ------------------------------
+
+
+async def sip_invite(appliance: Appliance, login: str, callee: str) -> int:
+    """An INVITE from LOGIN's phone to CALLEE, answering the proxy's 407 with LOGIN's
+    password: the final status (100 Trying skipped)."""
+    loop = asyncio.get_running_loop()
+    port = appliance.config.sip.listen.port
+    uri = f"sip:{callee}@pbx.example.com"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        here = f"127.0.0.1:{sock.getsockname()[1]}"
+        auth: str | None = None
+        for cseq in (1, 2):
+            lines = [f"INVITE {uri} SIP/2.0",
+                     f"Via: SIP/2.0/UDP {here};branch=z9hG4bKinv{cseq}{login};rport",
+                     "Max-Forwards: 70", f"From: <sip:{login}@pbx.example.com>;tag=inv{login}",
+                     f"To: <{uri}>", f"Call-ID: inv-{login}", f"CSeq: {cseq} INVITE",
+                     f"Contact: <sip:{login}@{here}>",
+                     *([f"Proxy-Authorization: {auth}"] if auth else []),
+                     "Content-Length: 0"]
+            await loop.sock_sendto(sock, ("\r\n".join(lines) + "\r\n\r\n").encode(),
+                                   ("127.0.0.1", port))
+            while True:
+                async with asyncio.timeout(2):
+                    reply = parse_message(await loop.sock_recv(sock, 65535))
+                assert isinstance(reply, Response)
+                if reply.status >= 200:
+                    break
+            if reply.status != 407 or auth is not None:
+                return reply.status
+            auth = proxy_answer(reply, login, uri)
+    raise AssertionError("unreachable")
+
+
+def proxy_answer(challenge: Response, login: str, uri: str) -> str:
+    values = [v for v in challenge.get_all("proxy-authenticate") if "MD5" in v]
+    params = dict(re.findall(r'(\w+)="?([^",]*)"?', values[0]))
+    realm, nonce = params["realm"], params["nonce"]
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 - SIP digest
+
+    response = md5(f"{md5(f'{login}:{realm}:{PW}')}:{nonce}:00000001:c0ffee:auth:"
+                   f"{md5(f'INVITE:{uri}')}")
+    return (f'Digest username="{login}", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+            f'response="{response}", algorithm=MD5, cnonce="c0ffee", qop=auth, nc=00000001')
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def listed(api: Api, path: str = f"{BASE}.json") -> list[dict[str, object]]:
+    status, body, _ = await api.get(path)
+    assert status == 200, body
+    return list(json.loads(body))
+
+
+async def until(condition: Callable[[], Awaitable[bool]]) -> None:
+    """Wait (at most a second) for CONDITION: a provisioning change drops bindings in a
+    task of its own, right after the API has answered."""
+    for _ in range(100):
+        if await condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_deleted_client_loses_its_registration_and_cannot_call(
+        api: Api, appliance: Appliance) -> None:
+    sid = await make_client(api, "alice")
+    await make_client(api, "bob")
+    assert (await sip_register(appliance, "alice")).status == 200
+    assert (await sip_register(appliance, "bob")).status == 200
+    status, _, _ = await api.request("DELETE", f"Accounts/{ADMIN_SID}/Clients/{sid}")
+    assert status == 200
+
+    async def gone() -> bool:
+        return len(appliance.location.lookup("alice", appliance.wall_clock())) == 0
+    await until(gone)
+    assert [r["login"] for r in await listed(api)] == ["bob"]
+    assert (await appliance.health())[1]["sip_registered_phones"] == 1
+    # The deleted Client's phone still knows its password: the proxy refuses it...
+    assert await sip_invite(appliance, "alice", "bob") == 403
+    # ...and its old binding does not come back to life for a new Client of the same login.
+    status, body, _ = await api.post("Accounts.json", {"EmailAddress": "new@example.com",
+                                                       "Password": PW})
+    new_account = json.loads(body)["sid"]
+    await make_client(api, "alice", new_account)
+    assert await listed(api, f"Accounts/{new_account}/Registrations.json") == []
+    assert await sip_invite(appliance, "bob", "alice") == 480  # not registered
+    await appliance.registrar.flush()
+    assert [b["aor"] for b in await appliance.store.load_bindings(appliance.wall_clock())
+            ] == ["bob"]
+
+
+async def test_a_disabled_client_loses_its_registration(api: Api, appliance: Appliance
+                                                       ) -> None:
+    sid = await make_client(api, "alice")
+    await make_client(api, "bob")
+    assert (await sip_register(appliance, "alice")).status == 200
+    status, _, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients/{sid}.json", {"Status": "0"})
+    assert status == 200
+
+    async def gone() -> bool:
+        return await listed(api) == []
+    await until(gone)
+    assert (await appliance.health())[1]["sip_registered_phones"] == 0
+    assert (await sip_register(appliance, "alice")).status == 403
+    assert (await sip_register(appliance, "bob")).status == 200
+    assert await sip_invite(appliance, "bob", "alice") == 480
+    # Enabled again, it is listed once its phone registers again.
+    status, _, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients/{sid}.json", {"Status": "1"})
+    assert [r["login"] for r in await listed(api)] == ["bob"]
+    assert (await sip_register(appliance, "alice")).status == 200
+    assert [r["login"] for r in await listed(api)] == ["alice", "bob"]
+
+
+async def test_a_suspended_account_loses_its_phones(api: Api, appliance: Appliance) -> None:
+    status, body, _ = await api.post("Accounts.json", {"EmailAddress": "sub@example.com",
+                                                       "Password": PW})
+    sub_sid = json.loads(body)["sid"]
+    await make_client(api, "worker", sub_sid)
+    assert (await sip_register(appliance, "worker")).status == 200
+    status, _, _ = await api.post(f"Accounts/{sub_sid}.json", {"Status": "suspended"})
+    assert status == 200
+
+    async def gone() -> bool:
+        return await listed(api, f"Accounts/{sub_sid}/Registrations.json") == []
+    await until(gone)
+    assert (await appliance.health())[1]["sip_registered_phones"] == 0
+
+
+async def test_health_counts_phones_not_clients(api: Api, appliance: Appliance) -> None:
+    await make_client(api, "alice")
+    phone = free_udp_port()
+    assert (await sip_register(appliance, "alice", local_port=phone)).status == 200
+    assert (await sip_register(appliance, "alice", local_port=phone, first_cseq=3)
+            ).status == 200  # the same phone: a refresh
+    assert (await appliance.health())[1]["sip_registered_phones"] == 1
+    appliance.sip_directory.set_registrations("alice", [
+        *appliance.sip_directory.registrations({"alice"}),
+        Registration(login="alice", contact="sip:alice@192.0.2.9", transport="tcp",
+                     source="192.0.2.9:5060",
+                     expires_at=datetime.now(UTC) + timedelta(seconds=60))])
+    assert len(await listed(api)) == 2
+    assert (await appliance.health())[1]["sip_registered_phones"] == 2
+    assert "2 phones registered" in appliance.status_line()
