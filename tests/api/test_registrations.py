@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import yaml
 
 from appliance.app import Appliance
 from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
@@ -76,8 +77,8 @@ async def test_a_phone_registered_over_sip_is_listed(api: Api, appliance: Applia
     regs = json.loads(body)
     assert len(regs) == 1
     reg = regs[0]
-    assert list(reg) == ["login", "client_sid", "contact", "transport", "source", "user_agent",
-                         "expires", "date_expires"]
+    assert list(reg) == ["login", "client_sid", "account_sid", "contact", "transport", "source",
+                         "user_agent", "expires", "date_expires"]
     assert reg["login"] == "alice" and reg["client_sid"] == sid
     assert reg["contact"].startswith("sip:alice@127.0.0.1:") and reg["transport"] == "udp"
     assert reg["user_agent"] == "Test Phone 1.0" and 3590 <= reg["expires"] <= 3600
@@ -85,8 +86,8 @@ async def test_a_phone_registered_over_sip_is_listed(api: Api, appliance: Applia
     status, body, _ = await api.get(BASE)
     item = ET.fromstring(body).find("Registrations/Registration")
     assert item is not None
-    assert [c.tag for c in item] == ["Login", "ClientSid", "Contact", "Transport", "Source",
-                                     "UserAgent", "Expires", "DateExpires"]
+    assert [c.tag for c in item] == ["Login", "ClientSid", "AccountSid", "Contact", "Transport",
+                                     "Source", "UserAgent", "Expires", "DateExpires"]
     assert item.findtext("Login") == "alice"
     health = await appliance.health()
     assert health[1]["sip"] == "up" and health[1]["sip_registered_phones"] == 1
@@ -253,6 +254,119 @@ async def until(condition: Callable[[], Awaitable[bool]]) -> None:
     raise AssertionError("condition not reached")
 
 
+async def test_authentication_and_the_account_tree(api: Api, appliance: Appliance) -> None:
+    await make_client(api, "alice")
+    assert (await sip_register(appliance, "alice")).status == 200
+    for path in (BASE, f"{BASE}.json"):
+        status, body, headers = await api.get(path, auth=False)
+        assert status == 401 and body == ""
+        assert headers["WWW-Authenticate"] == 'Basic realm="Restcomm realm"'  # type: ignore[index]
+        status, _, _ = await api.as_user(ADMIN_SID, "Wrong-password-9").get(path)
+        assert status == 401
+    status, body, _ = await api.get(f"Accounts/AC{'0' * 32}/Registrations.json")
+    assert status == 404  # D1: a well-formed but unknown account
+    status, body, _ = await api.get("Accounts/junk/Registrations.json")
+    assert status == 404
+    # Two sibling sub-accounts: each sees its own Clients' phones only.
+    subs = []
+    for email in ("one@example.com", "two@example.com"):
+        status, body, _ = await api.post("Accounts.json", {"EmailAddress": email,
+                                                           "Password": PW})
+        assert status == 200
+        subs.append(json.loads(body)["sid"])
+    await make_client(api, "worker", subs[1])
+    assert (await sip_register(appliance, "worker")).status == 200
+    one = api.as_user("one@example.com", PW)
+    status, _, _ = await one.get(f"Accounts/{subs[1]}/Registrations.json")
+    assert status == 403  # a sibling's URL: outside the tree
+    assert await listed(one, f"Accounts/{subs[0]}/Registrations.json") == []
+    # The auth token works as the secret too, and the email as the user.
+    token = hashlib.md5(PW.encode()).hexdigest()  # noqa: S324 - Restcomm's auth token
+    two = api.as_user("two@example.com", token)
+    assert [r["login"] for r in await listed(two, f"Accounts/{subs[1]}/Registrations.json")
+            ] == ["worker"]
+
+
+async def test_formats_follow_the_suffix_then_accept(api: Api, appliance: Appliance) -> None:
+    await make_client(api, "alice")
+    assert (await sip_register(appliance, "alice")).status == 200
+    status, body, headers = await api.get(BASE, headers={"Accept": "application/json"})
+    assert status == 200 and headers["Content-Type"].startswith("application/json")  # type: ignore[index]
+    assert [r["login"] for r in json.loads(body)] == ["alice"]
+    status, body, headers = await api.get(BASE, headers={"Accept": "*/*"})
+    assert headers["Content-Type"].startswith("application/xml")  # type: ignore[index]
+    assert not body.startswith("<?xml")
+    root = ET.fromstring(body)
+    assert root.tag == "RestcommResponse" and [c.tag for c in root] == ["Registrations"]
+    assert [c.tag for c in root[0]] == ["Registration"]
+    assert root.findtext("Registrations/Registration/AccountSid") == ADMIN_SID
+    status, body, _ = await api.get(f"{BASE}.json", prefix="/api")
+    assert status == 200 and [r["login"] for r in json.loads(body)] == ["alice"]
+
+
+async def test_entry_fields_and_a_refresh_is_listed_once(api: Api, appliance: Appliance
+                                                        ) -> None:
+    sid = await make_client(api, "alice")
+    phone = free_udp_port()
+    for n in range(3):  # the phone refreshes its binding: still one entry
+        assert (await sip_register(appliance, "alice", expires=1800, local_port=phone,
+                                   first_cseq=1 + 2 * n)).status == 200
+    regs = await listed(api)
+    assert len(regs) == 1
+    reg = regs[0]
+    assert list(reg) == ["login", "client_sid", "account_sid", "contact", "transport",
+                         "source", "user_agent", "expires", "date_expires"]
+    assert reg["client_sid"] == sid and reg["account_sid"] == ADMIN_SID
+    assert str(reg["source"]).startswith("127.0.0.1:") and 1790 <= int(str(reg["expires"]))
+    # The date format of date_created (api-behaviour.md §1.5): day not zero-padded, +0000.
+    expected = datetime.now(UTC) + timedelta(seconds=int(str(reg["expires"])))
+    parsed = datetime.strptime(str(reg["date_expires"]), "%a, %d %b %Y %H:%M:%S %z")
+    assert abs((parsed - expected).total_seconds()) <= 2
+    assert re.fullmatch(r"[A-Z][a-z]{2}, [1-9]\d? [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d \+0000",
+                        str(reg["date_expires"]))
+    assert (await sip_register(appliance, "alice", expires=0, local_port=phone,
+                               first_cseq=7)).status == 200  # unregister
+    assert await listed(api) == []
+
+
+async def test_filters_by_login_transport_and_sub_accounts(api: Api, appliance: Appliance
+                                                          ) -> None:
+    status, body, _ = await api.post("Accounts.json", {"EmailAddress": "sub@example.com",
+                                                       "Password": PW})
+    sub_sid = json.loads(body)["sid"]
+    await make_client(api, "alice")
+    await make_client(api, "bob")
+    await make_client(api, "worker", sub_sid)
+    for login in ("alice", "bob", "worker"):
+        assert (await sip_register(appliance, login)).status == 200
+    assert [r["login"] for r in await listed(api)] == ["alice", "bob"]
+    assert [r["login"] for r in await listed(api, f"{BASE}.json?Login=bob")] == ["bob"]
+    assert await listed(api, f"{BASE}.json?Login=worker") == []  # not this account's
+    assert await listed(api, f"{BASE}.json?Login=nobody") == []
+    assert len(await listed(api, f"{BASE}.json?Transport=UDP")) == 2
+    assert await listed(api, f"{BASE}.json?Transport=tcp") == []
+    everyone = await listed(api, f"{BASE}.json?SubAccounts=true")
+    assert [(r["login"], r["account_sid"]) for r in everyone] == [
+        ("alice", ADMIN_SID), ("bob", ADMIN_SID), ("worker", sub_sid)]
+    assert [r["login"] for r in await listed(
+        api, f"{BASE}.json?SubAccounts=true&Login=worker")] == ["worker"]
+    # Unpaged like /Clients: paging parameters change nothing.
+    assert len(await listed(api, f"{BASE}.json?Page=7&PageSize=1")) == 2
+    sub = api.as_user("sub@example.com", PW)
+    assert [r["login"] for r in await listed(
+        sub, f"Accounts/{sub_sid}/Registrations.json?SubAccounts=true")] == ["worker"]
+
+
+async def test_methods_and_no_single_registration(api: Api) -> None:
+    for method in ("PUT", "DELETE", "PATCH"):
+        status, _, headers = await api.request(method, f"{BASE}.json")
+        assert status == 405 and headers["Allow"] == "GET"  # type: ignore[index]
+    status, body, _ = await api.request("HEAD", f"{BASE}.json")
+    assert status in (200, 405) and body == ""
+    status, _, _ = await api.get(f"{BASE}/RG{'0' * 32}.json")
+    assert status == 404  # no single-registration resource
+
+
 async def test_a_deleted_client_loses_its_registration_and_cannot_call(
         api: Api, appliance: Appliance) -> None:
     sid = await make_client(api, "alice")
@@ -333,3 +447,22 @@ async def test_health_counts_phones_not_clients(api: Api, appliance: Appliance) 
     assert len(await listed(api)) == 2
     assert (await appliance.health())[1]["sip_registered_phones"] == 2
     assert "2 phones registered" in appliance.status_line()
+
+
+async def test_openapi_describes_the_resource_as_served(api: Api, appliance: Appliance) -> None:
+    await make_client(api, "alice")
+    assert (await sip_register(appliance, "alice")).status == 200
+    async with api.session.get(f"{api.base}/openapi.yaml") as resp:
+        spec = yaml.safe_load(await resp.text())
+    for prefix in ("/restcomm", "/api"):
+        for suffix in ("", ".json"):
+            path = spec["paths"][f"{prefix}/2012-04-24/Accounts/{{AccountSid}}/Registrations"
+                                 f"{suffix}"]
+            assert list(path) == ["parameters", "get"]  # GET only: the rest is 405
+            names = {spec["components"]["parameters"][p["$ref"].rsplit("/", 1)[1]]["name"]
+                     for p in path["get"]["parameters"]}
+            assert names == {"Login", "Transport", "SubAccounts"}
+    schema = spec["components"]["schemas"]["Registration"]
+    [reg] = await listed(api)
+    assert list(schema["properties"]) == list(reg)
+    assert set(schema["required"]) == set(reg) - {"user_agent"}
