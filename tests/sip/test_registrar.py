@@ -1014,3 +1014,28 @@ async def test_the_user_agent_shown_with_a_registration_survives_a_restart() -> 
     await second.registrar.stop()
     assert [(r.contact, r.user_agent) for r in second.directory.published["alice"]] == \
         [("sip:alice@192.0.2.10:5060", "Test Phone 1.0")]
+
+
+async def test_revoke_drops_the_bindings_of_deleted_and_disabled_clients() -> None:
+    h = Harness(user("alice"), user("bob"), user("carol"))
+    for login in ("alice", "bob", "carol"):
+        await h.registered(login, call_id=f"c-{login}")
+    del h.directory.users["alice"]  # deleted
+    h.directory.users["bob"] = user("bob", enabled=False)  # disabled
+    gone = await h.registrar.revoke()
+    await h.registrar.flush()
+    assert sorted(b.aor for b in gone) == ["alice", "bob"]
+    assert h.directory.published["alice"] == [] and h.directory.published["bob"] == []
+    assert h.store.saved["alice"] == [] and h.store.saved["bob"] == []
+    assert [b.aor for b in h.location.lookup("carol", h.clock())] == ["carol"]
+    assert await h.registrar.revoke() == []  # nothing left to drop
+
+
+async def test_the_source_of_an_ipv6_phone_keeps_its_port_apart() -> None:
+    h = Harness(user("alice"))
+    phone = ("2001:db8::10", 5062)
+    challenge = await h.send(register("alice"), source=phone)
+    assert challenge is not None
+    ok = await h.send(register("alice", cseq=2, auth=answer(challenge, "alice")), source=phone)
+    assert ok is not None and ok.status == 200
+    assert [r.source for r in h.directory.published["alice"]] == ["[2001:db8::10]:5062"]
