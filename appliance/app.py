@@ -313,6 +313,9 @@ class Appliance:
         secret = await self.store.set_setting_if_absent(NONCE_SECRET_SETTING,
                                                         secrets.token_hex(32))
         await self.registrar.start(nonce_secret=bytes.fromhex(secret))
+        # Bindings saved for a Client deleted or disabled since (a restored database, a change
+        # the last run did not live to apply) are not restored.
+        await self.registrar.revoke()
         self.proxy.nonces = self.registrar.nonces
         self._proxy_task = asyncio.get_running_loop().create_task(self.proxy.run(),
                                                                   name="sip proxy timers")

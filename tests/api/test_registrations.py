@@ -466,3 +466,33 @@ async def test_openapi_describes_the_resource_as_served(api: Api, appliance: App
     [reg] = await listed(api)
     assert list(schema["properties"]) == list(reg)
     assert set(schema["required"]) == set(reg) - {"user_agent"}
+
+
+async def test_a_saved_binding_of_a_client_gone_meanwhile_is_not_restored(tmp_path: Path
+                                                                         ) -> None:
+    config = Config(data_dir=tmp_path / "var",
+                    api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
+                    sip=SipConfig(listen=Endpoint("127.0.0.1", free_port()),
+                                  domain="pbx.example.com"),
+                    media=MediaConfig(workers=0))
+    first = Appliance(config)
+    await first.start()
+    try:
+        password = (config.data_dir / "admin-password").read_text().strip()
+        async with aiohttp.ClientSession() as session:
+            admin = Api(session, f"http://127.0.0.1:{config.api.listen.port}", ADMIN_SID,
+                        password, config.data_dir)
+            sid = await make_client(admin, "alice")
+        assert (await sip_register(first, "alice")).status == 200
+        await first.registrar.flush()
+        # Gone behind the services' back (a database restored from before alice existed).
+        await first.store.delete_client(sid)
+    finally:
+        await first.stop()
+    second = Appliance(config)
+    await second.start()
+    try:
+        assert len(second.location) == 0
+        assert (await second.health())[1]["sip_registered_phones"] == 0
+    finally:
+        await second.stop()
