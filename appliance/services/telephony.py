@@ -166,9 +166,6 @@ class SipDirectory:
         return sum(len(regs) for regs in self._registrations.values())
 
 
-# The statuses of a call not over yet.
-_OPEN = frozenset({CallStatus.QUEUED, CallStatus.RINGING, CallStatus.IN_PROGRESS})
-
 # CDR group commit (CallLog): a batch that follows the previous commit by less than BUSY_GAP
 # waits COMMIT_WINDOW for more changes. Signalling never waits for a CDR (the proxy sends
 # first and records after); only the recording task and callers awaiting it do.
@@ -336,8 +333,8 @@ class CallLog:
         """At a clean stop: close every call still open, as `ended` does: an answered call
         `completed` with its duration so far, any other `failed`; returns how many."""
         sids = list(self._live)
-        for sid in sids:
-            await self.ended(sid, CallStatus.FAILED)
+        # Together, so that the group commit writes them in one transaction.
+        await asyncio.gather(*(self.ended(sid, CallStatus.FAILED) for sid in sids))
         return len(sids)
 
     async def close_leftovers(self) -> int:
@@ -347,9 +344,7 @@ class CallLog:
         Returns how many."""
         now = self._clock()
         closed = []
-        for record in await self._store.open_calls():
-            if record.sid in self._live or record.status not in _OPEN:
-                continue  # a call of this run, or a closed one (legacy rows) left as it is
+        for record in await self._store.open_calls():  # closed rows without an end: left
             if record.status == CallStatus.IN_PROGRESS:
                 status = CallStatus.COMPLETED
                 duration = max(0, int((now - record.date_updated).total_seconds()))

@@ -425,9 +425,11 @@ class Store:
             await self._run(run)
 
     async def open_calls(self) -> list[models.CallRecord]:
-        """The CDRs not closed yet (no end time): after a crash, those the last run left."""
-        return await self._run(self._fetch_all, "SELECT * FROM calls WHERE end_time IS NULL",
-                               (), rows.call)
+        """The CDRs of calls not over yet (queued, ringing or in progress, no end time):
+        after a crash, those the last run left."""
+        return await self._run(
+            self._fetch_all, "SELECT * FROM calls WHERE end_time IS NULL AND status IN "
+            "('queued', 'ringing', 'in-progress')", (), rows.call)
 
     async def update_call(self, call: models.CallRecord) -> None:
         await self._run(self._update, "calls", call.sid, rows.call_values(call))
