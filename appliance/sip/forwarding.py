@@ -38,7 +38,7 @@ from appliance.sip.hop import stub
 from appliance.sip.message import Request, Response, make_response
 from appliance.sip.proxy_ports import Caller
 from appliance.sip.transaction import ClientTransaction, ServerTransaction, Transaction
-from appliance.sip.uri import SipUri, parse_uri
+from appliance.sip.uri import SipUri, hostport, parse_uri
 from appliance.sip.wire import Target
 
 # --- per-request state ------------------------------------------------------------------
@@ -124,13 +124,6 @@ def user_of(name_addr: NameAddr) -> str | None:
     except SipParseError:
         return None
     return uri.user if isinstance(uri, SipUri) else None
-
-
-def hostport(local: tuple[str, int]) -> str:
-    host, port = local
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # an IPv6 address
-    return f"{host}:{port}"
 
 
 def make_via(local: tuple[str, int], transport: str, branch: str | None = None) -> str:

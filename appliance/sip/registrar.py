@@ -98,7 +98,7 @@ from appliance.sip.guard import Guard
 from appliance.sip.headers import DigestCredentials, NameAddr, is_digest, parse_name_addrs
 from appliance.sip.message import Request, Response, make_response
 from appliance.sip.register_view import PlainRegister, RegisterFields, fields_of
-from appliance.sip.uri import SipUri, parse_uri, same_uri
+from appliance.sip.uri import SipUri, hostport, parse_uri, same_uri
 from appliance.sip.wire import Incoming
 
 logger = logging.getLogger(__name__)
@@ -467,7 +467,7 @@ class Registrar:
         self.directory.set_registrations(aor, [
             Registration(
                 login=aor, contact=b.uri, transport=b.transport,
-                source=_host_port(*b.source),
+                source=hostport(b.source),
                 expires_at=datetime.fromtimestamp(b.expires_at, UTC),
                 user_agent=b.user_agent)
             for b in bindings])
@@ -545,11 +545,6 @@ class Registrar:
         before = self.clock() - self.nonces.lifetime
         self.counts.forget_stale(before)
         self._last_accepted = forget_stale(self._last_accepted, before)
-
-
-def _host_port(host: str, port: int) -> str:
-    """HOST:PORT as a URI writes it: an IPv6 address in brackets, so the port stays apart."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _check_contact(contact: NameAddr) -> None:

@@ -95,6 +95,14 @@ def _parse_uri_params(text: str) -> Params:
     return out
 
 
+def hostport(address: tuple[str, int]) -> str:
+    """ADDRESS as ``host:port``, an IPv6 address in brackets so that the port stays apart."""
+    host, port = address
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
 def split_hostport(text: str) -> tuple[str, int | None]:
     """``host[:port]`` with an optional bracketed IPv6 host. Raises SipParseError."""
     if text.startswith("["):
