@@ -17,7 +17,6 @@ import logging
 import random
 import secrets
 import socket
-import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +49,10 @@ class _Line:
     target: Target | None = None
     addresses: tuple[Target, ...] = ()  # every address the Proxy name resolved to
     txn: ClientTransaction | None = None
+
+    @property
+    def provider_addresses(self) -> tuple[Target, ...]:
+        return self.addresses or ((self.target,) if self.target else ())
 
 
 def _token() -> str:
@@ -90,7 +93,7 @@ def parse_sources(pairs: tuple[tuple[str, int | None], ...]
 class Trunk:
     def __init__(self, sender: Sender, *, clock: Callable[[], float],
                  local: Callable[[], tuple[str, int]],
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float]) -> None:
         """CLOCK is monotonic seconds: it drives the retransmissions, refreshes and retries,
         which a step of the wall clock (NTP, on a box without an RTC) must neither fire all
         at once nor stall (a stalled refresh lets the provider registration lapse and the
@@ -152,9 +155,19 @@ class Trunk:
         registrar's (any address its Proxy name resolved to, at the Proxy's port; gateways
         with Register=true) and the networks ``[inbound.sources]`` lists for its
         FriendlyName (any gateway; a listed port must match, else any port)."""
+        return self._provider(host, port)
+
+    def is_provider(self, host: str) -> bool:
+        """Whether HOST is one of a gateway's provider addresses, at any port (the Guard's
+        exemption: a failed digest from there is a spoof or the provider's own mistake,
+        and banning it would cut the office's inbound calls)."""
+        return self._provider(host, None) is not None
+
+    def _provider(self, host: str, port: int | None) -> Gateway | None:
+        """The gateway whose provider addresses hold HOST at PORT (None: at any port)."""
         for line in self._lines.values():
-            if any(t.host == host and t.port == port
-                   for t in (line.addresses or ((line.target,) if line.target else ()))):
+            if any(t.host == host and (port is None or t.port == port)
+                   for t in line.provider_addresses):
                 return line.gateway
         if not self.sources:
             return None
@@ -164,27 +177,9 @@ class Trunk:
             return None
         for gateway in self._gateways.values():
             for network, want in self.sources.get(gateway.friendly_name, ()):
-                if address in network and (want is None or want == port):
+                if address in network and (port is None or want is None or want == port):
                     return gateway
         return None
-
-    def is_provider(self, host: str) -> bool:
-        """Whether HOST is one of a gateway's provider addresses, at any port (the Guard's
-        exemption: a failed digest from there is a spoof or the provider's own mistake,
-        and banning it would cut the office's inbound calls)."""
-        for line in self._lines.values():
-            if any(t.host == host
-                   for t in (line.addresses or ((line.target,) if line.target else ()))):
-                return True
-        if not self.sources:
-            return False
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network
-                   for gateway in self._gateways.values()
-                   for network, _ in self.sources.get(gateway.friendly_name, ()))
 
     async def resolve(self, gateway: Gateway) -> Target | None:
         """Where calls to GATEWAY go: its registration's address, else its Proxy resolved now
