@@ -37,9 +37,13 @@ class SipParseError(SipError):
 
 
 class FramingError(SipError):
-    """A byte stream cannot be split into messages; the transport closes the connection."""
+    """A byte stream cannot be split into messages; the transport closes the connection.
+    ``status`` is the reply to the request whose head could still be read: 513 when the
+    message is too large, 400 otherwise."""
 
-    status = 400
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SipStateError(SipError):

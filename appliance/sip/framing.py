@@ -39,7 +39,7 @@ class FramingLost(FramingError):
 
     def __init__(self, cause: FramingError, framed: list[bytes | KeepAlive], rest: bytes
                  ) -> None:
-        super().__init__(str(cause))
+        super().__init__(str(cause), cause.status)
         self.framed = framed
         self.rest = rest
 
@@ -144,10 +144,12 @@ class StreamFramer:
                 raise FramingError(f"no end of headers within {limit} bytes")
             return None
         if end > self._max_header:
-            raise FramingError(f"header block of {end} bytes exceeds {self._max_header}")
+            raise FramingError(f"header block of {end} bytes exceeds {self._max_header}",
+                               513)
         length = _content_length(bytes(buf[:end]))
         total = end + 4 + length
         if total > self._max_message:
-            raise FramingError(f"message of {total} bytes exceeds {self._max_message}")
+            raise FramingError(f"message of {total} bytes exceeds {self._max_message}",
+                               513)
         self._total = total
         return total

@@ -138,24 +138,25 @@ class FrontDoor:
         ip = source[0]
         now = self.clock()
         if (self.guard.is_banned(ip, now) or self._table.holds(view.key)
-                or (not self.registrar.is_known_source(ip)
-                    and not self.guard.allow_unauthenticated(ip, now))):
+                or not self._within_budget(ip, now)):
             return None
         return self.registrar.answer_plain(view, source, now)
 
     def may_answer(self, ip: str) -> bool:
         """Whether IP may have the error reply to a message that failed to parse (the
         transport's hook): a broken request spends the unauthenticated budget like any
-        other, and past it is dropped (logged as the 503s are). A banned source gets
-        nothing: on a TCP connection it opened before its ban, its broken requests reach
-        the transport's error path without the transport's own ban check."""
+        other, and past it is dropped (logged as the 503s are). (A banned source gets
+        nothing either: the transport asks ``is_blocked`` first.)"""
         now = self.clock()
-        if self.guard.is_banned(ip, now):
-            return False
-        if self.registrar.is_known_source(ip) or self.guard.allow_unauthenticated(ip, now):
+        if self._within_budget(ip, now):
             return True
         self._log_over_budget(ip, now)
         return False
+
+    def _within_budget(self, ip: str, now: float) -> bool:
+        """Whether IP may send one more request: a source with a live binding always may;
+        any other spends one token of its unauthenticated budget."""
+        return self.registrar.is_known_source(ip) or self.guard.allow_unauthenticated(ip, now)
 
     async def handle(self, incoming: Incoming) -> None:
         try:
@@ -195,8 +196,7 @@ class FrontDoor:
             if invite is not None:
                 self._answer(incoming, make_response(message, 200, to_tag=_tag()))
                 return
-        if not self.registrar.is_known_source(ip) and \
-                not self.guard.allow_unauthenticated(ip, now):
+        if not self._within_budget(ip, now):
             self._over_budget(incoming, now)
             return
         if method == "REGISTER" or (method == "OPTIONS" and _for_us(message)):

@@ -533,8 +533,10 @@ class Transport:
     def _error_reply(self, reply: Response | None, ip: str) -> Response | None:
         """REPLY, the error reply to a message that never reached the handler (400, 513...;
         ``error_response`` and ``head_reply`` build none for a broadcast or multicast Via),
-        when IP may have it (``may_answer``), else None."""
-        if reply is None or (self.may_answer is not None and not self.may_answer(ip)):
+        when IP may have it, else None: not when it is banned (``is_blocked``; over TCP a
+        connection opened before the ban still reads), nor past its budget (``may_answer``)."""
+        if reply is None or (self.is_blocked is not None and self.is_blocked(ip)) or (
+                self.may_answer is not None and not self.may_answer(ip)):
             return None
         return reply
 
@@ -655,9 +657,8 @@ class Transport:
             # head says the message is too big), and the connection closes.
             self._stream_items(conn, err.framed)
             end = err.rest.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
-            status = 513 if "exceeds" in str(err) else 400
-            reply = self._error_reply(head_reply(err.rest[:end], status) if end > 0 else None,
-                                      conn.peer[0])
+            reply = self._error_reply(
+                head_reply(err.rest[:end], err.status) if end > 0 else None, conn.peer[0])
             logger.debug("x tcp %s %s:%d: %s; closing", conn.id, *conn.peer, err)
             if reply is not None:
                 conn.write(bytes(reply))
