@@ -153,6 +153,7 @@ class Appliance:
         sip = self.config.sip
         self.sip_directory = SipDirectory(self.store)
         self.provisioning.on_change.append(self.sip_directory.invalidate)
+        self.provisioning.on_numbers_change.append(self.sip_directory.invalidate_numbers)
         self.accounts.on_change.append(self.sip_directory.invalidate)
         # After the directory is invalidated: a deleted or disabled Client loses its bindings.
         self.provisioning.on_change.append(self._revoke_bindings)

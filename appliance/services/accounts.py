@@ -97,7 +97,7 @@ class AccountService:
         """Create the administrator on first start. No well-known password ever works."""
         existing = await self._store.get_account(ADMIN_SID)
         if existing is not None:
-            return self._remember(existing)
+            return self._remember(existing, changed=False)  # at start: nothing cached yet
         password = configured_password or passwords.generate()
         if configured_password and not passwords.is_strong(configured_password):
             logger.warning("x admin.password in the config is weak; it is used as configured")

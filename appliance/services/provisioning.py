@@ -112,12 +112,18 @@ class ProvisioningService:
         self._store = store
         self._clock = clock
         self._realm = realm
-        # Called after any change to a Client or an IncomingPhoneNumber: the SIP directory
-        # drops its caches.
+        # Called after any change to a Client (the SIP directory reads the Clients again, the
+        # registrar drops the bindings of removed ones), or to an IncomingPhoneNumber (only
+        # the directory's numbers are read again).
         self.on_change: list[Callable[[], None]] = []
+        self.on_numbers_change: list[Callable[[], None]] = []
 
     def _changed(self) -> None:
         for callback in self.on_change:
+            callback()
+
+    def _numbers_changed(self) -> None:
+        for callback in self.on_numbers_change:
             callback()
 
     # -- clients -----------------------------------------------------------------------------
@@ -412,7 +418,7 @@ class ProvisioningService:
             phone_number=number_text, pure_sip=pure_sip, api_version=API_VERSION,
             date_created=now, date_updated=now, **values)
         await self._store.insert_number(number)
-        self._changed()
+        self._numbers_changed()
         return number
 
     def _number_values(self, fields: Mapping[str, str], current: PhoneNumber | None
@@ -473,11 +479,11 @@ class ProvisioningService:
                                             number.friendly_name)
         updated = dataclasses.replace(number, **values, date_updated=self._clock())
         await self._store.update_number(updated)
-        self._changed()
+        self._numbers_changed()
         return updated
 
     async def delete_number(self, actor: Account, account: Account, sid: str) -> None:
         require(actor, Action.DELETE, "IncomingPhoneNumbers")
         number = await self._owned_number(account, sid)
         await self._store.delete_number(number.sid)
-        self._changed()
+        self._numbers_changed()

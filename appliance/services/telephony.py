@@ -77,16 +77,23 @@ class SipDirectory:
         self._numbers: dict[str, PhoneNumber | None] = {}
         # Bumped by invalidate: an answer read from the store before a change is not cached.
         self._generation = 0
+        self._numbers_generation = 0
         self._registrations: dict[str, list[Registration]] = {}
         # Called with the login when a Client gains a registration (SMS waiting for it).
         self.on_registered: list[Callable[[str], None]] = []
 
     def invalidate(self) -> None:
-        # New dicts, not clear(): a dict never shrinks, and these can hold 10,000 entries.
+        """A Client or an account changed: read the Clients again (and the numbers)."""
         self._users = None
         self._loading = None
-        self._numbers = {}
         self._generation += 1
+        self.invalidate_numbers()
+
+    def invalidate_numbers(self) -> None:
+        """An IncomingPhoneNumber changed: only the numbers are read again."""
+        # A new dict, not clear(): a dict never shrinks, and this one can hold 10,000 entries.
+        self._numbers = {}
+        self._numbers_generation += 1
 
     def cached_user(self, login: str) -> tuple[bool, SipUser | None]:
         """(True, the user) when the Clients are loaded, else (False, None): the SIP quick
@@ -135,9 +142,9 @@ class SipDirectory:
         """The IncomingPhoneNumber PHONE_NUMBER (as stored), or None; cached like `user`."""
         if phone_number in self._numbers:
             return self._numbers[phone_number]
-        generation = self._generation
+        generation = self._numbers_generation
         number = await self._store.find_number(phone_number)
-        if generation != self._generation:
+        if generation != self._numbers_generation:
             return number
         if len(self._numbers) > 10_000:  # unknown numbers (any dialled user) are cached too
             self._numbers = {}

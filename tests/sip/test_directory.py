@@ -101,7 +101,7 @@ async def test_a_provisioning_change_drops_the_cached_numbers() -> None:
                                      voice_fallback_url=None, voice_fallback_method="POST",
                                      voice_application_sid=None, status_callback=None)
     assert await resolver.app_for(caller, "+15550001") == (None, None)  # cached: no app yet
-    directory.invalidate()  # what ProvisioningService.create_number triggers
+    directory.invalidate_numbers()  # what ProvisioningService.create_number triggers
     app, number_sid = await resolver.app_for(caller, "+15550001")
     assert app is not None and app.url == "http://app.example/rcml" and number_sid == "PN1"
 
