@@ -155,11 +155,6 @@ class Appliance:
         self.provisioning.on_change.append(self.sip_directory.invalidate)
         self.provisioning.on_numbers_change.append(self.sip_directory.invalidate_numbers)
         self.accounts.on_change.append(self.sip_directory.invalidate)
-        # After the directory is invalidated: a deleted or disabled Client loses its bindings.
-        self.provisioning.on_change.append(self._revoke_bindings)
-        self.accounts.on_change.append(self._revoke_bindings)
-        self._revoke_task: asyncio.Task[None] | None = None
-        self._revoke_again = False
         self.location = Location(min_expires=sip.min_expires, max_expires=sip.max_expires,
                                  max_contacts=sip.max_contacts)
         self.guard = Guard(max_failures=sip.max_auth_failures, ban_time=sip.ban_seconds,
@@ -168,6 +163,9 @@ class Appliance:
                                    guard=self.guard, store=self.store, clock=self.wall_clock,
                                    realm=lambda: self.realm,
                                    algorithms=[Algorithm(a) for a in sip.digest_algorithms])
+        # After the directory is invalidated: a deleted or disabled Client loses its bindings.
+        self.provisioning.on_change.append(self.registrar.request_revoke)
+        self.accounts.on_change.append(self.registrar.request_revoke)
         self.frontdoor = FrontDoor(registrar=self.registrar, guard=self.guard,
                                    clock=self.wall_clock)
         wildcard = sip.listen.host in ("0.0.0.0", "::")
@@ -279,27 +277,6 @@ class Appliance:
         calls = getattr(self, "calls", None)
         if calls is not None:
             calls.on_modem_event(event)
-
-    def _revoke_bindings(self) -> None:
-        """A Client or an account changed: drop the bindings of Clients that may no longer
-        register (``Registrar.revoke``). One task at a time; changes made while it runs make
-        it go round once more, so the last change is always seen."""
-        self._revoke_again = True
-        if self._revoke_task is not None and not self._revoke_task.done():
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop yet: nothing is registered either
-            return
-        self._revoke_task = loop.create_task(self._revoke_loop(), name="sip binding revocation")
-
-    async def _revoke_loop(self) -> None:
-        while self._revoke_again:
-            self._revoke_again = False
-            try:
-                await self.registrar.revoke()
-            except Exception:
-                logger.exception("x dropping the bindings of removed clients failed")
 
     def wall_clock(self) -> float:
         """Seconds since the epoch from the appliance clock (SIP expiry, nonces, bans)."""
@@ -496,11 +473,6 @@ class Appliance:
             self._proxy_task = None
         await self.transport.stop()
         self.frontdoor.close()
-        if self._revoke_task is not None:
-            self._revoke_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._revoke_task
-            self._revoke_task = None
         await self.registrar.stop()
         closed = await self.call_log.close_all()
         if closed:

@@ -205,6 +205,8 @@ class Registrar:
         # front door's table is capped), and it gets the same answer.
         self._last_accepted: OrderedDict[str, tuple[str, str, Reply | None]] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
+        self._revoke_task: asyncio.Task[None] | None = None
+        self._revoke_again = False
         self._wake = asyncio.Event()
         self._deadline: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -224,12 +226,14 @@ class Registrar:
         self._task = asyncio.get_running_loop().create_task(self._run_timer())
 
     async def stop(self) -> None:
-        """Stop the expiry timer and write every binding change still pending."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the expiry timer and any revocation, and write every binding change still
+        pending."""
+        for task in (self._task, self._revoke_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._revoke_task = None
         await self.flush()
 
     # --- what the front door asks ---------------------------------------------------------
@@ -497,6 +501,23 @@ class Registrar:
             task.add_done_callback(self._tasks.discard)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def request_revoke(self) -> None:
+        """A Client or an account changed: ``revoke`` soon, in a task of its own. One at a
+        time; a change made while it runs makes it go round once more, so the last change is
+        always seen."""
+        self._revoke_again = True
+        if self._revoke_task is None or self._revoke_task.done():
+            self._revoke_task = asyncio.get_running_loop().create_task(
+                self._revoke_loop(), name="sip binding revocation")
+
+    async def _revoke_loop(self) -> None:
+        while self._revoke_again:
+            self._revoke_again = False
+            try:
+                await self.revoke()
+            except Exception:
+                logger.exception("x dropping the bindings of removed clients failed")
 
     async def revoke(self) -> list[Binding]:
         """Remove the bindings of every login the directory no longer lets register: its
