@@ -43,13 +43,9 @@ def registration(r: Registration, client: Client, now: datetime) -> Rep:
 
 async def list_registrations(ctx: Ctx) -> web.Response:
     account = await ctx.operated()
-    accounts = [account]
-    if (ctx.query.get("SubAccounts") or "").lower() == "true":
-        accounts += await ctx.services.accounts.descendants(account)
-    clients: dict[str, Client] = {}
-    for each in accounts:
-        for client in await ctx.services.provisioning.list_clients(ctx.me, each):
-            clients[client.login] = client
+    sids = await ctx.services.accounts.scope_sids(
+        account, (ctx.query.get("SubAccounts") or "").lower() == "true")
+    clients = await ctx.services.provisioning.clients_by_login(ctx.me, sids)
     login = ctx.query.get("Login")
     if login is not None:
         clients = {login: clients[login]} if login in clients else {}

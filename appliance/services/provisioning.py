@@ -132,6 +132,13 @@ class ProvisioningService:
         require(actor, Action.READ, "Clients")
         return await self._store.list_clients(account.sid)
 
+    async def clients_by_login(self, actor: Account, account_sids: Sequence[str]
+                               ) -> dict[str, Client]:
+        """The Clients of the accounts ACCOUNT_SIDS (which the caller scoped), by login."""
+        require(actor, Action.READ, "Clients")
+        return {client.login: client for sid in account_sids
+                for client in await self._store.list_clients(sid)}
+
     async def list_clients_stored(self, actor: Account, account: Account
                                   ) -> list[Sequence[Any]]:
         """list_clients with each Client as its stored values in model field order, without
