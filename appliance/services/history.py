@@ -108,16 +108,27 @@ def _order(table: str, filters: ListFilters) -> Order:
     return (("date_created", True),)
 
 
+def _from_day(column: str, name: str, value: str | None) -> list[Condition]:
+    """COLUMN from the start of the day the filter NAME gives (lenient `yyyy-MM-dd`;
+    anything else is 400)."""
+    if day := checked(value, name):
+        return [Condition(column, ">=", storage(filter_date(name, day)))]
+    return []
+
+
+def _to_day(column: str, name: str, value: str | None, op: str) -> list[Condition]:
+    """COLUMN up to the end of the day the filter NAME gives (OP: "<=" or "<" the next
+    midnight)."""
+    if day := checked(value, name):
+        return [Condition(column, op, storage(filter_date(name, day) + ONE_DAY))]
+    return []
+
+
 def _time_range(filters: ListFilters, start_column: str, end_column: str) -> list[Condition]:
     """StartTime/EndTime as Restcomm applies them: from StartTime's day, to the end of
-    EndTime's day (lenient `yyyy-MM-dd`; anything else is 400)."""
-    conditions: list[Condition] = []
-    if start := checked(filters.start_time, "StartTime"):
-        conditions.append(Condition(start_column, ">=", storage(filter_date("StartTime", start))))
-    if end := checked(filters.end_time, "EndTime"):
-        last_day = filter_date("EndTime", end)
-        conditions.append(Condition(end_column, "<=", storage(last_day + ONE_DAY)))
-    return conditions
+    EndTime's day."""
+    return (_from_day(start_column, "StartTime", filters.start_time)
+            + _to_day(end_column, "EndTime", filters.end_time, "<="))
 
 
 class HistoryService:
@@ -170,12 +181,8 @@ class HistoryService:
             if text := checked(value, name):
                 conditions.append(Condition(column, "like", text))
         conditions += _time_range(filters, "start_time", "end_time")
-        if since := checked(filters.started_from, "StartTime>="):
-            conditions.append(Condition("start_time", ">=",
-                                        storage(filter_date("StartTime>=", since))))
-        if until := checked(filters.started_until, "StartTime<="):
-            last_day = filter_date("StartTime<=", until)  # the whole day, as EndTime
-            conditions.append(Condition("start_time", "<", storage(last_day + ONE_DAY)))
+        conditions += _from_day("start_time", "StartTime>=", filters.started_from)
+        conditions += _to_day("start_time", "StartTime<=", filters.started_until, "<")
         return ListQuery(account_sids=await self._accounts(account, filters),
                          conditions=tuple(conditions), order=_order("calls", filters),
                          page=paging.page, page_size=paging.page_size)
