@@ -359,7 +359,6 @@ class Transport:
         self._by_peer: dict[tuple[str, int], Connection] = {}
         self._per_source: dict[str, int] = {}
         self._connecting: dict[tuple[str, int], list[bytes]] = {}
-        self._connecting_to: dict[str, int] = {}  # connects under way, by host
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._sweeper: asyncio.Task[None] | None = None
@@ -842,14 +841,13 @@ class Transport:
         # their connection has closed): per host, connects under way and connections open
         # share max_per_source, so one host cannot hold many connects (up to
         # connect_timeout each) and, through them, the handler slots (max_pending).
-        busy = self._per_source.get(host, 0) + self._connecting_to.get(host, 0)
+        busy = self._per_source.get(host, 0) + sum(h == host for h, _ in self._connecting)
         if busy >= self.limits.max_per_source:
             if self._connect_drops.due(asyncio.get_running_loop().time()):
                 logger.warning("x tcp to %s:%d: %d connections there already; dropped "
                                "(%d so far)", *key, busy, self._connect_drops.count)
             return False
         self._connecting[key] = [data]
-        self._connecting_to[host] = self._connecting_to.get(host, 0) + 1
         self._spawn(self._connect(key))
         return True
 
@@ -862,11 +860,6 @@ class Transport:
                         lambda: _Stream(self, outgoing=True), key[0], key[1])
             finally:  # connected, failed or cancelled (stop): the connect is over
                 pending = self._connecting.pop(key, [])
-                left = self._connecting_to.get(key[0], 1) - 1
-                if left > 0:
-                    self._connecting_to[key[0]] = left
-                else:
-                    self._connecting_to.pop(key[0], None)
         except (OSError, TimeoutError) as err:
             logger.warning("x tcp connect to %s:%d failed (%s); %d message(s) dropped",
                            *key, str(err) or type(err).__name__, len(pending))
