@@ -121,9 +121,13 @@ class InstanceLock:
 class Appliance:
     """Everything the main process runs, built from one Config."""
 
-    def __init__(self, config: Config, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(self, config: Config, clock: Callable[[], datetime] = utc_now,
+                 timer_clock: Callable[[], float] | None = None) -> None:
+        """CLOCK is the wall clock; TIMER_CLOCK monotonic seconds (default: the event
+        loop's), see ``timer_clock``."""
         self.config = config
         self.clock = clock
+        self._timer_clock = timer_clock
         self.lock = InstanceLock(config.data_dir)
         self.store = Store(config.data_dir / "appliance.db")
         self.realm = ""
@@ -180,7 +184,7 @@ class Appliance:
             self.transport.local_hosts.add(sip.domain.lower())
         self.frontdoor.sender = self.transport
         self.sip_error: str | None = "not started"
-        self.call_log = CallLog(self.store, self.clock)
+        self.call_log = CallLog(self.store, self.clock, self.timer_clock)
         self.router = ClientRouter(self.sip_directory, self.location,
                                    local_hosts=self.transport.local_hosts)
         self.proxy = Proxy(self.transport, self.sip_directory, self.router, self.call_log,
@@ -283,8 +287,11 @@ class Appliance:
         return self.clock().timestamp()
 
     def timer_clock(self) -> float:
-        """Monotonic seconds (the event loop's) for the proxy's timers and call deadlines:
-        NTP steps the wall clock of this RTC-less box by hours at boot, this one never."""
+        """Monotonic seconds (the event loop's) for the proxy's timers and call deadlines
+        and the CDRs' durations: NTP steps the wall clock of this RTC-less box by hours at
+        boot, this one never."""
+        if self._timer_clock is not None:
+            return self._timer_clock()
         return asyncio.get_running_loop().time()
 
     async def _start_sip(self) -> None:

@@ -180,6 +180,11 @@ BUSY_GAP = 0.005
 COMMIT_WINDOW = 0.02
 
 
+def _loop_time() -> float:
+    """The running event loop's monotonic time: the default timer clock."""
+    return asyncio.get_running_loop().time()
+
+
 class CallLog:
     """CDRs: a row when a call starts, updated on ringing, answer and end.
 
@@ -192,13 +197,20 @@ class CallLog:
     changes of each call cost at most 1/COMMIT_WINDOW commits a second in all.
     """
 
-    def __init__(self, store: StoreProtocol, clock: Callable[[], datetime]) -> None:
+    def __init__(self, store: StoreProtocol, clock: Callable[[], datetime],
+                 timer_clock: Callable[[], float] | None = None) -> None:
+        """CLOCK is the wall clock: StartTime, EndTime and DateUpdated, as the API shows
+        them. TIMER_CLOCK is monotonic seconds (default: the running event loop's):
+        Duration and RingDuration are measured on it, so that NTP stepping the wall clock
+        of this RTC-less box during a call (by hours, either way) does not count in them."""
         self._store = store
         self._clock = clock
+        self._timer_clock = timer_clock or _loop_time
         self.instance_id = "ID" + uuid.uuid4().hex
         self._live: dict[str, CallRecord] = {}
-        self._rang_at: dict[str, datetime] = {}
-        self._answered_at: dict[str, datetime] = {}
+        # timer-clock times of the first 18x and of the answer, by sid
+        self._rang_at: dict[str, float] = {}
+        self._answered_at: dict[str, float] = {}
         # sid -> (latest record, whether its row still has to be inserted), in queue order
         self._queued: dict[str, tuple[CallRecord, bool]] = {}
         self._waiters: list[asyncio.Future[None]] = []
@@ -289,17 +301,17 @@ class CallLog:
         record = self._live.get(sid)
         if record is None or record.status != CallStatus.QUEUED:
             return
-        self._rang_at[sid] = self._clock()
+        self._rang_at[sid] = self._timer_clock()
         await self._set(sid, status=str(CallStatus.RINGING))
 
     async def answered(self, sid: str) -> None:
         record = self._live.get(sid)
         if record is None or record.status not in (CallStatus.QUEUED, CallStatus.RINGING):
             return
-        now = self._clock()
+        now = self._timer_clock()
         self._answered_at[sid] = now
         rang = self._rang_at.get(sid)
-        ring = int((now - rang).total_seconds()) if rang else 0
+        ring = _seconds(now - rang) if rang is not None else 0
         await self._set(sid, status=str(CallStatus.IN_PROGRESS), ring_duration=ring)
 
     async def conference(self, sid: str, conference_sid: str) -> None:
@@ -313,15 +325,16 @@ class CallLog:
         if record is None:
             return None
         now = self._clock()
+        elapsed = self._timer_clock()
         answered = self._answered_at.pop(sid, None)
         rang = self._rang_at.pop(sid, None)
         if answered is not None:
             status = CallStatus.COMPLETED
-            duration = int((now - answered).total_seconds())
+            duration = _seconds(elapsed - answered)
             ring = record.ring_duration
         else:
             duration = 0
-            ring = int((now - rang).total_seconds()) if rang else record.ring_duration
+            ring = _seconds(elapsed - rang) if rang is not None else record.ring_duration
         self._live[sid] = record
         final = await self._set(sid, status=str(status), end_time=now, duration=duration,
                                 ring_duration=ring)
@@ -363,6 +376,11 @@ class CallLog:
             await self._commit([], closed)
             logger.info("- %d calls left open by the last run are closed", len(closed))
         return len(closed)
+
+
+def _seconds(interval: float) -> int:
+    """Whole seconds of a timer-clock INTERVAL, as CDRs count them (truncated)."""
+    return max(0, int(interval))
 
 
 async def record_message(store: StoreProtocol, clock: Callable[[], datetime], *,

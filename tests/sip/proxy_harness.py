@@ -3,8 +3,8 @@ the real CallLog over a recording store, and a clock that only moves when a test
 
 The clock has two readings, as the appliance has: the wall clock (``clock.now``: nonces,
 bindings, CDR times) and the monotonic timer clock (``clock.monotonic()``: the proxy's
-transactions and deadlines). Moving ``clock.now`` is time passing and moves both; ``step``
-is NTP stepping the wall clock alone.
+transactions and deadlines, CDR durations). Moving ``clock.now`` is time passing and moves
+both; ``step`` is NTP stepping the wall clock alone.
 
 `Phone` plays a desk phone behind NAT: its Contact names a private address, its packets come
 from a public `source`. Messages are built as text and parsed, so every request the proxy sees
@@ -225,7 +225,8 @@ class Harness:
         self.directory = Directory()
         self.location = Location()
         self.router = ClientRouter(self.directory, self.location, local_hosts={REALM, LOCAL[0]})
-        self.call_log = CallLog(self.store, self.clock.datetime)  # type: ignore[arg-type]
+        self.call_log = CallLog(self.store, self.clock.datetime,  # type: ignore[arg-type]
+                                self.clock.monotonic)
         messages = functools.partial(record_message, self.store, self.clock.datetime)
         self.proxy = Proxy(self.sender, self.directory, self.router, self.call_log, messages,
                            clock=self.clock, timer_clock=self.clock.monotonic,

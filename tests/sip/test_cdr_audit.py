@@ -32,11 +32,23 @@ CALLS = f"Accounts/{ADMIN_SID}/Calls"
 
 
 class WallClock:
+    """The appliance's two clocks: the wall clock (``now``) and, as ``monotonic``, the timer
+    clock. Moving ``now`` is time passing and moves both; ``step`` is NTP stepping the wall
+    clock alone."""
+
     def __init__(self) -> None:
         self.now = T0
+        self._stepped = timedelta()
 
     def __call__(self) -> datetime:
         return self.now
+
+    def monotonic(self) -> float:
+        return 1_000.0 + (self.now - T0 - self._stepped).total_seconds()
+
+    def step(self, by: timedelta) -> None:
+        self.now += by
+        self._stepped += by
 
 
 def config(tmp_path: Path) -> Config:
@@ -113,7 +125,7 @@ async def test_a_crash_leaves_no_call_open_for_ever(tmp_path: Path) -> None:
 
 async def test_a_clean_stop_closes_the_calls_in_progress_at_the_stop(tmp_path: Path) -> None:
     clock = WallClock()
-    first = Appliance(config(tmp_path), clock=clock)
+    first = Appliance(config(tmp_path), clock=clock, timer_clock=clock.monotonic)
     await first.start()
     log = first.call_log
     talking = await log.opened(account_sid=ADMIN_SID, from_="alice", to="bob",
@@ -146,7 +158,7 @@ BOB_SRC = ("203.0.113.20", 41000)
 def on_store(app: Appliance) -> tuple[Harness, Phone, Phone]:
     """The in-process harness, its CDRs and SMS rows written to APP's database."""
     h = Harness()
-    h.call_log = CallLog(app.store, h.clock.datetime)
+    h.call_log = CallLog(app.store, h.clock.datetime, h.clock.monotonic)
     h.proxy = Proxy(h.sender, h.directory, h.router, h.call_log,
                     functools.partial(record_message, app.store, h.clock.datetime),
                     clock=h.clock, timer_clock=h.clock.monotonic, realm=lambda: REALM,

@@ -48,8 +48,10 @@ async def test_a_call_in_progress_survives_a_wall_clock_step_forward() -> None:
     await h.send(bob, bob.answer(bye_to_bob, 200))
     assert [r.status for r, _ in h.sender.responses()] == [200]
     [cdr] = h.store.calls.values()
-    # Ended by its BYE (CDR times are CallLog's, on the wall clock), not by the idle limit.
+    # Ended by its BYE (CDR times are CallLog's, on the wall clock), not by the idle limit;
+    # its Duration is the time that passed (on the timer clock), not the step.
     assert (cdr.status, cdr.end_time) == ("completed", h.clock.datetime())
+    assert cdr.duration == 11
 
 
 async def test_a_pending_invites_timers_fire_on_time_after_a_wall_clock_step_back() -> None:
