@@ -178,6 +178,13 @@ class SipDirectory:
 # first and records after); only the recording task and callers awaiting it do.
 BUSY_GAP = 0.005
 COMMIT_WINDOW = 0.02
+# How often the CDR of each answered call is brought up to date while it lasts (its Duration
+# so far and DateUpdated). After a crash or a power cut the next start closes it at its last
+# checkpoint: the downtime is never counted as talk time, and at most this much of the talk
+# is lost. A minute costs one commit a minute however many calls are live (one transaction
+# for all), and nothing while no call is answered: an idle appliance does not write to its
+# SD card.
+CHECKPOINT_INTERVAL = 60.0
 
 
 def _loop_time() -> float:
@@ -186,7 +193,8 @@ def _loop_time() -> float:
 
 
 class CallLog:
-    """CDRs: a row when a call starts, updated on ringing, answer and end.
+    """CDRs: a row when a call starts, updated on ringing, answer and end, and every
+    CHECKPOINT_INTERVAL while it is answered (`run`, `checkpoint`).
 
     Writes are **group-committed**: each change is queued (a row's later change replaces its
     earlier one still waiting, and a row not yet inserted is inserted with its latest state),
@@ -219,6 +227,10 @@ class CallLog:
 
     async def _write(self, record: CallRecord, *, insert: bool) -> None:
         """Queue RECORD's row and wait until the batch holding it is committed."""
+        await self._queue(record, insert=insert)
+
+    def _queue(self, record: CallRecord, *, insert: bool) -> asyncio.Future[None]:
+        """Queue RECORD's row; the future is done when the batch holding it is committed."""
         queued = self._queued.get(record.sid)
         self._queued[record.sid] = (record, insert or (queued is not None and queued[1]))
         loop = asyncio.get_running_loop()
@@ -226,7 +238,7 @@ class CallLog:
         self._waiters.append(done)
         if self._writer is None:
             self._writer = loop.create_task(self._drain())
-        await done
+        return done
 
     async def _drain(self) -> None:
         try:
@@ -289,12 +301,23 @@ class CallLog:
         return record
 
     async def _set(self, sid: str, **changes: object) -> CallRecord | None:
+        record = self._update(sid, **changes)
+        if record is not None:
+            await self._write(record, insert=False)
+        return record
+
+    def _update(self, sid: str, **changes: object) -> CallRecord | None:
+        """The live call SID with CHANGES and DateUpdated now, kept as its latest state. An
+        answered call's row always carries its Duration as of that DateUpdated: the last row
+        written is what `close_leftovers` closes after a crash."""
         record = self._live.get(sid)
         if record is None:
             return None
+        answered = self._answered_at.get(sid)
+        if answered is not None and "duration" not in changes:
+            changes["duration"] = _seconds(self._timer_clock() - answered)
         record = dataclasses.replace(record, **changes, date_updated=self._clock())  # type: ignore[arg-type]
         self._live[sid] = record
-        await self._write(record, insert=False)
         return record
 
     async def ringing(self, sid: str) -> None:
@@ -344,10 +367,34 @@ class CallLog:
     def live_count(self) -> int:
         return len(self._live)
 
+    async def checkpoint(self) -> int:
+        """Bring the CDR of every answered call up to date (its Duration so far, DateUpdated
+        now), all in one commit; returns how many. Nothing is written when no call is
+        answered."""
+        # Queued at once, with no await in between: one batch, and no `ended` can slip in
+        # between reading a call and queueing it (it pops `_answered_at` first).
+        pending = [self._queue(record, insert=False)
+                   for record in (self._update(sid) for sid in list(self._answered_at))
+                   if record is not None]
+        if pending:
+            await asyncio.gather(*pending)
+        return len(pending)
+
+    async def run(self, interval: float = CHECKPOINT_INTERVAL) -> None:
+        """Checkpoint the answered calls every INTERVAL seconds until cancelled (the
+        composition root owns this task, as the proxy's timer task)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.checkpoint()
+            except Exception:  # noqa: BLE001 - a failed commit is retried at the next one
+                logger.exception("x CDR checkpoint failed")
+
     # A call open when the appliance stops is closed then, or at the next start after a
-    # crash: no CDR stays queued/ringing/in-progress for ever in the Calls list. The phones
-    # of a Client → Client call may well go on talking (their media does not pass through
-    # us), but the BYE that would have ended the CDR finds no call to close any more.
+    # crash or a power cut: no CDR stays queued/ringing/in-progress for ever in the Calls
+    # list. The phones of a Client → Client call may well go on talking (their media does
+    # not pass through us), but the BYE that would have ended the CDR finds no call to close
+    # any more.
 
     async def close_all(self) -> int:
         """At a clean stop: close every call still open, as `ended` does: an answered call
@@ -358,19 +405,20 @@ class CallLog:
         return len(sids)
 
     async def close_leftovers(self) -> int:
-        """At start, before any call: close the CDRs a crash left open, ending now (the
-        moment the crash ended is not known). In progress: `completed`, its duration
-        counted from the answer (its last update); not answered yet: `failed`, duration 0.
-        Returns how many."""
+        """At start, before any call: close the CDRs a crash left open, each ending at its
+        last update (the moment of the crash is not known; the downtime, minutes or days,
+        was no call). In progress: `completed` with the Duration its row holds, counted up
+        to that update (its last checkpoint, or its answer); not answered yet: `failed`,
+        Duration 0. Returns how many."""
         now = self._clock()
         closed = []
         for record in await self._store.open_calls():  # closed rows without an end: left
             if record.status == CallStatus.IN_PROGRESS:
-                status = CallStatus.COMPLETED
-                duration = max(0, int((now - record.date_updated).total_seconds()))
+                status, duration = CallStatus.COMPLETED, record.duration
             else:
                 status, duration = CallStatus.FAILED, 0
-            closed.append(dataclasses.replace(record, status=str(status), end_time=now,
+            closed.append(dataclasses.replace(record, status=str(status),
+                                              end_time=record.date_updated,
                                               duration=duration, date_updated=now))
         if closed:
             await self._commit([], closed)

@@ -1,14 +1,18 @@
-"""CallLog, the CDR writer, against the clocks of an RTC-less box: its wall clock is restored
-from the last save at boot and stepped by NTP later, possibly mid-call."""
+"""CallLog, the CDR writer, against the clocks of an RTC-less box (its wall clock is restored
+from the last save at boot and stepped by NTP later, possibly mid-call) and against power
+cuts (the calls in progress are checkpointed; the next start closes them at that point)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from appliance.models import CallRecord, CallStatus
 from appliance.services.telephony import CallLog
+from appliance.store.db import Store
 
 T0 = datetime(2026, 3, 3, 9, 0, 0, tzinfo=UTC)
 ACCOUNT = "AC" + "1" * 32
@@ -84,3 +88,122 @@ async def test_an_unanswered_calls_ringing_ignores_a_step() -> None:
     final = await log.ended(record.sid, CallStatus.NO_ANSWER)
     assert final is not None
     assert (final.status, final.ring_duration, final.duration) == ("no-answer", 15, 0)
+
+
+# --- checkpoints while calls are in progress -------------------------------------------------
+
+
+class Batches(Rows):
+    """A store with ``write_calls``: each call is one transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[list[CallRecord], list[CallRecord]]] = []
+        self.failing = False
+
+    async def write_calls(self, inserts: list[CallRecord], updates: list[CallRecord]) -> None:
+        if self.failing:
+            raise OSError("disk I/O error")
+        self.batches.append((inserts, updates))
+        for record in [*inserts, *updates]:
+            self.calls[record.sid] = record
+
+
+async def test_a_checkpoint_writes_the_answered_calls_in_one_commit() -> None:
+    clocks, store = Clocks(), Batches()
+    log = call_log(clocks, store)
+    sids = [(await log.opened(account_sid=ACCOUNT, from_=f"a{n}", to="bob",
+                              direction="inbound")).sid for n in range(6)]
+    assert await log.checkpoint() == 0  # nothing answered: nothing written
+    for n, sid in enumerate(sids[:5]):
+        await log.answered(sid)
+        clocks.advance(n)  # answered at 0, 0, 1, 3, 6 s; the sixth is not answered
+    clocks.advance(60)
+    clocks.step(timedelta(hours=2))  # not talk time
+    store.batches.clear()
+    assert await log.checkpoint() == 5
+    [(inserts, updates)] = store.batches
+    assert inserts == [] and [r.sid for r in updates] == sids[:5]
+    assert [r.duration for r in updates] == [70, 70, 69, 67, 64]
+    assert {(r.status, r.date_updated) for r in updates} == {("in-progress", clocks.now)}
+    assert store.calls[sids[5]].status == "queued"
+    # The end still counts from the answer, and is written after the checkpoint.
+    clocks.advance(5)
+    final = await log.ended(sids[0], CallStatus.COMPLETED)
+    assert final is not None and (final.duration, store.calls[sids[0]]) == (75, final)
+
+
+@pytest.mark.parametrize("checkpoint_first", [True, False])
+async def test_a_checkpoint_never_reopens_a_call_ending_meanwhile(checkpoint_first: bool
+                                                                   ) -> None:
+    clocks, store = Clocks(), Batches()
+    log = call_log(clocks, store)
+    record = await log.opened(account_sid=ACCOUNT, from_="alice", to="bob", direction="inbound")
+    await log.answered(record.sid)
+    clocks.advance(30)
+    ending = log.ended(record.sid, CallStatus.COMPLETED)
+    if checkpoint_first:
+        await asyncio.gather(log.checkpoint(), ending)
+    else:
+        await asyncio.gather(ending, log.checkpoint())
+    row = store.calls[record.sid]
+    assert (row.status, row.duration, row.end_time) == ("completed", 30, clocks.now)
+    assert await log.checkpoint() == 0
+
+
+async def test_the_checkpoint_task_runs_until_cancelled_and_outlives_a_failed_commit() -> None:
+    clocks, store = Clocks(), Batches()
+    log = call_log(clocks, store)
+    record = await log.opened(account_sid=ACCOUNT, from_="alice", to="bob", direction="inbound")
+    await log.answered(record.sid)
+    clocks.advance(61)
+    store.failing = True
+    task = asyncio.get_running_loop().create_task(log.run(interval=0.001))
+    try:
+        await asyncio.sleep(0.01)  # a few checkpoints fail: logged, the task goes on
+        assert not task.done()
+        store.failing = False
+        async with asyncio.timeout(5):
+            while store.calls[record.sid].duration != 61:
+                await asyncio.sleep(0.001)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_power_cut_closes_a_call_at_its_last_checkpoint(tmp_path: Path) -> None:
+    clocks = Clocks()
+    store = Store(tmp_path / "appliance.db")
+    await store.open()
+    try:
+        crashed = call_log(clocks, store)
+        talking = await crashed.opened(account_sid=ACCOUNT, from_="alice", to="bob",
+                                       direction="inbound")
+        ringing = await crashed.opened(account_sid=ACCOUNT, from_="alice", to="carol",
+                                       direction="inbound")
+        clocks.advance(2)
+        await crashed.ringing(ringing.sid)
+        await crashed.answered(talking.sid)
+        clocks.advance(60)
+        clocks.step(timedelta(hours=-1))  # NTP, between two checkpoints: not talk time
+        clocks.advance(60)
+        await crashed.checkpoint()
+        checkpointed_at = clocks.now
+        clocks.advance(45)  # the power goes before the next checkpoint
+        del crashed  # no close_all: the row stays in progress
+        clocks.advance(3 * 3600)  # back up hours later
+        started = call_log(clocks, store)
+        assert await started.close_leftovers() == 2
+        bob = await store.get_call(talking.sid)
+        assert bob is not None
+        assert (bob.status, bob.duration, bob.end_time) == ("completed", 120, checkpointed_at)
+        assert bob.date_updated == clocks.now  # the row was closed now
+        carol = await store.get_call(ringing.sid)
+        assert carol is not None
+        assert (carol.status, carol.duration, carol.end_time) == ("failed", 0, T0 +
+                                                                   timedelta(seconds=2))
+        assert await store.open_calls() == []
+        assert await started.close_leftovers() == 0
+    finally:
+        await store.close()

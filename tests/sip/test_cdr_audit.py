@@ -83,11 +83,13 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Appliance, WallClock]]:
 
 
 def leftover(sid: int, status: CallStatus, to: str) -> CallRecord:
-    """A CDR as a crashed run left it (another instance id, no end time)."""
+    """A CDR as a crashed run left it (another instance id, no end time); an answered one
+    as checkpointed 6 s after its answer."""
     return CallRecord(
         sid=CallSid(f"ID{'f' * 32}-CA{sid:032x}"), instance_id="ID" + "f" * 32,
         account_sid=AccountSid(ADMIN_SID), parent_call_sid=None, to=to, from_="alice",
-        phone_number_sid=None, status=str(status), start_time=T0, end_time=None, duration=0,
+        phone_number_sid=None, status=str(status), start_time=T0, end_time=None,
+        duration=6 if status == CallStatus.IN_PROGRESS else 0,
         price=None, price_unit="USD", direction="inbound", answered_by=None,
         api_version="2012-04-24", forwarded_from=None, caller_name=None, conference_sid=None,
         ring_duration=4 if status == CallStatus.IN_PROGRESS else None, date_created=T0,
@@ -114,11 +116,51 @@ async def test_a_crash_leaves_no_call_open_for_ever(tmp_path: Path) -> None:
         assert {to: c["status"] for to, c in listed.items()} == {
             "bob": "completed", "carol": "failed", "dave": "failed", "erin": "busy"}
         assert "end_time" not in listed["erin"]  # a closed call is left as it is
-        # Ended when the appliance came back; answered at its last update (T0 + 10 s).
-        assert listed["bob"]["end_time"] == "2026-03-03T09:05:00.000Z"
-        assert listed["bob"]["duration"] == 290
-        assert listed["carol"]["duration"] == 0 and listed["carol"]["end_time"]
+        # Ended at their last update (T0 + 10 s), not when the appliance came back: the
+        # five minutes down were no call. The answered one keeps the Duration it was
+        # checkpointed with.
+        assert listed["bob"]["end_time"] == "2026-03-03T09:00:10.000Z"
+        assert listed["bob"]["duration"] == 6
+        assert listed["carol"]["end_time"] == "2026-03-03T09:00:10.000Z"
+        assert listed["carol"]["duration"] == 0
         assert await calls_listed(second, {"Status": "in-progress"}) == {}
+    finally:
+        await second.stop()
+
+
+async def test_after_a_power_cut_a_call_ends_at_its_last_checkpoint(tmp_path: Path) -> None:
+    clock = WallClock()
+    first = Appliance(config(tmp_path), clock=clock, timer_clock=clock.monotonic)
+    await first.start()
+    # The run the power cut ends: a CallLog of its own on the same database, dropped without
+    # close_all (first.stop below closes only the calls of its own CallLog: none).
+    crashed = CallLog(first.store, clock, clock.monotonic)
+    talking = await crashed.opened(account_sid=ADMIN_SID, from_="alice", to="bob",
+                                   direction="inbound")
+    ringing = await crashed.opened(account_sid=ADMIN_SID, from_="alice", to="carol",
+                                   direction="inbound")
+    await crashed.ringing(ringing.sid)
+    clock.now = T0 + timedelta(seconds=3)
+    await crashed.answered(talking.sid)
+    clock.now = T0 + timedelta(seconds=63)
+    assert await crashed.checkpoint() == 1  # only the answered call is written
+    clock.now = T0 + timedelta(seconds=123)
+    assert await crashed.checkpoint() == 1
+    clock.now = T0 + timedelta(seconds=150)  # the power goes: these 27 s are not known
+    del crashed
+    await first.stop()
+    clock.now = T0 + timedelta(hours=5)  # back hours later
+    second = Appliance(first.config, clock=clock, timer_clock=clock.monotonic)
+    await second.start()
+    try:
+        listed = await calls_listed(second)
+        # Ended at its last checkpoint with the talk time counted then, not the downtime.
+        assert (listed["bob"]["status"], listed["bob"]["duration"]) == ("completed", 120)
+        assert listed["bob"]["end_time"] == "2026-03-03T09:02:03.000Z"
+        assert listed["bob"]["start_time"] == "2026-03-03T09:00:00.000Z"
+        # Never answered: failed, ended at its last update (when it began ringing).
+        assert (listed["carol"]["status"], listed["carol"]["duration"]) == ("failed", 0)
+        assert listed["carol"]["end_time"] == "2026-03-03T09:00:00.000Z"
     finally:
         await second.stop()
 
