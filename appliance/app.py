@@ -209,6 +209,7 @@ class Appliance:
         self.gateways.trunk = self.trunk
         self._trunk_task: asyncio.Task[None] | None = None
         self._proxy_task: asyncio.Task[None] | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None  # CDRs of calls in progress
         self._build_media()
 
     def _build_media(self) -> None:
@@ -330,6 +331,8 @@ class Appliance:
                                             self.config.data_dir)
         await self.accounts.load()
         await self.call_log.close_leftovers()
+        self._checkpoint_task = asyncio.get_running_loop().create_task(self.call_log.run(),
+                                                                       name="cdr checkpoints")
         await self._start_sip()
         await self.webhooks.start()
         if self.supervisor is not None:
@@ -468,19 +471,15 @@ class Appliance:
         # SIP before the store: the transport stops taking messages, the registrar finishes
         # its binding writes, then the database closes.
         await self.trunk.close()
-        if self._trunk_task is not None:
-            self._trunk_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._trunk_task
-            self._trunk_task = None
-        if self._proxy_task is not None:
-            self._proxy_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._proxy_task
-            self._proxy_task = None
+        await _cancel(self._trunk_task)
+        self._trunk_task = None
+        await _cancel(self._proxy_task)
+        self._proxy_task = None
         await self.transport.stop()
         self.frontdoor.close()
         await self.registrar.stop()
+        await _cancel(self._checkpoint_task)
+        self._checkpoint_task = None
         closed = await self.call_log.close_all()
         if closed:
             logger.info("- %d calls still open are closed", closed)
@@ -488,6 +487,14 @@ class Appliance:
         await self.store.close()
         self.lock.release()
         logger.info("- appliance stopped")
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel one of the appliance's own background tasks and wait until it is over."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 STATUS_INTERVAL = 15.0

@@ -165,6 +165,21 @@ async def test_after_a_power_cut_a_call_ends_at_its_last_checkpoint(tmp_path: Pa
         await second.stop()
 
 
+def checkpoint_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "cdr checkpoints"]
+
+
+async def test_the_checkpoint_task_lives_as_long_as_the_appliance(tmp_path: Path) -> None:
+    app = Appliance(config(tmp_path), clock=WallClock())
+    await app.start()
+    try:
+        [task] = checkpoint_tasks()
+        assert not task.done()
+    finally:
+        await app.stop()
+    assert task.cancelled() and checkpoint_tasks() == []
+
+
 async def test_a_clean_stop_closes_the_calls_in_progress_at_the_stop(tmp_path: Path) -> None:
     clock = WallClock()
     first = Appliance(config(tmp_path), clock=clock, timer_clock=clock.monotonic)
