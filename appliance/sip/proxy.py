@@ -355,7 +355,7 @@ class Proxy:
         compact(self._originated)
 
     async def run(self) -> None:
-        """Drive the timers until cancelled (the composition root's TaskGroup owns this).
+        """Drive the timers until cancelled (``Appliance.start`` runs it, ``stop`` cancels it).
 
         Every message wakes this task so it can see new deadlines, but a scan of the timers
         costs time in proportion to the live transactions; under load, scans are spaced at
