@@ -205,7 +205,7 @@ class Appliance:
         self.trunk = Trunk(self.transport, clock=self.timer_clock, wall_clock=self.wall_clock,
                            local=lambda: (self.transport.advertised, sip.listen.port))
         self.frontdoor.trunk = self.trunk
-        self.guard.exempt = self.trunk.is_provider  # a spoofed provider is never banned
+        self.guard.exempt = self.trunk.is_provider  # providers: never banned nor budgeted
         self.gateways.trunk = self.trunk
         self._trunk_task: asyncio.Task[None] | None = None
         self._proxy_task: asyncio.Task[None] | None = None

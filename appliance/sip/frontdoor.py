@@ -17,8 +17,10 @@ Theory of operation. Every message that parsed comes here. What happens to it:
 
 (1) Dropping is kinder than 403 against svcrack: it learns nothing and waits on time-outs.
 (2) Per source IP; a source holding a live binding is exempt, so a phone's subscriptions and
-calls never hit it. (3) With ``Allow`` (the proxied methods only once a proxy is set) and
-``Accept``; ``Supported`` only when ``SUPPORTED`` names an option tag (it is empty today).
+calls never hit it, and so is a provider's address (``Guard.exempt``): every inbound PSTN
+call comes from there unauthenticated. (3) With ``Allow`` (the proxied methods only once a
+proxy is set) and ``Accept``; ``Supported`` only when ``SUPPORTED`` names an option tag (it
+is empty today).
 (4) The proxy, or **501 Not Implemented** while none is set (an unmatched CANCEL: 481).
 (5) ``may_answer``, the transport's hook: past the budget the broken request is dropped.
 
@@ -154,8 +156,10 @@ class FrontDoor:
         return False
 
     def _within_budget(self, ip: str, now: float) -> bool:
-        """Whether IP may send one more request: a source with a live binding always may;
-        any other spends one token of its unauthenticated budget."""
+        """Whether IP may send one more request: a source with a live binding always may,
+        and so does a provider's address (the guard's ``exempt``, which spends nothing); any
+        other spends one token of its unauthenticated budget. The quick REGISTER path and
+        ``may_answer`` ask this too, so all three treat a source alike."""
         return self.registrar.is_known_source(ip) or self.guard.allow_unauthenticated(ip, now)
 
     async def handle(self, incoming: Incoming) -> None:

@@ -6,11 +6,19 @@ Two budgets per source address (an IP string; the caller decides whether ports c
   source for ``ban_time`` seconds (svcrack found a stock Kamailio's password at once). Each
   failure is noted with the login it tried; a correct password clears only that login's
   failures, so that holding one Client's password does not reset the count of guesses at
-  another's. Addresses ``exempt`` names (the providers' addresses, whose calls are taken without a
-  digest) are never counted: a failed digest sent with a provider's address spoofed as its
-  source must not ban the provider and so cut the office's inbound calls;
+  another's;
 * unauthenticated requests: a token bucket of ``unauthenticated_per_minute`` (svwar/svmap
   sweeps, REGISTER floods).
+
+Addresses ``exempt`` names (the providers' addresses, whose calls are taken without a digest)
+are outside both budgets: their failures are never counted, a ban is never held against them
+(one made before the address became a provider's, say), and their requests spend no tokens.
+A provider sends every inbound call's INVITE, BYE and OPTIONS unauthenticated from one
+address, so a busy office would exhaust any per-minute budget; and a failed digest sent with a
+provider's address spoofed as its source must not ban the provider. Either would cut the
+office's inbound calls. Whoever spoofs that address escapes the budget too, but reaches only
+what the provider does (our DIDs, sip.md §3), and the proxy's and the transport's own caps
+(transactions, calls, handlers in progress) still bound what a flood of it costs.
 
 What to do with a refused source is the caller's choice: reply 503/403 or drop, and log once.
 Memory is bounded: at most ``max_sources`` records, the least recently seen evicted first,
@@ -63,7 +71,7 @@ class Guard:
         self.rate = unauthenticated_per_minute
         self.max_sources = max_sources
         self._records: OrderedDict[str, _Record] = OrderedDict()
-        # Sources whose failures are never counted (set by the composition root).
+        # Sources outside both budgets (set by the composition root: the providers').
         self.exempt: Callable[[str], bool] | None = None
 
     def __len__(self) -> int:
@@ -92,6 +100,9 @@ class Guard:
         record = self._records.get(source)
         if record is None or record.banned_until <= now:
             return False
+        # Asked only of a banned source: every message asks, and nearly none is banned.
+        if self.exempt is not None and self.exempt(source):
+            return False
         self._records.move_to_end(source)
         return True
 
@@ -119,7 +130,10 @@ class Guard:
             record.failures = [f for f in record.failures if f[1] != login]
 
     def allow_unauthenticated(self, source: str, now: float) -> bool:
-        """Spend one token of SOURCE's unauthenticated budget; False when exhausted."""
+        """Spend one token of SOURCE's unauthenticated budget; False when exhausted. An
+        exempt source spends none (and gets no record)."""
+        if self.exempt is not None and self.exempt(source):
+            return True
         record = self._record(source, now)
         if record.tokens < 0:
             record.tokens, record.refilled_at = float(self.rate), now

@@ -573,6 +573,39 @@ async def test_a_flood_from_one_source_is_cut_to_its_budget(tmp_path: Path, kind
             other.close()
 
 
+async def test_the_providers_address_spends_no_budget(tmp_path: Path) -> None:
+    """A provider sends every inbound call's INVITE, BYE and OPTIONS from one address without
+    a digest: a busy office's calls must not be cut to the unauthenticated budget (503 past
+    it), on any path (proxied, answered here, the quick REGISTER, a broken request's 400).
+    A stranger past its budget still gets 503."""
+    sources = (("provider", (("127.0.0.2/32", None),)),)
+    async with running(tmp_path, InboundConfig(sources=sources),
+                       unauthenticated_per_minute=5) as (app, api):
+        status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Management/Gateways.json", {
+            "FriendlyName": "provider", "UserName": "office", "Password": "Trunk-pass-1",
+            "Proxy": f"127.0.0.1:{free_port()}", "Register": "false", "TTL": "600"})
+        assert status == 200, body
+        provider = Attacker(app.config.sip.listen.port, "127.0.0.2")
+        stranger = Attacker(app.config.sip.listen.port, "127.0.0.3")
+        try:
+            for _ in range(8):  # each past the budget of 5
+                for probe, expected in (
+                    (provider.request("INVITE", "+15551234567", from_user="+33612345678"), 404),
+                    (provider.request("OPTIONS", None), 200),
+                    (provider.request("REGISTER", "alice"), 401),
+                    (provider.request("OPTIONS", None).replace(b"CSeq: 1 OPTIONS",
+                                                               b"CSeq: x"), 400),
+                ):
+                    reply = await provider.ask(probe)
+                    assert reply is not None and _status(reply) == expected, (probe, reply)
+            statuses = [_status(r) if (r := await stranger.ask(
+                stranger.request("OPTIONS", None), wait=0.3)) else None for _ in range(7)]
+            assert statuses == [200] * 5 + [503] * 2, statuses
+        finally:
+            provider.close()
+            stranger.close()
+
+
 # --- broadcast and multicast Vias ---------------------------------------------------------------
 
 

@@ -101,3 +101,15 @@ def test_exempt_sources_are_never_counted_nor_banned() -> None:
     assert not guard.is_banned("198.51.100.7", 5)
     guard.record_failure(IP, 0)
     assert guard.record_failure(IP, 1)  # everyone else still is
+
+
+def test_exempt_sources_spend_no_budget_and_are_not_held_to_an_earlier_ban() -> None:
+    guard = Guard(max_failures=1, unauthenticated_per_minute=3)
+    provider = "198.51.100.7"
+    assert guard.record_failure(provider, 0)  # banned before it became a provider's address
+    guard.exempt = lambda ip: ip == provider
+    assert not guard.is_banned(provider, 1)
+    assert all(guard.allow_unauthenticated(provider, 1) for _ in range(100))
+    assert [guard.allow_unauthenticated(IP, 1) for _ in range(4)] == [True] * 3 + [False]
+    guard.exempt = None  # no longer a provider's: its ban and budget apply again
+    assert guard.is_banned(provider, 1)
