@@ -44,6 +44,12 @@ any open connection to that address, else opens one (``connect_timeout``; connec
 count with connections against ``max_per_source``). A response whose request's connection
 has closed goes to its Via instead (received, sent-by port: RFC 3261 §18.2.2), down a
 connection open to there or a new one. Sending never raises: failures are logged with ``x``.
+``send`` returns False when the message certainly did not go out; when that is learnt only
+later (the connect it waits for fails or times out, the new connection closes before it was
+written, a name does not resolve), the sender's ``on_error`` is called instead, once, from the
+loop: RFC 3261 §18.4 has transport errors reported to the transaction (§17.1.4), so that a
+proxy's branch to a TCP phone that went away fails now rather than on Timer B. What the sender
+makes of it is its business: this module knows no SIP transactions.
 Log lines: ``<`` in, ``>`` out, ``-`` state, ``x`` failure, at debug level, showing only start
 lines — never header values, so never Authorization.
 """
@@ -60,7 +66,7 @@ import itertools
 import logging
 import secrets
 import socket
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +142,9 @@ UDP_BUFFER_SIZE = 65536  # recvfrom size: any datagram, IPv4 or IPv6 (65527)
 WARNING_INTERVAL = 60.0
 
 _WILDCARDS = ("0.0.0.0", "::", "")
+
+# What a sender hands ``send`` to hear of a failure found only after it returned (or None).
+OnError = Callable[[], None] | None
 
 
 def idle_timeout_for(max_expires: float) -> float:
@@ -222,6 +231,18 @@ def _response_address(response: Response) -> tuple[str, int] | None:
         return None
     host = (top.received or top.host).strip("[]")
     return None if unreachable(host) else (host, top.port or 5060)
+
+
+def _report(callbacks: Iterable[OnError]) -> None:
+    """Tell the senders of messages that did not go out (their ``on_error``), each on its
+    own: one that raises must not keep the others from hearing."""
+    for on_error in callbacks:
+        if on_error is None:
+            continue
+        try:
+            on_error()
+        except Exception:
+            logger.exception("x reporting a send failure failed")
 
 
 def head_reply(head: bytes, status: int) -> Response | None:
@@ -358,7 +379,8 @@ class Transport:
         self._connections: dict[str, Connection] = {}
         self._by_peer: dict[tuple[str, int], Connection] = {}
         self._per_source: dict[str, int] = {}
-        self._connecting: dict[tuple[str, int], list[bytes]] = {}
+        # Connects under way: the messages (and their senders' on_error) waiting for each.
+        self._connecting: dict[tuple[str, int], list[tuple[bytes, OnError]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._sweeper: asyncio.Task[None] | None = None
@@ -709,10 +731,12 @@ class Transport:
 
     # --- sending (the Sender seam) --------------------------------------------------------
 
-    def send(self, message: Request | Response, target: Target, data: bytes | None = None) -> bool:
+    def send(self, message: Request | Response, target: Target, data: bytes | None = None, *,
+             on_error: OnError = None) -> bool:
         """Send MESSAGE (see ``wire.Sender``). False when it certainly did not go out (RFC
         3261 §18: its transaction reports a transport error to its TU); True when it went,
-        or may yet go (a name to resolve, a connect under way)."""
+        or may yet go (a name to resolve, a connect under way). ON_ERROR is called later
+        when one of those turns out to fail (never when this returns False)."""
         host = target.host.strip("[]")
         if unreachable(host) or not 0 < target.port < 65536:
             logger.debug("x not sending %s to %s:%d", _summary(message), host, target.port)
@@ -728,7 +752,7 @@ class Transport:
                 return False
             if _is_ip(host):
                 return self._sendto(data, (host, target.port))
-            self._spawn(self._resolve_and_send(data, host, target.port))
+            self._spawn(self._resolve_and_send(data, host, target.port, on_error))
             return True
         elif kind == "tcp":
             conn = self._connections.get(target.connection_id or "")
@@ -750,7 +774,7 @@ class Transport:
                 conn = self._by_peer.get(address)
                 if conn is not None and conn.write(data):
                     return True
-            return self._open_and_send(data, host, port)
+            return self._open_and_send(data, host, port, on_error)
         logger.warning("x no %s transport for %s", target.transport, _summary(message))
         return False
 
@@ -810,7 +834,8 @@ class Transport:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _resolve_and_send(self, data: bytes, host: str, port: int) -> None:
+    async def _resolve_and_send(self, data: bytes, host: str, port: int,
+                                on_error: OnError) -> None:
         loop = asyncio.get_running_loop()
         # Only addresses our one UDP socket can send to: a provider's name that resolves to
         # IPv6 first must still reach its IPv4 address from an IPv4 socket (and an IPv6
@@ -823,19 +848,23 @@ class Transport:
                                                type=socket.SOCK_DGRAM, flags=flags)
         except (OSError, TimeoutError) as err:
             logger.warning("x cannot resolve %s: %s", host, err)
+            _report((on_error,))
             return
         for info in infos:
             address = str(info[4][0])
             if not unreachable(address):
-                self._sendto(data, (address, port))
+                if not self._sendto(data, (address, port)):
+                    _report((on_error,))
                 return
+        _report((on_error,))
 
-    def _open_and_send(self, data: bytes, host: str, port: int) -> bool:
-        """Connect to HOST:PORT and send DATA there: False when no connect is allowed."""
+    def _open_and_send(self, data: bytes, host: str, port: int, on_error: OnError) -> bool:
+        """Connect to HOST:PORT and send DATA there: False when no connect is allowed;
+        ON_ERROR is called if the connect then fails."""
         key = (host, port)
         pending = self._connecting.get(key)
         if pending is not None:  # a connect is under way: queue behind it
-            pending.append(data)
+            pending.append((data, on_error))
             return True
         # Peers choose where some of our connects go (a response's Via sent-by port once
         # their connection has closed): per host, connects under way and connections open
@@ -847,7 +876,7 @@ class Transport:
                 logger.warning("x tcp to %s:%d: %d connections there already; dropped "
                                "(%d so far)", *key, busy, self._connect_drops.count)
             return False
-        self._connecting[key] = [data]
+        self._connecting[key] = [(data, on_error)]
         self._spawn(self._connect(key))
         return True
 
@@ -863,9 +892,13 @@ class Transport:
         except (OSError, TimeoutError) as err:
             logger.warning("x tcp connect to %s:%d failed (%s); %d message(s) dropped",
                            *key, str(err) or type(err).__name__, len(pending))
+            _report(on_error for _, on_error in pending)
             return
         conn = protocol.conn
-        for data in pending:
+        for sent, (data, _) in enumerate(pending):
             if not conn.write(data):
-                logger.warning("x tcp %s:%d closed before sending", *key)
+                # Refused at our limits (_admit), or closed at once: none of the rest went.
+                logger.warning("x tcp %s:%d closed before sending; %d message(s) dropped",
+                               *key, len(pending) - sent)
+                _report(on_error for _, on_error in pending[sent:])
                 return

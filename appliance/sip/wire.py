@@ -9,6 +9,7 @@ fake handler.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Protocol
 
 from appliance.sip.message import Request, Response
@@ -37,11 +38,14 @@ class Incoming:
 
 class Sender(Protocol):
     def send(self, message: Request | Response, target: Target,
-             data: bytes | None = None) -> bool | None:
+             data: bytes | None = None, *,
+             on_error: Callable[[], None] | None = None) -> bool | None:
         """Send MESSAGE, serialised unless DATA (its wire form, from a transaction that keeps
         it for retransmissions) is given; failures are logged by the transport, never raised.
         False when MESSAGE certainly did not go out (its transaction then reports a transport
-        error to its TU, RFC 3261 §17.1.4); True or None otherwise (it went, or may yet)."""
+        error to its TU, RFC 3261 §17.1.4); True or None otherwise (it went, or may yet).
+        When "may yet" turns out not to (a TCP connect that fails, a name that does not
+        resolve), ON_ERROR is called, once, later, from the event loop; never after False."""
 
 
 class MessageHandler(Protocol):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from appliance.sip import transport as transport_module
 from appliance.sip.message import Request, make_response, parse_message
 from appliance.sip.transport import Limits, Transport
 from appliance.sip.wire import Incoming, Target, reply_target
+from tests.conftest import free_port
 from tests.sip import test_transport
 from tests.sip.test_transport import (
     WAIT,
@@ -585,6 +587,66 @@ async def test_a_request_for_a_closed_connection_opens_one_to_the_target_address
         transport.send(request, Target("tcp", "127.0.0.1", phone.port, gone))
         assert (await phone.get()).startswith(b"OPTIONS ")
         assert phone.accepted == 1
+
+
+async def test_a_connect_that_fails_is_reported_to_each_sender_waiting_for_it(
+        echo: tuple[Transport, Echo]) -> None:
+    """send() returns True while its connect is under way; when the connect is refused,
+    every message queued behind it is reported through its own on_error (RFC 3261 §18.4:
+    the transaction hears of the transport error), once, and a sent one is not."""
+    transport, _ = echo
+    reported: list[str] = []
+    nobody = free_port()  # nothing listens there (a phone's old source port)
+    for branch in ("z9hG4bKa", "z9hG4bKb"):
+        request = parse_message(options(transport.port, transport="TCP", branch=branch))
+        assert transport.send(request, Target("tcp", "127.0.0.1", nobody, "tcp-gone"),
+                              on_error=functools.partial(reported.append, branch)) is True
+    transport.send(parse_message(options(transport.port, transport="TCP")),
+                   Target("tcp", "127.0.0.1", nobody))  # no on_error: only logged
+    async with Listener() as phone:
+        request = parse_message(options(transport.port, transport="TCP", branch="z9hG4bKc"))
+        transport.send(request, Target("tcp", "127.0.0.1", phone.port),
+                       on_error=functools.partial(reported.append, "z9hG4bKc"))
+        await phone.get()
+    await until(lambda: len(reported) == 2)
+    await until(lambda: not transport._tasks)
+    assert sorted(reported) == ["z9hG4bKa", "z9hG4bKb"]
+
+
+async def test_a_connect_that_times_out_or_is_refused_at_our_limits_is_reported(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phone behind a NAT that drops the SYN: reported after connect_timeout. A connect
+    that succeeds but finds every connection slot taken is aborted unsent: reported too."""
+    handler = Echo()
+    transport = Transport(handler, "127.0.0.1", 0,
+                          limits=Limits(connect_timeout=0.2, max_connections=1))
+    handler.transport = transport
+    await transport.start()
+    loop = asyncio.get_running_loop()
+    real = loop.create_connection
+    reported: list[str] = []
+
+    async def hanging(factory: Any, host: str, port: int, **kw: Any) -> Any:
+        if port == 20000:
+            await asyncio.Event().wait()
+        return await real(factory, host, port, **kw)
+
+    monkeypatch.setattr(loop, "create_connection", hanging)
+    try:
+        request = parse_message(options(transport.port, transport="TCP"))
+        started = loop.time()
+        transport.send(request, Target("tcp", "127.0.0.1", 20000),
+                       on_error=functools.partial(reported.append, "timeout"))
+        await until(lambda: reported == ["timeout"])
+        assert 0.15 < loop.time() - started < 1.0
+        async with Listener() as phone, tcp(transport.port) as (reader, writer):
+            writer.write(options(5060, transport="TCP"))  # the one connection slot
+            assert status_of(await read_message(reader)) == 200
+            transport.send(request, Target("tcp", "127.0.0.1", phone.port),
+                           on_error=functools.partial(reported.append, "full"))
+            await until(lambda: reported == ["timeout", "full"])
+    finally:
+        await transport.stop()
 
 
 class Late(Echo):
