@@ -36,7 +36,10 @@ A new out-of-dialog request goes through, in order:
 
 Forking is parallel, to at most ``MAX_BRANCHES`` contacts. Each branch keeps the contact URI
 as Request-URI but is *sent* to the binding's source address and TCP connection (phones
-behind NAT only accept requests there). Every branch (``forwarding.branch_request``) gets our
+behind NAT only accept requests there). A branch the transport cannot send fails as a 503
+(§16.9, §17.1.4), whether ``send`` says so at once (False) or only later through the
+``on_error`` it is given (a TCP connect refused or timed out: ``_unreachable``, reported on
+the next timer pass). Every branch (``forwarding.branch_request``) gets our
 Via (fresh ``z9hG4bK`` branch), Max-Forwards minus one, and an INVITE gets ``Record-Route:
 <sip:host:port;lr;transport=x>`` (two when the transport changes between the legs, RFC 5658),
 so that in-dialog requests come back through us. Credentials for our realm are consumed (RFC
@@ -68,6 +71,7 @@ exhausted budget answers 503 (logged once per episode), never grows a table.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -249,6 +253,9 @@ class Proxy:
                                    source=self._source, local=self._local, reply=self._reply,
                                    fork=self._fork)
         self._wake = asyncio.Event()
+        # Transactions whose message the transport found it could not send only after
+        # ``send`` returned (a TCP connect that failed): reported on the next timer pass.
+        self._unsent: dict[Transaction, None] = {}
         self._overloaded = False
         # MESSAGEs the appliance itself sends (an SMS delivered to a Client, sip.messenger):
         # their client transactions and the futures that receive the final status.
@@ -297,14 +304,16 @@ class Proxy:
             await self._reply(server, 500, now=now)
 
     def connection_closed(self, connection_id: str) -> None:
-        """Nothing to drop: a branch sent to a closed connection times out (Timer B/F/C)
-        and the transport falls back to the target address where it can."""
+        """Nothing to drop: a branch sent to a closed connection goes to its target address
+        on a new one, and fails at once (503) when that connect fails (``_unreachable``)."""
         logger.debug("- connection %s closed", connection_id)
 
     # --- timers ---------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        """When ``handle_timer`` next needs to run."""
+        """When ``handle_timer`` next needs to run (-inf: now, for a transport error)."""
+        if self._unsent:
+            return float("-inf")
         times = [t for t in (self._table.get_timer(), self._deadlines.earliest())
                  if t is not None]
         return min(times, default=None)
@@ -322,6 +331,11 @@ class Proxy:
         return branch.deadline if branch is not None else None
 
     async def handle_timer(self, now: float) -> None:
+        if self._unsent:
+            unsent, self._unsent = self._unsent, {}
+            for txn in unsent:  # one that has ended meanwhile ignores it
+                txn.transport_error(now)
+                await self._drain(txn, txn.pop_actions(), now)
         for txn, actions in self._table.handle_timer(now):
             await self._drain(txn, actions, now)
         while (key := self._deadlines.pop_due(now)) is not None:
@@ -607,12 +621,20 @@ class Proxy:
 
     # --- transactions and sending -----------------------------------------------------------
 
+    def _unreachable(self, txn: Transaction) -> None:
+        """The transport's late word that TXN's message did not go out (``Sender.send``'s
+        on_error, from the loop): the same transport error as a send that fails at once,
+        handled on the next timer pass, where it can be awaited."""
+        self._unsent[txn] = None
+        self._wake.set()
+
     async def _drain(self, txn: Transaction, actions: list[Any], now: float) -> None:
         for action in actions:
             if isinstance(action, Transmit):
                 target = txn.peer
-                if target is not None and \
-                        self._sender.send(action.message, target, action.data) is False:
+                if target is not None and self._sender.send(
+                        action.message, target, action.data,
+                        on_error=functools.partial(self._unreachable, txn)) is False:
                     txn.transport_error(now)  # reported to us, the TU, by what follows
                     await self._drain(txn, txn.pop_actions(), now)
             elif isinstance(action, Deliver):

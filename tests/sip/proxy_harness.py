@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -70,12 +71,28 @@ class FakeSender:
         self.sent: list[tuple[Request | Response, Target]] = []
         # (host, port) the transport fails to send to (recorded as sent, reported False).
         self.failing: set[tuple[str, int]] = set()
+        # (host, port) the transport learns only later it could not send to (a TCP connect
+        # under way): sends there return True and keep their on_error in `unsent`, which
+        # `fail_later` calls, as the transport would once the connect failed.
+        self.failing_later: set[tuple[str, int]] = set()
+        self.unsent: list[Callable[[], None]] = []
 
-    def send(self, message: Request | Response, target: Target, data: bytes | None = None
-             ) -> bool:
+    def send(self, message: Request | Response, target: Target, data: bytes | None = None, *,
+             on_error: Callable[[], None] | None = None) -> bool:
         assert data is None or data == bytes(message)  # must serialise, the same either way
         self.sent.append((message, target))
+        if (target.host, target.port) in self.failing_later:
+            if on_error is not None:
+                self.unsent.append(on_error)
+            return True
         return (target.host, target.port) not in self.failing
+
+    def fail_later(self) -> int:
+        """Report the sends to ``failing_later`` addresses as failed; how many there were."""
+        unsent, self.unsent = self.unsent, []
+        for on_error in unsent:
+            on_error()
+        return len(unsent)
 
     def take(self) -> list[tuple[Request | Response, Target]]:
         sent, self.sent = self.sent, []

@@ -21,11 +21,14 @@ from appliance.models import AccountSid, CallRecord, CallSid, CallStatus
 from appliance.services.telephony import CallLog, record_message
 from appliance.sip.bindings import Origin
 from appliance.sip.headers import NameAddr
-from appliance.sip.message import Request
+from appliance.sip.message import Request, Response, parse_message
 from appliance.sip.proxy import Proxy
 from tests.conftest import ADMIN_SID, Api, free_port
 from tests.sip.proxy_harness import REALM, SDP, Harness, Phone, authorization, make_user
+from tests.sip.test_attacker import PASSWORD, Attacker, _status, authenticated, challenge_answer
 from tests.sip.test_proxy_calls import attach_proxy, create_client, sipp, sipp_args, udp_port
+from tests.sip.test_registrar import answer, register
+from tests.sip.test_transport import read_message
 
 T0 = datetime(2026, 3, 3, 9, 0, 0, tzinfo=UTC)
 CALLS = f"Accounts/{ADMIN_SID}/Calls"
@@ -203,6 +206,72 @@ async def test_a_clean_stop_closes_the_calls_in_progress_at_the_stop(tmp_path: P
         assert listed["bob"]["end_time"] == "2026-03-03T09:01:03.000Z"
         assert (listed["carol"]["status"], listed["carol"]["duration"]) == ("failed", 0)
     finally:
+        await second.stop()
+
+
+async def test_a_call_to_a_tcp_phone_gone_since_a_restart_fails_at_once(
+        tmp_path: Path) -> None:
+    """bob registered over TCP before a restart: his binding is restored, his connection
+    is not, so a request to him needs a new connect to the address he registered from,
+    where nothing listens any more. alice's call fails at once (RFC 3261 §18.4, §17.1.4:
+    the transport error reaches the proxy; the branch's 503 is the caller's 500, §16.7),
+    not on Timer B 32 s later, and its CDR is failed."""
+    first = Appliance(config(tmp_path))
+    await first.start()
+    sip = first.config.sip.listen
+    bob_phone: asyncio.StreamWriter | None = None
+    try:
+        password = (first.config.data_dir / "admin-password").read_text().strip()
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, f"http://127.0.0.1:{first.config.api.listen.port}", ADMIN_SID,
+                      password, first.config.data_dir)
+            for login in ("alice", "bob"):
+                status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                                 {"Login": login, "Password": PASSWORD})
+                assert status == 200, body
+        reader, bob_phone = await asyncio.open_connection(sip.host, sip.port)
+        reply: Response | None = None
+        for cseq in (1, 2):
+            auth = answer(reply, "bob", password=PASSWORD) if reply is not None else None
+            request = register("bob", call_id="bob-tcp", cseq=cseq, auth=auth)
+            bob_phone.write(bytes(request).replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+            message = parse_message(await read_message(reader))
+            assert isinstance(message, Response)
+            reply = message
+        assert reply is not None and reply.status == 200
+    finally:
+        await first.stop()  # with bob's connection still open: his binding is kept
+        if bob_phone is not None:
+            bob_phone.close()
+    second = Appliance(first.config)
+    await second.start()
+    alice = Attacker(sip.port)
+    try:
+        registered = await authenticated(alice, "REGISTER", None)
+        assert registered is not None and _status(registered) == 200
+        call_id = "to-bob-over-tcp"
+        challenge = await alice.ask(alice.request("INVITE", "bob", call_id=call_id))
+        assert challenge is not None and _status(challenge) == 407
+        name, value = challenge_answer(challenge, "alice", "INVITE", "sip:bob@pbx.example.com")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await alice.send(alice.request("INVITE", "bob", call_id=call_id, cseq=2,
+                                       extra=(f"{name}: {value}",)))
+        final = None
+        while final is None and (left := started + 5 - loop.time()) > 0:
+            got = await alice.recv(left)
+            if got is not None and b"CSeq: 2 INVITE" in got and _status(got) >= 200:
+                final = got
+        assert final is not None and _status(final) == 500, final
+        assert loop.time() - started < 2.0
+        for _ in range(100):  # the CDR is committed right after the signalling
+            listed = await calls_listed(second)
+            if listed.get("bob", {}).get("status") == "failed":
+                break
+            await asyncio.sleep(0.02)
+        assert listed["bob"]["status"] == "failed" and listed["bob"]["from"] == "alice"
+    finally:
+        alice.close()
         await second.stop()
 
 

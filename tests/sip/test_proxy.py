@@ -610,6 +610,29 @@ async def test_a_branch_the_transport_cannot_send_to_counts_as_503() -> None:
     assert h.sender.requests() == [] and h.proxy.in_flight == 0
 
 
+async def test_a_branch_the_transport_fails_to_send_to_later_counts_as_503() -> None:
+    # A TCP connect under way when send returns (a phone whose connection went away): its
+    # failure comes later, from the loop, and goes up the same way (RFC 3261 §18.4,
+    # §17.1.4), not as Timer B's 408 32 s later; the call's CDR ends failed.
+    h, alice, _ = setup()
+    h.sender.failing_later.add(BOB_SRC)
+    for method in ("INVITE", "MESSAGE"):
+        await h.authenticated(alice, method, "bob", body=SDP)
+        assert [s for s in statuses(h) if s != 100] == []  # nothing known to fail yet
+        assert h.sender.fail_later() == 1
+        assert h.proxy.get_timer() == float("-inf")  # due now
+        await h.tick(0)
+        assert [s for s in statuses(h) if s != 100] == [500]
+        assert len(h.sender.requests(method)) == 1  # not retransmitted
+        h.sender.take()
+    [cdr] = h.store.calls.values()
+    assert cdr.status == "failed" and cdr.end_time is not None
+    [sms] = h.store.sms
+    assert (sms.status, sms.error_code) == ("failed", 500)  # the status the caller got
+    await h.tick(1.0)
+    assert h.sender.requests() == [] and h.proxy.in_flight == 0
+
+
 async def test_a_silent_branch_times_out_on_timer_b_with_408() -> None:
     h, alice, bob = setup()
     await h.authenticated(alice, "INVITE", "bob", body=SDP)
