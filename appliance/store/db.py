@@ -38,6 +38,11 @@ _PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_tim
 # and not asking on every API request saves a query per request.
 FOREIGN_POLL = 0.05
 
+# The CDRs a crash left open (Store.open_calls, at every start): served by the partial index
+# calls_open (schema m005), whose condition is this query's `end_time IS NULL`.
+OPEN_CALLS = ("SELECT * FROM calls WHERE end_time IS NULL AND status IN "
+              "('queued', 'ringing', 'in-progress')")
+
 
 class Store:
     def __init__(self, path: Path) -> None:
@@ -427,9 +432,7 @@ class Store:
     async def open_calls(self) -> list[models.CallRecord]:
         """The CDRs of calls not over yet (queued, ringing or in progress, no end time):
         after a crash, those the last run left."""
-        return await self._run(
-            self._fetch_all, "SELECT * FROM calls WHERE end_time IS NULL AND status IN "
-            "('queued', 'ringing', 'in-progress')", (), rows.call)
+        return await self._run(self._fetch_all, OPEN_CALLS, (), rows.call)
 
     async def update_call(self, call: models.CallRecord) -> None:
         await self._run(self._update, "calls", call.sid, rows.call_values(call))

@@ -8,9 +8,20 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from appliance.models import AccountSid, Notification, NotificationSid, mint_sid
+from sqlite_utils import Database
+
+from appliance.models import (
+    API_VERSION,
+    AccountSid,
+    CallRecord,
+    CallSid,
+    Notification,
+    NotificationSid,
+    mint_sid,
+)
 from appliance.queries import ListQuery
-from appliance.store.db import Store
+from appliance.store import rows, schema
+from appliance.store.db import OPEN_CALLS, Store
 
 NOW = datetime(2024, 3, 3, tzinfo=UTC)
 
@@ -26,7 +37,7 @@ def note(account: str) -> Notification:
 async def test_migrations_apply_once_and_pragmas_hold(tmp_path: Path) -> None:
     store = Store(tmp_path / "a.db")
     assert await store.open() == ["m001_core", "m002_sip_bindings", "m003_sms_queue",
-                                  "m004_conferences"]
+                                  "m004_conferences", "m005_calls_open"]
     await store.close()
     store = Store(tmp_path / "a.db")
     assert await store.open() == []
@@ -73,4 +84,58 @@ async def test_settings_first_value_wins(tmp_path: Path) -> None:
     assert await store.set_setting_if_absent("sip_realm", "10.0.0.5") == "10.0.0.5"
     assert await store.set_setting_if_absent("sip_realm", "10.0.0.9") == "10.0.0.5"
     assert await store.get_setting("sip_realm") == "10.0.0.5"
+    await store.close()
+
+
+def cdr(status: str, *, ended: bool) -> CallRecord:
+    return CallRecord(
+        sid=CallSid(mint_sid("CA")), instance_id=None, account_sid=AccountSid("ACa"),
+        parent_call_sid=None, to="bob", from_="alice", phone_number_sid=None, status=status,
+        start_time=NOW, end_time=NOW if ended else None, duration=0, price=None,
+        price_unit="USD", direction="inbound", answered_by=None, api_version=API_VERSION,
+        forwarded_from=None, caller_name=None, conference_sid=None, ring_duration=None,
+        date_created=NOW, date_updated=NOW)
+
+
+def open_calls_plan(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return " / ".join(str(row[3]) for row in
+                          conn.execute("EXPLAIN QUERY PLAN " + OPEN_CALLS).fetchall())
+    finally:
+        conn.close()
+
+
+async def test_open_calls_is_served_by_an_index_not_a_scan(tmp_path: Path) -> None:
+    """The leftover-CDR query run at every start reads the few rows without an end time
+    through the partial index calls_open, whatever the size of the calls table."""
+    store = Store(tmp_path / "calls.db")
+    await store.open()
+    left = [cdr("in-progress", ended=False), cdr("ringing", ended=False)]
+    await store.insert_calls([cdr("completed", ended=True) for _ in range(200)] + left)
+    assert {c.sid for c in await store.open_calls()} == {c.sid for c in left}
+    await store.close()
+    plan = open_calls_plan(tmp_path / "calls.db")
+    assert "USING INDEX calls_open" in plan, plan
+    assert "SCAN calls" not in plan, plan
+
+
+async def test_a_database_of_the_previous_schema_gains_the_index_on_upgrade(
+        tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = Database(path)  # the schema as the previous release left it (m001-m004)
+    schema.migrations.apply(db, stop_before="m005_calls_open")
+    leftover = cdr("in-progress", ended=False)
+    db["calls"].insert(rows.call_values(leftover))
+    db["calls"].insert(rows.call_values(cdr("completed", ended=True)))
+    db.conn.close()
+    assert "calls_open" not in open_calls_plan(path)
+
+    store = Store(path)
+    assert await store.open() == ["m005_calls_open"]
+    assert [c.sid for c in await store.open_calls()] == [leftover.sid]
+    await store.close()
+    assert "USING INDEX calls_open" in open_calls_plan(path)
+    store = Store(path)
+    assert await store.open() == []  # applied once
     await store.close()
