@@ -156,7 +156,7 @@ class Appliance:
         the UDP+TCP transport. ``frontdoor.proxy`` stays None until a proxy is plugged in."""
         sip = self.config.sip
         self.sip_directory = SipDirectory(self.store)
-        self.provisioning.on_change.append(self.sip_directory.invalidate)
+        self.provisioning.on_clients_change.append(self.sip_directory.clients_changed)
         self.provisioning.on_numbers_change.append(self.sip_directory.invalidate_numbers)
         self.accounts.on_change.append(self.sip_directory.invalidate)
         self.location = Location(min_expires=sip.min_expires, max_expires=sip.max_expires,
@@ -167,8 +167,9 @@ class Appliance:
                                    guard=self.guard, store=self.store, clock=self.wall_clock,
                                    realm=lambda: self.realm,
                                    algorithms=[Algorithm(a) for a in sip.digest_algorithms])
-        # After the directory is invalidated: a deleted or disabled Client loses its bindings.
-        self.provisioning.on_change.append(self.registrar.request_revoke)
+        # After the directory is told: a deleted or disabled Client loses its bindings.
+        self.provisioning.on_clients_change.append(
+            lambda _logins: self.registrar.request_revoke())
         self.accounts.on_change.append(self.registrar.request_revoke)
         self.frontdoor = FrontDoor(registrar=self.registrar, guard=self.guard,
                                    clock=self.wall_clock)

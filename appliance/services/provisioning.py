@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -112,15 +112,17 @@ class ProvisioningService:
         self._store = store
         self._clock = clock
         self._realm = realm
-        # Called after any change to a Client (the SIP directory reads the Clients again, the
-        # registrar drops the bindings of removed ones), or to an IncomingPhoneNumber (only
-        # the directory's numbers are read again).
-        self.on_change: list[Callable[[], None]] = []
+        # Called after any change to a Client, with the logins it concerns (its old and new
+        # login if it was renamed): the SIP directory reads those Clients again, the
+        # registrar drops the bindings of removed or disabled ones. Called after a change
+        # to an IncomingPhoneNumber: only the directory's numbers are read again.
+        self.on_clients_change: list[Callable[[Collection[str]], None]] = []
         self.on_numbers_change: list[Callable[[], None]] = []
 
-    def _changed(self) -> None:
-        for callback in self.on_change:
-            callback()
+    def _changed(self, *clients: Client) -> None:
+        logins = {client.login for client in clients}
+        for callback in self.on_clients_change:
+            callback(logins)
 
     def _numbers_changed(self) -> None:
         for callback in self.on_numbers_change:
@@ -195,7 +197,7 @@ class ProvisioningService:
         self._check_password(password, weak_as_json=True)
         client = self._new_client(account, login, password, fields)
         await self._store.insert_client(client)
-        self._changed()
+        self._changed(client)
         logger.info("- client %s (%s) created in %s", client.sid, login, account.sid)
         return client
 
@@ -252,14 +254,14 @@ class ProvisioningService:
             changes["push_client_identity"] = client.sid if enabled else None
         updated = dataclasses.replace(client, **changes, date_updated=self._clock())
         await self._store.update_client(updated)
-        self._changed()
+        self._changed(client, updated)
         return updated
 
     async def delete_client(self, actor: Account, account: Account, sid: str) -> None:
         require(actor, Action.DELETE, "Clients")
         client = await self._owned_client(account, sid)
         await self._store.delete_client(client.sid)
-        self._changed()
+        self._changed(client)
 
     # LinkedClients: the SIP client Restcomm creates with each account (api-behaviour §8.1).
 
@@ -272,7 +274,7 @@ class ProvisioningService:
         client = self._new_client(account, login, password,
                                   {"friendly_name": account.friendly_name})
         await self._store.insert_client(client)
-        self._changed()
+        self._changed(client)
 
     async def sync_linked(self, account: Account, login: str, password: str | None) -> None:
         client = await self._store.get_client_by_login(login)
@@ -283,9 +285,9 @@ class ProvisioningService:
             realm = self._realm()
             changes["ha1_md5"], changes["ha1_sha256"] = digest_secrets(login, realm, password)
             changes["realm"] = realm
-        await self._store.update_client(
-            dataclasses.replace(client, **changes, date_updated=self._clock()))
-        self._changed()
+        updated = dataclasses.replace(client, **changes, date_updated=self._clock())
+        await self._store.update_client(updated)
+        self._changed(client, updated)
 
     # -- applications ------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 from appliance.models import (
@@ -24,6 +24,7 @@ from appliance.models import (
     CallRecord,
     CallSid,
     CallStatus,
+    Client,
     PhoneNumber,
     SmsRecord,
     SmsSid,
@@ -49,6 +50,14 @@ class SipUser:
     voice_application_sid: str | None
 
 
+def _sip_user(client: Client, account_active: bool) -> SipUser:
+    return SipUser(
+        login=client.login, client_sid=client.sid, account_sid=client.account_sid,
+        realm=client.realm, ha1_md5=client.ha1_md5, ha1_sha256=client.ha1_sha256,
+        enabled=client.status == 1 and account_active, voice_url=client.voice_url,
+        voice_application_sid=client.voice_application_sid)
+
+
 @dataclasses.dataclass(frozen=True)
 class Registration:
     """One live contact of a Client, as the API shows it."""
@@ -62,20 +71,34 @@ class Registration:
 
 
 class SipDirectory:
-    """Client credentials by login and IncomingPhoneNumbers by number, cached; the caches
-    are dropped on any provisioning change (Clients, numbers, accounts).
+    """Client credentials by login and IncomingPhoneNumbers by number, cached.
 
-    Every Client is read at once (two queries) on the first lookup after a change, so that
-    any login, known or not, is then answered from memory: a scanner guessing extensions
-    (svwar, sip.md §3) cannot tell a real one by its answer taking a store query on one path
-    only (an unknown login used to cost a query every time, a registered phone's none)."""
+    Every Client is read at once (two queries) on the first lookup, so that any login, known
+    or not, is then answered from memory: a scanner guessing extensions (svwar, sip.md §3)
+    cannot tell a real one by its answer taking a store query on one path only (an unknown
+    login used to cost a query every time, a registered phone's none).
+
+    After that, a change to one Client (``clients_changed``, with its login: the old and the
+    new one for a rename) reads that Client's row again, at once and in a task of its own,
+    and nothing else: a script creating N Clients while phones are registered costs N reads,
+    not N full reloads (O(N²) rows), and the other Clients stay cached for the SIP quick
+    path. While its row is read, that login alone is not answered from memory
+    (``cached_user``), and a lookup of it waits for the read. An account change
+    (``invalidate``) still reads everything again: its status decides whether each of its
+    Clients may register."""
 
     def __init__(self, store: StoreProtocol) -> None:
         self._store = store
         self._users: dict[str, SipUser] | None = None  # every Client, by login
         self._loading: asyncio.Task[dict[str, SipUser]] | None = None
+        # Logins changed while the load under way was reading: read again, one by one, once
+        # the load is kept (its rows for them may predate the change).
+        self._changed_while_loading: set[str] = set()
+        # Logins whose Client is being read again after a change, and that read.
+        self._rereading: dict[str, asyncio.Task[SipUser | None]] = {}
+        self._tasks: set[asyncio.Task[SipUser | None]] = set()  # their owner
         self._numbers: dict[str, PhoneNumber | None] = {}
-        # Bumped by invalidate: an answer read from the store before a change is not cached.
+        # Bumped when every Client is dropped: an answer read before then is not cached.
         self._generation = 0
         self._numbers_generation = 0
         self._registrations: dict[str, list[Registration]] = {}
@@ -83,11 +106,28 @@ class SipDirectory:
         self.on_registered: list[Callable[[str], None]] = []
 
     def invalidate(self) -> None:
-        """A Client or an account changed: read the Clients again (and the numbers)."""
+        """An account changed: read every Client again (and the numbers)."""
+        self._drop_users()
+        self.invalidate_numbers()
+
+    def _drop_users(self) -> None:
         self._users = None
         self._loading = None
+        self._changed_while_loading = set()
+        self._rereading = {}  # reads under way finish, but are not kept
         self._generation += 1
-        self.invalidate_numbers()
+
+    def clients_changed(self, logins: Collection[str]) -> None:
+        """The Clients with these LOGINS were created, updated or deleted (a renamed Client
+        gives its old and new login): read only their rows again."""
+        users = self._users
+        if users is None:
+            if self._loading is not None:
+                self._changed_while_loading.update(logins)
+            return  # nothing cached: the next lookup reads every Client anyway
+        for login in logins:
+            users.pop(login, None)
+            self._reread(login)
 
     def invalidate_numbers(self) -> None:
         """An IncomingPhoneNumber changed: only the numbers are read again."""
@@ -96,22 +136,29 @@ class SipDirectory:
         self._numbers_generation += 1
 
     def cached_user(self, login: str) -> tuple[bool, SipUser | None]:
-        """(True, the user) when the Clients are loaded, else (False, None): the SIP quick
-        path answers only from memory."""
-        if self._users is not None:
-            return True, self._users.get(login)
-        return False, None
+        """(True, the user) when the Clients are loaded and LOGIN's is not being read again,
+        else (False, None): the SIP quick path answers only from memory."""
+        users = self._users
+        if users is None or login in self._rereading:
+            return False, None
+        return True, users.get(login)
 
     async def user(self, login: str) -> SipUser | None:
         users = self._users
         if users is None:
             users = await self._load()
+            if users is not self._users:
+                return users.get(login)  # read before a change and not kept
+        rereading = self._rereading.get(login)
+        if rereading is not None:
+            return await asyncio.shield(rereading)
         return users.get(login)
 
     async def _load(self) -> dict[str, SipUser]:
         """Every Client, read once for all concurrent lookups (in a task of its own, so a
         lookup cancelled meanwhile does not cancel the others')."""
         if self._loading is None:
+            self._changed_while_loading = set()
             self._loading = asyncio.get_running_loop().create_task(
                 self._read(self._generation))
         return await asyncio.shield(self._loading)
@@ -122,21 +169,54 @@ class SipDirectory:
         finally:
             if generation == self._generation:
                 self._loading = None  # done (or failed: the next lookup reads again)
-        if generation == self._generation:
-            self._users = users  # else provisioning changed meanwhile: not kept
+        if generation == self._generation:  # else an account changed meanwhile: not kept
+            self._users = users
+            changed, self._changed_while_loading = self._changed_while_loading, set()
+            for login in changed:
+                users.pop(login, None)
+                self._reread(login)
         return users
 
     async def _read_users(self) -> dict[str, SipUser]:
         active = {a.sid for a in await self._store.all_accounts()
                   if a.status == AccountStatus.ACTIVE}
-        return {
-            client.login: SipUser(
-                login=client.login, client_sid=client.sid, account_sid=client.account_sid,
-                realm=client.realm, ha1_md5=client.ha1_md5, ha1_sha256=client.ha1_sha256,
-                enabled=client.status == 1 and client.account_sid in active,
-                voice_url=client.voice_url, voice_application_sid=client.voice_application_sid)
-            for client in await self._store.all_clients()
-        }
+        return {client.login: _sip_user(client, client.account_sid in active)
+                for client in await self._store.all_clients()}
+
+    def _reread(self, login: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._read_one(login, self._generation), name=f"sip directory: {login}")
+        self._rereading[login] = task  # a read of LOGIN still under way is superseded
+        self._tasks.add(task)
+        task.add_done_callback(self._reread_done)
+
+    async def _read_one(self, login: str, generation: int) -> SipUser | None:
+        """LOGIN's Client as stored now (None: none has it), kept in the cache unless a
+        later change superseded this read."""
+        try:
+            client = await self._store.get_client_by_login(login)
+            account = (await self._store.get_account(client.account_sid)
+                       if client is not None else None)
+        except Exception:
+            if self._rereading.get(login) is asyncio.current_task():
+                # Its entry is gone from the cache: read everything again on the next lookup.
+                logger.warning("x reading client %s failed; every client is read again", login)
+                self._drop_users()
+            raise
+        user = None if client is None else _sip_user(
+            client, account is not None and account.status == AccountStatus.ACTIVE)
+        users = self._users
+        if (generation == self._generation and users is not None
+                and self._rereading.get(login) is asyncio.current_task()):
+            del self._rereading[login]
+            if user is not None:
+                users[login] = user
+        return user
+
+    def _reread_done(self, task: asyncio.Task[SipUser | None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # raised to whoever awaited it; logged by _read_one
 
     async def number(self, phone_number: str) -> PhoneNumber | None:
         """The IncomingPhoneNumber PHONE_NUMBER (as stored), or None; cached like `user`."""

@@ -4,11 +4,22 @@ services.call_apps): a plain Client-to-Client call costs no store query beyond i
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from appliance.models import ADMIN_SID, Account, AccountSid, AccountStatus, md5_hex
+from appliance.services.access import ADMINISTRATOR
 from appliance.services.call_apps import AppResolver
+from appliance.services.provisioning import ProvisioningService
 from appliance.services.telephony import SipDirectory
 from appliance.sip.proxy_ports import Caller
+from appliance.store.db import Store
 
 ACCOUNT = "AC" + "1" * 32
 
@@ -130,3 +141,172 @@ async def test_a_client_dialling_a_did_in_national_form_reaches_its_app() -> Non
         app, number_sid = await resolver.app_for(caller, dialled)
         assert app is not None and app.url == "http://app.example/rcml", dialled
         assert number_sid == "PN1"
+
+
+# --- one Client changed: only its row is read again -----------------------------------------
+
+NOW = datetime(2024, 3, 3, tzinfo=UTC)
+PASSWORD = "Pbx-edge-7"
+
+
+class ReadCountingStore:
+    """The real Store; every read it serves (get_*, all_*, find_*, list_*) is counted by
+    method, nothing else is changed."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.reads: collections.Counter[str] = collections.Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.store, name)
+        if not name.startswith(("get_", "all_", "find_", "list_")):
+            return attr
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.reads[name] += 1
+            return await attr(*args, **kwargs)
+        return counted
+
+    def total(self) -> int:
+        return sum(self.reads.values())
+
+
+@pytest.fixture
+async def real_store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = Store(tmp_path / "directory.db")
+    await store.open()
+    await store.insert_account(Account(
+        sid=AccountSid(ADMIN_SID), parent_sid=None, friendly_name="Admin",
+        email_address="admin@example.com", type="Full", status=AccountStatus.ACTIVE,
+        role=ADMINISTRATOR, auth_token=md5_hex("x"), date_created=NOW, date_updated=NOW))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def settled(directory: SipDirectory, login: str) -> None:
+    """Wait until the re-read of LOGIN started by a change is over."""
+    await directory.user(login)
+    assert directory.cached_user(login)[0]
+
+
+async def test_a_client_change_reads_that_client_again_not_every_client(
+        real_store: Store) -> None:
+    """Creating Clients by script while phones are registered: each creation reads its own
+    Client again (O(1) reads), the other Clients stay cached for the SIP quick path, and the
+    directory answers right for created, changed, renamed, deleted and untouched Clients."""
+    store = ReadCountingStore(real_store)
+    provisioning = ProvisioningService(store, lambda: NOW, lambda: "pbx.example.com")  # type: ignore[arg-type]
+    directory = SipDirectory(store)  # type: ignore[arg-type]
+    provisioning.on_clients_change.append(directory.clients_changed)  # as app.py wires it
+    admin = await real_store.get_account(ADMIN_SID)
+    assert admin is not None
+
+    async def create(login: str, **fields: str) -> Any:
+        return await provisioning.create_client(
+            admin, admin, {"login": login, "password": PASSWORD, **fields})
+
+    await create("alice")
+    doomed = await create("dave")
+    renamed = await create("carol")
+    alice = await directory.user("alice")  # the one full read
+    assert alice is not None and alice.enabled
+    assert store.reads["all_clients"] == 1
+
+    counts = []
+    for n in range(50):
+        before = store.total()
+        await create(f"u{n:03d}")
+        await settled(directory, f"u{n:03d}")
+        counts.append(store.total() - before)
+        assert directory.cached_user("alice") == (True, alice)  # never dropped meanwhile
+    # The creation's own uniqueness check and the directory's read of that one Client and
+    # its account: the same few reads for the 1st and the 50th Client.
+    assert max(counts) <= 3 and counts[0] == counts[-1], counts
+    assert store.reads["all_clients"] == 1 and store.reads["all_accounts"] == 1
+    created = await directory.user("u049")
+    assert created is not None and created.enabled and created.login == "u049"
+
+    # Disabled: still known, not enabled (the registrar revokes its bindings on that).
+    bob = await create("bob")
+    await settled(directory, "bob")
+    await provisioning.update_client(admin, admin, bob.sid, {"status": "0"})
+    disabled = await directory.user("bob")
+    assert disabled is not None and not disabled.enabled
+    # Deleted: unknown, and answered so from memory.
+    await provisioning.delete_client(admin, admin, doomed.sid)
+    assert await directory.user("dave") is None
+    assert directory.cached_user("dave") == (True, None)
+    # Renamed (not offered by the API, but a change may carry two logins): the old login's
+    # entry goes, the new one is read.
+    await real_store.update_client(dataclasses.replace(renamed, login="carol2"))
+    directory.clients_changed({"carol", "carol2"})
+    assert directory.cached_user("carol") == (False, None)  # not answered while read again
+    assert await directory.user("carol") is None
+    carol2 = await directory.user("carol2")
+    assert carol2 is not None and carol2.client_sid == renamed.sid
+    assert directory.cached_user("carol") == (True, None)
+    # Untouched all along; still one full read in all.
+    assert directory.cached_user("alice") == (True, alice)
+    assert store.reads["all_clients"] == 1
+
+
+class GatedStore(CountingStore):
+    """CountingStore whose reading of every Client waits for GATE."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.fail: set[str] = set()
+
+    async def all_clients(self) -> list[Any]:
+        rows = list(self.clients.values())  # read before the gate: a change is missed
+        await self.gate.wait()
+        self.queries.append(("clients", "*"))
+        return rows
+
+    async def get_client_by_login(self, login: str) -> Any:
+        if login in self.fail:
+            raise OSError("disk I/O error")
+        return await super().get_client_by_login(login)
+
+
+def client_row(login: str, status: int = 1) -> Row:
+    return Row(login=login, sid="CL" + login, account_sid=ACCOUNT, realm="r", ha1_md5="",
+               ha1_sha256="", status=status, voice_url=None, voice_application_sid=None)
+
+
+async def test_a_client_changed_while_every_client_is_read_is_read_again_after() -> None:
+    store = GatedStore()
+    directory = SipDirectory(store)  # type: ignore[arg-type]
+    lookup = asyncio.ensure_future(directory.user("carol"))
+    await asyncio.sleep(0)
+    store.clients["carol"] = client_row("carol")  # created after the load read the rows
+    store.clients["bob"] = client_row("bob", status=0)  # disabled likewise
+    directory.clients_changed({"carol"})
+    directory.clients_changed({"bob"})
+    store.gate.set()
+    carol = await lookup
+    assert carol is not None and carol.login == "carol"
+    bob = await directory.user("bob")
+    assert bob is not None and not bob.enabled
+    assert store.queries.count(("clients", "*")) == 1  # the load was kept, not thrown away
+    assert directory.cached_user("alice")[0]
+
+
+async def test_a_failed_read_of_one_client_reads_every_client_again() -> None:
+    store = GatedStore()
+    store.gate.set()
+    directory = SipDirectory(store)  # type: ignore[arg-type]
+    assert await directory.user("alice") is not None
+    store.fail.add("bob")
+    directory.clients_changed({"bob"})
+    with pytest.raises(OSError):
+        await directory.user("bob")
+    # Not taken for an unknown login: nothing is answered from memory until read again.
+    assert directory.cached_user("bob") == (False, None)
+    assert directory.cached_user("alice") == (False, None)
+    store.fail.clear()
+    assert await directory.user("bob") is not None
+    assert store.queries.count(("clients", "*")) == 2
