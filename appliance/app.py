@@ -184,6 +184,7 @@ class Appliance:
         if sip.domain:
             self.transport.local_hosts.add(sip.domain.lower())
         self.frontdoor.sender = self.transport
+        self.frontdoor.flows = self.transport  # phones registered over TCP keep their flows
         self.sip_error: str | None = "not started"
         self.call_log = CallLog(self.store, self.clock, self.timer_clock)
         self.router = ClientRouter(self.sip_directory, self.location,
@@ -196,6 +197,7 @@ class Appliance:
                            algorithms=[Algorithm(a) for a in sip.digest_algorithms],
                            address=(self.transport.advertised, sip.listen.port))
         self.frontdoor.proxy = self.proxy
+        self.proxy.flows = self.transport
         # SMS <-> Clients: a Client's MESSAGE to a number goes out by the modem; an SMS for a
         # number whose SmsUrl is client:<login> reaches that Client's phones.
         self.router.outbound_sms = sms_gateway(self.messaging.send_from_client)

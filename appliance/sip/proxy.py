@@ -139,7 +139,7 @@ from appliance.sip.transaction import (
     client_transaction,
 )
 from appliance.sip.transaction_table import TransactionTable
-from appliance.sip.wire import Incoming, Sender, Target, Targets
+from appliance.sip.wire import Flows, Incoming, Sender, Target, Targets
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +268,9 @@ class Proxy:
         # (source, request) -> the Caller of a request from a gateway's provider address
         # (services wiring: sip.trunk.Trunk.gateway_at), else None.
         self.gateway_caller: Callable[[tuple[str, int], Request], Caller | None] | None = None
+        # The transport: a TCP connection that carried an accepted caller's request is
+        # trusted (it idles as long as a registered phone's flow may).
+        self.flows: Flows | None = None
 
     # --- the MessageHandler surface -----------------------------------------------------
 
@@ -532,6 +535,10 @@ class Proxy:
             logger.info("x %s from %s: caller not registered", request.method, caller.login)
             await self._reply(server, 403, "Caller Not Registered", now=now)
             return
+        if incoming.connection_id is not None and self.flows is not None:
+            # Authenticated and registered (or a media worker, or a provider's address,
+            # which a TCP handshake cannot spoof).
+            self.flows.trust(incoming.connection_id)
         if remaining_foreign_route(request, self._locals, self._local_hosts):
             await self._reply(server, 403, "No Route To A Foreign Proxy", now=now)
             return

@@ -34,7 +34,13 @@ Content-Length: 400, then closed). Error replies, like any other, never go to a 
 Via is broadcast or multicast. CRLFCRLF keep-alives are answered with CRLF on TCP (RFC 5626
 §3.5.1) and ignored on UDP. A TCP peer must complete its first message within
 ``first_message_timeout`` of connecting, and each later one within it of its first byte;
-between messages a connection may idle for ``idle_timeout``.
+between messages a connection may idle for ``untrusted_idle_timeout`` (60 s), and only
+pings do not count as activity there, until the SIP layer calls ``trust`` on it (a phone
+registered on it, or an authenticated request was accepted on it): from then on
+``idle_timeout``, long enough for a registered phone's silent flow. The transport never
+reads SIP to decide this. Connections we open to send a request are trusted from the
+start (we chose where they go); one opened to return a response to a Via is not (the
+peer chose it).
 
 ``send(message, target)`` (the ``Sender`` seam): UDP goes from our listening socket, so the
 phone sees our well-known port; when the kernel's send buffer is full the datagram waits, in
@@ -106,6 +112,15 @@ MAX_TCP_PER_SOURCE = 16
 # same way (tcp_connection_lifetime extended by the registrar).
 TCP_IDLE_TIMEOUT = 3900.0
 IDLE_MARGIN = 300.0  # past the registration's end: the phone's re-REGISTER may come late
+# ...but only for a connection the SIP layer trusts (``Transport.trust``: a REGISTER
+# succeeded on it, or an authenticated request was accepted). Any other peer (a scanner's
+# one OPTIONS) could otherwise hold max_per_source connections per address, and all of
+# max_connections, for TCP_IDLE_TIMEOUT each, and phones registering over TCP would find
+# no room. A phone registers within seconds of connecting; a minute also covers a user
+# typing a password into a softphone between the 401 and the REGISTER that answers it.
+# CRLF pings do not count as activity here: they cost the peer nothing (no budget), and
+# RFC 5626 keep-alives are a registered flow's business.
+TCP_UNTRUSTED_IDLE_TIMEOUT = 60.0
 # A connection that has not completed one message in this time is a slow-loris or a scan
 # (aiosmtpd's idle timeout is 300 s for a whole session; a SIP phone sends at once). The same
 # time bounds every later message from its first byte to its last: a phone writes a message
@@ -161,6 +176,7 @@ class Limits:
     max_connections: int = MAX_TCP_CONNECTIONS
     max_per_source: int = MAX_TCP_PER_SOURCE
     idle_timeout: float = TCP_IDLE_TIMEOUT
+    untrusted_idle_timeout: float = TCP_UNTRUSTED_IDLE_TIMEOUT
     first_message_timeout: float = TCP_FIRST_MESSAGE_TIMEOUT
     connect_timeout: float = TCP_CONNECT_TIMEOUT
     max_pending: int = MAX_PENDING_HANDLERS
@@ -300,6 +316,8 @@ class Connection:
     message_started: float | None = None  # when the framer's partial message began
     messages: int = 0
     admitted: bool = False
+    # Idles up to idle_timeout, not untrusted_idle_timeout (Transport.trust).
+    trusted: bool = False
 
     def write(self, data: bytes) -> bool:
         transport = self.transport
@@ -686,7 +704,7 @@ class Transport:
             conn.close()
             return
         now = asyncio.get_running_loop().time()
-        if items:
+        if items and (conn.trusted or not all(isinstance(i, KeepAlive) for i in items)):
             conn.last_activity = now
         if not conn.framer.mid_message:
             conn.message_started = None
@@ -722,12 +740,27 @@ class Transport:
                     if now - since <= slow:
                         continue
                     why = f"no whole message in {now - since:.0f} s"
-                elif now - conn.last_activity > self.limits.idle_timeout:
-                    why = f"idle for {now - conn.last_activity:.0f} s"
+                elif now - conn.last_activity > self._idle_timeout(conn):
+                    why = f"idle for {now - conn.last_activity:.0f} s" + (
+                        "" if conn.trusted else ", nobody authenticated on it")
                 else:
                     continue
                 logger.debug("- tcp %s %s:%d %s; closing", conn.id, *conn.peer, why)
                 conn.close()
+
+    def _idle_timeout(self, conn: Connection) -> float:
+        if conn.trusted:
+            return self.limits.idle_timeout
+        return min(self.limits.untrusted_idle_timeout, self.limits.idle_timeout)
+
+    def trust(self, connection_id: str) -> None:
+        """A phone registered on CONNECTION_ID, or an authenticated request was accepted on
+        it (the ``wire.Flows`` seam, called by the SIP layer): it may idle for
+        ``idle_timeout`` from now on. A connection closed meanwhile is ignored."""
+        conn = self._connections.get(connection_id)
+        if conn is not None and not conn.trusted:
+            conn.trusted = True
+            logger.debug("- tcp %s %s:%d trusted", conn.id, *conn.peer)
 
     # --- sending (the Sender seam) --------------------------------------------------------
 
@@ -774,7 +807,8 @@ class Transport:
                 conn = self._by_peer.get(address)
                 if conn is not None and conn.write(data):
                     return True
-            return self._open_and_send(data, host, port, on_error)
+                return self._open_and_send(data, host, port, on_error, trusted=False)
+            return self._open_and_send(data, host, port, on_error, trusted=True)
         logger.warning("x no %s transport for %s", target.transport, _summary(message))
         return False
 
@@ -858,9 +892,11 @@ class Transport:
                 return
         _report((on_error,))
 
-    def _open_and_send(self, data: bytes, host: str, port: int, on_error: OnError) -> bool:
+    def _open_and_send(self, data: bytes, host: str, port: int, on_error: OnError, *,
+                       trusted: bool) -> bool:
         """Connect to HOST:PORT and send DATA there: False when no connect is allowed;
-        ON_ERROR is called if the connect then fails."""
+        ON_ERROR is called if the connect then fails. TRUSTED: the connection idles up to
+        idle_timeout (see ``trust``); decided by the message that opens it."""
         key = (host, port)
         pending = self._connecting.get(key)
         if pending is not None:  # a connect is under way: queue behind it
@@ -877,10 +913,10 @@ class Transport:
                                "(%d so far)", *key, busy, self._connect_drops.count)
             return False
         self._connecting[key] = [(data, on_error)]
-        self._spawn(self._connect(key))
+        self._spawn(self._connect(key, trusted))
         return True
 
-    async def _connect(self, key: tuple[str, int]) -> None:
+    async def _connect(self, key: tuple[str, int], trusted: bool) -> None:
         loop = asyncio.get_running_loop()
         try:
             try:
@@ -895,6 +931,7 @@ class Transport:
             _report(on_error for _, on_error in pending)
             return
         conn = protocol.conn
+        conn.trusted = trusted
         for sent, (data, _) in enumerate(pending):
             if not conn.write(data):
                 # Refused at our limits (_admit), or closed at once: none of the rest went.

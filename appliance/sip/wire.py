@@ -48,6 +48,13 @@ class Sender(Protocol):
         resolve), ON_ERROR is called, once, later, from the event loop; never after False."""
 
 
+class Flows(Protocol):
+    def trust(self, connection_id: str) -> None:
+        """A phone registered on the TCP connection CONNECTION_ID, or an authenticated
+        request was accepted on it: keep it open while it idles as long as a registered
+        phone's flow may (until then it idles only briefly: any stranger can connect)."""
+
+
 class MessageHandler(Protocol):
     async def handle(self, incoming: Incoming) -> None:
         """Process one message that parsed and passed the transport's checks."""

@@ -1,0 +1,161 @@
+"""TCP idle timeouts: a connection nobody authenticated on idles briefly, one a phone
+registered on as long as a registered phone's silent flow. Real sockets on loopback, the
+real front door and registrar (fake directory and store), timeouts shrunk through Limits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from appliance.sip.bindings import Location
+from appliance.sip.digest import Algorithm
+from appliance.sip.frontdoor import FrontDoor
+from appliance.sip.guard import Guard
+from appliance.sip.message import Response, parse_message
+from appliance.sip.registrar import Registrar
+from appliance.sip.transport import TCP_UNTRUSTED_IDLE_TIMEOUT, Limits, Transport
+from tests.sip import proxy_harness
+from tests.sip.test_registrar import REALM, FakeDirectory, FakeStore, answer, register, user
+from tests.sip.test_transport import WAIT, options, read_message, status_of, tcp
+
+SHORT = 0.3  # the untrusted idle timeout in these tests
+LONG = 30.0  # the trusted one: never reached here
+
+
+@pytest.fixture
+async def door() -> AsyncIterator[Transport]:
+    guard = Guard()
+    registrar = Registrar(directory=FakeDirectory(user("alice")), location=Location(),
+                          guard=guard, store=FakeStore(), clock=time.time, realm=lambda: REALM,
+                          algorithms=(Algorithm.MD5,))
+    front = FrontDoor(registrar=registrar, guard=guard, clock=time.time)
+    transport = Transport(front, "127.0.0.1", 0, limits=Limits(
+        idle_timeout=LONG, untrusted_idle_timeout=SHORT, first_message_timeout=5.0,
+        sweep_interval=0.05))
+    front.sender = transport
+    front.flows = transport  # as app.py wires it
+    await transport.start()
+    try:
+        yield transport
+    finally:
+        await transport.stop()
+        await registrar.stop()
+        front.close()
+
+
+async def closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
+    try:
+        async with asyncio.timeout(within):
+            with contextlib.suppress(ConnectionError):
+                await reader.read()  # to the end of the stream (CRLF answers to pings too)
+    except TimeoutError:
+        return False
+    return True
+
+
+def over_tcp(data: bytes) -> bytes:
+    return data.replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+
+
+async def register_over(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                        password: str = "Pbx-edge-7") -> int:
+    """REGISTER alice, answer the 401 with PASSWORD; the final status."""
+    writer.write(over_tcp(bytes(register("alice", call_id="tcp-reg", cseq=1))))
+    challenge = parse_message(await read_message(reader))
+    assert isinstance(challenge, Response) and challenge.status == 401
+    auth = answer(challenge, "alice", password=password)
+    writer.write(over_tcp(bytes(register("alice", call_id="tcp-reg", cseq=2, auth=auth))))
+    final = parse_message(await read_message(reader))
+    assert isinstance(final, Response)
+    return final.status
+
+
+def test_the_short_idle_timeout_is_a_minute_and_overridable() -> None:
+    assert TCP_UNTRUSTED_IDLE_TIMEOUT == 60.0 == Limits().untrusted_idle_timeout
+    assert Limits().idle_timeout > Limits().untrusted_idle_timeout
+
+
+async def test_an_unauthenticated_connection_with_one_options_closes_after_the_short_idle(
+        door: Transport) -> None:
+    async with tcp(door.port) as (reader, writer):
+        opened = time.monotonic()
+        writer.write(options(5060, transport="TCP"))
+        assert status_of(await read_message(reader)) == 200
+        assert await closed_by_server(reader, WAIT)
+        assert time.monotonic() - opened >= SHORT
+    assert door.connection_count == 0
+
+
+async def test_pings_do_not_keep_an_unauthenticated_connection_open(door: Transport) -> None:
+    async with tcp(door.port) as (reader, writer):
+        writer.write(options(5060, transport="TCP"))
+        assert status_of(await read_message(reader)) == 200
+
+        async def ping() -> None:
+            while True:
+                writer.write(b"\r\n\r\n")
+                await asyncio.sleep(SHORT / 4)
+
+        pinger = asyncio.create_task(ping())
+        try:
+            # Answered (CRLF each) but closed all the same.
+            assert await closed_by_server(reader, WAIT)
+        finally:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await pinger
+
+
+async def test_a_connection_a_phone_registered_on_stays_open_past_the_short_idle(
+        door: Transport) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        phone_reader, phone_writer = await stack.enter_async_context(tcp(door.port))
+        assert await register_over(phone_reader, phone_writer) == 200
+        # Beside it, at the same time: a stranger with a wrong password, and one with a
+        # challenge it never answered.
+        bad_reader, bad_writer = await stack.enter_async_context(tcp(door.port))
+        assert await register_over(bad_reader, bad_writer, password="Wrong-pass-1") == 403
+        idle_reader, idle_writer = await stack.enter_async_context(tcp(door.port))
+        idle_writer.write(over_tcp(bytes(register("alice", call_id="other", cseq=1))))
+        assert status_of(await read_message(idle_reader)) == 401
+
+        assert await closed_by_server(bad_reader, WAIT)
+        assert await closed_by_server(idle_reader, WAIT)
+        await asyncio.sleep(4 * SHORT)  # well past the short idle timeout, silent
+        assert not await closed_by_server(phone_reader, 0.05)
+        assert door.connection_count == 1
+        # And it still carries the phone's requests.
+        phone_writer.write(options(5060, transport="TCP", branch="z9hG4bKlater"))
+        assert status_of(await read_message(phone_reader)) == 200
+
+
+class RecordingFlows:
+    def __init__(self) -> None:
+        self.trusted: list[str] = []
+
+    def trust(self, connection_id: str) -> None:
+        self.trusted.append(connection_id)
+
+
+async def test_the_proxy_trusts_the_connection_of_an_accepted_authenticated_request() -> None:
+    h = proxy_harness.Harness()
+    flows = RecordingFlows()
+    h.proxy.flows = flows
+    h.phone("bob", "192.168.1.20", ("203.0.113.20", 5060))
+    alice = h.phone("alice", "192.168.1.10", ("203.0.113.10", 40000), transport="tcp",
+                    connection_id="tcp-7")
+    stranger = h.phone("carol", "192.168.1.30", ("203.0.113.30", 40000), transport="tcp",
+                       connection_id="tcp-8", register=False)
+    # Challenged: not yet.
+    await h.send(alice, alice.request("MESSAGE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>",
+                                      call_id="m1", from_tag="t1"))
+    assert h.sender.responses(407) and flows.trusted == []
+    # Authenticated but not registered: refused, not trusted.
+    await h.authenticated(stranger, "MESSAGE", "bob")
+    assert h.sender.responses(403) and flows.trusted == []
+    await h.authenticated(alice, "INVITE", "bob", body=proxy_harness.SDP)
+    assert flows.trusted == ["tcp-7"]
