@@ -171,13 +171,16 @@ class Appliance:
         self.provisioning.on_clients_change.append(
             lambda _logins: self.registrar.request_revoke())
         self.accounts.on_change.append(self.registrar.request_revoke)
+        # A login registered from an address is still served from there when the address
+        # is banned, and its failures there are not counted (a spoofed desk phone).
+        self.guard.bound = self.registrar.holds_binding
         self.frontdoor = FrontDoor(registrar=self.registrar, guard=self.guard,
                                    clock=self.wall_clock)
         wildcard = sip.listen.host in ("0.0.0.0", "::")
         self.transport = Transport(
             self.frontdoor, sip.listen.host, sip.listen.port,
             advertised=primary_address() if wildcard else sip.listen.host,
-            is_blocked=lambda ip: self.guard.is_banned(ip, self.wall_clock()),
+            is_blocked=self.frontdoor.is_blocked,
             quick=self.frontdoor.quick,
             may_answer=self.frontdoor.may_answer,
             limits=Limits(idle_timeout=idle_timeout_for(sip.max_expires)))

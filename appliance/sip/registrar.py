@@ -29,7 +29,11 @@ Authentication, in order:
   WWW-Authenticate, so that is what we send. Phones answer either, but some only retry on 401.
 - **403 for a bad password** follows api-behaviour.md §11 (Restcomm issue #935: do not
   re-challenge). The failure is counted per source IP in ``Guard``; after ``max_failures`` the
-  source is banned and the front door drops everything it sends.
+  source is banned and the front door drops everything it sends, except, from a source
+  holding a live binding, what needs no password and the requests of the logins registered
+  from it (``holds_binding``; a REGISTER for any other login is dropped here too). A failure
+  for a login registered from that very source is not counted, only logged (UDP source
+  addresses can be spoofed: a spoofer must not get a desk phone banned).
 - **No user enumeration** (sip.md §3, svwar): the realm of an unknown login is the
   appliance realm, the challenge is built by the same code with the same headers, and an
   unknown login presenting credentials gets the same 403 as a wrong password.
@@ -94,7 +98,7 @@ from appliance.sip.digest import (
     stored_ha1,
 )
 from appliance.sip.errors import SipParseError
-from appliance.sip.guard import Guard
+from appliance.sip.guard import Guard, LogThrottle
 from appliance.sip.headers import DigestCredentials, NameAddr, is_digest, parse_name_addrs
 from appliance.sip.message import Request, Response, make_response
 from appliance.sip.register_view import PlainRegister, RegisterFields, fields_of
@@ -198,7 +202,7 @@ class Registrar:
         self._published: dict[str, frozenset[str]] = {}
         self._aor_sources: dict[str, set[str]] = {}
         self._sources: dict[str, int] = {}
-        self._logged: OrderedDict[str, float] = OrderedDict()
+        self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL, MAX_LOGGED_SOURCES)
         # nonce -> (nc, Via branch) of the last request it authenticated, and the refusal it
         # got (None: it was applied). A retransmission of that very request is not an nc
         # replay, even when no transaction absorbs it (the quick path keeps none, and the
@@ -240,8 +244,15 @@ class Registrar:
 
     def is_known_source(self, ip: str) -> bool:
         """Whether IP holds a live binding (its phone authenticated): the front door spares
-        it the unauthenticated-request budget."""
+        it the unauthenticated-request budget, and does not drop it wholesale when banned."""
         return ip in self._sources
+
+    def holds_binding(self, ip: str, login: str) -> bool:
+        """Whether LOGIN holds a live binding made from IP (the guard's ``bound``: such a
+        login is still served from IP when IP is banned, and its failures there are not
+        counted). One dict lookup."""
+        sources = self._aor_sources.get(login)
+        return sources is not None and ip in sources
 
     def connection_closed(self, connection_id: str) -> None:
         """Drop the bindings that were reachable only over this TCP connection."""
@@ -264,6 +275,8 @@ class Registrar:
             login = aor_of(request.to.uri)
             if login is None:
                 raise SipParseError("To is not a SIP URI with a user part")
+            if self.guard.refuses(incoming.source[0], login, now):
+                return None  # banned, and LOGIN is not registered from there
             fields = fields_of(request, login)
             user = await self.directory.user(login)
             origin = Origin(incoming.transport, incoming.source, incoming.connection_id)
@@ -381,12 +394,12 @@ class Registrar:
             logger.warning("x %s banned for %.0f s after %d failed authentications",
                            ip, self.guard.ban_time, self.guard.max_failures)
             return
-        last = self._logged.get(ip)
-        if last is None or now - last >= FAILURE_LOG_INTERVAL:
-            self._logged[ip] = now
-            self._logged.move_to_end(ip)
-            while len(self._logged) > MAX_LOGGED_SOURCES:
-                self._logged.popitem(last=False)
+        if not self._failure_log.due(ip, now):
+            return
+        if self.guard.is_bound(ip, login):
+            logger.warning("x REGISTER for %r from %s failed authentication; not counted: "
+                           "%r is registered from there", login, ip, login)
+        else:
             logger.warning("x REGISTER for %r from %s failed authentication", login, ip)
 
     def _bind(self, fields: RegisterFields, contacts: list[NameAddr], origin: Origin, login: str,

@@ -99,8 +99,11 @@ class Attacker:
 
     async def ask(self, data: bytes, wait: float = WAIT) -> bytes | None:
         """The first final response to DATA (by Call-ID), or None when none comes."""
-        call_id = _call_id(data)
         await self.send(data)
+        return await self.final(_call_id(data), wait)
+
+    async def final(self, call_id: bytes | None, wait: float = WAIT) -> bytes | None:
+        """The first final response with CALL_ID to arrive within WAIT, or None."""
         loop = asyncio.get_running_loop()
         end = loop.time() + wait
         while (left := end - loop.time()) > 0:
@@ -333,37 +336,46 @@ async def test_an_unknown_extension_costs_no_more_store_lookups_than_a_known_one
 # --- svcrack: banned after N failures, on every method, for a while ---------------------------
 
 
-async def crack(a: Attacker, method: str, guesses: int) -> list[int | None]:
-    """GUESSES wrong passwords for alice by METHOD (REGISTER: the registrar; INVITE: the
+async def crack(a: Attacker, method: str, guesses: int,
+                login: str = "alice") -> list[int | None]:
+    """GUESSES wrong passwords for LOGIN by METHOD (REGISTER: the registrar; INVITE: the
     proxy's 407 path); the status of each answer (None: dropped)."""
     target = None if method == "REGISTER" else "bob"
     uri = f"sip:{DOMAIN}" if target is None else f"sip:{target}@{DOMAIN}"
     statuses: list[int | None] = []
     for guess in range(guesses):
         call_id = secrets.token_hex(8)
-        first = await a.ask(a.request(method, target, call_id=call_id,
-                                      to_user="alice" if target is None else target))
+        first = await a.ask(a.request(method, target, call_id=call_id, from_user=login,
+                                      to_user=login if target is None else target))
         if first is None:
             statuses.append(None)
             continue
-        name, value = challenge_answer(first, "alice", method, uri, password=f"guess{guess}")
+        name, value = challenge_answer(first, login, method, uri, password=f"guess{guess}")
         reply = await a.ask(a.request(method, target, call_id=call_id, cseq=2,
-                                      to_user="alice" if target is None else target,
+                                      from_user=login,
+                                      to_user=login if target is None else target,
                                       extra=(f"{name}: {value}",)))
         statuses.append(None if reply is None else _status(reply))
     return statuses
+
+
+def held_clock(app: Appliance) -> list[float]:
+    """Give APP's front door, registrar and proxy one wall clock (bans, nonces, bindings)
+    that the test moves: the list's one item is now."""
+    now = [app.wall_clock()]
+    app.wall_clock = lambda: now[0]  # type: ignore[method-assign]
+    for part in (app.guard, app.registrar, app.frontdoor):
+        if hasattr(part, "clock"):
+            part.clock = app.wall_clock
+    app.proxy._clock = app.wall_clock  # noqa: SLF001 - the same clock everywhere
+    return now
 
 
 @pytest.mark.parametrize("method", ["REGISTER", "INVITE"])
 async def test_svcrack_is_banned_on_every_method_logged_once_and_freed_on_time(
         tmp_path: Path, method: str, caplog: pytest.LogCaptureFixture) -> None:
     async with running(tmp_path, max_auth_failures=3, ban_seconds=600) as (app, _):
-        now = [app.wall_clock()]
-        app.wall_clock = lambda: now[0]  # type: ignore[method-assign]
-        for part in (app.guard, app.registrar, app.frontdoor):
-            if hasattr(part, "clock"):
-                part.clock = app.wall_clock
-        app.proxy._clock = app.wall_clock  # noqa: SLF001 - the same clock everywhere
+        now = held_clock(app)
         a = Attacker(app.config.sip.listen.port, "127.0.0.5")
         office = Attacker(app.config.sip.listen.port, "127.0.0.6")
         try:
@@ -458,17 +470,19 @@ async def test_a_stranger_gets_407_for_every_way_out(tmp_path: Path) -> None:
 
 
 async def authenticated(a: Attacker, method: str, user: str | None, *, ruri: str | None = None,
-                        extra: tuple[str, ...] = (), body: bytes = b"") -> bytes | None:
-    """METHOD from alice (right password), answering the challenge it gets first."""
+                        extra: tuple[str, ...] = (), body: bytes = b"",
+                        login: str = "alice", password: str = PASSWORD) -> bytes | None:
+    """METHOD from LOGIN (alice, right password), answering the challenge it gets first."""
     call_id = secrets.token_hex(8)
     uri = ruri or (f"sip:{user}@{DOMAIN}" if user else f"sip:{DOMAIN}")
-    to = "alice" if method == "REGISTER" else None
+    to = login if method == "REGISTER" else None
     first = await a.ask(a.request(method, user, ruri=ruri, call_id=call_id, extra=extra,
-                                  body=body, to_user=to))
+                                  body=body, from_user=login, to_user=to))
     assert first is not None and _status(first) in (401, 407), first
-    name, value = challenge_answer(first, "alice", method, uri)
+    name, value = challenge_answer(first, login, method, uri, password)
     return await a.ask(a.request(method, user, ruri=ruri, call_id=call_id, cseq=2, body=body,
-                                 to_user=to, extra=(*extra, f"{name}: {value}")))
+                                 from_user=login, to_user=to,
+                                 extra=(*extra, f"{name}: {value}")))
 
 
 async def test_a_registered_client_goes_out_only_where_routes_say(tmp_path: Path) -> None:
@@ -543,6 +557,105 @@ async def test_failed_digests_from_a_provider_address_do_not_ban_the_provider(
             assert reply is not None and _status(reply) == 404  # still the provider's answer
         finally:
             spoofed.close()
+
+
+def answer_request(request: bytes, status: int, reason: str) -> bytes:
+    """A phone's STATUS response to REQUEST: its Vias, From, To (tagged), Call-ID, CSeq."""
+    head = request.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    keep = [line for line in head if line.split(b":", 1)[0].strip().lower()
+            in (b"via", b"v", b"from", b"f", b"call-id", b"i", b"cseq")]
+    to = next(line for line in head if line.split(b":", 1)[0].strip().lower() in (b"to", b"t"))
+    return (f"SIP/2.0 {status} {reason}\r\n".encode()
+            + b"".join(line + b"\r\n" for line in keep)
+            + to + f";tag={secrets.token_hex(4)}\r\nContent-Length: 0\r\n\r\n".encode())
+
+
+async def test_a_spoofed_ban_does_not_lock_a_registered_phone_out(tmp_path: Path) -> None:
+    """Over UDP anyone on the LAN can send failed digests with a desk phone's address as
+    their source. The address is banned, but the logins registered from it are still
+    served there (alice's phone refreshes and calls), while every other login is closed to
+    it for the ban's length, so a cracker sitting on that address gets no more guesses."""
+    async with running(tmp_path) as (app, api):
+        now = held_clock(app)
+        status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                         {"Login": "bob", "Password": "Pbx-edge-8"})
+        assert status == 200, body
+        phone = Attacker(app.config.sip.listen.port, "127.0.0.11")  # alice's; spoofed
+        bobs = Attacker(app.config.sip.listen.port, "127.0.0.12")
+        try:
+            assert _status(await authenticated(phone, "REGISTER", None) or b"") == 200
+            assert _status(await authenticated(bobs, "REGISTER", None, login="bob",
+                                               password="Pbx-edge-8") or b"") == 200
+            # The spoofer: an unknown login, then bob, from alice's address.
+            assert await crack(phone, "REGISTER", 3, login="zed") == [403] * 3
+            assert await crack(phone, "REGISTER", 3, login="bob") == [403, 403, None]
+            assert app.guard.is_banned("127.0.0.11", now[0])
+            # alice's phone goes on: its refresh, its keep-alive, its calls.
+            assert _status(await authenticated(phone, "REGISTER", None) or b"") == 200
+            assert _status(await phone.ask(phone.request("OPTIONS", None)) or b"") == 200
+            call_id = secrets.token_hex(8)
+            first = await phone.ask(phone.request("INVITE", "bob", call_id=call_id))
+            assert first is not None and _status(first) == 407, first
+            name, value = challenge_answer(first, "alice", "INVITE", f"sip:bob@{DOMAIN}")
+            await phone.send(phone.request("INVITE", "bob", call_id=call_id, cseq=2,
+                                           extra=(f"{name}: {value}",)))
+            forwarded = await bobs.recv()
+            assert forwarded is not None and forwarded.startswith(b"INVITE sip:bob@"), forwarded
+            await bobs.send(answer_request(forwarded, 486, "Busy Here"))
+            busy = await phone.final(call_id.encode())
+            assert busy is not None and _status(busy) == 486, busy
+            # Every other login is closed to that address: no challenge, no digest check,
+            # not even with bob's right password (a nonce fetched from elsewhere).
+            for login in ("bob", "zed", "carol"):
+                probe = phone.request("REGISTER", None, from_user=login, to_user=login)
+                assert await phone.ask(probe, wait=0.3) is None, login
+            assert await phone.ask(phone.request("INVITE", "alice", from_user="bob"),
+                                   wait=0.3) is None
+            call_id = secrets.token_hex(8)
+            first = await bobs.ask(bobs.request("REGISTER", None, from_user="bob",
+                                                to_user="bob", call_id=call_id))
+            assert first is not None and _status(first) == 401
+            name, value = challenge_answer(first, "bob", "REGISTER", f"sip:{DOMAIN}",
+                                           password="Pbx-edge-8")
+            assert await phone.ask(phone.request("REGISTER", None, from_user="bob",
+                                                 to_user="bob", call_id=call_id, cseq=2,
+                                                 extra=(f"{name}: {value}",)),
+                                   wait=0.3) is None
+            # A malformed request from it gets no 400 either.
+            assert await phone.ask(phone.request("OPTIONS", None).replace(
+                b"CSeq: 1 OPTIONS", b"CSeq: x"), wait=0.3) is None
+            now[0] += 601  # the ban is over: bob may register from there again
+            assert _status(await authenticated(phone, "REGISTER", None, login="bob",
+                                               password="Pbx-edge-8") or b"") == 200
+        finally:
+            phone.close()
+            bobs.close()
+
+
+@pytest.mark.parametrize("method", ["REGISTER", "INVITE"])
+async def test_bad_digests_for_a_phones_own_login_from_its_address_do_not_ban_it(
+        tmp_path: Path, method: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The phone registered as alice proved it knows alice's password: bad alice digests
+    from its address are a spoofer or a second line set up wrong. They are refused (403)
+    and logged (once a minute), but not counted: the address is never banned."""
+    async with running(tmp_path, max_auth_failures=3) as (app, _):
+        phone = Attacker(app.config.sip.listen.port, "127.0.0.14")
+        try:
+            assert _status(await authenticated(phone, "REGISTER", None) or b"") == 200
+            with caplog.at_level(logging.INFO):
+                assert await crack(phone, method, 6) == [403] * 6
+            assert not app.guard.is_banned("127.0.0.14", app.wall_clock())
+            uncounted = [r.getMessage() for r in caplog.records
+                         if "not counted" in r.getMessage()]
+            assert uncounted == [f"x {method} for 'alice' from 127.0.0.14 failed "
+                                 "authentication; not counted: 'alice' is registered from "
+                                 "there"], uncounted
+            assert not [r for r in caplog.records if "banned" in r.getMessage()]
+            assert _status(await authenticated(phone, "REGISTER", None) or b"") == 200
+            # Another login's failures from that address still count, as anywhere.
+            assert await crack(phone, method, 4, login="zed") == [403, 403, 403, None]
+        finally:
+            phone.close()
 
 
 # --- floods: the unauthenticated budget --------------------------------------------------------
