@@ -40,7 +40,11 @@ registered on it, or an authenticated request was accepted on it): from then on
 ``idle_timeout``, long enough for a registered phone's silent flow. The transport never
 reads SIP to decide this. Connections we open to send a request are trusted from the
 start (we chose where they go); one opened to return a response to a Via is not (the
-peer chose it).
+peer chose it). At ``max_connections``, a newcomer (accepted or opened by us) takes the
+place of the untrusted connection idle the longest, closed for it (logged like a refusal:
+once a minute with a count); only when every connection is trusted is it refused.
+``max_per_source`` refuses without closing anything: a source competes only with itself
+there.
 
 ``send(message, target)`` (the ``Sender`` seam): UDP goes from our listening socket, so the
 phone sees our well-known port; when the kernel's send buffer is full the datagram waits, in
@@ -103,6 +107,9 @@ logger = logging.getLogger(__name__)
 # Kamailio's tcp_max_connections default is 2048 for a whole server; an office appliance
 # serves a few hundred phones with one connection each.
 MAX_TCP_CONNECTIONS = 1024
+# At the limit, the untrusted connection idle the longest is closed for a newcomer
+# (Transport._make_room): a stranger's OPTIONS every 59 s from 64 addresses would otherwise
+# hold all of it, within its unauthenticated budget, and no phone could connect.
 # A phone needs one connection; a NAT with a handful of phones behind it a few more. Kamailio
 # has no per-source cap by default; fail2ban-style setups cap at 10-20.
 MAX_TCP_PER_SOURCE = 16
@@ -312,7 +319,9 @@ class Connection:
     framer: StreamFramer = field(default_factory=StreamFramer)
     transport: asyncio.Transport | None = None
     opened_at: float = 0.0
-    last_activity: float = 0.0  # the last whole message or ping (not any byte)
+    # The last whole message or ping (not any byte); for an untrusted connection, pings
+    # do not count, and the moment it lost its trust (Transport.distrust) does.
+    last_activity: float = 0.0
     message_started: float | None = None  # when the framer's partial message began
     messages: int = 0
     admitted: bool = False
@@ -405,6 +414,11 @@ class Transport:
         self._stopping = False
         self._shed_logged_at = -1e9
         self._refusals = _Throttle()  # connections refused at the limits
+        self._evictions = _Throttle()  # untrusted connections closed to make room
+        # The admitted connections not trusted (Transport.trust), least recently active
+        # first: each one's last_activity moves it to the end. At max_connections the first
+        # one is closed to make room for a newcomer (``_admit``), without a scan.
+        self._untrusted: collections.OrderedDict[str, Connection] = collections.OrderedDict()
         self._connect_drops = _Throttle()  # messages dropped at the per-host connect cap
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -451,6 +465,7 @@ class Transport:
         self._connections.clear()
         self._by_peer.clear()
         self._per_source.clear()
+        self._untrusted.clear()
         self._close_udp()
         tasks = list(self._tasks)
         for task in tasks:
@@ -646,9 +661,10 @@ class Transport:
         conn.opened_at = conn.last_activity = asyncio.get_running_loop().time()
         ip = conn.peer[0]
         blocked = not conn.outgoing and self.is_blocked is not None and self.is_blocked(ip)
+        full = len(self._connections) >= self.limits.max_connections
         if (blocked or self._stopping
-                or len(self._connections) >= self.limits.max_connections
-                or self._per_source.get(ip, 0) >= self.limits.max_per_source):
+                or self._per_source.get(ip, 0) >= self.limits.max_per_source
+                or (full and not self._make_room(conn))):
             if not blocked and self._refusals.due(conn.opened_at):
                 logger.warning("x tcp %s:%d refused: %d connections, %d from this source "
                                "(%d refused so far)", *conn.peer, len(self._connections),
@@ -658,6 +674,8 @@ class Transport:
         conn.admitted = True
         conn.id = f"tcp-{next(self._ids)}"
         self._connections[conn.id] = conn
+        if not conn.trusted:
+            self._untrusted[conn.id] = conn  # the most recently active: last
         self._by_peer[conn.peer] = conn
         self._per_source[ip] = self._per_source.get(ip, 0) + 1
         if conn.local[0] and conn.local[0] not in _WILDCARDS:
@@ -665,11 +683,33 @@ class Transport:
         logger.debug("- tcp %s %s %s:%d", conn.id, "opened to" if conn.outgoing else "from",
                      *conn.peer)
 
+    def _make_room(self, newcomer: Connection) -> bool:
+        """At max_connections: close the untrusted connection idle the longest (the first of
+        ``_untrusted``) to admit NEWCOMER; False when every connection is trusted. A
+        stranger's connections (its OPTIONS every 59 s keep them under the short idle
+        timeout) thus cannot keep a phone from connecting and registering; phones'
+        connections are never closed for a newcomer."""
+        victim = next(iter(self._untrusted.values()), None)
+        if victim is None:
+            return False
+        if self._evictions.due(newcomer.opened_at):
+            logger.warning("x tcp %s %s:%d closed after %.0f s idle, nobody authenticated on "
+                           "it, to make room for %s:%d: %d connections (%d closed so far)",
+                           victim.id, *victim.peer, newcomer.opened_at - victim.last_activity,
+                           *newcomer.peer, len(self._connections), self._evictions.count)
+        else:
+            logger.debug("- tcp %s %s:%d closed to make room", victim.id, *victim.peer)
+        self._forget(victim)  # at once: its slot is the newcomer's
+        if victim.transport is not None:
+            victim.transport.abort()
+        return True
+
     def _forget(self, conn: Connection) -> None:
         if not conn.admitted:
             return
         conn.admitted = False
         self._connections.pop(conn.id, None)
+        self._untrusted.pop(conn.id, None)
         if self._by_peer.get(conn.peer) is conn:
             del self._by_peer[conn.peer]
         ip = conn.peer[0]
@@ -706,6 +746,8 @@ class Transport:
         now = asyncio.get_running_loop().time()
         if items and (conn.trusted or not all(isinstance(i, KeepAlive) for i in items)):
             conn.last_activity = now
+            if not conn.trusted:
+                self._untrusted.move_to_end(conn.id)
         if not conn.framer.mid_message:
             conn.message_started = None
         elif items or conn.message_started is None:  # a new message began in this read
@@ -760,6 +802,7 @@ class Transport:
         conn = self._connections.get(connection_id)
         if conn is not None and not conn.trusted:
             conn.trusted = True
+            self._untrusted.pop(conn.id, None)
             logger.debug("- tcp %s %s:%d trusted", conn.id, *conn.peer)
 
     # --- sending (the Sender seam) --------------------------------------------------------
@@ -931,7 +974,9 @@ class Transport:
             _report(on_error for _, on_error in pending)
             return
         conn = protocol.conn
-        conn.trusted = trusted
+        if trusted:
+            conn.trusted = True
+            self._untrusted.pop(conn.id, None)
         for sent, (data, _) in enumerate(pending):
             if not conn.write(data):
                 # Refused at our limits (_admit), or closed at once: none of the rest went.

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -26,25 +28,45 @@ SHORT = 0.3  # the untrusted idle timeout in these tests
 LONG = 30.0  # the trusted one: never reached here
 
 
-@pytest.fixture
-async def door() -> AsyncIterator[Transport]:
+@dataclasses.dataclass
+class Served:
+    transport: Transport
+    registrar: Registrar
+    directory: FakeDirectory
+
+    @property
+    def port(self) -> int:
+        return self.transport.port
+
+
+@contextlib.asynccontextmanager
+async def serving(**limits: Any) -> AsyncIterator[Served]:
+    """The front door, its registrar (Clients alice and bob) and the transport, wired as
+    app.py wires them; LIMITS override the shrunk timeouts below."""
     guard = Guard()
-    registrar = Registrar(directory=FakeDirectory(user("alice")), location=Location(),
+    directory = FakeDirectory(user("alice"), user("bob"))
+    registrar = Registrar(directory=directory, location=Location(),
                           guard=guard, store=FakeStore(), clock=time.time, realm=lambda: REALM,
                           algorithms=(Algorithm.MD5,))
     front = FrontDoor(registrar=registrar, guard=guard, clock=time.time)
-    transport = Transport(front, "127.0.0.1", 0, limits=Limits(
-        idle_timeout=LONG, untrusted_idle_timeout=SHORT, first_message_timeout=5.0,
-        sweep_interval=0.05))
+    transport = Transport(front, "127.0.0.1", 0, limits=Limits(**{
+        "idle_timeout": LONG, "untrusted_idle_timeout": SHORT, "first_message_timeout": 5.0,
+        "sweep_interval": 0.05, **limits}))
     front.sender = transport
     front.flows = transport  # as app.py wires it
     await transport.start()
     try:
-        yield transport
+        yield Served(transport, registrar, directory)
     finally:
         await transport.stop()
         await registrar.stop()
         front.close()
+
+
+@pytest.fixture
+async def door() -> AsyncIterator[Transport]:
+    async with serving() as served:
+        yield served.transport
 
 
 async def closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
@@ -62,16 +84,27 @@ def over_tcp(data: bytes) -> bytes:
 
 
 async def register_over(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                        password: str = "Pbx-edge-7") -> int:
-    """REGISTER alice, answer the 401 with PASSWORD; the final status."""
-    writer.write(over_tcp(bytes(register("alice", call_id="tcp-reg", cseq=1))))
+                        login: str = "alice", password: str = "Pbx-edge-7",
+                        call_id: str = "tcp-reg", cseq: int = 1,
+                        expires: int | None = None) -> int:
+    """REGISTER LOGIN (CSeq CSEQ), answer the 401 with PASSWORD (CSeq CSEQ + 1); the final
+    status."""
+    writer.write(over_tcp(bytes(register(login, call_id=call_id, cseq=cseq,
+                                         expires=expires))))
     challenge = parse_message(await read_message(reader))
     assert isinstance(challenge, Response) and challenge.status == 401
-    auth = answer(challenge, "alice", password=password)
-    writer.write(over_tcp(bytes(register("alice", call_id="tcp-reg", cseq=2, auth=auth))))
+    auth = answer(challenge, login, password=password)
+    writer.write(over_tcp(bytes(register(login, call_id=call_id, cseq=cseq + 1, auth=auth,
+                                         expires=expires))))
     final = parse_message(await read_message(reader))
     assert isinstance(final, Response)
     return final.status
+
+
+async def answers_options(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          branch: str) -> bool:
+    writer.write(options(5060, transport="TCP", branch=branch))
+    return status_of(await read_message(reader)) == 200
 
 
 def test_the_short_idle_timeout_is_a_minute_and_overridable() -> None:
@@ -159,3 +192,63 @@ async def test_the_proxy_trusts_the_connection_of_an_accepted_authenticated_requ
     assert h.sender.responses(403) and flows.trusted == []
     await h.authenticated(alice, "INVITE", "bob", body=proxy_harness.SDP)
     assert flows.trusted == ["tcp-7"]
+
+
+# --- at max_connections: strangers make room for phones ----------------------------------------
+
+
+async def test_at_the_limit_a_phone_takes_the_place_of_the_stranger_idle_the_longest() -> None:
+    async with serving(max_connections=3, untrusted_idle_timeout=LONG) as served, \
+            contextlib.AsyncExitStack() as stack:
+        strangers = [await stack.enter_async_context(tcp(served.port)) for _ in range(3)]
+        for n, (reader, writer) in enumerate(strangers):
+            assert await answers_options(reader, writer, f"z9hG4bKs{n}")
+        # The first is active again: the second is now idle the longest. A ping does not
+        # count (it costs nothing), so the second's does not save it.
+        assert await answers_options(*strangers[0], "z9hG4bKagain")
+        strangers[1][1].write(b"\r\n\r\n")
+        async with asyncio.timeout(WAIT):
+            assert await strangers[1][0].readexactly(2) == b"\r\n"
+        assert served.transport.connection_count == 3
+
+        phone = await stack.enter_async_context(tcp(served.port))
+        assert await closed_by_server(strangers[1][0], WAIT)
+        assert await register_over(*phone) == 200
+        assert served.transport.connection_count == 3
+        for n in (0, 2):
+            assert await answers_options(*strangers[n], f"z9hG4bKstill{n}")
+
+
+async def test_at_the_limit_with_every_connection_trusted_a_newcomer_is_refused() -> None:
+    async with serving(max_connections=2, untrusted_idle_timeout=LONG) as served, \
+            contextlib.AsyncExitStack() as stack:
+        alice = await stack.enter_async_context(tcp(served.port))
+        assert await register_over(*alice, login="alice") == 200
+        bob = await stack.enter_async_context(tcp(served.port))
+        assert await register_over(*bob, login="bob", call_id="bob-reg") == 200
+
+        reader, writer = await stack.enter_async_context(tcp(served.port))
+        writer.write(options(5060, transport="TCP"))
+        assert await closed_by_server(reader, WAIT)  # refused at once, unanswered
+        assert served.transport.connection_count == 2
+        assert await answers_options(*alice, "z9hG4bKalice")
+        assert await answers_options(*bob, "z9hG4bKbob")
+
+
+async def test_connections_closed_to_make_room_are_logged_once_a_minute(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Each newcomer closes the one before it: a warning a stranger causes at will, logged
+    once with a count, not a line per connection."""
+    async with serving(max_connections=1, untrusted_idle_timeout=LONG) as served, \
+            contextlib.AsyncExitStack() as stack:
+        with caplog.at_level("WARNING", logger="appliance.sip.transport"):
+            previous = None
+            for n in range(5):
+                reader, writer = await stack.enter_async_context(tcp(served.port))
+                assert await answers_options(reader, writer, f"z9hG4bKn{n}")
+                if previous is not None:
+                    assert await closed_by_server(previous, WAIT)
+                previous = reader
+        assert served.transport.connection_count == 1
+        assert caplog.text.count(" to make room for ") == 1
+        assert "(1 closed so far)" in caplog.text

@@ -347,15 +347,20 @@ async def test_oversized_udp_response_is_dropped(echo: tuple[Transport, Echo],
 
 
 async def test_total_tcp_connections_are_capped() -> None:
+    """At the cap with every connection trusted, a newcomer is refused (an untrusted one
+    would be closed to make room: tests/sip/test_tcp_idle.py)."""
     handler = Echo()
     transport = Transport(handler, "127.0.0.1", 0, limits=Limits(max_connections=2))
     handler.transport = transport
     await transport.start()
     try:
         async with contextlib.AsyncExitStack() as stack:
-            for _ in range(2):
-                await stack.enter_async_context(tcp(transport.port))
-            await until(lambda: transport.connection_count == 2)
+            for n in range(2):
+                reader, writer = await stack.enter_async_context(tcp(transport.port))
+                writer.write(options(5060, transport="TCP", branch=f"z9hG4bK{n}"))
+                assert status_of(await read_message(reader)) == 200
+                transport.trust(handler.seen[-1].connection_id or "")
+            assert transport.connection_count == 2
             reader, writer = await stack.enter_async_context(tcp(transport.port))
             writer.write(options(5060, transport="TCP"))
             assert await closed_by_server(reader)  # refused at once, unanswered
@@ -642,6 +647,7 @@ async def test_a_connect_that_times_out_or_is_refused_at_our_limits_is_reported(
         async with Listener() as phone, tcp(transport.port) as (reader, writer):
             writer.write(options(5060, transport="TCP"))  # the one connection slot
             assert status_of(await read_message(reader)) == 200
+            transport.trust(handler.seen[-1].connection_id or "")  # not to be closed for room
             transport.send(request, Target("tcp", "127.0.0.1", phone.port),
                            on_error=functools.partial(reported.append, "full"))
             await until(lambda: reported == ["timeout", "full"])
