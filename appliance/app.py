@@ -187,7 +187,7 @@ class Appliance:
         if sip.domain:
             self.transport.local_hosts.add(sip.domain.lower())
         self.frontdoor.sender = self.transport
-        self.frontdoor.flows = self.transport  # phones registered over TCP keep their flows
+        self.registrar.flows = self.transport  # phones registered over TCP keep their flows
         self.sip_error: str | None = "not started"
         self.call_log = CallLog(self.store, self.clock, self.timer_clock)
         self.router = ClientRouter(self.sip_directory, self.location,

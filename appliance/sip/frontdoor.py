@@ -37,9 +37,9 @@ retransmitted until ACKed. Requests for the proxy are not touched: the proxy own
 transactions.
 
 The proxy slot takes any ``MessageHandler``; ``app.py`` (or the proxy's own wiring) sets
-``frontdoor.proxy``. ``sender`` is the transport, set once it exists, and so is ``flows``:
-a REGISTER answered 200 over TCP (the phone authenticated) has its connection trusted there,
-so that it may idle as long as a registered phone's flow.
+``frontdoor.proxy``. ``sender`` is the transport, set once it exists. (Which TCP
+connections may idle as long as a registered phone's flow is the registrar's business:
+``Registrar.flows``.)
 """
 
 from __future__ import annotations
@@ -72,7 +72,6 @@ from appliance.sip.transaction import (
 from appliance.sip.transaction_table import TransactionTable
 from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import (
-    Flows,
     Incoming,
     MessageHandler,
     Sender,
@@ -114,7 +113,6 @@ class FrontDoor:
         self.sender = sender
         self.proxy = proxy
         self.trunk: MessageHandler | None = None  # sip.trunk: upstream registrations
-        self.flows: Flows | None = None  # the transport: told of authenticated TCP peers
         # Transactions keep where their responses go (``peer``) and their timers (the
         # table's heap): nothing here is per transaction.
         self._table = TransactionTable()
@@ -282,8 +280,6 @@ class FrontDoor:
             if txn is not None:
                 self._close(txn)
             return
-        if reply.status == 200 and incoming.connection_id is not None and self.flows is not None:
-            self.flows.trust(incoming.connection_id)  # only a correct digest gets a 200
         self._respond(incoming, txn, reply)
 
     async def _forward(self, incoming: Incoming, request: Request) -> None:

@@ -269,7 +269,8 @@ class Proxy:
         # (services wiring: sip.trunk.Trunk.gateway_at), else None.
         self.gateway_caller: Callable[[tuple[str, int], Request], Caller | None] | None = None
         # The transport: a TCP connection that carried an accepted caller's request is
-        # trusted (it idles as long as a registered phone's flow may).
+        # trusted (it idles as long as a registered phone's flow may). Only the registrar
+        # takes trust back, when the last binding made on a connection goes.
         self.flows: Flows | None = None
 
     # --- the MessageHandler surface -----------------------------------------------------

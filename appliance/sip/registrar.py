@@ -56,6 +56,12 @@ until its next REGISTER (bindings are a cache of what phones keep telling us, un
 A timer task removes bindings when they expire; bindings of a closed TCP connection are
 removed at once, and so are those of a Client deleted or disabled (or whose account stops
 being active): ``revoke``, which the composition root runs after each provisioning change.
+The TCP connections the bindings were made on follow them (``flows``, the transport): a
+connection is trusted (``Flows.trust``: it may idle as long as a registered phone's silent
+flow) when a binding first refers to it, and no longer (``Flows.distrust``: the short idle
+timeout again, from then) when the last binding referring to it goes — unregistered,
+expired, revoked, or moved to another connection by a REGISTER sent there. A REGISTER that
+binds nothing on a connection (a query, an unregistration) does not trust it.
 Times are wall-clock seconds from the ``clock`` callable, because expiry times are persisted
 across restarts.
 
@@ -103,7 +109,7 @@ from appliance.sip.headers import DigestCredentials, NameAddr, is_digest, parse_
 from appliance.sip.message import Request, Response, make_response
 from appliance.sip.register_view import PlainRegister, RegisterFields, fields_of
 from appliance.sip.uri import SipUri, hostport, parse_uri, same_uri
-from appliance.sip.wire import Incoming
+from appliance.sip.wire import Flows, Incoming
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +208,12 @@ class Registrar:
         self._published: dict[str, frozenset[str]] = {}
         self._aor_sources: dict[str, set[str]] = {}
         self._sources: dict[str, int] = {}
+        # Likewise the TCP connections each AoR's bindings were made on, and per connection
+        # the AoRs referring to it (a phone may register several lines on one): the
+        # connections ``flows`` (the transport) is told to trust, and to distrust.
+        self._aor_connections: dict[str, set[str]] = {}
+        self._connections: dict[str, int] = {}
+        self.flows: Flows | None = None
         self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL, MAX_LOGGED_SOURCES)
         # nonce -> (nc, Via branch) of the last request it authenticated, and the refusal it
         # got (None: it was applied). A retransmission of that very request is not an nc
@@ -481,6 +493,8 @@ class Registrar:
         else:
             self._published.pop(aor, None)
         self._count_sources(aor, {b.source[0] for b in bindings})
+        self._count_connections(
+            aor, {b.connection_id for b in bindings if b.connection_id is not None})
         self.directory.set_registrations(aor, [
             Registration(
                 login=aor, contact=b.uri, transport=b.transport,
@@ -502,6 +516,30 @@ class Registrar:
                 self._sources.pop(ip, None)
         for ip in new - old:
             self._sources[ip] = self._sources.get(ip, 0) + 1
+
+    def _count_connections(self, aor: str, new: set[str]) -> None:
+        """AOR's bindings now refer to the TCP connections NEW: trust a connection the
+        first binding refers to, distrust one the last binding left."""
+        old = self._aor_connections.get(aor)
+        if old is None and not new:
+            return  # UDP phones, the usual case
+        if new:
+            self._aor_connections[aor] = new
+        else:
+            del self._aor_connections[aor]
+        old = old or set()
+        for connection_id in old - new:
+            left = self._connections.get(connection_id, 1) - 1
+            if left > 0:
+                self._connections[connection_id] = left
+                continue
+            self._connections.pop(connection_id, None)
+            if self.flows is not None:
+                self.flows.distrust(connection_id)
+        for connection_id in new - old:
+            self._connections[connection_id] = self._connections.get(connection_id, 0) + 1
+            if self._connections[connection_id] == 1 and self.flows is not None:
+                self.flows.trust(connection_id)
 
     async def flush(self) -> None:
         """Write the pending binding changes now and wait for every write (tests, shutdown)."""

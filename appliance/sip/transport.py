@@ -37,10 +37,11 @@ Via is broadcast or multicast. CRLFCRLF keep-alives are answered with CRLF on TC
 between messages a connection may idle for ``untrusted_idle_timeout`` (60 s), and only
 pings do not count as activity there, until the SIP layer calls ``trust`` on it (a phone
 registered on it, or an authenticated request was accepted on it): from then on
-``idle_timeout``, long enough for a registered phone's silent flow. The transport never
-reads SIP to decide this. Connections we open to send a request are trusted from the
-start (we chose where they go); one opened to return a response to a Via is not (the
-peer chose it). At ``max_connections``, a newcomer (accepted or opened by us) takes the
+``idle_timeout``, long enough for a registered phone's silent flow, until ``distrust``
+(the last phone registered on it is gone): ``untrusted_idle_timeout`` again, from then.
+The transport never reads SIP to decide this. Connections we open to send a request are
+trusted from the start (we chose where they go); one opened to return a response to a Via
+is not (the peer chose it). At ``max_connections``, a newcomer (accepted or opened by us) takes the
 place of the untrusted connection idle the longest, closed for it (logged like a refusal:
 once a minute with a count); only when every connection is trusted is it refused.
 ``max_per_source`` refuses without closing anything: a source competes only with itself
@@ -119,8 +120,9 @@ MAX_TCP_PER_SOURCE = 16
 # same way (tcp_connection_lifetime extended by the registrar).
 TCP_IDLE_TIMEOUT = 3900.0
 IDLE_MARGIN = 300.0  # past the registration's end: the phone's re-REGISTER may come late
-# ...but only for a connection the SIP layer trusts (``Transport.trust``: a REGISTER
-# succeeded on it, or an authenticated request was accepted). Any other peer (a scanner's
+# ...but only for a connection the SIP layer trusts (``Transport.trust``: a phone is
+# registered on it, or an authenticated request was accepted; ``Transport.distrust`` once
+# the last registration on it is gone). Any other peer (a scanner's
 # one OPTIONS) could otherwise hold max_per_source connections per address, and all of
 # max_connections, for TCP_IDLE_TIMEOUT each, and phones registering over TCP would find
 # no room. A phone registers within seconds of connecting; a minute also covers a user
@@ -804,6 +806,18 @@ class Transport:
             conn.trusted = True
             self._untrusted.pop(conn.id, None)
             logger.debug("- tcp %s %s:%d trusted", conn.id, *conn.peer)
+
+    def distrust(self, connection_id: str) -> None:
+        """No phone is registered on CONNECTION_ID any more (the ``wire.Flows`` seam, called
+        by the registrar): it idles ``untrusted_idle_timeout`` again, counted from now (a
+        silent phone is not cut at once, and may register on it again), and may be closed
+        to make room. A connection closed meanwhile, or not trusted, is ignored."""
+        conn = self._connections.get(connection_id)
+        if conn is not None and conn.trusted:
+            conn.trusted = False
+            conn.last_activity = asyncio.get_running_loop().time()
+            self._untrusted[conn.id] = conn  # the most recently active: last
+            logger.debug("- tcp %s %s:%d no longer trusted", conn.id, *conn.peer)
 
     # --- sending (the Sender seam) --------------------------------------------------------
 

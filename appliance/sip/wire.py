@@ -54,6 +54,10 @@ class Flows(Protocol):
         request was accepted on it: keep it open while it idles as long as a registered
         phone's flow may (until then it idles only briefly: any stranger can connect)."""
 
+    def distrust(self, connection_id: str) -> None:
+        """No binding refers to CONNECTION_ID any more (unregistered, expired, its Client
+        deleted or disabled): it idles only briefly again, counted from now."""
+
 
 class MessageHandler(Protocol):
     async def handle(self, incoming: Incoming) -> None:

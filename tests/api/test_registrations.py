@@ -21,6 +21,8 @@ from appliance.services.telephony import Registration
 from appliance.sip.message import Response, parse_message
 from tests.conftest import ADMIN_SID, Api, free_port
 from tests.sip.test_registrar import answer, register
+from tests.sip.test_tcp_idle import register_over
+from tests.sip.test_transport import tcp
 
 PW = "Pbx-edge-7"
 BASE = f"Accounts/{ADMIN_SID}/Registrations"
@@ -393,6 +395,35 @@ async def test_a_deleted_client_loses_its_registration_and_cannot_call(
     await appliance.registrar.flush()
     assert [b["aor"] for b in await appliance.store.load_bindings(appliance.wall_clock())
             ] == ["bob"]
+
+
+async def test_a_deleted_clients_tcp_connection_is_no_longer_trusted(
+        api: Api, appliance: Appliance) -> None:
+    """Deleted through the API, a Client's phone registered over TCP loses the long idle
+    timeout of its connection (from then on the short one, 60 s, as a stranger's), while
+    another phone keeps its own."""
+    sid = await make_client(api, "alice")
+    await make_client(api, "bob")
+    port = appliance.config.sip.listen.port
+    async with tcp(port) as alice, tcp(port) as bob:
+        assert await register_over(*alice, login="alice") == 200
+        assert await register_over(*bob, login="bob", call_id="bob-reg") == 200
+        now = appliance.wall_clock()
+        [alice_binding] = appliance.location.lookup("alice", now)
+        [bob_binding] = appliance.location.lookup("bob", now)
+        alice_conn = appliance.transport.connection(alice_binding.connection_id or "")
+        bob_conn = appliance.transport.connection(bob_binding.connection_id or "")
+        assert alice_conn is not None and alice_conn.trusted
+        assert bob_conn is not None and bob_conn.trusted
+
+        status, _, _ = await api.request("DELETE", f"Accounts/{ADMIN_SID}/Clients/{sid}")
+        assert status == 200
+
+        async def distrusted() -> bool:
+            return not alice_conn.trusted
+        await until(distrusted)
+        assert appliance.transport.connection(alice_conn.id) is alice_conn  # not cut at once
+        assert bob_conn.trusted
 
 
 async def test_a_disabled_client_loses_its_registration(api: Api, appliance: Appliance

@@ -1,6 +1,8 @@
-"""TCP idle timeouts: a connection nobody authenticated on idles briefly, one a phone
-registered on as long as a registered phone's silent flow. Real sockets on loopback, the
-real front door and registrar (fake directory and store), timeouts shrunk through Limits."""
+"""TCP idle timeouts: a connection nobody authenticated on idles briefly, one a phone is
+registered on as long as a registered phone's silent flow, and briefly again once that
+registration is gone; at max_connections, untrusted connections make room for newcomers.
+Real sockets on loopback, the real front door and registrar (fake directory and store),
+timeouts shrunk through Limits."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from appliance.sip.guard import Guard
 from appliance.sip.message import Response, parse_message
 from appliance.sip.registrar import Registrar
 from appliance.sip.transport import TCP_UNTRUSTED_IDLE_TIMEOUT, Limits, Transport
-from tests.sip import proxy_harness
+from tests.sip import proxy_harness, test_registrar
 from tests.sip.test_registrar import REALM, FakeDirectory, FakeStore, answer, register, user
 from tests.sip.test_transport import WAIT, options, read_message, status_of, tcp
 
@@ -53,7 +55,7 @@ async def serving(**limits: Any) -> AsyncIterator[Served]:
         "idle_timeout": LONG, "untrusted_idle_timeout": SHORT, "first_message_timeout": 5.0,
         "sweep_interval": 0.05, **limits}))
     front.sender = transport
-    front.flows = transport  # as app.py wires it
+    registrar.flows = transport  # as app.py wires it
     await transport.start()
     try:
         yield Served(transport, registrar, directory)
@@ -169,9 +171,13 @@ async def test_a_connection_a_phone_registered_on_stays_open_past_the_short_idle
 class RecordingFlows:
     def __init__(self) -> None:
         self.trusted: list[str] = []
+        self.distrusted: list[str] = []
 
     def trust(self, connection_id: str) -> None:
         self.trusted.append(connection_id)
+
+    def distrust(self, connection_id: str) -> None:
+        self.distrusted.append(connection_id)
 
 
 async def test_the_proxy_trusts_the_connection_of_an_accepted_authenticated_request() -> None:
@@ -252,3 +258,90 @@ async def test_connections_closed_to_make_room_are_logged_once_a_minute(
         assert served.transport.connection_count == 1
         assert caplog.text.count(" to make room for ") == 1
         assert "(1 closed so far)" in caplog.text
+
+
+# --- trust follows the bindings ----------------------------------------------------------------
+
+
+async def registered_on(h: test_registrar.Harness, login: str, connection_id: str, *,
+                        call_id: str, cseq: int = 1, expires: int | None = None,
+                        contacts: tuple[str, ...] = ("<sip:{login}@192.0.2.10:5060>",)) -> int:
+    """LOGIN's REGISTER (challenge and answer) over the TCP connection CONNECTION_ID."""
+    challenge = await h.send(register(login, call_id=call_id, cseq=cseq, expires=expires,
+                                      contacts=contacts),
+                             transport="tcp", connection_id=connection_id)
+    assert challenge is not None and challenge.status == 401
+    final = await h.send(register(login, call_id=call_id, cseq=cseq + 1, expires=expires,
+                                  contacts=contacts, auth=answer(challenge, login)),
+                         transport="tcp", connection_id=connection_id)
+    assert final is not None
+    return final.status
+
+
+async def test_the_registrar_trusts_a_connection_while_a_binding_refers_to_it() -> None:
+    h = test_registrar.Harness(user("alice"), user("bob"))
+    flows = RecordingFlows()
+    h.registrar.flows = flows
+    assert await registered_on(h, "alice", "tcp-1", call_id="a1") == 200
+    assert (flows.trusted, flows.distrusted) == (["tcp-1"], [])
+    # A refresh, and a second line of the same phone on it: nothing new.
+    assert await registered_on(h, "alice", "tcp-1", call_id="a1", cseq=3) == 200
+    assert await registered_on(h, "bob", "tcp-1", call_id="b1") == 200
+    assert (flows.trusted, flows.distrusted) == (["tcp-1"], [])
+    # One line unregisters: the other still holds the connection...
+    assert await registered_on(h, "alice", "tcp-1", call_id="a1", cseq=5, expires=0) == 200
+    assert (flows.trusted, flows.distrusted) == (["tcp-1"], [])
+    # ...until its binding expires.
+    h.clock.now += 3601
+    assert [b.aor for b in h.registrar.expire()] == ["bob"]
+    assert flows.distrusted == ["tcp-1"]
+    # A phone that reconnects and registers its contact again on the new connection: the
+    # old one goes back to the short idle timeout.
+    assert await registered_on(h, "alice", "tcp-2", call_id="a2") == 200
+    assert await registered_on(h, "alice", "tcp-3", call_id="a3") == 200
+    assert (flows.trusted, flows.distrusted) == (["tcp-1", "tcp-2", "tcp-3"],
+                                                 ["tcp-1", "tcp-2"])
+    # Its Client deleted: revoked with its bindings.
+    del h.directory.users["alice"]
+    assert [b.aor for b in await h.registrar.revoke()] == ["alice"]
+    assert flows.distrusted == ["tcp-1", "tcp-2", "tcp-3"]
+    # A query (no Contact) and an unregistration bind nothing on a connection: not trusted,
+    # though answered 200.
+    assert await registered_on(h, "bob", "tcp-4", call_id="b4", contacts=()) == 200
+    assert await registered_on(h, "bob", "tcp-5", call_id="b5", contacts=("*",),
+                               expires=0) == 200
+    assert flows.trusted == ["tcp-1", "tcp-2", "tcp-3"]
+
+
+async def test_a_phone_that_unregisters_keeps_its_connection_only_the_short_idle() -> None:
+    async with serving() as served, contextlib.AsyncExitStack() as stack:
+        alice = await stack.enter_async_context(tcp(served.port))
+        assert await register_over(*alice, login="alice") == 200
+        bob = await stack.enter_async_context(tcp(served.port))
+        assert await register_over(*bob, login="bob", call_id="bob-reg") == 200
+        await asyncio.sleep(2 * SHORT)  # trusted: both past the short idle timeout
+        assert served.transport.connection_count == 2
+
+        assert await register_over(*alice, login="alice", cseq=3, expires=0) == 200
+        unregistered = time.monotonic()
+        assert await closed_by_server(alice[0], WAIT)
+        assert time.monotonic() - unregistered >= SHORT  # counted from the unregistration
+        assert not await closed_by_server(bob[0], 2 * SHORT)
+        assert await answers_options(*bob, "z9hG4bKbob")
+
+
+async def test_a_deleted_clients_phone_keeps_its_connection_only_the_short_idle() -> None:
+    async with serving() as served, contextlib.AsyncExitStack() as stack:
+        alice = await stack.enter_async_context(tcp(served.port))
+        assert await register_over(*alice, login="alice") == 200
+        bob = await stack.enter_async_context(tcp(served.port))
+        assert await register_over(*bob, login="bob", call_id="bob-reg") == 200
+        await asyncio.sleep(2 * SHORT)
+
+        del served.directory.users["alice"]
+        served.registrar.request_revoke()  # what the provisioning service's change does
+        revoked = time.monotonic()
+        assert await closed_by_server(alice[0], WAIT)
+        assert time.monotonic() - revoked >= SHORT
+        assert not await closed_by_server(bob[0], 2 * SHORT)
+        assert await answers_options(*bob, "z9hG4bKbob")
