@@ -6,9 +6,20 @@ password, so everything here starts from HA1. ``-sess`` variants derive their se
 from it. The same code serves ``Authorization`` after a 401 (registrar) and
 ``Proxy-Authorization`` after a 407 (proxy): only the header names differ, see ``HEADERS``.
 
-Nonces are stateless: ``hex(ts) "." salt "." HMAC(secret, ts "." salt)``. An authentic nonce
-older than ``lifetime`` makes the caller re-challenge with ``stale=true`` (the phone retries
-with the same password, silently); a forged one is simply a failure. Only ``NonceCounts``
+Nonces are stateless: ``hex(ts) "." salt "." HMAC(secret, ts "." salt "." ip)``, where ip is
+the source address the challenge was sent to (the transport's string for it, as the guard keys
+sources; it is not written in the nonce). A nonce is thus good only from the address it was
+issued to: presented from any other it is INVALID, which callers answer with a fresh challenge
+before looking at the password, and do not count as a failure. So a blind spoofer (UDP), who
+never sees the challenges sent to a desk phone's address, cannot make a failure count against
+that address, nor learn from a reply whether a guess was right; whoever sees the replies sent
+to an address (on the same host or NAT, or sniffing) can, as with any fail2ban-style ban. A
+phone whose address changes while it holds a nonce is simply challenged again.
+An authentic nonce older than ``lifetime`` makes the caller re-challenge with ``stale=true``
+(the phone retries with the same password, silently) — but only for the right password: a
+wrong one with a stale nonce is REJECTED (a counted failure), so the stale path is no free
+guess; and a stale nonce from another address is INVALID like any foreign one. Only
+``NonceCounts``
 keeps state, to refuse a replayed ``nc``; it is capped and evicts the oldest nonce. A digest
 without qop (hence without nc) is accepted, as sip.md §2.3 asks, but once per nonce: its
 second use is answered like an expired nonce.
@@ -115,35 +126,40 @@ class NonceStatus(enum.Enum):
 
 
 class Nonces:
-    """Issues and checks stateless HMAC nonces."""
+    """Issues and checks stateless HMAC nonces, each bound to the source IP it was issued
+    to (see the module docstring)."""
 
     def __init__(self, secret: bytes, *, lifetime: float = DEFAULT_NONCE_LIFETIME) -> None:
         self._secret = secret
         self.lifetime = lifetime
-        # The last nonce whose MAC was checked, and its timestamp (None: forged). A request
-        # is checked twice (the registrar's first look, then ``verify``): the HMAC runs once.
-        self._last: tuple[str, int | None] = ("", None)
+        # The last (nonce, ip) whose MAC was checked, and its timestamp (None: forged, or
+        # not issued to ip). A request is checked twice (the registrar's first look, then
+        # ``verify``): the HMAC runs once.
+        self._last: tuple[str, str, int | None] = ("", "", None)
 
-    def _mac(self, body: str) -> str:
-        return hmac.new(self._secret, body.encode("ascii"), hashlib.sha256).hexdigest()[:32]
+    def _mac(self, body: str, ip: str) -> str:
+        return hmac.new(self._secret, f"{body}.{ip}".encode(), hashlib.sha256).hexdigest()[:32]
 
-    def issue(self, now: float, *, salt: str | None = None) -> str:
+    def issue(self, now: float, ip: str, *, salt: str | None = None) -> str:
+        """A nonce stamped with NOW, good only when presented from IP (a source address as
+        the transport gives it, the same string ``check`` is given)."""
         # The salt makes two challenges in the same second differ, so nc tracking per
         # nonce does not mix up two phones.
         body = f"{int(now):x}.{salt if salt is not None else secrets.token_hex(6)}"
-        return f"{body}.{self._mac(body)}"
+        return f"{body}.{self._mac(body, ip)}"
 
-    def check(self, nonce: str, now: float) -> NonceStatus:
-        last, ts = self._last
-        if nonce != last or not nonce:
-            ts = self._authentic_ts(nonce)
-            self._last = (nonce, ts)
+    def check(self, nonce: str, now: float, ip: str) -> NonceStatus:
+        """NONCE presented from IP at NOW: INVALID unless we issued it to IP."""
+        last, last_ip, ts = self._last
+        if nonce != last or ip != last_ip or not nonce:
+            ts = self._authentic_ts(nonce, ip)
+            self._last = (nonce, ip, ts)
         if ts is None or ts > now + MAX_CLOCK_SKEW:
             return NonceStatus.INVALID
         return NonceStatus.STALE if now - ts > self.lifetime else NonceStatus.VALID
 
-    def _authentic_ts(self, nonce: str) -> int | None:
-        """The timestamp of NONCE when its MAC is ours, else None."""
+    def _authentic_ts(self, nonce: str, ip: str) -> int | None:
+        """The timestamp of NONCE when its MAC is ours for IP, else None."""
         ts_text, _, rest = nonce.partition(".")
         salt, _, mac = rest.partition(".")
         if not (ts_text and salt and mac) or len(ts_text) > 16:
@@ -152,7 +168,7 @@ class Nonces:
             ts = int(ts_text, 16)
         except ValueError:
             return None
-        if not hmac.compare_digest(mac.encode(), self._mac(f"{ts_text}.{salt}").encode()):
+        if not hmac.compare_digest(mac.encode(), self._mac(f"{ts_text}.{salt}", ip).encode()):
             return None
         return ts
 
@@ -219,7 +235,9 @@ class NonceCounts:
 class Verdict(enum.Enum):
     ACCEPTED = "accepted"
     STALE = "stale"  # right password, expired (or used, without qop) nonce: stale=true
-    REJECTED = "rejected"  # wrong response, unknown user, forged nonce, replay: a failure
+    # wrong response, unknown user, replay: a failure; also a forged nonce or one issued to
+    # another address, which callers re-challenge before ``verify`` (not a failure)
+    REJECTED = "rejected"
     MALFORMED = "malformed"  # missing fields, wrong realm, unknown algorithm/qop: 400 or 401
 
 
@@ -232,10 +250,11 @@ class DigestAuth:
     algorithms: Sequence[Algorithm] = (Algorithm.SHA256, Algorithm.MD5)
     counts: NonceCounts | None = None
 
-    def challenges(self, now: float, *, stale: bool = False) -> list[str]:
-        """Header values for a 401/407: SHA-256 first, then MD5 (RFC 8760 §2.4: many desk
-        phones only know MD5 and take the first challenge they understand)."""
-        nonce = self.nonces.issue(now)
+    def challenges(self, now: float, ip: str, *, stale: bool = False) -> list[str]:
+        """Header values for a 401/407 sent to IP (its nonce is good from IP only), one per
+        algorithm in ``algorithms``' order (RFC 8760 §2.4: many desk phones only know MD5
+        and take the first challenge they understand)."""
+        nonce = self.nonces.issue(now, ip)
         if '"' in nonce or "\\" in nonce:  # not one of ours (a test's salt): quote it
             return [format_challenge(self.realm, nonce, algorithm=str(a), stale=stale)
                     for a in self.algorithms]
@@ -248,11 +267,16 @@ class DigestAuth:
         method: str,
         ha1: str | None,
         now: float,
+        ip: str,
         body: bytes = b"",
     ) -> Verdict:
-        """Check CREDS for a request with METHOD. HA1 is the stored hash for
+        """Check CREDS for a request with METHOD from IP. HA1 is the stored hash for
         ``creds.username`` under ``algorithm_of(creds).base``, or None for an unknown user
-        (answered exactly like a wrong password, against user enumeration)."""
+        (answered exactly like a wrong password, against user enumeration).
+
+        A nonce not issued to IP is REJECTED before the response is even computed: callers
+        ``Nonces.check`` it first and answer INVALID with a fresh challenge (no failure), so
+        no answer ever depends on the password for a nonce from elsewhere."""
         params = creds.params
         algorithm = parse_algorithm(params.get("algorithm"))
         # A -sess variant is accepted wherever its base is: it derives from the same HA1.
@@ -273,6 +297,9 @@ class DigestAuth:
             if len(nc_text) != 8 or not _HEX.issuperset(nc_text):
                 return Verdict.MALFORMED
         nonce = params["nonce"]
+        status = self.nonces.check(nonce, now, ip)
+        if status is NonceStatus.INVALID:
+            return Verdict.REJECTED
         expected = compute_response(
             # A dummy HA1 keeps an unknown user's timing the same as a known one's.
             ha1=ha1 if ha1 is not None else "0" * 32,
@@ -286,9 +313,9 @@ class DigestAuth:
             body=body,
         )
         matches = hmac.compare_digest(expected.encode(), creds.params["response"].lower().encode())
-        status = self.nonces.check(nonce, now)
-        if not matches or ha1 is None or status is NonceStatus.INVALID:
+        if not matches or ha1 is None:
             return Verdict.REJECTED
+        # Stale only for the right password: a wrong one is REJECTED above (a failure).
         if status is NonceStatus.STALE:
             return Verdict.STALE
         if self.counts is not None:

@@ -86,7 +86,7 @@ class ProxyAuth:
         if not values:
             user = await self._directory.user(from_user) if from_user else None
             await self.challenge(server, user.realm if user else self._realm(), now,
-                                 wall=wall)
+                                 wall=wall, ip=ip)
             return None
         try:
             creds = DigestCredentials.parse(values[0])
@@ -99,23 +99,25 @@ class ProxyAuth:
             return None
         user = await self._directory.user(username) if username else None
         realm = user.realm if user else self._realm()
-        if self.nonces.check(creds.nonce or "", wall) is NonceStatus.INVALID:
-            # Not our nonce: forged, or issued before a restart. Challenge afresh, as the
-            # registrar does; a forger learns nothing from it.
-            await self.challenge(server, realm, now, wall=wall)
+        if self.nonces.check(creds.nonce or "", wall, ip) is NonceStatus.INVALID:
+            # Not our nonce (forged, or issued before the secret changed), or not issued to
+            # this source address (a spoofer's, fetched at its own): challenge afresh before
+            # the password is looked at, as the registrar does; not a failure, and a forger
+            # learns nothing from it.
+            await self.challenge(server, realm, now, wall=wall, ip=ip)
             return None
         auth = DigestAuth(realm, self.nonces, self.algorithms, self.counts)
         algorithm = digest_algorithm(creds)
         ha1: str | None = None
         if user is not None and algorithm is not None:
             ha1 = stored_ha1(algorithm, md5=user.ha1_md5, sha256=user.ha1_sha256)
-        verdict = auth.verify(creds, method=request.method, ha1=ha1, now=wall,
+        verdict = auth.verify(creds, method=request.method, ha1=ha1, now=wall, ip=ip,
                               body=request.body)
-        if verdict is Verdict.STALE:
-            await self.challenge(server, realm, now, wall=wall, stale=True)
+        if verdict is Verdict.STALE:  # the right password only: a wrong one is REJECTED
+            await self.challenge(server, realm, now, wall=wall, ip=ip, stale=True)
             return None
         if verdict is Verdict.MALFORMED:
-            await self.challenge(server, realm, now, wall=wall)
+            await self.challenge(server, realm, now, wall=wall, ip=ip)
             return None
         if verdict is Verdict.REJECTED or user is None:
             if self._guard is not None and self._guard.is_bound(ip, username):
@@ -142,13 +144,13 @@ class ProxyAuth:
                       voice_application_sid=user.voice_application_sid)
 
     async def challenge(self, server: ServerTransaction, realm: str, now: float,
-                        *, wall: float, stale: bool = False) -> None:
+                        *, wall: float, ip: str, stale: bool = False) -> None:
         """Answer 407 with a ``Proxy-Authenticate`` per algorithm for REALM, its nonces
-        stamped with WALL."""
+        stamped with WALL and good from IP (the request's source address) only."""
         auth = DigestAuth(realm, self.nonces, self.algorithms)
         header = HEADERS[407][0]
-        await self._reply(server, 407, now=now,
-                          headers=[(header, value) for value in auth.challenges(wall, stale=stale)])
+        values = auth.challenges(wall, ip, stale=stale)
+        await self._reply(server, 407, now=now, headers=[(header, value) for value in values])
 
     def forget_stale(self, now: float) -> None:
         """Let go of the nc-replay table's nonces that are stale at NOW (wall clock)."""

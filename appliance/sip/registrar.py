@@ -328,8 +328,11 @@ class Registrar:
         realm = user.realm if user is not None else self.realm()
         auth = DigestAuth(realm, self.nonces, self.algorithms, self.counts)
         creds = self._credentials(fields.authorizations, realm)
-        if creds is None or self.nonces.check(creds.nonce or "", now) is NonceStatus.INVALID:
-            return self._challenge(auth, now, stale=False)
+        # A nonce not ours, or not issued to this source address, gets a fresh challenge
+        # before the password is looked at, and is not a failure: a blind spoofer sending
+        # with a phone's address cannot make a failure count there, nor learn anything.
+        if creds is None or self.nonces.check(creds.nonce or "", now, ip) is NonceStatus.INVALID:
+            return self._challenge(auth, now, ip, stale=False)
         nonce = creds.nonce or ""
         this = (creds.params.get("nc") or "", fields.branch)
         last = self._last_accepted.get(nonce)
@@ -348,11 +351,11 @@ class Registrar:
         ha1: str | None = None
         if user is not None and creds.username == login:
             ha1 = stored_ha1(algorithm, md5=user.ha1_md5, sha256=user.ha1_sha256)
-        verdict = auth.verify(creds, method="REGISTER", ha1=ha1, now=now)
+        verdict = auth.verify(creds, method="REGISTER", ha1=ha1, now=now, ip=ip)
         if verdict is Verdict.MALFORMED:
             raise SipParseError("malformed digest credentials")
-        if verdict is Verdict.STALE:
-            return self._challenge(auth, now, stale=True)
+        if verdict is Verdict.STALE:  # the right password only: a wrong one is REJECTED
+            return self._challenge(auth, now, ip, stale=True)
         if verdict is Verdict.REJECTED:
             self._failed(ip, login, now)
             return Reply(403)
@@ -396,9 +399,10 @@ class Registrar:
         return None
 
     @staticmethod
-    def _challenge(auth: DigestAuth, now: float, *, stale: bool) -> Reply:
+    def _challenge(auth: DigestAuth, now: float, ip: str, *, stale: bool) -> Reply:
+        """401 with a challenge per algorithm, their nonce good from IP only."""
         return Reply(401, [("WWW-Authenticate", value)
-                           for value in auth.challenges(now, stale=stale)])
+                           for value in auth.challenges(now, ip, stale=stale)])
 
     def _failed(self, ip: str, login: str, now: float) -> None:
         banned = self.guard.record_failure(ip, now, login)

@@ -23,6 +23,8 @@ from appliance.sip.message import Request
 
 REALM = "pbx.example.com"
 SECRET = b"0123456789abcdef0123456789abcdef"
+IP = "192.0.2.10"  # the phone the challenges are sent to
+OTHER_IP = "192.0.2.66"
 
 
 def test_rfc2617_example() -> None:
@@ -66,19 +68,53 @@ def test_rfc7616_examples(algorithm: Algorithm, expected: str) -> None:
 
 def test_nonces() -> None:
     nonces = Nonces(SECRET, lifetime=300)
-    nonce = nonces.issue(1000.0)
-    assert nonce != nonces.issue(1000.0)  # salted
-    assert nonces.issue(1000.0, salt="aa") == nonces.issue(1000.9, salt="aa")
-    assert nonces.check(nonce, 1000.0) is NonceStatus.VALID
-    assert nonces.check(nonce, 1300.0) is NonceStatus.VALID
-    assert nonces.check(nonce, 1300.5) is NonceStatus.STALE
-    assert Nonces(b"other secret").check(nonce, 1000.0) is NonceStatus.INVALID
+    nonce = nonces.issue(1000.0, IP)
+    assert nonce != nonces.issue(1000.0, IP)  # salted
+    assert nonces.issue(1000.0, IP, salt="aa") == nonces.issue(1000.9, IP, salt="aa")
+    assert nonces.check(nonce, 1000.0, IP) is NonceStatus.VALID
+    assert nonces.check(nonce, 1300.0, IP) is NonceStatus.VALID
+    assert nonces.check(nonce, 1300.5, IP) is NonceStatus.STALE
+    assert Nonces(b"other secret").check(nonce, 1000.0, IP) is NonceStatus.INVALID
     ts, salt, mac = nonce.split(".")
-    assert nonces.check(f"{int(ts, 16) + 1:x}.{salt}.{mac}", 1000.0) is NonceStatus.INVALID
-    future = nonces.issue(2000.0)
-    assert nonces.check(future, 1000.0) is NonceStatus.INVALID
+    assert nonces.check(f"{int(ts, 16) + 1:x}.{salt}.{mac}", 1000.0, IP) is NonceStatus.INVALID
+    future = nonces.issue(2000.0, IP)
+    assert nonces.check(future, 1000.0, IP) is NonceStatus.INVALID
     for junk in ("", "abc", "zz.1.2", "..", "1.2"):
-        assert nonces.check(junk, 1000.0) is NonceStatus.INVALID
+        assert nonces.check(junk, 1000.0, IP) is NonceStatus.INVALID
+
+
+def test_a_nonce_is_good_only_from_the_address_it_was_issued_to() -> None:
+    nonces = Nonces(SECRET, lifetime=300)
+    nonce = nonces.issue(1000.0, IP)
+    assert IP not in nonce  # bound by the MAC, not written in the nonce
+    assert nonces.check(nonce, 1000.0, IP) is NonceStatus.VALID
+    for other in (OTHER_IP, "192.0.2.1", "", "::ffff:192.0.2.10", "192.0.2.100"):
+        assert nonces.check(nonce, 1000.0, other) is NonceStatus.INVALID, other
+    # Expired: STALE from its own address only; from another it is not ours at all.
+    assert nonces.check(nonce, 1400.0, IP) is NonceStatus.STALE
+    assert nonces.check(nonce, 1400.0, OTHER_IP) is NonceStatus.INVALID
+    # The one-entry MAC cache is keyed on the address too (checked twice per request).
+    assert nonces.check(nonce, 1000.0, IP) is NonceStatus.VALID
+    assert nonces.check(nonce, 1000.0, OTHER_IP) is NonceStatus.INVALID
+    assert nonces.check(nonce, 1000.0, IP) is NonceStatus.VALID
+    # The same salt and time issued to two addresses: two different nonces.
+    assert nonces.issue(1000.0, IP, salt="aa") != nonces.issue(1000.0, OTHER_IP, salt="aa")
+    v6 = nonces.issue(1000.0, "2001:db8::1%eth0")
+    assert nonces.check(v6, 1000.0, "2001:db8::1%eth0") is NonceStatus.VALID
+    assert nonces.check(v6, 1000.0, "2001:db8::1") is NonceStatus.INVALID
+
+
+def test_a_nonce_from_another_address_is_rejected_whatever_the_password(
+        auth: DigestAuth) -> None:
+    # A blind spoofer fetches nonces at its own address and sends from the phone's: the
+    # verdict is the same for the right and a wrong password, fresh or expired (no oracle;
+    # the callers re-challenge it before verify and count nothing).
+    foreign = auth.nonces.issue(0, OTHER_IP)
+    for now in (0, 301):
+        right = credentials(auth, 0, nonce=foreign)
+        wrong = credentials(auth, 0, nonce=foreign, password="wrong")
+        assert check(auth, right, now) is check(auth, wrong, now) is Verdict.REJECTED
+    assert check(auth, credentials(auth, 0, nonce=foreign), 0, ip=OTHER_IP) is Verdict.ACCEPTED
 
 
 def credentials(
@@ -94,7 +130,7 @@ def credentials(
     method: str = "REGISTER",
     realm: str = REALM,
 ) -> DigestCredentials:
-    nonce = nonce or auth.nonces.issue(now)
+    nonce = nonce or auth.nonces.issue(now, IP)
     ha1 = make_ha1(username, realm, password, algorithm)
     response = compute_response(
         ha1=ha1,
@@ -124,11 +160,12 @@ STORED = {a: make_ha1("1001", REALM, "secret", a) for a in (Algorithm.MD5, Algor
 
 
 def check(
-    auth: DigestAuth, creds: DigestCredentials, now: float, method: str = "REGISTER"
+    auth: DigestAuth, creds: DigestCredentials, now: float, method: str = "REGISTER",
+    ip: str = IP,
 ) -> Verdict:
     algorithm = algorithm_of(creds)
     ha1 = STORED.get(algorithm.base) if algorithm else None
-    return auth.verify(creds, method=method, ha1=ha1, now=now)
+    return auth.verify(creds, method=method, ha1=ha1, now=now, ip=ip)
 
 
 @pytest.mark.parametrize("algorithm", list(Algorithm))
@@ -143,7 +180,7 @@ def test_accepts_the_right_password(
 
 
 def test_without_qop_a_nonce_is_good_for_one_request(auth: DigestAuth) -> None:
-    nonce = auth.nonces.issue(10.0)
+    nonce = auth.nonces.issue(10.0, IP)
     creds = credentials(auth, 10.0, qop=None, nonce=nonce)
     assert check(auth, creds, 10.0) is Verdict.ACCEPTED
     assert check(auth, creds, 11.0) is Verdict.STALE  # a replay, or an RFC 2069 phone
@@ -154,7 +191,7 @@ def test_without_qop_a_nonce_is_good_for_one_request(auth: DigestAuth) -> None:
 
 
 def test_auth_int_covers_the_body(auth: DigestAuth) -> None:
-    nonce = auth.nonces.issue(0)
+    nonce = auth.nonces.issue(0, IP)
     ha1 = STORED[Algorithm.MD5]
     response = compute_response(
         ha1=ha1,
@@ -171,15 +208,17 @@ def test_auth_int_covers_the_body(auth: DigestAuth) -> None:
         f'Digest username="1001", realm="{REALM}", nonce="{nonce}", uri="sip:x", '
         f'response="{response}", qop=auth-int, nc=00000001, cnonce="c"'
     )
-    assert auth.verify(creds, method="MESSAGE", ha1=ha1, now=0, body=b"hello") is Verdict.ACCEPTED
-    assert auth.verify(creds, method="MESSAGE", ha1=ha1, now=0, body=b"evil") is Verdict.REJECTED
+    assert auth.verify(creds, method="MESSAGE", ha1=ha1, now=0, ip=IP,
+                       body=b"hello") is Verdict.ACCEPTED
+    assert auth.verify(creds, method="MESSAGE", ha1=ha1, now=0, ip=IP,
+                       body=b"evil") is Verdict.REJECTED
 
 
 def test_rejections(auth: DigestAuth) -> None:
     assert check(auth, credentials(auth, 0, password="wrong"), 0) is Verdict.REJECTED
     assert check(auth, credentials(auth, 0), 0, method="INVITE") is Verdict.REJECTED
     creds = credentials(auth, 0)
-    assert auth.verify(creds, method="REGISTER", ha1=None, now=0) is Verdict.REJECTED
+    assert auth.verify(creds, method="REGISTER", ha1=None, now=0, ip=IP) is Verdict.REJECTED
     forged = credentials(auth, 0, nonce="5.aa.00000000000000000000000000000000")
     assert check(auth, forged, 0) is Verdict.REJECTED
 
@@ -208,7 +247,7 @@ def test_malformed(auth: DigestAuth) -> None:
 
 
 def test_nc_replay(auth: DigestAuth) -> None:
-    nonce = auth.nonces.issue(0)
+    nonce = auth.nonces.issue(0, IP)
     assert check(auth, credentials(auth, 0, nonce=nonce), 0) is Verdict.ACCEPTED
     assert check(auth, credentials(auth, 0, nonce=nonce), 1) is Verdict.REJECTED
     assert check(auth, credentials(auth, 0, nonce=nonce, nc="00000002"), 1) is Verdict.ACCEPTED
@@ -226,8 +265,8 @@ def test_nonce_counts_are_bounded() -> None:
 def test_stale_nonces_are_forgotten_oldest_first() -> None:
     nonces = Nonces(SECRET)
     counts = NonceCounts()
-    old = [nonces.issue(1000.0 + i) for i in range(3)]
-    fresh = nonces.issue(2000.0)
+    old = [nonces.issue(1000.0 + i, IP) for i in range(3)]
+    fresh = nonces.issue(2000.0, IP)
     for nonce in (*old, fresh):
         assert counts.accept(nonce, 1)
     counts.forget_stale(1002.0)  # issued before: the first two
@@ -239,12 +278,13 @@ def test_stale_nonces_are_forgotten_oldest_first() -> None:
 
 
 def test_challenges_sha256_first_and_stale(auth: DigestAuth) -> None:
-    values = auth.challenges(0, stale=True)
+    values = auth.challenges(0, IP, stale=True)
     assert [DigestCredentials.parse(v).algorithm for v in values] == ["SHA-256", "MD5"]
     parsed = DigestCredentials.parse(values[0])
     assert parsed.params["stale"] == "true" and parsed.params["qop"] == "auth"
-    assert auth.nonces.check(parsed.params["nonce"], 0) is NonceStatus.VALID
-    assert "stale" not in DigestCredentials.parse(auth.challenges(0)[1]).params
+    assert auth.nonces.check(parsed.params["nonce"], 0, IP) is NonceStatus.VALID
+    assert auth.nonces.check(parsed.params["nonce"], 0, OTHER_IP) is NonceStatus.INVALID
+    assert "stale" not in DigestCredentials.parse(auth.challenges(0, IP)[1]).params
 
 
 @settings(max_examples=200, deadline=None)
@@ -258,13 +298,13 @@ def test_challenges_are_format_challenge_with_the_nonce(realm: str, salt_extra: 
     issued: list[str] = []
     real_issue = nonces.issue
 
-    def issue(now: float, *, salt: str | None = None) -> str:
-        issued.append(real_issue(now, salt=f"s{salt_extra}"))
+    def issue(now: float, ip: str, *, salt: str | None = None) -> str:
+        issued.append(real_issue(now, ip, salt=f"s{salt_extra}"))
         return issued[-1]
 
     nonces.issue = issue  # type: ignore[method-assign]
     auth = DigestAuth(realm, nonces, (Algorithm.MD5, Algorithm.SHA256_SESS))
-    values = auth.challenges(7.0, stale=stale)
+    values = auth.challenges(7.0, IP, stale=stale)
     assert values == [format_challenge(realm, issued[0], algorithm=a, stale=stale)
                       for a in ("MD5", "SHA-256-sess")]
 

@@ -90,7 +90,7 @@ async def test_nonces_follow_the_wall_clock() -> None:
     h.sender.take()
     # Checked across restarts and shared with the registrar: stamped with the wall clock.
     nonce = DigestCredentials.parse(challenge.get("proxy-authenticate") or "").nonce or ""
-    assert h.proxy.nonces.check(nonce, h.clock.now) is NonceStatus.VALID
+    assert h.proxy.nonces.check(nonce, h.clock.now, alice.source[0]) is NonceStatus.VALID
     h.clock.step(h.proxy.nonces.lifetime + 1)  # no time passes, but the wall clock says so
     again = alice.request("INVITE", first.uri, to=f"<sip:bob@{REALM}>", call_id="n1",
                           from_tag="t", body=SDP, headers=[(

@@ -20,6 +20,9 @@ def machine() -> UpstreamRegistration:
                                 token=lambda: f"tok{next(counter):08d}")
 
 
+OFFICE = "192.0.2.1"  # the appliance's address, as the provider sees it
+
+
 class Provider:
     """A registrar that challenges once and then checks the digest, as Kamailio does."""
 
@@ -38,15 +41,15 @@ class Provider:
         if value is None:
             response = make_response(wire, self.status)
             name = "WWW-Authenticate" if self.status == 401 else "Proxy-Authenticate"
-            for challenge in self.auth.challenges(now):
+            for challenge in self.auth.challenges(now, OFFICE):
                 response.headers.append(Header.make(name, challenge))
             return response
         verdict = self.auth.verify(DigestCredentials.parse(value), method="REGISTER",
-                                   ha1=self.ha1, now=now)
+                                   ha1=self.ha1, now=now, ip=OFFICE)
         if verdict is not Verdict.ACCEPTED:
             response = make_response(wire, self.status)
             name = "WWW-Authenticate" if self.status == 401 else "Proxy-Authenticate"
-            for challenge in self.auth.challenges(now):
+            for challenge in self.auth.challenges(now, OFFICE):
                 response.headers.append(Header.make(name, challenge))
             return response
         response = make_response(wire, 200)
