@@ -171,9 +171,6 @@ class Appliance:
         self.provisioning.on_clients_change.append(
             lambda _logins: self.registrar.request_revoke())
         self.accounts.on_change.append(self.registrar.request_revoke)
-        # A login registered from an address is still served from there when the address
-        # is banned, and its failures there are not counted (a spoofed desk phone).
-        self.guard.bound = self.registrar.holds_binding
         self.frontdoor = FrontDoor(registrar=self.registrar, guard=self.guard,
                                    clock=self.wall_clock)
         wildcard = sip.listen.host in ("0.0.0.0", "::")

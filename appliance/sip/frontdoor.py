@@ -4,7 +4,7 @@ Theory of operation. Every message that parsed comes here. What happens to it:
 
 | Message | Outcome |
 |---|---|
-| from a banned source (``Guard``) | dropped silently (1); from a phone's address, see (6) |
+| from a banned source (``Guard``) | dropped silently (1) |
 | a response | to the proxy, if one is set; else dropped |
 | a retransmission of a request we answered | our last response again |
 | ACK | absorbed by our INVITE transaction; else to the proxy; else dropped |
@@ -16,6 +16,10 @@ Theory of operation. Every message that parsed comes here. What happens to it:
 | a request that failed to parse | the transport's 400/416/505/513 within budget (2) (5) |
 
 (1) Dropping is kinder than 403 against svcrack: it learns nothing and waits on time-outs.
+The transport asks ``is_blocked`` first, so a banned source's datagrams are not even parsed.
+A desk phone's address is banned like any other: a spoofer cannot get it banned blind, since
+only a digest answering a nonce issued to that address counts as a failure there
+(``digest.Nonces``).
 (2) Per source IP; a source holding a live binding is exempt, so a phone's subscriptions and
 calls never hit it, and so is a provider's address (``Guard.exempt``): every inbound PSTN
 call comes from there unauthenticated. (3) With ``Allow`` (the proxied methods only once a
@@ -23,12 +27,6 @@ proxy is set) and ``Accept``; ``Supported`` only when ``SUPPORTED`` names an opt
 is empty today).
 (4) The proxy, or **501 Not Implemented** while none is set (an unmatched CANCEL: 481).
 (5) ``may_answer``, the transport's hook: past the budget the broken request is dropped.
-(6) A desk phone's address can be banned by a spoofer (UDP): five bad digests with its
-address as their source. So from a banned source that holds a live binding (``is_blocked``
-lets it through the transport), responses, in-dialog requests, ACK and CANCEL (none needs a
-password) go on, and so do requests for a login registered from that address (REGISTER: the
-To user; any other request: the From user; the proxy and the registrar check the digest user
-name too, ``Guard.refuses``). Any other request from it is dropped as from any banned source.
 
 Requests we answer ourselves run through a ``transaction`` server transaction, so UDP
 retransmissions are answered from it rather than processed twice (a REGISTER retransmitted
@@ -61,7 +59,7 @@ from appliance.sip.message import (
     unsupported_extensions,
 )
 from appliance.sip.register_view import PlainRegister
-from appliance.sip.registrar import Registrar, aor_of
+from appliance.sip.registrar import Registrar
 from appliance.sip.transaction import (
     Action,
     ServerTransaction,
@@ -161,19 +159,15 @@ class FrontDoor:
 
     def is_blocked(self, ip: str) -> bool:
         """Whether everything from IP is dropped before parsing (the transport's hook): IP is
-        banned and holds no live binding. A banned phone's address still reaches
-        ``handle``, which serves it only its own logins' requests (see (6) above); a source
-        that is not banned pays one lookup, as before."""
-        return self.guard.is_banned(ip, self.clock()) and not self.registrar.is_known_source(ip)
+        banned, whoever else uses it."""
+        return self.guard.is_banned(ip, self.clock())
 
     def may_answer(self, ip: str) -> bool:
         """Whether IP may have the error reply to a message that failed to parse (the
         transport's hook): a broken request spends the unauthenticated budget like any
-        other, and past it is dropped (logged as the 503s are). A banned source gets
-        nothing, not even one let through ``is_blocked`` for its phone's sake."""
+        other, and past it is dropped (logged as the 503s are). (A banned source gets
+        nothing either: the transport asks ``is_blocked`` first.)"""
         now = self.clock()
-        if self.guard.is_banned(ip, now):
-            return False
         if self._within_budget(ip, now):
             return True
         self._log_over_budget(ip, now)
@@ -200,7 +194,7 @@ class FrontDoor:
         message = incoming.message
         ip = incoming.source[0]
         now = self.clock()
-        if self.guard.is_banned(ip, now) and not self._served_banned(message, ip, now):
+        if self.guard.is_banned(ip, now):
             return
         if isinstance(message, Response):
             # Responses to our own upstream REGISTERs go to the trunk client.
@@ -231,22 +225,6 @@ class FrontDoor:
             await self._local(incoming, message)
         else:
             await self._forward(incoming, message)
-
-    def _served_banned(self, message: Request | Response, ip: str, now: float) -> bool:
-        """Whether MESSAGE from IP, a banned source, still goes on (see (6) above): only from
-        a source holding a live binding, and then what needs no password, or a request for
-        a login registered from IP."""
-        if not self.registrar.is_known_source(ip):
-            return False
-        if isinstance(message, Response):
-            return True
-        try:
-            if message.method in ("ACK", "CANCEL") or message.to.tag is not None:
-                return True
-            login = aor_of((message.to if message.method == "REGISTER" else message.from_).uri)
-        except SipParseError:
-            return False  # not even a 400 for a banned source
-        return login is not None and not self.guard.refuses(ip, login, now)
 
     # --- requests we answer ---------------------------------------------------------------
 

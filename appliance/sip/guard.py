@@ -6,10 +6,9 @@ Two budgets per source address (an IP string; the caller decides whether ports c
   source for ``ban_time`` seconds (svcrack found a stock Kamailio's password at once). Each
   failure is noted with the login it tried; a correct password clears only that login's
   failures, so that holding one Client's password does not reset the count of guesses at
-  another's. Nor is a failure for a login that holds a live binding from that very source
-  (``bound``, the registrar's ``holds_binding``): the phone there proved it knows that
-  password, so bad digests for it from its address are a spoofer's (UDP) or a misconfigured
-  second line, and must not ban the phone;
+  another's. A source address can be spoofed over UDP, but a failure is counted only for a
+  digest answering a nonce issued to that very address (``digest.Nonces``), so only whoever
+  sees the replies sent to it can get it banned;
 * unauthenticated requests: a token bucket of ``unauthenticated_per_minute`` (svwar/svmap
   sweeps, REGISTER floods).
 
@@ -24,10 +23,6 @@ what the provider does (our DIDs, sip.md §3), and the proxy's and the transport
 (transactions, calls, handlers in progress) still bound what a flood of it costs.
 
 What to do with a refused source is the caller's choice: reply 503/403 or drop, and log once.
-A ban closes a source to every login except those holding a live binding from it
-(``refuses``): a spoofer who gets a desk phone's address banned does not lock out the phone's
-own logins, while a cracker on that address still has only ``max_failures`` guesses at any
-other login before it is closed to them all.
 Memory is bounded: at most ``max_sources`` records, the least recently seen evicted first,
 except that a record holding a ban or failures is passed over for one of the
 ``EVICTION_SCAN`` oldest that holds neither. A source under attack keeps touching its record;
@@ -80,9 +75,6 @@ class Guard:
         self._records: OrderedDict[str, _Record] = OrderedDict()
         # Sources outside both budgets (set by the composition root: the providers').
         self.exempt: Callable[[str], bool] | None = None
-        # bound(source, login): whether LOGIN holds a live binding made from SOURCE (set by
-        # the composition root to the registrar's holds_binding).
-        self.bound: Callable[[str, str], bool] | None = None
 
     def __len__(self) -> int:
         return len(self._records)
@@ -116,19 +108,10 @@ class Guard:
         self._records.move_to_end(source)
         return True
 
-    def is_bound(self, source: str, login: str) -> bool:
-        """Whether LOGIN holds a live binding from SOURCE (never without a ``bound`` hook)."""
-        return self.bound is not None and bool(login) and self.bound(source, login)
-
-    def refuses(self, source: str, login: str, now: float) -> bool:
-        """Whether a request for LOGIN from SOURCE is refused: SOURCE is banned and LOGIN
-        holds no live binding from it."""
-        return self.is_banned(source, now) and not self.is_bound(source, login)
-
     def record_failure(self, source: str, now: float, login: str = "") -> bool:
         """Count a failed authentication for LOGIN; True when this failure starts a ban.
-        Not counted from an ``exempt`` source, nor for a LOGIN bound from SOURCE."""
-        if (self.exempt is not None and self.exempt(source)) or self.is_bound(source, login):
+        Not counted from an ``exempt`` source."""
+        if self.exempt is not None and self.exempt(source):
             return False
         record = self._record(source, now)
         horizon = now - self.failure_window

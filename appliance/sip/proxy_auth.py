@@ -6,11 +6,11 @@ and MD5-only phones read only the first one), realm = the From user's stored rea
 default realm for an unknown user: the very same challenge shape, against enumeration); wrong
 password → 403 (no re-challenge, api-behaviour.md §11); expired nonce → 407 ``stale=true``; a
 nonce that is not ours (a restart) → a fresh 407; a disabled Client, or a digest username that
-differs from the From user → 403. A banned source (``Guard``) → 403 before anything else,
-unless the From user, and then the digest user name, holds a live binding from that source
-(``Guard.refuses``: a spoofer must not lock a desk phone's own logins out); failures and
-successes are reported to the guard. A failure for a login registered from the very source
-is not counted there, and is logged at most once a minute per source instead.
+differs from the From user → 403. A banned source (``Guard``) → 403 before anything else;
+failures and successes are reported to the guard. Nonces are issued to the request's source
+address and are good from there only (``digest.Nonces``): one presented from elsewhere gets
+a fresh 407 before the password is looked at, and is not a failure, so a blind spoofer
+cannot get a phone's address banned nor learn whether a guess was right.
 
 ``ProxyAuth`` is owned by the proxy (one per proxy, not per request): it holds the nonces
 (shared with the registrar), the nc-replay counts, the algorithms and the realm, and answers
@@ -39,7 +39,7 @@ from appliance.sip.digest import (
 from appliance.sip.digest import algorithm_of as digest_algorithm
 from appliance.sip.errors import SipParseError
 from appliance.sip.forwarding import Reply, user_of
-from appliance.sip.guard import Guard, LogThrottle
+from appliance.sip.guard import Guard
 from appliance.sip.headers import DigestCredentials, is_digest
 from appliance.sip.message import Request
 from appliance.sip.proxy_ports import Caller, Directory
@@ -47,10 +47,6 @@ from appliance.sip.transaction import ServerTransaction
 from appliance.sip.wire import Incoming
 
 logger = logging.getLogger(__name__)
-
-# Failures that are not counted (see the module docstring) are logged at most once per source
-# in this interval, as the registrar's are: a spoofer can send them without end.
-UNCOUNTED_LOG_INTERVAL = 60.0
 
 
 class ProxyAuth:
@@ -68,17 +64,16 @@ class ProxyAuth:
         self.counts = NonceCounts()
         self._guard = guard
         self.algorithms = tuple(algorithms)
-        self._uncounted_log = LogThrottle(UNCOUNTED_LOG_INTERVAL)
 
     async def authenticate(self, server: ServerTransaction, request: Request,
                            incoming: Incoming, now: float, *, wall: float) -> Caller | None:
         """The authenticated caller of REQUEST, or None once it was challenged or refused.
         NOW is the timer clock (the replies), WALL the wall clock (nonces, the guard)."""
         ip = incoming.source[0]
-        from_user = user_of(request.from_)
-        if self._guard is not None and self._guard.refuses(ip, from_user or "", wall):
+        if self._guard is not None and self._guard.is_banned(ip, wall):
             await self._reply(server, 403, now=now)
             return None
+        from_user = user_of(request.from_)
         challenge_header, credentials_header = HEADERS[407]
         # Credentials in a scheme other than Digest are as good as none: challenge them
         # (RFC 4475 §3.3.7 asks this of a registrar; the same holds for a proxy).
@@ -94,9 +89,6 @@ class ProxyAuth:
             await self._reply(server, 400, "Bad Proxy-Authorization", now=now)
             return None
         username = creds.username or ""
-        if self._guard is not None and self._guard.refuses(ip, username, wall):
-            await self._reply(server, 403, now=now)  # no digest work for a banned source
-            return None
         user = await self._directory.user(username) if username else None
         realm = user.realm if user else self._realm()
         if self.nonces.check(creds.nonce or "", wall, ip) is NonceStatus.INVALID:
@@ -120,16 +112,10 @@ class ProxyAuth:
             await self.challenge(server, realm, now, wall=wall, ip=ip)
             return None
         if verdict is Verdict.REJECTED or user is None:
-            if self._guard is not None and self._guard.is_bound(ip, username):
-                if self._uncounted_log.due(ip, wall):
-                    logger.warning("x %s for %r from %s failed authentication; not counted: "
-                                   "%r is registered from there", request.method, username,
-                                   ip, username)
-            else:
-                logger.info("x %s from %s:%s: bad credentials for %r", request.method,
-                            *incoming.source, username)
-                if self._guard is not None and self._guard.record_failure(ip, wall, username):
-                    logger.warning("x %s banned after repeated authentication failures", ip)
+            logger.info("x %s from %s:%s: bad credentials for %r", request.method,
+                        *incoming.source, username)
+            if self._guard is not None and self._guard.record_failure(ip, wall, username):
+                logger.warning("x %s banned after repeated authentication failures", ip)
             await self._reply(server, 403, now=now)
             return None
         if self._guard is not None:

@@ -21,7 +21,9 @@ Authentication, in order:
 | right password, Client disabled or its account not active | **403**, never re-challenged |
 | broken credentials (missing fields, unknown algorithm or qop, foreign ``uri``) (2) | 400 |
 
-(1) Forged, or issued before the nonce secret changed: not the phone's fault, not counted.
+(1) Forged, issued before the nonce secret changed, or issued to another source address (a
+phone whose address changed; a spoofer's, fetched at its own): not counted, and checked before
+the password, so the reply says nothing about it.
 (2) A digest ``uri`` that is not the Request-URI by RFC 3261 §19.1.4 (RFC 7616 §3.4.6).
 
 - **401, not 407.** api-behaviour.md §11 says Restcomm answers REGISTER with 407
@@ -29,11 +31,10 @@ Authentication, in order:
   WWW-Authenticate, so that is what we send. Phones answer either, but some only retry on 401.
 - **403 for a bad password** follows api-behaviour.md §11 (Restcomm issue #935: do not
   re-challenge). The failure is counted per source IP in ``Guard``; after ``max_failures`` the
-  source is banned and the front door drops everything it sends, except, from a source
-  holding a live binding, what needs no password and the requests of the logins registered
-  from it (``holds_binding``; a REGISTER for any other login is dropped here too). A failure
-  for a login registered from that very source is not counted, only logged (UDP source
-  addresses can be spoofed: a spoofer must not get a desk phone banned).
+  source is banned and the front door drops everything it sends. Only a digest answering a
+  nonce issued to that very source can fail (a nonce is bound to the address it was sent to,
+  ``digest.Nonces``; any other gets a fresh 401, (1)): a UDP spoofer who never sees the
+  challenges sent to a desk phone's address cannot get it banned.
 - **No user enumeration** (sip.md §3, svwar): the realm of an unknown login is the
   appliance realm, the challenge is built by the same code with the same headers, and an
   unknown login presenting credentials gets the same 403 as a wrong password.
@@ -256,15 +257,8 @@ class Registrar:
 
     def is_known_source(self, ip: str) -> bool:
         """Whether IP holds a live binding (its phone authenticated): the front door spares
-        it the unauthenticated-request budget, and does not drop it wholesale when banned."""
+        it the unauthenticated-request budget."""
         return ip in self._sources
-
-    def holds_binding(self, ip: str, login: str) -> bool:
-        """Whether LOGIN holds a live binding made from IP (the guard's ``bound``: such a
-        login is still served from IP when IP is banned, and its failures there are not
-        counted). One dict lookup."""
-        sources = self._aor_sources.get(login)
-        return sources is not None and ip in sources
 
     def connection_closed(self, connection_id: str) -> None:
         """Drop the bindings that were reachable only over this TCP connection."""
@@ -287,8 +281,6 @@ class Registrar:
             login = aor_of(request.to.uri)
             if login is None:
                 raise SipParseError("To is not a SIP URI with a user part")
-            if self.guard.refuses(incoming.source[0], login, now):
-                return None  # banned, and LOGIN is not registered from there
             fields = fields_of(request, login)
             user = await self.directory.user(login)
             origin = Origin(incoming.transport, incoming.source, incoming.connection_id)
@@ -410,12 +402,7 @@ class Registrar:
             logger.warning("x %s banned for %.0f s after %d failed authentications",
                            ip, self.guard.ban_time, self.guard.max_failures)
             return
-        if not self._failure_log.due(ip, now):
-            return
-        if self.guard.is_bound(ip, login):
-            logger.warning("x REGISTER for %r from %s failed authentication; not counted: "
-                           "%r is registered from there", login, ip, login)
-        else:
+        if self._failure_log.due(ip, now):
             logger.warning("x REGISTER for %r from %s failed authentication", login, ip)
 
     def _bind(self, fields: RegisterFields, contacts: list[NameAddr], origin: Origin, login: str,

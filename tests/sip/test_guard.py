@@ -115,24 +115,6 @@ def test_exempt_sources_spend_no_budget_and_are_not_held_to_an_earlier_ban() -> 
     assert guard.is_banned(provider, 1)
 
 
-def test_a_login_bound_from_a_source_is_neither_counted_nor_refused_there() -> None:
-    guard = Guard(max_failures=2)
-    guard.bound = lambda ip, login: (ip, login) == (IP, "alice")  # alice's desk phone
-    for now in range(5):
-        assert not guard.record_failure(IP, now, "alice")  # a spoofer: not counted
-    assert not guard.is_banned(IP, 5)
-    assert not guard.record_failure(IP, 6, "zed")
-    assert guard.record_failure(IP, 7, "bob")  # other logins are, as anywhere
-    assert guard.is_banned(IP, 8)
-    assert not guard.refuses(IP, "alice", 8)  # the phone's own login is still served
-    assert guard.refuses(IP, "bob", 8) and guard.refuses(IP, "", 8)
-    assert not guard.record_failure("192.0.2.1", 0, "alice")  # bound from IP only
-    assert guard.record_failure("192.0.2.1", 1, "alice")
-    no_hook = Guard(max_failures=2)
-    no_hook.record_failure(IP, 0, "alice")
-    assert no_hook.record_failure(IP, 1, "alice") and no_hook.refuses(IP, "alice", 1)
-
-
 def test_log_throttle_is_per_source_and_bounded() -> None:
     throttle = LogThrottle(60, max_sources=2)
     assert throttle.due("a", 0) and not throttle.due("a", 59) and throttle.due("a", 60)
