@@ -570,6 +570,113 @@ def answer_request(request: bytes, status: int, reason: str) -> bytes:
             + to + f";tag={secrets.token_hex(4)}\r\nContent-Length: 0\r\n\r\n".encode())
 
 
+async def with_nonce_from(home: Attacker, sender: Attacker, method: str, login: str,
+                          password: str) -> bytes | None:
+    """METHOD for LOGIN (REGISTER: binding SENDER's Contact; INVITE: to bob) sent by SENDER
+    with a digest for PASSWORD answering a challenge HOME fetched at its own address; the
+    final reply SENDER gets (None: none)."""
+    target = None if method == "REGISTER" else "bob"
+    uri = f"sip:{DOMAIN}" if target is None else f"sip:{target}@{DOMAIN}"
+    to = login if target is None else target
+    call_id = secrets.token_hex(8)
+    first = await home.ask(home.request(method, target, call_id=call_id, from_user=login,
+                                        to_user=to))
+    assert first is not None and _status(first) in (401, 407), first
+    name, value = challenge_answer(first, login, method, uri, password)
+    return await sender.ask(sender.request(method, target, call_id=call_id, cseq=2,
+                                           from_user=login, to_user=to,
+                                           extra=(f"{name}: {value}",)))
+
+
+async def test_a_blind_spoofer_of_a_phones_address_is_only_ever_challenged_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Over UDP a host on the LAN can send with alice's desk phone's address as source, but
+    it does not see the replies sent there, so the nonces it can answer are those it fetches
+    at its own address. A nonce is good only from the address it was issued to: from the
+    phone's address each of those requests gets a fresh challenge (never 403: no failure is
+    counted and the address is never banned; never 200 nor a forwarded INVITE for the right
+    password: no oracle). alice's phone goes on refreshing and calling. (The test's spoofer
+    is a second socket on the phone's address, so the test can read the replies it could
+    not.)"""
+    async with running(tmp_path, max_auth_failures=3) as (app, api):
+        status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                         {"Login": "bob", "Password": "Pbx-edge-8"})
+        assert status == 200, body
+        port = app.config.sip.listen.port
+        phone = Attacker(port, "127.0.0.11")  # alice's desk phone
+        spoofer = Attacker(port, "127.0.0.11")  # the phone's address, another port
+        home = Attacker(port, "127.0.0.12")  # the spoofer's own address
+        bobs = Attacker(port, "127.0.0.13")
+        try:
+            assert _status(await authenticated(phone, "REGISTER", None) or b"") == 200
+            assert _status(await authenticated(bobs, "REGISTER", None, login="bob",
+                                               password="Pbx-edge-8") or b"") == 200
+            passwords = {"alice": PASSWORD, "bob": "Pbx-edge-8", "zed": PASSWORD}
+            expected: list[int] = []
+            got: list[int] = []
+            with caplog.at_level(logging.INFO):
+                for _ in range(2):
+                    for method in ("REGISTER", "INVITE"):
+                        for login, right in passwords.items():
+                            for password in (right, "guess"):  # right, and wrong
+                                reply = await with_nonce_from(home, spoofer, method, login,
+                                                              password)
+                                assert reply is not None, (method, login, password)
+                                assert b"stale=true" not in reply, reply
+                                got.append(_status(reply))
+                                expected.append(401 if method == "REGISTER" else 407)
+            assert len(got) == 24 and got == expected, got
+            assert not app.guard.is_banned("127.0.0.11", app.wall_clock())
+            failures = [r.getMessage() for r in caplog.records if "127.0.0.11" in
+                        r.getMessage() and ("fail" in r.getMessage()
+                                            or "bad credentials" in r.getMessage())]
+            assert failures == []  # none counted, none even logged
+            assert await bobs.recv(wait=0.3) is None  # no INVITE reached bob
+            # The spoofer's Contact was never bound; alice's phone still is.
+            bound = [b.uri for b in app.location.lookup("alice", app.wall_clock())]
+            assert bound == [f"sip:alice@127.0.0.11:{phone.port}"], bound
+            # alice's phone goes on: its refresh, its keep-alive, its calls.
+            assert _status(await authenticated(phone, "REGISTER", None) or b"") == 200
+            assert _status(await phone.ask(phone.request("OPTIONS", None)) or b"") == 200
+            call_id = secrets.token_hex(8)
+            first = await phone.ask(phone.request("INVITE", "bob", call_id=call_id))
+            assert first is not None and _status(first) == 407, first
+            name, value = challenge_answer(first, "alice", "INVITE", f"sip:bob@{DOMAIN}")
+            await phone.send(phone.request("INVITE", "bob", call_id=call_id, cseq=2,
+                                           extra=(f"{name}: {value}",)))
+            forwarded = await bobs.recv()
+            assert forwarded is not None and forwarded.startswith(b"INVITE sip:bob@"), forwarded
+            await bobs.send(answer_request(forwarded, 486, "Busy Here"))
+            busy = await phone.final(call_id.encode())
+            assert busy is not None and _status(busy) == 486, busy
+        finally:
+            for sock in (phone, spoofer, home, bobs):
+                sock.close()
+
+
+@pytest.mark.parametrize("method", ["REGISTER", "INVITE"])
+async def test_a_host_sharing_a_phones_address_is_banned_like_any_guesser(
+        tmp_path: Path, method: str) -> None:
+    """A nonce is bound to an address, not to a host: another host at a phone's address
+    (behind the same NAT, or one that sees the replies sent there) fetches its nonces there
+    and guesses at the phone's own login like any stranger. Its failures count, and after
+    max_auth_failures the address is banned, the phone there with it, until the ban ends."""
+    async with running(tmp_path, max_auth_failures=3, ban_seconds=600) as (app, _):
+        now = held_clock(app)
+        phone = Attacker(app.config.sip.listen.port, "127.0.0.14")
+        neighbour = Attacker(app.config.sip.listen.port, "127.0.0.14")
+        try:
+            assert _status(await authenticated(phone, "REGISTER", None) or b"") == 200
+            assert await crack(neighbour, method, 4) == [403, 403, 403, None]
+            assert app.guard.is_banned("127.0.0.14", now[0])
+            assert await phone.ask(phone.request("REGISTER", None), wait=0.3) is None
+            now[0] += 601
+            assert _status(await authenticated(phone, "REGISTER", None) or b"") == 200
+        finally:
+            phone.close()
+            neighbour.close()
+
+
 # --- floods: the unauthenticated budget --------------------------------------------------------
 
 

@@ -307,6 +307,32 @@ async def test_stale_nonce_is_rechallenged_with_stale_true() -> None:
     pair.close()
 
 
+async def test_a_nonce_issued_to_another_address_is_rechallenged_the_same_way() -> None:
+    # A spoofer fetches its challenges at its own address and answers them with the phone's
+    # address as source: right or wrong password, fresh or expired, both paths give the same
+    # fresh 401 (not stale), bind nothing and count no failure (compared in both()).
+    pair = Pair(user("alice"))
+    phones = phone_pair()
+    elsewhere = ("192.0.2.66", 5062)
+    challenges: dict[bool, bytes] = {}
+    for side in (pair.quick, pair.general):
+        reply = await side.send(phones[side.name].register(), elsewhere)
+        assert reply is not None and status(reply) == 401
+        challenges[side.quick] = reply
+    for later in (0, 3600):
+        pair.advance(later)
+        for auth in ({}, {"password": "not-it"}):
+            def answer(side: Side, auth: dict[str, str] = auth) -> bytes:
+                return phones[side.name].register(
+                    auth=authorization(challenges[side.quick], "alice", **auth))
+
+            reply = await pair.both(answer, "alice")
+            assert status(reply) == 401 and b"stale" not in reply, reply
+    assert pair.quick.state("alice")[0] == []
+    assert not any(r.failures for r in pair.quick.h.guard._records.values())
+    pair.close()
+
+
 async def test_replayed_nc_with_a_new_branch_is_403() -> None:
     pair = Pair(user("alice"))
     phones = phone_pair()
