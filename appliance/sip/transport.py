@@ -937,8 +937,10 @@ class Transport:
             async with asyncio.timeout(self.limits.connect_timeout):
                 infos = await loop.getaddrinfo(host, port, family=family,
                                                type=socket.SOCK_DGRAM, flags=flags)
-        except (OSError, TimeoutError) as err:
-            logger.warning("x cannot resolve %s: %s", host, err)
+        except (OSError, TimeoutError, ValueError) as err:
+            # ValueError: UnicodeError from the IDNA codec, for a name the URI grammar
+            # takes but DNS cannot ("a..b", a label over 63 characters).
+            logger.warning("x cannot resolve %s: %s", host, str(err) or type(err).__name__)
             _report((on_error,))
             return
         for info in infos:
@@ -982,7 +984,7 @@ class Transport:
                         lambda: _Stream(self, outgoing=True), key[0], key[1])
             finally:  # connected, failed or cancelled (stop): the connect is over
                 pending = self._connecting.pop(key, [])
-        except (OSError, TimeoutError) as err:
+        except (OSError, TimeoutError, ValueError) as err:  # ValueError: see _resolve_and_send
             logger.warning("x tcp connect to %s:%d failed (%s); %d message(s) dropped",
                            *key, str(err) or type(err).__name__, len(pending))
             _report(on_error for _, on_error in pending)

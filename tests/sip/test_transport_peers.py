@@ -618,6 +618,30 @@ async def test_a_connect_that_fails_is_reported_to_each_sender_waiting_for_it(
     assert sorted(reported) == ["z9hG4bKa", "z9hG4bKb"]
 
 
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+@pytest.mark.parametrize("name", ["a..b", "x" * 64 + ".example"])
+async def test_a_name_the_idna_codec_rejects_is_reported(
+        echo: tuple[Transport, Echo], kind: str, name: str) -> None:
+    """The URI grammar takes "a..b" and labels over 63 characters; getaddrinfo raises
+    UnicodeError (a ValueError, not an OSError) for them. Reported like a name that does
+    not resolve, and no task ends with an exception nobody retrieves."""
+    transport, _ = echo
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    reported: list[str] = []
+    try:
+        request = parse_message(options(transport.port, transport=kind.upper()))
+        assert transport.send(request, Target(kind, name, 5060),
+                              on_error=functools.partial(reported.append, kind)) is True
+        await until(lambda: reported == [kind])
+        await until(lambda: not transport._tasks)
+    finally:
+        loop.set_exception_handler(previous)
+    assert unretrieved == [] and transport._connecting == {}
+
+
 async def test_a_connect_that_times_out_or_is_refused_at_our_limits_is_reported(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A phone behind a NAT that drops the SYN: reported after connect_timeout. A connect
