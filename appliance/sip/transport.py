@@ -39,11 +39,13 @@ pings do not count as activity there, until the SIP layer calls ``trust`` on it 
 registered on it, or an authenticated request was accepted on it): from then on
 ``idle_timeout``, long enough for a registered phone's silent flow, until ``distrust``
 (the last phone registered on it is gone): ``untrusted_idle_timeout`` again, from then.
-The transport never reads SIP to decide this. Connections we open to send a request are
-trusted from the start (we chose where they go); one opened to return a response to a Via
-is not (the peer chose it). At ``max_connections``, a newcomer (accepted or opened by us) takes the
-place of the untrusted connection idle the longest, closed for it (logged like a refusal:
-once a minute with a count); only when every connection is trusted is it refused.
+The transport never reads SIP to decide this. Connections we open are not trusted either:
+peers choose where many of them go (a response's Via, the top Route of an in-dialog request
+a caller wrote), and trusted ones would let a caller fill the table with connections to
+hosts of its own that are never closed to make room. At ``max_connections``, a newcomer
+(accepted or opened by us) takes the place of the untrusted connection idle the longest,
+closed for it (logged like a refusal: once a minute with a count); only when every
+connection is trusted is it refused.
 ``max_per_source`` refuses without closing anything: a source competes only with itself
 there.
 
@@ -864,8 +866,7 @@ class Transport:
                 conn = self._by_peer.get(address)
                 if conn is not None and conn.write(data):
                     return True
-                return self._open_and_send(data, host, port, on_error, trusted=False)
-            return self._open_and_send(data, host, port, on_error, trusted=True)
+            return self._open_and_send(data, host, port, on_error)
         logger.warning("x no %s transport for %s", target.transport, _summary(message))
         return False
 
@@ -951,11 +952,11 @@ class Transport:
                 return
         _report((on_error,))
 
-    def _open_and_send(self, data: bytes, host: str, port: int, on_error: OnError, *,
-                       trusted: bool) -> bool:
+    def _open_and_send(self, data: bytes, host: str, port: int, on_error: OnError) -> bool:
         """Connect to HOST:PORT and send DATA there: False when no connect is allowed;
-        ON_ERROR is called if the connect then fails. TRUSTED: the connection idles up to
-        idle_timeout (see ``trust``); decided by the message that opens it."""
+        ON_ERROR is called if the connect then fails. The connection is not trusted (see
+        ``trust``), whatever DATA is: peers choose where many of our connects go (a
+        response's Via, an in-dialog request's top Route)."""
         key = (host, port)
         pending = self._connecting.get(key)
         if pending is not None:  # a connect is under way: queue behind it
@@ -972,10 +973,10 @@ class Transport:
                                "(%d so far)", *key, busy, self._connect_drops.count)
             return False
         self._connecting[key] = [(data, on_error)]
-        self._spawn(self._connect(key, trusted))
+        self._spawn(self._connect(key))
         return True
 
-    async def _connect(self, key: tuple[str, int], trusted: bool) -> None:
+    async def _connect(self, key: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
         try:
             try:
@@ -990,9 +991,6 @@ class Transport:
             _report(on_error for _, on_error in pending)
             return
         conn = protocol.conn
-        if trusted:
-            conn.trusted = True
-            self._untrusted.pop(conn.id, None)
         for sent, (data, _) in enumerate(pending):
             if not conn.write(data):
                 # Refused at our limits (_admit), or closed at once: none of the rest went.

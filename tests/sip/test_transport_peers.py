@@ -618,6 +618,34 @@ async def test_a_connect_that_fails_is_reported_to_each_sender_waiting_for_it(
     assert sorted(reported) == ["z9hG4bKa", "z9hG4bKb"]
 
 
+async def test_connections_we_open_are_not_trusted_and_make_room_for_a_phone() -> None:
+    """Where many of our connects go is the peer's choice (the top Route of an in-dialog
+    ACK or INFO a caller wrote): a connection we open to send a request idles the short
+    timeout and is closed to make room like any untrusted one. Were it trusted, a caller's
+    Routes could fill the table with connections to hosts of its own (silent listeners),
+    never closed, and every phone would be refused."""
+    handler = Echo()
+    transport = Transport(handler, "127.0.0.1", 0, limits=Limits(
+        max_connections=2, untrusted_idle_timeout=30.0, sweep_interval=0.05))
+    handler.transport = transport
+    await transport.start()
+    try:
+        async with Listener() as one, Listener() as two:
+            for branch, host in (("z9hG4bKr1", one), ("z9hG4bKr2", two)):
+                request = parse_message(options(transport.port, transport="TCP",
+                                                 branch=branch))
+                assert transport.send(request, Target("tcp", "127.0.0.1", host.port))
+                await host.get()
+            assert transport.connection_count == 2
+            assert not any(c.trusted for c in transport._connections.values())
+            async with tcp(transport.port) as (reader, writer):
+                writer.write(options(5060, transport="TCP", branch="z9hG4bKphone"))
+                assert status_of(await read_message(reader)) == 200
+            assert one.accepted == two.accepted == 1
+    finally:
+        await transport.stop()
+
+
 @pytest.mark.parametrize("kind", ["tcp", "udp"])
 @pytest.mark.parametrize("name", ["a..b", "x" * 64 + ".example"])
 async def test_a_name_the_idna_codec_rejects_is_reported(
