@@ -44,8 +44,9 @@ peers choose where many of them go (a response's Via, the top Route of an in-dia
 a caller wrote), and trusted ones would let a caller fill the table with connections to
 hosts of its own that are never closed to make room. At ``max_connections``, a newcomer
 (accepted or opened by us) takes the place of the untrusted connection idle the longest,
-closed for it (logged like a refusal: once a minute with a count); only when every
-connection is trusted is it refused.
+closed for it (logged like a refusal: once a minute with a count), provided that one has
+been idle ``evictable_after`` (5 s); otherwise (every connection trusted, or all busy or
+new) the newcomer is refused.
 ``max_per_source`` refuses without closing anything: a source competes only with itself
 there.
 
@@ -113,6 +114,15 @@ MAX_TCP_CONNECTIONS = 1024
 # At the limit, the untrusted connection idle the longest is closed for a newcomer
 # (Transport._make_room): a stranger's OPTIONS every 59 s from 64 addresses would otherwise
 # hold all of it, within its unauthenticated budget, and no phone could connect.
+# ...but only one idle at least this long: a connect flood (no message, no budget spent)
+# would otherwise churn the table, each newcomer closing the connection before it, and a
+# phone between its connect, our 401 and its authenticated REGISTER (milliseconds on a LAN,
+# a second or two over a slow uplink or a softphone's first start) would lose its connection
+# mid-handshake. When none is that idle, the newcomer is refused: a flood then has to hold
+# every slot for this long with fresh connects to keep a phone out. A connection we have
+# just opened is protected the same way until its first write (its last_activity is the
+# moment it connected).
+TCP_EVICTABLE_AFTER = 5.0
 # A phone needs one connection; a NAT with a handful of phones behind it a few more. Kamailio
 # has no per-source cap by default; fail2ban-style setups cap at 10-20.
 MAX_TCP_PER_SOURCE = 16
@@ -188,6 +198,7 @@ class Limits:
     max_per_source: int = MAX_TCP_PER_SOURCE
     idle_timeout: float = TCP_IDLE_TIMEOUT
     untrusted_idle_timeout: float = TCP_UNTRUSTED_IDLE_TIMEOUT
+    evictable_after: float = TCP_EVICTABLE_AFTER
     first_message_timeout: float = TCP_FIRST_MESSAGE_TIMEOUT
     connect_timeout: float = TCP_CONNECT_TIMEOUT
     max_pending: int = MAX_PENDING_HANDLERS
@@ -662,6 +673,8 @@ class Transport:
         local = transport.get_extra_info("sockname")
         conn.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         conn.local = (str(local[0]), int(local[1])) if local else ("", 0)
+        # Active now: not closed to make room before evictable_after (TCP_EVICTABLE_AFTER),
+        # which also covers one we opened until _connect writes to it.
         conn.opened_at = conn.last_activity = asyncio.get_running_loop().time()
         ip = conn.peer[0]
         blocked = not conn.outgoing and self.is_blocked is not None and self.is_blocked(ip)
@@ -689,13 +702,15 @@ class Transport:
 
     def _make_room(self, newcomer: Connection) -> bool:
         """At max_connections: close the untrusted connection idle the longest (the first of
-        ``_untrusted``) to admit NEWCOMER; False when every connection is trusted. A
+        ``_untrusted``) to admit NEWCOMER; False when every connection is trusted, or none
+        has been idle ``evictable_after`` (a phone mid-handshake, one we just opened). A
         stranger's connections (its OPTIONS every 59 s keep them under the short idle
         timeout) thus cannot keep a phone from connecting and registering; phones'
         connections are never closed for a newcomer."""
         victim = next(iter(self._untrusted.values()), None)
-        if victim is None:
-            return False
+        if victim is None or (
+                newcomer.opened_at - victim.last_activity < self.limits.evictable_after):
+            return False  # the first is idle the longest: none other is idle longer
         if self._evictions.due(newcomer.opened_at):
             logger.warning("x tcp %s %s:%d closed after %.0f s idle, nobody authenticated on "
                            "it, to make room for %s:%d: %d connections (%d closed so far)",

@@ -21,7 +21,12 @@ from appliance.sip.frontdoor import FrontDoor
 from appliance.sip.guard import Guard
 from appliance.sip.message import Response, parse_message
 from appliance.sip.registrar import Registrar
-from appliance.sip.transport import TCP_UNTRUSTED_IDLE_TIMEOUT, Limits, Transport
+from appliance.sip.transport import (
+    TCP_EVICTABLE_AFTER,
+    TCP_UNTRUSTED_IDLE_TIMEOUT,
+    Limits,
+    Transport,
+)
 from tests.sip import proxy_harness, test_registrar
 from tests.sip.test_registrar import REALM, FakeDirectory, FakeStore, answer, register, user
 from tests.sip.test_transport import WAIT, options, read_message, status_of, tcp
@@ -112,6 +117,7 @@ async def answers_options(reader: asyncio.StreamReader, writer: asyncio.StreamWr
 def test_the_short_idle_timeout_is_a_minute_and_overridable() -> None:
     assert TCP_UNTRUSTED_IDLE_TIMEOUT == 60.0 == Limits().untrusted_idle_timeout
     assert Limits().idle_timeout > Limits().untrusted_idle_timeout
+    assert TCP_EVICTABLE_AFTER == 5.0 == Limits().evictable_after
 
 
 async def test_an_unauthenticated_connection_with_one_options_closes_after_the_short_idle(
@@ -204,7 +210,8 @@ async def test_the_proxy_trusts_the_connection_of_an_accepted_authenticated_requ
 
 
 async def test_at_the_limit_a_phone_takes_the_place_of_the_stranger_idle_the_longest() -> None:
-    async with serving(max_connections=3, untrusted_idle_timeout=LONG) as served, \
+    async with serving(max_connections=3, untrusted_idle_timeout=LONG,
+                       evictable_after=0) as served, \
             contextlib.AsyncExitStack() as stack:
         strangers = [await stack.enter_async_context(tcp(served.port)) for _ in range(3)]
         for n, (reader, writer) in enumerate(strangers):
@@ -245,7 +252,8 @@ async def test_connections_closed_to_make_room_are_logged_once_a_minute(
         caplog: pytest.LogCaptureFixture) -> None:
     """Each newcomer closes the one before it: a warning a stranger causes at will, logged
     once with a count, not a line per connection."""
-    async with serving(max_connections=1, untrusted_idle_timeout=LONG) as served, \
+    async with serving(max_connections=1, untrusted_idle_timeout=LONG,
+                       evictable_after=0) as served, \
             contextlib.AsyncExitStack() as stack:
         with caplog.at_level("WARNING", logger="appliance.sip.transport"):
             previous = None
@@ -258,6 +266,32 @@ async def test_connections_closed_to_make_room_are_logged_once_a_minute(
         assert served.transport.connection_count == 1
         assert caplog.text.count(" to make room for ") == 1
         assert "(1 closed so far)" in caplog.text
+
+
+async def test_a_connect_flood_does_not_close_a_phone_mid_handshake() -> None:
+    """Strangers connecting in a loop (no message, no budget spent) at the limit: each
+    would take the place of the connection idle the longest, and the phone between our
+    401 and its authenticated REGISTER is that one. Only a connection idle evictable_after
+    is closed for a newcomer; the flood is refused meanwhile."""
+    async with serving(max_connections=3, untrusted_idle_timeout=LONG,
+                       evictable_after=1.0) as served, contextlib.AsyncExitStack() as stack:
+        reader, writer = await stack.enter_async_context(tcp(served.port))
+        writer.write(over_tcp(bytes(register("alice", call_id="flood", cseq=1))))
+        challenge = parse_message(await read_message(reader))
+        assert isinstance(challenge, Response) and challenge.status == 401
+        flood = [await stack.enter_async_context(tcp(served.port)) for _ in range(8)]
+        for n, (stranger, _) in enumerate(flood):
+            assert await closed_by_server(stranger, 0.3 if n < 2 else WAIT) == (n >= 2)  # no room
+        writer.write(over_tcp(bytes(register("alice", call_id="flood", cseq=2,
+                                             auth=answer(challenge, "alice")))))
+        assert status_of(await read_message(reader)) == 200
+        assert served.transport.connection_count == 3
+        # Once idle that long, a stranger is closed for a newcomer; the phone never is.
+        await asyncio.sleep(1.2)
+        late_reader, late_writer = await stack.enter_async_context(tcp(served.port))
+        assert await answers_options(late_reader, late_writer, "z9hG4bKlate")
+        assert await closed_by_server(flood[0][0], WAIT)
+        assert await answers_options(reader, writer, "z9hG4bKphone")
 
 
 # --- trust follows the bindings ----------------------------------------------------------------

@@ -626,7 +626,8 @@ async def test_connections_we_open_are_not_trusted_and_make_room_for_a_phone() -
     never closed, and every phone would be refused."""
     handler = Echo()
     transport = Transport(handler, "127.0.0.1", 0, limits=Limits(
-        max_connections=2, untrusted_idle_timeout=30.0, sweep_interval=0.05))
+        max_connections=2, untrusted_idle_timeout=30.0, evictable_after=0.3,
+        sweep_interval=0.05))
     handler.transport = transport
     await transport.start()
     try:
@@ -638,6 +639,7 @@ async def test_connections_we_open_are_not_trusted_and_make_room_for_a_phone() -
                 await host.get()
             assert transport.connection_count == 2
             assert not any(c.trusted for c in transport._connections.values())
+            await asyncio.sleep(0.4)  # idle long enough to be closed for a newcomer
             async with tcp(transport.port) as (reader, writer):
                 writer.write(options(5060, transport="TCP", branch="z9hG4bKphone"))
                 assert status_of(await read_message(reader)) == 200
