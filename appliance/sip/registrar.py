@@ -431,6 +431,11 @@ class Registrar:
                 logger.log(level, "- %s registered from %s %s:%d: %d contact(s)", login,
                            origin.transport, *origin.source, len(bindings))
             self._changed(login, now)
+        elif {b.uri for b in bindings} != self._published.get(login, frozenset()):
+            # A query that found bindings expired and not yet swept: register dropped them,
+            # so the timer will not see them go. Published now, or their connections stay
+            # trusted and their sources known (no budget) until they close.
+            self._changed(login, now)
         return self._ok(bindings, now)
 
     def _ok(self, bindings: list[Binding], now: float) -> Reply:

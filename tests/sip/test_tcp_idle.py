@@ -347,6 +347,24 @@ async def test_the_registrar_trusts_a_connection_while_a_binding_refers_to_it() 
     assert flows.trusted == ["tcp-1", "tcp-2", "tcp-3"]
 
 
+async def test_a_query_after_a_binding_expired_unswept_lets_its_connection_go() -> None:
+    """A REGISTER query (no Contact) that lands after a binding expired but before the
+    timer swept it: the location table drops the binding then, so the timer will never see
+    it go. The registrar publishes the change there: the connection is distrusted and the
+    source no longer known (it would else skip the budget, and be served through a ban)."""
+    h = test_registrar.Harness(user("alice"))
+    flows = RecordingFlows()
+    h.registrar.flows = flows
+    assert await registered_on(h, "alice", "tcp-1", call_id="a1", expires=60) == 200
+    assert flows.trusted == ["tcp-1"] and h.registrar.is_known_source(test_registrar.PHONE[0])
+    h.clock.now += 61  # expired; not swept yet
+    assert await registered_on(h, "alice", "tcp-2", call_id="q1", contacts=()) == 200
+    assert (flows.trusted, flows.distrusted) == (["tcp-1"], ["tcp-1"])
+    assert not h.registrar.is_known_source(test_registrar.PHONE[0])
+    assert h.registrar.expire() == []
+    assert h.directory.published["alice"] == []
+
+
 async def test_a_phone_that_unregisters_keeps_its_connection_only_the_short_idle() -> None:
     async with serving() as served, contextlib.AsyncExitStack() as stack:
         alice = await stack.enter_async_context(tcp(served.port))
