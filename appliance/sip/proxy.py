@@ -268,9 +268,10 @@ class Proxy:
         # (source, request) -> the Caller of a request from a gateway's provider address
         # (services wiring: sip.trunk.Trunk.gateway_at), else None.
         self.gateway_caller: Callable[[tuple[str, int], Request], Caller | None] | None = None
-        # The transport: a TCP connection that carried an accepted caller's request is
-        # trusted (it idles as long as a registered phone's flow may). Only the registrar
-        # takes trust back, when the last binding made on a connection goes.
+        # The transport: a TCP connection that carried an accepted request from a
+        # provider's address or a media worker is trusted (it idles as long as a
+        # registered phone's flow may; nothing takes that back before it closes). A
+        # Client's connections are the registrar's business (its bindings).
         self.flows: Flows | None = None
 
     # --- the MessageHandler surface -----------------------------------------------------
@@ -536,10 +537,6 @@ class Proxy:
             logger.info("x %s from %s: caller not registered", request.method, caller.login)
             await self._reply(server, 403, "Caller Not Registered", now=now)
             return
-        if incoming.connection_id is not None and self.flows is not None:
-            # Authenticated and registered (or a media worker, or a provider's address,
-            # which a TCP handshake cannot spoof).
-            self.flows.trust(incoming.connection_id)
         if remaining_foreign_route(request, self._locals, self._local_hosts):
             await self._reply(server, 403, "No Route To A Foreign Proxy", now=now)
             return
@@ -552,6 +549,13 @@ class Proxy:
             await self._reply(server, 503, now=now, headers=[("Retry-After", "5")])
             return
         self._overloaded = False
+        if (caller.media or caller.gateway) and incoming.connection_id is not None \
+                and self.flows is not None:
+            # Accepted from a provider's address or a media worker (a TCP handshake cannot
+            # spoof either): its flow idles as long as a phone's. Not a Client's: one
+            # password would trust every connection it sends on, for good; a phone's flow
+            # is trusted through its binding (the registrar).
+            self.flows.trust(incoming.connection_id)
         decision = await self._router.route(request, caller, wall)
         if server.state not in (State.PROCEEDING, State.TRYING):
             return  # CANCELled meanwhile: 487 already sent

@@ -815,8 +815,8 @@ class Transport:
         return min(self.limits.untrusted_idle_timeout, self.limits.idle_timeout)
 
     def trust(self, connection_id: str) -> None:
-        """A phone registered on CONNECTION_ID, or an authenticated request was accepted on
-        it (the ``wire.Flows`` seam, called by the SIP layer): it may idle for
+        """A phone registered on CONNECTION_ID, or a provider's or media worker's request
+        was accepted on it (the ``wire.Flows`` seam, called by the SIP layer): it may idle for
         ``idle_timeout`` from now on. A connection closed meanwhile is ignored."""
         conn = self._connections.get(connection_id)
         if conn is not None and not conn.trusted:

@@ -50,9 +50,10 @@ class Sender(Protocol):
 
 class Flows(Protocol):
     def trust(self, connection_id: str) -> None:
-        """A phone registered on the TCP connection CONNECTION_ID, or an authenticated
-        request was accepted on it: keep it open while it idles as long as a registered
-        phone's flow may (until then it idles only briefly: any stranger can connect)."""
+        """A phone registered on the TCP connection CONNECTION_ID (the registrar), or a
+        request from a provider's address or a media worker was accepted on it (the
+        proxy): keep it open while it idles as long as a registered phone's flow may (until
+        then it idles only briefly: any stranger can connect)."""
 
     def distrust(self, connection_id: str) -> None:
         """No binding refers to CONNECTION_ID any more (unregistered, expired, its Client

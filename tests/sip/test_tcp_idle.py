@@ -19,7 +19,8 @@ from appliance.sip.bindings import Location
 from appliance.sip.digest import Algorithm
 from appliance.sip.frontdoor import FrontDoor
 from appliance.sip.guard import Guard
-from appliance.sip.message import Response, parse_message
+from appliance.sip.message import Request, Response, parse_message
+from appliance.sip.proxy_ports import Caller
 from appliance.sip.registrar import Registrar
 from appliance.sip.transport import (
     TCP_EVICTABLE_AFTER,
@@ -186,7 +187,15 @@ class RecordingFlows:
         self.distrusted.append(connection_id)
 
 
-async def test_the_proxy_trusts_the_connection_of_an_accepted_authenticated_request() -> None:
+async def test_the_proxy_trusts_only_a_providers_connection_once_its_request_is_accepted(
+        ) -> None:
+    """The proxy no longer trusts the connection of a Client's accepted request (this test
+    once asserted that it did): one valid password would have trusted, for good, every
+    connection it sent an OPTIONS, MESSAGE or INVITE on. A phone's flow is trusted through
+    its binding, by the registrar. What the proxy trusts is a connection from a provider's
+    address (or a media worker: neither can be spoofed over TCP, neither registers), and
+    only once its request is accepted: not when refused 403 for a foreign Route or 503 for
+    overload."""
     h = proxy_harness.Harness()
     flows = RecordingFlows()
     h.proxy.flows = flows
@@ -195,15 +204,36 @@ async def test_the_proxy_trusts_the_connection_of_an_accepted_authenticated_requ
                     connection_id="tcp-7")
     stranger = h.phone("carol", "192.168.1.30", ("203.0.113.30", 40000), transport="tcp",
                        connection_id="tcp-8", register=False)
-    # Challenged: not yet.
+    # Challenged; authenticated but not registered; authenticated and accepted: a Client's
+    # requests trust no connection.
     await h.send(alice, alice.request("MESSAGE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>",
                                       call_id="m1", from_tag="t1"))
     assert h.sender.responses(407) and flows.trusted == []
-    # Authenticated but not registered: refused, not trusted.
     await h.authenticated(stranger, "MESSAGE", "bob")
     assert h.sender.responses(403) and flows.trusted == []
     await h.authenticated(alice, "INVITE", "bob", body=proxy_harness.SDP)
-    assert flows.trusted == ["tcp-7"]
+    assert h.sender.requests("INVITE") and flows.trusted == []
+
+    provider = h.phone("+15550100", "198.51.100.7", ("198.51.100.7", 5060), transport="tcp",
+                       connection_id="tcp-9", register=False)
+    h.proxy.gateway_caller = lambda source, _request: (
+        Caller(login="+15550100", account_sid="AC1", gateway="GW1")
+        if source == provider.source else None)
+
+    def inbound(call_id: str, headers: list[tuple[str, str]] | None = None) -> Request:
+        return provider.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>",
+                                call_id=call_id, from_tag="p1", body=proxy_harness.SDP,
+                                headers=headers)
+
+    h.sender.take()
+    await h.send(provider, inbound("p1", [("Route", "<sip:203.0.113.99;lr>")]))
+    assert h.sender.responses(403) and flows.trusted == []
+    h.proxy.max_calls = len(h.proxy._live_calls)
+    await h.send(provider, inbound("p2"))
+    assert h.sender.responses(503) and flows.trusted == []
+    h.proxy.max_calls += 10
+    await h.send(provider, inbound("p3"))
+    assert flows.trusted == ["tcp-9"]
 
 
 # --- at max_connections: strangers make room for phones ----------------------------------------
