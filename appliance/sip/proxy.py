@@ -339,8 +339,14 @@ class Proxy:
         if self._unsent:
             unsent, self._unsent = self._unsent, {}
             for txn in unsent:  # one that has ended meanwhile ignores it
-                txn.transport_error(now)
-                await self._drain(txn, txn.pop_actions(), now)
+                # Each on its own: the set is swapped out, so one that raised would lose
+                # the rest (their branches left to wait for Timer B).
+                try:
+                    txn.transport_error(now)
+                    await self._drain(txn, txn.pop_actions(), now)
+                except Exception:
+                    logger.exception("x reporting a transport error to a %s failed",
+                                     type(txn).__name__)
         for txn, actions in self._table.handle_timer(now):
             await self._drain(txn, actions, now)
         while (key := self._deadlines.pop_due(now)) is not None:

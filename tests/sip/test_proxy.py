@@ -3,6 +3,10 @@ challenge, forwarding edits, refusals, forking, CANCEL, Timer C, loose routing, 
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from appliance.sip.bindings import Origin
 from appliance.sip.forwarding import REAP_AFTER, TIMER_C
 from appliance.sip.headers import DigestCredentials, NameAddr
@@ -631,6 +635,32 @@ async def test_a_branch_the_transport_fails_to_send_to_later_counts_as_503() -> 
     assert (sms.status, sms.error_code) == ("failed", 500)  # the status the caller got
     await h.tick(1.0)
     assert h.sender.requests() == [] and h.proxy.in_flight == 0
+
+
+async def test_late_send_failures_are_each_reported_though_one_report_raises(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The timer pass takes the whole set of branches the transport reported unsent; one
+    whose handling raises is logged, and the others still get their 503 (500 to their
+    callers) now rather than Timer B's 408."""
+    h, alice, _ = setup()
+    h.sender.failing_later.add(BOB_SRC)
+    for call in ("c1", "c2", "c3"):
+        await h.authenticated(alice, "MESSAGE", "bob", call_id=call)
+    h.sender.take()
+    assert h.sender.fail_later() == 3
+    drain, seen = h.proxy._drain, list[Any]()
+
+    async def first_raises(txn: Any, actions: list[Any], now: float) -> None:
+        seen.append(txn)
+        if len(seen) == 1:
+            raise RuntimeError("boom")
+        await drain(txn, actions, now)
+
+    h.proxy._drain = first_raises  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="appliance.sip.proxy"):
+        await h.tick(0)
+    assert "reporting a transport error" in caplog.text
+    assert statuses(h) == [500, 500]
 
 
 async def test_a_silent_branch_times_out_on_timer_b_with_408() -> None:
