@@ -21,10 +21,11 @@ A desk phone's address is banned like any other: a spoofer cannot get it banned 
 only a digest answering a nonce issued to that address counts as a failure there
 (``digest.Nonces``).
 (2) Per source IP; a source holding a live binding is exempt, so a phone's subscriptions and
-calls never hit it, and so is a provider's address (``Guard.exempt``): every inbound PSTN
-call comes from there unauthenticated. (3) With ``Allow`` (the proxied methods only once a
-proxy is set) and ``Accept``; ``Supported`` only when ``SUPPORTED`` names an option tag (it
-is empty today).
+calls never hit it, and so is a provider's address past its budget (``Guard.exempt``): every
+inbound PSTN call comes from there unauthenticated. Not its REGISTERs: they spend the budget
+and are answered 403 without digest work (providers never register to us).
+(3) With ``Allow`` (the proxied methods only once a proxy is set) and ``Accept``;
+``Supported`` only when ``SUPPORTED`` names an option tag (it is empty today).
 (4) The proxy, or **501 Not Implemented** while none is set (an unmatched CANCEL: 481).
 (5) ``may_answer``, the transport's hook: past the budget the broken request is dropped.
 
@@ -49,7 +50,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from appliance.sip.errors import SipParseError, SipStateError
-from appliance.sip.guard import Guard
+from appliance.sip.guard import Guard, LogThrottle
 from appliance.sip.memory import BurstTrimmer
 from appliance.sip.message import (
     Request,
@@ -118,6 +119,7 @@ class FrontDoor:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._logged: OrderedDict[str, float] = OrderedDict()
+        self._provider_registers = LogThrottle(BUDGET_LOG_INTERVAL, MAX_LOGGED_SOURCES)
         # Gives memory back once a REGISTER burst has drained.
         self._trimmer = BurstTrimmer(before=self._shrink)
 
@@ -153,8 +155,10 @@ class FrontDoor:
         ip = source[0]
         now = self.clock()
         if (self.guard.is_banned(ip, now) or self._table.holds(view.key)
-                or not self._within_budget(ip, now)):
+                or not self._within_budget(ip, now, register=True)):
             return None
+        if self._from_provider(ip, now):
+            return view.reply(403, [], to_tag=_tag())
         return self.registrar.answer_plain(view, source, now)
 
     def is_blocked(self, ip: str) -> bool:
@@ -173,12 +177,27 @@ class FrontDoor:
         self._log_over_budget(ip, now)
         return False
 
-    def _within_budget(self, ip: str, now: float) -> bool:
-        """Whether IP may send one more request: a source with a live binding always may,
-        and so does a provider's address (the guard's ``exempt``, which spends nothing); any
-        other spends one token of its unauthenticated budget. The quick REGISTER path and
-        ``may_answer`` ask this too, so all three treat a source alike."""
-        return self.registrar.is_known_source(ip) or self.guard.allow_unauthenticated(ip, now)
+    def _within_budget(self, ip: str, now: float, *, register: bool = False) -> bool:
+        """Whether IP may send one more request: a source with a live binding always may;
+        any other spends one token of its unauthenticated budget, and a provider's address
+        (the guard's ``exempt``) goes on past it — but not with a REGISTER (see
+        ``_from_provider``). The quick REGISTER path and ``may_answer`` ask this too, so
+        all three treat a source alike."""
+        return self.registrar.is_known_source(ip) or self.guard.allow_unauthenticated(
+            ip, now, exemptible=not register)
+
+    def _from_provider(self, ip: str, now: float) -> bool:
+        """Whether a REGISTER from IP is refused (403, no digest work) as from a provider's
+        address: providers never register to us, and their failed digests are not counted
+        (``Guard.exempt``), so whoever sends from there (a host in a provider's network, a
+        blind UDP spoofer) would otherwise have unlimited password guesses, or replies
+        reflected to the provider. A source with a live binding is not asked (a phone's
+        refresh pays nothing for this)."""
+        if self.registrar.is_known_source(ip) or not self.guard.is_exempt(ip):
+            return False
+        if self._provider_registers.due(ip, now):
+            logger.warning("x REGISTER from %s, a provider's address: refused", ip)
+        return True
 
     async def handle(self, incoming: Incoming) -> None:
         try:
@@ -218,10 +237,14 @@ class FrontDoor:
             if invite is not None:
                 self._answer(incoming, make_response(message, 200, to_tag=_tag()))
                 return
-        if not self._within_budget(ip, now):
+        register = method == "REGISTER"
+        if not self._within_budget(ip, now, register=register):
             self._over_budget(incoming, now)
             return
-        if method == "REGISTER" or (method == "OPTIONS" and _for_us(message)):
+        if register and self._from_provider(ip, now):
+            self._answer(incoming, make_response(message, 403, to_tag=_tag()))
+            return
+        if register or (method == "OPTIONS" and _for_us(message)):
             await self._local(incoming, message)
         else:
             await self._forward(incoming, message)

@@ -14,7 +14,10 @@ Two budgets per source address (an IP string; the caller decides whether ports c
 
 Addresses ``exempt`` names (the providers' addresses, whose calls are taken without a digest)
 are outside both budgets: their failures are never counted, a ban is never held against them
-(one made before the address became a provider's, say), and their requests spend no tokens.
+(one made before the address became a provider's, say), and their requests go on once their
+tokens are spent (``exempt`` is asked only then: it is dearer than the bucket) — except what
+the caller says is not ``exemptible``: a REGISTER (providers never register to us; the
+front door answers one from there 403 without a digest, within the budget).
 A provider sends every inbound call's INVITE, BYE and OPTIONS unauthenticated from one
 address, so a busy office would exhaust any per-minute budget; and a failed digest sent with a
 provider's address spoofed as its source must not ban the provider. Either would cut the
@@ -132,11 +135,13 @@ class Guard:
         if record is not None and record.failures:
             record.failures = [f for f in record.failures if f[1] != login]
 
-    def allow_unauthenticated(self, source: str, now: float) -> bool:
-        """Spend one token of SOURCE's unauthenticated budget; False when exhausted. An
-        exempt source spends none (and gets no record)."""
-        if self.exempt is not None and self.exempt(source):
-            return True
+    def is_exempt(self, source: str) -> bool:
+        return self.exempt is not None and self.exempt(source)
+
+    def allow_unauthenticated(self, source: str, now: float, *,
+                              exemptible: bool = True) -> bool:
+        """Spend one token of SOURCE's unauthenticated budget; False when exhausted, unless
+        EXEMPTIBLE and SOURCE is exempt (asked only then)."""
         record = self._record(source, now)
         if record.tokens < 0:
             record.tokens, record.refilled_at = float(self.rate), now
@@ -144,7 +149,7 @@ class Guard:
         record.tokens = min(float(self.rate), record.tokens + elapsed * self.rate / 60.0)
         record.refilled_at = now
         if record.tokens < 1.0:
-            return False
+            return exemptible and self.is_exempt(source)
         record.tokens -= 1.0
         return True
 

@@ -538,10 +538,14 @@ async def test_the_trunk_address_reaches_our_dids_only_even_spoofed(tmp_path: Pa
         assert status == 200 and json.loads(body)["messages"] == [], body
 
 
-async def test_failed_digests_from_a_provider_address_do_not_ban_the_provider(
+async def test_a_register_from_a_provider_address_is_refused_without_a_digest(
         tmp_path: Path) -> None:
-    """Whoever spoofs the provider's address (UDP) with wrong passwords must not get the
-    provider banned: the office's inbound calls would stop for the ban's length."""
+    """Providers never register to us, and failed digests from their addresses are not
+    counted (a spoofer of the provider must not get it banned): so a REGISTER from there is
+    refused 403 at once, never challenged nor checked — else a host in the provider's
+    network, or a blind spoofer of its address, would have unlimited guesses at every
+    Client's password. Even the right password gets 403 there. The provider is not banned,
+    and its calls still come in."""
     sources = (("provider", (("127.0.0.2/32", None),)),)
     async with running(tmp_path, InboundConfig(sources=sources),
                        max_auth_failures=3) as (app, api):
@@ -550,13 +554,30 @@ async def test_failed_digests_from_a_provider_address_do_not_ban_the_provider(
             "Proxy": f"127.0.0.1:{free_port()}", "Register": "false", "TTL": "600"})
         assert status == 200, body
         spoofed = Attacker(app.config.sip.listen.port, "127.0.0.2")
+        elsewhere = Attacker(app.config.sip.listen.port, "127.0.0.3")
         try:
-            assert await crack(spoofed, "REGISTER", 4) == [403] * 4
+            reply = await spoofed.ask(spoofed.request("REGISTER", "alice"))
+            assert reply is not None and _status(reply) == 403
+            # A nonce fetched elsewhere (they are stateless), the right password and wrong
+            # ones: all 403 from the provider's address.
+            call_id = secrets.token_hex(8)
+            challenge = await elsewhere.ask(elsewhere.request("REGISTER", "alice",
+                                                              call_id=call_id))
+            assert challenge is not None and _status(challenge) == 401
+            for password in (PASSWORD, "guess1", "guess2", "guess3", "guess4"):
+                name, value = challenge_answer(challenge, "alice", "REGISTER",
+                                               f"sip:{DOMAIN}", password=password)
+                reply = await spoofed.ask(spoofed.request(
+                    "REGISTER", "alice", call_id=call_id, cseq=2,
+                    extra=(f"{name}: {value}",)))
+                assert reply is not None and _status(reply) == 403
+            assert app.registrar.location.lookup("alice", app.wall_clock()) == []
             reply = await spoofed.ask(spoofed.request("INVITE", "+15551234567",
                                                       from_user="+33612345678"))
             assert reply is not None and _status(reply) == 404  # still the provider's answer
         finally:
             spoofed.close()
+            elsewhere.close()
 
 
 def answer_request(request: bytes, status: int, reason: str) -> bytes:
@@ -705,11 +726,14 @@ async def test_a_flood_from_one_source_is_cut_to_its_budget(tmp_path: Path, kind
             other.close()
 
 
-async def test_the_providers_address_spends_no_budget(tmp_path: Path) -> None:
+async def test_the_providers_address_goes_on_past_its_budget_but_not_with_registers(
+        tmp_path: Path) -> None:
     """A provider sends every inbound call's INVITE, BYE and OPTIONS from one address without
     a digest: a busy office's calls must not be cut to the unauthenticated budget (503 past
-    it), on any path (proxied, answered here, the quick REGISTER, a broken request's 400).
-    A stranger past its budget still gets 503."""
+    it), on any path (proxied, answered here, a broken request's 400). Its REGISTERs (never
+    legitimate: 403) spend the budget like anyone's, quick path or not: a blind spoofer of
+    its address gets no unlimited replies reflected to it. A stranger past its budget still
+    gets 503."""
     sources = (("provider", (("127.0.0.2/32", None),)),)
     async with running(tmp_path, InboundConfig(sources=sources),
                        unauthenticated_per_minute=5) as (app, api):
@@ -720,16 +744,23 @@ async def test_the_providers_address_spends_no_budget(tmp_path: Path) -> None:
         provider = Attacker(app.config.sip.listen.port, "127.0.0.2")
         stranger = Attacker(app.config.sip.listen.port, "127.0.0.3")
         try:
+            registers: list[int] = []
             for _ in range(8):  # each past the budget of 5
                 for probe, expected in (
                     (provider.request("INVITE", "+15551234567", from_user="+33612345678"), 404),
                     (provider.request("OPTIONS", None), 200),
-                    (provider.request("REGISTER", "alice"), 401),
+                    (provider.request("REGISTER", "alice"), None),
                     (provider.request("OPTIONS", None).replace(b"CSeq: 1 OPTIONS",
                                                                b"CSeq: x"), 400),
                 ):
                     reply = await provider.ask(probe)
-                    assert reply is not None and _status(reply) == expected, (probe, reply)
+                    assert reply is not None, probe
+                    if expected is None:
+                        registers.append(_status(reply))
+                    else:
+                        assert _status(reply) == expected, (probe, reply)
+            # The third request spent the third token; by the second round none is left.
+            assert registers == [403] + [503] * 7, registers
             statuses = [_status(r) if (r := await stranger.ask(
                 stranger.request("OPTIONS", None), wait=0.3)) else None for _ in range(7)]
             assert statuses == [200] * 5 + [503] * 2, statuses

@@ -160,6 +160,28 @@ async def test_unauthenticated_budget_answers_503_and_spares_registered_sources(
         assert ok is not None and ok.status == 200
 
 
+async def test_a_register_from_a_providers_address_is_403_within_the_budget() -> None:
+    """Providers never register to us: a REGISTER from a provider's address (TCP here, the
+    general path, and UDP's quick path) gets 403 without a challenge or a digest check, and
+    spends the unauthenticated budget (503 past it) where its other requests go on."""
+    h = Harness(user("alice"), guard=Guard(unauthenticated_per_minute=3))
+    provider = ("198.51.100.7", 5060)
+    h.guard.exempt = lambda ip: ip == provider[0]
+    refused = await h.send(register("alice"), source=provider, transport="tcp",
+                           connection_id="tcp-1")
+    assert refused is not None and refused.status == 403
+    assert refused.get("www-authenticate") is None
+    quick = h.door.quick(bytes(register("alice", call_id="q1")), provider)
+    assert quick is not None and quick.startswith(b"SIP/2.0 403 ")
+    ok = await h.send(request("OPTIONS"), source=provider)
+    assert ok is not None and ok.status == 200  # the last token
+    assert h.door.quick(bytes(register("alice", call_id="q2")), provider) is None  # general:
+    over = await h.send(register("alice", call_id="q2"), source=provider)
+    assert over is not None and over.status == 503
+    ok = await h.send(request("OPTIONS", branch="again"), source=provider)
+    assert ok is not None and ok.status == 200  # past its budget: still the provider's
+
+
 async def test_retransmitted_options_gets_the_same_response() -> None:
     h = Harness()
     first = await h.send(request("OPTIONS", branch="same"))

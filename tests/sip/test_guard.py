@@ -103,13 +103,20 @@ def test_exempt_sources_are_never_counted_nor_banned() -> None:
     assert guard.record_failure(IP, 1)  # everyone else still is
 
 
-def test_exempt_sources_spend_no_budget_and_are_not_held_to_an_earlier_ban() -> None:
+def test_exempt_sources_go_on_past_their_budget_and_are_not_held_to_an_earlier_ban() -> None:
     guard = Guard(max_failures=1, unauthenticated_per_minute=3)
     provider = "198.51.100.7"
     assert guard.record_failure(provider, 0)  # banned before it became a provider's address
-    guard.exempt = lambda ip: ip == provider
+    asked: list[str] = []
+    guard.exempt = lambda ip: asked.append(ip) is None and ip == provider
     assert not guard.is_banned(provider, 1)
+    asked.clear()
+    # exempt is asked only once the bucket is empty (it costs more than the bucket)...
+    assert [guard.allow_unauthenticated(provider, 1) for _ in range(3)] == [True] * 3
+    assert asked == []
     assert all(guard.allow_unauthenticated(provider, 1) for _ in range(100))
+    # ...and what the caller says is not exemptible (a REGISTER) is held to the budget.
+    assert not guard.allow_unauthenticated(provider, 1, exemptible=False)
     assert [guard.allow_unauthenticated(IP, 1) for _ in range(4)] == [True] * 3 + [False]
     guard.exempt = None  # no longer a provider's: its ban and budget apply again
     assert guard.is_banned(provider, 1)
