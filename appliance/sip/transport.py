@@ -36,7 +36,7 @@ Via is broadcast or multicast. CRLFCRLF keep-alives are answered with CRLF on TC
 ``first_message_timeout`` of connecting, and each later one within it of its first byte;
 between messages a connection may idle for ``untrusted_idle_timeout`` (60 s), and only
 pings do not count as activity there, until the SIP layer calls ``trust`` on it (a phone
-registered on it, or an authenticated request was accepted on it): from then on
+registered on it, or a provider's or media worker's request was accepted on it): from then on
 ``idle_timeout``, long enough for a registered phone's silent flow, until ``distrust``
 (the last phone registered on it is gone): ``untrusted_idle_timeout`` again, from then.
 The transport never reads SIP to decide this. Connections we open are not trusted either:
@@ -131,10 +131,14 @@ MAX_TCP_PER_SOURCE = 16
 # its flow must outlive that, or calls to it fail. Kamailio keeps registered flows open the
 # same way (tcp_connection_lifetime extended by the registrar).
 TCP_IDLE_TIMEOUT = 3900.0
-IDLE_MARGIN = 300.0  # past the registration's end: the phone's re-REGISTER may come late
+# max_expires plus this: a connection trusted for a registration stays trusted until the
+# registration ends (``Transport.distrust``), then idles TCP_UNTRUSTED_IDLE_TIMEOUT from
+# that moment, which is what gives a late re-REGISTER its time. The margin only keeps the
+# long timeout above the longest registration, for a phone silent all through it.
+IDLE_MARGIN = 300.0
 # ...but only for a connection the SIP layer trusts (``Transport.trust``: a phone is
-# registered on it, or an authenticated request was accepted; ``Transport.distrust`` once
-# the last registration on it is gone). Any other peer (a scanner's
+# registered on it, or a provider's or media worker's request was accepted on it;
+# ``Transport.distrust`` once the last registration on it is gone). Any other peer (a scanner's
 # one OPTIONS) could otherwise hold max_per_source connections per address, and all of
 # max_connections, for TCP_IDLE_TIMEOUT each, and phones registering over TCP would find
 # no room. A phone registers within seconds of connecting; a minute also covers a user
