@@ -639,6 +639,11 @@ async def test_connections_we_open_are_not_trusted_and_make_room_for_a_phone() -
                 await host.get()
             assert transport.connection_count == 2
             assert not any(c.trusted for c in transport._connections.values())
+            # Just opened (and written to): not closed for a newcomer yet, which is refused.
+            async with tcp(transport.port) as (reader, writer):
+                writer.write(options(5060, transport="TCP", branch="z9hG4bKearly"))
+                assert await closed_by_server(reader)
+            assert transport.connection_count == 2
             await asyncio.sleep(0.4)  # idle long enough to be closed for a newcomer
             async with tcp(transport.port) as (reader, writer):
                 writer.write(options(5060, transport="TCP", branch="z9hG4bKphone"))
