@@ -406,27 +406,28 @@ class Store:
 
     async def write_calls(self, inserts: list[models.CallRecord],
                           updates: list[models.CallRecord]) -> None:
-        """Insert and update call rows in one transaction: ``CallLog`` commits the CDR
-        changes of many concurrent calls together (one commit, one fsync, one hop)."""
+        """Write call rows in one transaction: ``CallLog`` commits the CDR changes of many
+        concurrent calls together (one commit, one fsync, one hop).
+
+        Every row is an upsert, one statement per row, whichever list it is in: a row is
+        written whole, so a change creates the row when the batch holding its INSERT failed
+        (a locked database, an I/O error), instead of updating no row at all, and a batch
+        retried after a failure of uncertain outcome cannot fail on its own INSERT. The
+        lists remain for stores without this method (CallLog calls insert_call/update_call
+        on those)."""
+        records = [*inserts, *updates]
+
         def run() -> None:
-            conn = self._conn()
+            values = [rows.call_values(c) for c in records]
+            columns = list(values[0])
+            names = ", ".join(f'"{c}"' for c in columns)
+            marks = ", ".join("?" for _ in columns)
+            sets = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c != "sid")
+            sql = (f"INSERT INTO calls ({names}) VALUES ({marks}) "
+                   f"ON CONFLICT(sid) DO UPDATE SET {sets}")
             with self._database().atomic():
-                for batch, insert in ((inserts, True), (updates, False)):
-                    if not batch:
-                        continue
-                    values = [rows.call_values(c) for c in batch]
-                    columns = list(values[0])
-                    if insert:
-                        names = ", ".join(f'"{c}"' for c in columns)
-                        marks = ", ".join("?" for _ in columns)
-                        sql = f"INSERT INTO calls ({names}) VALUES ({marks})"
-                        params = [tuple(v.values()) for v in values]
-                    else:
-                        sets = ", ".join(f'"{c}" = ?' for c in columns)
-                        sql = f"UPDATE calls SET {sets} WHERE sid = ?"
-                        params = [(*v.values(), c.sid) for v, c in zip(values, batch, strict=True)]
-                    conn.executemany(sql, params)
-        if inserts or updates:
+                self._conn().executemany(sql, [tuple(v.values()) for v in values])
+        if records:
             await self._run(run)
 
     async def open_calls(self) -> list[models.CallRecord]:

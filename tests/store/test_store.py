@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import threading
 from datetime import UTC, datetime
@@ -139,3 +140,26 @@ async def test_a_database_of_the_previous_schema_gains_the_index_on_upgrade(
     store = Store(path)
     assert await store.open() == []  # applied once
     await store.close()
+
+
+async def test_a_call_write_creates_the_row_it_would_update_and_counts_it_once(
+        tmp_path: Path) -> None:
+    """write_calls upserts: the change of a call whose INSERT was lost with a failed batch
+    creates its row, and writing an insert again (a batch retried) is no error; the Calls
+    total counts each row once."""
+    store = Store(tmp_path / "upsert.db")
+    await store.open()
+    try:
+        lost, kept = cdr("ringing", ended=False), cdr("queued", ended=False)
+        await store.write_calls([kept], [])
+        answered = dataclasses.replace(lost, status="in-progress", duration=3)
+        await store.write_calls([], [answered])  # its INSERT never committed
+        assert await store.get_call(lost.sid) == answered
+        ended = dataclasses.replace(kept, status="completed", end_time=NOW, duration=9,
+                                    ring_duration=2)
+        await store.write_calls([ended], [])  # an insert of a row already there
+        assert await store.get_call(kept.sid) == ended
+        page = await store.page_calls(ListQuery(account_sids=("ACa",)))
+        assert page.total == 2 and {c.sid for c in page.items} == {lost.sid, kept.sid}
+    finally:
+        await store.close()
