@@ -283,6 +283,12 @@ class CallLog:
     committed. At a low rate a change is committed at once, as with one write per change;
     under load (commits back to back) a batch gathers COMMIT_WINDOW of changes, so the ~4
     changes of each call cost at most 1/COMMIT_WINDOW commits a second in all.
+
+    A batch that fails (a locked database, an I/O error) raises to the methods waiting for
+    it, and its rows are kept: they are written again with the next batch, at the next
+    checkpoint, unless a later change of the same row supersedes them
+    (an INSERT still owed is kept with it). So the final state of a call whose last commit
+    failed is not lost, nor the row of a call whose first commit did.
     """
 
     def __init__(self, store: StoreProtocol, clock: Callable[[], datetime],
@@ -301,6 +307,8 @@ class CallLog:
         self._answered_at: dict[str, float] = {}
         # sid -> (latest record, whether its row still has to be inserted), in queue order
         self._queued: dict[str, tuple[CallRecord, bool]] = {}
+        # the rows of the last batch that failed, written again with the next one
+        self._failed: dict[str, tuple[CallRecord, bool]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._writer: asyncio.Task[None] | None = None
         self._last_commit = float("-inf")  # loop time the last batch was committed
@@ -313,6 +321,19 @@ class CallLog:
         """Queue RECORD's row; the future is done when the batch holding it is committed."""
         queued = self._queued.get(record.sid)
         self._queued[record.sid] = (record, insert or (queued is not None and queued[1]))
+        return self._waiter()
+
+    def _queue_failed(self) -> bool:
+        """Queue again the rows of the last failed batch; whether there were any. A row
+        changed since keeps its later record (and the INSERT either owed)."""
+        failed, self._failed = self._failed, {}
+        for sid, (record, insert) in failed.items():
+            queued = self._queued.get(sid)
+            self._queued[sid] = (record, insert) if queued is None else (
+                queued[0], insert or queued[1])
+        return bool(failed)
+
+    def _waiter(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._waiters.append(done)
@@ -331,6 +352,7 @@ class CallLog:
                 loop = asyncio.get_running_loop()
                 busy = loop.time() - self._last_commit < BUSY_GAP
                 await asyncio.sleep(COMMIT_WINDOW if busy else 0)
+                self._queue_failed()
                 batch, self._queued = self._queued, {}
                 waiters, self._waiters = self._waiters, []
                 inserts = [r for r, insert in batch.values() if insert]
@@ -340,6 +362,9 @@ class CallLog:
                     await self._commit(inserts, updates)
                 except Exception as exc:  # noqa: BLE001 - handed to every waiter
                     error = exc
+                    self._failed = batch
+                    logger.warning("x CDR commit of %d rows failed, written again with the "
+                                   "next one: %s", len(batch), exc)
                 self._last_commit = asyncio.get_running_loop().time()
                 for waiter in waiters:
                     if not waiter.done():
@@ -449,16 +474,20 @@ class CallLog:
 
     async def checkpoint(self) -> int:
         """Bring the CDR of every answered call up to date (its Duration so far, DateUpdated
-        now), all in one commit; returns how many. Nothing is written when no call is
-        answered."""
+        now), all in one commit with the rows of a batch that failed since the last one;
+        returns how many calls. Nothing is written when no call is answered and no batch
+        failed."""
         # Queued at once, with no await in between: one batch, and no `ended` can slip in
         # between reading a call and queueing it (it pops `_answered_at` first).
         pending = [self._queue(record, insert=False)
                    for record in (self._update(sid) for sid in list(self._answered_at))
                    if record is not None]
+        count = len(pending)
+        if self._queue_failed():
+            pending.append(self._waiter())
         if pending:
             await asyncio.gather(*pending)
-        return len(pending)
+        return count
 
     async def run(self, interval: float = CHECKPOINT_INTERVAL) -> None:
         """Checkpoint the answered calls every INTERVAL seconds until cancelled (the

@@ -5,6 +5,7 @@ cuts (the calls in progress are checkpointed; the next start closes them at that
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -207,3 +208,82 @@ async def test_a_power_cut_closes_a_call_at_its_last_checkpoint(tmp_path: Path) 
         assert await started.close_leftovers() == 0
     finally:
         await store.close()
+
+
+# --- an end whose commit is cancelled or fails; a batch that fails -----------------------------
+
+
+class FlakyStore:
+    """The real Store, except that its next FAILURES batches of call rows fail, as with a
+    locked database or an I/O error: nothing of them is committed."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    async def write_calls(self, inserts: list[CallRecord], updates: list[CallRecord]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("database is locked")
+        await self.store.write_calls(inserts, updates)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[FlakyStore]:
+    real = Store(tmp_path / "appliance.db")
+    await real.open()
+    try:
+        yield FlakyStore(real)
+    finally:
+        await real.close()
+
+
+async def talking(clocks: Clocks, log: CallLog, seconds: float) -> CallRecord:
+    """A call answered after 2 s of ringing, SECONDS ago."""
+    record = await log.opened(account_sid=ACCOUNT, from_="alice", to="bob", direction="inbound")
+    await log.ringing(record.sid)
+    clocks.advance(2)
+    await log.answered(record.sid)
+    clocks.advance(seconds)
+    return record
+
+
+async def test_a_call_whose_first_commit_failed_gets_its_row(store: FlakyStore) -> None:
+    """The batch holding the call's INSERT fails: the next change of the call writes the
+    whole row, and the Calls row exists with the final state."""
+    clocks = Clocks()
+    log = call_log(clocks, store)
+    store.failures = 1
+    sid = log.new_sid()
+    with pytest.raises(OSError):
+        await log.opened(account_sid=ACCOUNT, from_="alice", to="bob", direction="inbound",
+                         sid=sid)
+    assert await store.get_call(sid) is None
+    await log.ringing(sid)
+    ringing = await store.get_call(sid)
+    assert ringing is not None and ringing.status == "ringing"
+    clocks.advance(3)
+    await log.answered(sid)
+    clocks.advance(10)
+    final = await log.ended(sid, CallStatus.COMPLETED)
+    assert final is not None and await store.get_call(sid) == final
+    assert (final.status, final.duration, final.ring_duration) == ("completed", 10, 3)
+
+
+async def test_the_rows_of_a_failed_batch_are_written_at_the_next_checkpoint(
+        store: FlakyStore) -> None:
+    """No later change comes (the call was not answered, nothing else happens): the next
+    checkpoint writes the lost rows, though no call is in progress."""
+    clocks = Clocks()
+    log = call_log(clocks, store)
+    record = await log.opened(account_sid=ACCOUNT, from_="alice", to="bob", direction="inbound")
+    clocks.advance(5)
+    store.failures = 1
+    with pytest.raises(OSError):
+        await log.ended(record.sid, CallStatus.BUSY)
+    assert await log.checkpoint() == 0  # no call in progress, but the end is written
+    row = await store.get_call(record.sid)
+    assert row is not None and (row.status, row.end_time) == ("busy", clocks.now)
