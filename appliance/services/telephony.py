@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 
 from appliance.models import (
@@ -286,7 +286,7 @@ class CallLog:
 
     A batch that fails (a locked database, an I/O error) raises to the methods waiting for
     it, and its rows are kept: they are written again with the next batch, at the next
-    checkpoint, unless a later change of the same row supersedes them
+    checkpoint and by `close_all`, unless a later change of the same row supersedes them
     (an INSERT still owed is kept with it). So the final state of a call whose last commit
     failed is not lost, nor the row of a call whose first commit did.
     """
@@ -448,9 +448,15 @@ class CallLog:
             await self._set(sid, conference_sid=conference_sid)
 
     async def ended(self, sid: str, status: CallStatus) -> CallRecord | None:
-        """Close the call with STATUS; an answered call always ends `completed`."""
-        record = self._live.pop(sid, None)
-        if record is None:
+        """Close the call with STATUS; an answered call always ends `completed`.
+
+        The call is over as soon as this is called, whatever becomes of its commit: its
+        final record is built and the call dropped from the live ones before the wait, so
+        a caller cancelled meanwhile (a BYE's handler when the transport stops) or a commit
+        that fails cannot leave it live, for `close_all` to end it again as `failed`. A
+        failed commit is retried (see the class)."""
+        record = self._live.get(sid)
+        if record is None or record.end_time is not None:  # not live, or already final
             return None
         now = self._clock()
         elapsed = self._timer_clock()
@@ -463,10 +469,11 @@ class CallLog:
         else:
             duration = 0
             ring = _seconds(elapsed - rang) if rang is not None else record.ring_duration
-        self._live[sid] = record
-        final = await self._set(sid, status=str(status), end_time=now, duration=duration,
-                                ring_duration=ring)
-        self._live.pop(sid, None)
+        final = self._update(sid, status=str(status), end_time=now, duration=duration,
+                             ring_duration=ring)
+        del self._live[sid]
+        if final is not None:  # always: the call was live
+            await self._write(final, insert=False)
         return final
 
     def live_count(self) -> int:
@@ -507,10 +514,19 @@ class CallLog:
 
     async def close_all(self) -> int:
         """At a clean stop: close every call still open, as `ended` does: an answered call
-        `completed` with its duration so far, any other `failed`; returns how many."""
+        `completed` with its duration so far, any other `failed`; returns how many. Returns
+        once every change queued is committed (the store may close then): those of calls
+        ended just before, whose callers were cancelled, and the rows of a failed batch."""
         sids = list(self._live)
         # Together, so that the group commit writes them in one transaction.
-        await asyncio.gather(*(self.ended(sid, CallStatus.FAILED) for sid in sids))
+        pending: list[Awaitable[object]] = [self.ended(sid, CallStatus.FAILED) for sid in sids]
+        if self._queue_failed():
+            pending.append(self._waiter())
+        try:
+            await asyncio.gather(*pending)
+        finally:
+            while self._writer is not None:  # a batch still under way, or queued behind
+                await asyncio.wait([self._writer])
         return len(sids)
 
     async def close_leftovers(self) -> int:

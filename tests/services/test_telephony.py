@@ -251,6 +251,47 @@ async def talking(clocks: Clocks, log: CallLog, seconds: float) -> CallRecord:
     return record
 
 
+async def test_an_end_whose_caller_is_cancelled_in_the_commit_stays_completed(
+        store: FlakyStore) -> None:
+    """A BYE handled just before a stop: its handler task, waiting for the commit of the
+    end, is cancelled with the transport. The call is over all the same; the stop that
+    follows (close_all) neither finds it open nor ends it again as `failed`."""
+    clocks = Clocks()
+    log = call_log(clocks, store)
+    record = await talking(clocks, log, 42)
+    bye = asyncio.get_running_loop().create_task(log.ended(record.sid, CallStatus.COMPLETED))
+    await asyncio.sleep(0)  # the end is queued, its commit under way
+    bye.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await bye
+    assert log.live_count() == 0
+    clocks.advance(30)  # the stop comes later
+    assert await log.close_all() == 0
+    row = await store.get_call(record.sid)
+    assert row is not None
+    assert (row.status, row.duration, row.ring_duration) == ("completed", 42, 2)
+    assert row.end_time == T0 + timedelta(seconds=44)
+
+
+async def test_an_end_whose_commit_fails_is_written_later_still_completed(
+        store: FlakyStore) -> None:
+    clocks = Clocks()
+    log = call_log(clocks, store)
+    record = await talking(clocks, log, 42)
+    store.failures = 1
+    with pytest.raises(OSError):
+        await log.ended(record.sid, CallStatus.COMPLETED)
+    assert log.live_count() == 0
+    assert await log.ended(record.sid, CallStatus.FAILED) is None  # over: not ended again
+    clocks.advance(30)
+    assert await log.close_all() == 0  # writes the end kept from the failed batch
+    row = await store.get_call(record.sid)
+    assert row is not None
+    assert (row.status, row.duration, row.end_time) == ("completed", 42,
+                                                        T0 + timedelta(seconds=44))
+    assert await store.open_calls() == []
+
+
 async def test_a_call_whose_first_commit_failed_gets_its_row(store: FlakyStore) -> None:
     """The batch holding the call's INSERT fails: the next change of the call writes the
     whole row, and the Calls row exists with the final state."""
