@@ -459,37 +459,78 @@ class Appliance:
                 await self.modem.wait_for(lambda st: st.phase.value == "ready")
 
     async def stop(self) -> None:
-        await self.calls.stop()
+        """Stop everything, the store last. A component that raises in its stop is logged
+        and the next ones still stop; the SIP front door, the CDRs and the store stop in
+        `finally` (even if the stop is cancelled): the checkpoint task is cancelled, the
+        calls still open are closed as far as the store allows, the database is closed and
+        the instance lock released. Then the first error is raised."""
+        failure: Exception | None = None
+        try:
+            for name, step in (("calls", self.calls.stop), ("media", self._stop_media),
+                               ("modem", self._stop_modem), ("messaging", self.messaging.stop),
+                               ("webhooks", self.webhooks.close), ("api", self._stop_api)):
+                try:
+                    await step()
+                except Exception as err:  # noqa: BLE001 - logged, raised after the rest
+                    logger.exception("x stopping %s failed", name)
+                    failure = failure or err
+        finally:
+            try:
+                await self._stop_sip()
+            finally:
+                await self._stop_store()
+        if failure is not None:
+            raise failure
+        logger.info("- appliance stopped")
+
+    async def _stop_media(self) -> None:
         if self.supervisor is not None:
             await self.supervisor.stop()
         if self._media_dir is not None:
             shutil.rmtree(self._media_dir, ignore_errors=True)
+
+    async def _stop_modem(self) -> None:
         if self.modem is not None:
             await self.modem.__aexit__(None, None, None)
-        await self.messaging.stop()
-        await self.webhooks.close()
+
+    async def _stop_api(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        # SIP before the store: the transport stops taking messages, the registrar finishes
-        # its binding writes, then the database closes.
-        await self.trunk.close()
-        await _cancel(self._trunk_task)
-        self._trunk_task = None
-        await _cancel(self._proxy_task)
-        self._proxy_task = None
-        await self.transport.stop()
-        self.frontdoor.close()
-        await self.registrar.stop()
-        await _cancel(self._checkpoint_task)
-        self._checkpoint_task = None
-        closed = await self.call_log.close_all()
-        if closed:
-            logger.info("- %d calls still open are closed", closed)
-        self.sip_error = "stopped"
-        await self.store.close()
-        self.lock.release()
-        logger.info("- appliance stopped")
+
+    async def _stop_sip(self) -> None:
+        """SIP before the store: the transport stops taking messages, the registrar finishes
+        its binding writes, then the database closes."""
+        try:
+            await self.trunk.close()
+            await _cancel(self._trunk_task)
+            self._trunk_task = None
+            await _cancel(self._proxy_task)
+            self._proxy_task = None
+        finally:
+            try:
+                await self.transport.stop()
+                self.frontdoor.close()
+            finally:
+                await self.registrar.stop()
+
+    async def _stop_store(self) -> None:
+        """The CDRs, then the store: the calls still open are closed (best effort: a store
+        that fails here is closed all the same), then the database."""
+        try:
+            await _cancel(self._checkpoint_task)
+            self._checkpoint_task = None
+            try:
+                closed = await self.call_log.close_all()
+            except Exception:  # noqa: BLE001 - logged; the store closes anyway
+                logger.exception("x closing the calls still open failed")
+            else:
+                if closed:
+                    logger.info("- %d calls still open are closed", closed)
+            self.sip_error = "stopped"
+        finally:
+            await self.store.close()
+            self.lock.release()
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

@@ -209,6 +209,47 @@ async def test_a_clean_stop_closes_the_calls_in_progress_at_the_stop(tmp_path: P
         await second.stop()
 
 
+@pytest.mark.parametrize("failing", ["messaging", "transport"])
+async def test_a_stop_step_that_raises_still_closes_the_calls_and_the_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """A component that raises in its stop (before the SIP front door, or in it) does not
+    keep the rest from stopping: the checkpoint task is cancelled, the call in progress is
+    closed at the stop, the store is closed and its lock released, then the error is
+    raised."""
+    clock = WallClock()
+    first = Appliance(config(tmp_path), clock=clock, timer_clock=clock.monotonic)
+    await first.start()
+    talking = await first.call_log.opened(account_sid=ADMIN_SID, from_="alice", to="bob",
+                                          direction="inbound")
+    clock.now = T0 + timedelta(seconds=3)
+    await first.call_log.answered(talking.sid)
+    clock.now = T0 + timedelta(seconds=63)
+    component = getattr(first, failing)
+    stop = component.stop
+
+    async def broken_stop() -> None:
+        await stop()
+        raise RuntimeError(f"{failing} failed to stop")
+
+    monkeypatch.setattr(component, "stop", broken_stop)
+    [task] = checkpoint_tasks()
+    with pytest.raises(RuntimeError, match=f"{failing} failed to stop"):
+        await first.stop()
+    assert task.cancelled() and checkpoint_tasks() == []
+    with pytest.raises(RuntimeError):
+        await first.store.ping()  # closed
+    clock.now = T0 + timedelta(hours=2)
+    second = Appliance(first.config, clock=clock)  # the lock was released
+    await second.start()
+    try:
+        listed = await calls_listed(second)
+        # Closed by the stop (60 s of talk), not by the next start at its answer.
+        assert (listed["bob"]["status"], listed["bob"]["duration"]) == ("completed", 60)
+        assert listed["bob"]["end_time"] == "2026-03-03T09:01:03.000Z"
+    finally:
+        await second.stop()
+
+
 async def test_a_call_to_a_tcp_phone_gone_since_a_restart_fails_at_once(
         tmp_path: Path) -> None:
     """bob registered over TCP before a restart: his binding is restored, his connection
