@@ -16,6 +16,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
+from typing import Any
 
 from appliance.models import (
     API_VERSION,
@@ -58,6 +59,15 @@ def _sip_user(client: Client, account_active: bool) -> SipUser:
         voice_application_sid=client.voice_application_sid)
 
 
+async def _outcome(task: asyncio.Task[Any]) -> None:
+    """Wait for TASK, a read shared by several lookups, and raise its error if it failed.
+    Cancelling the waiter does not cancel TASK, and TASK cancelled (the loop shutting down)
+    is not the waiter's cancellation: the waiter looks again."""
+    await asyncio.wait([task])
+    if not task.cancelled() and (error := task.exception()) is not None:
+        raise error
+
+
 @dataclasses.dataclass(frozen=True)
 class Registration:
     """One live contact of a Client, as the API shows it."""
@@ -68,6 +78,12 @@ class Registration:
     source: str  # "ip:port" the REGISTER came from
     expires_at: datetime
     user_agent: str = ""
+
+
+# Loads and reads a lookup of a login waits for before it reads that login's Client alone: a
+# load dropped by an account change, or a read superseded by a later change, is waited for
+# again; when changes go on meanwhile (a script), the lookup does not wait for ever.
+WAITS_PER_LOOKUP = 4
 
 
 class SipDirectory:
@@ -144,24 +160,31 @@ class SipDirectory:
         return True, users.get(login)
 
     async def user(self, login: str) -> SipUser | None:
-        users = self._users
-        if users is None:
-            users = await self._load()
-            if users is not self._users:
-                return users.get(login)  # read before a change and not kept
-        rereading = self._rereading.get(login)
-        if rereading is not None:
-            return await asyncio.shield(rereading)
-        return users.get(login)
+        """LOGIN's Client, from memory once every Client is loaded and LOGIN is not being
+        read again. Otherwise the lookup waits for that load or read, then looks again: what
+        it waited for may have been dropped meanwhile (an account change during a load, a
+        later change of LOGIN during its read), and the Client it read may be gone since.
+        After WAITS_PER_LOOKUP waits, it reads LOGIN's Client alone from the store."""
+        for _ in range(WAITS_PER_LOOKUP):
+            users = self._users
+            if users is None:
+                await self._load()
+                continue
+            rereading = self._rereading.get(login)
+            if rereading is None:
+                return users.get(login)
+            await _outcome(rereading)
+        # Changes kept dropping what this lookup waited for: ask the store, as of now.
+        return await self._read_client(login)
 
-    async def _load(self) -> dict[str, SipUser]:
+    async def _load(self) -> None:
         """Every Client, read once for all concurrent lookups (in a task of its own, so a
         lookup cancelled meanwhile does not cancel the others')."""
         if self._loading is None:
             self._changed_while_loading = set()
             self._loading = asyncio.get_running_loop().create_task(
                 self._read(self._generation))
-        return await asyncio.shield(self._loading)
+        await _outcome(self._loading)
 
     async def _read(self, generation: int) -> dict[str, SipUser]:
         try:
@@ -194,17 +217,16 @@ class SipDirectory:
         """LOGIN's Client as stored now (None: none has it), kept in the cache unless a
         later change superseded this read."""
         try:
-            client = await self._store.get_client_by_login(login)
-            account = (await self._store.get_account(client.account_sid)
-                       if client is not None else None)
-        except Exception:
+            user = await self._read_client(login)
+        except BaseException as err:  # cancelled too (the loop shutting down)
             if self._rereading.get(login) is asyncio.current_task():
-                # Its entry is gone from the cache: read everything again on the next lookup.
-                logger.warning("x reading client %s failed; every client is read again", login)
+                # Its entry is gone from the cache: read everything again on the next
+                # lookup, which must not wait for this read any more.
+                logger.warning("x reading client %s %s; every client is read again", login,
+                               "cancelled" if isinstance(err, asyncio.CancelledError)
+                               else "failed")
                 self._drop_users()
             raise
-        user = None if client is None else _sip_user(
-            client, account is not None and account.status == AccountStatus.ACTIVE)
         users = self._users
         if (generation == self._generation and users is not None
                 and self._rereading.get(login) is asyncio.current_task()):
@@ -212,6 +234,13 @@ class SipDirectory:
             if user is not None:
                 users[login] = user
         return user
+
+    async def _read_client(self, login: str) -> SipUser | None:
+        client = await self._store.get_client_by_login(login)
+        if client is None:
+            return None
+        account = await self._store.get_account(client.account_sid)
+        return _sip_user(client, account is not None and account.status == AccountStatus.ACTIVE)
 
     def _reread_done(self, task: asyncio.Task[SipUser | None]) -> None:
         self._tasks.discard(task)
@@ -251,6 +280,7 @@ class SipDirectory:
         """Registered phones: live contacts over all Clients (/health, the status line). A
         Client with a desk phone and a softphone counts two."""
         return sum(len(regs) for regs in self._registrations.values())
+
 
 
 # CDR group commit (CallLog): a batch that follows the previous commit by less than BUSY_GAP

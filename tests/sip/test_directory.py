@@ -17,7 +17,7 @@ from appliance.models import ADMIN_SID, Account, AccountSid, AccountStatus, md5_
 from appliance.services.access import ADMINISTRATOR
 from appliance.services.call_apps import AppResolver
 from appliance.services.provisioning import ProvisioningService
-from appliance.services.telephony import SipDirectory
+from appliance.services.telephony import WAITS_PER_LOOKUP, SipDirectory
 from appliance.sip.proxy_ports import Caller
 from appliance.store.db import Store
 
@@ -309,4 +309,79 @@ async def test_a_failed_read_of_one_client_reads_every_client_again() -> None:
     assert directory.cached_user("alice") == (False, None)
     store.fail.clear()
     assert await directory.user("bob") is not None
+    assert store.queries.count(("clients", "*")) == 2
+
+
+async def test_a_lookup_waiting_on_a_load_an_account_change_dropped_looks_again() -> None:
+    """dave is deleted, then an account changes, while every Client is read: that load is
+    dropped, and the lookup that waited for it does not take its answer (dave would
+    authenticate once): it waits for the load that follows."""
+    store = GatedStore()
+    store.clients["dave"] = client_row("dave")
+    directory = SipDirectory(store)  # type: ignore[arg-type]
+    lookup = asyncio.get_running_loop().create_task(directory.user("dave"))
+    await asyncio.sleep(0)  # the load has read the rows, dave's among them
+    del store.clients["dave"]
+    directory.clients_changed({"dave"})
+    directory.invalidate()  # an account changed: the load under way is not kept
+    store.gate.set()
+    assert await lookup is None
+    assert store.queries.count(("clients", "*")) == 2
+    assert directory.cached_user("dave") == (True, None)
+
+
+class ChurningStore(CountingStore):
+    """Every read of every Client is dropped by an account change made meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.directory: SipDirectory | None = None
+
+    async def all_clients(self) -> list[Any]:
+        rows = await super().all_clients()
+        assert self.directory is not None
+        self.directory.invalidate()
+        return rows
+
+
+async def test_a_lookup_does_not_wait_for_ever_while_accounts_keep_changing() -> None:
+    store = ChurningStore()
+    directory = store.directory = SipDirectory(store)  # type: ignore[arg-type]
+    alice = await directory.user("alice")
+    assert alice is not None and alice.login == "alice" and alice.enabled
+    assert store.queries.count(("clients", "*")) == WAITS_PER_LOOKUP
+    assert store.queries[-2:] == [("client", "alice"), ("account", ACCOUNT)]  # alone, at last
+    assert await directory.user("zed") is None
+
+
+class BlockingStore(CountingStore):
+    """CountingStore whose reads of one Client never end."""
+
+    async def get_client_by_login(self, login: str) -> Any:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+def reread_of(login: str) -> asyncio.Task[Any]:
+    [task] = [t for t in asyncio.all_tasks() if t.get_name() == f"sip directory: {login}"]
+    return task
+
+
+async def test_a_cancelled_read_of_one_client_is_not_waited_for_again() -> None:
+    """The loop shutting down cancels the read of a changed Client: a lookup waiting for it,
+    and any later lookup of that login, get the Client (every Client is read again), not
+    the read's CancelledError."""
+    store = BlockingStore()
+    directory = SipDirectory(store)  # type: ignore[arg-type]
+    assert await directory.user("bob") is not None
+    directory.clients_changed({"bob"})
+    waiting = asyncio.get_running_loop().create_task(directory.user("bob"))
+    await asyncio.sleep(0)
+    read = reread_of("bob")
+    read.cancel()
+    bob = await waiting
+    assert bob is not None and bob.login == "bob"
+    assert read.cancelled()
+    assert directory.cached_user("bob") == (True, bob)
+    assert await directory.user("bob") == bob
     assert store.queries.count(("clients", "*")) == 2
