@@ -63,7 +63,8 @@ async def _outcome(task: asyncio.Task[Any]) -> None:
     """Wait for TASK, a read shared by several lookups, and raise its error if it failed.
     Cancelling the waiter does not cancel TASK, and TASK cancelled (the loop shutting down)
     is not the waiter's cancellation: the waiter looks again."""
-    await asyncio.wait([task])
+    if not task.done():
+        await asyncio.wait([task])
     if not task.cancelled() and (error := task.exception()) is not None:
         raise error
 
@@ -280,7 +281,6 @@ class SipDirectory:
         """Registered phones: live contacts over all Clients (/health, the status line). A
         Client with a desk phone and a softphone counts two."""
         return sum(len(regs) for regs in self._registrations.values())
-
 
 
 # CDR group commit (CallLog): a batch that follows the previous commit by less than BUSY_GAP
