@@ -295,11 +295,23 @@ COMMIT_WINDOW = 0.02
 # for all), and nothing while no call is answered: an idle appliance does not write to its
 # SD card.
 CHECKPOINT_INTERVAL = 60.0
+# The rows of failed batches kept for the next one: while the SD card or the database fails
+# for long, calls keep changing rows; beyond this many the oldest changes are dropped (and
+# logged) rather than growing without bound. Several hours of a busy office's calls.
+MAX_FAILED_ROWS = 10_000
 
 
 def _loop_time() -> float:
     """The running event loop's monotonic time: the default timer clock."""
     return asyncio.get_running_loop().time()
+
+
+def _newest(rows: dict[str, tuple[CallRecord, bool]], limit: int,
+            ) -> dict[str, tuple[CallRecord, bool]]:
+    """The last LIMIT of ROWS (in queue order, the oldest first)."""
+    if len(rows) <= limit:
+        return rows
+    return dict(list(rows.items())[-limit:])
 
 
 class CallLog:
@@ -392,9 +404,12 @@ class CallLog:
                     await self._commit(inserts, updates)
                 except Exception as exc:  # noqa: BLE001 - handed to every waiter
                     error = exc
-                    self._failed = batch
+                    self._failed = _newest(batch, MAX_FAILED_ROWS)
                     logger.warning("x CDR commit of %d rows failed, written again with the "
                                    "next one: %s", len(batch), exc)
+                    if len(self._failed) < len(batch):
+                        logger.error("x %d CDR rows dropped: the store has failed for too "
+                                     "long", len(batch) - len(self._failed))
                 self._last_commit = asyncio.get_running_loop().time()
                 for waiter in waiters:
                     if not waiter.done():

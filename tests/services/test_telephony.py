@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance.models import CallRecord, CallStatus
+from appliance.services import telephony
 from appliance.services.telephony import CallLog
 from appliance.store.db import Store
 
@@ -328,3 +329,22 @@ async def test_the_rows_of_a_failed_batch_are_written_at_the_next_checkpoint(
     assert await log.checkpoint() == 0  # no call in progress, but the end is written
     row = await store.get_call(record.sid)
     assert row is not None and (row.status, row.end_time) == ("busy", clocks.now)
+
+
+async def test_the_rows_kept_from_failed_batches_are_bounded(
+        store: FlakyStore, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A store failing for long: the rows kept for the next batch stop at MAX_FAILED_ROWS,
+    the newest kept and the drop logged, and the store back at work writes those."""
+    monkeypatch.setattr(telephony, "MAX_FAILED_ROWS", 3)
+    clocks = Clocks()
+    log = call_log(clocks, store)
+    store.failures = 1
+    opened = [log.opened(account_sid=ACCOUNT, from_="alice", to=f"bob{n}",
+                         direction="inbound") for n in range(5)]
+    results = await asyncio.gather(*opened, return_exceptions=True)
+    assert all(isinstance(result, OSError) for result in results)
+    assert "2 CDR rows dropped" in caplog.text
+    assert await log.checkpoint() == 0  # the store works again: the kept rows are written
+    written = [await store.get_call(sid) for sid in list(log._live)]
+    assert [row is not None for row in written] == [False, False, True, True, True]
