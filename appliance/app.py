@@ -208,7 +208,7 @@ class Appliance:
         self.trunk = Trunk(self.transport, clock=self.timer_clock, wall_clock=self.wall_clock,
                            local=lambda: (self.transport.advertised, sip.listen.port))
         self.frontdoor.trunk = self.trunk
-        self.guard.exempt = self.trunk.is_provider  # never banned; served past the budget
+        self.guard.exempt = self.trunk.is_provider  # served past the unauthenticated budget
         self.gateways.trunk = self.trunk
         self._trunk_task: asyncio.Task[None] | None = None
         self._proxy_task: asyncio.Task[None] | None = None

@@ -23,7 +23,9 @@ only a digest answering a nonce issued to that address counts as a failure there
 (2) Per source IP; a source holding a live binding is exempt, so a phone's subscriptions and
 calls never hit it, and so is a provider's address past its budget (``Guard.exempt``): every
 inbound PSTN call comes from there unauthenticated. Not its REGISTERs: they spend the budget
-and are answered 403 without digest work (providers never register to us).
+and are answered 403 without digest work (providers never register to us). That is all a
+provider's address is spared: its failed digests count and a ban holds against it as for any
+source.
 (3) With ``Allow`` (the proxied methods only once a proxy is set) and ``Accept``;
 ``Supported`` only when ``SUPPORTED`` names an option tag (it is empty today).
 (4) The proxy, or **501 Not Implemented** while none is set (an unmatched CANCEL: 481).
@@ -188,11 +190,11 @@ class FrontDoor:
 
     def _from_provider(self, ip: str, now: float) -> bool:
         """Whether a REGISTER from IP is refused (403, no digest work) as from a provider's
-        address: providers never register to us, and their failed digests are not counted
-        (``Guard.exempt``), so whoever sends from there (a host in a provider's network, a
-        blind UDP spoofer) would otherwise have unlimited password guesses, or replies
-        reflected to the provider. A source with a live binding is not asked (a phone's
-        refresh pays nothing for this)."""
+        address (``Guard.exempt``): providers never register to us, so nothing from there
+        needs a challenge, and a 403 costs less than one. (Its failed digests would be
+        counted like anyone's: this is not what bounds guesses from there.) A source with a
+        live binding (a phone sharing the address) is not asked, and is answered like any
+        phone: a phone's refresh pays nothing for this."""
         if self.registrar.is_known_source(ip) or not self.guard.is_exempt(ip):
             return False
         if self._provider_registers.due(ip, now):

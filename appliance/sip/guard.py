@@ -13,17 +13,22 @@ Two budgets per source address (an IP string; the caller decides whether ports c
   sweeps, REGISTER floods).
 
 Addresses ``exempt`` names (the providers' addresses, whose calls are taken without a digest)
-are outside both budgets: their failures are never counted, a ban is never held against them
-(one made before the address became a provider's, say), and their requests go on once their
-tokens are spent (``exempt`` is asked only then: it is dearer than the bucket) — except what
-the caller says is not ``exemptible``: a REGISTER (providers never register to us; the
-front door answers one from there 403 without a digest, within the budget).
-A provider sends every inbound call's INVITE, BYE and OPTIONS unauthenticated from one
-address, so a busy office would exhaust any per-minute budget; and a failed digest sent with a
-provider's address spoofed as its source must not ban the provider. Either would cut the
-office's inbound calls. Whoever spoofs that address escapes the budget too, but reaches only
-what the provider does (our DIDs, sip.md §3), and the proxy's and the transport's own caps
-(transactions, calls, handlers in progress) still bound what a flood of it costs.
+are outside the unauthenticated budget only: their requests go on once their tokens are spent
+(``exempt`` is asked only then: it is dearer than the bucket) — except what the caller says
+is not ``exemptible``: a REGISTER (providers never register to us; the front door answers one
+from there 403 without a digest, within the budget). A provider sends every inbound call's
+INVITE, BYE and OPTIONS unauthenticated from one address, so a busy office would exhaust any
+per-minute budget and its inbound calls would be cut. Whoever spoofs that address escapes the
+budget too, but reaches only what the provider does (our DIDs, sip.md §3), and the proxy's and
+the transport's own caps (transactions, calls, handlers in progress) still bound what a flood
+of it costs.
+Their failed digests count, and a ban holds against them, like anyone's. Sparing them would
+give whoever sends from a provider's address unlimited password guesses: a host there at a
+port that is not the provider's own is challenged like anyone, and so is a phone sharing the
+address. And it is not needed to keep a blind
+spoofer from getting a provider banned (which would cut the inbound calls): a failure counts
+only for a digest answering a nonce issued to that very address (``digest.Nonces``), so only
+whoever sees the replies sent there can get it banned, as for any address.
 
 What to do with a refused source is the caller's choice: reply 503/403 or drop, and log once.
 Memory is bounded: at most ``max_sources`` records, the least recently seen evicted first,
@@ -76,7 +81,8 @@ class Guard:
         self.rate = unauthenticated_per_minute
         self.max_sources = max_sources
         self._records: OrderedDict[str, _Record] = OrderedDict()
-        # Sources outside both budgets (set by the composition root: the providers').
+        # Sources served past the unauthenticated budget (set by the composition root: the
+        # providers'); their failures count and bans hold like anyone's.
         self.exempt: Callable[[str], bool] | None = None
 
     def __len__(self) -> int:
@@ -105,17 +111,12 @@ class Guard:
         record = self._records.get(source)
         if record is None or record.banned_until <= now:
             return False
-        # Asked only of a banned source: every message asks, and nearly none is banned.
-        if self.exempt is not None and self.exempt(source):
-            return False
         self._records.move_to_end(source)
         return True
 
     def record_failure(self, source: str, now: float, login: str = "") -> bool:
         """Count a failed authentication for LOGIN; True when this failure starts a ban.
-        Not counted from an ``exempt`` source."""
-        if self.exempt is not None and self.exempt(source):
-            return False
+        Counted from an ``exempt`` source too (see the module docstring)."""
         record = self._record(source, now)
         horizon = now - self.failure_window
         # Only the last max_failures times matter, so the list never grows past that.

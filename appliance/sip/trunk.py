@@ -159,9 +159,8 @@ class Trunk:
 
     def is_provider(self, host: str) -> bool:
         """Whether HOST is one of a gateway's provider addresses, at any port (the Guard's
-        exemption: a failed digest from there is a spoof or the provider's own mistake, and
-        its inbound calls come unauthenticated from there; banning it, or cutting it to the
-        unauthenticated budget, would cut the office's inbound calls)."""
+        exemption from the unauthenticated budget: its inbound calls come unauthenticated
+        from there, and cutting it to the budget would cut the office's inbound calls)."""
         return self._provider(host, None) is not None
 
     def _provider(self, host: str, port: int | None) -> Gateway | None:

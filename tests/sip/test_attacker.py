@@ -540,12 +540,11 @@ async def test_the_trunk_address_reaches_our_dids_only_even_spoofed(tmp_path: Pa
 
 async def test_a_register_from_a_provider_address_is_refused_without_a_digest(
         tmp_path: Path) -> None:
-    """Providers never register to us, and failed digests from their addresses are not
-    counted (a spoofer of the provider must not get it banned): so a REGISTER from there is
-    refused 403 at once, never challenged nor checked — else a host in the provider's
-    network, or a blind spoofer of its address, would have unlimited guesses at every
-    Client's password. Even the right password gets 403 there. The provider is not banned,
-    and its calls still come in."""
+    """Providers never register to us: a REGISTER from a provider's address (holding no
+    live registration) is refused 403 at once, never challenged nor checked, so a host in
+    the provider's network or a blind spoofer of its address gets neither guesses at a
+    Client's password nor a challenge. Even the right password gets 403 there. Such a 403
+    is no failure: the provider is not banned, and its calls still come in."""
     sources = (("provider", (("127.0.0.2/32", None),)),)
     async with running(tmp_path, InboundConfig(sources=sources),
                        max_auth_failures=3) as (app, api):
@@ -578,6 +577,69 @@ async def test_a_register_from_a_provider_address_is_refused_without_a_digest(
         finally:
             spoofed.close()
             elsewhere.close()
+
+
+async def test_a_host_at_a_providers_address_but_not_its_port_is_banned_for_guessing(
+        tmp_path: Path) -> None:
+    """A provider's address is spared the unauthenticated budget, not the ban: a host at
+    that address whose port is not the provider's (the sources entry names one; a range
+    would do alike) is not taken as the provider, so its INVITE is challenged (407) and its
+    failed digests count. After max_auth_failures the address is banned like any other,
+    the provider's own port with it. (Its failures were once not counted: unlimited
+    guesses, a right one told apart by "403 Caller Not Registered".)"""
+    gateway = Attacker(0, "127.0.0.2")  # the provider's own port, listed below
+    sources = (("provider", (("127.0.0.2/32", gateway.port),)),)
+    try:
+        async with running(tmp_path, InboundConfig(sources=sources),
+                           max_auth_failures=3) as (app, api):
+            gateway.server = app.config.sip.listen.port
+            status, body, _ = await api.post(
+                f"Accounts/{ADMIN_SID}/Management/Gateways.json", {
+                    "FriendlyName": "provider", "UserName": "office",
+                    "Password": "Trunk-pass-1", "Proxy": f"127.0.0.1:{free_port()}",
+                    "Register": "false", "TTL": "600"})
+            assert status == 200, body
+            assert app.guard.is_exempt("127.0.0.2")
+            did = gateway.request("INVITE", "+15551234567", from_user="+33612345678")
+            assert _status(await gateway.ask(did) or b"") == 404  # the provider's: no DID
+            host = Attacker(app.config.sip.listen.port, "127.0.0.2")  # another port
+            try:
+                assert await crack(host, "INVITE", 4) == [403, 403, 403, None]
+                assert app.guard.is_banned("127.0.0.2", app.wall_clock())
+                assert await host.ask(host.request("OPTIONS", None), wait=0.3) is None
+            finally:
+                host.close()
+            did = gateway.request("INVITE", "+15551234567", from_user="+33612345678")
+            assert await gateway.ask(did, wait=0.3) is None  # the whole address is banned
+    finally:
+        gateway.close()
+
+
+async def test_a_phone_sharing_a_providers_address_is_banned_for_guessing(
+        tmp_path: Path) -> None:
+    """A REGISTER from a provider's address that holds a live registration (a phone behind
+    the same address) is a phone's REGISTER, challenged and checked, not the provider's 403:
+    its failed digests count like anyone's, and after max_auth_failures the address is
+    banned. (They were once not counted there: unlimited guesses at any login.)"""
+    sources = (("provider", (("127.0.0.2/32", None),)),)
+    async with running(tmp_path, InboundConfig(sources=sources),
+                       max_auth_failures=3) as (app, api):
+        host = Attacker(app.config.sip.listen.port, "127.0.0.2")
+        try:
+            ok = await authenticated(host, "REGISTER", None)  # alice's phone, first
+            assert ok is not None and _status(ok) == 200, ok
+            status, body, _ = await api.post(
+                f"Accounts/{ADMIN_SID}/Management/Gateways.json", {
+                    "FriendlyName": "provider", "UserName": "office",
+                    "Password": "Trunk-pass-1", "Proxy": f"127.0.0.1:{free_port()}",
+                    "Register": "false", "TTL": "600"})
+            assert status == 200, body
+            assert app.guard.is_exempt("127.0.0.2")
+            assert app.registrar.is_known_source("127.0.0.2")
+            assert await crack(host, "REGISTER", 4, login="zed") == [403, 403, 403, None]
+            assert app.guard.is_banned("127.0.0.2", app.wall_clock())
+        finally:
+            host.close()
 
 
 def answer_request(request: bytes, status: int, reason: str) -> bytes:

@@ -93,24 +93,26 @@ def test_a_quiet_cracker_cannot_sweep_its_ban_or_failures_away() -> None:
     assert guard.record_failure("203.0.113.2", 2)  # its third failure: banned
 
 
-def test_exempt_sources_are_never_counted_nor_banned() -> None:
+def test_exempt_sources_are_counted_and_banned_like_any_other() -> None:
+    """A provider's address is spared the unauthenticated budget only: its failures count
+    and its ban holds (a blind spoofer cannot cause them: nonces are bound to the address)."""
+    asked: list[str] = []
     guard = Guard(max_failures=2)
-    guard.exempt = lambda ip: ip == "198.51.100.7"  # a provider's address
-    for now in range(5):
-        assert not guard.record_failure("198.51.100.7", now)
-    assert not guard.is_banned("198.51.100.7", 5)
-    guard.record_failure(IP, 0)
-    assert guard.record_failure(IP, 1)  # everyone else still is
+    guard.exempt = lambda ip: asked.append(ip) is None and ip == "198.51.100.7"
+    assert not guard.record_failure("198.51.100.7", 0)
+    assert guard.record_failure("198.51.100.7", 1)
+    assert guard.is_banned("198.51.100.7", 2)
+    assert not guard.is_banned("198.51.100.7", 1 + guard.ban_time)  # the ban ends on time
+    assert asked == []  # neither asks exempt
 
 
-def test_exempt_sources_go_on_past_their_budget_and_are_not_held_to_an_earlier_ban() -> None:
+def test_exempt_sources_go_on_past_their_budget_and_are_held_to_an_earlier_ban() -> None:
     guard = Guard(max_failures=1, unauthenticated_per_minute=3)
     provider = "198.51.100.7"
     assert guard.record_failure(provider, 0)  # banned before it became a provider's address
     asked: list[str] = []
     guard.exempt = lambda ip: asked.append(ip) is None and ip == provider
-    assert not guard.is_banned(provider, 1)
-    asked.clear()
+    assert guard.is_banned(provider, 1)  # still banned
     # exempt is asked only once the bucket is empty (it costs more than the bucket)...
     assert [guard.allow_unauthenticated(provider, 1) for _ in range(3)] == [True] * 3
     assert asked == []
@@ -118,8 +120,8 @@ def test_exempt_sources_go_on_past_their_budget_and_are_not_held_to_an_earlier_b
     # ...and what the caller says is not exemptible (a REGISTER) is held to the budget.
     assert not guard.allow_unauthenticated(provider, 1, exemptible=False)
     assert [guard.allow_unauthenticated(IP, 1) for _ in range(4)] == [True] * 3 + [False]
-    guard.exempt = None  # no longer a provider's: its ban and budget apply again
-    assert guard.is_banned(provider, 1)
+    guard.exempt = None  # no longer a provider's: its budget applies again
+    assert not guard.allow_unauthenticated(provider, 1)
 
 
 def test_log_throttle_is_per_source_and_bounded() -> None:
