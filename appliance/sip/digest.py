@@ -19,10 +19,16 @@ An authentic nonce older than ``lifetime`` makes the caller re-challenge with ``
 (the phone retries with the same password, silently) — but only for the right password: a
 wrong one with a stale nonce is REJECTED (a counted failure), so the stale path is no free
 guess; and a stale nonce from another address is INVALID like any foreign one. Only
-``NonceCounts``
-keeps state, to refuse a replayed ``nc``; it is capped and evicts the oldest nonce. A digest
-without qop (hence without nc) is accepted, as sip.md §2.3 asks, but once per nonce: its
-second use is answered like an expired nonce.
+``NonceCounts`` keeps state, to tell a replayed ``nc`` (one not above the highest seen for
+its nonce); it is capped and evicts the oldest nonce. A replayed nc is answered like an
+expired nonce, and likewise only for the right response: a wrong one is REJECTED (checked
+first, so the nc check is no oracle and no free guess). The right response with a used nc is
+a phone reusing its cached credentials in a new transaction (some firmware does) or a replay
+of what it sent (a sniffer on the LAN): neither gains from a fresh challenge, and counting it
+as a failure would ban the phone's own address for knowing its password. (A retransmission of
+the very request that used the nc is the caller's to recognise: the registrar does.) A
+digest without qop (hence without nc) is accepted, as sip.md §2.3 asks, but once per nonce:
+its second use is answered like an expired nonce too.
 """
 
 from __future__ import annotations
@@ -234,9 +240,11 @@ class NonceCounts:
 
 class Verdict(enum.Enum):
     ACCEPTED = "accepted"
-    STALE = "stale"  # right password, expired (or used, without qop) nonce: stale=true
-    # wrong response, unknown user, replay: a failure; also a forged nonce or one issued to
-    # another address, which callers re-challenge before ``verify`` (not a failure)
+    # right password, but an expired nonce, an nc already seen for it, or (without qop) a
+    # nonce already used: stale=true, not a failure
+    STALE = "stale"
+    # wrong response, unknown user: a failure; also a forged nonce or one issued to another
+    # address, which callers re-challenge before ``verify`` (not a failure)
     REJECTED = "rejected"
     MALFORMED = "malformed"  # missing fields, wrong realm, unknown algorithm/qop: 400 or 401
 
@@ -315,7 +323,8 @@ class DigestAuth:
         matches = hmac.compare_digest(expected.encode(), creds.params["response"].lower().encode())
         if not matches or ha1 is None:
             return Verdict.REJECTED
-        # Stale only for the right password: a wrong one is REJECTED above (a failure).
+        # Stale only for the right password: a wrong one is REJECTED above (a failure),
+        # whatever its nonce's age or nc.
         if status is NonceStatus.STALE:
             return Verdict.STALE
         if self.counts is not None:
@@ -326,7 +335,9 @@ class DigestAuth:
                 if not self.counts.accept(nonce, 0):
                     return Verdict.STALE
             elif not self.counts.accept(nonce, int(nc_text, 16)):
-                return Verdict.REJECTED
+                # An nc seen already: cached credentials reused, or a replay. Re-challenged
+                # (the response was right), not a failure; nothing is accepted twice.
+                return Verdict.STALE
         return Verdict.ACCEPTED
 
 

@@ -1,16 +1,17 @@
 """How the proxy authenticates the caller of a new out-of-dialog request (RFC 3261 §22.3).
 
 No ``Proxy-Authorization`` → 407 with ``Proxy-Authenticate`` SHA-256 then MD5 by default
-(``algorithms``; the composition root passes ``[sip] digest_algorithms``, MD5 first, as SIPp
-and MD5-only phones read only the first one), realm = the From user's stored realm (the
-default realm for an unknown user: the very same challenge shape, against enumeration); wrong
-password → 403 (no re-challenge, api-behaviour.md §11); expired nonce → 407 ``stale=true``; a
-nonce that is not ours (a restart) → a fresh 407; a disabled Client, or a digest username that
-differs from the From user → 403. A banned source (``Guard``) → 403 before anything else;
-failures and successes are reported to the guard. Nonces are issued to the request's source
-address and are good from there only (``digest.Nonces``): one presented from elsewhere gets
-a fresh 407 before the password is looked at, and is not a failure, so a blind spoofer
-cannot get a phone's address banned nor learn whether a guess was right.
+(``algorithms``; the composition root passes ``[sip] digest_algorithms``, MD5 first, as SIPp and
+MD5-only phones read only the first one), realm = the From user's stored realm (the default
+realm for an unknown user: the very same challenge shape, against enumeration); wrong password →
+403 (no re-challenge, api-behaviour.md §11); expired nonce, or an ``nc`` already seen for it
+(cached credentials reused, or a replay; the right password only, else 403) → 407
+``stale=true``, not a failure; a nonce that is not ours (a restart) → a fresh 407; a disabled
+Client, or a digest username that differs from the From user → 403. A banned source (``Guard``)
+→ 403 before anything else; failures and successes are reported to the guard. Nonces are issued
+to the request's source address and are good from there only (``digest.Nonces``): one presented
+from elsewhere gets a fresh 407 before the password is looked at, and is not a failure, so a
+blind spoofer cannot get a phone's address banned nor learn whether a guess was right.
 
 ``ProxyAuth`` is owned by the proxy (one per proxy, not per request): it holds the nonces
 (shared with the registrar), the nc-replay counts, the algorithms and the realm, and answers

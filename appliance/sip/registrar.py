@@ -16,8 +16,8 @@ Authentication, in order:
 | Situation | Reply |
 |---|---|
 | no credentials for our realm, or a nonce not ours (1) | 401, a fresh challenge |
-| our nonce, right password, nonce expired (or used already, without qop) | 401 ``stale=true`` |
-| wrong password, unknown user, username ≠ login, replayed ``nc`` | **403**, a Guard failure |
+| our nonce, right password: nonce expired, ``nc`` seen (3), or used (no qop) | 401 ``stale=true`` |
+| wrong password (any nonce age or ``nc``), unknown user, username ≠ login | **403**, a failure |
 | right password, Client disabled or its account not active | **403**, never re-challenged |
 | broken credentials (missing fields, unknown algorithm or qop, foreign ``uri``) (2) | 400 |
 
@@ -25,6 +25,10 @@ Authentication, in order:
 phone whose address changed; a spoofer's, fetched at its own): not counted, and checked before
 the password, so the reply says nothing about it.
 (2) A digest ``uri`` that is not the Request-URI by RFC 3261 §19.1.4 (RFC 7616 §3.4.6).
+(3) In a new request (another Via branch): a phone reusing its cached credentials, or a replay
+of what it sent. Not a failure: the response is right, so counting it would ban the phone's
+own address. A retransmission of the request that used that ``nc`` (same nonce, nc and
+branch) gets that request's answer again (``_last_accepted``).
 
 - **401, not 407.** api-behaviour.md §11 says Restcomm answers REGISTER with 407
   Proxy-Authenticate; RFC 3261 §10.3 (and every desk phone) expects a registrar's 401
@@ -41,7 +45,7 @@ the password, so the reply says nothing about it.
 - Challenges offer MD5 then SHA-256 by default (``DEFAULT_ALGORITHMS`` says why that is
   not RFC 8760's SHA-256-first), both ``qop="auth"``. Nonces are
   stateless HMACs (``digest.Nonces``) whose secret the composition root persists, so a
-  restart does not invalidate the nonces phones hold; ``nc`` replays are refused.
+  restart does not invalidate the nonces phones hold; an ``nc`` replay binds nothing (3).
 
 Bindings: ``Location.register`` applies the checks (400 for a bad ``*`` or CSeq order, 423 +
 Min-Expires, 503 for too many contacts; 400 for a Contact that is not a SIP URI or whose

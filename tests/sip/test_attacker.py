@@ -760,6 +760,47 @@ async def test_a_host_sharing_a_phones_address_is_banned_like_any_guesser(
             neighbour.close()
 
 
+@pytest.mark.parametrize("method", ["REGISTER", "INVITE"])
+async def test_a_phone_reusing_its_nc_is_challenged_stale_and_never_banned(
+        tmp_path: Path, method: str) -> None:
+    """Firmware that reuses its cached credentials (the same nonce and nc) in new requests,
+    or a LAN sniffer replaying what the phone sent: the right password with a used nc gets
+    a fresh challenge with stale=true, is no failure, and binds or forwards nothing, so the
+    phone's own address is not banned however often it happens. A wrong password with a
+    used nc is a counted 403 like any other."""
+    async with running(tmp_path, max_auth_failures=3) as (app, _):
+        phone = Attacker(app.config.sip.listen.port, "127.0.0.15")
+        try:
+            assert _status(await authenticated(phone, "REGISTER", None) or b"") == 200
+            target = None if method == "REGISTER" else "bob"
+            uri = f"sip:{DOMAIN}" if target is None else f"sip:{target}@{DOMAIN}"
+            to = "alice" if target is None else target
+            call_id = secrets.token_hex(8)
+            first = await phone.ask(phone.request(method, target, call_id=call_id, to_user=to))
+            assert first is not None and _status(first) in (401, 407), first
+            cached = challenge_answer(first, "alice", method, uri)
+            used = await phone.ask(phone.request(method, target, call_id=call_id, cseq=2,
+                                                 to_user=to, extra=(": ".join(cached),)))
+            assert used is not None and _status(used) in (200, 404, 480), used
+            for n in range(5):  # new requests (new branch and Call-ID), the same nc
+                reply = await phone.ask(phone.request(method, target, to_user=to,
+                                                      cseq=3 + n, extra=(": ".join(cached),)))
+                assert reply is not None and _status(reply) == _status(first), reply
+                assert b"stale=true" in reply, reply
+            assert not app.guard.is_banned("127.0.0.15", app.wall_clock())
+            assert _status(await authenticated(phone, "REGISTER", None) or b"") == 200
+            wrong = challenge_answer(first, "alice", method, uri, password="guess")
+            statuses = []
+            for n in range(4):
+                reply = await phone.ask(phone.request(method, target, to_user=to,
+                                                      cseq=10 + n, extra=(": ".join(wrong),)),
+                                        wait=0.3)
+                statuses.append(None if reply is None else _status(reply))
+            assert statuses == [403, 403, 403, None], statuses
+        finally:
+            phone.close()
+
+
 # --- floods: the unauthenticated budget --------------------------------------------------------
 
 

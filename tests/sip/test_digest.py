@@ -249,7 +249,26 @@ def test_malformed(auth: DigestAuth) -> None:
 def test_nc_replay(auth: DigestAuth) -> None:
     nonce = auth.nonces.issue(0, IP)
     assert check(auth, credentials(auth, 0, nonce=nonce), 0) is Verdict.ACCEPTED
-    assert check(auth, credentials(auth, 0, nonce=nonce), 1) is Verdict.REJECTED
+    # The same nc again, right response (cached credentials reused, or a replay): re-challenged
+    # with stale=true, never accepted twice, and no failure.
+    assert check(auth, credentials(auth, 0, nonce=nonce), 1) is Verdict.STALE
+    assert check(auth, credentials(auth, 0, nonce=nonce), 2) is Verdict.STALE
+    assert check(auth, credentials(auth, 0, nonce=nonce, nc="00000002"), 1) is Verdict.ACCEPTED
+    assert check(auth, credentials(auth, 0, nonce=nonce, nc="00000001"), 1) is Verdict.STALE
+
+
+def test_a_replayed_nc_is_no_oracle_and_no_free_guess(auth: DigestAuth) -> None:
+    """The response is checked before the nc: a wrong password with a used nc is REJECTED (a
+    failure) like one with a fresh nc, so only the right password is ever STALE; and a wrong
+    response does not use up its nc."""
+    nonce = auth.nonces.issue(0, IP)
+    assert check(auth, credentials(auth, 0, nonce=nonce), 0) is Verdict.ACCEPTED
+    wrong = credentials(auth, 0, nonce=nonce, password="guess")
+    assert check(auth, wrong, 1) is Verdict.REJECTED  # nc 1, used
+    wrong_fresh = credentials(auth, 0, nonce=nonce, password="guess", nc="00000002")
+    assert check(auth, wrong_fresh, 1) is Verdict.REJECTED
+    unknown = credentials(auth, 0, nonce=nonce)
+    assert auth.verify(unknown, method="REGISTER", ha1=None, now=1, ip=IP) is Verdict.REJECTED
     assert check(auth, credentials(auth, 0, nonce=nonce, nc="00000002"), 1) is Verdict.ACCEPTED
 
 

@@ -333,17 +333,25 @@ async def test_a_nonce_issued_to_another_address_is_rechallenged_the_same_way() 
     pair.close()
 
 
-async def test_replayed_nc_with_a_new_branch_is_403() -> None:
+async def test_replayed_nc_with_a_new_branch_is_401_stale_and_403_if_wrong() -> None:
+    # Right password: a fresh 401 stale=true, no failure; wrong password: a counted 403
+    # (the guard's records are compared in both()).
     pair = Pair(user("alice"))
     phones = phone_pair()
     challenges = await challenged(pair, phones)
 
-    def answer(side: Side) -> bytes:
+    def answer(side: Side, password: str = PASSWORD) -> bytes:
         phone = phones[side.name]
-        return phone.register(auth=authorization(challenges[side.quick], "alice"))
+        return phone.register(auth=authorization(challenges[side.quick], "alice",
+                                                 password=password))
 
     assert status(await pair.both(answer, "alice")) == 200
-    assert status(await pair.both(answer, "alice")) == 403
+    replay = await pair.both(answer, "alice")
+    assert status(replay) == 401 and b"stale=true" in replay
+    assert not any(r.failures for r in pair.quick.h.guard._records.values())
+    wrong = await pair.both(lambda side: answer(side, "not-it"), "alice")
+    assert status(wrong) == 403
+    assert any(r.failures for r in pair.quick.h.guard._records.values())
     pair.close()
 
 

@@ -230,18 +230,43 @@ async def test_stale_nonce_gets_a_fresh_challenge_with_stale_true() -> None:
     assert ok is not None and ok.status == 200
 
 
-async def test_replayed_nc_is_refused_and_a_higher_nc_accepted() -> None:
-    h = Harness(user("alice"))
+async def test_replayed_nc_is_rechallenged_stale_uncounted_and_a_higher_nc_accepted() -> None:
+    """A used nc in a new request with the right password (firmware reusing its cached
+    credentials, or a LAN sniffer's replay) gets a fresh 401 stale=true and binds nothing;
+    it is no failure, however often, so the phone's own address is never banned for it."""
+    h = Harness(user("alice"), guard=Guard(max_failures=3))
     challenge = await h.send(register("alice"))
     assert challenge is not None
     auth = answer(challenge, "alice", nc=1)
     ok = await h.send(register("alice", cseq=2, auth=auth))
     assert ok is not None and ok.status == 200
-    replay = await h.send(register("alice", cseq=3, auth=auth))  # new branch, same nc
-    assert replay is not None and replay.status == 403
-    assert not replay.get_all("www-authenticate")
-    ok = await h.send(register("alice", cseq=4, auth=answer(challenge, "alice", nc=2)))
+    for cseq in range(3, 9):  # past max_failures
+        replay = await h.send(register("alice", cseq=cseq, auth=auth,  # new branch, same nc
+                                        contacts=("<sip:alice@203.0.113.66:5060>",)))
+        assert replay is not None and replay.status == 401, replay
+        assert [c.params.get("stale") for c in challenges(replay)] == ["true", "true"]
+    assert not h.guard.is_banned(PHONE[0], h.clock())
+    assert PHONE[0] not in h.guard._records or not h.guard._records[PHONE[0]].failures
+    assert [b.uri for b in h.location.lookup("alice", h.clock())] == \
+        ["sip:alice@192.0.2.10:5060"]  # the replay's Contact was not bound
+    ok = await h.send(register("alice", cseq=9, auth=answer(challenge, "alice", nc=2)))
     assert ok is not None and ok.status == 200
+    ok = await h.send(register("alice", cseq=10, auth=answer(replay, "alice")))
+    assert ok is not None and ok.status == 200  # the stale challenge's nonce serves
+
+
+async def test_a_wrong_password_with_a_replayed_nc_is_a_counted_403() -> None:
+    h = Harness(user("alice"), guard=Guard(max_failures=2))
+    challenge = await h.send(register("alice"))
+    assert challenge is not None
+    ok = await h.send(register("alice", cseq=2, auth=answer(challenge, "alice", nc=1)))
+    assert ok is not None and ok.status == 200
+    for cseq in (3, 4):
+        bad = await h.send(register("alice", cseq=cseq,
+                                    auth=answer(challenge, "alice", nc=1, password="guess")))
+        assert bad is not None and bad.status == 403
+        assert not bad.get_all("www-authenticate")
+    assert h.guard.is_banned(PHONE[0], h.clock())
 
 
 async def test_what_is_kept_about_nonces_goes_once_they_are_stale() -> None:
@@ -280,7 +305,8 @@ async def test_retransmission_without_a_transaction_is_not_a_replay() -> None:
     again = await h.send(register("alice", cseq=2, auth=auth, branch="lost200"))
     assert again is not None and again.status == 200
     replay = await h.send(register("alice", cseq=3, auth=auth, branch="other"))
-    assert replay is not None and replay.status == 403
+    assert replay is not None and replay.status == 401  # a new request: stale=true
+    assert all(c.params.get("stale") == "true" for c in challenges(replay))
 
 
 async def test_wrong_password_is_403_without_a_new_challenge() -> None:
