@@ -165,6 +165,7 @@ class Trunk:
 
     def _provider(self, host: str, port: int | None) -> Gateway | None:
         """The gateway whose provider addresses hold HOST at PORT (None: at any port)."""
+        host = _unmapped(host)
         for line in self._lines.values():
             if any(t.host == host and (port is None or t.port == port)
                    for t in line.provider_addresses):
@@ -323,3 +324,15 @@ class Trunk:
 
     def connection_closed(self, connection_id: str) -> None:
         """Trunk lines run over UDP; nothing to do."""
+
+
+def _unmapped(host: str) -> str:
+    """HOST as an IPv4 address when it is an IPv4-mapped IPv6 one: a socket listening on
+    "::" reports an IPv4 provider so, and its addresses and ``[inbound.sources]`` are IPv4."""
+    if host[:7].lower() != "::ffff:":
+        return host
+    try:
+        mapped = ipaddress.IPv6Address(host).ipv4_mapped
+    except ValueError:
+        return host
+    return str(mapped) if mapped is not None else host

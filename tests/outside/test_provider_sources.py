@@ -93,3 +93,21 @@ async def test_listed_provider_addresses_are_trusted_and_strangers_are_not(
     status, body, _ = await api.request("DELETE", f"{GW}/{sids['provider']}.json")
     assert status == 200, body
     assert await call_from(app, "127.0.0.2", free_port(), 407, tmp_path) == 0
+
+
+async def test_an_ipv4_mapped_source_is_the_provider_it_maps_to(
+        appliance: tuple[Appliance, Api]) -> None:
+    """With `[sip] listen` on "::", an IPv4 provider's packets arrive from ::ffff:a.b.c.d:
+    the same provider as a.b.c.d (its calls are taken, it is spared the budget)."""
+    app, api = appliance
+    for name in ("provider", "edge"):
+        status, body, _ = await api.post(f"{GW}.json", {
+            "FriendlyName": name, "UserName": "office", "Password": "Trunk-pass-1",
+            "Proxy": f"127.0.0.1:{free_port()}", "Register": "false", "TTL": "600"})
+        assert status == 200, body
+    trunk = app.trunk
+    assert trunk.is_provider("::ffff:127.0.0.2") and trunk.is_provider("::FFFF:127.0.0.2")
+    edge = trunk.gateway_at("::ffff:127.0.0.4", EDGE_PORT)
+    assert edge is not None and edge.friendly_name == "edge"
+    assert trunk.gateway_at("::ffff:127.0.0.4", EDGE_PORT + 1) is None
+    assert not trunk.is_provider("::ffff:127.0.0.3") and not trunk.is_provider("::1")
