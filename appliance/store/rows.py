@@ -116,11 +116,26 @@ def call(r: sqlite3.Row) -> models.CallRecord:
 
 
 def call_values(c: models.CallRecord) -> dict[str, Any]:
+    """The row of C. Its text is made safe to bind: a To or From taken from a SIP message
+    may hold lone surrogates (the parser decodes with surrogateescape), which sqlite3
+    refuses to bind, and a CDR row the store can never write is a lost call."""
     values = dataclasses.asdict(c)
     values["from"] = values.pop("from_")
     for name in ("start_time", "end_time", "date_created", "date_updated"):
         values[name] = storage(values[name]) if values[name] else None
+    for name, value in values.items():
+        if isinstance(value, str) and not value.isascii():
+            values[name] = _bindable(value)
     return values
+
+
+def _bindable(text: str) -> str:
+    """TEXT, each lone surrogate (not encodable in UTF-8) replaced by "?"."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def sms(r: sqlite3.Row) -> models.SmsRecord:

@@ -163,3 +163,26 @@ async def test_a_call_write_creates_the_row_it_would_update_and_counts_it_once(
         assert page.total == 2 and {c.sid for c in page.items} == {lost.sid, kept.sid}
     finally:
         await store.close()
+
+
+async def test_a_call_row_with_a_lone_surrogate_is_written_with_it_replaced(
+        tmp_path: Path) -> None:
+    """A To or From the SIP parser decoded with surrogateescape (a spoofed INVITE's
+    Request-URI or From user holding a byte that is no UTF-8) cannot be bound as is: sqlite3
+    raises UnicodeEncodeError. Each row, alone and in a batch, is written with the surrogate
+    replaced; other text is written as it is."""
+    store = Store(tmp_path / "surrogate.db")
+    await store.open()
+    try:
+        spoofed = dataclasses.replace(cdr("queued", ended=False), to="\udcffbob",
+                                      from_="al\udce9ice")
+        plain = dataclasses.replace(cdr("queued", ended=False), to="zoë", from_="李")
+        await store.write_calls([spoofed, plain], [])
+        written = await store.get_call(spoofed.sid)
+        assert written is not None and (written.to, written.from_) == ("?bob", "al?ice")
+        assert await store.get_call(plain.sid) == plain
+        await store.update_call(dataclasses.replace(spoofed, status="busy", to="\udcffbob"))
+        updated = await store.get_call(spoofed.sid)
+        assert updated is not None and (updated.status, updated.to) == ("busy", "?bob")
+    finally:
+        await store.close()
