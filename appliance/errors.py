@@ -59,5 +59,10 @@ class Unavailable(ApplianceError):
     status = 503
 
 
+class StoreBusy(Unavailable):
+    """The database could not take a write just now (locked, an I/O error): the same write
+    may well succeed later, unlike one the database refuses for what it holds."""
+
+
 class ConfigError(ApplianceError):
     """The configuration file is unreadable or names an unknown key or a bad value."""

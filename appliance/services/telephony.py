@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from typing import Any
 
+from appliance.errors import StoreBusy
 from appliance.models import (
     API_VERSION,
     AccountSid,
@@ -306,6 +307,12 @@ def _loop_time() -> float:
     return asyncio.get_running_loop().time()
 
 
+def _transient(error: Exception) -> bool:
+    """Whether ERROR is the store's, not a row's: the same rows may be written later (a
+    locked database, an I/O error; the store raises StoreBusy for those of SQLite)."""
+    return isinstance(error, StoreBusy | OSError)
+
+
 def _newest(rows: dict[str, tuple[CallRecord, bool]], limit: int,
             ) -> dict[str, tuple[CallRecord, bool]]:
     """The last LIMIT of ROWS (in queue order, the oldest first)."""
@@ -326,11 +333,15 @@ class CallLog:
     under load (commits back to back) a batch gathers COMMIT_WINDOW of changes, so the ~4
     changes of each call cost at most 1/COMMIT_WINDOW commits a second in all.
 
-    A batch that fails (a locked database, an I/O error) raises to the methods waiting for
-    it, and its rows are kept: they are written again with the next batch, at the next
-    checkpoint and by `close_all`, unless a later change of the same row supersedes them
-    (an INSERT still owed is kept with it). So the final state of a call whose last commit
-    failed is not lost, nor the row of a call whose first commit did.
+    A batch that fails for the store's sake (a locked database, an I/O error: `_transient`)
+    raises to the methods waiting for it, and its rows are kept: they are written again
+    with the next batch, at the next checkpoint and by `close_all`, unless a later change
+    of the same row supersedes them (an INSERT still owed is kept with it). So the final
+    state of a call whose last commit failed is not lost, nor the row of a call whose first
+    commit did. A batch that fails otherwise may hold a row the store will never take:
+    kept, it would fail every later batch with it. Its rows are written again at once, one
+    by one; a row that fails alone is dropped, logged with its sid (or kept, if that failure
+    is the store's), and only its waiters get the error.
     """
 
     def __init__(self, store: StoreProtocol, clock: Callable[[], datetime],
@@ -351,7 +362,8 @@ class CallLog:
         self._queued: dict[str, tuple[CallRecord, bool]] = {}
         # the rows of the last batch that failed, written again with the next one
         self._failed: dict[str, tuple[CallRecord, bool]] = {}
-        self._waiters: list[asyncio.Future[None]] = []
+        # (the sid whose change it waits for, or None for the rows kept), future
+        self._waiters: list[tuple[str | None, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._last_commit = float("-inf")  # loop time the last batch was committed
 
@@ -363,7 +375,7 @@ class CallLog:
         """Queue RECORD's row; the future is done when the batch holding it is committed."""
         queued = self._queued.get(record.sid)
         self._queued[record.sid] = (record, insert or (queued is not None and queued[1]))
-        return self._waiter()
+        return self._waiter(record.sid)
 
     def _queue_failed(self) -> bool:
         """Queue again the rows of the last failed batch; whether there were any. A row
@@ -375,10 +387,11 @@ class CallLog:
                 queued[0], insert or queued[1])
         return bool(failed)
 
-    def _waiter(self) -> asyncio.Future[None]:
+    def _waiter(self, sid: str | None = None) -> asyncio.Future[None]:
+        """A future done when the next batch is committed: with SID, when its change is."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(done)
+        self._waiters.append((sid, done))
         if self._writer is None:
             self._writer = loop.create_task(self._drain())
         return done
@@ -399,26 +412,62 @@ class CallLog:
                 waiters, self._waiters = self._waiters, []
                 inserts = [r for r, insert in batch.values() if insert]
                 updates = [r for r, insert in batch.values() if not insert]
-                error: BaseException | None = None
+                error: Exception | None = None  # every waiter's
+                errors: dict[str, Exception] = {}  # by sid, when the rows went one by one
                 try:
                     await self._commit(inserts, updates)
-                except Exception as exc:  # noqa: BLE001 - handed to every waiter
-                    error = exc
-                    self._failed = _newest(batch, MAX_FAILED_ROWS)
-                    logger.warning("x CDR commit of %d rows failed, written again with the "
-                                   "next one: %s", len(batch), exc)
-                    if len(self._failed) < len(batch):
-                        logger.error("x %d CDR rows dropped: the store has failed for too "
-                                     "long", len(batch) - len(self._failed))
+                except Exception as exc:  # noqa: BLE001 - handed to the waiters
+                    if _transient(exc):
+                        error = exc
+                        self._keep(batch)
+                        logger.warning("x CDR commit of %d rows failed, written again with "
+                                       "the next one: %s", len(batch), exc)
+                    else:
+                        logger.warning("x CDR commit of %d rows failed, each written "
+                                       "alone: %r", len(batch), exc)
+                        errors = await self._commit_alone(batch)
                 self._last_commit = asyncio.get_running_loop().time()
-                for waiter in waiters:
+                kept = next((e for e in errors.values() if _transient(e)), None)
+                for sid, waiter in waiters:
                     if not waiter.done():
-                        if error is None:
+                        failed = error or (errors.get(sid) if sid is not None else kept)
+                        if failed is None:
                             waiter.set_result(None)
                         else:
-                            waiter.set_exception(error)
+                            waiter.set_exception(failed)
         finally:
             self._writer = None
+
+    def _keep(self, rows: dict[str, tuple[CallRecord, bool]]) -> None:
+        """Keep ROWS, which failed for the store's sake, for the next batch: at most
+        MAX_FAILED_ROWS, the newest (those kept before were queued in front of them)."""
+        self._failed = _newest(rows, MAX_FAILED_ROWS)
+        if len(self._failed) < len(rows):
+            logger.error("x %d CDR rows dropped: the store has failed for too long",
+                         len(rows) - len(self._failed))
+
+    async def _commit_alone(self, batch: dict[str, tuple[CallRecord, bool]]
+                            ) -> dict[str, Exception]:
+        """Write each row of BATCH, which failed not for the store's sake, alone, once; the
+        errors of those that fail, by sid. A row failing for the store's sake is kept for
+        the next batch, any other is dropped: the store refuses that row."""
+        errors: dict[str, Exception] = {}
+        kept: dict[str, tuple[CallRecord, bool]] = {}
+        for sid, (record, insert) in batch.items():
+            try:
+                await self._commit([record] if insert else [], [] if insert else [record])
+            except Exception as exc:  # noqa: BLE001 - handed to the row's waiters
+                errors[sid] = exc
+                if _transient(exc):
+                    kept[sid] = (record, insert)
+                else:
+                    logger.error("x CDR row of call %s dropped: the store refuses it: %r",
+                                 sid, exc)
+        if kept:
+            self._keep(kept)
+            logger.warning("x %d CDR rows failed alone, written again with the next batch",
+                           len(kept))
+        return errors
 
     async def _commit(self, inserts: list[CallRecord], updates: list[CallRecord]) -> None:
         write_calls = getattr(self._store, "write_calls", None)

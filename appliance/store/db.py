@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 
 from appliance import models
+from appliance.errors import StoreBusy
 from appliance.queries import ListQuery
 from appliance.store import rows, schema
 
@@ -414,7 +415,11 @@ class Store:
         (a locked database, an I/O error), instead of updating no row at all, and a batch
         retried after a failure of uncertain outcome cannot fail on its own INSERT. The
         lists remain for stores without this method (CallLog calls insert_call/update_call
-        on those)."""
+        on those).
+
+        A database that cannot take the write now (sqlite3.OperationalError: locked, an I/O
+        error) raises StoreBusy: worth trying the same rows again later, unlike an error
+        due to a row itself."""
         records = [*inserts, *updates]
 
         def run() -> None:
@@ -428,7 +433,10 @@ class Store:
             with self._database().atomic():
                 self._conn().executemany(sql, [tuple(v.values()) for v in values])
         if records:
-            await self._run(run)
+            try:
+                await self._run(run)
+            except sqlite3.OperationalError as err:
+                raise StoreBusy(f"call rows not written: {err}") from err
 
     async def open_calls(self) -> list[models.CallRecord]:
         """The CDRs of calls not over yet (queued, ringing or in progress, no end time):

@@ -348,3 +348,88 @@ async def test_the_rows_kept_from_failed_batches_are_bounded(
     assert await log.checkpoint() == 0  # the store works again: the kept rows are written
     written = [await store.get_call(sid) for sid in list(log._live)]
     assert [row is not None for row in written] == [False, False, True, True, True]
+
+
+# --- a row the store refuses ----------------------------------------------------------------
+
+
+class RefusingStore(FlakyStore):
+    """FlakyStore refusing, whole, any batch holding a To or From that is no UTF-8 (a lone
+    surrogate the SIP parser's surrogateescape left), as sqlite3 does when binding it: such
+    a row fails every time, unlike a locked database."""
+
+    async def write_calls(self, inserts: list[CallRecord], updates: list[CallRecord]) -> None:
+        for record in [*inserts, *updates]:
+            record.to.encode("utf-8")
+            record.from_.encode("utf-8")
+        await super().write_calls(inserts, updates)
+
+
+@pytest.fixture
+async def refusing(store: FlakyStore) -> RefusingStore:
+    return RefusingStore(store.store)
+
+
+async def test_a_row_the_store_refuses_is_dropped_and_blocks_no_other(
+        refusing: RefusingStore, caplog: pytest.LogCaptureFixture) -> None:
+    """The calls committed with it and after it are all written: its batch is written again
+    row by row, and only the refused row is dropped, logged with its sid, its error raised to
+    its own caller alone; it is not kept for the next batches."""
+    log = call_log(Clocks(), refusing)
+    poison = log.new_sid()
+    results = await asyncio.gather(
+        log.opened(account_sid=ACCOUNT, from_="\udcffmallory", to="bob", direction="inbound",
+                   sid=poison),
+        *(log.opened(account_sid=ACCOUNT, from_="alice", to=f"bob{n}", direction="inbound")
+          for n in range(3)), return_exceptions=True)
+    assert isinstance(results[0], UnicodeEncodeError)
+    same_batch = [result for result in results[1:] if isinstance(result, CallRecord)]
+    assert len(same_batch) == 3
+    assert f"CDR row of call {poison} dropped" in caplog.text
+    assert [r.levelname for r in caplog.records if poison in r.getMessage()] == ["ERROR"]
+    assert log._failed == {}
+    later = []
+    for n in range(3):
+        record = await log.opened(account_sid=ACCOUNT, from_="alice", to=f"carol{n}",
+                                  direction="inbound")
+        await log.ended(record.sid, CallStatus.BUSY)
+        later.append(record.sid)
+    for sid in [r.sid for r in same_batch]:
+        row = await refusing.get_call(sid)
+        assert row is not None and row.status == "queued"
+    for sid in later:
+        row = await refusing.get_call(sid)
+        assert row is not None and row.status == "busy"
+    assert await refusing.get_call(poison) is None
+    assert await log.checkpoint() == 0  # nothing kept to write again
+
+
+async def test_a_row_failing_alone_for_the_stores_sake_is_kept(
+        refusing: RefusingStore) -> None:
+    """Written row by row, a row that fails as a locked database does is not the one the
+    store refuses: it is kept, and written with the next batch."""
+    log = call_log(Clocks(), refusing)
+    poison, good = log.new_sid(), log.new_sid()
+    real_write = refusing.write_calls
+    calls = 0
+
+    async def locked_on_the_second_write(inserts: list[CallRecord],
+                                         updates: list[CallRecord]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # the batch, the poison row alone, then the good one alone
+            raise OSError("database is locked")
+        await real_write(inserts, updates)
+
+    refusing.write_calls = locked_on_the_second_write  # type: ignore[method-assign]
+    results = await asyncio.gather(
+        log.opened(account_sid=ACCOUNT, from_="\udcffmallory", to="bob", direction="inbound",
+                   sid=poison),
+        log.opened(account_sid=ACCOUNT, from_="alice", to="bob", direction="inbound",
+                   sid=good), return_exceptions=True)
+    assert isinstance(results[0], UnicodeEncodeError) and isinstance(results[1], OSError)
+    assert list(log._failed) == [good]
+    assert await log.checkpoint() == 0
+    row = await refusing.get_call(good)
+    assert row is not None and row.status == "queued"
+    assert await refusing.get_call(poison) is None

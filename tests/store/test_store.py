@@ -9,8 +9,10 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlite_utils import Database
 
+from appliance.errors import StoreBusy
 from appliance.models import (
     API_VERSION,
     AccountSid,
@@ -185,4 +187,22 @@ async def test_a_call_row_with_a_lone_surrogate_is_written_with_it_replaced(
         updated = await store.get_call(spoofed.sid)
         assert updated is not None and (updated.status, updated.to) == ("busy", "?bob")
     finally:
+        await store.close()
+
+
+async def test_call_rows_a_locked_database_cannot_take_raise_store_busy(
+        tmp_path: Path) -> None:
+    """A write the database cannot take now raises StoreBusy (CallLog keeps those rows for
+    its next batch), not sqlite3's error."""
+    store = Store(tmp_path / "locked.db")
+    await store.open()
+    other = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    try:
+        await store._run(lambda: store._conn().execute("PRAGMA busy_timeout = 0"))
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        with pytest.raises(StoreBusy, match="database is locked") as raised:
+            await store.write_calls([cdr("queued", ended=False)], [])
+        assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+    finally:
+        other.close()
         await store.close()
