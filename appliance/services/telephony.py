@@ -378,13 +378,17 @@ class CallLog:
         return self._waiter(record.sid)
 
     def _queue_failed(self) -> bool:
-        """Queue again the rows of the last failed batch; whether there were any. A row
-        changed since keeps its later record (and the INSERT either owed)."""
+        """Queue again the rows of the last failed batch, in front of those queued since
+        (they are older: if the store fails again, MAX_FAILED_ROWS drops them first);
+        whether there were any. A row changed since keeps its later record, in its later
+        place (and the INSERT either owed)."""
         failed, self._failed = self._failed, {}
-        for sid, (record, insert) in failed.items():
-            queued = self._queued.get(sid)
-            self._queued[sid] = (record, insert) if queued is None else (
-                queued[0], insert or queued[1])
+        if failed:
+            queued = {sid: row for sid, row in failed.items() if sid not in self._queued}
+            for sid, (record, insert) in self._queued.items():
+                kept = failed.get(sid)
+                queued[sid] = (record, insert or (kept is not None and kept[1]))
+            self._queued = queued
         return bool(failed)
 
     def _waiter(self, sid: str | None = None) -> asyncio.Future[None]:

@@ -433,3 +433,43 @@ async def test_a_row_failing_alone_for_the_stores_sake_is_kept(
     row = await refusing.get_call(good)
     assert row is not None and row.status == "queued"
     assert await refusing.get_call(poison) is None
+
+
+async def test_the_bound_on_kept_rows_drops_the_oldest_after_two_failures(
+        store: FlakyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two batches fail in a row: the rows kept from the first go in front of the changes
+    queued since, so the bound drops those older rows, not the newest changes."""
+    monkeypatch.setattr(telephony, "MAX_FAILED_ROWS", 3)
+    log = call_log(Clocks(), store)
+    store.failures = 2
+    old = [log.opened(account_sid=ACCOUNT, from_="alice", to=f"old{n}", direction="inbound")
+           for n in range(3)]
+    await asyncio.gather(*old, return_exceptions=True)
+    old_sids = list(log._live)
+    new = [log.opened(account_sid=ACCOUNT, from_="alice", to=f"new{n}", direction="inbound")
+           for n in range(3)]
+    await asyncio.gather(*new, return_exceptions=True)
+    new_sids = [sid for sid in log._live if sid not in old_sids]
+    assert list(log._failed) == new_sids
+    assert await log.checkpoint() == 0
+    assert [await store.get_call(sid) is not None for sid in old_sids + new_sids] == [
+        False] * 3 + [True] * 3
+
+
+async def test_a_kept_row_changed_since_is_written_with_its_later_change(
+        store: FlakyStore) -> None:
+    """A kept row whose call changed since is written once, with the later change and the
+    INSERT the failed batch owed."""
+    clocks = Clocks()
+    log = call_log(clocks, store)
+    store.failures = 1
+    sid = log.new_sid()
+    with pytest.raises(OSError):
+        await log.opened(account_sid=ACCOUNT, from_="alice", to="bob", direction="inbound",
+                         sid=sid)
+    other = await log.opened(account_sid=ACCOUNT, from_="alice", to="carol",
+                             direction="inbound")
+    await log.ringing(sid)
+    row = await store.get_call(sid)
+    assert row is not None and row.status == "ringing"
+    assert await store.get_call(other.sid) is not None and log._failed == {}
