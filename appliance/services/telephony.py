@@ -551,8 +551,12 @@ class CallLog:
         The call is over as soon as this is called, whatever becomes of its commit: its
         final record is built and the call dropped from the live ones before the wait, so
         a caller cancelled meanwhile (a BYE's handler when the transport stops) or a commit
-        that fails cannot leave it live, for `close_all` to end it again as `failed`. A
-        failed commit is retried (see the class)."""
+        that fails cannot leave it live, for `close_all` to end it again as `failed`.
+
+        A failed commit is logged, not raised: the final record is returned all the same,
+        and the row written again later (see the class). Callers end calls in `finally`
+        and then post the `completed` status callback, which a locked database must not
+        skip. A cancelled wait still raises CancelledError."""
         record = self._live.get(sid)
         if record is None or record.end_time is not None:  # not live, or already final
             return None
@@ -571,7 +575,14 @@ class CallLog:
                              ring_duration=ring)
         del self._live[sid]
         if final is not None:  # always: the call was live
-            await self._write(final, insert=False)
+            try:
+                await self._write(final, insert=False)
+            except Exception as exc:  # noqa: BLE001 - logged; the caller goes on
+                if _transient(exc):
+                    logger.warning("x end of call %s not committed yet, written again "
+                                   "later: %r", sid, exc)
+                else:
+                    logger.error("x end of call %s not written: %r", sid, exc)
         return final
 
     def live_count(self) -> int:
