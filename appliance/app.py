@@ -16,7 +16,7 @@ import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -459,28 +459,33 @@ class Appliance:
                 await self.modem.wait_for(lambda st: st.phase.value == "ready")
 
     async def stop(self) -> None:
-        """Stop everything, the store last. A component that raises in its stop is logged
-        and the next ones still stop; the SIP front door, the CDRs and the store stop in
-        `finally` (even if the stop is cancelled): the checkpoint task is cancelled, the
-        calls still open are closed as far as the store allows, the database is closed and
-        the instance lock released. Then the first error is raised."""
-        failure: Exception | None = None
+        """Stop everything, the store last. Each step is tried on its own: one that raises
+        is logged here (once, with its traceback) and the next ones still run. The SIP
+        front door, the CDRs and the store stop in `finally`, each of their steps even if
+        an earlier one raised or the stop was cancelled meanwhile: the trunk and proxy tasks
+        are cancelled, the transport and front door closed, the checkpoint task cancelled,
+        the calls still open closed as far as the store allows, the database closed and the
+        instance lock released. Then the first error is raised (`serve` lets it end the
+        process, which prints it again)."""
+        errors: list[Exception] = []
         try:
             for name, step in (("calls", self.calls.stop), ("media", self._stop_media),
                                ("modem", self._stop_modem), ("messaging", self.messaging.stop),
                                ("webhooks", self.webhooks.close), ("api", self._stop_api)):
-                try:
-                    await step()
-                except Exception as err:  # noqa: BLE001 - logged, raised after the rest
-                    logger.exception("x stopping %s failed", name)
-                    failure = failure or err
+                await _attempt(name, step, errors)
         finally:
-            try:
-                await self._stop_sip()
-            finally:
-                await self._stop_store()
-        if failure is not None:
-            raise failure
+            # SIP before the store: the transport stops taking messages, the registrar
+            # finishes its binding writes, then the database closes.
+            await _attempt_all((("the trunk", self.trunk.close),
+                                ("the trunk task", self._cancel_trunk),
+                                ("the proxy task", self._cancel_proxy),
+                                ("the transport", self.transport.stop),
+                                ("the front door", self._close_frontdoor),
+                                ("the registrar", self.registrar.stop),
+                                ("the CDRs", self._stop_calls),
+                                ("the store", self._stop_store)), errors)
+        if errors:
+            raise errors[0]
         logger.info("- appliance stopped")
 
     async def _stop_media(self) -> None:
@@ -498,39 +503,58 @@ class Appliance:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _stop_sip(self) -> None:
-        """SIP before the store: the transport stops taking messages, the registrar finishes
-        its binding writes, then the database closes."""
+    async def _cancel_trunk(self) -> None:
+        await _cancel(self._trunk_task)
+        self._trunk_task = None
+
+    async def _cancel_proxy(self) -> None:
+        await _cancel(self._proxy_task)
+        self._proxy_task = None
+
+    async def _close_frontdoor(self) -> None:
+        self.frontdoor.close()
+
+    async def _stop_calls(self) -> None:
+        """The CDRs: the checkpoint task cancelled, the calls still open closed (best
+        effort: logged, the store is closed all the same)."""
+        await _cancel(self._checkpoint_task)
+        self._checkpoint_task = None
         try:
-            await self.trunk.close()
-            await _cancel(self._trunk_task)
-            self._trunk_task = None
-            await _cancel(self._proxy_task)
-            self._proxy_task = None
-        finally:
-            try:
-                await self.transport.stop()
-                self.frontdoor.close()
-            finally:
-                await self.registrar.stop()
+            closed = await self.call_log.close_all()
+        except Exception:  # noqa: BLE001 - logged; the store closes anyway
+            logger.exception("x closing the calls still open failed")
+        else:
+            if closed:
+                logger.info("- %d calls still open are closed", closed)
+        self.sip_error = "stopped"
 
     async def _stop_store(self) -> None:
-        """The CDRs, then the store: the calls still open are closed (best effort: a store
-        that fails here is closed all the same), then the database."""
         try:
-            await _cancel(self._checkpoint_task)
-            self._checkpoint_task = None
-            try:
-                closed = await self.call_log.close_all()
-            except Exception:  # noqa: BLE001 - logged; the store closes anyway
-                logger.exception("x closing the calls still open failed")
-            else:
-                if closed:
-                    logger.info("- %d calls still open are closed", closed)
-            self.sip_error = "stopped"
-        finally:
             await self.store.close()
+        finally:
             self.lock.release()
+
+
+async def _attempt(name: str, step: Callable[[], Awaitable[None]],
+                   errors: list[Exception]) -> None:
+    """Run one stop STEP; an error is logged and added to ERRORS, not raised."""
+    try:
+        await step()
+    except Exception as err:  # noqa: BLE001 - logged, raised after the rest
+        logger.exception("x stopping %s failed", name)
+        errors.append(err)
+
+
+async def _attempt_all(steps: Sequence[tuple[str, Callable[[], Awaitable[None]]]],
+                       errors: list[Exception]) -> None:
+    """Each of STEPS in order as `_attempt`, the later ones even if the stop is cancelled
+    during an earlier one (each runs in the `finally` of the one before)."""
+    if steps:
+        (name, step), rest = steps[0], steps[1:]
+        try:
+            await _attempt(name, step, errors)
+        finally:
+            await _attempt_all(rest, errors)
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

@@ -213,9 +213,9 @@ async def test_a_clean_stop_closes_the_calls_in_progress_at_the_stop(tmp_path: P
 async def test_a_stop_step_that_raises_still_closes_the_calls_and_the_store(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
     """A component that raises in its stop (before the SIP front door, or in it) does not
-    keep the rest from stopping: the checkpoint task is cancelled, the call in progress is
-    closed at the stop, the store is closed and its lock released, then the error is
-    raised."""
+    keep the rest from stopping: the front door is closed, the checkpoint task is
+    cancelled, the call in progress is closed at the stop, the store is closed and its lock
+    released, then the error is raised."""
     clock = WallClock()
     first = Appliance(config(tmp_path), clock=clock, timer_clock=clock.monotonic)
     await first.start()
@@ -232,10 +232,19 @@ async def test_a_stop_step_that_raises_still_closes_the_calls_and_the_store(
         raise RuntimeError(f"{failing} failed to stop")
 
     monkeypatch.setattr(component, "stop", broken_stop)
+    closed: list[bool] = []
+    close = first.frontdoor.close
+
+    def spied_close() -> None:
+        closed.append(True)
+        close()
+
+    monkeypatch.setattr(first.frontdoor, "close", spied_close)
     [task] = checkpoint_tasks()
     with pytest.raises(RuntimeError, match=f"{failing} failed to stop"):
         await first.stop()
     assert task.cancelled() and checkpoint_tasks() == []
+    assert closed == [True]  # after the transport, even if its stop failed
     with pytest.raises(RuntimeError):
         await first.store.ping()  # closed
     clock.now = T0 + timedelta(hours=2)
@@ -248,6 +257,45 @@ async def test_a_stop_step_that_raises_still_closes_the_calls_and_the_store(
         assert listed["bob"]["end_time"] == "2026-03-03T09:01:03.000Z"
     finally:
         await second.stop()
+
+
+@pytest.mark.parametrize("messaging_fails", [False, True])
+async def test_a_failing_trunk_close_still_stops_the_sip_tasks_and_the_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        messaging_fails: bool) -> None:
+    """Each SIP step of the stop is tried on its own: a trunk whose close raises leaves
+    neither the proxy's nor the trunk's task running, and the store is closed. Every error
+    is logged; the first one is raised (the messaging one, when it failed before)."""
+    first = Appliance(config(tmp_path), clock=WallClock())
+    await first.start()
+    proxy_task, trunk_task = first._proxy_task, first._trunk_task
+    assert proxy_task is not None and trunk_task is not None
+
+    async def broken_close() -> None:
+        raise RuntimeError("trunk failed to close")
+
+    async def broken_stop() -> None:
+        raise RuntimeError("messaging failed to stop")
+
+    monkeypatch.setattr(first.trunk, "close", broken_close)
+    if messaging_fails:
+        monkeypatch.setattr(first.messaging, "stop", broken_stop)
+    expected = "messaging failed to stop" if messaging_fails else "trunk failed to close"
+    try:
+        with pytest.raises(RuntimeError, match=expected):
+            await first.stop()
+        assert proxy_task.done() and trunk_task.done()
+        with pytest.raises(RuntimeError):
+            await first.store.ping()  # closed
+        failures = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert "x stopping the trunk failed" in failures
+        assert ("x stopping messaging failed" in failures) == messaging_fails
+    finally:
+        for task in (proxy_task, trunk_task):
+            task.cancel()
+    second = Appliance(first.config, clock=WallClock())  # the lock was released
+    await second.start()
+    await second.stop()
 
 
 async def test_a_call_to_a_tcp_phone_gone_since_a_restart_fails_at_once(
