@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from appliance.errors import StoreBusy
 from tests.conftest import ADMIN_SID
 from tests.media.audio import read_samples, tone_share
 from tests.voice.test_voice_apps import DOMAIN, NUMBER, PASSWORD, segment
@@ -151,3 +152,37 @@ async def test_post_calls_rings_each_registered_phone(voice: Any) -> None:
     for sid in sids:
         status, body, _ = await api.get(f"{calls}/{sid}.json")
         assert json.loads(body)["status"] == "completed", body
+
+
+async def test_a_locked_database_at_the_end_still_posts_completed(
+        voice: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit of the call's end fails (the database is locked just then): its
+    `completed` status callback is posted all the same, and the end is written later."""
+    appliance, api, rcml, phone = voice
+    rcml.docs["/outbound"] = '<Response><Pause length="1"/><Hangup/></Response>'
+    write_calls = appliance.store.write_calls
+    refused: list[str] = []
+
+    async def locked_at_the_end(inserts: list[Any], updates: list[Any]) -> None:
+        if not refused and any(r.status == "completed" for r in updates):
+            refused.append(updates[0].sid)
+            raise StoreBusy("call rows not written: database is locked")
+        await write_calls(inserts, updates)
+
+    monkeypatch.setattr(appliance.store, "write_calls", locked_at_the_end)
+    bob = await phone("--user", "bob", "--answer", "--once", "--timeout", "20")
+    calls = f"Accounts/{ADMIN_SID}/Calls"
+    status, body, _ = await api.post(f"{calls}.json", {
+        "From": "alice", "To": "client:bob", "Url": f"{rcml.base}/outbound",
+        "StatusCallback": f"{rcml.base}/status", "StatusCallbackEvent": "completed"})
+    assert status == 200, body
+    sid = json.loads(body)["sid"]
+    async with asyncio.timeout(15):
+        while not any(path == "/status" and form["CallStatus"] == "completed"
+                      for path, form in rcml.got):
+            await asyncio.sleep(0.1)
+    await bob.finish()
+    assert refused == [sid]
+    assert await appliance.call_log.checkpoint() == 0  # writes the end kept
+    status, body, _ = await api.get(f"{calls}/{sid}.json")
+    assert json.loads(body)["status"] == "completed", body
