@@ -150,14 +150,14 @@ class Store:
 
     def _fetch_one(self, sql: str, params: Iterable[Any], convert: Callable[[sqlite3.Row], T]
                    ) -> T | None:
-        cur = self._conn().execute(sql, tuple(params))
+        cur = self._conn().execute(sql, _bindable(params))
         cur.row_factory = sqlite3.Row  # type: ignore[assignment]
         row = cur.fetchone()
         return convert(row) if row is not None else None
 
     def _fetch_all(self, sql: str, params: Iterable[Any], convert: Callable[[sqlite3.Row], T]
                    ) -> list[T]:
-        cur = self._conn().execute(sql, tuple(params))
+        cur = self._conn().execute(sql, _bindable(params))
         cur.row_factory = sqlite3.Row  # type: ignore[assignment]
         return [convert(r) for r in cur.fetchall()]
 
@@ -213,13 +213,13 @@ class Store:
         marks = ", ".join("?" for _ in values)
         with self._database().atomic():
             self._conn().execute(f'INSERT INTO "{table}" ({columns}) VALUES ({marks})',
-                                 tuple(values.values()))
+                                 _bindable(values.values()))
 
     def _update(self, table: str, sid: str, values: Mapping[str, Any]) -> None:
         sets = ", ".join(f'"{c}" = ?' for c in values)
         with self._database().atomic():
             self._conn().execute(f'UPDATE "{table}" SET {sets} WHERE sid = ?',
-                                 (*values.values(), sid))
+                                 _bindable((*values.values(), sid)))
 
     def _delete(self, table: str, sid: str) -> bool:
         with self._database().atomic():
@@ -563,3 +563,12 @@ class Store:
         sql = (f'SELECT {columns} FROM "{table}" WHERE {where_sql} '
                f'ORDER BY {", ".join(order_parts)} LIMIT ? OFFSET ?')
         return total, sql, [*params, query.page_size, query.page * query.page_size]
+
+
+def _bindable(params: Iterable[Any]) -> tuple[Any, ...]:
+    """PARAMS as sqlite3 can bind them: text that came from a SIP message may hold lone
+    surrogates (its parser decodes with surrogateescape), which sqlite3 refuses with a
+    UnicodeEncodeError; they become "?" (a lookup of such text then finds nothing, as no
+    stored text holds one, instead of failing the request)."""
+    return tuple(rows.bindable(p) if isinstance(p, str) and not p.isascii() else p
+                 for p in params)

@@ -125,11 +125,11 @@ def call_values(c: models.CallRecord) -> dict[str, Any]:
         values[name] = storage(values[name]) if values[name] else None
     for name, value in values.items():
         if isinstance(value, str) and not value.isascii():
-            values[name] = _bindable(value)
+            values[name] = bindable(value)
     return values
 
 
-def _bindable(text: str) -> str:
+def bindable(text: str) -> str:
     """TEXT, each lone surrogate (not encodable in UTF-8) replaced by "?"."""
     try:
         text.encode("utf-8")

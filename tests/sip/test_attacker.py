@@ -904,3 +904,23 @@ async def test_a_broadcast_or_multicast_via_is_never_answered(
                     writer.close()
         finally:
             a.close()
+
+
+async def test_a_request_uri_that_is_no_utf8_is_not_a_server_error(tmp_path: Path) -> None:
+    """A byte that is no UTF-8 in an INVITE's Request-URI user (decoded with
+    surrogateescape) reached the number lookup and failed there: 500. Now the lookup finds
+    nothing, as for any unknown number."""
+    async with running(tmp_path) as (app, _):
+        phone = Attacker(app.config.sip.listen.port, "127.0.0.9")
+        try:
+            registered = await authenticated(phone, "REGISTER", None)
+            assert registered is not None and _status(registered) == 200
+            call_id = secrets.token_hex(8)
+            first = await phone.ask(phone.request("INVITE", "zzbob", call_id=call_id))
+            name, value = challenge_answer(first, "alice", "INVITE", f"sip:zzbob@{DOMAIN}")
+            data = phone.request("INVITE", "zzbob", call_id=call_id, cseq=2,
+                                 extra=(f"{name}: {value}",))
+            reply = await phone.ask(data.replace(b"INVITE sip:zzbob@", b"INVITE sip:\xffzzbob@", 1))
+            assert reply is not None and _status(reply) == 404
+        finally:
+            phone.close()

@@ -20,6 +20,8 @@ from appliance.models import (
     CallSid,
     Notification,
     NotificationSid,
+    SmsRecord,
+    SmsSid,
     mint_sid,
 )
 from appliance.queries import ListQuery
@@ -186,6 +188,29 @@ async def test_a_call_row_with_a_lone_surrogate_is_written_with_it_replaced(
         await store.update_call(dataclasses.replace(spoofed, status="busy", to="\udcffbob"))
         updated = await store.get_call(spoofed.sid)
         assert updated is not None and (updated.status, updated.to) == ("busy", "?bob")
+    finally:
+        await store.close()
+
+
+async def test_text_with_a_lone_surrogate_is_looked_up_and_written_without_an_error(
+        tmp_path: Path) -> None:
+    """Lookups and rows of any table take text from SIP messages (a Request-URI user looked
+    up as a number, a MESSAGE's From and body): a lone surrogate there was a
+    UnicodeEncodeError, i.e. a 500 to the request. Now a lookup finds nothing and a row is
+    written with "?" in its place."""
+    store = Store(tmp_path / "surrogate.db")
+    await store.open()
+    try:
+        assert await store.find_number("+1555\udcff0001") is None
+        assert await store.get_client_by_login("al\udce9ice") is None
+        sms = SmsRecord(sid=SmsSid("SM" + "0" * 32), account_sid=AccountSid("ACa"),
+                        from_="al\udce9ice", to="bob", body="caf\udce9", status="received",
+                        direction="inbound", error_code=None, error_message=None, price="0",
+                        price_unit="USD", api_version="2012-04-24", date_sent=NOW,
+                        date_created=NOW, date_updated=NOW)
+        await store.insert_sms(sms)
+        written = await store.get_sms(sms.sid)
+        assert written is not None and (written.from_, written.body) == ("al?ice", "caf?")
     finally:
         await store.close()
 
