@@ -635,6 +635,10 @@ def _contact_problem(uri_text: str, expires: str | None, q: str | None) -> str |
         return str(err)
     if not isinstance(uri, SipUri):
         return f"Contact {uri_text[:60]!r} is not a SIP URI"
+    if not uri_text.isascii() and not _is_utf8(uri_text):
+        # Bytes that are no UTF-8 (kept as lone surrogates) are no URI, and could never be
+        # stored: the write of every binding would fail with this one in its batch.
+        return "Contact is not UTF-8"
     if expires is not None and (not expires.isdigit() or len(expires) > 10):
         return f"bad Contact expires {expires[:20]!r}"
     # RFC 3261 §20.10 qvalue; float() alone would take "nan", "inf" or "7", which break the
@@ -642,3 +646,12 @@ def _contact_problem(uri_text: str, expires: str | None, q: str | None) -> str |
     if q is not None and not _QVALUE.fullmatch(q):
         return f"bad Contact q {q[:20]!r}"
     return None
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether TEXT holds no lone surrogate (a byte that was no UTF-8 on the wire)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

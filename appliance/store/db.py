@@ -500,10 +500,10 @@ class Store:
             conn = self._conn()
             with self._database().atomic():
                 conn.executemany("DELETE FROM sip_bindings WHERE aor = ?",
-                                 [(aor,) for aor in snapshots])
+                                 [_bindable((aor,)) for aor in snapshots])
                 conn.executemany(
                     "INSERT INTO sip_bindings(aor, contact, expires_at, data) VALUES (?, ?, ?, ?)",
-                    [(aor, str(b["uri"]), float(b["expires_at"]), json.dumps(b))
+                    [_bindable((aor, str(b["uri"]), float(b["expires_at"]), json.dumps(b)))
                      for aor, bindings in snapshots.items() for b in bindings])
         if snapshots:
             await self._run(run)

@@ -147,7 +147,7 @@ def register(login: str = "alice", *, call_id: str = "call-1", cseq: int = 1,
         *extra,
         "Content-Length: 0",
     ]
-    message = parse_message(("\r\n".join(lines) + "\r\n\r\n").encode())
+    message = parse_message(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape"))
     assert isinstance(message, Request)
     return message
 
@@ -488,6 +488,16 @@ async def test_non_sip_contact_and_bad_expires_are_400() -> None:
     h = Harness(user("alice"))
     assert (await h.registered(contacts=("<mailto:alice@example.com>",))).status == 400
     assert (await h.registered(expires=None, extra=("Expires: soon",))).status == 400
+
+
+async def test_a_contact_that_is_no_utf8_is_400_and_binds_nothing() -> None:
+    """A byte that is no UTF-8 in a Contact (kept as a lone surrogate) is no URI, and such a
+    binding could never be stored: its batch's write would fail, every phone's with it."""
+    h = Harness(user("alice"))
+    raw = b"<sip:b\xffob@10.0.0.5:5060>".decode("utf-8", "surrogateescape")
+    assert (await h.registered(contacts=(raw,))).status == 400
+    assert not h.directory.published.get("alice")
+    assert (await h.registered(contacts=("<sip:zoë@10.0.0.5>",))).status == 200  # UTF-8 is
 
 
 async def test_to_without_a_user_is_400() -> None:
