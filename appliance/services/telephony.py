@@ -457,13 +457,21 @@ class CallLog:
         the next batch, any other is dropped: the store refuses that row."""
         errors: dict[str, Exception] = {}
         kept: dict[str, tuple[CallRecord, bool]] = {}
+        busy: Exception | None = None
         for sid, (record, insert) in batch.items():
+            if busy is not None:
+                # The store is busy: the rest waits for the next batch untried, rather than
+                # each row waiting out the lock in turn while calls wait for the writer.
+                errors[sid] = busy
+                kept[sid] = (record, insert)
+                continue
             try:
                 await self._commit([record] if insert else [], [] if insert else [record])
             except Exception as exc:  # noqa: BLE001 - handed to the row's waiters
                 errors[sid] = exc
                 if _transient(exc):
                     kept[sid] = (record, insert)
+                    busy = exc
                 else:
                     logger.error("x CDR row of call %s dropped: the store refuses it: %r",
                                  sid, exc)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.errors import StoreBusy
 from appliance.models import CallRecord, CallStatus
 from appliance.services import telephony
 from appliance.services.telephony import CallLog
@@ -478,3 +479,31 @@ async def test_a_kept_row_changed_since_is_written_with_its_later_change(
     row = await store.get_call(sid)
     assert row is not None and row.status == "ringing"
     assert await store.get_call(other.sid) is not None and log._failed == {}
+
+
+class RefusingThenBusyStore:
+    """A batch refused for one row's sake, then a locked database: every later write
+    fails busy (each would wait out the lock for seconds in production)."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def write_calls(self, inserts: list[CallRecord], updates: list[CallRecord]) -> None:
+        self.attempts += 1
+        if self.attempts == 1:
+            raise ValueError("a row the store refuses")
+        raise StoreBusy("database is locked")
+
+
+async def test_rows_tried_alone_stop_at_the_first_busy_answer() -> None:
+    """After a batch refused for a row's sake each row is tried alone; once the store
+    answers busy, the rest are kept for the next batch untried, not each made to wait out
+    the lock while calls wait for the writer."""
+    store = RefusingThenBusyStore()
+    log = CallLog(store, Clocks().wall)  # type: ignore[arg-type]
+    opened = [log.opened(account_sid=ACCOUNT, from_="alice", to=f"bob{n}",
+                         direction="inbound") for n in range(40)]
+    results = await asyncio.gather(*opened, return_exceptions=True)
+    assert all(isinstance(result, StoreBusy) for result in results)
+    assert store.attempts == 2  # the batch, then one row alone
+    assert len(log._failed) == 40  # all kept for the next batch
