@@ -561,8 +561,12 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
     """Cancel one of the appliance's own background tasks and wait until it is over."""
     if task is not None:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Waited for, not awaited: awaiting it would take the caller's own cancellation (a
+        # stop that is itself cancelled) for the task's, and swallow it.
+        await asyncio.wait([task])
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
 
 
 STATUS_INTERVAL = 15.0

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from appliance import app as app_module
 from appliance.app import Appliance
 from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
 from appliance.models import AccountSid, CallRecord, CallSid, CallStatus
@@ -257,6 +258,26 @@ async def test_a_stop_step_that_raises_still_closes_the_calls_and_the_store(
         assert listed["bob"]["end_time"] == "2026-03-03T09:01:03.000Z"
     finally:
         await second.stop()
+
+
+async def test_a_stop_cancelled_while_a_task_winds_down_is_cancelled_itself() -> None:
+    """A background task whose cancellation takes a moment (a write to finish) while the
+    stop waiting for it is cancelled: the stop ends cancelled, not as if it had finished."""
+    async def winding_down() -> None:
+        try:
+            await asyncio.sleep(100)
+        finally:
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(winding_down())
+    await asyncio.sleep(0)
+    stop = asyncio.create_task(app_module._cancel(task))
+    await asyncio.sleep(0.01)
+    stop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stop
+    await asyncio.wait([task])
+    assert task.cancelled()
 
 
 @pytest.mark.parametrize("messaging_fails", [False, True])
