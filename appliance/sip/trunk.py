@@ -86,8 +86,21 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 def parse_sources(pairs: tuple[tuple[str, int | None], ...]
                   ) -> tuple[tuple[Network, int | None], ...]:
     """``[inbound.sources]`` entries as validated by the config parser (network text, port
-    or None = any port) as networks."""
-    return tuple((ipaddress.ip_network(text, strict=False), port) for text, port in pairs)
+    or None = any port) as networks; an IPv4-mapped one (``::ffff:a.b.c.0/120``) as the IPv4
+    network it maps, as sources are matched in their IPv4 form (``_unmapped``)."""
+    return tuple((_unmapped_network(ipaddress.ip_network(text, strict=False)), port)
+                 for text, port in pairs)
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _unmapped_network(network: Network) -> Network:
+    if not isinstance(network, ipaddress.IPv6Network) or not network.subnet_of(_MAPPED):
+        return network
+    first = network.network_address.ipv4_mapped
+    assert first is not None  # noqa: S101 - inside ::ffff:0:0/96
+    return ipaddress.IPv4Network(f"{first}/{network.prefixlen - 96}")
 
 
 class Trunk:

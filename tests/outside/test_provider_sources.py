@@ -7,6 +7,7 @@ answered 404 to a provider and 407 to a stranger."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ import pytest
 
 from appliance.app import Appliance
 from appliance.config import ApiConfig, Config, Endpoint, InboundConfig, MediaConfig, SipConfig
+from appliance.sip.trunk import parse_sources
 from tests.conftest import ADMIN_SID, Api, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp is not installed")
@@ -111,3 +113,14 @@ async def test_an_ipv4_mapped_source_is_the_provider_it_maps_to(
     assert edge is not None and edge.friendly_name == "edge"
     assert trunk.gateway_at("::ffff:127.0.0.4", EDGE_PORT + 1) is None
     assert not trunk.is_provider("::ffff:127.0.0.3") and not trunk.is_provider("::1")
+
+
+def test_a_source_network_written_ipv4_mapped_is_its_ipv4_network() -> None:
+    """Sources are matched in their IPv4 form, so a listed ``::ffff:…`` network is read as
+    the IPv4 network it maps (an IPv4 address is in no IPv6 network)."""
+    (mapped, any_port), (one, port), (v6, _) = parse_sources((
+        ("::ffff:203.0.113.0/120", None), ("::ffff:192.0.2.10", 5080), ("2001:db8::/32", None)))
+    assert (mapped, any_port) == (ipaddress.ip_network("203.0.113.0/24"), None)
+    assert ipaddress.ip_address("203.0.113.7") in mapped
+    assert (one, port) == (ipaddress.ip_network("192.0.2.10/32"), 5080)
+    assert v6 == ipaddress.ip_network("2001:db8::/32")
