@@ -116,7 +116,7 @@ class ProxyAuth:
             logger.info("x %s from %s:%s: bad credentials for %r", request.method,
                         *incoming.source, username)
             if self._guard is not None and self._guard.record_failure(ip, wall, username):
-                logger.warning("x %s banned after repeated authentication failures", ip)
+                self._guard.log_ban(ip)
             await self._reply(server, 403, now=now)
             return None
         if self._guard is not None:

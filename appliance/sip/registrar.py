@@ -403,8 +403,7 @@ class Registrar:
     def _failed(self, ip: str, login: str, now: float) -> None:
         banned = self.guard.record_failure(ip, now, login)
         if banned:
-            logger.warning("x %s banned for %.0f s after %d failed authentications",
-                           ip, self.guard.ban_time, self.guard.max_failures)
+            self.guard.log_ban(ip)
             return
         if self._failure_log.due(ip, now):
             logger.warning("x REGISTER for %r from %s failed authentication", login, ip)

@@ -580,7 +580,7 @@ async def test_a_register_from_a_provider_address_is_refused_without_a_digest(
 
 
 async def test_a_host_at_a_providers_address_but_not_its_port_is_banned_for_guessing(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A provider's address is spared the unauthenticated budget, not the ban: a host at
     that address whose port is not the provider's (the sources entry names one; a range
     would do alike) is not taken as the provider, so its INVITE is challenged (407) and its
@@ -606,6 +606,9 @@ async def test_a_host_at_a_providers_address_but_not_its_port_is_banned_for_gues
             try:
                 assert await crack(host, "INVITE", 4) == [403, 403, 403, None]
                 assert app.guard.is_banned("127.0.0.2", app.wall_clock())
+                # An error, saying whose calls are lost: the office's phones stop ringing.
+                (ban,) = [r for r in caplog.records if "banned" in r.getMessage()]
+                assert ban.levelname == "ERROR" and "provider's address" in ban.getMessage()
                 assert await host.ask(host.request("OPTIONS", None), wait=0.3) is None
             finally:
                 host.close()
