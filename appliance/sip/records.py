@@ -63,13 +63,15 @@ async def record_refusal(calls: CallLog, messages: MessageLog, context: Context,
     if context.request.method == "MESSAGE":
         await record_message(messages, context, status, reason or "")
     elif context.request.method == "INVITE":
+        sid = calls.new_sid()
         try:
-            record = await calls.opened(
-                account_sid=caller.account_sid, from_=caller.login, to=context.callee,
-                direction=CALL_DIRECTION)
-            await calls.ended(record.sid, cdr_status(status, canceled=False))
+            await calls.opened(account_sid=caller.account_sid, from_=caller.login,
+                               to=context.callee, direction=CALL_DIRECTION, sid=sid)
         except Exception:  # noqa: BLE001 - see cdr_open
-            logger.exception("x CDR for refused call from %s not written", caller.login)
+            logger.exception("x CDR for refused call from %s not written yet", caller.login)
+        # Ended even so: the call is live from `opened` on, whatever its commit did, and its
+        # row is written with the next batch (``ended`` logs rather than raises).
+        await calls.ended(sid, cdr_status(status, canceled=False))
 
 
 async def cdr(step: Callable[..., Awaitable[Any]], *args: Any) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from appliance.models import CallRecord
 from appliance.sip.bindings import Origin
 from appliance.sip.forwarding import REAP_AFTER, TIMER_C
 from appliance.sip.headers import DigestCredentials, NameAddr
@@ -926,3 +927,26 @@ async def test_branches_are_capped() -> None:
                         expires_header=3600, call_id="reg-bob-x", cseq=1, now=h.clock.now)
     await h.authenticated(alice, "INVITE", "bob", body=SDP)
     assert len(h.sender.requests("INVITE")) == 1
+
+
+async def test_a_refused_call_whose_cdr_insert_fails_is_still_ended(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit of a refused call's CDR fails (a locked database): the call is ended all
+    the same, its row written with the next batch, instead of staying live until the stop
+    closes it `failed` at the wrong time."""
+    h, alice, _ = setup()
+    real = h.store.insert_call
+    failures = [OSError("database is locked")]
+
+    async def insert_once_failing(record: CallRecord) -> None:
+        if failures:
+            raise failures.pop()
+        await real(record)
+
+    monkeypatch.setattr(h.store, "insert_call", insert_once_failing)
+    await h.authenticated(alice, "INVITE", "nobody", body=SDP)
+    assert [r.status for r, _ in h.sender.responses() if r.status >= 200] == [404]
+    assert h.call_log.live_count() == 0
+    await h.call_log.checkpoint()  # the next batch
+    [row] = h.store.calls.values()
+    assert (row.to, row.status) == ("nobody", "failed") and row.end_time is not None
