@@ -41,13 +41,10 @@ themselves hold failures (a spoofed failed digest each) can push it out.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
-
-logger = logging.getLogger(__name__)
 
 # fail2ban's asterisk jail defaults are maxretry 5 / findtime 10 min / bantime 10 min.
 MAX_FAILURES = 5
@@ -142,17 +139,17 @@ class Guard:
     def is_exempt(self, source: str) -> bool:
         return self.exempt is not None and self.exempt(source)
 
-    def log_ban(self, source: str) -> None:
-        """Log that SOURCE was banned (``record_failure`` returned True). A provider's
-        address is an error, not a warning: its inbound calls are refused too until the ban
-        ends, and the log must say why the office's phones stopped ringing."""
+    def ban_notice(self, source: str) -> tuple[bool, str]:
+        """What to log now that SOURCE is banned (``record_failure`` returned True): whether
+        it is grave, and the line. A provider's address is: its inbound calls are dropped
+        too until the ban ends, and the log must say why the office's phones stopped ringing.
+        (This module does no I/O; the callers log.)"""
+        line = (f"x {source} banned for {self.ban_time:.0f} s after {self.max_failures} "
+                "failed authentications")
         if self.is_exempt(source):
-            logger.error("x %s banned for %.0f s after %d failed authentications: it is a "
-                         "provider's address, whose inbound calls are dropped until then",
-                         source, self.ban_time, self.max_failures)
-        else:
-            logger.warning("x %s banned for %.0f s after %d failed authentications",
-                           source, self.ban_time, self.max_failures)
+            return True, line + ": it is a provider's address, whose inbound calls are " \
+                "dropped until then"
+        return False, line
 
     def allow_unauthenticated(self, source: str, now: float, *,
                               exemptible: bool = True) -> bool:

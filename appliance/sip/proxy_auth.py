@@ -44,6 +44,7 @@ from appliance.sip.guard import Guard
 from appliance.sip.headers import DigestCredentials, is_digest
 from appliance.sip.message import Request
 from appliance.sip.proxy_ports import Caller, Directory
+from appliance.sip.registrar import log_ban
 from appliance.sip.transaction import ServerTransaction
 from appliance.sip.wire import Incoming
 
@@ -116,7 +117,7 @@ class ProxyAuth:
             logger.info("x %s from %s:%s: bad credentials for %r", request.method,
                         *incoming.source, username)
             if self._guard is not None and self._guard.record_failure(ip, wall, username):
-                self._guard.log_ban(ip)
+                log_ban(self._guard, ip)
             await self._reply(server, 403, now=now)
             return None
         if self._guard is not None:
@@ -142,3 +143,4 @@ class ProxyAuth:
     def forget_stale(self, now: float) -> None:
         """Let go of the nc-replay table's nonces that are stale at NOW (wall clock)."""
         self.counts.forget_stale(now - self.nonces.lifetime)
+

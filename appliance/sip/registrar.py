@@ -403,7 +403,7 @@ class Registrar:
     def _failed(self, ip: str, login: str, now: float) -> None:
         banned = self.guard.record_failure(ip, now, login)
         if banned:
-            self.guard.log_ban(ip)
+            log_ban(self.guard, ip)
             return
         if self._failure_log.due(ip, now):
             logger.warning("x REGISTER for %r from %s failed authentication", login, ip)
@@ -654,3 +654,9 @@ def _is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def log_ban(guard: Guard, ip: str) -> None:
+    """Log that IP was just banned (the registrar's and the proxy's failures alike)."""
+    grave, line = guard.ban_notice(ip)
+    logger.log(logging.ERROR if grave else logging.WARNING, "%s", line)
