@@ -506,16 +506,21 @@ async def test_a_registered_client_goes_out_only_where_routes_say(tmp_path: Path
             phone.close()
 
 
+async def call_only_gateway(api: Api) -> None:
+    """The gateway "provider" (Register=false), whose addresses [inbound.sources] lists."""
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Management/Gateways.json", {
+        "FriendlyName": "provider", "UserName": "office", "Password": "Trunk-pass-1",
+        "Proxy": f"127.0.0.1:{free_port()}", "Register": "false", "TTL": "600"})
+    assert status == 200, body
+
+
 async def test_the_trunk_address_reaches_our_dids_only_even_spoofed(tmp_path: Path) -> None:
     """A request from a provider's listed address is taken unchallenged (providers do not
     authenticate to us), so whoever spoofs that address over UDP gets what the provider
     gets: calls to our DIDs, nothing out (no number, no Client, no SMS, no relay)."""
     sources = (("provider", (("127.0.0.2/32", None),)),)
     async with running(tmp_path, InboundConfig(sources=sources)) as (app, api):
-        status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Management/Gateways.json", {
-            "FriendlyName": "provider", "UserName": "office", "Password": "Trunk-pass-1",
-            "Proxy": f"127.0.0.1:{free_port()}", "Register": "false", "TTL": "600"})
-        assert status == 200, body
+        await call_only_gateway(api)
         spoofer = Attacker(app.config.sip.listen.port, "127.0.0.2")
         stranger = Attacker(app.config.sip.listen.port, "127.0.0.3")
         try:
@@ -548,10 +553,7 @@ async def test_a_register_from_a_provider_address_is_refused_without_a_digest(
     sources = (("provider", (("127.0.0.2/32", None),)),)
     async with running(tmp_path, InboundConfig(sources=sources),
                        max_auth_failures=3) as (app, api):
-        status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Management/Gateways.json", {
-            "FriendlyName": "provider", "UserName": "office", "Password": "Trunk-pass-1",
-            "Proxy": f"127.0.0.1:{free_port()}", "Register": "false", "TTL": "600"})
-        assert status == 200, body
+        await call_only_gateway(api)
         spoofed = Attacker(app.config.sip.listen.port, "127.0.0.2")
         elsewhere = Attacker(app.config.sip.listen.port, "127.0.0.3")
         try:
@@ -593,12 +595,7 @@ async def test_a_host_at_a_providers_address_but_not_its_port_is_banned_for_gues
         async with running(tmp_path, InboundConfig(sources=sources),
                            max_auth_failures=3) as (app, api):
             gateway.server = app.config.sip.listen.port
-            status, body, _ = await api.post(
-                f"Accounts/{ADMIN_SID}/Management/Gateways.json", {
-                    "FriendlyName": "provider", "UserName": "office",
-                    "Password": "Trunk-pass-1", "Proxy": f"127.0.0.1:{free_port()}",
-                    "Register": "false", "TTL": "600"})
-            assert status == 200, body
+            await call_only_gateway(api)
             assert app.guard.is_exempt("127.0.0.2")
             did = gateway.request("INVITE", "+15551234567", from_user="+33612345678")
             assert _status(await gateway.ask(did) or b"") == 404  # the provider's: no DID
@@ -631,12 +628,7 @@ async def test_a_phone_sharing_a_providers_address_is_banned_for_guessing(
         try:
             ok = await authenticated(host, "REGISTER", None)  # alice's phone, first
             assert ok is not None and _status(ok) == 200, ok
-            status, body, _ = await api.post(
-                f"Accounts/{ADMIN_SID}/Management/Gateways.json", {
-                    "FriendlyName": "provider", "UserName": "office",
-                    "Password": "Trunk-pass-1", "Proxy": f"127.0.0.1:{free_port()}",
-                    "Register": "false", "TTL": "600"})
-            assert status == 200, body
+            await call_only_gateway(api)
             assert app.guard.is_exempt("127.0.0.2")
             assert app.registrar.is_known_source("127.0.0.2")
             assert await crack(host, "REGISTER", 4, login="zed") == [403, 403, 403, None]
@@ -843,10 +835,7 @@ async def test_the_providers_address_goes_on_past_its_budget_but_not_with_regist
     sources = (("provider", (("127.0.0.2/32", None),)),)
     async with running(tmp_path, InboundConfig(sources=sources),
                        unauthenticated_per_minute=5) as (app, api):
-        status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Management/Gateways.json", {
-            "FriendlyName": "provider", "UserName": "office", "Password": "Trunk-pass-1",
-            "Proxy": f"127.0.0.1:{free_port()}", "Register": "false", "TTL": "600"})
-        assert status == 200, body
+        await call_only_gateway(api)
         provider = Attacker(app.config.sip.listen.port, "127.0.0.2")
         stranger = Attacker(app.config.sip.listen.port, "127.0.0.3")
         try:
