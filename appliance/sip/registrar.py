@@ -211,13 +211,11 @@ class Registrar:
         # is_known_source). Both follow _publish, so they hold no more than the location
         # table does.
         self._published: dict[str, frozenset[str]] = {}
-        self._aor_sources: dict[str, set[str]] = {}
-        self._sources: dict[str, int] = {}
-        # Likewise the TCP connections each AoR's bindings were made on, and per connection
-        # the AoRs referring to it (a phone may register several lines on one): the
-        # connections ``flows`` (the transport) is told to trust, and to distrust.
-        self._aor_connections: dict[str, set[str]] = {}
-        self._connections: dict[str, int] = {}
+        self._sources = _Referrers()
+        # Likewise the TCP connections the bindings were made on (a phone may register
+        # several lines on one): the connections ``flows`` (the transport) is told to
+        # trust, and to distrust.
+        self._connections = _Referrers()
         self.flows: Flows | None = None
         self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL, MAX_LOGGED_SOURCES)
         # nonce -> (nc, Via branch) of the last request it authenticated, and the refusal it
@@ -262,7 +260,7 @@ class Registrar:
     def is_known_source(self, ip: str) -> bool:
         """Whether IP holds a live binding (its phone authenticated): the front door spares
         it the unauthenticated-request budget."""
-        return ip in self._sources
+        return ip in self._sources.counts
 
     def connection_closed(self, connection_id: str) -> None:
         """Drop the bindings that were reachable only over this TCP connection."""
@@ -491,7 +489,7 @@ class Registrar:
             self._published[aor] = frozenset(b.uri for b in bindings)
         else:
             self._published.pop(aor, None)
-        self._count_sources(aor, {b.source[0] for b in bindings})
+        self._sources.update(aor, {b.source[0] for b in bindings})
         self._count_connections(
             aor, {b.connection_id for b in bindings if b.connection_id is not None})
         self.directory.set_registrations(aor, [
@@ -503,41 +501,14 @@ class Registrar:
             for b in bindings])
         return bindings
 
-    def _count_sources(self, aor: str, new: set[str]) -> None:
-        old = self._aor_sources.pop(aor, set())
-        if new:
-            self._aor_sources[aor] = new
-        for ip in old - new:
-            left = self._sources.get(ip, 1) - 1
-            if left > 0:
-                self._sources[ip] = left
-            else:
-                self._sources.pop(ip, None)
-        for ip in new - old:
-            self._sources[ip] = self._sources.get(ip, 0) + 1
-
     def _count_connections(self, aor: str, new: set[str]) -> None:
         """AOR's bindings now refer to the TCP connections NEW: trust a connection the
         first binding refers to, distrust one the last binding left."""
-        old = self._aor_connections.get(aor)
-        if old is None and not new:
-            return  # UDP phones, the usual case
-        if new:
-            self._aor_connections[aor] = new
-        else:
-            del self._aor_connections[aor]
-        old = old or set()
-        for connection_id in old - new:
-            left = self._connections.get(connection_id, 1) - 1
-            if left > 0:
-                self._connections[connection_id] = left
-                continue
-            self._connections.pop(connection_id, None)
-            if self.flows is not None:
+        gained, lost = self._connections.update(aor, new)
+        if self.flows is not None:
+            for connection_id in lost:
                 self.flows.distrust(connection_id)
-        for connection_id in new - old:
-            self._connections[connection_id] = self._connections.get(connection_id, 0) + 1
-            if self._connections[connection_id] == 1 and self.flows is not None:
+            for connection_id in gained:
                 self.flows.trust(connection_id)
 
     async def flush(self) -> None:
@@ -617,6 +588,39 @@ class Registrar:
         self.counts.forget_stale(before)
         self._last_accepted = forget_stale(self._last_accepted, before)
 
+
+class _Referrers:
+    """How many AoRs refer to each key (a source IP, a TCP connection), kept as the set of
+    keys each AoR's bindings refer to changes."""
+
+    def __init__(self) -> None:
+        self._by_aor: dict[str, set[str]] = {}
+        self.counts: dict[str, int] = {}
+
+    def update(self, aor: str, new: set[str]) -> tuple[list[str], list[str]]:
+        """AOR now refers to the keys NEW: the keys it made referred to (it is their first
+        referrer), and those no AoR refers to any more."""
+        old = self._by_aor.pop(aor, None)
+        if new:
+            self._by_aor[aor] = new
+        if not old:
+            if not new:
+                return [], []  # no key before nor now: UDP phones and connections, usually
+            old = set()
+        lost = []
+        for key in old - new:
+            left = self.counts.get(key, 1) - 1
+            if left > 0:
+                self.counts[key] = left
+            else:
+                self.counts.pop(key, None)
+                lost.append(key)
+        gained = []
+        for key in new - old:
+            count = self.counts[key] = self.counts.get(key, 0) + 1
+            if count == 1:
+                gained.append(key)
+        return gained, lost
 
 def _check_contact(contact: NameAddr) -> None:
     """A Contact we could later send a request to: a valid sip:/sips: URI."""
