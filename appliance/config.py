@@ -56,6 +56,16 @@ class SipConfig:
     # MD5 only by default: SIPp 3.6 and baresip 1.0 (and MD5-only desk-phone firmware) fail
     # when any SHA-256 challenge is offered. ["SHA-256", "MD5"] enables RFC 8760 SHA-256.
     digest_algorithms: tuple[str, ...] = ("MD5",)
+    # Trunk (docs/gateways.md "Behind the office's NAT"): seconds without a REGISTER to a
+    # gateway's provider address before a keep-alive (CRLFCRLF) goes there, so the office
+    # router keeps the UDP mapping the provider's calls come back through; 0 = none.
+    nat_keepalive_interval: int = 20
+
+
+# [sip] nat_keepalive_interval: 0 (off) or within these. Below 5 s is traffic for nothing (no
+# router forgets a mapping that fast); above 300 s even a router that follows RFC 4787 REQ-5
+# (mappings kept 2 minutes at least, 5 recommended) may have forgotten it.
+KEEPALIVE_BOUNDS = (5, 300)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +236,14 @@ def _algorithms(key: str, value: Any) -> tuple[str, ...]:
     return tuple(n for n in names if n is not None)
 
 
+def _keepalive_interval(key: str, value: Any) -> int:
+    low, high = KEEPALIVE_BOUNDS
+    seconds = _int(key, value, 0, high)
+    if 0 < seconds < low:
+        raise ConfigError(f"{key}: {seconds} is out of range {low}-{high} (0 turns it off)")
+    return seconds
+
+
 def _section(name: str, raw: Any, allowed: set[str]) -> Mapping[str, Any]:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{name}: expected a table, got {raw!r}")
@@ -262,7 +280,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
     sip_raw = _section("sip", raw.get("sip", {}),
                        {"listen", "domain", "min_expires", "max_expires", "max_contacts",
                         "max_auth_failures", "ban_seconds", "unauthenticated_per_minute",
-                        "digest_algorithms"})
+                        "digest_algorithms", "nat_keepalive_interval"})
     domain = _string("sip.domain", sip_raw.get("domain", ""))
     if domain and not re.fullmatch(r"[A-Za-z0-9.\-]+", domain):
         raise ConfigError(f"sip.domain: {domain!r} is not a host name or address")
@@ -281,6 +299,9 @@ def parse(raw: Mapping[str, Any]) -> Config:
                                         1, 100_000),
         digest_algorithms=_algorithms("sip.digest_algorithms",
                                       sip_raw.get("digest_algorithms", ["MD5"])),
+        nat_keepalive_interval=_keepalive_interval(
+            "sip.nat_keepalive_interval",
+            sip_raw.get("nat_keepalive_interval", default.sip.nat_keepalive_interval)),
     )
     if sip.min_expires > sip.max_expires:
         raise ConfigError("sip.min_expires: must not exceed sip.max_expires")

@@ -74,11 +74,25 @@ def test_config_is_frozen() -> None:
     ({"admin": {"email": "nobody"}}, "admin.email"),
     ({"media": "fast"}, "media"),
     ({"data_dir": ""}, "data_dir"),
+    ({"sip": {"nat_keepalive_interval": 2}}, "sip.nat_keepalive_interval"),
+    ({"sip": {"nat_keepalive_interval": 301}}, "sip.nat_keepalive_interval"),
+    ({"sip": {"nat_keepalive_interval": -1}}, "sip.nat_keepalive_interval"),
+    ({"sip": {"nat_keepalive_interval": 0.5}}, "sip.nat_keepalive_interval"),
+    ({"sip": {"nat_keepalive_interval": "20s"}}, "sip.nat_keepalive_interval"),
 ])
 def test_bad_values_name_the_key(raw: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse(raw)
     assert err.value.message.startswith(key)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(0, 0), (5, 5), (20, 20), (300, 300)])
+def test_nat_keepalive_interval(value: int, expected: int) -> None:
+    """Seconds between NAT keep-alives to a gateway's provider: 20 unless set, 0 = off."""
+    assert Config().sip.nat_keepalive_interval == 20
+    assert parse({}).sip.nat_keepalive_interval == 20
+    assert parse({"sip": {"nat_keepalive_interval": value}}).sip.nat_keepalive_interval \
+        == expected
 
 
 def test_broken_toml_is_a_config_error(tmp_path: Path) -> None:
