@@ -206,7 +206,9 @@ class Appliance:
                                                           self.wall_clock)
         self.sip_directory.on_registered.append(lambda _login: self.messaging.client_registered())
         self.trunk = Trunk(self.transport, clock=self.timer_clock, wall_clock=self.wall_clock,
-                           local=lambda: (self.transport.advertised, sip.listen.port))
+                           local=lambda: (self.transport.advertised, sip.listen.port),
+                           pinger=self.transport,
+                           keepalive_interval=sip.nat_keepalive_interval)
         self.frontdoor.trunk = self.trunk
         self.guard.exempt = self.trunk.is_provider  # served past the unauthenticated budget
         self.gateways.trunk = self.trunk

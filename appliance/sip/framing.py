@@ -26,6 +26,8 @@ from appliance.sip.message import MAX_MESSAGE
 # Authorization headers while cutting a slow-loris header stream short.
 MAX_HEADER_BLOCK = 16 * 1024
 PONG = b"\r\n"
+# RFC 5626 §4.4.1's ping, which we also send on UDP as a NAT keep-alive (sip.keepalive).
+PING = b"\r\n\r\n"
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,9 @@ later (the connect it waits for fails or times out, the new connection closes be
 written, a name does not resolve), the sender's ``on_error`` is called instead, once, from the
 loop: RFC 3261 §18.4 has transport errors reported to the transaction (§17.1.4), so that a
 proxy's branch to a TCP phone that went away fails now rather than on Timer B. What the sender
-makes of it is its business: this module knows no SIP transactions.
+makes of it is its business: this module knows no SIP transactions. ``ping(target)`` (the
+``Pinger`` seam) sends a CRLFCRLF datagram from the UDP socket: the trunk's NAT keep-alive
+towards its provider, from the port its REGISTERs use.
 Log lines: ``<`` in, ``>`` out, ``-`` state, ``x`` failure, at debug level, showing only start
 lines — never header values, so never Authorization.
 """
@@ -87,6 +89,7 @@ from typing import Any
 from appliance.sip.errors import SipParseError
 from appliance.sip.framing import (
     MAX_HEADER_BLOCK,
+    PING,
     PONG,
     FramingLost,
     KeepAlive,
@@ -888,6 +891,20 @@ class Transport:
             return self._open_and_send(data, host, port, on_error)
         logger.warning("x no %s transport for %s", target.transport, _summary(message))
         return False
+
+    def ping(self, target: Target) -> bool:
+        """Send a NAT keep-alive, ``PING`` (CRLFCRLF), to TARGET from the UDP socket (see
+        ``wire.Pinger``): the trunk's, towards the provider it registers to. UDP to an IP
+        address only, which is all the trunk sends (it resolves its provider itself); False
+        otherwise. SIP stacks ignore such a datagram on UDP (we do: ``_datagram``)."""
+        host = target.host.strip("[]")
+        if (target.transport.lower() != "udp" or not _is_ip(host) or unreachable(host)
+                or not 0 < target.port < 65536):
+            logger.debug("x not sending a keep-alive to %s %s:%d", target.transport, host,
+                         target.port)
+            return False
+        logger.debug("> udp %s:%d keep-alive", host, target.port)
+        return self._sendto(PING, (host, target.port))
 
     def _sendto(self, data: bytes, address: tuple[str, int]) -> bool:
         """False when the datagram cannot go to ADDRESS (no socket, an error from the

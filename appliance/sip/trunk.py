@@ -3,8 +3,16 @@
 One `UpstreamRegistration` (sip.upstream, pure) per gateway, driven here: requests go out
 through the transport inside non-INVITE client transactions (retransmissions and Timer F),
 responses come back from the front door (a response whose CSeq method is REGISTER), and one
-timer task re-arms from the earliest refresh, retry or transaction timer. Back-off uses a
-random jitter factor so boxes behind one NAT do not retry in step.
+timer task re-arms from the earliest refresh, retry, keep-alive or transaction timer.
+Back-off uses a random jitter factor so boxes behind one NAT do not retry in step.
+
+NAT keep-alives (docs/gateways.md "Behind the office's NAT"): while a line is registering,
+registered or retrying, its provider address (the one its REGISTERs go to) gets a CRLFCRLF
+datagram from the SIP socket (``Pinger``, the transport) after every ``keepalive_interval``
+seconds without a REGISTER to it; when and where is ``keepalive.KeepAlives``'s business.
+Several gateways at one provider address share its keep-alives. Lines are UDP only (their
+targets are resolved for UDP, their Contact has no transport), so there is no TCP flow to
+ping the RFC 5626 way.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 from appliance.models import Gateway
 from appliance.services.gateways import GatewayStatus
 from appliance.sip.errors import SipParseError
+from appliance.sip.keepalive import KeepAlives
 from appliance.sip.message import Request, Response
 from appliance.sip.transaction import (
     ClientTransaction,
@@ -34,12 +43,17 @@ from appliance.sip.transaction import (
 )
 from appliance.sip.transaction_table import TransactionTable
 from appliance.sip.upstream import LocalAddress, State, UpstreamAccount, UpstreamRegistration
-from appliance.sip.wire import Incoming, Sender, Target
+from appliance.sip.wire import Incoming, Pinger, Sender, Target
 
 logger = logging.getLogger(__name__)
 
 RESOLVE_TIMEOUT = 5.0
 MAX_PROVIDER_ADDRESSES = 16  # addresses kept per registrar name (a hostile DNS answer is big)
+IDLE_WAKE = 60.0  # the timer task's longest sleep
+# The states in which a line's provider address is kept alive: from its first REGISTER on,
+# through failures too (a failed refresh may leave the last registration standing at the
+# provider, whose calls need the mapping as much), until it is unregistered or stopped.
+KEPT_ALIVE = frozenset({State.REGISTERING, State.REGISTERED, State.FAILED})
 
 
 @dataclasses.dataclass
@@ -106,12 +120,15 @@ def _unmapped_network(network: Network) -> Network:
 class Trunk:
     def __init__(self, sender: Sender, *, clock: Callable[[], float],
                  local: Callable[[], tuple[str, int]],
-                 wall_clock: Callable[[], float]) -> None:
-        """CLOCK is monotonic seconds: it drives the retransmissions, refreshes and retries,
-        which a step of the wall clock (NTP, on a box without an RTC) must neither fire all
-        at once nor stall (a stalled refresh lets the provider registration lapse and the
-        office's inbound calls with it). WALL_CLOCK only dates a registration's expiry for
-        the API."""
+                 wall_clock: Callable[[], float], pinger: Pinger | None = None,
+                 keepalive_interval: float = 0.0) -> None:
+        """CLOCK is monotonic seconds: it drives the retransmissions, refreshes, retries and
+        keep-alives, which a step of the wall clock (NTP, on a box without an RTC) must
+        neither fire all at once nor stall (a stalled refresh lets the provider registration
+        lapse and the office's inbound calls with it). WALL_CLOCK only dates a
+        registration's expiry for the API. PINGER sends the NAT keep-alives, after
+        KEEPALIVE_INTERVAL seconds without a REGISTER to a provider address (0 or no PINGER:
+        none)."""
         self._sender = sender
         self._clock = clock
         self._wall_clock = wall_clock
@@ -125,6 +142,9 @@ class Trunk:
         self._by_txn: dict[ClientTransaction, _Line] = {}
         self._wake = asyncio.Event()
         self._pending: set[asyncio.Task[None]] = set()
+        self._pinger = pinger
+        self._keepalives: KeepAlives[Target] = KeepAlives(
+            keepalive_interval if pinger is not None else 0.0)
 
     # -- services.gateways.Trunk -------------------------------------------------------------
 
@@ -134,6 +154,7 @@ class Trunk:
         old = self._lines.pop(gateway.sid, None)
         if old is not None:
             self._stop_line(old)
+            self._watch()  # its address, unless another line's, is kept alive no longer
         if not gateway.register:
             return
         host, port = self._local()
@@ -151,6 +172,7 @@ class Trunk:
         line = self._lines.pop(sid, None)
         if line is not None:
             self._stop_line(line)
+            self._watch()
 
     def status(self, sid: str) -> GatewayStatus:
         line = self._lines.get(sid)
@@ -215,31 +237,44 @@ class Trunk:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Drive refresh, retry and retransmission timers until cancelled."""
+        """Drive the timers (``handle_timer``) until cancelled."""
         while True:
             self._wake.clear()
-            now = self._clock()
-            for txn, actions in self._table.handle_timer(now):
-                line = next((ln for t, ln in self._by_txn.items() if t is txn), None)
-                if line is not None and line.txn is not None:
-                    await self._actions(line, line.txn, list(actions))
-            for line in list(self._lines.values()):
-                request = line.machine.handle_timer(now)
-                if request is not None:
-                    self._spawn(self._send(line, request))
-            timers = [t for t in [self._table.get_timer(),
-                                  *(line.machine.get_timer() for line in self._lines.values())]
-                      if t is not None]
-            delay = max(0.01, min(timers) - self._clock()) if timers else 60.0
+            await self.handle_timer(self._clock())
+            when = self.get_timer()
+            delay = max(0.01, when - self._clock()) if when is not None else IDLE_WAKE
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(delay, 60.0)):
+                async with asyncio.timeout(min(delay, IDLE_WAKE)):
                     await self._wake.wait()
+
+    async def handle_timer(self, now: float) -> None:
+        """Do what is due at NOW: retransmissions, refreshes and retries, keep-alives."""
+        for txn, actions in self._table.handle_timer(now):
+            line = next((ln for t, ln in self._by_txn.items() if t is txn), None)
+            if line is not None and line.txn is not None:
+                await self._actions(line, line.txn, list(actions))
+        for line in list(self._lines.values()):
+            request = line.machine.handle_timer(now)
+            if request is not None:
+                self._spawn(self._send(line, request))
+        if self._pinger is not None:
+            self._watch(now)
+            for target in self._keepalives.handle_timer(now):
+                self._pinger.ping(target)
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` next has something to do (None: nothing is pending)."""
+        timers = [t for t in [self._table.get_timer(), self._keepalives.get_timer(),
+                              *(line.machine.get_timer() for line in self._lines.values())]
+                  if t is not None]
+        return min(timers, default=None)
 
     async def close(self) -> None:
         """Unregister every line (best effort, bounded) and stop."""
         for line in list(self._lines.values()):
             self._stop_line(line)
         self._lines.clear()
+        self._watch()
         if self._pending:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
@@ -256,6 +291,13 @@ class Trunk:
 
     async def _begin(self, line: _Line) -> None:
         await self._send(line, line.machine.start(self._clock()))
+
+    def _watch(self, now: float | None = None) -> None:
+        """Tell the keep-alives which provider addresses the lines need kept alive now."""
+        self._keepalives.watch(
+            (line.target for line in self._lines.values()
+             if line.target is not None and line.machine.state in KEPT_ALIVE),
+            self._clock() if now is None else now)
 
     def _stop_line(self, line: _Line) -> None:
         request = line.machine.stop(self._clock())
@@ -293,6 +335,9 @@ class Trunk:
         for action in txn.pop_actions():
             if isinstance(action, Transmit) and line.target is not None:
                 self._sender.send(action.message, line.target)
+        if line.target is not None:
+            self._watch(now)  # a line's first REGISTER: its keep-alives start
+            self._keepalives.sent(line.target, now)
         logger.debug("> REGISTER %s to %s", line.gateway.user_name, line.gateway.proxy)
         self._wake.set()
 
@@ -301,6 +346,7 @@ class Trunk:
         for action in actions:
             if isinstance(action, Transmit) and line.target is not None:
                 self._sender.send(action.message, line.target)
+                self._keepalives.sent(line.target, self._clock())
             elif isinstance(action, Deliver) and isinstance(action.message, Response):
                 follow = line.machine.on_response(action.message, self._clock(), _jitter())
                 self._log_state(line, action.message.status)

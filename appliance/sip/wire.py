@@ -48,6 +48,13 @@ class Sender(Protocol):
         resolve), ON_ERROR is called, once, later, from the event loop; never after False."""
 
 
+class Pinger(Protocol):
+    def ping(self, target: Target) -> bool:
+        """Send a keep-alive (a CRLFCRLF datagram, ``framing.PING``) to TARGET from our SIP
+        socket, so the NAT mapping our requests to TARGET use is refreshed. Logged, never
+        raised; False when it certainly did not go out."""
+
+
 class Flows(Protocol):
     def trust(self, connection_id: str) -> None:
         """A phone registered on the TCP connection CONNECTION_ID (the registrar), or a

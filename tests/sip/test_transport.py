@@ -257,6 +257,21 @@ async def test_udp_send_to_a_target(echo: tuple[Transport, Echo], udp: UdpPeer) 
     assert await udp.recv() is not None
 
 
+async def test_a_keep_alive_ping_goes_from_the_sip_port(echo: tuple[Transport, Echo],
+                                                        udp: UdpPeer) -> None:
+    transport, _ = echo
+    assert transport.ping(Target("udp", "127.0.0.1", udp.port)) is True
+    async with asyncio.timeout(WAIT):
+        data, source = await asyncio.get_running_loop().sock_recvfrom(udp.sock, 65535)
+    assert (data, source) == (b"\r\n\r\n", ("127.0.0.1", transport.port))
+    # Only UDP to an address (the trunk's resolved provider), never raised.
+    assert transport.ping(Target("tcp", "127.0.0.1", udp.port)) is False
+    assert transport.ping(Target("udp", "localhost", udp.port)) is False
+    assert transport.ping(Target("udp", "255.255.255.255", udp.port)) is False
+    assert transport.ping(Target("udp", "127.0.0.1", 0)) is False
+    assert await udp.recv(0.1) is None
+
+
 async def test_udp_send_to_a_name_that_resolves_to_ipv6_first(
         echo: tuple[Transport, Echo], udp: UdpPeer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A provider whose name has an AAAA record listed first is still reached from the IPv4
