@@ -26,6 +26,9 @@ MAX_DIALOG_IDLE = 12 * 3600.0
 # still find their way instead of drawing a 481.
 LINGER = 32.0
 MAX_DIALOGS_PER_CALL = 20  # early + confirmed dialogs (forked 18x/2xx); 2 × max branches
+# The longest a NOTIFY's subscription keeps its dialog known past the BYE. The notifier sets
+# the expiry; a REFER's lasts about a minute (baresip: 60 s) and is refreshed by each NOTIFY.
+MAX_SUBSCRIPTION_HOLD = 3600.0
 
 CallKey = tuple[str, str]  # (Call-ID, caller's From tag)
 
@@ -44,6 +47,9 @@ class Call:
     answered: bool = False
     ended: bool = False  # the CDR is closed (or there is none to close)
     keep_credentials: bool = False  # a worker's leg to a gateway: its digest is the provider's
+    # Until when a subscription in the dialog (a REFER's, RFC 3515) lasts, as its latest
+    # NOTIFY said: the BYE does not end it (RFC 5057 §5.2), so the call is kept for it.
+    subscribed_until: float = 0.0
 
     @property
     def key(self) -> CallKey:
@@ -77,6 +83,20 @@ def session_idle_limit(session_expires: str | None) -> float:
         if value.isdigit() and int(value) > 0:
             return min(float(value) + LINGER, MAX_DIALOG_IDLE)
     return MAX_DIALOG_IDLE
+
+
+def subscription_hold(subscription_state: str | None) -> float:
+    """How long a NOTIFY with SUBSCRIPTION_STATE (RFC 6665 §8.2.3) keeps its subscription,
+    and so its dialog, alive: its ``expires`` when ``active`` or ``pending`` (at most
+    ``MAX_SUBSCRIPTION_HOLD``), else 0 (``terminated``, or nothing readable)."""
+    state, *params = (subscription_state or "").split(";")
+    if state.strip().lower() not in ("active", "pending"):
+        return 0.0
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "expires" and value.strip().isdigit():
+            return min(float(value.strip()), MAX_SUBSCRIPTION_HOLD)
+    return 0.0
 
 
 def _rank(status: int) -> int:

@@ -14,7 +14,10 @@ gets a Context and a single branch, like a new request without Record-Route.
 In-dialog traffic on an answered call pushes its idle deadline out (``Session-Expires``, or
 ``MAX_DIALOG_IDLE``); the BYE of the answered dialog ends the call (its CDR ``completed``,
 the call kept ``LINGER`` for crossing requests); a call that reaches its deadline without a
-BYE is forgotten, its CDR closed ``completed`` (``expire_call``).
+BYE is forgotten, its CDR closed ``completed`` (``expire_call``). A subscription in the
+dialog (a blind transfer's REFER, RFC 3515) outlives the BYE (RFC 5057 §5.2): the call is
+kept until its last NOTIFY's expiry, then ``LINGER``, so the transferee's NOTIFYs reach a
+transferor that hung up as soon as its REFER was accepted.
 
 ``InDialog`` is owned by the proxy, not a mixin: it is handed the proxy's tables (the same
 dicts), and forks, replies and reads a request's source through the proxy. Not a core module:
@@ -29,7 +32,7 @@ from typing import Protocol
 
 from appliance.models import CallStatus
 from appliance.sip.deadlines import Deadlines
-from appliance.sip.dialogs import LINGER, Call, CallKey, session_idle_limit
+from appliance.sip.dialogs import LINGER, Call, CallKey, session_idle_limit, subscription_hold
 from appliance.sip.forwarding import Context, Reply, ack_branch, branch_request, user_of
 from appliance.sip.message import Request, max_forwards_status
 from appliance.sip.proxy_ports import CallLog, Contact
@@ -106,6 +109,14 @@ class InDialog:
         if call.answered and not call.ended:
             call.deadline = max(call.deadline, now + session_idle_limit(
                 request.get("session-expires")))
+        if request.method == "NOTIFY":
+            # A transferor may hang up as soon as its REFER is accepted, and the NOTIFY with
+            # the outcome comes once the target answers, maybe minutes later: the call is
+            # kept for the subscription (pushed later: the deadline heap needs no re-arm).
+            call.subscribed_until = max(call.subscribed_until, now + subscription_hold(
+                request.get("subscription-state")))
+            if call.ended:
+                call.deadline = max(call.deadline, call.subscribed_until + LINGER)
         if is_ack or server is None:  # the ACK for a 2xx: end-to-end, forwarded statelessly
             forwarded = branch_request(request, request.uri, incoming.transport,
                                        target.transport, self._local(incoming),
@@ -131,7 +142,7 @@ class InDialog:
         if not call.answered or call.ended or call.primary_tag not in tags:
             return
         call.ended = True
-        call.deadline = now + LINGER
+        call.deadline = max(now, call.subscribed_until) + LINGER
         self._deadlines.arm(call)
         logger.info("- call %s ended by BYE from %s", call.call_id, user_of(request.from_))
         if call.cdr_sid:

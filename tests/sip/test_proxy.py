@@ -856,6 +856,95 @@ async def test_a_strict_router_beyond_ours_gets_the_request_uri_it_expects() -> 
     assert fwd.get_all("route") == ["<sip:198.51.100.10;lr>", f"<{bob.contact}>"]
 
 
+def notify(phone: Phone, invite: Request, *, to_tag: str, state: str, frag: bytes) -> Request:
+    """The transferee PHONE's NOTIFY (RFC 3515 §2.4.5) to the callee of INVITE's dialog."""
+    request = phone.request("NOTIFY", "sip:bob@192.168.1.20:5060",
+                            to=f"<sip:bob@{REALM}>;tag={to_tag}", call_id=invite.call_id or "",
+                            from_tag="caller-tag", body=frag,
+                            headers=[("Route", "<sip:10.0.0.1:5060;lr;transport=udp>"),
+                                     ("Event", "refer"), ("Subscription-State", state)])
+    request.set("Content-Type", "message/sipfrag;version=2.0")
+    return request
+
+
+async def test_a_blind_transfer_refer_and_its_notifies_pass_in_the_dialog() -> None:
+    # bob transfers alice to carol: his REFER (Referred-By kept, RFC 3892) goes to alice's
+    # NAT address; her NOTIFYs go back to his, and neither is challenged.
+    h, alice, bob = setup()
+    invite, _, _ = await established(h, alice, bob)
+    refer = bob.request("REFER", alice.contact, to=f"<sip:alice@{REALM}>;tag=caller-tag",
+                        call_id=invite.call_id or "", from_tag="bob-tag",
+                        headers=[("Route", "<sip:10.0.0.1:5060;lr;transport=udp>"),
+                                 ("Refer-To", f"<sip:carol@{REALM}>"),
+                                 ("Referred-By", f"<sip:bob@{REALM}>")])
+    await h.send(bob, refer)
+    [(fwd, target)] = h.sender.requests("REFER")
+    assert target == Target("udp", *ALICE_SRC) and fwd.uri == alice.contact
+    assert (fwd.get("refer-to"), fwd.get("referred-by")) == (
+        f"<sip:carol@{REALM}>", f"<sip:bob@{REALM}>")
+    h.sender.take()
+    await h.send(alice, alice.answer(fwd, 202))
+    assert [(r.status, t) for r, t in h.sender.responses()] == [(202, Target("udp", *BOB_SRC))]
+    h.sender.take()
+    await h.send(alice, notify(alice, invite, to_tag="bob-tag", state="active;expires=60",
+                               frag=b"SIP/2.0 100 Trying\r\n"))
+    [(fwd, target)] = h.sender.requests("NOTIFY")
+    assert target == Target("udp", *BOB_SRC) and fwd.body == b"SIP/2.0 100 Trying\r\n"
+    assert statuses(h) == []  # no 407, no 481
+
+
+async def test_a_refer_subscription_outlives_the_bye_of_its_dialog() -> None:
+    # A transferor that hangs up right after the 202 ends the dialog's invite usage only
+    # (RFC 5057 §5.2): the REFER's subscription lives on, and the transferee's NOTIFY with
+    # the outcome, sent once the target answers (which may take more than the 32 s a call
+    # lingers after its BYE), must still reach the transferor, not draw a 481 from us.
+    h, alice, bob = setup()
+    invite, _, _ = await established(h, alice, bob)
+
+    async def notified(state: str, frag: bytes) -> None:
+        await h.send(alice, notify(alice, invite, to_tag="bob-tag", state=state, frag=frag))
+        [(fwd, target)] = h.sender.requests("NOTIFY")
+        assert target == Target("udp", *BOB_SRC) and fwd.body == frag
+        h.sender.take()
+        await h.send(bob, bob.answer(fwd, 200))
+        assert statuses(h) == [200]
+        h.sender.take()
+
+    await notified("active;expires=120", b"SIP/2.0 100 Trying\r\n")
+    bye = bob.request("BYE", alice.contact, to=f"<sip:alice@{REALM}>;tag=caller-tag",
+                      call_id=invite.call_id or "", from_tag="bob-tag",
+                      headers=[("Route", "<sip:10.0.0.1:5060;lr;transport=udp>")])
+    await h.send(bob, bye)
+    assert h.store.calls and all(r.status == "completed" for r in h.store.calls.values())
+    [(fwd_bye, _)] = h.sender.requests("BYE")
+    await h.send(alice, alice.answer(fwd_bye, 200))
+    h.sender.take()
+    await h.tick(45)  # past the 32 s a call lingers after its BYE
+    await notified("active;expires=75", b"SIP/2.0 180 Ringing\r\n")
+    await h.tick(60)  # the refreshed subscription holds the dialog
+    await notified("terminated;reason=noresource", b"SIP/2.0 200 OK\r\n")
+    # Once the subscription has run out, the dialog is forgotten as after any BYE.
+    for _ in range(10):
+        await h.tick(10)
+    assert h.proxy.calls == 0
+    assert [r.duration for r in h.store.calls.values()] == [0]  # the BYE ended the CDR
+
+
+async def test_a_subscription_does_not_keep_a_dialog_for_ever() -> None:
+    # A NOTIFY's expires is the notifier's to set: a dialog is held for at most an hour past
+    # the NOTIFY, however long it says.
+    h, alice, bob = setup()
+    invite, _, _ = await established(h, alice, bob)
+    bye = bob.request("BYE", alice.contact, to=f"<sip:alice@{REALM}>;tag=caller-tag",
+                      call_id=invite.call_id or "", from_tag="bob-tag",
+                      headers=[("Route", "<sip:10.0.0.1:5060;lr;transport=udp>")])
+    await h.send(bob, bye)
+    await h.send(alice, notify(alice, invite, to_tag="bob-tag",
+                               state="active;expires=999999999", frag=b"SIP/2.0 100 Trying\r\n"))
+    await h.tick(3600 + 40)
+    assert h.proxy.calls == 0
+
+
 async def test_in_dialog_request_for_an_unknown_call_gets_481() -> None:
     h, alice, bob = setup()
     bye = alice.request("BYE", bob.contact, to=f"<sip:bob@{REALM}>;tag=zzz", call_id="unknown",
