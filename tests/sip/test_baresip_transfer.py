@@ -8,8 +8,9 @@ ends, and what the Calls API then shows.
 - Blind transfer (RFC 3515): in the alice–bob call, bob sends REFER (``Refer-To: carol``) to
   alice in the dialog; alice's phone answers 202, places a new INVITE to carol (challenged
   407 and accepted like any call of hers) and reports progress in NOTIFYs (``message/sipfrag``)
-  to bob in the original dialog; at "SIP/2.0 200 OK" bob's phone hangs up. baresip 1.0 sends
-  no ``Referred-By`` and knows no ``Replaces``, so attended transfer is not played here.
+  to bob in the original dialog; at "SIP/2.0 200 OK" bob's phone hangs up, at a failure
+  ("SIP/2.0 480 ...") it shows the transfer failed. baresip 1.0 sends no ``Referred-By`` and
+  knows no ``Replaces``, so attended transfer is not played here.
 - Hold (RFC 3264 §8.4): a re-INVITE with ``a=sendonly``, answered ``a=recvonly``; resume is a
   re-INVITE with ``a=sendrecv``. Both pass the proxy in the dialog, without a challenge.
 
@@ -239,6 +240,24 @@ async def test_the_caller_blind_transfers_the_callee_over_tcp(md5_appliance: Any
                                               ("bob", "carol", "completed")])
         # Every message the proxy was handed (REFER, NOTIFYs, INVITEs...) came over TCP.
         assert {m.vias[0].transport for m in recorder.messages} == {"TCP"}
+
+
+async def test_a_transfer_to_a_phone_that_is_not_registered_fails_at_the_transferor(
+        md5_appliance: Any, tmp_path: Path) -> None:  # noqa: F811
+    """dave is a Client with no phone registered: alice's INVITE to him gets our 480, her
+    NOTIFY says so to bob, whose phone shows the transfer failed. (baresip 1.0's menu then
+    hangs up the call with alice: the phone's choice, not ours.)"""
+    appliance = md5_appliance
+    async with office(appliance, tmp_path, ("alice", "bob"),
+                      answering=("bob",)) as (api, phones, server, recorder):
+        await create_client(api, "dave")
+        alice, bob = phones["alice"], phones["bob"]
+        await answered_call(alice, bob, server)
+        await bob.command("transfer", f"sip:dave@{server[0]}:{server[1]}")
+        failed = await bob.wait_event("TRANSFER_FAILED", limit=5)
+        assert failed["param"] == "480 Temporarily Unavailable", failed
+        assert recorder.requests("NOTIFY")[-1].body.startswith(b"SIP/2.0 480 ")
+        await calls_when(api, lambda r: ("alice", "dave", "no-answer") in r)
 
 
 async def test_hold_and_resume_keep_one_call(md5_appliance: Any,  # noqa: F811
