@@ -893,6 +893,16 @@ async def test_a_blind_transfer_refer_and_its_notifies_pass_in_the_dialog() -> N
     assert statuses(h) == []  # no 407, no 481
 
 
+async def test_a_refer_outside_a_dialog_is_not_implemented() -> None:
+    # Only a REFER in a call we proxied is relayed; one outside any (click-to-dial, or a
+    # stranger's) is refused before authentication, and sets nobody's phone calling.
+    h, alice, _ = setup()
+    refer = alice.request("REFER", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>", call_id="r1",
+                          from_tag="t", headers=[("Refer-To", f"<sip:carol@{REALM}>")])
+    await h.send(alice, refer)
+    assert statuses(h) == [501] and h.sender.requests() == []
+
+
 async def test_a_refer_subscription_outlives_the_bye_of_its_dialog() -> None:
     # A transferor that hangs up right after the 202 ends the dialog's invite usage only
     # (RFC 5057 §5.2): the REFER's subscription lives on, and the transferee's NOTIFY with
