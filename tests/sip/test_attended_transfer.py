@@ -141,5 +141,6 @@ async def test_bob_transfers_alice_to_carol_after_talking_to_her(appliance: Any)
         replacing = [r for r in recorder.requests("INVITE") if r.get("replaces")]
         assert [r.get("proxy-authorization") is None for r in replacing] == [True, False]
         assert all((r.get("replaces") or "").startswith(f"{consultation.call_id};")
+                   and "replaces" in (r.get("require") or "")
                    and "bob@" in (r.get("referred-by") or "") for r in replacing)
         assert [r.status for r in recorder.responses("REFER")] == [202]
