@@ -61,7 +61,6 @@ from appliance.sip.proxy_ports import (
     Refuse,
 )
 from appliance.sip.uri import SipUri, parse_uri
-from appliance.sip.wire import Target
 
 NO_OUTBOUND_ROUTE = "No Outbound Route"  # 403 reason: no [outbound] route covers the number
 NO_APPLICATIONS = "Application Calls Not Available Yet"  # 403 reason: no apps hook (1)
@@ -102,7 +101,7 @@ class ClientRouter:
     def contacts_of(self, login: str, now: float) -> tuple[Contact, ...]:
         """Where LOGIN's phones are now (empty when not registered)."""
         return tuple(
-            Contact(uri=b.uri, target=_target(b.uri, b.transport, b.source, b.connection_id))
+            Contact(uri=b.uri, target=b.target())
             for b in self._location.lookup(login, now)[: self.max_branches]
         )
 
@@ -159,7 +158,7 @@ class ClientRouter:
         if not bindings:
             return Refuse(480)
         contacts = tuple(
-            Contact(uri=b.uri, target=_target(b.uri, b.transport, b.source, b.connection_id))
+            Contact(uri=b.uri, target=b.target())
             for b in bindings[: self.max_branches]
         )
         return Fork(callee=callee.login, contacts=contacts, cdr_sid="" if caller.media else None)
@@ -187,18 +186,6 @@ def dialled_number(request: Request) -> str:
         if isinstance(uri, SipUri) and uri.user:
             return uri.user
     return ""
-
-
-def _target(uri: str, transport: str, source: tuple[str, int],
-            connection_id: str | None) -> Target:
-    """The binding's source address (NAT-safe); the contact URI's only when none was kept."""
-    if source[0]:
-        return Target(transport.lower(), source[0], source[1], connection_id)
-    contact = parse_uri(uri)
-    if isinstance(contact, SipUri):
-        return Target(contact.transport or transport.lower(), contact.host.strip("[]"),
-                      contact.port or 5060)
-    return Target(transport.lower(), "", 0)
 
 
 def gateway_callers(gateway_at: Callable[[str, int], Gateway | None]

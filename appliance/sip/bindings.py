@@ -27,6 +27,8 @@ from typing import Any
 
 from appliance.sip.errors import SipError
 from appliance.sip.headers import NameAddr
+from appliance.sip.uri import SipUri, parse_uri
+from appliance.sip.wire import Target
 
 DEFAULT_EXPIRES = 3600  # RFC 3261 §10.2.1.1 suggests one hour
 MIN_EXPIRES = 60  # RFC 3261 §10.3 step 7 recommends at least 60 s, as Kamailio does
@@ -70,6 +72,19 @@ class Binding:
             contact.set_param("q", qvalue_text(self.q))
         contact.set_param("expires", str(self.expires_in(now)))
         return str(contact)
+
+    def target(self) -> Target:
+        """Where requests to this contact are sent (calls, MESSAGEs, keep-alive pings): the
+        address the REGISTER came from (NAT-safe) over its transport and TCP connection; the
+        contact URI's address only when none was kept."""
+        if self.source[0]:
+            return Target(self.transport.lower(), self.source[0], self.source[1],
+                          self.connection_id)
+        contact = parse_uri(self.uri)
+        if isinstance(contact, SipUri):
+            return Target(contact.transport or self.transport.lower(), contact.host.strip("[]"),
+                          contact.port or 5060)
+        return Target(self.transport.lower(), "", 0)
 
     def to_dict(self) -> dict[str, Any]:
         """What ``dataclasses.asdict`` gives (same keys, order and values), built directly:
