@@ -23,6 +23,7 @@ CORE = {
     "appliance.sip.proxy_ports", "appliance.sip.forwarding", "appliance.sip.routeset",
     "appliance.sip.deadlines", "appliance.sip.transaction_keys", "appliance.sip.hop",
     "appliance.sip.transaction_table", "appliance.sip.keepalive",
+    "appliance.sip.ping_schedule",
     "appliance.gsm.pdu", "appliance.gsm.at", "appliance.gsm.urc", "appliance.gsm.alphabet",
     "appliance.gsm.errors", "appliance.gsm.state",
     "appliance.rcml.verbs", "appliance.rcml.parse", "appliance.rcml.interpreter",
