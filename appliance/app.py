@@ -55,6 +55,7 @@ from appliance.sip.bindings import Location
 from appliance.sip.digest import Algorithm
 from appliance.sip.frontdoor import FrontDoor
 from appliance.sip.guard import Guard
+from appliance.sip.pinger import Pinger
 from appliance.sip.proxy import Proxy
 from appliance.sip.registrar import Registrar
 from appliance.sip.transport import Limits, Transport, idle_timeout_for
@@ -185,6 +186,16 @@ class Appliance:
             self.transport.local_hosts.add(sip.domain.lower())
         self.frontdoor.sender = self.transport
         self.registrar.flows = self.transport  # phones registered over TCP keep their flows
+        # Keep-alive OPTIONS to the registered phones ([sip] ping_interval; 0: none).
+        self.pinger: Pinger | None = None
+        if sip.ping_interval > 0:
+            self.pinger = Pinger(self.transport, interval=sip.ping_interval,
+                                 clock=self.timer_clock,
+                                 address=(self.transport.advertised, sip.listen.port),
+                                 realm=lambda: self.realm, binding=self.registrar.binding,
+                                 on_dead=self.registrar.unreachable)
+            self.registrar.keepalive = self.pinger
+            self.frontdoor.pinger = self.pinger
         self.sip_error: str | None = "not started"
         self.call_log = CallLog(self.store, self.clock, self.timer_clock)
         self.router = ClientRouter(self.sip_directory, self.location,
@@ -213,6 +224,7 @@ class Appliance:
         self.guard.exempt = self.trunk.is_provider  # served past the unauthenticated budget
         self.gateways.trunk = self.trunk
         self._trunk_task: asyncio.Task[None] | None = None
+        self._pinger_task: asyncio.Task[None] | None = None
         self._proxy_task: asyncio.Task[None] | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None  # CDRs of calls in progress
         self._build_media()
@@ -312,6 +324,9 @@ class Appliance:
                                                                   name="sip proxy timers")
         self._trunk_task = asyncio.get_running_loop().create_task(self.trunk.run(),
                                                                   name="sip trunk timers")
+        if self.pinger is not None:
+            self._pinger_task = asyncio.get_running_loop().create_task(
+                self.pinger.run(), name="sip keep-alive pings")
         try:
             await self.transport.start()
         except OSError as err:
@@ -481,6 +496,7 @@ class Appliance:
             await _attempt_all((("the trunk", self.trunk.close),
                                 ("the trunk task", self._cancel_trunk),
                                 ("the proxy task", self._cancel_proxy),
+                                ("the keep-alive task", self._cancel_pinger),
                                 ("the transport", self.transport.stop),
                                 ("the front door", self._close_frontdoor),
                                 ("the registrar", self.registrar.stop),
@@ -508,6 +524,10 @@ class Appliance:
     async def _cancel_trunk(self) -> None:
         await _cancel(self._trunk_task)
         self._trunk_task = None
+
+    async def _cancel_pinger(self) -> None:
+        await _cancel(self._pinger_task)
+        self._pinger_task = None
 
     async def _cancel_proxy(self) -> None:
         await _cancel(self._proxy_task)

@@ -48,6 +48,9 @@ class SipConfig:
     min_expires: int = 60
     max_expires: int = 3600
     max_contacts: int = 10
+    # Keep-alive (api-behaviour.md §11, sip/ping_schedule.py): OPTIONS to each registered contact
+    # every this many seconds; 3 unanswered in a row remove it. 0: no pings.
+    ping_interval: int = 60
     # Guard (sip.md §3): failed digests before a ban, the ban, unauthenticated requests/min.
     max_auth_failures: int = 5
     ban_seconds: int = 600
@@ -280,7 +283,8 @@ def parse(raw: Mapping[str, Any]) -> Config:
     sip_raw = _section("sip", raw.get("sip", {}),
                        {"listen", "domain", "min_expires", "max_expires", "max_contacts",
                         "max_auth_failures", "ban_seconds", "unauthenticated_per_minute",
-                        "digest_algorithms", "nat_keepalive_interval"})
+                        "digest_algorithms", "nat_keepalive_interval",
+                        "ping_interval"})
     domain = _string("sip.domain", sip_raw.get("domain", ""))
     if domain and not re.fullmatch(r"[A-Za-z0-9.\-]+", domain):
         raise ConfigError(f"sip.domain: {domain!r} is not a host name or address")
@@ -291,6 +295,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
         min_expires=_int("sip.min_expires", sip_raw.get("min_expires", 60), 1, 3600),
         max_expires=_int("sip.max_expires", sip_raw.get("max_expires", 3600), 60, 86400),
         max_contacts=_int("sip.max_contacts", sip_raw.get("max_contacts", 10), 1, 100),
+        ping_interval=_int("sip.ping_interval", sip_raw.get("ping_interval", 60), 0, 3600),
         max_auth_failures=_int("sip.max_auth_failures", sip_raw.get("max_auth_failures", 5),
                                1, 1000),
         ban_seconds=_int("sip.ban_seconds", sip_raw.get("ban_seconds", 600), 0, 86400 * 7),

@@ -232,6 +232,16 @@ class Location:
                 del self._bindings[aor]
         return gone
 
+    def remove_contact(self, aor: str, uri: str) -> Binding | None:
+        """Drop AOR's binding of the contact URI (its phone stopped answering)."""
+        contacts = self._bindings.get(aor)
+        if contacts is None:
+            return None
+        binding = contacts.pop(uri, None)
+        if not contacts:
+            del self._bindings[aor]
+        return binding
+
     def remove(self, aor: str) -> list[Binding]:
         """Drop every binding of AOR (its Client was deleted or may no longer register)."""
         return list(self._bindings.pop(aor, {}).values())

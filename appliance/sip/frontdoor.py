@@ -5,7 +5,9 @@ Theory of operation. Every message that parsed comes here. What happens to it:
 | Message | Outcome |
 |---|---|
 | from a banned source (``Guard``) | dropped silently (1) |
-| a response | to the proxy, if one is set; else dropped |
+| a response to our upstream REGISTER | to the trunk client |
+| a response to our keep-alive OPTIONS (6) | to the pinger |
+| any other response | to the proxy, if one is set; else dropped |
 | a retransmission of a request we answered | our last response again |
 | ACK | absorbed by our INVITE transaction; else to the proxy; else dropped |
 | CANCEL matching an INVITE we answered | 200 (nothing left to cancel) |
@@ -30,6 +32,8 @@ source.
 ``Supported`` only when ``SUPPORTED`` names an option tag (it is empty today).
 (4) The proxy, or **501 Not Implemented** while none is set (an unmatched CANCEL: 481).
 (5) ``may_answer``, the transport's hook: past the budget the broken request is dropped.
+(6) CSeq method OPTIONS, and the Via branch and Call-ID of a ping in flight
+(``Pinger.on_response``); any other OPTIONS response is the proxy's.
 
 Requests we answer ourselves run through a ``transaction`` server transaction, so UDP
 retransmissions are answered from it rather than processed twice (a REGISTER retransmitted
@@ -61,6 +65,7 @@ from appliance.sip.message import (
     max_forwards_status,
     unsupported_extensions,
 )
+from appliance.sip.pinger import Pinger
 from appliance.sip.register_view import PlainRegister
 from appliance.sip.registrar import Registrar
 from appliance.sip.transaction import (
@@ -114,6 +119,7 @@ class FrontDoor:
         self.sender = sender
         self.proxy = proxy
         self.trunk: MessageHandler | None = None  # sip.trunk: upstream registrations
+        self.pinger: Pinger | None = None  # sip.pinger: keep-alive OPTIONS to the phones
         # Transactions keep where their responses go (``peer``) and their timers (the
         # table's heap): nothing here is per transaction.
         self._table = TransactionTable()
@@ -218,9 +224,14 @@ class FrontDoor:
         if self.guard.is_banned(ip, now):
             return
         if isinstance(message, Response):
-            # Responses to our own upstream REGISTERs go to the trunk client.
-            if self.trunk is not None and message.cseq.method == "REGISTER":
+            # Responses to our own upstream REGISTERs go to the trunk client; those to our
+            # keep-alive OPTIONS to the pinger (the OPTIONS it did not send: the proxy's).
+            method = message.cseq.method
+            if self.trunk is not None and method == "REGISTER":
                 await self.trunk.handle(incoming)
+            elif method == "OPTIONS" and self.pinger is not None \
+                    and self.pinger.on_response(message):
+                pass
             elif self.proxy is not None:
                 await self.proxy.handle(incoming)
             return

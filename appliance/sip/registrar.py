@@ -67,6 +67,10 @@ flow) when a binding first refers to it, and no longer (``Flows.distrust``: the 
 timeout again, from then) when the last binding referring to it goes — unregistered,
 expired, revoked, or moved to another connection by a REGISTER sent there. A REGISTER that
 binds nothing on a connection (a query, an unregistration) does not trust it.
+The keep-alive (``sip.ping_schedule``, ``sip.pinger``; none when ``[sip] ping_interval`` is 0) is
+told of every change of an AoR's bindings, and of the contacts a REGISTER refreshed (proof
+of life); it pings each contact with OPTIONS and calls ``unreachable`` for one that left
+three pings in a row unanswered, which removes that binding as its expiry would have.
 Times are wall-clock seconds from the ``clock`` callable, because expiry times are persisted
 across restarts.
 
@@ -84,7 +88,7 @@ import logging
 import re
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -156,6 +160,16 @@ class Directory(Protocol):
     def set_registrations(self, login: str, registrations: list[Registration]) -> None: ...
 
 
+class Liveness(Protocol):
+    """The keep-alive of the registered contacts (``sip.pinger.Pinger``)."""
+
+    def track(self, aor: str, uris: Collection[str]) -> None:
+        """AOR's bindings are now URIS (after every change)."""
+
+    def heard(self, aor: str, uris: Collection[str]) -> None:
+        """A REGISTER from AOR's phone refreshed URIS."""
+
+
 class BindingStore(Protocol):
     """Persistence of bindings (``store.db.Store``)."""
 
@@ -217,6 +231,9 @@ class Registrar:
         # trust, and to distrust.
         self._connections = _Referrers()
         self.flows: Flows | None = None
+        # The keep-alive pings ([sip] ping_interval; None: 0, none): told of every change,
+        # it calls ``unreachable`` for a contact that stopped answering.
+        self.keepalive: Liveness | None = None
         self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL, MAX_LOGGED_SOURCES)
         # nonce -> (nc, Via branch) of the last request it authenticated, and the refusal it
         # got (None: it was applied). A retransmission of that very request is not an nc
@@ -432,6 +449,8 @@ class Registrar:
                 logger.log(level, "- %s registered from %s %s:%d: %d contact(s)", login,
                            origin.transport, *origin.source, len(bindings))
             self._changed(login, now)
+            if self.keepalive is not None:
+                self.keepalive.heard(login, [c.uri for c in contacts if not c.is_wildcard])
         elif {b.uri for b in bindings} != self._published.get(login, frozenset()):
             # A query that found bindings expired and not yet swept: register dropped them,
             # so the timer will not see them go. Published now, or their connections stay
@@ -492,6 +511,8 @@ class Registrar:
         self._sources.update(aor, {b.source[0] for b in bindings})
         self._count_connections(
             aor, {b.connection_id for b in bindings if b.connection_id is not None})
+        if self.keepalive is not None:
+            self.keepalive.track(aor, [b.uri for b in bindings])
         self.directory.set_registrations(aor, [
             Registration(
                 login=aor, contact=b.uri, transport=b.transport,
@@ -557,6 +578,18 @@ class Registrar:
                 self._changed(aor, self.clock())
                 gone += removed
         return gone
+
+    def binding(self, aor: str, uri: str) -> Binding | None:
+        """AOR's live binding of the contact URI, if any."""
+        return next((b for b in self.location.lookup(aor, self.clock()) if b.uri == uri), None)
+
+    def unreachable(self, aor: str, uri: str) -> None:
+        """AOR's contact URI stopped answering the keep-alive's OPTIONS: its binding goes as
+        an expired one does (store, API, TCP trust)."""
+        if self.location.remove_contact(aor, uri) is None:
+            return
+        logger.info("- %s: contact %s dropped: no answer to its keep-alive OPTIONS", aor, uri)
+        self._changed(aor, self.clock())
 
     def expire(self) -> list[Binding]:
         """Remove the bindings whose time is up (the timer task calls this)."""

@@ -16,6 +16,7 @@ listen = "127.0.0.1:8081"
 [sip]
 listen = "0.0.0.0:5070"
 domain = "pbx.example.com"
+ping_interval = 30
 [admin]
 email = "Boss@Example.com"
 password = "Pbx-edge-7"
@@ -39,6 +40,8 @@ def test_defaults_without_a_file() -> None:
     assert cfg.sip.listen == Endpoint("0.0.0.0", 5060)
     assert cfg.admin.email == "administrator@company.com"
     assert cfg.media.rtp_ports == (10000, 10999)
+    assert cfg.sip.ping_interval == 60
+    assert parse({"sip": {"ping_interval": 0}}).sip.ping_interval == 0  # no pings
 
 
 def test_every_documented_key(tmp_path: Path) -> None:
@@ -48,6 +51,7 @@ def test_every_documented_key(tmp_path: Path) -> None:
     assert cfg.data_dir == Path("/var/lib/appliance")
     assert cfg.api.listen == Endpoint("127.0.0.1", 8081)
     assert cfg.sip.domain == "pbx.example.com"
+    assert cfg.sip.ping_interval == 30
     assert cfg.admin.email == "boss@example.com"
     assert cfg.modem.number == "+15551234567"
     assert cfg.media.workers == 2
@@ -79,6 +83,10 @@ def test_config_is_frozen() -> None:
     ({"sip": {"nat_keepalive_interval": -1}}, "sip.nat_keepalive_interval"),
     ({"sip": {"nat_keepalive_interval": 0.5}}, "sip.nat_keepalive_interval"),
     ({"sip": {"nat_keepalive_interval": "20s"}}, "sip.nat_keepalive_interval"),
+    ({"sip": {"ping_interval": -1}}, "sip.ping_interval"),
+    ({"sip": {"ping_interval": 3601}}, "sip.ping_interval"),
+    ({"sip": {"ping_interval": 1.5}}, "sip.ping_interval"),
+    ({"sip": {"ping_interval": "60"}}, "sip.ping_interval"),
 ])
 def test_bad_values_name_the_key(raw: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as err:

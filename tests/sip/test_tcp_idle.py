@@ -427,3 +427,38 @@ async def test_a_deleted_clients_phone_keeps_its_connection_only_the_short_idle(
         assert time.monotonic() - revoked >= SHORT
         assert not await closed_by_server(bob[0], 2 * SHORT)
         assert await answers_options(*bob, "z9hG4bKbob")
+
+
+class RecordingLiveness:
+    def __init__(self) -> None:
+        self.tracked: dict[str, list[str]] = {}
+        self.refreshed: list[tuple[str, list[str]]] = []
+
+    def track(self, aor: str, uris: Any) -> None:
+        self.tracked[aor] = list(uris)
+
+    def heard(self, aor: str, uris: Any) -> None:
+        self.refreshed.append((aor, list(uris)))
+
+
+async def test_a_contact_that_stopped_answering_goes_as_an_expired_one() -> None:
+    """``Registrar.unreachable`` (the keep-alive gave up on a contact): the binding leaves
+    the table, the API, the database and its connection's trust, and the keep-alive is told."""
+    h = test_registrar.Harness(user("alice"))
+    flows = RecordingFlows()
+    h.registrar.flows = flows
+    liveness = RecordingLiveness()
+    h.registrar.keepalive = liveness
+    assert await registered_on(h, "alice", "tcp-1", call_id="a1") == 200
+    contact = "sip:alice@192.0.2.10:5060"
+    assert liveness.tracked == {"alice": [contact]}
+    assert liveness.refreshed == [("alice", [contact])]  # the REGISTER is proof of life
+    assert h.directory.published["alice"] != []
+    h.registrar.unreachable("alice", contact)
+    await h.registrar.flush()
+    assert h.location.lookup("alice", h.clock()) == []
+    assert h.directory.published["alice"] == [] and h.store.saved["alice"] == []
+    assert flows.distrusted == ["tcp-1"]
+    assert liveness.tracked == {"alice": []}
+    h.registrar.unreachable("alice", contact)  # twice: nothing more
+    assert flows.distrusted == ["tcp-1"]
