@@ -31,9 +31,11 @@ The appliance is started as ``python -m appliance serve --config <tmp>/config.to
 temporary data dir and free loopback ports; N Clients are created through the REST API first.
 ``[sip] max_auth_failures`` and ``unauthenticated_per_minute`` are raised (the output says so):
 the load generator is one source address, which the Guard would otherwise throttle (503) and
-ban. Kamailio runs ``bench/kamailio/kamailio.cfg`` in the foreground (``-DD -E``) with two UDP
-workers (``-n 2``) and 256 MB of shared memory; its credential table (login -> HA1) is written
-into a temporary db_text directory and loaded into an htable at start.
+ban. ``ping_interval = 0``: no keep-alive OPTIONS to the registered users, which Kamailio's
+config does not send either (and sipp's UAS would abort on). Kamailio runs
+``bench/kamailio/kamailio.cfg`` in the foreground (``-DD -E``) with two UDP workers
+(``-n 2``) and 256 MB of shared memory; its credential table (login -> HA1) is written into a
+temporary db_text directory and loaded into an htable at start.
 
 ``--profile FILE`` runs the appliance under ``python -m cProfile -o FILE`` (its figures are
 then slower and only good for finding hot spots). Every sipp run and every wait is bounded;
@@ -389,6 +391,7 @@ class ApplianceServer(Server):
             f"max_auth_failures = {MAX_AUTH_FAILURES}",
             f"unauthenticated_per_minute = {UNAUTHENTICATED_PER_MINUTE}",
             'digest_algorithms = ["MD5"]',
+            "ping_interval = 0",  # Kamailio's config pings no phone either: like for like
             "",
         ]))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -676,7 +679,8 @@ def print_report(args: argparse.Namespace, reg: dict[str, RegisterFigures],
     print(f"appliance: python -m appliance serve (log level {args.log_level}); [sip] "
           f"max_auth_failures = {MAX_AUTH_FAILURES}, unauthenticated_per_minute = "
           f"{UNAUTHENTICATED_PER_MINUTE} (raised so the single-source load generator is "
-          "neither banned nor throttled)")
+          "neither banned nor throttled), ping_interval = 0 (no keep-alive OPTIONS: "
+          "Kamailio's config sends none)")
     if "kamailio" in reg or "kamailio" in calls:
         print(f"kamailio: {KAMAILIO_CFG.relative_to(ROOT)}, {KAMAILIO_WORKERS} UDP workers "
               f"(-n {KAMAILIO_WORKERS}), {KAMAILIO_SHM_MB} MB shm; CPU summed over all its "
