@@ -218,7 +218,7 @@ class Appliance:
         self.sip_directory.on_registered.append(lambda _login: self.messaging.client_registered())
         self.trunk = Trunk(self.transport, clock=self.timer_clock, wall_clock=self.wall_clock,
                            local=lambda: (self.transport.advertised, sip.listen.port),
-                           pinger=self.transport,
+                           keepalive_sender=self.transport,
                            keepalive_interval=sip.nat_keepalive_interval)
         self.frontdoor.trunk = self.trunk
         self.guard.exempt = self.trunk.is_provider  # served past the unauthenticated budget

@@ -64,7 +64,7 @@ written, a name does not resolve), the sender's ``on_error`` is called instead, 
 loop: RFC 3261 §18.4 has transport errors reported to the transaction (§17.1.4), so that a
 proxy's branch to a TCP phone that went away fails now rather than on Timer B. What the sender
 makes of it is its business: this module knows no SIP transactions. ``ping(target)`` (the
-``Pinger`` seam) sends a CRLFCRLF datagram from the UDP socket: the trunk's NAT keep-alive
+``KeepAliveSender`` seam) sends a CRLFCRLF datagram from the UDP socket: the trunk's NAT keep-alive
 towards its provider, from the port its REGISTERs use.
 Log lines: ``<`` in, ``>`` out, ``-`` state, ``x`` failure, at debug level, showing only start
 lines — never header values, so never Authorization.
@@ -894,7 +894,7 @@ class Transport:
 
     def ping(self, target: Target) -> bool:
         """Send a NAT keep-alive, ``PING`` (CRLFCRLF), to TARGET from the UDP socket (see
-        ``wire.Pinger``): the trunk's, towards the provider it registers to. UDP to an IP
+        ``wire.KeepAliveSender``): the trunk's, towards the provider it registers to. UDP to an IP
         address only, which is all the trunk sends (it resolves its provider itself); False
         otherwise. SIP stacks ignore such a datagram on UDP (we do: ``_datagram``)."""
         host = target.host.strip("[]")

@@ -8,7 +8,7 @@ Back-off uses a random jitter factor so boxes behind one NAT do not retry in ste
 
 NAT keep-alives (docs/gateways.md "Behind the office's NAT"): while a line is registering,
 registered or retrying, its provider address (the one its REGISTERs go to) gets a CRLFCRLF
-datagram from the SIP socket (``Pinger``, the transport) after every ``keepalive_interval``
+datagram from the SIP socket (``KeepAliveSender``, the transport) after every ``keepalive_interval``
 seconds without a REGISTER to it; when and where is ``keepalive.KeepAlives``'s business.
 Several gateways at one provider address share its keep-alives. Lines are UDP only (their
 targets are resolved for UDP, their Contact has no transport), so there is no TCP flow to
@@ -43,7 +43,7 @@ from appliance.sip.transaction import (
 )
 from appliance.sip.transaction_table import TransactionTable
 from appliance.sip.upstream import LocalAddress, State, UpstreamAccount, UpstreamRegistration
-from appliance.sip.wire import Incoming, Pinger, Sender, Target
+from appliance.sip.wire import Incoming, KeepAliveSender, Sender, Target
 
 logger = logging.getLogger(__name__)
 
@@ -120,15 +120,15 @@ def _unmapped_network(network: Network) -> Network:
 class Trunk:
     def __init__(self, sender: Sender, *, clock: Callable[[], float],
                  local: Callable[[], tuple[str, int]],
-                 wall_clock: Callable[[], float], pinger: Pinger | None = None,
+                 wall_clock: Callable[[], float], keepalive_sender: KeepAliveSender | None = None,
                  keepalive_interval: float = 0.0) -> None:
         """CLOCK is monotonic seconds: it drives the retransmissions, refreshes, retries and
         keep-alives, which a step of the wall clock (NTP, on a box without an RTC) must
         neither fire all at once nor stall (a stalled refresh lets the provider registration
         lapse and the office's inbound calls with it). WALL_CLOCK only dates a
-        registration's expiry for the API. PINGER sends the NAT keep-alives, after
-        KEEPALIVE_INTERVAL seconds without a REGISTER to a provider address (0 or no PINGER:
-        none)."""
+        registration's expiry for the API. KEEPALIVE_SENDER sends the NAT keep-alives,
+        after KEEPALIVE_INTERVAL seconds without a REGISTER to a provider address (0, or no
+        KEEPALIVE_SENDER: none)."""
         self._sender = sender
         self._clock = clock
         self._wall_clock = wall_clock
@@ -142,9 +142,9 @@ class Trunk:
         self._by_txn: dict[ClientTransaction, _Line] = {}
         self._wake = asyncio.Event()
         self._pending: set[asyncio.Task[None]] = set()
-        self._pinger = pinger
+        self._keepalive_sender = keepalive_sender
         self._keepalives: KeepAlives[Target] = KeepAlives(
-            keepalive_interval if pinger is not None else 0.0)
+            keepalive_interval if keepalive_sender is not None else 0.0)
 
     # -- services.gateways.Trunk -------------------------------------------------------------
 
@@ -257,10 +257,10 @@ class Trunk:
             request = line.machine.handle_timer(now)
             if request is not None:
                 self._spawn(self._send(line, request))
-        if self._pinger is not None:
+        if self._keepalive_sender is not None:
             self._watch(now)
             for target in self._keepalives.handle_timer(now):
-                self._pinger.ping(target)
+                self._keepalive_sender.ping(target)
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` next has something to do (None: nothing is pending)."""

@@ -48,7 +48,7 @@ class Sender(Protocol):
         resolve), ON_ERROR is called, once, later, from the event loop; never after False."""
 
 
-class Pinger(Protocol):
+class KeepAliveSender(Protocol):
     def ping(self, target: Target) -> bool:
         """Send a keep-alive (a CRLFCRLF datagram, ``framing.PING``) to TARGET from our SIP
         socket, so the NAT mapping our requests to TARGET use is refreshed. Logged, never
