@@ -43,6 +43,20 @@ class Conflict(ApplianceError):
     status = 409
 
 
+class Duplicate(Conflict):
+    """The store refused a row because another row already holds its unique value.
+
+    The store raises it (the database is what makes "check, then insert" atomic); a service
+    that checks for duplicates first catches it and answers as its own check does, so that
+    two requests racing past that check get the same answer as two made one after the other.
+    """
+
+    def __init__(self, table: str, column: str) -> None:
+        super().__init__(f"A row with the same {column} already exists in {table}")
+        self.table = table
+        self.column = column
+
+
 class Gone(ApplianceError):
     status = 410
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from appliance import passwords
-from appliance.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from appliance.errors import Conflict, Duplicate, Forbidden, InvalidInput, NotFound, Unauthorized
 from appliance.models import (
     ADMIN_SID,
     RESERVED_ADMIN_EMAIL,
@@ -33,6 +33,7 @@ _EMAIL = re.compile(
     r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?$")
 MAX_TREE_DEPTH = 3  # top-level, child, grandchild (api-behaviour.md §4)
 MAX_FIELD = 255
+_EMAIL_TAKEN = "The email address used for the new account is already in use."
 MAX_VERIFIED = 1024  # remembered (login, secret) pairs; cleared whole when full
 
 
@@ -253,7 +254,7 @@ class AccountService:
         sid = account_sid_for(email)
         if email == RESERVED_ADMIN_EMAIL or await self._store.get_account(sid) is not None \
                 or await self._store.find_account(email) is not None:
-            raise Conflict("The email address used for the new account is already in use.")
+            raise Conflict(_EMAIL_TAKEN)
         if actor.status != AccountStatus.ACTIVE:
             raise Forbidden("Provided Account is not active")
         if friendly_name is not None and len(friendly_name) > MAX_FIELD:
@@ -266,7 +267,11 @@ class AccountService:
                           friendly_name=friendly_name or email, email_address=email, type="Full",
                           status=new_status, role=new_role, auth_token=md5_hex(password),
                           date_created=now, date_updated=now)
-        await self._store.insert_account(account)
+        try:
+            await self._store.insert_account(account)
+        except Duplicate as err:
+            # Created by another request since the check above: the same answer.
+            raise Conflict(_EMAIL_TAKEN) from err
         self._remember(account)
         if self.linked is not None:
             await self.linked.create_linked(account, local, password)

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from appliance import passwords
-from appliance.errors import Conflict, Forbidden, InvalidInput, NotFound
+from appliance.errors import Conflict, Duplicate, Forbidden, InvalidInput, NotFound
 from appliance.models import (
     API_VERSION,
     Account,
@@ -44,6 +44,8 @@ MAX_PASSWORD = 128
 # RFC 2396 userinfo characters minus ":" (it separates user and password in a URI).
 _USERINFO = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'();&=+$,]|%[0-9A-Fa-f]{2})+$")
 _HTTP_METHODS = ("GET", "POST")
+# Restcomm's "number not available" answer: 400 with the bare Twilio code as the body.
+_NUMBER_TAKEN = "21452"
 
 
 def _url(field: str, value: str | None) -> str | None:
@@ -188,18 +190,26 @@ class ProvisioningService:
         password = fields.get("password")
         if password is None or password == "":
             raise InvalidInput("Password can not be null.")
+        await self._refuse_taken_login(account, login)
+        self._check_password(password, weak_as_json=True)
+        client = self._new_client(account, login, password, fields)
+        try:
+            await self._store.insert_client(client)
+        except Duplicate:
+            # Another request took the login since the check above: its answer, not a 500.
+            await self._refuse_taken_login(account, login)
+            raise
+        self._changed(client)
+        logger.info("- client %s (%s) created in %s", client.sid, login, account.sid)
+        return client
+
+    async def _refuse_taken_login(self, account: Account, login: str) -> None:
         existing = await self._store.get_client_by_login(login)
         if existing is not None:
             if existing.account_sid == account.sid:
                 raise Conflict("A client with the same login already exists in this account.")
             raise Conflict("A client with the same name was already created by another account. "
                            "Please, choose a different name and try again.")
-        self._check_password(password, weak_as_json=True)
-        client = self._new_client(account, login, password, fields)
-        await self._store.insert_client(client)
-        self._changed(client)
-        logger.info("- client %s (%s) created in %s", client.sid, login, account.sid)
-        return client
 
     def _new_client(self, account: Account, login: str, password: str,
                     fields: Mapping[str, str]) -> Client:
@@ -273,7 +283,10 @@ class ProvisioningService:
             return
         client = self._new_client(account, login, password,
                                   {"friendly_name": account.friendly_name})
-        await self._store.insert_client(client)
+        try:
+            await self._store.insert_client(client)
+        except Duplicate:
+            return  # created meanwhile by another request: skipped, as when it existed
         self._changed(client)
 
     async def sync_linked(self, account: Account, login: str, password: str | None) -> None:
@@ -417,8 +430,7 @@ class ProvisioningService:
         pure_sip = _bool("isSIP", fields.get("is_sip"), False)
         number_text = raw if pure_sip else normalize_number(raw)
         if await self._store.find_number(number_text) is not None:
-            # Restcomm's "number not available" answer: 400 with the bare Twilio code.
-            raise InvalidInput("21452")
+            raise InvalidInput(_NUMBER_TAKEN)
         now = self._clock()
         values = self._number_values(fields, None)
         number = PhoneNumber(
@@ -426,7 +438,11 @@ class ProvisioningService:
             friendly_name=_name("FriendlyName", fields.get("friendly_name"), number_text),
             phone_number=number_text, pure_sip=pure_sip, api_version=API_VERSION,
             date_created=now, date_updated=now, **values)
-        await self._store.insert_number(number)
+        try:
+            await self._store.insert_number(number)
+        except Duplicate as err:
+            # Provisioned by another request since the check above: the same answer.
+            raise InvalidInput(_NUMBER_TAKEN) from err
         self._numbers_changed()
         return number
 

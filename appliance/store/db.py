@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 from sqlite_utils import Database
 
 from appliance import models
-from appliance.errors import StoreBusy
+from appliance.errors import Duplicate, StoreBusy
 from appliance.queries import ListQuery
 from appliance.store import rows, schema
 
@@ -211,9 +212,15 @@ class Store:
     def _insert(self, table: str, values: Mapping[str, Any]) -> None:
         columns = ", ".join(f'"{c}"' for c in values)
         marks = ", ".join("?" for _ in values)
-        with self._database().atomic():
-            self._conn().execute(f'INSERT INTO "{table}" ({columns}) VALUES ({marks})',
-                                 _bindable(values.values()))
+        try:
+            with self._database().atomic():
+                self._conn().execute(f'INSERT INTO "{table}" ({columns}) VALUES ({marks})',
+                                     _bindable(values.values()))
+        except sqlite3.IntegrityError as err:
+            duplicate = _duplicate(err)
+            if duplicate is None:
+                raise
+            raise duplicate from err
 
     def _update(self, table: str, sid: str, values: Mapping[str, Any]) -> None:
         sets = ", ".join(f'"{c}" = ?' for c in values)
@@ -563,6 +570,16 @@ class Store:
         sql = (f'SELECT {columns} FROM "{table}" WHERE {where_sql} '
                f'ORDER BY {", ".join(order_parts)} LIMIT ? OFFSET ?')
         return total, sql, [*params, query.page_size, query.page * query.page_size]
+
+
+_UNIQUE_FAILED = re.compile(r"UNIQUE constraint failed: (\w+)\.(\w+)")
+
+
+def _duplicate(err: sqlite3.IntegrityError) -> Duplicate | None:
+    """ERR as the domain's Duplicate when it is a UNIQUE (or primary key) violation on one
+    column; None for any other integrity error (a foreign key, NOT NULL...)."""
+    match = _UNIQUE_FAILED.fullmatch(str(err))
+    return Duplicate(match[1], match[2]) if match else None
 
 
 def _bindable(params: Iterable[Any]) -> tuple[Any, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 
@@ -70,6 +71,36 @@ async def test_duplicate_email_is_409(api: Api) -> None:
     status, _, _ = await api.post("Accounts.json", {"EmailAddress": "DUP@example.com",
                                                      "Password": PW})
     assert status == 409
+
+
+async def test_parallel_creates_of_one_email_answer_as_sequential_ones(api: Api) -> None:
+    # Two requests racing between the duplicate check and the insert met the UNIQUE
+    # constraint on accounts.email_address: a 500 instead of the duplicate's 409.
+    for round_ in range(3):
+        answers = await asyncio.gather(*(
+            api.post("Accounts.json", {"EmailAddress": f"race{round_}@example.com",
+                                       "Password": f"Desk-phone-{i}x"})
+            for i in range(10)))
+        assert sorted(status for status, _, _ in answers) == [200] + [409] * 9, answers
+        assert {body for status, body, _ in answers if status == 409} == {
+            "The email address used for the new account is already in use."}
+
+
+async def test_parallel_accounts_with_one_local_part_share_no_linked_client(api: Api) -> None:
+    # Each new account gets a linked Client named by its email's local part, skipped when
+    # that login exists: accounts created at once with one local part all succeed, and
+    # exactly one of them has the Client.
+    answers = await asyncio.gather(*(
+        api.post("Accounts.json", {"EmailAddress": f"desk@site{i}.example.com",
+                                   "Password": PW}) for i in range(10)))
+    assert [status for status, _, _ in answers] == [200] * 10, answers
+    logins = []
+    for _, body, _ in answers:
+        acct = json.loads(body)
+        status, clients, _ = await api.get(f"Accounts/{acct['sid']}/Clients.json")
+        assert status == 200
+        logins += [c["login"] for c in json.loads(clients)]
+    assert logins == ["desk"]
 
 
 async def test_tree_is_three_levels_deep(api: Api) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import xml.etree.ElementTree as ET
@@ -117,6 +118,21 @@ async def test_duplicate_logins_are_409(api: Api) -> None:
     status, body, _ = await other.post(f"Accounts/{sid}/Clients.json",
                                        {"Login": "dupe", "Password": PW})
     assert status == 409 and body.startswith("A client with the same name was already created")
+
+
+async def test_parallel_creates_of_one_login_answer_as_sequential_ones(api: Api) -> None:
+    # The duplicate check and the insert are two store calls: requests racing between them
+    # reached the UNIQUE constraint on clients.login, a 500. Several rounds, as a race may
+    # well be lost once by chance.
+    for round_ in range(3):
+        login = f"race{round_}"
+        answers = await asyncio.gather(*(
+            api.post(f"{BASE}.json", {"Login": login, "Password": f"Desk-phone-{i}x"})
+            for i in range(10)))
+        statuses = sorted(status for status, _, _ in answers)
+        assert statuses == [200] + [409] * 9, answers
+        assert {body for status, body, _ in answers if status == 409} == {
+            "A client with the same login already exists in this account."}
 
 
 async def test_client_of_another_account_is_403(api: Api) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import xml.etree.ElementTree as ET
 
@@ -36,6 +37,17 @@ async def test_e164_normalisation_and_duplicates(api: Api) -> None:
     assert status == 200 and json.loads(body)["phone_number"] == "alice-desk"
     status, body, _ = await api.post(f"{NUMBERS}.json", {})
     assert status == 400 and body == "Phone number can not be null."
+
+
+async def test_parallel_provisions_of_one_number_answer_as_sequential_ones(api: Api) -> None:
+    # The UNIQUE index on the phone number caught requests racing past the duplicate check:
+    # a 500 instead of the duplicate's 400 21452.
+    for round_ in range(3):
+        answers = await asyncio.gather(*(
+            api.post(f"{NUMBERS}.json", {"PhoneNumber": f"+1555000{round_}"})
+            for _ in range(10)))
+        assert sorted(status for status, _, _ in answers) == [200] + [400] * 9, answers
+        assert {body for status, body, _ in answers if status == 400} == {"21452"}
 
 
 async def test_local_tollfree_mobile_factories(api: Api) -> None:

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from appliance.errors import StoreBusy
+from appliance.errors import Duplicate, StoreBusy
 from appliance.models import (
     API_VERSION,
     AccountSid,
+    Application,
+    ApplicationSid,
     CallRecord,
     CallSid,
     Notification,
@@ -211,6 +213,33 @@ async def test_text_with_a_lone_surrogate_is_looked_up_and_written_without_an_er
         await store.insert_sms(sms)
         written = await store.get_sms(sms.sid)
         assert written is not None and (written.from_, written.body) == ("al?ice", "caf?")
+    finally:
+        await store.close()
+
+
+async def test_a_row_taking_a_unique_value_raises_duplicate_other_violations_do_not(
+        tmp_path: Path) -> None:
+    """The UNIQUE constraint is what makes "check, then insert" atomic: its violation is the
+    domain's Duplicate (naming table and column) for the service to answer as its own check
+    does; another integrity error (here a foreign key) stays what it is."""
+    store = Store(tmp_path / "unique.db")
+    await store.open()
+    try:
+        sms = SmsRecord(sid=SmsSid("SM" + "1" * 32), account_sid=AccountSid("ACa"),
+                        from_="alice", to="bob", body="hi", status="received",
+                        direction="inbound", error_code=None, error_message=None, price="0",
+                        price_unit="USD", api_version="2012-04-24", date_sent=NOW,
+                        date_created=NOW, date_updated=NOW)
+        await store.insert_sms(sms)
+        with pytest.raises(Duplicate) as caught:
+            await store.insert_sms(sms)
+        assert (caught.value.table, caught.value.column) == ("sms_messages", "sid")
+        orphan = Application(sid=ApplicationSid("AP" + "1" * 32), account_sid=AccountSid("ACa"),
+                             friendly_name="x", voice_caller_id_lookup=False, rcml_url=None,
+                             kind=None, api_version=API_VERSION, date_created=NOW,
+                             date_updated=NOW)
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            await store.insert_application(orphan)
     finally:
         await store.close()
 
