@@ -26,6 +26,8 @@ def _filters(ctx: Ctx) -> ListFilters:
         to=q.get("To"), from_=q.get("From"), status=q.get("Status"), body=q.get("Body"),
         start_time=q.get("StartTime"), end_time=q.get("EndTime"),
         started_from=q.get("StartTime>"), started_until=q.get("StartTime<"),
+        ended_from=q.get("EndTime>"), ended_until=q.get("EndTime<"),
+        date_sent=q.get("DateSent"), sent_from=q.get("DateSent>"), sent_until=q.get("DateSent<"),
         parent_call_sid=q.get("ParentCallSid"), conference_sid=q.get("ConferenceSid"),
         call_sid=q.get("CallSid"), error_code=q.get("ErrorCode"),
         request_url=q.get("RequestUrl"), message_text=q.get("MessageText"),

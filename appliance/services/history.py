@@ -55,9 +55,15 @@ class ListFilters:
     start_time: str | None = None
     end_time: str | None = None
     # Twilio's inequality forms, which Restcomm's docs list too: ``StartTime>=day`` and
-    # ``StartTime<=day`` (a query string splits them into ``StartTime>``/``StartTime<``).
+    # ``StartTime<=day`` (a query string splits them into ``StartTime>``/``StartTime<``),
+    # the same for EndTime, and Twilio's DateSent (SMS) with its own two.
     started_from: str | None = None
     started_until: str | None = None
+    ended_from: str | None = None
+    ended_until: str | None = None
+    date_sent: str | None = None
+    sent_from: str | None = None
+    sent_until: str | None = None
     parent_call_sid: str | None = None
     conference_sid: str | None = None
     call_sid: str | None = None
@@ -131,6 +137,14 @@ def _time_range(filters: ListFilters, start_column: str, end_column: str) -> lis
             + _to_day(end_column, "EndTime", filters.end_time, "<="))
 
 
+def _inequalities(column: str, name: str, from_day: str | None, until_day: str | None
+                  ) -> list[Condition]:
+    """Twilio's `NAME>=day` (COLUMN from the start of that day) and `NAME<=day` (to the end
+    of that day); a row without a value in COLUMN matches neither."""
+    return (_from_day(column, f"{name}>=", from_day)
+            + _to_day(column, f"{name}<=", until_day, "<"))
+
+
 class HistoryService:
     def __init__(self, store: StoreProtocol, clock: Callable[[], datetime],
                  scope: Callable[[Account, bool], Awaitable[tuple[str, ...]]]) -> None:
@@ -181,8 +195,10 @@ class HistoryService:
             if text := checked(value, name):
                 conditions.append(Condition(column, "like", text))
         conditions += _time_range(filters, "start_time", "end_time")
-        conditions += _from_day("start_time", "StartTime>=", filters.started_from)
-        conditions += _to_day("start_time", "StartTime<=", filters.started_until, "<")
+        conditions += _inequalities("start_time", "StartTime", filters.started_from,
+                                    filters.started_until)
+        conditions += _inequalities("end_time", "EndTime", filters.ended_from,
+                                    filters.ended_until)
         return ListQuery(account_sids=await self._accounts(account, filters),
                          conditions=tuple(conditions), order=_order("calls", filters),
                          page=paging.page, page_size=paging.page_size)
@@ -210,7 +226,20 @@ class HistoryService:
             conditions.append(Condition("status", "like", status))
         if body := checked(filters.body, "Body"):
             conditions.append(Condition("body", "like", f"%{body}%"))
+        # A message has one time for StartTime and EndTime: its creation. Both are bounds
+        # on it, so their inequality forms mean the same on either name.
         conditions += _time_range(filters, "date_created", "date_created")
+        conditions += _inequalities("date_created", "StartTime", filters.started_from,
+                                    filters.started_until)
+        conditions += _inequalities("date_created", "EndTime", filters.ended_from,
+                                    filters.ended_until)
+        # Twilio's DateSent: sent that day (the whole day, as Twilio reads it); >= and <=
+        # from the start / to the end of the day.
+        if day := checked(filters.date_sent, "DateSent"):
+            conditions += (_from_day("date_sent", "DateSent", day)
+                           + _to_day("date_sent", "DateSent", day, "<"))
+        conditions += _inequalities("date_sent", "DateSent", filters.sent_from,
+                                    filters.sent_until)
         query = ListQuery(account_sids=await self._accounts(account, filters),
                           conditions=tuple(conditions), order=_order("sms_messages", filters),
                           page=paging.page, page_size=paging.page_size)

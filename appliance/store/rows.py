@@ -201,7 +201,7 @@ COLUMNS: dict[str, frozenset[str]] = {
     "calls": frozenset({"to", "from", "status", "start_time", "end_time", "parent_call_sid",
                         "conference_sid", "date_created", "direction", "duration", "price"}),
     "sms_messages": frozenset({"to", "from", "status", "body", "direction", "price",
-                               "date_created"}),
+                               "date_created", "date_sent"}),
     "incoming_phone_numbers": frozenset({"phone_number", "friendly_name", "date_created"}),
     "notifications": frozenset({"date_created", "error_code", "request_url", "message_text",
                                 "log", "call_sid"}),

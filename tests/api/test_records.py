@@ -136,6 +136,67 @@ async def test_call_filters(api: Api, appliance: Appliance) -> None:
     assert status == 400
 
 
+async def test_call_end_time_filters_and_inequality_forms(api: Api,
+                                                           appliance: Appliance) -> None:
+    # 30 calls ended on 2024-03-03, cdr 999 on 2024-03-04, one still going on (no end).
+    await seed_calls(appliance, 30)
+    await appliance.store.insert_calls([cdr(999), cdr(1000, status="in-progress",
+                                                     end_time=None)])
+
+    async def total(query: str) -> int:
+        status, body, _ = await api.get(f"{CALLS}.json?{query}")
+        assert status == 200, (query, body)
+        return int(json.loads(body)["total"])
+
+    assert await total("") == 32
+    assert await total("EndTime=2024-03-03") == 30  # ended by the end of that day
+    assert await total("EndTime>=2024-03-03") == 31  # ended that day or later
+    assert await total("EndTime>=2024-03-04") == 1
+    assert await total("EndTime>=2024-03-05") == 0
+    assert await total("EndTime<=2024-03-04") == 31  # ended that day or before
+    assert await total("EndTime<=2024-03-03") == 30
+    assert await total("EndTime<=2024-03-02") == 0
+    assert await total("EndTime>=2024-03-03&EndTime<=2024-03-03") == 30
+    assert await total("StartTime>=2024-03-04&EndTime<=2024-03-04") == 1
+    for query in ("EndTime>=tomorrow", "EndTime<=2024-13-45"):
+        status, body, _ = await api.get(f"{CALLS}.json?{query}")
+        assert status == 400 and "EndTime" in body, (query, body)
+
+
+async def test_sms_date_filters_and_inequality_forms(api: Api, appliance: Appliance) -> None:
+    # Created on 3, 4 and 5 March; sent a day after creation, the last one never sent.
+    for day in range(3):
+        created = T0 + timedelta(days=day)
+        await appliance.store.insert_sms(SmsRecord(
+            sid=SmsSid(mint_sid("SM")), account_sid=AccountSid(ADMIN_SID), from_="+15550001111",
+            to="+15552220000", body=f"day {day}", status="sent" if day < 2 else "queued",
+            direction="outbound-api", error_code=None, error_message=None, price="0",
+            price_unit="USD", api_version="2012-04-24",
+            date_sent=created + timedelta(days=1) if day < 2 else None,
+            date_created=created, date_updated=created))
+
+    async def bodies(query: str) -> list[str]:
+        status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json?{query}")
+        assert status == 200, (query, body)
+        return sorted(m["body"] for m in json.loads(body)["messages"])
+
+    assert await bodies("StartTime=2024-03-04") == ["day 1", "day 2"]
+    assert await bodies("StartTime>=2024-03-04") == ["day 1", "day 2"]
+    assert await bodies("StartTime<=2024-03-04") == ["day 0", "day 1"]
+    assert await bodies("EndTime=2024-03-04") == ["day 0", "day 1"]
+    assert await bodies("EndTime<=2024-03-03") == ["day 0"]
+    assert await bodies("EndTime>=2024-03-05") == ["day 2"]
+    assert await bodies("StartTime>=2024-03-04&StartTime<=2024-03-04") == ["day 1"]
+    assert await bodies("DateSent=2024-03-05") == ["day 1"]  # that day only
+    assert await bodies("DateSent>=2024-03-04") == ["day 0", "day 1"]  # never sent: left out
+    assert await bodies("DateSent<=2024-03-04") == ["day 0"]
+    assert await bodies("DateSent<=2024-03-02") == []
+    for query in ("StartTime>=soon", "StartTime<=x", "EndTime<=x", "DateSent=x",
+                  "DateSent>=x", "DateSent<=2024-02-30"):
+        status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json?{query}")
+        assert status == 400, (query, body)
+
+
 async def test_call_sorting(api: Api, appliance: Appliance) -> None:
     await appliance.store.insert_calls([cdr(i, duration=(i * 7) % 5) for i in range(5)])
     status, body, _ = await api.get(f"{CALLS}.json", params={"SortBy": "Duration:asc"})
