@@ -80,7 +80,7 @@ def check_config(config_path: Path | None) -> None:
 def reset_admin_password(config_path: Path | None) -> None:
     """Console-only: give the administrator a new random password (stop the service first)."""
     cfg = _load(config_path)
-    from appliance.app import Appliance
+    from appliance.app import Appliance, InstanceLock
 
     async def run() -> str:
         appliance = Appliance(cfg)
@@ -90,11 +90,24 @@ def reset_admin_password(config_path: Path | None) -> None:
         finally:
             await appliance.store.close()
 
+    # A running appliance keeps the accounts (and the credentials it has verified) in
+    # memory: a password changed under it would not apply until its restart. So the reset
+    # takes the instance lock, as restore does, and is refused while the service holds it.
+    lock = InstanceLock(cfg.data_dir)
+    try:
+        lock.acquire()
+    except ApplianceError as err:
+        click.echo(f"appliance: {err.message}: stop the service first "
+                   "(systemctl stop appliance), then reset the password; "
+                   "nothing was changed", err=True)
+        sys.exit(1)
     try:
         password = asyncio.run(run())
     except ApplianceError as err:
         click.echo(f"appliance: {err.message}", err=True)
         sys.exit(1)
+    finally:
+        lock.release()
     click.echo(f"New administrator password written to {cfg.data_dir / 'admin-password'}")
     click.echo(password)
 

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import ADMIN_SID, basic, free_port
 
 APPLIANCE = [sys.executable, "-m", "appliance"]
 
@@ -92,3 +92,32 @@ def test_reset_admin_password_from_the_console(tmp_path: Path) -> None:
                             capture_output=True, timeout=20, check=True)
     new = (tmp_path / "var" / "admin-password").read_text().strip()
     assert new != old and new.encode() in result.stdout
+
+
+def test_reset_admin_password_is_refused_while_the_appliance_runs(tmp_path: Path) -> None:
+    # The running service caches the accounts: a reset under it printed a new password
+    # that did not work until a restart. It is refused, as restore is, and changes nothing.
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n')
+    proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE)
+    try:
+        wait_health(port, proc)
+        old = (tmp_path / "var" / "admin-password").read_text().strip()
+        result = subprocess.run([*APPLIANCE, "reset-admin-password", "--config", str(config)],
+                                capture_output=True, text=True, timeout=20)
+        assert result.returncode == 1, result
+        assert "another appliance is running" in result.stderr
+        assert "stop the service first" in result.stderr
+        assert "password" not in result.stdout.lower()
+        assert (tmp_path / "var" / "admin-password").read_text().strip() == old
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/restcomm/2012-04-24/Accounts/{ADMIN_SID}.json",
+            headers={"Authorization": basic(ADMIN_SID, old)})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
