@@ -44,6 +44,8 @@ MAX_PASSWORD = 128
 # RFC 2396 userinfo characters minus ":" (it separates user and password in a URI).
 _USERINFO = re.compile(r"^(?:[A-Za-z0-9\-_.!~*'();&=+$,]|%[0-9A-Fa-f]{2})+$")
 _HTTP_METHODS = ("GET", "POST")
+# What Java's Integer.parseInt takes: Restcomm's test of a numeric Client Status.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
 # Restcomm's "number not available" answer: 400 with the bare Twilio code as the body.
 _NUMBER_TAKEN = "21452"
 
@@ -177,11 +179,20 @@ class ProvisioningService:
             raise InvalidInput("Password too weak", json_message=weak_as_json)
 
     @staticmethod
-    def _status(value: str | None, default: int) -> int:
-        # Restcomm silently ignores a non-numeric Status; we only accept its two values.
-        if value is None or value.strip() not in ("0", "1"):
-            return default
-        return int(value.strip())
+    def _status(value: str | None, *, creating: bool) -> int | None:
+        """Status as 0 (disabled) or 1 (enabled); None to keep the default (create only).
+
+        On create, Restcomm silently ignores a non-numeric Status (the client is enabled),
+        and api-behaviour.md §8.2 keeps that. Any other value is 400, as D4 answers what
+        Restcomm would crash on (its update parses the value unguarded) or store without
+        meaning (the seeds: "0 for disabled and 1 for enabled"): an admin who sent
+        `Status=false` must not believe the phone is cut off."""
+        text = (value or "").strip()
+        if creating and not _INTEGER.fullmatch(text):
+            return None
+        if _INTEGER.fullmatch(text) and int(text) in (0, 1):
+            return int(text)
+        raise InvalidInput(f"Status must be 0 (disabled) or 1 (enabled), not {value!r}")
 
     async def create_client(self, actor: Account, account: Account,
                             fields: Mapping[str, str]) -> Client:
@@ -218,10 +229,11 @@ class ProvisioningService:
         ha1_md5, ha1_sha256 = digest_secrets(login, realm, password)
         sid = ClientSid(mint_sid("CL"))
         push = sid if _bool("IsPushEnabled", fields.get("is_push_enabled"), False) else None
+        status = self._status(fields.get("status"), creating=True)
         return Client(
             sid=sid, account_sid=account.sid,
             friendly_name=_name("FriendlyName", fields.get("friendly_name"), login),
-            login=login, status=self._status(fields.get("status"), 1),
+            login=login, status=status if status is not None else 1,
             voice_url=_url("VoiceUrl", fields.get("voice_url")),
             voice_method=_method("VoiceMethod", fields.get("voice_method")),
             voice_fallback_url=_url("VoiceFallbackUrl", fields.get("voice_fallback_url")),
@@ -242,7 +254,7 @@ class ProvisioningService:
             changes["friendly_name"] = _name("FriendlyName", fields["friendly_name"],
                                              client.friendly_name)
         if "status" in fields:
-            changes["status"] = self._status(fields["status"], client.status)
+            changes["status"] = self._status(fields["status"], creating=False)
         if "password" in fields:
             self._check_password(fields["password"], weak_as_json=True)
             realm = self._realm()

@@ -135,6 +135,39 @@ async def test_parallel_creates_of_one_login_answer_as_sequential_ones(api: Api)
             "A client with the same login already exists in this account."}
 
 
+async def test_update_with_a_status_other_than_0_or_1_is_400_and_changes_nothing(
+        api: Api) -> None:
+    # These were 200 with the status unchanged: an admin sending Status=false believed the
+    # phone was cut off while it still registered.
+    client = await make(api, "statusdesk")
+    for value in ("false", "disabled", "7", "-1", "2", "", "true"):
+        status, body, _ = await api.post(f"{BASE}/{client['sid']}.json",
+                                         {"Status": value, "FriendlyName": "changed"})
+        assert status == 400, (value, body)
+        assert body == f"Status must be 0 (disabled) or 1 (enabled), not {value!r}"
+    status, body, _ = await api.get(f"{BASE}/{client['sid']}.json")
+    assert (json.loads(body)["status"], json.loads(body)["friendly_name"]) == ("1",
+                                                                               "statusdesk")
+    for value, expected in (("0", "0"), (" 1 ", "1"), ("0", "0")):
+        status, body, _ = await api.post(f"{BASE}/{client['sid']}.json", {"Status": value})
+        assert status == 200 and json.loads(body)["status"] == expected, (value, body)
+
+
+async def test_create_ignores_a_non_numeric_status_and_refuses_other_numbers(
+        api: Api) -> None:
+    # api-behaviour.md §8.2: a non-numeric Status on create is silently ignored (enabled),
+    # as Restcomm does; a number other than 0 or 1 means nothing and is 400.
+    assert (await make(api, "cr-false", Status="false"))["status"] == "1"
+    assert (await make(api, "cr-empty", Status=""))["status"] == "1"
+    assert (await make(api, "cr-zero", Status="0"))["status"] == "0"
+    for value in ("7", "-1", "2"):
+        status, body, _ = await api.post(f"{BASE}.json", {"Login": f"cr{value}",
+                                                          "Password": PW, "Status": value})
+        assert status == 400 and body.startswith("Status must be 0 (disabled) or 1"), body
+    status, body, _ = await api.get(f"{BASE}.json")
+    assert sorted(c["login"] for c in json.loads(body)) == ["cr-empty", "cr-false", "cr-zero"]
+
+
 async def test_passwords_with_regex_metacharacters_are_accepted(api: Api) -> None:
     # Restcomm's scoring threw on `? * + ( ) [ \` and called the password too weak;
     # api-behaviour.md §0.4: they score like any other character.
