@@ -167,8 +167,9 @@ class ProvisioningService:
     def _check_login(self, login: str | None) -> str:
         if login is None or login == "":
             raise InvalidInput("Login can not be null.")
-        if (len(login) > MAX_LOGIN or not _USERINFO.fullmatch(login)
-                or any(c in login for c in "?=@")):
+        if len(login) > MAX_LOGIN:
+            raise InvalidInput(f"Login is longer than {MAX_LOGIN} characters")
+        if not _USERINFO.fullmatch(login) or any(c in login for c in "?=@"):
             raise InvalidInput(f"Login {login} contains invalid character(s)")
         return login
 

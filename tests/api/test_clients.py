@@ -97,7 +97,8 @@ async def test_list_update_delete(api: Api) -> None:
     ({"Login": "badurl", "Password": PW, "VoiceUrl": "ftp://x"}, 400, None),
     ({"Login": "badmethod", "Password": PW, "VoiceMethod": "PATCH"}, 400, None),
     ({"Login": "badapp", "Password": PW, "VoiceApplicationSid": "junk"}, 400, None),
-    ({"Login": "x" * 65, "Password": PW}, 400, None),
+    ({"Login": "x" * 65, "Password": PW}, 400, "Login is longer than 64 characters"),
+    ({"Login": "x" * 64 + "@", "Password": PW}, 400, "Login is longer than 64 characters"),
 ])
 async def test_create_validation(api: Api, data: dict[str, str], status: int,
                                  text: str | None) -> None:
