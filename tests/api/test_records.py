@@ -136,6 +136,24 @@ async def test_call_filters(api: Api, appliance: Appliance) -> None:
     assert status == 400
 
 
+async def test_status_filters_match_like_restcomm_an_unknown_value_lists_nothing(
+        api: Api, appliance: Appliance) -> None:
+    # api-behaviour.md §8.3/§8.4: Status is matched as `LIKE value`, Restcomm's way, not
+    # checked against the enum (D4's 400 is for form data): wildcards work, and a typo
+    # lists nothing. docs/api.md says so.
+    await seed_calls(appliance, 30)
+
+    async def total(path: str, params: dict[str, str]) -> int:
+        status, body, _ = await api.get(path, params=params)
+        assert status == 200, (params, body)
+        return int(json.loads(body)["total"])
+
+    assert await total(f"{CALLS}.json", {"Status": "complete"}) == 0
+    assert await total(f"{CALLS}.json", {"Status": "complete%"}) == 20
+    assert await total(f"{CALLS}.json", {"Status": "%s%"}) == 10  # busy
+    assert await total(f"Accounts/{ADMIN_SID}/SMS/Messages.json", {"Status": "bogus"}) == 0
+
+
 async def test_call_end_time_filters_and_inequality_forms(api: Api,
                                                            appliance: Appliance) -> None:
     # 30 calls ended on 2024-03-03, cdr 999 on 2024-03-04, one still going on (no end).
