@@ -15,8 +15,9 @@ idle and linger deadlines, the session interval) runs on the *timer* clock, a mo
 its wall clock is stepped by NTP after boot, by hours or days, forward or back, which must
 neither expire every call at once nor stall every timer. The *wall* clock is for what must
 mean the same after a restart: digest nonces (HMAC-stamped, checked across restarts), the
-registrar's bindings (persisted absolute expiry) and the guard's bans, which the front door
-and registrar read on the wall clock too. CDR times come from ``CallLog``'s own clock.
+registrar's bindings (persisted absolute expiry). The guard's bans are read on the wall clock
+too (by the front door and registrar), but live in memory only: a restart lifts them. CDR
+times come from ``CallLog``'s own clock.
 
 A new out-of-dialog request goes through, in order:
 
