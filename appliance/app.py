@@ -324,17 +324,18 @@ class Appliance:
                                                                   name="sip proxy timers")
         self._trunk_task = asyncio.get_running_loop().create_task(self.trunk.run(),
                                                                   name="sip trunk timers")
-        if self.pinger is not None:
-            self._pinger_task = asyncio.get_running_loop().create_task(
-                self.pinger.run(), name="sip keep-alive pings")
         try:
             await self.transport.start()
         except OSError as err:
             # The API stays up so the configuration can be fixed; /health reports SIP down.
+            # No keep-alive pings then: they could not leave, and the phones are not to blame.
             self.sip_error = f"cannot listen on {self.config.sip.listen}: {err.strerror or err}"
             logger.error("x sip %s", self.sip_error)
             return
         self.sip_error = None
+        if self.pinger is not None:
+            self._pinger_task = asyncio.get_running_loop().create_task(
+                self.pinger.run(), name="sip keep-alive pings")
         for gateway in await self.gateways.all():
             self.trunk.apply(gateway)
 

@@ -16,7 +16,9 @@ The rules:
 - At most one ping per contact is in flight, and at most ``max_in_flight`` in all; a ping
   that finds no room waits in a queue (first due, first sent) for one that ends.
 - A ping ends answered (any response: see below), failed (its transaction timed out, or the
-  transport could not send it), or missed: not answered within ``answer_within`` s nor
+  transport reported the phone unreachable: a TCP connect refused), not sent (it could not
+  leave on our side: no socket, no route; the phone was never asked, so nothing counts), or
+  missed: not answered within ``answer_within`` s nor
   before the contact's next ping is due (``min(answer_within, interval)``). A miss counts as
   a failure; a late answer to it counts for nothing.
 - ``max_misses`` (3) failures in a row make the contact dead: it is forgotten and reported
@@ -143,6 +145,11 @@ class PingSchedule:
         if contact is None:
             return False
         return self._miss(ping.key, contact)
+
+    def not_sent(self, ping: Ping) -> bool:
+        """PING could not leave on our side (no socket, no route from here): it ends, and
+        counts neither way, since the phone was never asked. False when it was over."""
+        return self._ended(ping) is not None
 
     def _ended(self, ping: Ping) -> _Contact | None:
         contact = self._contacts.get(ping.key)

@@ -119,7 +119,11 @@ class Pinger:
         """Send the pings when due and end those unanswered, until cancelled."""
         while True:
             self._wake.clear()
-            self.handle_timer(self._clock())
+            try:
+                self.handle_timer(self._clock())
+            except Exception:
+                # A fault here must not end every phone's keep-alive for the rest of the run.
+                logger.exception("x keep-alive pings")
             timers = [t for t in (self._table.get_timer(), self.schedule.get_timer())
                       if t is not None]
             delay = min(timers) - self._clock() if timers else MAX_SLEEP
@@ -177,14 +181,25 @@ class Pinger:
                 sent = self._sender.send(action.message, txn.peer, action.data,
                                          on_error=functools.partial(self._unreachable, txn))
                 if sent is False:
-                    txn.transport_error(now)
-                    self._carry_out(txn, txn.pop_actions(), now)
+                    # Refused at once: our side could not send it (no socket, no route from
+                    # here, our network down). The phone was not asked, so this is no miss:
+                    # an outage of ours must not unregister every phone.
+                    self._not_sent(txn)
                     return
             elif isinstance(action, Deliver) and isinstance(action.message, Response):
                 if action.message.status >= 200:
                     self._ended(txn, answered=True)
             elif isinstance(action, TimedOut | TransportFailed):
                 self._ended(txn, answered=False)
+
+    def _not_sent(self, txn: ClientTransaction) -> None:
+        entry = self._pings.get(txn)
+        if entry is None:
+            return
+        ping = entry[0]
+        logger.debug("x OPTIONS %s (%s) could not be sent from here", *ping.key)
+        self._forget(txn, ping)
+        self.schedule.not_sent(ping)
 
     def _unreachable(self, txn: ClientTransaction) -> None:
         """The transport could not send a ping after all (a TCP connect refused or timed

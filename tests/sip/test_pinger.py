@@ -13,17 +13,20 @@ import re
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from appliance.app import Appliance
+from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
 from appliance.sip.bindings import Binding
 from appliance.sip.message import Request, Response, make_response, parse_message
 from appliance.sip.pinger import Pinger
 from appliance.sip.wire import Target
-from tests.conftest import ADMIN_SID, Api
+from tests.conftest import ADMIN_SID, Api, free_port
 from tests.sip.test_attacker import (
     DOMAIN,
     PASSWORD,
@@ -255,6 +258,54 @@ async def test_a_tcp_phone_is_pinged_on_its_connection_and_dropped_when_silent(
         writer.close()
 
 
+async def test_bindings_outlive_a_start_whose_sip_port_is_taken(tmp_path: Path) -> None:
+    # Something holds the SIP port at a start (a second instance, a wrong listen address):
+    # the API stays up to fix it, and the phones' restored bindings must not be dropped as
+    # if the phones had gone silent, since no ping could leave.
+    port = free_port()
+    config = Config(data_dir=tmp_path / "var",
+                    api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
+                    sip=replace(SipConfig(listen=Endpoint("127.0.0.1", port), domain=DOMAIN),
+                                ping_interval=INTERVAL),
+                    media=MediaConfig(workers=0))
+    app = Appliance(config)
+    await app.start()
+    try:
+        password = (config.data_dir / "admin-password").read_text().strip()
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, f"http://127.0.0.1:{config.api.listen.port}", ADMIN_SID,
+                      password, config.data_dir)
+            status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                             {"Login": "alice", "Password": PASSWORD})
+            assert status == 200, body
+        desk = Desk(server_of(app), "alice")
+        await desk.register()
+        desk.close()
+    finally:
+        await app.stop()
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    squatter.bind(("127.0.0.1", port))
+    try:
+        app = Appliance(config)
+        await app.start()
+        try:
+            assert app.sip_error is not None
+            assert len(app.location) == 1
+            await asyncio.sleep(5.5 * INTERVAL)  # past the 3-4 intervals a silent phone lasts
+            assert len(app.location) == 1
+        finally:
+            await app.stop()
+    finally:
+        squatter.close()
+    app = Appliance(config)  # the port is free again: the database still has her
+    await app.start()
+    try:
+        assert app.sip_error is None
+        assert app.location.aors() == ["alice"]
+    finally:
+        await app.stop()
+
+
 # --- the pinger alone ------------------------------------------------------------------------
 
 
@@ -326,12 +377,40 @@ def test_any_answer_keeps_the_contact() -> None:
     assert dead == [] and pinger.schedule.misses(("alice", BEHIND_NAT.uri)) == 0
 
 
-def test_a_contact_the_transport_cannot_reach_is_dead_after_three_pings() -> None:
+def test_a_ping_that_cannot_leave_from_here_counts_for_nothing() -> None:
+    # Refused at once by our own transport (no socket: SIP could not start; no route: our
+    # network is down): the phone was never asked, so an outage of ours unregisters nobody.
     pinger, sent, clock, dead = pinger_with(BEHIND_NAT)
-    sent.result = False  # its TCP connection is gone, say
-    for _ in range(3):
+    sent.result = False
+    for _ in range(5):
         clock.now += 10
         pinger.handle_timer(clock.now)
+    assert len(sent.messages) == 5
+    assert dead == [] and pinger.schedule.misses(("alice", BEHIND_NAT.uri)) == 0
+    assert pinger.schedule.in_flight == 0
+
+
+def test_a_contact_the_transport_reports_unreachable_is_dead_after_three_pings() -> None:
+    # The transport took the ping, then could not deliver it (a TCP connect to the phone
+    # refused or timed out): the phone's failure, counted.
+    pinger, sent, clock, dead = pinger_with(BEHIND_NAT)
+    errors: list[Any] = []
+
+    def send(message: Request | Response, target: Target, data: bytes | None = None,
+             *, on_error: Any = None) -> bool:
+        sent.messages.append((message, target))
+        errors.append(on_error)
+        return True
+
+    sent.send = send  # type: ignore[method-assign]
+    for _ in range(3):
+        clock.now += 1
+        pinger.handle_timer(clock.now)
+        clock.now += 9
+        pinger.handle_timer(clock.now)
+        for on_error in errors:
+            on_error()
+        errors.clear()
     assert len(sent.messages) == 3
     assert dead == [("alice", BEHIND_NAT.uri)]
     assert pinger.schedule.in_flight == 0
