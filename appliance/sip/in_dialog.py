@@ -109,10 +109,12 @@ class InDialog:
         if call.answered and not call.ended:
             call.deadline = max(call.deadline, now + session_idle_limit(
                 request.get("session-expires")))
-        if request.method == "NOTIFY":
+        if request.method == "NOTIFY" and call.answered:
             # A transferor may hang up as soon as its REFER is accepted, and the NOTIFY with
             # the outcome comes once the target answers, maybe minutes later: the call is
             # kept for the subscription (pushed later: the deadline heap needs no re-arm).
+            # Only an answered call's: a REFER needs a confirmed dialog, and a call that
+            # failed must not be held for an hour by a NOTIFY into its early dialog.
             call.subscribed_until = max(call.subscribed_until, now + subscription_hold(
                 request.get("subscription-state")))
             if call.ended:

@@ -955,6 +955,21 @@ async def test_a_subscription_does_not_keep_a_dialog_for_ever() -> None:
     assert h.proxy.calls == 0
 
 
+async def test_a_notify_does_not_hold_a_call_that_was_never_answered() -> None:
+    # A REFER needs a confirmed dialog: a NOTIFY into the early dialog of a call that failed
+    # (486 here) must not keep it an hour past its 32 s linger (each NOTIFY another hour).
+    h, alice, bob = setup()
+    invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(to_bob, _)] = h.sender.requests("INVITE")
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="bob-tag"))
+    await h.send(bob, bob.answer(to_bob, 486, to_tag="bob-tag"))
+    assert h.proxy.calls == 1  # lingering
+    await h.send(alice, notify(alice, invite, to_tag="bob-tag", state="active;expires=3600",
+                               frag=b"SIP/2.0 100 Trying\r\n"))
+    await h.tick(120)
+    assert h.proxy.calls == 0
+
+
 async def test_in_dialog_request_for_an_unknown_call_gets_481() -> None:
     h, alice, bob = setup()
     bye = alice.request("BYE", bob.contact, to=f"<sip:bob@{REALM}>;tag=zzz", call_id="unknown",
