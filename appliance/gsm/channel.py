@@ -126,12 +126,14 @@ class AtChannel:
         self._parser.start(command)
         factor = self.timeout_scale if scale else 1.0
         logger.debug("> %s", redact(command.text))
+        written = False  # the PDU was handed to the port: from then on the modem may send it
         try:
             transport.write(bytes(command))
             if command.expects_prompt:
                 async with asyncio.timeout(self.prompt_timeout * factor):
                     await ex.prompt
                 if not ex.final.done():
+                    written = True  # set before the write: a failing write counts as written
                     transport.write((pdu or "").encode("ascii") + at.CTRL_Z)
             async with asyncio.timeout(command.timeout * factor):
                 final = await ex.final
@@ -142,7 +144,14 @@ class AtChannel:
             logger.warning("x %s timed out", redact(command.text))
             if report:
                 self._on_timeout()
-            raise ModemTimeout(f"{command.text}: no answer") from None
+            stage = ("" if not command.expects_prompt
+                     else " after the PDU" if written else " before the prompt")
+            err = ModemTimeout(f"{command.text}: no answer{stage}")
+            err.pdu_written = written
+            raise err from None
+        except ModemUnavailable as err:  # the port was lost or closed mid-exchange
+            err.pdu_written = written
+            raise
         finally:
             self._exchange = None
         if not final.ok:

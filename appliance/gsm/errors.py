@@ -66,6 +66,10 @@ class ModemError(ApplianceError):
     """Base of every error raised by `appliance.gsm`; 503 because the modem is a backend."""
 
     status = 503
+    # Set by the AT channel when a prompting command (AT+CMGS) fails: whether the PDU bytes
+    # had been handed to the port by then. A timeout or a lost port *after* that leaves the
+    # message in doubt (the modem may have sent it); *before* it nothing can have been sent.
+    pdu_written = False
 
 
 class ModemTimeout(ModemError):

@@ -10,7 +10,9 @@ Crash policy (what "never twice" costs): a part that was handed to the modem wit
 recorded is *in doubt* -- the modem may already have sent it. Such a message is not resent; it
 is marked failed with error 30008 and a message saying it may have been delivered, and a
 Notification is written. Messages still queued, or stopped between two parts, are sent (or
-continued) after the restart.
+continued) after the restart. The same holds while running: a part the modem stopped
+answering for *after* its PDU was written is in doubt; one it hung on *before* its `> ` prompt
+was never written (the channel says which, `ModemError.pdu_written`) and goes back to the queue.
 
 Inbound (`on_sms_received`, the driver's callback): the raw PDU and what it produced are
 committed in one transaction before the driver deletes it from the modem; multipart messages
@@ -340,12 +342,14 @@ class MessagingService:
     async def _part_failed(self, item: OutboxItem, index: int, err: ModemError) -> None:
         cause = err.cause if isinstance(err, SmsSendError) else err
         now = self._clock()
-        if isinstance(cause, ModemUnavailable):
-            # Refused before any byte left: nothing was sent, try again later.
+        if isinstance(cause, ModemUnavailable | ModemTimeout) and not cause.pdu_written:
+            # The modem was away, or hung before its `> ` prompt: the PDU never reached the
+            # port, so nothing can have been sent. Back to the queue, to go after recovery.
             delay = RETRY_DELAYS[min(item.attempts, len(RETRY_DELAYS) - 1)]
             await self._sms.requeue(item.sid, storage(now + timedelta(seconds=delay)))
             return
-        if isinstance(cause, ModemTimeout):
+        if isinstance(cause, ModemUnavailable | ModemTimeout):
+            # The PDU was handed to the modem, then no answer (or the port went): in doubt.
             message = (f"The modem did not answer while sending part {index + 1}; it may have "
                        "been delivered. Not resent, to avoid a duplicate.")
             await self._fail(item, 30008, message)

@@ -9,6 +9,7 @@ answers the setup and status commands of the init sequence (modem.md §2.3).
 Fault injection (modem.md §4.2): `fail_next_send(500)`; `hang()` (answer nothing until the
 port is re-opened or the modem reboots; a re-open shows as EIO on the master while no slave fd
 is open, so the port must stay closed for a moment, as it does across a USB re-enumeration);
+`hang_at("AT+CMGS")` (the same, from the next such command on; "CMGS": once a PDU was taken);
 `reboot()` (unsolicited RDY; all volatile state reset, echo back on); a SIM PIN with an attempt
 counter; URCs interleaved inside the next response; `unplug()`/`replug()` (the tty disappears
 and comes back, possibly under another name).
@@ -106,6 +107,7 @@ class FakeModem:
         self.next_mr = 1
         self.hung = False
         self.clears_on: str | None = None
+        self._hang_at: str | None = None
         self.reopens = 0
         self.reboots = 0
         self._fail_next_send: int | None = None
@@ -251,6 +253,12 @@ class FakeModem:
         self.hung = True
         self.clears_on = clears_on.upper() if clears_on else None
 
+    def hang_at(self, prefix: str) -> None:
+        """Answer normally until a command starting with PREFIX (e.g. "AT+CMGS"), then hang as
+        `hang()` does from that command on, that one included (no echo, no `> ` prompt).
+        "CMGS" hangs after the next PDU was taken, before its +CMGS result."""
+        self._hang_at = prefix.upper()
+
     def reboot(self) -> None:
         """Unsolicited reboot: RDY and the Quectel boot URCs; volatile settings reset."""
         self.reboots += 1
@@ -394,6 +402,12 @@ class FakeModem:
         self._reply([], f"+{kind} ERROR: {code}" if self.state.cmee else "ERROR")
 
     def _command(self, line: str) -> int | None:
+        if self._hang_at is not None and line.upper().startswith(self._hang_at):
+            self._hang_at = None
+            self.hung, self.clears_on = True, None
+            self.commands.append(line)  # it reached the modem, which then froze
+            self.command_times.append(time.monotonic())
+            return None
         if self.hung:
             if self.clears_on is None or not line.upper().startswith(self.clears_on):
                 return None  # stuck: not even an echo
@@ -656,6 +670,10 @@ class FakeModem:
             self._error("CMS", code)
             return
         self.sent.append(pdu)  # the modem has it now, whatever happens to the host
+        if self._hang_at == "CMGS":
+            self._hang_at = None
+            self.hung, self.clears_on = True, None
+            return
         self._pause_for("CMGS")
         mr = self.next_mr
         self.next_mr = (self.next_mr + 1) % 256

@@ -119,6 +119,26 @@ async def test_multipart_partial_failure_keeps_sent_references(harness: Harness,
     assert (info.value.code, info.value.failed_part, info.value.references) == (330, 1, [1])
 
 
+async def test_send_timeout_says_whether_the_pdu_was_written(harness: Harness) -> None:
+    # A hang before the `> ` prompt: the PDU never left the host, so nothing can be sent.
+    async with harness.modem(prompt_timeout=10.0) as modem:  # x0.05: 0.5 s
+        await ready(modem)
+        harness.fake.hang_at("AT+CMGS")
+        with pytest.raises(SmsSendError) as info:
+            await modem.send_sms(encode_sms("+15551234567", "never written"))
+        assert isinstance(info.value.cause, ModemTimeout)
+        assert not info.value.cause.pdu_written and harness.fake.sent == []
+        async with asyncio.timeout(5):
+            await modem.wait_for(lambda s: s.phase is Phase.RECOVERING)
+        await ready(modem)  # the ladder's re-open cleared the hang
+        # The PDU was taken, then no +CMGS in time: in doubt (the modem may have sent it).
+        harness.fake.slow_next("CMGS", 4.0)  # the result timeout is 60 s x 0.05 = 3 s
+        with pytest.raises(SmsSendError) as info:
+            await modem.send_sms(encode_sms("+15551234567", "written"))
+        assert isinstance(info.value.cause, ModemTimeout)
+        assert info.value.cause.pdu_written and len(harness.fake.sent) == 1
+
+
 async def test_receive_via_cmti(harness: Harness, modem: Modem) -> None:
     pdu = deliver_pdu("+15551234567", "hellohello")
     index = harness.fake.deliver_sms(pdu)

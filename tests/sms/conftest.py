@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from appliance.app import Appliance
 from appliance.config import ApiConfig, Config, Endpoint, ModemConfig, SipConfig
+from appliance.gsm.state import ModemSettings
 from tests.conftest import ADMIN_SID, Api, free_port
 from tests.fakes.modem import FakeModem
 
@@ -28,14 +30,31 @@ def fake(tmp_path: Path) -> Iterator[FakeModem]:
         modem.close()
 
 
+# Short timeouts for tests of a modem that hangs: the `> ` prompt and AT+CMGS wait 0.5 s / 6 s,
+# pings 0.2 s, re-opens after 0.1 s. Override `modem_settings` with this in such a module.
+FAST_MODEM = {"timeout_scale": 0.1, "ping_timeout": 0.2, "reopen_delay": 0.1,
+              "reopen_max_delay": 0.3}
+
+
 @pytest.fixture
-async def gsm_appliance(tmp_path: Path, fake: FakeModem) -> AsyncIterator[Appliance]:
+def modem_settings() -> dict[str, float]:
+    """Overrides of the appliance's ModemSettings (none: the production defaults)."""
+    return {}
+
+
+@pytest.fixture
+async def gsm_appliance(tmp_path: Path, fake: FakeModem,
+                        modem_settings: dict[str, float]) -> AsyncIterator[Appliance]:
     config = Config(data_dir=tmp_path / "var",
                     api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
                     sip=SipConfig(listen=Endpoint("127.0.0.1", free_port()),
                                   domain="pbx.example.com"),
                     modem=ModemConfig(device=str(fake.link), number=SIM_NUMBER))
-    app = Appliance(config)
+    with pytest.MonkeyPatch.context() as patch:
+        if modem_settings:
+            patch.setattr("appliance.app.ModemSettings",
+                          functools.partial(ModemSettings, **modem_settings))
+        app = Appliance(config)
     await app.start()
     await app.wait_modem(10)
     try:
