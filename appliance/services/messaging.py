@@ -71,10 +71,10 @@ from appliance.webhooks import WebhookError, Webhooks
 logger = logging.getLogger(__name__)
 
 FRAGMENT_TIMEOUT = timedelta(hours=1)  # parts of one message may travel different SMSCs
-RETRY_DELAYS = (5, 15, 60, 300, 900)  # seconds between tries while the modem is away
+RETRY_DELAYS = (5, 15, 60, 300, 900)  # seconds before the next try, by failed tries so far
 MAX_QUEUE_AGE = timedelta(days=2)  # an accepted message that could not go out by then fails
 TRANSIENT_CMS = {38, 41, 42, 47, 331, 332}  # network out of order/congestion/no service
-MAX_TRANSIENT_ATTEMPTS = 3
+MAX_TRANSIENT_ATTEMPTS = 3  # retries of a message after network errors or a hung modem
 MAX_RCML_DOCUMENTS = 10  # redirects and actions followed for one inbound SMS
 REPORT_WINDOW = timedelta(days=3)  # status reports match parts sent within this window
 MAX_BODY_CHARS = 1600
@@ -127,6 +127,8 @@ class MessagingService:
         self.client_messenger: ClientMessenger | None = None
         self._wake = asyncio.Event()
         self._wake_clients = False
+        self._wake_modem = False
+        self._modem_ready = False
         self._jobs_wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -278,6 +280,9 @@ class MessagingService:
         if self._wake_clients:
             self._wake_clients = False
             await self._sms.make_clients_due(_now_text(self._clock))
+        if self._wake_modem:
+            self._wake_modem = False
+            await self._sms.make_modem_due(_now_text(self._clock))
         while True:
             due = await self._sms.due(_now_text(self._clock))
             if not due:
@@ -342,11 +347,22 @@ class MessagingService:
     async def _part_failed(self, item: OutboxItem, index: int, err: ModemError) -> None:
         cause = err.cause if isinstance(err, SmsSendError) else err
         now = self._clock()
-        if isinstance(cause, ModemUnavailable | ModemTimeout) and not cause.pdu_written:
-            # The modem was away, or hung before its `> ` prompt: the PDU never reached the
-            # port, so nothing can have been sent. Back to the queue, to go after recovery.
-            delay = RETRY_DELAYS[min(item.attempts, len(RETRY_DELAYS) - 1)]
-            await self._sms.requeue(item.sid, storage(now + timedelta(seconds=delay)))
+        delay = RETRY_DELAYS[min(item.attempts, len(RETRY_DELAYS) - 1)]
+        retry_at = storage(now + timedelta(seconds=delay))
+        if isinstance(cause, ModemUnavailable) and not cause.pdu_written:
+            # The modem was away: nothing was sent, and it is no fault of the message. Back
+            # to the queue; the modem's recovery makes it due again.
+            await self._sms.requeue(item.sid, retry_at)
+            return
+        if isinstance(cause, ModemTimeout) and not cause.pdu_written:
+            # The modem hung before its `> ` prompt: the PDU never reached the port, so
+            # nothing can have been sent. A failed try (a modem that hangs on every send
+            # must not loop forever); after recovery it goes again.
+            if item.attempts < MAX_TRANSIENT_ATTEMPTS:
+                await self._sms.requeue(item.sid, retry_at, failed=True)
+                return
+            await self._fail(item, 30008, f"The modem stopped answering before it took part "
+                                          f"{index + 1}, {item.attempts + 1} times; not sent.")
             return
         if isinstance(cause, ModemUnavailable | ModemTimeout):
             # The PDU was handed to the modem, then no answer (or the port went): in doubt.
@@ -356,8 +372,9 @@ class MessagingService:
             return
         if isinstance(cause, CmsError) and cause.code in TRANSIENT_CMS \
                 and item.attempts < MAX_TRANSIENT_ATTEMPTS:
-            delay = RETRY_DELAYS[min(item.attempts, len(RETRY_DELAYS) - 1)]
-            await self._sms.requeue(item.sid, storage(now + timedelta(seconds=delay)))
+            # A temporary network error: the same part again later (same concatenation
+            # reference). `attempts` counts the message's failed tries, not its parts.
+            await self._sms.requeue(item.sid, retry_at, failed=True)
             return
         if isinstance(cause, CmsError | CmeError | CommandError | PduError | ModemError):
             code, message = _error_of(err)
@@ -378,8 +395,14 @@ class MessagingService:
             task = asyncio.create_task(self._delivery(event))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        elif isinstance(event, ModemStateChanged) and event.state.phase.value == "ready":
-            self._wake.set()
+        elif isinstance(event, ModemStateChanged):
+            ready = event.state.phase.value == "ready"
+            if ready and not self._modem_ready:
+                # Back (or up for the first time): what waited for it goes now, a partly
+                # sent message included, instead of at its back-off time.
+                self._wake_modem = True
+                self._wake.set()
+            self._modem_ready = ready
 
     async def _delivery(self, event: DeliveryReported) -> None:
         outcome = event.outcome.value

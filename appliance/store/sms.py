@@ -33,7 +33,7 @@ class OutboxItem:
     x_headers: dict[str, str]
     parts_total: int
     parts_done: int
-    attempts: int
+    attempts: int  # failed tries of the message (not parts handed over): back-off and limit
     accepted_at: str
 
 
@@ -131,8 +131,8 @@ class SmsStore:
         def run() -> None:
             conn = self._conn()
             with self._atomic():
-                conn.execute("UPDATE sms_outbox SET state = 'submitting', parts_total = ?, "
-                             "attempts = attempts + 1 WHERE sid = ?", (total, sid))
+                conn.execute("UPDATE sms_outbox SET state = 'submitting', parts_total = ? "
+                             "WHERE sid = ?", (total, sid))
                 conn.execute("INSERT OR REPLACE INTO sms_parts (sms_sid, part, mr, recipient, "
                              "outcome, sent_at) VALUES (?, ?, NULL, ?, 'submitting', ?)",
                              (sid, part, recipient, now))
@@ -160,13 +160,15 @@ class SmsStore:
         result: bool = await self._run(run)
         return result
 
-    async def requeue(self, sid: str, next_attempt_at: str) -> None:
-        """Back to the queue (the modem was not there); parts already sent stay sent."""
+    async def requeue(self, sid: str, next_attempt_at: str, *, failed: bool = False) -> None:
+        """Back to the queue; parts already sent stay sent. FAILED: this try failed (a network
+        error, a modem that hung before taking the part), so it counts in `attempts`; a modem
+        that was simply not there does not."""
         def run() -> None:
             with self._atomic():
                 self._conn().execute(
-                    "UPDATE sms_outbox SET state = 'queued', next_attempt_at = ? WHERE sid = ?",
-                    (next_attempt_at, sid))
+                    "UPDATE sms_outbox SET state = 'queued', next_attempt_at = ?, "
+                    "attempts = attempts + ? WHERE sid = ?", (next_attempt_at, int(failed), sid))
                 self._conn().execute("DELETE FROM sms_parts WHERE sms_sid = ? "
                                      "AND outcome = 'submitting'", (sid,))
         await self._run(run)
@@ -180,6 +182,15 @@ class SmsStore:
                              "parts_total = 1 WHERE sid = ?", (sid,))
                 conn.execute("UPDATE sms_messages SET status = 'sent', date_sent = ?, "
                              "date_updated = ? WHERE sid = ?", (now, now, sid))
+        await self._run(run)
+
+    async def make_modem_due(self, now: str) -> None:
+        """The modem is (back) ready: messages for it go now, partly sent ones included."""
+        def run() -> None:
+            with self._atomic():
+                self._conn().execute(
+                    "UPDATE sms_outbox SET next_attempt_at = ? WHERE state = 'queued' AND "
+                    "destination NOT LIKE 'client:%' AND next_attempt_at > ?", (now, now))
         await self._run(run)
 
     async def make_clients_due(self, now: str) -> None:

@@ -10,6 +10,7 @@ Fault injection (modem.md §4.2): `fail_next_send(500)`; `hang()` (answer nothin
 port is re-opened or the modem reboots; a re-open shows as EIO on the master while no slave fd
 is open, so the port must stay closed for a moment, as it does across a USB re-enumeration);
 `hang_at("AT+CMGS")` (the same, from the next such command on; "CMGS": once a PDU was taken);
+`unplug_at("AT+CMGS")` (the device vanishes when that command arrives);
 `reboot()` (unsolicited RDY; all volatile state reset, echo back on); a SIM PIN with an attempt
 counter; URCs interleaved inside the next response; `unplug()`/`replug()` (the tty disappears
 and comes back, possibly under another name).
@@ -113,6 +114,9 @@ class FakeModem:
         self._fail_next_send: int | None = None
         self._slow: dict[str, float] = {}  # command prefix -> seconds before the answer
         self._fail_after = 0
+        self._fail_times = 0
+        self._unplug_at: str | None = None
+        self._unplug_after = 0
         self._interleave: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -197,7 +201,7 @@ class FakeModem:
     def replug(self) -> None:
         """Re-enumeration: a new tty (another name), the link points at it, fresh boot state."""
         self.state = FakeState(sim_ready=self.pin is None)
-        self.hung = False
+        self.hung, self.clears_on = False, None
         self._open_pty()
         self.start()
 
@@ -227,10 +231,12 @@ class FakeModem:
         self.sr_store[index] = Stored(0, pdu)
         self.emit(f'+CDSI: "SR",{index}')
 
-    def fail_next_send(self, code: int = 500, *, after: int = 0) -> None:
-        """Answer +CMS ERROR <code> to a send, after `after` more sends succeed."""
+    def fail_next_send(self, code: int = 500, *, after: int = 0, times: int = 1) -> None:
+        """Answer +CMS ERROR <code> to a send, after `after` more sends succeed; `times` sends
+        in a row (the retries of the same part, say) get it."""
         self._fail_next_send = code
         self._fail_after = after
+        self._fail_times = times
 
     def slow_next(self, prefix: str, seconds: float) -> None:
         """Answer the next command starting with PREFIX (e.g. "AT+CMGD", or "CMGS" for the
@@ -401,7 +407,23 @@ class FakeModem:
     def _error(self, kind: str, code: int) -> None:
         self._reply([], f"+{kind} ERROR: {code}" if self.state.cmee else "ERROR")
 
+    def unplug_at(self, prefix: str, *, after: int = 0) -> None:
+        """`unplug()` as soon as a command starting with PREFIX arrives (unanswered), once
+        `after` more such commands were served."""
+        self._unplug_at = prefix.upper()
+        self._unplug_after = after
+
     def _command(self, line: str) -> int | None:
+        if self._unplug_at is not None and line.upper().startswith(self._unplug_at) \
+                and self._unplug_after > 0:
+            self._unplug_after -= 1
+        elif self._unplug_at is not None and line.upper().startswith(self._unplug_at):
+            self._unplug_at = None
+            self.commands.append(line)
+            self.command_times.append(time.monotonic())
+            threading.Thread(target=self.unplug, daemon=True).start()  # it joins this thread
+            self.hung, self.clears_on = True, "(unplugged)"  # nothing more until the replug
+            return None
         if self._hang_at is not None and line.upper().startswith(self._hang_at):
             self._hang_at = None
             self.hung, self.clears_on = True, None
@@ -666,7 +688,10 @@ class FakeModem:
         if self._fail_next_send is not None and self._fail_after > 0:
             self._fail_after -= 1
         elif self._fail_next_send is not None:
-            code, self._fail_next_send = self._fail_next_send, None
+            code = self._fail_next_send
+            self._fail_times -= 1
+            if self._fail_times <= 0:
+                self._fail_next_send = None
             self._error("CMS", code)
             return
         self.sent.append(pdu)  # the modem has it now, whatever happens to the host

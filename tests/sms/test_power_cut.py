@@ -154,3 +154,22 @@ def test_kill_while_reading(box: Box, fake: FakeModem) -> None:
     until(lambda: not fake.store)
     inbound = [m for m in box.messages() if m["direction"] == "inbound"]
     assert [m["body"] for m in inbound] == ["read me after the crash"]
+
+
+def test_kill_between_parts_resumes_promptly_after_restart(box: Box, fake: FakeModem) -> None:
+    box.start()
+    fake.fail_next_send(42, after=2)  # congestion on part 3: back in the queue for 5 s
+    sms = box.call("POST", "SMS/Messages.json",
+                   {"From": "me", "To": "+15551230003", "Body": "z" * 600})  # 4 parts
+    until(lambda: sum(c.startswith("AT+CMGS") for c in fake.commands) == 3)
+    time.sleep(0.5)  # the requeue is committed
+    box.kill()  # stopped between parts 2 and 3
+    time.sleep(5.5)  # its back-off is over: due at the restart, before the modem is ready
+    box.start()
+    until(lambda: len(fake.sent) == 4, within=10)  # not after a 300 s back-off
+    parts = [decode_sms_pdu(p) for p in fake.sent]
+    concat = [p.user_data.concat for p in parts if isinstance(p, Submit)]
+    assert [c.seq for c in concat if c] == [1, 2, 3, 4]
+    assert len({c.reference for c in concat if c}) == 1  # continued, same reference
+    until(lambda: {m["sid"]: m for m in box.messages()}[sms["sid"]]["status"]  # type: ignore[index]
+          == "sent")

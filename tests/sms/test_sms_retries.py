@@ -6,6 +6,7 @@ second or two instead of ten.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -69,3 +70,61 @@ async def test_no_answer_after_the_pdu_is_in_doubt_and_not_resent(
     later = await post(gsm_api, "later")
     await wait_status(gsm_api, later, "sent", within=30)
     assert texts(fake) == ["in doubt", "later"]  # the doubtful one was not resent
+
+
+def submits(fake: FakeModem) -> list[Submit]:
+    out = []
+    for pdu in fake.sent:
+        submit = decode_sms_pdu(pdu)
+        assert isinstance(submit, Submit)
+        out.append(submit)
+    return out
+
+
+def assert_one_message(parts: list[Submit], body: str) -> None:
+    """PARTS are BODY's parts, each once, in order, under one concatenation reference."""
+    concat = [p.user_data.concat for p in parts]
+    assert [c.seq for c in concat if c] == list(range(1, len(parts) + 1))
+    assert len({(c.reference, c.total) for c in concat if c}) == 1
+    assert "".join(p.user_data.text or "" for p in parts) == body
+
+
+async def test_network_errors_count_per_message_not_per_part(
+        gsm_api: Api, fake: FakeModem, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("appliance.services.messaging.RETRY_DELAYS", (0.1,) * 5)
+    # Part 4 of 6 meets congestion twice: retried like a 1-part message would be, then sent.
+    body = "".join(f"<{i}>" + "x" * 150 for i in range(6))  # 918 GSM-7 characters: 6 parts
+    fake.fail_next_send(42, after=3, times=2)
+    sid = await post(gsm_api, body)
+    await wait_status(gsm_api, sid, "sent")
+    assert_one_message(submits(fake), body)
+    assert len(fake.sent) == 6
+    # The same two errors on a 1-part message: sent as well.
+    fake.fail_next_send(42, times=2)
+    single = await post(gsm_api, "short")
+    await wait_status(gsm_api, single, "sent")
+    assert texts(fake)[-1:] == ["short"] and len(fake.sent) == 7
+    # A third retry is the last: four congestion errors in a row fail the message.
+    fake.fail_next_send(42, times=4)
+    doomed = await post(gsm_api, "congested")
+    final = await wait_status(gsm_api, doomed, "failed")
+    assert "+CMS ERROR 42" in str(final["error_message"]) and len(fake.sent) == 7
+
+
+async def test_partly_sent_message_resumes_as_soon_as_the_modem_is_back(
+        gsm_api: Api, fake: FakeModem) -> None:
+    body = "y" * 600  # 4 parts
+    fake.unplug_at("AT+CMGS", after=2)  # the modem vanishes when part 3 is due
+    sid = await post(gsm_api, body)
+    await until(lambda: fake.link is not None and not fake.link.exists())
+    waiting = await post(gsm_api, "queued during the outage")
+    await asyncio.sleep(6)  # past the first back-off (5 s): the modem is still away then
+    assert (await wait_status(gsm_api, sid, "sending"))["status"] == "sending"
+    assert len(fake.sent) == 2
+    fake.replug()
+    await wait_status(gsm_api, sid, "sent", within=5)  # not at some 300 s back-off
+    await wait_status(gsm_api, waiting, "sent", within=5)
+    parts = submits(fake)
+    assert_one_message([p for p in parts if p.user_data.text != "queued during the outage"],
+                       body)
+    assert len(parts) == 5
