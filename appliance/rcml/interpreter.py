@@ -35,7 +35,6 @@ import dataclasses
 import enum
 from collections.abc import Callable, Mapping
 from typing import Any, assert_never
-from urllib.parse import urljoin
 
 from appliance.errors import ApplianceError
 from appliance.rcml.parse import BUDGET_EXCEEDED, RcmlError, parse_response
@@ -63,6 +62,7 @@ from appliance.rcml.verbs import (
     Voice,
     VoiceVerb,
     Warning,
+    absolute_url,
 )
 
 # Budgets (plivo's MAX_REDIRECT idea, aiosmtpd's CALL_LIMIT): a document server that answers
@@ -431,9 +431,7 @@ class Interpreter:
                 assert_never(noun)
 
     def _abs(self, url: str | None) -> str | None:
-        if url is None or self._doc_url is None:
-            return url
-        return urljoin(self._doc_url, url)
+        return absolute_url(self._doc_url, url)
 
     def _fetch(self, url: str, method: str, extra: Mapping[str, str]) -> Action:
         self._fetches += 1

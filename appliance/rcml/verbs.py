@@ -7,14 +7,24 @@ A value here is always valid: `parse` has already replaced bad attributes by the
 Conventions:
 - `method` is always "GET" or "POST".
 - `finish_on_key` is a set of keys written as a string ("#", "1234567890*#"); "" means none.
-- URLs are kept as written in the document; the interpreter resolves relative ones against
-  the URL the document came from.
+- URLs are kept as written in the document; whoever runs it (the voice interpreter, the SMS
+  service) resolves relative ones against the URL the document came from (`absolute_url`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+from urllib.parse import urljoin
+
+
+def absolute_url(document_url: str | None, url: str | None) -> str | None:
+    """URL (as written in a document) resolved against DOCUMENT_URL, where the document was
+    fetched from: `/sms2`, `next` and `../x` become http(s) URLs (RFC 3986 §5); an absolute
+    URL, or any URL when the document's own is unknown, is kept as it is."""
+    if url is None or document_url is None:
+        return url
+    return urljoin(document_url, url)
 
 # -- messaging verbs (also valid in voice documents) --------------------------------------------
 

@@ -60,7 +60,7 @@ from appliance.models import (
     mint_sid,
 )
 from appliance.rcml.parse import RcmlError, parse_document
-from appliance.rcml.verbs import Redirect, Sms, Unsupported
+from appliance.rcml.verbs import Redirect, Sms, Unsupported, absolute_url
 from appliance.services.access import Action, require
 from appliance.services.history import HistoryService
 from appliance.services.ports import StoreProtocol
@@ -595,21 +595,24 @@ class MessagingService:
                                                    f"SMS {record.sid}: <Sms> without a body")
                         return
                     to = verb.to or record.from_
+                    # Relative URLs are the document's, as in voice RCML (rcml.verbs).
+                    status_callback = absolute_url(doc_url, verb.status_callback)
                     try:
                         reply = await self._enqueue(
                             record.account_sid, verb.from_ or record.to, to, verb.text,
-                            False, Callback(verb.status_callback, "POST")
-                            if verb.status_callback else None, {}, "outbound-reply")
+                            False, Callback(status_callback, "POST")
+                            if status_callback else None, {}, "outbound-reply")
                     except InvalidInput as err:
                         await self._history.notify(record.account_sid, 14101,
                                                    f"SMS {record.sid}: <Sms> {err.message}")
                         continue
                     if verb.action:
                         params = {**params, "SmsSid": reply.sid, "SmsStatus": "sending"}
-                        target = (verb.action, verb.method)
+                        target = (absolute_url(doc_url, verb.action) or verb.action,
+                                  verb.method)
                         break
                 elif isinstance(verb, Redirect):
-                    target = (verb.url, verb.method)
+                    target = (absolute_url(doc_url, verb.url) or verb.url, verb.method)
                     break
                 elif isinstance(verb, Unsupported):
                     await self._history.notify(record.account_sid, 12200,

@@ -144,6 +144,31 @@ async def test_incoming_sms_requests_smsurl_and_sends_the_reply(
     await until(lambda: not fake.store)
 
 
+async def test_relative_urls_in_sms_rcml_resolve_against_the_document(
+        gsm_api: Api, fake: FakeModem, hook: Hook) -> None:
+    # As in voice RCML: action, statusCallback and <Redirect> may be relative to the URL the
+    # document came from (Restcomm's own examples use action="/sms-action").
+    hook.reply("/app/sms", '<Response><Sms action="/sms-action" '
+                           'statusCallback="/sms-reply-status">One</Sms></Response>')
+    hook.reply("/sms-action", "<Response><Redirect>/app/sms2</Redirect></Response>")
+    hook.reply("/app/sms2", '<Response><Sms action="smsact2">Two</Sms></Response>')
+    hook.reply("/app/smsact2", "<Response/>")
+    await gsm_api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                       {"PhoneNumber": SIM_NUMBER, "SmsUrl": hook.url("/app/sms")})
+    fake.deliver_sms(deliver_pdu("+15559990002", "relative"))
+    await hook.wait(lambda: bool(hook.posts_to("/app/smsact2")))
+    documents = [p for _, p, _ in hook.requests if p != "/sms-reply-status"]
+    assert documents == ["/app/sms", "/sms-action", "/app/sms2", "/app/smsact2"]
+    assert hook.posts_to("/app/smsact2")[0]["SmsStatus"] == "sending"
+    await until(lambda: len(fake.sent) == 2)
+    sent = [decode_sms_pdu(p) for p in fake.sent]
+    assert [s.user_data.text for s in sent if isinstance(s, Submit)] == ["One", "Two"]
+    await hook.wait(lambda: bool(hook.posts_to("/sms-reply-status")))
+    assert hook.posts_to("/sms-reply-status")[0]["Body"] == "One"
+    status, body, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
+    assert json.loads(body)["notifications"] == []  # no 11200 "bad URL"
+
+
 async def test_fallback_url_and_notification_on_failure(gsm_api: Api, fake: FakeModem,
                                                         hook: Hook) -> None:
     hook.reply("/broken", "oops", status=500)
