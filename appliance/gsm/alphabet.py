@@ -39,8 +39,9 @@ UCS2_SINGLE, UCS2_CONCAT8, UCS2_CONCAT16 = 70, 67, 66
 
 # Our ceiling on parts per message. TS 23.040 allows 255, but handsets and SMSCs commonly give
 # up well before that (Gammu crashed on 54 parts, gammu#442) and the REST API caps bodies at
-# 1600 characters as Twilio does. 10 parts = at most 1530 GSM-7 septets (fewer characters if
-# extension characters are used) or 670 UTF-16 units (fewer characters if emoji are used).
+# 1600 characters as Twilio does. 10 parts = at most 1530 GSM-7 septets or 670 UTF-16 units;
+# an ESC pair or a surrogate pair is never split across parts, so 760 "€" or 330 emoji fit
+# (a part holds 76 or 33 of them), not 765 or 335.
 MAX_PARTS = 10
 
 

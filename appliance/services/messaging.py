@@ -201,8 +201,10 @@ class MessagingService:
             split_text(body, Encoding.UCS2 if ucs2 else None)
         except PduError:
             raise InvalidInput(
-                f"Body is too long: at most {MAX_PARTS} parts (1530 GSM-7 characters, or 670 "
-                "characters when it needs UCS-2)") from None
+                f"Body is too long: at most {MAX_PARTS} parts of 153 GSM-7 characters, or of 67 "
+                "UCS-2 units when it needs UCS-2. A character that takes two (GSM-7: € [ ] { } "
+                "~ ^ \\ |; UCS-2: an emoji) is never split across parts, so fewer may fit"
+                ) from None
 
     async def _enqueue(self, account_sid: str, from_: str, destination: str, body: str,
                        ucs2: bool, callback: Callback | None, x_headers: dict[str, str],

@@ -85,6 +85,22 @@ async def test_validation_errors(gsm_api: Api) -> None:
             assert body == text
 
 
+async def test_length_limit_keeps_two_unit_characters_whole(gsm_api: Api) -> None:
+    # 10 parts of 153 septets / 67 UCS-2 units, but "€" (ESC pair) and an emoji (surrogate
+    # pair) are never split across parts: 76 / 33 a part, so 760 / 330 at most.
+    for fits, too_long in (("€" * 760, "€" * 761), ("😀" * 330, "😀" * 331),
+                           ("a" * 1530, "a" * 1531)):
+        status, body, _ = await gsm_api.post(f"{SMS}.json", {"From": "x", "To": "+15551234567",
+                                                              "Body": fits})
+        assert status == 200, body
+        status, body, _ = await gsm_api.post(f"{SMS}.json", {"From": "x", "To": "+15551234567",
+                                                              "Body": too_long})
+        assert status == 400
+        assert body.startswith("Body is too long: at most 10 parts of 153 GSM-7 characters, "
+                               "or of 67 UCS-2 units"), body
+        assert "never split across parts" in body
+
+
 async def test_modem_error_fails_the_message_with_a_notification(
         gsm_api: Api, fake: FakeModem, hook: Hook) -> None:
     fake.fail_next_send(500)
