@@ -98,6 +98,12 @@ __all__ = ["CallDtmfReceived", "CallStateChanged", "IncomingCall", "Modem", "Voi
 logger = logging.getLogger(__name__)
 
 
+# What the SIM and the network said (state fields), unknown again once the port is lost or
+# the modem is down; the next init repopulates them. The device's identity stays.
+_NO_RADIO: dict[str, object] = {"sim": None, "operator": None, "registration": None,
+                                "signal": None, "smsc": None}
+
+
 @dataclass(frozen=True)
 class _SentPart:
     tag: str | None
@@ -279,6 +285,7 @@ class Modem:
                     delay = self.settings.reopen_delay
                 outcome = await self._initialise_and_serve()
                 if outcome == "lost":
+                    self._set(**_NO_RADIO)  # the SIM, network and signal are unknown now
                     await self._channel.close()
                     await asyncio.sleep(self.settings.reopen_delay)
                 elif outcome == "trouble":
@@ -598,6 +605,8 @@ class Modem:
             raise ModemUnavailable(f"modem is {self._state.phase.value}")
 
     def _set(self, **changes: object) -> None:
+        if changes.get("phase") is Phase.DOWN:
+            changes.update(_NO_RADIO)  # absent or dead: nothing it last said holds any more
         new = replace(self._state, **changes)  # type: ignore[arg-type]
         if new == self._state:
             return

@@ -45,7 +45,9 @@ class Phase(enum.Enum):
 
 @dataclass(frozen=True)
 class ModemState:
-    """A snapshot for /health and the API; replaced, never mutated."""
+    """A snapshot for /health and the API; replaced, never mutated. sim, operator,
+    registration, signal and smsc are None (unknown) while the port is lost or the phase is
+    DOWN; the next init fills them again."""
 
     phase: Phase = Phase.CLOSED
     sim: SimState | None = None

@@ -261,6 +261,40 @@ async def test_modem_state_in_api_and_health(gsm_api: Api) -> None:
     assert health["components"]["modem"]["phase"] == "ready"
 
 
+async def test_unplugged_modem_reports_no_stale_radio_state(gsm_api: Api,
+                                                           fake: FakeModem) -> None:
+    radio = ("sim", "operator", "registration", "signal_rssi", "signal_dbm")
+
+    async def modem_json() -> dict[str, object]:
+        status, body, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/Modem.json")
+        assert status == 200, body
+        return json.loads(body)  # type: ignore[no-any-return]
+
+    async def health() -> dict[str, object]:
+        async with gsm_api.session.get(f"{gsm_api.base}/health") as resp:
+            return (await resp.json())["components"]["modem"]  # type: ignore[no-any-return]
+
+    before = await modem_json()
+    assert (before["sim"], before["registration"], before["signal_rssi"]) == ("READY", "home", 21)
+    fake.unplug()
+    async with asyncio.timeout(10):
+        while (await modem_json())["phase"] != "down":
+            await asyncio.sleep(0.05)
+    gone = await modem_json()
+    assert [k for k in radio if k in gone] == []  # unknown: nulls are omitted
+    assert gone["manufacturer"] == "Quectel"  # the device's identity is kept
+    down = await health()
+    assert down["phase"] == "down" and [down[k] for k in radio] == [None] * len(radio)
+    fake.replug()
+    async with asyncio.timeout(15):
+        while (await modem_json())["phase"] != "ready":
+            await asyncio.sleep(0.05)
+    back = await modem_json()
+    assert (back["sim"], back["operator"], back["registration"], back["signal_rssi"]) == (
+        "READY", "Fake Telecom", "home", 21)
+    assert (await health())["sim"] == "READY"
+
+
 async def test_developer_role_cannot_send_sms(gsm_api: Api) -> None:
     status, body, _ = await gsm_api.post("Accounts.json", {
         "EmailAddress": "dev@example.com", "Password": "Pbx-edge-7", "Role": "Developer"})
