@@ -337,6 +337,28 @@ class Submit:
     user_data: UserData
 
 
+# TP-ST values (TS 23.040 §9.2.3.15), for messages a person reads; others print as a number.
+TP_ST_NAMES: dict[int, str] = {
+    0x00: "received by the SME",
+    0x01: "forwarded, delivery not confirmed",
+    0x02: "replaced by the SC",
+    0x20: "congestion", 0x21: "SME busy", 0x22: "no response from SME",
+    0x23: "service rejected", 0x24: "quality of service not available", 0x25: "error in SME",
+    0x40: "remote procedure error",
+    0x41: "incompatible destination",
+    0x42: "connection rejected by SME",
+    0x43: "not obtainable",
+    0x44: "quality of service not available",
+    0x45: "no interworking available",
+    0x46: "validity period expired",
+    0x47: "deleted by the originating SME",
+    0x48: "deleted by SC administration",
+    0x49: "SM does not exist",
+    0x60: "congestion", 0x61: "SME busy", 0x62: "no response from SME",
+    0x63: "service rejected", 0x64: "quality of service not available", 0x65: "error in SME",
+}
+
+
 class DeliveryOutcome(enum.Enum):
     """TP-ST by range (TS 23.040 §9.2.3.15, modem.md §2.6): never "any non-zero is failure"."""
 

@@ -46,8 +46,8 @@ from appliance.gsm.errors import (
     PduError,
     SmsSendError,
 )
+from appliance.gsm.pdu import TP_ST_NAMES, Deliver, SubmitPdu, decode_sms_pdu, encode_sms_submit
 from appliance.gsm.pdu import Concat as PduConcat
-from appliance.gsm.pdu import Deliver, SubmitPdu, decode_sms_pdu, encode_sms_submit
 from appliance.gsm.state import DeliveryReported, ModemEvent, ModemState, ModemStateChanged
 from appliance.gsm.urc import UssdResponse
 from appliance.models import (
@@ -112,6 +112,19 @@ def _error_of(err: ModemError) -> tuple[int, str]:
     if isinstance(cause, CmeError):
         return 30008, f"The modem refused the message: +CME ERROR {cause.code}: {cause.text}"
     return 30008, f"The modem failed to send the message: {cause}"
+
+
+# A failed status report's TP-ST (TS 23.040 §9.2.3.15) as a Twilio-style error code: the SC
+# gave up on a handset that stayed busy, silent or switched off -> 30003 (unreachable
+# destination handset); the destination cannot take SMS -> 30006 (landline or unreachable
+# carrier); anything else -> 30008 (unknown error). The message names the TP-ST either way.
+_UNDELIVERED_CODES = {0x46: 30003, 0x61: 30003, 0x62: 30003, 0x41: 30006, 0x45: 30006}
+
+
+def _undelivered_error(status: int) -> tuple[int, str]:
+    name = TP_ST_NAMES.get(status, "unknown status")
+    return (_UNDELIVERED_CODES.get(status, 30008),
+            f"The network reported the message undelivered: TP-ST 0x{status:02X} ({name})")
 
 
 class MessagingService:
@@ -411,8 +424,10 @@ class MessagingService:
         delivered = None if outcome == "pending" else outcome == "delivered"
         now = self._clock()
         digits = "".join(c for c in event.recipient if c.isdigit())
+        error = _undelivered_error(event.status) if delivered is False else None
         changed = await self._sms.delivery_report(event.mr, digits, delivered, event.status,
-                                                  storage(now - REPORT_WINDOW), storage(now))
+                                                  storage(now - REPORT_WINDOW), storage(now),
+                                                  error)
         if changed is not None:
             sid, status = changed
             logger.info("< SMS %s %s", sid, status)

@@ -251,11 +251,13 @@ class SmsStore:
         return result
 
     async def delivery_report(self, mr: int, recipient_digits: str, delivered: bool | None,
-                              status_code: int, since: str, now: str) -> tuple[str, str] | None:
+                              status_code: int, since: str, now: str,
+                              error: tuple[int, str] | None = None) -> tuple[str, str] | None:
         """Apply a status report to the newest matching part sent after SINCE.
 
         DELIVERED None = still pending (recorded, no status change). Returns (sid, status) when
-        the message's status changed to delivered or undelivered.
+        the message's status changed to delivered or undelivered; ERROR (code, message) is
+        the message's error when this report makes it undelivered.
         """
         def run() -> tuple[str, str] | None:
             conn = self._conn()
@@ -283,9 +285,12 @@ class SmsStore:
                     status = "delivered"
                 else:
                     return None
+                code, text = error if status == "undelivered" and error else (None, None)
                 changed = conn.execute(
-                    "UPDATE sms_messages SET status = ?, date_updated = ? WHERE sid = ? "
-                    "AND status != ?", (status, now, sid, status)).rowcount
+                    "UPDATE sms_messages SET status = ?, date_updated = ?, "
+                    "error_code = COALESCE(?, error_code), "
+                    "error_message = COALESCE(?, error_message) WHERE sid = ? "
+                    "AND status != ?", (status, now, code, text, sid, status)).rowcount
                 return (sid, status) if changed else None
         result: tuple[str, str] | None = await self._run(run)
         return result

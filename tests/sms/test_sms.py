@@ -133,6 +133,28 @@ async def test_delivery_report_marks_delivered(gsm_api: Api, fake: FakeModem,
                                 for p in hook.posts_to("/status")))
 
 
+async def test_failed_delivery_report_fills_the_error_code(gsm_api: Api, fake: FakeModem,
+                                                          hook: Hook) -> None:
+    cases = [(0x46, 30003, "validity period expired"),  # the handset stayed unreachable
+             (0x41, 30006, "incompatible destination"),  # cannot take SMS (a landline)
+             (0x64, 30008, "quality of service not available")]
+    for st, code, meaning in cases:
+        status, body, _ = await gsm_api.post(f"{SMS}.json", {
+            "From": "me", "To": "+15557654321", "Body": f"report {st}",
+            "StatusCallback": hook.url(f"/status{st}")})
+        sid = json.loads(body)["sid"]
+        await wait_status(gsm_api, sid, "sent")
+        fake.deliver_status_report(status_report_pdu(fake.next_mr - 1, "+15557654321", st))
+        final = await wait_status(gsm_api, sid, "undelivered")
+        assert final["error_code"] == code, final
+        assert f"TP-ST 0x{st:02X}" in str(final["error_message"])
+        assert meaning in str(final["error_message"])
+        await hook.wait(lambda st=st: any(p["MessageStatus"] == "undelivered"  # type: ignore[misc]
+                                          for p in hook.posts_to(f"/status{st}")))
+        posted = [p for p in hook.posts_to(f"/status{st}") if p["MessageStatus"] == "undelivered"]
+        assert posted[0]["ErrorCode"] == str(code)
+
+
 async def test_incoming_sms_requests_smsurl_and_sends_the_reply(
         gsm_api: Api, fake: FakeModem, hook: Hook) -> None:
     reply = hook.reply("/sms", "<Response><Sms>Thanks, got it</Sms></Response>")
