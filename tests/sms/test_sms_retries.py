@@ -15,21 +15,13 @@ from appliance.gsm.pdu import Submit, decode_sms_pdu
 from tests.conftest import ADMIN_SID, Api
 from tests.fakes.modem import FakeModem
 from tests.sms.conftest import FAST_MODEM, Hook, until
+from tests.sms.test_power_cut import texts
 from tests.sms.test_sms import SMS, wait_status
 
 
 @pytest.fixture
 def modem_settings() -> dict[str, float]:
     return FAST_MODEM
-
-
-def texts(fake: FakeModem) -> list[str]:
-    out = []
-    for pdu in fake.sent:
-        submit = decode_sms_pdu(pdu)
-        assert isinstance(submit, Submit)
-        out.append(submit.user_data.text or "")
-    return out
 
 
 async def post(api: Api, body: str, **extra: str) -> str:
