@@ -21,10 +21,14 @@ from urllib.parse import urljoin
 def absolute_url(document_url: str | None, url: str | None) -> str | None:
     """URL (as written in a document) resolved against DOCUMENT_URL, where the document was
     fetched from: `/sms2`, `next` and `../x` become http(s) URLs (RFC 3986 §5); an absolute
-    URL, or any URL when the document's own is unknown, is kept as it is."""
+    URL, or any URL when the document's own is unknown, is kept as it is; so is one that
+    cannot be resolved (`http://[bad`): fetching it then fails as any bad URL does (11200)."""
     if url is None or document_url is None:
         return url
-    return urljoin(document_url, url)
+    try:
+        return urljoin(document_url, url)
+    except ValueError:
+        return url
 
 # -- messaging verbs (also valid in voice documents) --------------------------------------------
 

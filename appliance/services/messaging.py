@@ -72,6 +72,10 @@ logger = logging.getLogger(__name__)
 
 FRAGMENT_TIMEOUT = timedelta(hours=1)  # parts of one message may travel different SMSCs
 RETRY_DELAYS = (5, 15, 60, 300, 900)  # seconds before the next try, by failed tries so far
+# An inbound SMS whose delivery to its app fails on our side (not the app's answer, which
+# has its own notifications) is tried again after 1, 2, 4, 8 minutes, then given up.
+INBOUND_ATTEMPTS = 5
+INBOUND_RETRY = timedelta(minutes=1)
 MAX_QUEUE_AGE = timedelta(days=2)  # an accepted message that could not go out by then fails
 TRANSIENT_CMS = {38, 41, 42, 47, 331, 332}  # network out of order/congestion/no service
 MAX_TRANSIENT_ATTEMPTS = 3  # retries of a message after network errors or a hung modem
@@ -539,8 +543,8 @@ class MessagingService:
         while True:
             self._jobs_wake.clear()
             try:
-                for sid, _attempts in await self._sms.due_inbound_jobs(_now_text(self._clock)):
-                    await self._deliver_inbound(sid)
+                for sid, attempts in await self._sms.due_inbound_jobs(_now_text(self._clock)):
+                    await self._deliver_inbound_guarded(sid, attempts)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a broken app must not stop inbound delivery
@@ -548,6 +552,28 @@ class MessagingService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(30):
                     await self._jobs_wake.wait()
+
+    async def _deliver_inbound_guarded(self, sid: str, attempts: int) -> None:
+        """Deliver SID's job; a fault of ours on the way is retried later, with back-off, up
+        to INBOUND_ATTEMPTS times, and never keeps the jobs behind it from their turn."""
+        try:
+            await self._deliver_inbound(sid)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - one bad job must not block the others
+            logger.exception("x inbound SMS %s: delivery to its app failed", sid)
+            if attempts + 1 >= INBOUND_ATTEMPTS:
+                await self._sms.finish_inbound_job(sid)
+                record = await self._store.get_sms(sid)
+                if record is not None:
+                    await self._history.notify(
+                        record.account_sid, 11200,
+                        f"SMS {sid}: not handed to its application after {INBOUND_ATTEMPTS} "
+                        "tries (see the appliance log); it stays in the SMS list")
+                return
+            delay = INBOUND_RETRY.total_seconds() * 2 ** attempts
+            await self._sms.retry_inbound_job(
+                sid, storage(self._clock() + timedelta(seconds=delay)))
 
     async def _deliver_inbound(self, sid: str) -> None:
         record = await self._store.get_sms(sid)

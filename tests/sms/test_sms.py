@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from typing import Any
+
+import pytest
 
 from appliance.app import Appliance
 from appliance.gsm.pdu import Concat, Submit, decode_sms_pdu
@@ -205,6 +208,55 @@ async def test_relative_urls_in_sms_rcml_resolve_against_the_document(
     assert hook.posts_to("/sms-reply-status")[0]["Body"] == "One"
     status, body, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
     assert json.loads(body)["notifications"] == []  # no 11200 "bad URL"
+
+
+async def test_an_unparsable_url_in_sms_rcml_is_reported_and_sends_the_reply_once(
+        gsm_api: Api, fake: FakeModem, hook: Hook) -> None:
+    # "http://[bad/next" cannot even be resolved against the document's URL: it is a bad URL
+    # like any other (11200), the reply goes out once, and the next SMS gets its app too.
+    hook.reply("/sms", '<Response><Sms action="http://[bad/next">Thanks</Sms></Response>')
+    await gsm_api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                       {"PhoneNumber": SIM_NUMBER, "SmsUrl": hook.url("/sms")})
+
+    def replies(number: str) -> list[str]:
+        return [s.user_data.text or "" for s in map(decode_sms_pdu, fake.sent)
+                if isinstance(s, Submit) and s.destination == number]
+
+    fake.deliver_sms(deliver_pdu("+15559990000", "first"))
+    await until(lambda: len(replies("+15559990000")) == 1)
+    fake.deliver_sms(deliver_pdu("+15559990001", "second"))
+    await until(lambda: len(replies("+15559990001")) == 1)
+    await asyncio.sleep(1.0)  # what a stuck job would resend comes at the next wake-up
+    assert replies("+15559990000") == ["Thanks"]
+    assert replies("+15559990001") == ["Thanks"]
+    status, body, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
+    notes = json.loads(body)["notifications"]
+    assert [n["error_code"] for n in notes] == [11200, 11200]
+    assert all("http://[bad/next" in n["request_url"] for n in notes)
+
+
+async def test_a_job_failing_on_our_side_is_retried_later_and_blocks_no_other(
+        gsm_appliance: Appliance, gsm_api: Api, fake: FakeModem, hook: Hook,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    service = gsm_appliance.messaging
+    run_app = service._run_sms_app
+
+    async def faulty(record: Any, *args: Any) -> None:
+        if record.body == "boom":
+            raise RuntimeError("a fault of ours")
+        await run_app(record, *args)
+
+    monkeypatch.setattr(service, "_run_sms_app", faulty)
+    hook.reply("/sms", "<Response><Sms>Thanks</Sms></Response>")
+    await gsm_api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                       {"PhoneNumber": SIM_NUMBER, "SmsUrl": hook.url("/sms")})
+    fake.deliver_sms(deliver_pdu("+15559990000", "boom"))
+    fake.deliver_sms(deliver_pdu("+15559990001", "fine"))
+    await until(lambda: len(fake.sent) == 1)
+    [reply] = [decode_sms_pdu(p) for p in fake.sent]
+    assert isinstance(reply, Submit) and reply.destination == "+15559990001"
+    jobs = await service._sms.due_inbound_jobs("9999-12-31T00:00:00Z")
+    assert [attempts for _, attempts in jobs] == [1]  # kept, to be tried again in a minute
 
 
 async def test_fallback_url_and_notification_on_failure(gsm_api: Api, fake: FakeModem,
