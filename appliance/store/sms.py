@@ -141,7 +141,9 @@ class SmsStore:
         await self._run(run)
 
     async def part_sent(self, sid: str, part: int, mr: int, now: str) -> bool:
-        """Record PART's message reference; True when it was the last part (message sent)."""
+        """Record PART's message reference; True when it was the last part and the message
+        is now `sent`. A message an earlier part's status report already settled (say
+        `undelivered`) keeps that status: the network's answer is not overwritten by ours."""
         def run() -> bool:
             conn = self._conn()
             with self._atomic():
@@ -154,9 +156,13 @@ class SmsStore:
                 if done < total:
                     return False
                 conn.execute("UPDATE sms_outbox SET state = 'done' WHERE sid = ?", (sid,))
-                conn.execute("UPDATE sms_messages SET status = 'sent', date_sent = ?, "
-                             "date_updated = ? WHERE sid = ?", (now, now, sid))
-                return True
+                changed = conn.execute(
+                    "UPDATE sms_messages SET status = 'sent', date_sent = ?, date_updated = ? "
+                    "WHERE sid = ? AND status IN ('queued', 'sending')", (now, now, sid)).rowcount
+                if not changed:
+                    conn.execute("UPDATE sms_messages SET date_sent = ? WHERE sid = ?",
+                                 (now, sid))
+                return bool(changed)
         result: bool = await self._run(run)
         return result
 

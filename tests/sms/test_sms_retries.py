@@ -14,9 +14,10 @@ import pytest
 from appliance.gsm.pdu import Submit, decode_sms_pdu
 from tests.conftest import ADMIN_SID, Api
 from tests.fakes.modem import FakeModem
+from tests.fakes.pdus import status_report_pdu
 from tests.sms.conftest import FAST_MODEM, Hook, until
 from tests.sms.test_power_cut import texts
-from tests.sms.test_sms import SMS, wait_status
+from tests.sms.test_sms import SMS, get_sms, wait_status
 
 
 @pytest.fixture
@@ -120,3 +121,21 @@ async def test_partly_sent_message_resumes_as_soon_as_the_modem_is_back(
     assert_one_message([p for p in parts if p.user_data.text != "queued during the outage"],
                        body)
     assert len(parts) == 5
+
+
+async def test_an_undelivered_part_is_not_overwritten_by_sent_when_the_rest_goes(
+        gsm_api: Api, fake: FakeModem, hook: Hook, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Part 1 is reported undelivered while part 2 waits out a congestion retry: the network's
+    # answer stands once part 2 goes, and no `sent` callback contradicts it.
+    monkeypatch.setattr("appliance.services.messaging.RETRY_DELAYS", (2,) * 5)
+    fake.fail_next_send(42, after=1)
+    sid = await post(gsm_api, "w" * 300, StatusCallback=hook.url("/status"))  # 2 parts
+    await until(lambda: len(fake.sent) == 1)
+    fake.deliver_status_report(status_report_pdu(fake.next_mr - 1, "+15551234567", 0x46))
+    await wait_status(gsm_api, sid, "undelivered", within=5)
+    await until(lambda: len(fake.sent) == 2, within=15)
+    await asyncio.sleep(0.5)
+    final = await get_sms(gsm_api, sid)
+    assert final["status"] == "undelivered" and final["error_code"] == 30003
+    assert final["date_sent"] is not None
+    assert [p["MessageStatus"] for p in hook.posts_to("/status")] == ["undelivered"]
