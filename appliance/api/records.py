@@ -22,12 +22,20 @@ from appliance.services.history import ListFilters, parse_paging
 
 def _filters(ctx: Ctx) -> ListFilters:
     q = ctx.query
+
+    def bound(name: str) -> str | None:
+        # `StartTime>=2024-03-03` as typed reaches us as the key `StartTime>` with the value
+        # `=2024-03-03`; a client that encodes the whole key (`StartTime%3E%3D=2024-03-03`,
+        # as a params dict does) sends the key `StartTime>=`. Both mean the same.
+        return q.get(name) or q.get(name + "=")
+
     return ListFilters(
         to=q.get("To"), from_=q.get("From"), status=q.get("Status"), body=q.get("Body"),
         start_time=q.get("StartTime"), end_time=q.get("EndTime"),
-        started_from=q.get("StartTime>"), started_until=q.get("StartTime<"),
-        ended_from=q.get("EndTime>"), ended_until=q.get("EndTime<"),
-        date_sent=q.get("DateSent"), sent_from=q.get("DateSent>"), sent_until=q.get("DateSent<"),
+        started_from=bound("StartTime>"), started_until=bound("StartTime<"),
+        ended_from=bound("EndTime>"), ended_until=bound("EndTime<"),
+        date_sent=q.get("DateSent"), sent_from=bound("DateSent>"),
+        sent_until=bound("DateSent<"),
         parent_call_sid=q.get("ParentCallSid"), conference_sid=q.get("ConferenceSid"),
         call_sid=q.get("CallSid"), error_code=q.get("ErrorCode"),
         request_url=q.get("RequestUrl"), message_text=q.get("MessageText"),

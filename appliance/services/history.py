@@ -126,7 +126,12 @@ def _to_day(column: str, name: str, value: str | None, op: str) -> list[Conditio
     """COLUMN up to the end of the day the filter NAME gives (OP: "<=" or "<" the next
     midnight)."""
     if day := checked(value, name):
-        return [Condition(column, op, storage(filter_date(name, day) + ONE_DAY))]
+        start = filter_date(name, day)
+        try:
+            end = start + ONE_DAY
+        except OverflowError:  # 9999-12-31, whose next midnight is past what a date holds
+            end = start.replace(hour=23, minute=59, second=59, microsecond=999999)
+        return [Condition(column, op, storage(end))]
     return []
 
 

@@ -179,6 +179,16 @@ async def test_call_end_time_filters_and_inequality_forms(api: Api,
     for query in ("EndTime>=tomorrow", "EndTime<=2024-13-45"):
         status, body, _ = await api.get(f"{CALLS}.json?{query}")
         assert status == 400 and "EndTime" in body, (query, body)
+    # The same filters with the whole key encoded, as a client's params dict sends them.
+    for key, day, expected in (("EndTime>=", "2024-03-04", 1), ("EndTime<=", "2024-03-03", 30),
+                               ("StartTime>=", "2030-01-01", 0)):
+        status, body, _ = await api.get(f"{CALLS}.json", params={key: day})
+        assert status == 200 and json.loads(body)["total"] == expected, (key, body)
+    # The last day there is: every call up to its end (the one still going on has not
+    # ended), and no 500.
+    for key, expected in (("EndTime", 31), ("EndTime<=", 31), ("StartTime<=", 32)):
+        status, body, _ = await api.get(f"{CALLS}.json", params={key: "9999-12-31"})
+        assert status == 200 and json.loads(body)["total"] == expected, (key, body)
 
 
 async def test_sms_date_filters_and_inequality_forms(api: Api, appliance: Appliance) -> None:
@@ -209,6 +219,10 @@ async def test_sms_date_filters_and_inequality_forms(api: Api, appliance: Applia
     assert await bodies("DateSent>=2024-03-04") == ["day 0", "day 1"]  # never sent: left out
     assert await bodies("DateSent<=2024-03-04") == ["day 0"]
     assert await bodies("DateSent<=2024-03-02") == []
+    assert await bodies("DateSent=9999-12-31") == []
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json",
+                                    params={"DateSent>=": "2024-03-05"})
+    assert status == 200 and [m["body"] for m in json.loads(body)["messages"]] == ["day 1"]
     for query in ("StartTime>=soon", "StartTime<=x", "EndTime<=x", "DateSent=x",
                   "DateSent>=x", "DateSent<=2024-02-30"):
         status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json?{query}")
