@@ -285,7 +285,9 @@ class Modem:
                     delay = self.settings.reopen_delay
                 outcome = await self._initialise_and_serve()
                 if outcome == "lost":
-                    self._set(**_NO_RADIO)  # the SIM, network and signal are unknown now
+                    # The SIM, network and signal are unknown now, and nothing can be sent:
+                    # not `ready` (with no SIM) until the port is back and initialised.
+                    self._set(phase=Phase.DOWN, **_NO_RADIO)
                     await self._channel.close()
                     await asyncio.sleep(self.settings.reopen_delay)
                 elif outcome == "trouble":

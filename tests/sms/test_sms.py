@@ -351,9 +351,12 @@ async def test_unplugged_modem_reports_no_stale_radio_state(gsm_api: Api,
     before = await modem_json()
     assert (before["sim"], before["registration"], before["signal_rssi"]) == ("READY", "home", 21)
     fake.unplug()
+    seen = []  # never `ready` without a SIM: the phase goes down with the radio values
     async with asyncio.timeout(10):
-        while (await modem_json())["phase"] != "down":
-            await asyncio.sleep(0.05)
+        while (state := await modem_json())["phase"] != "down":
+            seen.append((state["phase"], state.get("sim")))
+            await asyncio.sleep(0.02)
+    assert ("ready", None) not in seen, seen
     gone = await modem_json()
     assert [k for k in radio if k in gone] == []  # unknown: nulls are omitted
     assert gone["manufacturer"] == "Quectel"  # the device's identity is kept
