@@ -30,6 +30,7 @@ from appliance.config import Config
 from appliance.errors import ApplianceError
 from appliance.gsm.modem import Modem
 from appliance.gsm.state import ModemSettings
+from appliance.gsm.urc import RegStatus
 from appliance.media.engine import MediaEngine
 from appliance.media.pool import WorkerPool
 from appliance.media.supervisor import Supervisor, plan_workers
@@ -451,6 +452,20 @@ class Appliance:
         components["version"] = __version__
         return healthy, components
 
+    def panel(self) -> tuple[bool, int | None]:
+        """What the line and signal LEDs show: (line up, the modem's +CSQ rssi or None).
+
+        The line is up while a gateway with Register=true is registered (the trunk only
+        registers those) or the modem is registered on the network, home or roaming. The
+        signal is None without a modem or while its signal is unknown."""
+        line = self.trunk.registered_count() > 0
+        rssi: int | None = None
+        if self.modem is not None:
+            state = self.modem.state
+            line = line or state.registration in (RegStatus.HOME, RegStatus.ROAMING)
+            rssi = state.signal.rssi if state.signal is not None else None
+        return line, rssi
+
     def status_line(self) -> str:
         """One line for systemd's STATUS=: what is up and where."""
         modem = "no modem"
@@ -593,6 +608,7 @@ async def _cancel(task: asyncio.Task[None] | None) -> None:
 
 
 STATUS_INTERVAL = 15.0
+PANEL_INTERVAL = 1.0  # the line and signal LEDs follow the trunk and modem this promptly
 MODEM_READY_WAIT = 30.0  # READY=1 waits this long for a configured modem, then goes ahead
 # The collector's thresholds once started. With Python's (700, 10, 10) a SIP load ran ~1,100
 # young collections and 9 full ones (72 ms each, scanning every lingering transaction) in
@@ -616,12 +632,21 @@ def factory_reset(data_dir: Path) -> Path | None:
 
 
 async def _report(appliance: Appliance, indicators: Indicators) -> None:
-    """Keep systemd's STATUS= line and the status LED in step with /health."""
+    """Keep systemd's STATUS= line and the status LED in step with /health (every
+    STATUS_INTERVAL), and the line and signal LEDs with the trunk and the modem (every
+    PANEL_INTERVAL: both are read from memory, no store query)."""
+    next_status = 0.0
     while True:
-        ok, _ = await appliance.health()
-        indicators.set_state(SystemState.HEALTHY if ok else SystemState.FAULT)
-        systemd.status(appliance.status_line() if ok else "degraded: " + appliance.status_line())
-        await asyncio.sleep(STATUS_INTERVAL)
+        line, rssi = appliance.panel()
+        indicators.set_line(line)
+        indicators.set_signal(rssi)
+        if time.monotonic() >= next_status:
+            ok, _ = await appliance.health()
+            indicators.set_state(SystemState.HEALTHY if ok else SystemState.FAULT)
+            systemd.status(appliance.status_line() if ok
+                           else "degraded: " + appliance.status_line())
+            next_status = time.monotonic() + STATUS_INTERVAL
+        await asyncio.sleep(PANEL_INTERVAL)
 
 
 async def serve(config: Config) -> None:

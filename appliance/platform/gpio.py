@@ -185,12 +185,16 @@ class StatusLeds:
 
     def set_line(self, up: bool) -> None:
         self.line = up
-        if self._line is not None:
+        if self._line is not None and not self._closed:
             self._line.value = up
 
     def set_signal(self, csq: int | None) -> None:
+        """Called again and again with the same value (every status tick): a blink is only
+        restarted when the LED's pattern changes, so a weak signal blinks evenly."""
+        before = self._signal_pattern(self.signal)
         self.signal = None if csq == CSQ_UNKNOWN else csq
-        self._apply_signal()
+        if self._signal_pattern(self.signal) != before:
+            self._apply_signal()
 
     def close(self) -> None:
         self._closed = True
@@ -246,13 +250,20 @@ class StatusLeds:
         else:
             led.blink(on_time=t.fast_blink, off_time=t.fast_blink)
 
+    @staticmethod
+    def _signal_pattern(signal: int | None) -> str:
+        if not signal:  # None or 0: no signal
+            return "off"
+        return "blink" if signal < WEAK_CSQ else "on"
+
     def _apply_signal(self) -> None:
         led = self._signal
         if led is None or self._closed:
             return
-        if not self.signal:  # None or 0: no signal
+        pattern = self._signal_pattern(self.signal)
+        if pattern == "off":
             led.off()
-        elif self.signal < WEAK_CSQ:
+        elif pattern == "blink":
             led.blink(on_time=self._timing.slow_blink, off_time=self._timing.slow_blink)
         else:
             led.on()
