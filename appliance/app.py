@@ -341,7 +341,7 @@ class Appliance:
             self.trunk.apply(gateway)
 
     async def start(self) -> None:
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.lock.acquire()
         await self.store.open()
         default_realm = self.config.sip.domain or primary_address()

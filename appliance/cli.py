@@ -14,6 +14,7 @@ from appliance import config as config_mod
 from appliance.errors import ApplianceError, ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PRIVATE_UMASK = 0o077  # files 0600, directories 0700
 
 
 def _config_path(given: Path | None) -> Path | None:
@@ -45,6 +46,10 @@ def _setup_logging(level: str) -> None:
 @click.version_option(package_name="appliance")
 def main() -> None:
     """Edge telecom appliance: SIP PBX, GSM gateway and Restcomm REST API."""
+    # Everything the appliance writes (the database and its -wal/-shm, backups, recordings,
+    # admin-password, the TLS key) is for its own user only, whatever umask it was started
+    # with (scripts/run inherits a shell's 0022; the unit sets UMask=0077 too).
+    os.umask(PRIVATE_UMASK)
 
 
 @main.command()

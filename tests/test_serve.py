@@ -121,3 +121,53 @@ def test_reset_admin_password_is_refused_while_the_appliance_runs(tmp_path: Path
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+def mode(path: Path) -> str:
+    return oct(path.stat().st_mode & 0o777)
+
+
+def test_data_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    """scripts/run inherits a shell's umask 0022; the database holds gateway and Client
+    passwords, so it (and its -wal, -shm), the data dir and the backups are ours only."""
+    port = free_port()
+    data = tmp_path / "var" / "data"
+    config = tmp_path / "config.toml"
+    config.write_text(f'data_dir = "{data}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
+    proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE, umask=0o022)
+    try:
+        wait_health(port, proc)
+        assert mode(data) == "0o700"
+        db = data / "appliance.db"
+        for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), data / "admin-password"):
+            assert mode(path) == "0o600", path
+        backup = subprocess.run([*APPLIANCE, "backup", "--config", str(config)],
+                                capture_output=True, timeout=20, umask=0o022)
+        assert backup.returncode == 0, backup.stderr
+        written = Path(backup.stdout.decode().strip())
+        assert mode(written) == "0o600" and mode(written.parent) == "0o700"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    # A database left readable by an older version is made private at the next start.
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        if path.exists():
+            path.chmod(0o644)
+    proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE, umask=0o022)
+    try:
+        wait_health(port, proc)
+        for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            assert mode(path) == "0o600", path
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

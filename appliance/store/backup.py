@@ -7,6 +7,7 @@ instance lock, and `restore` refuses while it is held.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from datetime import UTC, datetime
@@ -24,11 +25,14 @@ def backup(db_path: Path, dest: Path) -> Path:
     if not db_path.is_file():
         raise ApplianceError(f"no database at {db_path}")
     if dest.is_dir() or not dest.suffix:
-        dest.mkdir(parents=True, exist_ok=True)
+        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         dest = dest / f"appliance-{stamp}.db"
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".partial")
+    # 0600 from the start (a copy holds the passwords too), not only once renamed.
+    tmp.unlink(missing_ok=True)
+    os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         out = sqlite3.connect(tmp)
@@ -71,8 +75,10 @@ def restore(db_path: Path, src: Path) -> Path | None:
     kept: Path | None = None
     if db_path.exists():
         kept = backup(db_path, db_path.parent / "backups")
-    db_path.parent.mkdir(parents=True, exist_ok=True)
+    db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = db_path.with_suffix(".restore")
+    tmp.unlink(missing_ok=True)
+    os.close(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     shutil.copyfile(src, tmp)
     for suffix in ("-wal", "-shm"):
         Path(str(db_path) + suffix).unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -66,7 +67,8 @@ class Store:
         return await self._run(self._open_sync)
 
     def _open_sync(self) -> list[str]:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private(self._path)
         conn = sqlite3.connect(str(self._path), timeout=5.0, check_same_thread=False)
         db = Database(conn)
         for pragma in _PRAGMAS:
@@ -573,6 +575,20 @@ class Store:
 
 
 _UNIQUE_FAILED = re.compile(r"UNIQUE constraint failed: (\w+)\.(\w+)")
+
+
+def make_private(db_path: Path) -> None:
+    """DB_PATH (created empty when missing) and its -wal and -shm, if any, readable and
+    writable by our user only, whatever the umask: the database holds gateway and Client
+    passwords. SQLite gives the -wal and -shm files it creates later the database file's
+    mode (and chmods them to it, past the umask), so the database's 0600 carries over."""
+    os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+    for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        try:
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+        except FileNotFoundError:
+            pass
 
 
 def _duplicate(err: sqlite3.IntegrityError) -> Duplicate | None:
