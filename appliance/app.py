@@ -439,8 +439,13 @@ class Appliance:
         gateways = {}
         for gateway in await self.gateways.all():
             status = self.gateways.status(gateway.sid)
-            gateways[gateway.friendly_name] = {"sid": gateway.sid, "state": status.state,
-                                               "last_error": status.last_error}
+            # Names are unique, except in a database an older version let duplicates into
+            # (a warning at start): those are listed too, the later ones with their sid.
+            key = gateway.friendly_name
+            if key in gateways:
+                key = f"{key} ({gateway.sid})"
+            gateways[key] = {"sid": gateway.sid, "state": status.state,
+                             "last_error": status.last_error}
         components["gateways"] = gateways
         if self.supervisor is None:
             components["media"] = "no workers ([media] workers = 0): voice apps answer 503"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Protocol
 
-from appliance.errors import Forbidden, InvalidInput, NotFound
+from appliance.errors import Conflict, Duplicate, Forbidden, InvalidInput, NotFound
 from appliance.models import Account, Gateway, GatewaySid, is_sid_shaped, mint_sid
 from appliance.services.access import is_super_admin
 from appliance.store.gateways import GatewayStore
@@ -59,6 +59,11 @@ def _text(name: str, value: str, limit: int = 255) -> str:
     if len(value) > limit or any(ord(c) < 32 for c in value):
         raise InvalidInput(f"{name} must be at most {limit} printable characters")
     return value
+
+
+def _name_taken(name: str) -> Conflict:
+    return Conflict(f"A gateway named {name!r} already exists: FriendlyName must be unique, "
+                    "as outbound routes and [inbound.sources] name gateways by it")
 
 
 def _proxy(value: str) -> str:
@@ -114,15 +119,22 @@ class GatewayService:
             raise InvalidInput("The Proxy can not be null")
         register = _bool("Register", fields.get("Register"))
         ttl = _ttl(fields.get("TTL"))
-        if len(await self._store.all()) >= MAX_GATEWAYS:
+        name = _text("FriendlyName", fields.get("FriendlyName") or user)
+        existing = await self._store.all()
+        if len(existing) >= MAX_GATEWAYS:
             raise InvalidInput(f"At most {MAX_GATEWAYS} gateways")
+        if any(g.friendly_name == name for g in existing):
+            raise _name_taken(name)
         now = self._clock()
-        gateway = Gateway(sid=GatewaySid(mint_sid("GW")),
-                          friendly_name=_text("FriendlyName", fields.get("FriendlyName") or user),
+        gateway = Gateway(sid=GatewaySid(mint_sid("GW")), friendly_name=name,
                           user_name=_text("UserName", user), password=_text("Password", password),
                           proxy=_proxy(proxy), register=register, ttl=ttl, date_created=now,
                           date_updated=now)
-        await self._store.save(gateway)
+        try:
+            await self._store.insert(gateway)
+        except Duplicate as err:
+            # Created by another request since the check above: the same answer.
+            raise _name_taken(name) from err
         if self.trunk is not None:
             self.trunk.apply(gateway)
         return gateway
@@ -144,7 +156,14 @@ class GatewayService:
             changes["ttl"] = _ttl(fields["TTL"])
         updated = dataclasses.replace(gateway, **changes,  # type: ignore[arg-type]
                                       date_updated=self._clock())
-        await self._store.save(updated)
+        name = updated.friendly_name
+        if name != gateway.friendly_name and any(
+                g.friendly_name == name and g.sid != sid for g in await self._store.all()):
+            raise _name_taken(name)
+        try:
+            await self._store.update(updated)
+        except Duplicate as err:
+            raise _name_taken(name) from err
         if self.trunk is not None:
             self.trunk.apply(updated)
         return updated

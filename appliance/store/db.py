@@ -82,6 +82,13 @@ class Store:
         applied = schema.apply(db)
         if applied:
             logger.info("- applied migrations %s", ", ".join(applied))
+        with db.atomic():
+            shared = schema.ensure_unique_gateway_names(db.conn)
+        if shared:
+            logger.warning(
+                "x gateways share the FriendlyName(s) %s: routes and [inbound.sources] name "
+                "gateways by FriendlyName, so give each its own (the API refuses new "
+                "duplicates)", ", ".join(repr(n) for n in shared))
         return applied
 
     async def close(self) -> None:
@@ -219,7 +226,7 @@ class Store:
                 self._conn().execute(f'INSERT INTO "{table}" ({columns}) VALUES ({marks})',
                                      _bindable(values.values()))
         except sqlite3.IntegrityError as err:
-            duplicate = _duplicate(err)
+            duplicate = as_duplicate(err)
             if duplicate is None:
                 raise
             raise duplicate from err
@@ -591,7 +598,7 @@ def make_private(db_path: Path) -> None:
             pass
 
 
-def _duplicate(err: sqlite3.IntegrityError) -> Duplicate | None:
+def as_duplicate(err: sqlite3.IntegrityError) -> Duplicate | None:
     """ERR as the domain's Duplicate when it is a UNIQUE (or primary key) violation on one
     column; None for any other integrity error (a foreign key, NOT NULL...)."""
     match = _UNIQUE_FAILED.fullmatch(str(err))

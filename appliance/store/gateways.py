@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from appliance import models
-from appliance.store.db import Store
+from appliance.store import schema
+from appliance.store.db import Store, as_duplicate
 from appliance.timefmt import from_storage, storage
 
 
@@ -45,23 +48,56 @@ class GatewayStore:
         result: models.Gateway | None = await self._store._run(run)  # noqa: SLF001
         return result
 
-    async def save(self, gateway: models.Gateway) -> None:
-        values = dataclasses.asdict(gateway)
-        values["register"] = int(gateway.register)
-        values["date_created"] = storage(gateway.date_created)
-        values["date_updated"] = storage(gateway.date_updated)
+    async def insert(self, gateway: models.Gateway) -> None:
+        """Raise Duplicate when another gateway has its FriendlyName (once the database
+        holds no duplicates an older version let in: schema.ensure_unique_gateway_names)."""
+        values = _values(gateway)
 
         def run() -> None:
             columns = ", ".join(values)
             marks = ", ".join("?" for _ in values)
-            with self._store._database().atomic():  # noqa: SLF001
-                self._conn().execute(
-                    f"INSERT OR REPLACE INTO gateways ({columns}) VALUES ({marks})",
-                    tuple(values.values()))
+            with _duplicates(), self._store._database().atomic():  # noqa: SLF001
+                self._conn().execute(f"INSERT INTO gateways ({columns}) VALUES ({marks})",
+                                     tuple(values.values()))
+        await self._store._run(run)  # noqa: SLF001
+
+    async def update(self, gateway: models.Gateway) -> None:
+        """Raise Duplicate as insert does. (An UPDATE, never INSERT OR REPLACE: REPLACE
+        would delete the other gateway holding the name instead of failing.)"""
+        values = _values(gateway)
+        sid = values.pop("sid")
+
+        def run() -> None:
+            sets = ", ".join(f"{c} = ?" for c in values)
+            with _duplicates(), self._store._database().atomic():  # noqa: SLF001
+                self._conn().execute(f"UPDATE gateways SET {sets} WHERE sid = ?",
+                                     (*values.values(), sid))
+                schema.ensure_unique_gateway_names(self._conn())
         await self._store._run(run)  # noqa: SLF001
 
     async def delete(self, sid: str) -> None:
         def run() -> None:
             with self._store._database().atomic():  # noqa: SLF001
                 self._conn().execute("DELETE FROM gateways WHERE sid = ?", (sid,))
+                schema.ensure_unique_gateway_names(self._conn())
         await self._store._run(run)  # noqa: SLF001
+
+
+def _values(gateway: models.Gateway) -> dict[str, Any]:
+    values = dataclasses.asdict(gateway)
+    values["register"] = int(gateway.register)
+    values["date_created"] = storage(gateway.date_created)
+    values["date_updated"] = storage(gateway.date_updated)
+    return values
+
+
+@contextlib.contextmanager
+def _duplicates() -> Iterator[None]:
+    """A UNIQUE violation as the domain's Duplicate (as Store._insert maps them)."""
+    try:
+        yield
+    except sqlite3.IntegrityError as err:
+        duplicate = as_duplicate(err)
+        if duplicate is None:
+            raise
+        raise duplicate from err

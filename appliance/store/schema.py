@@ -363,6 +363,29 @@ CREATE INDEX calls_open ON calls(status) WHERE end_time IS NULL;
 """)
 
 
+GATEWAY_NAMES_INDEX = "gateways_friendly_name"
+
+
+def ensure_unique_gateway_names(conn: sqlite3.Connection) -> list[str]:
+    """Make gateway FriendlyNames unique in the database (routes and ``[inbound.sources]``
+    name gateways by it), unless rows already share one: then nothing is changed and the
+    shared names are returned, for a warning. Called at every open and after each gateway
+    rename or delete, so the index comes as soon as the operator has renamed (or deleted)
+    the duplicates an older version let in. Until then the service's own check still
+    refuses any new duplicate. Not a migration: a migration runs once, and renaming the
+    operator's gateways behind their back would silently change which one carries calls."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+                    (GATEWAY_NAMES_INDEX,)).fetchone():
+        return []
+    shared = [r[0] for r in conn.execute(
+        "SELECT friendly_name FROM gateways GROUP BY friendly_name HAVING count(*) > 1 "
+        "ORDER BY friendly_name")]
+    if not shared:
+        conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {GATEWAY_NAMES_INDEX} "
+                     "ON gateways(friendly_name)")
+    return shared
+
+
 def apply(db: Database) -> list[str]:
     """Apply pending migrations; returns the names applied now."""
     pending = [m.name for m in migrations.pending(db)]

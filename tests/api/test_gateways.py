@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import pytest
+
+from appliance.app import Appliance
+from appliance.models import Gateway
 from tests.conftest import ADMIN_SID, Api
 
 GW = f"Accounts/{ADMIN_SID}/Management/Gateways"
@@ -60,3 +65,76 @@ async def test_only_the_super_admin(api: Api) -> None:
     assert status == 403
     status, _, _ = await other.post(f"Accounts/{sub}/Management/Gateways.json", SEED)
     assert status == 403
+
+
+NAME_TAKEN = ("A gateway named 'mygateway' already exists: FriendlyName must be unique, "
+              "as outbound routes and [inbound.sources] name gateways by it")
+
+
+async def test_a_duplicate_friendly_name_is_409(api: Api) -> None:
+    """Routes and [inbound.sources] name gateways by FriendlyName: a second gateway with the
+    same name took the route over silently (and /health listed one of the two)."""
+    status, body, _ = await api.post(f"{GW}.json", SEED)
+    assert status == 200, body
+    first = json.loads(body)["sid"]
+    status, body, _ = await api.post(f"{GW}.json", {**SEED, "UserName": "other"})
+    assert (status, body) == (409, NAME_TAKEN)
+    # The default FriendlyName (the UserName) is checked the same way.
+    no_name = {k: v for k, v in SEED.items() if k != "FriendlyName"}
+    status, body, _ = await api.post(f"{GW}.json", {**no_name, "UserName": "mygateway"})
+    assert (status, body) == (409, NAME_TAKEN)
+
+    # Renaming another gateway onto the name is refused, and changes nothing.
+    status, body, _ = await api.post(f"{GW}.json", {**SEED, "FriendlyName": "backup"})
+    assert status == 200, body
+    second = json.loads(body)["sid"]
+    status, body, _ = await api.post(f"{GW}/{second}.json", {"FriendlyName": "mygateway"})
+    assert (status, body) == (409, NAME_TAKEN)
+    _, body, _ = await api.get(f"{GW}.json")
+    assert sorted((g["sid"], g["friendly_name"]) for g in json.loads(body)) == sorted(
+        [(first, "mygateway"), (second, "backup")])
+    # Keeping one's own name, or taking a free one, is fine.
+    status, body, _ = await api.post(f"{GW}/{first}.json", {"FriendlyName": "mygateway",
+                                                            "TTL": "600"})
+    assert status == 200, body
+    status, body, _ = await api.post(f"{GW}/{second}.json", {"FriendlyName": "spare"})
+    assert status == 200 and json.loads(body)["friendly_name"] == "spare"
+    status, body, _ = await api.post(f"{GW}/{second}.json", {"FriendlyName": "backup"})
+    assert status == 200
+
+
+async def test_concurrent_creates_with_one_friendly_name(api: Api) -> None:
+    for round_ in range(3):
+        name = f"race{round_}"
+        answers = await asyncio.gather(*(
+            api.post(f"{GW}.json", {**SEED, "FriendlyName": name, "UserName": f"u{i}"})
+            for i in range(5)))
+        statuses = sorted(status for status, _, _ in answers)
+        assert statuses == [200] + [409] * 4, answers
+        assert {body for status, body, _ in answers if status == 409} == {
+            NAME_TAKEN.replace("'mygateway'", repr(name))}
+    _, body, _ = await api.get(f"{GW}.json")
+    assert sorted(g["friendly_name"] for g in json.loads(body)) == ["race0", "race1", "race2"]
+
+
+async def test_racing_past_the_check_gives_the_same_409(api: Api, appliance: Appliance,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two requests that both passed the service's check: the database's unique index
+    decides, and the loser gets what a later duplicate gets."""
+    status, body, _ = await api.post(f"{GW}.json", SEED)
+    assert status == 200, body
+    status, body, _ = await api.post(f"{GW}.json", {**SEED, "FriendlyName": "backup"})
+    second = json.loads(body)["sid"]
+    store = appliance.gateways._store  # noqa: SLF001
+    real_all = store.all
+
+    async def before_the_first(*_: object) -> list[Gateway]:
+        return [g for g in await real_all() if g.friendly_name != "mygateway"]
+
+    monkeypatch.setattr(store, "all", before_the_first)
+    status, body, _ = await api.post(f"{GW}.json", {**SEED, "UserName": "other"})
+    assert (status, body) == (409, NAME_TAKEN)
+    status, body, _ = await api.post(f"{GW}/{second}.json", {"FriendlyName": "mygateway"})
+    assert (status, body) == (409, NAME_TAKEN)
+    monkeypatch.undo()
+    assert len(await store.all()) == 2  # the rename did not replace the other gateway

@@ -260,3 +260,47 @@ async def test_call_rows_a_locked_database_cannot_take_raise_store_busy(
     finally:
         other.close()
         await store.close()
+
+
+def _raw_gateway(conn: sqlite3.Connection, sid: str, name: str) -> None:
+    conn.execute("INSERT INTO gateways VALUES (?, ?, 'u', 'p', '127.0.0.1', 1, 600, ?, ?)",
+                 (sid, name, "2024-03-03T00:00:00.000000Z", "2024-03-03T00:00:00.000000Z"))
+
+
+async def test_gateway_names_are_unique_once_the_duplicates_are_gone(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A database an older version let duplicate FriendlyNames into still opens (nothing
+    renamed behind the operator's back, a warning); the unique index comes once they are
+    gone, and from then on the database itself refuses a duplicate."""
+    from appliance.models import GatewaySid
+    from appliance.store.gateways import GatewayStore
+
+    path = tmp_path / "appliance.db"
+    store = Store(path)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"DROP INDEX {schema.GATEWAY_NAMES_INDEX}")
+    for sid in ("GW1", "GW2", "GW3"):
+        _raw_gateway(conn, sid, "provider")
+    conn.commit()
+    conn.close()
+
+    store = Store(path)
+    await store.open()
+    try:
+        assert "gateways share the FriendlyName(s) 'provider'" in caplog.text
+        gateways = GatewayStore(store)
+        assert len(await gateways.all()) == 3
+        first, second, third = await gateways.all()
+        await gateways.update(dataclasses.replace(second, friendly_name="backup"))
+        await gateways.delete(third.sid)
+        # No duplicates left: the index is there, without a restart.
+        dup = dataclasses.replace(first, sid=GatewaySid("GW4"))
+        with pytest.raises(Duplicate):
+            await gateways.insert(dup)
+        with pytest.raises(Duplicate):
+            await gateways.update(dataclasses.replace(second, friendly_name="provider"))
+        assert sorted(g.friendly_name for g in await gateways.all()) == ["backup", "provider"]
+    finally:
+        await store.close()
