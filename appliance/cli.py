@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
@@ -11,9 +10,10 @@ from pathlib import Path
 import click
 
 from appliance import config as config_mod
+from appliance import logsetup
 from appliance.errors import ApplianceError, ConfigError
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_LEVELS = logsetup.LOG_LEVELS
 PRIVATE_UMASK = 0o077  # files 0600, directories 0700
 
 
@@ -37,9 +37,7 @@ def _load(given: Path | None) -> config_mod.Config:
 
 
 def _setup_logging(level: str) -> None:
-    # One line per event, no timestamp: journald adds its own.
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logsetup.setup(level)
 
 
 @click.group()

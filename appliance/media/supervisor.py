@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from appliance import logsetup
 from appliance.media import protocol as p
 from appliance.media.client import WorkerClient
 from appliance.media.engine import WorkerGone
@@ -103,7 +104,10 @@ class Supervisor:
                  on_worker_down: Callable[[str], None] | None = None,
                  python: str = sys.executable, ready_timeout: float = 15.0,
                  backoff: tuple[float, float] = (0.5, 30.0),
-                 heartbeat_timeout: float = 5.0, pj_log_level: int = 1) -> None:
+                 heartbeat_timeout: float = 5.0, pj_log_level: int = 1,
+                 log_level: str | None = None) -> None:
+        """LOG_LEVEL is the workers' ``--log-level``; None: the main process's level when
+        each worker starts (logsetup.current_level)."""
         self._handles = {s.id: WorkerHandle(s) for s in specs}
         self._on_event = on_event
         self._on_worker_down = on_worker_down
@@ -112,6 +116,7 @@ class Supervisor:
         self._backoff = backoff
         self._hb_timeout = heartbeat_timeout
         self._pj_log_level = pj_log_level
+        self._log_level = log_level
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
@@ -185,7 +190,8 @@ class Supervisor:
         args = ["-m", "appliance.media.worker", "--control", s.control,
                 "--sip-port", str(s.sip_port), "--rtp-ports", f"{s.rtp_ports[0]}-{s.rtp_ports[1]}",
                 "--max-calls", str(s.max_calls), "--id", s.id,
-                "--pj-log-level", str(self._pj_log_level)]
+                "--pj-log-level", str(self._pj_log_level),
+                "--log-level", self._log_level or logsetup.current_level()]
         if s.public_address:
             args += ["--public-address", s.public_address]
         env = dict(os.environ)

@@ -94,7 +94,8 @@ class Worker:
         return ev
 
 
-async def start_worker(sock_dir: Path, *, max_calls: int = 4, name: str = "w") -> Worker:
+async def start_worker(sock_dir: Path, *, max_calls: int = 4, name: str = "w",
+                       log_level: str = "info") -> Worker:
     control = str(sock_dir / f"{name}.sock")
     sip_port = free_udp_port()
     lo, hi = rtp_slice()
@@ -104,7 +105,8 @@ async def start_worker(sock_dir: Path, *, max_calls: int = 4, name: str = "w") -
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "appliance.media.worker", "--control", control,
             "--sip-port", str(sip_port), "--rtp-ports", f"{lo}-{hi}",
-            "--max-calls", str(max_calls), "--id", name, stderr=err)
+            "--max-calls", str(max_calls), "--id", name, "--log-level", log_level,
+            stderr=err)
     finally:
         err.close()
     events = Events()

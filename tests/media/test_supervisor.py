@@ -4,7 +4,9 @@ capacity, and a killed worker restarted with its legs reported ended."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -102,3 +104,33 @@ async def test_wedged_worker_is_killed_and_restarted(sock_dir: Path) -> None:
         assert downs == ["0"] and h.restarts == 1
     finally:
         await sup.stop()
+
+
+async def test_workers_log_at_the_main_process_level_and_format(
+        sock_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """`appliance serve --log-level warning` left the workers at INFO, in a format of their
+    own (`2026-11-30 16:03:30,452 media-0 INFO - worker 0 ready…`). The workers write to the
+    main process's stderr, which capfd reads here."""
+    main = logging.getLogger("appliance")
+    saved = main.level
+    lo, _ = rtp_slice(40)
+    try:
+        for level in ("warning", "info"):
+            main.setLevel(level.upper())
+            sup = Supervisor(plan_workers(1, (lo, lo + 39), sock_dir),
+                             on_event=lambda w, e: None)
+            await sup.start()
+            try:
+                assert sup.workers["0"].ready is not None
+            finally:
+                await sup.stop()
+            err = capfd.readouterr().err
+            info = [line for line in err.splitlines() if line.startswith("INFO")]
+            if level == "warning":
+                assert not info and "worker 0 ready" not in err, err
+            else:
+                assert any(re.fullmatch(r"INFO appliance\.media\.worker\S*\[media-0\]: "
+                                        r"- worker 0 ready: .*", line) for line in info), err
+            assert not re.search(r"^\d{4}-\d\d-\d\d ", err, re.M), err  # no own timestamps
+    finally:
+        main.setLevel(saved)

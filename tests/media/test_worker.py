@@ -229,3 +229,10 @@ async def test_a_worker_call_carries_no_product_name(worker: Worker) -> None:
         await worker.leg("ended", "CAfp", seconds=6)
     finally:
         sock.close()
+
+
+async def test_log_level_warning_keeps_info_lines_out(sock_dir: Path) -> None:
+    w = await start_worker(sock_dir, name="quiet", log_level="warning")
+    await stop_worker(w)
+    text = w.stderr.read_text(errors="replace")
+    assert "INFO" not in text and "ready" not in text, text

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 
+from appliance import logsetup
 from appliance.media import protocol as p
 from appliance.media.worker.legs import WorkerSettings
 from appliance.media.worker.pj import PjWorker
@@ -48,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--id", default="0", help="worker id, used in logs and the SIP user")
     ap.add_argument("--public-address", default="", help="RTP address to bind and put in SDP")
     ap.add_argument("--pj-log-level", type=int, default=1)
+    ap.add_argument("--log-level", choices=logsetup.LOG_LEVELS, default="info",
+                    help="the main process's level (the supervisor passes it)")
     return ap.parse_args(argv)
 
 
@@ -89,8 +92,7 @@ async def _amain(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format=f"%(asctime)s media-{args.id} %(levelname)s %(message)s")
+    logsetup.setup(args.log_level, worker=args.id)
     _die_with_parent()
     if not 1 <= args.max_calls <= 64:
         logger.error("x --max-calls must be 1-64")
