@@ -1,8 +1,10 @@
 """Logging set-up shared by the main process and the media workers it spawns.
 
 One line per event, no timestamp (journald adds its own), the level first. A media worker logs
-in the same format, its logger names tagged with the worker (``appliance.media.worker[media-0]``),
-at the level of the main process (the supervisor passes it as ``--log-level``).
+in the same format, its logger names tagged with the worker
+(``appliance.media.worker.server[media-0]``), at the level of the main process: the supervisor
+passes both as ``--log-level`` and ``--log-format`` (the worker imports no appliance module
+but its own and the protocol's, tests/core/test_layers.py).
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
-def setup(level: str, *, worker: str | None = None) -> None:
-    """Log to stderr at LEVEL (one of LOG_LEVELS); WORKER tags a media worker's lines."""
-    fmt = FORMAT if worker is None else FORMAT.replace("%(name)s", f"%(name)s[media-{worker}]")
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format=fmt)
+def setup(level: str) -> None:
+    """Log to stderr at LEVEL (one of LOG_LEVELS)."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format=FORMAT)
+
+
+def worker_format(worker: str) -> str:
+    """FORMAT with the logger names tagged with the media worker WORKER."""
+    return FORMAT.replace("%(name)s", f"%(name)s[media-{worker}]")
 
 
 def current_level() -> str:

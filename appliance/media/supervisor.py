@@ -191,7 +191,8 @@ class Supervisor:
                 "--sip-port", str(s.sip_port), "--rtp-ports", f"{s.rtp_ports[0]}-{s.rtp_ports[1]}",
                 "--max-calls", str(s.max_calls), "--id", s.id,
                 "--pj-log-level", str(self._pj_log_level),
-                "--log-level", self._log_level or logsetup.current_level()]
+                "--log-level", self._log_level or logsetup.current_level(),
+                "--log-format", logsetup.worker_format(s.id)]
         if s.public_address:
             args += ["--public-address", s.public_address]
         env = dict(os.environ)

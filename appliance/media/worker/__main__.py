@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 
-from appliance import logsetup
 from appliance.media import protocol as p
 from appliance.media.worker.legs import WorkerSettings
 from appliance.media.worker.pj import PjWorker
@@ -49,8 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--id", default="0", help="worker id, used in logs and the SIP user")
     ap.add_argument("--public-address", default="", help="RTP address to bind and put in SDP")
     ap.add_argument("--pj-log-level", type=int, default=1)
-    ap.add_argument("--log-level", choices=logsetup.LOG_LEVELS, default="info",
-                    help="the main process's level (the supervisor passes it)")
+    # The main process's level and format (appliance/logsetup.py), passed by the supervisor.
+    ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                    default="info")
+    ap.add_argument("--log-format", default="",
+                    help="logging format (default: the main process's, tagged media-ID)")
     return ap.parse_args(argv)
 
 
@@ -92,7 +94,8 @@ async def _amain(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logsetup.setup(args.log_level, worker=args.id)
+    fmt = args.log_format or f"%(levelname)s %(name)s[media-{args.id}]: %(message)s"
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(), format=fmt)
     _die_with_parent()
     if not 1 <= args.max_calls <= 64:
         logger.error("x --max-calls must be 1-64")
