@@ -66,10 +66,19 @@ def _name_taken(name: str) -> Conflict:
                     "as outbound routes and [inbound.sources] name gateways by it")
 
 
+IPV6_UNSUPPORTED = ("IPv6 provider addresses are not supported: give the Proxy as an IPv4 "
+                    "address or a host name with an IPv4 address, with an optional :port")
+
+
 def _proxy(value: str) -> str:
     if not _PROXY.match(value):
         raise InvalidInput("Proxy must be a host name or address, with an optional :port")
     host = value.removeprefix("sip:")
+    if host.startswith("["):
+        # The trunk registers over the one UDP socket of [sip] listen: IPv4 by default (it
+        # cannot send to IPv6), and one on "::" cannot send to IPv4 addresses, which the
+        # trunk resolves its providers to. Such a gateway could only ever fail to register.
+        raise InvalidInput(IPV6_UNSUPPORTED)
     port = host.rsplit(":", 1)[1] if host.count(":") == 1 else None
     if port is not None and not 0 < int(port) < 65536:
         raise InvalidInput("Proxy port is out of range")

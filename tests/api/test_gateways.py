@@ -9,6 +9,7 @@ import pytest
 
 from appliance.app import Appliance
 from appliance.models import Gateway
+from appliance.services.gateways import IPV6_UNSUPPORTED
 from tests.conftest import ADMIN_SID, Api
 
 GW = f"Accounts/{ADMIN_SID}/Management/Gateways"
@@ -138,3 +139,17 @@ async def test_racing_past_the_check_gives_the_same_409(api: Api, appliance: App
     assert (status, body) == (409, NAME_TAKEN)
     monkeypatch.undo()
     assert len(await store.all()) == 2  # the rename did not replace the other gateway
+
+
+async def test_an_ipv6_proxy_is_400(api: Api) -> None:
+    """`Proxy=[::1]:45070` was accepted and could never register (`cannot resolve`): the trunk
+    registers over [sip] listen's one UDP socket, IPv4 by default."""
+    for proxy in ("[::1]:45070", "[2001:db8::1]", "sip:[::1]:5060"):
+        status, body, _ = await api.post(f"{GW}.json", {**SEED, "Proxy": proxy})
+        assert (status, body) == (400, IPV6_UNSUPPORTED), proxy
+    status, body, _ = await api.post(f"{GW}.json", SEED)
+    sid = json.loads(body)["sid"]
+    status, body, _ = await api.post(f"{GW}/{sid}.json", {"Proxy": "[::1]:45070"})
+    assert (status, body) == (400, IPV6_UNSUPPORTED)
+    _, body, _ = await api.get(f"{GW}/{sid}.json")
+    assert json.loads(body)["proxy"] == SEED["Proxy"]

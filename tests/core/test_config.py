@@ -170,6 +170,17 @@ def test_inbound_sources(tmp_path: Path) -> None:
     assert Config().inbound.sources == ()
 
 
+def test_an_ipv4_mapped_source_is_read_as_ipv4(tmp_path: Path) -> None:
+    """Incoming addresses are matched in their IPv4 form: ``::ffff:1.2.3.4`` is kept as
+    1.2.3.4 (check-config shows what is matched), not as an IPv6 address none can be in."""
+    path = tmp_path / "config.toml"
+    path.write_text('[inbound.sources]\nprovider = ["::ffff:1.2.3.4", "[::ffff:1.2.3.4]:5080", '
+                    '"::ffff:198.51.100.0/120", "::1"]\n')
+    assert load(path).inbound.sources == (
+        ("provider", (("1.2.3.4/32", None), ("1.2.3.4/32", 5080), ("198.51.100.0/24", None),
+                      ("::1/128", None))),)
+
+
 @pytest.mark.parametrize(("raw", "key"), [
     ({"inbound": {"source": {}}}, "inbound.source"),
     ({"inbound": {"sources": ["1.2.3.4"]}}, "inbound.sources"),
