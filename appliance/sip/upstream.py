@@ -18,8 +18,9 @@ from collections.abc import Callable
 
 from appliance.sip.digest import Algorithm, compute_response, make_ha1, parse_algorithm
 from appliance.sip.errors import SipParseError
-from appliance.sip.headers import DigestCredentials, quote
+from appliance.sip.headers import DigestCredentials, NameAddr, quote
 from appliance.sip.message import Header, Request, Response
+from appliance.sip.uri import SipUri, param, parse_uri
 
 BACKOFF = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0)
 REFRESH_MARGIN = 60.0
@@ -193,17 +194,41 @@ class UpstreamRegistration:
         return self._request(expires, (name, "Digest " + ", ".join(parts)))
 
     def _granted(self, response: Response) -> float:
-        """The expiry the provider granted for our contact (its param, then Expires)."""
-        ours = f"{self.local.host}:{self.local.port}"
-        for value in response.values("Contact"):
-            if ours in value and "expires=" in value:
-                text = value.split("expires=", 1)[1].split(";")[0].split(",")[0].strip()
-                if text.isdigit():
-                    return float(int(text))
+        """The expiry the provider granted for our contact: each listed contact's
+        ``expires`` parameter, else the Expires header (RFC 3261 §10.2.4), else the TTL
+        asked. A provider or SBC fixing NAT lists our Contact rewritten (its public address
+        and port instead of ours): when no contact is ours by host and port, the ones with
+        our user part are taken to be ours, and when none has it either, every listed
+        contact could be (other devices of the account are listed too). Of several
+        candidates the shortest expiry counts: refreshing early is harmless, late loses the
+        office's inbound calls."""
         header = response.get("Expires")
-        if header and header.strip().isdigit():
-            return float(int(header))
-        return float(self.expires)
+        default = int(header) if header and header.strip().isdigit() else None
+        exact: list[int] = []
+        same_user: list[int] = []
+        listed: list[int] = []
+        for value in response.values("Contact"):
+            try:
+                contact = NameAddr.parse(value)
+                uri = parse_uri(contact.uri)
+            except SipParseError:
+                continue
+            text = param(contact.params, "expires")
+            expires = int(text) if text is not None and text.strip().isdigit() else default
+            if expires is None:
+                continue
+            listed.append(expires)
+            if not isinstance(uri, SipUri):
+                continue
+            if uri.user == self.account.user:
+                same_user.append(expires)
+            if (uri.host.strip("[]").lower() == self.local.host.strip("[]").lower()
+                    and (uri.port or 5060) == self.local.port):
+                exact.append(expires)
+        for candidates in (exact, same_user, listed):
+            if candidates:
+                return float(min(candidates))
+        return float(default if default is not None else self.expires)
 
     def on_timeout(self, now: float, jitter: float = 1.0) -> None:
         """Our REGISTER got no final response (transaction timeout or transport error)."""

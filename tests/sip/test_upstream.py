@@ -147,3 +147,52 @@ def test_stop_unregisters_when_registered() -> None:
     reg.on_response(provider.answer(auth, 10.0), 10.0)
     assert reg.state is State.STOPPED
     assert machine().stop(0.0) is None
+
+
+def granted_by(*headers: tuple[str, str], asked: int = 300) -> tuple[float | None, float | None]:
+    """Register with ASKED seconds (our Contact sip:office@127.0.0.1:5060) and answer the
+    REGISTER 200 with HEADERS as a provider wrote them: (expires_at, refresh timer)."""
+    account = UpstreamAccount(user="office", password="pw", domain="provider.test",
+                              expires=asked)
+    reg = UpstreamRegistration(account, LOCAL, call_id="cid-1", from_tag="ft",
+                               token=lambda: "tok")
+    request = reg.start(0.0)
+    ok = make_response(request, 200, to_tag="prov")
+    for name, value in headers:
+        ok.headers.append(Header.make(name, value))
+    reg.on_response(ok, 0.0)
+    assert reg.state is State.REGISTERED
+    return reg.expires_at, reg.get_timer()
+
+
+def test_granted_expiry_of_our_contact_rewritten_by_the_provider() -> None:
+    """An SBC fixing NAT lists our Contact at our public address and port, expires=70 and no
+    Expires header: 70 s are granted (refresh at 35 s), not the 300 asked."""
+    assert granted_by(("Contact", "<sip:office@203.0.113.50:61000>;expires=70")) == (70.0, 35.0)
+    # Our Contact as we sent it is still found first, whatever else is listed.
+    assert granted_by(("Contact", "<sip:office@203.0.113.50:61000>;expires=30"),
+                      ("Contact", "<sip:office@127.0.0.1:5060>;expires=120")) == (120.0, 60.0)
+
+
+def test_granted_expiry_among_the_account_s_other_devices() -> None:
+    """Several contacts of one account: ours (rewritten) is the one with our user part; other
+    devices registered with their own user parts do not count, unless none can be told
+    apart: then the shortest of all."""
+    assert granted_by(("Contact", "<sip:9f3a1c@198.51.100.7:5062>;expires=20, "
+                                  "<sip:office@203.0.113.50:61000>;expires=90"),
+                      ("Contact", "<sip:desk-2@198.51.100.8:5060;transport=tcp>;expires=3000")
+                      ) == (90.0, 45.0)
+    # Several with our user part (the account's other boxes use it too): the shortest.
+    assert granted_by(("Contact", "<sip:office@198.51.100.9:5060>;expires=3600, "
+                                  "<sip:office@203.0.113.50:61000>;expires=80")) == (80.0, 40.0)
+    # None with our user part: the shortest of all listed.
+    assert granted_by(("Contact", "<sip:a1@203.0.113.50:61000>;expires=100, "
+                                  "<sip:b2@198.51.100.9>;expires=3600")) == (100.0, 50.0)
+
+
+def test_granted_expiry_from_the_expires_header_else_as_asked() -> None:
+    assert granted_by(("Expires", "120")) == (120.0, 60.0)
+    # A rewritten contact without its own parameter takes the Expires header's value.
+    assert granted_by(("Contact", "<sip:office@203.0.113.50:61000>"), ("Expires", "150"),
+                      asked=3600) == (150.0, 90.0)
+    assert granted_by(asked=3600) == (3600.0, 3540.0)
