@@ -149,20 +149,37 @@ class Trunk:
     # -- services.gateways.Trunk -------------------------------------------------------------
 
     def apply(self, gateway: Gateway) -> None:
-        """A gateway was created or changed: (re)start its registration, or stop it."""
+        """A gateway was created or changed: (re)start its registration, or stop it. The
+        line it replaces ends its REGISTER transaction (no more retransmissions); it
+        unregisters unless the new line registers the same AoR and Contact at the same
+        Proxy, which then continues its Call-ID and CSeq (RFC 3261 §10.2) rather than
+        racing an unregistration of the same binding."""
         self._gateways[gateway.sid] = gateway
         old = self._lines.pop(gateway.sid, None)
+        host, port = self._local()
+        account = UpstreamAccount(user=gateway.user_name, password=gateway.password,
+                                  domain=gateway.proxy.split(":")[0], expires=gateway.ttl)
+        local = LocalAddress(host, port)
+        continued = (old is not None and gateway.register
+                     and old.gateway.proxy == gateway.proxy
+                     and old.machine.account.user == account.user
+                     and old.machine.local == local)
         if old is not None:
-            self._stop_line(old)
+            if continued:
+                old.machine.drop()
+                self._end_transaction(old)
+            else:
+                self._stop_line(old)
             self._watch()  # its address, unless another line's, is kept alive no longer
         if not gateway.register:
             return
-        host, port = self._local()
-        machine = UpstreamRegistration(
-            UpstreamAccount(user=gateway.user_name, password=gateway.password,
-                            domain=gateway.proxy.split(":")[0], expires=gateway.ttl),
-            LocalAddress(host, port), call_id=f"{_token()}@{host}", from_tag=_token(),
-            token=_token)
+        if continued and old is not None:
+            machine = UpstreamRegistration(account, local, call_id=old.machine.call_id,
+                                           from_tag=old.machine.from_tag, token=_token,
+                                           cseq=old.machine.cseq)
+        else:
+            machine = UpstreamRegistration(account, local, call_id=f"{_token()}@{host}",
+                                           from_tag=_token(), token=_token)
         line = _Line(gateway, machine)
         self._lines[gateway.sid] = line
         self._spawn(self._begin(line))
@@ -300,9 +317,24 @@ class Trunk:
             self._clock() if now is None else now)
 
     def _stop_line(self, line: _Line) -> None:
+        """Stop LINE: its REGISTER transaction in flight ends (no more retransmissions), and
+        an unregistration (Expires: 0) goes out in a transaction of its own when it was
+        registered."""
         request = line.machine.stop(self._clock())
         if request is not None and line.target is not None:
-            self._transmit(line, request)
+            self._transmit(line, request)  # ends the transaction in flight
+            return
+        self._end_transaction(line)
+        if request is not None:  # registered but never resolved: nothing to unregister
+            line.machine.on_timeout(self._clock())
+
+    def _end_transaction(self, line: _Line) -> None:
+        """LINE's client transaction, if any, ends here: no more retransmissions, and a late
+        response to it matches nothing."""
+        if line.txn is not None:
+            self._table.remove(line.txn)
+            self._by_txn.pop(line.txn, None)
+            line.txn = None
 
     async def _resolve(self, line: _Line) -> Target | None:
         try:
@@ -324,9 +356,7 @@ class Trunk:
         self._transmit(line, request)
 
     def _transmit(self, line: _Line, request: Request) -> None:
-        if line.txn is not None:
-            self._table.remove(line.txn)
-            self._by_txn.pop(line.txn, None)
+        self._end_transaction(line)
         now = self._clock()
         txn = client_transaction(request, reliable=False, now=now)
         line.txn = txn

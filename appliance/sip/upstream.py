@@ -53,13 +53,16 @@ class LocalAddress:
 
 class UpstreamRegistration:
     def __init__(self, account: UpstreamAccount, local: LocalAddress, *, call_id: str,
-                 from_tag: str, token: Callable[[], str]) -> None:
+                 from_tag: str, token: Callable[[], str], cseq: int = 0) -> None:
+        """CALL_ID, FROM_TAG and CSEQ (the last CSeq number used) continue an earlier
+        registration of the same AoR and Contact (an update of the gateway): RFC 3261 §10.2
+        keeps one Call-ID per registrar, its CSeq increasing."""
         self.account = account
         self.local = local
         self.call_id = call_id
         self.from_tag = from_tag
         self._token = token
-        self._cseq = 0
+        self._cseq = cseq
         self._auth_rounds = 0
         self._failures = 0
         self._timer: float | None = None
@@ -93,6 +96,11 @@ class UpstreamRegistration:
         headers.append(Header.make("Content-Length", "0"))
         return Request(headers=headers, method="REGISTER", uri=f"sip:{acct.domain}")
 
+    @property
+    def cseq(self) -> int:
+        """The CSeq number of the last REGISTER built."""
+        return self._cseq
+
     def start(self, now: float) -> Request:
         """Register now (first time, after an update, or when the network came back)."""
         self.state = State.REGISTERING
@@ -102,14 +110,22 @@ class UpstreamRegistration:
         return self._request(self.expires)
 
     def stop(self, now: float) -> Request | None:
-        """Unregister (Expires: 0) when registered; the object is done afterwards."""
+        """Unregister (Expires: 0) when registered, a refresh in flight included (the
+        binding still stands at the provider); the object is done afterwards."""
         self._timer = None
-        if self.state is State.REGISTERED:
+        refreshing = self.state is State.REGISTERING and self.expires_at is not None
+        if self.state is State.REGISTERED or refreshing:
             self.state = State.UNREGISTERING
             self._auth_rounds = 0
             return self._request(0)
         self.state = State.STOPPED
         return None
+
+    def drop(self) -> None:
+        """Give up without unregistering: a registration continuing this one (same AoR and
+        Contact, ``cseq``) takes over the binding at the provider."""
+        self._timer = None
+        self.state = State.STOPPED
 
     # -- responses and timers ------------------------------------------------------------------
 
