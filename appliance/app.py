@@ -512,8 +512,10 @@ class Appliance:
                                ("webhooks", self.webhooks.close), ("api", self._stop_api)):
                 await _attempt(name, step, errors)
         finally:
-            # SIP before the store: the transport stops taking messages, the registrar
-            # finishes its binding writes, then the database closes.
+            # SIP before the store: the trunk unregisters first, while the transport still
+            # carries the provider's 401/407 and our answer (bounded: trunk.CLOSE_TIMEOUT);
+            # the transport stops taking messages, the registrar finishes its binding
+            # writes, then the database closes.
             await _attempt_all((("the trunk", self.trunk.close),
                                 ("the trunk task", self._cancel_trunk),
                                 ("the proxy task", self._cancel_proxy),

@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 RESOLVE_TIMEOUT = 5.0
 MAX_PROVIDER_ADDRESSES = 16  # addresses kept per registrar name (a hostile DNS answer is big)
 IDLE_WAKE = 60.0  # the timer task's longest sleep
+CLOSE_TIMEOUT = 2.5  # seconds ``close`` waits for the unregistrations, all lines together
+CLOSE_POLL = 0.02  # how often ``close`` looks whether they are done
 # The states in which a line's provider address is kept alive: from its first REGISTER on,
 # through failures too (a failed refresh may leave the last registration standing at the
 # provider, whose calls need the mapping as much), until it is unregistered or stopped.
@@ -287,15 +289,26 @@ class Trunk:
         return min(timers, default=None)
 
     async def close(self) -> None:
-        """Unregister every line (best effort, bounded) and stop."""
+        """Unregister every line and stop. Waits, CLOSE_TIMEOUT seconds at most for all the
+        lines together, until each unregistration has finished — the provider's 401/407
+        answered, its final response come — or timed out, driving the retransmissions
+        meanwhile: the transport must still be up (``Appliance.stop`` closes the trunk
+        before it), and a provider that does not answer delays the stop by CLOSE_TIMEOUT."""
+        stopping: list[_Line] = []
         for line in list(self._lines.values()):
             self._stop_line(line)
+            if line.machine.state is State.UNREGISTERING:
+                stopping.append(line)
         self._lines.clear()
         self._watch()
-        if self._pending:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2.0):
-                    await asyncio.gather(*self._pending, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                while self._pending or any(line.machine.state is State.UNREGISTERING
+                                           for line in stopping):
+                    await self.handle_timer(self._clock())
+                    await asyncio.sleep(CLOSE_POLL)
+        for line in stopping:
+            self._end_transaction(line)
         for task in list(self._pending):
             task.cancel()
 
