@@ -79,6 +79,7 @@ from appliance.services.dialing import DIAL_SECONDS, Dialer
 from appliance.services.gsm_calls import GsmCalls, client_login
 from appliance.services.outbound_calls import OutboundCalls
 from appliance.services.ports import StoreProtocol
+from appliance.services.routing import did_in_to
 from appliance.services.telephony import CallLog
 from appliance.sip.dialogs import cdr_status
 from appliance.sip.message import Request
@@ -274,8 +275,14 @@ class CallsService:
     async def route_gateway_invite(self, request: Request, caller: Caller,
                                    number: str) -> Decision:
         """A provider's INVITE to NUMBER (a DID): the IncomingPhoneNumber's app runs on a
-        worker; a number without a voice app, or no such number, is refused 404."""
+        worker; a number without a voice app, or no such number, is refused 404. NUMBER being
+        the gateway's UserName (the INVITE is addressed to the Contact we registered) and no
+        IncomingPhoneNumber, the DID is the To user (``routing.did_in_to``)."""
         found = await self.apps.match_number(number)
+        to_did = did_in_to(request, caller, number) if found is None else ""
+        if to_did:
+            number = to_did
+            found = await self.apps.match_number(number)
         if found is None:
             self.apps.unknown_did(number, caller)
             return Refuse(404)

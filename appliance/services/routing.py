@@ -18,7 +18,7 @@ order:
 | INVITE to a number with no app, covered by an outbound route (4) | fork to a worker (B2BUA) |
 | MESSAGE to a number, with an SMS gateway set | handed to it (queued as SMS): 202 |
 | a worker's INVITE for a leg to a gateway or one Client phone (``media_legs``) | sent there |
-| a gateway's INVITE (``Caller.gateway``) | by its DID (``from_gateway``): its app, else 404 |
+| a gateway's INVITE (``Caller.gateway``) | by its DID (``from_gateway``): its app, else 404 (5) |
 
 (1) "Application Calls Not Available Yet": only a router without the ``apps`` hook (unit tests
 of the proxy); the appliance always sets it, and its calls service answers 503 when no media
@@ -33,6 +33,10 @@ service writes the ``outbound-api`` one).
 (4) ``services.outbound_calls.OutboundCalls.route`` and docs/gateways.md: the ``[outbound]``
 routes of config.toml; a worker answers the phone and bridges it to the first line that takes
 the call. Without a route: 403 No Outbound Route.
+(5) The DID is the Request-URI user, else the To user (``dialled_number``); when the
+Request-URI user is the gateway's UserName (the Contact we registered) and no
+IncomingPhoneNumber, the To user (``did_in_to``, taken by
+``services.calls.CallsService.route_gateway_invite``).
 
 The callee is found by the Request-URI's user part (a Client login; logins are unique on the
 appliance, so the host is not needed to pick the Client). Each contact is reached at the
@@ -177,15 +181,34 @@ class ClientRouter:
 
 
 def dialled_number(request: Request) -> str:
-    """The DID a provider's INVITE is for: the Request-URI user, else the To user."""
+    """The DID a provider's INVITE is for: the Request-URI user, else the To user (see
+    also ``did_in_to``)."""
     for text in (request.uri, request.to.uri):
-        try:
-            uri = parse_uri(text)
-        except SipParseError:
-            continue
-        if isinstance(uri, SipUri) and uri.user:
-            return uri.user
+        user = _user_of(text)
+        if user:
+            return user
     return ""
+
+
+def did_in_to(request: Request, caller: Caller, number: str) -> str:
+    """The DID in the To of a provider's INVITE addressed to the Contact its gateway
+    registered: NUMBER (the Request-URI user, ``dialled_number``) is that gateway's UserName,
+    as registration-based trunks send it (``INVITE sip:<UserName>@<our Contact>``, ``To:
+    <sip:+15557654321@…>``). "" when CALLER is no gateway's provider (a phone, a stranger: no
+    new way in), NUMBER is not the UserName, or the To has no other user. The caller (calls
+    service) only takes it when NUMBER is no IncomingPhoneNumber itself."""
+    if not caller.gateway or not caller.gateway_user or number != caller.gateway_user:
+        return ""
+    user = _user_of(request.to.uri)
+    return user if user and user != number else ""
+
+
+def _user_of(text: str) -> str:
+    try:
+        uri = parse_uri(text)
+    except SipParseError:
+        return ""
+    return (uri.user or "") if isinstance(uri, SipUri) else ""
 
 
 def gateway_callers(gateway_at: Callable[[str, int], Gateway | None]
@@ -202,7 +225,8 @@ def gateway_callers(gateway_at: Callable[[str, int], Gateway | None]
         except SipParseError:
             uri = None
         login = (uri.user if isinstance(uri, SipUri) else None) or "anonymous"
-        return Caller(login=login, account_sid="", gateway=gateway.sid)
+        return Caller(login=login, account_sid="", gateway=gateway.sid,
+                      gateway_user=gateway.user_name)
     return caller
 
 

@@ -76,6 +76,9 @@ class Caller:
     # The sid of the gateway whose provider sent the request (a call to one of our DIDs):
     # trusted by its source address, never challenged; ``login`` is the caller's number.
     gateway: str = ""
+    # That gateway's UserName: the user part of the Contact it registers upstream, which a
+    # provider may put in the Request-URI of its INVITEs, the DID then in the To.
+    gateway_user: str = ""
 
 
 @dataclass(frozen=True)
