@@ -25,7 +25,7 @@ _PROXY = re.compile(r"^(?:sip:)?(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+)(?::[0-9]{
 
 @dataclasses.dataclass(frozen=True)
 class GatewayStatus:
-    state: str  # "disabled", "registering", "registered", "failed", "unregistered"
+    state: str  # "disabled", "registering", "registered", "failed" (docs/gateways.md)
     last_error: str | None = None
     expires_at: datetime | None = None
 

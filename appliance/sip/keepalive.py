@@ -4,7 +4,8 @@ Theory of operation. The appliance registers upstream over UDP from behind the o
 router, which forgets an idle UDP mapping after 30-180 s (RFC 4787 REQ-5 asks for at least
 two minutes; office routers often keep less). Once the mapping is gone, the provider's
 INVITEs to the address it registered us at are dropped by the router, and inbound calls fail
-until the next REGISTER (half the granted time later: 30 minutes for a TTL of 3600). So the
+until the next REGISTER (the refresh comes at half the granted time, at most 60 s early for
+long ones: 59 minutes later for a TTL of 3600). So the
 trunk sends a keep-alive from its SIP socket (the REGISTERs' local port: the same mapping) to
 each address its registrations go to, once that address has had nothing from us for
 INTERVAL seconds: a REGISTER or its retransmission counts as traffic, and puts the next

@@ -201,7 +201,10 @@ class Trunk:
         expires = (datetime.fromtimestamp(
                        self._wall_clock() + machine.expires_at - self._clock(), UTC)
                    if machine.expires_at is not None else None)
-        return GatewayStatus(machine.state.value, machine.last_error, expires)
+        # A line just created or updated is idle only until its first REGISTER goes out (its
+        # Proxy being resolved meanwhile): to the API it is registering already.
+        state = State.REGISTERING if machine.state is State.IDLE else machine.state
+        return GatewayStatus(state.value, machine.last_error, expires)
 
     def gateway_at(self, host: str, port: int) -> Gateway | None:
         """The gateway whose provider sends from HOST:PORT: a request from there is the
