@@ -914,6 +914,11 @@ class Transport:
         sock = self._udp
         if sock is None:
             return False
+        if sock.family == socket.AF_INET6 and ":" not in address[0]:
+            # Listening on `::` (dual stack): an IPv4 destination, such as the provider the
+            # trunk resolved for itself, is reached v4-mapped; as a bare IPv4 string the
+            # kernel refuses it ("Address family for hostname not supported").
+            address = ("::ffff:" + address[0], address[1])
         if self._udp_queue:  # older datagrams wait for room: go behind them
             self._queue_datagram(data, address)
             return True

@@ -403,6 +403,29 @@ async def test_udp_sends_wait_for_a_full_send_buffer_in_order(
     assert await receive_branches(udp, 1) == ["z9hG4bKq9"]
 
 
+async def test_a_dual_stack_socket_sends_to_ipv4_addresses(udp: UdpPeer) -> None:
+    # [sip] listen on `::`: phones' IPv4 sources arrive v4-mapped and are answered so, but
+    # the trunk resolves its provider to a bare IPv4 address, which must get there too.
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        probe.bind(("::", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no IPv6 here")
+    handler = Echo()
+    transport = Transport(handler, "::", 0)
+    handler.transport = transport
+    await transport.start()
+    try:
+        assert transport.send(parse_message(options(transport.port, branch="z9hG4bKv4")),
+                              Target("udp", "127.0.0.1", udp.port)) is True
+        assert await receive_branches(udp, 1) == ["z9hG4bKv4"]
+        assert transport.ping(Target("udp", "127.0.0.1", udp.port)) is True
+        assert await udp.recv() == b"\r\n\r\n"
+    finally:
+        await transport.stop()
+
+
 async def test_udp_send_queue_is_bounded_and_dropped_on_stop(
         udp: UdpPeer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transport_module, "UDP_SEND_QUEUE", 3)
