@@ -170,9 +170,11 @@ class GatewayService:
                 g.friendly_name == name and g.sid != sid for g in await self._store.all()):
             raise _name_taken(name)
         try:
-            await self._store.update(updated)
+            written = await self._store.update(updated)
         except Duplicate as err:
             raise _name_taken(name) from err
+        if not written:  # deleted meanwhile: no line for a gateway the store no longer has
+            raise NotFound(f"The gateway {sid} was not found")
         if self.trunk is not None:
             self.trunk.apply(updated)
         return updated

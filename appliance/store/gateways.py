@@ -61,19 +61,22 @@ class GatewayStore:
                                      tuple(values.values()))
         await self._store._run(run)  # noqa: SLF001
 
-    async def update(self, gateway: models.Gateway) -> None:
+    async def update(self, gateway: models.Gateway) -> bool:
         """Raise Duplicate as insert does. (An UPDATE, never INSERT OR REPLACE: REPLACE
-        would delete the other gateway holding the name instead of failing.)"""
+        would delete the other gateway holding the name instead of failing.) False when the
+        gateway is gone (deleted meanwhile): nothing was written."""
         values = _values(gateway)
         sid = values.pop("sid")
 
-        def run() -> None:
+        def run() -> bool:
             sets = ", ".join(f"{c} = ?" for c in values)
             with _duplicates(), self._store._database().atomic():  # noqa: SLF001
-                self._conn().execute(f"UPDATE gateways SET {sets} WHERE sid = ?",
-                                     (*values.values(), sid))
+                changed = self._conn().execute(f"UPDATE gateways SET {sets} WHERE sid = ?",
+                                               (*values.values(), sid)).rowcount
                 schema.ensure_unique_gateway_names(self._conn())
-        await self._store._run(run)  # noqa: SLF001
+                return bool(changed)
+        result: bool = await self._store._run(run)  # noqa: SLF001
+        return result
 
     async def delete(self, sid: str) -> None:
         def run() -> None:
