@@ -341,7 +341,13 @@ class Appliance:
             self.trunk.apply(gateway)
 
     async def start(self) -> None:
-        self.config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data_dir = self.config.data_dir
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if data_dir.stat().st_mode & 0o077:
+            # Made by an older version or by hand under umask 0022: what it holds (the
+            # admin password, backups: copies of the database) is ours alone. Closing the
+            # directory closes everything in it.
+            data_dir.chmod(0o700)
         self.lock.acquire()
         await self.store.open()
         default_realm = self.config.sip.domain or primary_address()

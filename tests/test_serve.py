@@ -155,16 +155,19 @@ def test_data_is_private_whatever_the_umask(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
 
-    # A database left readable by an older version is made private at the next start.
+    # A database and data dir left readable by an older version are made private at the
+    # next start (the dir closes what else it holds: the admin password, old backups).
     for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         if path.exists():
             path.chmod(0o644)
+    data.chmod(0o755)
     proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
                             stderr=subprocess.PIPE, umask=0o022)
     try:
         wait_health(port, proc)
         for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
             assert mode(path) == "0o600", path
+        assert mode(data) == "0o700"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
