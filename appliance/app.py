@@ -649,16 +649,25 @@ async def _report(appliance: Appliance, indicators: Indicators) -> None:
     STATUS_INTERVAL), and the line and signal LEDs with the trunk and the modem (every
     PANEL_INTERVAL: both are read from memory, no store query)."""
     next_status = 0.0
+    failing = False
     while True:
-        line, rssi = appliance.panel()
-        indicators.set_line(line)
-        indicators.set_signal(rssi)
-        if time.monotonic() >= next_status:
-            ok, _ = await appliance.health()
-            indicators.set_state(SystemState.HEALTHY if ok else SystemState.FAULT)
-            systemd.status(appliance.status_line() if ok
-                           else "degraded: " + appliance.status_line())
-            next_status = time.monotonic() + STATUS_INTERVAL
+        try:
+            line, rssi = appliance.panel()
+            indicators.set_line(line)
+            indicators.set_signal(rssi)
+            if time.monotonic() >= next_status:
+                ok, _ = await appliance.health()
+                indicators.set_state(SystemState.HEALTHY if ok else SystemState.FAULT)
+                systemd.status(appliance.status_line() if ok
+                               else "degraded: " + appliance.status_line())
+                next_status = time.monotonic() + STATUS_INTERVAL
+            failing = False
+        except Exception:
+            # This task shares a TaskGroup with the service: a fault in the LEDs or the
+            # status line must not stop the appliance. Logged once until it recovers.
+            if not failing:
+                logger.exception("x status and LEDs")
+            failing = True
         await asyncio.sleep(PANEL_INTERVAL)
 
 

@@ -135,3 +135,24 @@ async def test_line_and_signal_leds_follow_the_modem(tmp_path: Path, fake: FakeM
             await until(lambda: not line.state and not signal.state)
     finally:
         await appliance.stop()
+
+
+async def test_a_fault_in_the_panel_does_not_end_the_status_loop(
+        appliance: Appliance, pins: MockFactory, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The loop shares serve's TaskGroup: an exception out of it would stop the appliance.
+    calls = 0
+    panel = appliance.panel
+
+    def flaky() -> tuple[bool, int | None]:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise RuntimeError("a fault in the panel")
+        return panel()
+
+    monkeypatch.setattr(appliance, "panel", flaky)
+    async with reporting(appliance, monkeypatch):
+        await until(lambda: calls > 5)
+    assert [r.getMessage() for r in caplog.records if "status and LEDs" in r.getMessage()] == [
+        "x status and LEDs"]  # logged once, not at every tick
