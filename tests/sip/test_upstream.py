@@ -190,6 +190,21 @@ def test_granted_expiry_among_the_account_s_other_devices() -> None:
                                   "<sip:b2@198.51.100.9>;expires=3600")) == (100.0, 50.0)
 
 
+def test_a_stale_binding_about_to_lapse_is_not_taken_for_our_grant() -> None:
+    """Our rewritten Contact is granted 3600 and a stale binding of ours at an old NAT port
+    has 1 s left: we refresh in an hour, not in a loop at once (as with expires=0 or 1)."""
+    assert granted_by(("Contact", "<sip:office@203.0.113.50:61000>;expires=3600, "
+                                  "<sip:office@203.0.113.50:60999>;expires=1")) == (
+        3600.0, 3540.0)
+    assert granted_by(("Contact", "<sip:a1@203.0.113.50:61000>;expires=0, "
+                                  "<sip:b2@198.51.100.9>;expires=600")) == (600.0, 540.0)
+    # Only tiny guesses: the longest of them, and never a refresh sooner than 5 s.
+    assert granted_by(("Contact", "<sip:office@203.0.113.50:61000>;expires=2, "
+                                  "<sip:office@203.0.113.50:60999>;expires=0")) == (2.0, 5.0)
+    # Our own Contact granted 0 by the provider: no tight loop either.
+    assert granted_by(("Contact", "<sip:office@127.0.0.1:5060>;expires=0")) == (0.0, 5.0)
+
+
 def test_granted_expiry_from_the_expires_header_else_as_asked() -> None:
     assert granted_by(("Expires", "120")) == (120.0, 60.0)
     # A rewritten contact without its own parameter takes the Expires header's value.
