@@ -272,7 +272,7 @@ class Appliance:
         self.proxy.media_caller = self.calls.media_caller
         # Outside lines (docs/gateways.md): calls from a gateway's provider to our DIDs, and
         # calls to numbers out through the [outbound] routes.
-        self.proxy.gateway_caller = gateway_callers(self.trunk.gateway_at)
+        self.proxy.gateway_caller = gateway_callers(self.trunk.gateways_at)
         self.trunk.sources = {name: parse_sources(pairs)
                               for name, pairs in self.config.inbound.sources}
         self.router.from_gateway = self.calls.route_gateway_invite

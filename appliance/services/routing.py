@@ -211,15 +211,19 @@ def _user_of(text: str) -> str:
     return (uri.user or "") if isinstance(uri, SipUri) else ""
 
 
-def gateway_callers(gateway_at: Callable[[str, int], Gateway | None]
+def gateway_callers(gateways_at: Callable[[str, int], list[Gateway]]
                     ) -> Callable[[tuple[str, int], Request], Caller | None]:
     """The proxy's ``gateway_caller`` hook: a request whose source address is a gateway's
-    provider address (``sip.trunk.Trunk.gateway_at``) comes from that provider, which never
-    authenticates to us; its caller is the From user (the calling number)."""
+    provider address (``sip.trunk.Trunk.gateways_at``) comes from that provider, which never
+    authenticates to us; its caller is the From user (the calling number). Of several
+    accounts at one provider, the gateway is the one whose UserName the Request-URI names
+    (an INVITE to the Contact it registered, ``did_in_to``), else the first."""
     def caller(source: tuple[str, int], request: Request) -> Caller | None:
-        gateway = gateway_at(source[0], source[1])
-        if gateway is None:
+        gateways = gateways_at(source[0], source[1])
+        if not gateways:
             return None
+        addressed = _user_of(request.uri)
+        gateway = next((g for g in gateways if g.user_name == addressed), gateways[0])
         try:
             uri = parse_uri(request.from_.uri)
         except SipParseError:

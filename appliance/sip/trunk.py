@@ -211,33 +211,50 @@ class Trunk:
         provider's, e.g. a call to one of our DIDs. Its provider addresses are the
         registrar's (any address its Proxy name resolved to, at the Proxy's port; gateways
         with Register=true) and the networks ``[inbound.sources]`` lists for its
-        FriendlyName (any gateway; a listed port must match, else any port)."""
-        return self._provider(host, port)
+        FriendlyName (any gateway; a listed port must match, else any port). The first,
+        when several accounts share the provider (``gateways_at``)."""
+        found = self._providers(host, port)
+        return found[0] if found else None
+
+    def gateways_at(self, host: str, port: int) -> list[Gateway]:
+        """Every gateway whose provider sends from HOST:PORT: an office with two accounts
+        at one provider has two gateways at the same address."""
+        return self._providers(host, port)
 
     def is_provider(self, host: str) -> bool:
         """Whether HOST is one of a gateway's provider addresses, at any port (the Guard's
         exemption from the unauthenticated budget: its inbound calls come unauthenticated
         from there, and cutting it to the budget would cut the office's inbound calls)."""
-        return self._provider(host, None) is not None
+        return bool(self._providers(host, None, first=True))
 
-    def _provider(self, host: str, port: int | None) -> Gateway | None:
-        """The gateway whose provider addresses hold HOST at PORT (None: at any port)."""
+    def _providers(self, host: str, port: int | None, *, first: bool = False
+                   ) -> list[Gateway]:
+        """The gateways whose provider addresses hold HOST at PORT (None: at any port),
+        registrars' first; only the first one found when FIRST."""
         host = _unmapped(host)
+        found: list[Gateway] = []
         for line in self._lines.values():
             if any(t.host == host and (port is None or t.port == port)
                    for t in line.provider_addresses):
-                return line.gateway
+                found.append(line.gateway)
+                if first:
+                    return found
         if not self.sources:
-            return None
+            return found
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
-            return None
+            return found
         for gateway in self._gateways.values():
+            if gateway in found:
+                continue
             for network, want in self.sources.get(gateway.friendly_name, ()):
                 if address in network and (port is None or want is None or want == port):
-                    return gateway
-        return None
+                    found.append(gateway)
+                    if first:
+                        return found
+                    break
+        return found
 
     async def resolve(self, gateway: Gateway) -> Target | None:
         """Where calls to GATEWAY go: its registration's address, else its Proxy resolved now

@@ -91,6 +91,23 @@ async def test_the_did_in_the_to_of_a_call_to_our_registered_contact(tmp_path: P
         numeric.sock.close()
 
 
+async def test_two_accounts_at_one_provider_each_get_their_calls(tmp_path: Path) -> None:
+    # Two trunks (accounts) registered at one provider share its address: a call to either
+    # account's Contact finds its DID in the To, not only the first account's.
+    clock = Clock()
+    provider = Provider(clock)
+    try:
+        async with appliance(tmp_path, clock, {"nat_keepalive_interval": 0}) as (app, api):
+            await number(api, DID)
+            await add_gateway(api, provider, "office")
+            await add_gateway(api, provider, "sales")
+            sock = Calls(provider).sock
+            assert await call(app, sock, "office", DID) == (404, "No Voice Application")
+            assert await call(app, sock, "sales", DID) == (404, "No Voice Application")
+    finally:
+        provider.sock.close()
+
+
 async def number(api: Api, phone_number: str) -> None:
     status, body, _ = await api.post(NUMBERS, {"PhoneNumber": phone_number})
     assert status == 200, body
