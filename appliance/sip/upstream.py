@@ -116,11 +116,15 @@ class UpstreamRegistration:
         return self._request(self.expires)
 
     def stop(self, now: float) -> Request | None:
-        """Unregister (Expires: 0) when registered, a refresh in flight included (the
-        binding still stands at the provider); the object is done afterwards."""
+        """Unregister (Expires: 0) when registered, or when a REGISTER the provider may
+        bind is in flight: a refresh, or a first REGISTER answering the provider's challenge
+        (its 200 may be on its way, and the binding would then stand for the whole TTL, its
+        calls coming to a line we no longer keep). A first REGISTER nobody answered binds
+        nothing we could know of: no unregistration then. The object is done afterwards."""
         self._timer = None
-        refreshing = self.state is State.REGISTERING and self.expires_at is not None
-        if self.state is State.REGISTERED or refreshing:
+        in_flight = self.state is State.REGISTERING and (
+            self.expires_at is not None or self._auth_rounds > 0)
+        if self.state is State.REGISTERED or in_flight:
             self.state = State.UNREGISTERING
             self._auth_rounds = 0
             return self._request(0)

@@ -211,3 +211,20 @@ def test_granted_expiry_from_the_expires_header_else_as_asked() -> None:
     assert granted_by(("Contact", "<sip:office@203.0.113.50:61000>"), ("Expires", "150"),
                       asked=3600) == (150.0, 90.0)
     assert granted_by(asked=3600) == (3600.0, 3540.0)
+
+
+def test_stopping_while_the_first_register_is_in_flight_unregisters() -> None:
+    """Register=false (or a delete) right after the authenticated first REGISTER went out:
+    the provider may bind it, so an Expires: 0 follows, and the late 200 changes nothing."""
+    provider, reg = Provider(), machine()
+    first = reg.start(0.0)
+    auth = reg.on_response(provider.answer(first, 0.0), 0.1)
+    assert auth is not None and auth.get("Authorization")
+    assert provider.answer(auth, 0.2).status == 200  # bound; the 200 is still on its way
+    bye = reg.stop(0.15)  # (the trunk ends the first REGISTER's transaction: its 200 is lost)
+    assert bye is not None and bye.get("Expires") == "0"
+    assert bye.cseq.number > auth.cseq.number
+    again = reg.on_response(provider.answer(bye, 0.3), 0.3)
+    assert again is not None and again.get("Expires") == "0"
+    reg.on_response(provider.answer(again, 0.4), 0.4)
+    assert reg.state is State.STOPPED
