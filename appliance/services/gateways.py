@@ -75,9 +75,9 @@ def _proxy(value: str) -> str:
         raise InvalidInput("Proxy must be a host name or address, with an optional :port")
     host = value.removeprefix("sip:")
     if host.startswith("["):
-        # The trunk registers over the one UDP socket of [sip] listen: IPv4 by default (it
-        # cannot send to IPv6), and one on "::" cannot send to IPv4 addresses, which the
-        # trunk resolves its providers to. Such a gateway could only ever fail to register.
+        # The trunk registers over the one UDP socket of [sip] listen, IPv4 by default (it
+        # cannot send to IPv6), and its own addressing (Contact, Via) and its resolver are
+        # IPv4 only. Such a gateway could only ever fail to register.
         raise InvalidInput(IPV6_UNSUPPORTED)
     port = host.rsplit(":", 1)[1] if host.count(":") == 1 else None
     if port is not None and not 0 < int(port) < 65536:
