@@ -27,9 +27,6 @@ REFRESH_MARGIN = 60.0
 # Never refresh sooner than this after a 200: a provider answering with a tiny or zero expiry
 # must not make us REGISTER in a tight loop.
 MIN_REFRESH = 5.0
-# A contact we only guess is ours (rewritten by the provider) and listed with less than this
-# is more likely a stale binding of ours about to lapse (an old NAT port) than our grant.
-MIN_GUESSED_EXPIRES = 30
 MAX_AUTH_ROUNDS = 2  # a second challenge to the same request after our answer = wrong password
 
 
@@ -227,9 +224,8 @@ class UpstreamRegistration:
         our user part are taken to be ours, and when none has it either, every listed
         contact could be (other devices of the account are listed too). Of several
         candidates the shortest expiry counts: refreshing early is harmless, late loses the
-        office's inbound calls; but a guessed one under ``MIN_GUESSED_EXPIRES`` (a stale
-        binding of ours about to lapse, more likely than our grant) counts only when no
-        other is listed."""
+        office's inbound calls. (A stale binding of ours about to lapse, listed with a few
+        seconds left, costs one early refresh: ``MIN_REFRESH`` keeps it from a loop.)"""
         header = response.get("Expires")
         default = int(header) if header and header.strip().isdigit() else None
         exact: list[int] = []
@@ -253,12 +249,9 @@ class UpstreamRegistration:
             if (uri.host.strip("[]").lower() == self.local.host.strip("[]").lower()
                     and (uri.port or 5060) == self.local.port):
                 exact.append(expires)
-        if exact:
-            return float(min(exact))
-        for guessed in (same_user, listed):
-            if guessed:
-                plausible = [e for e in guessed if e >= MIN_GUESSED_EXPIRES]
-                return float(min(plausible) if plausible else max(guessed))
+        for candidates in (exact, same_user, listed):
+            if candidates:
+                return float(min(candidates))
         return float(default if default is not None else self.expires)
 
     def on_timeout(self, now: float, jitter: float = 1.0) -> None:
