@@ -343,11 +343,18 @@ class Appliance:
     async def start(self) -> None:
         data_dir = self.config.data_dir
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if data_dir.stat().st_mode & 0o077:
+        info = data_dir.stat()
+        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
             # Made by an older version or by hand under umask 0022: what it holds (the
             # admin password, backups: copies of the database) is ours alone. Closing the
-            # directory closes everything in it.
-            data_dir.chmod(0o700)
+            # directory closes everything in it. (Not ours, or a file system without modes:
+            # a warning, not a failed start; the files in it are 0600 anyway.)
+            try:
+                data_dir.chmod(0o700)
+            except OSError as err:
+                logger.warning("x data dir %s stays open to others: %s", data_dir, err)
+        elif info.st_mode & 0o077:
+            logger.warning("x data dir %s is open to others and not ours to close", data_dir)
         self.lock.acquire()
         await self.store.open()
         default_realm = self.config.sip.domain or primary_address()
@@ -664,10 +671,15 @@ async def _report(appliance: Appliance, indicators: Indicators) -> None:
             failing = False
         except Exception:
             # This task shares a TaskGroup with the service: a fault in the LEDs or the
-            # status line must not stop the appliance. Logged once until it recovers.
+            # status line must not stop the appliance. Logged once until it recovers; a
+            # health check that cannot even answer is a fault the panel and systemd show.
             if not failing:
                 logger.exception("x status and LEDs")
             failing = True
+            next_status = time.monotonic() + STATUS_INTERVAL
+            with contextlib.suppress(Exception):
+                indicators.set_state(SystemState.FAULT)
+                systemd.status("degraded: the status check failed (see the log)")
         await asyncio.sleep(PANEL_INTERVAL)
 
 

@@ -18,7 +18,7 @@ from gpiozero.pins.mock import MockFactory
 from appliance import app as app_module
 from appliance.app import Appliance
 from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, ModemConfig, SipConfig
-from appliance.platform.gpio import GpioConfig, StatusLeds, Timing
+from appliance.platform.gpio import GpioConfig, StatusLeds, SystemState, Timing
 from tests.conftest import Api, free_port
 from tests.fakes.modem import FakeModem
 from tests.sip.test_trunk import GW, state_of
@@ -156,3 +156,14 @@ async def test_a_fault_in_the_panel_does_not_end_the_status_loop(
         await until(lambda: calls > 5)
     assert [r.getMessage() for r in caplog.records if "status and LEDs" in r.getMessage()] == [
         "x status and LEDs"]  # logged once, not at every tick
+
+
+async def test_a_health_check_that_raises_shows_a_fault(
+        appliance: Appliance, pins: MockFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A store that fails in a way health() does not expect: the panel must not stay green.
+    async def broken() -> tuple[bool, dict[str, Any]]:
+        raise RuntimeError("the database is gone")
+
+    monkeypatch.setattr(appliance, "health", broken)
+    async with reporting(appliance, monkeypatch) as leds:
+        await until(lambda: leds.state is SystemState.FAULT)
