@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ADMIN_SID, basic, free_port
 
 APPLIANCE = [sys.executable, "-m", "appliance"]
@@ -180,7 +182,6 @@ def test_a_data_dir_that_is_not_ours_is_left_as_it_is(tmp_path: Path) -> None:
     """A data dir owned by someone else (a mount point, a shared folder) is not ours to
     close: the appliance warns and starts, instead of failing on the chmod."""
     if os.geteuid() != 0:
-        import pytest
         pytest.skip("needs root to hand the directory to another user")
     port = free_port()
     data = tmp_path / "shared"
