@@ -147,6 +147,10 @@ class MessagingService:
         self._wake_modem = False
         self._modem_ready = False
         self._jobs_wake = asyncio.Event()
+        # Inbound jobs whose app already had a reply (or a forward) queued: if finishing the
+        # job fails after that, the retry only finishes it, never runs the app again, so no
+        # reply goes out twice. Emptied as the jobs finish.
+        self._handed: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- API: send -----------------------------------------------------------------------------
@@ -557,12 +561,17 @@ class MessagingService:
         """Deliver SID's job; a fault of ours on the way is retried later, with back-off, up
         to INBOUND_ATTEMPTS times, and never keeps the jobs behind it from their turn."""
         try:
-            await self._deliver_inbound(sid)
+            if sid in self._handed:  # its app ran and queued a reply: only finish it now
+                await self._sms.finish_inbound_job(sid)
+            else:
+                await self._deliver_inbound(sid)
+            self._handed.discard(sid)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - one bad job must not block the others
             logger.exception("x inbound SMS %s: delivery to its app failed", sid)
             if attempts + 1 >= INBOUND_ATTEMPTS:
+                self._handed.discard(sid)
                 await self._sms.finish_inbound_job(sid)
                 record = await self._store.get_sms(sid)
                 if record is not None:
@@ -594,6 +603,7 @@ class MessagingService:
             try:
                 await self._enqueue(record.account_sid, record.from_, url, record.body, False,
                                     None, {}, "outbound-api")
+                self._handed.add(sid)
             except InvalidInput as err:
                 await self._history.notify(record.account_sid, 14101,
                                            f"SMS {record.sid} not forwarded to {url}: "
@@ -645,6 +655,7 @@ class MessagingService:
                             record.account_sid, verb.from_ or record.to, to, verb.text,
                             False, Callback(status_callback, "POST")
                             if status_callback else None, {}, "outbound-reply")
+                        self._handed.add(record.sid)
                     except InvalidInput as err:
                         await self._history.notify(record.account_sid, 14101,
                                                    f"SMS {record.sid}: <Sms> {err.message}")

@@ -259,6 +259,34 @@ async def test_a_job_failing_on_our_side_is_retried_later_and_blocks_no_other(
     assert [attempts for _, attempts in jobs] == [1]  # kept, to be tried again in a minute
 
 
+async def test_a_job_retried_after_its_reply_was_queued_does_not_send_it_again(
+        gsm_appliance: Appliance, gsm_api: Api, fake: FakeModem, hook: Hook,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Marking the job done fails once (a locked database) after the app's reply was queued:
+    # the retry finishes the job, it does not run the app again.
+    service = gsm_appliance.messaging
+    finish = service._sms.finish_inbound_job
+    faults = [RuntimeError("database is locked")]
+
+    async def flaky(sid: str) -> None:
+        if faults:
+            raise faults.pop()
+        await finish(sid)
+
+    monkeypatch.setattr(service._sms, "finish_inbound_job", flaky)
+    hook.reply("/sms", "<Response><Sms>Thanks</Sms></Response>")
+    await gsm_api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                       {"PhoneNumber": SIM_NUMBER, "SmsUrl": hook.url("/sms")})
+    fake.deliver_sms(deliver_pdu("+15559990000", "hello"))
+    await until(lambda: len(fake.sent) == 1)
+    [(sid, attempts)] = await service._sms.due_inbound_jobs("9999-12-31T00:00:00Z")
+    assert attempts == 1
+    await service._deliver_inbound_guarded(sid, attempts)  # the retry, a minute early
+    await asyncio.sleep(0.5)
+    assert len(fake.sent) == 1 and len(hook.posts_to("/sms")) == 1
+    assert await service._sms.due_inbound_jobs("9999-12-31T00:00:00Z") == []
+
+
 async def test_fallback_url_and_notification_on_failure(gsm_api: Api, fake: FakeModem,
                                                         hook: Hook) -> None:
     hook.reply("/broken", "oops", status=500)
