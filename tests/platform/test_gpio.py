@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from statistics import median
 from typing import Any
 
@@ -28,17 +27,6 @@ FAST = Timing(
     slow_blink=0.05, fast_blink=0.01, pulse_on=0.01, pulse_off=0.01, digit_gap=0.06,
     hold_time=0.2, bounce_time=None,
 )
-
-
-@pytest.fixture
-def pins() -> Iterator[MockFactory]:
-    saved = Device.pin_factory
-    Device.pin_factory = factory = MockFactory()
-    try:
-        yield factory
-    finally:
-        factory.reset()
-        Device.pin_factory = saved
 
 
 class Resets:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
 from appliance import app as app_module
@@ -28,17 +27,6 @@ STATUS, LINE, SIGNAL = 17, 27, 22
 CONFIG = GpioConfig(enabled=True, status_led=STATUS, line_led=LINE, signal_led=SIGNAL,
                     button=None)
 FAST = Timing(slow_blink=0.05, fast_blink=0.01, bounce_time=None)
-
-
-@pytest.fixture
-def pins() -> Iterator[MockFactory]:
-    saved = Device.pin_factory
-    Device.pin_factory = factory = MockFactory()
-    try:
-        yield factory
-    finally:
-        factory.reset()
-        Device.pin_factory = saved
 
 
 @contextlib.asynccontextmanager
@@ -100,15 +88,6 @@ async def test_line_led_follows_a_registered_gateway(api: Api, appliance: Applia
             await until(lambda: not line.state)
     finally:
         provider.close()
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeModem]:
-    modem = FakeModem(link=tmp_path / "usb-Quectel_EC25-if02-port0").start()
-    try:
-        yield modem
-    finally:
-        modem.close()
 
 
 async def test_line_and_signal_leds_follow_the_modem(tmp_path: Path, fake: FakeModem,
