@@ -277,9 +277,6 @@ class MessagingService:
         """Messages accepted and not yet finished (queued or being sent)."""
         return await self._sms.queued_count()
 
-    def notify_modem_ready(self) -> None:
-        self._wake.set()
-
     async def _sender(self) -> None:
         while True:
             # Cleared before looking at the queue: a message accepted while we drain sets it
