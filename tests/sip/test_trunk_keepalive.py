@@ -50,9 +50,12 @@ class Provider:
             if data.startswith(b"REGISTER "):
                 request = parse_message(data)
                 assert isinstance(request, Request)
-                ok = make_response(request, 200, to_tag="prov")
-                ok.add("Contact", f"{request.get('contact')};expires={self.expires}")
-                self.sock.sendto(bytes(ok), source)
+                self.answer_register(request, source)
+
+    def answer_register(self, request: Request, source: tuple[str, int]) -> None:
+        ok = make_response(request, 200, to_tag="prov")
+        ok.add("Contact", f"{request.get('contact')};expires={self.expires}")
+        self.sock.sendto(bytes(ok), source)
 
     def registers(self) -> list[tuple[tuple[str, int], float, Request]]:
         found = []

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.sip.message import Header, Request, make_response, parse_message
+from appliance.sip.message import Header, Request, make_response
 from appliance.sip.trunk import CLOSE_TIMEOUT
 from tests.sip.test_trunk_keepalive import Clock, Provider, add_gateway, appliance
 
@@ -28,28 +28,19 @@ class ChallengingProvider(Provider):
     def _reply(self, data: bytes, source: tuple[str, int]) -> None:
         asyncio.get_running_loop().call_later(self.delay, self.sock.sendto, data, source)
 
-    def _readable(self) -> None:
-        while True:
-            try:
-                data, source = self.sock.recvfrom(65535)
-            except BlockingIOError:
-                return
-            self.received.append((data, source, self.clock()))
-            if not data.startswith(b"REGISTER ") or not self.answer:
-                continue
-            request = parse_message(data)
-            assert isinstance(request, Request)
-            if request.get("Authorization") is None:
-                challenge = make_response(request, 401, to_tag="prov")
-                challenge.headers.append(Header.make(
-                    "WWW-Authenticate", 'Digest realm="provider.test", nonce="n1", qop="auth"'))
-                self._reply(bytes(challenge), source)
-                continue
-            ok = make_response(request, 200, to_tag="prov")
-            expires = request.get("Expires")
-            if expires != "0":
-                ok.add("Contact", f"{request.get('contact')};expires={self.expires}")
-            self._reply(bytes(ok), source)
+    def answer_register(self, request: Request, source: tuple[str, int]) -> None:
+        if not self.answer:
+            return
+        if request.get("Authorization") is None:
+            challenge = make_response(request, 401, to_tag="prov")
+            challenge.headers.append(Header.make(
+                "WWW-Authenticate", 'Digest realm="provider.test", nonce="n1", qop="auth"'))
+            self._reply(bytes(challenge), source)
+            return
+        ok = make_response(request, 200, to_tag="prov")
+        if request.get("Expires") != "0":
+            ok.add("Contact", f"{request.get('contact')};expires={self.expires}")
+        self._reply(bytes(ok), source)
 
 
 async def test_stop_answers_the_challenge_to_the_unregistration(tmp_path: Path) -> None:
