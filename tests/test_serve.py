@@ -31,11 +31,20 @@ def wait_health(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0)
     raise AssertionError("no /health answer")
 
 
+def write_config(tmp_path: Path, api_port: int, data: Path | None = None,
+                 extra: str = "") -> Path:
+    """tmp_path/config.toml: the API on API_PORT, SIP on a free port, data in DATA (default
+    tmp_path/var), then EXTRA."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'data_dir = "{data or tmp_path / "var"}"\n[api]\n'
+                      f'listen = "127.0.0.1:{api_port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n{extra}')
+    return config
+
+
 def test_serve_health_and_sigterm(tmp_path: Path) -> None:
     port = free_port()
-    config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
-                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n')
+    config = write_config(tmp_path, port)
     proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
                             stderr=subprocess.PIPE)
     try:
@@ -66,9 +75,7 @@ def test_unknown_config_key_stops_startup(tmp_path: Path) -> None:
 
 def test_restart_keeps_data_and_password(tmp_path: Path) -> None:
     port = free_port()
-    config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
-                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n')
+    config = write_config(tmp_path, port)
     for _ in range(2):
         proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
                                 stderr=subprocess.PIPE)
@@ -81,9 +88,7 @@ def test_restart_keeps_data_and_password(tmp_path: Path) -> None:
 
 def test_reset_admin_password_from_the_console(tmp_path: Path) -> None:
     port = free_port()
-    config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
-                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n')
+    config = write_config(tmp_path, port)
     proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
                             stderr=subprocess.PIPE)
     wait_health(port, proc)
@@ -100,9 +105,7 @@ def test_reset_admin_password_is_refused_while_the_appliance_runs(tmp_path: Path
     # The running service caches the accounts: a reset under it printed a new password
     # that did not work until a restart. It is refused, as restore is, and changes nothing.
     port = free_port()
-    config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
-                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n')
+    config = write_config(tmp_path, port)
     proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
                             stderr=subprocess.PIPE)
     try:
@@ -134,9 +137,7 @@ def test_data_is_private_whatever_the_umask(tmp_path: Path) -> None:
     passwords, so it (and its -wal, -shm), the data dir and the backups are ours only."""
     port = free_port()
     data = tmp_path / "var" / "data"
-    config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{data}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
-                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
+    config = write_config(tmp_path, port, data, "[media]\nworkers = 0\n")
     proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
                             stderr=subprocess.PIPE, umask=0o022)
     try:
@@ -188,9 +189,7 @@ def test_a_data_dir_that_is_not_ours_is_left_as_it_is(tmp_path: Path) -> None:
     data.mkdir()
     os.chown(data, 65534, 65534)
     data.chmod(0o777)
-    config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{data}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
-                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
+    config = write_config(tmp_path, port, data, "[media]\nworkers = 0\n")
     proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
                             stderr=subprocess.PIPE)
     try:
