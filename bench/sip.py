@@ -1,7 +1,7 @@
 """SIP front door benchmark against Kamailio (run on demand; not part of the test suite).
 
     .venv/bin/python bench/sip.py [--duration 10] [--users 1000] [--rates 100,200,300,...]
-                                  [--hold-ms 500] [--only appliance|kamailio]
+                                  [--hold-ms 500] [--only appliance|kamailio] [--floor]
                                   [--profile FILE.prof] [--settle 45] [--keep]
 
 Needs sipp (Debian ``sip-tester``) and Kamailio (``apt-get install -y kamailio``; this script
@@ -484,6 +484,33 @@ class ApplianceServer(Server):
             stop_process(self.proc, grace=30 if self.profile else 10)
 
 
+class FloorServer(Server):
+    """``bench/sip_floor_server.py``: a UDP answerer on the appliance's event loop and socket
+    calls that does no registrar work (``--floor``)."""
+
+    name = "floor"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_sip_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "sip_floor_server.py"), str(self.port)],
+            cwd=self.workdir, stdin=subprocess.DEVNULL, preexec_fn=_pinned("server"))
+        if not sip_ping(self.port) or self.proc.poll() is not None:
+            raise RuntimeError("the floor server did not start")
+
+    def pids(self) -> list[int]:
+        assert self.proc is not None  # noqa: S101
+        return [self.proc.pid]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
 class KamailioServer(Server):
     name = "kamailio"
 
@@ -735,6 +762,9 @@ def print_report(args: argparse.Namespace, reg: dict[str, RegisterFigures],
               f"{verdict(ratio >= TARGET_REGISTER_RATIO)}")
         raw = reg["appliance"].rate / reg["kamailio"].rate if reg["kamailio"].rate else 0
         print(f"{'(raw REGISTER rate, appliance / kamailio)':<48} {raw:>12.2f}")
+    if "floor" in reg and "kamailio" in reg and reg["kamailio"].per_cpu:
+        ratio = reg["floor"].per_cpu / reg["kamailio"].per_cpu
+        print(f"{'(REGISTER per CPU-second, floor / kamailio)':<48} {ratio:>12.2f}")
     if "appliance" in calls:
         best = best_rate(calls["appliance"])
         tested = max((s.rate for s in calls["appliance"]), default=0)
@@ -795,6 +825,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the appliance process only "
                              "(e.g. an allocator to compare); may be repeated")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure REGISTER against bench/sip_floor_server.py, a UDP "
+                             "answerer doing no registrar work: the pure-Python ceiling")
     parser.add_argument("--pin", action="store_true",
                         help="server under test on CPU 0, sipp on CPU 1 (needs 2 CPUs)")
     args = parser.parse_args(argv)
@@ -860,6 +893,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     time.sleep(args.settle)
                     wait_idle(appliance.pids(), limit=10)
                     settled_rss = appliance.rss_mb()
+        if args.floor:
+            (workdir / "floor").mkdir()
+            floor = FloorServer(workdir / "floor")
+            with running(floor):
+                print(f"floor: starting on SIP {HOST}:{floor.port}", flush=True)
+                floor.start()
+                reg["floor"] = measure_register(floor, workdir, users_csv,
+                                                duration=args.duration,
+                                                in_flight=args.in_flight)
         if args.only != "appliance":
             assert kamailio is not None  # noqa: S101
             (workdir / "kamailio").mkdir()
