@@ -7,8 +7,11 @@ non-blocking socket watched with ``loop.add_reader``; each wake-up reads datagra
 ``recvfrom`` until the socket is empty or ``UDP_READ_BATCH`` are read, and answers go out
 with ``sendto`` on the spot. asyncio's ``DatagramTransport`` reads one datagram per trip round
 the loop and wraps each call in its own checks: a trivial UDP responder on it measured over
-three times the CPU per message of one built this way. Every datagram, and every
-message ``framing.StreamFramer`` cuts from a TCP stream, goes through the same path:
+three times the CPU per message of one built this way. On ``::`` both sockets are
+dual-stack (IPV6_V6ONLY off, whatever the system default): IPv4 peers are served too, and
+their v4-mapped addresses (``::ffff:a.b.c.d``) are unmapped before anything sees them.
+Every datagram, and every message ``framing.StreamFramer`` cuts from a TCP stream, goes
+through the same path:
 
 1. a source the ``is_blocked`` hook names (a banned address) is dropped before parsing;
    a UDP datagram that starts ``REGISTER`` is first offered to the ``quick`` hook
@@ -220,6 +223,39 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def dual_stack(host: str) -> bool:
+    """Whether HOST is the IPv6 wildcard (``::``): listening there serves IPv4 too."""
+    try:
+        return ipaddress.ip_address(host) == ipaddress.IPv6Address("::")
+    except ValueError:
+        return False
+
+
+def unmapped(host: str) -> str:
+    """HOST in its IPv4 form when it is IPv4-mapped (``::ffff:127.0.0.1``), as a dual-stack
+    socket reports an IPv4 peer: bans, Via received, bindings and the API then see the
+    address the phone has. The kernel always writes the mapped form so (inet_ntop)."""
+    if host[:7] != "::ffff:":
+        return host
+    rest = host[7:]
+    return rest if ":" not in rest and "." in rest else host
+
+
+def _dual_stack_listener(port: int) -> socket.socket:
+    """A TCP socket bound to [::]:PORT that takes IPv4 connections too: asyncio's
+    ``create_server`` sets IPV6_V6ONLY on every IPv6 socket it makes, so on ``::`` alone it
+    would refuse every IPv4 phone."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class _Resume:
@@ -452,8 +488,13 @@ class Transport:
             udp = await self._bind_udp(loop)
             port = int(udp.getsockname()[1])
             try:
-                self._server = await loop.create_server(
-                    lambda: _Stream(self, outgoing=False), self.host, port, reuse_address=True)
+                if dual_stack(self.host):
+                    self._server = await loop.create_server(
+                        lambda: _Stream(self, outgoing=False), sock=_dual_stack_listener(port))
+                else:
+                    self._server = await loop.create_server(
+                        lambda: _Stream(self, outgoing=False), self.host, port,
+                        reuse_address=True)
             except OSError:
                 udp.close()
                 if attempt == attempts - 1:
@@ -514,6 +555,9 @@ class Transport:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
                                     self.limits.udp_receive_buffer)
+                if family == socket.AF_INET6 and dual_stack(self.host):
+                    # IPv4 too, whatever the system default (net.ipv6.bindv6only).
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
                 sock.bind(address)
             except OSError as err:
                 sock.close()
@@ -560,6 +604,7 @@ class Transport:
             return
         recvfrom = sock.recvfrom
         datagram = self._datagram
+        mapped = sock.family == socket.AF_INET6  # IPv4 peers of `::` come v4-mapped
         for _ in range(UDP_READ_BATCH):
             try:
                 data, address = recvfrom(UDP_BUFFER_SIZE)
@@ -573,7 +618,7 @@ class Transport:
                 if isinstance(err, ConnectionError) and self._udp is sock:
                     continue
                 return
-            datagram(data, (address[0], address[1]))
+            datagram(data, (unmapped(address[0]) if mapped else address[0], address[1]))
 
     def _datagram(self, data: bytes, source: tuple[str, int]) -> None:
         if self.is_blocked is not None and self.is_blocked(source[0]):
@@ -678,8 +723,8 @@ class Transport:
         assert transport is not None  # noqa: S101 - set by connection_made
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
-        conn.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
-        conn.local = (str(local[0]), int(local[1])) if local else ("", 0)
+        conn.peer = (unmapped(str(peer[0])), int(peer[1])) if peer else ("", 0)
+        conn.local = (unmapped(str(local[0])), int(local[1])) if local else ("", 0)
         # Active now: not closed to make room before evictable_after (TCP_EVICTABLE_AFTER),
         # which also covers one we opened until _connect writes to it.
         conn.opened_at = conn.last_activity = asyncio.get_running_loop().time()

@@ -404,8 +404,8 @@ async def test_udp_sends_wait_for_a_full_send_buffer_in_order(
 
 
 async def test_a_dual_stack_socket_sends_to_ipv4_addresses(udp: UdpPeer) -> None:
-    # [sip] listen on `::`: phones' IPv4 sources arrive v4-mapped and are answered so, but
-    # the trunk resolves its provider to a bare IPv4 address, which must get there too.
+    # [sip] listen on `::`: phones' IPv4 sources are unmapped on arrival and answered as
+    # bare IPv4 addresses, as the trunk's provider (resolved by itself) is: they must get there.
     try:
         probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         probe.bind(("::", 0))
