@@ -27,6 +27,7 @@ from appliance import __version__
 from appliance.api.app import make_app
 from appliance.api.context import ApiServices
 from appliance.config import Config
+from appliance.dualstack import dual_stack, dual_stack_listener
 from appliance.errors import ApplianceError
 from appliance.gsm.modem import Modem
 from appliance.gsm.state import ModemSettings
@@ -392,8 +393,13 @@ class Appliance:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         listen = self.config.api.listen
-        site = web.TCPSite(self._runner, listen.host, listen.port, reuse_address=True,
-                           ssl_context=self._tls_context())
+        site: web.BaseSite
+        if dual_stack(listen.host):  # TCPSite would make it IPv6-only
+            site = web.SockSite(self._runner, dual_stack_listener(listen.port),
+                                ssl_context=self._tls_context())
+        else:
+            site = web.TCPSite(self._runner, listen.host, listen.port, reuse_address=True,
+                               ssl_context=self._tls_context())
         await site.start()
         if self._runner.addresses:
             self.api_address = tuple(self._runner.addresses[0][:2])  # type: ignore[assignment]

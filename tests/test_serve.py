@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,12 +33,12 @@ def wait_health(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0)
 
 
 def write_config(tmp_path: Path, api_port: int, data: Path | None = None,
-                 extra: str = "") -> Path:
-    """tmp_path/config.toml: the API on API_PORT, SIP on a free port, data in DATA (default
-    tmp_path/var), then EXTRA."""
+                 extra: str = "", api_host: str = "127.0.0.1") -> Path:
+    """tmp_path/config.toml: the API on API_HOST:API_PORT, SIP on a free port, data in DATA
+    (default tmp_path/var), then EXTRA."""
     config = tmp_path / "config.toml"
     config.write_text(f'data_dir = "{data or tmp_path / "var"}"\n[api]\n'
-                      f'listen = "127.0.0.1:{api_port}"\n'
+                      f'listen = "{api_host}:{api_port}"\n'
                       f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n{extra}')
     return config
 
@@ -122,6 +123,27 @@ def test_reset_admin_password_is_refused_while_the_appliance_runs(tmp_path: Path
             f"http://127.0.0.1:{port}/restcomm/2012-04-24/Accounts/{ADMIN_SID}.json",
             headers={"Authorization": basic(ADMIN_SID, old)})
         with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def test_api_on_the_ipv6_wildcard_answers_ipv4_and_ipv6_clients(tmp_path: Path) -> None:
+    # aiohttp's TCPSite makes an IPv6 socket IPv6-only: on "[::]" the admin's curl to the
+    # box's IPv4 address was refused.
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback (::1) on this machine")
+    port = free_port()
+    config = write_config(tmp_path, port, api_host="[::]")
+    proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE)
+    try:
+        assert wait_health(port, proc)["status"] == "ok"  # over 127.0.0.1
+        with urllib.request.urlopen(f"http://[::1]:{port}/health", timeout=5) as answer:
             assert answer.status == 200
     finally:
         proc.send_signal(signal.SIGTERM)

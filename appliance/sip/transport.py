@@ -89,6 +89,7 @@ from collections.abc import Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.dualstack import dual_stack, dual_stack_listener, unmapped
 from appliance.sip.errors import SipParseError
 from appliance.sip.framing import (
     MAX_HEADER_BLOCK,
@@ -223,39 +224,6 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def dual_stack(host: str) -> bool:
-    """Whether HOST is the IPv6 wildcard (``::``): listening there serves IPv4 too."""
-    try:
-        return ipaddress.ip_address(host) == ipaddress.IPv6Address("::")
-    except ValueError:
-        return False
-
-
-def unmapped(host: str) -> str:
-    """HOST in its IPv4 form when it is IPv4-mapped (``::ffff:127.0.0.1``), as a dual-stack
-    socket reports an IPv4 peer: bans, Via received, bindings and the API then see the
-    address the phone has. The kernel always writes the mapped form so (inet_ntop)."""
-    if host[:7] != "::ffff:":
-        return host
-    rest = host[7:]
-    return rest if ":" not in rest and "." in rest else host
-
-
-def _dual_stack_listener(port: int) -> socket.socket:
-    """A TCP socket bound to [::]:PORT that takes IPv4 connections too: asyncio's
-    ``create_server`` sets IPV6_V6ONLY on every IPv6 socket it makes, so on ``::`` alone it
-    would refuse every IPv4 phone."""
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(("::", port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class _Resume:
@@ -490,7 +458,7 @@ class Transport:
             try:
                 if dual_stack(self.host):
                     self._server = await loop.create_server(
-                        lambda: _Stream(self, outgoing=False), sock=_dual_stack_listener(port))
+                        lambda: _Stream(self, outgoing=False), sock=dual_stack_listener(port))
                 else:
                     self._server = await loop.create_server(
                         lambda: _Stream(self, outgoing=False), self.host, port,
