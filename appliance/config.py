@@ -197,7 +197,7 @@ def _endpoint(key: str, value: Any) -> Endpoint:
     if not 0 < port < 65536:
         raise ConfigError(f"{key}: port {port} is out of range 1-65535")
     try:
-        ipaddress.ip_address(host)
+        host = str(ipaddress.ip_address(host))  # one spelling: "[::0]" is the wildcard "::"
     except ValueError:
         if host != "localhost":
             raise ConfigError(f"{key}: {host!r} is not an IP address") from None

@@ -58,6 +58,14 @@ def test_every_documented_key(tmp_path: Path) -> None:
     assert cfg.media.rtp_ports == (12000, 12999)
 
 
+def test_listen_addresses_have_one_spelling() -> None:
+    # "[::0]" is the IPv6 wildcard too: it must be served dual-stack and advertised as "::" is.
+    assert parse({"sip": {"listen": "[::0]:5070"}}).sip.listen == Endpoint("::", 5070)
+    assert parse({"api": {"listen": "[0:0::0]:8081"}}).api.listen == Endpoint("::", 8081)
+    assert parse({"api": {"listen": "[2001:DB8::1]:8081"}}).api.listen == Endpoint(
+        "2001:db8::1", 8081)
+
+
 def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(AttributeError):
