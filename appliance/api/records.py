@@ -24,9 +24,10 @@ def _filters(ctx: Ctx) -> ListFilters:
     q = ctx.query
 
     def bound(name: str) -> str | None:
-        # `StartTime>=2024-03-03` as typed reaches us as the key `StartTime>` with the value
-        # `=2024-03-03`; a client that encodes the whole key (`StartTime%3E%3D=2024-03-03`,
-        # as a params dict does) sends the key `StartTime>=`. Both mean the same.
+        # `StartTime>=2024-03-03` as typed splits at its first `=`: the key `StartTime>`
+        # with the value `2024-03-03`; a client that encodes the whole key
+        # (`StartTime%3E%3D=2024-03-03`, as a params dict does) sends the key `StartTime>=`.
+        # Both mean the same.
         return q.get(name) or q.get(name + "=")
 
     return ListFilters(
@@ -36,6 +37,10 @@ def _filters(ctx: Ctx) -> ListFilters:
         ended_from=bound("EndTime>"), ended_until=bound("EndTime<"),
         date_sent=q.get("DateSent"), sent_from=bound("DateSent>"),
         sent_until=bound("DateSent<"),
+        date_created=q.get("DateCreated"), created_from=bound("DateCreated>"),
+        created_until=bound("DateCreated<"),
+        message_date=q.get("MessageDate"), logged_from=bound("MessageDate>"),
+        logged_until=bound("MessageDate<"),
         parent_call_sid=q.get("ParentCallSid"), conference_sid=q.get("ConferenceSid"),
         call_sid=q.get("CallSid"), error_code=q.get("ErrorCode"),
         request_url=q.get("RequestUrl"), message_text=q.get("MessageText"),

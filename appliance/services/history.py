@@ -64,6 +64,14 @@ class ListFilters:
     date_sent: str | None = None
     sent_from: str | None = None
     sent_until: str | None = None
+    # Twilio's day filters of Recordings (DateCreated) and Notifications (MessageDate), each
+    # with its two inequality forms, as DateSent.
+    date_created: str | None = None
+    created_from: str | None = None
+    created_until: str | None = None
+    message_date: str | None = None
+    logged_from: str | None = None
+    logged_until: str | None = None
     parent_call_sid: str | None = None
     conference_sid: str | None = None
     call_sid: str | None = None
@@ -150,6 +158,24 @@ def _inequalities(column: str, name: str, from_day: str | None, until_day: str |
             + _to_day(column, f"{name}<=", until_day, "<"))
 
 
+def _created_range(filters: ListFilters) -> list[Condition]:
+    """StartTime/EndTime on a record that has one time, its creation (SMS, notifications,
+    recordings): both bound date_created, so their inequality forms are bounds on it too."""
+    return (_time_range(filters, "date_created", "date_created")
+            + _inequalities("date_created", "StartTime", filters.started_from,
+                            filters.started_until)
+            + _inequalities("date_created", "EndTime", filters.ended_from,
+                            filters.ended_until))
+
+
+def _twilio_day(column: str, name: str, day: str | None, from_day: str | None,
+                until_day: str | None) -> list[Condition]:
+    """Twilio's `NAME=day`, unlike Restcomm's StartTime=, is that day only; `NAME>=day` and
+    `NAME<=day` from the start / to the end of the day."""
+    return (_from_day(column, name, day) + _to_day(column, name, day, "<")
+            + _inequalities(column, name, from_day, until_day))
+
+
 class HistoryService:
     def __init__(self, store: StoreProtocol, clock: Callable[[], datetime],
                  scope: Callable[[Account, bool], Awaitable[tuple[str, ...]]]) -> None:
@@ -231,20 +257,9 @@ class HistoryService:
             conditions.append(Condition("status", "like", status))
         if body := checked(filters.body, "Body"):
             conditions.append(Condition("body", "like", f"%{body}%"))
-        # A message has one time for StartTime and EndTime: its creation. Both are bounds
-        # on it, so their inequality forms mean the same on either name.
-        conditions += _time_range(filters, "date_created", "date_created")
-        conditions += _inequalities("date_created", "StartTime", filters.started_from,
-                                    filters.started_until)
-        conditions += _inequalities("date_created", "EndTime", filters.ended_from,
-                                    filters.ended_until)
-        # Twilio's DateSent: sent that day (the whole day, as Twilio reads it); >= and <=
-        # from the start / to the end of the day.
-        if day := checked(filters.date_sent, "DateSent"):
-            conditions += (_from_day("date_sent", "DateSent", day)
-                           + _to_day("date_sent", "DateSent", day, "<"))
-        conditions += _inequalities("date_sent", "DateSent", filters.sent_from,
-                                    filters.sent_until)
+        conditions += _created_range(filters)
+        conditions += _twilio_day("date_sent", "DateSent", filters.date_sent,
+                                  filters.sent_from, filters.sent_until)
         query = ListQuery(account_sids=await self._accounts(account, filters),
                           conditions=tuple(conditions), order=_order("sms_messages", filters),
                           page=paging.page, page_size=paging.page_size)
@@ -267,7 +282,9 @@ class HistoryService:
                                  paging: Paging) -> Page[Notification]:
         require(actor, Action.READ, "Notifications")
         conditions: list[Condition] = []
-        conditions += _time_range(filters, "date_created", "date_created")
+        conditions += _created_range(filters)
+        conditions += _twilio_day("message_date", "MessageDate", filters.message_date,
+                                  filters.logged_from, filters.logged_until)
         if code := checked(filters.error_code, "ErrorCode"):
             if not code.isdigit():
                 raise InvalidInput("ErrorCode must be a number")
@@ -319,7 +336,9 @@ class HistoryService:
                               paging: Paging) -> Page[Recording]:
         require(actor, Action.READ, "Recordings")
         conditions: list[Condition] = []
-        conditions += _time_range(filters, "date_created", "date_created")
+        conditions += _created_range(filters)
+        conditions += _twilio_day("date_created", "DateCreated", filters.date_created,
+                                  filters.created_from, filters.created_until)
         if call := checked(filters.call_sid, "CallSid"):
             conditions.append(Condition("call_sid", "=", call))
         query = ListQuery(account_sids=await self._accounts(account, filters),

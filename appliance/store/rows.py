@@ -204,7 +204,7 @@ COLUMNS: dict[str, frozenset[str]] = {
                                "date_created", "date_sent"}),
     "incoming_phone_numbers": frozenset({"phone_number", "friendly_name", "date_created"}),
     "notifications": frozenset({"date_created", "error_code", "request_url", "message_text",
-                                "log", "call_sid"}),
+                                "log", "call_sid", "message_date"}),
     "recordings": frozenset({"date_created", "duration", "call_sid"}),
     "conferences": frozenset({"status", "friendly_name", "date_created", "date_updated"}),
     "conference_participants": frozenset({"conference_sid", "call_sid", "connected",

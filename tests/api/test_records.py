@@ -14,6 +14,8 @@ from appliance.models import (
     AccountSid,
     CallRecord,
     CallSid,
+    Notification,
+    NotificationSid,
     Recording,
     RecordingSid,
     SmsRecord,
@@ -227,6 +229,95 @@ async def test_sms_date_filters_and_inequality_forms(api: Api, appliance: Applia
                   "DateSent>=x", "DateSent<=2024-02-30"):
         status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json?{query}")
         assert status == 400, (query, body)
+
+
+async def test_notification_date_filters_and_inequality_forms(api: Api,
+                                                                appliance: Appliance) -> None:
+    # One notification on each of 3, 4 and 5 March.
+    for day in range(3):
+        logged = T0 + timedelta(days=day)
+        await appliance.store.insert_notification(Notification(
+            sid=NotificationSid(mint_sid("NO")), account_sid=AccountSid(ADMIN_SID),
+            call_sid=None, log=0, error_code=11200, more_info="", message_text=f"day {day}",
+            message_date=logged, request_url="", request_method="", request_variables="",
+            response_headers="", response_body="", date_created=logged, date_updated=logged))
+    path = f"Accounts/{ADMIN_SID}/Notifications.json"
+
+    async def texts(query: str) -> list[str]:
+        status, body, _ = await api.get(f"{path}?{query}")
+        assert status == 200, (query, body)
+        return sorted(n["message_text"] for n in json.loads(body)["notifications"])
+
+    assert await texts("") == ["day 0", "day 1", "day 2"]
+    # Twilio's MessageDate: that day only; >= and <= from the start / to the end of the day.
+    assert await texts("MessageDate=2024-03-04") == ["day 1"]
+    assert await texts("MessageDate>=2024-03-04") == ["day 1", "day 2"]
+    assert await texts("MessageDate<=2024-03-04") == ["day 0", "day 1"]
+    assert await texts("MessageDate>=2024-03-04&MessageDate<=2024-03-04") == ["day 1"]
+    assert await texts("MessageDate>=2024-03-06") == []
+    assert await texts("MessageDate=9999-12-31") == []
+    assert await texts("MessageDate<=9999-12-31") == ["day 0", "day 1", "day 2"]
+    # Restcomm's StartTime/EndTime bound the creation time, and so do their >= and <= forms.
+    assert await texts("StartTime=2024-03-04") == ["day 1", "day 2"]
+    assert await texts("StartTime>=2024-03-05") == ["day 2"]
+    assert await texts("StartTime<=2024-03-03") == ["day 0"]
+    assert await texts("EndTime>=2024-03-04") == ["day 1", "day 2"]
+    assert await texts("EndTime<=2024-03-04") == ["day 0", "day 1"]
+    # The whole key encoded, as a client's params dict sends it.
+    for key, expected in (("MessageDate>=", ["day 2"]), ("MessageDate<=", ["day 0"]),
+                          ("StartTime<=", ["day 0"]), ("EndTime>=", ["day 2"])):
+        day = "2024-03-05" if key.endswith(">=") else "2024-03-03"
+        status, body, _ = await api.get(path, params={key: day})
+        assert status == 200, (key, body)
+        assert sorted(n["message_text"] for n in json.loads(body)["notifications"]) == expected
+    for query, name in (("MessageDate=today", "MessageDate"), ("MessageDate>=x", "MessageDate>="),
+                        ("MessageDate<=2024-02-30", "MessageDate<="),
+                        ("StartTime>=soon", "StartTime>="), ("EndTime<=x", "EndTime<=")):
+        status, body, _ = await api.get(f"{path}?{query}")
+        assert status == 400 and f"{name} must be a date" in body, (query, body)
+
+
+async def test_recording_date_filters_and_inequality_forms(api: Api,
+                                                             appliance: Appliance) -> None:
+    # One recording on each of 3, 4 and 5 March, told apart by their durations.
+    for day in range(3):
+        created = T0 + timedelta(days=day)
+        await appliance.store.insert_recording(Recording(
+            sid=RecordingSid(mint_sid("RE")), account_sid=AccountSid(ADMIN_SID), call_sid=None,
+            duration=float(day), file_path=str(api.data_dir / f"r{day}.wav"),
+            date_created=created, date_updated=created))
+    path = f"Accounts/{ADMIN_SID}/Recordings.json"
+
+    async def days(query: str) -> list[str]:
+        status, body, _ = await api.get(f"{path}?{query}")
+        assert status == 200, (query, body)
+        return sorted(r["duration"] for r in json.loads(body)["recordings"])
+
+    assert await days("") == ["0.0", "1.0", "2.0"]
+    # Twilio's DateCreated: that day only; >= and <= from the start / to the end of the day.
+    assert await days("DateCreated=2024-03-04") == ["1.0"]
+    assert await days("DateCreated>=2024-03-04") == ["1.0", "2.0"]
+    assert await days("DateCreated<=2024-03-04") == ["0.0", "1.0"]
+    assert await days("DateCreated>=2024-03-04&DateCreated<=2024-03-04") == ["1.0"]
+    assert await days("DateCreated<=2024-03-02") == []
+    assert await days("DateCreated=9999-12-31") == []
+    # Restcomm's StartTime/EndTime bound the creation time, and so do their >= and <= forms.
+    assert await days("StartTime=2024-03-04") == ["1.0", "2.0"]
+    assert await days("StartTime>=2024-03-05") == ["2.0"]
+    assert await days("StartTime<=2024-03-03") == ["0.0"]
+    assert await days("EndTime>=2024-03-04") == ["1.0", "2.0"]
+    assert await days("EndTime<=2024-03-04") == ["0.0", "1.0"]
+    for key, expected in (("DateCreated>=", ["2.0"]), ("DateCreated<=", ["0.0"]),
+                          ("StartTime>=", ["2.0"]), ("EndTime<=", ["0.0"])):
+        day = "2024-03-05" if key.endswith(">=") else "2024-03-03"
+        status, body, _ = await api.get(path, params={key: day})
+        assert status == 200, (key, body)
+        assert sorted(r["duration"] for r in json.loads(body)["recordings"]) == expected
+    for query, name in (("DateCreated=today", "DateCreated"), ("DateCreated>=x", "DateCreated>="),
+                        ("DateCreated<=2024-13-01", "DateCreated<="),
+                        ("StartTime<=soon", "StartTime<="), ("EndTime>=x", "EndTime>=")):
+        status, body, _ = await api.get(f"{path}?{query}")
+        assert status == 400 and f"{name} must be a date" in body, (query, body)
 
 
 async def test_call_sorting(api: Api, appliance: Appliance) -> None:
