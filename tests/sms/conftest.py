@@ -42,14 +42,19 @@ def modem_settings() -> dict[str, float]:
     return {}
 
 
+def gsm_config(tmp_path: Path, fake: FakeModem) -> Config:
+    """An appliance on FAKE with its data under TMP_PATH, on free loopback ports."""
+    return Config(data_dir=tmp_path / "var",
+                  api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
+                  sip=SipConfig(listen=Endpoint("127.0.0.1", free_port()),
+                                domain="pbx.example.com"),
+                  modem=ModemConfig(device=str(fake.link), number=SIM_NUMBER))
+
+
 @pytest.fixture
 async def gsm_appliance(tmp_path: Path, fake: FakeModem,
                         modem_settings: dict[str, float]) -> AsyncIterator[Appliance]:
-    config = Config(data_dir=tmp_path / "var",
-                    api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
-                    sip=SipConfig(listen=Endpoint("127.0.0.1", free_port()),
-                                  domain="pbx.example.com"),
-                    modem=ModemConfig(device=str(fake.link), number=SIM_NUMBER))
+    config = gsm_config(tmp_path, fake)
     with pytest.MonkeyPatch.context() as patch:
         if modem_settings:
             patch.setattr("appliance.app.ModemSettings",
