@@ -19,7 +19,9 @@ committed in one transaction before the driver deletes it from the modem; multip
 are reassembled by (sender, reference, total), out of order and with duplicates tolerated;
 parts missing after FRAGMENT_TIMEOUT are released with an "[incomplete]" marker. Then the
 SmsUrl (or SmsApplicationSid's RcmlUrl) of the IncomingPhoneNumber matching the SIM's number
-is requested; SmsFallbackUrl on failure; an <Sms> in the reply is queued as outbound-reply.
+is requested; SmsFallbackUrl on failure; an <Sms> in the reply is queued as outbound-reply,
+in the transaction that marks the message's job handed: from then on a retry, or the restart
+after a crash, only finishes the job and never runs the app again (no reply goes out twice).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ from appliance.rcml.verbs import Redirect, Sms, Unsupported, absolute_url
 from appliance.services.access import Action, require
 from appliance.services.history import HistoryService
 from appliance.services.ports import StoreProtocol
-from appliance.store.sms import Callback, Fragment, OutboxItem, SmsStore
+from appliance.store.sms import Callback, Fragment, InboundJob, OutboxItem, SmsStore
 from appliance.timefmt import from_storage, storage
 from appliance.webhooks import WebhookError, Webhooks
 
@@ -147,10 +149,6 @@ class MessagingService:
         self._wake_modem = False
         self._modem_ready = False
         self._jobs_wake = asyncio.Event()
-        # Inbound jobs whose app already had a reply (or a forward) queued: if finishing the
-        # job fails after that, the retry only finishes it, never runs the app again, so no
-        # reply goes out twice. Emptied as the jobs finish.
-        self._handed: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- API: send -----------------------------------------------------------------------------
@@ -229,7 +227,9 @@ class MessagingService:
 
     async def _enqueue(self, account_sid: str, from_: str, destination: str, body: str,
                        ucs2: bool, callback: Callback | None, x_headers: dict[str, str],
-                       direction: str) -> SmsRecord:
+                       direction: str, handing: str | None = None) -> SmsRecord:
+        """Queue a message; HANDING is the received message whose app it answers (its job is
+        marked handed in the same transaction: see _deliver_inbound_guarded)."""
         now = self._clock()
         record = SmsRecord(
             sid=SmsSid(mint_sid("SM")), account_sid=AccountSid(account_sid), from_=from_,
@@ -238,7 +238,7 @@ class MessagingService:
             date_sent=None, date_created=now, date_updated=now)
         await self._sms.enqueue(record, body=body, ucs2=ucs2, status_report=True,
                                 concat_ref=secrets.randbelow(256), x_headers=x_headers,
-                                callback=callback, now=storage(now))
+                                callback=callback, now=storage(now), handing=handing)
         logger.info("- SMS %s queued for %s (%d characters)", record.sid, destination, len(body))
         self._wake.set()
         return record
@@ -544,8 +544,8 @@ class MessagingService:
         while True:
             self._jobs_wake.clear()
             try:
-                for sid, attempts in await self._sms.due_inbound_jobs(_now_text(self._clock)):
-                    await self._deliver_inbound_guarded(sid, attempts)
+                for job in await self._sms.due_inbound_jobs(_now_text(self._clock)):
+                    await self._deliver_inbound_guarded(job)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a broken app must not stop inbound delivery
@@ -554,21 +554,24 @@ class MessagingService:
                 async with asyncio.timeout(30):
                     await self._jobs_wake.wait()
 
-    async def _deliver_inbound_guarded(self, sid: str, attempts: int) -> None:
-        """Deliver SID's job; a fault of ours on the way is retried later, with back-off, up
-        to INBOUND_ATTEMPTS times, and never keeps the jobs behind it from their turn."""
+    async def _deliver_inbound_guarded(self, job: InboundJob) -> None:
+        """Deliver JOB; a fault of ours on the way is retried later, with back-off, up to
+        INBOUND_ATTEMPTS times, and never keeps the jobs behind it from their turn.
+
+        A job marked handed (its app's reply or forward was queued, in the same transaction)
+        is only finished, whether the fault was ours a minute ago or a crash before the last
+        run could finish it: the app never runs twice, so no reply goes out twice."""
+        sid, attempts = job.sid, job.attempts
         try:
-            if sid in self._handed:  # its app ran and queued a reply: only finish it now
+            if job.handed:
                 await self._sms.finish_inbound_job(sid)
             else:
                 await self._deliver_inbound(sid)
-            self._handed.discard(sid)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - one bad job must not block the others
             logger.exception("x inbound SMS %s: delivery to its app failed", sid)
             if attempts + 1 >= INBOUND_ATTEMPTS:
-                self._handed.discard(sid)
                 await self._sms.finish_inbound_job(sid)
                 record = await self._store.get_sms(sid)
                 if record is not None:
@@ -599,8 +602,7 @@ class MessagingService:
         if url and url.startswith("client:"):
             try:
                 await self._enqueue(record.account_sid, record.from_, url, record.body, False,
-                                    None, {}, "outbound-api")
-                self._handed.add(sid)
+                                    None, {}, "outbound-api", handing=sid)
             except InvalidInput as err:
                 await self._history.notify(record.account_sid, 14101,
                                            f"SMS {record.sid} not forwarded to {url}: "
@@ -651,8 +653,8 @@ class MessagingService:
                         reply = await self._enqueue(
                             record.account_sid, verb.from_ or record.to, to, verb.text,
                             False, Callback(status_callback, "POST")
-                            if status_callback else None, {}, "outbound-reply")
-                        self._handed.add(record.sid)
+                            if status_callback else None, {}, "outbound-reply",
+                            handing=record.sid)
                     except InvalidInput as err:
                         await self._history.notify(record.account_sid, 14101,
                                                    f"SMS {record.sid}: <Sms> {err.message}")

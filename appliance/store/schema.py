@@ -363,6 +363,15 @@ CREATE INDEX calls_open ON calls(status) WHERE end_time IS NULL;
 """)
 
 
+@migrations()
+def m006_sms_inbound_handed(db: Database) -> None:
+    # An inbound job whose app's reply (or client: forward) was queued: set in the transaction
+    # that queues it, so a crash before the job is finished never runs the app again.
+    _run_script(db, """
+ALTER TABLE sms_inbound_jobs ADD COLUMN handed INTEGER NOT NULL DEFAULT 0;
+""")
+
+
 GATEWAY_NAMES_INDEX = "gateways_friendly_name"
 
 

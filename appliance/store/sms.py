@@ -5,7 +5,10 @@ Outbound: `enqueue` writes the SMS row and its queue entry together; each part i
 parts are in doubt (handed to the modem, no answer recorded) and never sends those twice.
 Inbound: the raw PDU, keyed on (storage index, PDU hash), is committed together with what it
 produced (an SMS row, or a fragment awaiting its siblings), so re-reading it after a crash
-that came before the modem-side delete is recognised and creates nothing twice.
+that came before the modem-side delete is recognised and creates nothing twice. A reply to a
+received message (or its forward to a Client) is queued in the transaction that marks the
+message's inbound job `handed`, so no crash can leave the reply queued and the app due to run
+again.
 """
 
 from __future__ import annotations
@@ -55,6 +58,15 @@ class InboundResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class InboundJob:
+    """A received message still to be handed to its app."""
+
+    sid: str
+    attempts: int  # failed tries so far
+    handed: bool  # its app's reply (or forward) is queued: only finish it, never run it again
+
+
+@dataclasses.dataclass(frozen=True)
 class Callback:
     url: str
     method: str
@@ -77,7 +89,9 @@ class SmsStore:
 
     async def enqueue(self, record: models.SmsRecord, *, body: str, ucs2: bool,
                       status_report: bool, concat_ref: int, x_headers: dict[str, str],
-                      callback: Callback | None, now: str) -> None:
+                      callback: Callback | None, now: str, handing: str | None = None) -> None:
+        """Queue RECORD. HANDING: the received message whose app this answers; its inbound
+        job is marked handed in the same transaction, so no retry or restart runs the app again."""
         def run() -> None:
             values = rows.sms_values(record)
             values["x_headers"] = json.dumps(x_headers) if x_headers else None
@@ -96,6 +110,9 @@ class SmsStore:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
                     (record.sid, record.to, body, int(ucs2), int(status_report), concat_ref,
                      json.dumps(x_headers), now, now))
+                if handing is not None:
+                    conn.execute("UPDATE sms_inbound_jobs SET handed = 1 WHERE sid = ?",
+                                 (handing,))
         await self._run(run)
 
     async def due(self, now: str, limit: int = 20) -> list[OutboxItem]:
@@ -382,12 +399,12 @@ class SmsStore:
                 self._insert_received(conn, message, now)
         await self._run(run)
 
-    async def due_inbound_jobs(self, now: str, limit: int = 20) -> list[tuple[str, int]]:
-        def run() -> list[tuple[str, int]]:
-            return [(r[0], int(r[1])) for r in self._conn().execute(
-                "SELECT sid, attempts FROM sms_inbound_jobs WHERE next_attempt_at <= ? "
+    async def due_inbound_jobs(self, now: str, limit: int = 20) -> list[InboundJob]:
+        def run() -> list[InboundJob]:
+            return [InboundJob(r[0], int(r[1]), bool(r[2])) for r in self._conn().execute(
+                "SELECT sid, attempts, handed FROM sms_inbound_jobs WHERE next_attempt_at <= ? "
                 "ORDER BY next_attempt_at LIMIT ?", (now, limit)).fetchall()]
-        result: list[tuple[str, int]] = await self._run(run)
+        result: list[InboundJob] = await self._run(run)
         return result
 
     async def finish_inbound_job(self, sid: str) -> None:

@@ -11,9 +11,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -173,3 +176,85 @@ def test_kill_between_parts_resumes_promptly_after_restart(box: Box, fake: FakeM
     assert len({c.reference for c in concat if c}) == 1  # continued, same reference
     until(lambda: {m["sid"]: m for m in box.messages()}[sms["sid"]]["status"]  # type: ignore[index]
           == "sent")
+
+
+class SmsApp:
+    """The customer's SMS app on its own threads (the test's thread blocks in time.sleep).
+
+    It answers every message with `<Sms action="/sms-action">Thanks</Sms>`; the first
+    action request is held, so the appliance can be killed after the reply was queued and
+    before its job was finished."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.release = threading.Event()
+        self.held = False
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                length = int(self.headers.get("Content-Length", 0))
+                form = {k: v[0] for k, v in
+                        urllib.parse.parse_qs(self.rfile.read(length).decode()).items()}
+                app.requests.append((self.path, form))
+                body = b"<Response/>"
+                if self.path == "/sms":
+                    body = b'<Response><Sms action="/sms-action">Thanks</Sms></Response>'
+                elif not app.held:
+                    app.held = True
+                    app.release.wait(15)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the appliance was killed while it waited
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def bodies_of(self, path: str) -> list[str]:
+        return [form.get("Body", "") for p, form in self.requests if p == path]
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def sms_app() -> Iterator[SmsApp]:
+    app = SmsApp()
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def test_kill_after_the_reply_is_queued_runs_the_app_once(
+        box: Box, fake: FakeModem, sms_app: SmsApp) -> None:
+    # Killed after the app's reply was committed to the queue (its action request is in
+    # flight) but before the inbound job was finished: after the restart the job is only
+    # finished. Running the app again would send the customer a second reply.
+    box.start()
+    box.call("POST", "IncomingPhoneNumbers.json",
+             {"PhoneNumber": "+15550001000", "SmsUrl": f"{sms_app.url}/sms"})
+    fake.deliver_sms(deliver_pdu("+15559990000", "hello"))
+    until(lambda: bool(sms_app.bodies_of("/sms-action")) and len(fake.sent) == 1)
+    box.kill()
+    box.start()
+    # A second message, delivered after the first job's turn (jobs go in order): once its
+    # reply is out, whatever the restart did with the first job has been done.
+    fake.deliver_sms(deliver_pdu("+15559990001", "again"))
+    until(lambda: len(fake.sent) >= 2)
+    time.sleep(1.0)  # a reply sent twice would show up by now
+    assert sms_app.bodies_of("/sms") == ["hello", "again"]
+    assert texts(fake) == ["Thanks", "Thanks"]
+    replies = [m for m in box.messages() if m["direction"] == "outbound-reply"]
+    assert sorted(m["to"] for m in replies) == ["+15559990000", "+15559990001"]

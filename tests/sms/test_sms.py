@@ -256,7 +256,7 @@ async def test_a_job_failing_on_our_side_is_retried_later_and_blocks_no_other(
     [reply] = [decode_sms_pdu(p) for p in fake.sent]
     assert isinstance(reply, Submit) and reply.destination == "+15559990001"
     jobs = await service._sms.due_inbound_jobs("9999-12-31T00:00:00Z")
-    assert [attempts for _, attempts in jobs] == [1]  # kept, to be tried again in a minute
+    assert [job.attempts for job in jobs] == [1]  # kept, to be tried again in a minute
 
 
 async def test_a_job_retried_after_its_reply_was_queued_does_not_send_it_again(
@@ -279,9 +279,9 @@ async def test_a_job_retried_after_its_reply_was_queued_does_not_send_it_again(
                        {"PhoneNumber": SIM_NUMBER, "SmsUrl": hook.url("/sms")})
     fake.deliver_sms(deliver_pdu("+15559990000", "hello"))
     await until(lambda: len(fake.sent) == 1)
-    [(sid, attempts)] = await service._sms.due_inbound_jobs("9999-12-31T00:00:00Z")
-    assert attempts == 1
-    await service._deliver_inbound_guarded(sid, attempts)  # the retry, a minute early
+    [job] = await service._sms.due_inbound_jobs("9999-12-31T00:00:00Z")
+    assert job.attempts == 1 and job.handed
+    await service._deliver_inbound_guarded(job)  # the retry, a minute early
     await asyncio.sleep(0.5)
     assert len(fake.sent) == 1 and len(hook.posts_to("/sms")) == 1
     assert await service._sms.due_inbound_jobs("9999-12-31T00:00:00Z") == []

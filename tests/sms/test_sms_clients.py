@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
 
 from appliance.app import Appliance
+from appliance.config import Config
 from appliance.gsm.pdu import Submit, decode_sms_pdu
 from tests.conftest import ADMIN_SID, Api
 from tests.fakes.modem import FakeModem
 from tests.fakes.pdus import deliver_pdu
-from tests.sms.conftest import SIM_NUMBER, until
+from tests.sms.conftest import SIM_NUMBER, gsm_config, until
 from tests.sms.sipua import Phone
 
 PW = "Pbx-edge-7"
@@ -100,3 +107,53 @@ async def test_api_send_to_a_client(gsm_api: Api, gsm_appliance: Appliance) -> N
         assert status == 400
     finally:
         dave.close()
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[tuple[Appliance, Api]]:
+    app = Appliance(config)
+    await app.start()
+    try:
+        await app.wait_modem(10)
+        password = (config.data_dir / "admin-password").read_text().strip()
+        async with aiohttp.ClientSession() as session:
+            yield app, Api(session, f"http://127.0.0.1:{config.api.listen.port}", ADMIN_SID,
+                           password, config.data_dir)
+    finally:
+        await app.stop()
+
+
+async def forwards(api: Api) -> list[str]:
+    _, text, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json")
+    return sorted(m["body"] for m in json.loads(text)["messages"]
+                  if m["to"] == "client:erin")
+
+
+async def test_a_forward_queued_before_a_crash_is_not_queued_again(
+        tmp_path: Path, fake: FakeModem, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The appliance stops for good after the forward to the Client was queued and before
+    # the inbound job was finished (finishing never reaches the database). The next start
+    # only finishes the job: erin's phone must not get the message twice.
+    config = gsm_config(tmp_path, fake)
+    async with running(config) as (app, api):
+        await api.post(f"Accounts/{ADMIN_SID}/Clients.json", {"Login": "erin", "Password": PW})
+        await api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                       {"PhoneNumber": SIM_NUMBER, "SmsUrl": "client:erin"})
+
+        async def power_cut(sid: str) -> None:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(app.messaging._sms, "finish_inbound_job", power_cut)
+        fake.deliver_sms(deliver_pdu("+15550009999", "hello"))
+        async with asyncio.timeout(10):
+            while await forwards(api) != ["hello"]:
+                await asyncio.sleep(0.05)
+    async with running(config) as (_, api):
+        # A second message's job comes after the first's (jobs go in order): once its
+        # forward is queued, the restart has done whatever it does with the first job.
+        fake.deliver_sms(deliver_pdu("+15550009999", "again"))
+        async with asyncio.timeout(10):
+            while "again" not in await forwards(api):
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert await forwards(api) == ["again", "hello"]

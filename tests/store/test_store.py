@@ -29,6 +29,7 @@ from appliance.models import (
 from appliance.queries import ListQuery
 from appliance.store import rows, schema
 from appliance.store.db import OPEN_CALLS, Store
+from appliance.store.sms import InboundJob, SmsStore
 
 NOW = datetime(2024, 3, 3, tzinfo=UTC)
 
@@ -44,7 +45,8 @@ def note(account: str) -> Notification:
 async def test_migrations_apply_once_and_pragmas_hold(tmp_path: Path) -> None:
     store = Store(tmp_path / "a.db")
     assert await store.open() == ["m001_core", "m002_sip_bindings", "m003_sms_queue",
-                                  "m004_conferences", "m005_calls_open"]
+                                  "m004_conferences", "m005_calls_open",
+                                  "m006_sms_inbound_handed"]
     await store.close()
     store = Store(tmp_path / "a.db")
     assert await store.open() == []
@@ -139,12 +141,43 @@ async def test_a_database_of_the_previous_schema_gains_the_index_on_upgrade(
     assert "calls_open" not in open_calls_plan(path)
 
     store = Store(path)
-    assert await store.open() == ["m005_calls_open"]
+    assert await store.open() == ["m005_calls_open", "m006_sms_inbound_handed"]
     assert [c.sid for c in await store.open_calls()] == [leftover.sid]
     await store.close()
     assert "USING INDEX calls_open" in open_calls_plan(path)
     store = Store(path)
     assert await store.open() == []  # applied once
+    await store.close()
+
+
+def sms(direction: str, status: str) -> SmsRecord:
+    return SmsRecord(
+        sid=SmsSid(mint_sid("SM")), account_sid=AccountSid("ACa"), from_="+15559990000",
+        to="+15550001000", body="hello", status=status, direction=direction, error_code=None,
+        error_message=None, price="0", price_unit="USD", api_version=API_VERSION,
+        date_sent=None, date_created=NOW, date_updated=NOW)
+
+
+async def test_inbound_jobs_of_the_previous_schema_are_still_delivered_after_upgrade(
+        tmp_path: Path) -> None:
+    """A received message whose job an older release left due (no `handed` column) is
+    still run after the upgrade; a reply queued for it marks the job in the same write."""
+    path = tmp_path / "jobs.db"
+    db = Database(path)  # as the previous release left it (m001-m005)
+    schema.migrations.apply(db, stop_before="m006_sms_inbound_handed")
+    received = sms("inbound", "received")
+    db["sms_messages"].insert(rows.sms_values(received))
+    db["sms_inbound_jobs"].insert({"sid": received.sid, "next_attempt_at": "2024-03-03"})
+    db.conn.close()
+
+    store = Store(path)
+    assert await store.open() == ["m006_sms_inbound_handed"]
+    jobs = SmsStore(store)
+    assert await jobs.due_inbound_jobs("9999") == [InboundJob(received.sid, 0, handed=False)]
+    await jobs.enqueue(sms("outbound-reply", "queued"), body="Thanks", ucs2=False,
+                       status_report=True, concat_ref=1, x_headers={}, callback=None,
+                       now="2024-03-03", handing=received.sid)
+    assert await jobs.due_inbound_jobs("9999") == [InboundJob(received.sid, 0, handed=True)]
     await store.close()
 
 
