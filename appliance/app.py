@@ -221,7 +221,8 @@ class Appliance:
         self.trunk = Trunk(self.transport, clock=self.timer_clock, wall_clock=self.wall_clock,
                            local=lambda: (self.transport.advertised, sip.listen.port),
                            keepalive_sender=self.transport,
-                           keepalive_interval=sip.nat_keepalive_interval)
+                           keepalive_interval=sip.nat_keepalive_interval,
+                           learn_public_address=sip.trunk_learn_public_address)
         self.frontdoor.trunk = self.trunk
         self.guard.exempt = self.trunk.is_provider  # served past the unauthenticated budget
         self.gateways.trunk = self.trunk

@@ -63,6 +63,9 @@ class SipConfig:
     # gateway's provider address before a keep-alive (CRLFCRLF) goes there, so the office
     # router keeps the UDP mapping the provider's calls come back through; 0 = none.
     nat_keepalive_interval: int = 20
+    # Trunk (docs/gateways.md "the public Contact"): register the public address and port the
+    # provider's 200 reports in our Via (received/rport) as the Contact, when it is not ours.
+    trunk_learn_public_address: bool = True
 
 
 # [sip] nat_keepalive_interval: 0 (off) or within these. Below 5 s is traffic for nothing (no
@@ -284,7 +287,10 @@ def parse(raw: Mapping[str, Any]) -> Config:
                        {"listen", "domain", "min_expires", "max_expires", "max_contacts",
                         "max_auth_failures", "ban_seconds", "unauthenticated_per_minute",
                         "digest_algorithms", "nat_keepalive_interval",
-                        "ping_interval"})
+                        "trunk_learn_public_address", "ping_interval"})
+    learn = sip_raw.get("trunk_learn_public_address", default.sip.trunk_learn_public_address)
+    if not isinstance(learn, bool):
+        raise ConfigError(f"sip.trunk_learn_public_address: expected true or false, got {learn!r}")
     domain = _string("sip.domain", sip_raw.get("domain", ""))
     if domain and not re.fullmatch(r"[A-Za-z0-9.\-]+", domain):
         raise ConfigError(f"sip.domain: {domain!r} is not a host name or address")
@@ -307,6 +313,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
         nat_keepalive_interval=_keepalive_interval(
             "sip.nat_keepalive_interval",
             sip_raw.get("nat_keepalive_interval", default.sip.nat_keepalive_interval)),
+        trunk_learn_public_address=learn,
     )
     if sip.min_expires > sip.max_expires:
         raise ConfigError("sip.min_expires: must not exceed sip.max_expires")

@@ -13,6 +13,13 @@ seconds without a REGISTER to it; when and where is ``keepalive.KeepAlives``'s b
 Several gateways at one provider address share its keep-alives. Lines are UDP only (their
 targets are resolved for UDP, their Contact has no transport), so there is no TCP flow to
 ping the RFC 5626 way.
+
+Behind NAT the Contact a line registers is the public address and port the provider's 200
+reports in our Via (``received``/``rport``), once it says so (``upstream``; on unless
+``learn_public_address`` is off): a provider that sends its calls to the Contact then reaches
+the office through the same mapping. The provider's INVITEs to that Contact are recognised by
+their source address and Request-URI user (``gateways_at``, ``services.routing``), never by
+the Request-URI host, so the public host needs no place among our local addresses.
 """
 
 from __future__ import annotations
@@ -123,18 +130,20 @@ class Trunk:
     def __init__(self, sender: Sender, *, clock: Callable[[], float],
                  local: Callable[[], tuple[str, int]],
                  wall_clock: Callable[[], float], keepalive_sender: KeepAliveSender | None = None,
-                 keepalive_interval: float = 0.0) -> None:
+                 keepalive_interval: float = 0.0, learn_public_address: bool = True) -> None:
         """CLOCK is monotonic seconds: it drives the retransmissions, refreshes, retries and
         keep-alives, which a step of the wall clock (NTP, on a box without an RTC) must
         neither fire all at once nor stall (a stalled refresh lets the provider registration
         lapse and the office's inbound calls with it). WALL_CLOCK only dates a
         registration's expiry for the API. KEEPALIVE_SENDER sends the NAT keep-alives,
         after KEEPALIVE_INTERVAL seconds without a REGISTER to a provider address (0, or no
-        KEEPALIVE_SENDER: none)."""
+        KEEPALIVE_SENDER: none). LEARN_PUBLIC_ADDRESS: register the public address the
+        provider's 200 reports (``upstream.UpstreamRegistration``) instead of LOCAL's."""
         self._sender = sender
         self._clock = clock
         self._wall_clock = wall_clock
         self._local = local  # our advertised address and SIP port
+        self._learn_public = learn_public_address
         self._lines: dict[str, _Line] = {}
         self._gateways: dict[str, Gateway] = {}  # every gateway, Register or not, by sid
         # [inbound.sources]: gateway FriendlyName -> the networks (and ports) its provider
@@ -176,12 +185,17 @@ class Trunk:
         if not gateway.register:
             return
         if continued and old is not None:
+            # The same binding: at the public address learned for it, if any.
             machine = UpstreamRegistration(account, local, call_id=old.machine.call_id,
                                            from_tag=old.machine.from_tag, token=_token,
-                                           cseq=old.machine.cseq)
+                                           cseq=old.machine.cseq,
+                                           learn_public=self._learn_public,
+                                           contact=old.machine.contact,
+                                           stale=old.machine.stale)
         else:
             machine = UpstreamRegistration(account, local, call_id=f"{_token()}@{host}",
-                                           from_tag=_token(), token=_token)
+                                           from_tag=_token(), token=_token,
+                                           learn_public=self._learn_public)
         line = _Line(gateway, machine)
         self._lines[gateway.sid] = line
         self._spawn(self._begin(line))
@@ -411,7 +425,12 @@ class Trunk:
                 self._sender.send(action.message, line.target)
                 self._keepalives.sent(line.target, self._clock())
             elif isinstance(action, Deliver) and isinstance(action.message, Response):
+                contact = line.machine.contact
                 follow = line.machine.on_response(action.message, self._clock(), _jitter())
+                if line.machine.contact != contact:
+                    logger.info("- gateway %s: the provider sees us at %s:%d; registering "
+                                "that Contact", line.gateway.friendly_name,
+                                line.machine.contact.host, line.machine.contact.port)
                 self._log_state(line, action.message.status)
                 if follow is not None:
                     self._transmit(line, follow)

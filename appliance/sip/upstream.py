@@ -8,17 +8,27 @@ jitter factor and fresh tokens (branch, cnonce) are passed in, so every path is 
 Times: a refresh is sent at half the granted expiry (at most 60 s early for long ones); after
 a failure the next try waits 5, 10, 20 … up to 300 s, times a jitter factor in [0.8, 1.2] so
 that many boxes behind one NAT do not retry in step; a 503 with Retry-After is honoured.
+
+Behind NAT (docs/gateways.md "Behind the office's NAT: the public Contact"): the provider's
+200 says in our top Via (``received``/``rport``, RFC 3581) the address and port our REGISTER
+came from. When that is not the address of the Contact we registered, the machine registers
+again at once with a Contact at that public address, removing the old one in the same
+REGISTER (``<old>;expires=0``, RFC 3261 §10.2.2), and keeps it from then on (pjsua's contact
+rewrite). Only the 200 to our own REGISTER is read (the trunk feeds nothing else), and at most
+one rewrite happens per registration attempt or refresh: a provider whose view flips at every
+answer costs one extra REGISTER per refresh, never a loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 from collections.abc import Callable
 
 from appliance.sip.digest import Algorithm, compute_response, make_ha1, parse_algorithm
 from appliance.sip.errors import SipParseError
-from appliance.sip.headers import DigestCredentials, NameAddr, quote
+from appliance.sip.headers import DigestCredentials, NameAddr, Via, quote
 from appliance.sip.message import Header, Request, Response
 from appliance.sip.uri import SipUri, param, parse_uri
 
@@ -56,12 +66,23 @@ class LocalAddress:
 
 class UpstreamRegistration:
     def __init__(self, account: UpstreamAccount, local: LocalAddress, *, call_id: str,
-                 from_tag: str, token: Callable[[], str], cseq: int = 0) -> None:
+                 from_tag: str, token: Callable[[], str], cseq: int = 0,
+                 learn_public: bool = True, contact: LocalAddress | None = None,
+                 stale: LocalAddress | None = None) -> None:
         """CALL_ID, FROM_TAG and CSEQ (the last CSeq number used) continue an earlier
         registration of the same AoR and Contact (an update of the gateway): RFC 3261 §10.2
-        keeps one Call-ID per registrar, its CSeq increasing."""
+        keeps one Call-ID per registrar, its CSeq increasing; CONTACT and STALE carry over
+        the address it learned and the old Contact it was still removing. LEARN_PUBLIC: take
+        the public address from the provider's 200 (module docstring); False keeps LOCAL."""
         self.account = account
         self.local = local
+        self.learn_public = learn_public
+        # The address our Contact names: LOCAL until the provider told us our public one.
+        self.contact = contact or local
+        # A Contact of ours to remove (``;expires=0``) in each REGISTER until one is answered
+        # 200: the binding at the address we registered before learning the public one.
+        self.stale = stale
+        self._learned = False  # a rewrite happened in this attempt or refresh already
         self.call_id = call_id
         self.from_tag = from_tag
         self._token = token
@@ -81,8 +102,9 @@ class UpstreamRegistration:
         self._cseq += 1
         acct, local = self.account, self.local
         aor = f"sip:{acct.user}@{acct.domain}"
-        contact = f"<sip:{acct.user}@{local.host}:{local.port}"
-        contact += ">" if local.transport == "udp" else f";transport={local.transport}>"
+        contacts = [self._contact(self.contact)]
+        if self.stale is not None and self.stale != self.contact:
+            contacts.append(self._contact(self.stale) + ";expires=0")
         headers = [
             Header.make("Via", f"SIP/2.0/{local.transport.upper()} {local.host}:{local.port}"
                         f";branch=z9hG4bK{self._token()};rport"),
@@ -91,13 +113,18 @@ class UpstreamRegistration:
             Header.make("To", f"<{aor}>"),
             Header.make("Call-ID", self.call_id),
             Header.make("CSeq", f"{self._cseq} REGISTER"),
-            Header.make("Contact", contact),
+            *(Header.make("Contact", contact) for contact in contacts),
             Header.make("Expires", str(expires)),
         ]
         if authorization is not None:
             headers.append(Header.make(*authorization))
         headers.append(Header.make("Content-Length", "0"))
         return Request(headers=headers, method="REGISTER", uri=f"sip:{acct.domain}")
+
+    def _contact(self, address: LocalAddress) -> str:
+        contact = f"<sip:{self.account.user}@{address.host}:{address.port}"
+        return contact + (">" if address.transport == "udp" else
+                          f";transport={address.transport}>")
 
     @property
     def cseq(self) -> int:
@@ -110,6 +137,7 @@ class UpstreamRegistration:
         self._auth_rounds = 0
         self._timer = None
         self._unregister_after = False
+        self._learned = False
         return self._request(self.expires)
 
     def stop(self, now: float) -> Request | None:
@@ -151,11 +179,19 @@ class UpstreamRegistration:
                 self.expires_at = None
                 return None
             granted = self._granted(response)
-            self.state = State.REGISTERED
+            self.stale = None  # removed by the REGISTER this answers, which listed it
             self.last_error = None
             self._failures = 0
             self._auth_rounds = 0
             self.expires_at = now + granted
+            public = self._public(response)
+            if public is not None:
+                # The binding just made names an address the provider cannot reach: replace
+                # it now (the state stays REGISTERING, as during a refresh).
+                self._learned = True
+                self.stale, self.contact = self.contact, public
+                return self._request(self.expires)
+            self.state = State.REGISTERED
             self._timer = now + max(granted / 2, granted - REFRESH_MARGIN, MIN_REFRESH)
             return None
         if response.status == 423:
@@ -241,18 +277,39 @@ class UpstreamRegistration:
             expires = int(text) if text is not None and text.strip().isdigit() else default
             if expires is None:
                 continue
+            if isinstance(uri, SipUri) and self.stale is not None and _at(uri, self.stale):
+                continue  # the old Contact this REGISTER removed, listed by a sloppy registrar
             listed.append(expires)
             if not isinstance(uri, SipUri):
                 continue
             if uri.user == self.account.user:
                 same_user.append(expires)
-            if (uri.host.strip("[]").lower() == self.local.host.strip("[]").lower()
-                    and (uri.port or 5060) == self.local.port):
+            if _at(uri, self.contact):
                 exact.append(expires)
         for candidates in (exact, same_user, listed):
             if candidates:
                 return float(min(candidates))
         return float(default if default is not None else self.expires)
+
+    def _public(self, response: Response) -> LocalAddress | None:
+        """The address the provider saw our REGISTER come from (``received``/``rport`` in
+        the top Via of its 200, RFC 3581; one missing means sent-by's host or port, as in
+        pjsua), when it is another than our Contact's and this attempt has not rewritten
+        it yet; else None. Only an IPv4 address counts (the trunk is IPv4 only)."""
+        if not self.learn_public or self._learned or self.contact.transport != "udp":
+            return None
+        try:
+            via = response.top_via
+        except SipParseError:
+            return None
+        if via is None or (via.received is None and via.rport is None):
+            return None
+        host, port = _public_address(via, self.local.port)
+        if host is None or not 0 < port < 65536:
+            return None
+        if host == self.contact.host and port == self.contact.port:
+            return None
+        return LocalAddress(host, port)
 
     def on_timeout(self, now: float, jitter: float = 1.0) -> None:
         """Our REGISTER got no final response (transaction timeout or transport error)."""
@@ -280,3 +337,25 @@ class UpstreamRegistration:
         if self.state in (State.REGISTERED, State.FAILED):
             return self.start(now)
         return None
+
+
+def _at(uri: SipUri, address: LocalAddress) -> bool:
+    return (uri.host.strip("[]").lower() == address.host.strip("[]").lower()
+            and (uri.port or 5060) == address.port)
+
+
+def _public_address(via: Via, default_port: int) -> tuple[str | None, int]:
+    """The host and port VIA's received/rport name (sent-by's for a missing one): the host
+    as an IPv4 address that can be sent to, else None."""
+    text = (via.received or via.host).strip()
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None, 0
+    if (not isinstance(address, ipaddress.IPv4Address) or address.is_unspecified
+            or address.is_multicast or text == "255.255.255.255"):
+        return None, 0
+    rport = via.param("rport")
+    if rport:  # filled in: it must be a port (a bare "rport" is our own request's, echoed)
+        return (str(address), int(rport)) if rport.isdigit() else (None, 0)
+    return str(address), via.port or default_port

@@ -91,6 +91,8 @@ def test_config_is_frozen() -> None:
     ({"sip": {"nat_keepalive_interval": -1}}, "sip.nat_keepalive_interval"),
     ({"sip": {"nat_keepalive_interval": 0.5}}, "sip.nat_keepalive_interval"),
     ({"sip": {"nat_keepalive_interval": "20s"}}, "sip.nat_keepalive_interval"),
+    ({"sip": {"trunk_learn_public_address": "yes"}}, "sip.trunk_learn_public_address"),
+    ({"sip": {"trunk_learn_public_address": 1}}, "sip.trunk_learn_public_address"),
     ({"sip": {"ping_interval": -1}}, "sip.ping_interval"),
     ({"sip": {"ping_interval": 3601}}, "sip.ping_interval"),
     ({"sip": {"ping_interval": 1.5}}, "sip.ping_interval"),
@@ -109,6 +111,13 @@ def test_nat_keepalive_interval(value: int, expected: int) -> None:
     assert parse({}).sip.nat_keepalive_interval == 20
     assert parse({"sip": {"nat_keepalive_interval": value}}).sip.nat_keepalive_interval \
         == expected
+
+
+def test_trunk_learn_public_address_is_on_unless_turned_off() -> None:
+    assert Config().sip.trunk_learn_public_address is True
+    assert parse({}).sip.trunk_learn_public_address is True
+    assert parse({"sip": {"trunk_learn_public_address": False}}).sip \
+        .trunk_learn_public_address is False
 
 
 def test_broken_toml_is_a_config_error(tmp_path: Path) -> None:

@@ -23,15 +23,17 @@ SDP = ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\
        "m=audio 49170 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
 
 
-async def call(app: Appliance, sock: socket.socket, user: str, to: str) -> tuple[int, str]:
-    """SOCK sends INVITE sip:USER@<the appliance> with To: sip:TO@provider.test: the final
-    response's status and reason (ACKed)."""
+async def call(app: Appliance, sock: socket.socket, user: str, to: str, at: str = ""
+               ) -> tuple[int, str]:
+    """SOCK sends INVITE sip:USER@<the appliance> (or sip:USER@AT) with To:
+    sip:TO@provider.test: the final response's status and reason (ACKed)."""
     sip = app.config.sip.listen
+    at = at or f"{sip.host}:{sip.port}"
     host, port = sock.getsockname()
     call_id, branch = secrets.token_hex(8), "z9hG4bK" + secrets.token_hex(8)
     head = (f"SIP/2.0/UDP {host}:{port};branch={branch};rport", "<sip:+15551230000@provider.test>"
             ";tag=p1", f"<sip:{to}@provider.test>", f"{call_id}@provider")
-    invite = (f"INVITE sip:{user}@{sip.host}:{sip.port} SIP/2.0\r\nVia: {head[0]}\r\n"
+    invite = (f"INVITE sip:{user}@{at} SIP/2.0\r\nVia: {head[0]}\r\n"
               f"Max-Forwards: 70\r\nFrom: {head[1]}\r\nTo: {head[2]}\r\nCall-ID: {head[3]}\r\n"
               f"CSeq: 1 INVITE\r\nContact: <sip:+15551230000@{host}:{port}>\r\n"
               f"Content-Type: application/sdp\r\nContent-Length: {len(SDP)}\r\n\r\n{SDP}")
@@ -44,7 +46,7 @@ async def call(app: Appliance, sock: socket.socket, user: str, to: str) -> tuple
             if (isinstance(message, Response) and message.call_id == f"{call_id}@provider"
                     and message.status >= 200):
                 break
-    ack = (f"ACK sip:{user}@{sip.host}:{sip.port} SIP/2.0\r\nVia: {head[0]}\r\n"
+    ack = (f"ACK sip:{user}@{at} SIP/2.0\r\nVia: {head[0]}\r\n"
            f"Max-Forwards: 70\r\nFrom: {head[1]}\r\nTo: {message.get('To')}\r\n"
            f"Call-ID: {head[3]}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n")
     sock.sendto(ack.encode(), (sip.host, sip.port))

@@ -225,3 +225,76 @@ def test_stopping_while_the_first_register_is_in_flight_unregisters() -> None:
     assert again is not None and again.get("Expires") == "0"
     reg.on_response(provider.answer(again, 0.4), 0.4)
     assert reg.state is State.STOPPED
+
+
+def nat(response: Response, received: str | None, rport: int | None) -> Response:
+    """RESPONSE with its top Via stamped as a provider behind whose view there is a NAT."""
+    top = response.top_via
+    assert top is not None
+    if received is not None:
+        top.set_param("received", received)
+    if rport is not None:
+        top.set_param("rport", str(rport))
+    response.headers = [h for h in response.headers if h.name.lower() != "via"]
+    response.headers.insert(0, Header.make("Via", str(top)))
+    return parse_message(bytes(response))  # type: ignore[return-value]
+
+
+def test_the_public_contact_survives_a_challenge_and_is_what_stop_removes() -> None:
+    """The REGISTER moving the binding to the public address carries the removal of the old
+    Contact through the provider's challenge; once answered 200 the old one is gone from
+    later REGISTERs, and stopping unregisters the public Contact."""
+    reg, provider = machine(), Provider()
+    request = reg.start(0.0)
+    follow = reg.on_response(provider.answer(request, 0.0), 0.0)
+    assert follow is not None
+    rewrite = reg.on_response(nat(provider.answer(follow, 0.0), "203.0.113.50", 61000), 0.0)
+    assert rewrite is not None and reg.state is State.REGISTERING
+    both = ["<sip:office@203.0.113.50:61000>", "<sip:office@127.0.0.1:5060>;expires=0"]
+    assert rewrite.values("Contact") == both
+    auth = reg.on_response(provider.answer(rewrite, 0.1), 0.1)
+    assert auth is not None and "Authorization" in auth and auth.values("Contact") == both
+    assert reg.on_response(nat(provider.answer(auth, 0.2), "203.0.113.50", 61000), 0.2) is None
+    assert reg.state is State.REGISTERED and reg.expires_at == 300.2
+    refresh = reg.handle_timer(240.2)
+    assert refresh is not None and refresh.values("Contact") == both[:1]
+    bye = reg.stop(241.0)
+    assert bye is not None and bye.values("Contact") == both[:1]
+
+
+def test_stopping_during_the_rewrite_removes_both_contacts() -> None:
+    reg = machine()
+    request = reg.start(0.0)
+    rewrite = reg.on_response(nat(make_response(request, 200), "203.0.113.50", 61000), 0.0)
+    assert rewrite is not None
+    bye = reg.stop(1.0)
+    assert bye is not None and bye.get("Expires") == "0"
+    assert bye.values("Contact") == ["<sip:office@203.0.113.50:61000>",
+                                     "<sip:office@127.0.0.1:5060>;expires=0"]
+
+
+def test_what_the_via_of_the_200_teaches() -> None:
+    def contact_after(received: str | None, rport: int | None) -> str:
+        reg = machine()
+        request = reg.start(0.0)
+        reg.on_response(nat(make_response(request, 200), received, rport), 0.0)
+        return f"{reg.contact.host}:{reg.contact.port}"
+
+    assert contact_after(None, None) == "127.0.0.1:5060"  # nothing stamped
+    assert contact_after("127.0.0.1", 5060) == "127.0.0.1:5060"  # what we sent
+    assert contact_after("203.0.113.50", None) == "203.0.113.50:5060"  # no rport: sent-by's
+    assert contact_after(None, 61000) == "127.0.0.1:61000"  # no received: sent-by's host
+    # Nothing the trunk could use: an IPv6 or a multicast address, a name, port 0.
+    assert contact_after("2001:db8::1", 61000) == "127.0.0.1:5060"
+    assert contact_after("224.0.0.1", 61000) == "127.0.0.1:5060"
+    assert contact_after("nat.example", 61000) == "127.0.0.1:5060"
+    assert contact_after("203.0.113.50", 0) == "127.0.0.1:5060"
+    assert contact_after("203.0.113.50", 70000) == "127.0.0.1:5060"
+
+
+def test_learning_off_keeps_the_lan_contact() -> None:
+    reg = UpstreamRegistration(ACCOUNT, LOCAL, call_id="cid-1", from_tag="ft",
+                               token=lambda: "tok", learn_public=False)
+    request = reg.start(0.0)
+    assert reg.on_response(nat(make_response(request, 200), "203.0.113.50", 61000), 0.0) is None
+    assert reg.state is State.REGISTERED and reg.contact == LOCAL
