@@ -77,6 +77,7 @@ RETRY_DELAYS = (5, 15, 60, 300, 900)  # seconds before the next try, by failed t
 # An inbound SMS whose delivery to its app fails on our side (not the app's answer, which
 # has its own notifications) is tried again after 1, 2, 4, 8 minutes, then given up.
 INBOUND_ATTEMPTS = 5
+INBOUND_BATCH = 20  # due inbound jobs read at a time
 INBOUND_RETRY = timedelta(minutes=1)
 MAX_QUEUE_AGE = timedelta(days=2)  # an accepted message that could not go out by then fails
 TRANSIENT_CMS = {38, 41, 42, 47, 331, 332}  # network out of order/congestion/no service
@@ -543,13 +544,20 @@ class MessagingService:
     async def _inbound_jobs(self) -> None:
         while True:
             self._jobs_wake.clear()
+            more = False
             try:
-                for job in await self._sms.due_inbound_jobs(_now_text(self._clock)):
+                jobs = await self._sms.due_inbound_jobs(_now_text(self._clock), INBOUND_BATCH)
+                for job in jobs:
                     await self._deliver_inbound_guarded(job)
+                # A full batch: more may be due (a backlog after a stop), and no wake-up
+                # will come for them. Each job handled is finished or put off, so this ends.
+                more = len(jobs) == INBOUND_BATCH
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a broken app must not stop inbound delivery
                 logger.exception("x inbound SMS delivery")
+            if more:
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(30):
                     await self._jobs_wake.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,22 @@ def gsm_config(tmp_path: Path, fake: FakeModem) -> Config:
                   sip=SipConfig(listen=Endpoint("127.0.0.1", free_port()),
                                 domain="pbx.example.com"),
                   modem=ModemConfig(device=str(fake.link), number=SIM_NUMBER))
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[tuple[Appliance, Api]]:
+    """An appliance on CONFIG, its modem ready, and its API; for tests that start one twice
+    on the same data dir (a restart)."""
+    app = Appliance(config)
+    await app.start()
+    try:
+        await app.wait_modem(10)
+        password = (config.data_dir / "admin-password").read_text().strip()
+        async with aiohttp.ClientSession() as session:
+            yield app, Api(session, f"http://127.0.0.1:{config.api.listen.port}", ADMIN_SID,
+                           password, config.data_dir)
+    finally:
+        await app.stop()
 
 
 @pytest.fixture

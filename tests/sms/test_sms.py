@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from appliance.gsm.pdu import Concat, Submit, decode_sms_pdu
 from tests.conftest import ADMIN_SID, Api
 from tests.fakes.modem import FakeModem
 from tests.fakes.pdus import deliver_pdu, status_report_pdu
-from tests.sms.conftest import SIM_NUMBER, Hook, until
+from tests.sms.conftest import SIM_NUMBER, Hook, gsm_config, running, until
 
 SMS = f"Accounts/{ADMIN_SID}/SMS/Messages"
 
@@ -408,3 +409,33 @@ async def test_developer_role_cannot_send_sms(gsm_api: Api) -> None:
     status, _, _ = await dev.post(f"Accounts/{sid}/SMS/Messages.json",
                                   {"From": "a", "To": "+15551234567", "Body": "x"})
     assert status == 403
+
+
+async def test_a_backlog_of_received_messages_is_handed_over_without_pauses(
+        tmp_path: Path, fake: FakeModem, hook: Hook, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Jobs are read 20 at a time: after a stop with more than that due (a power cut, apps
+    # that were slow), the rest waited 30 s per batch for a wake-up that nothing sent.
+    config = gsm_config(tmp_path, fake)
+    hook.reply("/sms", "<Response/>")
+    async with running(config) as (app, api):
+        await api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                       {"PhoneNumber": SIM_NUMBER, "SmsUrl": hook.url("/sms")})
+
+        async def stuck(job: object) -> None:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(app.messaging, "_deliver_inbound_guarded", stuck)
+        for n in range(45):
+            fake.deliver_sms(deliver_pdu(f"+1555000{n:04d}", f"message {n}"))
+
+        async def received() -> int:
+            _, text, _ = await api.get(f"{SMS}.json?PageSize=100")
+            return sum(m["direction"] == "inbound" for m in json.loads(text)["messages"])
+
+        async with asyncio.timeout(20):
+            while await received() < 45:
+                await asyncio.sleep(0.05)
+    async with running(config):
+        await hook.wait(lambda: len(hook.posts_to("/sms")) >= 45, within=10)
+    assert sorted(post["Body"] for post in hook.posts_to("/sms")) == sorted(
+        f"message {n}" for n in range(45))

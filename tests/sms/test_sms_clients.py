@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from appliance.app import Appliance
-from appliance.config import Config
 from appliance.gsm.pdu import Submit, decode_sms_pdu
 from tests.conftest import ADMIN_SID, Api
 from tests.fakes.modem import FakeModem
 from tests.fakes.pdus import deliver_pdu
-from tests.sms.conftest import SIM_NUMBER, gsm_config, until
+from tests.sms.conftest import SIM_NUMBER, gsm_config, running, until
 from tests.sms.sipua import Phone
 
 PW = "Pbx-edge-7"
@@ -107,20 +103,6 @@ async def test_api_send_to_a_client(gsm_api: Api, gsm_appliance: Appliance) -> N
         assert status == 400
     finally:
         dave.close()
-
-
-@asynccontextmanager
-async def running(config: Config) -> AsyncIterator[tuple[Appliance, Api]]:
-    app = Appliance(config)
-    await app.start()
-    try:
-        await app.wait_modem(10)
-        password = (config.data_dir / "admin-password").read_text().strip()
-        async with aiohttp.ClientSession() as session:
-            yield app, Api(session, f"http://127.0.0.1:{config.api.listen.port}", ADMIN_SID,
-                           password, config.data_dir)
-    finally:
-        await app.stop()
 
 
 async def forwards(api: Api) -> list[str]:
