@@ -29,9 +29,12 @@ async def list_conferences(ctx: Ctx) -> web.Response:
     account = await ctx.operated()
     q = ctx.query
     paging = parse_paging(q.get("Page"), q.get("PageSize"))
-    filters = ConferenceFilters(status=q.get("Status"), friendly_name=q.get("FriendlyName"),
-                                date_created=q.get("DateCreated"),
-                                date_updated=q.get("DateUpdated"), sort_by=q.get("SortBy"))
+    filters = ConferenceFilters(
+        status=q.get("Status"), friendly_name=q.get("FriendlyName"),
+        date_created=q.get("DateCreated"), created_from=ctx.bound("DateCreated>"),
+        created_until=ctx.bound("DateCreated<"),
+        date_updated=q.get("DateUpdated"), updated_from=ctx.bound("DateUpdated>"),
+        updated_until=ctx.bound("DateUpdated<"), sort_by=q.get("SortBy"))
     page = await _service(ctx).page(ctx.me, account, filters, paging.page, paging.page_size)
     reps = [representations.conference(c, ctx.as_json) for c in page.items]
     uri = f"/{API_VERSION}/Accounts/{account.sid}/Conferences"

@@ -66,6 +66,14 @@ class Ctx:
     def query(self) -> MultiMapping[str]:
         return self.request.query
 
+    def bound(self, name: str) -> str | None:
+        """The value of a list's inequality filter NAME (`StartTime>`, `DateCreated<`...)."""
+        # `StartTime>=2024-03-03` as typed splits at its first `=`: the key `StartTime>`
+        # with the value `2024-03-03`; a client that encodes the whole key
+        # (`StartTime%3E%3D=2024-03-03`, as a params dict does) sends the key `StartTime>=`.
+        # Both mean the same.
+        return self.query.get(name) or self.query.get(name + "=")
+
     async def form(self) -> MultiDictProxy[str]:
         if self._form is None:
             try:

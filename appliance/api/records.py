@@ -21,15 +21,7 @@ from appliance.services.history import ListFilters, parse_paging
 
 
 def _filters(ctx: Ctx) -> ListFilters:
-    q = ctx.query
-
-    def bound(name: str) -> str | None:
-        # `StartTime>=2024-03-03` as typed splits at its first `=`: the key `StartTime>`
-        # with the value `2024-03-03`; a client that encodes the whole key
-        # (`StartTime%3E%3D=2024-03-03`, as a params dict does) sends the key `StartTime>=`.
-        # Both mean the same.
-        return q.get(name) or q.get(name + "=")
-
+    q, bound = ctx.query, ctx.bound
     return ListFilters(
         to=q.get("To"), from_=q.get("From"), status=q.get("Status"), body=q.get("Body"),
         start_time=q.get("StartTime"), end_time=q.get("EndTime"),

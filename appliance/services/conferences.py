@@ -61,7 +61,13 @@ from appliance.rcml.interpreter import DialAction, DialDone, DialStatus
 from appliance.rcml.runner import MAX_AUDIO, Hungup, LegEvents, Runner, beep
 from appliance.rcml.verbs import Conference as ConferenceNoun
 from appliance.services.access import Action, require
-from appliance.services.list_filters import check_page, checked, filter_date, sort_order
+from appliance.services.list_filters import (
+    check_page,
+    checked,
+    day_from,
+    day_inequalities,
+    sort_order,
+)
 from appliance.services.telephony import CallLog
 from appliance.store.conferences import ConferenceStore
 from appliance.timefmt import storage
@@ -108,8 +114,14 @@ class _Room:
 class ConferenceFilters:
     status: str | None = None
     friendly_name: str | None = None
+    # Restcomm's DateCreated= / DateUpdated= (that day or later) and Twilio's >= and <= forms
+    # of each (from the start / to the end of that day).
     date_created: str | None = None
+    created_from: str | None = None
+    created_until: str | None = None
     date_updated: str | None = None
+    updated_from: str | None = None
+    updated_until: str | None = None
     sort_by: str | None = None
 
 
@@ -372,10 +384,12 @@ class ConferencesService:
             conditions.append(Condition("status", "like", status))
         if name := checked(filters.friendly_name, "FriendlyName"):
             conditions.append(Condition("friendly_name", "like", name))
-        for column, value, label in (("date_created", filters.date_created, "DateCreated"),
-                                     ("date_updated", filters.date_updated, "DateUpdated")):
-            if text := checked(value, label):
-                conditions.append(Condition(column, ">=", storage(filter_date(label, text))))
+        conditions += (day_from("date_created", "DateCreated", filters.date_created)
+                       + day_inequalities("date_created", "DateCreated", filters.created_from,
+                                          filters.created_until)
+                       + day_from("date_updated", "DateUpdated", filters.date_updated)
+                       + day_inequalities("date_updated", "DateUpdated", filters.updated_from,
+                                          filters.updated_until))
         query = ListQuery(account_sids=(account.sid,), conditions=tuple(conditions),
                           order=sort_order(filters.sort_by, _SORTS) or (("date_created", True),),
                           page=page, page_size=page_size)

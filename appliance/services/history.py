@@ -28,9 +28,16 @@ from appliance.models import (
 )
 from appliance.queries import Condition, ListQuery
 from appliance.services.access import Action, require
-from appliance.services.list_filters import Order, check_page, checked, filter_date, sort_order
+from appliance.services.list_filters import (
+    Order,
+    check_page,
+    checked,
+    day_from,
+    day_inequalities,
+    day_to,
+    sort_order,
+)
 from appliance.services.ports import StoreProtocol
-from appliance.timefmt import ONE_DAY, storage
 
 logger = logging.getLogger(__name__)
 
@@ -122,58 +129,29 @@ def _order(table: str, filters: ListFilters) -> Order:
     return (("date_created", True),)
 
 
-def _from_day(column: str, name: str, value: str | None) -> list[Condition]:
-    """COLUMN from the start of the day the filter NAME gives (lenient `yyyy-MM-dd`;
-    anything else is 400)."""
-    if day := checked(value, name):
-        return [Condition(column, ">=", storage(filter_date(name, day)))]
-    return []
-
-
-def _to_day(column: str, name: str, value: str | None, op: str) -> list[Condition]:
-    """COLUMN up to the end of the day the filter NAME gives (OP: "<=" or "<" the next
-    midnight)."""
-    if day := checked(value, name):
-        start = filter_date(name, day)
-        try:
-            end = start + ONE_DAY
-        except OverflowError:  # 9999-12-31, whose next midnight is past what a date holds
-            end = start.replace(hour=23, minute=59, second=59, microsecond=999999)
-        return [Condition(column, op, storage(end))]
-    return []
-
-
 def _time_range(filters: ListFilters, start_column: str, end_column: str) -> list[Condition]:
     """StartTime/EndTime as Restcomm applies them: from StartTime's day, to the end of
     EndTime's day."""
-    return (_from_day(start_column, "StartTime", filters.start_time)
-            + _to_day(end_column, "EndTime", filters.end_time, "<="))
-
-
-def _inequalities(column: str, name: str, from_day: str | None, until_day: str | None
-                  ) -> list[Condition]:
-    """Twilio's `NAME>=day` (COLUMN from the start of that day) and `NAME<=day` (to the end
-    of that day); a row without a value in COLUMN matches neither."""
-    return (_from_day(column, f"{name}>=", from_day)
-            + _to_day(column, f"{name}<=", until_day, "<"))
+    return (day_from(start_column, "StartTime", filters.start_time)
+            + day_to(end_column, "EndTime", filters.end_time, "<="))
 
 
 def _created_range(filters: ListFilters) -> list[Condition]:
     """StartTime/EndTime on a record that has one time, its creation (SMS, notifications,
     recordings): both bound date_created, so their inequality forms are bounds on it too."""
     return (_time_range(filters, "date_created", "date_created")
-            + _inequalities("date_created", "StartTime", filters.started_from,
-                            filters.started_until)
-            + _inequalities("date_created", "EndTime", filters.ended_from,
-                            filters.ended_until))
+            + day_inequalities("date_created", "StartTime", filters.started_from,
+                               filters.started_until)
+            + day_inequalities("date_created", "EndTime", filters.ended_from,
+                               filters.ended_until))
 
 
 def _twilio_day(column: str, name: str, day: str | None, from_day: str | None,
                 until_day: str | None) -> list[Condition]:
     """Twilio's `NAME=day`, unlike Restcomm's StartTime=, is that day only; `NAME>=day` and
     `NAME<=day` from the start / to the end of the day."""
-    return (_from_day(column, name, day) + _to_day(column, name, day, "<")
-            + _inequalities(column, name, from_day, until_day))
+    return (day_from(column, name, day) + day_to(column, name, day, "<")
+            + day_inequalities(column, name, from_day, until_day))
 
 
 class HistoryService:
@@ -226,10 +204,10 @@ class HistoryService:
             if text := checked(value, name):
                 conditions.append(Condition(column, "like", text))
         conditions += _time_range(filters, "start_time", "end_time")
-        conditions += _inequalities("start_time", "StartTime", filters.started_from,
-                                    filters.started_until)
-        conditions += _inequalities("end_time", "EndTime", filters.ended_from,
-                                    filters.ended_until)
+        conditions += day_inequalities("start_time", "StartTime", filters.started_from,
+                                       filters.started_until)
+        conditions += day_inequalities("end_time", "EndTime", filters.ended_from,
+                                       filters.ended_until)
         return ListQuery(account_sids=await self._accounts(account, filters),
                          conditions=tuple(conditions), order=_order("calls", filters),
                          page=paging.page, page_size=paging.page_size)

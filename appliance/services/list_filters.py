@@ -1,7 +1,8 @@
 """The checks every list resource applies to its query parameters (api-behaviour.md §9):
 filter values bounded in length, dates as Restcomm reads them, SortBy's `Field:asc|desc`,
 and a page past the last one answered 400 with an empty body. Shared by the CDR/SMS/
-recording/notification lists (services.history) and the Conferences list."""
+recording/notification lists (services.history) and the Conferences list, with the day
+bounds their date filters make."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 
 from appliance.errors import InvalidInput
 from appliance.models import Page
-from appliance.timefmt import parse_filter_date
+from appliance.queries import Condition
+from appliance.timefmt import ONE_DAY, parse_filter_date, storage
 
 MAX_FILTER = 255  # characters in one filter value: bounds the LIKE work a request asks for
 
@@ -33,6 +35,35 @@ def filter_date(name: str, value: str) -> datetime:
     if parsed is None:
         raise InvalidInput(f"{name} must be a date like 2024-03-03")
     return parsed
+
+
+def day_from(column: str, name: str, value: str | None) -> list[Condition]:
+    """COLUMN from the start of the day the filter NAME gives (lenient `yyyy-MM-dd`;
+    anything else is 400)."""
+    if day := checked(value, name):
+        return [Condition(column, ">=", storage(filter_date(name, day)))]
+    return []
+
+
+def day_to(column: str, name: str, value: str | None, op: str) -> list[Condition]:
+    """COLUMN up to the end of the day the filter NAME gives (OP: "<=" or "<" the next
+    midnight)."""
+    if day := checked(value, name):
+        start = filter_date(name, day)
+        try:
+            end = start + ONE_DAY
+        except OverflowError:  # 9999-12-31, whose next midnight is past what a date holds
+            end = start.replace(hour=23, minute=59, second=59, microsecond=999999)
+        return [Condition(column, op, storage(end))]
+    return []
+
+
+def day_inequalities(column: str, name: str, from_day: str | None, until_day: str | None
+                     ) -> list[Condition]:
+    """Twilio's `NAME>=day` (COLUMN from the start of that day) and `NAME<=day` (to the end
+    of that day); a row without a value in COLUMN matches neither."""
+    return (day_from(column, f"{name}>=", from_day)
+            + day_to(column, f"{name}<=", until_day, "<"))
 
 
 def sort_order(sort_by: str | None, columns: Mapping[str, str]) -> Order | None:
