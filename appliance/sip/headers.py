@@ -221,6 +221,8 @@ def unreachable(host: str) -> bool:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # what a dual-stack socket sends to (``::ffff:0.0.0.0``)
     return ip.is_multicast or ip.is_unspecified or ip == _BROADCAST
 
 
@@ -234,6 +236,8 @@ def _never_answered(host: str) -> bool:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
     return ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255")
 
 

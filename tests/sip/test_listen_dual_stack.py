@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Endpoint
+from appliance.sip.message import parse_message
 from appliance.sip.transport import Transport
+from appliance.sip.wire import Target
 from tests.conftest import ADMIN_SID, Api
 from tests.sip.test_attacker import DOMAIN, _status, challenge_answer, running
 from tests.sip.test_transport import Echo, options
@@ -181,5 +183,25 @@ async def test_a_specific_ipv6_address_stays_ipv6_only() -> None:
         assert transport._server is not None
         assert [s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
                 for s in transport._server.sockets] == [1]
+    finally:
+        await transport.stop()
+
+
+async def test_the_ipv6_wildcard_never_sends_to_a_mapped_unspecified_or_multicast_address(
+        ) -> None:
+    # On "::" IPv4 destinations go out v4-mapped: "::ffff:0.0.0.0" (a Contact of "0", say)
+    # reached this very socket, and "::ffff:224.0.0.1" a multicast group.
+    handler = Echo()
+    transport = Transport(handler, "::", 0)
+    handler.transport = transport
+    await transport.start()
+    try:
+        request = parse_message(options(transport.port, branch="z9hG4bKmapped"))
+        for host in ("::ffff:0.0.0.0", "[::ffff:0.0.0.0]", "[::ffff:224.0.0.1]",
+                     "::ffff:255.255.255.255"):
+            assert transport.send(request, Target("udp", host, transport.port)) is False, host
+        transport.send(request, Target("udp", "0", transport.port))  # resolved: ::ffff:0.0.0.0
+        await asyncio.sleep(0.3)
+        assert handler.seen == []
     finally:
         await transport.stop()
