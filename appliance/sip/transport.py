@@ -477,7 +477,8 @@ class Transport:
         loop.add_reader(self._udp.fileno(), self._udp_readable)
         self._stopping = False
         self._sweeper = loop.create_task(self._sweep())
-        logger.info("- sip listening on %s:%d (udp, tcp)", self.host, self.port)
+        logger.info("- sip listening on %s:%d (udp, tcp)",
+                    f"[{self.host}]" if ":" in self.host else self.host, self.port)
 
     async def stop(self) -> None:
         """Close everything. Handlers are not told about the TCP connections closed here:
