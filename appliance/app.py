@@ -275,6 +275,7 @@ class Appliance:
         # Outside lines (docs/gateways.md): calls from a gateway's provider to our DIDs, and
         # calls to numbers out through the [outbound] routes.
         self.proxy.gateway_caller = gateway_callers(self.trunk.gateways_at)
+        self.proxy.public_address = self.trunk.public_address
         self.trunk.sources = {name: parse_sources(pairs)
                               for name, pairs in self.config.inbound.sources}
         self.router.from_gateway = self.calls.route_gateway_invite

@@ -126,9 +126,13 @@ def user_of(name_addr: NameAddr) -> str | None:
     return uri.user if isinstance(uri, SipUri) else None
 
 
-def make_via(local: tuple[str, int], transport: str, branch: str | None = None) -> str:
+def make_via(local: tuple[str, int], transport: str, branch: str | None = None, *,
+             rport: bool = False) -> str:
+    """Our Via; with RPORT (RFC 3581) the far side answers to the address and port the
+    request came from, the NAT's mapping, not to the LAN port sent-by names."""
     branch = branch or "z9hG4bK" + token()
-    return f"SIP/2.0/{transport.upper()} {hostport(local)};branch={branch}"
+    via = f"SIP/2.0/{transport.upper()} {hostport(local)};branch={branch}"
+    return via + ";rport" if rport else via
 
 
 def make_record_route(local: tuple[str, int], transport: str) -> str:
@@ -137,10 +141,19 @@ def make_record_route(local: tuple[str, int], transport: str) -> str:
 
 def branch_request(original: Request, uri: str, inbound: str, outbound: str,
                    local: tuple[str, int], *, record_route: bool,
-                   branch: str | None = None, keep_credentials: bool = False) -> Request:
+                   branch: str | None = None, keep_credentials: bool = False,
+                   public_in: tuple[str, int] | None = None,
+                   public_out: tuple[str, int] | None = None) -> Request:
     """ORIGINAL as forwarded to URI (§16.6): Max-Forwards minus one, our credentials
-    consumed unless KEEP_CREDENTIALS, our Record-Route (two when the transport changes from
-    INBOUND to OUTBOUND) if RECORD_ROUTE, and our Via, on a fresh branch unless BRANCH."""
+    consumed unless KEEP_CREDENTIALS, our Record-Route if RECORD_ROUTE, and our Via, on a
+    fresh branch unless BRANCH.
+
+    The Record-Route is two entries (RFC 5658) when the legs see us at different places:
+    the transport changes from INBOUND to OUTBOUND, or one leg is a provider's behind NAT,
+    which must reach us at the public address PUBLIC_IN (the side ORIGINAL came from) or
+    PUBLIC_OUT (the side it goes to), not at LOCAL. The top entry is the outbound side's:
+    the callee's route set starts with it, the caller's (reversed) with the inbound one's.
+    Toward a PUBLIC_OUT our Via asks for ``rport``."""
     request = Request(method=original.method, uri=uri, headers=list(original.headers),
                       body=original.body)
     forwards = original.get("max-forwards")
@@ -149,10 +162,12 @@ def branch_request(original: Request, uri: str, inbound: str, outbound: str,
     if not keep_credentials:
         consume_credentials(request)
     if record_route:
-        request.prepend("Record-Route", make_record_route(local, inbound))
-        if inbound != outbound:
-            request.prepend("Record-Route", make_record_route(local, outbound))
-    request.prepend("Via", make_via(local, outbound, branch))
+        inner = make_record_route(public_in or local, inbound)
+        outer = make_record_route(public_out or local, outbound)
+        request.prepend("Record-Route", inner)
+        if outer != inner:
+            request.prepend("Record-Route", outer)
+    request.prepend("Via", make_via(local, outbound, branch, rport=public_out is not None))
     return request
 
 

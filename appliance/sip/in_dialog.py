@@ -3,13 +3,14 @@
 Theory of operation. A request with a To tag was authenticated when its dialog was created:
 it is forwarded without a challenge when it belongs to a call we proxied (``Call``, looked up
 by Call-ID and the caller's From tag, in either direction), else answered 481, so the proxy
-is no open relay. Our own Route entries are popped first (loose routing; a strict-routing
-phone's Request-URI that is our Record-Route is replaced by the last Route, §16.4,
-``sip.routeset``); the request then goes where its next Route points, or else to the far
-side's NAT address remembered from the dialog (a next hop without ``;lr`` is a strict router:
-its URI becomes the Request-URI, §16.6 step 6). The ACK for a 2xx is forwarded statelessly
-(on a branch derived from its own, so a retransmission gets the same one); any other request
-gets a Context and a single branch, like a new request without Record-Route.
+is no open relay. Our own Route entries are popped first (loose routing; those at a public
+address we record-routed toward a provider behind NAT too, docs/gateways.md; a
+strict-routing phone's Request-URI that is our Record-Route is replaced by the last Route,
+§16.4, ``sip.routeset``); the request then goes where its next Route points, or else to the
+far side's NAT address remembered from the dialog (a next hop without ``;lr`` is a strict
+router: its URI becomes the Request-URI, §16.6 step 6). The ACK for a 2xx is forwarded
+statelessly (on a branch derived from its own, so a retransmission gets the same one); any
+other request gets a Context and a single branch, like a new request without Record-Route.
 
 In-dialog traffic on an answered call pushes its idle deadline out (``Session-Expires``, or
 ``MAX_DIALOG_IDLE``); the BYE of the answered dialog ends the call (its CDR ``completed``,
@@ -64,12 +65,17 @@ class InDialog:
     def __init__(self, *, sender: Sender, deadlines: Deadlines, calls: CallLog,
                  contexts: dict[Transaction, Context], live_calls: dict[CallKey, Call],
                  addresses: Collection[tuple[str, int]], local_hosts: Collection[str],
+                 public: Collection[tuple[str, int]],
+                 public_toward: Callable[[Target], tuple[str, int] | None],
                  source: Callable[[Incoming, Request], Target | None],
                  local: Callable[[Incoming], tuple[str, int]], reply: Reply,
                  fork: Fork) -> None:
         """CONTEXTS and LIVE_CALLS are the proxy's own tables; ADDRESSES and LOCAL_HOSTS
-        (live collections) are what "us" means in a Route. SOURCE stamps a request's Via
-        and says where its responses go, LOCAL is our address it arrived on."""
+        (live collections) are what "us" means in a Route, and PUBLIC, the public addresses
+        written in our Record-Routes toward providers behind NAT (exact address and port).
+        PUBLIC_TOWARD gives that address toward a peer that is such a provider, else None
+        (our Via to it asks for ``rport``). SOURCE stamps a request's Via and says where
+        its responses go, LOCAL is our address it arrived on."""
         self._sender = sender
         self._deadlines = deadlines
         self._calls = calls
@@ -77,6 +83,8 @@ class InDialog:
         self._live_calls = live_calls
         self._locals = addresses
         self._local_hosts = local_hosts
+        self._public = public
+        self._public_toward = public_toward
         self._source = source
         self._local = local
         self._reply = reply
@@ -89,7 +97,7 @@ class InDialog:
             return
         if is_ack and max_forwards_status(request) is not None:
             return  # an ACK gets no response; a looping one just stops here
-        pop_own_routes(request, self._locals, self._local_hosts)
+        pop_own_routes(request, self._locals, self._local_hosts, self._public)
         found = self._find_call(request)
         if found is None:
             if server is not None:
@@ -123,7 +131,8 @@ class InDialog:
             forwarded = branch_request(request, request.uri, incoming.transport,
                                        target.transport, self._local(incoming),
                                        record_route=False, branch=ack_branch(request),
-                                       keep_credentials=call.keep_credentials)
+                                       keep_credentials=call.keep_credentials,
+                                       public_out=self._public_toward(target))
             self._sender.send(forwarded, target)
             return
         source = server.peer

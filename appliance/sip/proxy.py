@@ -46,6 +46,15 @@ Via (fresh ``z9hG4bK`` branch), Max-Forwards minus one, and an INVITE gets ``Rec
 so that in-dialog requests come back through us. Credentials for our realm are consumed (RFC
 3261 §22.3).
 
+Behind NAT (docs/gateways.md "Behind the office's NAT: the route set of a call"): the leg
+on a gateway's provider side must reach us at the public address the trunk learned from the
+provider's 200 to its REGISTER (``public_address``, ``sip.trunk.Trunk.public_address``), the
+LAN side (phones, media workers) at our LAN one. An INVITE crossing between them gets two
+Record-Route entries, one for each side, and our Via toward the provider asks for ``rport``
+(RFC 3581). The public addresses so written are ours when an in-dialog request's Route names
+them (``sip.routeset``), for nothing else. Without a learned address the wire is as without
+NAT.
+
 Responses go to ``sip.responses``: what each branch's responses do (forwarded, absorbed, the
 best final chosen once every branch has one, the other branches CANCELled after a 2xx or a
 6xx) and what a finished request keeps for its lingering branches. The caller's CANCEL, Timer
@@ -157,6 +166,7 @@ MAX_CALLS = 15_000  # calls and dialogs tracked for routing in-dialog requests a
 MAX_BRANCHES = 10  # parallel forks per request: the registrar's max contacts per AoR
 IN_DIALOG_RESERVE = 0.1  # of MAX_TRANSACTIONS, kept for in-dialog requests and CANCELs
 MAX_LOCAL_ADDRESSES = 64  # our own addresses seen in Incoming.local (interfaces, not peers)
+MAX_PUBLIC_ADDRESSES = 16  # public addresses written in Record-Routes (NAT mappings seen)
 
 ROUTED = frozenset({"INVITE", "MESSAGE", "OPTIONS"})
 TIMER_GRANULARITY = 0.05  # seconds between timer scans under load (see Proxy.run)
@@ -213,6 +223,10 @@ class Proxy:
         self._realm = realm
         self._local_hosts = local_hosts
         self._locals: set[tuple[str, int]] = set()  # addresses requests arrived on
+        # The public addresses we wrote in a Record-Route toward a provider (oldest first):
+        # its in-dialog requests name them in their Route, for as long as the call lasts,
+        # even when the trunk has learned another mapping since.
+        self._public: dict[tuple[str, int], None] = {}
         if address is not None:
             self._locals.add((address[0].lower(), address[1]))
         self._guard = guard
@@ -251,6 +265,7 @@ class Proxy:
         self._in_dialog = InDialog(sender=sender, deadlines=self._deadlines, calls=calls,
                                    contexts=self._contexts, live_calls=self._live_calls,
                                    addresses=self._locals, local_hosts=local_hosts,
+                                   public=self._public, public_toward=self._public_toward,
                                    source=self._source, local=self._local, reply=self._reply,
                                    fork=self._fork)
         self._wake = asyncio.Event()
@@ -269,6 +284,9 @@ class Proxy:
         # (source, request) -> the Caller of a request from a gateway's provider address
         # (services wiring: sip.trunk.Trunk.gateway_at), else None.
         self.gateway_caller: Callable[[tuple[str, int], Request], Caller | None] | None = None
+        # (host, port) -> the public address and port the trunk learned from the provider
+        # at HOST:PORT (sip.trunk.Trunk.public_address), else None: no NAT between us.
+        self.public_address: Callable[[str, int], tuple[str, int] | None] | None = None
         # The transport: a TCP connection that carried an accepted request from a
         # provider's address or a media worker is trusted (it idles as long as a
         # registered phone's flow may; nothing takes that back before it closes). A
@@ -613,11 +631,15 @@ class Proxy:
                     now: float, *, record_route: bool,
                     headers: Collection[tuple[str, str]] = (),
                     keep_credentials: bool = False) -> None:
+        public_in = self._public_toward(Target(incoming.transport, *incoming.source)) \
+            if record_route else None
         for contact in contacts:
+            public_out = self._public_toward(contact.target)
             request = branch_request(context.request, contact.uri, incoming.transport,
                                      contact.target.transport, context.local,
                                      record_route=record_route,
-                                     keep_credentials=keep_credentials)
+                                     keep_credentials=keep_credentials,
+                                     public_in=public_in, public_out=public_out)
             if (context.caller is not None and not context.caller.media) or keep_credentials:
                 request.remove("x-leg-id")  # only we name legs towards a media worker
             for name, value in headers:
@@ -637,6 +659,22 @@ class Proxy:
 
     def _local(self, incoming: Incoming) -> tuple[str, int]:
         return self.address or incoming.local
+
+    def _public_toward(self, peer: Target) -> tuple[str, int] | None:
+        """The public address PEER, a gateway's provider, reaches us at through the NAT;
+        None for every other peer, and without a learned one. Remembered as ours for the
+        Route of in-dialog requests (``MAX_PUBLIC_ADDRESSES``, the oldest let go first)."""
+        if self.public_address is None or peer.transport != "udp":
+            return None  # trunk lines are UDP only
+        public = self.public_address(peer.host, peer.port)
+        if public is None:
+            return None
+        key = (public[0].lower(), public[1])
+        self._public.pop(key, None)
+        self._public[key] = None
+        while len(self._public) > MAX_PUBLIC_ADDRESSES:
+            del self._public[next(iter(self._public))]
+        return public
 
     # --- transactions and sending -----------------------------------------------------------
 

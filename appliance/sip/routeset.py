@@ -9,7 +9,10 @@ in-dialog one goes where its next Route points (``remaining_route_target``), in 
 strict router expects when that Route has no ``lr`` (``route_to_strict_next_hop``).
 
 "Us" is every address requests arrived on plus the host names the transport calls local:
-the proxy keeps those (a live collection) and passes them in. Pure functions, apart from the
+the proxy keeps those (a live collection) and passes them in. Behind NAT, the public
+addresses the proxy wrote in a Record-Route toward a gateway's provider (RFC 5658, docs/
+gateways.md) are ours too, but only as exact address and port and only when popping an
+in-dialog request's Route (``public``): nothing else listens there. Pure functions, apart from the
 proxy so they can be read and tested alone: no I/O, no logging, no clock.
 """
 
@@ -25,29 +28,31 @@ from appliance.sip.wire import Target
 
 
 def is_us(host: str, port: int | None, addresses: Collection[tuple[str, int]],
-          hosts: Collection[str]) -> bool:
+          hosts: Collection[str], public: Collection[tuple[str, int]] = ()) -> bool:
     host, port = host.strip("[]").lower(), port or 5060
-    if (host, port) in addresses:
+    if (host, port) in addresses or (host, port) in public:
         return True
     return host in hosts and any(p == port for _, p in addresses)
 
 
 def uri_is_us(text: str, addresses: Collection[tuple[str, int]], hosts: Collection[str],
-              *, userless: bool = False) -> bool:
+              *, userless: bool = False, public: Collection[tuple[str, int]] = ()) -> bool:
     try:
         uri = parse_uri(text)
     except SipParseError:
         return False
     if not isinstance(uri, SipUri) or (userless and uri.user is not None):
         return False
-    return is_us(uri.host, uri.port, addresses, hosts)
+    return is_us(uri.host, uri.port, addresses, hosts, public)
 
 
 def pop_own_routes(request: Request, addresses: Collection[tuple[str, int]],
-                   hosts: Collection[str]) -> None:
-    """Loose routing (§16.4): drop our own Route entries from the top. A strict router
-    put our Record-Route in the Request-URI: restore the URI from the last Route."""
-    if uri_is_us(request.uri, addresses, hosts, userless=True) and request.get("route") is not None:
+                   hosts: Collection[str], public: Collection[tuple[str, int]] = ()) -> None:
+    """Loose routing (§16.4): drop our own Route entries from the top (those at a PUBLIC
+    address too: the double Record-Route toward a provider puts two of ours there). A strict
+    router put our Record-Route in the Request-URI: restore the URI from the last Route."""
+    if uri_is_us(request.uri, addresses, hosts, userless=True, public=public) \
+            and request.get("route") is not None:
         routes = parse_name_addrs(request.get_all("route"))
         if routes:
             request.uri = routes[-1].uri
@@ -63,7 +68,7 @@ def pop_own_routes(request: Request, addresses: Collection[tuple[str, int]],
             top = NameAddr.parse(values[0])
         except SipParseError:
             return
-        if not uri_is_us(top.uri, addresses, hosts):
+        if not uri_is_us(top.uri, addresses, hosts, public=public):
             return
         request.pop_first_value("route")
 

@@ -19,7 +19,9 @@ reports in our Via (``received``/``rport``), once it says so (``upstream``; on u
 ``learn_public_address`` is off): a provider that sends its calls to the Contact then reaches
 the office through the same mapping. The provider's INVITEs to that Contact are recognised by
 their source address and Request-URI user (``gateways_at``, ``services.routing``), never by
-the Request-URI host, so the public host needs no place among our local addresses.
+the Request-URI host, so the public host needs no place among our local addresses. The
+proxy's Record-Route toward the provider names it (``public_address``), so that the
+provider's BYE and re-INVITEs, sent to the route set, come through the same mapping.
 """
 
 from __future__ import annotations
@@ -234,6 +236,21 @@ class Trunk:
         """Every gateway whose provider sends from HOST:PORT: an office with two accounts
         at one provider has two gateways at the same address."""
         return self._providers(host, port)
+
+    def public_address(self, host: str, port: int) -> tuple[str, int] | None:
+        """The public address and port that the provider sending from HOST:PORT reaches us
+        at (the Contact its 200 taught a line, ``learn_public_address``), when that is not
+        our own: the proxy's Record-Route toward it names that (RFC 5658). Else None."""
+        learned = {sid: (line.machine.contact.host, line.machine.contact.port)
+                   for sid, line in self._lines.items()
+                   if line.machine.contact.host != line.machine.local.host
+                   or line.machine.contact.port != line.machine.local.port}
+        if not learned:
+            return None  # no NAT: the proxy asks this for every branch, phones' included
+        for gateway in self._providers(host, port):
+            if gateway.sid in learned:
+                return learned[gateway.sid]
+        return None
 
     def is_provider(self, host: str) -> bool:
         """Whether HOST is one of a gateway's provider addresses, at any port (the Guard's
