@@ -139,7 +139,8 @@ class Appliance:
         self.accounts.linked = self.provisioning
         self.history = HistoryService(self.store, clock, self.accounts.scope_sids)
         self.webhooks = Webhooks()
-        self.gateways = GatewayService(GatewayStore(self.store), clock)
+        self.gateway_store = GatewayStore(self.store)
+        self.gateways = GatewayService(self.gateway_store, clock)
         self.messaging = MessagingService(self.store, SmsStore(self.store), self.history,
                                           self.webhooks, clock, config.modem.number)
         self.modem: Modem | None = None
@@ -222,7 +223,8 @@ class Appliance:
                            local=lambda: (self.transport.advertised, sip.listen.port),
                            keepalive_sender=self.transport,
                            keepalive_interval=sip.nat_keepalive_interval,
-                           learn_public_address=sip.trunk_learn_public_address)
+                           learn_public_address=sip.trunk_learn_public_address,
+                           public_contacts=self.gateway_store)
         self.frontdoor.trunk = self.trunk
         self.guard.exempt = self.trunk.is_provider  # served past the unauthenticated budget
         self.gateways.trunk = self.trunk
@@ -340,6 +342,7 @@ class Appliance:
         if self.pinger is not None:
             self._pinger_task = asyncio.get_running_loop().create_task(
                 self.pinger.run(), name="sip keep-alive pings")
+        await self.trunk.restore()
         for gateway in await self.gateways.all():
             self.trunk.apply(gateway)
 

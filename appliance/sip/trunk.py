@@ -22,6 +22,9 @@ their source address and Request-URI user (``gateways_at``, ``services.routing``
 the Request-URI host, so the public host needs no place among our local addresses. The
 proxy's Record-Route toward the provider names it (``public_address``), so that the
 provider's BYE and re-INVITEs, sent to the route set, come through the same mapping.
+That public Contact is kept (``PublicContacts``, the store) while it may be bound at the
+provider: a start after a crash, or after a stop whose unregistration went unanswered,
+removes it (``;expires=0``) in its first REGISTER, as the NAT may map another port now.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import secrets
 import socket
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from appliance.models import Gateway
 from appliance.services.gateways import GatewayStatus
@@ -65,6 +68,16 @@ CLOSE_POLL = 0.02  # how often ``close`` looks whether they are done
 # through failures too (a failed refresh may leave the last registration standing at the
 # provider, whose calls need the mapping as much), until it is unregistered or stopped.
 KEPT_ALIVE = frozenset({State.REGISTERING, State.REGISTERED, State.FAILED})
+
+
+class PublicContacts(Protocol):
+    """Where each gateway's public Contact outlives the process (``store.gateways``)."""
+
+    async def public_contacts(self) -> dict[str, tuple[str, int]]:
+        """Per gateway sid, the address and port kept by ``set_public_contact``."""
+
+    async def set_public_contact(self, sid: str, address: tuple[str, int] | None) -> None:
+        """Keep ADDRESS for the gateway SID; None: forget it."""
 
 
 @dataclasses.dataclass
@@ -132,7 +145,8 @@ class Trunk:
     def __init__(self, sender: Sender, *, clock: Callable[[], float],
                  local: Callable[[], tuple[str, int]],
                  wall_clock: Callable[[], float], keepalive_sender: KeepAliveSender | None = None,
-                 keepalive_interval: float = 0.0, learn_public_address: bool = True) -> None:
+                 keepalive_interval: float = 0.0, learn_public_address: bool = True,
+                 public_contacts: PublicContacts | None = None) -> None:
         """CLOCK is monotonic seconds: it drives the retransmissions, refreshes, retries and
         keep-alives, which a step of the wall clock (NTP, on a box without an RTC) must
         neither fire all at once nor stall (a stalled refresh lets the provider registration
@@ -140,12 +154,22 @@ class Trunk:
         registration's expiry for the API. KEEPALIVE_SENDER sends the NAT keep-alives,
         after KEEPALIVE_INTERVAL seconds without a REGISTER to a provider address (0, or no
         KEEPALIVE_SENDER: none). LEARN_PUBLIC_ADDRESS: register the public address the
-        provider's 200 reports (``upstream.UpstreamRegistration``) instead of LOCAL's."""
+        provider's 200 reports (``upstream.UpstreamRegistration``) instead of LOCAL's.
+        PUBLIC_CONTACTS keeps, per gateway, the public Contact that may be bound at the
+        provider, for the next start to remove (``restore``); None: nothing is kept."""
         self._sender = sender
         self._clock = clock
         self._wall_clock = wall_clock
         self._local = local  # our advertised address and SIP port
         self._learn_public = learn_public_address
+        self._public_contacts = public_contacts
+        # Per gateway sid: the public Contact the last run left (``restore``), until a line
+        # of the gateway takes it; the one kept now, as last asked of PUBLIC_CONTACTS; and
+        # the changes the writer task has yet to make.
+        self._restored: dict[str, LocalAddress] = {}
+        self._kept: dict[str, LocalAddress | None] = {}
+        self._unsaved: dict[str, LocalAddress | None] = {}
+        self._writer: asyncio.Task[None] | None = None
         self._lines: dict[str, _Line] = {}
         self._gateways: dict[str, Gateway] = {}  # every gateway, Register or not, by sid
         # [inbound.sources]: gateway FriendlyName -> the networks (and ports) its provider
@@ -195,9 +219,14 @@ class Trunk:
                                            contact=old.machine.contact,
                                            stale=old.machine.stale)
         else:
+            # The gateway's first line since the start removes the public Contact the last
+            # run may have left bound (a crash: no unregistration), unless it registers it.
+            # Its Contact is still LOCAL's: the NAT's mapping may have changed meanwhile,
+            # and the 200 tells the one now.
+            stale = self._restored.pop(gateway.sid, None) if old is None else None
             machine = UpstreamRegistration(account, local, call_id=f"{_token()}@{host}",
                                            from_tag=_token(), token=_token,
-                                           learn_public=self._learn_public)
+                                           learn_public=self._learn_public, stale=stale)
         line = _Line(gateway, machine)
         self._lines[gateway.sid] = line
         self._spawn(self._begin(line))
@@ -305,6 +334,14 @@ class Trunk:
                    if line.machine.state is State.REGISTERED)
 
     # -- lifecycle -----------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Read the public Contacts the last run kept, for the lines ``apply`` starts next."""
+        if self._public_contacts is None:
+            return
+        kept = await self._public_contacts.public_contacts()
+        self._restored = {sid: LocalAddress(host, port) for sid, (host, port) in kept.items()}
+        self._kept = dict(self._restored)
 
     async def run(self) -> None:
         """Drive the timers (``handle_timer``) until cancelled."""
@@ -443,18 +480,60 @@ class Trunk:
                 self._keepalives.sent(line.target, self._clock())
             elif isinstance(action, Deliver) and isinstance(action.message, Response):
                 contact = line.machine.contact
+                awaited = line.machine.state in (State.REGISTERING, State.UNREGISTERING)
                 follow = line.machine.on_response(action.message, self._clock(), _jitter())
                 if line.machine.contact != contact:
                     logger.info("- gateway %s: the provider sees us at %s:%d; registering "
                                 "that Contact", line.gateway.friendly_name,
                                 line.machine.contact.host, line.machine.contact.port)
                 self._log_state(line, action.message.status)
+                if awaited and 200 <= action.message.status < 300:
+                    self._keep(line)
                 if follow is not None:
                     self._transmit(line, follow)
             elif isinstance(action, TimedOut):
                 line.machine.on_timeout(self._clock(), _jitter())
                 self._log_state(line, 408)
         self._wake.set()
+
+    def _keep(self, line: _Line) -> None:
+        """After a 200 to LINE's REGISTER: keep the public Contact it may leave bound at the
+        provider, or none (unregistered, or not behind NAT). That is the one the 200
+        confirmed; when that was the LAN Contact and the 200 told the public one, the public
+        one now registered (a crash before its 200 may leave it bound). Only one is kept: of
+        an old public Contact and a new one replacing it, the confirmed old one."""
+        machine, sid = line.machine, line.gateway.sid
+        if self._public_contacts is None or self._lines.get(sid, line) is not line:
+            return  # a newer line of the gateway keeps its own
+        if machine.state is State.STOPPED:
+            address = None  # unregistered: our Contacts are all gone
+        else:
+            confirmed = machine.stale if machine.state is State.REGISTERING else machine.contact
+            address = next((a for a in (confirmed, machine.contact)
+                            if a is not None and a != machine.local), None)
+        if self._kept.get(sid) == address:
+            return
+        self._kept[sid] = address
+        self._unsaved[sid] = address
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+            self._pending.add(self._writer)  # ``close`` waits for it too
+            self._writer.add_done_callback(self._pending.discard)
+
+    async def _write(self) -> None:
+        """Hand the kept public Contacts to the store, one at a time and in order."""
+        try:
+            while self._unsaved and self._public_contacts is not None:
+                sid = next(iter(self._unsaved))
+                address = self._unsaved.pop(sid)
+                try:
+                    await self._public_contacts.set_public_contact(
+                        sid, None if address is None else (address.host, address.port))
+                except Exception:
+                    # Costs the removal after a crash only; the registration goes on.
+                    logger.exception("x gateway %s: keeping its public Contact failed", sid)
+        finally:
+            self._writer = None
 
     def _log_state(self, line: _Line, status: int) -> None:
         machine = line.machine

@@ -85,6 +85,34 @@ class GatewayStore:
                 schema.ensure_unique_gateway_names(self._conn())
         await self._store._run(run)  # noqa: SLF001
 
+    # -- the trunk's public Contacts (sip.trunk.PublicContacts) -------------------------------
+
+    async def public_contacts(self) -> dict[str, tuple[str, int]]:
+        """Per gateway sid, the public address and port its last registration may have left
+        bound at the provider."""
+        def run() -> dict[str, tuple[str, int]]:
+            rows = self._conn().execute(
+                "SELECT gateway_sid, host, port FROM trunk_contacts").fetchall()
+            return {sid: (host, int(port)) for sid, host, port in rows}
+        result: dict[str, tuple[str, int]] = await self._store._run(run)  # noqa: SLF001
+        return result
+
+    async def set_public_contact(self, sid: str, address: tuple[str, int] | None) -> None:
+        """Keep ADDRESS for the gateway SID (None: forget it). Nothing is kept for a gateway
+        deleted meanwhile (its row went with it)."""
+        def run() -> None:
+            with self._store._database().atomic():  # noqa: SLF001
+                if address is None:
+                    self._conn().execute("DELETE FROM trunk_contacts WHERE gateway_sid = ?",
+                                         (sid,))
+                    return
+                self._conn().execute(
+                    "INSERT INTO trunk_contacts(gateway_sid, host, port) "
+                    "SELECT sid, ?, ? FROM gateways WHERE sid = ? "
+                    "ON CONFLICT(gateway_sid) DO UPDATE SET host = excluded.host, "
+                    "port = excluded.port", (*address, sid))
+        await self._store._run(run)  # noqa: SLF001
+
 
 def _values(gateway: models.Gateway) -> dict[str, Any]:
     values = dataclasses.asdict(gateway)

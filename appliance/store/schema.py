@@ -372,6 +372,20 @@ ALTER TABLE sms_inbound_jobs ADD COLUMN handed INTEGER NOT NULL DEFAULT 0;
 """)
 
 
+@migrations()
+def m007_trunk_contacts(db: Database) -> None:
+    # Behind NAT a gateway registers the public Contact its provider reported; a crash leaves
+    # that binding at the provider, and the next start (maybe through another NAT port) must
+    # know it to remove it. Runtime state, not configuration: it goes with its gateway.
+    _run_script(db, """
+CREATE TABLE trunk_contacts (
+    gateway_sid TEXT PRIMARY KEY REFERENCES gateways(sid) ON DELETE CASCADE,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL
+) WITHOUT ROWID;
+""")
+
+
 GATEWAY_NAMES_INDEX = "gateways_friendly_name"
 
 

@@ -11,6 +11,9 @@ import asyncio
 import itertools
 from pathlib import Path
 
+import pytest
+
+from appliance.app import Appliance
 from appliance.sip.headers import NameAddr
 from appliance.sip.message import Request, Response, make_response, stamp_received
 from tests.outside.test_registered_contact import DID, Calls, call, number
@@ -32,8 +35,16 @@ class NatProvider(Provider):
         self.host = host
         self.ports = ports
         self.answers: list[Response] = []
+        self.answer_unregister = True  # False: an unregistration (Expires: 0) gets nothing
+        self.answers_left: int | None = None  # None: every REGISTER is answered
 
     def answer_register(self, request: Request, source: tuple[str, int]) -> None:
+        if not self.answer_unregister and request.get("expires") == "0":
+            return
+        if self.answers_left is not None:
+            if self.answers_left == 0:
+                return  # bound, but the 200 is lost on its way back
+            self.answers_left -= 1
         stamp_received(request, self.host if self.host else source[0],
                        next(self.ports) if self.host else source[1])
         ok = make_response(request, 200, to_tag="prov")
@@ -46,6 +57,27 @@ class NatProvider(Provider):
 
 def contacts(request: Request) -> list[str]:
     return [str(NameAddr.parse(v)) for v in request.values("Contact")]
+
+
+def bindings(seen: list[Request]) -> set[str]:
+    """The Contacts a registrar holds for the AoR after the REGISTERs SEEN (RFC 3261 §10.3:
+    one with ``expires=0``, or any under ``Expires: 0``, is removed; any other is bound)."""
+    bound: set[str] = set()
+    for request in seen:
+        for value in contacts(request):
+            uri = value.split(";")[0]
+            if value.endswith(";expires=0") or request.get("expires") == "0":
+                bound.discard(uri)
+            else:
+                bound.add(uri)
+    return bound
+
+
+def crash(app: Appliance) -> None:
+    """kill -9 or a power cut, as the provider sees it: the stop sends no unregistration."""
+    async def nothing() -> None:
+        return None
+    app.trunk.close = nothing  # type: ignore[method-assign]
 
 
 async def registers(provider: Provider, count: int) -> list[Request]:
@@ -195,3 +227,156 @@ async def test_a_call_to_the_public_contact_is_routed_as_one_to_the_lan_contact(
     finally:
         provider.sock.close()
 
+
+
+# -- across restarts: the public Contact a run leaves bound at the provider --------------------
+
+OLD, NEW = f"<sip:office@{PUBLIC}:40123>", f"<sip:office@{PUBLIC}:40999>"
+
+
+async def test_after_a_crash_the_next_start_removes_the_public_contact_left_bound(
+        tmp_path: Path) -> None:
+    # The provider keeps the public Contact a crashed run registered, and the router (rebooted
+    # too, or its mapping lapsed) maps another port now: the next start removes the old one.
+    clock = Clock()
+    provider = NatProvider(clock, itertools.repeat(40123))
+    nat = {"nat_keepalive_interval": 0}
+    try:
+        async with appliance(tmp_path, clock, nat) as (app, api):
+            sid = await add_gateway(api, provider)
+            await registers(provider, 2)
+            crash(app)
+        assert bindings(await registers(provider, 2)) == {OLD}
+        provider.ports = itertools.repeat(40999)
+        async with appliance(tmp_path, clock, nat) as (app, api):
+            lan = f"<sip:office@127.0.0.1:{app.config.sip.listen.port}>"
+            gateway = await state_of(api, sid, {"registered", "failed"})
+            assert gateway["registration_state"] == "registered", gateway
+            seen = (await registers(provider, 4))[2:]
+            assert [contacts(r) for r in seen] == [[lan, f"{OLD};expires=0"],
+                                                   [NEW, f"{lan};expires=0"]]
+            assert seen[0].get("expires") == str(EXPIRES)
+            crash(app)
+        assert bindings(await registers(provider, 4)) == {NEW}
+        # Crashed again: the Contact kept now is the new one, removed at the next start.
+        async with appliance(tmp_path, clock, nat) as (app, api):
+            lan = f"<sip:office@127.0.0.1:{app.config.sip.listen.port}>"
+            seen = (await registers(provider, 6))[4:]
+            assert [contacts(r) for r in seen] == [[lan, f"{NEW};expires=0"],
+                                                   [NEW, f"{lan};expires=0"]]
+        # A clean stop unregistered it: nothing left bound.
+        assert bindings(await registers(provider, 7)) == set()
+    finally:
+        provider.close()
+
+
+async def test_after_a_clean_stop_the_next_start_has_nothing_to_remove(tmp_path: Path
+                                                                        ) -> None:
+    clock = Clock()
+    provider = NatProvider(clock, itertools.repeat(40123))
+    nat = {"nat_keepalive_interval": 0}
+    try:
+        async with appliance(tmp_path, clock, nat) as (app, api):
+            await add_gateway(api, provider)
+            await registers(provider, 2)
+        last = (await registers(provider, 3))[-1]
+        assert (last.get("expires"), contacts(last)) == ("0", [OLD])  # answered 200
+        async with appliance(tmp_path, clock, nat) as (app, api):
+            lan = f"<sip:office@127.0.0.1:{app.config.sip.listen.port}>"
+            seen = (await registers(provider, 5))[3:]
+            assert [contacts(r) for r in seen] == [[lan], [OLD, f"{lan};expires=0"]]
+        assert bindings(await registers(provider, 6)) == set()
+    finally:
+        provider.close()
+
+
+async def test_an_unregistration_left_unanswered_at_the_stop_is_finished_at_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("appliance.sip.trunk.CLOSE_TIMEOUT", 0.3)
+    clock = Clock()
+    provider = NatProvider(clock, itertools.repeat(40123))
+    nat = {"nat_keepalive_interval": 0}
+    try:
+        async with appliance(tmp_path, clock, nat) as (app, api):
+            await add_gateway(api, provider)
+            await registers(provider, 2)
+            provider.answer_unregister = False  # the provider (or the network) is down
+        assert (await registers(provider, 3))[-1].get("expires") == "0"
+        provider.answer_unregister = True
+        async with appliance(tmp_path, clock, nat) as (app, api):
+            lan = f"<sip:office@127.0.0.1:{app.config.sip.listen.port}>"
+            seen = (await registers(provider, 5))[3:]
+            assert [contacts(r) for r in seen] == [[lan, f"{OLD};expires=0"],
+                                                   [OLD, f"{lan};expires=0"]]
+    finally:
+        provider.close()
+
+
+async def test_a_start_that_finds_no_nat_forgets_the_public_contact_once_removed(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    provider = NatProvider(clock, itertools.repeat(40123))
+    nat = {"nat_keepalive_interval": 0}
+    try:
+        async with appliance(tmp_path, clock, nat) as (app, api):
+            await add_gateway(api, provider)
+            await registers(provider, 2)
+            crash(app)
+        provider.host = ""  # the office has a public address now: the provider sees it
+        async with appliance(tmp_path, clock, nat) as (app, api):
+            lan = f"<sip:office@127.0.0.1:{app.config.sip.listen.port}>"
+            seen = (await registers(provider, 3))[2:]
+            assert [contacts(r) for r in seen] == [[lan, f"{OLD};expires=0"]]
+            crash(app)
+        async with appliance(tmp_path, clock, nat) as (app, api):
+            lan3 = f"<sip:office@127.0.0.1:{app.config.sip.listen.port}>"
+            seen = (await registers(provider, 4))[3:]
+            assert [contacts(r) for r in seen] == [[lan3]]  # nothing more to remove
+        assert OLD not in bindings(await registers(provider, 5))
+    finally:
+        provider.close()
+
+
+async def test_a_crash_before_the_public_contact_is_confirmed_still_leaves_it_to_remove(
+        tmp_path: Path) -> None:
+    # The REGISTER of the public Contact reached the provider, its 200 did not come back
+    # before the crash: the public Contact may be bound, and the next start removes it.
+    clock = Clock()
+    provider = NatProvider(clock, itertools.repeat(40123))
+    provider.answers_left = 1
+    nat = {"nat_keepalive_interval": 0}
+    try:
+        async with appliance(tmp_path, clock, nat) as (app, api):
+            status, body, _ = await api.post(f"{GW}.json", {
+                "FriendlyName": "office", "UserName": "office", "Password": "Trunk-pass-1",
+                "Proxy": f"127.0.0.1:{provider.port}", "Register": "true", "TTL": "600"})
+            assert status == 200, body
+            await registers(provider, 2)  # the second, of the public Contact, unanswered
+            crash(app)
+        provider.answers_left = None
+        async with appliance(tmp_path, clock, nat) as (app, api):
+            lan = f"<sip:office@127.0.0.1:{app.config.sip.listen.port}>"
+            seen = (await registers(provider, 4))[2:]
+            assert [contacts(r) for r in seen] == [[lan, f"{OLD};expires=0"],
+                                                   [OLD, f"{lan};expires=0"]]
+    finally:
+        provider.close()
+
+
+async def test_the_removal_is_made_with_learning_turned_off(tmp_path: Path) -> None:
+    clock = Clock()
+    provider = NatProvider(clock, itertools.repeat(40123))
+    try:
+        async with appliance(tmp_path, clock, {"nat_keepalive_interval": 0}) as (app, api):
+            await add_gateway(api, provider)
+            await registers(provider, 2)
+            crash(app)
+        async with appliance(tmp_path, clock, {"nat_keepalive_interval": 0,
+                                               "trunk_learn_public_address": False}
+                             ) as (app, api):
+            lan = f"<sip:office@127.0.0.1:{app.config.sip.listen.port}>"
+            seen = (await registers(provider, 3))[2:]
+            assert [contacts(r) for r in seen] == [[lan, f"{OLD};expires=0"]]
+        assert bindings(await registers(provider, 4)) == set()
+    finally:
+        provider.close()

@@ -46,7 +46,7 @@ async def test_migrations_apply_once_and_pragmas_hold(tmp_path: Path) -> None:
     store = Store(tmp_path / "a.db")
     assert await store.open() == ["m001_core", "m002_sip_bindings", "m003_sms_queue",
                                   "m004_conferences", "m005_calls_open",
-                                  "m006_sms_inbound_handed"]
+                                  "m006_sms_inbound_handed", "m007_trunk_contacts"]
     await store.close()
     store = Store(tmp_path / "a.db")
     assert await store.open() == []
@@ -141,7 +141,8 @@ async def test_a_database_of_the_previous_schema_gains_the_index_on_upgrade(
     assert "calls_open" not in open_calls_plan(path)
 
     store = Store(path)
-    assert await store.open() == ["m005_calls_open", "m006_sms_inbound_handed"]
+    assert await store.open() == ["m005_calls_open", "m006_sms_inbound_handed",
+                                  "m007_trunk_contacts"]
     assert [c.sid for c in await store.open_calls()] == [leftover.sid]
     await store.close()
     assert "USING INDEX calls_open" in open_calls_plan(path)
@@ -171,7 +172,7 @@ async def test_inbound_jobs_of_the_previous_schema_are_still_delivered_after_upg
     db.conn.close()
 
     store = Store(path)
-    assert await store.open() == ["m006_sms_inbound_handed"]
+    assert await store.open() == ["m006_sms_inbound_handed", "m007_trunk_contacts"]
     jobs = SmsStore(store)
     assert await jobs.due_inbound_jobs("9999") == [InboundJob(received.sid, 0, handed=False)]
     await jobs.enqueue(sms("outbound-reply", "queued"), body="Thanks", ucs2=False,
@@ -337,3 +338,42 @@ async def test_gateway_names_are_unique_once_the_duplicates_are_gone(
         assert sorted(g.friendly_name for g in await gateways.all()) == ["backup", "provider"]
     finally:
         await store.close()
+
+
+async def test_a_database_of_the_previous_schema_keeps_trunk_contacts_after_upgrade(
+        tmp_path: Path) -> None:
+    """m007 on a database as the previous release left it (m001-m006): its gateways gain a
+    place for the public Contact the trunk keeps (sip.trunk.PublicContacts), which goes with
+    the gateway when it is deleted and is never kept for a gateway that is gone."""
+    from appliance.store.gateways import GatewayStore
+
+    path = tmp_path / "gateways.db"
+    db = Database(path)
+    schema.migrations.apply(db, stop_before="m007_trunk_contacts")
+    conn = db.conn
+    for sid, name in (("GW1", "office"), ("GW2", "backup")):
+        _raw_gateway(conn, sid, name)
+    conn.commit()
+    conn.close()
+
+    store = Store(path)
+    assert await store.open() == ["m007_trunk_contacts"]
+    try:
+        gateways = GatewayStore(store)
+        assert await gateways.public_contacts() == {}
+        await gateways.set_public_contact("GW1", ("203.0.113.50", 61000))
+        await gateways.set_public_contact("GW2", ("203.0.113.50", 61001))
+        await gateways.set_public_contact("GW1", ("203.0.113.50", 62000))  # replaced
+        await gateways.set_public_contact("GW9", ("203.0.113.50", 9))  # no such gateway
+        assert await gateways.public_contacts() == {"GW1": ("203.0.113.50", 62000),
+                                                    "GW2": ("203.0.113.50", 61001)}
+        await gateways.set_public_contact("GW2", None)
+        await gateways.delete("GW1")
+        assert await gateways.public_contacts() == {}
+        await gateways.set_public_contact("GW1", ("203.0.113.50", 62000))  # deleted meanwhile
+        assert await gateways.public_contacts() == {}
+    finally:
+        await store.close()
+    store = Store(path)
+    assert await store.open() == []  # applied once
+    await store.close()
