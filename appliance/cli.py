@@ -73,9 +73,10 @@ def serve(config_path: Path | None, log_level: str) -> None:
 @main.command("check-config")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)
 def check_config(config_path: Path | None) -> None:
-    """Parse the configuration and print the effective values."""
-    cfg = _load(config_path)
-    click.echo(repr(cfg))
+    """Parse the configuration and print the effective values, as TOML (secrets hidden)."""
+    from appliance.config_text import config_toml
+
+    click.echo(config_toml(_load(config_path)), nl=False)
 
 
 @main.command("reset-admin-password")

@@ -50,7 +50,8 @@ class OutboundProxies:
         state = self.state(actor)
         if state.fallback is None:
             raise InvalidInput("There is no fallback proxy to switch to: the catch-all "
-                               "outbound route lists fewer than two gateways")
+                               "outbound route (without one, the first route) lists fewer "
+                               "than two gateways")
         self.using_fallback = not self.using_fallback
         return self.state(actor)
 

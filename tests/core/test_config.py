@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -209,3 +212,28 @@ def test_an_ipv4_mapped_source_is_read_as_ipv4(tmp_path: Path) -> None:
 def test_bad_inbound_values_name_the_key(raw: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         parse(raw)
+
+
+def test_check_config_prints_the_effective_config_as_toml_without_secrets(
+        tmp_path: Path) -> None:
+    # It printed the dataclasses' repr: unreadable, and the admin password and SIM PIN in
+    # clear. Now TOML that reads back as the same config, secrets replaced by "(set)".
+    path = tmp_path / "config.toml"
+    path.write_text(FULL + """[gpio]
+enabled = true
+button = -1
+[[outbound.routes]]
+prefix = "+1"
+lines = ["gateway:provider", "modem"]
+[inbound.sources]
+provider = ["203.0.113.7", "198.51.100.0/24", "192.0.2.10:5080", "[2001:db8::1]:5060"]
+""")
+    result = subprocess.run([sys.executable, "-m", "appliance", "check-config", "--config",
+                             str(path)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "Pbx-edge-7" not in result.stdout and '"1234"' not in result.stdout
+    printed = tomllib.loads(result.stdout)
+    assert printed["admin"]["password"] == printed["modem"]["pin"] == "(set)"
+    assert printed["sip"]["ping_interval"] == 30 and printed["sip"]["min_expires"] == 60
+    printed["admin"]["password"], printed["modem"]["pin"] = "Pbx-edge-7", "1234"
+    assert parse(printed) == load(path)
