@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import re
@@ -35,6 +36,8 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
+
+from yarl import URL
 
 from appliance.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from appliance.gsm.alphabet import MAX_PARTS, Encoding, split_text
@@ -48,7 +51,14 @@ from appliance.gsm.errors import (
     PduError,
     SmsSendError,
 )
-from appliance.gsm.pdu import TP_ST_NAMES, Deliver, SubmitPdu, decode_sms_pdu, encode_sms_submit
+from appliance.gsm.pdu import (
+    TP_ST_NAMES,
+    Deliver,
+    SubmitPdu,
+    decode_sms_pdu,
+    encode_address,
+    encode_sms_submit,
+)
 from appliance.gsm.pdu import Concat as PduConcat
 from appliance.gsm.state import DeliveryReported, ModemEvent, ModemState, ModemStateChanged
 from appliance.gsm.urc import UssdResponse
@@ -65,6 +75,7 @@ from appliance.rcml.parse import RcmlError, parse_document
 from appliance.rcml.verbs import Redirect, Sms, Unsupported, absolute_url
 from appliance.services.access import Action, require
 from appliance.services.history import HistoryService
+from appliance.services.ordered_jobs import OrderedJobs
 from appliance.services.ports import StoreProtocol
 from appliance.store.sms import Callback, Fragment, InboundJob, OutboxItem, SmsStore
 from appliance.timefmt import from_storage, storage
@@ -85,7 +96,14 @@ MAX_TRANSIENT_ATTEMPTS = 3  # retries of a message after network errors or a hun
 MAX_RCML_DOCUMENTS = 10  # redirects and actions followed for one inbound SMS
 REPORT_WINDOW = timedelta(days=3)  # status reports match parts sent within this window
 MAX_BODY_CHARS = 1600
+MAX_FROM_CHARS = 64
 _PHONE = re.compile(r"^\+?[0-9]{3,20}$")
+# StatusCallback requests run in the background (see OrderedJobs), a few at a time; at stop
+# the pending ones get CALLBACK_GRACE seconds, then are dropped.
+CALLBACK_CONCURRENCY = 8
+CALLBACK_BACKLOG = 1000
+CALLBACK_GRACE = 2.0
+SENDER_FAULT_PAUSE = 5.0  # seconds the sender rests after a fault it could not pin on a message
 
 
 class ModemPort(Protocol):
@@ -109,6 +127,35 @@ class ClientMessenger(Protocol):
 
 def _now_text(clock: Callable[[], datetime]) -> str:
     return storage(clock())
+
+
+def _check_http_url(value: str, name: str) -> None:
+    """400 unless VALUE is an absolute http(s) URL with a host: `http://` or `http://[::1`
+    would only fail later, when requested."""
+    message = f"{name} must be an http:// or https:// URL with a host"
+    if any(c.isspace() for c in value):
+        raise InvalidInput(f"{message}: {value!r} contains a space")
+    try:
+        url = URL(value)
+    except ValueError as err:
+        raise InvalidInput(f"{message}: {value!r} is not a valid URL ({err})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InvalidInput(f"{message}: {value!r}")
+
+
+def _unencodable(item: OutboxItem) -> tuple[int, str] | None:
+    """Why ITEM can never be written as PDUs, as (code, message); None when it can. Every
+    path into the queue checks this first; what still gets here (an older appliance's row,
+    a bug) is failed rather than tried again forever ahead of every later message."""
+    try:
+        encode_address(item.destination)
+    except PduError as err:
+        return 21211, f"Invalid 'To' phone number, not sent: {err}"
+    try:
+        split_text(item.body, Encoding.UCS2 if item.ucs2 else None)
+    except PduError as err:
+        return 21617, f"The message body is too long, not sent: {err}"
+    return None
 
 
 def _error_of(err: ModemError) -> tuple[int, str]:
@@ -151,6 +198,8 @@ class MessagingService:
         self._modem_ready = False
         self._jobs_wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._callbacks = OrderedJobs("SMS status callback", concurrency=CALLBACK_CONCURRENCY,
+                                      backlog=CALLBACK_BACKLOG)
 
     # -- API: send -----------------------------------------------------------------------------
 
@@ -166,24 +215,30 @@ class MessagingService:
             raise InvalidInput("To can not be null.")
         if body is None or body == "":
             raise InvalidInput("Body can not be null.")
-        if len(from_) > 64:
-            raise InvalidInput("From is longer than 64 characters")
         ucs2 = False
         if encoding:
             normalised = encoding.upper().replace("-", "_")
             if normalised not in ("GSM", "UCS_2"):
                 raise InvalidInput(f"Encoding {encoding} is not GSM or UCS-2")
             ucs2 = normalised == "UCS_2"
-        destination = await self._destination(to)
-        self._check_body(body, ucs2)
-        if status_callback and not re.match(r"^https?://", status_callback):
-            raise InvalidInput("StatusCallback must be an http:// or https:// URL")
+        destination = await self._checked(from_, to, body, ucs2)
+        if status_callback:
+            _check_http_url(status_callback, "StatusCallback")
         method = (status_callback_method or "POST").upper()
         if method not in ("GET", "POST"):
             raise InvalidInput("StatusCallbackMethod must be GET or POST")
         return await self._enqueue(account.sid, from_, destination, body, ucs2,
                                    Callback(status_callback, method) if status_callback else None,
                                    dict(x_headers), direction)
+
+    async def _checked(self, from_: str, to: str, body: str, ucs2: bool) -> str:
+        """What every message is checked for before it is queued, whoever sends it (the API,
+        an app's <Sms>): the normalised destination, or InvalidInput."""
+        if len(from_) > MAX_FROM_CHARS:
+            raise InvalidInput(f"From is longer than {MAX_FROM_CHARS} characters")
+        destination = await self._destination(to)
+        self._check_body(body, ucs2)
+        return destination
 
     async def _destination(self, to: str) -> str:
         """`client:<login>` for a Client (as `client:alice` or a bare login), else the number."""
@@ -258,6 +313,7 @@ class MessagingService:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._callbacks.close(CALLBACK_GRACE)
 
     async def recover(self) -> None:
         """After a restart: settle what a crash left mid-send (see the module docstring)."""
@@ -283,16 +339,22 @@ class MessagingService:
             # Cleared before looking at the queue: a message accepted while we drain sets it
             # again, so it is never left waiting for the timeout.
             self._wake.clear()
+            pause = 0.05
             try:
                 await self._drain()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - one bad message must not stop the queue
+            except Exception:  # noqa: BLE001 - the queue must go on after a fault of ours
+                # Not one message's (_drain fails those): the store, say. A pause, so a
+                # lasting fault does not spin the loop and flood the log.
                 logger.exception("x SMS sender")
-            next_due = await self._sms.next_due()
+                pause = SENDER_FAULT_PAUSE
             timeout = 60.0
-            if next_due is not None:
-                timeout = max(0.05, (from_storage(next_due) - self._clock()).total_seconds())
+            with contextlib.suppress(Exception):
+                next_due = await self._sms.next_due()
+                if next_due is not None:
+                    timeout = (from_storage(next_due) - self._clock()).total_seconds()
+            timeout = max(pause, timeout)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(timeout, 60.0)):
                     await self._wake.wait()
@@ -309,11 +371,22 @@ class MessagingService:
             if not due:
                 return
             for item in due:
-                await self._send_one(item)
+                try:
+                    await self._send_one(item)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - a bug in one message must not block the rest
+                    logger.exception("x SMS %s: sending failed", item.sid)
+                    await self._fail(item, 30008, "The appliance failed to send the message "
+                                                  "(an internal error: see its log); not retried.")
 
     async def _send_one(self, item: OutboxItem) -> None:
         if item.destination.startswith("client:"):
             await self._send_to_client(item)
+            return
+        problem = _unencodable(item)
+        if problem is not None:
+            await self._fail(item, *problem)
             return
         modem = self.modem
         now = self._clock()
@@ -440,6 +513,9 @@ class MessagingService:
             await self._status_callback(sid)
 
     async def _status_callback(self, sid: str) -> None:
+        """Queue SID's StatusCallback with the status it has now. It is requested in the
+        background (a slow server holds up no other message), after the earlier callbacks
+        of the same message."""
         callback = await self._sms.callback_of(sid)
         record = await self._store.get_sms(sid)
         if callback is None or record is None:
@@ -450,10 +526,15 @@ class MessagingService:
                   "ApiVersion": API_VERSION}
         if record.error_code is not None:
             params["ErrorCode"] = str(record.error_code)
+        await self._callbacks.put(sid, functools.partial(
+            self._request_callback, record.account_sid, sid, callback, params))
+
+    async def _request_callback(self, account_sid: str, sid: str, callback: Callback,
+                                params: dict[str, str]) -> None:
         try:
             await self._webhooks.request(callback.url, callback.method, params)
         except WebhookError as err:
-            await self._history.notify(record.account_sid, 11200,
+            await self._history.notify(account_sid, 11200,
                                        f"SMS {sid} status callback failed: {err.message}",
                                        warning=True, request_url=callback.url,
                                        request_method=callback.method)
@@ -485,6 +566,7 @@ class MessagingService:
                                            f"Received an SMS that could not be decoded ({note}); "
                                            f"the raw PDU is kept (SMS {record.sid})",
                                            warning=True)
+                self._jobs_wake.set()  # its app runs too, as for any received message
             return
         text = decoded.text if decoded.text is not None else "[binary message]"
         record = self._received(account_sid, decoded.sender, to, text, now)
@@ -609,7 +691,9 @@ class MessagingService:
             fallback, fallback_method = number.sms_fallback_url, number.sms_fallback_method
         if url and url.startswith("client:"):
             try:
-                await self._enqueue(record.account_sid, record.from_, url, record.body, False,
+                # The Client must exist; the body is not limited (a SIP MESSAGE, not PDUs).
+                await self._enqueue(record.account_sid, record.from_,
+                                    await self._destination(url), record.body, False,
                                     None, {}, "outbound-api", handing=sid)
             except InvalidInput as err:
                 await self._history.notify(record.account_sid, 14101,
@@ -654,18 +738,26 @@ class MessagingService:
                         await self._history.notify(record.account_sid, 14103,
                                                    f"SMS {record.sid}: <Sms> without a body")
                         return
-                    to = verb.to or record.from_
                     # Relative URLs are the document's, as in voice RCML (rcml.verbs).
                     status_callback = absolute_url(doc_url, verb.status_callback)
+                    from_ = verb.from_ or record.to
                     try:
+                        if verb.to is None and not _PHONE.match(record.from_):
+                            # "Vodafone", or "unknown" for an undecodable PDU: no answer
+                            # can reach it (nor is it a Client's login to look up).
+                            raise InvalidInput(f"the sender {record.from_} is not a phone "
+                                               "number to reply to")
+                        to = await self._checked(from_, verb.to or record.from_,
+                                                 verb.text, False)
                         reply = await self._enqueue(
-                            record.account_sid, verb.from_ or record.to, to, verb.text,
+                            record.account_sid, from_, to, verb.text,
                             False, Callback(status_callback, "POST")
                             if status_callback else None, {}, "outbound-reply",
                             handing=record.sid)
                     except InvalidInput as err:
-                        await self._history.notify(record.account_sid, 14101,
-                                                   f"SMS {record.sid}: <Sms> {err.message}")
+                        await self._history.notify(
+                            record.account_sid, 14101,
+                            f"SMS {record.sid}: <Sms> not sent: {err.message}")
                         continue
                     if verb.action:
                         params = {**params, "SmsSid": reply.sid, "SmsStatus": "sending"}

@@ -7,6 +7,7 @@ mirrored by the builder.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 from appliance.gsm.alphabet import gsm7_encode, pack_septets, ucs2_encode
@@ -19,7 +20,8 @@ def deliver_pdu(
     sender: str, text: str, *, ucs2: bool = False, concat: Concat | None = None,
     when: datetime = WHEN, smsc: str | None = "+15550000001",
 ) -> str:
-    """`<SCA><SMS-DELIVER>` hex for `text` from `sender` (digits, `+digits`)."""
+    """`<SCA><SMS-DELIVER>` hex for `text` from `sender` (digits, `+digits`, or a name such
+    as "Vodafone": an alphanumeric address)."""
     udh = b""
     if concat is not None:
         ie = concat.encode()
@@ -33,8 +35,16 @@ def deliver_pdu(
         ud = udh + pack_septets(septets, fill)
         dcs, udl = 0x00, (len(udh) * 8 + fill) // 7 + len(septets)
     fo = 0x04 | (0x40 if udh else 0)  # MTI 00, MMS=1 (no more messages)
-    tpdu = bytes([fo]) + encode_address(sender) + bytes([0x00, dcs]) + encode_scts(when)
+    address = (encode_address(sender) if re.fullmatch(r"\+?[0-9]+", sender)
+               else _alphanumeric_address(sender))
+    tpdu = bytes([fo]) + address + bytes([0x00, dcs]) + encode_scts(when)
     return (encode_smsc(smsc) + tpdu + bytes([udl]) + ud).hex().upper()
+
+
+def _alphanumeric_address(name: str) -> bytes:
+    """TS 23.040 §9.1.2.5: TON 101 (TOA 0xD0), GSM-7 packed; the length counts semi-octets."""
+    septets = gsm7_encode(name)
+    return bytes([(len(septets) * 7 + 3) // 4, 0xD0]) + pack_septets(septets)
 
 
 def status_report_pdu(
