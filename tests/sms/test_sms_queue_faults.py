@@ -173,3 +173,16 @@ async def test_a_status_callback_that_is_no_usable_url_is_refused(gsm_api: Api, 
     assert status == 400, body
     assert "StatusCallback must be an http:// or https:// URL with a host" in body
     assert await messages(gsm_api) == []
+
+
+async def test_a_forward_to_a_client_that_does_not_exist_is_refused(
+        gsm_api: Api, fake: FakeModem) -> None:
+    await gsm_api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                       {"PhoneNumber": SIM_NUMBER, "SmsUrl": "client:nobody"})
+    fake.deliver_sms(deliver_pdu("+15559990000", "for nobody"))
+    async with asyncio.timeout(5):
+        while not [n for n in await notifications(gsm_api) if n["error_code"] == 14101]:
+            await asyncio.sleep(0.05)
+    [note] = await notifications(gsm_api)
+    assert "not forwarded to client:nobody" in note["message_text"], note
+    assert [m["direction"] for m in await messages(gsm_api)] == ["inbound"]
