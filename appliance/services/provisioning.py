@@ -34,6 +34,7 @@ from appliance.models import (
 from appliance.queries import Condition, ListQuery
 from appliance.services.access import Action, require
 from appliance.services.ports import StoreProtocol
+from appliance.timefmt import storage
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ _HTTP_METHODS = ("GET", "POST")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
 # Restcomm's "number not available" answer: 400 with the bare Twilio code as the body.
 _NUMBER_TAKEN = "21452"
+# The application SIDs an IncomingPhoneNumber may carry: (field, wire name).
+_NUMBER_APP_SIDS = (("voice_application_sid", "VoiceApplicationSid"),
+                    ("sms_application_sid", "SmsApplicationSid"),
+                    ("ussd_application_sid", "UssdApplicationSid"),
+                    ("refer_application_sid", "ReferApplicationSid"))
 
 
 def _url(field: str, value: str | None) -> str | None:
@@ -205,6 +211,7 @@ class ProvisioningService:
         await self._refuse_taken_login(account, login)
         self._check_password(password, weak_as_json=True)
         client = self._new_client(account, login, password, fields)
+        await self._check_app(account, "VoiceApplicationSid", client.voice_application_sid)
         try:
             await self._store.insert_client(client)
         except Duplicate:
@@ -272,6 +279,8 @@ class ProvisioningService:
         if "voice_application_sid" in fields:
             changes["voice_application_sid"] = _app_sid("VoiceApplicationSid",
                                                         fields["voice_application_sid"])
+            await self._check_app(account, "VoiceApplicationSid",
+                                  changes["voice_application_sid"])
         if "is_push_enabled" in fields:
             enabled = _bool("IsPushEnabled", fields["is_push_enabled"], False)
             changes["push_client_identity"] = client.sid if enabled else None
@@ -328,6 +337,16 @@ class ProvisioningService:
         require(actor, Action.READ, "Applications")
         app = await self._owned_application(account, sid)
         return app, await self._store.numbers_using_application(app.sid)
+
+    async def _check_app(self, account: Account, wire_name: str, sid: str | None) -> None:
+        """400 unless SID (when set) is an application of ACCOUNT, as Twilio answers: a
+        reference to nothing would leave the number or Client silently without its app."""
+        if sid is None:
+            return
+        app = await self._store.get_application(sid)
+        if app is None or app.account_sid != account.sid:
+            # Another account's application is answered as absent: no hint it exists.
+            raise InvalidInput(f"{wire_name} {sid} is not an application of this account")
 
     async def _owned_application(self, account: Account, sid: str) -> Application:
         app = await self._store.get_application(sid) if is_sid_shaped(sid, "AP") else None
@@ -391,7 +410,16 @@ class ProvisioningService:
             return
         if app.account_sid != account.sid:
             raise Forbidden("The application belongs to another account")
-        await self._store.delete_application(app.sid)
+        # Twilio's rule: the numbers and Clients using it fall back to their own URLs.
+        numbers, logins = await self._store.delete_application(app.sid,
+                                                               storage(self._clock()))
+        if numbers:
+            self._numbers_changed()
+        if logins:
+            for callback in self.on_clients_change:
+                callback(set(logins))
+        logger.info("- application %s deleted from %s (%d number(s), %d client(s) no longer "
+                    "use it)", app.sid, account.sid, numbers, len(logins))
 
     # -- incoming phone numbers ----------------------------------------------------------------
 
@@ -446,6 +474,7 @@ class ProvisioningService:
             raise InvalidInput(_NUMBER_TAKEN)
         now = self._clock()
         values = self._number_values(fields, None)
+        await self._check_number_apps(account, fields, values)
         number = PhoneNumber(
             sid=PhoneNumberSid(mint_sid("PN")), account_sid=AccountSid(account.sid),
             friendly_name=_name("FriendlyName", fields.get("friendly_name"), number_text),
@@ -487,6 +516,14 @@ class ProvisioningService:
             values[key] = _bool(wire_name, fields.get(key), base) if key in fields else base
         return values
 
+    async def _check_number_apps(self, account: Account, fields: Mapping[str, str],
+                                 values: Mapping[str, Any]) -> None:
+        # Only the SIDs this request sets: an update of other fields is not refused for a
+        # reference an older version kept after its application was deleted.
+        for key, wire_name in _NUMBER_APP_SIDS:
+            if key in fields:
+                await self._check_app(account, wire_name, values[key])
+
     @staticmethod
     def _field(fields: Mapping[str, str], key: str, wire_name: str, kind: str,
                current: PhoneNumber | None) -> Any:
@@ -512,6 +549,7 @@ class ProvisioningService:
         require(actor, Action.MODIFY, "IncomingPhoneNumbers")
         number = await self._owned_number(account, sid)
         values = self._number_values(fields, number)
+        await self._check_number_apps(account, fields, values)
         if "friendly_name" in fields:
             values["friendly_name"] = _name("FriendlyName", fields["friendly_name"],
                                             number.friendly_name)

@@ -41,6 +41,10 @@ _PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_tim
 # and not asking on every API request saves a query per request.
 FOREIGN_POLL = 0.05
 
+# The columns of incoming_phone_numbers that name an application.
+_APP_REFS = ("voice_application_sid, sms_application_sid, ussd_application_sid, "
+             "refer_application_sid")
+
 # The CDRs a crash left open (Store.open_calls, at every start): served by the partial index
 # calls_open (schema m005), whose condition is this query's `end_time IS NULL`.
 OPEN_CALLS = ("SELECT * FROM calls WHERE end_time IS NULL AND status IN "
@@ -368,8 +372,26 @@ class Store:
     async def update_application(self, app: models.Application) -> None:
         await self._run(self._update, "applications", app.sid, rows.application_values(app))
 
-    async def delete_application(self, sid: str) -> bool:
-        return await self._run(self._delete, "applications", sid)
+    async def delete_application(self, sid: str, now: str) -> tuple[int, list[str]]:
+        """Delete application SID and, in the same transaction, every reference to it: the
+        numbers' and Clients' *_application_sid become NULL (date_updated NOW). Returns how
+        many numbers and which Clients (logins) referred to it."""
+        def run() -> tuple[int, list[str]]:
+            conn = self._conn()
+            with self._database().atomic():
+                logins = [r[0] for r in conn.execute(
+                    "SELECT login FROM clients WHERE voice_application_sid = ?", (sid,))]
+                conn.execute("UPDATE clients SET voice_application_sid = NULL, date_updated = ? "
+                             "WHERE voice_application_sid = ?", (now, sid))
+                numbers = conn.execute(
+                    f"SELECT count(*) FROM incoming_phone_numbers WHERE ? IN ({_APP_REFS})",
+                    (sid,)).fetchone()[0]
+                for column in _APP_REFS.split(", "):
+                    conn.execute(f"UPDATE incoming_phone_numbers SET {column} = NULL, "
+                                 f"date_updated = ? WHERE {column} = ?", (now, sid))
+                conn.execute("DELETE FROM applications WHERE sid = ?", (sid,))
+            return int(numbers), logins
+        return await self._run(run)
 
     async def numbers_using_application(self, app_sid: str) -> list[models.PhoneNumber]:
         return await self._run(

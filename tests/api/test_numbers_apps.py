@@ -6,6 +6,7 @@ import asyncio
 import json
 import xml.etree.ElementTree as ET
 
+from appliance.app import Appliance
 from tests.conftest import ADMIN_SID, Api
 
 NUMBERS = f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers"
@@ -131,3 +132,119 @@ async def test_application_crud_with_bound_numbers(api: Api) -> None:
     assert status == 200  # Restcomm: 200 even when absent
     status, _, _ = await api.get(f"{APPS}/{app['sid']}")
     assert status == 404
+
+
+CLIENTS = f"Accounts/{ADMIN_SID}/Clients"
+NO_APP = "AP" + "0" * 32
+
+
+async def make_app(api: Api, name: str, account: str = ADMIN_SID) -> str:
+    status, body, _ = await api.post(f"Accounts/{account}/Applications.json",
+                                     {"FriendlyName": name,
+                                      "RcmlUrl": "http://127.0.0.1:9/app.xml"})
+    assert status == 200, body
+    return str(json.loads(body)["sid"])
+
+
+async def test_deleting_an_application_clears_every_reference_to_it(
+        api: Api, appliance: Appliance) -> None:
+    # The numbers and Clients using a deleted application kept its SID: an inbound SMS or
+    # call then found no application and went nowhere, while the API showed the SID.
+    app, other = await make_app(api, "IVR"), await make_app(api, "Other")
+    status, body, _ = await api.post(f"{NUMBERS}.json", {
+        "PhoneNumber": "+15559990001", "VoiceUrl": "http://127.0.0.1:9/own.xml",
+        "VoiceApplicationSid": app, "SmsApplicationSid": app, "UssdApplicationSid": app,
+        "ReferApplicationSid": app, "SmsFallbackUrl": "http://127.0.0.1:9/fallback"})
+    assert status == 200, body
+    using = json.loads(body)["sid"]
+    status, body, _ = await api.post(f"{NUMBERS}.json", {
+        "PhoneNumber": "+15559990002", "VoiceApplicationSid": other,
+        "SmsApplicationSid": app})
+    assert status == 200, body
+    mixed = json.loads(body)["sid"]
+    status, body, _ = await api.post(f"{CLIENTS}.json", {
+        "Login": "ivr-user", "Password": "Pbx-edge-7", "VoiceApplicationSid": app})
+    assert status == 200, body
+    client = json.loads(body)["sid"]
+    # The SIP side's cached view of them (what calls are routed by) is read before...
+    directory = appliance.sip_directory
+    user, line = await directory.user("ivr-user"), await directory.number("+15559990001")
+    assert user is not None and user.voice_application_sid == app
+    assert line is not None and line.voice_application_sid == app
+
+    status, _, _ = await api.request("DELETE", f"{APPS}/{app}")
+    assert status == 200
+    # ...and after the delete: it no longer names the application either.
+    user, line = await directory.user("ivr-user"), await directory.number("+15559990001")
+    assert user is not None and user.voice_application_sid is None
+    assert line is not None and line.voice_application_sid is None
+
+    status, body, _ = await api.get(f"{NUMBERS}/{using}.json")
+    number = json.loads(body)
+    for key in ("voice_application_sid", "sms_application_sid", "ussd_application_sid",
+                "refer_application_sid"):
+        assert number[key] is None, key
+    assert "voice_application_name" not in number and "sms_application_name" not in number
+    assert number["voice_url"] == "http://127.0.0.1:9/own.xml"  # its own URLs are kept
+    assert number["sms_fallback_url"] == "http://127.0.0.1:9/fallback"
+    status, body, _ = await api.get(f"{NUMBERS}/{mixed}.json")
+    number = json.loads(body)
+    assert number["sms_application_sid"] is None
+    assert number["voice_application_sid"] == other  # another application's stays
+    assert number["voice_application_name"] == "Other"
+    status, body, _ = await api.get(f"{CLIENTS}/{client}.json")
+    assert status == 200 and "voice_application_sid" not in json.loads(body)
+    status, body, _ = await api.get(f"{APPS}/{other}.json")
+    assert [n["sid"] for n in json.loads(body)["numbers"]] == [mixed]
+
+
+async def test_an_application_sid_naming_no_application_of_the_account_is_400(
+        api: Api) -> None:
+    # Accepted with 200 before: the number or Client then silently had no application.
+    status, body, _ = await api.post("Accounts.json", {"EmailAddress": "kid@example.com",
+                                                       "Password": "Pbx-edge-7"})
+    assert status == 200, body
+    theirs = await make_app(api, "Child app", json.loads(body)["sid"])
+    ours = await make_app(api, "Ours")
+    for sid in (NO_APP, theirs):  # another account's application is answered as absent
+        for wire in ("VoiceApplicationSid", "SmsApplicationSid", "UssdApplicationSid",
+                     "ReferApplicationSid"):
+            status, body, _ = await api.post(f"{NUMBERS}.json",
+                                             {"PhoneNumber": "+15559990003", wire: sid})
+            assert (status, body) == (
+                400, f"{wire} {sid} is not an application of this account"), wire
+        status, body, _ = await api.post(f"{CLIENTS}.json", {
+            "Login": "nobody", "Password": "Pbx-edge-7", "VoiceApplicationSid": sid})
+        assert (status, body) == (
+            400, f"VoiceApplicationSid {sid} is not an application of this account")
+    status, body, _ = await api.get(f"{NUMBERS}.json")
+    assert json.loads(body)["total"] == 0  # nothing was created
+    status, body, _ = await api.get(f"{CLIENTS}.json")
+    assert "nobody" not in [c["login"] for c in json.loads(body)]
+
+    status, body, _ = await api.post(f"{NUMBERS}.json", {"PhoneNumber": "+15559990003",
+                                                         "SmsApplicationSid": ours})
+    assert status == 200, body
+    number = json.loads(body)["sid"]
+    status, body, _ = await api.post(f"{CLIENTS}.json", {
+        "Login": "somebody", "Password": "Pbx-edge-7", "VoiceApplicationSid": ours})
+    assert status == 200, body
+    client = json.loads(body)["sid"]
+    status, body, _ = await api.request("PUT", f"{NUMBERS}/{number}.json",
+                                        data={"SmsApplicationSid": NO_APP,
+                                              "FriendlyName": "renamed"})
+    assert (status, body) == (400, f"SmsApplicationSid {NO_APP} is not an application of "
+                                   "this account")
+    status, body, _ = await api.post(f"{CLIENTS}/{client}.json",
+                                     {"VoiceApplicationSid": theirs})
+    assert (status, body) == (400, f"VoiceApplicationSid {theirs} is not an application of "
+                                   "this account")
+    status, body, _ = await api.get(f"{NUMBERS}/{number}.json")
+    assert json.loads(body)["sms_application_sid"] == ours  # unchanged
+    assert json.loads(body)["friendly_name"] == "+15559990003"
+    status, body, _ = await api.get(f"{CLIENTS}/{client}.json")
+    assert json.loads(body)["voice_application_sid"] == ours
+    # An empty value still removes the application.
+    status, body, _ = await api.post(f"{NUMBERS}/{number}.json", {"SmsApplicationSid": ""})
+    assert status == 200 and json.loads(body)["sms_application_sid"] is None
+
