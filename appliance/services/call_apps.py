@@ -28,6 +28,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from appliance.models import Client, PhoneNumber
 from appliance.rcml.runner import App
@@ -39,14 +41,17 @@ from appliance.sip.proxy_ports import Caller
 logger = logging.getLogger(__name__)
 
 UNKNOWN_DID_WARN_S = 60.0  # "calls to an unknown DID" is a warning at most this often
+INVALID_APPLICATION = 21218  # Notification: a VoiceApplicationSid naming no application
 
 
 class AppResolver:
     """Which RCML app a call runs, and which Client a number or a document reaches (see the
     module docstring)."""
 
-    def __init__(self, store: StoreProtocol) -> None:
+    def __init__(self, store: StoreProtocol,
+                 notify: Callable[..., Awaitable[Any]] | None = None) -> None:
         self._store = store
+        self._notify = notify  # HistoryService.notify: the account's Notifications
         # The SIP front door's cached view of Clients and numbers (set by the composition
         # root); without it every lookup reads the store.
         self.directory: SipDirectory | None = None
@@ -98,7 +103,8 @@ class AppResolver:
         if not (number.voice_url or number.voice_application_sid):
             return None
         app = await self._app(number.voice_url, number.voice_method, number.voice_fallback_url,
-                              number.voice_fallback_method, number.voice_application_sid)
+                              number.voice_fallback_method, number.voice_application_sid,
+                              number)
         if app is not None and number.status_callback:
             app = dataclasses.replace(app, status_callback=number.status_callback,
                                       status_callback_method=number.status_callback_method)
@@ -130,13 +136,34 @@ class AppResolver:
 
     async def _client_app(self, client: Client) -> App | None:
         return await self._app(client.voice_url, client.voice_method, client.voice_fallback_url,
-                               client.voice_fallback_method, client.voice_application_sid)
+                               client.voice_fallback_method, client.voice_application_sid,
+                               client)
 
     async def _app(self, url: str | None, method: str, fallback: str | None,
-                   fallback_method: str, application_sid: str | None) -> App | None:
+                   fallback_method: str, application_sid: str | None,
+                   owner: Client | PhoneNumber) -> App | None:
         if not url and application_sid:
             application = await self._store.get_application(application_sid)
-            url = application.rcml_url if application is not None else None
+            if application is not None and application.account_sid == owner.account_sid:
+                url = application.rcml_url
+            else:
+                # Left by an older version's application delete: the VoiceFallbackUrl
+                # stands in for the missing VoiceUrl, as for an application that fails.
+                url, method, fallback = fallback, fallback_method, None
+                await self._missing_app(owner, application_sid, url)
         if not url or url.startswith("client:"):  # client:<login>: no app (route_*_invite)
             return None
         return App(url, method or "POST", fallback, fallback_method or "POST")
+
+    async def _missing_app(self, owner: Client | PhoneNumber, application_sid: str,
+                           instead: str | None) -> None:
+        name = (f"number {owner.phone_number}" if isinstance(owner, PhoneNumber)
+                else f"Client {owner.login}")
+        message = (f"{name}: VoiceApplicationSid {application_sid} is no application of its "
+                   "account; " + (f"used {instead} instead" if instead
+                                  else "no VoiceUrl or VoiceFallbackUrl to use"))
+        if self._notify is None:  # no history service (tests): the log says it
+            logger.info("x %s", message)
+            return
+        await self._notify(owner.account_sid, INVALID_APPLICATION, message,
+                           warning=bool(instead))

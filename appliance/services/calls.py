@@ -148,7 +148,7 @@ class CallsService:
         self._dialled: dict[LegId, str] = {}  # outbound legs -> account sid (media_caller)
         self._tasks: set[asyncio.Task[None]] = set()
         # Which app a call runs (services.call_apps; the composition root sets its directory)
-        self.apps = AppResolver(store)
+        self.apps = AppResolver(store, notify)
         # worker legs to a gateway, or to one phone of a Client (POST /Calls) -> their Fork
         self._gateway_legs: dict[LegId, Fork] = {}
         # <Dial> (services.dialing). local_hosts: our SIP domain and addresses (set by the

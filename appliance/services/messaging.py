@@ -682,13 +682,26 @@ class MessagingService:
         number = await self._store.find_number(record.to) if record.to else None
         url, method, fallback, fallback_method = None, "POST", None, "POST"
         if number is not None:
+            missing = False
             if number.sms_application_sid:
                 app = await self._store.get_application(number.sms_application_sid)
-                if app is not None and app.rcml_url:
+                missing = app is None or app.account_sid != number.account_sid
+                if app is not None and not missing and app.rcml_url:
                     url, method = app.rcml_url, "POST"
             if url is None:
                 url, method = number.sms_url, number.sms_method
             fallback, fallback_method = number.sms_fallback_url, number.sms_fallback_method
+            if missing:
+                # Left by an older version's application delete: the number's own URLs
+                # answer, the fallback standing in for a missing SmsUrl.
+                if not url:
+                    url, method, fallback = fallback, fallback_method, None
+                await self._history.notify(
+                    record.account_sid, 21218,
+                    f"SMS {record.sid}: SmsApplicationSid {number.sms_application_sid} of "
+                    f"{number.phone_number} is no application of its account; "
+                    + (f"used {url} instead" if url else "no SmsUrl or SmsFallbackUrl to use"),
+                    warning=bool(url))
         if url and url.startswith("client:"):
             try:
                 # The Client must exist; the body is not limited (a SIP MESSAGE, not PDUs).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 
@@ -248,3 +249,28 @@ async def test_an_application_sid_naming_no_application_of_the_account_is_400(
     status, body, _ = await api.post(f"{NUMBERS}/{number}.json", {"SmsApplicationSid": ""})
     assert status == 200 and json.loads(body)["sms_application_sid"] is None
 
+
+async def test_a_call_to_a_number_whose_application_is_missing_runs_its_fallback(
+        api: Api, appliance: Appliance) -> None:
+    # A VoiceApplicationSid an older version kept after deleting its application (planted
+    # in the database): the call ran nothing and no Notification said why.
+    status, body, _ = await api.post(f"{NUMBERS}.json", {
+        "PhoneNumber": "+15559990004", "VoiceFallbackUrl": "http://127.0.0.1:9/fallback"})
+    assert status == 200, body
+    stored = await appliance.store.get_number(json.loads(body)["sid"])
+    assert stored is not None
+    dangling = dataclasses.replace(stored, voice_application_sid=NO_APP)
+    await appliance.store.update_number(dangling)
+    app = await appliance.calls.apps.number_app(dangling)
+    assert app is not None and app.url == "http://127.0.0.1:9/fallback"
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
+    [note] = json.loads(body)["notifications"]
+    assert note["error_code"] == 21218 and note["log"] == 1
+    assert NO_APP in note["message_text"] and "+15559990004" in note["message_text"]
+    # Without a fallback the call runs no app, and the Notification is an error.
+    await appliance.store.update_number(dataclasses.replace(dangling, voice_fallback_url=None))
+    assert await appliance.calls.apps.number_app(
+        dataclasses.replace(dangling, voice_fallback_url=None)) is None
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
+    notes = json.loads(body)["notifications"]
+    assert len(notes) == 2 and {n["log"] for n in notes} == {0, 1}

@@ -1,0 +1,87 @@
+"""An inbound SMS to a number whose SmsApplicationSid names no application of its account
+(a reference an older version kept when the application was deleted)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import Any
+
+from appliance.app import Appliance
+from tests.conftest import ADMIN_SID, Api
+from tests.fakes.modem import FakeModem
+from tests.fakes.pdus import deliver_pdu
+from tests.sms.conftest import SIM_NUMBER, Hook
+
+NUMBERS = f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json"
+GONE = "AP" + "7" * 32
+
+
+async def plant(app: Appliance, sid: str, application_sid: str) -> None:
+    """Point number SID at APPLICATION_SID in the database, as an older version left it."""
+    number = await app.store.get_number(sid)
+    assert number is not None
+    await app.store.update_number(dataclasses.replace(number,
+                                                      sms_application_sid=application_sid))
+
+
+async def notifications(api: Api, within: float = 10.0) -> list[dict[str, Any]]:
+    async with asyncio.timeout(within):
+        while True:
+            status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
+            notes: list[dict[str, Any]] = json.loads(body)["notifications"]
+            if notes:
+                return notes
+            await asyncio.sleep(0.05)
+
+
+async def test_a_missing_application_falls_back_to_the_sms_fallback_url(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem, hook: Hook) -> None:
+    # Before: nothing was requested, no Notification written, the SmsFallbackUrl ignored.
+    hook.reply("/fallback", "<Response/>")
+    status, body, _ = await gsm_api.post(NUMBERS, {"PhoneNumber": SIM_NUMBER,
+                                                   "SmsFallbackUrl": hook.url("/fallback")})
+    assert status == 200, body
+    await plant(gsm_appliance, json.loads(body)["sid"], GONE)
+    fake.deliver_sms(deliver_pdu("+15559990000", "anyone there?"))
+    await hook.wait(lambda: bool(hook.posts_to("/fallback")))
+    assert hook.posts_to("/fallback")[0]["Body"] == "anyone there?"
+    [note] = await notifications(gsm_api)
+    assert note["error_code"] == 21218 and note["log"] == 1
+    assert GONE in note["message_text"] and hook.url("/fallback") in note["message_text"]
+
+
+async def test_another_accounts_application_is_not_run_and_the_sms_url_answers(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem, hook: Hook) -> None:
+    # Before: the other account's application was requested with this account's message.
+    hook.reply("/own", "<Response/>")
+    status, body, _ = await gsm_api.post("Accounts.json", {"EmailAddress": "kid@example.com",
+                                                           "Password": "Pbx-edge-7"})
+    assert status == 200, body
+    status, body, _ = await gsm_api.post(
+        f"Accounts/{json.loads(body)['sid']}/Applications.json",
+        {"FriendlyName": "theirs", "RcmlUrl": hook.url("/theirs")})
+    assert status == 200, body
+    theirs = json.loads(body)["sid"]
+    status, body, _ = await gsm_api.post(NUMBERS, {"PhoneNumber": SIM_NUMBER,
+                                                   "SmsUrl": hook.url("/own")})
+    assert status == 200, body
+    await plant(gsm_appliance, json.loads(body)["sid"], theirs)
+    fake.deliver_sms(deliver_pdu("+15559990000", "who answers?"))
+    await hook.wait(lambda: bool(hook.posts_to("/own")))
+    [note] = await notifications(gsm_api)
+    assert note["error_code"] == 21218 and theirs in note["message_text"]
+    assert hook.posts_to("/theirs") == []
+
+
+async def test_with_no_url_left_the_notification_is_an_error(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem, hook: Hook) -> None:
+    status, body, _ = await gsm_api.post(NUMBERS, {"PhoneNumber": SIM_NUMBER})
+    assert status == 200, body
+    await plant(gsm_appliance, json.loads(body)["sid"], GONE)
+    fake.deliver_sms(deliver_pdu("+15559990000", "into the void"))
+    [note] = await notifications(gsm_api)
+    assert note["error_code"] == 21218 and note["log"] == 0
+    assert "no SmsUrl or SmsFallbackUrl" in note["message_text"]
+    assert hook.requests == []
