@@ -35,6 +35,19 @@ TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
                         "-.!%*_+`'~")
 
 
+def is_utf8(text: str) -> bool:
+    """Whether TEXT holds no lone surrogate: the parser keeps a byte that was no UTF-8 on the
+    wire as one (surrogateescape), so that it goes out unchanged, but any strict encoding of
+    it (a hash, a digest, a database write) fails."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def is_rfc3261_branch(branch: str | None) -> bool:
     """A branch that identifies a transaction on its own: the magic cookie *and* something
     after it. The bare cookie claims RFC 3261 but identifies nothing, so such requests fall
@@ -461,6 +474,10 @@ class DigestCredentials:
 
     @classmethod
     def parse(cls, value: str) -> DigestCredentials:
+        if not is_utf8(value):
+            # Every digest parameter is a token, hex or a quoted string, none of which can
+            # hold such a byte (RFC 3261 §25.1); and each is hashed or compared as UTF-8.
+            raise SipParseError("digest credentials hold bytes that are not UTF-8")
         scheme, _, rest = value.strip().partition(" ")
         if scheme.lower() != "digest":
             raise SipParseError(f"unsupported auth scheme {scheme!r}")

@@ -25,6 +25,7 @@ from appliance.sip.headers import (
     CSeq,
     NameAddr,
     Via,
+    is_utf8,
     parse_vias,
     split_list,
     split_values,
@@ -550,6 +551,24 @@ _REQUEST_RULES = (
     ("malformed Max-Forwards", _max_forwards_bad),
 )
 
+# Where the grammar allows only tokens, hosts and digits (RFC 3261 §25.1) and the value is a
+# key: hashed into our To tags and branches, matched against transactions and dialogs,
+# stored. A byte there that is no UTF-8 (kept as a lone surrogate, see ``_encode``) would fail
+# the first strict encoding of it, long after a transaction was opened for the request.
+# Free text (display names, the URIs of From, To and Contact, Subject...) keeps such bytes
+# and forwards them unchanged.
+_KEY_HEADERS = frozenset(("call-id", "cseq", "via"))
+_BYTES_RULE = "a byte that is not UTF-8 in the Request-URI, Call-ID, CSeq, a Via or a tag"
+
+
+def _key_bytes_bad(msg: Message) -> bool:
+    """Whether MSG breaks ``_BYTES_RULE`` (its From and To must parse)."""
+    if isinstance(msg, Request) and not is_utf8(msg.uri):
+        return True
+    if not all(is_utf8(h.value) for h in msg.headers if h.name in _KEY_HEADERS):
+        return True
+    return not (is_utf8(msg.from_.tag or "") and is_utf8(msg.to.tag or ""))
+
 
 def _validate(msg: Message) -> None:
     """The sanity table, in its order, computed in one pass over the headers (the table
@@ -580,6 +599,8 @@ def _validate(msg: Message) -> None:
         msg._top_via = (first, vias[0])  # the same parse top_via would make
     for name in ("from", "to"):
         _name_addr(msg, name)
+    if _key_bytes_bad(msg):
+        raise SipParseError(_BYTES_RULE)
 
 
 _REQUIRED = ("to", "from", "call-id", "cseq", "via")
@@ -593,6 +614,8 @@ def _validate_by_table(msg: Message) -> None:
             raise SipParseError(rule)
     for name in ("from", "to"):
         _name_addr(msg, name)
+    if _key_bytes_bad(msg):
+        raise SipParseError(_BYTES_RULE)
 
 
 # --- building responses ---------------------------------------------------------------

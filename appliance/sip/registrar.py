@@ -24,7 +24,8 @@ Authentication, in order:
 (1) Forged, issued before the nonce secret changed, or issued to another source address (a
 phone whose address changed; a spoofer's, fetched at its own): not counted, and checked before
 the password, so the reply says nothing about it.
-(2) A digest ``uri`` that is not the Request-URI by RFC 3261 §19.1.4 (RFC 7616 §3.4.6).
+(2) A digest ``uri`` that is not the Request-URI by RFC 3261 §19.1.4 (RFC 7616 §3.4.6); or a
+parameter holding a byte that is no UTF-8 (``DigestCredentials.parse`` refuses it).
 (3) In a new request (another Via branch): a phone reusing its cached credentials, or a replay
 of what it sent. Not a failure: the response is right, so counting it would ban the phone's
 own address. A retransmission of the request that used that ``nc`` (same nonce, nc and
@@ -114,7 +115,13 @@ from appliance.sip.digest import (
 )
 from appliance.sip.errors import SipParseError
 from appliance.sip.guard import Guard, LogThrottle
-from appliance.sip.headers import DigestCredentials, NameAddr, is_digest, parse_name_addrs
+from appliance.sip.headers import (
+    DigestCredentials,
+    NameAddr,
+    is_digest,
+    is_utf8,
+    parse_name_addrs,
+)
 from appliance.sip.message import Request, Response, make_response
 from appliance.sip.register_view import PlainRegister, RegisterFields, fields_of
 from appliance.sip.uri import SipUri, hostport, parse_uri, same_uri
@@ -671,7 +678,7 @@ def _contact_problem(uri_text: str, expires: str | None, q: str | None) -> str |
         return str(err)
     if not isinstance(uri, SipUri):
         return f"Contact {uri_text[:60]!r} is not a SIP URI"
-    if not uri_text.isascii() and not _is_utf8(uri_text):
+    if not is_utf8(uri_text):
         # Bytes that are no UTF-8 (kept as lone surrogates) are no URI, and could never be
         # stored: the write of every binding would fail with this one in its batch.
         return "Contact is not UTF-8"
@@ -682,15 +689,6 @@ def _contact_problem(uri_text: str, expires: str | None, q: str | None) -> str |
     if q is not None and not _QVALUE.fullmatch(q):
         return f"bad Contact q {q[:20]!r}"
     return None
-
-
-def _is_utf8(text: str) -> bool:
-    """Whether TEXT holds no lone surrogate (a byte that was no UTF-8 on the wire)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def log_ban(guard: Guard, ip: str) -> None:

@@ -132,6 +132,8 @@ def _split_list_reference(value: str) -> list[str]:
 
 
 def _digest_reference(value: str) -> DigestCredentials:
+    if not headers.is_utf8(value):
+        raise SipParseError("digest credentials hold bytes that are not UTF-8")
     scheme, _, rest = value.strip().partition(" ")
     if scheme.lower() != "digest":
         raise SipParseError(f"unsupported auth scheme {scheme!r}")
