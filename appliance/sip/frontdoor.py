@@ -288,8 +288,8 @@ class FrontDoor:
             # Not left in Trying, which has no timer: it would absorb the phone's
             # retransmissions unanswered and hold its table slot for ever. A 500 instead
             # (RFC 3261 §21.5.1), resent to retransmissions until Timer J ends it.
-            self._respond(incoming, txn, make_response(request, 500, to_tag=_tag()))
-            raise
+            self._fail(incoming, txn, request)
+            raise  # the transport logs it, once
         if reply is None:
             if txn is not None:
                 self._close(txn)
@@ -359,6 +359,18 @@ class FrontDoor:
         assert isinstance(request, Request)  # noqa: S101 - only requests are answered
         self._respond(incoming, self._open(incoming, request), response)
 
+    def _fail(self, incoming: Incoming, txn: ServerTransaction | None,
+              request: Request) -> None:
+        """Answer 500 to REQUEST, whose handling raised; when that fails too, TXN is dropped
+        and this second failure only noted: the first is the one raised."""
+        try:
+            self._respond(incoming, txn, make_response(request, 500, to_tag=_tag()))
+        except Exception as err:  # noqa: BLE001 - see above
+            if txn is not None:
+                self._close(txn)
+            logger.warning("x cannot answer a failed %s either (%s): dropped",
+                           request.method, type(err).__name__)
+
     def _respond(self, incoming: Incoming, txn: ServerTransaction | None,
                  response: Response) -> None:
         if txn is None:
@@ -370,15 +382,21 @@ class FrontDoor:
             logger.exception("x cannot answer %s", response.start_line())
             self._close(txn)
             return
+        except BaseException:
+            self._close(txn)  # never left open unanswered, whatever failed
+            raise
         self._run(txn)
 
     def _run(self, txn: ServerTransaction) -> None:
-        """Carry out TXN's actions and make sure its next timer will fire."""
-        self._carry_out(txn, txn.pop_actions())
-        if txn.terminated:
-            self._close(txn)
-            return
-        self._arm()
+        """Carry out TXN's actions and make sure its next timer will fire (or drop it once
+        it has terminated), even when carrying them out fails."""
+        try:
+            self._carry_out(txn, txn.pop_actions())
+        finally:
+            if txn.terminated:
+                self._close(txn)
+            else:
+                self._arm()
 
     def _carry_out(self, txn: Transaction, actions: list[Action]) -> None:
         target = txn.peer

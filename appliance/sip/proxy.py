@@ -306,26 +306,38 @@ class Proxy:
                 await self._on_request(incoming, incoming.message, now)
         except SipError as err:  # a malformed header the parser let through lazily
             logger.info("x %s from %s:%s: %s", describe(incoming.message), *incoming.source, err)
+            if isinstance(incoming.message, Request):
+                await self._failed(incoming.message, now, err.status)
         except Exception:
             if isinstance(incoming.message, Request):
-                await self._failed(incoming.message, now)
-            raise
+                await self._failed(incoming.message, now, 500)
+            raise  # the transport logs it, once
         finally:
             self._wake.set()
 
-    async def _failed(self, request: Request, now: float) -> None:
+    async def _failed(self, request: Request, now: float, status: int) -> None:
         """REQUEST's handling raised: a server transaction of ours that it left unanswered
-        and with no branch to answer it (Trying and Proceeding have no timer) answers 500
-        (RFC 3261 §21.5.1) instead of staying in the table for ever."""
+        and with no branch to answer it (Trying and Proceeding have no timer) answers STATUS
+        (500: RFC 3261 §21.5.1) instead of staying in the table for ever. When even that
+        answer fails, the transaction is dropped unanswered: a table slot held for ever per
+        such request is what a flood of them would turn into a denial of service."""
         if request.method == "ACK":
             return  # no transaction of its own (match_request would give its INVITE's)
         try:
             server = self._table.match_request(request)
-        except SipError:
+        except Exception:  # noqa: BLE001 - no key, so no transaction was added under it
             return
-        if server is not None and server not in self._contexts and \
-                server.state in (State.TRYING, State.PROCEEDING):
-            await self._reply(server, 500, now=now)
+        if server is None or server in self._contexts or \
+                server.state not in (State.TRYING, State.PROCEEDING):
+            return
+        try:
+            await self._reply(server, status if 400 <= status < 700 else 500, now=now)
+        except Exception as err:  # noqa: BLE001 - the request's own failure is the one raised
+            logger.warning("x cannot answer a failed %s either (%s): dropped",
+                           describe(request), type(err).__name__)
+        finally:
+            if server.state in (State.TRYING, State.PROCEEDING):
+                self._table.remove(server)
 
     def connection_closed(self, connection_id: str) -> None:
         """Nothing to drop: a branch sent to a closed connection goes to its target address

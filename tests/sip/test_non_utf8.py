@@ -4,7 +4,8 @@ The parser keeps such a byte as a lone surrogate so that it goes out unchanged; 
 grammar allows only tokens, hosts and digits and the value is a key (Request-URI, Call-ID,
 CSeq, Via, From/To tags) or a digest parameter, it makes the request a 400 before any
 transaction is opened; in free text (display names, the From/To/Contact URIs, Subject, ...)
-it is kept and forwarded byte-identical.
+it is kept and forwarded byte-identical. And whatever fails while a request is handled, its
+server transaction does not stay in the table.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from appliance.sip import frontdoor, proxy
 from appliance.sip.errors import SipParseError
 from appliance.sip.message import Request, error_response, parse_message
+from appliance.sip.wire import Incoming
 from tests.sip import test_registrar as reg
 from tests.sip.proxy_harness import REALM, Harness, authorization
 from tests.sip.test_attacker import Attacker, challenge_answer, running
@@ -112,6 +115,45 @@ async def test_digest_parameters_that_are_not_utf8_are_400_for_the_proxy() -> No
         assert h.proxy.transactions == 0
 
 
+async def test_a_failure_whose_500_fails_too_leaves_no_transaction(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness()
+    alice = h.phone("alice", "192.0.2.10", ("192.0.2.10", 5060))
+    uri = f"sip:bob@{REALM}"
+
+    async def broken(*args: object, **kw: object) -> None:
+        raise RuntimeError("handler bug")
+
+    def no_tag(request: Request) -> str:
+        raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr(h.proxy._auth, "authenticate", broken)
+    monkeypatch.setattr(proxy, "tag_for", no_tag)
+    for n in range(5):
+        request = alice.request("INVITE", uri, to=f"<{uri}>", call_id=f"c{n}", from_tag="f")
+        with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError, match="handler bug"):
+            await h.send(alice, request)
+        assert h.proxy.transactions == 0
+    assert [r.getMessage() for r in caplog.records] == \
+        ["x cannot answer a failed INVITE either (UnicodeEncodeError): dropped"] * 5
+
+
+async def test_a_lazy_parse_error_is_answered_and_its_transaction_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    alice = h.phone("alice", "192.0.2.10", ("192.0.2.10", 5060))
+    uri = f"sip:bob@{REALM}"
+
+    async def unreadable(*args: object, **kw: object) -> None:
+        raise SipParseError("a header read late")
+
+    monkeypatch.setattr(h.proxy._auth, "authenticate", unreadable)
+    await h.send(alice, alice.request("INVITE", uri, to=f"<{uri}>", call_id="c", from_tag="f"))
+    assert [m.start_line() for m, _ in h.sender.take()] == ["SIP/2.0 400 Bad Request"]
+    await h.tick(33)  # Timer H: no ACK came
+    assert h.proxy.transactions == 0
+
+
 # --- the registrar -------------------------------------------------------------------------------
 
 
@@ -131,6 +173,24 @@ async def test_register_digest_parameters_that_are_not_utf8_are_400_uncounted(
     assert record is None or not record.failures  # a broken digest is no wrong password
     ok = await h.send(reg.register("alice", cseq=3, auth=reg.answer(challenge, "alice")))
     assert ok is not None and ok.status == 200
+    h.door.close()
+
+
+async def test_a_failing_registrar_whose_500_fails_too_leaves_no_transaction(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = reg.Harness()
+
+    async def broken(incoming: Incoming) -> None:
+        raise RuntimeError("store gone")
+
+    def no_tag() -> str:
+        raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
+
+    h.registrar.handle = broken  # type: ignore[method-assign]
+    monkeypatch.setattr(frontdoor, "_tag", no_tag)
+    with pytest.raises(RuntimeError, match="store gone"):
+        await h.send(reg.register(branch="broken"))
+    assert h.door.transactions == 0
     h.door.close()
 
 
