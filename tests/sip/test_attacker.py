@@ -905,8 +905,9 @@ async def test_a_broadcast_or_multicast_via_is_never_answered(
 
 async def test_a_request_uri_that_is_no_utf8_is_not_a_server_error(tmp_path: Path) -> None:
     """A byte that is no UTF-8 in an INVITE's Request-URI user (decoded with
-    surrogateescape) reached the number lookup and failed there: 500. Now the lookup finds
-    nothing, as for any unknown number."""
+    surrogateescape) reached the number lookup and failed there: 500. Now such a
+    Request-URI is malformed (400, docs/sip.md "Bytes that are not UTF-8"), refused by the
+    parser before any transaction or lookup, from an authenticated phone as from anyone."""
     async with running(tmp_path) as (app, _):
         phone = Attacker(app.config.sip.listen.port, "127.0.0.9")
         try:
@@ -918,6 +919,6 @@ async def test_a_request_uri_that_is_no_utf8_is_not_a_server_error(tmp_path: Pat
             data = phone.request("INVITE", "zzbob", call_id=call_id, cseq=2,
                                  extra=(f"{name}: {value}",))
             reply = await phone.ask(data.replace(b"INVITE sip:zzbob@", b"INVITE sip:\xffzzbob@", 1))
-            assert reply is not None and _status(reply) == 404
+            assert reply is not None and _status(reply) == 400
         finally:
             phone.close()
