@@ -272,9 +272,9 @@ class Compiled:
 def _xml_list(holder_open: str, holder_tag: str, items: str) -> bytes:
     """<RestcommResponse> around a holder element (its start tag without ">") and ITEMS."""
     if not items:
-        return f"<RestcommResponse>\n  {holder_open}/>\n</RestcommResponse>".encode()
-    return (f"<RestcommResponse>\n  {holder_open}>{items}\n  </{holder_tag}>\n"
-            "</RestcommResponse>").encode()
+        return render.xml_document(f"<RestcommResponse>\n  {holder_open}/>\n</RestcommResponse>")
+    return render.xml_document(
+        f"<RestcommResponse>\n  {holder_open}>{items}\n  </{holder_tag}>\n</RestcommResponse>")
 
 
 # -- Calls ------------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ def calls_page(page: Page[Row], *, uri: str, as_json: bool) -> bytes:
     fields = render.page_fields(page, uri, len(rows), rows[-1][_CALL_SID] if rows else "")
     if as_json:
         head = "".join([f"  {_encode(k)}: {_json_value(v)},\n" for k, v in fields.items()])
-        return f'{{\n{head}  "calls": {_CALLS.json_items(rows)}\n}}'.encode()
+        return render.json_document(f'{{\n{head}  "calls": {_CALLS.json_items(rows)}\n}}')
     attributes = "".join([
         f' {name}="{_escape_attribute("null" if v is None else str(v))}"'
         for name, v in zip(render.XML_PAGE_ATTRIBUTES, fields.values(), strict=True)])
@@ -397,5 +397,5 @@ def clients(rows: Sequence[Row], as_json: bool) -> bytes:
     """render.many([representations.client(c) for c in models], "Clients") from stored
     records."""
     if as_json:
-        return _CLIENTS.json_items(rows).encode()
+        return render.json_document(_CLIENTS.json_items(rows))
     return _xml_list("<Clients", "Clients", _CLIENTS.xml_items(rows))

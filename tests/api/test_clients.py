@@ -197,3 +197,17 @@ async def test_client_of_another_account_is_403(api: Api) -> None:
     # The admin, addressing the sub-account path, cannot see its own client there either.
     status, _, _ = await api.get(f"Accounts/{sub_sid}/Clients/{mine['sid']}")
     assert status == 403
+
+
+async def test_control_characters_in_a_friendly_name_keep_the_xml_well_formed(
+        api: Api) -> None:
+    # XML 1.0 cannot carry them, even escaped: "?" instead (docs/api.md); JSON escapes them.
+    client = await make(api, "ctl", FriendlyName="x\x01y\x0bz\x1b\tend")
+    assert client["friendly_name"] == "x\x01y\x0bz\x1b\tend"
+    for path in (BASE, f"{BASE}/{client['sid']}"):  # the list is a generated serializer
+        status, body, _ = await api.get(path)
+        assert status == 200, body
+        got = ET.fromstring(body).find(".//Client/FriendlyName")  # parses
+        assert got is not None and got.text == "x?y?z?\tend", path
+    status, body, _ = await api.get(f"{BASE}.json")
+    assert [c["friendly_name"] for c in json.loads(body)] == ["x\x01y\x0bz\x1b\tend"]

@@ -381,6 +381,26 @@ async def test_sms_list_and_shape(api: Api, appliance: Appliance) -> None:
     assert json.loads(body)["sid"] == msg["sid"]
 
 
+async def test_control_characters_in_an_sms_body_keep_the_xml_well_formed(
+        api: Api, appliance: Appliance) -> None:
+    # A body from a phone's MESSAGE or a POST may hold any character; XML 1.0 cannot carry
+    # C0 controls (but tab, LF, CR), U+FFFE or U+FFFF: "?" instead (docs/api.md).
+    text = "a\x01b\x0bc\x1bd\ufffee\tf\n"
+    await appliance.store.insert_sms(SmsRecord(
+        sid=SmsSid(mint_sid("SM")), account_sid=AccountSid(ADMIN_SID), from_="alice",
+        to="+15552220000", body=text, status="sent", direction="outbound-api",
+        error_code=None, error_message=None, price="0", price_unit="USD",
+        api_version="2012-04-24", date_sent=T0, date_created=T0, date_updated=T0))
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages")
+    assert status == 200
+    item = ET.fromstring(body).find("SMSMessages/SMSMessage")  # parses
+    assert item is not None and item.findtext("Body") == "a?b?c?d?e\tf\n"
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages/{item.findtext('Sid')}")
+    assert status == 200 and ET.fromstring(body).findtext("SMSMessage/Body") == "a?b?c?d?e\tf\n"
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json")
+    assert [m["body"] for m in json.loads(body)["messages"]] == [text]
+
+
 async def test_placing_calls_without_media_workers_is_503(api: Api) -> None:
     # The shared fixture runs with [media] workers = 0 (tests/voice has real workers).
     # A To that reaches nobody is answered as such first: the 503 is for a placeable call.

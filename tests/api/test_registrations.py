@@ -36,10 +36,11 @@ async def make_client(api: Api, login: str, account: str = ADMIN_SID) -> str:
 
 
 async def sip_register(appliance: Appliance, login: str, expires: int | None = None, *,
-                       local_port: int = 0, first_cseq: int = 1) -> Response:
+                       local_port: int = 0, first_cseq: int = 1,
+                       user_agent: bytes = b"Test Phone 1.0") -> Response:
     """REGISTER over real UDP, answering the challenge with a digest computed in the test.
     LOCAL_PORT (0: any) is the phone's port and contact; FIRST_CSEQ lets the same phone
-    (Call-ID) register again."""
+    (Call-ID) register again; USER_AGENT is sent as it is, in any encoding."""
     loop = asyncio.get_running_loop()
     port = appliance.config.sip.listen.port
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -51,7 +52,9 @@ async def sip_register(appliance: Appliance, login: str, expires: int | None = N
             auth = answer(reply, login) if reply is not None else None
             request = register(login, call_id=f"api-{login}", cseq=cseq, contacts=(contact,),
                                auth=auth, expires=expires)
-            await loop.sock_sendto(sock, bytes(request), ("127.0.0.1", port))
+            wire = bytes(request).replace(b"User-Agent: Test Phone 1.0\r\n",
+                                          b"User-Agent: " + user_agent + b"\r\n")
+            await loop.sock_sendto(sock, wire, ("127.0.0.1", port))
             async with asyncio.timeout(2):
                 message = parse_message(await loop.sock_recv(sock, 65535))
             assert isinstance(message, Response)
@@ -94,6 +97,30 @@ async def test_a_phone_registered_over_sip_is_listed(api: Api, appliance: Applia
     health = await appliance.health()
     assert health[1]["sip"] == "up" and health[1]["sip_registered_phones"] == 1
     assert "1 phones registered" in appliance.status_line()
+
+
+async def test_a_user_agent_in_latin_1_or_with_control_characters_is_listed(
+        api: Api, appliance: Appliance) -> None:
+    # A phone's bytes that are no UTF-8 show as "?", as in a CDR; the list of every other
+    # phone of the account is not lost with them (it was a 500 in both formats).
+    await make_client(api, "latin")
+    await make_client(api, "ctl")
+    await make_client(api, "plain")
+    assert (await sip_register(appliance, "latin",
+                               user_agent="Téléphone".encode("latin-1"))).status == 200
+    assert (await sip_register(appliance, "ctl", user_agent=b"ctl\x01\x0bX")).status == 200
+    assert (await sip_register(appliance, "plain")).status == 200
+    status, body, _ = await api.get(f"{BASE}.json")
+    assert status == 200, body
+    agents = {r["login"]: r["user_agent"] for r in json.loads(body)}
+    # JSON escapes control characters; XML 1.0 cannot carry them at all.
+    assert agents == {"latin": "T?l?phone", "ctl": "ctl\x01\x0bX", "plain": "Test Phone 1.0"}
+    status, body, _ = await api.get(BASE)
+    assert status == 200, body
+    root = ET.fromstring(body)  # well-formed
+    agents = {r.findtext("Login"): r.findtext("UserAgent")
+              for r in root.iterfind("Registrations/Registration")}
+    assert agents == {"latin": "T?l?phone", "ctl": "ctl??X", "plain": "Test Phone 1.0"}
 
 
 async def test_only_the_accounts_own_clients_and_the_tree_rule(api: Api,
