@@ -35,7 +35,14 @@ from appliance.api.cache import RESPONSE_CACHE, ResponseCache
 from appliance.api.context import SERVICES, ApiServices, Ctx
 from appliance.api.render import message
 from appliance.api.routes import Route, Router
-from appliance.errors import ApplianceError, Forbidden, NotFound, TooLarge, Unauthorized
+from appliance.errors import (
+    ApplianceError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+)
 from appliance.models import API_VERSION, AccountStatus
 
 logger = logging.getLogger(__name__)
@@ -48,6 +55,10 @@ ROUTES: list[Route] = [*accounts.ROUTES, *clients.ROUTES, *applications.ROUTES,
 _ROUTER = Router(ROUTES)
 _RECORDING_FILE = re.compile(r"^Accounts/[^/]+/Recordings/(RE[0-9a-zA-Z]{32})\.(wav|mp4)$")
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Basic realm="Restcomm realm"'}
+# The bodies aiohttp's post() parses; it answers any other one with no parameters at all.
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+NOT_FORM_ENCODED = ("Parameters must be form-encoded (Content-Type: "
+                    "application/x-www-form-urlencoded or multipart/form-data)")
 
 
 def _error_response(err: ApplianceError, as_json: bool) -> web.Response:
@@ -60,6 +71,14 @@ def _error_response(err: ApplianceError, as_json: bool) -> web.Response:
         # Still plain text, like every validation error (e.g. a page out of range).
         return web.Response(status=err.status, text="", content_type="text/plain")
     return web.Response(status=err.status, text=err.message, content_type="text/plain")
+
+
+def _unread_body(request: web.Request) -> bool:
+    """Whether REQUEST carries a body its form parameters would silently leave out (a JSON
+    document, or a form sent without a Content-Type): a POST or PUT of such a body changed
+    nothing and said 200. An empty body leaves nothing out, whatever its type."""
+    return (request.method in ("POST", "PUT") and request.body_exists
+            and request.content_length != 0 and request.content_type not in _FORM_TYPES)
 
 
 def _basic_credentials(header: str) -> tuple[str, str]:
@@ -116,6 +135,8 @@ async def _dispatch(request: web.Request, prefix: str, tail: str) -> web.StreamR
                 (actor.sid, actor.email_address) and request.method in ("GET", "POST")):
             raise Forbidden("This account must change its password first: "
                             f"POST a new Password to /Accounts/{actor.sid}")
+        if _unread_body(request):
+            raise InvalidInput(NOT_FORM_ENCODED)
         ctx.actor = actor
         ctx.path = values
         response = await found.handler(ctx)

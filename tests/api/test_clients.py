@@ -7,13 +7,16 @@ import hashlib
 import json
 import xml.etree.ElementTree as ET
 
+import aiohttp
 import pytest
 
 from appliance.app import Appliance
-from tests.conftest import ADMIN_SID, Api
+from tests.conftest import ADMIN_SID, Api, basic
 
 BASE = f"Accounts/{ADMIN_SID}/Clients"
 PW = "Pbx-edge-7"
+NOT_FORM_ENCODED = ("Parameters must be form-encoded (Content-Type: "
+                    "application/x-www-form-urlencoded or multipart/form-data)")
 
 
 async def make(api: Api, login: str, **extra: str) -> dict[str, str]:
@@ -211,3 +214,42 @@ async def test_control_characters_in_a_friendly_name_keep_the_xml_well_formed(
         assert got is not None and got.text == "x?y?z?\tend", path
     status, body, _ = await api.get(f"{BASE}.json")
     assert [c["friendly_name"] for c in json.loads(body)] == ["x\x01y\x0bz\x1b\tend"]
+
+
+async def test_a_body_that_is_not_form_encoded_is_400_and_changes_nothing(api: Api) -> None:
+    # Its parameters were silently left out: an update said 200 and changed nothing, a create
+    # said "Login can not be null.".
+    client = await make(api, "shape")
+    auth = {"Authorization": basic(api.user, api.secret)}
+    form = f"FriendlyName=renamed&Login=other&Password={PW}"
+    for content_type, body in (
+            ("application/json", json.dumps({"FriendlyName": "renamed", "Login": "other",
+                                             "Password": PW})),
+            ("text/plain", form), (None, form)):  # a form without its Content-Type too
+        headers = {**auth, **({"Content-Type": content_type} if content_type else {})}
+        for method, path in (("PUT", f"/{client['sid']}"), ("POST", f"/{client['sid']}.json"),
+                             ("POST", ".json")):
+            async with api.session.request(method, api.url(BASE + path), data=body.encode(),
+                                           headers=headers,
+                                           skip_auto_headers=["Content-Type"]) as resp:
+                assert resp.status == 400, (content_type, method, path)
+                assert await resp.text() == NOT_FORM_ENCODED
+    status, listed, _ = await api.get(f"{BASE}.json")
+    assert [(c["login"], c["friendly_name"]) for c in json.loads(listed)] == [("shape", "shape")]
+    # What is read stays accepted: multipart, a charset, any case, and no body at all (a JSON
+    # client's bodiless POST leaves nothing out).
+    url = api.url(f"{BASE}/{client['sid']}.json")
+    multipart = aiohttp.FormData({"FriendlyName": "multi"}, default_to_multipart=True)
+    assert multipart.is_multipart
+    async with api.session.post(url, data=multipart(), headers=auth) as resp:
+        assert resp.status == 200
+        assert json.loads(await resp.text())["friendly_name"] == "multi"
+    for content_type in ("application/x-www-form-urlencoded; charset=utf-8",
+                         "Application/X-WWW-Form-Urlencoded"):
+        async with api.session.post(url, data=b"FriendlyName=renamed",
+                                    headers={**auth, "Content-Type": content_type}) as resp:
+            assert resp.status == 200
+            assert json.loads(await resp.text())["friendly_name"] == "renamed"
+    async with api.session.post(url, headers={**auth, "Content-Type": "application/json"}
+                                ) as resp:
+        assert resp.status == 200
