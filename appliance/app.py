@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import gc
 import logging
 import os
@@ -43,6 +42,7 @@ from appliance.services.calls import CallsService
 from appliance.services.conferences import ConferencesService
 from appliance.services.gateways import GatewayService
 from appliance.services.history import HistoryService
+from appliance.services.message_log import MessageLog
 from appliance.services.messaging import MessagingService
 from appliance.services.outbound import OutboundProxies
 from appliance.services.provisioning import ProvisioningService
@@ -52,7 +52,7 @@ from appliance.services.routing import (
     gateway_callers,
     sms_gateway,
 )
-from appliance.services.telephony import CallLog, SipDirectory, record_message
+from appliance.services.telephony import CallLog, SipDirectory
 from appliance.sip.bindings import Location
 from appliance.sip.digest import Algorithm
 from appliance.sip.frontdoor import FrontDoor
@@ -201,10 +201,11 @@ class Appliance:
             self.frontdoor.pinger = self.pinger
         self.sip_error: str | None = "not started"
         self.call_log = CallLog(self.store, self.clock, self.timer_clock)
+        self.message_log = MessageLog(self.store, self.clock)
         self.router = ClientRouter(self.sip_directory, self.location,
                                    local_hosts=self.transport.local_hosts)
         self.proxy = Proxy(self.transport, self.sip_directory, self.router, self.call_log,
-                           functools.partial(record_message, self.store, self.clock),
+                           self.message_log,
                            clock=self.wall_clock, timer_clock=self.timer_clock,
                            realm=lambda: self.realm,
                            local_hosts=self.transport.local_hosts, guard=self.guard,
@@ -372,6 +373,7 @@ class Appliance:
                                             self.config.data_dir)
         await self.accounts.load()
         await self.call_log.close_leftovers()
+        await self.message_log.close_leftovers()
         self._checkpoint_task = asyncio.get_running_loop().create_task(self.call_log.run(),
                                                                        name="cdr checkpoints")
         await self._start_sip()
@@ -548,6 +550,7 @@ class Appliance:
                                 ("the front door", self._close_frontdoor),
                                 ("the registrar", self.registrar.stop),
                                 ("the CDRs", self._stop_calls),
+                                ("the SIP MESSAGE rows", self._stop_messages),
                                 ("the store", self._stop_store)), errors)
         if errors:
             raise errors[0]
@@ -596,6 +599,12 @@ class Appliance:
             if closed:
                 logger.info("- %d calls still open are closed", closed)
         self.sip_error = "stopped"
+
+    async def _stop_messages(self) -> None:
+        """The SIP MESSAGEs still waiting for an answer (none comes now) failed."""
+        closed = await self.message_log.close_all()
+        if closed:
+            logger.info("- %d SIP MESSAGEs still unanswered are failed", closed)
 
     async def _stop_store(self) -> None:
         try:

@@ -87,13 +87,20 @@ class NullCallLog:
         return None
 
 
-async def _no_message(**_: Any) -> None:
-    return None
+class NullMessageLog:
+    def opened(self, **_: Any) -> str:
+        return "SM0"
+
+    async def ended(self, sid: str, **_: Any) -> None:
+        return None
+
+    async def record(self, **_: Any) -> None:
+        return None
 
 
 def proxy_harness() -> tuple[Harness, Phone, Phone]:
     h = Harness()
-    h.proxy = Proxy(h.sender, h.directory, h.router, NullCallLog(), _no_message,
+    h.proxy = Proxy(h.sender, h.directory, h.router, NullCallLog(), NullMessageLog(),
                     clock=h.clock, timer_clock=h.clock.monotonic, realm=lambda: REALM,
                     local_hosts={REALM})
     alice = h.phone("alice", "192.168.1.10", ("203.0.113.10", 40000))

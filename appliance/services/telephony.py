@@ -3,9 +3,9 @@
 - `SipDirectory`: credentials and call policy of a Client by its login (the registrar's
   Directory), and the live registration table the API shows.
 - `CallLog`: one CDR row per call, kept current through its states.
-- `record_message`: a SIP MESSAGE between Clients kept as an SMS row.
 
-The front door (sip.registrar, sip.proxy) calls these; they call the store.
+The front door (sip.registrar, sip.proxy) calls these; they call the store. The SMS rows
+of SIP MESSAGEs between Clients are `services.message_log`'s.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from appliance.models import (
     CallStatus,
     Client,
     PhoneNumber,
-    SmsRecord,
-    SmsSid,
     mint_sid,
 )
 from appliance.services.ports import StoreProtocol
@@ -671,19 +669,3 @@ class CallLog:
 def _seconds(interval: float) -> int:
     """Whole seconds of a timer-clock INTERVAL, as CDRs count them (truncated)."""
     return max(0, int(interval))
-
-
-async def record_message(store: StoreProtocol, clock: Callable[[], datetime], *,
-                         account_sid: str, from_: str, to: str, body: str, status: str,
-                         direction: str = "outbound-call", error_code: int | None = None,
-                         error_message: str | None = None) -> SmsRecord:
-    """Keep a SIP MESSAGE as an SMS row so the SMS API lists it."""
-    now = clock()
-    record = SmsRecord(
-        sid=SmsSid(mint_sid("SM")), account_sid=AccountSid(account_sid), from_=from_, to=to,
-        body=body, status=status, direction=direction, error_code=error_code,
-        error_message=error_message, price="0", price_unit="USD", api_version=API_VERSION,
-        date_sent=now if status in ("sent", "delivered", "received") else None,
-        date_created=now, date_updated=now)
-    await store.insert_sms(record)
-    return record

@@ -85,6 +85,7 @@ class Context:
     call: Call | None = None  # the out-of-dialog INVITE's call record
     phone_number_sid: str | None = None
     account_sid: str | None = None  # the CDR's account, when not the caller's
+    sms_sid: str | None = None  # a text MESSAGE's SMS row, `sending` until its final
     branches: list[Branch] = field(default_factory=list)
     final_sent: bool = False
     cancelled: bool = False  # the caller sent CANCEL

@@ -131,7 +131,7 @@ from appliance.sip.proxy_ports import (
     Refuse,
     Router,
 )
-from appliance.sip.records import cdr_open, record_refusal
+from appliance.sip.records import cdr_open, message_open, record_refusal
 from appliance.sip.responses import Responses
 from appliance.sip.routeset import remaining_foreign_route
 from appliance.sip.transaction import (
@@ -628,6 +628,10 @@ class Proxy:
             context.call = call
             self._live_calls[call.key] = call
             self._deadlines.arm(call)
+        elif request.method == "MESSAGE":
+            # Listed before the relay, so that no answer can outrun its row; nothing here
+            # waits for the database (the row is queued).
+            message_open(self._messages, context)
         contacts = decision.contacts[: self.max_branches]
         # Per call: this and "answered" at debug, the end of the call at info (one line).
         logger.debug("> %s %s -> %s (%d contact%s)", request.method, caller.login,

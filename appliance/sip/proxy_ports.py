@@ -11,7 +11,6 @@ declarations: nothing here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,11 +56,18 @@ class CallLog(Protocol):
 
 
 class MessageLog(Protocol):
-    """Keeps a MESSAGE as an SMS row: ``functools.partial(record_message, store, clock)``."""
+    """Keeps a MESSAGE as an SMS row (``services.message_log.MessageLog``): `sending` from
+    ``opened``, which must not wait for the database (it comes before the relay), to the
+    final answer, ``ended``; a MESSAGE refused before the relay is one ``record``."""
 
-    def __call__(self, *, account_sid: str, from_: str, to: str, body: str, status: str,
-                 direction: str = ..., error_code: int | None = ...,
-                 error_message: str | None = ...) -> Awaitable[Any]: ...
+    def opened(self, *, account_sid: str, from_: str, to: str, body: str,
+               direction: str) -> str: ...
+
+    async def ended(self, sid: str, *, sent: bool, error_code: int | None = ...,
+                    error_message: str | None = ...) -> Any: ...
+
+    async def record(self, *, account_sid: str, from_: str, to: str, body: str,
+                     direction: str, error_code: int, error_message: str | None) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)

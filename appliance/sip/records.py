@@ -11,12 +11,14 @@ calls end ``busy`` (486/600/603), ``no-answer`` (408/480, a Timer C 487, and our
 sees a BYE is closed ``completed`` after ``MAX_DIALOG_IDLE`` (12 h) without in-dialog traffic,
 or after its RFC 4028 session interval.
 
-A SIP MESSAGE between Clients is kept as an SMS row through ``record_message``: from = the
-sender's login, to = the recipient's login, direction ``outbound-call`` (what Restcomm's
-SmsService writes for a Client's SIP MESSAGE to another Client), status ``sent`` on a 2xx or
-``failed`` with ``error_code`` = the final status otherwise (404 unknown, 480 not registered,
-408 when no phone answered). Only a text/plain MESSAGE is a row (``message_text``): others
-are relayed all the same, but an "is typing" notice is nobody's SMS.
+A SIP MESSAGE between Clients is kept as an SMS row: from = the sender's login, to = the
+recipient's login, direction ``outbound-call`` (what Restcomm's SmsService writes for a
+Client's SIP MESSAGE to another Client). ``message_open`` lists it `sending` as it is relayed
+(queued, never awaited: the relay does not wait for the database), ``record_message`` ends
+it: ``sent`` on a 2xx, ``failed`` with ``error_code`` = the final status otherwise (404
+unknown, 480 not registered, 408 when no phone answered); a MESSAGE refused before the relay
+is one ``failed`` row. Only a text/plain MESSAGE is a row (``message_text``): others are
+relayed all the same, but an "is typing" notice is nobody's SMS.
 
 A failed write is logged, never raised: a CDR failure must never break call signalling.
 Apart from ``sip.proxy`` because it is bookkeeping, not SIP: plain functions given the
@@ -101,20 +103,40 @@ def message_text(content_type: str | None, body: bytes) -> str | None:
         return body.decode("utf-8", "replace")
 
 
-async def record_message(messages: MessageLog, context: Context, status: int,
-                         reason: str) -> None:
+def message_open(messages: MessageLog, context: Context) -> None:
+    """List the text MESSAGE of CONTEXT, about to be relayed, as `sending`."""
     caller = context.caller
     if caller is None:
         return
     text = message_text(context.request.get("Content-Type"), context.request.body)
     if text is None:
         return
+    try:
+        context.sms_sid = messages.opened(account_sid=caller.account_sid, from_=caller.login,
+                                          to=context.callee, body=text,
+                                          direction=MESSAGE_DIRECTION)
+    except Exception:  # noqa: BLE001 - see cdr_open
+        logger.exception("x SMS row for MESSAGE from %s not opened", caller.login)
+
+
+async def record_message(messages: MessageLog, context: Context, status: int,
+                         reason: str) -> None:
+    """The final STATUS of CONTEXT's MESSAGE: its row `sent` or `failed` (once); a MESSAGE
+    refused before the relay has no row yet, and gets its `failed` one."""
+    caller = context.caller
+    if caller is None:
+        return
     ok = 200 <= status < 300
     try:
-        await messages(
-            account_sid=caller.account_sid, from_=caller.login, to=context.callee,
-            body=text,
-            status="sent" if ok else "failed", direction=MESSAGE_DIRECTION,
-            error_code=None if ok else status, error_message=None if ok else reason)
+        if context.sms_sid is not None:
+            await messages.ended(context.sms_sid, sent=ok, error_code=status,
+                                 error_message=reason)
+            return
+        text = message_text(context.request.get("Content-Type"), context.request.body)
+        if text is None or ok:
+            return
+        await messages.record(account_sid=caller.account_sid, from_=caller.login,
+                              to=context.callee, body=text, direction=MESSAGE_DIRECTION,
+                              error_code=status, error_message=reason)
     except Exception:  # noqa: BLE001 - see cdr_open
         logger.exception("x SMS row for MESSAGE from %s not written", caller.login)

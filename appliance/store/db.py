@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ from appliance import models
 from appliance.errors import Duplicate, StoreBusy
 from appliance.queries import ListQuery
 from appliance.store import rows, schema
+from appliance.timefmt import storage
 
 logger = logging.getLogger(__name__)
 
@@ -497,6 +499,40 @@ class Store:
 
     async def insert_sms(self, sms: models.SmsRecord) -> None:
         await self._run(self._insert, "sms_messages", rows.sms_values(sms))
+
+    async def write_sms(self, records: list[models.SmsRecord]) -> None:
+        """Write SMS rows in one transaction, each an upsert (as ``write_calls``): a SIP
+        MESSAGE's final state lands even when the batch holding its `sending` insert failed."""
+        def run() -> None:
+            values = [rows.sms_values(r) for r in records]
+            columns = list(values[0])
+            names = ", ".join(f'"{c}"' for c in columns)
+            marks = ", ".join("?" for _ in columns)
+            sets = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c != "sid")
+            sql = (f"INSERT INTO sms_messages ({names}) VALUES ({marks}) "
+                   f"ON CONFLICT(sid) DO UPDATE SET {sets}")
+            with self._database().atomic():
+                self._conn().executemany(sql, [_bindable(v.values()) for v in values])
+        if records:
+            try:
+                await self._run(run)
+            except sqlite3.OperationalError as err:
+                raise StoreBusy(f"SMS rows not written: {err}") from err
+
+    async def fail_sip_messages(self, status: str, error_code: int, message: str,
+                                now: datetime) -> int:
+        """Fail the SIP MESSAGE rows left in STATUS (a crash came before their answer);
+        how many. Those are the rows with no modem queue entry: an SMS through the modem
+        has one from the start, and its own recovery (``store.sms``)."""
+        def run() -> int:
+            with self._database().atomic():
+                return int(self._conn().execute(
+                    "UPDATE sms_messages SET status = 'failed', error_code = ?, "
+                    "error_message = ?, date_updated = ? "
+                    "WHERE account_sid IN (SELECT sid FROM accounts) AND status = ? "
+                    "AND NOT EXISTS (SELECT 1 FROM sms_outbox o WHERE o.sid = sms_messages.sid)",
+                    (error_code, message, storage(now), status)).rowcount)
+        return await self._run(run)
 
     async def get_sms(self, sid: str) -> models.SmsRecord | None:
         return await self._run(self._fetch_one, "SELECT * FROM sms_messages WHERE sid = ?",

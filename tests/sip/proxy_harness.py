@@ -13,16 +13,16 @@ has been through `parse_message` as on the wire.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from appliance.models import CallRecord, SmsRecord
+from appliance.services.message_log import MessageLog
 from appliance.services.provisioning import digest_secrets
 from appliance.services.routing import ClientRouter
-from appliance.services.telephony import CallLog, SipUser, record_message
+from appliance.services.telephony import CallLog, SipUser
 from appliance.sip.bindings import Location, Origin
 from appliance.sip.digest import compute_response, parse_algorithm
 from appliance.sip.headers import DigestCredentials, NameAddr
@@ -108,7 +108,7 @@ class FakeSender:
 
 
 class RecordingStore:
-    """The three store methods CallLog and record_message use."""
+    """The store methods CallLog and MessageLog use (SMS rows in the order first written)."""
 
     def __init__(self) -> None:
         self.calls: dict[str, CallRecord] = {}
@@ -120,8 +120,13 @@ class RecordingStore:
     async def update_call(self, record: CallRecord) -> None:
         self.calls[record.sid] = record
 
-    async def insert_sms(self, record: SmsRecord) -> None:
-        self.sms.append(record)
+    async def write_sms(self, records: list[SmsRecord]) -> None:
+        for record in records:
+            at = next((i for i, r in enumerate(self.sms) if r.sid == record.sid), None)
+            if at is None:
+                self.sms.append(record)
+            else:
+                self.sms[at] = record
 
 
 class Directory:
@@ -244,7 +249,7 @@ class Harness:
         self.router = ClientRouter(self.directory, self.location, local_hosts={REALM, LOCAL[0]})
         self.call_log = CallLog(self.store, self.clock.datetime,  # type: ignore[arg-type]
                                 self.clock.monotonic)
-        messages = functools.partial(record_message, self.store, self.clock.datetime)
+        messages = MessageLog(self.store, self.clock.datetime)  # type: ignore[arg-type]
         self.proxy = Proxy(self.sender, self.directory, self.router, self.call_log, messages,
                            clock=self.clock, timer_clock=self.clock.monotonic,
                            realm=lambda: REALM, local_hosts={REALM})

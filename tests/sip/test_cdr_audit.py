@@ -4,7 +4,6 @@ APIs: each outcome of a Client → Client call and of a SIP MESSAGE, and what a 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -19,7 +18,8 @@ from appliance import app as app_module
 from appliance.app import Appliance
 from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
 from appliance.models import AccountSid, CallRecord, CallSid, CallStatus
-from appliance.services.telephony import CallLog, record_message
+from appliance.services.message_log import MessageLog
+from appliance.services.telephony import CallLog
 from appliance.sip.bindings import Origin
 from appliance.sip.headers import NameAddr
 from appliance.sip.message import Request, Response, parse_message
@@ -396,7 +396,7 @@ def on_store(app: Appliance) -> tuple[Harness, Phone, Phone]:
     h = Harness()
     h.call_log = CallLog(app.store, h.clock.datetime, h.clock.monotonic)
     h.proxy = Proxy(h.sender, h.directory, h.router, h.call_log,
-                    functools.partial(record_message, app.store, h.clock.datetime),
+                    MessageLog(app.store, h.clock.datetime),
                     clock=h.clock, timer_clock=h.clock.monotonic, realm=lambda: REALM,
                     local_hosts={REALM})
     alice = h.phone("alice", "192.168.1.10", ALICE_SRC,

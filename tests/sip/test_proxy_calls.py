@@ -307,10 +307,10 @@ def attach_proxy(appliance: Any) -> tuple[Any, asyncio.Task[None] | None]:
         pytest.skip("no SIP front door in this build (appliance.frontdoor is missing)")
     if getattr(frontdoor, "proxy", None) is not None:
         return frontdoor.proxy, None
-    import functools
 
+    from appliance.services.message_log import MessageLog
     from appliance.services.routing import ClientRouter
-    from appliance.services.telephony import CallLog, record_message
+    from appliance.services.telephony import CallLog
     from appliance.sip.digest import Algorithm
     from appliance.sip.proxy import Proxy
 
@@ -322,7 +322,7 @@ def attach_proxy(appliance: Any) -> tuple[Any, asyncio.Task[None] | None]:
                           local_hosts=appliance.transport.local_hosts)
     proxy = Proxy(appliance.transport, appliance.sip_directory, router,
                   CallLog(appliance.store, appliance.clock),
-                  functools.partial(record_message, appliance.store, appliance.clock),
+                  MessageLog(appliance.store, appliance.clock),
                   clock=appliance.wall_clock, realm=lambda: appliance.realm,
                   local_hosts=appliance.transport.local_hosts, nonces=appliance.registrar.nonces,
                   guard=appliance.guard,
