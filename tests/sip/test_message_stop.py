@@ -10,22 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sqlite3
-from collections.abc import Awaitable, Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from appliance.app import Appliance
 from appliance.models import AccountSid, SmsRecord, SmsSid, mint_sid
 from appliance.sip.message import Request, parse_message
 from appliance.store.sms import SmsStore
 from appliance.timefmt import storage
-from tests.conftest import ADMIN_SID, Api
+from tests.conftest import ADMIN_SID, Api, free_port
 from tests.sip.test_cdr_audit import config, message, on_store
 from tests.sms.sipua import Phone
+from tests.test_serve import wait_health
 
 PW = "Pbx-edge-7"
 SMS = f"Accounts/{ADMIN_SID}/SMS/Messages.json"
@@ -52,12 +59,30 @@ class SilentPhone(Phone):
             self._answer(request, addr)
 
 
-async def listed(app: Appliance, body: str) -> list[dict[str, Any]]:
-    password = (app.config.data_dir / "admin-password").read_text().strip()
-    listen = app.config.api.listen
-    async with aiohttp.ClientSession() as session:
-        api = Api(session, f"http://{listen.host}:{listen.port}", ADMIN_SID, password,
-                  app.config.data_dir)
+@dataclass(frozen=True)
+class Box:
+    """Where an appliance (in this process or not) answers: its API, SIP and data dir."""
+
+    api_port: int
+    sip: tuple[str, int]
+    data_dir: Path
+
+    @staticmethod
+    def of(app: Appliance) -> Box:
+        listen = app.config.sip.listen
+        return Box(app.config.api.listen.port, (listen.host, listen.port), app.config.data_dir)
+
+    @asynccontextmanager
+    async def api(self) -> AsyncIterator[Api]:
+        password = (self.data_dir / "admin-password").read_text().strip()
+        async with aiohttp.ClientSession() as session:
+            yield Api(session, f"http://127.0.0.1:{self.api_port}", ADMIN_SID, password,
+                      self.data_dir)
+
+
+async def listed(where: Appliance | Box, body: str) -> list[dict[str, Any]]:
+    box = where if isinstance(where, Box) else Box.of(where)
+    async with box.api() as api:
         status, text, _ = await api.get(SMS, params={"Body": body})
     assert status == 200, text
     rows: list[dict[str, Any]] = json.loads(text)["messages"]
@@ -70,35 +95,32 @@ async def until(check: Callable[[], Awaitable[bool]], seconds: float = 5) -> Non
             await asyncio.sleep(0.02)
 
 
-async def phones(app: Appliance, silent: bool) -> tuple[Phone, Phone]:
+async def phones(box: Box, silent: bool) -> tuple[Phone, Phone]:
     """dave and bob, Clients with a registered phone each; bob's never answers a MESSAGE
     when SILENT."""
-    listen = app.config.sip.listen
-    server = (listen.host, listen.port)
-    for login in ("dave", "bob"):
-        password = (app.config.data_dir / "admin-password").read_text().strip()
-        async with aiohttp.ClientSession() as session:
-            api = Api(session, f"http://{listen.host}:{app.config.api.listen.port}", ADMIN_SID,
-                      password, app.config.data_dir)
+    async with box.api() as api:
+        for login in ("dave", "bob"):
             status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
                                              {"Login": login, "Password": PW})
-        assert status == 200, body
-    dave = await Phone("dave", PW, server).start()
-    bob = await (SilentPhone if silent else Phone)("bob", PW, server).start()
+            assert status == 200, body
+    dave = await Phone("dave", PW, box.sip).start()
+    bob = await (SilentPhone if silent else Phone)("bob", PW, box.sip).start()
     assert await dave.register() == 200
     assert await bob.register() == 200
     return dave, bob
 
 
-async def in_flight(app: Appliance, text: str) -> tuple[Phone, Phone, asyncio.Task[int]]:
+async def in_flight(where: Appliance | Box, text: str
+                    ) -> tuple[Phone, Phone, asyncio.Task[int]]:
     """dave's MESSAGE TEXT relayed to bob's silent phone, listed `sending`."""
-    dave, bob = await phones(app, silent=True)
+    box = where if isinstance(where, Box) else Box.of(where)
+    dave, bob = await phones(box, silent=True)
     sending = asyncio.create_task(dave.message("bob", text))
     await asyncio.wait_for(bob.got_message.wait(), 5)
     assert bob.messages == [text]
 
     async def is_sending() -> bool:
-        return [(m["status"], m["from"], m["to"]) for m in await listed(app, text)] == [
+        return [(m["status"], m["from"], m["to"]) for m in await listed(box, text)] == [
             ("sending", "dave", "bob")]
     await until(is_sending)
     return dave, bob, sending
@@ -215,3 +237,36 @@ async def _stored(app: Appliance, body: str) -> list[dict[str, Any]]:
         db.row_factory = sqlite3.Row
         return [dict(r) for r in db.execute("SELECT * FROM sms_messages WHERE body = ?",
                                             (body,))]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+async def test_the_process_stopped_or_killed_mid_message_lists_it_failed_after(
+        tmp_path: Path, sig: signal.Signals) -> None:
+    # D5 as reported: `appliance serve`, bob's phone never answers, dave's MESSAGE to him
+    # in flight when the process gets SIGTERM (a clean stop) or SIGKILL (a crash).
+    box = Box(free_port(), ("127.0.0.1", free_port()), tmp_path / "var")
+    config = tmp_path / "config.toml"
+    config.write_text(f'data_dir = "{box.data_dir}"\n[api]\nlisten = "127.0.0.1:{box.api_port}"'
+                      f'\n[sip]\nlisten = "{box.sip[0]}:{box.sip[1]}"\n')
+
+    def serve() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config",
+                                 str(config)], stderr=subprocess.DEVNULL)
+        wait_health(box.api_port, proc)
+        return proc
+
+    proc = await asyncio.to_thread(serve)
+    try:
+        dave, bob, sending = await in_flight(box, "hello bob?")
+        proc.send_signal(sig)
+        assert await asyncio.to_thread(proc.wait, 10) == (0 if sig == signal.SIGTERM else -sig)
+        await hang_up(dave, bob, sending)
+        proc = await asyncio.to_thread(serve)
+        [row] = await listed(box, "hello bob?")
+        assert (row["status"], row["error_code"], row["from"], row["to"]) == (
+            "failed", 408, "dave", "bob")
+        assert ("Outcome unknown" in row["error_message"]) == (sig == signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait, 10)
