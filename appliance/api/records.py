@@ -18,6 +18,7 @@ from appliance.rcml.runner import App
 from appliance.services.access import Action, require
 from appliance.services.calls import CallsService
 from appliance.services.history import ListFilters, parse_paging
+from appliance.services.urls import check_http_url
 
 
 def _filters(ctx: Ctx) -> ListFilters:
@@ -82,9 +83,7 @@ def _method(value: str | None, name: str) -> str:
 
 
 def _url(value: str | None, name: str) -> str | None:
-    if value is not None and not value.lower().startswith(("http://", "https://")):
-        raise InvalidInput(f"{name} must be an http:// or https:// URL")
-    return value or None
+    return check_http_url(name, value) if value else None
 
 
 def _app(form: dict[str, str]) -> App:

@@ -37,8 +37,6 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from yarl import URL
-
 from appliance.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from appliance.gsm.alphabet import MAX_PARTS, Encoding, split_text
 from appliance.gsm.errors import (
@@ -77,6 +75,7 @@ from appliance.services.access import Action, require
 from appliance.services.history import HistoryService
 from appliance.services.ordered_jobs import OrderedJobs
 from appliance.services.ports import StoreProtocol
+from appliance.services.urls import check_http_url
 from appliance.store.sms import Callback, Fragment, InboundJob, OutboxItem, SmsStore
 from appliance.timefmt import from_storage, storage
 from appliance.webhooks import WebhookError, Webhooks
@@ -127,20 +126,6 @@ class ClientMessenger(Protocol):
 
 def _now_text(clock: Callable[[], datetime]) -> str:
     return storage(clock())
-
-
-def _check_http_url(value: str, name: str) -> None:
-    """400 unless VALUE is an absolute http(s) URL with a host: `http://` or `http://[::1`
-    would only fail later, when requested."""
-    message = f"{name} must be an http:// or https:// URL with a host"
-    if any(c.isspace() for c in value):
-        raise InvalidInput(f"{message}: {value!r} contains a space")
-    try:
-        url = URL(value)
-    except ValueError as err:
-        raise InvalidInput(f"{message}: {value!r} is not a valid URL ({err})") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise InvalidInput(f"{message}: {value!r}")
 
 
 def _unencodable(item: OutboxItem) -> tuple[int, str] | None:
@@ -223,7 +208,7 @@ class MessagingService:
             ucs2 = normalised == "UCS_2"
         destination = await self._checked(from_, to, body, ucs2)
         if status_callback:
-            _check_http_url(status_callback, "StatusCallback")
+            check_http_url("StatusCallback", status_callback)
         method = (status_callback_method or "POST").upper()
         if method not in ("GET", "POST"):
             raise InvalidInput("StatusCallbackMethod must be GET or POST")

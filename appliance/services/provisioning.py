@@ -34,6 +34,7 @@ from appliance.models import (
 from appliance.queries import Condition, ListQuery
 from appliance.services.access import Action, require
 from appliance.services.ports import StoreProtocol
+from appliance.services.urls import check_http_url
 from appliance.timefmt import storage
 
 logger = logging.getLogger(__name__)
@@ -59,11 +60,7 @@ _NUMBER_APP_SIDS = (("voice_application_sid", "VoiceApplicationSid"),
 def _url(field: str, value: str | None) -> str | None:
     if value is None or value == "":
         return None
-    if len(value) > MAX_URL:
-        raise InvalidInput(f"{field} is longer than {MAX_URL} characters")
-    if not re.match(r"^https?://[^\s/]+", value):
-        raise InvalidInput(f"{field} must be an http:// or https:// URL")
-    return value
+    return check_http_url(field, value)
 
 
 def _method(field: str, value: str | None, default: str = "POST") -> str:

@@ -274,3 +274,22 @@ async def test_a_call_to_a_number_whose_application_is_missing_runs_its_fallback
     status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
     notes = json.loads(body)["notifications"]
     assert len(notes) == 2 and {n["log"] for n in notes} == {0, 1}
+
+
+async def test_a_webhook_url_without_a_host_is_refused_when_given(api: Api) -> None:
+    # `http://` or `http://[::1` passed the old prefix check and failed only when requested,
+    # as an 11200 Notification at the first call or message to the number.
+    for bad in ("http://", "http://[::1", "https:///path", "http://a b/x", "ftp://host/x"):
+        status, body, _ = await api.post(f"{NUMBERS}.json", {"PhoneNumber": "+15550177",
+                                                             "SmsUrl": bad})
+        assert status == 400, (bad, body)
+        assert "SmsUrl must be an http:// or https:// URL with a host" in body
+        status, body, _ = await api.post(f"{APPS}.json", {"FriendlyName": "x", "RcmlUrl": bad})
+        assert status == 400 and "RcmlUrl must be" in body, (bad, body)
+        status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Calls.json", {
+            "From": "+1", "To": "client:nobody", "Url": bad})
+        assert status == 400 and "Url must be" in body, (bad, body)
+    status, body, _ = await api.post(f"{NUMBERS}.json", {
+        "PhoneNumber": "+15550177", "SmsUrl": "HTTP://[::1]:8080/sms", "VoiceUrl":
+        "https://app.example.com/voice?x=1"})
+    assert status == 200, body
