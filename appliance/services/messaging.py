@@ -223,7 +223,16 @@ class MessagingService:
             raise InvalidInput(f"From is longer than {MAX_FROM_CHARS} characters")
         destination = await self._destination(to)
         self._check_body(body, ucs2)
+        self._require_modem(destination)
         return destination
+
+    def _require_modem(self, destination: str) -> None:
+        """503 for a message to a phone number when no modem is configured: it could only
+        wait in the queue for two days and fail. (A configured modem that is down is
+        another matter: the message waits for it, as documented.)"""
+        if self.modem is None and not destination.startswith("client:"):
+            raise Unavailable("No modem is configured ([modem] device): SMS to phone numbers "
+                              "cannot be sent")
 
     async def _destination(self, to: str) -> str:
         """`client:<login>` for a Client (as `client:alice` or a bare login), else the number."""
@@ -245,6 +254,7 @@ class MessagingService:
         if not _PHONE.match(destination):
             raise InvalidInput(f"{number} is not a phone number")
         self._check_body(body, False)
+        self._require_modem(destination)
         return await self._enqueue(account_sid, login, destination, body, False, None, {},
                                    "outbound-call")
 
@@ -752,7 +762,7 @@ class MessagingService:
                             False, Callback(status_callback, "POST")
                             if status_callback else None, {}, "outbound-reply",
                             handing=record.sid)
-                    except InvalidInput as err:
+                    except (InvalidInput, Unavailable) as err:
                         await self._history.notify(
                             record.account_sid, 14101,
                             f"SMS {record.sid}: <Sms> not sent: {err.message}")

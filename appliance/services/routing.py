@@ -49,7 +49,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Collection
 
-from appliance.errors import InvalidInput
+from appliance.errors import InvalidInput, Unavailable
 from appliance.models import Gateway
 from appliance.sip.bindings import Location
 from appliance.sip.errors import SipParseError
@@ -260,5 +260,7 @@ def sms_gateway(send_from_client: Callable[[str, str, str, str], Awaitable[objec
             await send_from_client(caller.account_sid, caller.login, number, text)
         except InvalidInput as err:
             return Refuse(488, err.message[:100])
+        except Unavailable as err:  # no modem configured
+            return Refuse(503, err.message[:100])
         return Answer(202, "Accepted For Delivery By SMS")
     return outbound

@@ -139,3 +139,28 @@ async def test_a_forward_queued_before_a_crash_is_not_queued_again(
                 await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
         assert await forwards(api) == ["again", "hello"]
+
+
+async def test_without_a_modem_sms_to_numbers_are_refused_not_queued(
+        api: Api, appliance: Appliance) -> None:
+    # No [modem] device: a message to a number used to be accepted `queued` and fail two
+    # days later. It is refused at once; messages to Clients still go.
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/SMS/Messages.json", {
+        "From": "+15550001000", "To": "+15557778888", "Body": "nowhere to go"})
+    assert status == 503 and "No modem is configured" in body, body
+    alice = await phone(api, appliance, "alice")
+    try:
+        assert await alice.register() == 200
+        assert await alice.message("+15557778888", "from my desk phone") == 503
+        status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/SMS/Messages.json", {
+            "From": "+15550001000", "To": "client:alice", "Body": "for your phone"})
+        assert status == 200, body
+        async with asyncio.timeout(10):
+            await alice.got_message.wait()
+        assert alice.messages == ["for your phone"]
+    finally:
+        alice.close()
+    _, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json?SortBy=DateCreated")
+    listed = json.loads(body)["messages"]
+    assert sorted((m["to"], m["status"], m.get("error_code")) for m in listed) == [
+        ("+15557778888", "failed", 503), ("client:alice", "sent", None)]
