@@ -13,6 +13,11 @@ Notification is written. Messages still queued, or stopped between two parts, ar
 continued) after the restart. The same holds while running: a part the modem stopped
 answering for *after* its PDU was written is in doubt; one it hung on *before* its `> ` prompt
 was never written (the channel says which, `ModemError.pdu_written`) and goes back to the queue.
+A fault of our own (the store, the OS) is no fault of the message: before a part is handed
+over it stays queued and the sender pauses (failed only after MAX_SENDER_FAULTS in a row);
+after, it is in doubt. Only what the message's own content raises (its encoding) fails it
+at once. A final status is never overwritten, and StatusCallbacks carry the status each
+change wrote.
 
 Inbound (`on_sms_received`, the driver's callback): the raw PDU and what it produced are
 committed in one transaction before the driver deletes it from the modem; multipart messages
@@ -76,7 +81,14 @@ from appliance.services.history import HistoryService
 from appliance.services.ordered_jobs import OrderedJobs
 from appliance.services.ports import StoreProtocol
 from appliance.services.urls import check_http_url
-from appliance.store.sms import Callback, Fragment, InboundJob, OutboxItem, SmsStore
+from appliance.store.sms import (
+    Callback,
+    Fragment,
+    InboundJob,
+    OutboxItem,
+    SmsStore,
+    StatusChange,
+)
 from appliance.timefmt import from_storage, storage
 from appliance.webhooks import WebhookError, Webhooks
 
@@ -103,6 +115,10 @@ CALLBACK_CONCURRENCY = 8
 CALLBACK_BACKLOG = 1000
 CALLBACK_GRACE = 2.0
 SENDER_FAULT_PAUSE = 5.0  # seconds the sender rests after a fault it could not pin on a message
+# A message that meets a fault of ours (the store, the OS: not its content) this many times
+# in a row, SENDER_FAULT_PAUSE apart, is failed: a lasting fault tied to it somehow must not
+# hold up the queue for good. Fewer are passing faults ("database is locked"): it stays queued.
+MAX_SENDER_FAULTS = 5
 
 
 class ModemPort(Protocol):
@@ -141,6 +157,19 @@ def _unencodable(item: OutboxItem) -> tuple[int, str] | None:
     except PduError as err:
         return 21617, f"The message body is too long, not sent: {err}"
     return None
+
+
+class _InDoubt(Exception):  # noqa: N818 - not an error of the message, a state of it
+    """A fault once a part was handed to the modem: the part may have gone out, so the
+    message is failed as "may have been delivered", never sent again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class _SenderFault(Exception):
+    """A fault of ours while sending a message, logged; the sender pauses."""
 
 
 def _error_of(err: ModemError) -> tuple[int, str]:
@@ -185,6 +214,10 @@ class MessagingService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._callbacks = OrderedJobs("SMS status callback", concurrency=CALLBACK_CONCURRENCY,
                                       backlog=CALLBACK_BACKLOG)
+        # In-doubt failures not recorded yet (the store failed too): settled at the next
+        # drain; the message is not due meanwhile (its queue entry says `submitting`).
+        self._in_doubt: dict[str, tuple[OutboxItem, str]] = {}
+        self._faults: tuple[str, int] | None = None  # (sid, faults in a row) of the queue's head
 
     # -- API: send -----------------------------------------------------------------------------
 
@@ -316,12 +349,11 @@ class MessagingService:
         for sid in in_doubt:
             message = ("Interrupted while the modem was sending this message (power cut or "
                        "crash); it may have been delivered. Not resent, to avoid a duplicate.")
-            await self._sms.fail(sid, 30008, message, _now_text(self._clock))
-            record = await self._store.get_sms(sid)
-            if record is not None:
-                await self._history.notify(record.account_sid, 30008,
+            change = await self._sms.fail(sid, 30008, message, _now_text(self._clock))
+            if change is not None:
+                await self._history.notify(change.record.account_sid, 30008,
                                            f"SMS {sid}: {message}", warning=True)
-                await self._status_callback(sid)
+                await self._status_callback(change)
         for sid in resumed:
             logger.info("- SMS %s resumes after a restart", sid)
 
@@ -334,22 +366,24 @@ class MessagingService:
             # Cleared before looking at the queue: a message accepted while we drain sets it
             # again, so it is never left waiting for the timeout.
             self._wake.clear()
-            pause = 0.05
             try:
                 await self._drain()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the queue must go on after a fault of ours
-                # Not one message's (_drain fails those): the store, say. A pause, so a
-                # lasting fault does not spin the loop and flood the log.
-                logger.exception("x SMS sender")
-                pause = SENDER_FAULT_PAUSE
+            except Exception as err:  # noqa: BLE001 - the queue must go on after a fault of ours
+                # Not one message's content (_drain fails those): the store, say. A pause
+                # that no new message cuts short, so a lasting fault neither spins the loop
+                # nor counts faults faster; what came meanwhile is drained right after.
+                if not isinstance(err, _SenderFault):
+                    logger.exception("x SMS sender")
+                await asyncio.sleep(SENDER_FAULT_PAUSE)
+                continue
             timeout = 60.0
             with contextlib.suppress(Exception):
                 next_due = await self._sms.next_due()
                 if next_due is not None:
                     timeout = (from_storage(next_due) - self._clock()).total_seconds()
-            timeout = max(pause, timeout)
+            timeout = max(0.05, timeout)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(timeout, 60.0)):
                     await self._wake.wait()
@@ -361,6 +395,7 @@ class MessagingService:
         if self._wake_modem:
             self._wake_modem = False
             await self._sms.make_modem_due(_now_text(self._clock))
+        await self._settle_in_doubt()
         while True:
             due = await self._sms.due(_now_text(self._clock))
             if not due:
@@ -370,10 +405,57 @@ class MessagingService:
                     await self._send_one(item)
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # noqa: BLE001 - a bug in one message must not block the rest
-                    logger.exception("x SMS %s: sending failed", item.sid)
-                    await self._fail(item, 30008, "The appliance failed to send the message "
-                                                  "(an internal error: see its log); not retried.")
+                except _InDoubt as err:
+                    logger.warning("x SMS %s: %s", item.sid, err.message,
+                                   exc_info=err.__cause__ is not None)
+                    self._in_doubt[item.sid] = (item, err.message)
+                    await self._settle_in_doubt()
+                except Exception:  # noqa: BLE001 - a fault of ours, not of the message
+                    await self._queue_fault(item)
+                else:
+                    if self._faults is not None and self._faults[0] == item.sid:
+                        self._faults = None
+
+    async def _queue_fault(self, item: OutboxItem) -> None:
+        """A fault of ours (the store, the OS) while sending ITEM, with nothing in doubt:
+        ITEM stays queued and the sender pauses (raises _SenderFault), as before such
+        faults were told apart; only MAX_SENDER_FAULTS in a row fail it."""
+        faults = (self._faults[1] if self._faults and self._faults[0] == item.sid else 0) + 1
+        if faults >= MAX_SENDER_FAULTS:
+            logger.exception("x SMS %s: a fault of the appliance while sending it, %d times in "
+                             "a row", item.sid, faults)
+            self._faults = None
+            await self._fail(item, 30008, f"The appliance failed to send the message {faults} "
+                                          "times in a row (an internal error: see its log); "
+                                          "not retried.")
+            return
+        self._faults = (item.sid, faults)
+        logger.exception("x SMS %s: a fault of the appliance while sending it (%d in a row); "
+                         "it stays queued, the sender pauses %.0f s", item.sid, faults,
+                         SENDER_FAULT_PAUSE)
+        # The fault may have come after a step that took it off the queue (a modem error
+        # recorded, not its requeue): back, due now. Nothing is in doubt (that is _InDoubt),
+        # so no part is lost; a store still failing leaves it as it is, for a restart.
+        with contextlib.suppress(Exception):
+            await self._sms.requeue(item.sid, _now_text(self._clock))
+        raise _SenderFault from None
+
+    async def _settle_in_doubt(self) -> None:
+        for sid, (item, message) in list(self._in_doubt.items()):
+            await self._fail(item, 30008, message)
+            del self._in_doubt[sid]
+
+    @staticmethod
+    def _encoded(item: OutboxItem) -> list[SubmitPdu]:
+        """ITEM's parts as PDUs. Depends on nothing but the message: what fails here fails
+        every time, so it fails the message (PduError or a bug alike)."""
+        encoding, texts = split_text(item.body, Encoding.UCS2 if item.ucs2 else None)
+        total = len(texts)
+        return [encode_sms_submit(item.destination, text, encoding=encoding,
+                                  concat=PduConcat(item.concat_ref, total, index + 1)
+                                  if total > 1 else None,
+                                  status_report=item.status_report)
+                for index, text in enumerate(texts)]
 
     async def _send_one(self, item: OutboxItem) -> None:
         if item.destination.startswith("client:"):
@@ -382,6 +464,13 @@ class MessagingService:
         problem = _unencodable(item)
         if problem is not None:
             await self._fail(item, *problem)
+            return
+        try:
+            parts = self._encoded(item)
+        except Exception:  # noqa: BLE001 - this message's own fault: it alone is failed
+            logger.exception("x SMS %s: could not be encoded", item.sid)
+            await self._fail(item, 30008, "The appliance failed to encode the message (an "
+                                          "internal error: see its log); not retried.")
             return
         modem = self.modem
         now = self._clock()
@@ -393,23 +482,29 @@ class MessagingService:
             delay = RETRY_DELAYS[min(item.attempts, len(RETRY_DELAYS) - 1)]
             await self._sms.requeue(item.sid, storage(now + timedelta(seconds=delay)))
             return
-        encoding, texts = split_text(item.body, Encoding.UCS2 if item.ucs2 else None)
-        total = len(texts)
+        total = len(parts)
         for index in range(item.parts_done, total):
-            concat = PduConcat(item.concat_ref, total, index + 1) if total > 1 else None
-            part = encode_sms_submit(item.destination, texts[index], encoding=encoding,
-                                     concat=concat, status_report=item.status_report)
+            # A fault before this is committed: nothing was handed over (it stays queued).
             await self._sms.begin_part(item.sid, index, total, item.destination,
                                        _now_text(self._clock))
             try:
-                (mr,) = await modem.send_sms([part], tag=f"{item.sid}:{index}")
-            except (ModemUnavailable, SmsSendError, ModemError) as err:
+                (mr,) = await modem.send_sms([parts[index]], tag=f"{item.sid}:{index}")
+            except ModemError as err:
                 await self._part_failed(item, index, err)
                 return
-            last = await self._sms.part_sent(item.sid, index, mr, _now_text(self._clock))
-            if last:
+            except Exception as err:  # noqa: BLE001 - not the driver's own kind of fault
+                raise _InDoubt(f"The appliance failed while the modem was sending part "
+                               f"{index + 1} (an internal error: see its log); it may have "
+                               "been delivered. Not resent, to avoid a duplicate.") from err
+            try:
+                change = await self._sms.part_sent(item.sid, index, mr, _now_text(self._clock))
+            except Exception as err:  # noqa: BLE001 - the store's: the modem has the part
+                raise _InDoubt(f"The modem took part {index + 1}, but the appliance could not "
+                               "record it (an internal error: see its log); it may have been "
+                               "delivered. Not resent, to avoid a duplicate.") from err
+            if change is not None:
                 logger.info("> SMS %s sent in %d part(s)", item.sid, total)
-                await self._status_callback(item.sid)
+                await self._status_callback(change)
 
     async def _send_to_client(self, item: OutboxItem) -> None:
         """Deliver as SIP MESSAGE; kept (up to MAX_QUEUE_AGE) until the Client registers."""
@@ -419,9 +514,11 @@ class MessagingService:
         if self.client_messenger is not None:
             status = await self.client_messenger.deliver(login, item.from_, item.body)
         if status is not None and 200 <= status < 300:
-            await self._sms.client_delivered(item.sid, _now_text(self._clock))
+            # A fault recording it: tried again, so the phone may show it twice (as after a
+            # crash: see docs/sms.md).
+            change = await self._sms.client_delivered(item.sid, _now_text(self._clock))
             logger.info("> SMS %s delivered to %s as SIP MESSAGE", item.sid, login)
-            await self._status_callback(item.sid)
+            await self._status_callback(change)
             return
         if now - from_storage(item.accepted_at) > MAX_QUEUE_AGE:
             await self._fail(item, 30003, f"{login} did not take the message within "
@@ -455,10 +552,8 @@ class MessagingService:
             return
         if isinstance(cause, ModemUnavailable | ModemTimeout):
             # The PDU was handed to the modem, then no answer (or the port went): in doubt.
-            message = (f"The modem did not answer while sending part {index + 1}; it may have "
-                       "been delivered. Not resent, to avoid a duplicate.")
-            await self._fail(item, 30008, message)
-            return
+            raise _InDoubt(f"The modem did not answer while sending part {index + 1}; it may "
+                           "have been delivered. Not resent, to avoid a duplicate.")
         if isinstance(cause, CmsError) and cause.code in TRANSIENT_CMS \
                 and item.attempts < MAX_TRANSIENT_ATTEMPTS:
             # A temporary network error: the same part again later (same concatenation
@@ -472,10 +567,18 @@ class MessagingService:
             await self._fail(item, code, message)
 
     async def _fail(self, item: OutboxItem, code: int, message: str) -> None:
-        await self._sms.fail(item.sid, code, message, _now_text(self._clock))
+        """Fail ITEM, unless it already has a final status (`sent`, say: then nothing)."""
+        change = await self._sms.fail(item.sid, code, message, _now_text(self._clock))
+        if change is None:
+            logger.info("- SMS %s not failed, its status is final already (%s)", item.sid,
+                        message)
+            return
         logger.warning("x SMS %s failed: %s", item.sid, message)
-        await self._history.notify(item.account_sid, code, f"SMS {item.sid}: {message}")
-        await self._status_callback(item.sid)
+        try:
+            await self._history.notify(item.account_sid, code, f"SMS {item.sid}: {message}")
+        except Exception:  # noqa: BLE001 - the status is recorded: the message is done
+            logger.exception("x SMS %s: its Notification could not be written", item.sid)
+        await self._status_callback(change)
 
     # -- delivery reports ------------------------------------------------------------------------
 
@@ -499,30 +602,35 @@ class MessagingService:
         now = self._clock()
         digits = "".join(c for c in event.recipient if c.isdigit())
         error = _undelivered_error(event.status) if delivered is False else None
-        changed = await self._sms.delivery_report(event.mr, digits, delivered, event.status,
-                                                  storage(now - REPORT_WINDOW), storage(now),
-                                                  error)
-        if changed is not None:
-            sid, status = changed
-            logger.info("< SMS %s %s", sid, status)
-            await self._status_callback(sid)
+        change = await self._sms.delivery_report(event.mr, digits, delivered, event.status,
+                                                 storage(now - REPORT_WINDOW), storage(now),
+                                                 error)
+        if change is not None:
+            logger.info("< SMS %s %s", change.record.sid, change.record.status)
+            await self._status_callback(change)
 
-    async def _status_callback(self, sid: str) -> None:
-        """Queue SID's StatusCallback with the status it has now. It is requested in the
+    async def _status_callback(self, change: StatusChange | None) -> None:
+        """Queue the StatusCallback of CHANGE (None: no change, no callback) with the status
+        it wrote: a later read could find the next status already (a status report right
+        after +CMGS), and `sent` would never be requested. It is requested in the
         background (a slow server holds up no other message), after the earlier callbacks
-        of the same message."""
-        callback = await self._sms.callback_of(sid)
-        record = await self._store.get_sms(sid)
-        if callback is None or record is None:
+        of the same message; nothing here reads the store, so no fault of its turns a
+        recorded status into another."""
+        if change is None or change.callback is None:
             return
+        record, callback = change.record, change.callback
         params = {"MessageSid": record.sid, "SmsSid": record.sid, "AccountSid": record.account_sid,
                   "From": record.from_, "To": record.to, "Body": record.body,
                   "MessageStatus": record.status, "SmsStatus": record.status,
                   "ApiVersion": API_VERSION}
         if record.error_code is not None:
             params["ErrorCode"] = str(record.error_code)
-        await self._callbacks.put(sid, functools.partial(
-            self._request_callback, record.account_sid, sid, callback, params))
+        try:
+            await self._callbacks.put(record.sid, functools.partial(
+                self._request_callback, record.account_sid, record.sid, callback, params))
+        except Exception:  # noqa: BLE001 - the status is recorded; the callback is extra
+            logger.exception("x SMS %s: its %s StatusCallback could not be queued",
+                             record.sid, record.status)
 
     async def _request_callback(self, account_sid: str, sid: str, callback: Callback,
                                 params: dict[str, str]) -> None:

@@ -72,6 +72,25 @@ class Callback:
     method: str
 
 
+@dataclasses.dataclass(frozen=True)
+class StatusChange:
+    """A message's row as a status change just wrote it, read in the same transaction, and
+    its StatusCallback: the callback's parameters are the status written, not whatever a
+    later read finds (a status report may have come in between)."""
+
+    record: models.SmsRecord
+    callback: Callback | None
+
+
+def _status_change(conn: sqlite3.Connection, sid: str) -> StatusChange:
+    cur = conn.execute("SELECT * FROM sms_messages WHERE sid = ?", (sid,))
+    cur.row_factory = sqlite3.Row  # type: ignore[assignment]
+    row = cur.fetchone()
+    callback = (Callback(row["status_callback"], row["status_callback_method"] or "POST")
+                if row["status_callback"] else None)
+    return StatusChange(rows.sms(row), callback)
+
+
 class SmsStore:
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -157,11 +176,11 @@ class SmsStore:
                              "WHERE sid = ? AND status = 'queued'", (now, sid))
         await self._run(run)
 
-    async def part_sent(self, sid: str, part: int, mr: int, now: str) -> bool:
-        """Record PART's message reference; True when it was the last part and the message
-        is now `sent`. A message an earlier part's status report already settled (say
+    async def part_sent(self, sid: str, part: int, mr: int, now: str) -> StatusChange | None:
+        """Record PART's message reference; the change when it was the last part and the
+        message is now `sent`. A message an earlier part's status report already settled (say
         `undelivered`) keeps that status: the network's answer is not overwritten by ours."""
-        def run() -> bool:
+        def run() -> StatusChange | None:
             conn = self._conn()
             with self._atomic():
                 conn.execute("UPDATE sms_parts SET outcome = 'sent', mr = ?, sent_at = ? "
@@ -171,7 +190,7 @@ class SmsStore:
                 done, total = conn.execute("SELECT parts_done, parts_total FROM sms_outbox "
                                            "WHERE sid = ?", (sid,)).fetchone()
                 if done < total:
-                    return False
+                    return None
                 conn.execute("UPDATE sms_outbox SET state = 'done' WHERE sid = ?", (sid,))
                 changed = conn.execute(
                     "UPDATE sms_messages SET status = 'sent', date_sent = ?, date_updated = ? "
@@ -179,8 +198,9 @@ class SmsStore:
                 if not changed:
                     conn.execute("UPDATE sms_messages SET date_sent = ? WHERE sid = ?",
                                  (now, sid))
-                return bool(changed)
-        result: bool = await self._run(run)
+                    return None
+                return _status_change(conn, sid)
+        result: StatusChange | None = await self._run(run)
         return result
 
     async def requeue(self, sid: str, next_attempt_at: str, *, failed: bool = False) -> None:
@@ -189,23 +209,30 @@ class SmsStore:
         that was simply not there does not."""
         def run() -> None:
             with self._atomic():
+                # Never a finished message's entry back (the sender's retry after a fault
+                # that came once the message was settled).
                 self._conn().execute(
                     "UPDATE sms_outbox SET state = 'queued', next_attempt_at = ?, "
-                    "attempts = attempts + ? WHERE sid = ?", (next_attempt_at, int(failed), sid))
+                    "attempts = attempts + ? WHERE sid = ? AND state != 'done'",
+                    (next_attempt_at, int(failed), sid))
                 self._conn().execute("DELETE FROM sms_parts WHERE sms_sid = ? "
                                      "AND outcome = 'submitting'", (sid,))
         await self._run(run)
 
-    async def client_delivered(self, sid: str, now: str) -> None:
-        """A message to a Client was accepted by its phone (a SIP 2xx)."""
-        def run() -> None:
+    async def client_delivered(self, sid: str, now: str) -> StatusChange | None:
+        """A message to a Client was accepted by its phone (a SIP 2xx): the change, or None
+        when the message was no longer queued or sending."""
+        def run() -> StatusChange | None:
             conn = self._conn()
             with self._atomic():
                 conn.execute("UPDATE sms_outbox SET state = 'done', parts_done = 1, "
                              "parts_total = 1 WHERE sid = ?", (sid,))
-                conn.execute("UPDATE sms_messages SET status = 'sent', date_sent = ?, "
-                             "date_updated = ? WHERE sid = ?", (now, now, sid))
-        await self._run(run)
+                changed = conn.execute(
+                    "UPDATE sms_messages SET status = 'sent', date_sent = ?, date_updated = ? "
+                    "WHERE sid = ? AND status IN ('queued', 'sending')", (now, now, sid)).rowcount
+                return _status_change(conn, sid) if changed else None
+        result: StatusChange | None = await self._run(run)
+        return result
 
     async def make_modem_due(self, now: str) -> None:
         """The modem is (back) ready: messages for it go now, partly sent ones included."""
@@ -225,17 +252,23 @@ class SmsStore:
                     "destination LIKE 'client:%' AND next_attempt_at > ?", (now, now))
         await self._run(run)
 
-    async def fail(self, sid: str, error_code: int, message: str, now: str) -> None:
-        def run() -> None:
+    async def fail(self, sid: str, error_code: int, message: str,
+                   now: str) -> StatusChange | None:
+        """Make SID `failed`, unless it already has a final status (then nothing changes
+        and None is returned): a message once `sent` stays sent."""
+        def run() -> StatusChange | None:
             conn = self._conn()
             with self._atomic():
+                changed = conn.execute(
+                    "UPDATE sms_messages SET status = 'failed', error_code = ?, "
+                    "error_message = ?, date_updated = ? WHERE sid = ? "
+                    "AND status IN ('queued', 'sending')", (error_code, message, now, sid)).rowcount
                 conn.execute("UPDATE sms_outbox SET state = 'done' WHERE sid = ?", (sid,))
                 conn.execute("UPDATE sms_parts SET outcome = 'failed' WHERE sms_sid = ? "
                              "AND outcome = 'submitting'", (sid,))
-                conn.execute("UPDATE sms_messages SET status = 'failed', error_code = ?, "
-                             "error_message = ?, date_updated = ? WHERE sid = ?",
-                             (error_code, message, now, sid))
-        await self._run(run)
+                return _status_change(conn, sid) if changed else None
+        result: StatusChange | None = await self._run(run)
+        return result
 
     async def recover_after_restart(self) -> tuple[list[str], list[str]]:
         """Sort out what a crash left mid-send.
@@ -263,26 +296,16 @@ class SmsStore:
         result: tuple[list[str], list[str]] = await self._run(run)
         return result
 
-    async def callback_of(self, sid: str) -> Callback | None:
-        def run() -> Callback | None:
-            row = self._conn().execute("SELECT status_callback, status_callback_method FROM "
-                                       "sms_messages WHERE sid = ?", (sid,)).fetchone()
-            if not row or not row[0]:
-                return None
-            return Callback(row[0], row[1] or "POST")
-        result: Callback | None = await self._run(run)
-        return result
-
     async def delivery_report(self, mr: int, recipient_digits: str, delivered: bool | None,
                               status_code: int, since: str, now: str,
-                              error: tuple[int, str] | None = None) -> tuple[str, str] | None:
+                              error: tuple[int, str] | None = None) -> StatusChange | None:
         """Apply a status report to the newest matching part sent after SINCE.
 
-        DELIVERED None = still pending (recorded, no status change). Returns (sid, status) when
+        DELIVERED None = still pending (recorded, no status change). Returns the change when
         the message's status changed to delivered or undelivered; ERROR (code, message) is
         the message's error when this report makes it undelivered.
         """
-        def run() -> tuple[str, str] | None:
+        def run() -> StatusChange | None:
             conn = self._conn()
             with self._atomic():
                 candidates = conn.execute(
@@ -314,8 +337,8 @@ class SmsStore:
                     "error_code = COALESCE(?, error_code), "
                     "error_message = COALESCE(?, error_message) WHERE sid = ? "
                     "AND status != ?", (status, now, code, text, sid, status)).rowcount
-                return (sid, status) if changed else None
-        result: tuple[str, str] | None = await self._run(run)
+                return _status_change(conn, sid) if changed else None
+        result: StatusChange | None = await self._run(run)
         return result
 
     # -- inbound -----------------------------------------------------------------------------

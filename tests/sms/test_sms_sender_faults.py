@@ -1,0 +1,188 @@
+"""Faults of the appliance itself while sending (the store, the OS) are not the message's: it
+stays queued and goes after a pause; only after several in a row is it failed. A message once
+`sent` is never made `failed`; one the modem may have taken is never sent again. Callbacks
+carry the status each change wrote, in order, however quickly the status report comes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from typing import Any
+
+import pytest
+
+from appliance.app import Appliance
+from appliance.gsm.pdu import Submit, decode_sms_pdu
+from appliance.services.ordered_jobs import OrderedJobs
+from appliance.store.sms import SmsStore
+from tests.conftest import ADMIN_SID, Api
+from tests.fakes.modem import FakeModem
+from tests.fakes.pdus import status_report_pdu
+from tests.sms.conftest import Hook, until
+from tests.sms.test_sms import SMS, get_sms, wait_status
+
+PAUSE = 0.2  # the sender's pause after a fault, shortened for the tests
+
+
+@pytest.fixture(autouse=True)
+def short_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("appliance.services.messaging.SENDER_FAULT_PAUSE", PAUSE)
+
+
+async def send(api: Api, to: str = "+15557770000", body: str = "hello",
+               **extra: str) -> str:
+    status, text, _ = await api.post(f"{SMS}.json", {"From": "me", "To": to, "Body": body,
+                                                     **extra})
+    assert status == 200, text
+    return str(json.loads(text)["sid"])
+
+
+async def notification_codes(api: Api) -> list[int]:
+    _, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
+    return [n["error_code"] for n in json.loads(body)["notifications"]]
+
+
+def destinations(fake: FakeModem) -> list[str]:
+    return [s.destination for s in map(decode_sms_pdu, fake.sent) if isinstance(s, Submit)]
+
+
+@pytest.mark.parametrize("fault", [sqlite3.OperationalError("database is locked"),
+                                   OSError(5, "Input/output error")])
+async def test_a_passing_fault_of_the_store_leaves_the_message_queued(
+        gsm_appliance: Appliance, gsm_api: Api, fake: FakeModem,
+        monkeypatch: pytest.MonkeyPatch, fault: Exception) -> None:
+    real = SmsStore.begin_part
+    calls = 0
+
+    async def flaky(self: SmsStore, *args: Any, **kw: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise fault
+        await real(self, *args, **kw)
+
+    monkeypatch.setattr(SmsStore, "begin_part", flaky)
+    sid = await send(gsm_api)
+    final = await wait_status(gsm_api, sid, "sent", within=5)
+    assert final.get("error_code") is None, final
+    assert calls == 2 and destinations(fake) == ["+15557770000"]
+    assert 30008 not in await notification_codes(gsm_api)
+
+
+async def test_a_message_that_meets_a_fault_every_time_is_failed_after_five_in_a_row(
+        gsm_appliance: Appliance, gsm_api: Api, fake: FakeModem,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = SmsStore.begin_part
+    tries: list[str] = []
+
+    async def broken_for_one(self: SmsStore, sid: str, *args: Any, **kw: Any) -> None:
+        if sid == stuck:
+            tries.append(sid)
+            raise sqlite3.OperationalError("disk I/O error")
+        await real(self, sid, *args, **kw)
+
+    monkeypatch.setattr(SmsStore, "begin_part", broken_for_one)
+    stuck = ""
+    stuck = await send(gsm_api, "+15557770001", "stuck")
+    after = await send(gsm_api, "+15557770002", "after")
+    failed = await wait_status(gsm_api, stuck, "failed", within=10)
+    assert failed["error_code"] == 30008, failed
+    assert "5 times in a row" in str(failed["error_message"]), failed
+    assert len(tries) == 5
+    await wait_status(gsm_api, after, "sent", within=5)
+    assert destinations(fake) == ["+15557770002"]
+    assert await notification_codes(gsm_api) == [30008]
+
+
+async def test_a_fault_after_the_modem_took_the_part_fails_it_as_in_doubt_never_sends_twice(
+        gsm_appliance: Appliance, gsm_api: Api, fake: FakeModem,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = SmsStore.part_sent
+    calls = 0
+
+    async def flaky(self: SmsStore, *args: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return await real(self, *args, **kw)
+
+    monkeypatch.setattr(SmsStore, "part_sent", flaky)
+    sid = await send(gsm_api, "+15557770001", "in doubt")
+    failed = await wait_status(gsm_api, sid, "failed", within=5)
+    assert failed["error_code"] == 30008, failed
+    assert "it may have been delivered. Not resent" in str(failed["error_message"]), failed
+    after = await send(gsm_api, "+15557770002", "after")
+    await wait_status(gsm_api, after, "sent", within=5)
+    assert destinations(fake) == ["+15557770001", "+15557770002"]  # not resent
+
+
+async def test_a_sent_message_stays_sent_when_its_callback_cannot_be_queued(
+        gsm_appliance: Appliance, gsm_api: Api, fake: FakeModem, hook: Hook,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = OrderedJobs.put
+    calls = 0
+
+    async def flaky(self: OrderedJobs, *args: Any, **kw: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise sqlite3.OperationalError("database is locked")
+        await real(self, *args, **kw)
+
+    monkeypatch.setattr(OrderedJobs, "put", flaky)
+    sid = await send(gsm_api, StatusCallback=hook.url("/status"))
+    await until(lambda: calls >= 1, within=5)
+    await asyncio.sleep(2 * PAUSE)  # a retry, if any, would come by now
+    final = await get_sms(gsm_api, sid)
+    assert final["status"] == "sent" and final.get("error_code") is None, final
+    assert destinations(fake) == ["+15557770000"]
+    assert 30008 not in await notification_codes(gsm_api)
+    # The next status still gets its callback.
+    fake.deliver_status_report(status_report_pdu(fake.next_mr - 1, "+15557770000", 0x00))
+    await wait_status(gsm_api, sid, "delivered")
+    await hook.wait(lambda: bool(hook.posts_to("/status")))
+    assert [p["MessageStatus"] for p in hook.posts_to("/status")] == ["delivered"]
+
+
+async def test_a_final_status_is_never_overwritten_by_a_failure(
+        gsm_appliance: Appliance, gsm_api: Api, fake: FakeModem) -> None:
+    sid = await send(gsm_api)
+    await wait_status(gsm_api, sid, "sent")
+    sms_store = gsm_appliance.messaging._sms
+    assert await sms_store.fail(sid, 30008, "late", "2030-01-01 00:00:00") is None
+    assert (await get_sms(gsm_api, sid))["status"] == "sent"
+    fake.deliver_status_report(status_report_pdu(fake.next_mr - 1, "+15557770000", 0x00))
+    await wait_status(gsm_api, sid, "delivered")
+    assert await sms_store.fail(sid, 30008, "late", "2030-01-01 00:00:00") is None
+    final = await get_sms(gsm_api, sid)
+    assert final["status"] == "delivered" and final.get("error_code") is None, final
+
+
+async def test_callbacks_are_sent_then_delivered_when_the_report_comes_at_once(
+        gsm_appliance: Appliance, gsm_api: Api, fake: FakeModem, hook: Hook) -> None:
+    # The network's report right behind +CMGS: before, the `sent` callback re-read the row
+    # after a few awaits and often found `delivered` already (both callbacks said so).
+    real = fake._submit
+
+    def submit_then_report(pdu: str) -> None:
+        mr = fake.next_mr
+        real(pdu)
+        submitted = decode_sms_pdu(pdu)
+        assert isinstance(submitted, Submit)
+        fake.deliver_status_report(status_report_pdu(mr, submitted.destination, 0x00))
+
+    fake._submit = submit_then_report  # type: ignore[method-assign]
+    sids = []
+    for n in range(10):
+        sid = await send(gsm_api, f"+1555777000{n}", f"quick {n}",
+                         StatusCallback=hook.url(f"/status{n}"))
+        await wait_status(gsm_api, sid, "delivered", within=5)
+        sids.append(sid)
+    await hook.wait(lambda: len(hook.requests) == 20)
+    await asyncio.sleep(0.2)  # nothing more comes
+    for n, sid in enumerate(sids):
+        posts = hook.posts_to(f"/status{n}")
+        assert [(p["MessageSid"], p["MessageStatus"]) for p in posts] == [
+            (sid, "sent"), (sid, "delivered")], n
