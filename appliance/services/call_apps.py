@@ -36,12 +36,16 @@ from appliance.rcml.runner import App
 from appliance.services.ports import StoreProtocol
 from appliance.services.provisioning import normalize_number
 from appliance.services.telephony import SipDirectory
+from appliance.services.throttle import Throttle
 from appliance.sip.proxy_ports import Caller
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN_DID_WARN_S = 60.0  # "calls to an unknown DID" is a warning at most this often
 INVALID_APPLICATION = 21218  # Notification: a VoiceApplicationSid naming no application
+# The same 21218 (same number or Client, application and outcome) at most this often: every
+# call to such a number would otherwise write one, whoever places it.
+INVALID_APPLICATION_WARN_S = 60.0
 
 
 class AppResolver:
@@ -56,6 +60,7 @@ class AppResolver:
         # root); without it every lookup reads the store.
         self.directory: SipDirectory | None = None
         self._unknown_warned = -UNKNOWN_DID_WARN_S
+        self._missing_warned = Throttle(INVALID_APPLICATION_WARN_S)
 
     async def app_for(self, caller: Caller, user: str) -> tuple[App | None, str | None]:
         """The app that CALLER's INVITE to USER runs and the sid of the number it reached
@@ -162,7 +167,9 @@ class AppResolver:
         message = (f"{name}: VoiceApplicationSid {application_sid} is no application of its "
                    "account; " + (f"used {instead} instead" if instead
                                   else "no VoiceUrl or VoiceFallbackUrl to use"))
-        if self._notify is None:  # no history service (tests): the log says it
+        if self._notify is None or not self._missing_warned.allow(
+                (owner.sid, application_sid, instead)):
+            # No history service (tests), or said less than a minute ago: the log says it.
             logger.info("x %s", message)
             return
         await self._notify(owner.account_sid, INVALID_APPLICATION, message,

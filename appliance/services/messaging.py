@@ -80,6 +80,7 @@ from appliance.services.access import Action, require
 from appliance.services.history import HistoryService
 from appliance.services.ordered_jobs import OrderedJobs
 from appliance.services.ports import StoreProtocol
+from appliance.services.throttle import Throttle
 from appliance.services.urls import check_http_url
 from appliance.store.sms import (
     Callback,
@@ -119,6 +120,9 @@ SENDER_FAULT_PAUSE = 5.0  # seconds the sender rests after a fault it could not 
 # in a row, SENDER_FAULT_PAUSE apart, is failed: a lasting fault tied to it somehow must not
 # hold up the queue for good. Fewer are passing faults ("database is locked"): it stays queued.
 MAX_SENDER_FAULTS = 5
+# The same 21218 (a number's SmsApplicationSid naming no application, same outcome) at most
+# this often: every SMS to the number, whoever sends it, would otherwise write one.
+INVALID_APPLICATION_WARN_S = 60.0
 
 
 class ModemPort(Protocol):
@@ -218,6 +222,7 @@ class MessagingService:
         # drain; the message is not due meanwhile (its queue entry says `submitting`).
         self._in_doubt: dict[str, tuple[OutboxItem, str]] = {}
         self._faults: tuple[str, int] | None = None  # (sid, faults in a row) of the queue's head
+        self._missing_app_warned = Throttle(INVALID_APPLICATION_WARN_S)
 
     # -- API: send -----------------------------------------------------------------------------
 
@@ -799,12 +804,16 @@ class MessagingService:
                 # answer, the fallback standing in for a missing SmsUrl.
                 if not url:
                     url, method, fallback = fallback, fallback_method, None
-                await self._history.notify(
-                    record.account_sid, 21218,
-                    f"SMS {record.sid}: SmsApplicationSid {number.sms_application_sid} of "
-                    f"{number.phone_number} is no application of its account; "
-                    + (f"used {url} instead" if url else "no SmsUrl or SmsFallbackUrl to use"),
-                    warning=bool(url))
+                message = (f"SMS {record.sid}: SmsApplicationSid {number.sms_application_sid} "
+                           f"of {number.phone_number} is no application of its account; "
+                           + (f"used {url} instead" if url
+                              else "no SmsUrl or SmsFallbackUrl to use"))
+                if self._missing_app_warned.allow((number.sid, number.sms_application_sid,
+                                                   url)):
+                    await self._history.notify(record.account_sid, 21218, message,
+                                               warning=bool(url))
+                else:
+                    logger.info("x %s", message)
         if url and url.startswith("client:"):
             try:
                 # The Client must exist; the body is not limited (a SIP MESSAGE, not PDUs).

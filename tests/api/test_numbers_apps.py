@@ -274,6 +274,14 @@ async def test_a_call_to_a_number_whose_application_is_missing_runs_its_fallback
     status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
     notes = json.loads(body)["notifications"]
     assert len(notes) == 2 and {n["log"] for n in notes} == {0, 1}
+    # Once a minute for the same number, application and outcome, not for every call
+    # (which anyone can place): the calls still run their fallback, or nothing.
+    for _ in range(5):
+        await appliance.calls.apps.number_app(dangling)
+        await appliance.calls.apps.number_app(
+            dataclasses.replace(dangling, voice_fallback_url=None))
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
+    assert len(json.loads(body)["notifications"]) == 2
 
 
 async def test_a_webhook_url_without_a_host_is_refused_when_given(api: Api) -> None:

@@ -85,3 +85,20 @@ async def test_with_no_url_left_the_notification_is_an_error(
     assert note["error_code"] == 21218 and note["log"] == 0
     assert "no SmsUrl or SmsFallbackUrl" in note["message_text"]
     assert hook.requests == []
+
+
+async def test_the_notification_is_written_once_a_minute_not_for_every_message(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem, hook: Hook) -> None:
+    # Anyone can send SMS to the number: each wrote a 21218 before, so spoofed traffic
+    # grew the Notifications table without bound. Every message is still handled.
+    hook.reply("/fallback", "<Response/>")
+    status, body, _ = await gsm_api.post(NUMBERS, {"PhoneNumber": SIM_NUMBER,
+                                                   "SmsFallbackUrl": hook.url("/fallback")})
+    assert status == 200, body
+    await plant(gsm_appliance, json.loads(body)["sid"], GONE)
+    for n in range(5):
+        fake.deliver_sms(deliver_pdu("+15559990000", f"spam {n}"))
+    await hook.wait(lambda: len(hook.posts_to("/fallback")) == 5)
+    await asyncio.sleep(0.3)
+    notes = await notifications(gsm_api)
+    assert [n["error_code"] for n in notes] == [21218], notes
