@@ -460,23 +460,7 @@ class Store:
         A database that cannot take the write now (sqlite3.OperationalError: locked, an I/O
         error) raises StoreBusy: worth trying the same rows again later, unlike an error
         due to a row itself."""
-        records = [*inserts, *updates]
-
-        def run() -> None:
-            values = [rows.call_values(c) for c in records]
-            columns = list(values[0])
-            names = ", ".join(f'"{c}"' for c in columns)
-            marks = ", ".join("?" for _ in columns)
-            sets = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c != "sid")
-            sql = (f"INSERT INTO calls ({names}) VALUES ({marks}) "
-                   f"ON CONFLICT(sid) DO UPDATE SET {sets}")
-            with self._database().atomic():
-                self._conn().executemany(sql, [tuple(v.values()) for v in values])
-        if records:
-            try:
-                await self._run(run)
-            except sqlite3.OperationalError as err:
-                raise StoreBusy(f"call rows not written: {err}") from err
+        await self._upsert("calls", [rows.call_values(c) for c in (*inserts, *updates)])
 
     async def open_calls(self) -> list[models.CallRecord]:
         """The CDRs of calls not over yet (queued, ringing or in progress, no end time):
@@ -503,21 +487,25 @@ class Store:
     async def write_sms(self, records: list[models.SmsRecord]) -> None:
         """Write SMS rows in one transaction, each an upsert (as ``write_calls``): a SIP
         MESSAGE's final state lands even when the batch holding its `sending` insert failed."""
+        await self._upsert("sms_messages", [rows.sms_values(r) for r in records])
+
+    async def _upsert(self, table: str, values: list[dict[str, Any]]) -> None:
+        """VALUES (rows of TABLE, keyed by sid, all with the same columns) written in one
+        transaction, each an upsert; StoreBusy when the database cannot take it now."""
         def run() -> None:
-            values = [rows.sms_values(r) for r in records]
             columns = list(values[0])
             names = ", ".join(f'"{c}"' for c in columns)
             marks = ", ".join("?" for _ in columns)
             sets = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c != "sid")
-            sql = (f"INSERT INTO sms_messages ({names}) VALUES ({marks}) "
+            sql = (f"INSERT INTO {table} ({names}) VALUES ({marks}) "
                    f"ON CONFLICT(sid) DO UPDATE SET {sets}")
             with self._database().atomic():
                 self._conn().executemany(sql, [_bindable(v.values()) for v in values])
-        if records:
+        if values:
             try:
                 await self._run(run)
             except sqlite3.OperationalError as err:
-                raise StoreBusy(f"SMS rows not written: {err}") from err
+                raise StoreBusy(f"{table} rows not written: {err}") from err
 
     async def fail_sip_messages(self, status: str, error_code: int, message: str,
                                 now: datetime) -> int:
