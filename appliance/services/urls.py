@@ -21,8 +21,9 @@ def check_http_url(name: str, value: str) -> str:
         raise InvalidInput(f"{message}: {value!r} contains a space")
     try:
         url = URL(value)
-    except ValueError as err:
+        host = url.host  # decoded only now: "http://xn--a/" raises UnicodeError here
+    except ValueError as err:  # UnicodeError included
         raise InvalidInput(f"{message}: {value!r} is not a valid URL ({err})") from None
-    if url.scheme.lower() not in ("http", "https") or not url.host:
+    if url.scheme.lower() not in ("http", "https") or not host:
         raise InvalidInput(f"{message}: {value!r}")
     return value

@@ -287,7 +287,8 @@ async def test_a_call_to_a_number_whose_application_is_missing_runs_its_fallback
 async def test_a_webhook_url_without_a_host_is_refused_when_given(api: Api) -> None:
     # `http://` or `http://[::1` passed the old prefix check and failed only when requested,
     # as an 11200 Notification at the first call or message to the number.
-    for bad in ("http://", "http://[::1", "https:///path", "http://a b/x", "ftp://host/x"):
+    for bad in ("http://", "http://[::1", "https:///path", "http://a b/x", "ftp://host/x",
+                "http://xn--a/", "http://xn--/"):
         status, body, _ = await api.post(f"{NUMBERS}.json", {"PhoneNumber": "+15550177",
                                                              "SmsUrl": bad})
         assert status == 400, (bad, body)
