@@ -364,7 +364,9 @@ def parse(raw: Mapping[str, Any]) -> Config:
     for key in ("status_led", "line_led", "signal_led", "button"):
         value = gpio_raw.get(key, getattr(default.gpio, key))
         # A pin of -1 (or false) means "not fitted"; BCM numbers are 0-27 on a Pi header.
-        pins[key] = None if value in (-1, False) else _int(f"gpio.{key}", value, 0, 27)
+        # (`in (-1, False)` would take 0 for False: GPIO 0 is a pin like any other.)
+        not_fitted = value is False or (type(value) is int and value == -1)
+        pins[key] = None if not_fitted else _int(f"gpio.{key}", value, 0, 27)
     gpio = GpioConfig(enabled=enabled, **pins)
 
     outbound = _outbound(raw.get("outbound", {}))

@@ -1,12 +1,12 @@
 """A Config written back as TOML, as ``appliance check-config`` prints it: the effective
 values (defaults filled in, addresses in the one spelling they are read in), in the file's
 own syntax so that any of it can be copied into config.toml. Secrets (the admin password,
-the SIM PIN) are never printed: a set one shows as ``"(set)"``."""
+the SIM PIN) are never printed: a set one shows as a comment, ``# pin = (set)``, so that a
+copy of the output neither carries nor replaces it with a placeholder."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ def config_toml(config: Config) -> str:
         for item in dataclasses.fields(section):
             value = getattr(section, item.name)
             if (field.name, item.name) in SECRETS:
-                lines.append(f"{item.name} = {_value('(set)' if value else '')}")
+                lines.append(f"# {item.name} = {'(set)' if value else '(not set)'}")
             elif (field.name, item.name) == ("media", "rtp_ports"):
                 lines.append(f"{item.name} = {_value(f'{value[0]}-{value[1]}')}")
             elif field.name == "gpio" and value is None:
@@ -60,7 +60,16 @@ def _host_port(host: str, port: int) -> str:
 
 def _key(name: str) -> str:
     bare = name.replace("-", "").replace("_", "")
-    return name if bare.isascii() and bare.isalnum() else json.dumps(name)
+    return name if bare.isascii() and bare.isalnum() else _string(name)
+
+
+def _string(text: str) -> str:
+    """TEXT as a TOML basic string: control characters and DEL escaped (TOML allows none of
+    them raw), everything else as it is (JSON's \\u escapes would split an emoji into a
+    surrogate pair, which TOML refuses)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + "".join(f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+                         for c in escaped) + '"'
 
 
 def _value(value: Any) -> str:
@@ -69,9 +78,9 @@ def _value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, Endpoint):
-        return json.dumps(_host_port(value.host, value.port))
+        return _string(_host_port(value.host, value.port))
     if isinstance(value, Path):
-        return json.dumps(str(value))
+        return _string(str(value))
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_value(v) for v in value) + "]"
-    return json.dumps(str(value), ensure_ascii=False)
+    return _string(str(value))

@@ -69,6 +69,12 @@ def test_listen_addresses_have_one_spelling() -> None:
         "2001:db8::1", 8081)
 
 
+def test_gpio_pin_0_is_a_pin_not_absent() -> None:
+    gpio = parse({"gpio": {"button": 0, "status_led": 0, "line_led": -1,
+                           "signal_led": False}}).gpio
+    assert (gpio.button, gpio.status_led, gpio.line_led, gpio.signal_led) == (0, 0, None, None)
+
+
 def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(AttributeError):
@@ -217,9 +223,13 @@ def test_bad_inbound_values_name_the_key(raw: dict[str, object], key: str) -> No
 def test_check_config_prints_the_effective_config_as_toml_without_secrets(
         tmp_path: Path) -> None:
     # It printed the dataclasses' repr: unreadable, and the admin password and SIM PIN in
-    # clear. Now TOML that reads back as the same config, secrets replaced by "(set)".
+    # clear. Now TOML that reads back as the same config, the secrets only named in comments
+    # (a copy of the output then keeps no placeholder password nor an invalid PIN).
+    data = tmp_path / "data \U0001F4DE \x7f"  # an emoji and a DEL: TOML must escape one of them
     path = tmp_path / "config.toml"
-    path.write_text(FULL + """[gpio]
+    path.write_text(FULL.replace('data_dir = "/var/lib/appliance"',
+                                 f'data_dir = "{data}"'.replace("\x7f", "\\u007F"))
+                    + """[gpio]
 enabled = true
 button = -1
 [[outbound.routes]]
@@ -227,13 +237,15 @@ prefix = "+1"
 lines = ["gateway:provider", "modem"]
 [inbound.sources]
 provider = ["203.0.113.7", "198.51.100.0/24", "192.0.2.10:5080", "[2001:db8::1]:5060"]
+"caf\u00e9 \U0001F4DE" = ["192.0.2.99"]
 """)
     result = subprocess.run([sys.executable, "-m", "appliance", "check-config", "--config",
                              str(path)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "Pbx-edge-7" not in result.stdout and '"1234"' not in result.stdout
+    assert "# password = (set)" in result.stdout and "# pin = (set)" in result.stdout
     printed = tomllib.loads(result.stdout)
-    assert printed["admin"]["password"] == printed["modem"]["pin"] == "(set)"
+    assert "password" not in printed["admin"] and "pin" not in printed["modem"]
     assert printed["sip"]["ping_interval"] == 30 and printed["sip"]["min_expires"] == 60
     printed["admin"]["password"], printed["modem"]["pin"] = "Pbx-edge-7", "1234"
     assert parse(printed) == load(path)
