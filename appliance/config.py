@@ -200,7 +200,12 @@ def _endpoint(key: str, value: Any) -> Endpoint:
     if not 0 < port < 65536:
         raise ConfigError(f"{key}: port {port} is out of range 1-65535")
     try:
-        host = str(ipaddress.ip_address(host))  # one spelling: "[::0]" is the wildcard "::"
+        address = ipaddress.ip_address(host)
+        # One spelling: "[::0]" is the wildcard "::", and "[::ffff:127.0.0.1]" (no socket
+        # can bind it) the IPv4 address it maps.
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        host = str(address)
     except ValueError:
         if host != "localhost":
             raise ConfigError(f"{key}: {host!r} is not an IP address") from None

@@ -244,12 +244,14 @@ class MessagingService:
             if normalised not in ("GSM", "UCS_2"):
                 raise InvalidInput(f"Encoding {encoding} is not GSM or UCS-2")
             ucs2 = normalised == "UCS_2"
-        destination = await self._checked(from_, to, body, ucs2)
+        # Every parameter is checked before the modem is asked for: a bad one is 400 even
+        # where a message could not go anyway (503, no modem).
         if status_callback:
             check_http_url("StatusCallback", status_callback)
         method = (status_callback_method or "POST").upper()
         if method not in ("GET", "POST"):
             raise InvalidInput("StatusCallbackMethod must be GET or POST")
+        destination = await self._checked(from_, to, body, ucs2)
         return await self._enqueue(account.sid, from_, destination, body, ucs2,
                                    Callback(status_callback, method) if status_callback else None,
                                    dict(x_headers), direction)

@@ -67,6 +67,9 @@ def test_listen_addresses_have_one_spelling() -> None:
     assert parse({"api": {"listen": "[0:0::0]:8081"}}).api.listen == Endpoint("::", 8081)
     assert parse({"api": {"listen": "[2001:DB8::1]:8081"}}).api.listen == Endpoint(
         "2001:db8::1", 8081)
+    # No socket binds a v4-mapped address: it is the IPv4 one.
+    assert parse({"sip": {"listen": "[::ffff:127.0.0.1]:5070"}}).sip.listen == Endpoint(
+        "127.0.0.1", 5070)
 
 
 def test_gpio_pin_0_is_a_pin_not_absent() -> None:

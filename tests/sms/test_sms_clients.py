@@ -148,6 +148,9 @@ async def test_without_a_modem_sms_to_numbers_are_refused_not_queued(
     status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/SMS/Messages.json", {
         "From": "+15550001000", "To": "+15557778888", "Body": "nowhere to go"})
     assert status == 503 and "No modem is configured" in body, body
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/SMS/Messages.json", {
+        "From": "+15550001000", "To": "+15557778888", "Body": "x", "StatusCallback": "ftp://x"})
+    assert status == 400 and "StatusCallback must be" in body, body  # a bad parameter first
     alice = await phone(api, appliance, "alice")
     try:
         assert await alice.register() == 200
