@@ -663,8 +663,15 @@ class _Referrers:
         return gained, lost
 
 def _check_contact(contact: NameAddr) -> None:
-    """A Contact we could later send a request to: a valid sip:/sips: URI."""
+    """A Contact we could later send a request to: a valid sip:/sips: URI, and nothing that
+    is not UTF-8 in its display name or parameters either (they are stored with the binding,
+    listed by the API and echoed in every 200)."""
     problem = _contact_problem(contact.uri, contact.param("expires"), contact.param("q"))
+    if problem is None and not all(
+            is_utf8(text) for text in (contact.display or "",
+                                       *(part for pair in contact.params for part in pair
+                                         if part is not None))):
+        problem = "Contact is not UTF-8"
     if problem is not None:
         raise SipParseError(problem)
 

@@ -496,6 +496,10 @@ async def test_a_contact_that_is_no_utf8_is_400_and_binds_nothing() -> None:
     h = Harness(user("alice"))
     raw = b"<sip:b\xffob@10.0.0.5:5060>".decode("utf-8", "surrogateescape")
     assert (await h.registered(contacts=(raw,))).status == 400
+    for raw in (b"<sip:bob@10.0.0.5:5060>;foo=\xe9", b'"T\xe9l" <sip:bob@10.0.0.5:5060>',
+                b"<sip:bob@10.0.0.5:5060>;\xe9"):
+        text = raw.decode("utf-8", "surrogateescape")
+        assert (await h.registered(contacts=(text,))).status == 400, raw
     assert not h.directory.published.get("alice")
     assert (await h.registered(contacts=("<sip:zoë@10.0.0.5>",))).status == 200  # UTF-8 is
 
