@@ -530,6 +530,12 @@ def _repeated(msg: Message) -> bool:
     return any(len(msg.get_all(name)) > 1 for name in _SINGLE)
 
 
+def _call_id_bad(value: str | None) -> bool:
+    """An empty Call-ID, or one with a space or a control character: RFC 3261's `word`
+    ["@" `word`] allows neither, and it keys our transactions and dialogs."""
+    return not value or any(c <= " " or c == "\x7f" for c in value)
+
+
 def _vias_bad(msg: Message) -> bool:
     try:
         return not msg.vias
@@ -544,6 +550,7 @@ _COMMON_RULES: tuple[tuple[str, Callable[[Message], bool]], ...] = (
     ("a single-valued header appears twice", _repeated),
     ("malformed CSeq, or CSeq method differs from the request method", _cseq_bad),
     ("malformed Via", _vias_bad),
+    ("malformed Call-ID", lambda msg: _call_id_bad(msg.get("call-id"))),
 )
 _REQUEST_RULES = (
     *_COMMON_RULES,
@@ -589,11 +596,13 @@ def _validate(msg: Message) -> None:
         vias = []
     if not vias:
         raise SipParseError(_COMMON_RULES[3][0])
+    if _call_id_bad(msg.get("call-id")):
+        raise SipParseError(_COMMON_RULES[4][0])
     if request:
         if "max-forwards" not in counts:
-            raise SipParseError(_REQUEST_RULES[4][0])
-        if _max_forwards_bad(msg):
             raise SipParseError(_REQUEST_RULES[5][0])
+        if _max_forwards_bad(msg):
+            raise SipParseError(_REQUEST_RULES[6][0])
     first = msg.first("via")
     if first is not None and split_list(first.value):
         msg._top_via = (first, vias[0])  # the same parse top_via would make
