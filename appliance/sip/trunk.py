@@ -454,6 +454,15 @@ class Trunk:
             line.target = await self._resolve(line)
             if line.target is None:
                 return
+        if ":" in line.machine.local.host and ":" not in line.target.host:
+            # [sip] listen on one IPv6 address: its socket cannot reach an IPv4 provider
+            # (an IPv6 Proxy is refused), and waiting 32 s for "no answer" would hide why.
+            line.machine.on_timeout(self._clock(), _jitter())
+            line.machine.last_error = (
+                f"the SIP socket on [{line.machine.local.host}] cannot reach the IPv4 "
+                f"provider {line.target.host}: listen on 0.0.0.0 or [::]")
+            self._wake.set()
+            return
         self._transmit(line, request)
 
     def _transmit(self, line: _Line, request: Request) -> None:

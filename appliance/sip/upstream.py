@@ -106,7 +106,7 @@ class UpstreamRegistration:
         if self.stale is not None and self.stale != self.contact:
             contacts.append(self._contact(self.stale) + ";expires=0")
         headers = [
-            Header.make("Via", f"SIP/2.0/{local.transport.upper()} {local.host}:{local.port}"
+            Header.make("Via", f"SIP/2.0/{local.transport.upper()} {_host(local.host)}:{local.port}"
                         f";branch=z9hG4bK{self._token()};rport"),
             Header.make("Max-Forwards", "70"),
             Header.make("From", f"<{aor}>;tag={self.from_tag}"),
@@ -122,7 +122,7 @@ class UpstreamRegistration:
         return Request(headers=headers, method="REGISTER", uri=f"sip:{acct.domain}")
 
     def _contact(self, address: LocalAddress) -> str:
-        contact = f"<sip:{self.account.user}@{address.host}:{address.port}"
+        contact = f"<sip:{self.account.user}@{_host(address.host)}:{address.port}"
         return contact + (">" if address.transport == "udp" else
                           f";transport={address.transport}>")
 
@@ -337,6 +337,11 @@ class UpstreamRegistration:
         if self.state in (State.REGISTERED, State.FAILED):
             return self.start(now)
         return None
+
+
+def _host(host: str) -> str:
+    """HOST as a Via sent-by or URI writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _at(uri: SipUri, address: LocalAddress) -> bool:

@@ -100,3 +100,24 @@ async def test_another_user_unregisters_the_old_line_once_and_registers_the_new_
     assert new and all(r.get("Expires") == "600" and "fax@" in (r.get("Contact") or "")
                        for r in new)
     await trunk.close()
+
+
+async def test_a_sip_socket_on_one_ipv6_address_fails_an_ipv4_line_with_the_reason() -> None:
+    # [sip] listen = "[::1]:5060": the REGISTER was built with a Via the parser refused
+    # (an unbracketed IPv6 host), the task died and the line stayed `registering` for good.
+    mono = [100.0]
+    sender = Recorder()
+    trunk = Trunk(sender, clock=lambda: mono[0], wall_clock=lambda: WALL_START,
+                  local=lambda: ("::1", 5060))
+    gw = gateway()
+    trunk.apply(gw)
+    async with asyncio.timeout(5):
+        while trunk.status(gw.sid).state != "failed":
+            await asyncio.sleep(0.01)
+    status = trunk.status(gw.sid)
+    assert "cannot reach the IPv4 provider 127.0.0.1" in (status.last_error or "")
+    assert "[::]" in (status.last_error or "")
+    assert sender.registers() == []
+    await silence(trunk, mono, 330)  # its retries fail the same way, quietly
+    assert trunk.status(gw.sid).state == "failed" and sender.registers() == []
+    await trunk.close()
