@@ -148,7 +148,10 @@ async def _dispatch(request: web.Request, prefix: str, tail: str) -> web.StreamR
         return response
     except ApplianceError as err:
         if err.status >= 500:
-            logger.error("x %s %s: %s", request.method, request.path, err.message)
+            # 503 is a part the box lacks or has down (no modem, no media worker): the
+            # request is refused for it, nothing failed; anything else 5xx is an error.
+            log = logger.warning if err.status == 503 else logger.error
+            log("x %s %s: %s", request.method, request.path, err.message)
         return _error_response(err, as_json)
 
 
