@@ -14,10 +14,14 @@ continued) after the restart. The same holds while running: a part the modem sto
 answering for *after* its PDU was written is in doubt; one it hung on *before* its `> ` prompt
 was never written (the channel says which, `ModemError.pdu_written`) and goes back to the queue.
 A fault of our own (the store, the OS) is no fault of the message: before a part is handed
-over it stays queued and the sender pauses (failed only after MAX_SENDER_FAULTS in a row);
-after, it is in doubt. Only what the message's own content raises (its encoding) fails it
-at once. A final status is never overwritten, and StatusCallbacks carry the status each
-change wrote.
+over it stays queued and the sender pauses; after, it is in doubt. A fault counts against
+the message only when another message went through before its next try (a lasting fault of
+the appliance meets every message, and fails none); MAX_SENDER_FAULTS such in a row fail it.
+A Client's phone that answered 2xx has the message: a fault recording that is settled later,
+never by delivering it again. Only what the message's own content raises (its encoding)
+fails it at once. The first final status stays (a status report never turns `failed` into
+`undelivered`), and StatusCallbacks carry the status each change wrote, queued before
+anything else is awaited.
 
 Inbound (`on_sms_received`, the driver's callback): the raw PDU and what it produced are
 committed in one transaction before the driver deletes it from the modem; multipart messages
@@ -33,11 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -117,9 +123,11 @@ CALLBACK_BACKLOG = 1000
 CALLBACK_GRACE = 2.0
 SENDER_FAULT_PAUSE = 5.0  # seconds the sender rests after a fault it could not pin on a message
 # A message that meets a fault of ours (the store, the OS: not its content) this many times
-# in a row, SENDER_FAULT_PAUSE apart, is failed: a lasting fault tied to it somehow must not
-# hold up the queue for good. Fewer are passing faults ("database is locked"): it stays queued.
+# in a row, each time with another message going through before its next try, is failed: a
+# fault tied to it somehow must not keep it queued for good. A fault no other message gets
+# past is the appliance's: it fails nothing, however long it lasts.
 MAX_SENDER_FAULTS = 5
+SENDER_FAULT_LOG_S = 60.0  # a lasting fault is logged with its traceback at most this often
 # The same 21218 (a number's SmsApplicationSid naming no application, same outcome) at most
 # this often: every SMS to the number, whoever sends it, would otherwise write one.
 INVALID_APPLICATION_WARN_S = 60.0
@@ -176,6 +184,21 @@ class _SenderFault(Exception):
     """A fault of ours while sending a message, logged; the sender pauses."""
 
 
+class _Delivered(Exception):  # noqa: N818 - not an error of the message, a state of it
+    """A Client's phone took the message (SIP 2xx) and recording it failed: the message is
+    recorded `sent` later, never delivered again."""
+
+
+@dataclasses.dataclass
+class _Suspect:
+    """A queued message that met a fault of ours: COUNTED faults were followed by another
+    message going through (so plausibly its own); PENDING: its last fault is not judged yet."""
+
+    item: OutboxItem
+    counted: int = 0
+    pending: bool = True
+
+
 def _error_of(err: ModemError) -> tuple[int, str]:
     """Twilio-style error code and a message a person can act on."""
     cause = err.cause if isinstance(err, SmsSendError) else err
@@ -221,7 +244,11 @@ class MessagingService:
         # In-doubt failures not recorded yet (the store failed too): settled at the next
         # drain; the message is not due meanwhile (its queue entry says `submitting`).
         self._in_doubt: dict[str, tuple[OutboxItem, str]] = {}
-        self._faults: tuple[str, int] | None = None  # (sid, faults in a row) of the queue's head
+        # Messages a Client's phone took (2xx) whose `sent` is not recorded yet: settled at
+        # the next drain, before the queue (where they are still due) is read again.
+        self._delivered: dict[str, OutboxItem] = {}
+        self._suspects: dict[str, _Suspect] = {}  # queued messages that met a fault of ours
+        self._fault_logged_at: float | None = None
         self._missing_app_warned = Throttle(INVALID_APPLICATION_WARN_S)
 
     # -- API: send -----------------------------------------------------------------------------
@@ -358,9 +385,9 @@ class MessagingService:
                        "crash); it may have been delivered. Not resent, to avoid a duplicate.")
             change = await self._sms.fail(sid, 30008, message, _now_text(self._clock))
             if change is not None:
+                await self._status_callback(change)
                 await self._history.notify(change.record.account_sid, 30008,
                                            f"SMS {sid}: {message}", warning=True)
-                await self._status_callback(change)
         for sid in resumed:
             logger.info("- SMS %s resumes after a restart", sid)
 
@@ -382,7 +409,8 @@ class MessagingService:
                 # that no new message cuts short, so a lasting fault neither spins the loop
                 # nor counts faults faster; what came meanwhile is drained right after.
                 if not isinstance(err, _SenderFault):
-                    logger.exception("x SMS sender")
+                    self._log_fault("x SMS sender: a fault of the appliance; it pauses "
+                                    "%.0f s", SENDER_FAULT_PAUSE)
                 await asyncio.sleep(SENDER_FAULT_PAUSE)
                 continue
             timeout = 60.0
@@ -403,10 +431,14 @@ class MessagingService:
             self._wake_modem = False
             await self._sms.make_modem_due(_now_text(self._clock))
         await self._settle_in_doubt()
+        await self._settle_delivered()
         while True:
             due = await self._sms.due(_now_text(self._clock))
             if not due:
                 return
+            faulted = False
+            # The whole batch, past a message's fault: whether the next one goes through
+            # tells its own fault from the appliance's (and a bad one holds up no other).
             for item in due:
                 try:
                     await self._send_one(item)
@@ -415,42 +447,78 @@ class MessagingService:
                 except _InDoubt as err:
                     logger.warning("x SMS %s: %s", item.sid, err.message,
                                    exc_info=err.__cause__ is not None)
+                    self._suspects.pop(item.sid, None)
                     self._in_doubt[item.sid] = (item, err.message)
                     await self._settle_in_doubt()
+                except _Delivered:
+                    logger.warning("x SMS %s: delivered to the Client, but the appliance "
+                                   "could not record it; recorded later, not delivered again",
+                                   item.sid, exc_info=True)
+                    self._suspects.pop(item.sid, None)
+                    self._delivered[item.sid] = item
+                    await self._settle_delivered()
                 except Exception:  # noqa: BLE001 - a fault of ours, not of the message
+                    faulted = True
                     await self._queue_fault(item)
                 else:
-                    if self._faults is not None and self._faults[0] == item.sid:
-                        self._faults = None
+                    await self._went_through(item.sid)
+            if faulted:
+                raise _SenderFault
 
     async def _queue_fault(self, item: OutboxItem) -> None:
         """A fault of ours (the store, the OS) while sending ITEM, with nothing in doubt:
-        ITEM stays queued and the sender pauses (raises _SenderFault), as before such
-        faults were told apart; only MAX_SENDER_FAULTS in a row fail it."""
-        faults = (self._faults[1] if self._faults and self._faults[0] == item.sid else 0) + 1
-        if faults >= MAX_SENDER_FAULTS:
-            logger.exception("x SMS %s: a fault of the appliance while sending it, %d times in "
-                             "a row", item.sid, faults)
-            self._faults = None
-            await self._fail(item, 30008, f"The appliance failed to send the message {faults} "
-                                          "times in a row (an internal error: see its log); "
-                                          "not retried.")
-            return
-        self._faults = (item.sid, faults)
-        logger.exception("x SMS %s: a fault of the appliance while sending it (%d in a row); "
-                         "it stays queued, the sender pauses %.0f s", item.sid, faults,
-                         SENDER_FAULT_PAUSE)
+        ITEM stays queued, judged by what the other messages meet (_went_through)."""
+        suspect = self._suspects.setdefault(item.sid, _Suspect(item))
+        suspect.item, suspect.pending = item, True
+        self._log_fault("x SMS %s: a fault of the appliance while sending it (%d counted "
+                        "against it); it stays queued", item.sid, suspect.counted)
         # The fault may have come after a step that took it off the queue (a modem error
         # recorded, not its requeue): back, due now. Nothing is in doubt (that is _InDoubt),
         # so no part is lost; a store still failing leaves it as it is, for a restart.
         with contextlib.suppress(Exception):
             await self._sms.requeue(item.sid, _now_text(self._clock))
-        raise _SenderFault from None
+
+    async def _went_through(self, sid: str) -> None:
+        """SID was handled without a fault of ours: the appliance works, so the last fault
+        of every other queued message was plausibly that message's own."""
+        self._suspects.pop(sid, None)
+        for other in list(self._suspects.values()):
+            if not other.pending:
+                continue
+            other.pending = False
+            other.counted += 1
+            if other.counted >= MAX_SENDER_FAULTS:
+                logger.error("x SMS %s: a fault of the appliance while sending it, %d times "
+                             "in a row while other messages went out", other.item.sid,
+                             other.counted)
+                await self._fail(other.item, 30008,
+                                 f"The appliance failed to send the message {other.counted} "
+                                 "times in a row (an internal error: see its log); not "
+                                 "retried.")
+                del self._suspects[other.item.sid]
+
+    def _log_fault(self, message: str, *args: object) -> None:
+        """With its traceback at most every SENDER_FAULT_LOG_S: a lasting fault (a full disk)
+        meets every message on every try."""
+        now = time.monotonic()
+        if self._fault_logged_at is None or now - self._fault_logged_at >= SENDER_FAULT_LOG_S:
+            self._fault_logged_at = now
+            logger.exception(message, *args)
+        else:
+            logger.debug(message, *args, exc_info=True)
 
     async def _settle_in_doubt(self) -> None:
         for sid, (item, message) in list(self._in_doubt.items()):
             await self._fail(item, 30008, message)
             del self._in_doubt[sid]
+
+    async def _settle_delivered(self) -> None:
+        for sid, item in list(self._delivered.items()):
+            change = await self._sms.client_delivered(sid, _now_text(self._clock))
+            del self._delivered[sid]
+            logger.info("> SMS %s delivered to %s as SIP MESSAGE (recorded late)", sid,
+                        item.destination)
+            await self._status_callback(change)
 
     @staticmethod
     def _encoded(item: OutboxItem) -> list[SubmitPdu]:
@@ -521,9 +589,11 @@ class MessagingService:
         if self.client_messenger is not None:
             status = await self.client_messenger.deliver(login, item.from_, item.body)
         if status is not None and 200 <= status < 300:
-            # A fault recording it: tried again, so the phone may show it twice (as after a
-            # crash: see docs/sms.md).
-            change = await self._sms.client_delivered(item.sid, _now_text(self._clock))
+            # The phone has it: a fault from here on is no reason to deliver it again.
+            try:
+                change = await self._sms.client_delivered(item.sid, _now_text(self._clock))
+            except Exception as err:  # noqa: BLE001 - settled by _settle_delivered
+                raise _Delivered from err
             logger.info("> SMS %s delivered to %s as SIP MESSAGE", item.sid, login)
             await self._status_callback(change)
             return
@@ -581,11 +651,13 @@ class MessagingService:
                         message)
             return
         logger.warning("x SMS %s failed: %s", item.sid, message)
+        # Queued before anything else is awaited: what runs meanwhile (a status report) must
+        # not get its callback in ahead of this one.
+        await self._status_callback(change)
         try:
             await self._history.notify(item.account_sid, code, f"SMS {item.sid}: {message}")
         except Exception:  # noqa: BLE001 - the status is recorded: the message is done
             logger.exception("x SMS %s: its Notification could not be written", item.sid)
-        await self._status_callback(change)
 
     # -- delivery reports ------------------------------------------------------------------------
 

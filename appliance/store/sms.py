@@ -303,7 +303,9 @@ class SmsStore:
 
         DELIVERED None = still pending (recorded, no status change). Returns the change when
         the message's status changed to delivered or undelivered; ERROR (code, message) is
-        the message's error when this report makes it undelivered.
+        the message's error when this report makes it undelivered. A `failed` message (a
+        later part refused, say) stays failed with its error: the part's outcome is recorded,
+        the message's first final status kept.
         """
         def run() -> StatusChange | None:
             conn = self._conn()
@@ -336,7 +338,8 @@ class SmsStore:
                     "UPDATE sms_messages SET status = ?, date_updated = ?, "
                     "error_code = COALESCE(?, error_code), "
                     "error_message = COALESCE(?, error_message) WHERE sid = ? "
-                    "AND status != ?", (status, now, code, text, sid, status)).rowcount
+                    "AND status NOT IN (?, 'failed')",
+                    (status, now, code, text, sid, status)).rowcount
                 return _status_change(conn, sid) if changed else None
         result: StatusChange | None = await self._run(run)
         return result

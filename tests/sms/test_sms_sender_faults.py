@@ -1,11 +1,13 @@
 """Faults of the appliance itself while sending (the store, the OS) are not the message's: it
-stays queued and goes after a pause; only after several in a row is it failed. A message once
+stays queued and goes after a pause; only after several in a row, each time while other messages
+went out, is it failed (a lasting fault of the appliance fails none). A message once
 `sent` is never made `failed`; one the modem may have taken is never sent again. Callbacks
 carry the status each change wrote, in order, however quickly the status report comes."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 from typing import Any
@@ -14,6 +16,8 @@ import pytest
 
 from appliance.app import Appliance
 from appliance.gsm.pdu import Submit, decode_sms_pdu
+from appliance.services.history import HistoryService
+from appliance.services.messaging import MAX_SENDER_FAULTS
 from appliance.services.ordered_jobs import OrderedJobs
 from appliance.store.sms import SmsStore
 from tests.conftest import ADMIN_SID, Api
@@ -21,6 +25,7 @@ from tests.fakes.modem import FakeModem
 from tests.fakes.pdus import status_report_pdu
 from tests.sms.conftest import Hook, until
 from tests.sms.test_sms import SMS, get_sms, wait_status
+from tests.sms.test_sms_clients import phone
 
 PAUSE = 0.2  # the sender's pause after a fault, shortened for the tests
 
@@ -85,14 +90,108 @@ async def test_a_message_that_meets_a_fault_every_time_is_failed_after_five_in_a
     monkeypatch.setattr(SmsStore, "begin_part", broken_for_one)
     stuck = ""
     stuck = await send(gsm_api, "+15557770001", "stuck")
-    after = await send(gsm_api, "+15557770002", "after")
-    failed = await wait_status(gsm_api, stuck, "failed", within=10)
+    # Alone, its fault cannot be told from the appliance's: it stays queued.
+    await until(lambda: len(tries) >= MAX_SENDER_FAULTS + 2, within=10)
+    assert (await get_sms(gsm_api, stuck))["status"] == "queued"
+    # Each other message that goes out between two of its tries counts one against it.
+    for n in range(MAX_SENDER_FAULTS):
+        assert (await get_sms(gsm_api, stuck))["status"] == "queued", n
+        after = await send(gsm_api, f"+1555777100{n}", f"after {n}")
+        await wait_status(gsm_api, after, "sent", within=5)
+        if n < MAX_SENDER_FAULTS - 1:  # its next try, so that the next message judges it
+            await until(functools.partial(lambda seen: len(tries) > seen, len(tries)),
+                        within=5)
+    failed = await wait_status(gsm_api, stuck, "failed", within=5)
     assert failed["error_code"] == 30008, failed
     assert "5 times in a row" in str(failed["error_message"]), failed
-    assert len(tries) == 5
-    await wait_status(gsm_api, after, "sent", within=5)
-    assert destinations(fake) == ["+15557770002"]
+    assert destinations(fake) == [f"+1555777100{n}" for n in range(MAX_SENDER_FAULTS)]
     assert await notification_codes(gsm_api) == [30008]
+
+
+async def test_a_lasting_fault_of_the_appliance_fails_no_message(
+        gsm_appliance: Appliance, gsm_api: Api, fake: FakeModem,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = SmsStore.begin_part
+    tries: list[str] = []
+    full = True
+
+    async def disk_full(self: SmsStore, sid: str, *args: Any, **kw: Any) -> None:
+        if full:
+            tries.append(sid)
+            raise sqlite3.OperationalError("database or disk is full")
+        await real(self, sid, *args, **kw)
+
+    monkeypatch.setattr(SmsStore, "begin_part", disk_full)
+    sids = [await send(gsm_api, f"+155577720{n}", f"full {n}") for n in range(3)]
+    # Before, they were failed one after the other, each after its fifth try.
+    await until(lambda: all(tries.count(sid) > 2 * MAX_SENDER_FAULTS for sid in sids),
+                within=15)
+    for sid in sids:
+        assert (await get_sms(gsm_api, sid))["status"] == "queued"
+    assert 30008 not in await notification_codes(gsm_api)
+    full = False  # the disk has room again: every message goes
+    for sid in sids:
+        await wait_status(gsm_api, sid, "sent", within=5)
+    assert sorted(destinations(fake)) == [f"+155577720{n}" for n in range(3)]
+    assert 30008 not in await notification_codes(gsm_api)
+
+
+async def test_a_fault_after_the_client_phone_took_the_message_never_delivers_it_again(
+        gsm_appliance: Appliance, gsm_api: Api, fake: FakeModem, hook: Hook,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = SmsStore.client_delivered
+    faults = 2 * MAX_SENDER_FAULTS  # more than a message's own faults may be: never counted
+
+    async def flaky(self: SmsStore, *args: Any, **kw: Any) -> Any:
+        nonlocal faults
+        if faults:
+            faults -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return await real(self, *args, **kw)
+
+    dave = await phone(gsm_api, gsm_appliance, "dave")
+    try:
+        assert await dave.register() == 200
+        monkeypatch.setattr(SmsStore, "client_delivered", flaky)
+        sid = await send(gsm_api, "client:dave", "hello dave",
+                         StatusCallback=hook.url("/status"))
+        final = await wait_status(gsm_api, sid, "sent", within=10)
+        assert final.get("error_code") is None, final
+        assert faults == 0
+        assert dave.messages == ["hello dave"]  # before: delivered again after each fault
+        await hook.wait(lambda: bool(hook.posts_to("/status")))
+        await asyncio.sleep(2 * PAUSE)
+        assert dave.messages == ["hello dave"]
+        assert [p["MessageStatus"] for p in hook.posts_to("/status")] == ["sent"]
+        assert 30008 not in await notification_codes(gsm_api)
+    finally:
+        dave.close()
+
+
+async def test_a_report_on_a_failed_message_keeps_its_status_and_error_and_callbacks_in_order(
+        gsm_appliance: Appliance, gsm_api: Api, fake: FakeModem, hook: Hook,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = HistoryService.notify
+
+    async def slow(self: HistoryService, account_sid: str, code: int, message: str,
+                   **kw: Any) -> Any:
+        if code == 30008 and "CMS" in message:
+            # Part 1's report comes in while the failure's Notification is being written.
+            fake.deliver_status_report(status_report_pdu(1, "+15557770000", 0x41))
+            await asyncio.sleep(0.5)
+        return await real(self, account_sid, code, message, **kw)
+
+    monkeypatch.setattr(HistoryService, "notify", slow)
+    fake.next_mr = 1
+    fake.fail_next_send(500, after=1)  # part 2 refused for good
+    sid = await send(gsm_api, body="z" * 300, StatusCallback=hook.url("/status"))
+    await hook.wait(lambda: bool(hook.posts_to("/status")), within=10)
+    await asyncio.sleep(1.0)  # the report is handled by now
+    final = await get_sms(gsm_api, sid)
+    # Before: `undelivered` 30006, its callback ahead of `failed`'s, "part 2" lost.
+    assert final["status"] == "failed" and final["error_code"] == 30008, final
+    assert "part 2 of the message" in str(final["error_message"]), final
+    assert [p["MessageStatus"] for p in hook.posts_to("/status")] == ["failed"]
 
 
 async def test_a_fault_after_the_modem_took_the_part_fails_it_as_in_doubt_never_sends_twice(
