@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from appliance.addresses import unmapped_network
 from appliance.errors import ConfigError
 
 _E164 = re.compile(r"^\+[1-9][0-9]{4,14}$")
@@ -443,22 +444,7 @@ def _source(key: str, text: Any) -> tuple[str, int | None]:
     except ValueError:
         raise ConfigError(f"{key}: {text!r} is not an address like \"203.0.113.7\", "
                           "\"198.51.100.0/24\" or \"192.0.2.10:5080\"") from None
-    return str(_unmapped(network)), int(port) if port is not None else None
-
-
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-
-
-def _unmapped(network: ipaddress.IPv4Network | ipaddress.IPv6Network
-              ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """An IPv4-mapped network (``::ffff:1.2.3.4``, ``::ffff:a.b.c.0/120``) as the IPv4 one
-    it maps: a provider's address is matched in its IPv4 form (a socket on "::" reports it
-    mapped; the trunk unmaps it), and an IPv4 address is in no IPv6 network."""
-    if not isinstance(network, ipaddress.IPv6Network) or not network.subnet_of(_MAPPED):
-        return network
-    first = network.network_address.ipv4_mapped
-    assert first is not None  # noqa: S101 - inside ::ffff:0:0/96
-    return ipaddress.IPv4Network(f"{first}/{network.prefixlen - 96}")
+    return str(unmapped_network(network)), int(port) if port is not None else None
 
 
 def _inbound(raw: Any) -> InboundConfig:

@@ -3,7 +3,8 @@
 asyncio's ``create_server`` and aiohttp's ``TCPSite`` set IPV6_V6ONLY on every IPv6 socket
 they make, so a server configured on ``::`` alone would refuse every IPv4 client: the desk
 phones over TCP and the admin's curl. Where the configured host is ``::`` the SIP transport
-and the API take their TCP socket from here instead, with IPV6_V6ONLY off.
+and the API take their TCP socket from here instead, with IPV6_V6ONLY off (the peers such a
+socket reports v4-mapped are unmapped by ``appliance.addresses``).
 """
 
 from __future__ import annotations
@@ -18,16 +19,6 @@ def dual_stack(host: str) -> bool:
         return ipaddress.ip_address(host) == ipaddress.IPv6Address("::")
     except ValueError:
         return False
-
-
-def unmapped(host: str) -> str:
-    """HOST in its IPv4 form when it is IPv4-mapped (``::ffff:127.0.0.1``), as a dual-stack
-    socket reports an IPv4 peer: bans, Via received, bindings and the API then see the
-    address the peer has. The kernel always writes the mapped form so (inet_ntop)."""
-    if host[:7] != "::ffff:":
-        return host
-    rest = host[7:]
-    return rest if ":" not in rest and "." in rest else host
 
 
 def dual_stack_listener(port: int) -> socket.socket:

@@ -234,12 +234,17 @@ def unreachable(host: str) -> bool:
         ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # what a dual-stack socket sends to (``::ffff:0.0.0.0``)
+    ip = _ipv4_form(ip)  # what a dual-stack socket sends to (``::ffff:0.0.0.0``)
     return ip.is_multicast or ip.is_unspecified or ip == _BROADCAST
 
 
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def _ipv4_form(ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+               ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return mapped if mapped is not None else ip
 
 
 @functools.lru_cache(maxsize=1024)
@@ -249,9 +254,8 @@ def _never_answered(host: str) -> bool:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255")
+    ip = _ipv4_form(ip)
+    return ip.is_multicast or ip == _BROADCAST
 
 
 # Parses by value, cached: the responses of one transaction carry the same Vias, and the

@@ -89,7 +89,8 @@ from collections.abc import Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.dualstack import dual_stack, dual_stack_listener, unmapped
+from appliance.addresses import unmapped
+from appliance.dualstack import dual_stack, dual_stack_listener
 from appliance.sip.errors import SipParseError
 from appliance.sip.framing import (
     MAX_HEADER_BLOCK,

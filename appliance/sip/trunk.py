@@ -41,6 +41,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from appliance.addresses import Network, unmapped, unmapped_network
 from appliance.models import Gateway
 from appliance.services.gateways import GatewayStatus
 from appliance.sip.errors import SipParseError
@@ -118,27 +119,13 @@ async def _resolve(proxy: str) -> Target:
     return (await _resolve_all(proxy))[0]
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
 def parse_sources(pairs: tuple[tuple[str, int | None], ...]
                   ) -> tuple[tuple[Network, int | None], ...]:
     """``[inbound.sources]`` entries as validated by the config parser (network text, port
     or None = any port) as networks; an IPv4-mapped one (``::ffff:a.b.c.0/120``) as the IPv4
-    network it maps, as sources are matched in their IPv4 form (``_unmapped``)."""
-    return tuple((_unmapped_network(ipaddress.ip_network(text, strict=False)), port)
+    network it maps, as sources are matched in their IPv4 form (``dualstack.unmapped``)."""
+    return tuple((unmapped_network(ipaddress.ip_network(text, strict=False)), port)
                  for text, port in pairs)
-
-
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-
-
-def _unmapped_network(network: Network) -> Network:
-    if not isinstance(network, ipaddress.IPv6Network) or not network.subnet_of(_MAPPED):
-        return network
-    first = network.network_address.ipv4_mapped
-    assert first is not None  # noqa: S101 - inside ::ffff:0:0/96
-    return ipaddress.IPv4Network(f"{first}/{network.prefixlen - 96}")
 
 
 class Trunk:
@@ -270,15 +257,10 @@ class Trunk:
         """The public address and port that the provider sending from HOST:PORT reaches us
         at (the Contact its 200 taught a line, ``learn_public_address``), when that is not
         our own: the proxy's Record-Route toward it names that (RFC 5658). Else None."""
-        learned = {sid: (line.machine.contact.host, line.machine.contact.port)
-                   for sid, line in self._lines.items()
-                   if line.machine.contact.host != line.machine.local.host
-                   or line.machine.contact.port != line.machine.local.port}
-        if not learned:
-            return None  # no NAT: the proxy asks this for every branch, phones' included
-        for gateway in self._providers(host, port):
-            if gateway.sid in learned:
-                return learned[gateway.sid]
+        for gateway in self._providers(host, port):  # none for a phone: nothing more
+            machine = self._lines[gateway.sid].machine
+            if machine.contact != machine.local:
+                return machine.contact.host, machine.contact.port
         return None
 
     def is_provider(self, host: str) -> bool:
@@ -291,7 +273,7 @@ class Trunk:
                    ) -> list[Gateway]:
         """The gateways whose provider addresses hold HOST at PORT (None: at any port),
         registrars' first; only the first one found when FIRST."""
-        host = _unmapped(host)
+        host = unmapped(host)
         found: list[Gateway] = []
         for line in self._lines.values():
             if any(t.host == host and (port is None or t.port == port)
@@ -572,13 +554,3 @@ class Trunk:
         """Trunk lines run over UDP; nothing to do."""
 
 
-def _unmapped(host: str) -> str:
-    """HOST as an IPv4 address when it is an IPv4-mapped IPv6 one: a socket listening on
-    "::" reports an IPv4 provider so, and its addresses and ``[inbound.sources]`` are IPv4."""
-    if host[:7].lower() != "::ffff:":
-        return host
-    try:
-        mapped = ipaddress.IPv6Address(host).ipv4_mapped
-    except ValueError:
-        return host
-    return str(mapped) if mapped is not None else host

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "appliance"
 
 # L0: data and pure protocol engines (bytes/lines in, events out, the clock passed in).
 CORE = {
-    "appliance.config", "appliance.errors", "appliance.models", "appliance.queries",
+    "appliance.addresses", "appliance.config", "appliance.errors", "appliance.models",
+    "appliance.queries",
     "appliance.timefmt", "appliance.passwords",
     "appliance.sip.message", "appliance.sip.headers", "appliance.sip.uri",
     "appliance.sip.framing", "appliance.sip.transaction", "appliance.sip.digest",
