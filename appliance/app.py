@@ -443,9 +443,17 @@ class Appliance:
             components["store_error"] = str(err) or type(err).__name__
         components["store"] = "up" if store_ok else "down"
         components["api"] = "up"
-        components["sip"] = "up" if self.sip_error is None else f"down: {self.sip_error}"
+        full = self.frontdoor.full_budgets() + self.proxy.full_budgets()
+        if self.sip_error is not None:
+            components["sip"] = f"down: {self.sip_error}"
+        elif full:
+            # A flood (or a load past what the box was sized for) that leaves every new call
+            # answered 503 is a fault the admin must see, though the port is open.
+            components["sip"] = "overloaded: new requests answered 503; full: " + ", ".join(full)
+        else:
+            components["sip"] = "up"
         components["sip_registered_phones"] = self.sip_directory.registered_count()
-        healthy = store_ok and self.sip_error is None
+        healthy = store_ok and self.sip_error is None and not full
         if self.modem is None:
             components["modem"] = "not configured"
         else:

@@ -135,6 +135,12 @@ class FrontDoor:
     def transactions(self) -> int:
         return len(self._table)
 
+    def full_budgets(self) -> list[str]:
+        """Like ``Proxy.full_budgets``, for the requests answered here."""
+        if len(self._table) >= MAX_LOCAL_TRANSACTIONS:
+            return [f"local transactions ({len(self._table)} of {MAX_LOCAL_TRANSACTIONS})"]
+        return []
+
     def allow(self) -> str:
         methods = LOCAL_METHODS + (PROXIED_METHODS if self.proxy is not None else ())
         return ", ".join(methods)

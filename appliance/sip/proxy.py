@@ -470,6 +470,19 @@ class Proxy:
     def in_flight(self) -> int:
         return len(self._contexts)
 
+    def full_budgets(self) -> list[str]:
+        """The budgets that are exhausted now, each as "<what> (<count> of <limit>)": while
+        one is, new requests of its kind are answered 503."""
+        full = []
+        if len(self._contexts) >= self.max_contexts:
+            full.append(f"proxied requests ({len(self._contexts)} of {self.max_contexts})")
+        if len(self._live_calls) >= self.max_calls:
+            full.append(f"calls ({len(self._live_calls)} of {self.max_calls})")
+        cap = self._new_request_cap()
+        if len(self._table) >= cap:
+            full.append(f"proxy transactions ({len(self._table)} of {cap})")
+        return full
+
     # --- requests ---------------------------------------------------------------------------
 
     async def _on_request(self, incoming: Incoming, request: Request, now: float) -> None:
@@ -520,6 +533,9 @@ class Proxy:
         of at the idle limit."""
         if request.to.tag is not None or request.method == "CANCEL":
             return self.max_transactions
+        return self._new_request_cap()
+
+    def _new_request_cap(self) -> int:
         return self.max_transactions - max(1, int(self.max_transactions * IN_DIALOG_RESERVE))
 
     def _source(self, incoming: Incoming, request: Request) -> Target | None:

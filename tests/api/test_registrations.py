@@ -18,7 +18,7 @@ import yaml
 from appliance.app import Appliance
 from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
 from appliance.services.telephony import Registration
-from appliance.sip.message import Response, parse_message
+from appliance.sip.message import Request, Response, parse_message
 from tests.conftest import ADMIN_SID, Api, free_port
 from tests.sip.test_registrar import answer, register
 from tests.sip.test_tcp_idle import register_over
@@ -554,3 +554,48 @@ async def test_a_saved_binding_of_a_client_gone_meanwhile_is_not_restored(tmp_pa
         assert (await second.health())[1]["sip_registered_phones"] == 0
     finally:
         await second.stop()
+
+
+async def test_health_shows_a_full_proxy_budget_while_new_calls_get_503(
+        api: Api, appliance: Appliance) -> None:
+    """While the proxy's budget of requests in flight is full, every new call is refused
+    503: /health says so (503, which budget, how full) instead of "up", and is 200 again
+    once the call holding the budget has ended."""
+    for login in ("alice", "bob", "carol"):
+        await make_client(api, login)
+    bob_port = free_udp_port()
+    assert (await sip_register(appliance, "alice")).status == 200
+    assert (await sip_register(appliance, "carol")).status == 200
+    assert (await sip_register(appliance, "bob", local_port=bob_port)).status == 200
+    appliance.proxy.max_contexts = 1
+
+    async def health() -> tuple[int, dict[str, object]]:
+        async with api.session.get(f"{api.base}/health") as resp:
+            return resp.status, dict((await resp.json())["components"])
+
+    assert (await health())[0] == 200
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as bob:
+        bob.bind(("127.0.0.1", bob_port))
+        bob.setblocking(False)
+        ringing = asyncio.create_task(sip_invite(appliance, "alice", "bob"))
+        async with asyncio.timeout(3):
+            invite = parse_message(await loop.sock_recv(bob, 65535))
+        status, components = await health()
+        assert status == 503
+        assert components["sip"] == ("overloaded: new requests answered 503; full: "
+                                     "proxied requests (1 of 1)")
+        assert await sip_invite(appliance, "carol", "bob") == 503
+        # Bob's phone is busy: the call ends, and with it the budget's use.
+        assert isinstance(invite, Request)
+        busy = ["SIP/2.0 486 Busy Here", *(f"{h.name}: {h.value}" for h in invite.headers
+                                            if h.name in ("via", "from", "call-id", "cseq")),
+                f"To: {invite.get('to')};tag=bob1", "Content-Length: 0"]
+        await loop.sock_sendto(bob, ("\r\n".join(busy) + "\r\n\r\n").encode(),
+                               ("127.0.0.1", appliance.config.sip.listen.port))
+        assert await ringing == 486
+
+    async def recovered() -> bool:  # the CDR is written after the 486 is relayed
+        status, components = await health()
+        return status == 200 and components["sip"] == "up"
+    await until(recovered)
