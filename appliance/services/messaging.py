@@ -31,6 +31,10 @@ SmsUrl (or SmsApplicationSid's RcmlUrl) of the IncomingPhoneNumber matching the 
 is requested; SmsFallbackUrl on failure; an <Sms> in the reply is queued as outbound-reply,
 in the transaction that marks the message's job handed: from then on a retry, or the restart
 after a crash, only finishes the job and never runs the app again (no reply goes out twice).
+Messages of different conversations (sender, receiving number) are handed side by side, at
+most INBOUND_CONCURRENCY at once; those of one conversation one at a time, in the order
+received. A message put off for a retry no longer holds its conversation: the ones after it
+go on, and it is handed when its retry is due.
 """
 
 from __future__ import annotations
@@ -106,8 +110,16 @@ RETRY_DELAYS = (5, 15, 60, 300, 900)  # seconds before the next try, by failed t
 # An inbound SMS whose delivery to its app fails on our side (not the app's answer, which
 # has its own notifications) is tried again after 1, 2, 4, 8 minutes, then given up.
 INBOUND_ATTEMPTS = 5
-INBOUND_BATCH = 20  # due inbound jobs read at a time
 INBOUND_RETRY = timedelta(minutes=1)
+# Received messages are handed to their apps side by side, one conversation (sender and
+# receiving number) each: a slow app (10 s a request, with fallback and redirects) must not
+# delay the others. Bounded, as each holds a connection to an app and a job in memory: an
+# office's inbound traffic rarely needs more, and a flood waits in the table, not in memory.
+INBOUND_CONCURRENCY = 8
+INBOUND_POLL = 30.0  # seconds between looks for jobs whose retry came due (no wake-up for those)
+# A job whose fault could not even be recorded (the store failing) leaves its conversation
+# alone this long, instead of being picked again at once and failing in a loop.
+INBOUND_FAULT_PAUSE = 30.0
 MAX_QUEUE_AGE = timedelta(days=2)  # an accepted message that could not go out by then fails
 TRANSIENT_CMS = {38, 41, 42, 47, 331, 332}  # network out of order/congestion/no service
 MAX_TRANSIENT_ATTEMPTS = 3  # retries of a message after network errors or a hung modem
@@ -241,6 +253,11 @@ class MessagingService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._callbacks = OrderedJobs("SMS status callback", concurrency=CALLBACK_CONCURRENCY,
                                       backlog=CALLBACK_BACKLOG)
+        # Keyed by conversation; at most one job of each is picked, so none waits unstarted.
+        self._inbound = OrderedJobs("inbound SMS delivery", concurrency=INBOUND_CONCURRENCY,
+                                    backlog=INBOUND_CONCURRENCY)
+        self._inbound_running: set[tuple[str, str]] = set()  # conversations with a job started
+        self._inbound_resting: dict[tuple[str, str], float] = {}  # -> monotonic end of pause
         # In-doubt failures not recorded yet (the store failed too): settled at the next
         # drain; the message is not due meanwhile (its queue entry says `submitting`).
         self._in_doubt: dict[str, tuple[OutboxItem, str]] = {}
@@ -375,6 +392,9 @@ class MessagingService:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Cut short at once, as ever: the jobs stay in their table and run again after the
+        # restart (only finished, when their app's reply was queued).
+        await self._inbound.close(0, resumed=True)
         await self._callbacks.close(CALLBACK_GRACE)
 
     async def recover(self) -> None:
@@ -807,28 +827,54 @@ class MessagingService:
 
     async def _inbound_jobs(self) -> None:
         while True:
+            # Cleared before the table is read: a message received, or a job ended, while
+            # reading sets it again, so nothing waits for the poll.
             self._jobs_wake.clear()
-            more = False
             try:
-                jobs = await self._sms.due_inbound_jobs(_now_text(self._clock), INBOUND_BATCH)
-                for job in jobs:
-                    await self._deliver_inbound_guarded(job)
-                # A full batch: more may be due (a backlog after a stop), and no wake-up
-                # will come for them. Each job handled is finished or put off, so this ends.
-                more = len(jobs) == INBOUND_BATCH
+                await self._start_inbound_jobs()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - a broken app must not stop inbound delivery
                 logger.exception("x inbound SMS delivery")
-            if more:
-                continue
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(30):
+                async with asyncio.timeout(INBOUND_POLL):
                     await self._jobs_wake.wait()
+
+    async def _start_inbound_jobs(self) -> None:
+        """Start the first due job of as many idle conversations as there are free slots.
+        Each job ending wakes the loop for the next, so a backlog goes without pauses."""
+        now = time.monotonic()
+        for conversation, until in list(self._inbound_resting.items()):
+            if until <= now:
+                del self._inbound_resting[conversation]
+        room = INBOUND_CONCURRENCY - len(self._inbound_running)
+        if room <= 0:
+            return
+        busy = self._inbound_running | set(self._inbound_resting)
+        for job in await self._sms.due_inbound_jobs(_now_text(self._clock), room, busy):
+            self._inbound_running.add(job.conversation)
+            try:
+                await self._inbound.put("\n".join(job.conversation),
+                                        functools.partial(self._inbound_turn, job))
+            except BaseException:
+                self._inbound_running.discard(job.conversation)
+                raise
+
+    async def _inbound_turn(self, job: InboundJob) -> None:
+        try:
+            await self._deliver_inbound_guarded(job)
+        except Exception:  # noqa: BLE001 - its retry could not be recorded: the store's fault
+            logger.exception("x inbound SMS %s: delivery failed and could not be put off; its "
+                             "conversation waits %.0f s", job.sid, INBOUND_FAULT_PAUSE)
+            self._inbound_resting[job.conversation] = time.monotonic() + INBOUND_FAULT_PAUSE
+        finally:
+            self._inbound_running.discard(job.conversation)
+            self._jobs_wake.set()
 
     async def _deliver_inbound_guarded(self, job: InboundJob) -> None:
         """Deliver JOB; a fault of ours on the way is retried later, with back-off, up to
-        INBOUND_ATTEMPTS times, and never keeps the jobs behind it from their turn.
+        INBOUND_ATTEMPTS times, and never keeps the jobs behind it from their turn (those
+        of its own conversation included: put off, it no longer holds the conversation).
 
         A job marked handed (its app's reply or forward was queued, in the same transaction)
         is only finished, whether the fault was ours a minute ago or a crash before the last

@@ -1,10 +1,10 @@
 """Background jobs that run in order per key, a few at a time, with a bounded backlog.
 
-For requests to customers' servers (SMS StatusCallback) that must not hold up the caller: a
-server that takes 10 s to answer would otherwise delay every message sent after it. Jobs
-with the same key (a message's SID) run one after the other, in the order they were put
-(`sent` before `delivered`); jobs with different keys run side by side, at most
-`concurrency` at once."""
+For requests to customers' servers (SMS StatusCallback, received SMS handed to their app)
+that must not hold up the caller: a server that takes 10 s to answer would otherwise delay
+every message after it. Jobs with the same key (a message's SID, a conversation) run one
+after the other, in the order they were put (`sent` before `delivered`); jobs with different
+keys run side by side, at most `concurrency` at once."""
 
 from __future__ import annotations
 
@@ -51,8 +51,9 @@ class OrderedJobs:
             except Exception:  # noqa: BLE001 - one job's fault must not reach the others
                 logger.exception("x %s", self._name)
 
-    async def close(self, grace: float) -> int:
-        """Give pending jobs GRACE seconds, then cancel the rest; how many were cancelled."""
+    async def close(self, grace: float, *, resumed: bool = False) -> int:
+        """Give pending jobs GRACE seconds, then cancel the rest; how many were cancelled.
+        RESUMED: the jobs are kept elsewhere (a table) and run again after a restart."""
         if not self._tasks:
             return 0
         _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
@@ -60,5 +61,6 @@ class OrderedJobs:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         if pending:
-            logger.warning("x %s: %d not done at stop, dropped", self._name, len(pending))
+            logger.warning("x %s: %d not done at stop, %s", self._name, len(pending),
+                           "run again after the restart" if resumed else "dropped")
         return len(pending)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+from collections.abc import Collection
 from typing import Any
 
 from appliance import models
@@ -64,6 +65,8 @@ class InboundJob:
     sid: str
     attempts: int  # failed tries so far
     handed: bool  # its app's reply (or forward) is queued: only finish it, never run it again
+    # (sender, receiving number): its messages are handed to their app one at a time, in order
+    conversation: tuple[str, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,11 +428,25 @@ class SmsStore:
                 self._insert_received(conn, message, now)
         await self._run(run)
 
-    async def due_inbound_jobs(self, now: str, limit: int = 20) -> list[InboundJob]:
+    async def due_inbound_jobs(self, now: str, limit: int = 20,
+                               skip: Collection[tuple[str, str]] = ()) -> list[InboundJob]:
+        """The first due job of each conversation, the earliest due first, at most LIMIT,
+        leaving out the conversations in SKIP (those with a job running): a conversation's
+        later messages are not due before its first is done, so they keep their order. A
+        job whose message is gone is a conversation of its own."""
         def run() -> list[InboundJob]:
-            return [InboundJob(r[0], int(r[1]), bool(r[2])) for r in self._conn().execute(
-                "SELECT sid, attempts, handed FROM sms_inbound_jobs WHERE next_attempt_at <= ? "
-                "ORDER BY next_attempt_at LIMIT ?", (now, limit)).fetchall()]
+            found = self._conn().execute(
+                "SELECT sid, attempts, handed, sender, receiver FROM ("
+                " SELECT j.sid, j.attempts, j.handed, j.next_attempt_at AS due, j.rowid AS seq,"
+                "  COALESCE(m.\"from\", '') AS sender, COALESCE(m.\"to\", j.sid) AS receiver,"
+                "  ROW_NUMBER() OVER (PARTITION BY COALESCE(m.\"from\", ''),"
+                "   COALESCE(m.\"to\", j.sid) ORDER BY j.next_attempt_at, j.rowid) AS turn"
+                " FROM sms_inbound_jobs j LEFT JOIN sms_messages m ON m.sid = j.sid"
+                " WHERE j.next_attempt_at <= ?) WHERE turn = 1 ORDER BY due, seq LIMIT ?",
+                # Each conversation in SKIP takes at most one of the rows.
+                (now, limit + len(skip))).fetchall()
+            jobs = [InboundJob(r[0], int(r[1]), bool(r[2]), (r[3], r[4])) for r in found]
+            return [job for job in jobs if job.conversation not in skip][:limit]
         result: list[InboundJob] = await self._run(run)
         return result
 

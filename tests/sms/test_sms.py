@@ -413,8 +413,8 @@ async def test_developer_role_cannot_send_sms(gsm_api: Api) -> None:
 
 async def test_a_backlog_of_received_messages_is_handed_over_without_pauses(
         tmp_path: Path, fake: FakeModem, hook: Hook, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Jobs are read 20 at a time: after a stop with more than that due (a power cut, apps
-    # that were slow), the rest waited 30 s per batch for a wake-up that nothing sent.
+    # Jobs are read a few at a time: after a stop with more than that due (a power cut, apps
+    # that were slow), the rest must not wait 30 s per batch for a wake-up that nothing sends.
     config = gsm_config(tmp_path, fake)
     hook.reply("/sms", "<Response/>")
     async with running(config) as (app, api):

@@ -174,11 +174,14 @@ async def test_inbound_jobs_of_the_previous_schema_are_still_delivered_after_upg
     store = Store(path)
     assert await store.open() == ["m006_sms_inbound_handed", "m007_trunk_contacts"]
     jobs = SmsStore(store)
-    assert await jobs.due_inbound_jobs("9999") == [InboundJob(received.sid, 0, handed=False)]
+    conversation = (received.from_, received.to)
+    assert await jobs.due_inbound_jobs("9999") == [
+        InboundJob(received.sid, 0, handed=False, conversation=conversation)]
     await jobs.enqueue(sms("outbound-reply", "queued"), body="Thanks", ucs2=False,
                        status_report=True, concat_ref=1, x_headers={}, callback=None,
                        now="2024-03-03", handing=received.sid)
-    assert await jobs.due_inbound_jobs("9999") == [InboundJob(received.sid, 0, handed=True)]
+    assert await jobs.due_inbound_jobs("9999") == [
+        InboundJob(received.sid, 0, handed=True, conversation=conversation)]
     await store.close()
 
 
