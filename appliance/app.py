@@ -480,6 +480,11 @@ class Appliance:
                 key = f"{key} ({gateway.sid})"
             gateways[key] = {"sid": gateway.sid, "state": status.state,
                              "last_error": status.last_error}
+            # Down: refused or unanswered and waiting to retry, or retrying. A first
+            # registration or a refresh (no error yet) is not a fault.
+            if status.state == "failed" or (status.state == "registering"
+                                            and status.last_error is not None):
+                healthy = False
         components["gateways"] = gateways
         if self.supervisor is None:
             components["media"] = "no workers ([media] workers = 0): voice apps answer 503"

@@ -51,6 +51,7 @@ async def test_gateway_registers_with_digest(api: Api) -> None:
         assert sipp.wait(10) == 0, sipp.stderr.read() if sipp.stderr else ""
         async with api.session.get(f"{api.base}/health") as resp:
             health = await resp.json()
+            assert resp.status == 200, health
         assert health["components"]["gateways"]["provider"]["state"] == "registered"
     finally:
         if sipp.poll() is None:
@@ -64,11 +65,17 @@ async def test_wrong_password_shows_the_error(api: Api) -> None:
     try:
         await asyncio.sleep(0.3)
         status, body, _ = await api.post(f"{GW}.json", {
-            "UserName": "office", "Password": "wrong-one", "Proxy": f"127.0.0.1:{port}",
+            "FriendlyName": "provider", "UserName": "office", "Password": "wrong-one",
+            "Proxy": f"127.0.0.1:{port}",
             "Register": "true", "TTL": "600"})
         gw = await state_of(api, json.loads(body)["sid"], {"registered", "failed"})
         assert gw["registration_state"] == "failed"
         assert "403" in gw["registration_error"]
+        # The office's line is down: /health says so, as the status LED then does.
+        async with api.session.get(f"{api.base}/health") as resp:
+            health = await resp.json()
+            assert resp.status == 503 and health["status"] == "degraded", health
+        assert "403" in health["components"]["gateways"]["provider"]["last_error"]
     finally:
         if sipp.poll() is None:
             sipp.kill()
