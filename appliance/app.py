@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance import __version__
+from appliance.api import http_log
 from appliance.api.app import make_app
 from appliance.api.context import ApiServices
 from appliance.config import Config
@@ -397,7 +398,8 @@ class Appliance:
                                calls=self.calls, outbound=self.outbound_proxies,
                                conferences=self.conferences)
         app = make_app(services)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     logger=http_log.server_logger())
         await self._runner.setup()
         listen = self.config.api.listen
         site: web.BaseSite
