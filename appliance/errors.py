@@ -69,6 +69,14 @@ class TooLarge(ApplianceError):
     status = 413
 
 
+class TooManyRequests(ApplianceError):
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Unavailable(ApplianceError):
     status = 503
 

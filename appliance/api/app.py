@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from appliance.addresses import unmapped
 from appliance.api import (
     accounts,
     applications,
@@ -41,6 +42,7 @@ from appliance.errors import (
     InvalidInput,
     NotFound,
     TooLarge,
+    TooManyRequests,
     Unauthorized,
 )
 from appliance.models import API_VERSION, AccountStatus
@@ -64,6 +66,9 @@ NOT_FORM_ENCODED = ("Parameters must be form-encoded (Content-Type: "
 def _error_response(err: ApplianceError, as_json: bool) -> web.Response:
     if isinstance(err, Unauthorized):
         return web.Response(status=401, headers=_UNAUTHORIZED_HEADERS)
+    if isinstance(err, TooManyRequests):
+        return web.Response(status=429, text=err.message, content_type="text/plain",
+                            headers={"Retry-After": str(err.retry_after)})
     if err.json_message:
         return web.Response(status=err.status, body=message(err.message, as_json),
                             content_type="application/json" if as_json else "application/xml")
@@ -118,7 +123,14 @@ async def _dispatch(request: web.Request, prefix: str, tail: str) -> web.StreamR
                 return await system.recording_file(ctx, file_match[1], file_match[2])
             return web.Response(status=200)
         user, secret = _basic_credentials(request.headers.get("Authorization", ""))
-        actor = await services.accounts.authenticate(user, secret)
+        source = _source(request)
+        services.logins.check(source)
+        try:
+            actor = await services.accounts.authenticate(user, secret)
+        except Unauthorized:
+            services.logins.failed(source, user)
+            raise
+        services.logins.succeeded(source, user)
         if actor.status not in (AccountStatus.ACTIVE, AccountStatus.UNINITIALIZED):
             raise Forbidden("Provided Account is not active")
         length = request.content_length
@@ -160,10 +172,19 @@ def _answer_key(request: web.Request) -> tuple[str | None, str, str | None]:
     return headers.get("Authorization"), request.raw_path, headers.get("Accept")
 
 
+def _source(request: web.Request) -> str:
+    return unmapped(request.remote or "?")  # an IPv4 client of a [::] listener
+
+
 async def _api(request: web.Request) -> web.StreamResponse:
     if request.method == "GET" and request.content_length is None:
         answer = request.app[RESPONSE_CACHE].answered(_answer_key(request))
         if answer is not None:
+            try:
+                # A banned guesser must not learn from a cached 200 that its guess was right.
+                request.app[SERVICES].logins.check(_source(request))
+            except TooManyRequests as err:
+                return _error_response(err, False)
             return web.Response(body=answer[0], headers=answer[1])
     prefix = request.match_info["prefix"]
     # Split the *raw* path, then decode each segment: an encoded "%2F" inside a SID must not

@@ -17,6 +17,7 @@ from appliance.services.calls import CallsService
 from appliance.services.conferences import ConferencesService
 from appliance.services.gateways import GatewayService
 from appliance.services.history import HistoryService
+from appliance.services.login_guard import LoginGuard
 from appliance.services.messaging import MessagingService
 from appliance.services.outbound import OutboundProxies
 from appliance.services.provisioning import ProvisioningService
@@ -40,6 +41,7 @@ class ApiServices:
     sip_directory: SipDirectory | None = None  # None: no SIP front door (registrations empty)
     calls: CallsService | None = None  # None: calls cannot be placed or modified (405)
     conferences: ConferencesService | None = None  # None: the Conferences API answers 404
+    logins: LoginGuard = dataclasses.field(default_factory=LoginGuard)
 
 
 SERVICES = web.AppKey("services", ApiServices)

@@ -114,6 +114,11 @@ class Guard:
         self._records.move_to_end(source)
         return True
 
+    def banned_for(self, source: str, now: float) -> float:
+        """Seconds left of SOURCE's ban (0: not banned)."""
+        record = self._records.get(source)
+        return max(0.0, record.banned_until - now) if record is not None else 0.0
+
     def record_failure(self, source: str, now: float, login: str = "") -> bool:
         """Count a failed authentication for LOGIN; True when this failure starts a ban.
         Counted from an ``exempt`` source too (see the module docstring)."""
