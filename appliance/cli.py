@@ -62,6 +62,9 @@ def serve(config_path: Path | None, log_level: str) -> None:
 
     try:
         asyncio.run(run(cfg))
+    except ConfigError as err:  # found at start, e.g. one file of the TLS pair missing
+        click.echo(f"appliance: config error: {err.message}", err=True)
+        sys.exit(2)
     except OSError as err:
         click.echo(f"appliance: cannot start: {err}", err=True)
         sys.exit(1)

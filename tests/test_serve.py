@@ -74,6 +74,24 @@ def test_unknown_config_key_stops_startup(tmp_path: Path) -> None:
     assert b"sip.domian: unknown key" in result.stderr
 
 
+def test_a_tls_key_path_typo_stops_startup_and_keeps_the_certificate(tmp_path: Path) -> None:
+    cert, key = tmp_path / "office.crt", tmp_path / "office.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30",
+                    "-subj", "/CN=pbx.office.example", "-keyout", str(key), "-out", str(cert)],
+                   capture_output=True, check=True, timeout=60)
+    before = cert.read_bytes()
+    config = write_config(tmp_path, free_port(), extra="")
+    config.write_text(config.read_text().replace(
+        "[sip]", f'tls = true\ntls_cert = "{cert}"\ntls_key = "{tmp_path / "office.ky"}"\n[sip]'))
+    result = subprocess.run([*APPLIANCE, "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result
+    assert "config error: api.tls_key: the private key" in result.stderr
+    assert "office.ky does not exist" in result.stderr
+    assert cert.read_bytes() == before and not (tmp_path / "office.ky").exists()
+
+
 def test_restart_keeps_data_and_password(tmp_path: Path) -> None:
     port = free_port()
     config = write_config(tmp_path, port)
