@@ -85,7 +85,7 @@ def check_config(config_path: Path | None) -> None:
 @main.command("reset-admin-password")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)
 def reset_admin_password(config_path: Path | None) -> None:
-    """Console-only: give the administrator a new random password (stop the service first)."""
+    """Console-only: a new random administrator password; the account active and Administrator."""
     cfg = _load(config_path)
     from appliance.app import Appliance, InstanceLock
 
@@ -115,7 +115,8 @@ def reset_admin_password(config_path: Path | None) -> None:
         sys.exit(1)
     finally:
         lock.release()
-    click.echo(f"New administrator password written to {cfg.data_dir / 'admin-password'}")
+    click.echo(f"New administrator password written to {cfg.data_dir / 'admin-password'}; "
+               "the administrator account is active, with the Administrator role")
     click.echo(password)
 
 

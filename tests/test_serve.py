@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -118,6 +119,45 @@ def test_reset_admin_password_from_the_console(tmp_path: Path) -> None:
                             capture_output=True, timeout=20, check=True)
     new = (tmp_path / "var" / "admin-password").read_text().strip()
     assert new != old and new.encode() in result.stdout
+
+
+def test_reset_admin_password_also_makes_the_administrator_active_again(tmp_path: Path) -> None:
+    # An older version let the API demote or suspend the top-level account, locking it out;
+    # the console reset is the way back in.
+    port = free_port()
+    config = write_config(tmp_path, port)
+    proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE)
+    wait_health(port, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+    with sqlite3.connect(tmp_path / "var" / "appliance.db") as db:
+        db.execute("UPDATE accounts SET role = 'administrator', status = 'suspended' "
+                   "WHERE sid = ?", (ADMIN_SID,))
+    db.close()
+    result = subprocess.run([*APPLIANCE, "reset-admin-password", "--config", str(config)],
+                            capture_output=True, text=True, timeout=20, check=True)
+    password = (tmp_path / "var" / "admin-password").read_text().strip()
+    proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE)
+    try:
+        wait_health(port, proc)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/restcomm/2012-04-24/Accounts.json",
+            data=b"EmailAddress=back%40example.com&Password=Pbx-edge-7",
+            headers={"Authorization": basic(ADMIN_SID, password)})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 200  # a write: needs the Administrator role and active
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/restcomm/2012-04-24/Accounts/{ADMIN_SID}.json",
+            headers={"Authorization": basic(ADMIN_SID, password)})
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            account = json.loads(answer.read())
+        assert (account["role"], account["status"]) == ("Administrator", "active")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    assert "active, with the Administrator role" in result.stdout
 
 
 def test_reset_admin_password_is_refused_while_the_appliance_runs(tmp_path: Path) -> None:

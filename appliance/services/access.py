@@ -9,6 +9,7 @@ from appliance.models import Account, AccountStatus
 
 ADMINISTRATOR = "Administrator"
 DEVELOPER = "Developer"
+ROLES = (ADMINISTRATOR, DEVELOPER)
 
 
 class Action(enum.StrEnum):

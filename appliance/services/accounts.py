@@ -23,7 +23,13 @@ from appliance.models import (
     account_sid_for,
     md5_hex,
 )
-from appliance.services.access import ADMINISTRATOR, Action, is_super_admin, require
+from appliance.services.access import (
+    ADMINISTRATOR,
+    ROLES,
+    Action,
+    is_super_admin,
+    require,
+)
 from appliance.services.ports import StoreProtocol
 from appliance.timefmt import storage
 
@@ -116,13 +122,16 @@ class AccountService:
         return self._remember(admin)
 
     async def reset_admin_password(self, data_dir: Path) -> str:
-        """Console-only recovery of a lost administrator password."""
+        """Console-only recovery: a new password, and the account active and Administrator."""
         admin = await self._store.get_account(ADMIN_SID)
         if admin is None:
             raise NotFound("the administrator account does not exist yet; start the appliance once")
         password = passwords.generate()
+        # Also undoes a lock-out of an older version, which let the API suspend, close or
+        # demote the administrator.
         updated = dataclasses.replace(admin, auth_token=md5_hex(password),
-                                      status=AccountStatus.ACTIVE, date_updated=self._clock())
+                                      status=AccountStatus.ACTIVE, role=ADMINISTRATOR,
+                                      date_updated=self._clock())
         await self._store.update_account(updated)
         write_secret(data_dir / "admin-password", password)
         return password
@@ -259,9 +268,7 @@ class AccountService:
             raise Forbidden("Provided Account is not active")
         if friendly_name is not None and len(friendly_name) > MAX_FIELD:
             raise InvalidInput(f"FriendlyName is longer than {MAX_FIELD} characters")
-        new_role = role if (role and actor.role == ADMINISTRATOR) else actor.role
-        if len(new_role) > MAX_FIELD:
-            raise InvalidInput(f"Role is longer than {MAX_FIELD} characters")
+        new_role = _parse_role(role) if (role and actor.role == ADMINISTRATOR) else actor.role
         now = self._clock()
         account = Account(sid=AccountSid(sid), parent_sid=actor.sid,
                           friendly_name=friendly_name or email, email_address=email, type="Full",
@@ -289,14 +296,21 @@ class AccountService:
             raise InvalidInput("Password too weak")
         if changes.friendly_name is not None and not 0 < len(changes.friendly_name) <= MAX_FIELD:
             raise InvalidInput(f"FriendlyName must be 1 to {MAX_FIELD} characters")
-        if changes.role is not None and not 0 < len(changes.role) <= MAX_FIELD:
-            raise InvalidInput(f"Role must be 1 to {MAX_FIELD} characters")
+        new_role = _parse_role(changes.role) if changes.role is not None else None
+        if target.parent_sid is None:
+            # No account above the top-level one can undo a change of its own: a suspended,
+            # closed or demoted administrator would lock the whole appliance out of its API
+            # (closing would also purge every Client and number of the tree).
+            if new_status is not None and new_status != target.status:
+                raise Forbidden("The top-level account's Status cannot be changed")
+            if new_role is not None and new_role != target.role:
+                raise Forbidden("The top-level account's Role cannot be changed")
         now = self._clock()
         updated = target
         if changes.friendly_name is not None:
             updated = dataclasses.replace(updated, friendly_name=changes.friendly_name)
-        if changes.role is not None:
-            updated = dataclasses.replace(updated, role=changes.role)
+        if new_role is not None:
+            updated = dataclasses.replace(updated, role=new_role)
         if changes.password is not None:
             updated = dataclasses.replace(updated, auth_token=md5_hex(changes.password))
             if updated.status == AccountStatus.UNINITIALIZED:
@@ -326,6 +340,15 @@ def _parse_status(text: str) -> AccountStatus:
         raise InvalidInput(
             f"Status {text} is not one of active, closed, suspended, inactive, uninitialized"
         ) from None
+
+
+def _parse_role(text: str) -> str:
+    # Only these two grant anything (access.py): any other string, "administrator" say, made an
+    # account that could do nothing, not even change its role back.
+    for role in ROLES:
+        if text.lower() == role.lower():
+            return role
+    raise InvalidInput(f"Role {text} is not one of {', '.join(ROLES)}")
 
 
 def write_secret(path: Path, secret: str) -> None:

@@ -219,3 +219,44 @@ async def test_uninitialized_account_may_only_set_its_password(api: Api) -> None
     status, _, _ = await api.as_user("new@example.com", "Admin2024!").get(
         f"Accounts/{acct['sid']}/Clients.json")
     assert status == 200
+
+
+async def test_roles_are_administrator_or_developer_in_any_case(api: Api) -> None:
+    # "administrator" used to be stored as given and grant nothing: the account was locked out.
+    status, body, _ = await api.post("Accounts.json", {"EmailAddress": "r@example.com",
+                                                       "Password": PW, "Role": "Superuser"})
+    assert status == 400 and body == "Role Superuser is not one of Administrator, Developer"
+    acct = await create(api, "r@example.com", Role="developer")
+    assert acct["role"] == "Developer"
+    status, body, _ = await api.post(f"Accounts/{acct['sid']}.json", {"Role": "administrator"})
+    assert status == 200 and json.loads(body)["role"] == "Administrator"
+    status, body, _ = await api.post(f"Accounts/{acct['sid']}.json", {"Role": "admin"})
+    assert status == 400 and body == "Role admin is not one of Administrator, Developer"
+    status, body, _ = await api.post(f"Accounts/{acct['sid']}.json", {"Role": ""})
+    assert status == 400
+    status, body, _ = await api.get(f"Accounts/{acct['sid']}.json")
+    assert json.loads(body)["role"] == "Administrator"
+
+
+async def test_the_top_level_account_keeps_its_role_and_status(api: Api) -> None:
+    # Nobody is above it to undo a change: demoted, suspended or closed (which also purged
+    # every Client of the tree), the administrator was locked out of the API for good.
+    child = await create(api, "kept@example.com")
+    me = f"Accounts/{ADMIN_SID}.json"
+    for field, value in [("Role", "Developer"), ("Status", "closed"),
+                         ("Status", "suspended"), ("Status", "inactive")]:
+        status, body, _ = await api.request("PUT", me, data={field: value})
+        assert (status, body) == (403, f"The top-level account's {field} cannot be changed")
+    status, body, _ = await api.request("PUT", me, data={"Role": "administrator",
+                                                          "Status": "Active",
+                                                          "FriendlyName": "Main office"})
+    assert status == 200, body
+    account = json.loads(body)
+    assert (account["role"], account["status"], account["friendly_name"]) == (
+        "Administrator", "active", "Main office")
+    status, body, _ = await api.get(f"Accounts/{child['sid']}/Clients.json")
+    assert status == 200 and [c["login"] for c in json.loads(body)] == ["kept"]
+    await create(api, "after@example.com")
+    # The status of the accounts below it still changes.
+    status, body, _ = await api.post(f"Accounts/{child['sid']}.json", {"Status": "suspended"})
+    assert status == 200 and json.loads(body)["status"] == "suspended"
