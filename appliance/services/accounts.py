@@ -319,7 +319,10 @@ class AccountService:
         await self._store.update_account(updated)
         self._remember(updated)
         if new_status is not None and new_status != updated.status:
-            subtree = [*await self.descendants(updated), updated]
+            # Closed is final: a later change above it (suspend, then active) must not bring a
+            # closed account, whose Clients and numbers are gone, back to life.
+            subtree = [*(d for d in await self.descendants(updated)
+                         if d.status != AccountStatus.CLOSED), updated]
             await self._store.set_status_recursive(
                 [a.sid for a in subtree], str(new_status), storage(now),
                 purge=new_status == AccountStatus.CLOSED)

@@ -260,3 +260,35 @@ async def test_the_top_level_account_keeps_its_role_and_status(api: Api) -> None
     # The status of the accounts below it still changes.
     status, body, _ = await api.post(f"Accounts/{child['sid']}.json", {"Status": "suspended"})
     assert status == 200 and json.loads(body)["status"] == "suspended"
+
+
+async def test_a_closed_account_stays_closed_when_its_parent_changes_status(api: Api) -> None:
+    # The recursive status change used to reach closed descendants too: suspending and then
+    # re-activating the parent brought a closed grandchild back, able to log in and write.
+    parent = await create(api, "cp@example.com")
+    p = api.as_user("cp@example.com", PW)
+    status, body, _ = await p.post("Accounts.json", {"EmailAddress": "cc@example.com",
+                                                      "Password": PW})
+    closed = json.loads(body)
+    status, body, _ = await p.post("Accounts.json", {"EmailAddress": "co@example.com",
+                                                      "Password": PW})
+    other = json.loads(body)
+    status, _, _ = await p.request("PUT", f"Accounts/{closed['sid']}.json",
+                                   data={"Status": "closed"})
+    assert status == 200
+    for value in ("suspended", "active"):
+        status, body, _ = await api.request("PUT", f"Accounts/{parent['sid']}.json",
+                                            data={"Status": value})
+        assert status == 200 and json.loads(body)["status"] == value
+        status, body, _ = await api.get(f"Accounts/{other['sid']}.json")
+        assert json.loads(body)["status"] == value  # the rest of the subtree follows
+        status, body, _ = await api.get(f"Accounts/{closed['sid']}.json")
+        assert json.loads(body)["status"] == "closed"
+    c = api.as_user("cc@example.com", PW)
+    status, body, _ = await c.get(f"Accounts/{closed['sid']}/Clients.json")
+    assert status == 403 and body == "Provided Account is not active"
+    status, _, _ = await c.post(f"Accounts/{closed['sid']}/Clients.json",
+                                {"Login": "back", "Password": PW})
+    assert status == 403
+    status, body, _ = await api.get(f"Accounts/{closed['sid']}/Clients.json")
+    assert json.loads(body) == []
