@@ -11,7 +11,9 @@ Theory of operation:
   port is lost, a command times out, or the modem reboots (unsolicited `RDY`). A timeout climbs
   the recovery ladder (§2.11): `AT` ping → re-open → `AT+CFUN=0/1` → `AT+CFUN=1,1` → down
   (slow retries). A lost port is re-opened by the same path with back-off, so a device that
-  re-enumerates under another `ttyUSBn` is found again through its by-id link.
+  re-enumerates under another `ttyUSBn` is found again through its by-id link. A failed init
+  (refused, or timed out and laddered) is retried after a pause that doubles up to
+  `reopen_max_delay`, never at once.
 * One command in flight (`AtChannel.lock`); the parser is told which command that is, so URCs that
   interleave are classified by grammar, never by timing (style.md §5 habit 1).
 * Receive is store-and-forward (§2.5): `+CMTI` → `AT+CMGR` → `on_sms_received(pdu, index)`,
@@ -274,6 +276,7 @@ class Modem:
     async def run(self) -> None:
         """Open, initialise, serve, recover; forever (until cancelled)."""
         delay = self.settings.reopen_delay
+        failures = 0  # init attempts in a row that failed with the port still open
         try:
             while True:
                 if not self._channel.is_open:
@@ -284,6 +287,11 @@ class Modem:
                         continue
                     delay = self.settings.reopen_delay
                 outcome = await self._initialise_and_serve()
+                if outcome == "init failed":
+                    failures += 1
+                    await self._init_retry(failures)
+                    continue
+                failures = 0
                 if outcome == "lost":
                     # The SIM, network and signal are unknown now, and nothing can be sent:
                     # not `ready` (with no SIM) until the port is back and initialised.
@@ -303,11 +311,36 @@ class Modem:
         except ModemUnavailable:
             return "lost"
         except ModemError as err:
-            logger.warning("x init failed: %s", err)
-            self._set(last_error=str(err))
+            self._set(last_error=f"init failed: {err}")
             lost = self._channel.lost
-            return "lost" if lost is None or lost.is_set() else "trouble"
+            return "lost" if lost is None or lost.is_set() else "init failed"
         return await self._serve()
+
+    async def _init_retry(self, failures: int) -> None:
+        """After an init the modem refused (`+CMS ERROR: 314` SIM busy, common for a while
+        after it boots) or timed out in: the ladder if it stopped answering, then a pause
+        that doubles up to `reopen_max_delay`, as for an absent device (§2.11, §2.12: back
+        off and retry). Retrying at once would flood it, and the log, with init sequences.
+        An unsolicited RDY or the port's loss ends the pause early."""
+        s = self.settings
+        pause = min(s.reopen_delay * 2 ** min(failures - 1, 16), s.reopen_max_delay)
+        logger.warning("x %s; attempt %d, next in %.1f s", self._state.last_error, failures,
+                       pause)
+        if self._trouble.is_set():  # a command timed out: the modem may be wedged
+            await self._recover()
+        lost = self._channel.lost
+        if lost is None:
+            return  # closed by the ladder; run() re-opens it
+        waits = [asyncio.create_task(lost.wait()), asyncio.create_task(self._reinit.wait())]
+        try:
+            await asyncio.wait(waits, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        if lost.is_set():
+            self._set(phase=Phase.DOWN, **_NO_RADIO)
+            await self._channel.close()
 
     async def _serve(self) -> str:
         lost = self._channel.lost

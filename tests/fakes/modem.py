@@ -113,6 +113,7 @@ class FakeModem:
         self.reboots = 0
         self._fail_next_send: int | None = None
         self._slow: dict[str, float] = {}  # command prefix -> seconds before the answer
+        self._refuse: dict[str, str] = {}  # command prefix -> the final result it gets
         self._fail_after = 0
         self._fail_times = 0
         self._unplug_at: str | None = None
@@ -243,6 +244,14 @@ class FakeModem:
         +CMGS result after the PDU was taken) only after SECONDS: a busy modem, and the window
         in which a test can kill the host."""
         self._slow[prefix.upper()] = seconds
+
+    def refuse(self, prefix: str, final: str | None) -> None:
+        """Answer FINAL (e.g. "+CMS ERROR: 314", SIM busy for a while after a boot) to every
+        command starting with PREFIX, until called again with None."""
+        if final is None:
+            self._refuse.pop(prefix.upper(), None)
+        else:
+            self._refuse[prefix.upper()] = final
 
     def _pause_for(self, key: str) -> None:
         for prefix in list(self._slow):
@@ -445,6 +454,10 @@ class FakeModem:
             return None
         if not self.state.sim_ready and not _PIN_FREE.match(cmd):
             self._error("CME", 11)
+            return None
+        refusal = next((v for k, v in list(self._refuse.items()) if cmd.startswith(k)), None)
+        if refusal is not None:
+            self._reply([], refusal)
             return None
         return self._dispatch(cmd, line)
 

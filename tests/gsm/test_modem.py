@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -223,6 +224,30 @@ async def test_device_disappears_and_reappears(harness: Harness, modem: Modem) -
     harness.fake.replug()
     await ready(modem)
     assert harness.fake.state.echo is False
+
+
+async def test_refused_init_is_retried_with_back_off_then_resumes(
+        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """SIM busy (+CMS ERROR: 314) for a while after a boot: each init attempt is followed by
+    a doubling pause (0.1, 0.2, 0.4 s here; 1 s up to 30 s by default), one log line each,
+    not a loop of thousands of commands; once the modem accepts, it is ready."""
+    caplog.set_level(logging.INFO, logger="appliance.gsm")
+    fake = harness.fake
+    fake.refuse("AT+CPMS", "+CMS ERROR: 314")
+    async with harness.modem(reopen_delay=0.1, reopen_max_delay=0.4) as modem:
+        await asyncio.sleep(2.0)
+        inits = [t for c, t in zip(fake.commands, fake.command_times, strict=True)
+                 if c == "ATE0"]
+        assert 3 <= len(inits) <= 9, len(inits)  # 0, .1, .3, .7, 1.1, 1.5, 1.9 s
+        assert len(fake.commands) < 25 * len(inits)
+        assert inits[-1] - inits[-2] > 0.3  # the pause grew to its cap
+        assert modem.state.phase is not Phase.READY
+        assert "314" in (modem.state.last_error or "")
+        assert len(caplog.records) <= len(inits) + 3  # one line per attempt, not per command
+        fake.refuse("AT+CPMS", None)  # the SIM is ready now
+        state = await ready(modem, within=2.0)
+        assert state.last_error is None and state.recovery_rung == 0
+        assert await modem.send_sms(encode_sms("+1555", "after the SIM woke up")) == [1]
 
 
 async def test_wrong_pin_is_never_retried(tmp_path: Path) -> None:
