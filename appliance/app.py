@@ -718,6 +718,19 @@ async def _report(appliance: Appliance, indicators: Indicators) -> None:
         await asyncio.sleep(PANEL_INTERVAL)
 
 
+async def _unless(stop: asyncio.Event, work: Awaitable[None]) -> None:
+    """WORK, cut short when STOP is set: a SIGTERM during the start-up wait for a modem that
+    is not ready (SIM busy, unplugged) stops at once, not when the wait ends."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, stopping):
+            pending.cancel()
+        await asyncio.gather(task, stopping, return_exceptions=True)
+
+
 async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT, then shut down in order.
 
@@ -748,7 +761,7 @@ async def serve(config: Config) -> None:
                 gc.collect()
                 gc.freeze()
                 gc.set_threshold(*GC_THRESHOLDS)
-                await appliance.wait_modem(MODEM_READY_WAIT)
+                await _unless(stop, appliance.wait_modem(MODEM_READY_WAIT))
                 systemd.ready(appliance.status_line())
                 watchdog = systemd.Watchdog([appliance.store.ping])
                 async with asyncio.TaskGroup() as tasks:

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -61,6 +62,35 @@ def test_serve_health_and_sigterm(tmp_path: Path) -> None:
         stderr = proc.stderr.read().decode()  # type: ignore[union-attr]
         assert "appliance stopped" in stderr
         assert password not in stderr  # no secrets in the log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sigterm_while_waiting_for_the_modem_stops_at_once(tmp_path: Path) -> None:
+    """Start-up gives a modem up to 30 s to become ready; a SIGTERM meanwhile (a modem that
+    is absent, or whose SIM stays busy) stops the appliance then, not when the wait ends."""
+    port = free_port()
+    config = write_config(tmp_path, port, extra=f'[modem]\ndevice = "{tmp_path / "absent"}"\n')
+    proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # 503 (the modem is down) is the answer here
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            except urllib.error.HTTPError as err:
+                assert json.loads(err.read())["components"]["modem"]["phase"] == "down"
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("no /health answer")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+        assert "appliance stopped" in proc.stderr.read().decode()  # type: ignore[union-attr]
     finally:
         if proc.poll() is None:
             proc.kill()
