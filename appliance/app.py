@@ -547,8 +547,12 @@ class Appliance:
         instance lock released. Then the first error is raised (`serve` lets it end the
         process, which prints it again)."""
         errors: list[Exception] = []
+        # From now on no SMS (part) goes to the modem; the one it has meanwhile gets until
+        # "sends" (SEND_GRACE from here) to be answered, so its outcome is known.
+        self.messaging.stop_sending()
         try:
             for name, step in (("calls", self.calls.stop), ("media", self._stop_media),
+                               ("sends", self.messaging.finish_sending),
                                ("modem", self._stop_modem), ("messaging", self.messaging.stop),
                                ("webhooks", self.webhooks.close), ("api", self._stop_api)):
                 await _attempt(name, step, errors)

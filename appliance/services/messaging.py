@@ -13,6 +13,8 @@ Notification is written. Messages still queued, or stopped between two parts, ar
 continued) after the restart. The same holds while running: a part the modem stopped
 answering for *after* its PDU was written is in doubt; one it hung on *before* its `> ` prompt
 was never written (the channel says which, `ModemError.pdu_written`) and goes back to the queue.
+A clean stop starts no message or part from its first moment, and gives the part the modem
+has up to SEND_GRACE to be answered before the modem's port closes (`finish_sending`).
 A fault of our own (the store, the OS) is no fault of the message: before a part is handed
 over it stays queued and the sender pauses; after, it is in doubt. A fault counts against
 the message only when another message went through before its next try (a lasting fault of
@@ -133,6 +135,11 @@ _PHONE = re.compile(r"^\+?[0-9]{3,20}$")
 CALLBACK_CONCURRENCY = 8
 CALLBACK_BACKLOG = 1000
 CALLBACK_GRACE = 2.0
+# At stop, a part the modem was given gets this long (from the stop's start) to be answered,
+# so its outcome is known (sent, or a real error) instead of "may have been delivered".
+# Within systemd's TimeoutStopSec=30s with the rest of the stop (media 5 s, the modem's port
+# 2 s, callbacks 2 s, the trunk 2.5 s); AT+CMGS's own 60 s would not fit.
+SEND_GRACE = 10.0
 SENDER_FAULT_PAUSE = 5.0  # seconds the sender rests after a fault it could not pin on a message
 # A message that meets a fault of ours (the store, the OS: not its content) this many times
 # in a row, each time with another message going through before its next try, is failed: a
@@ -250,6 +257,9 @@ class MessagingService:
         self._wake_modem = False
         self._modem_ready = False
         self._jobs_wake = asyncio.Event()
+        self._stopping_at: float | None = None  # monotonic: no part goes to the modem since
+        self._idle = asyncio.Event()  # clear while the sender works on a message
+        self._idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._callbacks = OrderedJobs("SMS status callback", concurrency=CALLBACK_CONCURRENCY,
                                       backlog=CALLBACK_BACKLOG)
@@ -386,7 +396,31 @@ class MessagingService:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def stop_sending(self) -> None:
+        """A stop began: no message (or next part) starts from now on; the one the sender
+        is working on may finish (`finish_sending`). They stay queued for the restart."""
+        if self._stopping_at is None:
+            self._stopping_at = time.monotonic()
+
+    async def finish_sending(self) -> None:
+        """Once the message being sent is done (its part answered and recorded), or
+        SEND_GRACE after the stop began. Call before the modem stops: a part cut off by the
+        port's close is failed as "may have been delivered"."""
+        self.stop_sending()
+        started = self._stopping_at
+        if self._idle.is_set() or started is None:
+            return
+        left = started + SEND_GRACE - time.monotonic()
+        logger.info("- waiting up to %.1f s for the message being sent", left)
+        try:
+            async with asyncio.timeout(max(0.0, left)):
+                await self._idle.wait()
+        except TimeoutError:
+            logger.warning("x the message being sent was not done %.0f s into the stop; "
+                           "stopping anyway", SEND_GRACE)
+
     async def stop(self) -> None:
+        self.stop_sending()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -452,7 +486,7 @@ class MessagingService:
             await self._sms.make_modem_due(_now_text(self._clock))
         await self._settle_in_doubt()
         await self._settle_delivered()
-        while True:
+        while self._stopping_at is None:
             due = await self._sms.due(_now_text(self._clock))
             if not due:
                 return
@@ -460,30 +494,41 @@ class MessagingService:
             # The whole batch, past a message's fault: whether the next one goes through
             # tells its own fault from the appliance's (and a bad one holds up no other).
             for item in due:
+                if self._stopping_at is not None:
+                    return  # it stays queued for the restart
+                self._idle.clear()
                 try:
-                    await self._send_one(item)
-                except asyncio.CancelledError:
-                    raise
-                except _InDoubt as err:
-                    logger.warning("x SMS %s: %s", item.sid, err.message,
-                                   exc_info=err.__cause__ is not None)
-                    self._suspects.pop(item.sid, None)
-                    self._in_doubt[item.sid] = (item, err.message)
-                    await self._settle_in_doubt()
-                except _Delivered:
-                    logger.warning("x SMS %s: delivered to the Client, but the appliance "
-                                   "could not record it; recorded later, not delivered again",
-                                   item.sid, exc_info=True)
-                    self._suspects.pop(item.sid, None)
-                    self._delivered[item.sid] = item
-                    await self._settle_delivered()
-                except Exception:  # noqa: BLE001 - a fault of ours, not of the message
-                    faulted = True
-                    await self._queue_fault(item)
-                else:
-                    await self._went_through(item.sid)
+                    faulted = await self._send_and_settle(item) or faulted
+                finally:
+                    self._idle.set()
             if faulted:
                 raise _SenderFault
+
+    async def _send_and_settle(self, item: OutboxItem) -> bool:
+        """Send ITEM and record the outcome; True after a fault of ours."""
+        try:
+            await self._send_one(item)
+        except asyncio.CancelledError:
+            raise
+        except _InDoubt as err:
+            logger.warning("x SMS %s: %s", item.sid, err.message,
+                           exc_info=err.__cause__ is not None)
+            self._suspects.pop(item.sid, None)
+            self._in_doubt[item.sid] = (item, err.message)
+            await self._settle_in_doubt()
+        except _Delivered:
+            logger.warning("x SMS %s: delivered to the Client, but the appliance "
+                           "could not record it; recorded later, not delivered again",
+                           item.sid, exc_info=True)
+            self._suspects.pop(item.sid, None)
+            self._delivered[item.sid] = item
+            await self._settle_delivered()
+        except Exception:  # noqa: BLE001 - a fault of ours, not of the message
+            await self._queue_fault(item)
+            return True
+        else:
+            await self._went_through(item.sid)
+        return False
 
     async def _queue_fault(self, item: OutboxItem) -> None:
         """A fault of ours (the store, the OS) while sending ITEM, with nothing in doubt:
@@ -579,6 +624,8 @@ class MessagingService:
             return
         total = len(parts)
         for index in range(item.parts_done, total):
+            if index > item.parts_done and self._stopping_at is not None:
+                return  # stopped between two parts: continued after the restart
             # A fault before this is committed: nothing was handed over (it stays queued).
             await self._sms.begin_part(item.sid, index, total, item.destination,
                                        _now_text(self._clock))

@@ -133,6 +133,33 @@ def test_kill_during_send(box: Box, fake: FakeModem) -> None:
     assert "may have been delivered" in doubtful["error_message"]
 
 
+def test_sigterm_during_send_waits_for_the_modems_answer(box: Box, fake: FakeModem) -> None:
+    """A clean stop (systemctl stop/restart) while the modem has a part and its +CMGS answer
+    is slow (a slow network): the stop waits for the answer, so the message is `sent`, once;
+    a message queued behind it is not started by the stopping appliance, but after the
+    restart."""
+    box.start()
+    fake.slow_next("CMGS", 2.0)
+    first = box.call("POST", "SMS/Messages.json",
+                     {"From": "me", "To": "+15551230001", "Body": "slow network"})
+    until(lambda: len(fake.sent) == 1)  # the modem has the PDU; its answer comes in 2 s
+    second = box.call("POST", "SMS/Messages.json",
+                      {"From": "me", "To": "+15551230002", "Body": "behind it"})
+    started = time.monotonic()
+    box.stop()  # SIGTERM; exit code 0 checked by the wait below
+    assert box.proc is not None and box.proc.returncode == 0
+    assert 1.0 < time.monotonic() - started < 10
+    assert texts(fake) == ["slow network"]  # nothing new started while stopping
+    box.start()
+    until(lambda: len(fake.sent) == 2)
+    time.sleep(1.0)  # anything sent twice would show up by now
+    assert texts(fake) == ["slow network", "behind it"]
+    by_sid = {m["sid"]: m for m in box.messages()}
+    assert by_sid[first["sid"]]["status"] == "sent", by_sid[first["sid"]]  # type: ignore[index]
+    until(lambda: {m["sid"]: m for m in box.messages()}[second["sid"]]["status"]  # type: ignore[index]
+          == "sent")
+
+
 def test_kill_after_store_before_delete(box: Box, fake: FakeModem) -> None:
     box.start()
     fake.slow_next("AT+CMGD", 2.0)

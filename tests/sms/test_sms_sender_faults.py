@@ -10,6 +10,8 @@ import asyncio
 import functools
 import json
 import sqlite3
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +25,7 @@ from appliance.store.sms import SmsStore
 from tests.conftest import ADMIN_SID, Api
 from tests.fakes.modem import FakeModem
 from tests.fakes.pdus import status_report_pdu
-from tests.sms.conftest import Hook, until
+from tests.sms.conftest import Hook, gsm_config, running, until
 from tests.sms.test_sms import SMS, get_sms, wait_status
 from tests.sms.test_sms_clients import phone
 
@@ -285,3 +287,23 @@ async def test_callbacks_are_sent_then_delivered_when_the_report_comes_at_once(
         posts = hook.posts_to(f"/status{n}")
         assert [(p["MessageSid"], p["MessageStatus"]) for p in posts] == [
             (sid, "sent"), (sid, "delivered")], n
+
+
+async def test_a_stop_waits_for_a_slow_send_only_so_long(
+        tmp_path: Path, fake: FakeModem, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A +CMGS answer slower than the stop's grace (10 s; 0.5 s here): the stop goes on
+    then, and the part the modem took is failed as "may have been delivered", never resent."""
+    monkeypatch.setattr("appliance.services.messaging.SEND_GRACE", 0.5)
+    config = gsm_config(tmp_path, fake)
+    async with running(config) as (_, api):
+        fake.slow_next("CMGS", 4.0)
+        sid = await send(api, body="very slow network")
+        await until(lambda: len(fake.sent) == 1)
+        started = time.monotonic()
+    assert time.monotonic() - started < 3.0  # 0.5 s, then the modem's port closes
+    async with running(config) as (_, api):
+        message = await get_sms(api, sid)
+        assert message["status"] == "failed" and message["error_code"] == 30008
+        assert "may have been delivered" in str(message["error_message"])
+        await asyncio.sleep(0.5)
+    assert len(fake.sent) == 1
