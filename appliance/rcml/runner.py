@@ -452,7 +452,10 @@ class Runner:
                 finished = await self._wait_for(RecordFinished, 5.0)
         if finished is None:
             await asyncio.sleep(0.5)  # the worker closes the file when the leg ends
-        duration = finished.duration if finished is not None else 0.0
+            # No RecordFinished (the caller hung up): the file says how long it is.
+            duration = await asyncio.to_thread(wav_seconds, path)
+        else:
+            duration = finished.duration
         url, public = "", None
         if path.exists():
             url, sid = await self.out.save_recording(self.call, path, duration)
@@ -483,6 +486,21 @@ class Runner:
         tmp.write_bytes(resp.body)
         tmp.replace(path)
         return path
+
+
+def wav_seconds(path: Path) -> float:
+    """The length of the WAV file at PATH in seconds (0.0 when it is missing or unreadable).
+    A header whose frame count was never written (the recorder killed before closing it) is
+    measured by the size of the file instead."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            rate, frames = w.getframerate(), w.getnframes()
+            if frames == 0:
+                frame_bytes = w.getsampwidth() * w.getnchannels()
+                frames = max(0, path.stat().st_size - 44) // max(1, frame_bytes)
+    except (OSError, EOFError, wave.Error):
+        return 0.0
+    return round(frames / rate, 3) if rate > 0 else 0.0
 
 
 def beep(cache_dir: Path) -> Path:
