@@ -23,6 +23,9 @@ with the next verb; DialCallSid is the literal "null" when there was no call and
 DialCallDuration "0" when unanswered; RecordingDuration is a double ("5.0"); an empty <Sms>
 stops the interpreter with 14103; the Sms action is requested at once with SmsStatus=sending.
 Relative URLs are resolved against the URL of the document they came from.
+The action of a Gather, Record or Dial that the caller's hang-up ended (DigitsCollected
+HANGUP, RecordingDone digits "hangup", DialDone hung_up) is requested only to report: the
+document it returns is not run, as Twilio.
 
 Time: `now` is recorded (`started_at`, `last_step_at`) but decides nothing yet. The waits
 of Gather, Record and Pause are media operations the runner times; the interpreter has no
@@ -241,6 +244,7 @@ class DialDone:
     public_recording_url: str | None = None
     ring_duration: int | None = None
     conference_sid: str | None = None  # <Dial><Conference>: the conference it was in
+    hung_up: bool = False  # the caller hung up meanwhile: the action only reports
 
 
 @dataclasses.dataclass(frozen=True)
@@ -481,8 +485,9 @@ class Interpreter:
     def _on_dial(self, result: DialDone) -> Action:
         dial = self._current
         assert isinstance(dial, Dial)
+        self._call_ended = result.hung_up
         if dial.action is None:
-            return self._advance()
+            return self._continue()
         extra = {"DialCallStatus": str(result.status),
                  "DialCallSid": result.call_sid or "null",
                  "DialCallDuration": str(result.duration)}
@@ -507,7 +512,7 @@ class Interpreter:
         return self._fetch(sms.action, sms.method, extra)
 
     def _on_document(self, result: DocumentFetched) -> Action:
-        if self._call_ended:  # the action of a Record/Gather ended by hang-up: report only
+        if self._call_ended:  # the action of a Record/Gather/Dial ended by hang-up: report only
             return self._finish()
         try:
             doc = parse_response(result.data, result.content_type, self._pending_url)

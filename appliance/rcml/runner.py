@@ -234,7 +234,9 @@ class Runner:
                 return
             if isinstance(result, CallEnded) and not self.events.ended:
                 self.events.ended = True
-            if self.call.answered:
+            if self.events.ended:  # an action after the hang-up reports the call's end
+                interp.update_params({"CallStatus": "completed"})
+            elif self.call.answered:
                 interp.update_params({"CallStatus": "in-progress"})
             action = interp.resume(result, time.time())
         await self._warnings(interp)
@@ -334,7 +336,8 @@ class Runner:
                 if self.out.dial is None:
                     await self._notify(13214, "<Dial> is not available")
                     return DialDone(DialStatus.FAILED)
-                return await self.out.dial(self, action)
+                done = await self.out.dial(self, action)
+                return dataclasses.replace(done, hung_up=True) if self.events.ended else done
         raise AssertionError(f"unhandled action {action!r}")
 
     async def _cmd(self, command: Awaitable[None]) -> None:

@@ -126,6 +126,21 @@ def test_dial_without_action_continues() -> None:
     assert call.step(DialDone(DialStatus.BUSY)) == SayAction("after")
 
 
+def test_dial_ended_by_the_hang_up_reports_and_runs_nothing_after() -> None:
+    call = Call(b'<Response><Dial action="done"><Client>bob</Client></Dial>'
+                b'<Say>not said</Say></Response>')
+    call.start()
+    fetch = only(call.step(DialDone(DialStatus.COMPLETED, "CA" + "9" * 32, 5, hung_up=True)),
+                 FetchDocument)
+    assert isinstance(fetch, FetchDocument) and fetch.params["DialCallStatus"] == "completed"
+    redial = b"<Response><Dial><Client>carol</Client></Dial></Response>"
+    assert call.step(DocumentFetched(redial)) == Finished()
+    # without an action, the next verb is not run either
+    call = Call(b"<Response><Dial><Client>bob</Client></Dial><Say>after</Say></Response>")
+    call.start()
+    assert call.step(DialDone(DialStatus.CANCELED, hung_up=True)) == Finished()
+
+
 # -- Gather --------------------------------------------------------------------------------------
 
 
