@@ -445,19 +445,41 @@ class CallsService:
                 live.runner = Runner(live.info, self.need_engine(), live.events,
                                      self._fetcher())
                 self.spawn(self._run_inbound(live, live.runner), f"call {live.info.sid}")
+                # The INVITE is at the app, which answers it (or not) when its RCML says:
+                # the call rings meanwhile, as a POST /Calls call does at the phone.
                 self.post_status(live.info, "initiated")
+                self.post_status(live.info, "ringing")
             elif event.state is LegState.ENDED and live.runner is None and \
                     not live.bridging and live.info.direction == "inbound":
                 self.forget(live)
 
     async def _run_inbound(self, live: LiveCall, runner: Runner) -> None:
+        loop = asyncio.get_running_loop()
+        answered_at: float | None = None
+
+        def answered() -> None:
+            nonlocal answered_at
+            if answered_at is None:
+                answered_at = loop.time()
+                self.post_status(live.info, "answered")
+
+        async def on_answer() -> None:
+            await live.events.answered.wait()
+            answered()
+
+        watch = asyncio.ensure_future(on_answer())
         try:
             await runner.run()
         except Exception:  # noqa: BLE001 - one app's bug must not take others down
             logger.exception("x call %s: runner failed", live.info.sid)
         finally:
+            watch.cancel()
+            if live.events.answered.is_set():  # answered and ended before the watch woke
+                answered()
             self.forget(live)
-            self.post_status(live.info, "completed")
+            # Whole seconds answered, as the CDR counts them (CallLog truncates too).
+            duration = 0 if answered_at is None else max(0, int(loop.time() - answered_at))
+            self.post_status(live.info, "completed", duration)
 
     async def run_app(self, live: LiveCall) -> None:
         """Run LIVE's RCML app on its leg to the end (Hungup if the leg ends first). The

@@ -353,6 +353,7 @@ class GsmCalls:
             logger.info("> call %s: GSM %s -> %s runs %s", record.sid, info.from_, info.to,
                         app.url)
             calls.post_status(info, "initiated")
+            calls.post_status(info, "ringing")  # every app call reports all four events
             await self._pcm_pair(session, leg, None)
             async with asyncio.timeout(DIAL_SECONDS):
                 await live.events.answered.wait()

@@ -1,0 +1,46 @@
+"""What a voice application's call reports, end to end with real pjsua2 phones (the ``voice``
+fixture of test_voice_apps.py): a number's StatusCallback, the call's Notifications, and
+POST Calls' From.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import ADMIN_SID
+from tests.voice.test_voice_apps import NUMBER
+
+pytest.importorskip("pjsua2")
+
+
+async def test_number_app_status_callback_sends_the_four_events(voice: Any) -> None:
+    appliance, api, rcml, phone = voice
+    rcml.docs["/start"] = '<Response><Pause length="3"/><Hangup/></Response>'
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json", {
+        "PhoneNumber": NUMBER, "VoiceUrl": f"{rcml.base}/start",
+        "StatusCallback": f"{rcml.base}/status"})
+    assert status == 200, body
+    sip = appliance.config.sip.listen
+    alice = await phone("--user", "alice", "--call", f"sip:{NUMBER}@{sip.host}:{sip.port}",
+                        "--timeout", "20")
+    await alice.finish()
+    async with asyncio.timeout(10):
+        while not any(p == "/status" and f["CallStatus"] == "completed" for p, f in rcml.got):
+            await asyncio.sleep(0.1)
+    events = {f["CallStatus"]: f for p, f in rcml.got if p == "/status"}
+    assert set(events) == {"initiated", "ringing", "answered", "completed"}, events
+    assert {e: f["SequenceNumber"] for e, f in events.items()} == {
+        "initiated": "0", "ringing": "1", "answered": "2", "completed": "3"}
+    sid = events["completed"]["CallSid"]
+    for form in events.values():
+        assert (form["CallSid"], form["From"], form["To"], form["Direction"]) == (
+            sid, "alice", NUMBER, "inbound")
+        assert form["CallbackSource"] == "call-progress-events"
+    assert 2 <= int(events["completed"]["CallDuration"]) <= 5, events["completed"]
+    assert "CallDuration" not in events["answered"]
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Calls/{sid}.json")
+    assert abs(json.loads(body)["duration"] - int(events["completed"]["CallDuration"])) <= 1
