@@ -6,6 +6,8 @@ services.calls (api-behaviour.md §8.3). Sending SMS is in api/messages.py.
 
 from __future__ import annotations
 
+import dataclasses
+
 from aiohttp import web
 
 from appliance.api import listing, render, representations
@@ -67,6 +69,20 @@ async def call_recordings(ctx: Ctx) -> web.Response:
     reps = [representations.recording(r, ctx.services.public_base, ctx.as_json)
             for r in page.items]
     return respond(ctx, render.many(reps, "Recordings", ctx.as_json))
+
+
+async def call_notifications(ctx: Ctx) -> web.Response:
+    """The call's subresource_uris.notifications: the Notifications list of that call only
+    (paged and filtered like the list)."""
+    account = await ctx.operated()
+    call = await ctx.services.history.get_call(ctx.me, account, ctx.path["sid"])
+    paging = parse_paging(ctx.query.get("Page"), ctx.query.get("PageSize"))
+    filters = dataclasses.replace(_filters(ctx), call_sid=call.sid, sub_accounts=False)
+    page = await ctx.services.history.page_notifications(ctx.me, account, filters, paging)
+    reps = [representations.notification(n, ctx.as_json) for n in page.items]
+    return respond(ctx, render.paged(page, reps, uri=ctx.raw_path(), json_key="notifications",
+                                     list_tag="Notifications", xml_attributes=False,
+                                     as_json=ctx.as_json))
 
 
 def _calls(ctx: Ctx) -> CallsService:
@@ -229,6 +245,7 @@ ROUTES: list[Route] = [
     route("GET", "Accounts/{A}/Calls/{sid}", get_call),
     route("POST", "Accounts/{A}/Calls/{sid}", modify_call),
     route("GET", "Accounts/{A}/Calls/{sid}/Recordings", call_recordings),
+    route("GET", "Accounts/{A}/Calls/{sid}/Notifications", call_notifications),
     route("GET", "Accounts/{A}/SMS/Messages", list_sms),
     route("GET", "Accounts/{A}/SMS/Messages/{sid}", get_sms),
     route("GET", "Accounts/{A}/Notifications", list_notifications),

@@ -271,6 +271,8 @@ class HistoryService:
             conditions.append(Condition("request_url", "like", url))
         if text := checked(filters.message_text, "MessageText"):
             conditions.append(Condition("message_text", "like", f"%{text}%"))
+        if call := checked(filters.call_sid, "CallSid"):
+            conditions.append(Condition("call_sid", "=", call))
         query = ListQuery(account_sids=await self._accounts(account, filters),
                           conditions=tuple(conditions), order=_order("notifications", filters),
                           page=paging.page, page_size=paging.page_size)

@@ -386,6 +386,15 @@ CREATE TABLE trunk_contacts (
 """)
 
 
+@migrations()
+def m008_notifications_call(db: Database) -> None:
+    # GET Calls/{sid}/Notifications (a CDR's subresource) and Notifications?CallSid= pick a
+    # call's few rows out of all its account's notifications.
+    _run_script(db, """
+CREATE INDEX notifications_call ON notifications(call_sid);
+""")
+
+
 GATEWAY_NAMES_INDEX = "gateways_friendly_name"
 
 

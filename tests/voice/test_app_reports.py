@@ -44,3 +44,47 @@ async def test_number_app_status_callback_sends_the_four_events(voice: Any) -> N
     assert "CallDuration" not in events["answered"]
     status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Calls/{sid}.json")
     assert abs(json.loads(body)["duration"] - int(events["completed"]["CallDuration"])) <= 1
+
+
+async def test_a_calls_notifications_subresource_lists_its_notifications(voice: Any) -> None:
+    appliance, api, rcml, phone = voice
+    dead = "http://127.0.0.1:9/gone.xml"  # discard port: nothing listens, the fetch fails
+    rcml.docs["/start"] = f'<Response><Pause length="1"/><Redirect>{dead}</Redirect></Response>'
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                                     {"PhoneNumber": NUMBER, "VoiceUrl": f"{rcml.base}/start"})
+    assert status == 200, body
+    sip = appliance.config.sip.listen
+    alice = await phone("--user", "alice", "--call", f"sip:{NUMBER}@{sip.host}:{sip.port}",
+                        "--timeout", "20")
+    sid = (await rcml.wait("/start"))["CallSid"]
+    await alice.finish()
+    calls = f"Accounts/{ADMIN_SID}/Calls"
+    async with asyncio.timeout(10):
+        while True:
+            status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Notifications.json",
+                                            params={"ErrorCode": "11200"})
+            if json.loads(body)["notifications"]:
+                break
+            await asyncio.sleep(0.1)
+    # another call's notification, which the call's list must not show
+    await appliance.history.notify(ADMIN_SID, 11200, "elsewhere",
+                                            call_sid="CA" + "0" * 32)
+    status, body, _ = await api.get(f"{calls}/{sid}.json")
+    uri = json.loads(body)["subresource_uris"]["notifications"]
+    assert uri.endswith(f"/2012-04-24/{calls}/{sid}/Notifications.json"), uri
+    status, body, _ = await api.get(uri.split("/2012-04-24/", 1)[1])
+    assert status == 200, body
+    page = json.loads(body)
+    [note] = page["notifications"]
+    assert (note["call_sid"], note["error_code"]) == (sid, 11200), note
+    assert page["total"] == 1 and f"/{calls}/{sid}/Notifications.json" in page["uri"], page
+    status, body, _ = await api.get(f"{calls}/{sid}/Notifications")
+    assert status == 200 and "<Notifications" in body and f"<CallSid>{sid}</CallSid>" in body
+    status, body, _ = await api.get(f"{calls}/{sid}/Notifications.json",
+                                    params={"ErrorCode": "12100"})
+    assert json.loads(body)["notifications"] == []
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Notifications.json",
+                                    params={"CallSid": sid})
+    assert [n["sid"] for n in json.loads(body)["notifications"]] == [note["sid"]]
+    status, body, _ = await api.get(f"{calls}/CA{'1' * 32}/Notifications.json")
+    assert status == 404, body
