@@ -185,10 +185,13 @@ class FetchDocument:
 @dataclasses.dataclass(frozen=True)
 class Finished:
     """The application is over: hang up if the call is still up. `error_code` set means it
-    ended on an error to report as a notification."""
+    ended on an error to report as a notification; `url`/`method`: the request that failed,
+    when one did."""
 
     error_code: int | None = None
     message: str = ""
+    url: str = ""
+    method: str = ""
 
 
 Action = (SayAction | PlayAction | PauseAction | CollectDigits | RecordAction | DialAction
@@ -304,6 +307,7 @@ class Interpreter:
         self._fetches = 0  # consecutive, reset by a caller-facing verb
         self._current: Gather | Record | Dial | Sms | None = None
         self._pending_url = ""
+        self._pending_method = ""
         self._call_ended = False
         self._warnings: list[Warning] = list(doc.warnings)
         self._finished = Finished()
@@ -345,9 +349,10 @@ class Interpreter:
     def _set_state(self, new: Interpreter.State) -> None:
         self.state = new
 
-    def _finish(self, error_code: int | None = None, message: str = "") -> Finished:
+    def _finish(self, error_code: int | None = None, message: str = "", *, url: str = "",
+                method: str = "") -> Finished:
         self._set_state(Interpreter.State.FINISHED)
-        self._finished = Finished(error_code, message)
+        self._finished = Finished(error_code, message, url, method)
         return self._finished
 
     def _advance(self) -> Action:
@@ -443,6 +448,7 @@ class Interpreter:
             return self._finish(BUDGET_EXCEEDED, f"more than {self._max_redirects} documents "
                                 "fetched in a row without any call activity (redirect loop?)")
         self._pending_url = self._abs(url) or url
+        self._pending_method = method
         self._set_state(Interpreter.State.FETCHING)
         return FetchDocument(self._pending_url, method, {**self._params, **extra})
 
@@ -517,13 +523,15 @@ class Interpreter:
         try:
             doc = parse_response(result.data, result.content_type, self._pending_url)
         except RcmlError as err:
-            return self._finish(err.code, f"{self._pending_url}: {err.message}")
+            return self._finish(err.code, f"{self._pending_url}: {err.message}",
+                                url=self._pending_url, method=self._pending_method)
         self._doc, self._doc_url, self._pos = doc, self._pending_url, 0
         self._warnings.extend(doc.warnings)
         return self._advance()
 
     def _on_fetch_failed(self, result: FetchFailed) -> Action:
-        return self._finish(result.code, f"{self._pending_url}: {result.message}")
+        return self._finish(result.code, f"{self._pending_url}: {result.message}",
+                            url=self._pending_url, method=self._pending_method)
 
 
 _S = Interpreter.State

@@ -241,7 +241,8 @@ class Runner:
             action = interp.resume(result, time.time())
         await self._warnings(interp)
         if action.error_code is not None:
-            await self._notify(action.error_code, action.message)
+            await self._notify(action.error_code, action.message, url=action.url,
+                               method=action.method)
         if self.events.ended:
             raise Hungup
 

@@ -327,6 +327,7 @@ def test_fetch_failure_and_bad_documents_finish_with_the_code() -> None:
         done = call.step(result)
         assert isinstance(done, Finished) and done.error_code == code
         assert "http://app.example.com/next" in done.message
+        assert (done.url, done.method) == ("http://app.example.com/next", "POST")
 
 
 def test_call_ended_finishes_from_any_state() -> None:

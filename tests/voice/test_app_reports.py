@@ -77,6 +77,8 @@ async def test_a_calls_notifications_subresource_lists_its_notifications(voice: 
     page = json.loads(body)
     [note] = page["notifications"]
     assert (note["call_sid"], note["error_code"]) == (sid, 11200), note
+    # the failed <Redirect>'s request, as a failed first fetch's
+    assert (note["request_url"], note["request_method"]) == (dead, "POST"), note
     assert page["total"] == 1 and f"/{calls}/{sid}/Notifications.json" in page["uri"], page
     status, body, _ = await api.get(f"{calls}/{sid}/Notifications")
     assert status == 200 and "<Notifications" in body and f"<CallSid>{sid}</CallSid>" in body
