@@ -35,7 +35,7 @@ from appliance.media.protocol import MediaError
 from appliance.models import CallRecord, CallStatus, mint_sid
 from appliance.rcml.runner import App, CallInfo
 from appliance.services.dialing import DIAL_SECONDS, sip_user
-from appliance.services.outbound_calls import dialable
+from appliance.services.outbound_calls import dialable, no_plus_as_space
 from appliance.sip.proxy_ports import Contact, Fork
 from appliance.timefmt import iso
 
@@ -68,6 +68,8 @@ class ApiCalls:
         each with its own CDR and its own run of the RCML (api-behaviour.md §8.3: the answer
         is then an array); one phone, or none (the proxy answers 480), one call."""
         calls = self._calls
+        await self._check_from(account_sid, from_)
+        no_plus_as_space("To", to)
         number = dialable(to)
         if number is not None:
             return [await calls.outbound.originate(account_sid, from_=from_, number=number,
@@ -119,6 +121,18 @@ class ApiCalls:
         calls.post_status(info, "initiated")
         calls.spawn(self._run_outbound(live), f"call {record.sid}")
         return record
+
+    async def _check_from(self, account_sid: str, from_: str) -> None:
+        """From is a phone number (an optional + and 3-20 digits; spaces, dashes, dots and
+        brackets allowed between them) or a Client of the account (``client:alice`` or
+        ``alice``), as an SMS's To is; InvalidInput otherwise."""
+        no_plus_as_space("From", from_)
+        if dialable(from_) is not None:
+            return
+        login = from_[len("client:"):] if from_.lower().startswith("client:") else from_
+        if not login or await self._calls.apps.account_client(account_sid, login) is None:
+            raise InvalidInput(f"From {from_} is neither a phone number nor a Client of the "
+                               "account (client:<login>)")
 
     async def _client_target(self, account_sid: str, to: str) -> str:
         """The Client login TO reaches. Policy: Clients only (``client:alice``, or a sip: URI

@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from appliance.errors import Forbidden, Unavailable
+from appliance.errors import Forbidden, InvalidInput, Unavailable
 from appliance.media.engine import LegId
 from appliance.media.protocol import MediaError
 from appliance.models import CallRecord, CallStatus, Gateway, mint_sid
@@ -71,6 +71,16 @@ def dialable(value: str | None) -> str | None:
     (an optional + and 3-20 digits), else None."""
     number = re.sub(r"[\s\-.()]", "", value or "")
     return number if _PHONE_RE.fullmatch(number) else None
+
+
+def no_plus_as_space(name: str, value: str) -> None:
+    """InvalidInput when VALUE (the NAME parameter) starts or ends with a space: a phone
+    number's "+" sent unencoded in a form body or query string (curl -d "From=+1…")
+    arrives as a space, and would be dialled without it."""
+    if value != value.strip():
+        hint = (": a '+' sent unencoded in a form arrives as a space; send it as %2B"
+                if value.strip()[:1].isdigit() else "")
+        raise InvalidInput(f"{name} {value!r} starts or ends with a space{hint}")
 
 
 def caller_id_uri(gateway: Gateway, caller_id: str | None) -> str:

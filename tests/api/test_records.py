@@ -404,21 +404,40 @@ async def test_control_characters_in_an_sms_body_keep_the_xml_well_formed(
 async def test_placing_calls_without_media_workers_is_503(api: Api) -> None:
     # The shared fixture runs with [media] workers = 0 (tests/voice has real workers).
     # A To that reaches nobody is answered as such first: the 503 is for a placeable call.
-    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+1", "To": "client:alice",
+    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+15550001111", "To": "client:alice",
                                                        "Url": "http://127.0.0.1:9/x"})
     assert status == 404 and "alice was not found" in body
-    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+1", "To": "+15550100",
+    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+15550001111", "To": "+15550100",
                                                        "Url": "http://127.0.0.1:9/x"})
     assert status == 403 and "No outbound route" in body
     status, _, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
                                   {"Login": "alice", "Password": "Secret-pass-1"})
     assert status == 200
-    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+1", "To": "client:alice",
+    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+15550001111", "To": "client:alice",
                                                        "Url": "http://127.0.0.1:9/x"})
     assert status == 503 and "media workers" in body
     status, body, _ = await api.post(f"{CALLS}.json", {"To": "client:alice"})
     assert status == 400 and "From can not be null." in body
-    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+1", "To": "client:alice",
+    # From: a phone number or a Client of the account, checked before anything is placed
+    for good in ("+1 555 000-1111", "15550001111", "alice", "client:alice"):
+        status, body, _ = await api.post(f"{CALLS}.json", {
+            "From": good, "To": "client:alice", "Url": "http://127.0.0.1:9/x"})
+        assert status == 503 and "media workers" in body, (good, body)
+    for bad in ("abc", "client:", "client:nobody", "+1", "+1555000111x"):
+        status, body, _ = await api.post(f"{CALLS}.json", {
+            "From": bad, "To": "client:alice", "Url": "http://127.0.0.1:9/x"})
+        assert status == 400, (bad, body)
+        assert f"From {bad} is neither a phone number nor a Client" in body, body
+    # curl -d "From=+16175551212": the unencoded '+' arrives as a space
+    status, body, _ = await api.post(f"{CALLS}.json", {
+        "From": " 16175551212", "To": "client:alice", "Url": "http://127.0.0.1:9/x"})
+    assert status == 400 and "send it as %2B" in body, body
+    status, body, _ = await api.post(f"{CALLS}.json", {
+        "From": "alice", "To": " 16175551212", "Url": "http://127.0.0.1:9/x"})
+    assert status == 400 and "To ' 16175551212' starts or ends with a space" in body, body
+    status, body, _ = await api.get(f"{CALLS}.json")
+    assert json.loads(body)["calls"] == []  # nothing was placed
+    status, body, _ = await api.post(f"{CALLS}.json", {"From": "+15550001111", "To": "client:alice",
                                                        "Url": "http://127.0.0.1:9/x",
                                                        "Timeout": "soon"})
     assert status == 400 and "Timeout" in body

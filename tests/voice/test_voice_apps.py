@@ -206,13 +206,13 @@ async def test_post_calls_rings_a_client_redirect_and_hang_up(voice: Any, tmp_pa
     assert status == 400, body
     status, body, _ = await api.post(f"{calls}.json", {"To": "client:bob"})
     assert status == 400 and "From" in body
-    status, body, _ = await api.post(f"{calls}.json", {"From": "a", "To": "+15551234",
+    status, body, _ = await api.post(f"{calls}.json", {"From": "alice", "To": "+15551234",
                                                        "Url": f"{rcml.base}/outbound"})
     assert status == 403, body
-    status, body, _ = await api.post(f"{calls}.json", {"From": "a", "To": "client:",
+    status, body, _ = await api.post(f"{calls}.json", {"From": "alice", "To": "client:",
                                                        "Url": f"{rcml.base}/outbound"})
     assert status == 400 and "client:<login>" in body, body
-    status, body, _ = await api.post(f"{calls}.json", {"From": "a", "To": "client:nobody",
+    status, body, _ = await api.post(f"{calls}.json", {"From": "alice", "To": "client:nobody",
                                                        "Url": f"{rcml.base}/outbound"})
     assert status == 404 and "The client nobody was not found" in body, body
     status, body, _ = await api.post(calls, {"From": "alice", "To": "client:bob",
