@@ -34,7 +34,7 @@ async def test_record_ended_by_the_hang_up_reports_the_saved_length(voice: Any) 
                         "--tone", "600", "--hold", "3", "--timeout", "20")
     recorded = await rcml.wait("/recorded", 20)
     await alice.finish()
-    assert recorded["Digits"] == "hangup", recorded
+    assert (recorded["Digits"], recorded["CallStatus"]) == ("hangup", "completed"), recorded
     assert 2.0 <= float(recorded["RecordingDuration"]) <= 4.5, recorded
     status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Recordings.json")
     assert status == 200, body
