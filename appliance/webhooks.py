@@ -21,7 +21,8 @@ from appliance.errors import ApplianceError
 logger = logging.getLogger(__name__)
 
 TIMEOUT = 10.0  # seconds for a whole request; Twilio's webhook timeout is 15 s
-MAX_RESPONSE = 256 * 1024  # an RCML document larger than this is refused
+MAX_RESPONSE = 256 * 1024  # an RCML document or SMS reply larger than this is refused
+CHUNK = 64 * 1024  # read at most this much at a time: a refused body costs limit + CHUNK
 MAX_CONNECTIONS = 20
 
 
@@ -58,9 +59,13 @@ class Webhooks:
             await self._session.close()
             self._session = None
 
-    async def request(self, url: str, method: str, params: Mapping[str, str]
-                      ) -> WebhookResponse:
-        """POST PARAMS form-encoded, or GET them in the query string; 2xx or WebhookError."""
+    async def request(self, url: str, method: str, params: Mapping[str, str], *,
+                      max_size: int | None = None) -> WebhookResponse:
+        """POST PARAMS form-encoded, or GET them in the query string; 2xx or WebhookError.
+
+        The whole body is read (to the end of the response); one over MAX_SIZE bytes (default
+        `max_response`) is refused as soon as that much has arrived."""
+        limit = self._max_response if max_size is None else max_size
         if self._session is None:
             await self.start()
         assert self._session is not None
@@ -80,7 +85,7 @@ class Webhooks:
                     ctx = self._session.post(target, data=dict(params), allow_redirects=True,
                                              max_redirects=5)
                 async with ctx as resp:
-                    body = await resp.content.read(self._max_response + 1)
+                    body = await _read_body(resp, limit, f"{method} {url}")
                     result = WebhookResponse(
                         status=resp.status,
                         content_type=resp.headers.get("Content-Type", "").split(";")[0].strip()
@@ -90,10 +95,22 @@ class Webhooks:
             raise WebhookError(f"{method} {url}: no answer within {self._timeout:g} s") from None
         except aiohttp.ClientError as err:
             raise WebhookError(f"{method} {url}: {type(err).__name__}: {err}") from err
-        if len(result.body) > self._max_response:
-            raise WebhookError(f"{method} {url}: response larger than {self._max_response} "
-                               "bytes", result)
         if not 200 <= result.status < 300:
             raise WebhookError(f"{method} {url}: HTTP {result.status}", result)
         logger.debug("< %s %s: %s, %d bytes", method, url, result.status, len(result.body))
         return result
+
+
+async def _read_body(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    # content.read(n) returns what has arrived so far, not n bytes: read to EOF, counting.
+    if resp.content_length is not None and resp.content_length > limit:
+        raise WebhookError(f"{what}: response larger than {limit} bytes "
+                           f"(Content-Length {resp.content_length})")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise WebhookError(f"{what}: response larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

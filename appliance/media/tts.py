@@ -5,6 +5,7 @@ conference-bridge rate, in ~10 ms per sentence; other languages go through espea
 are resampled to 8 kHz by sox. Synthesis runs in subprocesses (never on the loop) under a
 timeout; results are cached under ``cache_dir`` by sha256(engine, voice, language, text),
 written to a temporary name and renamed, so a crash never leaves half a WAV in the cache.
+The cache is capped (``max_bytes``, least recently used first out: `wavcache`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import signal
 import tempfile
 from pathlib import Path
 
+from appliance.media import wavcache
 from appliance.media.protocol import MediaError
 
 logger = logging.getLogger(__name__)
@@ -43,8 +45,10 @@ class TtsInputError(TtsError):
 
 class Tts:
     def __init__(self, cache_dir: Path, *, timeout: float = TIMEOUT_S, flite: str = "flite",
-                 espeak: str = "espeak-ng", sox: str = "sox") -> None:
+                 espeak: str = "espeak-ng", sox: str = "sox",
+                 max_bytes: int = wavcache.TTS_CACHE_MAX) -> None:
         self.cache_dir = Path(cache_dir)
+        self._files = wavcache.cache(self.cache_dir, max_bytes)
         self.timeout = timeout
         self._flite, self._espeak, self._sox = flite, espeak, sox
         self._locks: dict[str, asyncio.Lock] = {}
@@ -72,7 +76,7 @@ class Tts:
         lock = self._locks.setdefault(key, asyncio.Lock())
         try:
             async with lock:  # two <Say> of the same text synthesise once
-                if _cached(path):
+                if self._files.used(path):
                     self.hits += 1
                     return path
                 self.misses += 1
@@ -96,6 +100,7 @@ class Tts:
             if not native:
                 await self._run(self._sox, raw, "-r", str(RATE), "-c", "1", "-b", "16", out)
             _publish(out, path, engine)
+        await asyncio.to_thread(self._files.added, path)
         logger.info("- tts %s/%s: %d chars -> %s", engine, voice, len(text), path.name)
 
     async def _run(self, *argv: str) -> None:
@@ -139,7 +144,3 @@ def _publish(out: str, path: Path, engine: str) -> None:
     if not os.path.exists(out) or os.path.getsize(out) <= 44:  # 44 = a bare WAV header
         raise TtsError(f"{engine} produced no audio")
     os.replace(out, path)
-
-
-def _cached(path: Path) -> bool:
-    return path.is_file()

@@ -37,9 +37,11 @@ import time
 import wave
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from appliance.media import wavcache
 from appliance.media.engine import (
+    CommandFailed,
     DtmfReceived,
     HangupCause,
     LegChanged,
@@ -51,6 +53,7 @@ from appliance.media.engine import (
     RecordFinished,
 )
 from appliance.media.protocol import MediaError
+from appliance.media.wavcache import PLAY_CACHE_MAX, FileCache, wav_problem
 from appliance.rcml.interpreter import (
     Action,
     CallEnded,
@@ -87,7 +90,7 @@ COMMAND_TIMEOUT = 10.0  # seconds for one media command to be accepted
 PLAY_LIMIT = 3600.0  # a prompt that never reports its end is abandoned after this
 MAX_LOOP = 100  # <Say loop="0"> / <Play loop="0">: "until the call ends", bounded
 MAX_EVENTS = 1000  # queued events per leg (DTMF floods are dropped beyond this)
-MAX_AUDIO = 20 * 1024 * 1024  # a <Play> file larger than this is refused
+MAX_AUDIO = 20 * 1024 * 1024  # a <Play> file larger than this is refused (~21 min at 8 kHz)
 FETCH_FAILED = 11200
 PARSE_FAILED = 12100
 MEDIA_FAILED = 11100  # OURS: a media command (play, record) failed on the worker
@@ -95,6 +98,10 @@ MEDIA_FAILED = 11100  # OURS: a media command (play, record) failed on the worke
 
 class Hungup(Exception):
     """The leg ended while the runner waited on it."""
+
+
+class PlayRefused(Exception):
+    """A <Play> URL answered with something pjmedia cannot play."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,11 +164,17 @@ class LegEvents:
         return event
 
 
+class Request(Protocol):
+    """`Webhooks.request`: MAX_SIZE overrides its response-size limit (audio is larger)."""
+
+    def __call__(self, url: str, method: str, params: Mapping[str, str], *,
+                 max_size: int | None = None) -> Awaitable[WebhookResponse]: ...
+
+
 class Fetcher:
     """What the runner needs from the outside world; `services.calls` fills it in."""
 
-    def __init__(self, *, request: Callable[[str, str, Mapping[str, str]],
-                                            Awaitable[WebhookResponse]],
+    def __init__(self, *, request: Request,
                  notify: Callable[..., Awaitable[Any]],
                  say: Callable[[str, str], Awaitable[Path]],
                  save_recording: Callable[[CallInfo, Path, float], Awaitable[tuple[str, str]]],
@@ -372,12 +385,20 @@ class Runner:
                 path = await self.out.say(action.text, action.language)
             else:
                 path = await self._audio(action.url)
-        except (MediaError, WebhookError, OSError) as err:
-            code = FETCH_FAILED if isinstance(err, WebhookError) else MEDIA_FAILED
+        except (MediaError, WebhookError, PlayRefused, OSError) as err:
+            code = MEDIA_FAILED if isinstance(err, MediaError | OSError) else FETCH_FAILED
             await self._notify(code, f"prompt not played: {err}")
             return ""
         loop = action.loop if action.loop > 0 else MAX_LOOP
-        await self._cmd(self.engine.play(self.call.leg, str(path), loop=loop))
+        try:
+            await self._cmd(self.engine.play(self.call.leg, str(path), loop=loop))
+        except CommandFailed as err:
+            if err.code != "bad-file":
+                raise
+            if isinstance(action, PlayAction):  # e.g. a body an older version cached unchecked
+                play_cache(self.out.cache_dir).drop(path)
+            await self._notify(MEDIA_FAILED, f"prompt not played: {err}")
+            return ""
         deadline = time.monotonic() + PLAY_LIMIT
         while True:
             event = await self.events.next(max(0.0, deadline - time.monotonic()))
@@ -477,18 +498,18 @@ class Runner:
         return None
 
     async def _audio(self, url: str) -> Path:
-        """A <Play> URL as a local file, fetched once (GET) and cached by URL."""
-        key = hashlib.sha256(url.encode()).hexdigest()
-        path = self.out.cache_dir / "play" / key[:2] / f"{key}.wav"
-        if path.is_file():
+        """A <Play> URL as a local WAV file, fetched once (GET) and cached by URL; a body
+        pjmedia cannot play is refused (PlayRefused), never cached."""
+        files = play_cache(self.out.cache_dir)
+        path = files.path(hashlib.sha256(url.encode()).hexdigest())
+        if files.used(path):
             return path
-        resp = await self.out.request(url, "GET", {})
-        if len(resp.body) > MAX_AUDIO:
-            raise WebhookError(f"GET {url}: audio larger than {MAX_AUDIO} bytes")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(resp.body)
-        tmp.replace(path)
+        resp = await self.out.request(url, "GET", {}, max_size=MAX_AUDIO)
+        problem = wav_problem(resp.body)
+        if problem is not None:
+            raise PlayRefused(f"GET {url}: {resp.content_type or 'no type'}, "
+                              f"{len(resp.body)} bytes: {problem}")
+        await asyncio.to_thread(files.store, path, resp.body)
         return path
 
 
@@ -505,6 +526,12 @@ def wav_seconds(path: Path) -> float:
     except (OSError, EOFError, wave.Error):
         return 0.0
     return round(frames / rate, 3) if rate > 0 else 0.0
+
+
+def play_cache(cache_dir: Path) -> FileCache:
+    """The <Play>/waitUrl download cache under CACHE_DIR (shared by the runner and the
+    conference service)."""
+    return wavcache.cache(cache_dir / "play", PLAY_CACHE_MAX)
 
 
 def beep(cache_dir: Path) -> Path:

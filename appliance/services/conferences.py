@@ -44,6 +44,7 @@ from pathlib import Path
 from appliance.errors import Forbidden, NotFound
 from appliance.media.engine import LegId, MediaEngine
 from appliance.media.protocol import MediaError
+from appliance.media.wavcache import wav_problem
 from appliance.models import (
     API_VERSION,
     Account,
@@ -58,7 +59,7 @@ from appliance.models import (
 )
 from appliance.queries import Condition, ListQuery
 from appliance.rcml.interpreter import DialAction, DialDone, DialStatus
-from appliance.rcml.runner import MAX_AUDIO, Hungup, LegEvents, Runner, beep
+from appliance.rcml.runner import MAX_AUDIO, Hungup, LegEvents, Runner, beep, play_cache
 from appliance.rcml.verbs import Conference as ConferenceNoun
 from appliance.services.access import Action, require
 from appliance.services.list_filters import (
@@ -345,25 +346,24 @@ class ConferencesService:
         """waitUrl as a local WAV file, fetched once and cached by URL; None (and a
         notification) when it cannot be: only audio is played, an RCML document is not run."""
         url = noun.wait_url or ""
-        key = hashlib.sha256(url.encode()).hexdigest()
-        path = runner.out.cache_dir / "play" / key[:2] / f"{key}.wav"
-        if path.is_file():
+        files = play_cache(runner.out.cache_dir)
+        path = files.path(hashlib.sha256(url.encode()).hexdigest())
+        if files.used(path):
             return path
         try:
-            resp = await runner.out.request(url, noun.wait_method, {})
+            resp = await runner.out.request(url, noun.wait_method, {}, max_size=MAX_AUDIO)
         except WebhookError as err:
             await self._notify(runner, WAIT_AUDIO, f"<Conference> waitUrl: {err}", url=url)
             return None
         kind = (resp.content_type or "").partition(";")[0].strip().lower()
-        if not kind.startswith("audio/") or len(resp.body) > MAX_AUDIO:
+        problem = wav_problem(resp.body) if kind.startswith("audio/") else "not audio"
+        if problem is not None:
             await self._notify(runner, WAIT_AUDIO, f"<Conference> waitUrl {url}: only WAV "
                                f"audio is played (got {kind or 'no type'}, "
-                               f"{len(resp.body)} bytes); waiting in silence", url=url)
+                               f"{len(resp.body)} bytes: {problem}); waiting in silence",
+                               url=url)
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part")
-        await asyncio.to_thread(tmp.write_bytes, resp.body)
-        await asyncio.to_thread(tmp.replace, path)
+        await asyncio.to_thread(files.store, path, resp.body)
         return path
 
     async def _notify(self, runner: Runner, code: int, message: str, url: str = "") -> None:

@@ -59,7 +59,8 @@ class World:
         if ev.leg in self.events:
             self.events[ev.leg].put(ev)
 
-    async def request(self, url: str, method: str, params: Any) -> WebhookResponse:
+    async def request(self, url: str, method: str, params: Any, *,
+                      max_size: int | None = None) -> WebhookResponse:
         return WebhookResponse(200, "audio/wav", self.audio[url], {})
 
     async def notify(self, account_sid: str, code: int, message: str, **kw: Any) -> None:

@@ -34,8 +34,8 @@ class World:
         if ev.leg == self.leg:
             self.events.put(ev)
 
-    async def request(self, url: str, method: str, params: Mapping[str, str]
-                      ) -> WebhookResponse:
+    async def request(self, url: str, method: str, params: Mapping[str, str], *,
+                      max_size: int | None = None) -> WebhookResponse:
         self.requests.append((url, method, dict(params)))
         if url not in self.docs:
             raise WebhookError(f"{method} {url}: HTTP 404")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import sys
+import wave
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ class Rcml:
     def __init__(self, tone: Path) -> None:
         self.tone = tone
         self.docs: dict[str, str] = {}
+        self.files: dict[str, tuple[str, bytes]] = {}  # path -> (type, body), sent in pieces
         self.got: list[tuple[str, dict[str, str]]] = []
         self.changed = asyncio.Event()
         self.base = ""
@@ -47,6 +50,15 @@ class Rcml:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/tone.wav":
             return web.FileResponse(self.tone, headers={"Content-Type": "audio/wav"})
+        if request.path in self.files:
+            kind, data = self.files[request.path]
+            resp = web.StreamResponse(headers={"Content-Type": kind})
+            await resp.prepare(request)
+            for i in range(0, len(data), 65536):
+                await resp.write(data[i:i + 65536])
+                await asyncio.sleep(0.05)
+            await resp.write_eof()
+            return resp
         form = dict(await request.post()) if request.method == "POST" else dict(request.query)
         self.got.append((request.path, {k: str(v) for k, v in form.items()}))
         self.changed.set()
@@ -278,3 +290,51 @@ async def test_dial_client_bridges_and_reports_the_dial(voice: Any, tmp_path: Pa
     child = json.loads(body)
     assert (child["direction"], child["status"], child["to"], child["parent_call_sid"]) == (
         "outbound-dial", "completed", "bob", dialed["CallSid"])
+
+
+async def test_play_long_wav_in_full_and_bad_bodies_are_skipped(voice: Any, tmp_path: Path
+                                                                ) -> None:
+    appliance, api, rcml, phone = voice
+    # 16 s of 400 Hz then 1.5 s of 1 kHz: 280 kB, more than an RCML document may be, sent in
+    # pieces; the phone hears the end only if the whole file was read.
+    low = write_tone(tmp_path / "low.wav", 400, 16.0)
+    high = write_tone(tmp_path / "high.wav", 1000, 1.5)
+    with wave.open(str(low), "rb") as a, wave.open(str(high), "rb") as b:
+        frames = a.readframes(a.getnframes()) + b.readframes(b.getnframes())
+    with wave.open(str(tmp_path / "long.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(frames)
+    rcml.files["/long.wav"] = ("audio/wav", (tmp_path / "long.wav").read_bytes())
+    rcml.files["/text"] = ("text/plain", b"this is not audio")
+    # A body an older version cached unchecked for a URL that now serves a good file.
+    stale = f"{rcml.base}/stale.wav"
+    key = hashlib.sha256(stale.encode()).hexdigest()
+    cached = appliance.config.data_dir / "cache" / "play" / key[:2] / f"{key}.wav"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"<html>oops</html>")
+    rcml.files["/stale.wav"] = ("audio/wav", high.read_bytes())
+    rcml.docs["/start"] = ('<Response><Play>{base}/text</Play><Play>{base}/stale.wav</Play>'
+                           '<Play>{base}/long.wav</Play><Redirect>/done</Redirect></Response>')
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                                     {"PhoneNumber": NUMBER, "VoiceUrl": f"{rcml.base}/start"})
+    assert status == 200, body
+    heard = tmp_path / "heard.wav"
+    sip = appliance.config.sip.listen
+    alice = await phone("--user", "alice", "--call", f"sip:{NUMBER}@{sip.host}:{sip.port}",
+                        "--record", str(heard), "--timeout", "40")
+    await rcml.wait("/done", 35)
+    await alice.finish()
+    samples, rate = read_samples(heard)
+    early = list(samples[rate:2 * rate])
+    assert tone_share(early, rate, 400) > 0.5, tone_share(early, rate, 400)
+    best = max(tone_share(list(samples[i:i + rate]), rate, 1000)
+               for i in range(0, len(samples) - rate, rate // 4))
+    assert best > 0.5, best  # the last 1.5 s of the file were played
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
+    notes = {n["error_code"]: n["message_text"] for n in json.loads(body)["notifications"]}
+    assert "text/plain" in notes[11200] and "bad-file" in notes[11100], notes
+    assert not cached.exists()  # the stale body was dropped: the next call fetches the URL
+    text_key = hashlib.sha256(f"{rcml.base}/text".encode()).hexdigest()
+    assert not (cached.parent.parent / text_key[:2] / f"{text_key}.wav").exists()
