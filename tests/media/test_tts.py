@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import wave
 from pathlib import Path
@@ -32,6 +33,20 @@ async def test_flite_8k_and_cache_hit(tmp_path: Path) -> None:
     other = await tts.synthesize("Something else.")
     assert other != path and tts.misses == 2
     assert not list(tmp_path.glob(".tts-*"))  # noqa: ASYNC240 - temporary files cleaned up
+
+
+@needs_flite
+async def test_cache_keeps_under_its_cap_least_recently_used_out(tmp_path: Path) -> None:
+    tts = Tts(tmp_path / "tts", max_bytes=60_000)
+    tts._files.keep_s = 0.0  # nothing protected as being played right now
+    first = await tts.synthesize("One two three.")
+    second = await tts.synthesize("Four five six.")
+    size = first.stat().st_size + second.stat().st_size  # noqa: ASYNC240
+    assert 30_000 < size < 60_000, size  # both fit; a third does not
+    os.utime(second, (1000.0, 1000.0))  # long unused, unlike the first
+    third = await tts.synthesize("Seven eight nine.")
+    assert first.exists() and third.exists() and not second.exists()  # noqa: ASYNC240
+    assert await tts.synthesize("Four five six.") == second and tts.misses == 4
 
 
 @needs_flite

@@ -5,15 +5,20 @@ budgets, and a live redirect."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from appliance.media.engine import LegChanged, LegId, LegState, MediaEvent
+from aiohttp import web
+
+from appliance.media import wavcache
+from appliance.media.engine import LegChanged, LegId, LegState, MediaEvent, PlayFinished
 from appliance.media.null import NullMediaEngine
 from appliance.rcml.parse import BUDGET_EXCEEDED
 from appliance.rcml.runner import App, CallInfo, Fetcher, LegEvents, Runner
-from appliance.webhooks import WebhookError, WebhookResponse
+from appliance.webhooks import MAX_RESPONSE, WebhookError, WebhookResponse, Webhooks
 from tests.media.audio import write_tone
 
 
@@ -28,6 +33,7 @@ class World:
         self.events = LegEvents()
         self.leg = LegId("LGtest")
         self.engine.subscribe(self._event)
+        self.hooks: Webhooks | None = None  # set: requests go to a real server through it
 
     def _event(self, ev: MediaEvent) -> None:
         self.seen.append(ev)
@@ -37,6 +43,8 @@ class World:
     async def request(self, url: str, method: str, params: Mapping[str, str], *,
                       max_size: int | None = None) -> WebhookResponse:
         self.requests.append((url, method, dict(params)))
+        if self.hooks is not None:
+            return await self.hooks.request(url, method, params, max_size=max_size)
         if url not in self.docs:
             raise WebhookError(f"{method} {url}: HTTP 404")
         return WebhookResponse(200, "text/xml", self.docs[url].encode(), {})
@@ -134,3 +142,97 @@ async def test_live_redirect_runs_the_new_document(tmp_path: Path) -> None:
     await task
     assert [r[0] for r in w.requests] == ["http://app/a", "http://app/b"]
     assert w.requests[1][2]["CallStatus"] == "in-progress"
+
+
+async def _served(aiohttp_server: Any, files: Mapping[str, tuple[str, bytes]]) -> str:
+    """A real app server sending each body in 16 kB writes 20 ms apart; its base URL."""
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path not in files:
+            return web.Response(status=404)
+        kind, body = files[request.path]
+        resp = web.StreamResponse(headers={"Content-Type": kind})
+        await resp.prepare(request)
+        for i in range(0, len(body), 16384):
+            await resp.write(body[i:i + 16384])
+            await asyncio.sleep(0.02)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return str(server.make_url("")).rstrip("/")
+
+
+async def test_large_document_and_wav_in_pieces_text_play_skipped(tmp_path: Path,
+                                                                  aiohttp_server: Any) -> None:
+    big_wav = write_tone(tmp_path / "big.wav", 500, 20.0).read_bytes()  # 320 kB
+    assert len(big_wav) > MAX_RESPONSE
+    plays = ('<Play>{b}/text</Play><Play>{b}/big.wav</Play><Play>{b}/missing.wav</Play>'
+             '<Redirect>{b}/next</Redirect>')
+    pad = "<!-- " + "padding " * 25000 + "-->"  # a 200 kB document, valid
+    files = {"/text": ("text/plain", b"Hello, this is not a WAV"),
+             "/big.wav": ("audio/wav", big_wav),
+             "/next": ("text/xml", b"<Response><Hangup/></Response>")}
+    base = await _served(aiohttp_server, files)
+    doc = f"<Response>{pad}{plays.format(b=base)}</Response>".encode()
+    assert MAX_RESPONSE > len(doc) > 190_000
+    files["/a"] = ("text/xml", doc)
+    w = World(tmp_path, {})
+    w.hooks = Webhooks()
+    try:
+        await run(w.runner(App(f"{base}/a")))
+    finally:
+        await w.hooks.close()
+    # text/plain: a Notification, not a play; the WAV played; a 404: a Notification; then
+    # the next verb (the Redirect) ran.
+    assert w.notes == [11200, 11200]
+    assert [r[0] for r in w.requests] == [f"{base}/a", f"{base}/text", f"{base}/big.wav",
+                                          f"{base}/missing.wav", f"{base}/next"]
+    [played] = [Path(e.file) for e in w.seen if isinstance(e, PlayFinished)]
+    assert _cached_files(tmp_path / "cache" / "play") == {played: big_wav}  # whole, alone
+
+
+def _cached_files(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_wav_problem_takes_what_pjmedia_plays(tmp_path: Path) -> None:
+    good = write_tone(tmp_path / "t.wav", 400, 0.1).read_bytes()
+    assert wavcache.wav_problem(good) is None
+    assert wavcache.wav_problem(b"Hello") == "not a RIFF/WAVE file"
+    assert wavcache.wav_problem(good[:44]) == "no audio in the data chunk"
+    stereo = good[:22] + (2).to_bytes(2, "little") + good[24:]
+    assert "channels" in (wavcache.wav_problem(stereo) or "")
+    eight_bit = good[:34] + (8).to_bytes(2, "little") + good[36:]
+    assert "unsupported encoding" in (wavcache.wav_problem(eight_bit) or "")
+
+
+async def test_play_cache_evicts_the_least_recently_used(tmp_path: Path) -> None:
+    tone = write_tone(tmp_path / "t.wav", 400, 1.0).read_bytes()  # 16 kB
+    urls = [f"http://app/{n}.wav" for n in range(5)]
+    w = World(tmp_path, {})
+    # As the runner sees it, with a cap of 3 files and nothing protected as recent.
+    files = wavcache.cache(tmp_path / "cache" / "play", 3 * len(tone) + 100)
+    files.keep_s = 0.0
+    served: dict[str, bytes] = dict.fromkeys(urls, tone)
+
+    async def audio(url: str, method: str, params: Mapping[str, str], *,
+                    max_size: int | None = None) -> WebhookResponse:
+        w.requests.append((url, method, {}))
+        return WebhookResponse(200, "audio/wav", served[url], {})
+
+    def cached(url: str) -> bool:
+        return files.path(hashlib.sha256(url.encode()).hexdigest()).exists()
+
+    runner = w.runner(App("http://app/a"))
+    runner.out.request = audio
+    for n, url in enumerate(urls[:3]):
+        path = await runner._audio(url)
+        os.utime(path, (1000.0 + n, 1000.0 + n))  # used in this order
+    await runner._audio(urls[0])  # used again: now the most recent
+    await runner._audio(urls[3])  # past the cap: the least recently used (1) goes
+    assert [cached(u) for u in urls] == [True, False, True, True, False]
+    await runner._audio(urls[4])
+    assert [cached(u) for u in urls] == [True, False, False, True, True]
+    assert len(w.requests) == 5  # the hit was not fetched again
