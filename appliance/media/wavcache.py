@@ -107,6 +107,7 @@ class FileCache:
 
     def _files(self) -> list[tuple[float, int, Path]]:
         found: list[tuple[float, int, Path]] = []
+        stale = time.time() - 3600.0
         try:
             subdirs = [d for d in os.scandir(self.root)
                        if len(d.name) == 2 and d.is_dir(follow_symlinks=False)]
@@ -118,11 +119,14 @@ class FileCache:
             except FileNotFoundError:
                 continue
             for e in entries:
-                if e.name.endswith(".wav") and not e.name.startswith("."):
-                    try:
-                        st = e.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if e.name.startswith("."):
+                    if e.name.endswith(".part") and st.st_mtime < stale:
+                        Path(e.path).unlink(missing_ok=True)  # a crash mid-write left it
+                elif e.name.endswith(".wav"):
                     found.append((st.st_mtime, st.st_size, Path(e.path)))
         return found
 

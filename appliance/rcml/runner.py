@@ -501,7 +501,7 @@ class Runner:
         """A <Play> URL as a local WAV file, fetched once (GET) and cached by URL; a body
         pjmedia cannot play is refused (PlayRefused), never cached."""
         files = play_cache(self.out.cache_dir)
-        path = files.path(hashlib.sha256(url.encode()).hexdigest())
+        path = play_path(self.out.cache_dir, url)
         if files.used(path):
             return path
         resp = await self.out.request(url, "GET", {}, max_size=MAX_AUDIO)
@@ -532,6 +532,13 @@ def play_cache(cache_dir: Path) -> FileCache:
     """The <Play>/waitUrl download cache under CACHE_DIR (shared by the runner and the
     conference service)."""
     return wavcache.cache(cache_dir / "play", PLAY_CACHE_MAX)
+
+
+def play_path(cache_dir: Path, url: str) -> Path:
+    """Where URL's audio is cached. Versions before the "checked:" keys cached bodies cut
+    short or not WAV at all: their files are never used again, and being the least recently
+    used they are the first evicted."""
+    return play_cache(cache_dir).path(hashlib.sha256(f"checked:{url}".encode()).hexdigest())
 
 
 def beep(cache_dir: Path) -> Path:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -59,7 +58,7 @@ from appliance.models import (
 )
 from appliance.queries import Condition, ListQuery
 from appliance.rcml.interpreter import DialAction, DialDone, DialStatus
-from appliance.rcml.runner import MAX_AUDIO, Hungup, LegEvents, Runner, beep, play_cache
+from appliance.rcml.runner import MAX_AUDIO, Hungup, LegEvents, Runner, beep, play_cache, play_path
 from appliance.rcml.verbs import Conference as ConferenceNoun
 from appliance.services.access import Action, require
 from appliance.services.list_filters import (
@@ -347,7 +346,7 @@ class ConferencesService:
         notification) when it cannot be: only audio is played, an RCML document is not run."""
         url = noun.wait_url or ""
         files = play_cache(runner.out.cache_dir)
-        path = files.path(hashlib.sha256(url.encode()).hexdigest())
+        path = play_path(runner.out.cache_dir, url)
         if files.used(path):
             return path
         try:

@@ -17,7 +17,7 @@ from appliance.media import wavcache
 from appliance.media.engine import LegChanged, LegId, LegState, MediaEvent, PlayFinished
 from appliance.media.null import NullMediaEngine
 from appliance.rcml.parse import BUDGET_EXCEEDED
-from appliance.rcml.runner import App, CallInfo, Fetcher, LegEvents, Runner
+from appliance.rcml.runner import App, CallInfo, Fetcher, LegEvents, Runner, play_path
 from appliance.webhooks import MAX_RESPONSE, WebhookError, WebhookResponse, Webhooks
 from tests.media.audio import write_tone
 
@@ -223,8 +223,14 @@ async def test_play_cache_evicts_the_least_recently_used(tmp_path: Path) -> None
         return WebhookResponse(200, "audio/wav", served[url], {})
 
     def cached(url: str) -> bool:
-        return files.path(hashlib.sha256(url.encode()).hexdigest()).exists()
+        return play_path(tmp_path / "cache", url).exists()
 
+    # What an older version cached under the URL itself (perhaps cut short): never used,
+    # first out.
+    old = files.path(hashlib.sha256(urls[0].encode()).hexdigest())
+    old.parent.mkdir(parents=True)
+    old.write_bytes(tone[:1000])  # noqa: ASYNC240
+    os.utime(old, (1.0, 1.0))
     runner = w.runner(App("http://app/a"))
     runner.out.request = audio
     for n, url in enumerate(urls[:3]):
@@ -233,6 +239,7 @@ async def test_play_cache_evicts_the_least_recently_used(tmp_path: Path) -> None
     await runner._audio(urls[0])  # used again: now the most recent
     await runner._audio(urls[3])  # past the cap: the least recently used (1) goes
     assert [cached(u) for u in urls] == [True, False, True, True, False]
+    assert not old.exists()
     await runner._audio(urls[4])
     assert [cached(u) for u in urls] == [True, False, False, True, True]
     assert len(w.requests) == 5  # the hit was not fetched again

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ from aiohttp import web
 
 from appliance.app import Appliance
 from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
+from appliance.rcml.runner import play_path
 from tests.conftest import ADMIN_SID, Api, free_port
 from tests.media.audio import read_samples, rms, tone_share, write_tone
 
@@ -308,10 +308,10 @@ async def test_play_long_wav_in_full_and_bad_bodies_are_skipped(voice: Any, tmp_
         w.writeframes(frames)
     rcml.files["/long.wav"] = ("audio/wav", (tmp_path / "long.wav").read_bytes())
     rcml.files["/text"] = ("text/plain", b"this is not audio")
-    # A body an older version cached unchecked for a URL that now serves a good file.
-    stale = f"{rcml.base}/stale.wav"
-    key = hashlib.sha256(stale.encode()).hexdigest()
-    cached = appliance.config.data_dir / "cache" / "play" / key[:2] / f"{key}.wav"
+    # A cached body the worker cannot play (a damaged file) for a URL that now serves a good
+    # one.
+    cache_dir = appliance.config.data_dir / "cache"
+    cached = play_path(cache_dir, f"{rcml.base}/stale.wav")
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"<html>oops</html>")
     rcml.files["/stale.wav"] = ("audio/wav", high.read_bytes())
@@ -336,5 +336,4 @@ async def test_play_long_wav_in_full_and_bad_bodies_are_skipped(voice: Any, tmp_
     notes = {n["error_code"]: n["message_text"] for n in json.loads(body)["notifications"]}
     assert "text/plain" in notes[11200] and "bad-file" in notes[11100], notes
     assert not cached.exists()  # the stale body was dropped: the next call fetches the URL
-    text_key = hashlib.sha256(f"{rcml.base}/text".encode()).hexdigest()
-    assert not (cached.parent.parent / text_key[:2] / f"{text_key}.wav").exists()
+    assert not play_path(cache_dir, f"{rcml.base}/text").exists()
