@@ -53,7 +53,6 @@ from appliance.media.engine import (
     RecordFinished,
 )
 from appliance.media.protocol import MediaError
-from appliance.media.wavcache import PLAY_CACHE_MAX, FileCache, wav_problem
 from appliance.rcml.interpreter import (
     Action,
     CallEnded,
@@ -395,7 +394,7 @@ class Runner:
         except CommandFailed as err:
             if err.code != "bad-file":
                 raise
-            if isinstance(action, PlayAction):  # e.g. a body an older version cached unchecked
+            if isinstance(action, PlayAction):  # a damaged cached file: fetched anew next time
                 play_cache(self.out.cache_dir).drop(path)
             await self._notify(MEDIA_FAILED, f"prompt not played: {err}")
             return ""
@@ -505,7 +504,7 @@ class Runner:
         if files.used(path):
             return path
         resp = await self.out.request(url, "GET", {}, max_size=MAX_AUDIO)
-        problem = wav_problem(resp.body)
+        problem = wavcache.wav_problem(resp.body)
         if problem is not None:
             raise PlayRefused(f"GET {url}: {resp.content_type or 'no type'}, "
                               f"{len(resp.body)} bytes: {problem}")
@@ -528,10 +527,10 @@ def wav_seconds(path: Path) -> float:
     return round(frames / rate, 3) if rate > 0 else 0.0
 
 
-def play_cache(cache_dir: Path) -> FileCache:
+def play_cache(cache_dir: Path) -> wavcache.FileCache:
     """The <Play>/waitUrl download cache under CACHE_DIR (shared by the runner and the
     conference service)."""
-    return wavcache.cache(cache_dir / "play", PLAY_CACHE_MAX)
+    return wavcache.cache(cache_dir / "play", wavcache.PLAY_CACHE_MAX)
 
 
 def play_path(cache_dir: Path, url: str) -> Path:
