@@ -27,26 +27,27 @@ KEEP_S = 300.0
 def wav_problem(data: bytes) -> str | None:
     """Why pjmedia's WAV player would refuse DATA (None: it plays it).
 
-    pjmedia 2.x wants RIFF/WAVE with the "fmt " chunk first, 16-bit PCM or 8-bit A-law/u-law,
-    and a "data" chunk; the conference bridge is mono, so the file must be too."""
-    if len(data) < 20 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+    What pjsua2 2.15's createPlayer takes (tried): RIFF/WAVE with a "fmt " chunk of 16-bit
+    PCM or 8-bit A-law/u-law (other chunks anywhere, any rate, any number of channels) and a
+    "data" chunk; 8-bit or 24-bit PCM and float are refused."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return "not a RIFF/WAVE file"
-    if data[12:16] != b"fmt ":
-        return "no fmt chunk after the RIFF header"
-    (fmt_size,) = struct.unpack_from("<I", data, 16)
-    if fmt_size < 16 or len(data) < 20 + fmt_size:
-        return "truncated fmt chunk"
-    tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", data, 20)
-    if not ((tag == 1 and bits == 16) or (tag in (6, 7) and bits == 8)):
-        return f"unsupported encoding (format {tag}, {bits} bits): use 16-bit PCM or G.711"
-    if channels != 1:
-        return f"{channels} channels: only mono is played"
-    if rate == 0:
-        return "sample rate 0"
-    offset = 20 + fmt_size + (fmt_size & 1)
+    fmt: tuple[int, ...] | None = None
+    offset = 12
     while offset + 8 <= len(data):
         chunk, size = data[offset:offset + 4], struct.unpack_from("<I", data, offset + 4)[0]
-        if chunk == b"data":
+        if chunk == b"fmt ":
+            if size < 16 or offset + 24 > len(data):
+                return "truncated fmt chunk"
+            fmt = struct.unpack_from("<HHIIHH", data, offset + 8)
+        elif chunk == b"data":
+            if fmt is None:
+                return "no fmt chunk before the data"
+            tag, channels, rate, _, _, bits = fmt
+            if not ((tag == 1 and bits == 16) or (tag in (6, 7) and bits == 8)):
+                return f"unsupported encoding (format {tag}, {bits} bits): use 16-bit PCM or G.711"
+            if channels == 0 or rate == 0:
+                return "no channels or a sample rate of 0"
             return None if size > 0 and offset + 8 < len(data) else "no audio in the data chunk"
         offset += 8 + size + (size & 1)
     return "no data chunk"

@@ -203,7 +203,12 @@ def test_wav_problem_takes_what_pjmedia_plays(tmp_path: Path) -> None:
     assert wavcache.wav_problem(b"Hello") == "not a RIFF/WAVE file"
     assert wavcache.wav_problem(good[:44]) == "no audio in the data chunk"
     stereo = good[:22] + (2).to_bytes(2, "little") + good[24:]
-    assert "channels" in (wavcache.wav_problem(stereo) or "")
+    assert wavcache.wav_problem(stereo) is None
+    listed = good[:12] + b"LIST\x04\x00\x00\x00INFO" + good[12:]  # a chunk before "fmt "
+    assert wavcache.wav_problem(listed) is None
+    ulaw = good[:20] + (7).to_bytes(2, "little") + good[22:34] + (8).to_bytes(2, "little") \
+        + good[36:]
+    assert wavcache.wav_problem(ulaw) is None
     eight_bit = good[:34] + (8).to_bytes(2, "little") + good[36:]
     assert "unsupported encoding" in (wavcache.wav_problem(eight_bit) or "")
 
