@@ -8,7 +8,8 @@ consultation call for the transferee's (``onCallReplaced``) and hanging the form
 Run as its own process (one pjsua2 Endpoint per process), with the phones' test helper's
 ``start_endpoint``: ``--register HOST:PORT --user U --password P --domain D``. It answers
 whatever calls it. One JSON command per stdin line: ``{"op": "call", "uri": U}``,
-``{"op": "hold", "call": N}``, ``{"op": "xfer_replaces", "call": N, "dest": M}`` (transfer
+``{"op": "hold", "call": N}``, ``{"op": "xfer", "call": N, "uri": U}`` (a blind transfer:
+REFER to U), ``{"op": "xfer_replaces", "call": N, "dest": M}`` (transfer
 call N to the other party of call M), ``{"op": "hangup", "call": N}``, ``{"op": "quit"}``.
 One JSON event per stdout line: ``ready``, ``registered`` (code), ``state`` (call, state,
 code, remote), ``transfer`` (code, final), ``replaced`` (call, by).
@@ -141,6 +142,8 @@ class Phone:
             self.new_call().makeCall(cmd["uri"], op)
         elif cmd["op"] == "hold":
             self.calls[cmd["call"]].setHold(op)
+        elif cmd["op"] == "xfer":
+            self.calls[cmd["call"]].xfer(cmd["uri"], op)
         elif cmd["op"] == "xfer_replaces":
             self.calls[cmd["call"]].xferReplaces(self.calls[cmd["dest"]], op)
         elif cmd["op"] == "hangup":

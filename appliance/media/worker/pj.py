@@ -57,6 +57,7 @@ _WAV_CLOSE_S = 1.0  # longest wait for pjmedia to finalise a recording's WAV hea
 # it, speech and tones are far above.
 _VOICE_LEVEL = 10
 _LEVEL_EVERY_S = 0.05  # how often the level is read while recording (a frame is 20 ms)
+_NO_TRANSFER = 403  # our answer to a REFER or an INVITE with Replaces on a worker's call
 
 Sink = Callable[[p.Event], None]
 
@@ -75,6 +76,20 @@ class _Call(pj.Call):  # type: ignore[misc]
 
     def onCallMediaState(self, prm: Any) -> None:
         self.worker._pj_on_media(self)
+
+    def onCallTransferRequest(self, prm: Any) -> None:
+        # pjsua's default accepts a REFER (202) and dials its Refer-To on a call no Leg
+        # tracks, from this socket, past the front door's routes and budgets (and it took
+        # the worker down): a call on a worker is bridged here, never transferred
+        # (docs/voice.md).
+        prm.statusCode = _NO_TRANSFER
+        logger.info("x REFER on leg %s to %s refused %d", self.leg, prm.dstUri, _NO_TRANSFER)
+
+    def onCallReplaceRequest(self, prm: Any) -> None:
+        # An INVITE with Replaces naming this call: pjsua's default answers it and hangs
+        # this one up, on a call onIncomingCall never sees. Refused for the same reason.
+        prm.statusCode = _NO_TRANSFER
+        logger.info("x INVITE replacing leg %s refused %d", self.leg, _NO_TRANSFER)
 
     def onDtmfDigit(self, prm: Any) -> None:
         # May run on the media thread: only the thread-safe sink is touched.
