@@ -276,6 +276,13 @@ class Appliance:
         self.calls.conferences = self.conferences
         self.router.apps = self.calls.route_invite
         self.proxy.media_caller = self.calls.media_caller
+
+        def from_worker(host: str, port: int) -> bool:
+            return host == "127.0.0.1" and port in worker_ports()
+
+        # A worker's address is never counted nor banned by the guard, and never challenged.
+        self.guard.spared = from_worker
+        self.proxy.media_source = from_worker
         # Outside lines (docs/gateways.md): calls from a gateway's provider to our DIDs, and
         # calls to numbers out through the [outbound] routes.
         self.proxy.gateway_caller = gateway_callers(self.trunk.gateways_at)

@@ -168,17 +168,17 @@ class FrontDoor:
             return None
         ip = source[0]
         now = self.clock()
-        if (self.guard.is_banned(ip, now) or self._table.holds(view.key)
+        if (self.guard.is_banned(ip, now, source[1]) or self._table.holds(view.key)
                 or not self._within_budget(ip, now, register=True)):
             return None
         if self._from_provider(ip, now):
             return view.reply(403, [], to_tag=_tag())
         return self.registrar.answer_plain(view, source, now)
 
-    def is_blocked(self, ip: str) -> bool:
-        """Whether everything from IP is dropped before parsing (the transport's hook): IP is
-        banned, whoever else uses it."""
-        return self.guard.is_banned(ip, self.clock())
+    def is_blocked(self, ip: str, port: int) -> bool:
+        """Whether everything from IP:PORT is dropped before parsing (the transport's hook):
+        IP is banned, whoever else uses it (but one of our media workers, ``Guard.spared``)."""
+        return self.guard.is_banned(ip, self.clock(), port)
 
     def may_answer(self, ip: str) -> bool:
         """Whether IP may have the error reply to a message that failed to parse (the
@@ -227,7 +227,7 @@ class FrontDoor:
         message = incoming.message
         ip = incoming.source[0]
         now = self.clock()
-        if self.guard.is_banned(ip, now):
+        if self.guard.is_banned(ip, now, incoming.source[1]):
             return
         if isinstance(message, Response):
             # Responses to our own upstream REGISTERs go to the trunk client; those to our

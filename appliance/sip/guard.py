@@ -30,6 +30,12 @@ spoofer from getting a provider banned (which would cut the inbound calls): a fa
 only for a digest answering a nonce issued to that very address (``digest.Nonces``), so only
 whoever sees the replies sent there can get it banned, as for any address.
 
+Sources ``spared`` names (an address *and port*: our own media workers' SIP sockets on
+loopback) are never counted nor banned, whatever their address's record says: a bad digest
+from one is a bug of ours, not a guess, and a ban of loopback would drop every worker's
+signalling, and with it every call that needs one. Other ports of the same address are
+counted and banned as usual.
+
 What to do with a refused source is the caller's choice: reply 503/403 or drop, and log once.
 Memory is bounded: at most ``max_sources`` records, the least recently seen evicted first,
 except that a record holding a ban or failures is passed over for one of the
@@ -84,6 +90,9 @@ class Guard:
         # Sources served past the unauthenticated budget (set by the composition root: the
         # providers'); their failures count and bans hold like anyone's.
         self.exempt: Callable[[str], bool] | None = None
+        # (address, port) -> whether it is one of our media workers: never counted nor
+        # banned (set by the composition root; see the module docstring).
+        self.spared: Callable[[str, int], bool] | None = None
 
     def __len__(self) -> int:
         return len(self._records)
@@ -107,9 +116,14 @@ class Guard:
                 return
         self._records.popitem(last=False)
 
-    def is_banned(self, source: str, now: float) -> bool:
+    def is_spared(self, source: str, port: int | None) -> bool:
+        return port is not None and self.spared is not None and self.spared(source, port)
+
+    def is_banned(self, source: str, now: float, port: int | None = None) -> bool:
+        """Whether SOURCE is banned; never for SOURCE:PORT when ``spared`` (asked only then:
+        this runs for every datagram)."""
         record = self._records.get(source)
-        if record is None or record.banned_until <= now:
+        if record is None or record.banned_until <= now or self.is_spared(source, port):
             return False
         self._records.move_to_end(source)
         return True
@@ -119,9 +133,13 @@ class Guard:
         record = self._records.get(source)
         return max(0.0, record.banned_until - now) if record is not None else 0.0
 
-    def record_failure(self, source: str, now: float, login: str = "") -> bool:
+    def record_failure(self, source: str, now: float, login: str = "",
+                       port: int | None = None) -> bool:
         """Count a failed authentication for LOGIN; True when this failure starts a ban.
-        Counted from an ``exempt`` source too (see the module docstring)."""
+        Counted from an ``exempt`` source too, never from a ``spared`` SOURCE:PORT (see the
+        module docstring)."""
+        if self.is_spared(source, port):
+            return False
         record = self._record(source, now)
         horizon = now - self.failure_window
         # Only the last max_failures times matter, so the list never grows past that.

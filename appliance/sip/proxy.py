@@ -29,7 +29,9 @@ A new out-of-dialog request goes through, in order:
    registrar, algorithms from ``[sip] digest_algorithms``);
    A request whose source address is a registered gateway's provider address
    (``gateway_caller``) is the provider's: never challenged, its ``Caller.gateway`` set, and
-   the router routes it by its DID only (docs/gateways.md);
+   the router routes it by its DID only (docs/gateways.md). One from a media worker's SIP
+   socket is never challenged: a leg the calls service admitted (``media_caller``) goes on,
+   anything else → 403 (a bug of ours: the worker's only credentials are a gateway's);
 4. the caller must be REGISTERED (at least one live binding) → else 403: an unregistered or
    unauthenticated source reaches nobody (architecture.md "Who handles a call": no toll fraud);
 5. the ``Router`` decides: fork to the callee's contacts, or refuse (404 unknown, 480 known
@@ -281,6 +283,9 @@ class Proxy:
                                    realm=realm, clock=self._timer_clock)
         # (source, request) -> the Caller of a media worker's INVITE, else None (calls service)
         self.media_caller: Callable[[tuple[str, int], Request], Caller | None] | None = None
+        # (address, port) -> whether it is one of our media workers' SIP sockets (services
+        # wiring): what media_caller does not admit from there is refused, not challenged.
+        self.media_source: Callable[[str, int], bool] | None = None
         # (source, request) -> the Caller of a request from a gateway's provider address
         # (services wiring: sip.trunk.Trunk.gateway_at), else None.
         self.gateway_caller: Callable[[tuple[str, int], Request], Caller | None] | None = None
@@ -578,8 +583,18 @@ class Proxy:
         # what is kept across restarts: nonces, bindings, bans (see the module docstring).
         wall = self._clock()
         caller = self.media_caller(incoming.source, request) if self.media_caller else None
+        if caller is None and self.media_source is not None \
+                and self.media_source(*incoming.source):
+            # A worker's request for no leg we placed is a bug of ours, not a caller to
+            # challenge: its only credentials are a gateway's, which must not answer our 407
+            # (they would only count as failed guesses, Guard.spared).
+            logger.warning("x %s from media worker %s:%d: not a leg we placed; refused",
+                           request.method, *incoming.source)
+            await self._reply(server, 403, "Not A Leg We Placed", now=now)
+            return
         if caller is None and self.gateway_caller is not None and (
-                self._guard is None or not self._guard.is_banned(incoming.source[0], wall)):
+                self._guard is None or not self._guard.is_banned(
+                    incoming.source[0], wall, incoming.source[1])):
             caller = self.gateway_caller(incoming.source, request)
         if caller is None:
             caller = await self._auth.authenticate(server, request, incoming, now, wall=wall)

@@ -71,8 +71,8 @@ class ProxyAuth:
                            incoming: Incoming, now: float, *, wall: float) -> Caller | None:
         """The authenticated caller of REQUEST, or None once it was challenged or refused.
         NOW is the timer clock (the replies), WALL the wall clock (nonces, the guard)."""
-        ip = incoming.source[0]
-        if self._guard is not None and self._guard.is_banned(ip, wall):
+        ip, port = incoming.source
+        if self._guard is not None and self._guard.is_banned(ip, wall, port):
             await self._reply(server, 403, now=now)
             return None
         from_user = user_of(request.from_)
@@ -114,9 +114,16 @@ class ProxyAuth:
             await self.challenge(server, realm, now, wall=wall, ip=ip)
             return None
         if verdict is Verdict.REJECTED or user is None:
-            logger.info("x %s from %s:%s: bad credentials for %r", request.method,
-                        *incoming.source, username)
-            if self._guard is not None and self._guard.record_failure(ip, wall, username):
+            if self._guard is not None and self._guard.is_spared(ip, port):
+                # One of our media workers (with a gateway's credentials, the only ones it
+                # holds): a bug of ours, not a guess, and not counted (``Guard.spared``).
+                logger.error("x %s from media worker %s:%s: bad credentials for %r (not "
+                             "counted)", request.method, ip, port, username)
+            else:
+                logger.info("x %s from %s:%s: bad credentials for %r", request.method, ip,
+                            port, username)
+            if self._guard is not None and self._guard.record_failure(ip, wall, username,
+                                                                      port):
                 log_ban(self._guard, ip)
             await self._reply(server, 403, now=now)
             return None

@@ -13,7 +13,8 @@ their v4-mapped addresses (``::ffff:a.b.c.d``) are unmapped before anything sees
 Every datagram, and every message ``framing.StreamFramer`` cuts from a TCP stream, goes
 through the same path:
 
-1. a source the ``is_blocked`` hook names (a banned address) is dropped before parsing;
+1. a source the ``is_blocked`` hook names (a banned address, asked with its port) is dropped
+   before parsing;
    a UDP datagram that starts ``REGISTER`` is first offered to the ``quick`` hook
    (``FrontDoor.quick``), which answers the common shape straight from its bytes and
    declines (None) everything else, which then goes on below;
@@ -399,7 +400,7 @@ class Transport:
         *,
         limits: Limits | None = None,
         advertised: str | None = None,
-        is_blocked: Callable[[str], bool] | None = None,
+        is_blocked: Callable[[str, int], bool] | None = None,
         quick: Callable[[bytes, tuple[str, int]], bytes | None] | None = None,
         may_answer: Callable[[str], bool] | None = None,
     ) -> None:
@@ -591,7 +592,7 @@ class Transport:
             datagram(data, (unmapped(address[0]) if mapped else address[0], address[1]))
 
     def _datagram(self, data: bytes, source: tuple[str, int]) -> None:
-        if self.is_blocked is not None and self.is_blocked(source[0]):
+        if self.is_blocked is not None and self.is_blocked(*source):
             return
         if is_keepalive(data):
             return  # a CRLF ping on UDP: tolerated, not answered (RFC 5626 uses STUN there)
@@ -615,19 +616,20 @@ class Transport:
     def _oversize(self, data: bytes, transport: str, source: tuple[str, int],
                   conn_id: str | None) -> None:
         end = data.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
-        reply = self._error_reply(head_reply(data[:end], 513) if end > 0 else None, source[0])
+        reply = self._error_reply(head_reply(data[:end], 513) if end > 0 else None, source)
         logger.debug("x %s %s:%d: message of %d bytes over %d%s", transport, *source, len(data),
                      self.limits.max_message, "" if reply else ", dropped")
         if reply is not None:
             self.send(reply, Target(transport, source[0], source[1], conn_id))
 
-    def _error_reply(self, reply: Response | None, ip: str) -> Response | None:
+    def _error_reply(self, reply: Response | None, source: tuple[str, int]
+                     ) -> Response | None:
         """REPLY, the error reply to a message that never reached the handler (400, 513...;
         ``error_response`` and ``head_reply`` build none for a broadcast or multicast Via),
-        when IP may have it, else None: not when it is banned (``is_blocked``; over TCP a
+        when SOURCE may have it, else None: not when it is banned (``is_blocked``; over TCP a
         connection opened before the ban still reads), nor past its budget (``may_answer``)."""
-        if reply is None or (self.is_blocked is not None and self.is_blocked(ip)) or (
-                self.may_answer is not None and not self.may_answer(ip)):
+        if reply is None or (self.is_blocked is not None and self.is_blocked(*source)) or (
+                self.may_answer is not None and not self.may_answer(source[0])):
             return None
         return reply
 
@@ -636,7 +638,7 @@ class Transport:
         try:
             message = parse_message(data)
         except SipParseError as err:
-            reply = self._error_reply(error_response(err, to_tag=_tag()), source[0])
+            reply = self._error_reply(error_response(err, to_tag=_tag()), source)
             logger.debug("x %s %s:%d: %s (%s)", transport, *source, err,
                          f"answered {err.status}" if reply else "dropped")
             if reply is not None:
@@ -699,7 +701,8 @@ class Transport:
         # which also covers one we opened until _connect writes to it.
         conn.opened_at = conn.last_activity = asyncio.get_running_loop().time()
         ip = conn.peer[0]
-        blocked = not conn.outgoing and self.is_blocked is not None and self.is_blocked(ip)
+        blocked = not conn.outgoing and self.is_blocked is not None and self.is_blocked(
+            *conn.peer)
         full = len(self._connections) >= self.limits.max_connections
         if (blocked or self._stopping
                 or self._per_source.get(ip, 0) >= self.limits.max_per_source
@@ -778,7 +781,7 @@ class Transport:
             self._stream_items(conn, err.framed)
             end = err.rest.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
             reply = self._error_reply(
-                head_reply(err.rest[:end], err.status) if end > 0 else None, conn.peer[0])
+                head_reply(err.rest[:end], err.status) if end > 0 else None, conn.peer)
             logger.debug("x tcp %s %s:%d: %s; closing", conn.id, *conn.peer, err)
             if reply is not None:
                 conn.write(bytes(reply))

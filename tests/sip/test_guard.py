@@ -129,3 +129,18 @@ def test_log_throttle_is_per_source_and_bounded() -> None:
     assert throttle.due("a", 0) and not throttle.due("a", 59) and throttle.due("a", 60)
     assert throttle.due("b", 1) and throttle.due("c", 2)
     assert throttle.due("a", 61)  # forgotten: at most two sources remembered
+
+
+def test_a_spared_address_and_port_is_never_counted_nor_banned() -> None:
+    # Our media workers' SIP sockets (127.0.0.1:<port>): a bad digest from one is our bug.
+    guard = Guard(max_failures=2)
+    guard.spared = lambda ip, port: (ip, port) == ("127.0.0.1", 5071)
+    for t in range(5):
+        assert not guard.record_failure("127.0.0.1", t, "office", 5071)
+    assert not guard.is_banned("127.0.0.1", 5, 5071) and not guard.is_banned("127.0.0.1", 5)
+    # Another process on the same address is counted, and its ban is the address's...
+    guard.record_failure("127.0.0.1", 6, "alice", 40000)
+    assert guard.record_failure("127.0.0.1", 7, "alice", 40000)
+    assert guard.is_banned("127.0.0.1", 8, 40000) and guard.is_banned("127.0.0.1", 8)
+    # ...but never the worker's.
+    assert not guard.is_banned("127.0.0.1", 8, 5071)

@@ -200,7 +200,7 @@ async def test_broadcast_and_multicast_vias_are_never_answered(
 
 async def test_blocked_sources_are_ignored(udp: UdpPeer) -> None:
     handler = Echo()
-    transport = Transport(handler, "127.0.0.1", 0, is_blocked=lambda ip: ip == "127.0.0.1")
+    transport = Transport(handler, "127.0.0.1", 0, is_blocked=lambda ip, _port: ip == "127.0.0.1")
     handler.transport = transport
     await transport.start()
     try:
