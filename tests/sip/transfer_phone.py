@@ -6,13 +6,15 @@ the transferee's INVITE with that ``Replaces`` header, and the target swapping t
 consultation call for the transferee's (``onCallReplaced``) and hanging the former up.
 
 Run as its own process (one pjsua2 Endpoint per process), with the phones' test helper's
-``start_endpoint``: ``--register HOST:PORT --user U --password P --domain D``. It answers
-whatever calls it. One JSON command per stdin line: ``{"op": "call", "uri": U}``,
+``start_endpoint``: ``--register HOST:PORT --user U --password P --domain D`` (without
+``--register``, an account that neither registers nor authenticates). It answers
+whatever calls it. One JSON command per stdin line: ``{"op": "call", "uri": U}`` (and
+``"headers": {NAME: VALUE}``),
 ``{"op": "hold", "call": N}``, ``{"op": "xfer", "call": N, "uri": U}`` (a blind transfer:
 REFER to U), ``{"op": "xfer_replaces", "call": N, "dest": M}`` (transfer
 call N to the other party of call M), ``{"op": "hangup", "call": N}``, ``{"op": "quit"}``.
-One JSON event per stdout line: ``ready``, ``registered`` (code), ``state`` (call, state,
-code, remote), ``transfer`` (code, final), ``replaced`` (call, by).
+One JSON event per stdout line: ``ready`` (SIP port), ``registered`` (code), ``state`` (call, state,
+code, remote), ``transfer`` (code, reason, final), ``replaced`` (call, by).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Call(pj.Call):  # type: ignore[misc]
     def onCallState(self, prm: Any) -> None:
         ci = self.getInfo()
         say(event="state", call=self.index, state=ci.stateText, code=ci.lastStatusCode,
-            remote=ci.remoteUri)
+            remote=ci.remoteUri, local=ci.localUri, call_id=ci.callIdString)
         if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             self.phone.gone.append(self)
 
@@ -73,7 +75,8 @@ class Call(pj.Call):  # type: ignore[misc]
 
     def onCallTransferStatus(self, prm: Any) -> None:
         # The transferor: the NOTIFYs' sipfrag. Once the target answered, hang up.
-        say(event="transfer", call=self.index, code=prm.statusCode, final=prm.finalNotify)
+        say(event="transfer", call=self.index, code=prm.statusCode, reason=prm.reason,
+            final=prm.finalNotify)
         if prm.finalNotify:
             prm.cont = False
             if prm.statusCode // 100 == 2:
@@ -100,22 +103,24 @@ class Phone:
 
     def start(self) -> None:
         a = self.args
-        self.ep, _ = start_endpoint()
+        self.ep, tid = start_endpoint()
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:{a.user}@{a.domain}"
-        acfg.regConfig.registrarUri = f"sip:{a.register}"
-        acfg.regConfig.timeoutSec = 300
-        acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", a.user, 0, a.password))
+        if a.register:
+            acfg.regConfig.registrarUri = f"sip:{a.register}"
+            acfg.regConfig.timeoutSec = 300
+            acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", a.user, 0,
+                                                            a.password))
         acfg.mediaConfig.transportConfig.port = a.rtp_port
         acfg.mediaConfig.transportConfig.portRange = 100
         acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
         self.acc = Account(self)
         self.acc.create(acfg, True)
         end = time.monotonic() + 10
-        while self.acc.registered == 0 and time.monotonic() < end:
+        while a.register and self.acc.registered == 0 and time.monotonic() < end:
             self.ep.libHandleEvents(10)
         threading.Thread(target=self._read, daemon=True).start()
-        say(event="ready")
+        say(event="ready", port=int(self.ep.transportGetInfo(tid).localName.rsplit(":", 1)[1]))
 
     def _read(self) -> None:  # stdin -> commands; only the main thread touches pjsua
         for line in sys.stdin:
@@ -139,6 +144,10 @@ class Phone:
     def _do(self, cmd: dict[str, Any]) -> None:
         op = pj.CallOpParam(True)
         if cmd["op"] == "call":
+            for name, value in cmd.get("headers", {}).items():
+                header = pj.SipHeader()
+                header.hName, header.hValue = name, value
+                op.txOption.headers.append(header)
             self.new_call().makeCall(cmd["uri"], op)
         elif cmd["op"] == "hold":
             self.calls[cmd["call"]].setHold(op)
@@ -167,10 +176,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rtp-port", type=int, default=31000)
     ap.add_argument("--timeout", type=float, default=30.0)
-    ap.add_argument("--register", required=True, help="HOST:PORT of the appliance")
-    ap.add_argument("--user", required=True)
-    ap.add_argument("--password", required=True)
-    ap.add_argument("--domain", required=True)
+    ap.add_argument("--register", default="", help="HOST:PORT of the appliance (else none)")
+    ap.add_argument("--user", default="phone")
+    ap.add_argument("--password", default="")
+    ap.add_argument("--domain", default="127.0.0.1")
     phone = Phone(ap.parse_args())
     phone.start()
     phone.run()
