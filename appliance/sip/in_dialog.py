@@ -18,7 +18,9 @@ the call kept ``LINGER`` for crossing requests); a call that reaches its deadlin
 BYE is forgotten, its CDR closed ``completed`` (``expire_call``). A subscription in the
 dialog (a blind transfer's REFER, RFC 3515) outlives the BYE (RFC 5057 §5.2): the call is
 kept until its last NOTIFY's expiry, then ``LINGER``, so the transferee's NOTIFYs reach a
-transferor that hung up as soon as its REFER was accepted.
+transferor that hung up as soon as its REFER was accepted. A REFER toward one of our media
+workers is answered 403 here: a worker bridges its calls and never transfers them
+(docs/voice.md "Transfers").
 
 ``InDialog`` is owned by the proxy, not a mixin: it is handed the proxy's tables (the same
 dicts), and forks, replies and reads a request's source through the proxy. Not a core module:
@@ -69,13 +71,15 @@ class InDialog:
                  public_toward: Callable[[Target], tuple[str, int] | None],
                  source: Callable[[Incoming, Request], Target | None],
                  local: Callable[[Incoming], tuple[str, int]], reply: Reply,
-                 fork: Fork) -> None:
+                 fork: Fork, media: Callable[[str, int], bool] = lambda _h, _p: False
+                 ) -> None:
         """CONTEXTS and LIVE_CALLS are the proxy's own tables; ADDRESSES and LOCAL_HOSTS
         (live collections) are what "us" means in a Route, and PUBLIC, the public addresses
         written in our Record-Routes toward providers behind NAT (exact address and port).
         PUBLIC_TOWARD gives that address toward a peer that is such a provider, else None
         (our Via to it asks for ``rport``). SOURCE stamps a request's Via and says where
-        its responses go, LOCAL is our address it arrived on."""
+        its responses go, LOCAL is our address it arrived on. MEDIA says whether an
+        address and port are a media worker's SIP socket."""
         self._sender = sender
         self._deadlines = deadlines
         self._calls = calls
@@ -89,6 +93,7 @@ class InDialog:
         self._local = local
         self._reply = reply
         self._fork = fork
+        self._media = media
 
     async def forward(self, incoming: Incoming, request: Request, now: float,
                       server: ServerTransaction | None = None) -> None:
@@ -113,6 +118,12 @@ class InDialog:
         if target is None:
             if server is not None:
                 await self._reply(server, 481, now=now)
+            return
+        if request.method == "REFER" and server is not None \
+                and self._media(target.host, target.port):
+            # Never to a worker: pjsua would accept it and dial the Refer-To itself.
+            logger.info("x REFER in call %s toward a media worker: refused", call.call_id)
+            await self._reply(server, 403, "Transfer Not Supported", now=now)
             return
         if call.answered and not call.ended:
             call.deadline = max(call.deadline, now + session_idle_limit(

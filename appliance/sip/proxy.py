@@ -23,7 +23,8 @@ A new out-of-dialog request goes through, in order:
 
 1. Max-Forwards (0 → 483; absent → 70), ``Proxy-Require`` (→ 420);
 2. a method check: INVITE, MESSAGE and OPTIONS are routed; BYE/INFO/UPDATE/PRACK without a
-   To tag → 481; SUBSCRIBE, PUBLISH, NOTIFY, REFER and unknown methods → 501;
+   To tag → 481; SUBSCRIBE, PUBLISH, NOTIFY, REFER and unknown methods → 501 (in a call,
+   they are relayed; a REFER toward a media worker is answered 403: ``sip.in_dialog``);
 3. digest authentication (``sip.proxy_auth``: 407 challenges, 403 for bad credentials, a
    disabled Client or a From user that is not the digest username; nonces shared with the
    registrar, algorithms from ``[sip] digest_algorithms``);
@@ -269,7 +270,7 @@ class Proxy:
                                    addresses=self._locals, local_hosts=local_hosts,
                                    public=self._public, public_toward=self._public_toward,
                                    source=self._source, local=self._local, reply=self._reply,
-                                   fork=self._fork)
+                                   fork=self._fork, media=self._is_media)
         self._wake = asyncio.Event()
         # Transactions whose message the transport found it could not send only after
         # ``send`` returned (a TCP connect that failed): reported on the next timer pass.
@@ -583,8 +584,7 @@ class Proxy:
         # what is kept across restarts: nonces, bindings, bans (see the module docstring).
         wall = self._clock()
         caller = self.media_caller(incoming.source, request) if self.media_caller else None
-        if caller is None and self.media_source is not None \
-                and self.media_source(*incoming.source):
+        if caller is None and self._is_media(*incoming.source):
             # A worker's request for no leg we placed is a bug of ours, not a caller to
             # challenge: its only credentials are a gateway's, which must not answer our 407
             # (they would only count as failed guesses, Guard.spared).
@@ -703,6 +703,9 @@ class Proxy:
             self._table.add(txn)
             self._branches[txn] = branch
             await self._drain(txn, txn.pop_actions(), now)
+
+    def _is_media(self, host: str, port: int) -> bool:
+        return self.media_source is not None and self.media_source(host, port)
 
     def _local(self, incoming: Incoming) -> tuple[str, int]:
         return self.address or incoming.local

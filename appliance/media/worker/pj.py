@@ -81,7 +81,8 @@ class _Call(pj.Call):  # type: ignore[misc]
         # pjsua's default accepts a REFER (202) and dials its Refer-To on a call no Leg
         # tracks, from this socket, past the front door's routes and budgets (and it took
         # the worker down): a call on a worker is bridged here, never transferred
-        # (docs/voice.md).
+        # (docs/voice.md). The proxy refuses a REFER toward a worker before it gets here
+        # (sip.in_dialog): this is for one that gets here anyway.
         prm.statusCode = _NO_TRANSFER
         logger.info("x REFER on leg %s to %s refused %d", self.leg, prm.dstUri, _NO_TRANSFER)
 
