@@ -160,7 +160,7 @@ class CallsService:
         self.gsm = GsmCalls(self, call_log, clock)
         # Calls out through the outbound routes, and the B2BUA (services.outbound_calls; the
         # composition root sets its routes, max_calls, gateways and resolver)
-        self.outbound = OutboundCalls(self, call_log, clock, front_door)
+        self.outbound = OutboundCalls(self, store, call_log, clock, front_door)
         # POST /Calls (services.api_calls; the composition root sets its contacts_of)
         self.api_calls = ApiCalls(self, store, call_log, clock, front_door)
         self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None

@@ -341,7 +341,13 @@ class MessagingService:
 
     async def send_from_client(self, account_sid: str, login: str, number: str,
                                body: str) -> SmsRecord:
-        """A Client's SIP MESSAGE to a phone number, queued for the modem."""
+        """A Client's SIP MESSAGE (or a call's app's ``<Sms>``) to a phone number, queued
+        for the modem. It costs money on behalf of ACCOUNT_SID, so that account needs
+        Create:SmsMessages, as ``POST SMS/Messages`` does (Forbidden)."""
+        account = await self._store.get_account(account_sid)
+        if account is None:
+            raise Forbidden(f"Account {account_sid} not found")
+        require(account, Action.CREATE, "SmsMessages")
         if not body:
             raise InvalidInput("Body can not be null.")
         destination = re.sub(r"[\s\-.()]", "", number)

@@ -48,6 +48,7 @@ from appliance.media.engine import LegId
 from appliance.media.protocol import MediaError
 from appliance.models import CallRecord, CallStatus, Gateway, mint_sid
 from appliance.rcml.runner import App, CallInfo, Hungup, LegEvents
+from appliance.services.access import Action, has_permission
 from appliance.services.dialing import DIAL_SECONDS, until_either_ends
 from appliance.sip.dialogs import cdr_status
 from appliance.sip.proxy_ports import Caller, Contact, Decision, Fork, Refuse
@@ -55,6 +56,7 @@ from appliance.timefmt import iso
 
 if TYPE_CHECKING:
     from appliance.services.calls import CallsService, LiveCall
+    from appliance.services.ports import StoreProtocol
     from appliance.services.telephony import CallLog
     from appliance.sip.message import Request
     from appliance.sip.wire import Target
@@ -62,6 +64,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RING_SECONDS = 60.0  # an outbound leg rings this long at most
+# 403 reason for a Client whose account's role may not place calls (api-behaviour.md §4)
+CALLS_NOT_PERMITTED = "Missing permission RestComm:Create:Calls"
 
 _PHONE_RE = re.compile(r"\+?[0-9]{3,20}")
 
@@ -110,10 +114,11 @@ class OutboundCalls:
     """The outbound-routes half of `services.calls.CallsService` (see the module
     docstring)."""
 
-    def __init__(self, calls: CallsService, call_log: CallLog,
+    def __init__(self, calls: CallsService, store: StoreProtocol, call_log: CallLog,
                  clock: Callable[[], datetime],
                  front_door: Callable[[], tuple[str, int]]) -> None:
         self._calls = calls
+        self._store = store
         self._log = call_log
         self._clock = clock
         self._front_door = front_door
@@ -159,11 +164,19 @@ class OutboundCalls:
                     now: float) -> Decision | None:
         """A registered Client's INVITE to a number with no app: a worker answers it and
         bridges it to the first line of the number's outbound route that takes the call.
-        None when no route covers NUMBER (the router answers 403 No Outbound Route)."""
+        None when no route covers NUMBER (the router answers 403 No Outbound Route); 403
+        CALLS_NOT_PERMITTED when the caller's account lacks Create:Calls."""
         dialled = re.sub(r"[\s\-.()]", "", number)
         lines = self.lines_for(dialled)
         if not lines:
             return None
+        # A call out costs money on behalf of the caller's account: its role must allow
+        # placing calls, as POST /Calls requires (a Client-to-Client call needs nothing).
+        account = await self._store.get_account(caller.account_sid)
+        if account is None or not has_permission(account, Action.CREATE, "Calls"):
+            logger.warning("x call %s -> %s: account %s lacks RestComm:Create:Calls",
+                           caller.login, dialled, caller.account_sid)
+            return Refuse(403, CALLS_NOT_PERMITTED)
         if len(self._outbound) >= self.max_calls:
             logger.warning("x call %s -> %s: %d outbound calls already ([outbound] max_calls)",
                            caller.login, dialled, len(self._outbound))

@@ -15,8 +15,8 @@ order:
 | a user that is no Client | 404 |
 | a disabled Client, or one without a live binding | 480 |
 | a registered Client | fork to its bindings, highest q first, at most ``max_branches`` |
-| INVITE to a number with no app, covered by an outbound route (4) | fork to a worker (B2BUA) |
-| MESSAGE to a number, with an SMS gateway set | handed to it (queued as SMS): 202 |
+| INVITE to a number with no app, covered by an outbound route (4) | a worker (B2BUA), or 403 (6) |
+| MESSAGE to a number, with an SMS gateway set | queued as SMS: 202, or 403 (6) |
 | a worker's INVITE for a leg to a gateway or one Client phone (``media_legs``) | sent there |
 | a gateway's INVITE (``Caller.gateway``) | by its DID (``from_gateway``): its app, else 404 (5) |
 
@@ -37,6 +37,9 @@ the call. Without a route: 403 No Outbound Route.
 Request-URI user is the gateway's UserName (the Contact we registered) and no
 IncomingPhoneNumber, the To user (``did_in_to``, taken by
 ``services.calls.CallsService.route_gateway_invite``).
+(6) The caller's account's role lacks Create:Calls / Create:SmsMessages (api-behaviour.md §4,
+as the API requires them), checked where the money is spent: ``OutboundCalls.route`` and
+``MessagingService.send_from_client``.
 
 The callee is found by the Request-URI's user part (a Client login; logins are unique on the
 appliance, so the host is not needed to pick the Client). Each contact is reached at the
@@ -49,7 +52,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Collection
 
-from appliance.errors import InvalidInput, Unavailable
+from appliance.errors import Forbidden, InvalidInput, Unavailable
 from appliance.models import Gateway
 from appliance.sip.bindings import Location
 from appliance.sip.errors import SipParseError
@@ -254,10 +257,13 @@ class ClientMessenger:
 def sms_gateway(send_from_client: Callable[[str, str, str, str], Awaitable[object]]
                 ) -> Callable[[Caller, str, str], Awaitable[Decision]]:
     """Adapt MessagingService.send_from_client to the router's `outbound_sms` hook: a
-    Client's MESSAGE to a phone number is queued as an SMS and answered 202 Accepted."""
+    Client's MESSAGE to a phone number is queued as an SMS and answered 202 Accepted, or
+    403 with the missing permission as reason when its account's role may not send SMS."""
     async def outbound(caller: Caller, number: str, text: str) -> Decision:
         try:
             await send_from_client(caller.account_sid, caller.login, number, text)
+        except Forbidden as err:  # the account's role may not send SMS
+            return Refuse(403, err.message[:100])
         except InvalidInput as err:
             return Refuse(488, err.message[:100])
         except Unavailable as err:  # no modem configured

@@ -90,7 +90,8 @@ class Phone(asyncio.DatagramProtocol):
     async def _final(self) -> Response:
         while True:
             response = await asyncio.wait_for(self.responses.get(), 5)
-            if response.status >= 200:
+            # A retransmitted final of an earlier request (a 407 we never ACKed) is not ours.
+            if response.status >= 200 and response.cseq.number == self.cseq:
                 return response
 
     async def request(self, method: str, uri: str, to: str, extra: list[str],

@@ -167,3 +167,46 @@ async def test_without_a_modem_sms_to_numbers_are_refused_not_queued(
     listed = json.loads(body)["messages"]
     assert sorted((m["to"], m["status"], m.get("error_code")) for m in listed) == [
         ("+15557778888", "failed", 503), ("client:alice", "sent", None)]
+
+
+async def test_a_phone_sends_no_sms_its_account_may_not(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem) -> None:
+    """The account's role applies to its phones as to its API: a Developer account may not
+    send SMS (Restcomm #1454), so its Client's MESSAGE to a number is refused 403 and
+    nothing is queued or sent; a MESSAGE to another Client of it still goes (costs
+    nothing)."""
+    status, body, _ = await gsm_api.post("Accounts.json", {
+        "EmailAddress": "dev@example.com", "Password": "Dev-Acct-pass-9", "Role": "Developer"})
+    assert status == 200, body
+    dev_sid = json.loads(body)["sid"]
+    phones = []
+    for login in ("devdesk", "devpeer"):
+        status, body, _ = await gsm_api.post(f"Accounts/{dev_sid}/Clients.json",
+                                             {"Login": login, "Password": PW})
+        assert status == 200, body
+        listen = gsm_appliance.config.sip.listen
+        phones.append(await Phone(login, PW, (listen.host, listen.port)).start())
+    desk, peer = phones
+    try:
+        assert await desk.register() == 200 and await peer.register() == 200
+        uri = f"sip:+15557778888@{desk.server[0]}:{desk.server[1]}"
+        response = await desk.request("MESSAGE", uri, uri,
+                                      ["Content-Type: text/plain;charset=UTF-8"], "costs money")
+        assert (response.status, response.reason) == (
+            403, "Missing permission RestComm:Create:SmsMessages")
+        assert await desk.message("devpeer", "free between phones") == 200
+        async with asyncio.timeout(10):
+            await peer.got_message.wait()
+        assert peer.messages == ["free between phones"]
+        await asyncio.sleep(0.5)
+        assert fake.sent == []
+        # The refusal is on record (failed, as any refused MESSAGE), never queued.
+        _, body, _ = await gsm_api.get(f"Accounts/{dev_sid}/SMS/Messages.json")
+        rows = {m["to"]: m for m in json.loads(body)["messages"]}
+        assert rows.keys() == {"devpeer", "+15557778888"}
+        refused = rows["+15557778888"]
+        assert refused["status"] == "failed", refused
+        assert "RestComm:Create:SmsMessages" in (refused["error_message"] or ""), refused
+    finally:
+        for p in phones:
+            p.close()
