@@ -34,7 +34,7 @@ from typing import Any
 from appliance.models import Client, PhoneNumber
 from appliance.rcml.runner import App
 from appliance.services.ports import StoreProtocol
-from appliance.services.provisioning import normalize_number
+from appliance.services.provisioning import number_forms
 from appliance.services.telephony import SipDirectory
 from appliance.services.throttle import Throttle
 from appliance.sip.proxy_ports import Caller
@@ -86,15 +86,9 @@ class AppResolver:
         return None, None
 
     async def match_number(self, dialled: str) -> PhoneNumber | None:
-        """api-behaviour.md §8.5 "Matching an inbound call to a number": as given, its
-        E.164 form (US for 10 digits), with the + added or removed."""
-        digits = dialled.lstrip("+")
-        candidates = [dialled, normalize_number(dialled)]
-        if digits.isdigit():  # a login ("bob") has no other form to try
-            candidates += ["+" + digits, digits]
-            if len(digits) == 10:
-                candidates.append("+1" + digits)
-        for candidate in dict.fromkeys(candidates):
+        """api-behaviour.md §8.5 "Matching an inbound call to a number": as given, its US
+        E.164 form, with the + added or removed (`number_forms`), the first that exists."""
+        for candidate in number_forms(dialled):
             number = await self._find_number(candidate)
             if number is not None:
                 return number

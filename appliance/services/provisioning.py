@@ -6,6 +6,7 @@ validates them, applies Restcomm's defaults and rules, and stores models.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -113,6 +114,42 @@ def normalize_number(raw: str) -> str:
     return raw
 
 
+def number_forms(dialled: str) -> list[str]:
+    """The IncomingPhoneNumbers a dialled number may be, in the order they are tried
+    (api-behaviour.md §8.5, docs/gateways.md): as given; its US E.164 form (``+1`` added to
+    10 digits, ``+`` to 11 digits starting with 1, a ``+`` number as it is); with the ``+``
+    added or removed. So a provider's ``5550001234`` is ``+15550001234`` before it is
+    ``+5550001234`` (country code 55)."""
+    compact = re.sub(r"[\s\-.()]", "", dialled)
+    digits = compact[1:] if compact.startswith("+") else compact
+    if not re.fullmatch(r"[0-9]{1,32}", digits):
+        return [dialled]  # a login ("bob"), a SIP user: no other form
+    if compact.startswith("+"):
+        us = compact
+    elif len(digits) == 10:
+        us = "+1" + digits
+    elif len(digits) == 11 and digits.startswith("1"):
+        us = "+" + digits
+    else:
+        us = ""
+    forms = [dialled, us, "+" + digits, digits]
+    return [form for form in dict.fromkeys(forms) if form]
+
+
+def _numbers_sharing_a_form(number: str) -> list[str]:
+    """Every number some dialled number would match as NUMBER too (`number_forms`): a number
+    must not be provisioned next to one of them, or a call meant for one could be taken by
+    the other (``5550001234`` as a pure SIP number would take the provider's calls for
+    ``+15550001234``, tried first as given)."""
+    related: list[str] = []
+    for form in number_forms(number):
+        related += [form, form[1:] if form.startswith("+") else "+" + form]
+        us = re.fullmatch(r"\+1([0-9]{10})", form)
+        if us:  # the forms whose US E.164 form this is
+            related += [us[1], "1" + us[1]]
+    return list(dict.fromkeys(related))
+
+
 class ProvisioningService:
     def __init__(self, store: StoreProtocol, clock: Callable[[], datetime],
                  realm: Callable[[], str]) -> None:
@@ -125,6 +162,7 @@ class ProvisioningService:
         # to an IncomingPhoneNumber: only the directory's numbers are read again.
         self.on_clients_change: list[Callable[[Collection[str]], None]] = []
         self.on_numbers_change: list[Callable[[], None]] = []
+        self._numbers_lock = asyncio.Lock()
 
     def _changed(self, *clients: Client) -> None:
         logins = {client.login for client in clients}
@@ -467,21 +505,25 @@ class ProvisioningService:
             raise InvalidInput("PhoneNumber must be at most 64 printable characters")
         pure_sip = _bool("isSIP", fields.get("is_sip"), False)
         number_text = raw if pure_sip else normalize_number(raw)
-        if await self._store.find_number(number_text) is not None:
-            raise InvalidInput(_NUMBER_TAKEN)
-        now = self._clock()
-        values = self._number_values(fields, None)
-        await self._check_number_apps(account, fields, values)
-        number = PhoneNumber(
-            sid=PhoneNumberSid(mint_sid("PN")), account_sid=AccountSid(account.sid),
-            friendly_name=_name("FriendlyName", fields.get("friendly_name"), number_text),
-            phone_number=number_text, pure_sip=pure_sip, api_version=API_VERSION,
-            date_created=now, date_updated=now, **values)
-        try:
-            await self._store.insert_number(number)
-        except Duplicate as err:
-            # Provisioned by another request since the check above: the same answer.
-            raise InvalidInput(_NUMBER_TAKEN) from err
+        # Checked and inserted under one lock: two requests for one number in two forms
+        # must not both pass the check.
+        async with self._numbers_lock:
+            for taken in _numbers_sharing_a_form(number_text):
+                if await self._store.find_number(taken) is not None:
+                    raise InvalidInput(_NUMBER_TAKEN)
+            now = self._clock()
+            values = self._number_values(fields, None)
+            await self._check_number_apps(account, fields, values)
+            number = PhoneNumber(
+                sid=PhoneNumberSid(mint_sid("PN")), account_sid=AccountSid(account.sid),
+                friendly_name=_name("FriendlyName", fields.get("friendly_name"), number_text),
+                phone_number=number_text, pure_sip=pure_sip, api_version=API_VERSION,
+                date_created=now, date_updated=now, **values)
+            try:
+                await self._store.insert_number(number)
+            except Duplicate as err:
+                # Provisioned since the check above (another process): the same answer.
+                raise InvalidInput(_NUMBER_TAKEN) from err
         self._numbers_changed()
         return number
 

@@ -41,6 +41,30 @@ async def test_e164_normalisation_and_duplicates(api: Api) -> None:
     assert status == 400 and body == "Phone number can not be null."
 
 
+async def test_a_number_in_another_form_of_a_provisioned_one_is_not_available(
+        api: Api) -> None:
+    """A sub-account cannot provision a form of the admin's number that a provider's call
+    would reach first (a pure SIP number is matched as given, before the +1 form)."""
+    status, body, _ = await api.post("Accounts.json", {"EmailAddress": "sub@example.com",
+                                                       "Password": "Sub-Acct-pass-9"})
+    assert status == 200, body
+    sub = api.as_user("sub@example.com", "Sub-Acct-pass-9")
+    sub_numbers = f"Accounts/{json.loads(body)['sid']}/IncomingPhoneNumbers.json"
+    status, body, _ = await api.post(f"{NUMBERS}.json", {"PhoneNumber": "+15550001234"})
+    assert status == 200, body
+    for form in ("5550001234", "15550001234", "555-000-1234"):
+        status, body, _ = await sub.post(sub_numbers, {"PhoneNumber": form, "isSIP": "true"})
+        assert (status, body) == (400, "21452"), form
+    # Without isSIP, 5550001234 is +5550001234 (country code 55): another number.
+    status, body, _ = await sub.post(sub_numbers, {"PhoneNumber": "5550001234"})
+    assert status == 200 and json.loads(body)["phone_number"] == "+5550001234", body
+    # The other way round: a SIP 5550009999 first makes +15550009999 unavailable.
+    status, body, _ = await sub.post(sub_numbers, {"PhoneNumber": "5550009999", "isSIP": "true"})
+    assert status == 200, body
+    status, body, _ = await api.post(f"{NUMBERS}.json", {"PhoneNumber": "+15550009999"})
+    assert (status, body) == (400, "21452")
+
+
 async def test_parallel_provisions_of_one_number_answer_as_sequential_ones(api: Api) -> None:
     # The UNIQUE index on the phone number caught requests racing past the duplicate check:
     # a 500 instead of the duplicate's 400 21452.

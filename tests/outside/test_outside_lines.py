@@ -201,6 +201,33 @@ async def test_provider_calls_a_did_with_an_app(outside: Any) -> None:
     assert cdr["sid"] == form["CallSid"] and cdr["phone_number_sid"]
 
 
+async def test_a_ten_digit_did_is_the_us_number_first(outside: Any) -> None:
+    """The provider dials 5550001234: that is the admin's +15550001234 (its +1 form is
+    tried before the + added), not a sub-account's +5550001234 (provisioned as
+    PhoneNumber=5550001234)."""
+    appliance, api, rcml, _, run_sipp = outside
+    rcml.docs["/admin"] = '<Response><Pause length="10"/></Response>'
+    rcml.docs["/sub"] = '<Response><Pause length="1"/></Response>'
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                                     {"PhoneNumber": DID, "VoiceUrl": f"{rcml.base}/admin"})
+    assert status == 200, body
+    status, body, _ = await api.post("Accounts.json", {"EmailAddress": "sub@example.com",
+                                                       "Password": "Sub-Acct-pass-9"})
+    assert status == 200, body
+    sub = api.as_user("sub@example.com", "Sub-Acct-pass-9")
+    status, body, _ = await sub.post(
+        f"Accounts/{json.loads(body)['sid']}/IncomingPhoneNumbers.json",
+        {"PhoneNumber": "5550001234", "VoiceUrl": f"{rcml.base}/sub"})
+    assert status == 200 and json.loads(body)["phone_number"] == "+5550001234", body
+    port = await registered_provider(api, run_sipp)
+    sip = appliance.config.sip.listen
+    call = run_sipp("provider-uac.xml", port, f"{sip.host}:{sip.port}", "-s", "5550001234")
+    form = await rcml.wait("/admin")
+    assert (form["To"], form["AccountSid"]) == (DID, ADMIN_SID)
+    assert await finished(call) == 0, call.stderr.read() if call.stderr else ""
+    assert [path for path, _ in rcml.got] == ["/admin"]
+
+
 async def test_provider_calls_a_did_routed_to_a_client(outside: Any) -> None:
     """VoiceUrl=client:alice: the provider's call rings alice's phone, is answered only when
     she answers, and leaves a parent CDR and an outbound-dial child to alice."""
