@@ -98,7 +98,8 @@ class AtChannel:
 
     async def close(self) -> None:
         transport, port = self._transport, self._port
-        self._transport = None
+        # Ours to close: its loss is no news ("port lost" is for a device that went away).
+        self._transport, self._port = None, None
         self._fail_exchange(ModemUnavailable("port closed"))
         if transport is None or port is None:
             return

@@ -306,3 +306,12 @@ async def test_reboot_rung_recovers_a_modem_only_a_reset_revives(
     assert 4 in rungs_seen(harness)
     assert "AT+CFUN=1,1" in harness.fake.commands
     assert await modem.send_sms(encode_sms("+1555", "after the reboot"))
+
+
+async def test_a_clean_close_logs_no_lost_port(harness: Harness,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Closing the port at a stop is ours: only a device that goes away is "port lost"."""
+    caplog.set_level(logging.DEBUG, logger="appliance.gsm")
+    async with harness.modem() as m:
+        await ready(m)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text[-2000:]
