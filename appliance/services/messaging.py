@@ -695,6 +695,8 @@ class MessagingService:
             # nothing can have been sent. A failed try (a modem that hangs on every send
             # must not loop forever); after recovery it goes again.
             if item.attempts < MAX_TRANSIENT_ATTEMPTS:
+                logger.info("x SMS %s part %d: the modem hung before its prompt; try %d "
+                            "again in %g s", item.sid, index + 1, item.attempts + 2, delay)
                 await self._sms.requeue(item.sid, retry_at, failed=True)
                 return
             await self._fail(item, 30008, f"The modem stopped answering before it took part "
@@ -708,6 +710,8 @@ class MessagingService:
                 and item.attempts < MAX_TRANSIENT_ATTEMPTS:
             # A temporary network error: the same part again later (same concatenation
             # reference). `attempts` counts the message's failed tries, not its parts.
+            logger.info("x SMS %s part %d: %s; try %d again in %g s", item.sid, index + 1,
+                        cause, item.attempts + 2, delay)
             await self._sms.requeue(item.sid, retry_at, failed=True)
             return
         if isinstance(cause, CmsError | CmeError | CommandError | PduError | ModemError):

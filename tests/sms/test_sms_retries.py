@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 
@@ -83,7 +84,9 @@ def assert_one_message(parts: list[Submit], body: str) -> None:
 
 
 async def test_network_errors_count_per_message_not_per_part(
-        gsm_api: Api, fake: FakeModem, monkeypatch: pytest.MonkeyPatch) -> None:
+        gsm_api: Api, fake: FakeModem, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="appliance.services.messaging")
     monkeypatch.setattr("appliance.services.messaging.RETRY_DELAYS", (0.1,) * 5)
     # Part 4 of 6 meets congestion twice: retried like a 1-part message would be, then sent.
     body = "".join(f"<{i}>" + "x" * 150 for i in range(6))  # 918 GSM-7 characters: 6 parts
@@ -92,6 +95,11 @@ async def test_network_errors_count_per_message_not_per_part(
     await wait_status(gsm_api, sid, "sent")
     assert_one_message(submits(fake), body)
     assert len(fake.sent) == 6
+    retries = [r.getMessage() for r in caplog.records if "try " in r.getMessage()]
+    assert len(retries) == 2, retries
+    for line, n in zip(retries, (2, 3), strict=True):
+        assert line.startswith(f"x SMS {sid} part 4: AT+CMGS=153: +CMS ERROR 42: congestion"), line
+        assert line.endswith(f"; try {n} again in 0.1 s"), line
     # The same two errors on a 1-part message: sent as well.
     fake.fail_next_send(42, times=2)
     single = await post(gsm_api, "short")
