@@ -191,14 +191,17 @@ class FrontDoor:
         self._log_over_budget(ip, now)
         return False
 
-    def _within_budget(self, ip: str, now: float, *, register: bool = False) -> bool:
-        """Whether IP may send one more request: a source with a live binding always may;
-        any other spends one token of its unauthenticated budget, and a provider's address
-        (the guard's ``exempt``) goes on past it — but not with a REGISTER (see
-        ``_from_provider``). The quick REGISTER path and ``may_answer`` ask this too, so
-        all three treat a source alike."""
-        return self.registrar.is_known_source(ip) or self.guard.allow_unauthenticated(
-            ip, now, exemptible=not register)
+    def _within_budget(self, ip: str, now: float, *, register: bool = False,
+                       port: int | None = None) -> bool:
+        """Whether IP may send one more request: a source with a live binding always may,
+        and so does a media worker's socket (IP:PORT ``spared`` by the guard: each bridged
+        call's legs and BYEs come from there, 127.0.0.1's budget would cut them past ~30
+        calls a minute); any other spends one token of its unauthenticated budget, and a
+        provider's address (the guard's ``exempt``) goes on past it — but not with a
+        REGISTER (see ``_from_provider``). The quick REGISTER path and ``may_answer`` ask
+        this too, so all three treat a source alike."""
+        return (self.registrar.is_known_source(ip) or self.guard.is_spared(ip, port)
+                or self.guard.allow_unauthenticated(ip, now, exemptible=not register))
 
     def _from_provider(self, ip: str, now: float) -> bool:
         """Whether a REGISTER from IP is refused (403, no digest work) as from a provider's
@@ -257,7 +260,7 @@ class FrontDoor:
                 self._answer(incoming, make_response(message, 200, to_tag=_tag()))
                 return
         register = method == "REGISTER"
-        if not self._within_budget(ip, now, register=register):
+        if not self._within_budget(ip, now, register=register, port=incoming.source[1]):
             self._over_budget(incoming, now)
             return
         if register and self._from_provider(ip, now):

@@ -160,6 +160,21 @@ async def test_unauthenticated_budget_answers_503_and_spares_registered_sources(
         assert ok is not None and ok.status == 200
 
 
+async def test_a_media_workers_socket_spends_no_unauthenticated_budget() -> None:
+    """Each bridged call's legs and BYEs come from a worker's socket on 127.0.0.1: charged
+    to the address's budget, they were answered 503 past ~30 calls a minute. Another port
+    on 127.0.0.1 keeps the budget."""
+    h = Harness(user("alice"), guard=Guard(unauthenticated_per_minute=4))
+    worker, other = ("127.0.0.1", 5071), ("127.0.0.1", 40000)
+    h.guard.spared = lambda ip, port: (ip, port) == worker
+    for n in range(20):
+        ok = await h.send(request("OPTIONS", branch=f"w{n}"), source=worker)
+        assert ok is not None and ok.status == 200, n
+    statuses = [(await h.send(request("OPTIONS", branch=f"o{n}"), source=other)).status  # type: ignore[union-attr]
+                for n in range(5)]
+    assert statuses == [200, 200, 200, 200, 503]
+
+
 async def test_a_register_from_a_providers_address_is_403_within_the_budget() -> None:
     """Providers never register to us: a REGISTER from a provider's address (TCP here, the
     general path, and UDP's quick path) gets 403 without a challenge or a digest check, and
