@@ -79,6 +79,12 @@ class AccountService:
         self._cache, self._by_email, self._by_name = {}, {}, {}
         for account in await self._store.all_accounts():
             self._index(account)
+            if account.role not in ROLES and account.status != AccountStatus.CLOSED:
+                # Left by an older version, which stored any string: no permission at all.
+                logger.warning("x account %s (%s) has the role %r, which grants nothing (its "
+                               "phones may not call out or send SMS either): set Role to "
+                               "Administrator or Developer", account.sid,
+                               account.email_address, account.role[:64])
 
     def _index(self, account: Account) -> None:
         # Every account is in memory (the tree is small); these are its lookup keys. The

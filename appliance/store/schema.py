@@ -395,6 +395,17 @@ CREATE INDEX notifications_call ON notifications(call_sid);
 """)
 
 
+@migrations()
+def m009_role_spelling(db: Database) -> None:
+    # Versions before this one stored any Role string; permissions match the two roles'
+    # exact spelling, so an account saved as "administrator" could do nothing, and once
+    # phones were held to their account's role, its desk phones could no longer call out.
+    _run_script(db, """
+UPDATE accounts SET role = 'Administrator' WHERE lower(role) = 'administrator';
+UPDATE accounts SET role = 'Developer' WHERE lower(role) = 'developer';
+""")
+
+
 GATEWAY_NAMES_INDEX = "gateways_friendly_name"
 
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+import sqlite3
+from pathlib import Path
 
-from tests.conftest import ADMIN_SID, Api
+import aiohttp
+import pytest
+
+from appliance.app import Appliance
+from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
+from tests.conftest import ADMIN_SID, Api, free_port
 
 PW = "Pbx-edge-7"
 
@@ -292,3 +300,51 @@ async def test_a_closed_account_stays_closed_when_its_parent_changes_status(api:
     assert status == 403
     status, body, _ = await api.get(f"Accounts/{closed['sid']}/Clients.json")
     assert json.loads(body) == []
+
+
+async def test_roles_an_older_version_stored_in_another_spelling_work_after_the_upgrade(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An older version stored any Role string. After the upgrade "administrator" is the
+    Administrator role (its sub-account can create Clients again), and an account with a
+    role that grants nothing is named at start."""
+    config = Config(data_dir=tmp_path / "var",
+                    api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
+                    sip=SipConfig(listen=Endpoint("127.0.0.1", free_port())),
+                    media=MediaConfig(workers=0))
+
+    def admin(session: aiohttp.ClientSession) -> Api:
+        password = (config.data_dir / "admin-password").read_text().strip()
+        return Api(session, f"http://127.0.0.1:{config.api.listen.port}", ADMIN_SID,
+                   password, config.data_dir)
+
+    first = Appliance(config)
+    await first.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            sids = []
+            for email in ("lower@example.com", "odd@example.com"):
+                status, body, _ = await admin(session).post("Accounts.json", {
+                    "EmailAddress": email, "Password": "Sub-acct-pass-9"})
+                assert status == 200, body
+                sids.append(json.loads(body)["sid"])
+    finally:
+        await first.stop()
+    with sqlite3.connect(config.data_dir / "appliance.db") as db:  # as an older version left it
+        db.execute("UPDATE accounts SET role = 'administrator' WHERE sid = ?", (sids[0],))
+        db.execute("UPDATE accounts SET role = 'Nobody' WHERE sid = ?", (sids[1],))
+        db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm009_role_spelling'")
+    caplog.set_level(logging.WARNING)
+    second = Appliance(config)
+    await second.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            lower = admin(session).as_user("lower@example.com", "Sub-acct-pass-9")
+            status, body, _ = await lower.get(f"Accounts/{sids[0]}.json")
+            assert status == 200 and json.loads(body)["role"] == "Administrator", body
+            status, body, _ = await lower.post(f"Accounts/{sids[0]}/Clients.json",
+                                               {"Login": "desk1", "Password": "Desk-pass-99"})
+            assert status == 200, body
+        assert f"account {sids[1]} (odd@example.com) has the role 'Nobody'" in caplog.text
+        assert sids[0] not in caplog.text
+    finally:
+        await second.stop()

@@ -47,7 +47,7 @@ async def test_migrations_apply_once_and_pragmas_hold(tmp_path: Path) -> None:
     assert await store.open() == ["m001_core", "m002_sip_bindings", "m003_sms_queue",
                                   "m004_conferences", "m005_calls_open",
                                   "m006_sms_inbound_handed", "m007_trunk_contacts",
-                                  "m008_notifications_call"]
+                                  "m008_notifications_call", "m009_role_spelling"]
     await store.close()
     store = Store(tmp_path / "a.db")
     assert await store.open() == []
@@ -143,7 +143,7 @@ async def test_a_database_of_the_previous_schema_gains_the_index_on_upgrade(
 
     store = Store(path)
     assert await store.open() == ["m005_calls_open", "m006_sms_inbound_handed",
-                                  "m007_trunk_contacts", "m008_notifications_call"]
+                                  "m007_trunk_contacts", "m008_notifications_call", "m009_role_spelling"]
     assert [c.sid for c in await store.open_calls()] == [leftover.sid]
     await store.close()
     assert "USING INDEX calls_open" in open_calls_plan(path)
@@ -174,7 +174,7 @@ async def test_inbound_jobs_of_the_previous_schema_are_still_delivered_after_upg
 
     store = Store(path)
     assert await store.open() == ["m006_sms_inbound_handed", "m007_trunk_contacts",
-                                  "m008_notifications_call"]
+                                  "m008_notifications_call", "m009_role_spelling"]
     jobs = SmsStore(store)
     conversation = (received.from_, received.to)
     assert await jobs.due_inbound_jobs("9999") == [
@@ -362,7 +362,7 @@ async def test_a_database_of_the_previous_schema_keeps_trunk_contacts_after_upgr
     conn.close()
 
     store = Store(path)
-    assert await store.open() == ["m007_trunk_contacts", "m008_notifications_call"]
+    assert await store.open() == ["m007_trunk_contacts", "m008_notifications_call", "m009_role_spelling"]
     try:
         gateways = GatewayStore(store)
         assert await gateways.public_contacts() == {}
