@@ -344,10 +344,7 @@ class MessagingService:
         """A Client's SIP MESSAGE (or a call's app's ``<Sms>``) to a phone number, queued
         for the modem. It costs money on behalf of ACCOUNT_SID, so that account needs
         Create:SmsMessages, as ``POST SMS/Messages`` does (Forbidden)."""
-        account = await self._store.get_account(account_sid)
-        if account is None:
-            raise Forbidden(f"Account {account_sid} not found")
-        require(account, Action.CREATE, "SmsMessages")
+        await self._may_send_sms(account_sid)
         if not body:
             raise InvalidInput("Body can not be null.")
         destination = re.sub(r"[\s\-.()]", "", number)
@@ -357,6 +354,13 @@ class MessagingService:
         self._require_modem(destination)
         return await self._enqueue(account_sid, login, destination, body, False, None, {},
                                    "outbound-call")
+
+    async def _may_send_sms(self, account_sid: str) -> None:
+        """Forbidden unless ACCOUNT_SID may send SMS (Create:SmsMessages)."""
+        account = await self._store.get_account(account_sid)
+        if account is None:
+            raise Forbidden(f"Account {account_sid} not found")
+        require(account, Action.CREATE, "SmsMessages")
 
     def client_registered(self) -> None:
         """A Client registered: messages waiting for it may go now."""
@@ -1051,12 +1055,15 @@ class MessagingService:
                                                "number to reply to")
                         to = await self._checked(from_, verb.to or record.from_,
                                                  verb.text, False)
+                        if not to.startswith("client:"):
+                            # It costs money on the account's behalf, as POST SMS does.
+                            await self._may_send_sms(record.account_sid)
                         reply = await self._enqueue(
                             record.account_sid, from_, to, verb.text,
                             False, Callback(status_callback, "POST")
                             if status_callback else None, {}, "outbound-reply",
                             handing=record.sid)
-                    except (InvalidInput, Unavailable) as err:
+                    except (InvalidInput, Unavailable, Forbidden) as err:
                         await self._history.notify(
                             record.account_sid, 14101,
                             f"SMS {record.sid}: <Sms> not sent: {err.message}")

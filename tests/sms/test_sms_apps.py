@@ -102,3 +102,39 @@ async def test_the_notification_is_written_once_a_minute_not_for_every_message(
     await asyncio.sleep(0.3)
     notes = await notifications(gsm_api)
     assert [n["error_code"] for n in notes] == [21218], notes
+
+
+async def test_a_developer_accounts_sms_app_sends_no_sms(gsm_api: Api, fake: FakeModem,
+                                                         hook: Hook) -> None:
+    """The Developer role may not send SMS (docs/sms.md): its SMS app's <Sms> to a number
+    goes nowhere either, with a Notification saying why; to a Client (free) it goes."""
+    status, body, _ = await gsm_api.post("Accounts.json", {
+        "EmailAddress": "dev@example.com", "Password": "Pbx-edge-7", "Role": "Developer"})
+    assert status == 200, body
+    dev = json.loads(body)["sid"]
+    developer = gsm_api.as_user("dev@example.com", "Pbx-edge-7")
+    status, body, _ = await developer.post(f"Accounts/{dev}/Clients.json",
+                                           {"Login": "devdesk", "Password": "Pbx-edge-7x"})
+    assert status == 200, body
+    reply = hook.reply("/sms", "<Response><Sms to=\"+15550009999\">paid by a Developer</Sms>"
+                               "<Sms to=\"client:devdesk\">free</Sms></Response>")
+    status, body, _ = await gsm_api.post(f"Accounts/{dev}/IncomingPhoneNumbers.json",
+                                         {"PhoneNumber": SIM_NUMBER, "SmsUrl": reply})
+    assert status == 200, body
+    fake.deliver_sms(deliver_pdu("+15559990000", "Hello"))
+    await hook.wait(lambda: bool(hook.posts_to("/sms")))
+    async with asyncio.timeout(10):
+        while True:
+            status, body, _ = await developer.get(f"Accounts/{dev}/Notifications.json")
+            notes = json.loads(body)["notifications"]
+            if notes:
+                break
+            await asyncio.sleep(0.05)
+    [note] = notes
+    assert note["error_code"] == 14101, note
+    assert "Missing permission RestComm:Create:SmsMessages" in note["message_text"], note
+    status, body, _ = await developer.get(f"Accounts/{dev}/SMS/Messages.json")
+    messages = json.loads(body)["messages"]
+    # The message received and the forward to the Client; nothing to +15550009999.
+    assert sorted(m["to"] for m in messages) == [SIM_NUMBER, "client:devdesk"], messages
+    assert fake.sent == []

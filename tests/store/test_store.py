@@ -143,7 +143,8 @@ async def test_a_database_of_the_previous_schema_gains_the_index_on_upgrade(
 
     store = Store(path)
     assert await store.open() == ["m005_calls_open", "m006_sms_inbound_handed",
-                                  "m007_trunk_contacts", "m008_notifications_call", "m009_role_spelling"]
+                                  "m007_trunk_contacts", "m008_notifications_call",
+                                  "m009_role_spelling"]
     assert [c.sid for c in await store.open_calls()] == [leftover.sid]
     await store.close()
     assert "USING INDEX calls_open" in open_calls_plan(path)
@@ -362,7 +363,8 @@ async def test_a_database_of_the_previous_schema_keeps_trunk_contacts_after_upgr
     conn.close()
 
     store = Store(path)
-    assert await store.open() == ["m007_trunk_contacts", "m008_notifications_call", "m009_role_spelling"]
+    assert await store.open() == ["m007_trunk_contacts", "m008_notifications_call",
+                                  "m009_role_spelling"]
     try:
         gateways = GatewayStore(store)
         assert await gateways.public_contacts() == {}
