@@ -12,11 +12,14 @@ overshot for a while by what calls are playing right now.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import struct
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 PLAY_CACHE_MAX = 200 * 1024 * 1024  # bytes of <Play>/waitUrl downloads kept
@@ -62,9 +65,26 @@ class FileCache:
         self.keep_s = keep_s
         self._total: int | None = None  # exact after a scan, then an upper bound
         self._lock = threading.Lock()  # store() runs in threads
+        # Per file being fetched: its lock and how many wait on it (dropped at zero).
+        self._fetches: dict[Path, tuple[asyncio.Lock, list[int]]] = {}
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.wav"
+
+    @contextlib.asynccontextmanager
+    async def one_fetch(self, path: Path) -> AsyncIterator[None]:
+        """Held while PATH is fetched: calls wanting the same file not cached yet wait for
+        the first one's download (then find it cached) instead of each holding a copy of up
+        to MAX_AUDIO in memory and fetching it again."""
+        lock, users = self._fetches.setdefault(path, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._fetches[path]
 
     def used(self, path: Path) -> bool:
         """True when PATH is in the cache; it becomes the most recently used."""

@@ -501,15 +501,16 @@ class Runner:
         pjmedia cannot play is refused (PlayRefused), never cached."""
         files = play_cache(self.out.cache_dir)
         path = play_path(self.out.cache_dir, url)
-        if files.used(path):
+        async with files.one_fetch(path):
+            if files.used(path):
+                return path
+            resp = await self.out.request(url, "GET", {}, max_size=MAX_AUDIO)
+            problem = wavcache.wav_problem(resp.body)
+            if problem is not None:
+                raise PlayRefused(f"GET {url}: {resp.content_type or 'no type'}, "
+                                  f"{len(resp.body)} bytes: {problem}")
+            await asyncio.to_thread(files.store, path, resp.body)
             return path
-        resp = await self.out.request(url, "GET", {}, max_size=MAX_AUDIO)
-        problem = wavcache.wav_problem(resp.body)
-        if problem is not None:
-            raise PlayRefused(f"GET {url}: {resp.content_type or 'no type'}, "
-                              f"{len(resp.body)} bytes: {problem}")
-        await asyncio.to_thread(files.store, path, resp.body)
-        return path
 
 
 def wav_seconds(path: Path) -> float:

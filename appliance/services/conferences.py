@@ -347,23 +347,24 @@ class ConferencesService:
         url = noun.wait_url or ""
         files = play_cache(runner.out.cache_dir)
         path = play_path(runner.out.cache_dir, url)
-        if files.used(path):
+        async with files.one_fetch(path):  # members joining together fetch it once
+            if files.used(path):
+                return path
+            try:
+                resp = await runner.out.request(url, noun.wait_method, {}, max_size=MAX_AUDIO)
+            except WebhookError as err:
+                await self._notify(runner, WAIT_AUDIO, f"<Conference> waitUrl: {err}", url=url)
+                return None
+            kind = (resp.content_type or "").partition(";")[0].strip().lower()
+            problem = wav_problem(resp.body) if kind.startswith("audio/") else "not audio"
+            if problem is not None:
+                await self._notify(runner, WAIT_AUDIO, f"<Conference> waitUrl {url}: only WAV "
+                                   f"audio is played (got {kind or 'no type'}, "
+                                   f"{len(resp.body)} bytes: {problem}); waiting in silence",
+                                   url=url)
+                return None
+            await asyncio.to_thread(files.store, path, resp.body)
             return path
-        try:
-            resp = await runner.out.request(url, noun.wait_method, {}, max_size=MAX_AUDIO)
-        except WebhookError as err:
-            await self._notify(runner, WAIT_AUDIO, f"<Conference> waitUrl: {err}", url=url)
-            return None
-        kind = (resp.content_type or "").partition(";")[0].strip().lower()
-        problem = wav_problem(resp.body) if kind.startswith("audio/") else "not audio"
-        if problem is not None:
-            await self._notify(runner, WAIT_AUDIO, f"<Conference> waitUrl {url}: only WAV "
-                               f"audio is played (got {kind or 'no type'}, "
-                               f"{len(resp.body)} bytes: {problem}); waiting in silence",
-                               url=url)
-            return None
-        await asyncio.to_thread(files.store, path, resp.body)
-        return path
 
     async def _notify(self, runner: Runner, code: int, message: str, url: str = "") -> None:
         try:

@@ -248,3 +248,22 @@ async def test_play_cache_evicts_the_least_recently_used(tmp_path: Path) -> None
     await runner._audio(urls[4])
     assert [cached(u) for u in urls] == [True, False, False, True, True]
     assert len(w.requests) == 5  # the hit was not fetched again
+
+
+async def test_calls_playing_one_uncached_url_together_fetch_it_once(
+        tmp_path: Path, aiohttp_server: Any) -> None:
+    """Ten calls start the same hold music at once: one download (each would hold a copy of
+    up to MAX_AUDIO in memory), all play the one cached file."""
+    wav = write_tone(tmp_path / "hold.wav", 440, 5.0).read_bytes()
+    base = await _served(aiohttp_server, {"/hold.wav": ("audio/wav", wav)})
+    hooks = Webhooks()
+    try:
+        worlds = [World(tmp_path, {}) for _ in range(10)]
+        for w in worlds:
+            w.hooks = hooks
+        paths = await asyncio.gather(*(w.runner(App(f"{base}/a"))._audio(f"{base}/hold.wav")
+                                       for w in worlds))
+    finally:
+        await hooks.close()
+    assert len(set(paths)) == 1 and paths[0].read_bytes() == wav
+    assert sum(len(w.requests) for w in worlds) == 1
