@@ -127,7 +127,8 @@ def _load(data: bytes) -> ET.Element:
         raise RcmlError(f"document larger than {MAX_DOCUMENT} bytes", BUDGET_EXCEEDED)
     try:
         root: ET.Element = fromstring(_BARE_AMPERSAND.sub(b"&amp;", data))
-    except (ET.ParseError, DefusedXmlException, ValueError) as err:
+    # LookupError: an XML declaration naming an encoding Python does not know (expat asks)
+    except (ET.ParseError, DefusedXmlException, ValueError, LookupError) as err:
         raise RcmlError(f"not a valid XML document: {err}", PARSE_FAILURE) from err
     if _local(root.tag) != "Response":
         raise RcmlError(f"the root element is <{_local(root.tag)}>, not <Response>",

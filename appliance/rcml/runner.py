@@ -9,8 +9,11 @@ the store (recordings, notifications), and reports one Result per Action back:
     while not Finished: result = await self._execute(action); action = interp.resume(...)
 
 The leg is answered lazily, before the first verb that needs audio: a document that starts
-with <Reject> refuses the INVITE (603/486) without ever answering it. When the far end hangs
-up, every wait ends at once with `Hungup` and the interpreter gets `CallEnded`.
+with <Reject> refuses the INVITE (603/486) without ever answering it. A document that runs
+out of verbs first is answered and hung up (the app ran: `completed`); an app that failed
+before answering (no document, bad RCML) refuses it with APP_FAILED_STATUS (`failed`). When
+the far end hangs up, every wait ends at once with `Hungup` and the interpreter gets
+`CallEnded`.
 
 Events of the leg arrive from the calls service through `LegEvents.put` (the engine's
 subscriber runs on the loop, so a plain asyncio.Queue is enough). Every remote call is
@@ -93,6 +96,11 @@ MAX_AUDIO = 20 * 1024 * 1024  # a <Play> file larger than this is refused (~21 m
 FETCH_FAILED = 11200
 PARSE_FAILED = 12100
 MEDIA_FAILED = 11100  # OURS: a media command (play, record) failed on the worker
+# The SIP status an unanswered call gets when its app failed (no document from the Url nor
+# the FallbackUrl, bad RCML, a redirect budget...): a server error, so the caller's phone and
+# the CDR (`failed`) tell a broken app from a callee that did not answer (480, no-answer).
+# Not 503: a proxy turns a 503 into 500 anyway (RFC 3261 16.7), and 503 means overload.
+APP_FAILED_STATUS = 500
 
 
 class Hungup(Exception):
@@ -199,6 +207,9 @@ class Runner:
         self.out = out
         self.redirect_to: App | None = None  # set by a live modification (POST Calls/{sid})
         self._interrupt = asyncio.Event()
+        # The last document ran out of verbs (or hung up) with no error: an unanswered call
+        # is then answered and hung up, as Twilio does, not refused as a failed app.
+        self._ran_out = False
 
     # -- params ------------------------------------------------------------------------------
 
@@ -221,6 +232,7 @@ class Runner:
             while app is not None:
                 self.redirect_to = None
                 self._interrupt.clear()
+                self._ran_out = False
                 await self._run_app(app)
                 app = self.redirect_to
         except Hungup:
@@ -255,6 +267,8 @@ class Runner:
         if action.error_code is not None:
             await self._notify(action.error_code, action.message, url=action.url,
                                method=action.method)
+        else:
+            self._ran_out = True
         if self.events.ended:
             raise Hungup
 
@@ -290,14 +304,23 @@ class Runner:
         return None
 
     async def _end(self) -> None:
+        """End the leg unless it ended already. An app whose document ran out of verbs ran
+        and ended: answered (if it was not yet) and hung up, a `completed` call of ~0 s, as
+        Twilio does; one that failed (no document, an error) leaves an unanswered call
+        refused with APP_FAILED_STATUS, a `failed` call."""
         if self.events.ended:
             return
+        if self._ran_out and not self.call.answered:
+            with contextlib.suppress(MediaError, TimeoutError, Hungup):
+                await self._answer()
+            if self.events.ended:
+                return
         with contextlib.suppress(MediaError, TimeoutError):
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 if self.call.answered:
                     await self.engine.hangup(self.call.leg)
                 else:
-                    await self.engine.reject(self.call.leg, code=480)
+                    await self.engine.reject(self.call.leg, code=APP_FAILED_STATUS)
 
     async def _warnings(self, interp: Interpreter) -> None:
         for warning in interp.take_warnings():

@@ -120,7 +120,19 @@ async def test_fallback_url_then_notification_when_both_fail(tmp_path: Path) -> 
     assert w.notes == [11200]
     w = World(tmp_path, {})
     await run(w.runner(App("http://app/a")))
-    assert w.notes == [11200] and not w.answered() and w.ended().code == 480
+    assert w.notes == [11200] and not w.answered() and w.ended().code == 500
+
+
+async def test_a_document_without_verbs_answers_then_hangs_up(tmp_path: Path) -> None:
+    w = World(tmp_path, {"http://app/a": "<Response/>"})
+    await run(w.runner(App("http://app/a")))
+    assert w.notes == [] and w.answered() and w.ended().code == 200
+
+
+async def test_a_failed_redirect_before_answering_fails_the_call(tmp_path: Path) -> None:
+    w = World(tmp_path, {"http://app/a": "<Response><Redirect>/gone</Redirect></Response>"})
+    await run(w.runner(App("http://app/a")))
+    assert w.notes == [11200] and not w.answered() and w.ended().code == 500
 
 
 async def test_bad_rcml_and_redirect_loop_are_notified(tmp_path: Path) -> None:

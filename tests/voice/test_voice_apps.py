@@ -43,6 +43,8 @@ class Rcml:
         self.tone = tone
         self.docs: dict[str, str] = {}
         self.files: dict[str, tuple[str, bytes]] = {}  # path -> (type, body), sent in pieces
+        self.status: dict[str, int] = {}  # path -> the HTTP status its document comes with
+        self.delay: dict[str, float] = {}  # path -> seconds before it answers
         self.got: list[tuple[str, dict[str, str]]] = []
         self.changed = asyncio.Event()
         self.base = ""
@@ -62,8 +64,10 @@ class Rcml:
         form = dict(await request.post()) if request.method == "POST" else dict(request.query)
         self.got.append((request.path, {k: str(v) for k, v in form.items()}))
         self.changed.set()
+        await asyncio.sleep(self.delay.get(request.path, 0.0))
         body = self.docs.get(request.path, "<Response><Hangup/></Response>")
-        return web.Response(text=body.replace("{base}", self.base), content_type="text/xml")
+        return web.Response(text=body.replace("{base}", self.base), content_type="text/xml",
+                            status=self.status.get(request.path, 200))
 
     async def wait(self, path: str, seconds: float = 15.0) -> dict[str, str]:
         async with asyncio.timeout(seconds):
