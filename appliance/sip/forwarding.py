@@ -4,9 +4,10 @@ A ``Context`` is one proxied request: its server transaction, where responses to
 a ``Branch`` per contact it was forked to (the request as forwarded, its client transaction,
 its deadline: Timer C, ``TIMER_C``, or reaping once cancelled, ``REAP_AFTER``; and whether it
 was cancelled). ``Late`` is what an answered INVITE branch still needs once its request is
-over: a 2xx retransmission goes to the caller. ``Reply`` and ``Drain`` are the proxy's ways of
-answering a request and of running a transaction's actions, as its collaborators are handed
-them.
+over: a 2xx retransmission goes to the caller (or gets our ACK again, on a branch we hung
+up ourselves: ``hang_up`` makes that ACK and the BYE). ``Reply`` and ``Drain`` are the
+proxy's ways of answering a request and of running a transaction's actions, as its
+collaborators are handed them.
 
 The helpers make what a forwarded hop carries: the request as sent to one contact
 (``branch_request``: Max-Forwards minus one, our realm's credentials consumed,
@@ -66,6 +67,9 @@ class Branch:
     cancelled: bool = False  # our CANCEL went out
     timed_out: bool = False  # Timer C fired: its 487 counts as 408
     deadline: float | None = None  # Timer C, or the reaping deadline after a CANCEL
+    # Our own ACK for a 2xx the caller could not take (``hang_up``), and where it went:
+    # sent again for each retransmission of that 2xx.
+    ack: tuple[Request, Target] | None = None
 
     @property
     def done(self) -> bool:
@@ -89,6 +93,7 @@ class Context:
     branches: list[Branch] = field(default_factory=list)
     final_sent: bool = False
     cancelled: bool = False  # the caller sent CANCEL
+    refused: bool = False  # the caller got a non-2xx final: a later 2xx cannot reach it
 
 
 # The proxy's ``_drain``: run a transaction's actions (send, deliver, time out, forget).
@@ -110,6 +115,7 @@ class Late(NamedTuple):
     server: ServerTransaction
     source: Target
     call: Call | None
+    ack: tuple[Request, Target] | None = None  # ours, when we hung the branch up (Branch.ack)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -243,6 +249,47 @@ def with_challenges(chosen: Response, finals: Collection[Response]) -> Response:
     for name, value in extra:
         merged.add(name, value)
     return merged
+
+
+def hang_up(invite: Request, response: Response,
+            ours: Callable[[str], bool]) -> tuple[Request, Request]:
+    """The ACK (RFC 3261 §13.2.2.4) and the BYE (§15.1.1) with which we end, as its UAC,
+    the dialog a 2xx to INVITE (our branch, as forwarded or its ``stub``) opens: the remote
+    target is the 2xx's Contact, the route set its Record-Route entries below ours (OURS
+    says whether a Record-Route URI is one of ours), reversed; From, Call-ID and the CSeq
+    number are the INVITE's, the BYE's one more. Our Via is the INVITE's own (its sent-by,
+    and ``rport`` toward a provider behind NAT), on a fresh branch each."""
+    contact = response.get("contact")
+    try:
+        target = NameAddr.parse(contact).uri if contact else invite.uri
+    except SipParseError:
+        target = invite.uri
+    route: list[str] = []
+    for value in response.values("record-route"):
+        try:
+            if ours(NameAddr.parse(value).uri):
+                break  # ours and what the caller's side put above us: not our route set
+        except SipParseError:
+            pass
+        route.append(value)
+    via = invite.values("via")[0]
+    head, _, tail = via.partition(";branch=")
+    rest = tail.partition(";")[2]
+
+    def request(method: str, number: int) -> Request:
+        message = Request(method=method, uri=target)
+        message.add("Via", f"{head};branch=z9hG4bK{token()}" + (f";{rest}" if rest else ""))
+        message.add("Max-Forwards", str(DEFAULT_MAX_FORWARDS))
+        for value in reversed(route):
+            message.add("Route", value)
+        message.add("From", invite.get("from") or "")
+        message.add("To", response.get("to") or "")
+        message.add("Call-ID", invite.call_id or "")
+        message.add("CSeq", f"{number} {method}")
+        return message
+
+    number = invite.cseq.number
+    return request("ACK", number), request("BYE", number + 1)
 
 
 def strip_top_via(response: Response) -> Response | None:

@@ -136,7 +136,7 @@ from appliance.sip.proxy_ports import (
 )
 from appliance.sip.records import cdr_open, message_open, record_refusal
 from appliance.sip.responses import Responses
-from appliance.sip.routeset import remaining_foreign_route
+from appliance.sip.routeset import remaining_foreign_route, uri_is_us
 from appliance.sip.transaction import (
     Deliver,
     InviteClientTransaction,
@@ -259,7 +259,7 @@ class Proxy:
         self._responses = Responses(sender=sender, table=self._table, deadlines=self._deadlines,
                                     calls=calls, messages=messages, contexts=self._contexts,
                                     branches=self._branches, late=self._late,
-                                    drain=self._drain)
+                                    drain=self._drain, ours=self._is_our_uri)
         # The caller's CANCEL, Timer C and reaping (sip.cancel).
         self._cancels = Cancels(table=self._table, responses=self._responses,
                                 contexts=self._contexts, server=self._server, reply=self._reply,
@@ -703,6 +703,10 @@ class Proxy:
             self._table.add(txn)
             self._branches[txn] = branch
             await self._drain(txn, txn.pop_actions(), now)
+
+    def _is_our_uri(self, uri: str) -> bool:
+        return uri_is_us(uri, self._locals, self._local_hosts, userless=True,
+                         public=self._public)
 
     def _is_media(self, host: str, port: int) -> bool:
         return self.media_source is not None and self.media_source(host, port)

@@ -12,7 +12,9 @@ has a final response and none was a 2xx, the best one (6xx, then 2xx, then the l
 503 → 500; a 401/407 carrying the challenges of every 401/407 branch) goes to the caller
 (``maybe_finish``). A branch with no provisional yet cannot be CANCELled (RFC 3261 §9.1):
 ``cancel_branch`` gives it a local 487 at once and cancels it when its provisional arrives;
-a cancelled branch gets a reaping deadline (``sip.cancel``).
+a cancelled branch gets a reaping deadline (``sip.cancel``). A 2xx after the caller got a
+non-2xx final (that local 487, say) cannot reach the caller's finished transaction: we ACK it
+and BYE its dialog ourselves (``_hang_up``), and ACK its retransmissions again.
 
 Once the caller has its final and every branch is done, the request is over (``maybe_done``):
 each branch's client transaction keeps only what can still happen to it (``settle``), so that
@@ -29,6 +31,7 @@ responses back here). Not a core module: it logs and writes records.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from appliance.sip.deadlines import Deadlines
 from appliance.sip.dialogs import (
@@ -48,6 +51,7 @@ from appliance.sip.forwarding import (
     Drain,
     Late,
     LocalResponse,
+    hang_up,
     local_response,
     strip_top_via,
     trim,
@@ -57,6 +61,7 @@ from appliance.sip.hop import make_cancel
 from appliance.sip.message import Response
 from appliance.sip.proxy_ports import CallLog, MessageLog
 from appliance.sip.records import cdr, record_message
+from appliance.sip.routeset import remaining_route_target, route_to_strict_next_hop
 from appliance.sip.transaction import (
     InviteClientTransaction,
     NonInviteServerTransaction,
@@ -79,8 +84,9 @@ class Responses:
     def __init__(self, *, sender: Sender, table: TransactionTable, deadlines: Deadlines,
                  calls: CallLog, messages: MessageLog, contexts: dict[Transaction, Context],
                  branches: dict[Transaction, Branch], late: dict[Transaction, Late],
-                 drain: Drain) -> None:
-        """CONTEXTS, BRANCHES and LATE are the proxy's own tables."""
+                 drain: Drain, ours: Callable[[str], bool] = lambda _uri: False) -> None:
+        """CONTEXTS, BRANCHES and LATE are the proxy's own tables; OURS says whether a
+        Record-Route URI is one of ours."""
         self._sender = sender
         self._table = table
         self._deadlines = deadlines
@@ -90,6 +96,7 @@ class Responses:
         self._branches = branches
         self._late = late
         self._drain = drain
+        self._ours = ours
 
     async def on_response(self, response: Response, now: float) -> None:
         try:
@@ -129,6 +136,9 @@ class Responses:
             await self._forward_response(context, response, now)
             if context.call is not None and 180 <= status < 190 and context.call.cdr_sid:
                 await cdr(self._calls.ringing, context.call.cdr_sid)
+            return
+        if 200 <= status < 300 and context.refused and context.request.method == "INVITE":
+            await self._hang_up(branch, response, now)
             return
         if 200 <= status < 300:
             first = not context.final_sent
@@ -197,6 +207,7 @@ class Responses:
             chosen = local_response(context.request, status)
         chosen = with_challenges(chosen, finals)
         context.final_sent = True
+        context.refused = True  # a 2xx would have been forwarded at once (branch_response)
         await self._forward_response(context, chosen, now)
         await self._unanswered(context, chosen.status, chosen.reason, now)
         self.maybe_done(context)
@@ -259,7 +270,7 @@ class Responses:
             return
         if txn.state is State.ACCEPTED:
             context = branch.context
-            self._late[txn] = Late(context.server, context.source, context.call)
+            self._late[txn] = Late(context.server, context.source, context.call, branch.ack)
         elif txn.state not in (State.COMPLETED, State.TERMINATED):
             return
         del self._branches[txn]
@@ -287,8 +298,8 @@ class Responses:
         try:
             server.send(forwarded, now)
         except SipStateError:
-            # Too late for the transaction: a 2xx to an INVITE after our non-2xx final (a
-            # branch that answered despite its CANCEL) still goes out, end to end; a second
+            # Too late for the transaction: a 2xx to an INVITE still goes out, end to end
+            # (one after our own non-2xx final is not forwarded: ``_hang_up``); a second
             # final to a non-INVITE request has nowhere to go.
             if 200 <= forwarded.status < 300 and method == "INVITE":
                 self._sender.send(forwarded, source)
@@ -300,12 +311,40 @@ class Responses:
         """A 2xx retransmission (the only response an INVITE client transaction delivers in
         Accepted) on a branch whose request is over: what ``branch_response`` does with a
         2xx then (the branches are all done and the call answered already), i.e. note its
-        dialog and forward it to the caller."""
+        dialog and forward it to the caller; or, on a branch we hung up, send our ACK again."""
+        if late.ack is not None:
+            self._sender.send(*late.ack)
+            return
         if late.call is not None:
             tag = response.to.tag
             if tag and txn.peer is not None:  # the branch's target
                 late.call.add_dialog(tag, txn.peer)
         await self._forward(late.server, late.source, "INVITE", response, now)
+
+    async def _hang_up(self, branch: Branch, response: Response, now: float) -> None:
+        """A 2xx on a branch of an INVITE whose caller already has a non-2xx final: the 487
+        we gave it at once for a branch that had sent no provisional yet (§9.1 forbids the
+        CANCEL then), or the best final of the others. Its INVITE client transaction is over,
+        so the 2xx reaches no transaction there (a UA just ACKs its 487 again); forwarded,
+        the callee would talk into silence until it gives up waiting for the ACK, and a
+        provider would bill it. We are the UAC of that dialog now: ACK it and BYE it
+        (RFC 3261 §15: a 2xx after a CANCEL is ACKed, then the session ended with BYE)."""
+        branch.final = response
+        branch.deadline = None
+        ack, bye = hang_up(branch.request, response, self._ours)
+        target = remaining_route_target(ack) or branch.target
+        for request in (ack, bye):
+            route_to_strict_next_hop(request)
+        branch.ack = (ack, target)
+        logger.info("x %d on %s to %s:%s after the caller's final: ACKed and hung up",
+                    response.status, branch.request.call_id, branch.target.host,
+                    branch.target.port)
+        self._sender.send(ack, target)
+        txn = client_transaction(bye, reliable=target.transport != "udp", now=now)
+        txn.peer = target
+        self._table.add(txn)
+        await self._drain(txn, txn.pop_actions(), now)  # its response is for nobody: dropped
+        self.maybe_done(branch.context)
 
     # --- the CANCELs a response calls for (and sip.cancel's) -----------------------------
 

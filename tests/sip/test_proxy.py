@@ -436,6 +436,43 @@ async def test_cancel_before_any_provisional_answers_487_at_once() -> None:
     assert h.sender.responses() == []
 
 
+async def test_a_2xx_after_our_own_487_is_acked_and_hung_up_not_forwarded() -> None:
+    # The caller has its 487 (made by us: bob had sent nothing, §9.1) when bob answers: the
+    # caller's transaction is over, so we end bob's dialog ourselves (ACK, then BYE along
+    # its route set: the proxy bob is behind, not our own entry).
+    h, alice, bob = setup()
+    invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(to_bob, _)] = h.sender.requests("INVITE")
+    h.sender.take()
+    await h.send(alice, alice.cancel(invite))
+    assert sorted(statuses(h)) == [200, 487]
+    h.sender.take()
+    theirs = "<sip:192.0.2.99:5070;lr>"
+    to_bob.prepend("Record-Route", theirs)  # as a proxy between us and bob would
+    await h.send(bob, bob.answer(to_bob, 180, to_tag="b1"))
+    assert len(h.sender.requests("CANCEL")) == 1
+    ok = bob.answer(to_bob, 200, to_tag="b1")
+    await h.send(bob, ok)
+    assert h.sender.responses() == []  # not to alice
+    [(ack, ack_target)] = h.sender.requests("ACK")
+    [(bye, bye_target)] = h.sender.requests("BYE")
+    for request in (ack, bye):
+        assert request.uri == bob.contact and request.get_all("route") == [theirs]
+        assert request.to.tag == "b1" and request.from_.tag == "caller-tag"
+        assert request.call_id == to_bob.call_id
+    assert ack_target == bye_target == Target("udp", "192.0.2.99", 5070)
+    assert (ack.cseq.number, ack.cseq.method) == (to_bob.cseq.number, "ACK")
+    assert (bye.cseq.number, bye.cseq.method) == (to_bob.cseq.number + 1, "BYE")
+    assert ack.vias[0].branch != bye.vias[0].branch != to_bob.vias[0].branch
+    sent = [m.method for m, _ in h.sender.take() if isinstance(m, Request)]
+    assert sent.index("ACK") < sent.index("BYE")
+    # A retransmitted 200 is ACKed again; nothing more.
+    await h.send(bob, ok)
+    assert [m.method for m, _ in h.sender.take() if isinstance(m, Request)] == ["ACK"]
+    [cdr] = h.store.calls.values()
+    assert cdr.status == "canceled"
+
+
 async def test_cancel_matching_nothing_gets_481() -> None:
     h, alice, _ = setup()
     cancel = alice.request("CANCEL", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>",
