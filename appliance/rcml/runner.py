@@ -406,7 +406,7 @@ class Runner:
             if isinstance(action, SayAction):
                 path = await self.out.say(action.text, action.language)
             else:
-                path = await self._audio(action.url)
+                path = await self.fetch_audio(action.url)
         except (MediaError, WebhookError, PlayRefused, OSError) as err:
             code = MEDIA_FAILED if isinstance(err, MediaError | OSError) else FETCH_FAILED
             await self._notify(code, f"prompt not played: {err}")
@@ -519,14 +519,25 @@ class Runner:
                 return event
         return None
 
-    async def _audio(self, url: str) -> Path:
-        """A <Play> URL as a local WAV file, fetched once (GET) and cached by URL; a body
-        pjmedia cannot play is refused (PlayRefused), never cached."""
+    async def fetch_audio(self, url: str, method: str = "GET", *,
+                          audio_type: bool = False) -> Path:
+        """A <Play> URL (or a <Conference> waitUrl) as a local WAV file, fetched once and
+        cached by URL; a body pjmedia cannot play is refused (PlayRefused), never cached.
+        AUDIO_TYPE: the answer must also say it is audio (a waitUrl's RCML is not run)."""
         files = play_cache(self.out.cache_dir)
         path = play_path(self.out.cache_dir, url)
-        async with files.one_fetch(path):
+        async with files.one_fetch(path):  # calls starting it together fetch it once
             if files.used(path):
                 return path
+            resp = await self.out.request(url, method, {}, max_size=MAX_AUDIO)
+            kind = (resp.content_type or "").partition(";")[0].strip().lower()
+            problem = ("not audio" if audio_type and not kind.startswith("audio/")
+                       else wavcache.wav_problem(resp.body))
+            if problem is not None:
+                raise PlayRefused(f"{method} {url}: {kind or 'no type'}, "
+                                  f"{len(resp.body)} bytes: {problem}")
+            await asyncio.to_thread(files.store, path, resp.body)
+            return path
             resp = await self.out.request(url, "GET", {}, max_size=MAX_AUDIO)
             problem = wavcache.wav_problem(resp.body)
             if problem is not None:

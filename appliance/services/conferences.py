@@ -43,7 +43,6 @@ from pathlib import Path
 from appliance.errors import Forbidden, NotFound
 from appliance.media.engine import LegId, MediaEngine
 from appliance.media.protocol import MediaError
-from appliance.media.wavcache import wav_problem
 from appliance.models import (
     API_VERSION,
     Account,
@@ -58,7 +57,7 @@ from appliance.models import (
 )
 from appliance.queries import Condition, ListQuery
 from appliance.rcml.interpreter import DialAction, DialDone, DialStatus
-from appliance.rcml.runner import MAX_AUDIO, Hungup, LegEvents, Runner, beep, play_cache, play_path
+from appliance.rcml.runner import Hungup, LegEvents, PlayRefused, Runner, beep
 from appliance.rcml.verbs import Conference as ConferenceNoun
 from appliance.services.access import Action, require
 from appliance.services.list_filters import (
@@ -345,26 +344,14 @@ class ConferencesService:
         """waitUrl as a local WAV file, fetched once and cached by URL; None (and a
         notification) when it cannot be: only audio is played, an RCML document is not run."""
         url = noun.wait_url or ""
-        files = play_cache(runner.out.cache_dir)
-        path = play_path(runner.out.cache_dir, url)
-        async with files.one_fetch(path):  # members joining together fetch it once
-            if files.used(path):
-                return path
-            try:
-                resp = await runner.out.request(url, noun.wait_method, {}, max_size=MAX_AUDIO)
-            except WebhookError as err:
-                await self._notify(runner, WAIT_AUDIO, f"<Conference> waitUrl: {err}", url=url)
-                return None
-            kind = (resp.content_type or "").partition(";")[0].strip().lower()
-            problem = wav_problem(resp.body) if kind.startswith("audio/") else "not audio"
-            if problem is not None:
-                await self._notify(runner, WAIT_AUDIO, f"<Conference> waitUrl {url}: only WAV "
-                                   f"audio is played (got {kind or 'no type'}, "
-                                   f"{len(resp.body)} bytes: {problem}); waiting in silence",
-                                   url=url)
-                return None
-            await asyncio.to_thread(files.store, path, resp.body)
-            return path
+        try:
+            return await runner.fetch_audio(url, noun.wait_method, audio_type=True)
+        except WebhookError as err:
+            await self._notify(runner, WAIT_AUDIO, f"<Conference> waitUrl: {err}", url=url)
+        except PlayRefused as err:
+            await self._notify(runner, WAIT_AUDIO, f"<Conference> waitUrl: only WAV audio is "
+                               f"played ({err}); waiting in silence", url=url)
+        return None
 
     async def _notify(self, runner: Runner, code: int, message: str, url: str = "") -> None:
         try:

@@ -251,13 +251,13 @@ async def test_play_cache_evicts_the_least_recently_used(tmp_path: Path) -> None
     runner = w.runner(App("http://app/a"))
     runner.out.request = audio
     for n, url in enumerate(urls[:3]):
-        path = await runner._audio(url)
+        path = await runner.fetch_audio(url)
         os.utime(path, (1000.0 + n, 1000.0 + n))  # used in this order
-    await runner._audio(urls[0])  # used again: now the most recent
-    await runner._audio(urls[3])  # past the cap: the least recently used (1) goes
+    await runner.fetch_audio(urls[0])  # used again: now the most recent
+    await runner.fetch_audio(urls[3])  # past the cap: the least recently used (1) goes
     assert [cached(u) for u in urls] == [True, False, True, True, False]
     assert not old.exists()
-    await runner._audio(urls[4])
+    await runner.fetch_audio(urls[4])
     assert [cached(u) for u in urls] == [True, False, False, True, True]
     assert len(w.requests) == 5  # the hit was not fetched again
 
@@ -273,7 +273,7 @@ async def test_calls_playing_one_uncached_url_together_fetch_it_once(
         worlds = [World(tmp_path, {}) for _ in range(10)]
         for w in worlds:
             w.hooks = hooks
-        paths = await asyncio.gather(*(w.runner(App(f"{base}/a"))._audio(f"{base}/hold.wav")
+        paths = await asyncio.gather(*(w.runner(App(f"{base}/a")).fetch_audio(f"{base}/hold.wav")
                                        for w in worlds))
     finally:
         await hooks.close()
