@@ -16,10 +16,25 @@ from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
 ADMIN_SID = "ACae6e420f425248d6a26948c17a9e2acf"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port of 127.0.0.1 free now for both TCP and UDP, and never handed out before in this
+    test run: the kernel may give the same port to two picks in a row (the second server to
+    bind it then fails to start), and a SIP port is bound for both transports."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def basic(user: str, secret: str) -> str:

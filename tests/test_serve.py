@@ -25,7 +25,8 @@ def wait_health(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"appliance exited early: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+            said = proc.stderr.read() if proc.stderr is not None else b"(stderr not captured)"
+            raise AssertionError(f"appliance exited early ({proc.returncode}): {said!r}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
                 return json.loads(r.read())  # type: ignore[no-any-return]

@@ -262,9 +262,7 @@ def proxy_answer(challenge: Response, login: str, uri: str) -> str:
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 async def listed(api: Api, path: str = f"{BASE}.json") -> list[dict[str, object]]:

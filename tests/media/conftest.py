@@ -7,7 +7,6 @@ import contextlib
 import itertools
 import json
 import os
-import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,6 +17,7 @@ import pytest
 
 from appliance.media import protocol as p
 from appliance.media.client import WorkerClient
+from tests.conftest import free_port
 
 PHONE = Path(__file__).with_name("phone.py")
 _RTP = itertools.count(0)
@@ -25,9 +25,7 @@ _RTP_BASE = 20000 + (os.getpid() % 100) * 200  # spread concurrent test runs apa
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 def rtp_slice(size: int = 40) -> tuple[int, int]:

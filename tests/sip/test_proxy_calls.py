@@ -295,9 +295,7 @@ PASSWORD = "Pbx-edge-7-proxy!"
 
 
 def udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 def attach_proxy(appliance: Any) -> tuple[Any, asyncio.Task[None] | None]:

@@ -39,14 +39,20 @@ class Box:
             f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n'
             f'[modem]\ndevice = "{fake.link}"\nnumber = "+15550001000"\n')
         self.data = tmp / "var"
+        self.log = tmp / "appliance.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config",
-                                      str(self.config)], stderr=subprocess.DEVNULL)
+        with self.log.open("ab") as log:  # so that an early exit says why
+            self.proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve",
+                                          "--config", str(self.config)], stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            health = wait_health(self.port, self.proc)
+            try:
+                health = wait_health(self.port, self.proc)
+            except AssertionError as err:
+                tail = self.log.read_text()[-4000:]
+                raise AssertionError(f"{err}; its log ends: {tail}") from None
             modem = health["components"]["modem"]
             if isinstance(modem, dict) and modem["phase"] == "ready":
                 return
