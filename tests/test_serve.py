@@ -21,11 +21,16 @@ from tests.conftest import ADMIN_SID, basic, free_port
 APPLIANCE = [sys.executable, "-m", "appliance"]
 
 
-def wait_health(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> dict:
+def wait_health(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0,
+                log: Path | None = None) -> dict:
+    """/health's answer once the API is up. An early exit fails with what the process wrote
+    to its stderr pipe, or to LOG (a file given as its stderr)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            said = proc.stderr.read() if proc.stderr is not None else b"(stderr not captured)"
+            said = (proc.stderr.read() if proc.stderr is not None
+                    else log.read_bytes()[-4000:] if log is not None
+                    else b"(stderr not captured)")
             raise AssertionError(f"appliance exited early ({proc.returncode}): {said!r}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:

@@ -249,10 +249,13 @@ async def test_the_process_stopped_or_killed_mid_message_lists_it_failed_after(
     config.write_text(f'data_dir = "{box.data_dir}"\n[api]\nlisten = "127.0.0.1:{box.api_port}"'
                       f'\n[sip]\nlisten = "{box.sip[0]}:{box.sip[1]}"\n')
 
+    log = tmp_path / "appliance.log"
+
     def serve() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config",
-                                 str(config)], stderr=subprocess.DEVNULL)
-        wait_health(box.api_port, proc)
+        with log.open("ab") as stderr:  # so that an early exit says why
+            proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config",
+                                     str(config)], stderr=stderr)
+        wait_health(box.api_port, proc, log=log)
         return proc
 
     proc = await asyncio.to_thread(serve)

@@ -48,11 +48,7 @@ class Box:
                                           "--config", str(self.config)], stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:
-                health = wait_health(self.port, self.proc)
-            except AssertionError as err:
-                tail = self.log.read_text()[-4000:]
-                raise AssertionError(f"{err}; its log ends: {tail}") from None
+            health = wait_health(self.port, self.proc, log=self.log)
             modem = health["components"]["modem"]
             if isinstance(modem, dict) and modem["phase"] == "ready":
                 return
