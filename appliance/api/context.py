@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import MultiDict, MultiDictProxy, MultiMapping
 
 from appliance.api.cache import RESPONSE_CACHE
@@ -80,8 +81,14 @@ class Ctx:
         if self._form is None:
             try:
                 raw = await self.request.post()
-            except (ValueError, UnicodeDecodeError, AssertionError) as err:
-                raise InvalidInput(f"The request body could not be parsed: {err}") from err
+            except (ValueError, UnicodeDecodeError, AssertionError, LookupError,
+                    RequestPayloadError) as err:
+                # LookupError: an unknown charset; RequestPayloadError: a Content-Encoding
+                # the body does not have (aiohttp then drops the connection after our answer:
+                # http_log makes that one throttled line)
+                cause = err.__cause__ if isinstance(err, RequestPayloadError) else err
+                reason = getattr(cause, "message", None) or str(cause) or type(err).__name__
+                raise InvalidInput(f"The request body could not be parsed: {reason}") from err
             if len(raw) > MAX_PARAMS:
                 raise InvalidInput(f"Too many parameters (at most {MAX_PARAMS})")
             values: list[tuple[str, str]] = []
@@ -101,7 +108,8 @@ class Ctx:
 
     async def operated(self) -> Account:
         """The `{A}` account of the path, subject to the tree rule."""
-        return await self.services.accounts.resolve_operated(self.me, self.path["A"])
+        return await self.services.accounts.resolve_operated(
+            self.me, self.path["A"], write=self.request.method in ("POST", "PUT"))
 
     def raw_path(self) -> str:
         return self.request.path

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 INTERVAL = 60.0  # seconds between two lines about malformed requests
 
@@ -30,6 +31,8 @@ class MalformedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, RequestPayloadError):  # a body it could not decode, answered
+            error = error.__cause__  # 400 by the handler already
         if not isinstance(error, HttpProcessingError):
             return True
         now = self._clock()
@@ -51,7 +54,9 @@ class MalformedRequests(logging.Filter):
 
 
 def server_logger() -> logging.Logger:
-    """The logger to hand aiohttp's server (``AppRunner(..., logger=...)``)."""
-    if not any(isinstance(f, MalformedRequests) for f in logger.filters):
-        logger.addFilter(MalformedRequests())
+    """The logger to hand aiohttp's server (``AppRunner(..., logger=...)``), with a fresh
+    throttle for each server started."""
+    for old in [f for f in logger.filters if isinstance(f, MalformedRequests)]:
+        logger.removeFilter(old)
+    logger.addFilter(MalformedRequests())
     return logger

@@ -65,7 +65,6 @@ class AccountService:
         self._clock = clock
         self._cache: dict[str, Account] = {}
         self._by_email: dict[str, Account] = {}
-        self._by_name: dict[str, Account] = {}
         # (login, secret) -> the AuthToken they were verified against: a script polling the
         # API sends the same credentials every time, and the md5 and constant-time compares
         # need not be redone while the account's token is unchanged.
@@ -76,7 +75,7 @@ class AccountService:
         self.on_change: list[Callable[[], None]] = []
 
     async def load(self) -> None:
-        self._cache, self._by_email, self._by_name = {}, {}, {}
+        self._cache, self._by_email = {}, {}
         for account in await self._store.all_accounts():
             self._index(account)
             if account.role not in ROLES and account.status != AccountStatus.CLOSED:
@@ -89,12 +88,8 @@ class AccountService:
     def _index(self, account: Account) -> None:
         # Every account is in memory (the tree is small); these are its lookup keys. The
         # store stays the truth: load() fills them, every write goes through _remember.
-        old = self._cache.get(account.sid)
-        if old is not None and self._by_name.get(old.friendly_name) is old:
-            del self._by_name[old.friendly_name]
         self._cache[account.sid] = account
         self._by_email[account.email_address] = account
-        self._by_name[account.friendly_name] = account
 
     def _remember(self, account: Account, *, changed: bool = True) -> Account:
         self._index(account)
@@ -207,18 +202,36 @@ class AccountService:
             frontier = children
         return result
 
-    async def resolve_operated(self, actor: Account, key: str) -> Account:
-        """The `{AccountSid}` of a sub-resource path: friendly name, email or SID; tree rule."""
-        target = (self._by_name.get(key) or self._by_email.get(key.lower())
-                  or self._cache.get(key))
+    async def resolve_operated(self, actor: Account, key: str, *, write: bool = False
+                               ) -> Account:
+        """The `{AccountSid}` of a sub-resource path: SID, email or friendly name; tree rule.
+
+        A SID or an email always means its own account: any account may name itself, so a
+        friendly name equal to another account's SID or email must not capture that
+        account's paths. A friendly name counts only if it names one account of the actor's
+        tree. WRITE (POST/PUT) into a closed account is refused: closed is final.
+        """
+        target = self._cache.get(key) or self._by_email.get(key.lower())
         if target is None:
-            target = await self._store.find_account_by_any(key)
+            target = await self._store.find_account(key)
+        if target is None:
+            target = await self._named(actor, key)
         if target is None:
             raise NotFound(f"The account {key} was not found")
         self._remember(target, changed=False)
         if not await self.is_in_subtree(actor, target):
             raise Forbidden("The account is outside your account tree")
+        if write and target.status == AccountStatus.CLOSED:
+            raise InvalidInput("Account is closed")
         return target
+
+    async def _named(self, actor: Account, name: str) -> Account | None:
+        named = await self._store.accounts_named(name)
+        mine = [a for a in named if await self.is_in_subtree(actor, a)]
+        if len(mine) > 1:
+            raise InvalidInput(f"{len(mine)} accounts are named {name!r}: use the AccountSid")
+        # None of the actor's: the first other one, for the tree rule's 403 (as for a SID)
+        return mine[0] if mine else (named[0] if named else None)
 
     async def resolve_self_resource(self, actor: Account, key: str) -> Account:
         """`/Accounts/{id}` itself: Administrator on self and descendants, others on self only."""

@@ -283,14 +283,11 @@ class Store:
             "ORDER BY email_address = ? DESC LIMIT 1",
             (key.lower(), key, key.lower()), rows.account)
 
-    async def find_account_by_any(self, key: str) -> models.Account | None:
-        """By friendly name, then email, then SID (sub-resource path lookup order)."""
-        return await self._run(
-            self._fetch_one,
-            "SELECT *, CASE WHEN friendly_name = ? THEN 0 WHEN email_address = ? THEN 1 "
-            "ELSE 2 END AS rank FROM accounts "
-            "WHERE friendly_name = ? OR email_address = ? OR sid = ? ORDER BY rank LIMIT 1",
-            (key, key.lower(), key, key.lower(), key), rows.account)
+    async def accounts_named(self, name: str) -> list[models.Account]:
+        """Every account whose friendly name is NAME (names are not unique), oldest first."""
+        return await self._run(self._fetch_all,
+                               "SELECT * FROM accounts WHERE friendly_name = ? "
+                               "ORDER BY date_created, sid", (name,), rows.account)
 
     async def child_accounts(self, parent_sid: str) -> list[models.Account]:
         return await self._run(self._fetch_all,

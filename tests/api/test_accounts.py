@@ -157,6 +157,55 @@ async def test_sub_resources_accept_email_or_friendly_name(api: Api) -> None:
         assert status == 200, key
 
 
+async def test_a_friendly_name_never_captures_another_accounts_sid_or_email(api: Api) -> None:
+    """Any account may rename itself: naming itself after the administrator's SID (or
+    another account's email) must not route the administrator's own paths to it."""
+    mallory = await create(api, "mallory@example.com")
+    other = await create(api, "other@example.com")
+    as_mallory = api.as_user("mallory@example.com", PW)
+    for name in (ADMIN_SID, "other@example.com"):
+        status, body, _ = await as_mallory.post(f"Accounts/{mallory['sid']}.json",
+                                                {"FriendlyName": name})
+        assert status == 200, body
+        status, body, _ = await api.post(f"Accounts/{name}/Clients.json",
+                                         {"Login": f"desk{len(name)}", "Password": PW})
+        assert status == 200, body
+        owner = ADMIN_SID if name == ADMIN_SID else other["sid"]
+        assert json.loads(body)["account_sid"] == owner
+    status, body, _ = await as_mallory.get(f"Accounts/{mallory['sid']}/Clients.json")
+    assert [c["login"] for c in json.loads(body)] == ["mallory"]  # only its own linked one
+
+
+async def test_a_friendly_name_two_accounts_share_is_refused_not_guessed(api: Api) -> None:
+    first = await create(api, "first@example.com", FriendlyName="Sales")
+    await create(api, "second@example.com", FriendlyName="Sales")
+    status, body, _ = await api.get("Accounts/Sales/Clients.json")
+    assert status == 400 and "2 accounts are named 'Sales'" in body
+    # Within one's own tree the name is unique again.
+    status, body, _ = await api.as_user("first@example.com", PW).get(
+        "Accounts/Sales/Clients.json")
+    assert status == 200 and [c["account_sid"] for c in json.loads(body)] == [first["sid"]]
+
+
+async def test_a_closed_account_takes_no_new_resources(api: Api) -> None:
+    gone = await create(api, "gone@example.com")
+    status, _, _ = await api.post(f"Accounts/{gone['sid']}", {"Status": "closed"})
+    assert status == 200
+    base = f"Accounts/{gone['sid']}"
+    for path, form in ((f"{base}/Clients.json", {"Login": "ghost", "Password": PW}),
+                       (f"{base}/IncomingPhoneNumbers.json", {"PhoneNumber": "+15557770000"}),
+                       (f"{base}/Applications.json", {"FriendlyName": "x"}),
+                       (f"{base}/SMS/Messages.json", {"From": "a", "To": "+15551230000",
+                                                      "Body": "hi"})):
+        status, body, _ = await api.post(path, form)
+        assert (status, body) == (400, "Account is closed"), path
+    status, body, _ = await api.get(f"{base}/Clients.json")  # its history stays readable
+    assert status == 200
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                                     {"PhoneNumber": "+15557770000"})
+    assert status == 200, body  # the number was never taken by the closed account
+
+
 async def test_password_change_gives_new_token_and_syncs_client(api: Api) -> None:
     acct = await create(api, "pw@example.com")
     old = api.as_user("pw@example.com", PW)

@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from appliance.app import Appliance
 from tests.conftest import ADMIN_SID, Api, basic
@@ -253,3 +254,25 @@ async def test_a_body_that_is_not_form_encoded_is_400_and_changes_nothing(api: A
     async with api.session.post(url, headers={**auth, "Content-Type": "application/json"}
                                 ) as resp:
         assert resp.status == 200
+
+
+async def test_a_body_in_an_unknown_charset_or_a_false_encoding_is_400_not_500(
+        api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    # As curl sends them (-H 'Content-Encoding: gzip' with a plain body): raw bytes on a socket
+    url = URL(api.url(f"{BASE}.json"))
+    body = f"Login=odd&Password={PW}".encode()
+    for extra in ("Content-Encoding: gzip\r\n"  # says gzip, is not
+                  "Content-Type: application/x-www-form-urlencoded\r\n",
+                  "Content-Type: application/x-www-form-urlencoded; charset=bogus\r\n"):
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(f"POST {url.raw_path} HTTP/1.1\r\nHost: x\r\n"
+                     f"Authorization: {basic(api.user, api.secret)}\r\n{extra}"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                     + body)
+        answer = (await asyncio.wait_for(reader.read(), 10)).decode()
+        writer.close()
+        assert answer.startswith("HTTP/1.1 400 "), (extra, answer)
+        assert "\r\n\r\nThe request body could not be parsed: " in answer, answer
+    status, listed, _ = await api.get(f"{BASE}.json")
+    assert json.loads(listed) == []
+    assert "Traceback" not in caplog.text
