@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+from typing import Protocol
 
 from appliance.errors import Forbidden
-from appliance.models import Account, AccountStatus
+from appliance.models import Account, AccountStatus, Client
 
 ADMINISTRATOR = "Administrator"
 DEVELOPER = "Developer"
@@ -47,3 +48,18 @@ def require_active(actor: Account) -> None:
 
 def is_super_admin(actor: Account) -> bool:
     return actor.parent_sid is None and actor.status == AccountStatus.ACTIVE
+
+
+class _ClientsByLogin(Protocol):
+    async def get_client_by_login(self, login: str) -> Client | None: ...
+
+
+async def account_client(store: _ClientsByLogin, account_sid: str, login: str) -> Client | None:
+    """Client LOGIN when it belongs to ACCOUNT_SID, else None. Logins are unique across
+    accounts, yet an account reaches only its own Clients (a call, an SMS, a document of its
+    apps); callers answer a foreign login exactly as a missing one, so no account can probe
+    another's logins."""
+    client = await store.get_client_by_login(login)
+    if client is None or client.account_sid != account_sid:
+        return None
+    return client

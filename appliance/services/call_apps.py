@@ -33,6 +33,7 @@ from typing import Any
 
 from appliance.models import Client, PhoneNumber
 from appliance.rcml.runner import App
+from appliance.services.access import account_client
 from appliance.services.ports import StoreProtocol
 from appliance.services.provisioning import number_forms
 from appliance.services.telephony import SipDirectory
@@ -112,10 +113,7 @@ class AppResolver:
     async def account_client(self, account_sid: str, login: str) -> Client | None:
         """Client LOGIN when it belongs to ACCOUNT_SID, else None: a document, a number or
         POST /Calls reaches its own account's Clients only."""
-        client = await self._store.get_client_by_login(login)
-        if client is None or client.account_sid != account_sid:
-            return None
-        return client
+        return await account_client(self._store, account_sid, login)
 
     def unknown_did(self, number: str, caller: Caller) -> None:
         """A provider's call (CALLER) to NUMBER, which is no IncomingPhoneNumber: logged,

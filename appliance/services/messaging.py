@@ -50,6 +50,7 @@ import logging
 import re
 import secrets
 import time
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -88,7 +89,7 @@ from appliance.models import (
 )
 from appliance.rcml.parse import RcmlError, parse_document
 from appliance.rcml.verbs import Redirect, Sms, Unsupported, absolute_url
-from appliance.services.access import Action, require
+from appliance.services.access import Action, account_client, require
 from appliance.services.history import HistoryService
 from appliance.services.ordered_jobs import OrderedJobs
 from appliance.services.ports import StoreProtocol
@@ -305,17 +306,23 @@ class MessagingService:
         method = (status_callback_method or "POST").upper()
         if method not in ("GET", "POST"):
             raise InvalidInput("StatusCallbackMethod must be GET or POST")
-        destination = await self._checked(from_, to, body, ucs2)
+        destination = await self._checked(account.sid, from_, to, body, ucs2)
         return await self._enqueue(account.sid, from_, destination, body, ucs2,
                                    Callback(status_callback, method) if status_callback else None,
                                    dict(x_headers), direction)
 
-    async def _checked(self, from_: str, to: str, body: str, ucs2: bool) -> str:
-        """What every message is checked for before it is queued, whoever sends it (the API,
-        an app's <Sms>): the normalised destination, or InvalidInput."""
+    async def _checked(self, account_sid: str, from_: str, to: str, body: str,
+                       ucs2: bool) -> str:
+        """What every message of ACCOUNT_SID is checked for before it is queued, whoever
+        sends it (the API, an app's <Sms>): the normalised destination, or InvalidInput."""
         if len(from_) > MAX_FROM_CHARS:
             raise InvalidInput(f"From is longer than {MAX_FROM_CHARS} characters")
-        destination = await self._destination(to)
+        if any(unicodedata.category(ch) == "Cc" for ch in from_):
+            # A line break in a From is no sender's name, and one that reached a SIP
+            # MESSAGE's header would have been an injected header (sip.messenger escapes).
+            raise InvalidInput("From must not contain control characters (such as a line "
+                               "break or a tab)")
+        destination = await self._destination(account_sid, to)
         self._check_body(body, ucs2)
         self._require_modem(destination)
         return destination
@@ -328,13 +335,15 @@ class MessagingService:
             raise Unavailable("No modem is configured ([modem] device): SMS to phone numbers "
                               "cannot be sent")
 
-    async def _destination(self, to: str) -> str:
-        """`client:<login>` for a Client (as `client:alice` or a bare login), else the number."""
+    async def _destination(self, account_sid: str, to: str) -> str:
+        """`client:<login>` for a Client of ACCOUNT_SID (as `client:alice` or a bare login),
+        else the number. Another account's Client is answered as a missing one (as POST
+        Calls does), so its login cannot be probed."""
         login = to[len("client:"):] if to.startswith("client:") else None
         if login is None and not _PHONE.match(re.sub(r"[\s\-.()]", "", to)):
             login = to
         if login is not None:
-            if await self._store.get_client_by_login(login) is None:
+            if await account_client(self._store, account_sid, login) is None:
                 raise InvalidInput(f"To {to} is neither a phone number nor a Client")
             return f"client:{login}"
         return re.sub(r"[\s\-.()]", "", to)
@@ -999,7 +1008,8 @@ class MessagingService:
             try:
                 # The Client must exist; the body is not limited (a SIP MESSAGE, not PDUs).
                 await self._enqueue(record.account_sid, record.from_,
-                                    await self._destination(url), record.body, False,
+                                    await self._destination(record.account_sid, url),
+                                    record.body, False,
                                     None, {}, "outbound-api", handing=sid)
             except InvalidInput as err:
                 await self._history.notify(record.account_sid, 14101,
@@ -1053,7 +1063,8 @@ class MessagingService:
                             # can reach it (nor is it a Client's login to look up).
                             raise InvalidInput(f"the sender {record.from_} is not a phone "
                                                "number to reply to")
-                        to = await self._checked(from_, verb.to or record.from_,
+                        to = await self._checked(record.account_sid, from_,
+                                                 verb.to or record.from_,
                                                  verb.text, False)
                         if not to.startswith("client:"):
                             # It costs money on the account's behalf, as POST SMS does.

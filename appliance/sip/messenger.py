@@ -24,6 +24,7 @@ from appliance.sip.message import Header, Request
 from appliance.sip.proxy_ports import Contact
 from appliance.sip.transaction import Transaction, client_transaction
 from appliance.sip.transaction_table import TransactionTable
+from appliance.sip.uri import SipUri
 
 
 class Messenger:
@@ -53,14 +54,19 @@ class Messenger:
         if self._address is None:
             return 503
         realm = self._realm()
+        # The sender is an SMS's free-text From (an API caller's, an app's, a network's
+        # alphanumeric sender): never written raw, or a line break would add headers and a
+        # space split the URI. SipUri %-escapes every character RFC 3261 keeps out of a user.
+        from_uri = SipUri(host=realm, user=from_user or "anonymous")
+        to_uri = SipUri(host=realm, user=to_user)
         status = 480
         for contact in contacts:
             now = self._clock()
             request = Request(method="MESSAGE", uri=contact.uri, headers=[
                 Header.make("Via", make_via(self._address, contact.target.transport)),
                 Header.make("Max-Forwards", str(DEFAULT_MAX_FORWARDS)),
-                Header.make("From", f"<sip:{from_user}@{realm}>;tag={token()}"),
-                Header.make("To", f"<sip:{to_user}@{realm}>"),
+                Header.make("From", f"<{from_uri}>;tag={token()}"),
+                Header.make("To", f"<{to_uri}>"),
                 Header.make("Call-ID", f"{token()}@{realm}"),
                 Header.make("CSeq", "1 MESSAGE"),
                 Header.make("Content-Type", "text/plain;charset=UTF-8"),

@@ -24,6 +24,7 @@ class Phone(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.responses: asyncio.Queue[Response] = asyncio.Queue()
         self.messages: list[str] = []
+        self.requests: list[Request] = []  # each MESSAGE received, as parsed
         self.got_message = asyncio.Event()
         self.cseq = 0
         self.call_id = secrets.token_hex(8)
@@ -49,6 +50,7 @@ class Phone(asyncio.DatagramProtocol):
             self.responses.put_nowait(msg)
             return
         if msg.method == "MESSAGE":
+            self.requests.append(msg)
             self.messages.append(msg.body.decode())
             self.got_message.set()
         self._answer(msg, addr)

@@ -1,0 +1,152 @@
+"""SMS to a Client's phone (`To=client:<login>`): what reaches the phone's SIP stack, whose
+Clients an account may reach, and that one dead phone holds up no other message.
+
+Real appliance, real UDP phones (``tests.sms.sipua``), the fake modem on a pty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from appliance.app import Appliance
+from appliance.sip.headers import NameAddr
+from appliance.sip.message import Request
+from appliance.sip.uri import SipUri, parse_uri
+from tests.conftest import ADMIN_SID, Api
+from tests.fakes.modem import FakeModem
+from tests.fakes.pdus import deliver_pdu
+from tests.sms.conftest import SIM_NUMBER
+from tests.sms.test_sms_clients import PW, phone
+
+SMS = f"Accounts/{ADMIN_SID}/SMS/Messages.json"
+
+
+def sender_of(request: Request) -> str:
+    """The user of the MESSAGE's From URI, unescaped; asserts the header is one clean
+    name-addr (no raw space or line break in it)."""
+    value = request.get("From")
+    assert value is not None
+    assert " " not in value and "\r" not in value and "\n" not in value, value
+    uri = parse_uri(NameAddr.parse(value).uri)
+    assert isinstance(uri, SipUri) and uri.user is not None, value
+    return uri.user
+
+
+async def test_an_sms_from_never_writes_a_sip_header(
+        gsm_api: Api, gsm_appliance: Appliance) -> None:
+    dave = await phone(gsm_api, gsm_appliance, "dave")
+    try:
+        assert await dave.register() == 200
+        injected = "x\r\nX-Injected: yes\r\nP-Asserted-Identity: <sip:ceo"
+        for bad in (injected, "tab\there", "del\x7f", "c1\x85"):
+            status, body, _ = await gsm_api.post(SMS, {"From": bad, "To": "client:dave",
+                                                       "Body": "hi"})
+            assert status == 400, body
+            assert "From must not contain control characters" in body, body
+        # An unencoded `+` arrives as a space; a name may hold any character but a control.
+        senders = [" 15552001000", 'Ana María <boss@x>;"q"%', "+15552001000"]
+        for sender in senders:
+            status, body, _ = await gsm_api.post(SMS, {"From": sender, "To": "client:dave",
+                                                       "Body": f"from {sender}"})
+            assert status == 200, body
+        async with asyncio.timeout(10):
+            while len(dave.requests) < len(senders):
+                await asyncio.sleep(0.02)
+        assert [sender_of(r) for r in dave.requests] == senders
+        froms = [r.get("From") or "" for r in dave.requests]
+        assert froms[0].startswith("<sip:%2015552001000@"), froms
+        assert froms[1].startswith("<sip:Ana%20Mar%C3%ADa%20%3Cboss%40x%3E;%22q%22%25@"), froms
+        assert froms[2].startswith("<sip:+15552001000@"), froms
+        assert all(r.get("X-Injected") is None and r.get("P-Asserted-Identity") is None
+                   for r in dave.requests)
+    finally:
+        dave.close()
+
+
+async def test_a_forwarded_sms_from_a_sender_with_a_line_break_writes_no_header(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem) -> None:
+    # An alphanumeric sender is the network's text: GSM 7-bit has CR and LF.
+    status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                                         {"PhoneNumber": SIM_NUMBER, "SmsUrl": "client:erin"})
+    assert status == 200, body
+    erin = await phone(gsm_api, gsm_appliance, "erin")
+    try:
+        assert await erin.register() == 200
+        fake.deliver_sms(deliver_pdu("a\r\nX-I: y", "forwarded"))
+        async with asyncio.timeout(10):
+            await erin.got_message.wait()
+        (request,) = erin.requests
+        assert request.body == b"forwarded"
+        assert request.get("X-I") is None
+        assert sender_of(request) == "a\r\nX-I: y"
+    finally:
+        erin.close()
+
+
+async def sub_account(api: Api) -> tuple[str, Api]:
+    status, body, _ = await api.post("Accounts.json", {"EmailAddress": "sub@example.com",
+                                                       "Password": "Sub-acct-pass-7"})
+    assert status == 200, body
+    return json.loads(body)["sid"], api.as_user("sub@example.com", "Sub-acct-pass-7")
+
+
+async def test_an_account_messages_only_its_own_clients(
+        gsm_api: Api, gsm_appliance: Appliance) -> None:
+    boss = await phone(gsm_api, gsm_appliance, "boss")  # the administrator's Client
+    try:
+        assert await boss.register() == 200
+        sid, sub = await sub_account(gsm_api)
+        status, body, _ = await sub.post(f"Accounts/{sid}/Clients.json",
+                                         {"Login": "intern", "Password": PW})
+        assert status == 200, body
+
+        async def answer(to: str) -> tuple[int, str]:
+            status, body, _ = await sub.post(f"Accounts/{sid}/SMS/Messages.json",
+                                             {"From": "+15550001111", "To": to, "Body": "hi"})
+            return status, body
+
+        for form in ("client:{}", "{}"):
+            foreign = await answer(form.format("boss"))
+            missing = await answer(form.format("nosuchlogin"))
+            # The same answer: a login of another account cannot be told from none.
+            assert foreign[0] == missing[0] == 400, (foreign, missing)
+            assert (foreign[1].replace("boss", "?")
+                    == missing[1].replace("nosuchlogin", "?")), (foreign, missing)
+        status, body = await answer("client:intern")  # its own Client: accepted
+        assert status == 200, body
+        status, _, _ = await gsm_api.post(SMS, {"From": "+15550001111", "To": "client:boss",
+                                                "Body": "from my own account"})
+        assert status == 200
+        async with asyncio.timeout(10):
+            await boss.got_message.wait()
+        await asyncio.sleep(0.3)
+        assert boss.messages == ["from my own account"]
+    finally:
+        boss.close()
+
+
+async def test_a_number_forwards_only_to_a_client_of_its_account(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem) -> None:
+    boss = await phone(gsm_api, gsm_appliance, "boss")
+    try:
+        assert await boss.register() == 200
+        sid, sub = await sub_account(gsm_api)
+        status, body, _ = await sub.post(f"Accounts/{sid}/IncomingPhoneNumbers.json",
+                                         {"PhoneNumber": SIM_NUMBER, "SmsUrl": "client:boss"})
+        assert status == 200, body
+        fake.deliver_sms(deliver_pdu("+15559990000", "for the boss?"))
+        async with asyncio.timeout(10):
+            while True:
+                _, text, _ = await sub.get(f"Accounts/{sid}/Notifications.json")
+                notes = json.loads(text)["notifications"]
+                if notes:
+                    break
+                await asyncio.sleep(0.05)
+        (note,) = notes
+        assert note["error_code"] == 14101, note
+        assert "not forwarded to client:boss" in note["message_text"], note
+        await asyncio.sleep(0.3)
+        assert boss.messages == []
+    finally:
+        boss.close()
