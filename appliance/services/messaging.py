@@ -1,10 +1,13 @@
 """SMS through the GSM modem: the durable outbound queue, inbound store-and-forward, SmsUrl.
 
 Outbound (`send`): the SMS row and its queue entry are committed together before the API
-answers, so an accepted message survives a power cut. One sender task drains the queue part by
-part (each part marked in the store before it reaches the modem); statuses go queued ->
-sending -> sent | failed, then delivered | undelivered from status reports; StatusCallback is
-requested on each final status.
+answers, so an accepted message survives a power cut. One sender task drains the modem's
+queue part by part (each part marked in the store before it reaches the modem); statuses go
+queued -> sending -> sent | failed, then delivered | undelivered from status reports;
+StatusCallback is requested on each final status. Messages to Clients (SIP MESSAGE, up to
+40 s each for a phone that does not answer) go apart from the modem's: one Client's at a
+time, in the order accepted, and up to CLIENT_CONCURRENCY Clients side by side, so a dead
+phone holds up neither the modem nor another Client.
 
 Crash policy (what "never twice" costs): a part that was handed to the modem with no answer
 recorded is *in doubt* -- the modem may already have sent it. Such a message is not resent; it
@@ -120,6 +123,10 @@ INBOUND_RETRY = timedelta(minutes=1)
 # office's inbound traffic rarely needs more, and a flood waits in the table, not in memory.
 INBOUND_CONCURRENCY = 8
 INBOUND_POLL = 30.0  # seconds between looks for jobs whose retry came due (no wake-up for those)
+# Messages to Clients' phones are sent side by side, one Client each: a registered phone that
+# never answers takes up to 40 s a MESSAGE and must not delay the others. Bounded, as each
+# holds a SIP transaction and a message in memory; the rest wait in the table.
+CLIENT_CONCURRENCY = 8
 # A job whose fault could not even be recorded (the store failing) leaves its conversation
 # alone this long, instead of being picked again at once and failing in a loop.
 INBOUND_FAULT_PAUSE = 30.0
@@ -253,14 +260,16 @@ class MessagingService:
         self.sim_number = sim_number
         self.modem: ModemPort | None = None
         self.client_messenger: ClientMessenger | None = None
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # the modem's sender
+        self._client_wake = asyncio.Event()  # the Clients' sender
         self._wake_clients = False
         self._wake_modem = False
         self._modem_ready = False
         self._jobs_wake = asyncio.Event()
         self._stopping_at: float | None = None  # monotonic: no part goes to the modem since
-        self._idle = asyncio.Event()  # clear while the sender works on a message
+        self._idle = asyncio.Event()  # clear while any message is being sent
         self._idle.set()
+        self._working = 0  # messages being sent (the modem's one, the Clients')
         self._tasks: set[asyncio.Task[None]] = set()
         self._callbacks = OrderedJobs("SMS status callback", concurrency=CALLBACK_CONCURRENCY,
                                       backlog=CALLBACK_BACKLOG)
@@ -269,11 +278,20 @@ class MessagingService:
                                     backlog=INBOUND_CONCURRENCY)
         self._inbound_running: set[tuple[str, str]] = set()  # conversations with a job started
         self._inbound_resting: dict[tuple[str, str], float] = {}  # -> monotonic end of pause
+        # Keyed by destination; at most one message of each is picked, so none waits unstarted.
+        self._client_sends = OrderedJobs("SMS delivery to a Client",
+                                         concurrency=CLIENT_CONCURRENCY,
+                                         backlog=CLIENT_CONCURRENCY)
+        self._client_running: set[str] = set()  # `client:<login>` destinations being sent to
+        # A destination whose send met a fault of ours rests this long (monotonic end), as
+        # the modem's sender pauses: its message is due again at once and would loop.
+        self._client_resting: dict[str, float] = {}
+        self._settling = asyncio.Lock()  # one _settle_delivered at a time: one callback each
         # In-doubt failures not recorded yet (the store failed too): settled at the next
         # drain; the message is not due meanwhile (its queue entry says `submitting`).
         self._in_doubt: dict[str, tuple[OutboxItem, str]] = {}
-        # Messages a Client's phone took (2xx) whose `sent` is not recorded yet: settled at
-        # the next drain, before the queue (where they are still due) is read again.
+        # Messages a Client's phone took (2xx) whose `sent` is not recorded yet: settled
+        # before the queue (where they are still due) is read again, and never picked.
         self._delivered: dict[str, OutboxItem] = {}
         self._suspects: dict[str, _Suspect] = {}  # queued messages that met a fault of ours
         self._fault_logged_at: float | None = None
@@ -374,7 +392,7 @@ class MessagingService:
     def client_registered(self) -> None:
         """A Client registered: messages waiting for it may go now."""
         self._wake_clients = True
-        self._wake.set()
+        self._client_wake.set()
 
     @staticmethod
     def _check_body(body: str, ucs2: bool) -> None:
@@ -404,25 +422,27 @@ class MessagingService:
                                 concat_ref=secrets.randbelow(256), x_headers=x_headers,
                                 callback=callback, now=storage(now), handing=handing)
         logger.info("- SMS %s queued for %s (%d characters)", record.sid, destination, len(body))
-        self._wake.set()
+        (self._client_wake if destination.startswith("client:") else self._wake).set()
         return record
 
     # -- the sender ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        for coro in (self._sender(), self._inbound_jobs(), self._fragment_sweeper()):
+        for coro in (self._sender(), self._client_sender(), self._inbound_jobs(),
+                     self._fragment_sweeper()):
             task = asyncio.create_task(coro)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     def stop_sending(self) -> None:
-        """A stop began: no message (or next part) starts from now on; the one the sender
-        is working on may finish (`finish_sending`). They stay queued for the restart."""
+        """A stop began: no message (or next part) starts from now on; those being sent
+        may finish (`finish_sending`). The rest stay queued for the restart."""
         if self._stopping_at is None:
             self._stopping_at = time.monotonic()
 
     async def finish_sending(self) -> None:
-        """Once the message being sent is done (its part answered and recorded), or
+        """Once the messages being sent are done (a part answered and recorded, a Client's
+        MESSAGE answered), or
         SEND_GRACE after the stop began. Call before the modem stops: a part cut off by the
         port's close is failed as "may have been delivered"."""
         self.stop_sending()
@@ -430,13 +450,14 @@ class MessagingService:
         if self._idle.is_set() or started is None:
             return
         left = started + SEND_GRACE - time.monotonic()
-        logger.info("- waiting up to %.1f s for the message being sent", left)
+        logger.info("- waiting up to %.1f s for the %d message(s) being sent", left,
+                    self._working)
         try:
             async with asyncio.timeout(max(0.0, left)):
                 await self._idle.wait()
         except TimeoutError:
-            logger.warning("x the message being sent was not done %.0f s into the stop; "
-                           "stopping anyway", SEND_GRACE)
+            logger.warning("x %d message(s) being sent not done %.0f s into the stop; "
+                           "stopping anyway", self._working, SEND_GRACE)
 
     async def stop(self) -> None:
         self.stop_sending()
@@ -446,8 +467,10 @@ class MessagingService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         # Cut short at once, as ever: the jobs stay in their table and run again after the
-        # restart (only finished, when their app's reply was queued).
+        # restart (only finished, when their app's reply was queued). So do the MESSAGEs
+        # to Clients still unanswered after finish_sending: still queued, sent again.
         await self._inbound.close(0, resumed=True)
+        await self._client_sends.close(0, resumed=True)
         await self._callbacks.close(CALLBACK_GRACE)
 
     async def recover(self) -> None:
@@ -488,7 +511,7 @@ class MessagingService:
                 continue
             timeout = 60.0
             with contextlib.suppress(Exception):
-                next_due = await self._sms.next_due()
+                next_due = await self._sms.next_due(clients=False)
                 if next_due is not None:
                     timeout = (from_storage(next_due) - self._clock()).total_seconds()
             timeout = max(0.05, timeout)
@@ -497,14 +520,11 @@ class MessagingService:
                     await self._wake.wait()
 
     async def _drain(self) -> None:
-        if self._wake_clients:
-            self._wake_clients = False
-            await self._sms.make_clients_due(_now_text(self._clock))
+        """Send the modem's due messages one after the other (one modem)."""
         if self._wake_modem:
             self._wake_modem = False
             await self._sms.make_modem_due(_now_text(self._clock))
         await self._settle_in_doubt()
-        await self._settle_delivered()
         while self._stopping_at is None:
             due = await self._sms.due(_now_text(self._clock))
             if not due:
@@ -515,13 +535,91 @@ class MessagingService:
             for item in due:
                 if self._stopping_at is not None:
                     return  # it stays queued for the restart
-                self._idle.clear()
+                self._begin_work()
                 try:
                     faulted = await self._send_and_settle(item) or faulted
                 finally:
-                    self._idle.set()
+                    self._end_work()
             if faulted:
                 raise _SenderFault
+
+    def _begin_work(self) -> None:
+        self._working += 1
+        self._idle.clear()
+
+    def _end_work(self) -> None:
+        self._working -= 1
+        if not self._working:
+            self._idle.set()
+
+    async def _client_sender(self) -> None:
+        while True:
+            # Cleared before looking: a message accepted, a phone registered or a send
+            # ended meanwhile sets it again.
+            self._client_wake.clear()
+            try:
+                timeout = await self._start_client_sends()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the queue must go on after a fault of ours
+                self._log_fault("x SMS to Clients: a fault of the appliance; it pauses %.0f s",
+                                SENDER_FAULT_PAUSE)
+                await asyncio.sleep(SENDER_FAULT_PAUSE)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._client_wake.wait()
+
+    async def _start_client_sends(self) -> float:
+        """Start the first due message of as many idle Clients as there are free slots; the
+        seconds until the next look (each send ending wakes it before)."""
+        if self._wake_clients:
+            self._wake_clients = False
+            await self._sms.make_clients_due(_now_text(self._clock))
+        await self._settle_delivered()
+        now = time.monotonic()
+        for destination, until in list(self._client_resting.items()):
+            if until <= now:
+                del self._client_resting[destination]
+        timeout = min([60.0, *(until - now for until in self._client_resting.values())])
+        room = CLIENT_CONCURRENCY - len(self._client_running)
+        if self._stopping_at is not None or room <= 0:
+            return max(0.05, timeout)
+        busy = self._client_running | set(self._client_resting)
+        for item in await self._sms.due_for_clients(_now_text(self._clock), room, busy):
+            if item.sid in self._delivered or item.destination in self._client_running:
+                continue  # took its message (settled next time) / one started meanwhile
+            self._client_running.add(item.destination)
+            self._begin_work()
+            try:
+                await self._client_sends.put(item.destination,
+                                             functools.partial(self._client_turn, item))
+            except BaseException:
+                self._client_running.discard(item.destination)
+                self._end_work()
+                raise
+        next_due = await self._sms.next_due(
+            clients=True, skip=self._client_running | set(self._client_resting))
+        if next_due is not None:
+            timeout = min(timeout, (from_storage(next_due) - self._clock()).total_seconds())
+        return max(0.05, timeout)
+
+    async def _client_turn(self, item: OutboxItem) -> None:
+        try:
+            if self._stopping_at is not None:
+                return  # it stays queued for the restart
+            try:
+                faulted = await self._send_and_settle(item)
+            except Exception:  # noqa: BLE001 - settling a delivered one failed: settled later
+                self._log_fault("x SMS %s: a fault of the appliance after its delivery",
+                                item.sid)
+                faulted = True
+            if faulted:
+                self._client_resting[item.destination] = time.monotonic() + SENDER_FAULT_PAUSE
+        finally:
+            self._client_running.discard(item.destination)
+            self._end_work()
+            self._client_wake.set()
 
     async def _send_and_settle(self, item: OutboxItem) -> bool:
         """Send ITEM and record the outcome; True after a fault of ours."""
@@ -579,7 +677,7 @@ class MessagingService:
                                  f"The appliance failed to send the message {other.counted} "
                                  "times in a row (an internal error: see its log); not "
                                  "retried.")
-                del self._suspects[other.item.sid]
+                self._suspects.pop(other.item.sid, None)
 
     def _log_fault(self, message: str, *args: object) -> None:
         """With its traceback at most every SENDER_FAULT_LOG_S: a lasting fault (a full disk)
@@ -597,12 +695,13 @@ class MessagingService:
             del self._in_doubt[sid]
 
     async def _settle_delivered(self) -> None:
-        for sid, item in list(self._delivered.items()):
-            change = await self._sms.client_delivered(sid, _now_text(self._clock))
-            del self._delivered[sid]
-            logger.info("> SMS %s delivered to %s as SIP MESSAGE (recorded late)", sid,
-                        item.destination)
-            await self._status_callback(change)
+        async with self._settling:
+            for sid, item in list(self._delivered.items()):
+                change = await self._sms.client_delivered(sid, _now_text(self._clock))
+                del self._delivered[sid]
+                logger.info("> SMS %s delivered to %s as SIP MESSAGE (recorded late)", sid,
+                            item.destination)
+                await self._status_callback(change)
 
     @staticmethod
     def _encoded(item: OutboxItem) -> list[SubmitPdu]:

@@ -138,21 +138,53 @@ class SmsStore:
         await self._run(run)
 
     async def due(self, now: str, limit: int = 20) -> list[OutboxItem]:
+        """The modem's due messages (not those to Clients), the earliest accepted first."""
         def run() -> list[OutboxItem]:
             cur = self._conn().execute(
                 "SELECT o.*, m.account_sid, m.\"from\" FROM sms_outbox o "
                 "JOIN sms_messages m ON m.sid = o.sid "
                 "WHERE o.state = 'queued' AND o.next_attempt_at <= ? "
+                "AND o.destination NOT LIKE 'client:%' "
                 "ORDER BY o.accepted_at LIMIT ?", (now, limit))
             names = [d[0] for d in cur.description]
             return [_outbox_item(dict(zip(names, r, strict=True))) for r in cur.fetchall()]
         result: list[OutboxItem] = await self._run(run)
         return result
 
-    async def next_due(self) -> str | None:
+    async def due_for_clients(self, now: str, limit: int,
+                              skip: Collection[str] = ()) -> list[OutboxItem]:
+        """The earliest accepted due message of each Client (`client:<login>` destination),
+        the earliest first, for at most LIMIT Clients, leaving out the destinations in SKIP
+        (a send to them is running): a Client's later messages are not picked beside its
+        first, so they keep their order."""
+        def run() -> list[OutboxItem]:
+            cur = self._conn().execute(
+                "SELECT * FROM ("
+                " SELECT o.*, m.account_sid, m.\"from\", ROW_NUMBER() OVER ("
+                "  PARTITION BY o.destination ORDER BY o.accepted_at, o.rowid) AS turn"
+                " FROM sms_outbox o JOIN sms_messages m ON m.sid = o.sid"
+                " WHERE o.state = 'queued' AND o.next_attempt_at <= ?"
+                " AND o.destination LIKE 'client:%') WHERE turn = 1 "
+                # Each destination in SKIP takes at most one of the rows.
+                "ORDER BY accepted_at LIMIT ?", (now, limit + len(skip)))
+            names = [d[0] for d in cur.description]
+            items = [_outbox_item(dict(zip(names, r, strict=True))) for r in cur.fetchall()]
+            return [item for item in items if item.destination not in skip][:limit]
+        result: list[OutboxItem] = await self._run(run)
+        return result
+
+    async def next_due(self, *, clients: bool = False,
+                       skip: Collection[str] = ()) -> str | None:
+        """When the next message for the modem (CLIENTS: to a Client, leaving out the
+        destinations in SKIP) is due; None when none is queued."""
         def run() -> str | None:
-            row = self._conn().execute("SELECT MIN(next_attempt_at) FROM sms_outbox "
-                                       "WHERE state = 'queued'").fetchone()
+            marks = ", ".join("?" for _ in skip)
+            row = self._conn().execute(
+                "SELECT MIN(next_attempt_at) FROM sms_outbox WHERE state = 'queued' AND "
+                + ("destination LIKE 'client:%'" if clients
+                   else "destination NOT LIKE 'client:%'")
+                + (f" AND destination NOT IN ({marks})" if skip else ""),
+                tuple(skip)).fetchone()
             return row[0] if row and row[0] else None
         result: str | None = await self._run(run)
         return result

@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from appliance.app import Appliance
+from appliance.gsm.pdu import Submit, decode_sms_pdu
 from appliance.sip.headers import NameAddr
-from appliance.sip.message import Request
+from appliance.sip.message import Request, parse_message
 from appliance.sip.uri import SipUri, parse_uri
 from tests.conftest import ADMIN_SID, Api
 from tests.fakes.modem import FakeModem
 from tests.fakes.pdus import deliver_pdu
 from tests.sms.conftest import SIM_NUMBER
+from tests.sms.sipua import Phone
 from tests.sms.test_sms_clients import PW, phone
 
 SMS = f"Accounts/{ADMIN_SID}/SMS/Messages.json"
@@ -150,3 +154,62 @@ async def test_a_number_forwards_only_to_a_client_of_its_account(
         assert boss.messages == []
     finally:
         boss.close()
+
+
+class DeadPhone(Phone):
+    """Registered, takes MESSAGEs and answers none (a phone gone: on a dead LAN, asleep)
+    until ``awake``; the texts it saw, once each, in order."""
+
+    awake = False
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        msg = parse_message(data)
+        if isinstance(msg, Request) and msg.method == "MESSAGE" and not self.awake:
+            text = msg.body.decode()
+            if text not in self.messages:  # not a retransmission
+                self.messages.append(text)
+            self.got_message.set()
+            return
+        super().datagram_received(data, addr)
+
+
+async def test_a_dead_phone_holds_up_no_other_client_nor_the_modem(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("appliance.services.messaging.SEND_GRACE", 0.5)  # a quick teardown
+    status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                         {"Login": "ghost", "Password": PW})
+    assert status == 200, body
+    listen = gsm_appliance.config.sip.listen
+    ghost = await DeadPhone("ghost", PW, (listen.host, listen.port)).start()
+    dave = await phone(gsm_api, gsm_appliance, "dave")
+    try:
+        assert await ghost.register() == 200 and await dave.register() == 200
+        for n in range(3):
+            status, body, _ = await gsm_api.post(SMS, {"From": "+15550001111",
+                                                       "To": "client:ghost",
+                                                       "Body": f"ghost {n}"})
+            assert status == 200, body
+        async with asyncio.timeout(5):
+            await ghost.got_message.wait()
+        for to, text in (("client:dave", "for dave"), ("+15557778888", "by the modem")):
+            status, body, _ = await gsm_api.post(SMS, {"From": "+15550001111", "To": to,
+                                                       "Body": text})
+            assert status == 200, body
+        # Before: each waited for the ghost's MESSAGEs, up to 40 s each.
+        async with asyncio.timeout(5):
+            await dave.got_message.wait()
+            while not fake.sent:
+                await asyncio.sleep(0.02)
+        assert dave.messages == ["for dave"]
+        submit = decode_sms_pdu(fake.sent[0])
+        assert isinstance(submit, Submit) and submit.user_data.text == "by the modem"
+        # One message at a time to a Client, in the order accepted.
+        assert ghost.messages == ["ghost 0"]
+        ghost.awake = True  # answers the next retransmission, then the rest come in turn
+        async with asyncio.timeout(15):
+            while list(dict.fromkeys(ghost.messages)) != ["ghost 0", "ghost 1", "ghost 2"]:
+                await asyncio.sleep(0.05)
+    finally:
+        ghost.close()
+        dave.close()
