@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ from appliance.sip.uri import SipUri, parse_uri
 from tests.conftest import ADMIN_SID, Api
 from tests.fakes.modem import FakeModem
 from tests.fakes.pdus import deliver_pdu
-from tests.sms.conftest import SIM_NUMBER
+from tests.sms.conftest import SIM_NUMBER, Hook, gsm_config, running
 from tests.sms.sipua import Phone
 from tests.sms.test_sms_clients import PW, phone
 
@@ -86,6 +87,32 @@ async def test_a_forwarded_sms_from_a_sender_with_a_line_break_writes_no_header(
         assert sender_of(request) == "a\r\nX-I: y"
     finally:
         erin.close()
+
+
+async def test_an_apps_sms_from_is_checked_and_escaped_too(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem, hook: Hook) -> None:
+    reply = hook.reply("/sms", '<Response><Sms to="client:dave" from="a&#13;&#10;X-I: y">'
+                               'injected</Sms><Sms to="client:dave" from="Help Desk">fine'
+                               '</Sms></Response>')
+    status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
+                                         {"PhoneNumber": SIM_NUMBER, "SmsUrl": reply})
+    assert status == 200, body
+    dave = await phone(gsm_api, gsm_appliance, "dave")
+    try:
+        assert await dave.register() == 200
+        fake.deliver_sms(deliver_pdu("+15559990000", "hello"))
+        async with asyncio.timeout(10):
+            await dave.got_message.wait()
+        await asyncio.sleep(0.3)
+        assert dave.messages == ["fine"]
+        assert sender_of(dave.requests[0]) == "Help Desk"
+        assert dave.requests[0].get("X-I") is None
+        _, text, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/Notifications.json")
+        (note,) = json.loads(text)["notifications"]
+        assert note["error_code"] == 14101, note
+        assert "From must not contain control characters" in note["message_text"], note
+    finally:
+        dave.close()
 
 
 async def sub_account(api: Api) -> tuple[str, Api]:
@@ -213,3 +240,69 @@ async def test_a_dead_phone_holds_up_no_other_client_nor_the_modem(
     finally:
         ghost.close()
         dave.close()
+
+
+async def test_sends_to_clients_are_bounded(gsm_api: Api, gsm_appliance: Appliance,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("appliance.services.messaging.CLIENT_CONCURRENCY", 2)
+    monkeypatch.setattr("appliance.services.messaging.SEND_GRACE", 0.5)
+    listen = gsm_appliance.config.sip.listen
+    dead = []
+    for login in ("ann", "ben", "cat"):
+        status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                             {"Login": login, "Password": PW})
+        assert status == 200, body
+        dead.append(await DeadPhone(login, PW, (listen.host, listen.port)).start())
+    try:
+        for one in dead:
+            assert await one.register() == 200
+        for one in dead:
+            status, body, _ = await gsm_api.post(SMS, {"From": "+15550001111",
+                                                       "To": f"client:{one.login}",
+                                                       "Body": f"for {one.login}"})
+            assert status == 200, body
+        async with asyncio.timeout(5):
+            while sum(bool(one.messages) for one in dead) < 2:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+        waiting = [one for one in dead if not one.messages]
+        assert len(waiting) == 1  # two MESSAGEs unanswered: the third waits for a slot
+        for one in dead:
+            one.awake = True
+        async with asyncio.timeout(10):
+            await waiting[0].got_message.wait()
+    finally:
+        for one in dead:
+            one.close()
+
+
+async def test_a_message_to_a_dead_phone_at_a_stop_is_sent_after_the_restart(
+        tmp_path: Path, fake: FakeModem, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("appliance.services.messaging.SEND_GRACE", 0.5)
+    config = gsm_config(tmp_path, fake)
+    ghost = await DeadPhone("ghost", PW, (config.sip.listen.host,
+                                          config.sip.listen.port)).start()
+    try:
+        async with running(config) as (_, api):
+            status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                             {"Login": "ghost", "Password": PW})
+            assert status == 200, body
+            assert await ghost.register() == 200
+            status, body, _ = await api.post(SMS, {"From": "+15550001111",
+                                                   "To": "client:ghost", "Body": "kept"})
+            assert status == 200, body
+            sid = json.loads(body)["sid"]
+            async with asyncio.timeout(5):
+                await ghost.got_message.wait()
+        ghost.awake = True
+        async with running(config) as (_, api):
+            assert await ghost.register() == 200
+            async with asyncio.timeout(10):
+                while True:
+                    _, body, _ = await api.get(f"Accounts/{ADMIN_SID}/SMS/Messages/{sid}.json")
+                    if json.loads(body)["status"] == "sent":
+                        break
+                    await asyncio.sleep(0.05)
+        assert ghost.messages == ["kept", "kept"]  # cut off at the stop, sent again
+    finally:
+        ghost.close()
