@@ -84,6 +84,7 @@ from appliance.services.telephony import CallLog
 from appliance.sip.dialogs import cdr_status
 from appliance.sip.message import Request
 from appliance.sip.proxy_ports import Caller, Contact, Decision, Fork, Refuse
+from appliance.sip.uri import SipUri
 from appliance.sip.wire import Target
 from appliance.timefmt import iso
 from appliance.webhooks import WebhookError, Webhooks
@@ -345,7 +346,8 @@ class CallsService:
         worker's own identity without it). Raises MediaError or TimeoutError."""
         self.admit_leg(leg, account_sid)  # media_caller lets its INVITE through
         host, port = self._front_door()
-        from_uri = f"sip:{from_user}@{host}" if from_user is not None else None
+        # FROM_USER may be an app's callerId or a network's caller ID: %-escaped, never raw
+        from_uri = str(SipUri(host=host, user=from_user)) if from_user is not None else None
         async with asyncio.timeout(DIAL_SECONDS):
             await self.need_engine().dial(f"sip:{login}@{host}:{port}", leg=leg,
                                           ring_seconds=ring_seconds, near=near,

@@ -155,6 +155,7 @@ class PhoneAccount(pj.Account):  # type: ignore[misc]
         i = len(self.phone.calls)
         call = PhoneCall(self.phone, self, i, prm.callId)
         self.phone.calls.append(call)
+        say(event="incoming", call=i, remote=call.getInfo().remoteUri)
         op = pj.CallOpParam()
         delay = self.phone.args.answer_after
         op.statusCode = 180 if delay else 200

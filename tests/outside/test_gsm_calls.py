@@ -245,3 +245,18 @@ async def test_gsm_call_to_a_number_routed_to_a_client(gsm: Any, tmp_path: Path)
     [call] = await cdrs(api, 1)
     assert (call["from"], call["to"], call["direction"], call["status"]) == (
         CALLER, SIM, "inbound", "completed")
+
+
+async def test_a_network_caller_id_with_a_space_reaches_a_client_escaped(gsm: Any) -> None:
+    """An alphanumeric caller ID from the network ("Vodafone UK") is the From user of the
+    INVITE to the Client's phone, %-escaped: written raw, its space made the URI invalid and
+    the call to the phone failed."""
+    _, api, _, phone, fake = gsm
+    await number_app(api, "client:alice")
+    alice = await phone("--user", "alice", "--answer", "--once", "--hold", "1",
+                        "--timeout", "20")
+    fake.inject_call("Vodafone UK", ring_every=0.3)
+    await alice.finish()
+    [incoming] = [e for e in alice.events if e.get("event") == "incoming"]
+    assert "sip:Vodafone%20UK@" in incoming["remote"], incoming
+    assert any(e.get("state") == "CONFIRMED" for e in alice.events), alice.events
