@@ -74,17 +74,26 @@ class Binding:
         return str(contact)
 
     def target(self) -> Target:
-        """Where requests to this contact are sent (calls, MESSAGEs, keep-alive pings): the
-        address the REGISTER came from (NAT-safe) over its transport and TCP connection; the
-        contact URI's address only when none was kept."""
-        if self.source[0]:
-            return Target(self.transport.lower(), self.source[0], self.source[1],
-                          self.connection_id)
+        """Where requests to this contact are sent (calls, MESSAGEs, keep-alive pings).
+
+        UDP: the address the REGISTER came from (NAT-safe, RFC 3581). TCP (or TLS): the
+        phone's own connection (known by that address too) while the binding has one; else
+        (restored after a restart) a new connection to the host the REGISTER came from at
+        the contact URI's port (5060, 5061 for ``sips:`` or TLS), where the phone listens:
+        the port the REGISTER came from was its outgoing one, where nothing listens. The
+        source host rather than the contact's, as for UDP: it is what reaches the phone, a
+        NAT's address too (the contact host behind one is private). The contact URI's host
+        and port only when no source was kept."""
+        transport = self.transport.lower()
+        if self.source[0] and (transport == "udp" or self.connection_id is not None):
+            return Target(transport, self.source[0], self.source[1], self.connection_id)
         contact = parse_uri(self.uri)
-        if isinstance(contact, SipUri):
-            return Target(contact.transport or self.transport.lower(), contact.host.strip("[]"),
-                          contact.port or 5060)
-        return Target(self.transport.lower(), "", 0)
+        if not isinstance(contact, SipUri):
+            return Target(transport, self.source[0], self.source[1])
+        port = contact.port or _default_port(contact, transport)
+        if not self.source[0]:
+            return Target(contact.transport or transport, contact.host.strip("[]"), port)
+        return Target(transport, self.source[0], port)
 
     def to_dict(self) -> dict[str, Any]:
         """What ``dataclasses.asdict`` gives (same keys, order and values), built directly:
@@ -111,6 +120,10 @@ class Binding:
             params=[(str(k), None if v is None else str(v)) for k, v in data.get("params", [])],
             user_agent=str(data.get("user_agent") or ""),
         )
+
+
+def _default_port(contact: SipUri, transport: str) -> int:
+    return 5061 if contact.scheme == "sips" or transport == "tls" else 5060
 
 
 def qvalue_text(q: float) -> str:

@@ -40,7 +40,8 @@ A new out-of-dialog request goes through, in order:
 
 Forking is parallel, to at most ``MAX_BRANCHES`` contacts. Each branch keeps the contact URI
 as Request-URI but is *sent* to the binding's source address and TCP connection (phones
-behind NAT only accept requests there). A branch the transport cannot send fails as a 503
+behind NAT only accept requests there; a TCP phone whose connection is gone, at its
+Contact's port: ``Binding.target``). A branch the transport cannot send fails as a 503
 (§16.9, §17.1.4), whether ``send`` says so at once (False) or only later through the
 ``on_error`` it is given (a TCP connect refused or timed out: ``_unreachable``, reported on
 the next timer pass). Every branch (``forwarding.branch_request``) gets our

@@ -8,6 +8,7 @@ import pytest
 
 from appliance.sip.bindings import Binding, Location, Origin, RegistrationError
 from appliance.sip.headers import NameAddr, parse_name_addrs
+from appliance.sip.wire import Target
 
 AOR = "sip:1001@pbx.example.com"
 
@@ -189,3 +190,37 @@ def test_header_value_of_a_plain_contact_is_its_name_addr_with_expires() -> None
     general.set_param("expires", str(b.expires_in(1100.0)))
     assert b.header_value(1100.0) == str(general) == (
         "<sip:1001@192.0.2.10:5060;transport=udp>;expires=3500")
+
+
+@pytest.mark.parametrize(("contact", "origin", "target"), [
+    # UDP: the source address (rport, NAT), whatever the contact says.
+    ("<sip:a@192.168.1.10:5070>", Origin("udp", ("203.0.113.5", 40000)),
+     Target("udp", "203.0.113.5", 40000)),
+    # TCP on its own connection: that connection (from that address).
+    ("<sip:a@192.168.1.10:5070;transport=tcp>", Origin("tcp", ("203.0.113.5", 40000), "tcp-3"),
+     Target("tcp", "203.0.113.5", 40000, "tcp-3")),
+    # TCP with no connection (restored): the source host (a NAT's, the contact host being
+    # private) at the Contact's port, 5060 when none; 5061 for sips.
+    ("<sip:a@192.168.1.10:5070;transport=tcp>", Origin("tcp", ("203.0.113.5", 40000)),
+     Target("tcp", "203.0.113.5", 5070)),
+    ("<sip:a@192.168.1.10;transport=tcp>", Origin("tcp", ("192.168.1.10", 40000)),
+     Target("tcp", "192.168.1.10", 5060)),
+    ("<sips:a@192.168.1.10>", Origin("tcp", ("192.168.1.10", 40000)),
+     Target("tcp", "192.168.1.10", 5061)),
+    # No source kept: the contact URI alone.
+    ("<sip:a@192.168.1.10:5070;transport=tcp>", Origin("udp", ("", 0)),
+     Target("tcp", "192.168.1.10", 5070)),
+])
+def test_where_requests_to_a_binding_go(contact: str, origin: Origin, target: Target) -> None:
+    [binding] = register(Location(), contact, origin=origin)
+    assert binding.target() == target
+
+
+def test_a_restored_tcp_binding_goes_to_the_contacts_port_not_the_registers() -> None:
+    loc = Location()
+    register(loc, "<sip:a@10.0.0.7:5062;transport=tcp>",
+             origin=Origin("tcp", ("10.0.0.7", 51234), "tcp-1"))
+    restored = Location()
+    restored.load(json.loads(json.dumps(loc.to_dicts())), now=1000.0)
+    [binding] = restored.lookup(AOR, 1000.0)
+    assert binding.target() == Target("tcp", "10.0.0.7", 5062)

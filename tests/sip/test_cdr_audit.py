@@ -4,6 +4,8 @@ APIs: each outcome of a Client → Client call and of a SIP MESSAGE, and what a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -22,7 +24,7 @@ from appliance.services.message_log import MessageLog
 from appliance.services.telephony import CallLog
 from appliance.sip.bindings import Origin
 from appliance.sip.headers import NameAddr
-from appliance.sip.message import Request, Response, parse_message
+from appliance.sip.message import Request, Response, make_response, parse_message
 from appliance.sip.proxy import Proxy
 from tests.conftest import ADMIN_SID, Api, free_port
 from tests.sip.proxy_harness import REALM, SDP, Harness, Phone, authorization, make_user
@@ -319,16 +321,16 @@ async def test_a_failing_trunk_close_still_stops_the_sip_tasks_and_the_store(
     await second.stop()
 
 
-async def test_a_call_to_a_tcp_phone_gone_since_a_restart_fails_at_once(
-        tmp_path: Path) -> None:
-    """bob registered over TCP before a restart: his binding is restored, his connection
-    is not, so a request to him needs a new connect to the address he registered from,
-    where nothing listens any more. alice's call fails at once (RFC 3261 §18.4, §17.1.4:
-    the transport error reaches the proxy; the branch's 503 is the caller's 500, §16.7),
-    not on Timer B 32 s later, and its CDR is failed."""
-    first = Appliance(config(tmp_path))
+async def registered_over_tcp_then_restarted(tmp_path: Path, contact: str,
+                                             **sip: Any) -> Appliance:
+    """A started appliance (SIP settings SIP) whose Clients alice and bob exist and on
+    which bob registered CONTACT over TCP before a restart: his binding is restored, his
+    connection is not."""
+    cfg = config(tmp_path)
+    cfg = dataclasses.replace(cfg, sip=dataclasses.replace(cfg.sip, **sip))
+    first = Appliance(cfg)
     await first.start()
-    sip = first.config.sip.listen
+    sip_listen = first.config.sip.listen
     bob_phone: asyncio.StreamWriter | None = None
     try:
         password = (first.config.data_dir / "admin-password").read_text().strip()
@@ -339,11 +341,12 @@ async def test_a_call_to_a_tcp_phone_gone_since_a_restart_fails_at_once(
                 status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
                                                  {"Login": login, "Password": PASSWORD})
                 assert status == 200, body
-        reader, bob_phone = await asyncio.open_connection(sip.host, sip.port)
+        reader, bob_phone = await asyncio.open_connection(sip_listen.host, sip_listen.port)
         reply: Response | None = None
         for cseq in (1, 2):
             auth = answer(reply, "bob", password=PASSWORD) if reply is not None else None
-            request = register("bob", call_id="bob-tcp", cseq=cseq, auth=auth)
+            request = register("bob", call_id="bob-tcp", cseq=cseq, auth=auth,
+                               contacts=(contact,))
             bob_phone.write(bytes(request).replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
             message = parse_message(await read_message(reader))
             assert isinstance(message, Response)
@@ -355,25 +358,47 @@ async def test_a_call_to_a_tcp_phone_gone_since_a_restart_fails_at_once(
             bob_phone.close()
     second = Appliance(first.config)
     await second.start()
-    alice = Attacker(sip.port)
+    return second
+
+
+async def alice_calls_bob(app: Appliance, alice: Attacker, call_id: str) -> float:
+    """alice registers (UDP) and sends her authenticated INVITE to bob; when it went."""
+    registered = await authenticated(alice, "REGISTER", None)
+    assert registered is not None and _status(registered) == 200
+    challenge = await alice.ask(alice.request("INVITE", "bob", call_id=call_id))
+    assert challenge is not None and _status(challenge) == 407
+    name, value = challenge_answer(challenge, "alice", "INVITE", "sip:bob@pbx.example.com")
+    started = asyncio.get_running_loop().time()
+    await alice.send(alice.request("INVITE", "bob", call_id=call_id, cseq=2,
+                                   extra=(f"{name}: {value}",)))
+    return started
+
+
+async def final_of(alice: Attacker, cseq: bytes, within: float) -> bytes | None:
+    loop = asyncio.get_running_loop()
+    until = loop.time() + within
+    while (left := until - loop.time()) > 0:
+        got = await alice.recv(left)
+        if got is not None and cseq in got and _status(got) >= 200:
+            return got
+    return None
+
+
+async def test_a_call_to_a_tcp_phone_gone_since_a_restart_fails_at_once(
+        tmp_path: Path) -> None:
+    """bob registered over TCP before a restart; after it a request to him needs a new
+    connect, to the host he registered from at his Contact's port, where nothing listens.
+    alice's call fails at once (RFC 3261 §18.4, §17.1.4: the transport error reaches the
+    proxy; the branch's 503 is the caller's 500, §16.7), not on Timer B 32 s later, and its
+    CDR is failed."""
+    second = await registered_over_tcp_then_restarted(
+        tmp_path, f"<sip:bob@127.0.0.1:{free_port()};transport=tcp>")
+    alice = Attacker(second.config.sip.listen.port)
     try:
-        registered = await authenticated(alice, "REGISTER", None)
-        assert registered is not None and _status(registered) == 200
-        call_id = "to-bob-over-tcp"
-        challenge = await alice.ask(alice.request("INVITE", "bob", call_id=call_id))
-        assert challenge is not None and _status(challenge) == 407
-        name, value = challenge_answer(challenge, "alice", "INVITE", "sip:bob@pbx.example.com")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await alice.send(alice.request("INVITE", "bob", call_id=call_id, cseq=2,
-                                       extra=(f"{name}: {value}",)))
-        final = None
-        while final is None and (left := started + 5 - loop.time()) > 0:
-            got = await alice.recv(left)
-            if got is not None and b"CSeq: 2 INVITE" in got and _status(got) >= 200:
-                final = got
+        started = await alice_calls_bob(second, alice, "to-bob-over-tcp")
+        final = await final_of(alice, b"CSeq: 2 INVITE", 5)
         assert final is not None and _status(final) == 500, final
-        assert loop.time() - started < 2.0
+        assert asyncio.get_running_loop().time() - started < 2.0
         for _ in range(100):  # the CDR is committed right after the signalling
             listed = await calls_listed(second)
             if listed.get("bob", {}).get("status") == "failed":
@@ -383,6 +408,83 @@ async def test_a_call_to_a_tcp_phone_gone_since_a_restart_fails_at_once(
     finally:
         alice.close()
         await second.stop()
+
+
+class TcpPhone:
+    """bob's desk phone listening for SIP over TCP: what it is sent, on connections the
+    appliance opens to it; it answers INVITEs BUSY and OPTIONS 200."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: asyncio.Queue[Request] = asyncio.Queue()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> TcpPhone:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                request = parse_message(await read_message(reader))
+                if not isinstance(request, Request):
+                    continue
+                await self.received.put(request)
+                if request.method in ("INVITE", "OPTIONS"):
+                    status = 486 if request.method == "INVITE" else 200
+                    writer.write(bytes(make_response(request, status, to_tag="bobtag")))
+
+    async def next(self, method: str, within: float = 5.0) -> Request:
+        async with asyncio.timeout(within):
+            while True:
+                request = await self.received.get()
+                if request.method == method:
+                    return request
+
+
+async def test_a_call_to_a_tcp_phone_registered_before_a_restart_reaches_it(
+        tmp_path: Path) -> None:
+    """After a restart the phone's connection is gone: the INVITE goes down a new connection
+    to the Contact's port, where the phone listens (not to the outgoing port its REGISTER
+    came from), and alice hears bob's answer (486 here)."""
+    async with TcpPhone() as bob:
+        second = await registered_over_tcp_then_restarted(
+            tmp_path, f"<sip:bob@127.0.0.1:{bob.port};transport=tcp>")
+        alice = Attacker(second.config.sip.listen.port)
+        try:
+            await alice_calls_bob(second, alice, "to-bob-restored")
+            invite = await bob.next("INVITE")
+            assert invite.uri == f"sip:bob@127.0.0.1:{bob.port};transport=tcp"
+            final = await final_of(alice, b"CSeq: 2 INVITE", 5)
+            assert final is not None and _status(final) == 486, final
+        finally:
+            alice.close()
+            await second.stop()
+
+
+async def test_keep_alive_options_reach_a_tcp_phone_registered_before_a_restart(
+        tmp_path: Path) -> None:
+    """The keep-alive OPTIONS go where a call would: to the Contact's port once the
+    phone's connection is gone. (Sent to its old outgoing port, they would fail and drop
+    a live phone's registration after three pings.)"""
+    async with TcpPhone() as bob:
+        second = await registered_over_tcp_then_restarted(
+            tmp_path, f"<sip:bob@127.0.0.1:{bob.port};transport=tcp>", ping_interval=1)
+        try:
+            ping = await bob.next("OPTIONS", within=10)
+            assert ping.uri == f"sip:bob@127.0.0.1:{bob.port};transport=tcp"
+        finally:
+            await second.stop()
 
 
 # --- calls through the proxy, read back through the Calls API -----------------------------
