@@ -189,6 +189,7 @@ class Appliance:
         if sip.domain:
             self.transport.local_hosts.add(sip.domain.lower())
         self.frontdoor.sender = self.transport
+        self.frontdoor.activity = self.transport  # what keeps a stranger's connection open
         self.registrar.flows = self.transport  # phones registered over TCP keep their flows
         # Keep-alive OPTIONS to the registered phones ([sip] ping_interval; 0: none).
         self.pinger: Pinger | None = None

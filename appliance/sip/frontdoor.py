@@ -78,6 +78,7 @@ from appliance.sip.transaction import (
 from appliance.sip.transaction_table import TransactionTable
 from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import (
+    Activity,
     Incoming,
     MessageHandler,
     Sender,
@@ -120,6 +121,8 @@ class FrontDoor:
         self.proxy = proxy
         self.trunk: MessageHandler | None = None  # sip.trunk: upstream registrations
         self.pinger: Pinger | None = None  # sip.pinger: keep-alive OPTIONS to the phones
+        # The transport, told which TCP requests were within budget (``wire.Activity``).
+        self.activity: Activity | None = None
         # Transactions keep where their responses go (``peer``) and their timers (the
         # table's heap): nothing here is per transaction.
         self._table = TransactionTable()
@@ -263,6 +266,8 @@ class FrontDoor:
         if not self._within_budget(ip, now, register=register, port=incoming.source[1]):
             self._over_budget(incoming, now)
             return
+        if incoming.connection_id is not None and self.activity is not None:
+            self.activity.vouch(incoming.connection_id)
         if register and self._from_provider(ip, now):
             self._answer(incoming, make_response(message, 403, to_tag=_tag()))
             return

@@ -38,11 +38,15 @@ Content-Length: 400, then closed). Error replies, like any other, never go to a 
 Via is broadcast or multicast. CRLFCRLF keep-alives are answered with CRLF on TCP (RFC 5626
 §3.5.1) and ignored on UDP. A TCP peer must complete its first message within
 ``first_message_timeout`` of connecting, and each later one within it of its first byte;
-between messages a connection may idle for ``untrusted_idle_timeout`` (60 s), and only
-pings do not count as activity there, until the SIP layer calls ``trust`` on it (a phone
-registered on it, or a provider's or media worker's request was accepted on it): from then on
-``idle_timeout``, long enough for a registered phone's silent flow, until ``distrust``
-(the last phone registered on it is gone): ``untrusted_idle_timeout`` again, from then.
+between messages a connection may idle for ``untrusted_idle_timeout`` (60 s) until the SIP
+layer calls ``trust`` on it. Activity there is, on a connection we opened, any whole message
+but a ping; on one a peer opened, only a request the handler ``vouch``es for (the front
+door: one within its source's unauthenticated budget) — a refused request, an ACK or a
+response costs a stranger nothing, and would let it hold connections for free. Once
+trusted (a phone registered on it, or a provider's or media worker's request was accepted
+on it), any message or ping is activity and the connection idles ``idle_timeout``, long
+enough for a registered phone's silent flow, until ``distrust`` (the last phone registered
+on it is gone): ``untrusted_idle_timeout`` again, from then.
 The transport never reads SIP to decide this. Connections we open are not trusted either:
 peers choose where many of them go (a response's Via, the top Route of an in-dialog request
 a caller wrote), and trusted ones would let a caller fill the table with connections to
@@ -122,7 +126,8 @@ logger = logging.getLogger(__name__)
 MAX_TCP_CONNECTIONS = 1024
 # At the limit, the untrusted connection idle the longest is closed for a newcomer
 # (Transport._make_room): a stranger's OPTIONS every 59 s from 64 addresses would otherwise
-# hold all of it, within its unauthenticated budget, and no phone could connect.
+# hold all of it, within its unauthenticated budget, and no phone could connect. What it
+# sends past that budget (503s), or free of it, is no activity there (``Transport.vouch``).
 # ...but only one idle at least this long: a connect flood (no message, no budget spent)
 # would otherwise churn the table, each newcomer closing the connection before it, and a
 # phone between its connect, our 401 and its authenticated REGISTER (milliseconds on a LAN,
@@ -348,7 +353,8 @@ class Connection:
     transport: asyncio.Transport | None = None
     opened_at: float = 0.0
     # The last whole message or ping (not any byte); for an untrusted connection, pings
-    # do not count, and the moment it lost its trust (Transport.distrust) does.
+    # do not count, nor on one a peer opened anything but what the handler vouched for
+    # (Transport.vouch), and the moment it lost its trust (Transport.distrust) does.
     last_activity: float = 0.0
     message_started: float | None = None  # when the framer's partial message began
     messages: int = 0
@@ -788,10 +794,12 @@ class Transport:
             conn.close()
             return
         now = asyncio.get_running_loop().time()
-        if items and (conn.trusted or not all(isinstance(i, KeepAlive) for i in items)):
-            conn.last_activity = now
-            if not conn.trusted:
-                self._untrusted.move_to_end(conn.id)
+        # On a connection a peer opened and nobody authenticated on, only what the handler
+        # vouches for counts (``vouch``): its requests cost a stranger budget, and the rest
+        # (refused requests, ACKs, responses) costs nothing.
+        if items and (conn.trusted or (
+                conn.outgoing and not all(isinstance(i, KeepAlive) for i in items))):
+            self._active(conn, now)
         if not conn.framer.mid_message:
             conn.message_started = None
         elif items or conn.message_started is None:  # a new message began in this read
@@ -833,6 +841,20 @@ class Transport:
                     continue
                 logger.debug("- tcp %s %s:%d %s; closing", conn.id, *conn.peer, why)
                 conn.close()
+
+    def _active(self, conn: Connection, now: float) -> None:
+        conn.last_activity = now
+        if not conn.trusted:
+            self._untrusted.move_to_end(conn.id)
+
+    def vouch(self, connection_id: str) -> None:
+        """A request on CONNECTION_ID was let through its source's unauthenticated budget
+        (the ``wire.Activity`` seam, called by the front door): on an untrusted connection
+        a peer opened, the only messages that count as activity (see ``_stream_data``). A
+        connection closed meanwhile is ignored."""
+        conn = self._connections.get(connection_id)
+        if conn is not None:
+            self._active(conn, asyncio.get_running_loop().time())
 
     def _idle_timeout(self, conn: Connection) -> float:
         if conn.trusted:

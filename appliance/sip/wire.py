@@ -67,6 +67,16 @@ class Flows(Protocol):
         deleted or disabled): it idles only briefly again, counted from now."""
 
 
+class Activity(Protocol):
+    def vouch(self, connection_id: str) -> None:
+        """A request on the TCP connection CONNECTION_ID was let through its source's
+        unauthenticated budget (the front door): on a connection nobody authenticated on,
+        only such requests count as activity, which keeps it open and from being closed to
+        make room. A request refused (over budget, from a banned source) or one that costs
+        no budget (an ACK, a retransmission, a response) would otherwise let a stranger
+        hold connections for free."""
+
+
 class MessageHandler(Protocol):
     async def handle(self, incoming: Incoming) -> None:
         """Process one message that parsed and passed the transport's checks."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -48,10 +49,10 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serving(**limits: Any) -> AsyncIterator[Served]:
+async def serving(*, guard: Guard | None = None, **limits: Any) -> AsyncIterator[Served]:
     """The front door, its registrar (Clients alice and bob) and the transport, wired as
     app.py wires them; LIMITS override the shrunk timeouts below."""
-    guard = Guard()
+    guard = Guard() if guard is None else guard
     directory = FakeDirectory(user("alice"), user("bob"))
     registrar = Registrar(directory=directory, location=Location(),
                           guard=guard, store=FakeStore(), clock=time.time, realm=lambda: REALM,
@@ -61,7 +62,8 @@ async def serving(**limits: Any) -> AsyncIterator[Served]:
         "idle_timeout": LONG, "untrusted_idle_timeout": SHORT, "first_message_timeout": 5.0,
         "sweep_interval": 0.05, **limits}))
     front.sender = transport
-    registrar.flows = transport  # as app.py wires it
+    front.activity = transport
+    registrar.flows = transport  # as app.py wires them
     await transport.start()
     try:
         yield Served(transport, registrar, directory)
@@ -322,6 +324,42 @@ async def test_a_connect_flood_does_not_close_a_phone_mid_handshake() -> None:
         assert await answers_options(late_reader, late_writer, "z9hG4bKlate")
         assert await closed_by_server(flood[0][0], WAIT)
         assert await answers_options(reader, writer, "z9hG4bKphone")
+
+
+async def test_requests_refused_over_budget_do_not_keep_a_strangers_connections() -> None:
+    """A stranger holding every connection sends an OPTIONS on each all the time, past its
+    unauthenticated budget: each is answered 503, and none counts as activity. Its
+    connections are thus idle to the replacement rule, and a phone connecting takes the
+    place of one and registers."""
+    async with serving(guard=Guard(unauthenticated_per_minute=2), max_connections=4,
+                       untrusted_idle_timeout=LONG, evictable_after=0.5) as served, \
+            contextlib.AsyncExitStack() as stack:
+        strangers = [await stack.enter_async_context(tcp(served.port, "127.1.0.1"))
+                     for _ in range(4)]
+        seen: list[int] = []
+        stop = asyncio.Event()
+
+        async def pump() -> None:
+            for n in itertools.count():
+                for k, (reader, writer) in enumerate(strangers):
+                    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                        writer.write(options(5060, transport="TCP", branch=f"z9hG4bK{n}s{k}"))
+                        seen.append(status_of(await read_message(reader)))
+                if stop.is_set():
+                    return
+                await asyncio.sleep(0.05)
+
+        pumping = asyncio.create_task(pump())
+        try:
+            await asyncio.sleep(1.0)  # twice evictable_after: only 503s since the first two
+            assert seen[:2] == [200, 200] and set(seen[2:]) == {503}
+            assert served.transport.connection_count == 4
+            phone = await stack.enter_async_context(tcp(served.port))
+            assert await register_over(*phone) == 200
+            assert served.transport.connection_count == 4
+        finally:
+            stop.set()
+            await pumping
 
 
 # --- trust follows the bindings ----------------------------------------------------------------

@@ -506,8 +506,11 @@ async def test_icmp_port_unreachable_does_not_stop_udp(
 
 
 @contextlib.asynccontextmanager
-async def tcp(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def tcp(port: int, source: str | None = None
+              ) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A connection to PORT on 127.0.0.1, from the address SOURCE (127.0.0.1 when None)."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, local_addr=(source, 0) if source else None)
     try:
         yield reader, writer
     finally:
