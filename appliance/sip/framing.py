@@ -3,8 +3,9 @@
 ``StreamFramer.feed(data)`` returns the complete messages (as bytes, for ``parse_message``)
 and keep-alive pings found so far; the rest waits in the buffer. On a stream the header
 block ends at the first blank line and Content-Length is mandatory; a header block or body
-over the limit, or a missing/garbled Content-Length, raises ``FramingLost`` (a
-``FramingError``) and the transport must close the connection: once framing is lost, nothing
+over the limit (status 513), or a missing/garbled Content-Length (400), raises
+``FramingLost`` (a ``FramingError``) and the transport must close the connection: once
+framing is lost, nothing
 after it can be trusted. What came before it can: the exception carries the messages framed
 earlier in the same read (to be handled first) and the start of the bytes that could not be
 framed (whose head the transport answers 400 or 513), not the start of the read.
@@ -141,9 +142,11 @@ class StreamFramer:
             self._scanned = len(buf)
             # A head longer than the message limit belongs to no acceptable message: when
             # max_message is the smaller, it, not max_header, bounds a connection's buffer.
+            # Either way the message is too large for us: 513 (answered when the lines
+            # within the limit hold a Via to answer along).
             limit = min(self._max_header, self._max_message)
             if len(buf) > limit:
-                raise FramingError(f"no end of headers within {limit} bytes")
+                raise FramingError(f"no end of headers within {limit} bytes", 513)
             return None
         if end > self._max_header:
             raise FramingError(f"header block of {end} bytes exceeds {self._max_header}",

@@ -31,9 +31,10 @@ through the same path:
    to its first suspension, and only one that suspends goes on in a task this transport
    owns (at most ``max_pending`` at once; more are dropped and logged).
 
-Oversized messages (over ``Limits.max_message``): when the header block can still be read, a
-request is answered **513 Message Too Large** (RFC 3261 §21.5.14) and otherwise dropped; on
-TCP the connection is closed afterwards, since framing is lost (as it is without a readable
+Oversized messages (over ``Limits.max_message``, or over TCP a header section over
+``framing.MAX_HEADER_BLOCK``): when the header lines within that block can still be read (a
+Via to answer along), a request is answered **513 Message Too Large** (RFC 3261 §21.5.14)
+and otherwise dropped; on TCP the connection is closed afterwards, since framing is lost (as it is without a readable
 Content-Length: 400, then closed). Error replies, like any other, never go to a request whose
 Via is broadcast or multicast. CRLFCRLF keep-alives are answered with CRLF on TCP (RFC 5626
 §3.5.1) and ignored on UDP. A TCP peer must complete its first message within
@@ -299,6 +300,17 @@ def _report(callbacks: Iterable[OnError]) -> None:
             on_error()
         except Exception:
             logger.exception("x reporting a send failure failed")
+
+
+def _readable_head(data: bytes) -> bytes:
+    """The header lines of DATA, a message's start, that an error reply may be built from:
+    those before its blank line, or, in a header section over MAX_HEADER_BLOCK, the whole
+    lines within that limit (the Via, Call-ID and CSeq a reply needs come first in what
+    phones send); empty when there are none."""
+    end = data.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
+    if end < 0:
+        end = data.rfind(b"\r\n", 0, MAX_HEADER_BLOCK)
+    return data[:end] if end > 0 else b""
 
 
 def head_reply(head: bytes, status: int) -> Response | None:
@@ -621,8 +633,8 @@ class Transport:
 
     def _oversize(self, data: bytes, transport: str, source: tuple[str, int],
                   conn_id: str | None) -> None:
-        end = data.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
-        reply = self._error_reply(head_reply(data[:end], 513) if end > 0 else None, source)
+        head = _readable_head(data)
+        reply = self._error_reply(head_reply(head, 513) if head else None, source)
         logger.debug("x %s %s:%d: message of %d bytes over %d%s", transport, *source, len(data),
                      self.limits.max_message, "" if reply else ", dropped")
         if reply is not None:
@@ -785,9 +797,9 @@ class Transport:
             # it are handled; the one it is in is answered if its head can be (513 when the
             # head says the message is too big), and the connection closes.
             self._stream_items(conn, err.framed)
-            end = err.rest.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
+            head = _readable_head(err.rest)
             reply = self._error_reply(
-                head_reply(err.rest[:end], err.status) if end > 0 else None, conn.peer)
+                head_reply(head, err.status) if head else None, conn.peer)
             logger.debug("x tcp %s %s:%d: %s; closing", conn.id, *conn.peer, err)
             if reply is not None:
                 conn.write(bytes(reply))

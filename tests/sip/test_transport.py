@@ -575,6 +575,38 @@ async def test_tcp_oversized_message_gets_513_and_the_connection_closes(
     assert handler.seen == []
 
 
+@pytest.mark.parametrize("in_pieces", [False, True])
+async def test_tcp_header_section_over_16_kib_gets_513_and_the_connection_closes(
+        udp: UdpPeer, in_pieces: bool) -> None:
+    """A header section over MAX_HEADER_BLOCK is refused over TCP (UDP reads headers up to
+    the message limit, and answers the same request): answered 513 from the header lines
+    within the limit (its Via, Call-ID, CSeq... come first), then closed, whether the blank
+    line came in the same read or never within the limit."""
+    handler = Echo()
+    transport = Transport(handler, "127.0.0.1", 0)
+    handler.transport = transport
+    await transport.start()
+    try:
+        pad = f"X-Pad: {'a' * 20000}\r\n"
+        await udp.send(options(udp.port, extra=pad), transport.port)
+        assert status_of(await udp.recv()) == 200
+        request = options(5060, transport="TCP", branch="z9hG4bKbig", extra=pad)
+        async with tcp(transport.port) as (reader, writer):
+            if in_pieces:
+                writer.write(request[:17000])
+                await asyncio.sleep(0.1)
+                writer.write(request[17000:])
+            else:
+                writer.write(request)
+            reply = await read_message(reader)
+            assert status_of(reply) == 513 and b"z9hG4bKbig" in reply
+            async with asyncio.timeout(WAIT):
+                assert await reader.read() == b""  # closed by the server
+        assert len(handler.seen) == 1  # the UDP one
+    finally:
+        await transport.stop()
+
+
 async def test_tcp_garbled_framing_closes_the_connection(echo: tuple[Transport, Echo]) -> None:
     transport, _ = echo
     async with tcp(transport.port) as (reader, writer):
