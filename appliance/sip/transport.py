@@ -34,20 +34,20 @@ through the same path:
 Oversized messages (over ``Limits.max_message``, or over TCP a header section over
 ``framing.MAX_HEADER_BLOCK``): when the header lines within that block can still be read (a
 Via to answer along), a request is answered **513 Message Too Large** (RFC 3261 §21.5.14)
-and otherwise dropped; on TCP the connection is closed afterwards, since framing is lost (as it is without a readable
-Content-Length: 400, then closed). Error replies, like any other, never go to a request whose
-Via is broadcast or multicast. CRLFCRLF keep-alives are answered with CRLF on TCP (RFC 5626
-§3.5.1) and ignored on UDP. A TCP peer must complete its first message within
-``first_message_timeout`` of connecting, and each later one within it of its first byte;
-between messages a connection may idle for ``untrusted_idle_timeout`` (60 s) until the SIP
-layer calls ``trust`` on it. Activity there is, on a connection we opened, any whole message
-but a ping; on one a peer opened, only a request the handler ``vouch``es for (the front
-door: one within its source's unauthenticated budget) — a refused request, an ACK or a
-response costs a stranger nothing, and would let it hold connections for free. Once
-trusted (a phone registered on it, or a provider's or media worker's request was accepted
-on it), any message or ping is activity and the connection idles ``idle_timeout``, long
-enough for a registered phone's silent flow, until ``distrust`` (the last phone registered
-on it is gone): ``untrusted_idle_timeout`` again, from then.
+and otherwise dropped; on TCP the connection is closed afterwards, since framing is lost (as
+it is without a readable Content-Length: 400, then closed). Error replies, like any other,
+never go to a request whose Via is broadcast or multicast. CRLFCRLF keep-alives are answered
+with CRLF on TCP (RFC 5626 §3.5.1) and ignored on UDP. A TCP peer must complete its first
+message within ``first_message_timeout`` of connecting, and each later one within it of its
+first byte; between messages a connection may idle for ``untrusted_idle_timeout`` (60 s)
+until the SIP layer calls ``trust`` on it. Activity there is, on a connection we opened, any
+whole message but a ping; on one a peer opened, only a request the handler ``vouch``es for
+(the front door: one within its source's unauthenticated budget) — a refused request, an ACK
+or a response costs a stranger nothing, and would let it hold connections for free. Once
+trusted (a phone registered on it, or a provider's or media worker's request was accepted on
+it), any message or ping is activity and the connection idles ``idle_timeout``, long enough
+for a registered phone's silent flow, until ``distrust`` (the last phone registered on it is
+gone): ``untrusted_idle_timeout`` again, from then.
 The transport never reads SIP to decide this. Connections we open are not trusted either:
 peers choose where many of them go (a response's Via, the top Route of an in-dialog request
 a caller wrote), and trusted ones would let a caller fill the table with connections to
