@@ -108,8 +108,11 @@ class Ctx:
 
     async def operated(self) -> Account:
         """The `{A}` account of the path, subject to the tree rule."""
-        return await self.services.accounts.resolve_operated(
-            self.me, self.path["A"], write=self.request.method in ("POST", "PUT"))
+        # A POST or PUT to a collection creates; one to a resource (`{sid}` in the path)
+        # changes what exists, such as hanging up a live call of an account just closed.
+        creating = self.request.method in ("POST", "PUT") and "sid" not in self.path
+        return await self.services.accounts.resolve_operated(self.me, self.path["A"],
+                                                             creating=creating)
 
     def raw_path(self) -> str:
         return self.request.path

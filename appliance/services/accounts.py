@@ -202,14 +202,14 @@ class AccountService:
             frontier = children
         return result
 
-    async def resolve_operated(self, actor: Account, key: str, *, write: bool = False
+    async def resolve_operated(self, actor: Account, key: str, *, creating: bool = False
                                ) -> Account:
         """The `{AccountSid}` of a sub-resource path: SID, email or friendly name; tree rule.
 
         A SID or an email always means its own account: any account may name itself, so a
         friendly name equal to another account's SID or email must not capture that
         account's paths. A friendly name counts only if it names one account of the actor's
-        tree. WRITE (POST/PUT) into a closed account is refused: closed is final.
+        tree. CREATING something in a closed account is refused: closed is final.
         """
         target = self._cache.get(key) or self._by_email.get(key.lower())
         if target is None:
@@ -221,12 +221,14 @@ class AccountService:
         self._remember(target, changed=False)
         if not await self.is_in_subtree(actor, target):
             raise Forbidden("The account is outside your account tree")
-        if write and target.status == AccountStatus.CLOSED:
+        if creating and target.status == AccountStatus.CLOSED:
             raise InvalidInput("Account is closed")
         return target
 
     async def _named(self, actor: Account, name: str) -> Account | None:
         named = await self._store.accounts_named(name)
+        if any(a.sid == actor.sid for a in named):
+            return actor  # its own name, whatever a descendant calls itself
         mine = [a for a in named if await self.is_in_subtree(actor, a)]
         if len(mine) > 1:
             raise InvalidInput(f"{len(mine)} accounts are named {name!r}: use the AccountSid")

@@ -185,6 +185,11 @@ async def test_a_friendly_name_two_accounts_share_is_refused_not_guessed(api: Ap
     status, body, _ = await api.as_user("first@example.com", PW).get(
         "Accounts/Sales/Clients.json")
     assert status == 200 and [c["account_sid"] for c in json.loads(body)] == [first["sid"]]
+    # A descendant named like its ancestor takes nothing from it: its own name is its own.
+    await create(api, "copycat@example.com", FriendlyName="Default Administrator Account")
+    status, body, _ = await api.post("Accounts/Default Administrator Account/Clients.json",
+                                     {"Login": "front", "Password": PW})
+    assert status == 200 and json.loads(body)["account_sid"] == ADMIN_SID, body
 
 
 async def test_a_closed_account_takes_no_new_resources(api: Api) -> None:
@@ -201,6 +206,9 @@ async def test_a_closed_account_takes_no_new_resources(api: Api) -> None:
         assert (status, body) == (400, "Account is closed"), path
     status, body, _ = await api.get(f"{base}/Clients.json")  # its history stays readable
     assert status == 200
+    # What exists may still be changed (a live call hung up): no such call here, so 404
+    status, body, _ = await api.post(f"{base}/Calls/CA{'0' * 32}.json", {"Status": "completed"})
+    assert status == 404, body
     status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/IncomingPhoneNumbers.json",
                                      {"PhoneNumber": "+15557770000"})
     assert status == 200, body  # the number was never taken by the closed account
