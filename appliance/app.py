@@ -250,7 +250,9 @@ class Appliance:
                 prefix="appliance-media-", dir=os.environ.get("RUNTIME_DIRECTORY") or None))
             pool = WorkerPool()
             specs = plan_workers(media.workers, media.rtp_ports, self._media_dir,
-                                 public_address=media.public_address)
+                                 public_address=media.public_address,
+                                 avoid={self.config.sip.listen.port,
+                                        self.config.api.listen.port})
             self.supervisor = Supervisor(specs, on_event=pool.on_worker_event,
                                          on_worker_down=pool.on_worker_down)
             pool.attach(self.supervisor)

@@ -32,9 +32,17 @@ def free_port() -> int:
                 udp.bind(("127.0.0.1", port))
             except OSError:
                 continue
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
+        if claim_port(port):
             return port
+
+
+def claim_port(port: int) -> bool:
+    """Record PORT, picked by a test's own means, as handed out in this run (free_port will
+    not give it): False if it already was, and the test must pick another."""
+    if port in _HANDED_OUT:
+        return False
+    _HANDED_OUT.add(port)
+    return True
 
 
 def basic(user: str, secret: str) -> str:

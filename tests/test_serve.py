@@ -43,11 +43,13 @@ def wait_health(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0,
 def write_config(tmp_path: Path, api_port: int, data: Path | None = None,
                  extra: str = "", api_host: str = "127.0.0.1") -> Path:
     """tmp_path/config.toml: the API on API_HOST:API_PORT, SIP on a free port, data in DATA
-    (default tmp_path/var), then EXTRA."""
+    (default tmp_path/var), then EXTRA; no media worker unless EXTRA has a [media] table
+    (none of these tests places a call: a worker would only load the machine)."""
     config = tmp_path / "config.toml"
+    media = "" if "[media]" in extra else "[media]\nworkers = 0\n"
     config.write_text(f'data_dir = "{data or tmp_path / "var"}"\n[api]\n'
                       f'listen = "{api_host}:{api_port}"\n'
-                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n{extra}')
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n{media}{extra}')
     return config
 
 

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from appliance import logsetup
@@ -49,11 +49,12 @@ class WorkerSpec:
 
 def plan_workers(count: int, rtp_ports: tuple[int, int], runtime_dir: Path, *,
                  sip_ports: Sequence[int] | None = None, max_calls: int = PJSUA_CALL_CAP,
-                 public_address: str = "") -> list[WorkerSpec]:
+                 public_address: str = "", avoid: Collection[int] = ()) -> list[WorkerSpec]:
     """Split ``rtp_ports`` into ``count`` even-aligned slices, one per worker.
 
     ``sip_ports`` default to free UDP ports on 127.0.0.1 picked now (kept across restarts,
-    so the front door's routes stay valid).
+    so the front door's routes stay valid), none in AVOID (ports the appliance binds later,
+    free when picked: its own SIP port) and no two the same.
     """
     lo, hi = rtp_ports
     size = ((hi - lo + 1) // max(count, 1)) & ~1
@@ -62,22 +63,28 @@ def plan_workers(count: int, rtp_ports: tuple[int, int], runtime_dir: Path, *,
     if sip_ports is not None and len(sip_ports) < count:
         raise ValueError("not enough sip ports")
     specs = []
+    taken = set(avoid)
     for i in range(count):
         control = str(runtime_dir / f"media-{i}.sock")
         if len(control) > _MAX_SOCKET_PATH:
             raise ValueError(f"socket path too long for AF_UNIX: {control}")
         start = lo + i * size
+        sip_port = sip_ports[i] if sip_ports is not None else free_udp_port(taken)
+        taken.add(sip_port)
         specs.append(WorkerSpec(
-            id=str(i), sip_port=sip_ports[i] if sip_ports is not None else free_udp_port(),
+            id=str(i), sip_port=sip_port,
             rtp_ports=(start, start + size - 1), control=control, max_calls=max_calls,
             public_address=public_address))
     return specs
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_udp_port(avoid: Collection[int] = ()) -> int:
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 @dataclasses.dataclass(eq=False)

@@ -39,6 +39,35 @@ def test_plan_workers_slices_rtp_ports(tmp_path: Path) -> None:
         plan_workers(1, (10000, 10999), Path("/x" * 60))
 
 
+def test_worker_sip_ports_avoid_the_appliances_own_and_each_other(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel may hand out a port that is free now yet bound later: the appliance's own
+    SIP port before its start, or the port just picked for another worker."""
+    from appliance.media import supervisor
+
+    offered = iter([5080, 5080, 5090, 5090, 6000])
+
+    class Socket:  # what the kernel would answer to bind(0)
+        def __init__(self, *_: object) -> None:
+            self.port = next(offered)
+
+        def __enter__(self) -> Socket:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+        def bind(self, _: object) -> None:
+            pass
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(supervisor.socket, "socket", Socket)
+    specs = plan_workers(2, (10000, 10999), Path("/run/x"), avoid={5090})
+    assert [s.sip_port for s in specs] == [5080, 6000]
+
+
 async def test_pool_over_supervised_workers(sock_dir: Path, phones) -> None:
     lo, _ = rtp_slice(80)
     specs = plan_workers(2, (lo, lo + 79), sock_dir, max_calls=1)

@@ -180,7 +180,7 @@ async def test_modem_dtmf_reaches_a_gather(gsm: Any) -> None:
     await number_app(api, f"{rcml.base}/gsm")
     fake.inject_call(CALLER, ring_every=0.3)
     await rcml.wait("/gsm", 15)
-    await asyncio.sleep(1.0)  # the loopback pair is up and <Gather> listens
+    await asyncio.sleep(2.0)  # the loopback pair is up and <Gather> listens (a loaded CI)
     for digit in "4*7":
         fake.emit_dtmf(digit)
         await asyncio.sleep(0.15)
@@ -197,7 +197,7 @@ async def test_in_band_dtmf_reaches_a_gather(gsm: Any) -> None:
     await number_app(api, f"{rcml.base}/gsm")
     fake.inject_call(CALLER, ring_every=0.3)
     await rcml.wait("/gsm", 15)
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(2.0)  # as above
     fake.play_digits("159")
     form = await rcml.wait("/digits", 10)
     assert form["Digits"] == "159", form

@@ -20,7 +20,7 @@ from appliance.config import Endpoint
 from appliance.sip.message import parse_message
 from appliance.sip.transport import Transport
 from appliance.sip.wire import Target
-from tests.conftest import ADMIN_SID, Api
+from tests.conftest import ADMIN_SID, Api, claim_port
 from tests.sip.test_attacker import DOMAIN, _status, challenge_answer, running
 from tests.sip.test_transport import Echo, options
 
@@ -37,15 +37,17 @@ def ipv6_loopback() -> bool:
 
 
 def dual_stack_port() -> int:
-    """A port free on [::] for TCP and UDP, IPv4 included."""
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as tcp, \
-            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
-        for sock in (tcp, udp):
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        tcp.bind(("::", 0))
-        port = int(tcp.getsockname()[1])
-        udp.bind(("::", port))
-        return port
+    """A port free on [::] for TCP and UDP, IPv4 included, and not handed out before."""
+    while True:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as tcp, \
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
+            for sock in (tcp, udp):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            tcp.bind(("::", 0))
+            port = int(tcp.getsockname()[1])
+            udp.bind(("::", port))
+        if claim_port(port):
+            return port
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from appliance.sip.bindings import Origin
 from appliance.sip.forwarding import TIMER_C
 from appliance.sip.headers import NameAddr
 from appliance.sip.message import Request
-from tests.conftest import ADMIN_SID, Api, free_port
+from tests.conftest import ADMIN_SID, Api, claim_port, free_port
 from tests.sip.proxy_harness import REALM, SDP, Harness, Phone, make_user
 
 ALICE_SRC = ("203.0.113.10", 40000)
@@ -402,7 +402,8 @@ def sip_port_pair() -> int:
                 b.bind(("127.0.0.1", port + 1))
         except OSError:
             continue
-        return port
+        if claim_port(port + 1):
+            return port
     raise RuntimeError("no free port pair")
 
 

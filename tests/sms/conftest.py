@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from appliance.app import Appliance
-from appliance.config import ApiConfig, Config, Endpoint, ModemConfig, SipConfig
+from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, ModemConfig, SipConfig
 from appliance.gsm.state import ModemSettings
 from tests.conftest import ADMIN_SID, Api, free_port
 from tests.fakes.modem import FakeModem
@@ -49,7 +49,8 @@ def gsm_config(tmp_path: Path, fake: FakeModem) -> Config:
                   api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
                   sip=SipConfig(listen=Endpoint("127.0.0.1", free_port()),
                                 domain="pbx.example.com"),
-                  modem=ModemConfig(device=str(fake.link), number=SIM_NUMBER))
+                  modem=ModemConfig(device=str(fake.link), number=SIM_NUMBER),
+                  media=MediaConfig(workers=0))  # SMS needs no media worker (less load)
 
 
 @asynccontextmanager

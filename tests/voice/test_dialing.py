@@ -34,9 +34,10 @@ async def test_record_ends_after_timeout_seconds_of_silence(voice: Any, tmp_path
                            'action="/recorded"/></Response>')
     await _number_app(api, f"{rcml.base}/start")
     sip = appliance.config.sip.listen
-    started = time.monotonic()
     alice = await phone("--user", "alice", "--call", f"sip:{NUMBER}@{sip.host}:{sip.port}",
                         "--tone", "600", "--tone-seconds", "2", "--timeout", "25")
+    await rcml.wait("/start", 20)
+    started = time.monotonic()  # not counting the phone's start-up (slow on a loaded CI)
     recorded = await rcml.wait("/recorded", 20)
     elapsed = time.monotonic() - started
     # 2 s of tone, then 1 s of silence ends it: far before maxLength (20 s).
