@@ -422,6 +422,11 @@ class MessagingService:
                                 concat_ref=secrets.randbelow(256), x_headers=x_headers,
                                 callback=callback, now=storage(now), handing=handing)
         logger.info("- SMS %s queued for %s (%d characters)", record.sid, destination, len(body))
+        if destination.startswith("client:"):
+            # It waits behind the Client's earlier messages (their order is kept): one put
+            # back for later (its phone answered 480) is tried again now, not in minutes.
+            with contextlib.suppress(Exception):  # accepted anyway: it goes in turn
+                await self._sms.make_clients_due(storage(now), destination)
         (self._client_wake if destination.startswith("client:") else self._wake).set()
         return record
 
@@ -623,6 +628,11 @@ class MessagingService:
 
     async def _send_and_settle(self, item: OutboxItem) -> bool:
         """Send ITEM and record the outcome; True after a fault of ours."""
+        suspect = self._suspects.get(item.sid)
+        if suspect is not None:
+            # Its next try began: its last fault is judged no more. Another message going
+            # through meanwhile (the other sender) must not count against a try in flight.
+            suspect.pending = False
         try:
             await self._send_one(item)
         except asyncio.CancelledError:

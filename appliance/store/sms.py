@@ -153,18 +153,19 @@ class SmsStore:
 
     async def due_for_clients(self, now: str, limit: int,
                               skip: Collection[str] = ()) -> list[OutboxItem]:
-        """The earliest accepted due message of each Client (`client:<login>` destination),
-        the earliest first, for at most LIMIT Clients, leaving out the destinations in SKIP
-        (a send to them is running): a Client's later messages are not picked beside its
-        first, so they keep their order."""
+        """The earliest accepted message of each Client (`client:<login>` destination) when
+        it is due, the earliest first, for at most LIMIT Clients, leaving out the
+        destinations in SKIP (a send to them is running): a Client's later messages wait
+        for its first, even one put back for later (its phone did not answer), so they keep
+        their order."""
         def run() -> list[OutboxItem]:
             cur = self._conn().execute(
                 "SELECT * FROM ("
                 " SELECT o.*, m.account_sid, m.\"from\", ROW_NUMBER() OVER ("
                 "  PARTITION BY o.destination ORDER BY o.accepted_at, o.rowid) AS turn"
                 " FROM sms_outbox o JOIN sms_messages m ON m.sid = o.sid"
-                " WHERE o.state = 'queued' AND o.next_attempt_at <= ?"
-                " AND o.destination LIKE 'client:%') WHERE turn = 1 "
+                " WHERE o.state = 'queued' AND o.destination LIKE 'client:%')"
+                " WHERE turn = 1 AND next_attempt_at <= ? "
                 # Each destination in SKIP takes at most one of the rows.
                 "ORDER BY accepted_at LIMIT ?", (now, limit + len(skip)))
             names = [d[0] for d in cur.description]
@@ -179,12 +180,19 @@ class SmsStore:
         destinations in SKIP) is due; None when none is queued."""
         def run() -> str | None:
             marks = ", ".join("?" for _ in skip)
-            row = self._conn().execute(
-                "SELECT MIN(next_attempt_at) FROM sms_outbox WHERE state = 'queued' AND "
-                + ("destination LIKE 'client:%'" if clients
-                   else "destination NOT LIKE 'client:%'")
-                + (f" AND destination NOT IN ({marks})" if skip else ""),
-                tuple(skip)).fetchone()
+            if clients:  # each Client's first message only: the others wait for it
+                row = self._conn().execute(
+                    "SELECT MIN(next_attempt_at) FROM ("
+                    " SELECT destination, next_attempt_at, ROW_NUMBER() OVER ("
+                    "  PARTITION BY destination ORDER BY accepted_at, rowid) AS turn"
+                    " FROM sms_outbox WHERE state = 'queued'"
+                    " AND destination LIKE 'client:%') WHERE turn = 1"
+                    + (f" AND destination NOT IN ({marks})" if skip else ""),
+                    tuple(skip)).fetchone()
+            else:
+                row = self._conn().execute(
+                    "SELECT MIN(next_attempt_at) FROM sms_outbox WHERE state = 'queued' "
+                    "AND destination NOT LIKE 'client:%'").fetchone()
             return row[0] if row and row[0] else None
         result: str | None = await self._run(run)
         return result
@@ -278,13 +286,16 @@ class SmsStore:
                     "destination NOT LIKE 'client:%' AND next_attempt_at > ?", (now, now))
         await self._run(run)
 
-    async def make_clients_due(self, now: str) -> None:
-        """Messages waiting for a Client's registration become due now."""
+    async def make_clients_due(self, now: str, destination: str | None = None) -> None:
+        """Messages waiting for a Client's registration (or for DESTINATION only, a
+        `client:<login>`) become due now."""
         def run() -> None:
             with self._atomic():
                 self._conn().execute(
                     "UPDATE sms_outbox SET next_attempt_at = ? WHERE state = 'queued' AND "
-                    "destination LIKE 'client:%' AND next_attempt_at > ?", (now, now))
+                    "destination LIKE 'client:%' AND next_attempt_at > ?"
+                    + (" AND destination = ?" if destination is not None else ""),
+                    (now, now) + ((destination,) if destination is not None else ()))
         await self._run(run)
 
     async def fail(self, sid: str, error_code: int, message: str,

@@ -306,3 +306,56 @@ async def test_a_message_to_a_dead_phone_at_a_stop_is_sent_after_the_restart(
         assert ghost.messages == ["kept", "kept"]  # cut off at the stop, sent again
     finally:
         ghost.close()
+
+
+class AwayPhone(Phone):
+    """Answers each MESSAGE 480 (its user set it to "away") until ``back``."""
+
+    back = False
+
+    def _answer(self, request: Request, addr: tuple[str, int]) -> None:
+        if request.method != "MESSAGE" or self.back:
+            super()._answer(request, addr)
+            return
+        lines = ["SIP/2.0 480 Temporarily Unavailable"]
+        for name in ("via", "from", "call-id", "cseq"):
+            lines += [f"{name.title()}: {v}" for v in request.get_all(name)]
+        lines += [f"To: {request.get('to')};tag=away", "Content-Length: 0"]
+        assert self.transport is not None
+        self.transport.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), addr)
+
+
+async def test_a_clients_later_message_waits_for_one_put_back(
+        gsm_api: Api, gsm_appliance: Appliance) -> None:
+    """The first message met a 480 and waits for a retry; one sent after it does not
+    overtake it when the phone answers again, and it does not wait minutes either."""
+    status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                         {"Login": "fran", "Password": PW})
+    assert status == 200, body
+    listen = gsm_appliance.config.sip.listen
+    fran = await AwayPhone("fran", PW, (listen.host, listen.port)).start()
+    try:
+        assert await fran.register() == 200
+        status, body, _ = await gsm_api.post(SMS, {"From": "desk", "To": "client:fran",
+                                                   "Body": "first"})
+        assert status == 200, body
+        first = json.loads(body)["sid"]
+        async with asyncio.timeout(5):
+            while not fran.requests:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # its 480 recorded: back in the queue for later
+        fran.back = True
+        fran.messages.clear()  # what it took from now on
+        status, body, _ = await gsm_api.post(SMS, {"From": "desk", "To": "client:fran",
+                                                   "Body": "second"})
+        assert status == 200, body
+        # "first" is tried again now ("second" must wait behind it): before, "second" went
+        # at once, ahead of "first", which waited minutes for its retry.
+        async with asyncio.timeout(10):
+            while len(fran.messages) < 2:
+                await asyncio.sleep(0.05)
+        assert fran.messages == ["first", "second"]
+        status, body, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/SMS/Messages/{first}.json")
+        assert json.loads(body)["status"] == "sent", body
+    finally:
+        fran.close()

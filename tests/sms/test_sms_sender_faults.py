@@ -309,3 +309,68 @@ async def test_a_stop_waits_for_a_slow_send_only_so_long(
         assert "may have been delivered" in str(message["error_message"])
         await asyncio.sleep(0.5)
     assert len(fake.sent) == 1
+
+
+async def test_a_retry_in_flight_is_not_failed_by_a_message_going_out_meanwhile(
+        tmp_path: Path) -> None:
+    """The Clients' sender works beside the modem's, several sends at once: a message that
+    met faults of ours, whose next try is in flight, must not be counted (and failed, at the
+    fifth) because another message went through meanwhile. The phone gets it: `sent`."""
+    from datetime import UTC, datetime
+
+    from appliance.services.accounts import AccountService
+    from appliance.services.messaging import MessagingService
+    from appliance.store.db import Store
+    from appliance.webhooks import Webhooks
+
+    def clock() -> datetime:
+        return datetime.now(UTC)
+
+    store = Store(tmp_path / "a.db")
+    await store.open()
+    accounts = AccountService(store, clock)
+    await accounts.bootstrap_admin("admin@example.com", "Very-strong-pass-123", tmp_path)
+    service = MessagingService(store, SmsStore(store), HistoryService(store, clock,
+                                                                      accounts.scope_sids),
+                               Webhooks(), clock, "")
+    tries = 0
+    answer = asyncio.Event()
+    got: list[str] = []
+
+    class Messenger:  # the SIP side: a fault of ours on xavier's first MESSAGEs
+        async def deliver(self, login: str, from_: str, body: str) -> int | None:
+            nonlocal tries
+            if login == "xavier":
+                tries += 1
+                if tries <= MAX_SENDER_FAULTS:
+                    raise RuntimeError("a fault of ours")
+                await answer.wait()  # this try is in flight until the phone answers
+            got.append(body)
+            return 200
+
+    async def send(login: str, body: str) -> str:
+        record = await service._enqueue(ADMIN_SID, "desk", f"client:{login}", body, False,
+                                        None, {}, "outbound-api")
+        return str(record.sid)
+
+    service.client_messenger = Messenger()  # type: ignore[assignment]
+    service.start()
+    try:
+        xavier = await send("xavier", "X")
+        for n in range(1, MAX_SENDER_FAULTS):  # each fault but the last followed by a
+            # message going out: counted against it
+            await until(lambda n=n: tries >= n)  # type: ignore[misc]
+            await send(f"y{n}", f"Y{n}")
+            await until(lambda n=n: f"Y{n}" in got)  # type: ignore[misc]
+        # The last fault, not judged yet, and the next try in flight already
+        await until(lambda: tries > MAX_SENDER_FAULTS)
+        await send("zed", "Z")
+        await until(lambda: "Z" in got)
+        answer.set()
+        await until(lambda: "X" in got)
+        await asyncio.sleep(0.2)
+        record = await store.get_sms(xavier)
+        assert record is not None and record.status == "sent", record
+    finally:
+        await service.stop()
+        await store.close()
