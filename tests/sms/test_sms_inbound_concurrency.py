@@ -88,7 +88,7 @@ async def test_a_slow_app_does_not_delay_another_conversation(
     await until(lambda: app.run_of("quick question") is not None, within=10)
     quick = app.run_of("quick question")
     assert quick is not None
-    assert quick.started - sent_at < 1.0, quick.started - sent_at
+    assert quick.started - sent_at < 3.0, quick.started - sent_at  # the slow one holds 5 s
     slow = app.run_of("slow question")
     assert slow is not None and slow.ended is None  # still running: not queued behind it
 
