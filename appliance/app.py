@@ -374,6 +374,7 @@ class Appliance:
         elif info.st_mode & 0o077:
             logger.warning("x data dir %s is open to others and not ours to close", data_dir)
         self.lock.acquire()
+        _warn_if_database_lost(data_dir)
         await self.store.open()
         default_realm = self.config.sip.domain or primary_address()
         stored = await self.store.set_setting_if_absent(REALM_SETTING, default_realm)
@@ -730,6 +731,23 @@ async def _report(appliance: Appliance, indicators: Indicators) -> None:
                 indicators.set_state(SystemState.FAULT)
                 systemd.status("degraded: the status check failed (see the log)")
         await asyncio.sleep(PANEL_INTERVAL)
+
+
+def _warn_if_database_lost(data_dir: Path) -> None:
+    """A data dir that was in use (its admin password written, backups taken) has lost its
+    database (deleted, or a 0-byte file left by a broken card): SQLite would silently start
+    an empty one, with every account gone and a new administrator password."""
+    db = data_dir / "appliance.db"
+    if db.exists() and db.stat().st_size > 0:
+        return
+    signs = [name for name, there in (
+        ("admin-password", (data_dir / "admin-password").exists()),
+        ("backups", any((data_dir / "backups").glob("*.db")))) if there]
+    if signs:
+        logger.warning("x no database at %s, although this data dir was in use (%s): starting "
+                       "with an EMPTY one and a new administrator password. To get the "
+                       "accounts back, stop the appliance and `appliance restore` a backup",
+                       db, " and ".join(signs))
 
 
 async def _unless(stop: asyncio.Event, work: Awaitable[None]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -71,6 +72,12 @@ def serve(config_path: Path | None, log_level: str) -> None:
     except ApplianceError as err:
         click.echo(f"appliance: cannot start: {err.message}", err=True)
         sys.exit(1)
+    except sqlite3.DatabaseError as err:  # raised by SQLite wherever the store first met it
+        click.echo(f"appliance: cannot start: its database {cfg.data_dir / 'appliance.db'}: "
+                   f"{err}" + ("" if isinstance(err, sqlite3.OperationalError) else
+                               "; it is damaged: restore a backup with `appliance restore "
+                               "<file>` (README, \"Other commands\")"), err=True)
+        sys.exit(1)
 
 
 @main.command("check-config")
@@ -88,6 +95,7 @@ def reset_admin_password(config_path: Path | None) -> None:
     """Console-only: a new random administrator password; the account active and Administrator."""
     cfg = _load(config_path)
     from appliance.app import Appliance, InstanceLock
+    from appliance.store.backup import own_like_data_dir
 
     async def run() -> str:
         appliance = Appliance(cfg)
@@ -113,8 +121,12 @@ def reset_admin_password(config_path: Path | None) -> None:
     except ApplianceError as err:
         click.echo(f"appliance: {err.message}", err=True)
         sys.exit(1)
+    except (OSError, sqlite3.Error) as err:
+        click.echo(f"appliance: the password could not be reset: {err}", err=True)
+        sys.exit(1)
     finally:
         lock.release()
+    own_like_data_dir(cfg.data_dir / "admin-password", cfg.data_dir)
     click.echo(f"New administrator password written to {cfg.data_dir / 'admin-password'}; "
                "the administrator account is active, with the Administrator role")
     click.echo(password)
@@ -134,6 +146,9 @@ def backup(config_path: Path | None, output: Path | None) -> None:
         written = run_backup(cfg.data_dir / "appliance.db", target)
     except ApplianceError as err:
         click.echo(f"appliance: {err.message}", err=True)
+        sys.exit(1)
+    except OSError as err:  # the output's folder missing, a full disk
+        click.echo(f"appliance: backup failed: {err}", err=True)
         sys.exit(1)
     click.echo(str(written))
 
@@ -156,6 +171,9 @@ def restore(source: Path, config_path: Path | None) -> None:
             lock.release()
     except ApplianceError as err:
         click.echo(f"appliance: {err.message}", err=True)
+        sys.exit(1)
+    except OSError as err:
+        click.echo(f"appliance: restore failed: {err}", err=True)
         sys.exit(1)
     if kept is not None:
         click.echo(f"previous database kept as {kept}")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import ADMIN_SID, basic, free_port
 from tests.test_serve import wait_health
@@ -96,3 +99,101 @@ def test_second_instance_on_same_data_dir_refuses(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+def _serve_once(config: Path, port: int) -> None:
+    """Start the appliance on CONFIG until its API answers, then stop it: a database made."""
+    proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE)
+    try:
+        wait_health(port, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def test_a_damaged_database_says_so_and_a_backup_restores_it(tmp_path: Path) -> None:
+    """The service cannot start on a damaged database: one line says so and what to do, and
+    `restore`, which first keeps the current database, keeps this one as it is (SQLite
+    cannot copy it) instead of failing with a traceback."""
+    port = free_port()
+    data = tmp_path / "da#ta"  # a `#` cut the backup's URI short: an empty copy, exit 0
+    config = tmp_path / "config.toml"
+    config.write_text(f'data_dir = "{data}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
+    _serve_once(config, port)
+    good = tmp_path / "good.db"
+    subprocess.run([*APPLIANCE, "backup", "--config", str(config), "--output", str(good)],
+                   capture_output=True, text=True, timeout=30, check=True)
+    (tmp_path / "x.toml").write_text(f'data_dir = "{tmp_path / "scratch"}"\n')
+    checked = subprocess.run([*APPLIANCE, "restore", str(good), "--config",
+                              str(tmp_path / "x.toml")], capture_output=True, text=True,
+                             timeout=30)
+    # restore checks it whole: an appliance database, not an empty file
+    assert checked.returncode == 0, checked.stderr
+    db = data / "appliance.db"
+    size = db.stat().st_size
+    with db.open("r+b") as f:  # a bad sector over the schema's pages
+        f.seek(4096)
+        f.write(b"\xde\xad" * ((size - 4096) // 2))
+    started = subprocess.run([*APPLIANCE, "serve", "--config", str(config)],
+                             capture_output=True, text=True, timeout=30)
+    assert started.returncode == 1
+    assert "cannot start: its database" in started.stderr, started.stderr
+    assert "it is damaged: restore a backup" in started.stderr
+    assert "Traceback" not in started.stderr, started.stderr[-2000:]
+    copied = subprocess.run([*APPLIANCE, "backup", "--config", str(config), "--output",
+                             str(tmp_path / "bad.db")], capture_output=True, text=True,
+                            timeout=30)
+    assert copied.returncode == 1 and "damaged" in copied.stderr, copied.stderr
+    assert "Traceback" not in copied.stderr
+    done = subprocess.run([*APPLIANCE, "restore", str(good), "--config", str(config)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert ".damaged.db" in done.stdout, done.stdout
+    _serve_once(config, port)  # it starts again, on the backup
+
+
+def test_restore_run_as_root_leaves_the_database_to_the_data_dirs_owner(
+        tmp_path: Path) -> None:
+    """`sudo appliance restore …` on the service's data dir: a root-owned 0600 database
+    would stop the service (its user) from opening it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as `sudo appliance restore` runs")
+    port = free_port()
+    data = tmp_path / "var"
+    config = tmp_path / "config.toml"
+    config.write_text(f'data_dir = "{data}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
+    _serve_once(config, port)
+    good = tmp_path / "good.db"
+    subprocess.run([*APPLIANCE, "backup", "--config", str(config), "--output", str(good)],
+                   capture_output=True, text=True, timeout=30, check=True)
+    service_user = 65534  # nobody: the data dir is the service's
+    for path in (data, *data.rglob("*")):
+        os.chown(path, service_user, service_user)
+    subprocess.run([*APPLIANCE, "restore", str(good), "--config", str(config)],
+                   capture_output=True, text=True, timeout=30, check=True)
+    owners = {p.relative_to(data).as_posix(): p.stat().st_uid
+              for p in (data / "appliance.db", data / "backups", *data.glob("backups/*"))}
+    assert set(owners.values()) == {service_user}, owners
+
+
+def test_a_lost_database_in_a_used_data_dir_is_warned_about(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
+    _serve_once(config, port)
+    (tmp_path / "var" / "appliance.db").write_bytes(b"")  # what a broken card may leave
+    proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
+                            stderr=subprocess.PIPE)
+    try:
+        wait_health(port, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    assert proc.stderr is not None
+    log = proc.stderr.read().decode()
+    assert "no database at" in log and "starting with an EMPTY one" in log, log[-2000:]
+    assert "(admin-password)" in log
