@@ -221,7 +221,7 @@ class Appliance:
         self.messaging.client_messenger = ClientMessenger(self.router,
                                                           self.proxy.messenger.send_message,
                                                           self.wall_clock)
-        self.sip_directory.on_registered.append(lambda _login: self.messaging.client_registered())
+        self.sip_directory.on_registered.append(self.messaging.client_registered)
         self.trunk = Trunk(self.transport, clock=self.timer_clock, wall_clock=self.wall_clock,
                            local=lambda: (self.transport.advertised, sip.listen.port),
                            keepalive_sender=self.transport,

@@ -262,7 +262,10 @@ class MessagingService:
         self.client_messenger: ClientMessenger | None = None
         self._wake = asyncio.Event()  # the modem's sender
         self._client_wake = asyncio.Event()  # the Clients' sender
-        self._wake_clients = False
+        # Destinations (`client:<login>`) with a message put back until their phone answers
+        # or registers; None: not known yet (after a start, every waiting one is tried).
+        self._waiting_for_phone: set[str] | None = None
+        self._registered: set[str] = set()  # of those, the ones whose phone registered since
         self._wake_modem = False
         self._modem_ready = False
         self._jobs_wake = asyncio.Event()
@@ -389,9 +392,14 @@ class MessagingService:
             raise Forbidden(f"Account {account_sid} not found")
         require(account, Action.CREATE, "SmsMessages")
 
-    def client_registered(self) -> None:
-        """A Client registered: messages waiting for it may go now."""
-        self._wake_clients = True
+    def client_registered(self, login: str) -> None:
+        """A phone of Client LOGIN registered (its first, another, the same one again from
+        a new address, or a refresh): messages waiting for it may go now. Called on every
+        REGISTER, so it only looks in memory."""
+        destination = f"client:{login}"
+        if self._waiting_for_phone is not None and destination not in self._waiting_for_phone:
+            return
+        self._registered.add(destination)
         self._client_wake.set()
 
     @staticmethod
@@ -578,9 +586,13 @@ class MessagingService:
     async def _start_client_sends(self) -> float:
         """Start the first due message of as many idle Clients as there are free slots; the
         seconds until the next look (each send ending wakes it before)."""
-        if self._wake_clients:
-            self._wake_clients = False
+        if self._waiting_for_phone is None:  # the first look since the start: try them all
             await self._sms.make_clients_due(_now_text(self._clock))
+            self._waiting_for_phone, self._registered = set(), set()
+        while self._registered:
+            destination = self._registered.pop()
+            self._waiting_for_phone.discard(destination)
+            await self._sms.make_clients_due(_now_text(self._clock), destination)
         await self._settle_delivered()
         now = time.monotonic()
         for destination, until in list(self._client_resting.items()):
@@ -796,11 +808,14 @@ class MessagingService:
             await self._fail(item, 30003, f"{login} did not take the message within "
                                           f"{MAX_QUEUE_AGE.days} days")
             return
-        if status is not None and 400 <= status < 500 and status not in (408, 480):
+        if status is not None and (400 <= status < 500 and status not in (408, 480)
+                                   or status >= 600):  # 603 Decline: refused everywhere
             await self._fail(item, 30008, f"{login}'s phone refused the message: SIP {status}")
             return
         # Not registered, or no answer: wait for a registration (or retry in a while).
         await self._sms.requeue(item.sid, storage(now + timedelta(minutes=10)))
+        if self._waiting_for_phone is not None:
+            self._waiting_for_phone.add(item.destination)
 
     async def _part_failed(self, item: OutboxItem, index: int, err: ModemError) -> None:
         cause = err.cause if isinstance(err, SmsSendError) else err

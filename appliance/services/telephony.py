@@ -260,14 +260,14 @@ class SipDirectory:
         self._numbers[phone_number] = number
         return number
 
-    # The registrar reports every change of a login's contacts here.
+    # The registrar reports every change of a login's contacts here (a refresh too).
     def set_registrations(self, login: str, registrations: list[Registration]) -> None:
         if registrations:
-            fresh = login not in self._registrations
             self._registrations[login] = list(registrations)
-            if fresh:
-                for callback in self.on_registered:
-                    callback(login)
+            # Every time, not only for the login's first phone: a phone that comes back (a
+            # reboot, a new address, a refresh) is what messages waiting for it wait for.
+            for callback in self.on_registered:
+                callback(login)
         else:
             self._registrations.pop(login, None)
 

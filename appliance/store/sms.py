@@ -138,14 +138,19 @@ class SmsStore:
         await self._run(run)
 
     async def due(self, now: str, limit: int = 20) -> list[OutboxItem]:
-        """The modem's due messages (not those to Clients), the earliest accepted first."""
+        """The modem's due messages (not those to Clients), the earliest accepted first, at
+        most one per number: the earliest accepted one queued for it, when it is due. A later
+        message to a number waits behind one put back for a retry (a network error, the
+        modem not ready), so a number gets its messages in the order accepted."""
         def run() -> list[OutboxItem]:
             cur = self._conn().execute(
-                "SELECT o.*, m.account_sid, m.\"from\" FROM sms_outbox o "
-                "JOIN sms_messages m ON m.sid = o.sid "
-                "WHERE o.state = 'queued' AND o.next_attempt_at <= ? "
-                "AND o.destination NOT LIKE 'client:%' "
-                "ORDER BY o.accepted_at LIMIT ?", (now, limit))
+                "SELECT * FROM ("
+                " SELECT o.*, m.account_sid, m.\"from\", ROW_NUMBER() OVER ("
+                "  PARTITION BY o.destination ORDER BY o.accepted_at, o.rowid) AS turn"
+                " FROM sms_outbox o JOIN sms_messages m ON m.sid = o.sid"
+                " WHERE o.state = 'queued' AND o.destination NOT LIKE 'client:%')"
+                " WHERE turn = 1 AND next_attempt_at <= ? "
+                "ORDER BY accepted_at LIMIT ?", (now, limit))
             names = [d[0] for d in cur.description]
             return [_outbox_item(dict(zip(names, r, strict=True))) for r in cur.fetchall()]
         result: list[OutboxItem] = await self._run(run)
@@ -180,19 +185,15 @@ class SmsStore:
         destinations in SKIP) is due; None when none is queued."""
         def run() -> str | None:
             marks = ", ".join("?" for _ in skip)
-            if clients:  # each Client's first message only: the others wait for it
-                row = self._conn().execute(
-                    "SELECT MIN(next_attempt_at) FROM ("
-                    " SELECT destination, next_attempt_at, ROW_NUMBER() OVER ("
-                    "  PARTITION BY destination ORDER BY accepted_at, rowid) AS turn"
-                    " FROM sms_outbox WHERE state = 'queued'"
-                    " AND destination LIKE 'client:%') WHERE turn = 1"
-                    + (f" AND destination NOT IN ({marks})" if skip else ""),
-                    tuple(skip)).fetchone()
-            else:
-                row = self._conn().execute(
-                    "SELECT MIN(next_attempt_at) FROM sms_outbox WHERE state = 'queued' "
-                    "AND destination NOT LIKE 'client:%'").fetchone()
+            # Each destination's first message only: the others wait for it.
+            row = self._conn().execute(
+                "SELECT MIN(next_attempt_at) FROM ("
+                " SELECT destination, next_attempt_at, ROW_NUMBER() OVER ("
+                "  PARTITION BY destination ORDER BY accepted_at, rowid) AS turn"
+                " FROM sms_outbox WHERE state = 'queued' AND destination "
+                + ("LIKE" if clients else "NOT LIKE") + " 'client:%') WHERE turn = 1"
+                + (f" AND destination NOT IN ({marks})" if skip else ""),
+                tuple(skip)).fetchone()
             return row[0] if row and row[0] else None
         result: str | None = await self._run(run)
         return result

@@ -359,3 +359,71 @@ async def test_a_clients_later_message_waits_for_one_put_back(
         assert json.loads(body)["status"] == "sent", body
     finally:
         fran.close()
+
+
+async def test_a_phone_registering_again_gets_what_waited_for_it(
+        gsm_api: Api, gsm_appliance: Appliance) -> None:
+    """A message its phone turned away (480) waits; the phone's next REGISTER (a refresh,
+    a reboot: not only a Client's first phone) sends it then, not 10 minutes later."""
+    status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                         {"Login": "gus", "Password": PW})
+    assert status == 200, body
+    listen = gsm_appliance.config.sip.listen
+    gus = await AwayPhone("gus", PW, (listen.host, listen.port)).start()
+    try:
+        assert await gus.register() == 200
+        status, body, _ = await gsm_api.post(SMS, {"From": "desk", "To": "client:gus",
+                                                   "Body": "while you were away"})
+        assert status == 200, body
+        async with asyncio.timeout(5):
+            while not gus.requests:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # its 480 recorded: back in the queue for 10 minutes
+        gus.back = True
+        gus.messages.clear()
+        assert await gus.register() == 200  # the same phone, registering again
+        async with asyncio.timeout(5):
+            while not gus.messages:
+                await asyncio.sleep(0.05)
+        assert gus.messages == ["while you were away"]
+    finally:
+        gus.close()
+
+
+async def test_a_phone_that_declines_everywhere_fails_the_message(
+        gsm_api: Api, gsm_appliance: Appliance) -> None:
+    """603 Decline is final (RFC 3261 §21.6.2): the message is failed, not retried for days
+    with the Client's later messages behind it."""
+    status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                         {"Login": "hal", "Password": PW})
+    assert status == 200, body
+    listen = gsm_appliance.config.sip.listen
+    hal = await DecliningPhone("hal", PW, (listen.host, listen.port)).start()
+    try:
+        assert await hal.register() == 200
+        status, body, _ = await gsm_api.post(SMS, {"From": "desk", "To": "client:hal",
+                                                   "Body": "no thanks"})
+        assert status == 200, body
+        sid = json.loads(body)["sid"]
+        async with asyncio.timeout(10):
+            while True:
+                _, got, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/SMS/Messages/{sid}.json")
+                if json.loads(got)["status"] == "failed":
+                    break
+                await asyncio.sleep(0.1)
+        assert "SIP 603" in json.loads(got)["error_message"], got
+    finally:
+        hal.close()
+
+
+class DecliningPhone(AwayPhone):
+    def _answer(self, request: Request, addr: tuple[str, int]) -> None:
+        if request.method != "MESSAGE":
+            super()._answer(request, addr)
+            return
+        lines = ["SIP/2.0 603 Decline"]
+        for name in ("via", "from", "call-id", "cseq"):
+            lines += [f"{name.title()}: {v}" for v in request.get_all(name)]
+        lines += [f"To: {request.get('to')};tag=no", "Content-Length: 0"]
+        assert self.transport is not None
+        self.transport.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), addr)

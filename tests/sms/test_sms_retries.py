@@ -147,3 +147,19 @@ async def test_an_undelivered_part_is_not_overwritten_by_sent_when_the_rest_goes
     assert final["status"] == "undelivered" and final["error_code"] == 30003
     assert final["date_sent"] is not None
     assert [p["MessageStatus"] for p in hook.posts_to("/status")] == ["undelivered"]
+
+
+async def test_a_message_put_back_after_a_network_error_is_not_overtaken(
+        gsm_api: Api, fake: FakeModem, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"Meeting at 3pm" meets congestion and waits for its retry; "correction: 4pm", sent to
+    the same number just after, must not reach the handset before it. Another number's
+    message does not wait."""
+    monkeypatch.setattr("appliance.services.messaging.RETRY_DELAYS", (1.0,) * 5)
+    fake.fail_next_send(42)
+    first = await post(gsm_api, "1: meeting at 3pm")
+    second = await post(gsm_api, "2: correction, 4pm")
+    other = await post(gsm_api, "for someone else", To="+15557770002")
+    await wait_status(gsm_api, other, "sent")
+    await wait_status(gsm_api, second, "sent")
+    await wait_status(gsm_api, first, "sent")
+    assert texts(fake) == ["for someone else", "1: meeting at 3pm", "2: correction, 4pm"]
