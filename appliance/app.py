@@ -28,7 +28,7 @@ from appliance.api.app import make_app
 from appliance.api.context import ApiServices
 from appliance.config import Config
 from appliance.dualstack import dual_stack, dual_stack_listener
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, StoreBusy
 from appliance.gsm.modem import Modem
 from appliance.gsm.state import ModemSettings
 from appliance.gsm.urc import RegStatus
@@ -451,10 +451,20 @@ class Appliance:
         try:
             async with asyncio.timeout(2):
                 store_ok = await self.store.ping()
-        except (TimeoutError, RuntimeError, OSError) as err:
+        except (TimeoutError, RuntimeError, OSError, StoreBusy) as err:
             store_ok = False
             components["store_error"] = str(err) or type(err).__name__
-        components["store"] = "up" if store_ok else "down"
+        failing = self.store.write_failure() if store_ok else None
+        if failing is not None:
+            # Reads (and so the ping) still work on a full disk or beside another process's
+            # lock: only the writes tell, and health writes nothing to find out.
+            cause, ago = failing
+            store_ok = False
+            components["store"] = "failing"
+            components["store_error"] = (f"writes fail: {cause} (the last one {int(ago)} s "
+                                         "ago; none has succeeded since)")
+        else:
+            components["store"] = "up" if store_ok else "down"
         components["api"] = "up"
         full = self.frontdoor.full_budgets() + self.proxy.full_budgets()
         if self.sip_error is not None:
@@ -538,7 +548,9 @@ class Appliance:
                    f"{self.sip_directory.registered_count()} phones registered")
         else:
             sip = f"SIP down ({self.sip_error})"
-        return f"API on {self.config.api.listen}; {sip}; {modem}"
+        line = f"API on {self.config.api.listen}; {sip}; {modem}"
+        failing = self.store.write_failure()
+        return line if failing is None else f"database writes fail ({failing[0]}); {line}"
 
     async def wait_modem(self, seconds: float) -> None:
         """Give a configured modem up to SECONDS to become ready (READY=1 waits for it)."""

@@ -82,8 +82,15 @@ class Unavailable(ApplianceError):
 
 
 class StoreBusy(Unavailable):
-    """The database could not take a write just now (locked, an I/O error): the same write
-    may well succeed later, unlike one the database refuses for what it holds."""
+    """The database could not take a write just now (a full disk, a lock held by another
+    process, an I/O error): the same write may well succeed later, unlike one the database
+    refuses for what it holds. The store has logged it already (throttled)."""
+
+    retry_after = 30  # seconds; the API's Retry-After
+
+    def __init__(self, message: str, *, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause or message
 
 
 class ConfigError(ApplianceError):

@@ -41,6 +41,7 @@ from appliance.errors import (
     Forbidden,
     InvalidInput,
     NotFound,
+    StoreBusy,
     TooLarge,
     TooManyRequests,
     Unauthorized,
@@ -66,8 +67,8 @@ NOT_FORM_ENCODED = ("Parameters must be form-encoded (Content-Type: "
 def _error_response(err: ApplianceError, as_json: bool) -> web.Response:
     if isinstance(err, Unauthorized):
         return web.Response(status=401, headers=_UNAUTHORIZED_HEADERS)
-    if isinstance(err, TooManyRequests):
-        return web.Response(status=429, text=err.message, content_type="text/plain",
+    if isinstance(err, TooManyRequests | StoreBusy):
+        return web.Response(status=err.status, text=err.message, content_type="text/plain",
                             headers={"Retry-After": str(err.retry_after)})
     if err.json_message:
         return web.Response(status=err.status, body=message(err.message, as_json),
@@ -159,7 +160,9 @@ async def _dispatch(request: web.Request, prefix: str, tail: str) -> web.StreamR
                 {"Content-Type": response.headers["Content-Type"]})
         return response
     except ApplianceError as err:
-        if err.status >= 500:
+        # The store logged StoreBusy already, a line a minute at most: a full disk under
+        # load must not cost the journal a line per request.
+        if err.status >= 500 and not isinstance(err, StoreBusy):
             # 503 is a part the box lacks or has down (no modem, no media worker): the
             # request is refused for it, nothing failed; anything else 5xx is an error.
             log = logger.warning if err.status == 503 else logger.error

@@ -27,6 +27,7 @@ from appliance import models
 from appliance.errors import Duplicate, StoreBusy
 from appliance.queries import ListQuery
 from appliance.store import rows, schema
+from appliance.store.failures import WriteFailures
 from appliance.timefmt import storage
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class Store:
         self._foreign: int | None = None
         self._foreign_read_at = -FOREIGN_POLL
         self._json_checks: dict[tuple[str, str], str] = {}  # see _inexact_json
+        # Writes the storage could not take (a full disk, a lock, an I/O error): raised as
+        # StoreBusy, logged throttled, and the last one reported by /health (write_failure).
+        self.failures = WriteFailures()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -114,21 +118,38 @@ class Store:
             self._db = None
 
     async def ping(self) -> bool:
-        """A trivial query through the writer thread: proves the thread and file answer."""
+        """A trivial query through the writer thread: proves the thread and file answer.
+        It writes nothing (an SD card wears with every write): whether writes fail is
+        `write_failure`'s."""
         return await self._run(lambda: self._conn().execute("SELECT 1").fetchone() == (1,))
+
+    def write_failure(self) -> tuple[str, float] | None:
+        """The cause of the last failed write and its age in seconds, while writes fail:
+        no write has succeeded since, and it is less than failures.FAILING_FOR old."""
+        return self.failures.failing()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._counted, fn, *args)
 
     def _counted(self, fn: Callable[..., T], *args: Any) -> T:
+        before, serving = self._changes, self._db is not None
         try:
-            return fn(*args)
+            result = fn(*args)
+        except sqlite3.Error as err:
+            # Not while opening: start-up reports SQLite's own error and stops.
+            busy = self.failures.unavailable(err) if serving else None
+            if busy is None:
+                raise
+            raise busy from err
         finally:
             if self._db is not None:
                 # Rows changed through this connection, committed or not, read on the store
                 # thread so the event loop never touches the writer connection.
                 self._changes = self._db.conn.total_changes
+        if serving and self._changes != before:
+            self.failures.wrote()
+        return result
 
     def data_version(self) -> tuple[int, int] | None:
         """A value that changes whenever the database content may have changed; None if unknown.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import sqlite3
 import threading
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from appliance.models import (
 from appliance.queries import ListQuery
 from appliance.store import rows, schema
 from appliance.store.db import OPEN_CALLS, Store
+from appliance.store.failures import FAILING_FOR, WriteFailures
 from appliance.store.sms import InboundJob, SmsStore
 
 NOW = datetime(2024, 3, 3, tzinfo=UTC)
@@ -384,3 +386,52 @@ async def test_a_database_of_the_previous_schema_keeps_trunk_contacts_after_upgr
     store = Store(path)
     assert await store.open() == []  # applied once
     await store.close()
+
+
+async def test_writes_a_full_disk_refuses_log_a_line_a_minute_and_count_for_health(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each write refused for a full disk raises StoreBusy with SQLite's cause; the log has
+    one line per cause a minute, counting those left out; write_failure reports the last
+    one until a write succeeds, or for failures.FAILING_FOR when none follows."""
+    store = Store(tmp_path / "full.db")
+    await store.open()
+    now = [1000.0]
+    store.failures = WriteFailures(clock=lambda: now[0])
+    try:
+        pages = await store._run(lambda: store._conn().execute("PRAGMA page_count").fetchone())
+        await store._run(lambda: store._conn().execute(f"PRAGMA max_page_count = {pages[0]}"))
+        refused = 0
+        for _ in range(200):
+            try:
+                await store.insert_notification(note("AC1"))
+            except StoreBusy as err:
+                assert err.cause == "database or disk is full"
+                assert isinstance(err.__cause__, sqlite3.OperationalError)
+                refused += 1
+                if refused == 5:
+                    break
+        assert refused == 5
+        now[0] += 61
+        with pytest.raises(StoreBusy):
+            await store.insert_notification(note("AC1"))
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+            "x the database cannot be written: database or disk is full; writes fail (API: "
+            "503) until it can",
+            "x the database cannot be written: database or disk is full; writes fail (API: "
+            "503) until it can (4 more since the last line)"]
+        assert store.write_failure() == ("database or disk is full", 0.0)
+        await store.get_setting("x")  # a read does not say writes work again
+        now[0] += FAILING_FOR - 1
+        assert store.write_failure() == ("database or disk is full", FAILING_FOR - 1)
+        now[0] += 1  # no write since: nothing says it still holds
+        assert store.write_failure() is None
+        with pytest.raises(StoreBusy):
+            await store.insert_notification(note("AC1"))
+        assert store.write_failure() is not None
+        await store._run(lambda: store._conn().execute("PRAGMA max_page_count = 1000000"))
+        await store.insert_notification(note("AC1"))
+        assert store.write_failure() is None
+        assert caplog.records[-1].getMessage() == (
+            "- the database takes writes again (7 writes failed meanwhile)")
+    finally:
+        await store.close()
