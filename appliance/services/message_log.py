@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
+from appliance.errors import StoreBusy
 from appliance.models import API_VERSION, AccountSid, SmsRecord, SmsSid, SmsStatus, mint_sid
 from appliance.services.ports import StoreProtocol
 
@@ -125,6 +126,9 @@ class MessageLog:
                     for record in batch.values():
                         try:
                             await self._store.write_sms([record])
+                        except StoreBusy as err:  # its store logged it, once a minute
+                            logger.debug("x SMS row %s of a SIP MESSAGE from %s not written: "
+                                         "%s", record.sid, record.from_, err)
                         except Exception:  # noqa: BLE001 - logged; relaying goes on
                             logger.exception("x SMS row %s of a SIP MESSAGE from %s not "
                                              "written", record.sid, record.from_)

@@ -21,6 +21,8 @@ is one ``failed`` row. Only a text/plain MESSAGE is a row (``message_text``): ot
 relayed all the same, but an "is typing" notice is nobody's SMS.
 
 A failed write is logged, never raised: a CDR failure must never break call signalling.
+One the storage could not take (a full disk, a lock) is the store's to log, once a minute
+(StoreBusy): here it is a debug line, not a traceback per call or per MESSAGE.
 Apart from ``sip.proxy`` because it is bookkeeping, not SIP: plain functions given the
 ``CallLog``/``MessageLog`` the proxy holds (not a core module: it logs).
 """
@@ -28,9 +30,11 @@ Apart from ``sip.proxy`` because it is bookkeeping, not SIP: plain functions giv
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from appliance.errors import StoreBusy
 from appliance.sip.dialogs import cdr_status
 from appliance.sip.forwarding import Context
 from appliance.sip.proxy_ports import CallLog, MessageLog
@@ -54,7 +58,7 @@ async def cdr_open(calls: CallLog, context: Context) -> None:
                            to=context.callee, direction=CALL_DIRECTION,
                            sid=call.cdr_sid, phone_number_sid=context.phone_number_sid)
     except Exception:  # noqa: BLE001 - a CDR failure must never break call signalling
-        logger.exception("x CDR for call %s not opened", call.call_id)
+        _not_written("x CDR for call %s not opened", call.call_id)
 
 
 async def record_refusal(calls: CallLog, messages: MessageLog, context: Context, status: int,
@@ -70,7 +74,7 @@ async def record_refusal(calls: CallLog, messages: MessageLog, context: Context,
             await calls.opened(account_sid=caller.account_sid, from_=caller.login,
                                to=context.callee, direction=CALL_DIRECTION, sid=sid)
         except Exception:  # noqa: BLE001 - see cdr_open
-            logger.exception("x CDR for refused call from %s not written yet", caller.login)
+            _not_written("x CDR for refused call from %s not written yet", caller.login)
         # Ended even so: the call is live from `opened` on, whatever its commit did, and its
         # row is written with the next batch (``ended`` logs rather than raises).
         await calls.ended(sid, cdr_status(status, canceled=False))
@@ -80,7 +84,16 @@ async def cdr(step: Callable[..., Awaitable[Any]], *args: Any) -> None:
     try:
         await step(*args)
     except Exception:  # noqa: BLE001 - see cdr_open
-        logger.exception("x CDR update %s%r failed", getattr(step, "__name__", step), args)
+        _not_written("x CDR update %s%r failed", getattr(step, "__name__", step), args)
+
+
+def _not_written(message: str, *args: object) -> None:
+    """Log the write that just failed (the exception being handled) with its traceback,
+    unless the storage could not take it: its store logged that already."""
+    if isinstance(sys.exc_info()[1], StoreBusy):
+        logger.debug(message + ": %s", *args, sys.exc_info()[1])
+    else:
+        logger.exception(message, *args)
 
 
 def message_text(content_type: str | None, body: bytes) -> str | None:
@@ -116,7 +129,7 @@ def message_open(messages: MessageLog, context: Context) -> None:
                                           to=context.callee, body=text,
                                           direction=MESSAGE_DIRECTION)
     except Exception:  # noqa: BLE001 - see cdr_open
-        logger.exception("x SMS row for MESSAGE from %s not opened", caller.login)
+        _not_written("x SMS row for MESSAGE from %s not opened", caller.login)
 
 
 async def record_message(messages: MessageLog, context: Context, status: int,
@@ -139,4 +152,4 @@ async def record_message(messages: MessageLog, context: Context, status: int,
                               to=context.callee, body=text, direction=MESSAGE_DIRECTION,
                               error_code=status, error_message=reason)
     except Exception:  # noqa: BLE001 - see cdr_open
-        logger.exception("x SMS row for MESSAGE from %s not written", caller.login)
+        _not_written("x SMS row for MESSAGE from %s not written", caller.login)

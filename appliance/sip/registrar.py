@@ -94,6 +94,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from appliance.errors import StoreBusy
 from appliance.services.telephony import Registration, SipUser
 from appliance.sip.bindings import (
     Binding,
@@ -505,8 +506,12 @@ class Registrar:
                      for aor in aors}
         try:
             await self.store.save_bindings(snapshots)
-        except Exception:
-            logger.exception("x saving the bindings of %d AoR(s) failed", len(snapshots))
+        except Exception as err:
+            if isinstance(err, StoreBusy):  # its store logged it, once a minute
+                logger.debug("x saving the bindings of %d AoR(s) failed: %s", len(snapshots),
+                             err)
+            else:
+                logger.exception("x saving the bindings of %d AoR(s) failed", len(snapshots))
             self._dirty |= aors - self._dirty  # tried again with the next write
 
     def _publish(self, aor: str, now: float) -> list[Binding]:
