@@ -33,6 +33,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
+from appliance.errors import StoreBusy
 from appliance.gsm import at
 from appliance.gsm.channel import AtChannel
 from appliance.gsm.errors import (
@@ -580,6 +581,9 @@ class Modem:
         """The store-and-forward step: callback (durable commit) first, delete second."""
         try:
             await self._on_sms(pdu, index)
+        except StoreBusy as err:  # the database's fault, logged by the store once a minute
+            logger.warning("x SMS %s not stored, it stays on the modem: %s", index, err)
+            return False
         except Exception:  # the app's failure must not stop the receive loop (§2.5)
             logger.exception("x on_sms_received failed; message %s stays on the modem", index)
             return False
