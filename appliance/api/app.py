@@ -215,6 +215,8 @@ def _guarded(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
             return await handler(request)
         except web.HTTPException:
             raise
+        except StoreBusy as err:  # /health reading a database that fails: logged by the store
+            return _error_response(err, False)
         except Exception:
             logger.exception("x unhandled error on %s %s", request.method, request.path)
             return web.Response(status=500, text="Internal error; see the appliance log")

@@ -108,3 +108,4 @@ async def test_a_database_locked_by_another_process_answers_503_after_the_busy_t
         assert (status, health["components"]["store"]) == (200, "up")
     finally:
         other.close()
+
