@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from appliance.errors import StoreBusy
 
-logger = logging.getLogger("appliance.store")
+logger = logging.getLogger(__name__)
 
 LOG_INTERVAL = 60.0  # seconds between two log lines about the same cause
 FAILING_FOR = 300.0  # seconds a failed write keeps /health degraded when no write follows

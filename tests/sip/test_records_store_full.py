@@ -27,7 +27,7 @@ async def test_calls_and_messages_on_a_full_disk_log_one_line_not_a_traceback_ea
     assert appliance.store.write_failure() is not None
     assert not [r.getMessage() for r in caplog.records if r.exc_info]
     store_lines = [r.getMessage() for r in caplog.records
-                   if r.name == "appliance.store" and r.levelno >= logging.WARNING]
+                   if r.name == "appliance.store.failures" and r.levelno >= logging.WARNING]
     # The SMS rows fit in their table's pages longer than the CDRs do in theirs: writes
     # that go through between the failing ones are said once a minute too.
     assert [line for line in store_lines if line.startswith("x ")] == [

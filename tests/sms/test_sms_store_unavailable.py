@@ -34,7 +34,7 @@ async def test_sms_received_while_the_database_is_locked_stay_on_the_modem(
         assert len(fake.store) == 3
         assert not [r.getMessage() for r in caplog.records if r.exc_info]
         assert [r.getMessage() for r in caplog.records
-                if r.name == "appliance.store" and r.levelno >= logging.WARNING] == [
+                if r.name == "appliance.store.failures" and r.levelno >= logging.WARNING] == [
             "x the database cannot be written: database is locked; writes fail (API: 503) "
             "until it can"]
     finally:
