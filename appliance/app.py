@@ -63,7 +63,7 @@ from appliance.sip.proxy import Proxy
 from appliance.sip.registrar import Registrar
 from appliance.sip.transport import Limits, Transport, idle_timeout_for
 from appliance.sip.trunk import Trunk, parse_sources
-from appliance.store.backup import backup
+from appliance.store.backup import keep_copy, own_like_data_dir
 from appliance.store.conferences import ConferenceStore
 from appliance.store.db import Store
 from appliance.store.gateways import GatewayStore
@@ -114,6 +114,8 @@ class InstanceLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        # A console command run with sudo must not leave a lock the service cannot open.
+        own_like_data_dir(self.path, self.path.parent)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -705,7 +707,7 @@ def factory_reset(data_dir: Path) -> Path | None:
     The next start creates a fresh database with a new random administrator password.
     """
     db_path = data_dir / "appliance.db"
-    kept = backup(db_path, data_dir / "backups") if db_path.exists() else None
+    kept = keep_copy(db_path) if db_path.exists() else None
     for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm"),
                  data_dir / "admin-password"):
         path.unlink(missing_ok=True)

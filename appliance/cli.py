@@ -108,6 +108,10 @@ def reset_admin_password(config_path: Path | None) -> None:
     # A running appliance keeps the accounts (and the credentials it has verified) in
     # memory: a password changed under it would not apply until its restart. So the reset
     # takes the instance lock, as restore does, and is refused while the service holds it.
+    if not (cfg.data_dir / "appliance.db").exists():  # opening it would make one (root's)
+        click.echo(f"appliance: no database in {cfg.data_dir}: the administrator account "
+                   "does not exist yet; start the appliance once", err=True)
+        sys.exit(1)
     lock = InstanceLock(cfg.data_dir)
     try:
         lock.acquire()

@@ -77,6 +77,17 @@ def own_like_data_dir(path: Path, data_dir: Path) -> None:
         os.chown(path, owner.st_uid, owner.st_gid)
 
 
+def keep_copy(db_path: Path) -> Path:
+    """A copy of DB_PATH in its data dir's backups/, before it is replaced or removed: made
+    by SQLite when it can read the database, else (damaged) the file as it is."""
+    try:
+        return backup(db_path, db_path.parent / "backups")
+    except ApplianceError:
+        # Damaged: the very case a restore or a factory reset is for. Kept as it is (a
+        # copy failing only its integrity check was written too; this one is whole).
+        return _set_aside(db_path)
+
+
 def _set_aside(db_path: Path) -> Path:
     """A database that cannot even be read, moved aside as it is (with its WAL)."""
     folder = db_path.parent / "backups"
@@ -118,11 +129,7 @@ def restore(db_path: Path, src: Path) -> Path | None:
     verify(src)
     kept: Path | None = None
     if db_path.exists():
-        try:
-            kept = backup(db_path, db_path.parent / "backups")
-        except ApplianceError:
-            # Damaged: the very case a restore is for. Kept as it is, not through SQLite.
-            kept = _set_aside(db_path)
+        kept = keep_copy(db_path)
     db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = db_path.with_suffix(".restore")
     tmp.unlink(missing_ok=True)
@@ -133,6 +140,6 @@ def restore(db_path: Path, src: Path) -> Path | None:
     tmp.replace(db_path)
     db_path.chmod(0o600)
     for written in (db_path, db_path.parent / "backups", kept):
-        if written is not None:
+        if written is not None and written.exists():  # no backups/ on a fresh card
             own_like_data_dir(written, db_path.parent)
     return kept

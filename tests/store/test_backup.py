@@ -197,3 +197,47 @@ def test_a_lost_database_in_a_used_data_dir_is_warned_about(tmp_path: Path) -> N
     log = proc.stderr.read().decode()
     assert "no database at" in log and "starting with an EMPTY one" in log, log[-2000:]
     assert "(admin-password)" in log
+
+
+def test_restore_run_as_root_onto_a_new_card_leaves_everything_to_the_service(
+        tmp_path: Path) -> None:
+    """A fresh data dir (no database, no backups/ yet) owned by the service's user."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as `sudo appliance restore` runs")
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
+    _serve_once(config, port)
+    good = tmp_path / "good.db"
+    subprocess.run([*APPLIANCE, "backup", "--config", str(config), "--output", str(good)],
+                   capture_output=True, text=True, timeout=30, check=True)
+    card = tmp_path / "card"
+    card.mkdir(mode=0o700)
+    os.chown(card, 65534, 65534)
+    (tmp_path / "card.toml").write_text(f'data_dir = "{card}"\n')
+    done = subprocess.run([*APPLIANCE, "restore", str(good), "--config",
+                           str(tmp_path / "card.toml")], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    owners = {p.name: p.stat().st_uid for p in card.iterdir()}
+    assert set(owners.values()) == {65534}, owners  # the database and the lock
+
+
+def test_a_factory_reset_goes_ahead_on_a_damaged_database(tmp_path: Path) -> None:
+    from appliance.app import factory_reset
+
+    port = free_port()
+    config = tmp_path / "config.toml"
+    data = tmp_path / "var"
+    config.write_text(f'data_dir = "{data}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
+    _serve_once(config, port)
+    db = data / "appliance.db"
+    with db.open("r+b") as f:
+        f.seek(4096)
+        f.write(b"\xde\xad" * ((db.stat().st_size - 4096) // 2))
+    kept = factory_reset(data)
+    assert kept is not None and kept.exists()  # the damaged file, kept as it was
+    assert not db.exists() and not (data / "admin-password").exists()
+    _serve_once(config, port)  # a fresh database
