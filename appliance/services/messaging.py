@@ -266,6 +266,9 @@ class MessagingService:
         # or registers; None: not known yet (after a start, every waiting one is tried).
         self._waiting_for_phone: set[str] | None = None
         self._registered: set[str] = set()  # of those, the ones whose phone registered since
+        # Destinations whose phone registered while a MESSAGE to them was in flight: if that
+        # one goes unanswered (the phone rebooted under it), it is tried again at once.
+        self._came_back: set[str] = set()
         self._wake_modem = False
         self._modem_ready = False
         self._jobs_wake = asyncio.Event()
@@ -397,6 +400,8 @@ class MessagingService:
         a new address, or a refresh): messages waiting for it may go now. Called on every
         REGISTER, so it only looks in memory."""
         destination = f"client:{login}"
+        if destination in self._client_running:
+            self._came_back.add(destination)
         if self._waiting_for_phone is not None and destination not in self._waiting_for_phone:
             return
         self._registered.add(destination)
@@ -590,9 +595,10 @@ class MessagingService:
             await self._sms.make_clients_due(_now_text(self._clock))
             self._waiting_for_phone, self._registered = set(), set()
         while self._registered:
-            destination = self._registered.pop()
-            self._waiting_for_phone.discard(destination)
+            destination = next(iter(self._registered))
             await self._sms.make_clients_due(_now_text(self._clock), destination)
+            self._registered.discard(destination)  # not before: a failed call keeps it
+            self._waiting_for_phone.discard(destination)
         await self._settle_delivered()
         now = time.monotonic()
         for destination, until in list(self._client_resting.items()):
@@ -635,6 +641,7 @@ class MessagingService:
                 self._client_resting[item.destination] = time.monotonic() + SENDER_FAULT_PAUSE
         finally:
             self._client_running.discard(item.destination)
+            self._came_back.discard(item.destination)
             self._end_work()
             self._client_wake.set()
 
@@ -812,7 +819,11 @@ class MessagingService:
                                    or status >= 600):  # 603 Decline: refused everywhere
             await self._fail(item, 30008, f"{login}'s phone refused the message: SIP {status}")
             return
-        # Not registered, or no answer: wait for a registration (or retry in a while).
+        # Not registered, or no answer: wait for a registration (or retry in a while), unless
+        # the phone registered again meanwhile (a reboot under the MESSAGE): at once then.
+        if item.destination in self._came_back:
+            await self._sms.requeue(item.sid, _now_text(self._clock))
+            return
         await self._sms.requeue(item.sid, storage(now + timedelta(minutes=10)))
         if self._waiting_for_phone is not None:
             self._waiting_for_phone.add(item.destination)

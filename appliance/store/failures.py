@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 LOG_INTERVAL = 60.0  # seconds between two log lines about the same cause
 FAILING_FOR = 300.0  # seconds a failed write keeps /health degraded when no write follows
+# ...and at least this long when writes succeed meanwhile: on a nearly full disk some fit
+# between others that fail, and /health (the LED, systemd's status) must not flicker.
+HOLD_FOR = 60.0
 
 # Primary result codes (the low byte of the extended ones: SQLITE_IOERR_WRITE...) of the
 # storage's faults. A read-only file system (a kernel remounts a failing SD card read-only)
@@ -52,6 +55,7 @@ class WriteFailures:
         self._logged_at: dict[int, float] = {}  # by primary result code
         self._left_out: dict[int, int] = {}
         self._failed = 0  # since the last "takes writes again" line
+        self._wrote_since = False  # a write succeeded after ``last``
         self._recovered_at = -log_interval  # the last "takes writes again" line
 
     def unavailable(self, err: sqlite3.Error) -> StoreBusy | None:
@@ -64,6 +68,7 @@ class WriteFailures:
         cause = str(err) or type(err).__name__
         now = self._clock()
         self.last = Failure(cause, now)
+        self._wrote_since = False
         self._failed += 1
         logged = self._logged_at.get(code)
         if logged is not None and now - logged < self._log_interval:
@@ -82,7 +87,7 @@ class WriteFailures:
         The throttle is kept: on a nearly full disk some writes succeed (an UPDATE that
         fits a WAL frame being reused) between others that fail, and that too must cost
         the log a line a minute, not a line a write."""
-        if self.last is None:
+        if self.last is None or self._wrote_since:
             return
         now = self._clock()
         if now - self._recovered_at >= self._log_interval:
@@ -90,13 +95,16 @@ class WriteFailures:
             logger.warning("- the database takes writes again (%d writes failed meanwhile)",
                            self._failed)
             self._failed = 0
-        self.last = None
+        self._wrote_since = True
 
     def failing(self, within: float = FAILING_FOR) -> tuple[str, float] | None:
         """The cause of the last failed write and how many seconds ago it was, when it was
-        within the last WITHIN seconds and no write has succeeded since; else None."""
+        within the last WITHIN seconds and no write has succeeded since (or one has, but
+        the failure is not HOLD_FOR old yet); else None."""
         last = self.last
         if last is None:
             return None
         ago = self._clock() - last.at
-        return (last.cause, ago) if ago < within else None
+        if ago >= within or (self._wrote_since and ago >= HOLD_FOR):
+            return None
+        return (last.cause, ago)

@@ -38,6 +38,12 @@ async def _health(api: Api) -> tuple[int, dict]:
         return resp.status, json.loads(await resp.text())
 
 
+@pytest.fixture(autouse=True)
+def no_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Health back at the first write that goes through (tests/store holds it a while)."""
+    monkeypatch.setattr("appliance.store.failures.HOLD_FOR", 0.0)
+
+
 def _lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.levelno >= logging.WARNING]
 

@@ -7,10 +7,12 @@ carry the status each change wrote, in order, however quickly the status report 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,9 @@ import pytest
 from appliance.app import Appliance
 from appliance.gsm.pdu import Submit, decode_sms_pdu
 from appliance.services.history import HistoryService
-from appliance.services.messaging import MAX_SENDER_FAULTS
+from appliance.services.messaging import MAX_SENDER_FAULTS, MessagingService
 from appliance.services.ordered_jobs import OrderedJobs
+from appliance.store.db import Store
 from appliance.store.sms import SmsStore
 from tests.conftest import ADMIN_SID, Api
 from tests.fakes.modem import FakeModem
@@ -311,16 +314,14 @@ async def test_a_stop_waits_for_a_slow_send_only_so_long(
     assert len(fake.sent) == 1
 
 
-async def test_a_retry_in_flight_is_not_failed_by_a_message_going_out_meanwhile(
-        tmp_path: Path) -> None:
-    """The Clients' sender works beside the modem's, several sends at once: a message that
-    met faults of ours, whose next try is in flight, must not be counted (and failed, at the
-    fifth) because another message went through meanwhile. The phone gets it: `sent`."""
+@contextlib.asynccontextmanager
+async def bare_messaging(tmp_path: Path, messenger: object
+                         ) -> AsyncIterator[tuple[MessagingService, Store]]:
+    """The messaging service alone on a real SQLite file, MESSENGER as its SIP side (to make
+    faults of ours and answers at chosen moments)."""
     from datetime import UTC, datetime
 
     from appliance.services.accounts import AccountService
-    from appliance.services.messaging import MessagingService
-    from appliance.store.db import Store
     from appliance.webhooks import Webhooks
 
     def clock() -> datetime:
@@ -333,6 +334,26 @@ async def test_a_retry_in_flight_is_not_failed_by_a_message_going_out_meanwhile(
     service = MessagingService(store, SmsStore(store), HistoryService(store, clock,
                                                                       accounts.scope_sids),
                                Webhooks(), clock, "")
+    service.client_messenger = messenger  # type: ignore[assignment]
+    service.start()
+    try:
+        yield service, store
+    finally:
+        await service.stop()
+        await store.close()
+
+
+async def send_to_client(service: MessagingService, login: str, body: str) -> str:
+    record = await service._enqueue(ADMIN_SID, "desk", f"client:{login}", body, False, None,
+                                    {}, "outbound-api")
+    return str(record.sid)
+
+
+async def test_a_retry_in_flight_is_not_failed_by_a_message_going_out_meanwhile(
+        tmp_path: Path) -> None:
+    """The Clients' sender works beside the modem's, several sends at once: a message that
+    met faults of ours, whose next try is in flight, must not be counted (and failed, at the
+    fifth) because another message went through meanwhile. The phone gets it: `sent`."""
     tries = 0
     answer = asyncio.Event()
     got: list[str] = []
@@ -348,29 +369,44 @@ async def test_a_retry_in_flight_is_not_failed_by_a_message_going_out_meanwhile(
             got.append(body)
             return 200
 
-    async def send(login: str, body: str) -> str:
-        record = await service._enqueue(ADMIN_SID, "desk", f"client:{login}", body, False,
-                                        None, {}, "outbound-api")
-        return str(record.sid)
-
-    service.client_messenger = Messenger()  # type: ignore[assignment]
-    service.start()
-    try:
-        xavier = await send("xavier", "X")
+    async with bare_messaging(tmp_path, Messenger()) as (service, store):
+        xavier = await send_to_client(service, "xavier", "X")
         for n in range(1, MAX_SENDER_FAULTS):  # each fault but the last followed by a
             # message going out: counted against it
             await until(lambda n=n: tries >= n)  # type: ignore[misc]
-            await send(f"y{n}", f"Y{n}")
+            await send_to_client(service, f"y{n}", f"Y{n}")
             await until(lambda n=n: f"Y{n}" in got)  # type: ignore[misc]
         # The last fault, not judged yet, and the next try in flight already
         await until(lambda: tries > MAX_SENDER_FAULTS)
-        await send("zed", "Z")
+        await send_to_client(service, "zed", "Z")
         await until(lambda: "Z" in got)
         answer.set()
         await until(lambda: "X" in got)
         await asyncio.sleep(0.2)
         record = await store.get_sms(xavier)
         assert record is not None and record.status == "sent", record
-    finally:
-        await service.stop()
-        await store.close()
+
+
+async def test_a_phone_that_registers_again_under_an_unanswered_message_gets_it_at_once(
+        tmp_path: Path) -> None:
+    """The phone reboots while a MESSAGE to its old contact is timing out (up to 32 s): its
+    REGISTER came during the send, so the message is tried again at once, not in 10 min."""
+    in_flight = asyncio.Event()
+    timed_out = asyncio.Event()
+    got: list[str] = []
+
+    class Messenger:
+        async def deliver(self, login: str, from_: str, body: str) -> int | None:
+            if not in_flight.is_set():
+                in_flight.set()
+                await timed_out.wait()
+                return 408  # the old contact never answered
+            got.append(body)
+            return 200
+
+    async with bare_messaging(tmp_path, Messenger()) as (service, _):
+        await send_to_client(service, "dave", "after the reboot")
+        await until(in_flight.is_set)
+        service.client_registered("dave")  # its REGISTER, from the rebooted phone
+        timed_out.set()
+        await until(lambda: got == ["after the reboot"], within=5)
