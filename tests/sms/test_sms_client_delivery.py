@@ -312,12 +312,13 @@ class AwayPhone(Phone):
     """Answers each MESSAGE 480 (its user set it to "away") until ``back``."""
 
     back = False
+    refusal = "480 Temporarily Unavailable"
 
     def _answer(self, request: Request, addr: tuple[str, int]) -> None:
         if request.method != "MESSAGE" or self.back:
             super()._answer(request, addr)
             return
-        lines = ["SIP/2.0 480 Temporarily Unavailable"]
+        lines = [f"SIP/2.0 {self.refusal}"]
         for name in ("via", "from", "call-id", "cseq"):
             lines += [f"{name.title()}: {v}" for v in request.get_all(name)]
         lines += [f"To: {request.get('to')};tag=away", "Content-Length: 0"]
@@ -417,13 +418,4 @@ async def test_a_phone_that_declines_everywhere_fails_the_message(
 
 
 class DecliningPhone(AwayPhone):
-    def _answer(self, request: Request, addr: tuple[str, int]) -> None:
-        if request.method != "MESSAGE":
-            super()._answer(request, addr)
-            return
-        lines = ["SIP/2.0 603 Decline"]
-        for name in ("via", "from", "call-id", "cseq"):
-            lines += [f"{name.title()}: {v}" for v in request.get_all(name)]
-        lines += [f"To: {request.get('to')};tag=no", "Content-Length: 0"]
-        assert self.transport is not None
-        self.transport.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), addr)
+    refusal = "603 Decline"

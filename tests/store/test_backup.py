@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -101,6 +102,20 @@ def test_second_instance_on_same_data_dir_refuses(tmp_path: Path) -> None:
         proc.wait(timeout=10)
 
 
+def _made(tmp_path: Path, data: Path) -> Path:
+    """tmp_path/config.toml (data in DATA, free ports, no media worker), its database made
+    by one start and stop."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'data_dir = "{data}"\n[api]\nlisten = "127.0.0.1:{free_port()}"\n'
+                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
+    _serve_once(config, _api_port(config))
+    return config
+
+
+def _api_port(config: Path) -> int:
+    return int(tomllib.loads(config.read_text())["api"]["listen"].rsplit(":", 1)[1])
+
+
 def _serve_once(config: Path, port: int) -> None:
     """Start the appliance on CONFIG until its API answers, then stop it: a database made."""
     proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
@@ -116,12 +131,8 @@ def test_a_damaged_database_says_so_and_a_backup_restores_it(tmp_path: Path) -> 
     """The service cannot start on a damaged database: one line says so and what to do, and
     `restore`, which first keeps the current database, keeps this one as it is (SQLite
     cannot copy it) instead of failing with a traceback."""
-    port = free_port()
     data = tmp_path / "da#ta"  # a `#` cut the backup's URI short: an empty copy, exit 0
-    config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{data}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
-                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
-    _serve_once(config, port)
+    config = _made(tmp_path, data)
     good = tmp_path / "good.db"
     subprocess.run([*APPLIANCE, "backup", "--config", str(config), "--output", str(good)],
                    capture_output=True, text=True, timeout=30, check=True)
@@ -151,7 +162,7 @@ def test_a_damaged_database_says_so_and_a_backup_restores_it(tmp_path: Path) -> 
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert ".damaged.db" in done.stdout, done.stdout
-    _serve_once(config, port)  # it starts again, on the backup
+    _serve_once(config, _api_port(config))  # it starts again, on the backup
 
 
 def test_restore_run_as_root_leaves_the_database_to_the_data_dirs_owner(
@@ -160,12 +171,8 @@ def test_restore_run_as_root_leaves_the_database_to_the_data_dirs_owner(
     would stop the service (its user) from opening it."""
     if os.geteuid() != 0:
         pytest.skip("needs root, as `sudo appliance restore` runs")
-    port = free_port()
     data = tmp_path / "var"
-    config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{data}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
-                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
-    _serve_once(config, port)
+    config = _made(tmp_path, data)
     good = tmp_path / "good.db"
     subprocess.run([*APPLIANCE, "backup", "--config", str(config), "--output", str(good)],
                    capture_output=True, text=True, timeout=30, check=True)
@@ -180,11 +187,8 @@ def test_restore_run_as_root_leaves_the_database_to_the_data_dirs_owner(
 
 
 def test_a_lost_database_in_a_used_data_dir_is_warned_about(tmp_path: Path) -> None:
-    port = free_port()
-    config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
-                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
-    _serve_once(config, port)
+    config = _made(tmp_path, tmp_path / "var")
+    port = _api_port(config)
     (tmp_path / "var" / "appliance.db").write_bytes(b"")  # what a broken card may leave
     proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
                             stderr=subprocess.PIPE)
@@ -204,11 +208,7 @@ def test_restore_run_as_root_onto_a_new_card_leaves_everything_to_the_service(
     """A fresh data dir (no database, no backups/ yet) owned by the service's user."""
     if os.geteuid() != 0:
         pytest.skip("needs root, as `sudo appliance restore` runs")
-    port = free_port()
-    config = tmp_path / "config.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
-                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
-    _serve_once(config, port)
+    config = _made(tmp_path, tmp_path / "var")
     good = tmp_path / "good.db"
     subprocess.run([*APPLIANCE, "backup", "--config", str(config), "--output", str(good)],
                    capture_output=True, text=True, timeout=30, check=True)
@@ -227,12 +227,8 @@ def test_restore_run_as_root_onto_a_new_card_leaves_everything_to_the_service(
 def test_a_factory_reset_goes_ahead_on_a_damaged_database(tmp_path: Path) -> None:
     from appliance.app import factory_reset
 
-    port = free_port()
-    config = tmp_path / "config.toml"
     data = tmp_path / "var"
-    config.write_text(f'data_dir = "{data}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
-                      f'[sip]\nlisten = "127.0.0.1:{free_port()}"\n[media]\nworkers = 0\n')
-    _serve_once(config, port)
+    config = _made(tmp_path, data)
     db = data / "appliance.db"
     with db.open("r+b") as f:
         f.seek(4096)
@@ -240,4 +236,4 @@ def test_a_factory_reset_goes_ahead_on_a_damaged_database(tmp_path: Path) -> Non
     kept = factory_reset(data)
     assert kept is not None and kept.exists()  # the damaged file, kept as it was
     assert not db.exists() and not (data / "admin-password").exists()
-    _serve_once(config, port)  # a fresh database
+    _serve_once(config, _api_port(config))  # a fresh database
