@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from appliance.errors import StoreBusy
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -19,6 +21,29 @@ FORMAT = "%(levelname)s %(name)s: %(message)s"
 def setup(level: str) -> None:
     """Log to stderr at LEVEL (one of LOG_LEVELS)."""
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format=FORMAT)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, StoreFaultsInBrief) for f in handler.filters):
+            handler.addFilter(StoreFaultsInBrief())
+
+
+class StoreFaultsInBrief(logging.Filter):
+    """A line reporting a write the database could not take (StoreBusy: a full disk, another
+    process's lock, an I/O error) keeps its words but loses its traceback, for the cause:
+    the store logs that fault itself, once a minute, and with the disk full every message
+    and call step would otherwise add ~30 lines to a journal kept in RAM (whose rate limit
+    then silences the whole unit). Any other fault keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        for _ in range(3):  # the fault itself, or what it was raised from
+            if error is None or isinstance(error, StoreBusy):
+                break
+            error = error.__cause__ or error.__context__
+        if isinstance(error, StoreBusy):
+            record.msg = f"{record.msg} (the database: {error.cause.replace('%', '%%')})"
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def worker_format(worker: str) -> str:
