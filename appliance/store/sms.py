@@ -142,19 +142,8 @@ class SmsStore:
         most one per number: the earliest accepted one queued for it, when it is due. A later
         message to a number waits behind one put back for a retry (a network error, the
         modem not ready), so a number gets its messages in the order accepted."""
-        def run() -> list[OutboxItem]:
-            cur = self._conn().execute(
-                "SELECT * FROM ("
-                " SELECT o.*, m.account_sid, m.\"from\", ROW_NUMBER() OVER ("
-                "  PARTITION BY o.destination ORDER BY o.accepted_at, o.rowid) AS turn"
-                " FROM sms_outbox o JOIN sms_messages m ON m.sid = o.sid"
-                " WHERE o.state = 'queued' AND o.destination NOT LIKE 'client:%')"
-                " WHERE turn = 1 AND next_attempt_at <= ? "
-                "ORDER BY accepted_at LIMIT ?", (now, limit))
-            names = [d[0] for d in cur.description]
-            return [_outbox_item(dict(zip(names, r, strict=True))) for r in cur.fetchall()]
-        result: list[OutboxItem] = await self._run(run)
-        return result
+        items: list[OutboxItem] = await self._run(self._firsts_due, now, limit, False)
+        return items
 
     async def due_for_clients(self, now: str, limit: int,
                               skip: Collection[str] = ()) -> list[OutboxItem]:
@@ -163,21 +152,24 @@ class SmsStore:
         destinations in SKIP (a send to them is running): a Client's later messages wait
         for its first, even one put back for later (its phone did not answer), so they keep
         their order."""
-        def run() -> list[OutboxItem]:
-            cur = self._conn().execute(
-                "SELECT * FROM ("
-                " SELECT o.*, m.account_sid, m.\"from\", ROW_NUMBER() OVER ("
-                "  PARTITION BY o.destination ORDER BY o.accepted_at, o.rowid) AS turn"
-                " FROM sms_outbox o JOIN sms_messages m ON m.sid = o.sid"
-                " WHERE o.state = 'queued' AND o.destination LIKE 'client:%')"
-                " WHERE turn = 1 AND next_attempt_at <= ? "
-                # Each destination in SKIP takes at most one of the rows.
-                "ORDER BY accepted_at LIMIT ?", (now, limit + len(skip)))
-            names = [d[0] for d in cur.description]
-            items = [_outbox_item(dict(zip(names, r, strict=True))) for r in cur.fetchall()]
-            return [item for item in items if item.destination not in skip][:limit]
-        result: list[OutboxItem] = await self._run(run)
-        return result
+        # Each destination in SKIP takes at most one of the rows.
+        items = await self._run(self._firsts_due, now, limit + len(skip), True)
+        return [item for item in items if item.destination not in skip][:limit]
+
+    def _firsts_due(self, now: str, limit: int, clients: bool) -> list[OutboxItem]:
+        """Each destination's earliest accepted queued message, when due (to Clients, or
+        to numbers), the earliest first, at most LIMIT; on the store's thread."""
+        cur = self._conn().execute(
+            "SELECT * FROM ("
+            " SELECT o.*, m.account_sid, m.\"from\", ROW_NUMBER() OVER ("
+            "  PARTITION BY o.destination ORDER BY o.accepted_at, o.rowid) AS turn"
+            " FROM sms_outbox o JOIN sms_messages m ON m.sid = o.sid"
+            " WHERE o.state = 'queued' AND o.destination "
+            + ("LIKE" if clients else "NOT LIKE") + " 'client:%')"
+            " WHERE turn = 1 AND next_attempt_at <= ? "
+            "ORDER BY accepted_at LIMIT ?", (now, limit))
+        names = [d[0] for d in cur.description]
+        return [_outbox_item(dict(zip(names, r, strict=True))) for r in cur.fetchall()]
 
     async def next_due(self, *, clients: bool = False,
                        skip: Collection[str] = ()) -> str | None:
