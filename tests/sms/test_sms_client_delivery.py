@@ -22,7 +22,7 @@ from tests.fakes.modem import FakeModem
 from tests.fakes.pdus import deliver_pdu
 from tests.sms.conftest import SIM_NUMBER, Hook, gsm_config, running
 from tests.sms.sipua import Phone
-from tests.sms.test_sms_clients import PW, phone
+from tests.sms.test_sms_clients import PW, client_phone, phone
 
 SMS = f"Accounts/{ADMIN_SID}/SMS/Messages.json"
 
@@ -204,11 +204,7 @@ async def test_a_dead_phone_holds_up_no_other_client_nor_the_modem(
         gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("appliance.services.messaging.SEND_GRACE", 0.5)  # a quick teardown
-    status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/Clients.json",
-                                         {"Login": "ghost", "Password": PW})
-    assert status == 200, body
-    listen = gsm_appliance.config.sip.listen
-    ghost = await DeadPhone("ghost", PW, (listen.host, listen.port)).start()
+    ghost = await client_phone(gsm_api, gsm_appliance, "ghost", DeadPhone)
     dave = await phone(gsm_api, gsm_appliance, "dave")
     try:
         assert await ghost.register() == 200 and await dave.register() == 200
@@ -330,11 +326,7 @@ async def test_a_clients_later_message_waits_for_one_put_back(
         gsm_api: Api, gsm_appliance: Appliance) -> None:
     """The first message met a 480 and waits for a retry; one sent after it does not
     overtake it when the phone answers again, and it does not wait minutes either."""
-    status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/Clients.json",
-                                         {"Login": "fran", "Password": PW})
-    assert status == 200, body
-    listen = gsm_appliance.config.sip.listen
-    fran = await AwayPhone("fran", PW, (listen.host, listen.port)).start()
+    fran = await client_phone(gsm_api, gsm_appliance, "fran", AwayPhone)
     try:
         assert await fran.register() == 200
         status, body, _ = await gsm_api.post(SMS, {"From": "desk", "To": "client:fran",
@@ -366,11 +358,7 @@ async def test_a_phone_registering_again_gets_what_waited_for_it(
         gsm_api: Api, gsm_appliance: Appliance) -> None:
     """A message its phone turned away (480) waits; the phone's next REGISTER (a refresh,
     a reboot: not only a Client's first phone) sends it then, not 10 minutes later."""
-    status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/Clients.json",
-                                         {"Login": "gus", "Password": PW})
-    assert status == 200, body
-    listen = gsm_appliance.config.sip.listen
-    gus = await AwayPhone("gus", PW, (listen.host, listen.port)).start()
+    gus = await client_phone(gsm_api, gsm_appliance, "gus", AwayPhone)
     try:
         assert await gus.register() == 200
         status, body, _ = await gsm_api.post(SMS, {"From": "desk", "To": "client:gus",
@@ -395,11 +383,7 @@ async def test_a_phone_that_declines_everywhere_fails_the_message(
         gsm_api: Api, gsm_appliance: Appliance) -> None:
     """603 Decline is final (RFC 3261 §21.6.2): the message is failed, not retried for days
     with the Client's later messages behind it."""
-    status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/Clients.json",
-                                         {"Login": "hal", "Password": PW})
-    assert status == 200, body
-    listen = gsm_appliance.config.sip.listen
-    hal = await DecliningPhone("hal", PW, (listen.host, listen.port)).start()
+    hal = await client_phone(gsm_api, gsm_appliance, "hal", DecliningPhone)
     try:
         assert await hal.register() == 200
         status, body, _ = await gsm_api.post(SMS, {"From": "desk", "To": "client:hal",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -17,15 +18,23 @@ from tests.fakes.pdus import deliver_pdu
 from tests.sms.conftest import SIM_NUMBER, gsm_config, running, until
 from tests.sms.sipua import Phone
 
+P = TypeVar("P", bound=Phone)
 PW = "Pbx-edge-7"
 
 
 async def phone(api: Api, appliance: Appliance, login: str) -> Phone:
+    return await client_phone(api, appliance, login, Phone)
+
+
+async def client_phone(api: Api, appliance: Appliance, login: str, kind: type[P]) -> P:
+    """Client LOGIN created, and a test phone (a KIND) for it, started, not registered."""
     status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
                                      {"Login": login, "Password": PW})
     assert status == 200, body
     listen = appliance.config.sip.listen
-    return await Phone(login, PW, (listen.host, listen.port)).start()
+    started = await kind(login, PW, (listen.host, listen.port)).start()
+    assert isinstance(started, kind)
+    return started
 
 
 async def test_client_message_to_a_number_goes_out_by_sms(
