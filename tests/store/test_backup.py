@@ -116,8 +116,9 @@ def _api_port(config: Path) -> int:
     return int(tomllib.loads(config.read_text())["api"]["listen"].rsplit(":", 1)[1])
 
 
-def _serve_once(config: Path, port: int) -> None:
-    """Start the appliance on CONFIG until its API answers, then stop it: a database made."""
+def _serve_once(config: Path, port: int) -> str:
+    """Start the appliance on CONFIG until its API answers, then stop it (a database made);
+    what it logged."""
     proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
                             stderr=subprocess.PIPE)
     try:
@@ -125,6 +126,8 @@ def _serve_once(config: Path, port: int) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+    assert proc.stderr is not None
+    return proc.stderr.read().decode()
 
 
 def test_a_damaged_database_says_so_and_a_backup_restores_it(tmp_path: Path) -> None:
@@ -188,17 +191,8 @@ def test_restore_run_as_root_leaves_the_database_to_the_data_dirs_owner(
 
 def test_a_lost_database_in_a_used_data_dir_is_warned_about(tmp_path: Path) -> None:
     config = _made(tmp_path, tmp_path / "var")
-    port = _api_port(config)
     (tmp_path / "var" / "appliance.db").write_bytes(b"")  # what a broken card may leave
-    proc = subprocess.Popen([*APPLIANCE, "serve", "--config", str(config)],
-                            stderr=subprocess.PIPE)
-    try:
-        wait_health(port, proc)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-    assert proc.stderr is not None
-    log = proc.stderr.read().decode()
+    log = _serve_once(config, _api_port(config))
     assert "no database at" in log and "starting with an EMPTY one" in log, log[-2000:]
     assert "(admin-password)" in log
 
