@@ -347,17 +347,31 @@ class ProvisioningService:
         self._changed(client)
 
     async def sync_linked(self, account: Account, login: str, password: str | None) -> None:
-        client = await self._store.get_client_by_login(login)
-        if client is None or client.account_sid != account.sid:
+        client = await self._linked_client(account, login)
+        if client is None:
             return
         changes: dict[str, Any] = {"friendly_name": account.friendly_name}
         if password is not None:
             realm = self._realm()
-            changes["ha1_md5"], changes["ha1_sha256"] = digest_secrets(login, realm, password)
+            changes["ha1_md5"], changes["ha1_sha256"] = digest_secrets(client.login, realm,
+                                                                       password)
             changes["realm"] = realm
         updated = dataclasses.replace(client, **changes, date_updated=self._clock())
         await self._store.update_client(updated)
         self._changed(client, updated)
+
+    async def _linked_client(self, account: Account, login: str) -> Client | None:
+        """ACCOUNT's linked Client, named LOGIN (its email's local part) but in the case the
+        email was first typed in: the account keeps its email lower-cased, the Client's login
+        (which digest compares exactly) keeps it as given. None when there is none, or when
+        several of the account's logins differ from LOGIN only in case."""
+        client = await self._store.get_client_by_login(login)
+        if client is not None and client.account_sid == account.sid:
+            return client
+        wanted = login.casefold()
+        found = [c for c in await self._store.list_clients(account.sid)
+                 if c.login.casefold() == wanted]
+        return found[0] if len(found) == 1 else None
 
     # -- applications ------------------------------------------------------------------------
 

@@ -233,6 +233,26 @@ async def test_password_change_gives_new_token_and_syncs_client(api: Api) -> Non
     assert status == 400 and "weak" in body
 
 
+async def test_password_change_reaches_the_linked_client_whatever_the_emails_case(
+        api: Api, appliance: Appliance) -> None:
+    # The linked Client keeps the local part as typed ("John.Smith") while the email is
+    # stored lower-cased: a password change looked up "john.smith" and left the phone's
+    # login on the old password.
+    for email in ("John.Smith@office.example", "mary@office.example"):
+        acct = await create(api, email)
+        login = email.split("@")[0]
+        before = await appliance.store.get_client_by_login(login)
+        assert before is not None
+        status, body, _ = await api.post(f"Accounts/{acct['sid']}.json",
+                                         {"Password": "Rotated-pass-9", "FriendlyName": "New"})
+        assert status == 200, body
+        after = await appliance.store.get_client_by_login(login)
+        assert after is not None and after.sid == before.sid
+        assert after.friendly_name == "New"
+        assert after.ha1_md5 == md5(f"{login}:{after.realm}:Rotated-pass-9")
+        assert after.ha1_md5 != before.ha1_md5
+
+
 async def test_status_change_is_recursive_and_blocks_login(api: Api) -> None:
     parent = await create(api, "p@example.com")
     p = api.as_user("p@example.com", PW)
