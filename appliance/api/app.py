@@ -110,16 +110,23 @@ async def _dispatch(request: web.Request, prefix: str, tail: str) -> web.StreamR
             as_json = True
     if segments and segments[-1] == "":
         segments.pop()
-    if not as_json and "json" in request.headers.get("Accept", ""):
+    as_xml = False
+    if not as_json and segments and segments[-1].endswith(".xml"):
+        # The suffix the API docs give for XML (`Calls.xml`): XML whatever Accept says.
+        segments[-1] = segments[-1][:-4]
+        as_xml = True
+    if not as_json and not as_xml and "json" in request.headers.get("Accept", ""):
         as_json = True
+    # HEAD is GET without the body (RFC 9110 §9.3.2): aiohttp leaves the body out.
+    method = "GET" if request.method == "HEAD" else request.method
     ctx = Ctx(request=request, services=services, as_json=as_json, path={}, prefix=prefix)
     try:
         file_match = _RECORDING_FILE.match(tail)
         if segments == ["Logout"] or file_match:
             # Public resources, GET only: any other method is 405 here, before auth.
-            if request.method != "GET":
+            if method != "GET":
                 return web.Response(status=405, text="Method not allowed on this resource",
-                                    headers={"Allow": "GET"})
+                                    headers={"Allow": "GET, HEAD"})
             if file_match:
                 return await system.recording_file(ctx, file_match[1], file_match[2])
             return web.Response(status=200)
@@ -137,15 +144,17 @@ async def _dispatch(request: web.Request, prefix: str, tail: str) -> web.StreamR
         length = request.content_length
         if length is not None and length > services.max_body:
             raise TooLarge(f"Length larger than {services.max_body}")
-        found, values, allowed = _ROUTER.match(segments, request.method)
+        found, values, allowed = _ROUTER.match(segments, method)
         if found is None:
             if allowed:
+                if "GET" in allowed:
+                    allowed = allowed | {"HEAD"}
                 return web.Response(status=405, text="Method not allowed on this resource",
                                     headers={"Allow": ", ".join(sorted(allowed))})
             raise NotFound("The requested resource was not found")
         if actor.status == AccountStatus.UNINITIALIZED and not (
                 found.pattern == ("Accounts", "{A}") and values["A"] in
-                (actor.sid, actor.email_address) and request.method in ("GET", "POST")):
+                (actor.sid, actor.email_address) and method in ("GET", "POST")):
             raise Forbidden("This account must change its password first: "
                             f"POST a new Password to /Accounts/{actor.sid}")
         if _unread_body(request):

@@ -103,6 +103,30 @@ async def test_wrong_method_is_405(api: Api) -> None:
     assert "GET" in headers["Allow"]
 
 
+async def test_head_is_get_without_the_body(api: Api) -> None:
+    path = f"Accounts/{ADMIN_SID}/Clients.json"
+    status, body, headers = await api.get(path)
+    assert status == 200 and body
+    status, head_body, head_headers = await api.request("HEAD", path)
+    assert status == 200 and head_body == ""
+    assert head_headers["Content-Type"] == headers["Content-Type"]  # type: ignore[index]
+    assert head_headers["Content-Length"] == str(len(body.encode()))  # type: ignore[index]
+    status, _, _ = await api.as_user(ADMIN_SID, "wrong").request("HEAD", path)
+    assert status == 401
+    status, _, headers = await api.request("DELETE", f"Accounts/{ADMIN_SID}")
+    assert status == 405 and headers["Allow"] == "GET, HEAD, POST, PUT"  # type: ignore[index]
+
+
+async def test_xml_suffix_asks_for_xml(api: Api) -> None:
+    # The API docs' "Responses": `Calls.xml` yields XML, as `Calls.json` yields JSON.
+    for path in (f"Accounts/{ADMIN_SID}/Calls.xml", f"Accounts/{ADMIN_SID}.xml",
+                 f"Accounts/{ADMIN_SID}/Clients.xml"):
+        status, body, headers = await api.get(path, headers={"Accept": "application/json"})
+        assert status == 200, (path, body)
+        assert body.startswith("<RestcommResponse>"), path
+        assert "xml" in headers["Content-Type"]  # type: ignore[index]
+
+
 async def test_basic_header_helper_roundtrip() -> None:
     assert basic("a", "b:c") == "Basic YTpiOmM="
 

@@ -482,6 +482,11 @@ async def test_recordings_metadata_needs_auth_file_does_not(api: Api,
     async with api.session.get(api.url(f"{base}/{sid}.wav")) as resp:
         assert resp.status == 200 and resp.headers["Content-Type"] == "audio/x-wav"
         assert (await resp.read())[:4] == b"RIFF"
+    # A link checker's (or wget --spider's) HEAD: the GET's headers, no body.
+    async with api.session.head(api.url(f"{base}/{sid}.wav")) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "audio/x-wav"
+        assert resp.headers["Content-Length"] == str(path.stat().st_size)
+        assert await resp.read() == b""
     status, _, _ = await api.get(f"{base}/RE{'0' * 32}.wav", auth=False)
     assert status == 404
     status, body, _ = await api.get(f"{base}.json")
