@@ -657,6 +657,9 @@ def measure_calls(server: Server, workdir: Path, rates: Sequence[int], *, durati
             "-m", str(total), "-timeout", f"{limit:g}s"]
         uac_args = sipp_base(server.port, "call-uac.xml", caller_port, workdir, uac_name) + [
             "-s", CALLEE[0], "-key", "caller", CALLER[0], "-au", CALLER[0], "-ap", CALLER[1],
+            # The digest uri as the Request-URI: sipp's default leaves the user out, which
+            # the appliance answers 400 (RFC 7616 §3.4.6); Kamailio does not check it.
+            "-auth_uri", f"{CALLEE[0]}@{HOST}:{server.port}",
             "-r", str(rate), "-m", str(total), "-d", str(hold_ms), "-recv_timeout", "10s",
             "-timeout", f"{limit:g}s"]
         wait_idle(pids, limit=15)

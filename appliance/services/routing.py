@@ -54,6 +54,7 @@ from collections.abc import Awaitable, Callable, Collection
 
 from appliance.errors import Forbidden, InvalidInput, Unavailable
 from appliance.models import Gateway
+from appliance.services.outbound_calls import dialable
 from appliance.sip.bindings import Location
 from appliance.sip.errors import SipParseError
 from appliance.sip.message import Request
@@ -143,14 +144,18 @@ class ClientRouter:
             if decision is not None:
                 return decision
         callee = await self._directory.user(uri.user)
-        if (callee is None and request.method == "MESSAGE" and looks_like_number(uri.user)
+        # Only a phone number goes out (docs/gateways.md: an optional + and 3-20 digits):
+        # a "*" or "#" after a country code, or 32 digits, may mean something else to the
+        # provider or the network, on the office's bill.
+        outside = dialable(uri.user) is not None
+        if (callee is None and request.method == "MESSAGE" and outside
                 and self.outbound_sms is not None):
             content_type = (request.get("Content-Type") or "text/plain").split(";")[0]
             if content_type.strip().lower() != "text/plain":
                 return Refuse(415, "Only text/plain Can Go Out As SMS")
             text = request.body.decode("utf-8", errors="replace")
             return await self.outbound_sms(caller, uri.user, text)
-        if (callee is None and request.method == "INVITE" and looks_like_number(uri.user)
+        if (callee is None and request.method == "INVITE" and outside
                 and self.outbound is not None and not caller.media):
             decision = await self.outbound(request, caller, uri.user, now)
             if decision is not None:

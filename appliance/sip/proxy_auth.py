@@ -46,6 +46,7 @@ from appliance.sip.message import Request
 from appliance.sip.proxy_ports import Caller, Directory
 from appliance.sip.registrar import log_ban
 from appliance.sip.transaction import ServerTransaction
+from appliance.sip.uri import same_uri
 from appliance.sip.wire import Incoming
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,14 @@ class ProxyAuth:
             # the password is looked at, as the registrar does; not a failure, and a forger
             # learns nothing from it.
             await self.challenge(server, realm, now, wall=wall, ip=ip)
+            return None
+        # RFC 7616 §3.4.6, as the registrar checks it: credentials are good for the resource
+        # they were computed for only. Else a digest caught on its way to an extension
+        # (sip:bob@...) would place a call to any number from the same phone's address.
+        if not same_uri(creds.params.get("uri") or "", request.uri, default_port=True):
+            logger.info("x %s from %s:%s: digest uri %.80r is not the Request-URI %.80r",
+                        request.method, ip, port, creds.params.get("uri") or "", request.uri)
+            await self._reply(server, 400, "Digest URI Is Not The Request-URI", now=now)
             return None
         auth = DigestAuth(realm, self.nonces, self.algorithms, self.counts)
         algorithm = digest_algorithm(creds)

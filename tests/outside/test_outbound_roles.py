@@ -119,3 +119,27 @@ async def test_a_phone_places_no_outside_call_its_account_may_not(
     finally:
         for phone in phones:
             phone.close()
+
+
+async def test_only_a_phone_number_goes_out(lines: tuple[Appliance, Api, Provider]) -> None:
+    # The route covers +1555, and the account may call out; but a "*" or "#" after the
+    # prefix (a feature code to the provider?), or more than 20 digits, is no phone number
+    # (docs/gateways.md), and POST /Calls refuses the same strings.
+    appliance, api, provider = lines
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Clients.json",
+                                     {"Login": "desk", "Password": PW})
+    assert status == 200, body
+    listen = appliance.config.sip.listen
+    desk = await Phone("desk", PW, (listen.host, listen.port)).start()
+    try:
+        assert await desk.register() == 200
+        host = f"{desk.server[0]}:{desk.server[1]}"
+        headers = ["Content-Type: application/sdp", f"Contact: <sip:desk@127.0.0.1:{desk.port}>"]
+        for user in ("+1555*33123456789", "+1555%23123", "+1555" + "1" * 20):
+            uri = f"sip:{user}@{host}"
+            response: Any = await desk.request("INVITE", uri, uri, headers, SDP)
+            assert (response.status, response.reason) == (403, "No Outbound Route"), user
+        await asyncio.sleep(0.5)
+        assert provider.got == []
+    finally:
+        desk.close()

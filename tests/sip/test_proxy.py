@@ -180,6 +180,33 @@ async def test_wrong_password_gets_403_and_no_new_challenge() -> None:
     assert statuses(h) == [403]
 
 
+async def test_credentials_for_one_destination_do_not_reach_another() -> None:
+    # A digest alice computed for sip:bob@... (caught on its way, say) put on an INVITE to
+    # a number: 400, nothing forwarded, and not counted as a wrong password.
+    h, alice, _ = setup()
+    to_bob = alice.request("INVITE", f"sip:bob@{REALM}", to=f"<sip:bob@{REALM}>",
+                           call_id="u1", from_tag="t", body=SDP)
+    await h.send(alice, to_bob)
+    [(challenge, _)] = h.sender.responses(407)
+    h.sender.take()
+    for uri in (f"sip:+442071234567@{REALM}", f"sip:bob@{REALM};user=phone", "sip:bob@x"):
+        swapped = alice.request("INVITE", uri, to=f"<sip:bob@{REALM}>", call_id="u1",
+                                from_tag="t", body=SDP, headers=[(
+                                    "Proxy-Authorization",
+                                    authorization(to_bob, challenge, alice))])
+        await h.send(alice, swapped)
+        [(refusal, _)] = h.sender.responses(400)
+        assert refusal.reason == "Digest URI Is Not The Request-URI"
+        assert h.sender.requests("INVITE") == []
+        h.sender.take()
+    # The same credentials on the request they were made for still go through.
+    same = alice.request("INVITE", to_bob.uri, to=f"<sip:bob@{REALM}>", call_id="u1",
+                         from_tag="t", body=SDP, headers=[(
+                             "Proxy-Authorization", authorization(to_bob, challenge, alice))])
+    await h.send(alice, same)
+    assert h.sender.requests("INVITE")
+
+
 async def test_unregistered_or_disabled_or_impersonating_caller_is_refused() -> None:
     h = Harness()
     h.phone("bob", "192.168.1.20", BOB_SRC)

@@ -343,11 +343,15 @@ async def sipp(*args: str, limit: float = 30) -> tuple[int, str]:
 
 def sipp_args(scenario: str, server: tuple[str, int], port: int, login: str,
               service: str | None = None, *extra: str) -> list[str]:
-    """LOGIN authenticates; SERVICE ([service], default LOGIN) is the user addressed."""
+    """LOGIN authenticates; SERVICE ([service], default LOGIN) is the user addressed. The
+    digest ``uri`` is the Request-URI (sipp's own default leaves the user out, which the
+    proxy answers 400, as RFC 7616 §3.4.6 asks); a REGISTER's Request-URI has no user."""
+    auth_uri = ([] if scenario.startswith("register") else
+                ["-auth_uri", f"{service or login}@{server[0]}:{server[1]}"])
     return [f"{server[0]}:{server[1]}", "-sf", str(SIPP_DIR / scenario), "-i", "127.0.0.1",
             "-p", str(port), "-s", service or login, "-au", login, "-ap", PASSWORD,
             "-key", "caller", login, "-m", "1", "-timeout", "20", "-timeout_error",
-            "-max_recv_loops", "20", "-nostdin", *extra]
+            "-max_recv_loops", "20", "-nostdin", *auth_uri, *extra]
 
 
 async def create_client(api: Api, login: str) -> None:
