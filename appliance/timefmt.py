@@ -17,6 +17,15 @@ def rfc2822(d: datetime) -> str:
             f"{d.hour:02d}:{d.minute:02d}:{d.second:02d} +0000")
 
 
+def callback_time(d: datetime) -> str:
+    """A status callback's `Timestamp`, `EEE, dd MMM yyyy HH:mm:ss` with the day zero-padded
+    (api-behaviour.md §1.5) and a `+0000` offset, as Twilio writes it:
+    `Sun, 03 Mar 2024 09:05:07 +0000`."""
+    d = d.astimezone(UTC)
+    return (f"{_DAYS[d.weekday()]}, {d.day:02d} {_MONTHS[d.month - 1]} {d.year:04d} "
+            f"{d.hour:02d}:{d.minute:02d}:{d.second:02d} +0000")
+
+
 def iso(d: datetime) -> str:
     """Joda `DateTime.toString()`: milliseconds and `Z` for UTC."""
     d = d.astimezone(UTC)

@@ -86,7 +86,7 @@ from appliance.sip.message import Request
 from appliance.sip.proxy_ports import Caller, Contact, Decision, Fork, Refuse
 from appliance.sip.uri import SipUri
 from appliance.sip.wire import Target
-from appliance.timefmt import iso
+from appliance.timefmt import callback_time, iso
 from appliance.webhooks import WebhookError, Webhooks
 
 logger = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class CallsService:
         params = {"InstanceId": self._log.instance_id, "AccountSid": info.account_sid,
                   "CallSid": info.sid, "From": info.from_, "To": info.to,
                   "Direction": info.direction, "CallerName": "null", "ForwardedFrom": "null",
-                  "CallStatus": event, "Timestamp": iso(self._clock()),
+                  "CallStatus": event, "Timestamp": callback_time(self._clock()),
                   "CallbackSource": "call-progress-events",
                   "SequenceNumber": str(_EVENTS.index(event))}
         if duration is not None:

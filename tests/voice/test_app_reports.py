@@ -6,7 +6,10 @@ POST Calls' From.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -40,6 +43,11 @@ async def test_number_app_status_callback_sends_the_four_events(voice: Any) -> N
         assert (form["CallSid"], form["From"], form["To"], form["Direction"]) == (
             sid, "alice", NUMBER, "inbound")
         assert form["CallbackSource"] == "call-progress-events"
+        # api-behaviour.md §1.5: `EEE, dd MMM yyyy HH:mm:ss`, as Twilio's `+0000`.
+        assert re.fullmatch(r"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d \+0000",
+                            form["Timestamp"]), form["Timestamp"]
+        stamped = email.utils.parsedate_to_datetime(form["Timestamp"])
+        assert abs((stamped - datetime.now(UTC)).total_seconds()) < 60
     assert 2 <= int(events["completed"]["CallDuration"]) <= 5, events["completed"]
     assert "CallDuration" not in events["answered"]
     status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Calls/{sid}.json")
