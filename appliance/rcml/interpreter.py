@@ -21,7 +21,8 @@ collected (timeout, or only the finishOnKey), continues with the next verb and s
 request; Digits go without the finishOnKey; Record, Dial and Sms without `action` continue
 with the next verb; DialCallSid is the literal "null" when there was no call and
 DialCallDuration "0" when unanswered; RecordingDuration is a double ("5.0"); an empty <Sms>
-stops the interpreter with 14103; the Sms action is requested at once with SmsStatus=sending.
+stops the interpreter with 14103; the Sms action is requested at once with
+SmsStatus=sending (failed when nothing was queued).
 Relative URLs are resolved against the URL of the document they came from.
 The action of a Gather, Record or Dial that the caller's hang-up ended (DigitsCollected
 HANGUP, RecordingDone digits "hangup", DialDone hung_up) is requested only to report: the
@@ -512,7 +513,9 @@ class Interpreter:
         assert isinstance(sms, Sms)
         if sms.action is None:
             return self._advance()
-        extra = {"SmsStatus": "sending"}
+        # Queued: "sending" at once, as Restcomm requests it; not queued (no modem, a number
+        # refused, with a Notification): "failed", the docs' other value, and no SmsSid.
+        extra = {"SmsStatus": "sending" if isinstance(result, SmsQueued) else "failed"}
         if isinstance(result, SmsQueued):
             extra["SmsSid"] = result.sid
         return self._fetch(sms.action, sms.method, extra)

@@ -283,6 +283,16 @@ def test_sms_not_queued_continues() -> None:
     assert call.step(Done()) == HangupAction()
 
 
+def test_sms_not_queued_reports_failed_to_its_action() -> None:
+    # No modem, a refused number...: nothing was queued, so nothing is "sending" (the
+    # Restcomm docs' action values are sent and failed) and there is no SmsSid.
+    call = Call(b'<Response><Sms to="+1" action="/sent">hi</Sms></Response>')
+    call.start()
+    fetch = only(call.step(Done()), FetchDocument)
+    assert isinstance(fetch, FetchDocument)
+    assert fetch.params["SmsStatus"] == "failed" and "SmsSid" not in fetch.params
+
+
 def test_empty_sms_stops_with_14103() -> None:
     call = Call(b"<Response><Sms/><Say>never</Say></Response>")
     assert call.start() == Finished(14103, "<Sms> without a body")
