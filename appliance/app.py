@@ -292,6 +292,7 @@ class Appliance:
         # calls to numbers out through the [outbound] routes.
         self.proxy.gateway_caller = gateway_callers(self.trunk.gateways_at)
         self.proxy.public_address = self.trunk.public_address
+        self.proxy.provider_of = self.trunk.providers_at
         self.trunk.sources = {name: parse_sources(pairs)
                               for name, pairs in self.config.inbound.sources}
         self.router.from_gateway = self.calls.route_gateway_invite

@@ -81,7 +81,8 @@ class ApiCalls:
         contacts = self.contacts_of(login)
         forks: list[Fork | None] = [None]  # the proxy forks the one leg to the Client
         if len(contacts) > 1:
-            forks = [Fork(callee=login, contacts=(c,), cdr_sid="") for c in contacts]
+            forks = [Fork(callee=login, contacts=(c,), cdr_sid="", phones=True)
+                     for c in contacts]
         calls.need_room(len(forks))
         records: list[CallRecord] = []
         failure: Unavailable | None = None

@@ -116,6 +116,10 @@ class ClientRouter:
     def registered(self, login: str, now: float) -> bool:
         return bool(self._location.lookup(login, now))
 
+    def phone_at(self, login: str, host: str, port: int | None, now: float) -> bool:
+        return any(b.source[0] == host and (port is None or b.source[1] == port)
+                   for b in self._location.lookup(login, now))
+
     def _is_local(self, host: str) -> bool:
         hosts = self._local_hosts() if callable(self._local_hosts) else self._local_hosts
         # No list given: every host counts as ours (only local Clients are reachable anyway).
@@ -173,7 +177,8 @@ class ClientRouter:
             Contact(uri=b.uri, target=b.target())
             for b in bindings[: self.max_branches]
         )
-        return Fork(callee=callee.login, contacts=contacts, cdr_sid="" if caller.media else None)
+        return Fork(callee=callee.login, contacts=contacts, cdr_sid="" if caller.media else None,
+                    phones=True)
 
     async def _from_gateway(self, request: Request, caller: Caller) -> Decision:
         """A request from a gateway's provider: OPTIONS (keep-alive) is answered 200, an

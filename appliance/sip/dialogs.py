@@ -1,10 +1,12 @@
 """What the proxy remembers about a proxied call, and the pure rules it applies to it.
 
 A ``Call`` is one proxied INVITE and, once answered, its dialog(s): enough to route in-dialog
-requests to the far side's NAT address (the phones' Contacts are often private) and to close
-its CDR exactly once. It is keyed by ``(Call-ID, caller's From tag)``; each early or confirmed
-dialog inside it is a callee To tag with where that callee branch is reached (``callee``). Nothing
-here does I/O or reads a clock: ``sip.proxy`` owns the table, the timers and the CDR writes.
+requests to the far side's NAT address (the phones' Contacts are often private), to tell its
+parties from anyone else (``sip.in_dialog``) and to close its CDR exactly once. It is keyed by
+``(Call-ID, caller's From tag)``; each early or confirmed dialog inside it is a callee To tag
+with where that callee branch is reached (``callee``) and, on a call out to a gateway, the
+provider's Record-Route hop nearest to us (``callee_hop``). Nothing here does I/O or reads a
+clock: ``sip.proxy`` owns the table, the timers and the CDR writes.
 
 ``best_response`` is RFC 3261 §16.7 step 6; ``cdr_status`` maps how a call ended to the
 Restcomm call status (api-behaviour.md §8.3).
@@ -31,6 +33,7 @@ MAX_DIALOGS_PER_CALL = 20  # early + confirmed dialogs (forked 18x/2xx); 2 × ma
 MAX_SUBSCRIPTION_HOLD = 3600.0
 
 CallKey = tuple[str, str]  # (Call-ID, caller's From tag)
+Hop = tuple[str, int]  # a Record-Route entry's host (lower case, no brackets) and port
 
 
 @dataclass(slots=True)  # ~10,000 linger at a few hundred calls/s: no per-instance dict
@@ -40,8 +43,14 @@ class Call:
     caller: Target  # where the caller is reached (its INVITE's source: NAT-safe)
     deadline: float  # when to forget the call (and close its CDR if still open)
     cdr_sid: str | None = None
-    # Callee To tag, then its target, for each dialog: (tag, target, tag, target, ...). A
-    # call has one or two, and ~10,000 linger at a few hundred calls/s: a dict costs 3x.
+    # The Client logins on each side whose registered phones are that side ("" when the
+    # side is a media worker or a provider): a phone whose NAT mapping changed mid-call
+    # registers again from its new address, and its requests come from there.
+    caller_login: str = ""
+    callee_login: str = ""
+    # Callee To tag, its target and its hop (or None), for each dialog: (tag, target, hop,
+    # tag, target, hop, ...). A call has one or two, and ~10,000 linger at a few hundred
+    # calls/s: a dict costs 3x.
     dialogs: tuple[Any, ...] = ()
     primary_tag: str | None = None  # the first answered dialog: its BYE ends the CDR
     answered: bool = False
@@ -58,21 +67,33 @@ class Call:
     def callee(self, to_tag: str) -> Target | None:
         """Where the callee of the dialog with TO_TAG is reached, if we know that dialog."""
         dialogs = self.dialogs
-        for at in range(0, len(dialogs), 2):
+        for at in range(0, len(dialogs), 3):
             if dialogs[at] == to_tag:
                 return dialogs[at + 1]  # type: ignore[no-any-return]
         return None
 
-    def add_dialog(self, to_tag: str, target: Target) -> None:
-        """Note (or update) the dialog with TO_TAG, up to MAX_DIALOGS_PER_CALL dialogs."""
+    def callee_hop(self, to_tag: str) -> Hop | None:
+        """The first hop beyond us toward the callee of the dialog with TO_TAG that its
+        answer record-routed and we trust (a gateway's provider's, ``add_dialog``), if any."""
         dialogs = self.dialogs
-        for at in range(0, len(dialogs), 2):
+        for at in range(0, len(dialogs), 3):
             if dialogs[at] == to_tag:
-                if dialogs[at + 1] != target:
-                    self.dialogs = (*dialogs[: at + 1], target, *dialogs[at + 2 :])
+                return dialogs[at + 2]  # type: ignore[no-any-return]
+        return None
+
+    def add_dialog(self, to_tag: str, target: Target, hop: Hop | None = None) -> None:
+        """Note (or update) the dialog with TO_TAG, up to MAX_DIALOGS_PER_CALL dialogs. HOP
+        is the callee side's first Record-Route hop, when it is to be trusted (given only
+        on a call out to a gateway); a later answer without one keeps the one noted."""
+        dialogs = self.dialogs
+        for at in range(0, len(dialogs), 3):
+            if dialogs[at] == to_tag:
+                hop = hop or dialogs[at + 2]
+                if dialogs[at + 1] != target or dialogs[at + 2] != hop:
+                    self.dialogs = (*dialogs[: at + 1], target, hop, *dialogs[at + 3 :])
                 return
-        if len(dialogs) < 2 * MAX_DIALOGS_PER_CALL:
-            self.dialogs = (*dialogs, to_tag, target)
+        if len(dialogs) < 3 * MAX_DIALOGS_PER_CALL:
+            self.dialogs = (*dialogs, to_tag, target, hop)
 
 
 def session_idle_limit(session_expires: str | None) -> float:

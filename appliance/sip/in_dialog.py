@@ -1,16 +1,35 @@
 """In-dialog requests (RFC 3261 §16.12): the requests of a call we proxied, back through us.
 
 Theory of operation. A request with a To tag was authenticated when its dialog was created:
-it is forwarded without a challenge when it belongs to a call we proxied (``Call``, looked up
-by Call-ID and the caller's From tag, in either direction), else answered 481, so the proxy
-is no open relay. Our own Route entries are popped first (loose routing; those at a public
-address we record-routed toward a provider behind NAT too, docs/gateways.md; a
-strict-routing phone's Request-URI that is our Record-Route is replaced by the last Route,
-§16.4, ``sip.routeset``); the request then goes where its next Route points, or else to the
-far side's NAT address remembered from the dialog (a next hop without ``;lr`` is a strict
-router: its URI becomes the Request-URI, §16.6 step 6). The ACK for a 2xx is forwarded
-statelessly (on a branch derived from its own, so a retransmission gets the same one); any
-other request gets a Context and a single branch, like a new request without Record-Route.
+it is forwarded without a challenge when it belongs to a dialog of a call we proxied, comes
+from that dialog's party, and goes to its other party; anything else is refused, so that no
+one rides a call to a host of their choosing (a provider: a call on the office's bill; any
+host: an open relay; docs/sip.md "No toll fraud").
+
+- The dialog: the ``Call`` is looked up by Call-ID and the caller's From tag, in either
+  direction, and the other tag must be one of its dialogs' callee tags, as noted from the
+  callee's 18x/2xx: else 481 (RFC 3261 §12.2.2; no such dialog here).
+- The sender: its source must be that side's, as the call recorded it (``_is_party``): the
+  caller's INVITE source, or the callee branch's target; a TCP peer may come back on another
+  connection from its host; a Client's phone also from wherever it is registered now (a NAT
+  mapping that changed mid-call); a provider from any of its gateway's addresses; the
+  callee's provider also from the hop its answer record-routed. Else 403 ``Not A Party To
+  This Call``: the Call-ID and tags cross the LAN in clear, and a stranger's BYE, re-INVITE or
+  REFER (the phone would dial the Refer-To with its own credentials) must not pass.
+- The next hop: our own Route entries are popped first (loose routing; those at a public
+  address we record-routed toward a provider behind NAT too, docs/gateways.md; a
+  strict-routing phone's Request-URI that is our Record-Route is replaced by the last Route,
+  §16.4, ``sip.routeset``). With no Route left the request goes to the far side's address
+  remembered from the dialog (its NAT address); the Request-URI is never where it is sent.
+  A Route left must name that same side (``_next_hop``): its recorded address, the hop its
+  provider's answer record-routed, or an address or the name of the same gateway's provider;
+  a next hop without ``;lr`` is a strict router, whose URI becomes the Request-URI (§16.6
+  step 6). Any other host: 403 ``No Route To A Foreign Proxy``, as out of a dialog.
+
+Refusals are logged at most once a minute per source address. The ACK for a 2xx is
+forwarded statelessly (on a branch derived from its own, so a retransmission gets the same
+one), and one that is refused is dropped; any other request gets a Context and a single
+branch, like a new request without Record-Route.
 
 In-dialog traffic on an answered call pushes its idle deadline out (``Session-Expires``, or
 ``MAX_DIALOG_IDLE``); the BYE of the answered dialog ends the call (its CDR ``completed``,
@@ -35,8 +54,16 @@ from typing import Protocol
 
 from appliance.models import CallStatus
 from appliance.sip.deadlines import Deadlines
-from appliance.sip.dialogs import LINGER, Call, CallKey, session_idle_limit, subscription_hold
+from appliance.sip.dialogs import (
+    LINGER,
+    Call,
+    CallKey,
+    Hop,
+    session_idle_limit,
+    subscription_hold,
+)
 from appliance.sip.forwarding import Context, Reply, ack_branch, branch_request, user_of
+from appliance.sip.guard import LogThrottle
 from appliance.sip.message import Request, max_forwards_status
 from appliance.sip.proxy_ports import CallLog, Contact
 from appliance.sip.records import cdr
@@ -50,6 +77,11 @@ from appliance.sip.wire import Incoming, Sender, Target
 
 # The proxy's log lines keep the proxy's logger name: moving code between modules changes no log.
 logger = logging.getLogger("appliance.sip.proxy")
+
+NOT_A_PARTY = "Not A Party To This Call"
+FOREIGN_ROUTE = "No Route To A Foreign Proxy"  # the reason out of a dialog too (sip.proxy)
+REFUSAL_LOG_INTERVAL = 60.0  # a refused source is logged at most this often
+MAX_LOGGED_SOURCES = 1000
 
 
 class Fork(Protocol):
@@ -71,7 +103,9 @@ class InDialog:
                  public_toward: Callable[[Target], tuple[str, int] | None],
                  source: Callable[[Incoming, Request], Target | None],
                  local: Callable[[Incoming], tuple[str, int]], reply: Reply,
-                 fork: Fork, media: Callable[[str, int], bool] = lambda _h, _p: False
+                 fork: Fork, media: Callable[[str, int], bool] = lambda _h, _p: False,
+                 phone_at: Callable[[str, str, int | None], bool] = lambda _l, _h, _p: False,
+                 providers: Callable[[str, int], Collection[str]] = lambda _h, _p: ()
                  ) -> None:
         """CONTEXTS and LIVE_CALLS are the proxy's own tables; ADDRESSES and LOCAL_HOSTS
         (live collections) are what "us" means in a Route, and PUBLIC, the public addresses
@@ -79,7 +113,10 @@ class InDialog:
         PUBLIC_TOWARD gives that address toward a peer that is such a provider, else None
         (our Via to it asks for ``rport``). SOURCE stamps a request's Via and says where
         its responses go, LOCAL is our address it arrived on. MEDIA says whether an
-        address and port are a media worker's SIP socket."""
+        address and port are a media worker's SIP socket. PHONE_AT(login, host, port)
+        whether one of Client LOGIN's phones is registered from HOST at PORT (any port
+        when None); PROVIDERS(host, port) the gateways whose provider is at HOST:PORT (an
+        address it sends from, or its Proxy name)."""
         self._sender = sender
         self._deadlines = deadlines
         self._calls = calls
@@ -94,6 +131,9 @@ class InDialog:
         self._reply = reply
         self._fork = fork
         self._media = media
+        self._phone_at = phone_at
+        self._providers = providers
+        self._refusals = LogThrottle(REFUSAL_LOG_INTERVAL, MAX_LOGGED_SOURCES)
 
     async def forward(self, incoming: Incoming, request: Request, now: float,
                       server: ServerTransaction | None = None) -> None:
@@ -109,16 +149,34 @@ class InDialog:
                 await self._reply(server, 481, now=now)
             return
         call, towards_callee = found
-        target = remaining_route_target(request)
-        if target is not None:
-            route_to_strict_next_hop(request)
-        else:
-            to_tag = request.to.tag or ""
-            target = call.callee(to_tag) if towards_callee else call.caller
-        if target is None:
-            if server is not None:
-                await self._reply(server, 481, now=now)
+        # The callee's tag names the dialog: the To tag toward the callee, the From tag back.
+        callee_tag = (request.to.tag if towards_callee else request.from_.tag) or ""
+        callee = call.callee(callee_tag)
+        if callee is None:  # a dialog of this call that we never saw: not ours to relay
+            await self._refuse(call, request, incoming, server, now, 481, None,
+                               "no such dialog")
             return
+        hop = call.callee_hop(callee_tag)
+        if towards_callee:
+            sender, login, sender_hop = call.caller, call.caller_login, None
+            far, far_hop = callee, hop
+        else:
+            sender, login, sender_hop = callee, call.callee_login, hop
+            far, far_hop = call.caller, None
+        if not self._is_party(incoming, sender, login, sender_hop):
+            await self._refuse(call, request, incoming, server, now, 403, NOT_A_PARTY,
+                               "not from a party to it")
+            return
+        target = far
+        route = remaining_route_target(request)
+        if route is not None:
+            next_hop = self._next_hop(route, far, far_hop)
+            if next_hop is None:
+                await self._refuse(call, request, incoming, server, now, 403, FOREIGN_ROUTE,
+                                   f"its Route names {route.host}:{route.port}")
+                return
+            target = next_hop
+            route_to_strict_next_hop(request)
         if request.method == "REFER" and server is not None \
                 and self._media(target.host, target.port):
             # Never to a worker: pjsua would accept it and dial the Refer-To itself.
@@ -158,6 +216,50 @@ class InDialog:
                          record_route=False, keep_credentials=call.keep_credentials)
         if request.method == "BYE":
             await self._bye(call, request, now)
+
+    def _is_party(self, incoming: Incoming, at: Target, login: str, hop: Hop | None) -> bool:
+        """Whether INCOMING comes from the side of a call recorded at AT (with the Client
+        LOGIN's phones on it, or "", and the hop its provider record-routed, or None)."""
+        host, port = incoming.source
+        if incoming.transport == "udp":
+            if host == at.host and port == at.port:
+                return True
+            if hop is not None and (host.lower(), port) == hop:
+                return True
+        elif host == at.host:
+            # A TCP (or TLS) source cannot be spoofed, and its port is an ephemeral one: a
+            # phone that connected again (its old connection closed) comes from a new port.
+            return True
+        if login and self._phone_at(login, host, port if incoming.transport == "udp" else None):
+            return True
+        theirs = self._providers(at.host, at.port)
+        return bool(theirs) and any(sid in theirs for sid in self._providers(host, port))
+
+    def _next_hop(self, route: Target, far: Target, hop: Hop | None) -> Target | None:
+        """Where a request whose remaining Route names ROUTE goes, when that is the far side
+        of its call (recorded at FAR, with the hop its provider record-routed, HOP): FAR
+        itself when ROUTE names its address (on its TCP connection, if any), ROUTE when it
+        names HOP or the same gateway's provider; None for any other host."""
+        host, port = route.host.lower(), route.port
+        if host == far.host.lower() and port == far.port:
+            return far
+        if hop is not None and (host, port) == hop:
+            return route
+        theirs = self._providers(far.host, far.port)
+        if theirs and any(sid in theirs for sid in self._providers(host, port)):
+            return route
+        return None
+
+    async def _refuse(self, call: Call, request: Request, incoming: Incoming,
+                      server: ServerTransaction | None, now: float, status: int,
+                      reason: str | None, why: str) -> None:
+        """Answer REQUEST STATUS (an ACK: nothing), logged once a minute per source."""
+        host, port = incoming.source
+        if self._refusals.due(host, now):
+            logger.warning("x %s in call %s from %s:%d, %s: refused (%d)", request.method,
+                           call.call_id, host, port, why, status)
+        if server is not None:
+            await self._reply(server, status, reason, now=now)
 
     async def _bye(self, call: Call, request: Request, now: float) -> None:
         tags = {request.from_.tag, request.to.tag}

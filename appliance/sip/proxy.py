@@ -66,8 +66,10 @@ C (3 min, reset by each provisional) and the reaping of cancelled branches are i
 ``sip.cancel``.
 
 In-dialog requests (a To tag) go to ``sip.in_dialog``: forwarded without a challenge when
-they belong to a call we proxied (else 481), by loose routing, to the far side's NAT address;
-the BYE of the answered dialog ends the call. The ACK for a non-2xx is absorbed by our server
+they belong to a dialog of a call we proxied (else 481) and come from its party (else 403),
+by loose routing, to the far side's NAT address, or to a Route beyond ours only when it names
+that same far side (else 403: no relay to a provider or any host through a call); the BYE of
+the answered dialog ends the call. The ACK for a non-2xx is absorbed by our server
 transaction.
 
 CDRs (``CallLog``) and SMS rows (``MessageLog``): what is written when is in ``sip.records``.
@@ -113,7 +115,7 @@ from appliance.sip.forwarding import (
 from appliance.sip.guard import Guard
 from appliance.sip.headers import NameAddr
 from appliance.sip.hop import make_trying
-from appliance.sip.in_dialog import InDialog
+from appliance.sip.in_dialog import FOREIGN_ROUTE, InDialog
 from appliance.sip.memory import BurstTrimmer, compact
 from appliance.sip.message import (
     Request,
@@ -271,7 +273,8 @@ class Proxy:
                                    addresses=self._locals, local_hosts=local_hosts,
                                    public=self._public, public_toward=self._public_toward,
                                    source=self._source, local=self._local, reply=self._reply,
-                                   fork=self._fork, media=self._is_media)
+                                   fork=self._fork, media=self._is_media,
+                                   phone_at=self._phone_at, providers=self._providers)
         self._wake = asyncio.Event()
         # Transactions whose message the transport found it could not send only after
         # ``send`` returned (a TCP connect that failed): reported on the next timer pass.
@@ -291,6 +294,10 @@ class Proxy:
         # (source, request) -> the Caller of a request from a gateway's provider address
         # (services wiring: sip.trunk.Trunk.gateway_at), else None.
         self.gateway_caller: Callable[[tuple[str, int], Request], Caller | None] | None = None
+        # (host, port) -> the sids of the gateways whose provider is at HOST:PORT: an address
+        # it sends from (sip.trunk.Trunk.gateways_at) or its Proxy name. The parties of a
+        # call to or from a provider, for its in-dialog requests (sip.in_dialog).
+        self.provider_of: Callable[[str, int], Collection[str]] | None = None
         # (host, port) -> the public address and port the trunk learned from the provider
         # at HOST:PORT (sip.trunk.Trunk.public_address), else None: no NAT between us.
         self.public_address: Callable[[str, int], tuple[str, int] | None] | None = None
@@ -607,7 +614,7 @@ class Proxy:
             await self._reply(server, 403, "Caller Not Registered", now=now)
             return
         if remaining_foreign_route(request, self._locals, self._local_hosts):
-            await self._reply(server, 403, "No Route To A Foreign Proxy", now=now)
+            await self._reply(server, 403, FOREIGN_ROUTE, now=now)
             return
         if len(self._contexts) >= self.max_contexts or (
             request.method == "INVITE" and len(self._live_calls) >= self.max_calls
@@ -654,6 +661,8 @@ class Proxy:
                         caller=source, deadline=now + RINGING_LIFETIME,
                         cdr_sid=self._calls.new_sid() if decision.cdr_sid is None
                         else decision.cdr_sid or None,
+                        caller_login="" if caller.media or caller.gateway else caller.login,
+                        callee_login=decision.callee if decision.phones else "",
                         keep_credentials=decision.keep_credentials)
             context.phone_number_sid = decision.phone_number_sid
             context.account_sid = decision.account_sid
@@ -708,6 +717,14 @@ class Proxy:
     def _is_our_uri(self, uri: str) -> bool:
         return uri_is_us(uri, self._locals, self._local_hosts, userless=True,
                          public=self._public)
+
+    def _phone_at(self, login: str, host: str, port: int | None) -> bool:
+        """Whether one of Client LOGIN's phones is registered from HOST:PORT (any port when
+        None), read on the wall clock as bindings are."""
+        return self._router.phone_at(login, host, port, self._clock())
+
+    def _providers(self, host: str, port: int) -> Collection[str]:
+        return self.provider_of(host, port) if self.provider_of is not None else ()
 
     def _is_media(self, host: str, port: int) -> bool:
         return self.media_source is not None and self.media_source(host, port)

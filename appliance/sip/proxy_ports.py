@@ -110,6 +110,10 @@ class Fork:
     # Forward Proxy-Authorization (a worker's leg to a gateway answers the provider's own
     # challenge); otherwise credentials are ours and are consumed.
     keep_credentials: bool = False
+    # The contacts are registered phones of Client CALLEE (not a media worker, not a
+    # gateway): a phone of CALLEE's that moved (registered again from elsewhere) is still
+    # the callee for the requests within the call (sip.in_dialog).
+    phones: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,10 @@ class Router(Protocol):
 
     def registered(self, login: str, now: float) -> bool:
         """True when LOGIN has at least one live binding."""
+
+    def phone_at(self, login: str, host: str, port: int | None, now: float) -> bool:
+        """True when one of LOGIN's live bindings was registered from HOST, at PORT (at any
+        port when None): a request from there comes from one of LOGIN's phones."""
 
     async def route(self, request: Request, caller: Caller, now: float) -> Decision:
         """Fork to contacts, or refuse with a status and reason phrase."""

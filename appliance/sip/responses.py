@@ -61,7 +61,11 @@ from appliance.sip.hop import make_cancel
 from appliance.sip.message import Response
 from appliance.sip.proxy_ports import CallLog, MessageLog
 from appliance.sip.records import cdr, record_message
-from appliance.sip.routeset import remaining_route_target, route_to_strict_next_hop
+from appliance.sip.routeset import (
+    callee_side_hop,
+    remaining_route_target,
+    route_to_strict_next_hop,
+)
 from appliance.sip.transaction import (
     InviteClientTransaction,
     NonInviteServerTransaction,
@@ -166,11 +170,17 @@ class Responses:
         await self.maybe_finish(context, now)
 
     def _note_dialog(self, context: Context, branch: Branch, response: Response) -> None:
-        if context.call is None:
+        call = context.call
+        if call is None:
             return
         tag = response.to.tag
         if tag:
-            context.call.add_dialog(tag, branch.target)
+            # A gateway's provider may record-route an edge proxy of its own, elsewhere than
+            # where our INVITE went: the worker's requests then go there, and it is the
+            # call's next hop (sip.in_dialog). Only a provider's answer is trusted to name
+            # it: a phone's Record-Route would be any Client's way to any host.
+            hop = callee_side_hop(response, branch.request) if call.keep_credentials else None
+            call.add_dialog(tag, branch.target, hop)
 
     async def _answered(self, context: Context, branch: Branch, response: Response, now: float,
                         *, first: bool) -> None:

@@ -4,9 +4,11 @@ Every INVITE we fork carries our Record-Route, so the in-dialog requests of its 
 with our own entries at the top of their Route set. ``pop_own_routes`` drops them (loose
 routing); a strict-routing phone puts our Record-Route in the Request-URI instead, which is
 replaced by the last Route. What is left decides the request: an out-of-dialog request with a
-foreign Route is refused (``remaining_foreign_route``, the proxy is no open relay), an
-in-dialog one goes where its next Route points (``remaining_route_target``), in the form a
-strict router expects when that Route has no ``lr`` (``route_to_strict_next_hop``).
+foreign Route is refused (``remaining_foreign_route``, the proxy is no open relay); an
+in-dialog one names its next hop (``remaining_route_target``), which ``sip.in_dialog`` follows
+only when it is the call's own (the far party, or the hop its provider record-routed:
+``callee_side_hop``), in the form a strict router expects when that Route has no ``lr``
+(``route_to_strict_next_hop``).
 
 "Us" is every address requests arrived on plus the host names the transport calls local:
 the proxy keeps those (a live collection) and passes them in. Behind NAT, the public
@@ -22,7 +24,7 @@ from collections.abc import Collection
 
 from appliance.sip.errors import SipParseError
 from appliance.sip.headers import NameAddr, parse_name_addrs
-from appliance.sip.message import Request
+from appliance.sip.message import Request, Response
 from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import Target
 
@@ -90,6 +92,26 @@ def remaining_route_target(request: Request) -> Target | None:
     if not isinstance(uri, SipUri):
         return None
     return Target(uri.transport or "udp", uri.host.strip("[]"), uri.port or 5060)
+
+
+def callee_side_hop(response: Response, forwarded: Request) -> tuple[str, int] | None:
+    """The Record-Route entry nearest to us that the callee's side added to RESPONSE, the
+    answer to FORWARDED (our branch, whose Record-Route the callee copies below its own
+    proxies' entries, RFC 3261 §16.6 step 4 and §12.1.1): the host (lower case, no
+    brackets) and port (5060 when none) of the next hop toward the callee, or None when
+    nothing was added or it is no SIP URI. None too when FORWARDED carries no Record-Route
+    (then ours cannot be told from theirs: a finished request's branch keeps only a stub)."""
+    ours = len(forwarded.values("record-route"))
+    theirs = len(response.values("record-route")) - ours
+    if ours == 0 or theirs <= 0:
+        return None
+    try:
+        uri = parse_uri(NameAddr.parse(response.values("record-route")[theirs - 1]).uri)
+    except SipParseError:
+        return None
+    if not isinstance(uri, SipUri):
+        return None
+    return uri.host.strip("[]").lower(), uri.port or 5060
 
 
 def route_to_strict_next_hop(request: Request) -> None:

@@ -102,11 +102,16 @@ def _jitter() -> float:
     return random.uniform(0.8, 1.2)  # noqa: S311 - spreading retries, not a secret
 
 
+def _split_proxy(proxy: str) -> tuple[str, int]:
+    """A gateway's Proxy (host or address, optional :port) as host and port (5060)."""
+    host, _, port_text = proxy.rpartition(":") if proxy.count(":") == 1 else (proxy, "", "")
+    return host, int(port_text) if port_text.isdigit() else 5060
+
+
 async def _resolve_all(proxy: str) -> tuple[Target, ...]:
     """A gateway's Proxy (host or address, optional :port) as UDP targets: every address
     the name resolves to (providers publish several for one registrar name)."""
-    host, _, port_text = proxy.rpartition(":") if proxy.count(":") == 1 else (proxy, "", "")
-    port = int(port_text) if port_text.isdigit() else 5060
+    host, port = _split_proxy(proxy)
     async with asyncio.timeout(RESOLVE_TIMEOUT):
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
@@ -252,6 +257,19 @@ class Trunk:
         """Every gateway whose provider sends from HOST:PORT: an office with two accounts
         at one provider has two gateways at the same address."""
         return self._providers(host, port)
+
+    def providers_at(self, host: str, port: int) -> frozenset[str]:
+        """The sids of the gateways whose provider is at HOST:PORT: an address it sends from
+        (``gateways_at``), or the name (and port, 5060 when none) its Proxy is written with,
+        as a provider's Record-Route may name it. Who may send, and be sent, a call's
+        in-dialog requests on the provider's side (the proxy's ``provider_of``)."""
+        found = {gateway.sid for gateway in self._providers(host, port)}
+        name = host.strip("[]").lower()
+        for gateway in self._gateways.values():
+            proxy_host, proxy_port = _split_proxy(gateway.proxy)
+            if proxy_host.strip("[]").lower() == name and proxy_port == port:
+                found.add(gateway.sid)
+        return frozenset(found)
 
     def public_address(self, host: str, port: int) -> tuple[str, int] | None:
         """The public address and port that the provider sending from HOST:PORT reaches us

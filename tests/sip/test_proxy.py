@@ -888,10 +888,20 @@ async def test_an_in_dialog_request_out_of_hops_gets_483() -> None:
     assert statuses(h) == [483] and h.sender.requests() == []
 
 
+def behind_an_edge_proxy() -> tuple[Harness, Phone, Phone]:
+    """alice, and bob registered through an edge proxy at 198.51.100.9:5070 (his binding's
+    source): the call's next hop toward bob, which a Route beyond ours may name."""
+    h = Harness()
+    alice = h.phone("alice", "192.168.1.10", ALICE_SRC)
+    bob = h.phone("bob", "192.168.1.20", ("198.51.100.9", 5070))
+    return h, alice, bob
+
+
 async def test_a_route_beyond_ours_in_a_dialog_is_followed() -> None:
     # A route set with another proxy after us (loose routing, §16.6 step 7): the request
-    # goes to that proxy with its Route entry left in place.
-    h, alice, bob = setup()
+    # goes to that proxy with its Route entry left in place, that proxy being where the
+    # call's branch to bob went (any other host is refused: test_in_dialog_parties.py).
+    h, alice, bob = behind_an_edge_proxy()
     invite, _, _ = await established(h, alice, bob)
     bye = alice.request("BYE", bob.contact, to=f"<sip:bob@{REALM}>;tag=bob-tag",
                         call_id=invite.call_id or "", from_tag="caller-tag", headers=[
@@ -906,7 +916,7 @@ async def test_a_route_beyond_ours_in_a_dialog_is_followed() -> None:
 async def test_a_strict_router_beyond_ours_gets_the_request_uri_it_expects() -> None:
     # §16.6 step 6: a next hop without ;lr is an RFC 2543 strict router; it routes on the
     # Request-URI, so its own URI goes there and the real target becomes the last Route.
-    h, alice, bob = setup()
+    h, alice, bob = behind_an_edge_proxy()
     invite, _, _ = await established(h, alice, bob)
     bye = alice.request("BYE", bob.contact, to=f"<sip:bob@{REALM}>;tag=bob-tag",
                         call_id=invite.call_id or "", from_tag="caller-tag", headers=[
