@@ -338,11 +338,27 @@ class Responses:
         so the 2xx reaches no transaction there (a UA just ACKs its 487 again); forwarded,
         the callee would talk into silence until it gives up waiting for the ACK, and a
         provider would bill it. We are the UAC of that dialog now: ACK it and BYE it
-        (RFC 3261 §15: a 2xx after a CANCEL is ACKed, then the session ended with BYE)."""
+        (RFC 3261 §15: a 2xx after a CANCEL is ACKed, then the session ended with BYE).
+
+        Their route set is the 2xx's Record-Route below ours, which the callee wrote: it is
+        followed only to where the branch went (an edge proxy the phone is registered
+        through) or, on a call out to a gateway, to the provider's record-routed hop, as
+        ``sip.in_dialog`` does; else the two go straight to the branch's target, without
+        it (a phone's Record-Route is no way for any Client to have us send to any host)."""
         branch.final = response
         branch.deadline = None
         ack, bye = hang_up(branch.request, response, self._ours)
-        target = remaining_route_target(ack) or branch.target
+        target = branch.target
+        route = remaining_route_target(ack)
+        call = branch.context.call
+        hop = callee_side_hop(response, branch.request) \
+            if call is not None and call.keep_credentials else None
+        if route is not None and ((route.host.lower(), route.port) == hop or (
+                route.host.lower(), route.port) == (target.host.lower(), target.port)):
+            target = route
+        elif route is not None:
+            for request in (ack, bye):
+                request.remove("route")
         for request in (ack, bye):
             route_to_strict_next_hop(request)
         branch.ack = (ack, target)

@@ -467,7 +467,9 @@ async def test_a_2xx_after_our_own_487_is_acked_and_hung_up_not_forwarded() -> N
     # The caller has its 487 (made by us: bob had sent nothing, §9.1) when bob answers: the
     # caller's transaction is over, so we end bob's dialog ourselves (ACK, then BYE along
     # its route set: the proxy bob is behind, not our own entry).
-    h, alice, bob = setup()
+    h = Harness()
+    alice = h.phone("alice", "192.168.1.10", ALICE_SRC)
+    bob = h.phone("bob", "192.168.1.20", ("192.0.2.99", 5070))  # registered through it
     invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
     [(to_bob, _)] = h.sender.requests("INVITE")
     h.sender.take()
@@ -498,6 +500,23 @@ async def test_a_2xx_after_our_own_487_is_acked_and_hung_up_not_forwarded() -> N
     assert [m.method for m, _ in h.sender.take() if isinstance(m, Request)] == ["ACK"]
     [cdr] = h.store.calls.values()
     assert cdr.status == "canceled"
+
+
+async def test_our_hang_up_takes_no_route_a_phone_record_routed_elsewhere() -> None:
+    # bob's phone (any Client) answers after the caller's final with a Record-Route of its
+    # own naming another host: our ACK and BYE go to bob's phone, without that route set.
+    h, alice, bob = setup()
+    invite = await h.authenticated(alice, "INVITE", "bob", body=SDP)
+    [(to_bob, _)] = h.sender.requests("INVITE")
+    h.sender.take()
+    await h.send(alice, alice.cancel(invite))
+    h.sender.take()
+    ok = bob.answer(to_bob, 200, to_tag="b1")
+    ok.prepend("Record-Route", "<sip:+33123456789@198.51.100.7;lr>")
+    await h.send(bob, ok)
+    sent = h.sender.requests()
+    assert [r.method for r, _ in sent] == ["ACK", "BYE"]
+    assert all(t == Target("udp", *BOB_SRC) and r.get("route") is None for r, t in sent)
 
 
 async def test_cancel_matching_nothing_gets_481() -> None:
