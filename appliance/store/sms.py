@@ -94,6 +94,13 @@ def _status_change(conn: sqlite3.Connection, sid: str) -> StatusChange:
     return StatusChange(rows.sms(row), callback)
 
 
+# Outbox row O is its destination's turn: no message to the same destination accepted before
+# it (ties by rowid) is still queued. One probe of ``sms_outbox_turn`` (m010).
+_FIRST = ("NOT EXISTS (SELECT 1 FROM sms_outbox AS p WHERE p.destination = o.destination "
+          "AND p.state = 'queued' AND (p.accepted_at < o.accepted_at "
+          "OR (p.accepted_at = o.accepted_at AND p.rowid < o.rowid)))")
+
+
 class SmsStore:
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -158,16 +165,15 @@ class SmsStore:
 
     def _firsts_due(self, now: str, limit: int, clients: bool) -> list[OutboxItem]:
         """Each destination's earliest accepted queued message, when due (to Clients, or
-        to numbers), the earliest first, at most LIMIT; on the store's thread."""
+        to numbers), the earliest first, at most LIMIT; on the store's thread. The queue is
+        read in accepted order (``sms_outbox_order``), so a long backlog costs only the rows
+        read up to LIMIT (m010)."""
         cur = self._conn().execute(
-            "SELECT * FROM ("
-            " SELECT o.*, m.account_sid, m.\"from\", ROW_NUMBER() OVER ("
-            "  PARTITION BY o.destination ORDER BY o.accepted_at, o.rowid) AS turn"
-            " FROM sms_outbox o JOIN sms_messages m ON m.sid = o.sid"
-            " WHERE o.state = 'queued' AND o.destination "
-            + ("LIKE" if clients else "NOT LIKE") + " 'client:%')"
-            " WHERE turn = 1 AND next_attempt_at <= ? "
-            "ORDER BY accepted_at LIMIT ?", (now, limit))
+            "SELECT o.*, m.account_sid, m.\"from\" FROM sms_outbox AS o "
+            "INDEXED BY sms_outbox_order JOIN sms_messages m ON m.sid = o.sid "
+            "WHERE o.state = 'queued' AND o.next_attempt_at <= ? AND o.destination "
+            + ("LIKE" if clients else "NOT LIKE") + " 'client:%' AND " + _FIRST +
+            " ORDER BY o.accepted_at, o.rowid LIMIT ?", (now, limit))
         names = [d[0] for d in cur.description]
         return [_outbox_item(dict(zip(names, r, strict=True))) for r in cur.fetchall()]
 
@@ -179,12 +185,10 @@ class SmsStore:
             marks = ", ".join("?" for _ in skip)
             # Each destination's first message only: the others wait for it.
             row = self._conn().execute(
-                "SELECT MIN(next_attempt_at) FROM ("
-                " SELECT destination, next_attempt_at, ROW_NUMBER() OVER ("
-                "  PARTITION BY destination ORDER BY accepted_at, rowid) AS turn"
-                " FROM sms_outbox WHERE state = 'queued' AND destination "
-                + ("LIKE" if clients else "NOT LIKE") + " 'client:%') WHERE turn = 1"
-                + (f" AND destination NOT IN ({marks})" if skip else ""),
+                "SELECT MIN(o.next_attempt_at) FROM sms_outbox AS o "
+                "WHERE o.state = 'queued' AND o.destination "
+                + ("LIKE" if clients else "NOT LIKE") + " 'client:%' AND " + _FIRST
+                + (f" AND o.destination NOT IN ({marks})" if skip else ""),
                 tuple(skip)).fetchone()
             return row[0] if row and row[0] else None
         result: str | None = await self._run(run)

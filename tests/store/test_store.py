@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlite_utils import Database
@@ -49,7 +50,8 @@ async def test_migrations_apply_once_and_pragmas_hold(tmp_path: Path) -> None:
     assert await store.open() == ["m001_core", "m002_sip_bindings", "m003_sms_queue",
                                   "m004_conferences", "m005_calls_open",
                                   "m006_sms_inbound_handed", "m007_trunk_contacts",
-                                  "m008_notifications_call", "m009_role_spelling"]
+                                  "m008_notifications_call", "m009_role_spelling",
+                                  "m010_sms_queue_turns"]
     await store.close()
     store = Store(tmp_path / "a.db")
     assert await store.open() == []
@@ -146,7 +148,7 @@ async def test_a_database_of_the_previous_schema_gains_the_index_on_upgrade(
     store = Store(path)
     assert await store.open() == ["m005_calls_open", "m006_sms_inbound_handed",
                                   "m007_trunk_contacts", "m008_notifications_call",
-                                  "m009_role_spelling"]
+                                  "m009_role_spelling", "m010_sms_queue_turns"]
     assert [c.sid for c in await store.open_calls()] == [leftover.sid]
     await store.close()
     assert "USING INDEX calls_open" in open_calls_plan(path)
@@ -177,7 +179,8 @@ async def test_inbound_jobs_of_the_previous_schema_are_still_delivered_after_upg
 
     store = Store(path)
     assert await store.open() == ["m006_sms_inbound_handed", "m007_trunk_contacts",
-                                  "m008_notifications_call", "m009_role_spelling"]
+                                  "m008_notifications_call", "m009_role_spelling",
+                                  "m010_sms_queue_turns"]
     jobs = SmsStore(store)
     conversation = (received.from_, received.to)
     assert await jobs.due_inbound_jobs("9999") == [
@@ -366,7 +369,7 @@ async def test_a_database_of_the_previous_schema_keeps_trunk_contacts_after_upgr
 
     store = Store(path)
     assert await store.open() == ["m007_trunk_contacts", "m008_notifications_call",
-                                  "m009_role_spelling"]
+                                  "m009_role_spelling", "m010_sms_queue_turns"]
     try:
         gateways = GatewayStore(store)
         assert await gateways.public_contacts() == {}
@@ -437,5 +440,61 @@ async def test_writes_a_full_disk_refuses_log_a_line_a_minute_and_count_for_heal
         assert store.write_failure() == ("database or disk is full", 0.0)
         now[0] += HOLD_FOR
         assert store.write_failure() is None
+    finally:
+        await store.close()
+
+
+async def test_the_senders_read_a_long_queue_only_up_to_what_they_take(tmp_path: Path) -> None:
+    # 6,000 queued messages, 4 to each of 1,500 numbers. Each send asks for each number's
+    # first message and for when the next is due: these read the queue in accepted order
+    # up to what they return (m010). The window they used read and sorted the whole queue
+    # (~50 ms at 20,000, per message sent, on the store's only thread). Counted in SQLite
+    # VM steps, which do not depend on the machine's speed or load.
+    path = tmp_path / "a.db"
+    store = Store(path)
+    await store.open()
+    await store.close()
+    db = Database(path)
+    accepted = "2026-12-01T00:00:00.000000Z"
+    with db.conn:
+        for i in range(6000):
+            sid = f"SM{i:032x}"
+            record = dataclasses.replace(sms("outbound-api", "queued"), sid=SmsSid(sid),
+                                         to=f"+4477{i % 1500:07d}")
+            db["sms_messages"].insert(rows.sms_values(record))
+            db.conn.execute(
+                "INSERT INTO sms_outbox (sid, destination, body, ucs2, status_report, "
+                "concat_ref, x_headers, state, next_attempt_at, accepted_at) "
+                "VALUES (?, ?, 'hi', 0, 0, 0, '{}', 'queued', ?, ?)",
+                (sid, record.to, accepted, f"2026-12-01T00:{i // 600:02d}:{i % 60:02d}.{i:06d}Z"))
+    db.conn.close()
+    store = Store(path)
+    await store.open()
+    queue = SmsStore(store)
+    steps = 0
+
+    def counted(call: Any) -> Any:
+        def run() -> Any:
+            nonlocal steps
+
+            def step() -> int:
+                nonlocal steps
+                steps += 100
+                return 0
+            conn = store._conn()  # noqa: SLF001
+            conn.set_progress_handler(step, 100)
+            try:
+                return call()
+            finally:
+                conn.set_progress_handler(None, 100)
+        return store._run(run)  # noqa: SLF001
+
+    try:
+        due = await counted(lambda: queue._firsts_due("2026-12-02T00:00:00Z", 20, False))  # noqa: SLF001
+        assert len(due) == 20 and len({item.destination for item in due}) == 20
+        assert steps < 20_000, steps
+        steps = 0
+        assert await queue.next_due() == accepted
+        assert await queue.due_for_clients("2026-12-02T00:00:00Z", 8) == []
     finally:
         await store.close()
