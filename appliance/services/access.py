@@ -41,9 +41,22 @@ def require(actor: Account, action: Action, resource: str) -> None:
         raise Forbidden(f"Missing permission RestComm:{action}:{resource}")
 
 
+NOT_ACTIVE = "Provided Account is not active"
+# The Notification of a call or SMS that an account not active may no longer make or take
+# (Twilio's error 20005, "Account not active").
+ACCOUNT_NOT_ACTIVE = 20005
+
+
+def is_active(account: Account) -> bool:
+    """Whether ACCOUNT may act: its API answers, its apps run and its calls and SMS go out.
+    Suspended, closed and inactive accounts are cut off (api-behaviour.md §2); an
+    uninitialized one is only waiting for a new password."""
+    return account.status in (AccountStatus.ACTIVE, AccountStatus.UNINITIALIZED)
+
+
 def require_active(actor: Account) -> None:
-    if actor.status not in (AccountStatus.ACTIVE, AccountStatus.UNINITIALIZED):
-        raise Forbidden("Provided Account is not active")
+    if not is_active(actor):
+        raise Forbidden(NOT_ACTIVE)
 
 
 def is_super_admin(actor: Account) -> bool:

@@ -33,9 +33,11 @@ committed in one transaction before the driver deletes it from the modem; multip
 are reassembled by (sender, reference, total), out of order and with duplicates tolerated;
 parts missing after FRAGMENT_TIMEOUT are released with an "[incomplete]" marker. Then the
 SmsUrl (or SmsApplicationSid's RcmlUrl) of the IncomingPhoneNumber matching the SIM's number
-is requested; SmsFallbackUrl on failure; an <Sms> in the reply is queued as outbound-reply,
-in the transaction that marks the message's job handed: from then on a retry, or the restart
-after a crash, only finishes the job and never runs the app again (no reply goes out twice).
+is requested (not when the number's account is not active: the message is kept, handed to
+nothing, and a Notification says why); SmsFallbackUrl on failure; an <Sms> in the reply is
+queued as outbound-reply, in the transaction that marks the message's job handed: from then
+on a retry, or the restart after a crash, only finishes the job and never runs the app again
+(no reply goes out twice).
 Messages of different conversations (sender, receiving number) are handed side by side, at
 most INBOUND_CONCURRENCY at once; those of one conversation one at a time, in the order
 received. A message put off for a retry no longer holds its conversation: the ones after it
@@ -92,7 +94,14 @@ from appliance.models import (
 )
 from appliance.rcml.parse import RcmlError, parse_document
 from appliance.rcml.verbs import Redirect, Sms, Unsupported, absolute_url
-from appliance.services.access import Action, account_client, require
+from appliance.services.access import (
+    ACCOUNT_NOT_ACTIVE,
+    Action,
+    account_client,
+    is_active,
+    require,
+    require_active,
+)
 from appliance.services.history import HistoryService
 from appliance.services.ordered_jobs import OrderedJobs
 from appliance.services.ports import StoreProtocol
@@ -158,6 +167,7 @@ SENDER_FAULT_LOG_S = 60.0  # a lasting fault is logged with its traceback at mos
 # The same 21218 (a number's SmsApplicationSid naming no application, same outcome) at most
 # this often: every SMS to the number, whoever sends it, would otherwise write one.
 INVALID_APPLICATION_WARN_S = 60.0
+NOT_ACTIVE_WARN_S = 60.0  # the same for a 20005 (an SMS to a number of an account not active)
 
 
 class ModemPort(Protocol):
@@ -302,6 +312,7 @@ class MessagingService:
         self._suspects: dict[str, _Suspect] = {}  # queued messages that met a fault of ours
         self._fault_logged_at: float | None = None
         self._missing_app_warned = Throttle(INVALID_APPLICATION_WARN_S)
+        self._inactive_warned = Throttle(NOT_ACTIVE_WARN_S)
 
     # -- API: send -----------------------------------------------------------------------------
 
@@ -389,11 +400,14 @@ class MessagingService:
                                    "outbound-call")
 
     async def _may_send_sms(self, account_sid: str) -> None:
-        """Forbidden unless ACCOUNT_SID may send SMS (Create:SmsMessages)."""
+        """Forbidden unless ACCOUNT_SID may send SMS (Create:SmsMessages) and is active, as
+        POST SMS/Messages requires: an app of an account suspended while it runs sends no
+        more."""
         account = await self._store.get_account(account_sid)
         if account is None:
             raise Forbidden(f"Account {account_sid} not found")
         require(account, Action.CREATE, "SmsMessages")
+        require_active(account)
 
     def client_registered(self, login: str) -> None:
         """A phone of Client LOGIN registered (its first, another, the same one again from
@@ -1113,6 +1127,9 @@ class MessagingService:
             await self._sms.finish_inbound_job(sid)
             return
         number = await self._store.find_number(record.to) if record.to else None
+        if number is not None and not await self._owner_active(record, number.account_sid,
+                                                               number.phone_number):
+            number = None  # kept and listed, but handed to nothing: as with no SmsUrl
         url, method, fallback, fallback_method = None, "POST", None, "POST"
         if number is not None:
             missing = False
@@ -1159,6 +1176,22 @@ class MessagingService:
                   "To": record.to, "Body": record.body}
         await self._run_sms_app(record, url, method, fallback, fallback_method, params)
         await self._sms.finish_inbound_job(sid)
+
+    async def _owner_active(self, record: SmsRecord, account_sid: str, number: str) -> bool:
+        """Whether ACCOUNT_SID, the owner of NUMBER that RECORD was sent to, is active: a
+        suspended (or inactive) account's SmsUrl is not requested, nor its forward to a
+        Client made. Its Notification (20005) says so at most once a minute per number, as
+        anyone can send SMS to it."""
+        account = await self._store.get_account(account_sid)
+        if account is None or is_active(account):
+            return True  # no account to cut off (a number left without one has no app)
+        message = (f"SMS {record.sid} from {record.from_} to {number} not handed to its "
+                   f"application: account {account_sid} is {account.status}")
+        if self._inactive_warned.allow((account_sid, number)):
+            await self._history.notify(account_sid, ACCOUNT_NOT_ACTIVE, message, warning=True)
+        else:
+            logger.info("x %s", message)
+        return False
 
     async def _run_sms_app(self, record: SmsRecord, url: str, method: str,
                            fallback: str | None, fallback_method: str,

@@ -8,7 +8,10 @@ import dataclasses
 import json
 from typing import Any
 
+import pytest
+
 from appliance.app import Appliance
+from appliance.errors import Forbidden
 from tests.conftest import ADMIN_SID, Api
 from tests.fakes.modem import FakeModem
 from tests.fakes.pdus import deliver_pdu
@@ -137,4 +140,56 @@ async def test_a_developer_accounts_sms_app_sends_no_sms(gsm_api: Api, fake: Fak
     messages = json.loads(body)["messages"]
     # The message received and the forward to the Client; nothing to +15550009999.
     assert sorted(m["to"] for m in messages) == [SIM_NUMBER, "client:devdesk"], messages
+    assert fake.sent == []
+
+
+async def suspended_owner(api: Api, hook: Hook) -> str:
+    """A sub-account owning the SIM's number (its SmsUrl replies by SMS), then suspended."""
+    status, body, _ = await api.post("Accounts.json", {"EmailAddress": "gone@example.com",
+                                                       "Password": "Pbx-edge-7"})
+    assert status == 200, body
+    sid: str = json.loads(body)["sid"]
+    reply = hook.reply("/sms", '<Response><Sms to="+15550009999">paid for</Sms></Response>')
+    status, body, _ = await api.post(f"Accounts/{sid}/IncomingPhoneNumbers.json",
+                                     {"PhoneNumber": SIM_NUMBER, "SmsUrl": reply})
+    assert status == 200, body
+    status, body, _ = await api.post(f"Accounts/{sid}.json", {"Status": "suspended"})
+    assert status == 200, body
+    return sid
+
+
+async def test_an_sms_to_a_suspended_accounts_number_runs_no_app(
+        gsm_api: Api, fake: FakeModem, hook: Hook) -> None:
+    """The message is kept (listed under the account, as received), but its SmsUrl is not
+    requested, as for a number with no SmsUrl; a Notification says why."""
+    # Before: the SmsUrl was requested and its <Sms> reply sent by the modem.
+    sid = await suspended_owner(gsm_api, hook)
+    fake.deliver_sms(deliver_pdu("+15559990000", "still there?"))
+    async with asyncio.timeout(10):
+        while True:
+            status, body, _ = await gsm_api.get(f"Accounts/{sid}/Notifications.json")
+            notes = json.loads(body)["notifications"]
+            if notes:
+                break
+            await asyncio.sleep(0.05)
+    [note] = notes
+    assert note["error_code"] == 20005 and "suspended" in note["message_text"], note
+    _, body, _ = await gsm_api.get(f"Accounts/{sid}/SMS/Messages.json")
+    [message] = json.loads(body)["messages"]
+    assert (message["from"], message["body"], message["status"]) == (
+        "+15559990000", "still there?", "received"), message
+    await asyncio.sleep(0.5)
+    assert hook.requests == [] and fake.sent == []
+
+
+async def test_an_app_of_a_suspended_account_sends_no_sms(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem, hook: Hook) -> None:
+    """A voice app's <Sms> (and a Client's MESSAGE to a number) goes through
+    send_from_client: an account suspended while its app runs sends nothing more."""
+    # Before: the message was queued and sent by the modem.
+    sid = await suspended_owner(gsm_api, hook)
+    with pytest.raises(Forbidden, match="Provided Account is not active"):
+        await gsm_appliance.messaging.send_from_client(sid, "+15550001000", "+15550009999",
+                                                       "paid for")
+    await asyncio.sleep(0.5)
     assert fake.sent == []
