@@ -276,6 +276,9 @@ class Appliance:
             front_door=lambda: (self.transport.advertised, sip.listen.port),
             worker_ports=worker_ports)
         self.calls.apps.directory = self.sip_directory
+        # The apps of an account that is not active do not run (the account service
+        # answers from memory).
+        self.calls.apps.account = self.accounts.get
         self.conferences = ConferencesService(ConferenceStore(self.store), self.call_log,
                                               self.clock, engine=engine)
         self.calls.conferences = self.conferences

@@ -11,6 +11,15 @@ Client, from a gateway (`CallsService.route_gateway_invite`) and from the GSM mo
 ``client:<login>`` VoiceUrl is no app (that Client's phones ring instead), and a number, a
 document or POST /Calls reaches only its own account's Clients (`account_client`).
 
+An account that is not active (suspended, closed, inactive: `access.is_active`) is cut
+off: a call to its numbers or to its Clients runs none of their apps, whoever places it.
+Each entry refuses it as it refuses a number with no app (a provider's call the 404 of an
+unknown DID, a GSM call AT+CHUP, a Client's call whatever the router answers next), and
+`refused_inactive` logs why and writes the account a Notification (20005, at most once a
+minute per number or Client, since outside traffic causes it at will). The account comes
+from the account service's memory (``account``, set by the composition root), so the
+check costs no store query.
+
 Lookups go through the SIP front door's cached view of Clients and numbers (`directory`, a
 `SipDirectory` set by the composition root) when there is one, so that a plain
 Client-to-Client call makes no store query here; only a call that does run an app reads
@@ -31,9 +40,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from appliance.models import Client, PhoneNumber
+from appliance.models import Account, Client, PhoneNumber
 from appliance.rcml.runner import App
-from appliance.services.access import account_client
+from appliance.services.access import ACCOUNT_NOT_ACTIVE, account_client, is_active
 from appliance.services.ports import StoreProtocol
 from appliance.services.provisioning import number_forms
 from appliance.services.telephony import SipDirectory
@@ -47,6 +56,7 @@ INVALID_APPLICATION = 21218  # Notification: a VoiceApplicationSid naming no app
 # The same 21218 (same number or Client, application and outcome) at most this often: every
 # call to such a number would otherwise write one, whoever places it.
 INVALID_APPLICATION_WARN_S = 60.0
+NOT_ACTIVE_WARN_S = 60.0  # ACCOUNT_NOT_ACTIVE for one number or Client at most this often
 
 
 class AppResolver:
@@ -60,15 +70,21 @@ class AppResolver:
         # The SIP front door's cached view of Clients and numbers (set by the composition
         # root); without it every lookup reads the store.
         self.directory: SipDirectory | None = None
+        # An account by its sid (the composition root sets the account service's, which
+        # answers from memory; without it the store is asked).
+        self.account: Callable[[str], Awaitable[Account | None]] = store.get_account
         self._unknown_warned = -UNKNOWN_DID_WARN_S
         self._missing_warned = Throttle(INVALID_APPLICATION_WARN_S)
+        self._inactive_warned = Throttle(NOT_ACTIVE_WARN_S)
 
     async def app_for(self, caller: Caller, user: str) -> tuple[App | None, str | None]:
         """The app that CALLER's INVITE to USER runs and the sid of the number it reached
         (None when no number), or (None, None) when it runs none."""
         # The caller's and the callee's app fields come from the SIP directory's cache (the
         # caller's are on CALLER already), numbers too: a plain Client-to-Client call makes
-        # no store query here. Only a call that does run an app reads the full row.
+        # no store query here. Only a call that does run an app reads the full row. The
+        # caller's account is active (the proxy authenticated its Client just now), and
+        # so is that of a number it reaches (its own account's only).
         if caller.voice_url or caller.voice_application_sid:
             client = await self._store.get_client_by_login(caller.login)
             if client is not None:
@@ -83,8 +99,28 @@ class AppResolver:
                 return None, None
         client = await self._store.get_client_by_login(user)
         if client is not None and (client.voice_url or client.voice_application_sid):
+            if await self.refused_inactive(client.account_sid, f"Client {client.login}",
+                                           f"call from {caller.login}"):
+                return None, None  # its phones are refused too: the router answers 480
             return await self._client_app(client), None
         return None, None
+
+    async def refused_inactive(self, account_sid: str, callee: str, what: str) -> bool:
+        """True when ACCOUNT_SID, the account of CALLEE (``number +1555…``, ``Client
+        bob``), is not active: WHAT (``call from …``, ``SMS SM… from …``) to it then runs
+        no app. Logged, and said to the account by a Notification (20005) at most once a
+        minute for each CALLEE."""
+        account = await self.account(account_sid)
+        if account is not None and is_active(account):
+            return False
+        status = account.status if account is not None else "gone"
+        message = f"{what} to {callee} refused: account {account_sid} is {status}"
+        if self._notify is None or account is None or not self._inactive_warned.allow(
+                (account_sid, callee)):
+            logger.info("x %s", message)
+        else:
+            await self._notify(account_sid, ACCOUNT_NOT_ACTIVE, message, warning=True)
+        return True
 
     async def match_number(self, dialled: str) -> PhoneNumber | None:
         """api-behaviour.md §8.5 "Matching an inbound call to a number": as given, its US

@@ -39,6 +39,10 @@ Which app a call runs is `services.call_apps` (``apps``, an `AppResolver`: `app_
 `match_number`, `number_app`, `account_client`, `unknown_did`). It only reads the store
 and the SIP directory, so it needs none of the tables; the service and its parts ask it.
 
+The apps of the numbers and Clients of an account that is not active (suspended, closed)
+do not run (`services.call_apps`), nor do its apps' <Dial><Number> and <Sms> go out
+(`services.outbound_calls`, `services.messaging`).
+
 Every runner and originating task is owned by `self._tasks` and cancelled by `stop()`.
 """
 
@@ -161,7 +165,7 @@ class CallsService:
         self.gsm = GsmCalls(self, call_log, clock)
         # Calls out through the outbound routes, and the B2BUA (services.outbound_calls; the
         # composition root sets its routes, max_calls, gateways and resolver)
-        self.outbound = OutboundCalls(self, store, call_log, clock, front_door)
+        self.outbound = OutboundCalls(self, call_log, clock, front_door)
         # POST /Calls (services.api_calls; the composition root sets its contacts_of)
         self.api_calls = ApiCalls(self, store, call_log, clock, front_door)
         self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None
@@ -276,7 +280,8 @@ class CallsService:
     async def route_gateway_invite(self, request: Request, caller: Caller,
                                    number: str) -> Decision:
         """A provider's INVITE to NUMBER (a DID): the IncomingPhoneNumber's app runs on a
-        worker; a number without a voice app, or no such number, is refused 404. NUMBER being
+        worker; a number without a voice app, no such number, or one of an account that is
+        not active (`AppResolver.refused_inactive`) is refused 404. NUMBER being
         the gateway's UserName (the INVITE is addressed to the Contact we registered) and no
         IncomingPhoneNumber, the DID is the To user (``routing.did_in_to``)."""
         found = await self.apps.match_number(number)
@@ -287,6 +292,10 @@ class CallsService:
         if found is None:
             self.apps.unknown_did(number, caller)
             return Refuse(404)
+        if await self.apps.refused_inactive(
+                found.account_sid, f"number {found.phone_number}",
+                f"call from gateway {caller.gateway} ({caller.login})"):
+            return Refuse(404)  # word for word an unknown DID's: tells the caller nothing
         login = client_login(found.voice_url)
         if login is not None:
             client = await self.apps.account_client(found.account_sid, login)

@@ -10,7 +10,9 @@ Theory of operation. Each noun of a <Dial> becomes a *branch*, run as its own ta
   document must not place calls on the office's bill to anywhere; calls leave only through
   the outbound routes, which a ``<Number>`` takes.
 - ``<Number>``: out through the number's outbound route with failover
-  (``OutboundCalls.dial_number``, `services.outbound_calls`).
+  (``OutboundCalls.dial_number``, `services.outbound_calls`). Not dialled (a Notification
+  says why: 20005, or 13214 for the role) when the call's account may not call out: its
+  role lacks Create:Calls, or it is no longer active (suspended while its app runs).
 
 Every leg is placed on the caller's worker (``near``), so the winner can be bridged there.
 The first branch to answer wins: it is bridged to the caller and the others are cancelled
@@ -46,6 +48,7 @@ from appliance.media.protocol import MediaError
 from appliance.rcml.interpreter import DialAction, DialDone, DialStatus
 from appliance.rcml.runner import CallInfo, Hungup, LegEvents, Runner
 from appliance.rcml.verbs import Conference, DialNoun, Number, Sip
+from appliance.services.access import ACCOUNT_NOT_ACTIVE, NOT_ACTIVE
 
 if TYPE_CHECKING:
     from appliance.services.calls import CallsService, LiveCall
@@ -170,6 +173,14 @@ class Dialer:
         if not lines:
             await runner.out.notify(parent.account_sid, NO_ROUTE, f"<Dial>: no outbound route "
                                     f"for {dialled}", call_sid=parent.sid)
+            return None
+        # A call out costs money on the account's behalf: not for an account that may not
+        # place calls (its role), nor for one suspended while its app runs.
+        refusal = await calls.outbound.refusal(parent.account_sid)
+        if refusal is not None:
+            code = ACCOUNT_NOT_ACTIVE if refusal == NOT_ACTIVE else NO_ROUTE
+            await runner.out.notify(parent.account_sid, code, f"<Dial>: {dialled} not "
+                                    f"dialled: {refusal}", call_sid=parent.sid)
             return None
 
         async def ring(cancel: LegEvents) -> tuple[LiveCall | None, int]:

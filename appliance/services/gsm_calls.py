@@ -12,8 +12,8 @@ underrun: `media.worker.pcm_port`, `media.worker.pcm_tty`).
 * **Incoming** (RING/+CLIP → `IncomingCall`): the IncomingPhoneNumber of ``[modem] number``
   decides. A VoiceUrl/VoiceApplicationSid runs its app (answered at once, CDR ``inbound``);
   the pseudo-URL ``client:<login>`` rings that Client's registered phones first and answers
-  the GSM call (ATA) only once a phone answers, then bridges the two; anything else is
-  rejected (AT+CHUP).
+  the GSM call (ATA) only once a phone answers, then bridges the two; anything else, and a
+  number of an account that is not active (`services.call_apps`), is rejected (AT+CHUP).
 * **Outgoing** (`dial`, the ``modem`` line of an outbound route): ATD, wait for ACTIVE, then
   the loopback pair whose SIP leg the caller is bridged to.
 * **A second call while one is up** (call waiting, +CLCC stat 5): refused busy with
@@ -316,6 +316,10 @@ class GsmCalls:
         To = the SIM's number."""
         calls = self._calls
         found = await calls.apps.match_number(self.number) if self.number else None
+        if found is not None and await calls.apps.refused_inactive(
+                found.account_sid, f"number {found.phone_number}",
+                f"GSM call from {session.number or 'unknown'}"):
+            found = None  # rejected as a number with no app is
         login = client_login(found.voice_url) if found is not None else None
         if found is not None and login is not None:
             await self._run_to_client(session, found, login)
@@ -323,8 +327,8 @@ class GsmCalls:
         app = await calls.apps.number_app(found) if found is not None else None
         if found is None or app is None:
             logger.info("x GSM call from %s rejected: [modem] number %r has no "
-                        "IncomingPhoneNumber with a voice application or client:<login>",
-                        session.number or "unknown", self.number)
+                        "IncomingPhoneNumber with a voice application or client:<login> "
+                        "(of an active account)", session.number or "unknown", self.number)
             await self._hangup_modem(session)
             if self._session is session:
                 self._session = None

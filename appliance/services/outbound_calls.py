@@ -18,6 +18,10 @@ next one; RING_SECONDS (or the caller's ring time) bounds the whole. The provide
 - ``POST /Calls`` to a number (`originate`): one CDR (``outbound-api``); each line tried is
   a new leg of that call, and its RCML runs once a line answers.
 
+Each costs money on behalf of an account, so that account must be active and its role allow
+Create:Calls (`refusal`), as ``POST /Calls`` requires: a Client's call (`route`) and an
+app's ``<Dial><Number>`` (`dial_number`) are checked here, ``POST /Calls`` by the API.
+
 Every call going out counts under ``[outbound] max_calls`` (`max_calls`) while it rings or
 talks; one that passed the check holds a place (`_place`) across its awaits, so concurrent
 requests cannot all slip in.
@@ -48,7 +52,7 @@ from appliance.media.engine import LegId
 from appliance.media.protocol import MediaError
 from appliance.models import CallRecord, CallStatus, Gateway, mint_sid
 from appliance.rcml.runner import App, CallInfo, Hungup, LegEvents
-from appliance.services.access import Action, has_permission
+from appliance.services.access import NOT_ACTIVE, Action, has_permission, is_active
 from appliance.services.dialing import DIAL_SECONDS, until_either_ends
 from appliance.sip.dialogs import cdr_status
 from appliance.sip.proxy_ports import Caller, Contact, Decision, Fork, Refuse
@@ -56,7 +60,6 @@ from appliance.timefmt import iso
 
 if TYPE_CHECKING:
     from appliance.services.calls import CallsService, LiveCall
-    from appliance.services.ports import StoreProtocol
     from appliance.services.telephony import CallLog
     from appliance.sip.message import Request
     from appliance.sip.wire import Target
@@ -114,11 +117,10 @@ class OutboundCalls:
     """The outbound-routes half of `services.calls.CallsService` (see the module
     docstring)."""
 
-    def __init__(self, calls: CallsService, store: StoreProtocol, call_log: CallLog,
+    def __init__(self, calls: CallsService, call_log: CallLog,
                  clock: Callable[[], datetime],
                  front_door: Callable[[], tuple[str, int]]) -> None:
         self._calls = calls
-        self._store = store
         self._log = call_log
         self._clock = clock
         self._front_door = front_door
@@ -171,12 +173,13 @@ class OutboundCalls:
         if not lines:
             return None
         # A call out costs money on behalf of the caller's account: its role must allow
-        # placing calls, as POST /Calls requires (a Client-to-Client call needs nothing).
-        account = await self._store.get_account(caller.account_sid)
-        if account is None or not has_permission(account, Action.CREATE, "Calls"):
-            logger.warning("x call %s -> %s: account %s lacks RestComm:Create:Calls",
-                           caller.login, dialled, caller.account_sid)
-            return Refuse(403, CALLS_NOT_PERMITTED)
+        # placing calls and it must be active, as POST /Calls requires (a Client-to-Client
+        # call needs nothing).
+        refusal = await self.refusal(caller.account_sid)
+        if refusal is not None:
+            logger.warning("x call %s -> %s: account %s: %s", caller.login, dialled,
+                           caller.account_sid, refusal)
+            return Refuse(403, refusal)
         if len(self._outbound) >= self.max_calls:
             logger.warning("x call %s -> %s: %d outbound calls already ([outbound] max_calls)",
                            caller.login, dialled, len(self._outbound))
@@ -185,6 +188,18 @@ class OutboundCalls:
         with self._place():
             return await self._calls.to_worker(caller.account_sid, caller.login, dialled,
                                                None, None, lines=lines)
+
+    async def refusal(self, account_sid: str) -> str | None:
+        """Why ACCOUNT_SID may not place a call out (it costs money on its behalf), None
+        when it may: its role must allow Create:Calls and it must be active, as POST /Calls
+        requires (CALLS_NOT_PERMITTED, NOT_ACTIVE). The account service answers from
+        memory (`AppResolver.account`)."""
+        account = await self._calls.apps.account(account_sid)
+        if account is None or not has_permission(account, Action.CREATE, "Calls"):
+            return CALLS_NOT_PERMITTED
+        if not is_active(account):
+            return NOT_ACTIVE
+        return None
 
     async def bridge(self, live: LiveCall) -> None:
         """The B2BUA: ring the number out (failover along the route), forward ringing as
@@ -252,8 +267,15 @@ class OutboundCalls:
                           caller_id: str | None) -> tuple[LiveCall | None, int]:
         """<Dial><Number>: NUMBER out through LINES with failover (as `route`), from
         PARENT's worker so the answered child can be bridged there; CANCEL ending stops it.
-        While it rings it counts among the [outbound] max_calls calls going out, like every
-        other outbound call: 486 when that many are out already."""
+        403 when PARENT's account may not call out (`refusal`; the Dialer said why in a
+        Notification before ringing). While it rings it counts among the [outbound]
+        max_calls calls going out, like every other outbound call: 486 when that many are
+        out already."""
+        refusal = await self.refusal(parent.account_sid)
+        if refusal is not None:
+            logger.warning("x call %s: <Dial> %s: account %s: %s", parent.sid, number,
+                           parent.account_sid, refusal)
+            return None, 403
         if len(self._outbound) >= self.max_calls:
             logger.warning("x call %s: <Dial> %s: %d outbound calls already",
                            parent.sid, number, self.max_calls)

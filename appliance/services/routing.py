@@ -38,8 +38,9 @@ Request-URI user is the gateway's UserName (the Contact we registered) and no
 IncomingPhoneNumber, the To user (``did_in_to``, taken by
 ``services.calls.CallsService.route_gateway_invite``).
 (6) The caller's account's role lacks Create:Calls / Create:SmsMessages (api-behaviour.md §4,
-as the API requires them), checked where the money is spent: ``OutboundCalls.route`` and
-``MessagingService.send_from_client``.
+as the API requires them), or the account is not active, checked where the money is spent:
+``OutboundCalls.route`` (also for an app's <Dial><Number>) and
+``MessagingService.send_from_client`` (also for an app's <Sms>).
 
 The callee is found by the Request-URI's user part (a Client login; logins are unique on the
 appliance, so the host is not needed to pick the Client). Each contact is reached at the

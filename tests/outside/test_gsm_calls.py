@@ -34,6 +34,7 @@ from tests.conftest import ADMIN_SID, Api, free_port
 from tests.fakes.modem import FakeModem
 from tests.media.audio import loudest_second, read_samples, rms, tone_share, write_tone
 from tests.outside.test_outside_lines import cdrs
+from tests.outside.test_suspended_accounts import NOT_ACTIVE, notes_of, suspend, tenant
 from tests.voice.test_voice_apps import PHONE, Handset, Rcml
 
 pytest.importorskip("pjsua2")
@@ -260,3 +261,24 @@ async def test_a_network_caller_id_with_a_space_reaches_a_client_escaped(gsm: An
     [incoming] = [e for e in alice.events if e.get("event") == "incoming"]
     assert "sip:Vodafone%20UK@" in incoming["remote"], incoming
     assert any(e.get("state") == "CONFIRMED" for e in alice.events), alice.events
+
+
+async def test_gsm_call_to_a_suspended_accounts_number_is_rejected(gsm: Any) -> None:
+    """The SIM's number belongs to a suspended sub-account: its calls are rejected as for
+    a number with no app (AT+CHUP, never ATA), its app is not fetched, and a Notification
+    of the account says why."""
+    # Before: the call was answered and the app run (its <Dial><Number> went out by the
+    # modem line).
+    _, api, rcml, _, fake = gsm
+    rcml.docs["/gsm"] = '<Response><Pause length="5"/></Response>'
+    sid, sub = await tenant(api)
+    status, body, _ = await sub.post(f"Accounts/{sid}/IncomingPhoneNumbers.json",
+                                     {"PhoneNumber": SIM, "VoiceUrl": f"{rcml.base}/gsm"})
+    assert status == 200, body
+    await suspend(api, sid)
+    fake.inject_call(CALLER, ring_every=0.3)
+    await until(lambda: any(c in ("AT+CHUP", "ATH") for c in fake.commands), 10)
+    assert "ATA" not in fake.commands
+    assert not rcml.got
+    [note] = await notes_of(api, sid)
+    assert note["error_code"] == NOT_ACTIVE and SIM in note["message_text"], note
