@@ -276,9 +276,10 @@ class Appliance:
             front_door=lambda: (self.transport.advertised, sip.listen.port),
             worker_ports=worker_ports)
         self.calls.apps.directory = self.sip_directory
-        # The apps of an account that is not active do not run (the account service
-        # answers from memory).
+        # An account that stops being active is cut off: its numbers' and Clients' apps no
+        # longer run (the account service answers from memory), and its calls are ended.
         self.calls.apps.account = self.accounts.get
+        self.accounts.on_cut_off.append(self.calls.cut_off)
         self.conferences = ConferencesService(ConferenceStore(self.store), self.call_log,
                                               self.clock, engine=engine)
         self.calls.conferences = self.conferences

@@ -27,6 +27,7 @@ from appliance.services.access import (
     ADMINISTRATOR,
     ROLES,
     Action,
+    is_active,
     is_super_admin,
     require,
 )
@@ -73,6 +74,9 @@ class AccountService:
         # Called after any account change (status matters to SIP: a suspended account's
         # phones are refused).
         self.on_change: list[Callable[[], None]] = []
+        # Called with the sids of the accounts that a change made not active (suspended,
+        # closed, inactive), once the change is stored: their calls in progress are ended.
+        self.on_cut_off: list[Callable[[list[str]], None]] = []
 
     async def load(self) -> None:
         self._cache, self._by_email = {}, {}
@@ -350,6 +354,11 @@ class AccountService:
             for account in subtree:
                 self._remember(dataclasses.replace(account, status=new_status, date_updated=now))
             updated = self._cache[updated.sid]
+            if not is_active(updated):
+                logger.info("- account %s and %d below it %s", updated.sid, len(subtree) - 1,
+                            new_status)
+                for callback in self.on_cut_off:
+                    callback([a.sid for a in subtree])
         if self.linked is not None and (changes.password is not None
                                         or changes.friendly_name is not None):
             await self.linked.sync_linked(updated, updated.email_address.split("@", 1)[0],

@@ -39,8 +39,10 @@ Which app a call runs is `services.call_apps` (``apps``, an `AppResolver`: `app_
 `match_number`, `number_app`, `account_client`, `unknown_did`). It only reads the store
 and the SIP directory, so it needs none of the tables; the service and its parts ask it.
 
-The apps of the numbers and Clients of an account that is not active (suspended, closed)
-do not run (`services.call_apps`), nor do its apps' <Dial><Number> and <Sms> go out
+An account that stops being active (suspended, closed) is cut off (`cut_off`, called by
+the account service): each of its live calls is ended as ``POST /Calls/{sid}
+Status=completed`` ends one, and the apps of its numbers and Clients no longer run
+(`services.call_apps`), nor do its apps' <Dial><Number> and <Sms> go out
 (`services.outbound_calls`, `services.messaging`).
 
 Every runner and originating task is owned by `self._tasks` and cancelled by `stop()`.
@@ -586,18 +588,51 @@ class CallsService:
             if status == "canceled" and live.events.answered.is_set():
                 return  # canceled applies to calls still ringing (Restcomm)
             live.canceled = status == "canceled"
-            with contextlib.suppress(MediaError, TimeoutError):
-                async with asyncio.timeout(DIAL_SECONDS):
-                    if live.info.answered or live.info.direction != "inbound":
-                        await engine.hangup(live.info.leg)
-                    else:
-                        await engine.reject(live.info.leg, code=487)
+            await self._end(live, engine)
             return
         if app is not None:
             if live.runner is None:
                 live.info.app = app  # not running yet: it starts with the new app
             else:
                 live.runner.redirect(app)
+
+    async def _end(self, live: LiveCall, engine: MediaEngine) -> None:
+        """Hang up LIVE's leg (an inbound one still ringing is refused 487); the task that
+        runs the call then closes its CDR and tears down what it placed."""
+        leg = live.info.leg
+        with contextlib.suppress(MediaError, TimeoutError):
+            async with asyncio.timeout(DIAL_SECONDS):
+                # Only the runner keeps info.answered: a bridged call (B2BUA) is answered
+                # by its leg's events alone, and the worker refuses to reject an answered
+                # leg or one we placed (the phone leg of a GSM call to a Client): hung up.
+                if (live.info.direction == "inbound" and not live.info.answered
+                        and not live.events.answered.is_set()):
+                    try:
+                        await engine.reject(leg, code=487)
+                        return
+                    except MediaError as err:
+                        logger.debug("- call %s: leg %s not rejected (%s): hung up",
+                                     live.info.sid, leg, err)
+                await engine.hangup(leg)
+
+    def cut_off(self, account_sids: Collection[str]) -> None:
+        """The accounts ACCOUNT_SIDS stopped being active (suspended, closed): every live
+        call of theirs is ended as POST /Calls/{sid} Status=completed ends one. A call out
+        through a gateway or the modem would otherwise go on costing money, and its app
+        would go on running (a Client-to-Client call through the proxy costs nothing and is
+        left to the phones)."""
+        sids = set(account_sids)
+        doomed = [live for live in self._by_sid.values() if live.info.account_sid in sids]
+        if self.engine is None or not doomed:
+            return
+        for live in doomed:
+            logger.info("- call %s %s -> %s: hung up, account %s is no longer active",
+                        live.info.sid, live.info.from_, live.info.to, live.info.account_sid)
+            if not live.events.answered.is_set():
+                # A POST /Calls call still ringing: no next line is tried, and the modem
+                # line (no worker leg to hang up until it answers) gives up too.
+                live.canceled = True
+            self.spawn(self._end(live, self.engine), f"cut off {live.info.sid}")
 
     # -- <Dial> -------------------------------------------------------------------------------
 

@@ -220,14 +220,17 @@ class GsmCalls:
 
     async def _until_active(self, session: GsmSession, parent_events: LegEvents | None,
                             seconds: float,
-                            on_ringing: Callable[[], Awaitable[None]] | None = None) -> int:
+                            on_ringing: Callable[[], Awaitable[None]] | None = None,
+                            own: LiveCall | None = None) -> int:
         """200 once the GSM call is ACTIVE, else a final status: 486 busy, 480 no answer,
-        487 the caller left, 408 out of time, 503 any other end."""
+        487 the caller left (or OWN, a POST /Calls call, was canceled), 408 out of time,
+        503 any other end."""
         loop = asyncio.get_running_loop()
         until = loop.time() + seconds
         rang = False
         while not session.active:
-            if parent_events is not None and parent_events.ended:
+            if (parent_events is not None and parent_events.ended) or (
+                    own is not None and own.canceled):
                 return 487
             if session.ended.is_set():
                 reason = ""
@@ -492,7 +495,7 @@ class GsmCalls:
             async with asyncio.timeout(GSM_COMMAND_S):
                 session.call_id = await self.modem.dial(number)
             code = await self._until_active(session, parent_events,
-                                            max(1.0, deadline - loop.time()), on_ringing)
+                                            max(1.0, deadline - loop.time()), on_ringing, own)
             if code == 200:
                 if own is None:
                     await self._log.ringing(child.info.sid)

@@ -34,7 +34,7 @@ from tests.conftest import ADMIN_SID, Api, free_port
 from tests.fakes.modem import FakeModem
 from tests.media.audio import loudest_second, read_samples, rms, tone_share, write_tone
 from tests.outside.test_outside_lines import cdrs
-from tests.outside.test_suspended_accounts import NOT_ACTIVE, notes_of, suspend, tenant
+from tests.outside.test_suspended_accounts import NOT_ACTIVE, notes_of, suspend, tenant, tree_cdrs
 from tests.voice.test_voice_apps import PHONE, Handset, Rcml
 
 pytest.importorskip("pjsua2")
@@ -282,3 +282,43 @@ async def test_gsm_call_to_a_suspended_accounts_number_is_rejected(gsm: Any) -> 
     assert not rcml.got
     [note] = await notes_of(api, sid)
     assert note["error_code"] == NOT_ACTIVE and SIM in note["message_text"], note
+
+
+async def test_suspending_an_account_hangs_up_its_gsm_call(gsm: Any) -> None:
+    # Before: the call went on until the app ended, 30 s later.
+    _, api, rcml, _, fake = gsm
+    rcml.docs["/gsm"] = '<Response><Pause length="30"/></Response>'
+    sid, sub = await tenant(api)
+    status, body, _ = await sub.post(f"Accounts/{sid}/IncomingPhoneNumbers.json",
+                                     {"PhoneNumber": SIM, "VoiceUrl": f"{rcml.base}/gsm"})
+    assert status == 200, body
+    fake.inject_call(CALLER, ring_every=0.3)
+    await rcml.wait("/gsm", 15)
+    await until(lambda: any(c.stat == 0 for c in fake.calls.values()), 10)  # active
+    await suspend(api, sid)
+    await until(lambda: not fake.calls, 8)
+    assert any(c in ("AT+CHUP", "ATH") for c in fake.commands)
+    [call] = await tree_cdrs(api, 1)
+    assert (call["from"], call["status"]) == (CALLER, "completed"), call
+
+
+async def test_suspending_an_account_gives_up_its_call_ringing_out_by_the_modem(
+        gsm: Any) -> None:
+    """POST /Calls to a number out by the modem line, still ringing when its account is
+    suspended: the modem call is given up (AT+CHUP), its app never runs, no next line."""
+    # Before: nothing stopped it (the worker has no leg to hang up until the modem call is
+    # answered), and once answered its app ran.
+    _, api, rcml, _, fake = gsm
+    fake.answer_after = 60.0  # the far end never answers while the test lasts
+    sid, sub = await tenant(api)
+    status, body, _ = await sub.post(f"Accounts/{sid}/Calls.json", {
+        "From": "+15550009000", "To": "+17775551234", "Url": f"{rcml.base}/out",
+        "Timeout": "60"})
+    assert status == 200, body
+    await until(lambda: "ATD+17775551234;" in fake.commands, 10)
+    await suspend(api, sid)
+    await until(lambda: not fake.calls, 8)
+    assert any(c in ("AT+CHUP", "ATH") for c in fake.commands)
+    [call] = await tree_cdrs(api, 1)
+    assert (call["direction"], call["status"]) == ("outbound-api", "canceled"), call
+    assert not rcml.got

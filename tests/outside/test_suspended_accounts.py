@@ -1,8 +1,8 @@
 """A suspended account is cut off from the outside lines (docs/api.md, after "Roles"): a
 provider's call to its DIDs runs no app and is answered as one to an unknown number, a call
-to its Clients runs none of their apps, and an app of its already running dials no number.
-A real appliance with one media worker; sipp or a bare UDP socket plays the provider (the
-`outside` fixture)."""
+to its Clients runs none of their apps, an app of its already running dials no number, and
+its calls in progress are hung up when it is suspended. A real appliance with one media
+worker; sipp or a bare UDP socket plays the provider (the `outside` fixture)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ADMIN_SID, Api
+from tests.conftest import ADMIN_SID, Api, free_port
 from tests.outside.test_outbound_roles import Provider
 from tests.outside.test_outside_lines import (  # noqa: F401 - outside: a fixture, found by name
     DID,
@@ -167,3 +167,53 @@ async def test_an_app_of_an_account_that_may_not_call_out_dials_no_number(
         assert "+15551234567" in notes[0]["message_text"], notes
     finally:
         transport.close()
+
+
+async def test_suspending_an_account_hangs_up_its_call_out(
+        outside: Any) -> None:  # noqa: F811 - the fixture
+    """A desk phone's call out through a gateway goes on costing money: suspending its
+    account hangs it up (the provider gets a BYE), as POST /Calls/{sid} Status=completed
+    would."""
+    # Before: the call went on until the phone hung up, 20 s later.
+    appliance, api, _, phone, run_sipp = outside
+    port = free_port()
+    provider = run_sipp("provider-uas.xml", port)
+    await gateway(api, "provider", port, register=False)
+    sid, _ = await tenant(api)
+    await asyncio.sleep(0.3)
+    sip = appliance.config.sip.listen
+    kid = await phone("--user", "kiddesk", "--call", f"sip:+15551234567@{sip.host}:{sip.port}",
+                      "--hold", "20", "--timeout", "30")
+    await kid.wait(lambda e: e.get("state") == "CONFIRMED")
+    await suspend(api, sid)
+    async with asyncio.timeout(8):  # not the 20 s the phone would hold it
+        await kid.wait(lambda e: e.get("state") == "DISCONNECTED", 8)
+        assert await finished(provider, 8) == 0, (
+            provider.stderr.read() if provider.stderr else "")
+    calls = await tree_cdrs(api, 2)
+    assert sorted((c["direction"], c["status"]) for c in calls) == [
+        ("inbound", "completed"), ("outbound-dial", "completed")], calls
+
+
+
+async def test_post_calls_status_completed_hangs_up_a_phones_call_out(
+        outside: Any) -> None:  # noqa: F811 - the fixture
+    """The same hang-up through the API: the B2BUA's leg to the phone is answered by its
+    events alone (no app ran), and the worker refuses to reject an answered leg."""
+    # Before: 200, and the call went on.
+    appliance, api, _, phone, run_sipp = outside
+    port = free_port()
+    provider = run_sipp("provider-uas.xml", port)
+    await gateway(api, "provider", port, register=False)
+    await asyncio.sleep(0.3)
+    sip = appliance.config.sip.listen
+    alice = await phone("--user", "alice", "--call", f"sip:+15551234567@{sip.host}:{sip.port}",
+                        "--hold", "20", "--timeout", "30")
+    await alice.wait(lambda e: e.get("state") == "CONFIRMED")
+    _, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Calls.json")
+    [call] = [c for c in json.loads(body)["calls"] if c["direction"] == "inbound"]
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Calls/{call['sid']}.json",
+                                     {"Status": "completed"})
+    assert status == 200, body
+    await alice.wait(lambda e: e.get("state") == "DISCONNECTED", 8)
+    assert await finished(provider, 8) == 0, provider.stderr.read() if provider.stderr else ""
