@@ -14,7 +14,8 @@ has a final response and none was a 2xx, the best one (6xx, then 2xx, then the l
 ``cancel_branch`` gives it a local 487 at once and cancels it when its provisional arrives;
 a cancelled branch gets a reaping deadline (``sip.cancel``). A 2xx after the caller got a
 non-2xx final (that local 487, say) cannot reach the caller's finished transaction: we ACK it
-and BYE its dialog ourselves (``_hang_up``), and ACK its retransmissions again.
+and BYE its dialog ourselves (``_hang_up``), and ACK its retransmissions again. A re-INVITE's
+dialog is the call's own: its late 2xx is only ACKed (``end_dialog``).
 
 Once the caller has its final and every branch is done, the request is over (``maybe_done``):
 each branch's client transaction keeps only what can still happen to it (``settle``), so that
@@ -58,7 +59,7 @@ from appliance.sip.forwarding import (
     with_challenges,
 )
 from appliance.sip.hop import make_cancel
-from appliance.sip.message import Response
+from appliance.sip.message import Request, Response
 from appliance.sip.proxy_ports import CallLog, MessageLog
 from appliance.sip.records import cdr, record_message
 from appliance.sip.routeset import (
@@ -338,39 +339,51 @@ class Responses:
         so the 2xx reaches no transaction there (a UA just ACKs its 487 again); forwarded,
         the callee would talk into silence until it gives up waiting for the ACK, and a
         provider would bill it. We are the UAC of that dialog now: ACK it and BYE it
-        (RFC 3261 §15: a 2xx after a CANCEL is ACKed, then the session ended with BYE).
-
-        Their route set is the 2xx's Record-Route below ours, which the callee wrote: it is
-        followed only to where the branch went (an edge proxy the phone is registered
-        through) or, on a call out to a gateway, to the provider's record-routed hop, as
-        ``sip.in_dialog`` does; else the two go straight to the branch's target, without
-        it (a phone's Record-Route is no way for any Client to have us send to any host)."""
+        (RFC 3261 §15: a 2xx after a CANCEL is ACKed, then the session ended with BYE); a
+        re-INVITE's 2xx only ACKed, its call goes on (``end_dialog``)."""
         branch.final = response
         branch.deadline = None
-        ack, bye = hang_up(branch.request, response, self._ours)
-        target = branch.target
-        route = remaining_route_target(ack)
+        logger.info("x %d on %s to %s:%s after the caller's final: ACKed%s", response.status,
+                    branch.request.call_id, branch.target.host, branch.target.port,
+                    "" if branch.request.to.tag else " and hung up")
         call = branch.context.call
         hop = callee_side_hop(response, branch.request) \
             if call is not None and call.keep_credentials else None
+        branch.ack = await self.end_dialog(branch.request, branch.target, response, now,
+                                           hop=hop)
+        self.maybe_done(branch.context)
+
+    async def end_dialog(self, invite: Request, target: Target, response: Response,
+                         now: float, *, hop: tuple[str, int] | None = None
+                         ) -> tuple[Request, Target]:
+        """ACK RESPONSE, a 2xx to INVITE (our branch, as sent to TARGET, or its stub), and
+        BYE the dialog it opened; returns the ACK and where it went, to send it again for
+        each retransmission. A re-INVITE's 2xx (INVITE has a To tag) is only ACKed: its
+        dialog is the call's, which goes on (the phone, without an ACK, would end it).
+
+        Their route set is the 2xx's Record-Route below ours, which the callee wrote: it is
+        followed only to TARGET (an edge proxy the phone is registered through) or to HOP
+        (on a call out to a gateway, the provider's record-routed hop), as
+        ``sip.in_dialog`` does; else the two go straight to TARGET, without it (a phone's
+        Record-Route is no way for any Client to have us send to any host)."""
+        ack, bye = hang_up(invite, response, self._ours)
+        where = target
+        route = remaining_route_target(ack)
         if route is not None and ((route.host.lower(), route.port) == hop or (
                 route.host.lower(), route.port) == (target.host.lower(), target.port)):
-            target = route
+            where = route
         elif route is not None:
             for request in (ack, bye):
                 request.remove("route")
         for request in (ack, bye):
             route_to_strict_next_hop(request)
-        branch.ack = (ack, target)
-        logger.info("x %d on %s to %s:%s after the caller's final: ACKed and hung up",
-                    response.status, branch.request.call_id, branch.target.host,
-                    branch.target.port)
-        self._sender.send(ack, target)
-        txn = client_transaction(bye, reliable=target.transport != "udp", now=now)
-        txn.peer = target
-        self._table.add(txn)
-        await self._drain(txn, txn.pop_actions(), now)  # its response is for nobody: dropped
-        self.maybe_done(branch.context)
+        self._sender.send(ack, where)
+        if invite.to.tag is None:
+            txn = client_transaction(bye, reliable=where.transport != "udp", now=now)
+            txn.peer = where
+            self._table.add(txn)
+            await self._drain(txn, txn.pop_actions(), now)  # its response is for nobody
+        return ack, where
 
     # --- the CANCELs a response calls for (and sip.cancel's) -----------------------------
 
