@@ -43,10 +43,10 @@ class Cancels:
     def __init__(self, *, table: TransactionTable, responses: Responses,
                  contexts: dict[Transaction, Context],
                  server: Callable[[Request, Target, float], ServerTransaction],
-                 reply: Reply, forget: Callable[[Transaction], None]) -> None:
+                 reply: Reply, forget: Callable[[Transaction, float], None]) -> None:
         """CONTEXTS is the proxy's table of requests in flight; SERVER makes (and tables) a
         server transaction for a request, FORGET drops what the proxy keeps for a finished
-        transaction."""
+        transaction (at the time given)."""
         self._table = table
         self._responses = responses
         self._contexts = contexts
@@ -84,7 +84,7 @@ class Cancels:
                 status = 487 if context.cancelled and not branch.timed_out else 408
                 branch.final = local_response(context.request, status)
             self._table.remove(branch.txn)
-            self._forget(branch.txn)
+            self._forget(branch.txn, now)
             await self._responses.maybe_finish(branch.context, now)
             return
         if branch.done:
@@ -97,5 +97,5 @@ class Cancels:
         else:
             branch.final = local_response(branch.context.request, 408)
             self._table.remove(branch.txn)
-            self._forget(branch.txn)
+            self._forget(branch.txn, now)
             await self._responses.maybe_finish(branch.context, now)

@@ -61,9 +61,11 @@ NAT.
 
 Responses go to ``sip.responses``: what each branch's responses do (forwarded, absorbed, the
 best final chosen once every branch has one, the other branches CANCELled after a 2xx or a
-6xx) and what a finished request keeps for its lingering branches. The caller's CANCEL, Timer
-C (3 min, reset by each provisional) and the reaping of cancelled branches are in
-``sip.cancel``.
+6xx) and what a finished request keeps for its lingering branches. A callee's 2xx that comes
+after its branch was given up (the caller already has its final) is ended by us, ACK then
+BYE, never put through: for that an INVITE branch whose transaction ends without a 2xx is
+remembered 64·T1 more (``sip.ended``). The caller's CANCEL, Timer C (3 min, reset by each
+provisional) and the reaping of cancelled branches are in ``sip.cancel``.
 
 In-dialog requests (a To tag) go to ``sip.in_dialog``: forwarded without a challenge when
 they belong to a dialog of a call we proxied (else 481) and come from its party (else 403),
@@ -81,7 +83,9 @@ stored (an SMS from the network to a Client is kept until it registers: ``servic
 
 Budgets (style.md habit 6): ``MAX_CONTEXTS`` proxied requests in flight, ``MAX_TRANSACTIONS``
 transactions in all, ``MAX_CALLS`` tracked calls/dialogs, ``MAX_BRANCHES`` per fork. An
-exhausted budget answers 503 (logged once per episode), never grows a table.
+exhausted budget answers 503 (logged once per episode), never grows a table. The INVITE
+branches remembered after their transaction ended (``sip.ended.MAX_ENDED``, 64·T1 each) are
+not a refusal: past the cap the oldest are forgotten.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ from appliance.sip.cancel import Cancels
 from appliance.sip.deadlines import Deadlines
 from appliance.sip.dialogs import Call, CallKey
 from appliance.sip.digest import Algorithm, Nonces
+from appliance.sip.ended import MAX_ENDED, EndedBranches
 from appliance.sip.errors import SipError, SipStateError
 from appliance.sip.forwarding import (
     RINGING_LIFETIME,
@@ -212,6 +217,7 @@ class Proxy:
         max_transactions: int = MAX_TRANSACTIONS,
         max_calls: int = MAX_CALLS,
         max_branches: int = MAX_BRANCHES,
+        max_ended: int = MAX_ENDED,
     ) -> None:
         """CLOCK gives wall-clock seconds (nonces, binding expiry, the guard's bans);
         TIMER_CLOCK monotonic seconds for every timer and deadline (default: the running
@@ -251,6 +257,9 @@ class Proxy:
         # An answered INVITE's client transaction lingering in Accepted once its request is
         # over (its Branch and Context are dropped): what a 2xx retransmission still needs.
         self._late: dict[Transaction, Late] = {}
+        # INVITE branches whose client transaction ended without a 2xx, for 64·T1: a 2xx
+        # from one of them is ended by us (sip.ended, Responses.late_2xx).
+        self._ended = EndedBranches(max_ended)
         self._contexts: dict[Transaction, Context] = {}  # server transaction -> its request
         self._live_calls: dict[CallKey, Call] = {}
         self._targets = Targets()  # peers' Targets, shared by their transactions and calls
@@ -262,7 +271,8 @@ class Proxy:
         self._responses = Responses(sender=sender, table=self._table, deadlines=self._deadlines,
                                     calls=calls, messages=messages, contexts=self._contexts,
                                     branches=self._branches, late=self._late,
-                                    drain=self._drain, ours=self._is_our_uri)
+                                    ended=self._ended, drain=self._drain,
+                                    ours=self._is_our_uri)
         # The caller's CANCEL, Timer C and reaping (sip.cancel).
         self._cancels = Cancels(table=self._table, responses=self._responses,
                                 contexts=self._contexts, server=self._server, reply=self._reply,
@@ -412,6 +422,7 @@ class Proxy:
                 await self._cancels.branch_timer(branch, now)
         if self._deadlines.overgrown():
             self._deadlines.prune()  # after a burst: let go of what finished calls left
+        self._ended.expire(now)
         self._trimmer.observe(len(self._table) + len(self._live_calls))
 
     def _shrink(self) -> None:
@@ -419,6 +430,7 @@ class Proxy:
         self._table.compact()
         compact(self._branches)
         compact(self._late)
+        self._ended.compact()
         self._targets.clear()
         compact(self._contexts)
         compact(self._live_calls)
@@ -483,6 +495,15 @@ class Proxy:
     @property
     def in_flight(self) -> int:
         return len(self._contexts)
+
+    @property
+    def max_ended(self) -> int:
+        """How many ended INVITE branches are remembered for a late 2xx (``sip.ended``)."""
+        return self._ended.max_size
+
+    @max_ended.setter
+    def max_ended(self, value: int) -> None:
+        self._ended.max_size = value
 
     def full_budgets(self) -> list[str]:
         """The budgets that are exhausted now, each as "<what> (<count> of <limit>)": while
@@ -782,7 +803,7 @@ class Proxy:
                         branch.context.request, status), now)
             elif isinstance(action, Terminated):
                 self._table.remove(txn)
-                self._forget(txn)
+                self._forget(txn, now)
 
     async def _deliver(self, txn: Transaction, message: Request | Response, now: float) -> None:
         if isinstance(message, Response) and txn in self._originated:
@@ -810,15 +831,22 @@ class Proxy:
                                 peer.connection_id if peer else None)
             await self._in_dialog.forward(incoming, message, now)
 
-    def _forget(self, txn: Transaction) -> None:
+    def _forget(self, txn: Transaction, now: float) -> None:
+        """TXN is over (terminated, or dropped at NOW by Timer C or reaping): let go of what
+        was kept for it. An INVITE branch that never got a 2xx is remembered a while longer
+        (sip.ended): its callee may still answer."""
         future = self._originated.pop(txn, None)
         if future is not None and not future.done():
             future.set_result(408)
-        self._late.pop(txn, None)
+        late = self._late.pop(txn, None)
         branch = self._branches.pop(txn, None)
         if branch is not None and branch.final is None:
             branch.final = local_response(branch.context.request, 408)
         self._contexts.pop(txn, None)
+        answered = late is not None or (branch is not None and branch.final is not None
+                                        and 200 <= branch.final.status < 300)
+        if isinstance(txn, InviteClientTransaction) and not answered and txn.peer is not None:
+            self._ended.remember(txn.key, txn.request, txn.peer, now)
 
     async def _reply(self, server: ServerTransaction, status: int, reason: str | None = None,
                      *, now: float, headers: Collection[tuple[str, str]] = ()) -> None:

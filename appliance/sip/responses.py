@@ -3,8 +3,11 @@ they cause.
 
 Theory of operation. The proxy hands every response to ``on_response``. One that no client
 transaction of ours expects is dropped, a 2xx too (RFC 6026: an INVITE branch's Accepted
-state carries the 2xx retransmissions). The rest reach ``branch_response`` through the
-branch's client transaction.
+state carries the 2xx retransmissions), except a 2xx to an INVITE branch we gave up on
+recently (``sip.ended``: its transaction ended without a 2xx, or is in Completed after the
+branch's own non-2xx final): the caller has its final already, so we ACK that 2xx and BYE
+its dialog ourselves (``late_2xx``), and ACK its retransmissions again. The rest reach
+``branch_response`` through the branch's client transaction.
 
 100 is absorbed (we sent our own at once); other 1xx are forwarded; every 2xx is forwarded at
 once and the other branches are CANCELled; a 6xx also cancels the others. When every branch
@@ -42,6 +45,7 @@ from appliance.sip.dialogs import (
     forwarded_status,
     session_idle_limit,
 )
+from appliance.sip.ended import EndedBranches
 from appliance.sip.errors import SipParseError, SipStateError
 from appliance.sip.forwarding import (
     REAP_AFTER,
@@ -76,6 +80,7 @@ from appliance.sip.transaction import (
     Transmit,
     client_transaction,
 )
+from appliance.sip.transaction_keys import client_key
 from appliance.sip.transaction_table import TransactionTable
 from appliance.sip.wire import Sender, Target
 
@@ -89,9 +94,10 @@ class Responses:
     def __init__(self, *, sender: Sender, table: TransactionTable, deadlines: Deadlines,
                  calls: CallLog, messages: MessageLog, contexts: dict[Transaction, Context],
                  branches: dict[Transaction, Branch], late: dict[Transaction, Late],
-                 drain: Drain, ours: Callable[[str], bool] = lambda _uri: False) -> None:
-        """CONTEXTS, BRANCHES and LATE are the proxy's own tables; OURS says whether a
-        Record-Route URI is one of ours."""
+                 ended: EndedBranches, drain: Drain,
+                 ours: Callable[[str], bool] = lambda _uri: False) -> None:
+        """CONTEXTS, BRANCHES, LATE and ENDED are the proxy's own tables; OURS says whether
+        a Record-Route URI is one of ours."""
         self._sender = sender
         self._table = table
         self._deadlines = deadlines
@@ -100,6 +106,7 @@ class Responses:
         self._contexts = contexts
         self._branches = branches
         self._late = late
+        self._ended = ended
         self._drain = drain
         self._ours = ours
 
@@ -107,6 +114,14 @@ class Responses:
         try:
             txn = self._table.match_response(response)
         except SipParseError:
+            return
+        late_2xx = 200 <= response.status < 300 and response.cseq.method == "INVITE" and (
+            txn is None or txn.state is State.COMPLETED)
+        if late_2xx:
+            # A 2xx on an INVITE branch whose transaction ended without one, or that has
+            # its non-2xx final already (Completed drops a 2xx): ended by us, if the branch
+            # is one we remember (sip.ended).
+            await self.late_2xx(txn, response, now)
             return
         if txn is None:
             # RFC 6026 (updating §16.7 step 1): a response no client transaction of ours
@@ -118,6 +133,29 @@ class Responses:
             return
         txn.receive(response, now)
         await self._drain(txn, txn.pop_actions(), now)
+
+    async def late_2xx(self, txn: Transaction | None, response: Response, now: float) -> None:
+        """RESPONSE, a 2xx to an INVITE, matches no live branch of ours (TXN None) or one in
+        Completed (TXN): its callee answered after we gave the branch up (Timer B, a
+        cancelled branch reaped, its own 487 then a 2xx from a proxy behind it). The caller
+        has its final response (or another phone's 2xx): we end this dialog ourselves, ACK
+        then BYE, and ACK its retransmissions again. Only for a branch we remember
+        (``sip.ended``): any other 2xx is dropped, as RFC 6026 wants."""
+        key = client_key(response)
+        ended = self._ended.get(key, now)
+        if ended is None and txn is not None and txn.peer is not None:
+            ended = self._ended.remember(key, txn.request, txn.peer, now)
+        if ended is None:
+            logger.debug("x %d to an INVITE matching no branch of ours: dropped",
+                         response.status)
+            return
+        if ended.ack is not None:
+            self._sender.send(*ended.ack)
+            return
+        logger.info("x %d on %s to %s:%s after its branch ended: ACKed%s", response.status,
+                    ended.request.call_id, ended.target.host, ended.target.port,
+                    "" if ended.request.to.tag else " and hung up")
+        ended.ack = await self.end_dialog(ended.request, ended.target, response, now)
 
     async def branch_response(self, branch: Branch, response: Response, now: float) -> None:
         context = branch.context

@@ -24,7 +24,7 @@ CORE = {
     "appliance.sip.proxy_ports", "appliance.sip.forwarding", "appliance.sip.routeset",
     "appliance.sip.deadlines", "appliance.sip.transaction_keys", "appliance.sip.hop",
     "appliance.sip.transaction_table", "appliance.sip.keepalive",
-    "appliance.sip.ping_schedule",
+    "appliance.sip.ping_schedule", "appliance.sip.ended",
     "appliance.gsm.pdu", "appliance.gsm.at", "appliance.gsm.urc", "appliance.gsm.alphabet",
     "appliance.gsm.errors", "appliance.gsm.state",
     "appliance.rcml.verbs", "appliance.rcml.parse", "appliance.rcml.interpreter",
@@ -41,7 +41,7 @@ PROXY_PARTS = {
     "appliance.sip.proxy_ports", "appliance.sip.forwarding", "appliance.sip.routeset",
     "appliance.sip.records", "appliance.sip.proxy_auth", "appliance.sip.deadlines",
     "appliance.sip.responses", "appliance.sip.cancel", "appliance.sip.in_dialog",
-    "appliance.sip.messenger",
+    "appliance.sip.messenger", "appliance.sip.ended",
 }
 # What was split out of sip.transaction, in import order: each imports only those before it
 # (the machines know their table through a Protocol, so there is no cycle).
