@@ -12,11 +12,26 @@ acted on: a forged 2xx with our Via on top reaches nobody (test_proxy.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from appliance.sip.forwarding import REAP_AFTER, TIMER_C
 from appliance.sip.message import Request, Response
+from tests.conftest import ADMIN_SID, Api
 from tests.sip.proxy_harness import REALM, SDP, Harness, Phone
+from tests.sip.test_proxy_calls import (
+    SIPP_DIR,
+    attach_proxy,
+    create_client,
+    sipp,
+    sipp_args,
+    udp_port,
+)
 
 ALICE_SRC = ("203.0.113.10", 40000)
 BOB_SRC = ("203.0.113.20", 41000)
@@ -272,3 +287,104 @@ async def test_a_late_2xx_to_a_message_branch_is_ignored() -> None:
     assert len(h.proxy._ended) == 0
 
 
+# --- real peers (SIPp) through the running appliance ---------------------------------------
+
+
+def received(trace: Path) -> list[str]:
+    """The start lines, and To headers, of the messages a sipp -trace_msg file says it got."""
+    got = []
+    for block in trace.read_text(errors="replace").split("-" * 47 + " ")[1:]:
+        lines = block.splitlines()
+        if len(lines) > 3 and "message received" in lines[1]:
+            to = next((line for line in lines if line.startswith("To:")), "")
+            got.append(f"{lines[3]} | {to}")
+    return got
+
+
+@pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) is not installed")
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+async def test_sipp_callee_answering_after_its_487_gets_acked_and_hung_up(
+        appliance: Any, api: Api, transport: str, tmp_path: Path) -> None:
+    # alice (UDP) hangs up while bob's phone rings; bob's side answers 487, then a 200 (its
+    # own callee picked up as the CANCEL arrived). bob must get an ACK and a BYE at once,
+    # not retransmit its 200 into silence; alice's call stays canceled. Over UDP our branch
+    # is still in Completed then; over TCP it is over (Timer D is 0).
+    proxy, task = attach_proxy(appliance)
+    try:
+        server = appliance.transport.address
+        for login in ("alice", "bob"):
+            await create_client(api, login)
+        alice_port, bob_port = udp_port(), udp_port()
+        code, out = await sipp(*sipp_args("register.xml", server, alice_port, "alice"))
+        assert code == 0, out
+        trace = tmp_path / "bob.msg"
+        if transport == "u1":
+            code, out = await sipp(*sipp_args("register.xml", server, bob_port, "bob"))
+            assert code == 0, out
+            bob = sipp_args("proxy-uas-late-200.xml", server, bob_port, "bob")
+        else:
+            # A TCP binding lives as long as its connection: bob registers, holds the flow
+            # open (-d) and answers the INVITE that comes on it with the out-of-call
+            # scenario. Its exit code does not tell how that call went: its trace does.
+            bob = sipp_args("register.xml", server, bob_port, "bob", None, "-t", "t1",
+                            "-d", "8000", "-oocsf", str(SIPP_DIR / "proxy-uas-late-200.xml"),
+                            "-nd")
+        answering = asyncio.create_task(sipp(*bob, "-trace_msg", "-message_file", str(trace),
+                                             limit=40))
+        await asyncio.sleep(1.0)
+        code, out = await sipp(*sipp_args("proxy-uac-cancel.xml", server, alice_port, "alice",
+                                          "bob"), limit=40)
+        uas_code, uas_out = await answering
+        assert code == 0, out
+        assert uas_code == 0, uas_out
+        got = received(trace)
+        late = [line.split(" | ")[0].split()[0] for line in got if "SIPpTag02" in line]
+        assert late == ["ACK", "BYE"], got
+        status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Calls.json")
+        assert status == 200, body
+        assert [(c["from"], c["to"], c["status"]) for c in json.loads(body)["calls"]] == [
+            ("alice", "bob", "canceled")]
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.slow  # 35 s: the callee answers after Timer B (64·T1) has ended its branch
+@pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) is not installed")
+async def test_sipp_callee_answering_after_timer_b_gets_acked_and_hung_up(
+        appliance: Any, api: Api, tmp_path: Path) -> None:
+    # alice hangs up before bob's phone sent anything (our 487 at once); bob's phone, which
+    # never sends a provisional, is picked up 34 s later, when the branch has ended on
+    # Timer B. bob must get an ACK and a BYE at once; alice's call stays canceled.
+    proxy, task = attach_proxy(appliance)
+    try:
+        server = appliance.transport.address
+        for login in ("alice", "bob"):
+            await create_client(api, login)
+        alice_port, bob_port = udp_port(), udp_port()
+        for login, port in (("alice", alice_port), ("bob", bob_port)):
+            code, out = await sipp(*sipp_args("register.xml", server, port, login))
+            assert code == 0, out
+        trace = tmp_path / "bob.msg"
+        bob = sipp_args("proxy-uas-silent-late-200.xml", server, bob_port, "bob")
+        bob[bob.index("-timeout") + 1] = "60"
+        answering = asyncio.create_task(sipp(*bob, "-trace_msg", "-message_file", str(trace),
+                                             limit=70))
+        await asyncio.sleep(1.0)
+        code, out = await sipp(*sipp_args("proxy-uac-cancel-early.xml", server, alice_port,
+                                          "alice", "bob"), limit=40)
+        uas_code, uas_out = await answering
+        assert code == 0, out
+        assert uas_code == 0, uas_out
+        got = received(trace)
+        late = [line.split(" | ")[0].split()[0] for line in got if "SIPpTag02" in line]
+        assert late == ["ACK", "BYE"], got
+        status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Calls.json")
+        assert status == 200, body
+        assert [(c["from"], c["to"], c["status"]) for c in json.loads(body)["calls"]] == [
+            ("alice", "bob", "canceled")]
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
