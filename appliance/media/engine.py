@@ -97,12 +97,15 @@ class DtmfReceived:
 
 @dataclasses.dataclass(frozen=True)
 class PlayFinished:
-    """``audio`` is False when nothing was really played (NullMediaEngine)."""
+    """``audio`` is False when nothing was really played (NullMediaEngine). ``tag`` is the
+    one `MediaEngine.play` was given: the end of a playback stopped earlier may arrive
+    after the next one has begun, and only the tag tells them apart."""
 
     leg: LegId
     file: str
     interrupted: bool = False
     audio: bool = True
+    tag: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +169,10 @@ class MediaEngine(Protocol):
         """
         ...
 
-    async def play(self, leg: LegId, file: str, *, loop: int = 1) -> None: ...
+    async def play(self, leg: LegId, file: str, *, loop: int = 1, tag: int = 0) -> None:
+        """Play FILE to LEG LOOP times (0: until stop_play); its PlayFinished carries TAG
+        (0 to 2**53 - 1). A new play on the leg ends the one under way (interrupted)."""
+        ...
 
     async def stop_play(self, leg: LegId) -> None: ...
 

@@ -98,9 +98,9 @@ class NullMediaEngine:
         self._later(LegChanged(leg, LegState.ANSWERED, 200, to_uri=uri))
         return leg
 
-    async def play(self, leg: LegId, file: str, *, loop: int = 1) -> None:
+    async def play(self, leg: LegId, file: str, *, loop: int = 1, tag: int = 0) -> None:
         self._state(leg)
-        self._later(PlayFinished(leg, file, interrupted=False, audio=False))
+        self._later(PlayFinished(leg, file, interrupted=False, audio=False, tag=tag))
 
     async def stop_play(self, leg: LegId) -> None:
         self._state(leg)

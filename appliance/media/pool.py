@@ -178,8 +178,8 @@ class WorkerPool:
             raise
         return leg
 
-    async def play(self, leg: LegId, file: str, *, loop: int = 1) -> None:
-        await self._send(leg, p.Play(leg=leg, file=file, loop=loop))
+    async def play(self, leg: LegId, file: str, *, loop: int = 1, tag: int = 0) -> None:
+        await self._send(leg, p.Play(leg=leg, file=file, loop=loop, tag=tag))
 
     async def stop_play(self, leg: LegId) -> None:
         await self._send(leg, p.Stop(leg=leg))
@@ -388,7 +388,7 @@ class WorkerPool:
         elif isinstance(ev, p.DtmfEvent):
             out = DtmfReceived(LegId(ev.leg), ev.digit)
         elif isinstance(ev, p.PlayDone):
-            out = PlayFinished(LegId(ev.leg), ev.file, ev.interrupted)
+            out = PlayFinished(LegId(ev.leg), ev.file, ev.interrupted, tag=ev.tag)
         elif isinstance(ev, p.RecordDone):
             out = RecordFinished(LegId(ev.leg), ev.file, ev.duration, ev.reason)
         elif isinstance(ev, p.ErrorEvent):

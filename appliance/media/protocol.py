@@ -27,6 +27,7 @@ from appliance.errors import ApplianceError
 MAX_FRAME = 64 * 1024
 MAX_LEG_ID = 128
 MAX_HEADERS = 16
+MAX_TAG = 2**53 - 1  # a play's tag stays an exact JSON number on both ends
 VERSION = 1
 # The reason on the ``ended`` leg events the supervisor makes up for a dead worker's legs.
 REASON_WORKER_DIED = "worker-died"
@@ -163,17 +164,23 @@ class Hangup(Command):
 
 @dataclasses.dataclass(frozen=True)
 class Play(Command):
-    """Play a WAV file to the leg ``loop`` times (0 = until ``stop``)."""
+    """Play a WAV file to the leg ``loop`` times (0 = until ``stop``).
+
+    ``tag``: the sender's number for this playback, echoed by its ``play_done``. A playback
+    stopped or replaced reports its end a moment later, when the next one may have begun:
+    the tag tells that late ``play_done`` from the end of the playback waited for."""
 
     OP: ClassVar[str] = "play"
     leg: str
     file: str
     loop: int = 1
+    tag: int = 0
 
     def __post_init__(self) -> None:
         _leg(self.leg)
         _need(0 < len(self.file) <= 4096 and "\x00" not in self.file, "bad file")
         _need(0 <= self.loop <= 1000, "bad loop")
+        _need(0 <= self.tag <= MAX_TAG, "bad tag")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,12 +391,13 @@ class DtmfEvent(Event):
 @dataclasses.dataclass(frozen=True)
 class PlayDone(Event):
     """Playback ended: the file ran out (``interrupted`` False), ``stop``, a new ``play``
-    or the leg ending (True)."""
+    or the leg ending (True). ``tag``: the ``play`` command's."""
 
     EVENT: ClassVar[str] = "play_done"
     leg: str
     file: str
     interrupted: bool = False
+    tag: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

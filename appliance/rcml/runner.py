@@ -23,6 +23,11 @@ A recording ends on finishOnKey, maxLength, hang-up or `timeout` seconds of sile
 level watch in the worker, not voice activity detection: any sound above a quiet line's
 noise counts as voice).
 
+A prompt stopped (a digit barging in, a live redirect) reports its end (PlayFinished) only
+a moment later, when the next prompt may already play: every play carries its own tag and a
+prompt waits for the end of its own tag, so the late end of the one it replaced is never
+taken for it.
+
 Not done (reported, not faked): Gather speech input (DTMF only), transcription.
 <Dial> is `services.dialing`.
 """
@@ -207,6 +212,7 @@ class Runner:
         self.out = out
         self.redirect_to: App | None = None  # set by a live modification (POST Calls/{sid})
         self._interrupt = asyncio.Event()
+        self._play_tag = 0  # the tag of the last play (PlayFinished.tag), 1 and up
         # The last document ran out of verbs (or hung up) with no error: an unanswered call
         # is then answered and hung up, as Twilio does, not refused as a failed app.
         self._ran_out = False
@@ -413,7 +419,7 @@ class Runner:
             return ""
         loop = action.loop if action.loop > 0 else MAX_LOOP
         try:
-            await self._cmd(self.engine.play(self.call.leg, str(path), loop=loop))
+            tag = await self._play(path, loop)
         except CommandFailed as err:
             if err.code != "bad-file":
                 raise
@@ -427,18 +433,19 @@ class Runner:
             if event is None:
                 await self._cmd(self.engine.stop_play(self.call.leg))
                 return ""
-            if isinstance(event, PlayFinished):
+            if isinstance(event, PlayFinished) and event.tag == tag:
                 return ""
             if isinstance(event, DtmfReceived) and stop_on_digit:
+                # Its PlayFinished, coming after this, has a tag no later prompt waits for.
                 await self._cmd(self.engine.stop_play(self.call.leg))
-                await self._drain_play()
                 return event.digit
 
-    async def _drain_play(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2.0):
-                while not isinstance(await self.events.next(2.0), PlayFinished | None):
-                    pass
+    async def _play(self, path: Path, loop: int = 1) -> int:
+        """Start playing PATH on the leg; returns the tag its PlayFinished will carry."""
+        self._play_tag += 1
+        tag = self._play_tag
+        await self._cmd(self.engine.play(self.call.leg, str(path), loop=loop, tag=tag))
+        return tag
 
     async def _wait_digit(self, seconds: float, stop_on_digit: bool) -> str:
         deadline = time.monotonic() + seconds
@@ -471,8 +478,8 @@ class Runner:
 
     async def _record(self, action: RecordAction) -> Result:
         if action.play_beep:
-            await self._cmd(self.engine.play(self.call.leg, str(beep(self.out.cache_dir))))
-            await self._wait_for(PlayFinished, 5.0)
+            tag = await self._play(beep(self.out.cache_dir))
+            await self._wait_for(lambda e: isinstance(e, PlayFinished) and e.tag == tag, 5.0)
         self.out.recordings_dir.mkdir(parents=True, exist_ok=True)
         path = self.out.recordings_dir / f"{self.call.sid}-{time.time_ns()}.wav"
         # timeout: seconds of the caller's silence end the recording (the worker watches
@@ -496,7 +503,8 @@ class Runner:
         if finished is None and not hung_up:
             await self._cmd(self.engine.stop_record(self.call.leg))
             with contextlib.suppress(Hungup):
-                finished = await self._wait_for(RecordFinished, 5.0)
+                ended = await self._wait_for(lambda e: isinstance(e, RecordFinished), 5.0)
+                finished = ended if isinstance(ended, RecordFinished) else None
         if finished is None:
             await asyncio.sleep(0.5)  # the worker closes the file when the leg ends
             # No RecordFinished (the caller hung up): the file says how long it is.
@@ -511,11 +519,13 @@ class Runner:
         return RecordingDone(url=url, duration=duration,
                              digits="hangup" if hung_up else key, public_url=public)
 
-    async def _wait_for(self, kind: type, seconds: float) -> Any:
+    async def _wait_for(self, wanted: Callable[[MediaEvent], bool], seconds: float
+                        ) -> MediaEvent | None:
+        """The first event that is WANTED within SECONDS (the others are dropped)."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             event = await self.events.next(left)
-            if isinstance(event, kind):
+            if event is not None and wanted(event):
                 return event
         return None
 

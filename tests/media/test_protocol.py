@@ -17,7 +17,7 @@ SAMPLES: list[p.Frame] = [
            from_uri="sip:+15557654321@gw.example", id=17),
     p.Answer(leg="CA1", id=2), p.Answer(leg="CA1", code=183, id=3),
     p.Reject(leg="CA1", code=503, id=4), p.Hangup(leg="CA1", id=5),
-    p.Play(leg="CA1", file="/tmp/a.wav", loop=0, id=6), p.Stop(leg="CA1", id=7),
+    p.Play(leg="CA1", file="/tmp/a.wav", loop=0, tag=2**53 - 1, id=6), p.Stop(leg="CA1", id=7),
     p.RecordStart(leg="CA1", file="/tmp/r.wav", max_seconds=12.5, silence_seconds=3.0, id=8),
     p.RecordStop(leg="CA1", id=9), p.SendDtmf(leg="CA1", digits="12*#A", id=10),
     p.Bridge(leg="CA1", other="CA2", id=11), p.Unbridge(leg="CA1", other="CA2", id=12),
@@ -32,7 +32,8 @@ SAMPLES: list[p.Frame] = [
     p.LegEvent(leg="CA1", state="incoming", from_uri="<sip:a@b>", to_uri="<sip:c@d>",
                call_id="x@y", headers={"X-Leg-Id": "CA1"}),
     p.LegEvent(leg="CA1", state="ended", code=486, reason="Busy Here"),
-    p.DtmfEvent(leg="CA1", digit="#"), p.PlayDone(leg="CA1", file="/a.wav", interrupted=True),
+    p.DtmfEvent(leg="CA1", digit="#"),
+    p.PlayDone(leg="CA1", file="/a.wav", interrupted=True, tag=3),
     p.RecordDone(leg="CA1", file="/r.wav", duration=1.5, reason="max-seconds"),
     p.Heartbeat(age=0.01, calls=2), p.ErrorEvent(code="no-slot", detail="x", leg="CA9"),
 ]
@@ -53,7 +54,7 @@ def test_every_op_and_event_is_covered() -> None:
 
 def test_wire_shape() -> None:
     assert json.loads(p.encode(p.Play(leg="CA1", file="/a.wav", id=7))) == {
-        "op": "play", "id": 7, "leg": "CA1", "file": "/a.wav", "loop": 1}
+        "op": "play", "id": 7, "leg": "CA1", "file": "/a.wav", "loop": 1, "tag": 0}
     assert json.loads(p.encode(p.DtmfEvent(leg="L", digit="5")))["event"] == "dtmf"
 
 

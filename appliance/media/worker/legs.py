@@ -37,6 +37,7 @@ class Leg:
     pending: list[Callable[[], None]] = dataclasses.field(default_factory=list)
     player: Any = None
     play_file: str = ""
+    play_tag: int = 0  # the play command's tag, for its play_done
     loops_left: int = 0
     recorder: Any = None
     rec_file: str = ""

@@ -514,6 +514,7 @@ class PjWorker:
         except pj.Error as err:
             raise _Refused("bad-file", _text(err)) from None
         leg.player, leg.play_file, leg.loops_left = player, cmd.file, cmd.loop
+        leg.play_tag = cmd.tag
 
         def transmit() -> None:
             if leg.player is player:
@@ -527,7 +528,8 @@ class PjWorker:
             with contextlib.suppress(pj.Error):
                 player.stopTransmit(leg.media)
         del player  # destroyed here, on the pj thread
-        self.emit(p.PlayDone(leg=leg.id, file=leg.play_file, interrupted=interrupted))
+        self.emit(p.PlayDone(leg=leg.id, file=leg.play_file, interrupted=interrupted,
+                             tag=leg.play_tag))
 
     def _pj_record(self, leg: Leg, cmd: p.RecordStart) -> None:
         if leg.recorder is not None:

@@ -1,0 +1,81 @@
+"""A live redirect (POST Calls/{sid} Url=) in the middle of a verb, end to end with real
+pjsua2 phones (the ``voice`` fixture of test_voice_apps.py: one appliance, one
+media worker, Clients alice and bob).
+
+What the phone hears is read from its recording in quarter seconds: the new document's
+prompts must be heard in full, not cut short by the end of the prompt they replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ADMIN_SID
+from tests.media.audio import read_samples, tone_share, write_tone
+
+pytest.importorskip("pjsua2")
+
+CALLS = f"Accounts/{ADMIN_SID}/Calls"
+
+
+def seconds_of(path: Path, freq: float) -> float:
+    """How long FREQ is heard in the WAV at PATH, in quarter seconds."""
+    samples, rate = read_samples(path)
+    step = rate // 4
+    return 0.25 * sum(1 for i in range(0, len(samples) - step, step)
+                      if tone_share(list(samples[i:i + step]), rate, freq) > 0.5)
+
+
+async def _call_bob(api: Any, rcml: Any, path: str) -> str:
+    status, body, _ = await api.post(f"{CALLS}.json", {"From": "alice", "To": "client:bob",
+                                                       "Url": f"{rcml.base}{path}"})
+    assert status == 200, body
+    sid: str = json.loads(body)["sid"]
+    return sid
+
+
+@pytest.mark.parametrize("first, then, after", [
+    # two prompts of 1.5 s: each is heard in full, then the call ends
+    ('<Play loop="0">{base}/tone.wav</Play>',
+     '<Play>{base}/high.wav</Play><Play>{base}/low.wav</Play><Hangup/>', 3.0),
+    # a menu: its 3 s prompt is heard in full, and only then the Gather waits 2 s for a
+    # digit (not while the prompt plays: the call would end after some 2 s)
+    ('<Say loop="0">This is a long sentence that keeps going on and on.</Say>',
+     '<Gather numDigits="1" timeout="2" action="/g"><Play>{base}/menu.wav</Play></Gather>'
+     '<Hangup/>', 5.0),
+], ids=["play-then-two-prompts", "say-then-menu"])
+async def test_a_redirect_during_a_prompt_plays_the_new_prompts_in_full(
+        voice: Any, tmp_path: Path, first: str, then: str, after: float) -> None:
+    appliance, api, rcml, phone = voice
+    rcml.files["/high.wav"] = ("audio/wav",
+                               write_tone(tmp_path / "high.wav", 2000, 1.5).read_bytes())
+    rcml.files["/low.wav"] = ("audio/wav",
+                              write_tone(tmp_path / "low.wav", 500, 1.5).read_bytes())
+    rcml.files["/menu.wav"] = ("audio/wav",
+                               write_tone(tmp_path / "menu.wav", 2000, 3.0).read_bytes())
+    rcml.docs["/outbound"] = f"<Response>{first}</Response>"
+    rcml.docs["/moved"] = f"<Response>{then}</Response>"
+    heard = tmp_path / "bob.wav"
+    bob = await phone("--user", "bob", "--answer", "--once", "--record", str(heard),
+                      "--timeout", "25")
+    sid = await _call_bob(api, rcml, "/outbound")
+    await rcml.wait("/outbound")
+    await asyncio.sleep(2.5)  # in the middle of the first prompt
+    status, body, _ = await api.post(f"{CALLS}/{sid}.json", {"Url": f"{rcml.base}/moved"})
+    assert status == 200, body
+    await rcml.wait("/moved")
+    loop = asyncio.get_running_loop()
+    moved = loop.time()
+    await bob.finish()
+    lasted = loop.time() - moved
+    assert lasted >= after - 0.3, f"the call ended {lasted:.2f} s after the new document"
+    assert seconds_of(heard, 2000) >= (2.75 if "menu.wav" in then else 1.25), \
+        seconds_of(heard, 2000)
+    if "low.wav" in then:
+        assert seconds_of(heard, 500) >= 1.25, seconds_of(heard, 500)
+    assert "/g" not in [path for path, _ in rcml.got]  # no digit: the Gather timed out
