@@ -23,10 +23,15 @@ A recording ends on finishOnKey, maxLength, hang-up or `timeout` seconds of sile
 level watch in the worker, not voice activity detection: any sound above a quiet line's
 noise counts as voice).
 
-A prompt stopped (a digit barging in, a live redirect) reports its end (PlayFinished) only
-a moment later, when the next prompt may already play: every play carries its own tag and a
-prompt waits for the end of its own tag, so the late end of the one it replaced is never
-taken for it.
+Interruptions. A live redirect (POST Calls/{sid} Url=) cancels the verb under way
+(`_interruptible`) and stops its prompt. A prompt stopped reports its end (PlayFinished)
+only a moment later, when the next document's first prompt may already play: every play
+carries its own tag and a prompt waits for the end of its own tag, so the late end of the
+one it replaced is never taken for it. A <Record> cancelled stops the recording and keeps
+what was recorded, a Recording of the call, before the cancellation goes on; its action is
+not requested (the redirect abandoned its document, as Twilio does).
+Any other failure of a verb (a media worker refusing a command, a bug) is logged, is an
+11100 Notification, and ends the call as an app error does.
 
 Not done (reported, not faked): Gather speech input (DTMF only), transcription.
 <Dial> is `services.dialing`.
@@ -95,6 +100,9 @@ logger = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT = 10.0  # seconds for one media command to be accepted
 PLAY_LIMIT = 3600.0  # a prompt that never reports its end is abandoned after this
+# How long the media worker has to close a recording that is stopped (its WAV header is
+# written a frame or two after the stop; the worker itself gives up after 1 s).
+RECORD_CLOSE = 5.0
 MAX_LOOP = 100  # <Say loop="0"> / <Play loop="0">: "until the call ends", bounded
 MAX_EVENTS = 1000  # queued events per leg (DTMF floods are dropped beyond this)
 MAX_AUDIO = 20 * 1024 * 1024  # a <Play> file larger than this is refused (~21 min at 8 kHz)
@@ -243,6 +251,11 @@ class Runner:
                 app = self.redirect_to
         except Hungup:
             logger.info("- call %s: far end hung up", self.call.sid)
+        except Exception as err:  # noqa: BLE001 - one verb's failure ends this call, in order
+            logger.exception("x call %s: the application stopped on an error", self.call.sid)
+            what = "media worker" if isinstance(err, MediaError | TimeoutError) else "internal"
+            await self._notify(MEDIA_FAILED, f"call ended on a {what} error: "
+                                             f"{type(err).__name__}: {err}")
         finally:
             await self._end()
 
@@ -260,6 +273,10 @@ class Runner:
                 result = await self._interruptible(action)
             except Hungup:
                 result = CallEnded()
+            except (MediaError, TimeoutError):
+                if not self.events.ended:
+                    raise
+                result = CallEnded()  # the leg ended under the command (no-such-leg)
             if result is None:  # redirected by POST Calls/{sid}
                 return
             if isinstance(result, CallEnded) and not self.events.ended:
@@ -279,21 +296,38 @@ class Runner:
             raise Hungup
 
     async def _interruptible(self, action: Action) -> Result | None:
-        work = asyncio.ensure_future(self._execute(action))
-        stop = asyncio.ensure_future(self._interrupt.wait())
+        """ACTION's result, or None when a live redirect interrupted it."""
+        work = asyncio.create_task(self._execute(action), name=f"verb {self.call.sid}")
+        stop = asyncio.create_task(self._interrupt.wait())
         try:
             done, _ = await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the runner itself is cancelled: the verb too
+            await self._abandon(work)
+            raise
         finally:
             stop.cancel()
         if work in done:
             return work.result()
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await work
+        await self._abandon(work)
         with contextlib.suppress(MediaError, TimeoutError):
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 await self.engine.stop_play(self.call.leg)
         return None
+
+    async def _abandon(self, work: asyncio.Task[Result]) -> None:
+        """Cancel the verb WORK and wait until it has cleaned up (a <Record> keeps what it
+        recorded). Its failure then is logged: the verb was given up anyway."""
+        work.cancel()
+        try:
+            await work
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the runner itself is cancelled
+        except Hungup:
+            pass
+        except Exception:  # noqa: BLE001 - logged; what replaces the verb goes on
+            logger.exception("x call %s: the interrupted verb failed", self.call.sid)
 
     async def _first_document(self, app: App, params: Mapping[str, str]) -> Document | None:
         tries = [(app.url, app.method)]
@@ -482,42 +516,68 @@ class Runner:
             await self._wait_for(lambda e: isinstance(e, PlayFinished) and e.tag == tag, 5.0)
         self.out.recordings_dir.mkdir(parents=True, exist_ok=True)
         path = self.out.recordings_dir / f"{self.call.sid}-{time.time_ns()}.wav"
-        # timeout: seconds of the caller's silence end the recording (the worker watches
-        # the level of what the leg receives; RecordFinished reason "silence").
-        await self._cmd(self.engine.record(self.call.leg, str(path),
-                                           max_seconds=float(action.max_length),
-                                           silence_seconds=float(action.timeout)))
-        key, hung_up = "", False
-        finished: RecordFinished | None = None
+        try:
+            # timeout: seconds of the caller's silence end the recording (the worker watches
+            # the level of what the leg receives; RecordFinished reason "silence").
+            await self._cmd(self.engine.record(self.call.leg, str(path),
+                                               max_seconds=float(action.max_length),
+                                               silence_seconds=float(action.timeout)))
+            key, hung_up, finished = await self._recording(action, path)
+            if finished is None and not hung_up:  # the finishOnKey
+                finished = await self._stop_recording(path)
+        except asyncio.CancelledError:
+            # A live redirect (or the service stopping) abandons the <Record>: the recording
+            # is stopped, and what it holds kept, a Recording of the call, before the
+            # cancellation goes on. No action: the document it belongs to is abandoned.
+            await self._keep(path, await self._stop_recording(path), interrupted=True)
+            raise
+        url, duration = await self._keep(path, finished)
+        return RecordingDone(url=url, duration=duration,
+                             digits="hangup" if hung_up else key, public_url=url or None)
+
+    async def _recording(self, action: RecordAction, path: Path
+                         ) -> tuple[str, bool, RecordFinished | None]:
+        """Until the recording at PATH ends: the finishOnKey that ended it (""), whether the
+        leg ended (False), the worker's RecordFinished when it ended it (None)."""
         try:
             while True:
                 event = await self.events.next(None)
                 if isinstance(event, DtmfReceived) and event.digit in action.finish_on_key:
-                    key = event.digit
-                    break
-                if isinstance(event, RecordFinished):
-                    finished = event
-                    break
+                    return event.digit, False, None
+                # Matched by its file: that of a recording stopped earlier may come late.
+                if isinstance(event, RecordFinished) and event.file == str(path):
+                    return "", False, event
         except Hungup:
-            hung_up = True
-        if finished is None and not hung_up:
-            await self._cmd(self.engine.stop_record(self.call.leg))
-            with contextlib.suppress(Hungup):
-                ended = await self._wait_for(lambda e: isinstance(e, RecordFinished), 5.0)
-                finished = ended if isinstance(ended, RecordFinished) else None
+            return "", True, None
+
+    async def _stop_recording(self, path: Path) -> RecordFinished | None:
+        """Stop the leg's recording at PATH and wait for the worker to close its file; None
+        when the leg ended first or the worker did not say so within RECORD_CLOSE."""
+        with contextlib.suppress(Hungup, MediaError, TimeoutError):
+            async with asyncio.timeout(RECORD_CLOSE):
+                await self.engine.stop_record(self.call.leg)
+                ended = await self._wait_for(
+                    lambda e: isinstance(e, RecordFinished) and e.file == str(path),
+                    RECORD_CLOSE)
+                return ended if isinstance(ended, RecordFinished) else None
+        return None
+
+    async def _keep(self, path: Path, finished: RecordFinished | None, *,
+                    interrupted: bool = False) -> tuple[str, float]:
+        """Save the recording at PATH as a Recording of the call: its URL ("" when there is
+        no file) and duration in seconds."""
         if finished is None:
             await asyncio.sleep(0.5)  # the worker closes the file when the leg ends
             # No RecordFinished (the caller hung up): the file says how long it is.
             duration = await asyncio.to_thread(wav_seconds, path)
         else:
             duration = finished.duration
-        url, public = "", None
-        if path.exists():
-            url, sid = await self.out.save_recording(self.call, path, duration)
-            public = url
-            logger.info("- call %s recorded %s (%.1f s)", self.call.sid, sid, duration)
-        return RecordingDone(url=url, duration=duration,
-                             digits="hangup" if hung_up else key, public_url=public)
+        if not await asyncio.to_thread(path.exists):
+            return "", duration
+        url, sid = await self.out.save_recording(self.call, path, duration)
+        logger.info("- call %s recorded %s (%.1f s)%s", self.call.sid, sid, duration,
+                    ", interrupted" if interrupted else "")
+        return url, duration
 
     async def _wait_for(self, wanted: Callable[[MediaEvent], bool], seconds: float
                         ) -> MediaEvent | None:

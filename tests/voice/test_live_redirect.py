@@ -1,6 +1,6 @@
 """A live redirect (POST Calls/{sid} Url=) in the middle of a verb, end to end with real
-pjsua2 phones (the ``voice`` fixture of test_voice_apps.py: one appliance, one
-media worker, Clients alice and bob).
+pjsua2 phones (the ``voice`` fixture of test_voice_apps.py: one appliance, one media worker,
+Clients alice and bob).
 
 What the phone hears is read from its recording in quarter seconds: the new document's
 prompts must be heard in full, not cut short by the end of the prompt they replaced.
@@ -37,6 +37,19 @@ async def _call_bob(api: Any, rcml: Any, path: str) -> str:
     assert status == 200, body
     sid: str = json.loads(body)["sid"]
     return sid
+
+
+async def _recordings(api: Any) -> list[dict[str, Any]]:
+    status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Recordings.json")
+    assert status == 200, body
+    recordings: list[dict[str, Any]] = json.loads(body)["recordings"]
+    return recordings
+
+
+def _no_orphan(appliance: Any) -> None:
+    """Every file in the recordings directory is a Recording's (RE….wav), none left over."""
+    files = sorted(p.name for p in (appliance.config.data_dir / "recordings").iterdir())
+    assert files and all(f.startswith("RE") and f.endswith(".wav") for f in files), files
 
 
 @pytest.mark.parametrize("first, then, after", [
@@ -79,3 +92,35 @@ async def test_a_redirect_during_a_prompt_plays_the_new_prompts_in_full(
     if "low.wav" in then:
         assert seconds_of(heard, 500) >= 1.25, seconds_of(heard, 500)
     assert "/g" not in [path for path, _ in rcml.got]  # no digit: the Gather timed out
+
+
+async def test_a_redirect_during_a_record_keeps_it_and_the_new_record_runs(
+        voice: Any) -> None:
+    appliance, api, rcml, phone = voice
+    rcml.docs["/outbound"] = ('<Response><Record timeout="30" maxLength="60" playBeep="false" '
+                              'action="/act1"/></Response>')
+    rcml.docs["/moved"] = ('<Response><Record maxLength="2" playBeep="false" action="/act2"/>'
+                           '</Response>')
+    rcml.docs["/act2"] = "<Response><Hangup/></Response>"
+    bob = await phone("--user", "bob", "--answer", "--once", "--tone", "600",
+                      "--timeout", "25")
+    sid = await _call_bob(api, rcml, "/outbound")
+    await rcml.wait("/outbound")
+    await asyncio.sleep(2.5)
+    status, body, _ = await api.post(f"{CALLS}/{sid}.json", {"Url": f"{rcml.base}/moved"})
+    assert status == 200, body
+    act2 = await rcml.wait("/act2", 15)
+    await bob.finish()
+    # The new document's <Record> ran to its maxLength and reported, as any other.
+    assert (act2["Digits"], act2["CallStatus"]) == ("", "in-progress"), act2
+    assert 1.5 <= float(act2["RecordingDuration"]) <= 2.6, act2
+    # The redirect abandoned the first document: its action is never requested...
+    assert "/act1" not in [path for path, _ in rcml.got]
+    # ...but what was recorded until the redirect is kept, a Recording of the call.
+    durations = sorted(float(r["duration"]) for r in await _recordings(api))
+    assert len(durations) == 2, durations
+    assert abs(durations[0] - float(act2["RecordingDuration"])) < 0.06, durations
+    assert 2.0 <= durations[1] <= 4.5, durations
+    _no_orphan(appliance)
+    status, body, _ = await api.get(f"{CALLS}/{sid}/Notifications.json")
+    assert json.loads(body)["notifications"] == [], body

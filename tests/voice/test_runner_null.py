@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from appliance.media import wavcache
-from appliance.media.engine import LegChanged, LegId, LegState, MediaEvent, PlayFinished
+from appliance.media.engine import (
+    CommandFailed,
+    LegChanged,
+    LegId,
+    LegState,
+    MediaEvent,
+    PlayFinished,
+)
 from appliance.media.null import NullMediaEngine
 from appliance.rcml.parse import BUDGET_EXCEEDED
 from appliance.rcml.runner import App, CallInfo, Fetcher, LegEvents, Runner, play_path
@@ -154,6 +163,25 @@ async def test_live_redirect_runs_the_new_document(tmp_path: Path) -> None:
     await task
     assert [r[0] for r in w.requests] == ["http://app/a", "http://app/b"]
     assert w.requests[1][2]["CallStatus"] == "in-progress"
+
+
+async def test_a_verb_failing_unexpectedly_ends_the_call_logged_and_notified(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    w = World(tmp_path, {"http://app/a": '<Response><Record maxLength="2" action="/r"/>'
+                                         '<Say>Not said.</Say></Response>'})
+
+    async def refused(leg: LegId, file: str, **kw: Any) -> None:
+        raise CommandFailed("busy", "already recording")
+
+    w.engine.record = refused  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="appliance.rcml.runner"):
+        await run(w.runner(App("http://app/a")))
+    # No action, no next verb: the call ends as an app error ends it, and says why.
+    assert [r[0] for r in w.requests] == ["http://app/a"]
+    assert w.notes == [11100]
+    assert w.answered() and w.ended().code == 200
+    assert "x call CAtest: the application stopped on an error" in caplog.text
+    assert "already recording" in caplog.text
 
 
 async def _served(aiohttp_server: Any, files: Mapping[str, tuple[str, bytes]]) -> str:
