@@ -29,7 +29,9 @@ only a moment later, when the next document's first prompt may already play: eve
 carries its own tag and a prompt waits for the end of its own tag, so the late end of the
 one it replaced is never taken for it. A <Record> cancelled stops the recording and keeps
 what was recorded, a Recording of the call, before the cancellation goes on; its action is
-not requested (the redirect abandoned its document, as Twilio does).
+not requested (the redirect abandoned its document, as Twilio does). A graceful stop of
+the service (`stop`) ends the leg as the caller's hang-up would, so the app ends as it does
+then (a <Record> keeps its recording and reports it to its action with Digits=hangup).
 Any other failure of a verb (a media worker refusing a command, a bug) is logged, is an
 11100 Notification, and ends the call as an app error does.
 
@@ -221,6 +223,7 @@ class Runner:
         self.redirect_to: App | None = None  # set by a live modification (POST Calls/{sid})
         self._interrupt = asyncio.Event()
         self._play_tag = 0  # the tag of the last play (PlayFinished.tag), 1 and up
+        self.done = asyncio.Event()  # run() has returned
         # The last document ran out of verbs (or hung up) with no error: an unanswered call
         # is then answered and hung up, as Twilio does, not refused as a failed app.
         self._ran_out = False
@@ -240,6 +243,22 @@ class Runner:
 
     # -- the run -----------------------------------------------------------------------------
 
+    async def stop(self) -> None:
+        """The service is stopping: end the leg now, as if the far end had hung up. The app
+        then ends as it does on a hang-up: a <Record> keeps what it recorded and requests
+        its action with Digits=hangup, a <Gather> reports the digits it has, a <Dial> ends
+        its legs. The caller bounds how long that may take, and cancels the rest."""
+        if self.events.ended:
+            return
+        logger.info("- call %s: ended by the service stopping", self.call.sid)
+        with contextlib.suppress(MediaError, TimeoutError):
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                if not self.call.answered:
+                    with contextlib.suppress(CommandFailed):  # answered meanwhile: hang up
+                        await self.engine.reject(self.call.leg, code=503)
+                        return
+                await self.engine.hangup(self.call.leg)
+
     async def run(self) -> None:
         app: App | None = self.call.app
         try:
@@ -257,7 +276,10 @@ class Runner:
             await self._notify(MEDIA_FAILED, f"call ended on a {what} error: "
                                              f"{type(err).__name__}: {err}")
         finally:
-            await self._end()
+            try:
+                await self._end()
+            finally:
+                self.done.set()
 
     async def _run_app(self, app: App) -> None:
         status = "in-progress" if self.call.answered else "ringing"

@@ -101,6 +101,11 @@ MAX_LIVE = 200  # voice-app calls at once (the workers' slots bound it far lower
 NO_MEDIA = "Voice Applications Unavailable"  # 503 reason: [media] workers = 0, or all down
 RESERVATION_S = 40.0  # a reserved inbound leg whose INVITE never arrives is dropped after this
 SETUP_SECONDS = 15.0  # a line with no 18x and no answer by then is given up (failover)
+# A stop (SIGTERM: a restart, an upgrade) ends every application's call as a hang-up would,
+# then gives the apps this long to do what a hang-up makes them do (a <Record> saves its
+# recording and requests its action) before their tasks are cancelled: a slow action URL
+# does not hold the stop up for longer (systemd waits 90 s by default).
+STOP_GRACE = 5.0
 
 _EVENTS = ("initiated", "ringing", "answered", "completed")
 _CAUSE_STATUS = {HangupCause.BUSY: CallStatus.BUSY, HangupCause.NO_ANSWER: CallStatus.NO_ANSWER,
@@ -154,6 +159,7 @@ class CallsService:
         self._by_sid: dict[str, LiveCall] = {}
         self._dialled: dict[LegId, str] = {}  # outbound legs -> account sid (media_caller)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False  # stop() has begun: no call starts an app any more
         # Which app a call runs (services.call_apps; the composition root sets its directory)
         self.apps = AppResolver(store, notify)
         # worker legs to a gateway, or to one phone of a Client (POST /Calls) -> their Fork
@@ -174,7 +180,18 @@ class CallsService:
 
     # -- composition ---------------------------------------------------------------------------
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """End the calls: those running an app first as if the caller hung up, with GRACE
+        seconds for their apps to end as they do then (`Runner.stop`); then every task is
+        cancelled. No call starts an app meanwhile."""
+        self._stopping = True
+        runners = [live.runner for live in self._by_sid.values() if live.runner is not None]
+        if runners:
+            logger.info("- stopping: %d application calls end", len(runners))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await asyncio.gather(*(r.stop() for r in runners))
+                    await asyncio.gather(*(r.done.wait() for r in runners))
         if self._unsubscribe is not None:
             self._unsubscribe()
         for task in list(self._tasks):
@@ -247,7 +264,7 @@ class CallsService:
         """Reserve a worker slot for an inbound leg and fork the INVITE there. APP runs on
         it; without an app the worker bridges the call (B2BUA) to CLIENT's phones, or else
         out through LINES."""
-        if self.engine is None:
+        if self.engine is None or self._stopping:
             return Refuse(503, NO_MEDIA)
         if len(self._by_sid) >= MAX_LIVE:
             return Refuse(503, "Too Many Application Calls")

@@ -1,6 +1,6 @@
-"""A live redirect (POST Calls/{sid} Url=) in the middle of a verb, end to end with real
-pjsua2 phones (the ``voice`` fixture of test_voice_apps.py: one appliance, one media worker,
-Clients alice and bob).
+"""A live redirect (POST Calls/{sid} Url=) or a graceful stop in the middle of a verb, end to
+end with real pjsua2 phones (the ``voice`` fixture of test_voice_apps.py: one appliance, one
+media worker, Clients alice and bob).
 
 What the phone hears is read from its recording in quarter seconds: the new document's
 prompts must be heard in full, not cut short by the end of the prompt they replaced.
@@ -124,3 +124,32 @@ async def test_a_redirect_during_a_record_keeps_it_and_the_new_record_runs(
     _no_orphan(appliance)
     status, body, _ = await api.get(f"{CALLS}/{sid}/Notifications.json")
     assert json.loads(body)["notifications"] == [], body
+
+
+async def test_a_graceful_stop_during_a_record_keeps_it_and_reports_it(voice: Any) -> None:
+    appliance, api, rcml, phone = voice
+    rcml.docs["/outbound"] = ('<Response><Record timeout="30" maxLength="60" playBeep="false" '
+                              'action="/act"/></Response>')
+    rcml.delay["/act"] = 60.0  # an action URL that never answers in time
+    bob = await phone("--user", "bob", "--answer", "--once", "--tone", "600",
+                      "--timeout", "25")
+    sid = await _call_bob(api, rcml, "/outbound")
+    await rcml.wait("/outbound")
+    await asyncio.sleep(2.5)
+    loop = asyncio.get_running_loop()
+    stopping = loop.time()
+    async with asyncio.timeout(15):
+        await appliance.calls.stop()  # the first step of a stop (SIGTERM: a restart)
+    took = loop.time() - stopping
+    await bob.finish()
+    assert took < 8.0, f"the calls took {took:.1f} s to stop"
+    # The caller was hung up on as if they had hung up: the action reports the recording
+    # (its answer, too late anyway, is not waited for)...
+    act = await rcml.wait("/act", 1)
+    assert (act["Digits"], act["CallStatus"], act["CallSid"]) == ("hangup", "completed", sid)
+    assert 2.0 <= float(act["RecordingDuration"]) <= 4.5, act
+    # ...and the recording is kept before the stop completes.
+    [rec] = await _recordings(api)
+    assert rec["call_sid"] == sid, rec
+    assert abs(float(rec["duration"]) - float(act["RecordingDuration"])) < 0.06, rec
+    _no_orphan(appliance)
