@@ -223,7 +223,6 @@ class Runner:
         self.redirect_to: App | None = None  # set by a live modification (POST Calls/{sid})
         self._interrupt = asyncio.Event()
         self._play_tag = 0  # the tag of the last play (PlayFinished.tag), 1 and up
-        self.done = asyncio.Event()  # run() has returned
         # The last document ran out of verbs (or hung up) with no error: an unanswered call
         # is then answered and hung up, as Twilio does, not refused as a failed app.
         self._ran_out = False
@@ -276,10 +275,7 @@ class Runner:
             await self._notify(MEDIA_FAILED, f"call ended on a {what} error: "
                                              f"{type(err).__name__}: {err}")
         finally:
-            try:
-                await self._end()
-            finally:
-                self.done.set()
+            await self._end()
 
     async def _run_app(self, app: App) -> None:
         status = "in-progress" if self.call.answered else "ringing"

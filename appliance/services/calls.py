@@ -118,6 +118,9 @@ class LiveCall:
     info: CallInfo
     events: LegEvents
     runner: Runner | None = None
+    # The task that runs the runner and closes the call (its CDR, its `completed` callback):
+    # what a stop waits for.
+    task: asyncio.Task[None] | None = None
     canceled: bool = False
     lines: tuple[str, ...] | None = None  # no app: bridged out through these lines (B2BUA)
     client: str | None = None  # no app: bridged to this Client's phones (a DID's client:)
@@ -160,6 +163,7 @@ class CallsService:
         self._dialled: dict[LegId, str] = {}  # outbound legs -> account sid (media_caller)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False  # stop() has begun: no call starts an app any more
+        self._posts: set[asyncio.Task[None]] = set()  # StatusCallback requests under way
         # Which app a call runs (services.call_apps; the composition root sets its directory)
         self.apps = AppResolver(store, notify)
         # worker legs to a gateway, or to one phone of a Client (POST /Calls) -> their Fork
@@ -182,16 +186,22 @@ class CallsService:
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """End the calls: those running an app first as if the caller hung up, with GRACE
-        seconds for their apps to end as they do then (`Runner.stop`); then every task is
+        seconds for their apps to end as they do then (`Runner.stop`) and for the calls to
+        be closed and reported (CDR, `completed` StatusCallback); then every task is
         cancelled. No call starts an app meanwhile."""
         self._stopping = True
-        runners = [live.runner for live in self._by_sid.values() if live.runner is not None]
-        if runners:
-            logger.info("- stopping: %d application calls end", len(runners))
+        apps = [live for live in self._by_sid.values() if live.runner is not None]
+        if apps:
+            logger.info("- stopping: %d application calls end", len(apps))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
-                    await asyncio.gather(*(r.stop() for r in runners))
-                    await asyncio.gather(*(r.done.wait() for r in runners))
+                    await asyncio.gather(*(live.runner.stop() for live in apps
+                                           if live.runner is not None))
+                    tasks = {live.task for live in apps if live.task is not None}
+                    if tasks:
+                        await asyncio.wait(tasks)
+                    while self._posts:
+                        await asyncio.wait(set(self._posts))
         if self._unsubscribe is not None:
             self._unsubscribe()
         for task in list(self._tasks):
@@ -200,13 +210,14 @@ class CallsService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def spawn(self, coro: Any, name: str) -> None:
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         """Run CORO as a task this service owns until it ends: `stop` cancels and awaits
         every one, so no call's task (runner, bridge, callback, GSM watcher) outlives the
         service or is lost (a bare create_task may be garbage-collected mid-call)."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _fetcher(self) -> Fetcher:
         return Fetcher(request=self._webhooks.request, notify=self._notify, say=self._say,
@@ -238,7 +249,9 @@ class CallsService:
             except WebhookError as err:
                 logger.info("x call %s: status callback %s failed: %s", info.sid, event, err)
 
-        self.spawn(post(), f"status {info.sid} {event}")
+        task = self.spawn(post(), f"status {info.sid} {event}")
+        self._posts.add(task)  # a stop lets them finish within its grace
+        task.add_done_callback(self._posts.discard)
 
     def live_count(self) -> int:
         return len(self._by_sid)
@@ -474,7 +487,8 @@ class CallsService:
             elif event.state is LegState.INCOMING and live.runner is None:
                 live.runner = Runner(live.info, self.need_engine(), live.events,
                                      self._fetcher())
-                self.spawn(self._run_inbound(live, live.runner), f"call {live.info.sid}")
+                live.task = self.spawn(self._run_inbound(live, live.runner),
+                                       f"call {live.info.sid}")
                 # The INVITE is at the app, which answers it (or not) when its RCML says:
                 # the call rings meanwhile, as a POST /Calls call does at the phone.
                 self.post_status(live.info, "initiated")
@@ -515,6 +529,7 @@ class CallsService:
         """Run LIVE's RCML app on its leg to the end (Hungup if the leg ends first). The
         runner is kept on LIVE meanwhile, so that POST /Calls/{sid} can redirect it."""
         live.runner = Runner(live.info, self.need_engine(), live.events, self._fetcher())
+        live.task = asyncio.current_task()
         await live.runner.run()
 
     def _unclaimed(self, live: LiveCall) -> None:

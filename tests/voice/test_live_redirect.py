@@ -31,9 +31,9 @@ def seconds_of(path: Path, freq: float) -> float:
                       if tone_share(list(samples[i:i + step]), rate, freq) > 0.5)
 
 
-async def _call_bob(api: Any, rcml: Any, path: str) -> str:
+async def _call_bob(api: Any, rcml: Any, path: str, **extra: str) -> str:
     status, body, _ = await api.post(f"{CALLS}.json", {"From": "alice", "To": "client:bob",
-                                                       "Url": f"{rcml.base}{path}"})
+                                                       "Url": f"{rcml.base}{path}", **extra})
     assert status == 200, body
     sid: str = json.loads(body)["sid"]
     return sid
@@ -126,14 +126,16 @@ async def test_a_redirect_during_a_record_keeps_it_and_the_new_record_runs(
     assert json.loads(body)["notifications"] == [], body
 
 
-async def test_a_graceful_stop_during_a_record_keeps_it_and_reports_it(voice: Any) -> None:
+@pytest.mark.parametrize("action_delay", [0.0, 60.0], ids=["action", "slow-action"])
+async def test_a_graceful_stop_during_a_record_keeps_it_and_reports_it(
+        voice: Any, action_delay: float) -> None:
     appliance, api, rcml, phone = voice
     rcml.docs["/outbound"] = ('<Response><Record timeout="30" maxLength="60" playBeep="false" '
-                              'action="/act"/></Response>')
-    rcml.delay["/act"] = 60.0  # an action URL that never answers in time
+                              'action="/act"/><Say>Not said.</Say></Response>')
+    rcml.delay["/act"] = action_delay  # 60: an action URL that never answers in time
     bob = await phone("--user", "bob", "--answer", "--once", "--tone", "600",
                       "--timeout", "25")
-    sid = await _call_bob(api, rcml, "/outbound")
+    sid = await _call_bob(api, rcml, "/outbound", StatusCallback=f"{rcml.base}/status")
     await rcml.wait("/outbound")
     await asyncio.sleep(2.5)
     loop = asyncio.get_running_loop()
@@ -153,3 +155,11 @@ async def test_a_graceful_stop_during_a_record_keeps_it_and_reports_it(voice: An
     assert rec["call_sid"] == sid, rec
     assert abs(float(rec["duration"]) - float(act["RecordingDuration"])) < 0.06, rec
     _no_orphan(appliance)
+    if action_delay:
+        return  # the call's task was cancelled, its action still unanswered
+    # The call was closed and reported, its action answered in time, as when the caller
+    # hangs up.
+    status, body, _ = await api.get(f"{CALLS}/{sid}.json")
+    assert json.loads(body)["status"] == "completed", body
+    ends = [f for path, f in rcml.got if path == "/status" and f["CallStatus"] == "completed"]
+    assert len(ends) == 1 and int(ends[0]["CallDuration"]) >= 2, ends
