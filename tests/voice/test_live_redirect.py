@@ -163,3 +163,24 @@ async def test_a_graceful_stop_during_a_record_keeps_it_and_reports_it(
     assert json.loads(body)["status"] == "completed", body
     ends = [f for path, f in rcml.got if path == "/status" and f["CallStatus"] == "completed"]
     assert len(ends) == 1 and int(ends[0]["CallDuration"]) >= 2, ends
+
+
+async def test_a_digit_barging_into_a_prompt_then_the_next_prompt_is_heard_in_full(
+        voice: Any, tmp_path: Path) -> None:
+    appliance, api, rcml, phone = voice
+    rcml.files["/high.wav"] = ("audio/wav",
+                               write_tone(tmp_path / "high.wav", 2000, 1.5).read_bytes())
+    rcml.docs["/outbound"] = ('<Response><Gather numDigits="2" timeout="3" action="/g">'
+                              '<Play loop="0">{base}/tone.wav</Play></Gather></Response>')
+    rcml.docs["/g"] = "<Response><Play>{base}/high.wav</Play><Hangup/></Response>"
+    heard = tmp_path / "bob.wav"
+    bob = await phone("--user", "bob", "--answer", "--once", "--record", str(heard),
+                      "--dtmf", "12", "--dtmf-delay", "2.0", "--timeout", "25")
+    await _call_bob(api, rcml, "/outbound")
+    gathered = await rcml.wait("/g", 15)
+    await bob.finish()
+    assert gathered["Digits"] == "12", gathered
+    # The first digit stopped the looping prompt; the prompt of the action's document is
+    # not taken as ended by that stopped prompt's end.
+    assert seconds_of(heard, 2000) >= 1.25, seconds_of(heard, 2000)
+    assert seconds_of(heard, 1000) <= 3.0, seconds_of(heard, 1000)
