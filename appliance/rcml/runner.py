@@ -592,7 +592,17 @@ class Runner:
             duration = finished.duration
         if not await asyncio.to_thread(path.exists):
             return "", duration
-        url, sid = await self.out.save_recording(self.call, path, duration)
+        # Saved to the end even when a redirect cancels the verb meanwhile: the file moved
+        # to its Recording's name without the row would be an orphan.
+        async def saved() -> tuple[str, str]:
+            return await self.out.save_recording(self.call, path, duration)
+
+        save = asyncio.create_task(saved())
+        try:
+            url, sid = await asyncio.shield(save)
+        except asyncio.CancelledError:
+            await save
+            raise
         logger.info("- call %s recorded %s (%.1f s)%s", self.call.sid, sid, duration,
                     ", interrupted" if interrupted else "")
         return url, duration
