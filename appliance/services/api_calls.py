@@ -6,10 +6,12 @@ accepts that INVITE without a challenge only from a worker's own loopback addres
 for a leg the calls service admitted (`CallsService.admit_leg`, `CallsService.media_caller`),
 forks it to the Client's registered phones like any call (NAT, TCP connections, several
 phones), and writes no CDR of its own (`Fork.cdr_sid` is empty). Once the leg is answered
-its RCML runs. A Client with several registered phones gets one such call per phone (own
-CDR, own RCML run): each leg's INVITE is routed to its one phone by the Fork
-`CallsService.route_media_leg` hands the proxy. A ``To`` that is a phone number goes out
-through the outbound routes instead (`OutboundCalls.originate`, `services.outbound_calls`).
+its RCML runs. The phone is shown the API's ``From`` as the caller (a number, or a
+Client's login: `caller_id.client_caller`). A Client with several registered phones gets
+one such call per phone (own CDR, own RCML run): each leg's INVITE is routed to its one
+phone by the Fork `CallsService.route_media_leg` hands the proxy. A ``To`` that is a phone
+number goes out through the outbound routes instead (`OutboundCalls.originate`,
+`services.outbound_calls`).
 Only Clients of the caller's account are reached: ``client:<login>``, or a sip: URI at our
 own domain or address (`_client_target`); no other SIP domain (no open relay).
 
@@ -17,14 +19,13 @@ own domain or address (`_client_target`); no other SIP domain (no open relay).
 ``api_calls``), kept in its own module for size, as `services.dialing`,
 `services.gsm_calls` and `services.outbound_calls` are. It writes the CDRs of the calls it
 places itself (CALL_LOG); for the rest it goes through the service's public operations: the
-live-call table (`track_call`, `forget`, `need_room`), `admit_leg`, `spawn`,
+live-call table (`track_call`, `forget`, `need_room`), `dial_client`, `spawn`,
 `need_engine`, `local_hosts`, `post_status`, `run_app`, its app part's `account_client`
 (`services.call_apps`) and its outbound part's `originate`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -34,13 +35,13 @@ from appliance.media.engine import LegChanged, LegId, LegState
 from appliance.media.protocol import MediaError
 from appliance.models import CallRecord, CallStatus, mint_sid
 from appliance.rcml.runner import App, CallInfo
-from appliance.services.dialing import DIAL_SECONDS, sip_user
-from appliance.services.outbound_calls import dialable, no_plus_as_space
+from appliance.services.caller_id import client_caller, dialable
+from appliance.services.dialing import sip_user
+from appliance.services.outbound_calls import no_plus_as_space
 from appliance.sip.proxy_ports import Contact, Fork
 from appliance.timefmt import iso
 
 if TYPE_CHECKING:
-    from appliance.media.engine import MediaEngine
     from appliance.services.calls import CallsService, LiveCall
     from appliance.services.ports import StoreProtocol
     from appliance.services.telephony import CallLog
@@ -51,13 +52,11 @@ class ApiCalls:
     docstring)."""
 
     def __init__(self, calls: CallsService, store: StoreProtocol, call_log: CallLog,
-                 clock: Callable[[], datetime],
-                 front_door: Callable[[], tuple[str, int]]) -> None:
+                 clock: Callable[[], datetime]) -> None:
         self._calls = calls
         self._store = store
         self._log = call_log
         self._clock = clock
-        self._front_door = front_door
         # Set by the composition root: a Client login's registered phones (POST /Calls rings
         # each).
         self.contacts_of: Callable[[str], tuple[Contact, ...]] = lambda _login: ()
@@ -77,7 +76,7 @@ class ApiCalls:
         # A To that reaches nobody is the request's fault (4xx) even while no media worker
         # runs; only a call that could be placed gets the 503.
         login = await self._client_target(account_sid, to)
-        engine = calls.need_engine()
+        calls.need_engine()  # 503 without a media worker, before any CDR
         contacts = self.contacts_of(login)
         forks: list[Fork | None] = [None]  # the proxy forks the one leg to the Client
         if len(contacts) > 1:
@@ -88,17 +87,16 @@ class ApiCalls:
         failure: Unavailable | None = None
         for fork in forks:
             try:
-                records.append(await self._originate_leg(engine, account_sid, from_, to, login,
-                                                         app, ring_seconds, fork))
+                records.append(await self._originate_leg(account_sid, from_, to, login, app,
+                                                         ring_seconds, fork))
             except Unavailable as err:  # its CDR is closed failed; the other phones ring
                 failure = failure or err
         if not records and failure is not None:
             raise failure
         return records
 
-    async def _originate_leg(self, engine: MediaEngine, account_sid: str, from_: str, to: str,
-                             login: str, app: App, ring_seconds: int, fork: Fork | None
-                             ) -> CallRecord:
+    async def _originate_leg(self, account_sid: str, from_: str, to: str, login: str,
+                             app: App, ring_seconds: int, fork: Fork | None) -> CallRecord:
         """One outbound-api call to LOGIN: through the proxy's fork to all its phones, or
         with FORK (`route_media_leg`) to the one phone it names."""
         calls = self._calls
@@ -109,12 +107,10 @@ class ApiCalls:
                         direction="outbound-api", leg=leg, app=app, answered=True,
                         timestamp=iso(self._clock()))
         live = calls.track_call(info)
-        calls.admit_leg(leg, account_sid, fork)
-        host, port = self._front_door()
         try:
-            async with asyncio.timeout(DIAL_SECONDS):
-                await engine.dial(f"sip:{login}@{host}:{port}", leg=leg,
-                                  ring_seconds=float(ring_seconds))
+            # The phone is shown the API's From: a number, or the Client's login.
+            await calls.dial_client(leg, account_sid, login, ring_seconds=float(ring_seconds),
+                                    from_user=client_caller(from_), fork=fork)
         except (MediaError, TimeoutError) as err:
             calls.forget(live)
             await self._log.ended(record.sid, CallStatus.FAILED)

@@ -80,6 +80,7 @@ from appliance.rcml.interpreter import DialAction, DialDone, SendSms
 from appliance.rcml.runner import App, CallInfo, Fetcher, Hungup, LegEvents, Runner
 from appliance.services.api_calls import ApiCalls
 from appliance.services.call_apps import AppResolver
+from appliance.services.caller_id import client_caller_uri
 from appliance.services.conferences import ConferencesService
 from appliance.services.dialing import DIAL_SECONDS, Dialer
 from appliance.services.gsm_calls import GsmCalls, client_login
@@ -90,7 +91,6 @@ from appliance.services.telephony import CallLog
 from appliance.sip.dialogs import cdr_status
 from appliance.sip.message import Request
 from appliance.sip.proxy_ports import Caller, Contact, Decision, Fork, Refuse
-from appliance.sip.uri import SipUri
 from appliance.sip.wire import Target
 from appliance.timefmt import callback_time, iso
 from appliance.webhooks import WebhookError, Webhooks
@@ -179,7 +179,7 @@ class CallsService:
         # composition root sets its routes, max_calls, gateways and resolver)
         self.outbound = OutboundCalls(self, call_log, clock, front_door)
         # POST /Calls (services.api_calls; the composition root sets its contacts_of)
-        self.api_calls = ApiCalls(self, store, call_log, clock, front_door)
+        self.api_calls = ApiCalls(self, store, call_log, clock)
         self._unsubscribe = engine.subscribe(self._on_event) if engine is not None else None
 
     # -- composition ---------------------------------------------------------------------------
@@ -353,9 +353,9 @@ class CallsService:
     # -- the legs a call places --------------------------------------------------------------
 
     async def ring_client(self, parent: CallInfo, login: str, sid: str, *,
-                          ring_seconds: float, cancel: LegEvents,
+                          ring_seconds: float, cancel: LegEvents, from_user: str,
                           on_ringing: Callable[[], Awaitable[None]] | None = None,
-                          from_user: str | None = None) -> tuple[LiveCall | None, int]:
+                          ) -> tuple[LiveCall | None, int]:
         """Ring Client LOGIN's phones from PARENT's worker (the front door forks to each) as
         child call SID, until one answers, RING_SECONDS pass or CANCEL ends: the answered
         child leg, or None and the final status (the child CDR then closed). FROM_USER: as
@@ -378,17 +378,19 @@ class CallsService:
         return None, code
 
     async def dial_client(self, leg: LegId, account_sid: str, login: str, *,
-                          ring_seconds: float, near: LegId | None = None,
-                          from_user: str | None = None) -> None:
+                          ring_seconds: float, from_user: str, near: LegId | None = None,
+                          fork: Fork | None = None) -> None:
         """Place LEG (on NEAR's worker) to Client LOGIN through our own SIP front door, which
         forks it to each of the Client's registered phones like any call (NAT, TCP, several
-        phones); the proxy lets the worker's INVITE in unchallenged as ACCOUNT_SID's
-        (`media_caller`). The phones see ``FROM_USER@<front door host>`` as From (the
-        worker's own identity without it). Raises MediaError or TimeoutError."""
-        self.admit_leg(leg, account_sid)  # media_caller lets its INVITE through
+        phones), or with FORK to the one phone it names; the proxy lets the worker's INVITE
+        in unchallenged as ACCOUNT_SID's (`media_caller`: by the worker's address and the
+        admitted X-Leg-Id, never by the From). The phones see ``FROM_USER@<front door
+        host>`` as From: the caller ID `caller_id.client_caller` chose (never the worker's
+        own ``w0``). Raises MediaError or TimeoutError."""
+        self.admit_leg(leg, account_sid, fork)  # media_caller lets its INVITE through
         host, port = self._front_door()
         # FROM_USER may be an app's callerId or a network's caller ID: %-escaped, never raw
-        from_uri = str(SipUri(host=host, user=from_user)) if from_user is not None else None
+        from_uri = client_caller_uri(from_user, host)
         async with asyncio.timeout(DIAL_SECONDS):
             await self.need_engine().dial(f"sip:{login}@{host}:{port}", leg=leg,
                                           ring_seconds=ring_seconds, near=near,

@@ -3,7 +3,8 @@
 Theory of operation. Each noun of a <Dial> becomes a *branch*, run as its own task:
 
 - ``<Client>alice``: one leg from the caller's worker to ``sip:alice@<front door>``; the
-  proxy forks it to alice's registered phones.
+  proxy forks it to alice's registered phones, which are shown the Dial's ``callerId``, else
+  the parent call's caller (its number or Client login: `caller_id.client_caller`).
 - ``<Sip>sip:alice@<our domain or address></Sip>``: the same, when ``alice`` is a Client of
   the account.
 - ``<Sip>`` to any other domain: refused with Notification 13214. No open relay: a
@@ -49,6 +50,7 @@ from appliance.rcml.interpreter import DialAction, DialDone, DialStatus
 from appliance.rcml.runner import CallInfo, Hungup, LegEvents, Runner
 from appliance.rcml.verbs import Conference, DialNoun, Number, Sip
 from appliance.services.access import ACCOUNT_NOT_ACTIVE, NOT_ACTIVE
+from appliance.services.caller_id import client_caller
 
 if TYPE_CHECKING:
     from appliance.services.calls import CallsService, LiveCall
@@ -158,10 +160,13 @@ class Dialer:
                          "this account", call_sid=parent.sid)
             return None
         sid = await calls.open_child_cdr(parent, client.login)
+        # The phone is shown callerId, else whoever called the app (as Twilio does).
+        from_user = client_caller(action.caller_id, parent.from_)
 
         async def ring(cancel: LegEvents) -> tuple[LiveCall | None, int]:
             return await calls.ring_client(parent, client.login, sid,
-                                           ring_seconds=float(action.timeout), cancel=cancel)
+                                           ring_seconds=float(action.timeout), cancel=cancel,
+                                           from_user=from_user)
 
         return _Branch(noun, ring, sid=sid)
 

@@ -51,6 +51,7 @@ from appliance.media.engine import DtmfReceived, LegChanged, LegId, LegState, Me
 from appliance.media.protocol import MediaError
 from appliance.models import CallStatus, mint_sid
 from appliance.rcml.runner import App, CallInfo, Hungup, LegEvents
+from appliance.services.caller_id import client_caller
 from appliance.services.dialing import DIAL_SECONDS, until_either_ends
 from appliance.timefmt import iso
 
@@ -415,7 +416,7 @@ class GsmCalls:
         try:
             await calls.dial_client(leg, found.account_sid, client.login,
                                     ring_seconds=CLIENT_RING_S,
-                                    from_user=caller if caller != "unknown" else "anonymous")
+                                    from_user=client_caller(session.number))
             status = await self._until_phone_answers(session, phone, record.sid)
             if status is not CallStatus.IN_PROGRESS:
                 return

@@ -7,7 +7,7 @@ lines are dialled from a media worker through our own SIP front door to the gate
 Proxy, the ``modem`` line is `services.gsm_calls`. `_dial_out` tries them in order: a line
 that answers 5xx or 408, or gives no sign of life within SETUP_SECONDS, is given up for the
 next one; RING_SECONDS (or the caller's ring time) bounds the whole. The provider sees
-`caller_id_uri` as From. Three kinds of call go this way:
+`caller_id_uri` (`services.caller_id`) as From. Three kinds of call go this way:
 
 - A registered Client dials a number with no app (`route`, the router's hook): a worker
   answers it and bridges it (`bridge`, the B2BUA) to the first line that takes the call,
@@ -42,7 +42,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -53,6 +52,7 @@ from appliance.media.protocol import MediaError
 from appliance.models import CallRecord, CallStatus, Gateway, mint_sid
 from appliance.rcml.runner import App, CallInfo, Hungup, LegEvents
 from appliance.services.access import NOT_ACTIVE, Action, has_permission, is_active
+from appliance.services.caller_id import ANONYMOUS, caller_id_uri, dialable
 from appliance.services.dialing import DIAL_SECONDS, until_either_ends
 from appliance.sip.dialogs import cdr_status
 from appliance.sip.proxy_ports import Caller, Contact, Decision, Fork, Refuse
@@ -70,15 +70,6 @@ RING_SECONDS = 60.0  # an outbound leg rings this long at most
 # 403 reason for a Client whose account's role may not place calls (api-behaviour.md §4)
 CALLS_NOT_PERMITTED = "Missing permission RestComm:Create:Calls"
 
-_PHONE_RE = re.compile(r"\+?[0-9]{3,20}")
-
-
-def dialable(value: str | None) -> str | None:
-    """VALUE as a phone number (spaces, dashes, dots and brackets removed) when it is one
-    (an optional + and 3-20 digits), else None."""
-    number = re.sub(r"[\s\-.()]", "", value or "")
-    return number if _PHONE_RE.fullmatch(number) else None
-
 
 def no_plus_as_space(name: str, value: str) -> None:
     """InvalidInput when VALUE (the NAME parameter) starts or ends with a space: a phone
@@ -88,21 +79,6 @@ def no_plus_as_space(name: str, value: str) -> None:
         hint = (": a '+' sent unencoded in a form arrives as a space; send it as %2B"
                 if value.strip()[:1].isdigit() else "")
         raise InvalidInput(f"{name} {value!r} starts or ends with a space{hint}")
-
-
-def caller_id_uri(gateway: Gateway, caller_id: str | None) -> str:
-    """The From of a leg out through GATEWAY (docs/gateways.md "Caller ID"):
-    ``sip:<caller id>@<the gateway's Proxy host>``. The caller ID is CALLER_ID when it is a
-    phone number (``<Dial callerId>``, the From of ``POST /Calls``), else the gateway's
-    UserName: providers accept the account's own identity, often nothing else."""
-    user = dialable(caller_id) or urllib.parse.quote(gateway.user_name,
-                                                    safe="-_.!~*'()&=+$,;?/")
-    proxy = gateway.proxy.strip()
-    if proxy.startswith("["):
-        host = proxy[:proxy.find("]") + 1] or proxy
-    else:
-        host = proxy.rsplit(":", 1)[0] if proxy.count(":") == 1 else proxy
-    return f"sip:{user}@{host}"
 
 
 def _reject_code(code: int) -> int:
@@ -258,7 +234,7 @@ class OutboundCalls:
         sid = await self._calls.open_child_cdr(parent, login)
         return await self._calls.ring_client(parent, login, sid, ring_seconds=RING_SECONDS,
                                              cancel=parent_events, on_ringing=on_ringing,
-                                             from_user=dialable(parent.from_) or "anonymous")
+                                             from_user=dialable(parent.from_) or ANONYMOUS)
 
     # -- <Dial><Number> ----------------------------------------------------------------------
 
