@@ -271,7 +271,8 @@ class Appliance:
         self.calls = CallsService(
             self.store, self.call_log, self.webhooks, self.clock, engine=engine,
             notify=self.history.notify,
-            say=lambda text, language: self.tts.synthesize(text, language=language),
+            say=lambda text, language, voice: self.tts.say(text, language=language,
+                                                            voice=voice),
             data_dir=self.config.data_dir, public_base=self._public_base,
             front_door=lambda: (self.transport.advertised, sip.listen.port),
             worker_ports=worker_ports)

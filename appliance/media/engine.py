@@ -73,6 +73,14 @@ class WorkerGone(MediaError):
     """The worker connection closed while a command was in flight."""
 
 
+class VoiceMissing(MediaError):
+    """The text-to-speech engine has no voice of the kind a ``<Say voice>`` asks for (no
+    female voice installed: `media.tts`). The runner speaks the text in the default voice
+    instead, and a warning Notification says so."""
+
+    status = 503
+
+
 # --------------------------------------------------------------------------- events
 
 

@@ -66,6 +66,7 @@ from appliance.media.engine import (
     MediaEvent,
     PlayFinished,
     RecordFinished,
+    VoiceMissing,
 )
 from appliance.media.protocol import MediaError
 from appliance.rcml.interpreter import (
@@ -95,7 +96,7 @@ from appliance.rcml.interpreter import (
     SmsQueued,
 )
 from appliance.rcml.parse import RcmlError, parse_response
-from appliance.rcml.verbs import Document
+from appliance.rcml.verbs import Document, Voice
 from appliance.webhooks import WebhookError, WebhookResponse
 
 logger = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ class Fetcher:
 
     def __init__(self, *, request: Request,
                  notify: Callable[..., Awaitable[Any]],
-                 say: Callable[[str, str], Awaitable[Path]],
+                 say: Callable[[str, str, str], Awaitable[Path]],
                  save_recording: Callable[[CallInfo, Path, float], Awaitable[tuple[str, str]]],
                  send_sms: Callable[[CallInfo, SendSms], Awaitable[str]],
                  dial: Callable[[Runner, DialAction], Awaitable[DialDone]] | None,
@@ -455,6 +456,16 @@ class Runner:
             return FetchFailed(str(err))
         return DocumentFetched(resp.body, resp.content_type or "text/xml")
 
+    async def _speak(self, action: SayAction) -> Path:
+        """The WAV of a <Say> in its voice; in the default voice, with a warning
+        Notification, when the TTS engine has no such voice (no female voice installed)."""
+        try:
+            return await self.out.say(action.text, action.language, action.voice.value)
+        except VoiceMissing as err:
+            await self._notify(MEDIA_FAILED, f'<Say voice="{action.voice}">: {err}: spoken '
+                               "in the default voice", warning=True)
+            return await self.out.say(action.text, action.language, Voice.MAN.value)
+
     async def _prompt(self, action: SayAction | PlayAction | PauseAction, *,
                       stop_on_digit: bool) -> str:
         """Play one prompt; returns the digit that interrupted it ("" if none)."""
@@ -462,7 +473,7 @@ class Runner:
             return await self._wait_digit(float(action.seconds), stop_on_digit)
         try:
             if isinstance(action, SayAction):
-                path = await self.out.say(action.text, action.language)
+                path = await self._speak(action)
             else:
                 path = await self.fetch_audio(action.url)
         except (MediaError, WebhookError, PlayRefused, OSError) as err:

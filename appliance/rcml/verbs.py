@@ -65,6 +65,7 @@ class Unsupported:
 class Voice(enum.StrEnum):
     MAN = "man"
     WOMAN = "woman"
+    ALICE = "alice"  # Twilio's female voice: spoken as WOMAN
 
 
 @dataclasses.dataclass(frozen=True)

@@ -140,7 +140,7 @@ class LiveCall:
 class CallsService:
     def __init__(self, store: StoreProtocol, call_log: CallLog, webhooks: Webhooks,
                  clock: Callable[[], datetime], *, engine: MediaEngine | None,
-                 notify: Callable[..., Any], say: Callable[[str, str], Any],
+                 notify: Callable[..., Any], say: Callable[[str, str, str], Any],
                  data_dir: Path, public_base: Callable[[], str],
                  front_door: Callable[[], tuple[str, int]],
                  worker_ports: Callable[[], set[int]] = set) -> None:

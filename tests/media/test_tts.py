@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.media.engine import VoiceMissing
 from appliance.media.tts import MAX_TEXT, Tts, TtsError, TtsInputError
 
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
@@ -88,3 +89,52 @@ async def test_timeout_kills_the_engine(tmp_path: Path) -> None:
     with pytest.raises(TtsError) as info:
         await Tts(tmp_path, flite=str(sleeper), timeout=0.2).synthesize("hello")
     assert "timed out" in str(info.value)
+
+
+@needs_flite
+@needs_espeak
+async def test_say_woman_is_a_female_voice_with_its_own_cache_entry(tmp_path: Path) -> None:
+    """<Say voice="woman"> (or "alice") is flite's slt in English and espeak-ng's +f3
+    variant otherwise; "man" (and any other value) the default: each its own WAV."""
+    tts = Tts(tmp_path)
+    man = await tts.say("The voice test.", voice="man")
+    woman = await tts.say("The voice test.", voice="woman")
+    assert woman != man and wav_format(woman)[:3] == (8000, 1, 2)
+    assert await tts.say("The voice test.", voice="alice") == woman
+    assert await tts.say("The voice test.") == man == await tts.synthesize("The voice test.")
+    assert await tts.say("The voice test.", voice="woman") == await tts.synthesize(
+        "The voice test.", voice="slt")
+    spanish = await tts.say("Hola", language="es", voice="woman")
+    assert spanish != await tts.say("Hola", language="es", voice="man")
+    assert spanish == await tts.synthesize("Hola", language="es", voice="es+f3")
+    assert tts.misses == 4
+
+
+def _fake_engine(path: Path, listing: str) -> str:
+    """An engine that lists LISTING as its voices and synthesises nothing."""
+    path.write_text(f"#!/bin/sh\necho '{listing}'\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+async def test_no_female_voice_is_voice_missing(tmp_path: Path) -> None:
+    """Neither engine fails on a voice it lacks (it speaks its default): what it has is
+    listed once, and a missing female voice is VoiceMissing (the runner falls back)."""
+    flite = _fake_engine(tmp_path / "flite", "Voices available: kal kal16 awb rms")
+    espeak = _fake_engine(tmp_path / "espeak", " 5  variant  --/M  male2  !v/m2")
+    tts = Tts(tmp_path / "tts", flite=flite, espeak=espeak)
+    with pytest.raises(VoiceMissing, match="flite has no female voice"):
+        await tts.say("hello", voice="woman")
+    with pytest.raises(VoiceMissing, match="espeak-ng has no female voice"):
+        await tts.say("hola", language="es", voice="alice")
+    Path(flite).unlink()  # noqa: ASYNC240 - listed once: not run again
+    with pytest.raises(VoiceMissing):
+        await tts.say("hello", voice="woman")
+
+
+async def test_an_engine_that_cannot_list_has_no_female_voice(tmp_path: Path) -> None:
+    tts = Tts(tmp_path, flite=str(tmp_path / "no-flite"))
+    with pytest.raises(VoiceMissing):
+        await tts.say("hello", voice="woman")
+    with pytest.raises(TtsInputError):
+        await tts.say("hola", language="e s", voice="woman")

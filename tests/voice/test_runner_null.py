@@ -23,6 +23,7 @@ from appliance.media.engine import (
     LegState,
     MediaEvent,
     PlayFinished,
+    VoiceMissing,
 )
 from appliance.media.null import NullMediaEngine
 from appliance.rcml.parse import BUDGET_EXCEEDED
@@ -43,6 +44,8 @@ class World:
         self.leg = LegId("LGtest")
         self.engine.subscribe(self._event)
         self.hooks: Webhooks | None = None  # set: requests go to a real server through it
+        self.voices: list[str] = []  # the voice of each say()
+        self.missing_voices: set[str] = set()  # say() has no such voice (VoiceMissing)
 
     def _event(self, ev: MediaEvent) -> None:
         self.seen.append(ev)
@@ -61,7 +64,10 @@ class World:
     async def notify(self, account_sid: str, code: int, message: str, **kw: Any) -> None:
         self.notes.append(code)
 
-    async def say(self, text: str, language: str) -> Path:
+    async def say(self, text: str, language: str, voice: str) -> Path:
+        self.voices.append(voice)
+        if voice in self.missing_voices:
+            raise VoiceMissing(f"no {voice} voice here")
         return write_tone(self.tmp / "say.wav", 400, 0.1)
 
     def runner(self, app: App) -> Runner:
@@ -307,3 +313,22 @@ async def test_calls_playing_one_uncached_url_together_fetch_it_once(
         await hooks.close()
     assert len(set(paths)) == 1 and paths[0].read_bytes() == wav
     assert sum(len(w.requests) for w in worlds) == 1
+
+
+async def test_say_without_its_voice_is_spoken_in_the_default_one(tmp_path: Path) -> None:
+    """The TTS engine has no female voice: the <Say> is spoken all the same, in the
+    default voice, and a warning Notification says so; the next verb runs."""
+    w = World(tmp_path, {"http://app/a": '<Response><Say voice="woman">Hi</Say>'
+                                         '<Say voice="alice">Hi</Say><Say>Hi</Say></Response>'})
+    w.missing_voices = {"woman", "alice"}
+    played = []
+    real_play = w.engine.play
+
+    async def play(leg: LegId, file: str, *, loop: int = 1) -> None:
+        played.append(file)
+        await real_play(leg, file, loop=loop)
+
+    w.engine.play = play  # type: ignore[method-assign]
+    await run(w.runner(App("http://app/a")))
+    assert w.voices == ["woman", "man", "alice", "man", "man"]
+    assert len(played) == 3 and w.notes == [11100, 11100]
