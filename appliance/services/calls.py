@@ -305,7 +305,10 @@ class CallsService:
         return Fork(callee=to, contacts=(Contact(f"sip:{to}@{slot.host}:{slot.port}",
                                                  target),),
                     headers=(("X-Leg-Id", slot.leg),), cdr_sid=sid,
-                    phone_number_sid=number_sid, account_sid=account_sid)
+                    phone_number_sid=number_sid, account_sid=account_sid,
+                    # An app's 603 is its <Reject reason="rejected">: no-answer (Twilio); a
+                    # bridged call (no app) passes on its callee's own answer.
+                    declined=CallStatus.NO_ANSWER if app is not None else CallStatus.BUSY)
 
     # -- outside lines: calls from a gateway (calls out: services.outbound_calls) ------------
 

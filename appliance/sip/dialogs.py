@@ -149,21 +149,27 @@ def forwarded_status(status: int) -> int:
     return 500 if status == 503 else status
 
 
-# Final statuses that say the callee declined or was busy. 603 Decline is counted as busy,
-# as Twilio and Restcomm report a rejected call (`<Reject>` answers 603 or 486).
-_BUSY = frozenset({486, 600, 603})
+# Final statuses that say the callee was busy. A 603 Decline (a person pressed "reject") is
+# counted as busy too, unless the callee says otherwise (`cdr_status` DECLINED).
+_BUSY = frozenset({486, 600})
+DECLINE = 603
 _NO_ANSWER = frozenset({408, 480, 487})
 
 
-def cdr_status(status: int, *, canceled: bool) -> CallStatus:
+def cdr_status(status: int, *, canceled: bool,
+               declined: CallStatus = CallStatus.BUSY) -> CallStatus:
     """The CDR status of a call that ended with final STATUS without being answered.
 
     CANCELED when the caller gave up (its CANCEL), whatever the branches answered;
-    BUSY on 486/600/603; NO_ANSWER on 408/480 and on a 487 we caused ourselves (Timer C);
-    FAILED otherwise (404, 403, 5xx, ...). An answered call always ends COMPLETED.
+    BUSY on 486/600; DECLINED on 603 (BUSY for a phone; an RCML app's ``<Reject
+    reason="rejected">`` is NO_ANSWER, as Twilio reports it: `Fork.declined`); NO_ANSWER on
+    408/480 and on a 487 we caused ourselves (Timer C); FAILED otherwise (404, 403, 5xx, ...).
+    An answered call always ends COMPLETED.
     """
     if canceled:
         return CallStatus.CANCELED
+    if status == DECLINE:
+        return declined
     if status in _BUSY:
         return CallStatus.BUSY
     if status in _NO_ANSWER:

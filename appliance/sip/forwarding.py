@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeAlias
 
+from appliance.models import CallStatus
 from appliance.sip.dialogs import Call
 from appliance.sip.errors import SipParseError
 from appliance.sip.headers import NameAddr
@@ -89,6 +90,7 @@ class Context:
     call: Call | None = None  # the out-of-dialog INVITE's call record
     phone_number_sid: str | None = None
     account_sid: str | None = None  # the CDR's account, when not the caller's
+    declined: CallStatus = CallStatus.BUSY  # the CDR status of a 603 (Fork.declined)
     sms_sid: str | None = None  # a text MESSAGE's SMS row, `sending` until its final
     branches: list[Branch] = field(default_factory=list)
     final_sent: bool = False

@@ -114,6 +114,9 @@ class Fork:
     # gateway): a phone of CALLEE's that moved (registered again from elsewhere) is still
     # the callee for the requests within the call (sip.in_dialog).
     phones: bool = False
+    # The CDR status of a 603 Decline from the callee (`dialogs.cdr_status`): busy when a
+    # person declined; an RCML app's <Reject reason="rejected"> says no-answer (Twilio).
+    declined: CallStatus = CallStatus.BUSY
 
 
 @dataclass(frozen=True)

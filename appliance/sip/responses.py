@@ -284,7 +284,8 @@ class Responses:
             if call.cdr_sid and not call.ended:
                 call.ended = True
                 await cdr(self._calls.ended, call.cdr_sid,
-                          cdr_status(status, canceled=context.cancelled))
+                          cdr_status(status, canceled=context.cancelled,
+                                     declined=context.declined))
         if context.request.method == "MESSAGE":
             await record_message(self._messages, context, status, reason)
 

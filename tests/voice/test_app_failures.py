@@ -108,3 +108,20 @@ async def test_a_document_that_runs_out_of_verbs_is_answered_and_hung_up(
     assert cdr["status"] == "completed", cdr
     assert cdr["duration"] <= (1 if doc == "<Response/>" else 3), cdr
     assert await _notes(voice, sid) == []
+
+
+@pytest.mark.parametrize("reject, code, status", [
+    ("<Reject/>", 603, "no-answer"),  # reason "rejected", the default
+    ('<Reject reason="rejected"/>', 603, "no-answer"),
+    ('<Reject reason="busy"/>', 486, "busy"),
+])
+async def test_reject_refuses_the_call_and_the_cdr_says_how(voice: Any, reject: str,
+                                                            code: int, status: str) -> None:
+    """<Reject> refuses the INVITE unanswered (603, or 486 for busy); the CDR is what
+    Twilio reports for it: no-answer for "rejected", busy for "busy" (a phone's own 603
+    Decline stays busy: docs/sip.md)."""
+    _, _, rcml, _ = voice
+    rcml.docs["/start"] = f"<Response>{reject}</Response>"
+    sid, states, cdr = await _call(voice, VoiceUrl=f"{rcml.base}/start")
+    assert _final(states) == code, states
+    assert (cdr["status"], cdr["duration"]) == (status, 0), cdr
