@@ -175,6 +175,5 @@ class ApiCalls:
             status = live.final_status(err)
         finally:
             calls.forget(live)
-            final = await self._log.ended(info.sid,
-                                          CallStatus.CANCELED if live.canceled else status)
+            final = await self._log.ended(info.sid, live.closing_status(status))
             calls.post_status(info, "completed", final.duration if final is not None else 0)

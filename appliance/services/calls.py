@@ -107,6 +107,11 @@ SETUP_SECONDS = 15.0  # a line with no 18x and no answer by then is given up (fa
 # does not hold the stop up for longer (systemd waits 90 s by default).
 STOP_GRACE = 5.0
 
+# What an app's own unanswered finals mean for its CDR (the proxy writes it: Fork.cdr_statuses),
+# as Twilio reports them: 603 is its <Reject reason="rejected"> (no-answer; "busy" is a 486,
+# busy anyway), 487 a POST /Calls/{sid} hang-up before it answered (canceled: `modify`; the
+# caller's CANCEL is canceled anyway, and the proxy's Timer C a 408).
+APP_FINALS = ((603, CallStatus.NO_ANSWER), (487, CallStatus.CANCELED))
 _EVENTS = ("initiated", "ringing", "answered", "completed")
 _CAUSE_STATUS = {HangupCause.BUSY: CallStatus.BUSY, HangupCause.NO_ANSWER: CallStatus.NO_ANSWER,
                  HangupCause.REJECTED: CallStatus.BUSY, HangupCause.FAILED: CallStatus.FAILED,
@@ -121,10 +126,17 @@ class LiveCall:
     # The task that runs the runner and closes the call (its CDR, its `completed` callback):
     # what a stop waits for.
     task: asyncio.Task[None] | None = None
-    canceled: bool = False
+    canceled: bool = False  # hung up before it was answered (POST /Calls/{sid}, a cut-off)
     lines: tuple[str, ...] | None = None  # no app: bridged out through these lines (B2BUA)
     client: str | None = None  # no app: bridged to this Client's phones (a DID's client:)
     bridging: bool = False  # the B2BUA task is running
+
+    def closing_status(self, status: CallStatus) -> CallStatus:
+        """The CDR status of the call ending with STATUS: CANCELED instead when the API hung
+        it up before it was answered (`canceled`; an answer that came first wins)."""
+        if self.canceled and not self.events.answered.is_set():
+            return CallStatus.CANCELED
+        return status
 
     def final_status(self, err: BaseException) -> CallStatus:
         """The CDR status of a call whose run ended with ERR: the leg's hang-up cause when
@@ -306,9 +318,8 @@ class CallsService:
                                                  target),),
                     headers=(("X-Leg-Id", slot.leg),), cdr_sid=sid,
                     phone_number_sid=number_sid, account_sid=account_sid,
-                    # An app's 603 is its <Reject reason="rejected">: no-answer (Twilio); a
-                    # bridged call (no app) passes on its callee's own answer.
-                    declined=CallStatus.NO_ANSWER if app is not None else CallStatus.BUSY)
+                    # A bridged call (no app) passes its callee's own answer on.
+                    cdr_statuses=APP_FINALS if app is not None else ())
 
     # -- outside lines: calls from a gateway (calls out: services.outbound_calls) ------------
 
@@ -624,7 +635,9 @@ class CallsService:
                 raise InvalidInput("Status must be completed or canceled")
             if status == "canceled" and live.events.answered.is_set():
                 return  # canceled applies to calls still ringing (Restcomm)
-            live.canceled = status == "canceled"
+            # Hung up through the API before it was answered, whichever Status said so: the
+            # CDR is canceled, as Twilio reports it (not no-answer: nobody let it ring out).
+            live.canceled = not live.events.answered.is_set()
             await self._end(live, engine)
             return
         if app is not None:

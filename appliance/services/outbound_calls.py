@@ -322,8 +322,7 @@ class OutboundCalls:
                     async with asyncio.timeout(DIAL_SECONDS):
                         await calls.need_engine().hangup(info.leg)
             calls.forget(live)
-            final = await self._log.ended(info.sid,
-                                          CallStatus.CANCELED if live.canceled else status)
+            final = await self._log.ended(info.sid, live.closing_status(status))
             calls.post_status(info, "completed", final.duration if final is not None else 0)
 
     # -- failover along a route's lines ------------------------------------------------------

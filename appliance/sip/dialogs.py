@@ -149,27 +149,29 @@ def forwarded_status(status: int) -> int:
     return 500 if status == 503 else status
 
 
-# Final statuses that say the callee was busy. A 603 Decline (a person pressed "reject") is
-# counted as busy too, unless the callee says otherwise (`cdr_status` DECLINED).
-_BUSY = frozenset({486, 600})
-DECLINE = 603
+# Final statuses that say the callee declined or was busy: a person's 603 Decline is busy
+# (an RCML app's 603, its <Reject>, is read otherwise: `cdr_status` MEANING).
+_BUSY = frozenset({486, 600, 603})
 _NO_ANSWER = frozenset({408, 480, 487})
 
+# (final status, CDR status) pairs: what a callee's own finals mean where the rule below
+# does not fit it (`proxy_ports.Fork.cdr_statuses`).
+FinalMeaning = tuple[tuple[int, CallStatus], ...]
 
-def cdr_status(status: int, *, canceled: bool,
-               declined: CallStatus = CallStatus.BUSY) -> CallStatus:
+
+def cdr_status(status: int, *, canceled: bool, meaning: FinalMeaning = ()) -> CallStatus:
     """The CDR status of a call that ended with final STATUS without being answered.
 
-    CANCELED when the caller gave up (its CANCEL), whatever the branches answered;
-    BUSY on 486/600; DECLINED on 603 (BUSY for a phone; an RCML app's ``<Reject
-    reason="rejected">`` is NO_ANSWER, as Twilio reports it: `Fork.declined`); NO_ANSWER on
-    408/480 and on a 487 we caused ourselves (Timer C); FAILED otherwise (404, 403, 5xx, ...).
-    An answered call always ends COMPLETED.
+    CANCELED when the caller gave up (its CANCEL), whatever the branches answered; then what
+    MEANING (the callee's own reading) says of STATUS; else BUSY on 486/600/603; NO_ANSWER on
+    408/480 and 487 (Timer C's is a 408 already); FAILED otherwise (404, 403, 5xx, ...). An
+    answered call always ends COMPLETED.
     """
     if canceled:
         return CallStatus.CANCELED
-    if status == DECLINE:
-        return declined
+    for final, meant in meaning:
+        if final == status:
+            return meant
     if status in _BUSY:
         return CallStatus.BUSY
     if status in _NO_ANSWER:

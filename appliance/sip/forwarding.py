@@ -32,8 +32,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeAlias
 
-from appliance.models import CallStatus
-from appliance.sip.dialogs import Call
+from appliance.sip.dialogs import Call, FinalMeaning
 from appliance.sip.errors import SipParseError
 from appliance.sip.headers import NameAddr
 from appliance.sip.hop import stub
@@ -90,7 +89,7 @@ class Context:
     call: Call | None = None  # the out-of-dialog INVITE's call record
     phone_number_sid: str | None = None
     account_sid: str | None = None  # the CDR's account, when not the caller's
-    declined: CallStatus = CallStatus.BUSY  # the CDR status of a 603 (Fork.declined)
+    cdr_statuses: FinalMeaning = ()  # the callee's own meaning of finals (Fork.cdr_statuses)
     sms_sid: str | None = None  # a text MESSAGE's SMS row, `sending` until its final
     branches: list[Branch] = field(default_factory=list)
     final_sent: bool = False

@@ -686,7 +686,7 @@ class Proxy:
                         callee_login=decision.callee if decision.phones else "",
                         keep_credentials=decision.keep_credentials)
             context.phone_number_sid = decision.phone_number_sid
-            context.declined = decision.declined
+            context.cdr_statuses = decision.cdr_statuses
             context.account_sid = decision.account_sid
             context.call = call
             self._live_calls[call.key] = call

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from appliance.models import CallRecord, CallStatus
+from appliance.sip.dialogs import FinalMeaning
 from appliance.sip.message import Request
 from appliance.sip.wire import Target
 
@@ -114,9 +115,9 @@ class Fork:
     # gateway): a phone of CALLEE's that moved (registered again from elsewhere) is still
     # the callee for the requests within the call (sip.in_dialog).
     phones: bool = False
-    # The CDR status of a 603 Decline from the callee (`dialogs.cdr_status`): busy when a
-    # person declined; an RCML app's <Reject reason="rejected"> says no-answer (Twilio).
-    declined: CallStatus = CallStatus.BUSY
+    # What the callee's own unanswered finals mean for the CDR where the usual reading
+    # (`dialogs.cdr_status`: a person's phone) does not fit: (status, CDR status) pairs.
+    cdr_statuses: FinalMeaning = ()
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ is how Restcomm records the caller's leg of a Client → Client call; ``from`` i
 bare login and ``to`` the callee's login (or the dialled user when refused). ``queued`` at the
 INVITE, ``ringing`` at the first 18x, ``in-progress`` at the first 2xx, ``completed`` at the
 BYE of the answered dialog (either side; exactly once; duration from answer to BYE). Unanswered
-calls end ``busy`` (486/600/603), ``no-answer`` (408/480, a Timer C 487, our own 480, and an
-RCML app's 603, its ``<Reject>``: ``Fork.declined``), ``canceled`` (the caller's CANCEL) or
-``failed`` (404, 403, anything else). A dialog that never sees a BYE is closed ``completed``
-after ``MAX_DIALOG_IDLE`` (12 h) without in-dialog traffic, or after its RFC 4028 session
-interval.
+calls end ``busy`` (486/600/603), ``no-answer`` (408/480, a Timer C 487, and our own 480),
+``canceled`` (the caller's CANCEL) or ``failed`` (404, 403, anything else), unless the callee
+reads its finals otherwise (``Fork.cdr_statuses``: an RCML app's ``<Reject>``). A dialog that
+never sees a BYE is closed ``completed`` after ``MAX_DIALOG_IDLE`` (12 h) without in-dialog
+traffic, or after its RFC 4028 session interval.
 
 A SIP MESSAGE between Clients is kept as an SMS row: from = the sender's login, to = the
 recipient's login, direction ``outbound-call`` (what Restcomm's SmsService writes for a

@@ -285,7 +285,7 @@ class Responses:
                 call.ended = True
                 await cdr(self._calls.ended, call.cdr_sid,
                           cdr_status(status, canceled=context.cancelled,
-                                     declined=context.declined))
+                                     meaning=context.cdr_statuses))
         if context.request.method == "MESSAGE":
             await record_message(self._messages, context, status, reason)
 

@@ -94,3 +94,62 @@ async def test_dial_ringing_then_the_api_hangs_up_action_only_reports(voice: Any
     await alice.finish()
     await asyncio.sleep(1.0)
     assert await _children(api, sid) == [("bob", "canceled")]
+
+
+async def _status(api: Any, sid: str, final: bool = True) -> str:
+    """The call's CDR status; with FINAL, once the call has ended."""
+    async with asyncio.timeout(10):
+        while True:
+            status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Calls/{sid}.json")
+            assert status == 200, body
+            cdr: str = json.loads(body)["status"]
+            if not final or cdr not in ("queued", "ringing", "in-progress"):
+                return cdr
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("hang_up", ["completed", "canceled"])
+async def test_post_calls_hung_up_by_the_api_while_ringing_is_canceled(voice: Any,
+                                                                       hang_up: str) -> None:
+    """POST Calls/{sid} Status=completed (or canceled) on an outbound-api call that still
+    rings: the phone stops ringing and the CDR is canceled, as Twilio reports a call hung up
+    through the API before it was answered (not no-answer: nobody let it ring out)."""
+    appliance, api, rcml, phone = voice
+    bob = await phone("--user", "bob", "--answer-after", "-1", "--once", "--timeout", "20")
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Calls.json",
+                                     {"From": "+15551230000", "To": "client:bob",
+                                      "Url": f"{rcml.base}/outbound", "Timeout": "30"})
+    assert status == 200, body
+    sid = json.loads(body)["sid"]
+    async with asyncio.timeout(10):
+        while await _status(api, sid, final=False) != "ringing":
+            await asyncio.sleep(0.1)
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Calls/{sid}.json",
+                                     {"Status": hang_up})
+    assert status == 200, body
+    await bob.wait(lambda e: e.get("state") == "DISCONNECTED")
+    assert await _status(api, sid) == "canceled"
+    assert not [p for p, _ in rcml.got if p == "/outbound"]  # never answered: no RCML ran
+
+
+
+@pytest.mark.parametrize("hang_up", ["completed", "canceled"])
+async def test_an_app_call_hung_up_by_the_api_while_ringing_is_canceled(voice: Any,
+                                                                        hang_up: str) -> None:
+    """The same for a call to an app that has not answered yet (its document is slow):
+    the caller gets 487 and the CDR, which the proxy writes, is canceled, not no-answer."""
+    appliance, api, rcml, phone = voice
+    rcml.delay["/start"] = 4.0
+    rcml.docs["/start"] = "<Response><Say>Too late.</Say></Response>"
+    await _number_app(api, f"{rcml.base}/start")
+    sip = appliance.config.sip.listen
+    alice = await phone("--user", "alice", "--call", f"sip:{NUMBER}@{sip.host}:{sip.port}",
+                        "--timeout", "20")
+    sid = (await rcml.wait("/start"))["CallSid"]
+    status, body, _ = await api.post(f"Accounts/{ADMIN_SID}/Calls/{sid}.json",
+                                     {"Status": hang_up})
+    assert status == 200, body
+    await alice.finish()
+    states = [e for e in alice.events if e["event"] == "state"]
+    assert states[-1]["code"] == 487, states
+    assert await _status(api, sid) == "canceled"
