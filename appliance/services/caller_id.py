@@ -14,8 +14,9 @@ these rules:
 
 Pure: the calls service and its parts (`services.api_calls`, `services.dialing`,
 `services.gsm_calls`, `services.outbound_calls`) build the URIs with these. Every user part
-is %-escaped (`client_caller_uri`): a caller ID comes from an API request, an RCML document
-or the mobile network, and must never reach a header raw.
+is %-escaped (`client_caller_uri`) and the worker sends the From in <> (`media.worker.pj`): a
+caller ID comes from an API request, an RCML document or the mobile network, and must never
+reach a header raw.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import re
 import urllib.parse
 
 from appliance.models import Gateway
-from appliance.sip.uri import escape
+from appliance.sip.uri import SipUri
 
 _PHONE_RE = re.compile(r"\+?[0-9]{3,20}")
 # The longest name shown to a Client's phone as the caller. A Client login, an 11-character
@@ -34,11 +35,6 @@ MAX_SHOWN = 64
 ANONYMOUS = "anonymous"  # a withheld caller (the user RFC 3323 §4.1.1.3 suggests)
 # What the GSM side writes for a withheld number (services.gsm_calls): not a caller ID.
 _WITHHELD = frozenset({"", "unknown"})
-# What a shown caller keeps unescaped: RFC 3261's unreserved characters and a number's "+".
-# The rest of user-unreserved (";?/&=$,") is legal in a user part too, but a phone that
-# reads its From loosely would take a ";" for a URI parameter or a "?" for headers.
-_SHOWN_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-                        "-_.!~*'()+")
 
 
 def dialable(value: str | None) -> str | None:
@@ -93,6 +89,8 @@ def _shown(value: str | None) -> str | None:
 
 def client_caller_uri(user: str, host: str) -> str:
     """The From of a leg to a Client's phones: ``sip:<USER>@<HOST>`` (HOST: our front door),
-    USER %-escaped but for unreserved characters and ``+`` (``Vodafone UK`` →
-    ``Vodafone%20UK``), so nothing in it can end the URI or the header."""
-    return f"sip:{escape(user, _SHOWN_SAFE)}@{host}"
+    USER %-escaped as RFC 3261 wants a user part (``Vodafone UK`` → ``Vodafone%20UK``; the
+    user-unreserved ``;?/&=+$,`` stay, as pjsip writes them anyway), so no space, quote,
+    angle bracket or line break can end the URI or the header; the worker sends it in <>
+    (`media.worker.pj`), so a ``;`` or ``?`` cannot end it either."""
+    return str(SipUri(host=host, user=user))

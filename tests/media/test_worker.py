@@ -231,6 +231,38 @@ async def test_a_worker_call_carries_no_product_name(worker: Worker) -> None:
         sock.close()
 
 
+@pytest.mark.parametrize("from_uri, user", [
+    ("sip:+15551230000@127.0.0.1", b"+15551230000"),
+    ("sip:Vodafone%20UK@127.0.0.1", b"Vodafone%20UK"),
+    # pjsip unescapes ";" and "?" in a user (RFC 3261 lets them be): without the brackets,
+    # the From's ";tag=x" here would be a second tag parameter of the header.
+    ("sip:%22Boss%22%3Csip%3Aboss%40evil%3E%3Btag%3Dx@127.0.0.1", b'%22Boss%22%3csip'),
+])
+async def test_a_dialled_from_is_one_bracketed_address(worker: Worker, from_uri: str,
+                                                       user: bytes) -> None:
+    """The From the main process sets (a caller ID) is sent as a name-addr, <...>, so no
+    character pjsip writes back unescaped can end the URI or add a header parameter."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    try:
+        port = sock.getsockname()[1]
+        await worker.cmd(p.Dial(leg="CAfrom", uri=f"sip:bob@127.0.0.1:{port}", timeout=1.0,
+                                from_uri=from_uri))
+        async with asyncio.timeout(5):
+            invite = await asyncio.get_running_loop().sock_recv(sock, 65535)
+        [from_] = [line for line in invite.split(b"\r\n") if line.lower().startswith(b"from:")]
+        value = from_.split(b":", 1)[1].strip()
+        assert value.startswith(b"<sip:" + user) and value.count(b">") == 1, from_
+        params = value.split(b">", 1)[1]  # only ours: the one tag
+        assert params.startswith(b";tag=") and params.count(b";") == 1, from_
+        await worker.leg("ended", "CAfrom", seconds=6)
+    finally:
+        sock.close()
+
+
 async def test_log_level_warning_keeps_info_lines_out(sock_dir: Path) -> None:
     w = await start_worker(sock_dir, name="quiet", log_level="warning")
     await stop_worker(w)

@@ -67,11 +67,12 @@ def test_client_caller(candidates: tuple[str | None, ...], user: str) -> None:
 @pytest.mark.parametrize("caller", ['"Boss" <sip:boss@evil>', "a b;lr?x=y@z", "x" * MAX_SHOWN,
                                      "\u00e9t\u00e9 caf\u00e9"])
 def test_a_shown_caller_is_escaped_into_one_valid_uri(caller: str) -> None:
-    """Whatever printable name a callerId carries, the From the worker sends is one valid
-    SIP URI with that user (no header, parameter or second address smuggled in), short
-    enough for the worker protocol (256 characters)."""
+    """Whatever printable name a callerId carries, the From the worker is given is one
+    valid SIP URI with that user (no header, parameter or second address smuggled in: the
+    worker puts it in <>, test_worker.py), short enough for the worker protocol (256
+    characters)."""
     uri = client_caller_uri(client_caller(caller), "127.0.0.1")
-    assert not any(c in uri for c in '\r\n<>" ;?') and len(uri) <= 256, uri
+    assert not any(c in uri for c in '\r\n<>" ') and len(uri) <= 256, uri
     parsed = parse_uri(uri)
     assert isinstance(parsed, SipUri) and parsed.host == "127.0.0.1", uri
     assert (parsed.user, parsed.params, parsed.headers) == (caller, [], []), uri

@@ -480,8 +480,10 @@ class PjWorker:
             op.txOption.headers.append(h)
         if cmd.from_uri:
             # pjsua's per-call From (pjsua_msg_data.local_uri, pjsip >= 2.13): the account
-            # (credentials, proxy, Contact) stays shared, no Account per caller ID.
-            op.txOption.localUri = cmd.from_uri
+            # (credentials, proxy, Contact) stays shared, no Account per caller ID. In <>:
+            # pjsip writes a user's %3B and %3F back as ";" and "?" (RFC 3261 allows them),
+            # and a bare From would end at them (a caller ID's ";tag=x" a second tag).
+            op.txOption.localUri = f"<{cmd.from_uri}>"
         try:
             leg.call.makeCall(cmd.uri, op)
         except pj.Error as err:
