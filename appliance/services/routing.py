@@ -55,7 +55,7 @@ from collections.abc import Awaitable, Callable, Collection
 
 from appliance.errors import Forbidden, InvalidInput, Unavailable
 from appliance.models import Gateway
-from appliance.services.outbound_calls import dialable
+from appliance.services.caller_id import dialable
 from appliance.sip.bindings import Location
 from appliance.sip.errors import SipParseError
 from appliance.sip.message import Request
