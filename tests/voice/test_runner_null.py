@@ -324,9 +324,9 @@ async def test_say_without_its_voice_is_spoken_in_the_default_one(tmp_path: Path
     played = []
     real_play = w.engine.play
 
-    async def play(leg: LegId, file: str, *, loop: int = 1) -> None:
+    async def play(leg: LegId, file: str, *, loop: int = 1, tag: int = 0) -> None:
         played.append(file)
-        await real_play(leg, file, loop=loop)
+        await real_play(leg, file, loop=loop, tag=tag)
 
     w.engine.play = play  # type: ignore[method-assign]
     await run(w.runner(App("http://app/a")))
