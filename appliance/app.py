@@ -394,6 +394,7 @@ class Appliance:
         await self.accounts.load()
         await self.call_log.close_leftovers()
         await self.message_log.close_leftovers()
+        await self.calls.recover_recordings()
         self._checkpoint_task = asyncio.get_running_loop().create_task(self.call_log.run(),
                                                                        name="cdr checkpoints")
         await self._start_sip()

@@ -54,6 +54,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
+import struct
+import wave
 from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from pathlib import Path
@@ -77,7 +80,15 @@ from appliance.models import (
     mint_sid,
 )
 from appliance.rcml.interpreter import DialAction, DialDone, SendSms
-from appliance.rcml.runner import App, CallInfo, Fetcher, Hungup, LegEvents, Runner
+from appliance.rcml.runner import (
+    App,
+    CallInfo,
+    Fetcher,
+    Hungup,
+    LegEvents,
+    Runner,
+    wav_seconds,
+)
 from appliance.services.api_calls import ApiCalls
 from appliance.services.call_apps import AppResolver
 from appliance.services.caller_id import client_caller_uri
@@ -706,17 +717,45 @@ class CallsService:
 
     async def _save_recording(self, call: CallInfo, path: Path, duration: float
                               ) -> tuple[str, str]:
+        return await self._keep_recording(call.account_sid, call.sid, path, duration)
+
+    async def _keep_recording(self, account_sid: str, call_sid: str, path: Path,
+                              duration: float) -> tuple[str, str]:
         now = self._clock()
         sid = RecordingSid(mint_sid("RE"))
         final = path.with_name(f"{sid}.wav")
         await asyncio.to_thread(path.replace, final)
         await self._store.insert_recording(Recording(
-            sid=sid, account_sid=call.account_sid,  # type: ignore[arg-type]
-            call_sid=call.sid, duration=duration, file_path=str(final), date_created=now,
+            sid=sid, account_sid=account_sid,  # type: ignore[arg-type]
+            call_sid=call_sid, duration=duration, file_path=str(final), date_created=now,
             date_updated=now))
-        url = (f"{self._public_base()}/restcomm/2012-04-24/Accounts/{call.account_sid}"
+        url = (f"{self._public_base()}/restcomm/2012-04-24/Accounts/{account_sid}"
                f"/Recordings/{sid}.wav")
         return url, sid
+
+    async def recover_recordings(self) -> int:
+        """Keep what a <Record> cut short by a crash or a power cut had recorded: its file is
+        still under the name it was recorded to (``<CallSid>-<ns>.wav``, renamed to its
+        RecordingSid only once saved), its header perhaps never finished. At start-up each
+        such file of a known call becomes a Recording of that call (its header made whole,
+        so players read it); a file of no call we know, or with under half a second of
+        sound, is removed. Returns how many were kept."""
+        directory = self._data_dir / "recordings"
+        found = await asyncio.to_thread(_left_recordings, directory)
+        kept = 0
+        for path, call_sid in found:
+            call = await self._store.get_call(call_sid)
+            seconds = await asyncio.to_thread(finish_wav, path)
+            if call is None or seconds < 0.5:
+                logger.info("- recording %s left by a stop: %s; removed", path.name,
+                            "no such call" if call is None else "nothing recorded")
+                await asyncio.to_thread(path.unlink, True)
+                continue
+            _, sid = await self._keep_recording(call.account_sid, call_sid, path, seconds)
+            logger.warning("- recording of call %s cut short by a crash or power cut kept as "
+                           "%s (%.1f s)", call_sid, sid, seconds)
+            kept += 1
+        return kept
 
     async def _sms(self, call: CallInfo, sms: SendSms) -> str:
         if self.send_sms is None:
@@ -724,3 +763,59 @@ class CallsService:
         record = await self.send_sms(call.account_sid, sms.from_ or call.to,
                                      sms.to or call.from_, sms.text)
         return str(record.sid)
+
+
+# A recording's working name (rcml.runner): its call's SID, then a nanosecond stamp.
+_WORKING_NAME = re.compile(r"((?:ID[0-9a-f]{32}-)?CA[0-9a-f]{32})-\d+\.wav")
+
+
+def _left_recordings(directory: Path) -> list[tuple[Path, str]]:
+    """The recordings under DIRECTORY still under their working name, with their CallSid."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.iterdir()):
+        match = _WORKING_NAME.fullmatch(path.name)
+        if match is not None and path.is_file():
+            found.append((path, match.group(1)))
+    return found
+
+
+def finish_wav(path: Path) -> float:
+    """Make the WAV header at PATH whole (a recorder killed before closing it leaves its
+    RIFF and data sizes at 0: players, and Python's wave, then read no sound) and return
+    its length in seconds; 0.0 when it is no PCM WAV file."""
+    seconds = wav_seconds(path)
+    if seconds > 0:
+        return seconds
+    try:
+        raw = path.read_bytes()
+        if raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+            return 0.0
+        fmt: tuple[int, int, int] | None = None  # channels, rate, bytes per sample
+        at = 12
+        while at + 8 <= len(raw):
+            kind, size = raw[at:at + 4], struct.unpack("<I", raw[at + 4:at + 8])[0]
+            if kind == b"fmt " and size >= 16:
+                tag, channels, rate = struct.unpack("<HHI", raw[at + 8:at + 16])
+                bits = struct.unpack("<H", raw[at + 22:at + 24])[0]
+                if tag != 1 or not channels or not rate or bits not in (8, 16, 24, 32):
+                    return 0.0
+                fmt = (channels, rate, bits // 8)
+            elif kind == b"data":
+                if fmt is None:
+                    return 0.0
+                data = raw[at + 8:]
+                frame = fmt[0] * fmt[2]
+                repaired = path.with_name(path.name + ".part")
+                with wave.open(str(repaired), "wb") as out:
+                    out.setnchannels(fmt[0])
+                    out.setsampwidth(fmt[2])
+                    out.setframerate(fmt[1])
+                    out.writeframes(data[:len(data) - len(data) % frame])
+                repaired.replace(path)
+                return wav_seconds(path)
+            at += 8 + size + (size & 1)
+    except (OSError, EOFError, wave.Error, struct.error):
+        pass
+    return 0.0

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import wave
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import aiohttp
 import pytest
 
 from appliance.app import Appliance
+from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
 from appliance.models import (
     AccountSid,
     CallRecord,
@@ -22,7 +26,7 @@ from appliance.models import (
     SmsSid,
     mint_sid,
 )
-from tests.conftest import ADMIN_SID, Api
+from tests.conftest import ADMIN_SID, Api, free_port
 
 T0 = datetime(2024, 3, 3, 9, 0, 0, tzinfo=UTC)
 CALLS = f"Accounts/{ADMIN_SID}/Calls"
@@ -493,3 +497,53 @@ async def test_recordings_metadata_needs_auth_file_does_not(api: Api,
     assert json.loads(body)["total"] == 1
     status, _, _ = await api.request("DELETE", f"{base}/{sid}")
     assert status == 200 and not path.exists()
+
+
+async def test_a_recording_cut_short_by_a_power_cut_is_kept_at_the_next_start(
+        tmp_path: Path) -> None:
+    # A <Record> running when the power went: the worker never closed the file (its header
+    # says 0 frames) and it was never renamed to a RecordingSid nor listed. At the next
+    # start it becomes a Recording of its call, playable; a file of no known call goes.
+    config = Config(data_dir=tmp_path / "var",
+                    api=ApiConfig(listen=Endpoint("127.0.0.1", free_port())),
+                    sip=SipConfig(listen=Endpoint("127.0.0.1", free_port())),
+                    media=MediaConfig(workers=0))
+    first = Appliance(config)
+    await first.start()
+    call = cdr(7)
+    await first.store.insert_call(call)
+    await first.stop()
+    recordings = config.data_dir / "recordings"
+    recordings.mkdir(exist_ok=True)
+    cut = recordings / f"{call.sid}-1764550000000000000.wav"
+    with wave.open(str(cut), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x10\x00" * 8000 * 3)  # 3 s
+    raw = bytearray(cut.read_bytes())
+    raw[4:8] = raw[40:44] = b"\x00\x00\x00\x00"  # sizes never written
+    cut.write_bytes(bytes(raw))
+    stray = recordings / f"ID{'0' * 32}-CA{'f' * 32}-1764550000000000001.wav"
+    stray.write_bytes(bytes(raw))
+    again = Appliance(config)
+    await again.start()
+    try:
+        password = (config.data_dir / "admin-password").read_text().strip()
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, f"http://127.0.0.1:{config.api.listen.port}", ADMIN_SID,
+                      password, config.data_dir)
+            status, body, _ = await api.get(f"Accounts/{ADMIN_SID}/Calls/{call.sid}"
+                                            "/Recordings.json")
+            assert status == 200, body
+            [rec] = json.loads(body)
+            assert rec["duration"] == "3.0"
+            async with session.get(api.url(f"Accounts/{ADMIN_SID}/Recordings/"
+                                           f"{rec['sid']}.wav")) as resp:
+                assert resp.status == 200
+                data = await resp.read()
+            with wave.open(io.BytesIO(data), "rb") as w:
+                assert w.getnframes() == 8000 * 3
+        assert not cut.exists() and not stray.exists()
+    finally:
+        await again.stop()
