@@ -49,6 +49,7 @@ import logging
 import math
 import struct
 import time
+import urllib.parse
 import wave
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -227,6 +228,9 @@ class Runner:
         # The last document ran out of verbs (or hung up) with no error: an unanswered call
         # is then answered and hung up, as Twilio does, not refused as a failed app.
         self._ran_out = False
+        # The last document request: its URL, the parameters sent, what came back (None:
+        # nothing did), for the Notification when that document turns out bad.
+        self._exchange: tuple[str, Mapping[str, str], WebhookResponse | None] = ("", {}, None)
 
     # -- params ------------------------------------------------------------------------------
 
@@ -307,8 +311,10 @@ class Runner:
             action = interp.resume(result, time.time())
         await self._warnings(interp)
         if action.error_code is not None:
+            url, sent, answer = self._exchange
             await self._notify(action.error_code, action.message, url=action.url,
-                               method=action.method)
+                               method=action.method, exchange=(sent, answer)
+                               if url == action.url and action.url else None)
         else:
             self._ran_out = True
         if self.events.ended:
@@ -353,13 +359,16 @@ class Runner:
         if app.fallback_url:
             tries.append((app.fallback_url, app.fallback_method))
         for url, method in tries:
+            resp: WebhookResponse | None = None
             try:
                 resp = await self.out.request(url, method, params)
                 return parse_response(resp.body, resp.content_type, url)
             except WebhookError as err:
-                await self._notify(FETCH_FAILED, str(err), url=url, method=method)
+                await self._notify(FETCH_FAILED, str(err), url=url, method=method,
+                                   exchange=(params, err.response))
             except RcmlError as err:
-                await self._notify(err.code, f"{url}: {err.message}", url=url, method=method)
+                await self._notify(err.code, f"{url}: {err.message}", url=url, method=method,
+                                   exchange=(params, resp))
         return None
 
     async def _end(self) -> None:
@@ -386,11 +395,24 @@ class Runner:
             await self._notify(warning.code, warning.message, warning=True)
 
     async def _notify(self, code: int, message: str, *, warning: bool = False, url: str = "",
-                      method: str = "") -> None:
+                      method: str = "", exchange: tuple[Mapping[str, str],
+                                                        WebhookResponse | None] | None = None
+                      ) -> None:
+        """A Notification for the call; EXCHANGE: the parameters sent to URL and what came
+        back (None when nothing did), shown as the Notification's RequestVariables,
+        ResponseHeaders and ResponseBody, so an app's author sees what we got."""
+        details: dict[str, str] = {}
+        if exchange is not None:
+            sent, answer = exchange
+            details["request_variables"] = urllib.parse.urlencode(sent)
+            if answer is not None:
+                details["response_headers"] = "\n".join(
+                    f"{name}: {value}" for name, value in answer.headers.items())
+                details["response_body"] = answer.body[:4096].decode("utf-8", "replace")
         try:
             await self.out.notify(self.call.account_sid, code, message, warning=warning,
                                   call_sid=self.call.sid, request_url=url,
-                                  request_method=method)
+                                  request_method=method, **details)
         except Exception:  # noqa: BLE001 - a lost notification must not end the call
             logger.exception("x notification %s for call %s not written", code, self.call.sid)
 
@@ -450,10 +472,13 @@ class Runner:
             await self.events.next(COMMAND_TIMEOUT)
 
     async def _fetch(self, action: FetchDocument) -> Result:
+        self._exchange = (action.url, action.params, None)
         try:
             resp = await self.out.request(action.url, action.method, action.params)
         except WebhookError as err:
+            self._exchange = (action.url, action.params, err.response)
             return FetchFailed(str(err))
+        self._exchange = (action.url, action.params, resp)
         return DocumentFetched(resp.body, resp.content_type or "text/xml")
 
     async def _speak(self, action: SayAction) -> Path:

@@ -38,6 +38,7 @@ class World:
         self.docs = dict(docs)
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.notes: list[int] = []
+        self.details: list[dict[str, Any]] = []  # each notify's keyword arguments
         self.seen: list[MediaEvent] = []
         self.tmp = tmp
         self.events = LegEvents()
@@ -63,6 +64,7 @@ class World:
 
     async def notify(self, account_sid: str, code: int, message: str, **kw: Any) -> None:
         self.notes.append(code)
+        self.details.append(kw)
 
     async def say(self, text: str, language: str, voice: str) -> Path:
         self.voices.append(voice)
@@ -332,3 +334,28 @@ async def test_say_without_its_voice_is_spoken_in_the_default_one(tmp_path: Path
     await run(w.runner(App("http://app/a")))
     assert w.voices == ["woman", "man", "alice", "man", "man"]
     assert len(played) == 3 and w.notes == [11100, 11100]
+
+
+async def test_a_bad_document_is_reported_with_what_was_sent_and_what_came_back(
+        tmp_path: Path) -> None:
+    # The app's author reads the Notification: the parameters we sent and the body we got
+    # (api-behaviour.md: RequestVariables, ResponseHeaders, ResponseBody), for the first
+    # document and for an action's.
+    w = World(tmp_path, {"http://app/a": "<Respons><Say>typo</Say></Respons>"})
+    await run(w.runner(App("http://app/a")))
+    [details] = w.details
+    assert details["request_url"] == "http://app/a"
+    assert "CallSid=CAtest" in details["request_variables"]
+    assert details["response_body"] == "<Respons><Say>typo</Say></Respons>"
+
+    w = World(tmp_path, {"http://app/a": '<Response><Gather action="/next" timeout="1"/>'
+                                         '</Response>',
+                         "http://app/next": "not xml at all"})
+    runner = w.runner(App("http://app/a"))
+    task = asyncio.create_task(run(runner))
+    await asyncio.sleep(0.2)
+    w.engine.simulate_dtmf(w.leg, "5")
+    await task
+    bad = [d for d in w.details if d.get("request_url") == "http://app/next"]
+    assert bad and bad[0]["response_body"] == "not xml at all"
+    assert "Digits=5" in bad[0]["request_variables"]
