@@ -284,7 +284,22 @@ class Runner:
 
     async def _run_app(self, app: App) -> None:
         status = "in-progress" if self.call.answered else "ringing"
-        doc = await self._first_document(app, self.params(status))
+        # A live redirect while the document is still on its way (an app server slow to
+        # answer) takes effect at once, not once the old request has answered or timed out.
+        fetch = asyncio.create_task(self._first_document(app, self.params(status)),
+                                    name=f"document {self.call.sid}")
+        stop = asyncio.create_task(self._interrupt.wait())
+        try:
+            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fetch
+        if fetch.cancelled():
+            return  # redirected: run() goes on with redirect_to
+        doc = fetch.result()
         if doc is None:
             return
         interp = Interpreter(doc, call_sid=self.call.sid, base_params=self.params(status),

@@ -359,3 +359,27 @@ async def test_a_bad_document_is_reported_with_what_was_sent_and_what_came_back(
     bad = [d for d in w.details if d.get("request_url") == "http://app/next"]
     assert bad and bad[0]["response_body"] == "not xml at all"
     assert "Digits=5" in bad[0]["request_variables"]
+
+
+async def test_a_redirect_while_the_first_document_is_on_its_way_takes_effect_at_once(
+        tmp_path: Path) -> None:
+    w = World(tmp_path, {"http://app/b": "<Response><Hangup/></Response>"})
+    plain = w.request
+
+    async def slow(url: str, method: str, params: Mapping[str, str], *,
+                   max_size: int | None = None) -> WebhookResponse:
+        if url == "http://app/slow":
+            w.requests.append((url, method, dict(params)))
+            await asyncio.sleep(8)  # an app server slow to answer (the limit is 10 s)
+        return await plain(url, method, params, max_size=max_size)
+
+    w.request = slow  # type: ignore[method-assign]
+    runner = w.runner(App("http://app/slow"))
+    started = asyncio.get_running_loop().time()
+    task = asyncio.create_task(run(runner))
+    await asyncio.sleep(0.3)
+    runner.redirect(App("http://app/b"))
+    await task
+    assert asyncio.get_running_loop().time() - started < 3
+    assert [url for url, _, _ in w.requests] == ["http://app/slow", "http://app/b"]
+    assert w.notes == []
