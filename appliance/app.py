@@ -219,7 +219,7 @@ class Appliance:
         self.proxy.flows = self.transport
         # SMS <-> Clients: a Client's MESSAGE to a number goes out by the modem; an SMS for a
         # number whose SmsUrl is client:<login> reaches that Client's phones.
-        self.router.outbound_sms = sms_gateway(self.messaging.send_from_client)
+        self.router.outbound_sms = sms_gateway(self.messaging.send_from_phone)
         self.messaging.client_messenger = ClientMessenger(self.router,
                                                           self.proxy.messenger.send_message,
                                                           self.wall_clock)

@@ -58,9 +58,10 @@ import time
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from math import ceil
 from typing import Protocol
 
-from appliance.errors import Forbidden, InvalidInput, NotFound, Unavailable
+from appliance.errors import Forbidden, InvalidInput, NotFound, TooManyRequests, Unavailable
 from appliance.gsm.alphabet import MAX_PARTS, Encoding, split_text
 from appliance.gsm.errors import (
     CmeError,
@@ -105,6 +106,7 @@ from appliance.services.access import (
 from appliance.services.history import HistoryService
 from appliance.services.ordered_jobs import OrderedJobs
 from appliance.services.ports import StoreProtocol
+from appliance.services.rate_limit import TokenBucket
 from appliance.services.throttle import Throttle
 from appliance.services.urls import check_http_url
 from appliance.store.sms import (
@@ -168,6 +170,17 @@ SENDER_FAULT_LOG_S = 60.0  # a lasting fault is logged with its traceback at mos
 # this often: every SMS to the number, whoever sends it, would otherwise write one.
 INVALID_APPLICATION_WARN_S = 60.0
 NOT_ACTIVE_WARN_S = 60.0  # the same for a 20005 (an SMS to a number of an account not active)
+# A Client's phones' MESSAGEs to numbers (docs/sms.md "Limits"): each SMS is modem time and
+# money, and a phone (a softphone on a compromised PC) can send hundreds a second. Per Client
+# login a burst of PHONE_SMS_BURST, then one every PHONE_SMS_INTERVAL seconds (10 a minute:
+# about what one modem sends); and none while MAX_PHONE_SMS_QUEUED messages from calls
+# (direction outbound-call) wait for the modem, so many Clients together cannot queue days of
+# it either. The API's POST SMS/Messages is the admin's (or an account's) own: not limited.
+PHONE_SMS_BURST = 10
+PHONE_SMS_INTERVAL = 6.0
+MAX_PHONE_SMS_QUEUED = 1000
+PHONE_SMS_FULL_RETRY = 60  # Retry-After (s) while the queue is full: the modem needs minutes
+PHONE_SMS_LOG_S = 60.0  # a Client's refusals are logged at most this often
 
 
 class ModemPort(Protocol):
@@ -287,6 +300,8 @@ class MessagingService:
         self._idle.set()
         self._working = 0  # messages being sent (the modem's one, the Clients')
         self._tasks: set[asyncio.Task[None]] = set()
+        self.phone_sms = TokenBucket(PHONE_SMS_BURST, PHONE_SMS_INTERVAL)
+        self._phone_sms_log = Throttle(PHONE_SMS_LOG_S)
         self._callbacks = OrderedJobs("SMS status callback", concurrency=CALLBACK_CONCURRENCY,
                                       backlog=CALLBACK_BACKLOG)
         # Keyed by conversation; at most one job of each is picked, so none waits unstarted.
@@ -385,9 +400,40 @@ class MessagingService:
 
     async def send_from_client(self, account_sid: str, login: str, number: str,
                                body: str) -> SmsRecord:
-        """A Client's SIP MESSAGE (or a call's app's ``<Sms>``) to a phone number, queued
-        for the modem. It costs money on behalf of ACCOUNT_SID, so that account needs
-        Create:SmsMessages, as ``POST SMS/Messages`` does (Forbidden)."""
+        """A call's app's ``<Sms>`` (or a Client's SIP MESSAGE: see send_from_phone) to a
+        phone number, queued for the modem. It costs money on behalf of ACCOUNT_SID, so
+        that account needs Create:SmsMessages, as ``POST SMS/Messages`` does (Forbidden)."""
+        destination = await self._from_client(account_sid, number, body)
+        return await self._enqueue(account_sid, login, destination, body, False, None, {},
+                                   "outbound-call")
+
+    async def send_from_phone(self, account_sid: str, login: str, number: str, body: str,
+                              now: float) -> SmsRecord:
+        """A Client's SIP MESSAGE to a phone number: send_from_client, within the phones'
+        limits (PHONE_SMS_BURST): TooManyRequests, with nothing queued, over them. NOW:
+        seconds (any clock that moves forward)."""
+        destination = await self._from_client(account_sid, number, body)
+        # Only a message that would be queued takes a token: a refused one costs nothing.
+        wait = self.phone_sms.take(login, now)
+        if wait:
+            self._refused_from_phone(login, "sends SMS faster than the limit")
+            raise TooManyRequests(f"Too many SMS from {login}: try again in {ceil(wait)} s",
+                                  retry_after=max(1, ceil(wait)))
+        if await self._sms.queued_from_calls(MAX_PHONE_SMS_QUEUED) >= MAX_PHONE_SMS_QUEUED:
+            self._refused_from_phone(login, f"sends SMS while {MAX_PHONE_SMS_QUEUED} from "
+                                            "phones wait for the modem")
+            raise TooManyRequests("Too many SMS waiting for the modem",
+                                  retry_after=PHONE_SMS_FULL_RETRY)
+        return await self._enqueue(account_sid, login, destination, body, False, None, {},
+                                   "outbound-call")
+
+    def _refused_from_phone(self, login: str, why: str) -> None:
+        if self._phone_sms_log.allow(login):
+            logger.warning("x Client %s %s: its MESSAGEs to numbers are refused 503 (logged "
+                           "at most once a minute)", login, why)
+
+    async def _from_client(self, account_sid: str, number: str, body: str) -> str:
+        """The number a Client's message goes to, once checked (see send_from_client)."""
         await self._may_send_sms(account_sid)
         if not body:
             raise InvalidInput("Body can not be null.")
@@ -396,8 +442,7 @@ class MessagingService:
             raise InvalidInput(f"{number} is not a phone number")
         self._check_body(body, False)
         self._require_modem(destination)
-        return await self._enqueue(account_sid, login, destination, body, False, None, {},
-                                   "outbound-call")
+        return destination
 
     async def _may_send_sms(self, account_sid: str) -> None:
         """Forbidden unless ACCOUNT_SID may send SMS (Create:SmsMessages) and is active, as

@@ -53,7 +53,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Collection
 
-from appliance.errors import Forbidden, InvalidInput, Unavailable
+from appliance.errors import Forbidden, InvalidInput, TooManyRequests, Unavailable
 from appliance.models import Gateway
 from appliance.services.caller_id import dialable
 from appliance.sip.bindings import Location
@@ -93,7 +93,7 @@ class ClientRouter:
         self.max_branches = max_branches
         # Set by the composition root when the modem is there: (caller, number, text) ->
         # the decision for a Client's MESSAGE to a phone number.
-        self.outbound_sms: Callable[[Caller, str, str], Awaitable[Decision]] | None = None
+        self.outbound_sms: Callable[[Caller, str, str, float], Awaitable[Decision]] | None = None
         # Set when media workers exist: (request, caller, dialled user, now) -> a Fork to a
         # worker when the INVITE runs an RCML app, else None.
         self.apps: Callable[[Request, Caller, str, float], Awaitable[Decision | None]] | None = None
@@ -159,7 +159,7 @@ class ClientRouter:
             if content_type.strip().lower() != "text/plain":
                 return Refuse(415, "Only text/plain Can Go Out As SMS")
             text = request.body.decode("utf-8", errors="replace")
-            return await self.outbound_sms(caller, uri.user, text)
+            return await self.outbound_sms(caller, uri.user, text, now)
         if (callee is None and request.method == "INVITE" and outside
                 and self.outbound is not None and not caller.media):
             decision = await self.outbound(request, caller, uri.user, now)
@@ -265,18 +265,22 @@ class ClientMessenger:
         return await self._send(contacts, from_user=from_, to_user=login, body=body)
 
 
-def sms_gateway(send_from_client: Callable[[str, str, str, str], Awaitable[object]]
-                ) -> Callable[[Caller, str, str], Awaitable[Decision]]:
-    """Adapt MessagingService.send_from_client to the router's `outbound_sms` hook: a
+def sms_gateway(send_from_phone: Callable[[str, str, str, str, float], Awaitable[object]]
+                ) -> Callable[[Caller, str, str, float], Awaitable[Decision]]:
+    """Adapt MessagingService.send_from_phone to the router's `outbound_sms` hook: a
     Client's MESSAGE to a phone number is queued as an SMS and answered 202 Accepted, or
-    403 with the missing permission as reason when its account's role may not send SMS."""
-    async def outbound(caller: Caller, number: str, text: str) -> Decision:
+    403 with the missing permission as reason when its account's role may not send SMS, or
+    503 with Retry-After (RFC 3261 21.5.4: come back later) over the phones' SMS limits."""
+    async def outbound(caller: Caller, number: str, text: str, now: float) -> Decision:
         try:
-            await send_from_client(caller.account_sid, caller.login, number, text)
+            await send_from_phone(caller.account_sid, caller.login, number, text, now)
         except Forbidden as err:  # the account's role may not send SMS
             return Refuse(403, err.message[:100])
         except InvalidInput as err:
             return Refuse(488, err.message[:100])
+        except TooManyRequests as err:  # logged by messaging, at most once a minute
+            return Refuse(503, "Too Many SMS, Try Later",
+                          headers=(("Retry-After", str(err.retry_after)),), logged=True)
         except Unavailable as err:  # no modem configured
             return Refuse(503, err.message[:100])
         return Answer(202, "Accepted For Delivery By SMS")

@@ -667,9 +667,11 @@ class Proxy:
             decision = Refuse(480)  # a route to nobody: the caller still gets a final
         if isinstance(decision, Refuse):
             context.callee = user_of(NameAddr(request.uri)) or request.uri
-            logger.info("x %s %s -> %s: %d %s", request.method, caller.login, context.callee,
-                        decision.status, decision.reason or "")
-            await self._reply(server, decision.status, decision.reason, now=now)
+            logger.log(logging.DEBUG if decision.logged else logging.INFO,
+                       "x %s %s -> %s: %d %s", request.method, caller.login, context.callee,
+                       decision.status, decision.reason or "")
+            await self._reply(server, decision.status, decision.reason, now=now,
+                              headers=decision.headers)
             if not caller.media:
                 await record_refusal(self._calls, self._messages, context, decision.status,
                                      decision.reason)

@@ -124,6 +124,10 @@ class Fork:
 class Refuse:
     status: int
     reason: str | None = None  # reason phrase; None = the standard one
+    headers: tuple[tuple[str, str], ...] = ()  # added to the answer (e.g. Retry-After)
+    # The router logged it already, throttled (a flood's refusals): the proxy's own line
+    # for it goes to debug.
+    logged: bool = False
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,18 @@ class SmsStore:
         result: int = await self._run(run)
         return result
 
+    async def queued_from_calls(self, limit: int) -> int:
+        """Messages to numbers with direction outbound-call (a phone's MESSAGE, a call's
+        app's <Sms>) not finished yet, counted up to LIMIT (the count costs no more)."""
+        def run() -> int:
+            return int(self._conn().execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM sms_outbox AS o "
+                "JOIN sms_messages m ON m.sid = o.sid WHERE o.state != 'done' "
+                "AND o.destination NOT LIKE 'client:%' AND m.direction = 'outbound-call' "
+                "LIMIT ?)", (limit,)).fetchone()[0])
+        result: int = await self._run(run)
+        return result
+
     async def begin_part(self, sid: str, part: int, total: int, recipient: str,
                          now: str) -> None:
         """Mark PART as handed to the modem, before the bytes go out."""

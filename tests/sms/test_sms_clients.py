@@ -12,6 +12,7 @@ import pytest
 
 from appliance.app import Appliance
 from appliance.gsm.pdu import Submit, decode_sms_pdu
+from appliance.services.rate_limit import TokenBucket
 from tests.conftest import ADMIN_SID, Api
 from tests.fakes.modem import FakeModem
 from tests.fakes.pdus import deliver_pdu
@@ -219,3 +220,52 @@ async def test_a_phone_sends_no_sms_its_account_may_not(
     finally:
         for p in phones:
             p.close()
+
+
+async def test_a_phone_cannot_flood_the_modem_with_sms(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem) -> None:
+    """A DoS test: one softphone (a compromised PC) queued 6,706 SMS in 30 s, all 202, hours
+    of modem time on the office's bill. A Client gets a burst, then one per interval
+    (shortened here from 6 s); the others are refused 503 + Retry-After and never queued."""
+    gsm_appliance.messaging.phone_sms = TokenBucket(burst=10, interval=3.0)
+    mallory = await phone(gsm_api, gsm_appliance, "mallory")
+    uri = f"sip:+15557654321@{mallory.server[0]}:{mallory.server[1]}"
+    try:
+        assert await mallory.register() == 200
+        answers = [await mallory.request("MESSAGE", uri, uri, ["Content-Type: text/plain"],
+                                         f"spam {n}") for n in range(30)]
+        assert [a.status for a in answers] == [202] * 10 + [503] * 20
+        retry_after = int(answers[-1].get("Retry-After") or 0)
+        assert 1 <= retry_after <= 3, answers[-1]
+        await asyncio.sleep(retry_after + 0.2)
+        assert await mallory.message("+15557654321", "later") == 202
+        assert await mallory.message("+15557654321", "too soon") == 503
+        await until(lambda: len(fake.sent) == 11)
+        await asyncio.sleep(0.3)
+        assert len(fake.sent) == 11  # only the accepted ones went to the modem
+    finally:
+        mallory.close()
+    _, body, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json?PageSize=100")
+    rows = json.loads(body)["messages"]
+    sent = sorted(m["body"] for m in rows if m["status"] != "failed")
+    assert sent == sorted([f"spam {n}" for n in range(10)] + ["later"])
+
+
+async def test_phones_queue_no_sms_while_the_queue_is_full_the_api_still_can(
+        gsm_api: Api, gsm_appliance: Appliance, fake: FakeModem,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many Clients together are bounded by the phones' share of the queue; the API's POST
+    SMS/Messages (the admin's own) is not."""
+    monkeypatch.setattr("appliance.services.messaging.MAX_PHONE_SMS_QUEUED", 0)
+    alice = await phone(gsm_api, gsm_appliance, "alice")
+    uri = f"sip:+15557654321@{alice.server[0]}:{alice.server[1]}"
+    try:
+        assert await alice.register() == 200
+        answer = await alice.request("MESSAGE", uri, uri, ["Content-Type: text/plain"], "hi")
+        assert (answer.status, answer.get("Retry-After")) == (503, "60")
+    finally:
+        alice.close()
+    status, body, _ = await gsm_api.post(f"Accounts/{ADMIN_SID}/SMS/Messages.json", {
+        "From": "+15550001000", "To": "+15557654321", "Body": "from the admin"})
+    assert status == 200, body
+    await until(lambda: len(fake.sent) == 1)
