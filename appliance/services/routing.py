@@ -16,7 +16,7 @@ order:
 | a disabled Client, or one without a live binding | 480 |
 | a registered Client | fork to its bindings, highest q first, at most ``max_branches`` |
 | INVITE to a number with no app, covered by an outbound route (4) | a worker (B2BUA), or 403 (6) |
-| MESSAGE to a number, with an SMS gateway set | queued as SMS: 202, or 403 (6) |
+| MESSAGE to a number, with an SMS gateway set | queued as SMS: 202, or 403 (6), or 503 (7) |
 | a worker's INVITE for a leg to a gateway or one Client phone (``media_legs``) | sent there |
 | a gateway's INVITE (``Caller.gateway``) | by its DID (``from_gateway``): its app, else 404 (5) |
 
@@ -40,7 +40,9 @@ IncomingPhoneNumber, the To user (``did_in_to``, taken by
 (6) The caller's account's role lacks Create:Calls / Create:SmsMessages (api-behaviour.md §4,
 as the API requires them), or the account is not active, checked where the money is spent:
 ``OutboundCalls.route`` (also for an app's <Dial><Number>) and
-``MessagingService.send_from_client`` (also for an app's <Sms>).
+``MessagingService.send_from_client`` (also for an app's <Sms>) and ``send_from_phone``.
+(7) With Retry-After, over the phones' SMS limits (``MessagingService.send_from_phone``:
+a burst per Client, then one per interval; a bound on the queue), nothing queued.
 
 The callee is found by the Request-URI's user part (a Client login; logins are unique on the
 appliance, so the host is not needed to pick the Client). Each contact is reached at the
