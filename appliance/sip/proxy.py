@@ -83,9 +83,10 @@ stored (an SMS from the network to a Client is kept until it registers: ``servic
 
 Budgets (style.md habit 6): ``MAX_CONTEXTS`` proxied requests in flight, ``MAX_TRANSACTIONS``
 transactions in all, ``MAX_CALLS`` tracked calls/dialogs, ``MAX_BRANCHES`` per fork. An
-exhausted budget answers 503 (logged once per episode), never grows a table. The INVITE
-branches remembered after their transaction ended (``sip.ended.MAX_ENDED``, 64·T1 each) are
-not a refusal: past the cap the oldest are forgotten.
+exhausted budget answers 503 (logged once per episode), never grows a table. One caller
+holds at most 1/``CALLER_SHARE`` of ``MAX_CONTEXTS`` (then 503 with Retry-After to it only).
+The INVITE branches remembered after their transaction ended (``sip.ended.MAX_ENDED``,
+64·T1 each) are not a refusal: past the cap the oldest are forgotten.
 """
 
 from __future__ import annotations
@@ -172,6 +173,11 @@ logger = logging.getLogger(__name__)
 # room for that. A finished transaction or call keeps only what it still needs (see
 # ``Responses.settle`` and sip.transaction): ~4 KB for a whole call (bench/sip_linger.py).
 MAX_CONTEXTS = 500  # proxied requests in flight (each holds up to MAX_BRANCHES branches)
+# One caller (a Client login, or a gateway's provider) holds at most this share of
+# MAX_CONTEXTS: a DoS test's one Client flooding INVITEs took all 500 and every other phone's
+# calls got 503. A quarter (125 ringing calls from one desk phone) leaves room for the rest.
+# Media workers are not limited: their legs are the calls service's, bounded by its own.
+CALLER_SHARE = 4
 MAX_TRANSACTIONS = 40_000  # server + client transactions, CANCEL/481 absorbers included
 MAX_CALLS = 15_000  # calls and dialogs tracked for routing in-dialog requests and for CDRs
 MAX_BRANCHES = 10  # parallel forks per request: the registrar's max contacts per AoR
@@ -248,6 +254,7 @@ class Proxy:
                                nonces=nonces or Nonces(secrets.token_bytes(32)), guard=guard,
                                algorithms=algorithms)
         self.max_contexts = max_contexts
+        self._over_share: set[str] = set()  # callers told so, logged once per episode
         self.max_transactions = max_transactions
         self.max_calls = max_calls
         self.max_branches = max_branches
@@ -646,6 +653,10 @@ class Proxy:
             await self._reply(server, 503, now=now, headers=[("Retry-After", "5")])
             return
         self._overloaded = False
+        if self._over_its_share(caller):
+            await self._reply(server, 503, "Too Many Requests In Progress", now=now,
+                              headers=[("Retry-After", "5")])
+            return
         if (caller.media or caller.gateway) and incoming.connection_id is not None \
                 and self.flows is not None:
             # Accepted from a provider's address or a media worker (a TCP handshake cannot
@@ -705,6 +716,25 @@ class Proxy:
                          headers=decision.headers, keep_credentials=decision.keep_credentials)
         if context.call is not None and context.call.cdr_sid:
             await cdr_open(self._calls, context)
+
+    def _over_its_share(self, caller: Caller) -> bool:
+        """True when CALLER holds its share of the proxied requests in flight already."""
+        share = max(1, self.max_contexts // CALLER_SHARE)
+        if caller.media or len(self._contexts) < share:
+            return False
+        key = _share_key(caller)
+        held = sum(1 for c in self._contexts.values()
+                   if c.caller is not None and not c.caller.media and _share_key(c.caller) == key)
+        if held < share:
+            self._over_share.discard(key)
+            return False
+        if key not in self._over_share:
+            logger.warning("x %s holds %d proxied requests in flight (its share): answering "
+                           "its new ones 503", key, held)
+            if len(self._over_share) >= 1024:  # bounded: a forgotten one is logged again
+                self._over_share.clear()
+            self._over_share.add(key)
+        return True
 
     # --- forking -------------------------------------------------------------------------
 
@@ -862,3 +892,8 @@ class Proxy:
         except SipStateError:
             return
         await self._drain(server, server.pop_actions(), now)
+
+
+def _share_key(caller: Caller) -> str:
+    """Whose share of the proxied requests a request counts against."""
+    return f"gateway {caller.gateway}" if caller.gateway else f"Client {caller.login}"

@@ -1127,6 +1127,25 @@ async def test_budget_of_requests_in_flight_answers_503() -> None:
     assert statuses(h) == [503]
 
 
+async def test_one_caller_cannot_take_the_whole_budget_of_requests_in_flight() -> None:
+    """A DoS test: one Client flooding INVITEs held all 500 proxied requests, and every other
+    phone's calls got 503. A caller holds at most a quarter; the others still get through."""
+    h, alice, bob = setup()
+    carol = h.phone("carol", "192.168.1.30", ("192.168.1.30", 5060))
+    h.proxy.max_contexts = 8  # a share of 2
+    for n in range(2):
+        await h.authenticated(alice, "INVITE", "bob", body=SDP, from_tag=f"a{n}")
+        assert statuses(h) == [100]
+        h.sender.take()
+    await h.authenticated(alice, "INVITE", "bob", body=SDP, from_tag="a2")
+    [(refused, _)] = h.sender.responses()
+    assert (refused.status, refused.get("Retry-After")) == (503, "5")
+    h.sender.take()
+    await h.authenticated(carol, "INVITE", "bob", body=SDP, from_tag="c")
+    assert statuses(h) == [100]
+    assert len(h.sender.requests("INVITE")) == 1  # forwarded to bob
+
+
 async def test_branches_are_capped() -> None:
     h, alice, bob = setup()
     h.proxy.max_branches = 1
