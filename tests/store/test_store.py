@@ -498,3 +498,22 @@ async def test_the_senders_read_a_long_queue_only_up_to_what_they_take(tmp_path:
         assert await queue.due_for_clients("2026-12-02T00:00:00Z", 8) == []
     finally:
         await store.close()
+
+
+async def test_the_phones_share_of_the_queue_counts_calls_messages_to_numbers(
+        tmp_path: Path) -> None:
+    """What bounds the phones' SMS (messaging.MAX_PHONE_SMS_QUEUED): messages to numbers
+    from calls (a MESSAGE, a call's app's <Sms>) not finished, counted up to a limit."""
+    store = Store(tmp_path / "a.db")
+    await store.open()
+    queue = SmsStore(store)
+    try:
+        for direction, to in [("outbound-call", "+15550001000")] * 3 + [
+                ("outbound-api", "+15550001000"), ("outbound-call", "client:alice")]:
+            record = dataclasses.replace(sms(direction, "queued"), to=to)
+            await queue.enqueue(record, body="hi", ucs2=False, status_report=True,
+                                concat_ref=1, x_headers={}, callback=None, now="2026-12-01")
+        assert await queue.queued_from_calls(10) == 3
+        assert await queue.queued_from_calls(2) == 2
+    finally:
+        await store.close()
