@@ -20,14 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from appliance import __version__
-from appliance.api import http_log
 from appliance.api.app import make_app
 from appliance.api.context import ApiServices
+from appliance.api.server import ApiServer, ConnectionLimits
 from appliance.config import Config
-from appliance.dualstack import dual_stack, dual_stack_listener
 from appliance.errors import ApplianceError, StoreBusy
 from appliance.gsm.modem import Modem
 from appliance.gsm.state import ModemSettings
@@ -128,9 +125,10 @@ class Appliance:
     """Everything the main process runs, built from one Config."""
 
     def __init__(self, config: Config, clock: Callable[[], datetime] = utc_now,
-                 timer_clock: Callable[[], float] | None = None) -> None:
+                 timer_clock: Callable[[], float] | None = None,
+                 api_limits: ConnectionLimits | None = None) -> None:
         """CLOCK is the wall clock; TIMER_CLOCK monotonic seconds (default: the event
-        loop's), see ``timer_clock``."""
+        loop's), see ``timer_clock``; API_LIMITS the HTTP server's (default: ConnectionLimits)."""
         self.config = config
         self.clock = clock
         self._timer_clock = timer_clock
@@ -154,7 +152,8 @@ class Appliance:
                                on_event=self._on_modem_event)
             self.messaging.modem = self.modem
         self.started_at = time.monotonic()
-        self._runner: web.AppRunner | None = None
+        # The HTTP server's connection caps and deadlines (docs/api.md, Limits); tests shrink them.
+        self.api_server = ApiServer(api_limits)
         self.api_address: tuple[str, int] | None = None
         self._build_sip()
 
@@ -418,20 +417,9 @@ class Appliance:
                                calls=self.calls, outbound=self.outbound_proxies,
                                conferences=self.conferences)
         app = make_app(services)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     logger=http_log.server_logger())
-        await self._runner.setup()
         listen = self.config.api.listen
-        site: web.BaseSite
-        if dual_stack(listen.host):  # TCPSite would make it IPv6-only
-            site = web.SockSite(self._runner, dual_stack_listener(listen.port),
-                                ssl_context=self._tls_context())
-        else:
-            site = web.TCPSite(self._runner, listen.host, listen.port, reuse_address=True,
-                               ssl_context=self._tls_context())
-        await site.start()
-        if self._runner.addresses:
-            self.api_address = tuple(self._runner.addresses[0][:2])  # type: ignore[assignment]
+        await self.api_server.start(app, listen.host, listen.port, self._tls_context())
+        self.api_address = self.api_server.address
         logger.info("- appliance %s: API on %s, data in %s", __version__, listen,
                     self.config.data_dir)
 
@@ -618,9 +606,7 @@ class Appliance:
             await self.modem.__aexit__(None, None, None)
 
     async def _stop_api(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self.api_server.stop()
 
     async def _cancel_trunk(self) -> None:
         await _cancel(self._trunk_task)

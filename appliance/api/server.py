@@ -1,0 +1,152 @@
+"""The API's HTTP server: aiohttp's runner and listening socket, with connection limits.
+
+aiohttp itself accepts every connection and keeps each one open for an hour without a
+request, so a host on the LAN opening thousands of silent (or one-byte-a-second) connections
+used up the process's file descriptors: the admin API and new SIP-over-TCP phones stopped
+working. Here, as the SIP transport does for its own connections (docs/sip.md, Limits):
+
+- at most MAX_PER_ADDRESS connections from one source address and MAX_CONNECTIONS in all; a
+  connection beyond either is answered 503 at once and closed (the newest is the one refused:
+  those already open may be an administrator's);
+- a connection must deliver its first request's headers within IDLE_TIMEOUT of connecting,
+  and a kept-alive one its next request's within IDLE_TIMEOUT of the last response, or it is
+  closed (aiohttp's keep-alive timer, which runs from the moment of connection).
+
+The counting is ConnectionCount, without I/O; the handlers know nothing of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import ssl
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from appliance.addresses import unmapped
+from appliance.api import http_log
+from appliance.dualstack import dual_stack, dual_stack_listener
+
+logger = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 512  # in all: an office's browsers and scripts, far below the fd limit
+MAX_PER_ADDRESS = 64  # one host: a browser opens ~6 per site, a busy script a few dozen
+IDLE_TIMEOUT = 20.0  # seconds to the first request's headers, and between kept-alive requests
+REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+           b"Content-Length: 20\r\nRetry-After: 10\r\nConnection: close\r\n\r\n"
+           b"Too many connections")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionLimits:
+    """The server's budgets; tests shrink them."""
+
+    max_connections: int = MAX_CONNECTIONS
+    max_per_address: int = MAX_PER_ADDRESS
+    idle_timeout: float = IDLE_TIMEOUT
+
+
+class ConnectionCount:
+    """Open connections, in all and per source address, under LIMITS."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self.total = 0
+        self._per_address: dict[str, int] = {}
+
+    def admit(self, address: str) -> bool:
+        """Count a new connection from ADDRESS, or False (and count nothing) over a cap."""
+        held = self._per_address.get(address, 0)
+        if self.total >= self.limits.max_connections or held >= self.limits.max_per_address:
+            return False
+        self._per_address[address] = held + 1
+        self.total += 1
+        return True
+
+    def release(self, address: str) -> None:
+        held = self._per_address.get(address, 0)
+        if held <= 1:
+            self._per_address.pop(address, None)
+        else:
+            self._per_address[address] = held - 1
+        self.total = max(0, self.total - 1)
+
+
+class _GatedServer(web.Server):
+    """aiohttp's connection manager for the app, with admission by ConnectionCount.
+
+    The app's own Server (made by AppRunner) is taken over as it is: its request handler and
+    factory stay the app's."""
+
+    def __init__(self, inner: web.Server, count: ConnectionCount) -> None:
+        self.__dict__.update(inner.__dict__)
+        self._count = count
+        self._admitted: dict[RequestHandler, str] = {}
+        self._refused = 0
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = unmapped(str(peer[0])) if isinstance(peer, tuple) and peer else "?"
+        if not self._count.admit(address):
+            self._refused += 1
+            if self._refused == 1 or self._refused % 1000 == 0:
+                logger.warning("x API connection from %s refused: %d open in all (caps %d, "
+                               "%d per address); %d refused so far", address,
+                               self._count.total, self._count.limits.max_connections,
+                               self._count.limits.max_per_address, self._refused)
+            transport.write(REFUSED)
+            handler.force_close()  # its start() then ends at once; the 503 is flushed first
+            return
+        self._admitted[handler] = address
+        super().connection_made(handler, transport)
+
+    def connection_lost(self, handler: RequestHandler,
+                        exc: BaseException | None = None) -> None:
+        address = self._admitted.pop(handler, None)
+        if address is not None:
+            self._count.release(address)
+        super().connection_lost(handler, exc)
+
+
+class _Runner(web.AppRunner):
+    def __init__(self, app: web.Application, count: ConnectionCount, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._count = count
+
+    async def _make_server(self) -> web.Server:
+        return _GatedServer(await super()._make_server(), self._count)
+
+
+class ApiServer:
+    """The app served on one listening address until stop()."""
+
+    def __init__(self, limits: ConnectionLimits | None = None) -> None:
+        self.count = ConnectionCount(limits or ConnectionLimits())
+        self._runner: _Runner | None = None
+        self.address: tuple[str, int] | None = None
+
+    async def start(self, app: web.Application, host: str, port: int,
+                    ssl_context: ssl.SSLContext | None) -> None:
+        self._runner = _Runner(app, self.count, access_log=None, handle_signals=False,
+                               logger=http_log.server_logger(),
+                               keepalive_timeout=self.count.limits.idle_timeout)
+        await self._runner.setup()
+        site: web.BaseSite
+        if dual_stack(host):  # TCPSite would make it IPv6-only
+            site = web.SockSite(self._runner, dual_stack_listener(port),
+                                ssl_context=ssl_context)
+        else:
+            site = web.TCPSite(self._runner, host, port, reuse_address=True,
+                               ssl_context=ssl_context)
+        await site.start()
+        if self._runner.addresses:
+            self.address = tuple(self._runner.addresses[0][:2])  # type: ignore[assignment]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
