@@ -3,8 +3,12 @@ traceback, in every path that reports it (the store logs the fault itself)."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import subprocess
 import sys
+
+from appliance import logsetup
 
 REPORTER = """
 import logging
@@ -42,3 +46,58 @@ def test_a_database_fault_is_reported_in_one_line_a_bug_with_its_traceback() -> 
                         "its app failed")
     assert lines[3] == "Traceback (most recent call last):"  # a bug keeps its traceback
     assert "KeyError: 'a bug of ours'" in run.stderr
+
+
+def test_out_of_file_descriptors_costs_one_line_a_minute_without_traceback() -> None:
+    now = [100.0]
+    kept: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = kept.append  # type: ignore[method-assign]
+    log = logging.getLogger("asyncio.test-out-of-resources")
+    log.propagate = False
+    log.addHandler(handler)
+    log.addFilter(logsetup.OutOfResourcesInBrief(clock=lambda: now[0]))
+    error = OSError(errno.EMFILE, "Too many open files")
+
+    def accept_fails() -> None:  # as BaseEventLoop.default_exception_handler logs it
+        log.error(f"socket.accept() out of system resource\nexception: {error!r}\nsocket: <s>",
+                  exc_info=(OSError, error, None))
+
+    for _ in range(5):
+        accept_fails()
+        now[0] += 1
+    log.error("Task exception was never retrieved")
+    now[0] += 60
+    accept_fails()
+    messages = [r.getMessage() for r in kept]
+    assert messages == [
+        "x out of file descriptors: new connections wait ([Errno 24] Too many open files); "
+        "see LimitNOFILE in docs/install.md",
+        "Task exception was never retrieved",
+        "x out of file descriptors: new connections wait ([Errno 24] Too many open files), "
+        "4 more since the last line; see LimitNOFILE in docs/install.md"]
+    assert kept[0].exc_info is None and kept[2].exc_info is None
+
+
+ACCEPT_FAILS = """
+import asyncio, errno
+from appliance import logsetup
+
+logsetup.setup("info")
+
+async def main():
+    loop = asyncio.get_running_loop()
+    for _ in range(3):
+        loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                     "exception": OSError(errno.EMFILE, "Too many open files")})
+
+asyncio.run(main())
+"""
+
+
+def test_serve_logs_asyncio_out_of_resources_once() -> None:
+    run = subprocess.run([sys.executable, "-c", ACCEPT_FAILS], capture_output=True, text=True,
+                         timeout=30, check=True)
+    assert run.stderr.splitlines() == [
+        "ERROR asyncio: x out of file descriptors: new connections wait ([Errno 24] Too many "
+        "open files); see LimitNOFILE in docs/install.md"]
