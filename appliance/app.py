@@ -33,8 +33,9 @@ from appliance.media.engine import MediaEngine
 from appliance.media.pool import WorkerPool
 from appliance.media.supervisor import Supervisor, plan_workers
 from appliance.media.tts import Tts
-from appliance.platform import systemd, tls
+from appliance.platform import rlimits, systemd, tls
 from appliance.platform.gpio import Indicators, SystemState, open_indicators
+from appliance.platform.rlimits import ensure_open_files
 from appliance.services.accounts import AccountService
 from appliance.services.calls import CallsService
 from appliance.services.conferences import ConferencesService
@@ -58,7 +59,7 @@ from appliance.sip.guard import Guard
 from appliance.sip.pinger import Pinger
 from appliance.sip.proxy import Proxy
 from appliance.sip.registrar import Registrar
-from appliance.sip.transport import Limits, Transport, idle_timeout_for
+from appliance.sip.transport import MAX_TCP_CONNECTIONS, Limits, Transport, idle_timeout_for
 from appliance.sip.trunk import Trunk, parse_sources
 from appliance.store.backup import keep_copy, own_like_data_dir
 from appliance.store.conferences import ConferenceStore
@@ -381,6 +382,8 @@ class Appliance:
         elif info.st_mode & 0o077:
             logger.warning("x data dir %s is open to others and not ours to close", data_dir)
         self.lock.acquire()
+        ensure_open_files(MAX_TCP_CONNECTIONS + self.api_server.count.limits.max_connections
+                          + rlimits.MARGIN)
         _warn_if_database_lost(data_dir)
         await self.store.open()
         default_realm = self.config.sip.domain or primary_address()

@@ -98,6 +98,7 @@ def test_unit_has_the_settings_the_design_requires() -> None:
         "AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"}
     assert "@system-service" in s["SystemCallFilter"]
     assert one["UMask"] == "0077"
+    assert int(one["LimitNOFILE"]) >= 65536  # SIP's 1024 + the API's 512 TCP connections
     for key in ("ProtectSystem",):
         assert one[key] == "strict"
     for key in ("ProtectHome", "PrivateTmp", "NoNewPrivileges", "LockPersonality",
