@@ -88,6 +88,7 @@ class _GatedServer(web.Server):
         self._refused = 0
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
         peer = transport.get_extra_info("peername")
         address = unmapped(str(peer[0])) if isinstance(peer, tuple) and peer else "?"
         if not self._count.admit(address):
@@ -98,10 +99,12 @@ class _GatedServer(web.Server):
                                self._count.total, self._count.limits.max_connections,
                                self._count.limits.max_per_address, self._refused)
             transport.write(REFUSED)
-            handler.force_close()  # its start() then ends at once; the 503 is flushed first
+            # Closed once the handler's start() has begun (it asserts it is still
+            # connected): closed here, the loss would reach the handler first. The 503 is
+            # flushed before the close.
+            self._loop.call_soon(handler.force_close)
             return
         self._admitted[handler] = address
-        super().connection_made(handler, transport)
 
     def connection_lost(self, handler: RequestHandler,
                         exc: BaseException | None = None) -> None:
