@@ -138,6 +138,10 @@ MAX_TCP_CONNECTIONS = 1024
 # just opened is protected the same way until its first write (its last_activity is the
 # moment it connected).
 TCP_EVICTABLE_AFTER = 5.0
+# ...except for a newcomer from a source holding no connection yet: it may take the place of
+# any untrusted connection of a source holding at least this many. Connects churned from 100
+# addresses, 16 each, renewed within those 5 s, held every slot and kept most phones out.
+CROWDED_SOURCE = 4
 # A phone needs one connection; a NAT with a handful of phones behind it a few more. Kamailio
 # has no per-source cap by default; fail2ban-style setups cap at 10-20.
 MAX_TCP_PER_SOURCE = 16
@@ -751,9 +755,15 @@ class Transport:
         timeout) thus cannot keep a phone from connecting and registering; phones'
         connections are never closed for a newcomer."""
         victim = next(iter(self._untrusted.values()), None)
-        if victim is None or (
-                newcomer.opened_at - victim.last_activity < self.limits.evictable_after):
-            return False  # the first is idle the longest: none other is idle longer
+        if victim is None:
+            return False
+        if newcomer.opened_at - victim.last_activity < self.limits.evictable_after:
+            # None idle that long (the first is idle the longest): a connect churn from a
+            # hundred addresses keeps every slot fresh. A newcomer from a source holding
+            # none yet (a phone) then takes the place of one held by a crowded source.
+            victim = self._crowded_victim(newcomer)
+            if victim is None:
+                return False
         if self._evictions.due(newcomer.opened_at):
             logger.warning("x tcp %s %s:%d closed after %.0f s idle, nobody authenticated on "
                            "it, to make room for %s:%d: %d connections (%d closed so far)",
@@ -765,6 +775,16 @@ class Transport:
         if victim.transport is not None:
             victim.transport.abort()
         return True
+
+    def _crowded_victim(self, newcomer: Connection) -> Connection | None:
+        """The untrusted connection idle the longest of a source holding at least
+        ``CROWDED_SOURCE`` connections, when NEWCOMER's source holds none; else None."""
+        if self._per_source.get(newcomer.peer[0], 0):
+            return None
+        for conn in self._untrusted.values():
+            if self._per_source.get(conn.peer[0], 0) >= CROWDED_SOURCE:
+                return conn
+        return None
 
     def _forget(self, conn: Connection) -> None:
         if not conn.admitted:

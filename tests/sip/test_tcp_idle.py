@@ -264,6 +264,31 @@ async def test_at_the_limit_a_phone_takes_the_place_of_the_stranger_idle_the_lon
             assert await answers_options(*strangers[n], f"z9hG4bKstill{n}")
 
 
+async def test_at_the_limit_a_phone_from_a_new_address_displaces_a_crowded_source() -> None:
+    # Connects churned from a few addresses (16 each, renewed within evictable_after) keep
+    # every slot fresh: none is idle enough to close for a newcomer. A phone from an address
+    # holding no connection yet takes the place of one of a source holding 4 or more; a
+    # newcomer from a crowded source (or from one holding any connection) is still refused.
+    async with serving(max_connections=8, untrusted_idle_timeout=LONG,
+                       evictable_after=LONG) as served, \
+            contextlib.AsyncExitStack() as stack:
+        held = [await stack.enter_async_context(tcp(served.port, "127.0.0.2"))
+                for _ in range(5)]
+        held += [await stack.enter_async_context(tcp(served.port, "127.0.0.3"))
+                 for _ in range(3)]
+        async with asyncio.timeout(WAIT):
+            while served.transport.connection_count < 8:
+                await asyncio.sleep(0.01)
+        more = await stack.enter_async_context(tcp(served.port, "127.0.0.2"))
+        assert await closed_by_server(more[0], WAIT)  # crowded itself: refused
+        phone = await stack.enter_async_context(tcp(served.port, "127.0.0.9"))
+        assert await register_over(*phone) == 200
+        assert served.transport.connection_count == 8
+        assert await closed_by_server(held[0][0], WAIT)  # 127.0.0.2's oldest made room
+        second = await stack.enter_async_context(tcp(served.port, "127.0.0.9"))
+        assert await closed_by_server(second[0], WAIT)  # the phone's source holds one now
+
+
 async def test_at_the_limit_with_every_connection_trusted_a_newcomer_is_refused() -> None:
     async with serving(max_connections=2, untrusted_idle_timeout=LONG) as served, \
             contextlib.AsyncExitStack() as stack:
