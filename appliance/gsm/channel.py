@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import serial
 import serial_asyncio_fast
 
 from appliance.gsm import at
@@ -29,6 +31,39 @@ logger = logging.getLogger(__name__)
 
 _SECRET = re.compile(r'(AT\+CPIN=)"?[^"]*"?', re.IGNORECASE)
 _PDU = re.compile(r"[0-9A-Fa-f]{24,}")
+
+
+class _SelectFreeSerial(serial.Serial):  # type: ignore[misc]  # pyserial has no types
+    """pyserial's port, read and written without ``select()``. The event loop already says
+    when the port is ready (serial_asyncio_fast's add_reader/add_writer), and pyserial's own
+    read and write call ``select.select``, which fails on a descriptor of 1024 or more: with
+    the open-file limit above 1024 (LimitNOFILE) a port re-opened during a connection flood
+    would get one, and every read would then raise, the loop spinning, the modem dead."""
+
+    def read(self, size: int = 1) -> bytes:
+        if not self.is_open:
+            raise serial.PortNotOpenError()
+        try:
+            data = os.read(self.fd, size)
+        except BlockingIOError:
+            return b""
+        except OSError as err:  # EIO: the device went away
+            raise serial.SerialException(f"read failed: {err}") from err
+        if not data and size:
+            # Ready to read, yet nothing: the other end is gone (as pyserial reports it).
+            raise serial.SerialException("device reports readiness to read but returned no "
+                                         "data (device disconnected?)")
+        return data
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if not self.is_open:
+            raise serial.PortNotOpenError()
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as err:
+            raise serial.SerialException(f"write failed: {err}") from err
 
 
 def redact(line: str) -> str:
@@ -85,13 +120,13 @@ class AtChannel:
         """Open `path` exclusively; raises OSError (serial.SerialException is one)."""
         loop = asyncio.get_running_loop()
         port = _Port(self)
-        transport, _ = await serial_asyncio_fast.create_serial_connection(
-            loop, lambda: port, path, baudrate=baudrate,
+        serial_port = _SelectFreeSerial(
+            path, baudrate=baudrate,
             exclusive=True,  # flock(LOCK_EX|LOCK_NB): nothing else shares the port (§2.1)
         )
-        serial_port = getattr(transport, "serial", None)
-        if serial_port is not None:
-            serial_port.reset_input_buffer()  # §2.1: flush input after opening
+        transport, _ = await serial_asyncio_fast.connection_for_serial(
+            loop, lambda: port, serial_port)
+        serial_port.reset_input_buffer()  # §2.1: flush input after opening
         self._parser.reset()
         self._transport, self._port = transport, port
         logger.info("- opened %s", path)

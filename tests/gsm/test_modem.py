@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import resource
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -315,3 +317,24 @@ async def test_a_clean_close_logs_no_lost_port(harness: Harness,
     async with harness.modem() as m:
         await ready(m)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text[-2000:]
+
+
+async def test_the_modem_works_on_a_descriptor_past_1023(harness: Harness) -> None:
+    # With LimitNOFILE above 1024, a connection flood can leave the modem's port (re)opened
+    # on a descriptor of 1024 or more, which select() cannot take: pyserial's own read and
+    # write use it, and every read raised while the loop spun. The port is read without it.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard open-file limit {hard} leaves no descriptor past 1100")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    spare: list[int] = []
+    try:
+        while not spare or spare[-1] < 1100:
+            spare.append(os.open(os.devnull, os.O_RDONLY))
+        async with harness.modem() as m:
+            state = await ready(m)
+            assert state.phase is Phase.READY
+    finally:
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
