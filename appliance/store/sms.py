@@ -197,17 +197,19 @@ class SmsStore:
     async def queued_count(self) -> int:
         def run() -> int:
             return int(self._conn().execute(
-                "SELECT COUNT(*) FROM sms_outbox WHERE state != 'done'").fetchone()[0])
+                "SELECT COUNT(*) FROM sms_outbox WHERE state IN ('queued', 'submitting')"
+            ).fetchone()[0])
         result: int = await self._run(run)
         return result
 
     async def queued_from_calls(self, limit: int) -> int:
         """Messages to numbers with direction outbound-call (a phone's MESSAGE, a call's
-        app's <Sms>) not finished yet, counted up to LIMIT (the count costs no more)."""
+        app's <Sms>) not finished yet, counted up to LIMIT (the count costs no more). Read
+        from the live rows by index: finished ones stay in the table for good."""
         def run() -> int:
             return int(self._conn().execute(
                 "SELECT COUNT(*) FROM (SELECT 1 FROM sms_outbox AS o "
-                "JOIN sms_messages m ON m.sid = o.sid WHERE o.state != 'done' "
+                "JOIN sms_messages m ON m.sid = o.sid WHERE o.state IN ('queued', 'submitting') "
                 "AND o.destination NOT LIKE 'client:%' AND m.direction = 'outbound-call' "
                 "LIMIT ?)", (limit,)).fetchone()[0])
         result: int = await self._run(run)
