@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 import ssl
 from typing import Any
 
@@ -123,6 +124,28 @@ class _Runner(web.AppRunner):
         return _GatedServer(await super()._make_server(), self._count)
 
 
+class _Site(web.SockSite):
+    """aiohttp's SockSite, with the TLS handshake bounded by HANDSHAKE_TIMEOUT. Under TLS the
+    server sees a connection only once its handshake is over, so neither the caps nor the
+    deadline apply before: a client that connects and never sends its ClientHello would
+    hold its socket for asyncio's default 60 s, and many of them the descriptors."""
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, *,
+                 ssl_context: ssl.SSLContext | None, handshake_timeout: float) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context)
+        self._handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None  # noqa: S101 - set by the runner's setup()
+        extra: dict[str, Any] = {}
+        if self._ssl_context is not None:
+            extra["ssl_handshake_timeout"] = self._handshake_timeout
+        self._server = await asyncio.get_running_loop().create_server(
+            server, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog, **extra)
+
+
 class ApiServer:
     """The app served on one listening address until stop()."""
 
@@ -138,12 +161,16 @@ class ApiServer:
                                keepalive_timeout=self.count.limits.idle_timeout)
         await self._runner.setup()
         site: web.BaseSite
+        deadline = self.count.limits.idle_timeout
         if dual_stack(host):  # TCPSite would make it IPv6-only
-            site = web.SockSite(self._runner, dual_stack_listener(port),
-                                ssl_context=ssl_context)
+            site = _Site(self._runner, dual_stack_listener(port), ssl_context=ssl_context,
+                         handshake_timeout=deadline)
+        elif ssl_context is not None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            site = _Site(self._runner, socket.create_server((host, port), family=family),
+                         ssl_context=ssl_context, handshake_timeout=deadline)
         else:
-            site = web.TCPSite(self._runner, host, port, reuse_address=True,
-                               ssl_context=ssl_context)
+            site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
         if self._runner.addresses:
             self.address = tuple(self._runner.addresses[0][:2])  # type: ignore[assignment]

@@ -145,3 +145,23 @@ async def test_silent_slow_and_idle_connections_are_closed_after_the_deadline(
         close_all([silent, slow, kept])
     finally:
         await app.stop()
+
+
+async def test_with_tls_a_connection_that_never_shakes_hands_is_closed_after_the_deadline(
+        tmp_path: Path) -> None:
+    # Under TLS the server sees a connection only once its handshake is over: one that
+    # never sends its ClientHello was held for asyncio's 60 s, out of reach of the caps.
+    config = Config(data_dir=tmp_path / "var",
+                    api=ApiConfig(listen=Endpoint("127.0.0.1", free_port()), tls=True),
+                    sip=SipConfig(listen=Endpoint("127.0.0.1", free_port())),
+                    media=MediaConfig(workers=0))
+    app = Appliance(config, api_limits=ConnectionLimits(idle_timeout=1.0))
+    await app.start()
+    try:
+        silent = await connect(app, "127.0.0.2")
+        started = time.monotonic()
+        assert await closed_within(silent, 5) == b""
+        assert time.monotonic() - started < 4
+        close_all([silent])
+    finally:
+        await app.stop()
