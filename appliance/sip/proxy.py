@@ -683,7 +683,7 @@ class Proxy:
                        decision.status, decision.reason or "")
             await self._reply(server, decision.status, decision.reason, now=now,
                               headers=decision.headers)
-            if not caller.media:
+            if not caller.media and not decision.logged:
                 await record_refusal(self._calls, self._messages, context, decision.status,
                                      decision.reason)
             return

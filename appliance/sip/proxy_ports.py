@@ -126,7 +126,8 @@ class Refuse:
     reason: str | None = None  # reason phrase; None = the standard one
     headers: tuple[tuple[str, str], ...] = ()  # added to the answer (e.g. Retry-After)
     # The router logged it already, throttled (a flood's refusals): the proxy's own line
-    # for it goes to debug.
+    # for it goes to debug, and no row (CDR, SMS) is written for it: a flood must not fill
+    # the database with its refusals.
     logged: bool = False
 
 

@@ -247,8 +247,10 @@ async def test_a_phone_cannot_flood_the_modem_with_sms(
         mallory.close()
     _, body, _ = await gsm_api.get(f"Accounts/{ADMIN_SID}/SMS/Messages.json?PageSize=100")
     rows = json.loads(body)["messages"]
-    sent = sorted(m["body"] for m in rows if m["status"] != "failed")
-    assert sent == sorted([f"spam {n}" for n in range(10)] + ["later"])
+    # Only what was accepted is on record: the refusals of a flood write no row each.
+    assert sorted(m["body"] for m in rows) == sorted(
+        [f"spam {n}" for n in range(10)] + ["later"])
+    assert all(m["status"] != "failed" for m in rows)
 
 
 async def test_phones_queue_no_sms_while_the_queue_is_full_the_api_still_can(
