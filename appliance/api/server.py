@@ -41,6 +41,11 @@ REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
            b"Too many connections")
 
 
+# At the cap in all, a newcomer from an address holding none takes the place of the oldest
+# connection of the address holding the most, if it holds at least this many.
+CROWDED = 4
+
+
 @dataclasses.dataclass(frozen=True)
 class ConnectionLimits:
     """The server's budgets; tests shrink them."""
@@ -67,6 +72,9 @@ class ConnectionCount:
         self.total += 1
         return True
 
+    def held(self, address: str) -> int:
+        return self._per_address.get(address, 0)
+
     def release(self, address: str) -> None:
         held = self._per_address.get(address, 0)
         if held <= 1:
@@ -85,14 +93,16 @@ class _GatedServer(web.Server):
     def __init__(self, inner: web.Server, count: ConnectionCount) -> None:
         self.__dict__.update(inner.__dict__)
         self._count = count
-        self._admitted: dict[RequestHandler, str] = {}
+        self._admitted: dict[RequestHandler, str] = {}  # the oldest first
         self._refused = 0
+        self._closed_for_room = 0
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
         peer = transport.get_extra_info("peername")
         address = unmapped(str(peer[0])) if isinstance(peer, tuple) and peer else "?"
-        if not self._count.admit(address):
+        if not self._count.admit(address) and not (self._make_room(address)
+                                                   and self._count.admit(address)):
             self._refused += 1
             if self._refused == 1 or self._refused % 1000 == 0:
                 logger.warning("x API connection from %s refused: %d open in all (caps %d, "
@@ -106,6 +116,27 @@ class _GatedServer(web.Server):
             self._loop.call_soon(handler.force_close)
             return
         self._admitted[handler] = address
+
+    def _make_room(self, address: str) -> bool:
+        """At the cap in all, for a newcomer from ADDRESS holding no connection yet (the
+        administrator, say): close the oldest connection of the address holding the most,
+        when it holds at least ``CROWDED`` (hosts reconnecting from 8 addresses held all 512
+        and kept everyone else out). False: nothing closed, the newcomer is refused."""
+        if self._count.held(address) or self._count.total < self._count.limits.max_connections:
+            return False
+        crowded = max(set(self._admitted.values()), key=self._count.held, default=None)
+        if crowded is None or self._count.held(crowded) < CROWDED:
+            return False
+        victim = next(h for h, a in self._admitted.items() if a == crowded)
+        del self._admitted[victim]
+        self._count.release(crowded)
+        self._closed_for_room += 1
+        if self._closed_for_room == 1 or self._closed_for_room % 1000 == 0:
+            logger.warning("x API connection from %s closed to make room for %s: %d open in "
+                           "all (%d closed so far)", crowded, address, self._count.total,
+                           self._closed_for_room)
+        victim.force_close()
+        return True
 
     def connection_lost(self, handler: RequestHandler,
                         exc: BaseException | None = None) -> None:

@@ -103,16 +103,23 @@ async def test_one_host_past_its_cap_is_refused_and_the_admin_still_gets_in(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-async def test_the_cap_in_all_refuses_the_newest(tmp_path: Path) -> None:
+async def test_at_the_cap_in_all_a_new_address_displaces_the_most_crowded_one(
+        tmp_path: Path) -> None:
+    # Hosts reconnecting from a few addresses held every slot and kept the administrator
+    # out. At the cap, a newcomer from an address holding none (the admin's, here
+    # 127.0.0.1) takes the place of the oldest connection of the address holding the most;
+    # one from an address already holding some is refused, 503.
     app = await start(tmp_path, ConnectionLimits(max_connections=6, max_per_address=4))
     conns = [await connect(app, f"127.0.0.{2 + i // 4}") for i in range(6)]
     try:
-        late = await connect(app, "127.0.0.9")
+        await asyncio.sleep(0.2)  # all six counted
+        late = await connect(app, "127.0.0.3")  # holds 2 already
         answer = await closed_within(late, 3)
         assert answer is not None and answer.startswith(b"HTTP/1.1 503 ")
-        close_all(conns[:1])
-        await asyncio.sleep(0.2)  # its slot is free again once the server saw it go
         assert await admin_get(app) == 200
+        assert await closed_within(conns[0], 3) == b""  # 127.0.0.2's oldest made room
+        for conn in conns[1:]:
+            assert await closed_within(conn, 0.2) is None  # the others stay
     finally:
         close_all(conns)
         await app.stop()
