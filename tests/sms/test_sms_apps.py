@@ -136,9 +136,19 @@ async def test_a_developer_accounts_sms_app_sends_no_sms(gsm_api: Api, fake: Fak
     [note] = notes
     assert note["error_code"] == 14101, note
     assert "Missing permission RestComm:Create:SmsMessages" in note["message_text"], note
+    # The message received and the forward to the Client; nothing to +15550009999. The
+    # forward is queued just after the Notification is written: wait for it (it was read
+    # too soon now and then), then for anything more that would have come with it.
+    async with asyncio.timeout(10):
+        while True:
+            status, body, _ = await developer.get(f"Accounts/{dev}/SMS/Messages.json")
+            messages = json.loads(body)["messages"]
+            if len(messages) >= 2:
+                break
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
     status, body, _ = await developer.get(f"Accounts/{dev}/SMS/Messages.json")
     messages = json.loads(body)["messages"]
-    # The message received and the forward to the Client; nothing to +15550009999.
     assert sorted(m["to"] for m in messages) == [SIM_NUMBER, "client:devdesk"], messages
     assert fake.sent == []
 
