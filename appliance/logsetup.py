@@ -52,6 +52,28 @@ class StoreFaultsInBrief(logging.Filter):
         return True
 
 
+class LineThrottle:
+    """At most one line every INTERVAL seconds of CLOCK; the ones left out are counted, for
+    the next line to say (the log filters for what a peer can make us log at will)."""
+
+    def __init__(self, clock: Callable[[], float], interval: float) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._next = 0.0
+        self._left_out = 0
+
+    def due(self) -> int | None:
+        """None: leave this line out (counted). Else the line is logged: how many were left
+        out since the last one."""
+        now = self._clock()
+        if now < self._next:
+            self._left_out += 1
+            return None
+        self._next = now + self._interval
+        left_out, self._left_out = self._left_out, 0
+        return left_out
+
+
 class OutOfResourcesInBrief(logging.Filter):
     """asyncio's "socket.accept() out of system resource" (EMFILE: no file descriptor left;
     it retries the accept a second later and logs again, with a traceback) costs the journal
@@ -65,25 +87,19 @@ class OutOfResourcesInBrief(logging.Filter):
     def __init__(self, clock: Callable[[], float] = time.monotonic,
                  interval: float = INTERVAL) -> None:
         super().__init__()
-        self._clock = clock
-        self._interval = interval
-        self._next = 0.0
-        self._left_out = 0
+        self._throttle = LineThrottle(clock, interval)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not (isinstance(record.msg, str) and record.msg.startswith(self.MESSAGE)):
             return True
-        now = self._clock()
-        if now < self._next:
-            self._left_out += 1
+        left_out = self._throttle.due()
+        if left_out is None:
             return False
-        self._next = now + self._interval
         error = record.exc_info[1] if record.exc_info else None
         record.msg = ("x out of file descriptors: new connections wait (%s)%s; see LimitNOFILE "
                       "in docs/install.md")
         record.args = (error or "no error given",
-                       f", {self._left_out} more since the last line" if self._left_out else "")
-        self._left_out = 0
+                       f", {left_out} more since the last line" if left_out else "")
         record.exc_info = None
         record.exc_text = None
         return True

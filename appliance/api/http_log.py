@@ -15,6 +15,8 @@ from collections.abc import Callable
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from appliance.logsetup import LineThrottle
+
 INTERVAL = 60.0  # seconds between two lines about malformed requests
 
 logger = logging.getLogger("appliance.api.http")
@@ -24,10 +26,7 @@ class MalformedRequests(logging.Filter):
     def __init__(self, clock: Callable[[], float] = time.monotonic,
                  interval: float = INTERVAL) -> None:
         super().__init__()
-        self._clock = clock
-        self._interval = interval
-        self._next = 0.0
-        self._left_out = 0
+        self._throttle = LineThrottle(clock, interval)
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
@@ -35,18 +34,14 @@ class MalformedRequests(logging.Filter):
             error = error.__cause__  # 400 by the handler already
         if not isinstance(error, HttpProcessingError):
             return True
-        now = self._clock()
-        if now < self._next:
-            self._left_out += 1
+        left_out = self._throttle.due()
+        if left_out is None:
             return False
-        self._next = now + self._interval
         source = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
         reason = str(error.message or type(error).__name__).strip()[:160]
         record.msg = "x malformed HTTP request from %s answered %s: %s%s"
         record.args = (source, error.code, reason,
-                       f" ({self._left_out} more since the last line)" if self._left_out
-                       else "")
-        self._left_out = 0
+                       f" ({left_out} more since the last line)" if left_out else "")
         record.exc_info = None
         record.exc_text = None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
