@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance import __version__
+from appliance import __version__, accel
 from appliance.api.app import make_app
 from appliance.api.context import ApiServices
 from appliance.api.server import ApiServer, ConnectionLimits
@@ -425,6 +425,7 @@ class Appliance:
         self.api_address = self.api_server.address
         logger.info("- appliance %s: API on %s, data in %s", __version__, listen,
                     self.config.data_dir)
+        logger.info("- %s", accel.describe())
 
     def _tls_paths(self) -> tuple[Path, Path]:
         api = self.config.api

@@ -2,3 +2,8 @@
 digest auth, the location table and per-source budgets. No I/O, no clock, no logging here:
 time arrives as ``now`` and the asyncio transports live in ``transport``/``registrar``/``proxy``.
 """
+
+from appliance import accel
+
+# The registrar's hot path, compiled, when a build matching these sources exists (``accel``).
+__path__ = accel.search_path(__name__, __path__)

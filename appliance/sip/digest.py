@@ -262,10 +262,7 @@ class DigestAuth:
         """Header values for a 401/407 sent to IP (its nonce is good from IP only), one per
         algorithm in ``algorithms``' order (RFC 8760 §2.4: many desk phones only know MD5
         and take the first challenge they understand)."""
-        nonce = self.nonces.issue(now, ip)
-        if '"' in nonce or "\\" in nonce:  # not one of ours (a test's salt): quote it
-            return [format_challenge(self.realm, nonce, algorithm=str(a), stale=stale)
-                    for a in self.algorithms]
+        nonce = self.nonces.issue(now, ip)  # hex digits and dots: no quoting needed
         return [nonce.join(_challenge_template(self.realm, a, stale)) for a in self.algorithms]
 
     def verify(

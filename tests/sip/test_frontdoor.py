@@ -245,10 +245,10 @@ async def test_a_failing_registrar_leaves_no_transaction_behind() -> None:
     # left there, it would absorb the phone's retransmissions unanswered and stay for ever.
     h = Harness()
 
-    async def broken(incoming: Incoming) -> Response | None:
+    async def broken(login: str) -> None:
         raise RuntimeError("store gone")
 
-    h.registrar.handle = broken  # type: ignore[method-assign]
+    h.directory.user = broken  # type: ignore[method-assign]
     reg = register(branch="broken")
     with pytest.raises(RuntimeError):
         await h.send(reg)

@@ -20,7 +20,6 @@ import pytest
 from appliance.sip import frontdoor, proxy
 from appliance.sip.errors import SipParseError
 from appliance.sip.message import Request, error_response, parse_message
-from appliance.sip.wire import Incoming
 from tests.sip import test_registrar as reg
 from tests.sip.proxy_harness import REALM, Harness, authorization
 from tests.sip.test_attacker import Attacker, challenge_answer, running
@@ -180,13 +179,13 @@ async def test_a_failing_registrar_whose_500_fails_too_leaves_no_transaction(
         monkeypatch: pytest.MonkeyPatch) -> None:
     h = reg.Harness()
 
-    async def broken(incoming: Incoming) -> None:
+    async def broken(login: str) -> None:
         raise RuntimeError("store gone")
 
     def no_tag() -> str:
         raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
 
-    h.registrar.handle = broken  # type: ignore[method-assign]
+    h.directory.user = broken  # type: ignore[method-assign]
     monkeypatch.setattr(frontdoor, "_tag", no_tag)
     with pytest.raises(RuntimeError, match="store gone"):
         await h.send(reg.register(branch="broken"))
