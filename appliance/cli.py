@@ -59,6 +59,9 @@ def serve(config_path: Path | None, log_level: str) -> None:
     """Run the appliance in the foreground until SIGTERM."""
     _setup_logging(log_level)
     cfg = _load(config_path)
+    # frozenlist (aiohttp's signal lists, nothing per request) in Python: its C++ build maps
+    # libstdc++ into the process, ~1 MB of resident memory for no speed we would notice.
+    os.environ.setdefault("FROZENLIST_NO_EXTENSIONS", "1")
     from appliance.app import serve as run
 
     try:
