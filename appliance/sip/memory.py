@@ -46,6 +46,12 @@ def trim() -> None:
     kernel (glibc only)."""
     clear_parse_caches()
     gc.collect()
+    give_back()
+
+
+def give_back() -> None:
+    """Hand the free heap pages of every malloc arena back to the kernel (glibc only; a
+    no-op elsewhere). The caller collects garbage first if it wants that freed too."""
     if _TRIM is not None:
         _TRIM(0)
 
