@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD = ROOT / ".build" / "accel"
-STAMP = BUILD / "stamp"
+# scripts/install builds beside the installed tree and points the unit here with this variable.
+BUILD = Path(os.environ.get("APPLIANCE_ACCEL_DIR") or ROOT / ".build" / "accel")
 # The shared library of the group: appliance/sip/accel__mypyc*.so in BUILD.
 GROUP = "appliance.sip.accel"
 # The modules a plain REGISTER goes through (``FrontDoor.quick``), and what they lean on.
@@ -89,9 +89,9 @@ def _compiled(file: str | None) -> bool:
 def describe() -> str:
     """One line for the start-up log: which registrar code runs, and why."""
     if active():
-        return "registrar: compiled hot path (mypyc, .build/accel)"
+        return f"registrar: compiled hot path (mypyc, {BUILD})"
     if os.environ.get(DISABLE) == "0":
         return f"registrar: interpreted ({DISABLE}=0)"
     if built_stamp() is None:
-        return "registrar: interpreted (no compiled build: scripts/build-accel)"
-    return "registrar: interpreted (the compiled build is out of date: scripts/build-accel)"
+        return f"registrar: interpreted (no compiled build in {BUILD})"
+    return f"registrar: interpreted (the compiled build in {BUILD} is out of date)"

@@ -44,8 +44,8 @@ pytestmark = [
 
 
 # What scripts/install reads from the checkout.
-CHECKOUT = ("scripts/install", "appliance", "pyproject.toml", "uv.lock", "README.md", "systemd",
-            "firmware-config")
+CHECKOUT = ("scripts/install", "scripts/accel_build.py", "appliance", "pyproject.toml", "uv.lock",
+            "README.md", "systemd", "firmware-config")
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +203,26 @@ def test_venv_runs_from_its_install_path(installed: Installed) -> None:
     assert "serve" in result.stdout and "check-config" in result.stdout
 
 
+def test_the_installed_service_runs_the_compiled_registrar(installed: Installed) -> None:
+    # scripts/install 4b: built for the target's Python beside the tree, where the unit
+    # points the appliance (APPLIANCE_ACCEL_DIR), without dev packages in the service's venv.
+    unit = (installed.root / "etc/systemd/system/appliance.service").read_text()
+    [where] = [line.split("=", 2)[2] for line in unit.splitlines()
+               if line.startswith("Environment=APPLIANCE_ACCEL_DIR=")]
+    assert where == "/opt/appliance/.build/accel"
+    assert "compiling the registrar's hot path" in installed.first.stderr
+    assert "compiling" not in installed.second.stderr  # up to date: not built again
+    venv = installed.root / "opt/appliance/.venv"
+    code = ("import appliance.sip.registrar; from appliance import accel; "
+            "print(accel.describe())")
+    run = subprocess.run([str(venv / "bin/python"), "-B", "-c", code], capture_output=True,
+                         text=True, timeout=60, check=True,
+                         env={**os.environ, "APPLIANCE_ACCEL_DIR": f"{installed.root}{where}"})
+    assert run.stdout.startswith("registrar: compiled hot path"), run.stdout + run.stderr
+    assert not (venv / "bin/mypy").exists()
+    assert not list(installed.root.glob("var/tmp/appliance-accel*"))  # the build venv is gone
+
+
 def test_pi_boot_config_is_applied_once(installed: Installed) -> None:
     boot = installed.root / "boot/firmware"
     text = (boot / "config.txt").read_text()
@@ -230,7 +250,8 @@ def test_existing_config_and_outdated_boot_block(installed: Installed, tmp_path:
                   + "\n\n[pi4]\narm_boost=1\n")
     # Reuse the first root's uv so this test does not fetch it again.
     uv = installed.root / "opt/appliance/.tools/bin/uv"
-    result = run_install(installed.source, tmp_path, env={"APPLIANCE_UV": str(uv)})
+    result = run_install(installed.source, tmp_path, "--with-accel=no",
+                         env={"APPLIANCE_UV": str(uv)})
     assert result.returncode == 0, result.stderr
 
     assert config.read_text() == 'data_dir = "/srv/appliance"\n'
@@ -253,7 +274,7 @@ def test_refuses_a_bare_root_without_skip_apt(tmp_path: Path) -> None:
 
 
 def test_rejects_unknown_options(tmp_path: Path) -> None:
-    for args in (["--frobnicate"], ["--with-pjsua2=maybe"]):
+    for args in (["--frobnicate"], ["--with-pjsua2=maybe"], ["--with-accel=maybe"]):
         result = subprocess.run([str(INSTALL), "--root", str(tmp_path), *args],
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode != 0, args
@@ -270,7 +291,7 @@ def test_rejects_unknown_options(tmp_path: Path) -> None:
 def test_pjsua2_wheel_on_x86_64(installed: Installed, tmp_path: Path) -> None:
     """--with-pjsua2=wheel: PyPI's pjsua2-python lands in the venv and starts an endpoint."""
     uv = installed.root / "opt/appliance/.tools/bin/uv"
-    result = run_install(installed.source, tmp_path, "--with-pjsua2=wheel",
+    result = run_install(installed.source, tmp_path, "--with-pjsua2=wheel", "--with-accel=no",
                          env={"APPLIANCE_UV": str(uv)})
     assert result.returncode == 0, result.stderr
     python = tmp_path / "opt/appliance/.venv/bin/python"
