@@ -48,6 +48,7 @@ from appliance.sip.headers import DigestCredentials, format_challenge
 DEFAULT_NONCE_LIFETIME = 300.0  # seconds; Kamailio auth's nonce_expire default is 300 too
 MAX_CLOCK_SKEW = 5.0  # a nonce "from the future" beyond this is forged
 MAX_TRACKED_NONCES = 10_000  # nc replay memory: ~100 bytes each, ~1 MB worst case
+_SHA256_BLOCK = 64  # bytes: the HMAC key is padded to one block (RFC 2104 §2)
 
 _T = TypeVar("_T")
 
@@ -136,15 +137,25 @@ class Nonces:
     to (see the module docstring)."""
 
     def __init__(self, secret: bytes, *, lifetime: float = DEFAULT_NONCE_LIFETIME) -> None:
-        self._secret = secret
         self.lifetime = lifetime
+        # HMAC-SHA256 (RFC 2104) with the key's two padded blocks hashed once: each MAC then
+        # copies these states, ~0.5 µs against ~1.3 µs for ``hmac.new`` (the same digest).
+        key = secret if len(secret) <= _SHA256_BLOCK else hashlib.sha256(secret).digest()
+        key = key.ljust(_SHA256_BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
         # The last (nonce, ip) whose MAC was checked, and its timestamp (None: forged, or
         # not issued to ip). A request is checked twice (the registrar's first look, then
         # ``verify``): the HMAC runs once.
         self._last: tuple[str, str, int | None] = ("", "", None)
 
     def _mac(self, body: str, ip: str) -> str:
-        return hmac.new(self._secret, f"{body}.{ip}".encode(), hashlib.sha256).hexdigest()[:32]
+        """HMAC-SHA256(secret, BODY "." IP), its first 32 hex digits."""
+        inner = self._inner.copy()
+        inner.update(f"{body}.{ip}".encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()[:32]
 
     def issue(self, now: float, ip: str, *, salt: str | None = None) -> str:
         """A nonce stamped with NOW, good only when presented from IP (a source address as

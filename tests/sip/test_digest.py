@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 
 import pytest
@@ -83,6 +85,15 @@ def test_nonces() -> None:
     assert nonces.check(future, 1000.0, IP) is NonceStatus.INVALID
     for junk in ("", "abc", "zz.1.2", "..", "1.2"):
         assert nonces.check(junk, 1000.0, IP) is NonceStatus.INVALID
+
+
+@pytest.mark.parametrize("secret", [b"", SECRET, b"k" * 64, b"k" * 65, bytes(range(200))])
+def test_nonce_mac_is_hmac_sha256(secret: bytes) -> None:
+    # The format nonces held across a restart (the secret is persisted) are checked against:
+    # the first 32 hex digits of HMAC-SHA256(secret, ts "." salt "." ip), keys of any length.
+    nonce = Nonces(secret).issue(0x65F1A2B3, IP, salt="0123456789ab")
+    expected = hmac.new(secret, f"65f1a2b3.0123456789ab.{IP}".encode(), hashlib.sha256)
+    assert nonce == f"65f1a2b3.0123456789ab.{expected.hexdigest()[:32]}"
 
 
 def test_a_nonce_is_good_only_from_the_address_it_was_issued_to() -> None:
