@@ -161,7 +161,9 @@ class Location:
     def lookup(self, aor: str, now: float) -> list[Binding]:
         """Live bindings of AOR, highest q first (then most recent)."""
         live = [b for b in self._bindings.get(aor, {}).values() if b.expires_at > now]
-        return sorted(live, key=lambda b: (-(b.q if b.q is not None else 1.0), -b.expires_at))
+        if len(live) > 1:  # one binding (most AoRs): nothing to order
+            live.sort(key=lambda b: (-(b.q if b.q is not None else 1.0), -b.expires_at))
+        return live
 
     def register(
         self,
@@ -207,11 +209,15 @@ class Location:
             if expires == 0:
                 result.pop(contact.uri, None)
                 continue
-            params = [(k, v) for k, v in contact.params if k.lower() not in ("expires", "q")]
+            if contact.params:
+                params = [(k, v) for k, v in contact.params if k.lower() not in ("expires", "q")]
+                q = contact.q
+            else:  # the usual Contact: no parameters to read
+                params, q = [], None
             result[contact.uri] = Binding(
                 aor=aor, uri=contact.uri, expires_at=now + expires, call_id=call_id, cseq=cseq,
                 transport=origin.transport, source=origin.source,
-                connection_id=origin.connection_id, q=contact.q, params=params,
+                connection_id=origin.connection_id, q=q, params=params,
                 user_agent=user_agent,
             )
         if len(result) > self.max_contacts:
@@ -223,8 +229,9 @@ class Location:
         return self.lookup(aor, now)
 
     def _expiry(self, contact: NameAddr, expires_header: int | None) -> int:
-        if contact.expires is not None:
-            return contact.expires
+        expires = contact.expires if contact.params else None
+        if expires is not None:
+            return expires
         if expires_header is not None:
             return expires_header
         return self.default_expires
