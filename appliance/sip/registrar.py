@@ -144,6 +144,8 @@ MAX_LOGGED_SOURCES = 1000
 # changes the order (or drops MD5) where every phone speaks SHA-256.
 DEFAULT_ALGORITHMS = (Algorithm.MD5, Algorithm.SHA256)
 _QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+# Realms whose DigestAuth is kept (one per account realm in use; past this many, all go).
+MAX_CACHED_REALMS = 64
 # Write-behind of bindings (see the module docstring): the longest a change waits for disk.
 FLUSH_INTERVAL = 1.0
 
@@ -223,6 +225,7 @@ class Registrar:
         self.nonces = nonces or Nonces(secrets.token_bytes(32))
         self.counts = NonceCounts()
         self.algorithms = tuple(algorithms)
+        self._auths: dict[str, DigestAuth] = {}  # by realm (``_auth``)
         self.timer_cap = timer_cap
         self.flush_interval = flush_interval
         self._dirty: set[str] = set()  # AoRs changed since their last write
@@ -345,7 +348,7 @@ class Registrar:
         # (RFC 4475 §3.1.2.13). Syntax alone decides it, so it tells nothing about users.
         contacts = parse_name_addrs(fields.contacts)
         realm = user.realm if user is not None else self.realm()
-        auth = DigestAuth(realm, self.nonces, self.algorithms, self.counts)
+        auth = self._auth(realm)
         creds = self._credentials(fields.authorizations, realm)
         # A nonce not ours, or not issued to this source address, gets a fresh challenge
         # before the password is looked at, and is not a failure: a blind spoofer sending
@@ -396,6 +399,18 @@ class Registrar:
             raise
         self._accepted(nonce, this, None if reply.status == 200 else reply)
         return reply
+
+    def _auth(self, realm: str) -> DigestAuth:
+        """The digest checks for REALM, kept per realm (there are few) for as long as the
+        nonces, their counts and the algorithms are the same objects."""
+        auth = self._auths.get(realm)
+        if (auth is None or auth.nonces is not self.nonces or auth.counts is not self.counts
+                or auth.algorithms is not self.algorithms):
+            if len(self._auths) >= MAX_CACHED_REALMS:
+                self._auths.clear()
+            auth = self._auths[realm] = DigestAuth(realm, self.nonces, self.algorithms,
+                                                   self.counts)
+        return auth
 
     def _accepted(self, nonce: str, this: tuple[str, str], refusal: Reply | None) -> None:
         """Remember the request NONCE last authenticated (THIS: its nc and branch)."""
@@ -450,20 +465,21 @@ class Registrar:
             logger.debug("x REGISTER %s from %s:%d: %s", login, *origin.source, err)
             return Reply(err.status, [("Min-Expires", str(err.min_expires))]
                          if err.min_expires is not None else [])
+        uris = frozenset(b.uri for b in bindings)
         if contacts:
-            refresh = {b.uri for b in bindings} == self._published.get(login, frozenset())
+            refresh = uris == self._published.get(login, frozenset())
             level = logging.DEBUG if refresh else logging.INFO
             if logger.isEnabledFor(level):
                 logger.log(level, "- %s registered from %s %s:%d: %d contact(s)", login,
                            origin.transport, *origin.source, len(bindings))
-            self._changed(login, now)
+            self._changed(login, now, bindings, uris)
             if self.keepalive is not None:
                 self.keepalive.heard(login, [c.uri for c in contacts if not c.is_wildcard])
-        elif {b.uri for b in bindings} != self._published.get(login, frozenset()):
+        elif uris != self._published.get(login, frozenset()):
             # A query that found bindings expired and not yet swept: register dropped them,
             # so the timer will not see them go. Published now, or their connections stay
             # trusted and their sources known (no budget) until they close.
-            self._changed(login, now)
+            self._changed(login, now, bindings, uris)
         return self._ok(bindings, now)
 
     def _ok(self, bindings: list[Binding], now: float) -> Reply:
@@ -476,9 +492,11 @@ class Registrar:
 
     # --- changes: persist, publish, re-arm ------------------------------------------------
 
-    def _changed(self, aor: str, now: float) -> None:
-        """AOR's bindings changed: publish, mark for the next write, re-arm the expiry timer."""
-        bindings = self._publish(aor, now)
+    def _changed(self, aor: str, now: float, bindings: list[Binding] | None = None,
+                 uris: frozenset[str] | None = None) -> None:
+        """AOR's bindings changed: publish, mark for the next write, re-arm the expiry timer.
+        BINDINGS (and their URIS), when given, are ``location.lookup(aor, now)`` already."""
+        bindings = self._publish(aor, now, bindings, uris)
         if self.store is not None:
             self._dirty.add(aor)
             if self._flush_timer is None:
@@ -514,10 +532,12 @@ class Registrar:
                 logger.exception("x saving the bindings of %d AoR(s) failed", len(snapshots))
             self._dirty |= aors - self._dirty  # tried again with the next write
 
-    def _publish(self, aor: str, now: float) -> list[Binding]:
-        bindings = self.location.lookup(aor, now)
+    def _publish(self, aor: str, now: float, bindings: list[Binding] | None = None,
+                 uris: frozenset[str] | None = None) -> list[Binding]:
+        if bindings is None:
+            bindings = self.location.lookup(aor, now)
         if bindings:
-            self._published[aor] = frozenset(b.uri for b in bindings)
+            self._published[aor] = uris if uris is not None else frozenset(b.uri for b in bindings)
         else:
             self._published.pop(aor, None)
         self._sources.update(aor, {b.source[0] for b in bindings})
@@ -648,9 +668,11 @@ class _Referrers:
         old = self._by_aor.pop(aor, None)
         if new:
             self._by_aor[aor] = new
-        if not old:
-            if not new:
-                return [], []  # no key before nor now: UDP phones and connections, usually
+        if old == new or not (old or new):
+            # The same keys (a refresh), or none before nor now (UDP phones and connections,
+            # usually): no count changes.
+            return [], []
+        if old is None:
             old = set()
         lost = []
         for key in old - new:
