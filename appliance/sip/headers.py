@@ -459,9 +459,13 @@ class CSeq:
 
 
 _DIGEST_ITEM_RE = re.compile(r'(?:[^,"]|"[^"]*")+')
-_DIGEST_PAIR = r'([A-Za-z0-9_.!%*+`\'~-]+)[ \t]*=[ \t]*("[^"\\]*"|[^\s,"=\\]+)'
-_DIGEST_PAIR_RE = re.compile(_DIGEST_PAIR)
-_DIGEST_LIST_RE = re.compile(rf"[ \t]*{_DIGEST_PAIR}[ \t]*(?:,[ \t]*{_DIGEST_PAIR}[ \t]*)*")
+# name=token or name="quoted" (no escapes). The list regex only checks the shape, so it
+# captures nothing and never backtracks (no character of a name, a value or the blanks
+# around "=" can end one); the pair regex then reads the quoted and the token value apart.
+_DIGEST_PAIR = r'[A-Za-z0-9_.!%*+`\'~-]++[ \t]*+=[ \t]*+(?:"[^"\\]*+"|[^\s,"=\\]++)'
+_DIGEST_PAIR_RE = re.compile(
+    r'([A-Za-z0-9_.!%*+`\'~-]+)[ \t]*=[ \t]*(?:"([^"\\]*)"|([^\s,"=\\]+))')
+_DIGEST_LIST_RE = re.compile(rf"[ \t]*+{_DIGEST_PAIR}[ \t]*+(?:,[ \t]*+{_DIGEST_PAIR}[ \t]*+)*+")
 
 
 def is_digest(value: str) -> bool:
@@ -493,11 +497,14 @@ class DigestCredentials:
         elif _DIGEST_LIST_RE.fullmatch(rest):
             # The shape every phone sends (name=token or name="quoted", commas between):
             # read in one pass, the same params as the general loop below.
-            for name, raw in _DIGEST_PAIR_RE.findall(rest):
-                key = name.lower()
-                if key in params:
-                    raise SipParseError(f"repeated digest parameter {key!r}")
-                params[key] = raw[1:-1] if raw[:1] == '"' else raw
+            pairs = _DIGEST_PAIR_RE.findall(rest)
+            params = {name.lower(): quoted or token for name, quoted, token in pairs}
+            if len(params) != len(pairs):
+                seen: set[str] = set()
+                for name, _, _ in pairs:
+                    if (key := name.lower()) in seen:
+                        raise SipParseError(f"repeated digest parameter {key!r}")
+                    seen.add(key)
             return cls(params)
         else:
             items = [i for i in (m.strip() for m in _DIGEST_ITEM_RE.findall(rest)) if i]
