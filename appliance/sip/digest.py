@@ -90,11 +90,20 @@ def parse_algorithm(value: str | None) -> Algorithm | None:
     return _BY_VALUE.get(value.lower())
 
 
-def _h(algorithm: Algorithm, text: str | bytes) -> str:
-    data = text.encode("utf-8") if isinstance(text, str) else text
-    if algorithm.base is Algorithm.SHA256:
-        return hashlib.sha256(data).hexdigest()
+def _md5_hex(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# Algorithm → its hash, as hex (-sess variants hash as their base does).
+_HASHES = {a: _sha256_hex if _BASES[a] is Algorithm.SHA256 else _md5_hex for a in Algorithm}
+
+
+def _h(algorithm: Algorithm, text: str | bytes) -> str:
+    return _HASHES[algorithm](text.encode("utf-8") if isinstance(text, str) else text)
 
 
 def make_ha1(username: str, realm: str, password: str, algorithm: Algorithm = Algorithm.MD5) -> str:
@@ -115,15 +124,16 @@ def compute_response(
     body: bytes = b"",
 ) -> str:
     """The ``response`` value a client computes (RFC 2617 §3.2.2.1, RFC 7616 §3.4.1)."""
-    if algorithm.session:
-        ha1 = _h(algorithm, f"{ha1}:{nonce}:{cnonce or ''}")
+    h = _HASHES[algorithm]
+    if algorithm in _SESSIONS:
+        ha1 = h(f"{ha1}:{nonce}:{cnonce or ''}".encode())
     a2 = f"{method}:{uri}"
     if qop == "auth-int":
-        a2 += ":" + _h(algorithm, body)
-    ha2 = _h(algorithm, a2)
+        a2 += ":" + h(body)
+    ha2 = h(a2.encode())
     if qop:
-        return _h(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
-    return _h(algorithm, f"{ha1}:{nonce}:{ha2}")
+        return h(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}".encode())
+    return h(f"{ha1}:{nonce}:{ha2}".encode())
 
 
 class NonceStatus(enum.Enum):
