@@ -37,13 +37,13 @@ import enum
 import functools
 import hashlib
 import hmac
-import secrets
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from appliance.sip.headers import DigestCredentials, format_challenge
+from appliance.sip.tags import random_hex
 
 DEFAULT_NONCE_LIFETIME = 300.0  # seconds; Kamailio auth's nonce_expire default is 300 too
 MAX_CLOCK_SKEW = 5.0  # a nonce "from the future" beyond this is forged
@@ -172,7 +172,7 @@ class Nonces:
         the transport gives it, the same string ``check`` is given)."""
         # The salt makes two challenges in the same second differ, so nc tracking per
         # nonce does not mix up two phones.
-        body = f"{int(now):x}.{salt if salt is not None else secrets.token_hex(6)}"
+        body = f"{int(now):x}.{salt if salt is not None else random_hex(12)}"
         return f"{body}.{self._mac(body, ip)}"
 
     def check(self, nonce: str, now: float, ip: str) -> NonceStatus:

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -68,6 +67,7 @@ from appliance.sip.message import (
 from appliance.sip.pinger import Pinger
 from appliance.sip.register_view import PlainRegister
 from appliance.sip.registrar import Registrar
+from appliance.sip.tags import random_hex
 from appliance.sip.transaction import (
     Action,
     ServerTransaction,
@@ -462,4 +462,4 @@ def _for_us(request: Request) -> bool:
 
 
 def _tag() -> str:
-    return secrets.token_hex(5)
+    return random_hex(10)

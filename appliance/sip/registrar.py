@@ -125,6 +125,7 @@ from appliance.sip.headers import (
 )
 from appliance.sip.message import Request, Response, make_response
 from appliance.sip.register_view import PlainRegister, RegisterFields, fields_of
+from appliance.sip.tags import random_hex
 from appliance.sip.uri import SipUri, hostport, parse_uri, same_uri
 from appliance.sip.wire import Flows, Incoming
 
@@ -318,7 +319,7 @@ class Registrar:
         except SipParseError as err:
             logger.debug("x REGISTER from %s:%d: %s", *incoming.source, err)
             reply = Reply(400)
-        response = make_response(request, reply.status, to_tag=secrets.token_hex(5))
+        response = make_response(request, reply.status, to_tag=random_hex(10))
         for name, value in reply.headers:
             response.add(name, value)
         return response
@@ -336,7 +337,7 @@ class Registrar:
         except SipParseError as err:
             logger.debug("x REGISTER from %s:%d: %s", *source, err)
             reply = Reply(400)
-        return view.reply(reply.status, reply.headers, to_tag=secrets.token_hex(5))
+        return view.reply(reply.status, reply.headers, to_tag=random_hex(10))
 
     def decide(self, fields: RegisterFields, user: SipUser | None, origin: Origin,
                now: float) -> Reply:
