@@ -50,7 +50,10 @@ _KNOWN = _READ | _PASSIVE
 
 _TOKEN = r"[A-Za-z0-9.!%*_+`'~-]+"
 _PARAMS = rf"(?:;{_TOKEN}(?:={_TOKEN})?)"
-_VIA = re.compile(rf"SIP/2\.0/UDP (\d{{1,3}}(?:\.\d{{1,3}}){{3}})(?::(\d{{1,5}}))?({_PARAMS}+)")
+# The Via params are one branch and at most one bare rport, in either order: anything else
+# (received, maddr, a second branch...) is for the general path.
+_VIA = re.compile(rf"SIP/2\.0/UDP (\d{{1,3}}(?:\.\d{{1,3}}){{3}})(?::(\d{{1,5}}))?"
+                  rf"(?:;branch=({_TOKEN})(;rport)?|(;rport);branch=({_TOKEN}))")
 # A name-addr in angle brackets, an optional quoted display name without escapes, and
 # header parameters made of token characters only.
 _NAME_ADDR = re.compile(rf'(?:"[^"\\]*" )?<(sip:[^<>\s"\\,]+)>({_PARAMS}*)')
@@ -131,14 +134,20 @@ class PlainRegister(NamedTuple):
         if (len(request_line) != 3 or request_line[2] != "SIP/2.0"
                 or not _REQUEST_URI.fullmatch(request_line[1])):
             return None
+        lines = block.split("\r\n")
+        # A CR or LF that is not part of a CRLF would be in a line: refused.
+        crlfs = len(lines) - 1
+        if block.count("\r") != crlfs or block.count("\n") != crlfs:
+            return None
         found: dict[str, str] = {}
-        for line in block.split("\r\n"):
+        for line in lines:
             name, colon, value = line.partition(":")
             key = name.lower()
-            if not colon or key in found or key not in _KNOWN or "\r" in line or "\n" in line:
+            if not colon or key not in _KNOWN:
                 return None
             found[key] = value.strip()  # what the general parser keeps of a value
-        if not found.keys() >= _REQUIRED or found.get("content-length", "0") != "0":
+        if (len(found) != len(lines)  # a header twice
+                or not found.keys() >= _REQUIRED or found.get("content-length", "0") != "0"):
             return None
         return cls._build(found, source, request_line[1])
 
@@ -148,26 +157,20 @@ class PlainRegister(NamedTuple):
         via = _VIA.fullmatch(found["via"])
         if via is None or not _answerable(via.group(1)):
             return None
-        host, port_text, params = via.groups()
+        host, port_text, branch, rport_after, _, branch_after = via.groups()
         port = int(port_text) if port_text else None
         if port is not None and not 0 < port < 65536:
             return None
-        branch, rport, rest = "", False, []
-        for param in params[1:].split(";"):
-            name, _, value = param.partition("=")
-            if name == "branch" and not branch and is_rfc3261_branch(value):
-                branch = value
-                rest.append(param)
-            elif param == "rport" and not rport:
-                rport = True
-                rest.append(f"rport={source[1]}")
-            else:
-                return None  # received, maddr, ttl, a second branch...: the general path
-        if not branch:
+        # Stamped as the transport stamps it: rport gets the source port where it is, or
+        # comes last; received comes after the request's own params.
+        if branch is not None:
+            stamped = (f"branch={branch};rport={source[1]};received={source[0]}" if rport_after
+                       else f"branch={branch};received={source[0]};rport={source[1]}")
+        else:
+            branch = branch_after
+            stamped = f"rport={source[1]};branch={branch};received={source[0]}"
+        if not is_rfc3261_branch(branch):
             return None
-        stamped = ";".join(rest) + f";received={source[0]}"
-        if not rport:
-            stamped += f";rport={source[1]}"
         sent_by = host if port is None else f"{host}:{port}"
         from_, to = _NAME_ADDR.fullmatch(found["from"]), _NAME_ADDR.fullmatch(found["to"])
         contact = _NAME_ADDR.fullmatch(found["contact"])
