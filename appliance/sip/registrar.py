@@ -694,6 +694,12 @@ def _check_contact(contact: NameAddr) -> None:
     """A Contact we could later send a request to: a valid sip:/sips: URI, and nothing that
     is not UTF-8 in its display name or parameters either (they are stored with the binding,
     listed by the API and echoed in every 200)."""
+    if not contact.params and contact.display is None:
+        # The usual Contact, a bare <uri>: only its URI to check, cached by value.
+        problem = _contact_problem(contact.uri, None, None)
+        if problem is not None:
+            raise SipParseError(problem)
+        return
     problem = _contact_problem(contact.uri, contact.param("expires"), contact.param("q"))
     if problem is None and not all(
             is_utf8(text) for text in (contact.display or "",
