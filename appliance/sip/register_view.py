@@ -64,6 +64,9 @@ _CSEQ = re.compile(r"(\d{1,9}) REGISTER")
 # No "?": headers in a Request-URI are refused by the general parser (a "?" in a user part
 # is not, but no phone registers with one; the general path reads those).
 _REQUEST_URI = re.compile(r"sip:[!->@-~]+")
+# Status → the status line of a reply, encoded (filled as replies are written: one per code
+# in ``REASONS`` at most).
+_STATUS_LINES: dict[int, bytes] = {}
 
 
 class RegisterFields(NamedTuple):
@@ -202,10 +205,13 @@ class PlainRegister(NamedTuple):
     def reply(self, status: int, headers: Sequence[tuple[str, str]], *, to_tag: str) -> bytes:
         """The bytes of the response STATUS carrying HEADERS, as ``make_response`` would
         build it with TO_TAG (which must be a token)."""
-        reason = REASONS.get(status)
-        if reason is None:
-            raise SipParseError(f"no reason phrase for {status}")
-        extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
-        return b"".join((f"SIP/2.0 {status} {reason}\r\n".encode(), self.head,
+        status_line = _STATUS_LINES.get(status)
+        if status_line is None:
+            reason = REASONS.get(status)
+            if reason is None:
+                raise SipParseError(f"no reason phrase for {status}")
+            status_line = _STATUS_LINES[status] = f"SIP/2.0 {status} {reason}\r\n".encode()
+        extra = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        return b"".join((status_line, self.head,
                          to_tag.encode(), self.tail, extra.encode("utf-8", "surrogateescape"),
                          b"Content-Length: 0\r\n\r\n"))
