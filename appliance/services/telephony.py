@@ -14,8 +14,8 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Collection
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from appliance.errors import StoreBusy
@@ -31,6 +31,8 @@ from appliance.models import (
     mint_sid,
 )
 from appliance.services.ports import StoreProtocol
+from appliance.sip.bindings import Binding
+from appliance.sip.uri import hostport
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,14 @@ class Registration:
     expires_at: datetime
     user_agent: str = ""
 
+    @classmethod
+    def of(cls, login: str, binding: Binding) -> Registration:
+        """How the API shows LOGIN's BINDING."""
+        return cls(login=login, contact=binding.uri, transport=binding.transport,
+                   source=hostport(binding.source),
+                   expires_at=datetime.fromtimestamp(binding.expires_at, UTC),
+                   user_agent=binding.user_agent)
+
 
 # Loads and reads a lookup of a login waits for before it reads that login's Client alone: a
 # load dropped by an account change, or a read superseded by a later change, is waited for
@@ -118,6 +128,11 @@ class SipDirectory:
         self._generation = 0
         self._numbers_generation = 0
         self._registrations: dict[str, list[Registration]] = {}
+        # Per login, the bindings the registrar reported last (``set_bindings``), made
+        # Registrations only when they are read (the API, /health): a phone refreshing its
+        # binding every minute costs no Registration each time. Bindings are not changed
+        # once made (a refresh makes new ones), so these stay as they were reported.
+        self._bindings: dict[str, tuple[Binding, ...]] = {}
         # Called with the login when a Client gains a registration (SMS waiting for it).
         self.on_registered: list[Callable[[str], None]] = []
 
@@ -261,25 +276,43 @@ class SipDirectory:
         return number
 
     # The registrar reports every change of a login's contacts here (a refresh too).
+    def set_bindings(self, login: str, bindings: Sequence[Binding]) -> None:
+        """LOGIN's live bindings are now BINDINGS (none: it has no registration left)."""
+        self._registrations.pop(login, None)
+        if bindings:
+            self._bindings[login] = tuple(bindings)
+            self._registered(login)
+        else:
+            self._bindings.pop(login, None)
+
     def set_registrations(self, login: str, registrations: list[Registration]) -> None:
+        """LOGIN's registrations are now REGISTRATIONS, as ``set_bindings`` would show
+        them."""
+        self._bindings.pop(login, None)
         if registrations:
             self._registrations[login] = list(registrations)
-            # Every time, not only for the login's first phone: a phone that comes back (a
-            # reboot, a new address, a refresh) is what messages waiting for it wait for.
-            for callback in self.on_registered:
-                callback(login)
+            self._registered(login)
         else:
             self._registrations.pop(login, None)
+
+    def _registered(self, login: str) -> None:
+        # Every time, not only for the login's first phone: a phone that comes back (a
+        # reboot, a new address, a refresh) is what messages waiting for it wait for.
+        for callback in self.on_registered:
+            callback(login)
 
     def registrations(self, logins: set[str] | None = None) -> list[Registration]:
         result = [r for login, regs in self._registrations.items()
                   if logins is None or login in logins for r in regs]
+        result += [Registration.of(login, b) for login, bindings in self._bindings.items()
+                   if logins is None or login in logins for b in bindings]
         return sorted(result, key=lambda r: (r.login, r.contact))
 
     def registered_count(self) -> int:
         """Registered phones: live contacts over all Clients (/health, the status line). A
         Client with a desk phone and a softphone counts two."""
-        return sum(len(regs) for regs in self._registrations.values())
+        return (sum(len(regs) for regs in self._registrations.values())
+                + sum(len(bindings) for bindings in self._bindings.values()))
 
 
 # CDR group commit (CallLog): a batch that follows the previous commit by less than BUSY_GAP

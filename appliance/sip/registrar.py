@@ -91,11 +91,10 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from appliance.errors import StoreBusy
-from appliance.services.telephony import Registration, SipUser
+from appliance.services.telephony import SipUser
 from appliance.sip.bindings import (
     Binding,
     Location,
@@ -126,7 +125,7 @@ from appliance.sip.headers import (
 from appliance.sip.message import Request, Response, make_response
 from appliance.sip.register_view import PlainRegister, RegisterFields, fields_of
 from appliance.sip.tags import random_hex
-from appliance.sip.uri import SipUri, hostport, parse_uri, same_uri
+from appliance.sip.uri import SipUri, parse_uri, same_uri
 from appliance.sip.wire import Flows, Incoming
 
 logger = logging.getLogger(__name__)
@@ -168,7 +167,9 @@ class Directory(Protocol):
         """(True, what ``user`` would return) when that is known without waiting, else
         (False, None)."""
 
-    def set_registrations(self, login: str, registrations: list[Registration]) -> None: ...
+    def set_bindings(self, login: str, bindings: Sequence[Binding]) -> None:
+        """LOGIN's live bindings are now BINDINGS (after every change, a refresh too;
+        none: no registration left). Shown by the API as ``Registration.of`` each."""
 
 
 class Liveness(Protocol):
@@ -546,13 +547,7 @@ class Registrar:
             aor, {b.connection_id for b in bindings if b.connection_id is not None})
         if self.keepalive is not None:
             self.keepalive.track(aor, [b.uri for b in bindings])
-        self.directory.set_registrations(aor, [
-            Registration(
-                login=aor, contact=b.uri, transport=b.transport,
-                source=hostport(b.source),
-                expires_at=datetime.fromtimestamp(b.expires_at, UTC),
-                user_agent=b.user_agent)
-            for b in bindings])
+        self.directory.set_bindings(aor, bindings)
         return bindings
 
     def _count_connections(self, aor: str, new: set[str]) -> None:

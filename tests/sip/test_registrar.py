@@ -9,13 +9,14 @@ import asyncio
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from appliance.services.telephony import Registration, SipUser
-from appliance.sip.bindings import Location
+from appliance.sip.bindings import Binding, Location
 from appliance.sip.digest import Algorithm
 from appliance.sip.frontdoor import FrontDoor
 from appliance.sip.guard import Guard
@@ -62,8 +63,8 @@ class FakeDirectory:
     def cached_user(self, login: str) -> tuple[bool, SipUser | None]:
         return True, self.users.get(login)
 
-    def set_registrations(self, login: str, registrations: list[Registration]) -> None:
-        self.published[login] = list(registrations)
+    def set_bindings(self, login: str, bindings: Sequence[Binding]) -> None:
+        self.published[login] = [Registration.of(login, b) for b in bindings]
 
 
 class FakeStore:
