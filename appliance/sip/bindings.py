@@ -122,6 +122,11 @@ class Binding:
         )
 
 
+def _precedence(binding: Binding) -> tuple[float, float]:
+    """The order of an AoR's bindings: highest q first, then the most recent."""
+    return (-(binding.q if binding.q is not None else 1.0), -binding.expires_at)
+
+
 def _default_port(contact: SipUri, transport: str) -> int:
     return 5061 if contact.scheme == "sips" or transport == "tls" else 5060
 
@@ -162,7 +167,7 @@ class Location:
         """Live bindings of AOR, highest q first (then most recent)."""
         live = [b for b in self._bindings.get(aor, {}).values() if b.expires_at > now]
         if len(live) > 1:  # one binding (most AoRs): nothing to order
-            live.sort(key=lambda b: (-(b.q if b.q is not None else 1.0), -b.expires_at))
+            live.sort(key=_precedence)
         return live
 
     def register(
@@ -226,7 +231,12 @@ class Location:
             self._bindings[aor] = result
         else:
             self._bindings.pop(aor, None)
-        return self.lookup(aor, now)
+        # What lookup(aor, now) gives: every binding in RESULT is live (the current ones
+        # were, the new ones expire after now).
+        live = list(result.values())
+        if len(live) > 1:
+            live.sort(key=_precedence)
+        return live
 
     def _expiry(self, contact: NameAddr, expires_header: int | None) -> int:
         expires = contact.expires if contact.params else None
