@@ -55,7 +55,14 @@ class Clock:
 class FakeDirectory:
     def __init__(self, *users: SipUser) -> None:
         self.users = {u.login: u for u in users}
-        self.published: dict[str, list[Registration]] = {}
+        self.reported: dict[str, tuple[Binding, ...]] = {}  # the last report of each login
+
+    @property
+    def published(self) -> dict[str, list[Registration]]:
+        """What the API would show of each login reported (made when read, as
+        ``SipDirectory`` makes them: bench/sip_register.py runs with this directory)."""
+        return {login: [Registration.of(login, b) for b in bindings]
+                for login, bindings in self.reported.items()}
 
     async def user(self, login: str) -> SipUser | None:
         return self.users.get(login)
@@ -64,7 +71,7 @@ class FakeDirectory:
         return True, self.users.get(login)
 
     def set_bindings(self, login: str, bindings: Sequence[Binding]) -> None:
-        self.published[login] = [Registration.of(login, b) for b in bindings]
+        self.reported[login] = tuple(bindings)
 
 
 class FakeStore:
