@@ -37,6 +37,7 @@ MODULES = (
     "appliance.sip.headers",
     "appliance.sip.register_view",
     "appliance.sip.registrar",
+    "appliance.sip.tags",
     "appliance.sip.transaction_keys",
     "appliance.sip.uri",
 )

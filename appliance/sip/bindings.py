@@ -23,17 +23,17 @@ restart. Contacts are told apart by their URI text (RFC 5626 instance ids are no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from appliance.sip.errors import SipError
 from appliance.sip.headers import NameAddr
 from appliance.sip.uri import SipUri, parse_uri
 from appliance.sip.wire import Target
 
-DEFAULT_EXPIRES = 3600  # RFC 3261 §10.2.1.1 suggests one hour
-MIN_EXPIRES = 60  # RFC 3261 §10.3 step 7 recommends at least 60 s, as Kamailio does
-MAX_EXPIRES = 3600
-MAX_CONTACTS = 10  # Kamailio registrar's max_contacts in our reference setup (sip.md §5.1)
+DEFAULT_EXPIRES: Final = 3600  # RFC 3261 §10.2.1.1 suggests one hour
+MIN_EXPIRES: Final = 60  # RFC 3261 §10.3 step 7 recommends at least 60 s, as Kamailio does
+MAX_EXPIRES: Final = 3600
+MAX_CONTACTS: Final = 10  # Kamailio registrar's max_contacts in our reference setup (sip.md §5.1)
 
 
 class RegistrationError(SipError):

@@ -40,20 +40,20 @@ import hmac
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from appliance.sip.headers import DigestCredentials, format_challenge
 from appliance.sip.tags import random_hex
 
-DEFAULT_NONCE_LIFETIME = 300.0  # seconds; Kamailio auth's nonce_expire default is 300 too
-MAX_CLOCK_SKEW = 5.0  # a nonce "from the future" beyond this is forged
-MAX_TRACKED_NONCES = 10_000  # nc replay memory: ~100 bytes each, ~1 MB worst case
-_SHA256_BLOCK = 64  # bytes: the HMAC key is padded to one block (RFC 2104 §2)
+DEFAULT_NONCE_LIFETIME: Final = 300.0  # seconds; Kamailio auth's nonce_expire default is 300 too
+MAX_CLOCK_SKEW: Final = 5.0  # a nonce "from the future" beyond this is forged
+MAX_TRACKED_NONCES: Final = 10_000  # nc replay memory: ~100 bytes each, ~1 MB worst case
+_SHA256_BLOCK: Final = 64  # bytes: the HMAC key is padded to one block (RFC 2104 §2)
 
 _T = TypeVar("_T")
 
 # Challenge status → (challenge header, credentials header).
-HEADERS = {
+HEADERS: Final = {
     401: ("WWW-Authenticate", "Authorization"),
     407: ("Proxy-Authenticate", "Proxy-Authorization"),
 }
@@ -77,11 +77,12 @@ class Algorithm(enum.StrEnum):
 
 # Looked up by member (a str, hashed once): Enum.name and .value go through a descriptor
 # written in Python, slow on every REGISTER.
-_BASES = {a: Algorithm.SHA256 if a.startswith("SHA-256") else Algorithm.MD5 for a in Algorithm}
-_SESSIONS = frozenset(a for a in Algorithm if a.endswith("-sess"))
-_BY_VALUE = {a.lower(): a for a in Algorithm}
-_HEX = frozenset("0123456789abcdefABCDEF")
-_REQUIRED = ("username", "realm", "nonce", "uri", "response")
+_BASES: Final = {a: Algorithm.SHA256 if a.startswith("SHA-256") else Algorithm.MD5
+                 for a in Algorithm}
+_SESSIONS: Final = frozenset(a for a in Algorithm if a.endswith("-sess"))
+_BY_VALUE: Final = {a.lower(): a for a in Algorithm}
+_HEX: Final = frozenset("0123456789abcdefABCDEF")
+_REQUIRED: Final = ("username", "realm", "nonce", "uri", "response")
 
 
 def parse_algorithm(value: str | None) -> Algorithm | None:
@@ -99,7 +100,7 @@ def _sha256_hex(data: bytes) -> str:
 
 
 # Algorithm → its hash, as hex (-sess variants hash as their base does).
-_HASHES = {a: _sha256_hex if _BASES[a] is Algorithm.SHA256 else _md5_hex for a in Algorithm}
+_HASHES: Final = {a: _sha256_hex if _BASES[a] is Algorithm.SHA256 else _md5_hex for a in Algorithm}
 
 
 def _h(algorithm: Algorithm, text: str | bytes) -> str:
@@ -359,7 +360,7 @@ class DigestAuth:
         return Verdict.ACCEPTED
 
 
-_NONCE_MARK = '"\x00"'  # a quoted nonce no nonce of ours can be
+_NONCE_MARK: Final = '"\x00"'  # a quoted nonce no nonce of ours can be
 
 
 @functools.lru_cache(maxsize=64)

@@ -51,16 +51,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Final
 
 # fail2ban's asterisk jail defaults are maxretry 5 / findtime 10 min / bantime 10 min.
-MAX_FAILURES = 5
-FAILURE_WINDOW = 600.0
-BAN_TIME = 600.0
+MAX_FAILURES: Final = 5
+FAILURE_WINDOW: Final = 600.0
+BAN_TIME: Final = 600.0
 # A desk phone sends a handful of unauthenticated requests a minute (REGISTER before its
 # challenge, OPTIONS); 60 leaves room for a phone rebooting with many lines.
-UNAUTHENTICATED_PER_MINUTE = 60
-MAX_SOURCES = 10_000  # ~200 bytes a record: ~2 MB worst case
-EVICTION_SCAN = 16  # oldest records looked at for one without a ban or failures
+UNAUTHENTICATED_PER_MINUTE: Final = 60
+MAX_SOURCES: Final = 10_000  # ~200 bytes a record: ~2 MB worst case
+EVICTION_SCAN: Final = 16  # oldest records looked at for one without a ban or failures
 
 
 @dataclass

@@ -14,6 +14,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from appliance.sip.errors import SipParseError
 from appliance.sip.uri import (
@@ -29,9 +30,9 @@ from appliance.sip.uri import (
     split_hostport,
 )
 
-MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7: branches of RFC 3261 elements start with it
+MAGIC_COOKIE: Final = "z9hG4bK"  # RFC 3261 §8.1.1.7: branches of RFC 3261 elements start with it
 # RFC 3261 §25.1 token: methods, header names, unquoted display-name words.
-TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+TOKEN_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                         "-.!%*_+`'~")
 
 
@@ -119,7 +120,7 @@ def _split_semicolons(text: str) -> list[str]:
     return parts
 
 
-_NOT_IN_PARAM_NAME = frozenset(' \t"<>')  # characters a parameter name may not hold
+_NOT_IN_PARAM_NAME: Final = frozenset(' \t"<>')  # characters a parameter name may not hold
 
 
 def parse_params(text: str) -> Params:
@@ -149,17 +150,17 @@ def unquote(text: str) -> str:
     return text
 
 
-_UNESCAPE_RE = re.compile(r"\\(.)")
+_UNESCAPE_RE: Final = re.compile(r"\\(.)")
 
 
 # --- Via (RFC 3261 §20.42, RFC 3581) ---------------------------------------------------
 
-_VIA_RE = re.compile(
+_VIA_RE: Final = re.compile(
     r"^\s*([!-~]+?)\s*/\s*([!-~]+?)\s*/\s*([A-Za-z0-9.!%*_+`'~-]+)\s+([^;(]+?)\s*(;.*)?$",
     re.DOTALL,
 )
-_COMMENT_RE = re.compile(r"\([^)]*\)")
-_SPACE_RE = re.compile(r"\s+")
+_COMMENT_RE: Final = re.compile(r"\([^)]*\)")
+_SPACE_RE: Final = re.compile(r"\s+")
 
 
 @dataclass
@@ -238,7 +239,7 @@ def unreachable(host: str) -> bool:
     return ip.is_multicast or ip.is_unspecified or ip == _BROADCAST
 
 
-_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+_BROADCAST: Final = ipaddress.IPv4Address("255.255.255.255")
 
 
 def _ipv4_form(ip: ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -262,7 +263,7 @@ def _never_answered(host: str) -> bool:
 # messages of one dialog the same From and To. Each caller gets its own mutable object built
 # from the cached immutable fields; errors are not cached. Bounded (the values come off the
 # wire): a value not seen recently is simply parsed again.
-_PARSE_CACHE = 4096
+_PARSE_CACHE: Final = 4096
 
 
 @functools.lru_cache(maxsize=_PARSE_CACHE)
@@ -408,7 +409,7 @@ class NameAddr:
 
 # Characters that give an unquoted display name a second reading: a list separator, a quote,
 # the start of params or of a URI scheme.
-_DISPLAY_AMBIGUOUS = frozenset(',";:')
+_DISPLAY_AMBIGUOUS: Final = frozenset(',";:')
 
 
 def _unquoted_display_ok(display: str) -> bool:
@@ -432,7 +433,7 @@ def parse_name_addrs(values: Iterable[str]) -> list[NameAddr]:
 
 # --- CSeq -----------------------------------------------------------------------------
 
-CSEQ_LIMIT = 2**31  # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31
+CSEQ_LIMIT: Final = 2**31  # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31
 
 
 @dataclass(frozen=True)
@@ -458,14 +459,15 @@ class CSeq:
 # --- Digest credentials and challenges (RFC 7616 §3.3-3.4) ------------------------------
 
 
-_DIGEST_ITEM_RE = re.compile(r'(?:[^,"]|"[^"]*")+')
+_DIGEST_ITEM_RE: Final = re.compile(r'(?:[^,"]|"[^"]*")+')
 # name=token or name="quoted" (no escapes). The list regex only checks the shape, so it
 # captures nothing and never backtracks (no character of a name, a value or the blanks
 # around "=" can end one); the pair regex then reads the quoted and the token value apart.
-_DIGEST_PAIR = r'[A-Za-z0-9_.!%*+`\'~-]++[ \t]*+=[ \t]*+(?:"[^"\\]*+"|[^\s,"=\\]++)'
-_DIGEST_PAIR_RE = re.compile(
+_DIGEST_PAIR: Final = r'[A-Za-z0-9_.!%*+`\'~-]++[ \t]*+=[ \t]*+(?:"[^"\\]*+"|[^\s,"=\\]++)'
+_DIGEST_PAIR_RE: Final = re.compile(
     r'([A-Za-z0-9_.!%*+`\'~-]+)[ \t]*=[ \t]*(?:"([^"\\]*)"|([^\s,"=\\]+))')
-_DIGEST_LIST_RE = re.compile(rf"[ \t]*+{_DIGEST_PAIR}[ \t]*+(?:,[ \t]*+{_DIGEST_PAIR}[ \t]*+)*+")
+_DIGEST_LIST_RE: Final = re.compile(
+    rf"[ \t]*+{_DIGEST_PAIR}[ \t]*+(?:,[ \t]*+{_DIGEST_PAIR}[ \t]*+)*+")
 
 
 def is_digest(value: str) -> bool:

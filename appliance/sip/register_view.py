@@ -32,7 +32,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from appliance.sip.errors import SipParseError
 from appliance.sip.headers import is_rfc3261_branch, unreachable
@@ -41,29 +41,29 @@ from appliance.sip.transaction_keys import TransactionKey, rfc3261_key
 
 # Headers a REGISTER may carry that the registrar never reads and the reply does not echo
 # (User-Agent is read: it is shown with the registration in the API).
-_PASSIVE = frozenset({"allow", "supported", "accept", "accept-encoding", "accept-language",
+_PASSIVE: Final = frozenset({"allow", "supported", "accept", "accept-encoding", "accept-language",
                       "allow-events", "organization", "user-agent"})
-_READ = frozenset({"via", "max-forwards", "from", "to", "call-id", "cseq", "contact",
+_READ: Final = frozenset({"via", "max-forwards", "from", "to", "call-id", "cseq", "contact",
                    "expires", "authorization", "content-length"})
-_REQUIRED = frozenset({"via", "max-forwards", "from", "to", "call-id", "cseq", "contact"})
-_KNOWN = _READ | _PASSIVE
+_REQUIRED: Final = frozenset({"via", "max-forwards", "from", "to", "call-id", "cseq", "contact"})
+_KNOWN: Final = _READ | _PASSIVE
 
-_TOKEN = r"[A-Za-z0-9.!%*_+`'~-]+"
-_PARAMS = rf"(?:;{_TOKEN}(?:={_TOKEN})?)"
+_TOKEN: Final = r"[A-Za-z0-9.!%*_+`'~-]+"
+_PARAMS: Final = rf"(?:;{_TOKEN}(?:={_TOKEN})?)"
 # The Via params are one branch and at most one bare rport, in either order: anything else
 # (received, maddr, a second branch...) is for the general path.
-_VIA = re.compile(rf"SIP/2\.0/UDP (\d{{1,3}}(?:\.\d{{1,3}}){{3}})(?::(\d{{1,5}}))?"
+_VIA: Final = re.compile(rf"SIP/2\.0/UDP (\d{{1,3}}(?:\.\d{{1,3}}){{3}})(?::(\d{{1,5}}))?"
                   rf"(?:;branch=({_TOKEN})(;rport)?|(;rport);branch=({_TOKEN}))")
 # A name-addr in angle brackets, an optional quoted display name without escapes, and
 # header parameters made of token characters only.
-_NAME_ADDR = re.compile(rf'(?:"[^"\\]*" )?<(sip:[^<>\s"\\,]+)>({_PARAMS}*)')
+_NAME_ADDR: Final = re.compile(rf'(?:"[^"\\]*" )?<(sip:[^<>\s"\\,]+)>({_PARAMS}*)')
 # The user part the registrar keys bindings by, when it needs no unescaping.
-_AOR_USER = re.compile(r"sip:([A-Za-z0-9._~+-]+)@[A-Za-z0-9.-]+(?::\d{1,5})?(?:[;?][^<>]*)?")
-_CALL_ID = re.compile(r"[!-~]+")
-_CSEQ = re.compile(r"(\d{1,9}) REGISTER")
+_AOR_USER: Final = re.compile(r"sip:([A-Za-z0-9._~+-]+)@[A-Za-z0-9.-]+(?::\d{1,5})?(?:[;?][^<>]*)?")
+_CALL_ID: Final = re.compile(r"[!-~]+")
+_CSEQ: Final = re.compile(r"(\d{1,9}) REGISTER")
 # No "?": headers in a Request-URI are refused by the general parser (a "?" in a user part
 # is not, but no phone registers with one; the general path reads those).
-_REQUEST_URI = re.compile(r"sip:[!->@-~]+")
+_REQUEST_URI: Final = re.compile(r"sip:[!->@-~]+")
 # Status → the status line of a reply, encoded (filled as replies are written: one per code
 # in ``REASONS`` at most).
 _STATUS_LINES: dict[int, bytes] = {}

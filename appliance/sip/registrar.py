@@ -91,7 +91,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from appliance.errors import StoreBusy
 from appliance.services.telephony import SipUser
@@ -132,22 +132,22 @@ logger = logging.getLogger(__name__)
 
 # The longest the expiry task sleeps, so that a wall-clock jump (NTP sync at boot on a Pi
 # without an RTC) is noticed within a minute.
-MAX_TIMER_SLEEP = 60.0
+MAX_TIMER_SLEEP: Final = 60.0
 # Failed authentications are logged at warning at most once per source in this interval
 # (svcrack sends hundreds a second); the ban itself is always logged.
-FAILURE_LOG_INTERVAL = 60.0
-MAX_LOGGED_SOURCES = 1000
+FAILURE_LOG_INTERVAL: Final = 60.0
+MAX_LOGGED_SOURCES: Final = 1000
 # The challenges of a 401, in order. MD5 comes first although RFC 8760 would have the
 # preferred (SHA-256) first: a UA that reads only the first WWW-Authenticate and knows only MD5
 # cannot register otherwise — SIPp 3.6.1 is one ("createAuthHeader: authentication must use
 # MD5 or AKAv1-MD5"), and MD5-only desk-phone firmware behaves alike. [sip] digest_algorithms
 # changes the order (or drops MD5) where every phone speaks SHA-256.
-DEFAULT_ALGORITHMS = (Algorithm.MD5, Algorithm.SHA256)
-_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+DEFAULT_ALGORITHMS: Final = (Algorithm.MD5, Algorithm.SHA256)
+_QVALUE: Final = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 # Realms whose DigestAuth is kept (one per account realm in use; past this many, all go).
-MAX_CACHED_REALMS = 64
+MAX_CACHED_REALMS: Final = 64
 # Write-behind of bindings (see the module docstring): the longest a change waits for disk.
-FLUSH_INTERVAL = 1.0
+FLUSH_INTERVAL: Final = 1.0
 
 
 @dataclass(slots=True)

@@ -11,9 +11,10 @@ that it never hands out the digits its parent does.
 from __future__ import annotations
 
 import os
+from typing import Final
 
 # Bytes per read: 8 192 hex digits, ~800 ten-digit tags.
-BATCH = 4096
+BATCH: Final = 4096
 
 
 class HexPool:
@@ -39,7 +40,7 @@ class HexPool:
         self._used = 0
 
 
-_POOL = HexPool()
+_POOL: Final = HexPool()
 os.register_at_fork(after_in_child=_POOL.reset)
 
 

@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Final
 
 from appliance.sip.errors import SipParseError
 
-SCHEMES = frozenset({"sip", "sips", "tel"})
+SCHEMES: Final = frozenset({"sip", "sips", "tel"})
 
 Params = list[tuple[str, str | None]]
 
 # RFC 3261 §25.1: unreserved = alphanum / mark; user-unreserved and the password set add a
 # few more. Everything else in a user or password must be %-escaped.
-_UNRESERVED = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()"
-_USER_SAFE = frozenset(_UNRESERVED + "&=+$,;?/")
-_PASSWORD_SAFE = frozenset(_UNRESERVED + "&=+$,")
-_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)$")
-_ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!~*'()"
+_USER_SAFE: Final = frozenset(_UNRESERVED + "&=+$,;?/")
+_PASSWORD_SAFE: Final = frozenset(_UNRESERVED + "&=+$,")
+_HOST_RE: Final = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)$")
+_ESCAPE_RE: Final = re.compile(r"%([0-9A-Fa-f]{2})")
 
 
 def unescape(text: str) -> str:
@@ -195,7 +196,7 @@ def uri_scheme(text: str) -> str | None:
     return scheme.lower()
 
 
-_ILLEGAL_RE = re.compile('[ \t\r\n<>"]')
+_ILLEGAL_RE: Final = re.compile('[ \t\r\n<>"]')
 
 
 def parse_uri(text: str) -> SipUri | TelUri:
@@ -263,7 +264,7 @@ def parse_sip_uri(text: str) -> SipUri:
 
 # RFC 3261 §19.1.4: these URI parameters must match even when only one URI carries them;
 # any other parameter counts only when both carry it.
-_ALWAYS_COMPARED = frozenset({"user", "ttl", "method", "maddr"})
+_ALWAYS_COMPARED: Final = frozenset({"user", "ttl", "method", "maddr"})
 
 
 def same_uri(first: str, second: str, *, default_port: bool = False) -> bool:
