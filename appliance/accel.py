@@ -1,8 +1,8 @@
 """The registrar's hot path compiled to C by mypyc, used only while it matches the sources.
 
 Theory of operation. A REGISTER pair (challenge, then the answer) costs the registrar about
-90 µs of interpreted Python; compiled by mypyc from the very same typed modules it costs about
-a third less (``bench/sip_register.py``). ``scripts/setup`` runs ``scripts/build-accel``,
+74 µs of interpreted Python; compiled by mypyc from the very same typed modules, about 45 µs
+(in-process, ``bench/sip_register.py``). ``scripts/setup`` runs ``scripts/build-accel``,
 which compiles ``MODULES`` into ``.build/accel/`` beside the sources and writes a stamp: the
 hash of those modules' sources and of the interpreter that built them. At import time
 ``appliance.sip`` asks ``search_path`` for its package path: the build directory comes first
@@ -10,9 +10,12 @@ when its stamp is the stamp of the sources now on disk, so an edited module (or 
 Python) falls back to the interpreted sources on its own, never to stale machine code.
 
 The compiled code is the same Python, with mypyc's added strictness: arguments are checked
-against their annotations at run time, and instances of compiled classes take no new
-attributes (tests patch through the class or a wrapper, never an instance). The test suite
-runs on whichever code is in use; ``APPLIANCE_ACCEL=0`` forces the sources.
+against their annotations at run time; instances of compiled classes take no new attributes
+and their methods cannot be replaced; compiled callers call a module's functions directly,
+and read its ``Final`` constants from C statics, so patching either changes nothing for them.
+Tests therefore patch the fakes they pass in, or wrap an object, never a compiled one. The
+test suite runs on whichever code is in use; ``APPLIANCE_ACCEL=0`` forces the sources, and
+``tests/core/test_accel.py`` runs the REGISTER tests that way too.
 """
 
 from __future__ import annotations
