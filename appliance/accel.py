@@ -36,12 +36,14 @@ GROUP = "appliance.sip.accel"
 MODULES = (
     "appliance.sip.bindings",
     "appliance.sip.digest",
+    "appliance.sip.frontdoor",
     "appliance.sip.guard",
     "appliance.sip.headers",
     "appliance.sip.register_view",
     "appliance.sip.registrar",
     "appliance.sip.tags",
     "appliance.sip.transaction_keys",
+    "appliance.sip.transaction_table",
     "appliance.sip.uri",
 )
 DISABLE = "APPLIANCE_ACCEL"  # "0": run the interpreted sources even when a build matches

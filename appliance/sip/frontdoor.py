@@ -53,6 +53,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Final
 
 from appliance.sip.errors import SipParseError, SipStateError
 from appliance.sip.guard import Guard, LogThrottle
@@ -91,17 +92,17 @@ logger = logging.getLogger(__name__)
 
 # Option tags we implement as a UAS / proxy (Require, Proxy-Require → 420 otherwise).
 SUPPORTED: tuple[str, ...] = ()
-LOCAL_METHODS = ("REGISTER", "OPTIONS")
-PROXIED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "INFO", "NOTIFY", "REFER",
+LOCAL_METHODS: Final = ("REGISTER", "OPTIONS")
+PROXIED_METHODS: Final = ("INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "INFO", "NOTIFY", "REFER",
                    "SUBSCRIBE", "UPDATE", "PRACK")
-ACCEPT = "application/sdp"
-RETRY_AFTER = 60  # seconds, on 503 for an exhausted budget: the bucket refills in a minute
+ACCEPT: Final = "application/sdp"
+RETRY_AFTER: Final = 60  # seconds, on 503 for an exhausted budget: the bucket refills in a minute
 # Transactions we keep for requests we answer ourselves. Timer J holds a UDP one for 32 s,
 # so this covers ~300 REGISTER/s sustained — 100x a 200-phone office. Past it we still
 # answer, without absorbing retransmissions.
-MAX_LOCAL_TRANSACTIONS = 10_000
-BUDGET_LOG_INTERVAL = 60.0
-MAX_LOGGED_SOURCES = 1000
+MAX_LOCAL_TRANSACTIONS: Final = 10_000
+BUDGET_LOG_INTERVAL: Final = 60.0
+MAX_LOGGED_SOURCES: Final = 1000
 
 
 class FrontDoor:
