@@ -83,9 +83,10 @@ def search_path(package: str, path: Sequence[str], build: Path = BUILD) -> list[
 
 
 def active() -> bool:
-    """Whether the compiled modules are in use in this process (all of them, or none)."""
-    loaded = [sys.modules.get(module) for module in MODULES]
-    return all(module is not None and _compiled(module.__file__) for module in loaded)
+    """Whether this process runs the compiled modules: those of MODULES it has imported are
+    all compiled (the search path gives all of them, or none)."""
+    loaded = [module for module in map(sys.modules.get, MODULES) if module is not None]
+    return bool(loaded) and all(_compiled(module.__file__) for module in loaded)
 
 
 def _compiled(file: str | None) -> bool:
