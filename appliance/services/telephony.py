@@ -127,7 +127,6 @@ class SipDirectory:
         # Bumped when every Client is dropped: an answer read before then is not cached.
         self._generation = 0
         self._numbers_generation = 0
-        self._registrations: dict[str, list[Registration]] = {}
         # Per login, the bindings the registrar reported last (``set_bindings``), made
         # Registrations only when they are read (the API, /health): a phone refreshing its
         # binding every minute costs no Registration each time. Bindings are not changed
@@ -278,41 +277,24 @@ class SipDirectory:
     # The registrar reports every change of a login's contacts here (a refresh too).
     def set_bindings(self, login: str, bindings: Sequence[Binding]) -> None:
         """LOGIN's live bindings are now BINDINGS (none: it has no registration left)."""
-        self._registrations.pop(login, None)
         if bindings:
             self._bindings[login] = tuple(bindings)
-            self._registered(login)
+            # Every time, not only for the login's first phone: a phone that comes back (a
+            # reboot, a new address, a refresh) is what messages waiting for it wait for.
+            for callback in self.on_registered:
+                callback(login)
         else:
             self._bindings.pop(login, None)
 
-    def set_registrations(self, login: str, registrations: list[Registration]) -> None:
-        """LOGIN's registrations are now REGISTRATIONS, as ``set_bindings`` would show
-        them."""
-        self._bindings.pop(login, None)
-        if registrations:
-            self._registrations[login] = list(registrations)
-            self._registered(login)
-        else:
-            self._registrations.pop(login, None)
-
-    def _registered(self, login: str) -> None:
-        # Every time, not only for the login's first phone: a phone that comes back (a
-        # reboot, a new address, a refresh) is what messages waiting for it wait for.
-        for callback in self.on_registered:
-            callback(login)
-
     def registrations(self, logins: set[str] | None = None) -> list[Registration]:
-        result = [r for login, regs in self._registrations.items()
-                  if logins is None or login in logins for r in regs]
-        result += [Registration.of(login, b) for login, bindings in self._bindings.items()
-                   if logins is None or login in logins for b in bindings]
+        result = [Registration.of(login, b) for login, bindings in self._bindings.items()
+                  if logins is None or login in logins for b in bindings]
         return sorted(result, key=lambda r: (r.login, r.contact))
 
     def registered_count(self) -> int:
         """Registered phones: live contacts over all Clients (/health, the status line). A
         Client with a desk phone and a softphone counts two."""
-        return (sum(len(regs) for regs in self._registrations.values())
-                + sum(len(bindings) for bindings in self._bindings.values()))
+        return sum(len(bindings) for bindings in self._bindings.values())
 
 
 # CDR group commit (CallLog): a batch that follows the previous commit by less than BUSY_GAP

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import socket
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ import yaml
 
 from appliance.app import Appliance
 from appliance.config import ApiConfig, Config, Endpoint, MediaConfig, SipConfig
-from appliance.services.telephony import Registration
+from appliance.sip.bindings import Binding
 from appliance.sip.message import Request, Response, parse_message
 from tests.conftest import ADMIN_SID, Api, free_port
 from tests.sip.test_registrar import answer, register
@@ -146,9 +147,9 @@ async def test_only_the_accounts_own_clients_and_the_tree_rule(api: Api,
 
 async def test_expired_entries_are_not_shown(api: Api, appliance: Appliance) -> None:
     await make_client(api, "old")
-    appliance.sip_directory.set_registrations("old", [Registration(
-        login="old", contact="sip:old@192.0.2.1", transport="udp", source="192.0.2.1:5060",
-        expires_at=datetime.now(UTC) - timedelta(seconds=5))])
+    appliance.sip_directory.set_bindings("old", [Binding(
+        aor="old", uri="sip:old@192.0.2.1", expires_at=time.time() - 5, call_id="c", cseq=1,
+        transport="udp", source=("192.0.2.1", 5060))])
     status, body, _ = await api.get(f"{BASE}.json")
     assert json.loads(body) == []
 
@@ -495,11 +496,10 @@ async def test_health_counts_phones_not_clients(api: Api, appliance: Appliance) 
     assert (await sip_register(appliance, "alice", local_port=phone, first_cseq=3)
             ).status == 200  # the same phone: a refresh
     assert (await appliance.health())[1]["sip_registered_phones"] == 1
-    appliance.sip_directory.set_registrations("alice", [
-        *appliance.sip_directory.registrations({"alice"}),
-        Registration(login="alice", contact="sip:alice@192.0.2.9", transport="tcp",
-                     source="192.0.2.9:5060",
-                     expires_at=datetime.now(UTC) + timedelta(seconds=60))])
+    appliance.sip_directory.set_bindings("alice", [
+        *appliance.location.lookup("alice", time.time()),
+        Binding(aor="alice", uri="sip:alice@192.0.2.9", expires_at=time.time() + 60,
+                call_id="c", cseq=1, transport="tcp", source=("192.0.2.9", 5060))])
     assert len(await listed(api)) == 2
     assert (await appliance.health())[1]["sip_registered_phones"] == 2
     assert "2 phones registered" in appliance.status_line()
