@@ -5,5 +5,6 @@ time arrives as ``now`` and the asyncio transports live in ``transport``/``regis
 
 from appliance import accel
 
-# The registrar's hot path, compiled, when a build matching these sources exists (``accel``).
+# The registrar's hot path, compiled, when a build matching these sources exists (``accel``:
+# the one place the package reads files at import, to hash the compiled modules' sources).
 __path__ = accel.search_path(__name__, __path__)

@@ -93,8 +93,8 @@ logger = logging.getLogger(__name__)
 # Option tags we implement as a UAS / proxy (Require, Proxy-Require → 420 otherwise).
 SUPPORTED: tuple[str, ...] = ()
 LOCAL_METHODS: Final = ("REGISTER", "OPTIONS")
-PROXIED_METHODS: Final = ("INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "INFO", "NOTIFY", "REFER",
-                   "SUBSCRIBE", "UPDATE", "PRACK")
+PROXIED_METHODS: Final = ("INVITE", "ACK", "CANCEL", "BYE", "MESSAGE", "INFO", "NOTIFY",
+                          "REFER", "SUBSCRIBE", "UPDATE", "PRACK")
 ACCEPT: Final = "application/sdp"
 RETRY_AFTER: Final = 60  # seconds, on 503 for an exhausted budget: the bucket refills in a minute
 # Transactions we keep for requests we answer ourselves. Timer J holds a UDP one for 32 s,

@@ -41,10 +41,10 @@ from appliance.sip.transaction_keys import TransactionKey, rfc3261_key
 
 # Headers a REGISTER may carry that the registrar never reads and the reply does not echo
 # (User-Agent is read: it is shown with the registration in the API).
-_PASSIVE: Final = frozenset({"allow", "supported", "accept", "accept-encoding", "accept-language",
-                      "allow-events", "organization", "user-agent"})
+_PASSIVE: Final = frozenset({"allow", "supported", "accept", "accept-encoding",
+                             "accept-language", "allow-events", "organization", "user-agent"})
 _READ: Final = frozenset({"via", "max-forwards", "from", "to", "call-id", "cseq", "contact",
-                   "expires", "authorization", "content-length"})
+                          "expires", "authorization", "content-length"})
 _REQUIRED: Final = frozenset({"via", "max-forwards", "from", "to", "call-id", "cseq", "contact"})
 _KNOWN: Final = _READ | _PASSIVE
 
