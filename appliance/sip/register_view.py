@@ -32,7 +32,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Sequence
-from typing import Final, NamedTuple
+from typing import Final
 
 from appliance.sip.errors import SipParseError
 from appliance.sip.headers import is_rfc3261_branch, unreachable
@@ -69,20 +69,42 @@ _REQUEST_URI: Final = re.compile(r"sip:[!->@-~]+")
 _STATUS_LINES: dict[int, bytes] = {}
 
 
-class RegisterFields(NamedTuple):
+class RegisterFields:
     """What the registrar decides on. LOGIN is the To-URI's user part (None: the To is not
     a SIP URI with a user); CONTACTS and AUTHORIZATIONS are the raw header values;
-    REQUEST_URI is the request line's, which a digest ``uri`` must name."""
+    REQUEST_URI is the request line's, which a digest ``uri`` must name. (A plain class,
+    not a NamedTuple: compiled, its fields are read from the object, not looked up.)"""
 
-    login: str | None
-    authorizations: Sequence[str]
-    branch: str
-    contacts: Sequence[str]
-    expires: str | None
-    call_id: str
-    cseq: int
-    user_agent: str
-    request_uri: str
+    __slots__ = ("login", "authorizations", "branch", "contacts", "expires", "call_id",
+                 "cseq", "user_agent", "request_uri")
+
+    def __init__(self, login: str | None, authorizations: Sequence[str], branch: str,
+                 contacts: Sequence[str], expires: str | None, call_id: str, cseq: int,
+                 user_agent: str, request_uri: str) -> None:
+        self.login = login
+        self.authorizations = authorizations
+        self.branch = branch
+        self.contacts = contacts
+        self.expires = expires
+        self.call_id = call_id
+        self.cseq = cseq
+        self.user_agent = user_agent
+        self.request_uri = request_uri
+
+    def _values(self) -> tuple[object, ...]:
+        return (self.login, tuple(self.authorizations), self.branch, tuple(self.contacts),
+                self.expires, self.call_id, self.cseq, self.user_agent, self.request_uri)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RegisterFields):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return f"RegisterFields{self._values()!r}"
 
 
 def fields_of(request: Request, login: str | None) -> RegisterFields:
@@ -112,13 +134,17 @@ def _answerable(host: str) -> bool:
     return not unreachable(host)
 
 
-class PlainRegister(NamedTuple):
+class PlainRegister:
     """A REGISTER of the common shape (see the module docstring), as read from its bytes."""
 
-    fields: RegisterFields
-    key: TransactionKey  # its server transaction key (transaction_keys.server_key)
-    head: bytes  # the stamped Via, From, To-up-to-the-tag, as the reply copies them
-    tail: bytes  # Call-ID and CSeq lines of the reply
+    __slots__ = ("fields", "key", "head", "tail")
+
+    def __init__(self, fields: RegisterFields, key: TransactionKey, head: bytes, tail: bytes
+                 ) -> None:
+        self.fields = fields
+        self.key = key  # its server transaction key (transaction_keys.server_key)
+        self.head = head  # the stamped Via, From, To-up-to-the-tag, as the reply copies them
+        self.tail = tail  # Call-ID and CSeq lines of the reply
 
     @classmethod
     def parse(cls, data: bytes, source: tuple[str, int]) -> PlainRegister | None:
