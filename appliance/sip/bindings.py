@@ -22,7 +22,7 @@ restart. Contacts are told apart by their URI text (RFC 5626 instance ids are no
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from appliance.sip.errors import SipError
@@ -45,19 +45,37 @@ class RegistrationError(SipError):
         self.min_expires = min_expires
 
 
-@dataclass
+@dataclass(init=False)
 class Binding:
     aor: str
     uri: str  # the contact URI, as the phone sent it
     expires_at: float
     call_id: str
     cseq: int
-    transport: str = "udp"
-    source: tuple[str, int] = ("", 0)  # where the REGISTER came from (NAT-mapped address)
-    connection_id: str | None = None  # the TCP connection to reuse for requests to it
-    q: float | None = None
-    params: list[tuple[str, str | None]] = field(default_factory=list)  # other contact params
-    user_agent: str = ""  # of the REGISTER that made it, shown in the API (kept over a restart)
+    transport: str
+    source: tuple[str, int]  # where the REGISTER came from (NAT-mapped address)
+    connection_id: str | None  # the TCP connection to reuse for requests to it
+    q: float | None
+    params: list[tuple[str, str | None]]  # other contact params
+    user_agent: str  # of the REGISTER that made it, shown in the API (kept over a restart)
+
+    # Written out (init=False): compiled, the dataclass-made __init__ would run interpreted.
+    def __init__(self, aor: str, uri: str, expires_at: float, call_id: str, cseq: int,
+                 transport: str = "udp", source: tuple[str, int] = ("", 0),
+                 connection_id: str | None = None, q: float | None = None,
+                 params: list[tuple[str, str | None]] | None = None,
+                 user_agent: str = "") -> None:
+        self.aor = aor
+        self.uri = uri
+        self.expires_at = expires_at
+        self.call_id = call_id
+        self.cseq = cseq
+        self.transport = transport
+        self.source = source
+        self.connection_id = connection_id
+        self.q = q
+        self.params = [] if params is None else params
+        self.user_agent = user_agent
 
     def expires_in(self, now: float) -> int:
         return max(0, int(self.expires_at - now + 0.5))
@@ -136,13 +154,20 @@ def qvalue_text(q: float) -> str:
     return f"{q:.3f}".rstrip("0").rstrip(".")
 
 
-@dataclass(frozen=True)
+@dataclass(init=False)
 class Origin:
-    """Where a REGISTER came from, stored with each binding it creates."""
+    """Where a REGISTER came from, stored with each binding it creates (never changed)."""
 
-    transport: str = "udp"
-    source: tuple[str, int] = ("", 0)
-    connection_id: str | None = None
+    transport: str
+    source: tuple[str, int]
+    connection_id: str | None
+
+    # Written out (init=False): compiled, the dataclass-made __init__ would run interpreted.
+    def __init__(self, transport: str = "udp", source: tuple[str, int] = ("", 0),
+                 connection_id: str | None = None) -> None:
+        self.transport = transport
+        self.source = source
+        self.connection_id = connection_id
 
 
 class Location:

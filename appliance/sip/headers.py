@@ -13,7 +13,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from appliance.sip.errors import SipParseError
@@ -163,13 +163,22 @@ _COMMENT_RE: Final = re.compile(r"\([^)]*\)")
 _SPACE_RE: Final = re.compile(r"\s+")
 
 
-@dataclass
+@dataclass(init=False)
 class Via:
     host: str
-    port: int | None = None
-    transport: str = "UDP"
-    params: Params = field(default_factory=list)
-    protocol: str = "SIP/2.0"
+    port: int | None
+    transport: str
+    params: Params
+    protocol: str
+
+    # Written out (init=False): compiled, the dataclass-made __init__ would run interpreted.
+    def __init__(self, host: str, port: int | None = None, transport: str = "UDP",
+                 params: Params | None = None, protocol: str = "SIP/2.0") -> None:
+        self.host = host
+        self.port = port
+        self.transport = transport
+        self.params = [] if params is None else params
+        self.protocol = protocol
 
     @classmethod
     def parse(cls, value: str) -> Via:
@@ -292,7 +301,7 @@ def parse_vias(values: Iterable[str]) -> list[Via]:
 # --- name-addr / addr-spec (From, To, Contact, Route, Record-Route) --------------------
 
 
-@dataclass
+@dataclass(init=False)
 class NameAddr:
     """``"Display" <uri>;params`` or a bare addr-spec. ``uri`` is kept as raw text.
 
@@ -302,8 +311,15 @@ class NameAddr:
     """
 
     uri: str
-    display: str | None = None
-    params: Params = field(default_factory=list)
+    display: str | None
+    params: Params
+
+    # Written out (init=False): compiled, the dataclass-made __init__ would run interpreted.
+    def __init__(self, uri: str, display: str | None = None, params: Params | None = None
+                 ) -> None:
+        self.uri = uri
+        self.display = display
+        self.params = [] if params is None else params
 
     @classmethod
     def parse(cls, value: str) -> NameAddr:
@@ -476,11 +492,16 @@ def is_digest(value: str) -> bool:
     return value.strip().partition(" ")[0].lower() == "digest"
 
 
-@dataclass(frozen=True)
+@dataclass(init=False)
 class DigestCredentials:
-    """An ``Authorization``/``Proxy-Authorization`` value; param names lower-cased."""
+    """An ``Authorization``/``Proxy-Authorization`` value; param names lower-cased (never
+    changed once parsed)."""
 
     params: dict[str, str]
+
+    # Written out (init=False): compiled, the dataclass-made __init__ would run interpreted.
+    def __init__(self, params: dict[str, str]) -> None:
+        self.params = params
 
     @classmethod
     def parse(cls, value: str) -> DigestCredentials:

@@ -90,7 +90,7 @@ import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from appliance.errors import StoreBusy
@@ -150,12 +150,17 @@ MAX_CACHED_REALMS: Final = 64
 FLUSH_INTERVAL: Final = 1.0
 
 
-@dataclass(slots=True)
+@dataclass(init=False)
 class Reply:
     """What the registrar answers, before it is rendered for either path."""
 
     status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    headers: list[tuple[str, str]]
+
+    # Written out (init=False): compiled, the dataclass-made __init__ would run interpreted.
+    def __init__(self, status: int, headers: list[tuple[str, str]] | None = None) -> None:
+        self.status = status
+        self.headers = [] if headers is None else headers
 
 
 class Directory(Protocol):

@@ -126,17 +126,30 @@ def split_hostport(text: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
-@dataclass
+@dataclass(init=False)
 class SipUri:
     """``sip:`` or ``sips:`` URI."""
 
     host: str
-    scheme: str = "sip"
-    user: str | None = None
-    password: str | None = None
-    port: int | None = None
-    params: Params = field(default_factory=list)
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    scheme: str
+    user: str | None
+    password: str | None
+    port: int | None
+    params: Params
+    headers: list[tuple[str, str]]
+
+    # Written out (init=False): compiled, the dataclass-made __init__ would run interpreted.
+    def __init__(self, host: str, scheme: str = "sip", user: str | None = None,
+                 password: str | None = None, port: int | None = None,
+                 params: Params | None = None, headers: list[tuple[str, str]] | None = None
+                 ) -> None:
+        self.host = host
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.port = port
+        self.params = [] if params is None else params
+        self.headers = [] if headers is None else headers
 
     def param(self, name: str) -> str | None:
         return param(self.params, name)
