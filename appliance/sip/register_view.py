@@ -59,11 +59,11 @@ _VIA: Final = re.compile(rf"SIP/2\.0/UDP (\d{{1,3}}(?:\.\d{{1,3}}){{3}})(?::(\d{
 _NAME_ADDR: Final = re.compile(rf'(?:"[^"\\]*" )?<(sip:[^<>\s"\\,]+)>({_PARAMS}*)')
 # The user part the registrar keys bindings by, when it needs no unescaping.
 _AOR_USER: Final = re.compile(r"sip:([A-Za-z0-9._~+-]+)@[A-Za-z0-9.-]+(?::\d{1,5})?(?:[;?][^<>]*)?")
-_CALL_ID: Final = re.compile(r"[!-~]+")
-_CSEQ: Final = re.compile(r"(\d{1,9}) REGISTER")
-# No "?": headers in a Request-URI are refused by the general parser (a "?" in a user part
-# is not, but no phone registers with one; the general path reads those).
-_REQUEST_URI: Final = re.compile(r"sip:[!->@-~]+")
+# Name-addr values read before (From, To, Contact: a phone sends the same ones with every
+# REGISTER) -> their URI, whether they carry header parameters, and the URI's user part
+# when the registrar can key bindings by it. Only plain values are kept; emptied when full.
+_NAME_ADDRS: dict[str, tuple[str, bool, str | None]] = {}
+MAX_NAME_ADDRS: Final = 4096
 # Status → the status line of a reply, encoded (filled as replies are written: one per code
 # in ``REASONS`` at most).
 _STATUS_LINES: dict[int, bytes] = {}
@@ -134,6 +134,32 @@ def _answerable(host: str) -> bool:
     return not unreachable(host)
 
 
+def _is_request_uri(text: str) -> bool:
+    """TEXT (ASCII, no space) as the regex "sip:[!->@-~]+" would take it: no "?", since
+    headers in a Request-URI are refused by the general parser (a "?" in a user part is not,
+    but no phone registers with one; the general path reads those)."""
+    return len(text) > 4 and text.startswith("sip:") and text.isprintable() and "?" not in text
+
+
+def _name_addr(value: str) -> tuple[str, bool, str | None] | None:
+    """VALUE's URI, whether it has header parameters, and the URI's user part (None when
+    it needs unescaping, or has none) when VALUE is a plain name-addr (``_NAME_ADDR``),
+    else None."""
+    known = _NAME_ADDRS.get(value)
+    if known is not None:
+        return known
+    match = _NAME_ADDR.fullmatch(value)
+    if match is None:
+        return None
+    uri = match.group(1)
+    user = _AOR_USER.fullmatch(uri)
+    read = (uri, bool(match.group(2)), user.group(1) if user is not None else None)
+    if len(_NAME_ADDRS) >= MAX_NAME_ADDRS:
+        _NAME_ADDRS.clear()
+    _NAME_ADDRS[value] = read
+    return read
+
+
 class PlainRegister:
     """A REGISTER of the common shape (see the module docstring), as read from its bytes."""
 
@@ -161,7 +187,7 @@ class PlainRegister:
         start, _, block = text.partition("\r\n")
         request_line = start.split(" ")
         if (len(request_line) != 3 or request_line[2] != "SIP/2.0"
-                or not _REQUEST_URI.fullmatch(request_line[1])):
+                or not _is_request_uri(request_line[1])):
             return None
         lines = block.split("\r\n")
         # A CR or LF that is not part of a CRLF would be in a line: refused.
@@ -201,26 +227,27 @@ class PlainRegister:
         if not is_rfc3261_branch(branch):
             return None
         sent_by = host if port is None else f"{host}:{port}"
-        from_, to = _NAME_ADDR.fullmatch(found["from"]), _NAME_ADDR.fullmatch(found["to"])
-        contact = _NAME_ADDR.fullmatch(found["contact"])
-        if from_ is None or to is None or contact is None or to.group(2):
+        to = _name_addr(found["to"])
+        if (to is None or to[1] or to[2] is None or _name_addr(found["from"]) is None
+                or _name_addr(found["contact"]) is None):
             return None
         max_forwards, expires = found["max-forwards"], found.get("expires")
         if not (max_forwards.isdigit() and len(max_forwards) <= 10):
             return None
         if expires is not None and not (expires.isdigit() and len(expires) <= 10):
             return None
-        cseq = _CSEQ.fullmatch(found["cseq"])
+        cseq, _, method = found["cseq"].partition(" ")
         call_id = found["call-id"]
-        user = _AOR_USER.fullmatch(to.group(1))
-        if cseq is None or not _CALL_ID.fullmatch(call_id) or user is None:
+        # As the regexes "\d{1,9} REGISTER" and "[!-~]+" would: TEXT is ASCII here.
+        if not (method == "REGISTER" and cseq.isdigit() and len(cseq) <= 9
+                and call_id.isprintable() and call_id and " " not in call_id):
             return None
         authorization = found.get("authorization")
         fields = RegisterFields(
-            login=user.group(1),
+            login=to[2],
             authorizations=(authorization,) if authorization is not None else (),
             branch=branch, contacts=(found["contact"],), expires=expires, call_id=call_id,
-            cseq=int(cseq.group(1)), user_agent=found.get("user-agent", ""),
+            cseq=int(cseq), user_agent=found.get("user-agent", ""),
             request_uri=request_uri)
         head = (f"Via: SIP/2.0/UDP {sent_by};{stamped}\r\nFrom: {found['from']}\r\n"
                 f"To: {found['to']};tag=").encode()

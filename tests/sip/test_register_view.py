@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.services.telephony import SipUser
+from appliance.sip import register_view
 from appliance.sip.digest import Nonces
 from appliance.sip.message import Request, make_response, parse_message, stamp_received
 from appliance.sip.register_view import PlainRegister, fields_of
@@ -408,7 +409,12 @@ def edited(old: bytes, new: bytes) -> bytes:
            b"Max-Forwards: 70\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKx\r\n"),
     edited(b"CSeq: 1 REGISTER", b"CSeq: 1 INVITE"),
     edited(b"CSeq: 1 REGISTER", b"CSeq: 99999999999 REGISTER"),
+    edited(b"CSeq: 1 REGISTER", b"CSeq: 1  REGISTER"),
+    edited(b"CSeq: 1 REGISTER", b"CSeq: +1 REGISTER"),
     edited(b"Call-ID: cid-1", b"Call-ID: cid 1"),
+    edited(b"Call-ID: cid-1", b"Call-ID: cid-\x7f"),
+    edited(b"REGISTER sip:pbx.example.com", b"REGISTER sip:pbx.example.com?Route=x"),
+    edited(b"REGISTER sip:pbx.example.com", b"REGISTER sip:"),
     edited(b"Call-ID: cid-1", b"Call-ID: cid-1\r\nCall-ID: cid-2"),
     edited(b"Expires: 3600", b"Expires: soon"),
     edited(b"Content-Length: 0", b"Content-Length: 4"),
@@ -420,6 +426,18 @@ def edited(old: bytes, new: bytes) -> bytes:
 ], ids=lambda data: "")
 def test_other_shapes_are_left_to_the_general_path(data: bytes) -> None:
     assert PlainRegister.parse(data, PHONE) is None
+
+
+def test_name_addrs_read_before_are_kept_within_a_bound() -> None:
+    register_view._NAME_ADDRS.clear()
+    for n in range(register_view.MAX_NAME_ADDRS + 10):
+        data = edited(b"From: <sip:alice@pbx.example.com>;tag=f1",
+                      f"From: <sip:alice@pbx.example.com>;tag=t{n}".encode())
+        assert PlainRegister.parse(data, PHONE) is not None
+    assert 0 < len(register_view._NAME_ADDRS) <= register_view.MAX_NAME_ADDRS
+    # A To seen before as a plain value is still read as one, and its user found.
+    view = PlainRegister.parse(PLAIN, PHONE)
+    assert view is not None and view.fields.login == "alice"
 
 
 def test_the_plain_shape_is_read() -> None:
