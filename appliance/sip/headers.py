@@ -486,6 +486,23 @@ _DIGEST_LIST_RE: Final = re.compile(
     rf"[ \t]*+{_DIGEST_PAIR}[ \t]*+(?:,[ \t]*+{_DIGEST_PAIR}[ \t]*+)*+")
 
 
+def _split_digest_pairs(text: str) -> tuple[dict[str, str], int] | None:
+    """The params of TEXT, a list ``_DIGEST_LIST_RE`` matched, split at its commas, and
+    how many pairs there were; None when a quoted value holds a comma (a part opens a quote
+    it does not close), which only the pair regex reads right."""
+    params: dict[str, str] = {}
+    parts = text.split(",")
+    for part in parts:
+        name, _, value = part.partition("=")
+        value = value.strip()
+        if value.startswith('"'):
+            if len(value) < 2 or not value.endswith('"'):
+                return None
+            value = value[1:-1]
+        params[name.strip().lower()] = value
+    return params, len(parts)
+
+
 def is_digest(value: str) -> bool:
     """Whether an Authorization-style VALUE uses the Digest scheme (the only one we read:
     credentials in another scheme are as good as none, RFC 4475 §3.3.7)."""
@@ -519,12 +536,18 @@ class DigestCredentials:
             items = split_list(rest)
         elif _DIGEST_LIST_RE.fullmatch(rest):
             # The shape every phone sends (name=token or name="quoted", commas between):
-            # read in one pass, the same params as the general loop below.
-            pairs = _DIGEST_PAIR_RE.findall(rest)
-            params = {name.lower(): quoted or token for name, quoted, token in pairs}
-            if len(params) != len(pairs):
+            # the same params as the general loop below, split at the commas (string
+            # methods beat a second regex pass) unless a quoted value holds one.
+            split = _split_digest_pairs(rest)
+            if split is not None:
+                params, count = split
+            else:
+                pairs = _DIGEST_PAIR_RE.findall(rest)
+                params = {name.lower(): quoted or token for name, quoted, token in pairs}
+                count = len(pairs)
+            if len(params) != count:
                 seen: set[str] = set()
-                for name, _, _ in pairs:
+                for name, _, _ in _DIGEST_PAIR_RE.findall(rest):
                     if (key := name.lower()) in seen:
                         raise SipParseError(f"repeated digest parameter {key!r}")
                     seen.add(key)
