@@ -59,11 +59,12 @@ _VIA: Final = re.compile(rf"SIP/2\.0/UDP (\d{{1,3}}(?:\.\d{{1,3}}){{3}})(?::(\d{
 _NAME_ADDR: Final = re.compile(rf'(?:"[^"\\]*" )?<(sip:[^<>\s"\\,]+)>({_PARAMS}*)')
 # The user part the registrar keys bindings by, when it needs no unescaping.
 _AOR_USER: Final = re.compile(r"sip:([A-Za-z0-9._~+-]+)@[A-Za-z0-9.-]+(?::\d{1,5})?(?:[;?][^<>]*)?")
-# Name-addr values read before (From, To, Contact: a phone sends the same ones with every
-# REGISTER) -> their URI, whether they carry header parameters, and the URI's user part
-# when the registrar can key bindings by it. Only plain values are kept; emptied when full.
-_NAME_ADDRS: dict[str, tuple[str, bool, str | None]] = {}
-MAX_NAME_ADDRS: Final = 4096
+# To and Contact values read before (a phone sends the same ones with every REGISTER; a
+# From's tag may change each time, so Froms are not kept): a plain To -> its login, plain
+# Contacts. Emptied when full.
+_TO_LOGINS: dict[str, str] = {}
+_CONTACTS: set[str] = set()
+MAX_KEPT: Final = 4096
 # Status → the status line of a reply, encoded (filled as replies are written: one per code
 # in ``REASONS`` at most).
 _STATUS_LINES: dict[int, bytes] = {}
@@ -141,23 +142,34 @@ def _is_request_uri(text: str) -> bool:
     return len(text) > 4 and text.startswith("sip:") and text.isprintable() and "?" not in text
 
 
-def _name_addr(value: str) -> tuple[str, bool, str | None] | None:
-    """VALUE's URI, whether it has header parameters, and the URI's user part (None when
-    it needs unescaping, or has none) when VALUE is a plain name-addr (``_NAME_ADDR``),
-    else None."""
-    known = _NAME_ADDRS.get(value)
-    if known is not None:
-        return known
+def _login_of_to(value: str) -> str | None:
+    """The user part of VALUE, a To, when it is a plain name-addr (``_NAME_ADDR``) without
+    parameters whose user needs no unescaping; else None."""
+    login = _TO_LOGINS.get(value)
+    if login is not None:
+        return login
     match = _NAME_ADDR.fullmatch(value)
-    if match is None:
+    if match is None or match.group(2):
         return None
-    uri = match.group(1)
-    user = _AOR_USER.fullmatch(uri)
-    read = (uri, bool(match.group(2)), user.group(1) if user is not None else None)
-    if len(_NAME_ADDRS) >= MAX_NAME_ADDRS:
-        _NAME_ADDRS.clear()
-    _NAME_ADDRS[value] = read
-    return read
+    user = _AOR_USER.fullmatch(match.group(1))
+    if user is None:
+        return None
+    if len(_TO_LOGINS) >= MAX_KEPT:
+        _TO_LOGINS.clear()
+    login = _TO_LOGINS[value] = user.group(1)
+    return login
+
+
+def _is_plain_contact(value: str) -> bool:
+    """Whether VALUE, a Contact, is a plain name-addr (``_NAME_ADDR``)."""
+    if value in _CONTACTS:
+        return True
+    if _NAME_ADDR.fullmatch(value) is None:
+        return False
+    if len(_CONTACTS) >= MAX_KEPT:
+        _CONTACTS.clear()
+    _CONTACTS.add(value)
+    return True
 
 
 class PlainRegister:
@@ -227,9 +239,9 @@ class PlainRegister:
         if not is_rfc3261_branch(branch):
             return None
         sent_by = host if port is None else f"{host}:{port}"
-        to = _name_addr(found["to"])
-        if (to is None or to[1] or to[2] is None or _name_addr(found["from"]) is None
-                or _name_addr(found["contact"]) is None):
+        login = _login_of_to(found["to"])
+        if (login is None or _NAME_ADDR.fullmatch(found["from"]) is None
+                or not _is_plain_contact(found["contact"])):
             return None
         max_forwards, expires = found["max-forwards"], found.get("expires")
         if not (max_forwards.isdigit() and len(max_forwards) <= 10):
@@ -244,7 +256,7 @@ class PlainRegister:
             return None
         authorization = found.get("authorization")
         fields = RegisterFields(
-            login=to[2],
+            login=login,
             authorizations=(authorization,) if authorization is not None else (),
             branch=branch, contacts=(found["contact"],), expires=expires, call_id=call_id,
             cseq=int(cseq), user_agent=found.get("user-agent", ""),

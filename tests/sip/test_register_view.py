@@ -428,16 +428,21 @@ def test_other_shapes_are_left_to_the_general_path(data: bytes) -> None:
     assert PlainRegister.parse(data, PHONE) is None
 
 
-def test_name_addrs_read_before_are_kept_within_a_bound() -> None:
-    register_view._NAME_ADDRS.clear()
-    for n in range(register_view.MAX_NAME_ADDRS + 10):
-        data = edited(b"From: <sip:alice@pbx.example.com>;tag=f1",
-                      f"From: <sip:alice@pbx.example.com>;tag=t{n}".encode())
-        assert PlainRegister.parse(data, PHONE) is not None
-    assert 0 < len(register_view._NAME_ADDRS) <= register_view.MAX_NAME_ADDRS
-    # A To seen before as a plain value is still read as one, and its user found.
+def test_tos_and_contacts_read_before_are_kept_within_a_bound() -> None:
+    for n in range(register_view.MAX_KEPT + 10):
+        data = edited(b"Contact: <sip:alice@192.0.2.10:5062>",
+                      f"Contact: <sip:alice@192.0.2.10:{n + 1}>".encode())
+        data = data.replace(b"To: <sip:alice@", f"To: <sip:a{n}@".encode())
+        view = PlainRegister.parse(data, PHONE)
+        assert view is not None and view.fields.login == f"a{n}"
+    assert 0 < len(register_view._TO_LOGINS) <= register_view.MAX_KEPT
+    assert 0 < len(register_view._CONTACTS) <= register_view.MAX_KEPT
+    # Values seen before are read as they were the first time.
     view = PlainRegister.parse(PLAIN, PHONE)
     assert view is not None and view.fields.login == "alice"
+    assert PlainRegister.parse(PLAIN, PHONE) is not None
+    assert PlainRegister.parse(edited(b"To: <sip:alice@pbx.example.com>",
+                                      b"To: <sip:alice@pbx.example.com>;tag=x"), PHONE) is None
 
 
 def test_the_plain_shape_is_read() -> None:
