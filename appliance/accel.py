@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("APPLIANCE_ACCEL_DIR") or ROOT / ".build" / "accel")
 # The shared library of the group: appliance/sip/accel__mypyc*.so in BUILD.
 GROUP = "appliance.sip.accel"
-# The modules a plain REGISTER goes through (``FrontDoor.quick``), and what they lean on.
+# The modules a plain REGISTER goes through (``UdpIntake``, ``FrontDoor.quick``), and what
+# they lean on.
 MODULES = (
     "appliance.sip.bindings",
     "appliance.sip.digest",
@@ -44,6 +45,7 @@ MODULES = (
     "appliance.sip.tags",
     "appliance.sip.transaction_keys",
     "appliance.sip.transaction_table",
+    "appliance.sip.udp_intake",
     "appliance.sip.uri",
 )
 DISABLE = "APPLIANCE_ACCEL"  # "0": run the interpreted sources even when a build matches

@@ -47,11 +47,6 @@ class FramingLost(FramingError):
         self.rest = rest
 
 
-def is_keepalive(datagram: bytes) -> bool:
-    """A UDP datagram made only of CRLFs (a ping; we accept them on UDP too)."""
-    return bool(datagram) and not datagram.strip(b"\r\n")
-
-
 def _content_length(head: bytes) -> int:
     lengths: set[int] = set()
     for line in head.split(b"\r\n")[1:]:

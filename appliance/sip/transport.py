@@ -105,7 +105,6 @@ from appliance.sip.framing import (
     FramingLost,
     KeepAlive,
     StreamFramer,
-    is_keepalive,
 )
 from appliance.sip.headers import Via, unreachable
 from appliance.sip.message import (
@@ -117,6 +116,7 @@ from appliance.sip.message import (
     parse_message,
     stamp_received,
 )
+from appliance.sip.udp_intake import UdpIntake
 from appliance.sip.wire import Incoming, MessageHandler, Target
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,6 @@ UDP_READ_BATCH = 32
 # itself). Beyond this the peer, or the host, is not keeping up: drop, as the kernel would —
 # SIP over UDP retransmits.
 UDP_SEND_QUEUE = 1024
-UDP_BUFFER_SIZE = 65536  # recvfrom size: any datagram, IPv4 or IPv6 (65527)
 # A warning a peer can cause at will (a refused connection) is logged at most this often,
 # with a count: a connect loop must not write a line per attempt to the SD card.
 WARNING_INTERVAL = 60.0
@@ -431,9 +430,6 @@ class Transport:
         # reached the handler; False drops it (``FrontDoor.may_answer``: the unauthenticated
         # budget, which a flood of broken requests must spend like any other).
         self.may_answer = may_answer
-        # A UDP datagram's reply without parsing it into a message, or None to parse it
-        # (``FrontDoor.quick``: the common REGISTER).
-        self.quick = quick
         self.host = host
         self.port = port
         self.limits = limits or Limits()
@@ -447,9 +443,15 @@ class Transport:
         if host not in _WILDCARDS:
             self.local_hosts.add(host.lower())
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._udp: socket.socket | None = None
         # Datagrams waiting for room in the UDP socket's send buffer, oldest first.
         self._udp_queue: collections.deque[tuple[bytes, tuple[str, int]]] = collections.deque()
+        # The UDP socket's read loop (compiled with the registrar), its socket set by start.
+        # QUICK gives a UDP datagram's reply without parsing it into a message, or None to
+        # parse it (``FrontDoor.quick``: the common REGISTER).
+        self._intake = UdpIntake(
+            None, mapped=False, batch=UDP_READ_BATCH, max_message=self.limits.max_message,
+            queue=self._udp_queue, is_blocked=is_blocked, quick=quick,
+            oversize=self._udp_oversize, general=self._udp_general, send=self._sendto)
         self._udp_dropped = 0
         self._udp_drop_logged_at = -1e9
         self._server: asyncio.Server | None = None
@@ -498,7 +500,9 @@ class Transport:
         assert self._udp is not None  # noqa: S101 - the loop above binds or raises
         self._loop = loop
         self._udp_queue.clear()
-        loop.add_reader(self._udp.fileno(), self._udp_readable)
+        self._intake.mapped = self._udp.family == socket.AF_INET6
+        self._intake.max_message = self.limits.max_message
+        loop.add_reader(self._udp.fileno(), self._intake.drain)
         self._stopping = False
         self._sweeper = loop.create_task(self._sweep())
         logger.info("- sip listening on %s:%d (udp, tcp)",
@@ -572,6 +576,16 @@ class Transport:
         sock.close()
 
     @property
+    def _udp(self) -> socket.socket | None:
+        """The UDP socket (None: not started, or closed); the intake reads the one set."""
+        sock: socket.socket | None = self._intake.sock
+        return sock
+
+    @_udp.setter
+    def _udp(self, sock: socket.socket | None) -> None:
+        self._intake.sock = sock
+
+    @property
     def address(self) -> tuple[str, int]:
         return self.host, self.port
 
@@ -590,49 +604,11 @@ class Transport:
 
     # --- receiving ------------------------------------------------------------------------
 
-    def _udp_readable(self) -> None:
-        """The UDP socket is readable: handle what it holds, at most ``UDP_READ_BATCH``."""
-        sock = self._udp
-        if sock is None:
-            return
-        recvfrom = sock.recvfrom
-        datagram = self._datagram
-        mapped = sock.family == socket.AF_INET6  # IPv4 peers of `::` come v4-mapped
-        for _ in range(UDP_READ_BATCH):
-            try:
-                data, address = recvfrom(UDP_BUFFER_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as err:
-                # An ICMP error (port unreachable from a phone that went away, mostly, where
-                # the kernel reports it) is reported once, by this call: log it and read on.
-                # Anything else (the socket closed under us) ends this wake-up.
-                logger.debug("x udp: %s", err)
-                if isinstance(err, ConnectionError) and self._udp is sock:
-                    continue
-                return
-            datagram(data, (unmapped(address[0]) if mapped else address[0], address[1]))
+    def _udp_oversize(self, data: bytes, source: tuple[str, int]) -> None:
+        self._oversize(data, "udp", source, None)
 
-    def _datagram(self, data: bytes, source: tuple[str, int]) -> None:
-        if self.is_blocked is not None and self.is_blocked(*source):
-            return
-        if is_keepalive(data):
-            return  # a CRLF ping on UDP: tolerated, not answered (RFC 5626 uses STUN there)
-        if len(data) > self.limits.max_message:
-            self._oversize(data, "udp", source, None)
-            return
-        if self.quick is not None and data[:9] == b"REGISTER ":
-            try:
-                reply = self.quick(data, source)
-            except Exception:
-                logger.exception("x quick REGISTER from %s:%d failed; dropped", *source)
-                return
-            if reply is not None:
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("< udp %s:%d REGISTER answered %s", *source,
-                                 reply[8:reply.find(b"\r\n")].decode(errors="replace"))
-                self._sendto(reply, source)
-                return
+    def _udp_general(self, data: bytes, source: tuple[str, int]) -> None:
+        """A datagram the intake did not answer: parsed and handled like any message."""
         self._receive(data, "udp", source, (self.advertised, self.port), None)
 
     def _oversize(self, data: bytes, transport: str, source: tuple[str, int],

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from appliance.sip import framing
 from appliance.sip.errors import FramingError
-from appliance.sip.framing import FramingLost, KeepAlive, StreamFramer, is_keepalive
+from appliance.sip.framing import FramingLost, KeepAlive, StreamFramer
+from appliance.sip.udp_intake import is_keepalive
 from appliance.sip.message import parse_message
 
 DATA = Path(__file__).parents[1] / "data" / "sip"
@@ -102,6 +103,7 @@ def test_limits() -> None:
 def test_udp_keepalive() -> None:
     assert is_keepalive(b"\r\n\r\n") and is_keepalive(b"\r\n")
     assert not is_keepalive(b"") and not is_keepalive(MESSAGES[0])
+    assert is_keepalive(b"\n\r") and not is_keepalive(b"\r\nX") and not is_keepalive(b"X\r\n")
 
 
 # --- what a peer's byte stream can do (the transport audit) ----------------------------------
