@@ -135,6 +135,9 @@ class Appliance:
         loop's), see ``timer_clock``; API_LIMITS the HTTP server's (default: ConnectionLimits)."""
         self.config = config
         self.clock = clock
+        # The SIP layer's seconds since the epoch (``wall_clock``): on the real clock,
+        # time.time itself, which the front door asks a few times per message.
+        self.sip_clock: Callable[[], float] = time.time if clock is utc_now else self.wall_clock
         self._timer_clock = timer_clock
         self.lock = InstanceLock(config.data_dir)
         self.store = Store(config.data_dir / "appliance.db")
@@ -178,7 +181,7 @@ class Appliance:
         self.guard = Guard(max_failures=sip.max_auth_failures, ban_time=sip.ban_seconds,
                            unauthenticated_per_minute=sip.unauthenticated_per_minute)
         self.registrar = Registrar(directory=self.sip_directory, location=self.location,
-                                   guard=self.guard, store=self.store, clock=self.wall_clock,
+                                   guard=self.guard, store=self.store, clock=self.sip_clock,
                                    realm=lambda: self.realm,
                                    algorithms=[Algorithm(a) for a in sip.digest_algorithms])
         # After the directory is told: a deleted or disabled Client loses its bindings.
@@ -186,7 +189,7 @@ class Appliance:
             lambda _logins: self.registrar.request_revoke())
         self.accounts.on_change.append(self.registrar.request_revoke)
         self.frontdoor = FrontDoor(registrar=self.registrar, guard=self.guard,
-                                   clock=self.wall_clock)
+                                   clock=self.sip_clock)
         wildcard = sip.listen.host in ("0.0.0.0", "::")
         self.transport = Transport(
             self.frontdoor, sip.listen.host, sip.listen.port,
@@ -217,7 +220,7 @@ class Appliance:
                                    local_hosts=self.transport.local_hosts)
         self.proxy = Proxy(self.transport, self.sip_directory, self.router, self.call_log,
                            self.message_log,
-                           clock=self.wall_clock, timer_clock=self.timer_clock,
+                           clock=self.sip_clock, timer_clock=self.timer_clock,
                            realm=lambda: self.realm,
                            local_hosts=self.transport.local_hosts, guard=self.guard,
                            algorithms=[Algorithm(a) for a in sip.digest_algorithms],
@@ -229,9 +232,9 @@ class Appliance:
         self.router.outbound_sms = sms_gateway(self.messaging.send_from_phone)
         self.messaging.client_messenger = ClientMessenger(self.router,
                                                           self.proxy.messenger.send_message,
-                                                          self.wall_clock)
+                                                          self.sip_clock)
         self.sip_directory.on_registered.append(self.messaging.client_registered)
-        self.trunk = Trunk(self.transport, clock=self.timer_clock, wall_clock=self.wall_clock,
+        self.trunk = Trunk(self.transport, clock=self.timer_clock, wall_clock=self.sip_clock,
                            local=lambda: (self.transport.advertised, sip.listen.port),
                            keepalive_sender=self.transport,
                            keepalive_interval=sip.nat_keepalive_interval,
