@@ -444,6 +444,11 @@ def _name_addr_fields(value: str) -> tuple[str, str | None, tuple[tuple[str, str
 
 def parse_name_addrs(values: Iterable[str]) -> list[NameAddr]:
     """Contact, Route and Record-Route lists."""
+    if isinstance(values, (list, tuple)) and len(values) == 1 and "," not in values[0]:
+        # One line of one element (a REGISTER's usual Contact): ``split_values`` would
+        # give it stripped, or nothing when it is blank.
+        item = values[0].strip()
+        return [NameAddr.parse(item)] if item else []
     return [NameAddr.parse(item) for item in split_values(values)]
 
 

@@ -47,6 +47,13 @@ _READ: Final = frozenset({"via", "max-forwards", "from", "to", "call-id", "cseq"
                           "expires", "authorization", "content-length"})
 _REQUIRED: Final = frozenset({"via", "max-forwards", "from", "to", "call-id", "cseq", "contact"})
 _KNOWN: Final = _READ | _PASSIVE
+# A known name as phones write it -> its key (others are lower-cased, then looked up in
+# _KNOWN): a lookup instead of a new lower-case string per header line.
+_SPELLINGS: Final = {
+    **{name: name for name in _KNOWN},
+    **{"-".join(part.capitalize() for part in name.split("-")): name for name in _KNOWN},
+    "Call-ID": "call-id", "CSeq": "cseq",
+}
 
 _TOKEN: Final = r"[A-Za-z0-9.!%*_+`'~-]+"
 _PARAMS: Final = rf"(?:;{_TOKEN}(?:={_TOKEN})?)"
@@ -208,11 +215,16 @@ class PlainRegister:
             return None
         found: dict[str, str] = {}
         for line in lines:
-            name, colon, value = line.partition(":")
-            key = name.lower()
-            if not colon or key not in _KNOWN:
+            colon = line.find(":")
+            if colon < 0:
                 return None
-            found[key] = value.strip()  # what the general parser keeps of a value
+            name = line[:colon]
+            key = _SPELLINGS.get(name)
+            if key is None:
+                key = name.lower()
+                if key not in _KNOWN:
+                    return None
+            found[key] = line[colon + 1:].strip()  # what the general parser keeps of a value
         if (len(found) != len(lines)  # a header twice
                 or not found.keys() >= _REQUIRED or found.get("content-length", "0") != "0"):
             return None
