@@ -172,7 +172,8 @@ class FrontDoor:
             return None
         ip = source[0]
         now = self.clock()
-        if (self.guard.is_banned(ip, now, source[1]) or self._table.holds(view.key)
+        if (self.guard.is_banned(ip, now, source[1])
+                or (self._table.has_servers and self._table.holds(view.key))
                 or not self._within_budget(ip, now, register=True)):
             return None
         if self._from_provider(ip, now):

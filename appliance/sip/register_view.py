@@ -182,14 +182,21 @@ def _is_plain_contact(value: str) -> bool:
 class PlainRegister:
     """A REGISTER of the common shape (see the module docstring), as read from its bytes."""
 
-    __slots__ = ("fields", "key", "head", "tail")
+    __slots__ = ("fields", "head", "tail", "_host", "_port")
 
-    def __init__(self, fields: RegisterFields, key: TransactionKey, head: bytes, tail: bytes
-                 ) -> None:
+    def __init__(self, fields: RegisterFields, head: bytes, tail: bytes, host: str,
+                 port: int | None) -> None:
         self.fields = fields
-        self.key = key  # its server transaction key (transaction_keys.server_key)
         self.head = head  # the stamped Via, From, To-up-to-the-tag, as the reply copies them
         self.tail = tail  # Call-ID and CSeq lines of the reply
+        self._host = host  # the Via's sent-by
+        self._port = port
+
+    @property
+    def key(self) -> TransactionKey:
+        """Its server transaction key (``transaction_keys.server_key``), built when asked:
+        the quick path needs it only while the general path holds server transactions."""
+        return rfc3261_key(self.fields.branch, self._host, self._port, "REGISTER")
 
     @classmethod
     def parse(cls, data: bytes, source: tuple[str, int]) -> PlainRegister | None:
@@ -276,8 +283,7 @@ class PlainRegister:
         head = (f"Via: SIP/2.0/UDP {sent_by};{stamped}\r\nFrom: {found['from']}\r\n"
                 f"To: {found['to']};tag=").encode()
         tail = f"\r\nCall-ID: {call_id}\r\nCSeq: {found['cseq']}\r\n".encode()
-        key = rfc3261_key(branch, host, port, "REGISTER")
-        return cls(fields, key, head, tail)
+        return cls(fields, head, tail, host, port)
 
     def reply(self, status: int, headers: Sequence[tuple[str, str]], *, to_tag: str) -> bytes:
         """The bytes of the response STATUS carrying HEADERS, as ``make_response`` would

@@ -127,6 +127,11 @@ class TransactionTable:
     def match_request(self, request: Request) -> ServerTransaction | None:
         return self.servers.get(server_key(request))
 
+    @property
+    def has_servers(self) -> bool:
+        """Whether any server transaction is alive (then ``holds`` may say yes)."""
+        return bool(self.servers)
+
     def holds(self, key: TransactionKey) -> bool:
         """Whether a server transaction with KEY (``server_key``) is alive."""
         return key in self.servers
