@@ -5,7 +5,8 @@ Theory of operation. This is the only module of the front door that owns sockets
 through asyncio's server and ``Protocol`` machinery. UDP does not: the transport owns a plain
 non-blocking socket watched with ``loop.add_reader``; each wake-up reads datagrams with
 ``recvfrom`` until the socket is empty or ``UDP_READ_BATCH`` are read, and answers go out
-with ``sendto`` on the spot. asyncio's ``DatagramTransport`` reads one datagram per trip round
+with ``sendto`` on the spot (that loop, through step 1 below, is ``udp_intake.UdpIntake``,
+compiled with the registrar). asyncio's ``DatagramTransport`` reads one datagram per trip round
 the loop and wraps each call in its own checks: a trivial UDP responder on it measured over
 three times the CPU per message of one built this way. On ``::`` both sockets are
 dual-stack (IPV6_V6ONLY off, whatever the system default): IPv4 peers are served too, and

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from appliance.sip import framing
 from appliance.sip.errors import FramingError
 from appliance.sip.framing import FramingLost, KeepAlive, StreamFramer
-from appliance.sip.udp_intake import is_keepalive
 from appliance.sip.message import parse_message
+from appliance.sip.udp_intake import is_keepalive
 
 DATA = Path(__file__).parents[1] / "data" / "sip"
 STREAMABLE = ["register.msg", "invite_sdp.msg", "unknown_headers.msg", "compact.msg"]
