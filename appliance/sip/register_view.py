@@ -32,6 +32,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from appliance.sip.errors import SipParseError
@@ -77,14 +78,22 @@ MAX_KEPT: Final = 4096
 _STATUS_LINES: dict[int, bytes] = {}
 
 
+@dataclass(init=False)
 class RegisterFields:
     """What the registrar decides on. LOGIN is the To-URI's user part (None: the To is not
     a SIP URI with a user); CONTACTS and AUTHORIZATIONS are the raw header values;
-    REQUEST_URI is the request line's, which a digest ``uri`` must name. (A plain class,
-    not a NamedTuple: compiled, its fields are read from the object, not looked up.)"""
+    REQUEST_URI is the request line's, which a digest ``uri`` must name. (Not a NamedTuple,
+    and its ``__init__`` written out: see ``appliance.accel``.)"""
 
-    __slots__ = ("login", "authorizations", "branch", "contacts", "expires", "call_id",
-                 "cseq", "user_agent", "request_uri")
+    login: str | None
+    authorizations: Sequence[str]
+    branch: str
+    contacts: Sequence[str]
+    expires: str | None
+    call_id: str
+    cseq: int
+    user_agent: str
+    request_uri: str
 
     def __init__(self, login: str | None, authorizations: Sequence[str], branch: str,
                  contacts: Sequence[str], expires: str | None, call_id: str, cseq: int,
@@ -98,21 +107,6 @@ class RegisterFields:
         self.cseq = cseq
         self.user_agent = user_agent
         self.request_uri = request_uri
-
-    def _values(self) -> tuple[object, ...]:
-        return (self.login, tuple(self.authorizations), self.branch, tuple(self.contacts),
-                self.expires, self.call_id, self.cseq, self.user_agent, self.request_uri)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, RegisterFields):
-            return NotImplemented
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        return f"RegisterFields{self._values()!r}"
 
 
 def fields_of(request: Request, login: str | None) -> RegisterFields:
